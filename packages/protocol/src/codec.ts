@@ -1,0 +1,304 @@
+/**
+ * Encoders and decoders for the formats in `proto/kv.proto`.
+ *
+ * The schema is compiled once, when this module loads. Encoding checks a record before it is
+ * written; decoding validates every field after it is read and throws `DecodeError` on
+ * anything malformed. A caller decides what a bad record means: from disk it is corruption
+ * and the node stops; from a peer it is a refused frame.
+ */
+import { fileURLToPath } from 'node:url'
+import protobuf from 'protobufjs'
+import { formatVersion, limitsCeiling, lsnMax } from './limits.js'
+
+// LSNs and epochs are uint64 on the wire but exact integers in memory: decode them to plain
+// numbers (protobufjs would otherwise produce Long objects) and reject anything unsafe.
+protobuf.util.Long = undefined as unknown as typeof protobuf.util.Long
+protobuf.configure()
+
+const schemaPath = fileURLToPath(new URL('../proto/kv.proto', import.meta.url))
+const root = protobuf.loadSync(schemaPath)
+
+const LogEntryType = root.lookupType('kv.v1.LogEntry')
+const StoredRecordType = root.lookupType('kv.v1.StoredRecord')
+const UndoRecordType = root.lookupType('kv.v1.UndoRecord')
+
+/** The protobufjs reflection root, for tests that compare it with the TypeScript types. */
+export const schemaRoot: protobuf.Root = root
+
+/** Operation types, numbered as in `kv.proto`. */
+export const OpType = { Put: 1, Delete: 2 } as const
+export type OpType = (typeof OpType)[keyof typeof OpType]
+
+/** Entry kinds, numbered as in `kv.proto`. */
+export const EntryKind = { Put: 1, Delete: 2, Batch: 3, Noop: 4 } as const
+export type EntryKind = (typeof EntryKind)[keyof typeof EntryKind]
+
+/** One put or delete inside a log entry. */
+export interface Op {
+  type: OpType
+  key: Buffer
+  /** Empty for deletes. */
+  value: Buffer
+}
+
+/** One position of the write-ahead log. */
+export interface LogEntry {
+  epoch: number
+  lsn: number
+  kind: EntryKind
+  ops: Op[]
+  timestampMs: number
+  /** Empty when the client sent no request id. */
+  requestId: string
+}
+
+/** The applied state of one key. */
+export interface StoredRecord {
+  value: Buffer
+  /** LSN of the entry that last wrote the key; the key's ETag. */
+  version: number
+  tombstone: boolean
+}
+
+/** The image of one key before a log entry changed it. */
+export interface UndoImage {
+  key: Buffer
+  /** Null when the key did not exist. */
+  prior: StoredRecord | null
+}
+
+/** The prior images of every key one log entry changed. */
+export interface UndoRecord {
+  lsn: number
+  images: UndoImage[]
+}
+
+/** A record or frame that failed validation. `what` names the message type. */
+export class DecodeError extends Error {
+  readonly what: string
+  constructor(what: string, reason: string, options?: ErrorOptions) {
+    super(`invalid ${what}: ${reason}`, options)
+    this.name = 'DecodeError'
+    this.what = what
+  }
+}
+
+/** An attempt to encode a record that breaks the format's rules: a bug in the caller. */
+export class EncodeError extends Error {
+  constructor(what: string, reason: string) {
+    super(`refusing to encode ${what}: ${reason}`)
+    this.name = 'EncodeError'
+  }
+}
+
+const emptyBuffer = Buffer.alloc(0)
+
+function isLsn(value: unknown, allowZero: boolean): value is number {
+  return (
+    typeof value === 'number' &&
+    Number.isSafeInteger(value) &&
+    value <= lsnMax &&
+    (allowZero ? value >= 0 : value >= 1)
+  )
+}
+
+function asBuffer(value: unknown): Buffer | null {
+  if (value === undefined || value === null) return emptyBuffer
+  // protobufjs decodes an absent bytes field to its default, a shared empty array.
+  if (Array.isArray(value) && value.length === 0) return emptyBuffer
+  if (Buffer.isBuffer(value)) return value
+  if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.length)
+  return null
+}
+
+/** Reasons an op breaks the format, or null when it is valid. */
+function opProblem(op: { type: unknown; key: unknown; value: unknown }): string | null {
+  if (op.type !== OpType.Put && op.type !== OpType.Delete) return `unknown op type ${String(op.type)}`
+  const key = asBuffer(op.key)
+  if (key === null || key.length === 0) return 'op key is empty'
+  if (key.length > limitsCeiling.keyBytesMax) return `op key is ${key.length} bytes`
+  const value = asBuffer(op.value)
+  if (value === null) return 'op value is not bytes'
+  if (value.length > limitsCeiling.valueBytesMax) return `op value is ${value.length} bytes`
+  if (op.type === OpType.Delete && value.length !== 0) return 'delete op carries a value'
+  return null
+}
+
+function entryProblem(e: {
+  epoch: unknown
+  lsn: unknown
+  kind: unknown
+  ops: unknown
+  timestampMs: unknown
+  requestId: unknown
+}): string | null {
+  if (!isLsn(e.epoch, true)) return `epoch ${String(e.epoch)} is not a valid epoch`
+  if (!isLsn(e.lsn, false)) return `lsn ${String(e.lsn)} is not a valid lsn`
+  if (!Array.isArray(e.ops)) return 'ops is not a list'
+  const ops = e.ops as { type: unknown; key: unknown; value: unknown }[]
+  switch (e.kind) {
+    case EntryKind.Put:
+      if (ops.length !== 1 || ops[0]?.type !== OpType.Put) return 'PUT entry must hold one put op'
+      break
+    case EntryKind.Delete:
+      if (ops.length !== 1 || ops[0]?.type !== OpType.Delete) {
+        return 'DELETE entry must hold one delete op'
+      }
+      break
+    case EntryKind.Batch:
+      if (ops.length < 1 || ops.length > limitsCeiling.batchOpsMax) {
+        return `BATCH entry holds ${ops.length} ops`
+      }
+      break
+    case EntryKind.Noop:
+      if (ops.length !== 0) return 'NOOP entry holds ops'
+      break
+    default:
+      return `unknown entry kind ${String(e.kind)}`
+  }
+  for (const op of ops) {
+    const problem = opProblem(op)
+    if (problem !== null) return problem
+  }
+  if (!isLsn(e.timestampMs, true)) return `timestamp ${String(e.timestampMs)} is not valid`
+  if (typeof e.requestId !== 'string') return 'request id is not a string'
+  if (Buffer.byteLength(e.requestId) > limitsCeiling.requestIdBytesMax) {
+    return 'request id is too long'
+  }
+  return null
+}
+
+function recordProblem(r: { value: unknown; version: unknown; tombstone: unknown }): string | null {
+  const value = asBuffer(r.value)
+  if (value === null) return 'value is not bytes'
+  if (value.length > limitsCeiling.valueBytesMax) return `value is ${value.length} bytes`
+  if (!isLsn(r.version, false)) return `version ${String(r.version)} is not a valid lsn`
+  if (typeof r.tombstone !== 'boolean') return 'tombstone is not a boolean'
+  if (r.tombstone && value.length !== 0) return 'tombstone carries a value'
+  return null
+}
+
+function decodeWith<T>(type: protobuf.Type, what: string, bytes: Uint8Array): T & { format: number } {
+  let message: protobuf.Message
+  try {
+    message = type.decode(bytes)
+  } catch (err) {
+    throw new DecodeError(what, (err as Error).message, { cause: err })
+  }
+  const decoded = message as unknown as T & { format: number }
+  if (decoded.format !== formatVersion) {
+    throw new DecodeError(what, `unknown format ${String(decoded.format)}`)
+  }
+  return decoded
+}
+
+/** Encodes a log entry after checking it. */
+export function encodeLogEntry(entry: LogEntry): Uint8Array {
+  const problem = entryProblem(entry)
+  if (problem !== null) throw new EncodeError('log entry', problem)
+  return LogEntryType.encode({
+    format: formatVersion,
+    epoch: entry.epoch,
+    lsn: entry.lsn,
+    kind: entry.kind,
+    ops: entry.ops,
+    timestampMs: entry.timestampMs,
+    requestId: entry.requestId,
+  }).finish()
+}
+
+/** Decodes and validates a log entry. */
+export function decodeLogEntry(bytes: Uint8Array): LogEntry {
+  const raw = decodeWith<LogEntry>(LogEntryType, 'log entry', bytes)
+  const problem = entryProblem(raw)
+  if (problem !== null) throw new DecodeError('log entry', problem)
+  return {
+    epoch: raw.epoch,
+    lsn: raw.lsn,
+    kind: raw.kind,
+    ops: raw.ops.map((op) => ({
+      type: op.type,
+      key: asBuffer(op.key) ?? emptyBuffer,
+      value: asBuffer(op.value) ?? emptyBuffer,
+    })),
+    timestampMs: raw.timestampMs,
+    requestId: raw.requestId,
+  }
+}
+
+/** Encodes a key's stored record after checking it. */
+export function encodeStoredRecord(record: StoredRecord): Uint8Array {
+  const problem = recordProblem(record)
+  if (problem !== null) throw new EncodeError('stored record', problem)
+  return StoredRecordType.encode({
+    format: formatVersion,
+    value: record.value,
+    version: record.version,
+    tombstone: record.tombstone,
+  }).finish()
+}
+
+/** Decodes and validates a key's stored record. */
+export function decodeStoredRecord(bytes: Uint8Array): StoredRecord {
+  const raw = decodeWith<StoredRecord>(StoredRecordType, 'stored record', bytes)
+  const problem = recordProblem(raw)
+  if (problem !== null) throw new DecodeError('stored record', problem)
+  return { value: asBuffer(raw.value) ?? emptyBuffer, version: raw.version, tombstone: raw.tombstone }
+}
+
+/** Encodes an undo record after checking it. */
+export function encodeUndoRecord(undo: UndoRecord): Uint8Array {
+  if (!isLsn(undo.lsn, false)) throw new EncodeError('undo record', `lsn ${undo.lsn} is not valid`)
+  for (const image of undo.images) {
+    if (image.key.length === 0) throw new EncodeError('undo record', 'image key is empty')
+    if (image.prior !== null) {
+      const problem = recordProblem(image.prior)
+      if (problem !== null) throw new EncodeError('undo record', problem)
+    }
+  }
+  return UndoRecordType.encode({
+    format: formatVersion,
+    lsn: undo.lsn,
+    images: undo.images.map((image) => ({
+      key: image.key,
+      prior:
+        image.prior === null
+          ? undefined
+          : {
+              format: formatVersion,
+              value: image.prior.value,
+              version: image.prior.version,
+              tombstone: image.prior.tombstone,
+            },
+    })),
+  }).finish()
+}
+
+/** Decodes and validates an undo record. */
+export function decodeUndoRecord(bytes: Uint8Array): UndoRecord {
+  const raw = decodeWith<{
+    lsn: number
+    images: { key: unknown; prior?: (StoredRecord & { format: number }) | null }[]
+  }>(UndoRecordType, 'undo record', bytes)
+  if (!isLsn(raw.lsn, false)) throw new DecodeError('undo record', `lsn ${String(raw.lsn)}`)
+  const images: UndoImage[] = []
+  for (const image of raw.images) {
+    const key = asBuffer(image.key)
+    if (key === null || key.length === 0) throw new DecodeError('undo record', 'image key is empty')
+    let prior: StoredRecord | null = null
+    if (image.prior !== undefined && image.prior !== null) {
+      if (image.prior.format !== formatVersion) {
+        throw new DecodeError('undo record', `prior has unknown format ${image.prior.format}`)
+      }
+      const problem = recordProblem(image.prior)
+      if (problem !== null) throw new DecodeError('undo record', problem)
+      prior = {
+        value: asBuffer(image.prior.value) ?? emptyBuffer,
+        version: image.prior.version,
+        tombstone: image.prior.tombstone,
+      }
+    }
+    images.push({ key, prior })
+  }
+  return { lsn: raw.lsn, images }
+}

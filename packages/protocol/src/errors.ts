@@ -1,0 +1,132 @@
+/**
+ * Every error the store reports, with its stable code and HTTP status. This table is the
+ * single definition: the server maps failures to it, the SDK turns response bodies back into
+ * typed errors, and the README's error table is generated from it (a test keeps them equal).
+ *
+ * Codes never change meaning once released. Error bodies look like
+ * `{ "error": { "code": "KV_ERR_...", "message": "...", ...details } }`.
+ */
+export const errorCatalog = {
+  KV_ERR_KEY_NOT_FOUND: {
+    status: 404,
+    description: 'The key does not exist.',
+  },
+  KV_ERR_INVALID_KEY: {
+    status: 400,
+    description: 'The key is empty, is not valid UTF-8, or contains a control character.',
+  },
+  KV_ERR_KEY_TOO_LARGE: {
+    status: 400,
+    description: 'The key is longer than `keyBytesMax` bytes.',
+  },
+  KV_ERR_VALUE_TOO_LARGE: {
+    status: 413,
+    description: 'The value is larger than `valueBytesMax` bytes.',
+  },
+  KV_ERR_BODY_TOO_LARGE: {
+    status: 413,
+    description: 'The request body is larger than `requestBodyBytesMax` bytes.',
+  },
+  KV_ERR_MALFORMED_BODY: {
+    status: 400,
+    description: 'The request body is not the JSON the endpoint expects; the message says where.',
+  },
+  KV_ERR_BATCH_TOO_LARGE: {
+    status: 400,
+    description: 'The batch has more than `batchOpsMax` operations.',
+  },
+  KV_ERR_PRECONDITION_FAILED: {
+    status: 412,
+    description:
+      '`If-Match`, `If-None-Match` or a batch condition did not hold; nothing was written. The body gives the current version.',
+  },
+  KV_ERR_INVALID_PRECONDITION: {
+    status: 400,
+    description: '`If-Match` or `If-None-Match` is malformed.',
+  },
+  KV_ERR_INVALID_CURSOR: {
+    status: 400,
+    description: 'The list cursor is malformed or belongs to another prefix.',
+  },
+  KV_ERR_INVALID_ARGUMENT: {
+    status: 400,
+    description: 'A query parameter or the URL is malformed; the message names it.',
+  },
+  KV_ERR_ROUTE_NOT_FOUND: {
+    status: 404,
+    description: 'No endpoint has this path.',
+  },
+  KV_ERR_METHOD_NOT_ALLOWED: {
+    status: 405,
+    description: 'The endpoint exists but not with this method; `Allow` lists the methods.',
+  },
+  KV_ERR_OVERLOADED: {
+    status: 503,
+    description:
+      'Too many writes are waiting for the disk (`writeQueueWritesMax` or `writeQueueBytesMax`); retry after `Retry-After` seconds.',
+  },
+  KV_ERR_NOT_READY: {
+    status: 503,
+    description: 'The node is starting or has stopped serving; `GET /ready` tells when it is.',
+  },
+  KV_ERR_SHUTTING_DOWN: {
+    status: 503,
+    description: 'The node is shutting down and takes no new requests.',
+  },
+  KV_ERR_STORAGE: {
+    status: 500,
+    description:
+      'The storage engine failed. The node stops taking writes, because it can no longer promise durability.',
+  },
+  KV_ERR_INTERNAL: {
+    status: 500,
+    description: 'An unexpected failure inside the node; its log has the details.',
+  },
+  KV_ERR_UNAVAILABLE: {
+    status: 503,
+    description:
+      'Raised by the SDK and the CLI, never sent by a node: no node answered (connection refused, reset or timed out).',
+  },
+} as const satisfies Record<string, { status: number; description: string }>
+
+/** A stable error code. */
+export type ErrorCode = keyof typeof errorCatalog
+
+/** All codes, in catalog order. */
+export const errorCodes = Object.keys(errorCatalog) as ErrorCode[]
+
+/** True when `code` is a known error code. */
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(errorCatalog, code)
+}
+
+/** Extra fields carried in an error body beside `code` and `message`. */
+export type ErrorDetails = Record<string, string | number | boolean | null>
+
+/** The JSON body of every error response. */
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string } & ErrorDetails
+}
+
+/**
+ * An error with a stable code. Thrown inside the node and mapped to an HTTP response by the
+ * error handler; rebuilt by the SDK from a response body.
+ */
+export class KvError extends Error {
+  readonly code: ErrorCode
+  readonly status: number
+  readonly details: ErrorDetails
+
+  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}, options?: ErrorOptions) {
+    super(message, options)
+    this.name = 'KvError'
+    this.code = code
+    this.status = errorCatalog[code].status
+    this.details = details
+  }
+
+  /** The response body for this error. */
+  toBody(): ErrorBody {
+    return { error: { ...this.details, code: this.code, message: this.message } }
+  }
+}

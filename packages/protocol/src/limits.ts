@@ -1,0 +1,111 @@
+/**
+ * Every bound the store enforces. Each one has a default, which a node's configuration may
+ * change within the hard ceiling given here, and which is checked when the node starts.
+ * Exceeding a limit at run time gives a stable error code; nothing grows without bound.
+ *
+ * Units come last in every name (bytes, ops, ms, writes).
+ */
+
+const KiB = 1024
+const MiB = 1024 * KiB
+
+/** Default limits for requests and storage. */
+export const limitsDefault = {
+  /** Longest key, in UTF-8 bytes. */
+  keyBytesMax: 1 * KiB,
+  /** Largest value, in bytes. */
+  valueBytesMax: 1 * MiB,
+  /** Most operations in one atomic batch. */
+  batchOpsMax: 1000,
+  /** Largest request body, in bytes (batches are JSON with base64 values, so they need room). */
+  requestBodyBytesMax: 4 * MiB,
+  /** Most keys one list page returns. */
+  listLimitMax: 1000,
+  /** Keys one list page returns when the request gives no limit. */
+  listLimitDefault: 100,
+  /** Longest client request id, in bytes. */
+  requestIdBytesMax: 128,
+  /** Most log entries that share one LevelDB batch and one fsync (1 turns group commit off). */
+  groupCommitWritesMax: 1024,
+  /** Most bytes of encoded entries that share one LevelDB batch. */
+  groupCommitBytesMax: 8 * MiB,
+  /** Most writes waiting for the disk before new writes are refused with KV_ERR_OVERLOADED. */
+  writeQueueWritesMax: 16_384,
+  /** Most bytes waiting for the disk before new writes are refused with KV_ERR_OVERLOADED. */
+  writeQueueBytesMax: 256 * MiB,
+} as const
+
+/** Values that configuration may never exceed. */
+export const limitsCeiling = {
+  keyBytesMax: 8 * KiB,
+  valueBytesMax: 64 * MiB,
+  batchOpsMax: 100_000,
+  requestBodyBytesMax: 256 * MiB,
+  listLimitMax: 100_000,
+  requestIdBytesMax: 1 * KiB,
+  groupCommitWritesMax: 100_000,
+  groupCommitBytesMax: 256 * MiB,
+  writeQueueWritesMax: 10_000_000,
+  writeQueueBytesMax: 4096 * MiB,
+} as const
+
+/** The request and storage limits a node runs with. */
+export interface Limits {
+  keyBytesMax: number
+  valueBytesMax: number
+  batchOpsMax: number
+  requestBodyBytesMax: number
+  listLimitMax: number
+  listLimitDefault: number
+  requestIdBytesMax: number
+}
+
+/**
+ * Largest LSN or epoch the store accepts. LSNs are uint64 on disk and on the wire, but are
+ * JavaScript numbers in memory, so they must stay exact integers.
+ */
+export const lsnMax = Number.MAX_SAFE_INTEGER
+
+/** Log entry format version written by this build. */
+export const formatVersion = 1
+
+/**
+ * Checks the relations between limits that a configuration could break. Returns a list of
+ * problems, empty when the limits are coherent.
+ */
+export function checkLimits(limits: Limits): string[] {
+  const problems: string[] = []
+  const positive = [
+    'keyBytesMax',
+    'valueBytesMax',
+    'batchOpsMax',
+    'requestBodyBytesMax',
+    'listLimitMax',
+    'listLimitDefault',
+    'requestIdBytesMax',
+  ] as const
+  for (const name of positive) {
+    const value = limits[name]
+    if (!Number.isSafeInteger(value) || value < 1) {
+      problems.push(`${name} must be a positive integer, got ${String(value)}`)
+    }
+  }
+  for (const name of Object.keys(limitsCeiling) as (keyof typeof limitsCeiling)[]) {
+    if (!(name in limits)) continue
+    const value = (limits as unknown as Record<string, number>)[name]
+    if (value !== undefined && value > limitsCeiling[name]) {
+      problems.push(`${name} is ${value}, above its ceiling of ${limitsCeiling[name]}`)
+    }
+  }
+  if (limits.requestBodyBytesMax < limits.valueBytesMax) {
+    problems.push(
+      `requestBodyBytesMax (${limits.requestBodyBytesMax}) must be at least valueBytesMax (${limits.valueBytesMax}), or a value of the largest size could never be sent`,
+    )
+  }
+  if (limits.listLimitDefault > limits.listLimitMax) {
+    problems.push(
+      `listLimitDefault (${limits.listLimitDefault}) must not exceed listLimitMax (${limits.listLimitMax})`,
+    )
+  }
+  return problems
+}
