@@ -1,0 +1,112 @@
+/**
+ * How the store lays out its one LevelDB database. Every key starts with a one-byte prefix:
+ *
+ *   0x01 meta   0x01 + name              -> u64 big-endian or UTF-8 string
+ *   0x02 log    0x02 + u64be(lsn)         -> LogEntry
+ *   0x03 undo   0x03 + u64be(lsn)         -> UndoRecord (only for entries above the commit LSN)
+ *   0x04 state  0x04 + key bytes          -> StoredRecord
+ *
+ * LSNs are big-endian so that LevelDB's byte order is log order.
+ */
+
+export const Prefix = { Meta: 0x01, Log: 0x02, Undo: 0x03, State: 0x04 } as const
+
+/** Metadata entries, each under its own key so that one batch can update any subset. */
+export const MetaName = {
+  /** Layout version of the data directory. */
+  Format: 'format',
+  NodeId: 'nodeId',
+  ClusterId: 'clusterId',
+  /** Highest epoch this node has seen (the fencing token). Never decreases. */
+  Epoch: 'epoch',
+  /** Node id this node voted for in `epoch`, or empty. */
+  Vote: 'vote',
+  /** Highest LSN known to be committed. Never decreases; never above appliedLsn. */
+  CommitLsn: 'commitLsn',
+  /** Last LSN in the log, which is also the last LSN applied to the state. */
+  AppliedLsn: 'appliedLsn',
+  /** Epoch of the entry at appliedLsn. */
+  LastEpoch: 'lastEpoch',
+  /** First LSN still in the log; entries below it were compacted. */
+  LogStartLsn: 'logStartLsn',
+  /** Epoch of the entry at logStartLsn - 1 (0 when nothing was compacted). */
+  CompactedEpoch: 'compactedEpoch',
+} as const
+export type MetaName = (typeof MetaName)[keyof typeof MetaName]
+
+/** The layout version this build reads and writes. */
+export const layoutFormat = 1
+
+const two32 = 2 ** 32
+
+function lsnKey(prefix: number, lsn: number): Buffer {
+  const key = Buffer.allocUnsafe(9)
+  key[0] = prefix
+  key.writeUInt32BE(Math.floor(lsn / two32), 1)
+  key.writeUInt32BE(lsn >>> 0, 5)
+  return key
+}
+
+export function logKey(lsn: number): Buffer {
+  return lsnKey(Prefix.Log, lsn)
+}
+
+export function undoKey(lsn: number): Buffer {
+  return lsnKey(Prefix.Undo, lsn)
+}
+
+/** Reads the LSN out of a log or undo key. */
+export function lsnOfKey(key: Uint8Array): number {
+  if (key.length !== 9) throw new Error(`log key has ${key.length} bytes, expected 9`)
+  const view = Buffer.from(key.buffer, key.byteOffset, key.length)
+  return view.readUInt32BE(1) * two32 + view.readUInt32BE(5)
+}
+
+export function stateKey(key: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(key.length + 1)
+  out[0] = Prefix.State
+  out.set(key, 1)
+  return out
+}
+
+/** The user key inside a state key (a view, not a copy). */
+export function userKeyOf(stateKeyBytes: Buffer): Buffer {
+  return stateKeyBytes.subarray(1)
+}
+
+export function metaKey(name: MetaName): Buffer {
+  return Buffer.concat([Buffer.of(Prefix.Meta), Buffer.from(name, 'ascii')])
+}
+
+/** Bounds of one prefix, for iterators and range deletes. */
+export function prefixRange(prefix: number): { gte: Buffer; lt: Buffer } {
+  return { gte: Buffer.of(prefix), lt: Buffer.of(prefix + 1) }
+}
+
+/** Range of state keys that start with `keyPrefix`. */
+export function stateRangeForPrefix(keyPrefix: Uint8Array): { gte: Buffer; lt: Buffer } {
+  const gte = stateKey(keyPrefix)
+  // The smallest key greater than every key with this prefix: drop trailing 0xff bytes, then
+  // increment the last byte. An all-0xff prefix runs to the end of the state range.
+  let end = gte.length
+  while (end > 1 && gte[end - 1] === 0xff) end--
+  if (end === 1) return { gte, lt: Buffer.of(Prefix.State + 1) }
+  const lt = Buffer.from(gte.subarray(0, end))
+  lt[end - 1] = (lt[end - 1] ?? 0) + 1
+  return { gte, lt }
+}
+
+export function encodeU64(value: number): Buffer {
+  const out = Buffer.allocUnsafe(8)
+  out.writeUInt32BE(Math.floor(value / two32), 0)
+  out.writeUInt32BE(value >>> 0, 4)
+  return out
+}
+
+export function decodeU64(bytes: Uint8Array, what: string): number {
+  if (bytes.length !== 8) throw new Error(`meta ${what} has ${bytes.length} bytes, expected 8`)
+  const view = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)
+  const value = view.readUInt32BE(0) * two32 + view.readUInt32BE(4)
+  if (!Number.isSafeInteger(value)) throw new Error(`meta ${what} is not a safe integer`)
+  return value
+}

@@ -1,0 +1,1215 @@
+/**
+ * The storage engine: one LevelDB database holding the write-ahead log, the applied state and
+ * the node's metadata (see layout.ts).
+ *
+ * Writes go through one writer. Concurrent appends queue up while the previous batch is on its
+ * way to disk, then share the next LevelDB batch and its single fsync (group commit). A log
+ * append, its effect on the state and the metadata that follows from it are one atomic batch,
+ * so after a crash the log and the state always agree and no half of a batch is visible.
+ *
+ * Entries above the commit LSN also store an undo record (the prior image of every key they
+ * touched), so that `truncateAfter` can remove uncommitted entries and restore the state
+ * exactly. Entries that are committed when written (a single node) need none.
+ */
+import { createHash, randomUUID } from 'node:crypto'
+import { ClassicLevel } from 'classic-level'
+import {
+  KvError,
+  OpType,
+  decodeLogEntry,
+  decodeStoredRecord,
+  decodeUndoRecord,
+  encodeLogEntry,
+  encodeStoredRecord,
+  encodeUndoRecord,
+  limitsDefault,
+  lsnMax,
+  type LogEntry,
+  type StoredRecord,
+  type UndoImage,
+} from '@kvstore/protocol'
+import { InvariantError, StorageError, invariant } from './invariant.js'
+import {
+  MetaName,
+  Prefix,
+  decodeU64,
+  encodeU64,
+  layoutFormat,
+  logKey,
+  lsnOfKey,
+  metaKey,
+  prefixRange,
+  stateKey,
+  stateRangeForPrefix,
+  undoKey,
+  userKeyOf,
+} from './layout.js'
+
+type Db = ClassicLevel<Buffer, Buffer>
+type BatchOp = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer }
+
+/** A pino-compatible logger; the store logs rarely (open, compaction, failure). */
+export interface StoreLogger {
+  info(obj: object, msg: string): void
+  warn(obj: object, msg: string): void
+  error(obj: object, msg: string): void
+}
+
+const silentLogger: StoreLogger = { info() {}, warn() {}, error() {} }
+
+export interface StoreOptions {
+  /** Data directory; created if missing. */
+  dir: string
+  /** This node's id. A data directory created by another node id is refused. */
+  nodeId: string
+  /** Cluster id to record in a new data directory (random when omitted); checked when reopening. */
+  clusterId?: string
+  /** Fsync every batch before acknowledging it. Default true. */
+  fsync?: boolean
+  /** Most log entries per LevelDB batch; 1 turns group commit off. */
+  groupCommitWritesMax?: number
+  /** Most bytes of encoded entries per LevelDB batch. */
+  groupCommitBytesMax?: number
+  /** Most appends waiting for the writer before `KV_ERR_OVERLOADED`. */
+  writeQueueWritesMax?: number
+  /** Most bytes waiting for the writer before `KV_ERR_OVERLOADED`. */
+  writeQueueBytesMax?: number
+  /** LevelDB block cache size. Default 64 MiB. */
+  cacheBytes?: number
+  /** LevelDB memtable size. Default 16 MiB. */
+  writeBufferBytes?: number
+  logger?: StoreLogger
+  /** Called after every batch reaches the disk, for metrics. */
+  onBatch?: (stats: BatchStats) => void
+  /**
+   * Called once when the store fails (an I/O error or a broken invariant). From then on every
+   * write is refused with `KV_ERR_STORAGE`; the node should stop and recover by restarting.
+   */
+  onFatal?: (err: Error) => void
+}
+
+/** What one group-committed batch carried. */
+export interface BatchStats {
+  /** Log entries in the batch. */
+  entries: number
+  /** Callers whose writes shared the batch. */
+  writers: number
+  /** Encoded bytes of the entries. */
+  bytes: number
+  /** Time from handing the batch to LevelDB until it was durable. */
+  durationMs: number
+}
+
+/** The node's metadata as the store holds it, durable as of the last completed batch. */
+export interface StoreState {
+  nodeId: string
+  clusterId: string
+  epoch: number
+  vote: string
+  commitLsn: number
+  appliedLsn: number
+  lastEpoch: number
+  logStartLsn: number
+  compactedEpoch: number
+}
+
+/** Fields of the hard state that callers may change; omitted fields keep their value. */
+export interface HardStateUpdate {
+  epoch?: number
+  vote?: string
+  commitLsn?: number
+}
+
+/** One key of a list page. */
+export interface ListItem {
+  key: Buffer
+  record: StoredRecord
+}
+
+export interface ListOptions {
+  /** Only keys that start with these bytes. */
+  prefix?: Buffer
+  /** First key to return (inclusive). */
+  start?: Buffer
+  /** Return keys strictly after this one (a cursor). */
+  after?: Buffer
+  /** Most keys to return. */
+  limit: number
+}
+
+/** A consistent view of the state at one LSN. Close it when done. */
+export interface StateSnapshot {
+  readonly appliedLsn: number
+  readonly lastEpoch: number
+  /** Iterates every key in key order, `chunk` keys per read. */
+  records(chunk?: number): AsyncGenerator<ListItem>
+  close(): Promise<void>
+}
+
+/** A hash of the whole applied state. Equal states give equal digests. */
+export interface StateDigest {
+  appliedLsn: number
+  /** Hex SHA-256 over every key, version and value in key order. */
+  digest: string
+  keys: number
+  /** Sum of key and value bytes. */
+  bytes: number
+}
+
+interface AppendJob {
+  kind: 'append'
+  entries: LogEntry[]
+  encoded: Uint8Array[]
+  bytes: number
+  commitLsn: number | undefined
+  resolve: () => void
+  reject: (err: Error) => void
+}
+
+interface MetaJob {
+  kind: 'meta'
+  update: HardStateUpdate
+  bytes: number
+  resolve: () => void
+  reject: (err: Error) => void
+}
+
+interface ExclusiveJob {
+  kind: 'exclusive'
+  run: () => Promise<void>
+  bytes: number
+  resolve: () => void
+  reject: (err: Error) => void
+}
+
+type Job = AppendJob | MetaJob | ExclusiveJob
+
+const u64Names = [
+  MetaName.Format,
+  MetaName.Epoch,
+  MetaName.CommitLsn,
+  MetaName.AppliedLsn,
+  MetaName.LastEpoch,
+  MetaName.LogStartLsn,
+  MetaName.CompactedEpoch,
+] as const
+
+function checkPositiveInteger(name: string, value: number, max: number): void {
+  if (!Number.isSafeInteger(value) || value < 1 || value > max) {
+    throw new StorageError(`${name} must be an integer from 1 to ${max}, got ${value}`)
+  }
+}
+
+/**
+ * The storage engine. Open it with `Store.open`; every method is safe to call concurrently,
+ * and writes are applied in the order they were called.
+ */
+export class Store {
+  readonly dir: string
+  readonly fsync: boolean
+  readonly groupCommitWritesMax: number
+  readonly groupCommitBytesMax: number
+  readonly writeQueueWritesMax: number
+  readonly writeQueueBytesMax: number
+
+  private readonly db: Db
+  private readonly logger: StoreLogger
+  private readonly onBatch: ((stats: BatchStats) => void) | undefined
+  private readonly onFatal: ((err: Error) => void) | undefined
+  private state: StoreState
+  private readonly queue: Job[] = []
+  private queueHead = 0
+  private queuedWrites = 0
+  private queuedBytes = 0
+  private draining = false
+  private drainScheduled = false
+  private failure: Error | null = null
+  private closing = false
+  private closed = false
+  private idleWaiters: (() => void)[] = []
+
+  private constructor(db: Db, options: StoreOptions, state: StoreState) {
+    this.db = db
+    this.dir = options.dir
+    this.fsync = options.fsync ?? true
+    this.groupCommitWritesMax = options.groupCommitWritesMax ?? limitsDefault.groupCommitWritesMax
+    this.groupCommitBytesMax = options.groupCommitBytesMax ?? limitsDefault.groupCommitBytesMax
+    this.writeQueueWritesMax = options.writeQueueWritesMax ?? limitsDefault.writeQueueWritesMax
+    this.writeQueueBytesMax = options.writeQueueBytesMax ?? limitsDefault.writeQueueBytesMax
+    this.logger = options.logger ?? silentLogger
+    this.onBatch = options.onBatch
+    this.onFatal = options.onFatal
+    this.state = state
+  }
+
+  /**
+   * Opens (or creates) a data directory and recovers it: checks that the metadata, the log
+   * and the state agree, and finishes a log compaction that a crash interrupted.
+   */
+  static async open(options: StoreOptions): Promise<Store> {
+    checkPositiveInteger(
+      'groupCommitWritesMax',
+      options.groupCommitWritesMax ?? limitsDefault.groupCommitWritesMax,
+      Number.MAX_SAFE_INTEGER,
+    )
+    checkPositiveInteger(
+      'groupCommitBytesMax',
+      options.groupCommitBytesMax ?? limitsDefault.groupCommitBytesMax,
+      Number.MAX_SAFE_INTEGER,
+    )
+    if (options.nodeId.length === 0) throw new StorageError('nodeId must not be empty')
+    const db: Db = new ClassicLevel<Buffer, Buffer>(options.dir, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+      createIfMissing: true,
+      cacheSize: options.cacheBytes ?? 64 * 1024 * 1024,
+      writeBufferSize: options.writeBufferBytes ?? 16 * 1024 * 1024,
+    })
+    try {
+      await db.open()
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause
+      if (cause?.code === 'LEVEL_LOCKED') {
+        throw new StorageError(
+          `data directory ${options.dir} is in use by another process (LevelDB lock is held)`,
+          { cause: err },
+        )
+      }
+      throw new StorageError(`cannot open data directory ${options.dir}: ${(err as Error).message}`, {
+        cause: err,
+      })
+    }
+    try {
+      const state = await recover(db, options)
+      const store = new Store(db, options, state)
+      store.logger.info(
+        {
+          dir: options.dir,
+          appliedLsn: state.appliedLsn,
+          commitLsn: state.commitLsn,
+          logStartLsn: state.logStartLsn,
+          epoch: state.epoch,
+        },
+        'storage opened',
+      )
+      return store
+    } catch (err) {
+      await db.close().catch(() => {})
+      throw err
+    }
+  }
+
+  /** The durable metadata, as of the last completed batch. */
+  get meta(): Readonly<StoreState> {
+    return this.state
+  }
+
+  get appliedLsn(): number {
+    return this.state.appliedLsn
+  }
+
+  get commitLsn(): number {
+    return this.state.commitLsn
+  }
+
+  /** Writes waiting for the writer, and their bytes. */
+  get queueDepth(): { writes: number; bytes: number } {
+    return { writes: this.queuedWrites, bytes: this.queuedBytes }
+  }
+
+  /** The failure that stopped the store, or null while it is healthy. */
+  get failed(): Error | null {
+    return this.failure
+  }
+
+  get isClosing(): boolean {
+    return this.closing
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  /**
+   * Reads a key's record synchronously from LevelDB (memtable, block cache, then disk). Sees
+   * every batch that has completed. Returns null when the key has no record.
+   */
+  getSync(key: Uint8Array): StoredRecord | null {
+    this.assertOpen()
+    const bytes = this.db.getSync(stateKey(key))
+    if (bytes === undefined) return null
+    return this.decodeRecordFromDisk(bytes, key)
+  }
+
+  /** Reads a key's record. Returns null when the key has no record. */
+  async get(key: Uint8Array): Promise<StoredRecord | null> {
+    this.assertOpen()
+    const bytes = await this.db.get(stateKey(key))
+    if (bytes === undefined) return null
+    return this.decodeRecordFromDisk(bytes, key)
+  }
+
+  /** One page of keys in key order, from a single consistent LevelDB iterator. */
+  async list(options: ListOptions): Promise<{ items: ListItem[]; more: boolean }> {
+    this.assertOpen()
+    const range = options.prefix ? stateRangeForPrefix(options.prefix) : prefixRange(Prefix.State)
+    let gte: Buffer | undefined = range.gte
+    let gt: Buffer | undefined
+    if (options.start && Buffer.compare(stateKey(options.start), gte) > 0) {
+      gte = stateKey(options.start)
+    }
+    if (options.after) {
+      const afterKey = stateKey(options.after)
+      if (Buffer.compare(afterKey, gte) >= 0) {
+        gt = afterKey
+        gte = undefined
+      }
+    }
+    const iterator = this.db.iterator({
+      ...(gte ? { gte } : {}),
+      ...(gt ? { gt } : {}),
+      lt: range.lt,
+      limit: options.limit + 1,
+    })
+    try {
+      const rows = await iterator.all()
+      const items: ListItem[] = []
+      for (const [key, value] of rows.slice(0, options.limit)) {
+        const userKey = userKeyOf(key)
+        const record = this.decodeRecordFromDisk(value, userKey)
+        if (record.tombstone) continue
+        items.push({ key: Buffer.from(userKey), record })
+      }
+      return { items, more: rows.length > options.limit }
+    } finally {
+      await iterator.close()
+    }
+  }
+
+  /**
+   * Reads log entries from `fromLsn` on, stopping at `entriesMax` entries or once `bytesMax`
+   * bytes are collected (at least one entry is returned if any exists).
+   */
+  async readLog(
+    fromLsn: number,
+    limits: { entriesMax: number; bytesMax: number } = { entriesMax: 1000, bytesMax: 4 << 20 },
+  ): Promise<LogEntry[]> {
+    this.assertOpen()
+    invariant(
+      fromLsn >= this.state.logStartLsn,
+      () => `log read from ${fromLsn} is below the log start ${this.state.logStartLsn}`,
+    )
+    const entries: LogEntry[] = []
+    let bytes = 0
+    const iterator = this.db.iterator({
+      gte: logKey(fromLsn),
+      lt: prefixRange(Prefix.Log).lt,
+      limit: limits.entriesMax,
+    })
+    try {
+      let expected = fromLsn
+      for await (const [key, value] of iterator) {
+        const lsn = lsnOfKey(key)
+        if (lsn !== expected) {
+          throw new StorageError(`log gap: expected lsn ${expected}, found ${lsn}`)
+        }
+        entries.push(this.decodeEntryFromDisk(value, lsn))
+        bytes += value.length
+        expected++
+        if (bytes >= limits.bytesMax) break
+      }
+    } finally {
+      await iterator.close()
+    }
+    return entries
+  }
+
+  /**
+   * Opens a consistent view of the state. Its LSN and records come from one LevelDB snapshot,
+   * so writes that land afterwards are invisible to it.
+   */
+  async openSnapshot(): Promise<StateSnapshot> {
+    this.assertOpen()
+    const snapshot = this.db.snapshot()
+    try {
+      const appliedBytes = await this.db.get(metaKey(MetaName.AppliedLsn), { snapshot })
+      const lastEpochBytes = await this.db.get(metaKey(MetaName.LastEpoch), { snapshot })
+      if (appliedBytes === undefined || lastEpochBytes === undefined) {
+        throw new StorageError('metadata missing in snapshot')
+      }
+      const appliedLsn = decodeU64(appliedBytes, MetaName.AppliedLsn)
+      const lastEpoch = decodeU64(lastEpochBytes, MetaName.LastEpoch)
+      const db = this.db
+      const decode = (bytes: Buffer, key: Buffer): StoredRecord =>
+        this.decodeRecordFromDisk(bytes, key)
+      let closed = false
+      return {
+        appliedLsn,
+        lastEpoch,
+        async *records(chunk = 1000): AsyncGenerator<ListItem> {
+          const iterator = db.iterator({ ...prefixRange(Prefix.State), snapshot })
+          try {
+            for (;;) {
+              const rows = await iterator.nextv(chunk)
+              if (rows.length === 0) return
+              for (const [key, value] of rows) {
+                const userKey = userKeyOf(key)
+                yield { key: userKey, record: decode(value, userKey) }
+              }
+            }
+          } finally {
+            await iterator.close()
+          }
+        },
+        async close(): Promise<void> {
+          if (closed) return
+          closed = true
+          await snapshot.close()
+        },
+      }
+    } catch (err) {
+      await snapshot.close()
+      throw err
+    }
+  }
+
+  /** Hashes the whole applied state at one consistent LSN. */
+  async digest(): Promise<StateDigest> {
+    const snapshot = await this.openSnapshot()
+    try {
+      const hash = createHash('sha256')
+      const header = Buffer.alloc(17)
+      let keys = 0
+      let bytes = 0
+      for await (const { key, record } of snapshot.records()) {
+        header.writeUInt32BE(key.length, 0)
+        header.writeUInt32BE(Math.floor(record.version / 2 ** 32), 4)
+        header.writeUInt32BE(record.version >>> 0, 8)
+        header[12] = record.tombstone ? 1 : 0
+        header.writeUInt32BE(record.value.length, 13)
+        hash.update(header)
+        hash.update(key)
+        hash.update(record.value)
+        keys++
+        bytes += key.length + record.value.length
+      }
+      return { appliedLsn: snapshot.appliedLsn, digest: hash.digest('hex'), keys, bytes }
+    } finally {
+      await snapshot.close()
+    }
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  /**
+   * Appends entries to the log and applies them to the state in one atomic batch, shared with
+   * any other appends queued meanwhile. Entries must continue the log without a gap. With
+   * `commitLsn`, the commit LSN advances in the same batch. Resolves once the batch is durable
+   * (fsynced, unless fsync is off).
+   */
+  append(entries: LogEntry[], options: { commitLsn?: number } = {}): Promise<void> {
+    if (entries.length === 0) return Promise.resolve()
+    return this.appendEncoded(encodeEntries(entries), options)
+  }
+
+  /** Like `append`, for entries already encoded with `encodeEntries` (and admitted). */
+  appendEncoded(batch: EncodedEntries, options: { commitLsn?: number } = {}): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.enqueue({
+        kind: 'append',
+        entries: batch.entries,
+        encoded: batch.encoded,
+        bytes: batch.bytes,
+        commitLsn: options.commitLsn,
+        resolve,
+        reject,
+      })
+    })
+  }
+
+  /**
+   * Persists epoch, vote and commit LSN changes, in order with appends. The epoch never goes
+   * down and the commit LSN never goes down nor passes the applied LSN.
+   */
+  setHardState(update: HardStateUpdate): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.enqueue({ kind: 'meta', update, bytes: 64, resolve, reject })
+    })
+  }
+
+  /**
+   * Removes every log entry after `lsn` and restores the state those entries changed, in one
+   * atomic batch. Refuses (InvariantError) to cut at or below the commit LSN's entries.
+   * Returns the removed entries, oldest first, so they can be kept for reconciliation.
+   */
+  truncateAfter(lsn: number): Promise<LogEntry[]> {
+    let removed: LogEntry[] = []
+    return new Promise<void>((resolve, reject) => {
+      this.enqueue({
+        kind: 'exclusive',
+        bytes: 0,
+        run: async () => {
+          removed = await this.runTruncate(lsn)
+        },
+        resolve,
+        reject,
+      })
+    }).then(() => removed)
+  }
+
+  /**
+   * Deletes log entries (and their undo records) below `retainFromLsn`. Only committed
+   * entries may be compacted. The new log start is made durable before anything is deleted,
+   * so a crash midway leaves a state that recovery finishes.
+   */
+  compactLog(retainFromLsn: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.enqueue({
+        kind: 'exclusive',
+        bytes: 0,
+        run: () => this.runCompact(retainFromLsn),
+        resolve,
+        reject,
+      })
+    })
+  }
+
+  /** Waits for every queued write, then closes LevelDB. New writes are refused meanwhile. */
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closing = true
+    await this.whenIdle()
+    this.closed = true
+    await this.db.close()
+    this.logger.info({ appliedLsn: this.state.appliedLsn }, 'storage closed')
+  }
+
+  /** Resolves once no write is queued or in flight. */
+  whenIdle(): Promise<void> {
+    if (!this.draining && this.queueHead === this.queue.length) return Promise.resolve()
+    return new Promise((resolve) => this.idleWaiters.push(resolve))
+  }
+
+  /**
+   * Checks the whole data directory: the log is contiguous from its start to the applied LSN,
+   * every record decodes, undo records only exist for log entries, and, when the log still
+   * starts at LSN 1, replaying it from scratch gives exactly the stored state.
+   */
+  async verify(): Promise<{ entries: number; keys: number; replayChecked: boolean }> {
+    this.assertOpen()
+    await this.whenIdle()
+    const { logStartLsn, appliedLsn } = this.state
+    let expected = logStartLsn
+    const replay = logStartLsn === 1 ? new Map<string, StoredRecord>() : null
+    for await (const [key, value] of this.db.iterator(prefixRange(Prefix.Log))) {
+      const lsn = lsnOfKey(key)
+      if (lsn !== expected) throw new StorageError(`log gap: expected lsn ${expected}, found ${lsn}`)
+      const entry = this.decodeEntryFromDisk(value, lsn)
+      if (replay) {
+        for (const op of entry.ops) {
+          const k = op.key.toString('latin1')
+          if (op.type === OpType.Put) {
+            replay.set(k, { value: op.value, version: lsn, tombstone: false })
+          } else {
+            replay.delete(k)
+          }
+        }
+      }
+      expected++
+    }
+    if (expected - 1 !== appliedLsn) {
+      throw new StorageError(`log ends at ${expected - 1} but appliedLsn is ${appliedLsn}`)
+    }
+    for await (const key of this.db.keys(prefixRange(Prefix.Undo))) {
+      const lsn = lsnOfKey(key)
+      if (lsn < logStartLsn || lsn > appliedLsn) {
+        throw new StorageError(`undo record ${lsn} has no log entry`)
+      }
+    }
+    let keys = 0
+    for await (const [key, value] of this.db.iterator(prefixRange(Prefix.State))) {
+      const userKey = userKeyOf(key)
+      const record = this.decodeRecordFromDisk(value, userKey)
+      keys++
+      if (replay) {
+        const k = userKey.toString('latin1')
+        const expectedRecord = replay.get(k)
+        if (
+          !expectedRecord ||
+          expectedRecord.version !== record.version ||
+          !expectedRecord.value.equals(record.value)
+        ) {
+          throw new StorageError(`state of key ${JSON.stringify(k)} does not match the log`)
+        }
+        replay.delete(k)
+      }
+    }
+    if (replay && replay.size > 0) {
+      const [first] = replay.keys()
+      throw new StorageError(`${replay.size} keys in the log are missing from the state (${first})`)
+    }
+    return { entries: appliedLsn - logStartLsn + 1, keys, replayChecked: replay !== null }
+  }
+
+  // ---------------------------------------------------------------- writer
+
+  /**
+   * Throws the error an append of `bytes` would be refused with right now (storage failed,
+   * closing, or the write queue full), so a caller can refuse a write before giving it an LSN.
+   */
+  admit(bytes: number): void {
+    if (this.failure) throw storageFailedError(this.failure)
+    if (this.closing) throw new KvError('KV_ERR_SHUTTING_DOWN', 'storage is closing')
+    if (
+      this.queuedWrites + 1 > this.writeQueueWritesMax ||
+      this.queuedBytes + bytes > this.writeQueueBytesMax
+    ) {
+      throw new KvError('KV_ERR_OVERLOADED', 'too many writes are waiting for the disk', {
+        queuedWrites: this.queuedWrites,
+        queuedBytes: this.queuedBytes,
+      })
+    }
+  }
+
+  private enqueue(job: Job): void {
+    try {
+      if (job.kind === 'append') this.admit(job.bytes)
+      else if (this.failure) throw storageFailedError(this.failure)
+      else if (this.closing) throw new KvError('KV_ERR_SHUTTING_DOWN', 'storage is closing')
+    } catch (err) {
+      job.reject(err as Error)
+      return
+    }
+    if (job.kind === 'append') {
+      this.queuedWrites++
+      this.queuedBytes += job.bytes
+    }
+    this.queue.push(job)
+    if (!this.draining && !this.drainScheduled) {
+      // Let every write that arrives in this turn of the event loop join the first batch.
+      this.drainScheduled = true
+      setImmediate(() => {
+        this.drainScheduled = false
+        void this.drain()
+      })
+    }
+  }
+
+  private takeJob(): Job | undefined {
+    if (this.queueHead >= this.queue.length) return undefined
+    const job = this.queue[this.queueHead]
+    this.queue[this.queueHead] = undefined as unknown as Job
+    this.queueHead++
+    if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
+      this.queue.splice(0, this.queueHead)
+      this.queueHead = 0
+    }
+    if (job?.kind === 'append') {
+      this.queuedWrites--
+      this.queuedBytes -= job.bytes
+    }
+    return job
+  }
+
+  private peekJob(): Job | undefined {
+    return this.queueHead < this.queue.length ? this.queue[this.queueHead] : undefined
+  }
+
+  private async drain(): Promise<void> {
+    if (this.draining) return
+    this.draining = true
+    try {
+      while (this.peekJob() !== undefined) {
+        if (this.failure) {
+          this.rejectQueued(storageFailedError(this.failure))
+          break
+        }
+        const head = this.peekJob()
+        if (head?.kind === 'exclusive') {
+          this.takeJob()
+          try {
+            await head.run()
+            head.resolve()
+          } catch (err) {
+            head.reject(err as Error)
+            if (!(err instanceof InvariantError)) this.fail(err as Error)
+          }
+          continue
+        }
+        await this.writeGroup()
+      }
+    } finally {
+      this.draining = false
+      if (this.peekJob() === undefined) {
+        const waiters = this.idleWaiters
+        this.idleWaiters = []
+        for (const resolve of waiters) resolve()
+      } else {
+        void this.drain()
+      }
+    }
+  }
+
+  /** Builds one batch from the queued appends and meta updates, writes it, resolves them. */
+  private async writeGroup(): Promise<void> {
+    const builder = new BatchBuilder(this, this.state)
+    const members: (AppendJob | MetaJob)[] = []
+    let entries = 0
+    let bytes = 0
+    for (;;) {
+      const job = this.peekJob()
+      if (job === undefined || job.kind === 'exclusive') break
+      if (job.kind === 'append' && members.length > 0) {
+        if (entries + job.entries.length > this.groupCommitWritesMax) break
+        if (bytes + job.bytes > this.groupCommitBytesMax) break
+      }
+      this.takeJob()
+      try {
+        if (job.kind === 'append') {
+          builder.addAppend(job)
+          entries += job.entries.length
+          bytes += job.bytes
+        } else {
+          builder.addMeta(job.update)
+        }
+        members.push(job)
+      } catch (err) {
+        // The job broke an invariant (a gap, a lower epoch): refuse it and stop the store,
+        // because the caller's view of the log is wrong.
+        job.reject(err as Error)
+        this.fail(err as Error)
+        for (const member of members) member.reject(storageFailedError(err as Error))
+        return
+      }
+    }
+    if (members.length === 0) return
+    const started = performance.now()
+    try {
+      await this.db.batch(builder.finish(), { sync: this.fsync })
+    } catch (err) {
+      const failure = new StorageError(`batch write failed: ${(err as Error).message}`, {
+        cause: err,
+      })
+      this.fail(failure)
+      for (const member of members) member.reject(storageFailedError(failure))
+      return
+    }
+    const durationMs = performance.now() - started
+    this.state = builder.next
+    for (const member of members) member.resolve()
+    this.onBatch?.({ entries, writers: members.length, bytes, durationMs })
+  }
+
+  private async runTruncate(lsn: number): Promise<LogEntry[]> {
+    const { commitLsn, appliedLsn, logStartLsn } = this.state
+    invariant(Number.isSafeInteger(lsn) && lsn >= 0, `truncation point ${lsn} is not an lsn`)
+    invariant(
+      lsn >= commitLsn,
+      () => `refusing to truncate after ${lsn}: entries up to the commit LSN ${commitLsn} are committed`,
+    )
+    if (lsn >= appliedLsn) return []
+    invariant(lsn >= logStartLsn - 1, `truncation point ${lsn} is below the log start`)
+    const removed = await this.readLog(lsn + 1, { entriesMax: appliedLsn - lsn, bytesMax: Infinity })
+    invariant(removed.length === appliedLsn - lsn, 'log is shorter than its applied LSN')
+    const ops: BatchOp[] = []
+    // Walk back from the newest entry: the image that wins for a key is the one from before
+    // the oldest removed entry that touched it.
+    const restore = new Map<string, { key: Buffer; prior: StoredRecord | null }>()
+    for (let i = removed.length - 1; i >= 0; i--) {
+      const entry = removed[i]
+      if (entry === undefined) continue
+      const undoBytes = await this.db.get(undoKey(entry.lsn))
+      invariant(undoBytes !== undefined, () => `entry ${entry.lsn} above the commit LSN has no undo`)
+      const undo = decodeUndoRecord(undoBytes)
+      invariant(undo.lsn === entry.lsn, `undo record ${undo.lsn} is stored under ${entry.lsn}`)
+      for (const image of undo.images) {
+        restore.set(image.key.toString('latin1'), { key: image.key, prior: image.prior })
+      }
+      ops.push({ type: 'del', key: logKey(entry.lsn) }, { type: 'del', key: undoKey(entry.lsn) })
+    }
+    for (const { key, prior } of restore.values()) {
+      if (prior === null) ops.push({ type: 'del', key: stateKey(key) })
+      else ops.push({ type: 'put', key: stateKey(key), value: Buffer.from(encodeStoredRecord(prior)) })
+    }
+    let lastEpoch = this.state.compactedEpoch
+    if (lsn >= logStartLsn) {
+      const [last] = await this.readLog(lsn, { entriesMax: 1, bytesMax: Infinity })
+      invariant(last !== undefined && last.lsn === lsn, `entry ${lsn} is missing`)
+      lastEpoch = last.epoch
+    }
+    ops.push(
+      { type: 'put', key: metaKey(MetaName.AppliedLsn), value: encodeU64(lsn) },
+      { type: 'put', key: metaKey(MetaName.LastEpoch), value: encodeU64(lastEpoch) },
+    )
+    await this.db.batch(ops, { sync: true })
+    this.state = { ...this.state, appliedLsn: lsn, lastEpoch }
+    this.logger.warn(
+      { fromLsn: lsn + 1, toLsn: appliedLsn, entries: removed.length },
+      'log truncated; uncommitted entries removed and their state restored',
+    )
+    return removed
+  }
+
+  private async runCompact(retainFromLsn: number): Promise<void> {
+    const { commitLsn, appliedLsn, logStartLsn } = this.state
+    invariant(Number.isSafeInteger(retainFromLsn), `compaction point ${retainFromLsn} is not an lsn`)
+    invariant(
+      retainFromLsn <= commitLsn + 1,
+      () => `refusing to compact below ${retainFromLsn}: entries after ${commitLsn} are not committed`,
+    )
+    invariant(retainFromLsn <= appliedLsn + 1, 'compaction point is past the log end')
+    if (retainFromLsn <= logStartLsn) return
+    const [last] = await this.readLog(retainFromLsn - 1, { entriesMax: 1, bytesMax: Infinity })
+    invariant(last !== undefined, `entry ${retainFromLsn - 1} is missing`)
+    await this.db.batch(
+      [
+        { type: 'put', key: metaKey(MetaName.LogStartLsn), value: encodeU64(retainFromLsn) },
+        { type: 'put', key: metaKey(MetaName.CompactedEpoch), value: encodeU64(last.epoch) },
+      ],
+      { sync: true },
+    )
+    this.state = { ...this.state, logStartLsn: retainFromLsn, compactedEpoch: last.epoch }
+    await deleteBelow(this.db, retainFromLsn)
+    this.logger.info(
+      { logStartLsn: retainFromLsn, removed: retainFromLsn - logStartLsn },
+      'log compacted',
+    )
+  }
+
+  private fail(err: Error): void {
+    if (this.failure) return
+    this.failure = err
+    this.logger.error({ err }, 'storage failed; refusing all further writes')
+    this.rejectQueued(storageFailedError(err))
+    this.onFatal?.(err)
+  }
+
+  private rejectQueued(err: Error): void {
+    for (let job = this.takeJob(); job !== undefined; job = this.takeJob()) job.reject(err)
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new KvError('KV_ERR_SHUTTING_DOWN', 'storage is closed')
+  }
+
+  /** Decodes a stored record read from disk; a bad one is corruption, which stops the store. */
+  decodeRecordFromDisk(bytes: Uint8Array, key: Uint8Array): StoredRecord {
+    try {
+      return decodeStoredRecord(bytes)
+    } catch (err) {
+      const failure = new StorageError(
+        `corrupt state record for key ${JSON.stringify(Buffer.from(key).toString('utf8'))}: ${(err as Error).message}`,
+        { cause: err },
+      )
+      this.fail(failure)
+      throw storageFailedError(failure)
+    }
+  }
+
+  private decodeEntryFromDisk(bytes: Uint8Array, lsn: number): LogEntry {
+    let entry: LogEntry
+    try {
+      entry = decodeLogEntry(bytes)
+    } catch (err) {
+      const failure = new StorageError(`corrupt log entry ${lsn}: ${(err as Error).message}`, {
+        cause: err,
+      })
+      this.fail(failure)
+      throw storageFailedError(failure)
+    }
+    if (entry.lsn !== lsn) {
+      const failure = new StorageError(`log entry stored under ${lsn} says lsn ${entry.lsn}`)
+      this.fail(failure)
+      throw storageFailedError(failure)
+    }
+    return entry
+  }
+}
+
+/** Log entries encoded once, with their total size, ready for `Store.appendEncoded`. */
+export interface EncodedEntries {
+  entries: LogEntry[]
+  encoded: Uint8Array[]
+  bytes: number
+}
+
+/** Encodes (and thereby checks) log entries for an append. */
+export function encodeEntries(entries: LogEntry[]): EncodedEntries {
+  const encoded = entries.map((entry) => encodeLogEntry(entry))
+  let bytes = 0
+  for (const e of encoded) bytes += e.length
+  return { entries, encoded, bytes }
+}
+
+function storageFailedError(cause: Error): KvError {
+  return new KvError('KV_ERR_STORAGE', `storage failed: ${cause.message}`, {}, { cause })
+}
+
+/**
+ * Collects the LevelDB operations of one group: entries, their effects on the state, undo
+ * records for uncommitted entries, and the metadata that results.
+ */
+class BatchBuilder {
+  private readonly ops: BatchOp[] = []
+  /** State written earlier in this batch, by state key in latin1 (one char per byte). */
+  private readonly overlay = new Map<string, StoredRecord | null>()
+  private readonly store: Store
+  next: StoreState
+  private readonly before: StoreState
+
+  constructor(store: Store, state: StoreState) {
+    this.store = store
+    this.before = state
+    this.next = { ...state }
+  }
+
+  addAppend(job: AppendJob): void {
+    const next = this.next
+    let appliedLsn = next.appliedLsn
+    let lastEpoch = next.lastEpoch
+    // Check the whole job before touching the batch, so a refused job leaves no trace.
+    for (const entry of job.entries) {
+      invariant(
+        entry.lsn === appliedLsn + 1,
+        () => `append of lsn ${entry.lsn} does not follow the log end ${appliedLsn}`,
+      )
+      invariant(
+        entry.epoch >= lastEpoch,
+        () => `entry ${entry.lsn} has epoch ${entry.epoch}, below the previous entry's ${lastEpoch}`,
+      )
+      invariant(
+        entry.epoch <= next.epoch,
+        () => `entry ${entry.lsn} has epoch ${entry.epoch}, above the node's epoch ${next.epoch}`,
+      )
+      invariant(entry.lsn <= lsnMax, 'lsn overflow')
+      appliedLsn = entry.lsn
+      lastEpoch = entry.epoch
+    }
+    const commitLsn = Math.max(next.commitLsn, job.commitLsn ?? 0)
+    invariant(
+      commitLsn <= appliedLsn,
+      () => `commit LSN ${commitLsn} would pass the log end ${appliedLsn}`,
+    )
+    for (let i = 0; i < job.entries.length; i++) {
+      const entry = job.entries[i] as LogEntry
+      const encoded = job.encoded[i] as Uint8Array
+      this.ops.push({ type: 'put', key: logKey(entry.lsn), value: toBuffer(encoded) })
+      const needUndo = entry.lsn > commitLsn
+      const images: UndoImage[] | null = needUndo ? [] : null
+      const seen = needUndo ? new Set<string>() : null
+      for (const op of entry.ops) {
+        const key = stateKey(op.key)
+        const overlayKey = key.toString('latin1')
+        if (images !== null && seen !== null && !seen.has(overlayKey)) {
+          seen.add(overlayKey)
+          const prior = this.overlay.has(overlayKey)
+            ? (this.overlay.get(overlayKey) ?? null)
+            : this.store.getSync(op.key)
+          images.push({ key: op.key, prior })
+        }
+        if (op.type === OpType.Put) {
+          const record: StoredRecord = { value: op.value, version: entry.lsn, tombstone: false }
+          this.ops.push({ type: 'put', key, value: toBuffer(encodeStoredRecord(record)) })
+          this.overlay.set(overlayKey, record)
+        } else {
+          this.ops.push({ type: 'del', key })
+          this.overlay.set(overlayKey, null)
+        }
+      }
+      if (images !== null) {
+        this.ops.push({
+          type: 'put',
+          key: undoKey(entry.lsn),
+          value: toBuffer(encodeUndoRecord({ lsn: entry.lsn, images })),
+        })
+      }
+    }
+    next.appliedLsn = appliedLsn
+    next.lastEpoch = lastEpoch
+    next.commitLsn = commitLsn
+  }
+
+  addMeta(update: HardStateUpdate): void {
+    const next = this.next
+    if (update.epoch !== undefined) {
+      invariant(
+        Number.isSafeInteger(update.epoch) && update.epoch >= next.epoch,
+        () => `epoch may not go down from ${next.epoch} to ${update.epoch}`,
+      )
+    }
+    if (update.commitLsn !== undefined) {
+      invariant(
+        Number.isSafeInteger(update.commitLsn) && update.commitLsn >= next.commitLsn,
+        () => `commit LSN may not go down from ${next.commitLsn} to ${update.commitLsn}`,
+      )
+      invariant(
+        update.commitLsn <= next.appliedLsn,
+        () => `commit LSN ${update.commitLsn} would pass the log end ${next.appliedLsn}`,
+      )
+    }
+    if (update.epoch !== undefined) next.epoch = update.epoch
+    if (update.vote !== undefined) next.vote = update.vote
+    if (update.commitLsn !== undefined) next.commitLsn = update.commitLsn
+  }
+
+  finish(): BatchOp[] {
+    const { next, before } = this
+    const meta = (name: MetaName, value: Buffer): void => {
+      this.ops.push({ type: 'put', key: metaKey(name), value })
+    }
+    if (next.appliedLsn !== before.appliedLsn) meta(MetaName.AppliedLsn, encodeU64(next.appliedLsn))
+    if (next.lastEpoch !== before.lastEpoch) meta(MetaName.LastEpoch, encodeU64(next.lastEpoch))
+    if (next.commitLsn !== before.commitLsn) meta(MetaName.CommitLsn, encodeU64(next.commitLsn))
+    if (next.epoch !== before.epoch) meta(MetaName.Epoch, encodeU64(next.epoch))
+    if (next.vote !== before.vote) meta(MetaName.Vote, Buffer.from(next.vote, 'utf8'))
+    return this.ops
+  }
+}
+
+function toBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)
+}
+
+async function deleteBelow(db: Db, retainFromLsn: number): Promise<void> {
+  await db.clear({ gte: prefixRange(Prefix.Log).gte, lt: logKey(retainFromLsn) })
+  await db.clear({ gte: prefixRange(Prefix.Undo).gte, lt: undoKey(retainFromLsn) })
+}
+
+async function firstKey(db: Db, range: { gte: Buffer; lt: Buffer }, reverse = false) {
+  const keys = await db.keys({ ...range, limit: 1, reverse }).all()
+  return keys[0]
+}
+
+/** Reads and checks the metadata of an open database, creating it for a new directory. */
+async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
+  const formatBytes = await db.get(metaKey(MetaName.Format))
+  if (formatBytes === undefined) {
+    const anything = await db.keys({ limit: 1 }).all()
+    if (anything.length > 0) {
+      throw new StorageError(
+        `data directory ${options.dir} holds data but no format marker; refusing to use it`,
+      )
+    }
+    const clusterId = options.clusterId ?? randomUUID()
+    const state: StoreState = {
+      nodeId: options.nodeId,
+      clusterId,
+      epoch: 0,
+      vote: '',
+      commitLsn: 0,
+      appliedLsn: 0,
+      lastEpoch: 0,
+      logStartLsn: 1,
+      compactedEpoch: 0,
+    }
+    const put = (name: MetaName, value: Buffer) => ({ type: 'put' as const, key: metaKey(name), value })
+    await db.batch(
+      [
+        put(MetaName.NodeId, Buffer.from(state.nodeId, 'utf8')),
+        put(MetaName.ClusterId, Buffer.from(state.clusterId, 'utf8')),
+        put(MetaName.Epoch, encodeU64(0)),
+        put(MetaName.Vote, Buffer.alloc(0)),
+        put(MetaName.CommitLsn, encodeU64(0)),
+        put(MetaName.AppliedLsn, encodeU64(0)),
+        put(MetaName.LastEpoch, encodeU64(0)),
+        put(MetaName.LogStartLsn, encodeU64(1)),
+        put(MetaName.CompactedEpoch, encodeU64(0)),
+        // The format marker goes last in the same atomic batch: it means "fully initialised".
+        put(MetaName.Format, encodeU64(layoutFormat)),
+      ],
+      { sync: true },
+    )
+    return state
+  }
+
+  const names = [...u64Names, MetaName.NodeId, MetaName.ClusterId, MetaName.Vote]
+  const values = await db.getMany(names.map((name) => metaKey(name)))
+  const raw = new Map<string, Buffer>()
+  names.forEach((name, i) => {
+    const value = values[i]
+    if (value === undefined) throw new StorageError(`data directory is missing meta ${name}`)
+    raw.set(name, value)
+  })
+  const u64 = (name: MetaName): number => {
+    try {
+      return decodeU64(raw.get(name) as Buffer, name)
+    } catch (err) {
+      throw new StorageError(`corrupt metadata: ${(err as Error).message}`, { cause: err })
+    }
+  }
+  const format = u64(MetaName.Format)
+  if (format !== layoutFormat) {
+    throw new StorageError(
+      `data directory has layout format ${format}; this build reads format ${layoutFormat}`,
+    )
+  }
+  const state: StoreState = {
+    nodeId: (raw.get(MetaName.NodeId) as Buffer).toString('utf8'),
+    clusterId: (raw.get(MetaName.ClusterId) as Buffer).toString('utf8'),
+    epoch: u64(MetaName.Epoch),
+    vote: (raw.get(MetaName.Vote) as Buffer).toString('utf8'),
+    commitLsn: u64(MetaName.CommitLsn),
+    appliedLsn: u64(MetaName.AppliedLsn),
+    lastEpoch: u64(MetaName.LastEpoch),
+    logStartLsn: u64(MetaName.LogStartLsn),
+    compactedEpoch: u64(MetaName.CompactedEpoch),
+  }
+  if (state.nodeId !== options.nodeId) {
+    throw new StorageError(
+      `data directory ${options.dir} belongs to node "${state.nodeId}", not "${options.nodeId}"`,
+    )
+  }
+  if (options.clusterId !== undefined && options.clusterId !== state.clusterId) {
+    throw new StorageError(
+      `data directory ${options.dir} belongs to cluster "${state.clusterId}", not "${options.clusterId}"`,
+    )
+  }
+  if (state.commitLsn > state.appliedLsn) {
+    throw new StorageError(`commit LSN ${state.commitLsn} is past the log end ${state.appliedLsn}`)
+  }
+  if (state.logStartLsn < 1 || state.logStartLsn > state.appliedLsn + 1) {
+    throw new StorageError(
+      `log start ${state.logStartLsn} is inconsistent with the log end ${state.appliedLsn}`,
+    )
+  }
+  if (state.lastEpoch > state.epoch) {
+    throw new StorageError(`last entry epoch ${state.lastEpoch} is above the node epoch ${state.epoch}`)
+  }
+
+  // A crash during compaction can leave entries below the recorded log start: finish the job.
+  const firstLog = await firstKey(db, prefixRange(Prefix.Log))
+  const firstUndo = await firstKey(db, prefixRange(Prefix.Undo))
+  if (
+    (firstLog !== undefined && lsnOfKey(firstLog) < state.logStartLsn) ||
+    (firstUndo !== undefined && lsnOfKey(firstUndo) < state.logStartLsn)
+  ) {
+    await deleteBelow(db, state.logStartLsn)
+  }
+
+  // The log's last entry must be the applied LSN: appends and their meta are one batch.
+  const lastLog = await firstKey(db, prefixRange(Prefix.Log), true)
+  if (state.appliedLsn >= state.logStartLsn) {
+    if (lastLog === undefined || lsnOfKey(lastLog) !== state.appliedLsn) {
+      throw new StorageError(
+        `log ends at ${lastLog === undefined ? 'nothing' : lsnOfKey(lastLog)} but appliedLsn is ${state.appliedLsn}`,
+      )
+    }
+    const bytes = await db.get(lastLog)
+    let entry: LogEntry
+    try {
+      entry = decodeLogEntry(bytes as Buffer)
+    } catch (err) {
+      throw new StorageError(`corrupt last log entry: ${(err as Error).message}`, { cause: err })
+    }
+    if (entry.lsn !== state.appliedLsn || entry.epoch !== state.lastEpoch) {
+      throw new StorageError(
+        `last log entry (lsn ${entry.lsn}, epoch ${entry.epoch}) disagrees with the metadata (lsn ${state.appliedLsn}, epoch ${state.lastEpoch})`,
+      )
+    }
+  } else if (lastLog !== undefined) {
+    throw new StorageError(`log holds entry ${lsnOfKey(lastLog)} past the applied LSN`)
+  }
+  const lastUndo = await firstKey(db, prefixRange(Prefix.Undo), true)
+  if (lastUndo !== undefined && lsnOfKey(lastUndo) > state.appliedLsn) {
+    throw new StorageError(`undo record ${lsnOfKey(lastUndo)} is past the log end`)
+  }
+  return state
+}

@@ -1,0 +1,137 @@
+import { KvError } from '@kvstore/protocol'
+import { Sequencer, type Store } from '../src/index.js'
+import { openStore, tempDir } from './helpers.js'
+
+let dir: string
+let cleanup: () => Promise<void>
+let store: Store
+let seq: Sequencer
+
+const b = (s: string) => Buffer.from(s)
+
+beforeEach(async () => {
+  ;({ dir, cleanup } = await tempDir())
+  store = await openStore(dir)
+  seq = new Sequencer(store, { now: () => 42, commitOnAppend: true })
+})
+afterEach(async () => {
+  await store.close()
+  await cleanup()
+})
+
+async function failure(promise: Promise<unknown>): Promise<KvError> {
+  const err = await promise.then(
+    () => null,
+    (e: unknown) => e,
+  )
+  expect(err).toBeInstanceOf(KvError)
+  return err as KvError
+}
+
+describe('Sequencer', () => {
+  it('gives each write the next LSN and commits it on append', async () => {
+    const r1 = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('1') }] })
+    const r2 = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('2') }] })
+    expect(r1).toMatchObject({ lsn: 1, epoch: 1, results: [{ version: 1, previousVersion: null }] })
+    expect(r2).toMatchObject({ lsn: 2, results: [{ version: 2, previousVersion: 1 }] })
+    expect(store.meta).toMatchObject({ appliedLsn: 2, commitLsn: 2 })
+    const [logged] = await store.readLog(1, { entriesMax: 1, bytesMax: 1e6 })
+    expect(logged?.timestampMs).toBe(42)
+  })
+
+  it('checks If-Match, If-None-Match and If-Match: * style conditions', async () => {
+    await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('1') }] })
+    const exists = await failure(
+      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('x'), ifAbsent: true }] }),
+    )
+    expect(exists).toMatchObject({ code: 'KV_ERR_PRECONDITION_FAILED', details: { currentVersion: 1 } })
+    const stale = await failure(
+      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('x'), ifVersion: 7 }] }),
+    )
+    expect(stale.details).toMatchObject({ key: 'a', currentVersion: 1 })
+    const missing = await failure(
+      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('zz'), value: b('x'), ifExists: true }] }),
+    )
+    expect(missing.code).toBe('KV_ERR_PRECONDITION_FAILED')
+    const ok = await seq.write({
+      kind: 'put',
+      ops: [{ type: 'put', key: b('a'), value: b('2'), ifVersion: 1 }],
+    })
+    expect(ok.lsn).toBe(2)
+    // Refused writes took no LSN.
+    expect(store.appliedLsn).toBe(2)
+  })
+
+  it('refuses to delete a missing key with KV_ERR_KEY_NOT_FOUND, but a batch delete is a no-op', async () => {
+    const err = await failure(seq.write({ kind: 'delete', ops: [{ type: 'delete', key: b('nope') }] }))
+    expect(err.code).toBe('KV_ERR_KEY_NOT_FOUND')
+    const batch = await seq.write({
+      kind: 'batch',
+      ops: [
+        { type: 'delete', key: b('nope') },
+        { type: 'put', key: b('x'), value: b('1') },
+      ],
+    })
+    expect(batch.results).toMatchObject([
+      { version: null, previousVersion: null },
+      { version: 1, previousVersion: null },
+    ])
+  })
+
+  it('evaluates batch ops in order, and a failed condition writes nothing', async () => {
+    const r = await seq.write({
+      kind: 'batch',
+      ops: [
+        { type: 'put', key: b('k'), value: b('1'), ifAbsent: true },
+        { type: 'put', key: b('k'), value: b('2'), ifVersion: 1 },
+      ],
+    })
+    expect(r.results.map((x) => x.version)).toEqual([1, 1])
+    expect(store.getSync(b('k'))?.value.toString()).toBe('2')
+    const err = await failure(
+      seq.write({
+        kind: 'batch',
+        ops: [
+          { type: 'put', key: b('new'), value: b('1') },
+          { type: 'delete', key: b('k'), ifVersion: 99 },
+        ],
+      }),
+    )
+    expect(err.details).toMatchObject({ opIndex: 1, key: 'k', currentVersion: 1 })
+    expect(store.getSync(b('new'))).toBeNull()
+    expect(store.appliedLsn).toBe(1)
+  })
+
+  it('sees writes that are accepted but not yet durable (create-only race)', async () => {
+    const attempts = Array.from({ length: 10 }, (_, i) =>
+      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('lock'), value: b(`owner${i}`), ifAbsent: true }] }),
+    )
+    const settled = await Promise.allSettled(attempts)
+    expect(settled.filter((s) => s.status === 'fulfilled')).toHaveLength(1)
+    expect(settled.filter((s) => s.status === 'rejected')).toHaveLength(9)
+    // Compare-and-set chains issued concurrently: each sees the previous pending version.
+    const first = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('ctr'), value: b('0') }] })
+    const v = first.lsn
+    const [a, c] = await Promise.allSettled([
+      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('ctr'), value: b('1'), ifVersion: v }] }),
+      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('ctr'), value: b('1'), ifVersion: v }] }),
+    ])
+    expect(a?.status).toBe('fulfilled')
+    expect(c?.status).toBe('rejected')
+  })
+
+  it('refuses a write when the queue is full without leaving a gap in the log', async () => {
+    await store.close()
+    store = await openStore(dir, { writeQueueWritesMax: 3 })
+    seq = new Sequencer(store, { now: () => 0, commitOnAppend: true })
+    const settled = await Promise.allSettled(
+      Array.from({ length: 6 }, (_, i) =>
+        seq.write({ kind: 'put', ops: [{ type: 'put', key: b(`k${i}`), value: b('v') }] }),
+      ),
+    )
+    expect(settled.filter((s) => s.status === 'rejected')).toHaveLength(3)
+    const next = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('after'), value: b('v') }] })
+    expect(next.lsn).toBe(4)
+    expect((await store.verify()).entries).toBe(4)
+  })
+})
