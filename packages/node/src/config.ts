@@ -1,0 +1,573 @@
+/**
+ * Node configuration. One table (`configSpec`) defines every option: its flag, environment
+ * variable, type, default, bounds and description. Parsing, validation, `kv-node --help` and
+ * the README's configuration table all come from it.
+ *
+ * Precedence, highest first: command-line flags, environment variables, the JSON config file
+ * (`--config`), defaults.
+ */
+import { readFileSync } from 'node:fs'
+import { checkLimits, limitsCeiling, limitsDefault } from '@kvstore/protocol/limits'
+
+export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+export type LogLevel = (typeof logLevels)[number]
+
+export interface NodeConfig {
+  nodeId: string
+  clusterId: string | undefined
+  dataDir: string
+  host: string
+  port: number
+  logLevel: LogLevel
+  fsync: boolean
+  groupCommitWritesMax: number
+  groupCommitBytesMax: number
+  writeQueueWritesMax: number
+  writeQueueBytesMax: number
+  keyBytesMax: number
+  valueBytesMax: number
+  batchOpsMax: number
+  requestBodyBytesMax: number
+  listLimitMax: number
+  listLimitDefault: number
+  requestIdBytesMax: number
+  requestTimeoutMs: number
+  keepAliveTimeoutMs: number
+  connectionsMax: number
+  h2StreamsMax: number
+  shutdownTimeoutMs: number
+  leveldbCacheBytes: number
+  leveldbWriteBufferBytes: number
+}
+
+type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'
+
+export interface OptionSpec {
+  key: keyof NodeConfig
+  flag: string
+  env: string
+  kind: Kind
+  /** Default value; a function of the other options for derived defaults. */
+  default: string | number | boolean | undefined | ((config: Partial<NodeConfig>) => unknown)
+  /** How the default reads in --help and the README. */
+  defaultText?: string
+  min?: number
+  max?: number
+  values?: readonly string[]
+  group: 'node' | 'storage' | 'limits' | 'http'
+  description: string
+}
+
+const KiB = 1024
+const MiB = 1024 * KiB
+
+export const configSpec: readonly OptionSpec[] = [
+  {
+    key: 'nodeId',
+    flag: '--id',
+    env: 'KV_NODE_ID',
+    kind: 'string',
+    default: 'n1',
+    group: 'node',
+    description:
+      'Id of this node. Stored in the data directory on first start; a directory created by another id is refused.',
+  },
+  {
+    key: 'clusterId',
+    flag: '--cluster-id',
+    env: 'KV_CLUSTER_ID',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'random, on first start',
+    group: 'node',
+    description: 'Id of the cluster; when given, a data directory of another cluster is refused.',
+  },
+  {
+    key: 'dataDir',
+    flag: '--data-dir',
+    env: 'KV_DATA_DIR',
+    kind: 'string',
+    default: (c) => `./data/${c.nodeId ?? 'n1'}`,
+    defaultText: './data/<id>',
+    group: 'node',
+    description: 'Directory of the LevelDB database (write-ahead log, state, metadata).',
+  },
+  {
+    key: 'host',
+    flag: '--host',
+    env: 'KV_HOST',
+    kind: 'string',
+    default: '127.0.0.1',
+    group: 'node',
+    description: 'Address to listen on. Use 0.0.0.0 to accept connections from other machines.',
+  },
+  {
+    key: 'port',
+    flag: '--port',
+    env: 'KV_PORT',
+    kind: 'integer',
+    default: 7001,
+    min: 0,
+    max: 65535,
+    group: 'node',
+    description: 'Client API port. It speaks HTTP/1.1 and cleartext HTTP/2 (h2c, prior knowledge).',
+  },
+  {
+    key: 'logLevel',
+    flag: '--log-level',
+    env: 'KV_LOG_LEVEL',
+    kind: 'enum',
+    values: logLevels,
+    default: 'info',
+    group: 'node',
+    description: 'Log level of the JSON logs on stdout.',
+  },
+  {
+    key: 'fsync',
+    flag: '--fsync',
+    env: 'KV_FSYNC',
+    kind: 'boolean',
+    default: true,
+    group: 'storage',
+    description:
+      'Fsync each batch before acknowledging its writes. With false, an acknowledged write survives a process crash but not a power loss.',
+  },
+  {
+    key: 'groupCommitWritesMax',
+    flag: '--group-commit-writes-max',
+    env: 'KV_GROUP_COMMIT_WRITES_MAX',
+    kind: 'integer',
+    default: limitsDefault.groupCommitWritesMax,
+    min: 1,
+    max: limitsCeiling.groupCommitWritesMax,
+    group: 'storage',
+    description:
+      'Most writes that share one LevelDB batch and one fsync. 1 turns group commit off (one fsync per write).',
+  },
+  {
+    key: 'groupCommitBytesMax',
+    flag: '--group-commit-bytes-max',
+    env: 'KV_GROUP_COMMIT_BYTES_MAX',
+    kind: 'bytes',
+    default: limitsDefault.groupCommitBytesMax,
+    min: 1,
+    max: limitsCeiling.groupCommitBytesMax,
+    group: 'storage',
+    description: 'Most bytes of log entries in one batch.',
+  },
+  {
+    key: 'writeQueueWritesMax',
+    flag: '--write-queue-writes-max',
+    env: 'KV_WRITE_QUEUE_WRITES_MAX',
+    kind: 'integer',
+    default: limitsDefault.writeQueueWritesMax,
+    min: 1,
+    max: limitsCeiling.writeQueueWritesMax,
+    group: 'storage',
+    description: 'Most writes waiting for the disk; beyond it writes get KV_ERR_OVERLOADED (503).',
+  },
+  {
+    key: 'writeQueueBytesMax',
+    flag: '--write-queue-bytes-max',
+    env: 'KV_WRITE_QUEUE_BYTES_MAX',
+    kind: 'bytes',
+    default: limitsDefault.writeQueueBytesMax,
+    min: 1,
+    max: limitsCeiling.writeQueueBytesMax,
+    group: 'storage',
+    description: 'Most bytes waiting for the disk; beyond it writes get KV_ERR_OVERLOADED (503).',
+  },
+  {
+    key: 'leveldbCacheBytes',
+    flag: '--leveldb-cache-bytes',
+    env: 'KV_LEVELDB_CACHE_BYTES',
+    kind: 'bytes',
+    default: 64 * MiB,
+    min: 0,
+    max: 64 * 1024 * MiB,
+    group: 'storage',
+    description: 'LevelDB block cache.',
+  },
+  {
+    key: 'leveldbWriteBufferBytes',
+    flag: '--leveldb-write-buffer-bytes',
+    env: 'KV_LEVELDB_WRITE_BUFFER_BYTES',
+    kind: 'bytes',
+    default: 16 * MiB,
+    min: 64 * KiB,
+    max: 1024 * MiB,
+    group: 'storage',
+    description: 'LevelDB memtable size; larger absorbs write bursts, at the cost of memory and recovery time.',
+  },
+  {
+    key: 'keyBytesMax',
+    flag: '--key-bytes-max',
+    env: 'KV_KEY_BYTES_MAX',
+    kind: 'bytes',
+    default: limitsDefault.keyBytesMax,
+    min: 1,
+    max: limitsCeiling.keyBytesMax,
+    group: 'limits',
+    description: 'Longest key, in UTF-8 bytes (KV_ERR_KEY_TOO_LARGE).',
+  },
+  {
+    key: 'valueBytesMax',
+    flag: '--value-bytes-max',
+    env: 'KV_VALUE_BYTES_MAX',
+    kind: 'bytes',
+    default: limitsDefault.valueBytesMax,
+    min: 1,
+    max: limitsCeiling.valueBytesMax,
+    group: 'limits',
+    description: 'Largest value (KV_ERR_VALUE_TOO_LARGE).',
+  },
+  {
+    key: 'batchOpsMax',
+    flag: '--batch-ops-max',
+    env: 'KV_BATCH_OPS_MAX',
+    kind: 'integer',
+    default: limitsDefault.batchOpsMax,
+    min: 1,
+    max: limitsCeiling.batchOpsMax,
+    group: 'limits',
+    description: 'Most operations in one batch (KV_ERR_BATCH_TOO_LARGE).',
+  },
+  {
+    key: 'requestBodyBytesMax',
+    flag: '--request-body-bytes-max',
+    env: 'KV_REQUEST_BODY_BYTES_MAX',
+    kind: 'bytes',
+    default: limitsDefault.requestBodyBytesMax,
+    min: 1,
+    max: limitsCeiling.requestBodyBytesMax,
+    group: 'limits',
+    description: 'Largest request body of a batch (KV_ERR_BODY_TOO_LARGE). Must be at least valueBytesMax.',
+  },
+  {
+    key: 'listLimitMax',
+    flag: '--list-limit-max',
+    env: 'KV_LIST_LIMIT_MAX',
+    kind: 'integer',
+    default: limitsDefault.listLimitMax,
+    min: 1,
+    max: limitsCeiling.listLimitMax,
+    group: 'limits',
+    description: 'Most keys one list page may return.',
+  },
+  {
+    key: 'listLimitDefault',
+    flag: '--list-limit-default',
+    env: 'KV_LIST_LIMIT_DEFAULT',
+    kind: 'integer',
+    default: limitsDefault.listLimitDefault,
+    min: 1,
+    max: limitsCeiling.listLimitMax,
+    group: 'limits',
+    description: 'Keys per list page when the request gives no limit.',
+  },
+  {
+    key: 'requestIdBytesMax',
+    flag: '--request-id-bytes-max',
+    env: 'KV_REQUEST_ID_BYTES_MAX',
+    kind: 'integer',
+    default: limitsDefault.requestIdBytesMax,
+    min: 1,
+    max: limitsCeiling.requestIdBytesMax,
+    group: 'limits',
+    description: 'Longest client request id.',
+  },
+  {
+    key: 'requestTimeoutMs',
+    flag: '--request-timeout-ms',
+    env: 'KV_REQUEST_TIMEOUT_MS',
+    kind: 'integer',
+    default: 30_000,
+    min: 1000,
+    max: 3_600_000,
+    group: 'http',
+    description: 'Longest time to receive a whole HTTP/1.1 request (protects against slow clients).',
+  },
+  {
+    key: 'keepAliveTimeoutMs',
+    flag: '--keep-alive-timeout-ms',
+    env: 'KV_KEEP_ALIVE_TIMEOUT_MS',
+    kind: 'integer',
+    default: 65_000,
+    min: 1000,
+    max: 3_600_000,
+    group: 'http',
+    description: 'Idle time after which an HTTP/1.1 keep-alive connection or an HTTP/2 session is closed.',
+  },
+  {
+    key: 'connectionsMax',
+    flag: '--connections-max',
+    env: 'KV_CONNECTIONS_MAX',
+    kind: 'integer',
+    default: 4096,
+    min: 1,
+    max: 1_000_000,
+    group: 'http',
+    description: 'Most open client connections (HTTP/1.1 and HTTP/2 together).',
+  },
+  {
+    key: 'h2StreamsMax',
+    flag: '--h2-streams-max',
+    env: 'KV_H2_STREAMS_MAX',
+    kind: 'integer',
+    default: 256,
+    min: 1,
+    max: 65_535,
+    group: 'http',
+    description: 'Most concurrent requests on one HTTP/2 connection.',
+  },
+  {
+    key: 'shutdownTimeoutMs',
+    flag: '--shutdown-timeout-ms',
+    env: 'KV_SHUTDOWN_TIMEOUT_MS',
+    kind: 'integer',
+    default: 10_000,
+    min: 100,
+    max: 600_000,
+    group: 'node',
+    description:
+      'On SIGTERM or SIGINT, how long to wait for in-flight requests before closing the remaining connections. Storage is always closed cleanly.',
+  },
+]
+
+/** A configuration that cannot be used; the message says which option and why. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'ConfigError'
+  }
+}
+
+const sizeUnits: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: KiB,
+  kb: KiB,
+  kib: KiB,
+  m: MiB,
+  mb: MiB,
+  mib: MiB,
+  g: 1024 * MiB,
+  gb: 1024 * MiB,
+  gib: 1024 * MiB,
+}
+
+function parseValue(spec: OptionSpec, raw: unknown, source: string): unknown {
+  const where = `${spec.flag} (from ${source})`
+  switch (spec.kind) {
+    case 'string': {
+      if (typeof raw !== 'string' || raw.length === 0) {
+        throw new ConfigError(`${where} must be a non-empty string`)
+      }
+      return raw
+    }
+    case 'enum': {
+      if (typeof raw !== 'string' || !spec.values?.includes(raw)) {
+        throw new ConfigError(`${where} must be one of ${spec.values?.join(', ')}; got ${String(raw)}`)
+      }
+      return raw
+    }
+    case 'boolean': {
+      if (typeof raw === 'boolean') return raw
+      const text = String(raw).toLowerCase()
+      if (['true', '1', 'yes', 'on'].includes(text)) return true
+      if (['false', '0', 'no', 'off'].includes(text)) return false
+      throw new ConfigError(`${where} must be true or false; got ${String(raw)}`)
+    }
+    case 'integer':
+    case 'bytes': {
+      let value: number
+      if (typeof raw === 'number') {
+        value = raw
+      } else {
+        const match = /^\s*(\d+)\s*([a-zA-Z]*)\s*$/.exec(String(raw))
+        const unit = match?.[2]?.toLowerCase() ?? ''
+        if (!match || (spec.kind === 'integer' && unit !== '') || !(unit in sizeUnits)) {
+          const hint = spec.kind === 'bytes' ? ' (a number of bytes, or with KiB, MiB or GiB)' : ''
+          throw new ConfigError(`${where} must be a whole number${hint}; got ${String(raw)}`)
+        }
+        value = Number(match[1]) * (sizeUnits[unit] ?? 1)
+      }
+      if (!Number.isSafeInteger(value)) throw new ConfigError(`${where} must be a whole number`)
+      if (spec.min !== undefined && value < spec.min) {
+        throw new ConfigError(`${where} must be at least ${spec.min}; got ${value}`)
+      }
+      if (spec.max !== undefined && value > spec.max) {
+        throw new ConfigError(`${where} must be at most ${spec.max}; got ${value}`)
+      }
+      return value
+    }
+  }
+}
+
+export interface ParsedArgs {
+  config: NodeConfig
+  help: boolean
+}
+
+/**
+ * Builds the configuration from command-line arguments (without the node and script paths)
+ * and the environment. Throws `ConfigError` with a precise message on any bad input.
+ */
+export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): ParsedArgs {
+  const byFlag = new Map(configSpec.map((spec) => [spec.flag, spec]))
+  const flags = new Map<OptionSpec, string>()
+  let configFile = env.KV_CONFIG
+  let help = false
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string
+    if (arg === '--help' || arg === '-h') {
+      help = true
+      continue
+    }
+    const eq = arg.indexOf('=')
+    const name = eq >= 0 ? arg.slice(0, eq) : arg
+    let value = eq >= 0 ? arg.slice(eq + 1) : undefined
+    if (name === '--config') {
+      value ??= argv[++i]
+      if (value === undefined) throw new ConfigError('--config needs a file path')
+      configFile = value
+      continue
+    }
+    const noPrefix = name.startsWith('--no-') ? byFlag.get(`--${name.slice(5)}`) : undefined
+    if (noPrefix?.kind === 'boolean' && value === undefined) {
+      flags.set(noPrefix, 'false')
+      continue
+    }
+    const spec = byFlag.get(name)
+    if (!spec) {
+      const guess = [...byFlag.keys()].find((flag) => flag.includes(name.replace(/^-+/, '')))
+      throw new ConfigError(
+        `unknown option ${name}${guess ? ` (did you mean ${guess}?)` : ''}; see kv-node --help`,
+      )
+    }
+    if (value === undefined) {
+      const next = argv[i + 1]
+      if (spec.kind === 'boolean' && (next === undefined || next.startsWith('--'))) {
+        value = 'true'
+      } else {
+        value = argv[++i]
+        if (value === undefined) throw new ConfigError(`${name} needs a value`)
+      }
+    }
+    flags.set(spec, value)
+  }
+
+  let fileValues: Record<string, unknown> = {}
+  if (configFile !== undefined) {
+    let text: string
+    try {
+      text = readFileSync(configFile, 'utf8')
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${configFile}: ${(err as Error).message}`)
+    }
+    try {
+      const parsed: unknown = JSON.parse(text)
+      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+        throw new Error('the top level must be an object')
+      }
+      fileValues = parsed as Record<string, unknown>
+    } catch (err) {
+      throw new ConfigError(`config file ${configFile} is not valid JSON: ${(err as Error).message}`)
+    }
+    const known = new Set<string>(configSpec.map((spec) => spec.key))
+    for (const key of Object.keys(fileValues)) {
+      if (!known.has(key)) throw new ConfigError(`config file ${configFile} has unknown option "${key}"`)
+    }
+  }
+
+  const config: Partial<Record<keyof NodeConfig, unknown>> = {}
+  const deferred: OptionSpec[] = []
+  for (const spec of configSpec) {
+    let raw: unknown
+    let source: string
+    if (flags.has(spec)) {
+      raw = flags.get(spec)
+      source = 'command line'
+    } else if (env[spec.env] !== undefined && env[spec.env] !== '') {
+      raw = env[spec.env]
+      source = `environment ${spec.env}`
+    } else if (Object.hasOwn(fileValues, spec.key)) {
+      raw = fileValues[spec.key]
+      source = `config file`
+    } else {
+      if (typeof spec.default === 'function') deferred.push(spec)
+      else config[spec.key] = spec.default
+      continue
+    }
+    config[spec.key] = parseValue(spec, raw, source)
+  }
+  for (const spec of deferred) {
+    config[spec.key] = (spec.default as (c: Partial<NodeConfig>) => unknown)(
+      config as Partial<NodeConfig>,
+    )
+  }
+  const result = config as NodeConfig
+  const problems = checkLimits(result)
+  if (problems.length > 0) throw new ConfigError(`invalid limits: ${problems.join('; ')}`)
+  return { config: result, help }
+}
+
+function defaultText(spec: OptionSpec): string {
+  if (spec.defaultText !== undefined) return spec.defaultText
+  const value = spec.default
+  if (typeof value === 'number' && spec.kind === 'bytes') return formatBytes(value)
+  return String(value)
+}
+
+export function formatBytes(bytes: number): string {
+  if (bytes >= 1024 * MiB && bytes % (1024 * MiB) === 0) return `${bytes / (1024 * MiB)}GiB`
+  if (bytes >= MiB && bytes % MiB === 0) return `${bytes / MiB}MiB`
+  if (bytes >= KiB && bytes % KiB === 0) return `${bytes / KiB}KiB`
+  return String(bytes)
+}
+
+const groupTitles: Record<OptionSpec['group'], string> = {
+  node: 'Node',
+  storage: 'Storage',
+  limits: 'Limits',
+  http: 'HTTP',
+}
+
+/** The text of `kv-node --help`. */
+export function helpText(): string {
+  const lines = [
+    'kv-node: run one storage node of the key-value store.',
+    '',
+    'Usage: kv-node [options]',
+    '',
+    'Each option can also come from its environment variable or from a JSON config file',
+    '(--config FILE or KV_CONFIG, keys as in the README). Flags beat the environment, which',
+    'beats the file. Sizes accept KiB, MiB and GiB (for example 4MiB). Booleans take',
+    'true/false, and --no-<flag> sets one to false.',
+    '',
+    '  --config FILE  (KV_CONFIG)',
+    '      JSON file with options, such as {"nodeId": "n1", "port": 7001}.',
+    '  --help',
+    '      Show this help.',
+  ]
+  for (const group of Object.keys(groupTitles) as OptionSpec['group'][]) {
+    lines.push('', `${groupTitles[group]}:`)
+    for (const spec of configSpec.filter((s) => s.group === group)) {
+      const values = spec.kind === 'enum' ? ` (${spec.values?.join('|')})` : ''
+      lines.push(`  ${spec.flag} <${spec.kind}>${values}  (${spec.env}, default ${defaultText(spec)})`)
+      lines.push(`      ${spec.description}`)
+    }
+  }
+  return `${lines.join('\n')}\n`
+}
+
+/** The README's configuration table (generated; see scripts/sync-readme.mjs). */
+export function configTableMarkdown(): string {
+  const rows = ['| option (config file key) | flag | environment | default | meaning |', '|---|---|---|---|---|']
+  for (const spec of configSpec) {
+    rows.push(
+      `| \`${spec.key}\` | \`${spec.flag}\` | \`${spec.env}\` | ${defaultText(spec)} | ${spec.description} |`,
+    )
+  }
+  return rows.join('\n')
+}

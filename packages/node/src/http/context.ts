@@ -1,0 +1,28 @@
+import type { Sequencer, Store } from '@kvstore/storage'
+import type { NodeConfig } from '../config.js'
+import type { NodeMetrics } from '../metrics.js'
+
+/** What the HTTP layer needs from the node. */
+export interface AppContext {
+  config: NodeConfig
+  store: Store
+  sequencer: Sequencer
+  metrics: NodeMetrics
+  /** Software version, from package.json. */
+  version: string
+  startedAtMs: number
+  lifecycle: Lifecycle
+}
+
+/** Readiness of the node, changed by startup and shutdown. */
+export interface Lifecycle {
+  ready: boolean
+  shuttingDown: boolean
+}
+
+/** Parses a positive safe integer from a header or query value; null when it is not one. */
+export function parsePositiveInteger(text: string): number | null {
+  if (!/^[1-9][0-9]{0,15}$/.test(text)) return null
+  const value = Number(text)
+  return Number.isSafeInteger(value) ? value : null
+}

@@ -1,0 +1,99 @@
+/**
+ * Turns every failure into a stable error code and the body
+ * `{ "error": { "code", "message", ...details } }`. Fastify's own errors (body too large,
+ * bad URL, bad Content-Length) are mapped to our codes, so a client never sees a code that
+ * is not in the catalog.
+ */
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { KvError, isErrorCode, type ErrorCode } from '@kvstore/protocol/errors'
+import type { NodeMetrics } from '../metrics.js'
+
+/** Per-route settings read by the error handler. */
+export interface RouteErrorConfig {
+  /** Code for a body over the route's limit: KV_ERR_VALUE_TOO_LARGE for a PUT's value. */
+  bodyTooLargeCode?: ErrorCode
+}
+
+function fromFastifyError(err: FastifyError, request: FastifyRequest): KvError | null {
+  const config = request.routeOptions.config as RouteErrorConfig | undefined
+  switch (err.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE': {
+      const limit = request.routeOptions.bodyLimit
+      const code = config?.bodyTooLargeCode ?? 'KV_ERR_BODY_TOO_LARGE'
+      const what = code === 'KV_ERR_VALUE_TOO_LARGE' ? 'value' : 'request body'
+      return new KvError(code, `the ${what} is larger than the limit of ${limit} bytes`, {
+        limitBytes: limit ?? null,
+      })
+    }
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new KvError('KV_ERR_MALFORMED_BODY', 'Content-Length does not match the body sent')
+    case 'FST_ERR_BAD_URL':
+      return new KvError('KV_ERR_INVALID_ARGUMENT', `malformed URL: ${err.message}`)
+    case 'FST_ERR_VALIDATION':
+      return new KvError('KV_ERR_INVALID_ARGUMENT', err.message)
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new KvError('KV_ERR_MALFORMED_BODY', err.message)
+    default:
+      break
+  }
+  if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+    return new KvError('KV_ERR_INVALID_ARGUMENT', err.message)
+  }
+  return null
+}
+
+/** Sends a KvError as the response. */
+export function sendError(reply: FastifyReply, err: KvError): FastifyReply {
+  if (err.code === 'KV_ERR_OVERLOADED' || err.code === 'KV_ERR_NOT_READY') {
+    void reply.header('retry-after', '1')
+  }
+  return reply.code(err.status).type('application/json; charset=utf-8').send(err.toBody())
+}
+
+export function registerErrorHandling(app: FastifyInstance, metrics: NodeMetrics): void {
+  app.setErrorHandler((error: FastifyError | KvError | Error, request, reply) => {
+    let kvError: KvError
+    if (error instanceof KvError) {
+      kvError = error
+    } else {
+      kvError =
+        fromFastifyError(error as FastifyError, request) ??
+        new KvError('KV_ERR_INTERNAL', 'internal error; see the node log')
+    }
+    if (kvError.status >= 500) {
+      request.log.error({ err: error, code: kvError.code, url: request.url }, 'request failed')
+    }
+    metrics.errors.inc({ code: kvError.code })
+    return sendError(reply, kvError)
+  })
+
+  app.setNotFoundHandler((request, reply) => {
+    metrics.errors.inc({ code: 'KV_ERR_ROUTE_NOT_FOUND' })
+    return sendError(
+      reply,
+      new KvError('KV_ERR_ROUTE_NOT_FOUND', `no endpoint ${request.method} ${request.url.split('?')[0]}`),
+    )
+  })
+}
+
+/** Registers 405 answers for the methods a path does not support. */
+export function methodNotAllowed(app: FastifyInstance, url: string, allowed: string[]): void {
+  const shown = url.replace('*', '<key>')
+  const all = ['GET', 'HEAD', 'PUT', 'POST', 'DELETE', 'PATCH', 'OPTIONS']
+  const others = all.filter((m) => !allowed.includes(m) && !(m === 'HEAD' && allowed.includes('GET')))
+  app.route({
+    method: others as ('GET' | 'PUT')[],
+    url,
+    exposeHeadRoute: false,
+    handler: async (request, reply) => {
+      void reply.header('allow', allowed.join(', '))
+      throw new KvError(
+        'KV_ERR_METHOD_NOT_ALLOWED',
+        `${request.method} is not allowed on ${shown}; use ${allowed.join(', ')}`,
+      )
+    },
+  })
+}
+
+export { isErrorCode }

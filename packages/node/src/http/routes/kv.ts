@@ -1,0 +1,225 @@
+/**
+ * Single-key routes and listing:
+ *
+ *   PUT    /v1/kv/<key>   body = the value's bytes; If-Match / If-None-Match: * conditions
+ *   GET    /v1/kv/<key>   the value's bytes; ETag = version; If-None-Match gives 304
+ *   HEAD   /v1/kv/<key>   the same headers, no body
+ *   DELETE /v1/kv/<key>   If-Match conditions
+ *   GET    /v1/kv?prefix=&start=&limit=&cursor=&values=   one page of keys
+ *
+ * A key is everything after `/v1/kv/`, percent-decoded, so it may contain `/`.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { KvError } from '@kvstore/protocol/errors'
+import { keyToBytes } from '@kvstore/protocol'
+import type { WriteOp } from '@kvstore/storage'
+import { parsePositiveInteger, type AppContext } from '../context.js'
+import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
+
+type KeyRequest = FastifyRequest<{ Params: { '*': string } }>
+
+const emptyBuffer = Buffer.alloc(0)
+
+function singleHeader(request: FastifyRequest, name: string): string | undefined {
+  const value = request.headers[name]
+  if (value === undefined) return undefined
+  if (Array.isArray(value)) {
+    throw new KvError('KV_ERR_INVALID_PRECONDITION', `${name} may appear only once`)
+  }
+  return value
+}
+
+/** Reads a version from an ETag-style value: "12" or 12. */
+function parseVersionTag(text: string, header: string): number {
+  const trimmed = text.trim()
+  const bare = trimmed.startsWith('"') && trimmed.endsWith('"') && trimmed.length >= 2 ? trimmed.slice(1, -1) : trimmed
+  const version = parsePositiveInteger(bare)
+  if (version === null) {
+    throw new KvError(
+      'KV_ERR_INVALID_PRECONDITION',
+      `${header} must be * or one version as returned in ETag (such as "12"); got ${JSON.stringify(text)}`,
+    )
+  }
+  return version
+}
+
+/** The conditions of a PUT or DELETE, from If-Match and If-None-Match. */
+function conditionsOf(request: FastifyRequest, allowIfNoneMatch: boolean): Pick<WriteOp, 'ifVersion' | 'ifAbsent' | 'ifExists'> {
+  const ifMatch = singleHeader(request, 'if-match')
+  const ifNoneMatch = singleHeader(request, 'if-none-match')
+  if (ifMatch !== undefined && ifNoneMatch !== undefined) {
+    throw new KvError('KV_ERR_INVALID_PRECONDITION', 'send either If-Match or If-None-Match, not both')
+  }
+  if (ifNoneMatch !== undefined) {
+    if (!allowIfNoneMatch) {
+      throw new KvError('KV_ERR_INVALID_PRECONDITION', 'If-None-Match is not supported on DELETE')
+    }
+    if (ifNoneMatch.trim() !== '*') {
+      throw new KvError(
+        'KV_ERR_INVALID_PRECONDITION',
+        `on writes If-None-Match only accepts * (create only); got ${JSON.stringify(ifNoneMatch)}`,
+      )
+    }
+    return { ifAbsent: true }
+  }
+  if (ifMatch !== undefined) {
+    if (ifMatch.trim() === '*') return { ifExists: true }
+    return { ifVersion: parseVersionTag(ifMatch, 'If-Match') }
+  }
+  return {}
+}
+
+interface ListCursor {
+  v: 1
+  /** The last key of the previous page. */
+  after: string
+  /** The prefix the cursor was issued for. */
+  prefix: string
+}
+
+function encodeCursor(cursor: ListCursor): string {
+  return Buffer.from(JSON.stringify(cursor), 'utf8').toString('base64url')
+}
+
+function decodeCursor(text: string, prefix: string, keyBytesMax: number): Buffer {
+  const invalid = (why: string) => new KvError('KV_ERR_INVALID_CURSOR', `invalid cursor: ${why}`)
+  if (!/^[A-Za-z0-9_-]{1,20000}$/.test(text)) throw invalid('not a cursor returned by this API')
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(Buffer.from(text, 'base64url').toString('utf8'))
+  } catch {
+    throw invalid('not a cursor returned by this API')
+  }
+  const c = parsed as Partial<ListCursor> | null
+  if (c === null || typeof c !== 'object' || c.v !== 1 || typeof c.after !== 'string' || typeof c.prefix !== 'string') {
+    throw invalid('not a cursor returned by this API')
+  }
+  if (c.prefix !== prefix) throw invalid(`it belongs to prefix ${JSON.stringify(c.prefix)}, not ${JSON.stringify(prefix)}`)
+  try {
+    return keyToBytes(c.after, keyBytesMax)
+  } catch {
+    throw invalid('it holds an invalid key')
+  }
+}
+
+const listParams = new Set(['prefix', 'start', 'limit', 'cursor', 'values'])
+
+export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
+  const { store, sequencer, config, metrics } = ctx
+  const keyOf = (request: KeyRequest): Buffer => keyToBytes(request.params['*'], config.keyBytesMax)
+
+  app.put(
+    '/v1/kv/*',
+    {
+      bodyLimit: config.valueBytesMax,
+      config: { bodyTooLargeCode: 'KV_ERR_VALUE_TOO_LARGE' } satisfies RouteErrorConfig,
+    },
+    async (request: KeyRequest, reply) => {
+      const key = keyOf(request)
+      const value = (request.body as Buffer | undefined) ?? emptyBuffer
+      const conditions = conditionsOf(request, true)
+      const result = await sequencer.write({ kind: 'put', ops: [{ type: 'put', key, value, ...conditions }] })
+      metrics.writes.inc({ kind: 'put' })
+      const op = result.results[0]
+      const created = op?.previousVersion === null
+      void reply
+        .code(created ? 201 : 200)
+        .header('etag', `"${result.lsn}"`)
+        .header('kv-lsn', String(result.lsn))
+      return { key: request.params['*'], version: result.lsn, lsn: result.lsn, created }
+    },
+  )
+
+  app.get('/v1/kv/*', async (request: KeyRequest, reply) => {
+    const key = keyOf(request)
+    const appliedLsn = store.appliedLsn
+    const record = store.getSync(key)
+    void reply.header('kv-applied-lsn', String(appliedLsn))
+    if (record === null || record.tombstone) {
+      throw new KvError('KV_ERR_KEY_NOT_FOUND', `key ${JSON.stringify(request.params['*'])} does not exist`, {
+        key: request.params['*'],
+      })
+    }
+    const etag = `"${record.version}"`
+    void reply.header('etag', etag)
+    const ifNoneMatch = request.headers['if-none-match']
+    if (typeof ifNoneMatch === 'string' && (ifNoneMatch.trim() === etag || ifNoneMatch.trim() === '*')) {
+      return reply.code(304).send()
+    }
+    return reply.type('application/octet-stream').send(record.value)
+  })
+
+  app.delete('/v1/kv/*', async (request: KeyRequest, reply) => {
+    const key = keyOf(request)
+    const conditions = conditionsOf(request, false)
+    const result = await sequencer.write({ kind: 'delete', ops: [{ type: 'delete', key, ...conditions }] })
+    metrics.writes.inc({ kind: 'delete' })
+    void reply.header('kv-lsn', String(result.lsn))
+    return {
+      key: request.params['*'],
+      deleted: true,
+      lsn: result.lsn,
+      previousVersion: result.results[0]?.previousVersion ?? null,
+    }
+  })
+  methodNotAllowed(app, '/v1/kv/*', ['GET', 'PUT', 'DELETE'])
+
+  app.get('/v1/kv', async (request, reply) => {
+    const query = request.query as Record<string, string | string[] | undefined>
+    for (const [name, value] of Object.entries(query)) {
+      if (!listParams.has(name)) {
+        throw new KvError(
+          'KV_ERR_INVALID_ARGUMENT',
+          `unknown query parameter ${JSON.stringify(name)}; use prefix, start, limit, cursor or values`,
+        )
+      }
+      if (Array.isArray(value)) {
+        throw new KvError('KV_ERR_INVALID_ARGUMENT', `query parameter ${name} may appear only once`)
+      }
+    }
+    const text = query as Record<string, string | undefined>
+    const prefixText = text.prefix ?? ''
+    const prefix = prefixText === '' ? undefined : keyToBytes(prefixText, config.keyBytesMax)
+    const start = text.start === undefined || text.start === '' ? undefined : keyToBytes(text.start, config.keyBytesMax)
+    let limit = config.listLimitDefault
+    if (text.limit !== undefined) {
+      const parsed = parsePositiveInteger(text.limit)
+      if (parsed === null || parsed > config.listLimitMax) {
+        throw new KvError(
+          'KV_ERR_INVALID_ARGUMENT',
+          `limit must be a whole number from 1 to ${config.listLimitMax}; got ${JSON.stringify(text.limit)}`,
+        )
+      }
+      limit = parsed
+    }
+    let values = false
+    if (text.values !== undefined) {
+      if (!['true', 'false', '1', '0'].includes(text.values)) {
+        throw new KvError('KV_ERR_INVALID_ARGUMENT', `values must be true or false; got ${JSON.stringify(text.values)}`)
+      }
+      values = text.values === 'true' || text.values === '1'
+    }
+    const after = text.cursor === undefined || text.cursor === '' ? undefined : decodeCursor(text.cursor, prefixText, config.keyBytesMax)
+    const appliedLsn = store.appliedLsn
+    const page = await store.list({
+      ...(prefix ? { prefix } : {}),
+      ...(start ? { start } : {}),
+      ...(after ? { after } : {}),
+      limit,
+    })
+    const items = page.items.map(({ key, record }) => ({
+      key: key.toString('utf8'),
+      version: record.version,
+      valueBytes: record.value.length,
+      ...(values ? { valueBase64: record.value.toString('base64') } : {}),
+    }))
+    const last = items[items.length - 1]
+    void reply.header('kv-applied-lsn', String(appliedLsn))
+    return {
+      items,
+      nextCursor: page.more && last ? encodeCursor({ v: 1, after: last.key, prefix: prefixText }) : null,
+      appliedLsn,
+    }
+  })
+  methodNotAllowed(app, '/v1/kv', ['GET'])
+}

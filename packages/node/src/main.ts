@@ -1,0 +1,56 @@
+/**
+ * The kv-node process: parse the configuration, start the node, stop it cleanly on SIGTERM
+ * or SIGINT (a second signal exits at once).
+ */
+import { ConfigError, helpText, parseConfig } from './config.js'
+import { KvNode } from './node.js'
+
+export async function runNode(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<void> {
+  let parsed
+  try {
+    parsed = parseConfig(argv, env)
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`kv-node: ${err.message}\n`)
+      process.exitCode = 2
+      return
+    }
+    throw err
+  }
+  if (parsed.help) {
+    process.stdout.write(helpText())
+    return
+  }
+  let node: KvNode
+  try {
+    node = await KvNode.start(parsed.config)
+  } catch (err) {
+    process.stderr.write(`kv-node: cannot start: ${(err as Error).message}\n`)
+    process.exitCode = 1
+    return
+  }
+  let signals = 0
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++
+    if (signals > 1) {
+      node.logger.warn({ signal }, 'second signal; exiting without waiting')
+      node.logger.flush()
+      process.exit(1)
+    }
+    node.stop(signal).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        node.logger.error({ err }, 'error while stopping')
+        node.logger.flush()
+        process.exit(1)
+      },
+    )
+  }
+  process.on('SIGTERM', onSignal)
+  process.on('SIGINT', onSignal)
+  process.on('uncaughtException', (err) => {
+    node.logger.fatal({ err }, 'uncaught exception')
+    node.logger.flush()
+    process.exit(1)
+  })
+}

@@ -1,0 +1,163 @@
+/**
+ * A running storage node: storage, sequencer, HTTP server, metrics and logs, with a clean
+ * start and a graceful stop.
+ */
+import { readFileSync } from 'node:fs'
+import type { FastifyInstance } from 'fastify'
+import type { DestinationStream, Logger } from 'pino'
+import { Sequencer, Store } from '@kvstore/storage'
+import type { NodeConfig } from './config.js'
+import { buildApp } from './http/app.js'
+import type { AppContext, Lifecycle } from './http/context.js'
+import type { DualProtocolServer } from './http/dual-protocol.js'
+import { createLogger } from './logger.js'
+import { NodeMetrics } from './metrics.js'
+
+export interface StartOptions {
+  /** Where logs go; stdout by default. */
+  logDestination?: DestinationStream
+  /**
+   * Called when storage fails and the node can no longer promise durability. The default
+   * (used by kv-node) stops the node and exits the process with status 1.
+   */
+  onFatal?: (err: Error) => void
+}
+
+export function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+      version?: string
+    }
+    return pkg.version ?? 'unknown'
+  } catch {
+    return 'unknown'
+  }
+}
+
+export class KvNode {
+  readonly config: NodeConfig
+  readonly logger: Logger
+  readonly store: Store
+  readonly app: FastifyInstance
+  readonly metrics: NodeMetrics
+  private readonly lifecycle: Lifecycle
+  private stopping: Promise<void> | null = null
+
+  private constructor(
+    config: NodeConfig,
+    logger: Logger,
+    store: Store,
+    app: FastifyInstance,
+    metrics: NodeMetrics,
+    lifecycle: Lifecycle,
+  ) {
+    this.config = config
+    this.logger = logger
+    this.store = store
+    this.app = app
+    this.metrics = metrics
+    this.lifecycle = lifecycle
+  }
+
+  /** Opens storage, recovers it, and starts serving. */
+  static async start(config: NodeConfig, options: StartOptions = {}): Promise<KvNode> {
+    const metrics = new NodeMetrics()
+    let store: Store | null = null
+    const logger = createLogger(
+      config.nodeId,
+      config.logLevel,
+      { role: () => 'leader', epoch: () => store?.meta.epoch ?? 0 },
+      options.logDestination,
+    )
+    let node: KvNode | null = null
+    const onFatal =
+      options.onFatal ??
+      ((err: Error) => {
+        logger.fatal({ err }, 'storage failed; stopping the node')
+        const exit = () => process.exit(1)
+        if (node) void node.stop('storage failure').finally(exit)
+        else exit()
+      })
+    store = await Store.open({
+      dir: config.dataDir,
+      nodeId: config.nodeId,
+      ...(config.clusterId !== undefined ? { clusterId: config.clusterId } : {}),
+      fsync: config.fsync,
+      groupCommitWritesMax: config.groupCommitWritesMax,
+      groupCommitBytesMax: config.groupCommitBytesMax,
+      writeQueueWritesMax: config.writeQueueWritesMax,
+      writeQueueBytesMax: config.writeQueueBytesMax,
+      cacheBytes: config.leveldbCacheBytes,
+      writeBufferBytes: config.leveldbWriteBufferBytes,
+      logger,
+      onBatch: (stats) => metrics.recordBatch(stats),
+      onFatal: (err) => onFatal(err),
+    })
+    try {
+      // A standalone node is the only member of its cluster, so it leads from epoch 1 on.
+      if (store.meta.epoch < 1) await store.setHardState({ epoch: 1 })
+      const openStore = store
+      metrics.watchStore(() => openStore)
+      const sequencer = new Sequencer(store, { now: Date.now, commitOnAppend: true })
+      const lifecycle: Lifecycle = { ready: false, shuttingDown: false }
+      const ctx: AppContext = {
+        config,
+        store,
+        sequencer,
+        metrics,
+        version: packageVersion(),
+        startedAtMs: Date.now(),
+        lifecycle,
+      }
+      const app = buildApp(ctx, logger)
+      await app.listen({ host: config.host, port: config.port })
+      node = new KvNode(config, logger, store, app, metrics, lifecycle)
+      lifecycle.ready = true
+      logger.info(
+        { url: node.url, dataDir: config.dataDir, appliedLsn: store.appliedLsn, fsync: config.fsync },
+        'node started',
+      )
+      return node
+    } catch (err) {
+      await store.close().catch(() => {})
+      throw err
+    }
+  }
+
+  /** The client URL, with the port actually bound (useful with port 0). */
+  get url(): string {
+    const address = this.app.server.address()
+    const port = typeof address === 'object' && address !== null ? address.port : this.config.port
+    const host = this.config.host === '0.0.0.0' || this.config.host === '::' ? '127.0.0.1' : this.config.host
+    return `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+  }
+
+  /**
+   * Stops taking requests, lets in-flight requests finish (up to shutdownTimeoutMs, then
+   * closes what is left), waits for every queued write to reach the disk, and closes storage.
+   */
+  stop(reason = 'requested'): Promise<void> {
+    this.stopping ??= this.runStop(reason)
+    return this.stopping
+  }
+
+  private async runStop(reason: string): Promise<void> {
+    this.logger.info({ reason }, 'node stopping')
+    this.lifecycle.shuttingDown = true
+    const server = this.app.server as DualProtocolServer
+    const force = setTimeout(() => {
+      this.logger.warn({ timeoutMs: this.config.shutdownTimeoutMs }, 'closing connections still open')
+      server.closeAllConnections()
+      server.destroyHttp2Sessions()
+    }, this.config.shutdownTimeoutMs)
+    force.unref()
+    try {
+      await this.app.close()
+    } finally {
+      clearTimeout(force)
+      await this.store.close()
+      this.logger.info({ appliedLsn: this.store.appliedLsn }, 'node stopped')
+      this.logger.flush()
+    }
+  }
+}
