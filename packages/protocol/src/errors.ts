@@ -127,6 +127,7 @@ export class KvError extends Error {
 
   /** The response body for this error. */
   toBody(): ErrorBody {
-    return { error: { ...this.details, code: this.code, message: this.message } }
+    const { code: _code, message: _message, ...details } = this.details
+    return { error: { code: this.code, message: this.message, ...details } }
   }
 }
