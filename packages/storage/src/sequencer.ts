@@ -35,8 +35,12 @@ export interface OpResult {
   key: Buffer
   /** The key's new version, or null when the op deleted it. */
   version: number | null
-  /** The key's version before this op, or null when it did not exist. */
-  previousVersion: number | null
+  /**
+   * The key's version before this op (null when it did not exist). Only known for ops that
+   * had to read the key: conditional ops and single-key deletes. Unconditional puts are blind
+   * writes and leave it undefined, which saves a read on the hot path.
+   */
+  previousVersion?: number | null
 }
 
 export interface WriteResult {
@@ -97,9 +101,17 @@ export class Sequencer {
     const ops: Op[] = []
     request.ops.forEach((op, index) => {
       const id = op.key.toString('latin1')
-      const current = local.has(id) ? (local.get(id) ?? null) : this.current(id, op.key)
-      checkCondition(op, current, index, request.kind)
-      const previousVersion = current?.version ?? null
+      const needsRead =
+        op.ifVersion !== undefined ||
+        op.ifAbsent === true ||
+        op.ifExists === true ||
+        (request.kind === 'delete' && op.type === 'delete')
+      let previousVersion: number | null | undefined
+      if (needsRead) {
+        const current = local.has(id) ? (local.get(id) ?? null) : this.current(id, op.key)
+        checkCondition(op, current, index, request.kind)
+        previousVersion = current?.version ?? null
+      }
       if (op.type === 'put') {
         const value = op.value ?? Buffer.alloc(0)
         local.set(id, { value, version: lsn, tombstone: false })

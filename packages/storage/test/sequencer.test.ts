@@ -32,9 +32,12 @@ describe('Sequencer', () => {
   it('gives each write the next LSN and commits it on append', async () => {
     const r1 = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('1') }] })
     const r2 = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('2') }] })
-    expect(r1).toMatchObject({ lsn: 1, epoch: 1, results: [{ version: 1, previousVersion: null }] })
-    expect(r2).toMatchObject({ lsn: 2, results: [{ version: 2, previousVersion: 1 }] })
-    expect(store.meta).toMatchObject({ appliedLsn: 2, commitLsn: 2 })
+    // Unconditional puts are blind: they do not read, so they do not know the prior version.
+    expect(r1).toMatchObject({ lsn: 1, epoch: 1, results: [{ version: 1, previousVersion: undefined }] })
+    const r3 = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('3'), ifExists: true }] })
+    expect(r2).toMatchObject({ lsn: 2, results: [{ version: 2 }] })
+    expect(r3.results[0]).toMatchObject({ version: 3, previousVersion: 2 })
+    expect(store.meta).toMatchObject({ appliedLsn: 3, commitLsn: 3 })
     const [logged] = await store.readLog(1, { entriesMax: 1, bytesMax: 1e6 })
     expect(logged?.timestampMs).toBe(42)
   })
@@ -72,10 +75,7 @@ describe('Sequencer', () => {
         { type: 'put', key: b('x'), value: b('1') },
       ],
     })
-    expect(batch.results).toMatchObject([
-      { version: null, previousVersion: null },
-      { version: 1, previousVersion: null },
-    ])
+    expect(batch.results.map((r) => r.version)).toEqual([null, 1])
   })
 
   it('evaluates batch ops in order, and a failed condition writes nothing', async () => {
