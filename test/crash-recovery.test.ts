@@ -49,7 +49,7 @@ function load(url: string, writers: number, cycle: number, ledger: Ledger, stop:
           const value = `${cycle}:${w}:${seq}:${'x'.repeat(seq % 50)}`
           const res = await pool.request({ method: 'PUT', path: `/v1/kv/${key}`, body: value })
           await res.body.text()
-          if (res.statusCode === 201) ledger.acked.set(key, value)
+          if (res.statusCode === 200) ledger.acked.set(key, value)
         }
       } catch {
         // The connection died with the process: the outcome of this write is unknown.

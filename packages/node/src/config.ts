@@ -38,6 +38,7 @@ export interface NodeConfig {
   shutdownTimeoutMs: number
   leveldbCacheBytes: number
   leveldbWriteBufferBytes: number
+  readCacheBytes: number
 }
 
 type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'
@@ -176,6 +177,18 @@ export const configSpec: readonly OptionSpec[] = [
     max: limitsCeiling.writeQueueBytesMax,
     group: 'storage',
     description: 'Most bytes waiting for the disk; beyond it writes get KV_ERR_OVERLOADED (503).',
+  },
+  {
+    key: 'readCacheBytes',
+    flag: '--read-cache-bytes',
+    env: 'KV_READ_CACHE_BYTES',
+    kind: 'bytes',
+    default: 64 * MiB,
+    min: 0,
+    max: 64 * 1024 * MiB,
+    group: 'storage',
+    description:
+      'Decoded records kept in memory for reads (LRU, kept exact by every write). 0 turns it off.',
   },
   {
     key: 'leveldbCacheBytes',

@@ -89,6 +89,7 @@ export class KvNode {
       writeQueueBytesMax: config.writeQueueBytesMax,
       cacheBytes: config.leveldbCacheBytes,
       writeBufferBytes: config.leveldbWriteBufferBytes,
+      readCacheBytes: config.readCacheBytes,
       logger,
       onBatch: (stats) => metrics.recordBatch(stats),
       onFatal: (err) => onFatal(err),

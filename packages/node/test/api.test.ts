@@ -1,3 +1,4 @@
+import type { InjectOptions } from 'fastify'
 import { H2CClient, Pool, request } from 'undici'
 import { errorOf, startTestNode, type TestNode } from './helpers.js'
 
@@ -10,16 +11,16 @@ afterEach(async () => {
   await t.stop()
 })
 
-const inject = (...args: Parameters<TestNode['node']['app']['inject']>) => t.node.app.inject(...args)
+const inject = (options: InjectOptions) => t.node.app.inject(options)
 
 describe('single keys', () => {
   it('stores any bytes exactly and reports versions, ETags and LSNs', async () => {
     const every = Buffer.from(Array.from({ length: 256 }, (_, i) => i))
     const created = await inject({ method: 'PUT', url: '/v1/kv/bin', payload: every })
-    expect(created.statusCode).toBe(201)
+    expect(created.statusCode).toBe(200)
     expect(created.headers.etag).toBe('"1"')
     expect(created.headers['kv-lsn']).toBe('1')
-    expect(created.json()).toEqual({ key: 'bin', version: 1, lsn: 1, created: true })
+    expect(created.json()).toEqual({ key: 'bin', version: 1, lsn: 1 })
 
     const got = await inject({ method: 'GET', url: '/v1/kv/bin' })
     expect(got.statusCode).toBe(200)
@@ -30,18 +31,18 @@ describe('single keys', () => {
 
     const updated = await inject({ method: 'PUT', url: '/v1/kv/bin', payload: 'text' })
     expect(updated.statusCode).toBe(200)
-    expect(updated.json()).toMatchObject({ version: 2, created: false })
+    expect(updated.json()).toEqual({ key: 'bin', version: 2, lsn: 2 })
   })
 
   it('accepts an empty value, whatever the Content-Type', async () => {
-    expect((await inject({ method: 'PUT', url: '/v1/kv/empty' })).statusCode).toBe(201)
+    expect((await inject({ method: 'PUT', url: '/v1/kv/empty' })).statusCode).toBe(200)
     const res = await inject({
       method: 'PUT',
       url: '/v1/kv/json',
       headers: { 'content-type': 'application/json' },
       payload: '{not even json',
     })
-    expect(res.statusCode).toBe(201)
+    expect(res.statusCode).toBe(200)
     expect((await inject({ method: 'GET', url: '/v1/kv/json' })).body).toBe('{not even json')
     const empty = await inject({ method: 'GET', url: '/v1/kv/empty' })
     expect(empty.statusCode).toBe(200)
@@ -53,7 +54,7 @@ describe('single keys', () => {
     for (const key of keys) {
       const path = key.split('/').map(encodeURIComponent).join('/')
       const put = await inject({ method: 'PUT', url: `/v1/kv/${path}`, payload: key })
-      expect(put.statusCode, key).toBe(201)
+      expect(put.statusCode, key).toBe(200)
       expect(put.json().key).toBe(key)
       const get = await inject({ method: 'GET', url: `/v1/kv/${path}` })
       expect(get.body, key).toBe(key)
@@ -81,7 +82,9 @@ describe('single keys', () => {
     const put = (headers: Record<string, string>, payload = 'v') =>
       inject({ method: 'PUT', url: '/v1/kv/c', headers, payload })
     expect((await put({ 'if-match': '*' })).statusCode).toBe(412)
-    expect((await put({ 'if-none-match': '*' })).statusCode).toBe(201)
+    const created = await put({ 'if-none-match': '*' })
+    expect(created.statusCode).toBe(201)
+    expect(created.json()).toEqual({ key: 'c', version: 1, lsn: 1 })
     expect((await put({ 'if-none-match': '*' })).statusCode).toBe(412)
     expect((await put({ 'if-match': '*' })).statusCode).toBe(200)
     expect((await put({ 'if-match': '"2"' })).statusCode).toBe(200)
@@ -116,11 +119,12 @@ describe('batches', () => {
     expect(res.json()).toEqual({
       lsn: 2,
       results: [
-        { key: 'a', version: 2, previousVersion: null },
-        { key: 'b', version: 2, previousVersion: null },
+        // Unconditional ops are blind writes: only conditional ops report the prior version.
+        { key: 'a', version: 2 },
+        { key: 'b', version: 2 },
         { key: 'a', version: 2, previousVersion: 2 },
         { key: 'old', version: null, previousVersion: 1 },
-        { key: 'never-existed', version: null, previousVersion: null },
+        { key: 'never-existed', version: null },
       ],
     })
     expect((await inject({ method: 'GET', url: '/v1/kv/a' })).body).toBe('second')
@@ -173,7 +177,7 @@ describe('listing', () => {
 describe('protocols and operations', () => {
   it('serves HTTP/1.1 and h2c on the same port', async () => {
     const h1 = await request(`${t.url}/v1/kv/p`, { method: 'PUT', body: 'one' })
-    expect(h1.statusCode).toBe(201)
+    expect(h1.statusCode).toBe(200)
     await h1.body.text()
     const h2 = new H2CClient(t.url)
     try {
@@ -187,7 +191,7 @@ describe('protocols and operations', () => {
           return r.statusCode
         }),
       )
-      expect(puts.every((s) => s === 201)).toBe(true)
+      expect(puts.every((s) => s === 200)).toBe(true)
     } finally {
       await h2.close()
     }
@@ -211,7 +215,7 @@ describe('protocols and operations', () => {
         }),
       )
       expect(statuses.filter((s) => s === 503).length).toBeGreaterThan(0)
-      const ok = statuses.filter((s) => s === 201).length
+      const ok = statuses.filter((s) => s === 200).length
       expect(ok).toBeGreaterThan(0)
       // Every write that was refused took no LSN: the log holds exactly the accepted ones.
       expect(t.node.store.appliedLsn).toBe(ok)
@@ -232,7 +236,9 @@ describe('protocols and operations', () => {
     expect(digest.digest).toMatch(/^[0-9a-f]{64}$/)
     const metrics = await inject({ method: 'GET', url: '/metrics' })
     expect(metrics.headers['content-type']).toMatch(/^text\/plain/)
-    expect(metrics.body).toMatch(/kv_http_requests_total\{route="\/v1\/kv\/\*",method="PUT",status="201"\} 1/)
+    expect(metrics.body).toMatch(/kv_http_requests_total\{route="\/v1\/kv\/\*",method="PUT",status="200"\} 1/)
+    expect(metrics.body).toMatch(/kv_http_request_duration_seconds_count\{route="\/v1\/kv\/\*",method="PUT"\} 1/)
+    expect(metrics.body).toMatch(/kv_http_request_duration_seconds_bucket\{route="\/v1\/kv\/\*",method="PUT",le="\+Inf"\} 1/)
     expect(metrics.body).toMatch(/kv_writes_total\{kind="put"\} 1/)
     expect(metrics.body).toMatch(/kv_applied_lsn 1/)
     expect(metrics.body).toMatch(/kv_storage_batch_entries_count [1-9]/)
@@ -250,7 +256,7 @@ describe('protocols and operations', () => {
       expect(late.statusCode).toBe(503)
       expect(errorOf(late.body).code).toBe('KV_ERR_SHUTTING_DOWN')
       await stopping
-      expect(responses.map((r) => r.statusCode)).toEqual(Array(8).fill(201))
+      expect(responses.map((r) => r.statusCode)).toEqual(Array(8).fill(200))
     } finally {
       await pool.destroy()
     }

@@ -2,7 +2,12 @@
  * Builds the fastify application: one port for HTTP/1.1 and h2c, raw-bytes bodies, stable
  * error codes, metrics per route, and refusal of new requests while shutting down.
  */
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, {
+  LogController,
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type onResponseHookHandler,
+} from 'fastify'
 import type { Logger } from 'pino'
 import { KvError } from '@kvstore/protocol/errors'
 import type { AppContext } from './context.js'
@@ -19,6 +24,9 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
   const { config, metrics, lifecycle } = ctx
   const app: FastifyInstance = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
+    // One logger for every request instead of a pino child per request (which serialises
+    // its bindings each time); error logs carry the request id themselves.
+    childLoggerFactory: (base) => base,
     // No log line per request: at tens of thousands of requests a second it would cost more
     // than the request. Failures are logged by the error handler; traffic is in /metrics.
     logController: new LogController({ disableRequestLogging: true }),
@@ -57,19 +65,26 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
 
   registerErrorHandling(app, metrics)
 
-  app.addHook('onRequest', async (request, reply) => {
+  // Callback-style hooks: on a path taken by every request they are cheaper than async ones.
+  app.addHook('onRequest', (request, reply, done) => {
     if (lifecycle.shuttingDown && !request.url.startsWith('/health')) {
       // Ask HTTP/1.1 clients to reconnect elsewhere; HTTP/2 sessions get GOAWAY on close.
       if (request.raw.httpVersionMajor === 1) void reply.header('connection', 'close')
-      return sendError(reply, new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down'))
+      sendError(reply, new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down'))
+      return
     }
-    return undefined
+    done()
   })
 
-  app.addHook('onResponse', async (request, reply) => {
-    const route = request.routeOptions.url ?? 'unmatched'
-    metrics.httpRequests.inc({ route, method: request.method, status: reply.statusCode })
-    metrics.httpDuration.observe({ route, method: request.method }, reply.elapsedTime / 1000)
+  // Each route records its own requests, with its label fixed when the route is registered.
+  app.addHook('onRoute', (route) => {
+    const recordRequest = metrics.requests.forRoute(route.url ?? route.path)
+    const record: onResponseHookHandler = (request, reply, done) => {
+      recordRequest(request.method, reply.statusCode, reply.elapsedTime / 1000)
+      done()
+    }
+    const existing = route.onResponse
+    route.onResponse = existing === undefined ? [record] : [...(Array.isArray(existing) ? existing : [existing]), record]
   })
 
   app.addHook('preClose', async () => {

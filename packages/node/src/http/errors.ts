@@ -62,7 +62,10 @@ export function registerErrorHandling(app: FastifyInstance, metrics: NodeMetrics
         new KvError('KV_ERR_INTERNAL', 'internal error; see the node log')
     }
     if (kvError.status >= 500) {
-      request.log.error({ err: error, code: kvError.code, url: request.url }, 'request failed')
+      request.log.error(
+        { err: error, code: kvError.code, reqId: request.id, method: request.method, url: request.url },
+        'request failed',
+      )
     }
     metrics.errors.inc({ code: kvError.code })
     return sendError(reply, kvError)
@@ -70,6 +73,9 @@ export function registerErrorHandling(app: FastifyInstance, metrics: NodeMetrics
 
   app.setNotFoundHandler((request, reply) => {
     metrics.errors.inc({ code: 'KV_ERR_ROUTE_NOT_FOUND' })
+    reply.raw.once('finish', () => {
+      metrics.requests.record('unmatched', request.method, reply.statusCode, reply.elapsedTime / 1000)
+    })
     return sendError(
       reply,
       new KvError('KV_ERR_ROUTE_NOT_FOUND', `no endpoint ${request.method} ${request.url.split('?')[0]}`),

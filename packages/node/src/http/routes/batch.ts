@@ -135,14 +135,14 @@ export function registerBatchRoutes(app: FastifyInstance, ctx: AppContext): void
     async (request, reply) => {
       const ops = parseBatch(request.body as Buffer | undefined, config)
       const result = await sequencer.write({ kind: 'batch', ops })
-      metrics.writes.inc({ kind: 'batch' })
+      metrics.writes.batch++
       void reply.header('kv-lsn', String(result.lsn))
       return {
         lsn: result.lsn,
         results: result.results.map((r) => ({
           key: r.key.toString('utf8'),
           version: r.version,
-          previousVersion: r.previousVersion,
+          ...(r.previousVersion !== undefined ? { previousVersion: r.previousVersion } : {}),
         })),
       }
     },
