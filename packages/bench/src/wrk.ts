@@ -1,0 +1,107 @@
+/**
+ * Drives wrk (a C load generator: one thread and 64 connections cost far less CPU than a
+ * JavaScript client) and reads its results from a Lua `done` hook as JSON.
+ */
+import { spawn, spawnSync } from 'node:child_process'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { cpuSeconds } from './proc.js'
+
+export interface WrkResult {
+  requests: number
+  durationS: number
+  throughput: number
+  /** Responses that were not 2xx, and socket errors. */
+  errors: number
+  latencyMs: { p50: number; p99: number; p999: number; max: number }
+  /** CPU used by wrk, in cores (1 = one core busy). */
+  loadGeneratorCores: number
+}
+
+const doneHook = `
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write("WRKJSON " .. string.format(
+    '{"requests":%d,"duration_us":%d,"status_errors":%d,"socket_errors":%d,"p50":%d,"p99":%d,"p999":%d,"max":%d}',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max) .. "\\n")
+end
+`
+
+/** Lua script: PUT a fresh key with a value of `valueBytes` on every request. */
+export function putScript(prefix: string, valueBytes: number): string {
+  return `
+local counter = 0
+local body = string.rep("v", ${valueBytes})
+local headers = { ["Content-Type"] = "application/octet-stream" }
+request = function()
+  counter = counter + 1
+  return wrk.format("PUT", "/v1/kv/${prefix}" .. counter, headers, body)
+end
+${doneHook}`
+}
+
+/** Lua script: GET a random key among `keys` prefilled ones. */
+export function getScript(prefix: string, keys: number): string {
+  return `
+math.randomseed(42)
+request = function()
+  return wrk.format("GET", "/v1/kv/${prefix}" .. math.random(0, ${keys - 1}))
+end
+${doneHook}`
+}
+
+export function wrkAvailable(): boolean {
+  return spawnSync('wrk', ['--version']).error === undefined
+}
+
+export async function runWrk(options: {
+  url: string
+  script: string
+  scriptDir: string
+  connections: number
+  durationS: number
+}): Promise<WrkResult> {
+  const scriptPath = join(options.scriptDir, `wrk-${process.pid}-${Date.now()}.lua`)
+  await writeFile(scriptPath, options.script)
+  const child = spawn(
+    'wrk',
+    ['-t1', `-c${options.connections}`, `-d${options.durationS}s`, '--timeout', '10s', '-s', scriptPath, options.url],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  )
+  let out = ''
+  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()))
+  child.stderr.on('data', (chunk: Buffer) => (out += chunk.toString()))
+  // wrk's CPU is read just before it exits: sample it at the end of the run.
+  let cores = 0
+  const started = performance.now()
+  const before = await cpuSeconds(child.pid as number)
+  const sampler = setTimeout(
+    () => {
+      void cpuSeconds(child.pid as number).then((after) => {
+        cores = (after - before) / ((performance.now() - started) / 1000)
+      })
+    },
+    Math.max(0, options.durationS * 1000 - 200),
+  )
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  clearTimeout(sampler)
+  const line = out.split('\n').find((l) => l.startsWith('WRKJSON '))
+  if (code !== 0 || line === undefined) throw new Error(`wrk failed (exit ${code}):\n${out}`)
+  const raw = JSON.parse(line.slice('WRKJSON '.length)) as Record<string, number>
+  const durationS = (raw.duration_us ?? 0) / 1e6
+  const requests = raw.requests ?? 0
+  return {
+    requests,
+    durationS,
+    throughput: requests / durationS,
+    errors: (raw.status_errors ?? 0) + (raw.socket_errors ?? 0),
+    latencyMs: {
+      p50: (raw.p50 ?? 0) / 1000,
+      p99: (raw.p99 ?? 0) / 1000,
+      p999: (raw.p999 ?? 0) / 1000,
+      max: (raw.max ?? 0) / 1000,
+    },
+    loadGeneratorCores: cores,
+  }
+}
