@@ -136,7 +136,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
           ...(opts['if-exists'] ? { ifExists: true } : {}),
         })
         if (opts.json) await out(result)
-        else await write(io.stdout, `OK ${result.created ? 'created' : 'updated'} ${key} version ${result.version}\n`)
+        else await write(io.stdout, `OK wrote ${key} version ${result.version}\n`)
         return 0
       }
       case 'del':

@@ -43,10 +43,9 @@ export interface GetResult {
 
 export interface PutResult {
   key: string
+  /** The key's new version (the LSN of this write); use it with `ifVersion`. */
   version: number
   lsn: number
-  /** True when the key did not exist before. */
-  created: boolean
 }
 
 export interface DeleteResult {
@@ -91,7 +90,11 @@ export type BatchOp =
 
 export interface BatchResult {
   lsn: number
-  results: { key: string; version: number | null; previousVersion: number | null }[]
+  /**
+   * One result per op: the key's new version (null after a delete), and for conditional ops
+   * the version the condition saw.
+   */
+  results: { key: string; version: number | null; previousVersion?: number | null }[]
 }
 
 export interface NodeStatus {

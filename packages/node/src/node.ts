@@ -152,9 +152,15 @@ export class KvNode {
       server.destroyHttp2Sessions()
     }, this.config.shutdownTimeoutMs)
     force.unref()
+    // Node closes idle keep-alive connections once, when the server starts closing. A request
+    // in flight at that moment leaves its connection open and idle after its response, so
+    // keep closing connections as they fall idle until the server is closed.
+    const sweep = setInterval(() => server.closeIdleConnections(), 50)
+    sweep.unref()
     try {
       await this.app.close()
     } finally {
+      clearInterval(sweep)
       clearTimeout(force)
       await this.store.close()
       this.logger.info({ appliedLsn: this.store.appliedLsn }, 'node stopped')

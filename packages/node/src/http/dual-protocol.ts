@@ -64,6 +64,10 @@ export function createDualProtocolServer(
     session.on('close', () => sessions.delete(session))
   })
 
+  // Sockets whose protocol is not known yet. Node's HTTP server does not know them, so its
+  // closeIdleConnections would miss them and a client that connected but sent nothing would
+  // hold shutdown for the whole classification timeout.
+  const unclassified = new Set<Socket>()
   const http1Listeners = h1.listeners('connection') as ((socket: Socket) => void)[]
   h1.removeAllListeners('connection')
   const classifyTimeoutMs = Math.min(10_000, options.requestTimeoutMs)
@@ -78,7 +82,10 @@ export function createDualProtocolServer(
     }
     socket.on('error', onError)
     socket.setTimeout(classifyTimeoutMs, onTimeout)
+    unclassified.add(socket)
+    socket.once('close', () => unclassified.delete(socket))
     const handOver = (): void => {
+      unclassified.delete(socket)
       socket.removeListener('error', onError)
       socket.setTimeout(0)
       socket.removeListener('timeout', onTimeout)
@@ -104,6 +111,17 @@ export function createDualProtocolServer(
     socket.on('readable', classify)
   })
 
+  // A socket that has sent nothing has no request in flight: it is idle by definition.
+  const closeIdle = h1.closeIdleConnections.bind(h1)
+  h1.closeIdleConnections = () => {
+    closeIdle()
+    for (const socket of unclassified) socket.destroy()
+  }
+  const closeAll = h1.closeAllConnections.bind(h1)
+  h1.closeAllConnections = () => {
+    closeAll()
+    for (const socket of unclassified) socket.destroy()
+  }
   h1.closeHttp2Sessions = () => {
     for (const session of sessions) session.close()
   }

@@ -1,0 +1,129 @@
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { PassThrough, Readable } from 'node:stream'
+import { KvNode, parseConfig } from '@kvstore/node'
+import { runKv } from '../src/kv-command.js'
+
+let dir: string
+let node: KvNode
+let url: string
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'kv-cli-'))
+  const { config } = parseConfig(['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent'], {})
+  node = await KvNode.start(config)
+  url = node.url
+})
+afterAll(async () => {
+  await node.stop()
+  await rm(dir, { recursive: true, force: true })
+})
+
+/** Runs `kv` with `args`, returning its exit status and everything it printed. */
+async function kv(args: string[], stdin?: string): Promise<{ code: number; out: string; err: string; raw: Buffer }> {
+  const stdout = new PassThrough()
+  const stderr = new PassThrough()
+  const outChunks: Buffer[] = []
+  const errChunks: Buffer[] = []
+  stdout.on('data', (c: Buffer) => outChunks.push(c))
+  stderr.on('data', (c: Buffer) => errChunks.push(c))
+  const input = Object.assign(stdin === undefined ? Readable.from([]) : Readable.from([Buffer.from(stdin)]), {
+    isTTY: stdin === undefined,
+  })
+  const code = await runKv(['--url', url, ...args], { env: {}, stdin: input, stdout, stderr })
+  const raw = Buffer.concat(outChunks)
+  return { code, out: raw.toString(), err: Buffer.concat(errChunks).toString(), raw }
+}
+
+describe('kv', () => {
+  it('puts and gets a value given as an argument', async () => {
+    const put = await kv(['put', 'users/1', '{"name":"Ada"}'])
+    expect(put).toMatchObject({ code: 0 })
+    expect(put.out).toMatch(/^OK wrote users\/1 version \d+\n$/)
+    const get = await kv(['get', 'users/1'])
+    expect(get).toMatchObject({ code: 0, out: '{"name":"Ada"}' })
+  })
+
+  it('reads the value from standard input and from a file, byte for byte', async () => {
+    expect((await kv(['put', 'piped'], 'from stdin')).code).toBe(0)
+    expect((await kv(['get', 'piped'])).out).toBe('from stdin')
+    const file = join(dir, 'blob.bin')
+    const bytes = Buffer.from([0, 1, 2, 253, 254, 255])
+    await writeFile(file, bytes)
+    expect((await kv(['put', 'blob', '--file', file])).code).toBe(0)
+    expect((await kv(['get', 'blob'])).raw.equals(bytes)).toBe(true)
+    const out = join(dir, 'out.bin')
+    expect((await kv(['get', 'blob', '--output', out])).code).toBe(0)
+    expect((await readFile(out)).equals(bytes)).toBe(true)
+  })
+
+  it('compare-and-set exits 4 when the condition fails', async () => {
+    const first = await kv(['put', 'cas', 'a', '--if-absent', '--json'])
+    expect(first.code).toBe(0)
+    const version = (JSON.parse(first.out) as { version: number }).version
+    const stale = await kv(['put', 'cas', 'b', '--if-version', String(version + 100)])
+    expect(stale.code).toBe(4)
+    expect(stale.err).toMatch(/KV_ERR_PRECONDITION_FAILED/)
+    expect((await kv(['put', 'cas', 'b', '--if-version', String(version)])).code).toBe(0)
+    expect((await kv(['put', 'cas', 'c', '--if-absent'])).code).toBe(4)
+  })
+
+  it('exits 3 for a missing key, and deletes', async () => {
+    const missing = await kv(['get', 'nope'])
+    expect(missing.code).toBe(3)
+    expect(missing.err).toBe('kv: KV_ERR_KEY_NOT_FOUND: key "nope" does not exist\n')
+    await kv(['put', 'gone', 'x'])
+    expect((await kv(['del', 'gone'])).out).toMatch(/^OK deleted gone at lsn \d+\n$/)
+    expect((await kv(['del', 'gone'])).code).toBe(3)
+  })
+
+  it('lists by prefix, one page or all of them', async () => {
+    for (let i = 0; i < 5; i++) await kv(['put', `list/${i}`, 'v'])
+    const page = await kv(['ls', 'list/', '--limit', '2'])
+    expect(page.out).toBe('list/0\nlist/1\n')
+    expect(page.err).toMatch(/more keys/)
+    const all = await kv(['ls', 'list/', '--limit', '2', '--all'])
+    expect(all.out).toBe('list/0\nlist/1\nlist/2\nlist/3\nlist/4\n')
+  })
+
+  it('applies a batch file atomically', async () => {
+    const file = join(dir, 'batch.json')
+    await writeFile(file, JSON.stringify({ ops: [{ op: 'put', key: 'b1', value: '1' }, { op: 'delete', key: 'list/0' }] }))
+    const res = await kv(['batch', file])
+    expect(res.code).toBe(0)
+    expect(JSON.parse(res.out)).toMatchObject({ results: [{ key: 'b1' }, { key: 'list/0', version: null }] })
+    await writeFile(file, '{"ops": [')
+    expect((await kv(['batch', file])).code).toBe(2)
+  })
+
+  it('prints status and digest as JSON', async () => {
+    const status = JSON.parse((await kv(['status'])).out) as { nodeId: string; role: string }
+    expect(status).toMatchObject({ nodeId: 'n1', role: 'leader' })
+    const digest = JSON.parse((await kv(['digest'])).out) as { digest: string }
+    expect(digest.digest).toMatch(/^[0-9a-f]{64}$/)
+  })
+
+  it('explains usage errors with exit status 2', async () => {
+    expect((await kv(['frobnicate'])).code).toBe(2)
+    expect((await kv(['get'])).err).toMatch(/get needs a KEY/)
+    expect((await kv(['put', 'k'])).err).toMatch(/put needs a VALUE/)
+    expect((await kv(['put', 'k', 'v', '--if-version', 'x'])).code).toBe(2)
+    expect((await kv(['--nope'])).code).toBe(2)
+  })
+
+  it('says clearly when no node answers', async () => {
+    const stdout = new PassThrough()
+    const stderr = new PassThrough()
+    let err = ''
+    stderr.on('data', (c: Buffer) => (err += c.toString()))
+    const code = await runKv(['--url', 'http://127.0.0.1:1', 'get', 'x'], {
+      env: {},
+      stdin: Object.assign(Readable.from([]), { isTTY: true }),
+      stdout,
+      stderr,
+    })
+    expect(code).toBe(1)
+    expect(err).toMatch(/^kv: KV_ERR_UNAVAILABLE: cannot reach http:\/\/127\.0\.0\.1:1/)
+  })
+})
