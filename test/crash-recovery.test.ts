@@ -64,7 +64,10 @@ function load(url: string, writers: number, cycle: number, ledger: Ledger, stop:
   }
 }
 
-async function checkLedger(url: string, ledger: Ledger): Promise<{ batchesPresent: number; batchesAbsent: number }> {
+async function checkLedger(
+  url: string,
+  ledger: Ledger,
+): Promise<{ batchesPresent: number; batchesAbsent: number }> {
   const pool = new Pool(url, { connections: 16 })
   try {
     const get = async (key: string): Promise<string | null> => {
@@ -155,7 +158,10 @@ describe.each([
     expect(batchesPresent).toBeGreaterThanOrEqual(acknowledgedBatches)
 
     // Stop cleanly, then check the data directory itself.
-    const digest = (await (await fetch(`${node.url}/v1/digest`)).json()) as { digest: string; appliedLsn: number }
+    const digest = (await (await fetch(`${node.url}/v1/digest`)).json()) as {
+      digest: string
+      appliedLsn: number
+    }
     process.kill(node.pid, 'SIGTERM')
     expect((await node.exited).code).toBe(0)
     node = null

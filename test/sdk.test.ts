@@ -12,7 +12,10 @@ let node: KvNode
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'kv-sdk-'))
-  const { config } = parseConfig(['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent'], {})
+  const { config } = parseConfig(
+    ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent'],
+    {},
+  )
   node = await KvNode.start(config)
 })
 afterAll(async () => {
@@ -74,19 +77,30 @@ describe.each(['h2c', 'http1'] as const)('KvClient over %s', (protocol) => {
   it('maps every server error to its code', async () => {
     expect((await failure(client.put('', 'v'))).code).toBe('KV_ERR_INVALID_KEY')
     expect((await failure(client.put('x'.repeat(2000), 'v'))).code).toBe('KV_ERR_KEY_TOO_LARGE')
-    expect((await failure(client.put(k('big'), Buffer.alloc(1024 * 1024 + 1)))).code).toBe('KV_ERR_VALUE_TOO_LARGE')
+    expect((await failure(client.put(k('big'), Buffer.alloc(1024 * 1024 + 1)))).code).toBe(
+      'KV_ERR_VALUE_TOO_LARGE',
+    )
     expect((await failure(client.list({ limit: 0 }))).code).toBe('KV_ERR_INVALID_ARGUMENT')
   })
 
   it('applies batches atomically and lists everything page by page', async () => {
-    const ops = Array.from({ length: 30 }, (_, i) => ({ op: 'put' as const, key: k(`page/${String(i).padStart(2, '0')}`), value: `v${i}` }))
-    const result = await client.batch([...ops, { op: 'put', key: k('page-bin'), value: Buffer.from([1, 2, 3]) }])
+    const ops = Array.from({ length: 30 }, (_, i) => ({
+      op: 'put' as const,
+      key: k(`page/${String(i).padStart(2, '0')}`),
+      value: `v${i}`,
+    }))
+    const result = await client.batch([
+      ...ops,
+      { op: 'put', key: k('page-bin'), value: Buffer.from([1, 2, 3]) },
+    ])
     expect(result.results).toHaveLength(31)
     const keys: string[] = []
     for await (const item of client.listAll({ prefix: k('page/'), limit: 7 })) keys.push(item.key)
     expect(keys).toEqual(ops.map((o) => o.key))
     expect((await client.get(k('page-bin')))?.value).toEqual(Buffer.from([1, 2, 3]))
-    const failed = await failure(client.batch([{ op: 'put', key: k('page/00'), value: 'x', ifAbsent: true }]))
+    const failed = await failure(
+      client.batch([{ op: 'put', key: k('page/00'), value: 'x', ifAbsent: true }]),
+    )
     expect(failed.details.opIndex).toBe(0)
   })
 

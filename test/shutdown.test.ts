@@ -85,7 +85,9 @@ it('a second SIGTERM during shutdown exits at once', async () => {
 it('kv-node exits with a clear message when its data directory is in use', async () => {
   const dataDir = join(dir, 'data3')
   const first = await startNodeProcess(['--data-dir', dataDir])
-  await expect(startNodeProcess(['--data-dir', dataDir])).rejects.toThrow(/in use by another process/)
+  await expect(startNodeProcess(['--data-dir', dataDir])).rejects.toThrow(
+    /in use by another process/,
+  )
   process.kill(first.pid, 'SIGTERM')
   expect((await first.exited).code).toBe(0)
 })

@@ -6,7 +6,9 @@ import { existsSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 
-export const kvNodeBin = fileURLToPath(new URL('../../packages/cli/dist/kv-node.js', import.meta.url))
+export const kvNodeBin = fileURLToPath(
+  new URL('../../packages/cli/dist/kv-node.js', import.meta.url),
+)
 export const kvBin = fileURLToPath(new URL('../../packages/cli/dist/kv.js', import.meta.url))
 
 export function assertBuilt(): void {
@@ -28,9 +30,13 @@ export interface NodeProcess {
 /** Spawns kv-node and resolves once it logs "node started". */
 export async function startNodeProcess(args: string[], timeoutMs = 15_000): Promise<NodeProcess> {
   assertBuilt()
-  const child = spawn(process.execPath, [kvNodeBin, '--port', '0', '--log-level', 'info', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
+  const child = spawn(
+    process.execPath,
+    [kvNodeBin, '--port', '0', '--log-level', 'info', ...args],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  )
   const logs: Record<string, unknown>[] = []
   const stderr: string[] = []
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
@@ -78,7 +84,9 @@ export function prng(seed: number): () => number {
 
 /** Seed from KV_TEST_SEED, or a fresh one; always printed so a failure can be replayed. */
 export function testSeed(name: string): number {
-  const seed = process.env.KV_TEST_SEED ? Number(process.env.KV_TEST_SEED) : Math.floor(Math.random() * 2 ** 31)
+  const seed = process.env.KV_TEST_SEED
+    ? Number(process.env.KV_TEST_SEED)
+    : Math.floor(Math.random() * 2 ** 31)
   process.stdout.write(`${name}: seed ${seed} (replay with KV_TEST_SEED=${seed})\n`)
   return seed
 }

@@ -61,10 +61,14 @@ function ensureWrk(): void {
   const hasApt = spawnSync('apt-get', ['--version']).error === undefined
   if (isRoot && hasApt) {
     say('wrk is missing; installing it from Debian packages (apt-get install wrk)...')
-    execFileSync('sh', ['-c', 'apt-get update -qq && apt-get install -y -qq wrk >/dev/null'], { stdio: 'inherit' })
+    execFileSync('sh', ['-c', 'apt-get update -qq && apt-get install -y -qq wrk >/dev/null'], {
+      stdio: 'inherit',
+    })
     if (wrkAvailable()) return
   }
-  throw new Error('the benchmark needs wrk: install it (Debian/Ubuntu: sudo apt-get install wrk) and rerun')
+  throw new Error(
+    'the benchmark needs wrk: install it (Debian/Ubuntu: sudo apt-get install wrk) and rerun',
+  )
 }
 
 /** A gauge's value in the node's /metrics. */
@@ -76,7 +80,8 @@ async function gauge(url: string, name: string): Promise<number> {
 /** Sum and count of a histogram in the node's /metrics. */
 async function histogram(url: string, name: string): Promise<{ sum: number; count: number }> {
   const text = await (await fetch(`${url}/metrics`)).text()
-  const read = (suffix: string) => Number(new RegExp(`^${name}_${suffix} (\\S+)$`, 'm').exec(text)?.[1] ?? 0)
+  const read = (suffix: string) =>
+    Number(new RegExp(`^${name}_${suffix} (\\S+)$`, 'm').exec(text)?.[1] ?? 0)
   return { sum: read('sum'), count: read('count') }
 }
 
@@ -106,9 +111,12 @@ async function measure(
     operation,
     result,
     nodeCores: nodeCores / wallS,
-    entriesPerBatch: operation === 'put' && batches > 0 ? (entriesAfter.sum - entriesBefore.sum) / batches : null,
+    entriesPerBatch:
+      operation === 'put' && batches > 0 ? (entriesAfter.sum - entriesBefore.sum) / batches : null,
     batchWriteMs:
-      operation === 'put' && batches > 0 ? ((secondsAfter.sum - secondsBefore.sum) / batches) * 1000 : null,
+      operation === 'put' && batches > 0
+        ? ((secondsAfter.sum - secondsBefore.sum) / batches) * 1000
+        : null,
     cacheHitRatio: operation === 'get' && hits + misses > 0 ? hits / (hits + misses) : null,
   }
 }
@@ -132,10 +140,15 @@ async function prefill(url: string, prefix: string): Promise<void> {
 const scenarios = [
   { name: 'group commit, fsync on', args: ['--fsync', 'true'], gets: true },
   { name: 'group commit, fsync off', args: ['--fsync', 'false'], gets: true },
-  { name: 'one fsync per write', args: ['--fsync', 'true', '--group-commit-writes-max', '1'], gets: false },
+  {
+    name: 'one fsync per write',
+    args: ['--fsync', 'true', '--group-commit-writes-max', '1'],
+    gets: false,
+  },
 ] as const
 
-const fmt = (n: number, digits = 0) => n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
+const fmt = (n: number, digits = 0) =>
+  n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
 
 async function main(): Promise<void> {
   ensureWrk()
@@ -144,17 +157,37 @@ async function main(): Promise<void> {
   try {
     for (const scenario of scenarios) {
       say(`\n== ${scenario.name}`)
-      const node = await startBenchNode(['--data-dir', join(work, scenario.name.replace(/\W+/g, '-')), ...scenario.args])
+      const node = await startBenchNode([
+        '--data-dir',
+        join(work, scenario.name.replace(/\W+/g, '-')),
+        ...scenario.args,
+      ])
       try {
         say('   warming up...')
-        await runWrk({ url: node.url, script: putScript('warm/', valueBytes), scriptDir: work, connections, durationS: 2 })
+        await runWrk({
+          url: node.url,
+          script: putScript('warm/', valueBytes),
+          scriptDir: work,
+          connections,
+          durationS: 2,
+        })
         say(`   PUT for ${durationS} s with ${connections} connections...`)
-        phases.push(await measure(node, scenario.name, 'put', putScript('bench/put/', valueBytes), work))
+        phases.push(
+          await measure(node, scenario.name, 'put', putScript('bench/put/', valueBytes), work),
+        )
         if (scenario.gets) {
           say(`   prefilling ${fmt(getKeys)} keys, warming up, then GET for ${durationS} s...`)
           await prefill(node.url, 'bench/get/')
-          await runWrk({ url: node.url, script: getScript('bench/get/', getKeys), scriptDir: work, connections, durationS: 5 })
-          phases.push(await measure(node, scenario.name, 'get', getScript('bench/get/', getKeys), work))
+          await runWrk({
+            url: node.url,
+            script: getScript('bench/get/', getKeys),
+            scriptDir: work,
+            connections,
+            durationS: 5,
+          })
+          phases.push(
+            await measure(node, scenario.name, 'get', getScript('bench/get/', getKeys), work),
+          )
         }
       } finally {
         await node.stop()
@@ -177,7 +210,8 @@ async function main(): Promise<void> {
     groupCommitSpeedup: { target: 5, actual: ratio },
   }
 
-  const header = '| scenario | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | entries/batch | batch write ms | read cache hits | node CPU (cores) | wrk CPU (cores) |'
+  const header =
+    '| scenario | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | entries/batch | batch write ms | read cache hits | node CPU (cores) | wrk CPU (cores) |'
   const rows = phases.map(
     (p) =>
       `| ${p.scenario} | ${p.operation.toUpperCase()} | ${fmt(p.result.throughput)} | ${fmt(p.result.latencyMs.p50, 2)} | ${fmt(p.result.latencyMs.p99, 2)} | ${fmt(p.result.latencyMs.p999, 2)} | ${p.result.errors} | ${p.entriesPerBatch === null ? '' : fmt(p.entriesPerBatch, 1)} | ${p.batchWriteMs === null ? '' : fmt(p.batchWriteMs, 2)} | ${p.cacheHitRatio === null ? '' : `${fmt(p.cacheHitRatio * 100)}%`} | ${fmt(p.nodeCores, 2)} | ${fmt(p.result.loadGeneratorCores, 2)} |`,

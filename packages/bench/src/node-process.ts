@@ -13,9 +13,13 @@ export interface BenchNode {
 }
 
 export async function startBenchNode(args: string[]): Promise<BenchNode> {
-  const child = spawn(process.execPath, [kvNodeBin, '--port', '0', '--log-level', 'info', ...args], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
+  const child = spawn(
+    process.execPath,
+    [kvNodeBin, '--port', '0', '--log-level', 'info', ...args],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  )
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()))
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('kv-node did not start in 20 s')), 20_000)

@@ -66,7 +66,16 @@ export async function runWrk(options: {
   await writeFile(scriptPath, options.script)
   const child = spawn(
     'wrk',
-    ['-t1', `-c${options.connections}`, `-d${options.durationS}s`, '--timeout', '10s', '-s', scriptPath, options.url],
+    [
+      '-t1',
+      `-c${options.connections}`,
+      `-d${options.durationS}s`,
+      '--timeout',
+      '10s',
+      '-s',
+      scriptPath,
+      options.url,
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   )
   let out = ''

@@ -43,13 +43,15 @@ class UsageError extends Error {}
 
 async function readStream(stream: NodeJS.ReadableStream): Promise<Buffer> {
   const chunks: Buffer[] = []
-  for await (const chunk of stream) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string))
+  for await (const chunk of stream)
+    chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string))
   return Buffer.concat(chunks)
 }
 
 function parseVersion(text: string | undefined): number | undefined {
   if (text === undefined) return undefined
-  if (!/^[1-9][0-9]*$/.test(text)) throw new UsageError(`--if-version must be a positive whole number, got ${text}`)
+  if (!/^[1-9][0-9]*$/.test(text))
+    throw new UsageError(`--if-version must be a positive whole number, got ${text}`)
   return Number(text)
 }
 
@@ -109,7 +111,8 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
       case 'get': {
         const key = needKey()
         const result = await client.get(key)
-        if (result === null) throw new KvError('KV_ERR_KEY_NOT_FOUND', `key ${JSON.stringify(key)} does not exist`)
+        if (result === null)
+          throw new KvError('KV_ERR_KEY_NOT_FOUND', `key ${JSON.stringify(key)} does not exist`)
         if (opts.json) {
           await out({ key, version: result.version, valueBase64: result.value.toString('base64') })
         } else if (opts.output !== undefined) {
@@ -117,16 +120,19 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
           await writeFile(opts.output, result.value)
         } else {
           await write(io.stdout, result.value)
-          if (io.stdout.isTTY && !result.value.toString('latin1').endsWith('\n')) await write(io.stdout, '\n')
+          if (io.stdout.isTTY && !result.value.toString('latin1').endsWith('\n'))
+            await write(io.stdout, '\n')
         }
         return 0
       }
       case 'put': {
         const key = needKey()
         let value: Buffer
-        if (args[1] !== undefined && opts.file !== undefined) throw new UsageError('give VALUE or --file, not both')
+        if (args[1] !== undefined && opts.file !== undefined)
+          throw new UsageError('give VALUE or --file, not both')
         if (args[1] !== undefined) value = Buffer.from(args[1], 'utf8')
-        else if (opts.file !== undefined) value = await readFile(opts.file === '-' ? '/dev/stdin' : opts.file)
+        else if (opts.file !== undefined)
+          value = await readFile(opts.file === '-' ? '/dev/stdin' : opts.file)
         else if (!io.stdin.isTTY) value = await readStream(io.stdin)
         else throw new UsageError('put needs a VALUE, --file FILE, or data on standard input')
         const ifVersion = parseVersion(opts['if-version'])
@@ -172,7 +178,10 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
           else {
             for (const item of page.items) await write(io.stdout, `${item.key}\n`)
             if (page.nextCursor !== null) {
-              await write(io.stderr, `(more keys: use --all, or --start after ${page.items.at(-1)?.key ?? ''})\n`)
+              await write(
+                io.stderr,
+                `(more keys: use --all, or --start after ${page.items.at(-1)?.key ?? ''})\n`,
+              )
             }
           }
         }

@@ -11,7 +11,10 @@ let url: string
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'kv-cli-'))
-  const { config } = parseConfig(['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent'], {})
+  const { config } = parseConfig(
+    ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent'],
+    {},
+  )
   node = await KvNode.start(config)
   url = node.url
 })
@@ -21,16 +24,22 @@ afterAll(async () => {
 })
 
 /** Runs `kv` with `args`, returning its exit status and everything it printed. */
-async function kv(args: string[], stdin?: string): Promise<{ code: number; out: string; err: string; raw: Buffer }> {
+async function kv(
+  args: string[],
+  stdin?: string,
+): Promise<{ code: number; out: string; err: string; raw: Buffer }> {
   const stdout = new PassThrough()
   const stderr = new PassThrough()
   const outChunks: Buffer[] = []
   const errChunks: Buffer[] = []
   stdout.on('data', (c: Buffer) => outChunks.push(c))
   stderr.on('data', (c: Buffer) => errChunks.push(c))
-  const input = Object.assign(stdin === undefined ? Readable.from([]) : Readable.from([Buffer.from(stdin)]), {
-    isTTY: stdin === undefined,
-  })
+  const input = Object.assign(
+    stdin === undefined ? Readable.from([]) : Readable.from([Buffer.from(stdin)]),
+    {
+      isTTY: stdin === undefined,
+    },
+  )
   const code = await runKv(['--url', url, ...args], { env: {}, stdin: input, stdout, stderr })
   const raw = Buffer.concat(outChunks)
   return { code, out: raw.toString(), err: Buffer.concat(errChunks).toString(), raw }
@@ -89,10 +98,20 @@ describe('kv', () => {
 
   it('applies a batch file atomically', async () => {
     const file = join(dir, 'batch.json')
-    await writeFile(file, JSON.stringify({ ops: [{ op: 'put', key: 'b1', value: '1' }, { op: 'delete', key: 'list/0' }] }))
+    await writeFile(
+      file,
+      JSON.stringify({
+        ops: [
+          { op: 'put', key: 'b1', value: '1' },
+          { op: 'delete', key: 'list/0' },
+        ],
+      }),
+    )
     const res = await kv(['batch', file])
     expect(res.code).toBe(0)
-    expect(JSON.parse(res.out)).toMatchObject({ results: [{ key: 'b1' }, { key: 'list/0', version: null }] })
+    expect(JSON.parse(res.out)).toMatchObject({
+      results: [{ key: 'b1' }, { key: 'list/0', version: null }],
+    })
     await writeFile(file, '{"ops": [')
     expect((await kv(['batch', file])).code).toBe(2)
   })

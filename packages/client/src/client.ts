@@ -130,9 +130,16 @@ export function keyPath(key: string): string {
 }
 
 function conditionHeaders(conditions: WriteConditions): Record<string, string> {
-  const set = [conditions.ifVersion !== undefined, conditions.ifAbsent === true, conditions.ifExists === true]
+  const set = [
+    conditions.ifVersion !== undefined,
+    conditions.ifAbsent === true,
+    conditions.ifExists === true,
+  ]
   if (set.filter(Boolean).length > 1) {
-    throw new KvError('KV_ERR_INVALID_PRECONDITION', 'use at most one of ifVersion, ifAbsent and ifExists')
+    throw new KvError(
+      'KV_ERR_INVALID_PRECONDITION',
+      'use at most one of ifVersion, ifAbsent and ifExists',
+    )
   }
   if (conditions.ifVersion !== undefined) return { 'if-match': `"${conditions.ifVersion}"` }
   if (conditions.ifAbsent === true) return { 'if-none-match': '*' }
@@ -154,7 +161,10 @@ export class KvClient {
   constructor(options: KvClientOptions) {
     const url = new URL(options.url)
     if (url.protocol !== 'http:') {
-      throw new KvError('KV_ERR_INVALID_ARGUMENT', `only http:// URLs are supported, got ${options.url}`)
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        `only http:// URLs are supported, got ${options.url}`,
+      )
     }
     this.url = url.origin
     this.timeoutMs = options.timeoutMs ?? 10_000
@@ -177,7 +187,11 @@ export class KvClient {
   }
 
   /** Writes a key. With conditions, fails with `KV_ERR_PRECONDITION_FAILED` when they do not hold. */
-  async put(key: string, value: string | Uint8Array, conditions: WriteConditions = {}): Promise<PutResult> {
+  async put(
+    key: string,
+    value: string | Uint8Array,
+    conditions: WriteConditions = {},
+  ): Promise<PutResult> {
     const res = await this.send('PUT', `/v1/kv/${keyPath(key)}`, {
       body: typeof value === 'string' ? Buffer.from(value, 'utf8') : value,
       headers: { 'content-type': 'application/octet-stream', ...conditionHeaders(conditions) },
@@ -186,8 +200,13 @@ export class KvClient {
   }
 
   /** Deletes a key. Fails with `KV_ERR_KEY_NOT_FOUND` when it does not exist. */
-  async delete(key: string, conditions: Omit<WriteConditions, 'ifAbsent'> = {}): Promise<DeleteResult> {
-    const res = await this.send('DELETE', `/v1/kv/${keyPath(key)}`, { headers: conditionHeaders(conditions) })
+  async delete(
+    key: string,
+    conditions: Omit<WriteConditions, 'ifAbsent'> = {},
+  ): Promise<DeleteResult> {
+    const res = await this.send('DELETE', `/v1/kv/${keyPath(key)}`, {
+      headers: conditionHeaders(conditions),
+    })
     return JSON.parse(res.body.toString('utf8')) as DeleteResult
   }
 
@@ -296,7 +315,10 @@ export class KvClient {
       )
     }
     const response: Response = { status: res.statusCode, headers: res.headers, body }
-    if (res.statusCode < 400 || (options.allow404 && res.statusCode === 404 && this.isNotFound(body))) {
+    if (
+      res.statusCode < 400 ||
+      (options.allow404 && res.statusCode === 404 && this.isNotFound(body))
+    ) {
       return response
     }
     throw this.errorFrom(response)
@@ -304,7 +326,10 @@ export class KvClient {
 
   private isNotFound(body: Buffer): boolean {
     try {
-      return (JSON.parse(body.toString('utf8')) as { error?: { code?: string } }).error?.code === 'KV_ERR_KEY_NOT_FOUND'
+      return (
+        (JSON.parse(body.toString('utf8')) as { error?: { code?: string } }).error?.code ===
+        'KV_ERR_KEY_NOT_FOUND'
+      )
     } catch {
       return false
     }
@@ -320,7 +345,11 @@ export class KvClient {
     const error = parsed?.error
     if (error && isErrorCode(error.code)) {
       const { code, message, ...details } = error
-      return new KvError(code, typeof message === 'string' ? message : code, details as ErrorDetails)
+      return new KvError(
+        code,
+        typeof message === 'string' ? message : code,
+        details as ErrorDetails,
+      )
     }
     return new KvError(
       res.status >= 500 ? 'KV_ERR_INTERNAL' : 'KV_ERR_INVALID_ARGUMENT',

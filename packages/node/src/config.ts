@@ -210,7 +210,8 @@ export const configSpec: readonly OptionSpec[] = [
     min: 64 * KiB,
     max: 1024 * MiB,
     group: 'storage',
-    description: 'LevelDB memtable size; larger absorbs write bursts, at the cost of memory and recovery time.',
+    description:
+      'LevelDB memtable size; larger absorbs write bursts, at the cost of memory and recovery time.',
   },
   {
     key: 'keyBytesMax',
@@ -254,7 +255,8 @@ export const configSpec: readonly OptionSpec[] = [
     min: 1,
     max: limitsCeiling.requestBodyBytesMax,
     group: 'limits',
-    description: 'Largest request body of a batch (KV_ERR_BODY_TOO_LARGE). Must be at least valueBytesMax.',
+    description:
+      'Largest request body of a batch (KV_ERR_BODY_TOO_LARGE). Must be at least valueBytesMax.',
   },
   {
     key: 'listLimitMax',
@@ -298,7 +300,8 @@ export const configSpec: readonly OptionSpec[] = [
     min: 1000,
     max: 3_600_000,
     group: 'http',
-    description: 'Longest time to receive a whole HTTP/1.1 request (protects against slow clients).',
+    description:
+      'Longest time to receive a whole HTTP/1.1 request (protects against slow clients).',
   },
   {
     key: 'keepAliveTimeoutMs',
@@ -309,7 +312,8 @@ export const configSpec: readonly OptionSpec[] = [
     min: 1000,
     max: 3_600_000,
     group: 'http',
-    description: 'Idle time after which an HTTP/1.1 keep-alive connection or an HTTP/2 session is closed.',
+    description:
+      'Idle time after which an HTTP/1.1 keep-alive connection or an HTTP/2 session is closed.',
   },
   {
     key: 'connectionsMax',
@@ -380,7 +384,9 @@ function parseValue(spec: OptionSpec, raw: unknown, source: string): unknown {
     }
     case 'enum': {
       if (typeof raw !== 'string' || !spec.values?.includes(raw)) {
-        throw new ConfigError(`${where} must be one of ${spec.values?.join(', ')}; got ${String(raw)}`)
+        throw new ConfigError(
+          `${where} must be one of ${spec.values?.join(', ')}; got ${String(raw)}`,
+        )
       }
       return raw
     }
@@ -485,11 +491,14 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
       }
       fileValues = parsed as Record<string, unknown>
     } catch (err) {
-      throw new ConfigError(`config file ${configFile} is not valid JSON: ${(err as Error).message}`)
+      throw new ConfigError(
+        `config file ${configFile} is not valid JSON: ${(err as Error).message}`,
+      )
     }
     const known = new Set<string>(configSpec.map((spec) => spec.key))
     for (const key of Object.keys(fileValues)) {
-      if (!known.has(key)) throw new ConfigError(`config file ${configFile} has unknown option "${key}"`)
+      if (!known.has(key))
+        throw new ConfigError(`config file ${configFile} has unknown option "${key}"`)
     }
   }
 
@@ -567,7 +576,9 @@ export function helpText(): string {
     lines.push('', `${groupTitles[group]}:`)
     for (const spec of configSpec.filter((s) => s.group === group)) {
       const values = spec.kind === 'enum' ? ` (${spec.values?.join('|')})` : ''
-      lines.push(`  ${spec.flag} <${spec.kind}>${values}  (${spec.env}, default ${defaultText(spec)})`)
+      lines.push(
+        `  ${spec.flag} <${spec.kind}>${values}  (${spec.env}, default ${defaultText(spec)})`,
+      )
       lines.push(`      ${spec.description}`)
     }
   }
@@ -576,7 +587,10 @@ export function helpText(): string {
 
 /** The README's configuration table (generated; see scripts/sync-readme.mjs). */
 export function configTableMarkdown(): string {
-  const rows = ['| option (config file key) | flag | environment | default | meaning |', '|---|---|---|---|---|']
+  const rows = [
+    '| option (config file key) | flag | environment | default | meaning |',
+    '|---|---|---|---|---|',
+  ]
   for (const spec of configSpec) {
     rows.push(
       `| \`${spec.key}\` | \`${spec.flag}\` | \`${spec.env}\` | ${defaultText(spec)} | ${spec.description} |`,

@@ -42,7 +42,14 @@ export class RequestStats {
     return (method, status, seconds) => {
       let stats = byMethod.get(method)
       if (!stats) {
-        stats = { route, method, statuses: new Map(), buckets: new Float64Array(httpBucketsSeconds.length), sum: 0, count: 0 }
+        stats = {
+          route,
+          method,
+          statuses: new Map(),
+          buckets: new Float64Array(httpBucketsSeconds.length),
+          sum: 0,
+          count: 0,
+        }
         byMethod.set(method, stats)
       }
       this.observe(stats, status, seconds)
@@ -66,7 +73,13 @@ export class RequestStats {
   }
 
   /** prom-client custom metrics reading these stats at scrape time. */
-  metrics(): { name: string; help: string; type: string; aggregator: string; get: () => unknown }[] {
+  metrics(): {
+    name: string
+    help: string
+    type: string
+    aggregator: string
+    get: () => unknown
+  }[] {
     const requests = {
       name: 'kv_http_requests_total',
       help: 'HTTP requests answered, by route, method and status.',
@@ -78,9 +91,10 @@ export class RequestStats {
         type: requests.type,
         aggregator: requests.aggregator,
         values: this.all().flatMap((m) =>
-          [...m.statuses].map(
-            ([status, count]): MetricValue => ({ labels: { route: m.route, method: m.method, status }, value: count }),
-          ),
+          [...m.statuses].map(([status, count]): MetricValue => ({
+            labels: { route: m.route, method: m.method, status },
+            value: count,
+          })),
         ),
       }),
     }
@@ -96,13 +110,27 @@ export class RequestStats {
           let cumulative = 0
           httpBucketsSeconds.forEach((le, i) => {
             cumulative += d.buckets[i] ?? 0
-            values.push({ labels: { ...labels, le }, value: cumulative, metricName: `${durations.name}_bucket` })
+            values.push({
+              labels: { ...labels, le },
+              value: cumulative,
+              metricName: `${durations.name}_bucket`,
+            })
           })
-          values.push({ labels: { ...labels, le: '+Inf' }, value: d.count, metricName: `${durations.name}_bucket` })
+          values.push({
+            labels: { ...labels, le: '+Inf' },
+            value: d.count,
+            metricName: `${durations.name}_bucket`,
+          })
           values.push({ labels, value: d.sum, metricName: `${durations.name}_sum` })
           values.push({ labels, value: d.count, metricName: `${durations.name}_count` })
         }
-        return { name: durations.name, help: durations.help, type: durations.type, aggregator: durations.aggregator, values }
+        return {
+          name: durations.name,
+          help: durations.help,
+          type: durations.type,
+          aggregator: durations.aggregator,
+          values,
+        }
       },
     }
     return [requests, durations]
@@ -180,10 +208,18 @@ export class NodeMetrics {
       })
     gauge('kv_applied_lsn', 'Last LSN in the log and applied to the state.', (s) => s.appliedLsn)
     gauge('kv_commit_lsn', 'Highest LSN known to be committed.', (s) => s.commitLsn)
-    gauge('kv_log_start_lsn', 'First LSN still in the log (older entries were compacted).', (s) => s.meta.logStartLsn)
+    gauge(
+      'kv_log_start_lsn',
+      'First LSN still in the log (older entries were compacted).',
+      (s) => s.meta.logStartLsn,
+    )
     gauge('kv_epoch', 'Highest epoch this node has seen.', (s) => s.meta.epoch)
     gauge('kv_write_queue_writes', 'Writes waiting for the disk.', (s) => s.queueDepth.writes)
-    gauge('kv_write_queue_bytes', 'Bytes of writes waiting for the disk.', (s) => s.queueDepth.bytes)
+    gauge(
+      'kv_write_queue_bytes',
+      'Bytes of writes waiting for the disk.',
+      (s) => s.queueDepth.bytes,
+    )
     gauge('kv_read_cache_bytes', 'Bytes held by the read cache.', (s) => s.cache.size.bytes)
     gauge('kv_read_cache_entries', 'Records held by the read cache.', (s) => s.cache.size.entries)
     gauge('kv_read_cache_hits', 'Reads served by the read cache since start.', (s) => s.cache.hits)

@@ -115,7 +115,12 @@ export class KvNode {
       node = new KvNode(config, logger, store, app, metrics, lifecycle)
       lifecycle.ready = true
       logger.info(
-        { url: node.url, dataDir: config.dataDir, appliedLsn: store.appliedLsn, fsync: config.fsync },
+        {
+          url: node.url,
+          dataDir: config.dataDir,
+          appliedLsn: store.appliedLsn,
+          fsync: config.fsync,
+        },
         'node started',
       )
       return node
@@ -129,7 +134,8 @@ export class KvNode {
   get url(): string {
     const address = this.app.server.address()
     const port = typeof address === 'object' && address !== null ? address.port : this.config.port
-    const host = this.config.host === '0.0.0.0' || this.config.host === '::' ? '127.0.0.1' : this.config.host
+    const host =
+      this.config.host === '0.0.0.0' || this.config.host === '::' ? '127.0.0.1' : this.config.host
     return `http://${host.includes(':') ? `[${host}]` : host}:${port}`
   }
 
@@ -147,7 +153,10 @@ export class KvNode {
     this.lifecycle.shuttingDown = true
     const server = this.app.server as DualProtocolServer
     const force = setTimeout(() => {
-      this.logger.warn({ timeoutMs: this.config.shutdownTimeoutMs }, 'closing connections still open')
+      this.logger.warn(
+        { timeoutMs: this.config.shutdownTimeoutMs },
+        'closing connections still open',
+      )
       server.closeAllConnections()
       server.destroyHttp2Sessions()
     }, this.config.shutdownTimeoutMs)

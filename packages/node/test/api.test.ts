@@ -62,7 +62,12 @@ describe('single keys', () => {
     // An encoded slash names the same key as a plain one.
     expect((await inject({ method: 'GET', url: '/v1/kv/a%2Fb%2Fc' })).body).toBe('a/b/c')
     const list = await inject({ method: 'GET', url: '/v1/kv?limit=100' })
-    expect(list.json().items.map((i: { key: string }) => i.key).sort()).toEqual([...keys].sort())
+    expect(
+      list
+        .json()
+        .items.map((i: { key: string }) => i.key)
+        .sort(),
+    ).toEqual([...keys].sort())
   })
 
   it('HEAD gives the headers without the body, and If-None-Match gives 304', async () => {
@@ -71,9 +76,17 @@ describe('single keys', () => {
     expect(head.statusCode).toBe(200)
     expect(head.headers.etag).toBe('"1"')
     expect(head.body).toBe('')
-    const cached = await inject({ method: 'GET', url: '/v1/kv/h', headers: { 'if-none-match': '"1"' } })
+    const cached = await inject({
+      method: 'GET',
+      url: '/v1/kv/h',
+      headers: { 'if-none-match': '"1"' },
+    })
     expect(cached.statusCode).toBe(304)
-    const changed = await inject({ method: 'GET', url: '/v1/kv/h', headers: { 'if-none-match': '"0"' } })
+    const changed = await inject({
+      method: 'GET',
+      url: '/v1/kv/h',
+      headers: { 'if-none-match': '"0"' },
+    })
     expect(changed.statusCode).toBe(200)
     expect((await inject({ method: 'HEAD', url: '/v1/kv/none' })).statusCode).toBe(404)
   })
@@ -91,7 +104,10 @@ describe('single keys', () => {
     expect((await put({ 'if-match': '2' })).statusCode).toBe(412)
     expect((await put({ 'if-match': '3' }, 'final')).statusCode).toBe(200)
     expect((await inject({ method: 'GET', url: '/v1/kv/c' })).body).toBe('final')
-    expect((await inject({ method: 'DELETE', url: '/v1/kv/c', headers: { 'if-match': '"3"' } })).statusCode).toBe(412)
+    expect(
+      (await inject({ method: 'DELETE', url: '/v1/kv/c', headers: { 'if-match': '"3"' } }))
+        .statusCode,
+    ).toBe(412)
     const del = await inject({ method: 'DELETE', url: '/v1/kv/c', headers: { 'if-match': '"4"' } })
     expect(del.statusCode).toBe(200)
     expect(del.json()).toEqual({ key: 'c', deleted: true, lsn: 5, previousVersion: 4 })
@@ -128,7 +144,9 @@ describe('batches', () => {
       ],
     })
     expect((await inject({ method: 'GET', url: '/v1/kv/a' })).body).toBe('second')
-    expect((await inject({ method: 'GET', url: '/v1/kv/b' })).rawPayload).toEqual(Buffer.from([0, 255]))
+    expect((await inject({ method: 'GET', url: '/v1/kv/b' })).rawPayload).toEqual(
+      Buffer.from([0, 255]),
+    )
     expect((await inject({ method: 'GET', url: '/v1/kv/old' })).statusCode).toBe(404)
   })
 
@@ -136,7 +154,12 @@ describe('batches', () => {
     const res = await inject({
       method: 'POST',
       url: '/v1/batch',
-      payload: { ops: [{ op: 'put', key: 'x', value: '1' }, { op: 'put', key: 'y', value: '1', ifExists: true }] },
+      payload: {
+        ops: [
+          { op: 'put', key: 'x', value: '1' },
+          { op: 'put', key: 'y', value: '1', ifExists: true },
+        ],
+      },
     })
     expect(res.statusCode).toBe(412)
     expect(errorOf(res.body)).toMatchObject({ opIndex: 1, key: 'y', currentVersion: null })
@@ -147,7 +170,11 @@ describe('batches', () => {
 
 describe('listing', () => {
   it('pages through every key with a cursor, by prefix, with values on request', async () => {
-    const ops = Array.from({ length: 250 }, (_, i) => ({ op: 'put', key: `user/${String(i).padStart(3, '0')}`, value: `v${i}` }))
+    const ops = Array.from({ length: 250 }, (_, i) => ({
+      op: 'put',
+      key: `user/${String(i).padStart(3, '0')}`,
+      value: `v${i}`,
+    }))
     await inject({ method: 'POST', url: '/v1/batch', payload: { ops: ops.slice(0, 200) } })
     await inject({ method: 'POST', url: '/v1/batch', payload: { ops: ops.slice(200) } })
     await inject({ method: 'PUT', url: '/v1/kv/zzz', payload: 'other' })
@@ -156,18 +183,38 @@ describe('listing', () => {
     let pages = 0
     do {
       const url: string = `/v1/kv?prefix=user/&limit=100${cursor ? `&cursor=${cursor}` : ''}`
-      const page = (await inject({ method: 'GET', url })).json() as { items: { key: string }[]; nextCursor: string | null }
+      const page = (await inject({ method: 'GET', url })).json() as {
+        items: { key: string }[]
+        nextCursor: string | null
+      }
       seen.push(...page.items.map((i) => i.key))
       cursor = page.nextCursor
       pages++
     } while (cursor !== null)
     expect(pages).toBe(3)
     expect(seen).toEqual(ops.map((o) => o.key))
-    const withValues = (await inject({ method: 'GET', url: '/v1/kv?start=user/248&values=true' })).json()
+    const withValues = (
+      await inject({ method: 'GET', url: '/v1/kv?start=user/248&values=true' })
+    ).json()
     expect(withValues.items).toEqual([
-      { key: 'user/248', version: 2, valueBytes: 4, valueBase64: Buffer.from('v248').toString('base64') },
-      { key: 'user/249', version: 2, valueBytes: 4, valueBase64: Buffer.from('v249').toString('base64') },
-      { key: 'zzz', version: 3, valueBytes: 5, valueBase64: Buffer.from('other').toString('base64') },
+      {
+        key: 'user/248',
+        version: 2,
+        valueBytes: 4,
+        valueBase64: Buffer.from('v248').toString('base64'),
+      },
+      {
+        key: 'user/249',
+        version: 2,
+        valueBytes: 4,
+        valueBase64: Buffer.from('v249').toString('base64'),
+      },
+      {
+        key: 'zzz',
+        version: 3,
+        valueBytes: 5,
+        valueBase64: Buffer.from('other').toString('base64'),
+      },
     ])
     expect(withValues.nextCursor).toBeNull()
     expect(withValues.appliedLsn).toBe(3)
@@ -228,7 +275,15 @@ describe('protocols and operations', () => {
   it('reports status, health, readiness, digest and metrics', async () => {
     await inject({ method: 'PUT', url: '/v1/kv/a', payload: '1' })
     const status = (await inject({ method: 'GET', url: '/v1/status' })).json()
-    expect(status).toMatchObject({ nodeId: 'n1', mode: 'standalone', role: 'leader', epoch: 1, appliedLsn: 1, commitLsn: 1, ready: true })
+    expect(status).toMatchObject({
+      nodeId: 'n1',
+      mode: 'standalone',
+      role: 'leader',
+      epoch: 1,
+      appliedLsn: 1,
+      commitLsn: 1,
+      ready: true,
+    })
     expect((await inject({ method: 'GET', url: '/health' })).json()).toEqual({ status: 'ok' })
     expect((await inject({ method: 'GET', url: '/ready' })).json()).toEqual({ ready: true })
     const digest = (await inject({ method: 'GET', url: '/v1/digest' })).json()
@@ -236,9 +291,15 @@ describe('protocols and operations', () => {
     expect(digest.digest).toMatch(/^[0-9a-f]{64}$/)
     const metrics = await inject({ method: 'GET', url: '/metrics' })
     expect(metrics.headers['content-type']).toMatch(/^text\/plain/)
-    expect(metrics.body).toMatch(/kv_http_requests_total\{route="\/v1\/kv\/\*",method="PUT",status="200"\} 1/)
-    expect(metrics.body).toMatch(/kv_http_request_duration_seconds_count\{route="\/v1\/kv\/\*",method="PUT"\} 1/)
-    expect(metrics.body).toMatch(/kv_http_request_duration_seconds_bucket\{route="\/v1\/kv\/\*",method="PUT",le="\+Inf"\} 1/)
+    expect(metrics.body).toMatch(
+      /kv_http_requests_total\{route="\/v1\/kv\/\*",method="PUT",status="200"\} 1/,
+    )
+    expect(metrics.body).toMatch(
+      /kv_http_request_duration_seconds_count\{route="\/v1\/kv\/\*",method="PUT"\} 1/,
+    )
+    expect(metrics.body).toMatch(
+      /kv_http_request_duration_seconds_bucket\{route="\/v1\/kv\/\*",method="PUT",le="\+Inf"\} 1/,
+    )
     expect(metrics.body).toMatch(/kv_writes_total\{kind="put"\} 1/)
     expect(metrics.body).toMatch(/kv_applied_lsn 1/)
     expect(metrics.body).toMatch(/kv_storage_batch_entries_count [1-9]/)
@@ -248,7 +309,9 @@ describe('protocols and operations', () => {
   it('refuses new requests with KV_ERR_SHUTTING_DOWN while stopping, and finishes the writes in flight', async () => {
     const pool = new Pool(t.url, { connections: 8 })
     try {
-      const inFlight = Array.from({ length: 8 }, (_, i) => pool.request({ method: 'PUT', path: `/v1/kv/f${i}`, body: 'v' }))
+      const inFlight = Array.from({ length: 8 }, (_, i) =>
+        pool.request({ method: 'PUT', path: `/v1/kv/f${i}`, body: 'v' }),
+      )
       const responses = await Promise.all(inFlight)
       for (const r of responses) await r.body.text()
       const stopping = t.node.stop('test')

@@ -28,7 +28,10 @@ describe('parseConfig', () => {
 
   it('takes flags over environment over config file over defaults', async () => {
     const file = join(dir, 'node.json')
-    await writeFile(file, JSON.stringify({ nodeId: 'from-file', port: 7100, logLevel: 'debug', fsync: false }))
+    await writeFile(
+      file,
+      JSON.stringify({ nodeId: 'from-file', port: 7100, logLevel: 'debug', fsync: false }),
+    )
     const { config } = parseConfig(['--config', file, '--port=7300'], {
       KV_PORT: '7200',
       KV_NODE_ID: 'from-env',
@@ -42,7 +45,15 @@ describe('parseConfig', () => {
 
   it('reads sizes with units and booleans in every spelling', () => {
     const { config } = parseConfig(
-      ['--value-bytes-max', '4MiB', '--request-body-bytes-max', '8m', '--no-fsync', '--read-cache-bytes', '0'],
+      [
+        '--value-bytes-max',
+        '4MiB',
+        '--request-body-bytes-max',
+        '8m',
+        '--no-fsync',
+        '--read-cache-bytes',
+        '0',
+      ],
       {},
     )
     expect(config.valueBytesMax).toBe(4 * 1024 * 1024)

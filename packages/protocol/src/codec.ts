@@ -113,7 +113,8 @@ function asBuffer(value: unknown): Buffer | null {
 
 /** Reasons an op breaks the format, or null when it is valid. */
 function opProblem(op: { type: unknown; key: unknown; value: unknown }): string | null {
-  if (op.type !== OpType.Put && op.type !== OpType.Delete) return `unknown op type ${String(op.type)}`
+  if (op.type !== OpType.Put && op.type !== OpType.Delete)
+    return `unknown op type ${String(op.type)}`
   const key = asBuffer(op.key)
   if (key === null || key.length === 0) return 'op key is empty'
   if (key.length > limitsCeiling.keyBytesMax) return `op key is ${key.length} bytes`
@@ -178,7 +179,11 @@ function recordProblem(r: { value: unknown; version: unknown; tombstone: unknown
   return null
 }
 
-function decodeWith<T>(type: protobuf.Type, what: string, bytes: Uint8Array): T & { format: number } {
+function decodeWith<T>(
+  type: protobuf.Type,
+  what: string,
+  bytes: Uint8Array,
+): T & { format: number } {
   let message: protobuf.Message
   try {
     message = type.decode(bytes)
@@ -243,7 +248,11 @@ export function decodeStoredRecord(bytes: Uint8Array): StoredRecord {
   const raw = decodeWith<StoredRecord>(StoredRecordType, 'stored record', bytes)
   const problem = recordProblem(raw)
   if (problem !== null) throw new DecodeError('stored record', problem)
-  return { value: asBuffer(raw.value) ?? emptyBuffer, version: raw.version, tombstone: raw.tombstone }
+  return {
+    value: asBuffer(raw.value) ?? emptyBuffer,
+    version: raw.version,
+    tombstone: raw.tombstone,
+  }
 }
 
 /** Encodes an undo record after checking it. */

@@ -117,7 +117,12 @@ export class KvError extends Error {
   readonly status: number
   readonly details: ErrorDetails
 
-  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}, options?: ErrorOptions) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    details: ErrorDetails = {},
+    options?: ErrorOptions,
+  ) {
     super(message, options)
     this.name = 'KvError'
     this.code = code

@@ -1,4 +1,4 @@
-import protobuf from 'protobufjs'
+import type protobuf from 'protobufjs'
 import {
   DecodeError,
   EncodeError,
@@ -35,7 +35,10 @@ describe('log entry codec', () => {
     expect(() => encodeLogEntry({ ...sample, lsn: 0 })).toThrow(EncodeError)
     expect(() => encodeLogEntry({ ...sample, kind: EntryKind.Put })).toThrow(/one put op/)
     expect(() =>
-      encodeLogEntry({ ...sample, ops: [{ type: OpType.Put, key: Buffer.alloc(0), value: Buffer.alloc(1) }] }),
+      encodeLogEntry({
+        ...sample,
+        ops: [{ type: OpType.Put, key: Buffer.alloc(0), value: Buffer.alloc(1) }],
+      }),
     ).toThrow(/key is empty/)
     expect(() => encodeLogEntry({ ...sample, kind: EntryKind.Noop })).toThrow(/NOOP/)
   })
@@ -44,12 +47,16 @@ describe('log entry codec', () => {
     expect(() => decodeLogEntry(Buffer.from([0xff, 0xff, 0xff, 0xff]))).toThrow(DecodeError)
     const type = schemaRoot.lookupType('kv.v1.LogEntry')
     const withFormat = (format: number, lsn: number) =>
-      type.encode({ format, epoch: 1, lsn, kind: 1, ops: [{ type: 1, key: Buffer.from('k') }] }).finish()
+      type
+        .encode({ format, epoch: 1, lsn, kind: 1, ops: [{ type: 1, key: Buffer.from('k') }] })
+        .finish()
     expect(() => decodeLogEntry(withFormat(2, 1))).toThrow(/unknown format 2/)
     expect(() => decodeLogEntry(withFormat(0, 1))).toThrow(/unknown format 0/)
     expect(() => decodeLogEntry(withFormat(1, 2 ** 60))).toThrow(/not a valid lsn/)
     expect(decodeLogEntry(withFormat(1, 5)).lsn).toBe(5)
-    const unknownOp = type.encode({ format: 1, epoch: 1, lsn: 1, kind: 3, ops: [{ type: 9, key: Buffer.from('k') }] }).finish()
+    const unknownOp = type
+      .encode({ format: 1, epoch: 1, lsn: 1, kind: 3, ops: [{ type: 9, key: Buffer.from('k') }] })
+      .finish()
     expect(() => decodeLogEntry(unknownOp)).toThrow(/unknown op type 9/)
   })
 })
@@ -69,13 +76,13 @@ describe('stored record and undo codecs', () => {
   })
 
   it('rejects a tombstone with a value and a zero version', () => {
-    expect(() => encodeStoredRecord({ value: Buffer.from('x'), version: 1, tombstone: true })).toThrow(
-      /tombstone carries a value/,
-    )
+    expect(() =>
+      encodeStoredRecord({ value: Buffer.from('x'), version: 1, tombstone: true }),
+    ).toThrow(/tombstone carries a value/)
     const type = schemaRoot.lookupType('kv.v1.StoredRecord')
-    expect(() => decodeStoredRecord(type.encode({ format: 1, value: Buffer.from('x') }).finish())).toThrow(
-      /version 0/,
-    )
+    expect(() =>
+      decodeStoredRecord(type.encode({ format: 1, value: Buffer.from('x') }).finish()),
+    ).toThrow(/version 0/)
   })
 })
 

@@ -8,7 +8,14 @@
  * applying the log never needs to evaluate a condition again: every replica applies the same
  * entries to the same state.
  */
-import { EntryKind, KvError, OpType, type LogEntry, type Op, type StoredRecord } from '@kvstore/protocol'
+import {
+  EntryKind,
+  KvError,
+  OpType,
+  type LogEntry,
+  type Op,
+  type StoredRecord,
+} from '@kvstore/protocol'
 import { encodeEntries, type Store } from './store.js'
 
 /** A put or delete as a client asked for it, with its optional condition. */
@@ -189,9 +196,7 @@ function checkCondition(
     if (current === null) {
       fail(`key ${JSON.stringify(keyText)} does not exist (expected version ${op.ifVersion})`)
     } else if (current.version !== op.ifVersion) {
-      fail(
-        `key ${JSON.stringify(keyText)} has version ${current.version}, not ${op.ifVersion}`,
-      )
+      fail(`key ${JSON.stringify(keyText)} has version ${current.version}, not ${op.ifVersion}`)
     }
   }
   if (kind === 'delete' && op.type === 'delete' && current === null) {

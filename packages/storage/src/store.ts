@@ -289,9 +289,12 @@ export class Store {
           { cause: err },
         )
       }
-      throw new StorageError(`cannot open data directory ${options.dir}: ${(err as Error).message}`, {
-        cause: err,
-      })
+      throw new StorageError(
+        `cannot open data directory ${options.dir}: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      )
     }
     try {
       const state = await recover(db, options)
@@ -362,7 +365,10 @@ export class Store {
   /** The key's record if the read cache holds it, else undefined (then use `get`). */
   getCached(key: Uint8Array): StoredRecord | undefined {
     this.assertOpen()
-    return this.cache.get(Buffer.from(key.buffer, key.byteOffset, key.length).toString('latin1'), false)
+    return this.cache.get(
+      Buffer.from(key.buffer, key.byteOffset, key.length).toString('latin1'),
+      false,
+    )
   }
 
   /**
@@ -641,7 +647,8 @@ export class Store {
     const replay = logStartLsn === 1 ? new Map<string, StoredRecord>() : null
     for await (const [key, value] of this.db.iterator(prefixRange(Prefix.Log))) {
       const lsn = lsnOfKey(key)
-      if (lsn !== expected) throw new StorageError(`log gap: expected lsn ${expected}, found ${lsn}`)
+      if (lsn !== expected)
+        throw new StorageError(`log gap: expected lsn ${expected}, found ${lsn}`)
       const entry = this.decodeEntryFromDisk(value, lsn)
       if (replay) {
         for (const op of entry.ops) {
@@ -875,11 +882,15 @@ export class Store {
     invariant(Number.isSafeInteger(lsn) && lsn >= 0, `truncation point ${lsn} is not an lsn`)
     invariant(
       lsn >= commitLsn,
-      () => `refusing to truncate after ${lsn}: entries up to the commit LSN ${commitLsn} are committed`,
+      () =>
+        `refusing to truncate after ${lsn}: entries up to the commit LSN ${commitLsn} are committed`,
     )
     if (lsn >= appliedLsn) return []
     invariant(lsn >= logStartLsn - 1, `truncation point ${lsn} is below the log start`)
-    const removed = await this.readLog(lsn + 1, { entriesMax: appliedLsn - lsn, bytesMax: Infinity })
+    const removed = await this.readLog(lsn + 1, {
+      entriesMax: appliedLsn - lsn,
+      bytesMax: Infinity,
+    })
     invariant(removed.length === appliedLsn - lsn, 'log is shorter than its applied LSN')
     const ops: BatchOp[] = []
     // Walk back from the newest entry: the image that wins for a key is the one from before
@@ -889,7 +900,10 @@ export class Store {
       const entry = removed[i]
       if (entry === undefined) continue
       const undoBytes = await this.db.get(undoKey(entry.lsn))
-      invariant(undoBytes !== undefined, () => `entry ${entry.lsn} above the commit LSN has no undo`)
+      invariant(
+        undoBytes !== undefined,
+        () => `entry ${entry.lsn} above the commit LSN has no undo`,
+      )
       const undo = decodeUndoRecord(undoBytes)
       invariant(undo.lsn === entry.lsn, `undo record ${undo.lsn} is stored under ${entry.lsn}`)
       for (const image of undo.images) {
@@ -899,7 +913,8 @@ export class Store {
     }
     for (const { key, prior } of restore.values()) {
       if (prior === null) ops.push({ type: 'del', key: stateKey(key) })
-      else ops.push({ type: 'put', key: stateKey(key), value: Buffer.from(encodeStoredRecord(prior)) })
+      else
+        ops.push({ type: 'put', key: stateKey(key), value: Buffer.from(encodeStoredRecord(prior)) })
     }
     let lastEpoch = this.state.compactedEpoch
     if (lsn >= logStartLsn) {
@@ -923,10 +938,14 @@ export class Store {
 
   private async runCompact(retainFromLsn: number): Promise<void> {
     const { commitLsn, appliedLsn, logStartLsn } = this.state
-    invariant(Number.isSafeInteger(retainFromLsn), `compaction point ${retainFromLsn} is not an lsn`)
+    invariant(
+      Number.isSafeInteger(retainFromLsn),
+      `compaction point ${retainFromLsn} is not an lsn`,
+    )
     invariant(
       retainFromLsn <= commitLsn + 1,
-      () => `refusing to compact below ${retainFromLsn}: entries after ${commitLsn} are not committed`,
+      () =>
+        `refusing to compact below ${retainFromLsn}: entries after ${commitLsn} are not committed`,
     )
     invariant(retainFromLsn <= appliedLsn + 1, 'compaction point is past the log end')
     if (retainFromLsn <= logStartLsn) return
@@ -1049,7 +1068,8 @@ class BatchBuilder {
       )
       invariant(
         entry.epoch >= lastEpoch,
-        () => `entry ${entry.lsn} has epoch ${entry.epoch}, below the previous entry's ${lastEpoch}`,
+        () =>
+          `entry ${entry.lsn} has epoch ${entry.epoch}, below the previous entry's ${lastEpoch}`,
       )
       invariant(
         entry.epoch <= next.epoch,
@@ -1178,7 +1198,11 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
       logStartLsn: 1,
       compactedEpoch: 0,
     }
-    const put = (name: MetaName, value: Buffer) => ({ type: 'put' as const, key: metaKey(name), value })
+    const put = (name: MetaName, value: Buffer) => ({
+      type: 'put' as const,
+      key: metaKey(name),
+      value,
+    })
     await db.batch(
       [
         put(MetaName.NodeId, Buffer.from(state.nodeId, 'utf8')),
@@ -1249,7 +1273,9 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
     )
   }
   if (state.lastEpoch > state.epoch) {
-    throw new StorageError(`last entry epoch ${state.lastEpoch} is above the node epoch ${state.epoch}`)
+    throw new StorageError(
+      `last entry epoch ${state.lastEpoch} is above the node epoch ${state.epoch}`,
+    )
   }
 
   // A crash during compaction can leave entries below the recorded log start: finish the job.

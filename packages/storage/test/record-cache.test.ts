@@ -1,7 +1,11 @@
 import { RecordCache } from '../src/index.js'
 import { del, entry, openStore, prngFor, put, tempDir } from './helpers.js'
 
-const rec = (value: string, version: number) => ({ value: Buffer.from(value), version, tombstone: false })
+const rec = (value: string, version: number) => ({
+  value: Buffer.from(value),
+  version,
+  tombstone: false,
+})
 
 describe('RecordCache', () => {
   const fill = (cache: RecordCache, id: string, record: ReturnType<typeof rec>) => {
@@ -69,62 +73,65 @@ describe('store read cache', () => {
   it.each([
     ['a tiny cache', 2048],
     ['a roomy cache', 1 << 20],
-  ])('stays exact while reads race writes, deletes and truncation, with %s', async (_name, readCacheBytes) => {
-    const { dir, cleanup } = await tempDir()
-    let store = await openStore(dir, { readCacheBytes })
-    const random = prngFor(7)
-    const model = new Map<string, string>()
-    let lsn = 0
-    try {
-      for (let round = 0; round < 80; round++) {
-        // Reopen now and then: a fresh, empty cache over data already on disk is when reads
-        // of existing keys miss, and can race the writes of the same keys.
-        if (round % 2 === 1) {
-          await store.close()
-          store = await openStore(dir, { readCacheBytes })
-        }
-        // Readers run the whole time the writer works, so reads start while batches are in
-        // flight and finish after them: the interleavings that could leave a stale entry.
-        let reading = true
-        const readers = Array.from({ length: 8 }, async () => {
-          while (reading) await store.get(Buffer.from(`k${Math.floor(random() * 30)}`))
-        })
-        // Stop the readers whatever happens, or a failed assertion leaves them spinning.
-        onTestFinished(() => {
-          reading = false
-        })
-        for (let batch = 0; batch < 10; batch++) {
-          const writes: Promise<void>[] = []
-          for (let i = 0; i < 5; i++) {
-            const key = `k${Math.floor(random() * 30)}`
-            const op = random() < 0.3 ? del(key) : put(key, `v${round}-${batch}-${i}`)
-            lsn++
-            writes.push(store.append([entry(lsn, [op])], { commitLsn: lsn }))
-            if (op.type === 2) model.delete(key)
-            else model.set(key, op.value.toString())
+  ])(
+    'stays exact while reads race writes, deletes and truncation, with %s',
+    async (_name, readCacheBytes) => {
+      const { dir, cleanup } = await tempDir()
+      let store = await openStore(dir, { readCacheBytes })
+      const random = prngFor(7)
+      const model = new Map<string, string>()
+      let lsn = 0
+      try {
+        for (let round = 0; round < 80; round++) {
+          // Reopen now and then: a fresh, empty cache over data already on disk is when reads
+          // of existing keys miss, and can race the writes of the same keys.
+          if (round % 2 === 1) {
+            await store.close()
+            store = await openStore(dir, { readCacheBytes })
           }
-          await Promise.all(writes)
+          // Readers run the whole time the writer works, so reads start while batches are in
+          // flight and finish after them: the interleavings that could leave a stale entry.
+          let reading = true
+          const readers = Array.from({ length: 8 }, async () => {
+            while (reading) await store.get(Buffer.from(`k${Math.floor(random() * 30)}`))
+          })
+          // Stop the readers whatever happens, or a failed assertion leaves them spinning.
+          onTestFinished(() => {
+            reading = false
+          })
+          for (let batch = 0; batch < 10; batch++) {
+            const writes: Promise<void>[] = []
+            for (let i = 0; i < 5; i++) {
+              const key = `k${Math.floor(random() * 30)}`
+              const op = random() < 0.3 ? del(key) : put(key, `v${round}-${batch}-${i}`)
+              lsn++
+              writes.push(store.append([entry(lsn, [op])], { commitLsn: lsn }))
+              if (op.type === 2) model.delete(key)
+              else model.set(key, op.value.toString())
+            }
+            await Promise.all(writes)
+          }
+          reading = false
+          await Promise.all(readers)
+          await store.verifyCache()
+          for (const [key, value] of model) {
+            expect((await store.get(Buffer.from(key)))?.value.toString()).toBe(value)
+          }
         }
-        reading = false
-        await Promise.all(readers)
+        // Truncation clears the cache; the restored state is what gets read.
+        await store.append([entry(lsn + 1, [put('k1', 'uncommitted')])])
+        expect((await store.get(Buffer.from('k1')))?.value.toString()).toBe('uncommitted')
+        await store.truncateAfter(lsn)
+        expect((await store.get(Buffer.from('k1')))?.value.toString()).toBe(model.get('k1'))
         await store.verifyCache()
-        for (const [key, value] of model) {
-          expect((await store.get(Buffer.from(key)))?.value.toString()).toBe(value)
-        }
+        expect(store.cache.hits).toBeGreaterThan(0)
+        expect(store.cache.misses).toBeGreaterThan(0)
+      } finally {
+        await store.close()
+        await cleanup()
       }
-      // Truncation clears the cache; the restored state is what gets read.
-      await store.append([entry(lsn + 1, [put('k1', 'uncommitted')])])
-      expect((await store.get(Buffer.from('k1')))?.value.toString()).toBe('uncommitted')
-      await store.truncateAfter(lsn)
-      expect((await store.get(Buffer.from('k1')))?.value.toString()).toBe(model.get('k1'))
-      await store.verifyCache()
-      expect(store.cache.hits).toBeGreaterThan(0)
-      expect(store.cache.misses).toBeGreaterThan(0)
-    } finally {
-      await store.close()
-      await cleanup()
-    }
-  })
+    },
+  )
 
   describe('a read that finishes after a write of its key does not cache its stale result', () => {
     /** Opens a store over `k` = v1 on disk whose reads of `k` wait for `release`. */

@@ -33,8 +33,15 @@ describe('Sequencer', () => {
     const r1 = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('1') }] })
     const r2 = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('2') }] })
     // Unconditional puts are blind: they do not read, so they do not know the prior version.
-    expect(r1).toMatchObject({ lsn: 1, epoch: 1, results: [{ version: 1, previousVersion: undefined }] })
-    const r3 = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('3'), ifExists: true }] })
+    expect(r1).toMatchObject({
+      lsn: 1,
+      epoch: 1,
+      results: [{ version: 1, previousVersion: undefined }],
+    })
+    const r3 = await seq.write({
+      kind: 'put',
+      ops: [{ type: 'put', key: b('a'), value: b('3'), ifExists: true }],
+    })
     expect(r2).toMatchObject({ lsn: 2, results: [{ version: 2 }] })
     expect(r3.results[0]).toMatchObject({ version: 3, previousVersion: 2 })
     expect(store.meta).toMatchObject({ appliedLsn: 3, commitLsn: 3 })
@@ -45,15 +52,24 @@ describe('Sequencer', () => {
   it('checks If-Match, If-None-Match and If-Match: * style conditions', async () => {
     await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('1') }] })
     const exists = await failure(
-      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('x'), ifAbsent: true }] }),
+      seq.write({
+        kind: 'put',
+        ops: [{ type: 'put', key: b('a'), value: b('x'), ifAbsent: true }],
+      }),
     )
-    expect(exists).toMatchObject({ code: 'KV_ERR_PRECONDITION_FAILED', details: { currentVersion: 1 } })
+    expect(exists).toMatchObject({
+      code: 'KV_ERR_PRECONDITION_FAILED',
+      details: { currentVersion: 1 },
+    })
     const stale = await failure(
       seq.write({ kind: 'put', ops: [{ type: 'put', key: b('a'), value: b('x'), ifVersion: 7 }] }),
     )
     expect(stale.details).toMatchObject({ key: 'a', currentVersion: 1 })
     const missing = await failure(
-      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('zz'), value: b('x'), ifExists: true }] }),
+      seq.write({
+        kind: 'put',
+        ops: [{ type: 'put', key: b('zz'), value: b('x'), ifExists: true }],
+      }),
     )
     expect(missing.code).toBe('KV_ERR_PRECONDITION_FAILED')
     const ok = await seq.write({
@@ -66,7 +82,9 @@ describe('Sequencer', () => {
   })
 
   it('refuses to delete a missing key with KV_ERR_KEY_NOT_FOUND, but a batch delete is a no-op', async () => {
-    const err = await failure(seq.write({ kind: 'delete', ops: [{ type: 'delete', key: b('nope') }] }))
+    const err = await failure(
+      seq.write({ kind: 'delete', ops: [{ type: 'delete', key: b('nope') }] }),
+    )
     expect(err.code).toBe('KV_ERR_KEY_NOT_FOUND')
     const batch = await seq.write({
       kind: 'batch',
@@ -104,17 +122,29 @@ describe('Sequencer', () => {
 
   it('sees writes that are accepted but not yet durable (create-only race)', async () => {
     const attempts = Array.from({ length: 10 }, (_, i) =>
-      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('lock'), value: b(`owner${i}`), ifAbsent: true }] }),
+      seq.write({
+        kind: 'put',
+        ops: [{ type: 'put', key: b('lock'), value: b(`owner${i}`), ifAbsent: true }],
+      }),
     )
     const settled = await Promise.allSettled(attempts)
     expect(settled.filter((s) => s.status === 'fulfilled')).toHaveLength(1)
     expect(settled.filter((s) => s.status === 'rejected')).toHaveLength(9)
     // Compare-and-set chains issued concurrently: each sees the previous pending version.
-    const first = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('ctr'), value: b('0') }] })
+    const first = await seq.write({
+      kind: 'put',
+      ops: [{ type: 'put', key: b('ctr'), value: b('0') }],
+    })
     const v = first.lsn
     const [a, c] = await Promise.allSettled([
-      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('ctr'), value: b('1'), ifVersion: v }] }),
-      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('ctr'), value: b('1'), ifVersion: v }] }),
+      seq.write({
+        kind: 'put',
+        ops: [{ type: 'put', key: b('ctr'), value: b('1'), ifVersion: v }],
+      }),
+      seq.write({
+        kind: 'put',
+        ops: [{ type: 'put', key: b('ctr'), value: b('1'), ifVersion: v }],
+      }),
     ])
     expect(a?.status).toBe('fulfilled')
     expect(c?.status).toBe('rejected')
@@ -130,7 +160,10 @@ describe('Sequencer', () => {
       ),
     )
     expect(settled.filter((s) => s.status === 'rejected')).toHaveLength(3)
-    const next = await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('after'), value: b('v') }] })
+    const next = await seq.write({
+      kind: 'put',
+      ops: [{ type: 'put', key: b('after'), value: b('v') }],
+    })
     expect(next.lsn).toBe(4)
     expect((await store.verify()).entries).toBe(4)
   })

@@ -69,17 +69,25 @@ describe('open and recovery', () => {
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
     await store.close()
     // Damage the directory behind the store's back: an entry past the applied LSN.
-    const db = new ClassicLevel<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' })
+    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+    })
     await db.put(logKey(2), Buffer.from(encodeLogEntry(entry(2, [put('b', '2')]))))
     await db.close()
-    await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(/log ends at 2 but appliedLsn is 1/)
+    await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(
+      /log ends at 2 but appliedLsn is 1/,
+    )
   })
 
   it('refuses a corrupt last log entry', async () => {
     const store = await openStore(dir)
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
     await store.close()
-    const db = new ClassicLevel<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' })
+    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+    })
     await db.put(logKey(1), Buffer.from([0xff, 0xff, 0xff]))
     await db.close()
     await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(/corrupt last log entry/)
@@ -92,7 +100,10 @@ describe('open and recovery', () => {
     }
     await store.close()
     // The crash happened after the new log start was made durable, before the deletes.
-    const db = new ClassicLevel<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' })
+    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+    })
     await db.batch([
       { type: 'put', key: metaKey(MetaName.LogStartLsn), value: encodeU64(6) },
       { type: 'put', key: metaKey(MetaName.CompactedEpoch), value: encodeU64(1) },
@@ -142,7 +153,9 @@ describe('append and apply', () => {
     await expect(store.append([entry(2, [put('a', '2')], 1)])).rejects.toThrow(/below the previous/)
     const other = await tempDir()
     const store2 = await openStore(other.dir)
-    await expect(store2.append([entry(1, [put('a', '1')], 5)])).rejects.toThrow(/above the node's epoch/)
+    await expect(store2.append([entry(1, [put('a', '1')], 5)])).rejects.toThrow(
+      /above the node's epoch/,
+    )
     await store.close()
     await store2.close()
     await other.cleanup()
@@ -157,7 +170,9 @@ describe('append and apply', () => {
     const other = await tempDir()
     const store2 = await openStore(other.dir)
     await store2.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
-    await expect(store2.setHardState({ commitLsn: 0 })).rejects.toThrow(/commit LSN may not go down/)
+    await expect(store2.setHardState({ commitLsn: 0 })).rejects.toThrow(
+      /commit LSN may not go down/,
+    )
     await store2.close()
     // Nothing of the refused update reached the disk.
     const store3 = await Store.open({ dir: other.dir, nodeId: 'n1' })
@@ -230,7 +245,10 @@ describe('append and apply', () => {
     const store = await openStore(dir)
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
     await store.close()
-    const db = new ClassicLevel<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' })
+    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+    })
     await db.put(stateKey(Buffer.from('a')), Buffer.from('garbage'))
     await db.close()
     const fatal: Error[] = []
@@ -288,7 +306,10 @@ describe('truncation', () => {
   it('restores the image from before a batch that writes one key twice', async () => {
     const store = await openStore(dir)
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
-    await store.append([entry(2, [put('a', '2')]), entry(3, [put('a', '3'), put('a', '4'), del('a')])])
+    await store.append([
+      entry(2, [put('a', '2')]),
+      entry(3, [put('a', '3'), put('a', '4'), del('a')]),
+    ])
     expect(store.getSync(Buffer.from('a'))).toBeNull()
     await store.truncateAfter(2)
     expect(store.getSync(Buffer.from('a'))?.value.toString()).toBe('2')
@@ -403,7 +424,11 @@ describe('snapshots and digest', () => {
     const page1 = await store.list({ prefix: Buffer.from('app/'), limit: 2 })
     expect(names(page1.items)).toEqual(['app/1', 'app/2'])
     expect(page1.more).toBe(true)
-    const page2 = await store.list({ prefix: Buffer.from('app/'), after: Buffer.from('app/2'), limit: 2 })
+    const page2 = await store.list({
+      prefix: Buffer.from('app/'),
+      after: Buffer.from('app/2'),
+      limit: 2,
+    })
     expect(names(page2.items)).toEqual(['app/3'])
     expect(page2.more).toBe(false)
     expect(names((await store.list({ start: Buffer.from('apple'), limit: 2 })).items)).toEqual([

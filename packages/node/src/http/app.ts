@@ -39,12 +39,16 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     frameworkErrors: (error, _request, reply) => {
       const kvError =
         error.code === 'FST_ERR_MAX_PARAM_LENGTH'
-          ? new KvError('KV_ERR_KEY_TOO_LARGE', `the key is longer than ${config.keyBytesMax} bytes`, {
-              keyBytesMax: config.keyBytesMax,
-            })
+          ? new KvError(
+              'KV_ERR_KEY_TOO_LARGE',
+              `the key is longer than ${config.keyBytesMax} bytes`,
+              {
+                keyBytesMax: config.keyBytesMax,
+              },
+            )
           : new KvError('KV_ERR_INVALID_ARGUMENT', `malformed URL: ${error.message}`)
       metrics.errors.inc({ code: kvError.code })
-      return sendError(reply, kvError)
+      void sendError(reply, kvError)
     },
     serverFactory: (handler) =>
       createDualProtocolServer(handler, {
@@ -84,7 +88,10 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
       done()
     }
     const existing = route.onResponse
-    route.onResponse = existing === undefined ? [record] : [...(Array.isArray(existing) ? existing : [existing]), record]
+    route.onResponse =
+      existing === undefined
+        ? [record]
+        : [...(Array.isArray(existing) ? existing : [existing]), record]
   })
 
   app.addHook('preClose', async () => {

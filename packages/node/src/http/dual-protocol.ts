@@ -10,7 +10,11 @@
  * here so that shutdown can close them gracefully.
  */
 import http, { type RequestListener } from 'node:http'
-import http2, { type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from 'node:http2'
+import http2, {
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  type Http2Session,
+} from 'node:http2'
 import type { Socket } from 'node:net'
 
 const prefaceStart = Buffer.from('PRI', 'latin1')
@@ -94,7 +98,10 @@ export function createDualProtocolServer(
       const chunk = socket.read() as Buffer | null
       if (chunk === null) return
       socket.removeListener('readable', classify)
-      if (chunk.length < prefaceStart.length && prefaceStart.subarray(0, chunk.length).equals(chunk)) {
+      if (
+        chunk.length < prefaceStart.length &&
+        prefaceStart.subarray(0, chunk.length).equals(chunk)
+      ) {
         // Too short to tell; wait for more bytes.
         socket.unshift(chunk)
         socket.on('readable', classify)

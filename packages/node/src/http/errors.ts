@@ -63,7 +63,13 @@ export function registerErrorHandling(app: FastifyInstance, metrics: NodeMetrics
     }
     if (kvError.status >= 500) {
       request.log.error(
-        { err: error, code: kvError.code, reqId: request.id, method: request.method, url: request.url },
+        {
+          err: error,
+          code: kvError.code,
+          reqId: request.id,
+          method: request.method,
+          url: request.url,
+        },
         'request failed',
       )
     }
@@ -74,11 +80,19 @@ export function registerErrorHandling(app: FastifyInstance, metrics: NodeMetrics
   app.setNotFoundHandler((request, reply) => {
     metrics.errors.inc({ code: 'KV_ERR_ROUTE_NOT_FOUND' })
     reply.raw.once('finish', () => {
-      metrics.requests.record('unmatched', request.method, reply.statusCode, reply.elapsedTime / 1000)
+      metrics.requests.record(
+        'unmatched',
+        request.method,
+        reply.statusCode,
+        reply.elapsedTime / 1000,
+      )
     })
     return sendError(
       reply,
-      new KvError('KV_ERR_ROUTE_NOT_FOUND', `no endpoint ${request.method} ${request.url.split('?')[0]}`),
+      new KvError(
+        'KV_ERR_ROUTE_NOT_FOUND',
+        `no endpoint ${request.method} ${request.url.split('?')[0]}`,
+      ),
     )
   })
 }
@@ -87,7 +101,9 @@ export function registerErrorHandling(app: FastifyInstance, metrics: NodeMetrics
 export function methodNotAllowed(app: FastifyInstance, url: string, allowed: string[]): void {
   const shown = url.replace('*', '<key>')
   const all = ['GET', 'HEAD', 'PUT', 'POST', 'DELETE', 'PATCH', 'OPTIONS']
-  const others = all.filter((m) => !allowed.includes(m) && !(m === 'HEAD' && allowed.includes('GET')))
+  const others = all.filter(
+    (m) => !allowed.includes(m) && !(m === 'HEAD' && allowed.includes('GET')),
+  )
   app.route({
     method: others as ('GET' | 'PUT')[],
     url,

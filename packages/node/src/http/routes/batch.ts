@@ -47,7 +47,8 @@ export function parseBatch(
     throw malformed('the body must be a JSON object like {"ops": [...]}')
   }
   for (const field of Object.keys(parsed)) {
-    if (field !== 'ops') throw malformed(`unknown field ${JSON.stringify(field)}; the body has only "ops"`)
+    if (field !== 'ops')
+      throw malformed(`unknown field ${JSON.stringify(field)}; the body has only "ops"`)
   }
   const ops = (parsed as { ops?: unknown }).ops
   if (!Array.isArray(ops)) throw malformed('"ops" must be an array')
@@ -82,7 +83,8 @@ export function parseBatch(
     if (op.op === 'put') {
       const hasText = op.value !== undefined
       const hasBase64 = op.valueBase64 !== undefined
-      if (hasText === hasBase64) throw malformed('a put needs exactly one of "value" or "valueBase64"', index)
+      if (hasText === hasBase64)
+        throw malformed('a put needs exactly one of "value" or "valueBase64"', index)
       let value: Buffer
       if (hasText) {
         if (typeof op.value !== 'string') throw malformed('"value" must be a string', index)
@@ -105,7 +107,11 @@ export function parseBatch(
       throw malformed('a delete takes no value', index)
     }
     if (op.ifVersion !== undefined) {
-      if (typeof op.ifVersion !== 'number' || !Number.isSafeInteger(op.ifVersion) || op.ifVersion < 1) {
+      if (
+        typeof op.ifVersion !== 'number' ||
+        !Number.isSafeInteger(op.ifVersion) ||
+        op.ifVersion < 1
+      ) {
         throw malformed('"ifVersion" must be a positive whole number', index)
       }
       result.ifVersion = op.ifVersion
@@ -116,7 +122,11 @@ export function parseBatch(
         result[flag] = op[flag]
       }
     }
-    const conditions = [result.ifVersion !== undefined, result.ifAbsent === true, result.ifExists === true]
+    const conditions = [
+      result.ifVersion !== undefined,
+      result.ifAbsent === true,
+      result.ifExists === true,
+    ]
     if (conditions.filter(Boolean).length > 1) {
       throw malformed('use at most one of "ifVersion", "ifAbsent" and "ifExists"', index)
     }

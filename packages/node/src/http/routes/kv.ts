@@ -32,7 +32,10 @@ function singleHeader(request: FastifyRequest, name: string): string | undefined
 /** Reads a version from an ETag-style value: "12" or 12. */
 function parseVersionTag(text: string, header: string): number {
   const trimmed = text.trim()
-  const bare = trimmed.startsWith('"') && trimmed.endsWith('"') && trimmed.length >= 2 ? trimmed.slice(1, -1) : trimmed
+  const bare =
+    trimmed.startsWith('"') && trimmed.endsWith('"') && trimmed.length >= 2
+      ? trimmed.slice(1, -1)
+      : trimmed
   const version = parsePositiveInteger(bare)
   if (version === null) {
     throw new KvError(
@@ -44,11 +47,17 @@ function parseVersionTag(text: string, header: string): number {
 }
 
 /** The conditions of a PUT or DELETE, from If-Match and If-None-Match. */
-function conditionsOf(request: FastifyRequest, allowIfNoneMatch: boolean): Pick<WriteOp, 'ifVersion' | 'ifAbsent' | 'ifExists'> {
+function conditionsOf(
+  request: FastifyRequest,
+  allowIfNoneMatch: boolean,
+): Pick<WriteOp, 'ifVersion' | 'ifAbsent' | 'ifExists'> {
   const ifMatch = singleHeader(request, 'if-match')
   const ifNoneMatch = singleHeader(request, 'if-none-match')
   if (ifMatch !== undefined && ifNoneMatch !== undefined) {
-    throw new KvError('KV_ERR_INVALID_PRECONDITION', 'send either If-Match or If-None-Match, not both')
+    throw new KvError(
+      'KV_ERR_INVALID_PRECONDITION',
+      'send either If-Match or If-None-Match, not both',
+    )
   }
   if (ifNoneMatch !== undefined) {
     if (!allowIfNoneMatch) {
@@ -91,10 +100,17 @@ function decodeCursor(text: string, prefix: string, keyBytesMax: number): Buffer
     throw invalid('not a cursor returned by this API')
   }
   const c = parsed as Partial<ListCursor> | null
-  if (c === null || typeof c !== 'object' || c.v !== 1 || typeof c.after !== 'string' || typeof c.prefix !== 'string') {
+  if (
+    c === null ||
+    typeof c !== 'object' ||
+    c.v !== 1 ||
+    typeof c.after !== 'string' ||
+    typeof c.prefix !== 'string'
+  ) {
     throw invalid('not a cursor returned by this API')
   }
-  if (c.prefix !== prefix) throw invalid(`it belongs to prefix ${JSON.stringify(c.prefix)}, not ${JSON.stringify(prefix)}`)
+  if (c.prefix !== prefix)
+    throw invalid(`it belongs to prefix ${JSON.stringify(c.prefix)}, not ${JSON.stringify(prefix)}`)
   try {
     return keyToBytes(c.after, keyBytesMax)
   } catch {
@@ -127,7 +143,10 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       const key = keyOf(request)
       const value = (request.body as Buffer | undefined) ?? emptyBuffer
       const conditions = conditionsOf(request, true)
-      const result = await sequencer.write({ kind: 'put', ops: [{ type: 'put', key, value, ...conditions }] })
+      const result = await sequencer.write({
+        kind: 'put',
+        ops: [{ type: 'put', key, value, ...conditions }],
+      })
       metrics.writes.put++
       // An unconditional PUT is a blind write (no read of the old value), so it cannot tell
       // whether it created the key; If-None-Match: * can, and answers 201.
@@ -148,16 +167,23 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     void reply.header('kv-applied-lsn', String(appliedLsn))
     if (record === null || record.tombstone) {
       reply.send(
-        new KvError('KV_ERR_KEY_NOT_FOUND', `key ${JSON.stringify(request.params['*'])} does not exist`, {
-          key: request.params['*'],
-        }),
+        new KvError(
+          'KV_ERR_KEY_NOT_FOUND',
+          `key ${JSON.stringify(request.params['*'])} does not exist`,
+          {
+            key: request.params['*'],
+          },
+        ),
       )
       return
     }
     const etag = `"${record.version}"`
     void reply.header('etag', etag)
     const ifNoneMatch = request.headers['if-none-match']
-    if (typeof ifNoneMatch === 'string' && (ifNoneMatch.trim() === etag || ifNoneMatch.trim() === '*')) {
+    if (
+      typeof ifNoneMatch === 'string' &&
+      (ifNoneMatch.trim() === etag || ifNoneMatch.trim() === '*')
+    ) {
       reply.code(304).send()
       return
     }
@@ -184,7 +210,10 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
   app.delete('/v1/kv/*', async (request: KeyRequest, reply) => {
     const key = keyOf(request)
     const conditions = conditionsOf(request, false)
-    const result = await sequencer.write({ kind: 'delete', ops: [{ type: 'delete', key, ...conditions }] })
+    const result = await sequencer.write({
+      kind: 'delete',
+      ops: [{ type: 'delete', key, ...conditions }],
+    })
     metrics.writes.delete++
     void reply.header('kv-lsn', String(result.lsn))
     return {
@@ -212,7 +241,10 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     const text = query as Record<string, string | undefined>
     const prefixText = text.prefix ?? ''
     const prefix = prefixText === '' ? undefined : keyToBytes(prefixText, config.keyBytesMax)
-    const start = text.start === undefined || text.start === '' ? undefined : keyToBytes(text.start, config.keyBytesMax)
+    const start =
+      text.start === undefined || text.start === ''
+        ? undefined
+        : keyToBytes(text.start, config.keyBytesMax)
     let limit = config.listLimitDefault
     if (text.limit !== undefined) {
       const parsed = parsePositiveInteger(text.limit)
@@ -227,11 +259,17 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     let values = false
     if (text.values !== undefined) {
       if (!['true', 'false', '1', '0'].includes(text.values)) {
-        throw new KvError('KV_ERR_INVALID_ARGUMENT', `values must be true or false; got ${JSON.stringify(text.values)}`)
+        throw new KvError(
+          'KV_ERR_INVALID_ARGUMENT',
+          `values must be true or false; got ${JSON.stringify(text.values)}`,
+        )
       }
       values = text.values === 'true' || text.values === '1'
     }
-    const after = text.cursor === undefined || text.cursor === '' ? undefined : decodeCursor(text.cursor, prefixText, config.keyBytesMax)
+    const after =
+      text.cursor === undefined || text.cursor === ''
+        ? undefined
+        : decodeCursor(text.cursor, prefixText, config.keyBytesMax)
     const appliedLsn = store.appliedLsn
     const page = await store.list({
       ...(prefix ? { prefix } : {}),
@@ -249,7 +287,8 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     void reply.header('kv-applied-lsn', String(appliedLsn))
     return {
       items,
-      nextCursor: page.more && last ? encodeCursor({ v: 1, after: last.key, prefix: prefixText }) : null,
+      nextCursor:
+        page.more && last ? encodeCursor({ v: 1, after: last.key, prefix: prefixText }) : null,
       appliedLsn,
     }
   })

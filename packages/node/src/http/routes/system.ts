@@ -60,7 +60,8 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
 
   app.get('/ready', async () => {
     if (store.failed) throw new KvError('KV_ERR_STORAGE', `storage failed: ${store.failed.message}`)
-    if (lifecycle.shuttingDown) throw new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down')
+    if (lifecycle.shuttingDown)
+      throw new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down')
     if (!lifecycle.ready) throw new KvError('KV_ERR_NOT_READY', 'the node is starting')
     return { ready: true }
   })
