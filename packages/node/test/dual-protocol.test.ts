@@ -19,21 +19,59 @@ describe('one port for HTTP/1.1 and h2c', () => {
     await closed
   }, 5000)
 
-  it('classifies a request that arrives one byte at a time', async () => {
+  /** Sends `bytes` one at a time, returns everything the server answered until it closed. */
+  async function trickle(url: string, bytes: Buffer): Promise<string> {
+    const socket = await openSocket(url)
+    let response = ''
+    socket.on('data', (chunk: Buffer) => (response += chunk.toString('latin1')))
+    const ended = new Promise((resolve) => socket.on('close', resolve))
+    for (const byte of bytes) {
+      socket.write(Buffer.of(byte))
+      await new Promise((resolve) => setTimeout(resolve, 1))
+    }
+    await ended
+    return response
+  }
+
+  it.each([
+    ['GET', 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', /\{"status":"ok"\}/],
+    // PUT and POST start with "P", like the HTTP/2 preface: the sniffer must wait for more.
+    [
+      'PUT',
+      'PUT /v1/kv/t HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi',
+      /"version":1/,
+    ],
+  ])('classifies a %s that arrives one byte at a time', async (_method, request, expected) => {
+    const t = await startTestNode()
+    try {
+      const response = await trickle(t.url, Buffer.from(request))
+      expect(response).toMatch(/^HTTP\/1\.1 200 OK/)
+      expect(response).toMatch(expected)
+    } finally {
+      await t.stop()
+    }
+  })
+
+  it('classifies an HTTP/2 preface that arrives one byte at a time', async () => {
     const t = await startTestNode()
     try {
       const socket = await openSocket(t.url)
-      const request = 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'
-      let response = ''
-      socket.on('data', (chunk: Buffer) => (response += chunk.toString()))
-      const ended = new Promise((resolve) => socket.on('close', resolve))
-      for (const ch of request) {
-        socket.write(ch)
+      let answered = Buffer.alloc(0)
+      socket.on('data', (chunk: Buffer) => (answered = Buffer.concat([answered, chunk])))
+      // The client preface, then an empty SETTINGS frame.
+      const preface = Buffer.concat([
+        Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'),
+        Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]),
+      ])
+      for (const byte of preface) {
+        socket.write(Buffer.of(byte))
         await new Promise((resolve) => setTimeout(resolve, 1))
       }
-      await ended
-      expect(response).toMatch(/^HTTP\/1\.1 200 OK/)
-      expect(response).toContain('{"status":"ok"}')
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      // The server answers with its own SETTINGS frame (type 4).
+      expect(answered.length).toBeGreaterThanOrEqual(9)
+      expect(answered[3]).toBe(4)
+      socket.destroy()
     } finally {
       await t.stop()
     }

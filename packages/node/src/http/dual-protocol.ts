@@ -44,7 +44,15 @@ export function createDualProtocolServer(
   options: DualProtocolOptions,
 ): DualProtocolServer {
   const h1 = http.createServer(
-    { maxHeaderSize: options.headerBytesMax, requestTimeout: options.requestTimeoutMs },
+    {
+      maxHeaderSize: options.headerBytesMax,
+      requestTimeout: options.requestTimeoutMs,
+      // How often Node checks request timeouts (default 30 s, too coarse for short ones).
+      connectionsCheckingInterval: Math.min(
+        30_000,
+        Math.max(250, Math.floor(options.requestTimeoutMs / 4)),
+      ),
+    },
     handler,
   ) as DualProtocolServer
   h1.keepAliveTimeout = options.keepAliveTimeoutMs
@@ -94,22 +102,31 @@ export function createDualProtocolServer(
       socket.setTimeout(0)
       socket.removeListener('timeout', onTimeout)
     }
+    // Bytes read so far. Reading them all empties the socket's buffer, so 'readable' fires
+    // again only when more arrive (re-adding the listener with data still buffered would make
+    // it fire at once, forever).
+    let head: Buffer = Buffer.alloc(0)
+    const onEnd = (): void => {
+      socket.destroy()
+    }
+    socket.once('end', onEnd)
     const classify = (): void => {
-      const chunk = socket.read() as Buffer | null
-      if (chunk === null) return
-      socket.removeListener('readable', classify)
-      if (
-        chunk.length < prefaceStart.length &&
-        prefaceStart.subarray(0, chunk.length).equals(chunk)
+      for (
+        let chunk = socket.read() as Buffer | null;
+        chunk !== null;
+        chunk = socket.read() as Buffer | null
       ) {
-        // Too short to tell; wait for more bytes.
-        socket.unshift(chunk)
-        socket.on('readable', classify)
-        return
+        head = head.length === 0 ? chunk : Buffer.concat([head, chunk])
       }
-      socket.unshift(chunk)
+      if (head.length === 0) return
+      if (head.length < prefaceStart.length && prefaceStart.subarray(0, head.length).equals(head)) {
+        return // "P" or "PR": HTTP/2 or a PUT/POST/PATCH; wait for more bytes
+      }
+      socket.removeListener('readable', classify)
+      socket.removeListener('end', onEnd)
+      socket.unshift(head)
       handOver()
-      if (chunk.subarray(0, prefaceStart.length).equals(prefaceStart)) {
+      if (head.subarray(0, prefaceStart.length).equals(prefaceStart)) {
         h2.emit('connection', socket)
       } else {
         for (const listener of http1Listeners) listener.call(h1, socket)
