@@ -62,6 +62,12 @@ const rows: [name: string, request: InjectOptions, status: number, code: string]
     400,
     'KV_ERR_INVALID_KEY',
   ],
+  [
+    'batch key with a "." segment',
+    batch(json({ ops: [{ op: 'put', key: 'a/./b', value: '1' }] })),
+    400,
+    'KV_ERR_INVALID_KEY',
+  ],
   ['key with a newline', { method: 'GET', url: '/v1/kv/a%0Ab' }, 400, 'KV_ERR_INVALID_KEY'],
   [
     'malformed percent-encoding',

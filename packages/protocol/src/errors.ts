@@ -13,7 +13,8 @@ export const errorCatalog = {
   },
   KV_ERR_INVALID_KEY: {
     status: 400,
-    description: 'The key is empty, is not valid UTF-8, or contains a control character.',
+    description:
+      'The key is empty, is not valid UTF-8, contains a control character, or has a `.` or `..` path segment.',
   },
   KV_ERR_KEY_TOO_LARGE: {
     status: 400,
@@ -51,6 +52,23 @@ export const errorCatalog = {
   KV_ERR_INVALID_ARGUMENT: {
     status: 400,
     description: 'A query parameter or the URL is malformed; the message names it.',
+  },
+  KV_ERR_BAD_REQUEST: {
+    status: 400,
+    description:
+      'The HTTP request itself is malformed (request line, headers, Content-Length or Transfer-Encoding); the connection is closed.',
+  },
+  KV_ERR_HEADERS_TOO_LARGE: {
+    status: 431,
+    description: 'The request line and headers exceed 64 KiB.',
+  },
+  KV_ERR_REQUEST_TIMEOUT: {
+    status: 408,
+    description: 'The whole request did not arrive within `requestTimeoutMs`.',
+  },
+  KV_ERR_EXPECTATION_FAILED: {
+    status: 417,
+    description: '`Expect` holds something other than `100-continue`.',
   },
   KV_ERR_ROUTE_NOT_FOUND: {
     status: 404,

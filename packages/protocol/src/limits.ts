@@ -23,6 +23,8 @@ export const limitsDefault = {
   listLimitMax: 1000,
   /** Keys one list page returns when the request gives no limit. */
   listLimitDefault: 100,
+  /** A list page stops once it holds this many bytes of keys and values. */
+  listBytesMax: 4 * MiB,
   /** Longest client request id, in bytes. */
   requestIdBytesMax: 128,
   /** Most log entries that share one LevelDB batch and one fsync (1 turns group commit off). */
@@ -42,6 +44,7 @@ export const limitsCeiling = {
   batchOpsMax: 100_000,
   requestBodyBytesMax: 256 * MiB,
   listLimitMax: 100_000,
+  listBytesMax: 1024 * MiB,
   requestIdBytesMax: 1 * KiB,
   groupCommitWritesMax: 100_000,
   groupCommitBytesMax: 256 * MiB,
@@ -57,6 +60,7 @@ export interface Limits {
   requestBodyBytesMax: number
   listLimitMax: number
   listLimitDefault: number
+  listBytesMax: number
   requestIdBytesMax: number
 }
 
@@ -82,6 +86,7 @@ export function checkLimits(limits: Limits): string[] {
     'requestBodyBytesMax',
     'listLimitMax',
     'listLimitDefault',
+    'listBytesMax',
     'requestIdBytesMax',
   ] as const
   for (const name of positive) {

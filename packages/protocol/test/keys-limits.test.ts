@@ -6,6 +6,8 @@ describe('keyToBytes', () => {
     ['users/42/profile', 16],
     ['ключ', 8],
     ['emoji 🎉', 10],
+    ['a.b/..c/.d/e..', 14],
+    ['...', 3],
   ])('accepts %j', (key, bytes) => {
     expect(keyToBytes(key, 1024)).toHaveLength(bytes)
   })
@@ -16,6 +18,11 @@ describe('keyToBytes', () => {
     ['line\nbreak', 'KV_ERR_INVALID_KEY'],
     ['del\u007f', 'KV_ERR_INVALID_KEY'],
     ['lone \ud800 surrogate', 'KV_ERR_INVALID_KEY'],
+    ['.', 'KV_ERR_INVALID_KEY'],
+    ['..', 'KV_ERR_INVALID_KEY'],
+    ['a/../b', 'KV_ERR_INVALID_KEY'],
+    ['./a', 'KV_ERR_INVALID_KEY'],
+    ['a/.', 'KV_ERR_INVALID_KEY'],
     ['x'.repeat(1025), 'KV_ERR_KEY_TOO_LARGE'],
     ['é'.repeat(513), 'KV_ERR_KEY_TOO_LARGE'],
   ])('refuses %j with %s', (key, code) => {

@@ -8,11 +8,12 @@ import Fastify, {
   type FastifyInstance,
   type onResponseHookHandler,
 } from 'fastify'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
 import { KvError } from '@kvstore/protocol/errors'
 import type { AppContext } from './context.js'
 import { createDualProtocolServer, type DualProtocolServer } from './dual-protocol.js'
-import { registerErrorHandling, sendError } from './errors.js'
+import { clientErrorHandler, registerErrorHandling, sendError } from './errors.js'
 import { registerBatchRoutes } from './routes/batch.js'
 import { registerKvRoutes } from './routes/kv.js'
 import { registerSystemRoutes } from './routes/system.js'
@@ -35,6 +36,7 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     bodyLimit: config.requestBodyBytesMax,
     return503OnClosing: false,
     forceCloseConnections: 'idle',
+    clientErrorHandler: clientErrorHandler(metrics),
     // The router answers these itself unless told otherwise: keep them in the error catalog.
     frameworkErrors: (error, _request, reply) => {
       const kvError =
@@ -58,6 +60,22 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
         h2StreamsMax: config.h2StreamsMax,
         headerBytesMax,
       }),
+  })
+
+  // Node answers an unknown Expect with a bare 417 unless someone listens for it.
+  app.server.on('checkExpectation', (_request: IncomingMessage, response: ServerResponse) => {
+    const error = new KvError(
+      'KV_ERR_EXPECTATION_FAILED',
+      'only "Expect: 100-continue" is supported',
+    )
+    metrics.errors.inc({ code: error.code })
+    const body = JSON.stringify(error.toBody())
+    response.writeHead(error.status, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      connection: 'close',
+    })
+    response.end(body)
   })
 
   // Bodies are raw bytes whatever the Content-Type: a value is stored exactly as sent, and

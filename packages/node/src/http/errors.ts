@@ -4,6 +4,8 @@
  * bad URL, bad Content-Length) are mapped to our codes, so a client never sees a code that
  * is not in the catalog.
  */
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { KvError, isErrorCode, type ErrorCode } from '@kvstore/protocol/errors'
 import type { NodeMetrics } from '../metrics.js'
@@ -119,3 +121,30 @@ export function methodNotAllowed(app: FastifyInstance, url: string, allowed: str
 }
 
 export { isErrorCode }
+
+/**
+ * Answers errors that Node's HTTP parser raises before fastify sees a request (a malformed
+ * request line or framing, headers too large, a request that takes too long) with a body
+ * from the catalog, then closes the connection, as Node itself would.
+ */
+export function clientErrorHandler(metrics: NodeMetrics) {
+  return (err: NodeJS.ErrnoException, socket: Socket): void => {
+    if (err.code === 'ECONNRESET' || socket.destroyed) return
+    const kvError =
+      err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? new KvError('KV_ERR_REQUEST_TIMEOUT', 'the request did not arrive in time')
+        : err.code === 'HPE_HEADER_OVERFLOW'
+          ? new KvError('KV_ERR_HEADERS_TOO_LARGE', 'the request line and headers are too large')
+          : new KvError('KV_ERR_BAD_REQUEST', `malformed HTTP request (${err.code ?? err.message})`)
+    metrics.errors.inc({ code: kvError.code })
+    if (socket.writable) {
+      const body = JSON.stringify(kvError.toBody())
+      socket.write(
+        `HTTP/1.1 ${kvError.status} ${STATUS_CODES[kvError.status] ?? ''}\r\n` +
+          `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+          `Connection: close\r\n\r\n${body}`,
+      )
+    }
+    socket.destroy()
+  }
+}

@@ -92,7 +92,11 @@ function encodeCursor(cursor: ListCursor): string {
 
 function decodeCursor(text: string, prefix: string, keyBytesMax: number): Buffer {
   const invalid = (why: string) => new KvError('KV_ERR_INVALID_CURSOR', `invalid cursor: ${why}`)
-  if (!/^[A-Za-z0-9_-]{1,20000}$/.test(text)) throw invalid('not a cursor returned by this API')
+  // A cursor holds two keys as JSON (each byte at most 6 characters), in base64url.
+  const cursorCharsMax = Math.ceil(((keyBytesMax * 6 + 2) * 2 + 64) / 3) * 4
+  if (text.length > cursorCharsMax || !/^[A-Za-z0-9_-]+$/.test(text)) {
+    throw invalid('not a cursor returned by this API')
+  }
   let parsed: unknown
   try {
     parsed = JSON.parse(Buffer.from(text, 'base64url').toString('utf8'))
@@ -116,6 +120,16 @@ function decodeCursor(text: string, prefix: string, keyBytesMax: number): Buffer
   } catch {
     throw invalid('it holds an invalid key')
   }
+}
+
+/**
+ * If-None-Match on a read: `*`, or a list of entity tags compared weakly (RFC 9110 13.1.2),
+ * so `W/"12"` and `"12"` both match version 12.
+ */
+function etagListMatches(header: string, etag: string): boolean {
+  const trimmed = header.trim()
+  if (trimmed === '*') return true
+  return trimmed.split(',').some((tag) => tag.trim().replace(/^W\//, '') === etag)
 }
 
 const listParams = new Set(['prefix', 'start', 'limit', 'cursor', 'values'])
@@ -180,10 +194,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     const etag = `"${record.version}"`
     void reply.header('etag', etag)
     const ifNoneMatch = request.headers['if-none-match']
-    if (
-      typeof ifNoneMatch === 'string' &&
-      (ifNoneMatch.trim() === etag || ifNoneMatch.trim() === '*')
-    ) {
+    if (typeof ifNoneMatch === 'string' && etagListMatches(ifNoneMatch, etag)) {
       reply.code(304).send()
       return
     }
@@ -276,6 +287,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       ...(start ? { start } : {}),
       ...(after ? { after } : {}),
       limit,
+      bytesMax: config.listBytesMax,
     })
     const items = page.items.map(({ key, record }) => ({
       key: key.toString('utf8'),
