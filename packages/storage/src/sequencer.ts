@@ -59,6 +59,8 @@ export interface WriteResult {
 interface OverlayRecord {
   lsn: number
   record: StoredRecord | null
+  /** Settles when the write that produced this record is durable (or has failed). */
+  durable: Promise<void>
 }
 
 export interface SequencerOptions {
@@ -77,11 +79,13 @@ export class Sequencer {
   private readonly options: SequencerOptions
   private readonly overlay = new Map<string, OverlayRecord>()
   private nextLsn: number
+  private truncationsSeen: number
 
   constructor(store: Store, options: SequencerOptions) {
     this.store = store
     this.options = options
     this.nextLsn = store.appliedLsn + 1
+    this.truncationsSeen = store.truncations
   }
 
   /** Writes accepted but not yet durable. */
@@ -94,8 +98,13 @@ export class Sequencer {
    * Throws `KV_ERR_PRECONDITION_FAILED` or `KV_ERR_KEY_NOT_FOUND` without writing anything.
    */
   async write(request: WriteRequest): Promise<WriteResult> {
-    if (this.nextLsn - 1 < this.store.appliedLsn) {
-      // The log moved underneath (a truncation or an external append): resynchronise.
+    if (this.store.truncations !== this.truncationsSeen) {
+      // Entries were truncated: the pending records they made no longer exist.
+      this.truncationsSeen = this.store.truncations
+      this.overlay.clear()
+      this.nextLsn = this.store.appliedLsn + 1
+    } else if (this.nextLsn - 1 < this.store.appliedLsn) {
+      // Entries were appended by someone else (a follower's log): continue after them.
       this.nextLsn = this.store.appliedLsn + 1
     }
 
@@ -106,7 +115,8 @@ export class Sequencer {
     const local = new Map<string, StoredRecord | null>()
     const results: OpResult[] = []
     const ops: Op[] = []
-    request.ops.forEach((op, index) => {
+    let index = 0
+    for (const op of request.ops) {
       const id = op.key.toString('latin1')
       const needsRead =
         op.ifVersion !== undefined ||
@@ -115,8 +125,21 @@ export class Sequencer {
         (request.kind === 'delete' && op.type === 'delete')
       let previousVersion: number | null | undefined
       if (needsRead) {
-        const current = local.has(id) ? (local.get(id) ?? null) : this.current(id, op.key)
-        checkCondition(op, current, index, request.kind)
+        const pending = local.has(id) ? undefined : this.overlay.get(id)
+        const current = local.has(id)
+          ? (local.get(id) ?? null)
+          : pending !== undefined
+            ? pending.record
+            : this.durableRecord(op.key)
+        try {
+          checkCondition(op, current, index, request.kind)
+        } catch (err) {
+          // The answer was decided by a write that is not durable yet. Before telling the
+          // client about it (a 412 naming its version, or a 404 for a key it deletes), wait
+          // until it is: a reader must never learn of a write that could still vanish.
+          if (pending !== undefined) await this.settled(pending)
+          throw err
+        }
         previousVersion = current?.version ?? null
       }
       if (op.type === 'put') {
@@ -129,7 +152,8 @@ export class Sequencer {
         ops.push({ type: OpType.Delete, key: op.key, value: Buffer.alloc(0) })
         results.push({ key: op.key, version: null, previousVersion })
       }
-    })
+      index++
+    }
 
     const entry: LogEntry = {
       epoch,
@@ -152,7 +176,7 @@ export class Sequencer {
       this.options.commitOnAppend ? { commitLsn: lsn } : {},
     )
     this.nextLsn = lsn + 1
-    for (const [id, record] of local) this.overlay.set(id, { lsn, record })
+    for (const [id, record] of local) this.overlay.set(id, { lsn, record, durable: appended })
     try {
       await appended
     } finally {
@@ -163,12 +187,24 @@ export class Sequencer {
     return { lsn, epoch, results }
   }
 
-  /** The newest record of a key: a pending write if there is one, else the durable state. */
-  private current(id: string, key: Buffer): StoredRecord | null {
-    const pending = this.overlay.get(id)
-    if (pending !== undefined) return pending.record
+  /** The durable record of a key (read cache, else LevelDB), ignoring tombstones. */
+  private durableRecord(key: Buffer): StoredRecord | null {
     const record = this.store.getSync(key)
     return record === null || record.tombstone ? null : record
+  }
+
+  /** Waits for a pending write; if it failed, the node can no longer answer for the state. */
+  private async settled(pending: OverlayRecord): Promise<void> {
+    try {
+      await pending.durable
+    } catch (err) {
+      throw new KvError(
+        'KV_ERR_STORAGE',
+        `storage failed: ${(err as Error).message}`,
+        {},
+        { cause: err },
+      )
+    }
   }
 }
 

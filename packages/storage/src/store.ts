@@ -144,6 +144,8 @@ export interface ListOptions {
   after?: Buffer
   /** Most keys to return. */
   limit: number
+  /** Stop once the page holds this many bytes of keys and values (at least one key is returned). */
+  bytesMax?: number
 }
 
 /** A consistent view of the state at one LSN. Close it when done. */
@@ -236,6 +238,7 @@ export class Store {
   private draining = false
   private drainScheduled = false
   private failure: Error | null = null
+  private truncationCount = 0
   private closing = false
   private closed = false
   private idleWaiters: (() => void)[] = []
@@ -343,6 +346,11 @@ export class Store {
     return this.closing
   }
 
+  /** How many truncations removed entries since the store was opened. */
+  get truncations(): number {
+    return this.truncationCount
+  }
+
   // ---------------------------------------------------------------- reads
 
   /**
@@ -409,6 +417,7 @@ export class Store {
         gte = undefined
       }
     }
+    const bytesMax = options.bytesMax ?? Infinity
     const iterator = this.db.iterator({
       ...(gte ? { gte } : {}),
       ...(gt ? { gt } : {}),
@@ -416,15 +425,24 @@ export class Store {
       limit: options.limit + 1,
     })
     try {
-      const rows = await iterator.all()
       const items: ListItem[] = []
-      for (const [key, value] of rows.slice(0, options.limit)) {
-        const userKey = userKeyOf(key)
-        const record = this.decodeRecordFromDisk(value, userKey)
-        if (record.tombstone) continue
-        items.push({ key: Buffer.from(userKey), record })
+      let bytes = 0
+      // Read in chunks and stop at the byte budget: a page of large values must not be
+      // loaded whole.
+      for (;;) {
+        const rows = await iterator.nextv(Math.min(100, options.limit + 1 - items.length))
+        if (rows.length === 0) return { items, more: false }
+        for (const [key, value] of rows) {
+          if (items.length === options.limit || (items.length > 0 && bytes >= bytesMax)) {
+            return { items, more: true }
+          }
+          const userKey = userKeyOf(key)
+          const record = this.decodeRecordFromDisk(value, userKey)
+          if (record.tombstone) continue
+          items.push({ key: Buffer.from(userKey), record })
+          bytes += key.length + record.value.length
+        }
       }
-      return { items, more: rows.length > options.limit }
     } finally {
       await iterator.close()
     }
@@ -928,6 +946,7 @@ export class Store {
     )
     await this.db.batch(ops, { sync: true })
     this.cache.clear()
+    this.truncationCount++
     this.state = { ...this.state, appliedLsn: lsn, lastEpoch }
     this.logger.warn(
       { fromLsn: lsn + 1, toLsn: appliedLsn, entries: removed.length },
@@ -1272,6 +1291,11 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
       `log start ${state.logStartLsn} is inconsistent with the log end ${state.appliedLsn}`,
     )
   }
+  if (state.commitLsn < state.logStartLsn - 1) {
+    throw new StorageError(
+      `commit LSN ${state.commitLsn} is below the compacted part of the log (log start ${state.logStartLsn})`,
+    )
+  }
   if (state.lastEpoch > state.epoch) {
     throw new StorageError(
       `last entry epoch ${state.lastEpoch} is above the node epoch ${state.epoch}`,
@@ -1286,6 +1310,14 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
     (firstUndo !== undefined && lsnOfKey(firstUndo) < state.logStartLsn)
   ) {
     await deleteBelow(db, state.logStartLsn)
+  }
+
+  // The log starts exactly at the recorded log start.
+  const firstRemaining = await firstKey(db, prefixRange(Prefix.Log))
+  if (firstRemaining !== undefined && lsnOfKey(firstRemaining) !== state.logStartLsn) {
+    throw new StorageError(
+      `log starts at ${lsnOfKey(firstRemaining)} but the recorded log start is ${state.logStartLsn}`,
+    )
   }
 
   // The log's last entry must be the applied LSN: appends and their meta are one batch.
@@ -1310,6 +1342,22 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
     }
   } else if (lastLog !== undefined) {
     throw new StorageError(`log holds entry ${lsnOfKey(lastLog)} past the applied LSN`)
+  } else if (state.lastEpoch !== state.compactedEpoch) {
+    throw new StorageError(
+      `the log is empty but its last epoch ${state.lastEpoch} differs from the compacted epoch ${state.compactedEpoch}`,
+    )
+  }
+  // Every entry above the commit LSN can still be truncated, so each must have its undo record.
+  if (state.appliedLsn > state.commitLsn) {
+    const undoFrom = Math.max(state.commitLsn + 1, state.logStartLsn)
+    const undoKeys = await db
+      .keys({ gte: undoKey(undoFrom), lt: prefixRange(Prefix.Undo).lt })
+      .all()
+    if (undoKeys.length !== state.appliedLsn - undoFrom + 1) {
+      throw new StorageError(
+        `${state.appliedLsn - undoFrom + 1} uncommitted entries but ${undoKeys.length} undo records`,
+      )
+    }
   }
   const lastUndo = await firstKey(db, prefixRange(Prefix.Undo), true)
   if (lastUndo !== undefined && lsnOfKey(lastUndo) > state.appliedLsn) {

@@ -167,4 +167,54 @@ describe('Sequencer', () => {
     expect(next.lsn).toBe(4)
     expect((await store.verify()).entries).toBe(4)
   })
+
+  it('does not reveal a write that is not durable yet through a failed condition', async () => {
+    // The first put is accepted but still on its way to disk when the create-only put arrives.
+    const first = seq.write({ kind: 'put', ops: [{ type: 'put', key: b('k'), value: b('1') }] })
+    const second = seq
+      .write({ kind: 'put', ops: [{ type: 'put', key: b('k'), value: b('2'), ifAbsent: true }] })
+      .then(
+        () => ({ ok: true, appliedWhenAnswered: store.appliedLsn }),
+        (err: KvError) => ({ ok: false, code: err.code, appliedWhenAnswered: store.appliedLsn }),
+      )
+    const answer = await second
+    expect(answer).toMatchObject({ ok: false, code: 'KV_ERR_PRECONDITION_FAILED' })
+    // The 412 named version 1, so version 1 was durable before the client heard of it.
+    expect(answer.appliedWhenAnswered).toBe(1)
+    await first
+  })
+
+  it('does not answer 404 for a delete that is not durable yet', async () => {
+    await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('d'), value: b('1') }] })
+    const deleting = seq.write({ kind: 'delete', ops: [{ type: 'delete', key: b('d') }] })
+    const again = await seq.write({ kind: 'delete', ops: [{ type: 'delete', key: b('d') }] }).then(
+      () => null,
+      (err: KvError) => ({ code: err.code, appliedWhenAnswered: store.appliedLsn }),
+    )
+    expect(again).toEqual({ code: 'KV_ERR_KEY_NOT_FOUND', appliedWhenAnswered: 2 })
+    await deleting
+  })
+
+  it('continues the log after a truncation, forgetting the truncated writes', async () => {
+    await store.close()
+    store = await openStore(dir)
+    // Not committed on append: the tail can be truncated.
+    seq = new Sequencer(store, { now: () => 0, commitOnAppend: false })
+    await store.setHardState({ commitLsn: 0 })
+    await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('t'), value: b('1') }] })
+    await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('t'), value: b('2') }] })
+    await store.setHardState({ commitLsn: 1 })
+    await store.truncateAfter(1)
+    // A condition on the truncated write's version now fails; on the surviving one it holds.
+    const stale = await failure(
+      seq.write({ kind: 'put', ops: [{ type: 'put', key: b('t'), value: b('x'), ifVersion: 2 }] }),
+    )
+    expect(stale.details.currentVersion).toBe(1)
+    const next = await seq.write({
+      kind: 'put',
+      ops: [{ type: 'put', key: b('t'), value: b('3'), ifVersion: 1 }],
+    })
+    expect(next.lsn).toBe(2)
+    expect(store.failed).toBeNull()
+  })
 })

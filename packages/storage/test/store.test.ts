@@ -1,7 +1,7 @@
 import { ClassicLevel } from 'classic-level'
 import { encodeLogEntry, KvError } from '@kvstore/protocol'
 import { InvariantError, Store, StorageError, type BatchStats } from '../src/index.js'
-import { MetaName, encodeU64, logKey, metaKey, stateKey } from '../src/layout.js'
+import { MetaName, encodeU64, logKey, metaKey, stateKey, undoKey } from '../src/layout.js'
 import { del, dump, entry, openStore, put, tempDir } from './helpers.js'
 
 let dir: string
@@ -91,6 +91,30 @@ describe('open and recovery', () => {
     await db.put(logKey(1), Buffer.from([0xff, 0xff, 0xff]))
     await db.close()
     await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(/corrupt last log entry/)
+  })
+
+  it('refuses a log that does not start at its recorded start, or lost an undo record', async () => {
+    const store = await openStore(dir)
+    await store.append([entry(1, [put('a', '1')]), entry(2, [put('b', '2')])], { commitLsn: 1 })
+    await store.close()
+    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+    })
+    await db.del(undoKey(2))
+    await db.close()
+    await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(
+      /1 uncommitted entries but 0 undo records/,
+    )
+    const db2 = new ClassicLevel<Buffer, Buffer>(dir, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+    })
+    await db2.del(logKey(1))
+    await db2.close()
+    await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(
+      /log starts at 2 but the recorded log start is 1/,
+    )
   })
 
   it('finishes a log compaction that a crash interrupted', async () => {
