@@ -30,6 +30,7 @@ export interface NodeConfig {
   requestBodyBytesMax: number
   listLimitMax: number
   listLimitDefault: number
+  listBytesMax: number
   requestIdBytesMax: number
   requestTimeoutMs: number
   keepAliveTimeoutMs: number
@@ -281,6 +282,18 @@ export const configSpec: readonly OptionSpec[] = [
     description: 'Keys per list page when the request gives no limit.',
   },
   {
+    key: 'listBytesMax',
+    flag: '--list-bytes-max',
+    env: 'KV_LIST_BYTES_MAX',
+    kind: 'bytes',
+    default: limitsDefault.listBytesMax,
+    min: 1,
+    max: limitsCeiling.listBytesMax,
+    group: 'limits',
+    description:
+      'A list page stops early, with a cursor, once it holds this many bytes of keys and values.',
+  },
+  {
     key: 'requestIdBytesMax',
     flag: '--request-id-bytes-max',
     env: 'KV_REQUEST_ID_BYTES_MAX',
@@ -530,6 +543,11 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
   }
   const result = config as NodeConfig
   const problems = checkLimits(result)
+  if (result.writeQueueBytesMax < result.requestBodyBytesMax) {
+    problems.push(
+      `writeQueueBytesMax (${result.writeQueueBytesMax}) must be at least requestBodyBytesMax (${result.requestBodyBytesMax}), or the largest write could never be queued`,
+    )
+  }
   if (problems.length > 0) throw new ConfigError(`invalid limits: ${problems.join('; ')}`)
   return { config: result, help }
 }

@@ -29,14 +29,18 @@ export async function runNode(argv: readonly string[], env: NodeJS.ProcessEnv): 
     process.exitCode = 1
     return
   }
-  let signals = 0
+  let firstSignalAt = 0
   const onSignal = (signal: NodeJS.Signals) => {
-    signals++
-    if (signals > 1) {
+    const now = Date.now()
+    if (firstSignalAt !== 0) {
+      // A wrapper (npm, pnpm) may forward the terminal's Ctrl-C a moment after the terminal
+      // delivered it: repeats within a second are the same request.
+      if (now - firstSignalAt < 1000) return
       node.logger.warn({ signal }, 'second signal; exiting without waiting')
       node.logger.flush()
       process.exit(1)
     }
+    firstSignalAt = now
     node.stop(signal).then(
       () => process.exit(0),
       (err: unknown) => {

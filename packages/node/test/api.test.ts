@@ -82,6 +82,14 @@ describe('single keys', () => {
       headers: { 'if-none-match': '"1"' },
     })
     expect(cached.statusCode).toBe(304)
+    for (const tag of ['W/"1"', '"7", "1"', '*']) {
+      const res = await inject({
+        method: 'GET',
+        url: '/v1/kv/h',
+        headers: { 'if-none-match': tag },
+      })
+      expect(res.statusCode, tag).toBe(304)
+    }
     const changed = await inject({
       method: 'GET',
       url: '/v1/kv/h',
@@ -218,6 +226,54 @@ describe('listing', () => {
     ])
     expect(withValues.nextCursor).toBeNull()
     expect(withValues.appliedLsn).toBe(3)
+  })
+})
+
+describe('listing large values', () => {
+  it('stops a page at listBytesMax and continues with the cursor', async () => {
+    await t.stop()
+    t = await startTestNode(['--list-bytes-max', '1MiB'])
+    const value = Buffer.alloc(300 * 1024, 1)
+    for (let i = 0; i < 10; i++)
+      await inject({ method: 'PUT', url: `/v1/kv/big/${i}`, payload: value })
+    const seen: string[] = []
+    let cursor: string | null = null
+    let pages = 0
+    do {
+      const url: string = `/v1/kv?prefix=big/&values=true${cursor ? `&cursor=${cursor}` : ''}`
+      const page = (await inject({ method: 'GET', url })).json() as {
+        items: { key: string; valueBase64: string }[]
+        nextCursor: string | null
+      }
+      expect(page.items.length).toBeLessThanOrEqual(4)
+      for (const item of page.items)
+        expect(Buffer.from(item.valueBase64, 'base64').equals(value)).toBe(true)
+      seen.push(...page.items.map((i) => i.key))
+      cursor = page.nextCursor
+      pages++
+    } while (cursor !== null)
+    expect(seen).toEqual(Array.from({ length: 10 }, (_, i) => `big/${i}`))
+    expect(pages).toBeGreaterThanOrEqual(3)
+  })
+
+  it('a cursor after the longest key allowed still works', async () => {
+    await t.stop()
+    t = await startTestNode(['--key-bytes-max', '8KiB'])
+    const nasty = '"\\'.repeat(4096) // 8 KiB of characters JSON must escape
+    for (const key of [nasty, `${nasty.slice(0, -1)}z`]) {
+      const res = await inject({
+        method: 'PUT',
+        url: `/v1/kv/${encodeURIComponent(key)}`,
+        payload: 'v',
+      })
+      expect(res.statusCode).toBe(200)
+    }
+    const first = (await inject({ method: 'GET', url: '/v1/kv?limit=1' })).json() as {
+      nextCursor: string
+    }
+    const second = await inject({ method: 'GET', url: `/v1/kv?limit=1&cursor=${first.nextCursor}` })
+    expect(second.statusCode).toBe(200)
+    expect((second.json() as { items: unknown[] }).items).toHaveLength(1)
   })
 })
 

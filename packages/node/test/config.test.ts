@@ -77,6 +77,10 @@ describe('parseConfig', () => {
     [['--value-bytes-max', '8MiB'], /requestBodyBytesMax .* must be at least valueBytesMax/],
     [['--list-limit-default', '5000'], /listLimitDefault .* must not exceed listLimitMax/],
     [['--config', '/nonexistent/kv.json'], /cannot read config file/],
+    [
+      ['--write-queue-bytes-max', '1MiB'],
+      /writeQueueBytesMax .* must be at least requestBodyBytesMax/,
+    ],
   ])('refuses %j', (argv, message) => {
     expect(() => parseConfig(argv, {})).toThrow(ConfigError)
     expect(() => parseConfig(argv, {})).toThrow(message)
