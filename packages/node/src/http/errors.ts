@@ -76,6 +76,9 @@ export function registerErrorHandling(app: FastifyInstance, metrics: NodeMetrics
       )
     }
     metrics.errors.inc({ code: kvError.code })
+    // fastify asks to close the connection after a body it could not read; HTTP/2 has no
+    // such header (the stream is reset instead), and Node warns when one is set.
+    if (request.raw.httpVersionMajor === 2) reply.removeHeader('connection')
     return sendError(reply, kvError)
   })
 
