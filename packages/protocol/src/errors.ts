@@ -78,6 +78,39 @@ export const errorCatalog = {
     status: 405,
     description: 'The endpoint exists but not with this method; `Allow` lists the methods.',
   },
+  KV_ERR_NOT_LEADER: {
+    status: 421,
+    description:
+      'This node is a follower and takes no writes. The body (`leaderId`, `leaderUrl`) and the `kv-leader` header name the leader.',
+  },
+  KV_ERR_ACK_TIMEOUT: {
+    status: 504,
+    description:
+      'The write is durable on the leader (its LSN and session are in the body) but the replicas its `ack` mode needs did not confirm it within `ackTimeoutMs`. It may still replicate; it is not rolled back.',
+  },
+  KV_ERR_REPLICA_BEHIND: {
+    status: 503,
+    description:
+      'This replica has not applied the LSN the session token asks for within `readWaitMs`. Read from another replica or from the leader.',
+  },
+  KV_ERR_INVALID_SESSION: {
+    status: 400,
+    description: 'The session token is malformed; send back one that a response gave you.',
+  },
+  KV_ERR_STALE_EPOCH: {
+    status: 409,
+    description:
+      'A peer spoke with an epoch lower than this node has seen; its messages are refused (fencing).',
+  },
+  KV_ERR_BAD_FRAME: {
+    status: 400,
+    description: 'A peer sent a replication frame that failed validation; the stream is closed.',
+  },
+  KV_ERR_CLUSTER_MISMATCH: {
+    status: 409,
+    description:
+      'A peer belongs to another cluster or expected another node id; the stream is refused.',
+  },
   KV_ERR_OVERLOADED: {
     status: 503,
     description:

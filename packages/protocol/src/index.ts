@@ -1,4 +1,6 @@
 export * from './codec.js'
 export * from './errors.js'
+export * from './frames.js'
 export * from './keys.js'
 export * from './limits.js'
+export * from './session.js'

@@ -1,0 +1,7 @@
+export { CoreInvariantError, invariant } from './invariant.js'
+export { LogWindow } from './log.js'
+export type { EpochRun, LogInit } from './log.js'
+export { allLsn, isMajority, majority, majorityLsn } from './quorum.js'
+export { NotLeaderError, Progress, ReplicaCore } from './replica.js'
+export type { CoreConfig, CoreInit } from './replica.js'
+export type * from './types.js'

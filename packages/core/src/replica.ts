@@ -1,0 +1,720 @@
+/**
+ * The replication core: a pure state machine in the style of etcd's raft.
+ *
+ * Events go in: `step(message)`, `tick()`, `propose(entry)`, `persisted(lsn)` and a few
+ * notifications from the node (a peer connected, entries loaded from disk, a snapshot sent).
+ * A `Ready` comes out with what to persist and what to send. There is no I/O, timer, clock
+ * or randomness in here: the node drives it, and a simulator can drive many of them.
+ *
+ * Roles are a tagged union; only `becomeLeader` and `becomeFollower` switch between them.
+ * Leadership is given by the node for now (a static leader named in the configuration);
+ * elections will add a candidate role without changing the replication path.
+ */
+import { invariant } from './invariant.js'
+import { LogWindow, type LogInit } from './log.js'
+import { allLsn, majorityLsn } from './quorum.js'
+import type {
+  AppendAckMessage,
+  AppendMessage,
+  CoreEntry,
+  HardState,
+  HeartbeatAckMessage,
+  HeartbeatMessage,
+  Message,
+  NodeId,
+  Ready,
+} from './types.js'
+
+export interface CoreConfig {
+  id: NodeId
+  /** Every member, this node included. */
+  members: readonly NodeId[]
+  /** Ticks between heartbeats. */
+  heartbeatTicks: number
+  /** Ticks before an unanswered probe is sent again. */
+  probeTimeoutTicks: number
+  /** Most entries in one Append. */
+  appendEntriesMax: number
+  /** Most entry bytes in one Append (at least one entry is always sent). */
+  appendBytesMax: number
+  /** Most Appends in flight to one follower. */
+  inflightAppendsMax: number
+  /** Most entry bytes in flight to one follower. */
+  inflightBytesMax: number
+  /** Bytes of recent entries the leader keeps in memory to ship. */
+  logCacheBytesMax: number
+}
+
+export interface CoreInit extends LogInit {
+  epoch: number
+  vote: NodeId | ''
+  commitLsn: number
+}
+
+type ProgressState = 'probe' | 'replicate' | 'snapshot'
+
+/** What the leader knows of one follower. */
+export class Progress {
+  /** Highest LSN known durable on the follower and matching the leader's log. */
+  matchLsn = 0
+  /** Next LSN to send. */
+  nextLsn: number
+  state: ProgressState = 'probe'
+  /** Whether a stream to the follower is up. */
+  connected = false
+  /** Tick of the probe in flight, or null. */
+  probeSentTick: number | null = null
+  /** Waiting for entries loaded from disk. */
+  loading = false
+  /** Last LSN and bytes of each Append in flight. */
+  readonly inflight: { lastLsn: number; bytes: number }[] = []
+  inflightBytes = 0
+  /** Tick of the last message heard from the follower. */
+  lastContactTick = -1
+
+  constructor(nextLsn: number) {
+    this.nextLsn = nextLsn
+  }
+
+  freeUpTo(lsn: number): void {
+    while (this.inflight.length > 0 && (this.inflight[0] as { lastLsn: number }).lastLsn <= lsn) {
+      this.inflightBytes -= (this.inflight.shift() as { bytes: number }).bytes
+    }
+  }
+
+  resetInflight(): void {
+    this.inflight.length = 0
+    this.inflightBytes = 0
+  }
+}
+
+type Role =
+  | { kind: 'follower'; leaderId: NodeId | null }
+  | { kind: 'leader'; progress: Map<NodeId, Progress>; heartbeatElapsed: number }
+
+export class NotLeaderError extends Error {
+  readonly leaderId: NodeId | null
+  constructor(leaderId: NodeId | null) {
+    super(leaderId === null ? 'no leader is known' : `the leader is ${leaderId}`)
+    this.name = 'NotLeaderError'
+    this.leaderId = leaderId
+  }
+}
+
+function emptyReady(commitLsn: number): Ready {
+  return {
+    hardState: null,
+    truncateAfter: null,
+    entries: [],
+    sendNow: [],
+    sendAfterPersist: [],
+    loads: [],
+    snapshots: [],
+    commitLsn,
+  }
+}
+
+export class ReplicaCore {
+  readonly id: NodeId
+  readonly members: readonly NodeId[]
+  readonly log: LogWindow
+  private readonly config: CoreConfig
+  private epochValue: number
+  private vote: NodeId | ''
+  private commit: number
+  private role: Role
+  private ticks = 0
+  /** Follower: highest LSN known to match the current leader's log. */
+  private verifiedLsn: number
+  /** Follower: the match last reported to the leader. */
+  private reportedMatch = -1
+  /** Follower: the leader's last LSN, as last heard. */
+  private leaderLast = 0
+  private hardStateDirty = false
+  private pending: Ready
+
+  constructor(config: CoreConfig, init: CoreInit) {
+    invariant(config.members.includes(config.id), `${config.id} is not a member`)
+    invariant(new Set(config.members).size === config.members.length, 'duplicate member ids')
+    invariant(init.commitLsn <= init.lastLsn, 'commit LSN past the log end')
+    this.id = config.id
+    this.members = [...config.members]
+    this.config = config
+    this.log = new LogWindow(init, config.logCacheBytesMax)
+    this.epochValue = init.epoch
+    this.vote = init.vote
+    this.commit = init.commitLsn
+    this.verifiedLsn = init.commitLsn
+    this.role = { kind: 'follower', leaderId: null }
+    this.pending = emptyReady(this.commit)
+  }
+
+  // ------------------------------------------------------------------ queries
+
+  get epoch(): number {
+    return this.epochValue
+  }
+
+  get commitLsn(): number {
+    return this.commit
+  }
+
+  get lastLsn(): number {
+    return this.log.lastLsn
+  }
+
+  get isLeader(): boolean {
+    return this.role.kind === 'leader'
+  }
+
+  get roleName(): 'leader' | 'follower' {
+    return this.role.kind
+  }
+
+  get leaderId(): NodeId | null {
+    return this.role.kind === 'leader' ? this.id : this.role.leaderId
+  }
+
+  /** Follower: the leader's last LSN as last heard (its own last LSN on the leader). */
+  get leaderLastLsn(): number {
+    return this.role.kind === 'leader'
+      ? this.log.lastLsn
+      : Math.max(this.leaderLast, this.log.lastLsn)
+  }
+
+  get tickCount(): number {
+    return this.ticks
+  }
+
+  /** Leader: what it knows of a member (itself included, as a progress without stream). */
+  progressOf(id: NodeId): Readonly<Progress> | undefined {
+    return this.role.kind === 'leader' ? this.role.progress.get(id) : undefined
+  }
+
+  /** Leader: durable match of a member; the leader's own durable LSN for itself. */
+  matchOf(id: NodeId): number {
+    if (id === this.id) return this.log.persistedLsn
+    return this.role.kind === 'leader' ? (this.role.progress.get(id)?.matchLsn ?? 0) : 0
+  }
+
+  /** Leader: the highest LSN durable on every member. */
+  allMatchLsn(): number {
+    return allLsn(this.members.map((m) => this.matchOf(m)))
+  }
+
+  hasReady(): boolean {
+    const r = this.pending
+    return (
+      r.hardState !== null ||
+      this.hardStateDirty ||
+      r.truncateAfter !== null ||
+      r.entries.length > 0 ||
+      r.sendNow.length > 0 ||
+      r.sendAfterPersist.length > 0 ||
+      r.loads.length > 0 ||
+      r.snapshots.length > 0 ||
+      r.commitLsn !== this.commit
+    )
+  }
+
+  /** Everything accumulated since the last call. */
+  takeReady(): Ready {
+    const ready = this.pending
+    ready.commitLsn = this.commit
+    if (this.hardStateDirty) {
+      ready.hardState = { epoch: this.epochValue, vote: this.vote, commitLsn: this.commit }
+      this.hardStateDirty = false
+    }
+    this.pending = emptyReady(this.commit)
+    return ready
+  }
+
+  // ------------------------------------------------------------------ roles
+
+  /** Takes leadership at the current epoch (the node decides who leads, for now). */
+  becomeLeader(): void {
+    const progress = new Map<NodeId, Progress>()
+    for (const member of this.members) {
+      if (member === this.id) continue
+      progress.set(member, new Progress(this.log.lastLsn + 1))
+    }
+    this.role = { kind: 'leader', progress, heartbeatElapsed: 0 }
+    this.maybeCommit()
+  }
+
+  /** Follows `leaderId` at `epoch`, which may not be lower than the current epoch. */
+  becomeFollower(epoch: number, leaderId: NodeId | null): void {
+    invariant(
+      epoch >= this.epochValue,
+      () => `epoch would go down from ${this.epochValue} to ${epoch}`,
+    )
+    if (epoch > this.epochValue) {
+      this.epochValue = epoch
+      this.vote = ''
+      this.hardStateDirty = true
+      // What matched the old leader's log is not known to match the new one's.
+      this.verifiedLsn = this.commit
+      this.reportedMatch = -1
+    }
+    this.role = { kind: 'follower', leaderId }
+  }
+
+  /** Raises the epoch (a leader configured to lead at a new epoch). */
+  setEpoch(epoch: number): void {
+    invariant(
+      epoch >= this.epochValue,
+      () => `epoch would go down from ${this.epochValue} to ${epoch}`,
+    )
+    if (epoch !== this.epochValue) {
+      this.epochValue = epoch
+      this.vote = ''
+      this.hardStateDirty = true
+    }
+  }
+
+  // ------------------------------------------------------------------ events
+
+  tick(): void {
+    this.ticks++
+    const role = this.role
+    if (role.kind !== 'leader') return
+    role.heartbeatElapsed++
+    if (role.heartbeatElapsed >= this.config.heartbeatTicks) {
+      role.heartbeatElapsed = 0
+      for (const [id, pr] of role.progress) {
+        if (!pr.connected) continue
+        this.send({
+          type: 'heartbeat',
+          from: this.id,
+          to: id,
+          epoch: this.epochValue,
+          commitLsn: Math.min(this.commit, pr.matchLsn),
+          leaderLastLsn: this.log.lastLsn,
+        })
+      }
+    }
+    for (const [id, pr] of role.progress) {
+      if (
+        pr.state === 'probe' &&
+        pr.probeSentTick !== null &&
+        this.ticks - pr.probeSentTick >= this.config.probeTimeoutTicks
+      ) {
+        pr.probeSentTick = null
+        this.sendAppend(id, pr)
+      }
+    }
+  }
+
+  /** Leader: the LSN and epoch the next proposal gets. Throws NotLeaderError elsewhere. */
+  nextSlot(): { lsn: number; epoch: number } {
+    if (this.role.kind !== 'leader') throw new NotLeaderError(this.role.leaderId)
+    return { lsn: this.log.lastLsn + 1, epoch: this.epochValue }
+  }
+
+  /**
+   * Leader: adds an entry (built for `nextSlot()`) to the log and starts shipping it. The node
+   * persists it and reports with `persisted`.
+   */
+  propose(entry: CoreEntry): void {
+    if (this.role.kind !== 'leader') throw new NotLeaderError(this.role.leaderId)
+    invariant(
+      entry.lsn === this.log.lastLsn + 1,
+      () => `proposal ${entry.lsn} does not follow ${this.log.lastLsn}`,
+    )
+    invariant(
+      entry.epoch === this.epochValue,
+      () => `proposal epoch ${entry.epoch} is not ${this.epochValue}`,
+    )
+    this.log.append([entry])
+    for (const [id, pr] of this.role.progress) this.sendAppend(id, pr)
+  }
+
+  /** Local durability reached `lsn` (entries handed out by Ready or proposed). */
+  persisted(lsn: number): void {
+    this.log.persisted(lsn)
+    this.log.trim()
+    if (this.role.kind === 'leader') {
+      this.maybeCommit()
+    } else {
+      this.reportMatch()
+    }
+  }
+
+  /** A message from a peer. */
+  step(message: Message): void {
+    if (message.to !== this.id || !this.members.includes(message.from)) return
+    if (message.epoch > this.epochValue) {
+      const fromLeader = message.type === 'append' || message.type === 'heartbeat'
+      this.becomeFollower(message.epoch, fromLeader ? message.from : null)
+    } else if (message.epoch < this.epochValue) {
+      // A deposed leader's messages are refused; tell it the epoch so it steps down.
+      if (message.type === 'append' || message.type === 'heartbeat') {
+        this.send({
+          type: 'appendAck',
+          from: this.id,
+          to: message.from,
+          epoch: this.epochValue,
+          matchLsn: 0,
+          reject: true,
+          hintLsn: 0,
+        })
+      }
+      return
+    }
+    switch (message.type) {
+      case 'append':
+        this.onAppend(message)
+        break
+      case 'heartbeat':
+        this.onHeartbeat(message)
+        break
+      case 'appendAck':
+        this.onAppendAck(message)
+        break
+      case 'heartbeatAck':
+        this.onHeartbeatAck(message)
+        break
+    }
+  }
+
+  /** Leader: a stream to `id` is up; probe where its log stands. */
+  peerConnected(id: NodeId): void {
+    if (this.role.kind !== 'leader') return
+    const pr = this.role.progress.get(id)
+    if (!pr) return
+    pr.connected = true
+    pr.state = 'probe'
+    pr.probeSentTick = null
+    pr.loading = false
+    pr.resetInflight()
+    pr.nextLsn = Math.max(pr.matchLsn + 1, Math.min(pr.nextLsn, this.log.lastLsn + 1))
+    this.sendAppend(id, pr)
+  }
+
+  /** Leader: the stream to `id` broke; nothing in flight will be answered. */
+  peerDisconnected(id: NodeId): void {
+    if (this.role.kind !== 'leader') return
+    const pr = this.role.progress.get(id)
+    if (!pr) return
+    pr.connected = false
+    pr.loading = false
+    pr.probeSentTick = null
+    pr.resetInflight()
+    if (pr.state !== 'snapshot') pr.state = 'probe'
+  }
+
+  /** Leader: entries read from disk for `to`, starting at its next LSN. */
+  entriesLoaded(to: NodeId, entries: CoreEntry[]): void {
+    if (this.role.kind !== 'leader') return
+    const pr = this.role.progress.get(to)
+    if (!pr || !pr.loading) return
+    pr.loading = false
+    if (entries.length === 0 || entries[0]?.lsn !== pr.nextLsn) {
+      this.sendAppend(to, pr)
+      return
+    }
+    this.sendEntries(to, pr, entries)
+    this.sendAppend(to, pr)
+  }
+
+  /** Leader: a snapshot stream to `to` failed; try again from a probe. */
+  snapshotFailed(to: NodeId): void {
+    if (this.role.kind !== 'leader') return
+    const pr = this.role.progress.get(to)
+    if (!pr || pr.state !== 'snapshot') return
+    pr.state = 'probe'
+    pr.probeSentTick = null
+    this.sendAppend(to, pr)
+  }
+
+  /** Follower: a snapshot at `lsn` was installed; the log starts after it. */
+  snapshotInstalled(lsn: number, epoch: number): void {
+    invariant(lsn >= this.commit, `snapshot ${lsn} is below the commit LSN ${this.commit}`)
+    this.log.resetToSnapshot(lsn, epoch)
+    this.commit = lsn
+    this.verifiedLsn = lsn
+    this.hardStateDirty = true
+    this.reportMatch(true)
+  }
+
+  /** The log below `retainFromLsn` was compacted on disk. */
+  compacted(retainFromLsn: number, epoch: number): void {
+    invariant(retainFromLsn <= this.commit + 1, 'compaction past the commit LSN')
+    this.log.compacted(retainFromLsn, epoch)
+  }
+
+  // ------------------------------------------------------------------ follower
+
+  private onAppend(m: AppendMessage): void {
+    if (this.role.kind === 'leader') {
+      // Two leaders in one epoch would break everything; the caller configured leadership.
+      invariant(false, `leader ${this.id} got an append from ${m.from} in its own epoch ${m.epoch}`)
+    }
+    this.role = { kind: 'follower', leaderId: m.from }
+    this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
+    const log = this.log
+    if (m.prevLsn < this.commit) {
+      // Everything up to the commit LSN matches any legitimate leader: skip what we have.
+      const skip = this.commit - m.prevLsn
+      const rest = m.entries.slice(skip)
+      if (rest.length === 0) {
+        this.verifiedLsn = Math.max(
+          this.verifiedLsn,
+          Math.min(this.commit, m.prevLsn + m.entries.length),
+        )
+        this.advanceCommit(m.commitLsn, this.verifiedLsn)
+        this.reportMatch(true)
+        return
+      }
+      this.onAppend({
+        ...m,
+        prevLsn: this.commit,
+        prevEpoch: log.epochAt(this.commit) ?? 0,
+        entries: rest,
+      })
+      return
+    }
+    if (m.prevLsn > log.lastLsn) {
+      this.reject(m.from, log.lastLsn + 1)
+      return
+    }
+    const localPrevEpoch = log.epochAt(m.prevLsn)
+    if (localPrevEpoch !== m.prevEpoch) {
+      // Our entry at prevLsn is from another epoch: the leader should go back past the
+      // whole epoch we hold there.
+      this.reject(m.from, Math.max(this.commit + 1, log.epochStart(m.prevLsn)))
+      return
+    }
+    let append: CoreEntry[] = m.entries
+    for (let i = 0; i < m.entries.length; i++) {
+      const entry = m.entries[i] as CoreEntry
+      invariant(entry.lsn === m.prevLsn + 1 + i, 'append entries are not contiguous')
+      if (entry.lsn > log.lastLsn) {
+        append = m.entries.slice(i)
+        break
+      }
+      if (log.epochAt(entry.lsn) !== entry.epoch) {
+        // A conflicting suffix: drop it (never committed entries), then take the leader's.
+        invariant(entry.lsn > this.commit, () => `conflict at committed lsn ${entry.lsn}`)
+        log.truncateAfter(entry.lsn - 1)
+        const truncation = this.pending.truncateAfter
+        this.pending.truncateAfter =
+          truncation === null ? entry.lsn - 1 : Math.min(truncation, entry.lsn - 1)
+        this.pending.entries = this.pending.entries.filter((e) => e.lsn < entry.lsn)
+        append = m.entries.slice(i)
+        break
+      }
+      if (i === m.entries.length - 1) append = []
+    }
+    if (append.length > 0) {
+      log.append(append)
+      this.pending.entries.push(...append)
+    }
+    const lastNew = m.prevLsn + m.entries.length
+    this.verifiedLsn = Math.max(this.verifiedLsn, lastNew)
+    if (m.entries.length === 0) this.verifiedLsn = Math.max(this.verifiedLsn, m.prevLsn)
+    this.advanceCommit(m.commitLsn, lastNew)
+    // New entries are acknowledged once durable (see persisted); an Append that added
+    // nothing (a probe, or entries we already had) is answered at once.
+    this.reportMatch(append.length === 0)
+  }
+
+  private onHeartbeat(m: HeartbeatMessage): void {
+    if (this.role.kind === 'leader') {
+      invariant(
+        false,
+        `leader ${this.id} got a heartbeat from ${m.from} in its own epoch ${m.epoch}`,
+      )
+    }
+    this.role = { kind: 'follower', leaderId: m.from }
+    this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
+    this.advanceCommit(m.commitLsn, this.verifiedLsn)
+    this.send(
+      {
+        type: 'heartbeatAck',
+        from: this.id,
+        to: m.from,
+        epoch: this.epochValue,
+        matchLsn: Math.min(this.log.persistedLsn, this.verifiedLsn),
+      },
+      true,
+    )
+  }
+
+  private advanceCommit(leaderCommit: number, verified: number): void {
+    const next = Math.min(leaderCommit, verified, this.log.lastLsn)
+    if (next > this.commit) {
+      this.commit = next
+      this.hardStateDirty = true
+    }
+  }
+
+  private reject(to: NodeId, hintLsn: number): void {
+    this.send(
+      {
+        type: 'appendAck',
+        from: this.id,
+        to,
+        epoch: this.epochValue,
+        matchLsn: Math.min(this.log.persistedLsn, this.verifiedLsn),
+        reject: true,
+        hintLsn,
+      },
+      true,
+    )
+  }
+
+  /** Tells the leader how far our durable log matches its own, if that moved. */
+  private reportMatch(force = false): void {
+    if (this.role.kind !== 'follower' || this.role.leaderId === null) return
+    const match = Math.min(this.log.persistedLsn, this.verifiedLsn)
+    if (!force && match <= this.reportedMatch) return
+    this.reportedMatch = match
+    this.send(
+      {
+        type: 'appendAck',
+        from: this.id,
+        to: this.role.leaderId,
+        epoch: this.epochValue,
+        matchLsn: match,
+        reject: false,
+        hintLsn: 0,
+      },
+      true,
+    )
+  }
+
+  // ------------------------------------------------------------------ leader
+
+  private onAppendAck(m: AppendAckMessage): void {
+    if (this.role.kind !== 'leader') return
+    const pr = this.role.progress.get(m.from)
+    if (!pr) return
+    pr.lastContactTick = this.ticks
+    if (m.reject) {
+      pr.state = pr.state === 'snapshot' ? 'snapshot' : 'probe'
+      pr.probeSentTick = null
+      pr.resetInflight()
+      pr.matchLsn = Math.max(pr.matchLsn, Math.min(m.matchLsn, this.log.lastLsn))
+      pr.nextLsn = Math.max(
+        pr.matchLsn + 1,
+        Math.min(m.hintLsn, pr.nextLsn - 1, this.log.lastLsn + 1),
+      )
+      if (pr.state !== 'snapshot') this.sendAppend(m.from, pr)
+      return
+    }
+    if (m.matchLsn > pr.matchLsn) pr.matchLsn = Math.min(m.matchLsn, this.log.lastLsn)
+    pr.freeUpTo(pr.matchLsn)
+    if (pr.nextLsn <= pr.matchLsn) pr.nextLsn = pr.matchLsn + 1
+    if (pr.state === 'probe') {
+      pr.state = 'replicate'
+      pr.probeSentTick = null
+      pr.resetInflight()
+      pr.nextLsn = pr.matchLsn + 1
+    } else if (pr.state === 'snapshot') {
+      pr.state = 'replicate'
+      pr.resetInflight()
+      pr.nextLsn = pr.matchLsn + 1
+    }
+    this.maybeCommit()
+    this.sendAppend(m.from, pr)
+  }
+
+  private onHeartbeatAck(m: HeartbeatAckMessage): void {
+    if (this.role.kind !== 'leader') return
+    const pr = this.role.progress.get(m.from)
+    if (!pr) return
+    pr.lastContactTick = this.ticks
+    if (m.matchLsn > pr.matchLsn && m.matchLsn <= this.log.lastLsn) {
+      pr.matchLsn = m.matchLsn
+      pr.freeUpTo(pr.matchLsn)
+      this.maybeCommit()
+    }
+    if (pr.matchLsn < this.log.lastLsn) this.sendAppend(m.from, pr)
+  }
+
+  /** Commits the highest LSN a majority holds, if it is from the leader's own epoch. */
+  private maybeCommit(): void {
+    if (this.role.kind !== 'leader') return
+    const candidate = majorityLsn(this.members.map((m) => this.matchOf(m)))
+    if (candidate > this.commit && this.log.epochAt(candidate) === this.epochValue) {
+      this.commit = candidate
+      this.hardStateDirty = true
+      // Followers learn the new commit LSN with the next Append or heartbeat.
+    }
+  }
+
+  /** Sends what `id` should get next, within its in-flight window. */
+  private sendAppend(id: NodeId, pr: Progress): void {
+    if (this.role.kind !== 'leader' || !pr.connected || pr.loading || pr.state === 'snapshot')
+      return
+    for (;;) {
+      if (pr.state === 'probe' && pr.probeSentTick !== null) return
+      if (
+        pr.state === 'replicate' &&
+        (pr.inflight.length >= this.config.inflightAppendsMax ||
+          pr.inflightBytes >= this.config.inflightBytesMax)
+      ) {
+        return
+      }
+      if (pr.state === 'replicate' && pr.nextLsn > this.log.lastLsn) return
+      const prevLsn = pr.nextLsn - 1
+      if (this.log.epochAt(prevLsn) === null) {
+        pr.state = 'snapshot'
+        this.pending.snapshots.push(id)
+        return
+      }
+      const entries = this.log.cached(
+        pr.nextLsn,
+        this.config.appendEntriesMax,
+        this.config.appendBytesMax,
+      )
+      if (entries === null) {
+        pr.loading = true
+        this.pending.loads.push({ to: id, fromLsn: pr.nextLsn })
+        return
+      }
+      this.sendEntries(id, pr, entries)
+      if (pr.state === 'probe' || entries.length === 0) return
+    }
+  }
+
+  private sendEntries(id: NodeId, pr: Progress, entries: CoreEntry[]): void {
+    const prevLsn = pr.nextLsn - 1
+    const prevEpoch = this.log.epochAt(prevLsn)
+    invariant(prevEpoch !== null, `no epoch for ${prevLsn}`)
+    this.send({
+      type: 'append',
+      from: this.id,
+      to: id,
+      epoch: this.epochValue,
+      prevLsn,
+      prevEpoch,
+      entries,
+      commitLsn: this.commit,
+      leaderLastLsn: this.log.lastLsn,
+    })
+    if (pr.state === 'probe') {
+      pr.probeSentTick = this.ticks
+      return
+    }
+    const last = entries[entries.length - 1]
+    if (last !== undefined) {
+      let bytes = 0
+      for (const e of entries) bytes += e.data.length
+      pr.inflight.push({ lastLsn: last.lsn, bytes })
+      pr.inflightBytes += bytes
+      pr.nextLsn = last.lsn + 1
+    }
+  }
+
+  private send(message: Message, afterPersist = false): void {
+    if (afterPersist) this.pending.sendAfterPersist.push(message)
+    else this.pending.sendNow.push(message)
+  }
+
+  /** The hard state, for the node to persist at start-up or inspect. */
+  hardState(): HardState {
+    return { epoch: this.epochValue, vote: this.vote, commitLsn: this.commit }
+  }
+}

@@ -1,0 +1,243 @@
+import {
+  allLsn,
+  isMajority,
+  majority,
+  majorityLsn,
+  NotLeaderError,
+  type AppendMessage,
+} from '../src/index.js'
+import { Harness } from './harness.js'
+
+describe('quorum arithmetic', () => {
+  it.each([
+    [1, 1],
+    [2, 2],
+    [3, 2],
+    [4, 3],
+    [5, 3],
+  ])('majority of %i is %i', (members, needed) => {
+    expect(majority(members)).toBe(needed)
+    expect(isMajority(needed, members)).toBe(true)
+    expect(isMajority(needed - 1, members)).toBe(false)
+  })
+
+  it('majorityLsn and allLsn', () => {
+    expect(majorityLsn([10, 3, 7])).toBe(7)
+    expect(majorityLsn([10, 3, 7, 9, 1])).toBe(7)
+    expect(majorityLsn([5])).toBe(5)
+    expect(majorityLsn([10, 3, 7, 9])).toBe(7)
+    expect(allLsn([10, 3, 7])).toBe(3)
+  })
+})
+
+function cluster(config?: ConstructorParameters<typeof Harness>[1]): Harness {
+  const h = new Harness(['a', 'b', 'c'], config)
+  h.node('a').core.becomeLeader()
+  h.node('b').core.becomeFollower(1, 'a')
+  h.node('c').core.becomeFollower(1, 'a')
+  h.connect('a')
+  return h
+}
+
+describe('replication', () => {
+  it('ships every entry to every follower and commits by majority', () => {
+    const h = cluster()
+    h.propose('a', 50)
+    h.persistLeader('a')
+    h.process()
+    h.tick(2)
+    const leader = h.node('a').core
+    expect(leader.commitLsn).toBe(50)
+    expect(leader.allMatchLsn()).toBe(50)
+    for (const id of ['b', 'c']) {
+      expect(h.log(id)).toEqual(h.log('a'))
+      expect(h.node(id).core.commitLsn).toBe(50)
+    }
+  })
+
+  it('only followers writes that are not durable on the leader still commit on a majority', () => {
+    const h = cluster()
+    h.propose('a', 5) // the leader's own disk write has not finished yet
+    expect(h.node('a').core.commitLsn).toBe(5) // b and c have it durably: 2 of 3
+    expect(h.node('a').core.allMatchLsn()).toBe(0)
+    h.persistLeader('a')
+    expect(h.node('a').core.allMatchLsn()).toBe(5)
+  })
+
+  it('a follower acknowledges only what is durable (persist before send)', () => {
+    const h = cluster()
+    h.autoPersist = false
+    h.propose('a', 3)
+    h.persistLeader('a')
+    h.process()
+    const acks = h.delivered.filter(
+      (m) => m.type === 'appendAck' && m.from === 'b' && m.matchLsn > 0,
+    )
+    expect(acks).toHaveLength(0)
+    expect(h.node('a').core.commitLsn).toBe(0)
+    h.flushDisks()
+    expect(h.node('a').core.commitLsn).toBe(3)
+  })
+
+  it('commits with one follower cut off, but not all', () => {
+    const h = cluster()
+    h.cut.add('a->c')
+    h.propose('a', 10)
+    h.persistLeader('a')
+    h.process()
+    expect(h.node('a').core.commitLsn).toBe(10)
+    expect(h.node('a').core.allMatchLsn()).toBe(0)
+    expect(h.log('c')).toEqual([])
+  })
+
+  it('a follower that reconnects catches up from where it stands', () => {
+    const h = cluster()
+    h.propose('a', 5)
+    h.persistLeader('a')
+    h.node('a').core.peerDisconnected('c')
+    h.propose('a', 20)
+    h.persistLeader('a')
+    h.process()
+    expect(h.log('c')).toHaveLength(5)
+    h.node('a').core.peerConnected('c')
+    h.process()
+    expect(h.log('c')).toEqual(h.log('a'))
+    expect(h.node('a').core.allMatchLsn()).toBe(25)
+  })
+
+  it('loads entries the leader no longer caches from its disk', () => {
+    const h = cluster({ logCacheBytesMax: 64 })
+    h.node('a').core.peerDisconnected('c')
+    h.propose('a', 40)
+    h.persistLeader('a')
+    h.process()
+    h.node('a').core.peerConnected('c')
+    h.process()
+    expect(h.log('c')).toEqual(h.log('a'))
+  })
+
+  it('sends a snapshot to a follower whose next entry was compacted', () => {
+    const h = cluster()
+    h.node('a').core.peerDisconnected('c')
+    h.propose('a', 30)
+    h.persistLeader('a')
+    h.process()
+    const leader = h.node('a')
+    leader.core.compacted(21, 1)
+    leader.disk = leader.disk.filter((e) => e.lsn >= 21)
+    leader.diskStart = 21
+    h.propose('a', 5)
+    h.persistLeader('a')
+    leader.core.peerConnected('c')
+    h.process()
+    h.tick(2)
+    const follower = h.node('c')
+    expect(follower.snapshotLsn).toBeGreaterThanOrEqual(20)
+    expect(follower.core.lastLsn).toBe(35)
+    expect(leader.core.allMatchLsn()).toBe(35)
+  })
+
+  it('never has more appends in flight than the window allows', () => {
+    const h = cluster({ inflightAppendsMax: 2, appendEntriesMax: 1 })
+    // Followers take entries but their disks stall: nothing is acknowledged.
+    h.autoPersist = false
+    h.propose('a', 20)
+    const appendsTo = (id: string) =>
+      h.delivered.filter(
+        (m): m is AppendMessage => m.type === 'append' && m.to === id && m.entries.length > 0,
+      ).length
+    expect(appendsTo('b')).toBe(2)
+    expect(appendsTo('c')).toBe(2)
+    // Each durable acknowledgement frees the window for more, until everything is there.
+    for (let i = 0; i < 20 && h.log('b').length < 20; i++) h.flushDisks()
+    expect(h.log('b')).toEqual(h.log('a'))
+  })
+
+  it('never has more bytes in flight than the window allows', () => {
+    const h = cluster({ inflightAppendsMax: 100, appendEntriesMax: 1, inflightBytesMax: 20 })
+    h.autoPersist = false
+    h.propose('a', 20)
+    const inFlight = h.delivered.filter(
+      (m): m is AppendMessage => m.type === 'append' && m.to === 'b' && m.entries.length > 0,
+    )
+    const bytes = inFlight.map((m) => m.entries.reduce((sum, e) => sum + e.data.length, 0))
+    // A new append starts only while fewer than 20 bytes are in flight.
+    expect(bytes.slice(0, -1).reduce((a, b) => a + b, 0)).toBeLessThan(20)
+    expect(bytes.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(20)
+  })
+
+  it('refuses proposals on a follower', () => {
+    const h = cluster()
+    expect(() => h.node('b').core.nextSlot()).toThrow(NotLeaderError)
+    expect(() => h.node('b').core.nextSlot()).toThrow(/the leader is a/)
+  })
+
+  it('refuses a lower epoch and tells the sender the current one', () => {
+    const h = cluster()
+    h.node('b').core.becomeFollower(5, null)
+    h.propose('a', 1)
+    const refusal = h.delivered.find(
+      (m) => m.type === 'appendAck' && m.from === 'b' && m.reject && m.epoch === 5,
+    )
+    expect(refusal).toBeDefined()
+    // The old leader steps down when it hears the higher epoch.
+    expect(h.node('a').core.isLeader).toBe(false)
+    expect(h.node('a').core.epoch).toBe(5)
+  })
+
+  it('a follower replaces an uncommitted tail from an older epoch with the leader log', () => {
+    // b holds three entries of epoch 1 that nobody else has; a leads epoch 2 with its own
+    // four entries. a starts probing after its last entry, as a new leader does, so b must
+    // notice that its entry 3 is of another epoch (the log matching check) and go back.
+    const h = new Harness(
+      ['a', 'b', 'c'],
+      {},
+      {
+        a: [
+          [2, 'new-1'],
+          [2, 'new-2'],
+          [2, 'new-3'],
+          [2, 'new-4'],
+        ],
+        b: [
+          [1, 'stale-1'],
+          [1, 'stale-2'],
+          [1, 'stale-3'],
+        ],
+      },
+    )
+    h.node('a').core.becomeLeader()
+    h.node('b').core.becomeFollower(2, 'a')
+    h.node('c').core.becomeFollower(2, 'a')
+    h.connect('a')
+    h.tick(3)
+    expect(h.log('b')).toEqual(['new-1', 'new-2', 'new-3', 'new-4'])
+    expect(h.log('c')).toEqual(h.log('a'))
+    const rejects = h.delivered.filter((m) => m.type === 'appendAck' && m.from === 'b' && m.reject)
+    expect(rejects.length).toBeGreaterThanOrEqual(2)
+  })
+
+  it('a new leader does not commit older-epoch entries by counting replicas', () => {
+    // a and b hold entries of epoch 1 that were never committed; a now leads epoch 2.
+    const old: [number, string][] = [
+      [1, 'old-1'],
+      [1, 'old-2'],
+      [1, 'old-3'],
+    ]
+    const h = new Harness(['a', 'b', 'c'], {}, { a: old, b: old })
+    h.node('a').core.setEpoch(2)
+    h.node('a').core.becomeLeader()
+    h.node('b').core.becomeFollower(2, 'a')
+    h.node('c').core.becomeFollower(2, 'a')
+    h.connect('a')
+    h.tick(3)
+    // A majority holds entry 3, but it is from epoch 1: counting replicas does not commit it.
+    expect(h.node('a').core.matchOf('b')).toBe(3)
+    expect(h.node('a').core.commitLsn).toBe(0)
+    // Once an entry of the leader's own epoch reaches a majority, everything before commits.
+    h.propose('a', 1, 'new')
+    h.persistLeader('a')
+    h.process()
+    expect(h.node('a').core.commitLsn).toBe(4)
+  })
+})
