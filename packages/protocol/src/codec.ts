@@ -21,6 +21,7 @@ const root = protobuf.loadSync(schemaPath)
 const LogEntryType = root.lookupType('kv.v1.LogEntry')
 const StoredRecordType = root.lookupType('kv.v1.StoredRecord')
 const UndoRecordType = root.lookupType('kv.v1.UndoRecord')
+const RequestRecordType = root.lookupType('kv.v1.RequestRecord')
 
 /** The protobufjs reflection root, for tests that compare it with the TypeScript types. */
 export const schemaRoot: protobuf.Root = root
@@ -71,6 +72,13 @@ export interface UndoImage {
 export interface UndoRecord {
   lsn: number
   images: UndoImage[]
+}
+
+/** The entry that applied a client request id. */
+export interface RequestRecord {
+  lsn: number
+  epoch: number
+  timestampMs: number
 }
 
 /** A record or frame that failed validation. `what` names the message type. */
@@ -310,4 +318,21 @@ export function decodeUndoRecord(bytes: Uint8Array): UndoRecord {
     images.push({ key, prior })
   }
   return { lsn: raw.lsn, images }
+}
+
+/** Encodes a request record after checking it. */
+export function encodeRequestRecord(record: RequestRecord): Uint8Array {
+  if (!isLsn(record.lsn, false) || !isLsn(record.epoch, true) || !isLsn(record.timestampMs, true)) {
+    throw new EncodeError('request record', 'lsn, epoch or timestamp out of range')
+  }
+  return RequestRecordType.encode({ format: formatVersion, ...record }).finish()
+}
+
+/** Decodes and validates a request record. */
+export function decodeRequestRecord(bytes: Uint8Array): RequestRecord {
+  const raw = decodeWith<RequestRecord>(RequestRecordType, 'request record', bytes)
+  if (!isLsn(raw.lsn, false) || !isLsn(raw.epoch, true) || !isLsn(raw.timestampMs, true)) {
+    throw new DecodeError('request record', 'lsn, epoch or timestamp out of range')
+  }
+  return { lsn: raw.lsn, epoch: raw.epoch, timestampMs: raw.timestampMs }
 }

@@ -1,11 +1,19 @@
 export { InvariantError, StorageError, invariant } from './invariant.js'
 export { RecordCache } from './record-cache.js'
-export { Sequencer } from './sequencer.js'
-export type { OpResult, SequencerOptions, WriteOp, WriteRequest, WriteResult } from './sequencer.js'
+export { Sequencer, standaloneWriter } from './sequencer.js'
+export type {
+  LogWriter,
+  OpResult,
+  SequencerOptions,
+  WriteOp,
+  WriteRequest,
+  WriteResult,
+} from './sequencer.js'
 export { Store, encodeEntries } from './store.js'
 export type {
   BatchStats,
   EncodedEntries,
+  EpochRun,
   HardStateUpdate,
   ListItem,
   ListOptions,

@@ -5,11 +5,20 @@
  *   0x02 log    0x02 + u64be(lsn)         -> LogEntry
  *   0x03 undo   0x03 + u64be(lsn)         -> UndoRecord (only for entries above the commit LSN)
  *   0x04 state  0x04 + key bytes          -> StoredRecord
+ *   0x05 request 0x05 + request id        -> RequestRecord (retried writes apply once)
+ *   0x06 request-by-time 0x06 + u64be(timestampMs) + request id -> empty (for expiry)
  *
  * LSNs are big-endian so that LevelDB's byte order is log order.
  */
 
-export const Prefix = { Meta: 0x01, Log: 0x02, Undo: 0x03, State: 0x04 } as const
+export const Prefix = {
+  Meta: 0x01,
+  Log: 0x02,
+  Undo: 0x03,
+  State: 0x04,
+  Request: 0x05,
+  RequestByTime: 0x06,
+} as const
 
 /** Metadata entries, each under its own key so that one batch can update any subset. */
 export const MetaName = {
@@ -31,6 +40,10 @@ export const MetaName = {
   LogStartLsn: 'logStartLsn',
   /** Epoch of the entry at logStartLsn - 1 (0 when nothing was compacted). */
   CompactedEpoch: 'compactedEpoch',
+  /** JSON list of {epoch, startLsn}: where each epoch begins in the log. */
+  EpochRuns: 'epochRuns',
+  /** Present while a snapshot is being installed: JSON {lsn, epoch}. */
+  SnapshotInstall: 'snapshotInstall',
 } as const
 export type MetaName = (typeof MetaName)[keyof typeof MetaName]
 
@@ -109,4 +122,21 @@ export function decodeU64(bytes: Uint8Array, what: string): number {
   const value = view.readUInt32BE(0) * two32 + view.readUInt32BE(4)
   if (!Number.isSafeInteger(value)) throw new Error(`meta ${what} is not a safe integer`)
   return value
+}
+
+export function requestKey(requestId: string): Buffer {
+  return Buffer.concat([Buffer.of(Prefix.Request), Buffer.from(requestId, 'utf8')])
+}
+
+export function requestTimeKey(timestampMs: number, requestId: string): Buffer {
+  return Buffer.concat([
+    Buffer.of(Prefix.RequestByTime),
+    encodeU64(timestampMs),
+    Buffer.from(requestId, 'utf8'),
+  ])
+}
+
+/** The request id inside a request-by-time key. */
+export function requestIdOfTimeKey(key: Uint8Array): string {
+  return Buffer.from(key.buffer, key.byteOffset, key.length).subarray(9).toString('utf8')
 }

@@ -16,7 +16,7 @@ import {
   type Op,
   type StoredRecord,
 } from '@kvstore/protocol'
-import { encodeEntries, type Store } from './store.js'
+import { encodeEntries, type EncodedEntries, type Store } from './store.js'
 
 /** A put or delete as a client asked for it, with its optional condition. */
 export interface WriteOp {
@@ -54,6 +54,44 @@ export interface WriteResult {
   lsn: number
   epoch: number
   results: OpResult[]
+  /** True when the request id was seen before: nothing new was written. */
+  deduplicated: boolean
+}
+
+/**
+ * Where entries go. A standalone node appends to its own store and commits at once; a
+ * replicated leader takes positions from the replication core and ships what it appends.
+ */
+export interface LogWriter {
+  /** Position of the next entry. Throws a KvError (such as KV_ERR_NOT_LEADER) when this node may not write. */
+  slot(): { lsn: number; epoch: number }
+  /** Hands an encoded entry to the log; resolves once it is durable (and applied) on this node. */
+  append(encoded: EncodedEntries): Promise<void>
+}
+
+/**
+ * The writer of a standalone node: it is the only member, so an entry commits when durable.
+ * With `commit` false entries stay uncommitted (and truncatable), as on a replica; for tests.
+ */
+export function standaloneWriter(store: Store, commit = true): LogWriter {
+  let truncationsSeen = store.truncations
+  let nextLsn = store.appliedLsn + 1
+  return {
+    slot() {
+      if (store.truncations !== truncationsSeen || nextLsn - 1 < store.appliedLsn) {
+        truncationsSeen = store.truncations
+        nextLsn = store.appliedLsn + 1
+      }
+      return { lsn: nextLsn, epoch: store.meta.epoch }
+    },
+    append(encoded) {
+      const last = encoded.entries[encoded.entries.length - 1]
+      if (last === undefined) return Promise.resolve()
+      const appended = store.appendEncoded(encoded, commit ? { commitLsn: last.lsn } : {})
+      nextLsn = last.lsn + 1
+      return appended
+    },
+  }
 }
 
 interface OverlayRecord {
@@ -66,52 +104,84 @@ interface OverlayRecord {
 export interface SequencerOptions {
   /** Wall clock for entry timestamps (informational only). */
   now: () => number
+  /** Where entries go; a standalone writer over the store when omitted. */
+  writer?: LogWriter
   /**
-   * True when an entry is committed as soon as it is durable locally (a standalone node), so
-   * the commit LSN advances in the same batch.
+   * A standalone node commits an entry as soon as it is durable; when false (and no writer is
+   * given), entries stay uncommitted, as on a replica. For tests of truncation.
    */
-  commitOnAppend: boolean
+  commitOnAppend?: boolean
 }
 
 /** Assigns LSNs to writes after checking their conditions. */
 export class Sequencer {
   private readonly store: Store
   private readonly options: SequencerOptions
+  private readonly writer: LogWriter
   private readonly overlay = new Map<string, OverlayRecord>()
-  private nextLsn: number
+  /** Writes with a request id that are accepted but not yet durable. */
+  private readonly inflightRequests = new Map<string, Promise<WriteResult>>()
   private truncationsSeen: number
 
   constructor(store: Store, options: SequencerOptions) {
     this.store = store
     this.options = options
-    this.nextLsn = store.appliedLsn + 1
+    this.writer = options.writer ?? standaloneWriter(store, options.commitOnAppend !== false)
     this.truncationsSeen = store.truncations
   }
 
-  /** Writes accepted but not yet durable. */
+  /** Writes accepted but not yet durable (by distinct key). */
   get pending(): number {
-    return this.nextLsn - 1 - this.store.appliedLsn
+    return this.overlay.size
+  }
+
+  /**
+   * Like `write`, but a request id that was already applied (or is being applied) returns the
+   * first result instead of writing again, so a client may retry a write safely.
+   */
+  async write(request: WriteRequest): Promise<WriteResult> {
+    const requestId = request.requestId
+    if (requestId === undefined || requestId === '') return this.writeOnce(request)
+    const inflight = this.inflightRequests.get(requestId)
+    if (inflight !== undefined) {
+      const first = await inflight
+      return { ...first, deduplicated: true }
+    }
+    const applied = this.store.getRequest(requestId)
+    if (applied !== null) {
+      return {
+        lsn: applied.lsn,
+        epoch: applied.epoch,
+        results: request.ops.map((op) => ({
+          key: op.key,
+          version: op.type === 'put' ? applied.lsn : null,
+        })),
+        deduplicated: true,
+      }
+    }
+    const attempt = this.writeOnce(request)
+    this.inflightRequests.set(requestId, attempt)
+    try {
+      return await attempt
+    } finally {
+      this.inflightRequests.delete(requestId)
+    }
   }
 
   /**
    * Checks the write's conditions, appends it as one log entry and resolves once it is durable.
    * Throws `KV_ERR_PRECONDITION_FAILED` or `KV_ERR_KEY_NOT_FOUND` without writing anything.
    */
-  async write(request: WriteRequest): Promise<WriteResult> {
+  private async writeOnce(request: WriteRequest): Promise<WriteResult> {
     if (this.store.truncations !== this.truncationsSeen) {
       // Entries were truncated: the pending records they made no longer exist.
       this.truncationsSeen = this.store.truncations
       this.overlay.clear()
-      this.nextLsn = this.store.appliedLsn + 1
-    } else if (this.nextLsn - 1 < this.store.appliedLsn) {
-      // Entries were appended by someone else (a follower's log): continue after them.
-      this.nextLsn = this.store.appliedLsn + 1
     }
 
     // Everything from here to the append call is synchronous, so conditions see a stable
-    // state and LSNs are handed out in the same order as entries reach the writer.
-    const lsn = this.nextLsn
-    const epoch = this.store.meta.epoch
+    // state and LSNs are handed out in the same order as entries reach the log.
+    const { lsn, epoch } = this.writer.slot()
     const local = new Map<string, StoredRecord | null>()
     const results: OpResult[] = []
     const ops: Op[] = []
@@ -171,11 +241,7 @@ export class Sequencer {
     const encoded = encodeEntries([entry])
     // Refuse now, before the LSN is taken: a refused append after that would leave a gap.
     this.store.admit(encoded.bytes)
-    const appended = this.store.appendEncoded(
-      encoded,
-      this.options.commitOnAppend ? { commitLsn: lsn } : {},
-    )
-    this.nextLsn = lsn + 1
+    const appended = this.writer.append(encoded)
     for (const [id, record] of local) this.overlay.set(id, { lsn, record, durable: appended })
     try {
       await appended
@@ -184,7 +250,7 @@ export class Sequencer {
         if (this.overlay.get(id)?.lsn === lsn) this.overlay.delete(id)
       }
     }
-    return { lsn, epoch, results }
+    return { lsn, epoch, results, deduplicated: false }
   }
 
   /** The durable record of a key (read cache, else LevelDB), ignoring tombstones. */

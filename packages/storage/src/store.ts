@@ -14,14 +14,18 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { ClassicLevel } from 'classic-level'
 import {
+  DecodeError,
   KvError,
   OpType,
   decodeLogEntry,
+  decodeRequestRecord,
   decodeStoredRecord,
   decodeUndoRecord,
   encodeLogEntry,
+  encodeRequestRecord,
   encodeStoredRecord,
   encodeUndoRecord,
+  type RequestRecord,
   limitsDefault,
   lsnMax,
   type LogEntry,
@@ -40,6 +44,9 @@ import {
   lsnOfKey,
   metaKey,
   prefixRange,
+  requestIdOfTimeKey,
+  requestKey,
+  requestTimeKey,
   stateKey,
   stateRangeForPrefix,
   undoKey,
@@ -120,6 +127,14 @@ export interface StoreState {
   lastEpoch: number
   logStartLsn: number
   compactedEpoch: number
+  /** Where each epoch begins in the log, oldest first (entries from logStartLsn on). */
+  epochRuns: EpochRun[]
+}
+
+/** The first LSN written in an epoch. */
+export interface EpochRun {
+  epoch: number
+  startLsn: number
 }
 
 /** Fields of the hard state that callers may change; omitted fields keep their value. */
@@ -154,6 +169,8 @@ export interface StateSnapshot {
   readonly lastEpoch: number
   /** Iterates every key in key order, `chunk` keys per read. */
   records(chunk?: number): AsyncGenerator<ListItem>
+  /** The same keys with their records still encoded, as chunks (for shipping a snapshot). */
+  rawChunks(chunk?: number): AsyncGenerator<{ key: Buffer; record: Buffer }[]>
   close(): Promise<void>
 }
 
@@ -239,6 +256,8 @@ export class Store {
   private drainScheduled = false
   private failure: Error | null = null
   private truncationCount = 0
+  /** Set while a snapshot is being installed: the state is partial and reads are refused. */
+  private installing: { lsn: number; epoch: number; records: number } | null = null
   private closing = false
   private closed = false
   private idleWaiters: (() => void)[] = []
@@ -358,7 +377,7 @@ export class Store {
    * every batch that has completed. Returns null when the key has no record.
    */
   getSync(key: Uint8Array): StoredRecord | null {
-    this.assertOpen()
+    this.assertReadable()
     const id = Buffer.from(key.buffer, key.byteOffset, key.length).toString('latin1')
     const cached = this.cache.get(id)
     if (cached !== undefined) return cached
@@ -372,7 +391,7 @@ export class Store {
 
   /** The key's record if the read cache holds it, else undefined (then use `get`). */
   getCached(key: Uint8Array): StoredRecord | undefined {
-    this.assertOpen()
+    this.assertReadable()
     return this.cache.get(
       Buffer.from(key.buffer, key.byteOffset, key.length).toString('latin1'),
       false,
@@ -384,7 +403,7 @@ export class Store {
    * Returns null when the key has no record.
    */
   async get(key: Uint8Array): Promise<StoredRecord | null> {
-    this.assertOpen()
+    this.assertReadable()
     const id = Buffer.from(key.buffer, key.byteOffset, key.length).toString('latin1')
     const cached = this.cache.get(id)
     if (cached !== undefined) return cached
@@ -403,7 +422,7 @@ export class Store {
 
   /** One page of keys in key order, from a single consistent LevelDB iterator. */
   async list(options: ListOptions): Promise<{ items: ListItem[]; more: boolean }> {
-    this.assertOpen()
+    this.assertReadable()
     const range = options.prefix ? stateRangeForPrefix(options.prefix) : prefixRange(Prefix.State)
     let gte: Buffer | undefined = range.gte
     let gt: Buffer | undefined
@@ -491,7 +510,7 @@ export class Store {
    * so writes that land afterwards are invisible to it.
    */
   async openSnapshot(): Promise<StateSnapshot> {
-    this.assertOpen()
+    this.assertReadable()
     const snapshot = this.db.snapshot()
     try {
       const appliedBytes = await this.db.get(metaKey(MetaName.AppliedLsn), { snapshot })
@@ -518,6 +537,21 @@ export class Store {
                 const userKey = userKeyOf(key)
                 yield { key: userKey, record: decode(value, userKey) }
               }
+            }
+          } finally {
+            await iterator.close()
+          }
+        },
+        async *rawChunks(chunk = 1000): AsyncGenerator<{ key: Buffer; record: Buffer }[]> {
+          const iterator = db.iterator({ ...prefixRange(Prefix.State), snapshot })
+          try {
+            for (;;) {
+              const rows = await iterator.nextv(chunk)
+              if (rows.length === 0) return
+              yield rows.map(([key, value]) => ({
+                key: Buffer.from(userKeyOf(key)),
+                record: value,
+              }))
             }
           } finally {
             await iterator.close()
@@ -559,6 +593,199 @@ export class Store {
     } finally {
       await snapshot.close()
     }
+  }
+
+  /**
+   * Log entries from `fromLsn` on, as stored (the exact bytes to ship) with their LSN and
+   * epoch; each is decoded once to validate it.
+   */
+  async readLogRaw(
+    fromLsn: number,
+    limits: { entriesMax: number; bytesMax: number },
+  ): Promise<{ lsn: number; epoch: number; data: Buffer }[]> {
+    this.assertOpen()
+    invariant(
+      fromLsn >= this.state.logStartLsn,
+      () => `log read from ${fromLsn} is below the log start ${this.state.logStartLsn}`,
+    )
+    const out: { lsn: number; epoch: number; data: Buffer }[] = []
+    let bytes = 0
+    const iterator = this.db.iterator({
+      gte: logKey(fromLsn),
+      lt: prefixRange(Prefix.Log).lt,
+      limit: limits.entriesMax,
+    })
+    try {
+      let expected = fromLsn
+      for await (const [key, value] of iterator) {
+        const lsn = lsnOfKey(key)
+        if (lsn !== expected)
+          throw new StorageError(`log gap: expected lsn ${expected}, found ${lsn}`)
+        const entry = this.decodeEntryFromDisk(value, lsn)
+        out.push({ lsn, epoch: entry.epoch, data: value })
+        bytes += value.length
+        expected++
+        if (bytes >= limits.bytesMax) break
+      }
+    } finally {
+      await iterator.close()
+    }
+    return out
+  }
+
+  /** The entry that applied a client request id, if it is still remembered. */
+  getRequest(requestId: string): RequestRecord | null {
+    this.assertOpen()
+    const bytes = this.db.getSync(requestKey(requestId))
+    if (bytes === undefined) return null
+    try {
+      return decodeRequestRecord(bytes)
+    } catch (err) {
+      const failure = new StorageError(`corrupt request record: ${(err as Error).message}`, {
+        cause: err,
+      })
+      this.fail(failure)
+      throw storageFailedError(failure)
+    }
+  }
+
+  /**
+   * Forgets request ids whose entries are older than `cutoffMs` (at most `max` per call).
+   * Each replica does this on its own: the records are not part of the state digest.
+   */
+  expireRequests(cutoffMs: number, max = 10_000): Promise<number> {
+    let expired = 0
+    return new Promise<void>((resolve, reject) => {
+      this.enqueue({
+        kind: 'exclusive',
+        bytes: 0,
+        run: async () => {
+          const keys = await this.db
+            .keys({
+              gte: prefixRange(Prefix.RequestByTime).gte,
+              lt: requestTimeKey(cutoffMs, ''),
+              limit: max,
+            })
+            .all()
+          if (keys.length === 0) return
+          const ops: BatchOp[] = []
+          for (const key of keys) {
+            ops.push(
+              { type: 'del', key },
+              { type: 'del', key: requestKey(requestIdOfTimeKey(key)) },
+            )
+          }
+          await this.db.batch(ops)
+          expired = keys.length
+        },
+        resolve,
+        reject,
+      })
+    }).then(() => expired)
+  }
+
+  /**
+   * Starts replacing the whole state with a snapshot taken at `lsn` (a follower too far
+   * behind the leader's log). Crash-safe: a marker is made durable first, and a node that
+   * restarts with it discards the partial state and starts over as an empty follower.
+   */
+  beginSnapshotInstall(lsn: number, epoch: number): Promise<void> {
+    return this.exclusive(async () => {
+      invariant(this.installing === null, 'a snapshot install is already running')
+      invariant(
+        lsn >= this.state.commitLsn,
+        () => `snapshot at ${lsn} is below the commit LSN ${this.state.commitLsn}`,
+      )
+      await this.db.put(
+        metaKey(MetaName.SnapshotInstall),
+        Buffer.from(JSON.stringify({ lsn, epoch }), 'utf8'),
+        { sync: true },
+      )
+      this.installing = { lsn, epoch, records: 0 }
+      this.cache.clear()
+      for (const prefix of [
+        Prefix.State,
+        Prefix.Log,
+        Prefix.Undo,
+        Prefix.Request,
+        Prefix.RequestByTime,
+      ]) {
+        await this.db.clear(prefixRange(prefix))
+      }
+    })
+  }
+
+  /** Writes one chunk of snapshot records, each validated before it is written. */
+  addSnapshotRecords(records: { key: Uint8Array; record: Uint8Array }[]): Promise<void> {
+    return this.exclusive(async () => {
+      const installing = this.installing
+      invariant(installing !== null, 'no snapshot install is running')
+      const ops: BatchOp[] = []
+      for (const { key, record } of records) {
+        const decoded = decodeStoredRecord(record)
+        invariant(
+          decoded.version <= installing.lsn,
+          () => `snapshot record version ${decoded.version} is past the snapshot ${installing.lsn}`,
+        )
+        ops.push({ type: 'put', key: stateKey(key), value: toBuffer(record) })
+      }
+      await this.db.batch(ops)
+      installing.records += records.length
+    })
+  }
+
+  /**
+   * Ends a snapshot install: the log now starts after the snapshot, and everything up to it
+   * counts as applied and committed. Returns the digest of the installed state.
+   */
+  finishSnapshotInstall(): Promise<StateDigest> {
+    return this.exclusive(async () => {
+      const installing = this.installing
+      invariant(installing !== null, 'no snapshot install is running')
+      const { lsn, epoch } = installing
+      const commitLsn = Math.max(this.state.commitLsn, lsn)
+      await this.db.batch(
+        [
+          { type: 'put', key: metaKey(MetaName.AppliedLsn), value: encodeU64(lsn) },
+          { type: 'put', key: metaKey(MetaName.LastEpoch), value: encodeU64(epoch) },
+          { type: 'put', key: metaKey(MetaName.CommitLsn), value: encodeU64(commitLsn) },
+          { type: 'put', key: metaKey(MetaName.LogStartLsn), value: encodeU64(lsn + 1) },
+          { type: 'put', key: metaKey(MetaName.CompactedEpoch), value: encodeU64(epoch) },
+          { type: 'put', key: metaKey(MetaName.EpochRuns), value: encodeEpochRuns([]) },
+          { type: 'del', key: metaKey(MetaName.SnapshotInstall) },
+        ],
+        { sync: true },
+      )
+      this.state = {
+        ...this.state,
+        appliedLsn: lsn,
+        lastEpoch: epoch,
+        commitLsn,
+        logStartLsn: lsn + 1,
+        compactedEpoch: epoch,
+        epochRuns: [],
+      }
+      this.installing = null
+      this.truncationCount++
+      this.cache.clear()
+      this.logger.info({ snapshotLsn: lsn, records: installing.records }, 'snapshot installed')
+    }).then(() => this.digest())
+  }
+
+  /** Runs `run` alone in the writer, in order with every other write. */
+  private exclusive<T>(run: () => Promise<T>): Promise<T> {
+    let result: T
+    return new Promise<void>((resolve, reject) => {
+      this.enqueue({
+        kind: 'exclusive',
+        bytes: 0,
+        run: async () => {
+          result = await run()
+        },
+        resolve,
+        reject,
+      })
+    }).then(() => result)
   }
 
   // ---------------------------------------------------------------- writes
@@ -821,7 +1048,10 @@ export class Store {
             head.resolve()
           } catch (err) {
             head.reject(err as Error)
-            if (!(err instanceof InvariantError)) this.fail(err as Error)
+            // A refused call (a broken precondition, a malformed record from a peer) leaves
+            // the store as it was; anything else is an I/O failure.
+            if (!(err instanceof InvariantError) && !(err instanceof DecodeError))
+              this.fail(err as Error)
           }
           continue
         }
@@ -940,14 +1170,23 @@ export class Store {
       invariant(last !== undefined && last.lsn === lsn, `entry ${lsn} is missing`)
       lastEpoch = last.epoch
     }
+    for (const entry of removed) {
+      if (entry.requestId === '') continue
+      ops.push(
+        { type: 'del', key: requestKey(entry.requestId) },
+        { type: 'del', key: requestTimeKey(entry.timestampMs, entry.requestId) },
+      )
+    }
+    const epochRuns = runsUpTo(this.state.epochRuns, lsn)
     ops.push(
       { type: 'put', key: metaKey(MetaName.AppliedLsn), value: encodeU64(lsn) },
       { type: 'put', key: metaKey(MetaName.LastEpoch), value: encodeU64(lastEpoch) },
+      { type: 'put', key: metaKey(MetaName.EpochRuns), value: encodeEpochRuns(epochRuns) },
     )
     await this.db.batch(ops, { sync: true })
     this.cache.clear()
     this.truncationCount++
-    this.state = { ...this.state, appliedLsn: lsn, lastEpoch }
+    this.state = { ...this.state, appliedLsn: lsn, lastEpoch, epochRuns }
     this.logger.warn(
       { fromLsn: lsn + 1, toLsn: appliedLsn, entries: removed.length },
       'log truncated; uncommitted entries removed and their state restored',
@@ -970,14 +1209,21 @@ export class Store {
     if (retainFromLsn <= logStartLsn) return
     const [last] = await this.readLog(retainFromLsn - 1, { entriesMax: 1, bytesMax: Infinity })
     invariant(last !== undefined, `entry ${retainFromLsn - 1} is missing`)
+    const epochRuns = runsFrom(this.state.epochRuns, retainFromLsn, appliedLsn)
     await this.db.batch(
       [
         { type: 'put', key: metaKey(MetaName.LogStartLsn), value: encodeU64(retainFromLsn) },
         { type: 'put', key: metaKey(MetaName.CompactedEpoch), value: encodeU64(last.epoch) },
+        { type: 'put', key: metaKey(MetaName.EpochRuns), value: encodeEpochRuns(epochRuns) },
       ],
       { sync: true },
     )
-    this.state = { ...this.state, logStartLsn: retainFromLsn, compactedEpoch: last.epoch }
+    this.state = {
+      ...this.state,
+      logStartLsn: retainFromLsn,
+      compactedEpoch: last.epoch,
+      epochRuns,
+    }
     await deleteBelow(this.db, retainFromLsn)
     this.logger.info(
       { logStartLsn: retainFromLsn, removed: retainFromLsn - logStartLsn },
@@ -999,6 +1245,20 @@ export class Store {
 
   private assertOpen(): void {
     if (this.closed) throw new KvError('KV_ERR_SHUTTING_DOWN', 'storage is closed')
+  }
+
+  private assertReadable(): void {
+    this.assertOpen()
+    if (this.installing !== null) {
+      throw new KvError('KV_ERR_REPLICA_BEHIND', 'this replica is installing a snapshot', {
+        snapshotLsn: this.installing.lsn,
+      })
+    }
+  }
+
+  /** True while a snapshot is being installed. */
+  get isInstallingSnapshot(): boolean {
+    return this.installing !== null
   }
 
   /** Decodes a stored record read from disk; a bad one is corruption, which stops the store. */
@@ -1107,6 +1367,16 @@ class BatchBuilder {
       const entry = job.entries[i] as LogEntry
       const encoded = job.encoded[i] as Uint8Array
       this.batch.put(logKey(entry.lsn), toBuffer(encoded))
+      const runs = next.epochRuns
+      const lastRun = runs[runs.length - 1]
+      if (lastRun === undefined || lastRun.epoch !== entry.epoch) {
+        next.epochRuns = [...runs, { epoch: entry.epoch, startLsn: entry.lsn }]
+      }
+      if (entry.requestId !== '') {
+        const record = { lsn: entry.lsn, epoch: entry.epoch, timestampMs: entry.timestampMs }
+        this.batch.put(requestKey(entry.requestId), toBuffer(encodeRequestRecord(record)))
+        this.batch.put(requestTimeKey(entry.timestampMs, entry.requestId), emptyBuffer)
+      }
       const needUndo = entry.lsn > commitLsn
       const images: UndoImage[] | null = needUndo ? [] : null
       const seen = needUndo ? new Set<string>() : null
@@ -1177,8 +1447,61 @@ class BatchBuilder {
     if (next.commitLsn !== before.commitLsn) meta(MetaName.CommitLsn, encodeU64(next.commitLsn))
     if (next.epoch !== before.epoch) meta(MetaName.Epoch, encodeU64(next.epoch))
     if (next.vote !== before.vote) meta(MetaName.Vote, Buffer.from(next.vote, 'utf8'))
+    if (next.epochRuns !== before.epochRuns)
+      meta(MetaName.EpochRuns, encodeEpochRuns(next.epochRuns))
     return this.batch
   }
+}
+
+const emptyBuffer = Buffer.alloc(0)
+
+function encodeEpochRuns(runs: EpochRun[]): Buffer {
+  return Buffer.from(JSON.stringify(runs), 'utf8')
+}
+
+function decodeEpochRuns(bytes: Uint8Array): EpochRun[] {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(Buffer.from(bytes).toString('utf8'))
+  } catch (err) {
+    throw new StorageError(`corrupt metadata: epoch runs are not JSON`, { cause: err })
+  }
+  if (!Array.isArray(parsed)) throw new StorageError('corrupt metadata: epoch runs are not a list')
+  let previous: EpochRun | undefined
+  return parsed.map((run: unknown) => {
+    const r = run as Partial<EpochRun>
+    if (
+      typeof r !== 'object' ||
+      r === null ||
+      !Number.isSafeInteger(r.epoch) ||
+      !Number.isSafeInteger(r.startLsn) ||
+      (r.startLsn as number) < 1 ||
+      (previous !== undefined &&
+        ((r.epoch as number) <= previous.epoch || (r.startLsn as number) <= previous.startLsn))
+    ) {
+      throw new StorageError(`corrupt metadata: bad epoch run ${JSON.stringify(run)}`)
+    }
+    previous = { epoch: r.epoch as number, startLsn: r.startLsn as number }
+    return previous
+  })
+}
+
+/** The runs that still describe entries after truncating at `lsn`. */
+function runsUpTo(runs: EpochRun[], lsn: number): EpochRun[] {
+  return runs.filter((run) => run.startLsn <= lsn)
+}
+
+/** The runs that describe entries from `retainFromLsn` on. */
+function runsFrom(runs: EpochRun[], retainFromLsn: number, lastLsn: number): EpochRun[] {
+  if (lastLsn < retainFromLsn) return []
+  const out: EpochRun[] = []
+  for (let i = 0; i < runs.length; i++) {
+    const run = runs[i] as EpochRun
+    const nextStart = runs[i + 1]?.startLsn ?? Infinity
+    if (nextStart <= retainFromLsn) continue
+    out.push({ epoch: run.epoch, startLsn: Math.max(run.startLsn, retainFromLsn) })
+  }
+  return out
 }
 
 function toBuffer(bytes: Uint8Array): Buffer {
@@ -1216,6 +1539,7 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
       lastEpoch: 0,
       logStartLsn: 1,
       compactedEpoch: 0,
+      epochRuns: [],
     }
     const put = (name: MetaName, value: Buffer) => ({
       type: 'put' as const,
@@ -1233,6 +1557,7 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
         put(MetaName.LastEpoch, encodeU64(0)),
         put(MetaName.LogStartLsn, encodeU64(1)),
         put(MetaName.CompactedEpoch, encodeU64(0)),
+        put(MetaName.EpochRuns, encodeEpochRuns([])),
         // The format marker goes last in the same atomic batch: it means "fully initialised".
         put(MetaName.Format, encodeU64(layoutFormat)),
       ],
@@ -1241,6 +1566,12 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
     return state
   }
 
+  if (await discardPartialSnapshot(db)) {
+    options.logger?.warn(
+      { dir: options.dir },
+      'discarded a snapshot install that a crash interrupted',
+    )
+  }
   const names = [...u64Names, MetaName.NodeId, MetaName.ClusterId, MetaName.Vote]
   const values = await db.getMany(names.map((name) => metaKey(name)))
   const raw = new Map<string, Buffer>()
@@ -1272,6 +1603,7 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
     lastEpoch: u64(MetaName.LastEpoch),
     logStartLsn: u64(MetaName.LogStartLsn),
     compactedEpoch: u64(MetaName.CompactedEpoch),
+    epochRuns: [],
   }
   if (state.nodeId !== options.nodeId) {
     throw new StorageError(
@@ -1363,5 +1695,75 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
   if (lastUndo !== undefined && lsnOfKey(lastUndo) > state.appliedLsn) {
     throw new StorageError(`undo record ${lsnOfKey(lastUndo)} is past the log end`)
   }
+
+  // Where each epoch begins in the log. Directories written before this was recorded get it
+  // from one pass over the log.
+  const runsBytes = await db.get(metaKey(MetaName.EpochRuns))
+  if (runsBytes !== undefined) {
+    state.epochRuns = decodeEpochRuns(runsBytes)
+  } else {
+    const runs: EpochRun[] = []
+    for await (const [key, value] of db.iterator(prefixRange(Prefix.Log))) {
+      const entry = decodeLogEntry(value)
+      if (runs[runs.length - 1]?.epoch !== entry.epoch)
+        runs.push({ epoch: entry.epoch, startLsn: lsnOfKey(key) })
+    }
+    state.epochRuns = runs
+    await db.put(metaKey(MetaName.EpochRuns), encodeEpochRuns(runs), { sync: true })
+  }
+  // Runs that begin before the log start only describe compacted entries: trim them.
+  state.epochRuns = runsFrom(state.epochRuns, state.logStartLsn, state.appliedLsn)
+  const lastRun = state.epochRuns[state.epochRuns.length - 1]
+  const firstRun = state.epochRuns[0]
+  if (state.appliedLsn >= state.logStartLsn) {
+    if (
+      lastRun === undefined ||
+      lastRun.epoch !== state.lastEpoch ||
+      firstRun?.startLsn !== state.logStartLsn
+    ) {
+      throw new StorageError(
+        `epoch runs ${JSON.stringify(state.epochRuns)} disagree with the log (${state.logStartLsn}..${state.appliedLsn}, last epoch ${state.lastEpoch})`,
+      )
+    }
+  } else if (state.epochRuns.length > 0) {
+    throw new StorageError('epoch runs describe entries of an empty log')
+  }
   return state
+}
+
+/**
+ * A snapshot install that a crash interrupted left a partial state: discard it, and the log
+ * with it. The node starts over as an empty follower (its epoch and vote are kept) and gets
+ * the snapshot again.
+ */
+async function discardPartialSnapshot(db: Db): Promise<boolean> {
+  const marker = await db.get(metaKey(MetaName.SnapshotInstall))
+  if (marker === undefined) return false
+  for (const prefix of [
+    Prefix.State,
+    Prefix.Log,
+    Prefix.Undo,
+    Prefix.Request,
+    Prefix.RequestByTime,
+  ]) {
+    await db.clear(prefixRange(prefix))
+  }
+  const put = (name: MetaName, value: Buffer) => ({
+    type: 'put' as const,
+    key: metaKey(name),
+    value,
+  })
+  await db.batch(
+    [
+      put(MetaName.CommitLsn, encodeU64(0)),
+      put(MetaName.AppliedLsn, encodeU64(0)),
+      put(MetaName.LastEpoch, encodeU64(0)),
+      put(MetaName.LogStartLsn, encodeU64(1)),
+      put(MetaName.CompactedEpoch, encodeU64(0)),
+      put(MetaName.EpochRuns, encodeEpochRuns([])),
+      { type: 'del' as const, key: metaKey(MetaName.SnapshotInstall) },
+    ],
+    { sync: true },
+  )
+  return true
 }

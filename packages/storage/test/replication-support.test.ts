@@ -1,0 +1,235 @@
+import { ClassicLevel } from 'classic-level'
+import { decodeLogEntry, encodeStoredRecord, EntryKind, OpType } from '@kvstore/protocol'
+import { Sequencer, Store } from '../src/index.js'
+import { MetaName, metaKey } from '../src/layout.js'
+import { dump, entry, openStore, put, tempDir } from './helpers.js'
+
+let dir: string
+let cleanup: () => Promise<void>
+beforeEach(async () => {
+  ;({ dir, cleanup } = await tempDir())
+})
+afterEach(async () => {
+  await cleanup()
+})
+
+describe('epoch history', () => {
+  it('records where each epoch begins, through truncation, compaction and reopen', async () => {
+    const store = await openStore(dir)
+    await store.setHardState({ epoch: 3 })
+    await store.append([entry(1, [put('a', '1')], 1), entry(2, [put('a', '2')], 1)], {
+      commitLsn: 2,
+    })
+    await store.append([entry(3, [put('a', '3')], 2), entry(4, [put('a', '4')], 3)])
+    expect(store.meta.epochRuns).toEqual([
+      { epoch: 1, startLsn: 1 },
+      { epoch: 2, startLsn: 3 },
+      { epoch: 3, startLsn: 4 },
+    ])
+    await store.truncateAfter(3)
+    expect(store.meta.epochRuns).toEqual([
+      { epoch: 1, startLsn: 1 },
+      { epoch: 2, startLsn: 3 },
+    ])
+    await store.setHardState({ commitLsn: 3 })
+    await store.compactLog(3)
+    expect(store.meta.epochRuns).toEqual([{ epoch: 2, startLsn: 3 }])
+    await store.close()
+    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    expect(reopened.meta.epochRuns).toEqual([{ epoch: 2, startLsn: 3 }])
+    expect(reopened.meta.compactedEpoch).toBe(1)
+    await reopened.close()
+  })
+
+  it('rebuilds the history from the log for a directory written without it', async () => {
+    const store = await openStore(dir)
+    await store.setHardState({ epoch: 2 })
+    await store.append([entry(1, [put('a', '1')], 1), entry(2, [put('b', '2')], 2)], {
+      commitLsn: 2,
+    })
+    await store.close()
+    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+    })
+    await db.del(metaKey(MetaName.EpochRuns))
+    await db.close()
+    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    expect(reopened.meta.epochRuns).toEqual([
+      { epoch: 1, startLsn: 1 },
+      { epoch: 2, startLsn: 2 },
+    ])
+    await reopened.close()
+  })
+})
+
+describe('raw log reads', () => {
+  it('returns the stored bytes with their LSN and epoch', async () => {
+    const store = await openStore(dir)
+    const entries = [
+      entry(1, [put('a', '1')]),
+      entry(2, [put('b', '2')]),
+      entry(3, [put('c', '3')]),
+    ]
+    await store.append(entries)
+    const raw = await store.readLogRaw(2, { entriesMax: 10, bytesMax: 1 << 20 })
+    expect(raw.map((r) => [r.lsn, r.epoch])).toEqual([
+      [2, 1],
+      [3, 1],
+    ])
+    expect(decodeLogEntry(raw[0]?.data as Buffer)).toEqual(entries[1])
+    expect(await store.readLogRaw(1, { entriesMax: 10, bytesMax: 1 })).toHaveLength(1)
+    await store.close()
+  })
+})
+
+describe('request ids', () => {
+  const withId = (lsn: number, key: string, requestId: string, timestampMs = 1000 + lsn) => ({
+    ...entry(lsn, [put(key, `v${lsn}`)]),
+    requestId,
+    timestampMs,
+  })
+
+  it('are remembered with their entry, forgotten on truncation and after the retention', async () => {
+    const store = await openStore(dir)
+    await store.append([withId(1, 'a', 'req-1', 1000), withId(2, 'b', 'req-2', 2000)], {
+      commitLsn: 2,
+    })
+    await store.append([withId(3, 'c', 'req-3', 3000)])
+    expect(store.getRequest('req-1')).toEqual({ lsn: 1, epoch: 1, timestampMs: 1000 })
+    expect(store.getRequest('req-3')?.lsn).toBe(3)
+    await store.truncateAfter(2)
+    expect(store.getRequest('req-3')).toBeNull()
+    expect(await store.expireRequests(1500)).toBe(1)
+    expect(store.getRequest('req-1')).toBeNull()
+    expect(store.getRequest('req-2')?.lsn).toBe(2)
+    await store.close()
+  })
+
+  it('make a retried write apply once, in flight or durable', async () => {
+    const store = await openStore(dir)
+    const seq = new Sequencer(store, { now: () => 5 })
+    const request = {
+      kind: 'put' as const,
+      ops: [{ type: 'put' as const, key: Buffer.from('k'), value: Buffer.from('1') }],
+      requestId: 'retry-me',
+    }
+    const [first, concurrent] = await Promise.all([seq.write(request), seq.write(request)])
+    expect(first).toMatchObject({ lsn: 1, deduplicated: false })
+    expect(concurrent).toMatchObject({ lsn: 1, deduplicated: true })
+    const later = await seq.write({ ...request, ops: [{ ...request.ops[0]!, ifAbsent: true }] })
+    expect(later).toMatchObject({ lsn: 1, deduplicated: true, results: [{ version: 1 }] })
+    expect(store.appliedLsn).toBe(1)
+    // The record is part of the entry: a restart keeps it.
+    await store.close()
+    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const again = await new Sequencer(reopened, { now: () => 6 }).write(request)
+    expect(again).toMatchObject({ lsn: 1, deduplicated: true })
+    expect(reopened.appliedLsn).toBe(1)
+    await reopened.close()
+  })
+})
+
+describe('snapshot install', () => {
+  async function leaderSnapshot() {
+    const other = await tempDir()
+    const leader = await openStore(other.dir, { nodeId: 'leader' })
+    await leader.append(
+      Array.from({ length: 50 }, (_, i) => entry(i + 1, [put(`k${i % 20}`, `v${i}`)])),
+      { commitLsn: 50 },
+    )
+    return { leader, other }
+  }
+
+  it('replaces the whole state and restarts the log after the snapshot', async () => {
+    const { leader, other } = await leaderSnapshot()
+    const follower = await openStore(dir)
+    await follower.append([entry(1, [put('old', 'x')])], { commitLsn: 1 })
+    const snapshot = await leader.openSnapshot()
+    await follower.beginSnapshotInstall(snapshot.appliedLsn, snapshot.lastEpoch)
+    expect(() => follower.getSync(Buffer.from('k1'))).toThrow(/installing a snapshot/)
+    for await (const chunk of snapshot.rawChunks(7)) await follower.addSnapshotRecords(chunk)
+    await snapshot.close()
+    const digest = await follower.finishSnapshotInstall()
+    expect(digest).toEqual(await leader.digest())
+    expect(follower.meta).toMatchObject({
+      appliedLsn: 50,
+      commitLsn: 50,
+      logStartLsn: 51,
+      lastEpoch: 1,
+    })
+    expect(await dump(follower)).toEqual(await dump(leader))
+    // The log continues after the snapshot.
+    await follower.append([entry(51, [put('new', 'y')])], { commitLsn: 51 })
+    await follower.close()
+    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    expect((await reopened.verify()).entries).toBe(1)
+    await reopened.close()
+    await leader.close()
+    await other.cleanup()
+  })
+
+  it('refuses a snapshot record that does not decode, without failing the store', async () => {
+    const follower = await openStore(dir)
+    await follower.beginSnapshotInstall(10, 1)
+    await expect(
+      follower.addSnapshotRecords([{ key: Buffer.from('a'), record: Buffer.from('junk') }]),
+    ).rejects.toThrow()
+    expect(follower.failed).toBeNull()
+    await expect(
+      follower.addSnapshotRecords([
+        {
+          key: Buffer.from('a'),
+          record: Buffer.from(
+            encodeStoredRecord({ value: Buffer.from('v'), version: 99, tombstone: false }),
+          ),
+        },
+      ]),
+    ).rejects.toThrow(/past the snapshot/)
+    await follower.close()
+  })
+
+  it('a crash during the install leaves an empty follower, never a partial state', async () => {
+    const follower = await openStore(dir)
+    await follower.append([entry(1, [put('old', 'x')])], { commitLsn: 1 })
+    await follower.beginSnapshotInstall(40, 1)
+    await follower.addSnapshotRecords([
+      {
+        key: Buffer.from('part'),
+        record: Buffer.from(
+          encodeStoredRecord({ value: Buffer.from('v'), version: 3, tombstone: false }),
+        ),
+      },
+    ])
+    // The process dies here: close without finishing, as a crash would leave it.
+    await follower.close()
+    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    expect(reopened.meta).toMatchObject({ appliedLsn: 0, commitLsn: 0, logStartLsn: 1, epoch: 1 })
+    expect(await dump(reopened)).toEqual({})
+    await reopened.close()
+  })
+})
+
+describe('follower appends', () => {
+  it('writes the exact bytes the leader sent', async () => {
+    const store = await openStore(dir)
+    const e = {
+      epoch: 1,
+      lsn: 1,
+      kind: EntryKind.Put,
+      ops: [{ type: OpType.Put, key: Buffer.from('k'), value: Buffer.from('v') }],
+      timestampMs: 7,
+      requestId: 'r',
+    }
+    const { encodeLogEntry } = await import('@kvstore/protocol')
+    const bytes = Buffer.from(encodeLogEntry(e))
+    await store.appendEncoded({
+      entries: [decodeLogEntry(bytes)],
+      encoded: [bytes],
+      bytes: bytes.length,
+    })
+    const [raw] = await store.readLogRaw(1, { entriesMax: 1, bytesMax: 1 << 20 })
+    expect(raw?.data.equals(bytes)).toBe(true)
+    await store.close()
+  })
+})
