@@ -131,6 +131,8 @@ export class ReplicaCore {
   /** Follower: the leader's last LSN, as last heard. */
   private leaderLast = 0
   private hardStateDirty = false
+  /** Leader: proposals since the last Ready, to ship in one Append per follower. */
+  private broadcastPending = false
   private pending: Ready
 
   constructor(config: CoreConfig, init: CoreInit) {
@@ -205,6 +207,7 @@ export class ReplicaCore {
   hasReady(): boolean {
     const r = this.pending
     return (
+      this.broadcastPending ||
       r.hardState !== null ||
       this.hardStateDirty ||
       r.truncateAfter !== null ||
@@ -219,6 +222,14 @@ export class ReplicaCore {
 
   /** Everything accumulated since the last call. */
   takeReady(): Ready {
+    if (this.broadcastPending) {
+      // Every proposal made since the last Ready goes out together: one Append per follower
+      // per turn of the node's loop, instead of one per write.
+      this.broadcastPending = false
+      if (this.role.kind === 'leader') {
+        for (const [id, pr] of this.role.progress) this.sendAppend(id, pr)
+      }
+    }
     const ready = this.pending
     ready.commitLsn = this.commit
     if (this.hardStateDirty) {
@@ -326,7 +337,7 @@ export class ReplicaCore {
       () => `proposal epoch ${entry.epoch} is not ${this.epochValue}`,
     )
     this.log.append([entry])
-    for (const [id, pr] of this.role.progress) this.sendAppend(id, pr)
+    this.broadcastPending = true
   }
 
   /** Local durability reached `lsn` (entries handed out by Ready or proposed). */

@@ -12,6 +12,21 @@ import { checkLimits, limitsCeiling, limitsDefault } from '@kvstore/protocol/lim
 export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 export type LogLevel = (typeof logLevels)[number]
 
+export const clusterModes = ['standalone', 'single-leader'] as const
+export type ClusterMode = (typeof clusterModes)[number]
+
+export const ackModes = ['async', 'quorum', 'all'] as const
+export type AckMode = (typeof ackModes)[number]
+
+/** One member of a cluster, as the configuration names it. */
+export interface MemberConfig {
+  id: string
+  /** Where clients reach it (HTTP/1.1 and h2c). */
+  clientUrl: string
+  /** Where peers reach it (h2c replication streams). */
+  peerUrl: string
+}
+
 export interface NodeConfig {
   nodeId: string
   clusterId: string | undefined
@@ -37,6 +52,19 @@ export interface NodeConfig {
   connectionsMax: number
   h2StreamsMax: number
   shutdownTimeoutMs: number
+  mode: ClusterMode
+  /** Members in compact form (id@clientURL@peerURL, comma-separated) or JSON. */
+  members: string | undefined
+  leader: string | undefined
+  defaultAck: AckMode
+  ackTimeoutMs: number
+  readWaitMs: number
+  heartbeatIntervalMs: number
+  logRetentionEntries: number
+  logRetentionEntriesMax: number
+  replicationInflightBytesMax: number
+  replicationAppendBytesMax: number
+  requestIdRetentionMs: number
   leveldbCacheBytes: number
   leveldbWriteBufferBytes: number
   readCacheBytes: number
@@ -56,7 +84,7 @@ export interface OptionSpec {
   min?: number
   max?: number
   values?: readonly string[]
-  group: 'node' | 'storage' | 'limits' | 'http'
+  group: 'node' | 'cluster' | 'storage' | 'limits' | 'http'
   description: string
 }
 
@@ -362,6 +390,145 @@ export const configSpec: readonly OptionSpec[] = [
     description:
       'On SIGTERM or SIGINT, how long to wait for in-flight requests before closing the remaining connections. Storage is always closed cleanly.',
   },
+  {
+    key: 'mode',
+    flag: '--mode',
+    env: 'KV_MODE',
+    kind: 'enum',
+    values: clusterModes,
+    default: (c) => (c.members === undefined ? 'standalone' : 'single-leader'),
+    defaultText: 'standalone, or single-leader when --members is given',
+    group: 'cluster',
+    description:
+      'standalone: one node on its own. single-leader: one leader takes writes and streams its log to read-only followers.',
+  },
+  {
+    key: 'members',
+    flag: '--members',
+    env: 'KV_MEMBERS',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'none',
+    group: 'cluster',
+    description:
+      'Every member, this node included: id@clientURL@peerURL, comma-separated (n1@http://10.0.0.1:7001@http://10.0.0.1:7101,...), or a JSON list of {id, clientUrl, peerUrl}. This node listens on the ports of its own URLs.',
+  },
+  {
+    key: 'leader',
+    flag: '--leader',
+    env: 'KV_LEADER',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'the first member',
+    group: 'cluster',
+    description: 'Id of the member that leads (single-leader mode).',
+  },
+  {
+    key: 'defaultAck',
+    flag: '--default-ack',
+    env: 'KV_DEFAULT_ACK',
+    kind: 'enum',
+    values: ackModes,
+    default: 'quorum',
+    group: 'cluster',
+    description:
+      'Durability of a write that does not choose one (ack= query parameter or kv-ack header): async (the leader has it durably), quorum (a majority does), all (every member does).',
+  },
+  {
+    key: 'ackTimeoutMs',
+    flag: '--ack-timeout-ms',
+    env: 'KV_ACK_TIMEOUT_MS',
+    kind: 'integer',
+    default: 5000,
+    min: 10,
+    max: 600_000,
+    group: 'cluster',
+    description:
+      'How long a quorum or all write waits for replicas before it answers KV_ERR_ACK_TIMEOUT (the write stays durable on the leader).',
+  },
+  {
+    key: 'readWaitMs',
+    flag: '--read-wait-ms',
+    env: 'KV_READ_WAIT_MS',
+    kind: 'integer',
+    default: 1000,
+    min: 0,
+    max: 60_000,
+    group: 'cluster',
+    description:
+      'How long a read with a session token waits for this replica to apply that far before it answers KV_ERR_REPLICA_BEHIND.',
+  },
+  {
+    key: 'heartbeatIntervalMs',
+    flag: '--heartbeat-interval-ms',
+    env: 'KV_HEARTBEAT_INTERVAL_MS',
+    kind: 'integer',
+    default: 100,
+    min: 10,
+    max: 10_000,
+    group: 'cluster',
+    description: 'How often the leader sends heartbeats (with the commit LSN and lag figures).',
+  },
+  {
+    key: 'logRetentionEntries',
+    flag: '--log-retention-entries',
+    env: 'KV_LOG_RETENTION_ENTRIES',
+    kind: 'integer',
+    default: 100_000,
+    min: 0,
+    max: 1_000_000_000,
+    group: 'cluster',
+    description:
+      'Committed entries always kept in the log, and more while a connected follower still needs them, so a slow but steady follower catches up from the log instead of a snapshot.',
+  },
+  {
+    key: 'logRetentionEntriesMax',
+    flag: '--log-retention-entries-max',
+    env: 'KV_LOG_RETENTION_ENTRIES_MAX',
+    kind: 'integer',
+    default: 2_000_000,
+    min: 0,
+    max: 1_000_000_000,
+    group: 'cluster',
+    description:
+      'Most committed entries kept for lagging followers; one further behind is sent a snapshot. Bounds the disk the log takes.',
+  },
+  {
+    key: 'replicationInflightBytesMax',
+    flag: '--replication-inflight-bytes-max',
+    env: 'KV_REPLICATION_INFLIGHT_BYTES_MAX',
+    kind: 'bytes',
+    default: 8 * MiB,
+    min: 64 * KiB,
+    max: 1024 * MiB,
+    group: 'cluster',
+    description:
+      'Most bytes of entries sent to one follower and not yet acknowledged (backpressure).',
+  },
+  {
+    key: 'replicationAppendBytesMax',
+    flag: '--replication-append-bytes-max',
+    env: 'KV_REPLICATION_APPEND_BYTES_MAX',
+    kind: 'bytes',
+    default: 1 * MiB,
+    min: 4 * KiB,
+    max: 64 * MiB,
+    group: 'cluster',
+    description:
+      'Most bytes of entries in one replication frame (a larger single entry still goes alone).',
+  },
+  {
+    key: 'requestIdRetentionMs',
+    flag: '--request-id-retention-ms',
+    env: 'KV_REQUEST_ID_RETENTION_MS',
+    kind: 'integer',
+    default: 600_000,
+    min: 1000,
+    max: 7 * 24 * 3_600_000,
+    group: 'cluster',
+    description:
+      'How long a write request id is remembered: a retry within it is applied once (kv-request-id header).',
+  },
 ]
 
 /** A configuration that cannot be used; the message says which option and why. */
@@ -543,12 +710,25 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
   }
   const result = config as NodeConfig
   const problems = checkLimits(result)
+  if (result.mode !== 'standalone') {
+    try {
+      clusterOf(result)
+    } catch (err) {
+      if (err instanceof ConfigError) problems.push(err.message)
+      else throw err
+    }
+  }
+  if (result.logRetentionEntriesMax < result.logRetentionEntries) {
+    problems.push(
+      `logRetentionEntriesMax (${result.logRetentionEntriesMax}) must be at least logRetentionEntries (${result.logRetentionEntries})`,
+    )
+  }
   if (result.writeQueueBytesMax < result.requestBodyBytesMax) {
     problems.push(
       `writeQueueBytesMax (${result.writeQueueBytesMax}) must be at least requestBodyBytesMax (${result.requestBodyBytesMax}), or the largest write could never be queued`,
     )
   }
-  if (problems.length > 0) throw new ConfigError(`invalid limits: ${problems.join('; ')}`)
+  if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`)
   return { config: result, help }
 }
 
@@ -568,6 +748,7 @@ export function formatBytes(bytes: number): string {
 
 const groupTitles: Record<OptionSpec['group'], string> = {
   node: 'Node',
+  cluster: 'Cluster',
   storage: 'Storage',
   limits: 'Limits',
   http: 'HTTP',
@@ -615,4 +796,107 @@ export function configTableMarkdown(): string {
     )
   }
   return rows.join('\n')
+}
+
+/** A resolved cluster: the members, this node and the leader. */
+export interface ClusterConfig {
+  mode: Exclude<ClusterMode, 'standalone'>
+  self: MemberConfig
+  members: MemberConfig[]
+  leaderId: string
+}
+
+const memberIdPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+
+function checkUrl(url: string, what: string): URL {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    throw new ConfigError(`${what} ${JSON.stringify(url)} is not a URL`)
+  }
+  if (
+    parsed.protocol !== 'http:' ||
+    parsed.port === '' ||
+    parsed.pathname !== '/' ||
+    parsed.search !== ''
+  ) {
+    throw new ConfigError(`${what} ${JSON.stringify(url)} must look like http://host:port`)
+  }
+  return parsed
+}
+
+/** Parses --members: compact `id@clientURL@peerURL,...` or a JSON list. */
+export function parseMembers(text: string): MemberConfig[] {
+  const trimmed = text.trim()
+  let members: MemberConfig[]
+  if (trimmed.startsWith('[')) {
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(trimmed)
+    } catch (err) {
+      throw new ConfigError(`--members is not valid JSON: ${(err as Error).message}`)
+    }
+    if (!Array.isArray(parsed)) throw new ConfigError('--members JSON must be a list')
+    members = parsed.map((m: unknown) => {
+      const member = m as Partial<MemberConfig>
+      if (
+        typeof member?.id !== 'string' ||
+        typeof member.clientUrl !== 'string' ||
+        typeof member.peerUrl !== 'string'
+      ) {
+        throw new ConfigError('each member needs string id, clientUrl and peerUrl')
+      }
+      return { id: member.id, clientUrl: member.clientUrl, peerUrl: member.peerUrl }
+    })
+  } else {
+    members = trimmed
+      .split(',')
+      .filter((part) => part.trim() !== '')
+      .map((part) => {
+        const pieces = part.trim().split('@')
+        if (pieces.length !== 3) {
+          throw new ConfigError(`member ${JSON.stringify(part)} must be id@clientURL@peerURL`)
+        }
+        const [id, clientUrl, peerUrl] = pieces as [string, string, string]
+        return { id, clientUrl, peerUrl }
+      })
+  }
+  if (members.length === 0) throw new ConfigError('--members lists no member')
+  const seen = new Set<string>()
+  for (const member of members) {
+    if (!memberIdPattern.test(member.id)) {
+      throw new ConfigError(
+        `member id ${JSON.stringify(member.id)} must be 1-64 letters, digits, '.', '_' or '-'`,
+      )
+    }
+    const client = checkUrl(member.clientUrl, `client URL of ${member.id}`)
+    const peer = checkUrl(member.peerUrl, `peer URL of ${member.id}`)
+    member.clientUrl = client.origin
+    member.peerUrl = peer.origin
+    for (const key of [`id:${member.id}`, `url:${member.clientUrl}`, `url:${member.peerUrl}`]) {
+      if (seen.has(key))
+        throw new ConfigError(`--members repeats ${key.slice(key.indexOf(':') + 1)}`)
+      seen.add(key)
+    }
+  }
+  return members
+}
+
+/** Resolves the cluster of a configuration in a cluster mode; throws ConfigError on misfit. */
+export function clusterOf(config: NodeConfig): ClusterConfig {
+  if (config.mode === 'standalone') throw new ConfigError('standalone mode has no cluster')
+  if (config.members === undefined) throw new ConfigError(`--mode ${config.mode} needs --members`)
+  const members = parseMembers(config.members)
+  const self = members.find((m) => m.id === config.nodeId)
+  if (!self) {
+    throw new ConfigError(
+      `this node's id ${JSON.stringify(config.nodeId)} is not among --members (${members.map((m) => m.id).join(', ')})`,
+    )
+  }
+  const leaderId = config.leader ?? (members[0] as MemberConfig).id
+  if (!members.some((m) => m.id === leaderId)) {
+    throw new ConfigError(`--leader ${JSON.stringify(leaderId)} is not among --members`)
+  }
+  return { mode: config.mode, self, members, leaderId }
 }

@@ -4,6 +4,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { BatchStats, Store } from '@kvstore/storage'
+import type { Replicator } from './cluster/replicator.js'
 
 const httpBucketsSeconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
@@ -224,5 +225,104 @@ export class NodeMetrics {
     gauge('kv_read_cache_entries', 'Records held by the read cache.', (s) => s.cache.size.entries)
     gauge('kv_read_cache_hits', 'Reads served by the read cache since start.', (s) => s.cache.hits)
     gauge('kv_read_cache_misses', 'Reads that went to LevelDB since start.', (s) => s.cache.misses)
+  }
+
+  /** Replication figures, read from the replicator when /metrics is scraped. */
+  watchReplicator(replicator: Replicator): void {
+    const registers = [this.registry]
+    const perMember = (
+      name: string,
+      help: string,
+      read: (view: ReturnType<Replicator['clusterView']>['members'][number]) => number,
+    ) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['member'],
+        registers,
+        collect() {
+          this.reset()
+          for (const member of replicator.clusterView().members)
+            this.set({ member: member.id }, read(member))
+        },
+      })
+    perMember(
+      'kv_replication_lag_entries',
+      'Entries a member is behind the leader.',
+      (m) => m.lagEntries,
+    )
+    perMember(
+      'kv_replication_lag_seconds',
+      'How long the oldest entry a member lacks has existed.',
+      (m) => m.lagMs / 1000,
+    )
+    perMember(
+      'kv_replication_acked_lsn',
+      'Highest LSN a member acknowledged durable.',
+      (m) => m.ackedLsn,
+    )
+    perMember(
+      'kv_replication_connected',
+      '1 when the replication stream to the member is up.',
+      (m) => (m.connected ? 1 : 0),
+    )
+    new Gauge({
+      name: 'kv_replication_is_leader',
+      help: '1 on the leader, 0 on a follower.',
+      registers,
+      collect() {
+        this.set(replicator.isLeader ? 1 : 0)
+      },
+    })
+    new Counter({
+      name: 'kv_replication_entries_shipped_total',
+      help: 'Log entries the leader sent to each follower.',
+      labelNames: ['member'],
+      registers,
+      collect() {
+        this.reset()
+        for (const [member, count] of replicator.stats.entriesShipped) this.inc({ member }, count)
+      },
+    })
+    new Counter({
+      name: 'kv_replication_bytes_shipped_total',
+      help: 'Bytes of frames sent to each peer.',
+      labelNames: ['member'],
+      registers,
+      collect() {
+        this.reset()
+        for (const [member, bytes] of replicator.bytesSent()) this.inc({ member }, bytes)
+      },
+    })
+    const counter = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset()
+          this.inc(read())
+        },
+      })
+    counter(
+      'kv_replication_ack_timeouts_total',
+      'Writes answered KV_ERR_ACK_TIMEOUT.',
+      () => replicator.stats.ackTimeouts,
+    )
+    counter(
+      'kv_replication_snapshots_sent_total',
+      'Snapshots the leader sent.',
+      () => replicator.stats.snapshotsSent,
+    )
+    counter(
+      'kv_replication_snapshots_installed_total',
+      'Snapshots this node installed.',
+      () => replicator.stats.snapshotsInstalled,
+    )
+    counter(
+      'kv_replication_bad_frames_total',
+      'Frames from peers that failed validation.',
+      () => replicator.stats.badFrames,
+    )
   }
 }

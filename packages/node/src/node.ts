@@ -6,7 +6,9 @@ import { readFileSync } from 'node:fs'
 import type { FastifyInstance } from 'fastify'
 import type { DestinationStream, Logger } from 'pino'
 import { Sequencer, Store } from '@kvstore/storage'
-import type { NodeConfig } from './config.js'
+import { createHash } from 'node:crypto'
+import { clusterOf, type ClusterConfig, type NodeConfig } from './config.js'
+import { Replicator } from './cluster/replicator.js'
 import { buildApp } from './http/app.js'
 import type { AppContext, Lifecycle } from './http/context.js'
 import type { DualProtocolServer } from './http/dual-protocol.js'
@@ -41,6 +43,8 @@ export class KvNode {
   readonly app: FastifyInstance
   readonly metrics: NodeMetrics
   private readonly lifecycle: Lifecycle
+  /** The replication driver in a cluster mode; null for a standalone node. */
+  readonly replicator: Replicator | null
   private stopping: Promise<void> | null = null
 
   private constructor(
@@ -50,6 +54,7 @@ export class KvNode {
     app: FastifyInstance,
     metrics: NodeMetrics,
     lifecycle: Lifecycle,
+    replicator: Replicator | null,
   ) {
     this.config = config
     this.logger = logger
@@ -57,16 +62,22 @@ export class KvNode {
     this.app = app
     this.metrics = metrics
     this.lifecycle = lifecycle
+    this.replicator = replicator
   }
 
   /** Opens storage, recovers it, and starts serving. */
   static async start(config: NodeConfig, options: StartOptions = {}): Promise<KvNode> {
     const metrics = new NodeMetrics()
     let store: Store | null = null
+    let replicator: Replicator | null = null
+    const cluster = config.mode === 'standalone' ? null : clusterOf(config)
     const logger = createLogger(
       config.nodeId,
       config.logLevel,
-      { role: () => 'leader', epoch: () => store?.meta.epoch ?? 0 },
+      {
+        role: () => (replicator ? replicator.core.roleName : cluster ? 'starting' : 'leader'),
+        epoch: () => replicator?.epoch ?? store?.meta.epoch ?? 0,
+      },
       options.logDestination,
     )
     let node: KvNode | null = null
@@ -78,10 +89,12 @@ export class KvNode {
         if (node) void node.stop('storage failure').finally(exit)
         else exit()
       })
+    // Every member of a cluster must agree on its id: unless given, derive it from the members.
+    const clusterId = config.clusterId ?? (cluster ? derivedClusterId(cluster) : undefined)
     store = await Store.open({
       dir: config.dataDir,
       nodeId: config.nodeId,
-      ...(config.clusterId !== undefined ? { clusterId: config.clusterId } : {}),
+      ...(clusterId !== undefined ? { clusterId } : {}),
       fsync: config.fsync,
       groupCommitWritesMax: config.groupCommitWritesMax,
       groupCommitBytesMax: config.groupCommitBytesMax,
@@ -95,24 +108,34 @@ export class KvNode {
       onFatal: (err) => onFatal(err),
     })
     try {
-      // A standalone node is the only member of its cluster, so it leads from epoch 1 on.
-      if (store.meta.epoch < 1) await store.setHardState({ epoch: 1 })
       const openStore = store
       metrics.watchStore(() => openStore)
-      const sequencer = new Sequencer(store, { now: Date.now, commitOnAppend: true })
+      let sequencer: Sequencer
+      if (cluster) {
+        replicator = new Replicator({ config, cluster, store, logger, onFatal })
+        await replicator.start()
+        metrics.watchReplicator(replicator)
+        sequencer = new Sequencer(store, { now: Date.now, writer: replicator.writer() })
+      } else {
+        // A standalone node is the only member of its cluster, so it leads from epoch 1 on.
+        if (store.meta.epoch < 1) await store.setHardState({ epoch: 1 })
+        sequencer = new Sequencer(store, { now: Date.now })
+      }
       const lifecycle: Lifecycle = { ready: false, shuttingDown: false }
       const ctx: AppContext = {
         config,
         store,
         sequencer,
+        replicator,
         metrics,
         version: packageVersion(),
         startedAtMs: Date.now(),
         lifecycle,
       }
       const app = buildApp(ctx, logger)
-      await app.listen({ host: config.host, port: config.port })
-      node = new KvNode(config, logger, store, app, metrics, lifecycle)
+      const port = cluster ? Number(new URL(cluster.self.clientUrl).port) : config.port
+      await app.listen({ host: config.host, port })
+      node = new KvNode(config, logger, store, app, metrics, lifecycle, replicator)
       lifecycle.ready = true
       logger.info(
         {
@@ -120,11 +143,14 @@ export class KvNode {
           dataDir: config.dataDir,
           appliedLsn: store.appliedLsn,
           fsync: config.fsync,
+          mode: config.mode,
+          ...(cluster ? { peerUrl: cluster.self.peerUrl, leader: cluster.leaderId } : {}),
         },
         'node started',
       )
       return node
     } catch (err) {
+      await replicator?.stop().catch(() => {})
       await store.close().catch(() => {})
       throw err
     }
@@ -171,9 +197,19 @@ export class KvNode {
     } finally {
       clearInterval(sweep)
       clearTimeout(force)
+      // Writes whose clients left may still wait for replicas: give them a moment, then stop
+      // replicating (and wait for its store writes) before storage closes.
+      await this.replicator?.settle(Math.min(2000, this.config.shutdownTimeoutMs))
+      await this.replicator?.stop()
       await this.store.close()
       this.logger.info({ appliedLsn: this.store.appliedLsn }, 'node stopped')
       this.logger.flush()
     }
   }
+}
+
+/** A cluster id every member computes alike from the member ids. */
+export function derivedClusterId(cluster: ClusterConfig): string {
+  const ids = cluster.members.map((m) => m.id).sort()
+  return `kv-${createHash('sha256').update(ids.join('\n')).digest('hex').slice(0, 16)}`
 }

@@ -20,7 +20,8 @@ describe('single keys', () => {
     expect(created.statusCode).toBe(200)
     expect(created.headers.etag).toBe('"1"')
     expect(created.headers['kv-lsn']).toBe('1')
-    expect(created.json()).toEqual({ key: 'bin', version: 1, lsn: 1 })
+    expect(created.json()).toEqual({ key: 'bin', version: 1, lsn: 1, session: 's1.1.1' })
+    expect(created.headers['kv-session']).toBe('s1.1.1')
 
     const got = await inject({ method: 'GET', url: '/v1/kv/bin' })
     expect(got.statusCode).toBe(200)
@@ -31,7 +32,7 @@ describe('single keys', () => {
 
     const updated = await inject({ method: 'PUT', url: '/v1/kv/bin', payload: 'text' })
     expect(updated.statusCode).toBe(200)
-    expect(updated.json()).toEqual({ key: 'bin', version: 2, lsn: 2 })
+    expect(updated.json()).toEqual({ key: 'bin', version: 2, lsn: 2, session: 's1.1.2' })
   })
 
   it('accepts an empty value, whatever the Content-Type', async () => {
@@ -105,7 +106,7 @@ describe('single keys', () => {
     expect((await put({ 'if-match': '*' })).statusCode).toBe(412)
     const created = await put({ 'if-none-match': '*' })
     expect(created.statusCode).toBe(201)
-    expect(created.json()).toEqual({ key: 'c', version: 1, lsn: 1 })
+    expect(created.json()).toMatchObject({ key: 'c', version: 1, lsn: 1 })
     expect((await put({ 'if-none-match': '*' })).statusCode).toBe(412)
     expect((await put({ 'if-match': '*' })).statusCode).toBe(200)
     expect((await put({ 'if-match': '"2"' })).statusCode).toBe(200)
@@ -118,7 +119,7 @@ describe('single keys', () => {
     ).toBe(412)
     const del = await inject({ method: 'DELETE', url: '/v1/kv/c', headers: { 'if-match': '"4"' } })
     expect(del.statusCode).toBe(200)
-    expect(del.json()).toEqual({ key: 'c', deleted: true, lsn: 5, previousVersion: 4 })
+    expect(del.json()).toMatchObject({ key: 'c', deleted: true, lsn: 5, previousVersion: 4 })
     expect((await inject({ method: 'GET', url: '/v1/kv/c' })).statusCode).toBe(404)
   })
 })
@@ -142,6 +143,7 @@ describe('batches', () => {
     expect(res.statusCode).toBe(200)
     expect(res.json()).toEqual({
       lsn: 2,
+      session: 's1.1.2',
       results: [
         // Unconditional ops are blind writes: only conditional ops report the prior version.
         { key: 'a', version: 2 },

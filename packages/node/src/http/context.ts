@@ -1,4 +1,5 @@
 import type { Sequencer, Store } from '@kvstore/storage'
+import type { Replicator } from '../cluster/replicator.js'
 import type { NodeConfig } from '../config.js'
 import type { NodeMetrics } from '../metrics.js'
 
@@ -7,6 +8,8 @@ export interface AppContext {
   config: NodeConfig
   store: Store
   sequencer: Sequencer
+  /** The replication driver in a cluster mode; null for a standalone node. */
+  replicator: Replicator | null
   metrics: NodeMetrics
   /** Software version, from package.json. */
   version: string

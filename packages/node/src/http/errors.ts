@@ -50,6 +50,9 @@ export function sendError(reply: FastifyReply, err: KvError): FastifyReply {
   if (err.code === 'KV_ERR_OVERLOADED' || err.code === 'KV_ERR_NOT_READY') {
     void reply.header('retry-after', '1')
   }
+  // A follower names the leader, so a client can follow the hint without parsing the body.
+  if (typeof err.details.leaderUrl === 'string')
+    void reply.header('kv-leader', err.details.leaderUrl)
   return reply.code(err.status).type('application/json; charset=utf-8').send(err.toBody())
 }
 

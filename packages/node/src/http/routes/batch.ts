@@ -16,6 +16,7 @@ import { KvError } from '@kvstore/protocol/errors'
 import { keyToBytes } from '@kvstore/protocol'
 import type { WriteOp } from '@kvstore/storage'
 import type { AppContext } from '../context.js'
+import { completeWrite } from '../replication.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
 
 const opFields = new Set(['op', 'key', 'value', 'valueBase64', 'ifVersion', 'ifAbsent', 'ifExists'])
@@ -135,7 +136,7 @@ export function parseBatch(
 }
 
 export function registerBatchRoutes(app: FastifyInstance, ctx: AppContext): void {
-  const { config, sequencer, metrics } = ctx
+  const { config, metrics } = ctx
   app.post(
     '/v1/batch',
     {
@@ -144,11 +145,12 @@ export function registerBatchRoutes(app: FastifyInstance, ctx: AppContext): void
     },
     async (request, reply) => {
       const ops = parseBatch(request.body as Buffer | undefined, config)
-      const result = await sequencer.write({ kind: 'batch', ops })
+      const result = await completeWrite(ctx, request, reply, { kind: 'batch', ops })
       metrics.writes.batch++
-      void reply.header('kv-lsn', String(result.lsn))
       return {
         lsn: result.lsn,
+        session: result.session,
+        ...(result.deduplicated ? { deduplicated: true } : {}),
         results: result.results.map((r) => ({
           key: r.key.toString('utf8'),
           version: r.version,

@@ -14,6 +14,13 @@ import { KvError } from '@kvstore/protocol/errors'
 import { keyToBytes, type StoredRecord } from '@kvstore/protocol'
 import type { WriteOp } from '@kvstore/storage'
 import { parsePositiveInteger, type AppContext } from '../context.js'
+import {
+  awaitSession,
+  completeWrite,
+  sessionOf,
+  sessionSatisfied,
+  setReadHeaders,
+} from '../replication.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
 
 type KeyRequest = FastifyRequest<{ Params: { '*': string } }>
@@ -132,17 +139,22 @@ function etagListMatches(header: string, etag: string): boolean {
   return trimmed.split(',').some((tag) => tag.trim().replace(/^W\//, '') === etag)
 }
 
-const listParams = new Set(['prefix', 'start', 'limit', 'cursor', 'values'])
+const listParams = new Set(['prefix', 'start', 'limit', 'cursor', 'values', 'session'])
 
 const putResponseSchema = {
   type: 'object',
-  properties: { key: { type: 'string' }, version: { type: 'integer' }, lsn: { type: 'integer' } },
-  required: ['key', 'version', 'lsn'],
+  properties: {
+    key: { type: 'string' },
+    version: { type: 'integer' },
+    lsn: { type: 'integer' },
+    session: { type: 'string' },
+  },
+  required: ['key', 'version', 'lsn', 'session'],
   additionalProperties: false,
 } as const
 
 export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
-  const { store, sequencer, config, metrics } = ctx
+  const { store, config, metrics } = ctx
   const keyOf = (request: KeyRequest): Buffer => keyToBytes(request.params['*'], config.keyBytesMax)
 
   app.put(
@@ -157,18 +169,20 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       const key = keyOf(request)
       const value = (request.body as Buffer | undefined) ?? emptyBuffer
       const conditions = conditionsOf(request, true)
-      const result = await sequencer.write({
+      const result = await completeWrite(ctx, request, reply, {
         kind: 'put',
         ops: [{ type: 'put', key, value, ...conditions }],
       })
       metrics.writes.put++
       // An unconditional PUT is a blind write (no read of the old value), so it cannot tell
       // whether it created the key; If-None-Match: * can, and answers 201.
-      void reply
-        .code(conditions.ifAbsent === true ? 201 : 200)
-        .header('etag', `"${result.lsn}"`)
-        .header('kv-lsn', String(result.lsn))
-      return { key: request.params['*'], version: result.lsn, lsn: result.lsn }
+      void reply.code(conditions.ifAbsent === true ? 201 : 200).header('etag', `"${result.lsn}"`)
+      return {
+        key: request.params['*'],
+        version: result.lsn,
+        lsn: result.lsn,
+        session: result.session,
+      }
     },
   )
 
@@ -178,7 +192,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     record: StoredRecord | null,
     appliedLsn: number,
   ): void => {
-    void reply.header('kv-applied-lsn', String(appliedLsn))
+    setReadHeaders(ctx, reply, appliedLsn)
     if (record === null || record.tombstone) {
       reply.send(
         new KvError(
@@ -206,6 +220,16 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
   // memtable can touch several files, and the event loop has HTTP to parse meanwhile).
   app.get('/v1/kv/*', (request: KeyRequest, reply) => {
     const key = keyOf(request)
+    const session = sessionOf(request)
+    if (!sessionSatisfied(ctx, session)) {
+      // The session wrote or read past what this replica has applied: wait for it first.
+      awaitSession(ctx, session)
+        .then(() =>
+          store.get(key).then((record) => sendRecord(request, reply, record, store.appliedLsn)),
+        )
+        .catch((err: unknown) => reply.send(err))
+      return
+    }
     const appliedLsn = store.appliedLsn
     const cached = store.getCached(key)
     if (cached !== undefined) {
@@ -221,17 +245,18 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
   app.delete('/v1/kv/*', async (request: KeyRequest, reply) => {
     const key = keyOf(request)
     const conditions = conditionsOf(request, false)
-    const result = await sequencer.write({
+    const result = await completeWrite(ctx, request, reply, {
       kind: 'delete',
       ops: [{ type: 'delete', key, ...conditions }],
     })
     metrics.writes.delete++
-    void reply.header('kv-lsn', String(result.lsn))
     return {
       key: request.params['*'],
       deleted: true,
       lsn: result.lsn,
       previousVersion: result.results[0]?.previousVersion ?? null,
+      session: result.session,
+      ...(result.deduplicated ? { deduplicated: true } : {}),
     }
   })
   methodNotAllowed(app, '/v1/kv/*', ['GET', 'PUT', 'DELETE'])
@@ -242,7 +267,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       if (!listParams.has(name)) {
         throw new KvError(
           'KV_ERR_INVALID_ARGUMENT',
-          `unknown query parameter ${JSON.stringify(name)}; use prefix, start, limit, cursor or values`,
+          `unknown query parameter ${JSON.stringify(name)}; use prefix, start, limit, cursor, values or session`,
         )
       }
       if (Array.isArray(value)) {
@@ -281,6 +306,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       text.cursor === undefined || text.cursor === ''
         ? undefined
         : decodeCursor(text.cursor, prefixText, config.keyBytesMax)
+    await awaitSession(ctx, sessionOf(request))
     const appliedLsn = store.appliedLsn
     const page = await store.list({
       ...(prefix ? { prefix } : {}),
@@ -296,7 +322,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       ...(values ? { valueBase64: record.value.toString('base64') } : {}),
     }))
     const last = items[items.length - 1]
-    void reply.header('kv-applied-lsn', String(appliedLsn))
+    setReadHeaders(ctx, reply, appliedLsn)
     return {
       items,
       nextCursor:

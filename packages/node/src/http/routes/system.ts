@@ -15,12 +15,18 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
 
   app.get('/v1/status', async () => {
     const meta = store.meta
+    const { replicator } = ctx
+    const lag = replicator?.lag() ?? { entries: 0, ms: 0 }
     return {
       nodeId: meta.nodeId,
       clusterId: meta.clusterId,
-      mode: 'standalone',
-      role: 'leader',
-      epoch: meta.epoch,
+      mode: config.mode,
+      role: replicator ? replicator.core.roleName : 'leader',
+      leaderId: replicator ? (replicator.leaderMember?.id ?? null) : meta.nodeId,
+      leaderUrl: replicator ? (replicator.leaderMember?.clientUrl ?? null) : null,
+      lagEntries: lag.entries,
+      lagMs: lag.ms,
+      epoch: replicator?.epoch ?? meta.epoch,
       appliedLsn: meta.appliedLsn,
       commitLsn: meta.commitLsn,
       logStartLsn: meta.logStartLsn,
@@ -46,6 +52,37 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
     }
   })
   methodNotAllowed(app, '/v1/status', ['GET'])
+
+  app.get('/v1/cluster', async (request) => {
+    if (ctx.replicator) return ctx.replicator.clusterView()
+    // A standalone node is a cluster of one, reached at the address this client used.
+    const meta = store.meta
+    const url = `http://${request.host}`
+    return {
+      mode: 'standalone',
+      clusterId: meta.clusterId,
+      leaderId: meta.nodeId,
+      leaderUrl: url,
+      epoch: meta.epoch,
+      commitLsn: meta.commitLsn,
+      self: meta.nodeId,
+      members: [
+        {
+          id: meta.nodeId,
+          role: 'leader',
+          clientUrl: url,
+          peerUrl: null,
+          ackedLsn: meta.appliedLsn,
+          appliedLsn: meta.appliedLsn,
+          lagEntries: 0,
+          lagMs: 0,
+          lastContactMs: 0,
+          connected: true,
+        },
+      ],
+    }
+  })
+  methodNotAllowed(app, '/v1/cluster', ['GET'])
 
   app.get('/v1/digest', async () => store.digest())
   methodNotAllowed(app, '/v1/digest', ['GET'])

@@ -1,0 +1,372 @@
+/**
+ * Peer transport: long-lived HTTP/2 (h2c) streams between nodes, carrying length-delimited
+ * protobuf frames.
+ *
+ * The leader opens one stream per follower (POST /peer/v1/stream on the follower's peer port)
+ * and reconnects with backoff whenever it breaks; the follower answers on the same stream.
+ * Both sides open with a Hello naming the cluster and the intended receiver; a mismatch is
+ * refused. Every frame is validated when decoded; a bad one closes the stream.
+ */
+import http2, {
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  type Http2Server,
+  type ServerHttp2Stream,
+} from 'node:http2'
+import { connect, type Socket } from 'node:net'
+import type { Logger } from 'pino'
+import {
+  DecodeError,
+  FrameDecoder,
+  encodeFrame,
+  type Frame,
+  type FrameBody,
+} from '@kvstore/protocol'
+import type { MemberConfig } from '../config.js'
+
+export interface TransportHandlers {
+  /** A frame from `peer` (after its Hello). */
+  onFrame(peer: string, frame: Frame): void
+  /** An outbound stream to `peer` is up (leader side). */
+  onConnected(peer: string): void
+  /** The stream to or from `peer` is gone. */
+  onDisconnected(peer: string): void
+}
+
+export interface TransportOptions {
+  self: MemberConfig
+  members: MemberConfig[]
+  clusterId: string
+  /** Address the peer server binds to. */
+  host: string
+  frameBytesMax: number
+  /** Bytes buffered on one stream beyond which heartbeats are skipped (the peer is not reading). */
+  streamBufferBytesMax: number
+  epoch: () => number
+  logger: Logger
+  handlers: TransportHandlers
+}
+
+interface PeerStream {
+  stream: ClientHttp2Stream | ServerHttp2Stream
+  direction: 'outbound' | 'inbound'
+}
+
+const backoffMinMs = 100
+const backoffMaxMs = 2000
+
+export class PeerTransport {
+  private readonly options: TransportOptions
+  private readonly log: Logger
+  private server: Http2Server | null = null
+  private readonly streams = new Map<string, PeerStream>()
+  private readonly sessions = new Map<string, ClientHttp2Session>()
+  private readonly wanted = new Set<string>()
+  private readonly backoff = new Map<string, number>()
+  private readonly timers = new Map<string, NodeJS.Timeout>()
+  private readonly inboundSessions = new Set<http2.ServerHttp2Session>()
+  private closed = false
+  /** Bytes written per peer, for metrics. */
+  readonly bytesSent = new Map<string, number>()
+
+  constructor(options: TransportOptions) {
+    this.options = options
+    this.log = options.logger
+  }
+
+  /** Starts the peer server on the port of this node's peer URL. */
+  async listen(): Promise<void> {
+    const server = http2.createServer({ settings: { maxConcurrentStreams: 64 } })
+    // Frames are small and latency-bound: never let Nagle hold one back for an ACK.
+    server.on('connection', (socket: Socket) => socket.setNoDelay(true))
+    server.on('session', (session) => {
+      this.inboundSessions.add(session)
+      session.on('close', () => this.inboundSessions.delete(session))
+      session.on('error', () => {})
+    })
+    server.on('stream', (stream, headers) => this.acceptStream(stream, headers))
+    const port = Number(new URL(this.options.self.peerUrl).port)
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(port, this.options.host, () => {
+        server.removeListener('error', reject)
+        resolve()
+      })
+    })
+    this.server = server
+  }
+
+  /** Keeps an outbound stream to `peer` open (reconnecting) until `disconnect`. */
+  connect(peer: string): void {
+    if (this.wanted.has(peer)) return
+    this.wanted.add(peer)
+    this.open(peer)
+  }
+
+  /** Stops keeping a stream to `peer`. */
+  disconnect(peer: string): void {
+    this.wanted.delete(peer)
+    clearTimeout(this.timers.get(peer))
+    this.drop(peer, 'disconnect')
+  }
+
+  /**
+   * Writes a frame to `peer` on whichever stream is up. Returns false (and drops the frame)
+   * when there is none, or when it is a heartbeat and the peer has stopped reading.
+   */
+  send(peer: string, frame: Frame): boolean {
+    const entry = this.streams.get(peer)
+    if (!entry || entry.stream.destroyed || !entry.stream.writable) return false
+    if (
+      (frame.body.kind === 'heartbeat' || frame.body.kind === 'heartbeatAck') &&
+      entry.stream.writableLength > this.options.streamBufferBytesMax
+    ) {
+      return false
+    }
+    const bytes = encodeFrame(frame)
+    entry.stream.write(bytes)
+    this.bytesSent.set(peer, (this.bytesSent.get(peer) ?? 0) + bytes.length)
+    return true
+  }
+
+  /** Resolves once the stream to `peer` can take more (or is gone). */
+  drained(peer: string): Promise<void> {
+    const entry = this.streams.get(peer)
+    if (!entry || !entry.stream.writableNeedDrain) return Promise.resolve()
+    return new Promise((resolve) => {
+      const done = () => {
+        entry.stream.removeListener('drain', done)
+        entry.stream.removeListener('close', done)
+        resolve()
+      }
+      entry.stream.once('drain', done)
+      entry.stream.once('close', done)
+    })
+  }
+
+  /** Pauses or resumes reading frames from `peer` (backpressure while installing a snapshot). */
+  setReading(peer: string, reading: boolean): void {
+    const entry = this.streams.get(peer)
+    if (!entry) return
+    if (reading) entry.stream.resume()
+    else entry.stream.pause()
+  }
+
+  isConnected(peer: string): boolean {
+    const entry = this.streams.get(peer)
+    return entry !== undefined && !entry.stream.destroyed
+  }
+
+  /** Closes one peer's stream (a bad frame or a broken snapshot); the leader reconnects. */
+  reset(peer: string, reason: string): void {
+    this.drop(peer, reason)
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    for (const timer of this.timers.values()) clearTimeout(timer)
+    for (const peer of [...this.streams.keys()]) this.drop(peer, 'closing')
+    for (const session of this.sessions.values()) session.destroy()
+    for (const session of this.inboundSessions) session.destroy()
+    const server = this.server
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()))
+  }
+
+  // ------------------------------------------------------------------ outbound
+
+  private member(peer: string): MemberConfig | undefined {
+    return this.options.members.find((m) => m.id === peer)
+  }
+
+  private open(peer: string): void {
+    if (this.closed || !this.wanted.has(peer)) return
+    const member = this.member(peer)
+    if (!member) return
+    let session = this.sessions.get(peer)
+    if (!session || session.destroyed || session.closed) {
+      const target = new URL(member.peerUrl)
+      session = http2.connect(member.peerUrl, {
+        createConnection: () =>
+          connect({ host: target.hostname, port: Number(target.port), noDelay: true }),
+      })
+      const current = session
+      this.sessions.set(peer, current)
+      current.on('error', (err) => this.log.debug({ peer, err: err.message }, 'peer session error'))
+      current.on('close', () => {
+        if (this.sessions.get(peer) === current) this.sessions.delete(peer)
+      })
+    }
+    let stream: ClientHttp2Stream
+    try {
+      stream = session.request({
+        ':method': 'POST',
+        ':path': '/peer/v1/stream',
+        'content-type': 'application/x-kv-frames',
+      })
+    } catch (err) {
+      this.log.debug({ peer, err: (err as Error).message }, 'cannot open peer stream')
+      this.retryLater(peer)
+      return
+    }
+    stream.write(this.hello(peer))
+    const decoder = new FrameDecoder(this.options.frameBytesMax)
+    let accepted = false
+    stream.on('response', (headers) => {
+      if (headers[':status'] === 200) {
+        accepted = true
+        this.streams.set(peer, { stream, direction: 'outbound' })
+        this.backoff.delete(peer)
+        this.log.info({ peer }, 'replication stream open')
+        this.options.handlers.onConnected(peer)
+      }
+    })
+    stream.on('data', (chunk: Buffer) => {
+      let frames: Frame[]
+      try {
+        frames = decoder.push(chunk)
+      } catch (err) {
+        this.log.warn(
+          { peer, err: (err as Error).message },
+          'bad frame from peer; closing the stream',
+        )
+        stream.destroy()
+        return
+      }
+      for (const frame of frames) {
+        if (frame.body.kind === 'refusal') {
+          this.log.warn(
+            { peer, code: frame.body.code, reason: frame.body.message },
+            'peer refused the stream',
+          )
+          continue
+        }
+        if (frame.body.kind === 'hello') continue
+        if (accepted) this.options.handlers.onFrame(peer, frame)
+      }
+    })
+    const onGone = () => {
+      if (this.streams.get(peer)?.stream === stream) {
+        this.streams.delete(peer)
+        this.options.handlers.onDisconnected(peer)
+      }
+      this.retryLater(peer)
+    }
+    stream.on('close', onGone)
+    stream.on('error', () => {})
+  }
+
+  private retryLater(peer: string): void {
+    if (this.closed || !this.wanted.has(peer) || this.timers.has(peer)) return
+    const previous = this.backoff.get(peer) ?? backoffMinMs / 2
+    const delay = Math.min(backoffMaxMs, previous * 2)
+    this.backoff.set(peer, delay)
+    const jittered = delay / 2 + Math.random() * (delay / 2)
+    const timer = setTimeout(() => {
+      this.timers.delete(peer)
+      this.open(peer)
+    }, jittered)
+    timer.unref()
+    this.timers.set(peer, timer)
+  }
+
+  private hello(peer: string): Buffer {
+    return encodeFrame({
+      from: this.options.self.id,
+      epoch: this.options.epoch(),
+      body: { kind: 'hello', clusterId: this.options.clusterId, to: peer },
+    })
+  }
+
+  // ------------------------------------------------------------------ inbound
+
+  private acceptStream(stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    stream.on('error', () => {})
+    if (headers[':method'] !== 'POST' || headers[':path'] !== '/peer/v1/stream') {
+      stream.respond({ ':status': 404 })
+      stream.end()
+      return
+    }
+    const decoder = new FrameDecoder(this.options.frameBytesMax)
+    let peer: string | null = null
+    const refuse = (code: string, message: string) => {
+      this.log.warn({ peer, code, reason: message }, 'refusing a peer stream')
+      if (!stream.headersSent)
+        stream.respond({ ':status': code === 'KV_ERR_BAD_FRAME' ? 400 : 409 })
+      stream.end(this.refusal(code, message))
+    }
+    stream.on('data', (chunk: Buffer) => {
+      let frames: Frame[]
+      try {
+        frames = decoder.push(chunk)
+      } catch (err) {
+        refuse('KV_ERR_BAD_FRAME', err instanceof DecodeError ? err.message : 'malformed frame')
+        return
+      }
+      for (const frame of frames) {
+        if (peer === null) {
+          const problem = this.checkHello(frame)
+          if (problem !== null) {
+            refuse(problem.code, problem.message)
+            return
+          }
+          peer = frame.from
+          const previous = this.streams.get(peer)
+          if (previous) previous.stream.destroy()
+          this.streams.set(peer, { stream, direction: 'inbound' })
+          stream.respond({ ':status': 200, 'content-type': 'application/x-kv-frames' })
+          stream.write(this.hello(peer))
+          continue
+        }
+        this.options.handlers.onFrame(peer, frame)
+      }
+    })
+    stream.on('close', () => {
+      if (peer !== null && this.streams.get(peer)?.stream === stream) {
+        this.streams.delete(peer)
+        this.options.handlers.onDisconnected(peer)
+      }
+    })
+  }
+
+  private checkHello(frame: Frame): { code: string; message: string } | null {
+    const body: FrameBody = frame.body
+    if (body.kind !== 'hello')
+      return { code: 'KV_ERR_BAD_FRAME', message: 'the first frame must be a hello' }
+    if (body.clusterId !== this.options.clusterId) {
+      return {
+        code: 'KV_ERR_CLUSTER_MISMATCH',
+        message: `this node is in cluster ${this.options.clusterId}, not ${body.clusterId}`,
+      }
+    }
+    if (body.to !== this.options.self.id) {
+      return {
+        code: 'KV_ERR_CLUSTER_MISMATCH',
+        message: `this is node ${this.options.self.id}, not ${body.to}`,
+      }
+    }
+    if (!this.member(frame.from) || frame.from === this.options.self.id) {
+      return {
+        code: 'KV_ERR_CLUSTER_MISMATCH',
+        message: `${frame.from} is not a member of this cluster`,
+      }
+    }
+    return null
+  }
+
+  private refusal(code: string, message: string): Buffer {
+    return encodeFrame({
+      from: this.options.self.id,
+      epoch: this.options.epoch(),
+      body: { kind: 'refusal', code, message },
+    })
+  }
+
+  private drop(peer: string, reason: string): void {
+    const entry = this.streams.get(peer)
+    if (!entry) return
+    this.streams.delete(peer)
+    this.log.debug({ peer, reason }, 'replication stream closed')
+    entry.stream.destroy()
+    this.options.handlers.onDisconnected(peer)
+  }
+}
