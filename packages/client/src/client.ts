@@ -1,26 +1,58 @@
 /**
- * The TypeScript SDK for one node of the key-value store.
+ * The TypeScript SDK for the key-value store.
  *
- * It speaks cleartext HTTP/2 (h2c) over one multiplexed connection by default, or HTTP/1.1
- * with a pool of keep-alive connections. Every failure is a `KvError` with a stable code:
- * the node's own code for an error response, `KV_ERR_UNAVAILABLE` when the node cannot be
- * reached.
+ * Give it any node's URL. It learns the cluster from `GET /v1/cluster`, sends writes to the
+ * leader (following `KV_ERR_NOT_LEADER` hints when leadership moves), and spreads reads
+ * round-robin over followers, skipping any that lags more than `maxLagMs` and falling back
+ * to the leader. A session makes every read see the client's own writes and never go back
+ * in time (read-your-writes and monotonic reads). Every write carries a request id, so a
+ * write retried after a connection failure is applied once.
+ *
+ * It speaks cleartext HTTP/2 (h2c) by default. Every failure is a `KvError` with a stable
+ * code: the node's own, or `KV_ERR_UNAVAILABLE` when no node could be reached.
  */
-import { H2CClient, Pool, type Dispatcher } from 'undici'
-import { KvError, isErrorCode, type ErrorDetails } from '@kvstore/protocol/errors'
+import { randomUUID } from 'node:crypto'
+import { KvError } from '@kvstore/protocol/errors'
+import {
+  decodeSession,
+  encodeSession,
+  laterSession,
+  type SessionPosition,
+} from '@kvstore/protocol/session'
+import { NodeConnection, headerOf, type NodeResponse, type SendOptions } from './connection.js'
 
 export { KvError }
 export type { ErrorCode } from '@kvstore/protocol/errors'
 
+/** Durability a write waits for: the leader alone, a majority, or every member. */
+export type AckMode = 'async' | 'quorum' | 'all'
+
 export interface KvClientOptions {
-  /** Base URL of a node, such as `http://127.0.0.1:7001`. */
-  url: string
-  /** `h2c` (default): one HTTP/2 connection; `http1`: a pool of HTTP/1.1 connections. */
+  /** One or more node URLs to learn the cluster from, such as `http://127.0.0.1:7001`. */
+  url: string | string[]
+  /** `h2c` (default): one multiplexed HTTP/2 connection per node; `http1`: a pool of HTTP/1.1 connections. */
   protocol?: 'h2c' | 'http1'
   /** Gives up on a request after this long without a response. Default 10 000 ms. */
   timeoutMs?: number
-  /** HTTP/1.1 pool size. Default 16. */
+  /** HTTP/1.1 pool size per node. Default 16. */
   connections?: number
+  /** Where reads go: `followers` (default, falling back to the leader), `leader`, or `any` member. */
+  readFrom?: 'followers' | 'leader' | 'any'
+  /** A follower that lags more than this is skipped for reads until it catches up. Default 1000 ms. */
+  maxLagMs?: number
+  /**
+   * A follower that does not answer a read within this long is skipped (a paused or overloaded
+   * replica) and the read goes to the leader. Default 1000 ms.
+   */
+  followerReadTimeoutMs?: number
+  /** Keep a session (read-your-writes, monotonic reads). Default true. */
+  session?: boolean
+  /** Durability of writes that do not choose one; the cluster's default when omitted. */
+  ack?: AckMode
+  /** Attempts for a request that meets an unreachable node or a moved leader. Default 4. */
+  attempts?: number
+  /** How often the cluster view is refreshed. Default 2000 ms. */
+  refreshIntervalMs?: number
 }
 
 /** Write conditions, mapped to If-Match / If-None-Match. Use at most one. */
@@ -33,19 +65,37 @@ export interface WriteConditions {
   ifExists?: boolean
 }
 
+/** Options of one write. */
+export interface WriteOptions extends WriteConditions {
+  /** Durability to wait for. */
+  ack?: AckMode
+  /** Request id (a random one by default); a retry with the same id is applied once. */
+  requestId?: string
+}
+
+/** Options of one read. */
+export interface ReadOptions {
+  /** Read from the leader, whatever `readFrom` says. */
+  fromLeader?: boolean
+}
+
 export interface GetResult {
   value: Buffer
   /** The key's version (the LSN that last wrote it). */
   version: number
-  /** The node's applied LSN when it served the read. */
+  /** The replica's applied LSN when it served the read. */
   appliedLsn: number
+  /** Id or URL of the node that answered. */
+  servedBy: string
 }
 
 export interface PutResult {
   key: string
-  /** The key's new version (the LSN of this write); use it with `ifVersion`. */
+  /** The key's new version; use it with `ifVersion`. */
   version: number
   lsn: number
+  /** Session token of this write. */
+  session: string
 }
 
 export interface DeleteResult {
@@ -53,9 +103,10 @@ export interface DeleteResult {
   deleted: true
   lsn: number
   previousVersion: number | null
+  session: string
 }
 
-export interface ListOptions {
+export interface ListOptions extends ReadOptions {
   /** Only keys starting with this prefix. */
   prefix?: string
   /** First key (inclusive). */
@@ -90,10 +141,8 @@ export type BatchOp =
 
 export interface BatchResult {
   lsn: number
-  /**
-   * One result per op: the key's new version (null after a delete), and for conditional ops
-   * the version the condition saw.
-   */
+  session: string
+  /** One per op: the key's new version (null after a delete); conditional ops also give the version they saw. */
   results: { key: string; version: number | null; previousVersion?: number | null }[]
 }
 
@@ -118,10 +167,26 @@ export interface StateDigest {
   bytes: number
 }
 
-interface Response {
-  status: number
-  headers: Record<string, string | string[] | undefined>
-  body: Buffer
+/** A member as GET /v1/cluster describes it. */
+export interface ClusterMember {
+  id: string
+  role: 'leader' | 'follower'
+  clientUrl: string
+  ackedLsn: number
+  lagEntries: number
+  lagMs: number
+  connected: boolean
+}
+
+export interface ClusterView {
+  mode: string
+  clusterId: string
+  leaderId: string | null
+  leaderUrl: string | null
+  epoch: number
+  commitLsn: number
+  self: string
+  members: ClusterMember[]
 }
 
 /** Encodes a key for the URL path: each segment percent-encoded, `/` kept. */
@@ -147,70 +212,134 @@ function conditionHeaders(conditions: WriteConditions): Record<string, string> {
   return {}
 }
 
-function header(res: Response, name: string): string | undefined {
-  const value = res.headers[name]
-  return Array.isArray(value) ? value[0] : value
-}
+const retryable = new Set([
+  'KV_ERR_UNAVAILABLE',
+  'KV_ERR_NOT_LEADER',
+  'KV_ERR_SHUTTING_DOWN',
+  'KV_ERR_NOT_READY',
+])
 
-/** A client for one node. Create one per node and reuse it; `close()` when done. */
+/** A client of a whole cluster (or of one standalone node). Reuse one; `close()` when done. */
 export class KvClient {
-  readonly url: string
-  private readonly dispatcher: Dispatcher
-  private readonly timeoutMs: number
+  private readonly options: Required<Omit<KvClientOptions, 'ack' | 'url'>> & {
+    ack: AckMode | undefined
+  }
+  private readonly seeds: string[]
+  private readonly connections = new Map<string, NodeConnection>()
+  private view: ClusterView | null = null
+  private viewFetchedAt = 0
+  private refreshing: Promise<void> | null = null
+  private leaderUrl: string | null = null
+  /** Followers skipped for reads, with the lag that got them skipped. */
+  private readonly lagging = new Map<string, number>()
+  private nextReplica = 0
+  private position: SessionPosition | null = null
+  private closed = false
 
+  /** Creates a client; it connects lazily, on the first request. */
   constructor(options: KvClientOptions) {
-    const url = new URL(options.url)
-    if (url.protocol !== 'http:') {
-      throw new KvError(
-        'KV_ERR_INVALID_ARGUMENT',
-        `only http:// URLs are supported, got ${options.url}`,
-      )
+    const urls = Array.isArray(options.url) ? options.url : [options.url]
+    if (urls.length === 0)
+      throw new KvError('KV_ERR_INVALID_ARGUMENT', 'give at least one node URL')
+    this.seeds = urls.map((url) => {
+      let parsed: URL
+      try {
+        parsed = new URL(url)
+      } catch {
+        throw new KvError('KV_ERR_INVALID_ARGUMENT', `${url} is not a URL`)
+      }
+      if (parsed.protocol !== 'http:') {
+        throw new KvError('KV_ERR_INVALID_ARGUMENT', `only http:// URLs are supported, got ${url}`)
+      }
+      return parsed.origin
+    })
+    this.options = {
+      protocol: options.protocol ?? 'h2c',
+      timeoutMs: options.timeoutMs ?? 10_000,
+      connections: options.connections ?? 16,
+      readFrom: options.readFrom ?? 'followers',
+      maxLagMs: options.maxLagMs ?? 1000,
+      followerReadTimeoutMs: options.followerReadTimeoutMs ?? 1000,
+      session: options.session ?? true,
+      attempts: options.attempts ?? 4,
+      refreshIntervalMs: options.refreshIntervalMs ?? 2000,
+      ack: options.ack,
     }
-    this.url = url.origin
-    this.timeoutMs = options.timeoutMs ?? 10_000
-    const timeouts = { headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs }
-    this.dispatcher =
-      (options.protocol ?? 'h2c') === 'h2c'
-        ? new H2CClient(this.url, { ...timeouts, maxConcurrentStreams: 128 })
-        : new Pool(this.url, { ...timeouts, connections: options.connections ?? 16 })
   }
 
-  /** Reads a key. Returns null when it does not exist. */
-  async get(key: string): Promise<GetResult | null> {
-    const res = await this.send('GET', `/v1/kv/${keyPath(key)}`, { allow404: true })
+  /** The first seed URL. */
+  get url(): string {
+    return this.seeds[0] as string
+  }
+
+  /** The session token: pass it to another client with `useSession` to share read-your-writes. */
+  get session(): string | null {
+    return this.position === null ? null : encodeSession(this.position)
+  }
+
+  /** Continues a session that another client (or process) started. */
+  useSession(token: string): void {
+    this.position = laterSession(this.position, decodeSession(token))
+  }
+
+  /** Reads a key from a replica that has applied the session. Returns null when it does not exist. */
+  async get(key: string, options: ReadOptions = {}): Promise<GetResult | null> {
+    const { res, url } = await this.read(`/v1/kv/${keyPath(key)}`, options, { allowNotFound: true })
     if (res.status === 404) return null
     return {
       value: res.body,
-      version: Number((header(res, 'etag') ?? '"0"').replaceAll('"', '')),
-      appliedLsn: Number(header(res, 'kv-applied-lsn') ?? 0),
+      version: Number((headerOf(res, 'etag') ?? '"0"').replaceAll('"', '')),
+      appliedLsn: Number(headerOf(res, 'kv-applied-lsn') ?? 0),
+      servedBy: url,
     }
   }
 
-  /** Writes a key. With conditions, fails with `KV_ERR_PRECONDITION_FAILED` when they do not hold. */
+  /** Writes a key. With conditions it fails with `KV_ERR_PRECONDITION_FAILED` when they do not hold. */
   async put(
     key: string,
     value: string | Uint8Array,
-    conditions: WriteConditions = {},
+    options: WriteOptions = {},
   ): Promise<PutResult> {
-    const res = await this.send('PUT', `/v1/kv/${keyPath(key)}`, {
+    const res = await this.write('PUT', `/v1/kv/${keyPath(key)}`, options, {
       body: typeof value === 'string' ? Buffer.from(value, 'utf8') : value,
-      headers: { 'content-type': 'application/octet-stream', ...conditionHeaders(conditions) },
+      headers: { 'content-type': 'application/octet-stream', ...conditionHeaders(options) },
     })
     return JSON.parse(res.body.toString('utf8')) as PutResult
   }
 
   /** Deletes a key. Fails with `KV_ERR_KEY_NOT_FOUND` when it does not exist. */
-  async delete(
-    key: string,
-    conditions: Omit<WriteConditions, 'ifAbsent'> = {},
-  ): Promise<DeleteResult> {
-    const res = await this.send('DELETE', `/v1/kv/${keyPath(key)}`, {
-      headers: conditionHeaders(conditions),
+  async delete(key: string, options: Omit<WriteOptions, 'ifAbsent'> = {}): Promise<DeleteResult> {
+    const res = await this.write('DELETE', `/v1/kv/${keyPath(key)}`, options, {
+      headers: conditionHeaders(options),
     })
     return JSON.parse(res.body.toString('utf8')) as DeleteResult
   }
 
-  /** One page of keys in key order. */
+  /** Applies puts and deletes atomically, in order, as one write. */
+  async batch(
+    ops: BatchOp[],
+    options: Omit<WriteOptions, keyof WriteConditions> = {},
+  ): Promise<BatchResult> {
+    const body = {
+      ops: ops.map((op) => {
+        const { op: kind, key, ...rest } = op
+        if (kind === 'put' && 'value' in rest) {
+          const { value, ...conditions } = rest
+          return typeof value === 'string'
+            ? { op: kind, key, value, ...conditions }
+            : { op: kind, key, valueBase64: Buffer.from(value).toString('base64'), ...conditions }
+        }
+        return { op: kind, key, ...rest }
+      }),
+    }
+    const res = await this.write('POST', '/v1/batch', options, {
+      body: Buffer.from(JSON.stringify(body)),
+      headers: { 'content-type': 'application/json' },
+    })
+    return JSON.parse(res.body.toString('utf8')) as BatchResult
+  }
+
+  /** One page of keys in key order, from a replica that has applied the session. */
   async list(options: ListOptions = {}): Promise<ListPage> {
     const query = new URLSearchParams()
     if (options.prefix !== undefined) query.set('prefix', options.prefix)
@@ -219,7 +348,7 @@ export class KvClient {
     if (options.cursor !== undefined) query.set('cursor', options.cursor)
     if (options.values) query.set('values', 'true')
     const qs = query.toString()
-    const res = await this.send('GET', `/v1/kv${qs ? `?${qs}` : ''}`)
+    const { res } = await this.read(`/v1/kv${qs ? `?${qs}` : ''}`, options)
     return JSON.parse(res.body.toString('utf8')) as ListPage
   }
 
@@ -233,43 +362,28 @@ export class KvClient {
     } while (cursor !== undefined)
   }
 
-  /** Applies puts and deletes atomically, in order. */
-  async batch(ops: BatchOp[]): Promise<BatchResult> {
-    const body = {
-      ops: ops.map((op) => {
-        const { op: kind, key, ...rest } = op
-        if (kind === 'put' && 'value' in rest) {
-          const { value, ...conditions } = rest
-          return typeof value === 'string'
-            ? { op: kind, key, value, ...conditions }
-            : { op: kind, key, valueBase64: Buffer.from(value).toString('base64'), ...conditions }
-        }
-        return { op: kind, key, ...rest }
-      }),
-    }
-    const res = await this.send('POST', '/v1/batch', {
-      body: Buffer.from(JSON.stringify(body)),
-      headers: { 'content-type': 'application/json' },
-    })
-    return JSON.parse(res.body.toString('utf8')) as BatchResult
-  }
-
-  /** The node's identity, role, LSNs and limits. */
-  async status(): Promise<NodeStatus> {
-    const res = await this.send('GET', '/v1/status')
+  /** The status of one node (the first seed, or `url`). */
+  async status(url?: string): Promise<NodeStatus> {
+    const res = await this.connection(url ?? this.url).send('GET', '/v1/status')
     return JSON.parse(res.body.toString('utf8')) as NodeStatus
   }
 
-  /** A hash of the node's whole state at one LSN. */
-  async digest(): Promise<StateDigest> {
-    const res = await this.send('GET', '/v1/digest')
+  /** A hash of one node's whole state at its applied LSN (the first seed, or `url`). */
+  async digest(url?: string): Promise<StateDigest> {
+    const res = await this.connection(url ?? this.url).send('GET', '/v1/digest')
     return JSON.parse(res.body.toString('utf8')) as StateDigest
   }
 
-  /** True when the node answers /ready with 200. */
-  async ready(): Promise<boolean> {
+  /** The cluster as the nodes describe it, refreshed now. */
+  async cluster(): Promise<ClusterView> {
+    await this.refresh(true)
+    return this.view as ClusterView
+  }
+
+  /** True when the node at `url` (the first seed by default) answers /ready with 200. */
+  async ready(url?: string): Promise<boolean> {
     try {
-      await this.send('GET', '/ready')
+      await this.connection(url ?? this.url).send('GET', '/ready')
       return true
     } catch (err) {
       if (err instanceof KvError) return false
@@ -277,84 +391,218 @@ export class KvClient {
     }
   }
 
-  /** Closes the connections. Requests in flight finish first. */
+  /** Closes every connection. Requests in flight finish first. */
   async close(): Promise<void> {
-    await this.dispatcher.close()
+    this.closed = true
+    await Promise.all([...this.connections.values()].map((c) => c.close()))
+    this.connections.clear()
   }
 
-  private async send(
-    method: Dispatcher.HttpMethod,
-    path: string,
-    options: { body?: Uint8Array; headers?: Record<string, string>; allow404?: boolean } = {},
-  ): Promise<Response> {
-    let res: Dispatcher.ResponseData
-    try {
-      res = await this.dispatcher.request({
-        method,
-        path,
-        ...(options.body !== undefined ? { body: options.body } : {}),
-        ...(options.headers !== undefined ? { headers: options.headers } : {}),
-      })
-    } catch (err) {
-      throw new KvError(
-        'KV_ERR_UNAVAILABLE',
-        `cannot reach ${this.url}: ${(err as Error).message}`,
-        { url: this.url },
-        { cause: err },
-      )
+  // ---------------------------------------------------------------- routing
+
+  private connection(url: string): NodeConnection {
+    if (this.closed) throw new KvError('KV_ERR_SHUTTING_DOWN', 'the client is closed')
+    let connection = this.connections.get(url)
+    if (!connection) {
+      connection = new NodeConnection(url, this.options)
+      this.connections.set(url, connection)
     }
-    let body: Buffer
-    try {
-      body = Buffer.from(await res.body.arrayBuffer())
-    } catch (err) {
-      throw new KvError(
-        'KV_ERR_UNAVAILABLE',
-        `connection to ${this.url} broke while reading the response: ${(err as Error).message}`,
-        { url: this.url },
-        { cause: err },
-      )
-    }
-    const response: Response = { status: res.statusCode, headers: res.headers, body }
+    return connection
+  }
+
+  /** Learns the cluster from any seed or known member; keeps the old view if none answers. */
+  private async refresh(force = false): Promise<void> {
     if (
-      res.statusCode < 400 ||
-      (options.allow404 && res.statusCode === 404 && this.isNotFound(body))
-    ) {
-      return response
-    }
-    throw this.errorFrom(response)
-  }
-
-  private isNotFound(body: Buffer): boolean {
-    try {
-      return (
-        (JSON.parse(body.toString('utf8')) as { error?: { code?: string } }).error?.code ===
-        'KV_ERR_KEY_NOT_FOUND'
-      )
-    } catch {
-      return false
-    }
-  }
-
-  private errorFrom(res: Response): KvError {
-    let parsed: { error?: { code?: unknown; message?: unknown } & ErrorDetails } | undefined
-    try {
-      parsed = JSON.parse(res.body.toString('utf8')) as typeof parsed
-    } catch {
-      parsed = undefined
-    }
-    const error = parsed?.error
-    if (error && isErrorCode(error.code)) {
-      const { code, message, ...details } = error
-      return new KvError(
-        code,
-        typeof message === 'string' ? message : code,
-        details as ErrorDetails,
-      )
-    }
-    return new KvError(
-      res.status >= 500 ? 'KV_ERR_INTERNAL' : 'KV_ERR_INVALID_ARGUMENT',
-      `unexpected HTTP ${res.status} from ${this.url}: ${res.body.toString('utf8').slice(0, 200)}`,
-      { status: res.status },
+      !force &&
+      this.view !== null &&
+      Date.now() - this.viewFetchedAt < this.options.refreshIntervalMs
     )
+      return
+    this.refreshing ??= (async () => {
+      const candidates = [
+        ...new Set([
+          ...(this.leaderUrl ? [this.leaderUrl] : []),
+          ...(this.view?.members.map((m) => m.clientUrl) ?? []),
+          ...this.seeds,
+        ]),
+      ]
+      let lastError: unknown = null
+      for (const url of candidates) {
+        try {
+          let view = JSON.parse(
+            (await this.connection(url).send('GET', '/v1/cluster')).body.toString('utf8'),
+          ) as ClusterView
+          // The leader is the authority on its followers' lag: ask it when another node answered.
+          if (view.leaderUrl !== null && view.leaderUrl !== url) {
+            try {
+              const fromLeader = await this.connection(view.leaderUrl).send('GET', '/v1/cluster')
+              view = JSON.parse(fromLeader.body.toString('utf8')) as ClusterView
+            } catch {
+              // keep the follower's view; reads will still fall back to the leader as needed
+            }
+          }
+          this.view = view
+          this.viewFetchedAt = Date.now()
+          if (view.leaderUrl) this.leaderUrl = view.leaderUrl
+          for (const member of view.members) {
+            // Skip a follower the leader sees lagging; re-admit it once the leader sees it caught up.
+            if (member.role !== 'follower') continue
+            if (member.lagMs > this.options.maxLagMs || !member.connected)
+              this.lagging.set(member.clientUrl, member.lagMs)
+            else this.lagging.delete(member.clientUrl)
+          }
+          return
+        } catch (err) {
+          lastError = err
+        }
+      }
+      if (this.view === null) {
+        throw lastError instanceof KvError
+          ? lastError
+          : new KvError('KV_ERR_UNAVAILABLE', `no node answered among ${candidates.join(', ')}`)
+      }
+    })().finally(() => {
+      this.refreshing = null
+    })
+    await this.refreshing
+  }
+
+  private async leader(): Promise<string> {
+    await this.refresh()
+    return this.leaderUrl ?? this.url
+  }
+
+  /** The replica for the next read: a follower in step, else the leader. */
+  private async replica(options: ReadOptions): Promise<string> {
+    await this.refresh()
+    const leader = this.leaderUrl ?? this.url
+    if (options.fromLeader || this.options.readFrom === 'leader' || this.view === null)
+      return leader
+    const candidates = this.view.members
+      .filter(
+        (m) =>
+          (this.options.readFrom === 'any' || m.role === 'follower') &&
+          !this.lagging.has(m.clientUrl),
+      )
+      .map((m) => m.clientUrl)
+    if (candidates.length === 0) return leader
+    this.nextReplica = (this.nextReplica + 1) % candidates.length
+    return candidates[this.nextReplica] as string
+  }
+
+  private sessionHeaders(): Record<string, string> {
+    if (!this.options.session || this.position === null) return {}
+    // A replica may wait for the session about as long as the lag we accept from it.
+    return {
+      'kv-session': encodeSession(this.position),
+      'kv-read-wait-ms': String(this.options.maxLagMs),
+    }
+  }
+
+  private remember(res: NodeResponse): void {
+    if (!this.options.session) return
+    const token = headerOf(res, 'kv-session')
+    if (token === undefined) return
+    try {
+      this.position = laterSession(this.position, decodeSession(token))
+    } catch {
+      // a node that sends a token we cannot read is ignored
+    }
+  }
+
+  private async read(
+    path: string,
+    options: ReadOptions,
+    send: SendOptions = {},
+  ): Promise<{ res: NodeResponse; url: string }> {
+    let lastError: KvError | null = null
+    for (let attempt = 0; attempt < this.options.attempts; attempt++) {
+      const url = attempt === 0 ? await this.replica(options) : await this.leader()
+      const toFollower = url !== (this.leaderUrl ?? this.url)
+      try {
+        const res = await this.connection(url).send('GET', path, {
+          ...send,
+          headers: { ...send.headers, ...this.sessionHeaders() },
+          // A follower that is slow to answer is skipped sooner than the leader gives up.
+          ...(toFollower
+            ? {
+                timeoutMs: Math.min(
+                  this.options.followerReadTimeoutMs + this.options.maxLagMs,
+                  this.options.timeoutMs,
+                ),
+              }
+            : {}),
+        })
+        const lagMs = Number(headerOf(res, 'kv-lag-ms') ?? 0)
+        if (headerOf(res, 'kv-role') === 'follower' && lagMs > this.options.maxLagMs)
+          this.lagging.set(url, lagMs)
+        this.remember(res)
+        return { res, url }
+      } catch (err) {
+        if (!(err instanceof KvError)) throw err
+        lastError = err
+        // A replica behind the session, or gone: try the leader (after refreshing the view).
+        if (err.code === 'KV_ERR_REPLICA_BEHIND') {
+          this.lagging.set(url, Number(err.details.appliedLsn ?? 0))
+          if (typeof err.details.leaderUrl === 'string') this.leaderUrl = err.details.leaderUrl
+          continue
+        }
+        if (!retryable.has(err.code)) throw err
+        if (toFollower) {
+          // Skip this replica until the leader's view shows it healthy; retry on the leader now.
+          this.lagging.set(url, Infinity)
+          continue
+        }
+        await this.refresh(true).catch(() => {})
+        await this.pause(attempt)
+      }
+    }
+    throw lastError as KvError
+  }
+
+  private async write(
+    method: 'PUT' | 'DELETE' | 'POST',
+    path: string,
+    options: WriteOptions,
+    send: SendOptions,
+  ): Promise<NodeResponse> {
+    const requestId = options.requestId ?? randomUUID()
+    const ack = options.ack ?? this.options.ack
+    const headers: Record<string, string> = {
+      ...send.headers,
+      'kv-request-id': requestId,
+      ...(ack ? { 'kv-ack': ack } : {}),
+    }
+    let lastError: KvError | null = null
+    for (let attempt = 0; attempt < this.options.attempts; attempt++) {
+      const url = await this.leader()
+      try {
+        const res = await this.connection(url).send(method, path, { ...send, headers })
+        this.remember(res)
+        return res
+      } catch (err) {
+        if (!(err instanceof KvError)) throw err
+        lastError = err
+        if (!retryable.has(err.code)) throw err
+        // The same request id makes the retry safe: if the first attempt was applied, the
+        // leader answers with its result instead of writing again.
+        if (
+          err.code === 'KV_ERR_NOT_LEADER' &&
+          typeof err.details.leaderUrl === 'string' &&
+          err.details.leaderUrl !== url
+        ) {
+          this.leaderUrl = err.details.leaderUrl
+          continue
+        }
+        await this.refresh(true).catch(() => {})
+        await this.pause(attempt)
+      }
+    }
+    throw lastError as KvError
+  }
+
+  private pause(attempt: number): Promise<void> {
+    const ms = Math.min(1000, 50 * 2 ** attempt) * (0.5 + Math.random() / 2)
+    return new Promise((resolve) => setTimeout(resolve, ms))
   }
 }

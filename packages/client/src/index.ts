@@ -1,7 +1,10 @@
 export { KvClient, KvError, keyPath } from './client.js'
 export type {
+  AckMode,
   BatchOp,
   BatchResult,
+  ClusterMember,
+  ClusterView,
   DeleteResult,
   ErrorCode,
   GetResult,
@@ -11,6 +14,8 @@ export type {
   ListPage,
   NodeStatus,
   PutResult,
+  ReadOptions,
   StateDigest,
   WriteConditions,
+  WriteOptions,
 } from './client.js'

@@ -80,6 +80,19 @@ export function sessionOf(request: FastifyRequest): SessionPosition | null {
   return raw === undefined || raw === '' ? null : decodeSession(raw)
 }
 
+/** How long a read may wait for its session: `kv-read-wait-ms`, at most readWaitMs. */
+function readWaitOf(request: FastifyRequest, ctx: AppContext): number {
+  const raw = single(request, 'kv-read-wait-ms')
+  if (raw === undefined) return ctx.config.readWaitMs
+  if (!/^[0-9]{1,9}$/.test(raw)) {
+    throw new KvError(
+      'KV_ERR_INVALID_ARGUMENT',
+      `kv-read-wait-ms must be a whole number of milliseconds; got ${JSON.stringify(raw)}`,
+    )
+  }
+  return Math.min(Number(raw), ctx.config.readWaitMs)
+}
+
 /** True when this replica has applied the session's position (no waiting needed). */
 export function sessionSatisfied(ctx: AppContext, position: SessionPosition | null): boolean {
   return position === null || ctx.store.appliedLsn >= position.lsn
@@ -91,17 +104,17 @@ export function sessionSatisfied(ctx: AppContext, position: SessionPosition | nu
  */
 export async function awaitSession(
   ctx: AppContext,
+  request: FastifyRequest,
   position: SessionPosition | null,
 ): Promise<void> {
   if (sessionSatisfied(ctx, position) || position === null) return
-  const applied = ctx.replicator
-    ? await ctx.replicator.waitApplied(position.lsn, ctx.config.readWaitMs)
-    : false
+  const waitMs = readWaitOf(request, ctx)
+  const applied = ctx.replicator ? await ctx.replicator.waitApplied(position.lsn, waitMs) : false
   if (applied) return
   const leader = ctx.replicator?.leaderMember
   throw new KvError(
     'KV_ERR_REPLICA_BEHIND',
-    `this replica has applied up to LSN ${ctx.store.appliedLsn}, not ${position.lsn}, after waiting ${ctx.config.readWaitMs} ms`,
+    `this replica has applied up to LSN ${ctx.store.appliedLsn}, not ${position.lsn}, after waiting ${waitMs} ms`,
     {
       appliedLsn: ctx.store.appliedLsn,
       requiredLsn: position.lsn,

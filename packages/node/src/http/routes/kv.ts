@@ -223,7 +223,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     const session = sessionOf(request)
     if (!sessionSatisfied(ctx, session)) {
       // The session wrote or read past what this replica has applied: wait for it first.
-      awaitSession(ctx, session)
+      awaitSession(ctx, request, session)
         .then(() =>
           store.get(key).then((record) => sendRecord(request, reply, record, store.appliedLsn)),
         )
@@ -306,7 +306,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       text.cursor === undefined || text.cursor === ''
         ? undefined
         : decodeCursor(text.cursor, prefixText, config.keyBytesMax)
-    await awaitSession(ctx, sessionOf(request))
+    await awaitSession(ctx, request, sessionOf(request))
     const appliedLsn = store.appliedLsn
     const page = await store.list({
       ...(prefix ? { prefix } : {}),

@@ -84,6 +84,19 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   })
   methodNotAllowed(app, '/v1/cluster', ['GET'])
 
+  // Compacts the log now, within the retention policy (it also runs every few seconds).
+  app.post('/admin/v1/compact', async () => {
+    if (ctx.replicator) {
+      await ctx.replicator.compactNow()
+    } else {
+      await store.compactLog(
+        Math.max(store.meta.logStartLsn, store.commitLsn + 1 - config.logRetentionEntries),
+      )
+    }
+    return { logStartLsn: store.meta.logStartLsn, appliedLsn: store.appliedLsn }
+  })
+  methodNotAllowed(app, '/admin/v1/compact', ['POST'])
+
   app.get('/v1/digest', async () => store.digest())
   methodNotAllowed(app, '/v1/digest', ['GET'])
 

@@ -1,0 +1,346 @@
+/**
+ * Single-leader replication on real 3-node process clusters.
+ */
+import { Pool } from 'undici'
+import { KvClient, KvError } from '@kvstore/client'
+import { TestCluster } from './support/cluster.js'
+
+async function failure(promise: Promise<unknown>): Promise<KvError> {
+  const err = await promise.then(
+    () => null,
+    (e: unknown) => e,
+  )
+  expect(err).toBeInstanceOf(KvError)
+  return err as KvError
+}
+
+describe('a 3-node single-leader cluster', () => {
+  let cluster: TestCluster
+
+  beforeAll(async () => {
+    cluster = await TestCluster.start(3, ['--ack-timeout-ms', '1500', '--read-wait-ms', '500'])
+  })
+  afterAll(async () => {
+    await cluster.stop()
+  })
+
+  it('replicates 100,000 writes (puts, deletes, batches) to every node, with equal digests', async () => {
+    const pool = new Pool(cluster.leader.url, { connections: 64 })
+    const total = 100_000
+    let issued = 0
+    let lastLsn = 0
+    const worker = async () => {
+      for (;;) {
+        const i = issued++
+        if (i >= total) return
+        let res
+        if (i % 10 === 9) {
+          const ops = [0, 1, 2].map((j) => ({ op: 'put', key: `b/${i}/${j}`, value: `batch-${i}` }))
+          res = await pool.request({
+            method: 'POST',
+            path: '/v1/batch?ack=async',
+            body: JSON.stringify({ ops }),
+          })
+        } else if (i % 10 === 5 && i > 20) {
+          res = await pool.request({ method: 'DELETE', path: `/v1/kv/p/${i - 20}?ack=async` })
+        } else {
+          res = await pool.request({
+            method: 'PUT',
+            path: `/v1/kv/p/${i}?ack=async`,
+            body: `value-${i}`,
+          })
+        }
+        await res.body.text()
+        expect([200, 404]).toContain(res.statusCode)
+        lastLsn = Math.max(lastLsn, Number(res.headers['kv-lsn'] ?? 0))
+      }
+    }
+    await Promise.all(Array.from({ length: 64 }, worker))
+    await pool.close()
+    expect(lastLsn).toBeGreaterThan(90_000)
+    await cluster.waitForApplied(lastLsn)
+    const digests = await Promise.all(cluster.members.map((m) => cluster.digest(m.id)))
+    expect(new Set(digests.map((d) => d.digest)).size).toBe(1)
+    expect(digests[0]?.appliedLsn).toBeGreaterThanOrEqual(lastLsn)
+    expect(digests[0]?.keys).toBeGreaterThan(50_000)
+  }, 240_000)
+
+  it('refuses writes on a follower with the leader hint', async () => {
+    const follower = cluster.followers[0]!
+    const res = await fetch(`${follower.url}/v1/kv/x`, { method: 'PUT', body: 'v' })
+    expect(res.status).toBe(421)
+    expect(res.headers.get('kv-leader')).toBe(cluster.leader.url)
+    const body = (await res.json()) as {
+      error: { code: string; leaderId: string; leaderUrl: string }
+    }
+    expect(body.error).toMatchObject({
+      code: 'KV_ERR_NOT_LEADER',
+      leaderId: 'n1',
+      leaderUrl: cluster.leader.url,
+    })
+    for (const [method, path] of [
+      ['DELETE', '/v1/kv/x'],
+      ['POST', '/v1/batch'],
+    ]) {
+      const other = await fetch(`${follower.url}${path}`, {
+        method,
+        body: method === 'POST' ? '{"ops":[{"op":"delete","key":"x"}]}' : undefined,
+      })
+      expect(other.status).toBe(421)
+    }
+  })
+
+  it('ack=all fails while a follower is stopped; ack=quorum still succeeds', async () => {
+    const stopped = cluster.followers[1]!
+    cluster.pause(stopped.id)
+    try {
+      const quorum = await fetch(`${cluster.leader.url}/v1/kv/durable-q?ack=quorum`, {
+        method: 'PUT',
+        body: 'q',
+      })
+      expect(quorum.status).toBe(200)
+      const all = await fetch(`${cluster.leader.url}/v1/kv/durable-a?ack=all`, {
+        method: 'PUT',
+        body: 'a',
+      })
+      expect(all.status).toBe(504)
+      const body = (await all.json()) as { error: { code: string; lsn: number; session: string } }
+      expect(body.error.code).toBe('KV_ERR_ACK_TIMEOUT')
+      expect(body.error.lsn).toBeGreaterThan(0)
+      // The write is durable on the leader, as the error says.
+      const readBack = await fetch(`${cluster.leader.url}/v1/kv/durable-a`)
+      expect(await readBack.text()).toBe('a')
+    } finally {
+      cluster.resume(stopped.id)
+    }
+    // Once the follower is back, ack=all works again.
+    const all = await fetch(`${cluster.leader.url}/v1/kv/durable-b?ack=all`, {
+      method: 'PUT',
+      body: 'b',
+    })
+    expect(all.status).toBe(200)
+  })
+
+  it('a restarted follower catches up from its own LSN', async () => {
+    const follower = cluster.followers[0]!
+    expect(await cluster.stopMember(follower.id)).toBe(0)
+    const client = new KvClient({ url: cluster.leader.url, ack: 'quorum' })
+    for (let i = 0; i < 500; i++) await client.put(`restart/${i}`, `v${i}`)
+    await client.close()
+    await cluster.startMember(follower.id)
+    const leaderLsn = await cluster.waitForApplied()
+    const [leader, caughtUp] = await Promise.all([
+      cluster.digest(cluster.leader.id),
+      cluster.digest(follower.id),
+    ])
+    expect(caughtUp).toEqual(leader)
+    expect(leaderLsn).toBeGreaterThan(0)
+    // It resumed from its LSN: no snapshot was needed.
+    const metrics = await (await fetch(`${follower.url}/metrics`)).text()
+    expect(metrics).toMatch(/kv_replication_snapshots_installed_total 0/)
+  })
+
+  it('a write retried with the same request id is applied once', async () => {
+    const send = () =>
+      fetch(`${cluster.leader.url}/v1/kv/once`, {
+        method: 'PUT',
+        body: 'first',
+        headers: { 'kv-request-id': 'req-once-1', 'if-none-match': '*' },
+      })
+    const first = await send()
+    const retry = await send()
+    expect(first.status).toBe(201)
+    expect(retry.status).toBe(201)
+    expect(retry.headers.get('kv-deduplicated')).toBe('true')
+    expect(retry.headers.get('kv-lsn')).toBe(first.headers.get('kv-lsn'))
+    // A new id is a new write: create-only now fails.
+    const other = await fetch(`${cluster.leader.url}/v1/kv/once`, {
+      method: 'PUT',
+      body: 'second',
+      headers: { 'kv-request-id': 'req-once-2', 'if-none-match': '*' },
+    })
+    expect(other.status).toBe(412)
+    // Every replica has the id: it is part of the log, so a new leader would know it too.
+    await cluster.waitForApplied()
+    const followerRetry = await fetch(`${cluster.followers[0]!.url}/v1/kv/once`, {
+      method: 'PUT',
+      body: 'first',
+      headers: { 'kv-request-id': 'req-once-1' },
+    })
+    expect(followerRetry.status).toBe(421)
+  })
+
+  it('GET /v1/cluster shows every member, its role, LSNs and lag', async () => {
+    await cluster.waitForApplied()
+    for (const m of cluster.members) {
+      const view = (await (await fetch(`${m.url}/v1/cluster`)).json()) as {
+        leaderId: string
+        members: {
+          id: string
+          role: string
+          ackedLsn: number
+          lagEntries: number
+          connected: boolean
+        }[]
+      }
+      expect(view.leaderId).toBe('n1')
+      expect(view.members.map((x) => [x.id, x.role])).toEqual([
+        ['n1', 'leader'],
+        ['n2', 'follower'],
+        ['n3', 'follower'],
+      ])
+    }
+    const fromLeader = (await (await fetch(`${cluster.leader.url}/v1/cluster`)).json()) as {
+      commitLsn: number
+      members: { id: string; ackedLsn: number; connected: boolean; lastContactMs: number }[]
+    }
+    for (const m of fromLeader.members) {
+      expect(m.connected).toBe(true)
+      expect(m.ackedLsn).toBeGreaterThanOrEqual(fromLeader.commitLsn)
+    }
+  })
+})
+
+describe('the SDK against a 3-node cluster', () => {
+  let cluster: TestCluster
+  beforeAll(async () => {
+    cluster = await TestCluster.start(3, ['--read-wait-ms', '2000'])
+  })
+  afterAll(async () => {
+    await cluster.stop()
+  })
+
+  it('finds the leader from any member and spreads reads over the followers', async () => {
+    const client = new KvClient({ url: cluster.followers[1]!.url })
+    const put = await client.put('sdk/a', 'one')
+    expect(put.version).toBeGreaterThan(0)
+    // Followers whose streams are not up yet are left out of reads; wait for the cluster to
+    // settle, then let the client see it.
+    await cluster.waitForApplied()
+    for (let i = 0; i < 50; i++) {
+      const view = await client.cluster()
+      if (view.members.every((m) => m.connected && m.lagMs === 0)) break
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    const servedBy = new Set<string>()
+    for (let i = 0; i < 6; i++) {
+      const got = await client.get('sdk/a')
+      expect(got?.value.toString()).toBe('one')
+      servedBy.add(got?.servedBy ?? '')
+    }
+    expect([...servedBy].sort()).toEqual(cluster.followers.map((f) => f.url).sort())
+    await client.close()
+  })
+
+  it('read-your-writes holds while a follower lags', async () => {
+    const lagging = cluster.followers[0]!
+    const client = new KvClient({ url: cluster.leader.url, ack: 'quorum', maxLagMs: 200 })
+    cluster.pause(lagging.id)
+    try {
+      for (let i = 0; i < 20; i++) {
+        const put = await client.put(`ryw/${i}`, `v${i}`)
+        // Whichever replica serves it, the read sees the write just made.
+        const got = await client.get(`ryw/${i}`)
+        expect(got?.value.toString()).toBe(`v${i}`)
+        expect(got?.version).toBe(put.version)
+      }
+    } finally {
+      cluster.resume(lagging.id)
+    }
+    await client.close()
+  })
+
+  it('stops reading from a lagging follower and returns to it once caught up', async () => {
+    const lagging = cluster.followers[0]!
+    const client = new KvClient({
+      url: cluster.leader.url,
+      ack: 'quorum',
+      maxLagMs: 300,
+      refreshIntervalMs: 100,
+    })
+    await client.put('lag/warm', 'x')
+    cluster.pause(lagging.id)
+    try {
+      for (let i = 0; i < 30; i++) await client.put(`lag/${i}`, 'v')
+      await new Promise((resolve) => setTimeout(resolve, 800))
+      await client.cluster()
+      const served = new Set<string>()
+      for (let i = 0; i < 10; i++) served.add((await client.get('lag/warm'))?.servedBy ?? '')
+      expect(served.has(lagging.url)).toBe(false)
+    } finally {
+      cluster.resume(lagging.id)
+    }
+    await cluster.waitForApplied()
+    await new Promise((resolve) => setTimeout(resolve, 400))
+    await client.cluster()
+    const served = new Set<string>()
+    for (let i = 0; i < 10; i++) served.add((await client.get('lag/warm'))?.servedBy ?? '')
+    expect(served.has(lagging.url)).toBe(true)
+    await client.close()
+  })
+
+  it('retries a write after the leader was unreachable, applying it once', async () => {
+    const client = new KvClient({ url: cluster.members.map((m) => m.url), attempts: 6 })
+    const id = 'sdk-retry-1'
+    const first = await client.put('retry/k', 'v1', { requestId: id, ifAbsent: true })
+    const again = await client.put('retry/k', 'v1', { requestId: id, ifAbsent: true })
+    expect(again.lsn).toBe(first.lsn)
+    expect((await failure(client.put('retry/k', 'v2', { ifAbsent: true }))).code).toBe(
+      'KV_ERR_PRECONDITION_FAILED',
+    )
+    await client.close()
+  })
+})
+
+describe('a follower behind the compacted log', () => {
+  let cluster: TestCluster
+  beforeAll(async () => {
+    cluster = await TestCluster.start(3, [
+      '--log-retention-entries',
+      '100',
+      '--log-retention-entries-max',
+      '200',
+    ])
+  })
+  afterAll(async () => {
+    await cluster.stop()
+  })
+
+  it('catches up through a snapshot, then from the log', async () => {
+    const follower = cluster.followers[1]!
+    const client = new KvClient({ url: cluster.leader.url, ack: 'quorum' })
+    for (let i = 0; i < 50; i++) await client.put(`snap/${i}`, `before-${i}`)
+    expect(await cluster.stopMember(follower.id)).toBe(0)
+    // 300 log entries (each batch is one), far past the 40 the leader may keep for n3.
+    for (let start = 0; start < 3000; start += 10) {
+      await client.batch(
+        Array.from({ length: 10 }, (_, j) => ({
+          op: 'put' as const,
+          key: `snap/${(start + j) % 700}`,
+          value: `after-${start + j}`,
+        })),
+      )
+    }
+    await client.delete('snap/3')
+    const compacted = (await (
+      await fetch(`${cluster.leader.url}/admin/v1/compact`, { method: 'POST' })
+    ).json()) as {
+      logStartLsn: number
+    }
+    expect(compacted.logStartLsn).toBeGreaterThan(250)
+    await cluster.startMember(follower.id)
+    await cluster.waitForApplied()
+    const [leader, restored] = await Promise.all([
+      cluster.digest(cluster.leader.id),
+      cluster.digest(follower.id),
+    ])
+    expect(restored).toEqual(leader)
+    const metrics = await (await fetch(`${follower.url}/metrics`)).text()
+    expect(metrics).toMatch(/kv_replication_snapshots_installed_total 1/)
+    // After the snapshot it follows the log again.
+    await client.put('snap/after', 'tail')
+    await cluster.waitForApplied()
+    expect(await (await fetch(`${follower.url}/v1/kv/snap/after`)).text()).toBe('tail')
+    await client.close()
+  })
+})

@@ -1,0 +1,159 @@
+/**
+ * Real multi-process clusters for tests: kv-node processes on free loopback ports, with the
+ * faults a test needs (SIGSTOP, SIGCONT, kill -9, restart).
+ */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { startNodeProcess, type NodeProcess } from './node-process.js'
+
+export interface ClusterMember {
+  id: string
+  url: string
+  peerUrl: string
+  dataDir: string
+  process: NodeProcess | null
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+export class TestCluster {
+  readonly members: ClusterMember[]
+  readonly dir: string
+  private readonly args: string[]
+
+  private constructor(dir: string, members: ClusterMember[], args: string[]) {
+    this.dir = dir
+    this.members = members
+    this.args = args
+  }
+
+  /** Starts `size` nodes; the first one leads. `args` go to every node. */
+  static async start(size = 3, args: string[] = []): Promise<TestCluster> {
+    const dir = await mkdtemp(join(tmpdir(), 'kv-cluster-'))
+    const members: ClusterMember[] = []
+    for (let i = 1; i <= size; i++) {
+      members.push({
+        id: `n${i}`,
+        url: `http://127.0.0.1:${await freePort()}`,
+        peerUrl: `http://127.0.0.1:${await freePort()}`,
+        dataDir: join(dir, `n${i}`),
+        process: null,
+      })
+    }
+    const cluster = new TestCluster(dir, members, args)
+    await Promise.all(members.map((m) => cluster.startMember(m.id)))
+    return cluster
+  }
+
+  get membersFlag(): string {
+    return this.members.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
+  }
+
+  member(id: string): ClusterMember {
+    const member = this.members.find((m) => m.id === id)
+    if (!member) throw new Error(`no member ${id}`)
+    return member
+  }
+
+  get leader(): ClusterMember {
+    return this.members[0] as ClusterMember
+  }
+
+  get followers(): ClusterMember[] {
+    return this.members.slice(1)
+  }
+
+  async startMember(id: string, extra: string[] = []): Promise<void> {
+    const member = this.member(id)
+    member.process = await startNodeProcess([
+      '--id',
+      id,
+      '--data-dir',
+      member.dataDir,
+      '--members',
+      this.membersFlag,
+      ...this.args,
+      ...extra,
+    ])
+  }
+
+  /** SIGKILL, and wait for the process to be gone. */
+  async kill(id: string): Promise<void> {
+    const member = this.member(id)
+    if (!member.process) return
+    process.kill(member.process.pid, 'SIGKILL')
+    await member.process.exited
+    member.process = null
+  }
+
+  /** SIGTERM, and wait for a clean exit. */
+  async stopMember(id: string): Promise<number | null> {
+    const member = this.member(id)
+    if (!member.process) return null
+    process.kill(member.process.pid, 'SIGCONT')
+    process.kill(member.process.pid, 'SIGTERM')
+    const { code } = await member.process.exited
+    member.process = null
+    return code
+  }
+
+  pause(id: string): void {
+    const pid = this.member(id).process?.pid
+    if (pid !== undefined) process.kill(pid, 'SIGSTOP')
+  }
+
+  resume(id: string): void {
+    const pid = this.member(id).process?.pid
+    if (pid !== undefined) process.kill(pid, 'SIGCONT')
+  }
+
+  async status(
+    id: string,
+  ): Promise<{ appliedLsn: number; role: string; lagEntries: number; lagMs: number }> {
+    const res = await fetch(`${this.member(id).url}/v1/status`)
+    return (await res.json()) as {
+      appliedLsn: number
+      role: string
+      lagEntries: number
+      lagMs: number
+    }
+  }
+
+  async digest(id: string): Promise<{ appliedLsn: number; digest: string; keys: number }> {
+    const res = await fetch(`${this.member(id).url}/v1/digest`)
+    return (await res.json()) as { appliedLsn: number; digest: string; keys: number }
+  }
+
+  /** Waits until every running member has applied `lsn` (or the leader's applied LSN). */
+  async waitForApplied(lsn?: number, timeoutMs = 30_000): Promise<number> {
+    const target = lsn ?? (await this.status(this.leader.id)).appliedLsn
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const running = this.members.filter((m) => m.process !== null)
+      const applied = await Promise.all(
+        running.map((m) => this.status(m.id).then((s) => s.appliedLsn)),
+      )
+      if (applied.every((a) => a >= target)) return target
+      if (Date.now() > deadline)
+        throw new Error(`members did not reach LSN ${target}: ${applied.join(', ')}`)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.members.map((m) => this.stopMember(m.id).catch(() => null)))
+    await rm(this.dir, { recursive: true, force: true })
+  }
+}
