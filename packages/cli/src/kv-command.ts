@@ -6,6 +6,7 @@
 import { readFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { KvClient, KvError, type BatchOp } from '@kvstore/client'
+import { ImportError, runImport } from './import.js'
 
 export interface Io {
   env: NodeJS.ProcessEnv
@@ -27,11 +28,16 @@ Commands:
   del KEY [--if-version N]
   ls [PREFIX]             list keys (--limit N per page, --start KEY, --all for every page)
   batch FILE              apply {"ops": [...]} from FILE (- for standard input) atomically
+  import FILE             bulk-load NDJSON ({"key","value"} per line) or CSV (key,value columns),
+        [--format ndjson|csv] [--chunk N] [--concurrency N] [--max-lag-ms MS]
+                          in batches, slowing down whenever followers lag more than --max-lag-ms
+  cluster                 the members, their roles, acknowledged LSNs and lag
   status                  the node's status as JSON
   digest                  hash of the node's state
 
 Options:
   --url URL               node to talk to (env KV_URL, default http://127.0.0.1:7001)
+  --ack async|quorum|all  durability a write waits for (default: the cluster's)
   --json                  machine-readable output
   --http1                 use HTTP/1.1 instead of HTTP/2 (h2c)
   -h, --help              show this help
@@ -80,6 +86,11 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         limit: { type: 'string' },
         start: { type: 'string' },
         all: { type: 'boolean', default: false },
+        ack: { type: 'string' },
+        format: { type: 'string' },
+        chunk: { type: 'string' },
+        concurrency: { type: 'string' },
+        'max-lag-ms': { type: 'string' },
       },
     })
   } catch (err) {
@@ -93,9 +104,14 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
     return command === undefined && !opts.help ? 2 : 0
   }
   const url = opts.url ?? io.env.KV_URL ?? 'http://127.0.0.1:7001'
+  const ack = opts.ack
+  if (ack !== undefined && ack !== 'async' && ack !== 'quorum' && ack !== 'all') {
+    await write(io.stderr, `kv: --ack must be async, quorum or all\n`)
+    return 2
+  }
   let client: KvClient
   try {
-    client = new KvClient({ url, protocol: opts.http1 ? 'http1' : 'h2c' })
+    client = new KvClient({ url, protocol: opts.http1 ? 'http1' : 'h2c', ...(ack ? { ack } : {}) })
   } catch (err) {
     await write(io.stderr, `kv: ${(err as Error).message}\n`)
     return 2
@@ -199,6 +215,56 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         }
         if (!Array.isArray(body.ops)) throw new UsageError(`${file} must hold {"ops": [...]}`)
         await out(await client.batch(body.ops))
+        return 0
+      }
+      case 'import': {
+        const file = args[0]
+        if (file === undefined) throw new UsageError('import needs a FILE')
+        const format = opts.format ?? (file.toLowerCase().endsWith('.csv') ? 'csv' : 'ndjson')
+        if (format !== 'csv' && format !== 'ndjson')
+          throw new UsageError('--format must be ndjson or csv')
+        const number = (text: string | undefined, name: string, fallback: number) => {
+          if (text === undefined) return fallback
+          if (!/^[1-9][0-9]*$/.test(text))
+            throw new UsageError(`--${name} must be a positive whole number`)
+          return Number(text)
+        }
+        try {
+          const summary = await runImport(client, {
+            file,
+            format,
+            chunk: number(opts.chunk, 'chunk', 500),
+            concurrency: number(opts.concurrency, 'concurrency', 4),
+            maxLagMs: number(opts['max-lag-ms'], 'max-lag-ms', 1000),
+            ack,
+            progress: io.stderr,
+          })
+          if (opts.json) await out(summary)
+          return 0
+        } catch (err) {
+          if (err instanceof ImportError) {
+            await write(io.stderr, `\nkv: ${file}: ${err.message}\n`)
+            return 1
+          }
+          throw err
+        }
+      }
+      case 'cluster': {
+        const view = await client.cluster()
+        if (opts.json) {
+          await out(view)
+          return 0
+        }
+        await write(
+          io.stdout,
+          `cluster ${view.clusterId} (${view.mode}), epoch ${view.epoch}, commit LSN ${view.commitLsn}\n`,
+        )
+        for (const m of view.members) {
+          await write(
+            io.stdout,
+            `  ${m.id.padEnd(8)} ${m.role.padEnd(9)} ${m.clientUrl.padEnd(26)} acked ${String(m.ackedLsn).padStart(10)}  lag ${m.lagEntries} entries, ${m.lagMs} ms${m.connected ? '' : '  (not connected)'}\n`,
+          )
+        }
         return 0
       }
       case 'status':

@@ -1,0 +1,182 @@
+#!/usr/bin/env node
+/**
+ * kv-cluster: a local single-leader cluster of kv-node processes, for trying things out.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createWriteStream, mkdirSync, rmSync } from 'node:fs'
+import { resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+
+const usage = `kv-cluster: run a local single-leader cluster of kv-node processes.
+
+Usage: kv-cluster [options] [-- kv-node options...]
+
+  --nodes N          members (default 3); n1 leads
+  --host HOST        address to listen on (default 127.0.0.1)
+  --client-port P    client port of n1; n2 gets P+1, and so on (default 7001)
+  --peer-port P      peer port of n1; n2 gets P+1, and so on (default 7101)
+  --data-dir DIR     one data directory per node below DIR, and their logs (default ./data)
+  --fresh            delete the nodes' data directories first
+  -h, --help         show this help
+
+Ctrl-C (or SIGTERM) stops every node cleanly; a second Ctrl-C kills them.
+`
+
+function write(text: string): void {
+  process.stdout.write(text)
+}
+
+async function main(): Promise<number> {
+  let parsed
+  try {
+    parsed = parseArgs({
+      allowPositionals: true,
+      options: {
+        nodes: { type: 'string', default: '3' },
+        host: { type: 'string', default: '127.0.0.1' },
+        'client-port': { type: 'string', default: '7001' },
+        'peer-port': { type: 'string', default: '7101' },
+        'data-dir': { type: 'string', default: './data' },
+        fresh: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    })
+  } catch (err) {
+    process.stderr.write(`kv-cluster: ${(err as Error).message}\n\n${usage}`)
+    return 2
+  }
+  const { values: opts, positionals: extra } = parsed
+  if (opts.help) {
+    write(usage)
+    return 0
+  }
+  const nodes = Number(opts.nodes)
+  const clientPort = Number(opts['client-port'])
+  const peerPort = Number(opts['peer-port'])
+  if (!Number.isInteger(nodes) || nodes < 1 || nodes > 9) {
+    process.stderr.write('kv-cluster: --nodes must be 1 to 9\n')
+    return 2
+  }
+  const dataDir = resolve(opts['data-dir'])
+  const host = opts.host
+  const members = Array.from({ length: nodes }, (_, i) => ({
+    id: `n${i + 1}`,
+    clientUrl: `http://${host}:${clientPort + i}`,
+    peerUrl: `http://${host}:${peerPort + i}`,
+  }))
+  const membersFlag = members.map((m) => `${m.id}@${m.clientUrl}@${m.peerUrl}`).join(',')
+  const kvNode = fileURLToPath(new URL('./kv-node.js', import.meta.url))
+  mkdirSync(dataDir, { recursive: true })
+
+  const children = new Map<string, ChildProcess>()
+  let stopping = false
+  for (const member of members) {
+    const dir = resolve(dataDir, member.id)
+    if (opts.fresh) rmSync(dir, { recursive: true, force: true })
+    const log = createWriteStream(resolve(dataDir, `${member.id}.log`), { flags: 'a' })
+    const child = spawn(
+      process.execPath,
+      [
+        kvNode,
+        '--id',
+        member.id,
+        '--data-dir',
+        dir,
+        '--host',
+        host,
+        '--members',
+        membersFlag,
+        '--leader',
+        'n1',
+        ...extra,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    )
+    child.stdout?.pipe(log)
+    child.stderr?.pipe(log)
+    child.on('exit', (code, signal) => {
+      children.delete(member.id)
+      if (!stopping) {
+        process.stderr.write(
+          `kv-cluster: ${member.id} exited (${code ?? signal}); see ${resolve(dataDir, `${member.id}.log`)}\n`,
+        )
+      }
+    })
+    children.set(member.id, child)
+  }
+
+  const stopAll = async (signal: NodeJS.Signals) => {
+    stopping = true
+    for (const child of children.values()) child.kill(signal)
+    const deadline = Date.now() + 15_000
+    while (children.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    for (const child of children.values()) child.kill('SIGKILL')
+  }
+  let signals = 0
+  const onSignal = () => {
+    signals++
+    if (signals > 1) {
+      write('\nkilling the nodes\n')
+      void stopAll('SIGKILL').then(() => process.exit(1))
+      return
+    }
+    write('\nstopping the nodes...\n')
+    void stopAll('SIGTERM').then(() => {
+      write('all nodes stopped\n')
+      process.exit(0)
+    })
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+
+  // Wait until every node answers, then show the cluster.
+  const deadline = Date.now() + 30_000
+  const roles = new Map<string, string>()
+  for (const member of members) {
+    for (;;) {
+      if (stopping) return 0
+      try {
+        const res = await fetch(`${member.clientUrl}/v1/status`)
+        if (res.ok) {
+          roles.set(member.id, ((await res.json()) as { role: string }).role)
+          break
+        }
+      } catch {
+        // not up yet
+      }
+      if (Date.now() > deadline || !children.has(member.id)) {
+        process.stderr.write(
+          `kv-cluster: ${member.id} did not start; see ${resolve(dataDir, `${member.id}.log`)}\n`,
+        )
+        await stopAll('SIGTERM')
+        return 1
+      }
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  write(`\nA ${nodes}-node single-leader cluster is running (logs and data in ${dataDir}):\n\n`)
+  for (const member of members) {
+    write(
+      `  ${member.id}  ${(roles.get(member.id) ?? '?').padEnd(8)}  ${member.clientUrl}   (peers: ${member.peerUrl})\n`,
+    )
+  }
+  write(`
+Try, in another terminal:
+  curl -X PUT --data-binary 'hello' ${members[0]?.clientUrl}/v1/kv/greeting
+  curl ${members[members.length - 1]?.clientUrl}/v1/kv/greeting
+  curl ${members[0]?.clientUrl}/v1/cluster
+  node packages/cli/dist/kv.js --url ${members[0]?.clientUrl} cluster
+
+Ctrl-C stops every node cleanly.
+`)
+  return new Promise<number>(() => {})
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`kv-cluster: ${(err as Error).message}\n`)
+    process.exit(1)
+  },
+)
