@@ -23,6 +23,12 @@ export interface LogInit {
   epochRuns?: EpochRun[]
 }
 
+/**
+ * Memory an entry costs beyond its bytes (the entry object, the Uint8Array and its backing
+ * store), so that the cache bound is a bound on memory and not only on payload.
+ */
+const entryOverheadBytes = 128
+
 export class LogWindow {
   logStartLsn: number
   compactedEpoch: number
@@ -100,7 +106,7 @@ export class LogWindow {
       }
       this.lastLsn = entry.lsn
       this.cache.push(entry)
-      this.cacheBytes += entry.data.length
+      this.cacheBytes += entry.data.length + entryOverheadBytes
     }
     this.evict()
   }
@@ -119,7 +125,7 @@ export class LogWindow {
       this.cache.length > this.cacheHead &&
       (this.cache[this.cache.length - 1] as CoreEntry).lsn > lsn
     ) {
-      this.cacheBytes -= (this.cache.pop() as CoreEntry).data.length
+      this.cacheBytes -= (this.cache.pop() as CoreEntry).data.length + entryOverheadBytes
     }
   }
 
@@ -184,7 +190,7 @@ export class LogWindow {
       if (first.lsn > this.persistedLsn) break
       this.cache[this.cacheHead] = undefined as unknown as CoreEntry
       this.cacheHead++
-      this.cacheBytes -= first.data.length
+      this.cacheBytes -= first.data.length + entryOverheadBytes
     }
     if (this.cacheHead > 4096 && this.cacheHead * 2 > this.cache.length) {
       this.cache = this.cache.slice(this.cacheHead)

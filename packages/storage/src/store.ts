@@ -851,16 +851,21 @@ export class Store {
    * entries may be compacted. The new log start is made durable before anything is deleted,
    * so a crash midway leaves a state that recovery finishes.
    */
-  compactLog(retainFromLsn: number): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.enqueue({
-        kind: 'exclusive',
-        bytes: 0,
-        run: () => this.runCompact(retainFromLsn),
-        resolve,
-        reject,
+  async compactLog(retainFromLsn: number): Promise<void> {
+    const oldStart = this.state.logStartLsn
+    await this.exclusive(() => this.runCompact(retainFromLsn))
+    // The log start is recorded: the entries below it are gone for every reader. Delete them in
+    // bounded chunks, each its own job, so that writes keep flowing between them; a crash
+    // midway leaves entries below the log start, which recovery deletes.
+    const end = this.state.logStartLsn
+    for (let from = oldStart; from < end && !this.closing; from += compactChunkEntries) {
+      const to = Math.min(end, from + compactChunkEntries)
+      await this.exclusive(async () => {
+        const batch = this.db.batch()
+        for (let lsn = from; lsn < to; lsn++) batch.del(logKey(lsn)).del(undoKey(lsn))
+        await batch.write()
       })
-    })
+    }
   }
 
   /** Waits for every queued write, then closes LevelDB. New writes are refused meanwhile. */
@@ -890,7 +895,9 @@ export class Store {
     const { logStartLsn, appliedLsn } = this.state
     let expected = logStartLsn
     const replay = logStartLsn === 1 ? new Map<string, StoredRecord>() : null
-    for await (const [key, value] of this.db.iterator(prefixRange(Prefix.Log))) {
+    // Entries below the recorded log start are compacted; their deletion may still be running.
+    const logRange = { gte: logKey(logStartLsn), lt: prefixRange(Prefix.Log).lt }
+    for await (const [key, value] of this.db.iterator(logRange)) {
       const lsn = lsnOfKey(key)
       if (lsn !== expected)
         throw new StorageError(`log gap: expected lsn ${expected}, found ${lsn}`)
@@ -910,9 +917,10 @@ export class Store {
     if (expected - 1 !== appliedLsn) {
       throw new StorageError(`log ends at ${expected - 1} but appliedLsn is ${appliedLsn}`)
     }
-    for await (const key of this.db.keys(prefixRange(Prefix.Undo))) {
+    const undoRange = { gte: undoKey(logStartLsn), lt: prefixRange(Prefix.Undo).lt }
+    for await (const key of this.db.keys(undoRange)) {
       const lsn = lsnOfKey(key)
-      if (lsn < logStartLsn || lsn > appliedLsn) {
+      if (lsn > appliedLsn) {
         throw new StorageError(`undo record ${lsn} has no log entry`)
       }
     }
@@ -1224,7 +1232,6 @@ export class Store {
       compactedEpoch: last.epoch,
       epochRuns,
     }
-    await deleteBelow(this.db, retainFromLsn)
     this.logger.info(
       { logStartLsn: retainFromLsn, removed: retainFromLsn - logStartLsn },
       'log compacted',
@@ -1508,6 +1515,10 @@ function toBuffer(bytes: Uint8Array): Buffer {
   return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)
 }
 
+/** Log entries (with their undo records) deleted per job when the log is compacted. */
+const compactChunkEntries = 2048
+
+/** Deletes every log entry and undo record below `retainFromLsn` (recovery only: it scans). */
 async function deleteBelow(db: Db, retainFromLsn: number): Promise<void> {
   await db.clear({ gte: prefixRange(Prefix.Log).gte, lt: logKey(retainFromLsn) })
   await db.clear({ gte: prefixRange(Prefix.Undo).gte, lt: undoKey(retainFromLsn) })

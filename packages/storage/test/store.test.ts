@@ -373,6 +373,44 @@ describe('compaction', () => {
     await reopened.close()
   })
 
+  it('deletes a long log in chunks that let writes through, and leaves nothing below the start', async () => {
+    const store = await openStore(dir)
+    // Uncommitted first, so every entry also has an undo record; then commit them all.
+    for (let lsn = 1; lsn <= 9000; lsn += 500) {
+      const entries = Array.from({ length: 500 }, (_, i) =>
+        entry(lsn + i, [put(`k${(lsn + i) % 97}`, `v${lsn + i}`)]),
+      )
+      await store.append(entries)
+    }
+    await store.setHardState({ commitLsn: 9000 })
+    let appendDone = false
+    let compactDone = false
+    const compacting = store.compactLog(8001).then(() => (compactDone = true))
+    // Queued while the compaction runs: it must not wait for every chunk of deletes.
+    await new Promise((r) => setImmediate(r))
+    await store.append([entry(9001, [put('late', 'x')])], { commitLsn: 9001 })
+    appendDone = true
+    expect(compactDone).toBe(false)
+    await compacting
+    expect(appendDone).toBe(true)
+    expect(store.meta.logStartLsn).toBe(8001)
+    expect((await store.verify()).entries).toBe(1001)
+    await store.close()
+    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+    })
+    const below = [
+      ...(await db.keys({ gte: logKey(0), lt: logKey(8001) }).all()),
+      ...(await db.keys({ gte: undoKey(0), lt: undoKey(8001) }).all()),
+    ]
+    expect(below).toEqual([])
+    await db.close()
+    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    expect(reopened.getSync(Buffer.from('late'))?.value.toString()).toBe('x')
+    await reopened.close()
+  })
+
   it('refuses to compact uncommitted entries', async () => {
     const store = await openStore(dir)
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })

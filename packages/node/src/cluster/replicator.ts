@@ -114,6 +114,8 @@ export class Replicator {
   /** Counters for metrics. */
   readonly stats = {
     entriesShipped: new Map<string, number>(),
+    /** Append frames that carried entries, per follower. */
+    appendFramesShipped: new Map<string, number>(),
     snapshotsSent: 0,
     snapshotsInstalled: 0,
     ackTimeouts: 0,
@@ -140,7 +142,9 @@ export class Replicator {
         appendBytesMax: config.replicationAppendBytesMax,
         inflightAppendsMax: 256,
         inflightBytesMax: config.replicationInflightBytesMax,
-        logCacheBytesMax: 64 * 1024 * 1024,
+        // Entries kept in memory for followers near the head; one further behind reads from
+        // disk. A larger cache mostly adds old-generation objects that slow full GCs.
+        logCacheBytesMax: 2 * config.replicationInflightBytesMax,
       },
       {
         epoch: meta.epoch,
@@ -621,6 +625,10 @@ export class Replicator {
           this.stats.entriesShipped.set(
             message.to,
             (this.stats.entriesShipped.get(message.to) ?? 0) + message.entries.length,
+          )
+          this.stats.appendFramesShipped.set(
+            message.to,
+            (this.stats.appendFramesShipped.get(message.to) ?? 0) + 1,
           )
         }
         break
