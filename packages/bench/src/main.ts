@@ -1,262 +1,52 @@
 /**
- * pnpm bench: single-node throughput and latency.
+ * pnpm bench: runs a benchmark suite, prints a table and writes JSON and markdown to
+ * bench-results/.
  *
- * Three node configurations run side by side in one invocation, each in a fresh data
- * directory:
- *   - group commit, fsync on   (the default: a write is on disk when acknowledged)
- *   - group commit, fsync off  (a write survives a process crash, not a power loss)
- *   - one fsync per write      (--group-commit-writes-max 1: the baseline group commit beats)
- * For each: 64 concurrent PUTs of fresh keys with 100-byte values, then (for the first two) 64
- * concurrent GETs of random keys among 100 000 prefilled ones. wrk generates the load on the
- * same machine; its CPU is reported beside the figures.
+ *   --suite cluster       (default) a 3-node single-leader cluster: writes per ack mode,
+ *                         replication lag, CPU-capped read scaling. See cluster.ts.
+ *   --suite single-node   one node: group commit, fsync on/off, reads. See single-node.ts.
  *
  * Options: --duration S (default 10), --connections N (64), --value-bytes N (100),
- * --get-keys N (100000), --out DIR (bench-results).
+ * --get-keys N (100000), --read-cpu-cap CORES (0.5), --out DIR (bench-results).
  */
-import { execFileSync, spawnSync } from 'node:child_process'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
-import { KvClient } from '@kvstore/client'
-import { startBenchNode, type BenchNode } from './node-process.js'
-import { cpuSeconds, machine } from './proc.js'
-import { getScript, putScript, runWrk, wrkAvailable, type WrkResult } from './wrk.js'
-
-interface Phase {
-  scenario: string
-  operation: 'put' | 'get'
-  result: WrkResult
-  /** CPU used by the node process, in cores. */
-  nodeCores: number
-  /** Mean log entries per LevelDB batch during the phase (puts only). */
-  entriesPerBatch: number | null
-  /** Mean batch write time including fsync, in ms (puts only). */
-  batchWriteMs: number | null
-  /** Share of reads served by the node's record cache during the phase (gets only). */
-  cacheHitRatio: number | null
-}
-
-const { values: opts } = parseArgs({
-  options: {
-    duration: { type: 'string', default: '10' },
-    connections: { type: 'string', default: '64' },
-    'value-bytes': { type: 'string', default: '100' },
-    'get-keys': { type: 'string', default: '100000' },
-    out: { type: 'string', default: 'bench-results' },
-  },
-})
-const durationS = Number(opts.duration)
-const connections = Number(opts.connections)
-const valueBytes = Number(opts['value-bytes'])
-const getKeys = Number(opts['get-keys'])
-
-function say(text: string): void {
-  process.stdout.write(`${text}\n`)
-}
-
-function ensureWrk(): void {
-  if (wrkAvailable()) return
-  const isRoot = process.getuid?.() === 0
-  const hasApt = spawnSync('apt-get', ['--version']).error === undefined
-  if (isRoot && hasApt) {
-    say('wrk is missing; installing it from Debian packages (apt-get install wrk)...')
-    execFileSync('sh', ['-c', 'apt-get update -qq && apt-get install -y -qq wrk >/dev/null'], {
-      stdio: 'inherit',
-    })
-    if (wrkAvailable()) return
-  }
-  throw new Error(
-    'the benchmark needs wrk: install it (Debian/Ubuntu: sudo apt-get install wrk) and rerun',
-  )
-}
-
-/** A gauge's value in the node's /metrics. */
-async function gauge(url: string, name: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text()
-  return Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? 0)
-}
-
-/** Sum and count of a histogram in the node's /metrics. */
-async function histogram(url: string, name: string): Promise<{ sum: number; count: number }> {
-  const text = await (await fetch(`${url}/metrics`)).text()
-  const read = (suffix: string) =>
-    Number(new RegExp(`^${name}_${suffix} (\\S+)$`, 'm').exec(text)?.[1] ?? 0)
-  return { sum: read('sum'), count: read('count') }
-}
-
-async function measure(
-  node: BenchNode,
-  scenario: string,
-  operation: 'put' | 'get',
-  script: string,
-  scriptDir: string,
-): Promise<Phase> {
-  const entriesBefore = await histogram(node.url, 'kv_storage_batch_entries')
-  const secondsBefore = await histogram(node.url, 'kv_storage_batch_write_seconds')
-  const hitsBefore = await gauge(node.url, 'kv_read_cache_hits')
-  const missesBefore = await gauge(node.url, 'kv_read_cache_misses')
-  const cpuBefore = await cpuSeconds(node.pid)
-  const started = performance.now()
-  const result = await runWrk({ url: node.url, script, scriptDir, connections, durationS })
-  const nodeCores = (await cpuSeconds(node.pid)) - cpuBefore
-  const wallS = (performance.now() - started) / 1000
-  const entriesAfter = await histogram(node.url, 'kv_storage_batch_entries')
-  const secondsAfter = await histogram(node.url, 'kv_storage_batch_write_seconds')
-  const batches = entriesAfter.count - entriesBefore.count
-  const hits = (await gauge(node.url, 'kv_read_cache_hits')) - hitsBefore
-  const misses = (await gauge(node.url, 'kv_read_cache_misses')) - missesBefore
-  return {
-    scenario,
-    operation,
-    result,
-    nodeCores: nodeCores / wallS,
-    entriesPerBatch:
-      operation === 'put' && batches > 0 ? (entriesAfter.sum - entriesBefore.sum) / batches : null,
-    batchWriteMs:
-      operation === 'put' && batches > 0
-        ? ((secondsAfter.sum - secondsBefore.sum) / batches) * 1000
-        : null,
-    cacheHitRatio: operation === 'get' && hits + misses > 0 ? hits / (hits + misses) : null,
-  }
-}
-
-async function prefill(url: string, prefix: string): Promise<void> {
-  const client = new KvClient({ url })
-  const value = 'v'.repeat(valueBytes)
-  try {
-    for (let start = 0; start < getKeys; start += 1000) {
-      const ops = []
-      for (let i = start; i < Math.min(getKeys, start + 1000); i++) {
-        ops.push({ op: 'put' as const, key: `${prefix}${i}`, value })
-      }
-      await client.batch(ops)
-    }
-  } finally {
-    await client.close()
-  }
-}
-
-const scenarios = [
-  { name: 'group commit, fsync on', args: ['--fsync', 'true'], gets: true },
-  { name: 'group commit, fsync off', args: ['--fsync', 'false'], gets: true },
-  {
-    name: 'one fsync per write',
-    args: ['--fsync', 'true', '--group-commit-writes-max', '1'],
-    gets: false,
-  },
-] as const
-
-const fmt = (n: number, digits = 0) =>
-  n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
+import { runClusterBench } from './cluster.js'
+import { runSingleNode } from './single-node.js'
 
 async function main(): Promise<void> {
-  ensureWrk()
-  const work = await mkdtemp(join(tmpdir(), 'kv-bench-'))
-  const phases: Phase[] = []
-  try {
-    for (const scenario of scenarios) {
-      say(`\n== ${scenario.name}`)
-      const node = await startBenchNode([
-        '--data-dir',
-        join(work, scenario.name.replace(/\W+/g, '-')),
-        ...scenario.args,
-      ])
-      try {
-        say('   warming up...')
-        await runWrk({
-          url: node.url,
-          script: putScript('warm/', valueBytes),
-          scriptDir: work,
-          connections,
-          durationS: 2,
-        })
-        say(`   PUT for ${durationS} s with ${connections} connections...`)
-        phases.push(
-          await measure(node, scenario.name, 'put', putScript('bench/put/', valueBytes), work),
-        )
-        if (scenario.gets) {
-          say(`   prefilling ${fmt(getKeys)} keys, warming up, then GET for ${durationS} s...`)
-          await prefill(node.url, 'bench/get/')
-          await runWrk({
-            url: node.url,
-            script: getScript('bench/get/', getKeys),
-            scriptDir: work,
-            connections,
-            durationS: 5,
-          })
-          phases.push(
-            await measure(node, scenario.name, 'get', getScript('bench/get/', getKeys), work),
-          )
-        }
-      } finally {
-        await node.stop()
-      }
+  const { values: opts } = parseArgs({
+    options: {
+      suite: { type: 'string', default: 'cluster' },
+      duration: { type: 'string', default: '10' },
+      connections: { type: 'string', default: '64' },
+      'value-bytes': { type: 'string', default: '100' },
+      'get-keys': { type: 'string', default: '100000' },
+      'read-cpu-cap': { type: 'string', default: '0.5' },
+      out: { type: 'string', default: 'bench-results' },
+    },
+  })
+  const number = (name: keyof typeof opts, min: number): number => {
+    const value = Number(opts[name])
+    if (!Number.isFinite(value) || value < min) {
+      throw new Error(`--${name} must be a number >= ${min}, not ${String(opts[name])}`)
     }
-  } finally {
-    await rm(work, { recursive: true, force: true })
+    return value
   }
-
-  const put = (name: string) => phases.find((p) => p.scenario === name && p.operation === 'put')
-  const grouped = put(scenarios[0].name)
-  const single = put(scenarios[2].name)
-  const ratio = grouped && single ? grouped.result.throughput / single.result.throughput : 0
-  const gets = phases.find((p) => p.scenario === scenarios[0].name && p.operation === 'get')
-  const targets = {
-    durablePutsPerSecond: { target: 20_000, actual: grouped?.result.throughput ?? 0 },
-    getsPerSecond: { target: 30_000, actual: gets?.result.throughput ?? 0 },
-    durablePutP99Ms: { target: 10, actual: grouped?.result.latencyMs.p99 ?? Infinity },
-    getP99Ms: { target: 10, actual: gets?.result.latencyMs.p99 ?? Infinity },
-    groupCommitSpeedup: { target: 5, actual: ratio },
+  const common = {
+    durationS: number('duration', 1),
+    connections: number('connections', 1),
+    valueBytes: number('value-bytes', 1),
+    getKeys: number('get-keys', 1),
+    out: String(opts.out),
   }
-
-  const header =
-    '| scenario | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | entries/batch | batch write ms | read cache hits | node CPU (cores) | wrk CPU (cores) |'
-  const rows = phases.map(
-    (p) =>
-      `| ${p.scenario} | ${p.operation.toUpperCase()} | ${fmt(p.result.throughput)} | ${fmt(p.result.latencyMs.p50, 2)} | ${fmt(p.result.latencyMs.p99, 2)} | ${fmt(p.result.latencyMs.p999, 2)} | ${p.result.errors} | ${p.entriesPerBatch === null ? '' : fmt(p.entriesPerBatch, 1)} | ${p.batchWriteMs === null ? '' : fmt(p.batchWriteMs, 2)} | ${p.cacheHitRatio === null ? '' : `${fmt(p.cacheHitRatio * 100)}%`} | ${fmt(p.nodeCores, 2)} | ${fmt(p.result.loadGeneratorCores, 2)} |`,
-  )
-  const check = (ok: boolean) => (ok ? 'met' : 'MISSED')
-  const targetRows = [
-    `| durable PUT throughput | >= 20,000/s | ${fmt(targets.durablePutsPerSecond.actual)}/s | ${check(targets.durablePutsPerSecond.actual >= 20_000)} |`,
-    `| GET throughput | >= 30,000/s | ${fmt(targets.getsPerSecond.actual)}/s | ${check(targets.getsPerSecond.actual >= 30_000)} |`,
-    `| durable PUT p99 | <= 10 ms | ${fmt(targets.durablePutP99Ms.actual, 2)} ms | ${check(targets.durablePutP99Ms.actual <= 10)} |`,
-    `| GET p99 | <= 10 ms | ${fmt(targets.getP99Ms.actual, 2)} ms | ${check(targets.getP99Ms.actual <= 10)} |`,
-    `| group commit vs one fsync per write | >= 5x | ${fmt(ratio, 1)}x | ${check(ratio >= 5)} |`,
-  ]
-  const host = await machine()
-  let commit = 'unknown'
-  try {
-    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim()
-  } catch {
-    // not a git checkout
+  switch (opts.suite) {
+    case 'cluster':
+      return runClusterBench({ ...common, readCpuCap: number('read-cpu-cap', 0.01) })
+    case 'single-node':
+      return runSingleNode(common)
+    default:
+      throw new Error(`--suite must be cluster or single-node, not ${String(opts.suite)}`)
   }
-  const command = `pnpm bench -- --duration ${durationS} --connections ${connections} --value-bytes ${valueBytes} --get-keys ${getKeys}`
-  const markdown = [
-    `Single node, ${connections} connections, ${valueBytes}-byte values, ${durationS} s per phase, wrk on the same machine.`,
-    `Machine: ${host.cores} x ${host.cpus}, ${host.memoryGiB} GiB; Node.js ${process.version}; commit ${commit}; ${new Date().toISOString()}.`,
-    `Command: \`${command}\``,
-    '',
-    header,
-    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
-    ...rows,
-    '',
-    '| target | goal | measured | |',
-    '|---|---|---:|---|',
-    ...targetRows,
-  ].join('\n')
-  say(`\n${markdown}\n`)
-
-  const outDir = resolve(opts.out)
-  await mkdir(outDir, { recursive: true })
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-')
-  const base = join(outDir, `single-node-${stamp}`)
-  await writeFile(
-    `${base}.json`,
-    `${JSON.stringify({ command, commit, date: new Date().toISOString(), node: process.version, machine: host, connections, valueBytes, durationS, phases, targets }, null, 2)}\n`,
-  )
-  await writeFile(`${base}.md`, `${markdown}\n`)
-  say(`wrote ${base}.json and ${base}.md`)
 }
 
 main().catch((err: unknown) => {

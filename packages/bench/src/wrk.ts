@@ -28,16 +28,29 @@ done = function(summary, latency, requests)
 end
 `
 
-/** Lua script: PUT a fresh key with a value of `valueBytes` on every request. */
-export function putScript(prefix: string, valueBytes: number): string {
+/**
+ * Lua script: PUT a fresh key with a value of `valueBytes` on every request. `query` is
+ * appended to each URL (such as `?ack=quorum`); `delayMs` makes each connection pause that long
+ * before each request, which caps the rate near connections * 1000 / (delayMs + latency).
+ */
+export function putScript(
+  prefix: string,
+  valueBytes: number,
+  options: { query?: string; delayMs?: number } = {},
+): string {
+  const delay =
+    options.delayMs === undefined
+      ? ''
+      : `delay = function() return ${Math.max(0, Math.round(options.delayMs))} end`
   return `
 local counter = 0
 local body = string.rep("v", ${valueBytes})
 local headers = { ["Content-Type"] = "application/octet-stream" }
 request = function()
   counter = counter + 1
-  return wrk.format("PUT", "/v1/kv/${prefix}" .. counter, headers, body)
+  return wrk.format("PUT", "/v1/kv/${prefix}" .. counter .. "${options.query ?? ''}", headers, body)
 end
+${delay}
 ${doneHook}`
 }
 
@@ -51,6 +64,8 @@ end
 ${doneHook}`
 }
 
+let scripts = 0
+
 export function wrkAvailable(): boolean {
   return spawnSync('wrk', ['--version']).error === undefined
 }
@@ -62,7 +77,7 @@ export async function runWrk(options: {
   connections: number
   durationS: number
 }): Promise<WrkResult> {
-  const scriptPath = join(options.scriptDir, `wrk-${process.pid}-${Date.now()}.lua`)
+  const scriptPath = join(options.scriptDir, `wrk-${process.pid}-${++scripts}.lua`)
   await writeFile(scriptPath, options.script)
   const child = spawn(
     'wrk',

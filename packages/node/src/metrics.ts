@@ -285,6 +285,17 @@ export class NodeMetrics {
       },
     })
     new Counter({
+      name: 'kv_replication_append_frames_total',
+      help: 'Append frames carrying entries the leader sent to each follower.',
+      labelNames: ['member'],
+      registers,
+      collect() {
+        this.reset()
+        for (const [member, count] of replicator.stats.appendFramesShipped)
+          this.inc({ member }, count)
+      },
+    })
+    new Counter({
       name: 'kv_replication_bytes_shipped_total',
       help: 'Bytes of frames sent to each peer.',
       labelNames: ['member'],

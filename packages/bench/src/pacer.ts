@@ -1,0 +1,197 @@
+/**
+ * An open-loop load generator: sends PUTs on a fixed schedule (`rate` per second) over a pool of
+ * keep-alive HTTP/1.1 connections, whatever the server's latency. wrk is closed-loop (each
+ * connection waits for its answer), so it cannot hold a rate below the maximum; this can.
+ * Latency is measured from when a request was due, not when it was sent, so a stalled server
+ * shows up in the percentiles instead of hiding in a lower send rate (coordinated omission).
+ *
+ * It speaks just enough HTTP/1.1 for the node's answers: a status line, headers and a
+ * Content-Length body.
+ */
+import { connect, type Socket } from 'node:net'
+import { percentile } from './common.js'
+
+export interface PacedOptions {
+  url: string
+  rate: number
+  durationS: number
+  connections: number
+  valueBytes: number
+  prefix: string
+  query?: string
+}
+
+export interface PacedResult {
+  /** Requests due by the schedule. */
+  scheduled: number
+  /** Requests answered with 2xx. */
+  completed: number
+  /** Non-2xx answers and requests never sent because every connection stayed busy. */
+  errors: number
+  throughput: number
+  latencyMs: { p50: number; p99: number; p999: number; max: number }
+  /** CPU used by this generator, in cores. */
+  loadGeneratorCores: number
+}
+
+interface Conn {
+  socket: Socket
+  buffer: Buffer
+  dueAt: number
+  busy: boolean
+}
+
+const headerEnd = Buffer.from('\r\n\r\n')
+const lengthHeaders = [Buffer.from('\r\ncontent-length:'), Buffer.from('\r\nContent-Length:')]
+const empty = Buffer.alloc(0)
+
+/** The Content-Length in the header block `buffer[0, end)`, or -1. */
+function contentLength(buffer: Buffer, end: number): number {
+  for (const name of lengthHeaders) {
+    const at = buffer.indexOf(name)
+    if (at < 0 || at >= end) continue
+    let i = at + name.length
+    while (buffer[i] === 0x20) i++
+    let value = 0
+    let digits = 0
+    for (let c = buffer[i] ?? 0; c >= 0x30 && c <= 0x39; c = buffer[++i] ?? 0) {
+      value = value * 10 + c - 0x30
+      digits++
+    }
+    return digits > 0 ? value : -1
+  }
+  return -1
+}
+
+export async function runPaced(options: PacedOptions): Promise<PacedResult> {
+  const target = new URL(options.url)
+  const intervalMs = 1000 / options.rate
+  const backlogMax = Math.max(options.connections, Math.ceil(options.rate)) // one second of work
+  const latencies: number[] = []
+  let scheduled = 0
+  let completed = 0
+  let errors = 0
+  let sent = 0
+  const backlog: number[] = []
+
+  // One latin1 string per request: the path prefix, the counter, then the fixed rest.
+  const head = `PUT /v1/kv/${options.prefix}`
+  const tail = `${options.query ?? ''} HTTP/1.1\r\nHost: ${target.host}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${options.valueBytes}\r\n\r\n${'v'.repeat(options.valueBytes)}`
+
+  const conns: Conn[] = await Promise.all(
+    Array.from(
+      { length: options.connections },
+      () =>
+        new Promise<Conn>((resolve, reject) => {
+          const socket = connect({ host: target.hostname, port: Number(target.port) })
+          socket.setNoDelay(true)
+          socket.once('error', reject)
+          socket.once('connect', () => {
+            socket.off('error', reject)
+            resolve({ socket, buffer: Buffer.alloc(0), dueAt: 0, busy: false })
+          })
+        }),
+    ),
+  )
+  const idle: Conn[] = [...conns]
+  let failure = null as Error | null
+
+  const send = (conn: Conn, dueAt: number) => {
+    conn.busy = true
+    conn.dueAt = dueAt
+    conn.socket.write(head + String(sent++) + tail, 'latin1')
+  }
+  const pump = () => {
+    while (backlog.length > 0 && idle.length > 0)
+      send(idle.pop() as Conn, backlog.shift() as number)
+  }
+
+  for (const conn of conns) {
+    conn.socket.on('error', (err) => (failure ??= err))
+    conn.socket.on('close', () => {
+      if (conn.busy) failure ??= new Error('the server closed a connection mid-request')
+    })
+    conn.socket.on('data', (chunk: Buffer) => {
+      conn.buffer = conn.buffer.length === 0 ? chunk : Buffer.concat([conn.buffer, chunk])
+      for (;;) {
+        const buffer = conn.buffer
+        const end = buffer.indexOf(headerEnd)
+        if (end < 0) return
+        const length = contentLength(buffer, end)
+        if (length < 0) {
+          failure ??= new Error(
+            `an answer without Content-Length: ${buffer.subarray(0, Math.min(end, 80)).toString('latin1')}`,
+          )
+          conn.socket.destroy()
+          return
+        }
+        const total = end + headerEnd.length + length
+        if (buffer.length < total) return
+        // "HTTP/1.1 200 ...": the status code is bytes 9 to 11.
+        const status = (buffer[9] ?? 0) * 100 + (buffer[10] ?? 0) * 10 + (buffer[11] ?? 0) - 5328
+        conn.buffer = buffer.length === total ? empty : buffer.subarray(total)
+        if (status >= 200 && status < 300) {
+          completed++
+          latencies.push(performance.now() - conn.dueAt)
+        } else {
+          errors++
+        }
+        conn.busy = false
+        idle.push(conn)
+        pump()
+      }
+    })
+  }
+
+  const cpuBefore = process.cpuUsage()
+  const started = performance.now()
+  const endAt = started + options.durationS * 1000
+  await new Promise<void>((resolve) => {
+    const tick = () => {
+      const now = performance.now()
+      const dueNow = Math.floor((Math.min(now, endAt) - started) / intervalMs)
+      while (scheduled < dueNow) {
+        const dueAt = started + scheduled * intervalMs
+        scheduled++
+        if (backlog.length >= backlogMax) {
+          errors++ // the server is more than a second behind: this request is lost
+        } else {
+          backlog.push(dueAt)
+        }
+      }
+      pump()
+      if (now >= endAt || failure) resolve()
+      else setTimeout(tick, 1)
+    }
+    tick()
+  })
+  // Send what is still due and let it finish (up to 10 s); what does not counts as errors.
+  const drainBy = performance.now() + 10_000
+  while (
+    (backlog.length > 0 || conns.some((c) => c.busy)) &&
+    performance.now() < drainBy &&
+    !failure
+  ) {
+    pump()
+    await new Promise((r) => setTimeout(r, 5))
+  }
+  errors += backlog.splice(0).length
+  const wallS = (performance.now() - started) / 1000
+  const cpu = process.cpuUsage(cpuBefore)
+  errors += conns.filter((c) => c.busy).length
+  for (const conn of conns) conn.socket.destroy()
+  if (failure) throw failure
+  return {
+    scheduled,
+    completed,
+    errors,
+    throughput: completed / options.durationS,
+    latencyMs: {
+      p50: percentile(latencies, 50),
+      p99: percentile(latencies, 99),
+      p999: percentile(latencies, 99.9),
+      max: latencies.reduce((a, b) => Math.max(a, b), 0),
+    },
+    loadGeneratorCores: (cpu.user + cpu.system) / 1e6 / wallS,
+  }
+}
