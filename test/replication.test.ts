@@ -198,6 +198,30 @@ describe('a 3-node single-leader cluster', () => {
       expect(m.connected).toBe(true)
       expect(m.ackedLsn).toBeGreaterThanOrEqual(fromLeader.commitLsn)
     }
+    // Every view gives each member's epoch and applied LSN; followers learn the others' from
+    // the leader's heartbeats, so allow a few of them.
+    const written = (await (await fetch(`${cluster.leader.url}/v1/status`)).json()) as {
+      appliedLsn: number
+    }
+    for (const m of cluster.members) {
+      let members: { id: string; epoch: number | null; appliedLsn: number | null }[] = []
+      for (let i = 0; i < 50; i++) {
+        const view = (await (await fetch(`${m.url}/v1/cluster`)).json()) as {
+          epoch: number
+          members: typeof members
+        }
+        members = view.members
+        expect(view.epoch).toBe(1)
+        if (members.every((x) => x.epoch === 1 && (x.appliedLsn ?? 0) >= written.appliedLsn)) break
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      expect(members.map((x) => [x.id, x.epoch])).toEqual([
+        ['n1', 1],
+        ['n2', 1],
+        ['n3', 1],
+      ])
+      for (const x of members) expect(x.appliedLsn).toBeGreaterThanOrEqual(written.appliedLsn)
+    }
   })
 })
 

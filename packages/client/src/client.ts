@@ -172,7 +172,14 @@ export interface ClusterMember {
   id: string
   role: 'leader' | 'follower'
   clientUrl: string
+  /** Epoch the member reported last; null before it has. */
+  epoch: number | null
+  /** Highest LSN the member acknowledged durable. */
   ackedLsn: number
+  /** Highest LSN the member has applied, as it reported last; null before it has. */
+  appliedLsn: number | null
+  /** Milliseconds since the leader last heard from the member; null if never. */
+  lastContactMs: number | null
   lagEntries: number
   lagMs: number
   connected: boolean

@@ -39,6 +39,10 @@ export interface MemberState {
   lagMs: number
   lastContactMs: number
   connected: boolean
+  /** Applied LSN the member last reported (0 when unknown). */
+  appliedLsn: number
+  /** Epoch the member last reported (0 when unknown). */
+  epoch: number
 }
 
 export type FrameBody =
@@ -216,6 +220,8 @@ export function decodeFrame(payload: Uint8Array): Frame {
             lagMs: count(member.lagMs, 'member lag ms'),
             lastContactMs: count(member.lastContactMs, 'member last contact'),
             connected: member.connected,
+            appliedLsn: count(member.appliedLsn, 'member applied lsn'),
+            epoch: count(member.epoch, 'member epoch'),
           }
         }),
       }

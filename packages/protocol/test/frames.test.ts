@@ -46,6 +46,8 @@ const samples: Frame[] = [
           lagEntries: 3,
           lagMs: 40,
           lastContactMs: 10,
+          appliedLsn: 7,
+          epoch: 2,
           connected: true,
         },
       ],

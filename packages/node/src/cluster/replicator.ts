@@ -41,8 +41,11 @@ export interface MemberView {
   role: 'leader' | 'follower'
   clientUrl: string
   peerUrl: string
+  /** Epoch the member is in, as it last reported (null before it has). */
+  epoch: number | null
   /** Highest LSN known durable and matching on the member. */
   ackedLsn: number
+  /** Highest LSN the member has applied, as it last reported (null before it has). */
   appliedLsn: number | null
   lagEntries: number
   lagMs: number
@@ -105,6 +108,8 @@ export class Replicator {
   private proposals: Sighting[] = []
   /** Leader: last contact per follower, local clock. */
   private readonly lastContact = new Map<string, number>()
+  /** Leader: what each follower last reported in its acknowledgements. */
+  private readonly reported = new Map<string, { appliedLsn: number; epoch: number }>()
   /** Follower: what the leader last said about every member. */
   private leaderView: MemberState[] = []
   private installing: { from: string; lsn: number; epoch: number; next: number } | null = null
@@ -453,6 +458,7 @@ export class Replicator {
         return {
           ...base,
           role,
+          epoch: this.core.epoch,
           ackedLsn: this.core.isLeader ? this.store.appliedLsn : this.core.lastLsn,
           appliedLsn: this.store.appliedLsn,
           lagEntries: lag.entries,
@@ -467,8 +473,9 @@ export class Replicator {
         return {
           ...base,
           role,
+          epoch: this.reported.get(member.id)?.epoch ?? null,
           ackedLsn: this.core.matchOf(member.id),
-          appliedLsn: null,
+          appliedLsn: this.reported.get(member.id)?.appliedLsn ?? null,
           lagEntries: lag.entries,
           lagMs: lag.ms,
           lastContactMs: contact === undefined ? null : now - contact,
@@ -479,8 +486,9 @@ export class Replicator {
       return {
         ...base,
         role,
+        epoch: seen?.epoch || null,
         ackedLsn: seen?.matchLsn ?? 0,
-        appliedLsn: null,
+        appliedLsn: seen?.epoch ? seen.appliedLsn : null,
         lagEntries: seen?.lagEntries ?? 0,
         lagMs: seen?.lagMs ?? 0,
         lastContactMs: seen?.lastContactMs ?? null,
@@ -683,6 +691,8 @@ export class Replicator {
       lagMs: m.lagMs,
       lastContactMs: m.lastContactMs ?? 0,
       connected: m.connected,
+      appliedLsn: m.appliedLsn ?? 0,
+      epoch: m.epoch ?? 0,
     }))
   }
 
@@ -735,6 +745,7 @@ export class Replicator {
           break
         case 'appendAck':
           this.lastContact.set(peer, this.now())
+          this.reported.set(peer, { appliedLsn: body.appliedLsn, epoch: frame.epoch })
           this.core.step({
             type: 'appendAck',
             from: peer,
@@ -747,6 +758,7 @@ export class Replicator {
           break
         case 'heartbeatAck':
           this.lastContact.set(peer, this.now())
+          this.reported.set(peer, { appliedLsn: body.appliedLsn, epoch: frame.epoch })
           this.core.step({
             type: 'heartbeatAck',
             from: peer,

@@ -72,6 +72,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
           role: 'leader',
           clientUrl: url,
           peerUrl: null,
+          epoch: meta.epoch,
           ackedLsn: meta.appliedLsn,
           appliedLsn: meta.appliedLsn,
           lagEntries: 0,
