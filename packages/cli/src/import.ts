@@ -5,10 +5,11 @@
  * or CSV with `key` and `value` columns) and written in atomic batches, a few in flight. It
  * throttles itself on replication lag: whenever the slowest follower lags more than
  * `maxLagMs`, it stops sending until it is back under, so an import never pushes replicas
- * minutes behind. Each batch's request id is derived from its content, so a batch retried
- * (after a failover, or by rerunning the import) is applied once within the retention window.
+ * minutes behind. Each batch has its own request id (this run's id and the batch's number), so
+ * the SDK's retries of a batch, after a lost answer or a moved leader, apply it once. Running
+ * the import again writes everything again, which leaves the same values.
  */
-import { createHash } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { createInterface } from 'node:readline'
 import type { AckMode, BatchOp, KvClient } from '@kvstore/client'
@@ -114,19 +115,6 @@ async function* records(options: ImportOptions): AsyncGenerator<BatchOp> {
   }
 }
 
-/** A request id that is the same for the same batch content. */
-function batchId(ops: BatchOp[]): string {
-  const hash = createHash('sha256')
-  for (const op of ops) {
-    hash.update(op.key)
-    hash.update('\0')
-    if (op.op === 'put')
-      hash.update(typeof op.value === 'string' ? Buffer.from(op.value) : op.value)
-    hash.update('\0')
-  }
-  return `import-${hash.digest('base64url').slice(0, 32)}`
-}
-
 /** Lag of the slowest follower, as the leader sees it; refreshed at most every 200 ms. */
 class LagWatch {
   private lastMs = 0
@@ -153,6 +141,8 @@ export async function runImport(client: KvClient, options: ImportOptions): Promi
   const started = Date.now()
   const lag = new LagWatch(client)
   const inflight = new Set<Promise<void>>()
+  /** Keys of the batches in flight, with how many batches hold each. */
+  const inflightKeys = new Map<string, number>()
   let failure: unknown = null
   let records_ = 0
   let batches = 0
@@ -169,9 +159,13 @@ export async function runImport(client: KvClient, options: ImportOptions): Promi
     if (options.progress.isTTY) options.progress.write(`\r\x1b[2K${text}${final ? '\n' : ''}`)
     else options.progress.write(`${text}\n`)
   }
+  const runId = randomUUID()
+  let sequence = 0
   const send = async (ops: BatchOp[]) => {
     await client.batch(ops, {
-      requestId: batchId(ops),
+      // Not derived from the content: two equal batches in one file must both apply, or a
+      // key written in between would keep the wrong value.
+      requestId: `import-${runId}-${sequence++}`,
       ...(options.ack ? { ack: options.ack } : {}),
     })
     records_ += ops.length
@@ -192,18 +186,25 @@ export async function runImport(client: KvClient, options: ImportOptions): Promi
       throttledMs += pause
     }
     while (inflight.size >= options.concurrency) await Promise.race(inflight)
+    // A key in a batch still in flight waits for it: batches in flight may be applied in any
+    // order, and a key that appears twice in the file must end with its later value.
+    while (chunk.some((op) => inflightKeys.has(op.key))) await Promise.race(inflight)
     if (failure !== null) throw failure
     const ops = chunk
     chunk = []
-    const job: Promise<void> = send(ops).then(
-      () => {
-        inflight.delete(job)
-      },
-      (err: unknown) => {
-        inflight.delete(job)
-        failure ??= err
-      },
-    )
+    for (const op of ops) inflightKeys.set(op.key, (inflightKeys.get(op.key) ?? 0) + 1)
+    const done = () => {
+      inflight.delete(job)
+      for (const op of ops) {
+        const left = (inflightKeys.get(op.key) ?? 1) - 1
+        if (left === 0) inflightKeys.delete(op.key)
+        else inflightKeys.set(op.key, left)
+      }
+    }
+    const job: Promise<void> = send(ops).then(done, (err: unknown) => {
+      done()
+      failure ??= err
+    })
     inflight.add(job)
   }
   for await (const op of records(options)) {

@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { PassThrough, Readable } from 'node:stream'
 import { KvNode, parseConfig } from '@kvstore/node'
+import { KvClient } from '@kvstore/client'
+import { runImport } from '../src/import.js'
 import { runKv } from '../src/kv-command.js'
 
 let dir: string
@@ -114,6 +116,65 @@ describe('kv', () => {
     })
     await writeFile(file, '{"ops": [')
     expect((await kv(['batch', file])).code).toBe(2)
+  })
+
+  it('imports NDJSON so that a key repeated in the file keeps its last value', async () => {
+    const file = join(dir, 'repeat.ndjson')
+    const lines: string[] = []
+    // The same one-record batch three times (a=1, a=2, a=1), and a key rewritten 40 times,
+    // with batches of one record and eight in flight.
+    for (const v of ['1', '2', '1']) lines.push(JSON.stringify({ key: 'imp/a', value: v }))
+    for (let i = 1; i <= 40; i++) {
+      lines.push(JSON.stringify({ key: 'imp/b', value: String(i) }))
+      lines.push(JSON.stringify({ key: `imp/c${i}`, value: String(i) }))
+    }
+    await writeFile(file, `${lines.join('\n')}\n`)
+    const res = await kv(['import', file, '--chunk', '1', '--concurrency', '8'])
+    expect(res.err).toMatch(/imported 83 records/)
+    expect(res.code).toBe(0)
+    expect((await kv(['get', 'imp/a'])).out).toBe('1')
+    expect((await kv(['get', 'imp/b'])).out).toBe('40')
+    expect((await kv(['get', 'imp/c40'])).out).toBe('40')
+    // Importing it again writes it again.
+    await kv(['put', 'imp/a', 'changed'])
+    expect((await kv(['import', file, '--chunk', '1'])).code).toBe(0)
+    expect((await kv(['get', 'imp/a'])).out).toBe('1')
+  })
+
+  it('imports a key again only after its earlier batch has been applied', async () => {
+    // The first batch is held back on its way to the node; without ordering per key, the
+    // second one (a later value of the same key) would land first and then be overwritten.
+    class SlowFirstBatch extends KvClient {
+      private held = false
+      override async batch(...args: Parameters<KvClient['batch']>) {
+        if (!this.held) {
+          this.held = true
+          await new Promise((r) => setTimeout(r, 200))
+        }
+        return super.batch(...args)
+      }
+    }
+    const file = join(dir, 'order.ndjson')
+    await writeFile(
+      file,
+      ['first', 'second'].map((v) => JSON.stringify({ key: 'imp/order', value: v })).join('\n'),
+    )
+    const client = new SlowFirstBatch({ url })
+    try {
+      const summary = await runImport(client, {
+        file,
+        format: 'ndjson',
+        chunk: 1,
+        concurrency: 4,
+        maxLagMs: 1000,
+        ack: undefined,
+        progress: new PassThrough(),
+      })
+      expect(summary.records).toBe(2)
+      expect((await client.get('imp/order'))?.value.toString()).toBe('second')
+    } finally {
+      await client.close()
+    }
   })
 
   it('prints status and digest as JSON', async () => {
