@@ -68,9 +68,9 @@ export class LogWindow {
     return this.runs
   }
 
-  /** Epoch of the entry at `lsn`: 0 for LSN 0, null when compacted away or past the end. */
+  /** Epoch of the entry at `lsn` (0 for LSN 0 of an uncompacted log), null when compacted away or past the end. */
   epochAt(lsn: number): number | null {
-    if (lsn === 0) return 0
+    // LSN 0 (before the first entry) is known only while nothing has been compacted.
     if (lsn > this.lastLsn) return null
     if (lsn === this.logStartLsn - 1) return this.compactedEpoch
     if (lsn < this.logStartLsn) return null

@@ -54,6 +54,9 @@ export interface CoreInit extends LogInit {
 type ProgressState = 'probe' | 'replicate' | 'snapshot'
 
 /** What the leader knows of one follower. */
+/** The hint LSN of a refusal that asks the leader for a snapshot (no real hint is below 1). */
+const snapshotNeededHint = 0
+
 export class Progress {
   /** Highest LSN known durable on the follower and matching the leader's log. */
   matchLsn = 0
@@ -71,6 +74,8 @@ export class Progress {
   inflightBytes = 0
   /** Tick of the last message heard from the follower. */
   lastContactTick = -1
+  /** Times the follower was found to have lost entries it had acknowledged. */
+  regressions = 0
 
   constructor(nextLsn: number) {
     this.nextLsn = nextLsn
@@ -130,9 +135,13 @@ export class ReplicaCore {
   private reportedMatch = -1
   /** Follower: the leader's last LSN, as last heard. */
   private leaderLast = 0
+  /** Follower: the local state is being replaced by a snapshot; appends must wait for it. */
+  private awaitingSnapshot = false
   private hardStateDirty = false
   /** Leader: proposals since the last Ready, to ship in one Append per follower. */
   private broadcastPending = false
+  /** Peers with a stream up, whatever this node's role (a leader taking over finds them here). */
+  private readonly connectedPeers = new Set<NodeId>()
   private pending: Ready
 
   constructor(config: CoreConfig, init: CoreInit) {
@@ -247,10 +256,14 @@ export class ReplicaCore {
     const progress = new Map<NodeId, Progress>()
     for (const member of this.members) {
       if (member === this.id) continue
-      progress.set(member, new Progress(this.log.lastLsn + 1))
+      const pr = new Progress(this.log.lastLsn + 1)
+      pr.connected = this.connectedPeers.has(member)
+      progress.set(member, pr)
     }
     this.role = { kind: 'leader', progress, heartbeatElapsed: 0 }
     this.maybeCommit()
+    // Streams already up learn of the new epoch at once: each gets a probe.
+    this.broadcastPending = true
   }
 
   /** Follows `leaderId` at `epoch`, which may not be lower than the current epoch. */
@@ -346,6 +359,8 @@ export class ReplicaCore {
     this.log.trim()
     if (this.role.kind === 'leader') {
       this.maybeCommit()
+      // Newly durable entries may now be shipped.
+      this.broadcastPending = true
     } else {
       this.reportMatch()
     }
@@ -358,17 +373,22 @@ export class ReplicaCore {
       const fromLeader = message.type === 'append' || message.type === 'heartbeat'
       this.becomeFollower(message.epoch, fromLeader ? message.from : null)
     } else if (message.epoch < this.epochValue) {
-      // A deposed leader's messages are refused; tell it the epoch so it steps down.
+      // A deposed leader's messages are refused; tell it the epoch so it steps down (once that
+      // epoch is durable here).
       if (message.type === 'append' || message.type === 'heartbeat') {
-        this.send({
-          type: 'appendAck',
-          from: this.id,
-          to: message.from,
-          epoch: this.epochValue,
-          matchLsn: 0,
-          reject: true,
-          hintLsn: 0,
-        })
+        this.send(
+          {
+            type: 'appendAck',
+            from: this.id,
+            to: message.from,
+            epoch: this.epochValue,
+            matchLsn: 0,
+            reject: true,
+            // Never read: the higher epoch makes the receiver a follower before it looks.
+            hintLsn: 0,
+          },
+          true,
+        )
       }
       return
     }
@@ -390,6 +410,8 @@ export class ReplicaCore {
 
   /** Leader: a stream to `id` is up; probe where its log stands. */
   peerConnected(id: NodeId): void {
+    if (id === this.id || !this.members.includes(id)) return
+    this.connectedPeers.add(id)
     if (this.role.kind !== 'leader') return
     const pr = this.role.progress.get(id)
     if (!pr) return
@@ -404,6 +426,7 @@ export class ReplicaCore {
 
   /** Leader: the stream to `id` broke; nothing in flight will be answered. */
   peerDisconnected(id: NodeId): void {
+    this.connectedPeers.delete(id)
     if (this.role.kind !== 'leader') return
     const pr = this.role.progress.get(id)
     if (!pr) return
@@ -438,9 +461,19 @@ export class ReplicaCore {
     this.sendAppend(to, pr)
   }
 
+  /**
+   * Follower: the node started replacing its state with a snapshot, or an install was cut off
+   * and the state is partial. Until a snapshot is installed, appends are refused with a request
+   * for a snapshot (hint LSN 0), so no entry lands in a half-replaced state.
+   */
+  awaitSnapshot(): void {
+    this.awaitingSnapshot = true
+  }
+
   /** Follower: a snapshot at `lsn` was installed; the log starts after it. */
   snapshotInstalled(lsn: number, epoch: number): void {
     invariant(lsn >= this.commit, `snapshot ${lsn} is below the commit LSN ${this.commit}`)
+    this.awaitingSnapshot = false
     this.log.resetToSnapshot(lsn, epoch)
     this.commit = lsn
     this.verifiedLsn = lsn
@@ -463,6 +496,10 @@ export class ReplicaCore {
     }
     this.role = { kind: 'follower', leaderId: m.from }
     this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
+    if (this.awaitingSnapshot) {
+      this.reject(m.from, snapshotNeededHint)
+      return
+    }
     const log = this.log
     if (m.prevLsn < this.commit) {
       // Everything up to the commit LSN matches any legitimate leader: skip what we have.
@@ -506,7 +543,11 @@ export class ReplicaCore {
       }
       if (log.epochAt(entry.lsn) !== entry.epoch) {
         // A conflicting suffix: drop it (never committed entries), then take the leader's.
-        invariant(entry.lsn > this.commit, () => `conflict at committed lsn ${entry.lsn}`)
+        invariant(
+          entry.lsn > this.commit,
+          () =>
+            `${m.from} (epoch ${m.epoch}) sent entry ${entry.lsn} of epoch ${entry.epoch}, but this node committed an entry of epoch ${log.epochAt(entry.lsn)} there: that leader is missing committed writes; refusing it`,
+        )
         log.truncateAfter(entry.lsn - 1)
         const truncation = this.pending.truncateAfter
         this.pending.truncateAfter =
@@ -602,10 +643,27 @@ export class ReplicaCore {
     const pr = this.role.progress.get(m.from)
     if (!pr) return
     pr.lastContactTick = this.ticks
+    if (m.reject && m.hintLsn === snapshotNeededHint) {
+      // The follower's state is being replaced (or a replacement broke off): send it a
+      // snapshot, unless one is already on its way.
+      if (pr.state !== 'snapshot') {
+        pr.state = 'snapshot'
+        pr.probeSentTick = null
+        pr.resetInflight()
+        this.pending.snapshots.push(m.from)
+      }
+      return
+    }
     if (m.reject) {
       pr.state = pr.state === 'snapshot' ? 'snapshot' : 'probe'
       pr.probeSentTick = null
       pr.resetInflight()
+      if (m.hintLsn <= pr.matchLsn) {
+        // The follower no longer holds entries it acknowledged (its disk lost them, or it was
+        // rebuilt): believe it, or the leader would probe past its log end forever.
+        pr.matchLsn = Math.max(0, Math.min(m.matchLsn, m.hintLsn - 1))
+        pr.regressions++
+      }
       pr.matchLsn = Math.max(pr.matchLsn, Math.min(m.matchLsn, this.log.lastLsn))
       pr.nextLsn = Math.max(
         pr.matchLsn + 1,
@@ -668,7 +726,11 @@ export class ReplicaCore {
       ) {
         return
       }
-      if (pr.state === 'replicate' && pr.nextLsn > this.log.lastLsn) return
+      // Only what is durable here goes out: a follower never holds an entry the leader could
+      // lose in a crash, so the leader's log always extends every follower's, and the commit
+      // LSN never passes what the leader has on disk.
+      const durable = this.log.persistedLsn
+      if (pr.state === 'replicate' && pr.nextLsn > durable) return
       const prevLsn = pr.nextLsn - 1
       if (this.log.epochAt(prevLsn) === null) {
         pr.state = 'snapshot'
@@ -677,7 +739,7 @@ export class ReplicaCore {
       }
       const entries = this.log.cached(
         pr.nextLsn,
-        this.config.appendEntriesMax,
+        Math.min(this.config.appendEntriesMax, Math.max(0, durable - prevLsn)),
         this.config.appendBytesMax,
       )
       if (entries === null) {

@@ -47,7 +47,7 @@ export class Harness {
    */
   constructor(
     ids: NodeId[],
-    config: Partial<typeof testConfig> = {},
+    private readonly config: Partial<typeof testConfig> = {},
     logs: Record<NodeId, [epoch: number, payload: string][]> = {},
   ) {
     const startEpoch = Math.max(
@@ -82,14 +82,54 @@ export class Harness {
     }
   }
 
+  /**
+   * Restarts `id` from what its disk holds (its durable log, keeping the first `keep` entries
+   * when given, as after a disk that lost its tail), at `epoch` (default: its current one).
+   * Hard state other than the epoch starts empty, as if it had not been written.
+   */
+  restart(id: NodeId, options: { keep?: number; epoch?: number } = {}): TestNode {
+    const old = this.node(id)
+    const disk = old.disk.slice(0, options.keep ?? old.disk.length)
+    const runs: { epoch: number; startLsn: number }[] = []
+    for (const entry of disk) {
+      if (runs[runs.length - 1]?.epoch !== entry.epoch)
+        runs.push({ epoch: entry.epoch, startLsn: entry.lsn })
+    }
+    const core = new ReplicaCore(
+      { ...testConfig, ...this.config, id, members: [...this.nodes.keys()] },
+      {
+        epoch: options.epoch ?? old.core.epoch,
+        vote: '',
+        commitLsn: 0,
+        logStartLsn: old.diskStart,
+        compactedEpoch: 0,
+        lastLsn: old.diskStart - 1 + disk.length,
+        lastEpoch: disk[disk.length - 1]?.epoch ?? 0,
+        epochRuns: runs,
+      },
+    )
+    // Messages to or from the old incarnation are gone with its connections.
+    for (let i = this.queue.length - 1; i >= 0; i--) {
+      const m = this.queue[i] as Message
+      if (m.to === id || m.from === id) this.queue.splice(i, 1)
+    }
+    this.unpersisted.delete(id)
+    const node = { core, disk, diskStart: old.diskStart, snapshotLsn: old.snapshotLsn }
+    this.nodes.set(id, node)
+    return node
+  }
+
   node(id: NodeId): TestNode {
     const node = this.nodes.get(id)
     if (!node) throw new Error(`no node ${id}`)
     return node
   }
 
-  /** Leader proposes `count` entries with payload `tag-n`. */
-  propose(leader: NodeId, count: number, tag = 'v'): void {
+  /**
+   * Leader proposes `count` entries with payload `tag-n`. They reach its disk at once and, unless
+   * `durable` is false, are reported durable (as the node does once its write completes).
+   */
+  propose(leader: NodeId, count: number, tag = 'v', durable = true): void {
     const { core } = this.node(leader)
     for (let i = 0; i < count; i++) {
       const slot = core.nextSlot()
@@ -97,13 +137,15 @@ export class Harness {
       core.propose(entry)
       this.node(leader).disk.push(entry)
     }
+    if (durable) core.persisted(core.lastLsn)
     this.process()
   }
 
-  /** Leader's own proposals are durable at once in this harness. */
+  /** The leader's proposals so far are durable. */
   persistLeader(leader: NodeId): void {
     const node = this.node(leader)
     node.core.persisted(node.core.lastLsn)
+    this.process()
   }
 
   connect(leader: NodeId): void {

@@ -55,12 +55,15 @@ describe('replication', () => {
     }
   })
 
-  it('only followers writes that are not durable on the leader still commit on a majority', () => {
+  it('ships only entries durable on the leader, so commit never passes its disk', () => {
     const h = cluster()
-    h.propose('a', 5) // the leader's own disk write has not finished yet
-    expect(h.node('a').core.commitLsn).toBe(5) // b and c have it durably: 2 of 3
-    expect(h.node('a').core.allMatchLsn()).toBe(0)
+    h.propose('a', 5, 'v', false) // the leader's own disk write has not finished yet
+    expect(h.log('b')).toEqual([])
+    expect(h.log('c')).toEqual([])
+    expect(h.node('a').core.commitLsn).toBe(0)
     h.persistLeader('a')
+    expect(h.log('b')).toHaveLength(5)
+    expect(h.node('a').core.commitLsn).toBe(5)
     expect(h.node('a').core.allMatchLsn()).toBe(5)
   })
 
@@ -105,6 +108,37 @@ describe('replication', () => {
     expect(h.node('a').core.allMatchLsn()).toBe(25)
   })
 
+  it('resends to a follower that lost entries it had acknowledged, instead of probing forever', () => {
+    const h = cluster()
+    h.propose('a', 12)
+    expect(h.node('a').core.matchOf('c')).toBe(12)
+    // c comes back with only the first 4 entries on disk.
+    h.node('a').core.peerDisconnected('c')
+    h.restart('c', { keep: 4 }).core.becomeFollower(1, 'a')
+    h.node('a').core.peerConnected('c')
+    h.process()
+    expect(h.log('c')).toEqual(h.log('a'))
+    expect(h.node('a').core.matchOf('c')).toBe(12)
+    expect(h.node('a').core.progressOf('c')?.regressions).toBe(1)
+  })
+
+  it('a leader restarted at a new epoch makes followers drop entries it lost', () => {
+    const h = cluster()
+    h.propose('a', 3)
+    // Entries 4 and 5 reached the followers (they were durable on the leader), then the
+    // leader's disk lost them (fsync off and a power cut). It restarts at epoch 2.
+    h.propose('a', 2, 'lost')
+    expect(h.log('b')).toHaveLength(5)
+    for (const id of ['b', 'c']) h.node('a').core.peerDisconnected(id)
+    const leader = h.restart('a', { keep: 3, epoch: 2 }).core
+    leader.becomeLeader()
+    h.connect('a')
+    h.propose('a', 3, 'new')
+    expect(h.log('b')).toEqual(h.log('a'))
+    expect(h.log('c')).toEqual(h.log('a'))
+    expect(h.log('a')).toEqual(['v-1', 'v-2', 'v-3', 'new-4', 'new-5', 'new-6'])
+  })
+
   it('loads entries the leader no longer caches from its disk', () => {
     const h = cluster({ logCacheBytesMax: 64 })
     h.node('a').core.peerDisconnected('c')
@@ -135,6 +169,42 @@ describe('replication', () => {
     expect(follower.snapshotLsn).toBeGreaterThanOrEqual(20)
     expect(follower.core.lastLsn).toBe(35)
     expect(leader.core.allMatchLsn()).toBe(35)
+  })
+
+  it('a follower whose state is being replaced refuses appends and gets a snapshot', () => {
+    const h = cluster()
+    h.propose('a', 10)
+    const follower = h.node('c')
+    // The node began installing a snapshot, or an install broke off: its state is partial.
+    follower.core.awaitSnapshot()
+    const diskBefore = follower.disk.length
+    h.propose('a', 5)
+    const asked = h.delivered.filter(
+      (m) => m.type === 'appendAck' && m.from === 'c' && m.reject && m.hintLsn === 0,
+    )
+    expect(asked.length).toBeGreaterThan(0)
+    expect(follower.snapshotLsn).toBeGreaterThanOrEqual(10)
+    expect(follower.disk.length).toBeLessThanOrEqual(diskBefore)
+    h.propose('a', 2)
+    expect(follower.core.lastLsn).toBe(17)
+    expect(h.node('a').core.allMatchLsn()).toBe(17)
+  })
+
+  it('sends a snapshot to an empty follower once the log no longer starts at 1', () => {
+    // A cache too small to hold the old entries, as on a busy leader.
+    const h = cluster({ logCacheBytesMax: 64 })
+    h.node('a').core.peerDisconnected('c')
+    h.propose('a', 30)
+    const leader = h.node('a')
+    leader.core.compacted(21, 1)
+    leader.disk = leader.disk.filter((e) => e.lsn >= 21)
+    leader.diskStart = 21
+    // c never had a single entry: its next LSN is 1, before the log start.
+    expect(h.log('c')).toEqual([])
+    leader.core.peerConnected('c')
+    h.process()
+    expect(h.node('c').snapshotLsn).toBeGreaterThanOrEqual(20)
+    expect(h.node('c').core.lastLsn).toBe(30)
   })
 
   it('never has more appends in flight than the window allows', () => {
@@ -183,6 +253,26 @@ describe('replication', () => {
     // The old leader steps down when it hears the higher epoch.
     expect(h.node('a').core.isLeader).toBe(false)
     expect(h.node('a').core.epoch).toBe(5)
+  })
+
+  it('a node that leads again uses the streams already up, without waiting for a reconnect', () => {
+    const h = cluster()
+    h.propose('a', 2)
+    h.node('b').core.becomeFollower(5, null)
+    h.propose('a', 1, 'refused')
+    expect(h.node('a').core.isLeader).toBe(false)
+    // The streams stay up; the node moves past epoch 5 and leads again.
+    const a = h.node('a').core
+    a.setEpoch(6)
+    a.becomeLeader()
+    h.process()
+    // Its followers hear of epoch 6 at once, before any new write.
+    expect(h.node('b').core.epoch).toBe(6)
+    expect(h.node('c').core.epoch).toBe(6)
+    h.propose('a', 2, 'again')
+    expect(h.log('b')).toEqual(h.log('a'))
+    expect(h.log('c')).toEqual(h.log('a'))
+    expect(a.commitLsn).toBe(5)
   })
 
   it('a follower replaces an uncommitted tail from an older epoch with the leader log', () => {
