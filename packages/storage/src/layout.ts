@@ -136,6 +136,11 @@ export function requestTimeKey(timestampMs: number, requestId: string): Buffer {
   ])
 }
 
+/** The request id inside a request key. */
+export function requestIdOfKey(key: Uint8Array): string {
+  return Buffer.from(key.buffer, key.byteOffset, key.length).subarray(1).toString('utf8')
+}
+
 /** The request id inside a request-by-time key. */
 export function requestIdOfTimeKey(key: Uint8Array): string {
   return Buffer.from(key.buffer, key.byteOffset, key.length).subarray(9).toString('utf8')

@@ -45,6 +45,7 @@ import {
   metaKey,
   prefixRange,
   requestIdOfTimeKey,
+  requestIdOfKey,
   requestKey,
   requestTimeKey,
   stateKey,
@@ -171,6 +172,8 @@ export interface StateSnapshot {
   records(chunk?: number): AsyncGenerator<ListItem>
   /** The same keys with their records still encoded, as chunks (for shipping a snapshot). */
   rawChunks(chunk?: number): AsyncGenerator<{ key: Buffer; record: Buffer }[]>
+  /** The remembered client request ids with their encoded records, as chunks. */
+  requestChunks(chunk?: number): AsyncGenerator<{ id: string; record: Buffer }[]>
   close(): Promise<void>
 }
 
@@ -255,6 +258,8 @@ export class Store {
   private draining = false
   private drainScheduled = false
   private failure: Error | null = null
+  /** Deletion of compacted log entries, chained; see compactLog. */
+  private deleting: Promise<void> = Promise.resolve()
   private truncationCount = 0
   /** Set while a snapshot is being installed: the state is partial and reads are refused. */
   private installing: { lsn: number; epoch: number; records: number } | null = null
@@ -557,6 +562,18 @@ export class Store {
             await iterator.close()
           }
         },
+        async *requestChunks(chunk = 1000): AsyncGenerator<{ id: string; record: Buffer }[]> {
+          const iterator = db.iterator({ ...prefixRange(Prefix.Request), snapshot })
+          try {
+            for (;;) {
+              const rows = await iterator.nextv(chunk)
+              if (rows.length === 0) return
+              yield rows.map(([key, value]) => ({ id: requestIdOfKey(key), record: value }))
+            }
+          } finally {
+            await iterator.close()
+          }
+        },
         async close(): Promise<void> {
           if (closed) return
           closed = true
@@ -691,7 +708,8 @@ export class Store {
    */
   beginSnapshotInstall(lsn: number, epoch: number): Promise<void> {
     return this.exclusive(async () => {
-      invariant(this.installing === null, 'a snapshot install is already running')
+      // An install that was cut off (its stream broke, or its copy did not match) is simply
+      // started over: everything it wrote is cleared below.
       invariant(
         lsn >= this.state.commitLsn,
         () => `snapshot at ${lsn} is below the commit LSN ${this.state.commitLsn}`,
@@ -731,6 +749,25 @@ export class Store {
       }
       await this.db.batch(ops)
       installing.records += records.length
+    })
+  }
+
+  /** Writes the request ids of a snapshot, each record validated before it is written. */
+  addSnapshotRequests(requests: { id: string; record: Uint8Array }[]): Promise<void> {
+    return this.exclusive(async () => {
+      const installing = this.installing
+      invariant(installing !== null, 'no snapshot install is running')
+      const ops: BatchOp[] = []
+      for (const { id, record } of requests) {
+        const decoded = decodeRequestRecord(record)
+        invariant(
+          decoded.lsn <= installing.lsn,
+          () => `request ${id} at lsn ${decoded.lsn} is past the snapshot ${installing.lsn}`,
+        )
+        ops.push({ type: 'put', key: requestKey(id), value: toBuffer(record) })
+        ops.push({ type: 'put', key: requestTimeKey(decoded.timestampMs, id), value: emptyBuffer })
+      }
+      await this.db.batch(ops)
     })
   }
 
@@ -847,24 +884,47 @@ export class Store {
   }
 
   /**
-   * Deletes log entries (and their undo records) below `retainFromLsn`. Only committed
-   * entries may be compacted. The new log start is made durable before anything is deleted,
-   * so a crash midway leaves a state that recovery finishes.
+   * Compacts the log: entries below `retainFromLsn` (only committed ones may go) are gone for
+   * every reader once this resolves, with the new log start durable. Their deletion from disk
+   * follows in the background (see `compactionSettled`); a crash midway leaves a state that
+   * recovery finishes.
    */
   async compactLog(retainFromLsn: number): Promise<void> {
     const oldStart = this.state.logStartLsn
     await this.exclusive(() => this.runCompact(retainFromLsn))
-    // The log start is recorded: the entries below it are gone for every reader. Delete them in
-    // bounded chunks, each its own job, so that writes keep flowing between them; a crash
-    // midway leaves entries below the log start, which recovery deletes.
     const end = this.state.logStartLsn
-    for (let from = oldStart; from < end && !this.closing; from += compactChunkEntries) {
-      const to = Math.min(end, from + compactChunkEntries)
-      await this.exclusive(async () => {
-        const batch = this.db.batch()
-        for (let lsn = from; lsn < to; lsn++) batch.del(logKey(lsn)).del(undoKey(lsn))
-        await batch.write()
-      })
+    if (end > oldStart) {
+      this.deleting = this.deleting.then(() => this.deleteCompacted(oldStart, end))
+    }
+  }
+
+  /** Resolves once the entries of every compaction so far have been deleted from disk. */
+  compactionSettled(): Promise<void> {
+    return this.deleting
+  }
+
+  /**
+   * Deletes compacted entries (and their undo records) in [from, end) by key, in bounded
+   * chunks that are each their own job, so writes keep flowing between them. Readers already
+   * see the log start at `end`; a crash midway leaves entries below it, which recovery deletes.
+   */
+  private async deleteCompacted(from: number, end: number): Promise<void> {
+    try {
+      for (let start = from; start < end && !this.closing; start += compactChunkEntries) {
+        const to = Math.min(end, start + compactChunkEntries)
+        await this.exclusive(async () => {
+          const batch = this.db.batch()
+          for (let lsn = start; lsn < to; lsn++) batch.del(logKey(lsn)).del(undoKey(lsn))
+          await batch.write()
+        })
+      }
+    } catch (err) {
+      if (!this.closing) {
+        this.logger.warn(
+          { err: (err as Error).message },
+          'deleting compacted log entries failed; the next start finishes it',
+        )
+      }
     }
   }
 

@@ -169,6 +169,52 @@ describe('snapshot install', () => {
     await other.cleanup()
   })
 
+  it('carries the request ids, and an install that broke off can start over', async () => {
+    const other = await tempDir()
+    const leader = await openStore(other.dir, { nodeId: 'leader' })
+    await leader.append(
+      Array.from({ length: 30 }, (_, i) => ({
+        ...entry(i + 1, [put(`k${i % 10}`, `v${i}`)]),
+        requestId: `req-${i + 1}`,
+        timestampMs: 5000 + i,
+      })),
+      { commitLsn: 30 },
+    )
+    const follower = await openStore(dir)
+    await follower.append([entry(1, [put('old', 'x')])], { commitLsn: 1 })
+    const snapshot = await leader.openSnapshot()
+    // A first attempt is cut off after one chunk...
+    await follower.beginSnapshotInstall(snapshot.appliedLsn, snapshot.lastEpoch)
+    for await (const chunk of snapshot.rawChunks(4)) {
+      await follower.addSnapshotRecords(chunk)
+      break
+    }
+    // ...and the next one starts over from nothing.
+    await follower.beginSnapshotInstall(snapshot.appliedLsn, snapshot.lastEpoch)
+    for await (const chunk of snapshot.rawChunks(4)) await follower.addSnapshotRecords(chunk)
+    for await (const chunk of snapshot.requestChunks(7)) await follower.addSnapshotRequests(chunk)
+    await snapshot.close()
+    expect(await follower.finishSnapshotInstall()).toEqual(await leader.digest())
+    for (let lsn = 1; lsn <= 30; lsn++) {
+      expect(follower.getRequest(`req-${lsn}`)).toEqual(leader.getRequest(`req-${lsn}`))
+    }
+    // They expire like any other: the time index came along.
+    expect(await follower.expireRequests(5010)).toBe(10)
+    expect(follower.getRequest('req-10')).toBeNull()
+    expect(follower.getRequest('req-11')?.lsn).toBe(11)
+    await expect(
+      leader.openSnapshot().then(async (s) => {
+        await s.close()
+        await follower.beginSnapshotInstall(31, 1)
+        return follower.addSnapshotRequests([{ id: 'bad', record: Buffer.from('junk') }])
+      }),
+    ).rejects.toThrow()
+    expect(follower.failed).toBeNull()
+    await follower.close()
+    await leader.close()
+    await other.cleanup()
+  })
+
   it('refuses a snapshot record that does not decode, without failing the store', async () => {
     const follower = await openStore(dir)
     await follower.beginSnapshotInstall(10, 1)

@@ -383,16 +383,15 @@ describe('compaction', () => {
       await store.append(entries)
     }
     await store.setHardState({ commitLsn: 9000 })
-    let appendDone = false
-    let compactDone = false
-    const compacting = store.compactLog(8001).then(() => (compactDone = true))
-    // Queued while the compaction runs: it must not wait for every chunk of deletes.
-    await new Promise((r) => setImmediate(r))
+    await store.compactLog(8001)
+    // The new start is recorded: readers see it at once; the deletion runs in chunks.
+    await expect(store.readLog(8000)).rejects.toThrow(/below the log start/)
+    let settled = false
+    const settling = store.compactionSettled().then(() => (settled = true))
+    // A write queued meanwhile does not wait for every chunk of deletes.
     await store.append([entry(9001, [put('late', 'x')])], { commitLsn: 9001 })
-    appendDone = true
-    expect(compactDone).toBe(false)
-    await compacting
-    expect(appendDone).toBe(true)
+    expect(settled).toBe(false)
+    await settling
     expect(store.meta.logStartLsn).toBe(8001)
     expect((await store.verify()).entries).toBe(1001)
     await store.close()
