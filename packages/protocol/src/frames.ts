@@ -46,7 +46,7 @@ export interface MemberState {
 }
 
 export type FrameBody =
-  | { kind: 'hello'; clusterId: string; to: string }
+  | { kind: 'hello'; clusterId: string; to: string; leader: string }
   | {
       kind: 'append'
       prevLsn: number
@@ -73,6 +73,8 @@ export type FrameBody =
       records: { key: Uint8Array; record: Uint8Array }[]
       last: boolean
       digest: string
+      /** Request ids and their encoded RequestRecord. */
+      requests: { id: string; record: Uint8Array }[]
     }
   | { kind: 'refusal'; code: string; message: string }
 
@@ -139,6 +141,21 @@ function count(value: unknown, what: string): number {
   return value
 }
 
+function requestsOf(value: unknown): { id: string; record: Uint8Array }[] {
+  const raw = (value ?? []) as unknown[]
+  if (!Array.isArray(raw) || raw.length > frameLimits.snapshotRecordsPerFrameMax) {
+    throw new DecodeError('frame', 'snapshot chunk holds too many request ids')
+  }
+  return raw.map((r) => {
+    const request = r as Record<string, unknown>
+    const id = text(request.id, 'request id', frameLimits.textBytesMax)
+    const record = bytesOf(request.record)
+    if (id === '' || record === null)
+      throw new DecodeError('frame', 'snapshot request is malformed')
+    return { id, record }
+  })
+}
+
 /** Decodes and validates one frame payload (without its length prefix). */
 export function decodeFrame(payload: Uint8Array): Frame {
   let message: protobuf.Message & Record<string, unknown>
@@ -164,6 +181,7 @@ export function decodeFrame(payload: Uint8Array): Frame {
         kind,
         clusterId: text(b.clusterId, 'cluster id'),
         to: text(b.to, 'receiver id', frameLimits.nodeIdBytesMax),
+        leader: text(b.leader, 'leader id', frameLimits.nodeIdBytesMax),
       }
       break
     case 'append': {
@@ -257,6 +275,7 @@ export function decodeFrame(payload: Uint8Array): Frame {
         }),
         last: b.last,
         digest: text(b.digest, 'digest', 128),
+        requests: requestsOf(b.requests),
       }
       break
     }

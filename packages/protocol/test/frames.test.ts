@@ -11,7 +11,7 @@ import {
 } from '../src/index.js'
 
 const samples: Frame[] = [
-  { from: 'n1', epoch: 3, body: { kind: 'hello', clusterId: 'c1', to: 'n2' } },
+  { from: 'n1', epoch: 3, body: { kind: 'hello', clusterId: 'c1', to: 'n2', leader: 'n1' } },
   {
     from: 'n1',
     epoch: 3,
@@ -65,6 +65,7 @@ const samples: Frame[] = [
       records: [{ key: Buffer.from('k'), record: Buffer.from([8, 1]) }],
       last: true,
       digest: 'ab'.repeat(32),
+      requests: [{ id: 'req-1', record: Buffer.from([8, 7]) }],
     },
   },
   {
