@@ -7,6 +7,7 @@
  * (`--config`), defaults.
  */
 import { readFileSync } from 'node:fs'
+import { frameLimits } from '@kvstore/protocol'
 import { checkLimits, limitsCeiling, limitsDefault } from '@kvstore/protocol/limits'
 
 export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
@@ -718,6 +719,14 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
       else throw err
     }
   }
+  if (
+    result.mode !== 'standalone' &&
+    replicationFrameBytesMax(result) > frameLimits.frameBytesMax
+  ) {
+    problems.push(
+      `replication frames must carry the largest write: replicationAppendBytesMax (${result.replicationAppendBytesMax}) plus the largest entry (valueBytesMax + keyBytesMax, or requestBodyBytesMax: ${largestEntryBytes(result)}) must stay under ${frameLimits.frameBytesMax} bytes`,
+    )
+  }
   if (result.logRetentionEntriesMax < result.logRetentionEntries) {
     problems.push(
       `logRetentionEntriesMax (${result.logRetentionEntriesMax}) must be at least logRetentionEntries (${result.logRetentionEntries})`,
@@ -796,6 +805,22 @@ export function configTableMarkdown(): string {
     )
   }
   return rows.join('\n')
+}
+
+/** An upper bound on the encoded size of one log entry under these limits. */
+export function largestEntryBytes(config: NodeConfig): number {
+  const payload = Math.max(config.valueBytesMax + config.keyBytesMax, config.requestBodyBytesMax)
+  // Field tags and lengths: a few bytes per op, and the entry's own fields.
+  return payload + config.requestIdBytesMax + config.batchOpsMax * 16 + 1024
+}
+
+/**
+ * The largest replication frame this node sends or accepts: an append carries up to
+ * `replicationAppendBytesMax` of entries but always at least one whole entry, and a snapshot
+ * chunk stops after the record that passes that size.
+ */
+export function replicationFrameBytesMax(config: NodeConfig): number {
+  return config.replicationAppendBytesMax + largestEntryBytes(config) + 64 * 1024
 }
 
 /** A resolved cluster: the members, this node and the leader. */

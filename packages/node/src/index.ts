@@ -1,4 +1,12 @@
-export { ConfigError, configSpec, configTableMarkdown, helpText, parseConfig } from './config.js'
+export {
+  clusterOf,
+  ConfigError,
+  configSpec,
+  configTableMarkdown,
+  helpText,
+  parseConfig,
+  replicationFrameBytesMax,
+} from './config.js'
 export type { NodeConfig, OptionSpec } from './config.js'
 export { buildApp } from './http/app.js'
 export { parseBatch } from './http/routes/batch.js'

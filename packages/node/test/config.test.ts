@@ -1,7 +1,14 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { ConfigError, configSpec, helpText, parseConfig } from '../src/index.js'
+import {
+  clusterOf,
+  ConfigError,
+  configSpec,
+  helpText,
+  parseConfig,
+  replicationFrameBytesMax,
+} from '../src/index.js'
 
 let dir: string
 beforeAll(async () => {
@@ -102,5 +109,73 @@ describe('parseConfig', () => {
       expect(text).toContain(spec.flag)
       expect(text).toContain(spec.env)
     }
+  })
+})
+
+describe('cluster configuration', () => {
+  const members =
+    'n1@http://127.0.0.1:7001@http://127.0.0.1:7101,n2@http://127.0.0.1:7002@http://127.0.0.1:7102,n3@http://127.0.0.1:7003@http://127.0.0.1:7103'
+
+  it('reads the members from a flag, the environment or JSON, and leads with the first by default', () => {
+    const fromFlag = parseConfig(['--id', 'n2', '--members', members], {}).config
+    expect(fromFlag.mode).toBe('single-leader')
+    const cluster = clusterOf(fromFlag)
+    expect(cluster.self).toEqual({
+      id: 'n2',
+      clientUrl: 'http://127.0.0.1:7002',
+      peerUrl: 'http://127.0.0.1:7102',
+    })
+    expect(cluster.leaderId).toBe('n1')
+    const json = JSON.stringify(
+      members.split(',').map((m) => {
+        const [id, clientUrl, peerUrl] = m.split('@')
+        return { id, clientUrl, peerUrl }
+      }),
+    )
+    const fromEnv = parseConfig([], { KV_NODE_ID: 'n3', KV_MEMBERS: json, KV_LEADER: 'n2' }).config
+    expect(clusterOf(fromEnv)).toMatchObject({ leaderId: 'n2', self: { id: 'n3' } })
+    expect(clusterOf(fromEnv).members).toEqual(cluster.members)
+    expect(parseConfig([], {}).config.mode).toBe('standalone')
+  })
+
+  it.each([
+    [['--id', 'n9', '--members', members], /n9.*is not among --members/],
+    [['--members', members, '--leader', 'n7'], /--leader "n7" is not among --members/],
+    [['--members', 'n1@http://127.0.0.1:7001'], /must be id@clientURL@peerURL/],
+    [['--members', 'n1@ftp://h:1@http://h:2'], /must look like http:\/\/host:port/],
+    [['--members', 'n1@http://h@http://h:2'], /must look like http:\/\/host:port/],
+    [['--members', `${members},n1@http://127.0.0.1:7004@http://127.0.0.1:7104`], /repeats n1/],
+    [['--members', `${members},n4@http://127.0.0.1:7001@http://127.0.0.1:7104`], /repeats/],
+    [['--members', '[{"id": 1}]'], /needs string id, clientUrl and peerUrl/],
+    [['--members', '[oops'], /--members is not valid JSON/],
+    [['--mode', 'single-leader'], /needs --members/],
+    [
+      [
+        '--members',
+        members,
+        '--log-retention-entries',
+        '5000',
+        '--log-retention-entries-max',
+        '1000',
+      ],
+      /logRetentionEntriesMax \(1000\) must be at least logRetentionEntries \(5000\)/,
+    ],
+  ])('refuses %j', (args, message) => {
+    expect(() => parseConfig(args, {})).toThrow(ConfigError)
+    expect(() => parseConfig(args, {})).toThrow(message)
+  })
+
+  it('sizes replication frames for the largest write, and refuses limits no frame can carry', () => {
+    const { config } = parseConfig(['--members', members], {})
+    // A 4 MiB batch body still fits one frame with a full 1 MiB append before it.
+    expect(replicationFrameBytesMax(config)).toBeGreaterThan(
+      config.requestBodyBytesMax + config.replicationAppendBytesMax,
+    )
+    const big = ['--value-bytes-max', '64MiB', '--request-body-bytes-max', '64MiB']
+    // Alone, a node may take such values; in a cluster no frame could carry them.
+    expect(parseConfig(big, {}).config.valueBytesMax).toBe(64 * 1024 * 1024)
+    expect(() => parseConfig(['--members', members, ...big], {})).toThrow(
+      /replication frames must carry the largest write/,
+    )
   })
 })

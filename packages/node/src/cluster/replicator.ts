@@ -23,8 +23,14 @@ import {
   type LogEntry,
   type MemberState,
 } from '@kvstore/protocol'
-import type { EncodedEntries, LogWriter, Store } from '@kvstore/storage'
-import type { AckMode, ClusterConfig, MemberConfig, NodeConfig } from '../config.js'
+import type { EncodedEntries, LogWriter, StateSnapshot, Store } from '@kvstore/storage'
+import {
+  replicationFrameBytesMax,
+  type AckMode,
+  type ClusterConfig,
+  type MemberConfig,
+  type NodeConfig,
+} from '../config.js'
 import { PeerTransport } from './transport.js'
 
 export interface ReplicatorOptions {
@@ -86,6 +92,8 @@ interface Sighting {
 }
 
 const sightingsMax = 4096
+/** Reads waiting on this replica to apply their session's LSN, at most. */
+const applyWaitersMax = 10_000
 
 export class Replicator {
   readonly core: ReplicaCore
@@ -116,6 +124,11 @@ export class Replicator {
   /** Store writes this replicator started and has not seen finish. */
   private readonly pendingWrites = new Set<Promise<unknown>>()
   private readonly snapshotting = new Set<string>()
+  /** The epoch this node leads at, until it learns of a higher one. */
+  private ledAtEpoch: number | null = null
+  private retaking = false
+  /** Follower: snapshot chunks being installed, in order. */
+  private snapshotChunks: Promise<void> = Promise.resolve()
   /** Counters for metrics. */
   readonly stats = {
     entriesShipped: new Map<string, number>(),
@@ -166,11 +179,9 @@ export class Replicator {
       self: cluster.self,
       members: cluster.members,
       clusterId: meta.clusterId,
+      leaderId: cluster.leaderId,
       host: config.host,
-      frameBytesMax: Math.min(
-        frameLimits.frameBytesMax,
-        config.replicationAppendBytesMax * 4 + 1024 * 1024,
-      ),
+      frameBytesMax: Math.min(frameLimits.frameBytesMax, replicationFrameBytesMax(config)),
       streamBufferBytesMax: config.replicationInflightBytesMax,
       epoch: () => this.core.epoch,
       logger: this.log,
@@ -194,12 +205,15 @@ export class Replicator {
   async start(): Promise<void> {
     const isLeader = this.cluster.leaderId === this.cluster.self.id
     if (isLeader) {
-      // The configured leader leads from epoch 1; its epoch is durable before it sends.
-      const epoch = Math.max(1, this.store.meta.epoch)
-      if (epoch !== this.store.meta.epoch) await this.store.setHardState({ epoch })
+      // Every start of the configured leader is a new epoch, durable before it sends anything.
+      // Followers then tell its new entries from any they kept of an earlier epoch that this
+      // node no longer has (its disk lost them with fsync off), and drop those.
+      const epoch = this.store.meta.epoch + 1
+      await this.store.setHardState({ epoch })
       this.core.setEpoch(epoch)
       this.core.takeReady()
       this.core.becomeLeader()
+      this.ledAtEpoch = epoch
     } else {
       this.core.becomeFollower(this.store.meta.epoch, this.cluster.leaderId)
     }
@@ -364,7 +378,11 @@ export class Replicator {
   waitApplied(lsn: number, timeoutMs: number): Promise<boolean> {
     if (this.store.appliedLsn >= lsn && !this.store.isInstallingSnapshot)
       return Promise.resolve(true)
-    if (timeoutMs <= 0) return Promise.resolve(false)
+    // Bounded: beyond this many waiting reads, a read that would wait is refused at once
+    // (KV_ERR_REPLICA_BEHIND sends the client elsewhere).
+    if (timeoutMs <= 0 || this.applyWaiters.length >= applyWaitersMax) {
+      return Promise.resolve(false)
+    }
     return new Promise((resolve) => {
       const waiter: ApplyWaiter = {
         lsn,
@@ -531,7 +549,65 @@ export class Replicator {
       for (const load of ready.loads) void this.load(load.to, load.fromLsn)
       for (const to of ready.snapshots) void this.sendSnapshot(to)
     }
+    if (this.ledAtEpoch !== null && !this.core.isLeader) {
+      if (this.cluster.leaderId === this.cluster.self.id) void this.retakeLeadership()
+      else this.deposed()
+    }
     this.settleWaiters()
+  }
+
+  /**
+   * The configuration names this node as leader, and a member reported a higher epoch (one it
+   * took while it was itself misconfigured as leader, say). Until elections decide, the named
+   * leader leads: it moves past that epoch, durably first, and carries on with its log. The
+   * member then drops whatever it wrote on its own, which no majority ever confirmed.
+   */
+  private async retakeLeadership(): Promise<void> {
+    if (this.retaking || this.stopped) return
+    this.retaking = true
+    try {
+      const epoch = this.core.epoch + 1
+      await this.store.setHardState({ epoch })
+      if (this.stopped) return
+      this.core.setEpoch(epoch)
+      this.core.becomeLeader()
+      this.log.warn(
+        { previousEpoch: this.ledAtEpoch, epoch },
+        'a member was at a higher epoch; leading on at a new one, as configured',
+      )
+      this.ledAtEpoch = epoch
+      this.schedule()
+    } catch (err) {
+      if (!this.stopped) this.onFatal(err as Error)
+    } finally {
+      this.retaking = false
+    }
+  }
+
+  /**
+   * This node led and a member reported a higher epoch: it no longer leads. Writes waiting for
+   * confirmations get KV_ERR_STALE_EPOCH: each is durable here but the new leader may not have
+   * it, so its outcome is unknown until read back (a retry with the same kv-request-id is safe).
+   */
+  private deposed(): void {
+    const ledAt = this.ledAtEpoch as number
+    this.ledAtEpoch = null
+    this.log.error(
+      { epoch: ledAt, newEpoch: this.core.epoch, leader: this.core.leaderId },
+      'this node no longer leads: a member is at a higher epoch',
+    )
+    const waiters = this.ackWaiters
+    this.ackWaiters = []
+    for (const w of waiters) {
+      clearTimeout(w.timer)
+      w.reject(
+        new KvError(
+          'KV_ERR_STALE_EPOCH',
+          `this node led at epoch ${ledAt}, and epoch ${this.core.epoch} has begun: the write at LSN ${w.lsn} is durable here but may not survive under the new leader; read it back, or retry it with the same kv-request-id`,
+          { lsn: w.lsn, epoch: ledAt, currentEpoch: this.core.epoch },
+        ),
+      )
+    }
   }
 
   /** Persists a Ready's hard state, truncation and entries in order, then sends what waited on them. */
@@ -599,11 +675,24 @@ export class Replicator {
         raw.map((r) => ({ lsn: r.lsn, epoch: r.epoch, data: r.data })),
       )
     } catch (err) {
-      this.log.warn(
-        { peer: to, fromLsn, err: (err as Error).message },
-        'cannot load entries for a follower',
-      )
-      this.core.entriesLoaded(to, [])
+      if (this.stopped) return
+      const logStart = this.store.meta.logStartLsn
+      if (fromLsn < logStart) {
+        // Compacted meanwhile: the core learns it, and sends a snapshot instead.
+        this.core.compacted(logStart, this.store.meta.compactedEpoch)
+        this.core.entriesLoaded(to, [])
+      } else {
+        // Try again a little later, not in a tight loop.
+        this.log.warn(
+          { peer: to, fromLsn, err: (err as Error).message },
+          'cannot load entries for a follower; retrying',
+        )
+        setTimeout(() => {
+          this.core.entriesLoaded(to, [])
+          this.schedule()
+        }, this.config.heartbeatIntervalMs).unref()
+        return
+      }
     }
     this.schedule()
   }
@@ -703,14 +792,22 @@ export class Replicator {
     try {
       switch (body.kind) {
         case 'append': {
+          let previousEpoch = body.prevEpoch
           const entries: CoreEntry[] = body.entries.map((data, i) => {
             const entry = decodeLogEntry(data)
-            if (entry.lsn !== body.prevLsn + 1 + i || entry.epoch > frame.epoch) {
+            // Checked here, before the core sees any of it: LSNs follow prevLsn one by one,
+            // and epochs never go down nor pass the sender's.
+            if (
+              entry.lsn !== body.prevLsn + 1 + i ||
+              entry.epoch > frame.epoch ||
+              entry.epoch < previousEpoch
+            ) {
               throw new KvError(
                 'KV_ERR_BAD_FRAME',
                 `entry ${entry.lsn} (epoch ${entry.epoch}) does not fit the append`,
               )
             }
+            previousEpoch = entry.epoch
             const core: CoreEntry = { lsn: entry.lsn, epoch: entry.epoch, data }
             this.decoded.set(core, entry)
             return core
@@ -743,9 +840,10 @@ export class Replicator {
             leaderLastLsn: body.leaderLastLsn,
           })
           break
-        case 'appendAck':
+        case 'appendAck': {
           this.lastContact.set(peer, this.now())
           this.reported.set(peer, { appliedLsn: body.appliedLsn, epoch: frame.epoch })
+          const regressions = this.core.progressOf(peer)?.regressions ?? 0
           this.core.step({
             type: 'appendAck',
             from: peer,
@@ -755,7 +853,14 @@ export class Replicator {
             reject: body.reject,
             hintLsn: body.hintLsn,
           })
+          if ((this.core.progressOf(peer)?.regressions ?? 0) > regressions) {
+            this.log.warn(
+              { peer, logEndLsn: body.hintLsn - 1 },
+              'a follower no longer has entries it acknowledged (lost with its disk, or rebuilt); resending them',
+            )
+          }
           break
+        }
         case 'heartbeatAck':
           this.lastContact.set(peer, this.now())
           this.reported.set(peer, { appliedLsn: body.appliedLsn, epoch: frame.epoch })
@@ -768,7 +873,7 @@ export class Replicator {
           })
           break
         case 'snapshotChunk':
-          void this.onSnapshotChunk(peer, frame)
+          this.queueSnapshotChunk(peer, frame)
           break
         case 'hello':
         case 'refusal':
@@ -792,33 +897,38 @@ export class Replicator {
   private async sendSnapshot(to: string): Promise<void> {
     if (this.snapshotting.has(to)) return
     this.snapshotting.add(to)
-    const snapshot = await this.store.openSnapshot()
+    let snapshot: StateSnapshot | null = null
     try {
+      snapshot = await this.store.openSnapshot()
+      const { appliedLsn: snapshotLsn, lastEpoch: snapshotEpoch } = snapshot
       const hash = createHash('sha256')
       const header = Buffer.alloc(17)
       let sequence = 0
-      let batch: { key: Uint8Array; record: Uint8Array }[] = []
-      let batchBytes = 0
+      let records: { key: Uint8Array; record: Uint8Array }[] = []
+      let requests: { id: string; record: Uint8Array }[] = []
+      let bytes = 0
       const flush = async (last: boolean) => {
         const sent = this.transport.send(to, {
           from: this.cluster.self.id,
           epoch: this.core.epoch,
           body: {
             kind: 'snapshotChunk',
-            snapshotLsn: snapshot.appliedLsn,
-            snapshotEpoch: snapshot.lastEpoch,
+            snapshotLsn,
+            snapshotEpoch,
             sequence: sequence++,
-            records: batch,
+            records,
+            requests,
             last,
             digest: last ? hash.digest('hex') : '',
           },
         })
         if (!sent) throw new Error(`the stream to ${to} is gone`)
-        batch = []
-        batchBytes = 0
+        records = []
+        requests = []
+        bytes = 0
         await this.transport.drained(to)
       }
-      this.log.info({ peer: to, snapshotLsn: snapshot.appliedLsn }, 'sending a snapshot')
+      this.log.info({ peer: to, snapshotLsn }, 'sending a snapshot')
       for await (const chunk of snapshot.rawChunks(1000)) {
         for (const { key, record } of chunk) {
           const decoded = decodeStoredRecord(record)
@@ -830,9 +940,17 @@ export class Replicator {
           hash.update(header)
           hash.update(key)
           hash.update(decoded.value)
-          batch.push({ key, record })
-          batchBytes += key.length + record.length
-          if (batchBytes >= this.config.replicationAppendBytesMax) await flush(false)
+          records.push({ key, record })
+          bytes += key.length + record.length
+          if (bytes >= this.config.replicationAppendBytesMax) await flush(false)
+        }
+      }
+      // The request ids go along, so that the follower deduplicates retries as the leader does.
+      for await (const chunk of snapshot.requestChunks(1000)) {
+        for (const request of chunk) {
+          requests.push(request)
+          bytes += request.id.length + request.record.length
+          if (bytes >= this.config.replicationAppendBytesMax) await flush(false)
         }
       }
       await flush(true)
@@ -842,19 +960,30 @@ export class Replicator {
       this.core.snapshotFailed(to)
       this.schedule()
     } finally {
-      await snapshot.close()
+      await snapshot?.close()
       this.snapshotting.delete(to)
     }
+  }
+
+  /**
+   * Follower: snapshot chunks are handled one at a time, in arrival order, even when several
+   * arrive in one read.
+   */
+  private queueSnapshotChunk(peer: string, frame: Frame): void {
+    this.snapshotChunks = this.snapshotChunks.then(() => this.onSnapshotChunk(peer, frame))
   }
 
   /** Follower: installs snapshot chunks in order, reading no more frames until each is written. */
   private async onSnapshotChunk(peer: string, frame: Frame): Promise<void> {
     const body = frame.body
-    if (body.kind !== 'snapshotChunk') return
+    if (body.kind !== 'snapshotChunk' || this.stopped) return
     this.transport.setReading(peer, false)
     try {
       if (body.sequence === 0) {
         if (this.installing !== null) this.abandonInstall('a new snapshot started')
+        // From here until the install completes, appends are refused: none may land in a
+        // half-replaced state.
+        this.core.awaitSnapshot()
         this.installing = { from: peer, lsn: body.snapshotLsn, epoch: body.snapshotEpoch, next: 0 }
         this.log.info({ snapshotLsn: body.snapshotLsn, leader: peer }, 'installing a snapshot')
         await this.store.beginSnapshotInstall(body.snapshotLsn, body.snapshotEpoch)
@@ -870,11 +999,13 @@ export class Replicator {
       }
       installing.next++
       await this.store.addSnapshotRecords(body.records)
+      if (body.requests.length > 0) await this.store.addSnapshotRequests(body.requests)
       if (body.last) {
         const digest = await this.store.finishSnapshotInstall()
         this.installing = null
         if (digest.digest !== body.digest) {
-          // The copy does not match what the leader sent: start over rather than serve it.
+          // The copy does not match what the leader sent: clear it and ask again rather than
+          // serve it.
           this.log.error(
             { expected: body.digest, got: digest.digest },
             'snapshot digest mismatch; installing again',
@@ -910,8 +1041,9 @@ export class Replicator {
   private abandonInstall(reason: string): void {
     if (this.installing === null) return
     this.log.warn({ reason, snapshotLsn: this.installing.lsn }, 'abandoning a snapshot install')
-    // The store keeps its marker: the next snapshot begins afresh, and a restart discards
-    // the partial state.
+    // The state is partial: the core keeps refusing appends and asks the leader for a new
+    // snapshot, which begins afresh; the store keeps its marker, so a restart discards the
+    // partial state too.
     this.installing = { ...this.installing, next: -1 }
   }
 

@@ -37,6 +37,8 @@ export interface TransportOptions {
   self: MemberConfig
   members: MemberConfig[]
   clusterId: string
+  /** The leader this node's configuration names (checked against every peer's). */
+  leaderId: string
   /** Address the peer server binds to. */
   host: string
   frameBytesMax: number
@@ -273,7 +275,12 @@ export class PeerTransport {
     return encodeFrame({
       from: this.options.self.id,
       epoch: this.options.epoch(),
-      body: { kind: 'hello', clusterId: this.options.clusterId, to: peer },
+      body: {
+        kind: 'hello',
+        clusterId: this.options.clusterId,
+        to: peer,
+        leader: this.options.leaderId,
+      },
     })
   }
 
@@ -336,6 +343,12 @@ export class PeerTransport {
       return {
         code: 'KV_ERR_CLUSTER_MISMATCH',
         message: `this node is in cluster ${this.options.clusterId}, not ${body.clusterId}`,
+      }
+    }
+    if (body.leader !== this.options.leaderId) {
+      return {
+        code: 'KV_ERR_CLUSTER_MISMATCH',
+        message: `${frame.from} is configured with leader ${JSON.stringify(body.leader)}, this node with ${JSON.stringify(this.options.leaderId)}; every member must name the same leader`,
       }
     }
     if (body.to !== this.options.self.id) {
