@@ -42,7 +42,8 @@ export interface KvClientOptions {
   maxLagMs?: number
   /**
    * A follower that does not answer a read within this long is skipped (a paused or overloaded
-   * replica) and the read goes to the leader. Default 1000 ms.
+   * replica) and the read goes to the leader. A read that carries a session also allows the
+   * follower up to `maxLagMs` to catch up with it first. Default 1000 ms.
    */
   followerReadTimeoutMs?: number
   /** Keep a session (read-your-writes, monotonic reads). Default true. */
@@ -527,14 +528,17 @@ export class KvClient {
       const url = attempt === 0 ? await this.replica(options) : await this.leader()
       const toFollower = url !== (this.leaderUrl ?? this.url)
       try {
+        const session = this.sessionHeaders()
         const res = await this.connection(url).send('GET', path, {
           ...send,
-          headers: { ...send.headers, ...this.sessionHeaders() },
-          // A follower that is slow to answer is skipped sooner than the leader gives up.
+          headers: { ...send.headers, ...session },
+          // A follower that is slow to answer is skipped sooner than the leader gives up: it
+          // gets followerReadTimeoutMs beyond the time it may wait for the session.
           ...(toFollower
             ? {
                 timeoutMs: Math.min(
-                  this.options.followerReadTimeoutMs + this.options.maxLagMs,
+                  this.options.followerReadTimeoutMs +
+                    (session['kv-session'] === undefined ? 0 : this.options.maxLagMs),
                   this.options.timeoutMs,
                 ),
               }
