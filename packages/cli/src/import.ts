@@ -207,13 +207,24 @@ export async function runImport(client: KvClient, options: ImportOptions): Promi
     })
     inflight.add(job)
   }
-  for await (const op of records(options)) {
-    chunk.push(op)
-    if (chunk.length >= options.chunk) await flush()
+  let inputError: unknown = null
+  try {
+    for await (const op of records(options)) {
+      chunk.push(op)
+      if (chunk.length >= options.chunk) await flush()
+    }
+  } catch (err) {
+    // A bad line (or an unreadable file) ends the input: what came before it is still
+    // written, so the error means "everything before line N is in".
+    inputError = err
   }
   await flush()
   await Promise.all(inflight)
   if (failure !== null) throw failure
+  if (inputError !== null) {
+    draw(true)
+    throw inputError
+  }
   draw(true)
   return {
     records: records_,

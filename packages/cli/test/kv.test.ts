@@ -141,6 +141,19 @@ describe('kv', () => {
     expect((await kv(['get', 'imp/a'])).out).toBe('1')
   })
 
+  it('stops an import at a malformed line, after writing every line before it', async () => {
+    const file = join(dir, 'broken.ndjson')
+    const good = Array.from({ length: 10 }, (_, i) =>
+      JSON.stringify({ key: `brk/${i}`, value: `${i}` }),
+    )
+    await writeFile(file, `${good.join('\n')}\n{"key": "brk/10", "value": \n`)
+    const res = await kv(['import', file])
+    expect(res.code).toBe(1)
+    expect(res.err).toMatch(/line 11/)
+    const listed = await kv(['ls', 'brk/', '--all'])
+    expect(listed.out.trim().split('\n')).toHaveLength(10)
+  })
+
   it('imports a key again only after its earlier batch has been applied', async () => {
     // The first batch is held back on its way to the node; without ordering per key, the
     // second one (a later value of the same key) would land first and then be overwritten.
