@@ -160,7 +160,8 @@ describe('a 3-node single-leader cluster', () => {
       headers: { 'kv-request-id': 'req-once-2', 'if-none-match': '*' },
     })
     expect(other.status).toBe(412)
-    // Every replica has the id: it is part of the log, so a new leader would know it too.
+    // A follower does not answer a retry from its copy of the ids: writes, retried or not,
+    // go to the leader.
     await cluster.waitForApplied()
     const followerRetry = await fetch(`${cluster.followers[0]!.url}/v1/kv/once`, {
       method: 'PUT',
@@ -256,21 +257,30 @@ describe('the SDK against a 3-node cluster', () => {
     await client.close()
   })
 
-  it('read-your-writes holds while a follower lags', async () => {
-    const lagging = cluster.followers[0]!
-    const client = new KvClient({ url: cluster.leader.url, ack: 'quorum', maxLagMs: 200 })
-    cluster.pause(lagging.id)
+  it('read-your-writes holds on a follower that has not yet received the write', async () => {
+    // A client whose view of the cluster stays as it is now: both followers in step.
+    const client = new KvClient({
+      url: cluster.leader.url,
+      maxLagMs: 1500,
+      followerReadTimeoutMs: 3000,
+      refreshIntervalMs: 600_000,
+    })
+    await client.put('ryw/k', 'old', { ack: 'all' })
+    await client.cluster()
+    for (const f of cluster.followers) cluster.pause(f.id)
+    let reads: Promise<Awaited<ReturnType<KvClient['get']>>>[] = []
     try {
-      for (let i = 0; i < 20; i++) {
-        const put = await client.put(`ryw/${i}`, `v${i}`)
-        // Whichever replica serves it, the read sees the write just made.
-        const got = await client.get(`ryw/${i}`)
-        expect(got?.value.toString()).toBe(`v${i}`)
-        expect(got?.version).toBe(put.version)
-      }
+      // Only the leader has the new value: neither follower can have it while stopped.
+      await client.put('ryw/k', 'new', { ack: 'async' })
+      // One read to each follower (round-robin); each waits there for the session's LSN.
+      reads = [client.get('ryw/k'), client.get('ryw/k')]
+      await new Promise((resolve) => setTimeout(resolve, 300))
     } finally {
-      cluster.resume(lagging.id)
+      for (const f of cluster.followers) cluster.resume(f.id)
     }
+    const got = await Promise.all(reads)
+    expect(got.map((g) => g?.servedBy).sort()).toEqual(cluster.followers.map((f) => f.url).sort())
+    for (const g of got) expect(g?.value.toString()).toBe('new')
     await client.close()
   })
 
@@ -304,14 +314,33 @@ describe('the SDK against a 3-node cluster', () => {
   })
 
   it('retries a write after the leader was unreachable, applying it once', async () => {
-    const client = new KvClient({ url: cluster.members.map((m) => m.url), attempts: 6 })
-    const id = 'sdk-retry-1'
-    const first = await client.put('retry/k', 'v1', { requestId: id, ifAbsent: true })
-    const again = await client.put('retry/k', 'v1', { requestId: id, ifAbsent: true })
-    expect(again.lsn).toBe(first.lsn)
-    expect((await failure(client.put('retry/k', 'v2', { ifAbsent: true }))).code).toBe(
-      'KV_ERR_PRECONDITION_FAILED',
-    )
+    const client = new KvClient({
+      url: cluster.members.map((m) => m.url),
+      timeoutMs: 400,
+      attempts: 20,
+    })
+    await client.put('retry/warm', 'x', { ack: 'all' })
+    const before = (await cluster.status(cluster.leader.id)).appliedLsn
+    cluster.pause(cluster.leader.id)
+    let put: ReturnType<KvClient['put']>
+    try {
+      // Every attempt times out while the leader is stopped; the ones it has received are
+      // served once it runs again, and all carry the same request id.
+      put = client.put('retry/k', 'v1', { requestId: 'sdk-retry-1', ack: 'all' })
+      await new Promise((resolve) => setTimeout(resolve, 1200))
+    } finally {
+      cluster.resume(cluster.leader.id)
+    }
+    const result = await put
+    expect(result.lsn).toBe(before + 1)
+    await cluster.waitForApplied()
+    // Applied once: the log grew by exactly one entry, on every member.
+    for (const m of cluster.members)
+      expect((await cluster.status(m.id)).appliedLsn).toBe(before + 1)
+    expect((await client.get('retry/k', { fromLeader: true }))?.version).toBe(before + 1)
+    const again = await client.put('retry/k', 'v1', { requestId: 'sdk-retry-1' })
+    expect(again.lsn).toBe(result.lsn)
+    expect((await cluster.status(cluster.leader.id)).appliedLsn).toBe(before + 1)
     await client.close()
   })
 })
