@@ -326,7 +326,7 @@ describe('the SDK against a 3-node cluster', () => {
     try {
       // Every attempt times out while the leader is stopped; the ones it has received are
       // served once it runs again, and all carry the same request id.
-      put = client.put('retry/k', 'v1', { requestId: 'sdk-retry-1', ack: 'all' })
+      put = client.put('retry/k', 'v1', { requestId: 'sdk-retry-1', ack: 'all', ifAbsent: true })
       await new Promise((resolve) => setTimeout(resolve, 1200))
     } finally {
       cluster.resume(cluster.leader.id)
@@ -338,8 +338,12 @@ describe('the SDK against a 3-node cluster', () => {
     for (const m of cluster.members)
       expect((await cluster.status(m.id)).appliedLsn).toBe(before + 1)
     expect((await client.get('retry/k', { fromLeader: true }))?.version).toBe(before + 1)
-    const again = await client.put('retry/k', 'v1', { requestId: 'sdk-retry-1' })
+    // The same id again answers like the first; a new id is a new (create-only) write.
+    const again = await client.put('retry/k', 'v1', { requestId: 'sdk-retry-1', ifAbsent: true })
     expect(again.lsn).toBe(result.lsn)
+    expect((await failure(client.put('retry/k', 'v2', { ifAbsent: true }))).code).toBe(
+      'KV_ERR_PRECONDITION_FAILED',
+    )
     expect((await cluster.status(cluster.leader.id)).appliedLsn).toBe(before + 1)
     await client.close()
   })
