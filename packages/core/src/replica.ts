@@ -6,13 +6,18 @@
  * A `Ready` comes out with what to persist and what to send. There is no I/O, timer, clock
  * or randomness in here: the node drives it, and a simulator can drive many of them.
  *
- * Roles are a tagged union; only `becomeLeader` and `becomeFollower` switch between them.
- * Leadership is given by the node for now (a static leader named in the configuration);
- * elections will add a candidate role without changing the replication path.
+ * Roles are a tagged union (follower, pre-candidate, candidate, leader); only the `become*`
+ * methods switch between them. With `electionTicks` set, followers elect a leader themselves:
+ * a pre-vote first (so a node that cannot win never raises the epoch), then a vote in which
+ * each member grants at most one vote per epoch, durably, and only to a candidate whose log is
+ * at least as up to date as its own. A leader that stops hearing from a majority steps down
+ * (check-quorum), and a member that heard from a live leader recently ignores vote requests
+ * (leader stickiness), so a node that flaps cannot force elections. Without `electionTicks`
+ * the node names the leader (`becomeLeader`), as a static configuration does.
  */
 import { invariant } from './invariant.js'
 import { LogWindow, type LogInit } from './log.js'
-import { allLsn, majorityLsn } from './quorum.js'
+import { allLsn, isMajority, majorityLsn } from './quorum.js'
 import type {
   AppendAckMessage,
   AppendMessage,
@@ -23,6 +28,9 @@ import type {
   Message,
   NodeId,
   Ready,
+  TimeoutNowMessage,
+  VoteAckMessage,
+  VoteMessage,
 } from './types.js'
 
 export interface CoreConfig {
@@ -43,6 +51,23 @@ export interface CoreConfig {
   inflightBytesMax: number
   /** Bytes of recent entries the leader keeps in memory to ship. */
   logCacheBytesMax: number
+  /**
+   * Ticks without a leader before a follower campaigns; each wait is drawn at random from
+   * [electionTicks, 2 * electionTicks). Also the check-quorum period and the lease in which a
+   * member that heard from a leader ignores vote requests. 0 (default): no elections; the node
+   * names the leader.
+   */
+  electionTicks?: number
+  /** Uniform random numbers in [0, 1): the only source of randomness (seeded in simulation). */
+  random?: () => number
+  /** An encoded no-op entry: a new leader appends one of its own epoch before serving. */
+  makeNoop?: (lsn: number, epoch: number) => Uint8Array
+  /**
+   * Rules broken on purpose, for tests that must catch them. Never set outside tests.
+   * `grantEveryVote`: vote for every candidate (several per epoch); `skipUpToDateCheck`: vote
+   * for candidates whose log is behind.
+   */
+  unsafe?: { grantEveryVote?: boolean; skipUpToDateCheck?: boolean }
 }
 
 export interface CoreInit extends LogInit {
@@ -54,6 +79,8 @@ export interface CoreInit extends LogInit {
 type ProgressState = 'probe' | 'replicate' | 'snapshot'
 
 /** What the leader knows of one follower. */
+/** Probe timeouts without an acknowledgement before a leader resends what is in flight. */
+const retransmitTimeoutFactor = 4
 /** The hint LSN of a refusal that asks the leader for a snapshot (no real hint is below 1). */
 const snapshotNeededHint = 0
 
@@ -76,6 +103,8 @@ export class Progress {
   lastContactTick = -1
   /** Times the follower was found to have lost entries it had acknowledged. */
   regressions = 0
+  /** Tick of the last acknowledgement that freed in-flight appends (or of the last send). */
+  lastAckTick = 0
 
   constructor(nextLsn: number) {
     this.nextLsn = nextLsn
@@ -95,7 +124,29 @@ export class Progress {
 
 type Role =
   | { kind: 'follower'; leaderId: NodeId | null }
-  | { kind: 'leader'; progress: Map<NodeId, Progress>; heartbeatElapsed: number }
+  | { kind: 'preCandidate'; granted: Set<NodeId>; refused: Set<NodeId> }
+  | { kind: 'candidate'; granted: Set<NodeId>; refused: Set<NodeId>; transfer: boolean }
+  | {
+      kind: 'leader'
+      progress: Map<NodeId, Progress>
+      heartbeatElapsed: number
+      /** Members heard from since the last check-quorum. */
+      recentlyHeard: Set<NodeId>
+      /** A leadership transfer in progress: its target and the tick it started. */
+      transfer: { to: NodeId; startTick: number } | null
+    }
+
+export type RoleName = Role['kind']
+
+/** A proposal refused because leadership is being handed over. */
+export class TransferInProgressError extends Error {
+  readonly to: NodeId
+  constructor(to: NodeId) {
+    super(`leadership is being handed over to ${to}`)
+    this.name = 'TransferInProgressError'
+    this.to = to
+  }
+}
 
 export class NotLeaderError extends Error {
   readonly leaderId: NodeId | null
@@ -143,6 +194,12 @@ export class ReplicaCore {
   /** Peers with a stream up, whatever this node's role (a leader taking over finds them here). */
   private readonly connectedPeers = new Set<NodeId>()
   private pending: Ready
+  /** Ticks since the last message from a leader (or, on a leader, since its last check). */
+  private electionElapsed = 0
+  /** This wait's election timeout, in ticks (randomized). */
+  private electionTimeout = 0
+  /** Elections this node started (pre-votes that turned into votes), for metrics. */
+  electionsStarted = 0
 
   constructor(config: CoreConfig, init: CoreInit) {
     invariant(config.members.includes(config.id), `${config.id} is not a member`)
@@ -158,6 +215,24 @@ export class ReplicaCore {
     this.verifiedLsn = init.commitLsn
     this.role = { kind: 'follower', leaderId: null }
     this.pending = emptyReady(this.commit)
+    if (this.electionsOn) {
+      invariant(config.random !== undefined, 'elections need a random source')
+      invariant(config.makeNoop !== undefined, 'elections need makeNoop')
+    }
+    this.resetElectionTimeout()
+  }
+
+  private get electionsOn(): boolean {
+    return (this.config.electionTicks ?? 0) > 0
+  }
+
+  private resetElectionTimeout(): void {
+    this.electionElapsed = 0
+    const base = this.config.electionTicks ?? 0
+    if (base > 0) {
+      const random = this.config.random as () => number
+      this.electionTimeout = base + Math.floor(random() * base)
+    }
   }
 
   // ------------------------------------------------------------------ queries
@@ -178,12 +253,23 @@ export class ReplicaCore {
     return this.role.kind === 'leader'
   }
 
-  get roleName(): 'leader' | 'follower' {
+  get roleName(): RoleName {
     return this.role.kind
   }
 
   get leaderId(): NodeId | null {
-    return this.role.kind === 'leader' ? this.id : this.role.leaderId
+    if (this.role.kind === 'leader') return this.id
+    return this.role.kind === 'follower' ? this.role.leaderId : null
+  }
+
+  /** The member granted this node's vote in the current epoch ('' when none). */
+  get votedFor(): NodeId | '' {
+    return this.vote
+  }
+
+  /** Leader: the member leadership is being handed to, or null. */
+  get transferTarget(): NodeId | null {
+    return this.role.kind === 'leader' ? (this.role.transfer?.to ?? null) : null
   }
 
   /** Follower: the leader's last LSN as last heard (its own last LSN on the leader). */
@@ -251,7 +337,12 @@ export class ReplicaCore {
 
   // ------------------------------------------------------------------ roles
 
-  /** Takes leadership at the current epoch (the node decides who leads, for now). */
+  /**
+   * Takes leadership at the current epoch: after winning an election, or when the node names
+   * the leader (static configuration). With `makeNoop`, it first appends a no-op entry of its
+   * own epoch: committing it commits everything before it, and a new leader serves nothing
+   * until then.
+   */
   becomeLeader(): void {
     const progress = new Map<NodeId, Progress>()
     for (const member of this.members) {
@@ -260,10 +351,33 @@ export class ReplicaCore {
       pr.connected = this.connectedPeers.has(member)
       progress.set(member, pr)
     }
-    this.role = { kind: 'leader', progress, heartbeatElapsed: 0 }
+    this.role = {
+      kind: 'leader',
+      progress,
+      heartbeatElapsed: 0,
+      recentlyHeard: new Set(),
+      transfer: null,
+    }
+    this.electionElapsed = 0
+    if (this.config.makeNoop) {
+      const lsn = this.log.lastLsn + 1
+      const noop = { lsn, epoch: this.epochValue, data: this.config.makeNoop(lsn, this.epochValue) }
+      this.log.append([noop])
+      // The node writes it like an entry received from a leader, and reports it persisted.
+      this.pending.entries.push(noop)
+    }
     this.maybeCommit()
     // Streams already up learn of the new epoch at once: each gets a probe.
     this.broadcastPending = true
+  }
+
+  /** True once the leader has committed an entry of its own epoch (its no-op): it may serve. */
+  get leaderReady(): boolean {
+    return (
+      this.role.kind === 'leader' &&
+      this.commit > 0 &&
+      this.log.epochAt(this.commit) === this.epochValue
+    )
   }
 
   /** Follows `leaderId` at `epoch`, which may not be lower than the current epoch. */
@@ -281,6 +395,90 @@ export class ReplicaCore {
       this.reportedMatch = -1
     }
     this.role = { kind: 'follower', leaderId }
+    this.resetElectionTimeout()
+  }
+
+  /** Asks every member whether it would vote for this node at the next epoch. */
+  private becomePreCandidate(): void {
+    this.role = { kind: 'preCandidate', granted: new Set([this.id]), refused: new Set() }
+    this.resetElectionTimeout()
+    if (this.tally()) return
+    this.requestVotes(this.epochValue + 1, true, false)
+  }
+
+  /** Raises the epoch, votes for itself (durably, before any request leaves) and asks. */
+  private becomeCandidate(transfer: boolean): void {
+    this.epochValue++
+    this.vote = this.id
+    this.hardStateDirty = true
+    this.verifiedLsn = this.commit
+    this.reportedMatch = -1
+    this.electionsStarted++
+    this.role = { kind: 'candidate', granted: new Set([this.id]), refused: new Set(), transfer }
+    this.resetElectionTimeout()
+    if (this.tally()) return
+    this.requestVotes(this.epochValue, false, transfer)
+  }
+
+  private requestVotes(epoch: number, preVote: boolean, transfer: boolean): void {
+    for (const member of this.members) {
+      if (member === this.id) continue
+      this.send(
+        {
+          type: 'vote',
+          from: this.id,
+          to: member,
+          epoch,
+          lastLsn: this.log.lastLsn,
+          lastEpoch: this.log.lastEpoch,
+          preVote,
+          transfer,
+        },
+        // A real request depends on the epoch and the self-vote: both durable first.
+        !preVote,
+      )
+    }
+  }
+
+  /** Counts votes; moves on when a majority granted (true) or refused. */
+  private tally(): boolean {
+    const role = this.role
+    if (role.kind !== 'preCandidate' && role.kind !== 'candidate') return false
+    if (isMajority(role.granted.size, this.members.length)) {
+      if (role.kind === 'preCandidate') this.becomeCandidate(false)
+      else this.becomeLeader()
+      return true
+    }
+    if (isMajority(role.refused.size, this.members.length)) {
+      this.becomeFollower(this.epochValue, null)
+      return true
+    }
+    return false
+  }
+
+  /** Starts an election now (leadership handed over, or a test). */
+  campaign(transfer = false): void {
+    if (this.role.kind === 'leader') return
+    if (transfer) this.becomeCandidate(true)
+    else this.becomePreCandidate()
+  }
+
+  /**
+   * Leader: hands leadership to `to` once its log has caught up; proposals are refused with
+   * TransferInProgressError meanwhile. Gives up after an election timeout.
+   */
+  transferLeadership(to: NodeId): void {
+    const role = this.role
+    if (role.kind !== 'leader') throw new NotLeaderError(this.leaderId)
+    invariant(this.members.includes(to) && to !== this.id, `cannot hand leadership to ${to}`)
+    role.transfer = { to, startTick: this.ticks }
+    const pr = role.progress.get(to) as Progress
+    if (pr.matchLsn === this.log.lastLsn) this.sendTimeoutNow(to)
+    else this.sendAppend(to, pr)
+  }
+
+  private sendTimeoutNow(to: NodeId): void {
+    this.send({ type: 'timeoutNow', from: this.id, to, epoch: this.epochValue })
   }
 
   /** Raises the epoch (a leader configured to lead at a new epoch). */
@@ -301,7 +499,29 @@ export class ReplicaCore {
   tick(): void {
     this.ticks++
     const role = this.role
-    if (role.kind !== 'leader') return
+    if (role.kind !== 'leader') {
+      this.electionElapsed++
+      if (this.electionsOn && this.electionElapsed >= this.electionTimeout) this.campaign()
+      return
+    }
+    if (this.electionsOn) {
+      this.electionElapsed++
+      const electionTicks = this.config.electionTicks as number
+      if (role.transfer !== null && this.ticks - role.transfer.startTick >= electionTicks) {
+        role.transfer = null // the target did not take over in time: lead on
+      }
+      if (this.electionElapsed >= electionTicks) {
+        this.electionElapsed = 0
+        // Check-quorum: a leader that has not heard from a majority steps down, so that a
+        // partitioned leader stops taking writes within an election timeout.
+        const heard = role.recentlyHeard.size + 1
+        role.recentlyHeard.clear()
+        if (!isMajority(heard, this.members.length)) {
+          this.becomeFollower(this.epochValue, null)
+          return
+        }
+      }
+    }
     role.heartbeatElapsed++
     if (role.heartbeatElapsed >= this.config.heartbeatTicks) {
       role.heartbeatElapsed = 0
@@ -325,13 +545,26 @@ export class ReplicaCore {
       ) {
         pr.probeSentTick = null
         this.sendAppend(id, pr)
+      } else if (
+        pr.state === 'replicate' &&
+        pr.inflight.length > 0 &&
+        this.ticks - pr.lastAckTick >= retransmitTimeoutFactor * this.config.probeTimeoutTicks
+      ) {
+        // Appends in flight went unanswered for long: some were lost on the way (or their
+        // answers were). Probe from the acknowledged match again rather than wait forever.
+        pr.state = 'probe'
+        pr.probeSentTick = null
+        pr.resetInflight()
+        pr.nextLsn = pr.matchLsn + 1
+        this.sendAppend(id, pr)
       }
     }
   }
 
   /** Leader: the LSN and epoch the next proposal gets. Throws NotLeaderError elsewhere. */
   nextSlot(): { lsn: number; epoch: number } {
-    if (this.role.kind !== 'leader') throw new NotLeaderError(this.role.leaderId)
+    if (this.role.kind !== 'leader') throw new NotLeaderError(this.leaderId)
+    if (this.role.transfer !== null) throw new TransferInProgressError(this.role.transfer.to)
     return { lsn: this.log.lastLsn + 1, epoch: this.epochValue }
   }
 
@@ -340,7 +573,8 @@ export class ReplicaCore {
    * persists it and reports with `persisted`.
    */
   propose(entry: CoreEntry): void {
-    if (this.role.kind !== 'leader') throw new NotLeaderError(this.role.leaderId)
+    if (this.role.kind !== 'leader') throw new NotLeaderError(this.leaderId)
+    if (this.role.transfer !== null) throw new TransferInProgressError(this.role.transfer.to)
     invariant(
       entry.lsn === this.log.lastLsn + 1,
       () => `proposal ${entry.lsn} does not follow ${this.log.lastLsn}`,
@@ -370,9 +604,38 @@ export class ReplicaCore {
   step(message: Message): void {
     if (message.to !== this.id || !this.members.includes(message.from)) return
     if (message.epoch > this.epochValue) {
-      const fromLeader = message.type === 'append' || message.type === 'heartbeat'
-      this.becomeFollower(message.epoch, fromLeader ? message.from : null)
+      if (message.type === 'vote') {
+        // Leader stickiness: a member that heard from a live leader within the election
+        // timeout ignores requests to replace it (unless the leader itself handed over).
+        const inLease =
+          this.electionsOn &&
+          this.leaderId !== null &&
+          this.electionElapsed < (this.config.electionTicks as number)
+        if (inLease && !message.transfer) return
+        // A pre-vote changes nothing here; a real vote request moves this node to its epoch.
+        if (!message.preVote) this.becomeFollower(message.epoch, null)
+      } else if (message.type === 'voteAck' && message.preVote && message.granted) {
+        // A pre-vote grant carries the epoch asked about; nobody has moved to it yet.
+      } else {
+        const fromLeader = message.type === 'append' || message.type === 'heartbeat'
+        this.becomeFollower(message.epoch, fromLeader ? message.from : null)
+      }
     } else if (message.epoch < this.epochValue) {
+      if (message.type === 'vote' && message.preVote) {
+        // Tell a pre-candidate with an old epoch where the cluster is, so it catches up.
+        this.send(
+          {
+            type: 'voteAck',
+            from: this.id,
+            to: message.from,
+            epoch: this.epochValue,
+            granted: false,
+            preVote: true,
+          },
+          true,
+        )
+        return
+      }
       // A deposed leader's messages are refused; tell it the epoch so it steps down (once that
       // epoch is durable here).
       if (message.type === 'append' || message.type === 'heartbeat') {
@@ -405,7 +668,71 @@ export class ReplicaCore {
       case 'heartbeatAck':
         this.onHeartbeatAck(message)
         break
+      case 'vote':
+        this.onVote(message)
+        break
+      case 'voteAck':
+        this.onVoteAck(message)
+        break
+      case 'timeoutNow':
+        this.onTimeoutNow(message)
+        break
     }
+  }
+
+  // ------------------------------------------------------------------ elections
+
+  private onVote(m: VoteMessage): void {
+    const unsafe = this.config.unsafe
+    // One vote per epoch: to whoever already has it, or to anyone while no vote was cast and
+    // no leader is known. A pre-vote for a later epoch binds nothing.
+    const canVote =
+      this.vote === m.from ||
+      (this.vote === '' && this.leaderId === null) ||
+      (m.preVote && m.epoch > this.epochValue) ||
+      unsafe?.grantEveryVote === true
+    // The candidate's log must be at least as up to date as ours: a later last epoch, or the
+    // same last epoch and at least our last LSN. So a winner holds every committed entry.
+    const upToDate =
+      m.lastEpoch > this.log.lastEpoch ||
+      (m.lastEpoch === this.log.lastEpoch && m.lastLsn >= this.log.lastLsn) ||
+      unsafe?.skipUpToDateCheck === true
+    const granted = canVote && upToDate && this.role.kind !== 'leader'
+    if (granted && !m.preVote) {
+      this.vote = m.from
+      this.hardStateDirty = true
+      this.electionElapsed = 0
+    }
+    this.send(
+      {
+        type: 'voteAck',
+        from: this.id,
+        to: m.from,
+        epoch: granted ? m.epoch : this.epochValue,
+        granted,
+        preVote: m.preVote,
+      },
+      // A granted vote is durable before the candidate hears of it; every answer carries an
+      // epoch, which is durable first too.
+      true,
+    )
+  }
+
+  private onVoteAck(m: VoteAckMessage): void {
+    const role = this.role
+    if (role.kind === 'preCandidate' && m.preVote) {
+      if (m.granted && m.epoch !== this.epochValue + 1) return
+      ;(m.granted ? role.granted : role.refused).add(m.from)
+      this.tally()
+    } else if (role.kind === 'candidate' && !m.preVote && m.epoch === this.epochValue) {
+      ;(m.granted ? role.granted : role.refused).add(m.from)
+      this.tally()
+    }
+  }
+
+  private onTimeoutNow(m: TimeoutNowMessage): void {
+    if (this.role.kind === 'leader' || m.epoch !== this.epochValue) return
+    this.campaign(true)
   }
 
   /** Leader: a stream to `id` is up; probe where its log stands. */
@@ -495,6 +822,7 @@ export class ReplicaCore {
       invariant(false, `leader ${this.id} got an append from ${m.from} in its own epoch ${m.epoch}`)
     }
     this.role = { kind: 'follower', leaderId: m.from }
+    this.electionElapsed = 0
     this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
     if (this.awaitingSnapshot) {
       this.reject(m.from, snapshotNeededHint)
@@ -579,6 +907,7 @@ export class ReplicaCore {
       )
     }
     this.role = { kind: 'follower', leaderId: m.from }
+    this.electionElapsed = 0
     this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
     this.advanceCommit(m.commitLsn, this.verifiedLsn)
     this.send(
@@ -643,6 +972,7 @@ export class ReplicaCore {
     const pr = this.role.progress.get(m.from)
     if (!pr) return
     pr.lastContactTick = this.ticks
+    this.role.recentlyHeard.add(m.from)
     if (m.reject && m.hintLsn === snapshotNeededHint) {
       // The follower's state is being replaced (or a replacement broke off): send it a
       // snapshot, unless one is already on its way.
@@ -674,6 +1004,7 @@ export class ReplicaCore {
     }
     if (m.matchLsn > pr.matchLsn) pr.matchLsn = Math.min(m.matchLsn, this.log.lastLsn)
     pr.freeUpTo(pr.matchLsn)
+    pr.lastAckTick = this.ticks
     if (pr.nextLsn <= pr.matchLsn) pr.nextLsn = pr.matchLsn + 1
     if (pr.state === 'probe') {
       pr.state = 'replicate'
@@ -687,6 +1018,8 @@ export class ReplicaCore {
     }
     this.maybeCommit()
     this.sendAppend(m.from, pr)
+    const transfer = this.role.transfer
+    if (transfer?.to === m.from && pr.matchLsn === this.log.lastLsn) this.sendTimeoutNow(m.from)
   }
 
   private onHeartbeatAck(m: HeartbeatAckMessage): void {
@@ -694,6 +1027,7 @@ export class ReplicaCore {
     const pr = this.role.progress.get(m.from)
     if (!pr) return
     pr.lastContactTick = this.ticks
+    this.role.recentlyHeard.add(m.from)
     if (m.matchLsn > pr.matchLsn && m.matchLsn <= this.log.lastLsn) {
       pr.matchLsn = m.matchLsn
       pr.freeUpTo(pr.matchLsn)
@@ -775,6 +1109,7 @@ export class ReplicaCore {
     if (last !== undefined) {
       let bytes = 0
       for (const e of entries) bytes += e.data.length
+      if (pr.inflight.length === 0) pr.lastAckTick = this.ticks
       pr.inflight.push({ lastLsn: last.lsn, bytes })
       pr.inflightBytes += bytes
       pr.nextLsn = last.lsn + 1

@@ -51,7 +51,50 @@ export interface HeartbeatAckMessage {
   matchLsn: number
 }
 
-export type Message = AppendMessage | AppendAckMessage | HeartbeatMessage | HeartbeatAckMessage
+/**
+ * Candidate to voter: a vote request for `epoch`, with the candidate's last LSN and epoch so
+ * that the voter can refuse a candidate whose log is behind its own. A pre-vote asks whether
+ * the voter *would* vote at `epoch` (the candidate's epoch plus one) without anyone changing
+ * state, so a node that cannot win never raises the epoch. `transfer` is set when the leader
+ * handed over leadership: voters then vote even though they heard from a leader recently.
+ */
+export interface VoteMessage {
+  type: 'vote'
+  from: NodeId
+  to: NodeId
+  epoch: number
+  lastLsn: number
+  lastEpoch: number
+  preVote: boolean
+  transfer: boolean
+}
+
+/** Voter to candidate. A refusal carries the voter's epoch; a grant the epoch asked for. */
+export interface VoteAckMessage {
+  type: 'voteAck'
+  from: NodeId
+  to: NodeId
+  epoch: number
+  granted: boolean
+  preVote: boolean
+}
+
+/** Leader to the member it hands leadership to: start an election now. */
+export interface TimeoutNowMessage {
+  type: 'timeoutNow'
+  from: NodeId
+  to: NodeId
+  epoch: number
+}
+
+export type Message =
+  | AppendMessage
+  | AppendAckMessage
+  | HeartbeatMessage
+  | HeartbeatAckMessage
+  | VoteMessage
+  | VoteAckMessage
+  | TimeoutNowMessage
 
 /** State that must be durable before any message that depends on it is sent. */
 export interface HardState {

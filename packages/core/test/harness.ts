@@ -47,8 +47,10 @@ export class Harness {
    */
   constructor(
     ids: NodeId[],
-    private readonly config: Partial<typeof testConfig> = {},
+    private readonly config: Partial<Omit<CoreConfig, 'id' | 'members'>> = {},
     logs: Record<NodeId, [epoch: number, payload: string][]> = {},
+    /** Settings for single nodes (an election timeout of their own, say). */
+    private readonly perNode: Record<NodeId, Partial<Omit<CoreConfig, 'id' | 'members'>>> = {},
   ) {
     const startEpoch = Math.max(
       1,
@@ -66,7 +68,7 @@ export class Harness {
           runs.push({ epoch: entry.epoch, startLsn: entry.lsn })
       }
       const core = new ReplicaCore(
-        { ...testConfig, ...config, id, members: ids },
+        { ...testConfig, ...config, ...perNode[id], id, members: ids },
         {
           epoch: startEpoch,
           vote: '',
@@ -96,7 +98,7 @@ export class Harness {
         runs.push({ epoch: entry.epoch, startLsn: entry.lsn })
     }
     const core = new ReplicaCore(
-      { ...testConfig, ...this.config, id, members: [...this.nodes.keys()] },
+      { ...testConfig, ...this.config, ...this.perNode[id], id, members: [...this.nodes.keys()] },
       {
         epoch: options.epoch ?? old.core.epoch,
         vote: '',
@@ -150,6 +152,35 @@ export class Harness {
 
   connect(leader: NodeId): void {
     for (const id of this.nodes.keys()) if (id !== leader) this.node(leader).core.peerConnected(id)
+    this.process()
+  }
+
+  /** Every stream between every pair is up (as a mesh transport would have it). */
+  connectAll(): void {
+    for (const a of this.nodes.keys()) {
+      for (const b of this.nodes.keys()) if (a !== b) this.node(a).core.peerConnected(b)
+    }
+    this.process()
+  }
+
+  /**
+   * Cuts (or restores) both directions between `a` and every node in `others`; the streams on
+   * those links break (or come back), as TCP connections would.
+   */
+  isolate(a: NodeId, others: NodeId[], cut = true): void {
+    for (const b of others) {
+      for (const link of [`${a}->${b}`, `${b}->${a}`]) {
+        if (cut) this.cut.add(link)
+        else this.cut.delete(link)
+      }
+      for (const [x, y] of [
+        [a, b],
+        [b, a],
+      ] as const) {
+        if (cut) this.node(x).core.peerDisconnected(y)
+        else this.node(x).core.peerConnected(y)
+      }
+    }
     this.process()
   }
 

@@ -767,6 +767,11 @@ export class Replicator {
           },
         }
         break
+      case 'vote':
+      case 'voteAck':
+      case 'timeoutNow':
+        // The node does not enable elections yet (no electionTicks), so the core sends none.
+        throw new Error(`cannot send ${message.type}: elections are not enabled in this node`)
     }
     this.transport.send(message.to, frame)
   }

@@ -1,0 +1,212 @@
+import {
+  TransferInProgressError,
+  type Message,
+  type NodeId,
+  type VoteAckMessage,
+  type VoteMessage,
+} from '../src/index.js'
+import { Harness } from './harness.js'
+
+const noop = new TextEncoder().encode('noop')
+const electionTicks = 10
+
+/**
+ * Three members with elections on. `first` times out first (its random draw is 0), the others
+ * later and at different ticks (draws 0.5 and 0.95), so tests know who campaigns.
+ */
+function electing(first: NodeId = 'a', logs: ConstructorParameters<typeof Harness>[2] = {}) {
+  const perNode: Record<NodeId, { random: () => number }> = {}
+  const later = [0.5, 0.95]
+  for (const id of ['a', 'b', 'c']) {
+    const draw = id === first ? 0 : (later.shift() as number)
+    perNode[id] = { random: () => draw }
+  }
+  const h = new Harness(
+    ['a', 'b', 'c'],
+    { electionTicks, makeNoop: () => noop, heartbeatTicks: 1 },
+    logs,
+    perNode,
+  )
+  h.connectAll()
+  return h
+}
+
+function leaders(h: Harness): NodeId[] {
+  return [...h.nodes].filter(([, n]) => n.core.isLeader).map(([id]) => id)
+}
+
+describe('elections', () => {
+  it('elects a leader when no one hears one, and the leader commits a no-op of its epoch', () => {
+    const h = electing('a')
+    h.tick(electionTicks)
+    expect(leaders(h)).toEqual(['a'])
+    const a = h.node('a').core
+    expect(a.epoch).toBe(2)
+    expect(a.leaderReady).toBe(true)
+    expect(h.log('a')).toEqual(['noop'])
+    for (const id of ['b', 'c']) {
+      expect(h.node(id).core.leaderId).toBe('a')
+      expect(h.node(id).core.epoch).toBe(2)
+      expect(h.log(id)).toEqual(['noop'])
+    }
+    // Heartbeats keep it: nobody else campaigns for many timeouts.
+    h.tick(electionTicks * 10)
+    expect(leaders(h)).toEqual(['a'])
+    expect(a.epoch).toBe(2)
+  })
+
+  it('a vote is durable before it is granted, and a candidate asks only once its own is', () => {
+    const h = electing('a')
+    h.autoPersist = false
+    const a = h.node('a').core
+    a.campaign(true) // straight to a vote (as after a handover)
+    const ready = a.takeReady()
+    expect(ready.hardState).toEqual({ epoch: 2, vote: 'a', commitLsn: 0 })
+    expect(ready.sendNow.filter((m) => m.type === 'vote')).toEqual([])
+    expect(ready.sendAfterPersist.filter((m) => m.type === 'vote')).toHaveLength(2)
+    const request = ready.sendAfterPersist.find((m) => m.to === 'b') as VoteMessage
+    const b = h.node('b').core
+    b.step(request)
+    const answer = b.takeReady()
+    expect(answer.hardState).toMatchObject({ epoch: 2, vote: 'a' })
+    expect(answer.sendNow).toEqual([])
+    expect(answer.sendAfterPersist).toMatchObject([{ type: 'voteAck', granted: true, to: 'a' }])
+  })
+
+  it('grants one vote per epoch', () => {
+    const h = electing('a')
+    const b = h.node('b').core
+    const ask = (from: NodeId): VoteAckMessage => {
+      b.step({
+        type: 'vote',
+        from,
+        to: 'b',
+        epoch: 5,
+        lastLsn: 0,
+        lastEpoch: 0,
+        preVote: false,
+        transfer: false,
+      })
+      return b.takeReady().sendAfterPersist.find((m) => m.type === 'voteAck') as VoteAckMessage
+    }
+    expect(ask('a').granted).toBe(true)
+    expect(ask('c').granted).toBe(false)
+    expect(ask('a').granted).toBe(true) // the same candidate again (a retry) is fine
+    expect(b.votedFor).toBe('a')
+  })
+
+  it('votes only for a candidate whose log is at least as up to date', () => {
+    // b's last entry is of epoch 3; c has more entries, but of epoch 2.
+    const h = electing('c', {
+      a: [
+        [2, 'x'],
+        [3, 'y'],
+      ],
+      b: [
+        [2, 'x'],
+        [3, 'y'],
+      ],
+      c: [
+        [2, 'x'],
+        [2, 'z'],
+        [2, 'w'],
+      ],
+    })
+    const b = h.node('b').core
+    const vote = (from: NodeId, lastLsn: number, lastEpoch: number): boolean => {
+      b.step({
+        type: 'vote',
+        from,
+        to: 'b',
+        epoch: 9,
+        lastLsn,
+        lastEpoch,
+        preVote: true,
+        transfer: false,
+      })
+      const acks = b.takeReady().sendAfterPersist
+      return (acks.find((m) => m.type === 'voteAck') as VoteAckMessage).granted
+    }
+    expect(vote('c', 3, 2)).toBe(false) // longer, but an older last epoch
+    expect(vote('a', 1, 3)).toBe(false) // same last epoch, shorter
+    expect(vote('a', 2, 3)).toBe(true) // same last epoch and LSN
+    expect(vote('a', 1, 4)).toBe(true) // a later last epoch
+    // c times out first, again and again, but a and b refuse it; one of them wins, and y
+    // (on a majority) survives.
+    h.tick(electionTicks * 4)
+    expect(leaders(h)).toHaveLength(1)
+    expect(leaders(h)).not.toContain('c')
+    for (const id of ['a', 'b', 'c']) expect(h.log(id).slice(0, 2)).toEqual(['x', 'y'])
+  })
+
+  it('a node cut off cannot raise the epoch (pre-vote), and does not disrupt the leader when it returns', () => {
+    const h = electing('a')
+    h.tick(electionTicks)
+    expect(leaders(h)).toEqual(['a'])
+    h.isolate('c', ['a', 'b'])
+    h.tick(electionTicks * 10)
+    // c campaigned again and again, but only ever as a pre-candidate.
+    expect(h.node('c').core.epoch).toBe(2)
+    h.isolate('c', ['a', 'b'], false)
+    h.tick(electionTicks * 3)
+    expect(leaders(h)).toEqual(['a'])
+    expect(h.node('a').core.epoch).toBe(2)
+    expect(h.node('c').core.leaderId).toBe('a')
+  })
+
+  it('a member that hears the leader ignores vote requests (leader stickiness)', () => {
+    const h = electing('a')
+    h.tick(electionTicks)
+    const b = h.node('b').core
+    const request: Message = {
+      type: 'vote',
+      from: 'c',
+      to: 'b',
+      epoch: 7,
+      lastLsn: 99,
+      lastEpoch: 7,
+      preVote: false,
+      transfer: false,
+    }
+    b.step(request)
+    expect(b.epoch).toBe(2)
+    expect(b.hasReady()).toBe(false)
+    // A handover (transfer) is the exception.
+    b.step({ ...request, transfer: true })
+    expect(b.epoch).toBe(7)
+    expect(b.votedFor).toBe('c')
+  })
+
+  it('a leader that stops hearing from a majority steps down within an election timeout (check-quorum)', () => {
+    const h = electing('a')
+    h.tick(electionTicks)
+    expect(leaders(h)).toEqual(['a'])
+    h.isolate('a', ['b', 'c'])
+    h.tick(electionTicks * 2)
+    expect(h.node('a').core.isLeader).toBe(false)
+    h.tick(electionTicks * 2)
+    // The majority side elected a new leader, at a higher epoch.
+    const others = leaders(h)
+    expect(others).toHaveLength(1)
+    expect(h.node(others[0]!).core.epoch).toBeGreaterThan(2)
+  })
+
+  it('hands leadership over once the target caught up; proposals wait meanwhile', () => {
+    const h = electing('a')
+    h.tick(electionTicks)
+    h.propose('a', 5)
+    const a = h.node('a').core
+    h.isolate('c', ['a'])
+    h.propose('a', 2, 'late')
+    expect(h.log('c')).toHaveLength(6) // noop + 5: c missed the last two
+    a.transferLeadership('c')
+    expect(() => h.propose('a', 1)).toThrow(TransferInProgressError)
+    h.isolate('c', ['a'], false)
+    h.tick(3)
+    expect(leaders(h)).toEqual(['c'])
+    expect(h.node('c').core.epoch).toBe(3)
+    // Nothing was lost: c had caught up before it campaigned.
+    expect(h.log('c').slice(0, 8)).toEqual(h.log('a').slice(0, 8))
+    expect(h.log('c')).toContain('late-8')
+  })
+})
