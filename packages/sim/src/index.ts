@@ -1,0 +1,5 @@
+export { Prng } from './prng.js'
+export { InvariantViolation, Simulation, simulate } from './simulator.js'
+export type { FaultRates, SimOptions, SimResult, UnsafeRule } from './simulator.js'
+export { runSeeds } from './runner.js'
+export type { RunSummary } from './runner.js'

@@ -1,0 +1,104 @@
+#!/usr/bin/env node
+/**
+ * `pnpm sim`: runs the deterministic simulator over many seeds.
+ *
+ *   pnpm sim --seeds 10000            # seeds 1..10000, alternating 3 and 5 members
+ *   pnpm sim --seed 4242 --nodes 5    # replay one seed exactly
+ *   pnpm sim --unsafe grantEveryVote  # break a rule and watch the simulator catch it
+ */
+import { parseArgs } from 'node:util'
+import { runSeeds } from './runner.js'
+import { simulate, type UnsafeRule } from './simulator.js'
+
+const unsafeRules: UnsafeRule[] = ['grantEveryVote', 'skipUpToDateCheck']
+
+function fail(message: string): never {
+  process.stderr.write(`kv-sim: ${message}\n`)
+  process.exit(2)
+}
+
+const { values } = parseArgs({
+  options: {
+    seeds: { type: 'string', default: '1000' },
+    first: { type: 'string', default: '1' },
+    seed: { type: 'string' },
+    nodes: { type: 'string' },
+    unsafe: { type: 'string' },
+    'fault-ticks': { type: 'string' },
+    help: { type: 'boolean', default: false },
+  },
+})
+
+if (values.help) {
+  process.stdout.write(
+    [
+      'Usage: pnpm sim [--seeds N] [--first S] [--nodes 3|5] [--fault-ticks T] [--unsafe RULE]',
+      '       pnpm sim --seed S [--nodes 3|5]   replay one seed, printing its fault rates',
+      `RULE: ${unsafeRules.join(', ')} (breaks the core on purpose; the run must fail)`,
+      '',
+    ].join('\n'),
+  )
+  process.exit(0)
+}
+
+const int = (name: string, value: string | undefined, min: number): number | undefined => {
+  if (value === undefined) return undefined
+  const n = Number(value)
+  if (!Number.isSafeInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}`)
+  return n
+}
+const nodes = int('nodes', values.nodes, 1)
+if (nodes !== undefined && nodes !== 3 && nodes !== 5) fail('--nodes must be 3 or 5')
+const unsafe = values.unsafe as UnsafeRule | undefined
+if (unsafe !== undefined && !unsafeRules.includes(unsafe))
+  fail(`--unsafe must be one of ${unsafeRules.join(', ')}`)
+const faultTicks = int('fault-ticks', values['fault-ticks'], 1)
+
+const replay = (seed: number, n: number) =>
+  `pnpm sim --seed ${seed} --nodes ${n}${unsafe ? ` --unsafe ${unsafe}` : ''}${faultTicks ? ` --fault-ticks ${faultTicks}` : ''}`
+
+if (values.seed !== undefined) {
+  const seed = int('seed', values.seed, 0) as number
+  const n = nodes ?? (seed % 2 === 0 ? 3 : 5)
+  const result = simulate({
+    seed,
+    nodes: n,
+    ...(unsafe ? { unsafe } : {}),
+    ...(faultTicks ? { faultTicks } : {}),
+  })
+  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
+  process.exit(result.ok ? 0 : 1)
+}
+
+const count = int('seeds', values.seeds, 1) as number
+const first = int('first', values.first, 0) as number
+const summary = runSeeds({
+  first,
+  count,
+  ...(nodes ? { nodes } : {}),
+  ...(unsafe ? { unsafe } : {}),
+  ...(faultTicks ? { faultTicks } : {}),
+})
+const rows = [
+  [
+    'seeds',
+    `${first}..${first + count - 1} (${nodes ? `${nodes} nodes` : 'even seeds 3 nodes, odd 5'})`,
+  ],
+  ['passed', `${summary.passed} of ${summary.seeds}`],
+  ['leaders elected', String(summary.elections)],
+  ['crashes / partitions', `${summary.crashes} / ${summary.partitions}`],
+  ['messages', String(summary.messages)],
+  ['entries committed', String(summary.committed)],
+  [
+    'ticks from heal to a commit everywhere',
+    `p50 ${summary.recoveryTicksP50}, max ${summary.recoveryTicksMax}`,
+  ],
+  ['time', `${(summary.durationMs / 1000).toFixed(1)} s`],
+]
+for (const [k, v] of rows) process.stdout.write(`${(k as string).padEnd(40)} ${v}\n`)
+for (const f of summary.failures.slice(0, 10)) {
+  process.stdout.write(
+    `\nFAILED seed ${f.seed} (${f.nodes} nodes): ${f.violation}\n  replay: ${replay(f.seed, f.nodes)}\n`,
+  )
+}
+process.exit(summary.failures.length === 0 ? 0 : 1)

@@ -1,0 +1,67 @@
+import { simulate, type SimResult, type UnsafeRule } from './simulator.js'
+
+export interface RunSummary {
+  seeds: number
+  passed: number
+  failures: SimResult[]
+  elections: number
+  crashes: number
+  partitions: number
+  messages: number
+  committed: number
+  /** Ticks from healing to a new commit everywhere: median and max over passing seeds. */
+  recoveryTicksP50: number
+  recoveryTicksMax: number
+  durationMs: number
+}
+
+/**
+ * Runs seeds `first .. first + count - 1`, alternating 3 and 5 members (even seeds 3, odd 5),
+ * or all with `nodes` when given. Stops at the first failure when `stopOnFailure`.
+ */
+export function runSeeds(options: {
+  first: number
+  count: number
+  nodes?: number
+  unsafe?: UnsafeRule
+  stopOnFailure?: boolean
+  faultTicks?: number
+}): RunSummary {
+  const started = performance.now()
+  const failures: SimResult[] = []
+  const recovery: number[] = []
+  const totals = { elections: 0, crashes: 0, partitions: 0, messages: 0, committed: 0 }
+  let passed = 0
+  let seeds = 0
+  for (let seed = options.first; seed < options.first + options.count; seed++) {
+    seeds++
+    const result = simulate({
+      seed,
+      nodes: options.nodes ?? (seed % 2 === 0 ? 3 : 5),
+      ...(options.unsafe ? { unsafe: options.unsafe } : {}),
+      ...(options.faultTicks ? { faultTicks: options.faultTicks } : {}),
+    })
+    totals.elections += result.elections
+    totals.crashes += result.crashes
+    totals.partitions += result.partitions
+    totals.messages += result.messages
+    totals.committed += result.committedLsn
+    if (result.ok) {
+      passed++
+      if (result.recoveryTicks !== null) recovery.push(result.recoveryTicks)
+    } else {
+      failures.push(result)
+      if (options.stopOnFailure) break
+    }
+  }
+  recovery.sort((a, b) => a - b)
+  return {
+    seeds,
+    passed,
+    failures,
+    ...totals,
+    recoveryTicksP50: recovery[Math.floor(recovery.length / 2)] ?? 0,
+    recoveryTicksMax: recovery[recovery.length - 1] ?? 0,
+    durationMs: performance.now() - started,
+  }
+}
