@@ -200,6 +200,15 @@ export class ReplicaCore {
   private electionTimeout = 0
   /** Elections this node started (pre-votes that turned into votes), for metrics. */
   electionsStarted = 0
+  /** Until this tick, unless a leader is heard first, this node neither votes nor campaigns. */
+  private abstainUntilTick = 0
+  /** The log end when this node last won an election, before its own first entry. */
+  private wonWithLsnValue = 0
+  /**
+   * A snapshot was installed before this node knew who leads (snapshot chunks do not pass
+   * through the core): the leader learns the new match with the next heartbeat's answer.
+   */
+  private matchUnreported = false
 
   constructor(config: CoreConfig, init: CoreInit) {
     invariant(config.members.includes(config.id), `${config.id} is not a member`)
@@ -247,6 +256,16 @@ export class ReplicaCore {
 
   get lastLsn(): number {
     return this.log.lastLsn
+  }
+
+  /** Epoch of the entry at `lsn` in this node's log; null if compacted away or past the end. */
+  epochAt(lsn: number): number | null {
+    return this.log.epochAt(lsn)
+  }
+
+  /** The log end this node held when it last won an election (before its no-op entry). */
+  get wonWithLsn(): number {
+    return this.wonWithLsnValue
   }
 
   get isLeader(): boolean {
@@ -344,6 +363,7 @@ export class ReplicaCore {
    * until then.
    */
   becomeLeader(): void {
+    this.wonWithLsnValue = this.log.lastLsn
     const progress = new Map<NodeId, Progress>()
     for (const member of this.members) {
       if (member === this.id) continue
@@ -456,9 +476,23 @@ export class ReplicaCore {
     return false
   }
 
+  /**
+   * Neither votes nor campaigns for `ticks`, or until a leader is heard. For a node that
+   * starts with an empty disk: it may have voted before it lost it, and must not vote twice
+   * in an epoch that may still be deciding.
+   */
+  abstain(ticks: number): void {
+    this.abstainUntilTick = this.ticks + ticks
+  }
+
+  get abstaining(): boolean {
+    return this.ticks < this.abstainUntilTick
+  }
+
   /** Starts an election now (leadership handed over, or a test). */
   campaign(transfer = false): void {
-    if (this.role.kind === 'leader') return
+    // A node whose state is being replaced by a snapshot holds a partial state: never lead.
+    if (this.role.kind === 'leader' || this.abstaining || this.awaitingSnapshot) return
     if (transfer) this.becomeCandidate(true)
     else this.becomePreCandidate()
   }
@@ -500,7 +534,10 @@ export class ReplicaCore {
     this.ticks++
     const role = this.role
     if (role.kind !== 'leader') {
-      this.electionElapsed++
+      // An abstaining node's election timer starts when the abstention ends, so that nodes
+      // started together do not all campaign at that same tick.
+      if (this.abstaining) this.electionElapsed = 0
+      else this.electionElapsed++
       if (this.electionsOn && this.electionElapsed >= this.electionTimeout) this.campaign()
       return
     }
@@ -587,8 +624,14 @@ export class ReplicaCore {
     this.broadcastPending = true
   }
 
-  /** Local durability reached `lsn` (entries handed out by Ready or proposed). */
-  persisted(lsn: number): void {
+  /**
+   * Local durability reached `lsn` (entries handed out by Ready or proposed), whose epoch is
+   * `epoch`. A write that completes after its entries were replaced (a leader that stepped
+   * down while its writes were in flight, then took a new leader's entries at the same LSNs)
+   * says nothing about the new entries, and is ignored.
+   */
+  persisted(lsn: number, epoch?: number): void {
+    if (epoch !== undefined && this.log.epochAt(Math.min(lsn, this.log.lastLsn)) !== epoch) return
     this.log.persisted(lsn)
     this.log.trim()
     if (this.role.kind === 'leader') {
@@ -697,7 +740,7 @@ export class ReplicaCore {
       m.lastEpoch > this.log.lastEpoch ||
       (m.lastEpoch === this.log.lastEpoch && m.lastLsn >= this.log.lastLsn) ||
       unsafe?.skipUpToDateCheck === true
-    const granted = canVote && upToDate && this.role.kind !== 'leader'
+    const granted = canVote && upToDate && this.role.kind !== 'leader' && !this.abstaining
     if (granted && !m.preVote) {
       this.vote = m.from
       this.hardStateDirty = true
@@ -823,6 +866,7 @@ export class ReplicaCore {
     }
     this.role = { kind: 'follower', leaderId: m.from }
     this.electionElapsed = 0
+    this.abstainUntilTick = 0
     this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
     if (this.awaitingSnapshot) {
       this.reject(m.from, snapshotNeededHint)
@@ -908,8 +952,11 @@ export class ReplicaCore {
     }
     this.role = { kind: 'follower', leaderId: m.from }
     this.electionElapsed = 0
+    this.abstainUntilTick = 0
     this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
     this.advanceCommit(m.commitLsn, this.verifiedLsn)
+    // The leader waits for an append acknowledgement to leave its snapshot state.
+    if (this.matchUnreported) this.reportMatch(true)
     this.send(
       {
         type: 'heartbeatAck',
@@ -947,10 +994,14 @@ export class ReplicaCore {
 
   /** Tells the leader how far our durable log matches its own, if that moved. */
   private reportMatch(force = false): void {
-    if (this.role.kind !== 'follower' || this.role.leaderId === null) return
+    if (this.role.kind !== 'follower' || this.role.leaderId === null) {
+      if (force) this.matchUnreported = true
+      return
+    }
     const match = Math.min(this.log.persistedLsn, this.verifiedLsn)
     if (!force && match <= this.reportedMatch) return
     this.reportedMatch = match
+    this.matchUnreported = false
     this.send(
       {
         type: 'appendAck',

@@ -258,7 +258,7 @@ export class Harness {
       node.disk.push(entry)
     }
     const last = node.disk[node.disk.length - 1]
-    if (ready.entries.length > 0 && last !== undefined) node.core.persisted(last.lsn)
+    if (ready.entries.length > 0 && last !== undefined) node.core.persisted(last.lsn, last.epoch)
     this.queue.push(...ready.sendAfterPersist)
   }
 

@@ -190,6 +190,28 @@ describe('replication', () => {
     expect(h.node('a').core.allMatchLsn()).toBe(17)
   })
 
+  it('a follower that installs a snapshot before it knows the leader reports it with the next heartbeat', () => {
+    const h = cluster({ logCacheBytesMax: 64 })
+    h.node('a').core.peerDisconnected('c')
+    h.propose('a', 30)
+    const leader = h.node('a')
+    leader.core.compacted(21, 1)
+    leader.disk = leader.disk.filter((e) => e.lsn >= 21)
+    leader.diskStart = 21
+    // c restarts: it has not heard from any leader when the snapshot lands.
+    const restarted = h.restart('c')
+    expect(restarted.core.leaderId).toBeNull()
+    leader.core.peerConnected('c')
+    h.process()
+    expect(restarted.snapshotLsn).toBeGreaterThanOrEqual(20)
+    // Entries written after the snapshot reach it once the leader learns its match.
+    h.propose('a', 3, 'after', false)
+    h.persistLeader('a')
+    h.tick(3)
+    expect(h.node('c').core.lastLsn).toBe(33)
+    expect(leader.core.allMatchLsn()).toBe(33)
+  })
+
   it('sends a snapshot to an empty follower once the log no longer starts at 1', () => {
     // A cache too small to hold the old entries, as on a busy leader.
     const h = cluster({ logCacheBytesMax: 64 })

@@ -488,8 +488,8 @@ export class Simulation {
           `${node.id}: durable commit LSN ${disk.hard.commitLsn} is past its durable log (${disk.log.length})`,
         )
       const core = node.core
-      if (job.entries.length > 0)
-        core.persisted((job.entries[job.entries.length - 1] as CoreEntry).lsn)
+      const lastEntry = job.entries[job.entries.length - 1]
+      if (lastEntry !== undefined) core.persisted(lastEntry.lsn, lastEntry.epoch)
       for (const m of job.after) this.send(node, m)
       this.process(node)
     }
