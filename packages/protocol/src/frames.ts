@@ -77,6 +77,9 @@ export type FrameBody =
       requests: { id: string; record: Uint8Array }[]
     }
   | { kind: 'refusal'; code: string; message: string }
+  | { kind: 'vote'; lastLsn: number; lastEpoch: number; preVote: boolean; transfer: boolean }
+  | { kind: 'voteAck'; granted: boolean; preVote: boolean }
+  | { kind: 'timeoutNow' }
 
 export interface Frame {
   /** Sender node id. */
@@ -94,6 +97,9 @@ const fieldOf: Record<FrameBody['kind'], string> = {
   heartbeatAck: 'heartbeatAck',
   snapshotChunk: 'snapshotChunk',
   refusal: 'refusal',
+  vote: 'vote',
+  voteAck: 'voteAck',
+  timeoutNow: 'timeoutNow',
 }
 const kindOf = new Map(
   Object.entries(fieldOf).map(([kind, field]) => [field, kind as FrameBody['kind']]),
@@ -132,6 +138,11 @@ function bytesOf(value: unknown): Uint8Array | null {
 function text(value: unknown, what: string, bytesMax: number = frameLimits.textBytesMax): string {
   if (typeof value !== 'string') throw new DecodeError('frame', `${what} is not text`)
   if (Buffer.byteLength(value) > bytesMax) throw new DecodeError('frame', `${what} is too long`)
+  return value
+}
+
+function flag(value: unknown, what: string): boolean {
+  if (typeof value !== 'boolean') throw new DecodeError('frame', `${what} is not a boolean`)
   return value
 }
 
@@ -285,6 +296,21 @@ export function decodeFrame(payload: Uint8Array): Frame {
         code: text(b.code, 'refusal code', 64),
         message: text(b.message, 'refusal message'),
       }
+      break
+    case 'vote':
+      body = {
+        kind,
+        lastLsn: count(b.lastLsn, 'last lsn'),
+        lastEpoch: count(b.lastEpoch, 'last epoch'),
+        preVote: flag(b.preVote, 'pre-vote'),
+        transfer: flag(b.transfer, 'transfer'),
+      }
+      break
+    case 'voteAck':
+      body = { kind, granted: flag(b.granted, 'granted'), preVote: flag(b.preVote, 'pre-vote') }
+      break
+    case 'timeoutNow':
+      body = { kind }
       break
   }
   return { from, epoch, body }

@@ -73,6 +73,13 @@ const samples: Frame[] = [
     epoch: 4,
     body: { kind: 'refusal', code: 'KV_ERR_STALE_EPOCH', message: 'epoch 3 < 4' },
   },
+  {
+    from: 'n3',
+    epoch: 5,
+    body: { kind: 'vote', lastLsn: 2 ** 40, lastEpoch: 4, preVote: true, transfer: false },
+  },
+  { from: 'n1', epoch: 5, body: { kind: 'voteAck', granted: true, preVote: false } },
+  { from: 'n1', epoch: 5, body: { kind: 'timeoutNow' } },
 ]
 
 const plain = (frame: Frame) =>
@@ -121,6 +128,7 @@ describe('frames', () => {
       /empty entry/,
     )
     expect(() => decodeFrame(bad({ hello: { to: 'x'.repeat(100) } }))).toThrow(/too long/)
+    expect(() => decodeFrame(bad({ vote: { lastLsn: 2 ** 60 } }))).toThrow(/last lsn/)
   })
 })
 
