@@ -17,6 +17,7 @@ export type {
   HardStateUpdate,
   ListItem,
   ListOptions,
+  RollbackRecord,
   StateDigest,
   StateSnapshot,
   StoreLogger,

@@ -7,6 +7,8 @@
  *   0x04 state  0x04 + key bytes          -> StoredRecord
  *   0x05 request 0x05 + request id        -> RequestRecord (retried writes apply once)
  *   0x06 request-by-time 0x06 + u64be(timestampMs) + request id -> empty (for expiry)
+ *   0x07 rollback 0x07 + u64be(seq)   -> u64be(atMs) + u64be(epoch) + LogEntry (entries a
+ *        truncation removed, kept for an operator to reconcile)
  *
  * LSNs are big-endian so that LevelDB's byte order is log order.
  */
@@ -18,6 +20,7 @@ export const Prefix = {
   State: 0x04,
   Request: 0x05,
   RequestByTime: 0x06,
+  Rollback: 0x07,
 } as const
 
 /** Metadata entries, each under its own key so that one batch can update any subset. */
@@ -66,6 +69,29 @@ export function logKey(lsn: number): Buffer {
 
 export function undoKey(lsn: number): Buffer {
   return lsnKey(Prefix.Undo, lsn)
+}
+
+/** Key of the rollback record with sequence number `seq` (1, 2, ... in removal order). */
+export function rollbackKey(seq: number): Buffer {
+  return lsnKey(Prefix.Rollback, seq)
+}
+
+/** A rollback record's value: when, at which epoch, and the removed entry's encoded bytes. */
+export function encodeRollback(atMs: number, epoch: number, entry: Uint8Array): Buffer {
+  return Buffer.concat([encodeU64(atMs), encodeU64(epoch), entry])
+}
+
+export function decodeRollback(bytes: Uint8Array): {
+  atMs: number
+  epoch: number
+  entry: Uint8Array
+} {
+  if (bytes.length < 16) throw new Error(`rollback record has ${bytes.length} bytes, expected 16+`)
+  return {
+    atMs: decodeU64(bytes.subarray(0, 8), 'rollback time'),
+    epoch: decodeU64(bytes.subarray(8, 16), 'rollback epoch'),
+    entry: bytes.subarray(16),
+  }
 }
 
 /** Reads the LSN out of a log or undo key. */

@@ -15,6 +15,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { ClassicLevel } from 'classic-level'
 import {
   DecodeError,
+  EntryKind,
   KvError,
   OpType,
   decodeLogEntry,
@@ -37,6 +38,9 @@ import { RecordCache } from './record-cache.js'
 import {
   MetaName,
   Prefix,
+  decodeRollback,
+  encodeRollback,
+  rollbackKey,
   decodeU64,
   encodeU64,
   layoutFormat,
@@ -99,6 +103,11 @@ export interface StoreOptions {
   /** Called after every batch reaches the disk, for metrics. */
   onBatch?: (stats: BatchStats) => void
   /**
+   * Most rollback records kept (entries a truncation removed); the oldest go first. Default
+   * 100 000.
+   */
+  rollbackEntriesMax?: number
+  /**
    * Called once when the store fails (an I/O error or a broken invariant). From then on every
    * write is refused with `KV_ERR_STORAGE`; the node should stop and recover by restarting.
    */
@@ -130,6 +139,17 @@ export interface StoreState {
   compactedEpoch: number
   /** Where each epoch begins in the log, oldest first (entries from logStartLsn on). */
   epochRuns: EpochRun[]
+}
+
+/** A log entry that a truncation removed (it never reached a majority), kept for reconciling. */
+export interface RollbackRecord {
+  /** Position in the rollback record, 1 upward; the next record has a higher one. */
+  seq: number
+  /** When the entry was removed. */
+  atMs: number
+  /** This node's epoch when it removed the entry (the new leader's). */
+  epoch: number
+  entry: LogEntry
 }
 
 /** The first LSN written in an epoch. */
@@ -261,6 +281,12 @@ export class Store {
   /** Deletion of compacted log entries, chained; see compactLog. */
   private deleting: Promise<void> = Promise.resolve()
   private truncationCount = 0
+  /** Rollback records held: sequence numbers [rollbackFirst, rollbackNext). */
+  private rollbackFirst = 1
+  private rollbackNext = 1
+  private readonly rollbackEntriesMax: number
+  /** Entries moved to the rollback record since the store was opened. */
+  private rolledBackCount = 0
   /** Set while a snapshot is being installed: the state is partial and reads are refused. */
   private installing: { lsn: number; epoch: number; records: number } | null = null
   private closing = false
@@ -281,6 +307,8 @@ export class Store {
     this.readHook = options.readHook
     this.onFatal = options.onFatal
     this.state = state
+    this.rollbackEntriesMax = options.rollbackEntriesMax ?? 100_000
+    checkPositiveInteger('rollbackEntriesMax', this.rollbackEntriesMax, Number.MAX_SAFE_INTEGER)
   }
 
   /**
@@ -326,6 +354,12 @@ export class Store {
     try {
       const state = await recover(db, options)
       const store = new Store(db, options, state)
+      const firstRollback = await firstKey(db, prefixRange(Prefix.Rollback))
+      const lastRollback = await firstKey(db, prefixRange(Prefix.Rollback), true)
+      if (firstRollback !== undefined && lastRollback !== undefined) {
+        store.rollbackFirst = lsnOfKey(firstRollback)
+        store.rollbackNext = lsnOfKey(lastRollback) + 1
+      }
       store.logger.info(
         {
           dir: options.dir,
@@ -373,6 +407,44 @@ export class Store {
   /** How many truncations removed entries since the store was opened. */
   get truncations(): number {
     return this.truncationCount
+  }
+
+  /** Entries moved to the rollback record since the store was opened. */
+  get rolledBack(): number {
+    return this.rolledBackCount
+  }
+
+  /** Rollback records held now. */
+  get rollbackCount(): number {
+    return this.rollbackNext - this.rollbackFirst
+  }
+
+  /**
+   * Rollback records after sequence number `afterSeq`, oldest first, at most `limit`: the
+   * entries truncations removed because a new leader never had them (unconfirmed writes).
+   */
+  async rollbacks(afterSeq: number, limit: number): Promise<RollbackRecord[]> {
+    const out: RollbackRecord[] = []
+    const from = Math.max(afterSeq + 1, 1)
+    for await (const [key, value] of this.db.iterator({
+      gte: rollbackKey(from),
+      lt: prefixRange(Prefix.Rollback).lt,
+      limit,
+    })) {
+      const { atMs, epoch, entry } = decodeRollback(value)
+      out.push({ seq: lsnOfKey(key), atMs, epoch, entry: decodeLogEntry(entry) })
+    }
+    return out
+  }
+
+  /** Deletes rollback records up to and including `throughSeq` (once reconciled). */
+  async discardRollbacks(throughSeq: number): Promise<number> {
+    const first = this.rollbackFirst
+    const last = Math.min(throughSeq, this.rollbackNext - 1)
+    if (last < first) return 0
+    this.rollbackFirst = last + 1
+    await this.db.clear({ gte: rollbackKey(first), lt: rollbackKey(last + 1) })
+    return last - first + 1
   }
 
   // ---------------------------------------------------------------- reads
@@ -1238,6 +1310,24 @@ export class Store {
       invariant(last !== undefined && last.lsn === lsn, `entry ${lsn} is missing`)
       lastEpoch = last.epoch
     }
+    // Entries a client wrote go to the rollback record, in the same batch; no-ops do not.
+    const atMs = Date.now()
+    let rolled = 0
+    for (const entry of removed) {
+      if (entry.kind === EntryKind.Noop) continue
+      ops.push({
+        type: 'put',
+        key: rollbackKey(this.rollbackNext + rolled),
+        value: encodeRollback(atMs, this.state.epoch, encodeLogEntry(entry)),
+      })
+      rolled++
+    }
+    const held = this.rollbackNext + rolled - this.rollbackFirst
+    const dropTo = this.rollbackFirst + Math.max(0, held - this.rollbackEntriesMax)
+    if (dropTo > this.rollbackFirst) {
+      for (let seq = this.rollbackFirst; seq < dropTo; seq++)
+        ops.push({ type: 'del', key: rollbackKey(seq) })
+    }
     for (const entry of removed) {
       if (entry.requestId === '') continue
       ops.push(
@@ -1254,6 +1344,9 @@ export class Store {
     await this.db.batch(ops, { sync: true })
     this.cache.clear()
     this.truncationCount++
+    this.rollbackNext += rolled
+    this.rollbackFirst = Math.max(this.rollbackFirst, dropTo)
+    this.rolledBackCount += rolled
     this.state = { ...this.state, appliedLsn: lsn, lastEpoch, epochRuns }
     this.logger.warn(
       { fromLsn: lsn + 1, toLsn: appliedLsn, entries: removed.length },

@@ -1,5 +1,5 @@
 import { ClassicLevel } from 'classic-level'
-import { encodeLogEntry, KvError } from '@kvstore/protocol'
+import { EntryKind, encodeLogEntry, KvError } from '@kvstore/protocol'
 import { InvariantError, Store, StorageError, type BatchStats } from '../src/index.js'
 import { MetaName, encodeU64, logKey, metaKey, stateKey, undoKey } from '../src/layout.js'
 import { del, dump, entry, openStore, put, tempDir } from './helpers.js'
@@ -313,6 +313,45 @@ describe('truncation', () => {
     const reopened = await Store.open({ dir, nodeId: 'n1' })
     expect(await dump(reopened)).toEqual({ a: '1', b: '1', c: '1', e: '1' })
     expect((await reopened.verify()).replayChecked).toBe(true)
+    await reopened.close()
+  })
+
+  it('keeps what it removed in the rollback record, durably, in order and bounded', async () => {
+    const store = await openStore(dir, { rollbackEntriesMax: 3 })
+    await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
+    await store.setHardState({ epoch: 2 })
+    const noop = { ...entry(3, [], 1), kind: EntryKind.Noop }
+    await store.append([entry(2, [put('a', '2')]), noop, entry(4, [del('a')])])
+    await store.truncateAfter(1)
+    // The no-op is nobody's write: it is not kept.
+    expect(store.rolledBack).toBe(2)
+    const first = await store.rollbacks(0, 100)
+    expect(first.map((r) => [r.seq, r.epoch, r.entry.lsn, r.entry.kind])).toEqual([
+      [1, 2, 2, EntryKind.Put],
+      [2, 2, 4, EntryKind.Delete],
+    ])
+    expect(first[0]?.entry.ops[0]?.value.toString()).toBe('2')
+    expect(first[0]?.atMs).toBeGreaterThan(0)
+    // A second truncation appends; the cap drops the oldest.
+    await store.append([entry(2, [put('b', '1')], 2), entry(3, [put('b', '2')], 2)])
+    await store.truncateAfter(1)
+    expect((await store.rollbacks(0, 100)).map((r) => [r.seq, r.entry.lsn])).toEqual([
+      [2, 4],
+      [3, 2],
+      [4, 3],
+    ])
+    expect(store.rollbackCount).toBe(3)
+    await store.close()
+    // It survives a reopen, and numbering goes on from where it was.
+    const reopened = await openStore(dir, { rollbackEntriesMax: 3 })
+    expect(reopened.rollbackCount).toBe(3)
+    expect((await reopened.rollbacks(2, 1)).map((r) => r.seq)).toEqual([3])
+    expect(await reopened.discardRollbacks(3)).toBe(2)
+    expect((await reopened.rollbacks(0, 100)).map((r) => r.seq)).toEqual([4])
+    await reopened.append([entry(2, [put('c', '1')], 2)])
+    await reopened.truncateAfter(1)
+    expect((await reopened.rollbacks(0, 100)).map((r) => r.seq)).toEqual([4, 5])
+    await reopened.verify()
     await reopened.close()
   })
 
