@@ -100,7 +100,7 @@ export const errorCatalog = {
   KV_ERR_STALE_EPOCH: {
     status: 409,
     description:
-      'A peer spoke with an epoch lower than this node has seen; its messages are refused (fencing).',
+      'Fencing. Between peers: a message of an older epoch is refused. To a client: this node stopped leading while the write waited for its confirmations (`lsn`, `epoch` in the body); it is durable here but may not survive under the new leader. Read it back, or retry with the same `kv-request-id` (the SDK does).',
   },
   KV_ERR_BAD_FRAME: {
     status: 400,
