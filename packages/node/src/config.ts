@@ -61,6 +61,7 @@ export interface NodeConfig {
   ackTimeoutMs: number
   readWaitMs: number
   heartbeatIntervalMs: number
+  electionTimeoutMs: number
   logRetentionEntries: number
   logRetentionEntriesMax: number
   replicationInflightBytesMax: number
@@ -422,7 +423,8 @@ export const configSpec: readonly OptionSpec[] = [
     default: undefined,
     defaultText: 'the first member',
     group: 'cluster',
-    description: 'Id of the member that leads (single-leader mode).',
+    description:
+      'Id of the preferred leader: when no leader is known, it campaigns at once instead of waiting out an election timeout (so a new cluster elects it within a moment). Leaders are elected: any member can lead, and after a failover the new leader stays.',
   },
   {
     key: 'defaultAck',
@@ -468,7 +470,20 @@ export const configSpec: readonly OptionSpec[] = [
     min: 10,
     max: 10_000,
     group: 'cluster',
-    description: 'How often the leader sends heartbeats (with the commit LSN and lag figures).',
+    description:
+      'How often the leader sends heartbeats (with the commit LSN and lag figures). One tick of the replication core.',
+  },
+  {
+    key: 'electionTimeoutMs',
+    flag: '--election-timeout-ms',
+    env: 'KV_ELECTION_TIMEOUT_MS',
+    kind: 'integer',
+    default: 1000,
+    min: 20,
+    max: 60_000,
+    group: 'cluster',
+    description:
+      'A follower that hears no leader for a random time between this and twice this starts an election; a leader that hears from no majority for this long steps down (check-quorum). At least twice --heartbeat-interval-ms.',
   },
   {
     key: 'logRetentionEntries',
@@ -725,6 +740,11 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
   ) {
     problems.push(
       `replication frames must carry the largest write: replicationAppendBytesMax (${result.replicationAppendBytesMax}) plus the largest entry (valueBytesMax + keyBytesMax, or requestBodyBytesMax: ${largestEntryBytes(result)}) must stay under ${frameLimits.frameBytesMax} bytes`,
+    )
+  }
+  if (result.electionTimeoutMs < 2 * result.heartbeatIntervalMs) {
+    problems.push(
+      `electionTimeoutMs (${result.electionTimeoutMs}) must be at least twice heartbeatIntervalMs (${result.heartbeatIntervalMs}), or followers would call elections between heartbeats`,
     )
   }
   if (result.logRetentionEntriesMax < result.logRetentionEntries) {

@@ -335,5 +335,33 @@ export class NodeMetrics {
       'Frames from peers that failed validation.',
       () => replicator.stats.badFrames,
     )
+    counter(
+      'kv_elections_started_total',
+      'Elections this node started (pre-votes that won and became votes).',
+      () => replicator.core.electionsStarted,
+    )
+    counter(
+      'kv_elections_won_total',
+      'Elections this node won.',
+      () => replicator.stats.electionsWon,
+    )
+    counter(
+      'kv_leader_step_downs_total',
+      'Times this node stopped leading (a higher epoch, or no majority heard in time).',
+      () => replicator.stats.stepDowns,
+    )
+    counter(
+      'kv_rollback_entries_total',
+      'Log entries this node removed because a new leader did not have them (see GET /admin/v1/rollbacks).',
+      () => replicator.rolledBack,
+    )
+    new Gauge({
+      name: 'kv_rollback_records',
+      help: 'Rollback records held for an operator to reconcile.',
+      registers,
+      collect() {
+        this.set(replicator.rollbackRecords)
+      },
+    })
   }
 }

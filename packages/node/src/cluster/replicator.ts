@@ -9,21 +9,32 @@ import type { Logger } from 'pino'
 import {
   NotLeaderError,
   ReplicaCore,
+  TransferInProgressError,
   type CoreEntry,
   type Message,
   type Ready,
+  type RoleName,
 } from '@kvstore/core'
 import {
+  EntryKind,
   KvError,
   decodeLogEntry,
   decodeStoredRecord,
+  encodeLogEntry,
   encodeSession,
   frameLimits,
   type Frame,
   type LogEntry,
   type MemberState,
+  type StoredRecord,
 } from '@kvstore/protocol'
-import type { EncodedEntries, LogWriter, StateSnapshot, Store } from '@kvstore/storage'
+import {
+  encodeEntries,
+  type EncodedEntries,
+  type LogWriter,
+  type StateSnapshot,
+  type Store,
+} from '@kvstore/storage'
 import {
   replicationFrameBytesMax,
   type AckMode,
@@ -65,6 +76,8 @@ export interface ClusterView {
   clusterId: string
   leaderId: string | null
   leaderUrl: string | null
+  /** This node takes writes now: it leads, is ready, and hears from a majority. */
+  writable: boolean
   epoch: number
   commitLsn: number
   self: string
@@ -73,6 +86,8 @@ export interface ClusterView {
 
 interface AckWaiter {
   lsn: number
+  /** Epoch of the entry at `lsn` when it was written. */
+  epoch: number
   mode: AckMode
   resolve: () => void
   reject: (err: Error) => void
@@ -95,6 +110,11 @@ const sightingsMax = 4096
 /** Reads waiting on this replica to apply their session's LSN, at most. */
 const applyWaitersMax = 10_000
 
+/** Ticks (heartbeat intervals) in one election timeout. */
+function electionTicksOf(config: NodeConfig): number {
+  return Math.max(2, Math.round(config.electionTimeoutMs / config.heartbeatIntervalMs))
+}
+
 export class Replicator {
   readonly core: ReplicaCore
   readonly cluster: ClusterConfig
@@ -105,6 +125,10 @@ export class Replicator {
   private readonly transport: PeerTransport
   private readonly decoded = new WeakMap<CoreEntry, LogEntry>()
   private ackWaiters: AckWaiter[] = []
+  /** The barrier entry that linearizable reads arriving in this turn of the event loop share. */
+  private pendingBarrier: Promise<void> | null = null
+  /** A leadership transfer an operator asked for, while it runs. */
+  private transferring: Promise<string> | null = null
   private applyWaiters: ApplyWaiter[] = []
   private scheduled = false
   private stopped = false
@@ -124,9 +148,13 @@ export class Replicator {
   /** Store writes this replicator started and has not seen finish. */
   private readonly pendingWrites = new Set<Promise<unknown>>()
   private readonly snapshotting = new Set<string>()
-  /** The epoch this node leads at, until it learns of a higher one. */
+  /** The role and epoch last seen, to notice elections and step-downs. */
+  private lastRole: { role: RoleName; epoch: number } = { role: 'follower', epoch: 0 }
+  /** The epoch this node leads at, until it steps down. */
   private ledAtEpoch: number | null = null
-  private retaking = false
+  /** This node is the preferred leader and has not campaigned yet. */
+  private campaignFirst = false
+  private campaignFirstTicks = 0
   /** Follower: snapshot chunks being installed, in order. */
   private snapshotChunks: Promise<void> = Promise.resolve()
   /** Counters for metrics. */
@@ -136,6 +164,10 @@ export class Replicator {
     appendFramesShipped: new Map<string, number>(),
     snapshotsSent: 0,
     snapshotsInstalled: 0,
+    /** Times this node won an election. */
+    electionsWon: 0,
+    /** Times this node stopped leading. */
+    stepDowns: 0,
     ackTimeouts: 0,
     badFrames: 0,
   }
@@ -163,6 +195,18 @@ export class Replicator {
         // Entries kept in memory for followers near the head; one further behind reads from
         // disk. A larger cache mostly adds old-generation objects that slow full GCs.
         logCacheBytesMax: 2 * config.replicationInflightBytesMax,
+        // One tick per heartbeat interval; elections after 1 to 2 election timeouts of silence.
+        electionTicks: electionTicksOf(config),
+        random: Math.random,
+        makeNoop: (lsn, epoch) =>
+          encodeLogEntry({
+            epoch,
+            lsn,
+            kind: EntryKind.Noop,
+            ops: [],
+            timestampMs: this.now(),
+            requestId: '',
+          }),
       },
       {
         epoch: meta.epoch,
@@ -179,7 +223,6 @@ export class Replicator {
       self: cluster.self,
       members: cluster.members,
       clusterId: meta.clusterId,
-      leaderId: cluster.leaderId,
       host: config.host,
       frameBytesMax: Math.min(frameLimits.frameBytesMax, replicationFrameBytesMax(config)),
       streamBufferBytesMax: config.replicationInflightBytesMax,
@@ -201,29 +244,40 @@ export class Replicator {
     })
   }
 
-  /** Takes the configured role, opens the peer port, and starts ticking. */
+  /**
+   * Starts as a follower with no leader known, opens the peer port and a stream to every
+   * member, and starts ticking: a leader is elected among the members. The preferred leader
+   * (--leader, default the first member) asks for pre-votes at once instead of waiting out an
+   * election timeout; while another member leads, its pre-vote fails and changes nothing.
+   */
   async start(): Promise<void> {
-    const isLeader = this.cluster.leaderId === this.cluster.self.id
-    if (isLeader) {
-      // Every start of the configured leader is a new epoch, durable before it sends anything.
-      // Followers then tell its new entries from any they kept of an earlier epoch that this
-      // node no longer has (its disk lost them with fsync off), and drop those.
-      const epoch = this.store.meta.epoch + 1
-      await this.store.setHardState({ epoch })
-      this.core.setEpoch(epoch)
-      this.core.takeReady()
-      this.core.becomeLeader()
-      this.ledAtEpoch = epoch
-    } else {
-      this.core.becomeFollower(this.store.meta.epoch, this.cluster.leaderId)
+    const meta = this.store.meta
+    this.lastRole = { role: 'follower', epoch: meta.epoch }
+    if (meta.epoch === 0 && meta.appliedLsn === 0 && meta.logStartLsn === 1) {
+      // An empty disk: this node may have voted before it lost one. It stays out of elections
+      // until it hears a leader, or two maximal election timeouts have passed (any election
+      // it could have voted in has ended by then).
+      this.core.abstain(4 * electionTicksOf(this.config))
     }
+    this.campaignFirst = this.cluster.leaderId === this.cluster.self.id
     await this.transport.listen()
-    if (isLeader) {
-      for (const member of this.cluster.members) {
-        if (member.id !== this.cluster.self.id) this.transport.connect(member.id)
-      }
+    for (const member of this.cluster.members) {
+      if (member.id !== this.cluster.self.id) this.transport.connect(member.id)
     }
     this.ticker = setInterval(() => {
+      if (this.campaignFirst && !this.core.abstaining) {
+        // Every tick while no leader is known, for up to two election timeouts (members started
+        // a little later may still abstain): a pre-vote that fails (another member leads, is
+        // more up to date, or still abstains) changes nothing, and then the election timeout
+        // takes over.
+        this.campaignFirstTicks++
+        if (
+          this.campaignFirstTicks > 2 * electionTicksOf(this.config) ||
+          this.core.leaderId !== null
+        )
+          this.campaignFirst = false
+        else if (this.core.roleName === 'follower') this.core.campaign()
+      }
       this.core.tick()
       this.schedule()
     }, this.config.heartbeatIntervalMs)
@@ -231,6 +285,15 @@ export class Replicator {
     this.housekeeping = setInterval(() => void this.houseKeep(), 5000)
     this.housekeeping.unref()
     this.schedule()
+  }
+
+  /** Entries moved to the rollback record since this node started. */
+  get rolledBack(): number {
+    return this.store.rolledBack
+  }
+
+  get rollbackRecords(): number {
+    return this.store.rollbackCount
   }
 
   /** Waits (at most `timeoutMs`) for writes that wait on replicas to be acknowledged. */
@@ -288,6 +351,50 @@ export class Replicator {
     return id === null ? undefined : this.cluster.members.find((m) => m.id === id)
   }
 
+  /**
+   * Throws unless this node may take a write now: it leads, has committed the first entry of
+   * its epoch, and heard from a majority within an election timeout by the local clock. The
+   * last check is what stops a leader that was paused (SIGSTOP, a long GC) or cut off from
+   * taking a write before its own ticks notice: it may have been replaced meanwhile.
+   */
+  checkWritable(): void {
+    if (!this.core.isLeader) throw this.notLeader()
+    if (!this.core.leaderReady) {
+      throw new KvError(
+        'KV_ERR_NOT_READY',
+        `this node was elected leader of epoch ${this.core.epoch} moments ago and is committing its first entry; retry shortly`,
+        { leaderId: this.cluster.self.id },
+      )
+    }
+    const silentMs = this.now() - this.quorumContactMs()
+    if (silentMs >= this.config.electionTimeoutMs) {
+      throw new KvError(
+        'KV_ERR_NOT_LEADER',
+        `this node led epoch ${this.core.epoch} but has not heard from a majority for ${silentMs} ms; another member may lead now`,
+        { leaderId: null, leaderUrl: null },
+      )
+    }
+  }
+
+  /** True when this node would take a write now (see checkWritable). */
+  get writable(): boolean {
+    try {
+      this.checkWritable()
+      return this.core.transferTarget === null
+    } catch {
+      return false
+    }
+  }
+
+  /** Leader: the latest time by which a majority (itself included) had been heard from. */
+  private quorumContactMs(): number {
+    const now = this.now()
+    const times = this.cluster.members
+      .map((m) => (m.id === this.cluster.self.id ? now : (this.lastContact.get(m.id) ?? -Infinity)))
+      .sort((a, b) => b - a)
+    return times[Math.floor(times.length / 2)] as number
+  }
+
   /** KV_ERR_NOT_LEADER naming the leader, for a write that reached a follower. */
   notLeader(): KvError {
     const leader = this.leaderMember
@@ -304,10 +411,24 @@ export class Replicator {
   writer(): LogWriter {
     return {
       slot: () => {
+        if (this.core.isLeader && !this.core.leaderReady) {
+          throw new KvError(
+            'KV_ERR_NOT_READY',
+            `this node was elected leader of epoch ${this.core.epoch} moments ago and is committing its first entry; retry shortly`,
+            { leaderId: this.cluster.self.id },
+          )
+        }
         try {
           return this.core.nextSlot()
         } catch (err) {
           if (err instanceof NotLeaderError) throw this.notLeader()
+          if (err instanceof TransferInProgressError) {
+            throw new KvError(
+              'KV_ERR_NOT_READY',
+              `leadership is being handed over to ${err.to}; retry shortly`,
+              { leaderId: err.to },
+            )
+          }
           throw err
         }
       },
@@ -328,19 +449,154 @@ export class Replicator {
         const durable = this.track(this.store.appendEncoded(encoded))
         this.schedule()
         return durable.then(() => {
-          this.core.persisted(last.lsn)
+          this.core.persisted(last.lsn, last.epoch)
           this.schedule()
         })
       },
     }
   }
 
-  /** Waits until the write at `lsn` is acknowledged as `mode` asks; KV_ERR_ACK_TIMEOUT if not in time. */
-  waitForAck(lsn: number, mode: AckMode, timeoutMs: number): Promise<void> {
-    if (mode === 'async' || this.ackSatisfied(lsn, mode)) return Promise.resolve()
+  /**
+   * Leader: resolves once every write acknowledged before the call is visible here and this
+   * node was still the leader after the call began. It appends a no-op entry (shared by every
+   * read that arrives in the same turn of the event loop) and waits for a majority to confirm
+   * it: a majority accepting an entry of this epoch proves no newer leader had been elected.
+   */
+  readBarrier(): Promise<void> {
+    this.checkWritable()
+    this.pendingBarrier ??= new Promise<void>((resolve, reject) => {
+      setImmediate(() => {
+        this.pendingBarrier = null
+        try {
+          this.checkWritable()
+          const writer = this.writer()
+          const { lsn, epoch } = writer.slot()
+          const noop: LogEntry = {
+            epoch,
+            lsn,
+            kind: EntryKind.Noop,
+            ops: [],
+            timestampMs: this.now(),
+            requestId: '',
+          }
+          writer.append(encodeEntries([noop])).catch(() => {})
+          this.waitForAck(lsn, epoch, 'quorum', this.config.ackTimeoutMs).then(
+            resolve,
+            (err: unknown) => reject(this.unconfirmedRead(err)),
+          )
+        } catch (err) {
+          reject(err)
+        }
+      })
+    })
+    return this.pendingBarrier
+  }
+
+  /**
+   * Leader: a record read after `readBarrier()`, made safe to return. The leader applies
+   * entries before they commit, so a record may be newer than the commit LSN: wait for it to
+   * commit (a moment, normally) rather than show a write that could still be rolled back.
+   */
+  async linearizable(record: StoredRecord | null): Promise<StoredRecord | null> {
+    if (record === null || record.version <= this.core.commitLsn) return record
+    const epoch = this.core.epochAt(record.version) ?? this.core.epoch
+    await this.waitForAck(record.version, epoch, 'quorum', this.config.ackTimeoutMs).catch(
+      (err: unknown) => {
+        throw this.unconfirmedRead(err)
+      },
+    )
+    return record
+  }
+
+  private unconfirmedRead(err: unknown): Error {
+    if (
+      err instanceof KvError &&
+      (err.code === 'KV_ERR_ACK_TIMEOUT' || err.code === 'KV_ERR_STALE_EPOCH')
+    ) {
+      return new KvError(
+        'KV_ERR_NOT_LEADER',
+        `this node could not confirm with a majority that it still leads (${err.code}); the linearizable read was not served`,
+        { leaderId: null, leaderUrl: null },
+      )
+    }
+    return err as Error
+  }
+
+  /**
+   * Leader: hands leadership to `to` (or to the most up-to-date connected follower). Writes
+   * pause while the target catches up; then it campaigns at once and wins. Resolves with the
+   * new leader's id; KV_ERR_NOT_READY if it did not take over within an election timeout (this
+   * node then leads on).
+   */
+  transferLeadership(to: string | null): Promise<string> {
+    if (this.transferring) return this.transferring
+    this.checkWritable()
+    let target = to
+    if (target === null) {
+      const best = this.cluster.members
+        .filter((m) => m.id !== this.cluster.self.id && this.transport.isConnected(m.id))
+        .sort((a, b) => this.core.matchOf(b.id) - this.core.matchOf(a.id))[0]
+      if (best === undefined) {
+        throw new KvError('KV_ERR_NOT_READY', 'no follower is connected to hand leadership to')
+      }
+      target = best.id
+    }
+    const member = this.cluster.members.find((m) => m.id === target)
+    if (member === undefined) {
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        `${JSON.stringify(target)} is not a member; members are ${this.cluster.members.map((m) => m.id).join(', ')}`,
+      )
+    }
+    if (member.id === this.cluster.self.id) {
+      throw new KvError('KV_ERR_INVALID_ARGUMENT', `${member.id} already leads`)
+    }
+    const epoch = this.core.epoch
+    this.log.warn({ to: member.id, epoch }, 'handing leadership over')
+    this.core.transferLeadership(member.id)
+    this.schedule()
+    const deadline = this.now() + 2 * this.config.electionTimeoutMs
+    this.transferring = (async () => {
+      for (;;) {
+        await new Promise((resolve) => setTimeout(resolve, this.config.heartbeatIntervalMs / 4))
+        if (this.stopped) throw new KvError('KV_ERR_SHUTTING_DOWN', 'the node is stopping')
+        const leader = this.core.leaderId
+        if (this.core.epoch > epoch && leader !== null && leader !== this.cluster.self.id)
+          return leader
+        if (this.core.isLeader && this.core.transferTarget === null && this.core.epoch === epoch) {
+          throw new KvError(
+            'KV_ERR_NOT_READY',
+            `${member.id} did not take over within an election timeout; ${this.cluster.self.id} leads on`,
+            { leaderId: this.cluster.self.id },
+          )
+        }
+        if (this.now() > deadline) {
+          throw new KvError(
+            'KV_ERR_NOT_READY',
+            `the handover to ${member.id} did not finish in ${2 * this.config.electionTimeoutMs} ms; GET /v1/cluster shows who leads`,
+          )
+        }
+      }
+    })().finally(() => {
+      this.transferring = null
+    })
+    return this.transferring
+  }
+
+  /**
+   * Waits until the entry written at `lsn` in `epoch` is acknowledged as `mode` asks;
+   * KV_ERR_ACK_TIMEOUT if not in time, KV_ERR_STALE_EPOCH if this node stopped leading first
+   * (the outcome is then unknown) or the entry was replaced.
+   */
+  waitForAck(lsn: number, epoch: number, mode: AckMode, timeoutMs: number): Promise<void> {
+    if (mode === 'async') return Promise.resolve()
+    const verdict = this.ackVerdict(lsn, epoch, mode)
+    if (verdict === 'confirmed') return Promise.resolve()
+    if (verdict === 'unknown') return Promise.reject(this.staleEpochError(lsn, epoch))
     return new Promise((resolve, reject) => {
       const waiter: AckWaiter = {
         lsn,
+        epoch,
         mode,
         resolve,
         reject,
@@ -368,10 +624,36 @@ export class Replicator {
     })
   }
 
-  private ackSatisfied(lsn: number, mode: AckMode): boolean {
-    if (mode === 'async') return true
-    if (mode === 'quorum') return this.core.commitLsn >= lsn
-    return this.core.allMatchLsn() >= lsn
+  /**
+   * Where the entry written at `lsn` in `epoch` stands. An LSN alone says nothing once the
+   * leader changed: the same LSN may hold another leader's entry, committed, so the epoch of
+   * the entry at that LSN must match too.
+   */
+  private ackVerdict(
+    lsn: number,
+    epoch: number,
+    mode: AckMode,
+  ): 'confirmed' | 'waiting' | 'unknown' {
+    const core = this.core
+    const at = core.epochAt(lsn)
+    // Compacted away: only committed entries are compacted, and this one was in the log.
+    const ours = at === epoch || (at === null && lsn <= core.commitLsn)
+    if (at !== null && at !== epoch) return 'unknown'
+    if (mode === 'quorum' && ours && core.commitLsn >= lsn) return 'confirmed'
+    // A leader waits for an entry in its log (its own, or an earlier leader's it holds); a
+    // node that no longer leads cannot tell what becomes of it.
+    if (!core.isLeader || !ours) return 'unknown'
+    if (mode === 'all' && ours && core.allMatchLsn() >= lsn) return 'confirmed'
+    return 'waiting'
+  }
+
+  /** The answer to a write whose leader was deposed before it was confirmed. */
+  private staleEpochError(lsn: number, epoch: number): KvError {
+    return new KvError(
+      'KV_ERR_STALE_EPOCH',
+      `this node led at epoch ${epoch} and no longer does: the write at LSN ${lsn} is durable here but may not survive under the next leader; read it back, or retry it with the same kv-request-id`,
+      { lsn, epoch, currentEpoch: this.core.epoch },
+    )
   }
 
   /** Resolves true once this replica has applied `lsn`, false after `timeoutMs`. */
@@ -400,12 +682,14 @@ export class Replicator {
     if (this.ackWaiters.length > 0) {
       const waiting: AckWaiter[] = []
       for (const w of this.ackWaiters) {
-        if (this.ackSatisfied(w.lsn, w.mode)) {
-          clearTimeout(w.timer)
-          w.resolve()
-        } else {
+        const verdict = this.ackVerdict(w.lsn, w.epoch, w.mode)
+        if (verdict === 'waiting') {
           waiting.push(w)
+          continue
         }
+        clearTimeout(w.timer)
+        if (verdict === 'confirmed') w.resolve()
+        else w.reject(this.staleEpochError(w.lsn, w.epoch))
       }
       this.ackWaiters = waiting
     }
@@ -518,6 +802,7 @@ export class Replicator {
       clusterId: this.store.meta.clusterId,
       leaderId: leader?.id ?? null,
       leaderUrl: leader?.clientUrl ?? null,
+      writable: this.writable,
       epoch: this.core.epoch,
       commitLsn: this.core.commitLsn,
       self: this.cluster.self.id,
@@ -549,64 +834,51 @@ export class Replicator {
       for (const load of ready.loads) void this.load(load.to, load.fromLsn)
       for (const to of ready.snapshots) void this.sendSnapshot(to)
     }
-    if (this.ledAtEpoch !== null && !this.core.isLeader) {
-      if (this.cluster.leaderId === this.cluster.self.id) void this.retakeLeadership()
-      else this.deposed()
-    }
+    this.noticeRole()
     this.settleWaiters()
   }
 
-  /**
-   * The configuration names this node as leader, and a member reported a higher epoch (one it
-   * took while it was itself misconfigured as leader, say). Until elections decide, the named
-   * leader leads: it moves past that epoch, durably first, and carries on with its log. The
-   * member then drops whatever it wrote on its own, which no majority ever confirmed.
-   */
-  private async retakeLeadership(): Promise<void> {
-    if (this.retaking || this.stopped) return
-    this.retaking = true
-    try {
-      const epoch = this.core.epoch + 1
-      await this.store.setHardState({ epoch })
-      if (this.stopped) return
-      this.core.setEpoch(epoch)
-      this.core.becomeLeader()
-      this.log.warn(
-        { previousEpoch: this.ledAtEpoch, epoch },
-        'a member was at a higher epoch; leading on at a new one, as configured',
-      )
+  /** Logs and counts elections won and lost leadership; fails writes a deposed leader held. */
+  private noticeRole(): void {
+    const role = this.core.roleName
+    const epoch = this.core.epoch
+    const last = this.lastRole
+    if (role === last.role && epoch === last.epoch) return
+    this.lastRole = { role, epoch }
+    if (role === 'leader' && this.ledAtEpoch !== epoch) {
       this.ledAtEpoch = epoch
-      this.schedule()
-    } catch (err) {
-      if (!this.stopped) this.onFatal(err as Error)
-    } finally {
-      this.retaking = false
+      this.stats.electionsWon++
+      this.log.warn({ epoch, lastLsn: this.core.wonWithLsn }, 'elected leader')
+    } else if (role !== 'leader' && this.ledAtEpoch !== null) {
+      this.deposed()
+    } else if (role === 'candidate' && last.role !== 'candidate') {
+      this.log.info({ epoch }, 'no leader heard; campaigning')
+    } else if (role === 'follower' && this.core.leaderId !== null && epoch > last.epoch) {
+      this.log.info({ epoch, leader: this.core.leaderId }, 'following a new leader')
     }
   }
 
   /**
-   * This node led and a member reported a higher epoch: it no longer leads. Writes waiting for
-   * confirmations get KV_ERR_STALE_EPOCH: each is durable here but the new leader may not have
-   * it, so its outcome is unknown until read back (a retry with the same kv-request-id is safe).
+   * This node led and no longer does: a member is at a higher epoch, or it lost contact with a
+   * majority (check-quorum). Writes waiting for confirmations get KV_ERR_STALE_EPOCH: each is
+   * durable here but the next leader may not have it, so its outcome is unknown until read
+   * back (a retry with the same kv-request-id is safe: it is applied at most once).
    */
   private deposed(): void {
     const ledAt = this.ledAtEpoch as number
     this.ledAtEpoch = null
+    this.stats.stepDowns++
     this.log.error(
       { epoch: ledAt, newEpoch: this.core.epoch, leader: this.core.leaderId },
-      'this node no longer leads: a member is at a higher epoch',
+      this.core.epoch > ledAt
+        ? 'this node no longer leads: a member is at a higher epoch'
+        : 'this node no longer leads: it has not heard from a majority within an election timeout',
     )
     const waiters = this.ackWaiters
     this.ackWaiters = []
     for (const w of waiters) {
       clearTimeout(w.timer)
-      w.reject(
-        new KvError(
-          'KV_ERR_STALE_EPOCH',
-          `this node led at epoch ${ledAt}, and epoch ${this.core.epoch} has begun: the write at LSN ${w.lsn} is durable here but may not survive under the new leader; read it back, or retry it with the same kv-request-id`,
-          { lsn: w.lsn, epoch: ledAt, currentEpoch: this.core.epoch },
-        ),
-      )
+      w.reject(this.staleEpochError(w.lsn, w.epoch))
     }
   }
 
@@ -623,8 +895,12 @@ export class Replicator {
         this.track(this.store.truncateAfter(ready.truncateAfter)).then((removed) => {
           if (removed.length > 0) {
             this.log.warn(
-              { fromLsn: removed[0]?.lsn, toLsn: removed[removed.length - 1]?.lsn },
-              'removed log entries that conflicted with the leader',
+              {
+                fromLsn: removed[0]?.lsn,
+                toLsn: removed[removed.length - 1]?.lsn,
+                rollbackRecords: this.store.rollbackCount,
+              },
+              'removed log entries the new leader does not have (unconfirmed writes); they are in GET /admin/v1/rollbacks',
             )
           }
         }),
@@ -654,7 +930,7 @@ export class Replicator {
     }
     Promise.all(writes).then(
       () => {
-        if (last !== undefined) this.core.persisted(last.lsn)
+        if (last !== undefined) this.core.persisted(last.lsn, last.epoch)
         for (const message of ready.sendAfterPersist) this.sendMessage(message)
         this.schedule()
       },
@@ -768,10 +1044,28 @@ export class Replicator {
         }
         break
       case 'vote':
+        frame = {
+          from: this.cluster.self.id,
+          epoch,
+          body: {
+            kind: 'vote',
+            lastLsn: message.lastLsn,
+            lastEpoch: message.lastEpoch,
+            preVote: message.preVote,
+            transfer: message.transfer,
+          },
+        }
+        break
       case 'voteAck':
+        frame = {
+          from: this.cluster.self.id,
+          epoch,
+          body: { kind: 'voteAck', granted: message.granted, preVote: message.preVote },
+        }
+        break
       case 'timeoutNow':
-        // The node does not enable elections yet (no electionTicks), so the core sends none.
-        throw new Error(`cannot send ${message.type}: elections are not enabled in this node`)
+        frame = { from: this.cluster.self.id, epoch, body: { kind: 'timeoutNow' } }
+        break
     }
     this.transport.send(message.to, frame)
   }
@@ -879,6 +1173,31 @@ export class Replicator {
           break
         case 'snapshotChunk':
           this.queueSnapshotChunk(peer, frame)
+          break
+        case 'vote':
+          this.core.step({
+            type: 'vote',
+            from: peer,
+            to: self,
+            epoch: frame.epoch,
+            lastLsn: body.lastLsn,
+            lastEpoch: body.lastEpoch,
+            preVote: body.preVote,
+            transfer: body.transfer,
+          })
+          break
+        case 'voteAck':
+          this.core.step({
+            type: 'voteAck',
+            from: peer,
+            to: self,
+            epoch: frame.epoch,
+            granted: body.granted,
+            preVote: body.preVote,
+          })
+          break
+        case 'timeoutNow':
+          this.core.step({ type: 'timeoutNow', from: peer, to: self, epoch: frame.epoch })
           break
         case 'hello':
         case 'refusal':

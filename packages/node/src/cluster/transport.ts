@@ -2,10 +2,13 @@
  * Peer transport: long-lived HTTP/2 (h2c) streams between nodes, carrying length-delimited
  * protobuf frames.
  *
- * The leader opens one stream per follower (POST /peer/v1/stream on the follower's peer port)
- * and reconnects with backoff whenever it breaks; the follower answers on the same stream.
- * Both sides open with a Hello naming the cluster and the intended receiver; a mismatch is
- * refused. Every frame is validated when decoded; a bad one closes the stream.
+ * Every node keeps one outbound stream to every other member (POST /peer/v1/stream on the
+ * peer's port), reconnecting with backoff whenever it breaks, and accepts theirs: any member
+ * may need to reach any other (votes, appends, acknowledgements). A frame goes out on the
+ * outbound stream, or on the peer's inbound one while the outbound is down. A peer counts as
+ * connected while either stream is up. Both sides open with a Hello naming the cluster and the
+ * intended receiver; a mismatch is refused. Every frame is validated when decoded; a bad one
+ * closes the stream.
  */
 import http2, {
   type ClientHttp2Session,
@@ -27,9 +30,9 @@ import type { MemberConfig } from '../config.js'
 export interface TransportHandlers {
   /** A frame from `peer` (after its Hello). */
   onFrame(peer: string, frame: Frame): void
-  /** An outbound stream to `peer` is up (leader side). */
+  /** A first stream with `peer` is up. */
   onConnected(peer: string): void
-  /** The stream to or from `peer` is gone. */
+  /** The last stream with `peer` is gone. */
   onDisconnected(peer: string): void
 }
 
@@ -37,8 +40,6 @@ export interface TransportOptions {
   self: MemberConfig
   members: MemberConfig[]
   clusterId: string
-  /** The leader this node's configuration names (checked against every peer's). */
-  leaderId: string
   /** Address the peer server binds to. */
   host: string
   frameBytesMax: number
@@ -49,10 +50,7 @@ export interface TransportOptions {
   handlers: TransportHandlers
 }
 
-interface PeerStream {
-  stream: ClientHttp2Stream | ServerHttp2Stream
-  direction: 'outbound' | 'inbound'
-}
+type PeerStream = ClientHttp2Stream | ServerHttp2Stream
 
 const backoffMinMs = 100
 const backoffMaxMs = 2000
@@ -61,7 +59,8 @@ export class PeerTransport {
   private readonly options: TransportOptions
   private readonly log: Logger
   private server: Http2Server | null = null
-  private readonly streams = new Map<string, PeerStream>()
+  private readonly outbound = new Map<string, ClientHttp2Stream>()
+  private readonly inbound = new Map<string, ServerHttp2Stream>()
   private readonly sessions = new Map<string, ClientHttp2Session>()
   private readonly wanted = new Set<string>()
   private readonly backoff = new Map<string, number>()
@@ -117,49 +116,57 @@ export class PeerTransport {
    * when there is none, or when it is a heartbeat and the peer has stopped reading.
    */
   send(peer: string, frame: Frame): boolean {
-    const entry = this.streams.get(peer)
-    if (!entry || entry.stream.destroyed || !entry.stream.writable) return false
+    const stream = this.streamTo(peer)
+    if (stream === undefined) return false
     if (
       (frame.body.kind === 'heartbeat' || frame.body.kind === 'heartbeatAck') &&
-      entry.stream.writableLength > this.options.streamBufferBytesMax
+      stream.writableLength > this.options.streamBufferBytesMax
     ) {
       return false
     }
     const bytes = encodeFrame(frame)
-    entry.stream.write(bytes)
+    stream.write(bytes)
     this.bytesSent.set(peer, (this.bytesSent.get(peer) ?? 0) + bytes.length)
     return true
   }
 
+  /** The stream frames to `peer` go on: the outbound one, else the peer's inbound one. */
+  private streamTo(peer: string): PeerStream | undefined {
+    for (const stream of [this.outbound.get(peer), this.inbound.get(peer)]) {
+      if (stream !== undefined && !stream.destroyed && stream.writable) return stream
+    }
+    return undefined
+  }
+
   /** Resolves once the stream to `peer` can take more (or is gone). */
   drained(peer: string): Promise<void> {
-    const entry = this.streams.get(peer)
-    if (!entry || !entry.stream.writableNeedDrain) return Promise.resolve()
+    const stream = this.streamTo(peer)
+    if (!stream || !stream.writableNeedDrain) return Promise.resolve()
     return new Promise((resolve) => {
       const done = () => {
-        entry.stream.removeListener('drain', done)
-        entry.stream.removeListener('close', done)
+        stream.removeListener('drain', done)
+        stream.removeListener('close', done)
         resolve()
       }
-      entry.stream.once('drain', done)
-      entry.stream.once('close', done)
+      stream.once('drain', done)
+      stream.once('close', done)
     })
   }
 
   /** Pauses or resumes reading frames from `peer` (backpressure while installing a snapshot). */
   setReading(peer: string, reading: boolean): void {
-    const entry = this.streams.get(peer)
-    if (!entry) return
-    if (reading) entry.stream.resume()
-    else entry.stream.pause()
+    for (const stream of [this.outbound.get(peer), this.inbound.get(peer)]) {
+      if (stream === undefined) continue
+      if (reading) stream.resume()
+      else stream.pause()
+    }
   }
 
   isConnected(peer: string): boolean {
-    const entry = this.streams.get(peer)
-    return entry !== undefined && !entry.stream.destroyed
+    return this.streamTo(peer) !== undefined
   }
 
-  /** Closes one peer's stream (a bad frame or a broken snapshot); the leader reconnects. */
+  /** Closes the streams with one peer (a bad frame or a broken snapshot); both sides reconnect. */
   reset(peer: string, reason: string): void {
     this.drop(peer, reason)
   }
@@ -167,7 +174,8 @@ export class PeerTransport {
   async close(): Promise<void> {
     this.closed = true
     for (const timer of this.timers.values()) clearTimeout(timer)
-    for (const peer of [...this.streams.keys()]) this.drop(peer, 'closing')
+    for (const peer of new Set([...this.outbound.keys(), ...this.inbound.keys()]))
+      this.drop(peer, 'closing')
     for (const session of this.sessions.values()) session.destroy()
     for (const session of this.inboundSessions) session.destroy()
     const server = this.server
@@ -216,10 +224,11 @@ export class PeerTransport {
     stream.on('response', (headers) => {
       if (headers[':status'] === 200) {
         accepted = true
-        this.streams.set(peer, { stream, direction: 'outbound' })
+        const wasConnected = this.isConnected(peer)
+        this.outbound.set(peer, stream)
         this.backoff.delete(peer)
-        this.log.info({ peer }, 'replication stream open')
-        this.options.handlers.onConnected(peer)
+        this.log.info({ peer }, 'peer stream open')
+        if (!wasConnected) this.options.handlers.onConnected(peer)
       }
     })
     stream.on('data', (chunk: Buffer) => {
@@ -247,9 +256,9 @@ export class PeerTransport {
       }
     })
     const onGone = () => {
-      if (this.streams.get(peer)?.stream === stream) {
-        this.streams.delete(peer)
-        this.options.handlers.onDisconnected(peer)
+      if (this.outbound.get(peer) === stream) {
+        this.outbound.delete(peer)
+        if (!this.isConnected(peer)) this.options.handlers.onDisconnected(peer)
       }
       this.retryLater(peer)
     }
@@ -279,7 +288,7 @@ export class PeerTransport {
         kind: 'hello',
         clusterId: this.options.clusterId,
         to: peer,
-        leader: this.options.leaderId,
+        leader: '',
       },
     })
   }
@@ -317,20 +326,22 @@ export class PeerTransport {
             return
           }
           peer = frame.from
-          const previous = this.streams.get(peer)
-          if (previous) previous.stream.destroy()
-          this.streams.set(peer, { stream, direction: 'inbound' })
+          const wasConnected = this.isConnected(peer)
+          const previous = this.inbound.get(peer)
+          this.inbound.set(peer, stream)
+          if (previous) previous.destroy()
           stream.respond({ ':status': 200, 'content-type': 'application/x-kv-frames' })
           stream.write(this.hello(peer))
+          if (!wasConnected) this.options.handlers.onConnected(peer)
           continue
         }
         this.options.handlers.onFrame(peer, frame)
       }
     })
     stream.on('close', () => {
-      if (peer !== null && this.streams.get(peer)?.stream === stream) {
-        this.streams.delete(peer)
-        this.options.handlers.onDisconnected(peer)
+      if (peer !== null && this.inbound.get(peer) === stream) {
+        this.inbound.delete(peer)
+        if (!this.isConnected(peer)) this.options.handlers.onDisconnected(peer)
       }
     })
   }
@@ -343,12 +354,6 @@ export class PeerTransport {
       return {
         code: 'KV_ERR_CLUSTER_MISMATCH',
         message: `this node is in cluster ${this.options.clusterId}, not ${body.clusterId}`,
-      }
-    }
-    if (body.leader !== this.options.leaderId) {
-      return {
-        code: 'KV_ERR_CLUSTER_MISMATCH',
-        message: `${frame.from} is configured with leader ${JSON.stringify(body.leader)}, this node with ${JSON.stringify(this.options.leaderId)}; every member must name the same leader`,
       }
     }
     if (body.to !== this.options.self.id) {
@@ -375,11 +380,13 @@ export class PeerTransport {
   }
 
   private drop(peer: string, reason: string): void {
-    const entry = this.streams.get(peer)
-    if (!entry) return
-    this.streams.delete(peer)
-    this.log.debug({ peer, reason }, 'replication stream closed')
-    entry.stream.destroy()
+    const streams = [this.outbound.get(peer), this.inbound.get(peer)]
+    this.outbound.delete(peer)
+    this.inbound.delete(peer)
+    if (streams.every((s) => s === undefined)) return
+    this.log.debug({ peer, reason }, 'peer streams closed')
+    for (const stream of streams) stream?.destroy()
     this.options.handlers.onDisconnected(peer)
+    this.retryLater(peer)
   }
 }

@@ -61,11 +61,12 @@ export async function completeWrite(
   const ack = ackModeOf(request, ctx)
   const requestId = requestIdOf(request, ctx)
   const { replicator } = ctx
-  if (replicator && !replicator.isLeader) throw replicator.notLeader()
+  replicator?.checkWritable()
   const result = await ctx.sequencer.write(
     requestId === undefined ? write : { ...write, requestId },
   )
-  if (replicator) await replicator.waitForAck(result.lsn, ack, ctx.config.ackTimeoutMs)
+  if (replicator)
+    await replicator.waitForAck(result.lsn, result.epoch, ack, ctx.config.ackTimeoutMs)
   const session = encodeSession({ epoch: result.epoch, lsn: result.lsn })
   void reply.header('kv-lsn', String(result.lsn)).header('kv-session', session)
   if (result.deduplicated) void reply.header('kv-deduplicated', 'true')

@@ -153,6 +153,17 @@ const putResponseSchema = {
   additionalProperties: false,
 } as const
 
+/** `?consistency=`: `linearizable` (leader only, confirmed with a majority) or `default`. */
+function consistencyOf(request: KeyRequest): 'linearizable' | 'default' {
+  const value = (request.query as Record<string, unknown> | undefined)?.consistency
+  if (value === undefined || value === 'default') return 'default'
+  if (value === 'linearizable') return 'linearizable'
+  throw new KvError(
+    'KV_ERR_INVALID_ARGUMENT',
+    `consistency must be linearizable or default; got ${JSON.stringify(value)}`,
+  )
+}
+
 export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
   const { store, config, metrics } = ctx
   const keyOf = (request: KeyRequest): Buffer => keyToBytes(request.params['*'], config.keyBytesMax)
@@ -220,6 +231,24 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
   // memtable can touch several files, and the event loop has HTTP to parse meanwhile).
   app.get('/v1/kv/*', (request: KeyRequest, reply) => {
     const key = keyOf(request)
+    const consistency = consistencyOf(request)
+    if (consistency === 'linearizable' && ctx.replicator) {
+      // On the leader only: a barrier through a majority, then a record that is committed.
+      const replicator = ctx.replicator
+      if (!replicator.isLeader) {
+        reply.send(replicator.notLeader())
+        return
+      }
+      replicator
+        .readBarrier()
+        .then(async () => {
+          const appliedLsn = store.appliedLsn
+          const record = await replicator.linearizable(await store.get(key))
+          sendRecord(request, reply, record, appliedLsn)
+        })
+        .catch((err: unknown) => reply.send(err))
+      return
+    }
     const session = sessionOf(request)
     if (!sessionSatisfied(ctx, session)) {
       // The session wrote or read past what this replica has applied: wait for it first.

@@ -4,10 +4,14 @@
  *   GET /health      liveness: 200 while the process can serve, 503 once storage failed
  *   GET /ready       readiness: 200 once storage is open, 503 while starting or stopping
  *   GET /metrics     Prometheus text format
+ *   POST /admin/v1/compact            compact the log now, within the retention policy
+ *   GET /admin/v1/rollbacks?after=&limit=   writes a truncation removed (never confirmed)
+ *   DELETE /admin/v1/rollbacks?through=     forget rollback records once reconciled
  */
 import type { FastifyInstance } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
-import type { AppContext } from '../context.js'
+import { OpType } from '@kvstore/protocol'
+import { parsePositiveInteger, type AppContext } from '../context.js'
 import { methodNotAllowed } from '../errors.js'
 
 export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): void {
@@ -97,6 +101,129 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
     return { logStartLsn: store.meta.logStartLsn, appliedLsn: store.appliedLsn }
   })
   methodNotAllowed(app, '/admin/v1/compact', ['POST'])
+
+  // Hands leadership to a named member ({"to": "n2"}) or to the most up-to-date follower ({}).
+  app.post('/admin/v1/transfer-leadership', async (request) => {
+    const replicator = ctx.replicator
+    if (!replicator)
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        'a standalone node has no leadership to hand over',
+      )
+    let to: string | null = null
+    const body = request.body
+    if (body !== undefined && body !== null && !(Buffer.isBuffer(body) && body.length === 0)) {
+      let parsed: unknown
+      try {
+        parsed = Buffer.isBuffer(body) ? JSON.parse(body.toString('utf8')) : body
+      } catch {
+        throw new KvError(
+          'KV_ERR_MALFORMED_BODY',
+          'the body must be JSON such as {"to":"n2"} or {}',
+        )
+      }
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+        throw new KvError(
+          'KV_ERR_MALFORMED_BODY',
+          'the body must be a JSON object such as {"to":"n2"}',
+        )
+      const extra = Object.keys(parsed).filter((k) => k !== 'to')
+      if (extra.length > 0)
+        throw new KvError(
+          'KV_ERR_MALFORMED_BODY',
+          `unknown field ${JSON.stringify(extra[0])}; only "to" is allowed`,
+        )
+      const value = (parsed as { to?: unknown }).to
+      if (value !== undefined && value !== null && typeof value !== 'string')
+        throw new KvError('KV_ERR_MALFORMED_BODY', '"to" must be a member id')
+      to = typeof value === 'string' ? value : null
+    }
+    if (!replicator.isLeader) throw replicator.notLeader()
+    const from = store.meta.nodeId
+    const leader = await replicator.transferLeadership(to)
+    const member = replicator.cluster.members.find((m) => m.id === leader)
+    return { from, leaderId: leader, leaderUrl: member?.clientUrl ?? null, epoch: replicator.epoch }
+  })
+  methodNotAllowed(app, '/admin/v1/transfer-leadership', ['POST'])
+
+  // Writes this node removed from its log when a new leader did not have them: unconfirmed
+  // (async) writes of a deposed leader. Kept so that an operator can reconcile them.
+  const rollbackLimitMax = 1000
+  const wholeNumber = (
+    query: unknown,
+    name: string,
+    allowed: string[],
+    fallback: number,
+    max: number,
+  ): number => {
+    const params = (query ?? {}) as Record<string, unknown>
+    for (const key of Object.keys(params)) {
+      if (!allowed.includes(key))
+        throw new KvError(
+          'KV_ERR_INVALID_ARGUMENT',
+          `unknown query parameter ${JSON.stringify(key)}; use ${allowed.join(' or ')}`,
+        )
+    }
+    const text = params[name]
+    if (text === undefined) return fallback
+    const value = typeof text === 'string' ? (text === '0' ? 0 : parsePositiveInteger(text)) : null
+    if (value === null || value > max) {
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        `${name} must be a whole number from 0 to ${max}; got ${JSON.stringify(text)}`,
+      )
+    }
+    return value
+  }
+  app.get('/admin/v1/rollbacks', async (request) => {
+    const after = wholeNumber(
+      request.query,
+      'after',
+      ['after', 'limit'],
+      0,
+      Number.MAX_SAFE_INTEGER,
+    )
+    const limit = Math.max(
+      1,
+      wholeNumber(request.query, 'limit', ['after', 'limit'], 100, rollbackLimitMax),
+    )
+    const records = await store.rollbacks(after, limit)
+    const last = records[records.length - 1]
+    return {
+      count: store.rollbackCount,
+      rollbacks: records.map((r) => ({
+        seq: r.seq,
+        removedAt: new Date(r.atMs).toISOString(),
+        epoch: r.epoch,
+        lsn: r.entry.lsn,
+        entryEpoch: r.entry.epoch,
+        writtenAt: new Date(r.entry.timestampMs).toISOString(),
+        requestId: r.entry.requestId === '' ? null : r.entry.requestId,
+        ops: r.entry.ops.map((op) =>
+          op.type === OpType.Put
+            ? {
+                op: 'put',
+                key: op.key.toString('utf8'),
+                valueBase64: op.value.toString('base64'),
+              }
+            : { op: 'delete', key: op.key.toString('utf8') },
+        ),
+      })),
+      next: records.length === limit && last ? last.seq : null,
+    }
+  })
+  app.delete('/admin/v1/rollbacks', async (request) => {
+    const params = (request.query ?? {}) as Record<string, unknown>
+    if (params.through === undefined)
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        'give through=SEQ: the records up to and including SEQ are deleted',
+      )
+    const through = wholeNumber(request.query, 'through', ['through'], 0, Number.MAX_SAFE_INTEGER)
+    const deleted = await store.discardRollbacks(through)
+    return { deleted, count: store.rollbackCount }
+  })
+  methodNotAllowed(app, '/admin/v1/rollbacks', ['GET', 'DELETE'])
 
   app.get('/v1/digest', async () => store.digest())
   methodNotAllowed(app, '/v1/digest', ['GET'])
