@@ -50,8 +50,14 @@ export interface KvClientOptions {
   session?: boolean
   /** Durability of writes that do not choose one; the cluster's default when omitted. */
   ack?: AckMode
-  /** Attempts for a request that meets an unreachable node or a moved leader. Default 4. */
+  /** Attempts at least, for a request that meets an unreachable node or a moved leader. Default 4. */
   attempts?: number
+  /**
+   * Keeps retrying a request that meets an unreachable node, a moved leader or an election in
+   * progress for up to this long (beyond `attempts`), so a failover is ridden through. A write is
+   * retried with the same request id, so it is applied at most once. Default 10 000 ms.
+   */
+  retryForMs?: number
   /** How often the cluster view is refreshed. Default 2000 ms. */
   refreshIntervalMs?: number
 }
@@ -227,6 +233,12 @@ const retryable = new Set([
   'KV_ERR_NOT_READY',
 ])
 
+/**
+ * A write also retries a leader deposed while it waited for confirmations: the outcome is
+ * unknown, and the same request id makes the retry return the first result if it survived.
+ */
+const writeRetryable = new Set([...retryable, 'KV_ERR_STALE_EPOCH'])
+
 /** A client of a whole cluster (or of one standalone node). Reuse one; `close()` when done. */
 export class KvClient {
   private readonly options: Required<Omit<KvClientOptions, 'ack' | 'url'>> & {
@@ -270,6 +282,7 @@ export class KvClient {
       followerReadTimeoutMs: options.followerReadTimeoutMs ?? 1000,
       session: options.session ?? true,
       attempts: options.attempts ?? 4,
+      retryForMs: options.retryForMs ?? 10_000,
       refreshIntervalMs: options.refreshIntervalMs ?? 2000,
       ack: options.ack,
     }
@@ -524,7 +537,8 @@ export class KvClient {
     send: SendOptions = {},
   ): Promise<{ res: NodeResponse; url: string }> {
     let lastError: KvError | null = null
-    for (let attempt = 0; attempt < this.options.attempts; attempt++) {
+    const started = Date.now()
+    for (let attempt = 0; this.mayRetry(attempt, started); attempt++) {
       const url = attempt === 0 ? await this.replica(options) : await this.leader()
       const toFollower = url !== (this.leaderUrl ?? this.url)
       try {
@@ -585,7 +599,8 @@ export class KvClient {
       ...(ack ? { 'kv-ack': ack } : {}),
     }
     let lastError: KvError | null = null
-    for (let attempt = 0; attempt < this.options.attempts; attempt++) {
+    const started = Date.now()
+    for (let attempt = 0; this.mayRetry(attempt, started); attempt++) {
       const url = await this.leader()
       try {
         const res = await this.connection(url).send(method, path, { ...send, headers })
@@ -594,17 +609,20 @@ export class KvClient {
       } catch (err) {
         if (!(err instanceof KvError)) throw err
         lastError = err
-        if (!retryable.has(err.code)) throw err
+        if (!writeRetryable.has(err.code)) throw err
         // The same request id makes the retry safe: if the first attempt was applied, the
         // leader answers with its result instead of writing again.
         if (
           err.code === 'KV_ERR_NOT_LEADER' &&
           typeof err.details.leaderUrl === 'string' &&
-          err.details.leaderUrl !== url
+          err.details.leaderUrl !== url &&
+          attempt < 2
         ) {
           this.leaderUrl = err.details.leaderUrl
           continue
         }
+        // Whoever this node named as leader may be gone; the next view decides.
+        if (this.leaderUrl === url) this.leaderUrl = null
         await this.refresh(true).catch(() => {})
         await this.pause(attempt)
       }
@@ -612,8 +630,18 @@ export class KvClient {
     throw lastError as KvError
   }
 
+  /** Another attempt: while under `attempts`, or while within `retryForMs` of the first. */
+  private mayRetry(attempt: number, started: number): boolean {
+    if (attempt > 0 && this.closed) return false
+    return attempt < this.options.attempts || Date.now() - started < this.options.retryForMs
+  }
+
+  /**
+   * Waits before the next attempt: short (an election takes a second or two, and the client
+   * should find the new leader within a heartbeat or so of it winning), with jitter.
+   */
   private pause(attempt: number): Promise<void> {
-    const ms = Math.min(1000, 50 * 2 ** attempt) * (0.5 + Math.random() / 2)
+    const ms = Math.min(200, 25 * 2 ** attempt) * (0.5 + Math.random() / 2)
     return new Promise((resolve) => setTimeout(resolve, ms))
   }
 }
