@@ -20,7 +20,8 @@ export const usage = `kv: client for the key-value store.
 Usage: kv [--url URL] [--json] <command> [arguments]
 
 Commands:
-  get KEY                 print the value's bytes (--output FILE writes them to a file)
+  get KEY                 print the value's bytes (--output FILE writes them to a file;
+        [--linearizable]  --linearizable reads from the leader, confirmed with a majority)
   put KEY [VALUE]         write a value from VALUE, --file FILE, or standard input
         [--if-version N]  only if the key has version N (compare-and-set)
         [--if-absent]     only if the key does not exist (create)
@@ -32,6 +33,9 @@ Commands:
         [--format ndjson|csv] [--chunk N] [--concurrency N] [--max-lag-ms MS]
                           in batches, slowing down whenever followers lag more than --max-lag-ms
   cluster                 the members, their roles, acknowledged LSNs and lag
+  transfer [MEMBER]       hand leadership to MEMBER, or to the most up-to-date follower
+  rollbacks               writes the node at --url dropped as unconfirmed (async writes of a
+                          deposed leader), as JSON
   status                  the node's status as JSON
   digest                  hash of the node's state
 
@@ -91,6 +95,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         chunk: { type: 'string' },
         concurrency: { type: 'string' },
         'max-lag-ms': { type: 'string' },
+        linearizable: { type: 'boolean', default: false },
       },
     })
   } catch (err) {
@@ -126,7 +131,10 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
     switch (command) {
       case 'get': {
         const key = needKey()
-        const result = await client.get(key)
+        const result = await client.get(
+          key,
+          opts.linearizable ? { consistency: 'linearizable' } : {},
+        )
         if (result === null)
           throw new KvError('KV_ERR_KEY_NOT_FOUND', `key ${JSON.stringify(key)} does not exist`)
         if (opts.json) {
@@ -265,6 +273,29 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
             `  ${m.id.padEnd(8)} ${m.role.padEnd(9)} ${m.clientUrl.padEnd(26)} epoch ${String(m.epoch ?? '?').padStart(3)}  acked ${String(m.ackedLsn).padStart(10)}  applied ${String(m.appliedLsn ?? '?').padStart(10)}  lag ${m.lagEntries} entries, ${m.lagMs} ms${m.connected ? '' : '  (not connected)'}\n`,
           )
         }
+        return 0
+      }
+      case 'transfer': {
+        const to = args[0]
+        const result = await client.transferLeadership(to)
+        if (opts.json) await out(result)
+        else
+          await write(
+            io.stdout,
+            `${result.leaderId} leads epoch ${result.epoch} (was ${result.from}) at ${result.leaderUrl ?? '?'}\n`,
+          )
+        return 0
+      }
+      case 'rollbacks': {
+        const records = []
+        let after = 0
+        for (;;) {
+          const page = await client.rollbacks({ after, limit: 1000 })
+          records.push(...page.rollbacks)
+          if (page.next === null) break
+          after = page.next
+        }
+        await out({ count: records.length, rollbacks: records })
         return 0
       }
       case 'status':

@@ -84,6 +84,41 @@ export interface WriteOptions extends WriteConditions {
 export interface ReadOptions {
   /** Read from the leader, whatever `readFrom` says. */
   fromLeader?: boolean
+  /**
+   * `linearizable`: read from the leader, which first confirms with a majority that it still
+   * leads, so the result reflects every write acknowledged before the read began. Costs a
+   * majority round trip. Default: the replica's applied state (with the session's guarantees).
+   */
+  consistency?: 'default' | 'linearizable'
+}
+
+export interface TransferResult {
+  from: string
+  leaderId: string
+  leaderUrl: string | null
+  epoch: number
+}
+
+/** One write a node dropped as unconfirmed (see `rollbacks`). */
+export interface RollbackRecord {
+  seq: number
+  removedAt: string
+  /** The epoch in which the node dropped it. */
+  epoch: number
+  lsn: number
+  /** The epoch in which it was written. */
+  entryEpoch: number
+  writtenAt: string
+  requestId: string | null
+  ops: ({ op: 'put'; key: string; valueBase64: string } | { op: 'delete'; key: string })[]
+}
+
+export interface RollbackPage {
+  /** Records the node holds in all. */
+  count: number
+  rollbacks: RollbackRecord[]
+  /** Pass as `after` for the next page; null on the last. */
+  next: number | null
 }
 
 export interface GetResult {
@@ -305,7 +340,12 @@ export class KvClient {
 
   /** Reads a key from a replica that has applied the session. Returns null when it does not exist. */
   async get(key: string, options: ReadOptions = {}): Promise<GetResult | null> {
-    const { res, url } = await this.read(`/v1/kv/${keyPath(key)}`, options, { allowNotFound: true })
+    const linearizable = options.consistency === 'linearizable'
+    const { res, url } = await this.read(
+      `/v1/kv/${keyPath(key)}${linearizable ? '?consistency=linearizable' : ''}`,
+      linearizable ? { ...options, fromLeader: true } : options,
+      { allowNotFound: true },
+    )
     if (res.status === 404) return null
     return {
       value: res.body,
@@ -393,6 +433,40 @@ export class KvClient {
   async digest(url?: string): Promise<StateDigest> {
     const res = await this.connection(url ?? this.url).send('GET', '/v1/digest')
     return JSON.parse(res.body.toString('utf8')) as StateDigest
+  }
+
+  /**
+   * Hands leadership to the member `to`, or to the most up-to-date follower: writes pause
+   * while it catches up, then it leads. Resolves once it does.
+   */
+  async transferLeadership(to?: string): Promise<TransferResult> {
+    const url = await this.leader()
+    const res = await this.connection(url).send('POST', '/admin/v1/transfer-leadership', {
+      body: Buffer.from(JSON.stringify(to === undefined ? {} : { to }), 'utf8'),
+      headers: { 'content-type': 'application/json' },
+    })
+    const result = JSON.parse(res.body.toString('utf8')) as TransferResult
+    if (result.leaderUrl) this.leaderUrl = result.leaderUrl
+    await this.refresh(true).catch(() => {})
+    return result
+  }
+
+  /**
+   * Writes one node (the first seed, or `url`) dropped from its log because a new leader never
+   * had them: unconfirmed `ack=async` writes of a deposed leader. Oldest first, after `after`.
+   */
+  async rollbacks(
+    options: { url?: string; after?: number; limit?: number } = {},
+  ): Promise<RollbackPage> {
+    const query = new URLSearchParams()
+    if (options.after !== undefined) query.set('after', String(options.after))
+    if (options.limit !== undefined) query.set('limit', String(options.limit))
+    const qs = query.toString()
+    const res = await this.connection(options.url ?? this.url).send(
+      'GET',
+      `/admin/v1/rollbacks${qs ? `?${qs}` : ''}`,
+    )
+    return JSON.parse(res.body.toString('utf8')) as RollbackPage
   }
 
   /** The cluster as the nodes describe it, refreshed now. */

@@ -15,7 +15,10 @@ export type {
   NodeStatus,
   PutResult,
   ReadOptions,
+  RollbackPage,
+  RollbackRecord,
   StateDigest,
+  TransferResult,
   WriteConditions,
   WriteOptions,
 } from './client.js'
