@@ -325,9 +325,10 @@ describe('the SDK against a 3-node cluster', () => {
     let put: ReturnType<KvClient['put']>
     try {
       // Every attempt times out while the leader is stopped; the ones it has received are
-      // served once it runs again, and all carry the same request id.
+      // served once it runs again, and all carry the same request id. The pause stays below
+      // the election timeout (1 s), so the leader keeps leading.
       put = client.put('retry/k', 'v1', { requestId: 'sdk-retry-1', ack: 'all', ifAbsent: true })
-      await new Promise((resolve) => setTimeout(resolve, 1200))
+      await new Promise((resolve) => setTimeout(resolve, 800))
     } finally {
       cluster.resume(cluster.leader.id)
     }

@@ -32,14 +32,20 @@ export class TestCluster {
   readonly members: ClusterMember[]
   readonly dir: string
   private readonly args: string[]
+  /** The leader as last found by waitForLeader. */
+  private leaderId: string
 
   private constructor(dir: string, members: ClusterMember[], args: string[]) {
+    this.leaderId = (members[0] as ClusterMember).id
     this.dir = dir
     this.members = members
     this.args = args
   }
 
-  /** Starts `size` nodes; the first one leads. `args` go to every node. */
+  /**
+   * Starts `size` nodes and waits until a leader takes writes (the first member is the
+   * preferred leader, so usually it). `args` go to every node.
+   */
   static async start(size = 3, args: string[] = []): Promise<TestCluster> {
     const dir = await mkdtemp(join(tmpdir(), 'kv-cluster-'))
     const members: ClusterMember[] = []
@@ -54,7 +60,41 @@ export class TestCluster {
     }
     const cluster = new TestCluster(dir, members, args)
     await Promise.all(members.map((m) => cluster.startMember(m.id)))
+    await cluster.waitForLeader()
     return cluster
+  }
+
+  /**
+   * Waits until one running member takes writes and every other running member follows it;
+   * returns it (also as `leader` from then on).
+   */
+  async waitForLeader(timeoutMs = 30_000): Promise<ClusterMember> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const running = this.members.filter((m) => m.process !== null)
+      const views = await Promise.all(
+        running.map((m) =>
+          fetch(`${m.url}/v1/cluster`, { signal: AbortSignal.timeout(1000) })
+            .then(
+              (r) =>
+                r.json() as Promise<{ self: string; leaderId: string | null; writable: boolean }>,
+            )
+            .catch(() => null),
+        ),
+      )
+      const writable = views.filter((v) => v?.writable === true)
+      if (writable.length === 1) {
+        const id = (writable[0] as { self: string }).self
+        if (views.every((v) => v?.leaderId === id)) {
+          this.leaderId = id
+          return this.member(id)
+        }
+      }
+      if (Date.now() > deadline) {
+        throw new Error(`no leader within ${timeoutMs} ms: ${JSON.stringify(views)}`)
+      }
+      await new Promise((resolve) => setTimeout(resolve, 25))
+    }
   }
 
   get membersFlag(): string {
@@ -68,11 +108,11 @@ export class TestCluster {
   }
 
   get leader(): ClusterMember {
-    return this.members[0] as ClusterMember
+    return this.member(this.leaderId)
   }
 
   get followers(): ClusterMember[] {
-    return this.members.slice(1)
+    return this.members.filter((m) => m.id !== this.leaderId)
   }
 
   async startMember(id: string, extra: string[] = []): Promise<void> {
@@ -131,6 +171,13 @@ export class TestCluster {
     }
   }
 
+  /** The end of a member's durable log (its own view, from /v1/cluster). */
+  async logEnd(id: string): Promise<number> {
+    const res = await fetch(`${this.member(id).url}/v1/cluster`)
+    const view = (await res.json()) as { self: string; members: { id: string; ackedLsn: number }[] }
+    return view.members.find((m) => m.id === view.self)?.ackedLsn ?? 0
+  }
+
   async digest(id: string): Promise<{ appliedLsn: number; digest: string; keys: number }> {
     const res = await fetch(`${this.member(id).url}/v1/digest`)
     return (await res.json()) as { appliedLsn: number; digest: string; keys: number }
@@ -146,8 +193,27 @@ export class TestCluster {
         running.map((m) => this.status(m.id).then((s) => s.appliedLsn)),
       )
       if (applied.every((a) => a >= target)) return target
-      if (Date.now() > deadline)
-        throw new Error(`members did not reach LSN ${target}: ${applied.join(', ')}`)
+      if (Date.now() > deadline) {
+        const views = await Promise.all(
+          running.map((m) =>
+            fetch(`${m.url}/v1/cluster`)
+              .then((r) => r.text())
+              .catch((err: unknown) => String(err)),
+          ),
+        )
+        const logs = running
+          .filter((_, i) => (applied[i] ?? 0) < target)
+          .map(
+            (m) =>
+              `${m.id}:\n${(m.process?.logs ?? [])
+                .slice(-40)
+                .map((l) => JSON.stringify(l))
+                .join('\n')}`,
+          )
+        throw new Error(
+          `members did not reach LSN ${target}: ${applied.join(', ')}\n${views.join('\n')}\n${logs.join('\n')}`,
+        )
+      }
       await new Promise((resolve) => setTimeout(resolve, 50))
     }
   }

@@ -32,7 +32,7 @@ export async function startNodeProcess(args: string[], timeoutMs = 15_000): Prom
   assertBuilt()
   const child = spawn(
     process.execPath,
-    [kvNodeBin, '--port', '0', '--log-level', 'info', ...args],
+    [kvNodeBin, '--port', '0', '--log-level', process.env.KV_TEST_LOG_LEVEL ?? 'info', ...args],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
     },
