@@ -5,12 +5,15 @@
  *   --suite cluster       (default) a 3-node single-leader cluster: writes per ack mode,
  *                         replication lag, CPU-capped read scaling. See cluster.ts.
  *   --suite single-node   one node: group commit, fsync on/off, reads. See single-node.ts.
+ *   --suite failover      kill -9 the leader under SDK writes, --trials N times (default 10):
+ *                         time to the next successful write, elections. See failover.ts.
  *
  * Options: --duration S (default 10), --connections N (64), --value-bytes N (100),
  * --get-keys N (100000), --read-cpu-cap CORES (0.5), --out DIR (bench-results).
  */
 import { parseArgs } from 'node:util'
 import { runClusterBench } from './cluster.js'
+import { runFailoverBench } from './failover.js'
 import { runSingleNode } from './single-node.js'
 
 async function main(): Promise<void> {
@@ -23,6 +26,7 @@ async function main(): Promise<void> {
       'get-keys': { type: 'string', default: '100000' },
       'read-cpu-cap': { type: 'string', default: '0.5' },
       out: { type: 'string', default: 'bench-results' },
+      trials: { type: 'string', default: '10' },
     },
   })
   const number = (name: keyof typeof opts, min: number): number => {
@@ -44,8 +48,10 @@ async function main(): Promise<void> {
       return runClusterBench({ ...common, readCpuCap: number('read-cpu-cap', 0.01) })
     case 'single-node':
       return runSingleNode(common)
+    case 'failover':
+      return runFailoverBench({ trials: number('trials', 1), out: common.out })
     default:
-      throw new Error(`--suite must be cluster or single-node, not ${String(opts.suite)}`)
+      throw new Error(`--suite must be cluster, single-node or failover, not ${String(opts.suite)}`)
   }
 }
 

@@ -59,6 +59,12 @@ export interface BenchCluster {
   members: BenchMember[]
   leader: BenchMember
   followers: BenchMember[]
+  /** kill -9 one member (and wait for it to exit). */
+  kill(id: string): Promise<void>
+  /** Starts a stopped member again, on the same data directory and ports. */
+  restart(id: string): Promise<void>
+  /** Waits until one member leads and can take writes; updates `leader`, `followers` and roles. */
+  waitForLeader(timeoutMs?: number): Promise<BenchMember>
   stop(): Promise<void>
 }
 
@@ -74,9 +80,24 @@ async function freePort(): Promise<number> {
   })
 }
 
+interface ClusterView {
+  leaderId: string | null
+  writable: boolean
+  members: { id: string; connected: boolean }[]
+}
+
+async function viewOf(url: string): Promise<ClusterView | null> {
+  try {
+    const res = await fetch(`${url}/v1/cluster`, { signal: AbortSignal.timeout(1000) })
+    return res.ok ? ((await res.json()) as ClusterView) : null
+  } catch {
+    return null
+  }
+}
+
 /**
- * Starts an `n`-node single-leader cluster on 127.0.0.1 with n1 as the leader, and resolves once
- * every follower is connected to the leader.
+ * Starts an `n`-node single-leader cluster on 127.0.0.1 (n1 is the preferred leader), and
+ * resolves once a leader is elected and every member is connected to it.
  */
 export async function startBenchCluster(
   dataDir: string,
@@ -95,60 +116,88 @@ export async function startBenchCluster(
   }))
   const membersFlag = specs.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
   const members: BenchMember[] = []
+  const spawnMember = (spec: (typeof specs)[number]): BenchMember => {
+    const child = spawn(
+      process.execPath,
+      [
+        kvNodeBin,
+        '--id',
+        spec.id,
+        '--data-dir',
+        `${dataDir}/${spec.id}`,
+        '--members',
+        membersFlag,
+        '--leader',
+        'n1',
+        '--log-level',
+        'warn',
+        ...args,
+      ],
+      { stdio: ['ignore', 'ignore', 'inherit'] },
+    )
+    const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()))
+    return {
+      id: spec.id,
+      url: spec.url,
+      peerUrl: spec.peerUrl,
+      role: 'follower',
+      child,
+      pid: child.pid as number,
+      async stop() {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
+        await exited
+      },
+    }
+  }
   const stopAll = async () => {
     await Promise.all(members.map((m) => m.stop()))
   }
-  try {
-    for (const spec of specs) {
-      const child = spawn(
-        process.execPath,
-        [
-          kvNodeBin,
-          '--id',
-          spec.id,
-          '--data-dir',
-          `${dataDir}/${spec.id}`,
-          '--members',
-          membersFlag,
-          '--leader',
-          'n1',
-          '--log-level',
-          'warn',
-          ...args,
-        ],
-        { stdio: ['ignore', 'ignore', 'inherit'] },
-      )
-      const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()))
-      members.push({
-        id: spec.id,
-        url: spec.url,
-        peerUrl: spec.peerUrl,
-        role: spec.id === 'n1' ? 'leader' : 'follower',
-        child,
-        pid: child.pid as number,
-        async stop() {
-          if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
-          await exited
-        },
+  const cluster: BenchCluster = {
+    members,
+    leader: undefined as unknown as BenchMember,
+    followers: [],
+    async kill(id) {
+      const member = members.find((m) => m.id === id) as BenchMember
+      const exited = new Promise<void>((resolve) => {
+        if (member.child.exitCode !== null || member.child.signalCode !== null) resolve()
+        else member.child.once('exit', () => resolve())
       })
-    }
-    const leader = members[0] as BenchMember
-    const deadline = Date.now() + 30_000
-    for (;;) {
-      try {
-        const res = await fetch(`${leader.url}/v1/cluster`)
-        if (res.ok) {
-          const view = (await res.json()) as { members: { connected: boolean }[] }
-          if (view.members.every((m) => m.connected)) break
+      member.child.kill('SIGKILL')
+      await exited
+    },
+    async restart(id) {
+      const index = members.findIndex((m) => m.id === id)
+      members[index] = spawnMember(specs[index] as (typeof specs)[number])
+    },
+    async waitForLeader(timeoutMs = 30_000) {
+      const deadline = Date.now() + timeoutMs
+      for (;;) {
+        const running = members.filter(
+          (m) => m.child.exitCode === null && m.child.signalCode === null,
+        )
+        const views = await Promise.all(running.map((m) => viewOf(m.url)))
+        const leaderIndex = views.findIndex((v) => v?.writable === true)
+        const leader = running[leaderIndex]
+        if (
+          leader !== undefined &&
+          views.every((v) => v?.leaderId === leader.id) &&
+          running.every((m) => views[leaderIndex]?.members.find((x) => x.id === m.id)?.connected)
+        ) {
+          for (const m of members) m.role = m.id === leader.id ? 'leader' : 'follower'
+          cluster.leader = leader
+          cluster.followers = members.filter((m) => m.id !== leader.id)
+          return leader
         }
-      } catch {
-        // not up yet
+        if (Date.now() > deadline) throw new Error(`no leader within ${timeoutMs} ms`)
+        await new Promise((r) => setTimeout(r, 20))
       }
-      if (Date.now() > deadline) throw new Error('the bench cluster did not form in 30 s')
-      if (members.some((m) => m.child.exitCode !== null)) throw new Error('a kv-node exited')
-      await new Promise((r) => setTimeout(r, 100))
-    }
-    return { members, leader, followers: members.slice(1), stop: stopAll }
+    },
+    stop: stopAll,
+  }
+  try {
+    for (const spec of specs) members.push(spawnMember(spec))
+    await cluster.waitForLeader()
+    return cluster
   } catch (err) {
     await stopAll()
     throw err
