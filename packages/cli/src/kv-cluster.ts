@@ -12,7 +12,7 @@ const usage = `kv-cluster: run a local single-leader cluster of kv-node processe
 
 Usage: kv-cluster [options] [-- kv-node options...]
 
-  --nodes N          members (default 3); n1 leads
+  --nodes N          members (default 3); n1 is the preferred leader
   --host HOST        address to listen on (default 127.0.0.1)
   --client-port P    client port of n1; n2 gets P+1, and so on (default 7001)
   --peer-port P      peer port of n1; n2 gets P+1, and so on (default 7101)
@@ -155,10 +155,25 @@ async function main(): Promise<number> {
       await new Promise((r) => setTimeout(r, 100))
     }
   }
+  // Then until a leader is elected (a new cluster waits out four election timeouts first: a
+  // member with an empty disk may not vote sooner).
+  write('waiting for the members to elect a leader...\n')
+  while (![...roles.values()].includes('leader') && Date.now() < deadline + 30_000) {
+    if (stopping) return 0
+    await new Promise((r) => setTimeout(r, 200))
+    for (const member of members) {
+      try {
+        const res = await fetch(`${member.clientUrl}/v1/status`)
+        if (res.ok) roles.set(member.id, ((await res.json()) as { role: string }).role)
+      } catch {
+        roles.set(member.id, 'down')
+      }
+    }
+  }
   write(`\nA ${nodes}-node single-leader cluster is running (logs and data in ${dataDir}):\n\n`)
   for (const member of members) {
     write(
-      `  ${member.id}  ${(roles.get(member.id) ?? '?').padEnd(8)}  ${member.clientUrl}   (peers: ${member.peerUrl})\n`,
+      `  ${member.id}  ${(roles.get(member.id) ?? '?').padEnd(8)}  ${member.clientUrl}   (peers: ${member.peerUrl}, pid ${children.get(member.id)?.pid ?? '?'})\n`,
     )
   }
   write(`
@@ -167,6 +182,7 @@ Try, in another terminal:
   curl ${members[members.length - 1]?.clientUrl}/v1/kv/greeting
   curl ${members[0]?.clientUrl}/v1/cluster
   node packages/cli/dist/kv.js --url ${members[0]?.clientUrl} cluster
+  kill -9 <pid of the leader>   # a survivor takes over within about two seconds
 
 Ctrl-C stops every node cleanly.
 `)

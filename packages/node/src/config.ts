@@ -424,7 +424,7 @@ export const configSpec: readonly OptionSpec[] = [
     defaultText: 'the first member',
     group: 'cluster',
     description:
-      'Id of the preferred leader: when no leader is known, it campaigns at once instead of waiting out an election timeout (so a new cluster elects it within a moment). Leaders are elected: any member can lead, and after a failover the new leader stays.',
+      'Id of the preferred leader: when no leader is known, it campaigns at once instead of waiting out an election timeout, so a new cluster elects it (after the four election timeouts a member with an empty disk abstains). Leaders are elected: any member can lead, and after a failover the new leader stays.',
   },
   {
     key: 'defaultAck',
