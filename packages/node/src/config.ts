@@ -67,6 +67,7 @@ export interface NodeConfig {
   replicationInflightBytesMax: number
   replicationAppendBytesMax: number
   requestIdRetentionMs: number
+  rollbackEntriesMax: number
   leveldbCacheBytes: number
   leveldbWriteBufferBytes: number
   readCacheBytes: number
@@ -544,6 +545,18 @@ export const configSpec: readonly OptionSpec[] = [
     group: 'cluster',
     description:
       'How long a write request id is remembered: a retry within it is applied once (kv-request-id header).',
+  },
+  {
+    key: 'rollbackEntriesMax',
+    flag: '--rollback-entries-max',
+    env: 'KV_ROLLBACK_ENTRIES_MAX',
+    kind: 'integer',
+    default: 100_000,
+    min: 1,
+    max: 100_000_000,
+    group: 'cluster',
+    description:
+      'Most entries kept in the rollback record (unconfirmed writes this node dropped when a new leader did not have them; GET /admin/v1/rollbacks). The oldest go first.',
   },
 ]
 

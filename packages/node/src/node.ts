@@ -103,6 +103,7 @@ export class KvNode {
       cacheBytes: config.leveldbCacheBytes,
       writeBufferBytes: config.leveldbWriteBufferBytes,
       readCacheBytes: config.readCacheBytes,
+      rollbackEntriesMax: config.rollbackEntriesMax,
       logger,
       onBatch: (stats) => metrics.recordBatch(stats),
       onFatal: (err) => onFatal(err),
