@@ -124,6 +124,21 @@ describe('single keys', () => {
   })
 })
 
+describe('a standalone node', () => {
+  it('serves linearizable reads itself, and has an empty rollback record', async () => {
+    await inject({ method: 'PUT', url: '/v1/kv/k', payload: 'v' })
+    const read = await inject({ method: 'GET', url: '/v1/kv/k?consistency=linearizable' })
+    expect(read.statusCode).toBe(200)
+    expect(read.body).toBe('v')
+    const missing = await inject({ method: 'GET', url: '/v1/kv/nope?consistency=linearizable' })
+    expect(errorOf(missing.body).code).toBe('KV_ERR_KEY_NOT_FOUND')
+    const rollbacks = await inject({ method: 'GET', url: '/admin/v1/rollbacks?after=0&limit=10' })
+    expect(rollbacks.json()).toEqual({ count: 0, rollbacks: [], next: null })
+    const cleared = await inject({ method: 'DELETE', url: '/admin/v1/rollbacks?through=5' })
+    expect(cleared.json()).toEqual({ deleted: 0, count: 0 })
+  })
+})
+
 describe('batches', () => {
   it('apply atomically and in order', async () => {
     await inject({ method: 'PUT', url: '/v1/kv/old', payload: 'x' })

@@ -317,6 +317,54 @@ const rows: [name: string, request: InjectOptions, status: number, code: string]
     405,
     'KV_ERR_METHOD_NOT_ALLOWED',
   ],
+  [
+    'an unknown read consistency',
+    { method: 'GET', url: '/v1/kv/a?consistency=strong' },
+    400,
+    'KV_ERR_INVALID_ARGUMENT',
+  ],
+  [
+    'a rollback page limit past the maximum',
+    { method: 'GET', url: '/admin/v1/rollbacks?limit=1001' },
+    400,
+    'KV_ERR_INVALID_ARGUMENT',
+  ],
+  [
+    'a rollback cursor that is not a number',
+    { method: 'GET', url: '/admin/v1/rollbacks?after=x' },
+    400,
+    'KV_ERR_INVALID_ARGUMENT',
+  ],
+  [
+    'an unknown rollback parameter',
+    { method: 'GET', url: '/admin/v1/rollbacks?since=1' },
+    400,
+    'KV_ERR_INVALID_ARGUMENT',
+  ],
+  [
+    'deleting rollbacks without saying through which',
+    { method: 'DELETE', url: '/admin/v1/rollbacks' },
+    400,
+    'KV_ERR_INVALID_ARGUMENT',
+  ],
+  [
+    'wrong method on rollbacks',
+    { method: 'PUT', url: '/admin/v1/rollbacks' },
+    405,
+    'KV_ERR_METHOD_NOT_ALLOWED',
+  ],
+  [
+    'a leadership transfer on a standalone node',
+    { method: 'POST', url: '/admin/v1/transfer-leadership' },
+    400,
+    'KV_ERR_INVALID_ARGUMENT',
+  ],
+  [
+    'wrong method on transfer-leadership',
+    { method: 'GET', url: '/admin/v1/transfer-leadership' },
+    405,
+    'KV_ERR_METHOD_NOT_ALLOWED',
+  ],
 ]
 
 describe('bad input gets a stable code and writes nothing', () => {
