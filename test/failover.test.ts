@@ -9,20 +9,13 @@ import { promisify } from 'node:util'
 import { Pool } from 'undici'
 import { KvClient } from '@kvstore/client'
 import { TestCluster, type ClusterMember } from './support/cluster.js'
+import { until } from './support/wait.js'
 
 const kvBin = fileURLToPath(new URL('../packages/cli/dist/kv.js', import.meta.url))
 /** Runs the kv CLI (the built one, as a user would) and returns its standard output. */
 async function kv(...args: string[]): Promise<string> {
   const { stdout } = await promisify(execFile)(process.execPath, [kvBin, ...args])
   return stdout
-}
-
-const until = async (what: string, check: () => Promise<boolean> | boolean, timeoutMs = 20_000) => {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
 }
 
 async function digests(cluster: TestCluster): Promise<string[]> {
@@ -218,6 +211,9 @@ describe('the leader paused past the election timeout', () => {
     const sorted = [...writers.accepted].sort((a, b) => a.lsn - b.lsn)
     const regressions = sorted.filter((a, i) => i > 0 && a.epoch < sorted[i - 1]!.epoch)
     expect(regressions.map((a) => [a, sorted[sorted.indexOf(a) - 1]])).toEqual([])
+    // And no LSN was acknowledged twice (an old leader confirming its own replaced entry).
+    const twice = sorted.filter((a, i) => i > 0 && a.lsn === sorted[i - 1]!.lsn)
+    expect(twice).toEqual([])
     expect(await missingOn(leader.url, writers.acked)).toEqual([])
     expect((await fetch(`${leader.url}/v1/kv/late`)).status).toBe(404)
     await cluster.waitForApplied()

@@ -3,14 +3,7 @@
  * with -9 in the middle of a snapshot. (Failover under load: failover.test.ts.)
  */
 import { TestCluster } from './support/cluster.js'
-
-const until = async (what: string, check: () => Promise<boolean> | boolean, timeoutMs = 20_000) => {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
-}
+import { until } from './support/wait.js'
 
 async function digests(cluster: TestCluster): Promise<string[]> {
   const all = await Promise.all(cluster.members.map((m) => cluster.digest(m.id)))

@@ -198,15 +198,7 @@ export class Replicator {
         // One tick per heartbeat interval; elections after 1 to 2 election timeouts of silence.
         electionTicks: electionTicksOf(config),
         random: Math.random,
-        makeNoop: (lsn, epoch) =>
-          encodeLogEntry({
-            epoch,
-            lsn,
-            kind: EntryKind.Noop,
-            ops: [],
-            timestampMs: this.now(),
-            requestId: '',
-          }),
+        makeNoop: (lsn, epoch) => encodeLogEntry(this.noopEntry(lsn, epoch)),
       },
       {
         epoch: meta.epoch,
@@ -456,6 +448,11 @@ export class Replicator {
     }
   }
 
+  /** An entry that changes nothing: a new leader's first, or a linearizable read's barrier. */
+  private noopEntry(lsn: number, epoch: number): LogEntry {
+    return { epoch, lsn, kind: EntryKind.Noop, ops: [], timestampMs: this.now(), requestId: '' }
+  }
+
   /**
    * Leader: resolves once every write acknowledged before the call is visible here and this
    * node was still the leader after the call began. It appends a no-op entry (shared by every
@@ -471,15 +468,7 @@ export class Replicator {
           this.checkWritable()
           const writer = this.writer()
           const { lsn, epoch } = writer.slot()
-          const noop: LogEntry = {
-            epoch,
-            lsn,
-            kind: EntryKind.Noop,
-            ops: [],
-            timestampMs: this.now(),
-            requestId: '',
-          }
-          writer.append(encodeEntries([noop])).catch(() => {})
+          writer.append(encodeEntries([this.noopEntry(lsn, epoch)])).catch(() => {})
           this.waitForAck(lsn, epoch, 'quorum', this.config.ackTimeoutMs).then(
             resolve,
             (err: unknown) => reject(this.unconfirmedRead(err)),
