@@ -127,6 +127,12 @@ export class Replicator {
   private ackWaiters: AckWaiter[] = []
   /** The barrier entry that linearizable reads arriving in this turn of the event loop share. */
   private pendingBarrier: Promise<void> | null = null
+  /**
+   * KV_UNSAFE_NO_FENCING=1, for the chaos suite's teeth test only: a leader ignores newer
+   * epochs, never steps down for silence, and serves writes and linearizable reads without
+   * confirming it still leads. The checkers must catch the result.
+   */
+  private readonly unsafeNoFencing = process.env.KV_UNSAFE_NO_FENCING === '1'
   /** A leadership transfer an operator asked for, while it runs. */
   private transferring: Promise<string> | null = null
   private applyWaiters: ApplyWaiter[] = []
@@ -197,6 +203,7 @@ export class Replicator {
         logCacheBytesMax: 2 * config.replicationInflightBytesMax,
         // One tick per heartbeat interval; elections after 1 to 2 election timeouts of silence.
         electionTicks: electionTicksOf(config),
+        ...(process.env.KV_UNSAFE_NO_FENCING === '1' ? { unsafe: { skipCheckQuorum: true } } : {}),
         random: Math.random,
         makeNoop: (lsn, epoch) => encodeLogEntry(this.noopEntry(lsn, epoch)),
       },
@@ -243,6 +250,11 @@ export class Replicator {
    * election timeout; while another member leads, its pre-vote fails and changes nothing.
    */
   async start(): Promise<void> {
+    if (this.unsafeNoFencing) {
+      this.log.error(
+        'KV_UNSAFE_NO_FENCING=1: fencing is DISABLED on this node (a test-only switch); it may lose acknowledged writes and serve stale reads',
+      )
+    }
     const meta = this.store.meta
     this.lastRole = { role: 'follower', epoch: meta.epoch }
     if (meta.epoch === 0 && meta.appliedLsn === 0 && meta.logStartLsn === 1) {
@@ -358,6 +370,7 @@ export class Replicator {
         { leaderId: this.cluster.self.id },
       )
     }
+    if (this.unsafeNoFencing) return
     const silentMs = this.now() - this.quorumContactMs()
     if (silentMs >= this.config.electionTimeoutMs) {
       throw new KvError(
@@ -461,6 +474,7 @@ export class Replicator {
    */
   readBarrier(): Promise<void> {
     this.checkWritable()
+    if (this.unsafeNoFencing) return Promise.resolve()
     this.pendingBarrier ??= new Promise<void>((resolve, reject) => {
       setImmediate(() => {
         this.pendingBarrier = null
@@ -487,6 +501,7 @@ export class Replicator {
    * commit (a moment, normally) rather than show a write that could still be rolled back.
    */
   async linearizable(record: StoredRecord | null): Promise<StoredRecord | null> {
+    if (this.unsafeNoFencing) return record
     if (record === null || record.version <= this.core.commitLsn) return record
     const epoch = this.core.epochAt(record.version) ?? this.core.epoch
     await this.waitForAck(record.version, epoch, 'quorum', this.config.ackTimeoutMs).catch(
@@ -1075,6 +1090,8 @@ export class Replicator {
 
   private onFrame(peer: string, frame: Frame): void {
     if (this.stopped) return
+    // Fencing disabled (a test-only switch): a leader ignores every sign of a newer epoch.
+    if (this.unsafeNoFencing && this.core.isLeader && frame.epoch > this.core.epoch) return
     const self = this.cluster.self.id
     const body = frame.body
     try {
