@@ -1,0 +1,6 @@
+export * from './linearizable.js'
+export * from './lost-writes.js'
+export * from './sessions.js'
+export * from './convergence.js'
+export { compactOp, valueKey } from './util.js'
+export type { CompactOp } from './util.js'
