@@ -1,0 +1,125 @@
+/**
+ * What a nemesis and a workload need from a cluster, whatever runs it: local processes or
+ * containers. Faults a backend cannot make throw `UnsupportedFault`, naming the backend that can.
+ */
+
+export interface ChaosNode {
+  id: string
+  /** Client URL reachable from the runner. */
+  url: string
+}
+
+export interface NodeDigest {
+  node: string
+  appliedLsn: number
+  digest: string
+}
+
+export class UnsupportedFault extends Error {}
+
+export interface ChaosCluster {
+  readonly backend: 'process' | 'docker'
+  readonly nodes: readonly ChaosNode[]
+  /** kill -9. */
+  kill(id: string): Promise<void>
+  /** Starts a killed node again on its data. */
+  start(id: string): Promise<void>
+  /** SIGSTOP / docker pause. */
+  pause(id: string): Promise<void>
+  resume(id: string): Promise<void>
+  /** Cuts every link between the groups (nodes in no group keep all their links). */
+  partition(groups: string[][]): Promise<void>
+  /** Cuts exactly these links, both ways. */
+  cutLinks(links: [string, string][]): Promise<void>
+  /** Drops this share (0-1) of the packets each node receives from its peers. */
+  loss(ids: string[], probability: number): Promise<void>
+  /** Removes every partition and loss rule. */
+  heal(): Promise<void>
+  /** Is the node's process running (not killed)? */
+  isRunning(id: string): boolean
+  /** Stops everything and removes what the backend created. */
+  stop(): Promise<void>
+}
+
+export interface ClusterView {
+  leaderId: string | null
+  writable: boolean
+  epoch: number
+}
+
+/** A node's own view, or null when it does not answer in time. */
+export async function viewOf(node: ChaosNode, timeoutMs = 1000): Promise<ClusterView | null> {
+  try {
+    const res = await fetch(`${node.url}/v1/cluster`, { signal: AbortSignal.timeout(timeoutMs) })
+    return res.ok ? ((await res.json()) as ClusterView) : null
+  } catch {
+    return null
+  }
+}
+
+/** The node that says it takes writes now, if any. */
+export async function currentLeader(cluster: ChaosCluster): Promise<ChaosNode | null> {
+  const running = cluster.nodes.filter((n) => cluster.isRunning(n.id))
+  const views = await Promise.all(running.map((n) => viewOf(n, 500)))
+  const index = views.findIndex((v) => v?.writable === true)
+  return index === -1 ? null : (running[index] as ChaosNode)
+}
+
+/** Waits until one running node takes writes and every running node follows it. */
+export async function waitForLeader(cluster: ChaosCluster, timeoutMs = 60_000): Promise<ChaosNode> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const running = cluster.nodes.filter((n) => cluster.isRunning(n.id))
+    const views = await Promise.all(running.map((n) => viewOf(n, 1000)))
+    const index = views.findIndex((v) => v?.writable === true)
+    const leader = running[index]
+    if (leader && views.every((v) => v?.leaderId === leader.id)) return leader
+    if (Date.now() > deadline) throw new Error(`no leader within ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
+export async function digestOf(node: ChaosNode): Promise<NodeDigest> {
+  const res = await fetch(`${node.url}/v1/digest`, { signal: AbortSignal.timeout(10_000) })
+  const body = (await res.json()) as { appliedLsn: number; digest: string }
+  return { node: node.id, appliedLsn: body.appliedLsn, digest: body.digest }
+}
+
+/** Waits (up to timeoutMs) until every running node has the same digest; returns the last seen. */
+export async function convergedDigests(
+  cluster: ChaosCluster,
+  timeoutMs = 60_000,
+): Promise<NodeDigest[]> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const running = cluster.nodes.filter((n) => cluster.isRunning(n.id))
+    const digests = await Promise.all(
+      running.map((n) =>
+        digestOf(n).catch(() => ({ node: n.id, appliedLsn: -1, digest: 'unreachable' })),
+      ),
+    )
+    const same = digests.every(
+      (d) => d.digest === digests[0]?.digest && d.appliedLsn === digests[0]?.appliedLsn,
+    )
+    if (same || Date.now() > deadline) return digests
+    await new Promise((r) => setTimeout(r, 250))
+  }
+}
+
+/** The rollback records of one node: the elements (keys) its truncations dropped. */
+export async function rolledBackKeys(node: ChaosNode): Promise<string[]> {
+  const keys: string[] = []
+  let after = 0
+  for (;;) {
+    const res = await fetch(`${node.url}/admin/v1/rollbacks?after=${after}&limit=1000`, {
+      signal: AbortSignal.timeout(10_000),
+    })
+    const page = (await res.json()) as {
+      rollbacks: { ops: { key: string }[] }[]
+      next: number | null
+    }
+    for (const r of page.rollbacks) for (const op of r.ops) keys.push(op.key)
+    if (page.next === null) return keys
+    after = page.next
+  }
+}

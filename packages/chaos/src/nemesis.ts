@@ -1,0 +1,164 @@
+/**
+ * Nemeses: faults on a seeded schedule. Each round waits a healthy interval, starts one fault
+ * chosen (with the seed) among the enabled ones, holds it, then heals it. The schedule and
+ * every fault window are recorded for the report and printed as they happen.
+ */
+import { currentLeader, type ChaosCluster } from './cluster.js'
+
+export const nemesisNames = [
+  'kill',
+  'pause',
+  'pause-leader',
+  'partition-one',
+  'partition-majority',
+  'partition-leader',
+  'partition-bridge',
+  'loss',
+] as const
+export type NemesisName = (typeof nemesisNames)[number]
+
+/** One fault, from when it started to when it was healed (ms since the run began). */
+export interface FaultWindow {
+  nemesis: NemesisName
+  description: string
+  start: number
+  end: number
+}
+
+/** mulberry32: a small, seeded, deterministic PRNG. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+export function parseNemeses(text: string): NemesisName[] {
+  const names = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+  for (const name of names) {
+    if (!(nemesisNames as readonly string[]).includes(name)) {
+      throw new Error(`unknown nemesis ${JSON.stringify(name)}; use ${nemesisNames.join(', ')}`)
+    }
+  }
+  if (names.length === 0) throw new Error('give at least one nemesis')
+  return names as NemesisName[]
+}
+
+export interface NemesisOptions {
+  cluster: ChaosCluster
+  nemeses: NemesisName[]
+  seed: number
+  /** The schedule stops starting faults after this long. */
+  durationMs: number
+  /** Healthy time between faults, and how long each fault lasts (ms). */
+  healthyMs?: number
+  faultMs?: number
+  /** Milliseconds since the run began (the history's clock). */
+  clock: () => number
+  log: (line: string) => void
+}
+
+function pick<T>(random: () => number, items: readonly T[]): T {
+  return items[Math.floor(random() * items.length)] as T
+}
+
+function shuffle<T>(random: () => number, items: readonly T[]): T[] {
+  const out = [...items]
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1))
+    ;[out[i], out[j]] = [out[j] as T, out[i] as T]
+  }
+  return out
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** Runs the schedule until its duration is over; resolves with the fault windows. */
+export async function runNemesis(options: NemesisOptions): Promise<FaultWindow[]> {
+  const { cluster, clock, log } = options
+  const random = prng(options.seed)
+  const healthyMs = options.healthyMs ?? 3000
+  const faultMs = options.faultMs ?? 4000
+  const windows: FaultWindow[] = []
+  const ids = cluster.nodes.map((n) => n.id)
+  const begin = clock()
+  while (clock() - begin + healthyMs + faultMs <= options.durationMs) {
+    await sleep(healthyMs * (0.5 + random()))
+    const nemesis = pick(random, options.nemeses)
+    const leader = await currentLeader(cluster)
+    const leaderId = leader?.id ?? pick(random, ids)
+    let description = ''
+    let heal: () => Promise<void>
+    switch (nemesis) {
+      case 'kill': {
+        const target = pick(random, ids)
+        description = `kill -9 ${target}`
+        await cluster.kill(target)
+        heal = () => cluster.start(target)
+        break
+      }
+      case 'pause':
+      case 'pause-leader': {
+        const target = nemesis === 'pause' ? pick(random, ids) : leaderId
+        description = `pause ${target}${target === leaderId ? ' (the leader)' : ''}`
+        await cluster.pause(target)
+        heal = () => cluster.resume(target)
+        break
+      }
+      case 'partition-one':
+      case 'partition-leader': {
+        const target = nemesis === 'partition-one' ? pick(random, ids) : leaderId
+        const rest = ids.filter((id) => id !== target)
+        description = `isolate ${target}${target === leaderId ? ' (the leader)' : ''}`
+        await cluster.partition([[target], rest])
+        heal = () => cluster.heal()
+        break
+      }
+      case 'partition-majority': {
+        const order = shuffle(random, ids)
+        const minority = order.slice(0, Math.floor((ids.length - 1) / 2))
+        const majority = order.slice(minority.length)
+        description = `split ${minority.join(',')} | ${majority.join(',')}`
+        await cluster.partition([minority, majority])
+        heal = () => cluster.heal()
+        break
+      }
+      case 'partition-bridge': {
+        // One node (the bridge) sees both sides; the sides do not see each other.
+        const order = shuffle(random, ids)
+        const bridge = order[0] as string
+        const rest = order.slice(1)
+        const half = Math.ceil(rest.length / 2)
+        const a = rest.slice(0, half)
+        const b = rest.slice(half)
+        description = `bridge ${bridge} between ${a.join(',')} and ${b.join(',')}`
+        const links: [string, string][] = []
+        for (const x of a) for (const y of b) links.push([x, y])
+        await cluster.cutLinks(links)
+        heal = () => cluster.heal()
+        break
+      }
+      case 'loss': {
+        description = 'drop 30% of packets between all nodes'
+        await cluster.loss(ids, 0.3)
+        heal = () => cluster.heal()
+        break
+      }
+    }
+    const start = clock()
+    log(`  ${(start / 1000).toFixed(1)}s  ${nemesis}: ${description}`)
+    await sleep(faultMs * (0.5 + random()))
+    await heal()
+    const end = clock()
+    log(`  ${(end / 1000).toFixed(1)}s  healed`)
+    windows.push({ nemesis, description, start, end })
+  }
+  return windows
+}

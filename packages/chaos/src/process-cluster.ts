@@ -1,0 +1,210 @@
+/**
+ * The process backend: kv-node processes on 127.0.0.1 (the built dist, as a user runs it).
+ * It kills (SIGKILL), pauses (SIGSTOP) and restarts. Network faults need the docker backend:
+ * loopback has no per-node network to cut.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createWriteStream } from 'node:fs'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { UnsupportedFault, waitForLeader, type ChaosCluster, type ChaosNode } from './cluster.js'
+
+const kvNodeBin = fileURLToPath(new URL('../../cli/dist/kv-node.js', import.meta.url))
+
+/** Every node process this runner started, so none outlives it (even on Ctrl-C). */
+const children = new Set<ChildProcess>()
+process.once('exit', () => {
+  for (const child of children) child.kill('SIGKILL')
+})
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    for (const child of children) child.kill('SIGKILL')
+    process.exit(130)
+  })
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0))
+    })
+  })
+}
+
+export interface ProcessClusterOptions {
+  nodes: number
+  /** Extra kv-node arguments for every node. */
+  args?: string[]
+  /** Extra environment for every node (test-only switches). */
+  env?: Record<string, string>
+  /** Where node logs go (one file per node); a temporary directory when omitted. */
+  logDir?: string
+}
+
+interface Member extends ChaosNode {
+  peerUrl: string
+  child: ChildProcess | null
+  exited: Promise<void>
+}
+
+export class ProcessCluster implements ChaosCluster {
+  readonly backend = 'process' as const
+  readonly nodes: Member[]
+  private readonly dir: string
+  private readonly membersFlag: string
+  private readonly options: ProcessClusterOptions
+
+  private constructor(dir: string, nodes: Member[], options: ProcessClusterOptions) {
+    this.dir = dir
+    this.nodes = nodes
+    this.options = options
+    this.membersFlag = nodes.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
+  }
+
+  static async start(options: ProcessClusterOptions): Promise<ProcessCluster> {
+    const dir = await mkdtemp(join(tmpdir(), 'kv-chaos-'))
+    const nodes: Member[] = []
+    const used = new Set<number>()
+    const port = async () => {
+      for (;;) {
+        const p = await freePort()
+        if (!used.has(p)) {
+          used.add(p)
+          return p
+        }
+      }
+    }
+    for (let i = 1; i <= options.nodes; i++) {
+      nodes.push({
+        id: `n${i}`,
+        url: `http://127.0.0.1:${await port()}`,
+        peerUrl: `http://127.0.0.1:${await port()}`,
+        child: null,
+        exited: Promise.resolve(),
+      })
+    }
+    const cluster = new ProcessCluster(dir, nodes, options)
+    try {
+      for (const n of nodes) await cluster.start(n.id)
+      await waitForLeader(cluster)
+      return cluster
+    } catch (err) {
+      await cluster.stop()
+      throw err
+    }
+  }
+
+  private member(id: string): Member {
+    const m = this.nodes.find((n) => n.id === id)
+    if (!m) throw new Error(`no node ${id}`)
+    return m
+  }
+
+  isRunning(id: string): boolean {
+    const child = this.member(id).child
+    return child !== null && child.exitCode === null && child.signalCode === null
+  }
+
+  async start(id: string): Promise<void> {
+    const m = this.member(id)
+    if (this.isRunning(id)) return
+    const logDir = this.options.logDir ?? join(this.dir, 'logs')
+    await mkdir(logDir, { recursive: true })
+    const log = createWriteStream(join(logDir, `${id}.log`), { flags: 'a' })
+    const child = spawn(
+      process.execPath,
+      [
+        kvNodeBin,
+        '--id',
+        id,
+        '--data-dir',
+        join(this.dir, id),
+        '--members',
+        this.membersFlag,
+        '--log-level',
+        'info',
+        ...(this.options.args ?? []),
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.options.env } },
+    )
+    child.stdout?.pipe(log)
+    child.stderr?.pipe(log)
+    m.child = child
+    children.add(child)
+    m.exited = new Promise((resolve) =>
+      child.once('exit', () => {
+        children.delete(child)
+        resolve()
+      }),
+    )
+    // Ready once it answers.
+    const deadline = Date.now() + 20_000
+    for (;;) {
+      try {
+        const res = await fetch(`${m.url}/ready`, { signal: AbortSignal.timeout(500) })
+        if (res.ok) return
+      } catch {
+        // not up yet
+      }
+      if (!this.isRunning(id)) throw new Error(`${id} exited while starting`)
+      if (Date.now() > deadline) throw new Error(`${id} did not start in 20 s`)
+      await new Promise((r) => setTimeout(r, 50))
+    }
+  }
+
+  async kill(id: string): Promise<void> {
+    const m = this.member(id)
+    if (!this.isRunning(id)) return
+    m.child?.kill('SIGCONT')
+    m.child?.kill('SIGKILL')
+    await m.exited
+  }
+
+  async pause(id: string): Promise<void> {
+    if (this.isRunning(id)) this.member(id).child?.kill('SIGSTOP')
+  }
+
+  async resume(id: string): Promise<void> {
+    if (this.isRunning(id)) this.member(id).child?.kill('SIGCONT')
+  }
+
+  private unsupported(what: string): never {
+    throw new UnsupportedFault(
+      `${what} needs per-node networks: use --backend docker (the process backend shares loopback)`,
+    )
+  }
+
+  async partition(): Promise<void> {
+    this.unsupported('a partition')
+  }
+
+  async cutLinks(): Promise<void> {
+    this.unsupported('cutting links')
+  }
+
+  async loss(): Promise<void> {
+    this.unsupported('packet loss')
+  }
+
+  async heal(): Promise<void> {
+    for (const n of this.nodes) await this.resume(n.id)
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.nodes.map(async (m) => {
+        if (!this.isRunning(m.id)) return
+        m.child?.kill('SIGCONT')
+        m.child?.kill('SIGKILL')
+        await m.exited
+      }),
+    )
+    await rm(this.dir, { recursive: true, force: true })
+  }
+}

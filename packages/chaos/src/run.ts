@@ -1,0 +1,177 @@
+/**
+ * One chaos run: start a cluster, run a workload while a nemesis schedule injects faults, heal,
+ * let the cluster settle, run the final reads, check the history, and write the report.
+ */
+import { join } from 'node:path'
+import { checkConvergence } from './checkers/convergence.js'
+import { checkLinearizable } from './checkers/linearizable.js'
+import { analyzeSet, checkLostWrites, matchRollbacks } from './checkers/lost-writes.js'
+import { checkSessions } from './checkers/sessions.js'
+import { convergedDigests, rolledBackKeys, waitForLeader, type ChaosCluster } from './cluster.js'
+import { DockerCluster } from './docker-cluster.js'
+import { pairOperations, type Verdict } from './history.js'
+import { runNemesis, type FaultWindow, type NemesisName } from './nemesis.js'
+import { ProcessCluster } from './process-cluster.js'
+import { writeReport, type RunSummary } from './report.js'
+import { HistoryRecorder, startWorkload, type AckMode, type WorkloadName } from './workloads.js'
+
+export interface ChaosOptions {
+  backend: 'process' | 'docker'
+  workload: WorkloadName
+  nemeses: NemesisName[]
+  ack: AckMode
+  durationMs: number
+  seed: number
+  nodes: number
+  clients: number
+  /** Where the report folder goes. */
+  out: string
+  /** Environment for every node: KV_* options and test-only switches. */
+  nodeEnv?: Record<string, string>
+  healthyMs?: number
+  faultMs?: number
+  log?: (line: string) => void
+  /** The command that replays this run, for the report. */
+  command?: string
+}
+
+export interface ChaosResult {
+  summary: RunSummary
+  dir: string
+  windows: FaultWindow[]
+}
+
+export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
+  const log = options.log ?? ((line: string) => process.stdout.write(`${line}\n`))
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-')
+  const name = `${stamp}-${options.backend}-${options.workload}-${options.nemeses.join('+')}-${options.ack}-seed${options.seed}`
+  const dir = join(options.out, name)
+  log(
+    `chaos: ${options.workload} under ${options.nemeses.join(', ')} on ${options.nodes} ${options.backend} nodes, ack=${options.ack}, ${options.durationMs / 1000} s, seed ${options.seed}`,
+  )
+  const env = { KV_DEFAULT_ACK: options.ack, ...options.nodeEnv }
+  const cluster: ChaosCluster =
+    options.backend === 'docker'
+      ? await DockerCluster.start({ nodes: options.nodes, env })
+      : await ProcessCluster.start({
+          nodes: options.nodes,
+          env,
+          logDir: join(dir, 'logs'),
+        })
+  const history = new HistoryRecorder()
+  let windows: FaultWindow[] = []
+  const extra: Record<string, string> = {}
+  const verdicts: Verdict[] = []
+  try {
+    const workload = startWorkload(options.workload, {
+      cluster,
+      history,
+      ack: options.ack,
+      clients: options.clients,
+      seed: options.seed,
+      prefix: `chaos-${options.seed}/`,
+    })
+    try {
+      windows = await runNemesis({
+        cluster,
+        nemeses: options.nemeses,
+        seed: options.seed,
+        durationMs: options.durationMs,
+        ...(options.healthyMs !== undefined ? { healthyMs: options.healthyMs } : {}),
+        ...(options.faultMs !== undefined ? { faultMs: options.faultMs } : {}),
+        clock: () => history.now(),
+        log,
+      })
+      // The rest of the duration runs without faults.
+      const left = options.durationMs - history.now()
+      if (left > 0) await new Promise((r) => setTimeout(r, left))
+    } finally {
+      await workload.stop()
+    }
+    // Heal everything, bring killed nodes back, and let the cluster settle.
+    await cluster.heal()
+    for (const node of cluster.nodes) await cluster.start(node.id)
+    // A cluster that cannot agree on one leader after healing is itself a finding; the
+    // history is still checked.
+    const recovery = await waitForLeader(cluster, 30_000).then(
+      (leader) => ({ ok: true, text: `${leader.id} leads, and every node follows it` }),
+      (err: unknown) => ({ ok: false, text: (err as Error).message }),
+    )
+    verdicts.push({
+      checker: 'recovery',
+      valid: recovery.ok,
+      summary: recovery.ok
+        ? `after healing: ${recovery.text}`
+        : `after healing, the nodes did not agree on one leader: ${recovery.text}`,
+      details: {},
+    })
+    await workload.finish()
+    const digests = await convergedDigests(cluster, recovery.ok ? 60_000 : 5000)
+    const ops = pairOperations(history.events)
+    if (options.workload === 'register') verdicts.push(checkLinearizable(ops))
+    if (options.workload === 'session') verdicts.push(checkSessions(ops))
+    if (options.workload === 'set') {
+      verdicts.push(checkLostWrites(ops))
+      // Every lost write must be in some node's rollback record (async writes of a leader
+      // that lost its place).
+      const prefix = `chaos-${options.seed}/s/`
+      const rolled: number[] = []
+      for (const node of cluster.nodes) {
+        for (const key of await rolledBackKeys(node)) {
+          if (key.startsWith(prefix)) rolled.push(Number(key.slice(prefix.length)))
+        }
+      }
+      const analysis = analyzeSet(ops)
+      const match = matchRollbacks(analysis.lost, rolled)
+      verdicts.push({
+        checker: 'rollback-record',
+        valid: match.lostNotInRollbacks.length === 0,
+        summary: `${analysis.lost.length} lost acknowledged writes, ${match.matched.length} of them in the rollback records (${rolled.length} entries rolled back in all)`,
+        details: {
+          lost: analysis.lost.length,
+          matched: match.matched.length,
+          rolledBack: rolled.length,
+          lostNotInRollbacks: match.lostNotInRollbacks.slice(0, 100),
+          rollbacksNotLost: match.rollbacksNotLost.slice(0, 100),
+        },
+      })
+    }
+    verdicts.push(checkConvergence(digests))
+    if (cluster instanceof DockerCluster) {
+      for (const [id, text] of Object.entries(await cluster.logs())) extra[`${id}.log`] = text
+    }
+    const counts = { ok: 0, fail: 0, info: 0 }
+    for (const op of ops) counts[op.type]++
+    const valid: boolean | 'unknown' = verdicts.some((v) => v.valid === false)
+      ? false
+      : verdicts.some((v) => v.valid === 'unknown')
+        ? 'unknown'
+        : true
+    const summary: RunSummary = {
+      command:
+        options.command ??
+        `pnpm chaos --backend ${options.backend} --workload ${options.workload} --nemesis ${options.nemeses.join(',')} --ack ${options.ack} --duration ${options.durationMs / 1000}s --seed ${options.seed}`,
+      backend: options.backend,
+      workload: options.workload,
+      nemeses: options.nemeses,
+      ack: options.ack,
+      seed: options.seed,
+      durationMs: options.durationMs,
+      operations: counts,
+      verdicts,
+      valid,
+    }
+    await writeReport(dir, summary, history.events, ops, windows, extra)
+    for (const v of verdicts) {
+      log(
+        `  ${v.valid === true ? 'valid  ' : v.valid === false ? 'INVALID' : 'unknown'}  ${v.checker}: ${v.summary}`,
+      )
+    }
+    log(
+      `  ${counts.ok} ok, ${counts.fail} fail, ${counts.info} info; report: ${join(dir, 'report.html')}`,
+    )
+    return { summary, dir, windows }
+  } finally {
+    await cluster.stop()
+  }
+}

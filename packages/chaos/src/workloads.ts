@@ -1,0 +1,402 @@
+/**
+ * Workloads: clients that run operations in closed loops and record each as an invoke and a
+ * completion (ok, fail or info) in the history.
+ *
+ * - register: reads, writes and compare-and-sets on a few keys. Reads are linearizable reads
+ *   on the leader; writes wait for `ack`. A compare-and-set reads the key (linearizably), then
+ *   writes with If-Match on the version it saw, so it takes effect only if the value is still
+ *   the expected one.
+ * - set: every client adds unique elements (a key written once); after the run, one read of
+ *   every element.
+ * - session: clients write and read a few keys through the SDK with sessions and follower
+ *   reads, recording the versions they see.
+ *
+ * A failure is `fail` only when the write certainly did not happen (its condition failed, or
+ * a read); anything else (timeouts, a deposed leader, a lost connection) is `info`, and the
+ * client retires: its successor gets a new process number.
+ */
+import { KvClient, KvError } from '@kvstore/client'
+import { Pool } from 'undici'
+import type { ChaosCluster } from './cluster.js'
+import type { HistoryEvent, OpFunction } from './history.js'
+
+export const workloadNames = ['register', 'set', 'session'] as const
+export type WorkloadName = (typeof workloadNames)[number]
+export type AckMode = 'async' | 'quorum' | 'all'
+
+export class HistoryRecorder {
+  readonly events: HistoryEvent[] = []
+  private readonly started = performance.now()
+
+  now(): number {
+    return performance.now() - this.started
+  }
+
+  record(event: Omit<HistoryEvent, 'index' | 'time'>): void {
+    this.events.push({ ...event, index: this.events.length, time: this.now() })
+  }
+}
+
+export interface WorkloadOptions {
+  cluster: ChaosCluster
+  history: HistoryRecorder
+  ack: AckMode
+  clients: number
+  seed: number
+  /** The key prefix (each run uses its own). */
+  prefix: string
+}
+
+export interface Workload {
+  /** Stops the clients; resolves when every operation in flight has completed. */
+  stop(): Promise<void>
+  /** After the faults heal: final reads the checker needs (the set's read of every element). */
+  finish(): Promise<void>
+}
+
+/** A connection that was never made: the request certainly did not reach the node. */
+function refused(err: unknown): boolean {
+  const e = err as { code?: string; cause?: { code?: string } }
+  return e.code === 'ECONNREFUSED' || e.cause?.code === 'ECONNREFUSED'
+}
+
+const pauseAfterError = () => new Promise((r) => setTimeout(r, 50))
+
+function codeOf(err: unknown): string {
+  return err instanceof KvError ? err.code : err instanceof Error ? err.message : String(err)
+}
+
+/** A seeded PRNG per client, so a run's choice of operations replays with its seed. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+function clientFor(cluster: ChaosCluster, ack: AckMode, session: boolean): KvClient {
+  return new KvClient({
+    url: cluster.nodes.map((n) => n.url),
+    ack,
+    timeoutMs: 2000,
+    retryForMs: 3000,
+    session,
+    readFrom: session ? 'followers' : 'leader',
+    refreshIntervalMs: 500,
+  })
+}
+
+export function startWorkload(name: WorkloadName, options: WorkloadOptions): Workload {
+  switch (name) {
+    case 'register':
+      return registerWorkload(options)
+    case 'set':
+      return setWorkload(options)
+    case 'session':
+      return sessionWorkload(options)
+  }
+}
+
+/** Runs `count` client loops; each gets a process number, renewed after an info. */
+function loops(
+  options: WorkloadOptions,
+  body: (state: { process: number; random: () => number; client: KvClient }) => Promise<boolean>,
+  session = false,
+): { stop(): Promise<void>; clients: KvClient[] } {
+  let stopping = false
+  let nextProcess = options.clients
+  const clients: KvClient[] = []
+  const running = Array.from({ length: options.clients }, async (_, i) => {
+    const client = clientFor(options.cluster, options.ack, session)
+    clients.push(client)
+    const state = { process: i, random: rng(options.seed * 1000 + i), client }
+    while (!stopping) {
+      const retired = await body(state)
+      if (retired) state.process = nextProcess++
+    }
+  })
+  return {
+    clients,
+    async stop() {
+      stopping = true
+      await Promise.all(running)
+      await Promise.all(clients.map((c) => c.close()))
+    },
+  }
+}
+
+/**
+ * A plain HTTP client bound to one node, as the simplest real client is: it sends every
+ * operation to its node and follows a 421's leader hint (at most twice). It does not retry:
+ * each operation is one attempt, so its outcome is exactly what the cluster answered. (The SDK
+ * is smarter about finding the leader, which would hide a stale leader from the checker.)
+ */
+class BoundClient {
+  private readonly pools = new Map<string, Pool>()
+  constructor(private readonly home: string) {}
+
+  private pool(url: string): Pool {
+    let pool = this.pools.get(url)
+    if (!pool) {
+      pool = new Pool(url, { connections: 2, headersTimeout: 2000, bodyTimeout: 2000 })
+      this.pools.set(url, pool)
+    }
+    return pool
+  }
+
+  /** Status, body and headers of the answer; throws on a timeout or a lost connection. */
+  async send(
+    method: 'GET' | 'PUT',
+    path: string,
+    body?: string,
+    headers: Record<string, string> = {},
+  ): Promise<{ status: number; body: string; headers: Record<string, string>; url: string }> {
+    let url = this.home
+    for (let hop = 0; ; hop++) {
+      const res = await this.pool(url).request({
+        method,
+        path,
+        ...(body !== undefined ? { body } : {}),
+        headers,
+        signal: AbortSignal.timeout(2500),
+      })
+      const text = await res.body.text()
+      const flat: Record<string, string> = {}
+      for (const [k, v] of Object.entries(res.headers)) if (typeof v === 'string') flat[k] = v
+      if (res.statusCode === 421 && hop < 2) {
+        const hint = (JSON.parse(text) as { error?: { leaderUrl?: string | null } }).error
+          ?.leaderUrl
+        if (typeof hint === 'string' && hint !== url) {
+          url = hint
+          continue
+        }
+      }
+      return { status: res.statusCode, body: text, headers: flat, url }
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.pools.values()].map((p) => p.close()))
+  }
+}
+
+function errorCode(body: string): string {
+  try {
+    return (JSON.parse(body) as { error?: { code?: string } }).error?.code ?? 'unknown'
+  } catch {
+    return 'unknown'
+  }
+}
+
+/** A write refused before it was applied: nothing happened. */
+const refusedBeforeApply = new Set([
+  'KV_ERR_PRECONDITION_FAILED',
+  'KV_ERR_NOT_LEADER',
+  'KV_ERR_NOT_READY',
+  'KV_ERR_OVERLOADED',
+  'KV_ERR_SHUTTING_DOWN',
+])
+
+function registerWorkload(options: WorkloadOptions): Workload {
+  const { history, cluster } = options
+  const keys = Array.from({ length: 5 }, (_, i) => `${options.prefix}r${i}`)
+  let counter = 0
+  const lastSeen = new Map<string, unknown>()
+  const clients: BoundClient[] = []
+  let stopping = false
+  let nextProcess = options.clients
+  const path = (key: string) => `/v1/kv/${key.split('/').map(encodeURIComponent).join('/')}`
+  const nodeOf = (url: string) => cluster.nodes.find((n) => n.url === url)?.id ?? url
+
+  /** A linearizable read: [value, version, node], or an error code. */
+  const read = async (client: BoundClient, key: string) => {
+    const res = await client.send('GET', `${path(key)}?consistency=linearizable`)
+    if (res.status === 200) {
+      const version = Number((res.headers.etag ?? '"0"').replaceAll('"', ''))
+      return { value: Number(res.body) as unknown, version, node: nodeOf(res.url) }
+    }
+    if (res.status === 404 && errorCode(res.body) === 'KV_ERR_KEY_NOT_FOUND')
+      return { value: null as unknown, version: 0, node: nodeOf(res.url) }
+    return { error: errorCode(res.body) }
+  }
+
+  const running = Array.from({ length: options.clients }, async (_, i) => {
+    const client = new BoundClient((cluster.nodes[i % cluster.nodes.length] as { url: string }).url)
+    clients.push(client)
+    const random = rng(options.seed * 1000 + i)
+    let process = i
+    while (!stopping) {
+      const key = keys[Math.floor(random() * keys.length)] as string
+      const roll = random()
+      const record = (
+        f: OpFunction,
+        type: HistoryEvent['type'],
+        value: unknown,
+        extra: Partial<HistoryEvent> = {},
+      ) => history.record({ process, f, key, type, value, ...extra })
+      if (roll < 0.5 || (roll >= 0.8 && !lastSeen.has(key))) {
+        record('read', 'invoke', null)
+        try {
+          const got = await read(client, key)
+          if ('error' in got) {
+            record('read', 'fail', null, { error: got.error })
+            await pauseAfterError()
+          } else {
+            lastSeen.set(key, got.value)
+            record('read', 'ok', got.value, { node: got.node, version: got.version })
+          }
+        } catch (err) {
+          record('read', 'fail', null, { error: codeOf(err) })
+          await pauseAfterError()
+        }
+        continue
+      }
+      const cas = roll >= 0.8
+      const value = ++counter
+      const expected = cas ? (lastSeen.get(key) ?? null) : null
+      const input = cas ? [expected, value] : value
+      const f: OpFunction = cas ? 'cas' : 'write'
+      record(f, 'invoke', input)
+      let headers: Record<string, string> = {}
+      if (cas) {
+        // Compare-and-set: read the version of the expected value, then write only if the
+        // key is still at that version.
+        try {
+          const got = await read(client, key)
+          if ('error' in got || got.value !== expected) {
+            record(f, 'fail', input, { error: 'error' in got ? got.error : 'mismatch' })
+            if (!('error' in got)) lastSeen.set(key, got.value)
+            continue
+          }
+          // From absent: create-only; else only at the version that holds the expected value.
+          headers =
+            got.value === null ? { 'if-none-match': '*' } : { 'if-match': `"${got.version}"` }
+        } catch (err) {
+          record(f, 'fail', input, { error: codeOf(err) })
+          continue
+        }
+      }
+      try {
+        const res = await client.send('PUT', `${path(key)}?ack=${options.ack}`, String(value), {
+          'content-type': 'application/octet-stream',
+          ...headers,
+        })
+        if (res.status === 200 || res.status === 201) {
+          const version = (JSON.parse(res.body) as { version: number }).version
+          record(f, 'ok', input, { version, node: nodeOf(res.url) })
+          lastSeen.set(key, value)
+          continue
+        }
+        const code = errorCode(res.body)
+        await pauseAfterError()
+        if (refusedBeforeApply.has(code)) {
+          record(f, 'fail', input, { error: code, node: nodeOf(res.url) })
+          continue
+        }
+        record(f, 'info', input, { error: code, node: nodeOf(res.url) })
+      } catch (err) {
+        await pauseAfterError()
+        if (refused(err)) {
+          record(f, 'fail', input, { error: 'ECONNREFUSED' })
+          continue
+        }
+        record(f, 'info', input, { error: codeOf(err) })
+      }
+      // The outcome is unknown: this client retires; a new process takes its place.
+      process = nextProcess++
+    }
+  })
+  return {
+    async stop() {
+      stopping = true
+      await Promise.all(running)
+      await Promise.all(clients.map((c) => c.close()))
+    },
+    finish: async () => {},
+  }
+}
+
+function setWorkload(options: WorkloadOptions): Workload {
+  const { history, cluster } = options
+  let element = 0
+  const running = loops(options, async ({ process, client }) => {
+    const value = ++element
+    history.record({ process, f: 'add', type: 'invoke', value })
+    try {
+      const result = await client.put(`${options.prefix}s/${value}`, '1', {
+        requestId: `${options.prefix}add-${value}`,
+      })
+      history.record({ process, f: 'add', type: 'ok', value, version: result.version })
+      return false
+    } catch (err) {
+      history.record({ process, f: 'add', type: 'info', value, error: codeOf(err) })
+      return true
+    }
+  })
+  return {
+    stop: () => running.stop(),
+    async finish() {
+      const client = clientFor(cluster, options.ack, false)
+      const process = 1_000_000
+      history.record({ process, f: 'readAll', type: 'invoke', value: null })
+      try {
+        const elements: number[] = []
+        for await (const item of client.listAll({ prefix: `${options.prefix}s/` })) {
+          elements.push(Number(item.key.slice(`${options.prefix}s/`.length)))
+        }
+        history.record({ process, f: 'readAll', type: 'ok', value: elements })
+      } catch (err) {
+        history.record({ process, f: 'readAll', type: 'fail', value: null, error: codeOf(err) })
+      } finally {
+        await client.close()
+      }
+    },
+  }
+}
+
+function sessionWorkload(options: WorkloadOptions): Workload {
+  const { history } = options
+  const keys = Array.from({ length: 3 }, (_, i) => `${options.prefix}k${i}`)
+  let counter = 0
+  const running = loops(
+    options,
+    async ({ process, random, client }) => {
+      const key = keys[Math.floor(random() * keys.length)] as string
+      if (random() < 0.5) {
+        history.record({ process, f: 'read', key, type: 'invoke', value: null })
+        try {
+          const got = await client.get(key)
+          history.record({
+            process,
+            f: 'read',
+            key,
+            type: 'ok',
+            value: got === null ? null : Number(got.value.toString('utf8')),
+            node: got?.servedBy ?? '',
+            ...(got ? { version: got.version } : {}),
+          })
+        } catch (err) {
+          history.record({ process, f: 'read', key, type: 'fail', value: null, error: codeOf(err) })
+        }
+        return false
+      }
+      const value = ++counter
+      history.record({ process, f: 'write', key, type: 'invoke', value })
+      try {
+        const result = await client.put(key, String(value))
+        history.record({ process, f: 'write', key, type: 'ok', value, version: result.version })
+        return false
+      } catch (err) {
+        history.record({ process, f: 'write', key, type: 'info', value, error: codeOf(err) })
+        // A session that lost track of a write starts over as a new process (and client).
+        return true
+      }
+    },
+    true,
+  )
+  return { stop: () => running.stop(), finish: async () => {} }
+}

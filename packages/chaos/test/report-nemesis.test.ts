@@ -1,0 +1,50 @@
+import { pairOperations, type HistoryEvent } from '../src/history.js'
+import { parseNemeses, prng } from '../src/nemesis.js'
+import { latencySvg, throughputSvg } from '../src/report.js'
+
+describe('nemesis schedules', () => {
+  it('parses a list and refuses unknown names', () => {
+    expect(parseNemeses('kill, partition-leader')).toEqual(['kill', 'partition-leader'])
+    expect(() => parseNemeses('kill,flood')).toThrow(/unknown nemesis "flood"/)
+    expect(() => parseNemeses('')).toThrow(/at least one/)
+  })
+
+  it('draws the same choices from the same seed', () => {
+    const a = prng(42)
+    const b = prng(42)
+    const c = prng(43)
+    const first = Array.from({ length: 5 }, () => a())
+    expect(Array.from({ length: 5 }, () => b())).toEqual(first)
+    expect(Array.from({ length: 5 }, () => c())).not.toEqual(first)
+    for (const x of first) expect(x >= 0 && x < 1).toBe(true)
+  })
+})
+
+describe('report plots', () => {
+  const events: HistoryEvent[] = [
+    { index: 0, type: 'invoke', process: 0, f: 'write', key: 'k', value: 1, time: 100 },
+    { index: 1, type: 'ok', process: 0, f: 'write', key: 'k', value: 1, time: 110 },
+    { index: 2, type: 'invoke', process: 1, f: 'write', key: 'k', value: 2, time: 1500 },
+    { index: 3, type: 'info', process: 1, f: 'write', key: 'k', value: 2, time: 3500 },
+    { index: 4, type: 'invoke', process: 2, f: 'read', key: 'k', value: null, time: 2500 },
+    { index: 5, type: 'fail', process: 2, f: 'read', key: 'k', value: null, time: 2600 },
+  ]
+  const ops = pairOperations(events)
+  const windows = [{ nemesis: 'kill' as const, description: 'kill -9 n1', start: 1000, end: 3000 }]
+
+  it('shades the fault windows and colors each outcome', () => {
+    const svg = latencySvg(ops, windows, 4000)
+    expect(svg).toMatch(/^<svg/)
+    expect(svg).toContain('<title>kill: kill -9 n1</title>')
+    expect(svg.match(/<circle/g)).toHaveLength(3)
+    for (const color of ['#2e7d32', '#c62828', '#f9a825']) expect(svg).toContain(color)
+  })
+
+  it('counts completions per second, split by outcome', () => {
+    const svg = throughputSvg(ops, windows, 4000)
+    expect(svg).toContain('<title>0s: 1 ok</title>')
+    expect(svg).toContain('<title>2s: 1 fail</title>')
+    // An info never completes: it is counted where it started.
+    expect(svg).toContain('<title>1s: 1 info</title>')
+  })
+})
