@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs what is needed (pnpm and the locked dependencies), builds, and runs every test:
-# unit tests, and the process tests that start, load, kill -9 and restart real nodes.
+# Installs what is needed (pnpm and the locked dependencies; Docker on Debian when it is
+# missing), builds, makes the node image, and runs every test: unit tests, the process tests
+# that start, load, kill -9 and restart real nodes, and the chaos smoke matrix and teeth tests
+# on real containers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-pnpm.sh
 pnpm install --frozen-lockfile --reporter=silent
 pnpm build
+bash scripts/docker-build.sh
 pnpm exec vitest run

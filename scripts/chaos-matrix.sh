@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The full chaos matrix on containers: every workload under every nemesis (and all of them
+# together), ack=quorum, 60 s each (DURATION to change), reports in chaos-reports/. Exits 1 if
+# any run found a violation. About an hour.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/docker-build.sh || exit 1
+duration="${DURATION:-60s}"
+seed="${SEED:-1}"
+failed=0
+all="kill,pause,pause-leader,partition-one,partition-majority,partition-leader,partition-bridge,loss"
+for workload in register set session; do
+  for nemesis in ${all//,/ } "$all"; do
+    echo "== $workload / $nemesis"
+    if ! node packages/chaos/dist/main.js --backend docker --workload "$workload" \
+      --nemesis "$nemesis" --ack quorum --duration "$duration" --seed "$seed"; then
+      failed=1
+    fi
+  done
+done
+exit $failed
