@@ -8,7 +8,7 @@ bash scripts/docker-build.sh || exit 1
 duration="${DURATION:-60s}"
 seed="${SEED:-1}"
 failed=0
-all="kill,pause,pause-leader,partition-one,partition-majority,partition-leader,partition-bridge,loss"
+all="kill,pause,pause-leader,partition-one,partition-majority,partition-leader,partition-bridge,loss,slow,slow-leader"
 for workload in register set session; do
   for nemesis in ${all//,/ } "$all"; do
     echo "== $workload / $nemesis"

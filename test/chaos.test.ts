@@ -43,6 +43,7 @@ describe('the chaos smoke matrix (register, ack=quorum, real containers)', () =>
     [['kill'], 101],
     [['pause-leader'], 102],
     [['partition-leader', 'partition-majority'], 103],
+    [['partition-bridge', 'loss', 'slow-leader'], 104],
   ])(
     '%s: linearizable, converged, with a report',
     async (nemeses, seed) => {

@@ -33,7 +33,9 @@ export interface ChaosCluster {
   cutLinks(links: [string, string][]): Promise<void>
   /** Drops this share (0-1) of the packets each node receives from its peers. */
   loss(ids: string[], probability: number): Promise<void>
-  /** Removes every partition and loss rule. */
+  /** Delays every link of these nodes by delayMs each way (a slow network). */
+  slow(ids: string[], delayMs: number): Promise<void>
+  /** Removes every partition, loss and slow-link rule. */
   heal(): Promise<void>
   /** Is the node's process running (not killed)? */
   isRunning(id: string): boolean

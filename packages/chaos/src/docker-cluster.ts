@@ -14,6 +14,7 @@ import { execFile, execFileSync } from 'node:child_process'
 import { createServer } from 'node:net'
 import { promisify } from 'node:util'
 import { waitForLeader, type ChaosCluster, type ChaosNode } from './cluster.js'
+import { DelayProxy } from './delay-proxy.js'
 
 const run = promisify(execFile)
 
@@ -62,6 +63,13 @@ interface Member extends ChaosNode {
   running: boolean
 }
 
+/** [table, chain, the built-in chain that jumps to it]: where fault rules go. */
+const faultChains = [
+  ['filter', 'KV_CHAOS_IN', 'INPUT'],
+  ['filter', 'KV_CHAOS_OUT', 'OUTPUT'],
+  ['nat', 'KV_CHAOS_NAT', 'OUTPUT'],
+] as const
+
 async function docker(...args: string[]): Promise<string> {
   const { stdout } = await run('docker', args, { maxBuffer: 64 * 1024 * 1024 })
   return stdout.trim()
@@ -72,6 +80,8 @@ export class DockerCluster implements ChaosCluster {
   readonly nodes: Member[]
   private readonly networkName: string
   private readonly stopNetwork: () => Promise<unknown>
+  /** Delay proxies of the slow links now in place. */
+  private proxies: DelayProxy[] = []
 
   private constructor(nodes: Member[], networkName: string, stopNetwork: () => Promise<unknown>) {
     this.nodes = nodes
@@ -204,16 +214,39 @@ export class DockerCluster implements ChaosCluster {
     await run('nsenter', ['-t', String(pid), '-n', 'iptables', '-w', ...args])
   }
 
+  /**
+   * The chains every fault rule goes in, so that healing flushes exactly those: the
+   * container's own rules (Docker's embedded DNS lives in its nat OUTPUT chain) stay.
+   * Created on first use in each network namespace (a restarted container has a new one).
+   */
+  private async chains(m: Member): Promise<void> {
+    for (const [table, chain, parent] of faultChains) {
+      await this.iptables(m, '-t', table, '-N', chain).catch(() => {})
+      const jumps = await this.iptables(m, '-t', table, '-C', parent, '-j', chain).then(
+        () => true,
+        () => false,
+      )
+      if (!jumps) await this.iptables(m, '-t', table, '-I', parent, '-j', chain)
+    }
+  }
+
+  /** Adds one fault rule to `chain` (KV_CHAOS_IN, KV_CHAOS_OUT or KV_CHAOS_NAT). */
+  private async rule(m: Member, chain: string, ...args: string[]): Promise<void> {
+    await this.chains(m)
+    const table = chain === 'KV_CHAOS_NAT' ? 'nat' : 'filter'
+    await this.iptables(m, '-t', table, '-A', chain, ...args)
+  }
+
   async cutLinks(links: [string, string][]): Promise<void> {
     for (const [a, b] of links) {
       const ma = this.member(a)
       const mb = this.member(b)
       if (!ma.running || !mb.running) continue
       const [ipA, ipB] = await Promise.all([this.ipOf(ma), this.ipOf(mb)])
-      await this.iptables(ma, '-A', 'INPUT', '-s', ipB, '-j', 'DROP')
-      await this.iptables(ma, '-A', 'OUTPUT', '-d', ipB, '-j', 'DROP')
-      await this.iptables(mb, '-A', 'INPUT', '-s', ipA, '-j', 'DROP')
-      await this.iptables(mb, '-A', 'OUTPUT', '-d', ipA, '-j', 'DROP')
+      await this.rule(ma, 'KV_CHAOS_IN', '-s', ipB, '-j', 'DROP')
+      await this.rule(ma, 'KV_CHAOS_OUT', '-d', ipB, '-j', 'DROP')
+      await this.rule(mb, 'KV_CHAOS_IN', '-s', ipA, '-j', 'DROP')
+      await this.rule(mb, 'KV_CHAOS_OUT', '-d', ipA, '-j', 'DROP')
     }
   }
 
@@ -233,10 +266,9 @@ export class DockerCluster implements ChaosCluster {
       for (const peer of this.nodes) {
         if (peer.id === id || !peer.running) continue
         const ip = await this.ipOf(peer)
-        await this.iptables(
+        await this.rule(
           m,
-          '-A',
-          'INPUT',
+          'KV_CHAOS_IN',
           '-s',
           ip,
           '-m',
@@ -252,13 +284,111 @@ export class DockerCluster implements ChaosCluster {
     }
   }
 
+  /**
+   * Slows every link of the given nodes by `delayMs` each way. Inside each end's network
+   * namespace, new peer connections are redirected (DNAT) to a delay proxy this runner runs on
+   * the network's gateway, and the connections already open are reset so that the nodes
+   * reconnect through it.
+   */
+  async slow(ids: string[], delayMs: number): Promise<void> {
+    const gateway = await docker(
+      'network',
+      'inspect',
+      '-f',
+      '{{(index .IPAM.Config 0).Gateway}}',
+      this.networkName,
+    )
+    const ipOf = new Map<string, string>()
+    for (const m of this.nodes) if (m.running) ipOf.set(m.id, await this.ipOf(m))
+    const proxyTo = new Map<string, DelayProxy>()
+    const proxyFor = async (id: string) => {
+      let proxy = proxyTo.get(id)
+      if (!proxy) {
+        proxy = await DelayProxy.start(
+          gateway,
+          { host: ipOf.get(id) as string, port: 7101 },
+          delayMs,
+        )
+        proxyTo.set(id, proxy)
+        this.proxies.push(proxy)
+      }
+      return proxy
+    }
+    const done = new Set<string>()
+    for (const id of ids) {
+      for (const peer of this.nodes) {
+        if (peer.id === id || !ipOf.has(peer.id) || !ipOf.has(id)) continue
+        const link = [id, peer.id].sort().join('|')
+        if (done.has(link)) continue
+        done.add(link)
+        for (const [from, to] of [
+          [id, peer.id],
+          [peer.id, id],
+        ] as const) {
+          const fromNode = this.member(from)
+          const toIp = ipOf.get(to) as string
+          const proxy = await proxyFor(to)
+          await this.rule(
+            fromNode,
+            'KV_CHAOS_NAT',
+            '-p',
+            'tcp',
+            '-d',
+            toIp,
+            '--dport',
+            '7101',
+            '-j',
+            'DNAT',
+            '--to-destination',
+            `${gateway}:${proxy.port}`,
+          )
+          // Reset what is already open on the direct path, both the connections this end
+          // dialed and the ones it accepted.
+          await this.rule(
+            fromNode,
+            'KV_CHAOS_OUT',
+            '-p',
+            'tcp',
+            '-d',
+            toIp,
+            '--dport',
+            '7101',
+            '-j',
+            'REJECT',
+            '--reject-with',
+            'tcp-reset',
+          )
+          await this.rule(
+            fromNode,
+            'KV_CHAOS_OUT',
+            '-p',
+            'tcp',
+            '-d',
+            toIp,
+            '--sport',
+            '7101',
+            '-j',
+            'REJECT',
+            '--reject-with',
+            'tcp-reset',
+          )
+        }
+      }
+    }
+  }
+
   async heal(): Promise<void> {
     for (const m of this.nodes) {
       if (!m.running) continue
       await this.resume(m.id)
-      await this.iptables(m, '-F', 'INPUT')
-      await this.iptables(m, '-F', 'OUTPUT')
+      for (const [table, chain] of faultChains) {
+        await this.iptables(m, '-t', table, '-F', chain).catch(() => {})
+      }
     }
+    // Cut the slowed connections: the nodes reconnect directly.
+    const proxies = this.proxies
+    this.proxies = []
+    await Promise.all(proxies.map((p) => p.close()))
   }
 
   /** The logs of every node, for the report. */
@@ -278,6 +408,8 @@ export class DockerCluster implements ChaosCluster {
   }
 
   async stop(): Promise<void> {
+    await Promise.all(this.proxies.map((p) => p.close()))
+    this.proxies = []
     await Promise.all(
       this.nodes.map(async (m) => {
         await docker('rm', '-f', '-v', m.containerId).catch(() => {})

@@ -14,6 +14,8 @@ export const nemesisNames = [
   'partition-leader',
   'partition-bridge',
   'loss',
+  'slow',
+  'slow-leader',
 ] as const
 export type NemesisName = (typeof nemesisNames)[number]
 
@@ -148,6 +150,14 @@ export async function runNemesis(options: NemesisOptions): Promise<FaultWindow[]
       case 'loss': {
         description = 'drop 30% of packets between all nodes'
         await cluster.loss(ids, 0.3)
+        heal = () => cluster.heal()
+        break
+      }
+      case 'slow':
+      case 'slow-leader': {
+        const target = nemesis === 'slow' ? pick(random, ids) : leaderId
+        description = `delay every link of ${target}${target === leaderId ? ' (the leader)' : ''} by 300 ms each way`
+        await cluster.slow([target], 300)
         heal = () => cluster.heal()
         break
       }

@@ -192,6 +192,10 @@ export class ProcessCluster implements ChaosCluster {
     this.unsupported('packet loss')
   }
 
+  async slow(): Promise<void> {
+    this.unsupported('a slow link')
+  }
+
   async heal(): Promise<void> {
     for (const n of this.nodes) await this.resume(n.id)
   }
