@@ -96,6 +96,19 @@ describe('the teeth: a broken guarantee is caught', () => {
       expect([v.checker, v.valid, v.summary]).toEqual([v.checker, true, v.summary])
   }, 180_000)
 
+  it('sessions keep read-your-writes and monotonic reads on followers; without tokens they break', async () => {
+    const withSessions = await run({ workload: 'session', nemeses: ['pause'], seed: 8 })
+    for (const v of withSessions.summary.verdicts)
+      expect([v.checker, v.valid, v.summary]).toEqual([v.checker, true, v.summary])
+    const without = await run({
+      workload: 'session',
+      nemeses: ['pause'],
+      seed: 8,
+      noSessions: true,
+    })
+    expect(verdictOf(without, 'sessions')?.valid).toBe(false)
+  }, 240_000)
+
   it('a node build with fencing disabled fails the linearizability check under a leader pause', async () => {
     const result = await run({
       workload: 'register',

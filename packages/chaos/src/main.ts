@@ -22,6 +22,7 @@ const usage = `Usage: pnpm chaos [options]
   --clients N                 concurrent clients (default 6)
   --out DIR                   where the report folder goes (default chaos-reports)
   --unsafe-no-fencing         run nodes with fencing disabled (a test-only switch; the checkers must catch it)
+  --unsafe-no-sessions        session workload: read followers without session tokens (must be caught)
 Docker backend: build the image first with bash scripts/docker-build.sh.`
 
 function duration(text: string): number {
@@ -46,6 +47,7 @@ async function main(): Promise<number> {
         clients: { type: 'string', default: '6' },
         out: { type: 'string', default: 'chaos-reports' },
         'unsafe-no-fencing': { type: 'boolean', default: false },
+        'unsafe-no-sessions': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
     })
@@ -84,7 +86,8 @@ async function main(): Promise<number> {
       clients,
       out: o.out,
       ...(o['unsafe-no-fencing'] ? { nodeEnv: { KV_UNSAFE_NO_FENCING: '1' } } : {}),
-      command: `pnpm chaos --backend ${o.backend} --workload ${o.workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}`,
+      ...(o['unsafe-no-sessions'] ? { noSessions: true } : {}),
+      command: `pnpm chaos --backend ${o.backend} --workload ${o.workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}`,
     })
     return result.summary.valid === true ? 0 : result.summary.valid === false ? 1 : 3
   } catch (err) {

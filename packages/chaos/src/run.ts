@@ -28,6 +28,8 @@ export interface ChaosOptions {
   out: string
   /** Environment for every node: KV_* options and test-only switches. */
   nodeEnv?: Record<string, string>
+  /** Session workload: read followers without session tokens (its teeth test). */
+  noSessions?: boolean
   healthyMs?: number
   faultMs?: number
   log?: (line: string) => void
@@ -70,6 +72,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       clients: options.clients,
       seed: options.seed,
       prefix: `chaos-${options.seed}/`,
+      ...(options.noSessions ? { noSessions: true } : {}),
     })
     try {
       windows = await runNemesis({

@@ -45,6 +45,11 @@ export interface WorkloadOptions {
   seed: number
   /** The key prefix (each run uses its own). */
   prefix: string
+  /**
+   * Session workload only, for its teeth test: read from followers without session tokens.
+   * The session checker must then find read-your-writes or monotonic-read violations.
+   */
+  noSessions?: boolean
 }
 
 export interface Workload {
@@ -78,14 +83,19 @@ function rng(seed: number): () => number {
   }
 }
 
-function clientFor(cluster: ChaosCluster, ack: AckMode, session: boolean): KvClient {
+function clientFor(
+  cluster: ChaosCluster,
+  ack: AckMode,
+  session: boolean,
+  readFrom: 'leader' | 'followers' = session ? 'followers' : 'leader',
+): KvClient {
   return new KvClient({
     url: cluster.nodes.map((n) => n.url),
     ack,
     timeoutMs: 2000,
     retryForMs: 3000,
     session,
-    readFrom: session ? 'followers' : 'leader',
+    readFrom,
     refreshIntervalMs: 500,
   })
 }
@@ -106,12 +116,13 @@ function loops(
   options: WorkloadOptions,
   body: (state: { process: number; random: () => number; client: KvClient }) => Promise<boolean>,
   session = false,
+  readFrom: 'leader' | 'followers' = session ? 'followers' : 'leader',
 ): { stop(): Promise<void>; clients: KvClient[] } {
   let stopping = false
   let nextProcess = options.clients
   const clients: KvClient[] = []
   const running = Array.from({ length: options.clients }, async (_, i) => {
-    const client = clientFor(options.cluster, options.ack, session)
+    const client = clientFor(options.cluster, options.ack, session, readFrom)
     clients.push(client)
     const state = { process: i, random: rng(options.seed * 1000 + i), client }
     while (!stopping) {
@@ -396,7 +407,8 @@ function sessionWorkload(options: WorkloadOptions): Workload {
         return true
       }
     },
-    true,
+    options.noSessions !== true,
+    'followers',
   )
   return { stop: () => running.stop(), finish: async () => {} }
 }
