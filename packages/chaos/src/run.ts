@@ -7,7 +7,13 @@ import { checkConvergence } from './checkers/convergence.js'
 import { checkLinearizable } from './checkers/linearizable.js'
 import { analyzeSet, checkLostWrites, matchRollbacks } from './checkers/lost-writes.js'
 import { checkSessions } from './checkers/sessions.js'
-import { convergedDigests, rolledBackKeys, waitForLeader, type ChaosCluster } from './cluster.js'
+import {
+  UnsupportedFault,
+  convergedDigests,
+  rolledBackKeys,
+  waitForLeader,
+  type ChaosCluster,
+} from './cluster.js'
 import { DockerCluster } from './docker-cluster.js'
 import { pairOperations, type Verdict } from './history.js'
 import { runNemesis, type FaultWindow, type NemesisName } from './nemesis.js'
@@ -51,6 +57,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   log(
     `chaos: ${options.workload} under ${options.nemeses.join(', ')} on ${options.nodes} ${options.backend} nodes, ack=${options.ack}, ${options.durationMs / 1000} s, seed ${options.seed}`,
   )
+  const networkFaults = options.nemeses.filter(
+    (n) => n.startsWith('partition') || n === 'loss' || n.startsWith('slow'),
+  )
+  if (options.backend === 'process' && networkFaults.length > 0) {
+    throw new UnsupportedFault(
+      `${networkFaults.join(', ')} need per-node networks: use --backend docker (the process backend can kill, pause and restart)`,
+    )
+  }
   const env = { KV_DEFAULT_ACK: options.ack, ...options.nodeEnv }
   const cluster: ChaosCluster =
     options.backend === 'docker'

@@ -48,3 +48,23 @@ describe('report plots', () => {
     expect(svg).toContain('<title>1s: 1 info</title>')
   })
 })
+
+describe('a run that asks for what its backend cannot do', () => {
+  it('is refused before anything starts, naming the backend that can', async () => {
+    const { runChaos } = await import('../src/run.js')
+    await expect(
+      runChaos({
+        backend: 'process',
+        workload: 'register',
+        nemeses: ['kill', 'partition-leader', 'slow'],
+        ack: 'quorum',
+        durationMs: 1000,
+        seed: 1,
+        nodes: 3,
+        clients: 1,
+        out: '/nonexistent',
+        log: () => {},
+      }),
+    ).rejects.toThrow(/partition-leader, slow need per-node networks: use --backend docker/)
+  })
+})
