@@ -5,3 +5,16 @@ export { allLsn, isMajority, majority, majorityLsn } from './quorum.js'
 export { NotLeaderError, Progress, ReplicaCore, TransferInProgressError } from './replica.js'
 export type { CoreConfig, CoreInit, RoleName } from './replica.js'
 export type * from './types.js'
+export { HashRing, hash32 } from './ring.js'
+export type { RingRange } from './ring.js'
+export {
+  covers,
+  descends,
+  emptyVersioned,
+  merge as mergeVersioned,
+  mergeVectors,
+  read as readVersioned,
+  sameState,
+  update as updateVersioned,
+} from './dvv.js'
+export type { Dot, Sibling, VersionVector, Versioned } from './dvv.js'
