@@ -20,16 +20,22 @@ const run = promisify(execFile)
 
 process.env.TESTCONTAINERS_RYUK_DISABLED ??= 'true'
 
-/** Containers this runner started and has not removed: removed at exit, even on Ctrl-C. */
+/**
+ * Containers and networks this runner made and has not removed: removed at exit, even on
+ * Ctrl-C.
+ */
 const live = new Set<string>()
+const liveNetworks = new Set<string>()
 function removeLive(): void {
-  if (live.size === 0) return
   try {
-    execFileSync('docker', ['rm', '-f', '-v', ...live], { stdio: 'ignore' })
+    if (live.size > 0) execFileSync('docker', ['rm', '-f', '-v', ...live], { stdio: 'ignore' })
+    if (liveNetworks.size > 0)
+      execFileSync('docker', ['network', 'rm', ...liveNetworks], { stdio: 'ignore' })
   } catch {
     // best effort
   }
   live.clear()
+  liveNetworks.clear()
 }
 process.once('exit', removeLive)
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
@@ -79,14 +85,19 @@ export class DockerCluster implements ChaosCluster {
   readonly backend = 'docker' as const
   readonly nodes: Member[]
   private readonly networkName: string
+  private readonly networkId: string
   private readonly stopNetwork: () => Promise<unknown>
   /** Delay proxies of the slow links now in place. */
   private proxies: DelayProxy[] = []
 
-  private constructor(nodes: Member[], networkName: string, stopNetwork: () => Promise<unknown>) {
+  private constructor(
+    nodes: Member[],
+    network: { name: string; id: string; stop: () => Promise<unknown> },
+  ) {
     this.nodes = nodes
-    this.networkName = networkName
-    this.stopNetwork = stopNetwork
+    this.networkName = network.name
+    this.networkId = network.id
+    this.stopNetwork = network.stop
   }
 
   static async start(options: DockerClusterOptions): Promise<DockerCluster> {
@@ -100,6 +111,7 @@ export class DockerCluster implements ChaosCluster {
     }
     const { GenericContainer, Network, Wait } = await import('testcontainers')
     const network = await new Network().start()
+    liveNetworks.add(network.getId())
     const ids = Array.from({ length: options.nodes }, (_, i) => `n${i + 1}`)
     const ports: number[] = []
     while (ports.length < ids.length) {
@@ -141,9 +153,14 @@ export class DockerCluster implements ChaosCluster {
     } catch (err) {
       await Promise.all(nodes.map((n) => docker('rm', '-f', n.containerId).catch(() => {})))
       await network.stop().catch(() => {})
+      liveNetworks.delete(network.getId())
       throw err
     }
-    const cluster = new DockerCluster(nodes, network.getName(), () => network.stop())
+    const cluster = new DockerCluster(nodes, {
+      name: network.getName(),
+      id: network.getId(),
+      stop: () => network.stop(),
+    })
     await waitForLeader(cluster)
     return cluster
   }
@@ -417,5 +434,6 @@ export class DockerCluster implements ChaosCluster {
       }),
     )
     await this.stopNetwork().catch(() => {})
+    liveNetworks.delete(this.networkId)
   }
 }
