@@ -18,3 +18,5 @@ export {
   update as updateVersioned,
 } from './dvv.js'
 export type { Dot, Sibling, VersionVector, Versioned } from './dvv.js'
+export { HybridClock, compareHlc } from './hlc.js'
+export type { HlcTimestamp } from './hlc.js'
