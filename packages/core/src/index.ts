@@ -20,3 +20,5 @@ export {
 export type { Dot, Sibling, VersionVector, Versioned } from './dvv.js'
 export { HybridClock, compareHlc } from './hlc.js'
 export type { HlcTimestamp } from './hlc.js'
+export { MerkleTree } from './merkle.js'
+export type { MerkleEntry } from './merkle.js'

@@ -1,0 +1,112 @@
+/**
+ * Merkle trees for leaderless anti-entropy (pure). A replica summarises the keys of one ring
+ * range as a fixed-shape tree: the range's 32-bit hash space is cut into 2^depth leaf buckets
+ * by the key's hash; a leaf's digest combines the (key, version digest) pairs in it, and each
+ * inner node combines its two children. Two replicas compare roots, descend only where digests
+ * differ, and stream just the keys of the differing leaves.
+ *
+ * Digests are 32-bit (two independent 32-bit hashes would make collisions between unequal
+ * leaves negligible; a collision here only delays repair until the key changes again, it never
+ * corrupts data). The combining function is order-independent within a leaf, so the tree does
+ * not depend on the order keys were added in.
+ */
+import { hash32 } from './ring.js'
+import { invariant } from './invariant.js'
+
+/** An entry: a key and a digest of its versioned state (equal states, equal digests). */
+export interface MerkleEntry {
+  key: string
+  digest: number
+}
+
+export class MerkleTree {
+  readonly depth: number
+  /** Heap layout: node i has children 2i+1 and 2i+2; leaves are the last 2^depth nodes. */
+  private readonly nodes: Uint32Array
+
+  constructor(depth = 10) {
+    invariant(
+      Number.isInteger(depth) && depth >= 0 && depth <= 20,
+      `depth must be 0 to 20, not ${depth}`,
+    )
+    this.depth = depth
+    this.nodes = new Uint32Array(2 ** (depth + 1) - 1)
+  }
+
+  static of(entries: Iterable<MerkleEntry>, depth = 10): MerkleTree {
+    const tree = new MerkleTree(depth)
+    for (const e of entries) tree.toggle(e)
+    tree.rebuild()
+    return tree
+  }
+
+  /** The leaf bucket of a key. */
+  leafOf(key: string): number {
+    return this.depth === 0 ? 0 : hash32(key) >>> (32 - this.depth)
+  }
+
+  private get firstLeaf(): number {
+    return 2 ** this.depth - 1
+  }
+
+  /**
+   * Adds an entry, or removes it when added again (XOR of an entry hash: order-independent).
+   * Call rebuild() after a batch; update() does both for one change.
+   */
+  private toggle(e: MerkleEntry): void {
+    const leaf = this.leafOf(e.key)
+    this.nodes[this.firstLeaf + leaf] =
+      ((this.nodes[this.firstLeaf + leaf] as number) ^ hash32(`${e.key}\u0000${e.digest}`)) >>> 0
+  }
+
+  private combine(i: number): void {
+    const left = this.nodes[2 * i + 1] as number
+    const right = this.nodes[2 * i + 2] as number
+    this.nodes[i] = hash32(`${left}:${right}`)
+  }
+
+  private rebuild(): void {
+    for (let i = this.firstLeaf - 1; i >= 0; i--) this.combine(i)
+  }
+
+  /** A key's digest changed from `before` (undefined: it was absent) to `after` (undefined: gone). */
+  update(key: string, before: number | undefined, after: number | undefined): void {
+    if (before !== undefined) this.toggle({ key, digest: before })
+    if (after !== undefined) this.toggle({ key, digest: after })
+    let i = this.firstLeaf + this.leafOf(key)
+    while (i > 0) {
+      i = Math.floor((i - 1) / 2)
+      this.combine(i)
+    }
+  }
+
+  get root(): number {
+    return this.nodes[0] as number
+  }
+
+  /** Digest of node i (heap layout), for the exchange protocol. */
+  digestAt(i: number): number {
+    invariant(i >= 0 && i < this.nodes.length, `no node ${i}`)
+    return this.nodes[i] as number
+  }
+
+  /**
+   * The leaf buckets where this tree and `other` differ, found by descending only into
+   * differing subtrees (what two replicas do over the network, one level per round trip).
+   */
+  differingLeaves(other: { digestAt(i: number): number; depth: number }): number[] {
+    invariant(other.depth === this.depth, 'trees of different depths cannot be compared')
+    const out: number[] = []
+    const visit = (i: number) => {
+      if (this.digestAt(i) === other.digestAt(i)) return
+      if (i >= this.firstLeaf) {
+        out.push(i - this.firstLeaf)
+        return
+      }
+      visit(2 * i + 1)
+      visit(2 * i + 2)
+    }
+    visit(0)
+    return out
+  }
+}
