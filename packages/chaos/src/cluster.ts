@@ -3,6 +3,8 @@
  * containers. Faults a backend cannot make throw `UnsupportedFault`, naming the backend that can.
  */
 
+import { createServer } from 'node:net'
+
 export interface ChaosNode {
   id: string
   /** Client URL reachable from the runner. */
@@ -16,6 +18,41 @@ export interface NodeDigest {
 }
 
 export class UnsupportedFault extends Error {}
+
+/** A port on 127.0.0.1 that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0))
+    })
+  })
+}
+
+/**
+ * Polls a node's /ready until it answers 200; fails after `timeoutMs`, or at once when
+ * `alive()` says the node is gone.
+ */
+export async function waitReady(
+  node: ChaosNode,
+  timeoutMs: number,
+  alive: () => boolean = () => true,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      const res = await fetch(`${node.url}/ready`, { signal: AbortSignal.timeout(500) })
+      if (res.ok) return
+    } catch {
+      // not up yet
+    }
+    if (!alive()) throw new Error(`${node.id} exited while starting`)
+    if (Date.now() > deadline) throw new Error(`${node.id} was not ready within ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
 
 export interface ChaosCluster {
   readonly backend: 'process' | 'docker'

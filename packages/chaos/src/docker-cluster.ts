@@ -11,9 +11,8 @@
  * rule.
  */
 import { execFile, execFileSync } from 'node:child_process'
-import { createServer } from 'node:net'
 import { promisify } from 'node:util'
-import { waitForLeader, type ChaosCluster, type ChaosNode } from './cluster.js'
+import { freePort, waitForLeader, waitReady, type ChaosCluster, type ChaosNode } from './cluster.js'
 import { DelayProxy } from './delay-proxy.js'
 
 const run = promisify(execFile)
@@ -42,17 +41,6 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
     removeLive()
     process.exit(130)
-  })
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0))
-    })
   })
 }
 
@@ -188,17 +176,7 @@ export class DockerCluster implements ChaosCluster {
     if (m.running) return
     await docker('start', m.containerId)
     m.running = true
-    const deadline = Date.now() + 30_000
-    for (;;) {
-      try {
-        const res = await fetch(`${m.url}/ready`, { signal: AbortSignal.timeout(500) })
-        if (res.ok) return
-      } catch {
-        // not up yet
-      }
-      if (Date.now() > deadline) throw new Error(`${id} did not come back in 30 s`)
-      await new Promise((r) => setTimeout(r, 100))
-    }
+    await waitReady(m, 30_000)
   }
 
   async pause(id: string): Promise<void> {
@@ -360,35 +338,15 @@ export class DockerCluster implements ChaosCluster {
             `${gateway}:${proxy.port}`,
           )
           // Reset what is already open on the direct path, both the connections this end
-          // dialed and the ones it accepted.
-          await this.rule(
-            fromNode,
-            'KV_CHAOS_OUT',
-            '-p',
-            'tcp',
-            '-d',
-            toIp,
-            '--dport',
-            '7101',
-            '-j',
-            'REJECT',
-            '--reject-with',
-            'tcp-reset',
-          )
-          await this.rule(
-            fromNode,
-            'KV_CHAOS_OUT',
-            '-p',
-            'tcp',
-            '-d',
-            toIp,
-            '--sport',
-            '7101',
-            '-j',
-            'REJECT',
-            '--reject-with',
-            'tcp-reset',
-          )
+          // dialed (to the peer port) and the ones it accepted (from its own).
+          for (const port of ['--dport', '--sport']) {
+            await this.rule(
+              fromNode,
+              'KV_CHAOS_OUT',
+              ...['-p', 'tcp', '-d', toIp, port, '7101'],
+              ...['-j', 'REJECT', '--reject-with', 'tcp-reset'],
+            )
+          }
         }
       }
     }

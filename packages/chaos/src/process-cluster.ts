@@ -6,11 +6,17 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { UnsupportedFault, waitForLeader, type ChaosCluster, type ChaosNode } from './cluster.js'
+import {
+  UnsupportedFault,
+  freePort,
+  waitForLeader,
+  waitReady,
+  type ChaosCluster,
+  type ChaosNode,
+} from './cluster.js'
 
 const kvNodeBin = fileURLToPath(new URL('../../cli/dist/kv-node.js', import.meta.url))
 
@@ -23,17 +29,6 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
     for (const child of children) child.kill('SIGKILL')
     process.exit(130)
-  })
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0))
-    })
   })
 }
 
@@ -143,19 +138,7 @@ export class ProcessCluster implements ChaosCluster {
         resolve()
       }),
     )
-    // Ready once it answers.
-    const deadline = Date.now() + 20_000
-    for (;;) {
-      try {
-        const res = await fetch(`${m.url}/ready`, { signal: AbortSignal.timeout(500) })
-        if (res.ok) return
-      } catch {
-        // not up yet
-      }
-      if (!this.isRunning(id)) throw new Error(`${id} exited while starting`)
-      if (Date.now() > deadline) throw new Error(`${id} did not start in 20 s`)
-      await new Promise((r) => setTimeout(r, 50))
-    }
+    await waitReady(m, 20_000, () => this.isRunning(id))
   }
 
   async kill(id: string): Promise<void> {

@@ -18,6 +18,7 @@
 import { KvClient, KvError } from '@kvstore/client'
 import { Pool } from 'undici'
 import type { ChaosCluster } from './cluster.js'
+import { prng } from './nemesis.js'
 import type { HistoryEvent, OpFunction } from './history.js'
 
 export const workloadNames = ['register', 'set', 'session'] as const
@@ -71,18 +72,6 @@ function codeOf(err: unknown): string {
   return err instanceof KvError ? err.code : err instanceof Error ? err.message : String(err)
 }
 
-/** A seeded PRNG per client, so a run's choice of operations replays with its seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 function clientFor(
   cluster: ChaosCluster,
   ack: AckMode,
@@ -124,7 +113,7 @@ function loops(
   const running = Array.from({ length: options.clients }, async (_, i) => {
     const client = clientFor(options.cluster, options.ack, session, readFrom)
     clients.push(client)
-    const state = { process: i, random: rng(options.seed * 1000 + i), client }
+    const state = { process: i, random: prng(options.seed * 1000 + i), client }
     while (!stopping) {
       const retired = await body(state)
       if (retired) state.process = nextProcess++
@@ -238,7 +227,7 @@ function registerWorkload(options: WorkloadOptions): Workload {
   const running = Array.from({ length: options.clients }, async (_, i) => {
     const client = new BoundClient((cluster.nodes[i % cluster.nodes.length] as { url: string }).url)
     clients.push(client)
-    const random = rng(options.seed * 1000 + i)
+    const random = prng(options.seed * 1000 + i)
     let process = i
     while (!stopping) {
       const key = keys[Math.floor(random() * keys.length)] as string

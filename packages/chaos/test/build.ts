@@ -5,6 +5,7 @@
  * would be read.
  */
 import { pairOperations } from '../src/history.js'
+import { prng } from '../src/nemesis.js'
 import type { HistoryEvent, OpFunction, Operation } from '../src/history.js'
 
 export interface OpSpec {
@@ -102,18 +103,6 @@ export function cas(
   o: RegOpts = {},
 ): OpSpec {
   return { p, f: 'cas', key: o.key ?? 'x', in: [expected, next], t: [t0, t1], type: o.type ?? 'ok' }
-}
-
-/** A deterministic PRNG (mulberry32), uniform in [0, 1). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 export interface SimulationOptions {

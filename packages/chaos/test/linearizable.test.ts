@@ -2,7 +2,8 @@ import { checkLinearizable } from '../src/checkers/index.js'
 import type { LinearizabilityCounterexample } from '../src/checkers/index.js'
 import { pairOperations } from '../src/history.js'
 import type { Operation } from '../src/history.js'
-import { cas, history, prng, r, simulateRegister, w } from './build.js'
+import { prng } from '../src/nemesis.js'
+import { cas, history, r, simulateRegister, w } from './build.js'
 import type { OpSpec } from './build.js'
 
 const check = (specs: OpSpec[], maxStates?: number) =>
