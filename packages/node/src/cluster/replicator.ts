@@ -203,7 +203,7 @@ export class Replicator {
         logCacheBytesMax: 2 * config.replicationInflightBytesMax,
         // One tick per heartbeat interval; elections after 1 to 2 election timeouts of silence.
         electionTicks: electionTicksOf(config),
-        ...(process.env.KV_UNSAFE_NO_FENCING === '1' ? { unsafe: { skipCheckQuorum: true } } : {}),
+        ...(this.unsafeNoFencing ? { unsafe: { skipCheckQuorum: true } } : {}),
         random: Math.random,
         makeNoop: (lsn, epoch) => encodeLogEntry(this.noopEntry(lsn, epoch)),
       },
