@@ -111,6 +111,26 @@ export const errorCatalog = {
     description:
       'A peer belongs to another cluster or expected another node id; the stream is refused.',
   },
+  KV_ERR_QUORUM_UNAVAILABLE: {
+    status: 503,
+    description:
+      'Leaderless mode: fewer replicas than `w` (or `r`) answered within `quorumTimeoutMs`. The body gives `required`, `acks` and the `replicas` asked. A write may still be on the replicas that did answer and will spread from there; it is not undone.',
+  },
+  KV_ERR_INVALID_CONTEXT: {
+    status: 400,
+    description:
+      'Leaderless mode: the `kv-context` header is not a causal context this cluster returned (malformed, or too many entries).',
+  },
+  KV_ERR_TOO_MANY_SIBLINGS: {
+    status: 409,
+    description:
+      'Leaderless mode: the key already holds `siblingsMax` concurrent values, so a write without a context would add one more. Read the key and write again with its `kv-context` to resolve them.',
+  },
+  KV_ERR_UNSUPPORTED_IN_MODE: {
+    status: 400,
+    description:
+      'The request needs another cluster mode: conditions (`If-Match`), batches and linearizable reads need single-leader; `w`, `r` and `kv-context` need leaderless. The message names the alternative.',
+  },
   KV_ERR_OVERLOADED: {
     status: 503,
     description:
