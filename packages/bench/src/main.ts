@@ -7,28 +7,45 @@
  *   --suite single-node   one node: group commit, fsync on/off, reads. See single-node.ts.
  *   --suite failover      kill -9 the leader under SDK writes, --trials N times (default 10):
  *                         time to the next successful write, elections. See failover.ts.
+ *   --mode leaderless     (or --suite leaderless) a 5-node leaderless cluster with N=3: writes
+ *                         at w=1, quorum, all and reads at r=1, quorum, all. See leaderless.ts.
+ *                         Also --nodes N (5), --replicas N (3), --route preference|any.
  *
  * Options: --duration S (default 10), --connections N (64), --value-bytes N (100),
- * --get-keys N (100000), --read-cpu-cap CORES (0.5), --out DIR (bench-results).
+ * --get-keys N (100000; 20000 for leaderless), --read-cpu-cap CORES (0.5),
+ * --out DIR (bench-results).
  */
 import { parseArgs } from 'node:util'
 import { runClusterBench } from './cluster.js'
 import { runFailoverBench } from './failover.js'
+import { runLeaderlessBench } from './leaderless.js'
 import { runSingleNode } from './single-node.js'
 
 async function main(): Promise<void> {
   const { values: opts } = parseArgs({
     options: {
-      suite: { type: 'string', default: 'cluster' },
+      suite: { type: 'string' },
+      mode: { type: 'string' },
       duration: { type: 'string', default: '10' },
       connections: { type: 'string', default: '64' },
       'value-bytes': { type: 'string', default: '100' },
-      'get-keys': { type: 'string', default: '100000' },
+      'get-keys': { type: 'string' },
       'read-cpu-cap': { type: 'string', default: '0.5' },
       out: { type: 'string', default: 'bench-results' },
       trials: { type: 'string', default: '10' },
+      nodes: { type: 'string', default: '5' },
+      replicas: { type: 'string', default: '3' },
+      route: { type: 'string', default: 'preference' },
     },
   })
+  if (opts.mode !== undefined && opts.mode !== 'leaderless' && opts.mode !== 'single-leader') {
+    throw new Error(`--mode must be leaderless or single-leader, not ${opts.mode}`)
+  }
+  if (opts.mode === 'leaderless' && opts.suite !== undefined && opts.suite !== 'leaderless') {
+    throw new Error(`--mode leaderless runs the leaderless suite, not --suite ${opts.suite}`)
+  }
+  const suite = opts.suite ?? (opts.mode === 'leaderless' ? 'leaderless' : 'cluster')
+  opts['get-keys'] ??= suite === 'leaderless' ? '20000' : '100000'
   const number = (name: keyof typeof opts, min: number): number => {
     const value = Number(opts[name])
     if (!Number.isFinite(value) || value < min) {
@@ -43,15 +60,28 @@ async function main(): Promise<void> {
     getKeys: number('get-keys', 1),
     out: String(opts.out),
   }
-  switch (opts.suite) {
+  switch (suite) {
     case 'cluster':
       return runClusterBench({ ...common, readCpuCap: number('read-cpu-cap', 0.01) })
     case 'single-node':
       return runSingleNode(common)
     case 'failover':
       return runFailoverBench({ trials: number('trials', 1), out: common.out })
+    case 'leaderless': {
+      if (opts.route !== 'preference' && opts.route !== 'any') {
+        throw new Error(`--route must be preference or any, not ${opts.route}`)
+      }
+      return runLeaderlessBench({
+        ...common,
+        nodes: number('nodes', 1),
+        replicas: number('replicas', 1),
+        route: opts.route,
+      })
+    }
     default:
-      throw new Error(`--suite must be cluster, single-node or failover, not ${String(opts.suite)}`)
+      throw new Error(
+        `--suite must be cluster, single-node, failover or leaderless, not ${String(suite)}`,
+      )
   }
 }
 

@@ -1,0 +1,564 @@
+/**
+ * The leaderless suite (pnpm bench --mode leaderless): a 5-node leaderless cluster with N=3
+ * replicas per key on this machine, measured at each write and read quorum.
+ *
+ *  1. Writes: `connections` closed-loop clients PUT fresh keys with `valueBytes`-byte values at
+ *     w=1, w=quorum (2 of 3) and w=all (3 of 3), `durationS` each.
+ *  2. Reads: `getKeys` keys are loaded first (w=all), then the clients GET random ones among
+ *     them at r=1, r=quorum and r=all, `durationS` each.
+ *
+ * Each request goes to the first member of its key's preference list (the ring is rebuilt
+ * here from GET /v1/cluster with `HashRing` from @kvstore/core), so no request pays the
+ * forwarding hop; `--route any` sends them round-robin to every node instead.
+ *
+ * The load generator is this process (undici, plain HTTP/1.1 keep-alive); its CPU is
+ * reported beside the figures, as is every node's. Nothing here is a target: on a small,
+ * shared machine the figures say how the quorums compare, not how fast the store is.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { HashRing } from '@kvstore/core'
+import { Pool } from 'undici'
+import { fmt, gauge, gitCommit, percentile, say, sleep, writeReport } from './common.js'
+import { kvNodeBin } from './node-process.js'
+import { cpuSeconds, machine } from './proc.js'
+
+export type Route = 'preference' | 'any'
+
+export interface LeaderlessOptions {
+  durationS: number
+  connections: number
+  valueBytes: number
+  getKeys: number
+  nodes: number
+  replicas: number
+  route: Route
+  out: string
+}
+
+interface LlMember {
+  id: string
+  url: string
+  peerUrl: string
+  child: ChildProcess
+  pid: number
+  exited: Promise<void>
+}
+
+/** Every node this suite started, killed if the bench itself is stopped. */
+const children = new Set<ChildProcess>()
+process.once('exit', () => {
+  for (const child of children) child.kill('SIGKILL')
+})
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    for (const child of children) child.kill('SIGKILL')
+    process.exit(130)
+  })
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0))
+    })
+  })
+}
+
+async function waitReady(member: LlMember, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (member.child.exitCode !== null || member.child.signalCode !== null) {
+      throw new Error(`${member.id} exited while starting`)
+    }
+    try {
+      const res = await fetch(`${member.url}/ready`, { signal: AbortSignal.timeout(500) })
+      await res.arrayBuffer()
+      if (res.ok) return
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error(`${member.id} was not ready within ${timeoutMs} ms`)
+    await sleep(50)
+  }
+}
+
+/** Stops one node with SIGTERM, then SIGKILL if it has not exited within 15 s. */
+async function stopMember(member: LlMember): Promise<void> {
+  if (member.child.exitCode !== null || member.child.signalCode !== null) return
+  member.child.kill('SIGTERM')
+  const timer = setTimeout(() => member.child.kill('SIGKILL'), 15_000)
+  await member.exited
+  clearTimeout(timer)
+}
+
+/** Starts `n` leaderless nodes on 127.0.0.1 and resolves once every one is ready. */
+async function startLeaderlessCluster(
+  dataDir: string,
+  n: number,
+  args: string[],
+): Promise<{ members: LlMember[]; stop(): Promise<void> }> {
+  const ports: number[] = []
+  while (ports.length < 2 * n) {
+    const port = await freePort()
+    if (!ports.includes(port)) ports.push(port)
+  }
+  const specs = Array.from({ length: n }, (_, i) => ({
+    id: `n${i + 1}`,
+    url: `http://127.0.0.1:${ports[i]}`,
+    peerUrl: `http://127.0.0.1:${ports[n + i]}`,
+  }))
+  const membersFlag = specs.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
+  const members: LlMember[] = []
+  const stop = async () => {
+    await Promise.all(members.map(stopMember))
+  }
+  try {
+    for (const spec of specs) {
+      const child = spawn(
+        process.execPath,
+        [
+          kvNodeBin,
+          '--mode',
+          'leaderless',
+          '--id',
+          spec.id,
+          '--data-dir',
+          join(dataDir, spec.id),
+          '--members',
+          membersFlag,
+          '--log-level',
+          'warn',
+          ...args,
+        ],
+        { stdio: ['ignore', 'ignore', 'inherit'] },
+      )
+      children.add(child)
+      const exited = new Promise<void>((resolve) =>
+        child.once('exit', () => {
+          children.delete(child)
+          resolve()
+        }),
+      )
+      members.push({ ...spec, child, pid: child.pid as number, exited })
+    }
+    for (const member of members) await waitReady(member)
+    return { members, stop }
+  } catch (err) {
+    await stop()
+    throw err
+  }
+}
+
+interface ClusterInfo {
+  mode: string
+  replicas: number
+  vnodes: number
+  conflicts: string
+  members: { id: string; hintBacklog?: number }[]
+}
+
+async function clusterInfo(url: string): Promise<ClusterInfo> {
+  const res = await fetch(`${url}/v1/cluster`, { signal: AbortSignal.timeout(5000) })
+  if (!res.ok) throw new Error(`GET ${url}/v1/cluster answered ${res.status}`)
+  return (await res.json()) as ClusterInfo
+}
+
+/** mulberry32: a small seeded PRNG, so every run reads the same keys. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+const keyPath = (key: string) => `/v1/kv/${key.split('/').map(encodeURIComponent).join('/')}`
+
+/** Where each request goes: the key's coordinator of choice. */
+class Router {
+  private readonly ring: HashRing
+  private readonly byId: Map<string, Pool>
+  private readonly pools: Pool[]
+  private turn = 0
+
+  constructor(
+    private readonly route: Route,
+    members: LlMember[],
+    info: ClusterInfo,
+    poolConnections: number,
+  ) {
+    this.ring = new HashRing(
+      info.members.map((m) => m.id),
+      info.vnodes,
+    )
+    this.pools = members.map(
+      (m) =>
+        new Pool(m.url, {
+          connections: poolConnections,
+          pipelining: 1,
+          headersTimeout: 30_000,
+          bodyTimeout: 30_000,
+        }),
+    )
+    this.byId = new Map(members.map((m, i) => [m.id, this.pools[i] as Pool]))
+  }
+
+  poolFor(key: string): Pool {
+    if (this.route === 'any') return this.pools[this.turn++ % this.pools.length] as Pool
+    const head = this.ring.preferenceList(key, 1)[0] as string
+    return this.byId.get(head) as Pool
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.pools.map((p) => p.close()))
+  }
+}
+
+export interface LoadResult {
+  requests: number
+  ok: number
+  durationS: number
+  throughput: number
+  latencyMs: { p50: number; p99: number; p999: number; max: number }
+  /** Non-2xx answers and transport errors, by status and error code. */
+  errors: Record<string, number>
+  errorCount: number
+  /** Reads that found siblings (300) or nothing (404), counted apart from `ok`. */
+  siblings: number
+  notFound: number
+  loadGeneratorCores: number
+}
+
+interface Request {
+  pool: Pool
+  method: 'GET' | 'PUT'
+  path: string
+  body?: Buffer
+}
+
+function errorName(status: number, body: string): string {
+  try {
+    const code = (JSON.parse(body) as { error?: { code?: string } }).error?.code
+    return `${status} ${code ?? ''}`.trim()
+  } catch {
+    return String(status)
+  }
+}
+
+/**
+ * Runs `connections` closed loops for `durationS` seconds (or until `count` requests were
+ * sent, when given): each sends `next()` and waits for its answer. Latency is from send to
+ * the end of the answer's body.
+ */
+async function closedLoop(options: {
+  connections: number
+  durationS?: number
+  count?: number
+  next: (i: number) => Request
+}): Promise<LoadResult> {
+  const latencies: number[] = []
+  const errors: Record<string, number> = {}
+  let errorCount = 0
+  let ok = 0
+  let siblings = 0
+  let notFound = 0
+  let sent = 0
+  const started = performance.now()
+  const endAt = options.durationS === undefined ? Infinity : started + options.durationS * 1000
+  const count = options.count ?? Infinity
+  const cpuBefore = process.cpuUsage()
+  const fail = (name: string) => {
+    errors[name] = (errors[name] ?? 0) + 1
+    errorCount++
+  }
+  await Promise.all(
+    Array.from({ length: options.connections }, async () => {
+      while (performance.now() < endAt && sent < count) {
+        const request = options.next(sent++)
+        const t0 = performance.now()
+        try {
+          const res = await request.pool.request({
+            method: request.method,
+            path: request.path,
+            ...(request.body !== undefined
+              ? { body: request.body, headers: { 'content-type': 'application/octet-stream' } }
+              : {}),
+          })
+          const status = res.statusCode
+          if (status === 200) {
+            await res.body.dump()
+            ok++
+            latencies.push(performance.now() - t0)
+          } else if (status === 300 || status === 404) {
+            await res.body.dump()
+            if (status === 300) siblings++
+            else notFound++
+            latencies.push(performance.now() - t0)
+          } else {
+            fail(errorName(status, await res.body.text()))
+          }
+        } catch (err) {
+          fail((err as { code?: string }).code ?? (err as Error).message)
+          await sleep(10)
+        }
+      }
+    }),
+  )
+  const durationS = (performance.now() - started) / 1000
+  const cpu = process.cpuUsage(cpuBefore)
+  return {
+    requests: sent,
+    ok,
+    durationS,
+    throughput: ok / durationS,
+    latencyMs: {
+      p50: percentile(latencies, 50),
+      p99: percentile(latencies, 99),
+      p999: percentile(latencies, 99.9),
+      max: latencies.reduce((a, b) => Math.max(a, b), 0),
+    },
+    errors,
+    errorCount,
+    siblings,
+    notFound,
+    loadGeneratorCores: (cpu.user + cpu.system) / 1e6 / durationS,
+  }
+}
+
+/** CPU per member, in cores, over a stretch of wall time. */
+async function cpuMeter(members: LlMember[]): Promise<{ stop(): Promise<Record<string, number>> }> {
+  const before = new Map<string, number>()
+  for (const m of members) before.set(m.id, await cpuSeconds(m.pid))
+  const started = performance.now()
+  return {
+    async stop() {
+      const wallS = (performance.now() - started) / 1000
+      const cores: Record<string, number> = {}
+      for (const m of members)
+        cores[m.id] = ((await cpuSeconds(m.pid)) - (before.get(m.id) ?? 0)) / wallS
+      return cores
+    },
+  }
+}
+
+/** A counter summed over every node (0 where a node does not export it). */
+async function clusterCounter(members: LlMember[], name: string): Promise<number> {
+  let sum = 0
+  for (const m of members) sum += await gauge(m.url, name).catch(() => 0)
+  return sum
+}
+
+type Quorum = '1' | 'quorum' | 'all'
+
+interface Phase {
+  operation: 'PUT' | 'GET'
+  quorum: Quorum
+  /** How many replicas that quorum is, with N = replicas. */
+  replicasWaitedFor: number
+  result: LoadResult
+  nodeCores: Record<string, number>
+  readRepairs: number
+  hintsStored: number
+}
+
+/** Runs the leaderless suite; resolves once the report is written. */
+export async function runLeaderlessBench(options: LeaderlessOptions): Promise<void> {
+  const { durationS, connections, valueBytes, getKeys, nodes, replicas, route } = options
+  if (replicas > nodes) throw new Error(`--replicas ${replicas} needs at least as many --nodes`)
+  const quorumOf = (q: Quorum) =>
+    q === '1' ? 1 : q === 'all' ? replicas : Math.floor(replicas / 2) + 1
+  const work = await mkdtemp(join(tmpdir(), 'kv-bench-leaderless-'))
+  const phases: Phase[] = []
+  const value = Buffer.alloc(valueBytes, 'v')
+  let info: ClusterInfo | null = null
+  let prefill: LoadResult | null = null
+  try {
+    say(`== starting a ${nodes}-node leaderless cluster (N=${replicas})`)
+    const cluster = await startLeaderlessCluster(work, nodes, ['--replicas', String(replicas)])
+    const members = cluster.members
+    try {
+      info = await clusterInfo((members[0] as LlMember).url)
+      if (info.mode !== 'leaderless') {
+        throw new Error(`the nodes run in ${info.mode} mode, not leaderless`)
+      }
+      const router = new Router(route, members, info, connections)
+      try {
+        const measure = async (
+          operation: Phase['operation'],
+          quorum: Quorum,
+          run: () => Promise<LoadResult>,
+        ) => {
+          const repairsBefore = await clusterCounter(members, 'kv_read_repairs_total')
+          const hintsBefore = await clusterCounter(members, 'kv_hints_stored_total')
+          const meter = await cpuMeter(members)
+          const result = await run()
+          const nodeCores = await meter.stop()
+          const phase: Phase = {
+            operation,
+            quorum,
+            replicasWaitedFor: quorumOf(quorum),
+            result,
+            nodeCores,
+            readRepairs: (await clusterCounter(members, 'kv_read_repairs_total')) - repairsBefore,
+            hintsStored: (await clusterCounter(members, 'kv_hints_stored_total')) - hintsBefore,
+          }
+          phases.push(phase)
+          say(
+            `   ${fmt(result.throughput)}/s, p99 ${fmt(result.latencyMs.p99, 1)} ms, ${result.errorCount} errors${result.notFound > 0 ? `, ${result.notFound} not found` : ''}${result.siblings > 0 ? `, ${result.siblings} with siblings` : ''}`,
+          )
+        }
+
+        say('   warming up (w=quorum, 3 s)...')
+        let warm = 0
+        await closedLoop({
+          connections,
+          durationS: 3,
+          next: () => {
+            const key = `bench-ll/warm/${warm++}`
+            return {
+              pool: router.poolFor(key),
+              method: 'PUT',
+              path: `${keyPath(key)}?w=quorum`,
+              body: value,
+            }
+          },
+        })
+
+        for (const w of ['1', 'quorum', 'all'] as const) {
+          say(`== PUT w=${w} for ${durationS} s with ${connections} connections`)
+          let counter = 0
+          await measure('PUT', w, () =>
+            closedLoop({
+              connections,
+              durationS,
+              next: () => {
+                const key = `bench-ll/w${w}/${counter++}`
+                return {
+                  pool: router.poolFor(key),
+                  method: 'PUT',
+                  path: `${keyPath(key)}?w=${w}`,
+                  body: value,
+                }
+              },
+            }),
+          )
+          await sleep(500)
+        }
+
+        say(`== reads: loading ${fmt(getKeys)} keys (w=all)...`)
+        prefill = await closedLoop({
+          connections,
+          count: getKeys,
+          next: (i) => {
+            const key = `bench-ll/get/${i}`
+            return {
+              pool: router.poolFor(key),
+              method: 'PUT',
+              path: `${keyPath(key)}?w=all`,
+              body: value,
+            }
+          },
+        })
+        if (prefill.errorCount > 0) {
+          throw new Error(
+            `loading the read keys failed for ${prefill.errorCount} keys: ${JSON.stringify(prefill.errors)}`,
+          )
+        }
+        say(`   loaded in ${fmt(prefill.durationS, 1)} s`)
+        for (const r of ['1', 'quorum', 'all'] as const) {
+          say(`== GET r=${r} for ${durationS} s with ${connections} connections`)
+          const random = prng(42)
+          await measure('GET', r, () =>
+            closedLoop({
+              connections,
+              durationS,
+              next: () => {
+                const key = `bench-ll/get/${Math.floor(random() * getKeys)}`
+                return { pool: router.poolFor(key), method: 'GET', path: `${keyPath(key)}?r=${r}` }
+              },
+            }),
+          )
+        }
+      } finally {
+        await router.close()
+      }
+    } finally {
+      await cluster.stop()
+    }
+  } finally {
+    await rm(work, { recursive: true, force: true })
+  }
+
+  const cores = (c: Record<string, number>) =>
+    Object.entries(c)
+      .map(([id, v]) => `${id} ${fmt(v, 2)}`)
+      .join(', ')
+  const errorText = (r: LoadResult) =>
+    r.errorCount === 0
+      ? '0'
+      : `${r.errorCount} (${Object.entries(r.errors)
+          .map(([k, v]) => `${k}: ${v}`)
+          .join(', ')})`
+  const rows = phases.map((p) => {
+    const name =
+      p.operation === 'PUT'
+        ? `PUT w=${p.quorum} (${p.replicasWaitedFor} of ${replicas})`
+        : `GET r=${p.quorum} (${p.replicasWaitedFor} of ${replicas})`
+    const r = p.result
+    return `| ${name} | ${fmt(r.throughput)} | ${fmt(r.latencyMs.p50, 2)} | ${fmt(r.latencyMs.p99, 2)} | ${fmt(r.latencyMs.p999, 2)} | ${errorText(r)} | ${p.operation === 'GET' ? `${r.notFound} / ${r.siblings}` : ''} | ${p.readRepairs} | ${p.hintsStored} | ${cores(p.nodeCores)} | ${fmt(r.loadGeneratorCores, 2)} |`
+  })
+  const host = await machine()
+  const commit = gitCommit()
+  const command = `pnpm bench --mode leaderless --duration ${durationS} --connections ${connections} --value-bytes ${valueBytes} --get-keys ${getKeys} --nodes ${nodes} --replicas ${replicas} --route ${route}`
+  const routeText =
+    route === 'preference'
+      ? "each request to the first member of its key's preference list"
+      : 'requests round-robin over every node (a write outside its preference list is forwarded)'
+  const markdown = [
+    `${nodes}-node leaderless cluster (N=${replicas}, ${info?.vnodes ?? '?'} vnodes, conflicts=${info?.conflicts ?? '?'}) and the load generator on one machine: ${connections} closed-loop connections (undici, HTTP/1.1), ${routeText}; ${valueBytes}-byte values, fresh keys for writes, ${fmt(getKeys)} preloaded keys (w=all) for reads; ${durationS} s per row; fsync on.`,
+    `Machine: ${host.cores} x ${host.cpus}, ${host.memoryGiB} GiB; Node.js ${process.version}; commit ${commit}; ${new Date().toISOString()}.`,
+    `Command: \`${command}\``,
+    '',
+    '| operation | ops/s | p50 ms | p99 ms | p99.9 ms | errors | GET not found / siblings | read repairs | hints stored | node CPU (cores) | load generator CPU |',
+    '|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|',
+    ...rows,
+    '',
+    `Loading the ${fmt(getKeys)} read keys at w=all took ${prefill ? fmt(prefill.durationS, 1) : '?'} s. Every process shares ${host.cores} cores: the figures compare the quorums with each other on this machine and are no measure of capacity.`,
+  ].join('\n')
+  say(`\n${markdown}\n`)
+  const base = await writeReport(
+    options.out,
+    'leaderless',
+    {
+      suite: 'leaderless',
+      command,
+      commit,
+      date: new Date().toISOString(),
+      node: process.version,
+      machine: host,
+      nodes,
+      replicas,
+      vnodes: info?.vnodes ?? null,
+      conflicts: info?.conflicts ?? null,
+      route,
+      connections,
+      valueBytes,
+      durationS,
+      getKeys,
+      prefill,
+      phases,
+    },
+    markdown,
+  )
+  say(`wrote ${base}.json and ${base}.md`)
+}
