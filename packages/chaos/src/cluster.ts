@@ -4,6 +4,11 @@
  */
 
 import { createServer } from 'node:net'
+import {
+  checkReplicaConvergence,
+  type RangeReport,
+  type RangeRoot,
+} from './checkers/replica-convergence.js'
 
 export interface ChaosNode {
   id: string
@@ -160,5 +165,75 @@ export async function rolledBackKeys(node: ChaosNode): Promise<string[]> {
     for (const r of page.rollbacks) for (const op of r.ops) keys.push(op.key)
     if (page.next === null) return keys
     after = page.next
+  }
+}
+
+/** A node's Merkle roots per replica set (leaderless mode), or null ranges when it does not answer. */
+export async function rangesOf(node: ChaosNode): Promise<RangeReport> {
+  try {
+    const res = await fetch(`${node.url}/admin/v1/ranges`, { signal: AbortSignal.timeout(5000) })
+    if (!res.ok) {
+      await res.arrayBuffer()
+      return { node: node.id, ranges: null, error: `HTTP ${res.status}` }
+    }
+    const body = (await res.json()) as { ranges: RangeRoot[] }
+    return { node: node.id, ranges: body.ranges }
+  } catch (err) {
+    return { node: node.id, ranges: null, error: (err as Error).message }
+  }
+}
+
+/**
+ * Leaderless mode: polls every node's ranges until every replica set agrees, or `timeoutMs`
+ * passes; returns the last reports and how long it waited.
+ */
+export async function convergedRanges(
+  cluster: ChaosCluster,
+  timeoutMs = 60_000,
+): Promise<{ reports: RangeReport[]; waitedMs: number }> {
+  const started = Date.now()
+  for (;;) {
+    const reports = await Promise.all(cluster.nodes.map((n) => rangesOf(n)))
+    const done = checkReplicaConvergence(reports).valid === true
+    if (done || Date.now() - started > timeoutMs) {
+      return { reports, waitedMs: Date.now() - started }
+    }
+    await new Promise((r) => setTimeout(r, 500))
+  }
+}
+
+interface LeaderlessView {
+  mode?: string
+  members?: { id: string; up?: boolean }[]
+}
+
+/**
+ * Leaderless mode: waits until every node answers /v1/cluster in leaderless mode and sees
+ * every member up. Resolves with a one-line account; rejects with what was still wrong.
+ */
+export async function waitLeaderlessUp(cluster: ChaosCluster, timeoutMs = 30_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const problems: string[] = []
+    for (const node of cluster.nodes) {
+      let view: LeaderlessView | null = null
+      try {
+        const res = await fetch(`${node.url}/v1/cluster`, { signal: AbortSignal.timeout(1000) })
+        view = res.ok ? ((await res.json()) as LeaderlessView) : null
+      } catch {
+        view = null
+      }
+      if (view === null) problems.push(`${node.id} does not answer`)
+      else if (view.mode !== 'leaderless') problems.push(`${node.id} runs in ${view.mode} mode`)
+      else {
+        const down = (view.members ?? []).filter((m) => m.up !== true).map((m) => m.id)
+        if (down.length > 0) problems.push(`${node.id} sees ${down.join(', ')} down`)
+      }
+    }
+    if (problems.length === 0) {
+      return `every one of the ${cluster.nodes.length} nodes answers and sees every member up`
+    }
+    if (Date.now() > deadline) throw new Error(problems.join('; '))
+    await new Promise((r) => setTimeout(r, 200))
   }
 }

@@ -9,6 +9,10 @@
  * container's network namespace, entered from the host with nsenter: partitions drop packets
  * to and from the other side's addresses; loss uses the statistic match. heal() flushes every
  * rule.
+ *
+ * Leaderless mode (`leaderless: true`): the same image, with the mode and its options as
+ * command-line arguments (`args`, appended to the image's kv-node entrypoint) and no
+ * preferred leader; the cluster is up once every node is ready.
  */
 import { execFile, execFileSync } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -49,6 +53,10 @@ export interface DockerClusterOptions {
   image?: string
   /** Extra environment for every node (KV_* options, test-only switches). */
   env?: Record<string, string>
+  /** Extra kv-node arguments for every node (the image's entrypoint is kv-node). */
+  args?: string[]
+  /** The nodes run in leaderless mode: no preferred leader, no leader to wait for. */
+  leaderless?: boolean
 }
 
 interface Member extends ChaosNode {
@@ -114,26 +122,29 @@ export class DockerCluster implements ChaosCluster {
       await Promise.all(
         ids.map(async (id, i) => {
           const port = ports[i] as number
-          const container = await new GenericContainer(image)
+          let container = new GenericContainer(image)
             .withNetwork(network)
             .withNetworkAliases(id)
             .withHostname(id)
             .withEnvironment({
               KV_NODE_ID: id,
               KV_MEMBERS: members,
-              KV_LEADER: 'n1',
+              ...(options.leaderless ? {} : { KV_LEADER: 'n1' }),
               KV_PORT: String(port),
               ...options.env,
             })
             .withExposedPorts({ container: port, host: port })
             .withWaitStrategy(Wait.forHttp('/ready', port).withStartupTimeout(60_000))
-            .start()
-          live.add(container.getId())
+          if (options.args !== undefined && options.args.length > 0) {
+            container = container.withCommand(options.args)
+          }
+          const started = await container.start()
+          live.add(started.getId())
           nodes[i] = {
             id,
             url: `http://127.0.0.1:${port}`,
             port,
-            containerId: container.getId(),
+            containerId: started.getId(),
             running: true,
           }
         }),
@@ -149,7 +160,7 @@ export class DockerCluster implements ChaosCluster {
       id: network.getId(),
       stop: () => network.stop(),
     })
-    await waitForLeader(cluster)
+    if (!options.leaderless) await waitForLeader(cluster)
     return cluster
   }
 

@@ -3,6 +3,9 @@ export * from './checkers/index.js'
 export {
   currentLeader,
   convergedDigests,
+  convergedRanges,
+  rangesOf,
+  waitLeaderlessUp,
   rolledBackKeys,
   waitForLeader,
   UnsupportedFault,
@@ -12,6 +15,7 @@ export {
 export { DockerCluster } from './docker-cluster.js'
 export { ProcessCluster } from './process-cluster.js'
 export {
+  leaderNemeses,
   nemesisNames,
   parseNemeses,
   prng,
@@ -20,5 +24,12 @@ export {
   type NemesisName,
 } from './nemesis.js'
 export { latencySvg, throughputSvg, writeReport, type RunSummary } from './report.js'
-export { runChaos, type ChaosOptions, type ChaosResult } from './run.js'
-export { HistoryRecorder, startWorkload, workloadNames, type WorkloadName } from './workloads.js'
+export { quorumSize, runChaos, type ChaosOptions, type ChaosResult } from './run.js'
+export {
+  HistoryRecorder,
+  leaderlessWorkloads,
+  startWorkload,
+  workloadNames,
+  type WorkloadName,
+} from './workloads.js'
+export type { LeaderlessQuorums } from './workloads-leaderless.js'

@@ -5,6 +5,8 @@
  *
  *   pnpm chaos --backend docker --workload register --nemesis partition-leader,kill \
  *     --ack quorum --duration 60s --seed 7
+ *   pnpm chaos --mode leaderless --backend docker --nodes 5 --nemesis kill,partition-one \
+ *     --w quorum --r quorum --duration 30s
  */
 import { parseArgs } from 'node:util'
 import { parseNemeses, nemesisNames } from './nemesis.js'
@@ -13,8 +15,8 @@ import { workloadNames, type AckMode, type WorkloadName } from './workloads.js'
 
 const usage = `Usage: pnpm chaos [options]
   --backend process|docker    local kv-node processes (kill, pause only) or containers (default docker)
-  --workload ${workloadNames.join('|')}   (default register)
-  --nemesis LIST              comma-separated: ${nemesisNames.join(', ')} (default kill,pause-leader)
+  --workload ${workloadNames.join('|')}   (default register; ll-set in leaderless mode)
+  --nemesis LIST              comma-separated: ${nemesisNames.join(', ')} (default kill,pause-leader; kill,pause in leaderless mode)
   --ack async|quorum|all      write durability (default quorum)
   --duration 60s              how long faults run (s or ms suffix; default 30s)
   --seed N                    the schedule's and the clients' seed (default: random, printed)
@@ -23,6 +25,15 @@ const usage = `Usage: pnpm chaos [options]
   --out DIR                   where the report folder goes (default chaos-reports)
   --unsafe-no-fencing         run nodes with fencing disabled (a test-only switch; the checkers must catch it)
   --unsafe-no-sessions        session workload: read followers without session tokens (must be caught)
+Leaderless mode:
+  --mode single-leader|leaderless   cluster mode (default single-leader); leaderless runs the
+                              ll-set workload by default and refuses pause-leader,
+                              partition-leader and slow-leader (there is no leader)
+  --replicas N                replicas per key (default 3)
+  --w W, --r R                write and read quorums: 1..N, quorum or all (default quorum)
+  --sloppy                    let writes count hinted stand-ins towards W (default strict)
+  --anti-entropy-interval-ms MS   the nodes' anti-entropy interval (default 1000)
+  --node-arg ARG              an extra kv-node argument for every node (repeatable)
 Docker backend: build the image first with bash scripts/docker-build.sh.`
 
 function duration(text: string): number {
@@ -38,8 +49,15 @@ async function main(): Promise<number> {
     parsed = parseArgs({
       options: {
         backend: { type: 'string', default: 'docker' },
-        workload: { type: 'string', default: 'register' },
-        nemesis: { type: 'string', default: 'kill,pause-leader' },
+        workload: { type: 'string' },
+        mode: { type: 'string', default: 'single-leader' },
+        replicas: { type: 'string', default: '3' },
+        w: { type: 'string', default: 'quorum' },
+        r: { type: 'string', default: 'quorum' },
+        sloppy: { type: 'boolean', default: false },
+        'anti-entropy-interval-ms': { type: 'string', default: '1000' },
+        'node-arg': { type: 'string', multiple: true, default: [] },
+        nemesis: { type: 'string' },
         ack: { type: 'string', default: 'quorum' },
         duration: { type: 'string', default: '30s' },
         seed: { type: 'string' },
@@ -63,11 +81,21 @@ async function main(): Promise<number> {
   try {
     if (o.backend !== 'process' && o.backend !== 'docker')
       throw new Error('--backend must be process or docker')
-    if (!(workloadNames as readonly string[]).includes(o.workload))
+    if (o.mode !== 'single-leader' && o.mode !== 'leaderless')
+      throw new Error('--mode must be single-leader or leaderless')
+    const leaderless = o.mode === 'leaderless'
+    const workload = o.workload ?? (leaderless ? 'll-set' : 'register')
+    if (!(workloadNames as readonly string[]).includes(workload))
       throw new Error(`--workload must be one of ${workloadNames.join(', ')}`)
+    const replicas = Number(o.replicas)
+    if (!Number.isInteger(replicas) || replicas < 1)
+      throw new Error('--replicas must be at least 1')
+    const antiEntropyIntervalMs = Number(o['anti-entropy-interval-ms'])
+    if (!Number.isInteger(antiEntropyIntervalMs) || antiEntropyIntervalMs < 1)
+      throw new Error('--anti-entropy-interval-ms must be a whole number of ms')
     if (o.ack !== 'async' && o.ack !== 'quorum' && o.ack !== 'all')
       throw new Error('--ack must be async, quorum or all')
-    const nemeses = parseNemeses(o.nemesis)
+    const nemeses = parseNemeses(o.nemesis ?? (leaderless ? 'kill,pause' : 'kill,pause-leader'))
     const seed = o.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(o.seed)
     if (!Number.isSafeInteger(seed)) throw new Error('--seed must be a whole number')
     const nodes = Number(o.nodes)
@@ -75,9 +103,23 @@ async function main(): Promise<number> {
     if (!Number.isInteger(nodes) || nodes < 1) throw new Error('--nodes must be at least 1')
     if (!Number.isInteger(clients) || clients < 1) throw new Error('--clients must be at least 1')
     const durationMs = duration(o.duration)
+    const leaderlessText = leaderless
+      ? ` --mode leaderless --replicas ${replicas} --w ${o.w} --r ${o.r}${o.sloppy ? ' --sloppy' : ''} --anti-entropy-interval-ms ${antiEntropyIntervalMs}${o['node-arg'].map((a) => ` --node-arg=${a}`).join('')}`
+      : ''
     const result = await runChaos({
       backend: o.backend,
-      workload: o.workload as WorkloadName,
+      workload: workload as WorkloadName,
+      ...(leaderless
+        ? {
+            mode: 'leaderless' as const,
+            replicas,
+            w: o.w,
+            r: o.r,
+            sloppy: o.sloppy,
+            antiEntropyIntervalMs,
+          }
+        : {}),
+      ...(o['node-arg'].length > 0 ? { nodeArgs: o['node-arg'] } : {}),
       nemeses,
       ack: o.ack as AckMode,
       durationMs,
@@ -87,7 +129,7 @@ async function main(): Promise<number> {
       out: o.out,
       ...(o['unsafe-no-fencing'] ? { nodeEnv: { KV_UNSAFE_NO_FENCING: '1' } } : {}),
       ...(o['unsafe-no-sessions'] ? { noSessions: true } : {}),
-      command: `pnpm chaos --backend ${o.backend} --workload ${o.workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}`,
+      command: `pnpm chaos --backend ${o.backend}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}`,
     })
     return result.summary.valid === true ? 0 : result.summary.valid === false ? 1 : 3
   } catch (err) {

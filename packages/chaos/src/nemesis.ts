@@ -19,6 +19,9 @@ export const nemesisNames = [
 ] as const
 export type NemesisName = (typeof nemesisNames)[number]
 
+/** Nemeses aimed at the leader: a leaderless cluster has none, so runs refuse them there. */
+export const leaderNemeses = ['pause-leader', 'partition-leader', 'slow-leader'] as const
+
 /** One fault, from when it started to when it was healed (ms since the run began). */
 export interface FaultWindow {
   nemesis: NemesisName

@@ -2,6 +2,9 @@
  * The process backend: kv-node processes on 127.0.0.1 (the built dist, as a user runs it).
  * It kills (SIGKILL), pauses (SIGSTOP) and restarts. Network faults need the docker backend:
  * loopback has no per-node network to cut.
+ *
+ * In leaderless mode (`leaderless: true`, with `--mode leaderless` and its options in `args`)
+ * the cluster is up once every node is ready: there is no leader to wait for.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
@@ -40,6 +43,8 @@ export interface ProcessClusterOptions {
   env?: Record<string, string>
   /** Where node logs go (one file per node); a temporary directory when omitted. */
   logDir?: string
+  /** The nodes run in leaderless mode: do not wait for a leader. */
+  leaderless?: boolean
 }
 
 interface Member extends ChaosNode {
@@ -87,7 +92,7 @@ export class ProcessCluster implements ChaosCluster {
     const cluster = new ProcessCluster(dir, nodes, options)
     try {
       for (const n of nodes) await cluster.start(n.id)
-      await waitForLeader(cluster)
+      if (!options.leaderless) await waitForLeader(cluster)
       return cluster
     } catch (err) {
       await cluster.stop()

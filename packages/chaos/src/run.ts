@@ -1,25 +1,41 @@
 /**
  * One chaos run: start a cluster, run a workload while a nemesis schedule injects faults, heal,
  * let the cluster settle, run the final reads, check the history, and write the report.
+ *
+ * Leaderless mode (`mode: 'leaderless'`): the nodes run `--mode leaderless --replicas N` with a
+ * short anti-entropy interval; the workload is ll-set with W and R quorums. After healing, the
+ * recovery check wants every node to see every member up (there is no leader), the final read
+ * runs at once, and then the runner waits (up to 60 s) until every member of each replica set
+ * reports the same Merkle root. Nemeses aimed at the leader (pause-leader, partition-leader,
+ * slow-leader) are refused: there is none; use pause, partition-one or slow.
  */
 import { join } from 'node:path'
 import { checkConvergence } from './checkers/convergence.js'
+import { checkReplicaConvergence } from './checkers/replica-convergence.js'
 import { checkLinearizable } from './checkers/linearizable.js'
 import { analyzeSet, checkLostWrites, matchRollbacks } from './checkers/lost-writes.js'
 import { checkSessions } from './checkers/sessions.js'
 import {
   UnsupportedFault,
   convergedDigests,
+  convergedRanges,
   rolledBackKeys,
   waitForLeader,
+  waitLeaderlessUp,
   type ChaosCluster,
 } from './cluster.js'
 import { DockerCluster } from './docker-cluster.js'
 import { pairOperations, type Verdict } from './history.js'
-import { runNemesis, type FaultWindow, type NemesisName } from './nemesis.js'
+import { leaderNemeses, runNemesis, type FaultWindow, type NemesisName } from './nemesis.js'
 import { ProcessCluster } from './process-cluster.js'
 import { writeReport, type RunSummary } from './report.js'
-import { HistoryRecorder, startWorkload, type AckMode, type WorkloadName } from './workloads.js'
+import {
+  HistoryRecorder,
+  leaderlessWorkloads,
+  startWorkload,
+  type AckMode,
+  type WorkloadName,
+} from './workloads.js'
 
 export interface ChaosOptions {
   backend: 'process' | 'docker'
@@ -41,6 +57,30 @@ export interface ChaosOptions {
   log?: (line: string) => void
   /** The command that replays this run, for the report. */
   command?: string
+  /** The cluster mode (default single-leader). */
+  mode?: 'single-leader' | 'leaderless'
+  /** Leaderless: replicas per key, N (default 3). */
+  replicas?: number
+  /** Leaderless: write and read quorums, a number of replicas, quorum or all (default quorum). */
+  w?: string
+  r?: string
+  /** Leaderless: let writes count hinted stand-ins towards W (default false: strict quorums). */
+  sloppy?: boolean
+  /** Leaderless: the nodes' anti-entropy interval (default 1000 ms). */
+  antiEntropyIntervalMs?: number
+  /** Extra kv-node arguments for every node. */
+  nodeArgs?: string[]
+}
+
+/** The size of a quorum given as a number, 'quorum' or 'all', for N replicas. */
+export function quorumSize(quorum: string, replicas: number): number {
+  if (quorum === 'all') return replicas
+  if (quorum === 'quorum') return Math.floor(replicas / 2) + 1
+  const n = Number(quorum)
+  if (!Number.isInteger(n) || n < 1 || n > replicas) {
+    throw new Error(`a quorum must be 1 to ${replicas}, quorum or all, not ${quorum}`)
+  }
+  return n
 }
 
 export interface ChaosResult {
@@ -51,11 +91,37 @@ export interface ChaosResult {
 
 export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   const log = options.log ?? ((line: string) => process.stdout.write(`${line}\n`))
+  const leaderless = options.mode === 'leaderless'
+  const replicas = options.replicas ?? 3
+  const w = options.w ?? 'quorum'
+  const r = options.r ?? 'quorum'
+  const sloppy = options.sloppy ?? false
+  if (leaderless) {
+    const refused = options.nemeses.filter((n) => (leaderNemeses as readonly string[]).includes(n))
+    if (refused.length > 0) {
+      throw new UnsupportedFault(
+        `${refused.join(', ')} aim at the leader, and a leaderless cluster has none: use pause, partition-one or slow (a random node) instead`,
+      )
+    }
+    if (!leaderlessWorkloads.includes(options.workload)) {
+      throw new Error(
+        `the ${options.workload} workload needs a leader; in leaderless mode use ${leaderlessWorkloads.join(', ')}`,
+      )
+    }
+    if (replicas > options.nodes) {
+      throw new Error(`--replicas ${replicas} needs at least ${replicas} nodes`)
+    }
+    quorumSize(w, replicas)
+    quorumSize(r, replicas)
+  } else if (leaderlessWorkloads.includes(options.workload)) {
+    throw new Error(`the ${options.workload} workload needs --mode leaderless`)
+  }
+  const ackText = leaderless ? `w=${w},r=${r}${sloppy ? ',sloppy' : ''}` : options.ack
   const stamp = new Date().toISOString().replace(/[:.]/g, '-')
-  const name = `${stamp}-${options.backend}-${options.workload}-${options.nemeses.join('+')}-${options.ack}-seed${options.seed}`
+  const name = `${stamp}-${options.backend}-${options.workload}-${options.nemeses.join('+')}-${ackText.replace(/[=,]/g, '')}-seed${options.seed}`
   const dir = join(options.out, name)
   log(
-    `chaos: ${options.workload} under ${options.nemeses.join(', ')} on ${options.nodes} ${options.backend} nodes, ack=${options.ack}, ${options.durationMs / 1000} s, seed ${options.seed}`,
+    `chaos: ${options.workload} under ${options.nemeses.join(', ')} on ${options.nodes} ${options.backend} nodes${leaderless ? ` (leaderless, N=${replicas})` : ''}, ${leaderless ? ackText : `ack=${options.ack}`}, ${options.durationMs / 1000} s, seed ${options.seed}`,
   )
   const networkFaults = options.nemeses.filter(
     (n) => n.startsWith('partition') || n === 'loss' || n.startsWith('slow'),
@@ -65,13 +131,30 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       `${networkFaults.join(', ')} need per-node networks: use --backend docker (the process backend can kill, pause and restart)`,
     )
   }
-  const env = { KV_DEFAULT_ACK: options.ack, ...options.nodeEnv }
+  const env: Record<string, string> = leaderless
+    ? { ...options.nodeEnv }
+    : { KV_DEFAULT_ACK: options.ack, ...options.nodeEnv }
+  const args = [
+    ...(leaderless
+      ? [
+          '--mode',
+          'leaderless',
+          '--replicas',
+          String(replicas),
+          '--anti-entropy-interval-ms',
+          String(options.antiEntropyIntervalMs ?? 1000),
+        ]
+      : []),
+    ...(options.nodeArgs ?? []),
+  ]
   const cluster: ChaosCluster =
     options.backend === 'docker'
-      ? await DockerCluster.start({ nodes: options.nodes, env })
+      ? await DockerCluster.start({ nodes: options.nodes, env, args, leaderless })
       : await ProcessCluster.start({
           nodes: options.nodes,
           env,
+          args,
+          leaderless,
           logDir: join(dir, 'logs'),
         })
   const history = new HistoryRecorder()
@@ -87,6 +170,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       seed: options.seed,
       prefix: `chaos-${options.seed}/`,
       ...(options.noSessions ? { noSessions: true } : {}),
+      ...(leaderless ? { quorums: { w, r, sloppy } } : {}),
     })
     try {
       windows = await runNemesis({
@@ -108,6 +192,33 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     // Heal everything, bring killed nodes back, and let the cluster settle.
     await cluster.heal()
     for (const node of cluster.nodes) await cluster.start(node.id)
+    if (leaderless) {
+      // Every node must come back and see every member; the final read runs at once (before
+      // anti-entropy has had its time), then the replicas must converge within 60 s.
+      const recovery = await waitLeaderlessUp(cluster, 30_000).then(
+        (text) => ({ ok: true, text }),
+        (err: unknown) => ({ ok: false, text: (err as Error).message }),
+      )
+      verdicts.push({
+        checker: 'recovery',
+        valid: recovery.ok,
+        summary: recovery.ok
+          ? `after healing: ${recovery.text}`
+          : `after healing, the nodes did not all see each other within 30 s: ${recovery.text}`,
+        details: {},
+      })
+      await workload.finish()
+      const converged = await convergedRanges(cluster, 60_000)
+      const ops = pairOperations(history.events)
+      const lost = checkLostWrites(ops)
+      const overlap = quorumSize(w, replicas) + quorumSize(r, replicas) > replicas
+      if (!overlap && lost.valid === false) {
+        lost.summary += ` (W + R <= N: reads need not see acknowledged writes, so this is expected)`
+      }
+      verdicts.push(lost)
+      verdicts.push(checkReplicaConvergence(converged.reports, converged.waitedMs))
+      return await finishRun(ops)
+    }
     // A cluster that cannot agree on one leader after healing is itself a finding; the
     // history is still checked.
     const recovery = await waitForLeader(cluster, 30_000).then(
@@ -154,6 +265,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       })
     }
     verdicts.push(checkConvergence(digests))
+    return await finishRun(ops)
+  } finally {
+    await cluster.stop()
+  }
+
+  /** Writes the report and logs the verdicts. */
+  async function finishRun(ops: ReturnType<typeof pairOperations>): Promise<ChaosResult> {
     if (cluster instanceof DockerCluster) {
       for (const [id, text] of Object.entries(await cluster.logs())) extra[`${id}.log`] = text
     }
@@ -167,11 +285,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     const summary: RunSummary = {
       command:
         options.command ??
-        `pnpm chaos --backend ${options.backend} --workload ${options.workload} --nemesis ${options.nemeses.join(',')} --ack ${options.ack} --duration ${options.durationMs / 1000}s --seed ${options.seed}`,
+        (leaderless
+          ? `pnpm chaos --mode leaderless --backend ${options.backend} --workload ${options.workload} --nemesis ${options.nemeses.join(',')} --replicas ${replicas} --w ${w} --r ${r}${sloppy ? ' --sloppy' : ''} --anti-entropy-interval-ms ${options.antiEntropyIntervalMs ?? 1000} --duration ${options.durationMs / 1000}s --seed ${options.seed} --nodes ${options.nodes} --clients ${options.clients}`
+          : `pnpm chaos --backend ${options.backend} --workload ${options.workload} --nemesis ${options.nemeses.join(',')} --ack ${options.ack} --duration ${options.durationMs / 1000}s --seed ${options.seed}`),
       backend: options.backend,
       workload: options.workload,
       nemeses: options.nemeses,
-      ack: options.ack,
+      ack: ackText,
       seed: options.seed,
       durationMs: options.durationMs,
       operations: counts,
@@ -188,7 +308,5 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       `  ${counts.ok} ok, ${counts.fail} fail, ${counts.info} info; report: ${join(dir, 'report.html')}`,
     )
     return { summary, dir, windows }
-  } finally {
-    await cluster.stop()
   }
 }

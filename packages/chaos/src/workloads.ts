@@ -10,6 +10,8 @@
  *   every element.
  * - session: clients write and read a few keys through the SDK with sessions and follower
  *   reads, recording the versions they see.
+ * - ll-set (leaderless mode): the set, in plain HTTP with write and read quorums; see
+ *   workloads-leaderless.ts.
  *
  * A failure is `fail` only when the write certainly did not happen (its condition failed, or
  * a read); anything else (timeouts, a deposed leader, a lost connection) is `info`, and the
@@ -20,8 +22,11 @@ import { Pool } from 'undici'
 import type { ChaosCluster } from './cluster.js'
 import { prng } from './nemesis.js'
 import type { HistoryEvent, OpFunction } from './history.js'
+import { llSetWorkload, type LeaderlessQuorums } from './workloads-leaderless.js'
 
-export const workloadNames = ['register', 'set', 'session'] as const
+export const workloadNames = ['register', 'set', 'session', 'll-set'] as const
+/** The workloads of each cluster mode. */
+export const leaderlessWorkloads: readonly WorkloadName[] = ['ll-set']
 export type WorkloadName = (typeof workloadNames)[number]
 export type AckMode = 'async' | 'quorum' | 'all'
 
@@ -51,6 +56,8 @@ export interface WorkloadOptions {
    * The session checker must then find read-your-writes or monotonic-read violations.
    */
   noSessions?: boolean
+  /** Leaderless workloads: the write and read quorums (default quorum, strict). */
+  quorums?: LeaderlessQuorums
 }
 
 export interface Workload {
@@ -97,6 +104,8 @@ export function startWorkload(name: WorkloadName, options: WorkloadOptions): Wor
       return setWorkload(options)
     case 'session':
       return sessionWorkload(options)
+    case 'll-set':
+      return llSetWorkload(options, options.quorums ?? { w: 'quorum', r: 'quorum', sloppy: false })
   }
 }
 

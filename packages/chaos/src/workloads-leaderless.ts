@@ -1,0 +1,225 @@
+/**
+ * Workloads for leaderless mode, in plain HTTP (undici): any node takes any key, so each
+ * operation goes to a node picked at random (with the client's seed).
+ *
+ * - ll-set: every client adds unique elements (a key written once, `PUT ?w=W`); after the
+ *   faults heal, one read of every element ever attempted (`GET ?r=R`), recorded as one
+ *   `readAll` whose value is the elements found. The lost-writes checker then compares: with
+ *   R + W > N (and strict quorums, `sloppy=false`), every acknowledged add must be found.
+ *
+ * An add is `ok` on 200, `fail` only when it certainly did not happen (a 400, or a connection
+ * that was never made), and `info` otherwise: a 503 KV_ERR_QUORUM_UNAVAILABLE may still have
+ * left the value on the coordinator or on a replica, and a timeout may have done anything.
+ * After an info the client retires and its successor gets a new process number.
+ */
+import { Pool } from 'undici'
+import type { ChaosCluster, ChaosNode } from './cluster.js'
+import { prng } from './nemesis.js'
+import type { Workload, WorkloadOptions } from './workloads.js'
+
+/** Write and read quorums of a leaderless run: a number of replicas, 'quorum' or 'all'. */
+export interface LeaderlessQuorums {
+  w: string
+  r: string
+  /** Let writes count hinted stand-ins outside the preference list towards W. */
+  sloppy: boolean
+}
+
+const requestTimeoutMs = 5000
+
+/** Plain HTTP/1.1 to every node of the cluster, one pool each. One attempt per call. */
+export class NodePools {
+  private readonly pools = new Map<string, Pool>()
+
+  private pool(node: ChaosNode): Pool {
+    let pool = this.pools.get(node.url)
+    if (!pool) {
+      pool = new Pool(node.url, {
+        connections: 4,
+        headersTimeout: requestTimeoutMs,
+        bodyTimeout: requestTimeoutMs,
+      })
+      this.pools.set(node.url, pool)
+    }
+    return pool
+  }
+
+  async send(
+    node: ChaosNode,
+    method: 'GET' | 'PUT',
+    path: string,
+    body?: string,
+  ): Promise<{ status: number; body: string }> {
+    const res = await this.pool(node).request({
+      method,
+      path,
+      ...(body !== undefined
+        ? { body, headers: { 'content-type': 'application/octet-stream' } }
+        : {}),
+      signal: AbortSignal.timeout(requestTimeoutMs),
+    })
+    return { status: res.statusCode, body: await res.body.text() }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.pools.values()].map((p) => p.close()))
+  }
+}
+
+export const keyPath = (key: string): string =>
+  `/v1/kv/${key.split('/').map(encodeURIComponent).join('/')}`
+
+function errorCode(status: number, body: string): string {
+  try {
+    return (JSON.parse(body) as { error?: { code?: string } }).error?.code ?? `HTTP ${status}`
+  } catch {
+    return `HTTP ${status}`
+  }
+}
+
+function transportCode(err: unknown): string {
+  const e = err as { code?: string; cause?: { code?: string }; name?: string; message?: string }
+  return e.code ?? e.cause?.code ?? e.name ?? String(e.message ?? err)
+}
+
+const pauseAfterError = () => new Promise((r) => setTimeout(r, 50))
+
+export function llSetWorkload(options: WorkloadOptions, quorums: LeaderlessQuorums): Workload {
+  const { history, cluster } = options
+  const pools = new NodePools()
+  const setKey = (element: number) => `${options.prefix}s/${element}`
+  const attempted: number[] = []
+  let element = 0
+  let stopping = false
+  let nextProcess = options.clients
+  const nodeIds = new Map(cluster.nodes.map((n) => [n.url, n.id]))
+
+  const running = Array.from({ length: options.clients }, async (_, i) => {
+    const random = prng(options.seed * 1000 + i)
+    let process = i
+    while (!stopping) {
+      const node = cluster.nodes[Math.floor(random() * cluster.nodes.length)] as ChaosNode
+      const value = ++element
+      attempted.push(value)
+      history.record({ process, f: 'add', type: 'invoke', value })
+      try {
+        const res = await pools.send(
+          node,
+          'PUT',
+          `${keyPath(setKey(value))}?w=${quorums.w}&sloppy=${quorums.sloppy}`,
+          '1',
+        )
+        if (res.status === 200) {
+          const coordinator = (JSON.parse(res.body) as { coordinator?: string }).coordinator
+          history.record({
+            process,
+            f: 'add',
+            type: 'ok',
+            value,
+            node: coordinator ?? nodeIds.get(node.url) ?? node.id,
+          })
+          continue
+        }
+        const code = errorCode(res.status, res.body)
+        await pauseAfterError()
+        if (res.status === 400) {
+          // Refused before anything was stored (a bad argument): certainly not applied.
+          history.record({ process, f: 'add', type: 'fail', value, error: code, node: node.id })
+          continue
+        }
+        history.record({ process, f: 'add', type: 'info', value, error: code, node: node.id })
+      } catch (err) {
+        const code = transportCode(err)
+        await pauseAfterError()
+        if (code === 'ECONNREFUSED') {
+          history.record({ process, f: 'add', type: 'fail', value, error: code, node: node.id })
+          continue
+        }
+        history.record({ process, f: 'add', type: 'info', value, error: code, node: node.id })
+      }
+      process = nextProcess++
+    }
+  })
+
+  return {
+    async stop() {
+      stopping = true
+      await Promise.all(running)
+    },
+    async finish() {
+      try {
+        await finalRead(options, quorums, pools, attempted, setKey)
+      } finally {
+        await pools.close()
+      }
+    },
+  }
+}
+
+/**
+ * Reads every attempted element once at R, spread over the nodes, retrying a read that gets
+ * no definite answer (200 or 300: present; 404: absent) on the next node, for at most 60 s in
+ * all. The `readAll` is ok only when every element got a definite answer; otherwise it fails,
+ * and the checker cannot decide.
+ */
+async function finalRead(
+  options: WorkloadOptions,
+  quorums: LeaderlessQuorums,
+  pools: NodePools,
+  attempted: readonly number[],
+  setKey: (element: number) => string,
+): Promise<void> {
+  const { history, cluster } = options
+  const process = 1_000_000
+  const deadline = Date.now() + 60_000
+  history.record({ process, f: 'readAll', type: 'invoke', value: null })
+  const present: number[] = []
+  const unresolved: number[] = []
+  const errors = new Map<string, number>()
+  let next = 0
+  const running = (c: ChaosCluster) => c.nodes.filter((n) => c.isRunning(n.id))
+  await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      for (let i = next++; i < attempted.length; i = next++) {
+        const value = attempted[i] as number
+        let answer: boolean | null = null
+        for (let attempt = 0; answer === null && Date.now() < deadline; attempt++) {
+          const nodes = running(cluster)
+          const node = nodes[(i + attempt) % Math.max(1, nodes.length)]
+          if (node === undefined) break
+          try {
+            const res = await pools.send(node, 'GET', `${keyPath(setKey(value))}?r=${quorums.r}`)
+            if (res.status === 200 || res.status === 300) answer = true
+            else if (res.status === 404) answer = false
+            else {
+              const code = errorCode(res.status, res.body)
+              errors.set(code, (errors.get(code) ?? 0) + 1)
+            }
+          } catch (err) {
+            const code = transportCode(err)
+            errors.set(code, (errors.get(code) ?? 0) + 1)
+          }
+          if (answer === null) await pauseAfterError()
+        }
+        if (answer === true) present.push(value)
+        else if (answer === null) unresolved.push(value)
+      }
+    }),
+  )
+  if (unresolved.length > 0) {
+    history.record({
+      process,
+      f: 'readAll',
+      type: 'fail',
+      value: null,
+      error: `${unresolved.length} of ${attempted.length} elements got no definite answer within 60 s (${[
+        ...errors,
+      ]
+        .map(([k, v]) => `${k}: ${v}`)
+        .join(', ')})`,
+    })
+    return
+  }
+  present.sort((a, b) => a - b)
+  history.record({ process, f: 'readAll', type: 'ok', value: present })
+}
