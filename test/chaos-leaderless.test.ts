@@ -1,0 +1,92 @@
+/**
+ * Chaos runs of the leaderless mode: 5 nodes with N=3, the ll-set workload (distinct keys
+ * written at W, read back once at R right after healing), then the replicas must converge
+ * (every member of each replica set reports the same Merkle root) within 60 s, with
+ * anti-entropy every second.
+ *
+ * The process backend kills and pauses local kv-node processes; the docker backend adds
+ * partitions. The docker tests need a Docker engine and the node image (scripts/test.sh and
+ * CI run scripts/docker-build.sh first); without them they fail, naming the missing piece.
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { runChaos, type ChaosOptions } from '@kvstore/chaos'
+
+let out: string
+beforeAll(async () => {
+  out = await mkdtemp(join(tmpdir(), 'kv-chaos-ll-test-'))
+})
+afterAll(async () => {
+  await rm(out, { recursive: true, force: true })
+})
+
+function run(options: Partial<ChaosOptions> & Pick<ChaosOptions, 'backend' | 'nemeses'>) {
+  return runChaos({
+    mode: 'leaderless',
+    workload: 'll-set',
+    ack: 'quorum',
+    replicas: 3,
+    w: 'quorum',
+    r: 'quorum',
+    durationMs: 25_000,
+    seed: 1,
+    nodes: 5,
+    clients: 6,
+    out,
+    healthyMs: 2500,
+    faultMs: 3500,
+    log: () => {},
+    ...options,
+  })
+}
+
+type Result = Awaited<ReturnType<typeof run>>
+
+const verdictOf = (result: Result, checker: string) =>
+  result.summary.verdicts.find((v) => v.checker === checker)
+
+/** Every verdict valid, acknowledged adds really happened and really were read back. */
+async function expectSafe(result: Result): Promise<void> {
+  const { summary } = result
+  expect(result.windows.length).toBeGreaterThan(0)
+  for (const v of summary.verdicts)
+    expect([v.checker, v.valid, v.summary]).toEqual([v.checker, true, v.summary])
+  expect(summary.verdicts.map((v) => v.checker).sort()).toEqual([
+    'lost-writes',
+    'recovery',
+    'replica-convergence',
+  ])
+  const counts = (
+    verdictOf(result, 'lost-writes')?.details as { counts: { ok: number; present: number } }
+  ).counts
+  expect(counts.ok).toBeGreaterThan(100)
+  expect(counts.present).toBeGreaterThanOrEqual(counts.ok)
+  const convergence = verdictOf(result, 'replica-convergence')?.details as { replicaSets: number }
+  expect(convergence.replicaSets).toBeGreaterThan(0)
+  const html = await readFile(join(result.dir, 'report.html'), 'utf8')
+  expect(html).toContain('<svg')
+}
+
+describe('leaderless chaos (ll-set, W=R=quorum, N=3 of 5 nodes)', () => {
+  it('process backend, kill and pause: nothing acknowledged is lost, the replicas converge', async () => {
+    const result = await run({ backend: 'process', nemeses: ['kill', 'pause'], seed: 11 })
+    await expectSafe(result)
+    expect(result.windows.some((w) => w.nemesis === 'kill')).toBe(true)
+  }, 240_000)
+
+  it('docker backend, kill and an isolated node: nothing acknowledged is lost, the replicas converge', async () => {
+    const result = await run({ backend: 'docker', nemeses: ['kill', 'partition-one'], seed: 12 })
+    await expectSafe(result)
+    expect(result.windows.some((w) => w.nemesis === 'partition-one')).toBe(true)
+  }, 240_000)
+
+  it('refuses nemeses aimed at a leader, and workloads that need one', async () => {
+    await expect(run({ backend: 'process', nemeses: ['pause-leader'] })).rejects.toThrow(
+      /pause-leader aim at the leader, and a leaderless cluster has none/,
+    )
+    await expect(
+      run({ backend: 'process', nemeses: ['kill'], workload: 'register' }),
+    ).rejects.toThrow(/the register workload needs a leader/)
+  })
+})
