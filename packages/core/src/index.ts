@@ -22,3 +22,14 @@ export { HybridClock, compareHlc } from './hlc.js'
 export type { HlcTimestamp } from './hlc.js'
 export { MerkleTree } from './merkle.js'
 export type { MerkleEntry } from './merkle.js'
+export {
+  allTombstones,
+  collectable,
+  liveSiblings,
+  mergeStates,
+  resolve as resolveConflicts,
+  stateDigest,
+  survivorsOf,
+  writeState,
+} from './conflicts.js'
+export type { ConflictMode, Payload, Resolved, VersionedState } from './conflicts.js'

@@ -1,7 +1,6 @@
 /**
  * Merkle trees for leaderless anti-entropy (pure). A replica summarises the keys of one ring
- * range as a fixed-shape tree: the range's 32-bit hash space is cut into 2^depth leaf buckets
- * by the key's hash; a leaf's digest combines the (key, version digest) pairs in it, and each
+ * range as a fixed-shape tree: the keys are cut into 2^depth leaf buckets by a hash of the key; a leaf's digest combines the (key, version digest) pairs in it, and each
  * inner node combines its two children. Two replicas compare roots, descend only where digests
  * differ, and stream just the keys of the differing leaves.
  *
@@ -17,6 +16,14 @@ import { invariant } from './invariant.js'
 export interface MerkleEntry {
   key: string
   digest: number
+}
+
+/** A hash of the key independent of hash32 (which places it on the ring). */
+function leafHash(key: string): number {
+  let h = hash32(key) ^ 0x9e3779b9
+  h = Math.imul(h ^ (h >>> 16), 0x7feb352d)
+  h = Math.imul(h ^ (h >>> 15), 0x846ca68b)
+  return (h ^ (h >>> 16)) >>> 0
 }
 
 export class MerkleTree {
@@ -40,9 +47,13 @@ export class MerkleTree {
     return tree
   }
 
-  /** The leaf bucket of a key. */
+  /**
+   * The leaf bucket of a key: the top bits of a second hash of the key, independent of its
+   * ring position, so the tree of a narrow arc (or of a replica set's scattered arcs) still
+   * spreads its keys over every leaf.
+   */
   leafOf(key: string): number {
-    return this.depth === 0 ? 0 : hash32(key) >>> (32 - this.depth)
+    return this.depth === 0 ? 0 : leafHash(key) >>> (32 - this.depth)
   }
 
   private get firstLeaf(): number {

@@ -87,9 +87,14 @@ export class HashRing {
   }
 
   /** Every distinct member in ring order from the key's position. */
-  *walk(key: string): Generator<string> {
+  walk(key: string): Generator<string> {
+    return this.walkFrom(hash32(key))
+  }
+
+  /** Every distinct member in ring order from a ring position. */
+  *walkFrom(position: number): Generator<string> {
     const seen = new Set<string>()
-    const start = this.firstAtOrAfter(hash32(key))
+    const start = this.firstAtOrAfter(position)
     for (let i = 0; i < this.points.length && seen.size < this.members.length; i++) {
       const member = (this.points[(start + i) % this.points.length] as Point).member
       if (seen.has(member)) continue
@@ -103,6 +108,17 @@ export class HashRing {
     invariant(Number.isInteger(n) && n >= 1, `n must be at least 1, not ${n}`)
     const out: string[] = []
     for (const member of this.walk(key)) {
+      out.push(member)
+      if (out.length === n) break
+    }
+    return out
+  }
+
+  /** The preference list of every key hashing to `position` (an arc's end, say). */
+  preferenceListAt(position: number, n: number): string[] {
+    invariant(Number.isInteger(n) && n >= 1, `n must be at least 1, not ${n}`)
+    const out: string[] = []
+    for (const member of this.walkFrom(position)) {
       out.push(member)
       if (out.length === n) break
     }

@@ -1,0 +1,124 @@
+/**
+ * Conflict handling of leaderless mode (pure), on top of the dotted version vectors of dvv.ts.
+ * A sibling's payload is a value, or null for a delete (a tombstone), stamped with the hybrid
+ * logical clock of the write.
+ *
+ * - `siblings` mode keeps every concurrent value; a write with a context resolves the ones the
+ *   context saw. The number of siblings is capped: past the cap, replicas drop the oldest by
+ *   timestamp (deterministically, so they converge) and report how many they dropped.
+ * - `lww` mode keeps one sibling: the one with the highest timestamp (node id breaks ties).
+ *
+ * A write also supersedes the tombstones the coordinator holds: a delete does not conflict with
+ * a later write, so a value written after a delete is simply the value.
+ */
+import { compareHlc, type HlcTimestamp } from './hlc.js'
+import {
+  covers,
+  merge,
+  mergeVectors,
+  type Sibling,
+  type Versioned,
+  type VersionVector,
+} from './dvv.js'
+import { hash32 } from './ring.js'
+
+export type ConflictMode = 'siblings' | 'lww'
+
+export interface Payload<V> {
+  value: V | null
+  hlc: HlcTimestamp
+}
+
+export type VersionedState<V> = Versioned<Payload<V>>
+
+export interface Resolved<V> {
+  state: VersionedState<V>
+  /** Siblings dropped by the cap (siblings mode) or by a later timestamp (lww). */
+  dropped: number
+}
+
+const newestFirst = <V>(a: Sibling<Payload<V>>, b: Sibling<Payload<V>>) =>
+  compareHlc(b.value.hlc, a.value.hlc)
+
+/** Applies the mode's rule and the sibling cap to a state. */
+export function resolve<V>(
+  state: VersionedState<V>,
+  mode: ConflictMode,
+  siblingsMax: number,
+): Resolved<V> {
+  const keep = mode === 'lww' ? 1 : siblingsMax
+  if (state.siblings.length <= keep) return { state, dropped: 0 }
+  const kept = [...state.siblings].sort(newestFirst).slice(0, keep)
+  const siblings = state.siblings.filter((s) => kept.includes(s))
+  return { state: { vector: state.vector, siblings }, dropped: state.siblings.length - keep }
+}
+
+/** Merges two replicas' states of a key under the mode's rule. */
+export function mergeStates<V>(
+  a: VersionedState<V>,
+  b: VersionedState<V>,
+  mode: ConflictMode,
+  siblingsMax: number,
+): Resolved<V> {
+  return resolve(merge(a, b), mode, siblingsMax)
+}
+
+/**
+ * A write coordinated by `actor`, with the dot counter it minted (unique per actor across all
+ * keys, so a dot is never reused, even after a collected tombstone), and the client's context.
+ * It supersedes what the context saw and every tombstone in `state`.
+ */
+export function writeState<V>(
+  state: VersionedState<V>,
+  actor: string,
+  counter: number,
+  context: VersionVector,
+  payload: Payload<V>,
+  mode: ConflictMode,
+): VersionedState<V> {
+  const survivors =
+    mode === 'lww'
+      ? []
+      : state.siblings.filter((s) => !covers(context, s.dot) && s.value.value !== null)
+  const vector = { ...mergeVectors(state.vector, context), [actor]: counter }
+  return { vector, siblings: [...survivors, { dot: { node: actor, counter }, value: payload }] }
+}
+
+/** Siblings a write with `context` would leave beside its own value (for the cap check). */
+export function survivorsOf<V>(state: VersionedState<V>, context: VersionVector): number {
+  return state.siblings.filter((s) => !covers(context, s.dot) && s.value.value !== null).length
+}
+
+/** The live values (tombstones hidden), newest last by timestamp. */
+export function liveSiblings<V>(state: VersionedState<V>): Sibling<Payload<V>>[] {
+  return state.siblings
+    .filter((s) => s.value.value !== null)
+    .sort((a, b) => compareHlc(a.value.hlc, b.value.hlc))
+}
+
+/** True when only tombstones remain and the newest is older than `beforeMs`. */
+export function collectable<V>(state: VersionedState<V>, beforeMs: number): boolean {
+  if (state.siblings.length === 0) return true
+  return state.siblings.every((s) => s.value.value === null && s.value.hlc.wallMs < beforeMs)
+}
+
+/** True when every sibling is a tombstone (the key reads as absent). */
+export function allTombstones<V>(state: VersionedState<V>): boolean {
+  return state.siblings.every((s) => s.value.value === null)
+}
+
+/**
+ * A 32-bit digest of a state for Merkle trees: equal states give equal digests. A dot names
+ * its value (only its actor mints it, once), so the vector and the dots suffice.
+ */
+export function stateDigest<V>(state: VersionedState<V>): number {
+  const vector = Object.entries(state.vector)
+    .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+    .map(([actor, counter]) => `${actor}=${counter}`)
+    .join(',')
+  const dots = state.siblings
+    .map((s) => `${s.dot.node}:${s.dot.counter}${s.value.value === null ? 't' : ''}`)
+    .sort()
+    .join(',')
+  return hash32(`${vector}|${dots}`)
+}
