@@ -1,0 +1,460 @@
+/**
+ * Leaderless mode's formats (proto/leaderless.proto): the versioned record a replica stores
+ * for a key (on disk and on the wire), hints, and the peer requests and replies. Encoders
+ * write a canonical form (vector sorted by actor, siblings by dot), so equal states encode to
+ * equal bytes. Decoders validate every field and throw `DecodeError`; they never trust a peer
+ * or the disk.
+ */
+import { fileURLToPath } from 'node:url'
+import protobuf from 'protobufjs'
+import { DecodeError } from './codec.js'
+import { formatVersion } from './limits.js'
+
+const root = protobuf.loadSync(fileURLToPath(new URL('../proto/leaderless.proto', import.meta.url)))
+const RecordType = root.lookupType('kv.v1.VersionedRecord')
+const HintType = root.lookupType('kv.v1.Hint')
+const RequestType = root.lookupType('kv.v1.PeerRequest')
+const ReplyType = root.lookupType('kv.v1.PeerReply')
+
+/** The protobufjs reflection root of leaderless.proto, for schema tests. */
+export const leaderlessSchemaRoot: protobuf.Root = root
+
+/** Limits on what a versioned record or a peer message may hold. */
+export const leaderlessLimits = {
+  /** Actors in one version vector (every node that ever coordinated a write of the key). */
+  vectorEntriesMax: 1024,
+  /** Siblings in one record as decoded; the configured cap (siblingsMax) is far lower. */
+  siblingsMax: 1024,
+  actorBytesMax: 128,
+  /** Records in one anti-entropy message. */
+  recordsPerMessageMax: 100_000,
+  /** Replica sets named in one RangeRoots request. */
+  setsPerMessageMax: 100_000,
+  /** Leaf digests in one reply (a tree of depth 20 at most). */
+  leavesPerMessageMax: 2 ** 20,
+  textBytesMax: 4096,
+  /** Largest peer message, in bytes. */
+  messageBytesMax: 64 * 1024 * 1024,
+} as const
+
+export interface HlcStamp {
+  wallMs: number
+  logical: number
+  node: string
+}
+
+/** A sibling's payload: the value, or null for a delete (a tombstone), and its timestamp. */
+export interface SiblingPayload {
+  value: Uint8Array | null
+  hlc: HlcStamp
+}
+
+export interface VersionedRecord {
+  vector: Readonly<Record<string, number>>
+  siblings: readonly { dot: { node: string; counter: number }; value: SiblingPayload }[]
+}
+
+export interface HintRecord {
+  storedAtMs: number
+  record: VersionedRecord
+}
+
+export interface KeyRecord {
+  key: Uint8Array
+  record: VersionedRecord
+}
+
+export type PeerRequestBody =
+  | { kind: 'ping' }
+  | { kind: 'store'; key: Uint8Array; record: VersionedRecord; hintFor: string }
+  | { kind: 'fetch'; key: Uint8Array }
+  | {
+      kind: 'coordinate'
+      key: Uint8Array
+      value: Uint8Array | null
+      context: Record<string, number>
+      w: number
+      sloppy: boolean
+    }
+  | { kind: 'rangeRoots'; sets: string[] }
+  | { kind: 'rangeLeaves'; set: string }
+  | { kind: 'rangeKeys'; set: string; leaves: number[]; records: KeyRecord[] }
+
+export interface PeerRequest {
+  clusterId: string
+  from: string
+  to: string
+  body: PeerRequestBody
+}
+
+export type PeerReply =
+  | { kind: 'refusal'; code: string; message: string }
+  | { kind: 'pong'; clockMs: number }
+  | { kind: 'storeAck'; changed: boolean }
+  | { kind: 'fetchReply'; record: VersionedRecord | null }
+  | { kind: 'coordinateReply'; status: number; bodyJson: string }
+  | { kind: 'rootsReply'; roots: number[] }
+  | { kind: 'leavesReply'; leaves: number[] }
+  | { kind: 'keysReply'; records: KeyRecord[] }
+
+// ---- encoding -------------------------------------------------------------------------------
+
+const byActor = (a: [string, number], b: [string, number]) =>
+  a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0
+
+function vectorFields(vector: Readonly<Record<string, number>>) {
+  return Object.entries(vector)
+    .sort(byActor)
+    .map(([actor, counter]) => ({ actor, counter }))
+}
+
+function recordFields(record: VersionedRecord) {
+  const siblings = [...record.siblings].sort((x, y) =>
+    x.dot.node === y.dot.node ? x.dot.counter - y.dot.counter : x.dot.node < y.dot.node ? -1 : 1,
+  )
+  return {
+    format: formatVersion,
+    vector: vectorFields(record.vector),
+    siblings: siblings.map((s) => ({
+      actor: s.dot.node,
+      counter: s.dot.counter,
+      value: s.value.value ?? new Uint8Array(0),
+      tombstone: s.value.value === null,
+      wallMs: s.value.hlc.wallMs,
+      logical: s.value.hlc.logical,
+      clockNode: s.value.hlc.node,
+    })),
+  }
+}
+
+/** Canonical bytes of a record: equal states, equal bytes. */
+export function encodeVersionedRecord(record: VersionedRecord): Uint8Array {
+  return RecordType.encode(recordFields(record)).finish()
+}
+
+export function encodeHint(hint: HintRecord): Uint8Array {
+  return HintType.encode({
+    format: formatVersion,
+    storedAtMs: hint.storedAtMs,
+    record: recordFields(hint.record),
+  }).finish()
+}
+
+const requestField: Record<PeerRequestBody['kind'], string> = {
+  ping: 'ping',
+  store: 'store',
+  fetch: 'fetch',
+  coordinate: 'coordinate',
+  rangeRoots: 'rangeRoots',
+  rangeLeaves: 'rangeLeaves',
+  rangeKeys: 'rangeKeys',
+}
+const replyField: Record<PeerReply['kind'], string> = {
+  refusal: 'refusal',
+  pong: 'pong',
+  storeAck: 'storeAck',
+  fetchReply: 'fetchReply',
+  coordinateReply: 'coordinateReply',
+  rootsReply: 'rootsReply',
+  leavesReply: 'leavesReply',
+  keysReply: 'keysReply',
+}
+
+function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
+  switch (body.kind) {
+    case 'ping':
+      return {}
+    case 'store':
+      return { key: body.key, record: recordFields(body.record), hintFor: body.hintFor }
+    case 'fetch':
+      return { key: body.key }
+    case 'coordinate':
+      return {
+        key: body.key,
+        tombstone: body.value === null,
+        value: body.value ?? new Uint8Array(0),
+        context: vectorFields(body.context),
+        w: body.w,
+        sloppy: body.sloppy,
+      }
+    case 'rangeRoots':
+      return { sets: body.sets }
+    case 'rangeLeaves':
+      return { set: body.set }
+    case 'rangeKeys':
+      return {
+        set: body.set,
+        leaves: body.leaves,
+        records: body.records.map((r) => ({ key: r.key, record: recordFields(r.record) })),
+      }
+  }
+}
+
+export function encodePeerRequest(request: PeerRequest): Uint8Array {
+  return RequestType.encode({
+    format: formatVersion,
+    clusterId: request.clusterId,
+    from: request.from,
+    to: request.to,
+    [requestField[request.body.kind]]: requestBodyFields(request.body),
+  }).finish()
+}
+
+export function encodePeerReply(reply: PeerReply): Uint8Array {
+  const { kind, ...fields } = reply
+  let body: Record<string, unknown> = fields
+  if (reply.kind === 'fetchReply') {
+    body =
+      reply.record === null ? { found: false } : { found: true, record: recordFields(reply.record) }
+  } else if (reply.kind === 'keysReply') {
+    body = { records: reply.records.map((r) => ({ key: r.key, record: recordFields(r.record) })) }
+  }
+  return ReplyType.encode({ format: formatVersion, [replyField[kind]]: body }).finish()
+}
+
+// ---- decoding -------------------------------------------------------------------------------
+
+const what = 'leaderless message'
+type Obj = Record<string, unknown>
+
+function fail(reason: string): never {
+  throw new DecodeError(what, reason)
+}
+
+function obj(value: unknown, name: string): Obj {
+  if (value === null || typeof value !== 'object' || Array.isArray(value))
+    fail(`${name} is missing`)
+  return value as Obj
+}
+
+function count(value: unknown, name: string, min = 0): number {
+  const n = value === undefined ? 0 : value
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < min) fail(`${name} is not a count`)
+  return n
+}
+
+function text(
+  value: unknown,
+  name: string,
+  bytesMax: number = leaderlessLimits.textBytesMax,
+): string {
+  const s = value === undefined ? '' : value
+  if (typeof s !== 'string') fail(`${name} is not text`)
+  if (Buffer.byteLength(s) > bytesMax) fail(`${name} is too long`)
+  return s
+}
+
+function bytes(value: unknown, name: string): Uint8Array {
+  if (value === undefined) return new Uint8Array(0)
+  if (value instanceof Uint8Array) return value
+  fail(`${name} is not bytes`)
+}
+
+function list(value: unknown, name: string, max: number): unknown[] {
+  if (value === undefined) return []
+  if (!Array.isArray(value)) fail(`${name} is not a list`)
+  if (value.length > max) fail(`${name} has ${value.length} items, more than ${max}`)
+  return value
+}
+
+function actor(value: unknown, name: string): string {
+  const s = text(value, name, leaderlessLimits.actorBytesMax)
+  if (s === '') fail(`${name} is empty`)
+  return s
+}
+
+function decodeVector(value: unknown, name: string): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const e of list(value, name, leaderlessLimits.vectorEntriesMax)) {
+    const entry = obj(e, `${name} entry`)
+    const a = actor(entry.actor, `${name} actor`)
+    if (Object.hasOwn(out, a)) fail(`${name} repeats actor ${a}`)
+    out[a] = count(entry.counter, `${name} counter`, 1)
+  }
+  return out
+}
+
+function decodeRecordFields(value: unknown): VersionedRecord {
+  const r = obj(value, 'record')
+  if (r.format !== formatVersion) fail(`record format ${String(r.format)} is not ${formatVersion}`)
+  const vector = decodeVector(r.vector, 'vector')
+  const seen = new Set<string>()
+  const siblings = list(r.siblings, 'siblings', leaderlessLimits.siblingsMax).map((v) => {
+    const s = obj(v, 'sibling')
+    const node = actor(s.actor, 'sibling actor')
+    const counter = count(s.counter, 'sibling counter', 1)
+    const id = `${node}\u0000${counter}`
+    if (seen.has(id)) fail(`sibling ${node}:${counter} appears twice`)
+    seen.add(id)
+    if ((vector[node] ?? 0) < counter)
+      fail(`sibling ${node}:${counter} is not covered by the vector`)
+    const tombstone = s.tombstone === true
+    const valueBytes = bytes(s.value, 'sibling value')
+    if (tombstone && valueBytes.length > 0) fail('a tombstone sibling carries a value')
+    return {
+      dot: { node, counter },
+      value: {
+        value: tombstone ? null : valueBytes,
+        hlc: {
+          wallMs: count(s.wallMs, 'sibling wall clock'),
+          logical: count(s.logical, 'sibling logical clock'),
+          node: actor(s.clockNode, 'sibling clock node'),
+        },
+      },
+    }
+  })
+  return { vector, siblings }
+}
+
+const toObjectOptions = { longs: Number, defaults: false, arrays: true } as const
+
+function decodeWith(type: protobuf.Type, data: Uint8Array, name: string): Obj {
+  if (data.length > leaderlessLimits.messageBytesMax)
+    fail(`${name} of ${data.length} bytes is too large`)
+  let message: protobuf.Message
+  try {
+    message = type.decode(data)
+  } catch (err) {
+    throw new DecodeError(what, `${name} is not valid protobuf: ${(err as Error).message}`)
+  }
+  return type.toObject(message, toObjectOptions) as Obj
+}
+
+export function decodeVersionedRecord(data: Uint8Array): VersionedRecord {
+  return decodeRecordFields(decodeWith(RecordType, data, 'record'))
+}
+
+export function decodeHint(data: Uint8Array): HintRecord {
+  const h = decodeWith(HintType, data, 'hint')
+  if (h.format !== formatVersion) fail(`hint format ${String(h.format)} is not ${formatVersion}`)
+  return { storedAtMs: count(h.storedAtMs, 'hint time'), record: decodeRecordFields(h.record) }
+}
+
+function decodeKeyRecords(value: unknown): KeyRecord[] {
+  return list(value, 'records', leaderlessLimits.recordsPerMessageMax).map((v) => {
+    const kr = obj(v, 'key record')
+    return { key: bytes(kr.key, 'key'), record: decodeRecordFields(kr.record) }
+  })
+}
+
+function u32s(value: unknown, name: string, max: number): number[] {
+  return list(value, name, max).map((v) => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffffffff)
+      fail(`${name} holds a bad number`)
+    return v
+  })
+}
+
+export function decodePeerRequest(data: Uint8Array): PeerRequest {
+  const m = decodeWith(RequestType, data, 'request')
+  if (m.format !== formatVersion) fail(`request format ${String(m.format)} is not ${formatVersion}`)
+  const head = {
+    clusterId: text(m.clusterId, 'cluster id'),
+    from: actor(m.from, 'sender'),
+    to: actor(m.to, 'receiver'),
+  }
+  let body: PeerRequestBody
+  if (m.ping !== undefined) body = { kind: 'ping' }
+  else if (m.store !== undefined) {
+    const s = obj(m.store, 'store')
+    body = {
+      kind: 'store',
+      key: bytes(s.key, 'key'),
+      record: decodeRecordFields(s.record),
+      hintFor: text(s.hintFor, 'hint target', leaderlessLimits.actorBytesMax),
+    }
+  } else if (m.fetch !== undefined) {
+    body = { kind: 'fetch', key: bytes(obj(m.fetch, 'fetch').key, 'key') }
+  } else if (m.coordinate !== undefined) {
+    const c = obj(m.coordinate, 'coordinate')
+    const tombstone = c.tombstone === true
+    body = {
+      kind: 'coordinate',
+      key: bytes(c.key, 'key'),
+      value: tombstone ? null : bytes(c.value, 'value'),
+      context: decodeVector(c.context, 'context'),
+      w: count(c.w, 'w'),
+      sloppy: c.sloppy === true,
+    }
+  } else if (m.rangeRoots !== undefined) {
+    const r = obj(m.rangeRoots, 'range roots')
+    body = {
+      kind: 'rangeRoots',
+      sets: list(r.sets, 'sets', leaderlessLimits.setsPerMessageMax).map((s) => text(s, 'set')),
+    }
+  } else if (m.rangeLeaves !== undefined) {
+    body = { kind: 'rangeLeaves', set: text(obj(m.rangeLeaves, 'range leaves').set, 'set') }
+  } else if (m.rangeKeys !== undefined) {
+    const r = obj(m.rangeKeys, 'range keys')
+    body = {
+      kind: 'rangeKeys',
+      set: text(r.set, 'set'),
+      leaves: u32s(r.leaves, 'leaves', leaderlessLimits.leavesPerMessageMax),
+      records: decodeKeyRecords(r.records),
+    }
+  } else fail('request has no body')
+  return { ...head, body }
+}
+
+export function decodePeerReply(data: Uint8Array): PeerReply {
+  const m = decodeWith(ReplyType, data, 'reply')
+  if (m.format !== formatVersion) fail(`reply format ${String(m.format)} is not ${formatVersion}`)
+  if (m.refusal !== undefined) {
+    const r = obj(m.refusal, 'refusal')
+    return { kind: 'refusal', code: text(r.code, 'code'), message: text(r.message, 'message') }
+  }
+  if (m.pong !== undefined)
+    return { kind: 'pong', clockMs: count(obj(m.pong, 'pong').clockMs, 'clock') }
+  if (m.storeAck !== undefined)
+    return { kind: 'storeAck', changed: obj(m.storeAck, 'ack').changed === true }
+  if (m.fetchReply !== undefined) {
+    const f = obj(m.fetchReply, 'fetch reply')
+    return { kind: 'fetchReply', record: f.found === true ? decodeRecordFields(f.record) : null }
+  }
+  if (m.coordinateReply !== undefined) {
+    const c = obj(m.coordinateReply, 'coordinate reply')
+    return {
+      kind: 'coordinateReply',
+      status: count(c.status, 'status'),
+      bodyJson: text(c.bodyJson, 'body', leaderlessLimits.messageBytesMax),
+    }
+  }
+  if (m.rootsReply !== undefined) {
+    return {
+      kind: 'rootsReply',
+      roots: u32s(obj(m.rootsReply, 'roots').roots, 'roots', leaderlessLimits.setsPerMessageMax),
+    }
+  }
+  if (m.leavesReply !== undefined) {
+    return {
+      kind: 'leavesReply',
+      leaves: u32s(
+        obj(m.leavesReply, 'leaves').leaves,
+        'leaves',
+        leaderlessLimits.leavesPerMessageMax,
+      ),
+    }
+  }
+  if (m.keysReply !== undefined) {
+    return { kind: 'keysReply', records: decodeKeyRecords(obj(m.keysReply, 'keys').records) }
+  }
+  fail('reply has no body')
+}
+
+// ---- causal context tokens ------------------------------------------------------------------
+
+/**
+ * The causal context a client carries between a read and a write (`kv-context`): the version
+ * vector as base64url of its canonical protobuf record with no siblings.
+ */
+export function encodeContext(vector: Readonly<Record<string, number>>): string {
+  return Buffer.from(encodeVersionedRecord({ vector, siblings: [] })).toString('base64url')
+}
+
+/** Parses a `kv-context` token; throws DecodeError when it is not one. */
+export function decodeContext(token: string): Record<string, number> {
+  if (token.length > 256 * 1024 || !/^[A-Za-z0-9_-]*$/.test(token)) fail('context is not base64url')
+  const record = decodeVersionedRecord(Buffer.from(token, 'base64url'))
+  if (record.siblings.length > 0) fail('context carries siblings')
+  return { ...record.vector }
+}
