@@ -13,10 +13,13 @@ import { checkLimits, limitsCeiling, limitsDefault } from '@kvstore/protocol/lim
 export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 export type LogLevel = (typeof logLevels)[number]
 
-export const clusterModes = ['standalone', 'single-leader'] as const
+export const clusterModes = ['standalone', 'single-leader', 'leaderless'] as const
 export type ClusterMode = (typeof clusterModes)[number]
 
 export const ackModes = ['async', 'quorum', 'all'] as const
+
+export const conflictModes = ['siblings', 'lww'] as const
+export type ConflictMode = (typeof conflictModes)[number]
 export type AckMode = (typeof ackModes)[number]
 
 /** One member of a cluster, as the configuration names it. */
@@ -71,6 +74,19 @@ export interface NodeConfig {
   leveldbCacheBytes: number
   leveldbWriteBufferBytes: number
   readCacheBytes: number
+  replicas: number
+  /** `quorum`, `all` or a number of replicas, as text. */
+  defaultW: string
+  defaultR: string
+  conflicts: ConflictMode
+  vnodes: number
+  quorumTimeoutMs: number
+  hintWindowMs: number
+  hintsMax: number
+  antiEntropyIntervalMs: number
+  tombstoneGcMs: number
+  siblingsMax: number
+  siblingsWarn: number
 }
 
 type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'
@@ -87,7 +103,7 @@ export interface OptionSpec {
   min?: number
   max?: number
   values?: readonly string[]
-  group: 'node' | 'cluster' | 'storage' | 'limits' | 'http'
+  group: 'node' | 'cluster' | 'leaderless' | 'storage' | 'limits' | 'http'
   description: string
 }
 
@@ -403,7 +419,7 @@ export const configSpec: readonly OptionSpec[] = [
     defaultText: 'standalone, or single-leader when --members is given',
     group: 'cluster',
     description:
-      'standalone: one node on its own. single-leader: one leader takes writes and streams its log to read-only followers.',
+      'standalone: one node on its own. single-leader: one leader takes writes and streams its log to read-only followers. leaderless: any member coordinates quorum reads and writes over a consistent-hash ring (Dynamo-style).',
   },
   {
     key: 'members',
@@ -426,6 +442,144 @@ export const configSpec: readonly OptionSpec[] = [
     group: 'cluster',
     description:
       'Id of the preferred leader: when no leader is known, it campaigns at once instead of waiting out an election timeout, so a new cluster elects it (after the four election timeouts a member with an empty disk abstains). Leaders are elected: any member can lead, and after a failover the new leader stays.',
+  },
+  {
+    key: 'replicas',
+    flag: '--replicas',
+    env: 'KV_REPLICAS',
+    kind: 'integer',
+    default: 3,
+    min: 1,
+    max: 64,
+    group: 'leaderless',
+    description:
+      'N: how many members hold each key (its preference list on the ring). At most the number of members.',
+  },
+  {
+    key: 'defaultW',
+    flag: '--default-w',
+    env: 'KV_DEFAULT_W',
+    kind: 'string',
+    default: 'quorum',
+    group: 'leaderless',
+    description:
+      'W of a write that does not choose one (w= query parameter): quorum (N/2+1), all (N), or a number from 1 to N.',
+  },
+  {
+    key: 'defaultR',
+    flag: '--default-r',
+    env: 'KV_DEFAULT_R',
+    kind: 'string',
+    default: 'quorum',
+    group: 'leaderless',
+    description:
+      'R of a read that does not choose one (r= query parameter): quorum, all, or a number from 1 to N. With R + W > N a read sees the latest acknowledged write.',
+  },
+  {
+    key: 'conflicts',
+    flag: '--conflicts',
+    env: 'KV_CONFLICTS',
+    kind: 'enum',
+    values: conflictModes,
+    default: 'siblings',
+    group: 'leaderless',
+    description:
+      'siblings: concurrent writes are all kept (dotted version vectors) until a write with their context resolves them. lww: the write with the highest hybrid logical clock timestamp wins and the others are discarded (counted in kv_lww_discarded_total). Every member must use the same setting.',
+  },
+  {
+    key: 'vnodes',
+    flag: '--vnodes',
+    env: 'KV_VNODES',
+    kind: 'integer',
+    default: 64,
+    min: 1,
+    max: 4096,
+    group: 'leaderless',
+    description: 'Points per member on the hash ring. Every member must use the same value.',
+  },
+  {
+    key: 'quorumTimeoutMs',
+    flag: '--quorum-timeout-ms',
+    env: 'KV_QUORUM_TIMEOUT_MS',
+    kind: 'integer',
+    default: 2000,
+    min: 10,
+    max: 600_000,
+    group: 'leaderless',
+    description:
+      'How long a coordinator waits for W acks or R answers before it answers KV_ERR_QUORUM_UNAVAILABLE.',
+  },
+  {
+    key: 'hintWindowMs',
+    flag: '--hint-window-ms',
+    env: 'KV_HINT_WINDOW_MS',
+    kind: 'integer',
+    default: 10 * 60_000,
+    min: 0,
+    max: 7 * 24 * 3_600_000,
+    group: 'leaderless',
+    description:
+      'Hinted handoff: no hints are stored for a member that has been down longer than this, and a hint not replayed within this long is dropped (anti-entropy repairs what it held).',
+  },
+  {
+    key: 'hintsMax',
+    flag: '--hints-max',
+    env: 'KV_HINTS_MAX',
+    kind: 'integer',
+    default: 100_000,
+    min: 0,
+    max: 100_000_000,
+    group: 'leaderless',
+    description:
+      'Most hints one member holds for others; beyond it a stand-in refuses new hints (counted in kv_hints_dropped_total).',
+  },
+  {
+    key: 'antiEntropyIntervalMs',
+    flag: '--anti-entropy-interval-ms',
+    env: 'KV_ANTI_ENTROPY_INTERVAL_MS',
+    kind: 'integer',
+    default: 10_000,
+    min: 100,
+    max: 24 * 3_600_000,
+    group: 'leaderless',
+    description:
+      'How often a member compares Merkle trees with every other member it shares ranges with, and streams the differing keys.',
+  },
+  {
+    key: 'tombstoneGcMs',
+    flag: '--tombstone-gc-ms',
+    env: 'KV_TOMBSTONE_GC_MS',
+    kind: 'integer',
+    default: 3_600_000,
+    min: 1000,
+    max: 365 * 24 * 3_600_000,
+    group: 'leaderless',
+    description:
+      'How long a delete is kept as a tombstone before it is collected. Must exceed hint-window-ms plus two anti-entropy intervals, so that every replica has the delete first. A member down longer than this must rejoin with an empty data directory, and refuses to start otherwise.',
+  },
+  {
+    key: 'siblingsMax',
+    flag: '--siblings-max',
+    env: 'KV_SIBLINGS_MAX',
+    kind: 'integer',
+    default: 32,
+    min: 1,
+    max: 1000,
+    group: 'leaderless',
+    description:
+      'Most concurrent values one key may hold. A write without a context that would add one more is refused (KV_ERR_TOO_MANY_SIBLINGS); when replicas merge past it the oldest are dropped and counted (kv_siblings_pruned_total).',
+  },
+  {
+    key: 'siblingsWarn',
+    flag: '--siblings-warn',
+    env: 'KV_SIBLINGS_WARN',
+    kind: 'integer',
+    default: 8,
+    min: 1,
+    max: 1000,
+    group: 'leaderless',
+    description:
+      'A key reaching this many siblings is logged as a warning and counted (kv_sibling_warnings_total).',
   },
   {
     key: 'defaultAck',
@@ -760,6 +914,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
       `electionTimeoutMs (${result.electionTimeoutMs}) must be at least twice heartbeatIntervalMs (${result.heartbeatIntervalMs}), or followers would call elections between heartbeats`,
     )
   }
+  if (result.mode === 'leaderless') problems.push(...leaderlessProblems(result))
   if (result.logRetentionEntriesMax < result.logRetentionEntries) {
     problems.push(
       `logRetentionEntriesMax (${result.logRetentionEntriesMax}) must be at least logRetentionEntries (${result.logRetentionEntries})`,
@@ -794,6 +949,7 @@ const groupTitles: Record<OptionSpec['group'], string> = {
   storage: 'Storage',
   limits: 'Limits',
   http: 'HTTP',
+  leaderless: 'Leaderless mode',
 }
 
 /** The text of `kv-node --help`. */
@@ -957,4 +1113,54 @@ export function clusterOf(config: NodeConfig): ClusterConfig {
     throw new ConfigError(`--leader ${JSON.stringify(leaderId)} is not among --members`)
   }
   return { mode: config.mode, self, members, leaderId }
+}
+
+/** Resolves a `w` or `r` setting (quorum, all or a number) against N; throws on a bad one. */
+export function resolveQuorum(text: string, replicas: number, name: string): number {
+  if (text === 'quorum') return Math.floor(replicas / 2) + 1
+  if (text === 'all') return replicas
+  if (/^[0-9]{1,4}$/.test(text)) {
+    const n = Number(text)
+    if (n >= 1 && n <= replicas) return n
+  }
+  throw new ConfigError(
+    `${name} must be quorum, all or a number from 1 to ${replicas} (the replicas); got ${JSON.stringify(text)}`,
+  )
+}
+
+function leaderlessProblems(config: NodeConfig): string[] {
+  const problems: string[] = []
+  let members = 0
+  try {
+    members = clusterOf(config).members.length
+  } catch {
+    return problems // reported by clusterOf already
+  }
+  if (config.replicas > members) {
+    problems.push(
+      `replicas (${config.replicas}) must be at most the number of members (${members})`,
+    )
+  }
+  for (const [name, value] of [
+    ['defaultW', config.defaultW],
+    ['defaultR', config.defaultR],
+  ] as const) {
+    try {
+      resolveQuorum(value, Math.min(config.replicas, Math.max(members, 1)), name)
+    } catch (err) {
+      problems.push((err as Error).message)
+    }
+  }
+  const needed = config.hintWindowMs + 2 * config.antiEntropyIntervalMs
+  if (config.tombstoneGcMs <= needed) {
+    problems.push(
+      `tombstoneGcMs (${config.tombstoneGcMs}) must exceed hintWindowMs plus two antiEntropyIntervalMs (${needed}), or a delete could be collected before every replica has it and deleted data could come back`,
+    )
+  }
+  if (config.siblingsWarn > config.siblingsMax) {
+    problems.push(
+      `siblingsWarn (${config.siblingsWarn}) must be at most siblingsMax (${config.siblingsMax})`,
+    )
+  }
+  return problems
 }

@@ -5,6 +5,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { BatchStats, Store } from '@kvstore/storage'
 import type { Replicator } from './cluster/replicator.js'
+import type { LeaderlessEngine } from './leaderless/engine.js'
 
 const httpBucketsSeconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
@@ -228,6 +229,108 @@ export class NodeMetrics {
   }
 
   /** Replication figures, read from the replicator when /metrics is scraped. */
+  /** Leaderless mode: read repair, hinted handoff, anti-entropy and sibling figures. */
+  watchLeaderless(engine: LeaderlessEngine): void {
+    const registers = [this.registry]
+    const stats = engine.stats
+    const counter = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset()
+          this.inc(read())
+        },
+      })
+    counter('kv_read_repairs_total', 'Replicas updated by read repair.', () => stats.readRepairs)
+    counter('kv_hints_stored_total', 'Hints stored here for down members.', () => stats.hintsStored)
+    counter(
+      'kv_hints_replayed_total',
+      'Hints delivered to their member and removed.',
+      () => stats.hintsReplayed,
+    )
+    new Counter({
+      name: 'kv_hints_dropped_total',
+      help: 'Hints not stored or not delivered: window (the member was down longer than hintWindowMs), full (hintsMax reached), expired (not replayed within hintWindowMs). Anti-entropy repairs what they held.',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset()
+        for (const [reason, n] of Object.entries(stats.hintsDropped)) this.inc({ reason }, n)
+      },
+    })
+    new Gauge({
+      name: 'kv_hint_backlog',
+      help: 'Hints held here, per target member.',
+      labelNames: ['member'],
+      registers,
+      collect() {
+        this.reset()
+        for (const m of engine.cluster.members) {
+          if (m.id !== engine.self) this.set({ member: m.id }, engine.hintBacklog()[m.id] ?? 0)
+        }
+      },
+    })
+    counter(
+      'kv_anti_entropy_exchanges_total',
+      'Anti-entropy exchanges this member started.',
+      () => stats.antiEntropyExchanges,
+    )
+    counter(
+      'kv_anti_entropy_keys_repaired_total',
+      'Keys whose copy here changed through anti-entropy (either side of an exchange).',
+      () => stats.antiEntropyKeysRepaired,
+    )
+    counter(
+      'kv_siblings_pruned_total',
+      'Siblings dropped because replicas merged past siblingsMax (the oldest go first).',
+      () => stats.siblingsPruned,
+    )
+    counter(
+      'kv_sibling_warnings_total',
+      'Writes or merges that left a key with at least siblingsWarn siblings.',
+      () => stats.siblingWarnings,
+    )
+    counter(
+      'kv_lww_discarded_total',
+      'Values discarded here by last-write-wins because a write with a later timestamp won (conflicts=lww).',
+      () => stats.lwwDiscarded,
+    )
+    counter(
+      'kv_tombstones_collected_total',
+      'Tombstones collected after tombstoneGcMs.',
+      () => stats.tombstonesCollected,
+    )
+    counter(
+      'kv_forwarded_writes_total',
+      'Writes this member forwarded to a replica of the key.',
+      () => stats.forwardedWrites,
+    )
+    new Counter({
+      name: 'kv_quorum_failures_total',
+      help: 'Reads and writes answered KV_ERR_QUORUM_UNAVAILABLE.',
+      labelNames: ['op'],
+      registers,
+      collect() {
+        this.reset()
+        this.inc({ op: 'read' }, stats.quorumFailures.read)
+        this.inc({ op: 'write' }, stats.quorumFailures.write)
+      },
+    })
+    new Gauge({
+      name: 'kv_member_up',
+      help: '1 while this member can reach the member.',
+      labelNames: ['member'],
+      registers,
+      collect() {
+        this.reset()
+        for (const m of engine.cluster.members)
+          this.set({ member: m.id }, engine.isUp(m.id) ? 1 : 0)
+      },
+    })
+  }
+
   watchReplicator(replicator: Replicator): void {
     const registers = [this.registry]
     const perMember = (

@@ -9,6 +9,7 @@ import { Sequencer, Store } from '@kvstore/storage'
 import { createHash } from 'node:crypto'
 import { clusterOf, type ClusterConfig, type NodeConfig } from './config.js'
 import { Replicator } from './cluster/replicator.js'
+import { LeaderlessEngine } from './leaderless/engine.js'
 import { buildApp } from './http/app.js'
 import type { AppContext, Lifecycle } from './http/context.js'
 import type { DualProtocolServer } from './http/dual-protocol.js'
@@ -45,6 +46,8 @@ export class KvNode {
   private readonly lifecycle: Lifecycle
   /** The replication driver in a cluster mode; null for a standalone node. */
   readonly replicator: Replicator | null
+  /** The leaderless coordinator in leaderless mode; null otherwise. */
+  readonly leaderless: LeaderlessEngine | null
   private stopping: Promise<void> | null = null
 
   private constructor(
@@ -55,6 +58,7 @@ export class KvNode {
     metrics: NodeMetrics,
     lifecycle: Lifecycle,
     replicator: Replicator | null,
+    leaderless: LeaderlessEngine | null,
   ) {
     this.config = config
     this.logger = logger
@@ -63,6 +67,7 @@ export class KvNode {
     this.metrics = metrics
     this.lifecycle = lifecycle
     this.replicator = replicator
+    this.leaderless = leaderless
   }
 
   /** Opens storage, recovers it, and starts serving. */
@@ -70,12 +75,20 @@ export class KvNode {
     const metrics = new NodeMetrics()
     let store: Store | null = null
     let replicator: Replicator | null = null
+    let leaderless: LeaderlessEngine | null = null
     const cluster = config.mode === 'standalone' ? null : clusterOf(config)
     const logger = createLogger(
       config.nodeId,
       config.logLevel,
       {
-        role: () => (replicator ? replicator.core.roleName : cluster ? 'starting' : 'leader'),
+        role: () =>
+          replicator
+            ? replicator.core.roleName
+            : config.mode === 'leaderless'
+              ? 'replica'
+              : cluster
+                ? 'starting'
+                : 'leader',
         epoch: () => replicator?.epoch ?? store?.meta.epoch ?? 0,
       },
       options.logDestination,
@@ -112,7 +125,21 @@ export class KvNode {
       const openStore = store
       metrics.watchStore(() => openStore)
       let sequencer: Sequencer
-      if (cluster) {
+      if (cluster && config.mode === 'leaderless') {
+        // Every member takes writes on its own authority; the log is local.
+        if (store.meta.epoch < 1) await store.setHardState({ epoch: 1 })
+        sequencer = new Sequencer(store, { now: Date.now })
+        leaderless = new LeaderlessEngine({
+          config,
+          cluster,
+          store,
+          sequencer,
+          logger,
+          clusterId: store.meta.clusterId,
+        })
+        await leaderless.start()
+        metrics.watchLeaderless(leaderless)
+      } else if (cluster) {
         replicator = new Replicator({ config, cluster, store, logger, onFatal })
         await replicator.start()
         metrics.watchReplicator(replicator)
@@ -128,6 +155,7 @@ export class KvNode {
         store,
         sequencer,
         replicator,
+        leaderless,
         metrics,
         version: packageVersion(),
         startedAtMs: Date.now(),
@@ -136,7 +164,7 @@ export class KvNode {
       const app = buildApp(ctx, logger)
       const port = cluster ? Number(new URL(cluster.self.clientUrl).port) : config.port
       await app.listen({ host: config.host, port })
-      node = new KvNode(config, logger, store, app, metrics, lifecycle, replicator)
+      node = new KvNode(config, logger, store, app, metrics, lifecycle, replicator, leaderless)
       lifecycle.ready = true
       logger.info(
         {
@@ -152,6 +180,7 @@ export class KvNode {
       return node
     } catch (err) {
       await replicator?.stop().catch(() => {})
+      await leaderless?.stop().catch(() => {})
       await store.close().catch(() => {})
       throw err
     }
@@ -202,6 +231,7 @@ export class KvNode {
       // replicating (and wait for its store writes) before storage closes.
       await this.replicator?.settle(Math.min(2000, this.config.shutdownTimeoutMs))
       await this.replicator?.stop()
+      await this.leaderless?.stop()
       await this.store.close()
       this.logger.info({ appliedLsn: this.store.appliedLsn }, 'node stopped')
       this.logger.flush()

@@ -16,6 +16,7 @@ import { createDualProtocolServer, type DualProtocolServer } from './dual-protoc
 import { clientErrorHandler, registerErrorHandling, sendError } from './errors.js'
 import { registerBatchRoutes } from './routes/batch.js'
 import { registerKvRoutes } from './routes/kv.js'
+import { registerLeaderlessRoutes } from './routes/leaderless.js'
 import { registerSystemRoutes } from './routes/system.js'
 
 /** Largest request header block, in bytes; keys travel in the URL, so it must fit them. */
@@ -116,8 +117,12 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     ;(app.server as DualProtocolServer).closeHttp2Sessions()
   })
 
-  registerKvRoutes(app, ctx)
-  registerBatchRoutes(app, ctx)
+  if (ctx.leaderless) {
+    registerLeaderlessRoutes(app, ctx, ctx.leaderless)
+  } else {
+    registerKvRoutes(app, ctx)
+    registerBatchRoutes(app, ctx)
+  }
   registerSystemRoutes(app, ctx)
   return app
 }

@@ -1,5 +1,6 @@
 import type { Sequencer, Store } from '@kvstore/storage'
 import type { Replicator } from '../cluster/replicator.js'
+import type { LeaderlessEngine } from '../leaderless/engine.js'
 import type { NodeConfig } from '../config.js'
 import type { NodeMetrics } from '../metrics.js'
 
@@ -10,6 +11,8 @@ export interface AppContext {
   sequencer: Sequencer
   /** The replication driver in a cluster mode; null for a standalone node. */
   replicator: Replicator | null
+  /** The leaderless coordinator in leaderless mode; null otherwise. */
+  leaderless: LeaderlessEngine | null
   metrics: NodeMetrics
   /** Software version, from package.json. */
   version: string

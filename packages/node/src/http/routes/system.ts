@@ -25,8 +25,12 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
       nodeId: meta.nodeId,
       clusterId: meta.clusterId,
       mode: config.mode,
-      role: replicator ? replicator.core.roleName : 'leader',
-      leaderId: replicator ? (replicator.leaderMember?.id ?? null) : meta.nodeId,
+      role: replicator ? replicator.core.roleName : ctx.leaderless ? 'replica' : 'leader',
+      leaderId: replicator
+        ? (replicator.leaderMember?.id ?? null)
+        : ctx.leaderless
+          ? null
+          : meta.nodeId,
       leaderUrl: replicator ? (replicator.leaderMember?.clientUrl ?? null) : null,
       lagEntries: lag.entries,
       lagMs: lag.ms,
@@ -59,6 +63,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
 
   app.get('/v1/cluster', async (request) => {
     if (ctx.replicator) return ctx.replicator.clusterView()
+    if (ctx.leaderless) return ctx.leaderless.clusterView(store.meta.clusterId)
     // A standalone node is a cluster of one, reached at the address this client used.
     const meta = store.meta
     const url = `http://${request.host}`

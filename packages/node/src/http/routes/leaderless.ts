@@ -1,0 +1,263 @@
+/**
+ * Key routes in leaderless mode (they replace the single-leader key and batch routes):
+ *
+ *   PUT    /v1/kv/<key>?w=&sloppy=   body = the value; kv-context: token from a read
+ *   GET    /v1/kv/<key>?r=&repair=&format=json
+ *          one live value: 200 with its bytes; several: 300 with JSON siblings; none: 404
+ *   DELETE /v1/kv/<key>?w=&sloppy=   kv-context optional (without it: what a read quorum holds)
+ *
+ * Every answer carries the causal context in `kv-context`. Any member may be asked for any key.
+ *
+ * Admin and inspection:
+ *   GET /admin/v1/ranges          Merkle root per replica set this member belongs to
+ *   GET /admin/v1/local/<key>     this member's own copy of a key
+ *   GET /admin/v1/hints           hints held here, per target
+ *   POST /admin/v1/anti-entropy   run one anti-entropy exchange with every peer now
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { KvError } from '@kvstore/protocol/errors'
+import { DecodeError, decodeContext, encodeContext, keyToBytes } from '@kvstore/protocol'
+import { liveSiblings } from '@kvstore/core'
+import type { AppContext } from '../context.js'
+import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
+import { formatHlc, type LeaderlessEngine } from '../../leaderless/engine.js'
+
+type KeyRequest = FastifyRequest<{ Params: { '*': string } }>
+
+const emptyBuffer = Buffer.alloc(0)
+
+function query(request: FastifyRequest): Record<string, unknown> {
+  return (request.query as Record<string, unknown> | undefined) ?? {}
+}
+
+function oneParam(request: FastifyRequest, name: string): string | undefined {
+  const value = query(request)[name]
+  if (value === undefined) return undefined
+  if (typeof value !== 'string') {
+    throw new KvError('KV_ERR_INVALID_ARGUMENT', `query parameter ${name} may appear only once`)
+  }
+  return value
+}
+
+function booleanParam(request: FastifyRequest, name: string): boolean {
+  const value = oneParam(request, name)
+  if (value === undefined || value === 'false' || value === '0') return false
+  if (value === 'true' || value === '1' || value === '') return true
+  throw new KvError(
+    'KV_ERR_INVALID_ARGUMENT',
+    `${name} must be true or false; got ${JSON.stringify(value)}`,
+  )
+}
+
+function contextOf(request: FastifyRequest): Record<string, number> | null {
+  const raw = request.headers['kv-context']
+  if (raw === undefined || raw === '') return null
+  if (Array.isArray(raw))
+    throw new KvError('KV_ERR_INVALID_CONTEXT', 'kv-context may appear only once')
+  try {
+    return decodeContext(raw.trim())
+  } catch (err) {
+    if (err instanceof DecodeError) {
+      throw new KvError(
+        'KV_ERR_INVALID_CONTEXT',
+        `kv-context is not a context this cluster returned: ${err.message}`,
+      )
+    }
+    throw err
+  }
+}
+
+/** Headers and parameters only single-leader mode understands. */
+function refuseSingleLeaderOptions(request: FastifyRequest): void {
+  for (const header of ['if-match', 'if-none-match', 'kv-request-id', 'kv-session', 'kv-ack']) {
+    if (
+      request.headers[header] !== undefined &&
+      !(header === 'if-none-match' && request.method === 'GET')
+    ) {
+      throw new KvError(
+        'KV_ERR_UNSUPPORTED_IN_MODE',
+        `${header} needs single-leader mode; in leaderless mode send kv-context (from a read) to overwrite what you read, and choose w and r per request`,
+      )
+    }
+  }
+  const q = query(request)
+  for (const name of ['ack', 'session', 'consistency']) {
+    if (q[name] !== undefined) {
+      throw new KvError(
+        'KV_ERR_UNSUPPORTED_IN_MODE',
+        `${name}= needs single-leader mode; in leaderless mode choose w= (writes) and r= (reads): with R + W > N a read sees the latest acknowledged write`,
+      )
+    }
+  }
+}
+
+const knownWriteParams = new Set(['w', 'sloppy', 'ack', 'session', 'consistency'])
+const knownReadParams = new Set(['r', 'repair', 'format', 'ack', 'session', 'consistency'])
+
+function checkParams(request: FastifyRequest, known: Set<string>): void {
+  for (const name of Object.keys(query(request))) {
+    if (!known.has(name)) {
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        `unknown query parameter ${JSON.stringify(name)}; use ${[...known].filter((n) => !['ack', 'session', 'consistency'].includes(n)).join(', ')}`,
+      )
+    }
+  }
+}
+
+export function registerLeaderlessRoutes(
+  app: FastifyInstance,
+  ctx: AppContext,
+  engine: LeaderlessEngine,
+): void {
+  const { config, metrics } = ctx
+  const keyOf = (request: KeyRequest): string => {
+    keyToBytes(request.params['*'], config.keyBytesMax)
+    return request.params['*']
+  }
+
+  const write = async (request: KeyRequest, reply: FastifyReply, value: Buffer | null) => {
+    checkParams(request, knownWriteParams)
+    refuseSingleLeaderOptions(request)
+    const key = keyOf(request)
+    const w = engine.resolveW(oneParam(request, 'w'))
+    const sloppy = booleanParam(request, 'sloppy')
+    const context = contextOf(request)
+    const outcome = await engine.coordinateWrite(key, value, context, w, sloppy)
+    void reply.header('kv-context', outcome.context).header('kv-timestamp', outcome.timestamp)
+    return outcome
+  }
+
+  app.put(
+    '/v1/kv/*',
+    {
+      bodyLimit: config.valueBytesMax,
+      config: { bodyTooLargeCode: 'KV_ERR_VALUE_TOO_LARGE' } satisfies RouteErrorConfig,
+    },
+    async (request: KeyRequest, reply) => {
+      const value = (request.body as Buffer | undefined) ?? emptyBuffer
+      const outcome = await write(request, reply, value)
+      metrics.writes.put++
+      return outcome
+    },
+  )
+
+  app.delete('/v1/kv/*', async (request: KeyRequest, reply) => {
+    const outcome = await write(request, reply, null)
+    metrics.writes.delete++
+    return { ...outcome, deleted: true }
+  })
+
+  app.get('/v1/kv/*', async (request: KeyRequest, reply) => {
+    checkParams(request, knownReadParams)
+    refuseSingleLeaderOptions(request)
+    const key = keyOf(request)
+    const r = engine.resolveR(oneParam(request, 'r'))
+    const repair = oneParam(request, 'repair') ?? 'background'
+    if (repair !== 'background' && repair !== 'blocking') {
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        `repair must be background or blocking; got ${JSON.stringify(repair)}`,
+      )
+    }
+    const format = oneParam(request, 'format')
+    if (format !== undefined && format !== 'json' && format !== 'raw') {
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        `format must be json or raw; got ${JSON.stringify(format)}`,
+      )
+    }
+    const result = await engine.coordinateRead(key, r, repair === 'blocking')
+    void reply.header('kv-replicas-answered', String(result.answered))
+    const state = result.state
+    const live = state === null ? [] : liveSiblings(state)
+    if (state !== null) void reply.header('kv-context', encodeContext(state.vector))
+    void reply.header('kv-siblings', String(live.length))
+    if (live.length === 0) {
+      throw new KvError('KV_ERR_KEY_NOT_FOUND', `key ${JSON.stringify(key)} does not exist`, {
+        key,
+        ...(state !== null ? { context: encodeContext(state.vector), deleted: true } : {}),
+      })
+    }
+    const newest = live[live.length - 1] as (typeof live)[number]
+    void reply.header('kv-timestamp', formatHlc(newest.value.hlc))
+    if (live.length === 1 && format !== 'json') {
+      return reply
+        .type('application/octet-stream')
+        .send(Buffer.from(newest.value.value as Uint8Array))
+    }
+    const body = {
+      key,
+      context: encodeContext((state as NonNullable<typeof state>).vector),
+      siblings: live.map((s) => ({
+        valueBase64: Buffer.from(s.value.value as Uint8Array).toString('base64'),
+        timestamp: formatHlc(s.value.hlc),
+      })),
+    }
+    return reply
+      .code(live.length > 1 && format !== 'json' ? 300 : 200)
+      .type('application/json; charset=utf-8')
+      .send(body)
+  })
+  methodNotAllowed(app, '/v1/kv/*', ['GET', 'PUT', 'DELETE'])
+
+  const unsupported = (what: string) => async () => {
+    throw new KvError(
+      'KV_ERR_UNSUPPORTED_IN_MODE',
+      `${what} needs single-leader mode: in leaderless mode keys are spread over the ring and written one at a time`,
+    )
+  }
+  app.get('/v1/kv', unsupported('listing keys'))
+  methodNotAllowed(app, '/v1/kv', ['GET'])
+  app.post('/v1/batch', unsupported('a batch'))
+  methodNotAllowed(app, '/v1/batch', ['POST'])
+
+  app.get('/admin/v1/ranges', async () => ({ self: engine.self, ranges: engine.rangeRoots() }))
+  methodNotAllowed(app, '/admin/v1/ranges', ['GET'])
+
+  app.get('/admin/v1/local/*', async (request: KeyRequest) => {
+    const key = keyOf(request)
+    const state = await engine.localState(key)
+    if (state === null) {
+      throw new KvError(
+        'KV_ERR_KEY_NOT_FOUND',
+        `this member holds no copy of ${JSON.stringify(key)}`,
+        { key },
+      )
+    }
+    return {
+      key,
+      member: engine.self,
+      replicas: engine.preferenceList(key),
+      vector: state.vector,
+      siblings: state.siblings.map((s) => ({
+        node: s.dot.node,
+        counter: s.dot.counter,
+        tombstone: s.value.value === null,
+        valueBase64: s.value.value === null ? null : Buffer.from(s.value.value).toString('base64'),
+        timestamp: formatHlc(s.value.hlc),
+      })),
+    }
+  })
+  methodNotAllowed(app, '/admin/v1/local/*', ['GET'])
+
+  app.get('/admin/v1/hints', async () => ({
+    total: engine.hintsHeld,
+    byTarget: engine.hintBacklog(),
+  }))
+  methodNotAllowed(app, '/admin/v1/hints', ['GET'])
+
+  app.post('/admin/v1/anti-entropy', async () => {
+    const peers: Record<string, number | string> = {}
+    for (const member of engine.cluster.members) {
+      if (member.id === engine.self) continue
+      try {
+        peers[member.id] = await engine.exchangeWith(member.id)
+      } catch (err) {
+        peers[member.id] = `failed: ${(err as Error).message}`
+      }
+    }
+    return { self: engine.self, keysRepaired: peers }
+  })
+  methodNotAllowed(app, '/admin/v1/anti-entropy', ['POST'])
+}

@@ -1,0 +1,1346 @@
+/**
+ * Leaderless mode (Dynamo-style): every member coordinates. A key lives on the N members of its
+ * preference list on the hash ring. A write is minted by a coordinator inside that list, made
+ * durable in its own log, and sent to the others; it answers after W acks. A read asks the N
+ * members and answers after R replies, merging what they hold.
+ *
+ * Replicas converge by three paths, all of which merge states (dvv.ts and conflicts.ts in
+ * the core, commutative and idempotent, so order does not matter):
+ * - read repair: after a read, replicas that answered a stale state get the merged one;
+ * - hinted handoff: a write meant for a down member goes to the next healthy member past the
+ *   list, stored as a durable hint and replayed when the owner is back;
+ * - anti-entropy: every `antiEntropyIntervalMs`, each member compares the Merkle tree of every
+ *   replica set it shares with each peer, and streams only the keys of differing leaves.
+ *
+ * Local layout inside the store's state (every change goes through the node's LevelDB log):
+ *   'd' + key                      -> VersionedRecord (this member's copy of the key)
+ *   'h' + target + 0x00 + key      -> Hint (a stand-in's copy for a down member)
+ *   'm' + name                     -> metadata (the actor id and the dot counter reservation)
+ */
+import { randomBytes } from 'node:crypto'
+import type { Logger } from 'pino'
+import {
+  HashRing,
+  HybridClock,
+  MerkleTree,
+  allTombstones,
+  collectable,
+  mergeStates,
+  resolveConflicts,
+  stateDigest,
+  survivorsOf,
+  writeState,
+  type VersionedState,
+} from '@kvstore/core'
+import {
+  KvError,
+  isErrorCode,
+  decodeHint,
+  decodeVersionedRecord,
+  encodeContext,
+  encodeHint,
+  encodeVersionedRecord,
+  keyToBytes,
+  type HlcStamp,
+  type KeyRecord,
+  type PeerReply,
+  type PeerRequest,
+  type VersionedRecord,
+} from '@kvstore/protocol'
+import type { Sequencer, Store, WriteOp } from '@kvstore/storage'
+import { resolveQuorum, type ClusterConfig, type NodeConfig } from '../config.js'
+import { LeaderlessRpc, PeerUnreachable } from './rpc.js'
+
+type State = VersionedState<Uint8Array>
+
+const DATA = 0x64 // 'd'
+const HINT = 0x68 // 'h'
+const META = 0x6d // 'm'
+
+/** Leaf buckets per replica-set Merkle tree: 2^10. */
+const treeDepth = 10
+/** Dots reserved per durable write of the counter. */
+const counterReservation = 10_000
+/** Records sent in one anti-entropy RangeKeys message, at most. */
+const aeRecordsPerMessageMax = 2000
+/** Hints replayed per member per pass. */
+const hintReplayBatch = 256
+/** How far ahead of this clock a peer's timestamp may be before it is refused. */
+const clockSkewMaxMs = 60_000
+
+export interface LeaderlessOptions {
+  config: NodeConfig
+  cluster: ClusterConfig
+  store: Store
+  sequencer: Sequencer
+  logger: Logger
+  clusterId: string
+  now?: () => number
+}
+
+/** What a read returns to the client. */
+export interface ReadResult {
+  state: State | null
+  replicas: string[]
+  answered: number
+}
+
+export interface WriteOutcome {
+  key: string
+  context: string
+  timestamp: string
+  acks: number
+  w: number
+  coordinator: string
+  hinted: string[]
+}
+
+interface MemberHealth {
+  up: boolean
+  /** When it last answered (ms), 0 if never. */
+  lastContactMs: number
+  /** Since when it has been down (ms), 0 while up. */
+  downSinceMs: number
+}
+
+interface ExchangeStatus {
+  atMs: number
+  keysRepaired: number
+}
+
+export class LeaderlessStats {
+  readRepairs = 0
+  hintsStored = 0
+  hintsReplayed = 0
+  hintsDropped = { window: 0, full: 0, expired: 0 }
+  antiEntropyExchanges = 0
+  antiEntropyKeysRepaired = 0
+  siblingsPruned = 0
+  siblingWarnings = 0
+  lwwDiscarded = 0
+  tombstonesCollected = 0
+  forwardedWrites = 0
+  quorumFailures = { read: 0, write: 0 }
+}
+
+export function formatHlc(hlc: HlcStamp): string {
+  return `${hlc.wallMs}.${hlc.logical}.${hlc.node}`
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true })
+
+export class LeaderlessEngine {
+  readonly config: NodeConfig
+  readonly cluster: ClusterConfig
+  readonly ring: HashRing
+  readonly n: number
+  readonly self: string
+  readonly stats = new LeaderlessStats()
+  readonly rpc: LeaderlessRpc
+  private readonly store: Store
+  private readonly sequencer: Sequencer
+  private readonly log: Logger
+  private readonly now: () => number
+  private readonly clock: HybridClock
+  private actor = ''
+  private counter = 0
+  private counterReserved = 0
+  private reserving: Promise<void> | null = null
+  private readonly locks = new Map<string, Promise<void>>()
+  private readonly health = new Map<string, MemberHealth>()
+  private readonly exchanges = new Map<string, ExchangeStatus>()
+  /** Merkle tree per replica set ("n1,n2,n4") this member belongs to. */
+  private readonly trees = new Map<string, MerkleTree>()
+  /** Keys per replica set and leaf, to stream a leaf's keys. */
+  private readonly leafKeys = new Map<string, Map<number, Set<string>>>()
+  /** Digest of each key this member holds. */
+  private readonly digests = new Map<string, number>()
+  /** Keys whose state is only tombstones (candidates for collection). */
+  private readonly tombstoned = new Set<string>()
+  /** Hints held per target member. */
+  private readonly hintCounts = new Map<string, number>()
+  private hintTotal = 0
+  private readonly timers: NodeJS.Timeout[] = []
+  private readonly background = new Set<Promise<unknown>>()
+  private stopped = false
+  private aeRunning = false
+  private replayRunning = false
+  private lastSiblingWarnMs = 0
+
+  constructor(options: LeaderlessOptions) {
+    this.config = options.config
+    this.cluster = options.cluster
+    this.store = options.store
+    this.sequencer = options.sequencer
+    this.log = options.logger
+    this.now = options.now ?? Date.now
+    this.self = options.cluster.self.id
+    this.n = options.config.replicas
+    this.ring = new HashRing(
+      options.cluster.members.map((m) => m.id),
+      options.config.vnodes,
+    )
+    this.clock = new HybridClock(this.self, clockSkewMaxMs)
+    for (const m of options.cluster.members) {
+      if (m.id !== this.self) this.health.set(m.id, { up: true, lastContactMs: 0, downSinceMs: 0 })
+    }
+    this.rpc = new LeaderlessRpc({
+      self: options.cluster.self,
+      members: options.cluster.members,
+      clusterId: options.clusterId,
+      host: options.config.host,
+      logger: options.logger,
+      handle: (request) => this.handle(request),
+    })
+  }
+
+  // ---- start and stop -----------------------------------------------------------------------
+
+  async start(): Promise<void> {
+    await this.loadMeta()
+    await this.checkDowntime()
+    await this.loadLocalState()
+    await this.rpc.listen()
+    const every = (ms: number, run: () => Promise<void>) => {
+      const timer = setInterval(() => {
+        if (!this.stopped) this.track(run())
+      }, ms)
+      timer.unref()
+      this.timers.push(timer)
+    }
+    const pingMs = Math.max(this.config.heartbeatIntervalMs * 5, 100)
+    every(pingMs, () => this.pingAll(pingMs * 2))
+    every(Math.min(1000, this.config.antiEntropyIntervalMs), () => this.replayHints())
+    every(this.config.antiEntropyIntervalMs, () => this.antiEntropy())
+    every(Math.min(this.config.antiEntropyIntervalMs, 60_000), () => this.collectTombstones())
+    every(10_000, () => this.housekeeping())
+    this.track(this.pingAll(pingMs * 2))
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true
+    for (const t of this.timers) clearInterval(t)
+    await this.persistAliveMark().catch(() => {})
+    await Promise.allSettled([...this.background])
+    await this.rpc.close()
+  }
+
+  private track(p: Promise<unknown>): void {
+    const tracked = p.catch((err: unknown) => {
+      if (!this.stopped) this.log.warn({ err }, 'leaderless background task failed')
+    })
+    this.background.add(tracked)
+    void tracked.finally(() => this.background.delete(tracked))
+  }
+
+  // ---- metadata: actor id, dot counter, downtime ---------------------------------------------
+
+  private metaKey(name: string): Buffer {
+    return Buffer.concat([Buffer.from([META]), Buffer.from(name, 'utf8')])
+  }
+
+  private async readMeta(name: string): Promise<string | null> {
+    const record = await this.store.get(this.metaKey(name))
+    return record === null || record.tombstone ? null : record.value.toString('utf8')
+  }
+
+  private async writeMeta(name: string, value: string): Promise<void> {
+    await this.sequencer.write({
+      kind: 'put',
+      ops: [{ type: 'put', key: this.metaKey(name), value: Buffer.from(value, 'utf8') }],
+    })
+  }
+
+  private async loadMeta(): Promise<void> {
+    let actor = await this.readMeta('actor')
+    if (actor === null) {
+      // A fresh data directory is a new actor: a wiped member never reuses its old dots.
+      actor = `${this.self}.${randomBytes(4).toString('hex')}`
+      await this.writeMeta('actor', actor)
+      this.log.info({ actor }, 'new leaderless actor id for this data directory')
+    }
+    this.actor = actor
+    const reserved = Number((await this.readMeta('counter')) ?? '0')
+    this.counter = reserved
+    this.counterReserved = reserved
+  }
+
+  /**
+   * A member down longer than tombstoneGcMs may hold values whose deletes the others have
+   * already collected; were it to rejoin, anti-entropy would bring them back. It refuses.
+   */
+  private async checkDowntime(): Promise<void> {
+    const alive = await this.readMeta('aliveMs')
+    if (alive === null) return
+    const downMs = this.now() - Number(alive)
+    if (downMs > this.config.tombstoneGcMs) {
+      throw new KvError(
+        'KV_ERR_UNSUPPORTED_IN_MODE',
+        `this member was down for ${Math.round(downMs / 1000)} s, longer than tombstoneGcMs (${this.config.tombstoneGcMs} ms): deletes it missed may be collected elsewhere, so its data could bring deleted keys back. Start it with an empty data directory; anti-entropy refills it.`,
+      )
+    }
+  }
+
+  private persistAliveMark(): Promise<void> {
+    return this.writeMeta('aliveMs', String(this.now()))
+  }
+
+  /** A dot counter never used before by this actor, on any key. */
+  private async nextCounter(): Promise<number> {
+    while (this.counter + 1 > this.counterReserved) {
+      this.reserving ??= (async () => {
+        const target = this.counter + counterReservation
+        await this.writeMeta('counter', String(target))
+        this.counterReserved = target
+      })().finally(() => {
+        this.reserving = null
+      })
+      await this.reserving
+    }
+    this.counter++
+    return this.counter
+  }
+
+  // ---- local state ------------------------------------------------------------------------
+
+  private dataKey(key: string): Buffer {
+    return Buffer.concat([Buffer.from([DATA]), Buffer.from(key, 'utf8')])
+  }
+
+  private hintKey(target: string, key: string): Buffer {
+    return Buffer.concat([
+      Buffer.from([HINT]),
+      Buffer.from(target, 'utf8'),
+      Buffer.from([0]),
+      Buffer.from(key, 'utf8'),
+    ])
+  }
+
+  /** Runs `fn` with the key locked (one local read-merge-write at a time per key). */
+  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(id) ?? Promise.resolve()
+    let release!: () => void
+    const mine = new Promise<void>((resolve) => (release = resolve))
+    const chained = previous.then(() => mine)
+    this.locks.set(id, chained)
+    await previous
+    try {
+      return await fn()
+    } finally {
+      release()
+      if (this.locks.get(id) === chained) this.locks.delete(id)
+    }
+  }
+
+  private async loadState(key: string): Promise<State | null> {
+    const record = await this.store.get(this.dataKey(key))
+    if (record === null || record.tombstone) return null
+    return this.decodeFromDisk(record.value, key)
+  }
+
+  private decodeFromDisk(bytes: Uint8Array, key: string): State {
+    try {
+      return toState(decodeVersionedRecord(bytes))
+    } catch (err) {
+      throw new KvError(
+        'KV_ERR_STORAGE',
+        `stored record of ${JSON.stringify(key)} is corrupt: ${(err as Error).message}`,
+      )
+    }
+  }
+
+  /** The replica set (sorted preference list) a key belongs to. */
+  setOf(key: string): string {
+    return [...this.ring.preferenceList(key, this.n)].sort().join(',')
+  }
+
+  preferenceList(key: string): string[] {
+    return this.ring.preferenceList(key, this.n)
+  }
+
+  private treeOf(set: string): MerkleTree {
+    let tree = this.trees.get(set)
+    if (!tree) {
+      tree = new MerkleTree(treeDepth)
+      this.trees.set(set, tree)
+      this.leafKeys.set(set, new Map())
+    }
+    return tree
+  }
+
+  /** Keeps the Merkle tree, leaf index and tombstone set in step with a key's new state. */
+  private track_(key: string, state: State | null): void {
+    const set = this.setOf(key)
+    const tree = this.treeOf(set)
+    const before = this.digests.get(key)
+    const after = state === null ? undefined : stateDigest(state)
+    if (before === after) return
+    tree.update(key, before, after)
+    const leaf = tree.leafOf(key)
+    const leaves = this.leafKeys.get(set) as Map<number, Set<string>>
+    if (after === undefined) {
+      this.digests.delete(key)
+      leaves.get(leaf)?.delete(key)
+      this.tombstoned.delete(key)
+    } else {
+      this.digests.set(key, after)
+      let keys = leaves.get(leaf)
+      if (!keys) leaves.set(leaf, (keys = new Set()))
+      keys.add(key)
+      if (allTombstones(state as State)) this.tombstoned.add(key)
+      else this.tombstoned.delete(key)
+    }
+  }
+
+  private async loadLocalState(): Promise<void> {
+    let after: Buffer | undefined
+    let keys = 0
+    for (;;) {
+      const page = await this.store.list({
+        prefix: Buffer.from([DATA]),
+        ...(after ? { after } : {}),
+        limit: 10_000,
+      })
+      for (const item of page.items) {
+        const key = item.key.subarray(1).toString('utf8')
+        const state = this.decodeFromDisk(item.record.value, key)
+        for (const s of state.siblings)
+          this.clock.observe(s.value.hlc, Math.max(this.now(), s.value.hlc.wallMs))
+        this.track_(key, state)
+        keys++
+      }
+      if (!page.more || page.items.length === 0) break
+      after = page.items[page.items.length - 1]?.key
+    }
+    await this.countHints()
+    this.log.info({ keys, hints: this.hintTotal, actor: this.actor }, 'leaderless state loaded')
+  }
+
+  private async countHints(): Promise<void> {
+    this.hintCounts.clear()
+    this.hintTotal = 0
+    let after: Buffer | undefined
+    for (;;) {
+      const page = await this.store.list({
+        prefix: Buffer.from([HINT]),
+        ...(after ? { after } : {}),
+        limit: 10_000,
+      })
+      for (const item of page.items) {
+        const target = hintTarget(item.key)
+        this.hintCounts.set(target, (this.hintCounts.get(target) ?? 0) + 1)
+        this.hintTotal++
+      }
+      if (!page.more || page.items.length === 0) break
+      after = page.items[page.items.length - 1]?.key
+    }
+  }
+
+  /** Refuses a peer's timestamp from too far in the future, then advances the clock past it. */
+  private observe(state: State): void {
+    const now = this.now()
+    for (const s of state.siblings) {
+      if (s.value.hlc.wallMs > now + clockSkewMaxMs) {
+        throw new KvError(
+          'KV_ERR_BAD_FRAME',
+          `a timestamp from ${s.value.hlc.node} is ${s.value.hlc.wallMs - now} ms ahead of this clock (at most ${clockSkewMaxMs})`,
+        )
+      }
+    }
+    for (const s of state.siblings) this.clock.observe(s.value.hlc, now)
+  }
+
+  private noteSiblings(key: string, state: State, dropped: number): void {
+    if (dropped > 0) {
+      if (this.config.conflicts === 'lww') this.stats.lwwDiscarded += dropped
+      else {
+        this.stats.siblingsPruned += dropped
+        this.log.warn(
+          { key, dropped, siblingsMax: this.config.siblingsMax },
+          'replicas merged past the sibling cap: the oldest siblings were dropped',
+        )
+      }
+    }
+    const live = state.siblings.length
+    if (this.config.conflicts === 'siblings' && live >= this.config.siblingsWarn) {
+      this.stats.siblingWarnings++
+      const now = this.now()
+      if (now - this.lastSiblingWarnMs > 1000) {
+        this.lastSiblingWarnMs = now
+        this.log.warn(
+          {
+            key,
+            siblings: live,
+            siblingsWarn: this.config.siblingsWarn,
+            siblingsMax: this.config.siblingsMax,
+          },
+          'a key holds many siblings: read it and write with its context to resolve them',
+        )
+      }
+    }
+  }
+
+  private async persist(key: string, state: State | null): Promise<void> {
+    const op: WriteOp =
+      state === null
+        ? { type: 'delete', key: this.dataKey(key) }
+        : { type: 'put', key: this.dataKey(key), value: Buffer.from(encodeVersionedRecord(state)) }
+    await this.sequencer.write({ kind: state === null ? 'delete' : 'put', ops: [op] })
+    this.track_(key, state)
+  }
+
+  /** Merges a state into this member's copy; true when the copy changed. */
+  private mergeLocal(key: string, incoming: State): Promise<{ changed: boolean; state: State }> {
+    this.observe(incoming)
+    return this.locked(key, async () => {
+      const current = await this.loadState(key)
+      if (current === null) {
+        const { state, dropped } = resolveConflicts(
+          incoming,
+          this.config.conflicts,
+          this.config.siblingsMax,
+        )
+        await this.persist(key, state)
+        this.noteSiblings(key, state, dropped)
+        return { changed: true, state }
+      }
+      const { state, dropped } = mergeStates(
+        current,
+        incoming,
+        this.config.conflicts,
+        this.config.siblingsMax,
+      )
+      if (stateDigest(state) === stateDigest(current)) return { changed: false, state: current }
+      await this.persist(key, state)
+      this.noteSiblings(key, state, dropped)
+      return { changed: true, state }
+    })
+  }
+
+  private async storeHint(target: string, key: string, incoming: State): Promise<void> {
+    this.observe(incoming)
+    const hk = this.hintKey(target, key)
+    await this.locked(`h\u0000${target}\u0000${key}`, async () => {
+      const existing = await this.store.get(hk)
+      let state = incoming
+      const isNew = existing === null || existing.tombstone
+      if (!isNew) {
+        state = mergeStates(
+          decodeHint(existing.value).record as State,
+          incoming,
+          this.config.conflicts,
+          this.config.siblingsMax,
+        ).state
+      } else if (this.hintTotal >= this.config.hintsMax) {
+        this.stats.hintsDropped.full++
+        throw new KvError(
+          'KV_ERR_OVERLOADED',
+          `this member already holds ${this.hintTotal} hints (hintsMax)`,
+        )
+      }
+      await this.sequencer.write({
+        kind: 'put',
+        ops: [
+          {
+            type: 'put',
+            key: hk,
+            value: Buffer.from(encodeHint({ storedAtMs: this.now(), record: state })),
+          },
+        ],
+      })
+      if (isNew) {
+        this.hintCounts.set(target, (this.hintCounts.get(target) ?? 0) + 1)
+        this.hintTotal++
+      }
+      this.stats.hintsStored++
+    })
+  }
+
+  // ---- health ------------------------------------------------------------------------------
+
+  isUp(member: string): boolean {
+    if (member === this.self) return true
+    return this.health.get(member)?.up ?? false
+  }
+
+  private markUp(member: string): void {
+    const h = this.health.get(member)
+    if (!h) return
+    if (!h.up) this.log.info({ member }, 'member is reachable again')
+    h.up = true
+    h.downSinceMs = 0
+    h.lastContactMs = this.now()
+  }
+
+  private markDown(member: string, reason: string): void {
+    const h = this.health.get(member)
+    if (!h || !h.up) return
+    h.up = false
+    h.downSinceMs = this.now()
+    this.log.warn({ member, reason }, 'member is unreachable')
+  }
+
+  private async call(
+    member: string,
+    body: Parameters<LeaderlessRpc['call']>[1],
+    timeoutMs = this.config.quorumTimeoutMs,
+  ): Promise<PeerReply> {
+    try {
+      const reply = await this.rpc.call(member, body, timeoutMs)
+      this.markUp(member)
+      if (reply.kind === 'refusal')
+        throw new KvError(isKnownCode(reply.code), `${member} refused: ${reply.message}`)
+      return reply
+    } catch (err) {
+      if (err instanceof PeerUnreachable) this.markDown(member, err.message)
+      throw err
+    }
+  }
+
+  private async pingAll(timeoutMs: number): Promise<void> {
+    await Promise.allSettled(
+      [...this.health.keys()].map((m) => this.call(m, { kind: 'ping' }, timeoutMs)),
+    )
+  }
+
+  // ---- serving peers ------------------------------------------------------------------------
+
+  private keyOf(bytes: Uint8Array): string {
+    let key: string
+    try {
+      key = utf8.decode(bytes)
+    } catch {
+      throw new KvError('KV_ERR_BAD_FRAME', 'a key is not valid UTF-8')
+    }
+    keyToBytes(key, this.config.keyBytesMax)
+    return key
+  }
+
+  private async handle(request: PeerRequest): Promise<PeerReply> {
+    this.markUp(request.from)
+    const body = request.body
+    switch (body.kind) {
+      case 'ping':
+        return { kind: 'pong', clockMs: this.now() }
+      case 'store': {
+        const key = this.keyOf(body.key)
+        const state = toState(body.record)
+        if (body.hintFor !== '') {
+          if (!this.health.has(body.hintFor))
+            throw new KvError('KV_ERR_BAD_FRAME', `no member ${body.hintFor}`)
+          await this.storeHint(body.hintFor, key, state)
+          return { kind: 'storeAck', changed: true }
+        }
+        const { changed } = await this.mergeLocal(key, state)
+        return { kind: 'storeAck', changed }
+      }
+      case 'fetch': {
+        const key = this.keyOf(body.key)
+        const state = await this.loadState(key)
+        return { kind: 'fetchReply', record: state }
+      }
+      case 'coordinate': {
+        const key = this.keyOf(body.key)
+        try {
+          const outcome = await this.coordinateWrite(
+            key,
+            body.value,
+            body.context,
+            body.w === 0 ? null : body.w,
+            body.sloppy,
+            false,
+          )
+          return { kind: 'coordinateReply', status: 200, bodyJson: JSON.stringify(outcome) }
+        } catch (err) {
+          if (err instanceof KvError)
+            return {
+              kind: 'coordinateReply',
+              status: err.status,
+              bodyJson: JSON.stringify(err.toBody()),
+            }
+          throw err
+        }
+      }
+      case 'rangeRoots':
+        return { kind: 'rootsReply', roots: body.sets.map((set) => this.trees.get(set)?.root ?? 0) }
+      case 'rangeLeaves': {
+        const tree = this.trees.get(body.set) ?? new MerkleTree(treeDepth)
+        const first = 2 ** treeDepth - 1
+        const leaves: number[] = []
+        for (let i = 0; i < 2 ** treeDepth; i++) leaves.push(tree.digestAt(first + i))
+        return { kind: 'leavesReply', leaves }
+      }
+      case 'rangeKeys': {
+        let repaired = 0
+        const theirs = new Map<string, State>()
+        for (const r of body.records) {
+          const key = this.keyOf(r.key)
+          const state = toState(r.record)
+          theirs.set(key, state)
+          if ((await this.mergeLocal(key, state)).changed) repaired++
+        }
+        const records: KeyRecord[] = []
+        const leaves = this.leafKeys.get(body.set)
+        for (const leaf of body.leaves) {
+          for (const key of leaves?.get(leaf) ?? []) {
+            const mine = await this.loadState(key)
+            if (mine === null) continue
+            const sent = theirs.get(key)
+            if (sent !== undefined && stateDigest(sent) === stateDigest(mine)) continue
+            records.push({ key: Buffer.from(key, 'utf8'), record: mine })
+          }
+        }
+        this.noteExchange(request.from, repaired)
+        return { kind: 'keysReply', records }
+      }
+    }
+  }
+
+  private noteExchange(peer: string, repaired: number): void {
+    const previous = this.exchanges.get(peer)
+    this.exchanges.set(peer, {
+      atMs: this.now(),
+      keysRepaired: (previous?.keysRepaired ?? 0) + repaired,
+    })
+    this.stats.antiEntropyKeysRepaired += repaired
+  }
+
+  // ---- writes -------------------------------------------------------------------------------
+
+  resolveW(text: string | undefined): number {
+    return this.resolveCount(text ?? this.config.defaultW, 'w')
+  }
+
+  resolveR(text: string | undefined): number {
+    return this.resolveCount(text ?? this.config.defaultR, 'r')
+  }
+
+  private resolveCount(text: string, name: string): number {
+    try {
+      return resolveQuorum(text, this.n, name)
+    } catch (err) {
+      throw new KvError('KV_ERR_INVALID_ARGUMENT', (err as Error).message)
+    }
+  }
+
+  /**
+   * Coordinates a write (value null: a delete). Outside the key's preference list it forwards
+   * the write to the first reachable member of the list, which mints the dot.
+   */
+  async coordinateWrite(
+    key: string,
+    value: Uint8Array | null,
+    context: Record<string, number> | null,
+    w: number | null,
+    sloppy: boolean,
+    mayForward = true,
+  ): Promise<WriteOutcome> {
+    const wanted = w ?? this.resolveW(undefined)
+    const prefs = this.preferenceList(key)
+    if (!prefs.includes(this.self)) {
+      if (!mayForward)
+        throw new KvError('KV_ERR_BAD_FRAME', `${this.self} is not a replica of this key`)
+      return this.forwardWrite(key, value, context, wanted, sloppy, prefs)
+    }
+    // A delete without a context deletes what a read quorum holds now.
+    let ctx = context
+    if (ctx === null && value === null) {
+      const read = await this.coordinateRead(key, this.resolveR(undefined), false)
+      ctx = { ...(read.state?.vector ?? {}) }
+    }
+    ctx ??= {}
+    const { state, hlc } = await this.locked(key, async () => {
+      const current = (await this.loadState(key)) ?? { vector: {}, siblings: [] }
+      if (this.config.conflicts === 'siblings' && value !== null) {
+        const survivors = survivorsOf(current, ctx)
+        if (survivors + 1 > this.config.siblingsMax) {
+          throw new KvError(
+            'KV_ERR_TOO_MANY_SIBLINGS',
+            `key ${JSON.stringify(key)} already holds ${survivors} siblings the context does not resolve; the cap is ${this.config.siblingsMax}. Read it and write with its kv-context.`,
+            {
+              siblings: survivors,
+              siblingsMax: this.config.siblingsMax,
+              context: encodeContext(current.vector),
+            },
+          )
+        }
+      }
+      const counter = await this.nextCounter()
+      const hlc = this.clock.now(this.now())
+      const next = writeState(
+        current,
+        this.actor,
+        counter,
+        ctx,
+        { value, hlc },
+        this.config.conflicts,
+      )
+      await this.persist(key, next)
+      this.noteSiblings(key, next, 0)
+      return { state: next, hlc }
+    })
+    const fanout = this.fanOut(key, state, prefs, wanted, sloppy)
+    const acks = await fanout
+    return {
+      key,
+      context: encodeContext(state.vector),
+      timestamp: formatHlc(hlc),
+      acks: acks.acks,
+      w: wanted,
+      coordinator: this.self,
+      hinted: acks.hinted,
+    }
+  }
+
+  private async forwardWrite(
+    key: string,
+    value: Uint8Array | null,
+    context: Record<string, number> | null,
+    w: number,
+    sloppy: boolean,
+    prefs: string[],
+  ): Promise<WriteOutcome> {
+    const order = [...prefs.filter((m) => this.isUp(m)), ...prefs.filter((m) => !this.isUp(m))]
+    let lastError: unknown = null
+    for (const member of order) {
+      try {
+        const reply = await this.call(
+          member,
+          {
+            kind: 'coordinate',
+            key: Buffer.from(key, 'utf8'),
+            value,
+            context: context ?? {},
+            w,
+            sloppy,
+          },
+          this.config.quorumTimeoutMs * 3,
+        )
+        if (reply.kind !== 'coordinateReply')
+          throw new KvError('KV_ERR_INTERNAL', `unexpected reply ${reply.kind}`)
+        this.stats.forwardedWrites++
+        const body = JSON.parse(reply.bodyJson) as
+          | WriteOutcome
+          | {
+              error: { code: string; message: string } & Record<
+                string,
+                string | number | boolean | null
+              >
+            }
+        if ('error' in body) {
+          const { code, message, ...details } = body.error
+          throw new KvError(isKnownCode(code), message, details)
+        }
+        return body
+      } catch (err) {
+        if (err instanceof PeerUnreachable) {
+          lastError = err
+          continue
+        }
+        throw err
+      }
+    }
+    this.stats.quorumFailures.write++
+    throw new KvError(
+      'KV_ERR_QUORUM_UNAVAILABLE',
+      `no replica of ${JSON.stringify(key)} (${prefs.join(', ')}) could coordinate the write: ${(lastError as Error | null)?.message ?? 'none reachable'}`,
+      { required: w, acks: 0, replicas: prefs.join(',') },
+    )
+  }
+
+  /**
+   * Sends the coordinator's new state to the rest of the preference list (or to stand-ins
+   * with hints for the down ones), and resolves once `w` replicas hold it. The sends go on
+   * after that, in the background.
+   */
+  private fanOut(
+    key: string,
+    state: State,
+    prefs: string[],
+    w: number,
+    sloppy: boolean,
+  ): Promise<{ acks: number; hinted: string[] }> {
+    const keyBytes = Buffer.from(key, 'utf8')
+    const walked = [...this.ring.walk(key)]
+    const spares = walked.slice(this.n).filter((m) => m !== this.self)
+    const usedSpares = new Set<string>()
+    const hinted: string[] = []
+    let acks = 1 // this member holds it durably
+    let pending = 0
+    let settled = false
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (settled) return
+        if (acks >= w) {
+          settled = true
+          resolve({ acks, hinted: [...hinted] })
+        } else if (pending === 0) {
+          settled = true
+          this.stats.quorumFailures.write++
+          reject(
+            new KvError(
+              'KV_ERR_QUORUM_UNAVAILABLE',
+              `only ${acks} of the ${w} replicas needed acknowledged the write of ${JSON.stringify(key)}; it is durable on ${acks} and will spread from there`,
+              { required: w, acks, replicas: prefs.join(','), hinted: hinted.join(',') },
+            ),
+          )
+        }
+      }
+      const timer = setTimeout(() => {
+        if (settled) return
+        settled = true
+        this.stats.quorumFailures.write++
+        reject(
+          new KvError(
+            'KV_ERR_QUORUM_UNAVAILABLE',
+            `only ${acks} of the ${w} replicas needed acknowledged the write of ${JSON.stringify(key)} within ${this.config.quorumTimeoutMs} ms; it is durable on ${acks} and will spread from there`,
+            { required: w, acks, replicas: prefs.join(','), hinted: hinted.join(',') },
+          ),
+        )
+      }, this.config.quorumTimeoutMs)
+      timer.unref()
+      const viaHint = (target: string): void => {
+        const h = this.health.get(target)
+        if (
+          h &&
+          !h.up &&
+          h.downSinceMs > 0 &&
+          this.now() - h.downSinceMs > this.config.hintWindowMs
+        ) {
+          this.stats.hintsDropped.window++
+          return
+        }
+        const standIn = spares.find((m) => !usedSpares.has(m) && this.isUp(m))
+        if (standIn === undefined) return
+        usedSpares.add(standIn)
+        pending++
+        this.call(standIn, { kind: 'store', key: keyBytes, record: state, hintFor: target }).then(
+          () => {
+            pending--
+            hinted.push(`${target}@${standIn}`)
+            if (sloppy) acks++
+            check()
+          },
+          () => {
+            pending--
+            // Try the next stand-in.
+            viaHint(target)
+            check()
+          },
+        )
+      }
+      for (const member of prefs) {
+        if (member === this.self) continue
+        if (!this.isUp(member)) {
+          viaHint(member)
+          continue
+        }
+        pending++
+        this.call(member, { kind: 'store', key: keyBytes, record: state, hintFor: '' }).then(
+          () => {
+            pending--
+            acks++
+            check()
+          },
+          () => {
+            pending--
+            viaHint(member)
+            check()
+          },
+        )
+      }
+      check()
+    })
+  }
+
+  // ---- reads --------------------------------------------------------------------------------
+
+  /**
+   * Reads from the preference list and answers with the merge of the first `r` replies.
+   * Replicas that answered something older are repaired: in the background (after every
+   * reply is in or the timeout), or before answering when `blocking`.
+   */
+  async coordinateRead(key: string, r: number, blocking: boolean): Promise<ReadResult> {
+    const prefs = this.preferenceList(key)
+    const replies = new Map<string, State | null>()
+    let failed = 0
+    const keyBytes = Buffer.from(key, 'utf8')
+    const fetchOne = async (member: string): Promise<void> => {
+      if (member === this.self) {
+        replies.set(member, await this.loadState(key))
+        return
+      }
+      const reply = await this.call(member, { kind: 'fetch', key: keyBytes })
+      if (reply.kind !== 'fetchReply')
+        throw new KvError('KV_ERR_INTERNAL', `unexpected reply ${reply.kind}`)
+      const state = reply.record === null ? null : toState(reply.record)
+      if (state) this.observe(state)
+      replies.set(member, state)
+    }
+    let notify: () => void = () => {}
+    const all = Promise.allSettled(
+      prefs.map((m) =>
+        fetchOne(m).then(
+          () => notify(),
+          () => {
+            failed++
+            notify()
+          },
+        ),
+      ),
+    )
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, this.config.quorumTimeoutMs)
+      timer.unref()
+      notify = () => {
+        const enough = blocking
+          ? replies.size + failed === prefs.length
+          : replies.size >= r || replies.size + (prefs.length - replies.size - failed) < r
+        if (enough) {
+          clearTimeout(timer)
+          resolve()
+        }
+      }
+      notify()
+    })
+    if (replies.size < r) {
+      this.stats.quorumFailures.read++
+      throw new KvError(
+        'KV_ERR_QUORUM_UNAVAILABLE',
+        `only ${replies.size} of the ${r} replicas needed answered the read of ${JSON.stringify(key)}`,
+        { required: r, acks: replies.size, replicas: prefs.join(',') },
+      )
+    }
+    const merged = this.mergeAll([...replies.values()])
+    if (blocking) {
+      await this.repair(key, replies, merged)
+    } else {
+      // The rest of the replies, then repair, off the client's path.
+      this.track(
+        Promise.race([all, sleep(this.config.quorumTimeoutMs)]).then(() =>
+          this.repair(key, replies, this.mergeAll([...replies.values()])),
+        ),
+      )
+    }
+    return { state: merged, replicas: prefs, answered: replies.size }
+  }
+
+  private mergeAll(states: (State | null)[]): State | null {
+    let merged: State | null = null
+    for (const s of states) {
+      if (s === null) continue
+      merged =
+        merged === null
+          ? s
+          : mergeStates(merged, s, this.config.conflicts, this.config.siblingsMax).state
+    }
+    return merged
+  }
+
+  /** Read repair: sends the merged state to every replier whose state differs. */
+  private async repair(
+    key: string,
+    replies: Map<string, State | null>,
+    merged: State | null,
+  ): Promise<void> {
+    if (merged === null) return
+    const digest = stateDigest(merged)
+    const stale = [...replies.entries()].filter(([, s]) => s === null || stateDigest(s) !== digest)
+    if (stale.length === 0) return
+    const keyBytes = Buffer.from(key, 'utf8')
+    await Promise.allSettled(
+      stale.map(async ([member]) => {
+        if (member === this.self) await this.mergeLocal(key, merged)
+        else await this.call(member, { kind: 'store', key: keyBytes, record: merged, hintFor: '' })
+        this.stats.readRepairs++
+      }),
+    )
+  }
+
+  /** This member's own copy of a key (for inspection). */
+  localState(key: string): Promise<State | null> {
+    return this.loadState(key)
+  }
+
+  // ---- hinted handoff -----------------------------------------------------------------------
+
+  private async replayHints(): Promise<void> {
+    if (this.replayRunning || this.hintTotal === 0) return
+    this.replayRunning = true
+    try {
+      for (const [target, count] of this.hintCounts) {
+        if (count === 0 || !this.isUp(target) || this.stopped) continue
+        await this.replayTo(target)
+      }
+    } finally {
+      this.replayRunning = false
+    }
+  }
+
+  private async replayTo(target: string): Promise<void> {
+    const prefix = Buffer.concat([
+      Buffer.from([HINT]),
+      Buffer.from(target, 'utf8'),
+      Buffer.from([0]),
+    ])
+    const page = await this.store.list({ prefix, limit: hintReplayBatch })
+    for (const item of page.items) {
+      if (this.stopped) return
+      const key = item.key.subarray(prefix.length).toString('utf8')
+      const hint = decodeHint(item.record.value)
+      const expired = this.now() - hint.storedAtMs > this.config.hintWindowMs
+      if (!expired) {
+        try {
+          await this.call(target, {
+            kind: 'store',
+            key: Buffer.from(key, 'utf8'),
+            record: hint.record,
+            hintFor: '',
+          })
+        } catch {
+          return // the target went away again; retry later
+        }
+      }
+      // Delete the hint unless a newer write merged into it meanwhile.
+      const removed = await this.locked(`h\u0000${target}\u0000${key}`, async () => {
+        const now = await this.store.get(item.key)
+        if (now === null || now.tombstone || now.version !== item.record.version) return false
+        await this.sequencer.write({ kind: 'delete', ops: [{ type: 'delete', key: item.key }] })
+        return true
+      })
+      if (removed) {
+        this.hintCounts.set(target, (this.hintCounts.get(target) ?? 1) - 1)
+        this.hintTotal--
+        if (expired) this.stats.hintsDropped.expired++
+        else this.stats.hintsReplayed++
+      }
+    }
+    if (page.items.length > 0) {
+      this.log.info(
+        { target, hints: page.items.length, backlog: this.hintCounts.get(target) },
+        'replayed hints',
+      )
+    }
+  }
+
+  // ---- anti-entropy -------------------------------------------------------------------------
+
+  /** The replica sets this member shares with `peer`. */
+  private sharedSets(peer: string): string[] {
+    const sets = new Set<string>()
+    for (const set of this.allSets()) {
+      const members = set.split(',')
+      if (members.includes(this.self) && members.includes(peer)) sets.add(set)
+    }
+    return [...sets]
+  }
+
+  private setsCache: string[] | null = null
+
+  /** Every replica set of the ring. */
+  allSets(): string[] {
+    if (this.setsCache) return this.setsCache
+    const sets = new Set<string>()
+    for (const arc of this.arcs()) sets.add([...arc.replicas].sort().join(','))
+    this.setsCache = [...sets].sort()
+    return this.setsCache
+  }
+
+  private arcsCache: { start: number; end: number; replicas: string[] }[] | null = null
+
+  /** The ring's arcs with the preference list of the keys in each. */
+  arcs(): { start: number; end: number; replicas: string[] }[] {
+    if (this.arcsCache) return this.arcsCache
+    this.arcsCache = this.ring.ranges().map((r) => ({
+      start: r.start,
+      end: r.end,
+      replicas: this.ring.preferenceListAt(r.end, this.n),
+    }))
+    return this.arcsCache
+  }
+
+  private async antiEntropy(): Promise<void> {
+    if (this.aeRunning) return
+    this.aeRunning = true
+    try {
+      for (const peer of this.health.keys()) {
+        if (this.stopped) return
+        if (!this.isUp(peer)) continue
+        try {
+          await this.exchangeWith(peer)
+        } catch (err) {
+          if (!(err instanceof PeerUnreachable))
+            this.log.warn({ err, peer }, 'anti-entropy exchange failed')
+        }
+      }
+    } finally {
+      this.aeRunning = false
+    }
+  }
+
+  /** One anti-entropy exchange with `peer` over every replica set both belong to. */
+  async exchangeWith(peer: string): Promise<number> {
+    const sets = this.sharedSets(peer)
+    const roots = await this.call(peer, { kind: 'rangeRoots', sets })
+    if (roots.kind !== 'rootsReply' || roots.roots.length !== sets.length) {
+      throw new KvError('KV_ERR_BAD_FRAME', `${peer} answered the roots request with ${roots.kind}`)
+    }
+    let repaired = 0
+    for (let i = 0; i < sets.length; i++) {
+      const set = sets[i] as string
+      const mine = this.trees.get(set)?.root ?? 0
+      if (mine === roots.roots[i]) continue
+      const leavesReply = await this.call(peer, { kind: 'rangeLeaves', set })
+      if (leavesReply.kind !== 'leavesReply' || leavesReply.leaves.length !== 2 ** treeDepth) {
+        throw new KvError(
+          'KV_ERR_BAD_FRAME',
+          `${peer} answered the leaves request with ${leavesReply.kind}`,
+        )
+      }
+      const tree = this.treeOf(set)
+      const first = 2 ** treeDepth - 1
+      const differing: number[] = []
+      for (let leaf = 0; leaf < 2 ** treeDepth; leaf++) {
+        if (tree.digestAt(first + leaf) !== leavesReply.leaves[leaf]) differing.push(leaf)
+      }
+      // Stream the differing leaves in messages of bounded size.
+      let batch: number[] = []
+      let records: KeyRecord[] = []
+      const flush = async () => {
+        if (batch.length === 0) return
+        const reply = await this.call(peer, { kind: 'rangeKeys', set, leaves: batch, records })
+        if (reply.kind !== 'keysReply')
+          throw new KvError('KV_ERR_BAD_FRAME', `${peer} answered keys with ${reply.kind}`)
+        for (const r of reply.records) {
+          const key = this.keyOf(r.key)
+          if ((await this.mergeLocal(key, toState(r.record))).changed) repaired++
+        }
+        batch = []
+        records = []
+      }
+      const leafIndex = this.leafKeys.get(set)
+      for (const leaf of differing) {
+        for (const key of leafIndex?.get(leaf) ?? []) {
+          const state = await this.loadState(key)
+          if (state) records.push({ key: Buffer.from(key, 'utf8'), record: state })
+        }
+        batch.push(leaf)
+        if (records.length >= aeRecordsPerMessageMax) await flush()
+      }
+      await flush()
+    }
+    this.stats.antiEntropyExchanges++
+    this.noteExchange(peer, repaired)
+    if (repaired > 0) this.log.info({ peer, repaired }, 'anti-entropy repaired keys')
+    return repaired
+  }
+
+  // ---- tombstones and housekeeping ----------------------------------------------------------
+
+  private async collectTombstones(): Promise<void> {
+    const before = this.now() - this.config.tombstoneGcMs
+    let collected = 0
+    for (const key of [...this.tombstoned]) {
+      if (this.stopped) break
+      const done = await this.locked(key, async () => {
+        const state = await this.loadState(key)
+        if (state === null || !collectable(state, before)) return false
+        await this.persist(key, null)
+        return true
+      })
+      if (done) collected++
+    }
+    if (collected > 0) {
+      this.stats.tombstonesCollected += collected
+      this.log.info({ collected }, 'collected tombstones older than tombstoneGcMs')
+    }
+  }
+
+  private async housekeeping(): Promise<void> {
+    await this.persistAliveMark()
+    // The log only serves recovery here (replicas exchange states, not log entries): keep a
+    // window of it.
+    const keep = this.config.logRetentionEntries
+    const retainFrom = this.store.appliedLsn - keep + 1
+    if (retainFrom > this.store.meta.logStartLsn + 1000) await this.store.compactLog(retainFrom)
+  }
+
+  // ---- views --------------------------------------------------------------------------------
+
+  hintBacklog(): Record<string, number> {
+    return Object.fromEntries([...this.hintCounts].filter(([, n]) => n > 0))
+  }
+
+  get hintsHeld(): number {
+    return this.hintTotal
+  }
+
+  rangeRoots(): { replicas: string; root: number; keys: number }[] {
+    return this.allSets()
+      .filter((set) => set.split(',').includes(this.self))
+      .map((set) => {
+        let keys = 0
+        for (const leaf of this.leafKeys.get(set)?.values() ?? []) keys += leaf.size
+        return { replicas: set, root: this.trees.get(set)?.root ?? 0, keys }
+      })
+  }
+
+  clusterView(clusterId: string): Record<string, unknown> {
+    const arcs = this.arcs()
+    const shares = this.ring.shares()
+    const arcCount = new Map<string, number>()
+    for (const arc of arcs)
+      for (const m of arc.replicas) arcCount.set(m, (arcCount.get(m) ?? 0) + 1)
+    return {
+      mode: 'leaderless',
+      clusterId,
+      self: this.self,
+      actor: this.actor,
+      replicas: this.n,
+      conflicts: this.config.conflicts,
+      defaultW: this.config.defaultW,
+      defaultR: this.config.defaultR,
+      vnodes: this.config.vnodes,
+      hintWindowMs: this.config.hintWindowMs,
+      antiEntropyIntervalMs: this.config.antiEntropyIntervalMs,
+      tombstoneGcMs: this.config.tombstoneGcMs,
+      hintsHeld: this.hintTotal,
+      members: this.cluster.members.map((m) => {
+        const h = this.health.get(m.id)
+        const ex = this.exchanges.get(m.id)
+        return {
+          id: m.id,
+          clientUrl: m.clientUrl,
+          peerUrl: m.peerUrl,
+          up: this.isUp(m.id),
+          self: m.id === this.self,
+          lastContactMs:
+            m.id === this.self ? 0 : h && h.lastContactMs > 0 ? this.now() - h.lastContactMs : null,
+          share: Math.round((shares.get(m.id) ?? 0) * 10_000) / 10_000,
+          arcs: arcCount.get(m.id) ?? 0,
+          hintBacklog: this.hintCounts.get(m.id) ?? 0,
+          lastAntiEntropyMs: ex?.atMs ?? null,
+          antiEntropyKeysRepaired: ex?.keysRepaired ?? 0,
+        }
+      }),
+      ring: arcs,
+    }
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref())
+}
+
+function toState(record: VersionedRecord): State {
+  return record as State
+}
+
+function hintTarget(key: Buffer): string {
+  const zero = key.indexOf(0, 1)
+  return key.subarray(1, zero).toString('utf8')
+}
+
+function isKnownCode(code: string): ConstructorParameters<typeof KvError>[0] {
+  return isErrorCode(code) ? code : 'KV_ERR_INTERNAL'
+}
