@@ -213,7 +213,7 @@ export class LeaderlessEngine {
     every(Math.min(1000, this.config.antiEntropyIntervalMs), () => this.replayHints())
     every(this.config.antiEntropyIntervalMs, () => this.antiEntropy())
     every(Math.min(this.config.antiEntropyIntervalMs, 60_000), () => this.collectTombstones())
-    every(10_000, () => this.housekeeping())
+    every(Math.min(10_000, Math.floor(this.config.tombstoneGcMs / 10)), () => this.housekeeping())
     this.track(this.pingAll(pingMs * 2))
   }
 
@@ -905,7 +905,7 @@ export class LeaderlessEngine {
           h &&
           !h.up &&
           h.downSinceMs > 0 &&
-          this.now() - h.downSinceMs > this.config.hintWindowMs
+          this.now() - h.downSinceMs >= this.config.hintWindowMs
         ) {
           this.stats.hintsDropped.window++
           return

@@ -1,0 +1,618 @@
+/**
+ * Leaderless mode on real 5-node clusters (N = 3) of kv-node processes: quorum reads after
+ * acknowledged writes, hinted handoff, anti-entropy convergence for keys never read, siblings
+ * and their resolution, last-write-wins, deletes through downtime, and the sibling cap.
+ */
+import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { HashRing, compareHlc } from '@kvstore/core'
+import { LeaderlessCluster } from './support/leaderless-cluster.js'
+import { prng, testSeed } from './support/node-process.js'
+
+/** Polls `check` every 100 ms until it holds; fails with `message` after `timeoutMs`. */
+async function waitFor(
+  check: () => Promise<boolean>,
+  options: { timeoutMs: number; message: string },
+): Promise<void> {
+  const deadline = Date.now() + options.timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out: ${options.message}`)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
+const ids = ['n1', 'n2', 'n3', 'n4', 'n5']
+const ring = new HashRing(ids, 64)
+const replicasOf = (key: string) => ring.preferenceList(key, 3)
+const path = (key: string) => key.split('/').map(encodeURIComponent).join('/')
+
+interface WriteBody {
+  key: string
+  context: string
+  timestamp: string
+  acks: number
+  w: number
+  coordinator: string
+  hinted: string[]
+}
+
+async function put(
+  url: string,
+  key: string,
+  value: string,
+  options: { w?: string | number; context?: string; sloppy?: boolean } = {},
+): Promise<{ status: number; body: WriteBody & { error?: { code: string } } }> {
+  const q = new URLSearchParams()
+  if (options.w !== undefined) q.set('w', String(options.w))
+  if (options.sloppy) q.set('sloppy', 'true')
+  const res = await fetch(`${url}/v1/kv/${path(key)}?${q}`, {
+    method: 'PUT',
+    body: value,
+    headers: options.context ? { 'kv-context': options.context } : {},
+  })
+  return {
+    status: res.status,
+    body: (await res.json()) as WriteBody & { error?: { code: string } },
+  }
+}
+
+async function del(
+  url: string,
+  key: string,
+  options: { w?: string | number; context?: string } = {},
+): Promise<{ status: number; body: WriteBody & { error?: { code: string } } }> {
+  const q = new URLSearchParams()
+  if (options.w !== undefined) q.set('w', String(options.w))
+  const res = await fetch(`${url}/v1/kv/${path(key)}?${q}`, {
+    method: 'DELETE',
+    headers: options.context ? { 'kv-context': options.context } : {},
+  })
+  return {
+    status: res.status,
+    body: (await res.json()) as WriteBody & { error?: { code: string } },
+  }
+}
+
+interface ReadResult {
+  status: number
+  values: string[]
+  context: string | null
+  timestamps: string[]
+  code?: string
+}
+
+async function get(
+  url: string,
+  key: string,
+  options: { r?: string | number; repair?: 'blocking' } = {},
+): Promise<ReadResult> {
+  const q = new URLSearchParams({ format: 'json' })
+  if (options.r !== undefined) q.set('r', String(options.r))
+  if (options.repair) q.set('repair', options.repair)
+  const res = await fetch(`${url}/v1/kv/${path(key)}?${q}`)
+  const context = res.headers.get('kv-context')
+  const body = (await res.json()) as {
+    siblings?: { valueBase64: string; timestamp: string }[]
+    error?: { code: string }
+  }
+  if (res.status !== 200) {
+    return { status: res.status, values: [], context, timestamps: [], code: body.error?.code }
+  }
+  const siblings = body.siblings ?? []
+  return {
+    status: res.status,
+    values: siblings.map((s) => Buffer.from(s.valueBase64, 'base64').toString()).sort(),
+    context,
+    timestamps: siblings.map((s) => s.timestamp),
+  }
+}
+
+function parseHlc(text: string): { wallMs: number; logical: number; node: string } {
+  const [wall, logical, ...node] = text.split('.')
+  return { wallMs: Number(wall), logical: Number(logical), node: node.join('.') }
+}
+
+async function metric(url: string, name: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text()
+  let total = 0
+  for (const line of text.split('\n')) {
+    if (line.startsWith(name) && (line[name.length] === ' ' || line[name.length] === '{')) {
+      total += Number(line.slice(line.lastIndexOf(' ') + 1))
+    }
+  }
+  return total
+}
+
+/** Every replica set's Merkle root, as each running member reports it. */
+async function rootsConverged(
+  cluster: LeaderlessCluster,
+): Promise<{ ok: boolean; detail: string }> {
+  const bySet = new Map<string, Map<string, number>>()
+  for (const m of cluster.running) {
+    const res = await fetch(`${m.url}/admin/v1/ranges`)
+    const body = (await res.json()) as { ranges: { replicas: string; root: number }[] }
+    for (const r of body.ranges) {
+      if (!bySet.has(r.replicas)) bySet.set(r.replicas, new Map())
+      bySet.get(r.replicas)?.set(m.id, r.root)
+    }
+  }
+  const differing = [...bySet].filter(([, roots]) => new Set(roots.values()).size > 1)
+  return {
+    ok: differing.length === 0 && bySet.size > 0,
+    detail: JSON.stringify(differing.map(([set, roots]) => [set, Object.fromEntries(roots)])),
+  }
+}
+
+const clusters: LeaderlessCluster[] = []
+async function startCluster(args: string[] = []): Promise<LeaderlessCluster> {
+  const cluster = await LeaderlessCluster.start(5, ['--replicas', '3', ...args])
+  clusters.push(cluster)
+  return cluster
+}
+afterEach(async () => {
+  await Promise.all(clusters.splice(0).map((c) => c.close()))
+})
+afterAll(async () => {
+  await Promise.all(clusters.splice(0).map((c) => c.close()))
+})
+
+describe('leaderless mode, 5 nodes, N = 3', () => {
+  it('with R + W > N a read after an acknowledged write returns it, from any coordinator', async () => {
+    const cluster = await startCluster()
+    const random = prng(testSeed('ll-read-after-write'))
+    const pick = () => cluster.members[Math.floor(random() * 5)]?.url as string
+    for (const [w, r] of [
+      ['quorum', 'quorum'],
+      ['1', 'all'],
+      ['all', '1'],
+      ['2', '2'],
+    ] as const) {
+      for (let i = 0; i < 25; i++) {
+        const key = `raw/${w}-${r}/${i}`
+        const written = await put(pick(), key, `v-${i}`, { w })
+        expect(written.status).toBe(200)
+        expect(written.body.acks).toBeGreaterThanOrEqual(written.body.w)
+        expect(replicasOf(key)).toContain(written.body.coordinator)
+        const read = await get(pick(), key, { r })
+        expect(read.values).toEqual([`v-${i}`])
+      }
+    }
+    // A chain of overwrites, each carrying the context of the write before, through random
+    // coordinators: every read right after an ack sees exactly that value.
+    let context: string | undefined
+    for (let i = 0; i < 30; i++) {
+      const written = await put(pick(), 'raw/chain', `c-${i}`, context ? { context } : {})
+      expect(written.status).toBe(200)
+      context = written.body.context
+      const read = await get(pick(), 'raw/chain')
+      expect(read.values).toEqual([`c-${i}`])
+    }
+  })
+
+  it('with one replica down, quorum writes succeed through hinted handoff, and the hints replay once it is back', async () => {
+    // Anti-entropy is slowed right down so that only the hints can bring the replica up to date.
+    const cluster = await startCluster(['--anti-entropy-interval-ms', '600000'])
+    const down = 'n2'
+    const keys = Array.from({ length: 400 }, (_, i) => `hh/${i}`).filter((k) =>
+      replicasOf(k).includes(down),
+    )
+    expect(keys.length).toBeGreaterThan(100)
+    await cluster.stop(down)
+    await cluster.waitForViews()
+    for (const [i, key] of keys.entries()) {
+      const coordinator = cluster.members.find(
+        (m) => m.id !== down && replicasOf(key).includes(m.id),
+      )
+      const written = await put(coordinator?.url as string, key, `hinted-${i}`)
+      expect(written.status, JSON.stringify(written.body)).toBe(200)
+      expect(written.body.acks).toBeGreaterThanOrEqual(2)
+    }
+    const held = await Promise.all(
+      cluster.running.map(async (m) => (await cluster.hints(m.id)).byTarget[down] ?? 0),
+    )
+    expect(held.reduce((a, b) => a + b, 0)).toBe(keys.length)
+    // Before the replica returns, it holds none of these keys.
+    await cluster.startMember(down)
+    await waitFor(
+      async () => {
+        const backlog = await Promise.all(cluster.running.map((m) => cluster.hints(m.id)))
+        return backlog.every((b) => (b.byTarget[down] ?? 0) === 0)
+      },
+      { timeoutMs: 20_000, message: 'the hints for n2 were not replayed' },
+    )
+    let replayed = 0
+    for (const m of cluster.running) replayed += await metric(m.url, 'kv_hints_replayed_total')
+    expect(replayed).toBe(keys.length)
+    // No read touched these keys, and anti-entropy did not run: the hints alone put them there.
+    for (const [i, key] of keys.entries()) {
+      const copy = await cluster.local(down, key)
+      expect(
+        copy?.siblings.map((s) => Buffer.from(s.valueBase64 ?? '', 'base64').toString()),
+      ).toEqual([`hinted-${i}`])
+    }
+    expect(await metric(cluster.member(down).url, 'kv_anti_entropy_keys_repaired_total')).toBe(0)
+    expect(await metric(cluster.member(down).url, 'kv_read_repairs_total')).toBe(0)
+  })
+
+  it('after a member is cut off and comes back, every replica set converges through anti-entropy, keys never read included', async () => {
+    // No hints (window 0): only anti-entropy can repair what the cut-off member missed.
+    const cluster = await startCluster([
+      '--hint-window-ms',
+      '0',
+      '--anti-entropy-interval-ms',
+      '1000',
+      '--tombstone-gc-ms',
+      '60000',
+    ])
+    const cut = 'n3'
+    cluster.pause(cut) // SIGSTOP: unreachable, like a partition, with its state kept
+    const written: string[] = []
+    try {
+      await waitFor(
+        async () => {
+          const view = (await (await fetch(`${cluster.member('n1').url}/v1/cluster`)).json()) as {
+            members: { id: string; up: boolean }[]
+          }
+          return view.members.find((m) => m.id === cut)?.up === false
+        },
+        { timeoutMs: 10_000, message: 'n3 was not seen down' },
+      )
+      for (let i = 0; i < 300; i++) {
+        const key = `ae/${i}`
+        const coordinator = cluster.members.find(
+          (m) => m.id !== cut && replicasOf(key).includes(m.id),
+        )
+        const res = await put(coordinator?.url as string, key, `ae-${i}`)
+        expect(res.status).toBe(200)
+        written.push(key)
+      }
+      const hints = await Promise.all(
+        cluster.members.filter((m) => m.id !== cut).map((m) => cluster.hints(m.id)),
+      )
+      expect(hints.every((h) => h.total === 0)).toBe(true)
+    } finally {
+      cluster.resume(cut)
+    }
+    const before = await rootsConverged(cluster)
+    expect(before.ok).toBe(false)
+    const startedMs = Date.now()
+    await waitFor(async () => (await rootsConverged(cluster)).ok, {
+      timeoutMs: 20_000,
+      message: 'replica sets did not converge within 20 s',
+    })
+    const convergedMs = Date.now() - startedMs
+    expect(convergedMs).toBeLessThan(20_000)
+    // The cut-off member now holds every key it is a replica of, though none was read.
+    const mine = written.filter((k) => replicasOf(k).includes(cut))
+    expect(mine.length).toBeGreaterThan(50)
+    for (const key of mine) expect((await cluster.local(cut, key))?.siblings).toHaveLength(1)
+    expect(await metric(cluster.member(cut).url, 'kv_anti_entropy_keys_repaired_total')).toBe(
+      mine.length,
+    )
+    let readRepairs = 0
+    for (const m of cluster.running) readRepairs += await metric(m.url, 'kv_read_repairs_total')
+    expect(readRepairs).toBe(0)
+    // The cluster view reports the exchanges.
+    const view = (await (await fetch(`${cluster.member(cut).url}/v1/cluster`)).json()) as {
+      members: { id: string; lastAntiEntropyMs: number | null }[]
+    }
+    expect(
+      view.members.filter((m) => m.id !== cut).every((m) => m.lastAntiEntropyMs !== null),
+    ).toBe(true)
+  })
+
+  it('concurrent writes without a context become siblings, and a write with the context resolves them', async () => {
+    const cluster = await startCluster()
+    const key = 'sib/profile'
+    const [a, b] = replicasOf(key)
+    const urlA = cluster.member(a as string).url
+    const urlB = cluster.member(b as string).url
+    await Promise.all([put(urlA, key, 'from-a'), put(urlB, key, 'from-b')])
+    const read = await get(cluster.member('n1').url, key)
+    expect(read.values).toEqual(['from-a', 'from-b'])
+    // Without ?format=json the read answers 300 Multiple Choices.
+    const raw = await fetch(`${urlA}/v1/kv/${path(key)}`)
+    expect(raw.status).toBe(300)
+    expect(raw.headers.get('kv-siblings')).toBe('2')
+    await raw.arrayBuffer()
+    // A third blind write adds a third sibling.
+    await put(cluster.member('n5').url, key, 'blind')
+    expect((await get(urlB, key)).values).toEqual(['blind', 'from-a', 'from-b'])
+    // The write carrying the context of the last read resolves all of them.
+    const seen = await get(urlB, key)
+    const resolved = await put(urlA, key, 'merged', { context: seen.context ?? '' })
+    expect(resolved.status).toBe(200)
+    const after = await get(cluster.member('n4').url, key, { r: 'all' })
+    expect(after.values).toEqual(['merged'])
+    for (const id of replicasOf(key)) {
+      await waitFor(async () => (await cluster.local(id, key))?.siblings.length === 1, {
+        timeoutMs: 10_000,
+        message: `${id} kept stale siblings`,
+      })
+    }
+    // A context resolves only what it saw: a write concurrent with the resolution survives.
+    const ctx = (await get(urlA, key)).context as string
+    await put(urlB, key, 'concurrent')
+    await put(urlA, key, 'resolution', { context: ctx })
+    expect((await get(urlA, key, { r: 'all' })).values).toEqual(['concurrent', 'resolution'])
+  })
+
+  it('under lww the write with the highest timestamp wins on every replica, as the README says', async () => {
+    const cluster = await startCluster(['--conflicts', 'lww', '--anti-entropy-interval-ms', '1000'])
+    const key = 'lww/k'
+    const writes = await Promise.all(
+      cluster.members.flatMap((m) => [0, 1, 2, 3].map((j) => put(m.url, key, `${m.id}-${j}`))),
+    )
+    for (const w of writes) expect(w.status).toBe(200)
+    const winner = [...writes].sort((x, y) =>
+      compareHlc(parseHlc(y.body.timestamp), parseHlc(x.body.timestamp)),
+    )[0]
+    // The winning value is the one whose acknowledged timestamp is highest.
+    const winnerValue = (winner?.body as WriteBody & { value?: string }).timestamp
+    const winnerRead = await get(cluster.member('n1').url, key, { r: 'all', repair: 'blocking' })
+    expect(winnerRead.values).toHaveLength(1)
+    expect(winnerRead.timestamps).toEqual([winnerValue])
+    for (const id of replicasOf(key)) {
+      await waitFor(
+        async () => (await cluster.local(id, key))?.siblings[0]?.timestamp === winnerValue,
+        { timeoutMs: 10_000, message: `${id} did not settle on the winner` },
+      )
+      expect((await cluster.local(id, key))?.siblings).toHaveLength(1)
+    }
+    // 20 writes, one survivor: the others were discarded, and counted.
+    let discarded = 0
+    for (const m of cluster.members) discarded += await metric(m.url, 'kv_lww_discarded_total')
+    expect(discarded).toBeGreaterThan(0)
+    // A write that read first (any coordinator) comes after what it read: it wins.
+    const later = await put(cluster.member('n2').url, key, 'after-read')
+    expect(compareHlc(parseHlc(later.body.timestamp), parseHlc(winnerValue))).toBeGreaterThan(0)
+    expect((await get(cluster.member('n5').url, key)).values).toEqual(['after-read'])
+    // A delete is a timestamped tombstone; a later write brings the key back.
+    expect((await del(cluster.member('n3').url, key)).status).toBe(200)
+    expect((await get(cluster.member('n4').url, key)).status).toBe(404)
+    await put(cluster.member('n1').url, key, 'reborn')
+    expect((await get(cluster.member('n2').url, key)).values).toEqual(['reborn'])
+  })
+
+  it('a deleted key stays deleted through a replica downtime, hinted handoff and anti-entropy', async () => {
+    const cluster = await startCluster([
+      '--anti-entropy-interval-ms',
+      '500',
+      '--hint-window-ms',
+      '60000',
+      '--tombstone-gc-ms',
+      '120000',
+    ])
+    const keys = Array.from({ length: 200 }, (_, i) => `del/${i}`).filter((k) =>
+      replicasOf(k).includes('n4'),
+    )
+    for (const key of keys)
+      expect((await put(cluster.member('n1').url, key, 'alive', { w: 'all' })).status).toBe(200)
+    await cluster.stop('n4')
+    await cluster.waitForViews()
+    // Delete everything while n4, which still holds the values, is down.
+    for (const key of keys) {
+      const coordinator = replicasOf(key).find((id) => id !== 'n4') as string
+      const res = await del(cluster.member(coordinator).url, key)
+      expect(res.status, JSON.stringify(res.body)).toBe(200)
+    }
+    await cluster.startMember('n4')
+    // While hints and anti-entropy run, quorum reads (R + W > N) through every member never
+    // see a value, though n4 still holds them all.
+    const deadline = Date.now() + 3000
+    while (Date.now() < deadline) {
+      for (const key of keys.slice(0, 20)) {
+        for (const m of cluster.members) {
+          const read = await get(m.url, key, { r: 'quorum' })
+          expect(read.status, `${key} through ${m.id}`).toBe(404)
+        }
+      }
+    }
+    await waitFor(
+      async () =>
+        (await Promise.all(cluster.running.map((m) => cluster.hints(m.id)))).every(
+          (h) => h.total === 0,
+        ) && (await rootsConverged(cluster)).ok,
+      { timeoutMs: 20_000, message: 'hints not replayed or replicas not converged' },
+    )
+    // Once converged, even single-replica reads at every replica find nothing.
+    for (const key of keys) {
+      for (const id of replicasOf(key)) {
+        expect((await get(cluster.member(id).url, key, { r: 1 })).status, `${key} at ${id}`).toBe(
+          404,
+        )
+      }
+    }
+    for (const key of keys) {
+      for (const id of replicasOf(key)) {
+        const copy = await cluster.local(id, key)
+        expect(
+          copy?.siblings.every((s) => s.tombstone),
+          `${key} at ${id}`,
+        ).toBe(true)
+      }
+    }
+    // And through another downtime and anti-entropy rounds, nothing comes back.
+    await cluster.restart('n4')
+    await new Promise((resolve) => setTimeout(resolve, 2000))
+    for (const key of keys)
+      expect((await get(cluster.member('n4').url, key, { r: 'all' })).status).toBe(404)
+    expect((await rootsConverged(cluster)).ok).toBe(true)
+  })
+
+  it('tombstones are collected after tombstoneGcMs, and a member down longer than that refuses to rejoin', async () => {
+    const cluster = await startCluster([
+      '--anti-entropy-interval-ms',
+      '200',
+      '--hint-window-ms',
+      '500',
+      '--tombstone-gc-ms',
+      '2500',
+    ])
+    const key = 'gc/one'
+    const replicas = replicasOf(key)
+    await put(cluster.member(replicas[0] as string).url, key, 'v', { w: 'all' })
+    // One replica goes down holding the value.
+    const stale = replicas[2] as string
+    await cluster.terminate(stale)
+    await cluster.waitForViews()
+    expect((await del(cluster.member(replicas[0] as string).url, key)).status).toBe(200)
+    // The tombstone is collected on the live replicas.
+    await waitFor(
+      async () =>
+        (
+          await Promise.all(
+            replicas.filter((id) => id !== stale).map((id) => cluster.local(id, key)),
+          )
+        ).every((c) => c === null),
+      { timeoutMs: 15_000, message: 'tombstones were not collected' },
+    )
+    let collected = 0
+    for (const m of cluster.running)
+      collected += await metric(m.url, 'kv_tombstones_collected_total')
+    expect(collected).toBeGreaterThanOrEqual(2)
+    // The stale replica, down longer than tombstoneGcMs, would bring the value back: it refuses.
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    await expect(cluster.startMember(stale)).rejects.toThrow(/longer than tombstoneGcMs/)
+    expect(
+      (await get(cluster.member(replicas[0] as string).url, key, { r: 'quorum' })).status,
+    ).toBe(404)
+  })
+
+  it('the sibling cap holds: blind writes past it are refused, and a context resolves them', async () => {
+    const cluster = await startCluster(['--siblings-max', '4', '--siblings-warn', '3'])
+    const key = 'cap/k'
+    const statuses: number[] = []
+    const codes: (string | undefined)[] = []
+    for (let i = 0; i < 8; i++) {
+      const res = await put(cluster.members[i % 5]?.url as string, key, `s${i}`, { w: 'all' })
+      statuses.push(res.status)
+      codes.push(res.body.error?.code)
+    }
+    expect(statuses.slice(0, 4)).toEqual([200, 200, 200, 200])
+    expect(statuses.slice(4)).toEqual([409, 409, 409, 409])
+    expect(codes[4]).toBe('KV_ERR_TOO_MANY_SIBLINGS')
+    const read = await get(cluster.member('n1').url, key, { r: 'all' })
+    expect(read.values).toHaveLength(4)
+    for (const id of replicasOf(key))
+      expect((await cluster.local(id, key))?.siblings.length).toBeLessThanOrEqual(4)
+    let warnings = 0
+    for (const m of cluster.members) warnings += await metric(m.url, 'kv_sibling_warnings_total')
+    expect(warnings).toBeGreaterThan(0)
+    const resolved = await put(cluster.member('n2').url, key, 'one', {
+      context: read.context as string,
+    })
+    expect(resolved.status).toBe(200)
+    expect((await get(cluster.member('n3').url, key, { r: 'all' })).values).toEqual(['one'])
+    // Concurrent blind writes at every coordinator at once may race past the coordinator's
+    // check; replicas then merge down to the cap (oldest dropped) and count what they drop.
+    await Promise.all(
+      Array.from({ length: 15 }, (_, i) =>
+        put(cluster.members[i % 5]?.url as string, key, `race${i}`, { w: 1 }),
+      ),
+    )
+    await waitFor(
+      async () => {
+        const copies = await Promise.all(replicasOf(key).map((id) => cluster.local(id, key)))
+        return copies.every((c) => (c?.siblings.length ?? 0) <= 4)
+      },
+      { timeoutMs: 10_000, message: 'a replica holds more siblings than the cap' },
+    )
+    const final = await get(cluster.member('n1').url, key, { r: 'all', repair: 'blocking' })
+    expect(final.values.length).toBeLessThanOrEqual(4)
+  })
+
+  it('refuses bad input with stable codes: contexts, w and r, single-leader options, bad peer frames', async () => {
+    const cluster = await startCluster()
+    const url = cluster.member('n1').url
+    const bad = await fetch(`${url}/v1/kv/x`, {
+      method: 'PUT',
+      body: 'v',
+      headers: { 'kv-context': '!!!' },
+    })
+    expect(bad.status).toBe(400)
+    expect(((await bad.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_INVALID_CONTEXT',
+    )
+    const forged = await fetch(`${url}/v1/kv/x`, {
+      method: 'PUT',
+      body: 'v',
+      headers: { 'kv-context': Buffer.from('not a record').toString('base64url') },
+    })
+    expect(((await forged.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_INVALID_CONTEXT',
+    )
+    for (const [query, code] of [
+      ['w=4', 'KV_ERR_INVALID_ARGUMENT'],
+      ['w=0', 'KV_ERR_INVALID_ARGUMENT'],
+      ['w=most', 'KV_ERR_INVALID_ARGUMENT'],
+      ['ack=quorum', 'KV_ERR_UNSUPPORTED_IN_MODE'],
+      ['colour=red', 'KV_ERR_INVALID_ARGUMENT'],
+    ] as const) {
+      const res = await fetch(`${url}/v1/kv/x?${query}`, { method: 'PUT', body: 'v' })
+      expect(((await res.json()) as { error: { code: string } }).error.code, query).toBe(code)
+    }
+    const r = await fetch(`${url}/v1/kv/x?r=9`)
+    expect(((await r.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_INVALID_ARGUMENT',
+    )
+    const ifMatch = await fetch(`${url}/v1/kv/x`, {
+      method: 'PUT',
+      body: 'v',
+      headers: { 'if-match': '"3"' },
+    })
+    expect(((await ifMatch.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_UNSUPPORTED_IN_MODE',
+    )
+    const list = await fetch(`${url}/v1/kv?prefix=a`)
+    expect(((await list.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_UNSUPPORTED_IN_MODE',
+    )
+    const batch = await fetch(`${url}/v1/batch`, { method: 'POST', body: '{"ops":[]}' })
+    expect(((await batch.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_UNSUPPORTED_IN_MODE',
+    )
+    const missing = await fetch(`${url}/v1/kv/never-written`)
+    expect(missing.status).toBe(404)
+    expect(((await missing.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_KEY_NOT_FOUND',
+    )
+    const big = await fetch(`${url}/v1/kv/${'k'.repeat(2000)}`, { method: 'PUT', body: 'v' })
+    expect(((await big.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_KEY_TOO_LARGE',
+    )
+
+    // The peer port refuses garbage and requests meant for another cluster, and keeps serving.
+    const http2 = await import('node:http2')
+    const peer = (body: Uint8Array) =>
+      new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
+        const session = http2.connect(cluster.member('n2').peerUrl)
+        session.on('error', reject)
+        const stream = session.request({ ':method': 'POST', ':path': '/peer/v1/ll' })
+        const chunks: Buffer[] = []
+        let status = 0
+        stream.on('response', (h) => (status = Number(h[':status'])))
+        stream.on('data', (c: Buffer) => chunks.push(c))
+        stream.on('end', () => {
+          session.close()
+          resolve({ status, body: Buffer.concat(chunks) })
+        })
+        stream.end(body)
+      })
+    const { decodePeerReply, encodePeerRequest } = await import('@kvstore/protocol')
+    const garbage = await peer(Buffer.from([0xff, 0xff, 0xff, 0x01, 0x02]))
+    expect(garbage.status).toBe(400)
+    expect(decodePeerReply(garbage.body)).toMatchObject({
+      kind: 'refusal',
+      code: 'KV_ERR_BAD_FRAME',
+    })
+    const foreign = await peer(
+      encodePeerRequest({ clusterId: 'another', from: 'n1', to: 'n2', body: { kind: 'ping' } }),
+    )
+    expect(decodePeerReply(foreign.body)).toMatchObject({
+      kind: 'refusal',
+      code: 'KV_ERR_CLUSTER_MISMATCH',
+    })
+    expect((await put(url, 'still/works', 'yes')).status).toBe(200)
+    expect((await get(cluster.member('n2').url, 'still/works')).values).toEqual(['yes'])
+  })
+})
