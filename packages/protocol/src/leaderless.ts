@@ -13,6 +13,7 @@ import { formatVersion } from './limits.js'
 const root = protobuf.loadSync(fileURLToPath(new URL('../proto/leaderless.proto', import.meta.url)))
 const RecordType = root.lookupType('kv.v1.VersionedRecord')
 const HintType = root.lookupType('kv.v1.Hint')
+const ContextType = root.lookupType('kv.v1.Context')
 const RequestType = root.lookupType('kv.v1.PeerRequest')
 const ReplyType = root.lookupType('kv.v1.PeerReply')
 
@@ -54,6 +55,12 @@ export interface VersionedRecord {
   siblings: readonly { dot: { node: string; counter: number }; value: SiblingPayload }[]
 }
 
+/** A client's causal context: the vector it saw and the newest timestamp among what it saw. */
+export interface CausalContext {
+  vector: Record<string, number>
+  hlc: HlcStamp | null
+}
+
 export interface HintRecord {
   storedAtMs: number
   record: VersionedRecord
@@ -72,7 +79,7 @@ export type PeerRequestBody =
       kind: 'coordinate'
       key: Uint8Array
       value: Uint8Array | null
-      context: Record<string, number>
+      context: CausalContext
       w: number
       sloppy: boolean
     }
@@ -173,9 +180,12 @@ function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
         key: body.key,
         tombstone: body.value === null,
         value: body.value ?? new Uint8Array(0),
-        context: vectorFields(body.context),
+        context: vectorFields(body.context.vector),
         w: body.w,
         sloppy: body.sloppy,
+        contextWallMs: body.context.hlc?.wallMs ?? 0,
+        contextLogical: body.context.hlc?.logical ?? 0,
+        contextClockNode: body.context.hlc?.node ?? '',
       }
     case 'rangeRoots':
       return { sets: body.sets }
@@ -372,7 +382,10 @@ export function decodePeerRequest(data: Uint8Array): PeerRequest {
       kind: 'coordinate',
       key: bytes(c.key, 'key'),
       value: tombstone ? null : bytes(c.value, 'value'),
-      context: decodeVector(c.context, 'context'),
+      context: {
+        vector: decodeVector(c.context, 'context'),
+        hlc: optionalHlc(c.contextWallMs, c.contextLogical, c.contextClockNode),
+      },
       w: count(c.w, 'w'),
       sloppy: c.sloppy === true,
     }
@@ -443,18 +456,57 @@ export function decodePeerReply(data: Uint8Array): PeerReply {
 
 // ---- causal context tokens ------------------------------------------------------------------
 
+function optionalHlc(wallMs: unknown, logical: unknown, node: unknown): HlcStamp | null {
+  const clockNode = text(node, 'context clock node', leaderlessLimits.actorBytesMax)
+  if (clockNode === '') return null
+  return {
+    wallMs: count(wallMs, 'context wall clock'),
+    logical: count(logical, 'context logical clock'),
+    node: clockNode,
+  }
+}
+
+/** The newest timestamp among a state's siblings (null when it has none). */
+export function newestStamp(record: VersionedRecord): HlcStamp | null {
+  let newest: HlcStamp | null = null
+  for (const s of record.siblings) {
+    const h = s.value.hlc
+    if (
+      newest === null ||
+      h.wallMs > newest.wallMs ||
+      (h.wallMs === newest.wallMs &&
+        (h.logical > newest.logical || (h.logical === newest.logical && h.node > newest.node)))
+    ) {
+      newest = h
+    }
+  }
+  return newest
+}
+
 /**
- * The causal context a client carries between a read and a write (`kv-context`): the version
- * vector as base64url of its canonical protobuf record with no siblings.
+ * The causal context a client carries between a read and a write (`kv-context`): base64url of
+ * the canonical Context message (the vector, and the newest timestamp seen).
  */
-export function encodeContext(vector: Readonly<Record<string, number>>): string {
-  return Buffer.from(encodeVersionedRecord({ vector, siblings: [] })).toString('base64url')
+export function encodeContext(record: VersionedRecord): string {
+  const hlc = newestStamp(record)
+  return Buffer.from(
+    ContextType.encode({
+      format: formatVersion,
+      vector: vectorFields(record.vector),
+      wallMs: hlc?.wallMs ?? 0,
+      logical: hlc?.logical ?? 0,
+      clockNode: hlc?.node ?? '',
+    }).finish(),
+  ).toString('base64url')
 }
 
 /** Parses a `kv-context` token; throws DecodeError when it is not one. */
-export function decodeContext(token: string): Record<string, number> {
+export function decodeContext(token: string): CausalContext {
   if (token.length > 256 * 1024 || !/^[A-Za-z0-9_-]*$/.test(token)) fail('context is not base64url')
-  const record = decodeVersionedRecord(Buffer.from(token, 'base64url'))
-  if (record.siblings.length > 0) fail('context carries siblings')
-  return { ...record.vector }
+  const c = decodeWith(ContextType, Buffer.from(token, 'base64url'), 'context')
+  if (c.format !== formatVersion) fail(`context format ${String(c.format)} is not ${formatVersion}`)
+  return {
+    vector: decodeVector(c.vector, 'context'),
+    hlc: optionalHlc(c.wallMs, c.logical, c.clockNode),
+  }
 }

@@ -41,6 +41,8 @@ import {
   encodeHint,
   encodeVersionedRecord,
   keyToBytes,
+  newestStamp,
+  type CausalContext,
   type HlcStamp,
   type KeyRecord,
   type PeerReply,
@@ -63,6 +65,16 @@ const treeDepth = 10
 const counterReservation = 10_000
 /** Records sent in one anti-entropy RangeKeys message, at most. */
 const aeRecordsPerMessageMax = 2000
+/** Leaves asked for in one RangeKeys message, at most. */
+const aeLeavesPerMessageMax = 64
+/** Bytes of keys and values in one anti-entropy message, roughly, at most. */
+const aeBytesPerMessageMax = 8 * 1024 * 1024
+
+function recordBytes(key: string, state: State): number {
+  let bytes = key.length + 64
+  for (const s of state.siblings) bytes += (s.value.value?.length ?? 0) + 48
+  return bytes
+}
 /** Hints replayed per member per pass. */
 const hintReplayBatch = 256
 /** How far ahead of this clock a peer's timestamp may be before it is refused. */
@@ -438,16 +450,23 @@ export class LeaderlessEngine {
 
   /** Refuses a peer's timestamp from too far in the future, then advances the clock past it. */
   private observe(state: State): void {
+    for (const s of state.siblings) this.checkStamp(s.value.hlc)
+    for (const s of state.siblings) this.clock.observe(s.value.hlc, this.now())
+  }
+
+  private checkStamp(hlc: HlcStamp): void {
     const now = this.now()
-    for (const s of state.siblings) {
-      if (s.value.hlc.wallMs > now + clockSkewMaxMs) {
-        throw new KvError(
-          'KV_ERR_BAD_FRAME',
-          `a timestamp from ${s.value.hlc.node} is ${s.value.hlc.wallMs - now} ms ahead of this clock (at most ${clockSkewMaxMs})`,
-        )
-      }
+    if (hlc.wallMs > now + clockSkewMaxMs) {
+      throw new KvError(
+        'KV_ERR_BAD_FRAME',
+        `a timestamp from ${hlc.node} is ${hlc.wallMs - now} ms ahead of this clock (at most ${clockSkewMaxMs})`,
+      )
     }
-    for (const s of state.siblings) this.clock.observe(s.value.hlc, now)
+  }
+
+  private observeStamp(hlc: HlcStamp): void {
+    this.checkStamp(hlc)
+    this.clock.observe(hlc, this.now())
   }
 
   private noteSiblings(key: string, state: State, dropped: number): void {
@@ -679,15 +698,21 @@ export class LeaderlessEngine {
           theirs.set(key, state)
           if ((await this.mergeLocal(key, state)).changed) repaired++
         }
+        // The answer is bounded too; what does not fit goes in a later exchange (the leaves
+        // still differ then).
         const records: KeyRecord[] = []
+        let bytes = 0
         const leaves = this.leafKeys.get(body.set)
-        for (const leaf of body.leaves) {
-          for (const key of leaves?.get(leaf) ?? []) {
+        outer: for (const leaf of body.leaves) {
+          for (const key of [...(leaves?.get(leaf) ?? [])]) {
             const mine = await this.loadState(key)
             if (mine === null) continue
             const sent = theirs.get(key)
             if (sent !== undefined && stateDigest(sent) === stateDigest(mine)) continue
             records.push({ key: Buffer.from(key, 'utf8'), record: mine })
+            bytes += recordBytes(key, mine)
+            if (records.length >= aeRecordsPerMessageMax || bytes >= aeBytesPerMessageMax)
+              break outer
           }
         }
         this.noteExchange(request.from, repaired)
@@ -730,7 +755,7 @@ export class LeaderlessEngine {
   async coordinateWrite(
     key: string,
     value: Uint8Array | null,
-    context: Record<string, number> | null,
+    context: CausalContext | null,
     w: number | null,
     sloppy: boolean,
     mayForward = true,
@@ -743,12 +768,17 @@ export class LeaderlessEngine {
       return this.forwardWrite(key, value, context, wanted, sloppy, prefs)
     }
     // A delete without a context deletes what a read quorum holds now.
-    let ctx = context
-    if (ctx === null && value === null) {
+    let given = context
+    if (given === null && value === null) {
       const read = await this.coordinateRead(key, this.resolveR(undefined), false)
-      ctx = { ...(read.state?.vector ?? {}) }
+      given =
+        read.state === null
+          ? null
+          : { vector: { ...read.state.vector }, hlc: newestStamp(read.state) }
     }
-    ctx ??= {}
+    const ctx = given?.vector ?? {}
+    // The write is stamped after everything its client saw.
+    if (given?.hlc) this.observeStamp(given.hlc)
     const { state, hlc } = await this.locked(key, async () => {
       const current = (await this.loadState(key)) ?? { vector: {}, siblings: [] }
       if (this.config.conflicts === 'siblings' && value !== null) {
@@ -760,7 +790,7 @@ export class LeaderlessEngine {
             {
               siblings: survivors,
               siblingsMax: this.config.siblingsMax,
-              context: encodeContext(current.vector),
+              context: encodeContext(current),
             },
           )
         }
@@ -783,7 +813,7 @@ export class LeaderlessEngine {
     const acks = await fanout
     return {
       key,
-      context: encodeContext(state.vector),
+      context: encodeContext(state),
       timestamp: formatHlc(hlc),
       acks: acks.acks,
       w: wanted,
@@ -795,7 +825,7 @@ export class LeaderlessEngine {
   private async forwardWrite(
     key: string,
     value: Uint8Array | null,
-    context: Record<string, number> | null,
+    context: CausalContext | null,
     w: number,
     sloppy: boolean,
     prefs: string[],
@@ -810,7 +840,7 @@ export class LeaderlessEngine {
             kind: 'coordinate',
             key: Buffer.from(key, 'utf8'),
             value,
-            context: context ?? {},
+            context: context ?? { vector: {}, hlc: null },
             w,
             sloppy,
           },
@@ -1206,6 +1236,7 @@ export class LeaderlessEngine {
       // Stream the differing leaves in messages of bounded size.
       let batch: number[] = []
       let records: KeyRecord[] = []
+      let bytes = 0
       const flush = async () => {
         if (batch.length === 0) return
         const reply = await this.call(peer, { kind: 'rangeKeys', set, leaves: batch, records })
@@ -1217,15 +1248,24 @@ export class LeaderlessEngine {
         }
         batch = []
         records = []
+        bytes = 0
       }
       const leafIndex = this.leafKeys.get(set)
       for (const leaf of differing) {
-        for (const key of leafIndex?.get(leaf) ?? []) {
+        for (const key of [...(leafIndex?.get(leaf) ?? [])]) {
           const state = await this.loadState(key)
-          if (state) records.push({ key: Buffer.from(key, 'utf8'), record: state })
+          if (!state) continue
+          records.push({ key: Buffer.from(key, 'utf8'), record: state })
+          bytes += recordBytes(key, state)
         }
         batch.push(leaf)
-        if (records.length >= aeRecordsPerMessageMax) await flush()
+        if (
+          records.length >= aeRecordsPerMessageMax ||
+          bytes >= aeBytesPerMessageMax ||
+          batch.length >= aeLeavesPerMessageMax
+        ) {
+          await flush()
+        }
       }
       await flush()
     }

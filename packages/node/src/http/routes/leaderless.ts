@@ -16,7 +16,13 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
-import { DecodeError, decodeContext, encodeContext, keyToBytes } from '@kvstore/protocol'
+import {
+  DecodeError,
+  decodeContext,
+  encodeContext,
+  keyToBytes,
+  type CausalContext,
+} from '@kvstore/protocol'
 import { liveSiblings } from '@kvstore/core'
 import type { AppContext } from '../context.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
@@ -49,7 +55,7 @@ function booleanParam(request: FastifyRequest, name: string): boolean {
   )
 }
 
-function contextOf(request: FastifyRequest): Record<string, number> | null {
+function contextOf(request: FastifyRequest): CausalContext | null {
   const raw = request.headers['kv-context']
   if (raw === undefined || raw === '') return null
   if (Array.isArray(raw))
@@ -171,12 +177,12 @@ export function registerLeaderlessRoutes(
     void reply.header('kv-replicas-answered', String(result.answered))
     const state = result.state
     const live = state === null ? [] : liveSiblings(state)
-    if (state !== null) void reply.header('kv-context', encodeContext(state.vector))
+    if (state !== null) void reply.header('kv-context', encodeContext(state))
     void reply.header('kv-siblings', String(live.length))
     if (live.length === 0) {
       throw new KvError('KV_ERR_KEY_NOT_FOUND', `key ${JSON.stringify(key)} does not exist`, {
         key,
-        ...(state !== null ? { context: encodeContext(state.vector), deleted: true } : {}),
+        ...(state !== null ? { context: encodeContext(state), deleted: true } : {}),
       })
     }
     const newest = live[live.length - 1] as (typeof live)[number]
@@ -188,7 +194,7 @@ export function registerLeaderlessRoutes(
     }
     const body = {
       key,
-      context: encodeContext((state as NonNullable<typeof state>).vector),
+      context: encodeContext(state as NonNullable<typeof state>),
       siblings: live.map((s) => ({
         valueBase64: Buffer.from(s.value.value as Uint8Array).toString('base64'),
         timestamp: formatHlc(s.value.hlc),

@@ -1,0 +1,152 @@
+import { describe, expect, it } from 'vitest'
+import {
+  DecodeError,
+  decodeContext,
+  decodeHint,
+  decodePeerReply,
+  decodePeerRequest,
+  decodeVersionedRecord,
+  encodeContext,
+  encodeHint,
+  encodePeerReply,
+  encodePeerRequest,
+  encodeVersionedRecord,
+  leaderlessSchemaRoot,
+  type VersionedRecord,
+} from '../src/index.js'
+
+const record: VersionedRecord = {
+  vector: { 'n2.bb': 3, 'n1.aa': 2 },
+  siblings: [
+    {
+      dot: { node: 'n2.bb', counter: 3 },
+      value: { value: Buffer.from('x'), hlc: { wallMs: 10, logical: 1, node: 'n2' } },
+    },
+    {
+      dot: { node: 'n1.aa', counter: 2 },
+      value: { value: null, hlc: { wallMs: 9, logical: 0, node: 'n1' } },
+    },
+  ],
+}
+
+describe('leaderless formats', () => {
+  it('round-trips records canonically: equal states encode to equal bytes whatever their order', () => {
+    const reordered: VersionedRecord = {
+      vector: { 'n1.aa': 2, 'n2.bb': 3 },
+      siblings: [...record.siblings].reverse(),
+    }
+    const bytes = encodeVersionedRecord(record)
+    expect(Buffer.from(encodeVersionedRecord(reordered)).equals(Buffer.from(bytes))).toBe(true)
+    const back = decodeVersionedRecord(bytes)
+    expect(back.vector).toEqual({ 'n1.aa': 2, 'n2.bb': 3 })
+    expect(back.siblings.map((s) => [s.dot.node, s.value.value === null])).toEqual([
+      ['n1.aa', true],
+      ['n2.bb', false],
+    ])
+    expect(decodeHint(encodeHint({ storedAtMs: 42, record })).storedAtMs).toBe(42)
+  })
+
+  it('refuses records that break their invariants', () => {
+    const bad = (r: Record<string, unknown>) => {
+      const type = leaderlessSchemaRoot.lookupType('kv.v1.VersionedRecord')
+      return () => decodeVersionedRecord(type.encode(type.fromObject(r)).finish())
+    }
+    const sibling = { actor: 'a', counter: 1, wallMs: 1, clockNode: 'a' }
+    expect(bad({ format: 2, vector: [{ actor: 'a', counter: 1 }] })).toThrow(DecodeError)
+    expect(bad({ format: 1, vector: [], siblings: [sibling] })).toThrow(/not covered by the vector/)
+    expect(
+      bad({
+        format: 1,
+        vector: [
+          { actor: 'a', counter: 1 },
+          { actor: 'a', counter: 2 },
+        ],
+      }),
+    ).toThrow(/repeats/)
+    expect(
+      bad({ format: 1, vector: [{ actor: 'a', counter: 1 }], siblings: [sibling, sibling] }),
+    ).toThrow(/twice/)
+    expect(
+      bad({
+        format: 1,
+        vector: [{ actor: 'a', counter: 1 }],
+        siblings: [{ ...sibling, tombstone: true, value: Buffer.from('v') }],
+      }),
+    ).toThrow(/tombstone/)
+    expect(bad({ format: 1, vector: [{ actor: '', counter: 1 }] })).toThrow(/empty/)
+    expect(() => decodeVersionedRecord(Buffer.from([0xff, 0xff, 0xff]))).toThrow(DecodeError)
+  })
+
+  it('round-trips peer requests and replies, and refuses malformed ones', () => {
+    const request = encodePeerRequest({
+      clusterId: 'c',
+      from: 'n1',
+      to: 'n2',
+      body: {
+        kind: 'coordinate',
+        key: Buffer.from('k'),
+        value: null,
+        context: { vector: { 'n1.aa': 4 }, hlc: { wallMs: 5, logical: 2, node: 'n1' } },
+        w: 2,
+        sloppy: true,
+      },
+    })
+    expect(decodePeerRequest(request)).toMatchObject({
+      from: 'n1',
+      body: {
+        kind: 'coordinate',
+        value: null,
+        w: 2,
+        sloppy: true,
+        context: { vector: { 'n1.aa': 4 }, hlc: { wallMs: 5 } },
+      },
+    })
+    const keys = encodePeerRequest({
+      clusterId: 'c',
+      from: 'n1',
+      to: 'n2',
+      body: {
+        kind: 'rangeKeys',
+        set: 'n1,n2,n3',
+        leaves: [0, 1023],
+        records: [{ key: Buffer.from('k'), record }],
+      },
+    })
+    const decoded = decodePeerRequest(keys)
+    expect(
+      decoded.body.kind === 'rangeKeys' && decoded.body.records[0]?.record.siblings,
+    ).toHaveLength(2)
+    expect(() =>
+      decodePeerRequest(
+        encodePeerRequest({ clusterId: 'c', from: '', to: 'n2', body: { kind: 'ping' } }),
+      ),
+    ).toThrow(/sender/)
+    const type = leaderlessSchemaRoot.lookupType('kv.v1.PeerRequest')
+    expect(() =>
+      decodePeerRequest(type.encode(type.fromObject({ format: 1, from: 'a', to: 'b' })).finish()),
+    ).toThrow(/no body/)
+    for (const reply of [
+      { kind: 'pong', clockMs: 7 },
+      { kind: 'storeAck', changed: true },
+      { kind: 'fetchReply', record: null },
+      { kind: 'rootsReply', roots: [1, 4294967295] },
+      { kind: 'refusal', code: 'KV_ERR_BAD_FRAME', message: 'no' },
+    ] as const) {
+      expect(decodePeerReply(encodePeerReply(reply))).toEqual(reply)
+    }
+  })
+
+  it('context tokens carry the vector and the newest timestamp, and refuse anything else', () => {
+    const token = encodeContext(record)
+    expect(decodeContext(token)).toEqual({
+      vector: { 'n1.aa': 2, 'n2.bb': 3 },
+      hlc: { wallMs: 10, logical: 1, node: 'n2' },
+    })
+    expect(decodeContext(encodeContext({ vector: {}, siblings: [] }))).toEqual({
+      vector: {},
+      hlc: null,
+    })
+    expect(() => decodeContext('***')).toThrow(DecodeError)
+    expect(() => decodeContext(Buffer.from('garbage!').toString('base64url'))).toThrow(DecodeError)
+  })
+})
