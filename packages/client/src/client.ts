@@ -8,10 +8,17 @@
  * in time (read-your-writes and monotonic reads). Every write carries a request id, so a
  * write retried after a connection failure is applied once.
  *
+ * In leaderless mode (the view says `"mode": "leaderless"`) it rebuilds the cluster's
+ * consistent-hash ring and sends each key's request straight to the first member of the key's
+ * preference list that is up, falling back to the next ones and then to any node. Reads may
+ * return several concurrent values (siblings) with a causal context; a write that passes that
+ * context back replaces the siblings it saw.
+ *
  * It speaks cleartext HTTP/2 (h2c) by default. Every failure is a `KvError` with a stable
  * code: the node's own, or `KV_ERR_UNAVAILABLE` when no node could be reached.
  */
 import { randomUUID } from 'node:crypto'
+import type { HashRing } from '@kvstore/core'
 import { KvError } from '@kvstore/protocol/errors'
 import {
   decodeSession,
@@ -20,12 +27,25 @@ import {
   type SessionPosition,
 } from '@kvstore/protocol/session'
 import { NodeConnection, headerOf, type NodeResponse, type SendOptions } from './connection.js'
+import {
+  compareTimestamps,
+  isLeaderlessView,
+  quorumParam,
+  ringOf,
+  routeKey,
+  type LeaderlessClusterView,
+  type Quorum,
+} from './leaderless.js'
 
 export { KvError }
 export type { ErrorCode } from '@kvstore/protocol/errors'
+export type { LeaderlessClusterView, LeaderlessMember, Quorum, RingArc } from './leaderless.js'
 
 /** Durability a write waits for: the leader alone, a majority, or every member. */
 export type AckMode = 'async' | 'quorum' | 'all'
+
+/** How a cluster replicates, as GET /v1/cluster says. */
+export type ClusterMode = 'standalone' | 'single-leader' | 'leaderless'
 
 export interface KvClientOptions {
   /** One or more node URLs to learn the cluster from, such as `http://127.0.0.1:7001`. */
@@ -48,7 +68,10 @@ export interface KvClientOptions {
   followerReadTimeoutMs?: number
   /** Keep a session (read-your-writes, monotonic reads). Default true. */
   session?: boolean
-  /** Durability of writes that do not choose one; the cluster's default when omitted. */
+  /**
+   * Durability of writes that do not choose one; the cluster's default when omitted.
+   * Single-leader only: ignored in leaderless mode (see `w`).
+   */
   ack?: AckMode
   /** Attempts at least, for a request that meets an unreachable node or a moved leader. Default 4. */
   attempts?: number
@@ -56,10 +79,21 @@ export interface KvClientOptions {
    * Keeps retrying a request that meets an unreachable node, a moved leader or an election in
    * progress for up to this long (beyond `attempts`), so a failover is ridden through. A write is
    * retried with the same request id, so it is applied at most once. Default 10 000 ms.
+   *
+   * Leaderless mode: a request that cannot reach a node goes to the key's next node at once; when
+   * every node failed, or a coordinator could not gather `w`/`r` replicas
+   * (`KV_ERR_QUORUM_UNAVAILABLE`), it is retried within this budget. `KV_ERR_INVALID_CONTEXT`
+   * and `KV_ERR_TOO_MANY_SIBLINGS` are never retried. Leaderless nodes keep no request ids, so a
+   * write whose first attempt was stored (on fewer than `w` replicas, or before the answer was
+   * lost) may be stored twice: two siblings with the same value, which `get` shows as a conflict.
    */
   retryForMs?: number
   /** How often the cluster view is refreshed. Default 2000 ms. */
   refreshIntervalMs?: number
+  /** Leaderless mode: acks a write waits for when it does not choose; the cluster's default when omitted. */
+  w?: Quorum
+  /** Leaderless mode: answers a read waits for when it does not choose; the cluster's default when omitted. */
+  r?: Quorum
 }
 
 /** Write conditions, mapped to If-Match / If-None-Match. Use at most one. */
@@ -72,16 +106,60 @@ export interface WriteConditions {
   ifExists?: boolean
 }
 
+/**
+ * Options of one write in leaderless mode. Giving any of them to a cluster in another mode
+ * fails with `KV_ERR_UNSUPPORTED_IN_MODE`.
+ */
+export interface LeaderlessWriteOptions {
+  /**
+   * Acks (replicas that stored the write durably) to wait for: a count, `quorum` (a majority
+   * of the key's replicas) or `all`. Default: the client's `w`, else the cluster's `defaultW`.
+   * Fewer within the cluster's quorum timeout fails with `KV_ERR_QUORUM_UNAVAILABLE`; the
+   * write is not undone and spreads from the replicas that took it.
+   */
+  w?: Quorum
+  /**
+   * `true`: when replicas of the key are down, healthy nodes further along the ring stand in
+   * for them and count towards `w` (hinted handoff: they hand the write over when the replica
+   * is back). `false` (default): only the key's own replicas count.
+   */
+  sloppy?: boolean
+  /**
+   * The causal context of an earlier read or write of this key (its `context`). The write
+   * replaces every value that context saw, so a read-modify-write that passes it resolves the
+   * siblings it read; without one, the write is kept beside the current values (a sibling).
+   */
+  context?: string
+}
+
 /** Options of one write. */
-export interface WriteOptions extends WriteConditions {
-  /** Durability to wait for. */
+export interface WriteOptions extends WriteConditions, LeaderlessWriteOptions {
+  /** Durability to wait for (single-leader mode). */
   ack?: AckMode
   /** Request id (a random one by default); a retry with the same id is applied once. */
   requestId?: string
 }
 
+/**
+ * Options of one read in leaderless mode. Giving any of them to a cluster in another mode
+ * fails with `KV_ERR_UNSUPPORTED_IN_MODE`.
+ */
+export interface LeaderlessReadOptions {
+  /**
+   * Replicas to hear from before answering: a count, `quorum` or `all`. Default: the client's
+   * `r`, else the cluster's `defaultR`. With `r + w > replicas` a read sees every write
+   * acknowledged before it began.
+   */
+  r?: Quorum
+  /**
+   * Replicas found stale are repaired in the `background` (default) after the answer, or
+   * before it (`blocking`), so that the next read at any replica sees the value.
+   */
+  repair?: 'background' | 'blocking'
+}
+
 /** Options of one read. */
-export interface ReadOptions {
+export interface ReadOptions extends LeaderlessReadOptions {
   /** Read from the leader, whatever `readFrom` says. */
   fromLeader?: boolean
   /**
@@ -90,6 +168,44 @@ export interface ReadOptions {
    * majority round trip. Default: the replica's applied state (with the session's guarantees).
    */
   consistency?: 'default' | 'linearizable'
+}
+
+/** One of the concurrent values of a key in leaderless mode. */
+export interface Sibling {
+  value: Buffer
+  /** When it was written: `<wall ms>.<logical>.<node>` (a hybrid logical clock). */
+  timestamp: string
+}
+
+/** Every value of a key in leaderless mode (`getSiblings`). */
+export interface SiblingsResult {
+  key: string
+  /** The concurrent values, newest timestamp first; one unless writes raced. */
+  siblings: Sibling[]
+  /** Pass to the next write of this key to replace every sibling seen here. */
+  context: string
+  /** The newest sibling's timestamp. */
+  timestamp: string
+  /** URL of the node that coordinated the read. */
+  servedBy: string
+}
+
+/** What a write reports in leaderless mode, beside the fields every mode reports. */
+export interface LeaderlessWriteInfo {
+  /** The key's causal context after this write; pass it to the next write of the key. */
+  context: string
+  /** The write's timestamp, `<wall ms>.<logical>.<node>`. */
+  timestamp: string
+  /** Replicas (or stand-ins) that stored it durably before the answer. */
+  acks: number
+  /** The acks it waited for. */
+  w: number
+  /** Id of the node that coordinated it. */
+  coordinator: string
+  /** Ids of the replicas that were down and got a hint (stand-ins hold it for them). */
+  hinted: string[]
+  /** For each id in `hinted`, the member that stood in and holds its hint, when the node says. */
+  standIns: Record<string, string>
 }
 
 export interface TransferResult {
@@ -121,30 +237,49 @@ export interface RollbackPage {
   next: number | null
 }
 
+/**
+ * A value read with `get`. In leaderless mode a key may hold several concurrent values
+ * (siblings): then `value` is the newest of them, `siblings` lists them all (`conflict` is
+ * true), and a write that passes `context` replaces them, so merge them before writing back.
+ */
 export interface GetResult {
   value: Buffer
-  /** The key's version (the LSN that last wrote it). */
+  /** The key's version (the LSN that last wrote it); 0 in leaderless mode, which has no versions. */
   version: number
-  /** The replica's applied LSN when it served the read. */
+  /** The replica's applied LSN when it served the read; 0 in leaderless mode. */
   appliedLsn: number
   /** Id or URL of the node that answered. */
   servedBy: string
+  /** Leaderless mode: the causal context to pass to the next write of the key. */
+  context?: string
+  /** Leaderless mode: the timestamp of `value`. */
+  timestamp?: string
+  /** Leaderless mode: every concurrent value, newest first (`value` is the first). */
+  siblings?: Sibling[]
+  /** Leaderless mode: true when the key holds more than one value. */
+  conflict?: boolean
 }
 
-export interface PutResult {
+/** The result of `put`; in leaderless mode it also carries `LeaderlessWriteInfo`. */
+export interface PutResult extends Partial<LeaderlessWriteInfo> {
   key: string
-  /** The key's new version; use it with `ifVersion`. */
+  /** The key's new version; use it with `ifVersion`. 0 in leaderless mode (use `context`). */
   version: number
+  /** 0 in leaderless mode, which has no log order across keys. */
   lsn: number
-  /** Session token of this write. */
+  /** Session token of this write; empty in leaderless mode (use `context`). */
   session: string
 }
 
-export interface DeleteResult {
+/** The result of `delete`; in leaderless mode it also carries `LeaderlessWriteInfo`. */
+export interface DeleteResult extends Partial<LeaderlessWriteInfo> {
   key: string
   deleted: true
+  /** 0 in leaderless mode. */
   lsn: number
+  /** Null in leaderless mode. */
   previousVersion: number | null
+  /** Empty in leaderless mode. */
   session: string
 }
 
@@ -274,14 +409,60 @@ const retryable = new Set([
  */
 const writeRetryable = new Set([...retryable, 'KV_ERR_STALE_EPOCH'])
 
+/** Leaderless mode: failures of one node, after which the next node in the key's order is tried. */
+const nodeFailures = new Set(['KV_ERR_UNAVAILABLE', 'KV_ERR_SHUTTING_DOWN', 'KV_ERR_NOT_READY'])
+
+/** Leaderless mode: a node the client could not reach is tried last for this long (ms). */
+const unreachableForMs = 2000
+
+function unsupported(what: string, mode: string): KvError {
+  return new KvError('KV_ERR_UNSUPPORTED_IN_MODE', `${what} (this cluster is ${mode})`)
+}
+
+/** The single-leader options given to a leaderless request, named. */
+function singleLeaderOptions(options: WriteOptions & ReadOptions): string[] {
+  const given: string[] = []
+  if (options.ifVersion !== undefined) given.push('ifVersion')
+  if (options.ifAbsent) given.push('ifAbsent')
+  if (options.ifExists) given.push('ifExists')
+  if (options.ack !== undefined) given.push('ack')
+  if (options.requestId !== undefined) given.push('requestId')
+  if (options.consistency === 'linearizable') given.push("consistency: 'linearizable'")
+  return given
+}
+
+/** The leaderless options given to a request in another mode, named. */
+function leaderlessOptions(options: LeaderlessWriteOptions & LeaderlessReadOptions): string[] {
+  return (['w', 'r', 'sloppy', 'context', 'repair'] as const).filter(
+    (name) => options[name] !== undefined,
+  )
+}
+
+function parseSiblings(body: Buffer): { context: string; siblings: Sibling[] } {
+  const parsed = JSON.parse(body.toString('utf8')) as {
+    context: string
+    siblings: { valueBase64: string; timestamp: string }[]
+  }
+  const siblings = parsed.siblings
+    .map((s) => ({ value: Buffer.from(s.valueBase64, 'base64'), timestamp: s.timestamp }))
+    .sort((a, b) => compareTimestamps(b.timestamp, a.timestamp))
+  return { context: parsed.context, siblings }
+}
+
 /** A client of a whole cluster (or of one standalone node). Reuse one; `close()` when done. */
 export class KvClient {
-  private readonly options: Required<Omit<KvClientOptions, 'ack' | 'url'>> & {
+  private readonly options: Required<Omit<KvClientOptions, 'ack' | 'url' | 'w' | 'r'>> & {
     ack: AckMode | undefined
+    w: Quorum | undefined
+    r: Quorum | undefined
   }
   private readonly seeds: string[]
   private readonly connections = new Map<string, NodeConnection>()
   private view: ClusterView | null = null
+  /** The view in leaderless mode (then `view` is null), with the ring rebuilt from it. */
+  private leaderless: { view: LeaderlessClusterView; ring: HashRing } | null = null
+  /** Leaderless mode: nodes the client could not reach, and when. */
+  private readonly unreachable = new Map<string, number>()
   private viewFetchedAt = 0
   private refreshing: Promise<void> | null = null
   private leaderUrl: string | null = null
@@ -320,7 +501,11 @@ export class KvClient {
       retryForMs: options.retryForMs ?? 10_000,
       refreshIntervalMs: options.refreshIntervalMs ?? 2000,
       ack: options.ack,
+      w: options.w,
+      r: options.r,
     }
+    if (options.w !== undefined) quorumParam('w', options.w)
+    if (options.r !== undefined) quorumParam('r', options.r)
   }
 
   /** The first seed URL. */
@@ -338,8 +523,36 @@ export class KvClient {
     this.position = laterSession(this.position, decodeSession(token))
   }
 
-  /** Reads a key from a replica that has applied the session. Returns null when it does not exist. */
+  /**
+   * Reads a key from a replica that has applied the session. Returns null when it does not exist.
+   *
+   * Leaderless mode: reads `r` replicas through a coordinator. When the key holds several
+   * concurrent values, `value` is the newest, `siblings` has them all and `conflict` is true:
+   * merge them and write with `context` to resolve them (see `getSiblings`).
+   */
   async get(key: string, options: ReadOptions = {}): Promise<GetResult | null> {
+    if ((await this.currentMode(options)) === 'leaderless') {
+      const { res, url } = await this.leaderlessRead(key, options, false)
+      if (res.status === 404) return null
+      const context = headerOf(res, 'kv-context') ?? ''
+      let siblings: Sibling[]
+      if (res.status === 300) {
+        siblings = parseSiblings(res.body).siblings
+      } else {
+        siblings = [{ value: res.body, timestamp: headerOf(res, 'kv-timestamp') ?? '' }]
+      }
+      const newest = siblings[0] as Sibling
+      return {
+        value: newest.value,
+        version: 0,
+        appliedLsn: 0,
+        servedBy: url,
+        context,
+        timestamp: newest.timestamp,
+        siblings,
+        conflict: siblings.length > 1,
+      }
+    }
     const linearizable = options.consistency === 'linearizable'
     const { res, url } = await this.read(
       `/v1/kv/${keyPath(key)}${linearizable ? '?consistency=linearizable' : ''}`,
@@ -355,21 +568,58 @@ export class KvClient {
     }
   }
 
-  /** Writes a key. With conditions it fails with `KV_ERR_PRECONDITION_FAILED` when they do not hold. */
+  /**
+   * Every concurrent value of a key (leaderless mode only), newest first, with the context that
+   * resolves them. Returns null when the key does not exist (or was deleted).
+   */
+  async getSiblings(
+    key: string,
+    options: LeaderlessReadOptions = {},
+  ): Promise<SiblingsResult | null> {
+    const mode = await this.currentMode({})
+    if (mode !== 'leaderless') throw unsupported('getSiblings needs leaderless mode; use get', mode)
+    const { res, url } = await this.leaderlessRead(key, options, true)
+    if (res.status === 404) return null
+    const { context, siblings } = parseSiblings(res.body)
+    return { key, siblings, context, timestamp: siblings[0]?.timestamp ?? '', servedBy: url }
+  }
+
+  /**
+   * Writes a key. With conditions it fails with `KV_ERR_PRECONDITION_FAILED` when they do not hold.
+   *
+   * Leaderless mode: waits for `w` acks; pass the `context` of the read the value is based on,
+   * or (with `conflicts: siblings`) the write becomes one more sibling beside the current values.
+   * Conditions, `ack` and `requestId` are single-leader features (`KV_ERR_UNSUPPORTED_IN_MODE`).
+   */
   async put(
     key: string,
     value: string | Uint8Array,
     options: WriteOptions = {},
   ): Promise<PutResult> {
+    const body = typeof value === 'string' ? Buffer.from(value, 'utf8') : value
+    if ((await this.currentMode(options)) === 'leaderless') {
+      const info = await this.leaderlessWrite('PUT', key, options, body)
+      return { key, version: 0, lsn: 0, session: '', ...info }
+    }
     const res = await this.write('PUT', `/v1/kv/${keyPath(key)}`, options, {
-      body: typeof value === 'string' ? Buffer.from(value, 'utf8') : value,
+      body,
       headers: { 'content-type': 'application/octet-stream', ...conditionHeaders(options) },
     })
     return JSON.parse(res.body.toString('utf8')) as PutResult
   }
 
-  /** Deletes a key. Fails with `KV_ERR_KEY_NOT_FOUND` when it does not exist. */
+  /**
+   * Deletes a key. Fails with `KV_ERR_KEY_NOT_FOUND` when it does not exist.
+   *
+   * Leaderless mode: writes a tombstone, waiting for `w` acks, and succeeds whether or not the
+   * key exists. With `context` it removes the values that context saw (a value written
+   * concurrently survives as a sibling); without one, the values a read quorum holds now.
+   */
   async delete(key: string, options: Omit<WriteOptions, 'ifAbsent'> = {}): Promise<DeleteResult> {
+    if ((await this.currentMode(options)) === 'leaderless') {
+      const info = await this.leaderlessWrite('DELETE', key, options)
+      return { key, deleted: true, lsn: 0, previousVersion: null, session: '', ...info }
+    }
     const res = await this.write('DELETE', `/v1/kv/${keyPath(key)}`, options, {
       headers: conditionHeaders(options),
     })
@@ -469,10 +719,70 @@ export class KvClient {
     return JSON.parse(res.body.toString('utf8')) as RollbackPage
   }
 
-  /** The cluster as the nodes describe it, refreshed now. */
+  /**
+   * The cluster as the nodes describe it, refreshed now. A leaderless cluster fails with
+   * `KV_ERR_UNSUPPORTED_IN_MODE`: use `leaderlessCluster()` (and `mode()` to tell them apart).
+   */
   async cluster(): Promise<ClusterView> {
     await this.refresh(true)
+    if (this.leaderless !== null)
+      throw unsupported(
+        'cluster() describes single-leader clusters; use leaderlessCluster()',
+        'leaderless',
+      )
     return this.view as ClusterView
+  }
+
+  /**
+   * A leaderless cluster as the node that answered sees it (members up or down, ring shares,
+   * hint backlogs, anti-entropy), refreshed now. Fails with `KV_ERR_UNSUPPORTED_IN_MODE` in
+   * another mode.
+   */
+  async leaderlessCluster(): Promise<LeaderlessClusterView> {
+    await this.refresh(true)
+    if (this.leaderless === null)
+      throw unsupported('leaderlessCluster() needs leaderless mode; use cluster()', this.modeNow())
+    return this.leaderless.view
+  }
+
+  /**
+   * Every reachable member's own view of a leaderless cluster (GET /v1/cluster on each, in
+   * member order; members that do not answer within `timeoutMs` are left out). Each node reports
+   * only the hints it holds and the anti-entropy exchanges it ran, so a cluster-wide picture
+   * needs them all.
+   */
+  async leaderlessViews(timeoutMs = 2000): Promise<LeaderlessClusterView[]> {
+    const first = await this.leaderlessCluster()
+    const views = await Promise.all(
+      first.members.map(async (m) => {
+        if (m.id === first.self) return first
+        try {
+          const res = await this.connection(m.clientUrl).send('GET', '/v1/cluster', { timeoutMs })
+          const view = JSON.parse(res.body.toString('utf8')) as { mode: string }
+          return isLeaderlessView(view) ? view : null
+        } catch (err) {
+          if (err instanceof KvError) return null
+          throw err
+        }
+      }),
+    )
+    return views.filter((v) => v !== null)
+  }
+
+  /** How the cluster replicates, learnt from GET /v1/cluster (cached like the rest of the view). */
+  async mode(): Promise<ClusterMode> {
+    await this.refresh()
+    return this.modeNow()
+  }
+
+  /**
+   * Leaderless mode: the client URLs the next request for `key` would try, in order (the key's
+   * preference list first, members that look down last). Empty in other modes.
+   */
+  async routeFor(key: string): Promise<string[]> {
+    await this.refresh()
+    if (this.leaderless === null) return []
+    return routeKey(this.leaderless.ring, this.leaderless.view, key, this.unreachableNow())
   }
 
   /** True when the node at `url` (the first seed by default) answers /ready with 200. */
@@ -509,7 +819,7 @@ export class KvClient {
   private async refresh(force = false): Promise<void> {
     if (
       !force &&
-      this.view !== null &&
+      (this.view !== null || this.leaderless !== null) &&
       Date.now() - this.viewFetchedAt < this.options.refreshIntervalMs
     )
       return
@@ -518,17 +828,24 @@ export class KvClient {
         ...new Set([
           ...(this.leaderUrl ? [this.leaderUrl] : []),
           ...(this.view?.members.map((m) => m.clientUrl) ?? []),
+          ...this.leaderlessCandidates(),
           ...this.seeds,
         ]),
       ]
       let lastError: unknown = null
       for (const url of candidates) {
         try {
-          let view = JSON.parse(
+          const answer = JSON.parse(
             (await this.connection(url).send('GET', '/v1/cluster')).body.toString('utf8'),
-          ) as ClusterView
+          ) as ClusterView | LeaderlessClusterView
+          if (isLeaderlessView(answer)) {
+            this.useLeaderlessView(answer)
+            return
+          }
+          let view = answer
+          this.leaderless = null
           // The leader is the authority on its followers' lag: ask it when another node answered.
-          if (view.leaderUrl !== null && view.leaderUrl !== url) {
+          if (typeof view.leaderUrl === 'string' && view.leaderUrl !== url) {
             try {
               const fromLeader = await this.connection(view.leaderUrl).send('GET', '/v1/cluster')
               view = JSON.parse(fromLeader.body.toString('utf8')) as ClusterView
@@ -551,7 +868,7 @@ export class KvClient {
           lastError = err
         }
       }
-      if (this.view === null) {
+      if (this.view === null && this.leaderless === null) {
         throw lastError instanceof KvError
           ? lastError
           : new KvError('KV_ERR_UNAVAILABLE', `no node answered among ${candidates.join(', ')}`)
@@ -560,6 +877,166 @@ export class KvClient {
       this.refreshing = null
     })
     await this.refreshing
+  }
+
+  private modeNow(): ClusterMode {
+    if (this.leaderless !== null) return 'leaderless'
+    return (this.view?.mode ?? 'standalone') as ClusterMode
+  }
+
+  /**
+   * Refreshes the view if it is due and returns the mode, refusing options of another mode:
+   * conditions, `ack` and linearizable reads need single-leader; `w`, `r`, `sloppy`, `context`
+   * and `repair` need leaderless.
+   */
+  private async currentMode(options: WriteOptions & ReadOptions): Promise<ClusterMode> {
+    await this.refresh()
+    const mode = this.modeNow()
+    const foreign =
+      mode === 'leaderless' ? singleLeaderOptions(options) : leaderlessOptions(options)
+    if (foreign.length > 0) {
+      throw unsupported(
+        `${foreign.join(', ')} ${foreign.length === 1 ? 'needs' : 'need'} ${mode === 'leaderless' ? 'single-leader' : 'leaderless'} mode`,
+        mode,
+      )
+    }
+    return mode
+  }
+
+  /** Takes a leaderless view, rebuilding the ring only when the members or vnodes changed. */
+  private useLeaderlessView(view: LeaderlessClusterView): void {
+    const previous = this.leaderless
+    const same =
+      previous !== null &&
+      previous.view.vnodes === view.vnodes &&
+      previous.view.members.map((m) => m.id).join(',') === view.members.map((m) => m.id).join(',')
+    this.leaderless = { view, ring: same ? previous.ring : ringOf(view) }
+    this.view = null
+    this.leaderUrl = null
+    this.viewFetchedAt = Date.now()
+  }
+
+  /** Leaderless members to ask for a view: those the client reached lately first. */
+  private leaderlessCandidates(): string[] {
+    const urls = this.leaderless?.view.members.map((m) => m.clientUrl) ?? []
+    const failed = this.unreachableNow()
+    return [...urls.filter((u) => !failed.has(u)), ...urls.filter((u) => failed.has(u))]
+  }
+
+  /** URLs the client failed to reach within the last `unreachableForMs`. */
+  private unreachableNow(): Set<string> {
+    const now = Date.now()
+    const out = new Set<string>()
+    for (const [url, at] of this.unreachable) {
+      if (now - at < unreachableForMs) out.add(url)
+      else this.unreachable.delete(url)
+    }
+    return out
+  }
+
+  /**
+   * Sends one leaderless request for `key`: to the first node of the key's route, and on a
+   * connection failure (or a node shutting down) straight to the next. When every node failed,
+   * or a coordinator could not gather its quorum (`KV_ERR_QUORUM_UNAVAILABLE`), it refreshes
+   * the view, pauses and starts again, within `attempts` and `retryForMs`. Other errors
+   * (`KV_ERR_TOO_MANY_SIBLINGS`, `KV_ERR_INVALID_CONTEXT`, ...) are thrown at once.
+   */
+  private async leaderlessSend(
+    key: string,
+    method: 'GET' | 'PUT' | 'DELETE',
+    path: string,
+    send: SendOptions,
+  ): Promise<{ res: NodeResponse; url: string }> {
+    let lastError: KvError | null = null
+    const started = Date.now()
+    for (let attempt = 0; this.mayRetry(attempt, started); attempt++) {
+      if (attempt > 0) {
+        await this.refresh(true).catch(() => {})
+        await this.pause(attempt - 1)
+      }
+      const state = this.leaderless
+      if (state === null) throw unsupported('the cluster left leaderless mode', this.modeNow())
+      for (const url of routeKey(state.ring, state.view, key, this.unreachableNow())) {
+        try {
+          const res = await this.connection(url).send(method, path, send)
+          this.unreachable.delete(url)
+          return { res, url }
+        } catch (err) {
+          if (!(err instanceof KvError)) throw err
+          lastError = err
+          if (nodeFailures.has(err.code)) {
+            this.unreachable.set(url, Date.now())
+            continue
+          }
+          if (err.code === 'KV_ERR_QUORUM_UNAVAILABLE') break
+          throw err
+        }
+        if (this.closed) break
+      }
+    }
+    throw lastError ?? new KvError('KV_ERR_UNAVAILABLE', 'no node to send the request to')
+  }
+
+  private async leaderlessRead(
+    key: string,
+    options: LeaderlessReadOptions,
+    json: boolean,
+  ): Promise<{ res: NodeResponse; url: string }> {
+    const query = new URLSearchParams()
+    const r = options.r ?? this.options.r
+    if (r !== undefined) query.set('r', quorumParam('r', r))
+    if (options.repair !== undefined) {
+      if (options.repair !== 'background' && options.repair !== 'blocking')
+        throw new KvError('KV_ERR_INVALID_ARGUMENT', 'repair must be background or blocking')
+      query.set('repair', options.repair)
+    }
+    if (json) query.set('format', 'json')
+    const qs = query.toString()
+    return this.leaderlessSend(key, 'GET', `/v1/kv/${keyPath(key)}${qs ? `?${qs}` : ''}`, {
+      allowNotFound: true,
+    })
+  }
+
+  private async leaderlessWrite(
+    method: 'PUT' | 'DELETE',
+    key: string,
+    options: WriteOptions,
+    body?: Uint8Array,
+  ): Promise<LeaderlessWriteInfo> {
+    const query = new URLSearchParams()
+    const w = options.w ?? this.options.w
+    if (w !== undefined) query.set('w', quorumParam('w', w))
+    if (options.sloppy !== undefined) query.set('sloppy', String(options.sloppy))
+    // No request id: leaderless nodes keep none (and refuse the header), so a write retried
+    // after a lost answer may be stored twice, as two siblings with the same value.
+    const headers: Record<string, string> = {}
+    if (options.context !== undefined) headers['kv-context'] = options.context
+    if (body !== undefined) headers['content-type'] = 'application/octet-stream'
+    const qs = query.toString()
+    const { res } = await this.leaderlessSend(
+      key,
+      method,
+      `/v1/kv/${keyPath(key)}${qs ? `?${qs}` : ''}`,
+      { headers, ...(body !== undefined ? { body } : {}) },
+    )
+    const answer = JSON.parse(res.body.toString('utf8')) as Omit<LeaderlessWriteInfo, 'standIns'>
+    // Nodes name a hint `member@standIn` (or just `member`).
+    const hinted: string[] = []
+    const standIns: Record<string, string> = {}
+    for (const entry of answer.hinted ?? []) {
+      const [member, standIn] = entry.split('@') as [string, string | undefined]
+      hinted.push(member)
+      if (standIn !== undefined) standIns[member] = standIn
+    }
+    return {
+      context: answer.context,
+      timestamp: answer.timestamp,
+      acks: answer.acks,
+      w: answer.w,
+      coordinator: answer.coordinator,
+      hinted,
+      standIns,
+    }
   }
 
   private async leader(): Promise<string> {
