@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * kv-cluster: a local single-leader cluster of kv-node processes, for trying things out.
+ * kv-cluster: a local cluster of kv-node processes (single-leader or leaderless), for trying
+ * things out.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream, mkdirSync, rmSync } from 'node:fs'
@@ -8,11 +9,15 @@ import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
-const usage = `kv-cluster: run a local single-leader cluster of kv-node processes.
+const usage = `kv-cluster: run a local cluster of kv-node processes.
 
 Usage: kv-cluster [options] [-- kv-node options...]
 
-  --nodes N          members (default 3); n1 is the preferred leader
+  --mode MODE        single-leader (default): n1 is the preferred leader and streams its log
+                     to the others; leaderless: any node takes any key, each key is kept on
+                     3 nodes of a consistent-hash ring (kv-node --replicas after --)
+  --nodes N          members, 1 to 9 (default 3); for leaderless use 5, so that nodes
+                     past a key's replicas can stand in for down ones (hinted handoff)
   --host HOST        address to listen on (default 127.0.0.1)
   --client-port P    client port of n1; n2 gets P+1, and so on (default 7001)
   --peer-port P      peer port of n1; n2 gets P+1, and so on (default 7101)
@@ -33,6 +38,7 @@ async function main(): Promise<number> {
     parsed = parseArgs({
       allowPositionals: true,
       options: {
+        mode: { type: 'string', default: 'single-leader' },
         nodes: { type: 'string', default: '3' },
         host: { type: 'string', default: '127.0.0.1' },
         'client-port': { type: 'string', default: '7001' },
@@ -50,6 +56,11 @@ async function main(): Promise<number> {
   if (opts.help) {
     write(usage)
     return 0
+  }
+  const mode = opts.mode
+  if (mode !== 'single-leader' && mode !== 'leaderless') {
+    process.stderr.write(`kv-cluster: --mode must be single-leader or leaderless\n\n${usage}`)
+    return 2
   }
   const nodes = Number(opts.nodes)
   const clientPort = Number(opts['client-port'])
@@ -87,8 +98,7 @@ async function main(): Promise<number> {
         host,
         '--members',
         membersFlag,
-        '--leader',
-        'n1',
+        ...(mode === 'leaderless' ? ['--mode', 'leaderless'] : ['--leader', 'n1']),
         ...extra,
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
@@ -155,6 +165,10 @@ async function main(): Promise<number> {
       await new Promise((r) => setTimeout(r, 100))
     }
   }
+  if (mode === 'leaderless') {
+    await showLeaderless(members, dataDir, children)
+    return new Promise<number>(() => {})
+  }
   // Then until a leader is elected (a new cluster waits out four election timeouts first: a
   // member with an empty disk may not vote sooner).
   write('waiting for the members to elect a leader...\n')
@@ -187,6 +201,49 @@ Try, in another terminal:
 Ctrl-C stops every node cleanly.
 `)
   return new Promise<number>(() => {})
+}
+
+interface Member {
+  id: string
+  clientUrl: string
+  peerUrl: string
+}
+
+/** Prints a started leaderless cluster: each member and its share of the ring, and what to try. */
+async function showLeaderless(
+  members: Member[],
+  dataDir: string,
+  children: Map<string, ChildProcess>,
+): Promise<void> {
+  const first = members[0] as Member
+  let view: { replicas?: number; members?: { id: string; share: number }[] } = {}
+  try {
+    const res = await fetch(`${first.clientUrl}/v1/cluster`)
+    if (res.ok) view = (await res.json()) as typeof view
+  } catch {
+    // the table below goes without the shares
+  }
+  const shares = new Map((view.members ?? []).map((m) => [m.id, m.share]))
+  write(
+    `\nA ${members.length}-node leaderless cluster is running (${view.replicas ?? '?'} replicas per key; logs and data in ${dataDir}):\n\n`,
+  )
+  for (const member of members) {
+    const share = shares.get(member.id)
+    write(
+      `  ${member.id}  ring ${share === undefined ? '   ?' : `${(share * 100).toFixed(1).padStart(4)}%`}  ${member.clientUrl}   (peers: ${member.peerUrl}, pid ${children.get(member.id)?.pid ?? '?'})\n`,
+    )
+  }
+  const last = members[members.length - 1] as Member
+  write(`
+Try, in another terminal:
+  curl -X PUT --data-binary 'hello' '${first.clientUrl}/v1/kv/greeting?w=quorum'
+  curl -i '${last.clientUrl}/v1/kv/greeting?r=quorum'        # any node answers for any key
+  node packages/cli/dist/kv.js --url ${first.clientUrl} get greeting --json   # value and context
+  node packages/cli/dist/kv.js --url ${first.clientUrl} cluster
+  kill -9 <pid of a node>   # writes go on (hinted handoff); it catches up when restarted
+
+Ctrl-C stops every node cleanly.
+`)
 }
 
 main().then(

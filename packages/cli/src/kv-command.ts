@@ -1,11 +1,20 @@
 /**
  * The `kv` command: a thin shell over the SDK.
  *
- * Exit status: 0 success, 1 error, 2 bad usage, 3 key not found, 4 condition failed.
+ * Exit status: 0 success, 1 error, 2 bad usage, 3 key not found, 4 condition failed,
+ * 5 several values (siblings) printed.
  */
 import { readFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
-import { KvClient, KvError, type BatchOp } from '@kvstore/client'
+import {
+  KvClient,
+  KvError,
+  type BatchOp,
+  type LeaderlessClusterView,
+  type LeaderlessWriteInfo,
+  type Quorum,
+  type Sibling,
+} from '@kvstore/client'
 import { ImportError, runImport } from './import.js'
 
 export interface Io {
@@ -22,17 +31,27 @@ Usage: kv [--url URL] [--json] <command> [arguments]
 Commands:
   get KEY                 print the value's bytes (--output FILE writes them to a file;
         [--linearizable]  --linearizable reads from the leader, confirmed with a majority)
+        [--r N|quorum|all] [--repair background|blocking]
+                          leaderless: a key with several concurrent values (siblings)
+                          prints them all with their context (exit status 5); --json shows
+                          the context of any read
   put KEY [VALUE]         write a value from VALUE, --file FILE, or standard input
         [--if-version N]  only if the key has version N (compare-and-set)
         [--if-absent]     only if the key does not exist (create)
         [--if-exists]     only if the key exists
-  del KEY [--if-version N]
+        [--w N|quorum|all] [--context TOKEN] [--sloppy]
+                          leaderless: acks to wait for; the context of the read the value
+                          is based on (replaces the siblings it saw); let nodes past the
+                          key's replicas stand in for down ones
+  del KEY [--if-version N] [--w N|quorum|all] [--context TOKEN]
   ls [PREFIX]             list keys (--limit N per page, --start KEY, --all for every page)
   batch FILE              apply {"ops": [...]} from FILE (- for standard input) atomically
   import FILE             bulk-load NDJSON ({"key","value"} per line) or CSV (key,value columns),
         [--format ndjson|csv] [--chunk N] [--concurrency N] [--max-lag-ms MS]
                           in batches, slowing down whenever followers lag more than --max-lag-ms
-  cluster                 the members, their roles, acknowledged LSNs and lag
+  cluster                 the members, their roles, acknowledged LSNs and lag; leaderless:
+                          the members up or down, their share of the ring, the hints held
+                          for them and the last anti-entropy exchange with them
   transfer [MEMBER]       hand leadership to MEMBER, or to the most up-to-date follower
   rollbacks               writes the node at --url dropped as unconfirmed (async writes of a
                           deposed leader), as JSON
@@ -41,12 +60,13 @@ Commands:
 
 Options:
   --url URL               node to talk to (env KV_URL, default http://127.0.0.1:7001)
-  --ack async|quorum|all  durability a write waits for (default: the cluster's)
+  --ack async|quorum|all  durability a write waits for (default: the cluster's; single-leader)
   --json                  machine-readable output
   --http1                 use HTTP/1.1 instead of HTTP/2 (h2c)
   -h, --help              show this help
 
-Exit status: 0 success, 1 error, 2 bad usage, 3 key not found, 4 condition failed.
+Exit status: 0 success, 1 error, 2 bad usage, 3 key not found, 4 condition failed,
+5 several values (siblings) printed.
 `
 
 class UsageError extends Error {}
@@ -63,6 +83,77 @@ function parseVersion(text: string | undefined): number | undefined {
   if (!/^[1-9][0-9]*$/.test(text))
     throw new UsageError(`--if-version must be a positive whole number, got ${text}`)
   return Number(text)
+}
+
+function parseQuorum(text: string | undefined, name: 'w' | 'r'): Quorum | undefined {
+  if (text === undefined) return undefined
+  if (text === 'quorum' || text === 'all') return text
+  if (!/^[1-9][0-9]*$/.test(text))
+    throw new UsageError(`--${name} must be a positive whole number, quorum or all, got ${text}`)
+  return Number(text)
+}
+
+/** A value for the terminal: its text when it is printable UTF-8, else its base64. */
+function printable(value: Buffer): string {
+  let text: string
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(value)
+  } catch {
+    return `(${value.length} bytes, base64) ${value.toString('base64')}`
+  }
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/.test(text))
+    return `(${value.length} bytes, base64) ${value.toString('base64')}`
+  return text
+}
+
+function siblingJson(s: Sibling): { valueBase64: string; timestamp: string } {
+  return { valueBase64: s.value.toString('base64'), timestamp: s.timestamp }
+}
+
+/** `(3 acks, w=2, coordinator n2, hinted n4) context TOKEN` for a leaderless write. */
+function leaderlessWrite(result: Partial<LeaderlessWriteInfo>): string {
+  const hinted = result.hinted?.length
+    ? `, hinted ${result.hinted.map((m) => (result.standIns?.[m] ? `${m} (held by ${result.standIns[m]})` : m)).join(', ')}`
+    : ''
+  return `(${result.acks} acks, w=${result.w}, coordinator ${result.coordinator}${hinted}) context ${result.context}`
+}
+
+function ago(ms: number | null): string {
+  if (ms === null) return 'never'
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000))
+  return s < 120 ? `${s} s ago` : `${Math.round(s / 60)} min ago`
+}
+
+/**
+ * The members of a leaderless cluster: up or down and ring shares as the first view (the node
+ * at --url) sees them; hints held for each member and its last anti-entropy exchange summed up
+ * over every view (each node reports only its own).
+ */
+function leaderlessTable(views: LeaderlessClusterView[]): string {
+  const view = views[0] as LeaderlessClusterView
+  const lines = [
+    `cluster ${view.clusterId} (leaderless), ${view.replicas} replicas per key, w=${view.defaultW} r=${view.defaultR}, conflicts: ${view.conflicts}, ${view.vnodes} vnodes per member\n`,
+    `up/down as ${view.self} sees it; hints held for each member and anti-entropy with it, from ${views.length} of ${view.members.length} nodes\n`,
+  ]
+  const urlWidth = Math.max(...view.members.map((m) => m.clientUrl.length))
+  for (const m of view.members) {
+    let hints = 0
+    let repaired = 0
+    let lastExchange: number | null = null
+    for (const v of views) {
+      const seen = v.members.find((x) => x.id === m.id)
+      if (seen === undefined || v.self === m.id) continue
+      hints += seen.hintBacklog
+      repaired += seen.antiEntropyKeysRepaired
+      if (seen.lastAntiEntropyMs !== null)
+        lastExchange = Math.max(lastExchange ?? 0, seen.lastAntiEntropyMs)
+    }
+    lines.push(
+      `  ${m.id.padEnd(8)} ${(m.up ? 'up' : 'DOWN').padEnd(4)}  ${m.clientUrl.padEnd(urlWidth)}  ring ${(m.share * 100).toFixed(1).padStart(5)}% (${m.arcs} arcs)  hints ${String(hints).padStart(6)}  anti-entropy ${ago(lastExchange)} (${repaired} keys repaired)\n`,
+    )
+  }
+  return lines.join('')
 }
 
 function write(stream: NodeJS.WritableStream, text: string | Uint8Array): Promise<void> {
@@ -96,6 +187,11 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         concurrency: { type: 'string' },
         'max-lag-ms': { type: 'string' },
         linearizable: { type: 'boolean', default: false },
+        r: { type: 'string' },
+        w: { type: 'string' },
+        repair: { type: 'string' },
+        context: { type: 'string' },
+        sloppy: { type: 'boolean' },
       },
     })
   } catch (err) {
@@ -131,12 +227,43 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
     switch (command) {
       case 'get': {
         const key = needKey()
-        const result = await client.get(
-          key,
-          opts.linearizable ? { consistency: 'linearizable' } : {},
-        )
+        const r = parseQuorum(opts.r, 'r')
+        const repair = opts.repair
+        if (repair !== undefined && repair !== 'background' && repair !== 'blocking')
+          throw new UsageError(`--repair must be background or blocking, got ${repair}`)
+        const result = await client.get(key, {
+          ...(opts.linearizable ? { consistency: 'linearizable' } : {}),
+          ...(r !== undefined ? { r } : {}),
+          ...(repair !== undefined ? { repair } : {}),
+        })
         if (result === null)
           throw new KvError('KV_ERR_KEY_NOT_FOUND', `key ${JSON.stringify(key)} does not exist`)
+        if (result.siblings !== undefined) {
+          // Leaderless: the context comes with every read; several values are all shown.
+          const siblings = result.siblings
+          if (opts.json) {
+            await out({
+              key,
+              context: result.context,
+              ...(siblings.length === 1 ? { valueBase64: result.value.toString('base64') } : {}),
+              siblings: siblings.map(siblingJson),
+            })
+            return 0
+          }
+          if (siblings.length > 1) {
+            await write(
+              io.stdout,
+              `${key} has ${siblings.length} concurrent values (siblings), newest first. To resolve them, write the value to keep with\n  kv put ${key} VALUE --context ${result.context ?? ''}\n`,
+            )
+            for (const [i, sibling] of siblings.entries()) {
+              await write(
+                io.stdout,
+                `--- sibling ${i + 1} of ${siblings.length}, timestamp ${sibling.timestamp}\n${printable(sibling.value)}\n`,
+              )
+            }
+            return 5
+          }
+        }
         if (opts.json) {
           await out({ key, version: result.version, valueBase64: result.value.toString('base64') })
         } else if (opts.output !== undefined) {
@@ -160,12 +287,19 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         else if (!io.stdin.isTTY) value = await readStream(io.stdin)
         else throw new UsageError('put needs a VALUE, --file FILE, or data on standard input')
         const ifVersion = parseVersion(opts['if-version'])
+        const w = parseQuorum(opts.w, 'w')
         const result = await client.put(key, value, {
           ...(ifVersion !== undefined ? { ifVersion } : {}),
           ...(opts['if-absent'] ? { ifAbsent: true } : {}),
           ...(opts['if-exists'] ? { ifExists: true } : {}),
+          ...(ack !== undefined ? { ack } : {}),
+          ...(w !== undefined ? { w } : {}),
+          ...(opts.context !== undefined ? { context: opts.context } : {}),
+          ...(opts.sloppy ? { sloppy: true } : {}),
         })
         if (opts.json) await out(result)
+        else if (result.context !== undefined)
+          await write(io.stdout, `OK wrote ${key} ${leaderlessWrite(result)}\n`)
         else await write(io.stdout, `OK wrote ${key} version ${result.version}\n`)
         return 0
       }
@@ -173,11 +307,17 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
       case 'delete': {
         const key = needKey()
         const ifVersion = parseVersion(opts['if-version'])
+        const w = parseQuorum(opts.w, 'w')
         const result = await client.delete(key, {
           ...(ifVersion !== undefined ? { ifVersion } : {}),
           ...(opts['if-exists'] ? { ifExists: true } : {}),
+          ...(ack !== undefined ? { ack } : {}),
+          ...(w !== undefined ? { w } : {}),
+          ...(opts.context !== undefined ? { context: opts.context } : {}),
         })
         if (opts.json) await out(result)
+        else if (result.context !== undefined)
+          await write(io.stdout, `OK deleted ${key} ${leaderlessWrite(result)}\n`)
         else await write(io.stdout, `OK deleted ${key} at lsn ${result.lsn}\n`)
         return 0
       }
@@ -258,6 +398,11 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         }
       }
       case 'cluster': {
+        if ((await client.mode()) === 'leaderless') {
+          if (opts.json) await out(await client.leaderlessCluster())
+          else await write(io.stdout, leaderlessTable(await client.leaderlessViews()))
+          return 0
+        }
         const view = await client.cluster()
         if (opts.json) {
           await out(view)
