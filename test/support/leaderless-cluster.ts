@@ -1,0 +1,291 @@
+/**
+ * Real leaderless clusters for tests: kv-node processes started with `--mode leaderless` on
+ * free loopback ports, each with its own data directory, with the faults a test needs (kill -9,
+ * SIGSTOP, SIGCONT, restart on the same data).
+ *
+ *   const cluster = await LeaderlessCluster.start(5, ['--replicas', '3'])
+ *   await cluster.stop('n2')          // kill -9
+ *   await cluster.restart('n2')       // same ports, same data directory
+ *   await cluster.close()             // kills what still runs, deletes the data
+ */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { startNodeProcess, type NodeProcess } from './node-process.js'
+
+export interface LeaderlessMember {
+  id: string
+  /** Client URL (HTTP API). */
+  url: string
+  /** Peer URL (node-to-node). */
+  peerUrl: string
+  dataDir: string
+  /** The running process; null while stopped. */
+  process: NodeProcess | null
+}
+
+/** A member as its own GET /v1/cluster shows the others. */
+interface ViewMember {
+  id: string
+  up: boolean
+}
+
+/** Processes started here and still running: killed if the test process exits without close(). */
+const live = new Set<number>()
+process.once('exit', () => {
+  for (const pid of live) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {
+      // already gone
+    }
+  }
+})
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+async function getJson<T>(url: string, timeoutMs = 1000): Promise<T | null> {
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) })
+    return res.ok ? ((await res.json()) as T) : null
+  } catch {
+    return null
+  }
+}
+
+export class LeaderlessCluster {
+  readonly members: LeaderlessMember[]
+  /** Parent of every member's data directory; deleted by close(). */
+  readonly dir: string
+  private readonly args: string[]
+
+  private constructor(dir: string, members: LeaderlessMember[], args: string[]) {
+    this.dir = dir
+    this.members = members
+    this.args = args
+  }
+
+  /**
+   * Starts `size` nodes (n1..nSize) in leaderless mode, each given `args` as well, and waits
+   * until every one answers /ready and sees every other one up.
+   */
+  static async start(size = 5, args: string[] = []): Promise<LeaderlessCluster> {
+    const dir = await mkdtemp(join(tmpdir(), 'kv-leaderless-'))
+    const members: LeaderlessMember[] = []
+    for (let i = 1; i <= size; i++) {
+      members.push({
+        id: `n${i}`,
+        url: `http://127.0.0.1:${await freePort()}`,
+        peerUrl: `http://127.0.0.1:${await freePort()}`,
+        dataDir: join(dir, `n${i}`),
+        process: null,
+      })
+    }
+    const cluster = new LeaderlessCluster(dir, members, args)
+    try {
+      await Promise.all(members.map((m) => cluster.startMember(m.id)))
+      await cluster.waitForViews()
+    } catch (err) {
+      await cluster.close()
+      throw err
+    }
+    return cluster
+  }
+
+  /** `--members` as every node gets it: id@clientURL@peerURL, comma-separated. */
+  get membersFlag(): string {
+    return this.members.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
+  }
+
+  /** Members whose process runs. */
+  get running(): LeaderlessMember[] {
+    return this.members.filter((m) => m.process !== null)
+  }
+
+  /** Client URLs of every member, running or not. */
+  get urls(): string[] {
+    return this.members.map((m) => m.url)
+  }
+
+  member(id: string): LeaderlessMember {
+    const member = this.members.find((m) => m.id === id)
+    if (!member) throw new Error(`no member ${id}`)
+    return member
+  }
+
+  /** The member whose client URL is `url`. */
+  memberAt(url: string): LeaderlessMember {
+    const member = this.members.find((m) => m.url === url)
+    if (!member) throw new Error(`no member at ${url}`)
+    return member
+  }
+
+  /** Starts a stopped member on its ports and data directory, and waits for its /ready. */
+  async startMember(id: string, extra: string[] = []): Promise<void> {
+    const member = this.member(id)
+    if (member.process !== null) throw new Error(`${id} is running already`)
+    member.process = await startNodeProcess([
+      '--mode',
+      'leaderless',
+      '--id',
+      id,
+      '--data-dir',
+      member.dataDir,
+      '--members',
+      this.membersFlag,
+      ...this.args,
+      ...extra,
+    ])
+    const pid = member.process.pid
+    live.add(pid)
+    void member.process.exited.then(() => live.delete(pid))
+    await this.waitForReady(id)
+  }
+
+  /** kill -9, and wait for the process to be gone. */
+  async stop(id: string): Promise<void> {
+    const member = this.member(id)
+    const proc = member.process
+    if (!proc) return
+    process.kill(proc.pid, 'SIGCONT')
+    process.kill(proc.pid, 'SIGKILL')
+    await proc.exited
+    member.process = null
+  }
+
+  /** SIGTERM, and wait for the clean exit; returns the exit code. */
+  async terminate(id: string): Promise<number | null> {
+    const member = this.member(id)
+    const proc = member.process
+    if (!proc) return null
+    process.kill(proc.pid, 'SIGCONT')
+    process.kill(proc.pid, 'SIGTERM')
+    const { code } = await proc.exited
+    member.process = null
+    return code
+  }
+
+  /** kill -9 if running, then start again on the same data (with `extra` arguments). */
+  async restart(id: string, extra: string[] = []): Promise<void> {
+    await this.stop(id)
+    await this.startMember(id, extra)
+  }
+
+  /** SIGSTOP: the process stays, but answers nothing until resume(). */
+  pause(id: string): void {
+    const pid = this.member(id).process?.pid
+    if (pid !== undefined) process.kill(pid, 'SIGSTOP')
+  }
+
+  resume(id: string): void {
+    const pid = this.member(id).process?.pid
+    if (pid !== undefined) process.kill(pid, 'SIGCONT')
+  }
+
+  /** Waits until the member answers GET /ready with 200. */
+  async waitForReady(id: string, timeoutMs = 15_000): Promise<void> {
+    const member = this.member(id)
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      try {
+        const res = await fetch(`${member.url}/ready`, { signal: AbortSignal.timeout(1000) })
+        await res.arrayBuffer()
+        if (res.ok) return
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) throw new Error(`${id} not ready within ${timeoutMs} ms`)
+      await new Promise((resolve) => setTimeout(resolve, 25))
+    }
+  }
+
+  /**
+   * Waits until every running member's GET /v1/cluster shows each running member up and each
+   * stopped one down (failure detection has caught up with the processes).
+   */
+  async waitForViews(timeoutMs = 20_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const running = new Set(this.running.map((m) => m.id))
+      const views = await Promise.all(
+        this.running.map((m) => getJson<{ members?: ViewMember[] }>(`${m.url}/v1/cluster`)),
+      )
+      const settled = views.every(
+        (v) =>
+          v?.members !== undefined &&
+          v.members.length === this.members.length &&
+          v.members.every((vm) => vm.up === running.has(vm.id)),
+      )
+      if (settled) return
+      if (Date.now() > deadline) {
+        throw new Error(
+          `views did not settle within ${timeoutMs} ms (running: ${[...running].join(',')}): ${JSON.stringify(views)}`,
+        )
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+
+  /** The member's own stored copy of `key` (GET /admin/v1/local/<key>), or null when it has none. */
+  async local(
+    id: string,
+    key: string,
+  ): Promise<{
+    key: string
+    vector: Record<string, number>
+    siblings: {
+      node: string
+      counter: number
+      valueBase64: string | null
+      tombstone: boolean
+      timestamp: string
+    }[]
+  } | null> {
+    const path = key.split('/').map(encodeURIComponent).join('/')
+    const res = await fetch(`${this.member(id).url}/admin/v1/local/${path}`)
+    if (res.status === 404) {
+      await res.arrayBuffer()
+      return null
+    }
+    if (!res.ok)
+      throw new Error(`GET /admin/v1/local/${key} on ${id}: ${res.status} ${await res.text()}`)
+    return (await res.json()) as NonNullable<Awaited<ReturnType<LeaderlessCluster['local']>>>
+  }
+
+  /** Hints the member holds, by the member they are for (GET /admin/v1/hints). */
+  async hints(id: string): Promise<{ total: number; byTarget: Record<string, number> }> {
+    const res = await fetch(`${this.member(id).url}/admin/v1/hints`)
+    if (!res.ok) throw new Error(`GET /admin/v1/hints on ${id}: ${res.status} ${await res.text()}`)
+    return (await res.json()) as { total: number; byTarget: Record<string, number> }
+  }
+
+  /** The last log lines of every member (or of `ids`), for a failure message. */
+  logs(ids: string[] = this.members.map((m) => m.id), lines = 40): string {
+    return ids
+      .map((id) => {
+        const logs = this.member(id).process?.logs ?? []
+        return `${id}:\n${logs
+          .slice(-lines)
+          .map((l) => JSON.stringify(l))
+          .join('\n')}`
+      })
+      .join('\n')
+  }
+
+  /** Kills every member still running (kill -9) and deletes the data directories. */
+  async close(): Promise<void> {
+    await Promise.all(this.members.map((m) => this.stop(m.id).catch(() => {})))
+    await rm(this.dir, { recursive: true, force: true })
+  }
+}
