@@ -68,6 +68,8 @@ export interface NemesisOptions {
   /** Milliseconds since the run began (the history's clock). */
   clock: () => number
   log: (line: string) => void
+  /** A leaderless cluster: no leader to look up, and no target is called the leader. */
+  leaderless?: boolean
 }
 
 function pick<T>(random: () => number, items: readonly T[]): T {
@@ -97,8 +99,9 @@ export async function runNemesis(options: NemesisOptions): Promise<FaultWindow[]
   while (clock() - begin + healthyMs + faultMs <= options.durationMs) {
     await sleep(healthyMs * (0.5 + random()))
     const nemesis = pick(random, options.nemeses)
-    const leader = await currentLeader(cluster)
-    const leaderId = leader?.id ?? pick(random, ids)
+    const leader = options.leaderless ? null : await currentLeader(cluster)
+    // In leaderless mode the leader nemeses are refused before the run; '' names no node.
+    const leaderId = options.leaderless ? '' : (leader?.id ?? pick(random, ids))
     let description = ''
     let heal: () => Promise<void>
     switch (nemesis) {

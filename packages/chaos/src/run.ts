@@ -182,6 +182,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         ...(options.faultMs !== undefined ? { faultMs: options.faultMs } : {}),
         clock: () => history.now(),
         log,
+        ...(leaderless ? { leaderless: true } : {}),
       })
       // The rest of the duration runs without faults.
       const left = options.durationMs - history.now()
