@@ -90,3 +90,32 @@ describe('leaderless chaos (ll-set, W=R=quorum, N=3 of 5 nodes)', () => {
     ).rejects.toThrow(/the register workload needs a leader/)
   })
 })
+
+describe('the teeth: quorums that do not overlap let acknowledged writes go unread', () => {
+  // Anti-entropy every 10 minutes: nothing but the quorums, hints and read repair can bring
+  // an isolated node's writes to the rest within the run.
+  const isolated: Pick<
+    ChaosOptions,
+    'backend' | 'nemeses' | 'durationMs' | 'seed' | 'antiEntropyIntervalMs'
+  > = {
+    backend: 'docker',
+    nemeses: ['partition-one'],
+    durationMs: 20_000,
+    seed: 21,
+    antiEntropyIntervalMs: 600_000,
+  }
+
+  it('W=1, R=1 with a node isolated: the final read misses acknowledged adds, and the checker says so', async () => {
+    const result = await run({ ...isolated, w: '1', r: '1' })
+    expect(result.windows.length).toBeGreaterThan(0)
+    const lost = verdictOf(result, 'lost-writes')
+    expect(lost?.valid).toBe(false)
+    expect((lost?.details as { counts: { lost: number } }).counts.lost).toBeGreaterThan(0)
+    expect(lost?.summary).toContain('W + R <= N')
+    expect(result.summary.valid).toBe(false)
+  }, 240_000)
+
+  it('the same run at W=R=quorum loses nothing', async () => {
+    await expectSafe(await run({ ...isolated, w: 'quorum', r: 'quorum' }))
+  }, 240_000)
+})
