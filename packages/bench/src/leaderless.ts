@@ -4,8 +4,8 @@
  *
  *  1. Writes: `connections` closed-loop clients PUT fresh keys with `valueBytes`-byte values at
  *     w=1, w=quorum (2 of 3) and w=all (3 of 3), `durationS` each.
- *  2. Reads: `getKeys` keys are loaded first (w=all), then the clients GET random ones among
- *     them at r=1, r=quorum and r=all, `durationS` each.
+ *  2. Reads: `getKeys` keys are loaded first (w=all) and read for 3 s to warm the caches, then
+ *     the clients GET random ones among them at r=1, r=quorum and r=all, `durationS` each.
  *
  * Each request goes to the first member of its key's preference list (the ring is rebuilt
  * here from GET /v1/cluster with `HashRing` from @kvstore/core), so no request pays the
@@ -475,6 +475,16 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
           )
         }
         say(`   loaded in ${fmt(prefill.durationS, 1)} s`)
+        say('   warming up reads (r=quorum, 3 s)...')
+        const warmRandom = prng(7)
+        await closedLoop({
+          connections,
+          durationS: 3,
+          next: () => {
+            const key = `bench-ll/get/${Math.floor(warmRandom() * getKeys)}`
+            return { pool: router.poolFor(key), method: 'GET', path: `${keyPath(key)}?r=quorum` }
+          },
+        })
         for (const r of ['1', 'quorum', 'all'] as const) {
           say(`== GET r=${r} for ${durationS} s with ${connections} connections`)
           const random = prng(42)
