@@ -233,6 +233,44 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     expect(await metric(cluster.member(down).url, 'kv_read_repairs_total')).toBe(0)
   })
 
+  it('sloppy writes count hints toward W; strict ones do not, and say how many replicas took them', async () => {
+    const cluster = await startCluster(['--quorum-timeout-ms', '1000'])
+    const key = 'sloppy/k'
+    const [coordinator, second, third] = replicasOf(key) as [string, string, string]
+    await cluster.stop(second)
+    await cluster.stop(third)
+    await cluster.waitForViews()
+    const strict = await put(cluster.member(coordinator).url, key, 'strict')
+    expect(strict.status).toBe(503)
+    expect(strict.body.error?.code).toBe('KV_ERR_QUORUM_UNAVAILABLE')
+    expect(strict.body.error).toMatchObject({ required: 2, acks: 1 })
+    const sloppy = await put(cluster.member(coordinator).url, key, 'sloppy', { sloppy: true })
+    expect(sloppy.status, JSON.stringify(sloppy.body)).toBe(200)
+    expect(sloppy.body.acks).toBeGreaterThanOrEqual(2)
+    expect(sloppy.body.hinted.length).toBeGreaterThanOrEqual(1)
+    await cluster.startMember(second)
+    await cluster.startMember(third)
+    await waitFor(
+      async () =>
+        (await Promise.all(cluster.running.map((m) => cluster.hints(m.id)))).every(
+          (h) => h.total === 0,
+        ),
+      { timeoutMs: 20_000, message: 'hints were not replayed' },
+    )
+    // Both returned replicas hold the sloppy write (as a sibling of the strict one, which was
+    // durable on the coordinator though unacknowledged, and was not undone).
+    for (const id of [second, third]) {
+      const copy = await cluster.local(id, key)
+      expect(
+        copy?.siblings.map((s) => Buffer.from(s.valueBase64 ?? '', 'base64').toString()),
+      ).toContain('sloppy')
+    }
+    expect((await get(cluster.member(third).url, key, { r: 'all' })).values).toEqual([
+      'sloppy',
+      'strict',
+    ])
+  })
+
   it('after a member is cut off and comes back, every replica set converges through anti-entropy, keys never read included', async () => {
     // No hints (window 0): only anti-entropy can repair what the cut-off member missed.
     const cluster = await startCluster([
