@@ -201,11 +201,20 @@ export class LeaderlessRpc {
         reject(err)
         return
       }
-      const stream = session.request({
-        ':method': 'POST',
-        ':path': peerPath,
-        'content-type': 'application/x-protobuf',
-      })
+      let stream: http2.ClientHttp2Stream
+      try {
+        stream = session.request({
+          ':method': 'POST',
+          ':path': peerPath,
+          'content-type': 'application/x-protobuf',
+        })
+      } catch (err) {
+        // A session that cannot open streams (closing, or out of stream ids): start afresh.
+        if (this.sessions.get(peer) === session) this.sessions.delete(peer)
+        session.destroy()
+        reject(new PeerUnreachable(peer, (err as Error).message))
+        return
+      }
       let settled = false
       const finish = (err: Error | null, reply?: PeerReply) => {
         if (settled) return
