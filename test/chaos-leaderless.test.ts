@@ -83,7 +83,7 @@ describe('leaderless chaos (ll-set, W=R=quorum, N=3 of 5 nodes)', () => {
 
   it('refuses nemeses aimed at a leader, and workloads that need one', async () => {
     await expect(run({ backend: 'process', nemeses: ['pause-leader'] })).rejects.toThrow(
-      /pause-leader aim at the leader, and a leaderless cluster has none/,
+      /pause-leader aims at the leader, and a leaderless cluster has none/,
     )
     await expect(
       run({ backend: 'process', nemeses: ['kill'], workload: 'register' }),

@@ -100,7 +100,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     const refused = options.nemeses.filter((n) => (leaderNemeses as readonly string[]).includes(n))
     if (refused.length > 0) {
       throw new UnsupportedFault(
-        `${refused.join(', ')} aim at the leader, and a leaderless cluster has none: use pause, partition-one or slow (a random node) instead`,
+        `${refused.join(', ')} ${refused.length === 1 ? 'aims' : 'aim'} at the leader, and a leaderless cluster has none: use pause, partition-one or slow (a random node) instead`,
       )
     }
     if (!leaderlessWorkloads.includes(options.workload)) {
