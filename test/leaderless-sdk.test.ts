@@ -251,6 +251,17 @@ describe('SDK and CLI on a 5-node leaderless cluster', () => {
     expect((await failure(client.put('opt/k', 'v', { w: 0 }))).code).toBe('KV_ERR_INVALID_ARGUMENT')
   })
 
+  it('a write repeated with the same requestId is stored once; without one it is a sibling', async () => {
+    await client.put('idem/sdk', 'once', { requestId: 'sdk-order-1' })
+    await client.put('idem/sdk', 'once', { requestId: 'sdk-order-1' })
+    expect((await client.getSiblings('idem/sdk'))?.siblings.map((s) => s.value.toString())).toEqual(
+      ['once'],
+    )
+    await client.put('idem/sdk2', 'twice')
+    await client.put('idem/sdk2', 'twice')
+    expect((await client.getSiblings('idem/sdk2'))?.siblings).toHaveLength(2)
+  })
+
   it('kv get, put, del and cluster speak leaderless', async () => {
     const url = cluster.member('n2').url
     const put = await kv(url, ['put', 'cli/k', 'hello', '--w', 'all'])

@@ -426,7 +426,6 @@ function singleLeaderOptions(options: WriteOptions & ReadOptions): string[] {
   if (options.ifAbsent) given.push('ifAbsent')
   if (options.ifExists) given.push('ifExists')
   if (options.ack !== undefined) given.push('ack')
-  if (options.requestId !== undefined) given.push('requestId')
   if (options.consistency === 'linearizable') given.push("consistency: 'linearizable'")
   return given
 }
@@ -589,7 +588,9 @@ export class KvClient {
    *
    * Leaderless mode: waits for `w` acks; pass the `context` of the read the value is based on,
    * or (with `conflicts: siblings`) the write becomes one more sibling beside the current values.
-   * Conditions, `ack` and `requestId` are single-leader features (`KV_ERR_UNSUPPORTED_IN_MODE`).
+   * Conditions and `ack` are single-leader features (`KV_ERR_UNSUPPORTED_IN_MODE`). Retries
+   * carry one request id, so a retry that reaches the coordinator of the first attempt is
+   * applied once; one that reaches another (the first died) may add a duplicate sibling.
    */
   async put(
     key: string,
@@ -1007,9 +1008,9 @@ export class KvClient {
     const w = options.w ?? this.options.w
     if (w !== undefined) query.set('w', quorumParam('w', w))
     if (options.sloppy !== undefined) query.set('sloppy', String(options.sloppy))
-    // No request id: leaderless nodes keep none (and refuse the header), so a write retried
-    // after a lost answer may be stored twice, as two siblings with the same value.
-    const headers: Record<string, string> = {}
+    // One request id for every attempt: a retry that reaches the same coordinator (the first
+    // reachable member of the key's preference list, as the first attempt did) is applied once.
+    const headers: Record<string, string> = { 'kv-request-id': options.requestId ?? randomUUID() }
     if (options.context !== undefined) headers['kv-context'] = options.context
     if (body !== undefined) headers['content-type'] = 'application/octet-stream'
     const qs = query.toString()

@@ -82,6 +82,7 @@ export type PeerRequestBody =
       context: CausalContext
       w: number
       sloppy: boolean
+      requestId: string
     }
   | { kind: 'rangeRoots'; sets: string[] }
   | { kind: 'rangeLeaves'; set: string }
@@ -186,6 +187,7 @@ function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
         contextWallMs: body.context.hlc?.wallMs ?? 0,
         contextLogical: body.context.hlc?.logical ?? 0,
         contextClockNode: body.context.hlc?.node ?? '',
+        requestId: body.requestId,
       }
     case 'rangeRoots':
       return { sets: body.sets }
@@ -388,6 +390,7 @@ export function decodePeerRequest(data: Uint8Array): PeerRequest {
       },
       w: count(c.w, 'w'),
       sloppy: c.sloppy === true,
+      requestId: text(c.requestId, 'request id'),
     }
   } else if (m.rangeRoots !== undefined) {
     const r = obj(m.rangeRoots, 'range roots')

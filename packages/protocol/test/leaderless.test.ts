@@ -12,6 +12,7 @@ import {
   encodePeerRequest,
   encodeVersionedRecord,
   leaderlessSchemaRoot,
+  type PeerReply,
   type VersionedRecord,
 } from '../src/index.js'
 
@@ -89,6 +90,7 @@ describe('leaderless formats', () => {
         context: { vector: { 'n1.aa': 4 }, hlc: { wallMs: 5, logical: 2, node: 'n1' } },
         w: 2,
         sloppy: true,
+        requestId: 'r-1',
       },
     })
     expect(decodePeerRequest(request)).toMatchObject({
@@ -131,7 +133,7 @@ describe('leaderless formats', () => {
       { kind: 'fetchReply', record: null },
       { kind: 'rootsReply', roots: [1, 4294967295] },
       { kind: 'refusal', code: 'KV_ERR_BAD_FRAME', message: 'no' },
-    ] as const) {
+    ] satisfies PeerReply[]) {
       expect(decodePeerReply(encodePeerReply(reply))).toEqual(reply)
     }
   })

@@ -17,7 +17,7 @@
  *   'h' + target + 0x00 + key      -> Hint (a stand-in's copy for a down member)
  *   'm' + name                     -> metadata (the actor id and the dot counter reservation)
  */
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import {
   HashRing,
@@ -97,6 +97,26 @@ export interface ReadResult {
   answered: number
 }
 
+/** A client write as the coordinator gets it. */
+export interface LeaderlessWrite {
+  /** The value, or null for a delete. */
+  value: Uint8Array | null
+  /** The client's causal context (kv-context), or null for a blind write. */
+  context: CausalContext | null
+  /** W, or null for the default. */
+  w: number | null
+  sloppy: boolean
+  /** kv-request-id: a retry that reaches the same coordinator is applied once. */
+  requestId: string | null
+  /** False when the write was forwarded already (a member outside the list refuses it). */
+  mayForward?: boolean
+}
+
+/** The request id a write is remembered under: scoped to its key. */
+function requestKeyOf(key: string, requestId: string): string {
+  return `ll:${createHash('sha256').update(key).digest('base64url').slice(0, 22)}:${requestId}`
+}
+
 export interface WriteOutcome {
   key: string
   context: string
@@ -105,6 +125,7 @@ export interface WriteOutcome {
   w: number
   coordinator: string
   hinted: string[]
+  deduplicated?: true
 }
 
 interface MemberHealth {
@@ -499,12 +520,16 @@ export class LeaderlessEngine {
     }
   }
 
-  private async persist(key: string, state: State | null): Promise<void> {
+  private async persist(key: string, state: State | null, requestId?: string): Promise<void> {
     const op: WriteOp =
       state === null
         ? { type: 'delete', key: this.dataKey(key) }
         : { type: 'put', key: this.dataKey(key), value: Buffer.from(encodeVersionedRecord(state)) }
-    await this.sequencer.write({ kind: state === null ? 'delete' : 'put', ops: [op] })
+    await this.sequencer.write({
+      kind: state === null ? 'delete' : 'put',
+      ops: [op],
+      ...(requestId !== undefined ? { requestId } : {}),
+    })
     this.track_(key, state)
   }
 
@@ -661,14 +686,14 @@ export class LeaderlessEngine {
       case 'coordinate': {
         const key = this.keyOf(body.key)
         try {
-          const outcome = await this.coordinateWrite(
-            key,
-            body.value,
-            body.context,
-            body.w === 0 ? null : body.w,
-            body.sloppy,
-            false,
-          )
+          const outcome = await this.coordinateWrite(key, {
+            value: body.value,
+            context: body.context,
+            w: body.w === 0 ? null : body.w,
+            sloppy: body.sloppy,
+            requestId: body.requestId === '' ? null : body.requestId,
+            mayForward: false,
+          })
           return { kind: 'coordinateReply', status: 200, bodyJson: JSON.stringify(outcome) }
         } catch (err) {
           if (err instanceof KvError)
@@ -752,21 +777,26 @@ export class LeaderlessEngine {
    * Coordinates a write (value null: a delete). Outside the key's preference list it forwards
    * the write to the first reachable member of the list, which mints the dot.
    */
-  async coordinateWrite(
-    key: string,
-    value: Uint8Array | null,
-    context: CausalContext | null,
-    w: number | null,
-    sloppy: boolean,
-    mayForward = true,
-  ): Promise<WriteOutcome> {
-    const wanted = w ?? this.resolveW(undefined)
+  async coordinateWrite(key: string, request: LeaderlessWrite): Promise<WriteOutcome> {
+    const { value, context, sloppy, requestId } = request
+    const wanted = request.w ?? this.resolveW(undefined)
     const prefs = this.preferenceList(key)
     if (!prefs.includes(this.self)) {
-      if (!mayForward)
+      if (request.mayForward === false)
         throw new KvError('KV_ERR_BAD_FRAME', `${this.self} is not a replica of this key`)
-      return this.forwardWrite(key, value, context, wanted, sloppy, prefs)
+      return this.forwardWrite(key, { ...request, w: wanted }, prefs)
     }
+    // Refuse before writing anything when too few targets are reachable to ever reach W.
+    const reachable = this.reachableTargets(key, prefs, sloppy)
+    if (reachable < wanted) {
+      this.stats.quorumFailures.write++
+      throw new KvError(
+        'KV_ERR_QUORUM_UNAVAILABLE',
+        `only ${reachable} of the ${wanted} replicas needed for ${JSON.stringify(key)} are reachable (${prefs.join(', ')}${sloppy ? ', with stand-ins' : ''}); nothing was written`,
+        { required: wanted, acks: 0, replicas: prefs.join(','), written: false },
+      )
+    }
+    const rid = requestId === null ? undefined : requestKeyOf(key, requestId)
     // A delete without a context deletes what a read quorum holds now.
     let given = context
     if (given === null && value === null) {
@@ -779,8 +809,17 @@ export class LeaderlessEngine {
     const ctx = given?.vector ?? {}
     // The write is stamped after everything its client saw.
     if (given?.hlc) this.observeStamp(given.hlc)
-    const { state, hlc } = await this.locked(key, async () => {
+    const { state, hlc, deduplicated } = await this.locked(key, async () => {
       const current = (await this.loadState(key)) ?? { vector: {}, siblings: [] }
+      if (rid !== undefined && this.store.getRequest(rid) !== null) {
+        // Applied here before (the answer was lost, or W was not reached): send what the key
+        // holds now, which includes that write unless a later one replaced it.
+        return {
+          state: current,
+          hlc: newestStamp(current) ?? this.clock.now(this.now()),
+          deduplicated: true,
+        }
+      }
       if (this.config.conflicts === 'siblings' && value !== null) {
         const survivors = survivorsOf(current, ctx)
         if (survivors + 1 > this.config.siblingsMax) {
@@ -805,9 +844,9 @@ export class LeaderlessEngine {
         { value, hlc },
         this.config.conflicts,
       )
-      await this.persist(key, next)
+      await this.persist(key, next, rid)
       this.noteSiblings(key, next, 0)
-      return { state: next, hlc }
+      return { state: next, hlc, deduplicated: false }
     })
     const fanout = this.fanOut(key, state, prefs, wanted, sloppy)
     const acks = await fanout
@@ -819,17 +858,24 @@ export class LeaderlessEngine {
       w: wanted,
       coordinator: this.self,
       hinted: acks.hinted,
+      ...(deduplicated ? { deduplicated: true } : {}),
     }
+  }
+
+  /** Replicas of the key reachable now, plus (sloppy) the stand-ins that could take hints. */
+  private reachableTargets(key: string, prefs: string[], sloppy: boolean): number {
+    const up = prefs.filter((m) => this.isUp(m)).length
+    if (!sloppy) return up
+    const spares = [...this.ring.walk(key)].slice(this.n).filter((m) => this.isUp(m)).length
+    return up + Math.min(prefs.length - up, spares)
   }
 
   private async forwardWrite(
     key: string,
-    value: Uint8Array | null,
-    context: CausalContext | null,
-    w: number,
-    sloppy: boolean,
+    request: LeaderlessWrite & { w: number },
     prefs: string[],
   ): Promise<WriteOutcome> {
+    const { value, context, w, sloppy } = request
     const order = [...prefs.filter((m) => this.isUp(m)), ...prefs.filter((m) => !this.isUp(m))]
     let lastError: unknown = null
     for (const member of order) {
@@ -843,6 +889,7 @@ export class LeaderlessEngine {
             context: context ?? { vector: {}, hlc: null },
             w,
             sloppy,
+            requestId: request.requestId ?? '',
           },
           this.config.quorumTimeoutMs * 3,
         )
@@ -1298,6 +1345,7 @@ export class LeaderlessEngine {
 
   private async housekeeping(): Promise<void> {
     await this.persistAliveMark()
+    await this.store.expireRequests(this.now() - this.config.requestIdRetentionMs)
     // The log only serves recovery here (replicas exchange states, not log entries): keep a
     // window of it.
     const keep = this.config.logRetentionEntries

@@ -26,6 +26,7 @@ import {
 import { liveSiblings } from '@kvstore/core'
 import type { AppContext } from '../context.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
+import { requestIdOf } from '../replication.js'
 import { formatHlc, type LeaderlessEngine } from '../../leaderless/engine.js'
 
 type KeyRequest = FastifyRequest<{ Params: { '*': string } }>
@@ -75,7 +76,7 @@ function contextOf(request: FastifyRequest): CausalContext | null {
 
 /** Headers and parameters only single-leader mode understands. */
 function refuseSingleLeaderOptions(request: FastifyRequest): void {
-  for (const header of ['if-match', 'if-none-match', 'kv-request-id', 'kv-session', 'kv-ack']) {
+  for (const header of ['if-match', 'if-none-match', 'kv-session', 'kv-ack']) {
     if (
       request.headers[header] !== undefined &&
       !(header === 'if-none-match' && request.method === 'GET')
@@ -129,8 +130,10 @@ export function registerLeaderlessRoutes(
     const w = engine.resolveW(oneParam(request, 'w'))
     const sloppy = booleanParam(request, 'sloppy')
     const context = contextOf(request)
-    const outcome = await engine.coordinateWrite(key, value, context, w, sloppy)
+    const requestId = requestIdOf(request, ctx) ?? null
+    const outcome = await engine.coordinateWrite(key, { value, context, w, sloppy, requestId })
     void reply.header('kv-context', outcome.context).header('kv-timestamp', outcome.timestamp)
+    if (outcome.deduplicated) void reply.header('kv-deduplicated', 'true')
     return outcome
   }
 
