@@ -251,8 +251,12 @@ export class LeaderlessRpc {
           finish(new PeerUnreachable(peer, `bad reply: ${(err as Error).message}`))
         }
       })
-      stream.on('error', (err) => finish(new PeerUnreachable(peer, err.message)))
-      stream.on('close', () => finish(new PeerUnreachable(peer, 'stream closed')))
+      stream.on('error', (err) => {
+        if (!settled) finish(new PeerUnreachable(peer, err.message))
+      })
+      stream.on('close', () => {
+        if (!settled) finish(new PeerUnreachable(peer, 'stream closed'))
+      })
       stream.end(payload)
       this.bytesSent.set(peer, (this.bytesSent.get(peer) ?? 0) + payload.length)
     })
