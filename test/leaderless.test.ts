@@ -206,10 +206,19 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
       expect(written.status, JSON.stringify(written.body)).toBe(200)
       expect(written.body.acks).toBeGreaterThanOrEqual(2)
     }
-    const held = await Promise.all(
-      cluster.running.map(async (m) => (await cluster.hints(m.id)).byTarget[down] ?? 0),
-    )
-    expect(held.reduce((a, b) => a + b, 0)).toBe(keys.length)
+    // A hint is sent beside the write and may land just after the answer (which needed only
+    // W acks): wait for them all. Exactly one per write, none lost or doubled.
+    const heldFor = async () =>
+      (
+        await Promise.all(
+          cluster.running.map(async (m) => (await cluster.hints(m.id)).byTarget[down] ?? 0),
+        )
+      ).reduce((a, b) => a + b, 0)
+    await waitFor(async () => (await heldFor()) >= keys.length, {
+      timeoutMs: 5000,
+      message: 'not every write left a hint',
+    })
+    expect(await heldFor()).toBe(keys.length)
     // Before the replica returns, it holds none of these keys.
     await cluster.startMember(down)
     await waitFor(
@@ -684,6 +693,20 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
       kind: 'refusal',
       code: 'KV_ERR_CLUSTER_MISMATCH',
     })
+    // On the multiplexed channel, a frame with an impossible length closes the channel.
+    const closed = await new Promise<string>((resolve) => {
+      const session = http2.connect(cluster.member('n2').peerUrl)
+      session.on('error', () => {})
+      const stream = session.request({ ':method': 'POST', ':path': '/peer/v1/ll-stream' })
+      stream.on('error', () => {})
+      stream.on('close', () => {
+        session.close()
+        resolve(`closed with code ${stream.rstCode}`)
+      })
+      stream.resume()
+      stream.write(Buffer.from([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1]))
+    })
+    expect(closed).toBe(`closed with code ${http2.constants.NGHTTP2_PROTOCOL_ERROR}`)
     expect((await put(url, 'still/works', 'yes')).status).toBe(200)
     expect((await get(cluster.member('n2').url, 'still/works')).values).toEqual(['yes'])
   })

@@ -1,11 +1,18 @@
 /**
- * Leaderless peer transport: one HTTP/2 (h2c) stream per request. A node POSTs a protobuf
- * PeerRequest to `/peer/v1/ll` on the peer's port and reads a PeerReply. Each peer gets one
- * long-lived client session, reopened on demand after it breaks; requests multiplex on it.
+ * Leaderless peer transport over HTTP/2 (h2c) on the peer port.
+ *
+ * Each node keeps one long-lived channel to each peer: a POST to `/peer/v1/ll-stream` whose
+ * request body carries request frames and whose response body carries reply frames. A frame is
+ * a u32 length, a u32 call id and a protobuf PeerRequest or PeerReply; replies come back in
+ * whatever order they finish and are matched by id. A call that gets no reply in time breaks
+ * the channel (a paused or cut-off peer may hold it forever): every call waiting on it fails
+ * with PeerUnreachable, and the next call opens a new one. `/peer/v1/ll` serves the same
+ * requests one per HTTP/2 stream, for tools and tests.
  *
  * Both directions are validated: a request that fails to decode, names another cluster or
- * another receiver is refused with a stable code (KV_ERR_BAD_FRAME, KV_ERR_CLUSTER_MISMATCH),
- * and a reply that fails to decode rejects the call.
+ * another receiver is refused with a stable code (KV_ERR_BAD_FRAME, KV_ERR_CLUSTER_MISMATCH);
+ * a frame with an impossible length closes the channel; a reply that fails to decode fails
+ * its call.
  */
 import http2, {
   type ClientHttp2Session,
@@ -28,7 +35,59 @@ import {
 } from '@kvstore/protocol'
 import type { MemberConfig } from '../config.js'
 
+/** One request per HTTP/2 stream (tools, tests). */
 export const peerPath = '/peer/v1/ll'
+/** A long-lived multiplexed channel: framed requests and replies matched by id. */
+export const streamPath = '/peer/v1/ll-stream'
+
+/** Calls waiting on one peer at most; past it a call fails at once. */
+const callsInFlightMax = 16_384
+
+interface PendingCall {
+  resolve: (reply: PeerReply) => void
+  reject: (err: Error) => void
+  timer: NodeJS.Timeout
+}
+
+interface Channel {
+  session: ClientHttp2Session
+  stream: http2.ClientHttp2Stream
+  pending: Map<number, PendingCall>
+  nextId: number
+  broken: boolean
+}
+
+/** A frame: u32 big-endian length of what follows, u32 call id, then the message. */
+function encodeFrame(id: number, message: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(8 + message.length)
+  out.writeUInt32BE(4 + message.length, 0)
+  out.writeUInt32BE(id, 4)
+  out.set(message, 8)
+  return out
+}
+
+/** Cuts a byte stream into frames; throws on a length no peer may send. */
+class FrameReader {
+  private buffer: Buffer = Buffer.alloc(0)
+
+  push(chunk: Buffer): { id: number; payload: Buffer }[] {
+    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk])
+    const frames: { id: number; payload: Buffer }[] = []
+    while (this.buffer.length >= 4) {
+      const length = this.buffer.readUInt32BE(0)
+      if (length < 4 || length > leaderlessLimits.messageBytesMax + 4) {
+        throw new Error(`frame length ${length} is out of bounds`)
+      }
+      if (this.buffer.length < 4 + length) break
+      frames.push({
+        id: this.buffer.readUInt32BE(4),
+        payload: this.buffer.subarray(8, 4 + length),
+      })
+      this.buffer = this.buffer.subarray(4 + length)
+    }
+    return frames
+  }
+}
 
 export interface RpcOptions {
   self: MemberConfig
@@ -54,7 +113,7 @@ export class PeerUnreachable extends Error {
 export class LeaderlessRpc {
   private readonly options: RpcOptions
   private server: Http2Server | null = null
-  private readonly sessions = new Map<string, ClientHttp2Session>()
+  private readonly channels = new Map<string, Channel>()
   private readonly inbound = new Set<http2.ServerHttp2Session>()
   private readonly urls: Map<string, string>
   private closed = false
@@ -88,6 +147,10 @@ export class LeaderlessRpc {
 
   private accept(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
     stream.on('error', () => {})
+    if (headers[':method'] === 'POST' && headers[':path'] === streamPath) {
+      this.acceptStream(stream)
+      return
+    }
     if (headers[':path'] !== peerPath || headers[':method'] !== 'POST') {
       stream.respond({ ':status': 404 })
       stream.end()
@@ -112,48 +175,91 @@ export class LeaderlessRpc {
     })
     stream.on('end', () => {
       if (refused) return
-      let request: PeerRequest
-      try {
-        request = decodePeerRequest(Buffer.concat(chunks))
-      } catch (err) {
-        this.options.logger.warn({ err }, 'refused a malformed leaderless request')
-        this.reply(stream, 400, {
+      void this.serve(Buffer.concat(chunks)).then(({ status, reply }) =>
+        this.reply(stream, status, reply),
+      )
+    })
+  }
+
+  /** Decodes, checks and serves one request; never rejects (failures become refusals). */
+  private async serve(bytes: Uint8Array): Promise<{ status: number; reply: PeerReply }> {
+    let request: PeerRequest
+    try {
+      request = decodePeerRequest(bytes)
+    } catch (err) {
+      this.options.logger.warn({ err }, 'refused a malformed leaderless request')
+      return {
+        status: 400,
+        reply: {
           kind: 'refusal',
           code: 'KV_ERR_BAD_FRAME',
           message: err instanceof DecodeError ? err.message : 'undecodable request',
-        })
-        return
+        },
       }
-      if (request.clusterId !== this.options.clusterId || request.to !== this.options.self.id) {
-        this.reply(stream, 409, {
+    }
+    if (request.clusterId !== this.options.clusterId || request.to !== this.options.self.id) {
+      return {
+        status: 409,
+        reply: {
           kind: 'refusal',
           code: 'KV_ERR_CLUSTER_MISMATCH',
           message: `this is ${this.options.self.id} of cluster ${this.options.clusterId}; the request was meant for ${request.to} of ${request.clusterId}`,
-        })
-        return
+        },
       }
-      if (!this.urls.has(request.from)) {
-        this.reply(stream, 409, {
+    }
+    if (!this.urls.has(request.from)) {
+      return {
+        status: 409,
+        reply: {
           kind: 'refusal',
           code: 'KV_ERR_CLUSTER_MISMATCH',
           message: `${request.from} is not a member of this cluster`,
-        })
+        },
+      }
+    }
+    try {
+      return { status: 200, reply: await this.options.handle(request) }
+    } catch (err) {
+      const code =
+        err !== null && typeof err === 'object' && 'code' in err && typeof err.code === 'string'
+          ? err.code
+          : 'KV_ERR_INTERNAL'
+      return {
+        status: 200,
+        reply: {
+          kind: 'refusal',
+          code: code.startsWith('KV_ERR_') ? code : 'KV_ERR_INTERNAL',
+          message: (err as Error).message ?? String(err),
+        },
+      }
+    }
+  }
+
+  /**
+   * A peer's multiplexed channel: requests arrive as frames on the request body and replies
+   * leave as frames on the response body, matched by id, in whatever order they finish.
+   */
+  private acceptStream(stream: ServerHttp2Stream): void {
+    stream.respond({ ':status': 200, 'content-type': 'application/x-kv-frames' })
+    const reader = new FrameReader()
+    stream.on('data', (chunk: Buffer) => {
+      let frames: { id: number; payload: Buffer }[]
+      try {
+        frames = reader.push(chunk)
+      } catch (err) {
+        this.options.logger.warn({ err }, 'closed a leaderless peer channel with a bad frame')
+        stream.close(http2.constants.NGHTTP2_PROTOCOL_ERROR)
         return
       }
-      this.options.handle(request).then(
-        (reply) => this.reply(stream, 200, reply),
-        (err: unknown) => {
-          const code =
-            err !== null && typeof err === 'object' && 'code' in err && typeof err.code === 'string'
-              ? err.code
-              : 'KV_ERR_INTERNAL'
-          this.reply(stream, 200, {
-            kind: 'refusal',
-            code: code.startsWith('KV_ERR_') ? code : 'KV_ERR_INTERNAL',
-            message: (err as Error).message ?? String(err),
-          })
-        },
-      )
+      for (const { id, payload } of frames) {
+        void this.serve(payload).then(({ reply }) => {
+          if (!stream.destroyed && stream.writable)
+            stream.write(encodeFrame(id, encodePeerReply(reply)))
+        })
+      }
+    })
+    stream.on('end', () => {
+      if (!stream.destroyed) stream.end()
     })
   }
 
@@ -167,105 +273,103 @@ export class LeaderlessRpc {
     }
   }
 
-  private session(peer: string): ClientHttp2Session {
-    const existing = this.sessions.get(peer)
-    if (existing && !existing.closed && !existing.destroyed) return existing
+  /** The open channel to `peer`, or a new one. */
+  private channel(peer: string): Channel {
+    const existing = this.channels.get(peer)
+    if (existing && !existing.broken) return existing
     const url = this.urls.get(peer)
     if (url === undefined) throw new PeerUnreachable(peer, 'not a member')
     const session = http2.connect(url)
     session.on('error', () => {})
-    session.on('close', () => {
-      if (this.sessions.get(peer) === session) this.sessions.delete(peer)
-    })
     session.on('goaway', () => session.close())
-    session.on('connect', (s: ClientHttp2Session, socket: Socket) => socket.setNoDelay(true))
+    session.on('connect', (_s: ClientHttp2Session, socket: Socket) => socket.setNoDelay(true))
     session.unref()
-    this.sessions.set(peer, session)
-    return session
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': streamPath,
+      'content-type': 'application/x-kv-frames',
+    })
+    const channel: Channel = { session, stream, pending: new Map(), nextId: 1, broken: false }
+    const reader = new FrameReader()
+    stream.on('data', (chunk: Buffer) => {
+      let frames: { id: number; payload: Buffer }[]
+      try {
+        frames = reader.push(chunk)
+      } catch (err) {
+        this.breakChannel(peer, channel, `bad frame: ${(err as Error).message}`)
+        return
+      }
+      for (const { id, payload } of frames) {
+        const call = channel.pending.get(id)
+        if (!call) continue // it timed out
+        channel.pending.delete(id)
+        clearTimeout(call.timer)
+        try {
+          call.resolve(decodePeerReply(payload))
+        } catch (err) {
+          call.reject(new PeerUnreachable(peer, `bad reply: ${(err as Error).message}`))
+        }
+      }
+    })
+    stream.on('error', (err) => this.breakChannel(peer, channel, err.message))
+    stream.on('close', () => this.breakChannel(peer, channel, 'channel closed'))
+    session.on('close', () => this.breakChannel(peer, channel, 'session closed'))
+    this.channels.set(peer, channel)
+    return channel
+  }
+
+  /** Fails every call waiting on the channel and drops it; the next call opens a new one. */
+  private breakChannel(peer: string, channel: Channel, reason: string): void {
+    if (channel.broken) return
+    channel.broken = true
+    if (this.channels.get(peer) === channel) this.channels.delete(peer)
+    for (const call of channel.pending.values()) {
+      clearTimeout(call.timer)
+      call.reject(new PeerUnreachable(peer, reason))
+    }
+    channel.pending.clear()
+    channel.session.destroy()
   }
 
   /** Sends one request to `peer`; rejects with PeerUnreachable when no reply comes in time. */
   call(peer: string, body: PeerRequestBody, timeoutMs: number): Promise<PeerReply> {
     if (this.closed) return Promise.reject(new PeerUnreachable(peer, 'transport closed'))
+    let channel: Channel
+    try {
+      channel = this.channel(peer)
+    } catch (err) {
+      return Promise.reject(err as Error)
+    }
+    if (channel.pending.size >= callsInFlightMax) {
+      return Promise.reject(
+        new PeerUnreachable(peer, `${callsInFlightMax} calls are already waiting for it`),
+      )
+    }
     const payload = encodePeerRequest({
       clusterId: this.options.clusterId,
       from: this.options.self.id,
       to: peer,
       body,
     })
+    const id = channel.nextId
+    channel.nextId = channel.nextId >= 0xffffffff ? 1 : channel.nextId + 1
     return new Promise<PeerReply>((resolve, reject) => {
-      let session: ClientHttp2Session
-      try {
-        session = this.session(peer)
-      } catch (err) {
-        reject(err)
-        return
-      }
-      let stream: http2.ClientHttp2Stream
-      try {
-        stream = session.request({
-          ':method': 'POST',
-          ':path': peerPath,
-          'content-type': 'application/x-protobuf',
-        })
-      } catch (err) {
-        // A session that cannot open streams (closing, or out of stream ids): start afresh.
-        if (this.sessions.get(peer) === session) this.sessions.delete(peer)
-        session.destroy()
-        reject(new PeerUnreachable(peer, (err as Error).message))
-        return
-      }
-      let settled = false
-      const finish = (err: Error | null, reply?: PeerReply) => {
-        if (settled) return
-        settled = true
-        clearTimeout(timer)
-        if (err) {
-          stream.close(http2.constants.NGHTTP2_CANCEL)
-          reject(err)
-        } else resolve(reply as PeerReply)
-      }
       const timer = setTimeout(() => {
-        finish(new PeerUnreachable(peer, `no reply within ${timeoutMs} ms`))
-        // A peer that stopped answering (paused, partitioned) may hold the session forever:
-        // start afresh next time.
-        if (this.sessions.get(peer) === session) {
-          this.sessions.delete(peer)
-          session.destroy()
-        }
+        // A peer that stopped answering (paused, partitioned) may hold the channel forever:
+        // fail what waits on it and start afresh next time.
+        this.breakChannel(peer, channel, `no reply within ${timeoutMs} ms`)
       }, timeoutMs)
-      const chunks: Buffer[] = []
-      let bytes = 0
-      stream.on('data', (chunk: Buffer) => {
-        bytes += chunk.length
-        if (bytes > leaderlessLimits.messageBytesMax) {
-          finish(new PeerUnreachable(peer, 'reply too large'))
-          return
-        }
-        chunks.push(chunk)
-      })
-      stream.on('end', () => {
-        try {
-          finish(null, decodePeerReply(Buffer.concat(chunks)))
-        } catch (err) {
-          finish(new PeerUnreachable(peer, `bad reply: ${(err as Error).message}`))
-        }
-      })
-      stream.on('error', (err) => {
-        if (!settled) finish(new PeerUnreachable(peer, err.message))
-      })
-      stream.on('close', () => {
-        if (!settled) finish(new PeerUnreachable(peer, 'stream closed'))
-      })
-      stream.end(payload)
-      this.bytesSent.set(peer, (this.bytesSent.get(peer) ?? 0) + payload.length)
+      channel.pending.set(id, { resolve, reject, timer })
+      const frame = encodeFrame(id, payload)
+      channel.stream.write(frame)
+      this.bytesSent.set(peer, (this.bytesSent.get(peer) ?? 0) + frame.length)
     })
   }
 
   async close(): Promise<void> {
     this.closed = true
-    for (const session of this.sessions.values()) session.destroy()
-    this.sessions.clear()
+    for (const [peer, channel] of [...this.channels])
+      this.breakChannel(peer, channel, 'transport closed')
     for (const session of this.inbound) session.destroy()
     const server = this.server
     this.server = null
