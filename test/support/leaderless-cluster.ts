@@ -9,9 +9,9 @@
  *   await cluster.close()             // kills what still runs, deletes the data
  */
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { freePort } from './cluster.js'
 import { startNodeProcess, type NodeProcess } from './node-process.js'
 
 export interface LeaderlessMember {
@@ -42,18 +42,6 @@ process.once('exit', () => {
     }
   }
 })
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
 
 async function getJson<T>(url: string, timeoutMs = 1000): Promise<T | null> {
   try {
