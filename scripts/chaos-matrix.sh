@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The full chaos matrix on containers: every workload under every nemesis (and all of them
-# together) at ack=quorum, then leaderless ll-set under every nemesis that needs no leader;
-# 60 s each (DURATION to change), reports in chaos-reports/. Exits 1 if any run found a
-# violation. About an hour and a quarter.
+# together) at ack=quorum, then leaderless ll-set and ll-register under every nemesis that
+# needs no leader; 60 s each (DURATION to change), reports in chaos-reports/. Exits 1 if any
+# run found a violation. About an hour and a half.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/docker-build.sh || exit 1
@@ -22,11 +22,13 @@ done
 # Leaderless mode: the ll-set workload on 5 nodes (N=3, W=R=quorum) under every nemesis that
 # needs no leader, and all of them together.
 ll="kill,pause,partition-one,partition-majority,partition-bridge,loss,slow"
-for nemesis in ${ll//,/ } "$ll"; do
-  echo "== leaderless ll-set / $nemesis"
-  if ! node packages/chaos/dist/main.js --backend docker --mode leaderless --nodes 5 \
-    --nemesis "$nemesis" --duration "$duration" --seed "$seed"; then
-    failed=1
-  fi
+for workload in ll-set ll-register; do
+  for nemesis in ${ll//,/ } "$ll"; do
+    echo "== leaderless $workload / $nemesis"
+    if ! node packages/chaos/dist/main.js --backend docker --mode leaderless --nodes 5 \
+      --workload "$workload" --nemesis "$nemesis" --duration "$duration" --seed "$seed"; then
+      failed=1
+    fi
+  done
 done
 exit $failed

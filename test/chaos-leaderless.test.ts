@@ -119,3 +119,29 @@ describe('the teeth: quorums that do not overlap let acknowledged writes go unre
     await expectSafe(await run({ ...isolated, w: 'quorum', r: 'quorum' }))
   }, 240_000)
 })
+
+describe('leaderless chaos, ll-register: a read after an acknowledged write sees it (R + W > N)', () => {
+  const register = { backend: 'process', workload: 'll-register', durationMs: 20_000 } as const
+
+  it("process backend, kill and pause at W=R=quorum: every read sees its process's last write", async () => {
+    const result = await run({ ...register, nemeses: ['kill', 'pause'], seed: 31 })
+    expect(result.windows.length).toBeGreaterThan(0)
+    for (const v of result.summary.verdicts)
+      expect([v.checker, v.valid, v.summary]).toEqual([v.checker, true, v.summary])
+    const sessions = verdictOf(result, 'sessions')?.details as {
+      counts: { readsChecked: number; writes: number }
+    }
+    expect(sessions.counts.readsChecked).toBeGreaterThan(500)
+    expect(sessions.counts.writes).toBeGreaterThan(500)
+  }, 240_000)
+
+  it('the teeth: at W=1, R=1 reads through another node miss acknowledged writes, and the checker says so', async () => {
+    const result = await run({ ...register, nemeses: ['kill'], w: '1', r: '1', seed: 32 })
+    const sessions = verdictOf(result, 'sessions')
+    expect(sessions?.valid).toBe(false)
+    expect(
+      (sessions?.details as { counts: { readYourWrites: number } }).counts.readYourWrites,
+    ).toBeGreaterThan(0)
+    expect(sessions?.summary).toContain('W + R <= N')
+  }, 240_000)
+})

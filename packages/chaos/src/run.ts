@@ -211,12 +211,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       await workload.finish()
       const converged = await convergedRanges(cluster, 60_000)
       const ops = pairOperations(history.events)
-      const lost = checkLostWrites(ops)
       const overlap = quorumSize(w, replicas) + quorumSize(r, replicas) > replicas
-      if (!overlap && lost.valid === false) {
-        lost.summary += ` (W + R <= N: reads need not see acknowledged writes, so this is expected)`
+      const verdict = options.workload === 'll-register' ? checkSessions(ops) : checkLostWrites(ops)
+      if (!overlap && verdict.valid === false) {
+        verdict.summary += ` (W + R <= N: reads need not see acknowledged writes, so this is expected)`
       }
-      verdicts.push(lost)
+      verdicts.push(verdict)
       verdicts.push(checkReplicaConvergence(converged.reports, converged.waitedMs))
       return await finishRun(ops)
     }

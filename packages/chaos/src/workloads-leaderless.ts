@@ -7,6 +7,12 @@
  *   `readAll` whose value is the elements found. The lost-writes checker then compares: with
  *   R + W > N (and strict quorums, `sloppy=false`), every acknowledged add must be found.
  *
+ * - ll-register: every process writes its own key (one writer per key), each write carrying the
+ *   context of the previous one, with increasing values, and after each acknowledged write reads
+ *   the key back at R through a random node. Values stand in for versions, so the session
+ *   checker tests read-your-writes and monotonic reads: with R + W > N (strict quorums) a read
+ *   must see the process's last acknowledged write, whatever the faults.
+ *
  * An add is `ok` on 200, `fail` only when it certainly did not happen (a 400, or a connection
  * that was never made), and `info` otherwise: a 503 KV_ERR_QUORUM_UNAVAILABLE may still have
  * left the value on the coordinator or on a replica, and a timeout may have done anything.
@@ -49,16 +55,17 @@ export class NodePools {
     method: 'GET' | 'PUT',
     path: string,
     body?: string,
-  ): Promise<{ status: number; body: string }> {
+    headers: Record<string, string> = {},
+  ): Promise<{ status: number; body: string; headers: Record<string, unknown> }> {
     const res = await this.pool(node).request({
       method,
       path,
       ...(body !== undefined
-        ? { body, headers: { 'content-type': 'application/octet-stream' } }
-        : {}),
+        ? { body, headers: { 'content-type': 'application/octet-stream', ...headers } }
+        : { headers }),
       signal: AbortSignal.timeout(requestTimeoutMs),
     })
-    return { status: res.statusCode, body: await res.body.text() }
+    return { status: res.statusCode, body: await res.body.text(), headers: res.headers }
   }
 
   async close(): Promise<void> {
@@ -83,6 +90,186 @@ function transportCode(err: unknown): string {
 }
 
 const pauseAfterError = () => new Promise((r) => setTimeout(r, 50))
+
+/** A KV_ERR_QUORUM_UNAVAILABLE that says nothing was written (`written: false`). */
+function refusedUnwritten(body: string): boolean {
+  try {
+    return (JSON.parse(body) as { error?: { written?: boolean } }).error?.written === false
+  } catch {
+    return false
+  }
+}
+
+/**
+ * ll-register: one key per process, written with increasing values (each write carrying the
+ * context of the one before, so they replace each other) and read back after every
+ * acknowledged write through a random node. Recorded as register writes and reads with the
+ * value as the version, for the session checker.
+ */
+export function llRegisterWorkload(options: WorkloadOptions, quorums: LeaderlessQuorums): Workload {
+  const { history, cluster } = options
+  const pools = new NodePools()
+  let stopping = false
+  let nextProcess = options.clients
+  const keyOf = (process: number) => `${options.prefix}r/${process}`
+  const running = Array.from({ length: options.clients }, async (_, i) => {
+    const random = prng(options.seed * 1000 + 500 + i)
+    const pick = () => cluster.nodes[Math.floor(random() * cluster.nodes.length)] as ChaosNode
+    let process = i
+    let value = 0
+    let context: string | undefined
+    while (!stopping) {
+      const key = keyOf(process)
+      // Write the next value.
+      value++
+      let node = pick()
+      history.record({ process, f: 'write', type: 'invoke', key, value })
+      let written = false
+      try {
+        const res = await pools.send(
+          node,
+          'PUT',
+          `${keyPath(key)}?w=${quorums.w}&sloppy=${quorums.sloppy}`,
+          String(value),
+          context === undefined ? {} : { 'kv-context': context },
+        )
+        if (res.status === 200) {
+          context = (JSON.parse(res.body) as { context: string }).context
+          history.record({
+            process,
+            f: 'write',
+            type: 'ok',
+            key,
+            value,
+            version: value,
+            node: node.id,
+          })
+          written = true
+        } else if (res.status === 400 || refusedUnwritten(res.body)) {
+          history.record({
+            process,
+            f: 'write',
+            type: 'fail',
+            key,
+            value,
+            error: errorCode(res.status, res.body),
+            node: node.id,
+          })
+          value-- // never written: the next write reuses the value
+          await pauseAfterError()
+          continue
+        } else {
+          history.record({
+            process,
+            f: 'write',
+            type: 'info',
+            key,
+            value,
+            error: errorCode(res.status, res.body),
+            node: node.id,
+          })
+        }
+      } catch (err) {
+        const code = transportCode(err)
+        if (code === 'ECONNREFUSED') {
+          history.record({
+            process,
+            f: 'write',
+            type: 'fail',
+            key,
+            value,
+            error: code,
+            node: node.id,
+          })
+          value--
+          await pauseAfterError()
+          continue
+        }
+        history.record({
+          process,
+          f: 'write',
+          type: 'info',
+          key,
+          value,
+          error: code,
+          node: node.id,
+        })
+      }
+      if (!written) {
+        // The outcome is unknown: this process retires; its successor takes a fresh key.
+        await pauseAfterError()
+        process = nextProcess++
+        value = 0
+        context = undefined
+        continue
+      }
+      // Read it back through another random node.
+      node = pick()
+      history.record({ process, f: 'read', type: 'invoke', key, value: null })
+      try {
+        const res = await pools.send(node, 'GET', `${keyPath(key)}?r=${quorums.r}&format=json`)
+        if (res.status === 200) {
+          const body = JSON.parse(res.body) as { siblings: { valueBase64: string }[] }
+          const seen = body.siblings.map((s) =>
+            Number(Buffer.from(s.valueBase64, 'base64').toString()),
+          )
+          const newest = Math.max(...seen)
+          history.record({
+            process,
+            f: 'read',
+            type: 'ok',
+            key,
+            value: newest,
+            version: newest,
+            node: node.id,
+          })
+        } else if (res.status === 404) {
+          history.record({
+            process,
+            f: 'read',
+            type: 'ok',
+            key,
+            value: null,
+            version: 0,
+            node: node.id,
+          })
+        } else {
+          // A read changes nothing: one without an answer simply did not happen.
+          history.record({
+            process,
+            f: 'read',
+            type: 'fail',
+            key,
+            value: null,
+            error: errorCode(res.status, res.body),
+            node: node.id,
+          })
+          await pauseAfterError()
+        }
+      } catch (err) {
+        history.record({
+          process,
+          f: 'read',
+          type: 'fail',
+          key,
+          value: null,
+          error: transportCode(err),
+          node: node.id,
+        })
+        await pauseAfterError()
+      }
+    }
+  })
+  return {
+    async stop() {
+      stopping = true
+      await Promise.all(running)
+    },
+    async finish() {
+      await pools.close()
+    },
+  }
+}
 
 export function llSetWorkload(options: WorkloadOptions, quorums: LeaderlessQuorums): Workload {
   const { history, cluster } = options
@@ -122,8 +309,9 @@ export function llSetWorkload(options: WorkloadOptions, quorums: LeaderlessQuoru
         }
         const code = errorCode(res.status, res.body)
         await pauseAfterError()
-        if (res.status === 400) {
-          // Refused before anything was stored (a bad argument): certainly not applied.
+        if (res.status === 400 || refusedUnwritten(res.body)) {
+          // Refused before anything was stored (a bad argument, or too few replicas
+          // reachable to ever reach W): certainly not applied.
           history.record({ process, f: 'add', type: 'fail', value, error: code, node: node.id })
           continue
         }

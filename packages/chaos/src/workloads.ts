@@ -12,6 +12,8 @@
  *   reads, recording the versions they see.
  * - ll-set (leaderless mode): the set, in plain HTTP with write and read quorums; see
  *   workloads-leaderless.ts.
+ * - ll-register (leaderless mode): one key per process, written with increasing values and
+ *   read back at R after every acknowledged write (read-your-writes under R + W > N).
  *
  * A failure is `fail` only when the write certainly did not happen (its condition failed, or
  * a read); anything else (timeouts, a deposed leader, a lost connection) is `info`, and the
@@ -22,11 +24,15 @@ import { Pool } from 'undici'
 import type { ChaosCluster } from './cluster.js'
 import { prng } from './nemesis.js'
 import type { HistoryEvent, OpFunction } from './history.js'
-import { llSetWorkload, type LeaderlessQuorums } from './workloads-leaderless.js'
+import {
+  llRegisterWorkload,
+  llSetWorkload,
+  type LeaderlessQuorums,
+} from './workloads-leaderless.js'
 
-export const workloadNames = ['register', 'set', 'session', 'll-set'] as const
+export const workloadNames = ['register', 'set', 'session', 'll-set', 'll-register'] as const
 /** The workloads of each cluster mode. */
-export const leaderlessWorkloads: readonly WorkloadName[] = ['ll-set']
+export const leaderlessWorkloads: readonly WorkloadName[] = ['ll-set', 'll-register']
 export type WorkloadName = (typeof workloadNames)[number]
 export type AckMode = 'async' | 'quorum' | 'all'
 
@@ -106,6 +112,11 @@ export function startWorkload(name: WorkloadName, options: WorkloadOptions): Wor
       return sessionWorkload(options)
     case 'll-set':
       return llSetWorkload(options, options.quorums ?? { w: 'quorum', r: 'quorum', sloppy: false })
+    case 'll-register':
+      return llRegisterWorkload(
+        options,
+        options.quorums ?? { w: 'quorum', r: 'quorum', sloppy: false },
+      )
   }
 }
 
