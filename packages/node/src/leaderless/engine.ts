@@ -49,7 +49,7 @@ import {
   type PeerRequest,
   type VersionedRecord,
 } from '@kvstore/protocol'
-import type { Sequencer, Store, WriteOp } from '@kvstore/storage'
+import type { ListItem, Sequencer, Store, WriteOp } from '@kvstore/storage'
 import { resolveQuorum, type ClusterConfig, type NodeConfig } from '../config.js'
 import { LeaderlessRpc, PeerUnreachable } from './rpc.js'
 
@@ -75,8 +75,12 @@ function recordBytes(key: string, state: State): number {
   for (const s of state.siblings) bytes += (s.value.value?.length ?? 0) + 48
   return bytes
 }
-/** Hints replayed per member per pass. */
+/** Hints read per page when replaying. */
 const hintReplayBatch = 256
+/** Hints in flight at once to one member while replaying. */
+const hintReplayConcurrency = 16
+/** Longest a replay pass to one member runs before the next pass takes over (ms). */
+const hintReplayBudgetMs = 5000
 /** How far ahead of this clock a peer's timestamp may be before it is refused. */
 const clockSkewMaxMs = 60_000
 
@@ -1157,50 +1161,79 @@ export class LeaderlessEngine {
     }
   }
 
+  /**
+   * Replays the hints held for `target`, `hintReplayConcurrency` at a time, page after page,
+   * for at most `hintReplayBudgetMs` per pass (the next pass goes on). Stops at the first
+   * failure: the target went away again.
+   */
   private async replayTo(target: string): Promise<void> {
     const prefix = Buffer.concat([
       Buffer.from([HINT]),
       Buffer.from(target, 'utf8'),
       Buffer.from([0]),
     ])
-    const page = await this.store.list({ prefix, limit: hintReplayBatch })
-    for (const item of page.items) {
-      if (this.stopped) return
-      const key = item.key.subarray(prefix.length).toString('utf8')
-      const hint = decodeHint(item.record.value)
-      const expired = this.now() - hint.storedAtMs > this.config.hintWindowMs
-      if (!expired) {
-        try {
-          await this.call(target, {
-            kind: 'store',
-            key: Buffer.from(key, 'utf8'),
-            record: hint.record,
-            hintFor: '',
-          })
-        } catch {
-          return // the target went away again; retry later
-        }
-      }
-      // Delete the hint unless a newer write merged into it meanwhile.
-      const removed = await this.locked(`h\u0000${target}\u0000${key}`, async () => {
-        const now = await this.store.get(item.key)
-        if (now === null || now.tombstone || now.version !== item.record.version) return false
-        await this.sequencer.write({ kind: 'delete', ops: [{ type: 'delete', key: item.key }] })
-        return true
+    const started = this.now()
+    let replayed = 0
+    let after: Buffer | undefined
+    while (!this.stopped && this.now() - started < hintReplayBudgetMs) {
+      const page = await this.store.list({
+        prefix,
+        ...(after ? { after } : {}),
+        limit: hintReplayBatch,
       })
-      if (removed) {
-        this.hintCounts.set(target, (this.hintCounts.get(target) ?? 1) - 1)
-        this.hintTotal--
-        if (expired) this.stats.hintsDropped.expired++
-        else this.stats.hintsReplayed++
-      }
+      if (page.items.length === 0) break
+      after = page.items[page.items.length - 1]?.key
+      let failed = false
+      let next = 0
+      await Promise.all(
+        Array.from({ length: hintReplayConcurrency }, async () => {
+          for (let i = next++; i < page.items.length && !failed && !this.stopped; i = next++) {
+            if (await this.replayOne(target, prefix, page.items[i] as ListItem)) replayed++
+            else failed = true
+          }
+        }),
+      )
+      if (failed || !page.more) break
     }
-    if (page.items.length > 0) {
+    if (replayed > 0) {
       this.log.info(
-        { target, hints: page.items.length, backlog: this.hintCounts.get(target) },
+        { target, hints: replayed, backlog: this.hintCounts.get(target) },
         'replayed hints',
       )
     }
+  }
+
+  /** Delivers one hint and deletes it; false when the target did not take it. */
+  private async replayOne(target: string, prefix: Buffer, item: ListItem): Promise<boolean> {
+    const key = item.key.subarray(prefix.length).toString('utf8')
+    const hint = decodeHint(item.record.value)
+    const expired = this.now() - hint.storedAtMs > this.config.hintWindowMs
+    if (!expired) {
+      try {
+        await this.call(target, {
+          kind: 'store',
+          key: Buffer.from(key, 'utf8'),
+          record: hint.record,
+          hintFor: '',
+        })
+      } catch {
+        return false
+      }
+    }
+    // Delete the hint unless a newer write merged into it meanwhile (the next pass sends that).
+    const removed = await this.locked(`h\u0000${target}\u0000${key}`, async () => {
+      const now = await this.store.get(item.key)
+      if (now === null || now.tombstone || now.version !== item.record.version) return false
+      await this.sequencer.write({ kind: 'delete', ops: [{ type: 'delete', key: item.key }] })
+      return true
+    })
+    if (removed) {
+      this.hintCounts.set(target, (this.hintCounts.get(target) ?? 1) - 1)
+      this.hintTotal--
+      if (expired) this.stats.hintsDropped.expired++
+      else this.stats.hintsReplayed++
+    }
+    return true
   }
 
   // ---- anti-entropy -------------------------------------------------------------------------
