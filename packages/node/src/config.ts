@@ -555,7 +555,7 @@ export const configSpec: readonly OptionSpec[] = [
     max: 365 * 24 * 3_600_000,
     group: 'leaderless',
     description:
-      'How long a delete is kept as a tombstone before it is collected. Must exceed hint-window-ms plus two anti-entropy intervals, so that every replica has the delete first. A member down longer than this must rejoin with an empty data directory, and refuses to start otherwise.',
+      'How long a delete is kept as a tombstone at least. It is collected after that only once every replica of the key confirms it holds the tombstone, so a replica that is down or cut off keeps it alive. Must exceed hint-window-ms plus two anti-entropy intervals, so that no hint older than the delete can still arrive.',
   },
   {
     key: 'siblingsMax',
@@ -1154,7 +1154,7 @@ function leaderlessProblems(config: NodeConfig): string[] {
   const needed = config.hintWindowMs + 2 * config.antiEntropyIntervalMs
   if (config.tombstoneGcMs <= needed) {
     problems.push(
-      `tombstoneGcMs (${config.tombstoneGcMs}) must exceed hintWindowMs plus two antiEntropyIntervalMs (${needed}), or a delete could be collected before every replica has it and deleted data could come back`,
+      `tombstoneGcMs (${config.tombstoneGcMs}) must exceed hintWindowMs plus two antiEntropyIntervalMs (${needed}), or a hint older than a delete could arrive after the tombstone is collected and bring the deleted value back`,
     )
   }
   if (config.siblingsWarn > config.siblingsMax) {

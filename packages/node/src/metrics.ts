@@ -299,9 +299,17 @@ export class NodeMetrics {
     )
     counter(
       'kv_tombstones_collected_total',
-      'Tombstones collected after tombstoneGcMs.',
+      'Tombstones collected after tombstoneGcMs, once every replica of the key held them.',
       () => stats.tombstonesCollected,
     )
+    new Gauge({
+      name: 'kv_tombstones_awaiting_replicas',
+      help: 'Tombstones old enough to collect, kept because a replica of the key has not confirmed it holds them (it is down or cut off).',
+      registers,
+      collect() {
+        this.set(stats.tombstonesAwaitingReplicas)
+      },
+    })
     counter(
       'kv_forwarded_writes_total',
       'Writes this member forwarded to a replica of the key.',

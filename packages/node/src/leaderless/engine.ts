@@ -156,6 +156,8 @@ export class LeaderlessStats {
   siblingWarnings = 0
   lwwDiscarded = 0
   tombstonesCollected = 0
+  /** Tombstones old enough to collect, kept because a replica has not confirmed them. */
+  tombstonesAwaitingReplicas = 0
   forwardedWrites = 0
   quorumFailures = { read: 0, write: 0 }
 }
@@ -235,7 +237,6 @@ export class LeaderlessEngine {
 
   async start(): Promise<void> {
     await this.loadMeta()
-    await this.checkDowntime()
     await this.loadLocalState()
     await this.rpc.listen()
     const every = (ms: number, run: () => Promise<void>) => {
@@ -257,7 +258,6 @@ export class LeaderlessEngine {
   async stop(): Promise<void> {
     this.stopped = true
     for (const t of this.timers) clearInterval(t)
-    await this.persistAliveMark().catch(() => {})
     await Promise.allSettled([...this.background])
     await this.rpc.close()
   }
@@ -300,26 +300,6 @@ export class LeaderlessEngine {
     const reserved = Number((await this.readMeta('counter')) ?? '0')
     this.counter = reserved
     this.counterReserved = reserved
-  }
-
-  /**
-   * A member down longer than tombstoneGcMs may hold values whose deletes the others have
-   * already collected; were it to rejoin, anti-entropy would bring them back. It refuses.
-   */
-  private async checkDowntime(): Promise<void> {
-    const alive = await this.readMeta('aliveMs')
-    if (alive === null) return
-    const downMs = this.now() - Number(alive)
-    if (downMs > this.config.tombstoneGcMs) {
-      throw new KvError(
-        'KV_ERR_UNSUPPORTED_IN_MODE',
-        `this member was down for ${Math.round(downMs / 1000)} s, longer than tombstoneGcMs (${this.config.tombstoneGcMs} ms): deletes it missed may be collected elsewhere, so its data could bring deleted keys back. Start it with an empty data directory; anti-entropy refills it.`,
-      )
-    }
-  }
-
-  private persistAliveMark(): Promise<void> {
-    return this.writeMeta('aliveMs', String(this.now()))
   }
 
   /** A dot counter never used before by this actor, on any key. */
@@ -546,6 +526,12 @@ export class LeaderlessEngine {
     return this.locked(key, async () => {
       const current = await this.loadState(key)
       if (current === null) {
+        // Only tombstones older than tombstoneGcMs, for a key this member holds nothing of: it
+        // collected them already (or never held a value to delete). Taking them back would
+        // only start another round of collection.
+        if (collectable(incoming, this.now() - this.config.tombstoneGcMs)) {
+          return { changed: false, state: incoming }
+        }
         const { state, dropped } = resolveConflicts(
           incoming,
           this.config.conflicts,
@@ -1360,27 +1346,59 @@ export class LeaderlessEngine {
 
   // ---- tombstones and housekeeping ----------------------------------------------------------
 
+  /**
+   * Collects tombstones older than tombstoneGcMs, each only once every other replica of its
+   * key confirms that it holds the same tombstone (or nothing at all). A replica that is down
+   * or cut off, and may still hold the deleted value, keeps the tombstone alive here until it
+   * has had it (from a hint or anti-entropy), so the value cannot come back however long the
+   * outage. The age bound keeps hints (which expire after hintWindowMs) from delivering an
+   * older value afterwards.
+   */
   private async collectTombstones(): Promise<void> {
     const before = this.now() - this.config.tombstoneGcMs
     let collected = 0
+    let waiting = 0
     for (const key of [...this.tombstoned]) {
       if (this.stopped) break
+      const state = await this.loadState(key)
+      if (state === null || !collectable(state, before)) continue
+      const digest = stateDigest(state)
+      const others = this.preferenceList(key).filter((m) => m !== this.self)
+      const keyBytes = Buffer.from(key, 'utf8')
+      const confirmed = await Promise.all(
+        others.map(async (member) => {
+          if (!this.isUp(member)) return false
+          try {
+            const reply = await this.call(member, { kind: 'fetch', key: keyBytes })
+            return (
+              reply.kind === 'fetchReply' &&
+              (reply.record === null || stateDigest(reply.record as State) === digest)
+            )
+          } catch {
+            return false
+          }
+        }),
+      )
+      if (!confirmed.every(Boolean)) {
+        waiting++
+        continue
+      }
       const done = await this.locked(key, async () => {
-        const state = await this.loadState(key)
-        if (state === null || !collectable(state, before)) return false
+        const now = await this.loadState(key)
+        if (now === null || stateDigest(now) !== digest) return false
         await this.persist(key, null)
         return true
       })
       if (done) collected++
     }
+    this.stats.tombstonesAwaitingReplicas = waiting
     if (collected > 0) {
       this.stats.tombstonesCollected += collected
-      this.log.info({ collected }, 'collected tombstones older than tombstoneGcMs')
+      this.log.info({ collected, waiting }, 'collected tombstones every replica holds')
     }
   }
 
   private async housekeeping(): Promise<void> {
-    await this.persistAliveMark()
     await this.store.expireRequests(this.now() - this.config.requestIdRetentionMs)
     // The log only serves recovery here (replicas exchange states, not log entries): keep a
     // window of it.
