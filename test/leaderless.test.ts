@@ -310,6 +310,48 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     expect((await get(cluster.member('n1').url, 'idem/blind')).values).toEqual(['v', 'v'])
   })
 
+  it("a delete sent to a member outside the key's replicas deletes it (forwarded without a context)", async () => {
+    const cluster = await startCluster()
+    const key = 'fwd/del'
+    const outsider = ids.find((id) => !replicasOf(key).includes(id)) as string
+    expect((await put(cluster.member(replicasOf(key)[0] as string).url, key, 'v')).status).toBe(200)
+    const deleted = await del(cluster.member(outsider).url, key)
+    expect(deleted.status).toBe(200)
+    expect(replicasOf(key)).toContain(deleted.body.coordinator)
+    for (const m of cluster.members) {
+      expect((await get(m.url, key, { r: 'quorum' })).status, m.id).toBe(404)
+    }
+  })
+
+  it('refuses contexts the cluster cannot have made, so one request cannot hide later writes or break a key', async () => {
+    const cluster = await startCluster()
+    const key = 'ctx/forged'
+    const coordinator = replicasOf(key)[0] as string
+    const url = cluster.member(coordinator).url
+    const first = await put(url, key, 'v1')
+    const { decodeContext, encodeContext } = await import('@kvstore/protocol')
+    const actor = Object.keys(decodeContext(first.body.context).vector)[0] as string
+    const forge = (vector: Record<string, number>) => encodeContext({ vector, siblings: [] })
+    // More writes of this coordinator than it ever made: refused.
+    const inflated = await put(url, key, 'x', { context: forge({ [actor]: 1e12 }) })
+    expect(inflated.status).toBe(400)
+    expect(inflated.body.error?.code).toBe('KV_ERR_INVALID_CONTEXT')
+    // Too many actors for a record to hold: refused, and the key keeps working.
+    const crowd: Record<string, number> = {}
+    for (let i = 0; i < 1024; i++) crowd[`a${i}.x`] = 1
+    const crowded = await put(url, key, 'x', { context: forge(crowd) })
+    expect(crowded.status).toBe(400)
+    expect(crowded.body.error?.code).toBe('KV_ERR_INVALID_CONTEXT')
+    const second = await put(url, key, 'v2', { context: first.body.context })
+    expect(second.status).toBe(200)
+    expect((await get(cluster.member('n1').url, key, { r: 'all' })).values).toEqual(['v2'])
+    await put(url, key, 'v3', { context: second.body.context })
+    expect((await get(cluster.member('n2').url, key, { r: 'all' })).values).toEqual(['v3'])
+    // The coordinator restarts fine.
+    await cluster.restart(coordinator)
+    expect((await get(cluster.member(coordinator).url, key, { r: 'all' })).values).toEqual(['v3'])
+  })
+
   it('after a member is cut off and comes back, every replica set converges through anti-entropy, keys never read included', async () => {
     // No hints (window 0): only anti-entropy can repair what the cut-off member missed.
     const cluster = await startCluster([

@@ -80,7 +80,10 @@ export function writeState<V>(
     mode === 'lww'
       ? []
       : state.siblings.filter((s) => !covers(context, s.dot) && s.value.value !== null)
-  const vector = { ...mergeVectors(state.vector, context), [actor]: counter }
+  // The vector never goes back, even if a context claims more of this actor than it minted
+  // (the caller refuses such contexts; this keeps the invariant whatever it is given).
+  const merged = mergeVectors(state.vector, context)
+  const vector = { ...merged, [actor]: Math.max(merged[actor] ?? 0, counter) }
   return { vector, siblings: [...survivors, { dot: { node: actor, counter }, value: payload }] }
 }
 

@@ -176,4 +176,17 @@ describe('leaderless conflict rules over seeded histories', () => {
     s = writeState(s, 'a', 3, {}, { value: 'again', hlc: clock.now(3) }, 'siblings')
     expect(s.siblings.map((x) => x.value.value)).toEqual(['again'])
   })
+
+  it('a write never moves the vector back, even given a context that claims more of its actor', () => {
+    const clock = new HybridClock('a')
+    const s: S = writeState(
+      { vector: {}, siblings: [] },
+      'a',
+      3,
+      { a: 1_000_000 },
+      { value: 'v', hlc: clock.now(1) },
+      'siblings',
+    )
+    expect(s.vector.a).toBe(1_000_000)
+  })
 })

@@ -79,7 +79,8 @@ export type PeerRequestBody =
       kind: 'coordinate'
       key: Uint8Array
       value: Uint8Array | null
-      context: CausalContext
+      /** The client's context, or null for a blind write. */
+      context: CausalContext | null
       w: number
       sloppy: boolean
       requestId: string
@@ -181,12 +182,13 @@ function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
         key: body.key,
         tombstone: body.value === null,
         value: body.value ?? new Uint8Array(0),
-        context: vectorFields(body.context.vector),
+        context: vectorFields(body.context?.vector ?? {}),
+        hasContext: body.context !== null,
         w: body.w,
         sloppy: body.sloppy,
-        contextWallMs: body.context.hlc?.wallMs ?? 0,
-        contextLogical: body.context.hlc?.logical ?? 0,
-        contextClockNode: body.context.hlc?.node ?? '',
+        contextWallMs: body.context?.hlc?.wallMs ?? 0,
+        contextLogical: body.context?.hlc?.logical ?? 0,
+        contextClockNode: body.context?.hlc?.node ?? '',
         requestId: body.requestId,
       }
     case 'rangeRoots':
@@ -384,10 +386,13 @@ export function decodePeerRequest(data: Uint8Array): PeerRequest {
       kind: 'coordinate',
       key: bytes(c.key, 'key'),
       value: tombstone ? null : bytes(c.value, 'value'),
-      context: {
-        vector: decodeVector(c.context, 'context'),
-        hlc: optionalHlc(c.contextWallMs, c.contextLogical, c.contextClockNode),
-      },
+      context:
+        c.hasContext === true
+          ? {
+              vector: decodeVector(c.context, 'context'),
+              hlc: optionalHlc(c.contextWallMs, c.contextLogical, c.contextClockNode),
+            }
+          : null,
       w: count(c.w, 'w'),
       sloppy: c.sloppy === true,
       requestId: text(c.requestId, 'request id'),

@@ -27,6 +27,7 @@ import {
   collectable,
   mergeStates,
   resolveConflicts,
+  sameState,
   stateDigest,
   survivorsOf,
   writeState,
@@ -42,6 +43,7 @@ import {
   encodeVersionedRecord,
   keyToBytes,
   newestStamp,
+  leaderlessLimits,
   type CausalContext,
   type HlcStamp,
   type KeyRecord,
@@ -65,6 +67,8 @@ const treeDepth = 10
 const counterReservation = 10_000
 /** Records sent in one anti-entropy RangeKeys message, at most. */
 const aeRecordsPerMessageMax = 2000
+/** How long an anti-entropy call may take (a batch of merges on a busy peer) (ms). */
+const aeCallTimeoutMs = 30_000
 /** Leaves asked for in one RangeKeys message, at most. */
 const aeLeavesPerMessageMax = 64
 /** Bytes of keys and values in one anti-entropy message, roughly, at most. */
@@ -204,6 +208,7 @@ export class LeaderlessEngine {
   private stopped = false
   private aeRunning = false
   private replayRunning = false
+  private gcRunning = false
   private lastSiblingWarnMs = 0
 
   constructor(options: LeaderlessOptions) {
@@ -247,12 +252,13 @@ export class LeaderlessEngine {
       this.timers.push(timer)
     }
     const pingMs = Math.max(this.config.heartbeatIntervalMs * 5, 100)
-    every(pingMs, () => this.pingAll(pingMs * 2))
+    const pingTimeoutMs = Math.max(pingMs * 2, this.config.quorumTimeoutMs)
+    every(pingMs, () => this.pingAll(pingTimeoutMs))
     every(Math.min(1000, this.config.antiEntropyIntervalMs), () => this.replayHints())
     every(this.config.antiEntropyIntervalMs, () => this.antiEntropy())
     every(Math.min(this.config.antiEntropyIntervalMs, 60_000), () => this.collectTombstones())
     every(Math.min(10_000, Math.floor(this.config.tombstoneGcMs / 10)), () => this.housekeeping())
-    this.track(this.pingAll(pingMs * 2))
+    this.track(this.pingAll(pingTimeoutMs))
   }
 
   async stop(): Promise<void> {
@@ -508,6 +514,17 @@ export class LeaderlessEngine {
   }
 
   private async persist(key: string, state: State | null, requestId?: string): Promise<void> {
+    // Never write a record that could not be read back.
+    if (
+      state !== null &&
+      (Object.keys(state.vector).length > leaderlessLimits.vectorEntriesMax ||
+        state.siblings.length > leaderlessLimits.siblingsMax)
+    ) {
+      throw new KvError(
+        'KV_ERR_INVALID_CONTEXT',
+        `the state of ${JSON.stringify(key)} would name ${Object.keys(state.vector).length} actors and hold ${state.siblings.length} siblings; a record holds at most ${leaderlessLimits.vectorEntriesMax} and ${leaderlessLimits.siblingsMax}`,
+      )
+    }
     const op: WriteOp =
       state === null
         ? { type: 'delete', key: this.dataKey(key) }
@@ -547,7 +564,7 @@ export class LeaderlessEngine {
         this.config.conflicts,
         this.config.siblingsMax,
       )
-      if (stateDigest(state) === stateDigest(current)) return { changed: false, state: current }
+      if (sameState(state, current)) return { changed: false, state: current }
       await this.persist(key, state)
       this.noteSiblings(key, state, dropped)
       return { changed: true, state }
@@ -708,14 +725,9 @@ export class LeaderlessEngine {
         return { kind: 'leavesReply', leaves }
       }
       case 'rangeKeys': {
-        let repaired = 0
         const theirs = new Map<string, State>()
-        for (const r of body.records) {
-          const key = this.keyOf(r.key)
-          const state = toState(r.record)
-          theirs.set(key, state)
-          if ((await this.mergeLocal(key, state)).changed) repaired++
-        }
+        for (const r of body.records) theirs.set(this.keyOf(r.key), toState(r.record))
+        const repaired = await this.mergeMany([...theirs], request.from)
         // The answer is bounded too; what does not fit goes in a later exchange (the leaves
         // still differ then).
         const records: KeyRecord[] = []
@@ -737,6 +749,30 @@ export class LeaderlessEngine {
         return { kind: 'keysReply', records }
       }
     }
+  }
+
+  /**
+   * Merges many states (an anti-entropy batch) several at a time, so their writes share
+   * LevelDB batches; a record that is refused (a clock too far ahead) is skipped and logged,
+   * not allowed to fail the batch. Returns how many keys changed here.
+   */
+  private async mergeMany(states: [string, State][], from: string): Promise<number> {
+    let changed = 0
+    let next = 0
+    await Promise.all(
+      Array.from({ length: Math.min(32, states.length) }, async () => {
+        for (let i = next++; i < states.length; i = next++) {
+          const [key, state] = states[i] as [string, State]
+          try {
+            if ((await this.mergeLocal(key, state)).changed) changed++
+          } catch (err) {
+            if (!(err instanceof KvError) || err.code === 'KV_ERR_STORAGE') throw err
+            this.log.warn({ err, key, from }, 'skipped a record from anti-entropy')
+          }
+        }
+      }),
+    )
+    return changed
   }
 
   private noteExchange(peer: string, repaired: number): void {
@@ -779,9 +815,12 @@ export class LeaderlessEngine {
         throw new KvError('KV_ERR_BAD_FRAME', `${this.self} is not a replica of this key`)
       return this.forwardWrite(key, { ...request, w: wanted }, prefs)
     }
-    // Refuse before writing anything when too few targets are reachable to ever reach W.
+    if (context !== null) this.checkContext(context)
+    const rid = requestId === null ? undefined : requestKeyOf(key, requestId)
+    // Refuse before writing anything when too few targets are reachable to ever reach W (a
+    // retry of a write applied here before is answered below instead).
     const reachable = this.reachableTargets(key, prefs, sloppy)
-    if (reachable < wanted) {
+    if (reachable < wanted && (rid === undefined || this.store.getRequest(rid) === null)) {
       this.stats.quorumFailures.write++
       throw new KvError(
         'KV_ERR_QUORUM_UNAVAILABLE',
@@ -789,7 +828,6 @@ export class LeaderlessEngine {
         { required: wanted, acks: 0, replicas: prefs.join(','), written: false },
       )
     }
-    const rid = requestId === null ? undefined : requestKeyOf(key, requestId)
     // A delete without a context deletes what a read quorum holds now.
     let given = context
     if (given === null && value === null) {
@@ -855,6 +893,27 @@ export class LeaderlessEngine {
     }
   }
 
+  /**
+   * Refuses a context this cluster cannot have produced: more of this member's actor than it
+   * ever minted (which would hide its later writes on every replica), or more actors than a
+   * record may hold.
+   */
+  private checkContext(context: CausalContext): void {
+    const own = context.vector[this.actor]
+    if (own !== undefined && own > this.counter) {
+      throw new KvError(
+        'KV_ERR_INVALID_CONTEXT',
+        `the context claims ${own} writes coordinated by ${this.actor}, which has made ${this.counter}; it was not returned by this cluster`,
+      )
+    }
+    if (Object.keys(context.vector).length >= leaderlessLimits.vectorEntriesMax) {
+      throw new KvError(
+        'KV_ERR_INVALID_CONTEXT',
+        `the context names ${Object.keys(context.vector).length} actors; a key holds at most ${leaderlessLimits.vectorEntriesMax - 1} besides its coordinator`,
+      )
+    }
+  }
+
   /** Replicas of the key reachable now, plus (sloppy) the stand-ins that could take hints. */
   private reachableTargets(key: string, prefs: string[], sloppy: boolean): number {
     const up = prefs.filter((m) => this.isUp(m)).length
@@ -879,7 +938,7 @@ export class LeaderlessEngine {
             kind: 'coordinate',
             key: Buffer.from(key, 'utf8'),
             value,
-            context: context ?? { vector: {}, hlc: null },
+            context,
             w,
             sloppy,
             requestId: request.requestId ?? '',
@@ -904,6 +963,15 @@ export class LeaderlessEngine {
         return body
       } catch (err) {
         if (err instanceof PeerUnreachable) {
+          // Sent and unanswered: it may be applied there; another coordinator would add a
+          // second version. Only a peer that never got it is passed over.
+          if (err.unknownOutcome) {
+            throw new KvError(
+              'KV_ERR_QUORUM_UNAVAILABLE',
+              `${member} took the write of ${JSON.stringify(key)} to coordinate and did not answer: ${err.message}. It may have been applied; retry with the same kv-request-id.`,
+              { required: w, acks: 0, replicas: prefs.join(',') },
+            )
+          }
           lastError = err
           continue
         }
@@ -943,9 +1011,11 @@ export class LeaderlessEngine {
         if (settled) return
         if (acks >= w) {
           settled = true
+          clearTimeout(timer)
           resolve({ acks, hinted: [...hinted] })
         } else if (pending === 0) {
           settled = true
+          clearTimeout(timer)
           this.stats.quorumFailures.write++
           reject(
             new KvError(
@@ -1087,9 +1157,14 @@ export class LeaderlessEngine {
     } else {
       // The rest of the replies, then repair, off the client's path.
       this.track(
-        Promise.race([all, sleep(this.config.quorumTimeoutMs)]).then(() =>
-          this.repair(key, replies, this.mergeAll([...replies.values()])),
-        ),
+        new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, this.config.quorumTimeoutMs)
+          timer.unref()
+          void all.then(() => {
+            clearTimeout(timer)
+            resolve()
+          })
+        }).then(() => this.repair(key, replies, this.mergeAll([...replies.values()]))),
       )
     }
     return { state: merged, replicas: prefs, answered: replies.size }
@@ -1139,8 +1214,9 @@ export class LeaderlessEngine {
     this.replayRunning = true
     try {
       for (const [target, count] of this.hintCounts) {
-        if (count === 0 || !this.isUp(target) || this.stopped) continue
-        await this.replayTo(target)
+        if (count === 0 || this.stopped) continue
+        // For a member that is down, only drop what expired (it frees room for other hints).
+        await this.replayTo(target, !this.isUp(target))
       }
     } finally {
       this.replayRunning = false
@@ -1152,7 +1228,7 @@ export class LeaderlessEngine {
    * for at most `hintReplayBudgetMs` per pass (the next pass goes on). Stops at the first
    * failure: the target went away again.
    */
-  private async replayTo(target: string): Promise<void> {
+  private async replayTo(target: string, expireOnly = false): Promise<void> {
     const prefix = Buffer.concat([
       Buffer.from([HINT]),
       Buffer.from(target, 'utf8'),
@@ -1174,7 +1250,8 @@ export class LeaderlessEngine {
       await Promise.all(
         Array.from({ length: hintReplayConcurrency }, async () => {
           for (let i = next++; i < page.items.length && !failed && !this.stopped; i = next++) {
-            if (await this.replayOne(target, prefix, page.items[i] as ListItem)) replayed++
+            if (await this.replayOne(target, prefix, page.items[i] as ListItem, expireOnly))
+              replayed++
             else failed = true
           }
         }),
@@ -1190,10 +1267,16 @@ export class LeaderlessEngine {
   }
 
   /** Delivers one hint and deletes it; false when the target did not take it. */
-  private async replayOne(target: string, prefix: Buffer, item: ListItem): Promise<boolean> {
+  private async replayOne(
+    target: string,
+    prefix: Buffer,
+    item: ListItem,
+    expireOnly: boolean,
+  ): Promise<boolean> {
     const key = item.key.subarray(prefix.length).toString('utf8')
     const hint = decodeHint(item.record.value)
     const expired = this.now() - hint.storedAtMs > this.config.hintWindowMs
+    if (expireOnly && !expired) return true
     if (!expired) {
       try {
         await this.call(target, {
@@ -1280,7 +1363,7 @@ export class LeaderlessEngine {
   /** One anti-entropy exchange with `peer` over every replica set both belong to. */
   async exchangeWith(peer: string): Promise<number> {
     const sets = this.sharedSets(peer)
-    const roots = await this.call(peer, { kind: 'rangeRoots', sets })
+    const roots = await this.call(peer, { kind: 'rangeRoots', sets }, aeCallTimeoutMs)
     if (roots.kind !== 'rootsReply' || roots.roots.length !== sets.length) {
       throw new KvError('KV_ERR_BAD_FRAME', `${peer} answered the roots request with ${roots.kind}`)
     }
@@ -1289,7 +1372,7 @@ export class LeaderlessEngine {
       const set = sets[i] as string
       const mine = this.trees.get(set)?.root ?? 0
       if (mine === roots.roots[i]) continue
-      const leavesReply = await this.call(peer, { kind: 'rangeLeaves', set })
+      const leavesReply = await this.call(peer, { kind: 'rangeLeaves', set }, aeCallTimeoutMs)
       if (leavesReply.kind !== 'leavesReply' || leavesReply.leaves.length !== 2 ** treeDepth) {
         throw new KvError(
           'KV_ERR_BAD_FRAME',
@@ -1308,13 +1391,17 @@ export class LeaderlessEngine {
       let bytes = 0
       const flush = async () => {
         if (batch.length === 0) return
-        const reply = await this.call(peer, { kind: 'rangeKeys', set, leaves: batch, records })
+        const reply = await this.call(
+          peer,
+          { kind: 'rangeKeys', set, leaves: batch, records },
+          aeCallTimeoutMs,
+        )
         if (reply.kind !== 'keysReply')
           throw new KvError('KV_ERR_BAD_FRAME', `${peer} answered keys with ${reply.kind}`)
-        for (const r of reply.records) {
-          const key = this.keyOf(r.key)
-          if ((await this.mergeLocal(key, toState(r.record))).changed) repaired++
-        }
+        repaired += await this.mergeMany(
+          reply.records.map((r) => [this.keyOf(r.key), toState(r.record)] as [string, State]),
+          peer,
+        )
         batch = []
         records = []
         bytes = 0
@@ -1355,6 +1442,16 @@ export class LeaderlessEngine {
    * older value afterwards.
    */
   private async collectTombstones(): Promise<void> {
+    if (this.gcRunning) return
+    this.gcRunning = true
+    try {
+      await this.collectTombstonesOnce()
+    } finally {
+      this.gcRunning = false
+    }
+  }
+
+  private async collectTombstonesOnce(): Promise<void> {
     const before = this.now() - this.config.tombstoneGcMs
     let collected = 0
     let waiting = 0
@@ -1399,7 +1496,10 @@ export class LeaderlessEngine {
   }
 
   private async housekeeping(): Promise<void> {
-    await this.store.expireRequests(this.now() - this.config.requestIdRetentionMs)
+    const cutoff = this.now() - this.config.requestIdRetentionMs
+    while (!this.stopped && (await this.store.expireRequests(cutoff, 10_000)) === 10_000) {
+      // more to expire: go on
+    }
     // The log only serves recovery here (replicas exchange states, not log entries): keep a
     // window of it.
     const keep = this.config.logRetentionEntries
@@ -1468,10 +1568,6 @@ export class LeaderlessEngine {
       ring: arcs,
     }
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref())
 }
 
 function toState(record: VersionedRecord): State {

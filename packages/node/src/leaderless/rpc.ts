@@ -55,6 +55,8 @@ interface Channel {
   pending: Map<number, PendingCall>
   nextId: number
   broken: boolean
+  /** The connection was made: calls written on it may have been delivered. */
+  connected: boolean
 }
 
 /** A frame: u32 big-endian length of what follows, u32 call id, then the message. */
@@ -104,6 +106,11 @@ export class PeerUnreachable extends Error {
   constructor(
     readonly peer: string,
     reason: string,
+    /**
+     * True when the request may have reached the peer (the channel was connected): it may have
+     * been applied there. False when it certainly was not delivered.
+     */
+    readonly unknownOutcome = false,
   ) {
     super(`${peer} did not answer: ${reason}`)
     this.name = 'PeerUnreachable'
@@ -289,7 +296,15 @@ export class LeaderlessRpc {
       ':path': streamPath,
       'content-type': 'application/x-kv-frames',
     })
-    const channel: Channel = { session, stream, pending: new Map(), nextId: 1, broken: false }
+    const channel: Channel = {
+      session,
+      stream,
+      pending: new Map(),
+      nextId: 1,
+      broken: false,
+      connected: false,
+    }
+    session.once('connect', () => (channel.connected = true))
     const reader = new FrameReader()
     stream.on('data', (chunk: Buffer) => {
       let frames: { id: number; payload: Buffer }[]
@@ -325,7 +340,7 @@ export class LeaderlessRpc {
     if (this.channels.get(peer) === channel) this.channels.delete(peer)
     for (const call of channel.pending.values()) {
       clearTimeout(call.timer)
-      call.reject(new PeerUnreachable(peer, reason))
+      call.reject(new PeerUnreachable(peer, reason, channel.connected))
     }
     channel.pending.clear()
     channel.session.destroy()
