@@ -746,6 +746,30 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
       kind: 'refusal',
       code: 'KV_ERR_CLUSTER_MISMATCH',
     })
+    // A member with other ring settings is refused the same way.
+    const clusterId = ((await (await fetch(`${url}/v1/cluster`)).json()) as { clusterId: string })
+      .clusterId
+    const otherRing = await peer(
+      encodePeerRequest({
+        clusterId: `${clusterId}/replicas=3/vnodes=32/conflicts=siblings`,
+        from: 'n1',
+        to: 'n2',
+        body: { kind: 'ping' },
+      }),
+    )
+    expect(decodePeerReply(otherRing.body)).toMatchObject({
+      kind: 'refusal',
+      code: 'KV_ERR_CLUSTER_MISMATCH',
+    })
+    const sameRing = await peer(
+      encodePeerRequest({
+        clusterId: `${clusterId}/replicas=3/vnodes=64/conflicts=siblings`,
+        from: 'n1',
+        to: 'n2',
+        body: { kind: 'ping' },
+      }),
+    )
+    expect(decodePeerReply(sameRing.body)).toMatchObject({ kind: 'pong' })
     // On the multiplexed channel, a frame with an impossible length closes the channel.
     const closed = await new Promise<string>((resolve) => {
       const session = http2.connect(cluster.member('n2').peerUrl)

@@ -16,17 +16,26 @@ export interface ClusterMember {
   process: NodeProcess | null
 }
 
-/** A port that was free on 127.0.0.1 a moment ago. */
+/** Ports handed out by this test process: the OS may offer a just-closed one again. */
+const handedOut = new Set<number>()
+
+/** A port that was free on 127.0.0.1 a moment ago, and not handed out before by this process. */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const server = createServer()
+      server.once('error', reject)
+      server.listen(0, '127.0.0.1', () => {
+        const address = server.address()
+        const port = typeof address === 'object' && address !== null ? address.port : 0
+        server.close(() => resolve(port))
+      })
     })
-  })
+    if (!handedOut.has(port)) {
+      handedOut.add(port)
+      return port
+    }
+  }
 }
 
 export class TestCluster {

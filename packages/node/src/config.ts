@@ -7,7 +7,7 @@
  * (`--config`), defaults.
  */
 import { readFileSync } from 'node:fs'
-import { frameLimits } from '@kvstore/protocol'
+import { frameLimits, leaderlessLimits } from '@kvstore/protocol'
 import { checkLimits, limitsCeiling, limitsDefault } from '@kvstore/protocol/limits'
 
 export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
@@ -1155,6 +1155,13 @@ function leaderlessProblems(config: NodeConfig): string[] {
   if (config.tombstoneGcMs <= needed) {
     problems.push(
       `tombstoneGcMs (${config.tombstoneGcMs}) must exceed hintWindowMs plus two antiEntropyIntervalMs (${needed}), or a hint older than a delete could arrive after the tombstone is collected and bring the deleted value back`,
+    )
+  }
+  // A key's record (all its siblings) must fit in one peer message.
+  const recordBytesMax = config.siblingsMax * (config.valueBytesMax + 256) + 64 * 1024
+  if (recordBytesMax > leaderlessLimits.messageBytesMax) {
+    problems.push(
+      `siblingsMax (${config.siblingsMax}) values of valueBytesMax (${config.valueBytesMax}) bytes must fit in one peer message of ${leaderlessLimits.messageBytesMax} bytes; lower one of them`,
     )
   }
   if (config.siblingsWarn > config.siblingsMax) {

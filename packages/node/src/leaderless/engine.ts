@@ -231,7 +231,9 @@ export class LeaderlessEngine {
     this.rpc = new LeaderlessRpc({
       self: options.cluster.self,
       members: options.cluster.members,
-      clusterId: options.clusterId,
+      // Members must agree on the ring and the conflict rule, or they would place and merge
+      // keys differently: peers with other settings are refused as another cluster.
+      clusterId: `${options.clusterId}/replicas=${options.config.replicas}/vnodes=${options.config.vnodes}/conflicts=${options.config.conflicts}`,
       host: options.config.host,
       logger: options.logger,
       handle: (request) => this.handle(request),
