@@ -557,9 +557,10 @@ describe('kv-cluster --mode leaderless', () => {
       child.on('exit', (code) => resolve(code)),
     )
     try {
+      // The table comes in several writes: wait for its last line.
       await until(
         'the cluster to start',
-        () => out.includes('leaderless cluster is running'),
+        () => out.includes('leaderless cluster is running') && out.includes('Ctrl-C stops'),
         60_000,
       )
       expect(out).toContain('A 5-node leaderless cluster is running (3 replicas per key')

@@ -352,6 +352,38 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     expect((await get(cluster.member(coordinator).url, key, { r: 'all' })).values).toEqual(['v3'])
   })
 
+  it('a wiped member is refilled by anti-entropy before it reports ready, and its reads count only then', async () => {
+    // Anti-entropy rounds are 10 minutes apart: only the refill at start can bring the data.
+    const cluster = await startCluster(['--anti-entropy-interval-ms', '600000'])
+    const wiped = 'n3'
+    const keys = Array.from({ length: 120 }, (_, i) => `wipe/${i}`).filter((k) =>
+      replicasOf(k).includes(wiped),
+    )
+    for (const key of keys)
+      expect((await put(cluster.member('n1').url, key, key, { w: 'all' })).status).toBe(200)
+    await cluster.stop(wiped)
+    const { rm } = await import('node:fs/promises')
+    await rm(cluster.member(wiped).dataDir, { recursive: true, force: true })
+    await cluster.startMember(wiped) // waits for GET /ready, which waits for the refill
+    const view = (await (await fetch(`${cluster.member(wiped).url}/v1/cluster`)).json()) as {
+      refilling: boolean
+    }
+    expect(view.refilling).toBe(false)
+    for (const key of keys) {
+      expect((await cluster.local(wiped, key))?.siblings.length, key).toBe(1)
+    }
+    expect(await metric(cluster.member(wiped).url, 'kv_anti_entropy_keys_repaired_total')).toBe(
+      keys.length,
+    )
+    const log = cluster
+      .member(wiped)
+      .process?.logs.find((l) => l.msg === 'refilled after a fresh start; reads here count again')
+    expect(log).toMatchObject({ repaired: keys.length })
+    for (const key of keys.slice(0, 20)) {
+      expect((await get(cluster.member(wiped).url, key, { r: 1 })).values).toEqual([key])
+    }
+  })
+
   it('after a member is cut off and comes back, every replica set converges through anti-entropy, keys never read included', async () => {
     // No hints (window 0): only anti-entropy can repair what the cut-off member missed.
     const cluster = await startCluster([

@@ -207,6 +207,13 @@ export class LeaderlessEngine {
   private readonly background = new Set<Promise<unknown>>()
   private stopped = false
   private aeRunning = false
+  /**
+   * True from the start of a member with a fresh data directory (new, or wiped) until it has
+   * completed an anti-entropy exchange with every member it could reach. Meanwhile its empty
+   * answers do not count toward R: a read must not take "nothing here" from a member that may
+   * simply not have been refilled yet.
+   */
+  private refilling = false
   private replayRunning = false
   private gcRunning = false
   private lastSiblingWarnMs = 0
@@ -261,6 +268,7 @@ export class LeaderlessEngine {
     every(Math.min(this.config.antiEntropyIntervalMs, 60_000), () => this.collectTombstones())
     every(Math.min(10_000, Math.floor(this.config.tombstoneGcMs / 10)), () => this.housekeeping())
     this.track(this.pingAll(pingTimeoutMs))
+    if (this.refilling) this.track(this.refill())
   }
 
   async stop(): Promise<void> {
@@ -303,6 +311,7 @@ export class LeaderlessEngine {
       actor = `${this.self}.${randomBytes(4).toString('hex')}`
       await this.writeMeta('actor', actor)
       this.log.info({ actor }, 'new leaderless actor id for this data directory')
+      this.refilling = true
     }
     this.actor = actor
     const reserved = Number((await this.readMeta('counter')) ?? '0')
@@ -691,6 +700,7 @@ export class LeaderlessEngine {
         return { kind: 'storeAck', changed }
       }
       case 'fetch': {
+        this.refuseWhileRefilling()
         const key = this.keyOf(body.key)
         const state = await this.loadState(key)
         return { kind: 'fetchReply', record: state }
@@ -775,6 +785,51 @@ export class LeaderlessEngine {
       }),
     )
     return changed
+  }
+
+  /** A fresh member still being refilled (GET /ready answers 503 meanwhile). */
+  get isRefilling(): boolean {
+    return this.refilling
+  }
+
+  private refuseWhileRefilling(): void {
+    if (this.refilling) {
+      throw new KvError(
+        'KV_ERR_NOT_READY',
+        `${this.self} started with an empty data directory and is still being refilled by anti-entropy; its reads do not count yet`,
+      )
+    }
+  }
+
+  /**
+   * After a fresh start: one anti-entropy exchange with every member, retried until each has
+   * succeeded or the member is down (its copies cannot be had now; the others hold at least
+   * the rest of every acknowledged write).
+   */
+  private async refill(): Promise<void> {
+    const started = this.now()
+    const pending = new Set(this.health.keys())
+    let repaired = 0
+    while (pending.size > 0 && !this.stopped) {
+      for (const peer of [...pending]) {
+        if (!this.isUp(peer)) {
+          pending.delete(peer)
+          continue
+        }
+        try {
+          repaired += await this.exchangeWith(peer)
+          pending.delete(peer)
+        } catch {
+          // unreachable now (it will be marked down) or busy: the next round tries again
+        }
+      }
+      if (pending.size > 0) await new Promise((resolve) => setTimeout(resolve, 200).unref())
+    }
+    this.refilling = false
+    this.log.info(
+      { repaired, tookMs: this.now() - started },
+      'refilled after a fresh start; reads here count again',
+    )
   }
 
   private noteExchange(peer: string, repaired: number): void {
@@ -1109,6 +1164,7 @@ export class LeaderlessEngine {
     const keyBytes = Buffer.from(key, 'utf8')
     const fetchOne = async (member: string): Promise<void> => {
       if (member === this.self) {
+        this.refuseWhileRefilling()
         replies.set(member, await this.loadState(key))
         return
       }
@@ -1549,6 +1605,7 @@ export class LeaderlessEngine {
       antiEntropyIntervalMs: this.config.antiEntropyIntervalMs,
       tombstoneGcMs: this.config.tombstoneGcMs,
       hintsHeld: this.hintTotal,
+      refilling: this.refilling,
       members: this.cluster.members.map((m) => {
         const h = this.health.get(m.id)
         const ex = this.exchanges.get(m.id)

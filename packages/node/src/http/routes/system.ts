@@ -246,6 +246,12 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
     if (lifecycle.shuttingDown)
       throw new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down')
     if (!lifecycle.ready) throw new KvError('KV_ERR_NOT_READY', 'the node is starting')
+    if (ctx.leaderless?.isRefilling) {
+      throw new KvError(
+        'KV_ERR_NOT_READY',
+        'the member started with an empty data directory and anti-entropy is refilling it',
+      )
+    }
     return { ready: true }
   })
   methodNotAllowed(app, '/ready', ['GET'])
