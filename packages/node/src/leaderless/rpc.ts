@@ -70,24 +70,43 @@ function encodeFrame(id: number, message: Uint8Array): Buffer {
 
 /** Cuts a byte stream into frames; throws on a length no peer may send. */
 class FrameReader {
-  private buffer: Buffer = Buffer.alloc(0)
+  /** Bytes received and not yet cut into frames, as the chunks that brought them. */
+  private chunks: Buffer[] = []
+  private buffered = 0
+  /** Length of the frame being collected (its 4-byte prefix included), once known. */
+  private needed = 0
 
   push(chunk: Buffer): { id: number; payload: Buffer }[] {
-    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk])
+    this.chunks.push(chunk)
+    this.buffered += chunk.length
     const frames: { id: number; payload: Buffer }[] = []
-    while (this.buffer.length >= 4) {
-      const length = this.buffer.readUInt32BE(0)
-      if (length < 4 || length > leaderlessLimits.messageBytesMax + 4) {
-        throw new Error(`frame length ${length} is out of bounds`)
+    for (;;) {
+      if (this.needed === 0) {
+        if (this.buffered < 4) break
+        const length = this.peekLength()
+        if (length < 4 || length > leaderlessLimits.messageBytesMax + 4) {
+          throw new Error(`frame length ${length} is out of bounds`)
+        }
+        this.needed = 4 + length
       }
-      if (this.buffer.length < 4 + length) break
-      frames.push({
-        id: this.buffer.readUInt32BE(4),
-        payload: this.buffer.subarray(8, 4 + length),
-      })
-      this.buffer = this.buffer.subarray(4 + length)
+      // Join the chunks only once a whole frame is there: a large frame arriving in many
+      // chunks is copied once, not once per chunk.
+      if (this.buffered < this.needed) break
+      const all = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks)
+      frames.push({ id: all.readUInt32BE(4), payload: all.subarray(8, this.needed) })
+      const rest = all.subarray(this.needed)
+      this.chunks = rest.length > 0 ? [rest] : []
+      this.buffered = rest.length
+      this.needed = 0
     }
     return frames
+  }
+
+  private peekLength(): number {
+    const first = this.chunks[0] as Buffer
+    if (first.length >= 4) return first.readUInt32BE(0)
+    const head = Buffer.concat(this.chunks).subarray(0, 4)
+    return head.readUInt32BE(0)
   }
 }
 
