@@ -42,6 +42,10 @@ export const streamPath = '/peer/v1/ll-stream'
 
 /** Calls waiting on one peer at most; past it a call fails at once. */
 const callsInFlightMax = 16_384
+/** Bytes waiting to be sent to one peer at most; past it a call fails at once. */
+const channelBufferBytesMax = 64 * 1024 * 1024
+/** Requests from one peer in service at once; past it the channel is not read. */
+const servesInFlightMax = 1024
 
 interface PendingCall {
   resolve: (reply: PeerReply) => void
@@ -268,6 +272,7 @@ export class LeaderlessRpc {
   private acceptStream(stream: ServerHttp2Stream): void {
     stream.respond({ ':status': 200, 'content-type': 'application/x-kv-frames' })
     const reader = new FrameReader()
+    let serving = 0
     stream.on('data', (chunk: Buffer) => {
       let frames: { id: number; payload: Buffer }[]
       try {
@@ -278,7 +283,13 @@ export class LeaderlessRpc {
         return
       }
       for (const { id, payload } of frames) {
+        serving++
+        // Backpressure: past servesInFlightMax requests in service, stop reading the channel
+        // (the peer's writes then wait in TCP) until some are answered.
+        if (serving >= servesInFlightMax && !stream.isPaused()) stream.pause()
         void this.serve(payload).then(({ reply }) => {
+          serving--
+          if (serving < servesInFlightMax / 2 && stream.isPaused()) stream.resume()
           if (!stream.destroyed && stream.writable)
             stream.write(encodeFrame(id, encodePeerReply(reply)))
         })
@@ -377,6 +388,13 @@ export class LeaderlessRpc {
     if (channel.pending.size >= callsInFlightMax) {
       return Promise.reject(
         new PeerUnreachable(peer, `${callsInFlightMax} calls are already waiting for it`),
+      )
+    }
+    if (channel.stream.writableLength > channelBufferBytesMax) {
+      // The peer is not reading (slow, or paused): fail at once rather than buffer without
+      // bound. Nothing was sent, so the outcome is known.
+      return Promise.reject(
+        new PeerUnreachable(peer, `${channel.stream.writableLength} bytes are waiting to be sent`),
       )
     }
     const payload = encodePeerRequest({
