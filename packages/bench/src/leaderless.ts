@@ -15,15 +15,13 @@
  * reported beside the figures, as is every node's. Nothing here is a target: on a small,
  * shared machine the figures say how the quorums compare, not how fast the store is.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { HashRing } from '@kvstore/core'
 import { Pool } from 'undici'
 import { fmt, gauge, gitCommit, percentile, say, sleep, writeReport } from './common.js'
-import { kvNodeBin } from './node-process.js'
+import { startLeaderlessBenchCluster, type BenchMember } from './node-process.js'
 import { cpuSeconds, machine } from './proc.js'
 
 export type Route = 'preference' | 'any'
@@ -37,123 +35,6 @@ export interface LeaderlessOptions {
   replicas: number
   route: Route
   out: string
-}
-
-interface LlMember {
-  id: string
-  url: string
-  peerUrl: string
-  child: ChildProcess
-  pid: number
-  exited: Promise<void>
-}
-
-/** Every node this suite started, killed if the bench itself is stopped. */
-const children = new Set<ChildProcess>()
-process.once('exit', () => {
-  for (const child of children) child.kill('SIGKILL')
-})
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    for (const child of children) child.kill('SIGKILL')
-    process.exit(130)
-  })
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0))
-    })
-  })
-}
-
-async function waitReady(member: LlMember, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    if (member.child.exitCode !== null || member.child.signalCode !== null) {
-      throw new Error(`${member.id} exited while starting`)
-    }
-    try {
-      const res = await fetch(`${member.url}/ready`, { signal: AbortSignal.timeout(500) })
-      await res.arrayBuffer()
-      if (res.ok) return
-    } catch {
-      // not up yet
-    }
-    if (Date.now() > deadline) throw new Error(`${member.id} was not ready within ${timeoutMs} ms`)
-    await sleep(50)
-  }
-}
-
-/** Stops one node with SIGTERM, then SIGKILL if it has not exited within 15 s. */
-async function stopMember(member: LlMember): Promise<void> {
-  if (member.child.exitCode !== null || member.child.signalCode !== null) return
-  member.child.kill('SIGTERM')
-  const timer = setTimeout(() => member.child.kill('SIGKILL'), 15_000)
-  await member.exited
-  clearTimeout(timer)
-}
-
-/** Starts `n` leaderless nodes on 127.0.0.1 and resolves once every one is ready. */
-async function startLeaderlessCluster(
-  dataDir: string,
-  n: number,
-  args: string[],
-): Promise<{ members: LlMember[]; stop(): Promise<void> }> {
-  const ports: number[] = []
-  while (ports.length < 2 * n) {
-    const port = await freePort()
-    if (!ports.includes(port)) ports.push(port)
-  }
-  const specs = Array.from({ length: n }, (_, i) => ({
-    id: `n${i + 1}`,
-    url: `http://127.0.0.1:${ports[i]}`,
-    peerUrl: `http://127.0.0.1:${ports[n + i]}`,
-  }))
-  const membersFlag = specs.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
-  const members: LlMember[] = []
-  const stop = async () => {
-    await Promise.all(members.map(stopMember))
-  }
-  try {
-    for (const spec of specs) {
-      const child = spawn(
-        process.execPath,
-        [
-          kvNodeBin,
-          '--mode',
-          'leaderless',
-          '--id',
-          spec.id,
-          '--data-dir',
-          join(dataDir, spec.id),
-          '--members',
-          membersFlag,
-          '--log-level',
-          'warn',
-          ...args,
-        ],
-        { stdio: ['ignore', 'ignore', 'inherit'] },
-      )
-      children.add(child)
-      const exited = new Promise<void>((resolve) =>
-        child.once('exit', () => {
-          children.delete(child)
-          resolve()
-        }),
-      )
-      members.push({ ...spec, child, pid: child.pid as number, exited })
-    }
-    for (const member of members) await waitReady(member)
-    return { members, stop }
-  } catch (err) {
-    await stop()
-    throw err
-  }
 }
 
 interface ClusterInfo {
@@ -193,7 +74,7 @@ class Router {
 
   constructor(
     private readonly route: Route,
-    members: LlMember[],
+    members: BenchMember[],
     info: ClusterInfo,
     poolConnections: number,
   ) {
@@ -336,7 +217,9 @@ async function closedLoop(options: {
 }
 
 /** CPU per member, in cores, over a stretch of wall time. */
-async function cpuMeter(members: LlMember[]): Promise<{ stop(): Promise<Record<string, number>> }> {
+async function cpuMeter(
+  members: BenchMember[],
+): Promise<{ stop(): Promise<Record<string, number>> }> {
   const before = new Map<string, number>()
   for (const m of members) before.set(m.id, await cpuSeconds(m.pid))
   const started = performance.now()
@@ -352,7 +235,7 @@ async function cpuMeter(members: LlMember[]): Promise<{ stop(): Promise<Record<s
 }
 
 /** A counter summed over every node (0 where a node does not export it). */
-async function clusterCounter(members: LlMember[], name: string): Promise<number> {
+async function clusterCounter(members: BenchMember[], name: string): Promise<number> {
   let sum = 0
   for (const m of members) sum += await gauge(m.url, name).catch(() => 0)
   return sum
@@ -384,10 +267,10 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
   let prefill: LoadResult | null = null
   try {
     say(`== starting a ${nodes}-node leaderless cluster (N=${replicas})`)
-    const cluster = await startLeaderlessCluster(work, nodes, ['--replicas', String(replicas)])
+    const cluster = await startLeaderlessBenchCluster(work, nodes, ['--replicas', String(replicas)])
     const members = cluster.members
     try {
-      info = await clusterInfo((members[0] as LlMember).url)
+      info = await clusterInfo((members[0] as BenchMember).url)
       if (info.mode !== 'leaderless') {
         throw new Error(`the nodes run in ${info.mode} mode, not leaderless`)
       }

@@ -52,7 +52,8 @@ export async function startBenchNode(args: string[]): Promise<BenchNode> {
 export interface BenchMember extends BenchNode {
   id: string
   peerUrl: string
-  role: 'leader' | 'follower'
+  /** In a single-leader cluster, as last seen by waitForLeader; 'replica' when leaderless. */
+  role: 'leader' | 'follower' | 'replica'
 }
 
 export interface BenchCluster {
@@ -80,6 +81,121 @@ async function freePort(): Promise<number> {
   })
 }
 
+/** Every cluster node started here and still running: killed if the bench itself stops. */
+const running = new Set<ChildProcess>()
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL')
+})
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    for (const child of running) child.kill('SIGKILL')
+    process.exit(130)
+  })
+}
+
+/**
+ * Ports, member specs and a spawner for an `n`-node cluster on 127.0.0.1; `modeArgs` go to
+ * every node before `args`. A member's stop sends SIGTERM, and SIGKILL after 15 s.
+ */
+async function clusterProcesses(dataDir: string, n: number, modeArgs: string[], args: string[]) {
+  const ports: number[] = []
+  while (ports.length < 2 * n) {
+    const port = await freePort()
+    if (!ports.includes(port)) ports.push(port)
+  }
+  const specs = Array.from({ length: n }, (_, i) => ({
+    id: `n${i + 1}`,
+    url: `http://127.0.0.1:${ports[i]}`,
+    peerUrl: `http://127.0.0.1:${ports[n + i]}`,
+  }))
+  const membersFlag = specs.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
+  const spawnMember = (spec: (typeof specs)[number]): BenchMember => {
+    const child = spawn(
+      process.execPath,
+      [
+        kvNodeBin,
+        ...modeArgs,
+        '--id',
+        spec.id,
+        '--data-dir',
+        `${dataDir}/${spec.id}`,
+        '--members',
+        membersFlag,
+        '--log-level',
+        'warn',
+        ...args,
+      ],
+      { stdio: ['ignore', 'ignore', 'inherit'] },
+    )
+    running.add(child)
+    const exited = new Promise<void>((resolve) =>
+      child.on('exit', () => {
+        running.delete(child)
+        resolve()
+      }),
+    )
+    return {
+      id: spec.id,
+      url: spec.url,
+      peerUrl: spec.peerUrl,
+      role: 'follower',
+      child,
+      pid: child.pid as number,
+      async stop() {
+        if (child.exitCode !== null || child.signalCode !== null) return
+        child.kill('SIGTERM')
+        const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+        await exited
+        clearTimeout(timer)
+      },
+    }
+  }
+  return { specs, spawnMember }
+}
+
+/** Waits until a member answers GET /ready with 200 (it fails if the process exits). */
+async function waitReady(member: BenchMember, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (member.child.exitCode !== null || member.child.signalCode !== null) {
+      throw new Error(`${member.id} exited while starting`)
+    }
+    try {
+      const res = await fetch(`${member.url}/ready`, { signal: AbortSignal.timeout(500) })
+      await res.arrayBuffer()
+      if (res.ok) return
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error(`${member.id} was not ready within ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+/**
+ * Starts an `n`-node leaderless cluster on 127.0.0.1 (`args` name the replicas and the like)
+ * and resolves once every member is ready.
+ */
+export async function startLeaderlessBenchCluster(
+  dataDir: string,
+  n: number,
+  args: string[] = [],
+): Promise<{ members: BenchMember[]; stop(): Promise<void> }> {
+  const { specs, spawnMember } = await clusterProcesses(dataDir, n, ['--mode', 'leaderless'], args)
+  const members: BenchMember[] = []
+  const stop = async () => {
+    await Promise.all(members.map((m) => m.stop()))
+  }
+  try {
+    for (const spec of specs) members.push({ ...spawnMember(spec), role: 'replica' })
+    for (const member of members) await waitReady(member)
+    return { members, stop }
+  } catch (err) {
+    await stop()
+    throw err
+  }
+}
+
 interface ClusterView {
   leaderId: string | null
   writable: boolean
@@ -104,51 +220,8 @@ export async function startBenchCluster(
   n: number,
   args: string[] = [],
 ): Promise<BenchCluster> {
-  const ports: number[] = []
-  while (ports.length < 2 * n) {
-    const port = await freePort()
-    if (!ports.includes(port)) ports.push(port)
-  }
-  const specs = Array.from({ length: n }, (_, i) => ({
-    id: `n${i + 1}`,
-    url: `http://127.0.0.1:${ports[i]}`,
-    peerUrl: `http://127.0.0.1:${ports[n + i]}`,
-  }))
-  const membersFlag = specs.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
+  const { specs, spawnMember } = await clusterProcesses(dataDir, n, ['--leader', 'n1'], args)
   const members: BenchMember[] = []
-  const spawnMember = (spec: (typeof specs)[number]): BenchMember => {
-    const child = spawn(
-      process.execPath,
-      [
-        kvNodeBin,
-        '--id',
-        spec.id,
-        '--data-dir',
-        `${dataDir}/${spec.id}`,
-        '--members',
-        membersFlag,
-        '--leader',
-        'n1',
-        '--log-level',
-        'warn',
-        ...args,
-      ],
-      { stdio: ['ignore', 'ignore', 'inherit'] },
-    )
-    const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()))
-    return {
-      id: spec.id,
-      url: spec.url,
-      peerUrl: spec.peerUrl,
-      role: 'follower',
-      child,
-      pid: child.pid as number,
-      async stop() {
-        if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
-        await exited
-      },
-    }
-  }
   const stopAll = async () => {
     await Promise.all(members.map((m) => m.stop()))
   }
