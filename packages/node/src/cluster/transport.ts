@@ -16,7 +16,7 @@ import http2, {
   type Http2Server,
   type ServerHttp2Stream,
 } from 'node:http2'
-import { connect, type Socket } from 'node:net'
+import { connect } from 'node:net'
 import type { Logger } from 'pino'
 import {
   DecodeError,
@@ -26,6 +26,7 @@ import {
   type FrameBody,
 } from '@kvstore/protocol'
 import type { MemberConfig } from '../config.js'
+import { listenPeerServer } from './peer-server.js'
 
 export interface TransportHandlers {
   /** A frame from `peer` (after its Hello). */
@@ -77,24 +78,13 @@ export class PeerTransport {
 
   /** Starts the peer server on the port of this node's peer URL. */
   async listen(): Promise<void> {
-    const server = http2.createServer({ settings: { maxConcurrentStreams: 64 } })
-    // Frames are small and latency-bound: never let Nagle hold one back for an ACK.
-    server.on('connection', (socket: Socket) => socket.setNoDelay(true))
-    server.on('session', (session) => {
-      this.inboundSessions.add(session)
-      session.on('close', () => this.inboundSessions.delete(session))
-      session.on('error', () => {})
+    this.server = await listenPeerServer({
+      peerUrl: this.options.self.peerUrl,
+      host: this.options.host,
+      streamsMax: 64,
+      sessions: this.inboundSessions,
+      onStream: (stream, headers) => this.acceptStream(stream, headers),
     })
-    server.on('stream', (stream, headers) => this.acceptStream(stream, headers))
-    const port = Number(new URL(this.options.self.peerUrl).port)
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(port, this.options.host, () => {
-        server.removeListener('error', reject)
-        resolve()
-      })
-    })
-    this.server = server
   }
 
   /** Keeps an outbound stream to `peer` open (reconnecting) until `disconnect`. */

@@ -33,6 +33,7 @@ import {
   type PeerRequest,
   type PeerRequestBody,
 } from '@kvstore/protocol'
+import { listenPeerServer } from '../cluster/peer-server.js'
 import type { MemberConfig } from '../config.js'
 
 /** One request per HTTP/2 stream (tools, tests). */
@@ -147,8 +148,6 @@ export class LeaderlessRpc {
   private readonly inbound = new Set<http2.ServerHttp2Session>()
   private readonly urls: Map<string, string>
   private closed = false
-  /** Bytes sent per peer, for metrics. */
-  readonly bytesSent = new Map<string, number>()
 
   constructor(options: RpcOptions) {
     this.options = options
@@ -156,23 +155,13 @@ export class LeaderlessRpc {
   }
 
   async listen(): Promise<void> {
-    const server = http2.createServer({ settings: { maxConcurrentStreams: 1000 } })
-    server.on('connection', (socket: Socket) => socket.setNoDelay(true))
-    server.on('session', (session) => {
-      this.inbound.add(session)
-      session.on('close', () => this.inbound.delete(session))
-      session.on('error', () => {})
+    this.server = await listenPeerServer({
+      peerUrl: this.options.self.peerUrl,
+      host: this.options.host,
+      streamsMax: 1000,
+      sessions: this.inbound,
+      onStream: (stream, headers) => this.accept(stream, headers),
     })
-    server.on('stream', (stream, headers) => this.accept(stream, headers))
-    const port = Number(new URL(this.options.self.peerUrl).port)
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(port, this.options.host, () => {
-        server.removeListener('error', reject)
-        resolve()
-      })
-    })
-    this.server = server
   }
 
   private accept(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
@@ -412,9 +401,7 @@ export class LeaderlessRpc {
         this.breakChannel(peer, channel, `no reply within ${timeoutMs} ms`)
       }, timeoutMs)
       channel.pending.set(id, { resolve, reject, timer })
-      const frame = encodeFrame(id, payload)
-      channel.stream.write(frame)
-      this.bytesSent.set(peer, (this.bytesSent.get(peer) ?? 0) + frame.length)
+      channel.stream.write(encodeFrame(id, payload))
     })
   }
 
