@@ -866,7 +866,10 @@ export class LeaderlessEngine {
   async coordinateWrite(key: string, request: LeaderlessWrite): Promise<WriteOutcome> {
     const { value, context, sloppy, requestId } = request
     const wanted = request.w ?? this.resolveW(undefined)
-    const prefs = this.preferenceList(key)
+    // Every member in ring order from the key: the preference list, then the stand-ins.
+    const walked = [...this.ring.walk(key)]
+    const prefs = walked.slice(0, this.n)
+    const spares = walked.slice(this.n)
     if (!prefs.includes(this.self)) {
       if (request.mayForward === false)
         throw new KvError('KV_ERR_BAD_FRAME', `${this.self} is not a replica of this key`)
@@ -876,7 +879,7 @@ export class LeaderlessEngine {
     const rid = requestId === null ? undefined : requestKeyOf(key, requestId)
     // Refuse before writing anything when too few targets are reachable to ever reach W (a
     // retry of a write applied here before is answered below instead).
-    const reachable = this.reachableTargets(key, prefs, sloppy)
+    const reachable = this.reachableTargets(prefs, spares, sloppy)
     if (reachable < wanted && (rid === undefined || this.store.getRequest(rid) === null)) {
       this.stats.quorumFailures.write++
       throw new KvError(
@@ -936,7 +939,7 @@ export class LeaderlessEngine {
       this.noteSiblings(key, next, 0)
       return { state: next, hlc, deduplicated: false }
     })
-    const fanout = this.fanOut(key, state, prefs, wanted, sloppy)
+    const fanout = this.fanOut(key, state, prefs, spares, wanted, sloppy)
     const acks = await fanout
     return {
       key,
@@ -972,11 +975,10 @@ export class LeaderlessEngine {
   }
 
   /** Replicas of the key reachable now, plus (sloppy) the stand-ins that could take hints. */
-  private reachableTargets(key: string, prefs: string[], sloppy: boolean): number {
+  private reachableTargets(prefs: string[], spares: string[], sloppy: boolean): number {
     const up = prefs.filter((m) => this.isUp(m)).length
     if (!sloppy) return up
-    const spares = [...this.ring.walk(key)].slice(this.n).filter((m) => this.isUp(m)).length
-    return up + Math.min(prefs.length - up, spares)
+    return up + Math.min(prefs.length - up, spares.filter((m) => this.isUp(m)).length)
   }
 
   private async forwardWrite(
@@ -1052,12 +1054,12 @@ export class LeaderlessEngine {
     key: string,
     state: State,
     prefs: string[],
+    candidates: string[],
     w: number,
     sloppy: boolean,
   ): Promise<{ acks: number; hinted: string[] }> {
     const keyBytes = Buffer.from(key, 'utf8')
-    const walked = [...this.ring.walk(key)]
-    const spares = walked.slice(this.n).filter((m) => m !== this.self)
+    const spares = candidates.filter((m) => m !== this.self)
     const usedSpares = new Set<string>()
     const hinted: string[] = []
     let acks = 1 // this member holds it durably
