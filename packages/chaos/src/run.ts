@@ -196,18 +196,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     if (leaderless) {
       // Every node must come back and see every member; the final read runs at once (before
       // anti-entropy has had its time), then the replicas must converge within 60 s.
-      const recovery = await waitLeaderlessUp(cluster, 30_000).then(
-        (text) => ({ ok: true, text }),
-        (err: unknown) => ({ ok: false, text: (err as Error).message }),
+      verdicts.push(
+        await recoveryVerdict(
+          waitLeaderlessUp(cluster, 30_000),
+          'the nodes did not all see each other within 30 s',
+        ),
       )
-      verdicts.push({
-        checker: 'recovery',
-        valid: recovery.ok,
-        summary: recovery.ok
-          ? `after healing: ${recovery.text}`
-          : `after healing, the nodes did not all see each other within 30 s: ${recovery.text}`,
-        details: {},
-      })
       await workload.finish()
       const converged = await convergedRanges(cluster, 60_000)
       const ops = pairOperations(history.events)
@@ -222,20 +216,15 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     }
     // A cluster that cannot agree on one leader after healing is itself a finding; the
     // history is still checked.
-    const recovery = await waitForLeader(cluster, 30_000).then(
-      (leader) => ({ ok: true, text: `${leader.id} leads, and every node follows it` }),
-      (err: unknown) => ({ ok: false, text: (err as Error).message }),
+    const recovery = await recoveryVerdict(
+      waitForLeader(cluster, 30_000).then(
+        (leader) => `${leader.id} leads, and every node follows it`,
+      ),
+      'the nodes did not agree on one leader',
     )
-    verdicts.push({
-      checker: 'recovery',
-      valid: recovery.ok,
-      summary: recovery.ok
-        ? `after healing: ${recovery.text}`
-        : `after healing, the nodes did not agree on one leader: ${recovery.text}`,
-      details: {},
-    })
+    verdicts.push(recovery)
     await workload.finish()
-    const digests = await convergedDigests(cluster, recovery.ok ? 60_000 : 5000)
+    const digests = await convergedDigests(cluster, recovery.valid === true ? 60_000 : 5000)
     const ops = pairOperations(history.events)
     if (options.workload === 'register') verdicts.push(checkLinearizable(ops))
     if (options.workload === 'session') verdicts.push(checkSessions(ops))
@@ -309,5 +298,21 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       `  ${counts.ok} ok, ${counts.fail} fail, ${counts.info} info; report: ${join(dir, 'report.html')}`,
     )
     return { summary, dir, windows }
+  }
+}
+
+/** The recovery verdict: what `waiting` resolves with, or why it failed. */
+async function recoveryVerdict(waiting: Promise<string>, failure: string): Promise<Verdict> {
+  const recovery = await waiting.then(
+    (text) => ({ ok: true, text }),
+    (err: unknown) => ({ ok: false, text: (err as Error).message }),
+  )
+  return {
+    checker: 'recovery',
+    valid: recovery.ok,
+    summary: recovery.ok
+      ? `after healing: ${recovery.text}`
+      : `after healing, ${failure}: ${recovery.text}`,
+    details: {},
   }
 }
