@@ -131,10 +131,56 @@ export const errorCatalog = {
     description:
       'The request needs another cluster mode: conditions (`If-Match`), batches and linearizable reads need single-leader; `w`, `r` and `kv-context` need leaderless. The message names the alternative.',
   },
+  KV_ERR_UNAUTHENTICATED: {
+    status: 401,
+    description:
+      'Authentication is on and the request carries no valid credential: no `Authorization: Bearer` token and no client certificate naming a user, or a token that is malformed, expired, signed by another cluster, or older than a change to its user (deleted, new password, revoked). `POST /v1/auth/token` gives a new token.',
+  },
+  KV_ERR_PERMISSION_DENIED: {
+    status: 403,
+    description:
+      'The user is known but no role of theirs grants this: `read` or `write` on the key (every key of a batch, the whole prefix of a list), `admin` for `/admin/v1/*`, users and roles, or `monitor` for `/metrics`, `/v1/status` and `/v1/digest`.',
+  },
+  KV_ERR_USER_NOT_FOUND: {
+    status: 404,
+    description: 'The user does not exist.',
+  },
+  KV_ERR_ROLE_NOT_FOUND: {
+    status: 404,
+    description: 'The role does not exist.',
+  },
+  KV_ERR_USER_EXISTS: {
+    status: 409,
+    description: 'A user with this name already exists.',
+  },
+  KV_ERR_ROLE_EXISTS: {
+    status: 409,
+    description: 'A role with this name already exists.',
+  },
+  KV_ERR_AUTH_LIMIT: {
+    status: 409,
+    description:
+      'The auth store is full: `authUsersMax` users, `authRolesMax` roles, or `authGrantsMax` grants on one role or user.',
+  },
+  KV_ERR_RATE_LIMITED: {
+    status: 429,
+    description:
+      'This user (or, without a credential, this address) sent more requests than `rateLimitPerSecond` allows; retry after `Retry-After` seconds.',
+  },
+  KV_ERR_REQUEST_ID_REUSED: {
+    status: 409,
+    description:
+      'The `kv-request-id` was already used for a different request (another key, body or kind) within `requestIdRetentionMs`; nothing was written. Use a fresh id per request and the same id only for retries of it.',
+  },
+  KV_ERR_PEER_IDENTITY: {
+    status: 403,
+    description:
+      'Between peers: a message claims a sender other than the member its TLS certificate names, or comes from a certificate of another cluster or of no member; it is refused, logged and counted (`kv_peer_refused_total`).',
+  },
   KV_ERR_OVERLOADED: {
     status: 503,
     description:
-      'Too many writes are waiting for the disk (`writeQueueWritesMax` or `writeQueueBytesMax`); retry after `Retry-After` seconds.',
+      'The node is at a limit and refuses new work rather than grow: too many writes waiting for the disk (`writeQueueWritesMax`, `writeQueueBytesMax`) or too many request-body bytes in flight (`inflightBodyBytesMax`); retry after `Retry-After` seconds.',
   },
   KV_ERR_NOT_READY: {
     status: 503,

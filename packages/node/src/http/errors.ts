@@ -47,7 +47,11 @@ function fromFastifyError(err: FastifyError, request: FastifyRequest): KvError |
 
 /** Sends a KvError as the response. */
 export function sendError(reply: FastifyReply, err: KvError): FastifyReply {
-  if (err.code === 'KV_ERR_OVERLOADED' || err.code === 'KV_ERR_NOT_READY') {
+  if (
+    err.code === 'KV_ERR_OVERLOADED' ||
+    err.code === 'KV_ERR_NOT_READY' ||
+    err.code === 'KV_ERR_RATE_LIMITED'
+  ) {
     void reply.header('retry-after', '1')
   }
   // A follower names the leader, so a client can follow the hint without parsing the body.
