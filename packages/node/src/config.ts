@@ -87,6 +87,27 @@ export interface NodeConfig {
   tombstoneGcMs: number
   siblingsMax: number
   siblingsWarn: number
+  certsDir: string | undefined
+  certFile: string | undefined
+  keyFile: string | undefined
+  caFile: string | undefined
+  insecure: boolean
+  unsafePlaintextPeers: boolean
+  auth: boolean
+  rootPasswordFile: string | undefined
+  tokenTtlMs: number
+  authUsersMax: number
+  authRolesMax: number
+  authGrantsMax: number
+  auditLog: string
+  inflightBodyBytesMax: number
+  connectionsPerIpMax: number
+  headersTimeoutMs: number
+  tlsHandshakeTimeoutMs: number
+  h2ResetsPerSecondMax: number
+  rateLimitPerSecond: number
+  rateLimitBurst: number
+  loginsInFlightMax: number
 }
 
 type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'
@@ -103,7 +124,7 @@ export interface OptionSpec {
   min?: number
   max?: number
   values?: readonly string[]
-  group: 'node' | 'cluster' | 'leaderless' | 'storage' | 'limits' | 'http'
+  group: 'node' | 'security' | 'cluster' | 'leaderless' | 'storage' | 'limits' | 'http'
   description: string
 }
 
@@ -130,6 +151,158 @@ export const configSpec: readonly OptionSpec[] = [
     defaultText: 'random, on first start',
     group: 'node',
     description: 'Id of the cluster; when given, a data directory of another cluster is refused.',
+  },
+  {
+    key: 'certsDir',
+    flag: '--certs-dir',
+    env: 'KV_CERTS_DIR',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'none',
+    group: 'security',
+    description:
+      'Directory made by `kv certs init`: the node takes ca.crt, <id>.crt and <id>.key from it (unless --ca-file, --cert-file and --key-file say otherwise), and root.password when it starts a new cluster.',
+  },
+  {
+    key: 'certFile',
+    flag: '--cert-file',
+    env: 'KV_CERT_FILE',
+    kind: 'string',
+    default: (c) => (c.certsDir === undefined ? undefined : `${c.certsDir}/${c.nodeId ?? 'n1'}.crt`),
+    defaultText: '<certs-dir>/<id>.crt',
+    group: 'security',
+    description:
+      "This member's certificate (PEM), naming it as kv://<cluster-id>/member/<id>. Served on the client port (HTTPS) and presented to peers (mutual TLS). Reloaded on SIGHUP.",
+  },
+  {
+    key: 'keyFile',
+    flag: '--key-file',
+    env: 'KV_KEY_FILE',
+    kind: 'string',
+    default: (c) => (c.certsDir === undefined ? undefined : `${c.certsDir}/${c.nodeId ?? 'n1'}.key`),
+    defaultText: '<certs-dir>/<id>.key',
+    group: 'security',
+    description: "The private key of --cert-file (PEM). Reloaded on SIGHUP.",
+  },
+  {
+    key: 'caFile',
+    flag: '--ca-file',
+    env: 'KV_CA_FILE',
+    kind: 'string',
+    default: (c) => (c.certsDir === undefined ? undefined : `${c.certsDir}/ca.crt`),
+    defaultText: '<certs-dir>/ca.crt',
+    group: 'security',
+    description:
+      "The cluster's CA (PEM): peers must present a certificate it signed, and so must clients that log in with a certificate. Reloaded on SIGHUP.",
+  },
+  {
+    key: 'insecure',
+    flag: '--insecure',
+    env: 'KV_INSECURE',
+    kind: 'boolean',
+    default: false,
+    group: 'security',
+    description:
+      'INSECURE: serve the client port in plaintext HTTP on an address other than loopback. Without it a node with no certificate only listens on loopback. Anyone on the network can then read tokens and passwords off the wire.',
+  },
+  {
+    key: 'unsafePlaintextPeers',
+    flag: '--unsafe-plaintext-peers',
+    env: 'KV_UNSAFE_PLAINTEXT_PEERS',
+    kind: 'boolean',
+    default: false,
+    group: 'security',
+    description:
+      'UNSAFE, for tests and benchmarks only: members talk cleartext HTTP/2 without certificates, and anyone who reaches a peer port can rewrite committed data. Refused on an address other than loopback.',
+  },
+  {
+    key: 'auth',
+    flag: '--auth',
+    env: 'KV_AUTH',
+    kind: 'boolean',
+    default: true,
+    group: 'security',
+    description:
+      'Whether a new cluster starts with authentication on. Read only when the cluster is created; afterwards `kv auth enable|disable` decides, for every member at once.',
+  },
+  {
+    key: 'rootPasswordFile',
+    flag: '--root-password-file',
+    env: 'KV_ROOT_PASSWORD_FILE',
+    kind: 'string',
+    default: (c) => (c.certsDir === undefined ? undefined : `${c.certsDir}/root.password`),
+    defaultText: '<certs-dir>/root.password',
+    group: 'security',
+    description:
+      'When this node creates a new cluster, the password of its root user is read from this file. Without one, a random password is written to <data-dir>/root.password (mode 0600) and its path is logged once.',
+  },
+  {
+    key: 'tokenTtlMs',
+    flag: '--token-ttl-ms',
+    env: 'KV_TOKEN_TTL_MS',
+    kind: 'integer',
+    default: 600_000,
+    min: 10_000,
+    max: 86_400_000,
+    group: 'security',
+    description:
+      'How long a token from POST /v1/auth/token is valid. A token also stops working at once when its user is deleted, gets a new password or is revoked.',
+  },
+  {
+    key: 'authUsersMax',
+    flag: '--auth-users-max',
+    env: 'KV_AUTH_USERS_MAX',
+    kind: 'integer',
+    default: 10_000,
+    min: 1,
+    max: 1_000_000,
+    group: 'security',
+    description: 'Most users in the auth store (KV_ERR_AUTH_LIMIT).',
+  },
+  {
+    key: 'authRolesMax',
+    flag: '--auth-roles-max',
+    env: 'KV_AUTH_ROLES_MAX',
+    kind: 'integer',
+    default: 1000,
+    min: 2,
+    max: 100_000,
+    group: 'security',
+    description: 'Most roles in the auth store (KV_ERR_AUTH_LIMIT).',
+  },
+  {
+    key: 'authGrantsMax',
+    flag: '--auth-grants-max',
+    env: 'KV_AUTH_GRANTS_MAX',
+    kind: 'integer',
+    default: 256,
+    min: 1,
+    max: 10_000,
+    group: 'security',
+    description: 'Most prefix grants on one role, and most roles on one user (KV_ERR_AUTH_LIMIT).',
+  },
+  {
+    key: 'loginsInFlightMax',
+    flag: '--logins-in-flight-max',
+    env: 'KV_LOGINS_IN_FLIGHT_MAX',
+    kind: 'integer',
+    default: 2,
+    min: 1,
+    max: 64,
+    group: 'security',
+    description:
+      'Password checks (scrypt, memory-hard and slow on purpose) running at once; more logins wait briefly, then get KV_ERR_OVERLOADED. Keeps a login storm from starving disk I/O, which shares their thread pool.',
+  },
+  {
+    key: 'auditLog',
+    flag: '--audit-log',
+    env: 'KV_AUDIT_LOG',
+    kind: 'string',
+    default: (c) => `${c.dataDir ?? `./data/${c.nodeId ?? 'n1'}`}/audit.log`,
+    defaultText: '<data-dir>/audit.log',
+    group: 'security',
+    description:
+      'Where the audit log goes (JSON lines: every login, auth change and admin call, with who, what, from where and the result): a file path (reopened on SIGHUP, for log rotation), stdout, stderr, or off.',
   },
   {
     key: 'dataDir',
@@ -396,6 +569,90 @@ export const configSpec: readonly OptionSpec[] = [
     max: 65_535,
     group: 'http',
     description: 'Most concurrent requests on one HTTP/2 connection.',
+  },
+  {
+    key: 'connectionsPerIpMax',
+    flag: '--connections-per-ip-max',
+    env: 'KV_CONNECTIONS_PER_IP_MAX',
+    kind: 'integer',
+    default: 512,
+    min: 1,
+    max: 1_000_000,
+    group: 'http',
+    description:
+      'Most open client connections from one IP address; past it new connections from that address are closed at once (counted in kv_connections_refused_total), so one host cannot take every slot.',
+  },
+  {
+    key: 'headersTimeoutMs',
+    flag: '--headers-timeout-ms',
+    env: 'KV_HEADERS_TIMEOUT_MS',
+    kind: 'integer',
+    default: 10_000,
+    min: 100,
+    max: 600_000,
+    group: 'http',
+    description:
+      'Longest time from a new connection (or the end of the previous request) to the end of the request headers: a client that sends headers slowly (slowloris) or connects and says nothing is closed after it.',
+  },
+  {
+    key: 'tlsHandshakeTimeoutMs',
+    flag: '--tls-handshake-timeout-ms',
+    env: 'KV_TLS_HANDSHAKE_TIMEOUT_MS',
+    kind: 'integer',
+    default: 5000,
+    min: 100,
+    max: 120_000,
+    group: 'http',
+    description:
+      'Longest TLS handshake on the client and peer ports; a connection that has not finished it is closed.',
+  },
+  {
+    key: 'h2ResetsPerSecondMax',
+    flag: '--h2-resets-per-second-max',
+    env: 'KV_H2_RESETS_PER_SECOND_MAX',
+    kind: 'integer',
+    default: 200,
+    min: 1,
+    max: 1_000_000,
+    group: 'http',
+    description:
+      'HTTP/2 rapid-reset guard: a connection that cancels more streams than this in one second (averaged over a burst of twice as many) is closed with GOAWAY (counted in kv_connections_refused_total).',
+  },
+  {
+    key: 'inflightBodyBytesMax',
+    flag: '--inflight-body-bytes-max',
+    env: 'KV_INFLIGHT_BODY_BYTES_MAX',
+    kind: 'bytes',
+    default: 256 * MiB,
+    min: 1 * MiB,
+    max: 64 * 1024 * MiB,
+    group: 'http',
+    description:
+      'Most bytes of request bodies being received or waiting to be served, all connections together. A request that would pass it is refused with KV_ERR_OVERLOADED (503, Retry-After) before its body is read. Must be at least requestBodyBytesMax.',
+  },
+  {
+    key: 'rateLimitPerSecond',
+    flag: '--rate-limit-per-second',
+    env: 'KV_RATE_LIMIT_PER_SECOND',
+    kind: 'integer',
+    default: 0,
+    min: 0,
+    max: 10_000_000,
+    group: 'http',
+    description:
+      'Requests per second one user may make on this node (a token bucket; unauthenticated requests count per IP address); past it KV_ERR_RATE_LIMITED (429, Retry-After). 0 turns the limit off. A role can set a lower one for its users (kv role add NAME --rate-limit N).',
+  },
+  {
+    key: 'rateLimitBurst',
+    flag: '--rate-limit-burst',
+    env: 'KV_RATE_LIMIT_BURST',
+    kind: 'integer',
+    default: (c) => Math.max(1, 2 * (c.rateLimitPerSecond ?? 0)),
+    defaultText: 'twice --rate-limit-per-second',
+    min: 1,
+    max: 100_000_000,
+    group: 'http',
+    description: 'Requests one user may make at once after a quiet spell (the bucket size).',
   },
   {
     key: 'shutdownTimeoutMs',
@@ -925,6 +1182,12 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
       `writeQueueBytesMax (${result.writeQueueBytesMax}) must be at least requestBodyBytesMax (${result.requestBodyBytesMax}), or the largest write could never be queued`,
     )
   }
+  problems.push(...securityProblems(result))
+  if (result.inflightBodyBytesMax < result.requestBodyBytesMax) {
+    problems.push(
+      `inflightBodyBytesMax (${result.inflightBodyBytesMax}) must be at least requestBodyBytesMax (${result.requestBodyBytesMax}), or the largest request could never be taken`,
+    )
+  }
   if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`)
   return { config: result, help }
 }
@@ -945,6 +1208,7 @@ export function formatBytes(bytes: number): string {
 
 const groupTitles: Record<OptionSpec['group'], string> = {
   node: 'Node',
+  security: 'Security (TLS and authentication)',
   cluster: 'Cluster',
   storage: 'Storage',
   limits: 'Limits',
@@ -1030,12 +1294,12 @@ function checkUrl(url: string, what: string): URL {
     throw new ConfigError(`${what} ${JSON.stringify(url)} is not a URL`)
   }
   if (
-    parsed.protocol !== 'http:' ||
+    (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') ||
     parsed.port === '' ||
     parsed.pathname !== '/' ||
     parsed.search !== ''
   ) {
-    throw new ConfigError(`${what} ${JSON.stringify(url)} must look like http://host:port`)
+    throw new ConfigError(`${what} ${JSON.stringify(url)} must look like https://host:port`)
   }
   return parsed
 }
@@ -1168,6 +1432,71 @@ function leaderlessProblems(config: NodeConfig): string[] {
     problems.push(
       `siblingsWarn (${config.siblingsWarn}) must be at most siblingsMax (${config.siblingsMax})`,
     )
+  }
+  return problems
+}
+
+/** True for an address that only this machine can reach. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h)
+}
+
+/** True when this node serves its client port over TLS (it has a certificate). */
+export function clientTlsOn(config: NodeConfig): boolean {
+  return config.certFile !== undefined
+}
+
+/** True when members talk mutual TLS (every cluster mode, unless the unsafe switch is on). */
+export function peerTlsOn(config: NodeConfig): boolean {
+  return config.mode !== 'standalone' && !config.unsafePlaintextPeers
+}
+
+function securityProblems(config: NodeConfig): string[] {
+  const problems: string[] = []
+  const given = [config.certFile, config.keyFile].filter((f) => f !== undefined).length
+  if (given === 1) problems.push('--cert-file and --key-file go together: give both, or --certs-dir')
+  if (peerTlsOn(config)) {
+    if (config.certFile === undefined || config.caFile === undefined) {
+      problems.push(
+        `--mode ${config.mode} needs certificates: members talk mutual TLS. Make them with \`kv certs init --dir certs --members <ids>\` and pass --certs-dir certs (or --cert-file, --key-file and --ca-file)`,
+      )
+    }
+  }
+  if (config.unsafePlaintextPeers) {
+    if (config.mode === 'standalone') problems.push('--unsafe-plaintext-peers needs a cluster mode')
+    else if (!isLoopbackHost(config.host)) {
+      problems.push(
+        `--unsafe-plaintext-peers is refused on ${config.host}: plaintext peer ports are for tests on loopback only`,
+      )
+    }
+  }
+  if (!clientTlsOn(config) && !config.insecure && !isLoopbackHost(config.host)) {
+    problems.push(
+      `refusing to serve plaintext HTTP on ${config.host}: give the node a certificate (--certs-dir, or --cert-file and --key-file), listen on loopback, or pass --insecure if you really mean it`,
+    )
+  }
+  if (config.mode !== 'standalone' && config.members !== undefined) {
+    let members: MemberConfig[] = []
+    try {
+      members = parseMembers(config.members)
+    } catch {
+      return problems // reported by clusterOf
+    }
+    const clientScheme = clientTlsOn(config) ? 'https:' : 'http:'
+    const peerScheme = peerTlsOn(config) ? 'https:' : 'http:'
+    for (const m of members) {
+      if (new URL(m.clientUrl).protocol !== clientScheme) {
+        problems.push(
+          `client URL of ${m.id} (${m.clientUrl}) must start with ${clientScheme}// since this node ${clientTlsOn(config) ? 'serves TLS' : 'has no certificate'}`,
+        )
+      }
+      if (new URL(m.peerUrl).protocol !== peerScheme) {
+        problems.push(
+          `peer URL of ${m.id} (${m.peerUrl}) must start with ${peerScheme}// since members talk ${peerTlsOn(config) ? 'mutual TLS' : 'plaintext (unsafe)'}`,
+        )
+      }
+    }
   }
   return problems
 }

@@ -151,6 +151,16 @@ export class NodeMetrics {
   readonly writes = { put: 0, delete: 0, batch: 0 }
   readonly batchEntries: Histogram
   readonly batchSeconds: Histogram
+  /** Peer connections and messages refused (no certificate, not a member, forged sender...). */
+  readonly peerRefused: Counter<'reason'>
+  /** Client connections closed at once (per-IP cap, HTTP/2 rapid reset). */
+  readonly connectionsRefused: Counter<'reason'>
+  /** Password and certificate logins, by result. */
+  readonly logins: Counter<'method' | 'result'>
+  /** Certificate reloads (SIGHUP), by result. */
+  readonly tlsReloads: Counter<'result'>
+  /** When the certificate in use expires (Unix seconds); 0 without TLS. */
+  tlsNotAfterSeconds = 0
 
   constructor() {
     const registers = [this.registry]
@@ -163,6 +173,39 @@ export class NodeMetrics {
       help: 'Error responses, by stable error code.',
       labelNames: ['code'],
       registers,
+    })
+    this.peerRefused = new Counter({
+      name: 'kv_peer_refused_total',
+      help: 'Peer connections and messages refused, by reason: handshake (no or untrusted certificate), no_member_identity, not_a_member, sender_mismatch (a message naming another sender than the certificate), bad_frame, buffer_limit.',
+      labelNames: ['reason'],
+      registers,
+    })
+    this.connectionsRefused = new Counter({
+      name: 'kv_connections_refused_total',
+      help: 'Client connections closed at once, by reason: per_ip (connectionsPerIpMax), rapid_reset (h2ResetsPerSecondMax), handshake (failed or timed-out TLS handshake).',
+      labelNames: ['reason'],
+      registers,
+    })
+    this.logins = new Counter({
+      name: 'kv_logins_total',
+      help: 'Logins (POST /v1/auth/token with a password, or a request with a client certificate naming a user), by method and result.',
+      labelNames: ['method', 'result'],
+      registers,
+    })
+    this.tlsReloads = new Counter({
+      name: 'kv_tls_reloads_total',
+      help: 'Certificate reloads (SIGHUP or POST /admin/v1/tls/reload), by result (ok, failed: the old certificate stays in use).',
+      labelNames: ['result'],
+      registers,
+    })
+    const self = this
+    new Gauge({
+      name: 'kv_tls_certificate_not_after_seconds',
+      help: 'When the certificate in use expires, in Unix seconds (0 without TLS): alert well before it.',
+      registers,
+      collect() {
+        this.set(self.tlsNotAfterSeconds)
+      },
     })
     const writes = this.writes
     new Counter({

@@ -7,7 +7,14 @@ import type { FastifyInstance } from 'fastify'
 import type { DestinationStream, Logger } from 'pino'
 import { Sequencer, Store } from '@kvstore/storage'
 import { createHash } from 'node:crypto'
-import { clusterOf, type ClusterConfig, type NodeConfig } from './config.js'
+import {
+  clusterOf,
+  peerTlsOn,
+  type ClusterConfig,
+  type NodeConfig,
+} from './config.js'
+import type { PeerRefusal, PeerSecurity } from './cluster/peer-server.js'
+import { TlsSource } from './security/tls.js'
 import { Replicator } from './cluster/replicator.js'
 import { LeaderlessEngine } from './leaderless/engine.js'
 import { buildApp } from './http/app.js'
@@ -102,8 +109,16 @@ export class KvNode {
         if (node) void node.stop('storage failure').finally(exit)
         else exit()
       })
-    // Every member of a cluster must agree on its id: unless given, derive it from the members.
-    const clusterId = config.clusterId ?? (cluster ? derivedClusterId(cluster) : undefined)
+    const tls =
+      config.certFile !== undefined && config.keyFile !== undefined
+        ? new TlsSource(
+            { certFile: config.certFile, keyFile: config.keyFile, caFile: config.caFile },
+            config.nodeId,
+            peerTlsOn(config),
+          )
+        : null
+    if (tls) metrics.tlsNotAfterSeconds = Math.floor(tls.current.notAfter.getTime() / 1000)
+    const clusterId = resolveClusterId(config, cluster, tls)
     store = await Store.open({
       dir: config.dataDir,
       nodeId: config.nodeId,
@@ -136,11 +151,19 @@ export class KvNode {
           sequencer,
           logger,
           clusterId: store.meta.clusterId,
+          security: peerSecurity(config, cluster, store.meta.clusterId, tls, metrics, logger),
         })
         await leaderless.start()
         metrics.watchLeaderless(leaderless)
       } else if (cluster) {
-        replicator = new Replicator({ config, cluster, store, logger, onFatal })
+        replicator = new Replicator({
+          config,
+          cluster,
+          store,
+          logger,
+          onFatal,
+          security: peerSecurity(config, cluster, store.meta.clusterId, tls, metrics, logger),
+        })
         await replicator.start()
         metrics.watchReplicator(replicator)
         sequencer = new Sequencer(store, { now: Date.now, writer: replicator.writer() })
@@ -157,6 +180,7 @@ export class KvNode {
         replicator,
         leaderless,
         metrics,
+        tls,
         version: packageVersion(),
         startedAtMs: Date.now(),
         lifecycle,
@@ -192,7 +216,8 @@ export class KvNode {
     const port = typeof address === 'object' && address !== null ? address.port : this.config.port
     const host =
       this.config.host === '0.0.0.0' || this.config.host === '::' ? '127.0.0.1' : this.config.host
-    return `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+    const scheme = (this.app.server as DualProtocolServer).secure ? 'https' : 'http'
+    return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`
   }
 
   /**
@@ -236,6 +261,62 @@ export class KvNode {
       this.logger.info({ appliedLsn: this.store.appliedLsn }, 'node stopped')
       this.logger.flush()
     }
+  }
+}
+
+/**
+ * The cluster id: the one the member certificate names (made at random by `kv certs init`),
+ * else --cluster-id, else (plaintext peers, tests only) one derived from the member ids, else
+ * (a standalone node) a random one made by storage on first start. Storage then refuses a data
+ * directory of another cluster.
+ */
+function resolveClusterId(
+  config: NodeConfig,
+  cluster: ClusterConfig | null,
+  tls: TlsSource | null,
+): string | undefined {
+  const fromCert = tls?.current.clusterId ?? null
+  if (fromCert !== null) {
+    if (config.clusterId !== undefined && config.clusterId !== fromCert) {
+      throw new Error(
+        `--cluster-id ${config.clusterId} is not the cluster this node's certificate names (${fromCert})`,
+      )
+    }
+    return fromCert
+  }
+  return config.clusterId ?? (cluster ? derivedClusterId(cluster) : undefined)
+}
+
+/** What the peer port needs to authenticate members, and where refusals are reported. */
+function peerSecurity(
+  config: NodeConfig,
+  cluster: ClusterConfig,
+  clusterId: string,
+  tls: TlsSource | null,
+  metrics: NodeMetrics,
+  logger: Logger,
+): PeerSecurity {
+  if (peerTlsOn(config) && tls === null) throw new Error('mutual TLS needs a member certificate')
+  if (!peerTlsOn(config)) {
+    logger.warn(
+      '--unsafe-plaintext-peers: members talk cleartext without certificates; anyone who reaches the peer port can rewrite data (tests and benchmarks only)',
+    )
+  }
+  const throttle = new Map<string, number>()
+  return {
+    tls: peerTlsOn(config) ? tls : null,
+    clusterId,
+    selfId: cluster.self.id,
+    memberIds: cluster.members.map((m) => m.id),
+    handshakeTimeoutMs: config.tlsHandshakeTimeoutMs,
+    onRefused(reason: PeerRefusal, detail: Record<string, unknown>) {
+      metrics.peerRefused.inc({ reason })
+      // At most one log line per reason a second: a flood of refusals must not flood the log.
+      const now = Date.now()
+      if ((throttle.get(reason) ?? 0) > now - 1000) return
+      throttle.set(reason, now)
+      logger.warn({ ...detail, reason }, 'refused a peer connection or message')
+    },
   }
 }
 

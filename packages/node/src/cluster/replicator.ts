@@ -42,6 +42,7 @@ import {
   type MemberConfig,
   type NodeConfig,
 } from '../config.js'
+import type { PeerSecurity } from './peer-server.js'
 import { PeerTransport } from './transport.js'
 
 export interface ReplicatorOptions {
@@ -49,6 +50,8 @@ export interface ReplicatorOptions {
   cluster: ClusterConfig
   store: Store
   logger: Logger
+  /** Mutual TLS between members and the identity checks on every connection and frame. */
+  security: PeerSecurity
   now?: () => number
 }
 
@@ -227,6 +230,7 @@ export class Replicator {
       streamBufferBytesMax: config.replicationInflightBytesMax,
       epoch: () => this.core.epoch,
       logger: this.log,
+      security: options.security,
       handlers: {
         onFrame: (peer, frame) => this.onFrame(peer, frame),
         onConnected: (peer) => {

@@ -13,10 +13,9 @@
 import http2, {
   type ClientHttp2Session,
   type ClientHttp2Stream,
-  type Http2Server,
   type ServerHttp2Stream,
 } from 'node:http2'
-import { connect } from 'node:net'
+import { connect, type Socket } from 'node:net'
 import type { Logger } from 'pino'
 import {
   DecodeError,
@@ -26,7 +25,8 @@ import {
   type FrameBody,
 } from '@kvstore/protocol'
 import type { MemberConfig } from '../config.js'
-import { listenPeerServer } from './peer-server.js'
+import { listenPeerServer, type PeerSecurity, type PeerServer } from './peer-server.js'
+import { peerConnectOptions } from './peer-client.js'
 
 export interface TransportHandlers {
   /** A frame from `peer` (after its Hello). */
@@ -49,6 +49,8 @@ export interface TransportOptions {
   epoch: () => number
   logger: Logger
   handlers: TransportHandlers
+  /** Mutual TLS and the identity checks (or the unsafe plaintext switch). */
+  security: PeerSecurity
 }
 
 type PeerStream = ClientHttp2Stream | ServerHttp2Stream
@@ -59,7 +61,7 @@ const backoffMaxMs = 2000
 export class PeerTransport {
   private readonly options: TransportOptions
   private readonly log: Logger
-  private server: Http2Server | null = null
+  private server: PeerServer | null = null
   private readonly outbound = new Map<string, ClientHttp2Stream>()
   private readonly inbound = new Map<string, ServerHttp2Stream>()
   private readonly sessions = new Map<string, ClientHttp2Session>()
@@ -83,7 +85,8 @@ export class PeerTransport {
       host: this.options.host,
       streamsMax: 64,
       sessions: this.inboundSessions,
-      onStream: (stream, headers) => this.acceptStream(stream, headers),
+      security: this.options.security,
+      onStream: (stream, headers, certPeer) => this.acceptStream(stream, headers, certPeer),
     })
   }
 
@@ -168,8 +171,7 @@ export class PeerTransport {
       this.drop(peer, 'closing')
     for (const session of this.sessions.values()) session.destroy()
     for (const session of this.inboundSessions) session.destroy()
-    const server = this.server
-    if (server) await new Promise<void>((resolve) => server.close(() => resolve()))
+    await this.server?.close()
   }
 
   // ------------------------------------------------------------------ outbound
@@ -185,10 +187,16 @@ export class PeerTransport {
     let session = this.sessions.get(peer)
     if (!session || session.destroyed || session.closed) {
       const target = new URL(member.peerUrl)
-      session = http2.connect(member.peerUrl, {
-        createConnection: () =>
-          connect({ host: target.hostname, port: Number(target.port), noDelay: true }),
-      })
+      const security = this.options.security
+      session =
+        security.tls === null
+          ? http2.connect(member.peerUrl, {
+              createConnection: () =>
+                connect({ host: target.hostname, port: Number(target.port), noDelay: true }),
+            })
+          : http2.connect(member.peerUrl, peerConnectOptions(security, peer))
+      // Frames are small and latency-bound: never let Nagle hold one back for an ACK.
+      session.on('connect', (_s: ClientHttp2Session, socket: Socket) => socket.setNoDelay(true))
       const current = session
       this.sessions.set(peer, current)
       current.on('error', (err) => this.log.debug({ peer, err: err.message }, 'peer session error'))
@@ -242,6 +250,11 @@ export class PeerTransport {
           continue
         }
         if (frame.body.kind === 'hello') continue
+        if (frame.from !== peer) {
+          this.senderMismatch(peer, frame.from)
+          stream.destroy()
+          return
+        }
         if (accepted) this.options.handlers.onFrame(peer, frame)
       }
     })
@@ -285,7 +298,11 @@ export class PeerTransport {
 
   // ------------------------------------------------------------------ inbound
 
-  private acceptStream(stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  private acceptStream(
+    stream: ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    certPeer: string | null,
+  ): void {
     stream.on('error', () => {})
     if (headers[':method'] !== 'POST' || headers[':path'] !== '/peer/v1/stream') {
       stream.respond({ ':status': 404 })
@@ -294,13 +311,20 @@ export class PeerTransport {
     }
     const decoder = new FrameDecoder(this.options.frameBytesMax)
     let peer: string | null = null
+    let refused = false
     const refuse = (code: string, message: string) => {
+      refused = true
+      if (code === 'KV_ERR_BAD_FRAME')
+        this.options.security.onRefused('bad_frame', { peer: peer ?? certPeer, reason: message })
       this.log.warn({ peer, code, reason: message }, 'refusing a peer stream')
       if (!stream.headersSent)
-        stream.respond({ ':status': code === 'KV_ERR_BAD_FRAME' ? 400 : 409 })
+        stream.respond({
+          ':status': code === 'KV_ERR_BAD_FRAME' ? 400 : code === 'KV_ERR_PEER_IDENTITY' ? 403 : 409,
+        })
       stream.end(this.refusal(code, message))
     }
     stream.on('data', (chunk: Buffer) => {
+      if (refused) return
       let frames: Frame[]
       try {
         frames = decoder.push(chunk)
@@ -310,7 +334,7 @@ export class PeerTransport {
       }
       for (const frame of frames) {
         if (peer === null) {
-          const problem = this.checkHello(frame)
+          const problem = this.checkHello(frame, certPeer)
           if (problem !== null) {
             refuse(problem.code, problem.message)
             return
@@ -325,6 +349,12 @@ export class PeerTransport {
           if (!wasConnected) this.options.handlers.onConnected(peer)
           continue
         }
+        if (frame.from !== peer) {
+          // The connection was authenticated as `peer`; a frame naming anyone else is forged.
+          this.senderMismatch(peer, frame.from)
+          refuse('KV_ERR_PEER_IDENTITY', `this stream belongs to ${peer}, not ${frame.from}`)
+          return
+        }
         this.options.handlers.onFrame(peer, frame)
       }
     })
@@ -336,10 +366,24 @@ export class PeerTransport {
     })
   }
 
-  private checkHello(frame: Frame): { code: string; message: string } | null {
+  private senderMismatch(peer: string, claimed: string): void {
+    this.options.security.onRefused('sender_mismatch', { peer, claimed })
+  }
+
+  private checkHello(
+    frame: Frame,
+    certPeer: string | null,
+  ): { code: string; message: string } | null {
     const body: FrameBody = frame.body
     if (body.kind !== 'hello')
       return { code: 'KV_ERR_BAD_FRAME', message: 'the first frame must be a hello' }
+    if (certPeer !== null && frame.from !== certPeer) {
+      this.senderMismatch(certPeer, frame.from)
+      return {
+        code: 'KV_ERR_PEER_IDENTITY',
+        message: `the certificate names ${certPeer}; the hello claims ${frame.from}`,
+      }
+    }
     if (body.clusterId !== this.options.clusterId) {
       return {
         code: 'KV_ERR_CLUSTER_MISMATCH',

@@ -60,6 +60,12 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
         connectionsMax: config.connectionsMax,
         h2StreamsMax: config.h2StreamsMax,
         headerBytesMax,
+        tls: ctx.tls,
+        connectionsPerIpMax: config.connectionsPerIpMax,
+        headersTimeoutMs: config.headersTimeoutMs,
+        tlsHandshakeTimeoutMs: config.tlsHandshakeTimeoutMs,
+        h2ResetsPerSecondMax: config.h2ResetsPerSecondMax,
+        onRefused: (reason) => metrics.connectionsRefused.inc({ reason }),
       }),
   })
 

@@ -3,6 +3,7 @@ import type { Replicator } from '../cluster/replicator.js'
 import type { LeaderlessEngine } from '../leaderless/engine.js'
 import type { NodeConfig } from '../config.js'
 import type { NodeMetrics } from '../metrics.js'
+import type { TlsSource } from '../security/tls.js'
 
 /** What the HTTP layer needs from the node. */
 export interface AppContext {
@@ -14,6 +15,8 @@ export interface AppContext {
   /** The leaderless coordinator in leaderless mode; null otherwise. */
   leaderless: LeaderlessEngine | null
   metrics: NodeMetrics
+  /** The node's certificate when the client port speaks TLS; null for plaintext. */
+  tls: TlsSource | null
   /** Software version, from package.json. */
   version: string
   startedAtMs: number

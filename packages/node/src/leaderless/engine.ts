@@ -53,6 +53,7 @@ import {
 } from '@kvstore/protocol'
 import type { ListItem, Sequencer, Store, WriteOp } from '@kvstore/storage'
 import { resolveQuorum, type ClusterConfig, type NodeConfig } from '../config.js'
+import type { PeerSecurity } from '../cluster/peer-server.js'
 import { LeaderlessRpc, PeerUnreachable } from './rpc.js'
 
 type State = VersionedState<Uint8Array>
@@ -95,6 +96,8 @@ export interface LeaderlessOptions {
   sequencer: Sequencer
   logger: Logger
   clusterId: string
+  /** Mutual TLS between members and the identity checks on every connection and request. */
+  security: PeerSecurity
   now?: () => number
 }
 
@@ -243,6 +246,7 @@ export class LeaderlessEngine {
       clusterId: `${options.clusterId}/replicas=${options.config.replicas}/vnodes=${options.config.vnodes}/conflicts=${options.config.conflicts}`,
       host: options.config.host,
       logger: options.logger,
+      security: options.security,
       handle: (request) => this.handle(request),
     })
   }

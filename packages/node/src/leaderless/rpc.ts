@@ -16,7 +16,6 @@
  */
 import http2, {
   type ClientHttp2Session,
-  type Http2Server,
   type IncomingHttpHeaders,
   type ServerHttp2Stream,
 } from 'node:http2'
@@ -33,7 +32,8 @@ import {
   type PeerRequest,
   type PeerRequestBody,
 } from '@kvstore/protocol'
-import { listenPeerServer } from '../cluster/peer-server.js'
+import { peerConnectOptions } from '../cluster/peer-client.js'
+import { listenPeerServer, type PeerSecurity, type PeerServer } from '../cluster/peer-server.js'
 import type { MemberConfig } from '../config.js'
 
 /** One request per HTTP/2 stream (tools, tests). */
@@ -47,6 +47,12 @@ const callsInFlightMax = 16_384
 const channelBufferBytesMax = 64 * 1024 * 1024
 /** Requests from one peer in service at once; past it the channel is not read. */
 const servesInFlightMax = 1024
+/** Bytes of requests from one peer's channel in service at once; past it the channel is not read. */
+const servesBytesMax = 128 * 1024 * 1024
+/** One-request streams (`/peer/v1/ll`) one peer session may have open at once. */
+const oneShotStreamsMax = 8
+/** Bytes one peer session may have buffered across its one-request streams. */
+const oneShotBytesMax = leaderlessLimits.messageBytesMax + 16 * 1024 * 1024
 
 interface PendingCall {
   resolve: (reply: PeerReply) => void
@@ -62,6 +68,11 @@ interface Channel {
   broken: boolean
   /** The connection was made: calls written on it may have been delivered. */
   connected: boolean
+}
+
+const oneShotUsage = Symbol('kv.oneShotUsage')
+interface OneShotUsage {
+  [oneShotUsage]?: { streams: number; bytes: number }
 }
 
 /** A frame: u32 big-endian length of what follows, u32 call id, then the message. */
@@ -121,6 +132,8 @@ export interface RpcOptions {
   clusterId: string
   host: string
   logger: Logger
+  /** Mutual TLS and the identity checks (or the unsafe plaintext switch). */
+  security: PeerSecurity
   /** Serves one request from a peer. */
   handle(request: PeerRequest): Promise<PeerReply>
 }
@@ -143,7 +156,7 @@ export class PeerUnreachable extends Error {
 
 export class LeaderlessRpc {
   private readonly options: RpcOptions
-  private server: Http2Server | null = null
+  private server: PeerServer | null = null
   private readonly channels = new Map<string, Channel>()
   private readonly inbound = new Set<http2.ServerHttp2Session>()
   private readonly urls: Map<string, string>
@@ -158,16 +171,21 @@ export class LeaderlessRpc {
     this.server = await listenPeerServer({
       peerUrl: this.options.self.peerUrl,
       host: this.options.host,
-      streamsMax: 1000,
+      streamsMax: oneShotStreamsMax + 4,
       sessions: this.inbound,
-      onStream: (stream, headers) => this.accept(stream, headers),
+      security: this.options.security,
+      onStream: (stream, headers, peer) => this.accept(stream, headers, peer),
     })
   }
 
-  private accept(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+  private accept(
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    peer: string | null,
+  ): void {
     stream.on('error', () => {})
     if (headers[':method'] === 'POST' && headers[':path'] === streamPath) {
-      this.acceptStream(stream)
+      this.acceptStream(stream, peer)
       return
     }
     if (headers[':path'] !== peerPath || headers[':method'] !== 'POST') {
@@ -175,18 +193,47 @@ export class LeaderlessRpc {
       stream.end()
       return
     }
+    // Per-peer memory cap on the one-request path: few streams, and a byte budget shared by
+    // every stream of the session.
+    const session = stream.session as (ServerHttp2Stream['session'] & OneShotUsage) | undefined
+    if (session === undefined) return
+    session[oneShotUsage] ??= { streams: 0, bytes: 0 }
+    const usage = session[oneShotUsage]
+    if (usage.streams >= oneShotStreamsMax) {
+      this.options.security.onRefused('buffer_limit', { peer, streams: usage.streams })
+      this.reply(stream, 503, {
+        kind: 'refusal',
+        code: 'KV_ERR_OVERLOADED',
+        message: `${oneShotStreamsMax} requests from this peer are already being received`,
+      })
+      return
+    }
+    usage.streams++
     const chunks: Buffer[] = []
     let bytes = 0
     let refused = false
+    const release = () => {
+      usage.bytes -= bytes
+      bytes = 0
+    }
+    stream.once('close', () => {
+      usage.streams--
+      release()
+    })
     stream.on('data', (chunk: Buffer) => {
       if (refused) return
       bytes += chunk.length
-      if (bytes > leaderlessLimits.messageBytesMax) {
+      usage.bytes += chunk.length
+      if (bytes > leaderlessLimits.messageBytesMax || usage.bytes > oneShotBytesMax) {
         refused = true
+        release()
+        chunks.length = 0
+        if (usage.bytes > oneShotBytesMax)
+          this.options.security.onRefused('buffer_limit', { peer, bytes: usage.bytes })
         this.reply(stream, 413, {
           kind: 'refusal',
           code: 'KV_ERR_BAD_FRAME',
-          message: `request larger than ${leaderlessLimits.messageBytesMax} bytes`,
+          message: `request larger than ${leaderlessLimits.messageBytesMax} bytes, or more than ${oneShotBytesMax} bytes buffered for this peer`,
         })
         return
       }
@@ -194,14 +241,20 @@ export class LeaderlessRpc {
     })
     stream.on('end', () => {
       if (refused) return
-      void this.serve(Buffer.concat(chunks)).then(({ status, reply }) =>
-        this.reply(stream, status, reply),
-      )
+      const body = Buffer.concat(chunks)
+      chunks.length = 0
+      void this.serve(body, peer).then(({ status, reply }) => {
+        release()
+        this.reply(stream, status, reply)
+      })
     })
   }
 
   /** Decodes, checks and serves one request; never rejects (failures become refusals). */
-  private async serve(bytes: Uint8Array): Promise<{ status: number; reply: PeerReply }> {
+  private async serve(
+    bytes: Uint8Array,
+    peer: string | null,
+  ): Promise<{ status: number; reply: PeerReply }> {
     let request: PeerRequest
     try {
       request = decodePeerRequest(bytes)
@@ -223,6 +276,18 @@ export class LeaderlessRpc {
           kind: 'refusal',
           code: 'KV_ERR_CLUSTER_MISMATCH',
           message: `this is ${this.options.self.id} of cluster ${this.options.clusterId}; the request was meant for ${request.to} of ${request.clusterId}`,
+        },
+      }
+    }
+    if (peer !== null && request.from !== peer) {
+      // The connection was authenticated as `peer`; a request naming anyone else is forged.
+      this.options.security.onRefused('sender_mismatch', { peer, claimed: request.from })
+      return {
+        status: 403,
+        reply: {
+          kind: 'refusal',
+          code: 'KV_ERR_PEER_IDENTITY',
+          message: `this connection belongs to ${peer}, not ${request.from}`,
         },
       }
     }
@@ -258,10 +323,11 @@ export class LeaderlessRpc {
    * A peer's multiplexed channel: requests arrive as frames on the request body and replies
    * leave as frames on the response body, matched by id, in whatever order they finish.
    */
-  private acceptStream(stream: ServerHttp2Stream): void {
+  private acceptStream(stream: ServerHttp2Stream, peer: string | null): void {
     stream.respond({ ':status': 200, 'content-type': 'application/x-kv-frames' })
     const reader = new FrameReader()
     let serving = 0
+    let servingBytes = 0
     stream.on('data', (chunk: Buffer) => {
       let frames: { id: number; payload: Buffer }[]
       try {
@@ -273,12 +339,20 @@ export class LeaderlessRpc {
       }
       for (const { id, payload } of frames) {
         serving++
-        // Backpressure: past servesInFlightMax requests in service, stop reading the channel
-        // (the peer's writes then wait in TCP) until some are answered.
-        if (serving >= servesInFlightMax && !stream.isPaused()) stream.pause()
-        void this.serve(payload).then(({ reply }) => {
+        servingBytes += payload.length
+        // Backpressure: past servesInFlightMax requests (or servesBytesMax bytes) in service,
+        // stop reading the channel (the peer's writes then wait in TCP) until some are answered.
+        if ((serving >= servesInFlightMax || servingBytes >= servesBytesMax) && !stream.isPaused())
+          stream.pause()
+        void this.serve(payload, peer).then(({ reply }) => {
           serving--
-          if (serving < servesInFlightMax / 2 && stream.isPaused()) stream.resume()
+          servingBytes -= payload.length
+          if (
+            serving < servesInFlightMax / 2 &&
+            servingBytes < servesBytesMax / 2 &&
+            stream.isPaused()
+          )
+            stream.resume()
           if (!stream.destroyed && stream.writable)
             stream.write(encodeFrame(id, encodePeerReply(reply)))
         })
@@ -305,7 +379,9 @@ export class LeaderlessRpc {
     if (existing && !existing.broken) return existing
     const url = this.urls.get(peer)
     if (url === undefined) throw new PeerUnreachable(peer, 'not a member')
-    const session = http2.connect(url)
+    const security = this.options.security
+    const session =
+      security.tls === null ? http2.connect(url) : http2.connect(url, peerConnectOptions(security, peer))
     session.on('error', () => {})
     session.on('goaway', () => session.close())
     session.on('connect', (_s: ClientHttp2Session, socket: Socket) => socket.setNoDelay(true))
@@ -412,6 +488,6 @@ export class LeaderlessRpc {
     for (const session of this.inbound) session.destroy()
     const server = this.server
     this.server = null
-    if (server) await new Promise<void>((resolve) => server.close(() => resolve()))
+    await server?.close()
   }
 }
