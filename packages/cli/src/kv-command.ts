@@ -15,6 +15,7 @@ import {
   type Quorum,
   type Sibling,
 } from '@kvstore/client'
+import { certsOptions, certsUsage, runCerts } from './certs-command.js'
 import { ImportError, runImport } from './import.js'
 
 export interface Io {
@@ -58,6 +59,7 @@ Commands:
   status                  the node's status as JSON
   digest                  hash of the node's state
 
+${certsUsage}
 Options:
   --url URL               node to talk to (env KV_URL, default http://127.0.0.1:7001)
   --ack async|quorum|all  durability a write waits for (default: the cluster's; single-leader)
@@ -192,6 +194,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         repair: { type: 'string' },
         context: { type: 'string' },
         sloppy: { type: 'boolean' },
+        ...certsOptions,
       },
     })
   } catch (err) {
@@ -200,6 +203,8 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
   }
   const { values: opts, positionals } = parsed
   const [command, ...args] = positionals
+  // Certificates are made locally: no URL, no client.
+  if (command === 'certs') return runCerts(args, opts, io)
   if (opts.help || command === undefined || command === 'help') {
     await write(command === undefined && !opts.help ? io.stderr : io.stdout, usage)
     return command === undefined && !opts.help ? 2 : 0
