@@ -33,3 +33,5 @@ export {
   writeState,
 } from './conflicts.js'
 export type { ConflictMode, Payload, Resolved, VersionedState } from './conflicts.js'
+export { compilePermissions, mayList, mayRead, mayWrite, noPermissions } from './access.js'
+export type { AccessKind, Permissions, RoleGrants } from './access.js'
