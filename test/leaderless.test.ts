@@ -296,14 +296,28 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     expect(retry.headers.get('kv-deduplicated')).toBe('true')
     await retry.arrayBuffer()
     expect((await get(cluster.member('n1').url, key, { r: 'all' })).values).toEqual(['paid'])
-    // The same id on another key is another request.
-    const other = await fetch(`${cluster.member(outsider).url}/v1/kv/idem/other`, {
+    // The id is bound to its request: on another value, or on another key the same member
+    // coordinates, it is refused, and nothing is written.
+    const otherValue = await send(cluster.member(outsider).url, 'refunded')
+    expect(otherValue.status).toBe(409)
+    expect(((await otherValue.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_REQUEST_ID_REUSED',
+    )
+    // Another key the outsider forwards to the same coordinator (the first of its replicas).
+    const coordinator = replicasOf(key)[0]
+    const otherKey = Array.from({ length: 500 }, (_, i) => `idem/other-${i}`).find(
+      (k) => replicasOf(k)[0] === coordinator && !replicasOf(k).includes(outsider),
+    ) as string
+    const other = await fetch(`${cluster.member(outsider).url}/v1/kv/${path(otherKey)}`, {
       method: 'PUT',
       body: 'x',
       headers: { 'kv-request-id': 'order-42' },
     })
+    expect(other.status).toBe(409)
     expect(other.headers.get('kv-deduplicated')).toBeNull()
     await other.arrayBuffer()
+    expect((await get(cluster.member('n1').url, key, { r: 'all' })).values).toEqual(['paid'])
+    expect((await get(cluster.member('n1').url, otherKey, { r: 'all' })).status).toBe(404)
     // Without an id, the same blind write twice is two siblings: that is what ids are for.
     await put(cluster.member(outsider).url, 'idem/blind', 'v')
     await put(cluster.member(outsider).url, 'idem/blind', 'v')

@@ -42,6 +42,9 @@ export interface Op {
   value: Buffer
 }
 
+/** Bytes of a request fingerprint (the first half of a SHA-256). */
+export const requestFingerprintBytes = 16
+
 /** One position of the write-ahead log. */
 export interface LogEntry {
   epoch: number
@@ -51,6 +54,12 @@ export interface LogEntry {
   timestampMs: number
   /** Empty when the client sent no request id. */
   requestId: string
+  /**
+   * The fingerprint of the client request the request id is bound to
+   * (`requestFingerprintBytes` long). Absent or empty when there is no request id, and in
+   * entries written before it existed; decoding always sets it.
+   */
+  requestFingerprint?: Buffer
 }
 
 /** The applied state of one key. */
@@ -79,6 +88,11 @@ export interface RequestRecord {
   lsn: number
   epoch: number
   timestampMs: number
+  /**
+   * The fingerprint of the request the id is bound to (`requestFingerprintBytes` long), or
+   * empty when unknown (a record written before it existed), which matches any request.
+   */
+  fingerprint: Buffer
 }
 
 /** A record or frame that failed validation. `what` names the message type. */
@@ -119,6 +133,16 @@ function asBuffer(value: unknown): Buffer | null {
   return null
 }
 
+/** Reasons a request fingerprint breaks the format, or null when it is valid. */
+function fingerprintProblem(value: unknown): string | null {
+  const bytes = asBuffer(value)
+  if (bytes === null) return 'request fingerprint is not bytes'
+  if (bytes.length !== 0 && bytes.length !== requestFingerprintBytes) {
+    return `request fingerprint is ${bytes.length} bytes, not 0 or ${requestFingerprintBytes}`
+  }
+  return null
+}
+
 /** Reasons an op breaks the format, or null when it is valid. */
 function opProblem(op: { type: unknown; key: unknown; value: unknown }): string | null {
   if (op.type !== OpType.Put && op.type !== OpType.Delete)
@@ -140,6 +164,7 @@ function entryProblem(e: {
   ops: unknown
   timestampMs: unknown
   requestId: unknown
+  requestFingerprint?: unknown
 }): string | null {
   if (!isLsn(e.epoch, true)) return `epoch ${String(e.epoch)} is not a valid epoch`
   if (!isLsn(e.lsn, false)) return `lsn ${String(e.lsn)} is not a valid lsn`
@@ -173,6 +198,11 @@ function entryProblem(e: {
   if (typeof e.requestId !== 'string') return 'request id is not a string'
   if (Buffer.byteLength(e.requestId) > limitsCeiling.requestIdBytesMax) {
     return 'request id is too long'
+  }
+  const fingerprint = fingerprintProblem(e.requestFingerprint)
+  if (fingerprint !== null) return fingerprint
+  if (e.requestId === '' && (asBuffer(e.requestFingerprint)?.length ?? 0) !== 0) {
+    return 'request fingerprint without a request id'
   }
   return null
 }
@@ -217,6 +247,11 @@ export function encodeLogEntry(entry: LogEntry): Uint8Array {
     ops: entry.ops,
     timestampMs: entry.timestampMs,
     requestId: entry.requestId,
+    // Left out when empty, so an entry without one has the bytes it had before the field.
+    requestFingerprint:
+      entry.requestFingerprint !== undefined && entry.requestFingerprint.length > 0
+        ? entry.requestFingerprint
+        : undefined,
   }).finish()
 }
 
@@ -236,6 +271,7 @@ export function decodeLogEntry(bytes: Uint8Array): LogEntry {
     })),
     timestampMs: raw.timestampMs,
     requestId: raw.requestId,
+    requestFingerprint: asBuffer(raw.requestFingerprint) ?? emptyBuffer,
   }
 }
 
@@ -325,14 +361,32 @@ export function encodeRequestRecord(record: RequestRecord): Uint8Array {
   if (!isLsn(record.lsn, false) || !isLsn(record.epoch, true) || !isLsn(record.timestampMs, true)) {
     throw new EncodeError('request record', 'lsn, epoch or timestamp out of range')
   }
-  return RequestRecordType.encode({ format: formatVersion, ...record }).finish()
+  const problem = fingerprintProblem(record.fingerprint)
+  if (problem !== null) throw new EncodeError('request record', problem)
+  return RequestRecordType.encode({
+    format: formatVersion,
+    lsn: record.lsn,
+    epoch: record.epoch,
+    timestampMs: record.timestampMs,
+    fingerprint: record.fingerprint.length > 0 ? record.fingerprint : undefined,
+  }).finish()
 }
 
-/** Decodes and validates a request record. */
+/**
+ * Decodes and validates a request record. One written before fingerprints existed decodes
+ * with an empty one (the format did not change: proto3 reads an absent field as empty).
+ */
 export function decodeRequestRecord(bytes: Uint8Array): RequestRecord {
   const raw = decodeWith<RequestRecord>(RequestRecordType, 'request record', bytes)
   if (!isLsn(raw.lsn, false) || !isLsn(raw.epoch, true) || !isLsn(raw.timestampMs, true)) {
     throw new DecodeError('request record', 'lsn, epoch or timestamp out of range')
   }
-  return { lsn: raw.lsn, epoch: raw.epoch, timestampMs: raw.timestampMs }
+  const problem = fingerprintProblem(raw.fingerprint)
+  if (problem !== null) throw new DecodeError('request record', problem)
+  return {
+    lsn: raw.lsn,
+    epoch: raw.epoch,
+    timestampMs: raw.timestampMs,
+    fingerprint: asBuffer(raw.fingerprint) ?? emptyBuffer,
+  }
 }

@@ -5,9 +5,11 @@ import {
   EntryKind,
   OpType,
   decodeLogEntry,
+  decodeRequestRecord,
   decodeStoredRecord,
   decodeUndoRecord,
   encodeLogEntry,
+  encodeRequestRecord,
   encodeStoredRecord,
   encodeUndoRecord,
   schemaRoot,
@@ -24,6 +26,7 @@ const sample: LogEntry = {
   ],
   timestampMs: 1_767_225_600_000,
   requestId: 'req-1',
+  requestFingerprint: Buffer.alloc(16, 0xab),
 }
 
 describe('log entry codec', () => {
@@ -58,6 +61,73 @@ describe('log entry codec', () => {
       .encode({ format: 1, epoch: 1, lsn: 1, kind: 3, ops: [{ type: 9, key: Buffer.from('k') }] })
       .finish()
     expect(() => decodeLogEntry(unknownOp)).toThrow(/unknown op type 9/)
+  })
+})
+
+describe('request fingerprints', () => {
+  const logEntryType = schemaRoot.lookupType('kv.v1.LogEntry')
+  const requestRecordType = schemaRoot.lookupType('kv.v1.RequestRecord')
+  const rawEntry = (fields: Record<string, unknown>) =>
+    logEntryType
+      .encode({
+        format: 1,
+        epoch: 1,
+        lsn: 1,
+        kind: 1,
+        ops: [{ type: 1, key: Buffer.from('k') }],
+        ...fields,
+      })
+      .finish()
+
+  it('an entry without one decodes with an empty one, and encodes to the bytes it had before', () => {
+    const { requestFingerprint: _, ...withoutField } = sample
+    // What the encoder wrote before the field existed.
+    const before = logEntryType.encode({ format: 1, ...withoutField }).finish()
+    expect(decodeLogEntry(before)).toEqual({ ...sample, requestFingerprint: Buffer.alloc(0) })
+    expect(Buffer.from(encodeLogEntry(withoutField))).toEqual(Buffer.from(before))
+    const empty = { ...sample, requestFingerprint: Buffer.alloc(0) }
+    expect(Buffer.from(encodeLogEntry(empty))).toEqual(Buffer.from(before))
+  })
+
+  it('refuses a fingerprint of the wrong length, or one without a request id', () => {
+    for (const length of [1, 15, 17, 32]) {
+      const bytes = rawEntry({ requestId: 'r', requestFingerprint: Buffer.alloc(length, 1) })
+      expect(() => decodeLogEntry(bytes)).toThrow(/request fingerprint is \d+ bytes/)
+      expect(() =>
+        encodeLogEntry({ ...sample, requestFingerprint: Buffer.alloc(length, 1) }),
+      ).toThrow(EncodeError)
+    }
+    expect(() =>
+      decodeLogEntry(rawEntry({ requestId: '', requestFingerprint: Buffer.alloc(16, 1) })),
+    ).toThrow(/without a request id/)
+    expect(() => encodeLogEntry({ ...sample, requestId: '' })).toThrow(/without a request id/)
+  })
+
+  it('request records round-trip it, and an old record decodes with an empty one', () => {
+    const record = { lsn: 3, epoch: 2, timestampMs: 99, fingerprint: Buffer.alloc(16, 7) }
+    expect(decodeRequestRecord(encodeRequestRecord(record))).toEqual(record)
+    const none = { ...record, fingerprint: Buffer.alloc(0) }
+    expect(decodeRequestRecord(encodeRequestRecord(none))).toEqual(none)
+    const old = requestRecordType.encode({ format: 1, lsn: 3, epoch: 2, timestampMs: 99 }).finish()
+    expect(decodeRequestRecord(old)).toEqual(none)
+    expect(Buffer.from(encodeRequestRecord(none))).toEqual(Buffer.from(old))
+  })
+
+  it('request records refuse a fingerprint of the wrong length', () => {
+    for (const length of [1, 8, 15, 17, 32]) {
+      const bad = requestRecordType
+        .encode({ format: 1, lsn: 3, epoch: 2, timestampMs: 99, fingerprint: Buffer.alloc(length) })
+        .finish()
+      expect(() => decodeRequestRecord(bad)).toThrow(/request fingerprint is \d+ bytes/)
+      expect(() =>
+        encodeRequestRecord({
+          lsn: 3,
+          epoch: 2,
+          timestampMs: 99,
+          fingerprint: Buffer.alloc(length),
+        }),
+      ).toThrow(EncodeError)
+    }
   })
 })
 
@@ -96,6 +166,13 @@ describe('schema and TypeScript types stay in step', () => {
     expect(fields('kv.v1.StoredRecord')).toEqual(['format', 'tombstone', 'value', 'version'])
     expect(fields('kv.v1.UndoRecord')).toEqual(['format', 'images', 'lsn'])
     expect(fields('kv.v1.UndoImage')).toEqual(['key', 'prior'])
+    expect(fields('kv.v1.RequestRecord')).toEqual([
+      'epoch',
+      'fingerprint',
+      'format',
+      'lsn',
+      'timestampMs',
+    ])
   })
 
   it('enum numbers match the .proto', () => {

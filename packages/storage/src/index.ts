@@ -1,3 +1,4 @@
+export { requestFingerprint, sameRequest } from './fingerprint.js'
 export { InvariantError, StorageError, invariant } from './invariant.js'
 export { RecordCache } from './record-cache.js'
 export { Sequencer, standaloneWriter } from './sequencer.js'

@@ -16,6 +16,7 @@ import {
   type Op,
   type StoredRecord,
 } from '@kvstore/protocol'
+import { requestFingerprint, sameRequest } from './fingerprint.js'
 import { encodeEntries, type EncodedEntries, type Store } from './store.js'
 
 /** A put or delete as a client asked for it, with its optional condition. */
@@ -36,6 +37,12 @@ export interface WriteRequest {
   kind: 'put' | 'delete' | 'batch'
   ops: WriteOp[]
   requestId?: string
+  /**
+   * What the request id is bound to. When omitted (and there is an id) it is
+   * `requestFingerprint(request)`; a caller whose logged write is not the request its client
+   * sent (the leaderless coordinator logs a merged state) gives the client request's own.
+   */
+  fingerprint?: Buffer
 }
 
 export interface OpResult {
@@ -94,6 +101,14 @@ export function standaloneWriter(store: Store, commit = true): LogWriter {
   }
 }
 
+/** A write with a request id that is accepted but not yet durable. */
+interface InflightRequest {
+  fingerprint: Buffer
+  result: Promise<WriteResult>
+}
+
+const emptyBuffer = Buffer.alloc(0)
+
 interface OverlayRecord {
   lsn: number
   record: StoredRecord | null
@@ -120,7 +135,7 @@ export class Sequencer {
   private readonly writer: LogWriter
   private readonly overlay = new Map<string, OverlayRecord>()
   /** Writes with a request id that are accepted but not yet durable. */
-  private readonly inflightRequests = new Map<string, Promise<WriteResult>>()
+  private readonly inflightRequests = new Map<string, InflightRequest>()
   private truncationsSeen: number
 
   constructor(store: Store, options: SequencerOptions) {
@@ -136,19 +151,39 @@ export class Sequencer {
   }
 
   /**
-   * Like `write`, but a request id that was already applied (or is being applied) returns the
-   * first result instead of writing again, so a client may retry a write safely.
+   * Checks and writes a request. A request id that was already applied (or is being applied)
+   * for the same request returns the first result instead of writing again, so a client may
+   * retry a write safely. The id is bound to its request (its fingerprint): the same id on
+   * another request throws KV_ERR_REQUEST_ID_REUSED and writes nothing.
    */
   async write(request: WriteRequest): Promise<WriteResult> {
     const requestId = request.requestId
-    if (requestId === undefined || requestId === '') return this.writeOnce(request)
-    const inflight = this.inflightRequests.get(requestId)
+    if (requestId === undefined || requestId === '') return this.writeOnce(request, emptyBuffer)
+    const fingerprint = request.fingerprint ?? requestFingerprint(request)
+    let inflight = this.inflightRequests.get(requestId)
+    while (inflight !== undefined && !inflight.fingerprint.equals(fingerprint)) {
+      // Another request with this id is on its way to disk. Its outcome decides the answer
+      // (refused if it is applied, written if it failed), and waiting for it means the 409
+      // never names a write that could still vanish.
+      const other = inflight
+      await other.result.catch(() => {})
+      inflight = this.inflightRequests.get(requestId)
+      // Settled: whatever it applied is in the store now, where the check below finds it.
+      if (inflight === other) inflight = undefined
+    }
     if (inflight !== undefined) {
-      const first = await inflight
+      const first = await inflight.result
       return { ...first, deduplicated: true }
     }
     const applied = this.store.getRequest(requestId)
     if (applied !== null) {
+      if (!sameRequest(applied.fingerprint, fingerprint)) {
+        throw new KvError(
+          'KV_ERR_REQUEST_ID_REUSED',
+          `kv-request-id ${JSON.stringify(requestId)} was already used for another request (applied at LSN ${applied.lsn}); nothing was written. Use a fresh id per request.`,
+          { requestId, lsn: applied.lsn },
+        )
+      }
       return {
         lsn: applied.lsn,
         epoch: applied.epoch,
@@ -159,8 +194,8 @@ export class Sequencer {
         deduplicated: true,
       }
     }
-    const attempt = this.writeOnce(request)
-    this.inflightRequests.set(requestId, attempt)
+    const attempt = this.writeOnce(request, fingerprint)
+    this.inflightRequests.set(requestId, { fingerprint, result: attempt })
     try {
       return await attempt
     } finally {
@@ -172,7 +207,7 @@ export class Sequencer {
    * Checks the write's conditions, appends it as one log entry and resolves once it is durable.
    * Throws `KV_ERR_PRECONDITION_FAILED` or `KV_ERR_KEY_NOT_FOUND` without writing anything.
    */
-  private async writeOnce(request: WriteRequest): Promise<WriteResult> {
+  private async writeOnce(request: WriteRequest, fingerprint: Buffer): Promise<WriteResult> {
     if (this.store.truncations !== this.truncationsSeen) {
       // Entries were truncated: the pending records they made no longer exist.
       this.truncationsSeen = this.store.truncations
@@ -237,6 +272,7 @@ export class Sequencer {
       ops,
       timestampMs: this.options.now(),
       requestId: request.requestId ?? '',
+      requestFingerprint: fingerprint,
     }
     const encoded = encodeEntries([entry])
     // Refuse now, before the LSN is taken: a refused append after that would leave a gap.

@@ -1533,7 +1533,13 @@ class BatchBuilder {
         next.epochRuns = [...runs, { epoch: entry.epoch, startLsn: entry.lsn }]
       }
       if (entry.requestId !== '') {
-        const record = { lsn: entry.lsn, epoch: entry.epoch, timestampMs: entry.timestampMs }
+        const record: RequestRecord = {
+          lsn: entry.lsn,
+          epoch: entry.epoch,
+          timestampMs: entry.timestampMs,
+          // The id stays bound to its request on every replica, and after a change of leader.
+          fingerprint: entry.requestFingerprint ?? emptyBuffer,
+        }
         this.batch.put(requestKey(entry.requestId), toBuffer(encodeRequestRecord(record)))
         this.batch.put(requestTimeKey(entry.timestampMs, entry.requestId), emptyBuffer)
       }

@@ -26,7 +26,15 @@ export function entry(lsn: number, ops: Op[], epoch = 1): LogEntry {
       : ops[0]?.type === OpType.Put
         ? EntryKind.Put
         : EntryKind.Delete
-  return { epoch, lsn, kind, ops, timestampMs: 1_700_000_000_000 + lsn, requestId: '' }
+  return {
+    epoch,
+    lsn,
+    kind,
+    ops,
+    timestampMs: 1_700_000_000_000 + lsn,
+    requestId: '',
+    requestFingerprint: Buffer.alloc(0),
+  }
 }
 
 /** Opens a store in `dir` with epoch 1 already persisted. */

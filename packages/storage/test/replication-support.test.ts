@@ -1,6 +1,6 @@
 import { ClassicLevel } from 'classic-level'
 import { decodeLogEntry, encodeStoredRecord, EntryKind, OpType } from '@kvstore/protocol'
-import { Sequencer, Store } from '../src/index.js'
+import { Sequencer, Store, requestFingerprint } from '../src/index.js'
 import { MetaName, metaKey } from '../src/layout.js'
 import { dump, entry, openStore, put, tempDir } from './helpers.js'
 
@@ -96,7 +96,12 @@ describe('request ids', () => {
       commitLsn: 2,
     })
     await store.append([withId(3, 'c', 'req-3', 3000)])
-    expect(store.getRequest('req-1')).toEqual({ lsn: 1, epoch: 1, timestampMs: 1000 })
+    expect(store.getRequest('req-1')).toEqual({
+      lsn: 1,
+      epoch: 1,
+      timestampMs: 1000,
+      fingerprint: Buffer.alloc(0),
+    })
     expect(store.getRequest('req-3')?.lsn).toBe(3)
     await store.truncateAfter(2)
     expect(store.getRequest('req-3')).toBeNull()
@@ -117,16 +122,81 @@ describe('request ids', () => {
     const [first, concurrent] = await Promise.all([seq.write(request), seq.write(request)])
     expect(first).toMatchObject({ lsn: 1, deduplicated: false })
     expect(concurrent).toMatchObject({ lsn: 1, deduplicated: true })
-    const later = await seq.write({ ...request, ops: [{ ...request.ops[0]!, ifAbsent: true }] })
+    const later = await seq.write({ ...request })
     expect(later).toMatchObject({ lsn: 1, deduplicated: true, results: [{ version: 1 }] })
+    // The id is bound to the request: with a condition added it is another request.
+    await expect(
+      seq.write({ ...request, ops: [{ ...request.ops[0]!, ifAbsent: true }] }),
+    ).rejects.toMatchObject({ code: 'KV_ERR_REQUEST_ID_REUSED' })
     expect(store.appliedLsn).toBe(1)
     // The record is part of the entry: a restart keeps it.
     await store.close()
     const reopened = await Store.open({ dir, nodeId: 'n1' })
-    const again = await new Sequencer(reopened, { now: () => 6 }).write(request)
+    const reopenedSeq = new Sequencer(reopened, { now: () => 6 })
+    const again = await reopenedSeq.write(request)
     expect(again).toMatchObject({ lsn: 1, deduplicated: true })
+    await expect(
+      reopenedSeq.write({ ...request, ops: [{ ...request.ops[0]!, value: Buffer.from('2') }] }),
+    ).rejects.toMatchObject({ code: 'KV_ERR_REQUEST_ID_REUSED' })
     expect(reopened.appliedLsn).toBe(1)
     await reopened.close()
+  })
+
+  it('a record written before fingerprints existed (empty) still dedupes any retry', async () => {
+    const store = await openStore(dir)
+    // An entry as an older build wrote it: a request id and no fingerprint.
+    await store.append([withId(1, 'k', 'old-id')], { commitLsn: 1 })
+    expect(store.getRequest('old-id')?.fingerprint).toHaveLength(0)
+    const seq = new Sequencer(store, { now: () => 5 })
+    const retry = await seq.write({
+      kind: 'put',
+      ops: [{ type: 'put', key: Buffer.from('k'), value: Buffer.from('v1') }],
+      requestId: 'old-id',
+    })
+    expect(retry).toMatchObject({ lsn: 1, deduplicated: true })
+    expect(store.appliedLsn).toBe(1)
+    await store.close()
+  })
+
+  it('are bound on a follower too, from the bytes the leader wrote, and after expiry are free', async () => {
+    const other = await tempDir()
+    const leader = await openStore(other.dir, { nodeId: 'leader' })
+    const request = {
+      kind: 'put' as const,
+      ops: [{ type: 'put' as const, key: Buffer.from('k'), value: Buffer.from('1') }],
+      requestId: 'failover-1',
+    }
+    await new Sequencer(leader, { now: () => 1000 }).write(request)
+    const raw = await leader.readLogRaw(1, { entriesMax: 10, bytesMax: 1 << 20 })
+    const follower = await openStore(dir)
+    await follower.appendEncoded(
+      {
+        entries: raw.map((r) => decodeLogEntry(r.data)),
+        encoded: raw.map((r) => r.data),
+        bytes: raw.reduce((n, r) => n + r.data.length, 0),
+      },
+      { commitLsn: 1 },
+    )
+    expect(follower.getRequest('failover-1')).toEqual(leader.getRequest('failover-1'))
+    expect(follower.getRequest('failover-1')?.fingerprint).toHaveLength(16)
+    // The follower becomes the leader: a retry is deduplicated, a reuse refused.
+    const promoted = new Sequencer(follower, { now: () => 2000 })
+    expect(await promoted.write(request)).toMatchObject({ lsn: 1, deduplicated: true })
+    const reuse = {
+      ...request,
+      ops: [{ type: 'put' as const, key: Buffer.from('elsewhere'), value: Buffer.from('1') }],
+    }
+    await expect(promoted.write(reuse)).rejects.toMatchObject({
+      code: 'KV_ERR_REQUEST_ID_REUSED',
+      details: { requestId: 'failover-1', lsn: 1 },
+    })
+    expect(follower.appliedLsn).toBe(1)
+    // Past the retention the id is forgotten, and free for another request.
+    expect(await follower.expireRequests(1500)).toBe(1)
+    expect(await promoted.write(reuse)).toMatchObject({ lsn: 2, deduplicated: false })
+    await follower.close()
+    await leader.close()
+    await other.cleanup()
   })
 })
 
@@ -176,6 +246,10 @@ describe('snapshot install', () => {
       Array.from({ length: 30 }, (_, i) => ({
         ...entry(i + 1, [put(`k${i % 10}`, `v${i}`)]),
         requestId: `req-${i + 1}`,
+        requestFingerprint: requestFingerprint({
+          kind: 'put',
+          ops: [{ type: 'put', key: Buffer.from(`k${i % 10}`), value: Buffer.from(`v${i}`) }],
+        }),
         timestampMs: 5000 + i,
       })),
       { commitLsn: 30 },
@@ -197,7 +271,23 @@ describe('snapshot install', () => {
     expect(await follower.finishSnapshotInstall()).toEqual(await leader.digest())
     for (let lsn = 1; lsn <= 30; lsn++) {
       expect(follower.getRequest(`req-${lsn}`)).toEqual(leader.getRequest(`req-${lsn}`))
+      expect(follower.getRequest(`req-${lsn}`)?.fingerprint).toHaveLength(16)
     }
+    // The installed records bind their ids: a retry is deduplicated, a reuse refused.
+    const installed = new Sequencer(follower, { now: () => 9000 })
+    const retry = {
+      kind: 'put' as const,
+      ops: [{ type: 'put' as const, key: Buffer.from('k4'), value: Buffer.from('v4') }],
+      requestId: 'req-5',
+    }
+    expect(await installed.write(retry)).toMatchObject({ lsn: 5, deduplicated: true })
+    await expect(
+      installed.write({
+        ...retry,
+        ops: [{ type: 'put', key: Buffer.from('k4'), value: Buffer.from('other') }],
+      }),
+    ).rejects.toMatchObject({ code: 'KV_ERR_REQUEST_ID_REUSED' })
+    expect(follower.appliedLsn).toBe(30)
     // They expire like any other: the time index came along.
     expect(await follower.expireRequests(5010)).toBe(10)
     expect(follower.getRequest('req-10')).toBeNull()

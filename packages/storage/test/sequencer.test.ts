@@ -1,5 +1,5 @@
 import { KvError } from '@kvstore/protocol'
-import { Sequencer, type Store } from '../src/index.js'
+import { Sequencer, requestFingerprint, type Store, type WriteRequest } from '../src/index.js'
 import { openStore, tempDir } from './helpers.js'
 
 let dir: string
@@ -216,5 +216,137 @@ describe('Sequencer', () => {
     })
     expect(next.lsn).toBe(2)
     expect(store.failed).toBeNull()
+  })
+})
+
+describe('request ids are bound to their request', () => {
+  const putA: WriteRequest = {
+    kind: 'put',
+    ops: [{ type: 'put', key: b('a'), value: b('1') }],
+    requestId: 'order-42',
+  }
+
+  it('a retry of the same request is deduplicated, durable or in flight', async () => {
+    const [first, concurrent] = await Promise.all([seq.write(putA), seq.write({ ...putA })])
+    expect(first).toMatchObject({ lsn: 1, deduplicated: false })
+    expect(concurrent).toMatchObject({ lsn: 1, deduplicated: true })
+    // A copy of the request, not the same object: equal bytes are the same request.
+    const later = await seq.write({
+      kind: 'put',
+      ops: [{ type: 'put', key: Buffer.from('a'), value: Buffer.from('1') }],
+      requestId: 'order-42',
+    })
+    expect(later).toMatchObject({ lsn: 1, deduplicated: true, results: [{ version: 1 }] })
+    expect(store.appliedLsn).toBe(1)
+  })
+
+  it.each<[string, WriteRequest]>([
+    ['another key', { ...putA, ops: [{ type: 'put', key: b('b'), value: b('1') }] }],
+    ['another value', { ...putA, ops: [{ type: 'put', key: b('a'), value: b('2') }] }],
+    ['another kind', { ...putA, kind: 'delete', ops: [{ type: 'delete', key: b('a') }] }],
+    ['a batch of the same op', { ...putA, kind: 'batch' }],
+    [
+      'a condition',
+      { ...putA, ops: [{ type: 'put', key: b('a'), value: b('1'), ifAbsent: true }] },
+    ],
+    [
+      'another version condition',
+      { ...putA, ops: [{ type: 'put', key: b('a'), value: b('1'), ifVersion: 1 }] },
+    ],
+    ['one more op', { ...putA, kind: 'batch', ops: [...putA.ops, ...putA.ops] }],
+  ])('the same id on %s is refused with KV_ERR_REQUEST_ID_REUSED', async (_, other) => {
+    await seq.write(putA)
+    const err = await failure(seq.write(other))
+    expect(err.code).toBe('KV_ERR_REQUEST_ID_REUSED')
+    expect(err.status).toBe(409)
+    expect(err.details).toEqual({ requestId: 'order-42', lsn: 1 })
+    // Nothing was written: no entry, and neither key changed.
+    expect(store.appliedLsn).toBe(1)
+    expect(store.getSync(b('a'))?.value.toString()).toBe('1')
+    expect(store.getSync(b('b'))).toBeNull()
+    // The first request is still the one the id is bound to.
+    expect(await seq.write(putA)).toMatchObject({ lsn: 1, deduplicated: true })
+  })
+
+  it('an in-flight request with another body is refused once the first is durable', async () => {
+    const first = seq.write(putA)
+    const other = seq.write({ ...putA, ops: [{ type: 'put', key: b('b'), value: b('x') }] }).then(
+      () => null,
+      (err: KvError) => ({ code: err.code, lsn: err.details.lsn, applied: store.appliedLsn }),
+    )
+    expect(await first).toMatchObject({ lsn: 1, deduplicated: false })
+    // The 409 named LSN 1 only once it was durable.
+    expect(await other).toEqual({ code: 'KV_ERR_REQUEST_ID_REUSED', lsn: 1, applied: 1 })
+    expect(store.getSync(b('b'))).toBeNull()
+    expect(store.appliedLsn).toBe(1)
+  })
+
+  it('an id whose first request failed is free for another one', async () => {
+    const refused = failure(
+      seq.write({ ...putA, ops: [{ type: 'put', key: b('a'), value: b('1'), ifExists: true }] }),
+    )
+    const other = seq.write({ ...putA, ops: [{ type: 'put', key: b('b'), value: b('2') }] })
+    expect((await refused).code).toBe('KV_ERR_PRECONDITION_FAILED')
+    expect(await other).toMatchObject({ lsn: 1, deduplicated: false })
+    expect(store.getSync(b('b'))?.value.toString()).toBe('2')
+  })
+
+  it('writes the fingerprint into the entry and the request record, and none without an id', async () => {
+    await seq.write(putA)
+    await seq.write({ kind: 'put', ops: [{ type: 'put', key: b('c'), value: b('3') }] })
+    const [withId, withoutId] = await store.readLog(1, { entriesMax: 2, bytesMax: 1e6 })
+    const fingerprint = requestFingerprint(putA)
+    expect(fingerprint).toHaveLength(16)
+    expect(withId?.requestFingerprint?.equals(fingerprint)).toBe(true)
+    expect(withoutId?.requestFingerprint).toHaveLength(0)
+    expect(store.getRequest('order-42')?.fingerprint.equals(fingerprint)).toBe(true)
+  })
+})
+
+describe('requestFingerprint', () => {
+  const base: WriteRequest = {
+    kind: 'batch',
+    ops: [
+      { type: 'put', key: b('ab'), value: b('c') },
+      { type: 'delete', key: b('d') },
+    ],
+  }
+  const fp = (request: WriteRequest) => requestFingerprint(request).toString('hex')
+
+  it('is 16 bytes, the same for equal requests, and ignores the id', () => {
+    expect(requestFingerprint(base)).toHaveLength(16)
+    expect(fp({ ...base, requestId: 'x' })).toBe(
+      fp({
+        kind: 'batch',
+        ops: [
+          { type: 'put', key: b('ab'), value: b('c') },
+          { type: 'delete', key: b('d') },
+        ],
+      }),
+    )
+    // What the sequencer writes the same way: a put without a value, a delete's value.
+    expect(fp({ kind: 'put', ops: [{ type: 'put', key: b('k') }] })).toBe(
+      fp({ kind: 'put', ops: [{ type: 'put', key: b('k'), value: Buffer.alloc(0) }] }),
+    )
+    expect(fp({ kind: 'delete', ops: [{ type: 'delete', key: b('k'), value: b('v') }] })).toBe(
+      fp({ kind: 'delete', ops: [{ type: 'delete', key: b('k') }] }),
+    )
+  })
+
+  it('differs for every field, and where the bytes of key and value meet', () => {
+    const variants: WriteRequest[] = [
+      base,
+      { ...base, kind: 'put' },
+      { ...base, ops: [{ type: 'put', key: b('a'), value: b('bc') }, base.ops[1]!] },
+      { ...base, ops: [{ type: 'put', key: b('abc'), value: b('') }, base.ops[1]!] },
+      { ...base, ops: [{ type: 'put', key: b('ab'), value: b('c') }] },
+      { ...base, ops: [base.ops[1]!, base.ops[0]!] },
+      { ...base, ops: [base.ops[0]!, { type: 'put', key: b('d') }] },
+      { ...base, ops: [base.ops[0]!, { type: 'delete', key: b('d'), ifExists: true }] },
+      { ...base, ops: [base.ops[0]!, { type: 'delete', key: b('d'), ifAbsent: true }] },
+      { ...base, ops: [base.ops[0]!, { type: 'delete', key: b('d'), ifVersion: 0 }] },
+      { ...base, ops: [base.ops[0]!, { type: 'delete', key: b('d'), ifVersion: 1 }] },
+    ]
+    expect(new Set(variants.map(fp)).size).toBe(variants.length)
   })
 })

@@ -44,6 +44,7 @@ import {
   keyToBytes,
   newestStamp,
   leaderlessLimits,
+  requestFingerprintBytes,
   type CausalContext,
   type HlcStamp,
   type KeyRecord,
@@ -51,7 +52,13 @@ import {
   type PeerRequest,
   type VersionedRecord,
 } from '@kvstore/protocol'
-import type { ListItem, Sequencer, Store, WriteOp } from '@kvstore/storage'
+import {
+  sameRequest,
+  type ListItem,
+  type Sequencer,
+  type Store,
+  type WriteOp,
+} from '@kvstore/storage'
 import { resolveQuorum, type ClusterConfig, type NodeConfig } from '../config.js'
 import type { PeerSecurity } from '../cluster/peer-server.js'
 import { LeaderlessRpc, PeerUnreachable } from './rpc.js'
@@ -123,9 +130,71 @@ export interface LeaderlessWrite {
   mayForward?: boolean
 }
 
-/** The request id a write is remembered under: scoped to its key. */
-function requestKeyOf(key: string, requestId: string): string {
-  return `ll:${createHash('sha256').update(key).digest('base64url').slice(0, 22)}:${requestId}`
+/**
+ * The request id a write is remembered under (in this coordinator's request table, through
+ * its sequencer): the id alone, whatever the key. The record holds the fingerprint of the
+ * client's request (`writeFingerprint`), so a retry (same fingerprint) is deduplicated as
+ * before, and the id on any other request is refused with KV_ERR_REQUEST_ID_REUSED. Until
+ * then the record was keyed by key hash + id: a reuse on another key was simply a new write,
+ * and a reuse on the same key with another value was answered as a retry of the first.
+ * Records stay on the coordinator that applied the write, as before, so a reuse that reaches
+ * another coordinator (a key another member coordinates) is not seen there.
+ */
+function requestKeyOf(requestId: string): string {
+  return `ll:${requestId}`
+}
+
+const fingerprintDomain = 'kv-leaderless-write-fingerprint-v1\u0000'
+
+/**
+ * What a leaderless request id is bound to: the key, the value or a delete, and the client's
+ * context (vector and clock) if it sent one. Not w or sloppy, which only say how long to wait
+ * (as ack does in single-leader mode). Every field is tagged and length-prefixed, so no two
+ * writes share an encoding; the first 16 bytes of one SHA-256, as `requestFingerprint`.
+ */
+function writeFingerprint(
+  key: string,
+  value: Uint8Array | null,
+  context: CausalContext | null,
+): Buffer {
+  const hash = createHash('sha256').update(fingerprintDomain)
+  const head = Buffer.allocUnsafe(9)
+  const number = (n: number) => {
+    head.writeUInt8(0x6e, 0) // 'n'
+    head.writeDoubleBE(n, 1)
+    hash.update(head)
+  }
+  const bytes = (b: Uint8Array | string) => {
+    const data = typeof b === 'string' ? Buffer.from(b, 'utf8') : b
+    head.writeUInt8(0x62, 0) // 'b'
+    head.writeUInt32BE(data.length, 1)
+    hash.update(head.subarray(0, 5)).update(data)
+  }
+  bytes(key)
+  if (value === null) number(0)
+  else {
+    number(1)
+    bytes(value)
+  }
+  if (context === null) number(0)
+  else {
+    const actors = Object.keys(context.vector).sort()
+    number(1)
+    number(actors.length)
+    for (const actor of actors) {
+      bytes(actor)
+      number(context.vector[actor] ?? 0)
+    }
+    const hlc = context.hlc
+    if (hlc === null) number(0)
+    else {
+      number(1)
+      number(hlc.wallMs)
+      number(hlc.logical)
+      bytes(hlc.node)
+    }
+  }
+  return hash.digest().subarray(0, requestFingerprintBytes)
 }
 
 export interface WriteOutcome {
@@ -528,7 +597,11 @@ export class LeaderlessEngine {
     }
   }
 
-  private async persist(key: string, state: State | null, requestId?: string): Promise<void> {
+  private async persist(
+    key: string,
+    state: State | null,
+    request?: { id: string; fingerprint: Buffer },
+  ): Promise<void> {
     // Never write a record that could not be read back.
     if (
       state !== null &&
@@ -547,7 +620,8 @@ export class LeaderlessEngine {
     await this.sequencer.write({
       kind: state === null ? 'delete' : 'put',
       ops: [op],
-      ...(requestId !== undefined ? { requestId } : {}),
+      // The logged op is the merged state; the id is bound to the client's request.
+      ...(request !== undefined ? { requestId: request.id, fingerprint: request.fingerprint } : {}),
     })
     this.track_(key, state)
   }
@@ -880,11 +954,14 @@ export class LeaderlessEngine {
       return this.forwardWrite(key, { ...request, w: wanted }, prefs)
     }
     if (context !== null) this.checkContext(context)
-    const rid = requestId === null ? undefined : requestKeyOf(key, requestId)
+    const rid =
+      requestId === null
+        ? undefined
+        : { id: requestKeyOf(requestId), fingerprint: writeFingerprint(key, value, context) }
     // Refuse before writing anything when too few targets are reachable to ever reach W (a
     // retry of a write applied here before is answered below instead).
     const reachable = this.reachableTargets(prefs, spares, sloppy)
-    if (reachable < wanted && (rid === undefined || this.store.getRequest(rid) === null)) {
+    if (reachable < wanted && !this.appliedBefore(requestId, rid)) {
       this.stats.quorumFailures.write++
       throw new KvError(
         'KV_ERR_QUORUM_UNAVAILABLE',
@@ -906,7 +983,7 @@ export class LeaderlessEngine {
     if (given?.hlc) this.observeStamp(given.hlc)
     const { state, hlc, deduplicated } = await this.locked(key, async () => {
       const current = (await this.loadState(key)) ?? { vector: {}, siblings: [] }
-      if (rid !== undefined && this.store.getRequest(rid) !== null) {
+      if (this.appliedBefore(requestId, rid)) {
         // Applied here before (the answer was lost, or W was not reached): send what the key
         // holds now, which includes that write unless a later one replaced it.
         return {
@@ -955,6 +1032,28 @@ export class LeaderlessEngine {
       hinted: acks.hinted,
       ...(deduplicated ? { deduplicated: true } : {}),
     }
+  }
+
+  /**
+   * Whether this member applied the request before (a retry), found by its request id whatever
+   * the key. Throws KV_ERR_REQUEST_ID_REUSED when the id was applied for another request.
+   */
+  private appliedBefore(
+    requestId: string | null,
+    rid: { id: string; fingerprint: Buffer } | undefined,
+  ): boolean {
+    if (requestId === null || rid === undefined) return false
+    const applied = this.store.getRequest(rid.id)
+    if (applied === null) return false
+    if (!sameRequest(applied.fingerprint, rid.fingerprint)) {
+      // Not naming the other request's key: the id is all the two have in common.
+      throw new KvError(
+        'KV_ERR_REQUEST_ID_REUSED',
+        `kv-request-id ${JSON.stringify(requestId)} was already used for another request; nothing was written. Use a fresh id per request.`,
+        { requestId },
+      )
+    }
+    return true
   }
 
   /**
