@@ -168,7 +168,8 @@ export const configSpec: readonly OptionSpec[] = [
     flag: '--cert-file',
     env: 'KV_CERT_FILE',
     kind: 'string',
-    default: (c) => (c.certsDir === undefined ? undefined : `${c.certsDir}/${c.nodeId ?? 'n1'}.crt`),
+    default: (c) =>
+      c.certsDir === undefined ? undefined : `${c.certsDir}/${c.nodeId ?? 'n1'}.crt`,
     defaultText: '<certs-dir>/<id>.crt',
     group: 'security',
     description:
@@ -179,10 +180,11 @@ export const configSpec: readonly OptionSpec[] = [
     flag: '--key-file',
     env: 'KV_KEY_FILE',
     kind: 'string',
-    default: (c) => (c.certsDir === undefined ? undefined : `${c.certsDir}/${c.nodeId ?? 'n1'}.key`),
+    default: (c) =>
+      c.certsDir === undefined ? undefined : `${c.certsDir}/${c.nodeId ?? 'n1'}.key`,
     defaultText: '<certs-dir>/<id>.key',
     group: 'security',
-    description: "The private key of --cert-file (PEM). Reloaded on SIGHUP.",
+    description: 'The private key of --cert-file (PEM). Reloaded on SIGHUP.',
   },
   {
     key: 'caFile',
@@ -1455,7 +1457,8 @@ export function peerTlsOn(config: NodeConfig): boolean {
 function securityProblems(config: NodeConfig): string[] {
   const problems: string[] = []
   const given = [config.certFile, config.keyFile].filter((f) => f !== undefined).length
-  if (given === 1) problems.push('--cert-file and --key-file go together: give both, or --certs-dir')
+  if (given === 1)
+    problems.push('--cert-file and --key-file go together: give both, or --certs-dir')
   if (peerTlsOn(config)) {
     if (config.certFile === undefined || config.caFile === undefined) {
       problems.push(

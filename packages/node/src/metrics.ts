@@ -198,13 +198,13 @@ export class NodeMetrics {
       labelNames: ['result'],
       registers,
     })
-    const self = this
+    const notAfter = (): number => this.tlsNotAfterSeconds
     new Gauge({
       name: 'kv_tls_certificate_not_after_seconds',
       help: 'When the certificate in use expires, in Unix seconds (0 without TLS): alert well before it.',
       registers,
       collect() {
-        this.set(self.tlsNotAfterSeconds)
+        this.set(notAfter())
       },
     })
     const writes = this.writes

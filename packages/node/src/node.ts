@@ -7,12 +7,7 @@ import type { FastifyInstance } from 'fastify'
 import type { DestinationStream, Logger } from 'pino'
 import { Sequencer, Store } from '@kvstore/storage'
 import { createHash } from 'node:crypto'
-import {
-  clusterOf,
-  peerTlsOn,
-  type ClusterConfig,
-  type NodeConfig,
-} from './config.js'
+import { clusterOf, peerTlsOn, type ClusterConfig, type NodeConfig } from './config.js'
 import type { PeerRefusal, PeerSecurity } from './cluster/peer-server.js'
 import { TlsSource } from './security/tls.js'
 import { Replicator } from './cluster/replicator.js'

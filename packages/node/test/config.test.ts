@@ -114,16 +114,18 @@ describe('parseConfig', () => {
 
 describe('cluster configuration', () => {
   const members =
-    'n1@http://127.0.0.1:7001@http://127.0.0.1:7101,n2@http://127.0.0.1:7002@http://127.0.0.1:7102,n3@http://127.0.0.1:7003@http://127.0.0.1:7103'
+    'n1@https://127.0.0.1:7001@https://127.0.0.1:7101,n2@https://127.0.0.1:7002@https://127.0.0.1:7102,n3@https://127.0.0.1:7003@https://127.0.0.1:7103'
+  // parseConfig names the files; the node reads and checks them when it starts.
+  const certs = ['--certs-dir', '/etc/kv/certs']
 
   it('reads the members from a flag, the environment or JSON, and leads with the first by default', () => {
-    const fromFlag = parseConfig(['--id', 'n2', '--members', members], {}).config
+    const fromFlag = parseConfig(['--id', 'n2', '--members', members, ...certs], {}).config
     expect(fromFlag.mode).toBe('single-leader')
     const cluster = clusterOf(fromFlag)
     expect(cluster.self).toEqual({
       id: 'n2',
-      clientUrl: 'http://127.0.0.1:7002',
-      peerUrl: 'http://127.0.0.1:7102',
+      clientUrl: 'https://127.0.0.1:7002',
+      peerUrl: 'https://127.0.0.1:7102',
     })
     expect(cluster.leaderId).toBe('n1')
     const json = JSON.stringify(
@@ -132,20 +134,56 @@ describe('cluster configuration', () => {
         return { id, clientUrl, peerUrl }
       }),
     )
-    const fromEnv = parseConfig([], { KV_NODE_ID: 'n3', KV_MEMBERS: json, KV_LEADER: 'n2' }).config
+    const fromEnv = parseConfig([], {
+      KV_NODE_ID: 'n3',
+      KV_MEMBERS: json,
+      KV_LEADER: 'n2',
+      KV_CERTS_DIR: '/etc/kv/certs',
+    }).config
+    expect(fromEnv.certFile).toBe('/etc/kv/certs/n3.crt')
+    expect(fromEnv.keyFile).toBe('/etc/kv/certs/n3.key')
+    expect(fromEnv.caFile).toBe('/etc/kv/certs/ca.crt')
     expect(clusterOf(fromEnv)).toMatchObject({ leaderId: 'n2', self: { id: 'n3' } })
     expect(clusterOf(fromEnv).members).toEqual(cluster.members)
     expect(parseConfig([], {}).config.mode).toBe('standalone')
   })
 
   it.each([
-    [['--id', 'n9', '--members', members], /n9.*is not among --members/],
-    [['--members', members, '--leader', 'n7'], /--leader "n7" is not among --members/],
-    [['--members', 'n1@http://127.0.0.1:7001'], /must be id@clientURL@peerURL/],
-    [['--members', 'n1@ftp://h:1@http://h:2'], /must look like http:\/\/host:port/],
-    [['--members', 'n1@http://h@http://h:2'], /must look like http:\/\/host:port/],
-    [['--members', `${members},n1@http://127.0.0.1:7004@http://127.0.0.1:7104`], /repeats n1/],
-    [['--members', `${members},n4@http://127.0.0.1:7001@http://127.0.0.1:7104`], /repeats/],
+    [['--id', 'n9', '--members', members, ...certs], /n9.*is not among --members/],
+    [['--members', members, '--leader', 'n7', ...certs], /--leader "n7" is not among --members/],
+    [['--members', 'n1@https://127.0.0.1:7001'], /must be id@clientURL@peerURL/],
+    [['--members', 'n1@ftp://h:1@https://h:2'], /must look like https:\/\/host:port/],
+    [['--members', 'n1@https://h@https://h:2'], /must look like https:\/\/host:port/],
+    [['--members', `${members},n1@https://127.0.0.1:7004@https://127.0.0.1:7104`], /repeats n1/],
+    [['--members', `${members},n4@https://127.0.0.1:7001@https://127.0.0.1:7104`], /repeats/],
+    // Security: members always talk mutual TLS, and URLs say so.
+    [['--members', members], /needs certificates: members talk mutual TLS/],
+    [
+      ['--members', members.replaceAll('https://127.0.0.1:71', 'http://127.0.0.1:71'), ...certs],
+      /peer URL of n1 \(http:\/\/127.0.0.1:7101\) must start with https:/,
+    ],
+    [
+      ['--members', members.replaceAll('https://127.0.0.1:70', 'http://127.0.0.1:70'), ...certs],
+      /client URL of n1 \(http:\/\/127.0.0.1:7001\) must start with https:/,
+    ],
+    [['--cert-file', '/x.crt'], /--cert-file and --key-file go together/],
+    [['--host', '0.0.0.0'], /refusing to serve plaintext HTTP on 0.0.0.0/],
+    [
+      [
+        '--host',
+        '10.0.0.5',
+        '--unsafe-plaintext-peers',
+        '--insecure',
+        '--members',
+        'n1@http://10.0.0.5:1@http://10.0.0.5:2',
+      ],
+      /plaintext peer ports are for tests on loopback only/,
+    ],
+    [['--unsafe-plaintext-peers'], /needs a cluster mode/],
+    [
+      ['--inflight-body-bytes-max', '2MiB'],
+      /inflightBodyBytesMax \(2097152\) must be at least requestBodyBytesMax/,
+    ],
     [['--members', '[{"id": 1}]'], /needs string id, clientUrl and peerUrl/],
     [['--members', '[oops'], /--members is not valid JSON/],
     [['--mode', 'single-leader'], /needs --members/],
@@ -153,6 +191,7 @@ describe('cluster configuration', () => {
       [
         '--members',
         members,
+        ...certs,
         '--log-retention-entries',
         '5000',
         '--log-retention-entries-max',
@@ -166,7 +205,7 @@ describe('cluster configuration', () => {
   })
 
   it('sizes replication frames for the largest write, and refuses limits no frame can carry', () => {
-    const { config } = parseConfig(['--members', members], {})
+    const { config } = parseConfig(['--members', members, ...certs], {})
     // A 4 MiB batch body still fits one frame with a full 1 MiB append before it.
     expect(replicationFrameBytesMax(config)).toBeGreaterThan(
       config.requestBodyBytesMax + config.replicationAppendBytesMax,
@@ -174,8 +213,18 @@ describe('cluster configuration', () => {
     const big = ['--value-bytes-max', '64MiB', '--request-body-bytes-max', '64MiB']
     // Alone, a node may take such values; in a cluster no frame could carry them.
     expect(parseConfig(big, {}).config.valueBytesMax).toBe(64 * 1024 * 1024)
-    expect(() => parseConfig(['--members', members, ...big], {})).toThrow(
+    expect(() => parseConfig(['--members', members, ...certs, ...big], {})).toThrow(
       /replication frames must carry the largest write/,
     )
+  })
+
+  it('serves plaintext off loopback only when told --insecure, and peers in plaintext only on loopback', () => {
+    expect(parseConfig(['--host', '0.0.0.0', '--insecure'], {}).config.insecure).toBe(true)
+    expect(parseConfig(['--host', '0.0.0.0', ...certs], {}).config.certFile).toBe(
+      '/etc/kv/certs/n1.crt',
+    )
+    const plain = members.replaceAll('https://', 'http://')
+    const { config } = parseConfig(['--members', plain, '--unsafe-plaintext-peers'], {})
+    expect(config.unsafePlaintextPeers).toBe(true)
   })
 })

@@ -151,6 +151,8 @@ async function leaderless(size: number): Promise<TestNode[]> {
         '1',
         '--vnodes',
         '64',
+        // These tests are about request ids, not peer security: plaintext peers on loopback.
+        '--unsafe-plaintext-peers',
       ]),
     ),
   )

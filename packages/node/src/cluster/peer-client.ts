@@ -9,7 +9,10 @@ import type { PeerCertificate } from 'node:tls'
 import { certificateIdentity } from '@kvstore/protocol/identity'
 import type { PeerSecurity } from './peer-server.js'
 
-export function peerConnectOptions(security: PeerSecurity, peer: string): SecureClientSessionOptions {
+export function peerConnectOptions(
+  security: PeerSecurity,
+  peer: string,
+): SecureClientSessionOptions {
   const tls = security.tls
   if (tls === null) throw new Error('peerConnectOptions needs TLS')
   return {
@@ -20,7 +23,11 @@ export function peerConnectOptions(security: PeerSecurity, peer: string): Secure
     checkServerIdentity: (_host: string, cert: PeerCertificate): Error | undefined => {
       const member = certificateIdentity(cert.subjectaltname, security.clusterId, 'member')
       if (member === peer) return undefined
-      security.onRefused('not_a_member', { expected: peer, member, subjectAltName: cert.subjectaltname ?? null })
+      security.onRefused('not_a_member', {
+        expected: peer,
+        member,
+        subjectAltName: cert.subjectaltname ?? null,
+      })
       return new Error(
         `the server at ${peer}'s peer URL presents a certificate of ${member === null ? 'no member of this cluster' : `member ${member}`}, not ${peer}`,
       )

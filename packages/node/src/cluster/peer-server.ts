@@ -136,7 +136,11 @@ export async function listenPeerServer(options: PeerServerOptions): Promise<Peer
       return
     }
     if (socket.alpnProtocol !== 'h2') {
-      security.onRefused('handshake', { remote: socket.remoteAddress ?? null, member, reason: 'not h2' })
+      security.onRefused('handshake', {
+        remote: socket.remoteAddress ?? null,
+        member,
+        reason: 'not h2',
+      })
       socket.destroy()
       return
     }

@@ -319,7 +319,8 @@ export class PeerTransport {
       this.log.warn({ peer, code, reason: message }, 'refusing a peer stream')
       if (!stream.headersSent)
         stream.respond({
-          ':status': code === 'KV_ERR_BAD_FRAME' ? 400 : code === 'KV_ERR_PEER_IDENTITY' ? 403 : 409,
+          ':status':
+            code === 'KV_ERR_BAD_FRAME' ? 400 : code === 'KV_ERR_PEER_IDENTITY' ? 403 : 409,
         })
       stream.end(this.refusal(code, message))
     }

@@ -381,7 +381,9 @@ export class LeaderlessRpc {
     if (url === undefined) throw new PeerUnreachable(peer, 'not a member')
     const security = this.options.security
     const session =
-      security.tls === null ? http2.connect(url) : http2.connect(url, peerConnectOptions(security, peer))
+      security.tls === null
+        ? http2.connect(url)
+        : http2.connect(url, peerConnectOptions(security, peer))
     session.on('error', () => {})
     session.on('goaway', () => session.close())
     session.on('connect', (_s: ClientHttp2Session, socket: Socket) => socket.setNoDelay(true))

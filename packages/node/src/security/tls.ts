@@ -55,7 +55,9 @@ function certificatesOf(pem: Buffer, what: string): X509Certificate[] {
     try {
       return new X509Certificate(block)
     } catch (err) {
-      throw new TlsError(`${what} holds a certificate that does not parse: ${(err as Error).message}`)
+      throw new TlsError(
+        `${what} holds a certificate that does not parse: ${(err as Error).message}`,
+      )
     }
   })
 }
@@ -115,7 +117,14 @@ export function loadTlsMaterial(
       `certificate ${files.certFile} must name exactly one member as a URI kv://<cluster-id>/member/${memberId}; it names ${members.length === 0 ? 'none' : members.map((m) => `${m.clusterId}/${m.name}`).join(', ')}. Make member certificates with \`kv certs init\` or \`kv certs add-member\``,
     )
   }
-  return { cert, key, ca, clusterId, notAfter: new Date(leaf.validTo), fingerprint256: leaf.fingerprint256 }
+  return {
+    cert,
+    key,
+    ca,
+    clusterId,
+    notAfter: new Date(leaf.validTo),
+    fingerprint256: leaf.fingerprint256,
+  }
 }
 
 /**
