@@ -51,6 +51,8 @@ export async function runNode(argv: readonly string[], env: NodeJS.ProcessEnv): 
     )
   }
   process.on('SIGTERM', onSignal)
+  // Certificates and the audit log file are read again, without a restart.
+  process.on('SIGHUP', () => node.reload())
   process.on('SIGINT', onSignal)
   process.on('uncaughtException', (err) => {
     node.logger.fatal({ err }, 'uncaught exception')

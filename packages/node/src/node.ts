@@ -10,10 +10,18 @@ import { createHash } from 'node:crypto'
 import { clusterOf, peerTlsOn, type ClusterConfig, type NodeConfig } from './config.js'
 import type { PeerRefusal, PeerSecurity } from './cluster/peer-server.js'
 import { TlsSource } from './security/tls.js'
+import { KvError, OpType } from '@kvstore/protocol'
+import type { WriteOp } from '@kvstore/storage'
+import { AuditLog } from './security/audit.js'
+import { AuthAdmin, logAuthWriter } from './security/auth-admin.js'
+import { AuthStore } from './security/auth-store.js'
+import { prepareBootstrap, saveGeneratedPassword, type Bootstrap } from './security/bootstrap.js'
+import { HashLimiter } from './security/passwords.js'
+import { TokenService } from './security/tokens.js'
 import { Replicator } from './cluster/replicator.js'
 import { LeaderlessEngine } from './leaderless/engine.js'
 import { buildApp } from './http/app.js'
-import type { AppContext, Lifecycle } from './http/context.js'
+import type { AppContext, Lifecycle, Security } from './http/context.js'
 import type { DualProtocolServer } from './http/dual-protocol.js'
 import { createLogger } from './logger.js'
 import { NodeMetrics } from './metrics.js'
@@ -51,6 +59,8 @@ export class KvNode {
   /** The leaderless coordinator in leaderless mode; null otherwise. */
   readonly leaderless: LeaderlessEngine | null
   private stopping: Promise<void> | null = null
+  /** What the HTTP layer uses: auth, tokens, TLS reload. */
+  readonly context: AppContext
 
   private constructor(
     config: NodeConfig,
@@ -61,7 +71,9 @@ export class KvNode {
     lifecycle: Lifecycle,
     replicator: Replicator | null,
     leaderless: LeaderlessEngine | null,
+    context: AppContext,
   ) {
+    this.context = context
     this.config = config
     this.logger = logger
     this.store = store
@@ -131,9 +143,30 @@ export class KvNode {
       onBatch: (stats) => metrics.recordBatch(stats),
       onFatal: (err) => onFatal(err),
     })
+    let audit: AuditLog | null = null
     try {
       const openStore = store
       metrics.watchStore(() => openStore)
+      const auth = new AuthStore(store, logger)
+      await auth.start()
+      const hashLimiter = new HashLimiter(
+        config.loginsInFlightMax,
+        16 * config.loginsInFlightMax,
+        2000,
+      )
+      // A brand-new data directory: this node may create the cluster, and secures it then.
+      const fresh = store.meta.appliedLsn === 0 && store.meta.logStartLsn === 1
+      const bootstrap =
+        fresh && config.auth
+          ? await prepareBootstrap({
+              rootPasswordFile: config.rootPasswordFile,
+              nodeId: config.nodeId,
+              limiter: hashLimiter,
+              stampWallMs: config.mode === 'leaderless' ? 0 : Date.now(),
+              log: logger,
+            })
+          : null
+      auth.awaitingBootstrap = bootstrap !== null
       let sequencer: Sequencer
       if (cluster && config.mode === 'leaderless') {
         // Every member takes writes on its own authority; the log is local.
@@ -158,6 +191,7 @@ export class KvNode {
           logger,
           onFatal,
           security: peerSecurity(config, cluster, store.meta.clusterId, tls, metrics, logger),
+          bootstrapOps: bootstrap?.ops ?? null,
         })
         await replicator.start()
         metrics.watchReplicator(replicator)
@@ -166,6 +200,40 @@ export class KvNode {
         // A standalone node is the only member of its cluster, so it leads from epoch 1 on.
         if (store.meta.epoch < 1) await store.setHardState({ epoch: 1 })
         sequencer = new Sequencer(store, { now: Date.now })
+        if (bootstrap) await sequencer.write({ kind: 'batch', ops: bootstrapWriteOps(bootstrap) })
+      }
+      if (bootstrap && config.mode === 'leaderless') {
+        // Every member starts the auth store alike; members then exchange records, and the
+        // same records from several members converge (last writer wins, by member id).
+        await sequencer.write({ kind: 'batch', ops: bootstrapWriteOps(bootstrap) })
+      }
+      if (bootstrap && config.mode !== 'leaderless') {
+        saveGeneratedPassword({ bootstrap, auth, store, dataDir: config.dataDir, log: logger })
+      } else if (bootstrap?.generatedPassword != null) {
+        logger.warn(
+          'new leaderless cluster without --root-password-file: root has no password (each member would draw its own); log in with the root client certificate from kv certs init, and set one with kv user passwd root',
+        )
+      }
+      audit = new AuditLog(config.auditLog, config.nodeId)
+      const securityClusterId = store.meta.clusterId
+      const security: Security = {
+        auth,
+        admin: new AuthAdmin(
+          auth,
+          logAuthWriter({
+            sequencer,
+            replicator,
+            nodeId: config.nodeId,
+            ackTimeoutMs: config.ackTimeoutMs,
+            now: Date.now,
+          }),
+          config,
+          hashLimiter,
+        ),
+        tokens: new TokenService(securityClusterId, config.tokenTtlMs),
+        hashLimiter,
+        audit,
+        clusterId: securityClusterId,
       }
       const lifecycle: Lifecycle = { ready: false, shuttingDown: false }
       const ctx: AppContext = {
@@ -176,6 +244,38 @@ export class KvNode {
         leaderless,
         metrics,
         tls,
+        security,
+        reloadTls:
+          tls === null
+            ? null
+            : () => {
+                try {
+                  const material = tls.reload()
+                  metrics.tlsReloads.inc({ result: 'ok' })
+                  metrics.tlsNotAfterSeconds = Math.floor(material.notAfter.getTime() / 1000)
+                  logger.info(
+                    {
+                      notAfter: material.notAfter.toISOString(),
+                      fingerprint256: material.fingerprint256,
+                    },
+                    'certificates reloaded',
+                  )
+                  return {
+                    notAfter: material.notAfter.toISOString(),
+                    fingerprint256: material.fingerprint256,
+                  }
+                } catch (err) {
+                  metrics.tlsReloads.inc({ result: 'failed' })
+                  logger.error(
+                    { err },
+                    'certificate reload failed; the old certificate stays in use',
+                  )
+                  throw new KvError(
+                    'KV_ERR_INVALID_ARGUMENT',
+                    `certificate reload failed: ${(err as Error).message}`,
+                  )
+                }
+              },
         version: packageVersion(),
         startedAtMs: Date.now(),
         lifecycle,
@@ -183,7 +283,7 @@ export class KvNode {
       const app = buildApp(ctx, logger)
       const port = cluster ? Number(new URL(cluster.self.clientUrl).port) : config.port
       await app.listen({ host: config.host, port })
-      node = new KvNode(config, logger, store, app, metrics, lifecycle, replicator, leaderless)
+      node = new KvNode(config, logger, store, app, metrics, lifecycle, replicator, leaderless, ctx)
       lifecycle.ready = true
       logger.info(
         {
@@ -201,6 +301,7 @@ export class KvNode {
       await replicator?.stop().catch(() => {})
       await leaderless?.stop().catch(() => {})
       await store.close().catch(() => {})
+      audit?.flush()
       throw err
     }
   }
@@ -213,6 +314,21 @@ export class KvNode {
       this.config.host === '0.0.0.0' || this.config.host === '::' ? '127.0.0.1' : this.config.host
     const scheme = (this.app.server as DualProtocolServer).secure ? 'https' : 'http'
     return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`
+  }
+
+  /**
+   * SIGHUP: reads the certificate files again (new connections use them; open ones finish
+   * undisturbed) and reopens the audit log file (for log rotation). A certificate that fails
+   * its checks is refused and the old one stays.
+   */
+  reload(): void {
+    this.context.security.audit.reopen()
+    if (this.context.reloadTls === null) return
+    try {
+      this.context.reloadTls()
+    } catch {
+      // Logged and counted by reloadTls.
+    }
   }
 
   /**
@@ -253,6 +369,7 @@ export class KvNode {
       await this.replicator?.stop()
       await this.leaderless?.stop()
       await this.store.close()
+      this.context.security.audit.flush()
       this.logger.info({ appliedLsn: this.store.appliedLsn }, 'node stopped')
       this.logger.flush()
     }
@@ -319,4 +436,12 @@ function peerSecurity(
 export function derivedClusterId(cluster: ClusterConfig): string {
   const ids = cluster.members.map((m) => m.id).sort()
   return `kv-${createHash('sha256').update(ids.join('\n')).digest('hex').slice(0, 16)}`
+}
+
+/** The bootstrap records as a batch a sequencer takes (create-only: never over existing ones). */
+function bootstrapWriteOps(bootstrap: Bootstrap): WriteOp[] {
+  return bootstrap.ops.map((op) => {
+    if (op.type !== OpType.Put) throw new Error('bootstrap ops are puts')
+    return { type: 'put' as const, key: op.key, value: op.value, ifAbsent: true }
+  })
 }

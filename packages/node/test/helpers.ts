@@ -10,11 +10,26 @@ export interface TestNode {
   stop: () => Promise<void>
 }
 
-/** Starts a real node (real LevelDB, real HTTP server on an ephemeral port) for one test. */
+/**
+ * Starts a real node (real LevelDB, real HTTP server on an ephemeral port) for one test. These
+ * tests are about the API, so the node starts with auth off unless `args` say otherwise
+ * (auth.test.ts and the process tests run with it on).
+ */
 export async function startTestNode(args: string[] = []): Promise<TestNode> {
   const dir = await mkdtemp(join(tmpdir(), 'kv-node-'))
   const { config } = parseConfig(
-    ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent', ...args],
+    [
+      '--port',
+      '0',
+      '--data-dir',
+      join(dir, 'data'),
+      '--log-level',
+      'silent',
+      '--audit-log',
+      'off',
+      ...(args.some((a) => a === '--auth' || a.startsWith('--auth=')) ? [] : ['--auth', 'false']),
+      ...args,
+    ],
     {},
   )
   const node = await KvNode.start(config, {

@@ -47,6 +47,8 @@ export interface AuthUser {
   passwordHash: string
   roles: string[]
   generation: number
+  /** Random, made when the user is created; tokens name it. */
+  id: string
 }
 
 export interface AuthGrant {
@@ -182,6 +184,8 @@ function validateBody(body: AuthBody): void {
       list(u.roles, 'roles', authLimits.rolesPerUserMax).forEach((r) => name(r, 'role name'))
       if (new Set(u.roles).size !== u.roles.length) fail('roles repeat')
       count(u.generation, 'generation')
+      if (typeof u.id !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(u.id))
+        fail('user id is malformed')
       return
     }
     case 'role': {
@@ -287,6 +291,7 @@ export function decodeAuthRecord(bytes: Uint8Array): AuthRecord {
           passwordHash: u.passwordHash as string,
           roles: u.roles as string[],
           generation: u.generation as number,
+          id: u.id as string,
         },
       }
       break

@@ -25,6 +25,7 @@ describe('auth records', () => {
             passwordHash: 'scrypt$15$8$1$c2FsdA$aGFzaA',
             roles: ['app'],
             generation: 3,
+            id: 'u1',
           },
         },
       },
@@ -56,7 +57,10 @@ describe('auth records', () => {
       {
         stamp,
         deleted: true,
-        body: { kind: 'user', user: { name: 'bob', passwordHash: '', roles: [], generation: 0 } },
+        body: {
+          kind: 'user',
+          user: { name: 'bob', passwordHash: '', roles: [], generation: 0, id: 'u2' },
+        },
       },
     ]
     for (const record of records) expect(decodeAuthRecord(encodeAuthRecord(record))).toEqual(record)
@@ -66,7 +70,10 @@ describe('auth records', () => {
     const key = authRecordKey({
       stamp,
       deleted: false,
-      body: { kind: 'user', user: { name: 'alice', passwordHash: '', roles: [], generation: 0 } },
+      body: {
+        kind: 'user',
+        user: { name: 'alice', passwordHash: '', roles: [], generation: 0, id: 'u3' },
+      },
     })
     expect(isReservedKey(key)).toBe(true)
     expect(parseAuthKey(key)).toEqual({ kind: 'user', name: 'alice' })
@@ -78,10 +85,16 @@ describe('auth records', () => {
     const bad = (body: AuthRecord['body']) => () =>
       encodeAuthRecord({ stamp, deleted: false, body })
     expect(
-      bad({ kind: 'user', user: { name: 'a/b', passwordHash: '', roles: [], generation: 0 } }),
+      bad({
+        kind: 'user',
+        user: { name: 'a/b', passwordHash: '', roles: [], generation: 0, id: 'x' },
+      }),
     ).toThrow(/name/)
     expect(
-      bad({ kind: 'user', user: { name: 'a', passwordHash: 'md5$x', roles: [], generation: 0 } }),
+      bad({
+        kind: 'user',
+        user: { name: 'a', passwordHash: 'md5$x', roles: [], generation: 0, id: 'x' },
+      }),
     ).toThrow(/scrypt/)
     expect(
       bad({

@@ -200,11 +200,14 @@ export interface StateSnapshot {
 /** A hash of the whole applied state. Equal states give equal digests. */
 export interface StateDigest {
   appliedLsn: number
-  /** Hex SHA-256 over every key, version and value in key order. */
+  /** Hex SHA-256 over every key, version and value in key order (the auth store's too). */
   digest: string
+  /** Keys of the data (the auth store's records are not counted). */
   keys: number
-  /** Sum of key and value bytes. */
+  /** Sum of key and value bytes of the data. */
   bytes: number
+  /** Records of the auth store (reserved keys). */
+  reservedKeys: number
 }
 
 interface AppendJob {
@@ -270,6 +273,7 @@ export class Store {
   private readonly onBatch: ((stats: BatchStats) => void) | undefined
   private readonly readHook: ((key: Buffer) => Promise<void>) | undefined
   private readonly onFatal: ((err: Error) => void) | undefined
+  private readonly reservedListeners: ((keys: Buffer[] | 'all') => void)[] = []
   private state: StoreState
   private readonly queue: Job[] = []
   private queueHead = 0
@@ -447,6 +451,20 @@ export class Store {
     return last - first + 1
   }
 
+  /**
+   * Calls `listener` synchronously whenever keys of the reserved space (U+0000 first: the
+   * auth store) change in the state: with those keys after a batch (their records are in the
+   * read cache already, so `getSync` sees them), or with 'all' after a truncation or a
+   * snapshot install, which may change any of them.
+   */
+  watchReserved(listener: (keys: Buffer[] | 'all') => void): void {
+    this.reservedListeners.push(listener)
+  }
+
+  private reservedChanged(keys: Buffer[] | 'all'): void {
+    for (const listener of this.reservedListeners) listener(keys)
+  }
+
   // ---------------------------------------------------------------- reads
 
   /**
@@ -500,7 +518,11 @@ export class Store {
   /** One page of keys in key order, from a single consistent LevelDB iterator. */
   async list(options: ListOptions): Promise<{ items: ListItem[]; more: boolean }> {
     this.assertReadable()
-    const range = options.prefix ? stateRangeForPrefix(options.prefix) : prefixRange(Prefix.State)
+    // Without a prefix the page starts past the reserved space (keys starting with U+0000,
+    // the auth store), which no client key can be in: user keys hold no control characters.
+    const range = options.prefix
+      ? stateRangeForPrefix(options.prefix)
+      : { gte: stateKey(Buffer.of(0x01)), lt: prefixRange(Prefix.State).lt }
     let gte: Buffer | undefined = range.gte
     let gt: Buffer | undefined
     if (options.start && Buffer.compare(stateKey(options.start), gte) > 0) {
@@ -665,6 +687,7 @@ export class Store {
       const hash = createHash('sha256')
       const header = Buffer.alloc(17)
       let keys = 0
+      let reservedKeys = 0
       let bytes = 0
       for await (const { key, record } of snapshot.records()) {
         header.writeUInt32BE(key.length, 0)
@@ -675,10 +698,22 @@ export class Store {
         hash.update(header)
         hash.update(key)
         hash.update(record.value)
+        // The auth store's records are hashed (replicas must agree on them too) but are not
+        // keys of the data.
+        if (key[0] === 0x00) {
+          reservedKeys++
+          continue
+        }
         keys++
         bytes += key.length + record.value.length
       }
-      return { appliedLsn: snapshot.appliedLsn, digest: hash.digest('hex'), keys, bytes }
+      return {
+        appliedLsn: snapshot.appliedLsn,
+        digest: hash.digest('hex'),
+        keys,
+        bytes,
+        reservedKeys,
+      }
     } finally {
       await snapshot.close()
     }
@@ -877,6 +912,7 @@ export class Store {
       this.installing = null
       this.truncationCount++
       this.cache.clear()
+      this.reservedChanged('all')
       this.logger.info({ snapshotLsn: lsn, records: installing.records }, 'snapshot installed')
     }).then(() => this.digest())
   }
@@ -1261,6 +1297,7 @@ export class Store {
     const durationMs = performance.now() - started
     this.state = builder.next
     builder.applyToCache(this.cache)
+    if (builder.reservedKeys.length > 0) this.reservedChanged(builder.reservedKeys)
     for (const member of members) member.resolve()
     this.onBatch?.({ entries, writers: members.length, bytes, durationMs })
   }
@@ -1344,6 +1381,7 @@ export class Store {
     await this.db.batch(ops, { sync: true })
     this.cache.clear()
     this.truncationCount++
+    this.reservedChanged('all')
     this.rollbackNext += rolled
     this.rollbackFirst = Math.max(this.rollbackFirst, dropTo)
     this.rolledBackCount += rolled
@@ -1484,6 +1522,8 @@ class BatchBuilder {
   private readonly batch: ChainedBatch
   /** State written earlier in this batch, by user key in latin1 (one char per byte). */
   private readonly overlay = new Map<string, StoredRecord | null>()
+  /** Keys of the reserved space (the auth store) this batch writes. */
+  readonly reservedKeys: Buffer[] = []
   private readonly store: Store
   next: StoreState
   private readonly before: StoreState
@@ -1556,6 +1596,7 @@ class BatchBuilder {
             : this.store.getSync(op.key)
           images.push({ key: op.key, prior })
         }
+        if (op.key[0] === 0x00) this.reservedKeys.push(op.key)
         if (op.type === OpType.Put) {
           const record: StoredRecord = { value: op.value, version: entry.lsn, tombstone: false }
           this.batch.put(key, toBuffer(encodeStoredRecord(record)))

@@ -25,6 +25,7 @@ import {
   frameLimits,
   type Frame,
   type LogEntry,
+  type Op,
   type MemberState,
   type StoredRecord,
 } from '@kvstore/protocol'
@@ -52,6 +53,12 @@ export interface ReplicatorOptions {
   logger: Logger
   /** Mutual TLS between members and the identity checks on every connection and frame. */
   security: PeerSecurity
+  /**
+   * The auth store's first records, written in the cluster's first entry (LSN 1) by whichever
+   * member leads first; null when the cluster starts with auth off or this data directory
+   * already has a log.
+   */
+  bootstrapOps?: Op[] | null
   now?: () => number
 }
 
@@ -181,6 +188,7 @@ export class Replicator {
     badFrames: 0,
   }
   private readonly onFatal: (err: Error) => void
+  private readonly bootstrapOps: Op[] | null
 
   constructor(options: ReplicatorOptions & { onFatal: (err: Error) => void }) {
     const { config, cluster, store } = options
@@ -190,6 +198,7 @@ export class Replicator {
     this.log = options.logger
     this.now = options.now ?? Date.now
     this.onFatal = options.onFatal
+    this.bootstrapOps = options.bootstrapOps ?? null
     const meta = store.meta
     this.core = new ReplicaCore(
       {
@@ -465,8 +474,22 @@ export class Replicator {
     }
   }
 
-  /** An entry that changes nothing: a new leader's first, or a linearizable read's barrier. */
+  /**
+   * An entry that changes nothing: a new leader's first, or a linearizable read's barrier. The
+   * very first entry of a cluster (LSN 1) carries the auth store's first records instead, so
+   * that the cluster is secured by the same entry that starts it, and no LSN is spent on it.
+   */
   private noopEntry(lsn: number, epoch: number): LogEntry {
+    if (lsn === 1 && this.bootstrapOps !== null && this.bootstrapOps.length > 0) {
+      return {
+        epoch,
+        lsn,
+        kind: EntryKind.Batch,
+        ops: this.bootstrapOps,
+        timestampMs: this.now(),
+        requestId: '',
+      }
+    }
     return { epoch, lsn, kind: EntryKind.Noop, ops: [], timestampMs: this.now(), requestId: '' }
   }
 

@@ -18,6 +18,8 @@ import { registerBatchRoutes } from './routes/batch.js'
 import { registerKvRoutes } from './routes/kv.js'
 import { registerLeaderlessRoutes } from './routes/leaderless.js'
 import { registerSystemRoutes } from './routes/system.js'
+import { registerAuthRoutes } from './routes/auth.js'
+import { registerHttpAuth } from '../security/http-auth.js'
 
 /** Largest request header block, in bytes; keys travel in the URL, so it must fit them. */
 export const headerBytesMax = 64 * 1024
@@ -123,6 +125,16 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     ;(app.server as DualProtocolServer).closeHttp2Sessions()
   })
 
+  // Before any route: every request is authenticated and authorized before its body is read.
+  registerHttpAuth(app, {
+    auth: ctx.security.auth,
+    tokens: ctx.security.tokens,
+    audit: ctx.security.audit,
+    clusterId: ctx.security.clusterId,
+    rateLimitPerSecond: config.rateLimitPerSecond,
+    rateLimitBurst: config.rateLimitBurst,
+  })
+  registerAuthRoutes(app, ctx)
   if (ctx.leaderless) {
     registerLeaderlessRoutes(app, ctx, ctx.leaderless)
   } else {

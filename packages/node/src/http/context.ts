@@ -4,6 +4,21 @@ import type { LeaderlessEngine } from '../leaderless/engine.js'
 import type { NodeConfig } from '../config.js'
 import type { NodeMetrics } from '../metrics.js'
 import type { TlsSource } from '../security/tls.js'
+import type { AuditLog } from '../security/audit.js'
+import type { AuthAdmin } from '../security/auth-admin.js'
+import type { AuthStore } from '../security/auth-store.js'
+import type { HashLimiter } from '../security/passwords.js'
+import type { TokenService } from '../security/tokens.js'
+
+/** Users, roles, tokens and the audit log. */
+export interface Security {
+  auth: AuthStore
+  admin: AuthAdmin
+  tokens: TokenService
+  hashLimiter: HashLimiter
+  audit: AuditLog
+  clusterId: string
+}
 
 /** What the HTTP layer needs from the node. */
 export interface AppContext {
@@ -17,6 +32,9 @@ export interface AppContext {
   metrics: NodeMetrics
   /** The node's certificate when the client port speaks TLS; null for plaintext. */
   tls: TlsSource | null
+  security: Security
+  /** Reads the certificate files again (SIGHUP); null without TLS. */
+  reloadTls: (() => { notAfter: string; fingerprint256: string }) | null
   /** Software version, from package.json. */
   version: string
   startedAtMs: number

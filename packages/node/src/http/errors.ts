@@ -120,6 +120,8 @@ export function methodNotAllowed(app: FastifyInstance, url: string, allowed: str
     method: others as ('GET' | 'PUT')[],
     url,
     exposeHeadRoute: false,
+    // Any user learns that the method is wrong; the allowed methods check their own access.
+    config: { access: 'authenticated' },
     handler: async (request, reply) => {
       void reply.header('allow', allowed.join(', '))
       throw new KvError(

@@ -18,6 +18,7 @@ import type { WriteOp } from '@kvstore/storage'
 import type { AppContext } from '../context.js'
 import { completeWrite } from '../replication.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
+import { authorizeBatch, type RouteSecurityConfig } from '../../security/http-auth.js'
 
 const opFields = new Set(['op', 'key', 'value', 'valueBase64', 'ifVersion', 'ifAbsent', 'ifExists'])
 const base64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
@@ -141,10 +142,19 @@ export function registerBatchRoutes(app: FastifyInstance, ctx: AppContext): void
     '/v1/batch',
     {
       bodyLimit: config.requestBodyBytesMax,
-      config: { bodyTooLargeCode: 'KV_ERR_BODY_TOO_LARGE' } satisfies RouteErrorConfig,
+      config: {
+        bodyTooLargeCode: 'KV_ERR_BODY_TOO_LARGE',
+        access: 'batch',
+      } satisfies RouteErrorConfig & RouteSecurityConfig,
     },
     async (request, reply) => {
       const ops = parseBatch(request.body as Buffer | undefined, config)
+      // One op outside the caller's grants refuses the whole batch, before anything is written.
+      authorizeBatch(
+        ctx.security.auth,
+        request,
+        ops.map((op) => ({ key: op.key.toString('utf8'), write: true })),
+      )
       const result = await completeWrite(ctx, request, reply, { kind: 'batch', ops })
       metrics.writes.batch++
       return {

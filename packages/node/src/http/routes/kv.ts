@@ -22,6 +22,7 @@ import {
   setReadHeaders,
 } from '../replication.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
+import type { RouteSecurityConfig } from '../../security/http-auth.js'
 
 type KeyRequest = FastifyRequest<{ Params: { '*': string } }>
 
@@ -172,7 +173,10 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     '/v1/kv/*',
     {
       bodyLimit: config.valueBytesMax,
-      config: { bodyTooLargeCode: 'KV_ERR_VALUE_TOO_LARGE' } satisfies RouteErrorConfig,
+      config: {
+        bodyTooLargeCode: 'KV_ERR_VALUE_TOO_LARGE',
+        access: 'write-key',
+      } satisfies RouteErrorConfig & RouteSecurityConfig,
       // A response schema lets fastify compile the serialiser of this hot route.
       schema: { response: { '2xx': putResponseSchema } },
     },
@@ -229,7 +233,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
   // Not an async handler: a read served by the record cache answers in the same tick, with
   // no promise. A miss reads LevelDB in libuv's thread pool (a lookup that misses the
   // memtable can touch several files, and the event loop has HTTP to parse meanwhile).
-  app.get('/v1/kv/*', (request: KeyRequest, reply) => {
+  app.get('/v1/kv/*', { config: { access: 'read-key' } }, (request: KeyRequest, reply) => {
     const key = keyOf(request)
     const consistency = consistencyOf(request)
     if (consistency === 'linearizable' && ctx.replicator) {
@@ -271,26 +275,30 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     )
   })
 
-  app.delete('/v1/kv/*', async (request: KeyRequest, reply) => {
-    const key = keyOf(request)
-    const conditions = conditionsOf(request, false)
-    const result = await completeWrite(ctx, request, reply, {
-      kind: 'delete',
-      ops: [{ type: 'delete', key, ...conditions }],
-    })
-    metrics.writes.delete++
-    return {
-      key: request.params['*'],
-      deleted: true,
-      lsn: result.lsn,
-      previousVersion: result.results[0]?.previousVersion ?? null,
-      session: result.session,
-      ...(result.deduplicated ? { deduplicated: true } : {}),
-    }
-  })
+  app.delete(
+    '/v1/kv/*',
+    { config: { access: 'write-key' } },
+    async (request: KeyRequest, reply) => {
+      const key = keyOf(request)
+      const conditions = conditionsOf(request, false)
+      const result = await completeWrite(ctx, request, reply, {
+        kind: 'delete',
+        ops: [{ type: 'delete', key, ...conditions }],
+      })
+      metrics.writes.delete++
+      return {
+        key: request.params['*'],
+        deleted: true,
+        lsn: result.lsn,
+        previousVersion: result.results[0]?.previousVersion ?? null,
+        session: result.session,
+        ...(result.deduplicated ? { deduplicated: true } : {}),
+      }
+    },
+  )
   methodNotAllowed(app, '/v1/kv/*', ['GET', 'PUT', 'DELETE'])
 
-  app.get('/v1/kv', async (request, reply) => {
+  app.get('/v1/kv', { config: { access: 'list' } }, async (request, reply) => {
     const query = request.query as Record<string, string | string[] | undefined>
     for (const [name, value] of Object.entries(query)) {
       if (!listParams.has(name)) {

@@ -26,6 +26,7 @@ import {
 import { liveSiblings } from '@kvstore/core'
 import type { AppContext } from '../context.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
+import type { RouteSecurityConfig } from '../../security/http-auth.js'
 import { requestIdOf } from '../replication.js'
 import { formatHlc, type LeaderlessEngine } from '../../leaderless/engine.js'
 
@@ -141,7 +142,10 @@ export function registerLeaderlessRoutes(
     '/v1/kv/*',
     {
       bodyLimit: config.valueBytesMax,
-      config: { bodyTooLargeCode: 'KV_ERR_VALUE_TOO_LARGE' } satisfies RouteErrorConfig,
+      config: {
+        bodyTooLargeCode: 'KV_ERR_VALUE_TOO_LARGE',
+        access: 'write-key',
+      } satisfies RouteErrorConfig & RouteSecurityConfig,
     },
     async (request: KeyRequest, reply) => {
       const value = (request.body as Buffer | undefined) ?? emptyBuffer
@@ -151,13 +155,17 @@ export function registerLeaderlessRoutes(
     },
   )
 
-  app.delete('/v1/kv/*', async (request: KeyRequest, reply) => {
-    const outcome = await write(request, reply, null)
-    metrics.writes.delete++
-    return { ...outcome, deleted: true }
-  })
+  app.delete(
+    '/v1/kv/*',
+    { config: { access: 'write-key' } },
+    async (request: KeyRequest, reply) => {
+      const outcome = await write(request, reply, null)
+      metrics.writes.delete++
+      return { ...outcome, deleted: true }
+    },
+  )
 
-  app.get('/v1/kv/*', async (request: KeyRequest, reply) => {
+  app.get('/v1/kv/*', { config: { access: 'read-key' } }, async (request: KeyRequest, reply) => {
     checkParams(request, knownReadParams)
     refuseSingleLeaderOptions(request)
     const key = keyOf(request)
@@ -216,9 +224,9 @@ export function registerLeaderlessRoutes(
       `${what} needs single-leader mode: in leaderless mode keys are spread over the ring and written one at a time`,
     )
   }
-  app.get('/v1/kv', unsupported('listing keys'))
+  app.get('/v1/kv', { config: { access: 'authenticated' } }, unsupported('listing keys'))
   methodNotAllowed(app, '/v1/kv', ['GET'])
-  app.post('/v1/batch', unsupported('a batch'))
+  app.post('/v1/batch', { config: { access: 'authenticated' } }, unsupported('a batch'))
   methodNotAllowed(app, '/v1/batch', ['POST'])
 
   app.get('/admin/v1/ranges', async () => ({ self: engine.self, ranges: engine.rangeRoots() }))
@@ -256,17 +264,21 @@ export function registerLeaderlessRoutes(
   }))
   methodNotAllowed(app, '/admin/v1/hints', ['GET'])
 
-  app.post('/admin/v1/anti-entropy', async () => {
-    const peers: Record<string, number | string> = {}
-    for (const member of engine.cluster.members) {
-      if (member.id === engine.self) continue
-      try {
-        peers[member.id] = await engine.exchangeWith(member.id)
-      } catch (err) {
-        peers[member.id] = `failed: ${(err as Error).message}`
+  app.post(
+    '/admin/v1/anti-entropy',
+    { config: { access: 'admin', audit: 'anti-entropy' } },
+    async () => {
+      const peers: Record<string, number | string> = {}
+      for (const member of engine.cluster.members) {
+        if (member.id === engine.self) continue
+        try {
+          peers[member.id] = await engine.exchangeWith(member.id)
+        } catch (err) {
+          peers[member.id] = `failed: ${(err as Error).message}`
+        }
       }
-    }
-    return { self: engine.self, keysRepaired: peers }
-  })
+      return { self: engine.self, keysRepaired: peers }
+    },
+  )
   methodNotAllowed(app, '/admin/v1/anti-entropy', ['POST'])
 }

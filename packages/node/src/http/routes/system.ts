@@ -10,14 +10,23 @@
  */
 import type { FastifyInstance } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
-import { OpType } from '@kvstore/protocol'
+import { OpType, isReservedKey, parseAuthKey } from '@kvstore/protocol'
+
+function authRecordName(key: Uint8Array): string {
+  const what = parseAuthKey(key)
+  return what === null
+    ? 'reserved'
+    : what.kind === 'settings'
+      ? 'settings'
+      : `${what.kind}/${what.name}`
+}
 import { parsePositiveInteger, type AppContext } from '../context.js'
 import { methodNotAllowed } from '../errors.js'
 
 export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): void {
   const { store, config, lifecycle, metrics } = ctx
 
-  app.get('/v1/status', async () => {
+  app.get('/v1/status', { config: { access: 'monitor' } }, async () => {
     const meta = store.meta
     const { replicator } = ctx
     const lag = replicator?.lag() ?? { entries: 0, ms: 0 }
@@ -61,7 +70,8 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   })
   methodNotAllowed(app, '/v1/status', ['GET'])
 
-  app.get('/v1/cluster', async (request) => {
+  // Any user: the SDK finds the leader and the replicas here.
+  app.get('/v1/cluster', { config: { access: 'authenticated' } }, async (request) => {
     if (ctx.replicator) return ctx.replicator.clusterView()
     if (ctx.leaderless) return ctx.leaderless.clusterView(store.meta.clusterId)
     // A standalone node is a cluster of one, reached at the address this client used.
@@ -95,7 +105,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   methodNotAllowed(app, '/v1/cluster', ['GET'])
 
   // Compacts the log now, within the retention policy (it also runs every few seconds).
-  app.post('/admin/v1/compact', async () => {
+  app.post('/admin/v1/compact', { config: { access: 'admin', audit: 'compact' } }, async () => {
     if (ctx.replicator) {
       await ctx.replicator.compactNow()
     } else {
@@ -108,47 +118,56 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   methodNotAllowed(app, '/admin/v1/compact', ['POST'])
 
   // Hands leadership to a named member ({"to": "n2"}) or to the most up-to-date follower ({}).
-  app.post('/admin/v1/transfer-leadership', async (request) => {
-    const replicator = ctx.replicator
-    if (!replicator)
-      throw new KvError(
-        'KV_ERR_INVALID_ARGUMENT',
-        'a standalone node has no leadership to hand over',
-      )
-    let to: string | null = null
-    const body = request.body
-    if (body !== undefined && body !== null && !(Buffer.isBuffer(body) && body.length === 0)) {
-      let parsed: unknown
-      try {
-        parsed = Buffer.isBuffer(body) ? JSON.parse(body.toString('utf8')) : body
-      } catch {
+  app.post(
+    '/admin/v1/transfer-leadership',
+    { config: { access: 'admin', audit: 'transfer-leadership' } },
+    async (request) => {
+      const replicator = ctx.replicator
+      if (!replicator)
         throw new KvError(
-          'KV_ERR_MALFORMED_BODY',
-          'the body must be JSON such as {"to":"n2"} or {}',
+          'KV_ERR_INVALID_ARGUMENT',
+          'a standalone node has no leadership to hand over',
         )
+      let to: string | null = null
+      const body = request.body
+      if (body !== undefined && body !== null && !(Buffer.isBuffer(body) && body.length === 0)) {
+        let parsed: unknown
+        try {
+          parsed = Buffer.isBuffer(body) ? JSON.parse(body.toString('utf8')) : body
+        } catch {
+          throw new KvError(
+            'KV_ERR_MALFORMED_BODY',
+            'the body must be JSON such as {"to":"n2"} or {}',
+          )
+        }
+        if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+          throw new KvError(
+            'KV_ERR_MALFORMED_BODY',
+            'the body must be a JSON object such as {"to":"n2"}',
+          )
+        const extra = Object.keys(parsed).filter((k) => k !== 'to')
+        if (extra.length > 0)
+          throw new KvError(
+            'KV_ERR_MALFORMED_BODY',
+            `unknown field ${JSON.stringify(extra[0])}; only "to" is allowed`,
+          )
+        const value = (parsed as { to?: unknown }).to
+        if (value !== undefined && value !== null && typeof value !== 'string')
+          throw new KvError('KV_ERR_MALFORMED_BODY', '"to" must be a member id')
+        to = typeof value === 'string' ? value : null
       }
-      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
-        throw new KvError(
-          'KV_ERR_MALFORMED_BODY',
-          'the body must be a JSON object such as {"to":"n2"}',
-        )
-      const extra = Object.keys(parsed).filter((k) => k !== 'to')
-      if (extra.length > 0)
-        throw new KvError(
-          'KV_ERR_MALFORMED_BODY',
-          `unknown field ${JSON.stringify(extra[0])}; only "to" is allowed`,
-        )
-      const value = (parsed as { to?: unknown }).to
-      if (value !== undefined && value !== null && typeof value !== 'string')
-        throw new KvError('KV_ERR_MALFORMED_BODY', '"to" must be a member id')
-      to = typeof value === 'string' ? value : null
-    }
-    if (!replicator.isLeader) throw replicator.notLeader()
-    const from = store.meta.nodeId
-    const leader = await replicator.transferLeadership(to)
-    const member = replicator.cluster.members.find((m) => m.id === leader)
-    return { from, leaderId: leader, leaderUrl: member?.clientUrl ?? null, epoch: replicator.epoch }
-  })
+      if (!replicator.isLeader) throw replicator.notLeader()
+      const from = store.meta.nodeId
+      const leader = await replicator.transferLeadership(to)
+      const member = replicator.cluster.members.find((m) => m.id === leader)
+      return {
+        from,
+        leaderId: leader,
+        leaderUrl: member?.clientUrl ?? null,
+        epoch: replicator.epoch,
+      }
+    },
+  )
   methodNotAllowed(app, '/admin/v1/transfer-leadership', ['POST'])
 
   // Writes this node removed from its log when a new leader did not have them: unconfirmed
@@ -180,60 +199,71 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
     }
     return value
   }
-  app.get('/admin/v1/rollbacks', async (request) => {
-    const after = wholeNumber(
-      request.query,
-      'after',
-      ['after', 'limit'],
-      0,
-      Number.MAX_SAFE_INTEGER,
-    )
-    const limit = Math.max(
-      1,
-      wholeNumber(request.query, 'limit', ['after', 'limit'], 100, rollbackLimitMax),
-    )
-    const records = await store.rollbacks(after, limit)
-    const last = records[records.length - 1]
-    return {
-      count: store.rollbackCount,
-      rollbacks: records.map((r) => ({
-        seq: r.seq,
-        removedAt: new Date(r.atMs).toISOString(),
-        epoch: r.epoch,
-        lsn: r.entry.lsn,
-        entryEpoch: r.entry.epoch,
-        writtenAt: new Date(r.entry.timestampMs).toISOString(),
-        requestId: r.entry.requestId === '' ? null : r.entry.requestId,
-        ops: r.entry.ops.map((op) =>
-          op.type === OpType.Put
-            ? {
-                op: 'put',
-                key: op.key.toString('utf8'),
-                valueBase64: op.value.toString('base64'),
-              }
-            : { op: 'delete', key: op.key.toString('utf8') },
-        ),
-      })),
-      next: records.length === limit && last ? last.seq : null,
-    }
-  })
-  app.delete('/admin/v1/rollbacks', async (request) => {
-    const params = (request.query ?? {}) as Record<string, unknown>
-    if (params.through === undefined)
-      throw new KvError(
-        'KV_ERR_INVALID_ARGUMENT',
-        'give through=SEQ: the records up to and including SEQ are deleted',
+  app.get(
+    '/admin/v1/rollbacks',
+    { config: { access: 'admin', audit: 'rollbacks.read' } },
+    async (request) => {
+      const after = wholeNumber(
+        request.query,
+        'after',
+        ['after', 'limit'],
+        0,
+        Number.MAX_SAFE_INTEGER,
       )
-    const through = wholeNumber(request.query, 'through', ['through'], 0, Number.MAX_SAFE_INTEGER)
-    const deleted = await store.discardRollbacks(through)
-    return { deleted, count: store.rollbackCount }
-  })
+      const limit = Math.max(
+        1,
+        wholeNumber(request.query, 'limit', ['after', 'limit'], 100, rollbackLimitMax),
+      )
+      const records = await store.rollbacks(after, limit)
+      const last = records[records.length - 1]
+      return {
+        count: store.rollbackCount,
+        rollbacks: records.map((r) => ({
+          seq: r.seq,
+          removedAt: new Date(r.atMs).toISOString(),
+          epoch: r.epoch,
+          lsn: r.entry.lsn,
+          entryEpoch: r.entry.epoch,
+          writtenAt: new Date(r.entry.timestampMs).toISOString(),
+          requestId: r.entry.requestId === '' ? null : r.entry.requestId,
+          ops: r.entry.ops.map((op) =>
+            // A change of the auth store is named, never shown: it holds password hashes and keys.
+            isReservedKey(op.key)
+              ? { op: 'auth', record: authRecordName(op.key) }
+              : op.type === OpType.Put
+                ? {
+                    op: 'put',
+                    key: op.key.toString('utf8'),
+                    valueBase64: op.value.toString('base64'),
+                  }
+                : { op: 'delete', key: op.key.toString('utf8') },
+          ),
+        })),
+        next: records.length === limit && last ? last.seq : null,
+      }
+    },
+  )
+  app.delete(
+    '/admin/v1/rollbacks',
+    { config: { access: 'admin', audit: 'rollbacks.discard' } },
+    async (request) => {
+      const params = (request.query ?? {}) as Record<string, unknown>
+      if (params.through === undefined)
+        throw new KvError(
+          'KV_ERR_INVALID_ARGUMENT',
+          'give through=SEQ: the records up to and including SEQ are deleted',
+        )
+      const through = wholeNumber(request.query, 'through', ['through'], 0, Number.MAX_SAFE_INTEGER)
+      const deleted = await store.discardRollbacks(through)
+      return { deleted, count: store.rollbackCount }
+    },
+  )
   methodNotAllowed(app, '/admin/v1/rollbacks', ['GET', 'DELETE'])
 
-  app.get('/v1/digest', async () => store.digest())
+  app.get('/v1/digest', { config: { access: 'monitor' } }, async () => store.digest())
   methodNotAllowed(app, '/v1/digest', ['GET'])
 
-  app.get('/health', async () => {
+  app.get('/health', { config: { access: 'public' } }, async () => {
     if (store.failed) {
       throw new KvError('KV_ERR_STORAGE', `storage failed: ${store.failed.message}`)
     }
@@ -241,7 +271,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   })
   methodNotAllowed(app, '/health', ['GET'])
 
-  app.get('/ready', async () => {
+  app.get('/ready', { config: { access: 'public' } }, async () => {
     if (store.failed) throw new KvError('KV_ERR_STORAGE', `storage failed: ${store.failed.message}`)
     if (lifecycle.shuttingDown)
       throw new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down')
@@ -256,7 +286,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   })
   methodNotAllowed(app, '/ready', ['GET'])
 
-  app.get('/metrics', async (_request, reply) => {
+  app.get('/metrics', { config: { access: 'monitor' } }, async (_request, reply) => {
     void reply.type(metrics.registry.contentType)
     return metrics.registry.metrics()
   })

@@ -1,0 +1,119 @@
+/**
+ * How a new cluster gets its auth store: auth on, the root and monitor roles, and a root user.
+ *
+ * The root password comes from --root-password-file (`kv certs init` writes root.password).
+ * Without one, the node that creates the cluster draws a random password and, once the
+ * records holding its hash are committed, writes it to <data-dir>/root.password (mode 0600)
+ * and logs the file's path, never the password.
+ */
+import { randomBytes } from 'node:crypto'
+import { existsSync, readFileSync } from 'node:fs'
+import { open, rename } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import {
+  OpType,
+  authRecordKey,
+  encodeAuthRecord,
+  type AuthRecord,
+  type Op,
+} from '@kvstore/protocol'
+import type { Store } from '@kvstore/storage'
+import { bootstrapRecords, rootUser, type AuthStore } from './auth-store.js'
+import { checkPassword, hashPassword, type HashLimiter } from './passwords.js'
+
+export interface Bootstrap {
+  records: AuthRecord[]
+  ops: Op[]
+  /** The password this node drew, when no file gave one. */
+  generatedPassword: string | null
+  rootPasswordHash: string
+}
+
+/** The records a new cluster starts with, ready to write. */
+export async function prepareBootstrap(options: {
+  rootPasswordFile: string | undefined
+  nodeId: string
+  limiter: HashLimiter
+  stampWallMs: number
+  log: Logger
+}): Promise<Bootstrap> {
+  let password: string | null = null
+  if (options.rootPasswordFile !== undefined && existsSync(options.rootPasswordFile)) {
+    password = checkPassword(readFileSync(options.rootPasswordFile, 'utf8').trim())
+  }
+  const generatedPassword = password === null ? randomBytes(24).toString('base64url') : null
+  const rootPasswordHash = await hashPassword(
+    password ?? (generatedPassword as string),
+    options.limiter,
+  )
+  const records = bootstrapRecords({
+    enabled: true,
+    rootPasswordHash,
+    stamp: { wallMs: options.stampWallMs, logical: 0, node: options.nodeId },
+  })
+  const ops = records.map((record) => ({
+    type: OpType.Put,
+    key: authRecordKey(record),
+    value: encodeAuthRecord(record),
+  }))
+  return { records, ops, generatedPassword, rootPasswordHash }
+}
+
+/** Writes a file readable by its owner only: temp file, fsync, rename. */
+export async function writeSecretFile(path: string, text: string): Promise<void> {
+  const temp = `${path}.tmp-${process.pid}`
+  const handle = await open(temp, 'w', 0o600)
+  try {
+    await handle.writeFile(text)
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+  await rename(temp, path)
+}
+
+/**
+ * When this node drew the root password: waits until the root user it made is committed (it
+ * may lose the race to another member, whose root user then stands), then writes the password
+ * to <data-dir>/root.password. Gives up after `timeoutMs`.
+ */
+export function saveGeneratedPassword(options: {
+  bootstrap: Bootstrap
+  auth: AuthStore
+  store: Store
+  dataDir: string
+  log: Logger
+  timeoutMs?: number
+}): void {
+  const { bootstrap, auth, store, log } = options
+  const password = bootstrap.generatedPassword
+  if (password === null) return
+  const deadline = Date.now() + (options.timeoutMs ?? 120_000)
+  const timer = setInterval(() => {
+    const entry = auth.entry('user', rootUser)
+    const mine =
+      entry !== null &&
+      entry.record.body.kind === 'user' &&
+      entry.record.body.user.passwordHash === bootstrap.rootPasswordHash
+    if (entry !== null && !mine) {
+      clearInterval(timer) // another member's bootstrap stands; its node holds the password
+      return
+    }
+    if (mine && store.commitLsn >= entry.version) {
+      clearInterval(timer)
+      const path = join(options.dataDir, 'root.password')
+      writeSecretFile(path, `${password}\n`).then(
+        () =>
+          log.warn(
+            { file: path },
+            'new cluster: the root password was written to this file (mode 0600); log in with kv login --user root and change it, or make certificates with kv certs init, which sets one',
+          ),
+        (err: unknown) => log.error({ err, file: path }, 'could not write the root password'),
+      )
+      return
+    }
+    if (Date.now() > deadline) clearInterval(timer)
+  }, 100)
+  timer.unref()
+}

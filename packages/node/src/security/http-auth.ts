@@ -1,0 +1,350 @@
+/**
+ * Authentication and authorization of every client request, before its body is read.
+ *
+ * Each route declares what it needs in its config (`access`); a route that declares nothing is
+ * admin-only, so a new endpoint can never be open by mistake. Then, in an `onRequest` hook:
+ * 1. who is asking: a `Authorization: Bearer` token (checked tokens are cached), else a client
+ *    certificate the cluster's CA signed that names a user (`kv://<cluster>/user/<name>`),
+ *    else nobody;
+ * 2. with auth on, nobody gets 401 KV_ERR_UNAUTHENTICATED on everything but public routes;
+ * 3. the user's rate limit (a token bucket), then 429 KV_ERR_RATE_LIMITED;
+ * 4. the permission the route needs, else 403 KV_ERR_PERMISSION_DENIED. A batch checks every
+ *    op in its handler (`authorizeBatch`), before anything is written.
+ * With auth off every request is allowed (as etcd does), and tokens are not needed.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { TLSSocket } from 'node:tls'
+import { KvError } from '@kvstore/protocol/errors'
+import { certificateIdentity } from '@kvstore/protocol/identity'
+import { mayList, mayRead, mayWrite, type Permissions } from '@kvstore/core'
+import { tlsSocketOf } from '../http/dual-protocol.js'
+import type { AuditLog } from './audit.js'
+import type { AuthStore } from './auth-store.js'
+import type { TokenService } from './tokens.js'
+
+/** What a route needs. */
+export type RouteAccess =
+  /** Anyone, even with auth on: liveness, readiness, logging in. */
+  | 'public'
+  /** Any user. */
+  | 'authenticated'
+  /** Read of the key in the URL. */
+  | 'read-key'
+  /** Put or delete of the key in the URL. */
+  | 'write-key'
+  /** Listing: read of the whole `prefix` query parameter. */
+  | 'list'
+  /** A batch: the handler checks every op. */
+  | 'batch'
+  /** /metrics, /v1/status, /v1/digest. */
+  | 'monitor'
+  | 'admin'
+  /** The user named in the URL (`:name`), or an admin. */
+  | 'self-or-admin'
+
+export interface RouteSecurityConfig {
+  access?: RouteAccess
+  /** Logged to the audit log whatever the result (auth and admin calls). */
+  audit?: string
+}
+
+export interface Principal {
+  user: string
+  via: 'token' | 'certificate'
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The user this request acts as; null with no credential (auth off, or public routes). */
+    principal: Principal | null
+    /** The client's address, read when the request arrived (an HTTP/2 stream forgets it). */
+    remote: string
+  }
+}
+
+export interface HttpAuthOptions {
+  auth: AuthStore
+  tokens: TokenService
+  audit: AuditLog
+  clusterId: string
+  /** Requests per second per user (or per address without a credential); 0 = no limit. */
+  rateLimitPerSecond: number
+  rateLimitBurst: number
+  onDenied?: (code: string) => void
+}
+
+const certPrincipal = Symbol('kv.certPrincipal')
+type CertTagged = { [certPrincipal]?: string | null }
+
+/** Token buckets per user (or address), bounded: the least recently seen go first. */
+class RateLimiter {
+  private readonly buckets = new Map<string, { tokens: number; atMs: number }>()
+  private static readonly bucketsMax = 100_000
+
+  /** Seconds to wait before the next request is allowed; 0 when it is allowed now. */
+  take(key: string, perSecond: number, burst: number): number {
+    const now = performance.now()
+    let bucket = this.buckets.get(key)
+    if (bucket === undefined) {
+      if (this.buckets.size >= RateLimiter.bucketsMax) {
+        const oldest = this.buckets.keys().next().value
+        if (oldest !== undefined) this.buckets.delete(oldest)
+      }
+      bucket = { tokens: burst, atMs: now }
+    } else {
+      this.buckets.delete(key) // re-inserted below: the map stays in recency order
+      bucket.tokens = Math.min(burst, bucket.tokens + ((now - bucket.atMs) / 1000) * perSecond)
+      bucket.atMs = now
+    }
+    this.buckets.set(key, bucket)
+    if (bucket.tokens >= 1) {
+      bucket.tokens -= 1
+      return 0
+    }
+    return Math.max(1, Math.ceil((1 - bucket.tokens) / perSecond))
+  }
+}
+
+function unauthenticated(message: string): KvError {
+  return new KvError('KV_ERR_UNAUTHENTICATED', message)
+}
+
+export function denied(what: string): KvError {
+  return new KvError('KV_ERR_PERMISSION_DENIED', `permission denied: ${what}`)
+}
+
+/** The principal's permissions; everything when auth is off. */
+export function permissionsOf(auth: AuthStore, principal: Principal | null): Permissions | null {
+  if (!auth.enabled) return null
+  return principal === null ? null : auth.permissions(principal.user)
+}
+
+/** Refuses a batch with one op outside the caller's grants, whole. */
+export function authorizeBatch(
+  auth: AuthStore,
+  request: FastifyRequest,
+  keys: readonly { key: string; write: boolean }[],
+): void {
+  if (!auth.enabled) return
+  const permissions = permissionsOf(auth, request.principal)
+  if (permissions === null) throw unauthenticated('this request needs a credential')
+  for (const [index, op] of keys.entries()) {
+    if (op.write ? !mayWrite(permissions, op.key) : !mayRead(permissions, op.key)) {
+      throw new KvError(
+        'KV_ERR_PERMISSION_DENIED',
+        `permission denied: ops[${index}] ${op.write ? 'writes' : 'reads'} ${JSON.stringify(op.key)}, outside the grants of ${request.principal?.user}; nothing was written`,
+        { opIndex: index },
+      )
+    }
+  }
+}
+
+export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions): void {
+  const { auth, tokens, audit, clusterId } = options
+  const limiter = new RateLimiter()
+  app.decorateRequest('principal', null)
+  app.decorateRequest('remote', '')
+
+  /** The user a verified client certificate names (cached on the connection). */
+  const fromCertificate = (request: FastifyRequest): string | null => {
+    const socket = tlsSocketOf(request.raw) as (TLSSocket & CertTagged) | null
+    if (socket === null) return null
+    let user = socket[certPrincipal]
+    if (user === undefined) {
+      user = socket.authorized
+        ? certificateIdentity(socket.getPeerCertificate()?.subjectaltname, clusterId, 'user')
+        : null
+      socket[certPrincipal] = user
+    }
+    return user
+  }
+
+  const identify = (request: FastifyRequest): Principal | null | Promise<Principal | null> => {
+    const header = request.headers.authorization
+    if (header !== undefined) {
+      const match = /^Bearer\s+(\S+)\s*$/i.exec(header)
+      if (match === null) throw unauthenticated('the Authorization header must be "Bearer <token>"')
+      const token = match[1] as string
+      const settings = auth.settings
+      if (settings === null || !settings.enabled) return null
+      const check = (claims: { user: string; userId: string; generation: number } | null) => {
+        if (claims === null)
+          throw unauthenticated(
+            'the token is malformed, expired, or not from this cluster; log in again',
+          )
+        const user = auth.user(claims.user)
+        if (user === null || user.id !== claims.userId)
+          throw unauthenticated(`user ${claims.user} no longer exists; log in again`)
+        if (user.generation !== claims.generation)
+          throw unauthenticated(
+            `the token of ${claims.user} was revoked (new password, new roles or revoked tokens); log in again`,
+          )
+        return { user: user.name, via: 'token' as const }
+      }
+      const cached = tokens.cached(token, settings)
+      if (cached !== undefined) return check(cached)
+      return tokens.verify(token, settings).then(check)
+    }
+    const user = fromCertificate(request)
+    if (user !== null && auth.user(user) !== null) return { user, via: 'certificate' }
+    return null
+  }
+
+  const refuse = (request: FastifyRequest, reply: FastifyReply, err: KvError): void => {
+    options.onDenied?.(err.code)
+    audit.refusal({
+      user: request.principal?.user ?? null,
+      via: request.principal?.via ?? 'anonymous',
+      remote: request.remote,
+      method: request.method,
+      url: request.url,
+      status: err.status,
+      code: err.code,
+    })
+    if (err.code === 'KV_ERR_RATE_LIMITED')
+      void reply.header('retry-after', String(err.details.retryAfterSeconds ?? 1))
+    if (err.code === 'KV_ERR_UNAUTHENTICATED')
+      void reply.header('www-authenticate', 'Bearer realm="kvstore"')
+    reply.send(err)
+  }
+
+  const authorize = (request: FastifyRequest, access: RouteAccess): KvError | null => {
+    if (!auth.enabled) {
+      // Nobody needs a credential; a configured limit then applies per address.
+      if (options.rateLimitPerSecond > 0) {
+        const wait = limiter.take(
+          `ip:${request.ip}`,
+          options.rateLimitPerSecond,
+          options.rateLimitBurst,
+        )
+        if (wait > 0)
+          return new KvError(
+            'KV_ERR_RATE_LIMITED',
+            `${request.ip} may make ${options.rateLimitPerSecond} requests a second on this node; retry in ${wait} s`,
+            { retryAfterSeconds: wait },
+          )
+      }
+      return null
+    }
+    const principal = request.principal
+    if (principal === null) {
+      return unauthenticated(
+        'authentication is on: send "Authorization: Bearer <token>" (POST /v1/auth/token, or kv login) or a client certificate',
+      )
+    }
+    const permissions = auth.permissions(principal.user)
+    if (permissions === null) return unauthenticated(`user ${principal.user} no longer exists`)
+    const limit = permissions.rateLimitPerSecond || options.rateLimitPerSecond
+    if (limit > 0) {
+      const burst =
+        permissions.rateLimitPerSecond > 0
+          ? Math.max(1, 2 * permissions.rateLimitPerSecond)
+          : options.rateLimitBurst
+      const wait = limiter.take(`u:${principal.user}`, limit, burst)
+      if (wait > 0)
+        return new KvError(
+          'KV_ERR_RATE_LIMITED',
+          `user ${principal.user} may make ${limit} requests a second on this node; retry in ${wait} s`,
+          { retryAfterSeconds: wait },
+        )
+    }
+    const user = principal.user
+    switch (access) {
+      case 'public':
+      case 'authenticated':
+      case 'batch':
+        return null
+      case 'read-key': {
+        const key = (request.params as { '*'?: string })['*'] ?? ''
+        return mayRead(permissions, key)
+          ? null
+          : denied(`${user} may not read ${JSON.stringify(key)}`)
+      }
+      case 'write-key': {
+        const key = (request.params as { '*'?: string })['*'] ?? ''
+        return mayWrite(permissions, key)
+          ? null
+          : denied(`${user} may not write ${JSON.stringify(key)}`)
+      }
+      case 'list': {
+        const prefix = (request.query as { prefix?: unknown }).prefix
+        const text = typeof prefix === 'string' ? prefix : ''
+        return mayList(permissions, text)
+          ? null
+          : denied(
+              `${user} may not list ${text === '' ? 'every key' : `prefix ${JSON.stringify(text)}`}: a list needs read on the whole prefix`,
+            )
+      }
+      case 'monitor':
+        return permissions.monitor ? null : denied(`${user} has no monitor or admin role`)
+      case 'admin':
+        return permissions.admin ? null : denied(`${user} has no admin role`)
+      case 'self-or-admin': {
+        const name = (request.params as { name?: string }).name
+        return permissions.admin || name === user
+          ? null
+          : denied(`${user} may only change their own password`)
+      }
+    }
+  }
+
+  app.addHook('onRequest', (request, reply, done) => {
+    request.remote = request.ip
+    const config = request.routeOptions.config as RouteSecurityConfig | undefined
+    const access: RouteAccess = config?.access ?? 'admin'
+    if (access === 'public' && request.headers.authorization === undefined) {
+      done()
+      return
+    }
+    const finish = (principal: Principal | null): void => {
+      request.principal = principal
+      if (access === 'public') {
+        done()
+        return
+      }
+      const problem = authorize(request, access)
+      if (problem !== null) {
+        refuse(request, reply, problem)
+        return
+      }
+      done()
+    }
+    let identified: Principal | null | Promise<Principal | null>
+    try {
+      identified = identify(request)
+    } catch (err) {
+      if (access === 'public') {
+        done()
+        return
+      }
+      refuse(request, reply, err as KvError)
+      return
+    }
+    if (identified instanceof Promise) {
+      identified.then(finish, (err: unknown) => {
+        if (access === 'public') done()
+        else if (err instanceof KvError) refuse(request, reply, err)
+        else reply.send(err)
+      })
+    } else {
+      finish(identified)
+    }
+  })
+
+  // Auth and admin calls go to the audit log whatever their result.
+  app.addHook('onResponse', (request, reply, done) => {
+    const config = request.routeOptions.config as RouteSecurityConfig | undefined
+    if (config?.audit !== undefined && reply.statusCode !== 401 && reply.statusCode !== 403) {
+      audit.record({
+        user: request.principal?.user ?? null,
+        via: request.principal?.via ?? 'anonymous',
+        remote: request.remote,
+        method: request.method,
+        url: request.url,
+        status: reply.statusCode,
+        action: config.audit,
+      })
+    }
+    done()
+  })
+}
