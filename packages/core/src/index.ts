@@ -2,7 +2,16 @@ export { CoreInvariantError, invariant } from './invariant.js'
 export { LogWindow } from './log.js'
 export type { EpochRun, LogInit } from './log.js'
 export { allLsn, isMajority, majority, majorityLsn } from './quorum.js'
-export { NotLeaderError, Progress, ReplicaCore, TransferInProgressError } from './replica.js'
+export {
+  NotLeaderError,
+  Progress,
+  ReplicaCore,
+  TransferInProgressError,
+  epochFreeMax,
+  epochStepMax,
+} from './replica.js'
+/** The bound on every epoch (defined in the protocol's limits), for the simulator and tests. */
+export { epochMax } from '@kvstore/protocol/limits'
 export type { CoreConfig, CoreInit, RoleName } from './replica.js'
 export type * from './types.js'
 export { HashRing, hash32 } from './ring.js'

@@ -15,6 +15,7 @@
  * (leader stickiness), so a node that flaps cannot force elections. Without `electionTicks`
  * the node names the leader (`becomeLeader`), as a static configuration does.
  */
+import { epochMax, isEpoch } from '@kvstore/protocol/limits'
 import { invariant } from './invariant.js'
 import { LogWindow, type LogInit } from './log.js'
 import { allLsn, isMajority, majorityLsn } from './quorum.js'
@@ -78,6 +79,34 @@ export interface CoreInit extends LogInit {
 }
 
 type ProgressState = 'probe' | 'replicate' | 'snapshot'
+
+/**
+ * How far one message may raise this node's epoch: to any epoch up to `epochFreeMax`, and
+ * above that to at most `epochStepMax` past this node's own (or past `epochFreeMax`, for a node
+ * still below it), unless a majority of the members vouch for it (see `mayRaiseEpochTo`).
+ *
+ * Why: epochs are bounded (`epochMax`; decoders refuse anything above it), and elections need
+ * `epoch + 1`. If one message could carry a node anywhere up to the bound, one frame at
+ * `epochMax` would move the cluster there and no candidate could ever ask for `epochMax + 1`
+ * (every peer refuses it) - the same wedge as an epoch at 2^53 - 1, only lower. Below
+ * `epochFreeMax` (2^47, which no cluster reaches by elections: at one a millisecond, over
+ * 4000 years) a node follows any higher epoch at once, as Raft does, so nothing changes for a
+ * healthy cluster. Above it, a single message can spend at most `epochStepMax` (2^16) of the
+ * 2^47 epochs left, so a node stays able to elect after any one frame, valid or forged; and a
+ * node that fell further behind (down during the elections that followed such a frame, or
+ * restarted with an empty disk) catches up once a majority of the members have sent it an
+ * epoch at least that high, which no single faulty member can fake.
+ *
+ * Limits: above `epochFreeMax`, a member that sends one node forged epochs aimed one step above
+ * that node's, again and again while the node is cut off from the rest, can leave that node
+ * further ahead than the others will follow; it stays out (epochs never go down) until the
+ * others' elections catch up. The rest of the cluster elects on. No single frame does this
+ * from a cluster below `epochFreeMax`, and a bug that sends the same bad epoch, or random ones,
+ * does not: the simulator's epoch bombs check both.
+ */
+export const epochFreeMax = epochMax / 2
+/** See `epochFreeMax`. */
+export const epochStepMax = 2 ** 16
 
 /** What the leader knows of one follower. */
 /** Probe timeouts without an acknowledgement before a leader resends what is in flight. */
@@ -201,6 +230,13 @@ export class ReplicaCore {
   private electionTimeout = 0
   /** Elections this node started (pre-votes that turned into votes), for metrics. */
   electionsStarted = 0
+  /**
+   * Messages dropped for their epoch: out of range, or too far above this node's to take from
+   * one message (see `epochFreeMax`). A healthy cluster never sends one; for metrics and logs.
+   */
+  epochMessagesDropped = 0
+  /** The highest epoch each member sent that was too far above this node's to take at once. */
+  private readonly farEpochs = new Map<NodeId, number>()
   /** Until this tick, unless a leader is heard first, this node neither votes nor campaigns. */
   private abstainUntilTick = 0
   /** The log end when this node last won an election, before its own first entry. */
@@ -215,6 +251,7 @@ export class ReplicaCore {
     invariant(config.members.includes(config.id), `${config.id} is not a member`)
     invariant(new Set(config.members).size === config.members.length, 'duplicate member ids')
     invariant(init.commitLsn <= init.lastLsn, 'commit LSN past the log end')
+    invariant(isEpoch(init.epoch), () => `initial epoch ${init.epoch} is out of range`)
     this.id = config.id
     this.members = [...config.members]
     this.config = config
@@ -407,6 +444,7 @@ export class ReplicaCore {
       epoch >= this.epochValue,
       () => `epoch would go down from ${this.epochValue} to ${epoch}`,
     )
+    invariant(isEpoch(epoch), () => `epoch ${epoch} is above ${epochMax} or not an integer`)
     if (epoch > this.epochValue) {
       this.epochValue = epoch
       this.vote = ''
@@ -421,6 +459,8 @@ export class ReplicaCore {
 
   /** Asks every member whether it would vote for this node at the next epoch. */
   private becomePreCandidate(): void {
+    // Unreachable by elections (2^48 of them) or by messages (see epochFreeMax): a bug.
+    invariant(this.epochValue < epochMax, () => `cannot campaign past epoch ${epochMax}`)
     this.role = { kind: 'preCandidate', granted: new Set([this.id]), refused: new Set() }
     this.resetElectionTimeout()
     if (this.tally()) return
@@ -429,6 +469,7 @@ export class ReplicaCore {
 
   /** Raises the epoch, votes for itself (durably, before any request leaves) and asks. */
   private becomeCandidate(transfer: boolean): void {
+    invariant(this.epochValue < epochMax, () => `cannot campaign past epoch ${epochMax}`)
     this.epochValue++
     this.vote = this.id
     this.hardStateDirty = true
@@ -522,6 +563,7 @@ export class ReplicaCore {
       epoch >= this.epochValue,
       () => `epoch would go down from ${this.epochValue} to ${epoch}`,
     )
+    invariant(isEpoch(epoch), () => `epoch ${epoch} is above ${epochMax} or not an integer`)
     if (epoch !== this.epochValue) {
       this.epochValue = epoch
       this.vote = ''
@@ -647,9 +689,24 @@ export class ReplicaCore {
     }
   }
 
-  /** A message from a peer. */
+  /**
+   * A message from a peer. One whose epoch is out of range, or too far above this node's to be
+   * taken from one message (see `epochFreeMax`), is dropped and counted, like a message for
+   * another node: it changes nothing. Dropping rather than refusing: the core has no way to
+   * refuse but a message, and any answer would only carry this node's epoch to a sender that is
+   * broken or lying; the decoder is where a bad frame is refused (KV_ERR_BAD_FRAME, the stream
+   * closed), and this is the second line behind it, for the simulator and any other transport.
+   * Throwing would make a peer's bad input look like a broken invariant of this node.
+   */
   step(message: Message): void {
     if (message.to !== this.id || !this.members.includes(message.from)) return
+    if (
+      !isEpoch(message.epoch) ||
+      (message.epoch > this.epochValue && !this.mayRaiseEpochTo(message.epoch, message.from))
+    ) {
+      this.epochMessagesDropped++
+      return
+    }
     if (message.epoch > this.epochValue) {
       if (message.type === 'vote') {
         // Leader stickiness: a member that heard from a live leader within the election
@@ -694,8 +751,11 @@ export class ReplicaCore {
             epoch: this.epochValue,
             matchLsn: 0,
             reject: true,
-            // Never read: the higher epoch makes the receiver a follower before it looks.
-            hintLsn: 0,
+            // Usually never read: the higher epoch makes the receiver a follower first. But the
+            // sender may have become leader at this very epoch since it sent the old message
+            // (a delayed or duplicated one, or a bad epoch from a peer's bug), and then reads
+            // the hint: a real one (not 0, which asks for a snapshot) only makes it probe.
+            hintLsn: this.log.lastLsn + 1,
           },
           true,
         )
@@ -725,6 +785,21 @@ export class ReplicaCore {
         this.onTimeoutNow(message)
         break
     }
+  }
+
+  /**
+   * Whether a message from `from` at `epoch` (above this node's) may raise this node's epoch
+   * (see `epochFreeMax`): within one step, or once a majority of the members have each sent an
+   * epoch at least as high (this node does not count itself). Safety never depends on which
+   * epochs a node takes, only liveness does: this keeps one faulty member from spending the
+   * epochs left, and lets a node that fell behind catch up with the rest.
+   */
+  private mayRaiseEpochTo(epoch: number, from: NodeId): boolean {
+    if (epoch <= Math.max(this.epochValue, epochFreeMax) + epochStepMax) return true
+    this.farEpochs.set(from, Math.max(this.farEpochs.get(from) ?? 0, epoch))
+    let vouching = 0
+    for (const claimed of this.farEpochs.values()) if (claimed >= epoch) vouching++
+    return isMajority(vouching, this.members.length)
   }
 
   // ------------------------------------------------------------------ elections
@@ -846,6 +921,7 @@ export class ReplicaCore {
 
   /** Follower: a snapshot at `lsn` was installed; the log starts after it. */
   snapshotInstalled(lsn: number, epoch: number): void {
+    invariant(isEpoch(epoch), () => `snapshot epoch ${epoch} is out of range`)
     invariant(lsn >= this.commit, `snapshot ${lsn} is below the commit LSN ${this.commit}`)
     this.awaitingSnapshot = false
     this.log.resetToSnapshot(lsn, epoch)
@@ -857,6 +933,7 @@ export class ReplicaCore {
 
   /** The log below `retainFromLsn` was compacted on disk. */
   compacted(retainFromLsn: number, epoch: number): void {
+    invariant(isEpoch(epoch), () => `compacted epoch ${epoch} is out of range`)
     invariant(retainFromLsn <= this.commit + 1, 'compaction past the commit LSN')
     this.log.compacted(retainFromLsn, epoch)
   }

@@ -1,11 +1,16 @@
 import {
+  CoreInvariantError,
+  ReplicaCore,
   TransferInProgressError,
+  epochFreeMax,
+  epochMax,
+  epochStepMax,
   type Message,
   type NodeId,
   type VoteAckMessage,
   type VoteMessage,
 } from '../src/index.js'
-import { Harness } from './harness.js'
+import { Harness, testConfig } from './harness.js'
 
 const noop = new TextEncoder().encode('noop')
 const electionTicks = 10
@@ -208,5 +213,172 @@ describe('elections', () => {
     // Nothing was lost: c had caught up before it campaigned.
     expect(h.log('c').slice(0, 8)).toEqual(h.log('a').slice(0, 8))
     expect(h.log('c')).toContain('late-8')
+  })
+})
+
+describe('epoch bounds (the epoch bomb)', () => {
+  const heartbeat = (from: NodeId, to: NodeId, epoch: number): Message => ({
+    type: 'heartbeat',
+    from,
+    to,
+    epoch,
+    commitLsn: 0,
+    leaderLastLsn: 0,
+  })
+
+  /** Ticks until exactly one leader leads at the highest epoch and every node follows it. */
+  function settle(h: Harness): NodeId {
+    for (let i = 0; i < 40; i++) {
+      h.tick(electionTicks)
+      const top = Math.max(...[...h.nodes.values()].map((n) => n.core.epoch))
+      const [leader, ...more] = leaders(h)
+      if (
+        leader !== undefined &&
+        more.length === 0 &&
+        h.node(leader).core.epoch === top &&
+        [...h.nodes.values()].every((n) => n.core.epoch === top && n.core.leaderId === leader)
+      )
+        return leader
+    }
+    throw new Error('no leader settled')
+  }
+
+  /** The leader commits a new entry on every node. */
+  function commitsEverywhere(h: Harness, leader: NodeId): void {
+    h.propose(leader, 1, 'after')
+    h.tick(2)
+    const lsn = h.node(leader).core.lastLsn
+    for (const [id, node] of h.nodes) {
+      expect(node.core.commitLsn, id).toBe(lsn)
+      expect(h.log(id).at(-1), id).toBe(`after-${lsn}`)
+    }
+  }
+
+  it('a follower sent a message at epochMax still elects a leader with the others, which commits', () => {
+    const h = electing('a')
+    const b = h.node('b').core
+    b.step(heartbeat('c', 'b', epochMax))
+    // Had b taken epochMax, no candidate could ever ask for epochMax + 1 (peers refuse it):
+    // the wedge of the epoch bomb, only lower.
+    const leader = settle(h)
+    commitsEverywhere(h, leader)
+    // It was too far above b's epoch to take from one message: dropped and counted.
+    expect(h.node(leader).core.epoch).toBe(2)
+    expect(b.epochMessagesDropped).toBe(1)
+    // And the same once a leader leads.
+    h.node('c').core.step(heartbeat('b', 'c', epochMax))
+    expect(h.node('c').core.epoch).toBe(2)
+    commitsEverywhere(h, leader)
+  })
+
+  it('after the highest epoch one message can carry, the cluster elects past it and commits', () => {
+    const h = electing('a')
+    h.tick(electionTicks)
+    expect(leaders(h)).toEqual(['a'])
+    const worst = epochFreeMax + epochStepMax
+    h.node('b').core.step(heartbeat('c', 'b', worst))
+    expect(h.node('b').core.epoch).toBe(worst)
+    h.process()
+    const leader = settle(h)
+    expect(h.node(leader).core.epoch).toBeGreaterThan(worst)
+    expect(h.node(leader).core.epoch).toBeLessThan(epochMax)
+    commitsEverywhere(h, leader)
+  })
+
+  it('a message above epochMax, or not an integer, changes nothing', () => {
+    const h = electing('a')
+    h.tick(electionTicks)
+    const b = h.node('b').core
+    const before = { epoch: b.epoch, leader: b.leaderId, vote: b.votedFor }
+    const bombs = [epochMax + 1, 2 ** 53 - 1, 2 ** 53, Infinity, NaN, 2.5, -1]
+    for (const epoch of bombs) {
+      b.step(heartbeat('a', 'b', epoch))
+      b.step({ ...heartbeat('c', 'b', epoch), type: 'heartbeatAck', matchLsn: 0 })
+      b.step({
+        type: 'vote',
+        from: 'c',
+        to: 'b',
+        epoch,
+        lastLsn: 99,
+        lastEpoch: 1,
+        preVote: false,
+        transfer: true,
+      })
+      expect(b.hasReady()).toBe(false)
+    }
+    expect({ epoch: b.epoch, leader: b.leaderId, vote: b.votedFor }).toEqual(before)
+    expect(b.epochMessagesDropped).toBe(bombs.length * 3)
+    commitsEverywhere(h, 'a')
+  })
+
+  it('above epochFreeMax one message moves a node at most epochStepMax, unless a majority vouches', () => {
+    const h = electing('a')
+    const b = h.node('b').core
+    // Below epochFreeMax, any higher epoch is taken at once, as before.
+    b.step(heartbeat('a', 'b', epochFreeMax - 7))
+    expect(b.epoch).toBe(epochFreeMax - 7)
+    b.step(heartbeat('a', 'b', epochFreeMax + epochStepMax))
+    expect(b.epoch).toBe(epochFreeMax + epochStepMax)
+    const next = b.epoch + epochStepMax
+    b.step(heartbeat('a', 'b', next + 1))
+    expect(b.epoch).toBe(epochFreeMax + epochStepMax)
+    b.step(heartbeat('a', 'b', next))
+    expect(b.epoch).toBe(next)
+    // c fell far behind (it was down, or lost its disk): one member alone cannot move it ...
+    const c = h.node('c').core
+    const far = next + 10 * epochStepMax
+    c.step(heartbeat('a', 'c', far))
+    c.step(heartbeat('a', 'c', far))
+    expect(c.epoch).toBe(1)
+    // ... a majority of the members can (c asks with a pre-vote; both answer with their epoch).
+    c.step({ type: 'voteAck', from: 'b', to: 'c', epoch: far, granted: false, preVote: true })
+    expect(c.epoch).toBe(far)
+  })
+
+  it('a stale heartbeat from a node that now leads at the receiver epoch only makes it probe', () => {
+    // The simulator's epoch bombs found this: the refusal of an older-epoch message carried
+    // hint 0, which a leader reads as "send me a snapshot".
+    const h = electing('a')
+    h.tick(electionTicks)
+    expect(leaders(h)).toEqual(['a'])
+    h.propose('a', 3)
+    const a = h.node('a').core
+    const b = h.node('b').core
+    const seen = h.delivered.length
+    b.step(heartbeat('a', 'b', a.epoch - 1))
+    h.process()
+    const refusal = h.delivered.slice(seen)[0]
+    expect(refusal).toMatchObject({ type: 'appendAck', from: 'b', reject: true, epoch: a.epoch })
+    // No snapshot was sent (the harness would have installed one on b).
+    expect(h.node('b').snapshotLsn).toBe(0)
+    expect(refusal).toMatchObject({ hintLsn: b.lastLsn + 1 })
+    commitsEverywhere(h, 'a')
+  })
+
+  it('never produces an epoch above epochMax: the invariants hold where the epoch is raised', () => {
+    const h = electing('a')
+    const a = h.node('a').core
+    expect(() => a.becomeFollower(epochMax + 1, null)).toThrow(CoreInvariantError)
+    expect(() => a.setEpoch(2 ** 53)).toThrow(CoreInvariantError)
+    a.setEpoch(epochMax)
+    expect(a.epoch).toBe(epochMax)
+    expect(() => a.campaign()).toThrow(/cannot campaign past epoch/)
+    expect(() => a.campaign(true)).toThrow(/cannot campaign past epoch/)
+    expect(
+      () =>
+        new ReplicaCore(
+          { ...testConfig, id: 'a', members: ['a', 'b', 'c'] },
+          {
+            epoch: 2 ** 53 - 1,
+            vote: '',
+            commitLsn: 0,
+            logStartLsn: 1,
+            compactedEpoch: 0,
+            lastLsn: 0,
+            lastEpoch: 0,
+            epochRuns: [],
+          },
+        ),
+    ).toThrow(/initial epoch/)
   })
 })

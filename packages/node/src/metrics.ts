@@ -336,6 +336,11 @@ export class NodeMetrics {
       () => stats.siblingWarnings,
     )
     counter(
+      'kv_peer_records_refused_total',
+      'Records from peers refused and never merged: a counter this member never minted or above the bound, or a timestamp too far ahead.',
+      () => stats.peerRecordsRefused,
+    )
+    counter(
       'kv_lww_discarded_total',
       'Values discarded here by last-write-wins because a write with a later timestamp won (conflicts=lww).',
       () => stats.lwwDiscarded,
@@ -493,6 +498,11 @@ export class NodeMetrics {
       'kv_elections_started_total',
       'Elections this node started (pre-votes that won and became votes).',
       () => replicator.core.electionsStarted,
+    )
+    counter(
+      'kv_epoch_messages_dropped_total',
+      'Peer messages the replication core dropped for their epoch: out of range, or too far above its own to take from one message.',
+      () => replicator.core.epochMessagesDropped,
     )
     counter(
       'kv_elections_won_total',

@@ -8,10 +8,12 @@
  */
 import { fileURLToPath } from 'node:url'
 import protobuf from 'protobufjs'
-import { formatVersion, limitsCeiling, lsnMax } from './limits.js'
+import { formatVersion, isEpoch, isLsn, limitsCeiling, lsnMax } from './limits.js'
 
 // LSNs and epochs are uint64 on the wire but exact integers in memory: decode them to plain
-// numbers (protobufjs would otherwise produce Long objects) and reject anything unsafe.
+// numbers (protobufjs would otherwise produce Long objects) and reject anything out of range:
+// an LSN must be below lsnMax and an epoch at most epochMax (see limits.ts), so that the next
+// one is still exact.
 protobuf.util.Long = undefined as unknown as typeof protobuf.util.Long
 protobuf.configure()
 
@@ -115,13 +117,9 @@ export class EncodeError extends Error {
 
 const emptyBuffer = Buffer.alloc(0)
 
-function isLsn(value: unknown, allowZero: boolean): value is number {
-  return (
-    typeof value === 'number' &&
-    Number.isSafeInteger(value) &&
-    value <= lsnMax &&
-    (allowZero ? value >= 0 : value >= 1)
-  )
+/** A time in milliseconds, or another count that is never incremented: any safe integer >= 0. */
+function isCount(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 && value <= lsnMax
 }
 
 function asBuffer(value: unknown): Buffer | null {
@@ -166,8 +164,8 @@ function entryProblem(e: {
   requestId: unknown
   requestFingerprint?: unknown
 }): string | null {
-  if (!isLsn(e.epoch, true)) return `epoch ${String(e.epoch)} is not a valid epoch`
-  if (!isLsn(e.lsn, false)) return `lsn ${String(e.lsn)} is not a valid lsn`
+  if (!isEpoch(e.epoch)) return `epoch ${String(e.epoch)} is not a valid epoch`
+  if (!isLsn(e.lsn, 1)) return `lsn ${String(e.lsn)} is not a valid lsn`
   if (!Array.isArray(e.ops)) return 'ops is not a list'
   const ops = e.ops as { type: unknown; key: unknown; value: unknown }[]
   switch (e.kind) {
@@ -194,7 +192,7 @@ function entryProblem(e: {
     const problem = opProblem(op)
     if (problem !== null) return problem
   }
-  if (!isLsn(e.timestampMs, true)) return `timestamp ${String(e.timestampMs)} is not valid`
+  if (!isCount(e.timestampMs)) return `timestamp ${String(e.timestampMs)} is not valid`
   if (typeof e.requestId !== 'string') return 'request id is not a string'
   if (Buffer.byteLength(e.requestId) > limitsCeiling.requestIdBytesMax) {
     return 'request id is too long'
@@ -211,7 +209,7 @@ function recordProblem(r: { value: unknown; version: unknown; tombstone: unknown
   const value = asBuffer(r.value)
   if (value === null) return 'value is not bytes'
   if (value.length > limitsCeiling.valueBytesMax) return `value is ${value.length} bytes`
-  if (!isLsn(r.version, false)) return `version ${String(r.version)} is not a valid lsn`
+  if (!isLsn(r.version, 1)) return `version ${String(r.version)} is not a valid lsn`
   if (typeof r.tombstone !== 'boolean') return 'tombstone is not a boolean'
   if (r.tombstone && value.length !== 0) return 'tombstone carries a value'
   return null
@@ -301,7 +299,7 @@ export function decodeStoredRecord(bytes: Uint8Array): StoredRecord {
 
 /** Encodes an undo record after checking it. */
 export function encodeUndoRecord(undo: UndoRecord): Uint8Array {
-  if (!isLsn(undo.lsn, false)) throw new EncodeError('undo record', `lsn ${undo.lsn} is not valid`)
+  if (!isLsn(undo.lsn, 1)) throw new EncodeError('undo record', `lsn ${undo.lsn} is not valid`)
   for (const image of undo.images) {
     if (image.key.length === 0) throw new EncodeError('undo record', 'image key is empty')
     if (image.prior !== null) {
@@ -333,7 +331,7 @@ export function decodeUndoRecord(bytes: Uint8Array): UndoRecord {
     lsn: number
     images: { key: unknown; prior?: (StoredRecord & { format: number }) | null }[]
   }>(UndoRecordType, 'undo record', bytes)
-  if (!isLsn(raw.lsn, false)) throw new DecodeError('undo record', `lsn ${String(raw.lsn)}`)
+  if (!isLsn(raw.lsn, 1)) throw new DecodeError('undo record', `lsn ${String(raw.lsn)}`)
   const images: UndoImage[] = []
   for (const image of raw.images) {
     const key = asBuffer(image.key)
@@ -358,7 +356,7 @@ export function decodeUndoRecord(bytes: Uint8Array): UndoRecord {
 
 /** Encodes a request record after checking it. */
 export function encodeRequestRecord(record: RequestRecord): Uint8Array {
-  if (!isLsn(record.lsn, false) || !isLsn(record.epoch, true) || !isLsn(record.timestampMs, true)) {
+  if (!isLsn(record.lsn, 1) || !isEpoch(record.epoch) || !isCount(record.timestampMs)) {
     throw new EncodeError('request record', 'lsn, epoch or timestamp out of range')
   }
   const problem = fingerprintProblem(record.fingerprint)
@@ -378,7 +376,7 @@ export function encodeRequestRecord(record: RequestRecord): Uint8Array {
  */
 export function decodeRequestRecord(bytes: Uint8Array): RequestRecord {
   const raw = decodeWith<RequestRecord>(RequestRecordType, 'request record', bytes)
-  if (!isLsn(raw.lsn, false) || !isLsn(raw.epoch, true) || !isLsn(raw.timestampMs, true)) {
+  if (!isLsn(raw.lsn, 1) || !isEpoch(raw.epoch) || !isCount(raw.timestampMs)) {
     throw new DecodeError('request record', 'lsn, epoch or timestamp out of range')
   }
   const problem = fingerprintProblem(raw.fingerprint)

@@ -3,14 +3,16 @@
  * length-delimited framing used on peer streams.
  *
  * A frame from a peer is validated field by field; anything malformed throws `DecodeError`,
- * and the receiver closes the stream with KV_ERR_BAD_FRAME. The entries inside an Append are
- * kept as the leader's exact bytes; the receiver decodes each with `decodeLogEntry` before
- * it appends them.
+ * and the receiver closes the stream with KV_ERR_BAD_FRAME. Every epoch must be at most
+ * `epochMax` and every LSN below `lsnMax` (limits.ts): an out-of-range value is a bad frame,
+ * never a new epoch. The entries inside an Append are kept as the leader's exact bytes; the
+ * receiver decodes each with `decodeLogEntry` (which applies the same bounds) before it
+ * appends them.
  */
 import { fileURLToPath } from 'node:url'
 import protobuf from 'protobufjs'
 import { DecodeError } from './codec.js'
-import { formatVersion, lsnMax } from './limits.js'
+import { epochMax, formatVersion, isEpoch, isLsn, lsnMax } from './limits.js'
 
 const root = protobuf.loadSync(
   fileURLToPath(new URL('../proto/replication.proto', import.meta.url)),
@@ -146,9 +148,32 @@ function flag(value: unknown, what: string): boolean {
   return value
 }
 
+/** A count or a time in milliseconds: any safe integer >= 0. */
 function count(value: unknown, what: string): number {
   if (!isCount(value))
     throw new DecodeError('frame', `${what} ${String(value)} is not a valid number`)
+  return value
+}
+
+/** A log position: below lsnMax, so that the next one is still exact. */
+function lsn(value: unknown, what: string): number {
+  if (!isLsn(value))
+    throw new DecodeError('frame', `${what} ${String(value)} is not a valid lsn (below ${lsnMax})`)
+  return value
+}
+
+/**
+ * An epoch: at most epochMax. With `senderEpoch`, also at most the sender's own epoch (the
+ * epoch of an entry in the sender's log, or of its snapshot, never passes the sender's).
+ */
+function epoch(value: unknown, what: string, senderEpoch?: number): number {
+  if (!isEpoch(value))
+    throw new DecodeError(
+      'frame',
+      `${what} ${String(value)} is not a valid epoch (at most ${epochMax})`,
+    )
+  if (senderEpoch !== undefined && value > senderEpoch)
+    throw new DecodeError('frame', `${what} ${value} is above the sender's epoch ${senderEpoch}`)
   return value
 }
 
@@ -180,7 +205,7 @@ export function decodeFrame(payload: Uint8Array): Frame {
   }
   const from = text(message.from, 'sender id', frameLimits.nodeIdBytesMax)
   if (from.length === 0) throw new DecodeError('frame', 'sender id is empty')
-  const epoch = count(message.epoch, 'epoch')
+  const frameEpoch = epoch(message.epoch, 'epoch')
   const field = message.body
   const kind = typeof field === 'string' ? kindOf.get(field) : undefined
   if (kind === undefined) throw new DecodeError('frame', 'frame has no body')
@@ -208,11 +233,11 @@ export function decodeFrame(payload: Uint8Array): Frame {
       })
       body = {
         kind,
-        prevLsn: count(b.prevLsn, 'prev lsn'),
-        prevEpoch: count(b.prevEpoch, 'prev epoch'),
+        prevLsn: lsn(b.prevLsn, 'prev lsn'),
+        prevEpoch: epoch(b.prevEpoch, 'prev epoch', frameEpoch),
         entries,
-        commitLsn: count(b.commitLsn, 'commit lsn'),
-        leaderLastLsn: count(b.leaderLastLsn, 'leader last lsn'),
+        commitLsn: lsn(b.commitLsn, 'commit lsn'),
+        leaderLastLsn: lsn(b.leaderLastLsn, 'leader last lsn'),
         leaderClockMs: count(b.leaderClockMs, 'leader clock'),
       }
       break
@@ -221,10 +246,10 @@ export function decodeFrame(payload: Uint8Array): Frame {
       if (typeof b.reject !== 'boolean') throw new DecodeError('frame', 'reject is not a boolean')
       body = {
         kind,
-        matchLsn: count(b.matchLsn, 'match lsn'),
+        matchLsn: lsn(b.matchLsn, 'match lsn'),
         reject: b.reject,
-        hintLsn: count(b.hintLsn, 'hint lsn'),
-        appliedLsn: count(b.appliedLsn, 'applied lsn'),
+        hintLsn: lsn(b.hintLsn, 'hint lsn'),
+        appliedLsn: lsn(b.appliedLsn, 'applied lsn'),
       }
       break
     case 'heartbeat': {
@@ -234,8 +259,8 @@ export function decodeFrame(payload: Uint8Array): Frame {
       }
       body = {
         kind,
-        commitLsn: count(b.commitLsn, 'commit lsn'),
-        leaderLastLsn: count(b.leaderLastLsn, 'leader last lsn'),
+        commitLsn: lsn(b.commitLsn, 'commit lsn'),
+        leaderLastLsn: lsn(b.leaderLastLsn, 'leader last lsn'),
         leaderClockMs: count(b.leaderClockMs, 'leader clock'),
         members: raw.map((m) => {
           const member = m as Record<string, unknown>
@@ -244,13 +269,13 @@ export function decodeFrame(payload: Uint8Array): Frame {
           return {
             id: text(member.id, 'member id', frameLimits.nodeIdBytesMax),
             role: text(member.role, 'member role', 32),
-            matchLsn: count(member.matchLsn, 'member match lsn'),
+            matchLsn: lsn(member.matchLsn, 'member match lsn'),
             lagEntries: count(member.lagEntries, 'member lag'),
             lagMs: count(member.lagMs, 'member lag ms'),
             lastContactMs: count(member.lastContactMs, 'member last contact'),
             connected: member.connected,
-            appliedLsn: count(member.appliedLsn, 'member applied lsn'),
-            epoch: count(member.epoch, 'member epoch'),
+            appliedLsn: lsn(member.appliedLsn, 'member applied lsn'),
+            epoch: epoch(member.epoch, 'member epoch'),
           }
         }),
       }
@@ -259,8 +284,8 @@ export function decodeFrame(payload: Uint8Array): Frame {
     case 'heartbeatAck':
       body = {
         kind,
-        matchLsn: count(b.matchLsn, 'match lsn'),
-        appliedLsn: count(b.appliedLsn, 'applied lsn'),
+        matchLsn: lsn(b.matchLsn, 'match lsn'),
+        appliedLsn: lsn(b.appliedLsn, 'applied lsn'),
         lagMs: count(b.lagMs, 'lag ms'),
       }
       break
@@ -272,8 +297,8 @@ export function decodeFrame(payload: Uint8Array): Frame {
       if (typeof b.last !== 'boolean') throw new DecodeError('frame', 'last is not a boolean')
       body = {
         kind,
-        snapshotLsn: count(b.snapshotLsn, 'snapshot lsn'),
-        snapshotEpoch: count(b.snapshotEpoch, 'snapshot epoch'),
+        snapshotLsn: lsn(b.snapshotLsn, 'snapshot lsn'),
+        snapshotEpoch: epoch(b.snapshotEpoch, 'snapshot epoch', frameEpoch),
         sequence: count(b.sequence, 'sequence'),
         records: raw.map((r) => {
           const record = r as Record<string, unknown>
@@ -300,8 +325,8 @@ export function decodeFrame(payload: Uint8Array): Frame {
     case 'vote':
       body = {
         kind,
-        lastLsn: count(b.lastLsn, 'last lsn'),
-        lastEpoch: count(b.lastEpoch, 'last epoch'),
+        lastLsn: lsn(b.lastLsn, 'last lsn'),
+        lastEpoch: epoch(b.lastEpoch, 'last epoch', frameEpoch),
         preVote: flag(b.preVote, 'pre-vote'),
         transfer: flag(b.transfer, 'transfer'),
       }
@@ -313,7 +338,7 @@ export function decodeFrame(payload: Uint8Array): Frame {
       body = { kind }
       break
   }
-  return { from, epoch, body }
+  return { from, epoch: frameEpoch, body }
 }
 
 /**

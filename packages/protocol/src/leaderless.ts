@@ -38,6 +38,15 @@ export const leaderlessLimits = {
   messageBytesMax: 64 * 1024 * 1024,
 } as const
 
+/**
+ * Largest dot counter a version vector, a sibling, a context or a peer message may carry
+ * (hybrid-clock logical counters are uint32 on the wire, so bounded already). A counter only grows by one per write an actor coordinates, so 2^48 is out of reach
+ * (a million writes a second for nine years), while a forged huge counter would dominate every
+ * later write of that actor and make acknowledged writes vanish from reads. Like `epochMax`, it
+ * also keeps `counter + 1` exact.
+ */
+export const counterMax = 2 ** 48
+
 export interface HlcStamp {
   wallMs: number
   logical: number
@@ -277,13 +286,20 @@ function actor(value: unknown, name: string): string {
   return s
 }
 
+/** A dot counter: an integer in [min, counterMax]. */
+function counter(value: unknown, name: string, min = 0): number {
+  const n = count(value, name, min)
+  if (n > counterMax) fail(`${name} ${n} is above ${counterMax}`)
+  return n
+}
+
 function decodeVector(value: unknown, name: string): Record<string, number> {
   const out: Record<string, number> = {}
   for (const e of list(value, name, leaderlessLimits.vectorEntriesMax)) {
     const entry = obj(e, `${name} entry`)
     const a = actor(entry.actor, `${name} actor`)
     if (Object.hasOwn(out, a)) fail(`${name} repeats actor ${a}`)
-    out[a] = count(entry.counter, `${name} counter`, 1)
+    out[a] = counter(entry.counter, `${name} counter`, 1)
   }
   return out
 }
@@ -296,17 +312,16 @@ function decodeRecordFields(value: unknown): VersionedRecord {
   const siblings = list(r.siblings, 'siblings', leaderlessLimits.siblingsMax).map((v) => {
     const s = obj(v, 'sibling')
     const node = actor(s.actor, 'sibling actor')
-    const counter = count(s.counter, 'sibling counter', 1)
-    const id = `${node}\u0000${counter}`
-    if (seen.has(id)) fail(`sibling ${node}:${counter} appears twice`)
+    const dot = counter(s.counter, 'sibling counter', 1)
+    const id = `${node}\u0000${dot}`
+    if (seen.has(id)) fail(`sibling ${node}:${dot} appears twice`)
     seen.add(id)
-    if ((vector[node] ?? 0) < counter)
-      fail(`sibling ${node}:${counter} is not covered by the vector`)
+    if ((vector[node] ?? 0) < dot) fail(`sibling ${node}:${dot} is not covered by the vector`)
     const tombstone = s.tombstone === true
     const valueBytes = bytes(s.value, 'sibling value')
     if (tombstone && valueBytes.length > 0) fail('a tombstone sibling carries a value')
     return {
-      dot: { node, counter },
+      dot: { node, counter: dot },
       value: {
         value: tombstone ? null : valueBytes,
         hlc: {

@@ -65,10 +65,38 @@ export interface Limits {
 }
 
 /**
- * Largest LSN or epoch the store accepts. LSNs are uint64 on disk and on the wire, but are
- * JavaScript numbers in memory, so they must stay exact integers.
+ * Bound on LSNs. LSNs are uint64 on disk and on the wire, but are JavaScript numbers in memory,
+ * so they must stay exact integers, and so must the next one: a valid LSN is strictly below
+ * `lsnMax`, so that `lsn + 1` is always safe. Decoders refuse anything else.
  */
 export const lsnMax = Number.MAX_SAFE_INTEGER
+
+/**
+ * Largest epoch anything may carry: a frame, a log entry, a record on disk, a node's state.
+ *
+ * Why a bound far below 2^53: an epoch is the election term, raised by one per election, and a
+ * peer's higher epoch is adopted at once. With no bound but "a safe integer", one frame at
+ * 2^53 - 1 moved every node there, after which no election could ever start (2^53 is not a
+ * safe integer). Every value at or below `epochMax` leaves 2^53 - 2^48 (about 8.7e15) safe
+ * increments above it, so `epoch + 1` is never the thing that fails. Legitimate elections never
+ * get near it: 2^48 elections at one per millisecond take about 8900 years.
+ *
+ * The bound alone does not keep a cluster able to elect, though: peers refuse frames above it,
+ * so a node sitting at `epochMax` could not campaign. The core therefore never lets one message
+ * carry it most of the way there (see `epochFreeMax` and `epochStepMax` in the core's
+ * replica.ts): no single frame, valid or not, can leave a node unable to elect.
+ */
+export const epochMax = 2 ** 48
+
+/** A valid LSN: a safe integer in [min, lsnMax). */
+export function isLsn(value: unknown, min = 0): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= min && value < lsnMax
+}
+
+/** A valid epoch: an integer in [0, epochMax]. */
+export function isEpoch(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 && value <= epochMax
+}
 
 /** Log entry format version written by this build. */
 export const formatVersion = 1

@@ -4,7 +4,7 @@
  * opaque; the SDK reads it to keep the newest of the tokens it has seen.
  */
 import { KvError } from './errors.js'
-import { lsnMax } from './limits.js'
+import { isEpoch, isLsn } from './limits.js'
 
 export interface SessionPosition {
   /** Epoch of the leader that wrote the position. */
@@ -24,12 +24,8 @@ export function decodeSession(token: string): SessionPosition {
   const match = pattern.exec(token.trim())
   const epoch = match ? parseInt(match[1] as string, 36) : NaN
   const lsn = match ? parseInt(match[2] as string, 36) : NaN
-  if (
-    !Number.isSafeInteger(epoch) ||
-    !Number.isSafeInteger(lsn) ||
-    epoch > lsnMax ||
-    lsn > lsnMax
-  ) {
+  // The same bounds as on the wire: an epoch at most epochMax, an LSN below lsnMax.
+  if (!isEpoch(epoch) || !isLsn(lsn)) {
     throw new KvError(
       'KV_ERR_INVALID_SESSION',
       'the session token is malformed; send one a write returned',

@@ -1,12 +1,18 @@
 import {
   DecodeError,
+  EntryKind,
   FrameDecoder,
   decodeFrame,
+  decodeLogEntry,
   decodeSession,
   encodeFrame,
+  encodeLogEntry,
   encodeSession,
+  epochMax,
   laterSession,
+  lsnMax,
   replicationSchemaRoot,
+  schemaRoot,
   type Frame,
 } from '../src/index.js'
 
@@ -132,12 +138,184 @@ describe('frames', () => {
   })
 })
 
+describe('epoch and LSN bounds on the wire', () => {
+  const decoded = (frame: Frame) => decodeFrame(encodeFrame(frame).subarray(4))
+  const heartbeat = (epoch: number, memberEpoch = 1): Frame => ({
+    from: 'n1',
+    epoch,
+    body: {
+      kind: 'heartbeat',
+      commitLsn: 1,
+      leaderLastLsn: 1,
+      leaderClockMs: 1,
+      members: [
+        {
+          id: 'n2',
+          role: 'follower',
+          matchLsn: 1,
+          lagEntries: 0,
+          lagMs: 0,
+          lastContactMs: 0,
+          appliedLsn: 1,
+          epoch: memberEpoch,
+          connected: true,
+        },
+      ],
+    },
+  })
+  const append = (
+    epoch: number,
+    fields: Partial<Record<string, number>> = {},
+    entries: Uint8Array[] = [],
+  ): Frame => ({
+    from: 'n1',
+    epoch,
+    body: {
+      kind: 'append',
+      prevLsn: 1,
+      prevEpoch: 1,
+      entries,
+      commitLsn: 1,
+      leaderLastLsn: 1,
+      leaderClockMs: 1,
+      ...fields,
+    },
+  })
+
+  it('sets epochMax at 2^48 and keeps the next LSN exact', () => {
+    expect(epochMax).toBe(2 ** 48)
+    expect(lsnMax).toBe(Number.MAX_SAFE_INTEGER)
+    // 2^53 - 2^48 elections remain above the bound; the arithmetic never leaves safe integers.
+    expect(Number.isSafeInteger(epochMax + 1)).toBe(true)
+  })
+
+  it('refuses the epoch bomb (2^53 - 1) and anything above epochMax, in every epoch field', () => {
+    for (const bomb of [2 ** 53 - 1, 2 ** 48 + 1]) {
+      expect(() => decoded(heartbeat(bomb))).toThrow(/epoch .* is not a valid epoch/)
+      expect(() => decoded(heartbeat(1, bomb))).toThrow(/member epoch/)
+      expect(() => decoded(append(bomb))).toThrow(/epoch .* is not a valid epoch/)
+      expect(() => decoded(append(5, { prevEpoch: bomb }))).toThrow(/prev epoch/)
+      expect(() =>
+        decoded({
+          from: 'n3',
+          epoch: 5,
+          body: { kind: 'vote', lastLsn: 1, lastEpoch: bomb, preVote: true, transfer: false },
+        }),
+      ).toThrow(/last epoch/)
+      expect(() =>
+        decoded({
+          from: 'n1',
+          epoch: 5,
+          body: {
+            kind: 'snapshotChunk',
+            snapshotLsn: 1,
+            snapshotEpoch: bomb,
+            sequence: 0,
+            records: [],
+            last: false,
+            digest: '',
+            requests: [],
+          },
+        }),
+      ).toThrow(/snapshot epoch/)
+    }
+    // The raw wire form too, not only what encodeFrame writes.
+    const FrameType = replicationSchemaRoot.lookupType('kv.v1.Frame')
+    const raw = FrameType.encode({
+      format: 1,
+      from: 'n1',
+      epoch: 2 ** 53 - 1,
+      heartbeat: { commitLsn: 0, leaderLastLsn: 0, leaderClockMs: 0, members: [] },
+    }).finish()
+    expect(() => decodeFrame(raw)).toThrow(DecodeError)
+  })
+
+  it('accepts epochMax itself', () => {
+    expect(decoded(heartbeat(epochMax, epochMax)).epoch).toBe(epochMax)
+    expect(decoded(append(epochMax, { prevEpoch: epochMax })).epoch).toBe(epochMax)
+  })
+
+  it('refuses an epoch of the sender log or snapshot above the sender epoch', () => {
+    expect(() => decoded(append(3, { prevEpoch: 4 }))).toThrow(/above the sender's epoch 3/)
+    expect(() =>
+      decoded({
+        from: 'n3',
+        epoch: 3,
+        body: { kind: 'vote', lastLsn: 1, lastEpoch: 4, preVote: false, transfer: false },
+      }),
+    ).toThrow(/above the sender's epoch/)
+  })
+
+  it('refuses an LSN of lsnMax (its successor would not be exact), and takes lsnMax - 1', () => {
+    for (const field of ['prevLsn', 'commitLsn', 'leaderLastLsn']) {
+      expect(() => decoded(append(2, { [field]: lsnMax }))).toThrow(/not a valid lsn/)
+      expect(decoded(append(2, { [field]: lsnMax - 1 })).body).toMatchObject({
+        [field]: lsnMax - 1,
+      })
+    }
+    expect(() =>
+      decoded({
+        from: 'n2',
+        epoch: 2,
+        body: { kind: 'appendAck', matchLsn: lsnMax, reject: false, hintLsn: 1, appliedLsn: 1 },
+      }),
+    ).toThrow(/match lsn/)
+    expect(() =>
+      decoded({
+        from: 'n3',
+        epoch: 5,
+        body: { kind: 'vote', lastLsn: lsnMax, lastEpoch: 1, preVote: true, transfer: false },
+      }),
+    ).toThrow(/last lsn/)
+  })
+
+  it('refuses entries of an Append whose epoch or LSN is out of range', () => {
+    const LogEntryType = schemaRoot.lookupType('kv.v1.LogEntry')
+    const rawEntry = (epoch: number, lsn: number) =>
+      LogEntryType.encode({ format: 1, epoch, lsn, kind: EntryKind.Noop, ops: [] }).finish()
+    const frameOf = (entry: Uint8Array) =>
+      decoded(append(epochMax, { prevLsn: 0, prevEpoch: 0 }, [entry]))
+    // The entries travel as the leader's bytes; the receiver decodes each before appending.
+    const entriesOf = (frame: Frame) =>
+      frame.body.kind === 'append' ? frame.body.entries.map((e) => decodeLogEntry(e)) : []
+    for (const [epoch, lsn] of [
+      [2 ** 53 - 1, 1],
+      [2 ** 48 + 1, 1],
+      [1, lsnMax],
+    ] as const) {
+      expect(() => entriesOf(frameOf(rawEntry(epoch, lsn)))).toThrow(DecodeError)
+      expect(() =>
+        encodeLogEntry({
+          epoch,
+          lsn,
+          kind: EntryKind.Noop,
+          ops: [],
+          timestampMs: 0,
+          requestId: '',
+        }),
+      ).toThrow(/refusing to encode/)
+    }
+    expect(entriesOf(frameOf(rawEntry(epochMax, lsnMax - 1)))[0]).toMatchObject({
+      epoch: epochMax,
+      lsn: lsnMax - 1,
+    })
+  })
+})
+
 describe('session tokens', () => {
   it('round-trip and compare', () => {
     const token = encodeSession({ epoch: 3, lsn: 2 ** 45 })
     expect(decodeSession(token)).toEqual({ epoch: 3, lsn: 2 ** 45 })
     expect(laterSession({ epoch: 1, lsn: 5 }, { epoch: 2, lsn: 4 })).toEqual({ epoch: 1, lsn: 5 })
     expect(laterSession(null, { epoch: 2, lsn: 4 })).toEqual({ epoch: 2, lsn: 4 })
+  })
+  it('refuses an epoch above epochMax or an LSN of lsnMax', () => {
+    expect(decodeSession(encodeSession({ epoch: epochMax, lsn: lsnMax - 1 }))).toEqual({
+      epoch: epochMax,
+      lsn: lsnMax - 1,
+    })
+    expect(() => decodeSession(encodeSession({ epoch: epochMax + 1, lsn: 1 }))).toThrow(/malformed/)
+    expect(() => decodeSession(encodeSession({ epoch: 1, lsn: lsnMax }))).toThrow(/malformed/)
   })
   it.each(['', 'garbage', 's1.1', 's2.1.1', 's1.-1.2', 's1.zzzzzzzzzzzz.1'])(
     'refuses %j',

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import {
   DecodeError,
+  counterMax,
   decodeContext,
   decodeHint,
   decodePeerReply,
@@ -13,6 +14,7 @@ import {
   encodeVersionedRecord,
   leaderlessSchemaRoot,
   type PeerReply,
+  type PeerRequest,
   type VersionedRecord,
 } from '../src/index.js'
 
@@ -150,5 +152,87 @@ describe('leaderless formats', () => {
     })
     expect(() => decodeContext('***')).toThrow(DecodeError)
     expect(() => decodeContext(Buffer.from('garbage!').toString('base64url'))).toThrow(DecodeError)
+  })
+
+  it('refuses a counter above counterMax in a vector, a dot or a context', () => {
+    expect(counterMax).toBe(2 ** 48)
+    const withCounter = (counter: number): VersionedRecord => ({
+      vector: { 'n1.aa': counter },
+      siblings: [
+        {
+          dot: { node: 'n1.aa', counter },
+          value: { value: Buffer.from('x'), hlc: { wallMs: 1, logical: 0, node: 'n1' } },
+        },
+      ],
+    })
+    const store = (r: VersionedRecord): PeerRequest => ({
+      clusterId: 'c',
+      from: 'n2',
+      to: 'n1',
+      body: { kind: 'store', key: Buffer.from('k'), record: r, hintFor: '' },
+    })
+    const coordinate = (counter: number): PeerRequest => ({
+      clusterId: 'c',
+      from: 'n2',
+      to: 'n1',
+      body: {
+        kind: 'coordinate',
+        key: Buffer.from('k'),
+        value: Buffer.from('v'),
+        context: { vector: { 'n1.aa': counter }, hlc: { wallMs: 1, logical: 0, node: 'n1' } },
+        w: 0,
+        sloppy: false,
+        requestId: '',
+      },
+    })
+    const rangeKeys = (r: VersionedRecord): PeerRequest => ({
+      clusterId: 'c',
+      from: 'n2',
+      to: 'n1',
+      body: {
+        kind: 'rangeKeys',
+        set: 'n1,n2',
+        leaves: [0],
+        records: [{ key: Buffer.from('k'), record: r }],
+      },
+    })
+    for (const huge of [counterMax + 1, 2 ** 53 - 1]) {
+      expect(() => decodeVersionedRecord(encodeVersionedRecord(withCounter(huge)))).toThrow(
+        /counter .* is above/,
+      )
+      expect(() => decodeHint(encodeHint({ storedAtMs: 1, record: withCounter(huge) }))).toThrow(
+        /is above/,
+      )
+      expect(() => decodePeerRequest(encodePeerRequest(store(withCounter(huge))))).toThrow(
+        /is above/,
+      )
+      expect(() => decodePeerRequest(encodePeerRequest(rangeKeys(withCounter(huge))))).toThrow(
+        /is above/,
+      )
+      expect(() => decodePeerRequest(encodePeerRequest(coordinate(huge)))).toThrow(/is above/)
+      expect(() => decodeContext(encodeContext(withCounter(huge)))).toThrow(/is above/)
+      expect(() =>
+        decodePeerReply(encodePeerReply({ kind: 'fetchReply', record: withCounter(huge) })),
+      ).toThrow(/is above/)
+    }
+    // A sibling's dot is bounded on its own, not only through the vector that covers it.
+    const type = leaderlessSchemaRoot.lookupType('kv.v1.VersionedRecord')
+    const dotOnly = type
+      .encode(
+        type.fromObject({
+          format: 1,
+          vector: [{ actor: 'n1.aa', counter: counterMax }],
+          siblings: [{ actor: 'n1.aa', counter: counterMax + 1, wallMs: 1, clockNode: 'n1' }],
+        }),
+      )
+      .finish()
+    expect(() => decodeVersionedRecord(dotOnly)).toThrow(/sibling counter .* is above/)
+    // counterMax itself is a valid counter.
+    expect(decodeVersionedRecord(encodeVersionedRecord(withCounter(counterMax)))).toMatchObject({
+      vector: { 'n1.aa': counterMax },
+    })
+    expect(decodeContext(encodeContext(withCounter(counterMax))).vector).toEqual({
+      'n1.aa': counterMax,
+    })
   })
 })

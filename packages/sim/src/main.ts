@@ -88,6 +88,7 @@ const rows = [
   ['leaders elected', String(summary.elections)],
   ['crashes / partitions', `${summary.crashes} / ${summary.partitions}`],
   ['messages', String(summary.messages)],
+  ['epoch bombs (forged heartbeats)', String(summary.epochBombs)],
   ['entries committed', String(summary.committed)],
   [
     'ticks from heal to a commit everywhere',

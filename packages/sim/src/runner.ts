@@ -8,6 +8,8 @@ export interface RunSummary {
   crashes: number
   partitions: number
   messages: number
+  /** Forged heartbeats at absurd epochs, over every seed. */
+  epochBombs: number
   committed: number
   /** Ticks from healing to a new commit everywhere: median and max over passing seeds. */
   recoveryTicksP50: number
@@ -30,7 +32,14 @@ export function runSeeds(options: {
   const started = performance.now()
   const failures: SimResult[] = []
   const recovery: number[] = []
-  const totals = { elections: 0, crashes: 0, partitions: 0, messages: 0, committed: 0 }
+  const totals = {
+    elections: 0,
+    crashes: 0,
+    partitions: 0,
+    messages: 0,
+    epochBombs: 0,
+    committed: 0,
+  }
   let passed = 0
   let seeds = 0
   for (let seed = options.first; seed < options.first + options.count; seed++) {
@@ -45,6 +54,7 @@ export function runSeeds(options: {
     totals.crashes += result.crashes
     totals.partitions += result.partitions
     totals.messages += result.messages
+    totals.epochBombs += result.epochBombs
     totals.committed += result.committedLsn
     if (result.ok) {
       passed++

@@ -11,12 +11,20 @@
  *   and the node restarts from what its disk holds.
  * - Clock: ticks. Nodes tick together; the core randomizes its own election timeouts from the
  *   seeded source.
+ * - Epoch bombs: one member (picked by the seed) also sends heartbeats at bad epochs, as a
+ *   peer with a bug would: 2^53 - 1, above epochMax, epochMax, the highest epoch one message
+ *   can carry a node to from below epochFreeMax, and garbage anywhere up to epochMax. No bomb
+ *   may leave the cluster unable to elect: liveness after healing checks it. Bombs draw from a
+ *   PRNG of their own, so seeds without them replay as they did before bombs existed.
  *
  * Safety invariants are checked after every event (see `check*`); liveness once the faults
  * heal: a leader must be elected and commit a new entry within a bound.
  */
 import {
   ReplicaCore,
+  epochFreeMax,
+  epochMax,
+  epochStepMax,
   type CoreConfig,
   type CoreEntry,
   type HardState,
@@ -51,6 +59,8 @@ export interface FaultRates {
   leaderCrashRate: number
   diskTicksMax: number
   proposeRate: number
+  /** Per tick: the faulty member sends one forged heartbeat at an absurd epoch. */
+  epochBombRate: number
 }
 
 export interface SimResult {
@@ -66,6 +76,10 @@ export interface SimResult {
   crashes: number
   partitions: number
   messages: number
+  /** Forged heartbeats at absurd epochs (see `epochBombRate`). */
+  epochBombs: number
+  /** The highest epoch any node reached. */
+  epochTop: number
   committedLsn: number
   /** Ticks from healing to a new entry committed on every node (null if it never was). */
   recoveryTicks: number | null
@@ -120,6 +134,10 @@ export class Simulation {
   readonly options: Required<Omit<SimOptions, 'unsafe'>> & { unsafe: UnsafeRule | null }
   readonly rates: FaultRates
   private readonly rng: Prng
+  /** Epoch bombs draw from their own PRNG (see the file comment). */
+  private readonly bombRng: Prng
+  /** The member whose forged frames the bombs are (a peer speaks only as itself). */
+  private readonly faulty: NodeId
   private readonly ids: NodeId[]
   private readonly nodes = new Map<NodeId, SimNode>()
   private network: InFlight[] = []
@@ -134,7 +152,14 @@ export class Simulation {
   /** Epoch -> the node that led it. */
   private readonly leaderOf = new Map<number, NodeId>()
   private proposals = 0
-  private stats = { elections: 0, crashes: 0, partitions: 0, messages: 0 }
+  private stats = {
+    elections: 0,
+    crashes: 0,
+    partitions: 0,
+    messages: 0,
+    epochBombs: 0,
+    epochTop: 0,
+  }
 
   constructor(options: SimOptions) {
     this.options = {
@@ -154,8 +179,12 @@ export class Simulation {
       leaderCrashRate: r.pick([0, 0.005, 0.02]),
       diskTicksMax: r.pick([0, 1, 3]),
       proposeRate: r.pick([0.05, 0.2, 0.5]),
+      epochBombRate: 0,
     }
     this.ids = Array.from({ length: options.nodes }, (_, i) => `n${i + 1}`)
+    this.bombRng = new Prng((options.seed ^ 0x5bd1e995) >>> 0)
+    this.rates.epochBombRate = this.bombRng.pick([0, 0, 0.002, 0.01])
+    this.faulty = this.bombRng.pick(this.ids)
     for (const id of this.ids) {
       const node: SimNode = {
         id,
@@ -212,6 +241,8 @@ export class Simulation {
       crashes: this.stats.crashes,
       partitions: this.stats.partitions,
       messages: this.stats.messages,
+      epochBombs: this.stats.epochBombs,
+      epochTop: this.stats.epochTop,
       committedLsn: this.committed.length,
       recoveryTicks,
     }
@@ -270,6 +301,39 @@ export class Simulation {
       )
         this.crash(node)
     }
+    if (this.bombRng.chance(this.rates.epochBombRate)) this.epochBomb()
+  }
+
+  /**
+   * The faulty member sends a heartbeat at a bad epoch, as a peer with a bug would (the decoder
+   * refuses the ones above epochMax on a real stream; the core must cope with all of them).
+   * Not modelled: a member that aims each forged epoch at one step above its receiver's, again
+   * and again; see "Limits" in the core's replica.ts.
+   */
+  private epochBomb(): void {
+    const r = this.bombRng
+    const to = this.ids.filter((id) => id !== this.faulty)[r.int(0, this.ids.length - 2)] as NodeId
+    const garbage = r.int(0, epochMax)
+    const epoch = r.pick([
+      2 ** 53 - 1,
+      epochMax + 1,
+      epochMax,
+      epochFreeMax + epochStepMax,
+      garbage,
+    ])
+    this.stats.epochBombs++
+    this.network.push({
+      deliverTick: this.tick + 1,
+      seq: this.seq++,
+      message: {
+        type: 'heartbeat',
+        from: this.faulty,
+        to,
+        epoch,
+        commitLsn: 0,
+        leaderLastLsn: 0,
+      },
+    })
   }
 
   private heal(): void {
@@ -568,13 +632,17 @@ export class Simulation {
     for (const node of this.nodes.values()) {
       const core = node.core
       if (core === null) continue
-      // Epochs never decrease.
+      // Epochs never decrease, and never pass epochMax (past it, no election could start).
       if (core.epoch < node.epochSeen) {
         throw new InvariantViolation(
           `${node.id}: epoch went down from ${node.epochSeen} to ${core.epoch}`,
         )
       }
+      if (core.epoch >= epochMax) {
+        throw new InvariantViolation(`${node.id}: epoch ${core.epoch} reached epochMax`)
+      }
       node.epochSeen = core.epoch
+      this.stats.epochTop = Math.max(this.stats.epochTop, core.epoch)
       // At most one leader per epoch.
       if (core.isLeader) {
         const known = this.leaderOf.get(core.epoch)

@@ -1,3 +1,4 @@
+import { epochFreeMax, epochMax } from '@kvstore/core'
 import { runSeeds, simulate } from '../src/index.js'
 
 describe('the deterministic simulator', () => {
@@ -13,7 +14,21 @@ describe('the deterministic simulator', () => {
     expect(summary.partitions).toBeGreaterThan(500)
     expect(summary.elections).toBeGreaterThan(3000)
     expect(summary.committed).toBeGreaterThan(100_000)
+    expect(summary.epochBombs).toBeGreaterThan(1000)
   }, 120_000)
+
+  it('survives epoch bombs: the cluster elects and commits after the worst single frames', () => {
+    // Seeds whose faulty member sent forged heartbeats at 2^53 - 1, above epochMax, at
+    // epochMax and at the highest epoch one message can carry.
+    const bombed = Array.from({ length: 60 }, (_, i) => simulate({ seed: 5000 + i, nodes: 3 }))
+      .concat(Array.from({ length: 40 }, (_, i) => simulate({ seed: 7000 + i, nodes: 5 })))
+      .filter((r) => r.epochBombs > 0)
+    expect(bombed.length).toBeGreaterThan(20)
+    expect(bombed.filter((r) => !r.ok).map((r) => `seed ${r.seed}: ${r.violation}`)).toEqual([])
+    // Some took a bomb they were allowed to take, and elected past it.
+    expect(bombed.some((r) => r.epochTop > epochFreeMax)).toBe(true)
+    expect(Math.max(...bombed.map((r) => r.epochTop))).toBeLessThan(epochMax / 2 + 2 ** 32)
+  })
 
   it('replays a seed exactly', () => {
     const a = simulate({ seed: 77, nodes: 5 })

@@ -12,6 +12,7 @@
  *
  * LSNs are big-endian so that LevelDB's byte order is log order.
  */
+import { epochMax, isEpoch } from '@kvstore/protocol'
 
 export const Prefix = {
   Meta: 0x01,
@@ -87,9 +88,11 @@ export function decodeRollback(bytes: Uint8Array): {
   entry: Uint8Array
 } {
   if (bytes.length < 16) throw new Error(`rollback record has ${bytes.length} bytes, expected 16+`)
+  const epoch = decodeU64(bytes.subarray(8, 16), 'rollback epoch')
+  if (!isEpoch(epoch)) throw new Error(`rollback epoch ${epoch} is above ${epochMax}`)
   return {
     atMs: decodeU64(bytes.subarray(0, 8), 'rollback time'),
-    epoch: decodeU64(bytes.subarray(8, 16), 'rollback epoch'),
+    epoch,
     entry: bytes.subarray(16),
   }
 }

@@ -27,6 +27,9 @@ import {
   encodeStoredRecord,
   encodeUndoRecord,
   type RequestRecord,
+  epochMax,
+  isEpoch,
+  isLsn,
   limitsDefault,
   lsnMax,
   type LogEntry,
@@ -821,6 +824,10 @@ export class Store {
         lsn >= this.state.commitLsn,
         () => `snapshot at ${lsn} is below the commit LSN ${this.state.commitLsn}`,
       )
+      invariant(
+        isLsn(lsn) && isEpoch(epoch),
+        () => `snapshot at lsn ${lsn}, epoch ${epoch} is out of range`,
+      )
       await this.db.put(
         metaKey(MetaName.SnapshotInstall),
         Buffer.from(JSON.stringify({ lsn, epoch }), 'utf8'),
@@ -1554,7 +1561,7 @@ class BatchBuilder {
         entry.epoch <= next.epoch,
         () => `entry ${entry.lsn} has epoch ${entry.epoch}, above the node's epoch ${next.epoch}`,
       )
-      invariant(entry.lsn <= lsnMax, 'lsn overflow')
+      invariant(entry.lsn < lsnMax, 'lsn overflow')
       appliedLsn = entry.lsn
       lastEpoch = entry.epoch
     }
@@ -1622,6 +1629,7 @@ class BatchBuilder {
         Number.isSafeInteger(update.epoch) && update.epoch >= next.epoch,
         () => `epoch may not go down from ${next.epoch} to ${update.epoch}`,
       )
+      invariant(isEpoch(update.epoch), () => `epoch ${update.epoch} is above ${epochMax}`)
     }
     if (update.commitLsn !== undefined) {
       invariant(
@@ -1680,9 +1688,8 @@ function decodeEpochRuns(bytes: Uint8Array): EpochRun[] {
     if (
       typeof r !== 'object' ||
       r === null ||
-      !Number.isSafeInteger(r.epoch) ||
-      !Number.isSafeInteger(r.startLsn) ||
-      (r.startLsn as number) < 1 ||
+      !isEpoch(r.epoch) ||
+      !isLsn(r.startLsn, 1) ||
       (previous !== undefined &&
         ((r.epoch as number) <= previous.epoch || (r.startLsn as number) <= previous.startLsn))
     ) {
@@ -1825,6 +1832,22 @@ async function recover(db: Db, options: StoreOptions): Promise<StoreState> {
     throw new StorageError(
       `data directory ${options.dir} belongs to cluster "${state.clusterId}", not "${options.clusterId}"`,
     )
+  }
+  // The same bounds as on the wire: a value out of range was not written by this store, and a
+  // node must not start from it (an epoch at 2^53 - 1 could never be raised by an election).
+  for (const name of [MetaName.Epoch, MetaName.LastEpoch, MetaName.CompactedEpoch] as const) {
+    const value = u64(name)
+    if (!isEpoch(value)) {
+      throw new StorageError(
+        `corrupt metadata: ${name} ${value} is above the largest epoch ${epochMax}`,
+      )
+    }
+  }
+  for (const name of [MetaName.CommitLsn, MetaName.AppliedLsn] as const) {
+    const value = u64(name)
+    if (!isLsn(value)) {
+      throw new StorageError(`corrupt metadata: ${name} ${value} is not below ${lsnMax}`)
+    }
   }
   if (state.commitLsn > state.appliedLsn) {
     throw new StorageError(`commit LSN ${state.commitLsn} is past the log end ${state.appliedLsn}`)

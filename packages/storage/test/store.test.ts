@@ -1,5 +1,5 @@
 import { ClassicLevel } from 'classic-level'
-import { EntryKind, encodeLogEntry, KvError } from '@kvstore/protocol'
+import { EntryKind, encodeLogEntry, epochMax, KvError, lsnMax } from '@kvstore/protocol'
 import { InvariantError, Store, StorageError, type BatchStats } from '../src/index.js'
 import { MetaName, encodeU64, logKey, metaKey, stateKey, undoKey } from '../src/layout.js'
 import { del, dump, entry, openStore, put, tempDir } from './helpers.js'
@@ -203,6 +203,32 @@ describe('append and apply', () => {
     expect(store3.meta.commitLsn).toBe(1)
     await store3.close()
     await other.cleanup()
+  })
+
+  it('never writes an epoch above epochMax, and refuses one read back from disk as corrupt', async () => {
+    const store = await openStore(dir)
+    await store.setHardState({ epoch: epochMax })
+    expect(store.meta.epoch).toBe(epochMax)
+    await expect(store.setHardState({ epoch: epochMax + 1 })).rejects.toThrow(/above/)
+    await store.close()
+    // What an epoch bomb left on disk before the bound: the node refuses to start from it
+    // rather than sit at an epoch no election can raise.
+    for (const [name, value, pattern] of [
+      [MetaName.Epoch, 2 ** 53 - 1, /corrupt metadata: epoch .* above the largest epoch/],
+      [MetaName.LastEpoch, epochMax + 1, /corrupt metadata: lastEpoch/],
+      [MetaName.AppliedLsn, lsnMax, /corrupt metadata: appliedLsn .* is not below/],
+    ] as const) {
+      const other = await tempDir()
+      await (await openStore(other.dir)).close()
+      const db = new ClassicLevel<Buffer, Buffer>(other.dir, {
+        keyEncoding: 'buffer',
+        valueEncoding: 'buffer',
+      })
+      await db.put(metaKey(name), encodeU64(value))
+      await db.close()
+      await expect(Store.open({ dir: other.dir, nodeId: 'n1' })).rejects.toThrow(pattern)
+      await other.cleanup()
+    }
   })
 
   it('shares one batch and one fsync among concurrent appends (group commit)', async () => {

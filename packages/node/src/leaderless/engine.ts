@@ -43,6 +43,7 @@ import {
   encodeVersionedRecord,
   keyToBytes,
   newestStamp,
+  counterMax,
   leaderlessLimits,
   requestFingerprintBytes,
   type CausalContext,
@@ -236,6 +237,66 @@ export class LeaderlessStats {
   tombstonesAwaitingReplicas = 0
   forwardedWrites = 0
   quorumFailures = { read: 0, write: 0 }
+  /** Records from peers refused before any merge (see `peerRecordProblem`). */
+  peerRecordsRefused = 0
+}
+
+/** What a record from a peer is checked against (see `peerRecordProblem`). */
+export interface PeerRecordBounds {
+  /** This member's actor id (its data directory's). */
+  actor: string
+  /** Dots this actor has handed out so far (every dot it minted is at most this). */
+  minted: number
+  nowMs: number
+  /** How far ahead of `nowMs` a timestamp may be. */
+  clockSkewMaxMs: number
+}
+
+/**
+ * Why a record a peer sent (to store, as a hint, in anti-entropy, or in a reply) must not be
+ * merged, or null when it may be. The same rules as a client's context, checked before the
+ * record touches anything:
+ * - no counter above `counterMax` (the decoder refuses those too; this holds for any source);
+ * - no counter of this member's own actor, in the vector or in a sibling's dot, above what it
+ *   has minted: such a counter would dominate every later write this member coordinates, so
+ *   an acknowledged write would vanish from reads on every replica it reached;
+ * - no timestamp further ahead of this clock than `clockSkewMaxMs`.
+ */
+export function peerRecordProblem(
+  record: VersionedRecord,
+  bounds: PeerRecordBounds,
+): string | null {
+  for (const [actor, counter] of Object.entries(record.vector)) {
+    if (!Number.isSafeInteger(counter) || counter < 1 || counter > counterMax)
+      return `its vector gives ${actor} counter ${counter}, outside 1..${counterMax}`
+  }
+  const own = ownCounterProblem(record.vector, bounds)
+  if (own !== null) return `it ${own}`
+  for (const s of record.siblings) {
+    const { node, counter } = s.dot
+    if (!Number.isSafeInteger(counter) || counter < 1 || counter > counterMax)
+      return `a sibling's dot ${node}:${counter} is outside 1..${counterMax}`
+    if (node === bounds.actor && counter > bounds.minted)
+      return `a sibling's dot ${node}:${counter} was never minted: ${bounds.actor} has made ${bounds.minted}`
+    const ahead = s.value.hlc.wallMs - bounds.nowMs
+    if (ahead > bounds.clockSkewMaxMs)
+      return `a timestamp from ${s.value.hlc.node} is ${ahead} ms ahead of this clock (at most ${bounds.clockSkewMaxMs})`
+  }
+  return null
+}
+
+/**
+ * How a vector claims more writes of this member's own actor than it minted ("claims ..."), or
+ * null. The same rule for a peer's record and a client's context.
+ */
+function ownCounterProblem(
+  vector: Readonly<Record<string, number>>,
+  bounds: Pick<PeerRecordBounds, 'actor' | 'minted'>,
+): string | null {
+  const own = vector[bounds.actor]
+  if (own !== undefined && own > bounds.minted)
+    return `claims ${own} writes coordinated by ${bounds.actor}, which has made ${bounds.minted}`
+  return null
 }
 
 export function formatHlc(hlc: HlcStamp): string {
@@ -289,6 +350,8 @@ export class LeaderlessEngine {
   private replayRunning = false
   private gcRunning = false
   private lastSiblingWarnMs = 0
+  private lastRefusalLogMs = 0
+  private refusedSinceLog = 0
 
   constructor(options: LeaderlessOptions) {
     this.config = options.config
@@ -387,7 +450,15 @@ export class LeaderlessEngine {
       this.refilling = true
     }
     this.actor = actor
-    const reserved = Number((await this.readMeta('counter')) ?? '0')
+    const text = (await this.readMeta('counter')) ?? '0'
+    const reserved = Number(text)
+    // Read back, checked: every check of a peer's counters rests on this one.
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(reserved) || reserved > counterMax) {
+      throw new KvError(
+        'KV_ERR_STORAGE',
+        `the stored dot counter ${JSON.stringify(text)} is corrupt (an integer up to ${counterMax} expected)`,
+      )
+    }
     this.counter = reserved
     this.counterReserved = reserved
   }
@@ -396,7 +467,10 @@ export class LeaderlessEngine {
   private async nextCounter(): Promise<number> {
     while (this.counter + 1 > this.counterReserved) {
       this.reserving ??= (async () => {
-        const target = this.counter + counterReservation
+        const target = Math.min(this.counter + counterReservation, counterMax)
+        if (target <= this.counter) {
+          throw new KvError('KV_ERR_INTERNAL', `${this.actor} has minted every dot (${counterMax})`)
+        }
         await this.writeMeta('counter', String(target))
         this.counterReserved = target
       })().finally(() => {
@@ -546,9 +620,37 @@ export class LeaderlessEngine {
     }
   }
 
-  /** Refuses a peer's timestamp from too far in the future, then advances the clock past it. */
-  private observe(state: State): void {
-    for (const s of state.siblings) this.checkStamp(s.value.hlc)
+  /**
+   * Checks a state a peer sent before anything of it is merged (`peerRecordProblem`: counters
+   * this member never minted, or above counterMax; timestamps too far ahead), then advances the
+   * clock past its timestamps. A refused state is counted, logged and thrown as
+   * KV_ERR_BAD_FRAME: a 'store' answers with that refusal, anti-entropy skips the record, and a
+   * read does not count the reply.
+   */
+  private admit(state: State, from: string, key: string): void {
+    const problem = peerRecordProblem(state, {
+      actor: this.actor,
+      minted: this.counter,
+      nowMs: this.now(),
+      clockSkewMaxMs,
+    })
+    if (problem !== null) {
+      this.stats.peerRecordsRefused++
+      this.refusedSinceLog++
+      const now = this.now()
+      if (now - this.lastRefusalLogMs >= 1000) {
+        this.lastRefusalLogMs = now
+        this.log.warn(
+          { from, key, problem, refused: this.refusedSinceLog },
+          'refused a record from a peer; it was not merged',
+        )
+        this.refusedSinceLog = 0
+      }
+      throw new KvError(
+        'KV_ERR_BAD_FRAME',
+        `${this.self} refused the record of ${JSON.stringify(key)} from ${from}: ${problem}`,
+      )
+    }
     for (const s of state.siblings) this.clock.observe(s.value.hlc, this.now())
   }
 
@@ -626,9 +728,13 @@ export class LeaderlessEngine {
     this.track_(key, state)
   }
 
-  /** Merges a state into this member's copy; true when the copy changed. */
-  private mergeLocal(key: string, incoming: State): Promise<{ changed: boolean; state: State }> {
-    this.observe(incoming)
+  /** Merges a state from `from` into this member's copy; true when the copy changed. */
+  private mergeLocal(
+    key: string,
+    incoming: State,
+    from: string,
+  ): Promise<{ changed: boolean; state: State }> {
+    this.admit(incoming, from, key)
     return this.locked(key, async () => {
       const current = await this.loadState(key)
       if (current === null) {
@@ -660,8 +766,13 @@ export class LeaderlessEngine {
     })
   }
 
-  private async storeHint(target: string, key: string, incoming: State): Promise<void> {
-    this.observe(incoming)
+  private async storeHint(
+    target: string,
+    key: string,
+    incoming: State,
+    from: string,
+  ): Promise<void> {
+    this.admit(incoming, from, key)
     const hk = this.hintKey(target, key)
     await this.locked(`h\u0000${target}\u0000${key}`, async () => {
       const existing = await this.store.get(hk)
@@ -769,12 +880,14 @@ export class LeaderlessEngine {
         const key = this.keyOf(body.key)
         const state = toState(body.record)
         if (body.hintFor !== '') {
+          if (body.hintFor === this.self)
+            throw new KvError('KV_ERR_BAD_FRAME', `a hint for ${this.self} sent to itself`)
           if (!this.health.has(body.hintFor))
             throw new KvError('KV_ERR_BAD_FRAME', `no member ${body.hintFor}`)
-          await this.storeHint(body.hintFor, key, state)
+          await this.storeHint(body.hintFor, key, state, request.from)
           return { kind: 'storeAck', changed: true }
         }
-        const { changed } = await this.mergeLocal(key, state)
+        const { changed } = await this.mergeLocal(key, state, request.from)
         return { kind: 'storeAck', changed }
       }
       case 'fetch': {
@@ -843,8 +956,9 @@ export class LeaderlessEngine {
 
   /**
    * Merges many states (an anti-entropy batch) several at a time, so their writes share
-   * LevelDB batches; a record that is refused (a clock too far ahead) is skipped and logged,
-   * not allowed to fail the batch. Returns how many keys changed here.
+   * LevelDB batches; a record that is refused (see `admit`: a counter never minted, a clock too
+   * far ahead) is skipped, never merged, and not allowed to fail the batch: the rest of the
+   * batch still converges. Returns how many keys changed here.
    */
   private async mergeMany(states: [string, State][], from: string): Promise<number> {
     let changed = 0
@@ -854,10 +968,12 @@ export class LeaderlessEngine {
         for (let i = next++; i < states.length; i = next++) {
           const [key, state] = states[i] as [string, State]
           try {
-            if ((await this.mergeLocal(key, state)).changed) changed++
+            if ((await this.mergeLocal(key, state, from)).changed) changed++
           } catch (err) {
             if (!(err instanceof KvError) || err.code === 'KV_ERR_STORAGE') throw err
-            this.log.warn({ err, key, from }, 'skipped a record from anti-entropy')
+            // admit() counted and logged a refused record already.
+            if (err.code !== 'KV_ERR_BAD_FRAME')
+              this.log.warn({ err, key, from }, 'skipped a record from anti-entropy')
           }
         }
       }),
@@ -1062,11 +1178,11 @@ export class LeaderlessEngine {
    * record may hold.
    */
   private checkContext(context: CausalContext): void {
-    const own = context.vector[this.actor]
-    if (own !== undefined && own > this.counter) {
+    const own = ownCounterProblem(context.vector, { actor: this.actor, minted: this.counter })
+    if (own !== null) {
       throw new KvError(
         'KV_ERR_INVALID_CONTEXT',
-        `the context claims ${own} writes coordinated by ${this.actor}, which has made ${this.counter}; it was not returned by this cluster`,
+        `the context ${own}; it was not returned by this cluster`,
       )
     }
     if (Object.keys(context.vector).length >= leaderlessLimits.vectorEntriesMax) {
@@ -1277,7 +1393,7 @@ export class LeaderlessEngine {
       if (reply.kind !== 'fetchReply')
         throw new KvError('KV_ERR_INTERNAL', `unexpected reply ${reply.kind}`)
       const state = reply.record === null ? null : toState(reply.record)
-      if (state) this.observe(state)
+      if (state) this.admit(state, member, key)
       replies.set(member, state)
     }
     let notify: () => void = () => {}
@@ -1358,7 +1474,7 @@ export class LeaderlessEngine {
     const keyBytes = Buffer.from(key, 'utf8')
     await Promise.allSettled(
       stale.map(async ([member]) => {
-        if (member === this.self) await this.mergeLocal(key, merged)
+        if (member === this.self) await this.mergeLocal(key, merged, this.self)
         else await this.call(member, { kind: 'store', key: keyBytes, record: merged, hintFor: '' })
         this.stats.readRepairs++
       }),
