@@ -9,9 +9,10 @@
  */
 // @peculiar/x509 resolves its services through tsyringe, which needs the Reflect metadata
 // polyfill loaded before it.
+import { writeAtomically } from './secret-file.js'
 import 'reflect-metadata'
 import { X509Certificate, createPrivateKey, randomBytes, webcrypto } from 'node:crypto'
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises'
+import { mkdir, open, readFile, stat } from 'node:fs/promises'
 import { isIP } from 'node:net'
 import { join, resolve } from 'node:path'
 import * as x509 from '@peculiar/x509'
@@ -390,29 +391,6 @@ async function exists(path: string): Promise<boolean> {
     return true
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false
-    throw err
-  }
-}
-
-/** Writes `data` to `path` through a temporary file that has the final mode, then a rename. */
-async function writeAtomically(path: string, data: string, mode: number): Promise<void> {
-  const temp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`
-  const file = await open(temp, 'wx', mode)
-  try {
-    // The mode given to open() is cut by the umask; set it exactly.
-    await file.chmod(mode)
-    await file.writeFile(data)
-    await file.sync()
-  } catch (err) {
-    await file.close()
-    await rm(temp, { force: true })
-    throw err
-  }
-  await file.close()
-  try {
-    await rename(temp, path)
-  } catch (err) {
-    await rm(temp, { force: true })
     throw err
   }
 }

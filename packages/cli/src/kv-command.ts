@@ -17,6 +17,8 @@ import {
 } from '@kvstore/client'
 import { certsOptions, certsUsage, runCerts } from './certs-command.js'
 import { ImportError, runImport } from './import.js'
+import { AuthUsageError, authUsage, runAuthCommand } from './auth-command.js'
+import { CredentialError, resolveConnection, type Connection } from './connect.js'
 
 export interface Io {
   env: NodeJS.ProcessEnv
@@ -60,8 +62,17 @@ Commands:
   digest                  hash of the node's state
 
 ${certsUsage}
+${authUsage}
 Options:
-  --url URL               node to talk to (env KV_URL, default http://127.0.0.1:7001)
+  --url URL               node to talk to (env KV_URL, else the URL of kv login, else
+                          https://127.0.0.1:7001)
+  --cacert FILE           the cluster's CA (env KV_CACERT; default: the CA of kv login, or
+                          data/certs/ca.crt when it exists, as kv-cluster makes it)
+  --cert FILE --key FILE  a client certificate naming a user (env KV_CERT, KV_KEY)
+  --token TOKEN           a token from kv login or POST /v1/auth/token (env KV_TOKEN;
+                          --token-file FILE, mode 0600, or KV_TOKEN_FILE)
+  --user NAME             log in for this one command (env KV_USER), with --password-file
+                          FILE (mode 0600; env KV_PASSWORD_FILE) or env KV_PASSWORD
   --ack async|quorum|all  durability a write waits for (default: the cluster's; single-leader)
   --json                  machine-readable output
   --http1                 use HTTP/1.1 instead of HTTP/2 (h2c)
@@ -194,6 +205,19 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         repair: { type: 'string' },
         context: { type: 'string' },
         sloppy: { type: 'boolean' },
+        cacert: { type: 'string' },
+        cert: { type: 'string' },
+        key: { type: 'string' },
+        token: { type: 'string' },
+        'token-file': { type: 'string' },
+        user: { type: 'string' },
+        'password-file': { type: 'string' },
+        'new-password-file': { type: 'string' },
+        roles: { type: 'string' },
+        admin: { type: 'boolean' },
+        monitor: { type: 'boolean' },
+        'rate-limit': { type: 'string' },
+        'no-password': { type: 'boolean' },
         ...certsOptions,
       },
     })
@@ -209,15 +233,48 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
     await write(command === undefined && !opts.help ? io.stderr : io.stdout, usage)
     return command === undefined && !opts.help ? 2 : 0
   }
-  const url = opts.url ?? io.env.KV_URL ?? 'http://127.0.0.1:7001'
   const ack = opts.ack
   if (ack !== undefined && ack !== 'async' && ack !== 'quorum' && ack !== 'all') {
     await write(io.stderr, `kv: --ack must be async, quorum or all\n`)
     return 2
   }
+  let connection: Connection
+  try {
+    connection = await resolveConnection(opts, io.env, { useSavedToken: command !== 'login' })
+  } catch (err) {
+    await write(io.stderr, `kv: ${(err as Error).message}\n`)
+    return err instanceof CredentialError ? 2 : 1
+  }
+  const makeClient = (c: Connection): KvClient =>
+    new KvClient({
+      url: c.url,
+      protocol: opts.http1 ? 'http1' : 'h2',
+      ...(ack ? { ack } : {}),
+      ...(c.tls ? { tls: c.tls } : {}),
+      ...(c.auth ? { auth: c.auth } : {}),
+    })
+  if (['login', 'logout', 'whoami', 'auth', 'user', 'role'].includes(command)) {
+    try {
+      return await runAuthCommand(command, args, opts, connection, makeClient, io)
+    } catch (err) {
+      if (err instanceof AuthUsageError) {
+        await write(io.stderr, `kv: ${err.message}\n\n${authUsage}`)
+        return 2
+      }
+      if (err instanceof CredentialError) {
+        await write(io.stderr, `kv: ${err.message}\n`)
+        return 2
+      }
+      if (err instanceof KvError) {
+        await write(io.stderr, `kv: ${err.code}: ${err.message}\n`)
+        return 1
+      }
+      throw err
+    }
+  }
   let client: KvClient
   try {
-    client = new KvClient({ url, protocol: opts.http1 ? 'http1' : 'h2c', ...(ack ? { ack } : {}) })
+    client = makeClient(connection)
   } catch (err) {
     await write(io.stderr, `kv: ${(err as Error).message}\n`)
     return 2

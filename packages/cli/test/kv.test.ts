@@ -6,19 +6,31 @@ import { KvNode, parseConfig } from '@kvstore/node'
 import { KvClient } from '@kvstore/client'
 import { runImport } from '../src/import.js'
 import { runKv } from '../src/kv-command.js'
+import { initCerts } from '../src/certs.js'
 
 let dir: string
 let node: KvNode
 let url: string
+let certs: string
+/** What every `kv` run gets: the CA, and root's password (auth is on, as shipped). */
+let env: NodeJS.ProcessEnv
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'kv-cli-'))
+  certs = join(dir, 'certs')
+  await initCerts({ dir: certs, members: ['n1'] })
   const { config } = parseConfig(
-    ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent'],
+    ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent', '--certs-dir', certs],
     {},
   )
   node = await KvNode.start(config)
   url = node.url
+  env = {
+    KV_CACERT: join(certs, 'ca.crt'),
+    KV_USER: 'root',
+    KV_PASSWORD_FILE: join(certs, 'root.password'),
+    KV_CREDENTIALS: join(dir, 'credentials.json'),
+  }
 })
 afterAll(async () => {
   await node.stop()
@@ -29,6 +41,7 @@ afterAll(async () => {
 async function kv(
   args: string[],
   stdin?: string,
+  envOverride?: NodeJS.ProcessEnv,
 ): Promise<{ code: number; out: string; err: string; raw: Buffer }> {
   const stdout = new PassThrough()
   const stderr = new PassThrough()
@@ -42,7 +55,12 @@ async function kv(
       isTTY: stdin === undefined,
     },
   )
-  const code = await runKv(['--url', url, ...args], { env: {}, stdin: input, stdout, stderr })
+  const code = await runKv(['--url', url, ...args], {
+    env: envOverride ?? env,
+    stdin: input,
+    stdout,
+    stderr,
+  })
   const raw = Buffer.concat(outChunks)
   return { code, out: raw.toString(), err: Buffer.concat(errChunks).toString(), raw }
 }
@@ -172,7 +190,14 @@ describe('kv', () => {
       file,
       ['first', 'second'].map((v) => JSON.stringify({ key: 'imp/order', value: v })).join('\n'),
     )
-    const client = new SlowFirstBatch({ url })
+    const client = new SlowFirstBatch({
+      url,
+      tls: { ca: await readFile(join(certs, 'ca.crt')) },
+      auth: {
+        user: 'root',
+        password: (await readFile(join(certs, 'root.password'), 'utf8')).trim(),
+      },
+    })
     try {
       const summary = await runImport(client, {
         file,
@@ -218,5 +243,62 @@ describe('kv', () => {
     })
     expect(code).toBe(1)
     expect(err).toMatch(/^kv: KV_ERR_UNAVAILABLE: cannot reach http:\/\/127\.0\.0\.1:1/)
+  })
+})
+
+describe('kv with auth', () => {
+  it('logs in once and keeps the token in a 0600 file', async () => {
+    const login = await kv(['login'], undefined, { ...env, KV_USER: 'root' })
+    expect(login.code, login.err).toBe(0)
+    expect(login.out).toMatch(/logged in to https:.* as root/)
+    const { statSync } = await import('node:fs')
+    expect(statSync(join(dir, 'credentials.json')).mode & 0o777).toBe(0o600)
+    // Later commands use the kept token, with no password around.
+    const tokenOnly = { KV_CACERT: env.KV_CACERT, KV_CREDENTIALS: env.KV_CREDENTIALS }
+    const who = await kv(['whoami', '--json'], undefined, tokenOnly)
+    expect(JSON.parse(who.out)).toMatchObject({ user: 'root', via: 'token', authEnabled: true })
+    expect((await kv(['logout'], undefined, tokenOnly)).code).toBe(0)
+    const after = await kv(['get', 'users/1'], undefined, tokenOnly)
+    expect(after.code).toBe(1)
+    expect(after.err).toMatch(/KV_ERR_UNAUTHENTICATED/)
+  })
+
+  it('logs in with a client certificate naming the user', async () => {
+    const who = await kv(
+      ['whoami', '--json', '--cert', join(certs, 'root.crt'), '--key', join(certs, 'root.key')],
+      undefined,
+      { KV_CACERT: env.KV_CACERT, KV_CREDENTIALS: join(dir, 'none.json') },
+    )
+    expect(who.code, who.err).toBe(0)
+    expect(JSON.parse(who.out)).toMatchObject({ user: 'root', via: 'certificate' })
+  })
+
+  it('manages users and roles, and a user is held to its grants', async () => {
+    const pw = join(dir, 'dana.password')
+    await writeFile(pw, 'dana-secret-1\n', { mode: 0o600 })
+    expect((await kv(['role', 'add', 'shop'])).code).toBe(0)
+    expect((await kv(['role', 'grant', 'shop', 'readwrite', 'shop/'])).code).toBe(0)
+    const add = await kv(['user', 'add', 'dana', '--roles', 'shop', '--new-password-file', pw])
+    expect(add.code, add.err).toBe(0)
+    const dana = { ...env, KV_USER: 'dana', KV_PASSWORD_FILE: pw }
+    expect((await kv(['put', 'shop/1', 'x'], undefined, dana)).code).toBe(0)
+    const denied = await kv(['put', 'other/1', 'x'], undefined, dana)
+    expect(denied.code).toBe(1)
+    expect(denied.err).toMatch(/KV_ERR_PERMISSION_DENIED/)
+    const status = await kv(['auth', 'status', '--json'])
+    expect(JSON.parse(status.out)).toMatchObject({ enabled: true })
+    expect((await kv(['user', 'revoke', 'dana', 'shop'])).code).toBe(0)
+    const revoked = await kv(['get', 'shop/1'], undefined, dana)
+    expect(revoked.err).toMatch(/KV_ERR_PERMISSION_DENIED/)
+    expect((await kv(['user', 'del', 'dana'])).code).toBe(0)
+    expect((await kv(['get', 'shop/1'], undefined, dana)).err).toMatch(/KV_ERR_UNAUTHENTICATED/)
+  })
+
+  it('refuses a password file others can read', async () => {
+    const loose = join(dir, 'loose.password')
+    await writeFile(loose, 'whatever-1\n', { mode: 0o644 })
+    const run = await kv(['get', 'x'], undefined, { ...env, KV_PASSWORD_FILE: loose })
+    expect(run.code).toBe(2)
+    expect(run.err).toMatch(/readable by others.*chmod 600/)
   })
 })

@@ -26,7 +26,14 @@ import {
   laterSession,
   type SessionPosition,
 } from '@kvstore/protocol/session'
-import { NodeConnection, headerOf, type NodeResponse, type SendOptions } from './connection.js'
+import {
+  NodeConnection,
+  headerOf,
+  type NodeResponse,
+  type SendOptions,
+  type TlsOptions,
+} from './connection.js'
+import { Credentials, type KvAuth, type LoginResult } from './credentials.js'
 import {
   compareTimestamps,
   isLeaderlessView,
@@ -47,11 +54,26 @@ export type AckMode = 'async' | 'quorum' | 'all'
 /** How a cluster replicates, as GET /v1/cluster says. */
 export type ClusterMode = 'standalone' | 'single-leader' | 'leaderless'
 
+export type { KvAuth, TlsOptions }
+
 export interface KvClientOptions {
-  /** One or more node URLs to learn the cluster from, such as `http://127.0.0.1:7001`. */
+  /**
+   * One or more node URLs to learn the cluster from, such as `https://127.0.0.1:7001`
+   * (`http://` for a node serving plaintext on loopback).
+   */
   url: string | string[]
-  /** `h2c` (default): one multiplexed HTTP/2 connection per node; `http1`: a pool of HTTP/1.1 connections. */
-  protocol?: 'h2c' | 'http1'
+  /**
+   * `h2` (default): one multiplexed HTTP/2 connection per node (over TLS for https URLs, h2c
+   * for http URLs; `h2c` is accepted as a synonym); `http1`: a pool of HTTP/1.1 connections.
+   */
+  protocol?: 'h2' | 'h2c' | 'http1'
+  /** TLS: the cluster's CA (`ca.crt` from `kv certs init`), and optionally a client certificate. */
+  tls?: TlsOptions
+  /**
+   * Credentials: `{ token }`, or `{ user, password }`, traded for a token when first needed and
+   * renewed before it expires. Omit with a client certificate (in `tls`), or with auth off.
+   */
+  auth?: KvAuth
   /** Gives up on a request after this long without a response. Default 10 000 ms. */
   timeoutMs?: number
   /** HTTP/1.1 pool size per node. Default 16. */
@@ -373,6 +395,44 @@ export interface ClusterView {
   members: ClusterMember[]
 }
 
+/** What `whoami` reports. */
+export interface WhoAmI {
+  user: string | null
+  via: 'token' | 'certificate' | 'anonymous'
+  roles: string[]
+  permissions: {
+    admin: boolean
+    monitor: boolean
+    read: string[]
+    write: string[]
+    rateLimitPerSecond: number
+  } | null
+  authEnabled: boolean
+}
+
+export interface UserInfo {
+  name: string
+  roles: string[]
+  /** True when the user can log in with a password. */
+  password: boolean
+}
+
+export type GrantAccess = 'read' | 'write' | 'readwrite' | 'admin' | 'monitor'
+
+export interface RoleInfo {
+  name: string
+  admin: boolean
+  monitor: boolean
+  grants: { prefix: string; access: 'read' | 'write' | 'readwrite' }[]
+  rateLimitPerSecond: number
+}
+
+export interface AuthStatus {
+  enabled: boolean
+  users: UserInfo[]
+  roles: RoleInfo[]
+}
+
 /** Encodes a key for the URL path: each segment percent-encoded, `/` kept. */
 export function keyPath(key: string): string {
   return key.split('/').map(encodeURIComponent).join('/')
@@ -450,10 +510,14 @@ function parseSiblings(body: Buffer): { context: string; siblings: Sibling[] } {
 
 /** A client of a whole cluster (or of one standalone node). Reuse one; `close()` when done. */
 export class KvClient {
-  private readonly options: Required<Omit<KvClientOptions, 'ack' | 'url' | 'w' | 'r'>> & {
+  private readonly options: Required<
+    Omit<KvClientOptions, 'ack' | 'url' | 'w' | 'r' | 'tls' | 'auth'>
+  > & {
     ack: AckMode | undefined
     w: Quorum | undefined
     r: Quorum | undefined
+    tls: TlsOptions | undefined
+    credentials: Credentials
   }
   private readonly seeds: string[]
   private readonly connections = new Map<string, NodeConnection>()
@@ -483,13 +547,26 @@ export class KvClient {
       } catch {
         throw new KvError('KV_ERR_INVALID_ARGUMENT', `${url} is not a URL`)
       }
-      if (parsed.protocol !== 'http:') {
-        throw new KvError('KV_ERR_INVALID_ARGUMENT', `only http:// URLs are supported, got ${url}`)
+      if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
+        throw new KvError(
+          'KV_ERR_INVALID_ARGUMENT',
+          `only https:// and http:// URLs are supported, got ${url}`,
+        )
       }
       return parsed.origin
     })
+    if (options.auth !== undefined) {
+      const a = options.auth as Partial<{ token: unknown; user: unknown; password: unknown }>
+      const ok =
+        (typeof a.token === 'string' && a.token !== '') ||
+        (typeof a.user === 'string' && typeof a.password === 'string')
+      if (!ok)
+        throw new KvError('KV_ERR_INVALID_ARGUMENT', 'auth needs { token } or { user, password }')
+    }
     this.options = {
-      protocol: options.protocol ?? 'h2c',
+      protocol: options.protocol ?? 'h2',
+      tls: options.tls,
+      credentials: new Credentials(options.auth, (user, password) => this.login(user, password)),
       timeoutMs: options.timeoutMs ?? 10_000,
       connections: options.connections ?? 16,
       readFrom: options.readFrom ?? 'followers',
@@ -795,6 +872,169 @@ export class KvClient {
       if (err instanceof KvError) return false
       throw err
     }
+  }
+
+  /** Trades a user's password for a token at the first seed that answers. */
+  private async login(user: string, password: string): Promise<LoginResult> {
+    let last: unknown
+    for (const url of [...new Set([...(this.leaderUrl ? [this.leaderUrl] : []), ...this.seeds])]) {
+      try {
+        const res = await this.connection(url).send('POST', '/v1/auth/token', {
+          anonymous: true,
+          body: Buffer.from(JSON.stringify({ user, password }), 'utf8'),
+          headers: { 'content-type': 'application/json' },
+        })
+        return JSON.parse(res.body.toString('utf8')) as LoginResult
+      } catch (err) {
+        if (err instanceof KvError && err.code !== 'KV_ERR_UNAVAILABLE') throw err
+        last = err
+      }
+    }
+    throw last instanceof Error ? last : new KvError('KV_ERR_UNAVAILABLE', 'no node answered')
+  }
+
+  /**
+   * Logs in with a user and password and returns the token (for `kv login`, or to hand to
+   * another client as `{ token }`).
+   */
+  async token(
+    user: string,
+    password: string,
+  ): Promise<{ token: string | null; expiresAt: string | null }> {
+    return this.login(user, password)
+  }
+
+  /** Who this client is to the cluster: its user, roles and permissions. */
+  async whoami(): Promise<WhoAmI> {
+    const res = await this.connection(this.url).send('GET', '/v1/auth/whoami')
+    return JSON.parse(res.body.toString('utf8')) as WhoAmI
+  }
+
+  /**
+   * An admin call that changes the auth store: to the leader in single-leader mode (following
+   * its hints), to any node otherwise.
+   */
+  private async adminWrite(
+    method: 'POST' | 'PUT' | 'DELETE',
+    path: string,
+    body?: unknown,
+  ): Promise<unknown> {
+    const send: SendOptions =
+      body === undefined
+        ? {}
+        : {
+            body: Buffer.from(JSON.stringify(body), 'utf8'),
+            headers: { 'content-type': 'application/json' },
+          }
+    const started = Date.now()
+    for (let attempt = 1; ; attempt++) {
+      const mode = await this.currentMode({})
+      const url = mode === 'single-leader' ? await this.leader() : this.url
+      try {
+        const res = await this.connection(url).send(method, path, send)
+        return JSON.parse(res.body.toString('utf8')) as unknown
+      } catch (err) {
+        if (err instanceof KvError && retryable.has(err.code) && this.mayRetry(attempt, started)) {
+          if (err.code === 'KV_ERR_NOT_LEADER' && typeof err.details.leaderUrl === 'string')
+            this.leaderUrl = err.details.leaderUrl
+          else this.leaderUrl = null
+          await this.refresh(true).catch(() => {})
+          await this.pause(attempt)
+          continue
+        }
+        throw err
+      }
+    }
+  }
+
+  private async adminRead(path: string): Promise<unknown> {
+    const res = await this.connection(this.url).send('GET', path)
+    return JSON.parse(res.body.toString('utf8')) as unknown
+  }
+
+  /** Whether auth is on, and every user and role. Needs the admin role. */
+  async authStatus(): Promise<AuthStatus> {
+    return (await this.adminRead('/admin/v1/auth')) as AuthStatus
+  }
+
+  /** Turns auth on (some user must hold an admin role) or off, for every member. */
+  async setAuthEnabled(enabled: boolean): Promise<{ enabled: boolean }> {
+    return (await this.adminWrite('POST', `/admin/v1/auth/${enabled ? 'enable' : 'disable'}`)) as {
+      enabled: boolean
+    }
+  }
+
+  async addUser(
+    name: string,
+    options: { password?: string; roles?: string[] } = {},
+  ): Promise<UserInfo> {
+    return (await this.adminWrite('POST', '/admin/v1/users', { name, ...options })) as UserInfo
+  }
+
+  async deleteUser(name: string): Promise<void> {
+    await this.adminWrite('DELETE', `/admin/v1/users/${encodeURIComponent(name)}`)
+  }
+
+  /** Sets a user's password (an admin, or the user themself); the user's tokens stop working. */
+  async setPassword(name: string, password: string): Promise<void> {
+    await this.adminWrite('PUT', `/admin/v1/users/${encodeURIComponent(name)}/password`, {
+      password,
+    })
+  }
+
+  async grantRole(user: string, role: string): Promise<UserInfo> {
+    return (await this.adminWrite('POST', `/admin/v1/users/${encodeURIComponent(user)}/grant`, {
+      role,
+    })) as UserInfo
+  }
+
+  /** Takes a role from a user; the user's tokens stop working. */
+  async revokeRole(user: string, role: string): Promise<UserInfo> {
+    return (await this.adminWrite('POST', `/admin/v1/users/${encodeURIComponent(user)}/revoke`, {
+      role,
+    })) as UserInfo
+  }
+
+  /** Every token of the user stops working, on every node, as soon as it applies the change. */
+  async revokeTokens(user: string): Promise<void> {
+    await this.adminWrite('POST', `/admin/v1/users/${encodeURIComponent(user)}/revoke-tokens`)
+  }
+
+  async users(): Promise<UserInfo[]> {
+    return ((await this.adminRead('/admin/v1/users')) as { users: UserInfo[] }).users
+  }
+
+  async addRole(
+    name: string,
+    options: { admin?: boolean; monitor?: boolean; rateLimitPerSecond?: number } = {},
+  ): Promise<RoleInfo> {
+    return (await this.adminWrite('POST', '/admin/v1/roles', { name, ...options })) as RoleInfo
+  }
+
+  async deleteRole(name: string): Promise<void> {
+    await this.adminWrite('DELETE', `/admin/v1/roles/${encodeURIComponent(name)}`)
+  }
+
+  /**
+   * Grants a role `read`, `write` or `readwrite` on keys starting with `prefix` ('' is every
+   * key), or the `admin` or `monitor` capability (no prefix).
+   */
+  async grantPermission(role: string, access: GrantAccess, prefix?: string): Promise<RoleInfo> {
+    return (await this.adminWrite('POST', `/admin/v1/roles/${encodeURIComponent(role)}/grant`, {
+      access,
+      ...(prefix !== undefined ? { prefix } : {}),
+    })) as RoleInfo
+  }
+
+  async revokePermission(role: string, access: GrantAccess, prefix?: string): Promise<RoleInfo> {
+    return (await this.adminWrite('POST', `/admin/v1/roles/${encodeURIComponent(role)}/revoke`, {
+      access,
+      ...(prefix !== undefined ? { prefix } : {}),
+    })) as RoleInfo
+  }
+
+  async roles(): Promise<RoleInfo[]> {
+    return ((await this.adminRead('/admin/v1/roles')) as { roles: RoleInfo[] }).roles
   }
 
   /** Closes every connection. Requests in flight finish first. */

@@ -2,6 +2,7 @@ export { KvClient, KvError, keyPath } from './client.js'
 export { compareTimestamps, isLeaderlessView, ringOf, routeKey } from './leaderless.js'
 export type {
   AckMode,
+  AuthStatus,
   BatchOp,
   BatchResult,
   ClusterMember,
@@ -10,6 +11,8 @@ export type {
   DeleteResult,
   ErrorCode,
   GetResult,
+  GrantAccess,
+  KvAuth,
   KvClientOptions,
   LeaderlessClusterView,
   LeaderlessMember,
@@ -24,12 +27,16 @@ export type {
   Quorum,
   ReadOptions,
   RingArc,
+  RoleInfo,
   RollbackPage,
   RollbackRecord,
   Sibling,
   SiblingsResult,
   StateDigest,
+  TlsOptions,
   TransferResult,
+  UserInfo,
+  WhoAmI,
   WriteConditions,
   WriteOptions,
 } from './client.js'

@@ -209,7 +209,7 @@ export class KvNode {
       }
       if (bootstrap && config.mode !== 'leaderless') {
         saveGeneratedPassword({ bootstrap, auth, store, dataDir: config.dataDir, log: logger })
-      } else if (bootstrap?.generatedPassword != null) {
+      } else if (bootstrap !== null && bootstrap.generatedPassword !== null) {
         logger.warn(
           'new leaderless cluster without --root-password-file: root has no password (each member would draw its own); log in with the root client certificate from kv certs init, and set one with kv user passwd root',
         )

@@ -46,6 +46,8 @@ async function startEngine(): Promise<Harness> {
       join(dir, 'data'),
       '--log-level',
       'silent',
+      // The engine's handler is called directly: no peer port is opened.
+      '--unsafe-plaintext-peers',
     ],
     {},
   )
@@ -58,6 +60,14 @@ async function startEngine(): Promise<Harness> {
     sequencer: new Sequencer(store, { now: Date.now }),
     logger: pino({ level: 'silent' }),
     clusterId: 'c',
+    security: {
+      tls: null,
+      clusterId: 'c',
+      selfId: 'n1',
+      memberIds: ['n1', 'n2', 'n3'],
+      handshakeTimeoutMs: 1000,
+      onRefused: () => {},
+    },
   })
   // What start() does before it listens and starts its timers.
   const internals = engine as unknown as {

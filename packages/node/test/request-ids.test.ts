@@ -138,24 +138,35 @@ async function leaderless(size: number): Promise<TestNode[]> {
   for (let i = 1; i <= size; i++) {
     members.push(`n${i}@http://127.0.0.1:${await freePort()}@http://127.0.0.1:${await freePort()}`)
   }
-  return Promise.all(
-    members.map((_, i) =>
-      start([
-        '--mode',
-        'leaderless',
-        '--id',
-        `n${i + 1}`,
-        '--members',
-        members.join(','),
-        '--replicas',
-        '1',
-        '--vnodes',
-        '64',
-        // These tests are about request ids, not peer security: plaintext peers on loopback.
-        '--unsafe-plaintext-peers',
-      ]),
-    ),
-  )
+  // One after another, the last first: a member that starts before a peer listens finds its
+  // first connection to it refused, and a call racing that refusal fails (a member's start-up
+  // transient, outside what these tests are about).
+  const started: TestNode[] = []
+  for (let i = members.length - 1; i >= 0; i--) {
+    started[i] = await start([
+      '--mode',
+      'leaderless',
+      '--id',
+      `n${i + 1}`,
+      '--members',
+      members.join(','),
+      '--replicas',
+      '1',
+      '--vnodes',
+      '64',
+      // These tests are about request ids, not peer security: plaintext peers on loopback.
+      '--unsafe-plaintext-peers',
+    ])
+  }
+  // A member with a fresh data directory refuses reads until anti-entropy has refilled it.
+  for (const t of started) {
+    const deadline = Date.now() + 10_000
+    while ((await t.node.app.inject({ method: 'GET', url: '/ready' })).statusCode !== 200) {
+      if (Date.now() > deadline) throw new Error(`${t.node.config.nodeId} is not ready`)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+  return started
 }
 
 describe('a leaderless coordinator', () => {
@@ -246,7 +257,8 @@ describe('a leaderless coordinator', () => {
       await inject(withId('F', { method: 'PUT', url: `/v1/kv/${k1}`, payload: 'w' })),
       'F',
     )
-    expect((await inject({ method: 'GET', url: `/v1/kv/${k2}` })).statusCode).toBe(404)
+    const getK2 = await inject({ method: 'GET', url: `/v1/kv/${k2}` })
+    expect(getK2.statusCode, getK2.body).toBe(404)
     expect((await inject({ method: 'GET', url: `/v1/kv/${k1}` })).body).toBe('v')
   })
 })

@@ -76,7 +76,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
     if (ctx.leaderless) return ctx.leaderless.clusterView(store.meta.clusterId)
     // A standalone node is a cluster of one, reached at the address this client used.
     const meta = store.meta
-    const url = `http://${request.host}`
+    const url = `${ctx.tls === null ? 'http' : 'https'}://${request.host}`
     return {
       mode: 'standalone',
       clusterId: meta.clusterId,
