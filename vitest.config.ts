@@ -12,6 +12,8 @@ export default defineConfig({
     poolOptions: { forks: { minForks: 1, maxForks: 2 } },
     testTimeout: 30_000,
     hookTimeout: 30_000,
+    // One CA, cluster id and set of certificates for the whole run (test/support/certs.ts).
+    globalSetup: ['test/support/global-setup.ts'],
     projects: [
       {
         extends: true,
@@ -22,6 +24,8 @@ export default defineConfig({
         test: {
           name: 'process',
           include: ['test/**/*.test.ts'],
+          // Every fetch trusts the test CA and logs in as root with its client certificate.
+          setupFiles: ['test/support/setup.ts'],
           // These start real node processes and load them; one file at a time.
           poolOptions: { forks: { singleFork: true } },
           testTimeout: 120_000,

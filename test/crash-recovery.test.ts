@@ -13,6 +13,7 @@ import { join } from 'node:path'
 import { Pool } from 'undici'
 import { Store } from '@kvstore/storage'
 import { prng, startNodeProcess, testSeed, type NodeProcess } from './support/node-process.js'
+import { rootConnect } from './support/certs.js'
 
 interface Ledger {
   /** Keys whose put was acknowledged, with their value. */
@@ -27,7 +28,12 @@ const batchSize = 4
 
 /** Runs `writers` loops of puts and batches against `url` until `stop` is set. */
 function load(url: string, writers: number, cycle: number, ledger: Ledger, stop: { now: boolean }) {
-  const pool = new Pool(url, { connections: writers, headersTimeout: 10_000, bodyTimeout: 10_000 })
+  const pool = new Pool(url, {
+    connections: writers,
+    headersTimeout: 10_000,
+    bodyTimeout: 10_000,
+    connect: rootConnect(),
+  })
   const loops = Array.from({ length: writers }, async (_, w) => {
     for (let seq = 0; !stop.now; seq++) {
       const isBatch = seq % 5 === 4
@@ -68,7 +74,7 @@ async function checkLedger(
   url: string,
   ledger: Ledger,
 ): Promise<{ batchesPresent: number; batchesAbsent: number }> {
-  const pool = new Pool(url, { connections: 16 })
+  const pool = new Pool(url, { connections: 16, connect: rootConnect() })
   try {
     const get = async (key: string): Promise<string | null> => {
       const res = await pool.request({ method: 'GET', path: `/v1/kv/${key}` })

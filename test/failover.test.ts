@@ -10,6 +10,7 @@ import { Pool } from 'undici'
 import { KvClient } from '@kvstore/client'
 import { TestCluster, type ClusterMember } from './support/cluster.js'
 import { until } from './support/wait.js'
+import { rootTls } from './support/certs.js'
 
 const kvBin = fileURLToPath(new URL('../packages/cli/dist/kv.js', import.meta.url))
 /** Runs the kv CLI (the built one, as a user would) and returns its standard output. */
@@ -415,7 +416,11 @@ describe('the SDK through a failover', () => {
   })
 
   it('finds the new leader and every write succeeds once; linearizable reads see them', async () => {
-    const client = new KvClient({ url: cluster.members.map((m) => m.url), ack: 'quorum' })
+    const client = new KvClient({
+      ...rootTls(),
+      url: cluster.members.map((m) => m.url),
+      ack: 'quorum',
+    })
     const old = cluster.leader
     const written: string[] = []
     let stop = false

@@ -8,6 +8,7 @@ import { PassThrough } from 'node:stream'
 import { KvClient } from '@kvstore/client'
 import { runImport } from '../packages/cli/src/import.js'
 import { TestCluster } from './support/cluster.js'
+import { rootTls } from './support/certs.js'
 
 let cluster: TestCluster
 beforeAll(async () => {
@@ -36,7 +37,7 @@ it('slows down while a follower lags, keeps its lag bounded, and loads everythin
       await new Promise((r) => setTimeout(r, 400))
     }
   })()
-  const client = new KvClient({ url: cluster.leader.url })
+  const client = new KvClient({ ...rootTls(), url: cluster.leader.url })
   let summary
   try {
     summary = await runImport(client, {

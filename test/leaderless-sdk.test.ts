@@ -19,6 +19,7 @@ import { runKv } from '../packages/cli/src/kv-command.js'
 import { LeaderlessCluster } from './support/leaderless-cluster.js'
 import { assertBuilt } from './support/node-process.js'
 import { until } from './support/wait.js'
+import { rootTls, securityArgs } from './support/certs.js'
 
 const kvClusterBin = fileURLToPath(new URL('../packages/cli/dist/kv-cluster.js', import.meta.url))
 
@@ -69,7 +70,10 @@ describe('SDK and CLI on a 5-node leaderless cluster', () => {
       '3',
     ])
     // Seeds are two members only: the client learns the rest from the view.
-    client = new KvClient({ url: [cluster.member('n3').url, cluster.member('n1').url] })
+    client = new KvClient({
+      ...rootTls(),
+      url: [cluster.member('n3').url, cluster.member('n1').url],
+    })
     view = await client.leaderlessCluster()
     ring = new HashRing(
       view.members.map((m) => m.id),
@@ -213,7 +217,11 @@ describe('SDK and CLI on a 5-node leaderless cluster', () => {
   })
 
   it('fails at once on a bad context or too many siblings (no retries)', async () => {
-    const patient = new KvClient({ url: cluster.member('n1').url, retryForMs: 10_000 })
+    const patient = new KvClient({
+      ...rootTls(),
+      url: cluster.member('n1').url,
+      retryForMs: 10_000,
+    })
     try {
       let started = Date.now()
       const invalid = await failure(patient.put('err/ctx', 'v', { context: 'not a context!' }))
@@ -393,7 +401,7 @@ describe('SDK and CLI on a 5-node leaderless cluster', () => {
       expect(table).toContain(`from 4 of 5 nodes`)
 
       // Without sloppy quorums, w=all cannot be met while a replica is down.
-      const impatient = new KvClient({ url, retryForMs: 0, attempts: 1 })
+      const impatient = new KvClient({ ...rootTls(), url, retryForMs: 0, attempts: 1 })
       try {
         const err = await failure(
           impatient.put('down/strict', 'strict', { w: 'all', sloppy: false }),
@@ -408,7 +416,7 @@ describe('SDK and CLI on a 5-node leaderless cluster', () => {
         await impatient.close()
       }
       // A client that retries gets an r=all read through once the replica is back.
-      const patient = new KvClient({ url, retryForMs: 20_000 })
+      const patient = new KvClient({ ...rootTls(), url, retryForMs: 20_000 })
       try {
         const started = Date.now()
         const read = patient.get(key, { r: 'all' })
@@ -441,8 +449,13 @@ describe('SDK and CLI on a 5-node leaderless cluster', () => {
     const key = 'outage/k'
     await client.put(key, 'before', { w: 'all' })
     // A client that knows the cluster, and one that has never reached it.
-    const known = new KvClient({ url: cluster.urls, retryForMs: 0, attempts: 1 })
-    const lonely = new KvClient({ url: cluster.member('n1').url, retryForMs: 300, attempts: 2 })
+    const known = new KvClient({ ...rootTls(), url: cluster.urls, retryForMs: 0, attempts: 1 })
+    const lonely = new KvClient({
+      ...rootTls(),
+      url: cluster.member('n1').url,
+      retryForMs: 300,
+      attempts: 2,
+    })
     expect(await known.mode()).toBe('leaderless')
     const ids = cluster.members.map((m) => m.id)
     for (const id of ids) await cluster.stop(id)
@@ -470,11 +483,11 @@ describe('a standalone node', () => {
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'kv-ll-standalone-'))
     const { config } = parseConfig(
-      ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent'],
+      ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent', ...securityArgs()],
       {},
     )
     node = await KvNode.start(config)
-    client = new KvClient({ url: node.url })
+    client = new KvClient({ ...rootTls(), url: node.url })
   })
   afterAll(async () => {
     await client.close()
@@ -569,7 +582,7 @@ describe('kv-cluster --mode leaderless', () => {
           new RegExp(`  n${i}  ring +\\d+\\.\\d%  http://127\\.0\\.0\\.1:${clientPort + i - 1} `),
         )
       }
-      const c = new KvClient({ url: `http://127.0.0.1:${clientPort + 4}` })
+      const c = new KvClient({ ...rootTls(), url: `http://127.0.0.1:${clientPort + 4}` })
       try {
         expect(await c.mode()).toBe('leaderless')
         expect((await c.leaderlessCluster()).members).toHaveLength(5)

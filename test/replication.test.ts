@@ -4,6 +4,7 @@
 import { Pool } from 'undici'
 import { KvClient, KvError } from '@kvstore/client'
 import { TestCluster } from './support/cluster.js'
+import { rootTls } from './support/certs.js'
 
 async function failure(promise: Promise<unknown>): Promise<KvError> {
   const err = await promise.then(
@@ -124,7 +125,7 @@ describe('a 3-node single-leader cluster', () => {
   it('a restarted follower catches up from its own LSN', async () => {
     const follower = cluster.followers[0]!
     expect(await cluster.stopMember(follower.id)).toBe(0)
-    const client = new KvClient({ url: cluster.leader.url, ack: 'quorum' })
+    const client = new KvClient({ ...rootTls(), url: cluster.leader.url, ack: 'quorum' })
     for (let i = 0; i < 500; i++) await client.put(`restart/${i}`, `v${i}`)
     await client.close()
     await cluster.startMember(follower.id)
@@ -236,7 +237,7 @@ describe('the SDK against a 3-node cluster', () => {
   })
 
   it('finds the leader from any member and spreads reads over the followers', async () => {
-    const client = new KvClient({ url: cluster.followers[1]!.url })
+    const client = new KvClient({ ...rootTls(), url: cluster.followers[1]!.url })
     const put = await client.put('sdk/a', 'one')
     expect(put.version).toBeGreaterThan(0)
     // Followers whose streams are not up yet are left out of reads; wait for the cluster to
@@ -260,6 +261,7 @@ describe('the SDK against a 3-node cluster', () => {
   it('read-your-writes holds on a follower that has not yet received the write', async () => {
     // A client whose view of the cluster stays as it is now: both followers in step.
     const client = new KvClient({
+      ...rootTls(),
       url: cluster.leader.url,
       maxLagMs: 1500,
       followerReadTimeoutMs: 3000,
@@ -287,6 +289,7 @@ describe('the SDK against a 3-node cluster', () => {
   it('stops reading from a lagging follower and returns to it once caught up', async () => {
     const lagging = cluster.followers[0]!
     const client = new KvClient({
+      ...rootTls(),
       url: cluster.leader.url,
       ack: 'quorum',
       maxLagMs: 300,
@@ -315,6 +318,7 @@ describe('the SDK against a 3-node cluster', () => {
 
   it('retries a write after the leader was unreachable, applying it once', async () => {
     const client = new KvClient({
+      ...rootTls(),
       url: cluster.members.map((m) => m.url),
       timeoutMs: 400,
       attempts: 20,
@@ -366,7 +370,7 @@ describe('a follower behind the compacted log', () => {
 
   it('catches up through a snapshot, then from the log', async () => {
     const follower = cluster.followers[1]!
-    const client = new KvClient({ url: cluster.leader.url, ack: 'quorum' })
+    const client = new KvClient({ ...rootTls(), url: cluster.leader.url, ack: 'quorum' })
     for (let i = 0; i < 50; i++) await client.put(`snap/${i}`, `before-${i}`)
     expect(await cluster.stopMember(follower.id)).toBe(0)
     // 300 log entries (each batch is one), far past the 40 the leader may keep for n3.

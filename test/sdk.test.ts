@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient, KvError } from '@kvstore/client'
 import { KvNode, parseConfig } from '@kvstore/node'
+import { rootTls, securityArgs } from './support/certs.js'
 
 let dir: string
 let node: KvNode
@@ -13,7 +14,7 @@ let node: KvNode
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'kv-sdk-'))
   const { config } = parseConfig(
-    ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent'],
+    ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent', ...securityArgs()],
     {},
   )
   node = await KvNode.start(config)
@@ -35,7 +36,7 @@ async function failure(promise: Promise<unknown>): Promise<KvError> {
 describe.each(['h2c', 'http1'] as const)('KvClient over %s', (protocol) => {
   let client: KvClient
   beforeAll(() => {
-    client = new KvClient({ url: node.url, protocol })
+    client = new KvClient({ ...rootTls(), url: node.url, protocol })
   })
   afterAll(async () => {
     await client.close()
@@ -114,7 +115,12 @@ describe.each(['h2c', 'http1'] as const)('KvClient over %s', (protocol) => {
 describe('KvClient when no node answers', () => {
   it('fails with KV_ERR_UNAVAILABLE', async () => {
     for (const protocol of ['h2c', 'http1'] as const) {
-      const client = new KvClient({ url: 'http://127.0.0.1:1', protocol, timeoutMs: 2000 })
+      const client = new KvClient({
+        ...rootTls(),
+        url: 'http://127.0.0.1:1',
+        protocol,
+        timeoutMs: 2000,
+      })
       const err = await failure(client.get('x'))
       expect(err.code).toBe('KV_ERR_UNAVAILABLE')
       expect(err.message).toMatch(/cannot reach http:\/\/127\.0\.0\.1:1/)
@@ -122,7 +128,9 @@ describe('KvClient when no node answers', () => {
     }
   })
 
-  it('refuses non-http URLs', () => {
-    expect(() => new KvClient({ url: 'https://example.com' })).toThrow(/only http:\/\//)
+  it('refuses URLs other than https and http', () => {
+    expect(() => new KvClient({ ...rootTls(), url: 'ftp://example.com' })).toThrow(
+      /only https:\/\/ and http:\/\//,
+    )
   })
 })

@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { Pool } from 'undici'
 import { Store } from '@kvstore/storage'
 import { startNodeProcess } from './support/node-process.js'
+import { rootConnect } from './support/certs.js'
 
 let dir: string
 beforeAll(async () => {
@@ -24,7 +25,7 @@ it('SIGTERM under load loses no acknowledged write and exits 0', async () => {
   const acked = new Map<string, string>()
   const outcomes = { ok: 0, shuttingDown: 0, connectionErrors: 0, other: 0 }
   let stop = false
-  const pool = new Pool(node.url, { connections: 32 })
+  const pool = new Pool(node.url, { connections: 32, connect: rootConnect() })
   const writers = Array.from({ length: 32 }, async (_, w) => {
     for (let seq = 0; !stop; seq++) {
       const key = `w${w}/${seq}`

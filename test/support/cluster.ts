@@ -62,8 +62,8 @@ export class TestCluster {
     for (let i = 1; i <= size; i++) {
       members.push({
         id: `n${i}`,
-        url: `http://127.0.0.1:${await freePort()}`,
-        peerUrl: `http://127.0.0.1:${await freePort()}`,
+        url: `https://127.0.0.1:${await freePort()}`,
+        peerUrl: `https://127.0.0.1:${await freePort()}`,
         dataDir: join(dir, `n${i}`),
         process: null,
       })

@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { securityArgs } from './certs.js'
 
 export const kvNodeBin = fileURLToPath(
   new URL('../../packages/cli/dist/kv-node.js', import.meta.url),
@@ -27,12 +28,30 @@ export interface NodeProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
 }
 
-/** Spawns kv-node and resolves once it logs "node started". */
-export async function startNodeProcess(args: string[], timeoutMs = 15_000): Promise<NodeProcess> {
+/**
+ * Spawns kv-node and resolves once it logs "node started". Nodes run as shipped: with their
+ * certificate from the test run's certs (TLS on the client port, mutual TLS between members)
+ * and auth on, unless `args` give other certificate flags.
+ */
+export async function startNodeProcess(
+  args: string[],
+  timeoutMs = 15_000,
+  options: { tls?: boolean } = {},
+): Promise<NodeProcess> {
   assertBuilt()
+  const ownCerts =
+    options.tls === false || args.some((a) => ['--certs-dir', '--cert-file'].includes(a))
   const child = spawn(
     process.execPath,
-    [kvNodeBin, '--port', '0', '--log-level', process.env.KV_TEST_LOG_LEVEL ?? 'info', ...args],
+    [
+      kvNodeBin,
+      '--port',
+      '0',
+      '--log-level',
+      process.env.KV_TEST_LOG_LEVEL ?? 'info',
+      ...(ownCerts ? [] : securityArgs()),
+      ...args,
+    ],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
     },

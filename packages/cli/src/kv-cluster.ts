@@ -4,10 +4,12 @@
  * things out.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createWriteStream, mkdirSync, rmSync } from 'node:fs'
-import { resolve } from 'node:path'
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs'
+import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import { Agent, request } from 'undici'
+import { addMember, initCerts } from './certs.js'
 
 const usage = `kv-cluster: run a local cluster of kv-node processes.
 
@@ -22,8 +24,13 @@ Usage: kv-cluster [options] [-- kv-node options...]
   --client-port P    client port of n1; n2 gets P+1, and so on (default 7001)
   --peer-port P      peer port of n1; n2 gets P+1, and so on (default 7101)
   --data-dir DIR     one data directory per node below DIR, and their logs (default ./data)
-  --fresh            delete the nodes' data directories first
+  --fresh            delete the nodes' data directories first (the certificates stay)
   -h, --help         show this help
+
+Security is on, as in production: on first start kv-cluster makes the cluster's certificates
+in DIR/certs (kv certs init: a CA, one certificate per member, root's client certificate and
+root's password in root.password), the members talk mutual TLS, the client ports serve HTTPS,
+and every request needs a token or a client certificate.
 
 Ctrl-C (or SIGTERM) stops every node cleanly; a second Ctrl-C kills them.
 `
@@ -73,12 +80,37 @@ async function main(): Promise<number> {
   const host = opts.host
   const members = Array.from({ length: nodes }, (_, i) => ({
     id: `n${i + 1}`,
-    clientUrl: `http://${host}:${clientPort + i}`,
-    peerUrl: `http://${host}:${peerPort + i}`,
+    clientUrl: `https://${host}:${clientPort + i}`,
+    peerUrl: `https://${host}:${peerPort + i}`,
   }))
   const membersFlag = members.map((m) => `${m.id}@${m.clientUrl}@${m.peerUrl}`).join(',')
   const kvNode = fileURLToPath(new URL('./kv-node.js', import.meta.url))
   mkdirSync(dataDir, { recursive: true })
+  const certsDir = join(dataDir, 'certs')
+  const hosts = host === '127.0.0.1' || host === 'localhost' ? [] : [host]
+  if (!existsSync(join(certsDir, 'ca.crt'))) {
+    await initCerts({ dir: certsDir, members: members.map((m) => m.id), hosts })
+    write(`made the cluster's certificates and root's password in ${certsDir}\n`)
+  } else {
+    for (const member of members) {
+      if (!existsSync(join(certsDir, `${member.id}.crt`)))
+        await addMember({ dir: certsDir, memberId: member.id, hosts })
+    }
+  }
+  // kv-cluster itself checks on the nodes as root, with root's client certificate.
+  const agent = new Agent({
+    connect: {
+      ca: readFileSync(join(certsDir, 'ca.crt')),
+      cert: readFileSync(join(certsDir, 'root.crt')),
+      key: readFileSync(join(certsDir, 'root.key')),
+    },
+  })
+  const getJson = async (url: string): Promise<unknown> => {
+    const res = await request(url, { dispatcher: agent, headersTimeout: 2000, bodyTimeout: 2000 })
+    const body = await res.body.json()
+    if (res.statusCode >= 400) throw new Error(`HTTP ${res.statusCode}`)
+    return body
+  }
 
   const children = new Map<string, ChildProcess>()
   let stopping = false
@@ -98,6 +130,8 @@ async function main(): Promise<number> {
         host,
         '--members',
         membersFlag,
+        '--certs-dir',
+        certsDir,
         ...(mode === 'leaderless' ? ['--mode', 'leaderless'] : ['--leader', 'n1']),
         ...extra,
       ],
@@ -147,11 +181,11 @@ async function main(): Promise<number> {
     for (;;) {
       if (stopping) return 0
       try {
-        const res = await fetch(`${member.clientUrl}/v1/status`)
-        if (res.ok) {
-          roles.set(member.id, ((await res.json()) as { role: string }).role)
-          break
-        }
+        roles.set(
+          member.id,
+          ((await getJson(`${member.clientUrl}/v1/status`)) as { role: string }).role,
+        )
+        break
       } catch {
         // not up yet
       }
@@ -166,7 +200,7 @@ async function main(): Promise<number> {
     }
   }
   if (mode === 'leaderless') {
-    await showLeaderless(members, dataDir, children)
+    await showLeaderless(members, dataDir, certsDir, children, getJson)
     return new Promise<number>(() => {})
   }
   // Then until a leader is elected (a new cluster waits out four election timeouts first: a
@@ -177,8 +211,10 @@ async function main(): Promise<number> {
     await new Promise((r) => setTimeout(r, 200))
     for (const member of members) {
       try {
-        const res = await fetch(`${member.clientUrl}/v1/status`)
-        if (res.ok) roles.set(member.id, ((await res.json()) as { role: string }).role)
+        roles.set(
+          member.id,
+          ((await getJson(`${member.clientUrl}/v1/status`)) as { role: string }).role,
+        )
       } catch {
         roles.set(member.id, 'down')
       }
@@ -190,12 +226,16 @@ async function main(): Promise<number> {
       `  ${member.id}  ${(roles.get(member.id) ?? '?').padEnd(8)}  ${member.clientUrl}   (peers: ${member.peerUrl}, pid ${children.get(member.id)?.pid ?? '?'})\n`,
     )
   }
+  const first = members[0] as Member
+  const last = members[members.length - 1] as Member
   write(`
-Try, in another terminal:
-  curl -X PUT --data-binary 'hello' ${members[0]?.clientUrl}/v1/kv/greeting
-  curl ${members[members.length - 1]?.clientUrl}/v1/kv/greeting
-  curl ${members[0]?.clientUrl}/v1/cluster
-  node packages/cli/dist/kv.js --url ${members[0]?.clientUrl} cluster
+Try, in another terminal (every request needs a credential; curl checks the node's
+certificate against the cluster's CA):
+  curl --cacert ${certsDir}/ca.crt --cert ${certsDir}/root.crt --key ${certsDir}/root.key \\
+       -X PUT --data-binary 'hello' ${first.clientUrl}/v1/kv/greeting
+  node packages/cli/dist/kv.js login --user root --password-file ${certsDir}/root.password
+  node packages/cli/dist/kv.js get greeting --url ${last.clientUrl}
+  node packages/cli/dist/kv.js cluster
   kill -9 <pid of the leader>   # a survivor takes over within about two seconds
 
 Ctrl-C stops every node cleanly.
@@ -213,13 +253,14 @@ interface Member {
 async function showLeaderless(
   members: Member[],
   dataDir: string,
+  certsDir: string,
   children: Map<string, ChildProcess>,
+  getJson: (url: string) => Promise<unknown>,
 ): Promise<void> {
   const first = members[0] as Member
   let view: { replicas?: number; members?: { id: string; share: number }[] } = {}
   try {
-    const res = await fetch(`${first.clientUrl}/v1/cluster`)
-    if (res.ok) view = (await res.json()) as typeof view
+    view = (await getJson(`${first.clientUrl}/v1/cluster`)) as typeof view
   } catch {
     // the table below goes without the shares
   }
@@ -235,11 +276,12 @@ async function showLeaderless(
   }
   const last = members[members.length - 1] as Member
   write(`
-Try, in another terminal:
-  curl -X PUT --data-binary 'hello' '${first.clientUrl}/v1/kv/greeting?w=quorum'
-  curl -i '${last.clientUrl}/v1/kv/greeting?r=quorum'        # any node answers for any key
-  node packages/cli/dist/kv.js --url ${first.clientUrl} get greeting --json   # value and context
-  node packages/cli/dist/kv.js --url ${first.clientUrl} cluster
+Try, in another terminal (every request needs a credential):
+  curl --cacert ${certsDir}/ca.crt --cert ${certsDir}/root.crt --key ${certsDir}/root.key \\
+       -X PUT --data-binary 'hello' '${first.clientUrl}/v1/kv/greeting?w=quorum'
+  node packages/cli/dist/kv.js login --user root --password-file ${certsDir}/root.password
+  node packages/cli/dist/kv.js get greeting --url ${last.clientUrl} --json   # value and context
+  node packages/cli/dist/kv.js cluster
   kill -9 <pid of a node>   # writes go on (hinted handoff); it catches up when restarted
 
 Ctrl-C stops every node cleanly.
