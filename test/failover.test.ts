@@ -10,7 +10,7 @@ import { Pool } from 'undici'
 import { KvClient } from '@kvstore/client'
 import { TestCluster, type ClusterMember } from './support/cluster.js'
 import { until } from './support/wait.js'
-import { rootTls } from './support/certs.js'
+import { rootConnect, rootTls } from './support/certs.js'
 
 const kvBin = fileURLToPath(new URL('../packages/cli/dist/kv.js', import.meta.url))
 /** Runs the kv CLI (the built one, as a user would) and returns its standard output. */
@@ -44,7 +44,9 @@ function positionOf(session: string): { epoch: number; lsn: number } {
 function startWriters(cluster: TestCluster, count: number, prefix: string) {
   const acked = new Map<string, string>()
   const accepted: Accepted[] = []
-  const pools = new Map(cluster.members.map((m) => [m.id, new Pool(m.url, { connections: 8 })]))
+  const pools = new Map(
+    cluster.members.map((m) => [m.id, new Pool(m.url, { connections: 8, connect: rootConnect() })]),
+  )
   let stop = false
   const writer = async (w: number) => {
     for (let i = 0; !stop; i++) {
@@ -82,7 +84,7 @@ function startWriters(cluster: TestCluster, count: number, prefix: string) {
 
 /** Reads every key back from `url`; returns the keys that are missing or different. */
 async function missingOn(url: string, acked: Map<string, string>): Promise<string[]> {
-  const pool = new Pool(url, { connections: 16 })
+  const pool = new Pool(url, { connections: 16, connect: rootConnect() })
   const missing: string[] = []
   const keys = [...acked.keys()]
   for (let i = 0; i < keys.length; i += 64) {

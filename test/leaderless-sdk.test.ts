@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 /**
  * The SDK and the kv command against a real 5-node leaderless cluster (kv-node processes):
  * ring routing to the first replica of each key, siblings and their causal contexts, deletes,
@@ -19,7 +20,7 @@ import { runKv } from '../packages/cli/src/kv-command.js'
 import { LeaderlessCluster } from './support/leaderless-cluster.js'
 import { assertBuilt } from './support/node-process.js'
 import { until } from './support/wait.js'
-import { rootTls, securityArgs } from './support/certs.js'
+import { rootEnv, rootTls, securityArgs } from './support/certs.js'
 
 const kvClusterBin = fileURLToPath(new URL('../packages/cli/dist/kv-cluster.js', import.meta.url))
 
@@ -44,7 +45,7 @@ async function kv(
   stdout.on('data', (c: Buffer) => out.push(c))
   stderr.on('data', (c: Buffer) => err.push(c))
   const stdin = Object.assign(Readable.from([]), { isTTY: true })
-  const code = await runKv(['--url', url, ...args], { env: {}, stdin, stdout, stderr })
+  const code = await runKv(['--url', url, ...args], { env: rootEnv(), stdin, stdout, stderr })
   return { code, out: Buffer.concat(out).toString(), err: Buffer.concat(err).toString() }
 }
 
@@ -579,10 +580,19 @@ describe('kv-cluster --mode leaderless', () => {
       expect(out).toContain('A 5-node leaderless cluster is running (3 replicas per key')
       for (let i = 1; i <= 5; i++) {
         expect(out).toMatch(
-          new RegExp(`  n${i}  ring +\\d+\\.\\d%  http://127\\.0\\.0\\.1:${clientPort + i - 1} `),
+          new RegExp(`  n${i}  ring +\\d+\\.\\d%  https://127\\.0\\.0\\.1:${clientPort + i - 1} `),
         )
       }
-      const c = new KvClient({ ...rootTls(), url: `http://127.0.0.1:${clientPort + 4}` })
+      // kv-cluster made this cluster's certificates in its data directory.
+      const certs = join(dir, 'certs')
+      const c = new KvClient({
+        url: `https://127.0.0.1:${clientPort + 4}`,
+        tls: {
+          ca: readFileSync(join(certs, 'ca.crt')),
+          cert: readFileSync(join(certs, 'root.crt')),
+          key: readFileSync(join(certs, 'root.key')),
+        },
+      })
       try {
         expect(await c.mode()).toBe('leaderless')
         expect((await c.leaderlessCluster()).members).toHaveLength(5)

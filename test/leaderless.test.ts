@@ -7,6 +7,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { HashRing, compareHlc } from '@kvstore/core'
 import { LeaderlessCluster } from './support/leaderless-cluster.js'
 import { prng, testSeed } from './support/node-process.js'
+import { memberTls } from './support/certs.js'
 
 /** Polls `check` every 100 ms until it holds; fails with `message` after `timeoutMs`. */
 async function waitFor(
@@ -765,7 +766,8 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     const http2 = await import('node:http2')
     const peer = (body: Uint8Array) =>
       new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
-        const session = http2.connect(cluster.member('n2').peerUrl)
+        // As member n1, with its certificate: the peer port takes nothing else.
+        const session = http2.connect(cluster.member('n2').peerUrl, memberTls('n1'))
         session.on('error', reject)
         const stream = session.request({ ':method': 'POST', ':path': '/peer/v1/ll' })
         const chunks: Buffer[] = []
@@ -818,7 +820,7 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     expect(decodePeerReply(sameRing.body)).toMatchObject({ kind: 'pong' })
     // On the multiplexed channel, a frame with an impossible length closes the channel.
     const closed = await new Promise<string>((resolve) => {
-      const session = http2.connect(cluster.member('n2').peerUrl)
+      const session = http2.connect(cluster.member('n2').peerUrl, memberTls('n1'))
       session.on('error', () => {})
       const stream = session.request({ ':method': 'POST', ':path': '/peer/v1/ll-stream' })
       stream.on('error', () => {})

@@ -4,7 +4,7 @@
 import { Pool } from 'undici'
 import { KvClient, KvError } from '@kvstore/client'
 import { TestCluster } from './support/cluster.js'
-import { rootTls } from './support/certs.js'
+import { rootConnect, rootTls } from './support/certs.js'
 
 async function failure(promise: Promise<unknown>): Promise<KvError> {
   const err = await promise.then(
@@ -26,7 +26,7 @@ describe('a 3-node single-leader cluster', () => {
   })
 
   it('replicates 100,000 writes (puts, deletes, batches) to every node, with equal digests', async () => {
-    const pool = new Pool(cluster.leader.url, { connections: 64 })
+    const pool = new Pool(cluster.leader.url, { connections: 64, connect: rootConnect() })
     const total = 100_000
     let issued = 0
     let lastLsn = 0

@@ -42,6 +42,28 @@ export function rootConnect(): { ca: Buffer; cert: Buffer; key: Buffer } {
   return rootTls().tls
 }
 
+/** The environment of a `kv` command run as root with its client certificate. */
+export function rootEnv(): NodeJS.ProcessEnv {
+  const dir = testCertsDir()
+  return {
+    KV_CACERT: join(dir, 'ca.crt'),
+    KV_CERT: join(dir, 'root.crt'),
+    KV_KEY: join(dir, 'root.key'),
+    // No kept login from the machine's user leaks into a test.
+    KV_CREDENTIALS: join(dir, 'no-such-credentials.json'),
+  }
+}
+
+/** TLS options of member `id` (n1..n9), to talk to a peer port as that member. */
+export function memberTls(id: string): { ca: Buffer; cert: Buffer; key: Buffer } {
+  const dir = testCertsDir()
+  return {
+    ca: caPem(),
+    cert: readFileSync(join(dir, `${id}.crt`)),
+    key: readFileSync(join(dir, `${id}.key`)),
+  }
+}
+
 /** TLS options of a user with no certificate (for tests of tokens and refusals). */
 export function caOnly(): { tls: { ca: Buffer } } {
   return { tls: { ca: caPem() } }

@@ -14,6 +14,7 @@ import { KvError, OpType } from '@kvstore/protocol'
 import type { WriteOp } from '@kvstore/storage'
 import { AuditLog } from './security/audit.js'
 import { AuthAdmin, logAuthWriter } from './security/auth-admin.js'
+import { AuthSync } from './leaderless/auth-sync.js'
 import { AuthStore } from './security/auth-store.js'
 import { prepareBootstrap, saveGeneratedPassword, type Bootstrap } from './security/bootstrap.js'
 import { HashLimiter } from './security/passwords.js'
@@ -144,6 +145,7 @@ export class KvNode {
       onFatal: (err) => onFatal(err),
     })
     let audit: AuditLog | null = null
+    let authSyncStarted: AuthSync | null = null
     try {
       const openStore = store
       metrics.watchStore(() => openStore)
@@ -202,10 +204,31 @@ export class KvNode {
         sequencer = new Sequencer(store, { now: Date.now })
         if (bootstrap) await sequencer.write({ kind: 'batch', ops: bootstrapWriteOps(bootstrap) })
       }
-      if (bootstrap && config.mode === 'leaderless') {
-        // Every member starts the auth store alike; members then exchange records, and the
-        // same records from several members converge (last writer wins, by member id).
-        await sequencer.write({ kind: 'batch', ops: bootstrapWriteOps(bootstrap) })
+      let authSync: AuthSync | null = null
+      if (leaderless && cluster) {
+        if (bootstrap) {
+          // Every member starts the auth store alike; members then exchange records, and the
+          // same records from several members converge (last writer wins, by member id).
+          await sequencer.write({ kind: 'batch', ops: bootstrapWriteOps(bootstrap) })
+        }
+        const engine = leaderless
+        authSync = new AuthSync({
+          auth,
+          sequencer,
+          self: cluster.self.id,
+          members: cluster.members.map((m) => m.id),
+          call: (peer, body, timeoutMs) => engine.callPeer(peer, body, timeoutMs),
+          timeoutMs: config.quorumTimeoutMs,
+          intervalMs: 1000,
+          log: logger,
+        })
+        const sync = authSync
+        engine.setAuthHandler((body) => sync.serve(body))
+        // Before serving: take the cluster's users and roles from whoever answers, so a member
+        // back from a long absence (or on a new disk) enforces today's grants, not old ones.
+        await sync.syncAll()
+        sync.start()
+        authSyncStarted = sync
       }
       if (bootstrap && config.mode !== 'leaderless') {
         saveGeneratedPassword({ bootstrap, auth, store, dataDir: config.dataDir, log: logger })
@@ -220,13 +243,15 @@ export class KvNode {
         auth,
         admin: new AuthAdmin(
           auth,
-          logAuthWriter({
-            sequencer,
-            replicator,
-            nodeId: config.nodeId,
-            ackTimeoutMs: config.ackTimeoutMs,
-            now: Date.now,
-          }),
+          authSync !== null
+            ? authSync.writer()
+            : logAuthWriter({
+                sequencer,
+                replicator,
+                nodeId: config.nodeId,
+                ackTimeoutMs: config.ackTimeoutMs,
+                now: Date.now,
+              }),
           config,
           hashLimiter,
         ),
@@ -234,6 +259,7 @@ export class KvNode {
         hashLimiter,
         audit,
         clusterId: securityClusterId,
+        sync: authSync,
       }
       const lifecycle: Lifecycle = { ready: false, shuttingDown: false }
       const ctx: AppContext = {
@@ -299,6 +325,7 @@ export class KvNode {
       return node
     } catch (err) {
       await replicator?.stop().catch(() => {})
+      await authSyncStarted?.stop().catch(() => {})
       await leaderless?.stop().catch(() => {})
       await store.close().catch(() => {})
       audit?.flush()
@@ -367,6 +394,7 @@ export class KvNode {
       // replicating (and wait for its store writes) before storage closes.
       await this.replicator?.settle(Math.min(2000, this.config.shutdownTimeoutMs))
       await this.replicator?.stop()
+      await this.context.security.sync?.stop()
       await this.leaderless?.stop()
       await this.store.close()
       this.context.security.audit.flush()

@@ -33,6 +33,10 @@ export const leaderlessLimits = {
   setsPerMessageMax: 100_000,
   /** Leaf digests in one reply (a tree of depth 20 at most). */
   leavesPerMessageMax: 2 ** 20,
+  /** Auth records in one AuthSync or AuthState message. */
+  authRecordsPerMessageMax: 1_000_000,
+  /** An auth digest's length. */
+  authDigestBytesMax: 128,
   textBytesMax: 4096,
   /** Largest peer message, in bytes. */
   messageBytesMax: 64 * 1024 * 1024,
@@ -97,6 +101,8 @@ export type PeerRequestBody =
   | { kind: 'rangeRoots'; sets: string[] }
   | { kind: 'rangeLeaves'; set: string }
   | { kind: 'rangeKeys'; set: string; leaves: number[]; records: KeyRecord[] }
+  /** Auth store exchange: records are encoded AuthRecords (decoded and checked by the receiver). */
+  | { kind: 'authSync'; digest: string; records: Uint8Array[] }
 
 export interface PeerRequest {
   clusterId: string
@@ -114,6 +120,7 @@ export type PeerReply =
   | { kind: 'rootsReply'; roots: number[] }
   | { kind: 'leavesReply'; leaves: number[] }
   | { kind: 'keysReply'; records: KeyRecord[] }
+  | { kind: 'authState'; digest: string; records: Uint8Array[] }
 
 // ---- encoding -------------------------------------------------------------------------------
 
@@ -166,6 +173,7 @@ const requestField: Record<PeerRequestBody['kind'], string> = {
   rangeRoots: 'rangeRoots',
   rangeLeaves: 'rangeLeaves',
   rangeKeys: 'rangeKeys',
+  authSync: 'authSync',
 }
 const replyField: Record<PeerReply['kind'], string> = {
   refusal: 'refusal',
@@ -176,6 +184,7 @@ const replyField: Record<PeerReply['kind'], string> = {
   rootsReply: 'rootsReply',
   leavesReply: 'leavesReply',
   keysReply: 'keysReply',
+  authState: 'authState',
 }
 
 function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
@@ -210,6 +219,8 @@ function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
         leaves: body.leaves,
         records: body.records.map((r) => ({ key: r.key, record: recordFields(r.record) })),
       }
+    case 'authSync':
+      return { digest: body.digest, records: body.records }
   }
 }
 
@@ -428,6 +439,15 @@ export function decodePeerRequest(data: Uint8Array): PeerRequest {
       leaves: u32s(r.leaves, 'leaves', leaderlessLimits.leavesPerMessageMax),
       records: decodeKeyRecords(r.records),
     }
+  } else if (m.authSync !== undefined) {
+    const a = obj(m.authSync, 'auth sync')
+    body = {
+      kind: 'authSync',
+      digest: text(a.digest, 'auth digest', leaderlessLimits.authDigestBytesMax),
+      records: list(a.records, 'auth records', leaderlessLimits.authRecordsPerMessageMax).map((r) =>
+        bytes(r, 'auth record'),
+      ),
+    }
   } else fail('request has no body')
   return { ...head, body }
 }
@@ -468,6 +488,16 @@ export function decodePeerReply(data: Uint8Array): PeerReply {
         obj(m.leavesReply, 'leaves').leaves,
         'leaves',
         leaderlessLimits.leavesPerMessageMax,
+      ),
+    }
+  }
+  if (m.authState !== undefined) {
+    const a = obj(m.authState, 'auth state')
+    return {
+      kind: 'authState',
+      digest: text(a.digest, 'auth digest', leaderlessLimits.authDigestBytesMax),
+      records: list(a.records, 'auth records', leaderlessLimits.authRecordsPerMessageMax).map((r) =>
+        bytes(r, 'auth record'),
       ),
     }
   }

@@ -9,6 +9,7 @@ import type { AuthAdmin } from '../security/auth-admin.js'
 import type { AuthStore } from '../security/auth-store.js'
 import type { HashLimiter } from '../security/passwords.js'
 import type { TokenService } from '../security/tokens.js'
+import type { AuthSync } from '../leaderless/auth-sync.js'
 
 /** Users, roles, tokens and the audit log. */
 export interface Security {
@@ -18,6 +19,8 @@ export interface Security {
   hashLimiter: HashLimiter
   audit: AuditLog
   clusterId: string
+  /** Leaderless mode: the exchange of auth records between members; null otherwise. */
+  sync: AuthSync | null
 }
 
 /** What the HTTP layer needs from the node. */

@@ -51,6 +51,7 @@ import {
   type KeyRecord,
   type PeerReply,
   type PeerRequest,
+  type PeerRequestBody,
   type VersionedRecord,
 } from '@kvstore/protocol'
 import {
@@ -870,6 +871,21 @@ export class LeaderlessEngine {
     return key
   }
 
+  /** Serves the auth store's exchanges (leaderless/auth-sync.ts), once it is set up. */
+  private authHandler:
+    ((body: { digest: string; records: Uint8Array[] }) => Promise<PeerReply>) | null = null
+
+  setAuthHandler(
+    handler: (body: { digest: string; records: Uint8Array[] }) => Promise<PeerReply>,
+  ): void {
+    this.authHandler = handler
+  }
+
+  /** Sends one request to a peer over the leaderless channel. */
+  callPeer(peer: string, body: PeerRequestBody, timeoutMs: number): Promise<PeerReply> {
+    return this.rpc.call(peer, body, timeoutMs)
+  }
+
   private async handle(request: PeerRequest): Promise<PeerReply> {
     this.markUp(request.from)
     const body = request.body
@@ -927,6 +943,13 @@ export class LeaderlessEngine {
         for (let i = 0; i < 2 ** treeDepth; i++) leaves.push(tree.digestAt(first + i))
         return { kind: 'leavesReply', leaves }
       }
+      case 'authSync':
+        if (this.authHandler === null)
+          throw new KvError(
+            'KV_ERR_NOT_READY',
+            'this member is starting; its auth store is not up yet',
+          )
+        return this.authHandler(body)
       case 'rangeKeys': {
         const theirs = new Map<string, State>()
         for (const r of body.records) theirs.set(this.keyOf(r.key), toState(r.record))
