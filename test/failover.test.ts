@@ -10,12 +10,14 @@ import { Pool } from 'undici'
 import { KvClient } from '@kvstore/client'
 import { TestCluster, type ClusterMember } from './support/cluster.js'
 import { until } from './support/wait.js'
-import { rootConnect, rootTls } from './support/certs.js'
+import { rootConnect, rootEnv, rootTls } from './support/certs.js'
 
 const kvBin = fileURLToPath(new URL('../packages/cli/dist/kv.js', import.meta.url))
 /** Runs the kv CLI (the built one, as a user would) and returns its standard output. */
 async function kv(...args: string[]): Promise<string> {
-  const { stdout } = await promisify(execFile)(process.execPath, [kvBin, ...args])
+  const { stdout } = await promisify(execFile)(process.execPath, [kvBin, ...args], {
+    env: { ...process.env, ...rootEnv() },
+  })
   return stdout
 }
 
