@@ -12,6 +12,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { runChaos, type ChaosOptions } from '@kvstore/chaos'
+import { testCertsDir } from './support/certs.js'
 
 let out: string
 beforeAll(async () => {
@@ -34,6 +35,8 @@ function run(options: Partial<ChaosOptions> & Pick<ChaosOptions, 'backend' | 'ne
     nodes: 5,
     clients: 6,
     out,
+    // The test run's certificates: the same root credentials as every other process test.
+    certsDir: testCertsDir(),
     healthyMs: 2500,
     faultMs: 3500,
     log: () => {},

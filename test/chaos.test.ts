@@ -10,6 +10,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { runChaos, type ChaosOptions, type NemesisName } from '@kvstore/chaos'
+import { testCertsDir } from './support/certs.js'
 
 let out: string
 beforeAll(async () => {
@@ -28,6 +29,8 @@ function run(options: Partial<ChaosOptions> & Pick<ChaosOptions, 'workload' | 'n
     nodes: 3,
     clients: 6,
     out,
+    // The test run's certificates: the same root credentials as every other process test.
+    certsDir: testCertsDir(),
     healthyMs: 2500,
     faultMs: 3500,
     log: () => {},

@@ -4,6 +4,7 @@
  */
 
 import { createServer } from 'node:net'
+import type { ChaosSecurity } from './security.js'
 import {
   checkReplicaConvergence,
   type RangeReport,
@@ -62,6 +63,8 @@ export async function waitReady(
 export interface ChaosCluster {
   readonly backend: 'process' | 'docker'
   readonly nodes: readonly ChaosNode[]
+  /** How clients reach the nodes: the cluster's CA and root's client certificate. */
+  readonly tls: ChaosSecurity['tls']
   /** kill -9. */
   kill(id: string): Promise<void>
   /** Starts a killed node again on its data. */

@@ -15,9 +15,11 @@
  * preferred leader; the cluster is up once every node is ready.
  */
 import { execFile, execFileSync } from 'node:child_process'
+import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { freePort, waitForLeader, waitReady, type ChaosCluster, type ChaosNode } from './cluster.js'
 import { DelayProxy } from './delay-proxy.js'
+import type { ChaosSecurity } from './security.js'
 
 const run = promisify(execFile)
 
@@ -57,6 +59,8 @@ export interface DockerClusterOptions {
   args?: string[]
   /** The nodes run in leaderless mode: no preferred leader, no leader to wait for. */
   leaderless?: boolean
+  /** The cluster's certificates (copied into every container) and root's credentials. */
+  security: ChaosSecurity
 }
 
 interface Member extends ChaosNode {
@@ -80,6 +84,7 @@ async function docker(...args: string[]): Promise<string> {
 export class DockerCluster implements ChaosCluster {
   readonly backend = 'docker' as const
   readonly nodes: Member[]
+  readonly tls: ChaosSecurity['tls']
   private readonly networkName: string
   private readonly networkId: string
   private readonly stopNetwork: () => Promise<unknown>
@@ -89,8 +94,10 @@ export class DockerCluster implements ChaosCluster {
   private constructor(
     nodes: Member[],
     network: { name: string; id: string; stop: () => Promise<unknown> },
+    tls: ChaosSecurity['tls'],
   ) {
     this.nodes = nodes
+    this.tls = tls
     this.networkName = network.name
     this.networkId = network.id
     this.stopNetwork = network.stop
@@ -115,7 +122,7 @@ export class DockerCluster implements ChaosCluster {
       if (!ports.includes(p)) ports.push(p)
     }
     const members = ids
-      .map((id, i) => `${id}@http://127.0.0.1:${ports[i]}@http://${id}:7101`)
+      .map((id, i) => `${id}@https://127.0.0.1:${ports[i]}@https://${id}:7101`)
       .join(',')
     const nodes: Member[] = []
     try {
@@ -131,10 +138,22 @@ export class DockerCluster implements ChaosCluster {
               KV_MEMBERS: members,
               ...(options.leaderless ? {} : { KV_LEADER: 'n1' }),
               KV_PORT: String(port),
+              KV_CERTS_DIR: '/certs',
               ...options.env,
             })
+            // The node runs as an unprivileged user: its certificate and key are copied in
+            // readable by it (the files on the host stay 0600).
+            .withCopyFilesToContainer(
+              ['ca.crt', `${id}.crt`, `${id}.key`, 'root.password'].map((file) => ({
+                source: join(options.security.certsDir, file),
+                target: `/certs/${file}`,
+                mode: 0o444,
+              })),
+            )
             .withExposedPorts({ container: port, host: port })
-            .withWaitStrategy(Wait.forHttp('/ready', port).withStartupTimeout(60_000))
+            .withWaitStrategy(
+              Wait.forHttp('/ready', port).usingTls().allowInsecure().withStartupTimeout(60_000),
+            )
           if (options.args !== undefined && options.args.length > 0) {
             container = container.withCommand(options.args)
           }
@@ -142,7 +161,7 @@ export class DockerCluster implements ChaosCluster {
           live.add(started.getId())
           nodes[i] = {
             id,
-            url: `http://127.0.0.1:${port}`,
+            url: `https://127.0.0.1:${port}`,
             port,
             containerId: started.getId(),
             running: true,
@@ -155,11 +174,15 @@ export class DockerCluster implements ChaosCluster {
       liveNetworks.delete(network.getId())
       throw err
     }
-    const cluster = new DockerCluster(nodes, {
-      name: network.getName(),
-      id: network.getId(),
-      stop: () => network.stop(),
-    })
+    const cluster = new DockerCluster(
+      nodes,
+      {
+        name: network.getName(),
+        id: network.getId(),
+        stop: () => network.stop(),
+      },
+      options.security.tls,
+    )
     if (!options.leaderless) await waitForLeader(cluster)
     return cluster
   }

@@ -6,6 +6,7 @@
  * In leaderless mode (`leaderless: true`, with `--mode leaderless` and its options in `args`)
  * the cluster is up once every node is ready: there is no leader to wait for.
  */
+import type { ChaosSecurity } from './security.js'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
@@ -45,6 +46,8 @@ export interface ProcessClusterOptions {
   logDir?: string
   /** The nodes run in leaderless mode: do not wait for a leader. */
   leaderless?: boolean
+  /** The cluster's certificates and root's credentials. */
+  security: ChaosSecurity
 }
 
 interface Member extends ChaosNode {
@@ -56,6 +59,9 @@ interface Member extends ChaosNode {
 export class ProcessCluster implements ChaosCluster {
   readonly backend = 'process' as const
   readonly nodes: Member[]
+  get tls(): ChaosSecurity['tls'] {
+    return this.options.security.tls
+  }
   private readonly dir: string
   private readonly membersFlag: string
   private readonly options: ProcessClusterOptions
@@ -83,8 +89,8 @@ export class ProcessCluster implements ChaosCluster {
     for (let i = 1; i <= options.nodes; i++) {
       nodes.push({
         id: `n${i}`,
-        url: `http://127.0.0.1:${await port()}`,
-        peerUrl: `http://127.0.0.1:${await port()}`,
+        url: `https://127.0.0.1:${await port()}`,
+        peerUrl: `https://127.0.0.1:${await port()}`,
         child: null,
         exited: Promise.resolve(),
       })
@@ -129,6 +135,8 @@ export class ProcessCluster implements ChaosCluster {
         this.membersFlag,
         '--log-level',
         'info',
+        '--certs-dir',
+        this.options.security.certsDir,
         ...(this.options.args ?? []),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.options.env } },

@@ -24,6 +24,7 @@ import {
   waitLeaderlessUp,
   type ChaosCluster,
 } from './cluster.js'
+import { chaosSecurity } from './security.js'
 import { DockerCluster } from './docker-cluster.js'
 import { pairOperations, type Verdict } from './history.js'
 import { leaderNemeses, runNemesis, type FaultWindow, type NemesisName } from './nemesis.js'
@@ -39,6 +40,11 @@ import {
 
 export interface ChaosOptions {
   backend: 'process' | 'docker'
+  /**
+   * The cluster's certificates (made by kv certs init with members n1..n9 and the user root);
+   * made in the run's directory when omitted.
+   */
+  certsDir?: string
   workload: WorkloadName
   nemeses: NemesisName[]
   ack: AckMode
@@ -147,15 +153,18 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       : []),
     ...(options.nodeArgs ?? []),
   ]
+  // As shipped: mutual TLS between members, HTTPS and auth for clients.
+  const security = await chaosSecurity(options.certsDir ?? join(dir, 'certs'))
   const cluster: ChaosCluster =
     options.backend === 'docker'
-      ? await DockerCluster.start({ nodes: options.nodes, env, args, leaderless })
+      ? await DockerCluster.start({ nodes: options.nodes, env, args, leaderless, security })
       : await ProcessCluster.start({
           nodes: options.nodes,
           env,
           args,
           leaderless,
           logDir: join(dir, 'logs'),
+          security,
         })
   const history = new HistoryRecorder()
   let windows: FaultWindow[] = []

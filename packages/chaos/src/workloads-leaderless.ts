@@ -37,10 +37,13 @@ const requestTimeoutMs = 5000
 export class NodePools {
   private readonly pools = new Map<string, Pool>()
 
+  constructor(private readonly tls: ChaosCluster['tls']) {}
+
   private pool(node: ChaosNode): Pool {
     let pool = this.pools.get(node.url)
     if (!pool) {
       pool = new Pool(node.url, {
+        connect: this.tls,
         connections: 4,
         headersTimeout: requestTimeoutMs,
         bodyTimeout: requestTimeoutMs,
@@ -108,7 +111,7 @@ function refusedUnwritten(body: string): boolean {
  */
 export function llRegisterWorkload(options: WorkloadOptions, quorums: LeaderlessQuorums): Workload {
   const { history, cluster } = options
-  const pools = new NodePools()
+  const pools = new NodePools(options.cluster.tls)
   let stopping = false
   let nextProcess = options.clients
   const keyOf = (process: number) => `${options.prefix}r/${process}`
@@ -273,7 +276,7 @@ export function llRegisterWorkload(options: WorkloadOptions, quorums: Leaderless
 
 export function llSetWorkload(options: WorkloadOptions, quorums: LeaderlessQuorums): Workload {
   const { history, cluster } = options
-  const pools = new NodePools()
+  const pools = new NodePools(options.cluster.tls)
   const setKey = (element: number) => `${options.prefix}s/${element}`
   const attempted: number[] = []
   let element = 0

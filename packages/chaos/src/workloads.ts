@@ -93,6 +93,7 @@ function clientFor(
 ): KvClient {
   return new KvClient({
     url: cluster.nodes.map((n) => n.url),
+    tls: cluster.tls,
     ack,
     timeoutMs: 2000,
     retryForMs: 3000,
