@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs Docker when missing (Debian), builds the node image with no registry needed, and
-# starts the 3-node single-leader cluster of docker-compose.yml (127.0.0.1:7001-7003), or with
-# --leaderless the 5-node leaderless cluster of deploy/docker-compose.leaderless.yml
-# (127.0.0.1:7001-7005). Stop it with `docker-compose down` (add -v to delete the data
-# volumes; for the leaderless one add `-f deploy/docker-compose.leaderless.yml -p kvstore-leaderless`).
+# Installs Docker when missing (Debian), builds the node image with no registry needed, makes
+# the cluster's certificates in deploy/certs (kv certs init: a CA, members n1-n5, root's client
+# certificate and root.password; kept between runs), and starts the 3-node single-leader
+# cluster of docker-compose.yml (https://127.0.0.1:7001-7003), or with --leaderless the 5-node
+# leaderless cluster of deploy/docker-compose.leaderless.yml (https://127.0.0.1:7001-7005).
+# Stop it with `docker-compose down` (add -v to delete the data volumes; for the leaderless
+# one add `-f deploy/docker-compose.leaderless.yml -p kvstore-leaderless`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 leaderless=false
@@ -11,7 +13,7 @@ case "${1:-}" in
   --leaderless) leaderless=true ;;
   '') ;;
   -h | --help)
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
@@ -20,14 +22,26 @@ case "${1:-}" in
     ;;
 esac
 bash scripts/docker-build.sh
+certs=deploy/certs
+if [ ! -f "$certs/ca.crt" ]; then
+  node packages/cli/dist/kv.js certs init --dir "$certs" --members n1,n2,n3,n4,n5 \
+    --hosts localhost >/dev/null
+  echo "made the cluster's certificates and root's password in $certs"
+fi
+tls=(--cacert "$certs/ca.crt" --cert "$certs/root.crt" --key "$certs/root.key")
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+if $leaderless; then compose+=(-f deploy/docker-compose.leaderless.yml -p kvstore-leaderless); fi
+# The nodes run as an unprivileged user: the certificates go into a volume it owns.
+"${compose[@]}" run --rm certs >/dev/null
+"${compose[@]}" up -d
+try="Try: curl ${tls[*]} https://127.0.0.1:7001/v1/cluster
+ or: node packages/cli/dist/kv.js login --user root --password-file $certs/root.password --cacert $certs/ca.crt"
 if $leaderless; then
-  compose+=(-f deploy/docker-compose.leaderless.yml -p kvstore-leaderless)
-  "${compose[@]}" up -d
   echo "waiting for the 5 members to see each other..."
   for _ in $(seq 1 60); do
-    if [ "$(curl -sf http://127.0.0.1:7001/v1/cluster 2>/dev/null | grep -o '"up":true' | wc -l)" = 5 ]; then
-      echo "leaderless cluster up on http://127.0.0.1:7001-7005"
+    if [ "$(curl -sf "${tls[@]}" https://127.0.0.1:7001/v1/cluster 2>/dev/null | grep -o '"up":true' | wc -l)" = 5 ]; then
+      echo "leaderless cluster up on https://127.0.0.1:7001-7005"
+      echo "$try"
       exit 0
     fi
     sleep 1
@@ -35,11 +49,11 @@ if $leaderless; then
   echo "the members did not all come up within 60 s; see: ${compose[*]} logs" >&2
   exit 1
 fi
-"${compose[@]}" up -d
 echo "waiting for a leader..."
 for _ in $(seq 1 60); do
-  if curl -sf http://127.0.0.1:7001/v1/cluster 2>/dev/null | grep -q '"leaderId":"n'; then
-    curl -s http://127.0.0.1:7001/v1/cluster | grep -o '"leaderId":"[^"]*"'
+  if curl -sf "${tls[@]}" https://127.0.0.1:7001/v1/cluster 2>/dev/null | grep -q '"leaderId":"n'; then
+    curl -s "${tls[@]}" https://127.0.0.1:7001/v1/cluster | grep -o '"leaderId":"[^"]*"'
+    echo "$try"
     exit 0
   fi
   sleep 1

@@ -158,12 +158,20 @@ function loops(
  */
 class BoundClient {
   private readonly pools = new Map<string, Pool>()
-  constructor(private readonly home: string) {}
+  constructor(
+    private readonly home: string,
+    private readonly tls: ChaosCluster['tls'],
+  ) {}
 
   private pool(url: string): Pool {
     let pool = this.pools.get(url)
     if (!pool) {
-      pool = new Pool(url, { connections: 2, headersTimeout: 2000, bodyTimeout: 2000 })
+      pool = new Pool(url, {
+        connect: this.tls,
+        connections: 2,
+        headersTimeout: 2000,
+        bodyTimeout: 2000,
+      })
       this.pools.set(url, pool)
     }
     return pool
@@ -246,7 +254,10 @@ function registerWorkload(options: WorkloadOptions): Workload {
   }
 
   const running = Array.from({ length: options.clients }, async (_, i) => {
-    const client = new BoundClient((cluster.nodes[i % cluster.nodes.length] as { url: string }).url)
+    const client = new BoundClient(
+      (cluster.nodes[i % cluster.nodes.length] as { url: string }).url,
+      cluster.tls,
+    )
     clients.push(client)
     const random = prng(options.seed * 1000 + i)
     let process = i

@@ -625,7 +625,7 @@ export const configSpec: readonly OptionSpec[] = [
     flag: '--inflight-body-bytes-max',
     env: 'KV_INFLIGHT_BODY_BYTES_MAX',
     kind: 'bytes',
-    default: 256 * MiB,
+    default: 64 * MiB,
     min: 1 * MiB,
     max: 64 * 1024 * MiB,
     group: 'http',

@@ -232,6 +232,18 @@ export class NodeMetrics {
     })
   }
 
+  /** Bytes of request bodies in flight, read at scrape time. */
+  watchBodies(inflight: () => number): void {
+    new Gauge({
+      name: 'kv_inflight_body_bytes',
+      help: 'Bytes of request bodies being received or served now (limit: inflightBodyBytesMax).',
+      registers: [this.registry],
+      collect() {
+        this.set(inflight())
+      },
+    })
+  }
+
   /** Storage callback: one batch reached the disk. */
   recordBatch(stats: BatchStats): void {
     this.batchEntries.observe(stats.entries)

@@ -20,6 +20,7 @@ import { registerLeaderlessRoutes } from './routes/leaderless.js'
 import { registerSystemRoutes } from './routes/system.js'
 import { registerAuthRoutes } from './routes/auth.js'
 import { registerHttpAuth } from '../security/http-auth.js'
+import { registerBodyBudget } from './body-budget.js'
 
 /** Largest request header block, in bytes; keys travel in the URL, so it must fit them. */
 export const headerBytesMax = 64 * 1024
@@ -134,6 +135,11 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     rateLimitPerSecond: config.rateLimitPerSecond,
     rateLimitBurst: config.rateLimitBurst,
   })
+  const bodies = registerBodyBudget(app, {
+    bytesMax: config.inflightBodyBytesMax,
+    bodyLimitDefault: config.requestBodyBytesMax,
+  })
+  metrics.watchBodies(() => bodies.inflightBytes)
   registerAuthRoutes(app, ctx)
   if (ctx.leaderless) {
     registerLeaderlessRoutes(app, ctx, ctx.leaderless)

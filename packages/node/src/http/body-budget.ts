@@ -1,0 +1,63 @@
+/**
+ * A budget for request bodies in flight, all connections together: a request whose body would
+ * pass `inflightBodyBytesMax` is refused with 503 KV_ERR_OVERLOADED and Retry-After before a
+ * byte of it is read. Each request takes its Content-Length (or, without one, its route's body
+ * limit) from the budget when it arrives and gives it back when its response is done, so many
+ * connections sending large bodies at once cannot grow the node without bound.
+ *
+ * Registered after authentication: a request that is refused as unauthenticated never holds
+ * any of the budget.
+ */
+import type { FastifyInstance } from 'fastify'
+import { KvError } from '@kvstore/protocol/errors'
+
+export interface BodyBudget {
+  /** Bytes of bodies held now. */
+  readonly inflightBytes: number
+}
+
+export function registerBodyBudget(
+  app: FastifyInstance,
+  options: { bytesMax: number; bodyLimitDefault: number; onRefused?: () => void },
+): BodyBudget {
+  const budget = { inflightBytes: 0 }
+  app.addHook('onRequest', (request, reply, done) => {
+    const method = request.method
+    const length = request.headers['content-length']
+    const limit = request.routeOptions.bodyLimit ?? options.bodyLimitDefault
+    let bytes: number
+    if (length !== undefined) {
+      const declared = Number(length)
+      bytes = Number.isSafeInteger(declared) && declared >= 0 ? Math.min(declared, limit) : limit
+    } else {
+      bytes = method === 'GET' || method === 'HEAD' || method === 'DELETE' ? 0 : limit
+    }
+    if (bytes === 0) {
+      done()
+      return
+    }
+    if (budget.inflightBytes + bytes > options.bytesMax) {
+      options.onRefused?.()
+      void reply.header('retry-after', '1')
+      reply.send(
+        new KvError(
+          'KV_ERR_OVERLOADED',
+          `${budget.inflightBytes} bytes of request bodies are in flight; this one (${bytes} bytes) would pass the limit of ${options.bytesMax}`,
+          { inflightBodyBytesMax: options.bytesMax },
+        ),
+      )
+      return
+    }
+    budget.inflightBytes += bytes
+    let released = false
+    const release = () => {
+      if (released) return
+      released = true
+      budget.inflightBytes -= bytes
+    }
+    reply.raw.once('finish', release)
+    reply.raw.once('close', release)
+    done()
+  })
+  return budget
+}
