@@ -31,10 +31,12 @@ import {
 import { cpuCapper } from './cpu-cap.js'
 import { startBenchCluster, type BenchCluster, type BenchMember } from './node-process.js'
 import { cpuSeconds, machine } from './proc.js'
-import { runPaced, type PacedResult } from './pacer.js'
+import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
+import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
 
 export interface ClusterOptions {
+  security: SecurityProfile
   durationS: number
   connections: number
   valueBytes: number
@@ -159,8 +161,14 @@ async function waitCaughtUp(cluster: BenchCluster, timeoutMs = 120_000): Promise
   }
 }
 
-async function prefill(url: string, prefix: string, valueBytes: number, keys: number) {
-  const client = new KvClient({ url })
+async function prefill(
+  url: string,
+  prefix: string,
+  valueBytes: number,
+  keys: number,
+  security: BenchSecurity,
+) {
+  const client = new KvClient({ url, ...security.client })
   const value = 'v'.repeat(valueBytes)
   try {
     for (let start = 0; start < keys; start += 1000) {
@@ -227,19 +235,21 @@ export async function runClusterBench(options: ClusterOptions): Promise<void> {
     say(`note: the read-scaling phase needs CPU caps and will be skipped: ${noCapReason}`)
   }
   const work = await mkdtemp(join(tmpdir(), 'kv-bench-cluster-'))
+  const security = await benchSecurity(options.security, work)
   const writes: WritePhase[] = []
   const reads: ReadPhase[] = []
   const paced: LagPhase[] = []
   let catchUpMs: Record<string, number> = {}
   try {
     say('== starting a 3-node cluster (n1 leads)')
-    const cluster = await startBenchCluster(work, 3)
+    const cluster = await startBenchCluster(work, 3, security)
     const { leader } = cluster
+    const authorization = await security.authorization(leader.url)
     try {
       say('   warming up (ack=quorum, 3 s)...')
       await runWrk({
         url: leader.url,
-        script: putScript('warm/', valueBytes, { query: '?ack=quorum' }),
+        script: putScript('warm/', valueBytes, { query: '?ack=quorum', authorization }),
         scriptDir: work,
         connections,
         durationS: 3,
@@ -255,7 +265,7 @@ export async function runClusterBench(options: ClusterOptions): Promise<void> {
         const lag = sampleLag(cluster)
         const result = await runWrk({
           url: leader.url,
-          script: putScript(`bench/${ack}/`, valueBytes, { query: `?ack=${ack}` }),
+          script: putScript(`bench/${ack}/`, valueBytes, { query: `?ack=${ack}`, authorization }),
           scriptDir: work,
           connections,
           durationS,
@@ -296,6 +306,8 @@ export async function runClusterBench(options: ClusterOptions): Promise<void> {
         const lag = sampleLag(cluster)
         const result = await runPaced({
           url: leader.url,
+          tls: security.client.tls as PacedOptions['tls'],
+          authorization,
           rate: targetRate,
           durationS,
           connections,
@@ -320,10 +332,10 @@ export async function runClusterBench(options: ClusterOptions): Promise<void> {
 
       if (capper !== null) {
         say(`== reads: prefilling ${fmt(getKeys)} keys (ack=all)...`)
-        await prefill(leader.url, 'bench/get/', valueBytes, getKeys)
+        await prefill(leader.url, 'bench/get/', valueBytes, getKeys, security)
         for (const member of cluster.members) await capper.cap(member.pid, options.readCpuCap)
         say(`   capped every node at ${options.readCpuCap} CPU (${capper.description})`)
-        const script = getScript('bench/get/', getKeys)
+        const script = getScript('bench/get/', getKeys, { authorization })
         say('   warming up every node (5 s)...')
         await readAcross(cluster, 'warm', cluster.members, connections, 5, script, work)
         const plans: [string, BenchMember[]][] = [

@@ -16,8 +16,10 @@ import { KvClient } from '@kvstore/client'
 import { check, fmt, gitCommit, percentile, say, sleep, writeReport } from './common.js'
 import { startBenchCluster, type BenchCluster } from './node-process.js'
 import { machine } from './proc.js'
+import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
 
 export interface FailoverOptions {
+  security: SecurityProfile
   trials: number
   out: string
 }
@@ -61,8 +63,13 @@ async function caughtUp(cluster: BenchCluster, timeoutMs = 60_000): Promise<void
   }
 }
 
-async function runTrial(cluster: BenchCluster, index: number): Promise<Trial> {
+async function runTrial(
+  cluster: BenchCluster,
+  index: number,
+  security: BenchSecurity,
+): Promise<Trial> {
   const client = new KvClient({
+    ...security.client,
     url: cluster.members.map((m) => m.url),
     ack: 'quorum',
     readFrom: 'leader',
@@ -137,13 +144,14 @@ async function runTrial(cluster: BenchCluster, index: number): Promise<Trial> {
 
 export async function runFailoverBench(options: FailoverOptions): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), 'kv-bench-failover-'))
+  const security = await benchSecurity(options.security, work)
   const trials: Trial[] = []
   try {
     say('== starting a 3-node cluster (defaults: heartbeat 100 ms, election timeout 1000 ms)')
-    const cluster = await startBenchCluster(work, 3)
+    const cluster = await startBenchCluster(work, 3, security)
     try {
       for (let i = 0; i < options.trials; i++) {
-        const trial = await runTrial(cluster, i)
+        const trial = await runTrial(cluster, i, security)
         trials.push(trial)
         say(
           `   trial ${i + 1}/${options.trials}: killed ${trial.killed}, ${trial.newLeader} leads; next write after ${fmt(trial.unavailableMs)} ms (leader visible after ${fmt(trial.electedMs)} ms), ${trial.elections} election(s), ${trial.lost} lost, ${trial.failedWrites} failed writes`,

@@ -20,13 +20,18 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { HashRing } from '@kvstore/core'
 import { Pool } from 'undici'
+import { benchSecurity, type SecurityProfile } from './security.js'
 import { fmt, gauge, gitCommit, percentile, say, sleep, writeReport } from './common.js'
 import { startLeaderlessBenchCluster, type BenchMember } from './node-process.js'
 import { cpuSeconds, machine } from './proc.js'
 
 export type Route = 'preference' | 'any'
 
+/** The Authorization header every request of the load carries (tls-auth), set once per run. */
+let authHeaders: Record<string, string> = {}
+
 export interface LeaderlessOptions {
+  security: SecurityProfile
   durationS: number
   connections: number
   valueBytes: number
@@ -77,6 +82,7 @@ class Router {
     members: BenchMember[],
     info: ClusterInfo,
     poolConnections: number,
+    private readonly security: { connect?: object; authorization?: string | undefined } = {},
   ) {
     this.ring = new HashRing(
       info.members.map((m) => m.id),
@@ -85,6 +91,7 @@ class Router {
     this.pools = members.map(
       (m) =>
         new Pool(m.url, {
+          ...(security.connect !== undefined ? { connect: security.connect } : {}),
           connections: poolConnections,
           pipelining: 1,
           headersTimeout: 30_000,
@@ -172,8 +179,11 @@ async function closedLoop(options: {
             method: request.method,
             path: request.path,
             ...(request.body !== undefined
-              ? { body: request.body, headers: { 'content-type': 'application/octet-stream' } }
-              : {}),
+              ? {
+                  body: request.body,
+                  headers: { ...authHeaders, 'content-type': 'application/octet-stream' },
+                }
+              : { headers: authHeaders }),
           })
           const status = res.statusCode
           if (status === 200) {
@@ -261,20 +271,28 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
   const quorumOf = (q: Quorum) =>
     q === '1' ? 1 : q === 'all' ? replicas : Math.floor(replicas / 2) + 1
   const work = await mkdtemp(join(tmpdir(), 'kv-bench-leaderless-'))
+  const security = await benchSecurity(options.security, work)
   const phases: Phase[] = []
   const value = Buffer.alloc(valueBytes, 'v')
   let info: ClusterInfo | null = null
   let prefill: LoadResult | null = null
   try {
     say(`== starting a ${nodes}-node leaderless cluster (N=${replicas})`)
-    const cluster = await startLeaderlessBenchCluster(work, nodes, ['--replicas', String(replicas)])
+    const cluster = await startLeaderlessBenchCluster(work, nodes, security, [
+      '--replicas',
+      String(replicas),
+    ])
     const members = cluster.members
     try {
       info = await clusterInfo((members[0] as BenchMember).url)
       if (info.mode !== 'leaderless') {
         throw new Error(`the nodes run in ${info.mode} mode, not leaderless`)
       }
-      const router = new Router(route, members, info, connections)
+      const authorization = await security.authorization((members[0] as BenchMember).url)
+      authHeaders = authorization === undefined ? {} : { authorization }
+      const router = new Router(route, members, info, connections, {
+        ...(security.client.tls !== undefined ? { connect: security.client.tls } : {}),
+      })
       try {
         const measure = async (
           operation: Phase['operation'],

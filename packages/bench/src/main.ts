@@ -11,6 +11,13 @@
  *                         at w=1, quorum, all and reads at r=1, quorum, all. See leaderless.ts.
  *                         Also --nodes N (5), --replicas N (3), --route preference|any.
  *
+ *   --suite security      plaintext, TLS, and TLS with token auth side by side on a 3-node
+ *                         cluster, interleaved over --rounds N (2): quorum writes and follower
+ *                         reads. See security-suite.ts.
+ *
+ * Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
+ * --security tls or plaintext measure the other profiles.
+ *
  * Options: --duration S (default 10), --connections N (64), --value-bytes N (100),
  * --get-keys N (100000; 20000 for leaderless), --read-cpu-cap CORES (0.5),
  * --out DIR (bench-results).
@@ -20,6 +27,8 @@ import { runClusterBench } from './cluster.js'
 import { runFailoverBench } from './failover.js'
 import { runLeaderlessBench } from './leaderless.js'
 import { runSingleNode } from './single-node.js'
+import { runSecurityBench } from './security-suite.js'
+import { securityProfiles, type SecurityProfile } from './security.js'
 
 async function main(): Promise<void> {
   const { values: opts } = parseArgs({
@@ -36,8 +45,14 @@ async function main(): Promise<void> {
       nodes: { type: 'string', default: '5' },
       replicas: { type: 'string', default: '3' },
       route: { type: 'string', default: 'preference' },
+      security: { type: 'string', default: 'tls-auth' },
+      rounds: { type: 'string', default: '2' },
     },
   })
+  if (!(securityProfiles as readonly string[]).includes(String(opts.security))) {
+    throw new Error(`--security must be one of ${securityProfiles.join(', ')}`)
+  }
+  const security = opts.security as SecurityProfile
   if (opts.mode !== undefined && opts.mode !== 'leaderless' && opts.mode !== 'single-leader') {
     throw new Error(`--mode must be leaderless or single-leader, not ${opts.mode}`)
   }
@@ -54,6 +69,7 @@ async function main(): Promise<void> {
     return value
   }
   const common = {
+    security,
     durationS: number('duration', 1),
     connections: number('connections', 1),
     valueBytes: number('value-bytes', 1),
@@ -66,7 +82,9 @@ async function main(): Promise<void> {
     case 'single-node':
       return runSingleNode(common)
     case 'failover':
-      return runFailoverBench({ trials: number('trials', 1), out: common.out })
+      return runFailoverBench({ security, trials: number('trials', 1), out: common.out })
+    case 'security':
+      return runSecurityBench({ ...common, rounds: number('rounds', 1) })
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)

@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import type { BenchSecurity } from './security.js'
 
 export const kvNodeBin = fileURLToPath(new URL('../../cli/dist/kv-node.js', import.meta.url))
 
@@ -12,10 +13,10 @@ export interface BenchNode {
   stop(): Promise<void>
 }
 
-export async function startBenchNode(args: string[]): Promise<BenchNode> {
+export async function startBenchNode(args: string[], security: BenchSecurity): Promise<BenchNode> {
   const child = spawn(
     process.execPath,
-    [kvNodeBin, '--port', '0', '--log-level', 'info', ...args],
+    [kvNodeBin, '--port', '0', '--log-level', 'info', ...security.nodeArgs(false), ...args],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
     },
@@ -97,7 +98,13 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
  * Ports, member specs and a spawner for an `n`-node cluster on 127.0.0.1; `modeArgs` go to
  * every node before `args`. A member's stop sends SIGTERM, and SIGKILL after 15 s.
  */
-async function clusterProcesses(dataDir: string, n: number, modeArgs: string[], args: string[]) {
+async function clusterProcesses(
+  dataDir: string,
+  n: number,
+  modeArgs: string[],
+  args: string[],
+  security: BenchSecurity,
+) {
   const ports: number[] = []
   while (ports.length < 2 * n) {
     const port = await freePort()
@@ -105,8 +112,8 @@ async function clusterProcesses(dataDir: string, n: number, modeArgs: string[], 
   }
   const specs = Array.from({ length: n }, (_, i) => ({
     id: `n${i + 1}`,
-    url: `http://127.0.0.1:${ports[i]}`,
-    peerUrl: `http://127.0.0.1:${ports[n + i]}`,
+    url: `${security.scheme}://127.0.0.1:${ports[i]}`,
+    peerUrl: `${security.scheme}://127.0.0.1:${ports[n + i]}`,
   }))
   const membersFlag = specs.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
   const spawnMember = (spec: (typeof specs)[number]): BenchMember => {
@@ -123,6 +130,7 @@ async function clusterProcesses(dataDir: string, n: number, modeArgs: string[], 
         membersFlag,
         '--log-level',
         'warn',
+        ...security.nodeArgs(true),
         ...args,
       ],
       { stdio: ['ignore', 'ignore', 'inherit'] },
@@ -179,9 +187,16 @@ async function waitReady(member: BenchMember, timeoutMs = 30_000): Promise<void>
 export async function startLeaderlessBenchCluster(
   dataDir: string,
   n: number,
+  security: BenchSecurity,
   args: string[] = [],
 ): Promise<{ members: BenchMember[]; stop(): Promise<void> }> {
-  const { specs, spawnMember } = await clusterProcesses(dataDir, n, ['--mode', 'leaderless'], args)
+  const { specs, spawnMember } = await clusterProcesses(
+    dataDir,
+    n,
+    ['--mode', 'leaderless'],
+    args,
+    security,
+  )
   const members: BenchMember[] = []
   const stop = async () => {
     await Promise.all(members.map((m) => m.stop()))
@@ -218,9 +233,16 @@ async function viewOf(url: string): Promise<ClusterView | null> {
 export async function startBenchCluster(
   dataDir: string,
   n: number,
+  security: BenchSecurity,
   args: string[] = [],
 ): Promise<BenchCluster> {
-  const { specs, spawnMember } = await clusterProcesses(dataDir, n, ['--leader', 'n1'], args)
+  const { specs, spawnMember } = await clusterProcesses(
+    dataDir,
+    n,
+    ['--leader', 'n1'],
+    args,
+    security,
+  )
   const members: BenchMember[] = []
   const stopAll = async () => {
     await Promise.all(members.map((m) => m.stop()))

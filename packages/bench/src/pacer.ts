@@ -9,6 +9,7 @@
  * Content-Length body.
  */
 import { connect, type Socket } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
 import { percentile } from './common.js'
 
 export interface PacedOptions {
@@ -19,6 +20,10 @@ export interface PacedOptions {
   valueBytes: number
   prefix: string
   query?: string
+  /** For https URLs: the CA (and a client certificate). */
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer } | undefined
+  /** Sent as the Authorization header of every request. */
+  authorization?: string | undefined
 }
 
 export interface PacedResult {
@@ -76,17 +81,27 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
 
   // One latin1 string per request: the path prefix, the counter, then the fixed rest.
   const head = `PUT /v1/kv/${options.prefix}`
-  const tail = `${options.query ?? ''} HTTP/1.1\r\nHost: ${target.host}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${options.valueBytes}\r\n\r\n${'v'.repeat(options.valueBytes)}`
+  const auth =
+    options.authorization === undefined ? '' : `Authorization: ${options.authorization}\r\n`
+  const tail = `${options.query ?? ''} HTTP/1.1\r\nHost: ${target.host}\r\n${auth}Content-Type: application/octet-stream\r\nContent-Length: ${options.valueBytes}\r\n\r\n${'v'.repeat(options.valueBytes)}`
+  const secure = target.protocol === 'https:'
 
   const conns: Conn[] = await Promise.all(
     Array.from(
       { length: options.connections },
       () =>
         new Promise<Conn>((resolve, reject) => {
-          const socket = connect({ host: target.hostname, port: Number(target.port) })
+          const socket: Socket = secure
+            ? tlsConnect({
+                host: target.hostname,
+                port: Number(target.port),
+                ...options.tls,
+                ALPNProtocols: ['http/1.1'],
+              })
+            : connect({ host: target.hostname, port: Number(target.port) })
           socket.setNoDelay(true)
           socket.once('error', reject)
-          socket.once('connect', () => {
+          socket.once(secure ? 'secureConnect' : 'connect', () => {
             socket.off('error', reject)
             resolve({ socket, buffer: Buffer.alloc(0), dueAt: 0, busy: false })
           })

@@ -18,6 +18,7 @@ import { check, ensureWrk, fmt, gauge, gitCommit, histogram, say, writeReport } 
 import { startBenchNode, type BenchNode } from './node-process.js'
 import { cpuSeconds, machine } from './proc.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
+import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
 
 interface Phase {
   scenario: string
@@ -81,8 +82,9 @@ async function prefill(
   prefix: string,
   valueBytes: number,
   getKeys: number,
+  security: BenchSecurity,
 ): Promise<void> {
-  const client = new KvClient({ url })
+  const client = new KvClient({ url, ...security.client })
   const value = 'v'.repeat(valueBytes)
   try {
     for (let start = 0; start < getKeys; start += 1000) {
@@ -108,6 +110,7 @@ const scenarios = [
 ] as const
 
 export interface SingleNodeOptions {
+  security: SecurityProfile
   durationS: number
   connections: number
   valueBytes: number
@@ -120,20 +123,21 @@ export async function runSingleNode(options: SingleNodeOptions): Promise<void> {
   const { durationS, connections, valueBytes, getKeys } = options
   ensureWrk()
   const work = await mkdtemp(join(tmpdir(), 'kv-bench-'))
+  const security = await benchSecurity(options.security, work)
   const phases: Phase[] = []
   try {
     for (const scenario of scenarios) {
       say(`\n== ${scenario.name}`)
-      const node = await startBenchNode([
-        '--data-dir',
-        join(work, scenario.name.replace(/\W+/g, '-')),
-        ...scenario.args,
-      ])
+      const node = await startBenchNode(
+        ['--data-dir', join(work, scenario.name.replace(/\W+/g, '-')), ...scenario.args],
+        security,
+      )
+      const authorization = await security.authorization(node.url)
       try {
         say('   warming up...')
         await runWrk({
           url: node.url,
-          script: putScript('warm/', valueBytes),
+          script: putScript('warm/', valueBytes, { authorization }),
           scriptDir: work,
           connections,
           durationS: 2,
@@ -145,16 +149,16 @@ export async function runSingleNode(options: SingleNodeOptions): Promise<void> {
             node,
             scenario.name,
             'put',
-            putScript('bench/put/', valueBytes),
+            putScript('bench/put/', valueBytes, { authorization }),
             work,
           ),
         )
         if (scenario.gets) {
           say(`   prefilling ${fmt(getKeys)} keys, warming up, then GET for ${durationS} s...`)
-          await prefill(node.url, 'bench/get/', valueBytes, getKeys)
+          await prefill(node.url, 'bench/get/', valueBytes, getKeys, security)
           await runWrk({
             url: node.url,
-            script: getScript('bench/get/', getKeys),
+            script: getScript('bench/get/', getKeys, { authorization }),
             scriptDir: work,
             connections,
             durationS: 5,
@@ -165,7 +169,7 @@ export async function runSingleNode(options: SingleNodeOptions): Promise<void> {
               node,
               scenario.name,
               'get',
-              getScript('bench/get/', getKeys),
+              getScript('bench/get/', getKeys, { authorization }),
               work,
             ),
           )

@@ -33,10 +33,15 @@ end
  * appended to each URL (such as `?ack=quorum`); `delayMs` makes each connection pause that long
  * before each request, which caps the rate near connections * 1000 / (delayMs + latency).
  */
+/** Lua table entries for the request headers: the Authorization header, when there is one. */
+function authHeaders(authorization: string | undefined): string {
+  return authorization === undefined ? '' : `["Authorization"] = "${authorization}",`
+}
+
 export function putScript(
   prefix: string,
   valueBytes: number,
-  options: { query?: string; delayMs?: number } = {},
+  options: { query?: string; delayMs?: number; authorization?: string | undefined } = {},
 ): string {
   const delay =
     options.delayMs === undefined
@@ -45,7 +50,7 @@ export function putScript(
   return `
 local counter = 0
 local body = string.rep("v", ${valueBytes})
-local headers = { ["Content-Type"] = "application/octet-stream" }
+local headers = { ["Content-Type"] = "application/octet-stream", ${authHeaders(options.authorization)} }
 request = function()
   counter = counter + 1
   return wrk.format("PUT", "/v1/kv/${prefix}" .. counter .. "${options.query ?? ''}", headers, body)
@@ -55,11 +60,16 @@ ${doneHook}`
 }
 
 /** Lua script: GET a random key among `keys` prefilled ones. */
-export function getScript(prefix: string, keys: number): string {
+export function getScript(
+  prefix: string,
+  keys: number,
+  options: { authorization?: string | undefined } = {},
+): string {
   return `
 math.randomseed(42)
+local headers = { ${authHeaders(options.authorization)} }
 request = function()
-  return wrk.format("GET", "/v1/kv/${prefix}" .. math.random(0, ${keys - 1}))
+  return wrk.format("GET", "/v1/kv/${prefix}" .. math.random(0, ${keys - 1}), headers)
 end
 ${doneHook}`
 }
