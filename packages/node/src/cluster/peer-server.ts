@@ -93,12 +93,33 @@ export async function listenPeerServer(options: PeerServerOptions): Promise<Peer
   // the network are refused before their handshake costs anything.
   const connectionsMax = 4 * security.memberIds.length + 16
   const port = Number(new URL(options.peerUrl).port)
+  // Every socket of the port, so that close() can end them all: peers keep reconnecting, and a
+  // connection still in its handshake when the server closes would otherwise hold it open.
+  const sockets = new Set<Socket>()
+  let closing = false
+  const track = (socket: Socket): boolean => {
+    if (closing) {
+      socket.destroy()
+      return false
+    }
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+    return true
+  }
+  const closeAll = async (...servers: (tls.Server | Http2Server)[]): Promise<void> => {
+    closing = true
+    const closed = Promise.all(servers.map(closeServer))
+    for (const socket of sockets) socket.destroy()
+    await closed
+  }
   const tlsSource = security.tls
   if (tlsSource === null) {
-    h2.on('connection', (socket: Socket) => socket.setNoDelay(true))
+    h2.on('connection', (socket: Socket) => {
+      if (track(socket)) socket.setNoDelay(true)
+    })
     h2.maxConnections = connectionsMax
     await listen(h2, port, options.host)
-    return { close: () => closeServer(h2) }
+    return { close: () => closeAll(h2) }
   }
 
   const server = tls.createServer({
@@ -111,7 +132,9 @@ export async function listenPeerServer(options: PeerServerOptions): Promise<Peer
   })
   server.maxConnections = connectionsMax
   tlsSource.onReload(() => server.setSecureContext(tlsSource.contextOptions()))
-  server.on('connection', (socket: Socket) => socket.setNoDelay(true))
+  server.on('connection', (socket: Socket) => {
+    if (track(socket)) socket.setNoDelay(true)
+  })
   server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
     security.onRefused('handshake', {
       remote: socket.remoteAddress ?? null,
@@ -120,6 +143,10 @@ export async function listenPeerServer(options: PeerServerOptions): Promise<Peer
   })
   server.on('secureConnection', (socket: TLSSocket) => {
     socket.on('error', () => {})
+    if (closing) {
+      socket.destroy()
+      return
+    }
     const san = socket.getPeerCertificate()?.subjectaltname
     const member = certificateIdentity(san, security.clusterId, 'member')
     if (member === null) {
@@ -148,12 +175,7 @@ export async function listenPeerServer(options: PeerServerOptions): Promise<Peer
     h2.emit('connection', socket)
   })
   await listen(server, port, options.host)
-  return {
-    close: async () => {
-      await closeServer(server)
-      await closeServer(h2)
-    },
-  }
+  return { close: () => closeAll(server, h2) }
 }
 
 function listen(server: tls.Server | Http2Server, port: number, host: string): Promise<void> {
