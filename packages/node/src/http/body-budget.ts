@@ -10,6 +10,7 @@
  */
 import type { FastifyInstance } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
+import { stopUnreadBody } from './unread-body.js'
 
 export interface BodyBudget {
   /** Bytes of bodies held now. */
@@ -38,6 +39,7 @@ export function registerBodyBudget(
     }
     if (budget.inflightBytes + bytes > options.bytesMax) {
       options.onRefused?.()
+      stopUnreadBody(request, reply)
       void reply.header('retry-after', '1')
       reply.send(
         new KvError(

@@ -70,7 +70,8 @@ export function registerErrorHandling(app: FastifyInstance, metrics: NodeMetrics
         fromFastifyError(error as FastifyError, request) ??
         new KvError('KV_ERR_INTERNAL', 'internal error; see the node log')
     }
-    if (kvError.status >= 500) {
+    // Refusals under load are counted, not logged: a flood of them must not flood the log.
+    if (kvError.status >= 500 && kvError.code !== 'KV_ERR_OVERLOADED') {
       request.log.error(
         {
           err: error,

@@ -18,6 +18,7 @@ import { KvError } from '@kvstore/protocol/errors'
 import { certificateIdentity } from '@kvstore/protocol/identity'
 import { mayList, mayRead, mayWrite, type Permissions } from '@kvstore/core'
 import { tlsSocketOf } from '../http/dual-protocol.js'
+import { stopUnreadBody } from '../http/unread-body.js'
 import type { AuditLog } from './audit.js'
 import type { AuthStore } from './auth-store.js'
 import type { TokenService } from './tokens.js'
@@ -205,6 +206,7 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
       void reply.header('retry-after', String(err.details.retryAfterSeconds ?? 1))
     if (err.code === 'KV_ERR_UNAUTHENTICATED')
       void reply.header('www-authenticate', 'Bearer realm="kvstore"')
+    stopUnreadBody(request, reply)
     reply.send(err)
   }
 

@@ -50,7 +50,8 @@ function checkShape(body: Buffer, batchOpsMax: number): void {
   for (let i = 0; i < body.length; i++) {
     const c = body[i] as number
     if (inString) {
-      if (c === 0x5c) i++ // a backslash escapes the next byte
+      if (c === 0x5c)
+        i++ // a backslash escapes the next byte
       else if (c === 0x22) inString = false
       continue
     }
