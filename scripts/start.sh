@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what is needed (pnpm and the locked dependencies), builds, and starts a local
-# 3-node single-leader cluster on http://127.0.0.1:7001-7003 (peer ports 7101-7103; the
-# members elect n1, the preferred leader), data and logs in ./data. Extra arguments go to kv-cluster
-# (see: bash scripts/start.sh --help). Ctrl-C stops every node cleanly.
+# 3-node single-leader cluster on https://127.0.0.1:7001-7003 (peer ports 7101-7103, mutual
+# TLS; the members elect n1, the preferred leader), data and logs in ./data, and on first start
+# the cluster's certificates and root's password in ./data/certs (kv certs init). Extra
+# arguments go to kv-cluster (see: bash scripts/start.sh --help). Ctrl-C stops every node
+# cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-pnpm.sh
