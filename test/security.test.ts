@@ -203,6 +203,43 @@ describe('peer security, single-leader', () => {
     expect(Math.max(...epochs)).toBeLessThan(5000)
   })
 
+  it('refuses a snapshot from a member that is not the leader (it would replace the state)', async () => {
+    await stillWritable('before/snapshot')
+    const [target, sender] = cluster.followers as [
+      (typeof cluster.followers)[number],
+      (typeof cluster.followers)[number],
+    ]
+    const before = await cluster.digest(target.id)
+    const refused = await metric(target.url, 'kv_peer_refused_total', 'reason="bad_frame"')
+    const status = (await cluster.status(target.id)) as { epoch?: number }
+    await replicationStream(target.peerUrl, memberTls(sender.id), [
+      hello(sender.id, target.id, clusterId, status.epoch ?? 1),
+      {
+        from: sender.id,
+        epoch: status.epoch ?? 1,
+        body: {
+          kind: 'snapshotChunk',
+          snapshotLsn: 1_000_000,
+          snapshotEpoch: status.epoch ?? 1,
+          sequence: 0,
+          records: [],
+          last: true,
+          digest: '',
+          requests: [],
+        },
+      },
+    ])
+    await vi.waitFor(async () =>
+      expect(
+        await metric(target.url, 'kv_peer_refused_total', 'reason="bad_frame"'),
+      ).toBeGreaterThan(refused),
+    )
+    const after = await cluster.digest(target.id)
+    expect(after.digest).toBe(before.digest)
+    expect(after.appliedLsn).toBe(before.appliedLsn)
+    await stillWritable('after/snapshot')
+  })
+
   it('refuses the epoch bomb (2^53−1) as a bad frame and stays writable', async () => {
     const before = await Promise.all(
       cluster.members.map((m) => metric(m.url, 'kv_peer_refused_total', 'reason="bad_frame"')),

@@ -189,6 +189,7 @@ export class Replicator {
   }
   private readonly onFatal: (err: Error) => void
   private readonly bootstrapOps: Op[] | null
+  private readonly security: PeerSecurity
 
   constructor(options: ReplicatorOptions & { onFatal: (err: Error) => void }) {
     const { config, cluster, store } = options
@@ -199,6 +200,7 @@ export class Replicator {
     this.now = options.now ?? Date.now
     this.onFatal = options.onFatal
     this.bootstrapOps = options.bootstrapOps ?? null
+    this.security = options.security
     const meta = store.meta
     this.core = new ReplicaCore(
       {
@@ -1337,6 +1339,22 @@ export class Replicator {
     this.transport.setReading(peer, false)
     try {
       if (body.sequence === 0) {
+        // A snapshot replaces the whole state: only the leader this node follows, at this
+        // node's epoch, may send one, and never one below what this node knows is committed.
+        // Anything else is a bad frame, even from an authenticated member.
+        if (
+          this.core.isLeader ||
+          this.core.leaderId !== peer ||
+          frame.epoch !== this.core.epoch ||
+          body.snapshotEpoch > this.core.epoch ||
+          body.snapshotLsn < this.store.commitLsn
+        ) {
+          this.security.onRefused('bad_frame', {
+            peer,
+            reason: `a snapshot at LSN ${body.snapshotLsn} (epoch ${body.snapshotEpoch}) from ${peer} at epoch ${frame.epoch}, while this node follows ${String(this.core.leaderId)} at epoch ${this.core.epoch} and has committed ${this.store.commitLsn}`,
+          })
+          throw new KvError('KV_ERR_BAD_FRAME', `${peer} may not send a snapshot now`)
+        }
         if (this.installing !== null) this.abandonInstall('a new snapshot started')
         // From here until the install completes, appends are refused: none may land in a
         // half-replaced state.
