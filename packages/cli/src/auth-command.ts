@@ -151,8 +151,24 @@ export async function runAuthCommand(
         await write(io.stdout, `auth is off on ${connection.url}: no token is needed\n`)
         return 0
       }
+      // Every member, so that later commands still find the cluster after a failover.
+      const authed = makeClient({ ...connection, auth: { token: login.token } })
+      let urls = connection.urls
+      try {
+        const mode = await authed.mode()
+        const members =
+          mode === 'leaderless'
+            ? (await authed.leaderlessCluster()).members.map((m) => m.clientUrl)
+            : (await authed.cluster()).members.map((m) => m.clientUrl)
+        urls = [...new Set([...connection.urls, ...members])]
+      } catch {
+        // keep the URLs given
+      } finally {
+        await authed.close()
+      }
       const path = await saveLogin(io.env, {
         url: connection.url,
+        urls,
         user,
         token: login.token,
         expiresAt: login.expiresAt,

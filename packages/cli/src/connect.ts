@@ -2,7 +2,8 @@
  * Where `kv` connects and who it is, from (highest first) flags, the environment, and the
  * credentials file that `kv login` writes:
  *
- *   URL           --url, KV_URL, the login's URL, https://127.0.0.1:7001
+ *   URLs          --url, KV_URL (several, comma-separated), the members kv login found,
+ *                 https://127.0.0.1:7001
  *   CA            --cacert, KV_CACERT, the login's CA, ./data/certs/ca.crt when it exists
  *   certificate   --cert and --key (KV_CERT, KV_KEY): a client certificate naming a user
  *   token         --token, KV_TOKEN, --token-file, KV_TOKEN_FILE, the login's token
@@ -34,6 +35,8 @@ export interface ConnectOptions {
 /** What `kv login` keeps between commands. */
 export interface SavedLogin {
   url: string
+  /** Every member's client URL at login time, so that later commands survive a failover. */
+  urls?: string[]
   user: string
   token: string
   expiresAt: string | null
@@ -89,7 +92,9 @@ export async function forgetLogin(env: NodeJS.ProcessEnv): Promise<boolean> {
 }
 
 export interface Connection {
+  /** The first of `urls`, for messages. */
   url: string
+  urls: string[]
   tls: TlsOptions | undefined
   auth: KvAuth | undefined
   /** Where the CA came from, for messages. */
@@ -103,7 +108,18 @@ export async function resolveConnection(
   options: { useSavedToken?: boolean } = {},
 ): Promise<Connection> {
   const saved = await loadSavedLogin(env)
-  const url = opts.url ?? env.KV_URL ?? saved?.url ?? 'https://127.0.0.1:7001'
+  const given = opts.url ?? env.KV_URL
+  const urls =
+    given !== undefined
+      ? given
+          .split(',')
+          .map((u) => u.trim())
+          .filter((u) => u !== '')
+      : saved !== null
+        ? (saved.urls ?? [saved.url])
+        : ['https://127.0.0.1:7001']
+  if (urls.length === 0) throw new CredentialError('--url names no URL')
+  const url = urls[0] as string
   const localCa = resolve('data/certs/ca.crt')
   const cacertPath =
     opts.cacert ?? env.KV_CACERT ?? saved?.cacert ?? (existsSync(localCa) ? localCa : null)
@@ -144,6 +160,7 @@ export async function resolveConnection(
   }
   return {
     url,
+    urls,
     tls: Object.keys(tls).length === 0 ? undefined : tls,
     auth,
     cacertPath,

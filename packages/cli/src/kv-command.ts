@@ -64,7 +64,8 @@ Commands:
 ${certsUsage}
 ${authUsage}
 Options:
-  --url URL               node to talk to (env KV_URL, else the URL of kv login, else
+  --url URL[,URL...]      nodes to talk to; any member will do, the others are tried when it
+                          is down (env KV_URL; else the members kv login found; else
                           https://127.0.0.1:7001)
   --cacert FILE           the cluster's CA (env KV_CACERT; default: the CA of kv login, or
                           data/certs/ca.crt when it exists, as kv-cluster makes it)
@@ -247,7 +248,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
   }
   const makeClient = (c: Connection): KvClient =>
     new KvClient({
-      url: c.url,
+      url: c.urls,
       protocol: opts.http1 ? 'http1' : 'h2',
       ...(ack ? { ack } : {}),
       ...(c.tls ? { tls: c.tls } : {}),
