@@ -906,8 +906,23 @@ export class KvClient {
 
   /** Who this client is to the cluster: its user, roles and permissions. */
   async whoami(): Promise<WhoAmI> {
-    const res = await this.connection(this.url).send('GET', '/v1/auth/whoami')
-    return JSON.parse(res.body.toString('utf8')) as WhoAmI
+    return (await this.anyNode('/v1/auth/whoami')) as WhoAmI
+  }
+
+  /** GET `path` from the first node that answers: the seeds, then the members last seen. */
+  private async anyNode(path: string): Promise<unknown> {
+    const members = this.view?.members.map((m) => m.clientUrl) ?? []
+    let last: unknown
+    for (const url of [...new Set([...this.seeds, ...members])]) {
+      try {
+        const res = await this.connection(url).send('GET', path)
+        return JSON.parse(res.body.toString('utf8')) as unknown
+      } catch (err) {
+        if (!(err instanceof KvError) || err.code !== 'KV_ERR_UNAVAILABLE') throw err
+        last = err
+      }
+    }
+    throw last instanceof Error ? last : new KvError('KV_ERR_UNAVAILABLE', 'no node answered')
   }
 
   /**
@@ -947,9 +962,8 @@ export class KvClient {
     }
   }
 
-  private async adminRead(path: string): Promise<unknown> {
-    const res = await this.connection(this.url).send('GET', path)
-    return JSON.parse(res.body.toString('utf8')) as unknown
+  private adminRead(path: string): Promise<unknown> {
+    return this.anyNode(path)
   }
 
   /** Whether auth is on, and every user and role. Needs the admin role. */
