@@ -7,6 +7,7 @@ import { Agent, request } from 'undici'
 import { KvClient } from '@kvstore/client'
 import { caPem, rootTls } from './support/certs.js'
 import { TestCluster } from './support/cluster.js'
+import { LeaderlessCluster } from './support/leaderless-cluster.js'
 
 let cluster: TestCluster
 let admin: KvClient
@@ -307,5 +308,64 @@ describe('turning auth off and on', () => {
       )
       expect((await call('GET', `${m.url}/v1/kv/app/1`, { token: old })).status).toBe(401)
     }
+  })
+})
+
+describe('leaderless mode: users live on every member', () => {
+  let ll: LeaderlessCluster
+  let llAdmin: KvClient
+  beforeAll(async () => {
+    ll = await LeaderlessCluster.start(3, ['--replicas', '3'])
+    llAdmin = new KvClient({ ...rootTls(), url: ll.urls })
+  })
+  afterAll(async () => {
+    await llAdmin.close()
+    await ll.close()
+  })
+
+  it('a user added through one member logs in at another; revoking reaches every member within a second', async () => {
+    await llAdmin.addRole('app')
+    await llAdmin.grantPermission('app', 'readwrite', 'app/')
+    await llAdmin.addUser('zoe', { password: 'zoe-password', roles: ['app'] })
+    const third = ll.member('n3').url
+    const res = await call('POST', `${third}/v1/auth/token`, {
+      body: JSON.stringify({ user: 'zoe', password: 'zoe-password' }),
+    })
+    expect(res.status, res.body).toBe(200)
+    const token = (JSON.parse(res.body) as { token: string }).token
+    for (const m of ll.members) {
+      expect((await call('PUT', `${m.url}/v1/kv/app/${m.id}`, { token, body: 'x' })).status).toBe(
+        200,
+      )
+      expect((await call('GET', `${m.url}/v1/kv/other`, { token })).status).toBe(403)
+    }
+    await llAdmin.revokeTokens('zoe')
+    const revokedAt = Date.now()
+    for (const m of ll.members) {
+      await vi.waitFor(
+        async () =>
+          expect((await call('GET', `${m.url}/v1/kv/app/n1`, { token })).status).toBe(401),
+        { timeout: 1000, interval: 20 },
+      )
+    }
+    expect(Date.now() - revokedAt).toBeLessThan(1000)
+  })
+
+  it('a member that was down when a user was deleted refuses the user once it is back', async () => {
+    await llAdmin.addUser('yan', { password: 'yan-password', roles: ['app'] })
+    const token = JSON.parse(
+      (
+        await call('POST', `${ll.member('n2').url}/v1/auth/token`, {
+          body: JSON.stringify({ user: 'yan', password: 'yan-password' }),
+        })
+      ).body,
+    ) as { token: string }
+    await ll.stop('n3')
+    await llAdmin.deleteUser('yan')
+    await ll.restart('n3')
+    // It takes the cluster's users before it serves.
+    expect(
+      (await call('GET', `${ll.member('n3').url}/v1/kv/app/n1`, { token: token.token })).status,
+    ).toBe(401)
   })
 })

@@ -49,7 +49,8 @@ export const certsUsage = `Certificates (made on this machine; these commands ne
   --days N                validity of member and user certificates (default 825; the CA's is
                           3650)
   --force                 replace files that exist (refused otherwise)
-  Private keys (*.key) and root.password are secret: they are written with mode 0600.
+  Private keys (*.key), root.password and auth.secret are secret: they are written with mode
+  0600.
 `
 
 class CertsUsageError extends Error {}
@@ -120,7 +121,7 @@ function filesJson(result: CertsResult): unknown {
 }
 
 const secretNote =
-  'Files marked secret (*.key, root.password) have mode 0600: keep them so. ca.key signs certificates for the whole cluster; give each member only its own key.\n'
+  'Files marked secret (*.key, root.password, auth.secret) have mode 0600: keep them so. ca.key signs certificates for the whole cluster; give each member only its own key, and auth.secret.\n'
 
 function validity(d: CertificateDescription, nowMs: number): string {
   const range = `${d.notBefore.toISOString()} to ${d.notAfter.toISOString()}`

@@ -45,6 +45,11 @@ export const caCertFile = 'ca.crt'
 export const caKeyFile = 'ca.key'
 export const clusterIdFile = 'cluster-id'
 export const rootPasswordFile = 'root.password'
+/**
+ * A secret every member holds: leaderless members derive the auth store's first token signing
+ * key from it, so that they agree on it from their first start without talking.
+ */
+export const authSecretFile = 'auth.secret'
 /** Names a member or user may not have, because their files would clash with the CA's. */
 const reservedNames = new Set(['ca'])
 
@@ -445,7 +450,8 @@ function duplicates(names: string[]): string[] {
 /**
  * Makes a cluster's certificates in `dir`: a new CA (`ca.crt`, `ca.key`), its `cluster-id`,
  * `<member>.crt` and `<member>.key` for each member, `<user>.crt` and `<user>.key` for each
- * user, and `root.password` when the users include root. Keys and the password get mode 0600.
+ * user, `root.password` when the users include root, and `auth.secret`. Keys, the password and
+ * the secret get mode 0600.
  */
 export async function initCerts(options: InitCertsOptions): Promise<CertsResult> {
   const clusterId = options.clusterId ?? newClusterId()
@@ -480,6 +486,11 @@ export async function initCerts(options: InitCertsOptions): Promise<CertsResult>
       data: `${randomBytes(rootPasswordBytes).toString('base64url')}\n`,
       secret: true,
     })
+  files.push({
+    name: authSecretFile,
+    data: `${randomBytes(32).toString('base64url')}\n`,
+    secret: true,
+  })
   return { clusterId, files: await writeFiles(dir, files, options.force ?? false) }
 }
 

@@ -15,7 +15,12 @@ if (src === undefined || dst === undefined || uidText === undefined || !/^\d+$/.
 }
 const uid = Number(uidText)
 const files = readdirSync(src).filter(
-  (f) => f.endsWith('.crt') || f.endsWith('.key') || f === 'root.password' || f === 'cluster-id',
+  (f) =>
+    f.endsWith('.crt') ||
+    f.endsWith('.key') ||
+    f === 'root.password' ||
+    f === 'auth.secret' ||
+    f === 'cluster-id',
 )
 if (!files.includes('ca.crt')) {
   process.stderr.write(

@@ -289,18 +289,23 @@ describe('certificate files', () => {
       'alice.crt',
       'alice.key',
       'root.password',
+      'auth.secret',
     ]
     expect(made.files.map((f) => f.path)).toEqual(names.map((n) => join(dir, n)))
     expect((await readdir(dir)).sort()).toEqual([...names].sort())
     expect(await mode(dir)).toBe(0o700)
     for (const f of made.files) {
-      const secret = f.path.endsWith('.key') || f.path.endsWith('root.password')
+      const secret =
+        f.path.endsWith('.key') ||
+        f.path.endsWith('root.password') ||
+        f.path.endsWith('auth.secret')
       expect(f.secret, f.path).toBe(secret)
       expect(f.mode, f.path).toBe(secret ? 0o600 : 0o644)
       expect(await mode(f.path), f.path).toBe(secret ? 0o600 : 0o644)
     }
     expect(await read(dir, 'cluster-id')).toBe(`${made.clusterId}\n`)
     expect(await read(dir, 'root.password')).toMatch(/^[A-Za-z0-9_-]{32}\n$/)
+    expect(await read(dir, 'auth.secret')).toMatch(/^[A-Za-z0-9_-]{43}\n$/)
   })
 
   it('keeps public files readable whatever the umask', async () => {
@@ -314,8 +319,10 @@ describe('certificate files', () => {
     expect(await mode(join(d, 'ca.crt'))).toBe(0o644)
     expect(await mode(join(d, 'n1.crt'))).toBe(0o644)
     expect(await mode(join(d, 'n1.key'))).toBe(0o600)
+    expect(await mode(join(d, 'auth.secret'))).toBe(0o600)
     // No users: no root password.
     expect((await readdir(d)).sort()).toEqual([
+      'auth.secret',
       'ca.crt',
       'ca.key',
       'cluster-id',
@@ -331,7 +338,7 @@ describe('certificate files', () => {
     const caBefore = await read(d, 'ca.crt')
     await writeFile(join(d, 'unrelated.txt'), 'keep me')
     await expect(initCerts({ dir: d, members: ['n1'] })).rejects.toThrow(
-      /already has ca\.crt, ca\.key, cluster-id, n1\.crt, n1\.key, root\.crt, root\.key, root\.password; refusing to overwrite/,
+      /already has ca\.crt, ca\.key, cluster-id, n1\.crt, n1\.key, root\.crt, root\.key, root\.password, auth\.secret; refusing to overwrite/,
     )
     // Even one clashing file stops it, before anything is written.
     await rm(join(d, 'ca.crt'))
@@ -444,7 +451,7 @@ describe('kv certs', () => {
     expect(init.err).toBe('')
     expect(init.code).toBe(0)
     const clusterId = (await read(d, 'cluster-id')).trim()
-    expect(init.out).toContain(`cluster ${clusterId}: wrote 10 files in ${d}`)
+    expect(init.out).toContain(`cluster ${clusterId}: wrote 11 files in ${d}`)
     expect(init.out).toMatch(/^ {2}ca\.key +0600 {2}secret$/m)
     expect(init.out).toMatch(/^ {2}ca\.crt +0644$/m)
     expect(init.out).toMatch(/^ {2}root\.password +0600 {2}secret$/m)
@@ -461,6 +468,7 @@ describe('kv certs', () => {
         'root.crt',
         'root.key',
         'root.password',
+        'auth.secret',
       ].sort(),
     )
     expect(await mode(join(d, 'n2.key'))).toBe(0o600)

@@ -95,6 +95,7 @@ export interface NodeConfig {
   unsafePlaintextPeers: boolean
   auth: boolean
   rootPasswordFile: string | undefined
+  authSecretFile: string | undefined
   tokenTtlMs: number
   authUsersMax: number
   authRolesMax: number
@@ -237,6 +238,17 @@ export const configSpec: readonly OptionSpec[] = [
     group: 'security',
     description:
       'When this node creates a new cluster, the password of its root user is read from this file. Without one, a random password is written to <data-dir>/root.password (mode 0600) and its path is logged once.',
+  },
+  {
+    key: 'authSecretFile',
+    flag: '--auth-secret-file',
+    env: 'KV_AUTH_SECRET_FILE',
+    kind: 'string',
+    default: (c) => (c.certsDir === undefined ? undefined : `${c.certsDir}/auth.secret`),
+    defaultText: '<certs-dir>/auth.secret',
+    group: 'security',
+    description:
+      'Leaderless mode: a secret every member holds (kv certs init makes it). A new cluster derives its first token signing key from it, so that members agree on it from their first start; without one each member draws its own, and tokens work everywhere only once members have exchanged their records (a second).',
   },
   {
     key: 'tokenTtlMs',

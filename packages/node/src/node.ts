@@ -166,6 +166,14 @@ export class KvNode {
               limiter: hashLimiter,
               stampWallMs: config.mode === 'leaderless' ? 0 : Date.now(),
               log: logger,
+              ...(config.mode === 'leaderless'
+                ? {
+                    sameOnEveryMember: {
+                      clusterId: store.meta.clusterId,
+                      secretFile: config.authSecretFile,
+                    },
+                  }
+                : {}),
             })
           : null
       auth.awaitingBootstrap = bootstrap !== null

@@ -250,6 +250,9 @@ export function bootstrapRecords(options: {
   enabled: boolean
   rootPasswordHash: string
   stamp: AuthStamp
+  /** The token signing key and the root user's id; random unless given. */
+  tokenKey?: Buffer
+  rootUserId?: string
 }): AuthRecord[] {
   const { stamp } = options
   return [
@@ -260,8 +263,11 @@ export function bootstrapRecords(options: {
         kind: 'settings',
         settings: {
           enabled: options.enabled,
-          tokenKey: randomBytes(32),
-          tokenKeyId: randomBytes(6).toString('base64url'),
+          tokenKey: options.tokenKey ?? randomBytes(32),
+          tokenKeyId:
+            options.tokenKey === undefined
+              ? randomBytes(6).toString('base64url')
+              : options.tokenKey.subarray(0, 6).toString('base64url'),
         },
       },
     },
@@ -297,7 +303,7 @@ export function bootstrapRecords(options: {
           passwordHash: options.rootPasswordHash,
           roles: [rootRole],
           generation: 1,
-          id: randomBytes(12).toString('base64url'),
+          id: options.rootUserId ?? randomBytes(12).toString('base64url'),
         },
       },
     },

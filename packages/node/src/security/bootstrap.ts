@@ -6,7 +6,7 @@
  * records holding its hash are committed, writes it to <data-dir>/root.password (mode 0600)
  * and logs the file's path, never the password.
  */
-import { randomBytes } from 'node:crypto'
+import { hkdfSync, randomBytes } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { open, rename } from 'node:fs/promises'
 import { join } from 'node:path'

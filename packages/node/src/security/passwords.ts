@@ -88,8 +88,12 @@ export class HashLimiter {
   }
 }
 
-export async function hashPassword(password: string, limiter: HashLimiter): Promise<string> {
-  const salt = randomBytes(saltBytes)
+/** Hashes with a random salt, or with `salt` (leaderless members that must agree on a hash). */
+export async function hashPassword(
+  password: string,
+  limiter: HashLimiter,
+  salt: Buffer = randomBytes(saltBytes),
+): Promise<string> {
   const key = await limiter.run(() => scryptAsync(password, salt, options(log2N, r, p)))
   return `scrypt$${log2N}$${r}$${p}$${salt.toString('base64url')}$${key.toString('base64url')}`
 }
