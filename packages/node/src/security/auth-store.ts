@@ -267,7 +267,12 @@ export function bootstrapRecords(options: {
           tokenKeyId:
             options.tokenKey === undefined
               ? randomBytes(6).toString('base64url')
-              : options.tokenKey.subarray(0, 6).toString('base64url'),
+              : // Named by a hash of the key: the id travels in every token's header.
+                createHash('sha256')
+                  .update(options.tokenKey)
+                  .digest()
+                  .subarray(0, 6)
+                  .toString('base64url'),
         },
       },
     },

@@ -37,20 +37,50 @@ export async function prepareBootstrap(options: {
   limiter: HashLimiter
   stampWallMs: number
   log: Logger
+  /**
+   * Leaderless mode: every member makes the first records on its own, so with the cluster's
+   * auth secret (and a password file) they make them alike: the same stamp, and the token key,
+   * the root user's id and its salt derived from the secret and the cluster id. They agree from
+   * the first request on. The key is not derived from the password, which people learn.
+   */
+  sameOnEveryMember?: { clusterId: string; secretFile: string | undefined }
 }): Promise<Bootstrap> {
   let password: string | null = null
   if (options.rootPasswordFile !== undefined && existsSync(options.rootPasswordFile)) {
     password = checkPassword(readFileSync(options.rootPasswordFile, 'utf8').trim())
   }
   const generatedPassword = password === null ? randomBytes(24).toString('base64url') : null
+  const alike = options.sameOnEveryMember
+  const secret =
+    alike?.secretFile !== undefined && existsSync(alike.secretFile)
+      ? readFileSync(alike.secretFile, 'utf8').trim()
+      : ''
+  if (alike !== undefined && secret.length < 32) {
+    options.log.warn(
+      { file: alike.secretFile ?? null },
+      'no auth secret (kv certs init makes auth.secret): each member draws its own token key at first start, and a token works on every member only once they have exchanged records',
+    )
+  }
+  const same = alike !== undefined && password !== null && secret.length >= 32
+  const derive = (info: string, bytes: number): Buffer =>
+    Buffer.from(hkdfSync('sha256', secret, alike?.clusterId ?? '', info, bytes))
   const rootPasswordHash = await hashPassword(
     password ?? (generatedPassword as string),
     options.limiter,
+    ...(same ? [derive('kv root password salt', 16)] : []),
   )
   const records = bootstrapRecords({
     enabled: true,
     rootPasswordHash,
-    stamp: { wallMs: options.stampWallMs, logical: 0, node: options.nodeId },
+    stamp: same
+      ? { wallMs: 0, logical: 0, node: '' }
+      : { wallMs: options.stampWallMs, logical: 0, node: options.nodeId },
+    ...(same
+      ? {
+          tokenKey: derive('kv token signing key', 32),
+          rootUserId: derive('kv root user id', 12).toString('base64url'),
+        }
+      : {}),
   })
   const ops = records.map((record) => ({
     type: OpType.Put,
