@@ -911,6 +911,32 @@ export class ReplicaCore {
   }
 
   /**
+   * A member offers a snapshot, sent at `epoch` (snapshot chunks do not pass through `step`).
+   * Taken only from a member this node would take an append from: at a lower epoch never; at a
+   * higher one (within the limits of `step`) the sender is followed at that epoch; at this epoch
+   * only from the leader this node follows, or from the sender when no leader is known yet (a
+   * restarted follower may get the snapshot before the first heartbeat). Whether to install it.
+   */
+  snapshotOffered(from: NodeId, epoch: number): boolean {
+    if (from === this.id || !this.members.includes(from) || !isEpoch(epoch)) return false
+    if (epoch < this.epochValue) return false
+    if (epoch > this.epochValue) {
+      if (!this.mayRaiseEpochTo(epoch, from)) {
+        this.epochMessagesDropped++
+        return false
+      }
+      this.becomeFollower(epoch, from)
+    }
+    if (this.role.kind === 'leader') return false
+    if (this.role.kind === 'follower' && this.role.leaderId !== null && this.role.leaderId !== from)
+      return false
+    this.role = { kind: 'follower', leaderId: from }
+    this.electionElapsed = 0
+    this.abstainUntilTick = 0
+    return true
+  }
+
+  /**
    * Follower: the node started replacing its state with a snapshot, or an install was cut off
    * and the state is partial. Until a snapshot is installed, appends are refused with a request
    * for a snapshot (hint LSN 0), so no entry lands in a half-replaced state.

@@ -39,6 +39,8 @@ export class Harness {
   readonly delivered: Message[] = []
   /** When false, Ready entries are not made durable until `flushDisks`. */
   autoPersist = true
+  /** Snapshots a follower refused (see `snapshotOffered`). */
+  snapshotsRefused = 0
   private readonly unpersisted = new Map<NodeId, Ready[]>()
 
   /**
@@ -233,6 +235,11 @@ export class Harness {
       const lsn = node.core.commitLsn
       const epoch = node.core.log.epochAt(lsn) ?? 0
       const follower = this.node(to)
+      // As the node does: the follower takes it only from a member it takes as its leader.
+      if (!follower.core.snapshotOffered(id, node.core.epoch)) {
+        this.snapshotsRefused++
+        continue
+      }
       follower.disk = []
       follower.diskStart = lsn + 1
       follower.snapshotLsn = lsn

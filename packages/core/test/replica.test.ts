@@ -212,6 +212,49 @@ describe('replication', () => {
     expect(leader.core.allMatchLsn()).toBe(33)
   })
 
+  it('takes a snapshot only from a member it would take an append from', () => {
+    const h = cluster()
+    h.propose('a', 3)
+    const c = h.node('c').core
+    // Another member at the epoch of the leader c follows: refused, c still follows a.
+    expect(c.snapshotOffered('b', 1)).toBe(false)
+    expect(c.leaderId).toBe('a')
+    // The leader it follows: taken. Itself, a stranger, an older epoch: refused.
+    expect(c.snapshotOffered('a', 1)).toBe(true)
+    expect(c.snapshotOffered('c', 1)).toBe(false)
+    expect(c.snapshotOffered('x', 1)).toBe(false)
+    c.becomeFollower(2, null)
+    expect(c.snapshotOffered('a', 1)).toBe(false)
+    // No leader known at this epoch: the sender becomes the leader, and then no one else.
+    expect(c.snapshotOffered('b', 2)).toBe(true)
+    expect(c.leaderId).toBe('b')
+    expect(c.snapshotOffered('a', 2)).toBe(false)
+    // A later epoch: followed at once, as an append would be; a bomb is not.
+    expect(c.snapshotOffered('a', 3)).toBe(true)
+    expect([c.epoch, c.leaderId]).toEqual([3, 'a'])
+    expect(c.snapshotOffered('b', 2 ** 53 - 1)).toBe(false)
+    expect(c.epoch).toBe(3)
+    // A leader never takes one.
+    expect(h.node('a').core.snapshotOffered('b', 1)).toBe(false)
+    expect(h.node('a').core.isLeader).toBe(true)
+  })
+
+  it('a follower that follows another leader refuses its snapshot (a member with a bug)', () => {
+    const h = cluster({ logCacheBytesMax: 64 })
+    h.node('a').core.peerDisconnected('c')
+    h.propose('a', 30)
+    const leader = h.node('a')
+    leader.core.compacted(21, 1)
+    leader.disk = leader.disk.filter((e) => e.lsn >= 21)
+    leader.diskStart = 21
+    // c believes b leads epoch 1 (impossible with members that follow the protocol).
+    h.node('c').core.becomeFollower(1, 'b')
+    leader.core.peerConnected('c')
+    h.process()
+    expect(h.snapshotsRefused).toBeGreaterThan(0)
+    expect(h.node('c').snapshotLsn).toBe(0)
+  })
+
   it('sends a snapshot to an empty follower once the log no longer starts at 1', () => {
     // A cache too small to hold the old entries, as on a busy leader.
     const h = cluster({ logCacheBytesMax: 64 })

@@ -164,6 +164,8 @@ export class Replicator {
   /** Store writes this replicator started and has not seen finish. */
   private readonly pendingWrites = new Set<Promise<unknown>>()
   private readonly snapshotting = new Set<string>()
+  /** Followers the core asked a snapshot for again while one was still being sent to them. */
+  private readonly snapshotAgain = new Set<string>()
   /** The role and epoch last seen, to notice elections and step-downs. */
   private lastRole: { role: RoleName; epoch: number } = { role: 'follower', epoch: 0 }
   /** The epoch this node leads at, until it steps down. */
@@ -1254,7 +1256,13 @@ export class Replicator {
 
   /** Leader: streams a consistent copy of the state to a follower whose next entry was compacted. */
   private async sendSnapshot(to: string): Promise<void> {
-    if (this.snapshotting.has(to)) return
+    if (this.snapshotting.has(to)) {
+      // The follower reconnected (or refused the last one) while the previous send winds
+      // down: the core now waits for a snapshot that nothing would send. Start one afresh
+      // once this one ends.
+      this.snapshotAgain.add(to)
+      return
+    }
     this.snapshotting.add(to)
     let snapshot: StateSnapshot | null = null
     try {
@@ -1321,6 +1329,10 @@ export class Replicator {
     } finally {
       await snapshot?.close()
       this.snapshotting.delete(to)
+      if (this.snapshotAgain.delete(to)) {
+        this.core.snapshotFailed(to)
+        this.schedule()
+      }
     }
   }
 
@@ -1339,22 +1351,26 @@ export class Replicator {
     this.transport.setReading(peer, false)
     try {
       if (body.sequence === 0) {
-        // A snapshot replaces the whole state: only the leader this node follows, at this
-        // node's epoch, may send one, and never one below what this node knows is committed.
-        // Anything else is a bad frame, even from an authenticated member.
+        // A snapshot replaces the whole state: it is taken only from a member this node takes
+        // as its leader, as an append would be (the core decides, and may learn of the leader
+        // from it: a restarted follower can get the snapshot before any heartbeat), never
+        // from a later epoch than it was sent at, and never below what this node has
+        // committed. Anything else is a bad frame, even from an authenticated member.
+        const leaderBefore = this.core.leaderId
+        const epochBefore = this.core.epoch
         if (
-          this.core.isLeader ||
-          this.core.leaderId !== peer ||
-          frame.epoch !== this.core.epoch ||
-          body.snapshotEpoch > this.core.epoch ||
-          body.snapshotLsn < this.store.commitLsn
+          body.snapshotEpoch > frame.epoch ||
+          body.snapshotLsn < this.store.commitLsn ||
+          !this.core.snapshotOffered(peer, frame.epoch)
         ) {
           this.security.onRefused('bad_frame', {
             peer,
-            reason: `a snapshot at LSN ${body.snapshotLsn} (epoch ${body.snapshotEpoch}) from ${peer} at epoch ${frame.epoch}, while this node follows ${String(this.core.leaderId)} at epoch ${this.core.epoch} and has committed ${this.store.commitLsn}`,
+            reason: `a snapshot at LSN ${body.snapshotLsn} (epoch ${body.snapshotEpoch}) from ${peer} at epoch ${frame.epoch}, while this node follows ${String(leaderBefore)} at epoch ${epochBefore} and has committed ${this.store.commitLsn}`,
           })
           throw new KvError('KV_ERR_BAD_FRAME', `${peer} may not send a snapshot now`)
         }
+        // The core may have moved to the sender's epoch: that is persisted like any other.
+        this.schedule()
         if (this.installing !== null) this.abandonInstall('a new snapshot started')
         // From here until the install completes, appends are refused: none may land in a
         // half-replaced state.
