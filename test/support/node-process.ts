@@ -89,17 +89,8 @@ export async function startNodeProcess(
   return { child, pid: child.pid as number, url, logs, exited }
 }
 
-/** A small seeded PRNG (mulberry32), so a failing run can be replayed from its seed. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** The project's seeded PRNG, so a failing run can be replayed from its seed. */
+export { prng } from '@kvstore/core'
 
 /** Seed from KV_TEST_SEED, or a fresh one; always printed so a failure can be replayed. */
 export function testSeed(name: string): number {

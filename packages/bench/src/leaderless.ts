@@ -18,7 +18,7 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { HashRing } from '@kvstore/core'
+import { HashRing, prng } from '@kvstore/core'
 import { Pool } from 'undici'
 import { benchSecurity, type SecurityProfile } from './security.js'
 import { fmt, gauge, gitCommit, percentile, say, sleep, writeReport } from './common.js'
@@ -54,18 +54,6 @@ async function clusterInfo(url: string): Promise<ClusterInfo> {
   const res = await fetch(`${url}/v1/cluster`, { signal: AbortSignal.timeout(5000) })
   if (!res.ok) throw new Error(`GET ${url}/v1/cluster answered ${res.status}`)
   return (await res.json()) as ClusterInfo
-}
-
-/** mulberry32: a small seeded PRNG, so every run reads the same keys. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 const keyPath = (key: string) => `/v1/kv/${key.split('/').map(encodeURIComponent).join('/')}`

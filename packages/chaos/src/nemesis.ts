@@ -3,7 +3,11 @@
  * chosen (with the seed) among the enabled ones, holds it, then heals it. The schedule and
  * every fault window are recorded for the report and printed as they happen.
  */
+import { prng } from '@kvstore/core'
 import { currentLeader, type ChaosCluster } from './cluster.js'
+
+/** The seeded draws of schedules and workloads: the project's one PRNG (from the core). */
+export { prng }
 
 export const nemesisNames = [
   'kill',
@@ -28,18 +32,6 @@ export interface FaultWindow {
   description: string
   start: number
   end: number
-}
-
-/** mulberry32: a small, seeded, deterministic PRNG. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 export function parseNemeses(text: string): NemesisName[] {

@@ -15,6 +15,7 @@ export { epochMax } from '@kvstore/protocol/limits'
 export type { CoreConfig, CoreInit, RoleName } from './replica.js'
 export type * from './types.js'
 export { HashRing, hash32 } from './ring.js'
+export { Prng, prng } from './prng.js'
 export type { RingRange } from './ring.js'
 export {
   covers,

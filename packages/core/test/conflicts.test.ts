@@ -17,19 +17,9 @@ import {
 } from '../src/conflicts.js'
 import { sameState, type VersionVector } from '../src/dvv.js'
 import { HybridClock } from '../src/hlc.js'
+import { prng } from '../src/prng.js'
 
 type S = VersionedState<string>
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 interface Outcome {
   states: S[]

@@ -58,14 +58,5 @@ export async function dump(store: Store): Promise<Record<string, string>> {
   return out
 }
 
-/** A small seeded PRNG (mulberry32). */
-export function prngFor(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** The project's seeded PRNG, as a `Math.random`-shaped draw. */
+export { prng as prngFor } from '@kvstore/core'
