@@ -5,9 +5,8 @@
  */
 import { Agent, request } from 'undici'
 import { KvClient } from '@kvstore/client'
+import { LeaderlessCluster, TestCluster } from '@kvstore/testkit'
 import { caPem, rootTls } from './support/certs.js'
-import { TestCluster } from './support/cluster.js'
-import { LeaderlessCluster } from './support/leaderless-cluster.js'
 
 let cluster: TestCluster
 let admin: KvClient

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Pool } from 'undici'
 import { Store } from '@kvstore/storage'
-import { prng, startNodeProcess, testSeed, type NodeProcess } from './support/node-process.js'
+import { type NodeProcess, prng, startNodeProcess, testSeed } from '@kvstore/testkit'
 import { rootConnect } from './support/certs.js'
 
 interface Ledger {

@@ -8,8 +8,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { Pool } from 'undici'
 import { KvClient } from '@kvstore/client'
-import { TestCluster, type ClusterMember } from './support/cluster.js'
-import { until } from './support/wait.js'
+import { type ClusterMember, TestCluster, until } from '@kvstore/testkit'
 import { rootConnect, rootEnv, rootTls } from './support/certs.js'
 
 const kvBin = fileURLToPath(new URL('../packages/cli/dist/kv.js', import.meta.url))

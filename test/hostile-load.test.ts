@@ -12,8 +12,8 @@ import http2 from 'node:http2'
 import { connect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
 import { Agent, request } from 'undici'
+import { TestCluster } from '@kvstore/testkit'
 import { rootConnect } from './support/certs.js'
-import { TestCluster } from './support/cluster.js'
 
 /**
  * RSS a node may reach under the 2 × 256 × 1 MiB load (docs/security.md states it): a node's

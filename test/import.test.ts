@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import { KvClient } from '@kvstore/client'
 import { runImport } from '../packages/cli/src/import.js'
-import { TestCluster } from './support/cluster.js'
+import { TestCluster } from '@kvstore/testkit'
 import { rootTls } from './support/certs.js'
 
 let cluster: TestCluster

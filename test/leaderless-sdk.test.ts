@@ -17,9 +17,7 @@ import { HashRing } from '@kvstore/core'
 import { KvClient, KvError, type LeaderlessClusterView } from '@kvstore/client'
 import { KvNode, parseConfig } from '@kvstore/node'
 import { runKv } from '../packages/cli/src/kv-command.js'
-import { LeaderlessCluster } from './support/leaderless-cluster.js'
-import { assertBuilt } from './support/node-process.js'
-import { until } from './support/wait.js'
+import { assertBuilt, LeaderlessCluster, until } from '@kvstore/testkit'
 import { rootEnv, rootTls, securityArgs } from './support/certs.js'
 
 const kvClusterBin = fileURLToPath(new URL('../packages/cli/dist/kv-cluster.js', import.meta.url))

@@ -5,26 +5,12 @@
  */
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { HashRing, compareHlc } from '@kvstore/core'
-import { LeaderlessCluster } from './support/leaderless-cluster.js'
-import { prng, testSeed } from './support/node-process.js'
+import { LeaderlessCluster, keyPath, prng, testSeed, waitFor } from '@kvstore/testkit'
 import { memberTls } from './support/certs.js'
-
-/** Polls `check` every 100 ms until it holds; fails with `message` after `timeoutMs`. */
-async function waitFor(
-  check: () => Promise<boolean>,
-  options: { timeoutMs: number; message: string },
-): Promise<void> {
-  const deadline = Date.now() + options.timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out: ${options.message}`)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-}
 
 const ids = ['n1', 'n2', 'n3', 'n4', 'n5']
 const ring = new HashRing(ids, 64)
 const replicasOf = (key: string) => ring.preferenceList(key, 3)
-const path = (key: string) => key.split('/').map(encodeURIComponent).join('/')
 
 interface WriteBody {
   key: string
@@ -45,7 +31,7 @@ async function put(
   const q = new URLSearchParams()
   if (options.w !== undefined) q.set('w', String(options.w))
   if (options.sloppy) q.set('sloppy', 'true')
-  const res = await fetch(`${url}/v1/kv/${path(key)}?${q}`, {
+  const res = await fetch(`${url}/v1/kv/${keyPath(key)}?${q}`, {
     method: 'PUT',
     body: value,
     headers: options.context ? { 'kv-context': options.context } : {},
@@ -63,7 +49,7 @@ async function del(
 ): Promise<{ status: number; body: WriteBody & { error?: { code: string } } }> {
   const q = new URLSearchParams()
   if (options.w !== undefined) q.set('w', String(options.w))
-  const res = await fetch(`${url}/v1/kv/${path(key)}?${q}`, {
+  const res = await fetch(`${url}/v1/kv/${keyPath(key)}?${q}`, {
     method: 'DELETE',
     headers: options.context ? { 'kv-context': options.context } : {},
   })
@@ -89,7 +75,7 @@ async function get(
   const q = new URLSearchParams({ format: 'json' })
   if (options.r !== undefined) q.set('r', String(options.r))
   if (options.repair) q.set('repair', options.repair)
-  const res = await fetch(`${url}/v1/kv/${path(key)}?${q}`)
+  const res = await fetch(`${url}/v1/kv/${keyPath(key)}?${q}`)
   const context = res.headers.get('kv-context')
   const body = (await res.json()) as {
     siblings?: { valueBase64: string; timestamp: string }[]
@@ -283,7 +269,7 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     const key = 'idem/k'
     const outsider = ids.find((id) => !replicasOf(key).includes(id)) as string
     const send = (url: string, value: string) =>
-      fetch(`${url}/v1/kv/${path(key)}`, {
+      fetch(`${url}/v1/kv/${keyPath(key)}`, {
         method: 'PUT',
         body: value,
         headers: { 'kv-request-id': 'order-42' },
@@ -309,7 +295,7 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     const otherKey = Array.from({ length: 500 }, (_, i) => `idem/other-${i}`).find(
       (k) => replicasOf(k)[0] === coordinator && !replicasOf(k).includes(outsider),
     ) as string
-    const other = await fetch(`${cluster.member(outsider).url}/v1/kv/${path(otherKey)}`, {
+    const other = await fetch(`${cluster.member(outsider).url}/v1/kv/${keyPath(otherKey)}`, {
       method: 'PUT',
       body: 'x',
       headers: { 'kv-request-id': 'order-42' },
@@ -480,7 +466,7 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     const read = await get(cluster.member('n1').url, key)
     expect(read.values).toEqual(['from-a', 'from-b'])
     // Without ?format=json the read answers 300 Multiple Choices.
-    const raw = await fetch(`${urlA}/v1/kv/${path(key)}`)
+    const raw = await fetch(`${urlA}/v1/kv/${keyPath(key)}`)
     expect(raw.status).toBe(300)
     expect(raw.headers.get('kv-siblings')).toBe('2')
     await raw.arrayBuffer()

@@ -2,8 +2,7 @@
  * Single-leader replication under faults, on real 3-node process clusters: the leader killed
  * with -9 in the middle of a snapshot. (Failover under load: failover.test.ts.)
  */
-import { TestCluster } from './support/cluster.js'
-import { until } from './support/wait.js'
+import { TestCluster, until } from '@kvstore/testkit'
 
 async function digests(cluster: TestCluster): Promise<string[]> {
   const all = await Promise.all(cluster.members.map((m) => cluster.digest(m.id)))

@@ -3,7 +3,7 @@
  */
 import { Pool } from 'undici'
 import { KvClient, KvError } from '@kvstore/client'
-import { TestCluster } from './support/cluster.js'
+import { TestCluster } from '@kvstore/testkit'
 import { rootConnect, rootTls } from './support/certs.js'
 
 async function failure(promise: Promise<unknown>): Promise<KvError> {

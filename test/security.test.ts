@@ -27,9 +27,8 @@ import {
   type PeerRequestBody,
 } from '@kvstore/protocol'
 import { initCerts, makeMemberCert } from '../packages/cli/src/certs.js'
+import { LeaderlessCluster, TestCluster } from '@kvstore/testkit'
 import { caPem, memberTls, testCertsDir } from './support/certs.js'
-import { TestCluster } from './support/cluster.js'
-import { LeaderlessCluster } from './support/leaderless-cluster.js'
 
 type Tls = { ca?: Buffer; cert?: Buffer | string; key?: Buffer | string }
 

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Pool } from 'undici'
 import { Store } from '@kvstore/storage'
-import { startNodeProcess } from './support/node-process.js'
+import { startNodeProcess } from '@kvstore/testkit'
 import { rootConnect } from './support/certs.js'
 
 let dir: string

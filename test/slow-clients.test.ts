@@ -9,8 +9,8 @@ import { connect, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect as tlsConnect } from 'node:tls'
+import { type NodeProcess, startNodeProcess } from '@kvstore/testkit'
 import { caPem } from './support/certs.js'
-import { startNodeProcess, type NodeProcess } from './support/node-process.js'
 
 describe.each([
   ['over TLS', true],

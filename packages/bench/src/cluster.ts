@@ -29,7 +29,7 @@ import {
   writeReport,
 } from './common.js'
 import { cpuCapper } from './cpu-cap.js'
-import { startBenchCluster, type BenchCluster, type BenchMember } from './node-process.js'
+import { pidOf, startBenchCluster, type BenchCluster, type BenchMember } from './node-process.js'
 import { cpuSeconds, machine } from './proc.js'
 import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
@@ -133,14 +133,14 @@ async function cpuMeter(
   members: BenchMember[],
 ): Promise<{ stop(): Promise<Record<string, number>> }> {
   const before = new Map<string, number>()
-  for (const m of members) before.set(m.id, await cpuSeconds(m.pid))
+  for (const m of members) before.set(m.id, await cpuSeconds(pidOf(m)))
   const started = performance.now()
   return {
     async stop() {
       const wallS = (performance.now() - started) / 1000
       const cores: Record<string, number> = {}
       for (const m of members)
-        cores[m.id] = ((await cpuSeconds(m.pid)) - (before.get(m.id) ?? 0)) / wallS
+        cores[m.id] = ((await cpuSeconds(pidOf(m))) - (before.get(m.id) ?? 0)) / wallS
       return cores
     },
   }
@@ -333,7 +333,7 @@ export async function runClusterBench(options: ClusterOptions): Promise<void> {
       if (capper !== null) {
         say(`== reads: prefilling ${fmt(getKeys)} keys (ack=all)...`)
         await prefill(leader.url, 'bench/get/', valueBytes, getKeys, security)
-        for (const member of cluster.members) await capper.cap(member.pid, options.readCpuCap)
+        for (const member of cluster.members) await capper.cap(pidOf(member), options.readCpuCap)
         say(`   capped every node at ${options.readCpuCap} CPU (${capper.description})`)
         const script = getScript('bench/get/', getKeys, { authorization })
         say('   warming up every node (5 s)...')

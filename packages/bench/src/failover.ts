@@ -120,7 +120,7 @@ async function runTrial(
   stop = true
   await Promise.all(loops)
   await client.close()
-  const leader = await cluster.waitForLeader()
+  const leader = await cluster.waitForLeader(30_000, { connected: true })
   const elections = (await epochOf(leader.url)) - epochBefore
   let lost = 0
   for (const key of ackedBeforeKill.slice(-500)) {
@@ -128,8 +128,8 @@ async function runTrial(
     await res.arrayBuffer()
     if (res.status !== 200) lost++
   }
-  await cluster.restart(old.id)
-  await cluster.waitForLeader()
+  await cluster.startMember(old.id)
+  await cluster.waitForLeader(30_000, { connected: true })
   await caughtUp(cluster)
   return {
     killed: old.id,

@@ -19,10 +19,11 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { HashRing, prng } from '@kvstore/core'
+import { keyPath } from '@kvstore/client'
 import { Pool } from 'undici'
 import { benchSecurity, type SecurityProfile } from './security.js'
 import { fmt, gauge, gitCommit, percentile, say, sleep, writeReport } from './common.js'
-import { startLeaderlessBenchCluster, type BenchMember } from './node-process.js'
+import { pidOf, startLeaderlessBenchCluster, type BenchMember } from './node-process.js'
 import { cpuSeconds, machine } from './proc.js'
 
 export type Route = 'preference' | 'any'
@@ -55,8 +56,6 @@ async function clusterInfo(url: string): Promise<ClusterInfo> {
   if (!res.ok) throw new Error(`GET ${url}/v1/cluster answered ${res.status}`)
   return (await res.json()) as ClusterInfo
 }
-
-const keyPath = (key: string) => `/v1/kv/${key.split('/').map(encodeURIComponent).join('/')}`
 
 /** Where each request goes: the key's coordinator of choice. */
 class Router {
@@ -219,14 +218,14 @@ async function cpuMeter(
   members: BenchMember[],
 ): Promise<{ stop(): Promise<Record<string, number>> }> {
   const before = new Map<string, number>()
-  for (const m of members) before.set(m.id, await cpuSeconds(m.pid))
+  for (const m of members) before.set(m.id, await cpuSeconds(pidOf(m)))
   const started = performance.now()
   return {
     async stop() {
       const wallS = (performance.now() - started) / 1000
       const cores: Record<string, number> = {}
       for (const m of members)
-        cores[m.id] = ((await cpuSeconds(m.pid)) - (before.get(m.id) ?? 0)) / wallS
+        cores[m.id] = ((await cpuSeconds(pidOf(m))) - (before.get(m.id) ?? 0)) / wallS
       return cores
     },
   }
@@ -317,7 +316,7 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
             return {
               pool: router.poolFor(key),
               method: 'PUT',
-              path: `${keyPath(key)}?w=quorum`,
+              path: `/v1/kv/${keyPath(key)}?w=quorum`,
               body: value,
             }
           },
@@ -335,7 +334,7 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
                 return {
                   pool: router.poolFor(key),
                   method: 'PUT',
-                  path: `${keyPath(key)}?w=${w}`,
+                  path: `/v1/kv/${keyPath(key)}?w=${w}`,
                   body: value,
                 }
               },
@@ -353,7 +352,7 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
             return {
               pool: router.poolFor(key),
               method: 'PUT',
-              path: `${keyPath(key)}?w=all`,
+              path: `/v1/kv/${keyPath(key)}?w=all`,
               body: value,
             }
           },
@@ -371,7 +370,11 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
           durationS: 3,
           next: () => {
             const key = `bench-ll/get/${Math.floor(warmRandom() * getKeys)}`
-            return { pool: router.poolFor(key), method: 'GET', path: `${keyPath(key)}?r=quorum` }
+            return {
+              pool: router.poolFor(key),
+              method: 'GET',
+              path: `/v1/kv/${keyPath(key)}?r=quorum`,
+            }
           },
         })
         for (const r of ['1', 'quorum', 'all'] as const) {
@@ -383,7 +386,11 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
               durationS,
               next: () => {
                 const key = `bench-ll/get/${Math.floor(random() * getKeys)}`
-                return { pool: router.poolFor(key), method: 'GET', path: `${keyPath(key)}?r=${r}` }
+                return {
+                  pool: router.poolFor(key),
+                  method: 'GET',
+                  path: `/v1/kv/${keyPath(key)}?r=${r}`,
+                }
               },
             }),
           )
@@ -392,7 +399,7 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
         await router.close()
       }
     } finally {
-      await cluster.stop()
+      await cluster.close()
     }
   } finally {
     await rm(work, { recursive: true, force: true })

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
 import { check, ensureWrk, fmt, gitCommit, say, writeReport } from './common.js'
-import { startBenchCluster } from './node-process.js'
+import { pidOf, startBenchCluster } from './node-process.js'
 import { cpuSeconds, machine } from './proc.js'
 import { benchSecurity, type SecurityProfile } from './security.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
@@ -75,7 +75,7 @@ export async function runSecurityBench(options: SecuritySuiteOptions): Promise<v
             connections,
             durationS: 3,
           })
-          const before = await Promise.all(cluster.members.map((m) => cpuSeconds(m.pid)))
+          const before = await Promise.all(cluster.members.map((m) => cpuSeconds(pidOf(m))))
           const quorumPut = await runWrk({
             url: leader.url,
             script: putScript('bench/q/', valueBytes, { query: '?ack=quorum', authorization }),
@@ -83,7 +83,7 @@ export async function runSecurityBench(options: SecuritySuiteOptions): Promise<v
             connections,
             durationS,
           })
-          const after = await Promise.all(cluster.members.map((m) => cpuSeconds(m.pid)))
+          const after = await Promise.all(cluster.members.map((m) => cpuSeconds(pidOf(m))))
           const cpuS = after.reduce((sum, a, i) => sum + a - (before[i] ?? 0), 0)
           const client = new KvClient({ url: leader.url, ...security.client })
           try {

@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
 import { check, ensureWrk, fmt, gauge, gitCommit, histogram, say, writeReport } from './common.js'
+import { terminate } from '@kvstore/testkit'
 import { startBenchNode, type BenchNode } from './node-process.js'
 import { cpuSeconds, machine } from './proc.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
@@ -175,7 +176,7 @@ export async function runSingleNode(options: SingleNodeOptions): Promise<void> {
           )
         }
       } finally {
-        await node.stop()
+        await terminate(node)
       }
     }
   } finally {

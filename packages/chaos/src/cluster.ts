@@ -3,7 +3,6 @@
  * containers. Faults a backend cannot make throw `UnsupportedFault`, naming the backend that can.
  */
 
-import { createServer } from 'node:net'
 import type { ChaosSecurity } from './security.js'
 import {
   checkReplicaConvergence,
@@ -25,17 +24,7 @@ export interface NodeDigest {
 
 export class UnsupportedFault extends Error {}
 
-/** A port on 127.0.0.1 that was free a moment ago. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0))
-    })
-  })
-}
+export { freePort } from './node-process.js'
 
 /**
  * Polls a node's /ready until it answers 200; fails after `timeoutMs`, or at once when

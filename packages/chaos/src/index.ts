@@ -15,6 +15,14 @@ export {
 export { DockerCluster } from './docker-cluster.js'
 export { ProcessCluster } from './process-cluster.js'
 export {
+  assertBuilt,
+  freePort,
+  kvNodeBin,
+  startKvNode,
+  type KvNodeOptions,
+  type KvNodeProcess,
+} from './node-process.js'
+export {
   leaderNemeses,
   nemesisNames,
   parseNemeses,

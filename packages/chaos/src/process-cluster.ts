@@ -7,34 +7,12 @@
  * the cluster is up once every node is ready: there is no leader to wait for.
  */
 import type { ChaosSecurity } from './security.js'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import {
-  UnsupportedFault,
-  freePort,
-  waitForLeader,
-  waitReady,
-  type ChaosCluster,
-  type ChaosNode,
-} from './cluster.js'
-
-const kvNodeBin = fileURLToPath(new URL('../../cli/dist/kv-node.js', import.meta.url))
-
-/** Every node process this runner started, so none outlives it (even on Ctrl-C). */
-const children = new Set<ChildProcess>()
-process.once('exit', () => {
-  for (const child of children) child.kill('SIGKILL')
-})
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    for (const child of children) child.kill('SIGKILL')
-    process.exit(130)
-  })
-}
+import { UnsupportedFault, waitForLeader, type ChaosCluster, type ChaosNode } from './cluster.js'
+import { freePort, startKvNode, type KvNodeProcess } from './node-process.js'
 
 export interface ProcessClusterOptions {
   nodes: number
@@ -52,8 +30,7 @@ export interface ProcessClusterOptions {
 
 interface Member extends ChaosNode {
   peerUrl: string
-  child: ChildProcess | null
-  exited: Promise<void>
+  process: KvNodeProcess | null
 }
 
 export class ProcessCluster implements ChaosCluster {
@@ -76,23 +53,12 @@ export class ProcessCluster implements ChaosCluster {
   static async start(options: ProcessClusterOptions): Promise<ProcessCluster> {
     const dir = await mkdtemp(join(tmpdir(), 'kv-chaos-'))
     const nodes: Member[] = []
-    const used = new Set<number>()
-    const port = async () => {
-      for (;;) {
-        const p = await freePort()
-        if (!used.has(p)) {
-          used.add(p)
-          return p
-        }
-      }
-    }
     for (let i = 1; i <= options.nodes; i++) {
       nodes.push({
         id: `n${i}`,
-        url: `https://127.0.0.1:${await port()}`,
-        peerUrl: `https://127.0.0.1:${await port()}`,
-        child: null,
-        exited: Promise.resolve(),
+        url: `https://127.0.0.1:${await freePort()}`,
+        peerUrl: `https://127.0.0.1:${await freePort()}`,
+        process: null,
       })
     }
     const cluster = new ProcessCluster(dir, nodes, options)
@@ -113,8 +79,7 @@ export class ProcessCluster implements ChaosCluster {
   }
 
   isRunning(id: string): boolean {
-    const child = this.member(id).child
-    return child !== null && child.exitCode === null && child.signalCode === null
+    return this.member(id).process?.running() ?? false
   }
 
   async start(id: string): Promise<void> {
@@ -122,11 +87,9 @@ export class ProcessCluster implements ChaosCluster {
     if (this.isRunning(id)) return
     const logDir = this.options.logDir ?? join(this.dir, 'logs')
     await mkdir(logDir, { recursive: true })
-    const log = createWriteStream(join(logDir, `${id}.log`), { flags: 'a' })
-    const child = spawn(
-      process.execPath,
-      [
-        kvNodeBin,
+    const output = createWriteStream(join(logDir, `${id}.log`), { flags: 'a' })
+    m.process = await startKvNode({
+      args: [
         '--id',
         id,
         '--data-dir',
@@ -139,35 +102,29 @@ export class ProcessCluster implements ChaosCluster {
         this.options.security.certsDir,
         ...(this.options.args ?? []),
       ],
-      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.options.env } },
-    )
-    child.stdout?.pipe(log)
-    child.stderr?.pipe(log)
-    m.child = child
-    children.add(child)
-    m.exited = new Promise((resolve) =>
-      child.once('exit', () => {
-        children.delete(child)
-        resolve()
-      }),
-    )
-    await waitReady(m, 20_000, () => this.isRunning(id))
+      ...(this.options.env !== undefined ? { env: this.options.env } : {}),
+      output,
+      keepLogs: false,
+      readyUrl: m.url,
+      timeoutMs: 20_000,
+    })
+    m.process.child.once('close', () => output.end())
   }
 
   async kill(id: string): Promise<void> {
     const m = this.member(id)
     if (!this.isRunning(id)) return
-    m.child?.kill('SIGCONT')
-    m.child?.kill('SIGKILL')
-    await m.exited
+    m.process?.child.kill('SIGCONT')
+    m.process?.child.kill('SIGKILL')
+    await m.process?.exited
   }
 
   async pause(id: string): Promise<void> {
-    if (this.isRunning(id)) this.member(id).child?.kill('SIGSTOP')
+    if (this.isRunning(id)) this.member(id).process?.child.kill('SIGSTOP')
   }
 
   async resume(id: string): Promise<void> {
-    if (this.isRunning(id)) this.member(id).child?.kill('SIGCONT')
+    if (this.isRunning(id)) this.member(id).process?.child.kill('SIGCONT')
   }
 
   private unsupported(what: string): never {
@@ -199,10 +156,7 @@ export class ProcessCluster implements ChaosCluster {
   async stop(): Promise<void> {
     await Promise.all(
       this.nodes.map(async (m) => {
-        if (!this.isRunning(m.id)) return
-        m.child?.kill('SIGCONT')
-        m.child?.kill('SIGKILL')
-        await m.exited
+        await this.kill(m.id)
       }),
     )
     await rm(this.dir, { recursive: true, force: true })

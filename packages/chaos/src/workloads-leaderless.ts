@@ -18,6 +18,7 @@
  * left the value on the coordinator or on a replica, and a timeout may have done anything.
  * After an info the client retires and its successor gets a new process number.
  */
+import { keyPath } from '@kvstore/client'
 import { Pool } from 'undici'
 import type { ChaosCluster, ChaosNode } from './cluster.js'
 import { prng } from './nemesis.js'
@@ -76,9 +77,6 @@ export class NodePools {
   }
 }
 
-export const keyPath = (key: string): string =>
-  `/v1/kv/${key.split('/').map(encodeURIComponent).join('/')}`
-
 function errorCode(status: number, body: string): string {
   try {
     return (JSON.parse(body) as { error?: { code?: string } }).error?.code ?? `HTTP ${status}`
@@ -132,7 +130,7 @@ export function llRegisterWorkload(options: WorkloadOptions, quorums: Leaderless
         const res = await pools.send(
           node,
           'PUT',
-          `${keyPath(key)}?w=${quorums.w}&sloppy=${quorums.sloppy}`,
+          `/v1/kv/${keyPath(key)}?w=${quorums.w}&sloppy=${quorums.sloppy}`,
           String(value),
           context === undefined ? {} : { 'kv-context': context },
         )
@@ -210,7 +208,11 @@ export function llRegisterWorkload(options: WorkloadOptions, quorums: Leaderless
       node = pick()
       history.record({ process, f: 'read', type: 'invoke', key, value: null })
       try {
-        const res = await pools.send(node, 'GET', `${keyPath(key)}?r=${quorums.r}&format=json`)
+        const res = await pools.send(
+          node,
+          'GET',
+          `/v1/kv/${keyPath(key)}?r=${quorums.r}&format=json`,
+        )
         if (res.status === 200) {
           const body = JSON.parse(res.body) as { siblings: { valueBase64: string }[] }
           const seen = body.siblings.map((s) =>
@@ -296,7 +298,7 @@ export function llSetWorkload(options: WorkloadOptions, quorums: LeaderlessQuoru
         const res = await pools.send(
           node,
           'PUT',
-          `${keyPath(setKey(value))}?w=${quorums.w}&sloppy=${quorums.sloppy}`,
+          `/v1/kv/${keyPath(setKey(value))}?w=${quorums.w}&sloppy=${quorums.sloppy}`,
           '1',
         )
         if (res.status === 200) {
@@ -379,7 +381,11 @@ async function finalRead(
           const node = nodes[(i + attempt) % Math.max(1, nodes.length)]
           if (node === undefined) break
           try {
-            const res = await pools.send(node, 'GET', `${keyPath(setKey(value))}?r=${quorums.r}`)
+            const res = await pools.send(
+              node,
+              'GET',
+              `/v1/kv/${keyPath(setKey(value))}?r=${quorums.r}`,
+            )
             if (res.status === 200 || res.status === 300) answer = true
             else if (res.status === 404) answer = false
             else {

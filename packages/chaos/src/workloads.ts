@@ -19,7 +19,7 @@
  * a read); anything else (timeouts, a deposed leader, a lost connection) is `info`, and the
  * client retires: its successor gets a new process number.
  */
-import { KvClient, KvError } from '@kvstore/client'
+import { KvClient, KvError, keyPath } from '@kvstore/client'
 import { Pool } from 'undici'
 import type { ChaosCluster } from './cluster.js'
 import { prng } from './nemesis.js'
@@ -238,7 +238,7 @@ function registerWorkload(options: WorkloadOptions): Workload {
   const clients: BoundClient[] = []
   let stopping = false
   let nextProcess = options.clients
-  const path = (key: string) => `/v1/kv/${key.split('/').map(encodeURIComponent).join('/')}`
+  const path = (key: string) => `/v1/kv/${keyPath(key)}`
   const nodeOf = (url: string) => cluster.nodes.find((n) => n.url === url)?.id ?? url
 
   /** A linearizable read: [value, version, node], or an error code. */

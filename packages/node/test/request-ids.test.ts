@@ -4,9 +4,9 @@
  * 409 KV_ERR_REQUEST_ID_REUSED, writing nothing. Standalone (the single-leader write path)
  * and leaderless nodes, in process, through fastify's inject.
  */
-import { createServer } from 'node:net'
 import type { InjectOptions, LightMyRequestResponse } from 'fastify'
 import { HashRing } from '@kvstore/core'
+import { freePort } from '@kvstore/testkit'
 import { errorOf, startTestNode, type TestNode } from './helpers.js'
 
 const nodes: TestNode[] = []
@@ -118,19 +118,6 @@ describe('a standalone node', () => {
     expect(t.node.store.appliedLsn).toBe(1)
   })
 })
-
-async function freePort(): Promise<number> {
-  return new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() =>
-        resolve(typeof address === 'object' && address !== null ? address.port : 0),
-      )
-    })
-  })
-}
 
 /** Leaderless members in this process, N = 1, one data directory each. */
 async function leaderless(size: number): Promise<TestNode[]> {

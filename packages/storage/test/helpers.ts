@@ -59,4 +59,4 @@ export async function dump(store: Store): Promise<Record<string, string>> {
 }
 
 /** The project's seeded PRNG, as a `Math.random`-shaped draw. */
-export { prng as prngFor } from '@kvstore/core'
+export { prng as prngFor } from '@kvstore/testkit'

@@ -1,101 +1,104 @@
 /**
- * Real multi-process clusters for tests: kv-node processes on free loopback ports, with the
- * faults a test needs (SIGSTOP, SIGCONT, kill -9, restart).
+ * Real single-leader clusters for tests and benchmarks: kv-node processes on free loopback
+ * ports, with the faults a test needs (SIGSTOP, SIGCONT, kill -9, restart).
  */
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { startNodeProcess, type NodeProcess } from './node-process.js'
+import {
+  getJson,
+  lastLogs,
+  membersFlag,
+  newMembers,
+  securityOf,
+  type ClusterMember,
+  type ClusterOptions,
+} from './members.js'
+import { startNodeProcess, terminate } from './node-process.js'
+import type { NodeSecurity } from './security.js'
 
-export interface ClusterMember {
-  id: string
-  url: string
-  peerUrl: string
-  dataDir: string
-  process: NodeProcess | null
-}
+export type { ClusterMember, ClusterOptions } from './members.js'
 
-/** Ports handed out by this test process: the OS may offer a just-closed one again. */
-const handedOut = new Set<number>()
-
-/** A port that was free on 127.0.0.1 a moment ago, and not handed out before by this process. */
-export async function freePort(): Promise<number> {
-  for (;;) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const server = createServer()
-      server.once('error', reject)
-      server.listen(0, '127.0.0.1', () => {
-        const address = server.address()
-        const port = typeof address === 'object' && address !== null ? address.port : 0
-        server.close(() => resolve(port))
-      })
-    })
-    if (!handedOut.has(port)) {
-      handedOut.add(port)
-      return port
-    }
-  }
+interface LeaderView {
+  self: string
+  leaderId: string | null
+  writable: boolean
+  members: { id: string; connected?: boolean }[]
 }
 
 export class TestCluster {
   readonly members: ClusterMember[]
   readonly dir: string
   private readonly args: string[]
+  private readonly options: ClusterOptions
+  private readonly security: NodeSecurity
+  /** Whether stop() deletes `dir` (only when the cluster made it). */
+  private readonly ownDir: boolean
   /** The leader as last found by waitForLeader. */
   private leaderId: string
 
-  private constructor(dir: string, members: ClusterMember[], args: string[]) {
+  private constructor(
+    dir: string,
+    ownDir: boolean,
+    members: ClusterMember[],
+    args: string[],
+    options: ClusterOptions,
+  ) {
     this.leaderId = (members[0] as ClusterMember).id
     this.dir = dir
+    this.ownDir = ownDir
     this.members = members
     this.args = args
+    this.options = options
+    this.security = securityOf(options)
   }
 
   /**
    * Starts `size` nodes and waits until a leader takes writes (the first member is the
    * preferred leader, so usually it). `args` go to every node.
    */
-  static async start(size = 3, args: string[] = []): Promise<TestCluster> {
-    const dir = await mkdtemp(join(tmpdir(), 'kv-cluster-'))
-    const members: ClusterMember[] = []
-    for (let i = 1; i <= size; i++) {
-      members.push({
-        id: `n${i}`,
-        url: `https://127.0.0.1:${await freePort()}`,
-        peerUrl: `https://127.0.0.1:${await freePort()}`,
-        dataDir: join(dir, `n${i}`),
-        process: null,
-      })
+  static async start(
+    size = 3,
+    args: string[] = [],
+    options: ClusterOptions = {},
+  ): Promise<TestCluster> {
+    const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'kv-cluster-')))
+    const members = await newMembers(size, dir, securityOf(options))
+    const cluster = new TestCluster(dir, options.dir === undefined, members, args, options)
+    try {
+      await Promise.all(members.map((m) => cluster.startMember(m.id)))
+      await cluster.waitForLeader()
+    } catch (err) {
+      await cluster.stop()
+      throw err
     }
-    const cluster = new TestCluster(dir, members, args)
-    await Promise.all(members.map((m) => cluster.startMember(m.id)))
-    await cluster.waitForLeader()
     return cluster
   }
 
   /**
-   * Waits until one running member takes writes and every other running member follows it;
-   * returns it (also as `leader` from then on).
+   * Waits until one running member takes writes and every other running member follows it
+   * (and, with `connected`, the leader sees every running member connected); returns it (also
+   * as `leader` from then on).
    */
-  async waitForLeader(timeoutMs = 30_000): Promise<ClusterMember> {
+  async waitForLeader(
+    timeoutMs = 30_000,
+    options: { connected?: boolean } = {},
+  ): Promise<ClusterMember> {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       const running = this.members.filter((m) => m.process !== null)
       const views = await Promise.all(
-        running.map((m) =>
-          fetch(`${m.url}/v1/cluster`, { signal: AbortSignal.timeout(1000) })
-            .then(
-              (r) =>
-                r.json() as Promise<{ self: string; leaderId: string | null; writable: boolean }>,
-            )
-            .catch(() => null),
-        ),
+        running.map((m) => getJson<LeaderView>(`${m.url}/v1/cluster`)),
       )
       const writable = views.filter((v) => v?.writable === true)
       if (writable.length === 1) {
-        const id = (writable[0] as { self: string }).self
-        if (views.every((v) => v?.leaderId === id)) {
+        const view = writable[0] as LeaderView
+        const id = view.self
+        if (
+          views.every((v) => v?.leaderId === id) &&
+          (!options.connected ||
+            running.every((m) => view.members.find((x) => x.id === m.id)?.connected))
+        ) {
           this.leaderId = id
           return this.member(id)
         }
@@ -108,7 +111,7 @@ export class TestCluster {
   }
 
   get membersFlag(): string {
-    return this.members.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
+    return membersFlag(this.members)
   }
 
   member(id: string): ClusterMember {
@@ -125,48 +128,57 @@ export class TestCluster {
     return this.members.filter((m) => m.id !== this.leaderId)
   }
 
+  /** Starts a stopped member on its ports and data directory (with `extra` arguments). */
   async startMember(id: string, extra: string[] = []): Promise<void> {
     const member = this.member(id)
-    member.process = await startNodeProcess([
-      '--id',
-      id,
-      '--data-dir',
-      member.dataDir,
-      '--members',
-      this.membersFlag,
-      ...this.args,
-      ...extra,
-    ])
+    const keepLogs = this.options.keepLogs ?? true
+    member.process = await startNodeProcess(
+      [
+        '--id',
+        id,
+        '--data-dir',
+        member.dataDir,
+        '--members',
+        this.membersFlag,
+        ...this.args,
+        ...extra,
+      ],
+      15_000,
+      {
+        security: this.security,
+        cluster: true,
+        keepLogs,
+        ...(keepLogs ? {} : { readyUrl: member.url }),
+        ...(this.options.logLevel !== undefined ? { logLevel: this.options.logLevel } : {}),
+        ...(this.options.inheritStderr ? { inheritStderr: true } : {}),
+      },
+    )
   }
 
   /** SIGKILL, and wait for the process to be gone. */
   async kill(id: string): Promise<void> {
     const member = this.member(id)
     if (!member.process) return
-    process.kill(member.process.pid, 'SIGKILL')
+    member.process.child.kill('SIGKILL')
     await member.process.exited
     member.process = null
   }
 
-  /** SIGTERM, and wait for a clean exit. */
+  /** SIGTERM (SIGKILL after 15 s), and wait for the exit; returns the exit code. */
   async stopMember(id: string): Promise<number | null> {
     const member = this.member(id)
     if (!member.process) return null
-    process.kill(member.process.pid, 'SIGCONT')
-    process.kill(member.process.pid, 'SIGTERM')
-    const { code } = await member.process.exited
+    const code = await terminate(member.process)
     member.process = null
     return code
   }
 
   pause(id: string): void {
-    const pid = this.member(id).process?.pid
-    if (pid !== undefined) process.kill(pid, 'SIGSTOP')
+    this.member(id).process?.child.kill('SIGSTOP')
   }
 
   resume(id: string): void {
-    const pid = this.member(id).process?.pid
-    if (pid !== undefined) process.kill(pid, 'SIGCONT')
+    this.member(id).process?.child.kill('SIGCONT')
   }
 
   async status(
@@ -211,25 +223,18 @@ export class TestCluster {
               .catch((err: unknown) => String(err)),
           ),
         )
-        const logs = running
-          .filter((_, i) => (applied[i] ?? 0) < target)
-          .map(
-            (m) =>
-              `${m.id}:\n${(m.process?.logs ?? [])
-                .slice(-40)
-                .map((l) => JSON.stringify(l))
-                .join('\n')}`,
-          )
+        const behind = running.filter((_, i) => (applied[i] ?? 0) < target)
         throw new Error(
-          `members did not reach LSN ${target}: ${applied.join(', ')}\n${views.join('\n')}\n${logs.join('\n')}`,
+          `members did not reach LSN ${target}: ${applied.join(', ')}\n${views.join('\n')}\n${lastLogs(behind)}`,
         )
       }
       await new Promise((resolve) => setTimeout(resolve, 50))
     }
   }
 
+  /** Stops every member (SIGTERM) and deletes the data the cluster made. */
   async stop(): Promise<void> {
     await Promise.all(this.members.map((m) => this.stopMember(m.id).catch(() => null)))
-    await rm(this.dir, { recursive: true, force: true })
+    if (this.ownDir) await rm(this.dir, { recursive: true, force: true })
   }
 }

@@ -1,5 +1,5 @@
 /**
- * Real leaderless clusters for tests: kv-node processes started with `--mode leaderless` on
+ * Real leaderless clusters for tests and benchmarks: kv-node processes started with `--mode leaderless` on
  * free loopback ports, each with its own data directory, with the faults a test needs (kill -9,
  * SIGSTOP, SIGCONT, restart on the same data).
  *
@@ -11,19 +11,20 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { freePort } from './cluster.js'
-import { startNodeProcess, type NodeProcess } from './node-process.js'
+import { keyPath } from '@kvstore/client'
+import {
+  getJson,
+  lastLogs,
+  membersFlag,
+  newMembers,
+  securityOf,
+  type ClusterMember,
+  type ClusterOptions,
+} from './members.js'
+import { startNodeProcess, terminate } from './node-process.js'
+import type { NodeSecurity } from './security.js'
 
-export interface LeaderlessMember {
-  id: string
-  /** Client URL (HTTP API). */
-  url: string
-  /** Peer URL (node-to-node). */
-  peerUrl: string
-  dataDir: string
-  /** The running process; null while stopped. */
-  process: NodeProcess | null
-}
+export type LeaderlessMember = ClusterMember
 
 /** A member as its own GET /v1/cluster shows the others. */
 interface ViewMember {
@@ -31,56 +32,43 @@ interface ViewMember {
   up: boolean
 }
 
-/** Processes started here and still running: killed if the test process exits without close(). */
-const live = new Set<number>()
-process.once('exit', () => {
-  for (const pid of live) {
-    try {
-      process.kill(pid, 'SIGKILL')
-    } catch {
-      // already gone
-    }
-  }
-})
-
-async function getJson<T>(url: string, timeoutMs = 1000): Promise<T | null> {
-  try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) })
-    return res.ok ? ((await res.json()) as T) : null
-  } catch {
-    return null
-  }
-}
-
 export class LeaderlessCluster {
   readonly members: LeaderlessMember[]
   /** Parent of every member's data directory; deleted by close(). */
   readonly dir: string
   private readonly args: string[]
+  private readonly options: ClusterOptions
+  private readonly security: NodeSecurity
+  /** Whether close() deletes `dir` (only when the cluster made it). */
+  private readonly ownDir: boolean
 
-  private constructor(dir: string, members: LeaderlessMember[], args: string[]) {
+  private constructor(
+    dir: string,
+    ownDir: boolean,
+    members: LeaderlessMember[],
+    args: string[],
+    options: ClusterOptions,
+  ) {
     this.dir = dir
+    this.ownDir = ownDir
     this.members = members
     this.args = args
+    this.options = options
+    this.security = securityOf(options)
   }
 
   /**
    * Starts `size` nodes (n1..nSize) in leaderless mode, each given `args` as well, and waits
    * until every one answers /ready and sees every other one up.
    */
-  static async start(size = 5, args: string[] = []): Promise<LeaderlessCluster> {
-    const dir = await mkdtemp(join(tmpdir(), 'kv-leaderless-'))
-    const members: LeaderlessMember[] = []
-    for (let i = 1; i <= size; i++) {
-      members.push({
-        id: `n${i}`,
-        url: `https://127.0.0.1:${await freePort()}`,
-        peerUrl: `https://127.0.0.1:${await freePort()}`,
-        dataDir: join(dir, `n${i}`),
-        process: null,
-      })
-    }
-    const cluster = new LeaderlessCluster(dir, members, args)
+  static async start(
+    size = 5,
+    args: string[] = [],
+    options: ClusterOptions = {},
+  ): Promise<LeaderlessCluster> {
+    const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'kv-leaderless-')))
+    const members = await newMembers(size, dir, securityOf(options))
+    const cluster = new LeaderlessCluster(dir, options.dir === undefined, members, args, options)
     try {
       await Promise.all(members.map((m) => cluster.startMember(m.id)))
       await cluster.waitForViews()
@@ -93,7 +81,7 @@ export class LeaderlessCluster {
 
   /** `--members` as every node gets it: id@clientURL@peerURL, comma-separated. */
   get membersFlag(): string {
-    return this.members.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
+    return membersFlag(this.members)
   }
 
   /** Members whose process runs. */
@@ -123,21 +111,30 @@ export class LeaderlessCluster {
   async startMember(id: string, extra: string[] = []): Promise<void> {
     const member = this.member(id)
     if (member.process !== null) throw new Error(`${id} is running already`)
-    member.process = await startNodeProcess([
-      '--mode',
-      'leaderless',
-      '--id',
-      id,
-      '--data-dir',
-      member.dataDir,
-      '--members',
-      this.membersFlag,
-      ...this.args,
-      ...extra,
-    ])
-    const pid = member.process.pid
-    live.add(pid)
-    void member.process.exited.then(() => live.delete(pid))
+    const keepLogs = this.options.keepLogs ?? true
+    member.process = await startNodeProcess(
+      [
+        '--mode',
+        'leaderless',
+        '--id',
+        id,
+        '--data-dir',
+        member.dataDir,
+        '--members',
+        this.membersFlag,
+        ...this.args,
+        ...extra,
+      ],
+      15_000,
+      {
+        security: this.security,
+        cluster: true,
+        keepLogs,
+        ...(keepLogs ? {} : { readyUrl: member.url }),
+        ...(this.options.logLevel !== undefined ? { logLevel: this.options.logLevel } : {}),
+        ...(this.options.inheritStderr ? { inheritStderr: true } : {}),
+      },
+    )
     await this.waitForReady(id)
   }
 
@@ -146,20 +143,18 @@ export class LeaderlessCluster {
     const member = this.member(id)
     const proc = member.process
     if (!proc) return
-    process.kill(proc.pid, 'SIGCONT')
-    process.kill(proc.pid, 'SIGKILL')
+    proc.child.kill('SIGCONT')
+    proc.child.kill('SIGKILL')
     await proc.exited
     member.process = null
   }
 
-  /** SIGTERM, and wait for the clean exit; returns the exit code. */
+  /** SIGTERM (SIGKILL after 15 s), and wait for the exit; returns the exit code. */
   async terminate(id: string): Promise<number | null> {
     const member = this.member(id)
     const proc = member.process
     if (!proc) return null
-    process.kill(proc.pid, 'SIGCONT')
-    process.kill(proc.pid, 'SIGTERM')
-    const { code } = await proc.exited
+    const code = await terminate(proc)
     member.process = null
     return code
   }
@@ -172,13 +167,11 @@ export class LeaderlessCluster {
 
   /** SIGSTOP: the process stays, but answers nothing until resume(). */
   pause(id: string): void {
-    const pid = this.member(id).process?.pid
-    if (pid !== undefined) process.kill(pid, 'SIGSTOP')
+    this.member(id).process?.child.kill('SIGSTOP')
   }
 
   resume(id: string): void {
-    const pid = this.member(id).process?.pid
-    if (pid !== undefined) process.kill(pid, 'SIGCONT')
+    this.member(id).process?.child.kill('SIGCONT')
   }
 
   /** Waits until the member answers GET /ready with 200. */
@@ -240,7 +233,7 @@ export class LeaderlessCluster {
       timestamp: string
     }[]
   } | null> {
-    const path = key.split('/').map(encodeURIComponent).join('/')
+    const path = keyPath(key)
     const res = await fetch(`${this.member(id).url}/admin/v1/local/${path}`)
     if (res.status === 404) {
       await res.arrayBuffer()
@@ -260,20 +253,15 @@ export class LeaderlessCluster {
 
   /** The last log lines of every member (or of `ids`), for a failure message. */
   logs(ids: string[] = this.members.map((m) => m.id), lines = 40): string {
-    return ids
-      .map((id) => {
-        const logs = this.member(id).process?.logs ?? []
-        return `${id}:\n${logs
-          .slice(-lines)
-          .map((l) => JSON.stringify(l))
-          .join('\n')}`
-      })
-      .join('\n')
+    return lastLogs(
+      ids.map((id) => this.member(id)),
+      lines,
+    )
   }
 
   /** Kills every member still running (kill -9) and deletes the data directories. */
   async close(): Promise<void> {
     await Promise.all(this.members.map((m) => this.stop(m.id).catch(() => {})))
-    await rm(this.dir, { recursive: true, force: true })
+    if (this.ownDir) await rm(this.dir, { recursive: true, force: true })
   }
 }

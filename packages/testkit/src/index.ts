@@ -1,0 +1,18 @@
+/**
+ * @kvstore/testkit: what every test and benchmark shares. Private: shipped code never imports
+ * it. The process launcher and free ports come from the chaos suite (shipped, so it cannot
+ * import this kit); the PRNG from the core.
+ */
+export { assertBuilt, freePort, kvNodeBin } from '@kvstore/chaos'
+export { keyPath } from '@kvstore/client'
+export { TestCluster, type ClusterMember, type ClusterOptions } from './cluster.js'
+export { LeaderlessCluster, type LeaderlessMember } from './leaderless-cluster.js'
+export {
+  startNodeProcess,
+  terminate,
+  type NodeProcess,
+  type NodeProcessOptions,
+} from './node-process.js'
+export { Prng, prng, testSeed } from './seed.js'
+export { nodeSecurity, useNodeSecurity, type NodeSecurity } from './security.js'
+export { until, waitFor } from './wait.js'
