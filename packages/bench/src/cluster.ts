@@ -17,20 +17,16 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
-import {
-  check,
-  ensureWrk,
-  fmt,
-  gitCommit,
-  histogram,
-  percentile,
-  say,
-  sleep,
-  writeReport,
-} from './common.js'
+import { ensureWrk, fmt, histogram, percentile, say, sleep } from './common.js'
 import { cpuCapper } from './cpu-cap.js'
-import { pidOf, startBenchCluster, type BenchCluster, type BenchMember } from './node-process.js'
-import { cpuSeconds, machine } from './proc.js'
+import {
+  cpuMeter,
+  pidOf,
+  startBenchCluster,
+  type BenchCluster,
+  type BenchMember,
+} from './node-process.js'
+import { coresCell, publish, rateCells, targetTable } from './report.js'
 import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
@@ -124,24 +120,6 @@ function sampleLag(cluster: BenchCluster, everyMs = 20): { stop(): Promise<LagSu
         p99Ms: percentile(samples, 99),
         maxMs: samples.length === 0 ? 0 : Math.max(...samples),
       }
-    },
-  }
-}
-
-/** CPU per member, in cores, over a stretch of wall time. */
-async function cpuMeter(
-  members: BenchMember[],
-): Promise<{ stop(): Promise<Record<string, number>> }> {
-  const before = new Map<string, number>()
-  for (const m of members) before.set(m.id, await cpuSeconds(pidOf(m)))
-  const started = performance.now()
-  return {
-    async stop() {
-      const wallS = (performance.now() - started) / 1000
-      const cores: Record<string, number> = {}
-      for (const m of members)
-        cores[m.id] = ((await cpuSeconds(pidOf(m))) - (before.get(m.id) ?? 0)) / wallS
-      return cores
     },
   }
 }
@@ -381,69 +359,74 @@ export async function runClusterBench(options: ClusterOptions): Promise<void> {
     readScaling: { target: 2.7, actual: scaling },
   }
 
-  const cores = (c: Record<string, number>) =>
-    Object.entries(c)
-      .map(([id, v]) => `${id} ${fmt(v, 2)}`)
-      .join(', ')
   const writeRows = writes.map(
     (w) =>
-      `| PUT ack=${w.ack} | ${fmt(w.result.throughput)} | ${fmt(w.result.latencyMs.p50, 2)} | ${fmt(w.result.latencyMs.p99, 2)} | ${fmt(w.result.latencyMs.p999, 2)} | ${w.result.errors} | ${fmt(w.lag.p50Ms)} / ${fmt(w.lag.p99Ms)} | ${w.leaderEntriesPerBatch === null ? '' : fmt(w.leaderEntriesPerBatch, 1)} | ${w.entriesPerFrame === null ? '' : fmt(w.entriesPerFrame, 1)} | ${cores(w.nodeCores)} | ${fmt(w.result.loadGeneratorCores, 2)} |`,
+      `| PUT ack=${w.ack} | ${rateCells(w.result)} | ${w.result.errors} | ${fmt(w.lag.p50Ms)} / ${fmt(w.lag.p99Ms)} | ${w.leaderEntriesPerBatch === null ? '' : fmt(w.leaderEntriesPerBatch, 1)} | ${w.entriesPerFrame === null ? '' : fmt(w.entriesPerFrame, 1)} | ${coresCell(w.nodeCores)} | ${fmt(w.result.loadGeneratorCores, 2)} |`,
   )
   for (const p of paced) {
     writeRows.push(
-      `| PUT ack=quorum, open-loop at ${fmt(p.targetRate)}/s (${p.share * 100}%) | ${fmt(p.result.throughput)} | ${fmt(p.result.latencyMs.p50, 2)} | ${fmt(p.result.latencyMs.p99, 2)} | ${fmt(p.result.latencyMs.p999, 2)} | ${p.result.errors} | ${fmt(p.lag.p50Ms)} / ${fmt(p.lag.p99Ms)} | | | ${cores(p.nodeCores)} | ${fmt(p.result.loadGeneratorCores, 2)} |`,
+      `| PUT ack=quorum, open-loop at ${fmt(p.targetRate)}/s (${p.share * 100}%) | ${rateCells(p.result)} | ${p.result.errors} | ${fmt(p.lag.p50Ms)} / ${fmt(p.lag.p99Ms)} | | | ${coresCell(p.nodeCores)} | ${fmt(p.result.loadGeneratorCores, 2)} |`,
     )
   }
   const readRows = reads.map(
     (r) =>
-      `| GET ${r.name} | ${fmt(r.throughput)} | ${fmt(r.latencyMs.p50, 2)} | ${fmt(r.latencyMs.p99, 2)} | ${fmt(r.latencyMs.p999, 2)} | ${r.errors} | ${cores(r.nodeCores)} | ${fmt(r.loadGeneratorCores, 2)} |`,
+      `| GET ${r.name} | ${rateCells(r)} | ${r.errors} | ${coresCell(r.nodeCores)} | ${fmt(r.loadGeneratorCores, 2)} |`,
   )
-  const targetRows = [
-    `| ack=quorum throughput | >= 13,000/s | ${fmt(targets.quorumWritesPerSecond.actual)}/s | ${check(targets.quorumWritesPerSecond.actual >= 13_000)} |`,
-    `| ack=quorum p99 | <= 30 ms | ${fmt(targets.quorumP99Ms.actual, 2)} ms | ${check(targets.quorumP99Ms.actual <= 30)} |`,
-    `| ack=async throughput | >= 25,000/s | ${fmt(targets.asyncWritesPerSecond.actual)}/s | ${check(targets.asyncWritesPerSecond.actual >= 25_000)} |`,
-    `| lag p99 at 80% of the quorum rate | <= 50 ms | ${fmt(targets.lagP99MsAt80PercentQuorum.actual)} ms | ${check(targets.lagP99MsAt80PercentQuorum.actual <= 50)} |`,
-    noCapReason === null
-      ? `| reads over 3 replicas vs the leader alone (${options.readCpuCap} CPU each) | >= 2.7x | ${fmt(scaling, 2)}x | ${check(scaling >= 2.7)} |`
-      : `| reads over 3 replicas vs the leader alone | >= 2.7x | not measured | ${noCapReason} |`,
-  ]
-  const host = await machine()
-  const commit = gitCommit()
-  const command = `pnpm bench --duration ${durationS} --connections ${connections} --value-bytes ${valueBytes} --get-keys ${getKeys} --read-cpu-cap ${options.readCpuCap}`
-  const markdown = [
-    `3-node single-leader cluster and wrk on one machine: ${connections} connections, ${valueBytes}-byte values, ${durationS} s per phase, fsync on.`,
-    `Machine: ${host.cores} x ${host.cpus}, ${host.memoryGiB} GiB; Node.js ${process.version}; commit ${commit}; ${new Date().toISOString()}.`,
-    `Command: \`${command}\``,
-    '',
-    '| writes (to the leader) | ops/s | p50 ms | p99 ms | p99.9 ms | errors | follower lag p50 / p99 ms | entries/disk batch | entries/frame | node CPU (cores) | load generator CPU |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|',
-    ...writeRows,
-    '',
-    ...(noCapReason === null
-      ? [
-          `| reads, every node capped at ${options.readCpuCap} CPU | ops/s | p50 ms | p99 ms | p99.9 ms | errors | node CPU (cores) | load generator CPU |`,
-          '|---|---:|---:|---:|---:|---:|---|---:|',
-          ...readRows,
-          '',
-          `Read scaling: all 3 replicas ${fmt(scaling, 2)}x the leader alone; the 2 followers ${fmt(followerScaling, 2)}x.`,
-        ]
-      : [`Reads were not measured: ${noCapReason}.`]),
-    '',
-    '| target | goal | measured | |',
-    '|---|---|---:|---|',
-    ...targetRows,
-  ].join('\n')
-  say(`\n${markdown}\n`)
-  const base = await writeReport(
-    options.out,
-    'cluster',
-    {
-      suite: 'cluster',
-      command,
-      commit,
-      date: new Date().toISOString(),
-      node: process.version,
-      machine: host,
+  await publish(options.out, {
+    suite: 'cluster',
+    command: `pnpm bench --duration ${durationS} --connections ${connections} --value-bytes ${valueBytes} --get-keys ${getKeys} --read-cpu-cap ${options.readCpuCap}`,
+    summary: `3-node single-leader cluster and wrk on one machine: ${connections} connections, ${valueBytes}-byte values, ${durationS} s per phase, fsync on.`,
+    body: [
+      '| writes (to the leader) | ops/s | p50 ms | p99 ms | p99.9 ms | errors | follower lag p50 / p99 ms | entries/disk batch | entries/frame | node CPU (cores) | load generator CPU |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|',
+      ...writeRows,
+      '',
+      ...(noCapReason === null
+        ? [
+            `| reads, every node capped at ${options.readCpuCap} CPU | ops/s | p50 ms | p99 ms | p99.9 ms | errors | node CPU (cores) | load generator CPU |`,
+            '|---|---:|---:|---:|---:|---:|---|---:|',
+            ...readRows,
+            '',
+            `Read scaling: all 3 replicas ${fmt(scaling, 2)}x the leader alone; the 2 followers ${fmt(followerScaling, 2)}x.`,
+          ]
+        : [`Reads were not measured: ${noCapReason}.`]),
+      '',
+      ...targetTable([
+        [
+          'ack=quorum throughput',
+          '>= 13,000/s',
+          `${fmt(targets.quorumWritesPerSecond.actual)}/s`,
+          targets.quorumWritesPerSecond.actual >= 13_000,
+        ],
+        [
+          'ack=quorum p99',
+          '<= 30 ms',
+          `${fmt(targets.quorumP99Ms.actual, 2)} ms`,
+          targets.quorumP99Ms.actual <= 30,
+        ],
+        [
+          'ack=async throughput',
+          '>= 25,000/s',
+          `${fmt(targets.asyncWritesPerSecond.actual)}/s`,
+          targets.asyncWritesPerSecond.actual >= 25_000,
+        ],
+        [
+          'lag p99 at 80% of the quorum rate',
+          '<= 50 ms',
+          `${fmt(targets.lagP99MsAt80PercentQuorum.actual)} ms`,
+          targets.lagP99MsAt80PercentQuorum.actual <= 50,
+        ],
+        noCapReason === null
+          ? [
+              `reads over 3 replicas vs the leader alone (${options.readCpuCap} CPU each)`,
+              '>= 2.7x',
+              `${fmt(scaling, 2)}x`,
+              scaling >= 2.7,
+            ]
+          : ['reads over 3 replicas vs the leader alone', '>= 2.7x', 'not measured', noCapReason],
+      ]),
+    ],
+    json: {
       cpuCap: { cores: options.readCpuCap, how: capper?.description ?? null, skipped: noCapReason },
       connections,
       valueBytes,
@@ -455,7 +438,5 @@ export async function runClusterBench(options: ClusterOptions): Promise<void> {
       readScaling: { allReplicas: scaling, followers: followerScaling },
       targets,
     },
-    markdown,
-  )
-  say(`wrote ${base}.json and ${base}.md`)
+  })
 }

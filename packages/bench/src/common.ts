@@ -1,7 +1,5 @@
-/** Helpers shared by the benchmark suites: output, wrk installation, metrics scraping, reports. */
+/** Helpers shared by the benchmark suites: output, wrk installation, metrics scraping. */
 import { execFileSync, spawnSync } from 'node:child_process'
-import { mkdir, writeFile } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
 import { wrkAvailable } from './wrk.js'
 
 export function say(text: string): void {
@@ -10,9 +8,6 @@ export function say(text: string): void {
 
 export const fmt = (n: number, digits = 0): string =>
   n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
-
-/** "met" or "MISSED", for the targets table. */
-export const check = (ok: boolean): string => (ok ? 'met' : 'MISSED')
 
 export function ensureWrk(): void {
   if (wrkAvailable()) return
@@ -51,39 +46,12 @@ export async function histogram(
   return { sum: read('sum'), count: read('count') }
 }
 
-export function gitCommit(): string {
-  try {
-    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'ignore'],
-    }).trim()
-  } catch {
-    return 'unknown'
-  }
-}
-
 /** The p-th percentile (0..100) of `values`, nearest rank; 0 for no values. */
 export function percentile(values: readonly number[], p: number): number {
   if (values.length === 0) return 0
   const sorted = [...values].sort((a, b) => a - b)
   const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))
   return sorted[rank] as number
-}
-
-/** Writes `<out>/<suite>-<time>.json` and `.md`, and returns the base path. */
-export async function writeReport(
-  out: string,
-  suite: string,
-  json: unknown,
-  markdown: string,
-): Promise<string> {
-  const outDir = resolve(out)
-  await mkdir(outDir, { recursive: true })
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-')
-  const base = join(outDir, `${suite}-${stamp}`)
-  await writeFile(`${base}.json`, `${JSON.stringify(json, null, 2)}\n`)
-  await writeFile(`${base}.md`, `${markdown}\n`)
-  return base
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))

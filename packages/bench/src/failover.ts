@@ -13,9 +13,9 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
-import { check, fmt, gitCommit, percentile, say, sleep, writeReport } from './common.js'
+import { fmt, percentile, say, sleep } from './common.js'
 import { startBenchCluster, type BenchCluster } from './node-process.js'
-import { machine } from './proc.js'
+import { publish, targetTable } from './report.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
 
 export interface FailoverOptions {
@@ -202,42 +202,20 @@ export async function runFailoverBench(options: FailoverOptions): Promise<void> 
     ],
     ['acknowledged writes lost', '0', String(summary.lostWrites), summary.lostWrites === 0],
   ] as const
-  const host = await machine()
-  const commit = gitCommit()
-  const command = `pnpm bench --suite failover --trials ${options.trials}`
-  const markdown = [
-    `kill -9 the leader of a 3-node cluster under 8 closed-loop SDK writers (ack=quorum), ${trials.length} trials, default timeouts (heartbeat 100 ms, election timeout 1000-2000 ms).`,
-    `Machine: ${host.cores} x ${host.cpus}, ${host.memoryGiB} GiB; Node.js ${process.version}; commit ${commit}; ${new Date().toISOString()}.`,
-    `Command: \`${command}\``,
-    '',
-    '| failover | p50 ms | p99 ms | max ms |',
-    '|---|---:|---:|---:|',
-    `| kill -9 to the next successful SDK write | ${fmt(summary.unavailableMs.p50)} | ${fmt(summary.unavailableMs.p99)} | ${fmt(summary.unavailableMs.max)} |`,
-    `| kill -9 to a writable leader in /v1/cluster | ${fmt(summary.electedMs.p50)} | ${fmt(summary.electedMs.p99)} | ${fmt(Math.max(...elected))} |`,
-    '',
-    `Elections per failover: ${fmt(summary.electionsPerFailover.mean, 2)} mean, ${summary.electionsPerFailover.max} max. SDK writes that failed: ${summary.failedWrites}. Acknowledged writes missing on the new leader: ${summary.lostWrites}.`,
-    '',
-    '| target | goal | measured | |',
-    '|---|---|---:|---|',
-    ...targets.map(
-      ([name, goal, measured, ok]) => `| ${name} | ${goal} | ${measured} | ${check(ok)} |`,
-    ),
-  ].join('\n')
-  say(`\n${markdown}\n`)
-  const base = await writeReport(
-    options.out,
-    'failover',
-    {
-      suite: 'failover',
-      command,
-      commit,
-      date: new Date().toISOString(),
-      node: process.version,
-      machine: host,
-      summary,
-      trials,
-    },
-    markdown,
-  )
-  say(`wrote ${base}.json and ${base}.md`)
+  await publish(options.out, {
+    suite: 'failover',
+    command: `pnpm bench --suite failover --trials ${options.trials}`,
+    summary: `kill -9 the leader of a 3-node cluster under 8 closed-loop SDK writers (ack=quorum), ${trials.length} trials, default timeouts (heartbeat 100 ms, election timeout 1000-2000 ms).`,
+    body: [
+      '| failover | p50 ms | p99 ms | max ms |',
+      '|---|---:|---:|---:|',
+      `| kill -9 to the next successful SDK write | ${fmt(summary.unavailableMs.p50)} | ${fmt(summary.unavailableMs.p99)} | ${fmt(summary.unavailableMs.max)} |`,
+      `| kill -9 to a writable leader in /v1/cluster | ${fmt(summary.electedMs.p50)} | ${fmt(summary.electedMs.p99)} | ${fmt(Math.max(...elected))} |`,
+      '',
+      `Elections per failover: ${fmt(summary.electionsPerFailover.mean, 2)} mean, ${summary.electionsPerFailover.max} max. SDK writes that failed: ${summary.failedWrites}. Acknowledged writes missing on the new leader: ${summary.lostWrites}.`,
+      '',
+      ...targetTable(targets),
+    ],
+    json: { summary, trials },
+  })
 }

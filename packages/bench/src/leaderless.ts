@@ -22,9 +22,10 @@ import { HashRing, prng } from '@kvstore/core'
 import { keyPath } from '@kvstore/client'
 import { Pool } from 'undici'
 import { benchSecurity, type SecurityProfile } from './security.js'
-import { fmt, gauge, gitCommit, percentile, say, sleep, writeReport } from './common.js'
-import { pidOf, startLeaderlessBenchCluster, type BenchMember } from './node-process.js'
-import { cpuSeconds, machine } from './proc.js'
+import { fmt, gauge, percentile, say, sleep } from './common.js'
+import { cpuMeter, startLeaderlessBenchCluster, type BenchMember } from './node-process.js'
+import { machine } from './proc.js'
+import { coresCell, publish, rateCells } from './report.js'
 
 export type Route = 'preference' | 'any'
 
@@ -213,24 +214,6 @@ async function closedLoop(options: {
   }
 }
 
-/** CPU per member, in cores, over a stretch of wall time. */
-async function cpuMeter(
-  members: BenchMember[],
-): Promise<{ stop(): Promise<Record<string, number>> }> {
-  const before = new Map<string, number>()
-  for (const m of members) before.set(m.id, await cpuSeconds(pidOf(m)))
-  const started = performance.now()
-  return {
-    async stop() {
-      const wallS = (performance.now() - started) / 1000
-      const cores: Record<string, number> = {}
-      for (const m of members)
-        cores[m.id] = ((await cpuSeconds(pidOf(m))) - (before.get(m.id) ?? 0)) / wallS
-      return cores
-    },
-  }
-}
-
 /** A counter summed over every node (0 where a node does not export it). */
 async function clusterCounter(members: BenchMember[], name: string): Promise<number> {
   let sum = 0
@@ -405,10 +388,6 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
     await rm(work, { recursive: true, force: true })
   }
 
-  const cores = (c: Record<string, number>) =>
-    Object.entries(c)
-      .map(([id, v]) => `${id} ${fmt(v, 2)}`)
-      .join(', ')
   const errorText = (r: LoadResult) =>
     r.errorCount === 0
       ? '0'
@@ -421,37 +400,24 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
         ? `PUT w=${p.quorum} (${p.replicasWaitedFor} of ${replicas})`
         : `GET r=${p.quorum} (${p.replicasWaitedFor} of ${replicas})`
     const r = p.result
-    return `| ${name} | ${fmt(r.throughput)} | ${fmt(r.latencyMs.p50, 2)} | ${fmt(r.latencyMs.p99, 2)} | ${fmt(r.latencyMs.p999, 2)} | ${errorText(r)} | ${p.operation === 'GET' ? `${r.notFound} / ${r.siblings}` : ''} | ${p.readRepairs} | ${p.hintsStored} | ${cores(p.nodeCores)} | ${fmt(r.loadGeneratorCores, 2)} |`
+    return `| ${name} | ${rateCells(r)} | ${errorText(r)} | ${p.operation === 'GET' ? `${r.notFound} / ${r.siblings}` : ''} | ${p.readRepairs} | ${p.hintsStored} | ${coresCell(p.nodeCores)} | ${fmt(r.loadGeneratorCores, 2)} |`
   })
-  const host = await machine()
-  const commit = gitCommit()
-  const command = `pnpm bench --mode leaderless --duration ${durationS} --connections ${connections} --value-bytes ${valueBytes} --get-keys ${getKeys} --nodes ${nodes} --replicas ${replicas} --route ${route}`
   const routeText =
     route === 'preference'
       ? "each request to the first member of its key's preference list"
       : 'requests round-robin over every node (a write outside its preference list is forwarded)'
-  const markdown = [
-    `${nodes}-node leaderless cluster (N=${replicas}, ${info?.vnodes ?? '?'} vnodes, conflicts=${info?.conflicts ?? '?'}) and the load generator on one machine: ${connections} closed-loop connections (undici, HTTP/1.1), ${routeText}; ${valueBytes}-byte values, fresh keys for writes, ${fmt(getKeys)} preloaded keys (w=all) for reads; ${durationS} s per row; fsync on.`,
-    `Machine: ${host.cores} x ${host.cpus}, ${host.memoryGiB} GiB; Node.js ${process.version}; commit ${commit}; ${new Date().toISOString()}.`,
-    `Command: \`${command}\``,
-    '',
-    '| operation | ops/s | p50 ms | p99 ms | p99.9 ms | errors | GET not found / siblings | read repairs | hints stored | node CPU (cores) | load generator CPU |',
-    '|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|',
-    ...rows,
-    '',
-    `Loading the ${fmt(getKeys)} read keys at w=all took ${prefill ? fmt(prefill.durationS, 1) : '?'} s. Every process shares ${host.cores} cores: the figures compare the quorums with each other on this machine and are no measure of capacity.`,
-  ].join('\n')
-  say(`\n${markdown}\n`)
-  const base = await writeReport(
-    options.out,
-    'leaderless',
-    {
-      suite: 'leaderless',
-      command,
-      commit,
-      date: new Date().toISOString(),
-      node: process.version,
-      machine: host,
+  await publish(options.out, {
+    suite: 'leaderless',
+    command: `pnpm bench --mode leaderless --duration ${durationS} --connections ${connections} --value-bytes ${valueBytes} --get-keys ${getKeys} --nodes ${nodes} --replicas ${replicas} --route ${route}`,
+    summary: `${nodes}-node leaderless cluster (N=${replicas}, ${info?.vnodes ?? '?'} vnodes, conflicts=${info?.conflicts ?? '?'}) and the load generator on one machine: ${connections} closed-loop connections (undici, HTTP/1.1), ${routeText}; ${valueBytes}-byte values, fresh keys for writes, ${fmt(getKeys)} preloaded keys (w=all) for reads; ${durationS} s per row; fsync on.`,
+    body: [
+      '| operation | ops/s | p50 ms | p99 ms | p99.9 ms | errors | GET not found / siblings | read repairs | hints stored | node CPU (cores) | load generator CPU |',
+      '|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|',
+      ...rows,
+      '',
+      `Loading the ${fmt(getKeys)} read keys at w=all took ${prefill ? fmt(prefill.durationS, 1) : '?'} s. Every process shares ${(await machine()).cores} cores: the figures compare the quorums with each other on this machine and are no measure of capacity.`,
+    ],
+    json: {
       nodes,
       replicas,
       vnodes: info?.vnodes ?? null,
@@ -464,7 +430,5 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
       prefill,
       phases,
     },
-    markdown,
-  )
-  say(`wrote ${base}.json and ${base}.md`)
+  })
 }

@@ -1,27 +1,4 @@
-/**
- * pnpm bench: runs a benchmark suite, prints a table and writes JSON and markdown to
- * bench-results/.
- *
- *   --suite cluster       (default) a 3-node single-leader cluster: writes per ack mode,
- *                         replication lag, CPU-capped read scaling. See cluster.ts.
- *   --suite single-node   one node: group commit, fsync on/off, reads. See single-node.ts.
- *   --suite failover      kill -9 the leader under SDK writes, --trials N times (default 10):
- *                         time to the next successful write, elections. See failover.ts.
- *   --mode leaderless     (or --suite leaderless) a 5-node leaderless cluster with N=3: writes
- *                         at w=1, quorum, all and reads at r=1, quorum, all. See leaderless.ts.
- *                         Also --nodes N (5), --replicas N (3), --route preference|any.
- *
- *   --suite security      plaintext, TLS, and TLS with token auth side by side on a 3-node
- *                         cluster, interleaved over --rounds N (2): quorum writes and follower
- *                         reads. See security-suite.ts.
- *
- * Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
- * --security tls or plaintext measure the other profiles.
- *
- * Options: --duration S (default 10), --connections N (64), --value-bytes N (100),
- * --get-keys N (100000; 20000 for leaderless), --read-cpu-cap CORES (0.5),
- * --out DIR (bench-results).
- */
+/** pnpm bench: runs a benchmark suite (`pnpm bench --help` prints the options below). */
 import { parseArgs } from 'node:util'
 import { runClusterBench } from './cluster.js'
 import { runFailoverBench } from './failover.js'
@@ -29,6 +6,30 @@ import { runLeaderlessBench } from './leaderless.js'
 import { runSingleNode } from './single-node.js'
 import { runSecurityBench } from './security-suite.js'
 import { securityProfiles, type SecurityProfile } from './security.js'
+
+const usage = `pnpm bench: runs a benchmark suite, prints a table and writes JSON and markdown to
+bench-results/.
+
+  --suite cluster       (default) a 3-node single-leader cluster: writes per ack mode,
+                        replication lag, CPU-capped read scaling. See cluster.ts.
+  --suite single-node   one node: group commit, fsync on/off, reads. See single-node.ts.
+  --suite failover      kill -9 the leader under SDK writes, --trials N times (default 10):
+                        time to the next successful write, elections. See failover.ts.
+  --mode leaderless     (or --suite leaderless) a 5-node leaderless cluster with N=3: writes
+                        at w=1, quorum, all and reads at r=1, quorum, all. See leaderless.ts.
+                        Also --nodes N (5), --replicas N (3), --route preference|any.
+
+  --suite security      plaintext, TLS, and TLS with token auth side by side on a 3-node
+                        cluster, interleaved over --rounds N (2): quorum writes and follower
+                        reads. See security-suite.ts.
+
+Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
+--security tls or plaintext measure the other profiles.
+
+Options: --duration S (default 10), --connections N (64), --value-bytes N (100),
+--get-keys N (100000; 20000 for leaderless), --read-cpu-cap CORES (0.5),
+--out DIR (bench-results).
+`
 
 async function main(): Promise<void> {
   const { values: opts } = parseArgs({
@@ -47,8 +48,13 @@ async function main(): Promise<void> {
       route: { type: 'string', default: 'preference' },
       security: { type: 'string', default: 'tls-auth' },
       rounds: { type: 'string', default: '2' },
+      help: { type: 'boolean', short: 'h' },
     },
   })
+  if (opts.help) {
+    process.stdout.write(usage)
+    return
+  }
   if (!(securityProfiles as readonly string[]).includes(String(opts.security))) {
     throw new Error(`--security must be one of ${securityProfiles.join(', ')}`)
   }

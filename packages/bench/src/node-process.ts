@@ -10,6 +10,7 @@ import {
   type ClusterOptions,
   type NodeProcess,
 } from '@kvstore/testkit'
+import { cpuSeconds } from './proc.js'
 import type { BenchSecurity } from './security.js'
 
 export type BenchNode = NodeProcess
@@ -56,4 +57,22 @@ export function startLeaderlessBenchCluster(
   args: string[] = [],
 ): Promise<LeaderlessCluster> {
   return LeaderlessCluster.start(n, args, quiet(dir, security))
+}
+
+/** CPU per member, in cores, over a stretch of wall time. */
+export async function cpuMeter(
+  members: BenchMember[],
+): Promise<{ stop(): Promise<Record<string, number>> }> {
+  const before = new Map<string, number>()
+  for (const m of members) before.set(m.id, await cpuSeconds(pidOf(m)))
+  const started = performance.now()
+  return {
+    async stop() {
+      const wallS = (performance.now() - started) / 1000
+      const cores: Record<string, number> = {}
+      for (const m of members)
+        cores[m.id] = ((await cpuSeconds(pidOf(m))) - (before.get(m.id) ?? 0)) / wallS
+      return cores
+    },
+  }
 }

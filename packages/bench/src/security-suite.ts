@@ -15,9 +15,10 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
-import { check, ensureWrk, fmt, gitCommit, say, writeReport } from './common.js'
+import { ensureWrk, fmt, say } from './common.js'
 import { pidOf, startBenchCluster } from './node-process.js'
-import { cpuSeconds, machine } from './proc.js'
+import { cpuSeconds } from './proc.js'
+import { publish, targetTable } from './report.js'
 import { benchSecurity, type SecurityProfile } from './security.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
 
@@ -147,33 +148,25 @@ export async function runSecurityBench(options: SecuritySuiteOptions): Promise<v
     const errors = ms.reduce((sum, m) => sum + m.quorumPut.errors + m.followerGet.errors, 0)
     return `| ${names[p]} | ${puts} | ${fmt((put(p) / base.put) * 100)}% | ${p99} | ${cpu} | ${gets} | ${fmt((get(p) / base.get) * 100)}% | ${errors} |`
   })
-  const host = await machine()
-  const commit = gitCommit()
-  const command = `pnpm bench --suite security --duration ${durationS} --rounds ${rounds} --connections ${connections} --value-bytes ${valueBytes}`
-  const markdown = [
-    `The cost of TLS and auth: a 3-node single-leader cluster per profile, wrk on the same machine, ${connections} connections, ${valueBytes}-byte values, ${durationS} s per phase, fsync on, ${rounds} interleaved rounds (each cell lists the rounds).`,
-    `Machine: ${host.cores} x ${host.cpus}, ${host.memoryGiB} GiB; Node.js ${process.version}; commit ${commit}; ${new Date().toISOString()}.`,
-    `Command: \`${command}\``,
-    '',
-    '| profile | PUT ack=quorum ops/s | vs plaintext | worst p99 ms | node CPU µs/write (3 nodes) | follower GET ops/s | vs plaintext | errors |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|',
-    ...rows,
-    '',
-    '| target | goal | measured | |',
-    '|---|---|---:|---|',
-    `| quorum writes with TLS and auth | lose at most 15% | lose ${fmt(lossPut * 100, 1)}% | ${check(lossPut <= 0.15)} |`,
-  ].join('\n')
-  say(`\n${markdown}\n`)
-  const outBase = await writeReport(
-    options.out,
-    'security',
-    {
-      suite: 'security',
-      command,
-      commit,
-      date: new Date().toISOString(),
-      node: process.version,
-      machine: host,
+  await publish(options.out, {
+    suite: 'security',
+    command: `pnpm bench --suite security --duration ${durationS} --rounds ${rounds} --connections ${connections} --value-bytes ${valueBytes}`,
+    summary: `The cost of TLS and auth: a 3-node single-leader cluster per profile, wrk on the same machine, ${connections} connections, ${valueBytes}-byte values, ${durationS} s per phase, fsync on, ${rounds} interleaved rounds (each cell lists the rounds).`,
+    body: [
+      '| profile | PUT ack=quorum ops/s | vs plaintext | worst p99 ms | node CPU µs/write (3 nodes) | follower GET ops/s | vs plaintext | errors |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|',
+      ...rows,
+      '',
+      ...targetTable([
+        [
+          'quorum writes with TLS and auth',
+          'lose at most 15%',
+          `lose ${fmt(lossPut * 100, 1)}%`,
+          lossPut <= 0.15,
+        ],
+      ]),
+    ],
+    json: {
       connections,
       valueBytes,
       durationS,
@@ -181,7 +174,5 @@ export async function runSecurityBench(options: SecuritySuiteOptions): Promise<v
       measurements,
       quorumPutLossWithTlsAndAuth: lossPut,
     },
-    markdown,
-  )
-  say(`wrote ${outBase}.json and ${outBase}.md`)
+  })
 }

@@ -14,10 +14,11 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
-import { check, ensureWrk, fmt, gauge, gitCommit, histogram, say, writeReport } from './common.js'
 import { terminate } from '@kvstore/testkit'
+import { ensureWrk, fmt, gauge, histogram, say } from './common.js'
 import { startBenchNode, type BenchNode } from './node-process.js'
-import { cpuSeconds, machine } from './proc.js'
+import { cpuSeconds } from './proc.js'
+import { publish, rateCells, targetTable } from './report.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
 
@@ -196,54 +197,47 @@ export async function runSingleNode(options: SingleNodeOptions): Promise<void> {
     groupCommitSpeedup: { target: 5, actual: ratio },
   }
 
-  const header =
-    '| scenario | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | entries/batch | batch write ms | read cache hits | node CPU (cores) | wrk CPU (cores) |'
   const rows = phases.map(
     (p) =>
-      `| ${p.scenario} | ${p.operation.toUpperCase()} | ${fmt(p.result.throughput)} | ${fmt(p.result.latencyMs.p50, 2)} | ${fmt(p.result.latencyMs.p99, 2)} | ${fmt(p.result.latencyMs.p999, 2)} | ${p.result.errors} | ${p.entriesPerBatch === null ? '' : fmt(p.entriesPerBatch, 1)} | ${p.batchWriteMs === null ? '' : fmt(p.batchWriteMs, 2)} | ${p.cacheHitRatio === null ? '' : `${fmt(p.cacheHitRatio * 100)}%`} | ${fmt(p.nodeCores, 2)} | ${fmt(p.result.loadGeneratorCores, 2)} |`,
+      `| ${p.scenario} | ${p.operation.toUpperCase()} | ${rateCells(p.result)} | ${p.result.errors} | ${p.entriesPerBatch === null ? '' : fmt(p.entriesPerBatch, 1)} | ${p.batchWriteMs === null ? '' : fmt(p.batchWriteMs, 2)} | ${p.cacheHitRatio === null ? '' : `${fmt(p.cacheHitRatio * 100)}%`} | ${fmt(p.nodeCores, 2)} | ${fmt(p.result.loadGeneratorCores, 2)} |`,
   )
-  const targetRows = [
-    `| durable PUT throughput | >= 20,000/s | ${fmt(targets.durablePutsPerSecond.actual)}/s | ${check(targets.durablePutsPerSecond.actual >= 20_000)} |`,
-    `| GET throughput | >= 30,000/s | ${fmt(targets.getsPerSecond.actual)}/s | ${check(targets.getsPerSecond.actual >= 30_000)} |`,
-    `| durable PUT p99 | <= 10 ms | ${fmt(targets.durablePutP99Ms.actual, 2)} ms | ${check(targets.durablePutP99Ms.actual <= 10)} |`,
-    `| GET p99 | <= 10 ms | ${fmt(targets.getP99Ms.actual, 2)} ms | ${check(targets.getP99Ms.actual <= 10)} |`,
-    `| group commit vs one fsync per write | >= 5x | ${fmt(ratio, 1)}x | ${check(ratio >= 5)} |`,
-  ]
-  const host = await machine()
-  const commit = gitCommit()
-  const command = `pnpm bench --suite single-node --duration ${durationS} --connections ${connections} --value-bytes ${valueBytes} --get-keys ${getKeys}`
-  const markdown = [
-    `Single node, ${connections} connections, ${valueBytes}-byte values, ${durationS} s per phase, wrk on the same machine.`,
-    `Machine: ${host.cores} x ${host.cpus}, ${host.memoryGiB} GiB; Node.js ${process.version}; commit ${commit}; ${new Date().toISOString()}.`,
-    `Command: \`${command}\``,
-    '',
-    header,
-    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
-    ...rows,
-    '',
-    '| target | goal | measured | |',
-    '|---|---|---:|---|',
-    ...targetRows,
-  ].join('\n')
-  say(`\n${markdown}\n`)
-
-  const base = await writeReport(
-    options.out,
-    'single-node',
-    {
-      suite: 'single-node',
-      command,
-      commit,
-      date: new Date().toISOString(),
-      node: process.version,
-      machine: host,
-      connections,
-      valueBytes,
-      durationS,
-      phases,
-      targets,
-    },
-    markdown,
-  )
-  say(`wrote ${base}.json and ${base}.md`)
+  await publish(options.out, {
+    suite: 'single-node',
+    command: `pnpm bench --suite single-node --duration ${durationS} --connections ${connections} --value-bytes ${valueBytes} --get-keys ${getKeys}`,
+    summary: `Single node, ${connections} connections, ${valueBytes}-byte values, ${durationS} s per phase, wrk on the same machine.`,
+    body: [
+      '| scenario | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | entries/batch | batch write ms | read cache hits | node CPU (cores) | wrk CPU (cores) |',
+      '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+      ...rows,
+      '',
+      ...targetTable([
+        [
+          'durable PUT throughput',
+          '>= 20,000/s',
+          `${fmt(targets.durablePutsPerSecond.actual)}/s`,
+          targets.durablePutsPerSecond.actual >= 20_000,
+        ],
+        [
+          'GET throughput',
+          '>= 30,000/s',
+          `${fmt(targets.getsPerSecond.actual)}/s`,
+          targets.getsPerSecond.actual >= 30_000,
+        ],
+        [
+          'durable PUT p99',
+          '<= 10 ms',
+          `${fmt(targets.durablePutP99Ms.actual, 2)} ms`,
+          targets.durablePutP99Ms.actual <= 10,
+        ],
+        [
+          'GET p99',
+          '<= 10 ms',
+          `${fmt(targets.getP99Ms.actual, 2)} ms`,
+          targets.getP99Ms.actual <= 10,
+        ],
+        ['group commit vs one fsync per write', '>= 5x', `${fmt(ratio, 1)}x`, ratio >= 5],
+      ]),
+    ],
+    json: { connections, valueBytes, durationS, phases, targets },
+  })
 }
