@@ -17,19 +17,12 @@ import { HashRing } from '@kvstore/core'
 import { KvClient, KvError, type LeaderlessClusterView } from '@kvstore/client'
 import { KvNode, parseConfig } from '@kvstore/node'
 import { runKv } from '../packages/cli/src/kv-command.js'
-import { assertBuilt, LeaderlessCluster, until } from '@kvstore/testkit'
+import { assertBuilt, LeaderlessCluster, rejection, until } from '@kvstore/testkit'
 import { rootEnv, rootTls, securityArgs } from './support/certs.js'
 
 const kvClusterBin = fileURLToPath(new URL('../packages/cli/dist/kv-cluster.js', import.meta.url))
 
-async function failure(promise: Promise<unknown>): Promise<KvError> {
-  const err = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  )
-  expect(err).toBeInstanceOf(KvError)
-  return err as KvError
-}
+const failure = (promise: Promise<unknown>): Promise<KvError> => rejection(promise, KvError)
 
 /** Runs `kv` in-process against `url`: exit status and everything it printed. */
 async function kv(

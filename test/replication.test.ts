@@ -3,17 +3,10 @@
  */
 import { Pool } from 'undici'
 import { KvClient, KvError } from '@kvstore/client'
-import { TestCluster } from '@kvstore/testkit'
+import { rejection, TestCluster } from '@kvstore/testkit'
 import { rootConnect, rootTls } from './support/certs.js'
 
-async function failure(promise: Promise<unknown>): Promise<KvError> {
-  const err = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  )
-  expect(err).toBeInstanceOf(KvError)
-  return err as KvError
-}
+const failure = (promise: Promise<unknown>): Promise<KvError> => rejection(promise, KvError)
 
 describe('a 3-node single-leader cluster', () => {
   let cluster: TestCluster

@@ -5,6 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient, KvError } from '@kvstore/client'
+import { rejection } from '@kvstore/testkit'
 import { KvNode, parseConfig } from '@kvstore/node'
 import { rootTls, securityArgs } from './support/certs.js'
 
@@ -24,14 +25,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true })
 })
 
-async function failure(promise: Promise<unknown>): Promise<KvError> {
-  const err = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  )
-  expect(err).toBeInstanceOf(KvError)
-  return err as KvError
-}
+const failure = (promise: Promise<unknown>): Promise<KvError> => rejection(promise, KvError)
 
 describe.each(['h2c', 'http1'] as const)('KvClient over %s', (protocol) => {
   let client: KvClient

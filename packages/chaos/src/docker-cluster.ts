@@ -19,6 +19,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { freePort, waitForLeader, waitReady, type ChaosCluster, type ChaosNode } from './cluster.js'
 import { DelayProxy } from './delay-proxy.js'
+import { atExit } from './node-process.js'
 import type { ChaosSecurity } from './security.js'
 
 const run = promisify(execFile)
@@ -42,13 +43,7 @@ function removeLive(): void {
   live.clear()
   liveNetworks.clear()
 }
-process.once('exit', removeLive)
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    removeLive()
-    process.exit(130)
-  })
-}
+atExit(removeLive)
 
 export interface DockerClusterOptions {
   nodes: number

@@ -42,6 +42,19 @@ export async function freePort(): Promise<number> {
   }
 }
 
+let signalsHooked = false
+
+/**
+ * Runs `cleanup` when this process exits, also on Ctrl-C or SIGTERM (which then exit with 130),
+ * so nothing a runner started outlives it.
+ */
+export function atExit(cleanup: () => void): void {
+  process.once('exit', cleanup)
+  if (signalsHooked) return
+  signalsHooked = true
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130))
+}
+
 /** Every node started here and still running. */
 const children = new Set<ChildProcess>()
 let exitHooked = false
@@ -49,16 +62,9 @@ let exitHooked = false
 function killChildrenOnExit(): void {
   if (exitHooked) return
   exitHooked = true
-  const killAll = () => {
+  atExit(() => {
     for (const child of children) child.kill('SIGKILL')
-  }
-  process.once('exit', killAll)
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
-      killAll()
-      process.exit(130)
-    })
-  }
+  })
 }
 
 export interface KvNodeOptions {

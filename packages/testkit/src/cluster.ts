@@ -2,20 +2,14 @@
  * Real single-leader clusters for tests and benchmarks: kv-node processes on free loopback
  * ports, with the faults a test needs (SIGSTOP, SIGCONT, kill -9, restart).
  */
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import {
+  NodeCluster,
   getJson,
   lastLogs,
-  membersFlag,
-  newMembers,
-  securityOf,
+  layout,
   type ClusterMember,
   type ClusterOptions,
 } from './members.js'
-import { startNodeProcess, terminate } from './node-process.js'
-import type { NodeSecurity } from './security.js'
 
 export type { ClusterMember, ClusterOptions } from './members.js'
 
@@ -26,31 +20,17 @@ interface LeaderView {
   members: { id: string; connected?: boolean }[]
 }
 
-export class TestCluster {
-  readonly members: ClusterMember[]
-  readonly dir: string
-  private readonly args: string[]
-  private readonly options: ClusterOptions
-  private readonly security: NodeSecurity
-  /** Whether stop() deletes `dir` (only when the cluster made it). */
-  private readonly ownDir: boolean
+export class TestCluster extends NodeCluster {
   /** The leader as last found by waitForLeader. */
   private leaderId: string
 
   private constructor(
-    dir: string,
-    ownDir: boolean,
-    members: ClusterMember[],
+    where: Awaited<ReturnType<typeof layout>>,
     args: string[],
     options: ClusterOptions,
   ) {
-    this.leaderId = (members[0] as ClusterMember).id
-    this.dir = dir
-    this.ownDir = ownDir
-    this.members = members
-    this.args = args
-    this.options = options
-    this.security = securityOf(options)
+    super(where, args, options)
+    this.leaderId = (where.members[0] as ClusterMember).id
   }
 
   /**
@@ -62,11 +42,9 @@ export class TestCluster {
     args: string[] = [],
     options: ClusterOptions = {},
   ): Promise<TestCluster> {
-    const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'kv-cluster-')))
-    const members = await newMembers(size, dir, securityOf(options))
-    const cluster = new TestCluster(dir, options.dir === undefined, members, args, options)
+    const cluster = new TestCluster(await layout(size, 'kv-cluster-', options), args, options)
     try {
-      await Promise.all(members.map((m) => cluster.startMember(m.id)))
+      await Promise.all(cluster.members.map((m) => cluster.startMember(m.id)))
       await cluster.waitForLeader()
     } catch (err) {
       await cluster.stop()
@@ -110,16 +88,6 @@ export class TestCluster {
     }
   }
 
-  get membersFlag(): string {
-    return membersFlag(this.members)
-  }
-
-  member(id: string): ClusterMember {
-    const member = this.members.find((m) => m.id === id)
-    if (!member) throw new Error(`no member ${id}`)
-    return member
-  }
-
   get leader(): ClusterMember {
     return this.member(this.leaderId)
   }
@@ -130,55 +98,12 @@ export class TestCluster {
 
   /** Starts a stopped member on its ports and data directory (with `extra` arguments). */
   async startMember(id: string, extra: string[] = []): Promise<void> {
-    const member = this.member(id)
-    const keepLogs = this.options.keepLogs ?? true
-    member.process = await startNodeProcess(
-      [
-        '--id',
-        id,
-        '--data-dir',
-        member.dataDir,
-        '--members',
-        this.membersFlag,
-        ...this.args,
-        ...extra,
-      ],
-      15_000,
-      {
-        security: this.security,
-        cluster: true,
-        keepLogs,
-        ...(keepLogs ? {} : { readyUrl: member.url }),
-        ...(this.options.logLevel !== undefined ? { logLevel: this.options.logLevel } : {}),
-        ...(this.options.inheritStderr ? { inheritStderr: true } : {}),
-      },
-    )
-  }
-
-  /** SIGKILL, and wait for the process to be gone. */
-  async kill(id: string): Promise<void> {
-    const member = this.member(id)
-    if (!member.process) return
-    member.process.child.kill('SIGKILL')
-    await member.process.exited
-    member.process = null
+    await this.spawn(id, [], extra)
   }
 
   /** SIGTERM (SIGKILL after 15 s), and wait for the exit; returns the exit code. */
-  async stopMember(id: string): Promise<number | null> {
-    const member = this.member(id)
-    if (!member.process) return null
-    const code = await terminate(member.process)
-    member.process = null
-    return code
-  }
-
-  pause(id: string): void {
-    this.member(id).process?.child.kill('SIGSTOP')
-  }
-
-  resume(id: string): void {
-    this.member(id).process?.child.kill('SIGCONT')
+  stopMember(id: string): Promise<number | null> {
+    return this.terminate(id)
   }
 
   async status(
@@ -235,6 +160,6 @@ export class TestCluster {
   /** Stops every member (SIGTERM) and deletes the data the cluster made. */
   async stop(): Promise<void> {
     await Promise.all(this.members.map((m) => this.stopMember(m.id).catch(() => null)))
-    if (this.ownDir) await rm(this.dir, { recursive: true, force: true })
+    await this.removeDir()
   }
 }

@@ -15,4 +15,4 @@ export {
 } from './node-process.js'
 export { Prng, prng, testSeed } from './seed.js'
 export { nodeSecurity, useNodeSecurity, type NodeSecurity } from './security.js'
-export { until, waitFor } from './wait.js'
+export { rejection, until, waitFor } from './wait.js'

@@ -1,28 +1,22 @@
 /**
- * Real leaderless clusters for tests and benchmarks: kv-node processes started with `--mode leaderless` on
- * free loopback ports, each with its own data directory, with the faults a test needs (kill -9,
- * SIGSTOP, SIGCONT, restart on the same data).
+ * Real leaderless clusters for tests and benchmarks: kv-node processes started with
+ * `--mode leaderless` on free loopback ports, each with its own data directory, with the faults
+ * a test needs (kill -9, SIGSTOP, SIGCONT, restart on the same data).
  *
  *   const cluster = await LeaderlessCluster.start(5, ['--replicas', '3'])
  *   await cluster.stop('n2')          // kill -9
  *   await cluster.restart('n2')       // same ports, same data directory
  *   await cluster.close()             // kills what still runs, deletes the data
  */
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { keyPath } from '@kvstore/client'
 import {
+  NodeCluster,
   getJson,
   lastLogs,
-  membersFlag,
-  newMembers,
-  securityOf,
+  layout,
   type ClusterMember,
   type ClusterOptions,
 } from './members.js'
-import { startNodeProcess, terminate } from './node-process.js'
-import type { NodeSecurity } from './security.js'
 
 export type LeaderlessMember = ClusterMember
 
@@ -32,31 +26,7 @@ interface ViewMember {
   up: boolean
 }
 
-export class LeaderlessCluster {
-  readonly members: LeaderlessMember[]
-  /** Parent of every member's data directory; deleted by close(). */
-  readonly dir: string
-  private readonly args: string[]
-  private readonly options: ClusterOptions
-  private readonly security: NodeSecurity
-  /** Whether close() deletes `dir` (only when the cluster made it). */
-  private readonly ownDir: boolean
-
-  private constructor(
-    dir: string,
-    ownDir: boolean,
-    members: LeaderlessMember[],
-    args: string[],
-    options: ClusterOptions,
-  ) {
-    this.dir = dir
-    this.ownDir = ownDir
-    this.members = members
-    this.args = args
-    this.options = options
-    this.security = securityOf(options)
-  }
-
+export class LeaderlessCluster extends NodeCluster {
   /**
    * Starts `size` nodes (n1..nSize) in leaderless mode, each given `args` as well, and waits
    * until every one answers /ready and sees every other one up.
@@ -66,22 +36,19 @@ export class LeaderlessCluster {
     args: string[] = [],
     options: ClusterOptions = {},
   ): Promise<LeaderlessCluster> {
-    const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'kv-leaderless-')))
-    const members = await newMembers(size, dir, securityOf(options))
-    const cluster = new LeaderlessCluster(dir, options.dir === undefined, members, args, options)
+    const cluster = new LeaderlessCluster(
+      await layout(size, 'kv-leaderless-', options),
+      args,
+      options,
+    )
     try {
-      await Promise.all(members.map((m) => cluster.startMember(m.id)))
+      await Promise.all(cluster.members.map((m) => cluster.startMember(m.id)))
       await cluster.waitForViews()
     } catch (err) {
       await cluster.close()
       throw err
     }
     return cluster
-  }
-
-  /** `--members` as every node gets it: id@clientURL@peerURL, comma-separated. */
-  get membersFlag(): string {
-    return membersFlag(this.members)
   }
 
   /** Members whose process runs. */
@@ -92,12 +59,6 @@ export class LeaderlessCluster {
   /** Client URLs of every member, running or not. */
   get urls(): string[] {
     return this.members.map((m) => m.url)
-  }
-
-  member(id: string): LeaderlessMember {
-    const member = this.members.find((m) => m.id === id)
-    if (!member) throw new Error(`no member ${id}`)
-    return member
   }
 
   /** The member whose client URL is `url`. */
@@ -111,67 +72,19 @@ export class LeaderlessCluster {
   async startMember(id: string, extra: string[] = []): Promise<void> {
     const member = this.member(id)
     if (member.process !== null) throw new Error(`${id} is running already`)
-    const keepLogs = this.options.keepLogs ?? true
-    member.process = await startNodeProcess(
-      [
-        '--mode',
-        'leaderless',
-        '--id',
-        id,
-        '--data-dir',
-        member.dataDir,
-        '--members',
-        this.membersFlag,
-        ...this.args,
-        ...extra,
-      ],
-      15_000,
-      {
-        security: this.security,
-        cluster: true,
-        keepLogs,
-        ...(keepLogs ? {} : { readyUrl: member.url }),
-        ...(this.options.logLevel !== undefined ? { logLevel: this.options.logLevel } : {}),
-        ...(this.options.inheritStderr ? { inheritStderr: true } : {}),
-      },
-    )
+    await this.spawn(id, ['--mode', 'leaderless'], extra)
     await this.waitForReady(id)
   }
 
   /** kill -9, and wait for the process to be gone. */
-  async stop(id: string): Promise<void> {
-    const member = this.member(id)
-    const proc = member.process
-    if (!proc) return
-    proc.child.kill('SIGCONT')
-    proc.child.kill('SIGKILL')
-    await proc.exited
-    member.process = null
-  }
-
-  /** SIGTERM (SIGKILL after 15 s), and wait for the exit; returns the exit code. */
-  async terminate(id: string): Promise<number | null> {
-    const member = this.member(id)
-    const proc = member.process
-    if (!proc) return null
-    const code = await terminate(proc)
-    member.process = null
-    return code
+  stop(id: string): Promise<void> {
+    return this.kill(id)
   }
 
   /** kill -9 if running, then start again on the same data (with `extra` arguments). */
   async restart(id: string, extra: string[] = []): Promise<void> {
     await this.stop(id)
     await this.startMember(id, extra)
-  }
-
-  /** SIGSTOP: the process stays, but answers nothing until resume(). */
-  pause(id: string): void {
-    this.member(id).process?.child.kill('SIGSTOP')
-  }
-
-  resume(id: string): void {
-    this.member(id).process?.child.kill('SIGCONT')
   }
 
   /** Waits until the member answers GET /ready with 200. */
@@ -262,6 +175,6 @@ export class LeaderlessCluster {
   /** Kills every member still running (kill -9) and deletes the data directories. */
   async close(): Promise<void> {
     await Promise.all(this.members.map((m) => this.stop(m.id).catch(() => {})))
-    if (this.ownDir) await rm(this.dir, { recursive: true, force: true })
+    await this.removeDir()
   }
 }

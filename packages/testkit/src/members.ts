@@ -1,7 +1,9 @@
 /** What both cluster launchers share: members on free loopback ports, and how nodes start. */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { freePort } from '@kvstore/chaos'
-import type { NodeProcess } from './node-process.js'
+import { startNodeProcess, terminate, type NodeProcess } from './node-process.js'
 import { nodeSecurity, type NodeSecurity } from './security.js'
 
 export interface ClusterMember {
@@ -85,4 +87,119 @@ export function lastLogs(members: readonly ClusterMember[], lines = 40): string 
           .join('\n')}`,
     )
     .join('\n')
+}
+
+/** Where a cluster lives: its members, and the directory of their data. */
+export interface Layout {
+  dir: string
+  /** The cluster made `dir`, so closing it deletes it. */
+  ownDir: boolean
+  members: ClusterMember[]
+}
+
+/** A fresh layout of `size` members, in `options.dir` or a new temporary `prefix` directory. */
+export async function layout(
+  size: number,
+  prefix: string,
+  options: ClusterOptions,
+): Promise<Layout> {
+  const dir = options.dir ?? (await mkdtemp(join(tmpdir(), prefix)))
+  return {
+    dir,
+    ownDir: options.dir === undefined,
+    members: await newMembers(size, dir, securityOf(options)),
+  }
+}
+
+/** What both cluster launchers share: members, how their nodes start, and the process faults. */
+export abstract class NodeCluster {
+  readonly members: ClusterMember[]
+  /** Parent of every member's data directory. */
+  readonly dir: string
+  protected readonly args: string[]
+  protected readonly options: ClusterOptions
+  private readonly security: NodeSecurity
+  private readonly ownDir: boolean
+
+  protected constructor(where: Layout, args: string[], options: ClusterOptions) {
+    this.members = where.members
+    this.dir = where.dir
+    this.ownDir = where.ownDir
+    this.args = args
+    this.options = options
+    this.security = securityOf(options)
+  }
+
+  /** `--members` as every node gets it: id@clientURL@peerURL, comma-separated. */
+  get membersFlag(): string {
+    return membersFlag(this.members)
+  }
+
+  member(id: string): ClusterMember {
+    const member = this.members.find((m) => m.id === id)
+    if (!member) throw new Error(`no member ${id}`)
+    return member
+  }
+
+  /** Starts member `id`'s node: `modeArgs`, its identity and data, the cluster's `args`, `extra`. */
+  protected async spawn(id: string, modeArgs: string[], extra: string[]): Promise<void> {
+    const member = this.member(id)
+    const keepLogs = this.options.keepLogs ?? true
+    member.process = await startNodeProcess(
+      [
+        ...modeArgs,
+        '--id',
+        id,
+        '--data-dir',
+        member.dataDir,
+        '--members',
+        this.membersFlag,
+        ...this.args,
+        ...extra,
+      ],
+      15_000,
+      {
+        security: this.security,
+        cluster: true,
+        keepLogs,
+        ...(keepLogs ? {} : { readyUrl: member.url }),
+        ...(this.options.logLevel !== undefined ? { logLevel: this.options.logLevel } : {}),
+        ...(this.options.inheritStderr ? { inheritStderr: true } : {}),
+      },
+    )
+  }
+
+  /** kill -9 (a paused process too), and wait for the process to be gone. */
+  async kill(id: string): Promise<void> {
+    const member = this.member(id)
+    const proc = member.process
+    if (!proc) return
+    proc.child.kill('SIGCONT')
+    proc.child.kill('SIGKILL')
+    await proc.exited
+    member.process = null
+  }
+
+  /** SIGTERM (SIGKILL after 15 s), and wait for the exit; returns the exit code. */
+  async terminate(id: string): Promise<number | null> {
+    const member = this.member(id)
+    if (!member.process) return null
+    const code = await terminate(member.process)
+    member.process = null
+    return code
+  }
+
+  /** SIGSTOP: the process stays, but answers nothing until resume(). */
+  pause(id: string): void {
+    this.member(id).process?.child.kill('SIGSTOP')
+  }
+
+  resume(id: string): void {
+    this.member(id).process?.child.kill('SIGCONT')
+  }
+
+  /** Deletes the data directory, if the cluster made it. */
+  protected async removeDir(): Promise<void> {
+    if (this.ownDir) await rm(this.dir, { recursive: true, force: true })
+  }
 }

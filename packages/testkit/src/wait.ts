@@ -22,3 +22,26 @@ export async function waitFor(
 ): Promise<void> {
   await until(options.message, check, options.timeoutMs, 100)
 }
+
+/**
+ * The error `promise` rejects with, which must be a `type`; throws when it resolves or rejects
+ * with anything else.
+ */
+export async function rejection<E>(
+  promise: Promise<unknown>,
+  type: abstract new (...args: never[]) => E,
+): Promise<E> {
+  const outcome = await promise.then(
+    (value: unknown) => ({ value }),
+    (error: unknown) => ({ error }),
+  )
+  if (!('error' in outcome)) {
+    throw new Error(`expected a rejection with ${type.name}, got ${JSON.stringify(outcome.value)}`)
+  }
+  if (!(outcome.error instanceof type)) {
+    throw new Error(`expected a rejection with ${type.name}, got ${String(outcome.error)}`, {
+      cause: outcome.error,
+    })
+  }
+  return outcome.error
+}
