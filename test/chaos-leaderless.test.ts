@@ -8,19 +8,13 @@
  * partitions. The docker tests need a Docker engine and the node image (scripts/test.sh and
  * CI run scripts/docker-build.sh first); without them they fail, naming the missing piece.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { runChaos, type ChaosOptions } from '@kvstore/chaos'
 import { testCertsDir } from './support/certs.js'
+import { useTempDir } from './support/temp.js'
 
-let out: string
-beforeAll(async () => {
-  out = await mkdtemp(join(tmpdir(), 'kv-chaos-ll-test-'))
-})
-afterAll(async () => {
-  await rm(out, { recursive: true, force: true })
-})
+const out = useTempDir('kv-chaos-ll-test-')
 
 function run(options: Partial<ChaosOptions> & Pick<ChaosOptions, 'backend' | 'nemeses'>) {
   return runChaos({
@@ -34,7 +28,7 @@ function run(options: Partial<ChaosOptions> & Pick<ChaosOptions, 'backend' | 'ne
     seed: 1,
     nodes: 5,
     clients: 6,
-    out,
+    out: out(),
     // The test run's certificates: the same root credentials as every other process test.
     certsDir: testCertsDir(),
     healthyMs: 2500,

@@ -6,19 +6,13 @@
  * Needs a Docker engine and the image: scripts/test.sh (and CI) run scripts/docker-build.sh
  * first. Without them these tests fail, naming the missing piece; they never skip.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { runChaos, type ChaosOptions, type NemesisName } from '@kvstore/chaos'
 import { testCertsDir } from './support/certs.js'
+import { useTempDir } from './support/temp.js'
 
-let out: string
-beforeAll(async () => {
-  out = await mkdtemp(join(tmpdir(), 'kv-chaos-test-'))
-})
-afterAll(async () => {
-  await rm(out, { recursive: true, force: true })
-})
+const out = useTempDir('kv-chaos-test-')
 
 function run(options: Partial<ChaosOptions> & Pick<ChaosOptions, 'workload' | 'nemeses'>) {
   return runChaos({
@@ -28,7 +22,7 @@ function run(options: Partial<ChaosOptions> & Pick<ChaosOptions, 'workload' | 'n
     seed: 1,
     nodes: 3,
     clients: 6,
-    out,
+    out: out(),
     // The test run's certificates: the same root credentials as every other process test.
     certsDir: testCertsDir(),
     healthyMs: 2500,

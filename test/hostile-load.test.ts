@@ -12,7 +12,7 @@ import http2 from 'node:http2'
 import { connect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
 import { Agent, request } from 'undici'
-import { TestCluster } from '@kvstore/testkit'
+import { metric, TestCluster } from '@kvstore/testkit'
 import { rootConnect } from './support/certs.js'
 
 /**
@@ -42,14 +42,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await cluster.stop()
 })
-
-async function metric(url: string, name: string, labels = ''): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text()
-  const line = text
-    .split('\n')
-    .find((l) => l.startsWith(`${name}${labels === '' ? ' ' : `{${labels}}`}`))
-  return line === undefined ? 0 : Number(line.split(' ').at(-1))
-}
 
 /** Elections seen by every member so far (the epochs they report). */
 async function epochs(): Promise<number[]> {

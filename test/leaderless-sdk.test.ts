@@ -15,10 +15,10 @@ import { PassThrough, Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { HashRing } from '@kvstore/core'
 import { KvClient, KvError, type LeaderlessClusterView } from '@kvstore/client'
-import { KvNode, parseConfig } from '@kvstore/node'
 import { runKv } from '../packages/cli/src/kv-command.js'
 import { assertBuilt, LeaderlessCluster, rejection, until } from '@kvstore/testkit'
-import { rootEnv, rootTls, securityArgs } from './support/certs.js'
+import { rootEnv, rootTls } from './support/certs.js'
+import { useStandaloneNode } from './support/temp.js'
 
 const kvClusterBin = fileURLToPath(new URL('../packages/cli/dist/kv-cluster.js', import.meta.url))
 
@@ -469,22 +469,13 @@ describe('SDK and CLI on a 5-node leaderless cluster', () => {
 })
 
 describe('a standalone node', () => {
-  let dir: string
-  let node: KvNode
+  const node = useStandaloneNode('kv-ll-standalone-')
   let client: KvClient
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'kv-ll-standalone-'))
-    const { config } = parseConfig(
-      ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent', ...securityArgs()],
-      {},
-    )
-    node = await KvNode.start(config)
-    client = new KvClient({ ...rootTls(), url: node.url })
+  beforeAll(() => {
+    client = new KvClient({ ...rootTls(), url: node().url })
   })
   afterAll(async () => {
     await client.close()
-    await node.stop()
-    await rm(dir, { recursive: true, force: true })
   })
 
   it('keeps single-leader behaviour and refuses leaderless options', async () => {
@@ -509,10 +500,10 @@ describe('a standalone node', () => {
       expect((await failure(attempt)).code).toBe('KV_ERR_UNSUPPORTED_IN_MODE')
     }
     expect((await client.cluster()).mode).toBe('standalone')
-    const cli = await kv(node.url, ['put', 'k', 'v', '--w', '2'])
+    const cli = await kv(node().url, ['put', 'k', 'v', '--w', '2'])
     expect(cli.code).toBe(1)
     expect(cli.err).toContain('KV_ERR_UNSUPPORTED_IN_MODE')
-    expect((await kv(node.url, ['put', 'k', 'v2'])).out).toMatch(/^OK wrote k version \d+\n$/)
+    expect((await kv(node().url, ['put', 'k', 'v2'])).out).toMatch(/^OK wrote k version \d+\n$/)
   })
 })
 

@@ -5,7 +5,7 @@
  */
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { HashRing, compareHlc } from '@kvstore/core'
-import { LeaderlessCluster, keyPath, prng, testSeed, waitFor } from '@kvstore/testkit'
+import { keyPath, LeaderlessCluster, metricTotal, prng, testSeed, waitFor } from '@kvstore/testkit'
 import { memberTls } from './support/certs.js'
 
 const ids = ['n1', 'n2', 'n3', 'n4', 'n5']
@@ -96,17 +96,6 @@ async function get(
 function parseHlc(text: string): { wallMs: number; logical: number; node: string } {
   const [wall, logical, ...node] = text.split('.')
   return { wallMs: Number(wall), logical: Number(logical), node: node.join('.') }
-}
-
-async function metric(url: string, name: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text()
-  let total = 0
-  for (const line of text.split('\n')) {
-    if (line.startsWith(name) && (line[name.length] === ' ' || line[name.length] === '{')) {
-      total += Number(line.slice(line.lastIndexOf(' ') + 1))
-    }
-  }
-  return total
 }
 
 /** Every replica set's Merkle root, as each running member reports it. */
@@ -216,7 +205,7 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
       { timeoutMs: 20_000, message: 'the hints for n2 were not replayed' },
     )
     let replayed = 0
-    for (const m of cluster.running) replayed += await metric(m.url, 'kv_hints_replayed_total')
+    for (const m of cluster.running) replayed += await metricTotal(m.url, 'kv_hints_replayed_total')
     expect(replayed).toBe(keys.length)
     // No read touched these keys, and anti-entropy did not run: the hints alone put them there.
     for (const [i, key] of keys.entries()) {
@@ -225,8 +214,10 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
         copy?.siblings.map((s) => Buffer.from(s.valueBase64 ?? '', 'base64').toString()),
       ).toEqual([`hinted-${i}`])
     }
-    expect(await metric(cluster.member(down).url, 'kv_anti_entropy_keys_repaired_total')).toBe(0)
-    expect(await metric(cluster.member(down).url, 'kv_read_repairs_total')).toBe(0)
+    expect(await metricTotal(cluster.member(down).url, 'kv_anti_entropy_keys_repaired_total')).toBe(
+      0,
+    )
+    expect(await metricTotal(cluster.member(down).url, 'kv_read_repairs_total')).toBe(0)
   })
 
   it('sloppy writes count hints toward W; strict ones do not, and say how many replicas took them', async () => {
@@ -373,9 +364,9 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     for (const key of keys) {
       expect((await cluster.local(wiped, key))?.siblings.length, key).toBe(1)
     }
-    expect(await metric(cluster.member(wiped).url, 'kv_anti_entropy_keys_repaired_total')).toBe(
-      keys.length,
-    )
+    expect(
+      await metricTotal(cluster.member(wiped).url, 'kv_anti_entropy_keys_repaired_total'),
+    ).toBe(keys.length)
     const log = cluster
       .member(wiped)
       .process?.logs.find((l) => l.msg === 'refilled after a fresh start; reads here count again')
@@ -442,10 +433,11 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     // Writes still in flight to the paused member when it woke may land directly; the
     // rest (most, since in-flight calls time out after 2 s) came by anti-entropy.
     expect(
-      await metric(cluster.member(cut).url, 'kv_anti_entropy_keys_repaired_total'),
+      await metricTotal(cluster.member(cut).url, 'kv_anti_entropy_keys_repaired_total'),
     ).toBeGreaterThan(mine.length / 2)
     let readRepairs = 0
-    for (const m of cluster.running) readRepairs += await metric(m.url, 'kv_read_repairs_total')
+    for (const m of cluster.running)
+      readRepairs += await metricTotal(m.url, 'kv_read_repairs_total')
     expect(readRepairs).toBe(0)
     // The cluster view reports the exchanges.
     const view = (await (await fetch(`${cluster.member(cut).url}/v1/cluster`)).json()) as {
@@ -516,7 +508,7 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     }
     // 20 writes, one survivor: the others were discarded, and counted.
     let discarded = 0
-    for (const m of cluster.members) discarded += await metric(m.url, 'kv_lww_discarded_total')
+    for (const m of cluster.members) discarded += await metricTotal(m.url, 'kv_lww_discarded_total')
     expect(discarded).toBeGreaterThan(0)
     // A write that read first (any coordinator) comes after what it read: it wins.
     const later = await put(cluster.member('n2').url, key, 'after-read')
@@ -619,8 +611,8 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
         (await cluster.local(id, key))?.siblings.every((s) => s.tombstone),
         id,
       ).toBe(true)
-      expect(await metric(cluster.member(id).url, 'kv_tombstones_awaiting_replicas')).toBe(1)
-      expect(await metric(cluster.member(id).url, 'kv_tombstones_collected_total')).toBe(0)
+      expect(await metricTotal(cluster.member(id).url, 'kv_tombstones_awaiting_replicas')).toBe(1)
+      expect(await metricTotal(cluster.member(id).url, 'kv_tombstones_collected_total')).toBe(0)
     }
     // It comes back with the deleted value on its disk; reads never show it, and once it
     // holds the tombstone (anti-entropy: its hint expired) every replica collects it.
@@ -637,7 +629,7 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     }
     let collected = 0
     for (const m of cluster.running)
-      collected += await metric(m.url, 'kv_tombstones_collected_total')
+      collected += await metricTotal(m.url, 'kv_tombstones_collected_total')
     expect(collected).toBe(3)
     for (const id of replicas) {
       expect((await get(cluster.member(id).url, key, { r: 1 })).status, id).toBe(404)
@@ -663,7 +655,8 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     for (const id of replicasOf(key))
       expect((await cluster.local(id, key))?.siblings.length).toBeLessThanOrEqual(4)
     let warnings = 0
-    for (const m of cluster.members) warnings += await metric(m.url, 'kv_sibling_warnings_total')
+    for (const m of cluster.members)
+      warnings += await metricTotal(m.url, 'kv_sibling_warnings_total')
     expect(warnings).toBeGreaterThan(0)
     const resolved = await put(cluster.member('n2').url, key, 'one', {
       context: read.context as string,

@@ -1,36 +1,19 @@
 /**
  * The SDK against a real node (in-process, real LevelDB, real sockets), over h2c and HTTP/1.1.
  */
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { KvClient, KvError } from '@kvstore/client'
 import { rejection } from '@kvstore/testkit'
-import { KvNode, parseConfig } from '@kvstore/node'
-import { rootTls, securityArgs } from './support/certs.js'
+import { rootTls } from './support/certs.js'
+import { useStandaloneNode } from './support/temp.js'
 
-let dir: string
-let node: KvNode
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'kv-sdk-'))
-  const { config } = parseConfig(
-    ['--port', '0', '--data-dir', join(dir, 'data'), '--log-level', 'silent', ...securityArgs()],
-    {},
-  )
-  node = await KvNode.start(config)
-})
-afterAll(async () => {
-  await node.stop()
-  await rm(dir, { recursive: true, force: true })
-})
+const node = useStandaloneNode('kv-sdk-')
 
 const failure = (promise: Promise<unknown>): Promise<KvError> => rejection(promise, KvError)
 
 describe.each(['h2c', 'http1'] as const)('KvClient over %s', (protocol) => {
   let client: KvClient
   beforeAll(() => {
-    client = new KvClient({ ...rootTls(), url: node.url, protocol })
+    client = new KvClient({ ...rootTls(), url: node().url, protocol })
   })
   afterAll(async () => {
     await client.close()

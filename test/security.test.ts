@@ -27,19 +27,10 @@ import {
   type PeerRequestBody,
 } from '@kvstore/protocol'
 import { initCerts, makeMemberCert } from '../packages/cli/src/certs.js'
-import { LeaderlessCluster, TestCluster } from '@kvstore/testkit'
+import { LeaderlessCluster, metric, TestCluster } from '@kvstore/testkit'
 import { caPem, memberTls, testCertsDir } from './support/certs.js'
 
 type Tls = { ca?: Buffer; cert?: Buffer | string; key?: Buffer | string }
-
-/** The value of one labelled counter on a node's /metrics. */
-async function metric(url: string, name: string, labels = ''): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text()
-  const line = text
-    .split('\n')
-    .find((l) => l.startsWith(`${name}${labels === '' ? ' ' : `{${labels}}`}`))
-  return line === undefined ? 0 : Number(line.split(' ').at(-1))
-}
 
 interface PeerExchange {
   /** The TLS handshake failed or the connection was closed before any answer. */

@@ -3,24 +3,17 @@
  * flushes every queued write, closes LevelDB and exits 0. Nothing acknowledged is lost, and
  * the data directory reopens cleanly (its lock was released).
  */
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Pool } from 'undici'
 import { Store } from '@kvstore/storage'
 import { startNodeProcess } from '@kvstore/testkit'
 import { rootConnect } from './support/certs.js'
+import { useTempDir } from './support/temp.js'
 
-let dir: string
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'kv-shutdown-'))
-})
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true })
-})
+const dir = useTempDir('kv-shutdown-')
 
 it('SIGTERM under load loses no acknowledged write and exits 0', async () => {
-  const dataDir = join(dir, 'data')
+  const dataDir = join(dir(), 'data')
   const node = await startNodeProcess(['--data-dir', dataDir])
   const acked = new Map<string, string>()
   const outcomes = { ok: 0, shuttingDown: 0, connectionErrors: 0, other: 0 }
@@ -74,7 +67,7 @@ it('SIGTERM under load loses no acknowledged write and exits 0', async () => {
 })
 
 it('a signal repeated at once (as npm or pnpm forward Ctrl-C) still stops cleanly', async () => {
-  const node = await startNodeProcess(['--data-dir', join(dir, 'data2')])
+  const node = await startNodeProcess(['--data-dir', join(dir(), 'data2')])
   process.kill(node.pid, 'SIGINT')
   process.kill(node.pid, 'SIGINT')
   expect(await node.exited).toEqual({ code: 0, signal: null })
@@ -82,7 +75,7 @@ it('a signal repeated at once (as npm or pnpm forward Ctrl-C) still stops cleanl
 })
 
 it('kv-node exits with a clear message when its data directory is in use', async () => {
-  const dataDir = join(dir, 'data3')
+  const dataDir = join(dir(), 'data3')
   const first = await startNodeProcess(['--data-dir', dataDir])
   await expect(startNodeProcess(['--data-dir', dataDir])).rejects.toThrow(
     /in use by another process/,

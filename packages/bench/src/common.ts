@@ -1,5 +1,6 @@
 /** Helpers shared by the benchmark suites: output, wrk installation, metrics scraping. */
 import { execFileSync, spawnSync } from 'node:child_process'
+import { metric, metricValue, metricsText } from '@kvstore/testkit'
 import { wrkAvailable } from './wrk.js'
 
 export function say(text: string): void {
@@ -25,15 +26,16 @@ export function ensureWrk(): void {
   )
 }
 
-async function metricsText(url: string): Promise<string> {
-  return (await fetch(`${url}/metrics`)).text()
+/** The p-th percentile (0..100) of `values`, nearest rank; 0 for no values. */
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return 0
+  const sorted = [...values].sort((a, b) => a - b)
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))
+  return sorted[rank] as number
 }
 
 /** A gauge's or counter's value in the node's /metrics (0 when absent). */
-export async function gauge(url: string, name: string): Promise<number> {
-  const text = await metricsText(url)
-  return Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? 0)
-}
+export const gauge = (url: string, name: string): Promise<number> => metric(url, name)
 
 /** Sum and count of a histogram in the node's /metrics. */
 export async function histogram(
@@ -41,17 +43,7 @@ export async function histogram(
   name: string,
 ): Promise<{ sum: number; count: number }> {
   const text = await metricsText(url)
-  const read = (suffix: string) =>
-    Number(new RegExp(`^${name}_${suffix} (\\S+)$`, 'm').exec(text)?.[1] ?? 0)
-  return { sum: read('sum'), count: read('count') }
-}
-
-/** The p-th percentile (0..100) of `values`, nearest rank; 0 for no values. */
-export function percentile(values: readonly number[], p: number): number {
-  if (values.length === 0) return 0
-  const sorted = [...values].sort((a, b) => a - b)
-  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))
-  return sorted[rank] as number
+  return { sum: metricValue(text, `${name}_sum`), count: metricValue(text, `${name}_count`) }
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))

@@ -13,6 +13,7 @@ export {
   type NodeProcess,
   type NodeProcessOptions,
 } from './node-process.js'
+export { metric, metricTotal, metricValue, metricsText } from './metrics.js'
 export { Prng, prng, testSeed } from './seed.js'
 export { nodeSecurity, useNodeSecurity, type NodeSecurity } from './security.js'
 export { rejection, until, waitFor } from './wait.js'
