@@ -3,7 +3,7 @@
  * it. The process launcher and free ports come from the chaos suite (shipped, so it cannot
  * import this kit); the PRNG from the core.
  */
-export { assertBuilt, freePort, kvNodeBin } from '@kvstore/chaos'
+export { assertBuilt, freePort, kvNodeBin } from '@kvstore/chaos/node-process'
 export { keyPath } from '@kvstore/client'
 export { TestCluster, type ClusterMember, type ClusterOptions } from './cluster.js'
 export { LeaderlessCluster, type LeaderlessMember } from './leaderless-cluster.js'

@@ -2,7 +2,7 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { freePort } from '@kvstore/chaos'
+import { freePort } from '@kvstore/chaos/node-process'
 import { startNodeProcess, terminate, type NodeProcess } from './node-process.js'
 import { nodeSecurity, type NodeSecurity } from './security.js'
 

@@ -2,7 +2,7 @@
  * One kv-node process for a test or benchmark (the built dist, exactly as a user runs it), on
  * the chaos suite's launcher.
  */
-import { startKvNode, type KvNodeProcess } from '@kvstore/chaos'
+import { startKvNode, type KvNodeProcess } from '@kvstore/chaos/node-process'
 import { nodeSecurity, type NodeSecurity } from './security.js'
 
 export type NodeProcess = KvNodeProcess
