@@ -43,13 +43,10 @@ export class TestCluster extends NodeCluster {
     options: ClusterOptions = {},
   ): Promise<TestCluster> {
     const cluster = new TestCluster(await layout(size, 'kv-cluster-', options), args, options)
-    try {
-      await Promise.all(cluster.members.map((m) => cluster.startMember(m.id)))
-      await cluster.waitForLeader()
-    } catch (err) {
-      await cluster.stop()
-      throw err
-    }
+    await cluster.startAll(
+      () => cluster.waitForLeader(),
+      () => cluster.stop(),
+    )
     return cluster
   }
 

@@ -41,13 +41,10 @@ export class LeaderlessCluster extends NodeCluster {
       args,
       options,
     )
-    try {
-      await Promise.all(cluster.members.map((m) => cluster.startMember(m.id)))
-      await cluster.waitForViews()
-    } catch (err) {
-      await cluster.close()
-      throw err
-    }
+    await cluster.startAll(
+      () => cluster.waitForViews(),
+      () => cluster.close(),
+    )
     return cluster
   }
 

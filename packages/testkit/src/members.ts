@@ -141,6 +141,26 @@ export abstract class NodeCluster {
     return member
   }
 
+  /** Starts a stopped member on its ports and data directory (with `extra` arguments). */
+  abstract startMember(id: string, extra?: string[]): Promise<void>
+
+  /**
+   * Starts every member and waits until `settled` resolves; on a failure, `close`s the cluster
+   * and rethrows.
+   */
+  protected async startAll(
+    settled: () => Promise<unknown>,
+    close: () => Promise<void>,
+  ): Promise<void> {
+    try {
+      await Promise.all(this.members.map((m) => this.startMember(m.id)))
+      await settled()
+    } catch (err) {
+      await close()
+      throw err
+    }
+  }
+
   /** Starts member `id`'s node: `modeArgs`, its identity and data, the cluster's `args`, `extra`. */
   protected async spawn(id: string, modeArgs: string[], extra: string[]): Promise<void> {
     const member = this.member(id)
