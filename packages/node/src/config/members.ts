@@ -1,7 +1,8 @@
 /** The cluster's members: parsing --members, resolving this node and its leader, and W and R. */
+import { memberIdBytesMax } from '../limits.js'
 import { ConfigError, type ClusterConfig, type MemberConfig, type NodeConfig } from './types.js'
 
-const memberIdPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+const memberIdPattern = new RegExp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,${memberIdBytesMax - 1}}$`)
 
 function checkUrl(url: string, what: string): URL {
   let parsed: URL
@@ -62,7 +63,7 @@ export function parseMembers(text: string): MemberConfig[] {
   for (const member of members) {
     if (!memberIdPattern.test(member.id)) {
       throw new ConfigError(
-        `member id ${JSON.stringify(member.id)} must be 1-64 letters, digits, '.', '_' or '-'`,
+        `member id ${JSON.stringify(member.id)} must be 1-${memberIdBytesMax} letters, digits, '.', '_' or '-'`,
       )
     }
     const client = checkUrl(member.clientUrl, `client URL of ${member.id}`)

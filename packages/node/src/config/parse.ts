@@ -178,6 +178,11 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Pa
   }
   const result = config as NodeConfig
   const problems = configProblems(result)
-  if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`)
+  if (problems.length > 0) {
+    throw new ConfigError(
+      `invalid configuration: ${problems.map((p) => p.message).join('; ')}`,
+      problems.flatMap((p) => (p.code === undefined ? [] : [p.code])),
+    )
+  }
   return { config: result, help }
 }

@@ -129,9 +129,12 @@ export interface ClusterConfig {
 
 /** A configuration that cannot be used; the message says which option and why. */
 export class ConfigError extends Error {
-  constructor(message: string) {
+  /** The stable codes of the failed checks that have one (KV_LIMIT_..., see limits.ts). */
+  readonly codes: readonly string[]
+  constructor(message: string, codes: readonly string[] = []) {
     super(message)
     this.name = 'ConfigError'
+    this.codes = codes
   }
 }
 

@@ -2,54 +2,49 @@
  * Checks across options: what no single option's bounds can catch, such as a cluster that
  * does not name this node, timeouts that contradict each other, or limits that do not fit.
  */
-import { frameLimits, leaderlessLimits } from '@kvstore/protocol'
-import { checkLimits } from '@kvstore/protocol/limits'
-import { largestEntryBytes, replicationFrameBytesMax } from '../limits.js'
+import { configLimitProblems, formatLimitProblem, type LimitCode } from '../limits.js'
 import { clusterOf, parseMembers, resolveQuorum } from './members.js'
 import { ConfigError, type MemberConfig, type NodeConfig } from './types.js'
 
-/** Every problem of a parsed configuration, empty when it can be used. */
-export function configProblems(result: NodeConfig): string[] {
-  const problems = checkLimits(result)
-  if (result.mode !== 'standalone') {
+/** A reason a configuration cannot be used; limit problems carry their KV_LIMIT_ code. */
+export interface ConfigProblem {
+  code?: LimitCode
+  message: string
+}
+
+/**
+ * Every problem of a parsed configuration, empty when it can be used: the checks across
+ * options here, and the limits that must fit each other (limits.ts).
+ */
+export function configProblems(config: NodeConfig): ConfigProblem[] {
+  const problems: string[] = []
+  if (config.mode !== 'standalone') {
     try {
-      clusterOf(result)
+      clusterOf(config)
     } catch (err) {
       if (err instanceof ConfigError) problems.push(err.message)
       else throw err
     }
   }
-  if (
-    result.mode !== 'standalone' &&
-    replicationFrameBytesMax(result) > frameLimits.frameBytesMax
-  ) {
+  if (config.electionTimeoutMs < 2 * config.heartbeatIntervalMs) {
     problems.push(
-      `replication frames must carry the largest write: replicationAppendBytesMax (${result.replicationAppendBytesMax}) plus the largest entry (valueBytesMax + keyBytesMax, or requestBodyBytesMax: ${largestEntryBytes(result)}) must stay under ${frameLimits.frameBytesMax} bytes`,
+      `electionTimeoutMs (${config.electionTimeoutMs}) must be at least twice heartbeatIntervalMs (${config.heartbeatIntervalMs}), or followers would call elections between heartbeats`,
     )
   }
-  if (result.electionTimeoutMs < 2 * result.heartbeatIntervalMs) {
+  if (config.mode === 'leaderless') problems.push(...leaderlessProblems(config))
+  if (config.logRetentionEntriesMax < config.logRetentionEntries) {
     problems.push(
-      `electionTimeoutMs (${result.electionTimeoutMs}) must be at least twice heartbeatIntervalMs (${result.heartbeatIntervalMs}), or followers would call elections between heartbeats`,
+      `logRetentionEntriesMax (${config.logRetentionEntriesMax}) must be at least logRetentionEntries (${config.logRetentionEntries})`,
     )
   }
-  if (result.mode === 'leaderless') problems.push(...leaderlessProblems(result))
-  if (result.logRetentionEntriesMax < result.logRetentionEntries) {
-    problems.push(
-      `logRetentionEntriesMax (${result.logRetentionEntriesMax}) must be at least logRetentionEntries (${result.logRetentionEntries})`,
-    )
-  }
-  if (result.writeQueueBytesMax < result.requestBodyBytesMax) {
-    problems.push(
-      `writeQueueBytesMax (${result.writeQueueBytesMax}) must be at least requestBodyBytesMax (${result.requestBodyBytesMax}), or the largest write could never be queued`,
-    )
-  }
-  problems.push(...securityProblems(result))
-  if (result.inflightBodyBytesMax < result.requestBodyBytesMax) {
-    problems.push(
-      `inflightBodyBytesMax (${result.inflightBodyBytesMax}) must be at least requestBodyBytesMax (${result.requestBodyBytesMax}), or the largest request could never be taken`,
-    )
-  }
-  return problems
+  problems.push(...securityProblems(config))
+  return [
+    ...problems.map((message) => ({ message })),
+    ...configLimitProblems(config).map((problem) => ({
+      code: problem.code,
+      message: formatLimitProblem(problem),
+    })),
+  ]
 }
 
 function leaderlessProblems(config: NodeConfig): string[] {
@@ -79,18 +74,6 @@ function leaderlessProblems(config: NodeConfig): string[] {
   if (config.tombstoneGcMs <= needed) {
     problems.push(
       `tombstoneGcMs (${config.tombstoneGcMs}) must exceed hintWindowMs plus two antiEntropyIntervalMs (${needed}), or a hint older than a delete could arrive after the tombstone is collected and bring the deleted value back`,
-    )
-  }
-  // A key's record (all its siblings) must fit in one peer message.
-  const recordBytesMax = config.siblingsMax * (config.valueBytesMax + 256) + 64 * 1024
-  if (recordBytesMax > leaderlessLimits.messageBytesMax) {
-    problems.push(
-      `siblingsMax (${config.siblingsMax}) values of valueBytesMax (${config.valueBytesMax}) bytes must fit in one peer message of ${leaderlessLimits.messageBytesMax} bytes; lower one of them`,
-    )
-  }
-  if (config.siblingsWarn > config.siblingsMax) {
-    problems.push(
-      `siblingsWarn (${config.siblingsWarn}) must be at most siblingsMax (${config.siblingsMax})`,
     )
   }
   return problems
