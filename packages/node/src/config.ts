@@ -32,7 +32,7 @@ export {
 } from './config/types.js'
 export { configSpec } from './config/spec.js'
 export { parseConfig, type ParsedArgs } from './config/parse.js'
-export { clientTlsOn, isLoopbackHost, peerTlsOn } from './config/validate.js'
+export { clientTlsOn, isLoopbackHost, peerTlsOn, unsafeOptionsOn } from './config/validate.js'
 export { clusterOf, parseMembers, resolveQuorum } from './config/members.js'
 export { configTableMarkdown, formatBytes, helpText } from './config/text.js'
 export { largestEntryBytes, replicationFrameBytesMax } from './limits.js'

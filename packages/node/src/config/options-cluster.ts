@@ -305,4 +305,15 @@ export const clusterOptions: readonly OptionSpec[] = [
     description:
       'Most entries kept in the rollback record (unconfirmed writes this node dropped when a new leader did not have them; GET /admin/v1/rollbacks). The oldest go first.',
   },
+  {
+    key: 'unsafeNoFencing',
+    flag: '--unsafe-no-fencing',
+    env: 'KV_UNSAFE_NO_FENCING',
+    kind: 'boolean',
+    default: false,
+    unsafe: true,
+    group: 'cluster',
+    description:
+      "UNSAFE, for the chaos suite's teeth test only: fencing is off. A leader ignores newer epochs, never steps down for silence, and serves writes and linearizable reads without confirming it still leads, so it may lose acknowledged writes and serve stale reads. Single-leader mode only; logged as a warning at start-up.",
+  },
 ]

@@ -83,6 +83,7 @@ export const nodeOptions: readonly OptionSpec[] = [
     env: 'KV_UNSAFE_PLAINTEXT_PEERS',
     kind: 'boolean',
     default: false,
+    unsafe: true,
     group: 'security',
     description:
       'UNSAFE, for tests and benchmarks only: members talk cleartext HTTP/2 without certificates, and anyone who reaches a peer port can rewrite committed data. Refused on an address other than loopback.',

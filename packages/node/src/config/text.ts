@@ -56,6 +56,12 @@ export function helpText(): string {
   return `${lines.join('\n')}\n`
 }
 
+/** An option's meaning in the markdown table: an unsafe switch says so in bold first. */
+function meaning(spec: OptionSpec): string {
+  if (spec.unsafe !== true) return spec.description
+  return `**UNSAFE**${spec.description.replace(/^UNSAFE/, '')}`
+}
+
 /** The README's configuration table (generated; see scripts/sync-readme.mjs). */
 export function configTableMarkdown(): string {
   const rows = [
@@ -64,7 +70,7 @@ export function configTableMarkdown(): string {
   ]
   for (const spec of configSpec) {
     rows.push(
-      `| \`${spec.key}\` | \`${spec.flag}\` | \`${spec.env}\` | ${defaultText(spec)} | ${spec.description} |`,
+      `| \`${spec.key}\` | \`${spec.flag}\` | \`${spec.env}\` | ${defaultText(spec)} | ${meaning(spec)} |`,
     )
   }
   return rows.join('\n')

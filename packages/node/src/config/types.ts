@@ -83,6 +83,8 @@ export interface NodeConfig {
   caFile: string | undefined
   insecure: boolean
   unsafePlaintextPeers: boolean
+  /** Test-only: fencing off (see its row in options-cluster.ts). */
+  unsafeNoFencing: boolean
   auth: boolean
   rootPasswordFile: string | undefined
   authSecretFile: string | undefined
@@ -117,6 +119,12 @@ export interface OptionSpec {
   values?: readonly string[]
   group: 'node' | 'security' | 'cluster' | 'leaderless' | 'storage' | 'limits' | 'http'
   description: string
+  /**
+   * A switch for tests that breaks a guarantee. Its key starts with `unsafe` and its
+   * description with UNSAFE; the docs mark it, and the node logs a warning at start-up while
+   * it is on.
+   */
+  unsafe?: true
 }
 
 /** A resolved cluster: the members, this node and the leader. */

@@ -4,7 +4,8 @@
  */
 import { configLimitProblems, formatLimitProblem, type LimitCode } from '../limits.js'
 import { clusterOf, parseMembers, resolveQuorum } from './members.js'
-import { ConfigError, type MemberConfig, type NodeConfig } from './types.js'
+import { configSpec } from './spec.js'
+import { ConfigError, type MemberConfig, type NodeConfig, type OptionSpec } from './types.js'
 
 /** A reason a configuration cannot be used; limit problems carry their KV_LIMIT_ code. */
 export interface ConfigProblem {
@@ -38,6 +39,9 @@ export function configProblems(config: NodeConfig): ConfigProblem[] {
     )
   }
   problems.push(...securityProblems(config))
+  if (config.unsafeNoFencing && config.mode !== 'single-leader') {
+    problems.push(`--unsafe-no-fencing needs --mode single-leader (fencing is single-leader's)`)
+  }
   return [
     ...problems.map((message) => ({ message })),
     ...configLimitProblems(config).map((problem) => ({
@@ -143,4 +147,9 @@ function securityProblems(config: NodeConfig): string[] {
     }
   }
   return problems
+}
+
+/** The unsafe switches (`unsafe` rows of the option table) that this configuration turns on. */
+export function unsafeOptionsOn(config: NodeConfig): OptionSpec[] {
+  return configSpec.filter((spec) => spec.unsafe === true && config[spec.key] === true)
 }
