@@ -1,7 +1,7 @@
 /**
  * Node configuration. One table (`configSpec`, in config/spec.ts) defines every option: its
  * flag, environment variable, type, default, bounds and description. Parsing, validation,
- * `kv-node --help` and the README's configuration table all come from it.
+ * `kv-node --help` and the configuration reference (docs/reference/configuration.md) all come from it.
  *
  * Precedence, highest first: command-line flags, environment variables, the JSON config file
  * (`--config`), defaults.

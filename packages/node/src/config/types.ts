@@ -112,7 +112,7 @@ export interface OptionSpec {
   kind: Kind
   /** Default value; a function of the other options for derived defaults. */
   default: string | number | boolean | undefined | ((config: Partial<NodeConfig>) => unknown)
-  /** How the default reads in --help and the README. */
+  /** How the default reads in --help and the configuration reference. */
   defaultText?: string
   min?: number
   max?: number
