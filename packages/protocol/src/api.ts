@@ -397,7 +397,8 @@ export const statusResponseSchema = t.object({
   nodeId: t.string(),
   clusterId: t.string(),
   mode: clusterModeSchema,
-  role: t.literal('leader', 'follower', 'candidate', 'replica'),
+  /** Single-leader: the core's role; leaderless: `replica`; standalone: `leader`. */
+  role: t.literal('leader', 'follower', 'preCandidate', 'candidate', 'replica'),
   leaderId: t.nullable(t.string()),
   leaderUrl: t.nullable(t.string()),
   lagEntries: integer(),
@@ -411,7 +412,8 @@ export const statusResponseSchema = t.object({
   version: t.string(),
   startedAt: isoTime(),
   uptimeMs: integer(),
-  writeQueue: integer(),
+  /** Writes waiting for the storage writer, and their bytes. */
+  writeQueue: t.object({ writes: integer(), bytes: integer() }),
   storage: t.object({
     dataDir: t.string(),
     fsync: t.boolean(),
