@@ -647,16 +647,27 @@ export class KvClient {
     } while (cursor !== undefined)
   }
 
-  /** The status of one node (the first seed, or `url`). */
+  /**
+   * The status of one node: `url`'s, or else the first seed's that answers (then the first
+   * member's that answers, so it works after the seed named first went down).
+   */
   async status(url?: string): Promise<NodeStatus> {
-    const res = await this.connection(url ?? this.url).send('GET', '/v1/status')
-    return JSON.parse(res.body.toString('utf8')) as StatusResponse
+    return (await this.nodeGet('/v1/status', url)) as StatusResponse
   }
 
-  /** A hash of one node's whole state at its applied LSN (the first seed, or `url`). */
+  /**
+   * A hash of one node's whole state at its applied LSN: `url`'s, or else the first seed's
+   * (or member's) that answers.
+   */
   async digest(url?: string): Promise<StateDigest> {
-    const res = await this.connection(url ?? this.url).send('GET', '/v1/digest')
-    return JSON.parse(res.body.toString('utf8')) as DigestResponse
+    return (await this.nodeGet('/v1/digest', url)) as DigestResponse
+  }
+
+  /** GET `path` from `url`, or from the first node that answers when no URL is given. */
+  private async nodeGet(path: string, url: string | undefined): Promise<unknown> {
+    if (url === undefined) return this.anyNode(path)
+    const res = await this.connection(url).send('GET', path)
+    return JSON.parse(res.body.toString('utf8')) as unknown
   }
 
   /**
@@ -676,8 +687,9 @@ export class KvClient {
   }
 
   /**
-   * Writes one node (the first seed, or `url`) dropped from its log because a new leader never
-   * had them: unconfirmed `ack=async` writes of a deposed leader. Oldest first, after `after`.
+   * Writes one node (`url`, or else the first seed, or member, that answers) dropped from its
+   * log because a new leader never had them: unconfirmed `ack=async` writes of a deposed leader.
+   * Oldest first, after `after`.
    */
   async rollbacks(
     options: { url?: string; after?: number; limit?: number } = {},
@@ -686,11 +698,10 @@ export class KvClient {
     if (options.after !== undefined) query.set('after', String(options.after))
     if (options.limit !== undefined) query.set('limit', String(options.limit))
     const qs = query.toString()
-    const res = await this.connection(options.url ?? this.url).send(
-      'GET',
+    return (await this.nodeGet(
       `/admin/v1/rollbacks${qs ? `?${qs}` : ''}`,
-    )
-    return JSON.parse(res.body.toString('utf8')) as RollbackPage
+      options.url,
+    )) as RollbackPage
   }
 
   /**
@@ -805,11 +816,19 @@ export class KvClient {
     return (await this.anyNode('/v1/auth/whoami')) as WhoAmI
   }
 
+  /** The seeds, then the members of the last view (either mode), without repeats. */
+  private knownNodes(): string[] {
+    const members =
+      this.view?.members.map((m) => m.clientUrl) ??
+      this.leaderless?.view.members.map((m) => m.clientUrl) ??
+      []
+    return [...new Set([...this.seeds, ...members])]
+  }
+
   /** GET `path` from the first node that answers: the seeds, then the members last seen. */
   private async anyNode(path: string): Promise<unknown> {
-    const members = this.view?.members.map((m) => m.clientUrl) ?? []
     let last: unknown
-    for (const url of [...new Set([...this.seeds, ...members])]) {
+    for (const url of this.knownNodes()) {
       try {
         const res = await this.connection(url).send('GET', path)
         return JSON.parse(res.body.toString('utf8')) as unknown
@@ -838,13 +857,24 @@ export class KvClient {
             headers: { 'content-type': 'application/json' },
           }
     const started = Date.now()
+    // Outside single-leader mode any node takes the call: the next known one after a failure.
+    let next = 0
     for (let attempt = 1; ; attempt++) {
       const mode = await this.currentMode({})
-      const url = mode === 'single-leader' ? await this.leader() : this.url
+      const nodes = this.knownNodes()
+      const url =
+        mode === 'single-leader' ? await this.leader() : (nodes[next % nodes.length] as string)
       try {
         const res = await this.connection(url).send(method, path, send)
         return JSON.parse(res.body.toString('utf8')) as unknown
       } catch (err) {
+        if (
+          mode !== 'single-leader' &&
+          err instanceof KvError &&
+          err.code === 'KV_ERR_UNAVAILABLE' &&
+          ++next % nodes.length !== 0
+        )
+          continue
         if (err instanceof KvError && retryable.has(err.code) && this.mayRetry(attempt, started)) {
           if (err.code === 'KV_ERR_NOT_LEADER' && typeof err.details.leaderUrl === 'string')
             this.leaderUrl = err.details.leaderUrl
