@@ -1,4 +1,7 @@
 /** The configuration's types: the option table's row, the resolved configuration, its errors. */
+import { ackModes, type AckMode } from '@kvstore/protocol'
+
+export { ackModes, type AckMode }
 
 export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 export type LogLevel = (typeof logLevels)[number]
@@ -6,11 +9,8 @@ export type LogLevel = (typeof logLevels)[number]
 export const clusterModes = ['standalone', 'single-leader', 'leaderless'] as const
 export type ClusterMode = (typeof clusterModes)[number]
 
-export const ackModes = ['async', 'quorum', 'all'] as const
-
 export const conflictModes = ['siblings', 'lww'] as const
 export type ConflictMode = (typeof conflictModes)[number]
-export type AckMode = (typeof ackModes)[number]
 
 /** One member of a cluster, as the configuration names it. */
 export interface MemberConfig {
