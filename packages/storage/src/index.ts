@@ -1,3 +1,4 @@
+export { hashDigestRecord } from './digest.js'
 export { requestFingerprint, sameRequest } from './fingerprint.js'
 export { InvariantError, StorageError, invariant } from './invariant.js'
 export { RecordCache } from './record-cache.js'

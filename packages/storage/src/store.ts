@@ -36,6 +36,7 @@ import {
   type StoredRecord,
   type UndoImage,
 } from '@kvstore/protocol'
+import { hashDigestRecord } from './digest.js'
 import { InvariantError, StorageError, invariant } from './invariant.js'
 import { RecordCache } from './record-cache.js'
 import {
@@ -688,19 +689,11 @@ export class Store {
     const snapshot = await this.openSnapshot()
     try {
       const hash = createHash('sha256')
-      const header = Buffer.alloc(17)
       let keys = 0
       let reservedKeys = 0
       let bytes = 0
       for await (const { key, record } of snapshot.records()) {
-        header.writeUInt32BE(key.length, 0)
-        header.writeUInt32BE(Math.floor(record.version / 2 ** 32), 4)
-        header.writeUInt32BE(record.version >>> 0, 8)
-        header[12] = record.tombstone ? 1 : 0
-        header.writeUInt32BE(record.value.length, 13)
-        hash.update(header)
-        hash.update(key)
-        hash.update(record.value)
+        hashDigestRecord(hash, key, record)
         // The auth store's records are hashed (replicas must agree on them too) but are not
         // keys of the data.
         if (key[0] === 0x00) {
