@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { hashDigestRecord } from '../src/index.js'
-import { entry, openStore, put, del, tempDir } from './helpers.js'
+import { del, entry, openStore, put, useTempDir } from './helpers.js'
 
 /** The digest format written out by hand, byte by byte, independently of the code. */
 function expectedBytes(key: Buffer, version: number, tombstone: boolean, value: Buffer): Buffer {
@@ -13,6 +13,8 @@ function expectedBytes(key: Buffer, version: number, tombstone: boolean, value: 
 }
 
 describe('the state digest format', () => {
+  const tmp = useTempDir()
+
   it('hashes a 17-byte header, the key and the value of each record', () => {
     const records = [
       { key: Buffer.from('a'), version: 1, tombstone: false, value: Buffer.from('one') },
@@ -34,35 +36,30 @@ describe('the state digest format', () => {
   })
 
   it('is what the store digest hashes', async () => {
-    const { dir, cleanup } = await tempDir()
-    try {
-      const store = await openStore(dir)
-      await store.append(
-        [entry(1, [put('b', '2'), put('a', '1')]), entry(2, [put('c', '3')]), entry(3, [del('b')])],
-        { commitLsn: 3 },
-      )
-      const hash = createHash('sha256')
-      hashDigestRecord(hash, Buffer.from('a'), {
-        version: 1,
-        tombstone: false,
-        value: Buffer.from('1'),
-      })
-      hashDigestRecord(hash, Buffer.from('c'), {
-        version: 2,
-        tombstone: false,
-        value: Buffer.from('3'),
-      })
-      expect(await store.digest()).toEqual({
-        appliedLsn: 3,
-        digest: hash.digest('hex'),
-        keys: 2,
-        bytes: 4,
-        reservedKeys: 0,
-      })
-      await store.close()
-    } finally {
-      await cleanup()
-    }
+    const store = await openStore(tmp.dir)
+    await store.append(
+      [entry(1, [put('b', '2'), put('a', '1')]), entry(2, [put('c', '3')]), entry(3, [del('b')])],
+      { commitLsn: 3 },
+    )
+    const hash = createHash('sha256')
+    hashDigestRecord(hash, Buffer.from('a'), {
+      version: 1,
+      tombstone: false,
+      value: Buffer.from('1'),
+    })
+    hashDigestRecord(hash, Buffer.from('c'), {
+      version: 2,
+      tombstone: false,
+      value: Buffer.from('3'),
+    })
+    expect(await store.digest()).toEqual({
+      appliedLsn: 3,
+      digest: hash.digest('hex'),
+      keys: 2,
+      bytes: 4,
+      reservedKeys: 0,
+    })
+    await store.close()
   })
 
   it('refuses a version that is not an lsn', () => {
