@@ -39,6 +39,9 @@ export const storageLimits = {
   writerQueueHeadEntriesMax: 1024,
 } as const
 
+/** Storage's limits, as numbers (for checking a changed set). */
+export type StorageLimits = { readonly [K in keyof typeof storageLimits]: number }
+
 /** The largest length a u32 field of an on-disk format (the digest header) can hold. */
 const u32Max = 2 ** 32 - 1
 
@@ -46,7 +49,7 @@ const u32Max = 2 ** 32 - 1
  * The relations between storage's limits and protocol's that must hold. Returns the broken
  * ones, empty when the limits fit each other.
  */
-export function checkStorageLimits(limits: typeof storageLimits = storageLimits): string[] {
+export function checkStorageLimits(limits: StorageLimits = storageLimits): string[] {
   const problems: string[] = []
   for (const [name, value] of Object.entries(limits)) {
     if (!Number.isSafeInteger(value) || value < 1) {
