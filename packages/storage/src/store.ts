@@ -306,11 +306,6 @@ export class Store {
       : readLog(this.ctx, fromLsn, limits, asEntry)
   }
 
-  /** @deprecated Use `readLog(fromLsn, limits, { raw: true })`; kept until its one caller moves. */
-  readLogRaw(fromLsn: number, limits: LogReadLimits): Promise<RawLogEntry[]> {
-    return this.readLog(fromLsn, limits, { raw: true })
-  }
-
   /**
    * Opens a consistent view of the state. Its LSN and records come from one LevelDB snapshot,
    * so writes that land afterwards are invisible to it.
