@@ -10,6 +10,8 @@ import type { ListItem, ListOptions } from './types.js'
 
 /** A key's record: from the cache, or else from LevelDB in libuv's thread pool. */
 export async function readRecord(ctx: StoreContext, key: Uint8Array): Promise<StoredRecord | null> {
+  // Inside the async function, so a refusal is a rejected promise, never a throw.
+  ctx.assertReadable()
   const id = Buffer.from(key.buffer, key.byteOffset, key.length).toString('latin1')
   const cached = ctx.cache.get(id)
   if (cached !== undefined) return cached
@@ -31,6 +33,7 @@ export async function listPage(
   ctx: StoreContext,
   options: ListOptions,
 ): Promise<{ items: ListItem[]; more: boolean }> {
+  ctx.assertReadable()
   // Without a prefix the page starts past the reserved space (keys starting with U+0000,
   // the auth store), which no client key can be in: user keys hold no control characters.
   const range = options.prefix

@@ -278,13 +278,11 @@ export class Store {
    * Returns null when the key has no record.
    */
   get(key: Uint8Array): Promise<StoredRecord | null> {
-    this.ctx.assertReadable()
     return readRecord(this.ctx, key)
   }
 
   /** One page of keys in key order, from a single consistent LevelDB iterator. */
   list(options: ListOptions): Promise<{ items: ListItem[]; more: boolean }> {
-    this.ctx.assertReadable()
     return listPage(this.ctx, options)
   }
 

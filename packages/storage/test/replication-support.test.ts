@@ -211,6 +211,11 @@ describe('snapshot install', () => {
     const snapshot = await leader.openSnapshot()
     await follower.beginSnapshotInstall(snapshot.appliedLsn, snapshot.lastEpoch)
     expect(() => follower.getSync(Buffer.from('k1'))).toThrow(/installing a snapshot/)
+    // The asynchronous reads refuse with a rejected promise, as before the split.
+    const refused = follower.get(Buffer.from('k1'))
+    await expect(refused).rejects.toThrow(/installing a snapshot/)
+    await expect(follower.list({ limit: 10 })).rejects.toThrow(/installing a snapshot/)
+    await expect(follower.openSnapshot()).rejects.toThrow(/installing a snapshot/)
     for await (const chunk of snapshot.rawChunks(7)) await follower.addSnapshotRecords(chunk)
     await snapshot.close()
     const digest = await follower.finishSnapshotInstall()
