@@ -31,6 +31,7 @@ import {
 } from '@kvstore/protocol'
 import {
   encodeEntries,
+  hashDigestRecord,
   type EncodedEntries,
   type LogWriter,
   type StateSnapshot,
@@ -977,10 +978,11 @@ export class Replicator {
 
   private async load(to: string, fromLsn: number): Promise<void> {
     try {
-      const raw = await this.store.readLogRaw(fromLsn, {
-        entriesMax: 4096,
-        bytesMax: this.config.replicationAppendBytesMax,
-      })
+      const raw = await this.store.readLog(
+        fromLsn,
+        { entriesMax: 4096, bytesMax: this.config.replicationAppendBytesMax },
+        { raw: true },
+      )
       this.core.entriesLoaded(
         to,
         raw.map((r) => ({ lsn: r.lsn, epoch: r.epoch, data: r.data })),
@@ -1269,7 +1271,6 @@ export class Replicator {
       snapshot = await this.store.openSnapshot()
       const { appliedLsn: snapshotLsn, lastEpoch: snapshotEpoch } = snapshot
       const hash = createHash('sha256')
-      const header = Buffer.alloc(17)
       let sequence = 0
       let records: { key: Uint8Array; record: Uint8Array }[] = []
       let requests: { id: string; record: Uint8Array }[] = []
@@ -1299,14 +1300,7 @@ export class Replicator {
       for await (const chunk of snapshot.rawChunks(1000)) {
         for (const { key, record } of chunk) {
           const decoded = decodeStoredRecord(record)
-          header.writeUInt32BE(key.length, 0)
-          header.writeUInt32BE(Math.floor(decoded.version / 2 ** 32), 4)
-          header.writeUInt32BE(decoded.version >>> 0, 8)
-          header[12] = decoded.tombstone ? 1 : 0
-          header.writeUInt32BE(decoded.value.length, 13)
-          hash.update(header)
-          hash.update(key)
-          hash.update(decoded.value)
+          hashDigestRecord(hash, key, decoded)
           records.push({ key, record })
           bytes += key.length + record.length
           if (bytes >= this.config.replicationAppendBytesMax) await flush(false)
