@@ -98,7 +98,7 @@ export class KvNode {
       {
         role: () =>
           replicator
-            ? replicator.core.roleName
+            ? replicator.role
             : config.mode === 'leaderless'
               ? 'replica'
               : cluster
@@ -202,6 +202,8 @@ export class KvNode {
           onFatal,
           security: peerSecurity(config, cluster, store.meta.clusterId, tls, metrics, logger),
           bootstrapOps: bootstrap?.ops ?? null,
+          // Test-only; joins the config table as `unsafeNoFencing` (see the config engineer).
+          unsafeNoFencing: process.env.KV_UNSAFE_NO_FENCING === '1',
         })
         await replicator.start()
         metrics.watchReplicator(replicator)

@@ -1,15 +1,21 @@
 /**
  * Drives the replication core for one node: feeds it ticks, frames and local durability,
- * carries out its Ready (persist, then send), loads old entries and ships snapshots, and
- * answers the questions the HTTP layer asks: may I write, is this write acknowledged the way
- * the client asked, has this replica applied a session's LSN, how far behind is everyone.
+ * carries out its Ready (persist, then send), loads old entries, and answers the questions the
+ * HTTP layer asks: may I write, is this write acknowledged the way the client asked, has this
+ * replica applied a session's LSN, how far behind is everyone.
+ *
+ * Split as etcd splits rafthttp: frames.ts translates messages and frames, snapshot-sender.ts
+ * and snapshot-receiver.ts move snapshots, wait.ts holds the waiting requests, and
+ * cluster-view.ts measures lag and builds the cluster view. This file is the loop that joins
+ * them; nothing outside the cluster directory reaches the core.
  */
-import { createHash } from 'node:crypto'
 import type { Logger } from 'pino'
 import {
+  CoreInvariantError,
   NotLeaderError,
   ReplicaCore,
   TransferInProgressError,
+  invariant,
   type CoreEntry,
   type Message,
   type Ready,
@@ -19,23 +25,15 @@ import {
   EntryKind,
   KvError,
   decodeLogEntry,
-  decodeStoredRecord,
   encodeLogEntry,
   encodeSession,
   frameLimits,
   type Frame,
   type LogEntry,
   type Op,
-  type MemberState,
   type StoredRecord,
 } from '@kvstore/protocol'
-import {
-  encodeEntries,
-  type EncodedEntries,
-  type LogWriter,
-  type StateSnapshot,
-  type Store,
-} from '@kvstore/storage'
+import { encodeEntries, type EncodedEntries, type LogWriter, type Store } from '@kvstore/storage'
 import {
   replicationFrameBytesMax,
   type AckMode,
@@ -43,8 +41,15 @@ import {
   type MemberConfig,
   type NodeConfig,
 } from '../config.js'
+import { ClusterTracker, type ClusterView } from './cluster-view.js'
+import { frameOfMessage, messageOfFrame, type FrameContext } from './frames.js'
 import type { PeerSecurity } from './peer-server.js'
+import { SnapshotReceiver } from './snapshot-receiver.js'
+import { SnapshotSender } from './snapshot-sender.js'
 import { PeerTransport } from './transport.js'
+import { AckWaiters, ApplyWaiters, ackVerdict } from './wait.js'
+
+export type { ClusterView, MemberView } from './cluster-view.js'
 
 export interface ReplicatorOptions {
   config: NodeConfig
@@ -59,64 +64,36 @@ export interface ReplicatorOptions {
    * already has a log.
    */
   bootstrapOps?: Op[] | null
+  /**
+   * Fencing off, for the chaos suite's teeth test only (config `unsafeNoFencing`, env
+   * KV_UNSAFE_NO_FENCING=1): a leader ignores newer epochs, never steps down for silence, and
+   * serves writes and linearizable reads without confirming it still leads. The checkers must
+   * catch the result. Default false.
+   */
+  unsafeNoFencing?: boolean
   now?: () => number
 }
 
-/** One member as GET /v1/cluster shows it. */
-export interface MemberView {
-  id: string
-  role: 'leader' | 'follower'
-  clientUrl: string
-  peerUrl: string
-  /** Epoch the member is in, as it last reported (null before it has). */
-  epoch: number | null
-  /** Highest LSN known durable and matching on the member. */
-  ackedLsn: number
-  /** Highest LSN the member has applied, as it last reported (null before it has). */
-  appliedLsn: number | null
-  lagEntries: number
-  lagMs: number
-  /** Milliseconds since the leader last heard from it (0 for the leader). */
-  lastContactMs: number | null
-  connected: boolean
+/** Counters for metrics. */
+export interface ReplicatorStats {
+  /** Entries sent, per follower. */
+  readonly entriesShipped: Map<string, number>
+  /** Append frames that carried entries, per follower. */
+  readonly appendFramesShipped: Map<string, number>
+  readonly snapshotsSent: number
+  readonly snapshotsInstalled: number
+  /** Times this node won an election. */
+  electionsWon: number
+  /** Times this node stopped leading. */
+  stepDowns: number
+  ackTimeouts: number
+  badFrames: number
+  /** Elections this node started (pre-votes that turned into votes). */
+  readonly electionsStarted: number
+  /** Peer messages the core dropped for their epoch. */
+  readonly epochMessagesDropped: number
 }
 
-export interface ClusterView {
-  mode: string
-  clusterId: string
-  leaderId: string | null
-  leaderUrl: string | null
-  /** This node takes writes now: it leads, is ready, and hears from a majority. */
-  writable: boolean
-  epoch: number
-  commitLsn: number
-  self: string
-  members: MemberView[]
-}
-
-interface AckWaiter {
-  lsn: number
-  /** Epoch of the entry at `lsn` when it was written. */
-  epoch: number
-  mode: AckMode
-  resolve: () => void
-  reject: (err: Error) => void
-  timer: NodeJS.Timeout
-}
-
-interface ApplyWaiter {
-  lsn: number
-  resolve: (applied: boolean) => void
-  timer: NodeJS.Timeout
-}
-
-/** When this node learned that the leader had an LSN, to measure lag with the local clock. */
-interface Sighting {
-  lsn: number
-  atMs: number
-}
-
-const sightingsMax = 4096
 /** Reads waiting on this replica to apply their session's LSN, at most. */
 const applyWaitersMax = 10_000
 
@@ -126,7 +103,7 @@ function electionTicksOf(config: NodeConfig): number {
 }
 
 export class Replicator {
-  readonly core: ReplicaCore
+  private readonly core: ReplicaCore
   readonly cluster: ClusterConfig
   private readonly config: NodeConfig
   private readonly store: Store
@@ -134,38 +111,28 @@ export class Replicator {
   private readonly now: () => number
   private readonly transport: PeerTransport
   private readonly decoded = new WeakMap<CoreEntry, LogEntry>()
-  private ackWaiters: AckWaiter[] = []
+  /** Writes waiting for their acknowledgement, as the client asked. */
+  private readonly ackWaiters = new AckWaiters()
+  /** Reads waiting on this replica to apply their session's LSN. */
+  private readonly applyWaiters = new ApplyWaiters(applyWaitersMax)
+  /** Lag, contact and the cluster view. */
+  private readonly tracker: ClusterTracker
+  private readonly snapshotSender: SnapshotSender
+  private readonly snapshotReceiver: SnapshotReceiver
+  /** What outbound frames carry beyond the core's messages. */
+  private readonly frameContext: FrameContext
   /** The barrier entry that linearizable reads arriving in this turn of the event loop share. */
   private pendingBarrier: Promise<void> | null = null
-  /**
-   * KV_UNSAFE_NO_FENCING=1, for the chaos suite's teeth test only: a leader ignores newer
-   * epochs, never steps down for silence, and serves writes and linearizable reads without
-   * confirming it still leads. The checkers must catch the result.
-   */
-  private readonly unsafeNoFencing = process.env.KV_UNSAFE_NO_FENCING === '1'
+  /** See `ReplicatorOptions.unsafeNoFencing`. */
+  private readonly unsafeNoFencing: boolean
   /** A leadership transfer an operator asked for, while it runs. */
   private transferring: Promise<string> | null = null
-  private applyWaiters: ApplyWaiter[] = []
   private scheduled = false
   private stopped = false
   private ticker: NodeJS.Timeout | null = null
   private housekeeping: NodeJS.Timeout | null = null
-  /** Follower: when it first learned of leader LSNs it had not applied yet. */
-  private sightings: Sighting[] = []
-  /** Leader: when it proposed LSNs, to tell how old a follower's oldest missing entry is. */
-  private proposals: Sighting[] = []
-  /** Leader: last contact per follower, local clock. */
-  private readonly lastContact = new Map<string, number>()
-  /** Leader: what each follower last reported in its acknowledgements. */
-  private readonly reported = new Map<string, { appliedLsn: number; epoch: number }>()
-  /** Follower: what the leader last said about every member. */
-  private leaderView: MemberState[] = []
-  private installing: { from: string; lsn: number; epoch: number; next: number } | null = null
   /** Store writes this replicator started and has not seen finish. */
   private readonly pendingWrites = new Set<Promise<unknown>>()
-  private readonly snapshotting = new Set<string>()
-  /** Followers the core asked a snapshot for again while one was still being sent to them. */
-  private readonly snapshotAgain = new Set<string>()
   /** The role and epoch last seen, to notice elections and step-downs. */
   private lastRole: { role: RoleName; epoch: number } = { role: 'follower', epoch: 0 }
   /** The epoch this node leads at, until it steps down. */
@@ -173,25 +140,10 @@ export class Replicator {
   /** This node is the preferred leader and has not campaigned yet. */
   private campaignFirst = false
   private campaignFirstTicks = 0
-  /** Follower: snapshot chunks being installed, in order. */
-  private snapshotChunks: Promise<void> = Promise.resolve()
   /** Counters for metrics. */
-  readonly stats = {
-    entriesShipped: new Map<string, number>(),
-    /** Append frames that carried entries, per follower. */
-    appendFramesShipped: new Map<string, number>(),
-    snapshotsSent: 0,
-    snapshotsInstalled: 0,
-    /** Times this node won an election. */
-    electionsWon: 0,
-    /** Times this node stopped leading. */
-    stepDowns: 0,
-    ackTimeouts: 0,
-    badFrames: 0,
-  }
+  readonly stats: ReplicatorStats
   private readonly onFatal: (err: Error) => void
   private readonly bootstrapOps: Op[] | null
-  private readonly security: PeerSecurity
 
   constructor(options: ReplicatorOptions & { onFatal: (err: Error) => void }) {
     const { config, cluster, store } = options
@@ -202,7 +154,7 @@ export class Replicator {
     this.now = options.now ?? Date.now
     this.onFatal = options.onFatal
     this.bootstrapOps = options.bootstrapOps ?? null
-    this.security = options.security
+    this.unsafeNoFencing = options.unsafeNoFencing ?? false
     const meta = store.meta
     this.core = new ReplicaCore(
       {
@@ -247,17 +199,80 @@ export class Replicator {
       handlers: {
         onFrame: (peer, frame) => this.onFrame(peer, frame),
         onConnected: (peer) => {
-          this.lastContact.set(peer, this.now())
+          this.tracker.heardFrom(peer)
           this.core.peerConnected(peer)
           this.schedule()
         },
         onDisconnected: (peer) => {
           this.core.peerDisconnected(peer)
-          if (this.installing?.from === peer) this.abandonInstall('the stream broke')
+          this.snapshotReceiver.peerGone(peer)
           this.schedule()
         },
       },
     })
+    const core = this.core
+    const transport = this.transport
+    this.tracker = new ClusterTracker({
+      cluster,
+      core,
+      clusterId: meta.clusterId,
+      appliedLsn: () => store.appliedLsn,
+      isConnected: (peer) => transport.isConnected(peer),
+      writable: () => this.writable,
+      now: this.now,
+    })
+    this.frameContext = {
+      self: cluster.self.id,
+      nowMs: this.now,
+      appliedLsn: () => store.appliedLsn,
+      lagMs: () => this.tracker.lag().ms,
+      memberStates: () => this.tracker.memberStates(),
+    }
+    this.snapshotSender = new SnapshotSender({
+      openSnapshot: () => store.openSnapshot(),
+      self: cluster.self.id,
+      epoch: () => core.epoch,
+      chunkBytesMax: config.replicationAppendBytesMax,
+      send: (to, frame) => transport.send(to, frame),
+      drained: (to) => transport.drained(to),
+      onFailed: (to) => {
+        core.snapshotFailed(to)
+        this.schedule()
+      },
+      logger: this.log,
+    })
+    this.snapshotReceiver = new SnapshotReceiver({
+      store,
+      core,
+      link: transport,
+      security: options.security,
+      logger: this.log,
+      onChange: () => this.schedule(),
+      onBadFrame: () => this.stats.badFrames++,
+      stopped: () => this.stopped,
+    })
+    const sender = this.snapshotSender
+    const receiver = this.snapshotReceiver
+    this.stats = {
+      entriesShipped: new Map<string, number>(),
+      appendFramesShipped: new Map<string, number>(),
+      get snapshotsSent() {
+        return sender.sent
+      },
+      get snapshotsInstalled() {
+        return receiver.installed
+      },
+      electionsWon: 0,
+      stepDowns: 0,
+      ackTimeouts: 0,
+      badFrames: 0,
+      get electionsStarted() {
+        return core.electionsStarted
+      },
+      get epochMessagesDropped() {
+        return core.epochMessagesDropped
+      },
+    }
   }
 
   /**
@@ -320,7 +335,7 @@ export class Replicator {
   /** Waits (at most `timeoutMs`) for writes that wait on replicas to be acknowledged. */
   async settle(timeoutMs: number): Promise<void> {
     const deadline = this.now() + timeoutMs
-    while (this.ackWaiters.length > 0 && this.now() < deadline) {
+    while (this.ackWaiters.size > 0 && this.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 10))
     }
   }
@@ -337,16 +352,10 @@ export class Replicator {
     if (this.housekeeping) clearInterval(this.housekeeping)
     await this.transport.close()
     await Promise.allSettled([...this.pendingWrites])
-    for (const w of this.ackWaiters) {
-      clearTimeout(w.timer)
-      w.reject(new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down'))
-    }
-    this.ackWaiters = []
-    for (const w of this.applyWaiters) {
-      clearTimeout(w.timer)
-      w.resolve(false)
-    }
-    this.applyWaiters = []
+    this.ackWaiters.rejectAll(
+      () => new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down'),
+    )
+    this.applyWaiters.cancelAll()
   }
 
   /** Tracks a store write started here, so `stop` can wait for it. */
@@ -361,6 +370,11 @@ export class Replicator {
 
   get isLeader(): boolean {
     return this.core.isLeader
+  }
+
+  /** This node's role: leader, follower, preCandidate or candidate. */
+  get role(): RoleName {
+    return this.core.roleName
   }
 
   get epoch(): number {
@@ -388,7 +402,7 @@ export class Replicator {
       )
     }
     if (this.unsafeNoFencing) return
-    const silentMs = this.now() - this.quorumContactMs()
+    const silentMs = this.now() - this.tracker.quorumContactMs()
     if (silentMs >= this.config.electionTimeoutMs) {
       throw new KvError(
         'KV_ERR_NOT_LEADER',
@@ -406,15 +420,6 @@ export class Replicator {
     } catch {
       return false
     }
-  }
-
-  /** Leader: the latest time by which a majority (itself included) had been heard from. */
-  private quorumContactMs(): number {
-    const now = this.now()
-    const times = this.cluster.members
-      .map((m) => (m.id === this.cluster.self.id ? now : (this.lastContact.get(m.id) ?? -Infinity)))
-      .sort((a, b) => b - a)
-    return times[Math.floor(times.length / 2)] as number
   }
 
   /** KV_ERR_NOT_LEADER naming the leader, for a write that reached a follower. */
@@ -451,11 +456,16 @@ export class Replicator {
               { leaderId: err.to },
             )
           }
-          throw err
+          // The core throws nothing else here: anything else is a broken invariant.
+          throw this.broken(err)
         }
       },
       append: (encoded: EncodedEntries) => {
         const entries = encoded.entries
+        invariant(
+          entries.length > 0 && entries.length === encoded.encoded.length,
+          () => `a write of ${entries.length} entries (${encoded.encoded.length} encoded)`,
+        )
         for (let i = 0; i < entries.length; i++) {
           const entry = entries[i] as LogEntry
           const core: CoreEntry = {
@@ -464,8 +474,12 @@ export class Replicator {
             data: encoded.encoded[i] as Uint8Array,
           }
           this.decoded.set(core, entry)
-          this.core.propose(core)
-          this.sighted(this.proposals, entry.lsn)
+          try {
+            this.core.propose(core)
+          } catch (err) {
+            throw this.broken(err)
+          }
+          this.tracker.proposed(entry.lsn)
         }
         const last = entries[entries.length - 1] as LogEntry
         const durable = this.track(this.store.appendEncoded(encoded))
@@ -628,58 +642,30 @@ export class Replicator {
     const verdict = this.ackVerdict(lsn, epoch, mode)
     if (verdict === 'confirmed') return Promise.resolve()
     if (verdict === 'unknown') return Promise.reject(this.staleEpochError(lsn, epoch))
-    return new Promise((resolve, reject) => {
-      const waiter: AckWaiter = {
-        lsn,
-        epoch,
-        mode,
-        resolve,
-        reject,
-        timer: setTimeout(() => {
-          this.ackWaiters = this.ackWaiters.filter((w) => w !== waiter)
-          this.stats.ackTimeouts++
-          const confirmed = this.cluster.members
-            .filter((m) => this.core.matchOf(m.id) >= lsn)
-            .map((m) => m.id)
-          reject(
-            new KvError(
-              'KV_ERR_ACK_TIMEOUT',
-              `the write at LSN ${lsn} is durable on the leader but ${mode === 'all' ? 'not every member' : 'no majority'} confirmed it within ${timeoutMs} ms (confirmed by ${confirmed.join(', ')}); it may still replicate`,
-              {
-                lsn,
-                ack: mode,
-                confirmedBy: confirmed.join(','),
-                session: encodeSession({ epoch: this.core.epoch, lsn }),
-              },
-            ),
-          )
-        }, timeoutMs),
-      }
-      this.ackWaiters.push(waiter)
+    return this.ackWaiters.wait({ lsn, epoch, mode }, timeoutMs, () => {
+      this.stats.ackTimeouts++
+      const confirmed = this.cluster.members
+        .filter((m) => this.core.matchOf(m.id) >= lsn)
+        .map((m) => m.id)
+      return new KvError(
+        'KV_ERR_ACK_TIMEOUT',
+        `the write at LSN ${lsn} is durable on the leader but ${mode === 'all' ? 'not every member' : 'no majority'} confirmed it within ${timeoutMs} ms (confirmed by ${confirmed.join(', ')}); it may still replicate`,
+        {
+          lsn,
+          ack: mode,
+          confirmedBy: confirmed.join(','),
+          session: encodeSession({ epoch: this.core.epoch, lsn }),
+        },
+      )
     })
   }
 
-  /**
-   * Where the entry written at `lsn` in `epoch` stands. An LSN alone says nothing once the
-   * leader changed: the same LSN may hold another leader's entry, committed, so the epoch of
-   * the entry at that LSN must match too.
-   */
   private ackVerdict(
     lsn: number,
     epoch: number,
     mode: AckMode,
   ): 'confirmed' | 'waiting' | 'unknown' {
-    const core = this.core
-    const at = core.epochAt(lsn)
-    // Compacted away: only committed entries are compacted, and this one was in the log.
-    const ours = at === epoch || (at === null && lsn <= core.commitLsn)
-    if (at !== null && at !== epoch) return 'unknown'
-    if (mode === 'quorum' && ours && core.commitLsn >= lsn) return 'confirmed'
-    // A leader waits for an entry in its log (its own, or an earlier leader's it holds); a
-    // node that no longer leads cannot tell what becomes of it.
-    if (!core.isLeader || !ours) return 'unknown'
-    if (mode === 'all' && ours && core.allMatchLsn() >= lsn) return 'confirmed'
-    return 'waiting'
+    return ackVerdict(this.core, lsn, epoch, mode)
   }
 
   /** The answer to a write whose leader was deposed before it was confirmed. */
@@ -695,154 +681,38 @@ export class Replicator {
   waitApplied(lsn: number, timeoutMs: number): Promise<boolean> {
     if (this.store.appliedLsn >= lsn && !this.store.isInstallingSnapshot)
       return Promise.resolve(true)
-    // Bounded: beyond this many waiting reads, a read that would wait is refused at once
-    // (KV_ERR_REPLICA_BEHIND sends the client elsewhere).
-    if (timeoutMs <= 0 || this.applyWaiters.length >= applyWaitersMax) {
-      return Promise.resolve(false)
-    }
-    return new Promise((resolve) => {
-      const waiter: ApplyWaiter = {
-        lsn,
-        resolve,
-        timer: setTimeout(() => {
-          this.applyWaiters = this.applyWaiters.filter((w) => w !== waiter)
-          resolve(false)
-        }, timeoutMs),
-      }
-      this.applyWaiters.push(waiter)
-    })
+    // Bounded: beyond `applyWaitersMax` waiting reads, a read that would wait is refused at
+    // once (KV_ERR_REPLICA_BEHIND sends the client elsewhere).
+    return this.applyWaiters.wait(lsn, timeoutMs)
   }
 
   private settleWaiters(): void {
-    if (this.ackWaiters.length > 0) {
-      const waiting: AckWaiter[] = []
-      for (const w of this.ackWaiters) {
-        const verdict = this.ackVerdict(w.lsn, w.epoch, w.mode)
-        if (verdict === 'waiting') {
-          waiting.push(w)
-          continue
-        }
-        clearTimeout(w.timer)
-        if (verdict === 'confirmed') w.resolve()
-        else w.reject(this.staleEpochError(w.lsn, w.epoch))
-      }
-      this.ackWaiters = waiting
-    }
-    if (this.applyWaiters.length > 0 && !this.store.isInstallingSnapshot) {
-      const applied = this.store.appliedLsn
-      const waiting: ApplyWaiter[] = []
-      for (const w of this.applyWaiters) {
-        if (applied >= w.lsn) {
-          clearTimeout(w.timer)
-          w.resolve(true)
-        } else {
-          waiting.push(w)
-        }
-      }
-      this.applyWaiters = waiting
-    }
+    this.ackWaiters.trigger(
+      (w) => this.ackVerdict(w.lsn, w.epoch, w.mode),
+      (w) => this.staleEpochError(w.lsn, w.epoch),
+    )
+    if (!this.store.isInstallingSnapshot) this.applyWaiters.trigger(this.store.appliedLsn)
   }
 
   // ------------------------------------------------------------------ lag and views
 
   /** This node's lag behind the leader: entries and milliseconds (0 on the leader). */
   lag(): { entries: number; ms: number } {
-    if (this.core.isLeader) return { entries: 0, ms: 0 }
-    const applied = this.store.appliedLsn
-    const leaderLast = this.core.leaderLastLsn
-    while (this.sightings.length > 0 && (this.sightings[0] as Sighting).lsn <= applied)
-      this.sightings.shift()
-    const entries = Math.max(0, leaderLast - applied)
-    const oldest = this.sightings[0]
-    return {
-      entries,
-      ms: entries === 0 || oldest === undefined ? 0 : Math.max(0, this.now() - oldest.atMs),
-    }
-  }
-
-  /** Leader: a follower's lag, from its acknowledged LSN. */
-  private followerLag(id: string): { entries: number; ms: number } {
-    const match = this.core.matchOf(id)
-    const entries = Math.max(0, this.core.lastLsn - match)
-    if (entries === 0) return { entries: 0, ms: 0 }
-    const firstMissing = this.proposals.find((p) => p.lsn > match)
-    const since = firstMissing?.atMs ?? this.proposals[0]?.atMs
-    return { entries, ms: since === undefined ? 0 : Math.max(0, this.now() - since) }
-  }
-
-  private sighted(list: Sighting[], lsn: number): void {
-    const last = list[list.length - 1]
-    if (last !== undefined && last.lsn >= lsn) return
-    const at = this.now()
-    if (last !== undefined && last.atMs === at) {
-      last.lsn = lsn
-    } else {
-      list.push({ lsn, atMs: at })
-    }
-    // Trim in halves, so that the cost of dropping old sightings is spread over many writes.
-    if (list.length > sightingsMax * 2) list.splice(0, list.length - sightingsMax)
+    return this.tracker.lag()
   }
 
   /** What GET /v1/cluster shows. */
   clusterView(): ClusterView {
-    const leader = this.leaderMember
-    const now = this.now()
-    const members: MemberView[] = this.cluster.members.map((member) => {
-      const base = { id: member.id, clientUrl: member.clientUrl, peerUrl: member.peerUrl }
-      const role: 'leader' | 'follower' = member.id === this.core.leaderId ? 'leader' : 'follower'
-      if (member.id === this.cluster.self.id) {
-        const lag = this.lag()
-        return {
-          ...base,
-          role,
-          epoch: this.core.epoch,
-          ackedLsn: this.core.isLeader ? this.store.appliedLsn : this.core.lastLsn,
-          appliedLsn: this.store.appliedLsn,
-          lagEntries: lag.entries,
-          lagMs: lag.ms,
-          lastContactMs: 0,
-          connected: true,
-        }
-      }
-      if (this.core.isLeader) {
-        const lag = this.followerLag(member.id)
-        const contact = this.lastContact.get(member.id)
-        return {
-          ...base,
-          role,
-          epoch: this.reported.get(member.id)?.epoch ?? null,
-          ackedLsn: this.core.matchOf(member.id),
-          appliedLsn: this.reported.get(member.id)?.appliedLsn ?? null,
-          lagEntries: lag.entries,
-          lagMs: lag.ms,
-          lastContactMs: contact === undefined ? null : now - contact,
-          connected: this.transport.isConnected(member.id),
-        }
-      }
-      const seen = this.leaderView.find((m) => m.id === member.id)
-      return {
-        ...base,
-        role,
-        epoch: seen?.epoch || null,
-        ackedLsn: seen?.matchLsn ?? 0,
-        appliedLsn: seen?.epoch ? seen.appliedLsn : null,
-        lagEntries: seen?.lagEntries ?? 0,
-        lagMs: seen?.lagMs ?? 0,
-        lastContactMs: seen?.lastContactMs ?? null,
-        connected: seen?.connected ?? false,
-      }
-    })
-    return {
-      mode: this.cluster.mode,
-      clusterId: this.store.meta.clusterId,
-      leaderId: leader?.id ?? null,
-      leaderUrl: leader?.clientUrl ?? null,
-      writable: this.writable,
-      epoch: this.core.epoch,
-      commitLsn: this.core.commitLsn,
-      self: this.cluster.self.id,
-      members,
-    }
+    return this.tracker.view()
+  }
+
+  /**
+   * A broken invariant found on a path a request took: the node stops (a bug must not go on
+   * to corrupt data) and the request fails. Anything else is returned to be thrown as it was.
+   */
+  private broken(err: unknown): Error {
+    if (err instanceof CoreInvariantError && !this.stopped) this.onFatal(err)
+    return err as Error
   }
 
   // ------------------------------------------------------------------ the Ready loop
@@ -867,7 +737,7 @@ export class Replicator {
       for (const message of ready.sendNow) this.sendMessage(message)
       this.persist(ready)
       for (const load of ready.loads) void this.load(load.to, load.fromLsn)
-      for (const to of ready.snapshots) void this.sendSnapshot(to)
+      for (const to of ready.snapshots) void this.snapshotSender.send(to)
     }
     this.noticeRole()
     this.settleWaiters()
@@ -900,7 +770,8 @@ export class Replicator {
    * back (a retry with the same kv-request-id is safe: it is applied at most once).
    */
   private deposed(): void {
-    const ledAt = this.ledAtEpoch as number
+    const ledAt = this.ledAtEpoch
+    invariant(ledAt !== null, 'deposed from a leadership never won')
     this.ledAtEpoch = null
     this.stats.stepDowns++
     this.log.error(
@@ -909,12 +780,7 @@ export class Replicator {
         ? 'this node no longer leads: a member is at a higher epoch'
         : 'this node no longer leads: it has not heard from a majority within an election timeout',
     )
-    const waiters = this.ackWaiters
-    this.ackWaiters = []
-    for (const w of waiters) {
-      clearTimeout(w.timer)
-      w.reject(this.staleEpochError(w.lsn, w.epoch))
-    }
+    this.ackWaiters.rejectAll((w) => this.staleEpochError(w.lsn, w.epoch))
   }
 
   /** Persists a Ready's hard state, truncation and entries in order, then sends what waited on them. */
@@ -977,6 +843,7 @@ export class Replicator {
 
   private async load(to: string, fromLsn: number): Promise<void> {
     try {
+      // The one call of readLogRaw (the storage merges it into readLog).
       const raw = await this.store.readLogRaw(fromLsn, {
         entriesMax: 4096,
         bytesMax: this.config.replicationAppendBytesMax,
@@ -1011,431 +878,59 @@ export class Replicator {
   // ------------------------------------------------------------------ frames
 
   private sendMessage(message: Message): void {
-    const epoch = message.epoch
-    const now = this.now()
-    let frame: Frame
-    switch (message.type) {
-      case 'append':
-        frame = {
-          from: this.cluster.self.id,
-          epoch,
-          body: {
-            kind: 'append',
-            prevLsn: message.prevLsn,
-            prevEpoch: message.prevEpoch,
-            entries: message.entries.map((e) => e.data),
-            commitLsn: message.commitLsn,
-            leaderLastLsn: message.leaderLastLsn,
-            leaderClockMs: now,
-          },
-        }
-        if (message.entries.length > 0) {
-          this.stats.entriesShipped.set(
-            message.to,
-            (this.stats.entriesShipped.get(message.to) ?? 0) + message.entries.length,
-          )
-          this.stats.appendFramesShipped.set(
-            message.to,
-            (this.stats.appendFramesShipped.get(message.to) ?? 0) + 1,
-          )
-        }
-        break
-      case 'heartbeat':
-        frame = {
-          from: this.cluster.self.id,
-          epoch,
-          body: {
-            kind: 'heartbeat',
-            commitLsn: message.commitLsn,
-            leaderLastLsn: message.leaderLastLsn,
-            leaderClockMs: now,
-            members: this.memberStates(),
-          },
-        }
-        break
-      case 'appendAck':
-        frame = {
-          from: this.cluster.self.id,
-          epoch,
-          body: {
-            kind: 'appendAck',
-            matchLsn: message.matchLsn,
-            reject: message.reject,
-            hintLsn: message.hintLsn,
-            appliedLsn: this.store.appliedLsn,
-          },
-        }
-        break
-      case 'heartbeatAck':
-        frame = {
-          from: this.cluster.self.id,
-          epoch,
-          body: {
-            kind: 'heartbeatAck',
-            matchLsn: message.matchLsn,
-            appliedLsn: this.store.appliedLsn,
-            lagMs: this.lag().ms,
-          },
-        }
-        break
-      case 'vote':
-        frame = {
-          from: this.cluster.self.id,
-          epoch,
-          body: {
-            kind: 'vote',
-            lastLsn: message.lastLsn,
-            lastEpoch: message.lastEpoch,
-            preVote: message.preVote,
-            transfer: message.transfer,
-          },
-        }
-        break
-      case 'voteAck':
-        frame = {
-          from: this.cluster.self.id,
-          epoch,
-          body: { kind: 'voteAck', granted: message.granted, preVote: message.preVote },
-        }
-        break
-      case 'timeoutNow':
-        frame = { from: this.cluster.self.id, epoch, body: { kind: 'timeoutNow' } }
-        break
+    const frame = frameOfMessage(message, this.frameContext)
+    if (message.type === 'append' && message.entries.length > 0) {
+      const { entriesShipped, appendFramesShipped } = this.stats
+      entriesShipped.set(message.to, (entriesShipped.get(message.to) ?? 0) + message.entries.length)
+      appendFramesShipped.set(message.to, (appendFramesShipped.get(message.to) ?? 0) + 1)
     }
     this.transport.send(message.to, frame)
-  }
-
-  private memberStates(): MemberState[] {
-    return this.clusterView().members.map((m) => ({
-      id: m.id,
-      role: m.role,
-      matchLsn: m.ackedLsn,
-      lagEntries: m.lagEntries,
-      lagMs: m.lagMs,
-      lastContactMs: m.lastContactMs ?? 0,
-      connected: m.connected,
-      appliedLsn: m.appliedLsn ?? 0,
-      epoch: m.epoch ?? 0,
-    }))
   }
 
   private onFrame(peer: string, frame: Frame): void {
     if (this.stopped) return
     // Fencing disabled (a test-only switch): a leader ignores every sign of a newer epoch.
     if (this.unsafeNoFencing && this.core.isLeader && frame.epoch > this.core.epoch) return
-    const self = this.cluster.self.id
-    const body = frame.body
     try {
-      switch (body.kind) {
-        case 'append': {
-          let previousEpoch = body.prevEpoch
-          const entries: CoreEntry[] = body.entries.map((data, i) => {
-            const entry = decodeLogEntry(data)
-            // Checked here, before the core sees any of it: LSNs follow prevLsn one by one,
-            // and epochs never go down nor pass the sender's.
-            if (
-              entry.lsn !== body.prevLsn + 1 + i ||
-              entry.epoch > frame.epoch ||
-              entry.epoch < previousEpoch
-            ) {
-              throw new KvError(
-                'KV_ERR_BAD_FRAME',
-                `entry ${entry.lsn} (epoch ${entry.epoch}) does not fit the append`,
-              )
-            }
-            previousEpoch = entry.epoch
-            const core: CoreEntry = { lsn: entry.lsn, epoch: entry.epoch, data }
-            this.decoded.set(core, entry)
-            return core
-          })
-          if (body.leaderLastLsn > this.store.appliedLsn)
-            this.sighted(this.sightings, body.leaderLastLsn)
-          this.core.step({
-            type: 'append',
-            from: peer,
-            to: self,
-            epoch: frame.epoch,
-            prevLsn: body.prevLsn,
-            prevEpoch: body.prevEpoch,
-            entries,
-            commitLsn: body.commitLsn,
-            leaderLastLsn: body.leaderLastLsn,
-          })
-          break
-        }
-        case 'heartbeat':
-          this.leaderView = body.members
-          if (body.leaderLastLsn > this.store.appliedLsn)
-            this.sighted(this.sightings, body.leaderLastLsn)
-          this.core.step({
-            type: 'heartbeat',
-            from: peer,
-            to: self,
-            epoch: frame.epoch,
-            commitLsn: body.commitLsn,
-            leaderLastLsn: body.leaderLastLsn,
-          })
-          break
-        case 'appendAck': {
-          this.lastContact.set(peer, this.now())
-          this.reported.set(peer, { appliedLsn: body.appliedLsn, epoch: frame.epoch })
-          const regressions = this.core.progressOf(peer)?.regressions ?? 0
-          this.core.step({
-            type: 'appendAck',
-            from: peer,
-            to: self,
-            epoch: frame.epoch,
-            matchLsn: body.matchLsn,
-            reject: body.reject,
-            hintLsn: body.hintLsn,
-          })
-          if ((this.core.progressOf(peer)?.regressions ?? 0) > regressions) {
-            this.log.warn(
-              { peer, logEndLsn: body.hintLsn - 1 },
-              'a follower no longer has entries it acknowledged (lost with its disk, or rebuilt); resending them',
-            )
-          }
-          break
-        }
-        case 'heartbeatAck':
-          this.lastContact.set(peer, this.now())
-          this.reported.set(peer, { appliedLsn: body.appliedLsn, epoch: frame.epoch })
-          this.core.step({
-            type: 'heartbeatAck',
-            from: peer,
-            to: self,
-            epoch: frame.epoch,
-            matchLsn: body.matchLsn,
-          })
-          break
-        case 'snapshotChunk':
-          this.queueSnapshotChunk(peer, frame)
-          break
-        case 'vote':
-          this.core.step({
-            type: 'vote',
-            from: peer,
-            to: self,
-            epoch: frame.epoch,
-            lastLsn: body.lastLsn,
-            lastEpoch: body.lastEpoch,
-            preVote: body.preVote,
-            transfer: body.transfer,
-          })
-          break
-        case 'voteAck':
-          this.core.step({
-            type: 'voteAck',
-            from: peer,
-            to: self,
-            epoch: frame.epoch,
-            granted: body.granted,
-            preVote: body.preVote,
-          })
-          break
-        case 'timeoutNow':
-          this.core.step({ type: 'timeoutNow', from: peer, to: self, epoch: frame.epoch })
-          break
-        case 'hello':
-        case 'refusal':
-          break
+      const inbound = messageOfFrame(this.cluster.self.id, peer, frame)
+      if (inbound.kind === 'none') return
+      if (inbound.kind === 'snapshotChunk') {
+        this.snapshotReceiver.receive(peer, frame)
+        return
+      }
+      const { message } = inbound
+      if (message.type === 'append') {
+        message.entries.forEach((entry, i) => {
+          const decoded = inbound.decoded[i]
+          invariant(decoded !== undefined, 'an append entry was not decoded')
+          this.decoded.set(entry, decoded)
+        })
+      }
+      if (inbound.members !== null) this.tracker.leaderSaid(inbound.members)
+      if (inbound.leaderLastLsn !== null) this.tracker.leaderHas(inbound.leaderLastLsn)
+      if (inbound.appliedLsn !== null)
+        this.tracker.acknowledged(peer, frame.epoch, inbound.appliedLsn)
+      const regressions = this.core.progressOf(peer)?.regressions ?? 0
+      this.core.step(message)
+      if (
+        message.type === 'appendAck' &&
+        (this.core.progressOf(peer)?.regressions ?? 0) > regressions
+      ) {
+        this.log.warn(
+          { peer, logEndLsn: message.hintLsn - 1 },
+          'a follower no longer has entries it acknowledged (lost with its disk, or rebuilt); resending them',
+        )
       }
     } catch (err) {
       this.stats.badFrames++
       this.log.warn(
-        { peer, kind: body.kind, err: (err as Error).message },
+        { peer, kind: frame.body.kind, err: (err as Error).message },
         'refusing a bad frame; closing the stream',
       )
       this.transport.reset(peer, 'bad frame')
       return
     }
     this.schedule()
-  }
-
-  // ------------------------------------------------------------------ snapshots
-
-  /** Leader: streams a consistent copy of the state to a follower whose next entry was compacted. */
-  private async sendSnapshot(to: string): Promise<void> {
-    if (this.snapshotting.has(to)) {
-      // The follower reconnected (or refused the last one) while the previous send winds
-      // down: the core now waits for a snapshot that nothing would send. Start one afresh
-      // once this one ends.
-      this.snapshotAgain.add(to)
-      return
-    }
-    this.snapshotting.add(to)
-    let snapshot: StateSnapshot | null = null
-    try {
-      snapshot = await this.store.openSnapshot()
-      const { appliedLsn: snapshotLsn, lastEpoch: snapshotEpoch } = snapshot
-      const hash = createHash('sha256')
-      const header = Buffer.alloc(17)
-      let sequence = 0
-      let records: { key: Uint8Array; record: Uint8Array }[] = []
-      let requests: { id: string; record: Uint8Array }[] = []
-      let bytes = 0
-      const flush = async (last: boolean) => {
-        const sent = this.transport.send(to, {
-          from: this.cluster.self.id,
-          epoch: this.core.epoch,
-          body: {
-            kind: 'snapshotChunk',
-            snapshotLsn,
-            snapshotEpoch,
-            sequence: sequence++,
-            records,
-            requests,
-            last,
-            digest: last ? hash.digest('hex') : '',
-          },
-        })
-        if (!sent) throw new Error(`the stream to ${to} is gone`)
-        records = []
-        requests = []
-        bytes = 0
-        await this.transport.drained(to)
-      }
-      this.log.info({ peer: to, snapshotLsn }, 'sending a snapshot')
-      for await (const chunk of snapshot.rawChunks(1000)) {
-        for (const { key, record } of chunk) {
-          const decoded = decodeStoredRecord(record)
-          header.writeUInt32BE(key.length, 0)
-          header.writeUInt32BE(Math.floor(decoded.version / 2 ** 32), 4)
-          header.writeUInt32BE(decoded.version >>> 0, 8)
-          header[12] = decoded.tombstone ? 1 : 0
-          header.writeUInt32BE(decoded.value.length, 13)
-          hash.update(header)
-          hash.update(key)
-          hash.update(decoded.value)
-          records.push({ key, record })
-          bytes += key.length + record.length
-          if (bytes >= this.config.replicationAppendBytesMax) await flush(false)
-        }
-      }
-      // The request ids go along, so that the follower deduplicates retries as the leader does.
-      for await (const chunk of snapshot.requestChunks(1000)) {
-        for (const request of chunk) {
-          requests.push(request)
-          bytes += request.id.length + request.record.length
-          if (bytes >= this.config.replicationAppendBytesMax) await flush(false)
-        }
-      }
-      await flush(true)
-      this.stats.snapshotsSent++
-    } catch (err) {
-      this.log.warn({ peer: to, err: (err as Error).message }, 'snapshot to follower failed')
-      this.core.snapshotFailed(to)
-      this.schedule()
-    } finally {
-      await snapshot?.close()
-      this.snapshotting.delete(to)
-      if (this.snapshotAgain.delete(to)) {
-        this.core.snapshotFailed(to)
-        this.schedule()
-      }
-    }
-  }
-
-  /**
-   * Follower: snapshot chunks are handled one at a time, in arrival order, even when several
-   * arrive in one read.
-   */
-  private queueSnapshotChunk(peer: string, frame: Frame): void {
-    this.snapshotChunks = this.snapshotChunks.then(() => this.onSnapshotChunk(peer, frame))
-  }
-
-  /** Follower: installs snapshot chunks in order, reading no more frames until each is written. */
-  private async onSnapshotChunk(peer: string, frame: Frame): Promise<void> {
-    const body = frame.body
-    if (body.kind !== 'snapshotChunk' || this.stopped) return
-    this.transport.setReading(peer, false)
-    try {
-      if (body.sequence === 0) {
-        // A snapshot replaces the whole state: it is taken only from a member this node takes
-        // as its leader, as an append would be (the core decides, and may learn of the leader
-        // from it: a restarted follower can get the snapshot before any heartbeat), never
-        // from a later epoch than it was sent at, and never below what this node has
-        // committed. Anything else is a bad frame, even from an authenticated member.
-        const leaderBefore = this.core.leaderId
-        const epochBefore = this.core.epoch
-        if (
-          body.snapshotEpoch > frame.epoch ||
-          body.snapshotLsn < this.store.commitLsn ||
-          !this.core.snapshotOffered(peer, frame.epoch)
-        ) {
-          this.security.onRefused('bad_frame', {
-            peer,
-            reason: `a snapshot at LSN ${body.snapshotLsn} (epoch ${body.snapshotEpoch}) from ${peer} at epoch ${frame.epoch}, while this node follows ${String(leaderBefore)} at epoch ${epochBefore} and has committed ${this.store.commitLsn}`,
-          })
-          throw new KvError('KV_ERR_BAD_FRAME', `${peer} may not send a snapshot now`)
-        }
-        // The core may have moved to the sender's epoch: that is persisted like any other.
-        this.schedule()
-        if (this.installing !== null) this.abandonInstall('a new snapshot started')
-        // From here until the install completes, appends are refused: none may land in a
-        // half-replaced state.
-        this.core.awaitSnapshot()
-        this.installing = { from: peer, lsn: body.snapshotLsn, epoch: body.snapshotEpoch, next: 0 }
-        this.log.info({ snapshotLsn: body.snapshotLsn, leader: peer }, 'installing a snapshot')
-        await this.store.beginSnapshotInstall(body.snapshotLsn, body.snapshotEpoch)
-      }
-      const installing = this.installing
-      if (
-        installing === null ||
-        installing.from !== peer ||
-        body.sequence !== installing.next ||
-        body.snapshotLsn !== installing.lsn
-      ) {
-        throw new KvError('KV_ERR_BAD_FRAME', `snapshot chunk ${body.sequence} is out of order`)
-      }
-      installing.next++
-      await this.store.addSnapshotRecords(body.records)
-      if (body.requests.length > 0) await this.store.addSnapshotRequests(body.requests)
-      if (body.last) {
-        const digest = await this.store.finishSnapshotInstall()
-        this.installing = null
-        if (digest.digest !== body.digest) {
-          // The copy does not match what the leader sent: clear it and ask again rather than
-          // serve it.
-          this.log.error(
-            { expected: body.digest, got: digest.digest },
-            'snapshot digest mismatch; installing again',
-          )
-          await this.store.beginSnapshotInstall(body.snapshotLsn, body.snapshotEpoch)
-          this.installing = {
-            from: peer,
-            lsn: body.snapshotLsn,
-            epoch: body.snapshotEpoch,
-            next: -1,
-          }
-          this.transport.reset(peer, 'snapshot digest mismatch')
-          return
-        }
-        this.stats.snapshotsInstalled++
-        this.core.snapshotInstalled(body.snapshotLsn, body.snapshotEpoch)
-        this.log.info({ snapshotLsn: body.snapshotLsn, keys: digest.keys }, 'snapshot installed')
-        this.schedule()
-      }
-    } catch (err) {
-      this.stats.badFrames++
-      this.log.warn(
-        { peer, err: (err as Error).message },
-        'snapshot install failed; closing the stream',
-      )
-      this.abandonInstall('install failed')
-      this.transport.reset(peer, 'snapshot failed')
-    } finally {
-      this.transport.setReading(peer, true)
-    }
-  }
-
-  private abandonInstall(reason: string): void {
-    if (this.installing === null) return
-    this.log.warn({ reason, snapshotLsn: this.installing.lsn }, 'abandoning a snapshot install')
-    // The state is partial: the core keeps refusing appends and asks the leader for a new
-    // snapshot, which begins afresh; the store keeps its marker, so a restart discards the
-    // partial state too.
-    this.installing = { ...this.installing, next: -1 }
   }
 
   // ------------------------------------------------------------------ housekeeping
