@@ -4,10 +4,15 @@
  * HTTP layer asks: may I write, is this write acknowledged the way the client asked, has this
  * replica applied a session's LSN, how far behind is everyone.
  *
- * Split as etcd splits rafthttp: frames.ts translates messages and frames, snapshot-sender.ts
- * and snapshot-receiver.ts move snapshots, wait.ts holds the waiting requests, and
- * cluster-view.ts measures lag and builds the cluster view. This file is the loop that joins
- * them; nothing outside the cluster directory reaches the core.
+ * Split as etcd splits rafthttp and etcdserver's raftNode, one concern a file:
+ * - frames.ts: message <-> frame translation, pure;
+ * - snapshot-sender.ts, snapshot-receiver.ts: snapshot transfer, both sides;
+ * - wait.ts: writes waiting for acknowledgements, reads waiting for an applied LSN;
+ * - cluster-view.ts: lag, contact and GET /v1/cluster;
+ * - log-io.ts: persisting a Ready before sending what depends on it, loading old entries;
+ * - read-barrier.ts: linearizable reads; leadership.ts: handovers and the role watch;
+ * - core-setup.ts: the core's settings, stats and log retention; replication-errors.ts.
+ * This file is the loop that joins them. Nothing outside this directory reaches the core.
  */
 import type { Logger } from 'pino'
 import {
@@ -18,15 +23,11 @@ import {
   invariant,
   type CoreEntry,
   type Message,
-  type Ready,
   type RoleName,
 } from '@kvstore/core'
 import {
-  EntryKind,
   KvError,
-  decodeLogEntry,
   encodeLogEntry,
-  encodeSession,
   frameLimits,
   type Frame,
   type LogEntry,
@@ -42,65 +43,36 @@ import {
   type NodeConfig,
 } from '../config.js'
 import { ClusterTracker, type ClusterView } from './cluster-view.js'
+import {
+  coreConfigOf,
+  coreInitOf,
+  electionTicksOf,
+  noopEntryOf,
+  replicatorStats,
+  retainFromLsn,
+  type ReplicatorOptions,
+  type ReplicatorStats,
+} from './core-setup.js'
 import { frameOfMessage, messageOfFrame, type FrameContext } from './frames.js'
-import type { PeerSecurity } from './peer-server.js'
+import { RoleWatch, awaitHandover, transferTarget } from './leadership.js'
+import { LogIo } from './log-io.js'
+import {
+  ackTimeoutError,
+  leaderNotReadyError,
+  notLeaderError,
+  staleEpochError,
+} from './replication-errors.js'
 import { SnapshotReceiver } from './snapshot-receiver.js'
 import { SnapshotSender } from './snapshot-sender.js'
+import { ReadBarrier } from './read-barrier.js'
 import { PeerTransport } from './transport.js'
-import { AckWaiters, ApplyWaiters, ackVerdict } from './wait.js'
+import { AckWaiters, ApplyWaiters, ackVerdict, type AckVerdict } from './wait.js'
 
 export type { ClusterView, MemberView } from './cluster-view.js'
-
-export interface ReplicatorOptions {
-  config: NodeConfig
-  cluster: ClusterConfig
-  store: Store
-  logger: Logger
-  /** Mutual TLS between members and the identity checks on every connection and frame. */
-  security: PeerSecurity
-  /**
-   * The auth store's first records, written in the cluster's first entry (LSN 1) by whichever
-   * member leads first; null when the cluster starts with auth off or this data directory
-   * already has a log.
-   */
-  bootstrapOps?: Op[] | null
-  /**
-   * Fencing off, for the chaos suite's teeth test only (config `unsafeNoFencing`, env
-   * KV_UNSAFE_NO_FENCING=1): a leader ignores newer epochs, never steps down for silence, and
-   * serves writes and linearizable reads without confirming it still leads. The checkers must
-   * catch the result. Default false.
-   */
-  unsafeNoFencing?: boolean
-  now?: () => number
-}
-
-/** Counters for metrics. */
-export interface ReplicatorStats {
-  /** Entries sent, per follower. */
-  readonly entriesShipped: Map<string, number>
-  /** Append frames that carried entries, per follower. */
-  readonly appendFramesShipped: Map<string, number>
-  readonly snapshotsSent: number
-  readonly snapshotsInstalled: number
-  /** Times this node won an election. */
-  electionsWon: number
-  /** Times this node stopped leading. */
-  stepDowns: number
-  ackTimeouts: number
-  badFrames: number
-  /** Elections this node started (pre-votes that turned into votes). */
-  readonly electionsStarted: number
-  /** Peer messages the core dropped for their epoch. */
-  readonly epochMessagesDropped: number
-}
+export type { ReplicatorOptions, ReplicatorStats } from './core-setup.js'
 
 /** Reads waiting on this replica to apply their session's LSN, at most. */
 const applyWaitersMax = 10_000
-
-/** Ticks (heartbeat intervals) in one election timeout. */
-function electionTicksOf(config: NodeConfig): number {
-  return Math.max(2, Math.round(config.electionTimeoutMs / config.heartbeatIntervalMs))
-}
 
 export class Replicator {
   private readonly core: ReplicaCore
@@ -121,8 +93,8 @@ export class Replicator {
   private readonly snapshotReceiver: SnapshotReceiver
   /** What outbound frames carry beyond the core's messages. */
   private readonly frameContext: FrameContext
-  /** The barrier entry that linearizable reads arriving in this turn of the event loop share. */
-  private pendingBarrier: Promise<void> | null = null
+  /** Linearizable reads. */
+  private readonly reads: ReadBarrier
   /** See `ReplicatorOptions.unsafeNoFencing`. */
   private readonly unsafeNoFencing: boolean
   /** A leadership transfer an operator asked for, while it runs. */
@@ -131,12 +103,10 @@ export class Replicator {
   private stopped = false
   private ticker: NodeJS.Timeout | null = null
   private housekeeping: NodeJS.Timeout | null = null
-  /** Store writes this replicator started and has not seen finish. */
-  private readonly pendingWrites = new Set<Promise<unknown>>()
-  /** The role and epoch last seen, to notice elections and step-downs. */
-  private lastRole: { role: RoleName; epoch: number } = { role: 'follower', epoch: 0 }
-  /** The epoch this node leads at, until it steps down. */
-  private ledAtEpoch: number | null = null
+  /** Persists Readies and loads old entries. */
+  private readonly logIo: LogIo
+  /** Elections and step-downs, noticed. */
+  private readonly roles: RoleWatch
   /** This node is the preferred leader and has not campaigned yet. */
   private campaignFirst = false
   private campaignFirstTicks = 0
@@ -157,34 +127,11 @@ export class Replicator {
     this.unsafeNoFencing = options.unsafeNoFencing ?? false
     const meta = store.meta
     this.core = new ReplicaCore(
-      {
-        id: cluster.self.id,
-        members: cluster.members.map((m) => m.id),
-        heartbeatTicks: 1,
-        probeTimeoutTicks: 10,
-        appendEntriesMax: 4096,
-        appendBytesMax: config.replicationAppendBytesMax,
-        inflightAppendsMax: 256,
-        inflightBytesMax: config.replicationInflightBytesMax,
-        // Entries kept in memory for followers near the head; one further behind reads from
-        // disk. A larger cache mostly adds old-generation objects that slow full GCs.
-        logCacheBytesMax: 2 * config.replicationInflightBytesMax,
-        // One tick per heartbeat interval; elections after 1 to 2 election timeouts of silence.
-        electionTicks: electionTicksOf(config),
-        ...(this.unsafeNoFencing ? { unsafe: { skipCheckQuorum: true } } : {}),
-        random: Math.random,
+      coreConfigOf(config, cluster, {
+        unsafeNoFencing: this.unsafeNoFencing,
         makeNoop: (lsn, epoch) => encodeLogEntry(this.noopEntry(lsn, epoch)),
-      },
-      {
-        epoch: meta.epoch,
-        vote: meta.vote,
-        commitLsn: meta.commitLsn,
-        lastLsn: meta.appliedLsn,
-        lastEpoch: meta.lastEpoch,
-        logStartLsn: meta.logStartLsn,
-        compactedEpoch: meta.compactedEpoch,
-        epochRuns: meta.epochRuns,
-      },
+      }),
+      coreInitOf(meta),
     )
     this.transport = new PeerTransport({
       self: cluster.self,
@@ -253,26 +200,35 @@ export class Replicator {
     })
     const sender = this.snapshotSender
     const receiver = this.snapshotReceiver
-    this.stats = {
-      entriesShipped: new Map<string, number>(),
-      appendFramesShipped: new Map<string, number>(),
-      get snapshotsSent() {
-        return sender.sent
+    this.logIo = new LogIo({
+      store,
+      core,
+      decoded: this.decoded,
+      send: (message) => this.sendMessage(message),
+      schedule: () => this.schedule(),
+      onFatal: this.onFatal,
+      stopped: () => this.stopped,
+      loadBytesMax: config.replicationAppendBytesMax,
+      loadRetryMs: config.heartbeatIntervalMs,
+      logger: this.log,
+    })
+    this.roles = new RoleWatch(meta.epoch, this.log)
+    this.reads = new ReadBarrier({
+      checkWritable: () => this.checkWritable(),
+      appendNoop: () => {
+        const writer = this.writer()
+        const slot = writer.slot()
+        writer.append(encodeEntries([this.noopEntry(slot.lsn, slot.epoch)])).catch(() => {})
+        return slot
       },
-      get snapshotsInstalled() {
-        return receiver.installed
-      },
-      electionsWon: 0,
-      stepDowns: 0,
-      ackTimeouts: 0,
-      badFrames: 0,
-      get electionsStarted() {
-        return core.electionsStarted
-      },
-      get epochMessagesDropped() {
-        return core.epochMessagesDropped
-      },
-    }
+      waitCommitted: (lsn, epoch) => this.waitForAck(lsn, epoch, 'quorum', config.ackTimeoutMs),
+      core,
+      unsafeNoFencing: this.unsafeNoFencing,
+    })
+    this.stats = replicatorStats(core, {
+      sent: () => sender.sent,
+      installed: () => receiver.installed,
+    })
   }
 
   /**
@@ -288,7 +244,6 @@ export class Replicator {
       )
     }
     const meta = this.store.meta
-    this.lastRole = { role: 'follower', epoch: meta.epoch }
     if (meta.epoch === 0 && meta.appliedLsn === 0 && meta.logStartLsn === 1) {
       // An empty disk: this node may have voted before it lost one. It stays out of elections
       // until it hears a leader, or two maximal election timeouts have passed (any election
@@ -351,19 +306,11 @@ export class Replicator {
     if (this.ticker) clearInterval(this.ticker)
     if (this.housekeeping) clearInterval(this.housekeeping)
     await this.transport.close()
-    await Promise.allSettled([...this.pendingWrites])
+    await this.logIo.settled()
     this.ackWaiters.rejectAll(
       () => new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down'),
     )
     this.applyWaiters.cancelAll()
-  }
-
-  /** Tracks a store write started here, so `stop` can wait for it. */
-  private track<T>(write: Promise<T>): Promise<T> {
-    this.pendingWrites.add(write)
-    const done = () => this.pendingWrites.delete(write)
-    write.then(done, done)
-    return write
   }
 
   // ------------------------------------------------------------------ roles and writes
@@ -395,11 +342,7 @@ export class Replicator {
   checkWritable(): void {
     if (!this.core.isLeader) throw this.notLeader()
     if (!this.core.leaderReady) {
-      throw new KvError(
-        'KV_ERR_NOT_READY',
-        `this node was elected leader of epoch ${this.core.epoch} moments ago and is committing its first entry; retry shortly`,
-        { leaderId: this.cluster.self.id },
-      )
+      throw leaderNotReadyError(this.cluster.self.id, this.core.epoch)
     }
     if (this.unsafeNoFencing) return
     const silentMs = this.now() - this.tracker.quorumContactMs()
@@ -424,14 +367,7 @@ export class Replicator {
 
   /** KV_ERR_NOT_LEADER naming the leader, for a write that reached a follower. */
   notLeader(): KvError {
-    const leader = this.leaderMember
-    return new KvError(
-      'KV_ERR_NOT_LEADER',
-      leader
-        ? `this node is a follower; send writes to the leader ${leader.id} at ${leader.clientUrl}`
-        : 'this node is a follower and no leader is known',
-      { leaderId: leader?.id ?? null, leaderUrl: leader?.clientUrl ?? null },
-    )
+    return notLeaderError(this.leaderMember)
   }
 
   /** The log writer of a leader: positions from the core, durability from the store. */
@@ -439,11 +375,7 @@ export class Replicator {
     return {
       slot: () => {
         if (this.core.isLeader && !this.core.leaderReady) {
-          throw new KvError(
-            'KV_ERR_NOT_READY',
-            `this node was elected leader of epoch ${this.core.epoch} moments ago and is committing its first entry; retry shortly`,
-            { leaderId: this.cluster.self.id },
-          )
+          throw leaderNotReadyError(this.cluster.self.id, this.core.epoch)
         }
         try {
           return this.core.nextSlot()
@@ -482,7 +414,7 @@ export class Replicator {
           this.tracker.proposed(entry.lsn)
         }
         const last = entries[entries.length - 1] as LogEntry
-        const durable = this.track(this.store.appendEncoded(encoded))
+        const durable = this.logIo.track(this.store.appendEncoded(encoded))
         this.schedule()
         return durable.then(() => {
           this.core.persisted(last.lsn, last.epoch)
@@ -492,83 +424,21 @@ export class Replicator {
     }
   }
 
-  /**
-   * An entry that changes nothing: a new leader's first, or a linearizable read's barrier. The
-   * very first entry of a cluster (LSN 1) carries the auth store's first records instead, so
-   * that the cluster is secured by the same entry that starts it, and no LSN is spent on it.
-   */
   private noopEntry(lsn: number, epoch: number): LogEntry {
-    if (lsn === 1 && this.bootstrapOps !== null && this.bootstrapOps.length > 0) {
-      return {
-        epoch,
-        lsn,
-        kind: EntryKind.Batch,
-        ops: this.bootstrapOps,
-        timestampMs: this.now(),
-        requestId: '',
-      }
-    }
-    return { epoch, lsn, kind: EntryKind.Noop, ops: [], timestampMs: this.now(), requestId: '' }
+    return noopEntryOf(lsn, epoch, this.bootstrapOps, this.now())
   }
 
   /**
    * Leader: resolves once every write acknowledged before the call is visible here and this
-   * node was still the leader after the call began. It appends a no-op entry (shared by every
-   * read that arrives in the same turn of the event loop) and waits for a majority to confirm
-   * it: a majority accepting an entry of this epoch proves no newer leader had been elected.
+   * node was still the leader after the call began (see read-barrier.ts).
    */
   readBarrier(): Promise<void> {
-    this.checkWritable()
-    if (this.unsafeNoFencing) return Promise.resolve()
-    this.pendingBarrier ??= new Promise<void>((resolve, reject) => {
-      setImmediate(() => {
-        this.pendingBarrier = null
-        try {
-          this.checkWritable()
-          const writer = this.writer()
-          const { lsn, epoch } = writer.slot()
-          writer.append(encodeEntries([this.noopEntry(lsn, epoch)])).catch(() => {})
-          this.waitForAck(lsn, epoch, 'quorum', this.config.ackTimeoutMs).then(
-            resolve,
-            (err: unknown) => reject(this.unconfirmedRead(err)),
-          )
-        } catch (err) {
-          reject(err)
-        }
-      })
-    })
-    return this.pendingBarrier
+    return this.reads.wait()
   }
 
-  /**
-   * Leader: a record read after `readBarrier()`, made safe to return. The leader applies
-   * entries before they commit, so a record may be newer than the commit LSN: wait for it to
-   * commit (a moment, normally) rather than show a write that could still be rolled back.
-   */
-  async linearizable(record: StoredRecord | null): Promise<StoredRecord | null> {
-    if (this.unsafeNoFencing) return record
-    if (record === null || record.version <= this.core.commitLsn) return record
-    const epoch = this.core.epochAt(record.version) ?? this.core.epoch
-    await this.waitForAck(record.version, epoch, 'quorum', this.config.ackTimeoutMs).catch(
-      (err: unknown) => {
-        throw this.unconfirmedRead(err)
-      },
-    )
-    return record
-  }
-
-  private unconfirmedRead(err: unknown): Error {
-    if (
-      err instanceof KvError &&
-      (err.code === 'KV_ERR_ACK_TIMEOUT' || err.code === 'KV_ERR_STALE_EPOCH')
-    ) {
-      return new KvError(
-        'KV_ERR_NOT_LEADER',
-        `this node could not confirm with a majority that it still leads (${err.code}); the linearizable read was not served`,
-        { leaderId: null, leaderUrl: null },
-      )
-    }
-    return err as Error
+  /** Leader: a record read after `readBarrier()`, made safe to return (see read-barrier.ts). */
+  linearizable(record: StoredRecord | null): Promise<StoredRecord | null> {
+    return this.reads.settled(record)
   }
 
   /**
@@ -580,53 +450,28 @@ export class Replicator {
   transferLeadership(to: string | null): Promise<string> {
     if (this.transferring) return this.transferring
     this.checkWritable()
-    let target = to
-    if (target === null) {
-      const best = this.cluster.members
-        .filter((m) => m.id !== this.cluster.self.id && this.transport.isConnected(m.id))
-        .sort((a, b) => this.core.matchOf(b.id) - this.core.matchOf(a.id))[0]
-      if (best === undefined) {
-        throw new KvError('KV_ERR_NOT_READY', 'no follower is connected to hand leadership to')
-      }
-      target = best.id
-    }
-    const member = this.cluster.members.find((m) => m.id === target)
-    if (member === undefined) {
-      throw new KvError(
-        'KV_ERR_INVALID_ARGUMENT',
-        `${JSON.stringify(target)} is not a member; members are ${this.cluster.members.map((m) => m.id).join(', ')}`,
-      )
-    }
-    if (member.id === this.cluster.self.id) {
-      throw new KvError('KV_ERR_INVALID_ARGUMENT', `${member.id} already leads`)
-    }
+    const self = this.cluster.self.id
+    const member = transferTarget(
+      this.cluster.members,
+      self,
+      to,
+      (id) => this.transport.isConnected(id),
+      (id) => this.core.matchOf(id),
+    )
     const epoch = this.core.epoch
     this.log.warn({ to: member.id, epoch }, 'handing leadership over')
     this.core.transferLeadership(member.id)
     this.schedule()
-    const deadline = this.now() + 2 * this.config.electionTimeoutMs
-    this.transferring = (async () => {
-      for (;;) {
-        await new Promise((resolve) => setTimeout(resolve, this.config.heartbeatIntervalMs / 4))
-        if (this.stopped) throw new KvError('KV_ERR_SHUTTING_DOWN', 'the node is stopping')
-        const leader = this.core.leaderId
-        if (this.core.epoch > epoch && leader !== null && leader !== this.cluster.self.id)
-          return leader
-        if (this.core.isLeader && this.core.transferTarget === null && this.core.epoch === epoch) {
-          throw new KvError(
-            'KV_ERR_NOT_READY',
-            `${member.id} did not take over within an election timeout; ${this.cluster.self.id} leads on`,
-            { leaderId: this.cluster.self.id },
-          )
-        }
-        if (this.now() > deadline) {
-          throw new KvError(
-            'KV_ERR_NOT_READY',
-            `the handover to ${member.id} did not finish in ${2 * this.config.electionTimeoutMs} ms; GET /v1/cluster shows who leads`,
-          )
-        }
-      }
-    })().finally(() => {
+    this.transferring = awaitHandover({
+      view: this.core,
+      self,
+      to: member.id,
+      epoch,
+      pollMs: this.config.heartbeatIntervalMs / 4,
+      timeoutMs: 2 * this.config.electionTimeoutMs,
+      now: this.now,
+      stopped: () => this.stopped,
+    }).finally(() => {
       this.transferring = null
     })
     return this.transferring
@@ -647,34 +492,16 @@ export class Replicator {
       const confirmed = this.cluster.members
         .filter((m) => this.core.matchOf(m.id) >= lsn)
         .map((m) => m.id)
-      return new KvError(
-        'KV_ERR_ACK_TIMEOUT',
-        `the write at LSN ${lsn} is durable on the leader but ${mode === 'all' ? 'not every member' : 'no majority'} confirmed it within ${timeoutMs} ms (confirmed by ${confirmed.join(', ')}); it may still replicate`,
-        {
-          lsn,
-          ack: mode,
-          confirmedBy: confirmed.join(','),
-          session: encodeSession({ epoch: this.core.epoch, lsn }),
-        },
-      )
+      return ackTimeoutError(lsn, mode, timeoutMs, confirmed, this.core.epoch)
     })
   }
 
-  private ackVerdict(
-    lsn: number,
-    epoch: number,
-    mode: AckMode,
-  ): 'confirmed' | 'waiting' | 'unknown' {
+  private ackVerdict(lsn: number, epoch: number, mode: AckMode): AckVerdict {
     return ackVerdict(this.core, lsn, epoch, mode)
   }
 
-  /** The answer to a write whose leader was deposed before it was confirmed. */
   private staleEpochError(lsn: number, epoch: number): KvError {
-    return new KvError(
-      'KV_ERR_STALE_EPOCH',
-      `this node led at epoch ${epoch} and no longer does: the write at LSN ${lsn} is durable here but may not survive under the next leader; read it back, or retry it with the same kv-request-id`,
-      { lsn, epoch, currentEpoch: this.core.epoch },
-    )
+    return staleEpochError(lsn, epoch, this.core.epoch)
   }
 
   /** Resolves true once this replica has applied `lsn`, false after `timeoutMs`. */
@@ -735,144 +562,24 @@ export class Replicator {
     while (this.core.hasReady()) {
       const ready = this.core.takeReady()
       for (const message of ready.sendNow) this.sendMessage(message)
-      this.persist(ready)
-      for (const load of ready.loads) void this.load(load.to, load.fromLsn)
+      this.logIo.persist(ready)
+      for (const load of ready.loads) void this.logIo.load(load.to, load.fromLsn)
       for (const to of ready.snapshots) void this.snapshotSender.send(to)
     }
     this.noticeRole()
     this.settleWaiters()
   }
 
-  /** Logs and counts elections won and lost leadership; fails writes a deposed leader held. */
+  /** Counts elections won and lost leadership; fails writes a deposed leader held. */
   private noticeRole(): void {
-    const role = this.core.roleName
-    const epoch = this.core.epoch
-    const last = this.lastRole
-    if (role === last.role && epoch === last.epoch) return
-    this.lastRole = { role, epoch }
-    if (role === 'leader' && this.ledAtEpoch !== epoch) {
-      this.ledAtEpoch = epoch
-      this.stats.electionsWon++
-      this.log.warn({ epoch, lastLsn: this.core.wonWithLsn }, 'elected leader')
-    } else if (role !== 'leader' && this.ledAtEpoch !== null) {
-      this.deposed()
-    } else if (role === 'candidate' && last.role !== 'candidate') {
-      this.log.info({ epoch }, 'no leader heard; campaigning')
-    } else if (role === 'follower' && this.core.leaderId !== null && epoch > last.epoch) {
-      this.log.info({ epoch, leader: this.core.leaderId }, 'following a new leader')
-    }
-  }
-
-  /**
-   * This node led and no longer does: a member is at a higher epoch, or it lost contact with a
-   * majority (check-quorum). Writes waiting for confirmations get KV_ERR_STALE_EPOCH: each is
-   * durable here but the next leader may not have it, so its outcome is unknown until read
-   * back (a retry with the same kv-request-id is safe: it is applied at most once).
-   */
-  private deposed(): void {
-    const ledAt = this.ledAtEpoch
-    invariant(ledAt !== null, 'deposed from a leadership never won')
-    this.ledAtEpoch = null
+    const change = this.roles.notice(this.core)
+    if (change === 'won') this.stats.electionsWon++
+    if (change !== 'deposed') return
     this.stats.stepDowns++
-    this.log.error(
-      { epoch: ledAt, newEpoch: this.core.epoch, leader: this.core.leaderId },
-      this.core.epoch > ledAt
-        ? 'this node no longer leads: a member is at a higher epoch'
-        : 'this node no longer leads: it has not heard from a majority within an election timeout',
-    )
+    // Writes waiting for confirmations get KV_ERR_STALE_EPOCH: each is durable here but the
+    // next leader may not have it, so its outcome is unknown until read back (a retry with the
+    // same kv-request-id is safe: it is applied at most once).
     this.ackWaiters.rejectAll((w) => this.staleEpochError(w.lsn, w.epoch))
-  }
-
-  /** Persists a Ready's hard state, truncation and entries in order, then sends what waited on them. */
-  private persist(ready: Ready): void {
-    const meta = this.store.meta
-    const hard = ready.hardState
-    const writes: Promise<unknown>[] = []
-    if (hard && (hard.epoch !== meta.epoch || hard.vote !== meta.vote)) {
-      writes.push(this.track(this.store.setHardState({ epoch: hard.epoch, vote: hard.vote })))
-    }
-    if (ready.truncateAfter !== null) {
-      writes.push(
-        this.track(this.store.truncateAfter(ready.truncateAfter)).then((removed) => {
-          if (removed.length > 0) {
-            this.log.warn(
-              {
-                fromLsn: removed[0]?.lsn,
-                toLsn: removed[removed.length - 1]?.lsn,
-                rollbackRecords: this.store.rollbackCount,
-              },
-              'removed log entries the new leader does not have (unconfirmed writes); they are in GET /admin/v1/rollbacks',
-            )
-          }
-        }),
-      )
-    }
-    const last = ready.entries[ready.entries.length - 1]
-    if (last !== undefined) {
-      const encoded: EncodedEntries = { entries: [], encoded: [], bytes: 0 }
-      for (const entry of ready.entries) {
-        const decoded = this.decoded.get(entry) ?? decodeLogEntry(entry.data)
-        encoded.entries.push(decoded)
-        encoded.encoded.push(entry.data)
-        encoded.bytes += entry.data.length
-      }
-      writes.push(this.track(this.store.appendEncoded(encoded)))
-    }
-    // The commit LSN follows the entries it covers; losing it in a crash is harmless (it is
-    // learned again), so it is not waited for.
-    if (hard && hard.commitLsn > this.store.commitLsn) {
-      this.track(this.store.setHardState({ commitLsn: hard.commitLsn })).catch((err: unknown) => {
-        if (!this.stopped) this.onFatal(err as Error)
-      })
-    }
-    if (writes.length === 0) {
-      for (const message of ready.sendAfterPersist) this.sendMessage(message)
-      return
-    }
-    Promise.all(writes).then(
-      () => {
-        if (last !== undefined) this.core.persisted(last.lsn, last.epoch)
-        for (const message of ready.sendAfterPersist) this.sendMessage(message)
-        this.schedule()
-      },
-      (err: unknown) => {
-        if (!this.stopped) this.onFatal(err as Error)
-      },
-    )
-  }
-
-  private async load(to: string, fromLsn: number): Promise<void> {
-    try {
-      // The one call of readLogRaw (the storage merges it into readLog).
-      const raw = await this.store.readLogRaw(fromLsn, {
-        entriesMax: 4096,
-        bytesMax: this.config.replicationAppendBytesMax,
-      })
-      this.core.entriesLoaded(
-        to,
-        raw.map((r) => ({ lsn: r.lsn, epoch: r.epoch, data: r.data })),
-      )
-    } catch (err) {
-      if (this.stopped) return
-      const logStart = this.store.meta.logStartLsn
-      if (fromLsn < logStart) {
-        // Compacted meanwhile: the core learns it, and sends a snapshot instead.
-        this.core.compacted(logStart, this.store.meta.compactedEpoch)
-        this.core.entriesLoaded(to, [])
-      } else {
-        // Try again a little later, not in a tight loop.
-        this.log.warn(
-          { peer: to, fromLsn, err: (err as Error).message },
-          'cannot load entries for a follower; retrying',
-        )
-        setTimeout(() => {
-          this.core.entriesLoaded(to, [])
-          this.schedule()
-        }, this.config.heartbeatIntervalMs).unref()
-        return
-      }
-    }
-    this.schedule()
   }
 
   // ------------------------------------------------------------------ frames
@@ -939,17 +646,15 @@ export class Replicator {
   private async houseKeep(): Promise<void> {
     if (this.stopped || this.store.isInstallingSnapshot) return
     try {
-      const commit = Math.min(this.core.commitLsn, this.store.commitLsn)
-      let retainFrom = commit + 1 - this.config.logRetentionEntries
-      if (this.core.isLeader) {
-        // Keep what a connected follower still needs, up to the maximum retention.
-        for (const member of this.cluster.members) {
-          if (member.id === this.cluster.self.id || !this.transport.isConnected(member.id)) continue
-          retainFrom = Math.min(retainFrom, this.core.matchOf(member.id) + 1)
-        }
-        retainFrom = Math.max(retainFrom, commit + 1 - this.config.logRetentionEntriesMax)
-      }
-      retainFrom = Math.min(retainFrom, commit + 1)
+      const retainFrom = retainFromLsn({
+        commitLsn: Math.min(this.core.commitLsn, this.store.commitLsn),
+        isLeader: this.core.isLeader,
+        followerMatches: this.cluster.members
+          .filter((m) => m.id !== this.cluster.self.id && this.transport.isConnected(m.id))
+          .map((m) => this.core.matchOf(m.id)),
+        retentionEntries: this.config.logRetentionEntries,
+        retentionEntriesMax: this.config.logRetentionEntriesMax,
+      })
       if (retainFrom > this.store.meta.logStartLsn) {
         await this.store.compactLog(retainFrom)
         this.core.compacted(this.store.meta.logStartLsn, this.store.meta.compactedEpoch)
