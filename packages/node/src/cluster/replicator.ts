@@ -394,26 +394,28 @@ export class Replicator {
       },
       append: (encoded: EncodedEntries) => {
         const entries = encoded.entries
-        invariant(
-          entries.length > 0 && entries.length === encoded.encoded.length,
-          () => `a write of ${entries.length} entries (${encoded.encoded.length} encoded)`,
-        )
-        for (let i = 0; i < entries.length; i++) {
-          const entry = entries[i] as LogEntry
-          const core: CoreEntry = {
-            lsn: entry.lsn,
-            epoch: entry.epoch,
-            data: encoded.encoded[i] as Uint8Array,
-          }
-          this.decoded.set(core, entry)
-          try {
+        const last = entries[entries.length - 1]
+        try {
+          // The sequencer takes a slot and appends in one synchronous step: the core accepts
+          // the entries unless something is broken.
+          invariant(
+            last !== undefined && entries.length === encoded.encoded.length,
+            () => `a write of ${entries.length} entries (${encoded.encoded.length} encoded)`,
+          )
+          for (let i = 0; i < entries.length; i++) {
+            const entry = entries[i] as LogEntry
+            const core: CoreEntry = {
+              lsn: entry.lsn,
+              epoch: entry.epoch,
+              data: encoded.encoded[i] as Uint8Array,
+            }
+            this.decoded.set(core, entry)
             this.core.propose(core)
-          } catch (err) {
-            throw this.broken(err)
+            this.tracker.proposed(entry.lsn)
           }
-          this.tracker.proposed(entry.lsn)
+        } catch (err) {
+          throw this.broken(err)
         }
-        const last = entries[entries.length - 1] as LogEntry
         const durable = this.logIo.track(this.store.appendEncoded(encoded))
         this.schedule()
         return durable.then(() => {
