@@ -23,54 +23,99 @@ export interface Inflight {
 }
 
 export class Progress {
-  /** Highest LSN known durable on the follower and matching the leader's log. */
-  matchLsn = 0
-  /** Next LSN to send. */
-  nextLsn: number
-  state: ProgressState = 'probe'
-  /** Whether a stream to the follower is up. */
-  connected = false
-  /** Tick of the probe in flight, or null. */
-  probeSentTick: number | null = null
-  /** Waiting for entries loaded from disk. */
-  loading = false
-  /** Last LSN and bytes of each Append in flight, oldest first. */
-  readonly inflight: Inflight[] = []
-  inflightBytes = 0
-  /** Tick of the last message heard from the follower. */
-  lastContactTick = -1
-  /** Times the follower was found to have lost entries it had acknowledged. */
-  regressions = 0
-  /** Tick of the last acknowledgement that freed in-flight appends (or of the last send). */
-  lastAckTick = 0
+  // Only the methods below change these; the core and tests read them through the getters.
+  private matchLsnValue = 0
+  private nextLsnValue: number
+  private stateValue: ProgressState = 'probe'
+  private connectedValue = false
+  private probeSentTickValue: number | null = null
+  private loadingValue = false
+  private readonly inflightValue: Inflight[] = []
+  private inflightBytesValue = 0
+  private lastContactTickValue = -1
+  private regressionsValue = 0
+  private lastAckTickValue = 0
 
   constructor(nextLsn: number, connected = false) {
     invariant(Number.isSafeInteger(nextLsn) && nextLsn >= 1, `next LSN ${nextLsn} is not valid`)
-    this.nextLsn = nextLsn
-    this.connected = connected
+    this.nextLsnValue = nextLsn
+    this.connectedValue = connected
+  }
+
+  /** Highest LSN known durable on the follower and matching the leader's log. */
+  get matchLsn(): number {
+    return this.matchLsnValue
+  }
+
+  /** Next LSN to send. */
+  get nextLsn(): number {
+    return this.nextLsnValue
+  }
+
+  get state(): ProgressState {
+    return this.stateValue
+  }
+
+  /** Whether a stream to the follower is up. */
+  get connected(): boolean {
+    return this.connectedValue
+  }
+
+  /** Tick of the probe in flight, or null. */
+  get probeSentTick(): number | null {
+    return this.probeSentTickValue
+  }
+
+  /** Waiting for entries loaded from disk. */
+  get loading(): boolean {
+    return this.loadingValue
+  }
+
+  /** Last LSN and bytes of each Append in flight, oldest first. */
+  get inflight(): readonly Readonly<Inflight>[] {
+    return this.inflightValue
+  }
+
+  get inflightBytes(): number {
+    return this.inflightBytesValue
+  }
+
+  /** Tick of the last message heard from the follower. */
+  get lastContactTick(): number {
+    return this.lastContactTickValue
+  }
+
+  /** Times the follower was found to have lost entries it had acknowledged. */
+  get regressions(): number {
+    return this.regressionsValue
+  }
+
+  /** Tick of the last acknowledgement that freed in-flight appends (or of the last send). */
+  get lastAckTick(): number {
+    return this.lastAckTickValue
   }
 
   // ------------------------------------------------------------------ state transitions
 
   /** Back to one Append at a time, from where the follower last answered. */
   becomeProbe(): void {
-    this.state = 'probe'
-    this.probeSentTick = null
+    this.stateValue = 'probe'
+    this.probeSentTickValue = null
     this.resetInflight()
   }
 
   /** The follower's log matches up to `matchLsn`: stream from just after it. */
   becomeReplicate(): void {
-    this.state = 'replicate'
-    this.probeSentTick = null
+    this.stateValue = 'replicate'
+    this.probeSentTickValue = null
     this.resetInflight()
-    this.nextLsn = this.matchLsn + 1
+    this.nextLsnValue = this.matchLsnValue + 1
   }
 
   /** The follower needs a snapshot; nothing else is sent until it acknowledges one. */
   becomeSnapshot(): void {
-    this.state = 'snapshot'
-    this.probeSentTick = null
+    this.stateValue = 'snapshot'
+    this.probeSentTickValue = null
     this.resetInflight()
   }
 
@@ -78,18 +123,21 @@ export class Progress {
 
   /** A stream to the follower came up: probe from where it stands, within `leaderLastLsn`. */
   connect(leaderLastLsn: number): void {
-    this.connected = true
-    this.loading = false
+    this.connectedValue = true
+    this.loadingValue = false
     this.becomeProbe()
-    this.nextLsn = Math.max(this.matchLsn + 1, Math.min(this.nextLsn, leaderLastLsn + 1))
+    this.nextLsnValue = Math.max(
+      this.matchLsnValue + 1,
+      Math.min(this.nextLsnValue, leaderLastLsn + 1),
+    )
   }
 
   /** The stream broke: nothing in flight will be answered. A snapshot still owed stays owed. */
   disconnect(): void {
-    this.connected = false
-    this.loading = false
-    if (this.state === 'snapshot') {
-      this.probeSentTick = null
+    this.connectedValue = false
+    this.loadingValue = false
+    if (this.stateValue === 'snapshot') {
+      this.probeSentTickValue = null
       this.resetInflight()
     } else {
       this.becomeProbe()
@@ -98,7 +146,7 @@ export class Progress {
 
   /** A message from the follower arrived at `tick`. */
   heardFrom(tick: number): void {
-    this.lastContactTick = tick
+    this.lastContactTickValue = tick
   }
 
   /**
@@ -106,11 +154,11 @@ export class Progress {
    * at `tick`. Frees what it acknowledged, and leaves probe or snapshot for replicate.
    */
   maybeUpdate(matchLsn: number, leaderLastLsn: number, tick: number): void {
-    if (matchLsn > this.matchLsn) this.matchLsn = Math.min(matchLsn, leaderLastLsn)
-    this.freeUpTo(this.matchLsn)
-    this.lastAckTick = tick
-    if (this.nextLsn <= this.matchLsn) this.nextLsn = this.matchLsn + 1
-    if (this.state !== 'replicate') this.becomeReplicate()
+    if (matchLsn > this.matchLsnValue) this.matchLsnValue = Math.min(matchLsn, leaderLastLsn)
+    this.freeUpTo(this.matchLsnValue)
+    this.lastAckTickValue = tick
+    if (this.nextLsnValue <= this.matchLsnValue) this.nextLsnValue = this.matchLsnValue + 1
+    if (this.stateValue !== 'replicate') this.becomeReplicate()
   }
 
   /**
@@ -118,9 +166,9 @@ export class Progress {
    * log. True when the match moved (the commit LSN may move with it).
    */
   heartbeatMatch(matchLsn: number, leaderLastLsn: number): boolean {
-    if (matchLsn <= this.matchLsn || matchLsn > leaderLastLsn) return false
-    this.matchLsn = matchLsn
-    this.freeUpTo(this.matchLsn)
+    if (matchLsn <= this.matchLsnValue || matchLsn > leaderLastLsn) return false
+    this.matchLsnValue = matchLsn
+    this.freeUpTo(this.matchLsnValue)
     return true
   }
 
@@ -133,22 +181,22 @@ export class Progress {
    * end forever. Returns true in that case.
    */
   maybeDecrTo(matchLsn: number, hintLsn: number, leaderLastLsn: number): boolean {
-    if (this.state === 'snapshot') {
-      this.probeSentTick = null
+    if (this.stateValue === 'snapshot') {
+      this.probeSentTickValue = null
       this.resetInflight()
     } else {
       this.becomeProbe()
     }
     let regressed = false
-    if (hintLsn <= this.matchLsn) {
-      this.matchLsn = Math.max(0, Math.min(matchLsn, hintLsn - 1))
-      this.regressions++
+    if (hintLsn <= this.matchLsnValue) {
+      this.matchLsnValue = Math.max(0, Math.min(matchLsn, hintLsn - 1))
+      this.regressionsValue++
       regressed = true
     }
-    this.matchLsn = Math.max(this.matchLsn, Math.min(matchLsn, leaderLastLsn))
-    this.nextLsn = Math.max(
-      this.matchLsn + 1,
-      Math.min(hintLsn, this.nextLsn - 1, leaderLastLsn + 1),
+    this.matchLsnValue = Math.max(this.matchLsnValue, Math.min(matchLsn, leaderLastLsn))
+    this.nextLsnValue = Math.max(
+      this.matchLsnValue + 1,
+      Math.min(hintLsn, this.nextLsnValue - 1, leaderLastLsn + 1),
     )
     return regressed
   }
@@ -161,34 +209,34 @@ export class Progress {
    * are counted as in replicate, and the follower refuses them.)
    */
   sentEntries(lastLsn: number | null, bytes: number, tick: number): void {
-    if (this.state === 'probe') {
-      this.probeSentTick = tick
+    if (this.stateValue === 'probe') {
+      this.probeSentTickValue = tick
       return
     }
     if (lastLsn === null) return
     invariant(
-      lastLsn >= this.nextLsn,
-      () => `append ending at ${lastLsn} is behind ${this.nextLsn}`,
+      lastLsn >= this.nextLsnValue,
+      () => `append ending at ${lastLsn} is behind ${this.nextLsnValue}`,
     )
-    if (this.inflight.length === 0) this.lastAckTick = tick
-    this.inflight.push({ lastLsn, bytes })
-    this.inflightBytes += bytes
-    this.nextLsn = lastLsn + 1
+    if (this.inflightValue.length === 0) this.lastAckTickValue = tick
+    this.inflightValue.push({ lastLsn, bytes })
+    this.inflightBytesValue += bytes
+    this.nextLsnValue = lastLsn + 1
   }
 
   /** Entries for `nextLsn` on must be read from disk first. */
   startLoading(): void {
-    this.loading = true
+    this.loadingValue = true
   }
 
   /** The entries asked for were loaded (or could not be). */
   loaded(): void {
-    this.loading = false
+    this.loadingValue = false
   }
 
   /** A snapshot stream to the follower failed: probe again. False when none was owed. */
   snapshotFailed(): boolean {
-    if (this.state !== 'snapshot') return false
+    if (this.stateValue !== 'snapshot') return false
     this.becomeProbe()
     return true
   }
@@ -200,12 +248,15 @@ export class Progress {
    * probe unanswered, or the in-flight window full.
    */
   isPaused(inflightAppendsMax: number, inflightBytesMax: number): boolean {
-    if (!this.connected || this.loading) return true
-    switch (this.state) {
+    if (!this.connectedValue || this.loadingValue) return true
+    switch (this.stateValue) {
       case 'probe':
-        return this.probeSentTick !== null
+        return this.probeSentTickValue !== null
       case 'replicate':
-        return this.inflight.length >= inflightAppendsMax || this.inflightBytes >= inflightBytesMax
+        return (
+          this.inflightValue.length >= inflightAppendsMax ||
+          this.inflightBytesValue >= inflightBytesMax
+        )
       case 'snapshot':
         return true
     }
@@ -213,9 +264,9 @@ export class Progress {
 
   /** A probe went unanswered for `timeoutTicks`: it may be sent again (and is forgotten). */
   probeTimedOut(tick: number, timeoutTicks: number): boolean {
-    if (this.state !== 'probe' || this.probeSentTick === null) return false
-    if (tick - this.probeSentTick < timeoutTicks) return false
-    this.probeSentTick = null
+    if (this.stateValue !== 'probe' || this.probeSentTickValue === null) return false
+    if (tick - this.probeSentTickValue < timeoutTicks) return false
+    this.probeSentTickValue = null
     return true
   }
 
@@ -224,23 +275,23 @@ export class Progress {
    * answers were). Probes from the acknowledged match again rather than wait forever.
    */
   retransmitDue(tick: number, timeoutTicks: number): boolean {
-    if (this.state !== 'replicate' || this.inflight.length === 0) return false
-    if (tick - this.lastAckTick < timeoutTicks) return false
+    if (this.stateValue !== 'replicate' || this.inflightValue.length === 0) return false
+    if (tick - this.lastAckTickValue < timeoutTicks) return false
     this.becomeProbe()
-    this.nextLsn = this.matchLsn + 1
+    this.nextLsnValue = this.matchLsnValue + 1
     return true
   }
 
   // ------------------------------------------------------------------ the window
 
   private freeUpTo(lsn: number): void {
-    while (this.inflight.length > 0 && (this.inflight[0] as Inflight).lastLsn <= lsn) {
-      this.inflightBytes -= (this.inflight.shift() as Inflight).bytes
+    while (this.inflightValue.length > 0 && (this.inflightValue[0] as Inflight).lastLsn <= lsn) {
+      this.inflightBytesValue -= (this.inflightValue.shift() as Inflight).bytes
     }
   }
 
   private resetInflight(): void {
-    this.inflight.length = 0
-    this.inflightBytes = 0
+    this.inflightValue.length = 0
+    this.inflightBytesValue = 0
   }
 }
