@@ -40,12 +40,8 @@ export const encodingLimits = {
 export const memberIdBytesMax = 64
 
 /**
- * The replicator's fixed limits (single-leader mode).
- *
- * MERGE: these mirror the literals in cluster/replicator.ts (`appendEntriesMax: 4096`,
- * `inflightAppendsMax: 256` passed to the core). When the replicator's own limits module
- * lands, import its constants here instead and delete these copies; the checks below then
- * cover the values the replicator really uses.
+ * The replicator's fixed limits (single-leader mode), passed to the core
+ * (cluster/core-setup.ts) and used to read the log for a follower (cluster/log-io.ts).
  */
 export const replicationLimits = {
   /** Entries in one append frame, at most. */

@@ -512,12 +512,12 @@ export class NodeMetrics {
     counter(
       'kv_elections_started_total',
       'Elections this node started (pre-votes that won and became votes).',
-      () => replicator.core.electionsStarted,
+      () => replicator.stats.electionsStarted,
     )
     counter(
       'kv_epoch_messages_dropped_total',
       'Peer messages the replication core dropped for their epoch: out of range, or too far above its own to take from one message.',
-      () => replicator.core.epochMessagesDropped,
+      () => replicator.stats.epochMessagesDropped,
     )
     counter(
       'kv_elections_won_total',

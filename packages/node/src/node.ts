@@ -25,6 +25,7 @@ import { buildApp } from './http/app.js'
 import type { AppContext, Lifecycle, Security } from './http/context.js'
 import type { DualProtocolServer } from './http/dual-protocol.js'
 import { createLogger } from './logger.js'
+import { assertConfigLimits } from './limits.js'
 import { NodeMetrics } from './metrics.js'
 
 export interface StartOptions {
@@ -87,6 +88,8 @@ export class KvNode {
 
   /** Opens storage, recovers it, and starts serving. */
   static async start(config: NodeConfig, options: StartOptions = {}): Promise<KvNode> {
+    // parseConfig checks these too; a configuration built in code gets the same refusal.
+    assertConfigLimits(config)
     const metrics = new NodeMetrics()
     let store: Store | null = null
     let replicator: Replicator | null = null
@@ -98,7 +101,7 @@ export class KvNode {
       {
         role: () =>
           replicator
-            ? replicator.core.roleName
+            ? replicator.role
             : config.mode === 'leaderless'
               ? 'replica'
               : cluster
@@ -202,6 +205,8 @@ export class KvNode {
           onFatal,
           security: peerSecurity(config, cluster, store.meta.clusterId, tls, metrics, logger),
           bootstrapOps: bootstrap?.ops ?? null,
+          // Test-only (the chaos suite's teeth); an UNSAFE row of the config table.
+          unsafeNoFencing: config.unsafeNoFencing,
         })
         await replicator.start()
         metrics.watchReplicator(replicator)

@@ -70,12 +70,8 @@ describe('the config table lists every option', () => {
   /**
    * Where the shipped server packages may read the environment. Every other switch is a row
    * of the config table, read by parseConfig from the `env` it is given.
-   *
-   * MERGE: cluster/replicator.ts reads KV_UNSAFE_NO_FENCING itself until it takes
-   * `config.unsafeNoFencing`; remove its entry then (this test fails on an entry that no
-   * longer reads the environment, so that it cannot be forgotten).
    */
-  const allowed = ['packages/node/src/cluster/replicator.ts']
+  const allowed: string[] = []
 
   it('so no server source reads process.env', async () => {
     const readers: string[] = []

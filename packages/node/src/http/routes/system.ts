@@ -48,7 +48,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
       nodeId: meta.nodeId,
       clusterId: meta.clusterId,
       mode: config.mode,
-      role: replicator ? replicator.core.roleName : ctx.leaderless ? 'replica' : 'leader',
+      role: replicator ? replicator.role : ctx.leaderless ? 'replica' : 'leader',
       leaderId: replicator
         ? (replicator.leaderMember?.id ?? null)
         : ctx.leaderless
