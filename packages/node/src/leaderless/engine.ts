@@ -20,17 +20,27 @@
 import { createHash, randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import {
+  AntiEntropyIndex,
   HashRing,
   HybridClock,
-  MerkleTree,
-  allTombstones,
-  collectable,
+  ReadQuorum,
+  WriteQuorum,
+  collectionConfirmed,
+  differingLeaves,
+  hintExpired,
+  mayHintFor,
+  mergeIncoming,
   mergeStates,
-  resolveConflicts,
-  sameState,
+  pickStandIn,
+  reachableTargets,
+  replicaSetOf,
+  ringReplicaSets,
+  sharedSets,
   stateDigest,
   survivorsOf,
+  tombstoneCollectable,
   writeState,
+  type ConfirmationAnswer,
   type VersionedState,
 } from '@kvstore/core'
 import {
@@ -63,6 +73,21 @@ import {
 } from '@kvstore/storage'
 import { resolveQuorum, type ClusterConfig, type NodeConfig } from '../config.js'
 import type { PeerSecurity } from '../cluster/peer-server.js'
+import {
+  aeBytesPerMessageMax,
+  aeCallTimeoutMs,
+  aeLeavesPerMessageMax,
+  aeMergeConcurrency,
+  aeRecordsPerMessageMax,
+  clockSkewMaxMs,
+  counterReservation,
+  hintReplayBatch,
+  hintReplayBudgetMs,
+  hintReplayConcurrency,
+  loadPageEntries,
+  recordBytes,
+  treeDepth,
+} from './limits.js'
 import { LeaderlessRpc, PeerUnreachable } from './rpc.js'
 
 type State = VersionedState<Uint8Array>
@@ -70,33 +95,6 @@ type State = VersionedState<Uint8Array>
 const DATA = 0x64 // 'd'
 const HINT = 0x68 // 'h'
 const META = 0x6d // 'm'
-
-/** Leaf buckets per replica-set Merkle tree: 2^10. */
-const treeDepth = 10
-/** Dots reserved per durable write of the counter. */
-const counterReservation = 10_000
-/** Records sent in one anti-entropy RangeKeys message, at most. */
-const aeRecordsPerMessageMax = 2000
-/** How long an anti-entropy call may take (a batch of merges on a busy peer) (ms). */
-const aeCallTimeoutMs = 30_000
-/** Leaves asked for in one RangeKeys message, at most. */
-const aeLeavesPerMessageMax = 64
-/** Bytes of keys and values in one anti-entropy message, roughly, at most. */
-const aeBytesPerMessageMax = 8 * 1024 * 1024
-
-function recordBytes(key: string, state: State): number {
-  let bytes = key.length + 64
-  for (const s of state.siblings) bytes += (s.value.value?.length ?? 0) + 48
-  return bytes
-}
-/** Hints read per page when replaying. */
-const hintReplayBatch = 256
-/** Hints in flight at once to one member while replaying. */
-const hintReplayConcurrency = 16
-/** Longest a replay pass to one member runs before the next pass takes over (ms). */
-const hintReplayBudgetMs = 5000
-/** How far ahead of this clock a peer's timestamp may be before it is refused. */
-const clockSkewMaxMs = 60_000
 
 export interface LeaderlessOptions {
   config: NodeConfig
@@ -326,14 +324,11 @@ export class LeaderlessEngine {
   private readonly locks = new Map<string, Promise<void>>()
   private readonly health = new Map<string, MemberHealth>()
   private readonly exchanges = new Map<string, ExchangeStatus>()
-  /** Merkle tree per replica set ("n1,n2,n4") this member belongs to. */
-  private readonly trees = new Map<string, MerkleTree>()
-  /** Keys per replica set and leaf, to stream a leaf's keys. */
-  private readonly leafKeys = new Map<string, Map<number, Set<string>>>()
-  /** Digest of each key this member holds. */
-  private readonly digests = new Map<string, number>()
-  /** Keys whose state is only tombstones (candidates for collection). */
-  private readonly tombstoned = new Set<string>()
+  /**
+   * Per replica set ("n1,n2,n4") this member belongs to: the Merkle tree and the keys of each
+   * leaf; per key, its digest; and the keys holding only tombstones.
+   */
+  private readonly index = new AntiEntropyIndex(treeDepth)
   /** Hints held per target member. */
   private readonly hintCounts = new Map<string, number>()
   private hintTotal = 0
@@ -392,7 +387,7 @@ export class LeaderlessEngine {
     await this.rpc.listen()
     const every = (ms: number, run: () => Promise<void>) => {
       const timer = setInterval(() => {
-        if (!this.stopped) this.track(run())
+        if (!this.stopped) this.runInBackground(run())
       }, ms)
       timer.unref()
       this.timers.push(timer)
@@ -404,8 +399,8 @@ export class LeaderlessEngine {
     every(this.config.antiEntropyIntervalMs, () => this.antiEntropy())
     every(Math.min(this.config.antiEntropyIntervalMs, 60_000), () => this.collectTombstones())
     every(Math.min(10_000, Math.floor(this.config.tombstoneGcMs / 10)), () => this.housekeeping())
-    this.track(this.pingAll(pingTimeoutMs))
-    if (this.refilling) this.track(this.refill())
+    this.runInBackground(this.pingAll(pingTimeoutMs))
+    if (this.refilling) this.runInBackground(this.refill())
   }
 
   async stop(): Promise<void> {
@@ -415,7 +410,8 @@ export class LeaderlessEngine {
     await this.rpc.close()
   }
 
-  private track(p: Promise<unknown>): void {
+  /** Runs a task off the caller's path; a failure is logged, and stop() waits for it. */
+  private runInBackground(p: Promise<unknown>): void {
     const tracked = p.catch((err: unknown) => {
       if (!this.stopped) this.log.warn({ err }, 'leaderless background task failed')
     })
@@ -517,7 +513,7 @@ export class LeaderlessEngine {
   private async loadState(key: string): Promise<State | null> {
     // Every key this member holds is in the digest index (loaded at start, kept by persist):
     // a key that is not there needs no LevelDB read, which spares one on every new key.
-    if (!this.digests.has(key)) return null
+    if (!this.index.holds(key)) return null
     const record = await this.store.get(this.dataKey(key))
     if (record === null || record.tombstone) return null
     return this.decodeFromDisk(record.value, key)
@@ -536,45 +532,16 @@ export class LeaderlessEngine {
 
   /** The replica set (sorted preference list) a key belongs to. */
   setOf(key: string): string {
-    return [...this.ring.preferenceList(key, this.n)].sort().join(',')
+    return replicaSetOf(this.ring, key, this.n)
   }
 
   preferenceList(key: string): string[] {
     return this.ring.preferenceList(key, this.n)
   }
 
-  private treeOf(set: string): MerkleTree {
-    let tree = this.trees.get(set)
-    if (!tree) {
-      tree = new MerkleTree(treeDepth)
-      this.trees.set(set, tree)
-      this.leafKeys.set(set, new Map())
-    }
-    return tree
-  }
-
-  /** Keeps the Merkle tree, leaf index and tombstone set in step with a key's new state. */
-  private track_(key: string, state: State | null): void {
-    const set = this.setOf(key)
-    const tree = this.treeOf(set)
-    const before = this.digests.get(key)
-    const after = state === null ? undefined : stateDigest(state)
-    if (before === after) return
-    tree.update(key, before, after)
-    const leaf = tree.leafOf(key)
-    const leaves = this.leafKeys.get(set) as Map<number, Set<string>>
-    if (after === undefined) {
-      this.digests.delete(key)
-      leaves.get(leaf)?.delete(key)
-      this.tombstoned.delete(key)
-    } else {
-      this.digests.set(key, after)
-      let keys = leaves.get(leaf)
-      if (!keys) leaves.set(leaf, (keys = new Set()))
-      keys.add(key)
-      if (allTombstones(state as State)) this.tombstoned.add(key)
-      else this.tombstoned.delete(key)
-    }
+  /** Keeps the anti-entropy index (trees, leaf keys, tombstones) in step with a key's state. */
+  private indexKey(key: string, state: State | null): void {
+    this.index.update(this.setOf(key), key, state)
   }
 
   private async loadLocalState(): Promise<void> {
@@ -584,14 +551,14 @@ export class LeaderlessEngine {
       const page = await this.store.list({
         prefix: Buffer.from([DATA]),
         ...(after ? { after } : {}),
-        limit: 10_000,
+        limit: loadPageEntries,
       })
       for (const item of page.items) {
         const key = item.key.subarray(1).toString('utf8')
         const state = this.decodeFromDisk(item.record.value, key)
         for (const s of state.siblings)
           this.clock.observe(s.value.hlc, Math.max(this.now(), s.value.hlc.wallMs))
-        this.track_(key, state)
+        this.indexKey(key, state)
         keys++
       }
       if (!page.more || page.items.length === 0) break
@@ -609,7 +576,7 @@ export class LeaderlessEngine {
       const page = await this.store.list({
         prefix: Buffer.from([HINT]),
         ...(after ? { after } : {}),
-        limit: 10_000,
+        limit: loadPageEntries,
       })
       for (const item of page.items) {
         const target = hintTarget(item.key)
@@ -726,7 +693,7 @@ export class LeaderlessEngine {
       // The logged op is the merged state; the id is bound to the client's request.
       ...(request !== undefined ? { requestId: request.id, fingerprint: request.fingerprint } : {}),
     })
-    this.track_(key, state)
+    this.indexKey(key, state)
   }
 
   /** Merges a state from `from` into this member's copy; true when the copy changed. */
@@ -738,32 +705,15 @@ export class LeaderlessEngine {
     this.admit(incoming, from, key)
     return this.locked(key, async () => {
       const current = await this.loadState(key)
-      if (current === null) {
-        // Only tombstones older than tombstoneGcMs, for a key this member holds nothing of: it
-        // collected them already (or never held a value to delete). Taking them back would
-        // only start another round of collection.
-        if (collectable(incoming, this.now() - this.config.tombstoneGcMs)) {
-          return { changed: false, state: incoming }
-        }
-        const { state, dropped } = resolveConflicts(
-          incoming,
-          this.config.conflicts,
-          this.config.siblingsMax,
-        )
-        await this.persist(key, state)
-        this.noteSiblings(key, state, dropped)
-        return { changed: true, state }
-      }
-      const { state, dropped } = mergeStates(
-        current,
-        incoming,
-        this.config.conflicts,
-        this.config.siblingsMax,
-      )
-      if (sameState(state, current)) return { changed: false, state: current }
+      const { changed, state, dropped } = mergeIncoming(current, incoming, this.now(), {
+        mode: this.config.conflicts,
+        siblingsMax: this.config.siblingsMax,
+        tombstoneGcMs: this.config.tombstoneGcMs,
+      })
+      if (!changed) return { changed, state }
       await this.persist(key, state)
       this.noteSiblings(key, state, dropped)
-      return { changed: true, state }
+      return { changed, state }
     })
   }
 
@@ -935,14 +885,9 @@ export class LeaderlessEngine {
         }
       }
       case 'rangeRoots':
-        return { kind: 'rootsReply', roots: body.sets.map((set) => this.trees.get(set)?.root ?? 0) }
-      case 'rangeLeaves': {
-        const tree = this.trees.get(body.set) ?? new MerkleTree(treeDepth)
-        const first = 2 ** treeDepth - 1
-        const leaves: number[] = []
-        for (let i = 0; i < 2 ** treeDepth; i++) leaves.push(tree.digestAt(first + i))
-        return { kind: 'leavesReply', leaves }
-      }
+        return { kind: 'rootsReply', roots: body.sets.map((set) => this.rootOf(set)) }
+      case 'rangeLeaves':
+        return { kind: 'leavesReply', leaves: this.index.leafDigests(body.set) }
       case 'authSync':
         if (this.authHandler === null)
           throw new KvError(
@@ -958,9 +903,8 @@ export class LeaderlessEngine {
         // still differ then).
         const records: KeyRecord[] = []
         let bytes = 0
-        const leaves = this.leafKeys.get(body.set)
         outer: for (const leaf of body.leaves) {
-          for (const key of [...(leaves?.get(leaf) ?? [])]) {
+          for (const key of this.index.keysIn(body.set, leaf)) {
             const mine = await this.loadState(key)
             if (mine === null) continue
             const sent = theirs.get(key)
@@ -987,7 +931,7 @@ export class LeaderlessEngine {
     let changed = 0
     let next = 0
     await Promise.all(
-      Array.from({ length: Math.min(32, states.length) }, async () => {
+      Array.from({ length: Math.min(aeMergeConcurrency, states.length) }, async () => {
         for (let i = next++; i < states.length; i = next++) {
           const [key, state] = states[i] as [string, State]
           try {
@@ -1218,9 +1162,7 @@ export class LeaderlessEngine {
 
   /** Replicas of the key reachable now, plus (sloppy) the stand-ins that could take hints. */
   private reachableTargets(prefs: string[], spares: string[], sloppy: boolean): number {
-    const up = prefs.filter((m) => this.isUp(m)).length
-    if (!sloppy) return up
-    return up + Math.min(prefs.length - up, spares.filter((m) => this.isUp(m)).length)
+    return reachableTargets(prefs, spares, sloppy, (m) => this.isUp(m))
   }
 
   private async forwardWrite(
@@ -1303,67 +1245,54 @@ export class LeaderlessEngine {
     const keyBytes = Buffer.from(key, 'utf8')
     const spares = candidates.filter((m) => m !== this.self)
     const usedSpares = new Set<string>()
-    const hinted: string[] = []
-    let acks = 1 // this member holds it durably
-    let pending = 0
+    const quorum = new WriteQuorum({ w, sloppy })
     let settled = false
     return new Promise((resolve, reject) => {
-      const check = () => {
-        if (settled) return
-        if (acks >= w) {
-          settled = true
-          clearTimeout(timer)
-          resolve({ acks, hinted: [...hinted] })
-        } else if (pending === 0) {
-          settled = true
-          clearTimeout(timer)
-          this.stats.quorumFailures.write++
-          reject(
-            new KvError(
-              'KV_ERR_QUORUM_UNAVAILABLE',
-              `only ${acks} of the ${w} replicas needed acknowledged the write of ${JSON.stringify(key)}; it is durable on ${acks} and will spread from there`,
-              { required: w, acks, replicas: prefs.join(','), hinted: hinted.join(',') },
-            ),
-          )
-        }
-      }
-      const timer = setTimeout(() => {
-        if (settled) return
-        settled = true
+      const refuse = (within: string) => {
         this.stats.quorumFailures.write++
         reject(
           new KvError(
             'KV_ERR_QUORUM_UNAVAILABLE',
-            `only ${acks} of the ${w} replicas needed acknowledged the write of ${JSON.stringify(key)} within ${this.config.quorumTimeoutMs} ms; it is durable on ${acks} and will spread from there`,
-            { required: w, acks, replicas: prefs.join(','), hinted: hinted.join(',') },
+            `only ${quorum.acks} of the ${w} replicas needed acknowledged the write of ${JSON.stringify(key)}${within}; it is durable on ${quorum.acks} and will spread from there`,
+            {
+              required: w,
+              acks: quorum.acks,
+              replicas: prefs.join(','),
+              hinted: quorum.hinted.join(','),
+            },
           ),
         )
+      }
+      const check = () => {
+        if (settled || quorum.status === 'waiting') return
+        settled = true
+        clearTimeout(timer)
+        if (quorum.status === 'met') resolve({ acks: quorum.acks, hinted: [...quorum.hinted] })
+        else refuse('')
+      }
+      const timer = setTimeout(() => {
+        if (settled) return
+        settled = true
+        refuse(` within ${this.config.quorumTimeoutMs} ms`)
       }, this.config.quorumTimeoutMs)
       timer.unref()
       const viaHint = (target: string): void => {
         const h = this.health.get(target)
-        if (
-          h &&
-          !h.up &&
-          h.downSinceMs > 0 &&
-          this.now() - h.downSinceMs >= this.config.hintWindowMs
-        ) {
+        if (h && !h.up && !mayHintFor(h.downSinceMs, this.now(), this.config.hintWindowMs)) {
           this.stats.hintsDropped.window++
           return
         }
-        const standIn = spares.find((m) => !usedSpares.has(m) && this.isUp(m))
+        const standIn = pickStandIn(spares, usedSpares, (m) => this.isUp(m))
         if (standIn === undefined) return
         usedSpares.add(standIn)
-        pending++
+        quorum.sent()
         this.call(standIn, { kind: 'store', key: keyBytes, record: state, hintFor: target }).then(
           () => {
-            pending--
-            hinted.push(`${target}@${standIn}`)
-            if (sloppy) acks++
+            quorum.hintAcked(target, standIn)
             check()
           },
           () => {
-            pending--
+            quorum.failed()
             // Try the next stand-in.
             viaHint(target)
             check()
@@ -1376,15 +1305,14 @@ export class LeaderlessEngine {
           viaHint(member)
           continue
         }
-        pending++
+        quorum.sent()
         this.call(member, { kind: 'store', key: keyBytes, record: state, hintFor: '' }).then(
           () => {
-            pending--
-            acks++
+            quorum.replicaAcked()
             check()
           },
           () => {
-            pending--
+            quorum.failed()
             viaHint(member)
             check()
           },
@@ -1403,29 +1331,30 @@ export class LeaderlessEngine {
    */
   async coordinateRead(key: string, r: number, blocking: boolean): Promise<ReadResult> {
     const prefs = this.preferenceList(key)
-    const replies = new Map<string, State | null>()
-    let failed = 0
+    const read = new ReadQuorum<Uint8Array>(prefs, r, this.mergePolicy)
     const keyBytes = Buffer.from(key, 'utf8')
-    const fetchOne = async (member: string): Promise<void> => {
+    const fetchOne = async (member: string): Promise<State | null> => {
       if (member === this.self) {
         this.refuseWhileRefilling()
-        replies.set(member, await this.loadState(key))
-        return
+        return this.loadState(key)
       }
       const reply = await this.call(member, { kind: 'fetch', key: keyBytes })
       if (reply.kind !== 'fetchReply')
-        throw new KvError('KV_ERR_INTERNAL', `unexpected reply ${reply.kind}`)
+        throw new KvError('KV_ERR_BAD_FRAME', `${member} answered a fetch with ${reply.kind}`)
       const state = reply.record === null ? null : toState(reply.record)
       if (state) this.admit(state, member, key)
-      replies.set(member, state)
+      return state
     }
     let notify: () => void = () => {}
     const all = Promise.allSettled(
       prefs.map((m) =>
         fetchOne(m).then(
-          () => notify(),
+          (state) => {
+            read.addReply(m, state)
+            notify()
+          },
           () => {
-            failed++
+            read.addFailure(m)
             notify()
           },
         ),
@@ -1435,30 +1364,27 @@ export class LeaderlessEngine {
       const timer = setTimeout(resolve, this.config.quorumTimeoutMs)
       timer.unref()
       notify = () => {
-        const enough = blocking
-          ? replies.size + failed === prefs.length
-          : replies.size >= r || replies.size + (prefs.length - replies.size - failed) < r
-        if (enough) {
+        if (read.enough(blocking)) {
           clearTimeout(timer)
           resolve()
         }
       }
       notify()
     })
-    if (replies.size < r) {
+    const response = read.response()
+    if (response === null) {
       this.stats.quorumFailures.read++
       throw new KvError(
         'KV_ERR_QUORUM_UNAVAILABLE',
-        `only ${replies.size} of the ${r} replicas needed answered the read of ${JSON.stringify(key)}`,
-        { required: r, acks: replies.size, replicas: prefs.join(',') },
+        `only ${read.replies.size} of the ${r} replicas needed answered the read of ${JSON.stringify(key)}`,
+        { required: r, acks: read.replies.size, replicas: prefs.join(',') },
       )
     }
-    const merged = this.mergeAll([...replies.values()])
     if (blocking) {
-      await this.repair(key, replies, merged)
+      await this.repair(key, read)
     } else {
       // The rest of the replies, then repair, off the client's path.
-      this.track(
+      this.runInBackground(
         new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, this.config.quorumTimeoutMs)
           timer.unref()
@@ -1466,37 +1392,23 @@ export class LeaderlessEngine {
             clearTimeout(timer)
             resolve()
           })
-        }).then(() => this.repair(key, replies, this.mergeAll([...replies.values()]))),
+        }).then(() => this.repair(key, read)),
       )
     }
-    return { state: merged, replicas: prefs, answered: replies.size }
+    return { state: response.state, replicas: prefs, answered: read.replies.size }
   }
 
-  private mergeAll(states: (State | null)[]): State | null {
-    let merged: State | null = null
-    for (const s of states) {
-      if (s === null) continue
-      merged =
-        merged === null
-          ? s
-          : mergeStates(merged, s, this.config.conflicts, this.config.siblingsMax).state
-    }
-    return merged
+  private get mergePolicy(): { mode: NodeConfig['conflicts']; siblingsMax: number } {
+    return { mode: this.config.conflicts, siblingsMax: this.config.siblingsMax }
   }
 
-  /** Read repair: sends the merged state to every replier whose state differs. */
-  private async repair(
-    key: string,
-    replies: Map<string, State | null>,
-    merged: State | null,
-  ): Promise<void> {
-    if (merged === null) return
-    const digest = stateDigest(merged)
-    const stale = [...replies.entries()].filter(([, s]) => s === null || stateDigest(s) !== digest)
-    if (stale.length === 0) return
+  /** Read repair: sends the merge of every reply so far to every replier whose state differs. */
+  private async repair(key: string, read: ReadQuorum<Uint8Array>): Promise<void> {
+    const { merged, stale } = read.repairs()
+    if (merged === null || stale.length === 0) return
     const keyBytes = Buffer.from(key, 'utf8')
     await Promise.allSettled(
-      stale.map(async ([member]) => {
+      stale.map(async (member) => {
         if (member === this.self) await this.mergeLocal(key, merged, this.self)
         else await this.call(member, { kind: 'store', key: keyBytes, record: merged, hintFor: '' })
         this.stats.readRepairs++
@@ -1577,7 +1489,7 @@ export class LeaderlessEngine {
   ): Promise<boolean> {
     const key = item.key.subarray(prefix.length).toString('utf8')
     const hint = decodeHint(item.record.value)
-    const expired = this.now() - hint.storedAtMs > this.config.hintWindowMs
+    const expired = hintExpired(hint.storedAtMs, this.now(), this.config.hintWindowMs)
     if (expireOnly && !expired) return true
     if (!expired) {
       try {
@@ -1611,22 +1523,19 @@ export class LeaderlessEngine {
 
   /** The replica sets this member shares with `peer`. */
   private sharedSets(peer: string): string[] {
-    const sets = new Set<string>()
-    for (const set of this.allSets()) {
-      const members = set.split(',')
-      if (members.includes(this.self) && members.includes(peer)) sets.add(set)
-    }
-    return [...sets]
+    return sharedSets(this.allSets(), this.self, peer)
+  }
+
+  /** The root of a replica set's tree here (0 when this member never held a key of it). */
+  private rootOf(set: string): number {
+    return this.index.root(set)
   }
 
   private setsCache: string[] | null = null
 
   /** Every replica set of the ring. */
   allSets(): string[] {
-    if (this.setsCache) return this.setsCache
-    const sets = new Set<string>()
-    for (const arc of this.arcs()) sets.add([...arc.replicas].sort().join(','))
-    this.setsCache = [...sets].sort()
+    this.setsCache ??= ringReplicaSets(this.ring, this.n)
     return this.setsCache
   }
 
@@ -1672,8 +1581,7 @@ export class LeaderlessEngine {
     let repaired = 0
     for (let i = 0; i < sets.length; i++) {
       const set = sets[i] as string
-      const mine = this.trees.get(set)?.root ?? 0
-      if (mine === roots.roots[i]) continue
+      if (this.rootOf(set) === roots.roots[i]) continue
       const leavesReply = await this.call(peer, { kind: 'rangeLeaves', set }, aeCallTimeoutMs)
       if (leavesReply.kind !== 'leavesReply' || leavesReply.leaves.length !== 2 ** treeDepth) {
         throw new KvError(
@@ -1681,12 +1589,7 @@ export class LeaderlessEngine {
           `${peer} answered the leaves request with ${leavesReply.kind}`,
         )
       }
-      const tree = this.treeOf(set)
-      const first = 2 ** treeDepth - 1
-      const differing: number[] = []
-      for (let leaf = 0; leaf < 2 ** treeDepth; leaf++) {
-        if (tree.digestAt(first + leaf) !== leavesReply.leaves[leaf]) differing.push(leaf)
-      }
+      const differing = differingLeaves(this.index.leafDigests(set), leavesReply.leaves)
       // Stream the differing leaves in messages of bounded size.
       let batch: number[] = []
       let records: KeyRecord[] = []
@@ -1708,9 +1611,8 @@ export class LeaderlessEngine {
         records = []
         bytes = 0
       }
-      const leafIndex = this.leafKeys.get(set)
       for (const leaf of differing) {
-        for (const key of [...(leafIndex?.get(leaf) ?? [])]) {
+        for (const key of this.index.keysIn(set, leaf)) {
           const state = await this.loadState(key)
           if (!state) continue
           records.push({ key: Buffer.from(key, 'utf8'), record: state })
@@ -1754,31 +1656,28 @@ export class LeaderlessEngine {
   }
 
   private async collectTombstonesOnce(): Promise<void> {
-    const before = this.now() - this.config.tombstoneGcMs
     let collected = 0
     let waiting = 0
-    for (const key of [...this.tombstoned]) {
+    for (const key of this.index.tombstoned()) {
       if (this.stopped) break
       const state = await this.loadState(key)
-      if (state === null || !collectable(state, before)) continue
+      if (state === null || !tombstoneCollectable(state, this.now(), this.config.tombstoneGcMs))
+        continue
       const digest = stateDigest(state)
       const others = this.preferenceList(key).filter((m) => m !== this.self)
       const keyBytes = Buffer.from(key, 'utf8')
-      const confirmed = await Promise.all(
-        others.map(async (member) => {
-          if (!this.isUp(member)) return false
+      const answers = await Promise.all(
+        others.map(async (member): Promise<ConfirmationAnswer<Uint8Array>> => {
+          if (!this.isUp(member)) return 'unreachable'
           try {
             const reply = await this.call(member, { kind: 'fetch', key: keyBytes })
-            return (
-              reply.kind === 'fetchReply' &&
-              (reply.record === null || stateDigest(reply.record as State) === digest)
-            )
+            return reply.kind === 'fetchReply' ? (reply.record as State | null) : 'unreachable'
           } catch {
-            return false
+            return 'unreachable'
           }
         }),
       )
-      if (!confirmed.every(Boolean)) {
+      if (!collectionConfirmed(state, answers)) {
         waiting++
         continue
       }
@@ -1822,11 +1721,7 @@ export class LeaderlessEngine {
   rangeRoots(): { replicas: string; root: number; keys: number }[] {
     return this.allSets()
       .filter((set) => set.split(',').includes(this.self))
-      .map((set) => {
-        let keys = 0
-        for (const leaf of this.leafKeys.get(set)?.values() ?? []) keys += leaf.size
-        return { replicas: set, root: this.trees.get(set)?.root ?? 0, keys }
-      })
+      .map((set) => ({ replicas: set, root: this.rootOf(set), keys: this.index.keyCount(set) }))
   }
 
   clusterView(clusterId: string): Record<string, unknown> {
