@@ -5,6 +5,7 @@ export {
   ringReplicaSets,
   sharedSets,
 } from './anti-entropy.js'
+export { mintWrite, siblingsRefusal } from './coordinate.js'
 export { hintExpired, mayHintFor, pickStandIn } from './hints.js'
 export { mergeIncoming } from './merge.js'
 export type { IncomingMerge } from './merge.js'

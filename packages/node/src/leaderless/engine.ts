@@ -37,9 +37,9 @@ import {
   ringReplicaSets,
   sharedSets,
   stateDigest,
-  survivorsOf,
   tombstoneCollectable,
-  writeState,
+  siblingsRefusal,
+  mintWrite,
   type ConfirmationAnswer,
   type VersionedState,
 } from '@kvstore/core'
@@ -1075,32 +1075,30 @@ export class LeaderlessEngine {
           deduplicated: true,
         }
       }
-      if (this.config.conflicts === 'siblings' && value !== null) {
-        const survivors = survivorsOf(current, ctx)
-        if (survivors + 1 > this.config.siblingsMax) {
-          throw new KvError(
-            'KV_ERR_TOO_MANY_SIBLINGS',
-            `key ${JSON.stringify(key)} already holds ${survivors} siblings the context does not resolve; the cap is ${this.config.siblingsMax}. Read it and write with its kv-context.`,
-            {
-              siblings: survivors,
-              siblingsMax: this.config.siblingsMax,
-              context: encodeContext(current),
-            },
-          )
-        }
+      const survivors = siblingsRefusal(current, ctx, value === null, this.mergePolicy)
+      if (survivors !== null) {
+        throw new KvError(
+          'KV_ERR_TOO_MANY_SIBLINGS',
+          `key ${JSON.stringify(key)} already holds ${survivors} siblings the context does not resolve; the cap is ${this.config.siblingsMax}. Read it and write with its kv-context.`,
+          {
+            siblings: survivors,
+            siblingsMax: this.config.siblingsMax,
+            context: encodeContext(current),
+          },
+        )
       }
       const counter = await this.nextCounter()
       const hlc = this.clock.now(this.now())
-      const next = writeState(
+      const { state: next, dropped } = mintWrite(
         current,
         this.actor,
         counter,
         ctx,
         { value, hlc },
-        this.config.conflicts,
+        this.mergePolicy,
       )
       await this.persist(key, next, rid)
-      this.noteSiblings(key, next, 0)
+      this.noteSiblings(key, next, dropped)
       return { state: next, hlc, deduplicated: false }
     })
     const fanout = this.fanOut(key, state, prefs, spares, wanted, sloppy)
