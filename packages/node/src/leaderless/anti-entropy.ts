@@ -20,6 +20,16 @@ import type { LocalReplica } from './local-replica.js'
 import type { PeerHealth } from './peer-health.js'
 import { PeerUnreachable } from './rpc.js'
 
+/**
+ * Whether one more record of `size` bytes fits a message holding `records` records of `bytes`:
+ * a message stays within the record count and byte budget, except that a lone record always
+ * goes (the configuration checks that one record fits a peer message).
+ */
+function fitsMessage(records: number, bytes: number, size: number): boolean {
+  if (records === 0) return true
+  return records + 1 <= aeRecordsPerMessageMax && bytes + size <= aeBytesPerMessageMax
+}
+
 interface ExchangeStatus {
   atMs: number
   keysRepaired: number
@@ -73,9 +83,10 @@ export class AntiEntropy {
         if (mine === null) continue
         const theirState = theirs.get(key)
         if (theirState !== undefined && stateDigest(theirState) === stateDigest(mine)) continue
+        const size = recordBytes(key, mine)
+        if (!fitsMessage(records.length, bytes, size)) break outer
         records.push({ key: Buffer.from(key, 'utf8'), record: mine })
-        bytes += recordBytes(key, mine)
-        if (records.length >= aeRecordsPerMessageMax || bytes >= aeBytesPerMessageMax) break outer
+        bytes += size
       }
     }
     this.noteExchange(from, repaired)
@@ -167,7 +178,7 @@ export class AntiEntropy {
       let records: KeyRecord[] = []
       let bytes = 0
       const flush = async () => {
-        if (batch.length === 0) return
+        if (batch.length === 0 && records.length === 0) return
         const reply = await this.peers.call(
           peer,
           { kind: 'rangeKeys', set, leaves: batch, records },
@@ -189,8 +200,12 @@ export class AntiEntropy {
         for (const key of this.replica.index.keysIn(set, leaf)) {
           const state = await this.replica.loadState(key)
           if (!state) continue
+          const size = recordBytes(key, state)
+          // A leaf's records may need several messages: the ones sent ahead of their leaf are
+          // merged there all the same, and the leaf goes with the last of them.
+          if (!fitsMessage(records.length, bytes, size)) await flush()
           records.push({ key: Buffer.from(key, 'utf8'), record: state })
-          bytes += recordBytes(key, state)
+          bytes += size
         }
         batch.push(leaf)
         if (

@@ -17,7 +17,7 @@ export const aeCallTimeoutMs = 30_000
 export const aeLeavesPerMessageMax = 64
 /**
  * Bytes of keys and values in one anti-entropy message, roughly, at most: a message is cut
- * once it reaches this, so it holds this plus one record at most.
+ * before the record that would cross it (a record alone always goes).
  */
 export const aeBytesPerMessageMax = 8 * 1024 * 1024
 /** Anti-entropy records merged at once (their writes share LevelDB batches). */
@@ -50,12 +50,13 @@ export const oneShotStreamsMax = 8
 /** Bytes one peer session may have buffered across its one-request streams. */
 export const oneShotBytesMax = leaderlessLimits.messageBytesMax + 16 * 1024 * 1024
 
-// An anti-entropy message holds its budget plus one record (it is cut after the record that
-// crosses the budget); the budget leaves at least half of a peer message for that record (the
-// configuration checks that a record of siblingsMax values of valueBytesMax fits a message).
+// An anti-entropy message holds at most its byte budget, or one record alone (the
+// configuration checks that a record of siblingsMax values of valueBytesMax fits a peer
+// message); the budget leaves room in a peer message for the framing around the records.
 invariant(
-  aeBytesPerMessageMax * 2 <= leaderlessLimits.messageBytesMax,
-  'the anti-entropy message budget must leave room in a peer message for one more record',
+  aeBytesPerMessageMax + aeRecordsPerMessageMax * recordOverheadBytes <=
+    leaderlessLimits.messageBytesMax,
+  'the anti-entropy message budget must fit a peer message',
 )
 invariant(
   aeRecordsPerMessageMax <= leaderlessLimits.recordsPerMessageMax,
