@@ -13,22 +13,13 @@ import {
   aeCallTimeoutMs,
   aeLeavesPerMessageMax,
   aeRecordsPerMessageMax,
+  aeMessageFits,
   recordBytes,
   treeDepth,
 } from './limits.js'
 import type { LocalReplica } from './local-replica.js'
 import type { PeerHealth } from './peer-health.js'
 import { PeerUnreachable } from './rpc.js'
-
-/**
- * Whether one more record of `size` bytes fits a message holding `records` records of `bytes`:
- * a message stays within the record count and byte budget, except that a lone record always
- * goes (the configuration checks that one record fits a peer message).
- */
-function fitsMessage(records: number, bytes: number, size: number): boolean {
-  if (records === 0) return true
-  return records + 1 <= aeRecordsPerMessageMax && bytes + size <= aeBytesPerMessageMax
-}
 
 interface ExchangeStatus {
   atMs: number
@@ -84,7 +75,7 @@ export class AntiEntropy {
         const theirState = theirs.get(key)
         if (theirState !== undefined && stateDigest(theirState) === stateDigest(mine)) continue
         const size = recordBytes(key, mine)
-        if (!fitsMessage(records.length, bytes, size)) break outer
+        if (!aeMessageFits(records.length, bytes, size)) break outer
         records.push({ key: Buffer.from(key, 'utf8'), record: mine })
         bytes += size
       }
@@ -203,7 +194,7 @@ export class AntiEntropy {
           const size = recordBytes(key, state)
           // A leaf's records may need several messages: the ones sent ahead of their leaf are
           // merged there all the same, and the leaf goes with the last of them.
-          if (!fitsMessage(records.length, bytes, size)) await flush()
+          if (!aeMessageFits(records.length, bytes, size)) await flush()
           records.push({ key: Buffer.from(key, 'utf8'), record: state })
           bytes += size
         }

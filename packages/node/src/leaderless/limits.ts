@@ -98,3 +98,13 @@ export function recordBytes(
   for (const s of state.siblings) bytes += (s.value.value?.length ?? 0) + siblingOverheadBytes
   return bytes
 }
+
+/**
+ * Whether one more record of `size` bytes fits a message holding `records` records of `bytes`:
+ * a message stays within the record count and byte budget, except that a lone record always
+ * goes (the configuration checks that one record fits a peer message).
+ */
+export function aeMessageFits(records: number, bytes: number, size: number): boolean {
+  if (records === 0) return true
+  return records + 1 <= aeRecordsPerMessageMax && bytes + size <= aeBytesPerMessageMax
+}
