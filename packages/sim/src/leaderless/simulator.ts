@@ -44,6 +44,7 @@ import {
 } from '@kvstore/core'
 import { Prng } from '../prng.js'
 import { InvariantViolation, LeaderlessChecker } from './checker.js'
+import { SimNetwork } from './network.js'
 
 type State = VersionedState<string>
 
@@ -180,20 +181,14 @@ export class LeaderlessSimulation {
   private readonly sets = ringReplicaSets(this.ring, replicas)
   private readonly members = new Map<string, SimMember>()
   private readonly checker = new LeaderlessChecker(replicas, siblingsMax)
-  /** Packets by the tick they arrive at, in send order. */
-  private readonly network = new Map<number, Packet[]>()
+  private readonly network: SimNetwork<Packet>
   private readonly shared = new Map<string, string[]>()
-  private readonly cut = new Set<string>()
-  private partitionHealTick = -1
-  private faulty = true
   private tick = 0
   private nextId = 1
   /** The client's last read context of each key (for writes that resolve and deletes). */
   private readonly contexts = new Map<string, VersionVector>()
   private readonly stats = {
-    messages: 0,
     crashes: 0,
-    partitions: 0,
     writesAcked: 0,
     writesFailed: 0,
     hintsStored: 0,
@@ -216,6 +211,7 @@ export class LeaderlessSimulation {
       crashRate: r.pick([0, 0.001, 0.003]),
       opRate: r.pick([0.1, 0.3]),
     }
+    this.network = new SimNetwork<Packet>(r, this.rates)
     for (const id of members) {
       const member: SimMember = {
         id,
@@ -272,19 +268,15 @@ export class LeaderlessSimulation {
       rates: this.rates,
       ticks: this.tick,
       ...this.stats,
+      messages: this.network.messages,
+      partitions: this.network.partitions,
       readsChecked: this.checker.checkedReads,
       convergeTicks: converged,
     }
   }
 
-  // ---- the loop ------------------------------------------------------------------------------
-
   private step(): void {
-    const due = this.network.get(this.tick)
-    if (due !== undefined) {
-      this.network.delete(this.tick)
-      for (const p of due) this.deliver(p)
-    }
+    for (const p of this.network.arriving(this.tick)) this.deliver(p)
     for (const m of this.members.values()) {
       if (!m.up) {
         if (this.tick >= m.restartTick) this.start(m)
@@ -303,7 +295,7 @@ export class LeaderlessSimulation {
       if (phase % antiEntropyEveryTicks === 0) this.antiEntropy(m)
       if (phase % tombstoneGcEveryTicks === 0) this.collectTombstones(m)
     }
-    if (this.faulty) {
+    if (this.network.faulty) {
       this.injectFaults()
       if (this.rng.chance(this.rates.opRate)) this.clientOp()
     }
@@ -311,15 +303,7 @@ export class LeaderlessSimulation {
 
   private injectFaults(): void {
     const r = this.rng
-    if (this.cut.size > 0 && this.tick >= this.partitionHealTick) this.cut.clear()
-    if (this.cut.size === 0 && r.chance(this.rates.partitionRate)) {
-      const shuffled = [...members].sort(() => r.float() - 0.5)
-      const side = new Set(shuffled.slice(0, r.int(1, 2)))
-      for (const a of members)
-        for (const b of members) if (a < b && side.has(a) !== side.has(b)) this.cut.add(`${a}|${b}`)
-      this.partitionHealTick = this.tick + r.int(30, 500)
-      this.stats.partitions++
-    }
+    this.network.partitionMaybe(this.tick, members)
     const down = [...this.members.values()].filter((m) => !m.up).length
     if (down < 2 && r.chance(this.rates.crashRate)) {
       const victim = this.members.get(r.pick(members)) as SimMember
@@ -328,8 +312,7 @@ export class LeaderlessSimulation {
   }
 
   private heal(): void {
-    this.faulty = false
-    this.cut.clear()
+    this.network.heal()
     for (const m of this.members.values()) if (!m.up) this.start(m)
   }
 
@@ -356,19 +339,8 @@ export class LeaderlessSimulation {
     }
   }
 
-  // ---- network ---------------------------------------------------------------------------
-
-  private linked(a: string, b: string): boolean {
-    return !this.cut.has(a < b ? `${a}|${b}` : `${b}|${a}`)
-  }
-
   private send(p: Packet): void {
-    this.stats.messages++
-    if (this.faulty && this.rng.chance(this.rates.dropRate)) return
-    const at = this.tick + this.rng.int(1, this.rates.delayTicksMax)
-    let bucket = this.network.get(at)
-    if (bucket === undefined) this.network.set(at, (bucket = []))
-    bucket.push(p)
+    this.network.send(this.tick, p)
   }
 
   /** The replica sets two members share (cached: the ring never changes). */
@@ -393,7 +365,7 @@ export class LeaderlessSimulation {
 
   private deliver(p: Packet): void {
     const to = this.members.get(p.to) as SimMember
-    if (!to.up || !this.linked(p.from, p.to)) return
+    if (!to.up || !this.network.linked(p.from, p.to)) return
     this.markUp(to, p.from)
     if (p.reply !== null) {
       const call = to.calls.get(p.id)
@@ -430,8 +402,6 @@ export class LeaderlessSimulation {
         )
   }
 
-  // ---- serving peers ---------------------------------------------------------------------
-
   private serve(m: SimMember, from: string, body: Body): ReplyBody | null {
     switch (body.kind) {
       case 'ping':
@@ -466,8 +436,6 @@ export class LeaderlessSimulation {
     }
   }
 
-  // ---- local state -----------------------------------------------------------------------
-
   private persist(m: SimMember, key: string, state: State | null): void {
     if (state === null) m.data.delete(key)
     else {
@@ -501,8 +469,6 @@ export class LeaderlessSimulation {
     this.stats.hintsStored++
   }
 
-  // ---- the client ------------------------------------------------------------------------
-
   private clientOp(): void {
     const r = this.rng
     const key = r.pick(keys)
@@ -527,8 +493,6 @@ export class LeaderlessSimulation {
       sloppy: r.chance(0.3),
     })
   }
-
-  // ---- coordinating ----------------------------------------------------------------------
 
   private coordinateWrite(
     m: SimMember,
@@ -685,8 +649,6 @@ export class LeaderlessSimulation {
     progress()
   }
 
-  // ---- background work -------------------------------------------------------------------
-
   private replayHints(m: SimMember): void {
     for (const [hk, hint] of m.hints) {
       if (m.replaying.has(hk)) continue
@@ -792,8 +754,6 @@ export class LeaderlessSimulation {
       }
     }
   }
-
-  // ---- convergence -----------------------------------------------------------------------
 
   /**
    * Every replica of a key holds the same state (or none). Tombstones count: a replica set has
