@@ -202,7 +202,7 @@ export class Coordinator {
           ? null
           : { vector: { ...read.state.vector }, hlc: newestStamp(read.state) }
     }
-    const ctx = given?.vector ?? {}
+    const contextVector = given?.vector ?? {}
     // The write is stamped after everything its client saw.
     if (given?.hlc) this.replica.observeStamp(given.hlc)
     const { state, hlc, deduplicated } = await this.replica.locked(key, async () => {
@@ -216,7 +216,12 @@ export class Coordinator {
           deduplicated: true,
         }
       }
-      const survivors = siblingsRefusal(current, ctx, value === null, this.replica.mergePolicy)
+      const survivors = siblingsRefusal(
+        current,
+        contextVector,
+        value === null,
+        this.replica.mergePolicy,
+      )
       if (survivors !== null) {
         throw new KvError(
           'KV_ERR_TOO_MANY_SIBLINGS',
@@ -241,7 +246,7 @@ export class Coordinator {
         current,
         this.replica.actor,
         counter,
-        ctx,
+        contextVector,
         { value, hlc },
         this.replica.mergePolicy,
       )
