@@ -45,3 +45,5 @@ export {
 export type { ConflictMode, Payload, Resolved, VersionedState } from './conflicts.js'
 export { compilePermissions, mayList, mayRead, mayWrite, noPermissions } from './access.js'
 export type { AccessKind, Permissions, RoleGrants } from './access.js'
+/** Leaderless mode's coordinator decisions (quorums, merge, hints, tombstones, anti-entropy). */
+export * from './leaderless/index.js'
