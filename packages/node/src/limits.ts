@@ -51,30 +51,67 @@ export const replicationLimits = {
 } as const
 
 /**
- * Leaderless mode's fixed limits.
- *
- * MERGE: these mirror the constants of leaderless/engine.ts (`aeRecordsPerMessageMax`,
- * `aeBytesPerMessageMax`, `aeLeavesPerMessageMax`, `treeDepth`) and leaderless/rpc.ts
- * (`channelBufferBytesMax`, `servesBytesMax`). When leaderless/limits.ts lands, import its
- * constants here instead and delete these copies; the checks below then cover the values the
- * engine really uses.
+ * Leaderless mode's fixed limits: the engine (leaderless/*.ts) and the peer channel
+ * (leaderless/rpc.ts) import them from here.
  */
+/** Leaf buckets per replica-set Merkle tree: 2^treeDepth. */
+export const treeDepth = 10
+/** Dots reserved per durable write of the counter. */
+export const counterReservation = 10_000
+/** Records sent in one anti-entropy RangeKeys message, at most. */
+export const aeRecordsPerMessageMax = 2000
+/** How long an anti-entropy call may take (a batch of merges on a busy peer) (ms). */
+export const aeCallTimeoutMs = 30_000
+/** Leaves asked for in one RangeKeys message, at most. */
+export const aeLeavesPerMessageMax = 64
+/**
+ * Bytes of keys and values in one anti-entropy message, roughly, at most: a message is cut
+ * before the record that would cross it (a record alone always goes).
+ */
+export const aeBytesPerMessageMax = 8 * MiB
+/** Anti-entropy records merged at once (their writes share LevelDB batches). */
+export const aeMergeConcurrency = 32
+/**
+ * Bytes an anti-entropy message counts per record beside its key and values (vector, dots,
+ * timestamps, framing): an estimate for cutting messages, not a bound.
+ */
+export const recordOverheadBytes = 64
+/** Bytes an anti-entropy message counts per sibling beside its value: an estimate. */
+export const siblingOverheadBytes = 48
+/** Hints read per page when replaying. */
+export const hintReplayBatch = 256
+/** Hints in flight at once to one member while replaying. */
+export const hintReplayConcurrency = 16
+/** Longest a replay pass to one member runs before the next pass takes over (ms). */
+export const hintReplayBudgetMs = 5000
+/** How far ahead of this clock a peer's timestamp may be before it is refused. */
+export const clockSkewMaxMs = 60_000
+/** Entries read per page when loading the local state and counting hints at start. */
+export const loadPageEntries = 10_000
+
+/** Calls waiting on one peer at most; past it a call fails at once. */
+export const callsInFlightMax = 16_384
+/** Bytes waiting to be sent to one peer at most; past it a call fails at once. */
+export const channelBufferBytesMax = 64 * MiB
+/** Requests from one peer in service at once; past it the channel is not read. */
+export const servesInFlightMax = 1024
+/** Bytes of requests from one peer's channel in service at once; past it the channel is not read. */
+export const servesBytesMax = 128 * MiB
+/** One-request streams (`/peer/v1/ll`) one peer session may have open at once. */
+export const oneShotStreamsMax = 8
+/** Bytes one peer session may have buffered across its one-request streams. */
+export const oneShotBytesMax = leaderlessLimits.messageBytesMax + 16 * MiB
+
+/** The leaderless limits the checks below take. */
 export const leaderlessNodeLimits = {
-  /** Records in one anti-entropy message, at most. */
-  aeRecordsPerMessageMax: 2000,
-  /**
-   * Bytes of keys and values in one anti-entropy message, roughly: the sender stops adding
-   * records once it is reached, so a message may pass it by one record.
-   */
-  aeBytesPerMessageMax: 8 * MiB,
-  /** Leaves asked for in one anti-entropy message, at most. */
-  aeLeavesPerMessageMax: 64,
-  /** Depth of each replica set's Merkle tree: it has 2^treeDepth leaves. */
-  treeDepth: 10,
-  /** Bytes waiting to be sent to one peer; past it a call fails at once. */
-  channelBufferBytesMax: 64 * MiB,
-  /** Bytes of one peer's requests in service at once; past it its channel is not read. */
-  servesBytesMax: 128 * MiB,
+  aeRecordsPerMessageMax,
+  aeBytesPerMessageMax,
+  aeLeavesPerMessageMax,
+  treeDepth,
+  recordOverheadBytes,
+  channelBufferBytesMax,
+  servesBytesMax,
+  oneShotBytesMax,
 } as const
 
 /** Every fixed limit of the node package, as the checks take them. */
@@ -249,13 +286,18 @@ export function constantProblems(
       message: `aeLeavesPerMessageMax (${leaderless.aeLeavesPerMessageMax}) must be between 1 and the tree's ${leaves} leaves`,
     })
   }
-  if (leaderless.aeBytesPerMessageMax >= peer.leaderless.messageBytesMax) {
+  // A message holds its byte budget, or one record alone (configLimitProblems checks that a
+  // record fits a peer message); the framing around each record must fit beside the budget.
+  const aeFramedBytes =
+    leaderless.aeBytesPerMessageMax +
+    leaderless.aeRecordsPerMessageMax * leaderless.recordOverheadBytes
+  if (aeFramedBytes > peer.leaderless.messageBytesMax) {
     problems.push({
       code: 'KV_LIMIT_AE_BUDGET',
-      message: `aeBytesPerMessageMax (${leaderless.aeBytesPerMessageMax}) must be below leaderlessLimits.messageBytesMax (${peer.leaderless.messageBytesMax}), with room for the record that passes it`,
+      message: `aeBytesPerMessageMax (${leaderless.aeBytesPerMessageMax}) plus ${leaderless.aeRecordsPerMessageMax} records' framing (${leaderless.recordOverheadBytes} bytes each) must fit leaderlessLimits.messageBytesMax (${peer.leaderless.messageBytesMax})`,
     })
   }
-  for (const name of ['channelBufferBytesMax', 'servesBytesMax'] as const) {
+  for (const name of ['channelBufferBytesMax', 'servesBytesMax', 'oneShotBytesMax'] as const) {
     if (leaderless[name] < peer.leaderless.messageBytesMax) {
       problems.push({
         code: 'KV_LIMIT_PEER_BUFFER',

@@ -115,9 +115,10 @@ export class KvNode {
     const onFatal =
       options.onFatal ??
       ((err: Error) => {
-        logger.fatal({ err }, 'storage failed; stopping the node')
+        // A storage failure or a broken invariant: serving on could spread what a bug made.
+        logger.fatal({ err }, 'fatal error; stopping the node')
         const exit = () => process.exit(1)
-        if (node) void node.stop('storage failure').finally(exit)
+        if (node) void node.stop(err.name).finally(exit)
         else exit()
       })
     const tls =
@@ -276,6 +277,7 @@ export class KvNode {
       }
       const lifecycle: Lifecycle = { ready: false, shuttingDown: false }
       const ctx: AppContext = {
+        onFatal,
         config,
         store,
         sequencer,

@@ -1,9 +1,5 @@
-import {
-  aeBytesPerMessageMax,
-  aeMessageFits,
-  aeRecordsPerMessageMax,
-  recordBytes,
-} from '../src/leaderless/limits.js'
+import { aeBytesPerMessageMax, aeRecordsPerMessageMax } from '../src/limits.js'
+import { aeMessageFits, recordBytes } from '../src/leaderless/message-size.js'
 
 describe('leaderless limits', () => {
   it('counts a record by the UTF-8 bytes of its key, not its characters', () => {

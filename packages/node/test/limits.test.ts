@@ -80,10 +80,11 @@ describe('the node limits, at load', () => {
       /aeLeavesPerMessageMax \(2048\) must be between 1 and the tree's 1024 leaves/,
     ],
     [
-      'an anti-entropy budget as large as a peer message',
-      { leaderless: { aeBytesPerMessageMax: 64 * 1024 * 1024 } },
+      // Below a peer message by itself, but not with its records' framing beside it.
+      'an anti-entropy budget that leaves no room for the framing of its records',
+      { leaderless: { aeBytesPerMessageMax: 64 * 1024 * 1024 - 1000 } },
       'KV_LIMIT_AE_BUDGET',
-      /aeBytesPerMessageMax \(67108864\) must be below leaderlessLimits.messageBytesMax/,
+      /aeBytesPerMessageMax \(67107864\) plus 2000 records' framing \(64 bytes each\) must fit leaderlessLimits.messageBytesMax/,
     ],
     [
       'a peer channel buffer smaller than a message',

@@ -13,10 +13,9 @@ import {
   aeCallTimeoutMs,
   aeLeavesPerMessageMax,
   aeRecordsPerMessageMax,
-  aeMessageFits,
-  recordBytes,
   treeDepth,
-} from './limits.js'
+} from '../limits.js'
+import { aeMessageFits, recordBytes } from './message-size.js'
 import type { LocalReplica } from './local-replica.js'
 import type { PeerHealth } from './peer-health.js'
 import { PeerUnreachable } from './rpc.js'

@@ -13,7 +13,7 @@ import {
   hintReplayBudgetMs,
   hintReplayConcurrency,
   loadPageEntries,
-} from './limits.js'
+} from '../limits.js'
 import type { LocalReplica } from './local-replica.js'
 import type { PeerHealth } from './peer-health.js'
 

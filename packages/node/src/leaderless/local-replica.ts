@@ -29,7 +29,7 @@ import {
   counterReservation,
   loadPageEntries,
   treeDepth,
-} from './limits.js'
+} from '../limits.js'
 import { peerRecordProblem } from './peer-records.js'
 
 const utf8 = new TextDecoder('utf-8', { fatal: true })

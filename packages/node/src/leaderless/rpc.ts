@@ -42,7 +42,7 @@ import {
   oneShotStreamsMax,
   servesBytesMax,
   servesInFlightMax,
-} from './limits.js'
+} from '../limits.js'
 
 /** One request per HTTP/2 stream (tools, tests). */
 export const peerPath = '/peer/v1/ll'
