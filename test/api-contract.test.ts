@@ -472,7 +472,8 @@ describe('single-leader: every route answers as the contract says', () => {
 describe('leaderless: every route answers as the contract says', () => {
   let ll: LeaderlessCluster
   beforeAll(async () => {
-    ll = await LeaderlessCluster.start(3, ['--replicas', '3'])
+    // W as a count (the default of 'quorum' is 2 here too): /v1/cluster shows it as a number.
+    ll = await LeaderlessCluster.start(3, ['--replicas', '3', '--default-w', '2'])
   })
   afterAll(async () => {
     await ll?.close()

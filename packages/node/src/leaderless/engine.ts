@@ -22,8 +22,14 @@
  *   'h' + target + 0x00 + key      -> Hint (a stand-in's copy for a down member)
  *   'm' + name                     -> metadata (the actor id and the dot counter reservation)
  */
-import { HashRing } from '@kvstore/core'
-import { KvError, type PeerReply, type PeerRequest, type PeerRequestBody } from '@kvstore/protocol'
+import { HashRing, invariant } from '@kvstore/core'
+import {
+  KvError,
+  type LeaderlessClusterView,
+  type PeerReply,
+  type PeerRequest,
+  type PeerRequestBody,
+} from '@kvstore/protocol'
 import type { Sequencer, Store } from '@kvstore/storage'
 import type { Logger } from 'pino'
 import type { ClusterConfig, NodeConfig } from '../config.js'
@@ -343,7 +349,7 @@ export class LeaderlessEngine {
     return this.antiEntropy.arcs()
   }
 
-  clusterView(clusterId: string): Record<string, unknown> {
+  clusterView(clusterId: string): LeaderlessClusterView {
     const arcs = this.arcs()
     const shares = this.ring.shares()
     const arcCount = new Map<string, number>()
@@ -356,8 +362,8 @@ export class LeaderlessEngine {
       actor: this.replica.actor,
       replicas: this.n,
       conflicts: this.config.conflicts,
-      defaultW: this.config.defaultW,
-      defaultR: this.config.defaultR,
+      defaultW: quorumSetting(this.config.defaultW),
+      defaultR: quorumSetting(this.config.defaultR),
       vnodes: this.config.vnodes,
       hintWindowMs: this.config.hintWindowMs,
       antiEntropyIntervalMs: this.config.antiEntropyIntervalMs,
@@ -385,4 +391,12 @@ export class LeaderlessEngine {
       ring: arcs,
     }
   }
+}
+
+/** A configured W or R as the API shows it: `quorum`, `all`, or a count (`--default-w 2`). */
+function quorumSetting(text: string): number | 'quorum' | 'all' {
+  if (text === 'quorum' || text === 'all') return text
+  const count = Number(text)
+  invariant(Number.isInteger(count) && count >= 1, `a validated W or R setting: ${text}`)
+  return count
 }
