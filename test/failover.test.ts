@@ -4,14 +4,12 @@
  */
 import { execFile } from 'node:child_process'
 import { rm } from 'node:fs/promises'
-import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { Pool } from 'undici'
 import { KvClient } from '@kvstore/client'
-import { type ClusterMember, TestCluster, until } from '@kvstore/testkit'
+import { kvBin, type ClusterMember, TestCluster, until } from '@kvstore/testkit'
 import { rootConnect, rootEnv, rootTls } from './support/certs.js'
 
-const kvBin = fileURLToPath(new URL('../packages/cli/dist/kv.js', import.meta.url))
 /** Runs the kv CLI (the built one, as a user would) and returns its standard output. */
 async function kv(...args: string[]): Promise<string> {
   const { stdout } = await promisify(execFile)(process.execPath, [kvBin, ...args], {

@@ -12,15 +12,12 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { PassThrough, Readable } from 'node:stream'
-import { fileURLToPath } from 'node:url'
 import { HashRing } from '@kvstore/core'
 import { KvClient, KvError, type LeaderlessClusterView } from '@kvstore/client'
 import { runKv } from '../packages/cli/src/kv-command.js'
-import { assertBuilt, LeaderlessCluster, rejection, until } from '@kvstore/testkit'
+import { assertBuilt, kvClusterBin, LeaderlessCluster, rejection, until } from '@kvstore/testkit'
 import { rootEnv, rootTls } from './support/certs.js'
 import { useStandaloneNode } from './support/temp.js'
-
-const kvClusterBin = fileURLToPath(new URL('../packages/cli/dist/kv-cluster.js', import.meta.url))
 
 const failure = (promise: Promise<unknown>): Promise<KvError> => rejection(promise, KvError)
 

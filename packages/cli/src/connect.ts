@@ -2,7 +2,9 @@
  * Where `kv` connects and who it is, from (highest first) flags, the environment, and the
  * credentials file that `kv login` writes:
  *
- *   URLs          --url, KV_URL (several, comma-separated), the members kv login found,
+ *   URLs          --url, KV_ENDPOINTS or KV_URL (each takes several, comma-separated), then
+ *                 the members kv login found (also after given URLs, when one of them is
+ *                 a member, so that a command survives the given node's failure),
  *                 https://127.0.0.1:7001
  *   CA            --cacert, KV_CACERT, the login's CA, ./data/certs/ca.crt when it exists
  *   certificate   --cert and --key (KV_CERT, KV_KEY): a client certificate naming a user
@@ -101,6 +103,15 @@ export interface Connection {
   cacertPath: string | null
 }
 
+/** A URL's origin, for comparing them (`https://127.0.0.1:7001/` is `https://127.0.0.1:7001`). */
+function originOf(url: string): string {
+  try {
+    return new URL(url).origin
+  } catch {
+    return url
+  }
+}
+
 /** Resolves the URL, TLS settings and credential of a `kv` command. */
 export async function resolveConnection(
   opts: ConnectOptions,
@@ -108,17 +119,22 @@ export async function resolveConnection(
   options: { useSavedToken?: boolean } = {},
 ): Promise<Connection> {
   const saved = await loadSavedLogin(env)
-  const given = opts.url ?? env.KV_URL
-  const urls =
-    given !== undefined
-      ? given
-          .split(',')
-          .map((u) => u.trim())
-          .filter((u) => u !== '')
-      : saved !== null
-        ? (saved.urls ?? [saved.url])
-        : ['https://127.0.0.1:7001']
-  if (urls.length === 0) throw new CredentialError('--url names no URL')
+  const given = opts.url ?? env.KV_ENDPOINTS ?? env.KV_URL
+  const savedUrls = saved === null ? [] : (saved.urls ?? [saved.url])
+  let urls: string[]
+  if (given !== undefined) {
+    urls = given
+      .split(',')
+      .map((u) => u.trim())
+      .filter((u) => u !== '')
+    if (urls.length === 0) throw new CredentialError('--url names no URL')
+    // The same cluster as the login's: its other members are fallbacks.
+    const origins = new Set(urls.map(originOf))
+    if (savedUrls.some((u) => origins.has(originOf(u))))
+      urls = [...new Set([...urls, ...savedUrls])]
+  } else {
+    urls = savedUrls.length > 0 ? savedUrls : ['https://127.0.0.1:7001']
+  }
   const url = urls[0] as string
   const localCa = resolve('data/certs/ca.crt')
   const cacertPath =

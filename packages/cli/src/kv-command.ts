@@ -57,15 +57,17 @@ Commands:
                           for them and the last anti-entropy exchange with them
   transfer [MEMBER]       hand leadership to MEMBER, or to the most up-to-date follower
   rollbacks               writes the node at --url dropped as unconfirmed (async writes of a
-                          deposed leader), as JSON
-  status                  the node's status as JSON
-  digest                  hash of the node's state
+                          deposed leader), as JSON (the next URL's when it is down)
+  status                  the status of the node at --url as JSON (the next URL's when it is
+                          down)
+  digest                  hash of that node's state
 
 ${certsUsage}
 ${authUsage}
 Options:
   --url URL[,URL...]      nodes to talk to; any member will do, the others are tried when it
-                          is down (env KV_URL; else the members kv login found; else
+                          is down, and every command finds the leader itself (env
+                          KV_ENDPOINTS or KV_URL; else the members kv login found; else
                           https://127.0.0.1:7001)
   --cacert FILE           the cluster's CA (env KV_CACERT; default: the CA of kv login, or
                           data/certs/ca.crt when it exists, as kv-cluster makes it)

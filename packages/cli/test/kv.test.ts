@@ -87,6 +87,24 @@ describe('kv', () => {
     expect((await readFile(out)).equals(bytes)).toBe(true)
   })
 
+  it('a value over the limit is refused with KV_ERR_VALUE_TOO_LARGE over HTTP/2 and HTTP/1.1', async () => {
+    // 10 MB over HTTP/2 used to fail as KV_ERR_UNAVAILABLE: the client's HTTP/2 session reset
+    // the stream (ENHANCE_YOUR_CALM, or "stream half-closed" over TLS) before the node answered.
+    const file = join(dir, 'ten-megabytes.bin')
+    await writeFile(file, Buffer.alloc(10 * 1024 * 1024, 7))
+    for (const flags of [[], ['--http1']]) {
+      const big = await kv([...flags, 'put', 'big', '--file', file])
+      expect(big.err).toMatch(/^kv: KV_ERR_VALUE_TOO_LARGE: .*limitBytes=1048576/)
+      expect(big.code).toBe(1)
+    }
+    // Just under the limit, a value streamed in chunks over HTTP/2 arrives whole.
+    const under = Buffer.alloc(1024 * 1024, 9)
+    under[under.length - 1] = 1
+    await writeFile(file, under)
+    expect((await kv(['put', 'big', '--file', file])).code).toBe(0)
+    expect((await kv(['get', 'big'])).raw.equals(under)).toBe(true)
+  })
+
   it('compare-and-set exits 4 when the condition fails', async () => {
     const first = await kv(['put', 'cas', 'a', '--if-absent', '--json'])
     expect(first.code).toBe(0)

@@ -20,6 +20,36 @@
 import { randomUUID } from 'node:crypto'
 import type { HashRing } from '@kvstore/core'
 import { KvError } from '@kvstore/protocol/errors'
+import type {
+  AckMode,
+  AuthEnabledResponse,
+  AuthStatus,
+  BatchRequest,
+  BatchRequestOp,
+  BatchResponse,
+  ClusterMember,
+  ClusterMode,
+  ClusterView,
+  DeleteResponse,
+  DigestResponse,
+  GrantAccess,
+  ListItem,
+  ListResponse,
+  PutResponse,
+  ReadConsistency,
+  RoleInfo,
+  RoleList,
+  RollbackPage,
+  RollbackRecord,
+  SiblingsResponse,
+  StatusResponse,
+  TokenResponse,
+  TransferResponse,
+  UserInfo,
+  UserList,
+  WhoAmI,
+  LeaderlessWriteResponse,
+} from '@kvstore/protocol'
 import {
   decodeSession,
   encodeSession,
@@ -48,11 +78,31 @@ export { KvError }
 export type { ErrorCode } from '@kvstore/protocol/errors'
 export type { LeaderlessClusterView, LeaderlessMember, Quorum, RingArc } from './leaderless.js'
 
-/** Durability a write waits for: the leader alone, a majority, or every member. */
-export type AckMode = 'async' | 'quorum' | 'all'
-
-/** How a cluster replicates, as GET /v1/cluster says. */
-export type ClusterMode = 'standalone' | 'single-leader' | 'leaderless'
+export type {
+  AckMode,
+  AuthStatus,
+  ClusterMember,
+  ClusterMode,
+  ClusterView,
+  GrantAccess,
+  ListItem,
+  ReadConsistency,
+  RoleInfo,
+  RollbackPage,
+  RollbackRecord,
+  UserInfo,
+  WhoAmI,
+}
+/** The answer of `transferLeadership` (POST /admin/v1/transfer-leadership). */
+export type TransferResult = TransferResponse
+/** One page of `list` (GET /v1/kv). */
+export type ListPage = ListResponse
+/** The answer of `batch` (POST /v1/batch). */
+export type BatchResult = BatchResponse
+/** One node's GET /v1/status. */
+export type NodeStatus = StatusResponse
+/** One node's GET /v1/digest. */
+export type StateDigest = DigestResponse
 
 export type { KvAuth, TlsOptions }
 
@@ -189,7 +239,7 @@ export interface ReadOptions extends LeaderlessReadOptions {
    * leads, so the result reflects every write acknowledged before the read began. Costs a
    * majority round trip. Default: the replica's applied state (with the session's guarantees).
    */
-  consistency?: 'default' | 'linearizable'
+  consistency?: ReadConsistency
 }
 
 /** One of the concurrent values of a key in leaderless mode. */
@@ -230,35 +280,6 @@ export interface LeaderlessWriteInfo {
   standIns: Record<string, string>
 }
 
-export interface TransferResult {
-  from: string
-  leaderId: string
-  leaderUrl: string | null
-  epoch: number
-}
-
-/** One write a node dropped as unconfirmed (see `rollbacks`). */
-export interface RollbackRecord {
-  seq: number
-  removedAt: string
-  /** The epoch in which the node dropped it. */
-  epoch: number
-  lsn: number
-  /** The epoch in which it was written. */
-  entryEpoch: number
-  writtenAt: string
-  requestId: string | null
-  ops: ({ op: 'put'; key: string; valueBase64: string } | { op: 'delete'; key: string })[]
-}
-
-export interface RollbackPage {
-  /** Records the node holds in all. */
-  count: number
-  rollbacks: RollbackRecord[]
-  /** Pass as `after` for the next page; null on the last. */
-  next: number | null
-}
-
 /**
  * A value read with `get`. In leaderless mode a key may hold several concurrent values
  * (siblings): then `value` is the newest of them, `siblings` lists them all (`conflict` is
@@ -282,28 +303,17 @@ export interface GetResult {
   conflict?: boolean
 }
 
-/** The result of `put`; in leaderless mode it also carries `LeaderlessWriteInfo`. */
-export interface PutResult extends Partial<LeaderlessWriteInfo> {
-  key: string
-  /** The key's new version; use it with `ifVersion`. 0 in leaderless mode (use `context`). */
-  version: number
-  /** 0 in leaderless mode, which has no log order across keys. */
-  lsn: number
-  /** Session token of this write; empty in leaderless mode (use `context`). */
-  session: string
-}
+/**
+ * The result of `put`: the node's answer. In leaderless mode it also carries
+ * `LeaderlessWriteInfo`, and `version` and `lsn` are 0 and `session` empty (use `context`).
+ */
+export interface PutResult extends PutResponse, Partial<LeaderlessWriteInfo> {}
 
-/** The result of `delete`; in leaderless mode it also carries `LeaderlessWriteInfo`. */
-export interface DeleteResult extends Partial<LeaderlessWriteInfo> {
-  key: string
-  deleted: true
-  /** 0 in leaderless mode. */
-  lsn: number
-  /** Null in leaderless mode. */
-  previousVersion: number | null
-  /** Empty in leaderless mode. */
-  session: string
-}
+/**
+ * The result of `delete`: the node's answer. In leaderless mode it also carries
+ * `LeaderlessWriteInfo`, `lsn` is 0, `previousVersion` null and `session` empty.
+ */
+export interface DeleteResult extends DeleteResponse, Partial<LeaderlessWriteInfo> {}
 
 export interface ListOptions extends ReadOptions {
   /** Only keys starting with this prefix. */
@@ -318,120 +328,10 @@ export interface ListOptions extends ReadOptions {
   values?: boolean
 }
 
-export interface ListItem {
-  key: string
-  version: number
-  valueBytes: number
-  /** Present when listing with `values: true`. */
-  valueBase64?: string
-}
-
-export interface ListPage {
-  items: ListItem[]
-  /** Pass as `cursor` to get the next page; null on the last page. */
-  nextCursor: string | null
-  appliedLsn: number
-}
-
 /** One op of an atomic batch. */
 export type BatchOp =
   | ({ op: 'put'; key: string; value: string | Uint8Array } & WriteConditions)
   | ({ op: 'delete'; key: string } & Omit<WriteConditions, 'ifAbsent'>)
-
-export interface BatchResult {
-  lsn: number
-  session: string
-  /** One per op: the key's new version (null after a delete); conditional ops also give the version they saw. */
-  results: { key: string; version: number | null; previousVersion?: number | null }[]
-}
-
-export interface NodeStatus {
-  nodeId: string
-  clusterId: string
-  mode: string
-  role: string
-  epoch: number
-  appliedLsn: number
-  commitLsn: number
-  logStartLsn: number
-  ready: boolean
-  version: string
-  [field: string]: unknown
-}
-
-export interface StateDigest {
-  appliedLsn: number
-  digest: string
-  keys: number
-  bytes: number
-}
-
-/** A member as GET /v1/cluster describes it. */
-export interface ClusterMember {
-  id: string
-  role: 'leader' | 'follower'
-  clientUrl: string
-  /** Epoch the member reported last; null before it has. */
-  epoch: number | null
-  /** Highest LSN the member acknowledged durable. */
-  ackedLsn: number
-  /** Highest LSN the member has applied, as it reported last; null before it has. */
-  appliedLsn: number | null
-  /** Milliseconds since the leader last heard from the member; null if never. */
-  lastContactMs: number | null
-  lagEntries: number
-  lagMs: number
-  connected: boolean
-}
-
-export interface ClusterView {
-  mode: string
-  clusterId: string
-  leaderId: string | null
-  leaderUrl: string | null
-  epoch: number
-  commitLsn: number
-  self: string
-  members: ClusterMember[]
-}
-
-/** What `whoami` reports. */
-export interface WhoAmI {
-  user: string | null
-  via: 'token' | 'certificate' | 'anonymous'
-  roles: string[]
-  permissions: {
-    admin: boolean
-    monitor: boolean
-    read: string[]
-    write: string[]
-    rateLimitPerSecond: number
-  } | null
-  authEnabled: boolean
-}
-
-export interface UserInfo {
-  name: string
-  roles: string[]
-  /** True when the user can log in with a password. */
-  password: boolean
-}
-
-export type GrantAccess = 'read' | 'write' | 'readwrite' | 'admin' | 'monitor'
-
-export interface RoleInfo {
-  name: string
-  admin: boolean
-  monitor: boolean
-  grants: { prefix: string; access: 'read' | 'write' | 'readwrite' }[]
-  rateLimitPerSecond: number
-}
-
-export interface AuthStatus {
-  enabled: boolean
-  users: UserInfo[]
-  roles: RoleInfo[]
-}
 
 /** Encodes a key for the URL path: each segment percent-encoded, `/` kept. */
 export function keyPath(key: string): string {
@@ -498,10 +398,7 @@ function leaderlessOptions(options: LeaderlessWriteOptions & LeaderlessReadOptio
 }
 
 function parseSiblings(body: Buffer): { context: string; siblings: Sibling[] } {
-  const parsed = JSON.parse(body.toString('utf8')) as {
-    context: string
-    siblings: { valueBase64: string; timestamp: string }[]
-  }
+  const parsed = JSON.parse(body.toString('utf8')) as SiblingsResponse
   const siblings = parsed.siblings
     .map((s) => ({ value: Buffer.from(s.valueBase64, 'base64'), timestamp: s.timestamp }))
     .sort((a, b) => compareTimestamps(b.timestamp, a.timestamp))
@@ -683,7 +580,7 @@ export class KvClient {
       body,
       headers: { 'content-type': 'application/octet-stream', ...conditionHeaders(options) },
     })
-    return JSON.parse(res.body.toString('utf8')) as PutResult
+    return JSON.parse(res.body.toString('utf8')) as PutResponse
   }
 
   /**
@@ -701,7 +598,7 @@ export class KvClient {
     const res = await this.write('DELETE', `/v1/kv/${keyPath(key)}`, options, {
       headers: conditionHeaders(options),
     })
-    return JSON.parse(res.body.toString('utf8')) as DeleteResult
+    return JSON.parse(res.body.toString('utf8')) as DeleteResponse
   }
 
   /** Applies puts and deletes atomically, in order, as one write. */
@@ -709,23 +606,22 @@ export class KvClient {
     ops: BatchOp[],
     options: Omit<WriteOptions, keyof WriteConditions> = {},
   ): Promise<BatchResult> {
-    const body = {
-      ops: ops.map((op) => {
-        const { op: kind, key, ...rest } = op
-        if (kind === 'put' && 'value' in rest) {
-          const { value, ...conditions } = rest
+    const body: BatchRequest = {
+      ops: ops.map((op): BatchRequestOp => {
+        if (op.op === 'put') {
+          const { value, ...rest } = op
           return typeof value === 'string'
-            ? { op: kind, key, value, ...conditions }
-            : { op: kind, key, valueBase64: Buffer.from(value).toString('base64'), ...conditions }
+            ? { ...rest, value }
+            : { ...rest, valueBase64: Buffer.from(value).toString('base64') }
         }
-        return { op: kind, key, ...rest }
+        return op
       }),
     }
     const res = await this.write('POST', '/v1/batch', options, {
       body: Buffer.from(JSON.stringify(body)),
       headers: { 'content-type': 'application/json' },
     })
-    return JSON.parse(res.body.toString('utf8')) as BatchResult
+    return JSON.parse(res.body.toString('utf8')) as BatchResponse
   }
 
   /** One page of keys in key order, from a replica that has applied the session. */
@@ -738,7 +634,7 @@ export class KvClient {
     if (options.values) query.set('values', 'true')
     const qs = query.toString()
     const { res } = await this.read(`/v1/kv${qs ? `?${qs}` : ''}`, options)
-    return JSON.parse(res.body.toString('utf8')) as ListPage
+    return JSON.parse(res.body.toString('utf8')) as ListResponse
   }
 
   /** Every key matching `options`, page by page. */
@@ -751,16 +647,27 @@ export class KvClient {
     } while (cursor !== undefined)
   }
 
-  /** The status of one node (the first seed, or `url`). */
+  /**
+   * The status of one node: `url`'s, or else the first seed's that answers (then the first
+   * member's that answers, so it works after the seed named first went down).
+   */
   async status(url?: string): Promise<NodeStatus> {
-    const res = await this.connection(url ?? this.url).send('GET', '/v1/status')
-    return JSON.parse(res.body.toString('utf8')) as NodeStatus
+    return (await this.nodeGet('/v1/status', url)) as StatusResponse
   }
 
-  /** A hash of one node's whole state at its applied LSN (the first seed, or `url`). */
+  /**
+   * A hash of one node's whole state at its applied LSN: `url`'s, or else the first seed's
+   * (or member's) that answers.
+   */
   async digest(url?: string): Promise<StateDigest> {
-    const res = await this.connection(url ?? this.url).send('GET', '/v1/digest')
-    return JSON.parse(res.body.toString('utf8')) as StateDigest
+    return (await this.nodeGet('/v1/digest', url)) as DigestResponse
+  }
+
+  /** GET `path` from `url`, or from the first node that answers when no URL is given. */
+  private async nodeGet(path: string, url: string | undefined): Promise<unknown> {
+    if (url === undefined) return this.anyNode(path)
+    const res = await this.connection(url).send('GET', path)
+    return JSON.parse(res.body.toString('utf8')) as unknown
   }
 
   /**
@@ -773,15 +680,16 @@ export class KvClient {
       body: Buffer.from(JSON.stringify(to === undefined ? {} : { to }), 'utf8'),
       headers: { 'content-type': 'application/json' },
     })
-    const result = JSON.parse(res.body.toString('utf8')) as TransferResult
+    const result = JSON.parse(res.body.toString('utf8')) as TransferResponse
     if (result.leaderUrl) this.leaderUrl = result.leaderUrl
     await this.refresh(true).catch(() => {})
     return result
   }
 
   /**
-   * Writes one node (the first seed, or `url`) dropped from its log because a new leader never
-   * had them: unconfirmed `ack=async` writes of a deposed leader. Oldest first, after `after`.
+   * Writes one node (`url`, or else the first seed, or member, that answers) dropped from its
+   * log because a new leader never had them: unconfirmed `ack=async` writes of a deposed leader.
+   * Oldest first, after `after`.
    */
   async rollbacks(
     options: { url?: string; after?: number; limit?: number } = {},
@@ -790,11 +698,10 @@ export class KvClient {
     if (options.after !== undefined) query.set('after', String(options.after))
     if (options.limit !== undefined) query.set('limit', String(options.limit))
     const qs = query.toString()
-    const res = await this.connection(options.url ?? this.url).send(
-      'GET',
+    return (await this.nodeGet(
       `/admin/v1/rollbacks${qs ? `?${qs}` : ''}`,
-    )
-    return JSON.parse(res.body.toString('utf8')) as RollbackPage
+      options.url,
+    )) as RollbackPage
   }
 
   /**
@@ -884,7 +791,7 @@ export class KvClient {
           body: Buffer.from(JSON.stringify({ user, password }), 'utf8'),
           headers: { 'content-type': 'application/json' },
         })
-        return JSON.parse(res.body.toString('utf8')) as LoginResult
+        return JSON.parse(res.body.toString('utf8')) as TokenResponse
       } catch (err) {
         if (err instanceof KvError && err.code !== 'KV_ERR_UNAVAILABLE') throw err
         last = err
@@ -909,11 +816,19 @@ export class KvClient {
     return (await this.anyNode('/v1/auth/whoami')) as WhoAmI
   }
 
+  /** The seeds, then the members of the last view (either mode), without repeats. */
+  private knownNodes(): string[] {
+    const members =
+      this.view?.members.map((m) => m.clientUrl) ??
+      this.leaderless?.view.members.map((m) => m.clientUrl) ??
+      []
+    return [...new Set([...this.seeds, ...members])]
+  }
+
   /** GET `path` from the first node that answers: the seeds, then the members last seen. */
   private async anyNode(path: string): Promise<unknown> {
-    const members = this.view?.members.map((m) => m.clientUrl) ?? []
     let last: unknown
-    for (const url of [...new Set([...this.seeds, ...members])]) {
+    for (const url of this.knownNodes()) {
       try {
         const res = await this.connection(url).send('GET', path)
         return JSON.parse(res.body.toString('utf8')) as unknown
@@ -942,13 +857,24 @@ export class KvClient {
             headers: { 'content-type': 'application/json' },
           }
     const started = Date.now()
+    // Outside single-leader mode any node takes the call: the next known one after a failure.
+    let next = 0
     for (let attempt = 1; ; attempt++) {
       const mode = await this.currentMode({})
-      const url = mode === 'single-leader' ? await this.leader() : this.url
+      const nodes = this.knownNodes()
+      const url =
+        mode === 'single-leader' ? await this.leader() : (nodes[next % nodes.length] as string)
       try {
         const res = await this.connection(url).send(method, path, send)
         return JSON.parse(res.body.toString('utf8')) as unknown
       } catch (err) {
+        if (
+          mode !== 'single-leader' &&
+          err instanceof KvError &&
+          err.code === 'KV_ERR_UNAVAILABLE' &&
+          ++next % nodes.length !== 0
+        )
+          continue
         if (err instanceof KvError && retryable.has(err.code) && this.mayRetry(attempt, started)) {
           if (err.code === 'KV_ERR_NOT_LEADER' && typeof err.details.leaderUrl === 'string')
             this.leaderUrl = err.details.leaderUrl
@@ -972,10 +898,11 @@ export class KvClient {
   }
 
   /** Turns auth on (some user must hold an admin role) or off, for every member. */
-  async setAuthEnabled(enabled: boolean): Promise<{ enabled: boolean }> {
-    return (await this.adminWrite('POST', `/admin/v1/auth/${enabled ? 'enable' : 'disable'}`)) as {
-      enabled: boolean
-    }
+  async setAuthEnabled(enabled: boolean): Promise<AuthEnabledResponse> {
+    return (await this.adminWrite(
+      'POST',
+      `/admin/v1/auth/${enabled ? 'enable' : 'disable'}`,
+    )) as AuthEnabledResponse
   }
 
   async addUser(
@@ -1015,7 +942,7 @@ export class KvClient {
   }
 
   async users(): Promise<UserInfo[]> {
-    return ((await this.adminRead('/admin/v1/users')) as { users: UserInfo[] }).users
+    return ((await this.adminRead('/admin/v1/users')) as UserList).users
   }
 
   async addRole(
@@ -1048,7 +975,7 @@ export class KvClient {
   }
 
   async roles(): Promise<RoleInfo[]> {
-    return ((await this.adminRead('/admin/v1/roles')) as { roles: RoleInfo[] }).roles
+    return ((await this.adminRead('/admin/v1/roles')) as RoleList).roles
   }
 
   /** Closes every connection. Requests in flight finish first. */
@@ -1274,7 +1201,7 @@ export class KvClient {
       `/v1/kv/${keyPath(key)}${qs ? `?${qs}` : ''}`,
       { headers, ...(body !== undefined ? { body } : {}) },
     )
-    const answer = JSON.parse(res.body.toString('utf8')) as Omit<LeaderlessWriteInfo, 'standIns'>
+    const answer = JSON.parse(res.body.toString('utf8')) as LeaderlessWriteResponse
     // Nodes name a hint `member@standIn` (or just `member`).
     const hinted: string[] = []
     const standIns: Record<string, string> = {}

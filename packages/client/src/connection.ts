@@ -9,6 +9,7 @@
  * Every request carries the client's credential; a request refused with
  * KV_ERR_UNAUTHENTICATED is sent once more after logging in again, when the client can.
  */
+import { Readable } from 'node:stream'
 import { Client, H2CClient, Pool, type Dispatcher } from 'undici'
 import { KvError, isErrorCode, type ErrorDetails } from '@kvstore/protocol/errors'
 import type { Credentials } from './credentials.js'
@@ -55,14 +56,31 @@ export function headerOf(res: NodeResponse, name: string): string | undefined {
   return Array.isArray(value) ? value[0] : value
 }
 
+/**
+ * Over HTTP/2 a body larger than this is sent as a stream of chunks of this size. Handed to
+ * undici whole, a body goes at once into the HTTP/2 session's send buffer; Node resets a stream
+ * whose session holds more than `maxSessionMemory` (10 MB) with ENHANCE_YOUR_CALM before a byte
+ * leaves, so a 10 MB value failed as KV_ERR_UNAVAILABLE instead of reaching the node and
+ * getting its KV_ERR_VALUE_TOO_LARGE. Streamed, it follows flow control, and the node's answer
+ * (413 as soon as it sees the Content-Length) arrives while the rest is still unsent.
+ */
+export const h2BodyChunkBytes = 64 * 1024
+
+function* chunksOf(body: Uint8Array): Generator<Uint8Array> {
+  for (let at = 0; at < body.length; at += h2BodyChunkBytes)
+    yield body.subarray(at, at + h2BodyChunkBytes)
+}
+
 export class NodeConnection {
   readonly url: string
   private readonly dispatcher: Dispatcher
   private readonly credentials: Credentials | undefined
+  private readonly http2: boolean
 
   constructor(url: string, options: ConnectionOptions) {
     this.url = url
     this.credentials = options.credentials
+    this.http2 = options.protocol !== 'http1'
     const timeouts = { headersTimeout: options.timeoutMs, bodyTimeout: options.timeoutMs }
     const secure = url.startsWith('https:')
     if (secure) {
@@ -116,14 +134,21 @@ export class NodeConnection {
     options: SendOptions,
     authorization: string | undefined,
   ): Promise<NodeResponse> {
-    const headers =
+    let headers =
       authorization === undefined ? options.headers : { ...(options.headers ?? {}), authorization }
+    let body: Uint8Array | Readable | undefined = options.body
+    if (this.http2 && body !== undefined && body.length > h2BodyChunkBytes) {
+      // A new stream per attempt (a retry sends the body again); the length goes ahead of it,
+      // so the node can refuse a body over its limit before reading any of it.
+      headers = { ...headers, 'content-length': String(body.length) }
+      body = Readable.from(chunksOf(body), { objectMode: false })
+    }
     let res: Dispatcher.ResponseData
     try {
       res = await this.dispatcher.request({
         method,
         path,
-        ...(options.body !== undefined ? { body: options.body } : {}),
+        ...(body !== undefined ? { body } : {}),
         ...(headers !== undefined ? { headers } : {}),
         ...(options.timeoutMs !== undefined
           ? { headersTimeout: options.timeoutMs, bodyTimeout: options.timeoutMs }
@@ -137,9 +162,9 @@ export class NodeConnection {
         { cause: err },
       )
     }
-    let body: Buffer
+    let received: Buffer
     try {
-      body = Buffer.from(await res.body.arrayBuffer())
+      received = Buffer.from(await res.body.arrayBuffer())
     } catch (err) {
       throw new KvError(
         'KV_ERR_UNAVAILABLE',
@@ -148,7 +173,11 @@ export class NodeConnection {
         { cause: err },
       )
     }
-    const response: NodeResponse = { status: res.statusCode, headers: res.headers, body }
+    const response: NodeResponse = {
+      status: res.statusCode,
+      headers: res.headers,
+      body: received,
+    }
     if (res.statusCode < 400) return response
     const error = this.errorFrom(response)
     if (options.allowNotFound && error.code === 'KV_ERR_KEY_NOT_FOUND') return response

@@ -5,13 +5,12 @@
  * certificate needs nothing here: it goes in the TLS options.
  */
 import { KvError } from '@kvstore/protocol/errors'
+import type { TokenResponse } from '@kvstore/protocol'
 
 export type KvAuth = { token: string } | { user: string; password: string }
 
-export interface LoginResult {
-  token: string | null
-  expiresAt: string | null
-}
+/** What a login gives the credentials: the token (null while auth is off) and its expiry. */
+export type LoginResult = Pick<TokenResponse, 'token' | 'expiresAt'>
 
 /** How long before its expiry a token is renewed, at least (ms). */
 const renewBeforeMs = 30_000

@@ -10,63 +10,9 @@
  */
 import { HashRing } from '@kvstore/core'
 import { KvError } from '@kvstore/protocol/errors'
+import type { LeaderlessClusterView, LeaderlessMember, Quorum, RingArc } from '@kvstore/protocol'
 
-/** How many replicas must answer: a count, a majority of the key's replicas, or all of them. */
-export type Quorum = number | 'quorum' | 'all'
-
-/** A member as a leaderless node's GET /v1/cluster describes it. */
-export interface LeaderlessMember {
-  id: string
-  clientUrl: string
-  peerUrl: string
-  /** Whether the node that answered sees this member up. */
-  up: boolean
-  /** True for the node that answered. */
-  self?: boolean
-  /** Milliseconds since the answering node last heard from this member; null if never. */
-  lastContactMs?: number | null
-  /** The member's share of the ring as the first replica (0 to 1). */
-  share: number
-  /** Arcs of the ring whose replicas include the member. */
-  arcs: number
-  /** Hints the answering node holds for this member (writes it missed while down); other nodes may hold more. */
-  hintBacklog: number
-  /** When the answering node last ran an anti-entropy exchange with it (epoch ms), or null. */
-  lastAntiEntropyMs: number | null
-  /** Keys repaired by the answering node's anti-entropy exchanges with this member. */
-  antiEntropyKeysRepaired: number
-}
-
-/** One arc (start, end] of the ring and the replicas of keys hashing into it. */
-export interface RingArc {
-  start: number
-  end: number
-  replicas: string[]
-}
-
-/** GET /v1/cluster of a node in leaderless mode. */
-export interface LeaderlessClusterView {
-  mode: 'leaderless'
-  clusterId: string
-  /** Id of the node that answered. */
-  self: string
-  /** Replicas of each key (N). */
-  replicas: number
-  /** `siblings`: concurrent writes are all kept; `lww`: the latest timestamp wins. */
-  conflicts: 'siblings' | 'lww'
-  defaultW: number | 'quorum' | 'all'
-  defaultR: number | 'quorum' | 'all'
-  /** Points of each member on the ring. */
-  vnodes: number
-  members: LeaderlessMember[]
-  ring: RingArc[]
-  /** Hints the answering node holds, for every member together. */
-  hintsHeld?: number
-  /** How long a hint is kept for a member that stays down (ms). */
-  hintWindowMs?: number
-  antiEntropyIntervalMs?: number
-  tombstoneGcMs?: number
-}
+export type { LeaderlessClusterView, LeaderlessMember, Quorum, RingArc }
 
 /** True when `view` (a parsed GET /v1/cluster) comes from a node in leaderless mode. */
 export function isLeaderlessView(view: { mode: string }): view is LeaderlessClusterView {

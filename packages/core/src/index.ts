@@ -4,7 +4,6 @@ export type { EpochRun, LogInit } from './log.js'
 export { allLsn, isMajority, majority, majorityLsn } from './quorum.js'
 export {
   NotLeaderError,
-  Progress,
   ReplicaCore,
   TransferInProgressError,
   epochFreeMax,
@@ -13,6 +12,8 @@ export {
 /** The bound on every epoch (defined in the protocol's limits), for the simulator and tests. */
 export { epochMax } from '@kvstore/protocol/limits'
 export type { CoreConfig, CoreInit, RoleName } from './replica.js'
+export { Progress } from './progress.js'
+export type { Inflight, ProgressState } from './progress.js'
 export type * from './types.js'
 export { HashRing, hash32 } from './ring.js'
 export { Prng, prng } from './prng.js'
@@ -45,3 +46,5 @@ export {
 export type { ConflictMode, Payload, Resolved, VersionedState } from './conflicts.js'
 export { compilePermissions, mayList, mayRead, mayWrite, noPermissions } from './access.js'
 export type { AccessKind, Permissions, RoleGrants } from './access.js'
+/** Leaderless mode's coordinator decisions (quorums, merge, hints, tombstones, anti-entropy). */
+export * from './leaderless/index.js'

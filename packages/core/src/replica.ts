@@ -18,6 +18,7 @@
 import { epochMax, isEpoch } from '@kvstore/protocol/limits'
 import { invariant } from './invariant.js'
 import { LogWindow, type LogInit } from './log.js'
+import { Progress } from './progress.js'
 import { allLsn, isMajority, majorityLsn } from './quorum.js'
 import type {
   AppendAckMessage,
@@ -78,8 +79,6 @@ export interface CoreInit extends LogInit {
   commitLsn: number
 }
 
-type ProgressState = 'probe' | 'replicate' | 'snapshot'
-
 /**
  * How far one message may raise this node's epoch: to any epoch up to `epochFreeMax`, and
  * above that to at most `epochStepMax` past this node's own (or past `epochFreeMax`, for a node
@@ -108,49 +107,10 @@ export const epochFreeMax = epochMax / 2
 /** See `epochFreeMax`. */
 export const epochStepMax = 2 ** 16
 
-/** What the leader knows of one follower. */
 /** Probe timeouts without an acknowledgement before a leader resends what is in flight. */
 const retransmitTimeoutFactor = 4
 /** The hint LSN of a refusal that asks the leader for a snapshot (no real hint is below 1). */
 const snapshotNeededHint = 0
-
-export class Progress {
-  /** Highest LSN known durable on the follower and matching the leader's log. */
-  matchLsn = 0
-  /** Next LSN to send. */
-  nextLsn: number
-  state: ProgressState = 'probe'
-  /** Whether a stream to the follower is up. */
-  connected = false
-  /** Tick of the probe in flight, or null. */
-  probeSentTick: number | null = null
-  /** Waiting for entries loaded from disk. */
-  loading = false
-  /** Last LSN and bytes of each Append in flight. */
-  readonly inflight: { lastLsn: number; bytes: number }[] = []
-  inflightBytes = 0
-  /** Tick of the last message heard from the follower. */
-  lastContactTick = -1
-  /** Times the follower was found to have lost entries it had acknowledged. */
-  regressions = 0
-  /** Tick of the last acknowledgement that freed in-flight appends (or of the last send). */
-  lastAckTick = 0
-
-  constructor(nextLsn: number) {
-    this.nextLsn = nextLsn
-  }
-
-  freeUpTo(lsn: number): void {
-    while (this.inflight.length > 0 && (this.inflight[0] as { lastLsn: number }).lastLsn <= lsn) {
-      this.inflightBytes -= (this.inflight.shift() as { bytes: number }).bytes
-    }
-  }
-
-  resetInflight(): void {
-    this.inflight.length = 0
-    this.inflightBytes = 0
-  }
-}
 
 type Role =
   | { kind: 'follower'; leaderId: NodeId | null }
@@ -405,9 +365,7 @@ export class ReplicaCore {
     const progress = new Map<NodeId, Progress>()
     for (const member of this.members) {
       if (member === this.id) continue
-      const pr = new Progress(this.log.lastLsn + 1)
-      pr.connected = this.connectedPeers.has(member)
-      progress.set(member, pr)
+      progress.set(member, new Progress(this.log.lastLsn + 1, this.connectedPeers.has(member)))
     }
     this.role = {
       kind: 'leader',
@@ -620,25 +578,12 @@ export class ReplicaCore {
         })
       }
     }
+    const probeTimeout = this.config.probeTimeoutTicks
     for (const [id, pr] of role.progress) {
       if (
-        pr.state === 'probe' &&
-        pr.probeSentTick !== null &&
-        this.ticks - pr.probeSentTick >= this.config.probeTimeoutTicks
+        pr.probeTimedOut(this.ticks, probeTimeout) ||
+        pr.retransmitDue(this.ticks, retransmitTimeoutFactor * probeTimeout)
       ) {
-        pr.probeSentTick = null
-        this.sendAppend(id, pr)
-      } else if (
-        pr.state === 'replicate' &&
-        pr.inflight.length > 0 &&
-        this.ticks - pr.lastAckTick >= retransmitTimeoutFactor * this.config.probeTimeoutTicks
-      ) {
-        // Appends in flight went unanswered for long: some were lost on the way (or their
-        // answers were). Probe from the acknowledged match again rather than wait forever.
-        pr.state = 'probe'
-        pr.probeSentTick = null
-        pr.resetInflight()
-        pr.nextLsn = pr.matchLsn + 1
         this.sendAppend(id, pr)
       }
     }
@@ -864,12 +809,7 @@ export class ReplicaCore {
     if (this.role.kind !== 'leader') return
     const pr = this.role.progress.get(id)
     if (!pr) return
-    pr.connected = true
-    pr.state = 'probe'
-    pr.probeSentTick = null
-    pr.loading = false
-    pr.resetInflight()
-    pr.nextLsn = Math.max(pr.matchLsn + 1, Math.min(pr.nextLsn, this.log.lastLsn + 1))
+    pr.connect(this.log.lastLsn)
     this.sendAppend(id, pr)
   }
 
@@ -878,12 +818,7 @@ export class ReplicaCore {
     this.connectedPeers.delete(id)
     if (this.role.kind !== 'leader') return
     const pr = this.role.progress.get(id)
-    if (!pr) return
-    pr.connected = false
-    pr.loading = false
-    pr.probeSentTick = null
-    pr.resetInflight()
-    if (pr.state !== 'snapshot') pr.state = 'probe'
+    pr?.disconnect()
   }
 
   /** Leader: entries read from disk for `to`, starting at its next LSN. */
@@ -891,7 +826,7 @@ export class ReplicaCore {
     if (this.role.kind !== 'leader') return
     const pr = this.role.progress.get(to)
     if (!pr || !pr.loading) return
-    pr.loading = false
+    pr.loaded()
     if (entries.length === 0 || entries[0]?.lsn !== pr.nextLsn) {
       this.sendAppend(to, pr)
       return
@@ -904,9 +839,7 @@ export class ReplicaCore {
   snapshotFailed(to: NodeId): void {
     if (this.role.kind !== 'leader') return
     const pr = this.role.progress.get(to)
-    if (!pr || pr.state !== 'snapshot') return
-    pr.state = 'probe'
-    pr.probeSentTick = null
+    if (!pr || !pr.snapshotFailed()) return
     this.sendAppend(to, pr)
   }
 
@@ -1129,51 +1062,23 @@ export class ReplicaCore {
     if (this.role.kind !== 'leader') return
     const pr = this.role.progress.get(m.from)
     if (!pr) return
-    pr.lastContactTick = this.ticks
+    pr.heardFrom(this.ticks)
     this.role.recentlyHeard.add(m.from)
     if (m.reject && m.hintLsn === snapshotNeededHint) {
       // The follower's state is being replaced (or a replacement broke off): send it a
       // snapshot, unless one is already on its way.
       if (pr.state !== 'snapshot') {
-        pr.state = 'snapshot'
-        pr.probeSentTick = null
-        pr.resetInflight()
+        pr.becomeSnapshot()
         this.pending.snapshots.push(m.from)
       }
       return
     }
     if (m.reject) {
-      pr.state = pr.state === 'snapshot' ? 'snapshot' : 'probe'
-      pr.probeSentTick = null
-      pr.resetInflight()
-      if (m.hintLsn <= pr.matchLsn) {
-        // The follower no longer holds entries it acknowledged (its disk lost them, or it was
-        // rebuilt): believe it, or the leader would probe past its log end forever.
-        pr.matchLsn = Math.max(0, Math.min(m.matchLsn, m.hintLsn - 1))
-        pr.regressions++
-      }
-      pr.matchLsn = Math.max(pr.matchLsn, Math.min(m.matchLsn, this.log.lastLsn))
-      pr.nextLsn = Math.max(
-        pr.matchLsn + 1,
-        Math.min(m.hintLsn, pr.nextLsn - 1, this.log.lastLsn + 1),
-      )
+      pr.maybeDecrTo(m.matchLsn, m.hintLsn, this.log.lastLsn)
       if (pr.state !== 'snapshot') this.sendAppend(m.from, pr)
       return
     }
-    if (m.matchLsn > pr.matchLsn) pr.matchLsn = Math.min(m.matchLsn, this.log.lastLsn)
-    pr.freeUpTo(pr.matchLsn)
-    pr.lastAckTick = this.ticks
-    if (pr.nextLsn <= pr.matchLsn) pr.nextLsn = pr.matchLsn + 1
-    if (pr.state === 'probe') {
-      pr.state = 'replicate'
-      pr.probeSentTick = null
-      pr.resetInflight()
-      pr.nextLsn = pr.matchLsn + 1
-    } else if (pr.state === 'snapshot') {
-      pr.state = 'replicate'
-      pr.resetInflight()
-      pr.nextLsn = pr.matchLsn + 1
-    }
+    pr.maybeUpdate(m.matchLsn, this.log.lastLsn, this.ticks)
     this.maybeCommit()
     this.sendAppend(m.from, pr)
     const transfer = this.role.transfer
@@ -1184,13 +1089,9 @@ export class ReplicaCore {
     if (this.role.kind !== 'leader') return
     const pr = this.role.progress.get(m.from)
     if (!pr) return
-    pr.lastContactTick = this.ticks
+    pr.heardFrom(this.ticks)
     this.role.recentlyHeard.add(m.from)
-    if (m.matchLsn > pr.matchLsn && m.matchLsn <= this.log.lastLsn) {
-      pr.matchLsn = m.matchLsn
-      pr.freeUpTo(pr.matchLsn)
-      this.maybeCommit()
-    }
+    if (pr.heartbeatMatch(m.matchLsn, this.log.lastLsn)) this.maybeCommit()
     if (pr.matchLsn < this.log.lastLsn) this.sendAppend(m.from, pr)
   }
 
@@ -1207,17 +1108,9 @@ export class ReplicaCore {
 
   /** Sends what `id` should get next, within its in-flight window. */
   private sendAppend(id: NodeId, pr: Progress): void {
-    if (this.role.kind !== 'leader' || !pr.connected || pr.loading || pr.state === 'snapshot')
-      return
+    if (this.role.kind !== 'leader') return
     for (;;) {
-      if (pr.state === 'probe' && pr.probeSentTick !== null) return
-      if (
-        pr.state === 'replicate' &&
-        (pr.inflight.length >= this.config.inflightAppendsMax ||
-          pr.inflightBytes >= this.config.inflightBytesMax)
-      ) {
-        return
-      }
+      if (pr.isPaused(this.config.inflightAppendsMax, this.config.inflightBytesMax)) return
       // Only what is durable here goes out: a follower never holds an entry the leader could
       // lose in a crash, so the leader's log always extends every follower's, and the commit
       // LSN never passes what the leader has on disk.
@@ -1225,7 +1118,7 @@ export class ReplicaCore {
       if (pr.state === 'replicate' && pr.nextLsn > durable) return
       const prevLsn = pr.nextLsn - 1
       if (this.log.epochAt(prevLsn) === null) {
-        pr.state = 'snapshot'
+        pr.becomeSnapshot()
         this.pending.snapshots.push(id)
         return
       }
@@ -1235,7 +1128,7 @@ export class ReplicaCore {
         this.config.appendBytesMax,
       )
       if (entries === null) {
-        pr.loading = true
+        pr.startLoading()
         this.pending.loads.push({ to: id, fromLsn: pr.nextLsn })
         return
       }
@@ -1259,19 +1152,9 @@ export class ReplicaCore {
       commitLsn: this.commit,
       leaderLastLsn: this.log.lastLsn,
     })
-    if (pr.state === 'probe') {
-      pr.probeSentTick = this.ticks
-      return
-    }
-    const last = entries[entries.length - 1]
-    if (last !== undefined) {
-      let bytes = 0
-      for (const e of entries) bytes += e.data.length
-      if (pr.inflight.length === 0) pr.lastAckTick = this.ticks
-      pr.inflight.push({ lastLsn: last.lsn, bytes })
-      pr.inflightBytes += bytes
-      pr.nextLsn = last.lsn + 1
-    }
+    let bytes = 0
+    for (const e of entries) bytes += e.data.length
+    pr.sentEntries(entries[entries.length - 1]?.lsn ?? null, bytes, this.ticks)
   }
 
   private send(message: Message, afterPersist = false): void {

@@ -39,89 +39,8 @@ function cluster(config?: ConstructorParameters<typeof Harness>[1]): Harness {
   return h
 }
 
+// The step-by-step replication scenarios are text traces: testdata/replication.txt (trace.test.ts).
 describe('replication', () => {
-  it('ships every entry to every follower and commits by majority', () => {
-    const h = cluster()
-    h.propose('a', 50)
-    h.persistLeader('a')
-    h.process()
-    h.tick(2)
-    const leader = h.node('a').core
-    expect(leader.commitLsn).toBe(50)
-    expect(leader.allMatchLsn()).toBe(50)
-    for (const id of ['b', 'c']) {
-      expect(h.log(id)).toEqual(h.log('a'))
-      expect(h.node(id).core.commitLsn).toBe(50)
-    }
-  })
-
-  it('ships only entries durable on the leader, so commit never passes its disk', () => {
-    const h = cluster()
-    h.propose('a', 5, 'v', false) // the leader's own disk write has not finished yet
-    expect(h.log('b')).toEqual([])
-    expect(h.log('c')).toEqual([])
-    expect(h.node('a').core.commitLsn).toBe(0)
-    h.persistLeader('a')
-    expect(h.log('b')).toHaveLength(5)
-    expect(h.node('a').core.commitLsn).toBe(5)
-    expect(h.node('a').core.allMatchLsn()).toBe(5)
-  })
-
-  it('a follower acknowledges only what is durable (persist before send)', () => {
-    const h = cluster()
-    h.autoPersist = false
-    h.propose('a', 3)
-    h.persistLeader('a')
-    h.process()
-    const acks = h.delivered.filter(
-      (m) => m.type === 'appendAck' && m.from === 'b' && m.matchLsn > 0,
-    )
-    expect(acks).toHaveLength(0)
-    expect(h.node('a').core.commitLsn).toBe(0)
-    h.flushDisks()
-    expect(h.node('a').core.commitLsn).toBe(3)
-  })
-
-  it('commits with one follower cut off, but not all', () => {
-    const h = cluster()
-    h.cut.add('a->c')
-    h.propose('a', 10)
-    h.persistLeader('a')
-    h.process()
-    expect(h.node('a').core.commitLsn).toBe(10)
-    expect(h.node('a').core.allMatchLsn()).toBe(0)
-    expect(h.log('c')).toEqual([])
-  })
-
-  it('a follower that reconnects catches up from where it stands', () => {
-    const h = cluster()
-    h.propose('a', 5)
-    h.persistLeader('a')
-    h.node('a').core.peerDisconnected('c')
-    h.propose('a', 20)
-    h.persistLeader('a')
-    h.process()
-    expect(h.log('c')).toHaveLength(5)
-    h.node('a').core.peerConnected('c')
-    h.process()
-    expect(h.log('c')).toEqual(h.log('a'))
-    expect(h.node('a').core.allMatchLsn()).toBe(25)
-  })
-
-  it('resends to a follower that lost entries it had acknowledged, instead of probing forever', () => {
-    const h = cluster()
-    h.propose('a', 12)
-    expect(h.node('a').core.matchOf('c')).toBe(12)
-    // c comes back with only the first 4 entries on disk.
-    h.node('a').core.peerDisconnected('c')
-    h.restart('c', { keep: 4 }).core.becomeFollower(1, 'a')
-    h.node('a').core.peerConnected('c')
-    h.process()
-    expect(h.log('c')).toEqual(h.log('a'))
-    expect(h.node('a').core.matchOf('c')).toBe(12)
-    expect(h.node('a').core.progressOf('c')?.regressions).toBe(1)
-  })
-
   it('a leader restarted at a new epoch makes followers drop entries it lost', () => {
     const h = cluster()
     h.propose('a', 3)
@@ -137,38 +56,6 @@ describe('replication', () => {
     expect(h.log('b')).toEqual(h.log('a'))
     expect(h.log('c')).toEqual(h.log('a'))
     expect(h.log('a')).toEqual(['v-1', 'v-2', 'v-3', 'new-4', 'new-5', 'new-6'])
-  })
-
-  it('loads entries the leader no longer caches from its disk', () => {
-    const h = cluster({ logCacheBytesMax: 64 })
-    h.node('a').core.peerDisconnected('c')
-    h.propose('a', 40)
-    h.persistLeader('a')
-    h.process()
-    h.node('a').core.peerConnected('c')
-    h.process()
-    expect(h.log('c')).toEqual(h.log('a'))
-  })
-
-  it('sends a snapshot to a follower whose next entry was compacted', () => {
-    const h = cluster()
-    h.node('a').core.peerDisconnected('c')
-    h.propose('a', 30)
-    h.persistLeader('a')
-    h.process()
-    const leader = h.node('a')
-    leader.core.compacted(21, 1)
-    leader.disk = leader.disk.filter((e) => e.lsn >= 21)
-    leader.diskStart = 21
-    h.propose('a', 5)
-    h.persistLeader('a')
-    leader.core.peerConnected('c')
-    h.process()
-    h.tick(2)
-    const follower = h.node('c')
-    expect(follower.snapshotLsn).toBeGreaterThanOrEqual(20)
-    expect(follower.core.lastLsn).toBe(35)
-    expect(leader.core.allMatchLsn()).toBe(35)
   })
 
   it('a follower whose state is being replaced refuses appends and gets a snapshot', () => {

@@ -13,4 +13,12 @@ export { parseBatch } from './http/routes/batch.js'
 export { KvNode, packageVersion } from './node.js'
 export type { StartOptions } from './node.js'
 export { runNode } from './main.js'
-export { errorTableMarkdown } from './docs.js'
+export {
+  configurationMarkdown,
+  errorTableMarkdown,
+  generatedSections,
+  metricsMarkdown,
+} from './docs.js'
+export type { GeneratedSection } from './docs.js'
+export { metricsCatalog } from './metrics.js'
+export type { MetricInfo } from './metrics.js'

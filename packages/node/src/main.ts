@@ -2,7 +2,7 @@
  * The kv-node process: parse the configuration, start the node, stop it cleanly on SIGTERM
  * or SIGINT (a second signal exits at once).
  */
-import { ConfigError, helpText, parseConfig } from './config.js'
+import { ConfigError, helpText, parseConfig, unsafeOptionsOn } from './config.js'
 import { KvNode } from './node.js'
 
 export async function runNode(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<void> {
@@ -28,6 +28,10 @@ export async function runNode(argv: readonly string[], env: NodeJS.ProcessEnv): 
     process.stderr.write(`kv-node: cannot start: ${(err as Error).message}\n`)
     process.exitCode = 1
     return
+  }
+  // Test-only switches that break a guarantee are never on quietly.
+  for (const spec of unsafeOptionsOn(parsed.config)) {
+    node.logger.warn({ option: spec.key, env: spec.env }, `${spec.flag} is on: ${spec.description}`)
   }
   let firstSignalAt = 0
   const onSignal = (signal: NodeJS.Signals) => {

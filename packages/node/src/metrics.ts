@@ -2,7 +2,7 @@
  * Prometheus metrics, served at GET /metrics. Names follow Prometheus conventions: a `kv_`
  * prefix, base units (seconds, bytes) and `_total` on counters.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { Counter, Gauge, Histogram, Registry, Summary, collectDefaultMetrics } from 'prom-client'
 import type { BatchStats, Store } from '@kvstore/storage'
 import type { Replicator } from './cluster/replicator.js'
 import type { LeaderlessEngine } from './leaderless/engine.js'
@@ -79,6 +79,7 @@ export class RequestStats {
     name: string
     help: string
     type: string
+    labelNames: string[]
     aggregator: string
     get: () => unknown
   }[] {
@@ -86,6 +87,7 @@ export class RequestStats {
       name: 'kv_http_requests_total',
       help: 'HTTP requests answered, by route, method and status.',
       type: 'counter',
+      labelNames: ['route', 'method', 'status'],
       aggregator: 'sum',
       get: () => ({
         name: requests.name,
@@ -104,6 +106,7 @@ export class RequestStats {
       name: 'kv_http_request_duration_seconds',
       help: 'Time from receiving a request to sending its response.',
       type: 'histogram',
+      labelNames: ['route', 'method'],
       aggregator: 'sum',
       get: () => {
         const values: MetricValue[] = []
@@ -509,12 +512,12 @@ export class NodeMetrics {
     counter(
       'kv_elections_started_total',
       'Elections this node started (pre-votes that won and became votes).',
-      () => replicator.core.electionsStarted,
+      () => replicator.stats.electionsStarted,
     )
     counter(
       'kv_epoch_messages_dropped_total',
       'Peer messages the replication core dropped for their epoch: out of range, or too far above its own to take from one message.',
-      () => replicator.core.epochMessagesDropped,
+      () => replicator.stats.epochMessagesDropped,
     )
     counter(
       'kv_elections_won_total',
@@ -540,4 +543,77 @@ export class NodeMetrics {
       },
     })
   }
+}
+
+/** One metric as GET /metrics serves it (docs/reference/metrics.md is generated from these). */
+export interface MetricInfo {
+  name: string
+  type: 'counter' | 'gauge' | 'histogram' | 'summary'
+  help: string
+  labels: string[]
+  /** Which nodes serve it: every node, or only the nodes of one cluster mode. */
+  scope: 'every node' | 'single-leader' | 'leaderless'
+  /** `process`: Node.js process metrics, prom-client's defaults under the `kv_` prefix. */
+  origin: 'kvstore' | 'process'
+}
+
+interface RegisteredMetric {
+  name: string
+  help: string
+  type?: string
+  labelNames?: readonly string[]
+}
+
+function metricType(metric: RegisteredMetric): MetricInfo['type'] {
+  if (metric instanceof Counter) return 'counter'
+  if (metric instanceof Gauge) return 'gauge'
+  if (metric instanceof Histogram) return 'histogram'
+  if (metric instanceof Summary) return 'summary'
+  const type = metric.type
+  if (type === 'counter' || type === 'gauge' || type === 'histogram' || type === 'summary')
+    return type
+  throw new Error(`metric ${metric.name} has no known type`)
+}
+
+function registered(registry: Registry): RegisteredMetric[] {
+  return registry.getMetricsAsArray() as unknown as RegisteredMetric[]
+}
+
+/**
+ * Every metric a node registers, read from the registries that the code above fills, the way
+ * node.ts fills them: what every node registers, then what the replicator (single-leader) and
+ * the leaderless engine add. Registration reads nothing from the replicator or the engine
+ * but the engine's stats object, so stand-ins do; nothing is scraped.
+ */
+export function metricsCatalog(): MetricInfo[] {
+  const defaults = new Registry()
+  collectDefaultMetrics({ register: defaults, prefix: 'kv_' })
+  const processNames = new Set(registered(defaults).map((m) => m.name))
+  const everyNode = new NodeMetrics()
+  everyNode.watchBodies(() => 0)
+  everyNode.watchStore(() => null)
+  const singleLeader = new NodeMetrics()
+  singleLeader.watchReplicator({} as unknown as Replicator)
+  const leaderless = new NodeMetrics()
+  leaderless.watchLeaderless({ stats: {} } as unknown as LeaderlessEngine)
+  const catalog: MetricInfo[] = []
+  const seen = new Set<string>()
+  const add = (registry: Registry, scope: MetricInfo['scope']) => {
+    for (const metric of registered(registry)) {
+      if (seen.has(metric.name)) continue
+      seen.add(metric.name)
+      catalog.push({
+        name: metric.name,
+        type: metricType(metric),
+        help: metric.help,
+        labels: [...(metric.labelNames ?? [])],
+        scope,
+        origin: processNames.has(metric.name) ? 'process' : 'kvstore',
+      })
+    }
+  }
+  add(everyNode.registry, 'every node')
+  add(singleLeader.registry, 'single-leader')
+  add(leaderless.registry, 'leaderless')
+  return catalog
 }

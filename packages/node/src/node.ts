@@ -25,6 +25,7 @@ import { buildApp } from './http/app.js'
 import type { AppContext, Lifecycle, Security } from './http/context.js'
 import type { DualProtocolServer } from './http/dual-protocol.js'
 import { createLogger } from './logger.js'
+import { assertConfigLimits } from './limits.js'
 import { NodeMetrics } from './metrics.js'
 
 export interface StartOptions {
@@ -87,6 +88,8 @@ export class KvNode {
 
   /** Opens storage, recovers it, and starts serving. */
   static async start(config: NodeConfig, options: StartOptions = {}): Promise<KvNode> {
+    // parseConfig checks these too; a configuration built in code gets the same refusal.
+    assertConfigLimits(config)
     const metrics = new NodeMetrics()
     let store: Store | null = null
     let replicator: Replicator | null = null
@@ -98,7 +101,7 @@ export class KvNode {
       {
         role: () =>
           replicator
-            ? replicator.core.roleName
+            ? replicator.role
             : config.mode === 'leaderless'
               ? 'replica'
               : cluster
@@ -112,9 +115,10 @@ export class KvNode {
     const onFatal =
       options.onFatal ??
       ((err: Error) => {
-        logger.fatal({ err }, 'storage failed; stopping the node')
+        // A storage failure or a broken invariant: serving on could spread what a bug made.
+        logger.fatal({ err }, 'fatal error; stopping the node')
         const exit = () => process.exit(1)
-        if (node) void node.stop('storage failure').finally(exit)
+        if (node) void node.stop(err.name).finally(exit)
         else exit()
       })
     const tls =
@@ -202,6 +206,8 @@ export class KvNode {
           onFatal,
           security: peerSecurity(config, cluster, store.meta.clusterId, tls, metrics, logger),
           bootstrapOps: bootstrap?.ops ?? null,
+          // Test-only (the chaos suite's teeth); an UNSAFE row of the config table.
+          unsafeNoFencing: config.unsafeNoFencing,
         })
         await replicator.start()
         metrics.watchReplicator(replicator)
@@ -271,6 +277,7 @@ export class KvNode {
       }
       const lifecycle: Lifecycle = { ready: false, shuttingDown: false }
       const ctx: AppContext = {
+        onFatal,
         config,
         store,
         sequencer,

@@ -71,16 +71,12 @@ async function startEngine(): Promise<Harness> {
   })
   // What start() does before it listens and starts its timers.
   const internals = engine as unknown as {
-    loadMeta(): Promise<void>
-    loadLocalState(): Promise<void>
     handle(request: PeerRequest): Promise<PeerReply>
-    actor: string
   }
-  await internals.loadMeta()
-  await internals.loadLocalState()
+  await engine.load()
   return {
     engine,
-    actor: internals.actor,
+    actor: engine.actor,
     handle: (from, body) => internals.handle({ clusterId: 'c', from, to: 'n1', body }),
     close: async () => {
       await engine.stop()

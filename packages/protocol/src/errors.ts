@@ -1,7 +1,7 @@
 /**
  * Every error the store reports, with its stable code and HTTP status. This table is the
  * single definition: the server maps failures to it, the SDK turns response bodies back into
- * typed errors, and the README's error table is generated from it (a test keeps them equal).
+ * typed errors, and the error reference (docs/reference/errors.md) is generated from it (a test keeps them equal).
  *
  * Codes never change meaning once released. Error bodies look like
  * `{ "error": { "code": "KV_ERR_...", "message": "...", ...details } }`.

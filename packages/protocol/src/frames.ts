@@ -12,7 +12,7 @@
 import { fileURLToPath } from 'node:url'
 import protobuf from 'protobufjs'
 import { DecodeError } from './codec.js'
-import { epochMax, formatVersion, isEpoch, isLsn, lsnMax } from './limits.js'
+import { epochMax, formatVersion, frameLimits, isEpoch, isLsn, lsnMax } from './limits.js'
 
 const root = protobuf.loadSync(
   fileURLToPath(new URL('../proto/replication.proto', import.meta.url)),
@@ -21,17 +21,6 @@ const FrameType = root.lookupType('kv.v1.Frame')
 
 /** The protobufjs reflection root of replication.proto, for schema tests. */
 export const replicationSchemaRoot: protobuf.Root = root
-
-/** Limits on what a peer may send in one frame. */
-export const frameLimits = {
-  /** Largest frame on the wire, length prefix excluded. */
-  frameBytesMax: 64 * 1024 * 1024,
-  nodeIdBytesMax: 64,
-  entriesPerFrameMax: 100_000,
-  membersPerFrameMax: 1000,
-  snapshotRecordsPerFrameMax: 100_000,
-  textBytesMax: 4096,
-} as const
 
 export interface MemberState {
   id: string

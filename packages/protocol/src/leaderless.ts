@@ -8,7 +8,7 @@
 import { fileURLToPath } from 'node:url'
 import protobuf from 'protobufjs'
 import { DecodeError } from './codec.js'
-import { formatVersion } from './limits.js'
+import { formatVersion, leaderlessLimits } from './limits.js'
 
 const root = protobuf.loadSync(fileURLToPath(new URL('../proto/leaderless.proto', import.meta.url)))
 const RecordType = root.lookupType('kv.v1.VersionedRecord')
@@ -19,28 +19,6 @@ const ReplyType = root.lookupType('kv.v1.PeerReply')
 
 /** The protobufjs reflection root of leaderless.proto, for schema tests. */
 export const leaderlessSchemaRoot: protobuf.Root = root
-
-/** Limits on what a versioned record or a peer message may hold. */
-export const leaderlessLimits = {
-  /** Actors in one version vector (every node that ever coordinated a write of the key). */
-  vectorEntriesMax: 1024,
-  /** Siblings in one record as decoded; the configured cap (siblingsMax) is far lower. */
-  siblingsMax: 1024,
-  actorBytesMax: 128,
-  /** Records in one anti-entropy message. */
-  recordsPerMessageMax: 100_000,
-  /** Replica sets named in one RangeRoots request. */
-  setsPerMessageMax: 100_000,
-  /** Leaf digests in one reply (a tree of depth 20 at most). */
-  leavesPerMessageMax: 2 ** 20,
-  /** Auth records in one AuthSync or AuthState message. */
-  authRecordsPerMessageMax: 1_000_000,
-  /** An auth digest's length. */
-  authDigestBytesMax: 128,
-  textBytesMax: 4096,
-  /** Largest peer message, in bytes. */
-  messageBytesMax: 64 * 1024 * 1024,
-} as const
 
 /**
  * Largest dot counter a version vector, a sibling, a context or a peer message may carry

@@ -4,6 +4,11 @@
  * Exceeding a limit at run time gives a stable error code; nothing grows without bound.
  *
  * Units come last in every name (bytes, ops, ms, writes).
+ *
+ * This is the protocol package's one limits module (as TigerBeetle's constants.zig): request
+ * and storage limits, what a replication frame and a leaderless peer message may hold, and the
+ * bounds on LSNs and epochs. `limitsFitProblems` checks that they fit each other, and runs
+ * when this module loads: a build whose limits contradict each other does not start.
  */
 
 const KiB = 1024
@@ -50,6 +55,39 @@ export const limitsCeiling = {
   groupCommitBytesMax: 256 * MiB,
   writeQueueWritesMax: 10_000_000,
   writeQueueBytesMax: 4096 * MiB,
+} as const
+
+/** Limits on what a peer may send in one frame. */
+export const frameLimits = {
+  /** Largest frame on the wire, length prefix excluded. */
+  frameBytesMax: 64 * MiB,
+  nodeIdBytesMax: 64,
+  entriesPerFrameMax: 100_000,
+  membersPerFrameMax: 1000,
+  snapshotRecordsPerFrameMax: 100_000,
+  textBytesMax: 4096,
+} as const
+
+/** Limits on what a versioned record or a peer message may hold. */
+export const leaderlessLimits = {
+  /** Actors in one version vector (every node that ever coordinated a write of the key). */
+  vectorEntriesMax: 1024,
+  /** Siblings in one record as decoded; the configured cap (siblingsMax) is far lower. */
+  siblingsMax: 1024,
+  actorBytesMax: 128,
+  /** Records in one anti-entropy message. */
+  recordsPerMessageMax: 100_000,
+  /** Replica sets named in one RangeRoots request. */
+  setsPerMessageMax: 100_000,
+  /** Leaf digests in one reply (a tree of depth 20 at most). */
+  leavesPerMessageMax: 2 ** 20,
+  /** Auth records in one AuthSync or AuthState message. */
+  authRecordsPerMessageMax: 1_000_000,
+  /** An auth digest's length. */
+  authDigestBytesMax: 128,
+  textBytesMax: 4096,
+  /** Largest peer message, in bytes. */
+  messageBytesMax: 64 * MiB,
 } as const
 
 /** The request and storage limits a node runs with. */
@@ -141,4 +179,55 @@ export function checkLimits(limits: Limits): string[] {
     )
   }
   return problems
+}
+
+/** The limits `limitsFitProblems` checks, as this module defines them. */
+export interface ProtocolLimits {
+  limitsDefault: Readonly<Record<keyof typeof limitsDefault, number>>
+  limitsCeiling: Readonly<Record<keyof typeof limitsCeiling, number>>
+  frameLimits: Readonly<Record<keyof typeof frameLimits, number>>
+  leaderlessLimits: Readonly<Record<keyof typeof leaderlessLimits, number>>
+}
+
+/**
+ * Checks that this package's limits fit each other: the defaults are coherent and within
+ * their ceilings, and what a default request may carry fits a replication frame and a peer
+ * message. Returns a list of problems, empty when they fit. Runs at load, below; a
+ * configuration's own values are checked by the node when it starts.
+ */
+export function limitsFitProblems(
+  limits: ProtocolLimits = { limitsDefault, limitsCeiling, frameLimits, leaderlessLimits },
+): string[] {
+  const { limitsDefault: d, limitsCeiling: c, frameLimits: f, leaderlessLimits: l } = limits
+  const problems = checkLimits(d).map((p) => `limitsDefault: ${p}`)
+  for (const name of Object.keys(c) as (keyof typeof limitsCeiling)[]) {
+    if (c[name] < d[name])
+      problems.push(`limitsCeiling.${name} (${c[name]}) is below its default (${d[name]})`)
+  }
+  if (c.requestIdBytesMax > f.textBytesMax) {
+    problems.push(
+      `limitsCeiling.requestIdBytesMax (${c.requestIdBytesMax}) must fit frameLimits.textBytesMax (${f.textBytesMax}): request ids travel in snapshot frames`,
+    )
+  }
+  if (d.requestBodyBytesMax >= f.frameBytesMax) {
+    problems.push(
+      `limitsDefault.requestBodyBytesMax (${d.requestBodyBytesMax}) must be below frameLimits.frameBytesMax (${f.frameBytesMax}): the largest default write must fit one replication frame`,
+    )
+  }
+  if (d.valueBytesMax >= l.messageBytesMax) {
+    problems.push(
+      `limitsDefault.valueBytesMax (${d.valueBytesMax}) must be below leaderlessLimits.messageBytesMax (${l.messageBytesMax}): the largest default value must fit one peer message`,
+    )
+  }
+  if (f.nodeIdBytesMax > l.actorBytesMax) {
+    problems.push(
+      `frameLimits.nodeIdBytesMax (${f.nodeIdBytesMax}) must be at most leaderlessLimits.actorBytesMax (${l.actorBytesMax}): a member id is an actor in version vectors`,
+    )
+  }
+  return problems
+}
+
+const loadProblems = limitsFitProblems()
+if (loadProblems.length > 0) {
+  throw new Error(`protocol limits do not fit each other: ${loadProblems.join('; ')}`)
 }

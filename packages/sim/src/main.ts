@@ -5,10 +5,19 @@
  *   pnpm sim --seeds 10000            # seeds 1..10000, alternating 3 and 5 members
  *   pnpm sim --seed 4242 --nodes 5    # replay one seed exactly
  *   pnpm sim --unsafe grantEveryVote  # break a rule and watch the simulator catch it
+ *   pnpm sim --mode leaderless --seeds 1000        # leaderless mode: 5 members, N = 3
+ *   pnpm sim --mode leaderless --seed 79 --unsafe countHintsTowardStrictW
  */
 import { parseArgs } from 'node:util'
 import { runSeeds } from './runner.js'
 import { simulate, type UnsafeRule } from './simulator.js'
+import { runLeaderlessSeeds } from './leaderless/runner.js'
+import {
+  leaderlessUnsafeRules,
+  simulateLeaderless,
+  tickMs,
+  type LeaderlessUnsafeRule,
+} from './leaderless/simulator.js'
 
 const unsafeRules: UnsafeRule[] = ['grantEveryVote', 'skipUpToDateCheck']
 
@@ -25,6 +34,7 @@ const { values } = parseArgs({
     nodes: { type: 'string' },
     unsafe: { type: 'string' },
     'fault-ticks': { type: 'string' },
+    mode: { type: 'string', default: 'single-leader' },
     help: { type: 'boolean', default: false },
   },
 })
@@ -34,7 +44,10 @@ if (values.help) {
     [
       'Usage: pnpm sim [--seeds N] [--first S] [--nodes 3|5] [--fault-ticks T] [--unsafe RULE]',
       '       pnpm sim --seed S [--nodes 3|5]   replay one seed, printing its fault rates',
+      '       pnpm sim --mode leaderless [--seeds N] [--first S] [--fault-ticks T] [--unsafe LRULE]',
+      '       pnpm sim --mode leaderless --seed S   replay one leaderless seed (5 members, N = 3)',
       `RULE: ${unsafeRules.join(', ')} (breaks the core on purpose; the run must fail)`,
+      `LRULE: ${leaderlessUnsafeRules.join(', ')}`,
       '',
     ].join('\n'),
   )
@@ -47,6 +60,50 @@ const int = (name: string, value: string | undefined, min: number): number | und
   if (!Number.isSafeInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}`)
   return n
 }
+if (values.mode !== 'single-leader' && values.mode !== 'leaderless')
+  fail('--mode must be single-leader or leaderless')
+if (values.mode === 'leaderless') runLeaderless()
+
+function runLeaderless(): never {
+  if (values.nodes !== undefined)
+    fail('--nodes does not apply to leaderless mode (5 members, N = 3)')
+  const unsafe = values.unsafe as LeaderlessUnsafeRule | undefined
+  if (unsafe !== undefined && !leaderlessUnsafeRules.includes(unsafe))
+    fail(`--unsafe must be one of ${leaderlessUnsafeRules.join(', ')} in leaderless mode`)
+  const faultTicks = int('fault-ticks', values['fault-ticks'], 1)
+  const options = { ...(unsafe ? { unsafe } : {}), ...(faultTicks ? { faultTicks } : {}) }
+  const replay = (seed: number) =>
+    `pnpm sim --mode leaderless --seed ${seed}${unsafe ? ` --unsafe ${unsafe}` : ''}${faultTicks ? ` --fault-ticks ${faultTicks}` : ''}`
+  if (values.seed !== undefined) {
+    const result = simulateLeaderless({ seed: int('seed', values.seed, 0) as number, ...options })
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
+    process.exit(result.ok ? 0 : 1)
+  }
+  const count = int('seeds', values.seeds, 1) as number
+  const first = int('first', values.first, 0) as number
+  const summary = runLeaderlessSeeds({ first, count, ...options })
+  const rows = [
+    ['seeds', `${first}..${first + count - 1} (leaderless, 5 members, N = 3)`],
+    ['passed', `${summary.passed} of ${summary.seeds}`],
+    ['crashes / partitions', `${summary.crashes} / ${summary.partitions}`],
+    ['messages', String(summary.messages)],
+    ['writes acknowledged', String(summary.writesAcked)],
+    ['reads checked', String(summary.readsChecked)],
+    ['hints replayed', String(summary.hintsReplayed)],
+    ['anti-entropy repairs', String(summary.antiEntropyRepairs)],
+    ['tombstones collected', String(summary.tombstonesCollected)],
+    [
+      'ticks from heal to convergence',
+      `p50 ${summary.convergeTicksP50}, max ${summary.convergeTicksMax} (1 tick = ${tickMs} ms)`,
+    ],
+    ['time', `${(summary.durationMs / 1000).toFixed(1)} s`],
+  ]
+  for (const [k, v] of rows) process.stdout.write(`${(k as string).padEnd(40)} ${v}\n`)
+  for (const f of summary.failures.slice(0, 10))
+    process.stdout.write(`\nFAILED seed ${f.seed}: ${f.violation}\n  replay: ${replay(f.seed)}\n`)
+  process.exit(summary.failures.length === 0 ? 0 : 1)
+}
+
 const nodes = int('nodes', values.nodes, 1)
 if (nodes !== undefined && nodes !== 3 && nodes !== 5) fail('--nodes must be 3 or 5')
 const unsafe = values.unsafe as UnsafeRule | undefined

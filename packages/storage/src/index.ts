@@ -1,5 +1,7 @@
+export { hashDigestRecord } from './digest.js'
 export { requestFingerprint, sameRequest } from './fingerprint.js'
 export { InvariantError, StorageError, invariant } from './invariant.js'
+export { checkStorageLimits, storageLimits } from './limits.js'
 export { RecordCache } from './record-cache.js'
 export { Sequencer, standaloneWriter } from './sequencer.js'
 export type {
@@ -18,6 +20,8 @@ export type {
   HardStateUpdate,
   ListItem,
   ListOptions,
+  LogReadLimits,
+  RawLogEntry,
   RollbackRecord,
   StateDigest,
   StateSnapshot,

@@ -10,9 +10,10 @@
  *     fill stale.
  */
 import type { StoredRecord } from '@kvstore/protocol'
+import { storageLimits } from './limits.js'
 
 /** Bytes charged per entry on top of its key and value. */
-const entryOverheadBytes = 96
+const entryOverheadBytes = storageLimits.readCacheEntryOverheadBytes
 
 /** A read in flight whose result may fill the cache. */
 interface PendingFill {

@@ -37,11 +37,39 @@ export function entry(lsn: number, ops: Op[], epoch = 1): LogEntry {
   }
 }
 
+/**
+ * A fresh temporary directory for every test of the calling file: made before each test,
+ * removed after it. Read `.dir` inside a test (or a hook registered after this call).
+ */
+export function useTempDir(): { readonly dir: string } {
+  const current = { dir: '' }
+  let cleanup: (() => Promise<void>) | undefined
+  beforeEach(async () => {
+    ;({ dir: current.dir, cleanup } = await tempDir())
+  })
+  afterEach(async () => {
+    await cleanup?.()
+    cleanup = undefined
+  })
+  return current
+}
+
 /** Opens a store in `dir` with epoch 1 already persisted. */
 export async function openStore(dir: string, options: Partial<StoreOptions> = {}): Promise<Store> {
   const store = await Store.open({ dir, nodeId: 'n1', ...options })
   if (store.meta.epoch < 1) await store.setHardState({ epoch: 1 })
   return store
+}
+
+/** Appends entries 1..lastLsn, one at a time, each committed as it is written. */
+export async function appendCommitted(
+  store: Store,
+  lastLsn: number,
+  op: (lsn: number) => Op = (lsn) => put(`k${lsn}`, `v${lsn}`),
+): Promise<void> {
+  for (let lsn = store.appliedLsn + 1; lsn <= lastLsn; lsn++) {
+    await store.append([entry(lsn, [op(lsn)])], { commitLsn: lsn })
+  }
 }
 
 /** The whole state as a plain object key -> value, for comparisons. */

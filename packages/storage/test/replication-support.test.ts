@@ -2,20 +2,13 @@ import { ClassicLevel } from 'classic-level'
 import { decodeLogEntry, encodeStoredRecord, EntryKind, OpType } from '@kvstore/protocol'
 import { Sequencer, Store, requestFingerprint } from '../src/index.js'
 import { MetaName, metaKey } from '../src/layout.js'
-import { dump, entry, openStore, put, tempDir } from './helpers.js'
+import { dump, entry, openStore, put, tempDir, useTempDir } from './helpers.js'
 
-let dir: string
-let cleanup: () => Promise<void>
-beforeEach(async () => {
-  ;({ dir, cleanup } = await tempDir())
-})
-afterEach(async () => {
-  await cleanup()
-})
+const tmp = useTempDir()
 
 describe('epoch history', () => {
   it('records where each epoch begins, through truncation, compaction and reopen', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.setHardState({ epoch: 3 })
     await store.append([entry(1, [put('a', '1')], 1), entry(2, [put('a', '2')], 1)], {
       commitLsn: 2,
@@ -35,26 +28,26 @@ describe('epoch history', () => {
     await store.compactLog(3)
     expect(store.meta.epochRuns).toEqual([{ epoch: 2, startLsn: 3 }])
     await store.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect(reopened.meta.epochRuns).toEqual([{ epoch: 2, startLsn: 3 }])
     expect(reopened.meta.compactedEpoch).toBe(1)
     await reopened.close()
   })
 
   it('rebuilds the history from the log for a directory written without it', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.setHardState({ epoch: 2 })
     await store.append([entry(1, [put('a', '1')], 1), entry(2, [put('b', '2')], 2)], {
       commitLsn: 2,
     })
     await store.close()
-    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+    const db = new ClassicLevel<Buffer, Buffer>(tmp.dir, {
       keyEncoding: 'buffer',
       valueEncoding: 'buffer',
     })
     await db.del(metaKey(MetaName.EpochRuns))
     await db.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect(reopened.meta.epochRuns).toEqual([
       { epoch: 1, startLsn: 1 },
       { epoch: 2, startLsn: 2 },
@@ -65,20 +58,20 @@ describe('epoch history', () => {
 
 describe('raw log reads', () => {
   it('returns the stored bytes with their LSN and epoch', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     const entries = [
       entry(1, [put('a', '1')]),
       entry(2, [put('b', '2')]),
       entry(3, [put('c', '3')]),
     ]
     await store.append(entries)
-    const raw = await store.readLogRaw(2, { entriesMax: 10, bytesMax: 1 << 20 })
+    const raw = await store.readLog(2, { entriesMax: 10, bytesMax: 1 << 20 }, { raw: true })
     expect(raw.map((r) => [r.lsn, r.epoch])).toEqual([
       [2, 1],
       [3, 1],
     ])
     expect(decodeLogEntry(raw[0]?.data as Buffer)).toEqual(entries[1])
-    expect(await store.readLogRaw(1, { entriesMax: 10, bytesMax: 1 })).toHaveLength(1)
+    expect(await store.readLog(1, { entriesMax: 10, bytesMax: 1 }, { raw: true })).toHaveLength(1)
     await store.close()
   })
 })
@@ -91,7 +84,7 @@ describe('request ids', () => {
   })
 
   it('are remembered with their entry, forgotten on truncation and after the retention', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([withId(1, 'a', 'req-1', 1000), withId(2, 'b', 'req-2', 2000)], {
       commitLsn: 2,
     })
@@ -112,7 +105,7 @@ describe('request ids', () => {
   })
 
   it('make a retried write apply once, in flight or durable', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     const seq = new Sequencer(store, { now: () => 5 })
     const request = {
       kind: 'put' as const,
@@ -131,7 +124,7 @@ describe('request ids', () => {
     expect(store.appliedLsn).toBe(1)
     // The record is part of the entry: a restart keeps it.
     await store.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     const reopenedSeq = new Sequencer(reopened, { now: () => 6 })
     const again = await reopenedSeq.write(request)
     expect(again).toMatchObject({ lsn: 1, deduplicated: true })
@@ -143,7 +136,7 @@ describe('request ids', () => {
   })
 
   it('a record written before fingerprints existed (empty) still dedupes any retry', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     // An entry as an older build wrote it: a request id and no fingerprint.
     await store.append([withId(1, 'k', 'old-id')], { commitLsn: 1 })
     expect(store.getRequest('old-id')?.fingerprint).toHaveLength(0)
@@ -167,8 +160,8 @@ describe('request ids', () => {
       requestId: 'failover-1',
     }
     await new Sequencer(leader, { now: () => 1000 }).write(request)
-    const raw = await leader.readLogRaw(1, { entriesMax: 10, bytesMax: 1 << 20 })
-    const follower = await openStore(dir)
+    const raw = await leader.readLog(1, { entriesMax: 10, bytesMax: 1 << 20 }, { raw: true })
+    const follower = await openStore(tmp.dir)
     await follower.appendEncoded(
       {
         entries: raw.map((r) => decodeLogEntry(r.data)),
@@ -213,11 +206,16 @@ describe('snapshot install', () => {
 
   it('replaces the whole state and restarts the log after the snapshot', async () => {
     const { leader, other } = await leaderSnapshot()
-    const follower = await openStore(dir)
+    const follower = await openStore(tmp.dir)
     await follower.append([entry(1, [put('old', 'x')])], { commitLsn: 1 })
     const snapshot = await leader.openSnapshot()
     await follower.beginSnapshotInstall(snapshot.appliedLsn, snapshot.lastEpoch)
     expect(() => follower.getSync(Buffer.from('k1'))).toThrow(/installing a snapshot/)
+    // The asynchronous reads refuse with a rejected promise, as before the split.
+    const refused = follower.get(Buffer.from('k1'))
+    await expect(refused).rejects.toThrow(/installing a snapshot/)
+    await expect(follower.list({ limit: 10 })).rejects.toThrow(/installing a snapshot/)
+    await expect(follower.openSnapshot()).rejects.toThrow(/installing a snapshot/)
     for await (const chunk of snapshot.rawChunks(7)) await follower.addSnapshotRecords(chunk)
     await snapshot.close()
     const digest = await follower.finishSnapshotInstall()
@@ -232,7 +230,7 @@ describe('snapshot install', () => {
     // The log continues after the snapshot.
     await follower.append([entry(51, [put('new', 'y')])], { commitLsn: 51 })
     await follower.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect((await reopened.verify()).entries).toBe(1)
     await reopened.close()
     await leader.close()
@@ -254,7 +252,7 @@ describe('snapshot install', () => {
       })),
       { commitLsn: 30 },
     )
-    const follower = await openStore(dir)
+    const follower = await openStore(tmp.dir)
     await follower.append([entry(1, [put('old', 'x')])], { commitLsn: 1 })
     const snapshot = await leader.openSnapshot()
     // A first attempt is cut off after one chunk...
@@ -306,7 +304,7 @@ describe('snapshot install', () => {
   })
 
   it('refuses a snapshot record that does not decode, without failing the store', async () => {
-    const follower = await openStore(dir)
+    const follower = await openStore(tmp.dir)
     await follower.beginSnapshotInstall(10, 1)
     await expect(
       follower.addSnapshotRecords([{ key: Buffer.from('a'), record: Buffer.from('junk') }]),
@@ -326,7 +324,7 @@ describe('snapshot install', () => {
   })
 
   it('a crash during the install leaves an empty follower, never a partial state', async () => {
-    const follower = await openStore(dir)
+    const follower = await openStore(tmp.dir)
     await follower.append([entry(1, [put('old', 'x')])], { commitLsn: 1 })
     await follower.beginSnapshotInstall(40, 1)
     await follower.addSnapshotRecords([
@@ -339,7 +337,7 @@ describe('snapshot install', () => {
     ])
     // The process dies here: close without finishing, as a crash would leave it.
     await follower.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect(reopened.meta).toMatchObject({ appliedLsn: 0, commitLsn: 0, logStartLsn: 1, epoch: 1 })
     expect(await dump(reopened)).toEqual({})
     await reopened.close()
@@ -348,7 +346,7 @@ describe('snapshot install', () => {
 
 describe('follower appends', () => {
   it('writes the exact bytes the leader sent', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     const e = {
       epoch: 1,
       lsn: 1,
@@ -364,7 +362,7 @@ describe('follower appends', () => {
       encoded: [bytes],
       bytes: bytes.length,
     })
-    const [raw] = await store.readLogRaw(1, { entriesMax: 1, bytesMax: 1 << 20 })
+    const [raw] = await store.readLog(1, { entriesMax: 1, bytesMax: 1 << 20 }, { raw: true })
     expect(raw?.data.equals(bytes)).toBe(true)
     await store.close()
   })

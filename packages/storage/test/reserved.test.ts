@@ -4,23 +4,16 @@
  * count it apart, and its readers hear of every change.
  */
 import { Buffer } from 'node:buffer'
-import { entry, openStore, put, tempDir } from './helpers.js'
+import { entry, openStore, put, useTempDir } from './helpers.js'
 import type { Op } from '@kvstore/protocol'
 
 const reserved = (name: string): string => `\u0000auth/${name}`
 
-let dir: string
-let cleanup: () => Promise<void>
-beforeEach(async () => {
-  ;({ dir, cleanup } = await tempDir())
-})
-afterEach(async () => {
-  await cleanup()
-})
+const tmp = useTempDir()
 
 describe('the reserved key space', () => {
   it('is skipped by listing and counted apart by the digest, yet hashed', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1'), put(reserved('user/x'), 'secret')])], {
       commitLsn: 1,
     })
@@ -38,7 +31,7 @@ describe('the reserved key space', () => {
   })
 
   it('tells its watchers of every change: the keys of a batch, everything after a truncation', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     const seen: (string[] | 'all')[] = []
     store.watchReserved((keys) => {
       seen.push(keys === 'all' ? 'all' : keys.map((k) => k.toString()))

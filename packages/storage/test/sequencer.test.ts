@@ -1,22 +1,19 @@
 import { KvError } from '@kvstore/protocol'
 import { Sequencer, requestFingerprint, type Store, type WriteRequest } from '../src/index.js'
-import { openStore, tempDir } from './helpers.js'
+import { openStore, useTempDir } from './helpers.js'
 
-let dir: string
-let cleanup: () => Promise<void>
+const tmp = useTempDir()
 let store: Store
 let seq: Sequencer
 
 const b = (s: string) => Buffer.from(s)
 
 beforeEach(async () => {
-  ;({ dir, cleanup } = await tempDir())
-  store = await openStore(dir)
+  store = await openStore(tmp.dir)
   seq = new Sequencer(store, { now: () => 42, commitOnAppend: true })
 })
 afterEach(async () => {
   await store.close()
-  await cleanup()
 })
 
 async function failure(promise: Promise<unknown>): Promise<KvError> {
@@ -152,7 +149,7 @@ describe('Sequencer', () => {
 
   it('refuses a write when the queue is full without leaving a gap in the log', async () => {
     await store.close()
-    store = await openStore(dir, { writeQueueWritesMax: 3 })
+    store = await openStore(tmp.dir, { writeQueueWritesMax: 3 })
     seq = new Sequencer(store, { now: () => 0, commitOnAppend: true })
     const settled = await Promise.allSettled(
       Array.from({ length: 6 }, (_, i) =>
@@ -197,7 +194,7 @@ describe('Sequencer', () => {
 
   it('continues the log after a truncation, forgetting the truncated writes', async () => {
     await store.close()
-    store = await openStore(dir)
+    store = await openStore(tmp.dir)
     // Not committed on append: the tail can be truncated.
     seq = new Sequencer(store, { now: () => 0, commitOnAppend: false })
     await store.setHardState({ commitLsn: 0 })

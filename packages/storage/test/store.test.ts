@@ -2,21 +2,22 @@ import { ClassicLevel } from 'classic-level'
 import { EntryKind, encodeLogEntry, epochMax, KvError, lsnMax } from '@kvstore/protocol'
 import { InvariantError, Store, StorageError, type BatchStats } from '../src/index.js'
 import { MetaName, encodeU64, logKey, metaKey, stateKey, undoKey } from '../src/layout.js'
-import { del, dump, entry, openStore, put, tempDir } from './helpers.js'
+import {
+  appendCommitted,
+  del,
+  dump,
+  entry,
+  openStore,
+  put,
+  tempDir,
+  useTempDir,
+} from './helpers.js'
 
-let dir: string
-let cleanup: () => Promise<void>
-
-beforeEach(async () => {
-  ;({ dir, cleanup } = await tempDir())
-})
-afterEach(async () => {
-  await cleanup()
-})
+const tmp = useTempDir()
 
 describe('open and recovery', () => {
   it('creates the metadata of a new data directory and keeps it across reopen', async () => {
-    const store = await Store.open({ dir, nodeId: 'n1', clusterId: 'c1' })
+    const store = await Store.open({ dir: tmp.dir, nodeId: 'n1', clusterId: 'c1' })
     expect(store.meta).toMatchObject({
       nodeId: 'n1',
       clusterId: 'c1',
@@ -29,7 +30,7 @@ describe('open and recovery', () => {
     await store.append([entry(1, [put('a', '1')], 3)], { commitLsn: 1 })
     await store.close()
 
-    const again = await Store.open({ dir, nodeId: 'n1' })
+    const again = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect(again.meta).toMatchObject({
       clusterId: 'c1',
       epoch: 3,
@@ -43,88 +44,88 @@ describe('open and recovery', () => {
   })
 
   it('refuses a data directory that belongs to another node or cluster', async () => {
-    const store = await Store.open({ dir, nodeId: 'n1', clusterId: 'c1' })
+    const store = await Store.open({ dir: tmp.dir, nodeId: 'n1', clusterId: 'c1' })
     await store.close()
-    await expect(Store.open({ dir, nodeId: 'n2' })).rejects.toThrow(/belongs to node "n1"/)
-    await expect(Store.open({ dir, nodeId: 'n1', clusterId: 'other' })).rejects.toThrow(
+    await expect(Store.open({ dir: tmp.dir, nodeId: 'n2' })).rejects.toThrow(/belongs to node "n1"/)
+    await expect(Store.open({ dir: tmp.dir, nodeId: 'n1', clusterId: 'other' })).rejects.toThrow(
       /belongs to cluster "c1"/,
     )
   })
 
   it('refuses a directory whose LevelDB lock is held', async () => {
-    const store = await Store.open({ dir, nodeId: 'n1' })
-    await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(StorageError)
+    const store = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
+    await expect(Store.open({ dir: tmp.dir, nodeId: 'n1' })).rejects.toThrow(StorageError)
     await store.close()
   })
 
   it('refuses a LevelDB that holds data but no format marker', async () => {
-    const db = new ClassicLevel(dir)
+    const db = new ClassicLevel(tmp.dir)
     await db.put('stranger', 'data')
     await db.close()
-    await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(/no format marker/)
+    await expect(Store.open({ dir: tmp.dir, nodeId: 'n1' })).rejects.toThrow(/no format marker/)
   })
 
   it('refuses to start when the log end and the metadata disagree', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
     await store.close()
     // Damage the directory behind the store's back: an entry past the applied LSN.
-    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+    const db = new ClassicLevel<Buffer, Buffer>(tmp.dir, {
       keyEncoding: 'buffer',
       valueEncoding: 'buffer',
     })
     await db.put(logKey(2), Buffer.from(encodeLogEntry(entry(2, [put('b', '2')]))))
     await db.close()
-    await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(
+    await expect(Store.open({ dir: tmp.dir, nodeId: 'n1' })).rejects.toThrow(
       /log ends at 2 but appliedLsn is 1/,
     )
   })
 
   it('refuses a corrupt last log entry', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
     await store.close()
-    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+    const db = new ClassicLevel<Buffer, Buffer>(tmp.dir, {
       keyEncoding: 'buffer',
       valueEncoding: 'buffer',
     })
     await db.put(logKey(1), Buffer.from([0xff, 0xff, 0xff]))
     await db.close()
-    await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(/corrupt last log entry/)
+    await expect(Store.open({ dir: tmp.dir, nodeId: 'n1' })).rejects.toThrow(
+      /corrupt last log entry/,
+    )
   })
 
   it('refuses a log that does not start at its recorded start, or lost an undo record', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')]), entry(2, [put('b', '2')])], { commitLsn: 1 })
     await store.close()
-    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+    const db = new ClassicLevel<Buffer, Buffer>(tmp.dir, {
       keyEncoding: 'buffer',
       valueEncoding: 'buffer',
     })
     await db.del(undoKey(2))
     await db.close()
-    await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(
+    await expect(Store.open({ dir: tmp.dir, nodeId: 'n1' })).rejects.toThrow(
       /1 uncommitted entries but 0 undo records/,
     )
-    const db2 = new ClassicLevel<Buffer, Buffer>(dir, {
+    const db2 = new ClassicLevel<Buffer, Buffer>(tmp.dir, {
       keyEncoding: 'buffer',
       valueEncoding: 'buffer',
     })
     await db2.del(logKey(1))
     await db2.close()
-    await expect(Store.open({ dir, nodeId: 'n1' })).rejects.toThrow(
+    await expect(Store.open({ dir: tmp.dir, nodeId: 'n1' })).rejects.toThrow(
       /log starts at 2 but the recorded log start is 1/,
     )
   })
 
   it('finishes a log compaction that a crash interrupted', async () => {
-    const store = await openStore(dir)
-    for (let lsn = 1; lsn <= 10; lsn++) {
-      await store.append([entry(lsn, [put(`k${lsn}`, 'v')])], { commitLsn: lsn })
-    }
+    const store = await openStore(tmp.dir)
+    await appendCommitted(store, 10, (lsn) => put(`k${lsn}`, 'v'))
     await store.close()
     // The crash happened after the new log start was made durable, before the deletes.
-    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+    const db = new ClassicLevel<Buffer, Buffer>(tmp.dir, {
       keyEncoding: 'buffer',
       valueEncoding: 'buffer',
     })
@@ -133,7 +134,7 @@ describe('open and recovery', () => {
       { type: 'put', key: metaKey(MetaName.CompactedEpoch), value: encodeU64(1) },
     ])
     await db.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect(reopened.meta.logStartLsn).toBe(6)
     const report = await reopened.verify()
     expect(report.entries).toBe(5)
@@ -144,7 +145,7 @@ describe('open and recovery', () => {
 
 describe('append and apply', () => {
   it('applies puts, deletes and batches in log order', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')]), entry(2, [put('b', '2')])])
     await store.append([entry(3, [del('a'), put('c', '3'), put('b', '22')])])
     expect(store.appliedLsn).toBe(3)
@@ -157,7 +158,7 @@ describe('append and apply', () => {
 
   it('stops the store on a gap in the log instead of writing it', async () => {
     const fatal: Error[] = []
-    const store = await openStore(dir, { onFatal: (err) => fatal.push(err) })
+    const store = await openStore(tmp.dir, { onFatal: (err) => fatal.push(err) })
     await store.append([entry(1, [put('a', '1')])])
     await expect(store.append([entry(3, [put('b', '2')])])).rejects.toThrow(InvariantError)
     expect(fatal).toHaveLength(1)
@@ -165,13 +166,13 @@ describe('append and apply', () => {
       code: 'KV_ERR_STORAGE',
     })
     await store.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect(reopened.appliedLsn).toBe(1)
     await reopened.close()
   })
 
   it('refuses entries whose epoch goes down or passes the node epoch', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.setHardState({ epoch: 2 })
     await store.append([entry(1, [put('a', '1')], 2)])
     await expect(store.append([entry(2, [put('a', '2')], 1)])).rejects.toThrow(/below the previous/)
@@ -186,7 +187,7 @@ describe('append and apply', () => {
   })
 
   it('never lets the epoch or the commit LSN go down', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.setHardState({ epoch: 4 })
     await expect(store.setHardState({ epoch: 3 })).rejects.toThrow(/epoch may not go down/)
     await store.close()
@@ -206,7 +207,7 @@ describe('append and apply', () => {
   })
 
   it('never writes an epoch above epochMax, and refuses one read back from disk as corrupt', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.setHardState({ epoch: epochMax })
     expect(store.meta.epoch).toBe(epochMax)
     await expect(store.setHardState({ epoch: epochMax + 1 })).rejects.toThrow(/above/)
@@ -233,7 +234,7 @@ describe('append and apply', () => {
 
   it('shares one batch and one fsync among concurrent appends (group commit)', async () => {
     const batches: BatchStats[] = []
-    const store = await openStore(dir, { onBatch: (stats) => batches.push(stats) })
+    const store = await openStore(tmp.dir, { onBatch: (stats) => batches.push(stats) })
     batches.length = 0
     const writes: Promise<void>[] = []
     for (let lsn = 1; lsn <= 200; lsn++) {
@@ -252,7 +253,10 @@ describe('append and apply', () => {
 
   it('writes one batch per append when group commit is off', async () => {
     const batches: BatchStats[] = []
-    const store = await openStore(dir, { groupCommitWritesMax: 1, onBatch: (s) => batches.push(s) })
+    const store = await openStore(tmp.dir, {
+      groupCommitWritesMax: 1,
+      onBatch: (s) => batches.push(s),
+    })
     batches.length = 0
     await Promise.all(
       Array.from({ length: 20 }, (_, i) => store.append([entry(i + 1, [put(`k${i}`, 'v')])])),
@@ -263,7 +267,7 @@ describe('append and apply', () => {
   })
 
   it('bounds the write queue with KV_ERR_OVERLOADED', async () => {
-    const store = await openStore(dir, { writeQueueWritesMax: 5 })
+    const store = await openStore(tmp.dir, { writeQueueWritesMax: 5 })
     const results = await Promise.allSettled(
       Array.from({ length: 8 }, (_, i) => store.append([entry(i + 1, [put(`k${i}`, 'v')])])),
     )
@@ -277,7 +281,7 @@ describe('append and apply', () => {
   })
 
   it('waits for queued writes on close and refuses writes after it', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     const writes = Array.from({ length: 50 }, (_, i) =>
       store.append([entry(i + 1, [put(`k${i}`, 'v')])]),
     )
@@ -286,23 +290,27 @@ describe('append and apply', () => {
     await expect(store.append([entry(51, [put('late', 'v')])])).rejects.toMatchObject({
       code: 'KV_ERR_SHUTTING_DOWN',
     })
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect(reopened.appliedLsn).toBe(50)
     await reopened.close()
   })
 
   it('detects a record damaged on disk and stops the store', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
     await store.close()
-    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+    const db = new ClassicLevel<Buffer, Buffer>(tmp.dir, {
       keyEncoding: 'buffer',
       valueEncoding: 'buffer',
     })
     await db.put(stateKey(Buffer.from('a')), Buffer.from('garbage'))
     await db.close()
     const fatal: Error[] = []
-    const reopened = await Store.open({ dir, nodeId: 'n1', onFatal: (err) => fatal.push(err) })
+    const reopened = await Store.open({
+      dir: tmp.dir,
+      nodeId: 'n1',
+      onFatal: (err) => fatal.push(err),
+    })
     expect(() => reopened.getSync(Buffer.from('a'))).toThrow(/storage failed: corrupt state record/)
     expect(fatal).toHaveLength(1)
     await reopened.close()
@@ -311,7 +319,7 @@ describe('append and apply', () => {
 
 describe('truncation', () => {
   it('removes uncommitted entries and restores the exact prior state', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append(
       [entry(1, [put('a', '1')]), entry(2, [put('b', '1')]), entry(3, [put('c', '1')])],
       { commitLsn: 3 },
@@ -336,14 +344,14 @@ describe('truncation', () => {
     // The log continues from the truncation point, and the result survives a reopen.
     await store.append([entry(4, [put('e', '1')], 1)], { commitLsn: 4 })
     await store.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect(await dump(reopened)).toEqual({ a: '1', b: '1', c: '1', e: '1' })
     expect((await reopened.verify()).replayChecked).toBe(true)
     await reopened.close()
   })
 
   it('keeps what it removed in the rollback record, durably, in order and bounded', async () => {
-    const store = await openStore(dir, { rollbackEntriesMax: 3 })
+    const store = await openStore(tmp.dir, { rollbackEntriesMax: 3 })
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
     await store.setHardState({ epoch: 2 })
     const noop = { ...entry(3, [], 1), kind: EntryKind.Noop }
@@ -369,7 +377,7 @@ describe('truncation', () => {
     expect(store.rollbackCount).toBe(3)
     await store.close()
     // It survives a reopen, and numbering goes on from where it was.
-    const reopened = await openStore(dir, { rollbackEntriesMax: 3 })
+    const reopened = await openStore(tmp.dir, { rollbackEntriesMax: 3 })
     expect(reopened.rollbackCount).toBe(3)
     expect((await reopened.rollbacks(2, 1)).map((r) => r.seq)).toEqual([3])
     expect(await reopened.discardRollbacks(3)).toBe(2)
@@ -382,7 +390,7 @@ describe('truncation', () => {
   })
 
   it('truncates partway through an uncommitted tail', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
     await store.append([entry(2, [put('a', '2')]), entry(3, [put('a', '3')])])
     await store.truncateAfter(2)
@@ -393,7 +401,7 @@ describe('truncation', () => {
   })
 
   it('restores the image from before a batch that writes one key twice', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
     await store.append([
       entry(2, [put('a', '2')]),
@@ -407,7 +415,7 @@ describe('truncation', () => {
   })
 
   it('refuses to truncate committed entries and stays usable', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')]), entry(2, [put('b', '1')])], { commitLsn: 2 })
     await expect(store.truncateAfter(1)).rejects.toThrow(InvariantError)
     await expect(store.truncateAfter(0)).rejects.toThrow(/commit LSN 2/)
@@ -421,10 +429,8 @@ describe('truncation', () => {
 
 describe('compaction', () => {
   it('deletes committed entries below the retained LSN and keeps the rest', async () => {
-    const store = await openStore(dir)
-    for (let lsn = 1; lsn <= 20; lsn++) {
-      await store.append([entry(lsn, [put(`k${lsn % 5}`, `v${lsn}`)])], { commitLsn: lsn })
-    }
+    const store = await openStore(tmp.dir)
+    await appendCommitted(store, 20, (lsn) => put(`k${lsn % 5}`, `v${lsn}`))
     const before = await store.digest()
     await store.compactLog(15)
     expect(store.meta).toMatchObject({ logStartLsn: 15, compactedEpoch: 1 })
@@ -432,14 +438,14 @@ describe('compaction', () => {
     await expect(store.readLog(14)).rejects.toThrow(/below the log start/)
     expect(await store.digest()).toEqual(before)
     await store.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect(reopened.meta.logStartLsn).toBe(15)
     expect((await reopened.verify()).entries).toBe(6)
     await reopened.close()
   })
 
   it('deletes a long log in chunks that let writes through, and leaves nothing below the start', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     // Uncommitted first, so every entry also has an undo record; then commit them all.
     for (let lsn = 1; lsn <= 9000; lsn += 500) {
       const entries = Array.from({ length: 500 }, (_, i) =>
@@ -460,7 +466,7 @@ describe('compaction', () => {
     expect(store.meta.logStartLsn).toBe(8001)
     expect((await store.verify()).entries).toBe(1001)
     await store.close()
-    const db = new ClassicLevel<Buffer, Buffer>(dir, {
+    const db = new ClassicLevel<Buffer, Buffer>(tmp.dir, {
       keyEncoding: 'buffer',
       valueEncoding: 'buffer',
     })
@@ -470,13 +476,13 @@ describe('compaction', () => {
     ]
     expect(below).toEqual([])
     await db.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     expect(reopened.getSync(Buffer.from('late'))?.value.toString()).toBe('x')
     await reopened.close()
   })
 
   it('refuses to compact uncommitted entries', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')])], { commitLsn: 1 })
     await store.append([entry(2, [put('a', '2')]), entry(3, [put('a', '3')])])
     await expect(store.compactLog(3)).rejects.toThrow(/not committed/)
@@ -489,12 +495,12 @@ describe('compaction', () => {
   })
 
   it('can compact the whole log and keep appending', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')]), entry(2, [put('b', '2')])], { commitLsn: 2 })
     await store.compactLog(3)
     expect(store.meta).toMatchObject({ logStartLsn: 3, appliedLsn: 2, lastEpoch: 1 })
     await store.close()
-    const reopened = await Store.open({ dir, nodeId: 'n1' })
+    const reopened = await Store.open({ dir: tmp.dir, nodeId: 'n1' })
     await reopened.append([entry(3, [put('c', '3')])], { commitLsn: 3 })
     expect(await dump(reopened)).toEqual({ a: '1', b: '2', c: '3' })
     await reopened.close()
@@ -503,7 +509,7 @@ describe('compaction', () => {
 
 describe('snapshots and digest', () => {
   it('a snapshot sees one LSN and none of the writes after it', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     await store.append([entry(1, [put('a', '1')]), entry(2, [put('b', '2')])])
     const snapshot = await store.openSnapshot()
     await store.append([entry(3, [put('a', 'changed')]), entry(4, [put('z', 'new')])])
@@ -520,7 +526,7 @@ describe('snapshots and digest', () => {
 
   it('equal states give equal digests; any difference changes it', async () => {
     const other = await tempDir()
-    const one = await openStore(dir)
+    const one = await openStore(tmp.dir)
     const two = await openStore(other.dir, { nodeId: 'n2' })
     const entries = [
       entry(1, [put('a', '1'), put('b', '2')]),
@@ -542,7 +548,7 @@ describe('snapshots and digest', () => {
   })
 
   it('lists keys by prefix, start and cursor, in order', async () => {
-    const store = await openStore(dir)
+    const store = await openStore(tmp.dir)
     const keys = ['a', 'app/1', 'app/2', 'app/3', 'apple', 'b', 'app\u00ff']
     await store.append(keys.map((k, i) => entry(i + 1, [put(k, k)])))
     const names = (items: { key: Buffer }[]) => items.map((i) => i.key.toString())

@@ -8,6 +8,8 @@ export { keyPath } from '@kvstore/client'
 export { TestCluster, type ClusterMember, type ClusterOptions } from './cluster.js'
 export { LeaderlessCluster, type LeaderlessMember } from './leaderless-cluster.js'
 export {
+  kvBin,
+  kvClusterBin,
   startNodeProcess,
   terminate,
   type NodeProcess,

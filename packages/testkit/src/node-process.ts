@@ -2,10 +2,15 @@
  * One kv-node process for a test or benchmark (the built dist, exactly as a user runs it), on
  * the chaos suite's launcher.
  */
+import { fileURLToPath } from 'node:url'
 import { startKvNode, type KvNodeProcess } from '@kvstore/chaos/node-process'
 import { nodeSecurity, type NodeSecurity } from './security.js'
 
 export type NodeProcess = KvNodeProcess
+
+/** The built `kv` and `kv-cluster` commands of the cli package (kv-node: kvNodeBin). */
+export const kvBin = fileURLToPath(new URL('../../cli/dist/kv.js', import.meta.url))
+export const kvClusterBin = fileURLToPath(new URL('../../cli/dist/kv-cluster.js', import.meta.url))
 
 export interface NodeProcessOptions {
   /** false: add no certificate flags (the test gives its own, or runs plaintext). */

@@ -6,6 +6,7 @@
  */
 import type { SecureClientSessionOptions } from 'node:http2'
 import type { PeerCertificate } from 'node:tls'
+import { invariant } from '@kvstore/core'
 import { certificateIdentity } from '@kvstore/protocol/identity'
 import type { PeerSecurity } from './peer-server.js'
 
@@ -14,7 +15,8 @@ export function peerConnectOptions(
   peer: string,
 ): SecureClientSessionOptions {
   const tls = security.tls
-  if (tls === null) throw new Error('peerConnectOptions needs TLS')
+  // Called only when peer TLS is on (the transport dials plaintext itself otherwise).
+  invariant(tls !== null, 'peerConnectOptions needs TLS')
   return {
     ...tls.contextOptions(),
     ALPNProtocols: ['h2'],

@@ -24,6 +24,7 @@ import {
   type Frame,
   type FrameBody,
 } from '@kvstore/protocol'
+import { invariant } from '@kvstore/core'
 import type { MemberConfig } from '../config.js'
 import { listenPeerServer, type PeerSecurity, type PeerServer } from './peer-server.js'
 import { peerConnectOptions } from './peer-client.js'
@@ -183,7 +184,8 @@ export class PeerTransport {
   private open(peer: string): void {
     if (this.closed || !this.wanted.has(peer)) return
     const member = this.member(peer)
-    if (!member) return
+    // Streams are opened only to members (start connects to each one).
+    invariant(member !== undefined, () => `a stream to ${peer}, which is not a member`)
     let session = this.sessions.get(peer)
     if (!session || session.destroyed || session.closed) {
       const target = new URL(member.peerUrl)

@@ -95,7 +95,7 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     done(null, body)
   })
 
-  registerErrorHandling(app, metrics)
+  registerErrorHandling(app, metrics, ctx.onFatal)
 
   // Callback-style hooks: on a path taken by every request they are cheaper than async ones.
   app.addHook('onRequest', (request, reply, done) => {

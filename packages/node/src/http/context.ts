@@ -33,6 +33,11 @@ export interface AppContext {
   /** The leaderless coordinator in leaderless mode; null otherwise. */
   leaderless: LeaderlessEngine | null
   metrics: NodeMetrics
+  /**
+   * Stops the node on a failure it must not outlive: a broken invariant found while serving a
+   * request crashes the node (after answering 500) rather than serving on in a state a bug made.
+   */
+  onFatal: (err: Error) => void
   /** The node's certificate when the client port speaks TLS; null for plaintext. */
   tls: TlsSource | null
   security: Security

@@ -8,6 +8,8 @@ import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { KvError, isErrorCode, type ErrorCode } from '@kvstore/protocol/errors'
+import { CoreInvariantError } from '@kvstore/core'
+import { InvariantError } from '@kvstore/storage'
 import type { NodeMetrics } from '../metrics.js'
 
 /** Per-route settings read by the error handler. */
@@ -60,7 +62,16 @@ export function sendError(reply: FastifyReply, err: KvError): FastifyReply {
   return reply.code(err.status).type('application/json; charset=utf-8').send(err.toBody())
 }
 
-export function registerErrorHandling(app: FastifyInstance, metrics: NodeMetrics): void {
+/** A broken invariant of the core or the storage: a bug, never a condition to serve on through. */
+export function isInvariantError(err: unknown): boolean {
+  return err instanceof CoreInvariantError || err instanceof InvariantError
+}
+
+export function registerErrorHandling(
+  app: FastifyInstance,
+  metrics: NodeMetrics,
+  onFatal: (err: Error) => void,
+): void {
   app.setErrorHandler((error: FastifyError | KvError | Error, request, reply) => {
     let kvError: KvError
     if (error instanceof KvError) {
@@ -84,6 +95,8 @@ export function registerErrorHandling(app: FastifyInstance, metrics: NodeMetrics
       )
     }
     metrics.errors.inc({ code: kvError.code })
+    // The answer still goes out (500); then the node stops, as DESIGN's rule 6 asks.
+    if (isInvariantError(error)) onFatal(error)
     // fastify asks to close the connection after a body it could not read; HTTP/2 has no
     // such header (the stream is reset instead), and Node warns when one is set.
     if (request.raw.httpVersionMajor === 2) reply.removeHeader('connection')

@@ -134,7 +134,7 @@ export function setReadHeaders(ctx: AppContext, reply: FastifyReply, appliedLsn:
     void reply
       .header('kv-lag-entries', String(lag.entries))
       .header('kv-lag-ms', String(lag.ms))
-      .header('kv-role', replicator.core.roleName)
+      .header('kv-role', replicator.role)
       .header('kv-session', encodeSession({ epoch: replicator.epoch, lsn: appliedLsn }))
   }
 }

@@ -32,6 +32,7 @@ import {
 import type { Sequencer, WriteOp } from '@kvstore/storage'
 import type { AuthStore } from '../security/auth-store.js'
 import type { AuthWrite, AuthWriter } from '../security/auth-admin.js'
+import { knownCode } from './context.js'
 
 export interface AuthSyncOptions {
   auth: AuthStore
@@ -156,9 +157,11 @@ export class AuthSync {
       { kind: 'authSync', digest: this.options.auth.digest(), records },
       this.options.timeoutMs,
     )
-    if (reply.kind === 'refusal') throw new KvError('KV_ERR_INTERNAL', `${peer}: ${reply.message}`)
+    // A refusal keeps the peer's code; another kind of answer is the peer's bug, not ours.
+    if (reply.kind === 'refusal')
+      throw new KvError(knownCode(reply.code), `${peer} refused: ${reply.message}`)
     if (reply.kind !== 'authState')
-      throw new KvError('KV_ERR_INTERNAL', `${peer} answered ${reply.kind}`)
+      throw new KvError('KV_ERR_BAD_FRAME', `${peer} answered an auth sync with ${reply.kind}`)
     if (reply.records.length > 0) await this.mergeLocal(this.decode(reply.records))
   }
 

@@ -35,24 +35,19 @@ import {
 import { peerConnectOptions } from '../cluster/peer-client.js'
 import { listenPeerServer, type PeerSecurity, type PeerServer } from '../cluster/peer-server.js'
 import type { MemberConfig } from '../config.js'
+import {
+  callsInFlightMax,
+  channelBufferBytesMax,
+  oneShotBytesMax,
+  oneShotStreamsMax,
+  servesBytesMax,
+  servesInFlightMax,
+} from '../limits.js'
 
 /** One request per HTTP/2 stream (tools, tests). */
 export const peerPath = '/peer/v1/ll'
 /** A long-lived multiplexed channel: framed requests and replies matched by id. */
 export const streamPath = '/peer/v1/ll-stream'
-
-/** Calls waiting on one peer at most; past it a call fails at once. */
-const callsInFlightMax = 16_384
-/** Bytes waiting to be sent to one peer at most; past it a call fails at once. */
-const channelBufferBytesMax = 64 * 1024 * 1024
-/** Requests from one peer in service at once; past it the channel is not read. */
-const servesInFlightMax = 1024
-/** Bytes of requests from one peer's channel in service at once; past it the channel is not read. */
-const servesBytesMax = 128 * 1024 * 1024
-/** One-request streams (`/peer/v1/ll`) one peer session may have open at once. */
-const oneShotStreamsMax = 8
-/** Bytes one peer session may have buffered across its one-request streams. */
-const oneShotBytesMax = leaderlessLimits.messageBytesMax + 16 * 1024 * 1024
 
 interface PendingCall {
   resolve: (reply: PeerReply) => void

@@ -23,7 +23,23 @@
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
-import type { AuthRole, AuthUser } from '@kvstore/protocol'
+import type {
+  AuthEnabledResponse,
+  AuthRole,
+  AuthStatus,
+  AuthUser,
+  DeletedResponse,
+  PasswordChangedResponse,
+  RoleInfo,
+  RoleList,
+  TlsReloadResponse,
+  TokenResponse,
+  TokensRevokedResponse,
+  UserDetail,
+  UserInfo,
+  UserList,
+  WhoAmI,
+} from '@kvstore/protocol'
 import type { AppContext } from '../context.js'
 import { methodNotAllowed } from '../errors.js'
 import type { RouteSecurityConfig } from '../../security/http-auth.js'
@@ -58,11 +74,11 @@ function jsonBody(request: FastifyRequest, fields: readonly string[]): Record<st
   return parsed as Record<string, unknown>
 }
 
-function userView(user: AuthUser) {
+function userView(user: AuthUser): UserInfo {
   return { name: user.name, roles: user.roles, password: user.passwordHash !== '' }
 }
 
-function roleView(role: AuthRole) {
+function roleView(role: AuthRole): RoleInfo {
   return {
     name: role.name,
     admin: role.admin,
@@ -114,7 +130,12 @@ export function registerAuthRoutes(app: FastifyInstance, ctx: AppContext): void 
     metrics.logins.inc({ method: 'password', result: 'ok' })
     if (settings === null || settings.tokenKey.length === 0) {
       security.audit.record({ ...audit, status: 200 }, 'login: auth is off')
-      return { user: user.name, token: null, expiresAt: null, authEnabled: false }
+      return {
+        user: user.name,
+        token: null,
+        expiresAt: null,
+        authEnabled: false,
+      } satisfies TokenResponse
     }
     const issued = await tokens.issue(user, settings)
     security.audit.record({ ...audit, status: 200 }, 'login')
@@ -124,7 +145,7 @@ export function registerAuthRoutes(app: FastifyInstance, ctx: AppContext): void 
       token: issued.token,
       expiresAt: new Date(issued.expiresAtMs).toISOString(),
       authEnabled: settings.enabled,
-    }
+    } satisfies TokenResponse
   })
   methodNotAllowed(app, '/v1/auth/token', ['POST'])
 
@@ -138,11 +159,11 @@ export function registerAuthRoutes(app: FastifyInstance, ctx: AppContext): void 
       roles: user?.roles ?? [],
       permissions,
       authEnabled: auth.enabled,
-    }
+    } satisfies WhoAmI
   })
   methodNotAllowed(app, '/v1/auth/whoami', ['GET'])
 
-  app.get('/admin/v1/auth', opts('admin'), async () => ({
+  app.get('/admin/v1/auth', opts('admin'), async (): Promise<AuthStatus> => ({
     enabled: auth.enabled,
     users: auth.liveUsers().map(userView),
     roles: auth.liveRoles().map(roleView),
@@ -154,12 +175,14 @@ export function registerAuthRoutes(app: FastifyInstance, ctx: AppContext): void 
   ] as const) {
     app.post(path, opts('admin', enabled ? 'auth.enable' : 'auth.disable'), async () => {
       await admin.setEnabled(enabled)
-      return { enabled: auth.enabled }
+      return { enabled: auth.enabled } satisfies AuthEnabledResponse
     })
     methodNotAllowed(app, path, ['POST'])
   }
 
-  app.get('/admin/v1/users', opts('admin'), async () => ({ users: auth.liveUsers().map(userView) }))
+  app.get('/admin/v1/users', opts('admin'), async (): Promise<UserList> => ({
+    users: auth.liveUsers().map(userView),
+  }))
   app.post('/admin/v1/users', opts('admin', 'user.add'), async (request, reply) => {
     const body = jsonBody(request, ['name', 'password', 'roles'])
     const user = await admin.addUser(body.name, body.password, body.roles ?? [])
@@ -175,14 +198,14 @@ export function registerAuthRoutes(app: FastifyInstance, ctx: AppContext): void 
         'KV_ERR_USER_NOT_FOUND',
         `user ${JSON.stringify(request.params.name)} does not exist`,
       )
-    return { ...userView(user), permissions: auth.permissions(user.name) }
+    return { ...userView(user), permissions: auth.permissions(user.name) } satisfies UserDetail
   })
   app.delete(
     '/admin/v1/users/:name',
     opts('admin', 'user.delete'),
     async (request: NameRequest) => {
       await admin.deleteUser(request.params.name)
-      return { deleted: request.params.name }
+      return { deleted: request.params.name } satisfies DeletedResponse
     },
   )
   methodNotAllowed(app, '/admin/v1/users/:name', ['GET', 'DELETE'])
@@ -193,7 +216,7 @@ export function registerAuthRoutes(app: FastifyInstance, ctx: AppContext): void 
     async (request: NameRequest) => {
       const body = jsonBody(request, ['password'])
       await admin.setPassword(request.params.name, body.password)
-      return { user: request.params.name, changed: true }
+      return { user: request.params.name, changed: true } satisfies PasswordChangedResponse
     },
   )
   methodNotAllowed(app, '/admin/v1/users/:name/password', ['PUT'])
@@ -214,12 +237,14 @@ export function registerAuthRoutes(app: FastifyInstance, ctx: AppContext): void 
     opts('admin', 'user.revoke-tokens'),
     async (request: NameRequest) => {
       await admin.revokeTokens(request.params.name)
-      return { user: request.params.name, tokensRevoked: true }
+      return { user: request.params.name, tokensRevoked: true } satisfies TokensRevokedResponse
     },
   )
   methodNotAllowed(app, '/admin/v1/users/:name/revoke-tokens', ['POST'])
 
-  app.get('/admin/v1/roles', opts('admin'), async () => ({ roles: auth.liveRoles().map(roleView) }))
+  app.get('/admin/v1/roles', opts('admin'), async (): Promise<RoleList> => ({
+    roles: auth.liveRoles().map(roleView),
+  }))
   app.post('/admin/v1/roles', opts('admin', 'role.add'), async (request, reply) => {
     const body = jsonBody(request, ['name', 'admin', 'monitor', 'rateLimitPerSecond'])
     const role = await admin.addRole(body.name, body)
@@ -241,7 +266,7 @@ export function registerAuthRoutes(app: FastifyInstance, ctx: AppContext): void 
     opts('admin', 'role.delete'),
     async (request: NameRequest) => {
       await admin.deleteRole(request.params.name)
-      return { deleted: request.params.name }
+      return { deleted: request.params.name } satisfies DeletedResponse
     },
   )
   methodNotAllowed(app, '/admin/v1/roles/:name', ['GET', 'DELETE'])
@@ -258,13 +283,17 @@ export function registerAuthRoutes(app: FastifyInstance, ctx: AppContext): void 
     methodNotAllowed(app, path, ['POST'])
   }
 
-  app.post('/admin/v1/tls/reload', opts('admin', 'tls.reload'), async () => {
-    if (ctx.reloadTls === null)
-      throw new KvError(
-        'KV_ERR_INVALID_ARGUMENT',
-        'this node serves no TLS; there is nothing to reload',
-      )
-    return ctx.reloadTls()
-  })
+  app.post(
+    '/admin/v1/tls/reload',
+    opts('admin', 'tls.reload'),
+    async (): Promise<TlsReloadResponse> => {
+      if (ctx.reloadTls === null)
+        throw new KvError(
+          'KV_ERR_INVALID_ARGUMENT',
+          'this node serves no TLS; there is nothing to reload',
+        )
+      return ctx.reloadTls()
+    },
+  )
   methodNotAllowed(app, '/admin/v1/tls/reload', ['POST'])
 }

@@ -13,7 +13,7 @@
  */
 import type { FastifyInstance } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
-import { keyToBytes } from '@kvstore/protocol'
+import { keyToBytes, type BatchResponse } from '@kvstore/protocol'
 import type { WriteOp } from '@kvstore/storage'
 import type { AppContext } from '../context.js'
 import { completeWrite } from '../replication.js'
@@ -208,13 +208,13 @@ export function registerBatchRoutes(app: FastifyInstance, ctx: AppContext): void
       return {
         lsn: result.lsn,
         session: result.session,
-        ...(result.deduplicated ? { deduplicated: true } : {}),
+        ...(result.deduplicated ? { deduplicated: true as const } : {}),
         results: result.results.map((r) => ({
           key: r.key.toString('utf8'),
           version: r.version,
           ...(r.previousVersion !== undefined ? { previousVersion: r.previousVersion } : {}),
         })),
-      }
+      } satisfies BatchResponse
     },
   )
   methodNotAllowed(app, '/v1/batch', ['POST'])

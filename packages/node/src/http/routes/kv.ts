@@ -11,7 +11,15 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
-import { keyToBytes, type StoredRecord } from '@kvstore/protocol'
+import {
+  keyToBytes,
+  putResponseSchema,
+  type DeleteResponse,
+  type ListResponse,
+  type PutResponse,
+  type ReadConsistency,
+  type StoredRecord,
+} from '@kvstore/protocol'
 import type { WriteOp } from '@kvstore/storage'
 import { parsePositiveInteger, type AppContext } from '../context.js'
 import {
@@ -142,20 +150,8 @@ function etagListMatches(header: string, etag: string): boolean {
 
 const listParams = new Set(['prefix', 'start', 'limit', 'cursor', 'values', 'session'])
 
-const putResponseSchema = {
-  type: 'object',
-  properties: {
-    key: { type: 'string' },
-    version: { type: 'integer' },
-    lsn: { type: 'integer' },
-    session: { type: 'string' },
-  },
-  required: ['key', 'version', 'lsn', 'session'],
-  additionalProperties: false,
-} as const
-
 /** `?consistency=`: `linearizable` (leader only, confirmed with a majority) or `default`. */
-function consistencyOf(request: KeyRequest): 'linearizable' | 'default' {
+function consistencyOf(request: KeyRequest): ReadConsistency {
   const value = (request.query as Record<string, unknown> | undefined)?.consistency
   if (value === undefined || value === 'default') return 'default'
   if (value === 'linearizable') return 'linearizable'
@@ -197,7 +193,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
         version: result.lsn,
         lsn: result.lsn,
         session: result.session,
-      }
+      } satisfies PutResponse
     },
   )
 
@@ -292,8 +288,8 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
         lsn: result.lsn,
         previousVersion: result.results[0]?.previousVersion ?? null,
         session: result.session,
-        ...(result.deduplicated ? { deduplicated: true } : {}),
-      }
+        ...(result.deduplicated ? { deduplicated: true as const } : {}),
+      } satisfies DeleteResponse
     },
   )
   methodNotAllowed(app, '/v1/kv/*', ['GET', 'PUT', 'DELETE'])
@@ -365,7 +361,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       nextCursor:
         page.more && last ? encodeCursor({ v: 1, after: last.key, prefix: prefixText }) : null,
       appliedLsn,
-    }
+    } satisfies ListResponse
   })
   methodNotAllowed(app, '/v1/kv', ['GET'])
 }

@@ -21,7 +21,13 @@ import {
   decodeContext,
   encodeContext,
   keyToBytes,
+  type AntiEntropyResponse,
   type CausalContext,
+  type HintsResponse,
+  type LeaderlessWriteResponse,
+  type LocalCopy,
+  type RangesResponse,
+  type SiblingsResponse,
 } from '@kvstore/protocol'
 import { liveSiblings } from '@kvstore/core'
 import type { AppContext } from '../context.js'
@@ -151,7 +157,7 @@ export function registerLeaderlessRoutes(
       const value = (request.body as Buffer | undefined) ?? emptyBuffer
       const outcome = await write(request, reply, value)
       metrics.writes.put++
-      return outcome
+      return outcome satisfies LeaderlessWriteResponse
     },
   )
 
@@ -161,7 +167,7 @@ export function registerLeaderlessRoutes(
     async (request: KeyRequest, reply) => {
       const outcome = await write(request, reply, null)
       metrics.writes.delete++
-      return { ...outcome, deleted: true }
+      return { ...outcome, deleted: true as const } satisfies LeaderlessWriteResponse
     },
   )
 
@@ -203,7 +209,7 @@ export function registerLeaderlessRoutes(
         .type('application/octet-stream')
         .send(Buffer.from(newest.value.value as Uint8Array))
     }
-    const body = {
+    const body: SiblingsResponse = {
       key,
       context: encodeContext(state as NonNullable<typeof state>),
       siblings: live.map((s) => ({
@@ -229,7 +235,10 @@ export function registerLeaderlessRoutes(
   app.post('/v1/batch', { config: { access: 'authenticated' } }, unsupported('a batch'))
   methodNotAllowed(app, '/v1/batch', ['POST'])
 
-  app.get('/admin/v1/ranges', async () => ({ self: engine.self, ranges: engine.rangeRoots() }))
+  app.get('/admin/v1/ranges', async (): Promise<RangesResponse> => ({
+    self: engine.self,
+    ranges: engine.rangeRoots(),
+  }))
   methodNotAllowed(app, '/admin/v1/ranges', ['GET'])
 
   app.get('/admin/v1/local/*', async (request: KeyRequest) => {
@@ -254,11 +263,11 @@ export function registerLeaderlessRoutes(
         valueBase64: s.value.value === null ? null : Buffer.from(s.value.value).toString('base64'),
         timestamp: formatHlc(s.value.hlc),
       })),
-    }
+    } satisfies LocalCopy
   })
   methodNotAllowed(app, '/admin/v1/local/*', ['GET'])
 
-  app.get('/admin/v1/hints', async () => ({
+  app.get('/admin/v1/hints', async (): Promise<HintsResponse> => ({
     total: engine.hintsHeld,
     byTarget: engine.hintBacklog(),
   }))
@@ -277,7 +286,7 @@ export function registerLeaderlessRoutes(
           peers[member.id] = `failed: ${(err as Error).message}`
         }
       }
-      return { self: engine.self, keysRepaired: peers }
+      return { self: engine.self, keysRepaired: peers } satisfies AntiEntropyResponse
     },
   )
   methodNotAllowed(app, '/admin/v1/anti-entropy', ['POST'])

@@ -10,7 +10,21 @@
  */
 import type { FastifyInstance } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
-import { OpType, isReservedKey, parseAuthKey } from '@kvstore/protocol'
+import {
+  OpType,
+  isReservedKey,
+  parseAuthKey,
+  type ClusterView,
+  type CompactResponse,
+  type DigestResponse,
+  type HealthResponse,
+  type ReadyResponse,
+  type RollbackDiscardResponse,
+  type RollbackOp,
+  type RollbackPage,
+  type StatusResponse,
+  type TransferResponse,
+} from '@kvstore/protocol'
 
 function authRecordName(key: Uint8Array): string {
   const what = parseAuthKey(key)
@@ -34,7 +48,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
       nodeId: meta.nodeId,
       clusterId: meta.clusterId,
       mode: config.mode,
-      role: replicator ? replicator.core.roleName : ctx.leaderless ? 'replica' : 'leader',
+      role: replicator ? replicator.role : ctx.leaderless ? 'replica' : 'leader',
       leaderId: replicator
         ? (replicator.leaderMember?.id ?? null)
         : ctx.leaderless
@@ -66,7 +80,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
         requestBodyBytesMax: config.requestBodyBytesMax,
         listLimitMax: config.listLimitMax,
       },
-    }
+    } satisfies StatusResponse
   })
   methodNotAllowed(app, '/v1/status', ['GET'])
 
@@ -100,7 +114,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
           connected: true,
         },
       ],
-    }
+    } satisfies ClusterView
   })
   methodNotAllowed(app, '/v1/cluster', ['GET'])
 
@@ -113,7 +127,10 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
         Math.max(store.meta.logStartLsn, store.commitLsn + 1 - config.logRetentionEntries),
       )
     }
-    return { logStartLsn: store.meta.logStartLsn, appliedLsn: store.appliedLsn }
+    return {
+      logStartLsn: store.meta.logStartLsn,
+      appliedLsn: store.appliedLsn,
+    } satisfies CompactResponse
   })
   methodNotAllowed(app, '/admin/v1/compact', ['POST'])
 
@@ -165,7 +182,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
         leaderId: leader,
         leaderUrl: member?.clientUrl ?? null,
         epoch: replicator.epoch,
-      }
+      } satisfies TransferResponse
     },
   )
   methodNotAllowed(app, '/admin/v1/transfer-leadership', ['POST'])
@@ -226,7 +243,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
           entryEpoch: r.entry.epoch,
           writtenAt: new Date(r.entry.timestampMs).toISOString(),
           requestId: r.entry.requestId === '' ? null : r.entry.requestId,
-          ops: r.entry.ops.map((op) =>
+          ops: r.entry.ops.map((op): RollbackOp =>
             // A change of the auth store is named, never shown: it holds password hashes and keys.
             isReservedKey(op.key)
               ? { op: 'auth', record: authRecordName(op.key) }
@@ -240,7 +257,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
           ),
         })),
         next: records.length === limit && last ? last.seq : null,
-      }
+      } satisfies RollbackPage
     },
   )
   app.delete(
@@ -255,19 +272,21 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
         )
       const through = wholeNumber(request.query, 'through', ['through'], 0, Number.MAX_SAFE_INTEGER)
       const deleted = await store.discardRollbacks(through)
-      return { deleted, count: store.rollbackCount }
+      return { deleted, count: store.rollbackCount } satisfies RollbackDiscardResponse
     },
   )
   methodNotAllowed(app, '/admin/v1/rollbacks', ['GET', 'DELETE'])
 
-  app.get('/v1/digest', { config: { access: 'monitor' } }, async () => store.digest())
+  app.get('/v1/digest', { config: { access: 'monitor' } }, async (): Promise<DigestResponse> =>
+    store.digest(),
+  )
   methodNotAllowed(app, '/v1/digest', ['GET'])
 
   app.get('/health', { config: { access: 'public' } }, async () => {
     if (store.failed) {
       throw new KvError('KV_ERR_STORAGE', `storage failed: ${store.failed.message}`)
     }
-    return { status: 'ok' }
+    return { status: 'ok' } satisfies HealthResponse
   })
   methodNotAllowed(app, '/health', ['GET'])
 
@@ -282,7 +301,7 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
         'the member started with an empty data directory and anti-entropy is refilling it',
       )
     }
-    return { ready: true }
+    return { ready: true } satisfies ReadyResponse
   })
   methodNotAllowed(app, '/ready', ['GET'])
 

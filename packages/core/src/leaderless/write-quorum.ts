@@ -1,0 +1,105 @@
+/**
+ * The write side of a leaderless coordinator as a pure state machine: the coordinator holds
+ * the write durably (its own ack), sends it to the rest of the preference list, and for each
+ * replica it cannot reach to a stand-in as a hint. It answers once W acks are in, and fails
+ * once the sends still pending cannot bring the acks up to W.
+ *
+ * A stand-in's hint counts toward W only for a sloppy write (Dynamo's sloppy quorum): a strict
+ * W counts replicas of the key alone, which is what makes R + W > N overlap every later read.
+ */
+import { invariant } from '../invariant.js'
+
+export interface WriteQuorumOptions {
+  w: number
+  /** Hints held by stand-ins count toward W. */
+  sloppy: boolean
+  /**
+   * Test-only, breaks safety: count a stand-in's hint toward W even for a strict write. The
+   * simulator turns it on to show that its checker catches the lost write it allows.
+   */
+  unsafeCountHintsWhenStrict?: boolean
+}
+
+export type WriteStatus = 'waiting' | 'met' | 'unreachable'
+
+export class WriteQuorum {
+  readonly w: number
+  readonly sloppy: boolean
+  private readonly countHints: boolean
+  /** The coordinator's own durable copy is the first ack. */
+  private ackCount = 1
+  private pendingCount = 0
+  private readonly hintedTo: string[] = []
+
+  constructor(options: WriteQuorumOptions) {
+    invariant(
+      Number.isInteger(options.w) && options.w >= 1,
+      `W must be at least 1, not ${options.w}`,
+    )
+    this.w = options.w
+    this.sloppy = options.sloppy
+    this.countHints = options.sloppy || options.unsafeCountHintsWhenStrict === true
+  }
+
+  /** A send (to a replica or a stand-in) left. */
+  sent(): void {
+    this.pendingCount++
+  }
+
+  /** A replica of the key acknowledged the write durably. */
+  replicaAcked(): void {
+    this.settle()
+    this.ackCount++
+  }
+
+  /** A stand-in holds the write as a hint for `target`. */
+  hintAcked(target: string, standIn: string): void {
+    this.settle()
+    this.hintedTo.push(`${target}@${standIn}`)
+    if (this.countHints) this.ackCount++
+  }
+
+  /** A send failed (the caller may try a stand-in next, which is another `sent`). */
+  failed(): void {
+    this.settle()
+  }
+
+  private settle(): void {
+    invariant(this.pendingCount > 0, 'a write send settled that was never sent')
+    this.pendingCount--
+  }
+
+  get acks(): number {
+    return this.ackCount
+  }
+
+  get pending(): number {
+    return this.pendingCount
+  }
+
+  /** `target@standIn` for every hint a stand-in took. */
+  get hinted(): readonly string[] {
+    return this.hintedTo
+  }
+
+  get status(): WriteStatus {
+    if (this.ackCount >= this.w) return 'met'
+    if (this.pendingCount === 0) return 'unreachable'
+    return 'waiting'
+  }
+}
+
+/**
+ * Targets a write could reach now: the replicas believed up, and (sloppy) as many stand-ins
+ * believed up as there are replicas down. Below W, the coordinator refuses before writing.
+ */
+export function reachableTargets(
+  replicas: readonly string[],
+  standIns: readonly string[],
+  sloppy: boolean,
+  isUp: (member: string) => boolean,
+): number {
+  const up = replicas.filter(isUp).length
+  if (!sloppy) return up
+  return up + Math.min(replicas.length - up, standIns.filter(isUp).length)
+}

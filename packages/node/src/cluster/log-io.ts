@@ -1,0 +1,151 @@
+/**
+ * The replicator's disk side of the core's Ready, as etcd's `raftNode` does with its WAL:
+ * persists the hard state, a truncation and new entries in that order, and only then sends the
+ * messages that depend on them; reads old entries for a follower that is behind. Every store
+ * write started here is tracked, so that stopping can wait for them before storage closes.
+ */
+import type { Logger } from 'pino'
+import type { CoreEntry, Message, Ready, ReplicaCore } from '@kvstore/core'
+import { decodeLogEntry, type LogEntry } from '@kvstore/protocol'
+import type { EncodedEntries, Store } from '@kvstore/storage'
+import { replicationLimits } from '../limits.js'
+
+export interface LogIoOptions {
+  store: Store
+  core: Pick<ReplicaCore, 'persisted' | 'entriesLoaded' | 'compacted'>
+  /** Entries already decoded (proposed here, or taken from a frame), to avoid decoding twice. */
+  decoded: WeakMap<CoreEntry, LogEntry>
+  /** Sends a message that waited for the writes. */
+  send: (message: Message) => void
+  /** The core may have something new to do. */
+  schedule: () => void
+  /** A store write failed: the node cannot go on. */
+  onFatal: (err: Error) => void
+  stopped: () => boolean
+  /** Most bytes of entries read for a follower at once. */
+  loadBytesMax: number
+  /** How long to wait before reading again after a failed read. */
+  loadRetryMs: number
+  logger: Logger
+}
+
+/** Most entries read for a follower at once: one append frame's worth. */
+const loadEntriesMax = replicationLimits.appendEntriesMax
+
+export class LogIo {
+  /** Store writes started here and not seen to finish. */
+  private readonly pending = new Set<Promise<unknown>>()
+
+  constructor(private readonly options: LogIoOptions) {}
+
+  /** Tracks a store write started here, so `settled` can wait for it. */
+  track<T>(write: Promise<T>): Promise<T> {
+    this.pending.add(write)
+    const done = () => this.pending.delete(write)
+    write.then(done, done)
+    return write
+  }
+
+  /** Resolves once every write started so far has finished (or failed). */
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.pending])
+  }
+
+  private fatal(err: unknown): void {
+    if (!this.options.stopped()) this.options.onFatal(err as Error)
+  }
+
+  /** Persists a Ready's hard state, truncation and entries in order, then sends what waited on them. */
+  persist(ready: Ready): void {
+    const { store, logger } = this.options
+    const meta = store.meta
+    const hard = ready.hardState
+    const writes: Promise<unknown>[] = []
+    if (hard && (hard.epoch !== meta.epoch || hard.vote !== meta.vote)) {
+      writes.push(this.track(store.setHardState({ epoch: hard.epoch, vote: hard.vote })))
+    }
+    if (ready.truncateAfter !== null) {
+      writes.push(
+        this.track(store.truncateAfter(ready.truncateAfter)).then((removed) => {
+          if (removed.length > 0) {
+            logger.warn(
+              {
+                fromLsn: removed[0]?.lsn,
+                toLsn: removed[removed.length - 1]?.lsn,
+                rollbackRecords: store.rollbackCount,
+              },
+              'removed log entries the new leader does not have (unconfirmed writes); they are in GET /admin/v1/rollbacks',
+            )
+          }
+        }),
+      )
+    }
+    const last = ready.entries[ready.entries.length - 1]
+    if (last !== undefined) {
+      const encoded: EncodedEntries = { entries: [], encoded: [], bytes: 0 }
+      for (const entry of ready.entries) {
+        const decoded = this.options.decoded.get(entry) ?? decodeLogEntry(entry.data)
+        encoded.entries.push(decoded)
+        encoded.encoded.push(entry.data)
+        encoded.bytes += entry.data.length
+      }
+      writes.push(this.track(store.appendEncoded(encoded)))
+    }
+    // The commit LSN follows the entries it covers; losing it in a crash is harmless (it is
+    // learned again), so it is not waited for.
+    if (hard && hard.commitLsn > store.commitLsn) {
+      this.track(store.setHardState({ commitLsn: hard.commitLsn })).catch((err: unknown) =>
+        this.fatal(err),
+      )
+    }
+    if (writes.length === 0) {
+      for (const message of ready.sendAfterPersist) this.options.send(message)
+      return
+    }
+    Promise.all(writes).then(
+      () => {
+        if (last !== undefined) this.options.core.persisted(last.lsn, last.epoch)
+        for (const message of ready.sendAfterPersist) this.options.send(message)
+        this.options.schedule()
+      },
+      (err: unknown) => this.fatal(err),
+    )
+  }
+
+  /** Reads entries from `fromLsn` on for follower `to`, and hands them to the core. */
+  async load(to: string, fromLsn: number): Promise<void> {
+    const { store, core } = this.options
+    try {
+      // The stored bytes as they are: nothing is encoded again on the way to the follower.
+      const raw = await store.readLog(
+        fromLsn,
+        { entriesMax: loadEntriesMax, bytesMax: this.options.loadBytesMax },
+        { raw: true },
+      )
+      core.entriesLoaded(
+        to,
+        raw.map((r) => ({ lsn: r.lsn, epoch: r.epoch, data: r.data })),
+      )
+    } catch (err) {
+      if (this.options.stopped()) return
+      const logStart = store.meta.logStartLsn
+      if (fromLsn < logStart) {
+        // Compacted meanwhile: the core learns it, and sends a snapshot instead.
+        core.compacted(logStart, store.meta.compactedEpoch)
+        core.entriesLoaded(to, [])
+      } else {
+        // Try again a little later, not in a tight loop.
+        this.options.logger.warn(
+          { peer: to, fromLsn, err: (err as Error).message },
+          'cannot load entries for a follower; retrying',
+        )
+        setTimeout(() => {
+          core.entriesLoaded(to, [])
+          this.options.schedule()
+        }, this.options.loadRetryMs).unref()
+        return
+      }
+    }
+    this.options.schedule()
+  }
+}

@@ -1,0 +1,150 @@
+/** The configuration's types: the option table's row, the resolved configuration, its errors. */
+import { ackModes, type AckMode } from '@kvstore/protocol'
+
+export { ackModes, type AckMode }
+
+export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+export type LogLevel = (typeof logLevels)[number]
+
+export const clusterModes = ['standalone', 'single-leader', 'leaderless'] as const
+export type ClusterMode = (typeof clusterModes)[number]
+
+export const conflictModes = ['siblings', 'lww'] as const
+export type ConflictMode = (typeof conflictModes)[number]
+
+/** One member of a cluster, as the configuration names it. */
+export interface MemberConfig {
+  id: string
+  /** Where clients reach it (HTTP/1.1 and h2c). */
+  clientUrl: string
+  /** Where peers reach it (h2c replication streams). */
+  peerUrl: string
+}
+
+export interface NodeConfig {
+  nodeId: string
+  clusterId: string | undefined
+  dataDir: string
+  host: string
+  port: number
+  logLevel: LogLevel
+  fsync: boolean
+  groupCommitWritesMax: number
+  groupCommitBytesMax: number
+  writeQueueWritesMax: number
+  writeQueueBytesMax: number
+  keyBytesMax: number
+  valueBytesMax: number
+  batchOpsMax: number
+  requestBodyBytesMax: number
+  listLimitMax: number
+  listLimitDefault: number
+  listBytesMax: number
+  requestIdBytesMax: number
+  requestTimeoutMs: number
+  keepAliveTimeoutMs: number
+  connectionsMax: number
+  h2StreamsMax: number
+  shutdownTimeoutMs: number
+  mode: ClusterMode
+  /** Members in compact form (id@clientURL@peerURL, comma-separated) or JSON. */
+  members: string | undefined
+  leader: string | undefined
+  defaultAck: AckMode
+  ackTimeoutMs: number
+  readWaitMs: number
+  heartbeatIntervalMs: number
+  electionTimeoutMs: number
+  logRetentionEntries: number
+  logRetentionEntriesMax: number
+  replicationInflightBytesMax: number
+  replicationAppendBytesMax: number
+  requestIdRetentionMs: number
+  rollbackEntriesMax: number
+  leveldbCacheBytes: number
+  leveldbWriteBufferBytes: number
+  readCacheBytes: number
+  replicas: number
+  /** `quorum`, `all` or a number of replicas, as text. */
+  defaultW: string
+  defaultR: string
+  conflicts: ConflictMode
+  vnodes: number
+  quorumTimeoutMs: number
+  hintWindowMs: number
+  hintsMax: number
+  antiEntropyIntervalMs: number
+  tombstoneGcMs: number
+  siblingsMax: number
+  siblingsWarn: number
+  certsDir: string | undefined
+  certFile: string | undefined
+  keyFile: string | undefined
+  caFile: string | undefined
+  insecure: boolean
+  unsafePlaintextPeers: boolean
+  /** Test-only: fencing off (see its row in options-cluster.ts). */
+  unsafeNoFencing: boolean
+  auth: boolean
+  rootPasswordFile: string | undefined
+  authSecretFile: string | undefined
+  tokenTtlMs: number
+  authUsersMax: number
+  authRolesMax: number
+  authGrantsMax: number
+  auditLog: string
+  inflightBodyBytesMax: number
+  connectionsPerIpMax: number
+  headersTimeoutMs: number
+  tlsHandshakeTimeoutMs: number
+  h2ResetsPerSecondMax: number
+  rateLimitPerSecond: number
+  rateLimitBurst: number
+  loginsInFlightMax: number
+}
+
+export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'
+
+export interface OptionSpec {
+  key: keyof NodeConfig
+  flag: string
+  env: string
+  kind: Kind
+  /** Default value; a function of the other options for derived defaults. */
+  default: string | number | boolean | undefined | ((config: Partial<NodeConfig>) => unknown)
+  /** How the default reads in --help and the configuration reference. */
+  defaultText?: string
+  min?: number
+  max?: number
+  values?: readonly string[]
+  group: 'node' | 'security' | 'cluster' | 'leaderless' | 'storage' | 'limits' | 'http'
+  description: string
+  /**
+   * A switch for tests that breaks a guarantee. Its key starts with `unsafe` and its
+   * description with UNSAFE; the docs mark it, and the node logs a warning at start-up while
+   * it is on.
+   */
+  unsafe?: true
+}
+
+/** A resolved cluster: the members, this node and the leader. */
+export interface ClusterConfig {
+  mode: Exclude<ClusterMode, 'standalone'>
+  self: MemberConfig
+  members: MemberConfig[]
+  leaderId: string
+}
+
+/** A configuration that cannot be used; the message says which option and why. */
+export class ConfigError extends Error {
+  /** The stable codes of the failed checks that have one (KV_LIMIT_..., see limits.ts). */
+  readonly codes: readonly string[]
+  constructor(message: string, codes: readonly string[] = []) {
+    super(message)
+    this.name = 'ConfigError'
+    this.codes = codes
+  }
+}
+
+export const KiB = 1024
+export const MiB = 1024 * KiB

@@ -1,0 +1,137 @@
+/**
+ * Requests waiting on replication (wait.ts), the log retention rule and the choice of a
+ * handover target, in process.
+ */
+import { pino } from 'pino'
+import { KvError } from '@kvstore/protocol'
+import { retainFromLsn } from '../../src/cluster/core-setup.js'
+import { RoleWatch, transferTarget } from '../../src/cluster/leadership.js'
+import { AckWaiters, ApplyWaiters, ackVerdict, type AckView } from '../../src/cluster/wait.js'
+
+function view(partial: Partial<AckView> & { epochs?: Record<number, number> }): AckView {
+  return {
+    isLeader: partial.isLeader ?? true,
+    commitLsn: partial.commitLsn ?? 0,
+    epochAt: (lsn) => partial.epochs?.[lsn] ?? null,
+    allMatchLsn: partial.allMatchLsn ?? (() => 0),
+  }
+}
+
+describe('ackVerdict', () => {
+  it('confirms a quorum write once committed, in its own epoch', () => {
+    expect(ackVerdict(view({ commitLsn: 5, epochs: { 5: 2 } }), 5, 2, 'quorum')).toBe('confirmed')
+    expect(ackVerdict(view({ commitLsn: 4, epochs: { 5: 2 } }), 5, 2, 'quorum')).toBe('waiting')
+  })
+
+  it('cannot tell once another epoch holds the LSN, or this node no longer leads', () => {
+    expect(ackVerdict(view({ commitLsn: 5, epochs: { 5: 3 } }), 5, 2, 'quorum')).toBe('unknown')
+    expect(ackVerdict(view({ isLeader: false, epochs: { 5: 2 } }), 5, 2, 'quorum')).toBe('unknown')
+  })
+
+  it('takes a compacted entry at or below the commit LSN as its own', () => {
+    expect(ackVerdict(view({ commitLsn: 9 }), 5, 2, 'quorum')).toBe('confirmed')
+  })
+
+  it('waits for every member with ack=all', () => {
+    const v = (all: number) => view({ commitLsn: 5, epochs: { 5: 2 }, allMatchLsn: () => all })
+    expect(ackVerdict(v(4), 5, 2, 'all')).toBe('waiting')
+    expect(ackVerdict(v(5), 5, 2, 'all')).toBe('confirmed')
+  })
+})
+
+describe('AckWaiters', () => {
+  it('resolves confirmed waiters, rejects unknown ones, keeps the rest', async () => {
+    const waiters = new AckWaiters()
+    const timeout = () => new Error('timeout')
+    const a = waiters.wait({ lsn: 1, epoch: 1, mode: 'quorum' }, 10_000, timeout)
+    const b = waiters.wait({ lsn: 2, epoch: 1, mode: 'quorum' }, 10_000, timeout)
+    const c = waiters.wait({ lsn: 3, epoch: 1, mode: 'quorum' }, 10_000, timeout)
+    waiters.trigger(
+      (w) => (w.lsn === 1 ? 'confirmed' : w.lsn === 2 ? 'unknown' : 'waiting'),
+      (w) => new Error(`unknown ${w.lsn}`),
+    )
+    await expect(a).resolves.toBeUndefined()
+    await expect(b).rejects.toThrow('unknown 2')
+    expect(waiters.size).toBe(1)
+    waiters.rejectAll(() => new KvError('KV_ERR_SHUTTING_DOWN', 'stopping'))
+    await expect(c).rejects.toThrow('stopping')
+    expect(waiters.size).toBe(0)
+  })
+
+  it('times a waiter out and forgets it', async () => {
+    const waiters = new AckWaiters()
+    await expect(
+      waiters.wait({ lsn: 1, epoch: 1, mode: 'all' }, 5, (w) => new Error(`late ${w.mode}`)),
+    ).rejects.toThrow('late all')
+    expect(waiters.size).toBe(0)
+  })
+})
+
+describe('ApplyWaiters', () => {
+  it('resolves true once applied, false on timeout, and refuses past its bound', async () => {
+    const waiters = new ApplyWaiters(2)
+    const a = waiters.wait(3, 10_000)
+    const b = waiters.wait(5, 5)
+    await expect(waiters.wait(9, 10_000)).resolves.toBe(false) // full
+    waiters.trigger(4)
+    await expect(a).resolves.toBe(true)
+    await expect(b).resolves.toBe(false)
+    expect(waiters.size).toBe(0)
+    await expect(waiters.wait(1, 0)).resolves.toBe(false)
+    const c = waiters.wait(7, 10_000)
+    waiters.cancelAll()
+    await expect(c).resolves.toBe(false)
+  })
+})
+
+describe('retainFromLsn', () => {
+  const base = { commitLsn: 100, retentionEntries: 10, retentionEntriesMax: 50 }
+  it('keeps the retention behind the commit LSN', () => {
+    expect(retainFromLsn({ ...base, isLeader: false, followerMatches: [3] })).toBe(91)
+  })
+  it('on a leader, keeps what a connected follower needs, up to the maximum', () => {
+    expect(retainFromLsn({ ...base, isLeader: true, followerMatches: [80, 95] })).toBe(81)
+    expect(retainFromLsn({ ...base, isLeader: true, followerMatches: [3] })).toBe(51)
+  })
+  it('never past the commit LSN', () => {
+    expect(
+      retainFromLsn({ ...base, retentionEntries: 0, isLeader: false, followerMatches: [] }),
+    ).toBe(101)
+  })
+})
+
+describe('transferTarget', () => {
+  const members = ['a', 'b', 'c'].map((id) => ({
+    id,
+    clientUrl: `http://${id}`,
+    peerUrl: `http://${id}:1`,
+  }))
+  const matches: Record<string, number> = { b: 5, c: 9 }
+  const pick = (to: string | null, connected = (id: string) => id !== 'x') =>
+    transferTarget(members, 'a', to, connected, (id) => matches[id] ?? 0).id
+
+  it('takes the named member, or the connected follower furthest along', () => {
+    expect(pick('b')).toBe('b')
+    expect(pick(null)).toBe('c')
+    expect(pick(null, (id) => id === 'b')).toBe('b')
+  })
+
+  it('refuses a non-member, itself, or no connected follower', () => {
+    expect(() => pick('z')).toThrow('is not a member')
+    expect(() => pick('a')).toThrow('already leads')
+    expect(() => pick(null, () => false)).toThrow('no follower is connected')
+  })
+})
+
+describe('RoleWatch', () => {
+  it('notices an election won and leadership lost, once each', () => {
+    const watch = new RoleWatch(1, pino({ level: 'silent' }))
+    const core = { roleName: 'follower' as const, epoch: 1, leaderId: null, wonWithLsn: 0 }
+    expect(watch.notice(core)).toBeNull()
+    expect(watch.notice({ ...core, roleName: 'candidate', epoch: 2 })).toBeNull()
+    expect(watch.notice({ ...core, roleName: 'leader', epoch: 2, leaderId: 'a' })).toBe('won')
+    expect(watch.notice({ ...core, roleName: 'leader', epoch: 2, leaderId: 'a' })).toBeNull()
+    expect(watch.notice({ ...core, epoch: 3, leaderId: 'b' })).toBe('deposed')
+    expect(watch.notice({ ...core, epoch: 3, leaderId: 'b' })).toBeNull()
+  })
+})

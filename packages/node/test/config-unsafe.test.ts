@@ -1,0 +1,87 @@
+import { readdir, readFile } from 'node:fs/promises'
+import { join, relative } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { ConfigError, configSpec, configTableMarkdown, parseConfig } from '../src/index.js'
+import { unsafeOptionsOn } from '../src/config.js'
+
+const root = fileURLToPath(new URL('../../..', import.meta.url))
+const plainMembers =
+  'n1@http://127.0.0.1:7001@http://127.0.0.1:7101,n2@http://127.0.0.1:7002@http://127.0.0.1:7102'
+const singleLeader = ['--members', plainMembers, '--unsafe-plaintext-peers']
+
+describe('unsafe switches', () => {
+  it('are rows of the config table, named and described as unsafe', () => {
+    const unsafe = configSpec.filter((spec) => spec.unsafe === true)
+    expect(unsafe.map((spec) => spec.key)).toEqual(['unsafePlaintextPeers', 'unsafeNoFencing'])
+    for (const spec of configSpec) {
+      const named = spec.key.startsWith('unsafe')
+      expect([spec.key, spec.unsafe === true]).toEqual([spec.key, named])
+      if (!named) continue
+      expect(spec.flag).toMatch(/^--unsafe-/)
+      expect(spec.env).toMatch(/^KV_UNSAFE_/)
+      expect(spec.kind).toBe('boolean')
+      expect(spec.default).toBe(false)
+      expect(spec.description).toMatch(/^UNSAFE, for /)
+    }
+  })
+
+  it('are marked in the docs table', () => {
+    const rows = configTableMarkdown().split('\n')
+    for (const spec of configSpec) {
+      const row = rows.find((r) => r.startsWith(`| \`${spec.key}\` |`))
+      expect(row).toBeDefined()
+      expect(row?.includes('| **UNSAFE**, for ')).toBe(spec.unsafe === true)
+    }
+  })
+
+  it('take KV_UNSAFE_NO_FENCING as before, and are off by default', () => {
+    expect(parseConfig(singleLeader, {}).config.unsafeNoFencing).toBe(false)
+    const { config } = parseConfig(singleLeader, { KV_UNSAFE_NO_FENCING: '1' })
+    expect(config.unsafeNoFencing).toBe(true)
+    expect(unsafeOptionsOn(config).map((spec) => spec.key)).toEqual([
+      'unsafePlaintextPeers',
+      'unsafeNoFencing',
+    ])
+    expect(parseConfig([...singleLeader, '--unsafe-no-fencing'], {}).config.unsafeNoFencing).toBe(
+      true,
+    )
+    expect(unsafeOptionsOn(parseConfig([], {}).config)).toEqual([])
+  })
+
+  it('refuse --unsafe-no-fencing outside single-leader mode', () => {
+    for (const args of [[], [...singleLeader, '--mode', 'leaderless']]) {
+      expect(() => parseConfig(args, { KV_UNSAFE_NO_FENCING: '1' })).toThrow(ConfigError)
+      expect(() => parseConfig(args, { KV_UNSAFE_NO_FENCING: '1' })).toThrow(
+        /--unsafe-no-fencing needs --mode single-leader/,
+      )
+    }
+  })
+})
+
+/** Files under `dir` ending in .ts. */
+async function sources(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true, recursive: true })
+  return entries
+    .filter((e) => e.isFile() && e.name.endsWith('.ts'))
+    .map((e) => join(e.parentPath, e.name))
+}
+
+describe('the config table lists every option', () => {
+  /**
+   * Where the shipped server packages may read the environment. Every other switch is a row
+   * of the config table, read by parseConfig from the `env` it is given.
+   */
+  const allowed: string[] = []
+
+  it('so no server source reads process.env', async () => {
+    const readers: string[] = []
+    for (const pkg of ['protocol', 'storage', 'core', 'node']) {
+      for (const file of await sources(join(root, 'packages', pkg, 'src'))) {
+        if (/process\.env\b/.test(await readFile(file, 'utf8'))) {
+          readers.push(relative(root, file).split('\\').join('/'))
+        }
+      }
+    }
+    expect(readers.sort()).toEqual(allowed)
+  })
+})
