@@ -5,6 +5,7 @@
  */
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { HashRing, compareHlc } from '@kvstore/core'
+import type { LeaderlessWriteResponse } from '@kvstore/protocol'
 import { keyPath, LeaderlessCluster, metricTotal, prng, testSeed, waitFor } from '@kvstore/testkit'
 import { memberTls } from './support/certs.js'
 
@@ -12,15 +13,8 @@ const ids = ['n1', 'n2', 'n3', 'n4', 'n5']
 const ring = new HashRing(ids, 64)
 const replicasOf = (key: string) => ring.preferenceList(key, 3)
 
-interface WriteBody {
-  key: string
-  context: string
-  timestamp: string
-  acks: number
-  w: number
-  coordinator: string
-  hinted: string[]
-}
+/** A leaderless PUT or DELETE answer, as the API contract defines it. */
+type WriteBody = LeaderlessWriteResponse
 
 async function put(
   url: string,
