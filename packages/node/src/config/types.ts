@@ -1,5 +1,5 @@
 /** The configuration's types: the option table's row, the resolved configuration, its errors. */
-import { ackModes, type AckMode } from '@kvstore/protocol'
+import { ackModes, type AckMode, type Limits } from '@kvstore/protocol'
 
 export { ackModes, type AckMode }
 
@@ -21,7 +21,8 @@ export interface MemberConfig {
   peerUrl: string
 }
 
-export interface NodeConfig {
+/** The request limits (key, value, batch, body, list, request id) are protocol's `Limits`. */
+export interface NodeConfig extends Limits {
   nodeId: string
   clusterId: string | undefined
   dataDir: string
@@ -33,14 +34,6 @@ export interface NodeConfig {
   groupCommitBytesMax: number
   writeQueueWritesMax: number
   writeQueueBytesMax: number
-  keyBytesMax: number
-  valueBytesMax: number
-  batchOpsMax: number
-  requestBodyBytesMax: number
-  listLimitMax: number
-  listLimitDefault: number
-  listBytesMax: number
-  requestIdBytesMax: number
   requestTimeoutMs: number
   keepAliveTimeoutMs: number
   connectionsMax: number
