@@ -12,7 +12,8 @@ export type {
   WriteRequest,
   WriteResult,
 } from './sequencer.js'
-export { Store, encodeEntries } from './store.js'
+export { Store } from './store.js'
+export { encodeEntries } from './writer.js'
 export type {
   BatchStats,
   EncodedEntries,
@@ -28,4 +29,4 @@ export type {
   StoreLogger,
   StoreOptions,
   StoreState,
-} from './store.js'
+} from './types.js'

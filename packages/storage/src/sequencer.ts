@@ -17,7 +17,9 @@ import {
   type StoredRecord,
 } from '@kvstore/protocol'
 import { requestFingerprint, sameRequest } from './fingerprint.js'
-import { encodeEntries, type EncodedEntries, type Store } from './store.js'
+import type { Store } from './store.js'
+import type { EncodedEntries } from './types.js'
+import { encodeEntries } from './writer.js'
 
 /** A put or delete as a client asked for it, with its optional condition. */
 export interface WriteOp {

@@ -76,24 +76,6 @@ import type {
 import { verifyCache, verifyDirectory } from './verify.js'
 import { Writer, checkPositiveInteger, encodeEntries } from './writer.js'
 
-export { encodeEntries } from './writer.js'
-export type {
-  BatchStats,
-  EncodedEntries,
-  EpochRun,
-  HardStateUpdate,
-  ListItem,
-  ListOptions,
-  LogReadLimits,
-  RawLogEntry,
-  RollbackRecord,
-  StateDigest,
-  StateSnapshot,
-  StoreLogger,
-  StoreOptions,
-  StoreState,
-} from './types.js'
-
 /**
  * The storage engine. Open it with `Store.open`; every method is safe to call concurrently,
  * and writes are applied in the order they were called.
