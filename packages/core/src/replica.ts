@@ -68,9 +68,15 @@ export interface CoreConfig {
    * Rules broken on purpose, for tests that must catch them. Never set outside tests.
    * `grantEveryVote`: vote for every candidate (several per epoch); `skipUpToDateCheck`: vote
    * for candidates whose log is behind; `skipCheckQuorum`: a leader never steps down for not
-   * hearing from a majority.
+   * hearing from a majority; `countLeaderBeforeDurable`: a leader counts its own entries toward
+   * the majority as soon as they are proposed, before its disk has them.
    */
-  unsafe?: { grantEveryVote?: boolean; skipUpToDateCheck?: boolean; skipCheckQuorum?: boolean }
+  unsafe?: {
+    grantEveryVote?: boolean
+    skipUpToDateCheck?: boolean
+    skipCheckQuorum?: boolean
+    countLeaderBeforeDurable?: boolean
+  }
 }
 
 export interface CoreInit extends LogInit {
@@ -307,7 +313,11 @@ export class ReplicaCore {
 
   /** Leader: durable match of a member; the leader's own durable LSN for itself. */
   matchOf(id: NodeId): number {
-    if (id === this.id) return this.log.persistedLsn
+    if (id === this.id) {
+      return this.config.unsafe?.countLeaderBeforeDurable === true
+        ? this.log.lastLsn
+        : this.log.persistedLsn
+    }
     return this.role.kind === 'leader' ? (this.role.progress.get(id)?.matchLsn ?? 0) : 0
   }
 
@@ -626,9 +636,8 @@ export class ReplicaCore {
     this.log.persisted(lsn)
     this.log.trim()
     if (this.role.kind === 'leader') {
+      // The leader's own disk may complete a majority.
       this.maybeCommit()
-      // Newly durable entries may now be shipped.
-      this.broadcastPending = true
     } else {
       this.reportMatch()
     }
@@ -1111,11 +1120,13 @@ export class ReplicaCore {
     if (this.role.kind !== 'leader') return
     for (;;) {
       if (pr.isPaused(this.config.inflightAppendsMax, this.config.inflightBytesMax)) return
-      // Only what is durable here goes out: a follower never holds an entry the leader could
-      // lose in a crash, so the leader's log always extends every follower's, and the commit
-      // LSN never passes what the leader has on disk.
-      const durable = this.log.persistedLsn
-      if (pr.state === 'replicate' && pr.nextLsn > durable) return
+      // Entries go out as soon as they are proposed, while the leader's own write is still in
+      // flight (Raft thesis §10.2.1): the leader's disk counts toward the majority like any
+      // follower's once it is durable (`matchOf`). A follower may then hold an entry the
+      // leader loses in a crash; that entry was never committed unless a majority holds it
+      // without the leader, and then every future leader has it (the up-to-date vote check).
+      const last = this.log.lastLsn
+      if (pr.state === 'replicate' && pr.nextLsn > last) return
       const prevLsn = pr.nextLsn - 1
       if (this.log.epochAt(prevLsn) === null) {
         pr.becomeSnapshot()
@@ -1124,7 +1135,7 @@ export class ReplicaCore {
       }
       const entries = this.log.cached(
         pr.nextLsn,
-        Math.min(this.config.appendEntriesMax, Math.max(0, durable - prevLsn)),
+        Math.min(this.config.appendEntriesMax, Math.max(0, last - prevLsn)),
         this.config.appendBytesMax,
       )
       if (entries === null) {

@@ -34,7 +34,7 @@ import {
 } from '@kvstore/core'
 import { Prng } from './prng.js'
 
-export type UnsafeRule = 'grantEveryVote' | 'skipUpToDateCheck'
+export type UnsafeRule = 'grantEveryVote' | 'skipUpToDateCheck' | 'countLeaderBeforeDurable'
 
 export interface SimOptions {
   seed: number
