@@ -44,6 +44,18 @@ interface Sighting {
 
 const sightingsMax = 4096
 
+/** The index of the first sighting above `lsn` in a list sorted by LSN (its length if none). */
+function firstAbove(list: readonly Sighting[], lsn: number): number {
+  let lo = 0
+  let hi = list.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if ((list[mid] as Sighting).lsn > lsn) hi = mid
+    else lo = mid + 1
+  }
+  return lo
+}
+
 export class ClusterTracker {
   /** Follower: when it first learned of leader LSNs it had not applied yet. */
   private readonly sightings: Sighting[] = []
@@ -134,7 +146,7 @@ export class ClusterTracker {
     const match = core.matchOf(id)
     const entries = Math.max(0, core.lastLsn - match)
     if (entries === 0) return { entries: 0, ms: 0 }
-    const firstMissing = this.proposals.find((p) => p.lsn > match)
+    const firstMissing = this.proposals[firstAbove(this.proposals, match)]
     const since = firstMissing?.atMs ?? this.proposals[0]?.atMs
     return { entries, ms: since === undefined ? 0 : Math.max(0, this.options.now() - since) }
   }
