@@ -95,6 +95,8 @@ export class InvariantViolation extends Error {
 interface DiskJob {
   dueTick: number
   hardState: HardState | null
+  /** Only the epoch and the vote of `hardState` (the node writes the commit LSN after entries). */
+  epochAndVoteOnly?: boolean
   truncateAfter: number | null
   entries: CoreEntry[]
   after: Message[]
@@ -487,22 +489,24 @@ export class Simulation {
         node.view.push(e)
       }
       for (const m of ready.sendNow) this.send(node, m)
-      if (
-        ready.hardState !== null ||
-        ready.truncateAfter !== null ||
-        ready.entries.length > 0 ||
-        ready.sendAfterPersist.length > 0
-      ) {
-        const last = node.jobs[node.jobs.length - 1]
-        node.jobs.push({
-          dueTick: Math.max(
-            last?.dueTick ?? 0,
-            this.tick + this.rng.int(0, this.rates.diskTicksMax),
-          ),
+      // As the node does (log-io.ts): the hard state is one write and the truncation and
+      // entries another, in this order; what waited on persistence goes out once the hard state
+      // and every earlier write are durable, without waiting for this Ready's entries.
+      if (ready.hardState !== null || ready.sendAfterPersist.length > 0) {
+        this.queueDiskJob(node, {
+          hardState: ready.hardState,
+          epochAndVoteOnly: true,
+          truncateAfter: null,
+          entries: [],
+          after: ready.sendAfterPersist,
+        })
+      }
+      if (ready.truncateAfter !== null || ready.entries.length > 0) {
+        this.queueDiskJob(node, {
           hardState: ready.hardState,
           truncateAfter: ready.truncateAfter,
           entries: ready.entries,
-          after: ready.sendAfterPersist,
+          after: [],
         })
       }
       for (const load of ready.loads) {
@@ -515,6 +519,15 @@ export class Simulation {
         )
       }
     }
+  }
+
+  /** Queues a write; the disk completes writes in order, each after a random delay. */
+  private queueDiskJob(node: SimNode, job: Omit<DiskJob, 'dueTick'>): void {
+    const last = node.jobs[node.jobs.length - 1]
+    node.jobs.push({
+      dueTick: Math.max(last?.dueTick ?? 0, this.tick + this.rng.int(0, this.rates.diskTicksMax)),
+      ...job,
+    })
   }
 
   private completeDiskJobs(node: SimNode): void {
@@ -530,7 +543,9 @@ export class Simulation {
           throw new InvariantViolation(
             `${node.id}: durable epoch would go down from ${disk.hard.epoch} to ${job.hardState.epoch}`,
           )
-        disk.hard = { ...job.hardState }
+        disk.hard = job.epochAndVoteOnly
+          ? { ...job.hardState, commitLsn: disk.hard.commitLsn }
+          : { ...job.hardState }
       }
       if (job.truncateAfter !== null) {
         if (job.truncateAfter < disk.hard.commitLsn && job.hardState === null) {
@@ -579,14 +594,7 @@ export class Simulation {
       }
       core.propose(entry)
       node.view.push(entry)
-      const last = node.jobs[node.jobs.length - 1]
-      node.jobs.push({
-        dueTick: Math.max(last?.dueTick ?? 0, this.tick + this.rng.int(0, this.rates.diskTicksMax)),
-        hardState: null,
-        truncateAfter: null,
-        entries: [entry],
-        after: [],
-      })
+      this.queueDiskJob(node, { hardState: null, truncateAfter: null, entries: [entry], after: [] })
       this.process(node)
       return { lsn: entry.lsn }
     }

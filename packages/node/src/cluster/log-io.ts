@@ -35,6 +35,13 @@ const loadEntriesMax = replicationLimits.appendEntriesMax
 export class LogIo {
   /** Store writes started here and not seen to finish. */
   private readonly pending = new Set<Promise<unknown>>()
+  /**
+   * Settles once every write queued so far is durable. The store has one writer that takes
+   * writes in order, so the latest write queued settles after every earlier one.
+   */
+  private queued: Promise<unknown> = Promise.resolve()
+  /** Whether `queued` has settled: nothing is in flight, and messages may go at once. */
+  private queuedSettled = true
 
   constructor(private readonly options: LogIoOptions) {}
 
@@ -55,7 +62,14 @@ export class LogIo {
     if (!this.options.stopped()) this.options.onFatal(err as Error)
   }
 
-  /** Persists a Ready's hard state, truncation and entries in order, then sends what waited on them. */
+  /**
+   * Persists a Ready's hard state, truncation and entries in order. What waited on persistence
+   * (`sendAfterPersist`) goes out once the hard state and every earlier write are durable, not
+   * waiting for this Ready's entries: those messages carry an epoch or a vote (durable with the
+   * hard state) or acknowledge entries already durable (the core reports a match only from its
+   * persisted LSN), never the entries this Ready adds. So a follower's acknowledgement is not
+   * held back by the fsync of the next batch, which pipelined replication keeps in flight.
+   */
   persist(ready: Ready): void {
     const { store, logger } = this.options
     const meta = store.meta
@@ -63,7 +77,10 @@ export class LogIo {
     const writes: Promise<unknown>[] = []
     if (hard && (hard.epoch !== meta.epoch || hard.vote !== meta.vote)) {
       writes.push(this.track(store.setHardState({ epoch: hard.epoch, vote: hard.vote })))
+      this.setQueued(writes[0] as Promise<unknown>)
     }
+    // Every write queued before (and the hard state): what the messages depend on.
+    const sendGate = this.queuedSettled ? null : this.queued
     if (ready.truncateAfter !== null) {
       writes.push(
         this.track(store.truncateAfter(ready.truncateAfter)).then((removed) => {
@@ -98,18 +115,38 @@ export class LogIo {
         this.fatal(err),
       )
     }
-    if (writes.length === 0) {
+    if (sendGate === null) {
       for (const message of ready.sendAfterPersist) this.options.send(message)
-      return
+    } else if (ready.sendAfterPersist.length > 0) {
+      const messages = ready.sendAfterPersist
+      sendGate.then(
+        () => {
+          if (this.options.stopped()) return
+          for (const message of messages) this.options.send(message)
+        },
+        // A failed write is reported once, below (or by whoever queued it).
+        () => {},
+      )
     }
-    Promise.all(writes).then(
+    if (writes.length === 0) return
+    const written = Promise.all(writes)
+    this.setQueued(written)
+    written.then(
       () => {
         if (last !== undefined) this.options.core.persisted(last.lsn, last.epoch)
-        for (const message of ready.sendAfterPersist) this.options.send(message)
         this.options.schedule()
       },
       (err: unknown) => this.fatal(err),
     )
+  }
+
+  private setQueued(write: Promise<unknown>): void {
+    this.queued = write
+    this.queuedSettled = false
+    const settle = () => {
+      if (this.queued === write) this.queuedSettled = true
+    }
+    write.then(settle, settle)
   }
 
   /** Reads entries from `fromLsn` on for follower `to`, and hands them to the core. */
