@@ -519,6 +519,7 @@ export class Replicator {
     this.ackWaiters.trigger(
       (w) => this.ackVerdict(w.lsn, w.epoch, w.mode),
       (w) => this.staleEpochError(w.lsn, w.epoch),
+      this.core.epoch,
     )
     if (!this.store.isInstallingSnapshot) this.applyWaiters.trigger(this.store.appliedLsn)
   }

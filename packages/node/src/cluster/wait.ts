@@ -47,16 +47,28 @@ export interface AckWaiter {
 }
 
 interface PendingAck extends AckWaiter {
+  /** When it times out, on the `now` clock. */
+  deadlineMs: number
   resolve: () => void
   reject: (err: Error) => void
-  timer: NodeJS.Timeout
+  onTimeout: (waiter: AckWaiter) => Error
 }
 
+/**
+ * Writes waiting for their acknowledgement, one queue per mode in LSN order, with one timer for
+ * all of them (the earliest deadline) instead of one per write: a busy leader holds one waiter
+ * per write in flight, and `trigger` runs on every turn of the replicator's loop.
+ */
 export class AckWaiters {
-  private waiters: PendingAck[] = []
+  private readonly queues = new Map<AckMode, PendingAck[]>()
+  private count = 0
+  private timer: NodeJS.Timeout | null = null
+  private timerAtMs = Infinity
+
+  constructor(private readonly now: () => number = () => performance.now()) {}
 
   get size(): number {
-    return this.waiters.length
+    return this.count
   }
 
   /**
@@ -70,46 +82,108 @@ export class AckWaiters {
   ): Promise<void> {
     return new Promise((resolve, reject) => {
       const pending: PendingAck = {
-        ...waiter,
+        lsn: waiter.lsn,
+        epoch: waiter.epoch,
+        mode: waiter.mode,
+        deadlineMs: this.now() + timeoutMs,
         resolve,
         reject,
-        timer: setTimeout(() => {
-          this.waiters = this.waiters.filter((w) => w !== pending)
-          reject(onTimeout(waiter))
-        }, timeoutMs),
+        onTimeout,
       }
-      this.waiters.push(pending)
+      let queue = this.queues.get(waiter.mode)
+      if (queue === undefined) {
+        queue = []
+        this.queues.set(waiter.mode, queue)
+      }
+      // Writes arrive in LSN order nearly always: the place is found from the end.
+      let at = queue.length
+      while (at > 0 && (queue[at - 1] as PendingAck).lsn > pending.lsn) at--
+      queue.splice(at, 0, pending)
+      this.count++
+      this.armTimer(pending.deadlineMs)
     })
   }
 
   /**
-   * Answers every waiter whose verdict is in: resolved when confirmed, rejected with
-   * `unknown(waiter)` when its outcome cannot be known here.
+   * Answers the waiters whose verdict is in: resolved when confirmed, rejected with
+   * `unknown(waiter)` when its outcome cannot be known here. Each queue is read from its lowest
+   * LSN and stops at the first waiter of `epoch` (this node's current one) still waiting: a
+   * later write of the same mode and epoch cannot be decided before it, as the commit LSN and
+   * every member's match only grow while this node leads, and once it no longer leads every
+   * verdict is `unknown`. Waiters of older epochs are always judged.
    */
-  trigger(verdict: (waiter: AckWaiter) => AckVerdict, unknown: (waiter: AckWaiter) => Error): void {
-    if (this.waiters.length === 0) return
-    const waiting: PendingAck[] = []
-    for (const w of this.waiters) {
-      const v = verdict(w)
-      if (v === 'waiting') {
-        waiting.push(w)
-        continue
+  trigger(
+    verdict: (waiter: AckWaiter) => AckVerdict,
+    unknown: (waiter: AckWaiter) => Error,
+    epoch: number,
+  ): void {
+    if (this.count === 0) return
+    for (const [mode, queue] of this.queues) {
+      let kept: PendingAck[] | null = null
+      let i = 0
+      for (; i < queue.length; i++) {
+        const w = queue[i] as PendingAck
+        const v = verdict(w)
+        if (v === 'waiting' && w.epoch === epoch) break
+        // Something changes from here on: the waiters before it stay (all of older epochs).
+        kept ??= queue.slice(0, i)
+        if (v === 'waiting') {
+          kept.push(w)
+          continue
+        }
+        this.count--
+        if (v === 'confirmed') w.resolve()
+        else w.reject(unknown(w))
       }
-      clearTimeout(w.timer)
-      if (v === 'confirmed') w.resolve()
-      else w.reject(unknown(w))
+      if (kept !== null)
+        this.queues.set(mode, i < queue.length ? kept.concat(queue.slice(i)) : kept)
     }
-    this.waiters = waiting
+    if (this.count === 0) this.clearTimer()
   }
 
   /** Rejects every waiter with `errorOf(waiter)` (the node stopped leading, or stops). */
   rejectAll(errorOf: (waiter: AckWaiter) => Error): void {
-    const waiters = this.waiters
-    this.waiters = []
-    for (const w of waiters) {
-      clearTimeout(w.timer)
-      w.reject(errorOf(w))
+    const queues = [...this.queues.values()]
+    this.queues.clear()
+    this.count = 0
+    this.clearTimer()
+    for (const queue of queues) for (const w of queue) w.reject(errorOf(w))
+  }
+
+  private armTimer(deadlineMs: number): void {
+    if (deadlineMs >= this.timerAtMs) return
+    if (this.timer !== null) clearTimeout(this.timer)
+    this.timerAtMs = deadlineMs
+    this.timer = setTimeout(() => this.expire(), Math.max(0, deadlineMs - this.now()))
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== null) clearTimeout(this.timer)
+    this.timer = null
+    this.timerAtMs = Infinity
+  }
+
+  /** Rejects every waiter past its deadline, then waits for the next deadline. */
+  private expire(): void {
+    this.timer = null
+    this.timerAtMs = Infinity
+    const now = this.now()
+    let next = Infinity
+    const late: PendingAck[] = []
+    for (const [mode, queue] of this.queues) {
+      const kept: PendingAck[] = []
+      for (const w of queue) {
+        if (w.deadlineMs <= now) late.push(w)
+        else {
+          kept.push(w)
+          next = Math.min(next, w.deadlineMs)
+        }
+      }
+      this.queues.set(mode, kept)
     }
+    this.count -= late.length
+    if (next !== Infinity) this.armTimer(next)
+    for (const w of late) w.reject(w.onTimeout(w))
   }
 }
 

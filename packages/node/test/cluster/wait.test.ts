@@ -49,12 +49,77 @@ describe('AckWaiters', () => {
     waiters.trigger(
       (w) => (w.lsn === 1 ? 'confirmed' : w.lsn === 2 ? 'unknown' : 'waiting'),
       (w) => new Error(`unknown ${w.lsn}`),
+      1,
     )
     await expect(a).resolves.toBeUndefined()
     await expect(b).rejects.toThrow('unknown 2')
     expect(waiters.size).toBe(1)
     waiters.rejectAll(() => new KvError('KV_ERR_SHUTTING_DOWN', 'stopping'))
     await expect(c).rejects.toThrow('stopping')
+    expect(waiters.size).toBe(0)
+  })
+
+  it('reads each mode in LSN order and stops at the first write of this epoch still waiting', async () => {
+    const waiters = new AckWaiters()
+    const timeout = () => new Error('timeout')
+    const judged: number[] = []
+    const settled: string[] = []
+    const wait = (lsn: number, epoch: number, mode: 'quorum' | 'all') =>
+      waiters.wait({ lsn, epoch, mode }, 10_000, timeout).then(
+        () => settled.push(`ok ${lsn}`),
+        (err: Error) => settled.push(err.message),
+      )
+    // Out of order on arrival; an older epoch's write first.
+    const all = [
+      wait(12, 3, 'quorum'),
+      wait(10, 3, 'quorum'),
+      wait(4, 2, 'quorum'),
+      wait(11, 3, 'all'),
+    ]
+    const commit = { lsn: 10 }
+    const verdict = (w: { lsn: number; epoch: number; mode: string }) => {
+      judged.push(w.lsn)
+      if (w.epoch !== 3) return 'waiting' as const
+      return w.mode === 'quorum' && w.lsn <= commit.lsn
+        ? ('confirmed' as const)
+        : ('waiting' as const)
+    }
+    waiters.trigger(verdict, () => new Error('unknown'), 3)
+    await Promise.resolve()
+    // quorum: 4 (older epoch, kept), 10 confirmed, 12 waiting: the stop. all: 11 waiting: the stop.
+    expect(judged).toEqual([4, 10, 12, 11])
+    expect(waiters.size).toBe(3)
+    judged.length = 0
+    commit.lsn = 11
+    waiters.trigger(verdict, () => new Error('unknown'), 3)
+    // Nothing new below 12: the older write is judged again, then the stop; 11 (all) still waits.
+    expect(judged).toEqual([4, 12, 11])
+    // This node no longer leads: everything is unknown, in order.
+    judged.length = 0
+    waiters.trigger(
+      () => 'unknown',
+      (w) => new Error(`unknown ${w.lsn}`),
+      4,
+    )
+    await Promise.all(all)
+    expect(settled.sort()).toEqual(['ok 10', 'unknown 11', 'unknown 12', 'unknown 4'])
+    expect(waiters.size).toBe(0)
+  })
+
+  it('times waiters out by their own deadlines with one timer', async () => {
+    const waiters = new AckWaiters()
+    const late: string[] = []
+    const wait = (lsn: number, timeoutMs: number) =>
+      waiters
+        .wait({ lsn, epoch: 1, mode: 'quorum' }, timeoutMs, (w) => new Error(`late ${w.lsn}`))
+        .catch((err: Error) => late.push(err.message))
+    const slow = wait(1, 60)
+    const fast = wait(2, 5)
+    await fast
+    expect(late).toEqual(['late 2'])
+    expect(waiters.size).toBe(1)
+    await slow
+    expect(late).toEqual(['late 2', 'late 1'])
     expect(waiters.size).toBe(0)
   })
 
