@@ -13,7 +13,7 @@ import { replicationLimits } from '../limits.js'
 export interface LogIoOptions {
   store: Store
   core: Pick<ReplicaCore, 'persisted' | 'entriesLoaded' | 'compacted'>
-  /** Entries already decoded (proposed here, or taken from a frame), to avoid decoding twice. */
+  /** Entries already decoded (taken from a frame), to avoid decoding twice; used once. */
   decoded: WeakMap<CoreEntry, LogEntry>
   /** Sends a message that waited for the writes. */
   send: (message: Message) => void
@@ -101,7 +101,9 @@ export class LogIo {
     if (last !== undefined) {
       const encoded: EncodedEntries = { entries: [], encoded: [], bytes: 0 }
       for (const entry of ready.entries) {
+        // Taken out: the core's log cache keeps the entry for a while, and would keep this too.
         const decoded = this.options.decoded.get(entry) ?? decodeLogEntry(entry.data)
+        this.options.decoded.delete(entry)
         encoded.entries.push(decoded)
         encoded.encoded.push(entry.data)
         encoded.bytes += entry.data.length

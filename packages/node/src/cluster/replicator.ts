@@ -409,7 +409,8 @@ export class Replicator {
               epoch: entry.epoch,
               data: encoded.encoded[i] as Uint8Array,
             }
-            this.decoded.set(core, entry)
+            // Not kept in `decoded`: the leader writes its entries itself (below), so nothing
+            // would read it, and it would pin every decoded entry the core's cache holds.
             this.core.propose(core)
             this.tracker.proposed(entry.lsn)
           }
