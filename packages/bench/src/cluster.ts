@@ -17,7 +17,8 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
-import { ensureWrk, fmt, histogram, percentile, say, sleep } from './common.js'
+import { ensureWrk, fmt, histogram, say, sleep } from './common.js'
+import { Latencies } from './latency.js'
 import { cpuCapper } from './cpu-cap.js'
 import {
   cpuMeter,
@@ -94,7 +95,7 @@ async function labelledSum(url: string, name: string): Promise<number> {
 
 /** Samples the leader's view of every follower's lag until stopped. */
 function sampleLag(cluster: BenchCluster, everyMs = 20): { stop(): Promise<LagSummary> } {
-  const samples: number[] = []
+  const samples = new Latencies()
   let running = true
   const loop = (async () => {
     while (running) {
@@ -102,7 +103,7 @@ function sampleLag(cluster: BenchCluster, everyMs = 20): { stop(): Promise<LagSu
         const res = await fetch(`${cluster.leader.url}/v1/cluster`)
         const view = (await res.json()) as { members: { id: string; lagMs: number }[] }
         for (const member of view.members) {
-          if (member.id !== cluster.leader.id) samples.push(member.lagMs)
+          if (member.id !== cluster.leader.id) samples.record(member.lagMs)
         }
       } catch {
         // a missed sample
@@ -115,10 +116,10 @@ function sampleLag(cluster: BenchCluster, everyMs = 20): { stop(): Promise<LagSu
       running = false
       await loop
       return {
-        samples: samples.length,
-        p50Ms: percentile(samples, 50),
-        p99Ms: percentile(samples, 99),
-        maxMs: samples.length === 0 ? 0 : Math.max(...samples),
+        samples: samples.count,
+        p50Ms: samples.percentile(50),
+        p99Ms: samples.percentile(99),
+        maxMs: samples.max,
       }
     },
   }

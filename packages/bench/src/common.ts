@@ -26,14 +26,6 @@ export function ensureWrk(): void {
   )
 }
 
-/** The p-th percentile (0..100) of `values`, nearest rank; 0 for no values. */
-export function percentile(values: readonly number[], p: number): number {
-  if (values.length === 0) return 0
-  const sorted = [...values].sort((a, b) => a - b)
-  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))
-  return sorted[rank] as number
-}
-
 /** A gauge's or counter's value in the node's /metrics (0 when absent). */
 export const gauge = (url: string, name: string): Promise<number> => metric(url, name)
 

@@ -13,7 +13,8 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
-import { fmt, percentile, say, sleep } from './common.js'
+import { fmt, say, sleep } from './common.js'
+import { Latencies } from './latency.js'
 import { startBenchCluster, type BenchCluster } from './node-process.js'
 import { publish, targetTable } from './report.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
@@ -163,17 +164,17 @@ export async function runFailoverBench(options: FailoverOptions): Promise<void> 
   } finally {
     await rm(work, { recursive: true, force: true })
   }
-  const unavailable = trials.map((t) => t.unavailableMs)
-  const elected = trials.map((t) => t.electedMs)
+  const unavailable = Latencies.of(trials.map((t) => t.unavailableMs))
+  const elected = Latencies.of(trials.map((t) => t.electedMs))
   const elections = trials.map((t) => t.elections)
   const summary = {
     trials: trials.length,
     unavailableMs: {
-      p50: percentile(unavailable, 50),
-      p99: percentile(unavailable, 99),
-      max: Math.max(...unavailable),
+      p50: unavailable.percentile(50),
+      p99: unavailable.percentile(99),
+      max: unavailable.max,
     },
-    electedMs: { p50: percentile(elected, 50), p99: percentile(elected, 99) },
+    electedMs: { p50: elected.percentile(50), p99: elected.percentile(99) },
     electionsPerFailover: {
       mean: elections.reduce((a, b) => a + b, 0) / elections.length,
       max: Math.max(...elections),
@@ -210,7 +211,7 @@ export async function runFailoverBench(options: FailoverOptions): Promise<void> 
       '| failover | p50 ms | p99 ms | max ms |',
       '|---|---:|---:|---:|',
       `| kill -9 to the next successful SDK write | ${fmt(summary.unavailableMs.p50)} | ${fmt(summary.unavailableMs.p99)} | ${fmt(summary.unavailableMs.max)} |`,
-      `| kill -9 to a writable leader in /v1/cluster | ${fmt(summary.electedMs.p50)} | ${fmt(summary.electedMs.p99)} | ${fmt(Math.max(...elected))} |`,
+      `| kill -9 to a writable leader in /v1/cluster | ${fmt(summary.electedMs.p50)} | ${fmt(summary.electedMs.p99)} | ${fmt(elected.max)} |`,
       '',
       `Elections per failover: ${fmt(summary.electionsPerFailover.mean, 2)} mean, ${summary.electionsPerFailover.max} max. SDK writes that failed: ${summary.failedWrites}. Acknowledged writes missing on the new leader: ${summary.lostWrites}.`,
       '',

@@ -22,7 +22,8 @@ import { HashRing, prng } from '@kvstore/core'
 import { keyPath } from '@kvstore/client'
 import { Pool } from 'undici'
 import { benchSecurity, type SecurityProfile } from './security.js'
-import { fmt, gauge, percentile, say, sleep } from './common.js'
+import { fmt, gauge, say, sleep } from './common.js'
+import { Latencies } from './latency.js'
 import { cpuMeter, startLeaderlessBenchCluster, type BenchMember } from './node-process.js'
 import { machine } from './proc.js'
 import { coresCell, publish, rateCells } from './report.js'
@@ -142,7 +143,7 @@ async function closedLoop(options: {
   count?: number
   next: (i: number) => Request
 }): Promise<LoadResult> {
-  const latencies: number[] = []
+  const latencies = new Latencies()
   const errors: Record<string, number> = {}
   let errorCount = 0
   let ok = 0
@@ -177,12 +178,12 @@ async function closedLoop(options: {
           if (status === 200) {
             await res.body.dump()
             ok++
-            latencies.push(performance.now() - t0)
+            latencies.record(performance.now() - t0)
           } else if (status === 300 || status === 404) {
             await res.body.dump()
             if (status === 300) siblings++
             else notFound++
-            latencies.push(performance.now() - t0)
+            latencies.record(performance.now() - t0)
           } else {
             fail(errorName(status, await res.body.text()))
           }
@@ -200,12 +201,7 @@ async function closedLoop(options: {
     ok,
     durationS,
     throughput: ok / durationS,
-    latencyMs: {
-      p50: percentile(latencies, 50),
-      p99: percentile(latencies, 99),
-      p999: percentile(latencies, 99.9),
-      max: latencies.reduce((a, b) => Math.max(a, b), 0),
-    },
+    latencyMs: latencies.summary(),
     errors,
     errorCount,
     siblings,

@@ -10,7 +10,7 @@
  */
 import { connect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
-import { percentile } from './common.js'
+import { Latencies } from './latency.js'
 
 export interface PacedOptions {
   url: string
@@ -72,7 +72,7 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
   const target = new URL(options.url)
   const intervalMs = 1000 / options.rate
   const backlogMax = Math.max(options.connections, Math.ceil(options.rate)) // one second of work
-  const latencies: number[] = []
+  const latencies = new Latencies()
   let scheduled = 0
   let completed = 0
   let errors = 0
@@ -147,7 +147,7 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
         conn.buffer = buffer.length === total ? empty : buffer.subarray(total)
         if (status >= 200 && status < 300) {
           completed++
-          latencies.push(performance.now() - conn.dueAt)
+          latencies.record(performance.now() - conn.dueAt)
         } else {
           errors++
         }
@@ -201,12 +201,7 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
     completed,
     errors,
     throughput: completed / options.durationS,
-    latencyMs: {
-      p50: percentile(latencies, 50),
-      p99: percentile(latencies, 99),
-      p999: percentile(latencies, 99.9),
-      max: latencies.reduce((a, b) => Math.max(a, b), 0),
-    },
+    latencyMs: latencies.summary(),
     loadGeneratorCores: (cpu.user + cpu.system) / 1e6 / wallS,
   }
 }
