@@ -126,7 +126,7 @@ function sampleLag(cluster: BenchCluster, everyMs = 20): { stop(): Promise<LagSu
 }
 
 /** Waits until every follower has acknowledged everything the leader has. */
-async function waitCaughtUp(cluster: BenchCluster, timeoutMs = 120_000): Promise<number> {
+export async function waitCaughtUp(cluster: BenchCluster, timeoutMs = 120_000): Promise<number> {
   const started = performance.now()
   for (;;) {
     const view = (await (await fetch(`${cluster.leader.url}/v1/cluster`)).json()) as {
@@ -140,7 +140,8 @@ async function waitCaughtUp(cluster: BenchCluster, timeoutMs = 120_000): Promise
   }
 }
 
-async function prefill(
+/** Writes keys `prefix`0 .. `prefix`(keys-1) through the SDK, 1000 to a batch, ack=all. */
+export async function prefill(
   url: string,
   prefix: string,
   valueBytes: number,

@@ -1,6 +1,7 @@
 /** pnpm bench: runs a benchmark suite (`pnpm bench --help` prints the options below). */
 import { parseArgs } from 'node:util'
 import { runClusterBench } from './cluster.js'
+import { runCompareBench } from './compare.js'
 import { runFailoverBench } from './failover.js'
 import { runLeaderlessBench } from './leaderless.js'
 import { runSingleNode } from './single-node.js'
@@ -23,10 +24,18 @@ bench-results/.
                         cluster, interleaved over --rounds N (2): quorum writes and follower
                         reads. See security-suite.ts.
 
+  --suite compare       etcd (Debian's etcd-server, installed with apt-get when missing and
+                        root) and this store side by side, interleaved over --rounds N (2),
+                        --duration S (15) per phase: quorum and async writes vs etcd put,
+                        linearizable and follower reads vs etcd range, a 3-node leaderless
+                        cluster, and a bare fastify handler; ops/s, CPU µs per operation and
+                        the ratios. --check (the CI guard, pnpm bench:guard) fails unless
+                        every phase produced numbers; speed is never asserted. See compare.ts.
+
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
 
-Options: --duration S (default 10), --connections N (64), --value-bytes N (100),
+Options: --duration S (default 10; 15 for compare), --connections N (64), --value-bytes N (100),
 --get-keys N (100000; 20000 for leaderless), --read-cpu-cap CORES (0.5),
 --out DIR (bench-results).
 `
@@ -36,7 +45,7 @@ async function main(): Promise<void> {
     options: {
       suite: { type: 'string' },
       mode: { type: 'string' },
-      duration: { type: 'string', default: '10' },
+      duration: { type: 'string' },
       connections: { type: 'string', default: '64' },
       'value-bytes': { type: 'string', default: '100' },
       'get-keys': { type: 'string' },
@@ -48,6 +57,7 @@ async function main(): Promise<void> {
       route: { type: 'string', default: 'preference' },
       security: { type: 'string', default: 'tls-auth' },
       rounds: { type: 'string', default: '2' },
+      check: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -67,6 +77,7 @@ async function main(): Promise<void> {
   }
   const suite = opts.suite ?? (opts.mode === 'leaderless' ? 'leaderless' : 'cluster')
   opts['get-keys'] ??= suite === 'leaderless' ? '20000' : '100000'
+  opts.duration ??= suite === 'compare' ? '15' : '10'
   const number = (name: keyof typeof opts, min: number): number => {
     const value = Number(opts[name])
     if (!Number.isFinite(value) || value < min) {
@@ -91,6 +102,8 @@ async function main(): Promise<void> {
       return runFailoverBench({ security, trials: number('trials', 1), out: common.out })
     case 'security':
       return runSecurityBench({ ...common, rounds: number('rounds', 1) })
+    case 'compare':
+      return runCompareBench({ ...common, rounds: number('rounds', 1), check: !!opts.check })
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -104,7 +117,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover or leaderless, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security or compare, not ${String(suite)}`,
       )
   }
 }

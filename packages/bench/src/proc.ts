@@ -1,4 +1,5 @@
-/** Process facts from /proc, for CPU accounting in benchmarks. */
+/** Process facts from /proc, for CPU accounting in benchmarks; and the processes a suite starts itself. */
+import type { ChildProcess } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 
 const ticksPerSecond = 100
@@ -26,4 +27,42 @@ export async function machine(): Promise<{ cpus: string; cores: number; memoryGi
     cores: cpus.length,
     memoryGiB: Math.round(os.totalmem() / 2 ** 30),
   }
+}
+
+/** Processes this run started itself (etcd, the bare fastify server) and has not yet seen exit. */
+const started = new Set<ChildProcess>()
+let exitHooked = false
+
+/**
+ * Remembers `child` so that it is killed (SIGKILL, by its PID) should this process exit before
+ * stopping it, on Ctrl-C or SIGTERM too; forgets it once it exits.
+ */
+export function track(child: ChildProcess): ChildProcess {
+  started.add(child)
+  child.once('exit', () => started.delete(child))
+  if (!exitHooked) {
+    exitHooked = true
+    process.once('exit', () => {
+      for (const c of started) c.kill('SIGKILL')
+    })
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      process.once(signal, () => process.exit(130))
+    }
+  }
+  return child
+}
+
+/** Whether `child` has exited. */
+export const hasExited = (child: ChildProcess): boolean =>
+  child.exitCode !== null || child.signalCode !== null
+
+/** SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone (bounded). */
+export async function stopChild(child: ChildProcess, graceMs = 5000): Promise<void> {
+  if (hasExited(child)) return
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  child.kill('SIGTERM')
+  const killer = setTimeout(() => child.kill('SIGKILL'), graceMs)
+  const giveUp = new Promise<void>((resolve) => setTimeout(resolve, graceMs + 5000).unref())
+  await Promise.race([exited, giveUp])
+  clearTimeout(killer)
 }

@@ -18,7 +18,8 @@ export interface WrkResult {
   loadGeneratorCores: number
 }
 
-const doneHook = `
+/** The `done` hook every script ends with: wrk's summary as one `WRKJSON {...}` line. */
+export const doneHook = `
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write("WRKJSON " .. string.format(
@@ -59,17 +60,17 @@ ${delay}
 ${doneHook}`
 }
 
-/** Lua script: GET a random key among `keys` prefilled ones. */
+/** Lua script: GET a random key among `keys` prefilled ones (`query` appended to each URL). */
 export function getScript(
   prefix: string,
   keys: number,
-  options: { authorization?: string | undefined } = {},
+  options: { authorization?: string | undefined; query?: string } = {},
 ): string {
   return `
 math.randomseed(42)
 local headers = { ${authHeaders(options.authorization)} }
 request = function()
-  return wrk.format("GET", "/v1/kv/${prefix}" .. math.random(0, ${keys - 1}), headers)
+  return wrk.format("GET", "/v1/kv/${prefix}" .. math.random(0, ${keys - 1}) .. "${options.query ?? ''}", headers)
 end
 ${doneHook}`
 }
@@ -118,8 +119,11 @@ export async function runWrk(options: {
     },
     Math.max(0, options.durationS * 1000 - 200),
   )
+  // wrk stops by itself after -d; should it hang, it is killed 30 s later.
+  const watchdog = setTimeout(() => child.kill('SIGKILL'), options.durationS * 1000 + 30_000)
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
   clearTimeout(sampler)
+  clearTimeout(watchdog)
   const line = out.split('\n').find((l) => l.startsWith('WRKJSON '))
   if (code !== 0 || line === undefined) throw new Error(`wrk failed (exit ${code}):\n${out}`)
   const raw = JSON.parse(line.slice('WRKJSON '.length)) as Record<string, number>
