@@ -4,6 +4,7 @@ import { runClusterBench } from './cluster.js'
 import { runCompareBench } from './compare.js'
 import { runFailoverBench } from './failover.js'
 import { runLeaderlessBench } from './leaderless.js'
+import { runOpenLoopBench } from './open-loop.js'
 import { runSingleNode } from './single-node.js'
 import { runSecurityBench } from './security-suite.js'
 import { securityProfiles, type SecurityProfile } from './security.js'
@@ -24,20 +25,28 @@ bench-results/.
                         cluster, interleaved over --rounds N (2): quorum writes and follower
                         reads. See security-suite.ts.
 
-  --suite compare       etcd (Debian's etcd-server, installed with apt-get when missing and
-                        root) and this store side by side, interleaved over --rounds N (2),
-                        --duration S (15) per phase: quorum and async writes vs etcd put,
-                        linearizable and follower reads vs etcd range, a 3-node leaderless
-                        cluster, and a bare fastify handler; ops/s, CPU µs per operation and
-                        the ratios. --check (the CI guard, pnpm bench:guard) fails unless
-                        every phase produced numbers; speed is never asserted. See compare.ts.
+  --suite compare       etcd (Debian's etcd-server; installed with apt-get when missing, as
+                        root) and this store side by side with the same wrk load, interleaved
+                        over --rounds N (2), --duration S (15) per phase: quorum and async
+                        writes vs etcd put, linearizable and follower reads vs etcd range, a
+                        3-node leaderless cluster (N=3), and a bare fastify handler; ops/s per
+                        round, CPU µs per operation of all server processes, the ratios and
+                        the issue's targets (printed, never asserted). --check fails unless
+                        every phase produced numbers (the CI guard: pnpm bench:guard).
+                        See compare.ts.
+
+  --suite open-loop     the closed-loop maximum of quorum writes (wrk, --max-duration S,
+                        default 15), then PUT ack=quorum offered on a fixed schedule at each
+                        --rate-share (0.5,0.8) of it for --duration S (60): p50, p99, p99.9,
+                        max from when each write was due, stalls over 100 ms, and per-second
+                        p99 and max as an SVG beside the JSON and a text plot. See open-loop.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
 
-Options: --duration S (default 10; 15 for compare), --connections N (64), --value-bytes N (100),
---get-keys N (100000; 20000 for leaderless), --read-cpu-cap CORES (0.5),
---out DIR (bench-results).
+Options: --duration S (default 10; 15 for compare, 60 for open-loop), --connections N (64),
+--value-bytes N (100), --get-keys N (100000; 20000 for leaderless), --read-cpu-cap CORES
+(0.5), --out DIR (bench-results).
 `
 
 async function main(): Promise<void> {
@@ -58,6 +67,8 @@ async function main(): Promise<void> {
       security: { type: 'string', default: 'tls-auth' },
       rounds: { type: 'string', default: '2' },
       check: { type: 'boolean', default: false },
+      'rate-share': { type: 'string', default: '0.5,0.8' },
+      'max-duration': { type: 'string', default: '15' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -77,7 +88,7 @@ async function main(): Promise<void> {
   }
   const suite = opts.suite ?? (opts.mode === 'leaderless' ? 'leaderless' : 'cluster')
   opts['get-keys'] ??= suite === 'leaderless' ? '20000' : '100000'
-  opts.duration ??= suite === 'compare' ? '15' : '10'
+  opts.duration ??= suite === 'compare' ? '15' : suite === 'open-loop' ? '60' : '10'
   const number = (name: keyof typeof opts, min: number): number => {
     const value = Number(opts[name])
     if (!Number.isFinite(value) || value < min) {
@@ -104,6 +115,21 @@ async function main(): Promise<void> {
       return runSecurityBench({ ...common, rounds: number('rounds', 1) })
     case 'compare':
       return runCompareBench({ ...common, rounds: number('rounds', 1), check: !!opts.check })
+    case 'open-loop': {
+      const shares = String(opts['rate-share'])
+        .split(',')
+        .map((s) => Number(s.trim()))
+      if (shares.length === 0 || shares.some((s) => !Number.isFinite(s) || s <= 0 || s > 2)) {
+        throw new Error(
+          `--rate-share must be shares of the maximum above 0 (up to 2), comma-separated, such as 0.5,0.8; not ${String(opts['rate-share'])}`,
+        )
+      }
+      return runOpenLoopBench({
+        ...common,
+        maxDurationS: number('max-duration', 1),
+        shares,
+      })
+    }
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -117,7 +143,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security or compare, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare or open-loop, not ${String(suite)}`,
       )
   }
 }

@@ -4,13 +4,15 @@
  * connection waits for its answer), so it cannot hold a rate below the maximum; this can.
  * Latency is measured from when a request was due, not when it was sent, so a stalled server
  * shows up in the percentiles instead of hiding in a lower send rate (coordinated omission).
+ * Latencies go into HDR histograms (latency.ts): one for the run, one per second of the
+ * schedule (summarized as soon as that second has nothing outstanding), and stall episodes.
  *
  * It speaks just enough HTTP/1.1 for the node's answers: a status line, headers and a
  * Content-Length body.
  */
 import { connect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
-import { Latencies } from './latency.js'
+import { Latencies, Stalls, Timeline, type SecondStats, type StallEpisode } from './latency.js'
 
 export interface PacedOptions {
   url: string
@@ -24,6 +26,8 @@ export interface PacedOptions {
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer } | undefined
   /** Sent as the Authorization header of every request. */
   authorization?: string | undefined
+  /** A request slower than this (from when it was due) is part of a stall; default 100 ms. */
+  stallThresholdMs?: number
 }
 
 export interface PacedResult {
@@ -35,6 +39,10 @@ export interface PacedResult {
   errors: number
   throughput: number
   latencyMs: { p50: number; p99: number; p999: number; max: number }
+  /** Each second of the schedule: the requests due in it that completed, p50, p99, max. */
+  perSecond: SecondStats[]
+  /** Stretches where requests took over `thresholdMs` from when they were due (latency.ts). */
+  stalls: { thresholdMs: number; count: number; longestMs: number; episodes: StallEpisode[] }
   /** CPU used by this generator, in cores. */
   loadGeneratorCores: number
 }
@@ -73,6 +81,8 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
   const intervalMs = 1000 / options.rate
   const backlogMax = Math.max(options.connections, Math.ceil(options.rate)) // one second of work
   const latencies = new Latencies()
+  const timeline = new Timeline()
+  const stalls = new Stalls(options.stallThresholdMs ?? 100)
   let scheduled = 0
   let completed = 0
   let errors = 0
@@ -147,7 +157,10 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
         conn.buffer = buffer.length === total ? empty : buffer.subarray(total)
         if (status >= 200 && status < 300) {
           completed++
-          latencies.record(performance.now() - conn.dueAt)
+          const latency = performance.now() - conn.dueAt
+          latencies.record(latency)
+          timeline.record(conn.dueAt - started, latency)
+          stalls.record(conn.dueAt - started, latency)
         } else {
           errors++
         }
@@ -160,6 +173,13 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
 
   const cpuBefore = process.cpuUsage()
   const started = performance.now()
+  // Seconds before the oldest request still waiting to be sent or answered are complete.
+  let settledSecond = 0
+  const settle = () => {
+    let oldest = backlog[0] ?? Infinity
+    for (const c of conns) if (c.busy) oldest = Math.min(oldest, c.dueAt)
+    timeline.settle(Math.min(oldest, performance.now()) - started)
+  }
   const endAt = started + options.durationS * 1000
   await new Promise<void>((resolve) => {
     const tick = () => {
@@ -175,6 +195,11 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
         }
       }
       pump()
+      const second = Math.floor((now - started) / 1000)
+      if (second !== settledSecond) {
+        settledSecond = second
+        settle()
+      }
       if (now >= endAt || failure) resolve()
       else setTimeout(tick, 1)
     }
@@ -202,6 +227,8 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
     errors,
     throughput: completed / options.durationS,
     latencyMs: latencies.summary(),
+    perSecond: timeline.finish(options.durationS),
+    stalls: stalls.summary(),
     loadGeneratorCores: (cpu.user + cpu.system) / 1e6 / wallS,
   }
 }

@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process'
 import { mkdir, writeFile } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 import { fmt, say } from './common.js'
 import { machine } from './proc.js'
 
@@ -19,6 +19,8 @@ export interface Report {
   body: string[]
   /** The suite's own JSON fields, after the common ones. */
   json: Record<string, unknown>
+  /** More files beside the JSON, `<suite>-<time><suffix>`, each named at the end of the markdown. */
+  attachments?: { suffix: string; what: string; content: string }[]
 }
 
 function gitCommit(): string {
@@ -37,12 +39,17 @@ export async function publish(out: string, report: Report): Promise<void> {
   const host = await machine()
   const commit = gitCommit()
   const date = new Date().toISOString()
+  const outDir = resolve(out)
+  const base = join(outDir, `${report.suite}-${date.replace(/[:.]/g, '-')}`)
+  const attachments = report.attachments ?? []
   const markdown = [
     report.summary,
     `Machine: ${host.cores} x ${host.cpus}, ${host.memoryGiB} GiB; Node.js ${process.version}; commit ${commit}; ${date}.`,
     `Command: \`${report.command}\``,
     '',
     ...report.body,
+    ...(attachments.length > 0 ? [''] : []),
+    ...attachments.map((a) => `${a.what}: \`${basename(base)}${a.suffix}\`, beside this file.`),
   ].join('\n')
   say(`\n${markdown}\n`)
   const json = {
@@ -54,12 +61,13 @@ export async function publish(out: string, report: Report): Promise<void> {
     machine: host,
     ...report.json,
   }
-  const outDir = resolve(out)
   await mkdir(outDir, { recursive: true })
-  const base = join(outDir, `${report.suite}-${date.replace(/[:.]/g, '-')}`)
   await writeFile(`${base}.json`, `${JSON.stringify(json, null, 2)}\n`)
   await writeFile(`${base}.md`, `${markdown}\n`)
-  say(`wrote ${base}.json and ${base}.md`)
+  for (const a of attachments) await writeFile(`${base}${a.suffix}`, a.content)
+  say(
+    `wrote ${[`${base}.json`, `${base}.md`, ...attachments.map((a) => `${base}${a.suffix}`)].join(', ')}`,
+  )
 }
 
 /** One row of the targets table: name, goal, what was measured, and met (or why not measured). */
