@@ -10,19 +10,33 @@ export function say(text: string): void {
 export const fmt = (n: number, digits = 0): string =>
   n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
 
+let aptUpdated = false
+
+/**
+ * Installs Debian `packages` with apt-get (its package lists refreshed once per run), within
+ * 10 minutes; returns why it cannot (not root, no apt-get) instead of trying, or throws
+ * when apt-get fails.
+ */
+export function aptInstall(packages: string[]): { unavailable: string } | null {
+  if (process.getuid?.() !== 0) return { unavailable: 'not root' }
+  if (spawnSync('apt-get', ['--version']).error !== undefined) return { unavailable: 'no apt-get' }
+  say(`installing ${packages.join(', ')} from Debian packages (apt-get install)...`)
+  const update = aptUpdated ? '' : 'apt-get update -qq && '
+  execFileSync('sh', ['-c', `${update}apt-get install -y -qq ${packages.join(' ')} >/dev/null`], {
+    stdio: 'inherit',
+    timeout: 600_000,
+    env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+  })
+  aptUpdated = true
+  return null
+}
+
 export function ensureWrk(): void {
   if (wrkAvailable()) return
-  const isRoot = process.getuid?.() === 0
-  const hasApt = spawnSync('apt-get', ['--version']).error === undefined
-  if (isRoot && hasApt) {
-    say('wrk is missing; installing it from Debian packages (apt-get install wrk)...')
-    execFileSync('sh', ['-c', 'apt-get update -qq && apt-get install -y -qq wrk >/dev/null'], {
-      stdio: 'inherit',
-    })
-    if (wrkAvailable()) return
-  }
+  const failed = aptInstall(['wrk'])
+  if (failed === null && wrkAvailable()) return
   throw new Error(
-    'the benchmark needs wrk: install it (Debian/Ubuntu: sudo apt-get install wrk) and rerun',
+    `the benchmark needs wrk${failed === null ? '' : `, and cannot install it here (${failed.unavailable})`}: install it (Debian/Ubuntu: sudo apt-get install wrk) and rerun`,
   )
 }
 

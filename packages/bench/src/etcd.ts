@@ -5,12 +5,12 @@
  * HTTP, no auth). The load goes through etcd's JSON gateway (grpc-gateway on the client port):
  * `POST /v3/kv/put` and `POST /v3/kv/range`, with base64 keys and values.
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { openSync, closeSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { freePort } from '@kvstore/testkit'
 import { Pool } from 'undici'
-import { say, sleep } from './common.js'
+import { aptInstall, say, sleep } from './common.js'
 import { hasExited, stopChild, track } from './proc.js'
 import { doneHook } from './wrk.js'
 
@@ -37,26 +37,17 @@ export function ensureEtcd(): EtcdBinary {
     const version = etcdVersion(path)
     if (version !== null) return { path, version }
   }
-  const isRoot = process.getuid?.() === 0
-  const hasApt = spawnSync('apt-get', ['--version']).error === undefined
-  if (!isRoot || !hasApt) {
-    throw new Error(
-      `the compare suite needs etcd, and it is not installed; it cannot install it here (${isRoot ? 'no apt-get' : 'not root'}): install etcd-server (Debian: sudo apt-get install etcd-server) and rerun`,
-    )
-  }
-  say('etcd is missing; installing it from Debian packages (apt-get install etcd-server)...')
+  say('etcd is not installed.')
+  let failed: { unavailable: string } | null
   try {
-    execFileSync(
-      'sh',
-      ['-c', 'apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null'],
-      {
-        stdio: 'inherit',
-        timeout: 600_000,
-        env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-      },
-    )
+    failed = aptInstall(['etcd-server'])
   } catch (err) {
     throw new Error(`apt-get install etcd-server failed: ${(err as Error).message}`)
+  }
+  if (failed !== null) {
+    throw new Error(
+      `the compare suite needs etcd, and cannot install it here (${failed.unavailable}): install etcd-server (Debian: sudo apt-get install etcd-server) and rerun`,
+    )
   }
   const version = etcdVersion(debianBin)
   if (version === null)
