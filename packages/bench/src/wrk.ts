@@ -104,6 +104,9 @@ export async function runWrk(options: {
     ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   )
+  // Listen for the exit at once: a wrk that fails at start (a bad script, a refused
+  // connection) may exit before the first await below returns.
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
   let out = ''
   child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()))
   child.stderr.on('data', (chunk: Buffer) => (out += chunk.toString()))
@@ -121,7 +124,7 @@ export async function runWrk(options: {
   )
   // wrk stops by itself after -d; should it hang, it is killed 30 s later.
   const watchdog = setTimeout(() => child.kill('SIGKILL'), options.durationS * 1000 + 30_000)
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  const code = await exited
   clearTimeout(sampler)
   clearTimeout(watchdog)
   const line = out.split('\n').find((l) => l.startsWith('WRKJSON '))
