@@ -26,7 +26,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
@@ -44,7 +44,7 @@ import {
   type EtcdBinary,
 } from './etcd.js'
 import { pidOf, startBenchCluster, startLeaderlessBenchCluster } from './node-process.js'
-import { cpuSeconds, stopChild, track } from './proc.js'
+import { cpuSeconds, loadAverage, stopChild, track } from './proc.js'
 import { publish, targetTable, type TargetRow } from './report.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
@@ -460,6 +460,7 @@ async function roundFastify(run: Runner, options: CompareOptions, round: number)
 export async function runCompareBench(options: CompareOptions): Promise<void> {
   const { durationS, connections, valueBytes, getKeys, rounds } = options
   const startedAt = performance.now()
+  const loadBefore = await loadAverage()
   ensureWrk()
   const bin = ensureEtcd()
   const work = await mkdtemp(join(tmpdir(), 'kv-bench-compare-'))
@@ -493,6 +494,7 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
     await rm(work, { recursive: true, force: true })
   }
   const elapsedS = (performance.now() - startedAt) / 1000
+  const loadAfter = await loadAverage()
 
   const of = (key: PhaseKey) => run.phases.filter((p) => p.key === key)
   const rate = (key: PhaseKey) => mean(of(key).map((p) => p.throughput))
@@ -586,7 +588,7 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
       '',
       ...targetTable(targets),
       '',
-      `The run took ${fmt(elapsedS)} s. The targets are printed, never asserted.`,
+      `The run took ${fmt(elapsedS)} s. Load average (1 min) ${fmt(loadBefore, 2)} before it and ${fmt(loadAfter, 2)} after (the machine has ${cpus().length} cores; other work on it weighs on every figure). The targets are printed, never asserted.`,
     ],
     json: {
       etcd: bin,
@@ -597,6 +599,7 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
       durationS,
       rounds,
       elapsedS,
+      loadAverage: { before: loadBefore, after: loadAfter },
       rows: summaryRows,
       phases: run.phases,
       targets: targets.map(([name, goal, measured, ok]) => ({ name, goal, measured, met: ok })),

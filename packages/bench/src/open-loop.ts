@@ -16,13 +16,14 @@
  * Targets (printed, never asserted) at 50%: p99 <= 20 ms, max <= 150 ms, no stall over 100 ms.
  */
 import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { waitCaughtUp } from './cluster.js'
 import { ensureWrk, fmt, say } from './common.js'
 import { cpuMeter, startBenchCluster } from './node-process.js'
 import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
 import { asciiPlot, latencySvg } from './plot.js'
+import { loadAverage } from './proc.js'
 import { coresCell, publish, targetTable, type TargetRow } from './report.js'
 import { benchSecurity, type SecurityProfile } from './security.js'
 import { putScript, runWrk, type WrkResult } from './wrk.js'
@@ -52,6 +53,7 @@ const stallThresholdMs = 100
 export async function runOpenLoopBench(options: OpenLoopOptions): Promise<void> {
   const { durationS, maxDurationS, connections, valueBytes, shares } = options
   ensureWrk()
+  const loadBefore = await loadAverage()
   const work = await mkdtemp(join(tmpdir(), 'kv-bench-open-loop-'))
   const security = await benchSecurity(options.security, work)
   let closed: WrkResult | null = null
@@ -120,6 +122,7 @@ export async function runOpenLoopBench(options: OpenLoopOptions): Promise<void> 
     await rm(work, { recursive: true, force: true })
   }
   const max = closed as WrkResult
+  const loadAfter = await loadAverage()
   const maximum = Math.max(0, max.requests - max.errors) / max.durationS
 
   const half = phases.find((p) => p.share === 0.5)
@@ -179,8 +182,11 @@ export async function runOpenLoopBench(options: OpenLoopOptions): Promise<void> 
       ...plots,
       '',
       ...targetTable(targets),
+      '',
+      `Load average (1 min) ${fmt(loadBefore, 2)} before the run and ${fmt(loadAfter, 2)} after (the machine has ${cpus().length} cores; other work on it weighs on every figure). The targets are printed, never asserted.`,
     ],
     json: {
+      loadAverage: { before: loadBefore, after: loadAfter },
       connections,
       valueBytes,
       durationS,

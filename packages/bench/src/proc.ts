@@ -18,6 +18,12 @@ export async function cpuSeconds(pid: number): Promise<number> {
   }
 }
 
+/** The 1-minute load average, for a report to show how busy the machine was. */
+export async function loadAverage(): Promise<number> {
+  const os = await import('node:os')
+  return os.loadavg()[0] ?? 0
+}
+
 /** A short description of the machine for the report. */
 export async function machine(): Promise<{ cpus: string; cores: number; memoryGiB: number }> {
   const os = await import('node:os')
