@@ -44,7 +44,7 @@ import {
   type EtcdBinary,
 } from './etcd.js'
 import { pidOf, startBenchCluster, startLeaderlessBenchCluster } from './node-process.js'
-import { cpuSeconds, loadAverage, stopChild, track } from './proc.js'
+import { cpuSeconds, loadAverage, removeOnExit, stopChild, track } from './proc.js'
 import { publish, targetTable, type TargetRow } from './report.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
@@ -464,6 +464,7 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
   ensureWrk()
   const bin = ensureEtcd()
   const work = await mkdtemp(join(tmpdir(), 'kv-bench-compare-'))
+  const workOnExit = removeOnExit(work)
   const run = new Runner(options, work)
   const order: SystemName[] = ['etcd', 'single-leader', 'leaderless', 'fastify']
   try {
@@ -492,6 +493,7 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
     }
   } finally {
     await rm(work, { recursive: true, force: true })
+    workOnExit.forget()
   }
   const elapsedS = (performance.now() - startedAt) / 1000
   const loadAfter = await loadAverage()

@@ -23,7 +23,7 @@ import { ensureWrk, fmt, say } from './common.js'
 import { cpuMeter, startBenchCluster } from './node-process.js'
 import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
 import { asciiPlot, latencySvg } from './plot.js'
-import { loadAverage } from './proc.js'
+import { loadAverage, removeOnExit } from './proc.js'
 import { coresCell, publish, targetTable, type TargetRow } from './report.js'
 import { benchSecurity, type SecurityProfile } from './security.js'
 import { putScript, runWrk, type WrkResult } from './wrk.js'
@@ -55,6 +55,7 @@ export async function runOpenLoopBench(options: OpenLoopOptions): Promise<void> 
   ensureWrk()
   const loadBefore = await loadAverage()
   const work = await mkdtemp(join(tmpdir(), 'kv-bench-open-loop-'))
+  const workOnExit = removeOnExit(work)
   const security = await benchSecurity(options.security, work)
   let closed: WrkResult | null = null
   let closedCores: Record<string, number> = {}
@@ -120,6 +121,7 @@ export async function runOpenLoopBench(options: OpenLoopOptions): Promise<void> 
     }
   } finally {
     await rm(work, { recursive: true, force: true })
+    workOnExit.forget()
   }
   const max = closed as WrkResult
   const loadAfter = await loadAverage()

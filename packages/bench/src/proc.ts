@@ -1,5 +1,6 @@
 /** Process facts from /proc, for CPU accounting in benchmarks; and the processes a suite starts itself. */
 import type { ChildProcess } from 'node:child_process'
+import { rmSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 
 const ticksPerSecond = 100
@@ -37,24 +38,37 @@ export async function machine(): Promise<{ cpus: string; cores: number; memoryGi
 
 /** Processes this run started itself (etcd, the bare fastify server) and has not yet seen exit. */
 const started = new Set<ChildProcess>()
+/** Work directories to delete should this process exit before the suite's own cleanup. */
+const directories = new Set<string>()
 let exitHooked = false
+
+function hookExit(): void {
+  if (exitHooked) return
+  exitHooked = true
+  process.once('exit', () => {
+    for (const c of started) c.kill('SIGKILL')
+    for (const dir of directories) rmSync(dir, { recursive: true, force: true, maxRetries: 3 })
+  })
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => process.exit(130))
+  }
+}
+
+/** Deletes `dir` when this process exits, Ctrl-C included, unless `forget` is called first. */
+export function removeOnExit(dir: string): { forget(): void } {
+  directories.add(dir)
+  hookExit()
+  return { forget: () => void directories.delete(dir) }
+}
 
 /**
  * Remembers `child` so that it is killed (SIGKILL, by its PID) should this process exit before
  * stopping it, on Ctrl-C or SIGTERM too; forgets it once it exits.
  */
-export function track(child: ChildProcess): ChildProcess {
+export function track<T extends ChildProcess>(child: T): T {
   started.add(child)
   child.once('exit', () => started.delete(child))
-  if (!exitHooked) {
-    exitHooked = true
-    process.once('exit', () => {
-      for (const c of started) c.kill('SIGKILL')
-    })
-    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-      process.once(signal, () => process.exit(130))
-    }
-  }
+  hookExit()
   return child
 }
 

@@ -5,7 +5,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { cpuSeconds } from './proc.js'
+import { cpuSeconds, track } from './proc.js'
 
 export interface WrkResult {
   requests: number
@@ -90,19 +90,21 @@ export async function runWrk(options: {
 }): Promise<WrkResult> {
   const scriptPath = join(options.scriptDir, `wrk-${process.pid}-${++scripts}.lua`)
   await writeFile(scriptPath, options.script)
-  const child = spawn(
-    'wrk',
-    [
-      '-t1',
-      `-c${options.connections}`,
-      `-d${options.durationS}s`,
-      '--timeout',
-      '10s',
-      '-s',
-      scriptPath,
-      options.url,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+  const child = track(
+    spawn(
+      'wrk',
+      [
+        '-t1',
+        `-c${options.connections}`,
+        `-d${options.durationS}s`,
+        '--timeout',
+        '10s',
+        '-s',
+        scriptPath,
+        options.url,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    ),
   )
   // Listen for the exit at once: a wrk that fails at start (a bad script, a refused
   // connection) may exit before the first await below returns.
