@@ -35,12 +35,16 @@ export class Latencies {
     return this.histogram.totalCount
   }
 
-  /** The p-th percentile (0..100) in ms; 0 when nothing was recorded. */
+  /**
+   * The p-th percentile (0..100) in ms; 0 when nothing was recorded. HDR reports the top of the
+   * value's bucket (up to 0.1% above it), so it is capped at the exact maximum.
+   */
   percentile(p: number): number {
-    return this.count === 0 ? 0 : this.histogram.getValueAtPercentile(p) / 1000
+    if (this.count === 0) return 0
+    return Math.min(this.histogram.getValueAtPercentile(p), this.histogram.maxValue) / 1000
   }
 
-  /** The largest latency in ms (to the histogram's precision); 0 when nothing was recorded. */
+  /** The largest latency in ms (exact, to the µs); 0 when nothing was recorded. */
   get max(): number {
     return this.count === 0 ? 0 : this.histogram.maxValue / 1000
   }

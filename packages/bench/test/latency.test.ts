@@ -21,6 +21,12 @@ describe('Latencies (HDR histogram)', () => {
     expect(summary.p50).toBeGreaterThan(300)
   })
 
+  it('never reads a percentile above the maximum', () => {
+    const one = Latencies.of([1096.4])
+    expect(one.percentile(50)).toBe(one.max)
+    expect(one.max).toBeCloseTo(1096.4, 3)
+  })
+
   it('reads 0 when empty, and clamps what it cannot track', () => {
     expect(new Latencies().summary()).toEqual({ p50: 0, p99: 0, p999: 0, max: 0 })
     const odd = Latencies.of([-5, Infinity])
