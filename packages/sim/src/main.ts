@@ -19,7 +19,11 @@ import {
   type LeaderlessUnsafeRule,
 } from './leaderless/simulator.js'
 
-const unsafeRules: UnsafeRule[] = ['grantEveryVote', 'skipUpToDateCheck', 'countLeaderBeforeDurable']
+const unsafeRules: UnsafeRule[] = [
+  'grantEveryVote',
+  'skipUpToDateCheck',
+  'countLeaderBeforeDurable',
+]
 
 function fail(message: string): never {
   process.stderr.write(`kv-sim: ${message}\n`)

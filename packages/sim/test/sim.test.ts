@@ -46,7 +46,8 @@ describe('the deterministic simulator', () => {
       expect(violation).toMatch(
         {
           grantEveryVote: /two leaders in epoch/,
-          skipUpToDateCheck: /without committed entry|committed entry \d+ changed|CoreInvariantError/,
+          skipUpToDateCheck:
+            /without committed entry|committed entry \d+ changed|CoreInvariantError/,
           // Pipelined replication: the leader's entries are shipped before its disk has them, so
           // it may count itself only once they are durable.
           countLeaderBeforeDurable: /committed by \w+ is durable on \d+ of \d+ nodes/,
