@@ -29,7 +29,7 @@ import {
 } from './node-process.js'
 import { coresCell, publish, rateCells, targetTable } from './report.js'
 import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
-import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
+import { getScript, putScript, runWrk, warmUpQuorumPuts, type WrkResult } from './wrk.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
 
 export interface ClusterOptions {
@@ -227,12 +227,12 @@ export async function runClusterBench(options: ClusterOptions): Promise<void> {
     const authorization = await security.authorization(leader.url)
     try {
       say('   warming up (ack=quorum, 3 s)...')
-      await runWrk({
+      await warmUpQuorumPuts({
         url: leader.url,
-        script: putScript('warm/', valueBytes, { query: '?ack=quorum', authorization }),
+        valueBytes,
+        authorization,
         scriptDir: work,
         connections,
-        durationS: 3,
       })
       await waitCaughtUp(cluster)
 

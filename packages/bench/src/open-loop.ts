@@ -26,7 +26,7 @@ import { asciiPlot, latencySvg } from './plot.js'
 import { loadAverage, removeOnExit } from './proc.js'
 import { coresCell, publish, targetTable, type TargetRow } from './report.js'
 import { benchSecurity, type SecurityProfile } from './security.js'
-import { putScript, runWrk, type WrkResult } from './wrk.js'
+import { putScript, runWrk, warmUpQuorumPuts, type WrkResult } from './wrk.js'
 
 export interface OpenLoopOptions {
   security: SecurityProfile
@@ -67,12 +67,12 @@ export async function runOpenLoopBench(options: OpenLoopOptions): Promise<void> 
       const { leader } = cluster
       const authorization = await security.authorization(leader.url)
       say('   warming up (ack=quorum, 3 s)...')
-      await runWrk({
+      await warmUpQuorumPuts({
         url: leader.url,
-        script: putScript('warm/', valueBytes, { query: '?ack=quorum', authorization }),
+        valueBytes,
+        authorization,
         scriptDir: work,
         connections,
-        durationS: 3,
       })
       await waitCaughtUp(cluster)
       say(

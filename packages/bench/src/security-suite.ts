@@ -20,7 +20,7 @@ import { pidOf, startBenchCluster } from './node-process.js'
 import { cpuSeconds } from './proc.js'
 import { publish, targetTable } from './report.js'
 import { benchSecurity, type SecurityProfile } from './security.js'
-import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
+import { getScript, putScript, runWrk, warmUpQuorumPuts, type WrkResult } from './wrk.js'
 
 export interface SecuritySuiteOptions {
   durationS: number
@@ -69,12 +69,12 @@ export async function runSecurityBench(options: SecuritySuiteOptions): Promise<v
           const follower = cluster.followers[0]
           if (follower === undefined) throw new Error('no follower')
           const authorization = await security.authorization(leader.url)
-          await runWrk({
+          await warmUpQuorumPuts({
             url: leader.url,
-            script: putScript('warm/', valueBytes, { query: '?ack=quorum', authorization }),
+            valueBytes,
+            authorization,
             scriptDir: work,
             connections,
-            durationS: 3,
           })
           const before = await Promise.all(cluster.members.map((m) => cpuSeconds(pidOf(m))))
           const quorumPut = await runWrk({

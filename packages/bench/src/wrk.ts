@@ -148,3 +148,23 @@ export async function runWrk(options: {
     loadGeneratorCores: cores,
   }
 }
+
+/** Three seconds of closed-loop `ack=quorum` PUTs under `warm/`, their results discarded. */
+export async function warmUpQuorumPuts(options: {
+  url: string
+  valueBytes: number
+  authorization: string | undefined
+  scriptDir: string
+  connections: number
+}): Promise<void> {
+  await runWrk({
+    url: options.url,
+    script: putScript('warm/', options.valueBytes, {
+      query: '?ack=quorum',
+      authorization: options.authorization,
+    }),
+    scriptDir: options.scriptDir,
+    connections: options.connections,
+    durationS: 3,
+  })
+}
