@@ -58,6 +58,8 @@ interface PendingCall {
 interface Channel {
   session: ClientHttp2Session
   stream: http2.ClientHttp2Stream
+  /** Request frames of this turn of the event loop, written together. */
+  outbox: FrameBatch
   pending: Map<number, PendingCall>
   nextId: number
   broken: boolean
@@ -77,6 +79,45 @@ function encodeFrame(id: number, message: Uint8Array): Buffer {
   out.writeUInt32BE(id, 4)
   out.set(message, 8)
   return out
+}
+
+/**
+ * The frames written to one stream in one turn of the event loop, sent as one write when the
+ * turn ends (setImmediate: after every I/O callback of the turn, so the writes a LevelDB batch
+ * or a burst of client requests set off travel together). One write is one HTTP/2 DATA frame
+ * and, mostly, one socket write, on both ends one read; per frame it cost a stream write each,
+ * and as many reads on the other side.
+ */
+class FrameBatch {
+  private frames: Buffer[] = []
+  /** Bytes queued and not yet handed to the stream. */
+  bytes = 0
+  private scheduled = false
+
+  constructor(private readonly stream: http2.Http2Stream) {}
+
+  push(frame: Buffer): void {
+    this.frames.push(frame)
+    this.bytes += frame.length
+    if (this.scheduled) return
+    this.scheduled = true
+    setImmediate(() => this.flush())
+  }
+
+  private flush(): void {
+    this.scheduled = false
+    const frames = this.frames
+    this.frames = []
+    this.bytes = 0
+    if (frames.length === 0 || this.stream.destroyed || !this.stream.writable) return
+    this.stream.write(frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames))
+  }
+
+  /** Drops what is queued (the stream is gone). */
+  clear(): void {
+    this.frames = []
+    this.bytes = 0
+  }
 }
 
 /** Cuts a byte stream into frames; throws on a length no peer may send. */
@@ -321,6 +362,7 @@ export class LeaderlessRpc {
   private acceptStream(stream: ServerHttp2Stream, peer: string | null): void {
     stream.respond({ ':status': 200, 'content-type': 'application/x-kv-frames' })
     const reader = new FrameReader()
+    const replies = new FrameBatch(stream)
     let serving = 0
     let servingBytes = 0
     stream.on('data', (chunk: Buffer) => {
@@ -349,7 +391,7 @@ export class LeaderlessRpc {
           )
             stream.resume()
           if (!stream.destroyed && stream.writable)
-            stream.write(encodeFrame(id, encodePeerReply(reply)))
+            replies.push(encodeFrame(id, encodePeerReply(reply)))
         })
       }
     })
@@ -391,6 +433,7 @@ export class LeaderlessRpc {
     const channel: Channel = {
       session,
       stream,
+      outbox: new FrameBatch(stream),
       pending: new Map(),
       nextId: 1,
       broken: false,
@@ -435,6 +478,7 @@ export class LeaderlessRpc {
       call.reject(new PeerUnreachable(peer, reason, channel.connected))
     }
     channel.pending.clear()
+    channel.outbox.clear()
     channel.session.destroy()
   }
 
@@ -452,12 +496,11 @@ export class LeaderlessRpc {
         new PeerUnreachable(peer, `${callsInFlightMax} calls are already waiting for it`),
       )
     }
-    if (channel.stream.writableLength > channelBufferBytesMax) {
+    const waiting = channel.stream.writableLength + channel.outbox.bytes
+    if (waiting > channelBufferBytesMax) {
       // The peer is not reading (slow, or paused): fail at once rather than buffer without
       // bound. Nothing was sent, so the outcome is known.
-      return Promise.reject(
-        new PeerUnreachable(peer, `${channel.stream.writableLength} bytes are waiting to be sent`),
-      )
+      return Promise.reject(new PeerUnreachable(peer, `${waiting} bytes are waiting to be sent`))
     }
     const payload = encodePeerRequest({
       clusterId: this.options.clusterId,
@@ -474,7 +517,7 @@ export class LeaderlessRpc {
         this.breakChannel(peer, channel, `no reply within ${timeoutMs} ms`)
       }, timeoutMs)
       channel.pending.set(id, { resolve, reject, timer })
-      channel.stream.write(encodeFrame(id, payload))
+      channel.outbox.push(encodeFrame(id, payload))
     })
   }
 
