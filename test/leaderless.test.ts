@@ -214,6 +214,41 @@ describe('leaderless mode, 5 nodes, N = 3', () => {
     expect(await metricTotal(cluster.member(down).url, 'kv_read_repairs_total')).toBe(0)
   })
 
+  it('a digest read fetches a newer value that only a versions-only answer shows, and repairs the data replica', async () => {
+    // No hints and no anti-entropy: only the read can bring the stale replica up to date.
+    const cluster = await startCluster(['--anti-entropy-interval-ms', '600000', '--hints-max', '0'])
+    const key = 'digest/k'
+    const [stale, second] = replicasOf(key) as [string, string, string]
+    const url = (id: string) => cluster.member(id).url
+    const first = await put(url(stale), key, 'v1', { w: 'all' })
+    expect(first.status).toBe(200)
+    const mismatches = () => metricTotal(url(stale), 'kv_read_digest_mismatches_total')
+    // All three agree: the data comes from the coordinator, the versions from the others, and
+    // no value travels twice.
+    expect((await get(url(stale), key, { r: 'all' })).values).toEqual(['v1'])
+    expect(await mismatches()).toBe(0)
+    await cluster.stop(stale)
+    await cluster.waitForViews()
+    // v2 replaces v1 (it carries v1's context) on the two replicas that are up.
+    const overwrite = await put(url(second), key, 'v2', { w: 2, context: first.body.context })
+    expect(overwrite.status).toBe(200)
+    await cluster.startMember(stale)
+    expect((await cluster.local(stale, key))?.siblings.map((s) => s.valueBase64)).toEqual([
+      Buffer.from('v1').toString('base64'),
+    ])
+    // The coordinator's own copy (the data) is older than the versions the others sent: it
+    // fetches v2 before answering, never answering v1.
+    const read = await get(url(stale), key, { r: 2 })
+    expect(read.values).toEqual(['v2'])
+    expect(await mismatches()).toBeGreaterThanOrEqual(1)
+    await waitFor(
+      async () =>
+        (await cluster.local(stale, key))?.siblings.map((s) => s.valueBase64).join() ===
+        Buffer.from('v2').toString('base64'),
+      { timeoutMs: 5000, message: 'read repair did not bring the data replica up to date' },
+    )
+  })
+
   it('sloppy writes count hints toward W; strict ones do not, and say how many replicas took them', async () => {
     const cluster = await startCluster(['--quorum-timeout-ms', '1000'])
     const key = 'sloppy/k'

@@ -7,6 +7,7 @@ import {
   mergeReplies,
   reachableTargets,
   staleReplicas,
+  versionsOf,
 } from '../src/leaderless/index.js'
 
 const policy = { mode: 'siblings' as const, siblingsMax: 8 }
@@ -78,6 +79,80 @@ describe('the read quorum (get core)', () => {
   it('merges nothing to null and repairs nobody then', () => {
     expect(mergeReplies<string>([null, null], policy)).toBeNull()
     expect(staleReplicas(new Map([['n1', null]]), null)).toEqual([])
+  })
+})
+
+describe('digest reads: the data from one replica, versions from the rest', () => {
+  it('answers with the data when the versions agree, and fetches nothing', () => {
+    const read = new ReadQuorum<string>(['n1', 'n2', 'n3'], 2, policy)
+    read.addReply('n1', v2)
+    read.addVersions('n2', versionsOf(v2))
+    expect(read.status).toBe('met')
+    expect(read.missingValues()).toEqual([])
+    expect(read.response()?.state).toEqual(v2)
+    read.addVersions('n3', null)
+    expect(read.missingValues()).toEqual([])
+    expect(read.repairs()).toEqual({ merged: v2, stale: ['n3'] })
+  })
+
+  it('repairs a replica whose versions are behind, without fetching its values', () => {
+    const read = new ReadQuorum<string>(['n1', 'n2', 'n3'], 3, policy)
+    // A versions-only answer first: the merge still keeps the copy that has the value.
+    read.addVersions('n2', versionsOf(v2))
+    read.addReply('n1', v2)
+    read.addVersions('n3', versionsOf(v1))
+    expect(read.missingValues()).toEqual([])
+    expect(read.response()?.state).toEqual(v2)
+    expect(read.repairs().stale).toEqual(['n3'])
+  })
+
+  it('fetches the values of a version only a versions-only answer holds', () => {
+    const read = new ReadQuorum<string>(['n1', 'n2', 'n3'], 2, policy)
+    read.addReply('n1', v1)
+    read.addVersions('n2', versionsOf(v2))
+    expect(read.status).toBe('met')
+    expect(read.missingValues()).toEqual(['n2'])
+    // No answer before the value is there: a newer version seen is never answered as older.
+    expect(() => read.response()).toThrow(/missingValues/)
+    expect(() => read.repairs()).toThrow(/missingValues/)
+    read.upgrade('n2', v2)
+    expect(read.missingValues()).toEqual([])
+    expect(read.response()?.state).toEqual(v2)
+    expect(read.repairs().stale).toEqual(['n1'])
+  })
+
+  it('fetches a concurrent sibling and answers with both', () => {
+    const read = new ReadQuorum<string>(['n1', 'n2'], 2, policy)
+    read.addReply('n1', v1)
+    read.addVersions('n2', versionsOf(concurrent))
+    expect(read.missingValues()).toEqual(['n2'])
+    read.upgrade('n2', concurrent)
+    expect(
+      read
+        .response()
+        ?.state?.siblings.map((s) => s.value.value)
+        .sort(),
+    ).toEqual(['one', 'other'])
+  })
+
+  it('drops an answer whose values could not be fetched, and may then fall short of R', () => {
+    const read = new ReadQuorum<string>(['n1', 'n2', 'n3'], 2, policy)
+    read.addReply('n1', v1)
+    read.addVersions('n2', versionsOf(v2))
+    read.addFailure('n3')
+    read.upgradeFailed('n2')
+    expect(read.status).toBe('unreachable')
+    expect(read.response()).toBeNull()
+    expect(() => read.upgrade('n1', v1)).toThrow(/no versions-only answer/)
+  })
+
+  it('needs no values from a replica that holds only deletes', () => {
+    const deleted = written(v1, 'a', 2, null)
+    const read = new ReadQuorum<string>(['n1', 'n2'], 2, policy)
+    read.addReply('n1', v1)
+    read.addVersions('n2', versionsOf(deleted))
+    expect(read.missingValues()).toEqual([])
+    expect(read.response()?.state).toEqual(deleted)
   })
 })
 

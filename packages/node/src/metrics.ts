@@ -302,6 +302,11 @@ export class NodeMetrics {
         },
       })
     counter('kv_read_repairs_total', 'Replicas updated by read repair.', () => stats.readRepairs)
+    counter(
+      'kv_read_digest_mismatches_total',
+      'Values a read fetched in a second round trip, because a replica asked for its versions only held one the data lacked.',
+      () => stats.digestMismatches,
+    )
     counter('kv_hints_stored_total', 'Hints stored here for down members.', () => stats.hintsStored)
     counter(
       'kv_hints_replayed_total',

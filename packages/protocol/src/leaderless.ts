@@ -65,7 +65,8 @@ export interface KeyRecord {
 export type PeerRequestBody =
   | { kind: 'ping' }
   | { kind: 'store'; key: Uint8Array; record: VersionedRecord; hintFor: string }
-  | { kind: 'fetch'; key: Uint8Array }
+  /** versionsOnly: answer with the versions and leave the values out (a digest read). */
+  | { kind: 'fetch'; key: Uint8Array; versionsOnly?: boolean }
   | {
       kind: 'coordinate'
       key: Uint8Array
@@ -93,7 +94,8 @@ export type PeerReply =
   | { kind: 'refusal'; code: string; message: string }
   | { kind: 'pong'; clockMs: number }
   | { kind: 'storeAck'; changed: boolean }
-  | { kind: 'fetchReply'; record: VersionedRecord | null }
+  /** versionsOnly: every sibling's value was left out (empty); tombstones are still null. */
+  | { kind: 'fetchReply'; record: VersionedRecord | null; versionsOnly?: boolean }
   | { kind: 'coordinateReply'; status: number; bodyJson: string }
   | { kind: 'rootsReply'; roots: number[] }
   | { kind: 'leavesReply'; leaves: number[] }
@@ -101,6 +103,19 @@ export type PeerReply =
   | { kind: 'authState'; digest: string; records: Uint8Array[] }
 
 // ---- encoding -------------------------------------------------------------------------------
+
+const noValue = new Uint8Array(0)
+
+/** A record's versions without its values (each live value empty), for a versions-only reply. */
+export function versionsOnlyRecord(record: VersionedRecord): VersionedRecord {
+  return {
+    vector: record.vector,
+    siblings: record.siblings.map((s) => ({
+      dot: s.dot,
+      value: { value: s.value.value === null ? null : noValue, hlc: s.value.hlc },
+    })),
+  }
+}
 
 const byActor = (a: [string, number], b: [string, number]) =>
   a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0
@@ -172,7 +187,7 @@ function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
     case 'store':
       return { key: body.key, record: recordFields(body.record), hintFor: body.hintFor }
     case 'fetch':
-      return { key: body.key }
+      return { key: body.key, versionsOnly: body.versionsOnly === true }
     case 'coordinate':
       return {
         key: body.key,
@@ -217,7 +232,13 @@ export function encodePeerReply(reply: PeerReply): Uint8Array {
   let body: Record<string, unknown> = fields
   if (reply.kind === 'fetchReply') {
     body =
-      reply.record === null ? { found: false } : { found: true, record: recordFields(reply.record) }
+      reply.record === null
+        ? { found: false }
+        : {
+            found: true,
+            record: recordFields(reply.record),
+            versionsOnly: reply.versionsOnly === true,
+          }
   } else if (reply.kind === 'keysReply') {
     body = { records: reply.records.map((r) => ({ key: r.key, record: recordFields(r.record) })) }
   }
@@ -382,7 +403,8 @@ export function decodePeerRequest(data: Uint8Array): PeerRequest {
       hintFor: text(s.hintFor, 'hint target', leaderlessLimits.actorBytesMax),
     }
   } else if (m.fetch !== undefined) {
-    body = { kind: 'fetch', key: bytes(obj(m.fetch, 'fetch').key, 'key') }
+    const f = obj(m.fetch, 'fetch')
+    body = { kind: 'fetch', key: bytes(f.key, 'key'), versionsOnly: f.versionsOnly === true }
   } else if (m.coordinate !== undefined) {
     const c = obj(m.coordinate, 'coordinate')
     const tombstone = c.tombstone === true
@@ -443,7 +465,12 @@ export function decodePeerReply(data: Uint8Array): PeerReply {
     return { kind: 'storeAck', changed: obj(m.storeAck, 'ack').changed === true }
   if (m.fetchReply !== undefined) {
     const f = obj(m.fetchReply, 'fetch reply')
-    return { kind: 'fetchReply', record: f.found === true ? decodeRecordFields(f.record) : null }
+    if (f.found !== true) return { kind: 'fetchReply', record: null }
+    const record = decodeRecordFields(f.record)
+    if (f.versionsOnly !== true) return { kind: 'fetchReply', record }
+    if (record.siblings.some((s) => s.value.value !== null && s.value.value.length > 0))
+      fail('a versions-only reply carries a value')
+    return { kind: 'fetchReply', record, versionsOnly: true }
   }
   if (m.coordinateReply !== undefined) {
     const c = obj(m.coordinateReply, 'coordinate reply')

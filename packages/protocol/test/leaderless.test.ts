@@ -16,6 +16,7 @@ import {
   type PeerReply,
   type PeerRequest,
   type VersionedRecord,
+  versionsOnlyRecord,
 } from '../src/index.js'
 
 const record: VersionedRecord = {
@@ -138,6 +139,40 @@ describe('leaderless formats', () => {
     ] satisfies PeerReply[]) {
       expect(decodePeerReply(encodePeerReply(reply))).toEqual(reply)
     }
+  })
+
+  it('a versions-only fetch is answered with the versions, and a value in one is refused', () => {
+    const request = decodePeerRequest(
+      encodePeerRequest({
+        clusterId: 'c',
+        from: 'n1',
+        to: 'n2',
+        body: { kind: 'fetch', key: Buffer.from('k'), versionsOnly: true },
+      }),
+    )
+    expect(request.body).toEqual({ kind: 'fetch', key: Buffer.from('k'), versionsOnly: true })
+    const versions = versionsOnlyRecord(record)
+    const reply = decodePeerReply(
+      encodePeerReply({ kind: 'fetchReply', record: versions, versionsOnly: true }),
+    )
+    expect(reply).toMatchObject({ kind: 'fetchReply', versionsOnly: true })
+    const siblings = reply.kind === 'fetchReply' ? (reply.record?.siblings ?? []) : []
+    const whole = decodePeerReply(encodePeerReply({ kind: 'fetchReply', record }))
+    const wholeSiblings = whole.kind === 'fetchReply' ? (whole.record?.siblings ?? []) : []
+    // The dots, timestamps and deletes are all there; the values are not.
+    expect(siblings.map((s) => s.dot)).toEqual(wholeSiblings.map((s) => s.dot))
+    expect(siblings.map((s) => s.value.hlc)).toEqual(wholeSiblings.map((s) => s.value.hlc))
+    expect(siblings.map((s) => s.value.value === null)).toEqual(
+      wholeSiblings.map((s) => s.value.value === null),
+    )
+    expect(siblings.every((s) => s.value.value === null || s.value.value.length === 0)).toBe(true)
+    // A full answer is still a full answer.
+    expect(decodePeerReply(encodePeerReply({ kind: 'fetchReply', record }))).not.toHaveProperty(
+      'versionsOnly',
+    )
+    expect(() =>
+      decodePeerReply(encodePeerReply({ kind: 'fetchReply', record, versionsOnly: true })),
+    ).toThrow(/versions-only reply carries a value/)
   })
 
   it('context tokens carry the vector and the newest timestamp, and refuse anything else', () => {

@@ -32,7 +32,7 @@ describe('the leaderless simulator (5 members, N = 3)', () => {
       expect(summary.failures).toHaveLength(1)
       const failed = summary.failures[0]!
       expect(failed.violation).toMatch(
-        unsafe === 'countHintsTowardStrictW' ? /lost write: a read of/ : /resurrection/,
+        unsafe === 'collectWithoutConfirmations' ? /resurrection/ : /lost write: a read of/,
       )
       expect(summary.seeds).toBeLessThan(200)
       // The same seed fails the same way again.

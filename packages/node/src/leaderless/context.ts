@@ -19,6 +19,8 @@ export const metaPrefix = 0x6d // 'm'
 
 export class LeaderlessStats {
   readRepairs = 0
+  /** Values fetched in a second round trip because a versions-only answer held a newer one. */
+  digestMismatches = 0
   hintsStored = 0
   hintsReplayed = 0
   hintsDropped = { window: 0, full: 0, expired: 0 }

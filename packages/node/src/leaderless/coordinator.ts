@@ -11,6 +11,8 @@ import {
   invariant,
   ReadQuorum,
   WriteQuorum,
+  versionsOf,
+  type VersionsOnly,
   mayHintFor,
   mintWrite,
   pickStandIn,
@@ -488,52 +490,63 @@ export class Coordinator {
 
   /**
    * Reads from the preference list and answers with the merge of the first `r` replies.
-   * Replicas that answered something older are repaired: in the background (after every
-   * reply is in or the timeout), or before answering when `blocking`.
+   * A digest read, as Cassandra's: the data comes from one replica (this member when it is
+   * one, a local read), and every other replica is asked for its versions only; values are
+   * fetched from a replica only when its versions show one the data lacks (`ReadQuorum`).
+   * Every replica is asked, so read repair still reaches all of them. Replicas that answered
+   * something older are repaired: in the background (after every reply is in or the timeout),
+   * or before answering when `blocking`.
    */
   async coordinateRead(key: string, r: number, blocking: boolean): Promise<ReadResult> {
     const prefs = this.replica.preferenceList(key)
     const read = new ReadQuorum<Uint8Array>(prefs, r, this.replica.mergePolicy)
     const keyBytes = Buffer.from(key, 'utf8')
-    const fetchOne = async (member: string): Promise<State | null> => {
-      if (member === this.ctx.self) {
-        this.replica.refuseWhileRefilling()
-        return this.replica.loadState(key)
-      }
-      const reply = await this.peers.call(member, { kind: 'fetch', key: keyBytes })
-      if (reply.kind !== 'fetchReply')
-        throw new KvError('KV_ERR_BAD_FRAME', `${member} answered a fetch with ${reply.kind}`)
-      const state = reply.record === null ? null : toState(reply.record)
-      if (state) this.replica.admit(state, member, key)
-      return state
-    }
+    const self = this.ctx.self
+    const dataFrom =
+      prefs.includes(self) && !this.replica.isRefilling
+        ? self
+        : (prefs.find((m) => m !== self && this.peers.isUp(m)) ?? prefs.find((m) => m !== self))
+    let dataSettled = false
     let notify: () => void = () => {}
     const all = Promise.allSettled(
-      prefs.map((m) =>
-        fetchOne(m).then(
-          (state) => {
-            read.addReply(m, state)
+      prefs.map((member) =>
+        this.fetchOne(key, keyBytes, member, member !== dataFrom).then(
+          (answer) => {
+            if (answer.versionsOnly) read.addVersions(member, answer.state)
+            else read.addReply(member, answer.state)
+            if (member === dataFrom) dataSettled = true
             notify()
           },
           () => {
-            read.addFailure(m)
+            read.addFailure(member)
+            if (member === dataFrom) dataSettled = true
             notify()
           },
         ),
       ),
     )
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, this.ctx.config.quorumTimeoutMs)
-      timer.unref()
-      notify = () => {
-        if (read.enough(blocking)) {
-          clearTimeout(timer)
-          resolve()
+    const deadline = this.ctx.now() + this.ctx.config.quorumTimeoutMs
+    // Until the quorum is met or cannot be (every replica, when blocking), and, while the data
+    // is still on its way, until the versions in need no values from it.
+    const ready = () => read.enough(blocking) && (dataSettled || read.missingValues().length === 0)
+    for (;;) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.max(0, deadline - this.ctx.now()))
+        timer.unref()
+        notify = () => {
+          if (ready()) {
+            clearTimeout(timer)
+            resolve()
+          }
         }
-      }
-      notify()
-    })
-    const response = read.response()
+        notify()
+      })
+      notify = () => {}
+      if (!(await this.fetchMissingValues(key, keyBytes, read))) break
+      // A value fetch failed: that answer no longer counts, so wait again (until the deadline).
+      if (read.enough(blocking) || this.ctx.now() >= deadline) break
+    }
+    const response = read.missingValues().length === 0 ? read.response() : null
     if (response === null) {
       this.ctx.stats.quorumFailures.read++
       throw new KvError(
@@ -543,7 +556,7 @@ export class Coordinator {
       )
     }
     if (blocking) {
-      await this.repair(key, read)
+      await this.repair(key, keyBytes, read)
     } else {
       // The rest of the replies, then repair, off the client's path.
       this.ctx.runInBackground(
@@ -554,17 +567,78 @@ export class Coordinator {
             clearTimeout(timer)
             resolve()
           })
-        }).then(() => this.repair(key, read)),
+        }).then(() => this.repair(key, keyBytes, read)),
       )
     }
     return { state: response.state, replicas: prefs, answered: read.replies.size }
   }
 
-  /** Read repair: sends the merge of every reply so far to every replier whose state differs. */
-  private async repair(key: string, read: ReadQuorum<Uint8Array>): Promise<void> {
+  /** One replica's answer to a read: its state, or (`versionsOnly`) its versions only. */
+  private async fetchOne(
+    key: string,
+    keyBytes: Buffer,
+    member: string,
+    versionsOnly: boolean,
+  ): Promise<
+    | { state: State | null; versionsOnly: false }
+    | { state: VersionsOnly | null; versionsOnly: true }
+  > {
+    if (member === this.ctx.self) {
+      this.replica.refuseWhileRefilling()
+      return { state: await this.replica.loadState(key), versionsOnly: false }
+    }
+    const reply = await this.peers.call(member, {
+      kind: 'fetch',
+      key: keyBytes,
+      ...(versionsOnly ? { versionsOnly: true } : {}),
+    })
+    if (reply.kind !== 'fetchReply')
+      throw new KvError('KV_ERR_BAD_FRAME', `${member} answered a fetch with ${reply.kind}`)
+    const state = reply.record === null ? null : toState(reply.record)
+    if (state) this.replica.admit(state, member, key)
+    if (reply.versionsOnly !== true) return { state, versionsOnly: false }
+    if (!versionsOnly)
+      throw new KvError('KV_ERR_BAD_FRAME', `${member} left the values out of a full read`)
+    return { state: state === null ? null : versionsOf(state), versionsOnly: true }
+  }
+
+  /**
+   * Fetches the values the read's merge needs from the replicas that sent only their versions
+   * (a second round trip, counted in digestMismatches). False when every fetch succeeded, true
+   * when one failed (its answer then no longer counts).
+   */
+  private async fetchMissingValues(
+    key: string,
+    keyBytes: Buffer,
+    read: ReadQuorum<Uint8Array>,
+  ): Promise<boolean> {
+    let failed = false
+    // Each pass settles at least one replica (fetched or dropped), so this ends.
+    for (let missing = read.missingValues(); missing.length > 0; missing = read.missingValues()) {
+      this.ctx.stats.digestMismatches += missing.length
+      await Promise.all(
+        missing.map((member) =>
+          this.fetchOne(key, keyBytes, member, false).then(
+            (answer) => read.upgrade(member, answer.state as State | null),
+            () => {
+              read.upgradeFailed(member)
+              failed = true
+            },
+          ),
+        ),
+      )
+    }
+    return failed
+  }
+
+  /**
+   * Read repair: sends the merge of every reply so far to every replier whose state differs
+   * (fetching first any value a late versions-only answer showed and no full answer holds).
+   */
+  private async repair(key: string, keyBytes: Buffer, read: ReadQuorum<Uint8Array>): Promise<void> {
+    await this.fetchMissingValues(key, keyBytes, read)
     const { merged, stale } = read.repairs()
     if (merged === null || stale.length === 0) return
-    const keyBytes = Buffer.from(key, 'utf8')
     await Promise.allSettled(
       stale.map(async (member) => {
         if (member === this.ctx.self) await this.replica.mergeLocal(key, merged, this.ctx.self)

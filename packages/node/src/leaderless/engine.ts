@@ -29,6 +29,7 @@ import {
   type PeerReply,
   type PeerRequest,
   type PeerRequestBody,
+  versionsOnlyRecord,
 } from '@kvstore/protocol'
 import type { Sequencer, Store } from '@kvstore/storage'
 import type { Logger } from 'pino'
@@ -226,7 +227,9 @@ export class LeaderlessEngine {
         this.replica.refuseWhileRefilling()
         const key = this.replica.keyOf(body.key)
         const state = await this.replica.loadState(key)
-        return { kind: 'fetchReply', record: state }
+        if (state === null || body.versionsOnly !== true)
+          return { kind: 'fetchReply', record: state }
+        return { kind: 'fetchReply', record: versionsOnlyRecord(state), versionsOnly: true }
       }
       case 'coordinate': {
         const key = this.replica.keyOf(body.key)

@@ -8,6 +8,8 @@
  * - resurrection: once a replica collected a tombstone with vector V, no replica may ever
  *   persist, and no read return, a live value whose dot V covers;
  * - sibling cap: no persisted state holds more siblings than the cap;
+ * - values: every value a read returns or a replica persists is the one its dot was minted
+ *   with (a digest read must never answer with a value it left out, or another's);
  * - convergence (checked by the simulator after healing): every replica set agrees.
  */
 import { covers, type Dot, type VersionVector, type VersionedState } from '@kvstore/core'
@@ -35,6 +37,8 @@ const dotText = (d: Dot) => `${d.node}:${d.counter}`
 export class LeaderlessChecker {
   readonly acked: AckedWrite[] = []
   private readonly ackedByKey = new Map<string, AckedWrite[]>()
+  /** The value each dot was minted with ("node:counter" to the value; null for a delete). */
+  private readonly mintedValues = new Map<string, string | null>()
   /** Vectors of the tombstones collected, per key. */
   private readonly collected = new Map<string, VersionVector[]>()
   checkedReads = 0
@@ -49,6 +53,22 @@ export class LeaderlessChecker {
     let list = this.ackedByKey.get(write.key)
     if (!list) this.ackedByKey.set(write.key, (list = []))
     list.push(write)
+  }
+
+  /** A coordinator minted `dot` for a write of `value` (null: a delete). */
+  minted(dot: Dot, value: string | null): void {
+    this.mintedValues.set(dotText(dot), value)
+  }
+
+  private checkValues(who: string, key: string, state: VersionedState<string>): void {
+    for (const s of state.siblings) {
+      const minted = this.mintedValues.get(dotText(s.dot))
+      if (minted === undefined || s.value.value !== minted) {
+        throw new InvariantViolation(
+          `wrong value: ${who} ${String(s.value.value)} for ${dotText(s.dot)} of ${key}, which was minted with ${String(minted)}`,
+        )
+      }
+    }
   }
 
   tombstoneCollected(key: string, vector: VersionVector): void {
@@ -70,6 +90,7 @@ export class LeaderlessChecker {
       )
     }
     this.checkNoResurrection(`${member} persisted`, key, state)
+    this.checkValues(`${member} persisted`, key, state)
   }
 
   private checkNoResurrection(who: string, key: string, state: VersionedState<string>): void {
@@ -91,7 +112,10 @@ export class LeaderlessChecker {
     state: VersionedState<string> | null,
   ): void {
     this.checkedReads++
-    if (state !== null) this.checkNoResurrection(`a read via ${coordinator} returned`, key, state)
+    if (state !== null) {
+      this.checkNoResurrection(`a read via ${coordinator} returned`, key, state)
+      this.checkValues(`a read via ${coordinator} returned`, key, state)
+    }
     for (const write of this.ackedByKey.get(key) ?? []) {
       if (!write.strict || write.ackTick > startTick || write.w + r <= this.n) continue
       if (state !== null && covers(state.vector, write.dot)) continue

@@ -38,6 +38,9 @@ import {
   siblingsRefusal,
   tombstoneCollectable,
   mintWrite,
+  mergeReplies,
+  versionsOf,
+  type VersionsOnly,
   type ConfirmationAnswer,
   type VersionVector,
   type VersionedState,
@@ -52,13 +55,16 @@ type State = VersionedState<string>
  * `countHintsTowardStrictW`: a stand-in's hint counts toward a strict W (a read at R can then
  * miss an acknowledged write). `collectWithoutConfirmations`: a tombstone is collected as soon
  * as it is old enough, without asking the other replicas (a replica that missed the delete
- * brings the value back).
+ * brings the value back). `answerFromDataOnly`: a digest read counts the versions-only answers
+ * toward R but answers with the data alone, never fetching a newer value they show.
  */
-export type LeaderlessUnsafeRule = 'countHintsTowardStrictW' | 'collectWithoutConfirmations'
+export type LeaderlessUnsafeRule =
+  'countHintsTowardStrictW' | 'collectWithoutConfirmations' | 'answerFromDataOnly'
 
 export const leaderlessUnsafeRules: readonly LeaderlessUnsafeRule[] = [
   'countHintsTowardStrictW',
   'collectWithoutConfirmations',
+  'answerFromDataOnly',
 ]
 
 export interface LeaderlessSimOptions {
@@ -119,13 +125,14 @@ const treeDepth = 3
 type Body =
   | { kind: 'ping' }
   | { kind: 'store'; key: string; state: State; hintFor: string | null }
-  | { kind: 'fetch'; key: string }
+  | { kind: 'fetch'; key: string; versionsOnly: boolean }
   | { kind: 'aeLeaves'; sets: { set: string; root: number; leaves: number[] }[] }
   | { kind: 'aePush'; records: [string, State][] }
 
 type ReplyBody =
   | { kind: 'ack' }
   | { kind: 'state'; state: State | null }
+  | { kind: 'versions'; versions: VersionsOnly | null }
   | { kind: 'aeKeys'; records: [string, State][]; wanted: { set: string; leaves: number[] }[] }
 
 interface Packet {
@@ -410,8 +417,11 @@ export class LeaderlessSimulation {
         if (body.hintFor !== null) this.storeHint(m, body.hintFor, body.key, body.state)
         else this.mergeLocal(m, body.key, body.state)
         return { kind: 'ack' }
-      case 'fetch':
-        return { kind: 'state', state: m.data.get(body.key) ?? null }
+      case 'fetch': {
+        const state = m.data.get(body.key) ?? null
+        if (!body.versionsOnly) return { kind: 'state', state }
+        return { kind: 'versions', versions: state === null ? null : versionsOf(state) }
+      }
       case 'aeLeaves': {
         const records: [string, State][] = []
         const wanted: { set: string; leaves: number[] }[] = []
@@ -521,6 +531,7 @@ export class LeaderlessSimulation {
       { value: request.value, hlc },
       policy,
     )
+    this.checker.minted({ node: m.id, counter }, request.value)
     this.persist(m, key, state)
     const quorum = new WriteQuorum({
       w: request.w,
@@ -593,24 +604,63 @@ export class LeaderlessSimulation {
     check()
   }
 
+  /**
+   * A digest read, as the node's coordinator does it: the data from this member when it is a
+   * replica (else the first replica it believes up), versions only from the rest, and the
+   * values a versions-only answer shows fetched before answering (and before repairing).
+   */
   private coordinateRead(m: SimMember, key: string, r: number): void {
     const prefs = this.ring.preferenceList(key, replicas)
     const read = new ReadQuorum<string>(prefs, r, policy)
+    const dataFrom = prefs.includes(m.id)
+      ? m.id
+      : (prefs.find((p) => this.isUp(m, p)) ?? (prefs[0] as string))
+    /** The full answers alone (what the unsafe rule answers with). */
+    const full: (State | null)[] = []
     const startTick = this.tick
     const incarnation = m.incarnation
     let answered = false
     let repaired = false
+    let dataSettled = false
+    const fetching = new Set<string>()
+    /** Fetches the values `missingValues` names; true while any is on its way. */
+    const fetchMissing = (): boolean => {
+      for (const member of read.missingValues()) {
+        if (fetching.has(member)) continue
+        fetching.add(member)
+        this.call(
+          m,
+          member,
+          { kind: 'fetch', key, versionsOnly: false },
+          (reply) => {
+            fetching.delete(member)
+            if (reply.kind === 'state') read.upgrade(member, reply.state)
+            else read.upgradeFailed(member)
+            progress()
+          },
+          () => {
+            fetching.delete(member)
+            read.upgradeFailed(member)
+            progress()
+          },
+        )
+      }
+      return fetching.size > 0
+    }
     const progress = () => {
       if (m.incarnation !== incarnation || !m.up) return
-      if (!answered && read.enough()) {
-        answered = true
-        const response = read.response()
-        if (response !== null) {
-          this.checker.readReturned(m.id, key, r, startTick, response.state)
-          if (response.state !== null) this.contexts.set(key, response.state.vector)
+      if (!answered && read.enough() && (dataSettled || read.missingValues().length === 0)) {
+        if (this.unsafe === 'answerFromDataOnly') {
+          answered = true
+          if (read.status === 'met')
+            this.readAnswered(m, key, r, startTick, mergeReplies(full, policy))
+        } else if (!fetchMissing()) {
+          answered = true
+          const response = read.response()
+          if (response !== null) this.readAnswered(m, key, r, startTick, response.state)
         }
       }
-      if (answered && !repaired && read.settled) {
+      if (answered && !repaired && read.settled && !fetchMissing()) {
         repaired = true
         const { merged, stale } = read.repairs()
         if (merged === null) return
@@ -629,24 +679,44 @@ export class LeaderlessSimulation {
     }
     for (const member of prefs) {
       if (member === m.id) {
-        read.addReply(member, m.data.get(key) ?? null)
+        const state = m.data.get(key) ?? null
+        read.addReply(member, state)
+        full.push(state)
+        if (member === dataFrom) dataSettled = true
         continue
       }
       this.call(
         m,
         member,
-        { kind: 'fetch', key },
+        { kind: 'fetch', key, versionsOnly: member !== dataFrom },
         (reply) => {
-          read.addReply(member, reply.kind === 'state' ? reply.state : null)
+          if (reply.kind === 'versions') read.addVersions(member, reply.versions)
+          else if (reply.kind === 'state') {
+            read.addReply(member, reply.state)
+            full.push(reply.state)
+          } else read.addFailure(member)
+          if (member === dataFrom) dataSettled = true
           progress()
         },
         () => {
           read.addFailure(member)
+          if (member === dataFrom) dataSettled = true
           progress()
         },
       )
     }
     progress()
+  }
+
+  private readAnswered(
+    m: SimMember,
+    key: string,
+    r: number,
+    startTick: number,
+    state: State | null,
+  ): void {
+    this.checker.readReturned(m.id, key, r, startTick, state)
+    if (state !== null) this.contexts.set(key, state.vector)
   }
 
   private replayHints(m: SimMember): void {
@@ -747,7 +817,7 @@ export class LeaderlessSimulation {
         this.call(
           m,
           member,
-          { kind: 'fetch', key },
+          { kind: 'fetch', key, versionsOnly: false },
           (reply) => answer(reply.kind === 'state' ? reply.state : 'unreachable'),
           () => answer('unreachable'),
         )
