@@ -58,6 +58,10 @@ export class HashRing {
   readonly members: readonly string[]
   readonly vnodes: number
   private readonly points: Point[]
+  /** The walk from each point, once asked for. */
+  private readonly walks: (readonly string[] | undefined)[] = []
+  /** Per n, the replica set of the keys of each point, once asked for. */
+  private readonly sets = new Map<number, (string | undefined)[]>()
 
   constructor(members: readonly string[], vnodes = 64) {
     invariant(members.length > 0, 'a ring needs at least one member')
@@ -87,42 +91,55 @@ export class HashRing {
   }
 
   /** Every distinct member in ring order from the key's position. */
-  walk(key: string): Generator<string> {
+  walk(key: string): readonly string[] {
     return this.walkFrom(hash32(key))
   }
 
-  /** Every distinct member in ring order from a ring position. */
-  *walkFrom(position: number): Generator<string> {
+  /**
+   * Every distinct member in ring order from a ring position. The ring never changes, so the
+   * order from each point is worked out once and kept (members x vnodes short lists): a
+   * leaderless write asks for it several times on every replica.
+   */
+  walkFrom(position: number): readonly string[] {
+    return this.walkAt(this.firstAtOrAfter(position))
+  }
+
+  private walkAt(start: number): readonly string[] {
+    const known = this.walks[start]
+    if (known !== undefined) return known
     const seen = new Set<string>()
-    const start = this.firstAtOrAfter(position)
-    for (let i = 0; i < this.points.length && seen.size < this.members.length; i++) {
-      const member = (this.points[(start + i) % this.points.length] as Point).member
-      if (seen.has(member)) continue
-      seen.add(member)
-      yield member
-    }
+    for (let i = 0; i < this.points.length && seen.size < this.members.length; i++)
+      seen.add((this.points[(start + i) % this.points.length] as Point).member)
+    const order = Object.freeze([...seen])
+    this.walks[start] = order
+    return order
   }
 
   /** The key's preference list: its first `n` distinct members (fewer if the ring is smaller). */
   preferenceList(key: string, n: number): string[] {
-    invariant(Number.isInteger(n) && n >= 1, `n must be at least 1, not ${n}`)
-    const out: string[] = []
-    for (const member of this.walk(key)) {
-      out.push(member)
-      if (out.length === n) break
-    }
-    return out
+    return this.preferenceListAt(hash32(key), n)
   }
 
   /** The preference list of every key hashing to `position` (an arc's end, say). */
   preferenceListAt(position: number, n: number): string[] {
     invariant(Number.isInteger(n) && n >= 1, `n must be at least 1, not ${n}`)
-    const out: string[] = []
-    for (const member of this.walkFrom(position)) {
-      out.push(member)
-      if (out.length === n) break
-    }
-    return out
+    return this.walkFrom(position).slice(0, n)
+  }
+
+  /**
+   * The replica set of the key: its preference list sorted and joined by commas ("n1,n2,n4"),
+   * the name anti-entropy keeps its trees under. Kept per point, as the walks are.
+   */
+  replicaSet(key: string, n: number): string {
+    invariant(Number.isInteger(n) && n >= 1, `n must be at least 1, not ${n}`)
+    const start = this.firstAtOrAfter(hash32(key))
+    let sets = this.sets.get(n)
+    if (sets === undefined) this.sets.set(n, (sets = []))
+    const known = sets[start]
+    if (known !== undefined) return known
+    const set = this.walkAt(start).slice(0, n).sort().join(',')
+    sets[start] = set
+    return set
   }
 
   /**

@@ -12,7 +12,7 @@ import type { HashRing } from '../ring.js'
 
 /** The replica set a key belongs to: its preference list, sorted, joined by commas. */
 export function replicaSetOf(ring: HashRing, key: string, n: number): string {
-  return [...ring.preferenceList(key, n)].sort().join(',')
+  return ring.replicaSet(key, n)
 }
 
 /** Every replica set of the ring (sorted). */
