@@ -115,13 +115,22 @@ export function allTombstones<V>(state: VersionedState<V>): boolean {
  * its value (only its actor mints it, once), so the vector and the dots suffice.
  */
 export function stateDigest<V>(state: VersionedState<V>): number {
-  const vector = Object.entries(state.vector)
-    .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
-    .map(([actor, counter]) => `${actor}=${counter}`)
-    .join(',')
-  const dots = state.siblings
-    .map((s) => `${s.dot.node}:${s.dot.counter}${s.value.value === null ? 't' : ''}`)
-    .sort()
-    .join(',')
-  return hash32(`${vector}|${dots}`)
+  // The text hashed is "a=1,b=2|a:1,b:2t" (vector by actor, dots sorted, t for a delete),
+  // built without intermediate arrays where there is one actor or one sibling, the common case
+  // (an index update per write on every replica).
+  const actors = Object.keys(state.vector)
+  if (actors.length > 1) actors.sort()
+  let text = ''
+  for (let i = 0; i < actors.length; i++) {
+    const actor = actors[i] as string
+    text += `${i === 0 ? '' : ','}${actor}=${state.vector[actor]}`
+  }
+  const dot = (s: Sibling<Payload<V>>) =>
+    `${s.dot.node}:${s.dot.counter}${s.value.value === null ? 't' : ''}`
+  const siblings = state.siblings
+  const dots =
+    siblings.length === 1
+      ? dot(siblings[0] as Sibling<Payload<V>>)
+      : siblings.map(dot).sort().join(',')
+  return hash32(`${text}|${dots}`)
 }

@@ -12,26 +12,35 @@ import { invariant } from './invariant.js'
 
 /** FNV-1a over UTF-8 bytes, then a murmur3 finalizer for avalanche: a stable 32-bit hash. */
 export function hash32(text: string): number {
-  // The core has no TextEncoder (no DOM or Node types): UTF-8 is encoded on the fly.
+  // The core has no TextEncoder (no DOM or Node types): UTF-8 is encoded on the fly, by UTF-16
+  // unit (a string iterator per call cost more than the hashing). A lone surrogate counts as
+  // its own code point, as iterating the string would give it.
   let h = 0x811c9dc5
-  const mix = (byte: number) => {
-    h = Math.imul(h ^ byte, 0x01000193)
-  }
-  for (const char of text) {
-    const c = char.codePointAt(0) as number
-    if (c < 0x80) mix(c)
-    else if (c < 0x800) {
-      mix(0xc0 | (c >> 6))
-      mix(0x80 | (c & 63))
+  for (let i = 0; i < text.length; i++) {
+    let c = text.charCodeAt(i)
+    if (c < 0x80) {
+      h = Math.imul(h ^ c, 0x01000193)
+      continue
+    }
+    if (c >= 0xd800 && c < 0xdc00 && i + 1 < text.length) {
+      const low = text.charCodeAt(i + 1)
+      if (low >= 0xdc00 && low < 0xe000) {
+        c = 0x10000 + ((c - 0xd800) << 10) + (low - 0xdc00)
+        i++
+      }
+    }
+    if (c < 0x800) {
+      h = Math.imul(h ^ (0xc0 | (c >> 6)), 0x01000193)
+      h = Math.imul(h ^ (0x80 | (c & 63)), 0x01000193)
     } else if (c < 0x10000) {
-      mix(0xe0 | (c >> 12))
-      mix(0x80 | ((c >> 6) & 63))
-      mix(0x80 | (c & 63))
+      h = Math.imul(h ^ (0xe0 | (c >> 12)), 0x01000193)
+      h = Math.imul(h ^ (0x80 | ((c >> 6) & 63)), 0x01000193)
+      h = Math.imul(h ^ (0x80 | (c & 63)), 0x01000193)
     } else {
-      mix(0xf0 | (c >> 18))
-      mix(0x80 | ((c >> 12) & 63))
-      mix(0x80 | ((c >> 6) & 63))
-      mix(0x80 | (c & 63))
+      h = Math.imul(h ^ (0xf0 | (c >> 18)), 0x01000193)
+      h = Math.imul(h ^ (0x80 | ((c >> 12) & 63)), 0x01000193)
+      h = Math.imul(h ^ (0x80 | ((c >> 6) & 63)), 0x01000193)
+      h = Math.imul(h ^ (0x80 | (c & 63)), 0x01000193)
     }
   }
   h ^= h >>> 16

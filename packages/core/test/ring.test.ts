@@ -3,7 +3,66 @@ import { HashRing, hash32 } from '../src/ring.js'
 const members = ['n1', 'n2', 'n3', 'n4', 'n5']
 const keys = Array.from({ length: 20_000 }, (_, i) => `user/${i}`)
 
+/** hash32 as first written: by code point through the string iterator. */
+function referenceHash32(text: string): number {
+  let h = 0x811c9dc5
+  const mix = (byte: number) => {
+    h = Math.imul(h ^ byte, 0x01000193)
+  }
+  for (const char of text) {
+    const c = char.codePointAt(0) as number
+    if (c < 0x80) mix(c)
+    else if (c < 0x800) {
+      mix(0xc0 | (c >> 6))
+      mix(0x80 | (c & 63))
+    } else if (c < 0x10000) {
+      mix(0xe0 | (c >> 12))
+      mix(0x80 | ((c >> 6) & 63))
+      mix(0x80 | (c & 63))
+    } else {
+      mix(0xf0 | (c >> 18))
+      mix(0x80 | ((c >> 12) & 63))
+      mix(0x80 | ((c >> 6) & 63))
+      mix(0x80 | (c & 63))
+    }
+  }
+  h ^= h >>> 16
+  h = Math.imul(h, 0x85ebca6b)
+  h ^= h >>> 13
+  h = Math.imul(h, 0xc2b2ae35)
+  h ^= h >>> 16
+  return h >>> 0
+}
+
 describe('hash32', () => {
+  it('gives what it always gave (ring positions, leaves and digests depend on it), for any text', () => {
+    const units = [
+      0x41, 0x7f, 0x80, 0xe9, 0x7ff, 0x800, 0x20ac, 0xd83d, 0xde00, 0xdbff, 0xdfff, 0xfffd, 0xffff,
+    ]
+    let seed = 7
+    const next = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0)
+    for (let n = 0; n < 5000; n++) {
+      let text = ''
+      const length = next() % 12
+      for (let i = 0; i < length; i++)
+        text += String.fromCharCode(
+          next() % 3 === 0 ? (units[next() % units.length] as number) : next() % 0x10000,
+        )
+      expect(hash32(text)).toBe(referenceHash32(text))
+    }
+    for (const text of [
+      '',
+      'user/1',
+      'clé',
+      '😀',
+      '\ud83d',
+      '\ude00x',
+      'a\ud83d\ude00b',
+      '\ud83d\ud83d\ude00',
+    ])
+      expect(hash32(text)).toBe(referenceHash32(text))
+  })
+
   it('is stable, spreads, and hashes equal text equally whatever its code points', () => {
     expect(hash32('a')).toBe(hash32('a'))
     expect(hash32('a')).not.toBe(hash32('b'))
