@@ -42,6 +42,18 @@ describe('merkle trees for anti-entropy', () => {
     expect(tree.root).toBe(MerkleTree.of(entries(1000)).root)
   })
 
+  it('gives an emptied tree the root of no tree (0), and tells a change in any one leaf at the root', () => {
+    const tree = new MerkleTree(10)
+    tree.update('k', undefined, 1)
+    expect(tree.root).not.toBe(0)
+    tree.update('k', 1, undefined)
+    expect(tree.root).toBe(0)
+    // One key in each of many leaves: every one of them moves the root, and no two the same way.
+    const roots = new Set<number>()
+    for (let i = 0; i < 500; i++) roots.add(MerkleTree.of([{ key: `k/${i}`, digest: 1 }]).root)
+    expect(roots.size).toBe(500)
+  })
+
   it('works at depth 0 (one leaf) and refuses mismatched or absurd shapes', () => {
     const a = MerkleTree.of(entries(10), 0)
     const b = MerkleTree.of(
