@@ -62,6 +62,11 @@ export const counterReservation = 10_000
 export const aeRecordsPerMessageMax = 2000
 /** How long an anti-entropy call may take (a batch of merges on a busy peer) (ms). */
 export const aeCallTimeoutMs = 30_000
+/**
+ * Key digests sent in one anti-entropy RangeDigests message, at most (a leaf with more keys,
+ * or more key bytes than aeBytesPerMessageMax, is exchanged by records instead).
+ */
+export const aeDigestsPerMessageMax = 20_000
 /** Leaves asked for in one RangeKeys message, at most. */
 export const aeLeavesPerMessageMax = 64
 /**
@@ -105,6 +110,7 @@ export const oneShotBytesMax = leaderlessLimits.messageBytesMax + 16 * MiB
 /** The leaderless limits the checks below take. */
 export const leaderlessNodeLimits = {
   aeRecordsPerMessageMax,
+  aeDigestsPerMessageMax,
   aeBytesPerMessageMax,
   aeLeavesPerMessageMax,
   treeDepth,
@@ -143,6 +149,7 @@ export const limitCodes = [
   'KV_LIMIT_MEMBER_ID',
   'KV_LIMIT_APPEND_ENTRIES',
   'KV_LIMIT_AE_RECORDS',
+  'KV_LIMIT_AE_DIGESTS',
   'KV_LIMIT_AE_LEAVES',
   'KV_LIMIT_AE_BUDGET',
   'KV_LIMIT_PEER_BUFFER',
@@ -271,6 +278,12 @@ export function constantProblems(
     problems.push({
       code: 'KV_LIMIT_AE_RECORDS',
       message: `aeRecordsPerMessageMax (${leaderless.aeRecordsPerMessageMax}) must be at most leaderlessLimits.recordsPerMessageMax (${peer.leaderless.recordsPerMessageMax}), or peers would refuse full anti-entropy messages`,
+    })
+  }
+  if (leaderless.aeDigestsPerMessageMax > peer.leaderless.digestsPerMessageMax) {
+    problems.push({
+      code: 'KV_LIMIT_AE_DIGESTS',
+      message: `aeDigestsPerMessageMax (${leaderless.aeDigestsPerMessageMax}) must be at most leaderlessLimits.digestsPerMessageMax (${peer.leaderless.digestsPerMessageMax}), or peers would refuse full digest messages`,
     })
   }
   const leaves = 2 ** leaderless.treeDepth

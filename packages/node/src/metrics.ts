@@ -341,6 +341,11 @@ export class NodeMetrics {
       () => stats.antiEntropyExchanges,
     )
     counter(
+      'kv_anti_entropy_records_sent_total',
+      'Records this member sent in anti-entropy exchanges (either side): only the keys whose digests differ, unless a peer knows no key digests.',
+      () => stats.antiEntropyRecordsSent,
+    )
+    counter(
       'kv_anti_entropy_keys_repaired_total',
       'Keys whose copy here changed through anti-entropy (either side of an exchange).',
       () => stats.antiEntropyKeysRepaired,

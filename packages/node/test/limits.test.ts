@@ -68,6 +68,12 @@ describe('the node limits, at load', () => {
       /aeRecordsPerMessageMax \(100001\) must be at most/,
     ],
     [
+      'anti-entropy digest batches larger than a message carries',
+      { leaderless: { aeDigestsPerMessageMax: 1_000_001 } },
+      'KV_LIMIT_AE_DIGESTS',
+      /aeDigestsPerMessageMax \(1000001\) must be at most/,
+    ],
+    [
       'a Merkle tree with more leaves than a reply carries',
       { leaderless: { treeDepth: 21 } },
       'KV_LIMIT_AE_LEAVES',

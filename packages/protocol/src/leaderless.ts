@@ -62,6 +62,12 @@ export interface KeyRecord {
   record: VersionedRecord
 }
 
+/** A key and the 32-bit digest of its state (`stateDigest`). */
+export interface KeyDigest {
+  key: Uint8Array
+  digest: number
+}
+
 export type PeerRequestBody =
   | { kind: 'ping' }
   | { kind: 'store'; key: Uint8Array; record: VersionedRecord; hintFor: string }
@@ -80,6 +86,8 @@ export type PeerRequestBody =
   | { kind: 'rangeRoots'; sets: string[] }
   | { kind: 'rangeLeaves'; set: string }
   | { kind: 'rangeKeys'; set: string; leaves: number[]; records: KeyRecord[] }
+  /** The digest of every key the sender holds in `leaves` (anti-entropy by key digest). */
+  | { kind: 'rangeDigests'; set: string; leaves: number[]; digests: KeyDigest[] }
   /** Auth store exchange: records are encoded AuthRecords (decoded and checked by the receiver). */
   | { kind: 'authSync'; digest: string; records: Uint8Array[] }
 
@@ -100,6 +108,8 @@ export type PeerReply =
   | { kind: 'rootsReply'; roots: number[] }
   | { kind: 'leavesReply'; leaves: number[] }
   | { kind: 'keysReply'; records: KeyRecord[] }
+  /** The receiver's records that differ, and the keys whose records it wants. */
+  | { kind: 'digestsReply'; records: KeyRecord[]; wanted: Uint8Array[] }
   | { kind: 'authState'; digest: string; records: Uint8Array[] }
 
 // ---- encoding -------------------------------------------------------------------------------
@@ -166,6 +176,7 @@ const requestField: Record<PeerRequestBody['kind'], string> = {
   rangeRoots: 'rangeRoots',
   rangeLeaves: 'rangeLeaves',
   rangeKeys: 'rangeKeys',
+  rangeDigests: 'rangeDigests',
   authSync: 'authSync',
 }
 const replyField: Record<PeerReply['kind'], string> = {
@@ -177,6 +188,7 @@ const replyField: Record<PeerReply['kind'], string> = {
   rootsReply: 'rootsReply',
   leavesReply: 'leavesReply',
   keysReply: 'keysReply',
+  digestsReply: 'digestsReply',
   authState: 'authState',
 }
 
@@ -212,6 +224,8 @@ function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
         leaves: body.leaves,
         records: body.records.map((r) => ({ key: r.key, record: recordFields(r.record) })),
       }
+    case 'rangeDigests':
+      return { set: body.set, leaves: body.leaves, digests: body.digests }
     case 'authSync':
       return { digest: body.digest, records: body.records }
   }
@@ -241,6 +255,11 @@ export function encodePeerReply(reply: PeerReply): Uint8Array {
           }
   } else if (reply.kind === 'keysReply') {
     body = { records: reply.records.map((r) => ({ key: r.key, record: recordFields(r.record) })) }
+  } else if (reply.kind === 'digestsReply') {
+    body = {
+      records: reply.records.map((r) => ({ key: r.key, record: recordFields(r.record) })),
+      wanted: reply.wanted,
+    }
   }
   return ReplyType.encode({ format: formatVersion, [replyField[kind]]: body }).finish()
 }
@@ -376,6 +395,13 @@ function decodeKeyRecords(value: unknown): KeyRecord[] {
   })
 }
 
+function u32(value: unknown, name: string): number {
+  const v = value === undefined ? 0 : value
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffffffff)
+    fail(`${name} is not a 32-bit number`)
+  return v
+}
+
 function u32s(value: unknown, name: string, max: number): number[] {
   return list(value, name, max).map((v) => {
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffffffff)
@@ -438,6 +464,17 @@ export function decodePeerRequest(data: Uint8Array): PeerRequest {
       set: text(r.set, 'set'),
       leaves: u32s(r.leaves, 'leaves', leaderlessLimits.leavesPerMessageMax),
       records: decodeKeyRecords(r.records),
+    }
+  } else if (m.rangeDigests !== undefined) {
+    const r = obj(m.rangeDigests, 'range digests')
+    body = {
+      kind: 'rangeDigests',
+      set: text(r.set, 'set'),
+      leaves: u32s(r.leaves, 'leaves', leaderlessLimits.leavesPerMessageMax),
+      digests: list(r.digests, 'digests', leaderlessLimits.digestsPerMessageMax).map((v) => {
+        const d = obj(v, 'key digest')
+        return { key: bytes(d.key, 'key'), digest: u32(d.digest, 'digest') }
+      }),
     }
   } else if (m.authSync !== undefined) {
     const a = obj(m.authSync, 'auth sync')
@@ -508,6 +545,16 @@ export function decodePeerReply(data: Uint8Array): PeerReply {
   }
   if (m.keysReply !== undefined) {
     return { kind: 'keysReply', records: decodeKeyRecords(obj(m.keysReply, 'keys').records) }
+  }
+  if (m.digestsReply !== undefined) {
+    const d = obj(m.digestsReply, 'digests reply')
+    return {
+      kind: 'digestsReply',
+      records: decodeKeyRecords(d.records),
+      wanted: list(d.wanted, 'wanted keys', leaderlessLimits.digestsPerMessageMax).map((k) =>
+        bytes(k, 'wanted key'),
+      ),
+    }
   }
   fail('reply has no body')
 }

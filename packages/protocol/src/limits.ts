@@ -77,6 +77,8 @@ export const leaderlessLimits = {
   actorBytesMax: 128,
   /** Records in one anti-entropy message. */
   recordsPerMessageMax: 100_000,
+  /** Key digests in one RangeDigests message, and keys named in one DigestsReply. */
+  digestsPerMessageMax: 1_000_000,
   /** Replica sets named in one RangeRoots request. */
   setsPerMessageMax: 100_000,
   /** Leaf digests in one reply (a tree of depth 20 at most). */

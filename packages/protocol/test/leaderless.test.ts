@@ -16,6 +16,7 @@ import {
   type PeerReply,
   type PeerRequest,
   type VersionedRecord,
+  leaderlessLimits,
   versionsOnlyRecord,
 } from '../src/index.js'
 
@@ -139,6 +140,47 @@ describe('leaderless formats', () => {
     ] satisfies PeerReply[]) {
       expect(decodePeerReply(encodePeerReply(reply))).toEqual(reply)
     }
+  })
+
+  it('anti-entropy by key digest: digests out, differing records and wanted keys back; too many refused', () => {
+    const request: PeerRequest = {
+      clusterId: 'c',
+      from: 'n1',
+      to: 'n2',
+      body: {
+        kind: 'rangeDigests',
+        set: 'n1,n2,n3',
+        leaves: [3, 9],
+        digests: [
+          { key: Buffer.from('a'), digest: 0 },
+          { key: Buffer.from('b'), digest: 4294967295 },
+        ],
+      },
+    }
+    expect(decodePeerRequest(encodePeerRequest(request))).toEqual(request)
+    const reply = decodePeerReply(
+      encodePeerReply({
+        kind: 'digestsReply',
+        records: [{ key: Buffer.from('a'), record }],
+        wanted: [Buffer.from('b')],
+      }),
+    )
+    expect(reply.kind === 'digestsReply' && reply.wanted).toEqual([Buffer.from('b')])
+    expect(reply.kind === 'digestsReply' && reply.records[0]?.record.siblings).toHaveLength(2)
+    // More digests than a message may carry are refused before anything is looked at.
+    const tooMany = {
+      ...request,
+      body: {
+        kind: 'rangeDigests' as const,
+        set: 's',
+        leaves: [1],
+        digests: Array.from({ length: leaderlessLimits.digestsPerMessageMax + 1 }, () => ({
+          key: Buffer.from('k'),
+          digest: 1,
+        })),
+      },
+    }
+    expect(() => decodePeerRequest(encodePeerRequest(tooMany))).toThrow(/digests has/)
   })
 
   it('a versions-only fetch is answered with the versions, and a value in one is refused', () => {

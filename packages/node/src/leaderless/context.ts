@@ -26,6 +26,7 @@ export class LeaderlessStats {
   hintsDropped = { window: 0, full: 0, expired: 0 }
   antiEntropyExchanges = 0
   antiEntropyKeysRepaired = 0
+  antiEntropyRecordsSent = 0
   siblingsPruned = 0
   siblingWarnings = 0
   lwwDiscarded = 0

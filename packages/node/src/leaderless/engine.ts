@@ -259,6 +259,8 @@ export class LeaderlessEngine {
         return this.antiEntropy.serveLeaves(body.set)
       case 'rangeKeys':
         return this.antiEntropy.serveKeys(request.from, body.set, body.leaves, body.records)
+      case 'rangeDigests':
+        return this.antiEntropy.serveDigests(request.from, body.set, body.leaves, body.digests)
       case 'authSync':
         if (this.authHandler === null)
           throw new KvError(

@@ -32,6 +32,11 @@ export function recordBytes(
   return bytes
 }
 
+/** What one key digest costs a RangeDigests message, roughly: the key's bytes and framing. */
+export function digestBytes(key: string): number {
+  return utf8Bytes(key) + 12
+}
+
 /**
  * Whether one more record of `size` bytes fits a message holding `records` records of `bytes`:
  * a message stays within the record count and byte budget, except that a lone record always
