@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-// Runs `pnpm bench --suite cluster` for two builds side by side, interleaved round by round on the
-// same machine, and prints one table: the working tree against an older commit.
+// Runs `pnpm bench --suite cluster` (or, with --suite leaderless, the 5-node leaderless suite,
+// with each node's CPU per operation) for two builds side by side, interleaved round by round on
+// the same machine, and prints one table: the working tree against an older commit.
 //
-//   pnpm bench:compare --base <rev> [--rounds 2] [--duration 10] [--out bench-results]
+//   pnpm bench:compare --base <rev> [--suite cluster|leaderless] [--rounds 2] [--duration 10]
+//       [--out bench-results]
 //
 // The base commit is checked out into a temporary git worktree, installed from the local pnpm
 // store and built there; the worktree is removed afterwards. Rounds alternate (base, head, base,
@@ -22,12 +24,16 @@ const { values: opts } = parseArgs({
     rounds: { type: 'string', default: '2' },
     duration: { type: 'string', default: '10' },
     out: { type: 'string', default: 'bench-results' },
+    suite: { type: 'string', default: 'cluster' },
   },
 })
 if (opts.base === undefined) {
   process.stderr.write('bench-compare: --base <rev> is required (the commit to compare with)\n')
   process.exit(2)
 }
+if (opts.suite !== 'cluster' && opts.suite !== 'leaderless')
+  throw new Error('--suite must be cluster or leaderless')
+const leaderless = opts.suite === 'leaderless'
 const rounds = Number(opts.rounds)
 const durationS = Number(opts.duration)
 if (!Number.isInteger(rounds) || rounds < 1) throw new Error('--rounds must be an integer >= 1')
@@ -66,7 +72,7 @@ try {
         [
           'packages/bench/dist/main.js',
           '--suite',
-          'cluster',
+          opts.suite,
           '--duration',
           String(durationS),
           '--out',
@@ -79,15 +85,31 @@ try {
     }
   }
 
-  // One row per measured phase: writes per ack mode, reads per target set.
+  // One row per measured phase: writes per ack mode, reads per target set (cluster); each
+  // operation at each quorum, with the CPU of every node per operation (leaderless).
   const phases = []
-  for (const w of results.head[0].writes) {
+  for (const p of leaderless ? results.head[0].phases : []) {
+    phases.push({
+      name: `${p.operation} ${p.operation === 'PUT' ? 'w' : 'r'}=${p.quorum}`,
+      pick: (r) => {
+        const x = r.phases.find((y) => y.operation === p.operation && y.quorum === p.quorum)
+        if (!x) return undefined
+        const cores = Object.values(x.nodeCores).reduce((a, b) => a + b, 0)
+        return {
+          throughput: x.result.throughput,
+          latencyMs: x.result.latencyMs,
+          cpuUsPerOp: (cores / x.result.throughput) * 1e6,
+        }
+      },
+    })
+  }
+  for (const w of leaderless ? [] : results.head[0].writes) {
     phases.push({
       name: `PUT ack=${w.ack}`,
       pick: (r) => r.writes.find((x) => x.ack === w.ack)?.result,
     })
   }
-  for (const rd of results.head[0].reads) {
+  for (const rd of leaderless ? [] : results.head[0].reads) {
     phases.push({
       name: `GET ${rd.name}`,
       pick: (r) => {
@@ -104,6 +126,7 @@ try {
       return {
         opsPerSecond: picked.map((p) => p.throughput),
         p99Ms: picked.map((p) => p.latencyMs.p99),
+        cpuUsPerOp: picked.map((p) => p.cpuUsPerOp).filter((x) => x !== undefined),
       }
     }
     const base = side('base')
@@ -111,16 +134,23 @@ try {
     const change = (mean(head.opsPerSecond) / mean(base.opsPerSecond) - 1) * 100
     return { phase: phase.name, base, head, changePercent: change }
   })
-  const command = `pnpm bench:compare --base ${opts.base} --rounds ${rounds} --duration ${durationS}`
+  const command = `pnpm bench:compare --base ${opts.base}${leaderless ? ' --suite leaderless' : ''} --rounds ${rounds} --duration ${durationS}`
+  const what = leaderless
+    ? '5-node leaderless cluster, N=3 (`pnpm bench --mode leaderless`)'
+    : '3-node single-leader cluster (`pnpm bench --suite cluster`)'
+  const cpuCells = (r) =>
+    leaderless
+      ? ` ${r.base.cpuUsPerOp.map(fmt).join(' / ')} | ${r.head.cpuUsPerOp.map(fmt).join(' / ')} |`
+      : ''
   const markdown = [
-    `3-node single-leader cluster (\`pnpm bench --suite cluster\`), base ${baseCommit} against head ${headCommit}, rounds interleaved; ${new Date().toISOString()}.`,
+    `${what}, base ${baseCommit} against head ${headCommit}, rounds interleaved; ${new Date().toISOString()}.`,
     `Command: \`${command}\``,
     '',
-    '| phase | base ops/s (each round) | head ops/s (each round) | change of the mean | base p99 ms | head p99 ms |',
-    '|---|---:|---:|---:|---:|---:|',
+    `| phase | base ops/s (each round) | head ops/s (each round) | change of the mean | base p99 ms | head p99 ms |${leaderless ? ' base node CPU µs/op | head node CPU µs/op |' : ''}`,
+    `|---|---:|---:|---:|---:|---:|${leaderless ? '---:|---:|' : ''}`,
     ...rows.map(
       (r) =>
-        `| ${r.phase} | ${r.base.opsPerSecond.map(fmt).join(' / ')} | ${r.head.opsPerSecond.map(fmt).join(' / ')} | ${r.changePercent >= 0 ? '+' : ''}${r.changePercent.toFixed(1)}% | ${r.base.p99Ms.map((x) => x.toFixed(1)).join(' / ')} | ${r.head.p99Ms.map((x) => x.toFixed(1)).join(' / ')} |`,
+        `| ${r.phase} | ${r.base.opsPerSecond.map(fmt).join(' / ')} | ${r.head.opsPerSecond.map(fmt).join(' / ')} | ${r.changePercent >= 0 ? '+' : ''}${r.changePercent.toFixed(1)}% | ${r.base.p99Ms.map((x) => x.toFixed(1)).join(' / ')} | ${r.head.p99Ms.map((x) => x.toFixed(1)).join(' / ')} |${cpuCells(r)}`,
     ),
   ].join('\n')
   say(`\n${markdown}\n`)
