@@ -124,6 +124,8 @@ interface Phase {
   latencyMs: { p50: number; p99: number; p999: number; max: number }
   /** CPU of every server process of the system, in cores, over the phase. */
   serverCores: number
+  /** The same per server process, in the order measured (for a cluster: its members'). */
+  serverCoresByProcess: number[]
   /** The same, in µs of CPU per successful operation. */
   cpuUsPerOp: number
   loadGeneratorCores: number
@@ -196,11 +198,13 @@ class Runner {
 
   /** Runs one measured phase: wrk on `targets`, the CPU of `pids` around it. */
   async measure(key: PhaseKey, round: number, pids: number[], targets: Target[]): Promise<Phase> {
-    const cpu = async () => (await Promise.all(pids.map(cpuSeconds))).reduce((a, b) => a + b, 0)
+    const cpu = () => Promise.all(pids.map(cpuSeconds))
     const before = await cpu()
     const started = performance.now()
     const results = await this.wrk(targets, this.options.durationS)
-    const cpuS = (await cpu()) - before
+    const after = await cpu()
+    const cpuByProcessS = after.map((a, i) => a - (before[i] ?? 0))
+    const cpuS = cpuByProcessS.reduce((a, b) => a + b, 0)
     const wallS = (performance.now() - started) / 1000
     const requests = results.reduce((sum, r) => sum + r.requests, 0)
     const errors = results.reduce((sum, r) => sum + r.errors, 0)
@@ -221,12 +225,13 @@ class Runner {
         max: worst((r) => r.latencyMs.max),
       },
       serverCores: cpuS / wallS,
+      serverCoresByProcess: cpuByProcessS.map((c) => c / wallS),
       cpuUsPerOp: ok > 0 ? (cpuS / ok) * 1e6 : NaN,
       loadGeneratorCores: results.reduce((sum, r) => sum + r.loadGeneratorCores, 0),
     }
     this.phases.push(phase)
     say(
-      `   ${phaseLabels[key]}: ${fmt(phase.throughput)}/s, p99 ${fmt(phase.latencyMs.p99, 1)} ms, ${fmt(phase.cpuUsPerOp)} µs CPU/op, ${errors} errors`,
+      `   ${phaseLabels[key]}: ${fmt(phase.throughput)}/s, p99 ${fmt(phase.latencyMs.p99, 1)} ms, ${fmt(phase.cpuUsPerOp)} µs CPU/op (cores per process ${phase.serverCoresByProcess.map((c) => fmt(c, 2)).join(', ')}), ${errors} errors`,
     )
     return phase
   }
