@@ -14,17 +14,22 @@
  *   this store, leaderless (3 nodes, N=3, so every node is a replica of every key and no
  *     request is forwarded): PUT ?w=quorum and GET ?r=quorum, the connections split over the
  *     3 nodes.
- *   a bare fastify handler (hello-server.ts; plain HTTP, one process): the ceiling of Node's
- *     HTTP on this machine.
+ *   a bare fastify handler (hello-server.ts; one process, a fixed body): plain HTTP with no
+ *     auth, the ceiling of Node's HTTP on this machine that the follower-read target is defined
+ *     against; and secured as the nodes are (HTTPS with a member's certificate and a bearer
+ *     token checked on every request, under the default --security tls-auth), the
+ *     like-for-like ceiling printed beside it.
  *
  * Rounds alternate the order (etcd first, then last, ...) so that a machine that gets busier
  * during the run weighs on every system alike. For each phase it reads the CPU time (user +
  * system, /proc/PID/stat) of every server process of the system before and after, and reports
  * CPU µs per successful operation. Ratios are of the means over rounds. The targets are
  * printed, never asserted; `check` (the CI guard) only asserts that every phase ran and
- * produced numbers.
+ * produced numbers. `systems` runs a subset (say, single-leader and fastify while working on
+ * follower reads); the rows and targets that need a system left out are then left out too.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -59,11 +64,14 @@ export interface CompareOptions {
   out: string
   /** The CI guard: fail unless every phase ran and produced numbers (never on speed). */
   check: boolean
+  /** The systems to run, in the suite's order; all of them by default. */
+  systems?: readonly SystemName[]
 }
 
-type SystemName = 'etcd' | 'single-leader' | 'leaderless' | 'fastify'
+export const systemNames = ['etcd', 'single-leader', 'leaderless', 'fastify'] as const
+export type SystemName = (typeof systemNames)[number]
 
-const phaseLabels = {
+const phaseLabelsBase = {
   'etcd put': 'etcd put (to the leader)',
   'etcd range': 'etcd range, linearizable (on the leader)',
   'etcd range serializable': 'etcd range, serializable (on a follower)',
@@ -74,8 +82,20 @@ const phaseLabels = {
   'leaderless put': 'leaderless PUT ?w=quorum (3 nodes, N=3)',
   'leaderless get': 'leaderless GET ?r=quorum (3 nodes, N=3)',
   fastify: 'bare fastify handler (plain HTTP, 1 process)',
+  'fastify secured': 'bare fastify handler, HTTPS + bearer token (1 process)',
 } as const
-type PhaseKey = keyof typeof phaseLabels
+type PhaseKey = keyof typeof phaseLabelsBase
+
+/** The phases' labels; the secured bare handler is secured as the nodes are. */
+function phaseLabelsFor(profile: SecurityProfile): Record<PhaseKey, string> {
+  const secured = {
+    'tls-auth': phaseLabelsBase['fastify secured'],
+    tls: 'bare fastify handler, HTTPS, no auth (1 process)',
+    plaintext: 'bare fastify handler, plain HTTP, no auth, again (1 process)',
+  }[profile]
+  return { ...phaseLabelsBase, 'fastify secured': secured }
+}
+let phaseLabels: Record<PhaseKey, string> = phaseLabelsBase
 
 const systemOf: Record<PhaseKey, SystemName> = {
   'etcd put': 'etcd',
@@ -88,6 +108,7 @@ const systemOf: Record<PhaseKey, SystemName> = {
   'leaderless put': 'leaderless',
   'leaderless get': 'leaderless',
   fastify: 'fastify',
+  'fastify secured': 'fastify',
 }
 
 interface Phase {
@@ -103,6 +124,8 @@ interface Phase {
   latencyMs: { p50: number; p99: number; p999: number; max: number }
   /** CPU of every server process of the system, in cores, over the phase. */
   serverCores: number
+  /** The same per server process, in the order measured (for a cluster: its members'). */
+  serverCoresByProcess: number[]
   /** The same, in µs of CPU per successful operation. */
   cpuUsPerOp: number
   loadGeneratorCores: number
@@ -122,7 +145,14 @@ const rows: Row[] = [
   { name: 'leaderless write, W=quorum', ours: 'leaderless put', baseline: 'etcd put' },
   { name: 'leaderless read, R=quorum', ours: 'leaderless get', baseline: 'etcd range' },
   { name: 'follower read vs the Node HTTP ceiling', ours: 'follower', baseline: 'fastify' },
+  {
+    name: 'follower read vs the like-for-like Node HTTP ceiling',
+    ours: 'follower',
+    baseline: 'fastify secured',
+  },
 ]
+
+const isCeiling = (key: PhaseKey): boolean => key === 'fastify' || key === 'fastify secured'
 
 const mean = (values: number[]): number =>
   values.length === 0 ? 0 : values.reduce((a, b) => a + b, 0) / values.length
@@ -168,11 +198,13 @@ class Runner {
 
   /** Runs one measured phase: wrk on `targets`, the CPU of `pids` around it. */
   async measure(key: PhaseKey, round: number, pids: number[], targets: Target[]): Promise<Phase> {
-    const cpu = async () => (await Promise.all(pids.map(cpuSeconds))).reduce((a, b) => a + b, 0)
+    const cpu = () => Promise.all(pids.map(cpuSeconds))
     const before = await cpu()
     const started = performance.now()
     const results = await this.wrk(targets, this.options.durationS)
-    const cpuS = (await cpu()) - before
+    const after = await cpu()
+    const cpuByProcessS = after.map((a, i) => a - (before[i] ?? 0))
+    const cpuS = cpuByProcessS.reduce((a, b) => a + b, 0)
     const wallS = (performance.now() - started) / 1000
     const requests = results.reduce((sum, r) => sum + r.requests, 0)
     const errors = results.reduce((sum, r) => sum + r.errors, 0)
@@ -193,12 +225,13 @@ class Runner {
         max: worst((r) => r.latencyMs.max),
       },
       serverCores: cpuS / wallS,
+      serverCoresByProcess: cpuByProcessS.map((c) => c / wallS),
       cpuUsPerOp: ok > 0 ? (cpuS / ok) * 1e6 : NaN,
       loadGeneratorCores: results.reduce((sum, r) => sum + r.loadGeneratorCores, 0),
     }
     this.phases.push(phase)
     say(
-      `   ${phaseLabels[key]}: ${fmt(phase.throughput)}/s, p99 ${fmt(phase.latencyMs.p99, 1)} ms, ${fmt(phase.cpuUsPerOp)} µs CPU/op, ${errors} errors`,
+      `   ${phaseLabels[key]}: ${fmt(phase.throughput)}/s, p99 ${fmt(phase.latencyMs.p99, 1)} ms, ${fmt(phase.cpuUsPerOp)} µs CPU/op (cores per process ${phase.serverCoresByProcess.map((c) => fmt(c, 2)).join(', ')}), ${errors} errors`,
     )
     return phase
   }
@@ -407,17 +440,20 @@ async function roundLeaderless(
   }
 }
 
-/** Starts the bare fastify server; resolves with its process and URL. */
+/**
+ * Starts the bare fastify server, plain or secured (HTTPS with `certsDir`'s member certificate,
+ * a bearer token checked when `token` is given); resolves with its process and URL.
+ */
 async function startHelloServer(
   valueBytes: number,
+  secured: { certsDir: string | null; token: string | null } = { certsDir: null, token: null },
   timeoutMs = 15_000,
 ): Promise<{ child: ChildProcess; url: string }> {
   const script = fileURLToPath(new URL('./hello-server.js', import.meta.url))
-  const child = track(
-    spawn(process.execPath, [script, '--value-bytes', String(valueBytes)], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    }),
-  )
+  const args = [script, '--value-bytes', String(valueBytes)]
+  if (secured.certsDir !== null) args.push('--certs-dir', secured.certsDir)
+  if (secured.token !== null) args.push('--bearer-token', secured.token)
+  const child = track(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] }))
   try {
     const port = await new Promise<number>((resolve, reject) => {
       const timer = setTimeout(
@@ -437,36 +473,60 @@ async function startHelloServer(
         }
       })
     })
-    return { child, url: `http://127.0.0.1:${port}` }
+    return { child, url: `${secured.certsDir === null ? 'http' : 'https'}://127.0.0.1:${port}` }
   } catch (err) {
     await stopChild(child)
     throw err
   }
 }
 
-async function roundFastify(run: Runner, options: CompareOptions, round: number): Promise<void> {
-  say(`== round ${round}: bare fastify handler`)
-  const server = await startHelloServer(options.valueBytes)
-  try {
-    const targets = [{ url: server.url, script: getScript('bench/get/', options.getKeys) }]
-    await run.warm(targets)
-    await run.measure('fastify', round, [server.child.pid as number], targets)
-  } finally {
-    await stopChild(server.child)
+async function roundFastify(
+  run: Runner,
+  options: CompareOptions,
+  security: BenchSecurity,
+  round: number,
+): Promise<void> {
+  // Plain first, then secured as the nodes are; each server afresh.
+  for (const key of ['fastify', 'fastify secured'] as const) {
+    say(`== round ${round}: ${phaseLabels[key]}`)
+    const secured = key === 'fastify secured'
+    // A random token for this server alone, sent as a node's client sends its own.
+    const token =
+      secured && security.profile === 'tls-auth' ? randomBytes(32).toString('base64url') : null
+    const server = await startHelloServer(options.valueBytes, {
+      certsDir: secured ? security.certsDir : null,
+      token,
+    })
+    try {
+      const authorization = token === null ? undefined : `Bearer ${token}`
+      const targets = [
+        { url: server.url, script: getScript('bench/get/', options.getKeys, { authorization }) },
+      ]
+      await run.warm(targets)
+      await run.measure(key, round, [server.child.pid as number], targets)
+    } finally {
+      await stopChild(server.child)
+    }
   }
 }
 
 /** Runs the compare suite; resolves once the report is written. */
 export async function runCompareBench(options: CompareOptions): Promise<void> {
   const { durationS, connections, valueBytes, getKeys, rounds } = options
+  phaseLabels = phaseLabelsFor(options.security)
   const startedAt = performance.now()
   const loadBefore = await loadAverage()
+  const order: SystemName[] = systemNames.filter(
+    (s) => options.systems === undefined || options.systems.includes(s),
+  )
+  if (order.length === 0) throw new Error('no system to run')
+  const ran = (key: PhaseKey) => order.includes(systemOf[key])
+  const allSystems = order.length === systemNames.length
   ensureWrk()
-  const bin = ensureEtcd()
+  const bin = order.includes('etcd') ? ensureEtcd() : null
   const work = await mkdtemp(join(tmpdir(), 'kv-bench-compare-'))
   const workOnExit = removeOnExit(work)
   const run = new Runner(options, work)
-  const order: SystemName[] = ['etcd', 'single-leader', 'leaderless', 'fastify']
   try {
     for (let round = 1; round <= rounds; round++) {
       const systems = round % 2 === 1 ? order : [...order].reverse()
@@ -477,7 +537,7 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
         const security = await benchSecurity(options.security, work)
         switch (system) {
           case 'etcd':
-            await roundEtcd(run, options, bin, dir, round)
+            await roundEtcd(run, options, bin as EtcdBinary, dir, round)
             break
           case 'single-leader':
             await roundSingleLeader(run, options, security, dir, round)
@@ -486,7 +546,7 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
             await roundLeaderless(run, options, security, dir, round)
             break
           case 'fastify':
-            await roundFastify(run, options, round)
+            await roundFastify(run, options, security, round)
             break
         }
       }
@@ -508,9 +568,11 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
       .map((p) => fmt(p.throughput))
       .join(' / ')
   const ratioText = (row: Row) =>
-    row.baseline === 'fastify' ? `${fmt(ratio(row) * 100)}%` : `${fmt(ratio(row), 2)}x`
+    isCeiling(row.baseline) ? `${fmt(ratio(row) * 100)}%` : `${fmt(ratio(row), 2)}x`
+  const rowsRun = rows.filter((row) => ran(row.ours) && ran(row.baseline))
+  const rowRan = (name: string) => rowsRun.some((r) => r.name === name)
   const rowByName = (name: string) => rows.find((r) => r.name === name) as Row
-  const summaryRows = rows.map((row) => ({
+  const summaryRows = rowsRun.map((row) => ({
     name: row.name,
     ours: { phase: row.ours, label: phaseLabels[row.ours], throughput: rate(row.ours) },
     baseline: {
@@ -523,30 +585,60 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
     cpuRatio: cpuRatio(row),
   }))
 
-  const target = (name: string, goal: number, text: string): TargetRow => {
+  const target = (name: string, goal: number, text: string): TargetRow[] => {
+    if (!rowRan(name)) return []
     const r = ratio(rowByName(name))
-    return [text, `>= ${goal}x`, `${fmt(r, 2)}x`, r >= goal]
+    return [[text, `>= ${goal}x`, `${fmt(r, 2)}x`, r >= goal]]
   }
   const quorumCpu = cpuRatio(rowByName('durable write through a majority'))
   const followerShare = ratio(rowByName('follower read vs the Node HTTP ceiling'))
+  const followerShareSecured = ratio(
+    rowByName('follower read vs the like-for-like Node HTTP ceiling'),
+  )
+  const followerCpuSecured = cpuRatio(
+    rowByName('follower read vs the like-for-like Node HTTP ceiling'),
+  )
+  const securedCeiling = {
+    'tls-auth': 'HTTPS + bearer token',
+    tls: 'HTTPS, no auth',
+    plaintext: 'plain HTTP, no auth',
+  }
   const targets: TargetRow[] = [
-    target('durable write through a majority', 2.5, 'ack=quorum writes vs etcd put'),
-    target('write acknowledged by the leader alone', 3, 'ack=async writes vs etcd put'),
-    target('linearizable read on the leader', 3, 'linearizable reads vs etcd linearizable range'),
-    [
-      'follower reads vs a bare fastify handler',
-      '>= 75%',
-      `${fmt(followerShare * 100)}%`,
-      followerShare >= 0.75,
-    ],
-    target('leaderless write, W=quorum', 1.2, 'leaderless W=quorum writes vs etcd put'),
-    target('leaderless read, R=quorum', 2, 'leaderless R=quorum reads vs etcd range'),
-    [
-      'CPU per quorum write vs per etcd put (all server processes)',
-      '<= 0.4x',
-      `${fmt(quorumCpu, 2)}x`,
-      quorumCpu <= 0.4,
-    ],
+    ...target('durable write through a majority', 2.5, 'ack=quorum writes vs etcd put'),
+    ...target('write acknowledged by the leader alone', 3, 'ack=async writes vs etcd put'),
+    ...target(
+      'linearizable read on the leader',
+      3,
+      'linearizable reads vs etcd linearizable range',
+    ),
+    ...(rowRan('follower read vs the Node HTTP ceiling')
+      ? ([
+          [
+            "follower reads vs the bare fastify handler, plain HTTP, no auth (the target's ceiling)",
+            '>= 75%',
+            `${fmt(followerShare * 100)}%`,
+            followerShare >= 0.75,
+          ],
+          [
+            `follower reads vs the bare fastify handler secured as the nodes are (${securedCeiling[options.security]}): the like-for-like ceiling, for reference`,
+            '',
+            `${fmt(followerShareSecured * 100)}% (CPU/op ${fmt(followerCpuSecured, 2)}x)`,
+            'for reference',
+          ],
+        ] satisfies TargetRow[])
+      : []),
+    ...target('leaderless write, W=quorum', 1.2, 'leaderless W=quorum writes vs etcd put'),
+    ...target('leaderless read, R=quorum', 2, 'leaderless R=quorum reads vs etcd range'),
+    ...(rowRan('durable write through a majority')
+      ? ([
+          [
+            'CPU per quorum write vs per etcd put (all server processes)',
+            '<= 0.4x',
+            `${fmt(quorumCpu, 2)}x`,
+            quorumCpu <= 0.4,
+          ],
+        ] satisfies TargetRow[])
+      : []),
   ]
 
   const systemOrder = order.join(', ')
@@ -554,9 +646,11 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
     `pnpm bench --suite compare --duration ${durationS} --rounds ${rounds}`,
     `--connections ${connections} --value-bytes ${valueBytes} --get-keys ${getKeys}`,
     ...(options.security === 'tls-auth' ? [] : [`--security ${options.security}`]),
+    ...(allSystems ? [] : [`--systems ${order.join(',')}`]),
     ...(options.check ? ['--check'] : []),
   ].join(' ')
-  const phaseRows = (Object.keys(phaseLabels) as PhaseKey[]).map((key) => {
+  const phaseKeys = (Object.keys(phaseLabels) as PhaseKey[]).filter(ran)
+  const phaseRows = phaseKeys.map((key) => {
     const ps = of(key)
     const worst = (pick: (p: Phase) => number) => Math.max(...ps.map(pick))
     return `| ${systemOf[key]} | ${phaseLabels[key]} | ${perRound(key)} | ${fmt(
@@ -573,11 +667,11 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
   await publish(options.out, {
     suite: 'compare-etcd',
     command,
-    summary: `etcd ${bin.version} (Debian's etcd-server: 3 members, as shipped, fsync on, plain HTTP through its JSON gateway) and this store (3 nodes, ${options.security === 'tls-auth' ? 'as shipped: mutual TLS between members, HTTPS and token auth for clients' : `--security ${options.security}`}) on one machine, each started afresh per round, with wrk on the same machine: ${connections} connections, ${valueBytes}-byte values, fresh keys for writes, ${fmt(getKeys)} prefilled keys for random reads, ${durationS} s per phase, ${rounds} interleaved round${rounds === 1 ? '' : 's'} (order ${systemOrder}, reversed every other round; each cell lists the rounds).`,
+    summary: `${bin === null ? `${order.join(', ')} only (--systems): ` : `etcd ${bin.version} (Debian's etcd-server: 3 members, as shipped, fsync on, plain HTTP through its JSON gateway) and `}this store (3 nodes, ${options.security === 'tls-auth' ? 'as shipped: mutual TLS between members, HTTPS and token auth for clients' : `--security ${options.security}`}) on one machine, each started afresh per round, with wrk on the same machine: ${connections} connections, ${valueBytes}-byte values, fresh keys for writes, ${fmt(getKeys)} prefilled keys for random reads, ${durationS} s per phase, ${rounds} interleaved round${rounds === 1 ? '' : 's'} (order ${systemOrder}, reversed every other round; each cell lists the rounds).`,
     body: [
       '| comparison | ours | ops/s | baseline | ops/s | ours / baseline | CPU µs/op ours | CPU µs/op baseline | CPU ours / baseline |',
       '|---|---|---:|---|---:|---:|---:|---:|---:|',
-      ...rows.map(
+      ...rowsRun.map(
         (row) =>
           `| ${row.name} | ${phaseLabels[row.ours]} | ${perRound(row.ours)} | ${phaseLabels[row.baseline]} | ${perRound(row.baseline)} | ${ratioText(row)} | ${fmt(cpu(row.ours))} | ${fmt(cpu(row.baseline))} | ${fmt(cpuRatio(row), 2)}x |`,
       ),
@@ -610,7 +704,7 @@ export async function runCompareBench(options: CompareOptions): Promise<void> {
 
   if (options.check) {
     const problems: string[] = []
-    for (const key of Object.keys(phaseLabels) as PhaseKey[]) {
+    for (const key of phaseKeys) {
       const ps = of(key)
       if (ps.length !== rounds)
         problems.push(`${phaseLabels[key]}: ${ps.length} of ${rounds} rounds`)

@@ -1,7 +1,7 @@
 /** pnpm bench: runs a benchmark suite (`pnpm bench --help` prints the options below). */
 import { parseArgs } from 'node:util'
 import { runClusterBench } from './cluster.js'
-import { runCompareBench } from './compare.js'
+import { runCompareBench, systemNames, type SystemName } from './compare.js'
 import { runFailoverBench } from './failover.js'
 import { runLeaderlessBench } from './leaderless.js'
 import { runOpenLoopBench } from './open-loop.js'
@@ -29,11 +29,13 @@ bench-results/.
                         root) and this store side by side with the same wrk load, interleaved
                         over --rounds N (2), --duration S (15) per phase: quorum and async
                         writes vs etcd put, linearizable and follower reads vs etcd range, a
-                        3-node leaderless cluster (N=3), and a bare fastify handler; ops/s per
+                        3-node leaderless cluster (N=3), and a bare fastify handler (plain
+                        HTTP, and HTTPS with a bearer token as the nodes run); ops/s per
                         round, CPU µs per operation of all server processes, the ratios and
                         the issue's targets (printed, never asserted). --check fails unless
                         every phase produced numbers (the CI guard: pnpm bench:guard).
-                        See compare.ts.
+                        --systems single-leader,fastify runs only those (of etcd,
+                        single-leader, leaderless, fastify). See compare.ts.
 
   --suite open-loop     the closed-loop maximum of quorum writes (wrk, --max-duration S,
                         default 15), then PUT ack=quorum offered on a fixed schedule at each
@@ -67,6 +69,7 @@ async function main(): Promise<void> {
       security: { type: 'string', default: 'tls-auth' },
       rounds: { type: 'string', default: '2' },
       check: { type: 'boolean', default: false },
+      systems: { type: 'string' },
       'rate-share': { type: 'string', default: '0.5,0.8' },
       'max-duration': { type: 'string', default: '15' },
       help: { type: 'boolean', short: 'h' },
@@ -113,8 +116,21 @@ async function main(): Promise<void> {
       return runFailoverBench({ security, trials: number('trials', 1), out: common.out })
     case 'security':
       return runSecurityBench({ ...common, rounds: number('rounds', 1) })
-    case 'compare':
-      return runCompareBench({ ...common, rounds: number('rounds', 1), check: !!opts.check })
+    case 'compare': {
+      const systems = opts.systems?.split(',').map((s) => s.trim())
+      const unknown = systems?.filter((s) => !(systemNames as readonly string[]).includes(s))
+      if (systems !== undefined && (systems.length === 0 || (unknown?.length ?? 0) > 0)) {
+        throw new Error(
+          `--systems must be some of ${systemNames.join(', ')}, comma-separated; not ${String(opts.systems)}`,
+        )
+      }
+      return runCompareBench({
+        ...common,
+        rounds: number('rounds', 1),
+        check: !!opts.check,
+        ...(systems !== undefined ? { systems: systems as SystemName[] } : {}),
+      })
+    }
     case 'open-loop': {
       const shares = String(opts['rate-share'])
         .split(',')

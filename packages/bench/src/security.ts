@@ -21,6 +21,8 @@ export type SecurityProfile = (typeof securityProfiles)[number]
 export interface BenchSecurity {
   profile: SecurityProfile
   scheme: 'http' | 'https'
+  /** The `kv certs init` directory the nodes take their certificates from; null in plaintext. */
+  certsDir: string | null
   /** kv-node flags: certificates, auth, and the unsafe switch for the baseline. */
   nodeArgs(cluster: boolean): string[]
   /** SDK options reaching the nodes as root. */
@@ -48,6 +50,7 @@ export async function benchSecurity(profile: SecurityProfile, dir: string): Prom
   return {
     profile,
     scheme: profile === 'plaintext' ? 'http' : 'https',
+    certsDir: profile === 'plaintext' ? null : certsDir,
     nodeArgs(cluster) {
       switch (profile) {
         case 'plaintext':

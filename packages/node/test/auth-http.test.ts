@@ -102,6 +102,15 @@ describe('a standalone node with auth on', () => {
       body: JSON.stringify({ password: 'stolen-password' }),
     })
     expect(other.status).toBe(403)
+    // A path no route matches is admin-only, as a route that declares nothing: nobody learns
+    // which paths exist without a credential, nor without the admin role.
+    const missing = async (headers: Record<string, string>) => {
+      const res = await fetch(`${t.url}/v1/nowhere`, { headers })
+      return { status: res.status, code: errorOf(await res.text()).code }
+    }
+    expect(await missing({})).toEqual({ status: 401, code: 'KV_ERR_UNAUTHENTICATED' })
+    expect(await missing(as(annAgain))).toEqual({ status: 403, code: 'KV_ERR_PERMISSION_DENIED' })
+    expect(await missing(as(rootToken))).toEqual({ status: 404, code: 'KV_ERR_ROUTE_NOT_FOUND' })
   })
 
   it('answers 503 KV_ERR_OVERLOADED with Retry-After past the in-flight body budget', async () => {

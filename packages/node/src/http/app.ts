@@ -21,6 +21,7 @@ import { registerSystemRoutes } from './routes/system.js'
 import { registerAuthRoutes } from './routes/auth.js'
 import { registerHttpAuth } from '../security/http-auth.js'
 import { registerBodyBudget } from './body-budget.js'
+import { withRouteHook } from './route-hooks.js'
 
 /** Largest request header block, in bytes; keys travel in the URL, so it must fit them. */
 export const headerBytesMax = 64 * 1024
@@ -115,11 +116,7 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
       recordRequest(request.method, reply.statusCode, reply.elapsedTime / 1000)
       done()
     }
-    const existing = route.onResponse
-    route.onResponse =
-      existing === undefined
-        ? [record]
-        : [...(Array.isArray(existing) ? existing : [existing]), record]
+    route.onResponse = withRouteHook(route.onResponse, record)
   })
 
   app.addHook('preClose', async () => {

@@ -2,7 +2,8 @@
  * Authentication and authorization of every client request, before its body is read.
  *
  * Each route declares what it needs in its config (`access`); a route that declares nothing is
- * admin-only, so a new endpoint can never be open by mistake. Then, in an `onRequest` hook:
+ * admin-only, so a new endpoint can never be open by mistake. Then, in an `onRequest` hook that
+ * each route gets when it is registered (and a request that matches no route, as admin-only):
  * 1. who is asking: a `Authorization: Bearer` token (checked tokens are cached), else a client
  *    certificate the cluster's CA signed that names a user (`kv://<cluster>/user/<name>`),
  *    else nobody;
@@ -12,12 +13,19 @@
  *    op in its handler (`authorizeBatch`), before anything is written.
  * With auth off every request is allowed (as etcd does), and tokens are not needed.
  */
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type {
+  FastifyInstance,
+  FastifyReply,
+  FastifyRequest,
+  onRequestHookHandler,
+  onResponseHookHandler,
+} from 'fastify'
 import type { TLSSocket } from 'node:tls'
 import { KvError } from '@kvstore/protocol/errors'
 import { certificateIdentity } from '@kvstore/protocol/identity'
 import { mayList, mayRead, mayWrite, type Permissions } from '@kvstore/core'
 import { tlsSocketOf } from '../http/dual-protocol.js'
+import { withRouteHook } from '../http/route-hooks.js'
 import { stopUnreadBody } from '../http/unread-body.js'
 import type { AuditLog } from './audit.js'
 import type { AuthStore } from './auth-store.js'
@@ -290,63 +298,90 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
     }
   }
 
-  app.addHook('onRequest', (request, reply, done) => {
-    request.remote = request.ip
-    const config = request.routeOptions.config as RouteSecurityConfig | undefined
-    const access: RouteAccess = config?.access ?? 'admin'
-    if (access === 'public' && request.headers.authorization === undefined) {
+  /** Lets the request on once its principal is known, or refuses it. */
+  const admit = (
+    request: FastifyRequest,
+    reply: FastifyReply,
+    done: () => void,
+    access: RouteAccess,
+    principal: Principal | null,
+  ): void => {
+    request.principal = principal
+    if (access === 'public') {
       done()
       return
     }
-    const finish = (principal: Principal | null): void => {
-      request.principal = principal
-      if (access === 'public') {
-        done()
-        return
-      }
-      const problem = authorize(request, access)
-      if (problem !== null) {
-        refuse(request, reply, problem)
-        return
-      }
-      done()
-    }
-    let identified: Principal | null | Promise<Principal | null>
-    try {
-      identified = identify(request)
-    } catch (err) {
-      if (access === 'public') {
-        done()
-        return
-      }
-      refuse(request, reply, err as KvError)
+    const problem = authorize(request, access)
+    if (problem !== null) {
+      refuse(request, reply, problem)
       return
-    }
-    if (identified instanceof Promise) {
-      identified.then(finish, (err: unknown) => {
-        if (access === 'public') done()
-        else if (err instanceof KvError) refuse(request, reply, err)
-        else reply.send(err)
-      })
-    } else {
-      finish(identified)
-    }
-  })
-
-  // Auth and admin calls go to the audit log whatever their result.
-  app.addHook('onResponse', (request, reply, done) => {
-    const config = request.routeOptions.config as RouteSecurityConfig | undefined
-    if (config?.audit !== undefined && reply.statusCode !== 401 && reply.statusCode !== 403) {
-      audit.record({
-        user: request.principal?.user ?? null,
-        via: request.principal?.via ?? 'anonymous',
-        remote: request.remote,
-        method: request.method,
-        url: request.url,
-        status: reply.statusCode,
-        action: config.audit,
-      })
     }
     done()
+  }
+
+  /** The onRequest hook of a route that needs `access`. */
+  const checker =
+    (access: RouteAccess): onRequestHookHandler =>
+    (request, reply, done) => {
+      request.remote = request.ip
+      if (access === 'public' && request.headers.authorization === undefined) {
+        done()
+        return
+      }
+      let identified: Principal | null | Promise<Principal | null>
+      try {
+        identified = identify(request)
+      } catch (err) {
+        if (access === 'public') {
+          done()
+          return
+        }
+        refuse(request, reply, err as KvError)
+        return
+      }
+      if (identified instanceof Promise) {
+        identified.then(
+          (principal) => admit(request, reply, done, access, principal),
+          (err: unknown) => {
+            if (access === 'public') done()
+            else if (err instanceof KvError) refuse(request, reply, err)
+            else reply.send(err)
+          },
+        )
+      } else {
+        admit(request, reply, done, access, identified)
+      }
+    }
+
+  /** Auth and admin calls go to the audit log whatever their result. */
+  const auditor =
+    (action: string): onResponseHookHandler =>
+    (request, reply, done) => {
+      if (reply.statusCode !== 401 && reply.statusCode !== 403) {
+        audit.record({
+          user: request.principal?.user ?? null,
+          via: request.principal?.via ?? 'anonymous',
+          remote: request.remote,
+          method: request.method,
+          url: request.url,
+          status: reply.statusCode,
+          action,
+        })
+      }
+      done()
+    }
+
+  // Each route gets its own check (and audit), with its access read from its config once.
+  app.addHook('onRoute', (route) => {
+    const config = route.config as RouteSecurityConfig | undefined
+    route.onRequest = withRouteHook(route.onRequest, checker(config?.access ?? 'admin'))
+    if (config?.audit !== undefined)
+      route.onResponse = withRouteHook(route.onResponse, auditor(config.audit))
+  })
+  // A request that matches no route is checked as a route that declares nothing: admin only.
+  const checkUnmatched = checker('admin')
+  app.addHook('onRequest', (request, reply, done) => {
+    if (request.is404) checkUnmatched.call(app, request, reply, done)
+    else done()
   })
 }
