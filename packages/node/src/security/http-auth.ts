@@ -148,6 +148,27 @@ export function authorizeBatch(
   }
 }
 
+/** Set on the options of every route that got the authentication hook (see `assertGuarded`). */
+const guardedRoute = Symbol('kv.guardedRoute')
+
+/**
+ * Throws unless every route in `routes` (options objects as `onRoute` hooks see them) got the
+ * authentication hook: a route registered before `registerHttpAuth` would have none, and be
+ * open. The app checks this when it is ready, so such a build never serves a request.
+ */
+export function assertGuarded(routes: readonly object[]): void {
+  const open = routes.filter((r) => (r as { [guardedRoute]?: true })[guardedRoute] !== true)
+  if (open.length > 0) {
+    const names = open.map((r) => {
+      const route = r as { method?: string | string[]; url?: string }
+      return `${String(route.method)} ${route.url}`
+    })
+    throw new Error(
+      `routes registered before authentication have no check: ${names.join(', ')}; register them after registerHttpAuth`,
+    )
+  }
+}
+
 export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions): void {
   const { auth, tokens, audit, clusterId } = options
   const limiter = new RateLimiter()
@@ -375,6 +396,7 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
   app.addHook('onRoute', (route) => {
     const config = route.config as RouteSecurityConfig | undefined
     route.onRequest = withRouteHook(route.onRequest, checker(config?.access ?? 'admin'))
+    ;(route as { [guardedRoute]?: true })[guardedRoute] = true
     if (config?.audit !== undefined)
       route.onResponse = withRouteHook(route.onResponse, auditor(config.audit))
   })
