@@ -5,7 +5,7 @@
 // from its /metrics. Ends with one summary line. Bounded: it stops after --duration seconds.
 //
 //   pnpm build && node scripts/stall-probe.mjs [--rate 3500] [--duration 40]
-//       [--node-options "--max-semi-space-size=32"] [--node-args "--leveldb-write-buffer-bytes 4194304"]
+//       [--node-options="--max-semi-space-size=32"] [--node-args="--leveldb-write-buffer-bytes 4194304"]
 //
 // The first 5 seconds are left out of the summary (the cluster warms up).
 import { mkdtemp, rm } from 'node:fs/promises'
