@@ -48,7 +48,12 @@ import {
   startEtcdCluster,
   type EtcdBinary,
 } from './etcd.js'
-import { pidOf, startBenchCluster, startLeaderlessBenchCluster } from './node-process.js'
+import {
+  pidOf,
+  startBenchCluster,
+  closeLeaderlessBenchCluster,
+  startLeaderlessBenchCluster,
+} from './node-process.js'
 import { cpuSeconds, loadAverage, removeOnExit, stopChild, track } from './proc.js'
 import { publish, targetTable, type TargetRow } from './report.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
@@ -436,7 +441,7 @@ async function roundLeaderless(
     await run.warm(gets)
     await run.measure('leaderless get', round, pids, gets)
   } finally {
-    await cluster.close()
+    await closeLeaderlessBenchCluster(cluster)
   }
 }
 

@@ -24,7 +24,12 @@ import { Pool } from 'undici'
 import { benchSecurity, type SecurityProfile } from './security.js'
 import { fmt, gauge, say, sleep } from './common.js'
 import { Latencies } from './latency.js'
-import { cpuMeter, startLeaderlessBenchCluster, type BenchMember } from './node-process.js'
+import {
+  cpuMeter,
+  closeLeaderlessBenchCluster,
+  startLeaderlessBenchCluster,
+  type BenchMember,
+} from './node-process.js'
 import { machine } from './proc.js'
 import { coresCell, publish, rateCells } from './report.js'
 
@@ -378,7 +383,7 @@ export async function runLeaderlessBench(options: LeaderlessOptions): Promise<vo
         await router.close()
       }
     } finally {
-      await cluster.close()
+      await closeLeaderlessBenchCluster(cluster)
     }
   } finally {
     await rm(work, { recursive: true, force: true })

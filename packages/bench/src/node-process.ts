@@ -59,6 +59,18 @@ export function startLeaderlessBenchCluster(
   return LeaderlessCluster.start(n, args, quiet(dir, security))
 }
 
+/**
+ * Stops a leaderless cluster's members with SIGTERM, then closes it (which alone would kill -9
+ * them): a node stopped cleanly writes what a preloaded profiler (scripts/cpu-profile.mjs) holds.
+ */
+export async function closeLeaderlessBenchCluster(cluster: LeaderlessCluster): Promise<void> {
+  try {
+    await Promise.all(cluster.members.map((m) => cluster.terminate(m.id)))
+  } finally {
+    await cluster.close()
+  }
+}
+
 /** CPU per member, in cores, over a stretch of wall time. */
 export async function cpuMeter(
   members: BenchMember[],
