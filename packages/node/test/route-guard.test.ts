@@ -3,7 +3,11 @@
  * registered before that hook would get none. The app refuses to become ready then.
  */
 import Fastify from 'fastify'
-import { assertGuarded, registerHttpAuth, type HttpAuthOptions } from '../src/security/http-auth.js'
+import {
+  guardEveryRoute,
+  registerHttpAuth,
+  type HttpAuthOptions,
+} from '../src/security/http-auth.js'
 
 // Registering the hooks touches none of these; only a request would.
 const options = {
@@ -17,18 +21,7 @@ const options = {
 
 function appWithRouteCollector() {
   const app = Fastify()
-  const routes: object[] = []
-  app.addHook('onRoute', (route) => {
-    routes.push(route)
-  })
-  app.addHook('onReady', (done) => {
-    try {
-      assertGuarded(routes)
-      done()
-    } catch (err) {
-      done(err as Error)
-    }
-  })
+  guardEveryRoute(app)
   return app
 }
 

@@ -19,7 +19,7 @@ import { registerKvRoutes } from './routes/kv.js'
 import { registerLeaderlessRoutes } from './routes/leaderless.js'
 import { registerSystemRoutes } from './routes/system.js'
 import { registerAuthRoutes } from './routes/auth.js'
-import { assertGuarded, registerHttpAuth } from '../security/http-auth.js'
+import { guardEveryRoute, registerHttpAuth } from '../security/http-auth.js'
 import { registerBodyBudget } from './body-budget.js'
 import { withRouteHook } from './route-hooks.js'
 
@@ -109,20 +109,11 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     done()
   })
 
+  // Every route must get the authentication hook (registerHttpAuth, below): checked when ready.
+  guardEveryRoute(app)
+
   // Each route records its own requests, with its label fixed when the route is registered.
-  // Every route passes here (this is the first onRoute hook), so the list is checked against
-  // the ones authentication hooked once the app is ready.
-  const routes: object[] = []
-  app.addHook('onReady', (done) => {
-    try {
-      assertGuarded(routes)
-      done()
-    } catch (err) {
-      done(err as Error)
-    }
-  })
   app.addHook('onRoute', (route) => {
-    routes.push(route)
     const recordRequest = metrics.requests.forRoute(route.url ?? route.path)
     const record: onResponseHookHandler = (request, reply, done) => {
       recordRequest(request.method, reply.statusCode, reply.elapsedTime / 1000)

@@ -169,6 +169,25 @@ export function assertGuarded(routes: readonly object[]): void {
   }
 }
 
+/**
+ * Refuses to let `app` become ready while any route lacks the authentication hook. Call it
+ * before any other onRoute hook and any route, so that it sees every route.
+ */
+export function guardEveryRoute(app: FastifyInstance): void {
+  const routes: object[] = []
+  app.addHook('onRoute', (route) => {
+    routes.push(route)
+  })
+  app.addHook('onReady', (done) => {
+    try {
+      assertGuarded(routes)
+      done()
+    } catch (err) {
+      done(err as Error)
+    }
+  })
+}
+
 export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions): void {
   const { auth, tokens, audit, clusterId } = options
   const limiter = new RateLimiter()
