@@ -53,3 +53,28 @@ export async function histogram(
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+/**
+ * Loads [0, total) in batches of `batch` (`load(start, end)` per batch), `workers` batches at a
+ * time; fails on the first error, or with "loading <what> took over ..." past `timeoutMs`.
+ */
+export async function loadInBatches(
+  options: { total: number; batch: number; workers: number; timeoutMs: number; what: string },
+  load: (start: number, end: number) => Promise<void>,
+): Promise<void> {
+  const { total, batch, workers, timeoutMs, what } = options
+  const deadline = performance.now() + timeoutMs
+  let next = 0
+  await Promise.all(
+    Array.from({ length: workers }, async () => {
+      while (next < total) {
+        if (performance.now() > deadline) {
+          throw new Error(`loading ${what} took over ${timeoutMs / 1000} s`)
+        }
+        const start = next
+        next = Math.min(total, next + batch)
+        await load(start, next)
+      }
+    }),
+  )
+}

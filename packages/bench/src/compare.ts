@@ -37,7 +37,7 @@ import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { Pool } from 'undici'
 import { prefill, waitCaughtUp } from './cluster.js'
-import { ensureWrk, fmt, say } from './common.js'
+import { ensureWrk, fmt, loadInBatches, say } from './common.js'
 import {
   ensureEtcd,
   etcdCount,
@@ -373,28 +373,21 @@ async function leaderlessPrefill(
     'content-type': 'application/octet-stream',
     ...(authorization !== undefined ? { authorization } : {}),
   }
-  const deadline = performance.now() + timeoutMs
-  let next = 0
   try {
-    await Promise.all(
-      Array.from({ length: 64 }, async () => {
-        while (next < keys) {
-          if (performance.now() > deadline) {
-            throw new Error(`loading ${keys} leaderless keys took over ${timeoutMs / 1000} s`)
-          }
-          const i = next++
-          const res = await (pools[i % pools.length] as Pool).request({
-            method: 'PUT',
-            path: `/v1/kv/${prefix}${i}?w=all`,
-            body,
-            headers,
-          })
-          const text = await res.body.text()
-          if (res.statusCode !== 200) {
-            throw new Error(`PUT ${prefix}${i}?w=all answered ${res.statusCode}: ${text}`)
-          }
+    await loadInBatches(
+      { total: keys, batch: 1, workers: 64, timeoutMs, what: `${keys} leaderless keys` },
+      async (i) => {
+        const res = await (pools[i % pools.length] as Pool).request({
+          method: 'PUT',
+          path: `/v1/kv/${prefix}${i}?w=all`,
+          body,
+          headers,
+        })
+        const text = await res.body.text()
+        if (res.statusCode !== 200) {
+          throw new Error(`PUT ${prefix}${i}?w=all answered ${res.statusCode}: ${text}`)
         }
-      }),
+      },
     )
   } finally {
     await Promise.all(pools.map((p) => p.close()))

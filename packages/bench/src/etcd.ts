@@ -10,7 +10,7 @@ import { openSync, closeSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { freePort } from '@kvstore/testkit'
 import { Pool } from 'undici'
-import { aptInstall, say, sleep } from './common.js'
+import { aptInstall, loadInBatches, say, sleep } from './common.js'
 import { hasExited, stopChild, track } from './proc.js'
 import { doneHook } from './wrk.js'
 
@@ -286,33 +286,25 @@ export async function etcdPrefill(
 ): Promise<void> {
   const value = base64(Buffer.alloc(valueBytes, 'v'))
   const pool = new Pool(url, { connections: 4, headersTimeout: 30_000, bodyTimeout: 30_000 })
-  const deadline = performance.now() + timeoutMs
-  let next = 0
   try {
-    await Promise.all(
-      Array.from({ length: 4 }, async () => {
-        while (next < keys) {
-          if (performance.now() > deadline) {
-            throw new Error(`loading ${keys} keys into etcd took over ${timeoutMs / 1000} s`)
-          }
-          const start = next
-          next = Math.min(keys, next + 128)
-          const success = []
-          for (let i = start; i < next; i++) {
-            success.push({ request_put: { key: base64(`${prefix}${i}`), value } })
-          }
-          const res = await pool.request({
-            method: 'POST',
-            path: '/v3/kv/txn',
-            body: JSON.stringify({ success }),
-            headers: { 'content-type': 'application/json' },
-          })
-          const text = await res.body.text()
-          if (res.statusCode !== 200) {
-            throw new Error(`etcd txn answered ${res.statusCode}: ${text.slice(0, 200)}`)
-          }
+    await loadInBatches(
+      { total: keys, batch: 128, workers: 4, timeoutMs, what: `${keys} keys into etcd` },
+      async (start, end) => {
+        const success = []
+        for (let i = start; i < end; i++) {
+          success.push({ request_put: { key: base64(`${prefix}${i}`), value } })
         }
-      }),
+        const res = await pool.request({
+          method: 'POST',
+          path: '/v3/kv/txn',
+          body: JSON.stringify({ success }),
+          headers: { 'content-type': 'application/json' },
+        })
+        const text = await res.body.text()
+        if (res.statusCode !== 200) {
+          throw new Error(`etcd txn answered ${res.statusCode}: ${text.slice(0, 200)}`)
+        }
+      },
     )
   } finally {
     await pool.close()
