@@ -57,16 +57,12 @@ import {
 import { cpuSeconds, loadAverage, removeOnExit, stopChild, track } from './proc.js'
 import { publish, targetTable, type TargetRow } from './report.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
+import type { SecuritySuiteOptions } from './security-suite.js'
 import { getScript, putScript, runWrk, type WrkResult } from './wrk.js'
 
-export interface CompareOptions {
+/** The security suite's run settings, and these. */
+export interface CompareOptions extends SecuritySuiteOptions {
   security: SecurityProfile
-  durationS: number
-  connections: number
-  valueBytes: number
-  getKeys: number
-  rounds: number
-  out: string
   /** The CI guard: fail unless every phase ran and produced numbers (never on speed). */
   check: boolean
   /** The systems to run, in the suite's order; all of them by default. */

@@ -8,7 +8,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { openSync, closeSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { freePort } from '@kvstore/testkit'
+import { fetchJson, freePort } from '@kvstore/testkit'
 import { Pool } from 'undici'
 import { aptInstall, loadInBatches, say, sleep } from './common.js'
 import { hasExited, stopChild, track } from './proc.js'
@@ -81,23 +81,9 @@ interface StatusAnswer {
   leader?: string
 }
 
-async function postJson<T>(url: string, body: unknown, timeoutMs = 2000): Promise<T | null> {
-  try {
-    const res = await fetch(url, {
-      method: 'POST',
-      body: JSON.stringify(body),
-      headers: { 'content-type': 'application/json' },
-      signal: AbortSignal.timeout(timeoutMs),
-    })
-    if (!res.ok) {
-      await res.arrayBuffer()
-      return null
-    }
-    return (await res.json()) as T
-  } catch {
-    return null
-  }
-}
+/** A POST of `body` as JSON answered with JSON, or null (see testkit's fetchJson). */
+const postJson = <T>(url: string, body: unknown, timeoutMs = 2000): Promise<T | null> =>
+  fetchJson<T>(url, { body, timeoutMs })
 
 const tail = (path: string): string => {
   try {

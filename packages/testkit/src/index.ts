@@ -15,6 +15,7 @@ export {
   type NodeProcess,
   type NodeProcessOptions,
 } from './node-process.js'
+export { fetchJson } from './members.js'
 export { metric, metricTotal, metricValue, metricsText } from './metrics.js'
 export { Prng, prng, testSeed } from './seed.js'
 export { nodeSecurity, useNodeSecurity, type NodeSecurity } from './security.js'

@@ -62,10 +62,26 @@ export function securityOf(options: ClusterOptions): NodeSecurity {
   return options.security ?? nodeSecurity()
 }
 
-/** A GET answered with JSON, or null when it fails or does not answer within `timeoutMs`. */
-export async function getJson<T>(url: string, timeoutMs = 1000): Promise<T | null> {
+/**
+ * A request answered with JSON, or null when it fails or does not answer within `timeoutMs`:
+ * a GET, or with `body` a POST of that body as JSON.
+ */
+export async function fetchJson<T>(
+  url: string,
+  options: { body?: unknown; timeoutMs?: number } = {},
+): Promise<T | null> {
+  const { body, timeoutMs = 1000 } = options
   try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) })
+    const res = await fetch(url, {
+      ...(body === undefined
+        ? {}
+        : {
+            method: 'POST',
+            body: JSON.stringify(body),
+            headers: { 'content-type': 'application/json' },
+          }),
+      signal: AbortSignal.timeout(timeoutMs),
+    })
     if (!res.ok) {
       await res.arrayBuffer()
       return null
@@ -74,6 +90,11 @@ export async function getJson<T>(url: string, timeoutMs = 1000): Promise<T | nul
   } catch {
     return null
   }
+}
+
+/** A GET answered with JSON, or null when it fails or does not answer within `timeoutMs`. */
+export function getJson<T>(url: string, timeoutMs = 1000): Promise<T | null> {
+  return fetchJson<T>(url, { timeoutMs })
 }
 
 /** The last log lines of `members`, for a failure message. */
