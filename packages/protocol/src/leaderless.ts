@@ -395,19 +395,17 @@ function decodeKeyRecords(value: unknown): KeyRecord[] {
   })
 }
 
+const isU32 = (v: unknown): v is number =>
+  typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff
+
 function u32(value: unknown, name: string): number {
   const v = value === undefined ? 0 : value
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffffffff)
-    fail(`${name} is not a 32-bit number`)
+  if (!isU32(v)) fail(`${name} is not a 32-bit number`)
   return v
 }
 
 function u32s(value: unknown, name: string, max: number): number[] {
-  return list(value, name, max).map((v) => {
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffffffff)
-      fail(`${name} holds a bad number`)
-    return v
-  })
+  return list(value, name, max).map((v) => (isU32(v) ? v : fail(`${name} holds a bad number`)))
 }
 
 export function decodePeerRequest(data: Uint8Array): PeerRequest {
