@@ -93,6 +93,11 @@ export class ReadQuorum<V> {
   /** The members whose answer left the values out. */
   private readonly versionsOnly = new Set<string>()
   private readonly failures = new Set<string>()
+  /**
+   * The merge of the answers so far, kept until the answers change: a read asks for it
+   * whenever a reply lands, then for its missing values, its response and its repairs.
+   */
+  private merged: VersionedState<V | Omitted> | null | undefined = undefined
 
   constructor(replicas: readonly string[], r: number, policy: MergePolicy) {
     invariant(
@@ -109,12 +114,14 @@ export class ReadQuorum<V> {
   addReply(member: string, state: VersionedState<V> | null): void {
     this.checkNew(member)
     this.answers.set(member, state)
+    this.merged = undefined
   }
 
   /** A replica answered a versions-only read (null: it holds nothing of the key). */
   addVersions(member: string, versions: VersionsOnly | null): void {
     this.checkNew(member)
     this.answers.set(member, versions)
+    this.merged = undefined
     if (hasOmitted(versions)) this.versionsOnly.add(member)
   }
 
@@ -150,6 +157,7 @@ export class ReadQuorum<V> {
     invariant(this.versionsOnly.has(member), () => `${member} gave no versions-only answer`)
     this.versionsOnly.delete(member)
     this.answers.set(member, state)
+    this.merged = undefined
   }
 
   /**
@@ -160,6 +168,7 @@ export class ReadQuorum<V> {
     invariant(this.versionsOnly.has(member), () => `${member} gave no versions-only answer`)
     this.versionsOnly.delete(member)
     this.answers.delete(member)
+    this.merged = undefined
     this.failures.add(member)
   }
   private checkNew(member: string): void {
@@ -221,11 +230,13 @@ export class ReadQuorum<V> {
    * hold the same dot, the merge keeps the first one's copy, the one with the value.
    */
   private mergeAll(): VersionedState<V | Omitted> | null {
+    if (this.merged !== undefined) return this.merged
     const full: (VersionedState<V | Omitted> | null)[] = []
     const versions: (VersionedState<V | Omitted> | null)[] = []
     for (const [member, answer] of this.answers)
       (this.versionsOnly.has(member) ? versions : full).push(answer)
-    return mergeReplies([...full, ...versions], this.policy)
+    this.merged = mergeReplies([...full, ...versions], this.policy)
+    return this.merged
   }
 
   private completeMerge(): VersionedState<V> | null {
