@@ -177,6 +177,36 @@ export const errorCatalog = {
     description:
       'Between peers: a message claims a sender other than the member its TLS certificate names, or comes from a certificate of another cluster or of no member; it is refused, logged and counted (`kv_peer_refused_total`).',
   },
+  KV_ERR_BACKUP_BUSY: {
+    status: 429,
+    description:
+      'This node is already taking `backupsInFlightMax` backups; retry when one has finished.',
+  },
+  KV_ERR_BACKUP_CORRUPT: {
+    status: 422,
+    description:
+      "A backup's manifest or one of its files is missing, truncated, does not match its checksum or does not decode, or the state it holds does not match the manifest's digest; `file` names it. Nothing was restored.",
+  },
+  KV_ERR_ARCHIVE_CORRUPT: {
+    status: 422,
+    description:
+      'A segment of the log archive is truncated, does not match its checksum or does not decode; `file`, `fromLsn` and `toLsn` name it. A restore checks every segment it needs before it writes anything.',
+  },
+  KV_ERR_ARCHIVE_GAP: {
+    status: 422,
+    description:
+      'The log archive lacks entries a restore needs (`fromLsn` to `toLsn`): a segment is missing, or the archive broke there and a newer base backup is needed. Nothing was restored.',
+  },
+  KV_ERR_RESTORE_TARGET: {
+    status: 400,
+    description:
+      "The restore target cannot be reached: it is before the backup's LSN or time, or past the end of the archive (use `--latest` to restore everything archived).",
+  },
+  KV_ERR_DATA_DIR_IN_USE: {
+    status: 409,
+    description:
+      "A restore's data directory already holds data or is locked by a running node. A restore only ever builds a new data directory.",
+  },
   KV_ERR_OVERLOADED: {
     status: 503,
     description:

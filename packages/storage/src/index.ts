@@ -30,3 +30,29 @@ export type {
   StoreOptions,
   StoreState,
 } from './types.js'
+export {
+  backupPieces,
+  readBackupRecords,
+  readManifest,
+  verifyBackup,
+  writeBackup,
+  writeBackupDir,
+} from './backup.js'
+export type { BackupCheck, BackupOrigin, BackupPiece } from './backup.js'
+export {
+  archiveDirs,
+  baseDirName,
+  chainSegments,
+  decodeSegment,
+  encodeSegment,
+  listBases,
+  listSegments,
+  openArchiveDir,
+  pruneArchive,
+  readSegment,
+  segmentFileName,
+  writeSegment,
+} from './archive.js'
+export type { BaseInfo, SegmentEntry, SegmentInfo } from './archive.js'
+export { describeArchive, planRestore, restore, restoredEpoch } from './restore.js'
+export type { RestoreOptions, RestorePlan, RestoreResult, RestoreTarget } from './restore.js'

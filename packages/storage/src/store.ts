@@ -23,6 +23,7 @@
 import { ClassicLevel } from 'classic-level'
 import {
   decodeRequestRecord,
+  isEpoch,
   limitsDefault,
   type LogEntry,
   type RequestRecord,
@@ -30,10 +31,12 @@ import {
 } from '@kvstore/protocol'
 import { StoreContext } from './context.js'
 import { digestSnapshot } from './digest.js'
-import { type BatchOp, type Db, firstKey } from './disk.js'
-import { StorageError } from './invariant.js'
+import { type BatchOp, type Db, firstKey, putMeta } from './disk.js'
+import { StorageError, invariant } from './invariant.js'
 import {
+  MetaName,
   Prefix,
+  encodeU64,
   lsnOfKey,
   prefixRange,
   requestIdOfTimeKey,
@@ -50,6 +53,7 @@ import {
   readLog,
 } from './log.js'
 import { listPage, readRecord } from './reads.js'
+import { encodeEpochRuns } from './meta.js'
 import { recover } from './recovery.js'
 import type { RecordCache } from './record-cache.js'
 import {
@@ -435,6 +439,41 @@ export class Store {
   /** Resolves once the entries of every compaction so far have been deleted from disk. */
   compactionSettled(): Promise<void> {
     return this.deleting
+  }
+
+  /**
+   * For a restore only, on a data directory no node has opened yet: once the log is empty
+   * (everything applied was compacted), starts the epochs over at `epoch` (a new cluster's
+   * fencing tokens owe nothing to the old one's) with no vote.
+   */
+  resetEpochsForRestore(epoch: number): Promise<void> {
+    return this.writer.exclusive(async () => {
+      const ctx = this.ctx
+      invariant(
+        ctx.state.logStartLsn === ctx.state.appliedLsn + 1 &&
+          ctx.state.commitLsn === ctx.state.appliedLsn,
+        'epochs are reset only on an empty, fully committed log',
+      )
+      invariant(isEpoch(epoch) && epoch >= 1, () => `epoch ${epoch} is out of range`)
+      await ctx.db.batch(
+        [
+          putMeta(MetaName.Epoch, encodeU64(epoch)),
+          putMeta(MetaName.Vote, Buffer.alloc(0)),
+          putMeta(MetaName.LastEpoch, encodeU64(epoch)),
+          putMeta(MetaName.CompactedEpoch, encodeU64(epoch)),
+          putMeta(MetaName.EpochRuns, encodeEpochRuns([])),
+        ],
+        { sync: true },
+      )
+      ctx.state = {
+        ...ctx.state,
+        epoch,
+        vote: '',
+        lastEpoch: epoch,
+        compactedEpoch: epoch,
+        epochRuns: [],
+      }
+    })
   }
 
   /** Waits for every queued write, then closes LevelDB. New writes are refused meanwhile. */
