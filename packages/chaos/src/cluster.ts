@@ -75,6 +75,11 @@ export interface ChaosCluster {
   isRunning(id: string): boolean
   /** Stops everything and removes what the backend created. */
   stop(): Promise<void>
+  /**
+   * The member that archives its log (`archiveOn`), and a local directory holding a copy of
+   * its archive as it is now; null when no member archives.
+   */
+  archive(): Promise<{ node: string; dir: string } | null>
 }
 
 export interface ClusterView {

@@ -15,6 +15,8 @@
  * preferred leader; the cluster is up once every node is ready.
  */
 import { execFile, execFileSync } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { freePort, waitForLeader, waitReady, type ChaosCluster, type ChaosNode } from './cluster.js'
@@ -56,6 +58,8 @@ export interface DockerClusterOptions {
   leaderless?: boolean
   /** The cluster's certificates (copied into every container) and root's credentials. */
   security: ChaosSecurity
+  /** This member archives its log (`--archive-dir /data/archive`) for the archive-restore check. */
+  archiveOn?: string
 }
 
 interface Member extends ChaosNode {
@@ -63,6 +67,9 @@ interface Member extends ChaosNode {
   containerId: string
   running: boolean
 }
+
+/** Where the archiving member keeps its archive, inside its container's data volume. */
+const containerArchiveDir = '/data/archive'
 
 /** [table, chain, the built-in chain that jumps to it]: where fault rules go. */
 const faultChains = [
@@ -85,6 +92,10 @@ export class DockerCluster implements ChaosCluster {
   private readonly stopNetwork: () => Promise<unknown>
   /** Delay proxies of the slow links now in place. */
   private proxies: DelayProxy[] = []
+  /** The member that archives its log, if any. */
+  private archiveOn: string | undefined
+  /** Local copies of the archive, removed on stop. */
+  private archiveCopies: string[] = []
 
   private constructor(
     nodes: Member[],
@@ -149,9 +160,13 @@ export class DockerCluster implements ChaosCluster {
             .withWaitStrategy(
               Wait.forHttp('/ready', port).usingTls().allowInsecure().withStartupTimeout(60_000),
             )
-          if (options.args !== undefined && options.args.length > 0) {
-            container = container.withCommand(options.args)
-          }
+          const args = [
+            ...(options.args ?? []),
+            ...(options.archiveOn === id
+              ? ['--archive-dir', containerArchiveDir, '--archive-segment-ms', '200']
+              : []),
+          ]
+          if (args.length > 0) container = container.withCommand(args)
           const started = await container.start()
           live.add(started.getId())
           nodes[i] = {
@@ -178,6 +193,7 @@ export class DockerCluster implements ChaosCluster {
       },
       options.security.tls,
     )
+    cluster.archiveOn = options.archiveOn
     if (!options.leaderless) await waitForLeader(cluster)
     return cluster
   }
@@ -411,7 +427,19 @@ export class DockerCluster implements ChaosCluster {
     return out
   }
 
+  async archive(): Promise<{ node: string; dir: string } | null> {
+    if (this.archiveOn === undefined) return null
+    const m = this.member(this.archiveOn)
+    const copy = await mkdtemp(join(tmpdir(), 'kv-chaos-archive-'))
+    this.archiveCopies.push(copy)
+    // docker cp reads a stopped or running container alike.
+    await docker('cp', `${m.containerId}:${containerArchiveDir}`, join(copy, 'archive'))
+    return { node: m.id, dir: join(copy, 'archive') }
+  }
+
   async stop(): Promise<void> {
+    for (const copy of this.archiveCopies) await rm(copy, { recursive: true, force: true })
+    this.archiveCopies = []
     await Promise.all(this.proxies.map((p) => p.close()))
     this.proxies = []
     await Promise.all(

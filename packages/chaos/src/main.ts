@@ -34,6 +34,9 @@ Leaderless mode:
   --sloppy                    let writes count hinted stand-ins towards W (default strict)
   --anti-entropy-interval-ms MS   the nodes' anti-entropy interval (default 1000)
   --node-arg ARG              an extra kv-node argument for every node (repeatable)
+  --archive-on ID|none        single-leader: the member that archives its log (default n2); after
+                              the run a restore from its archive to the final LSN must have the
+                              cluster's digest (the archive-restore check); none turns it off
 Docker backend: build the image first with bash scripts/docker-build.sh.`
 
 function duration(text: string): number {
@@ -57,6 +60,7 @@ async function main(): Promise<number> {
         sloppy: { type: 'boolean', default: false },
         'anti-entropy-interval-ms': { type: 'string', default: '1000' },
         'node-arg': { type: 'string', multiple: true, default: [] },
+        'archive-on': { type: 'string' },
         nemesis: { type: 'string' },
         ack: { type: 'string', default: 'quorum' },
         duration: { type: 'string', default: '30s' },
@@ -120,6 +124,7 @@ async function main(): Promise<number> {
           }
         : {}),
       ...(o['node-arg'].length > 0 ? { nodeArgs: o['node-arg'] } : {}),
+      ...(o['archive-on'] !== undefined ? { archiveOn: o['archive-on'] } : {}),
       nemeses,
       ack: o.ack as AckMode,
       durationMs,

@@ -26,6 +26,8 @@ export interface ProcessClusterOptions {
   leaderless?: boolean
   /** The cluster's certificates and root's credentials. */
   security: ChaosSecurity
+  /** This member archives its log (`--archive-dir`) for the archive-restore check. */
+  archiveOn?: string
 }
 
 interface Member extends ChaosNode {
@@ -101,6 +103,9 @@ export class ProcessCluster implements ChaosCluster {
         '--certs-dir',
         this.options.security.certsDir,
         ...(this.options.args ?? []),
+        ...(this.options.archiveOn === id
+          ? ['--archive-dir', join(this.dir, 'archive'), '--archive-segment-ms', '200']
+          : []),
       ],
       ...(this.options.env !== undefined ? { env: this.options.env } : {}),
       output,
@@ -151,6 +156,11 @@ export class ProcessCluster implements ChaosCluster {
 
   async heal(): Promise<void> {
     for (const n of this.nodes) await this.resume(n.id)
+  }
+
+  async archive(): Promise<{ node: string; dir: string } | null> {
+    const node = this.options.archiveOn
+    return node === undefined ? null : { node, dir: join(this.dir, 'archive') }
   }
 
   async stop(): Promise<void> {

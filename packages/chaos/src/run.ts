@@ -10,6 +10,7 @@
  * slow-leader) are refused: there is none; use pause, partition-one or slow.
  */
 import { join } from 'node:path'
+import { checkArchiveRestore } from './checkers/archive-restore.js'
 import { checkConvergence } from './checkers/convergence.js'
 import { checkReplicaConvergence } from './checkers/replica-convergence.js'
 import { checkLinearizable } from './checkers/linearizable.js'
@@ -23,6 +24,8 @@ import {
   waitForLeader,
   waitLeaderlessUp,
   type ChaosCluster,
+  type ChaosNode,
+  type NodeDigest,
 } from './cluster.js'
 import { chaosSecurity } from './security.js'
 import { DockerCluster } from './docker-cluster.js'
@@ -76,6 +79,11 @@ export interface ChaosOptions {
   antiEntropyIntervalMs?: number
   /** Extra kv-node arguments for every node. */
   nodeArgs?: string[]
+  /**
+   * Single-leader: the member that archives its log for the archive-restore check (default
+   * n2, a follower at the start; 'none' turns the check off).
+   */
+  archiveOn?: string
 }
 
 /** The size of a quorum given as a number, 'quorum' or 'all', for N replicas. */
@@ -155,9 +163,18 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   ]
   // As shipped: mutual TLS between members, HTTPS and auth for clients.
   const security = await chaosSecurity(options.certsDir ?? join(dir, 'certs'))
+  const archiveOn = leaderless ? 'none' : (options.archiveOn ?? 'n2')
+  const archiveOption = archiveOn === 'none' ? {} : { archiveOn }
   const cluster: ChaosCluster =
     options.backend === 'docker'
-      ? await DockerCluster.start({ nodes: options.nodes, env, args, leaderless, security })
+      ? await DockerCluster.start({
+          nodes: options.nodes,
+          env,
+          args,
+          leaderless,
+          security,
+          ...archiveOption,
+        })
       : await ProcessCluster.start({
           nodes: options.nodes,
           env,
@@ -165,6 +182,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
           leaderless,
           logDir: join(dir, 'logs'),
           security,
+          ...archiveOption,
         })
   const history = new HistoryRecorder()
   let windows: FaultWindow[] = []
@@ -263,7 +281,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         },
       })
     }
-    verdicts.push(checkConvergence(digests))
+    const convergence = checkConvergence(digests)
+    verdicts.push(convergence)
+    const archived =
+      archiveOn === 'none'
+        ? null
+        : await archiveVerdict(cluster, archiveOn, convergence.valid === true ? digests : [])
+    if (archived !== null) verdicts.push(archived)
     return await finishRun(ops)
   } finally {
     await cluster.stop()
@@ -308,6 +332,57 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     )
     return { summary, dir, windows }
   }
+}
+
+/**
+ * The archive-restore verdict: once the archive holds the cluster's final LSN, a restore to it
+ * must have the cluster's digest. Null when no member archives; 'unknown' when the cluster
+ * did not converge (there is no one final state to compare with).
+ */
+async function archiveVerdict(
+  cluster: ChaosCluster,
+  archiveOn: string,
+  digests: NodeDigest[],
+): Promise<Verdict> {
+  const first = digests[0]
+  if (first === undefined) {
+    return {
+      checker: 'archive-restore',
+      valid: 'unknown',
+      summary: 'the replicas did not converge, so there is no final state to restore to',
+      details: {},
+    }
+  }
+  const node = cluster.nodes.find((n) => n.id === archiveOn) as ChaosNode
+  const deadline = Date.now() + 60_000
+  let archivedLsn = -1
+  while (Date.now() < deadline) {
+    try {
+      const res = await fetch(`${node.url}/v1/status`, { signal: AbortSignal.timeout(2000) })
+      const status = (await res.json()) as { archive?: { archivedLsn: number } }
+      archivedLsn = status.archive?.archivedLsn ?? -1
+      if (archivedLsn >= first.appliedLsn) break
+    } catch {
+      // not answering yet
+    }
+    await new Promise((r) => setTimeout(r, 250))
+  }
+  if (archivedLsn < first.appliedLsn) {
+    return {
+      checker: 'archive-restore',
+      valid: false,
+      summary: `the archive on ${archiveOn} reached LSN ${archivedLsn} only, not the cluster's ${first.appliedLsn}, within 60 s`,
+      details: { node: archiveOn, archivedLsn, clusterLsn: first.appliedLsn },
+    }
+  }
+  const copy = await cluster.archive()
+  if (copy === null) throw new Error(`${archiveOn} was to archive, but the cluster has no archive`)
+  return checkArchiveRestore({
+    archiveDir: copy.dir,
+    node: archiveOn,
+    lsn: first.appliedLsn,
+    digest: first.digest,
+  })
 }
 
 /** The recovery verdict: what `waiting` resolves with, or why it failed. */
