@@ -50,6 +50,7 @@ const groupTitles: Record<OptionSpec['group'], string> = {
   storage: 'Storage',
   limits: 'Limits',
   http: 'HTTP',
+  backup: 'Backup and archive',
 }
 
 /**

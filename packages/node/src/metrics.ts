@@ -146,8 +146,36 @@ export class RequestStats {
   }
 }
 
+/** The log archive's figures (archiver.ts keeps them; all zero on a node without one). */
+export interface ArchiveFigures {
+  /** Last LSN archived (base backup or segment). */
+  lsn: number
+  lagEntries: number
+  lagSeconds: number
+  /** 1 while the archive has a gap that only a new base backup repairs. */
+  broken: number
+  breaks: number
+  segments: number
+  bytes: number
+  errors: number
+  baseBackups: number
+}
+
 export class NodeMetrics {
   readonly registry = new Registry()
+  /** Backups answered by POST /admin/v1/backups, by target, and the bytes they sent or wrote. */
+  readonly backups = { stream: 0, archive: 0, bytes: 0 }
+  readonly archive: ArchiveFigures = {
+    lsn: 0,
+    lagEntries: 0,
+    lagSeconds: 0,
+    broken: 0,
+    breaks: 0,
+    segments: 0,
+    bytes: 0,
+    errors: 0,
+    baseBackups: 0,
+  }
   readonly requests = new RequestStats()
   readonly errors: Counter<'code'>
   /** Writes made durable, by kind; plain numbers read at scrape time. */
@@ -221,6 +249,87 @@ export class NodeMetrics {
         for (const kind of ['put', 'delete', 'batch'] as const) this.inc({ kind }, writes[kind])
       },
     })
+    const backups = this.backups
+    new Counter({
+      name: 'kv_backups_total',
+      help: 'Backups taken by POST /admin/v1/backups, by target (stream: sent to the client; archive: a base backup into the archive). Base backups the archiver takes on its own are in kv_archive_base_backups_total.',
+      labelNames: ['target'],
+      registers,
+      collect() {
+        this.reset()
+        for (const target of ['stream', 'archive'] as const) this.inc({ target }, backups[target])
+      },
+    })
+    new Counter({
+      name: 'kv_backup_bytes_total',
+      help: 'Bytes of backup files sent or written by POST /admin/v1/backups.',
+      registers,
+      collect() {
+        this.reset()
+        this.inc(backups.bytes)
+      },
+    })
+    const archive = this.archive
+    const archiveGauge = (name: string, help: string, read: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(read())
+        },
+      })
+    const archiveCounter = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset()
+          this.inc(read())
+        },
+      })
+    archiveGauge(
+      'kv_archive_lsn',
+      'Last LSN in the log archive (--archive-dir): its newest base backup or segment; 0 without an archive.',
+      () => archive.lsn,
+    )
+    archiveGauge(
+      'kv_archive_lag_entries',
+      'Committed entries not yet in the log archive.',
+      () => archive.lagEntries,
+    )
+    archiveGauge(
+      'kv_archive_lag_seconds',
+      'Age of the oldest committed entry not yet in the log archive (0 when it has them all): the seconds of committed writes a loss of the whole cluster would take now (the RPO).',
+      () => archive.lagSeconds,
+    )
+    archiveGauge(
+      'kv_archive_broken',
+      'ALERT: 1 while the log archive has a gap (the log was compacted or replaced before the archive took its entries) that a new base backup must repair; a restore cannot reach past the gap.',
+      () => archive.broken,
+    )
+    archiveCounter(
+      'kv_archive_breaks_total',
+      'Times the log archive broke (a gap only a new base backup repairs).',
+      () => archive.breaks,
+    )
+    archiveCounter('kv_archive_segments_total', 'Archive segments written.', () => archive.segments)
+    archiveCounter(
+      'kv_archive_bytes_total',
+      'Bytes written into the log archive (segments and base backups).',
+      () => archive.bytes,
+    )
+    archiveCounter(
+      'kv_archive_errors_total',
+      'Archive writes that failed (disk full, permissions, ...); retried on the next tick.',
+      () => archive.errors,
+    )
+    archiveCounter(
+      'kv_archive_base_backups_total',
+      'Base backups written into the log archive.',
+      () => archive.baseBackups,
+    )
     this.batchEntries = new Histogram({
       name: 'kv_storage_batch_entries',
       help: 'Log entries per LevelDB batch (group commit size).',

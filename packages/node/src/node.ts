@@ -27,6 +27,8 @@ import type { DualProtocolServer } from './http/dual-protocol.js'
 import { createLogger } from './logger.js'
 import { assertConfigLimits } from './limits.js'
 import { NodeMetrics } from './metrics.js'
+import { Archiver } from './backup/archiver.js'
+import { BackupGate } from './backup/source.js'
 
 export interface StartOptions {
   /** Where logs go; stdout by default. */
@@ -150,6 +152,7 @@ export class KvNode {
     })
     let audit: AuditLog | null = null
     let authSyncStarted: AuthSync | null = null
+    let archiver: Archiver | null = null
     try {
       const openStore = store
       metrics.watchStore(() => openStore)
@@ -251,6 +254,24 @@ export class KvNode {
           'new leaderless cluster without --root-password-file: root has no password (each member would draw its own); log in with the root client certificate from kv certs init, and set one with kv user passwd root',
         )
       }
+      const gate = new BackupGate(config.backupsInFlightMax)
+      if (config.archiveDir !== undefined) {
+        archiver = new Archiver({
+          dir: config.archiveDir,
+          store,
+          config,
+          source: { store, config, replicator },
+          gate,
+          figures: metrics.archive,
+          logger,
+        })
+        await archiver.start()
+        const hold = archiver
+        const compactionHold = (retainFrom: number) => hold.hold(retainFrom)
+        if (replicator) replicator.compactionHold = compactionHold
+        if (leaderless) leaderless.compactionHold = compactionHold
+        replicator?.reportArchive(() => hold.reportedLsn)
+      }
       audit = new AuditLog(config.auditLog, config.nodeId)
       const securityClusterId = store.meta.clusterId
       const security: Security = {
@@ -286,6 +307,7 @@ export class KvNode {
         metrics,
         tls,
         security,
+        backups: { gate, archiver },
         reloadTls:
           tls === null
             ? null
@@ -339,6 +361,7 @@ export class KvNode {
       )
       return node
     } catch (err) {
+      await archiver?.stop().catch(() => {})
       await replicator?.stop().catch(() => {})
       await authSyncStarted?.stop().catch(() => {})
       await leaderless?.stop().catch(() => {})
@@ -407,6 +430,7 @@ export class KvNode {
       clearTimeout(force)
       // Writes whose clients left may still wait for replicas: give them a moment, then stop
       // replicating (and wait for its store writes) before storage closes.
+      await this.context.backups.archiver?.stop()
       await this.replicator?.settle(Math.min(2000, this.config.shutdownTimeoutMs))
       await this.replicator?.stop()
       await this.context.security.sync?.stop()

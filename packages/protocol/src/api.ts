@@ -287,25 +287,49 @@ export type SiblingsResponse = Static<typeof siblingsResponseSchema>
 
 // ---------------------------------------------------------------- cluster and status
 
-/** A member as a single-leader node's GET /v1/cluster describes it. */
-export const clusterMemberSchema = t.object({
-  id: t.string(),
-  role: t.literal('leader', 'follower'),
-  clientUrl: t.string(),
-  /** Null for a standalone node, which has no peer listener. */
-  peerUrl: t.nullable(t.string()),
-  /** Epoch the member reported last; null before it has. */
-  epoch: t.nullable(integer()),
-  /** Highest LSN the member acknowledged durable. */
-  ackedLsn: integer(),
-  /** Highest LSN the member has applied, as it reported last; null before it has. */
-  appliedLsn: t.nullable(integer()),
+/** A node's log archive, as GET /v1/status and GET /v1/cluster show it. */
+export const archiveStateSchema = t.object({
+  dir: t.string(),
+  /** Last LSN in the archive (its newest base backup or segment). */
+  archivedLsn: integer(),
+  /** Committed entries not archived yet, and the age in seconds of the oldest of them (RPO). */
   lagEntries: integer(),
-  lagMs: integer(),
-  /** Milliseconds since the leader last heard from the member; null if never. */
-  lastContactMs: t.nullable(integer()),
-  connected: t.boolean(),
+  lagSeconds: t.number(),
+  /** A gap only a new base backup repairs (it is taken automatically). */
+  broken: t.boolean(),
+  lastSegmentAtMs: t.nullable(integer()),
+  bases: integer(),
+  lastError: t.nullable(t.string()),
 })
+export type ArchiveStateView = Static<typeof archiveStateSchema>
+
+/** A member as a single-leader node's GET /v1/cluster describes it. */
+export const clusterMemberSchema = t.object(
+  {
+    id: t.string(),
+    role: t.literal('leader', 'follower'),
+    clientUrl: t.string(),
+    /** Null for a standalone node, which has no peer listener. */
+    peerUrl: t.nullable(t.string()),
+    /** Epoch the member reported last; null before it has. */
+    epoch: t.nullable(integer()),
+    /** Highest LSN the member acknowledged durable. */
+    ackedLsn: integer(),
+    /** Highest LSN the member has applied, as it reported last; null before it has. */
+    appliedLsn: t.nullable(integer()),
+    lagEntries: integer(),
+    lagMs: integer(),
+    /** Milliseconds since the leader last heard from the member; null if never. */
+    lastContactMs: t.nullable(integer()),
+    connected: t.boolean(),
+  },
+  {
+    /** A member that keeps a log archive (--archive-dir): the last LSN in it, as it reported. */
+    archivedLsn: integer(),
+    /** Committed entries not yet in that archive (the commit LSN minus archivedLsn). */
+    archiveLagEntries: integer(),
+  },
+)
 export type ClusterMember = Static<typeof clusterMemberSchema>
 
 /** GET /v1/cluster of a single-leader or standalone node. */
@@ -324,6 +348,8 @@ export const clusterViewSchema = t.object(
   {
     /** This node takes writes now: it leads, is ready, and hears from a majority. */
     writable: t.boolean(),
+    /** The answering node's log archive (--archive-dir), when it keeps one. */
+    archive: archiveStateSchema,
   },
 )
 export type ClusterView = Static<typeof clusterViewSchema>
@@ -388,46 +414,67 @@ export const leaderlessClusterViewSchema = t.object(
     tombstoneGcMs: integer(),
     /** True while a member that started empty refills from its peers. */
     refilling: t.boolean(),
+    /** The answering node's log archive (--archive-dir), when it keeps one. */
+    archive: archiveStateSchema,
   },
 )
 export type LeaderlessClusterView = Static<typeof leaderlessClusterViewSchema>
 
-/** GET /v1/status. */
-export const statusResponseSchema = t.object({
-  nodeId: t.string(),
-  clusterId: t.string(),
-  mode: clusterModeSchema,
-  /** Single-leader: the core's role; leaderless: `replica`; standalone: `leader`. */
-  role: t.literal('leader', 'follower', 'preCandidate', 'candidate', 'replica'),
-  leaderId: t.nullable(t.string()),
-  leaderUrl: t.nullable(t.string()),
-  lagEntries: integer(),
-  lagMs: integer(),
-  epoch: integer(),
-  appliedLsn: integer(),
-  commitLsn: integer(),
-  logStartLsn: integer(),
-  lastEpoch: integer(),
-  ready: t.boolean(),
-  version: t.string(),
-  startedAt: isoTime(),
-  uptimeMs: integer(),
-  /** Writes waiting for the storage writer, and their bytes. */
-  writeQueue: t.object({ writes: integer(), bytes: integer() }),
-  storage: t.object({
-    dataDir: t.string(),
-    fsync: t.boolean(),
-    groupCommitWritesMax: integer(),
-    failed: t.nullable(t.string()),
-  }),
-  limits: t.object({
-    keyBytesMax: integer(),
-    valueBytesMax: integer(),
-    batchOpsMax: integer(),
-    requestBodyBytesMax: integer(),
-    listLimitMax: integer(),
-  }),
+/** POST /admin/v1/backups with `{"target":"archive"}`: the base backup taken. */
+export const archiveBackupResponseSchema = t.object({
+  lsn: integer(),
+  dir: t.string(),
+  keys: integer(),
+  /** Bytes of the backup's files, manifest included. */
+  bytes: integer(),
+  files: integer(),
+  digest: t.string({ pattern: '^[0-9a-f]{64}$' }),
+  durationMs: integer(),
 })
+export type ArchiveBackupResponse = Static<typeof archiveBackupResponseSchema>
+
+/** GET /v1/status. */
+export const statusResponseSchema = t.object(
+  {
+    nodeId: t.string(),
+    clusterId: t.string(),
+    mode: clusterModeSchema,
+    /** Single-leader: the core's role; leaderless: `replica`; standalone: `leader`. */
+    role: t.literal('leader', 'follower', 'preCandidate', 'candidate', 'replica'),
+    leaderId: t.nullable(t.string()),
+    leaderUrl: t.nullable(t.string()),
+    lagEntries: integer(),
+    lagMs: integer(),
+    epoch: integer(),
+    appliedLsn: integer(),
+    commitLsn: integer(),
+    logStartLsn: integer(),
+    lastEpoch: integer(),
+    ready: t.boolean(),
+    version: t.string(),
+    startedAt: isoTime(),
+    uptimeMs: integer(),
+    /** Writes waiting for the storage writer, and their bytes. */
+    writeQueue: t.object({ writes: integer(), bytes: integer() }),
+    storage: t.object({
+      dataDir: t.string(),
+      fsync: t.boolean(),
+      groupCommitWritesMax: integer(),
+      failed: t.nullable(t.string()),
+    }),
+    limits: t.object({
+      keyBytesMax: integer(),
+      valueBytesMax: integer(),
+      batchOpsMax: integer(),
+      requestBodyBytesMax: integer(),
+      listLimitMax: integer(),
+    }),
+  },
+  {
+    /** This node's log archive (--archive-dir); null when it keeps none. */
+    archive: t.nullable(archiveStateSchema),
+  },
+)
 export type StatusResponse = Static<typeof statusResponseSchema>
 
 /** GET /v1/digest: a hash of the whole applied state at one LSN. */

@@ -34,6 +34,9 @@ export interface MemberState {
   appliedLsn: number
   /** Epoch the member last reported (0 when unknown). */
   epoch: number
+  /** Set when the member keeps a log archive: the last LSN in it, as it last reported it. */
+  archiving?: true
+  archivedLsn?: number
 }
 
 export type FrameBody =
@@ -55,7 +58,15 @@ export type FrameBody =
       leaderClockMs: number
       members: MemberState[]
     }
-  | { kind: 'heartbeatAck'; matchLsn: number; appliedLsn: number; lagMs: number }
+  | {
+      kind: 'heartbeatAck'
+      matchLsn: number
+      appliedLsn: number
+      lagMs: number
+      /** Set when the follower keeps a log archive: the last LSN in it. */
+      archiving?: true
+      archivedLsn?: number
+    }
   | {
       kind: 'snapshotChunk'
       snapshotLsn: number
@@ -166,6 +177,17 @@ function epoch(value: unknown, what: string, senderEpoch?: number): number {
   return value
 }
 
+/** A member's log archive, when the message says it keeps one; nothing otherwise. */
+function archiveOf(
+  value: Record<string, unknown>,
+  what: string,
+): { archiving?: true; archivedLsn?: number } {
+  if (value.archiving === undefined || value.archiving === null || value.archiving === false)
+    return {}
+  flag(value.archiving, 'archiving')
+  return { archiving: true, archivedLsn: lsn(value.archivedLsn, what) }
+}
+
 function requestsOf(value: unknown): { id: string; record: Uint8Array }[] {
   const raw = (value ?? []) as unknown[]
   if (!Array.isArray(raw) || raw.length > frameLimits.snapshotRecordsPerFrameMax) {
@@ -265,6 +287,7 @@ export function decodeFrame(payload: Uint8Array): Frame {
             connected: member.connected,
             appliedLsn: lsn(member.appliedLsn, 'member applied lsn'),
             epoch: epoch(member.epoch, 'member epoch'),
+            ...archiveOf(member, 'member archived lsn'),
           }
         }),
       }
@@ -276,6 +299,7 @@ export function decodeFrame(payload: Uint8Array): Frame {
         matchLsn: lsn(b.matchLsn, 'match lsn'),
         appliedLsn: lsn(b.appliedLsn, 'applied lsn'),
         lagMs: count(b.lagMs, 'lag ms'),
+        ...archiveOf(b, 'archived lsn'),
       }
       break
     case 'snapshotChunk': {

@@ -33,6 +33,8 @@ export interface ClusterViewOptions {
   isConnected: (peer: string) => boolean
   /** Whether this node would take a write now. */
   writable: () => boolean
+  /** The last LSN in this member's log archive; null when it keeps none. */
+  archivedLsn?: () => number | null
   now: () => number
 }
 
@@ -67,6 +69,8 @@ export class ClusterTracker {
   private readonly reported = new Map<string, { appliedLsn: number; epoch: number }>()
   /** Follower: what the leader last said about every member. */
   private leaderView: MemberState[] = []
+  /** Leader: the archived LSN of each follower that keeps a log archive, as it last said. */
+  private readonly archives = new Map<string, number>()
 
   constructor(private readonly options: ClusterViewOptions) {}
 
@@ -81,6 +85,12 @@ export class ClusterTracker {
   acknowledged(peer: string, epoch: number, appliedLsn: number): void {
     this.heardFrom(peer)
     this.reported.set(peer, { appliedLsn, epoch })
+  }
+
+  /** `peer` reported its log archive's last LSN (null: it keeps none). */
+  archiveReported(peer: string, archivedLsn: number | null): void {
+    if (archivedLsn === null) this.archives.delete(peer)
+    else this.archives.set(peer, archivedLsn)
   }
 
   /** Follower: the leader has entries up to `leaderLastLsn`. */
@@ -173,6 +183,7 @@ export class ClusterTracker {
           lagMs: lag.ms,
           lastContactMs: 0,
           connected: true,
+          ...this.archiveFields(this.options.archivedLsn?.() ?? null),
         }
       }
       if (core.isLeader) {
@@ -188,6 +199,7 @@ export class ClusterTracker {
           lagMs: lag.ms,
           lastContactMs: contact === undefined ? null : now - contact,
           connected: this.options.isConnected(member.id),
+          ...this.archiveFields(this.archives.get(member.id) ?? null),
         }
       }
       const seen = this.leaderView.find((m) => m.id === member.id)
@@ -201,6 +213,7 @@ export class ClusterTracker {
         lagMs: seen?.lagMs ?? 0,
         lastContactMs: seen?.lastContactMs ?? null,
         connected: seen?.connected ?? false,
+        ...this.archiveFields(seen?.archiving === true ? (seen.archivedLsn ?? 0) : null),
       }
     })
     invariant(cluster.mode === 'single-leader', 'the replicator runs only in single-leader mode')
@@ -217,6 +230,18 @@ export class ClusterTracker {
     }
   }
 
+  /** A member's archive fields: its archived LSN and how far behind the commit LSN it is. */
+  private archiveFields(archivedLsn: number | null): {
+    archivedLsn?: number
+    archiveLagEntries?: number
+  } {
+    if (archivedLsn === null) return {}
+    return {
+      archivedLsn,
+      archiveLagEntries: Math.max(0, this.options.core.commitLsn - archivedLsn),
+    }
+  }
+
   /** Every member as a heartbeat describes it to the followers. */
   memberStates(): MemberState[] {
     return this.view().members.map((m) => ({
@@ -229,6 +254,9 @@ export class ClusterTracker {
       connected: m.connected,
       appliedLsn: m.appliedLsn ?? 0,
       epoch: m.epoch ?? 0,
+      ...(m.archivedLsn !== undefined
+        ? { archiving: true as const, archivedLsn: m.archivedLsn }
+        : {}),
     }))
   }
 }

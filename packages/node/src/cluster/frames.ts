@@ -29,6 +29,8 @@ export interface FrameContext {
   lagMs(): number
   /** Every member as the leader sees it, sent with each heartbeat. */
   memberStates(): MemberState[]
+  /** The last LSN in this member's log archive, reported with heartbeat answers; null: none. */
+  archivedLsn(): number | null
 }
 
 /** The frame that carries `message` to `message.to`. */
@@ -74,7 +76,8 @@ export function frameOfMessage(message: Message, context: FrameContext): Frame {
           appliedLsn: context.appliedLsn(),
         },
       }
-    case 'heartbeatAck':
+    case 'heartbeatAck': {
+      const archivedLsn = context.archivedLsn()
       return {
         from,
         epoch,
@@ -83,8 +86,10 @@ export function frameOfMessage(message: Message, context: FrameContext): Frame {
           matchLsn: message.matchLsn,
           appliedLsn: context.appliedLsn(),
           lagMs: context.lagMs(),
+          ...(archivedLsn !== null ? { archiving: true as const, archivedLsn } : {}),
         },
       }
+    }
     case 'vote':
       return {
         from,
@@ -122,6 +127,11 @@ export type Inbound =
       members: MemberState[] | null
       /** The sender's applied LSN, for an acknowledgement; null otherwise. */
       appliedLsn: number | null
+      /**
+       * A heartbeat answer's report of the sender's log archive (lsn null: it keeps none);
+       * null for other messages, which say nothing of it.
+       */
+      archive: { lsn: number | null } | null
     }
   /** A snapshot chunk: it goes to the snapshot receiver, not the core. */
   | { kind: 'snapshotChunk' }
@@ -139,6 +149,7 @@ function inbound(
     leaderLastLsn: extra.leaderLastLsn ?? null,
     members: extra.members ?? null,
     appliedLsn: extra.appliedLsn ?? null,
+    archive: extra.archive ?? null,
   }
 }
 
@@ -208,7 +219,10 @@ export function messageOfFrame(self: string, peer: string, frame: Frame): Inboun
     case 'heartbeatAck':
       return inbound(
         { type: 'heartbeatAck', ...base, matchLsn: body.matchLsn },
-        { appliedLsn: body.appliedLsn },
+        {
+          appliedLsn: body.appliedLsn,
+          archive: { lsn: body.archiving === true ? (body.archivedLsn ?? 0) : null },
+        },
       )
     case 'vote':
       return inbound({

@@ -42,6 +42,7 @@ import {
   type MemberConfig,
   type NodeConfig,
 } from '../config.js'
+import type { CompactionHold } from '../backup/hold.js'
 import { ClusterTracker, type ClusterView } from './cluster-view.js'
 import {
   coreConfigOf,
@@ -167,6 +168,7 @@ export class Replicator {
       isConnected: (peer) => transport.isConnected(peer),
       writable: () => this.writable,
       now: this.now,
+      archivedLsn: () => this.archivedLsn(),
     })
     this.frameContext = {
       self: cluster.self.id,
@@ -174,6 +176,7 @@ export class Replicator {
       appliedLsn: () => store.appliedLsn,
       lagMs: () => this.tracker.lag().ms,
       memberStates: () => this.tracker.memberStates(),
+      archivedLsn: () => this.archivedLsn(),
     }
     this.snapshotSender = new SnapshotSender({
       openSnapshot: () => store.openSnapshot(),
@@ -621,6 +624,7 @@ export class Replicator {
       if (inbound.leaderLastLsn !== null) this.tracker.leaderHas(inbound.leaderLastLsn)
       if (inbound.appliedLsn !== null)
         this.tracker.acknowledged(peer, frame.epoch, inbound.appliedLsn)
+      if (inbound.archive !== null) this.tracker.archiveReported(peer, inbound.archive.lsn)
       const regressions = this.core.progressOf(peer)?.regressions ?? 0
       this.core.step(message)
       if (
@@ -650,7 +654,7 @@ export class Replicator {
   private async houseKeep(): Promise<void> {
     if (this.stopped || this.store.isInstallingSnapshot) return
     try {
-      const retainFrom = retainFromLsn({
+      const wanted = retainFromLsn({
         commitLsn: Math.min(this.core.commitLsn, this.store.commitLsn),
         isLeader: this.core.isLeader,
         followerMatches: this.cluster.members
@@ -659,6 +663,8 @@ export class Replicator {
         retentionEntries: this.config.logRetentionEntries,
         retentionEntriesMax: this.config.logRetentionEntriesMax,
       })
+      // The log archive (--archive-dir) keeps what it has not taken yet, within its limit.
+      const retainFrom = this.compactionHold?.(wanted) ?? wanted
       if (retainFrom > this.store.meta.logStartLsn) {
         await this.store.compactLog(retainFrom)
         this.core.compacted(this.store.meta.logStartLsn, this.store.meta.compactedEpoch)
@@ -672,6 +678,19 @@ export class Replicator {
   /** Bytes of frames written to each peer. */
   bytesSent(): Map<string, number> {
     return this.transport.bytesSent
+  }
+
+  /** Where the log archive lets compaction go (set when this member archives); null: anywhere. */
+  compactionHold: CompactionHold | null = null
+  private archivedLsnOf: (() => number | null) | null = null
+
+  /** This member keeps a log archive: its last LSN goes to the leader with heartbeat answers. */
+  reportArchive(archivedLsn: () => number | null): void {
+    this.archivedLsnOf = archivedLsn
+  }
+
+  private archivedLsn(): number | null {
+    return this.archivedLsnOf?.() ?? null
   }
 
   /** Runs housekeeping now (tests and operators). */

@@ -4,6 +4,7 @@
  * configuration reference all come from it. The rows live in three files by area; their order
  * here is the order of the reference table.
  */
+import { backupOptions } from './options-backup.js'
 import { clusterOptions } from './options-cluster.js'
 import { nodeOptions } from './options-node.js'
 import { serverOptions } from './options-server.js'
@@ -13,4 +14,5 @@ export const configSpec: readonly OptionSpec[] = [
   ...nodeOptions,
   ...serverOptions,
   ...clusterOptions,
+  ...backupOptions,
 ]

@@ -24,6 +24,7 @@ const groupTitles: Record<OptionSpec['group'], string> = {
   limits: 'Limits',
   http: 'HTTP',
   leaderless: 'Leaderless mode',
+  backup: 'Backup and archive',
 }
 
 /** The text of `kv-node --help`. */

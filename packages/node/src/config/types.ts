@@ -94,6 +94,16 @@ export interface NodeConfig extends Limits {
   rateLimitPerSecond: number
   rateLimitBurst: number
   loginsInFlightMax: number
+  backupsInFlightMax: number
+  backupCommitWaitMs: number
+  /** Where this member archives base backups and log segments; undefined: no archive. */
+  archiveDir: string | undefined
+  archiveSegmentMs: number
+  archiveSegmentEntriesMax: number
+  archiveSegmentBytesMax: number
+  archiveHoldEntriesMax: number
+  archiveKeepBackups: number
+  archiveBaseIntervalMs: number
 }
 
 export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'
@@ -110,7 +120,7 @@ export interface OptionSpec {
   min?: number
   max?: number
   values?: readonly string[]
-  group: 'node' | 'security' | 'cluster' | 'leaderless' | 'storage' | 'limits' | 'http'
+  group: 'node' | 'security' | 'cluster' | 'leaderless' | 'storage' | 'limits' | 'http' | 'backup'
   description: string
   /**
    * A switch for tests that breaks a guarantee. Its key starts with `unsafe` and its

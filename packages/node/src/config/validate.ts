@@ -2,6 +2,7 @@
  * Checks across options: what no single option's bounds can catch, such as a cluster that
  * does not name this node, timeouts that contradict each other, or limits that do not fit.
  */
+import { resolve, sep } from 'node:path'
 import { configLimitProblems, formatLimitProblem, type LimitCode } from '../limits.js'
 import { clusterOf, parseMembers, resolveQuorum } from './members.js'
 import { configSpec } from './spec.js'
@@ -39,6 +40,7 @@ export function configProblems(config: NodeConfig): ConfigProblem[] {
     )
   }
   problems.push(...securityProblems(config))
+  problems.push(...archiveProblems(config))
   if (config.unsafeNoFencing && config.mode !== 'single-leader') {
     problems.push(`--unsafe-no-fencing needs --mode single-leader (fencing is single-leader's)`)
   }
@@ -49,6 +51,21 @@ export function configProblems(config: NodeConfig): ConfigProblem[] {
       message: formatLimitProblem(problem),
     })),
   ]
+}
+
+/** The archive must live apart from the data directory (a restore needs it when that is gone). */
+function archiveProblems(config: NodeConfig): string[] {
+  if (config.archiveDir === undefined) return []
+  if (config.archiveDir === '') return ['--archive-dir must name a directory']
+  const archive = resolve(config.archiveDir)
+  const data = resolve(config.dataDir)
+  const inside = (a: string, b: string) => a === b || a.startsWith(b.endsWith(sep) ? b : b + sep)
+  if (inside(archive, data) || inside(data, archive)) {
+    return [
+      `--archive-dir (${archive}) must be outside the data directory (${data}) and not contain it: the archive must outlive the data directory`,
+    ]
+  }
+  return []
 }
 
 function leaderlessProblems(config: NodeConfig): string[] {

@@ -10,6 +10,8 @@ import type { AuthStore } from '../security/auth-store.js'
 import type { HashLimiter } from '../security/passwords.js'
 import type { TokenService } from '../security/tokens.js'
 import type { AuthSync } from '../leaderless/auth-sync.js'
+import type { BackupGate } from '../backup/source.js'
+import type { Archiver } from '../backup/archiver.js'
 
 /** Users, roles, tokens and the audit log. */
 export interface Security {
@@ -41,6 +43,8 @@ export interface AppContext {
   /** The node's certificate when the client port speaks TLS; null for plaintext. */
   tls: TlsSource | null
   security: Security
+  /** Backups taken at once (backupsInFlightMax), and the log archive (--archive-dir) or null. */
+  backups: { gate: BackupGate; archiver: Archiver | null }
   /** Reads the certificate files again (SIGHUP); null without TLS. */
   reloadTls: (() => { notAfter: string; fingerprint256: string }) | null
   /** Software version, from package.json. */

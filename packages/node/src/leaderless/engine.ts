@@ -48,6 +48,7 @@ import { LocalReplica } from './local-replica.js'
 import { PeerHealth } from './peer-health.js'
 import { LeaderlessRpc } from './rpc.js'
 import { TombstoneCollector } from './tombstone-gc.js'
+import type { CompactionHold } from '../backup/hold.js'
 
 export { LeaderlessStats } from './context.js'
 export { formatHlc } from './coordinator.js'
@@ -78,6 +79,8 @@ export class LeaderlessEngine {
   readonly stats = new LeaderlessStats()
   readonly rpc: LeaderlessRpc
   private readonly store: Store
+  /** Where the log archive lets compaction go (set when this member archives); null: anywhere. */
+  compactionHold: CompactionHold | null = null
   private readonly log: Logger
   private readonly now: () => number
   private readonly replica: LocalReplica
@@ -279,7 +282,9 @@ export class LeaderlessEngine {
     // The log only serves recovery here (replicas exchange states, not log entries): keep a
     // window of it.
     const keep = this.config.logRetentionEntries
-    const retainFrom = this.store.appliedLsn - keep + 1
+    const wanted = this.store.appliedLsn - keep + 1
+    // The log archive (--archive-dir) keeps what it has not taken yet, within its limit.
+    const retainFrom = this.compactionHold?.(wanted) ?? wanted
     if (retainFrom > this.store.meta.logStartLsn + 1000) await this.store.compactLog(retainFrom)
   }
 

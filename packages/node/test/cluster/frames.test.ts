@@ -36,6 +36,7 @@ function context(self: string): FrameContext {
     appliedLsn: () => 5,
     lagMs: () => 12,
     memberStates: () => members,
+    archivedLsn: () => null,
   }
 }
 
@@ -111,6 +112,33 @@ describe('frames: message <-> frame translation', () => {
     expect(heartbeat.back.members).toEqual(members)
     expect(heartbeat.back.leaderLastLsn).toBe(9)
     expect(heartbeat.back.appliedLsn).toBeNull()
+  })
+
+  it("carries a follower's log archive position in heartbeat answers, and members' in heartbeats", () => {
+    const message: Message = { type: 'heartbeatAck', ...base, matchLsn: 6 }
+    const none = roundTrip(message)
+    expect(none.back.kind === 'message' && none.back.archive).toEqual({ lsn: null })
+    const withArchive = (archivedLsn: number | null): FrameContext => ({
+      ...context('a'),
+      archivedLsn: () => archivedLsn,
+    })
+    for (const lsn of [0, 41]) {
+      const frame = decodeFrame(encodeFrame(frameOfMessage(message, withArchive(lsn))).subarray(4))
+      const back = messageOfFrame('b', 'a', frame)
+      expect(back.kind === 'message' && back.archive).toEqual({ lsn })
+    }
+    const heartbeat: Message = { type: 'heartbeat', ...base, commitLsn: 6, leaderLastLsn: 9 }
+    const archiving = [{ ...(members[0] as MemberState), archiving: true as const, archivedLsn: 4 }]
+    const frame = decodeFrame(
+      encodeFrame(
+        frameOfMessage(heartbeat, { ...context('a'), memberStates: () => archiving }),
+      ).subarray(4),
+    )
+    const back = messageOfFrame('b', 'a', frame)
+    expect(back.kind === 'message' && back.members).toEqual(archiving)
+    // Other messages say nothing of the archive.
+    const vote = roundTrip({ type: 'voteAck', ...base, granted: true, preVote: false })
+    expect(vote.back.kind === 'message' && vote.back.archive).toBeNull()
   })
 
   it('decodes an append entries once, for the node to keep', () => {

@@ -5,6 +5,7 @@
  *   GET /ready       readiness: 200 once storage is open, 503 while starting or stopping
  *   GET /metrics     Prometheus text format
  *   POST /admin/v1/compact            compact the log now, within the retention policy
+ *   POST /admin/v1/backups            a backup of this node, streamed or into its archive
  *   GET /admin/v1/rollbacks?after=&limit=   writes a truncation removed (never confirmed)
  *   DELETE /admin/v1/rollbacks?through=     forget rollback records once reconciled
  */
@@ -36,6 +37,7 @@ function authRecordName(key: Uint8Array): string {
 }
 import { parsePositiveInteger, type AppContext } from '../context.js'
 import { methodNotAllowed } from '../errors.js'
+import { registerBackupRoutes } from './backups.js'
 
 export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): void {
   const { store, config, lifecycle, metrics } = ctx
@@ -80,14 +82,18 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
         requestBodyBytesMax: config.requestBodyBytesMax,
         listLimitMax: config.listLimitMax,
       },
+      archive: ctx.backups.archiver?.state() ?? null,
     } satisfies StatusResponse
   })
   methodNotAllowed(app, '/v1/status', ['GET'])
 
   // Any user: the SDK finds the leader and the replicas here.
   app.get('/v1/cluster', { config: { access: 'authenticated' } }, async (request) => {
-    if (ctx.replicator) return ctx.replicator.clusterView()
-    if (ctx.leaderless) return ctx.leaderless.clusterView(store.meta.clusterId)
+    const archive = ctx.backups.archiver?.state()
+    const archiveField = archive ? { archive } : {}
+    if (ctx.replicator) return { ...ctx.replicator.clusterView(), ...archiveField }
+    if (ctx.leaderless)
+      return { ...ctx.leaderless.clusterView(store.meta.clusterId), ...archiveField }
     // A standalone node is a cluster of one, reached at the address this client used.
     const meta = store.meta
     const url = `${ctx.tls === null ? 'http' : 'https'}://${request.host}`
@@ -112,8 +118,15 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
           lagMs: 0,
           lastContactMs: 0,
           connected: true,
+          ...(archive
+            ? {
+                archivedLsn: archive.archivedLsn,
+                archiveLagEntries: Math.max(0, meta.commitLsn - archive.archivedLsn),
+              }
+            : {}),
         },
       ],
+      ...archiveField,
     } satisfies ClusterView
   })
   methodNotAllowed(app, '/v1/cluster', ['GET'])
@@ -123,9 +136,13 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
     if (ctx.replicator) {
       await ctx.replicator.compactNow()
     } else {
-      await store.compactLog(
-        Math.max(store.meta.logStartLsn, store.commitLsn + 1 - config.logRetentionEntries),
+      const wanted = Math.max(
+        store.meta.logStartLsn,
+        store.commitLsn + 1 - config.logRetentionEntries,
       )
+      // The log archive (--archive-dir) keeps what it has not taken yet, within its limit.
+      const hold = ctx.backups.archiver
+      await store.compactLog(hold ? Math.max(store.meta.logStartLsn, hold.hold(wanted)) : wanted)
     }
     return {
       logStartLsn: store.meta.logStartLsn,
@@ -133,6 +150,8 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
     } satisfies CompactResponse
   })
   methodNotAllowed(app, '/admin/v1/compact', ['POST'])
+
+  registerBackupRoutes(app, ctx)
 
   // Hands leadership to a named member ({"to": "n2"}) or to the most up-to-date follower ({}).
   app.post(
