@@ -150,7 +150,7 @@ class PartFile {
  */
 export async function writeBackupStream(
   dir: string,
-  body: AsyncIterable<Uint8Array>,
+  body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
 ): Promise<WrittenBackup> {
   await checkBackupDir(dir)
   let made = false
