@@ -18,6 +18,8 @@ import {
 } from '@kvstore/storage'
 import { clusterIdFile, newClusterId } from './certs.js'
 
+export type { RestoreTarget }
+
 /** Bad usage of an offline command (exit status 2). */
 export class OfflineUsageError extends Error {}
 
