@@ -203,9 +203,13 @@ export async function runOffline(
     }
     await write(io.stdout, describeRestore(result, nodeId))
     if ('digest' in result) {
+      const certs =
+        opts['certs-dir'] !== undefined
+          ? `It is the cluster id of the certificates in ${opts['certs-dir']}.`
+          : `The certificates of the new cluster must name cluster id ${clusterId}${fresh ? ' (made now)' : ''}:\n  kv certs init --dir certs --members n1,n2,n3 --cluster-id ${clusterId}`
       await write(
         io.stdout,
-        `\nThe certificates of the new cluster must name cluster id ${clusterId}${fresh ? ' (made now)' : ''}:\n  kv certs init --dir certs --members n1,n2,n3 --cluster-id ${clusterId}\nRestore every member's data directory from the same backup (each with its --node-id and this --cluster-id) before starting any: an empty member must not lead the others.\n`,
+        `\n${certs}\nRestore every member's data directory from the same backup (each with its --node-id and this cluster id) before starting any: an empty member must not lead the others.\n`,
       )
     }
     return 0
