@@ -88,6 +88,18 @@ const layering = [
       ),
     },
   },
+  // And the storage package for one file: the offline commands (`kv backup verify`, `kv restore`,
+  // `kv-cluster --restore-from`) read backups and build data directories with no node running,
+  // so they need the backup format and LevelDB. kv loads offline.ts only for those commands.
+  {
+    files: ['packages/cli/src/offline.ts'],
+    rules: {
+      'no-restricted-imports': refuse(
+        'cli',
+        ourPackages.filter((name) => !['cli', 'storage', ...mayImport.cli].includes(name)),
+      ),
+    },
+  },
 ]
 
 export default tseslint.config(

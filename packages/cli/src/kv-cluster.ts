@@ -4,12 +4,22 @@
  * things out.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs'
+import {
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+} from 'node:fs'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { Agent, request } from 'undici'
-import { addMember, initCerts } from './certs.js'
+import { addMember, clusterIdFile, initCerts } from './certs.js'
+// Types only: offline.ts (and with it the storage package) is loaded for a restore alone.
+import type * as Offline from './offline.js'
+import type { RestoreTarget } from './offline.js'
 
 const usage = `kv-cluster: run a local cluster of kv-node processes.
 
@@ -26,6 +36,16 @@ Usage: kv-cluster [options] [-- kv-node options...]
   --data-dir DIR     one data directory per node below DIR, and their logs (default ./data)
   --fresh            delete the nodes' data directories first (the certificates stay)
   -h, --help         show this help
+
+Restoring a backup into a new cluster:
+  --restore-from DIR a backup (kv backup create), or a log archive's directory: every
+                     member's data directory is restored from it, each with its own node id
+                     and the new cluster's id, before any member starts. The data
+                     directories must not hold data (use a new --data-dir)
+  --archive DIR      the log archive to replay after the backup (default: --restore-from,
+                     when that is an archive)
+  --to-lsn N | --to-time ISO8601 | --latest
+                     how far to replay the archive (default: the backup itself)
 
 Security is on, as in production: on first start kv-cluster makes the cluster's certificates
 in DIR/certs (kv certs init: a CA, one certificate per member, root's client certificate and
@@ -52,6 +72,11 @@ async function main(): Promise<number> {
         'peer-port': { type: 'string', default: '7101' },
         'data-dir': { type: 'string', default: './data' },
         fresh: { type: 'boolean', default: false },
+        'restore-from': { type: 'string' },
+        archive: { type: 'string' },
+        'to-lsn': { type: 'string' },
+        'to-time': { type: 'string' },
+        latest: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
     })
@@ -85,6 +110,46 @@ async function main(): Promise<number> {
   }))
   const membersFlag = members.map((m) => `${m.id}@${m.clientUrl}@${m.peerUrl}`).join(',')
   const kvNode = fileURLToPath(new URL('./kv-node.js', import.meta.url))
+  const restoring = opts['restore-from'] !== undefined
+  if (
+    !restoring &&
+    (opts.archive !== undefined ||
+      opts['to-lsn'] !== undefined ||
+      opts['to-time'] !== undefined ||
+      opts.latest)
+  ) {
+    process.stderr.write(
+      'kv-cluster: --archive, --to-lsn, --to-time and --latest go with --restore-from\n',
+    )
+    return 2
+  }
+  let offline: typeof Offline | null = null
+  let target: RestoreTarget | null = null
+  if (restoring) {
+    if (opts.fresh) {
+      process.stderr.write(
+        'kv-cluster: --restore-from builds new data directories; it takes no --fresh\n',
+      )
+      return 2
+    }
+    offline = await import('./offline.js')
+    try {
+      target = offline.restoreTarget(opts)
+    } catch (err) {
+      process.stderr.write(`kv-cluster: ${(err as Error).message}\n`)
+      return 2
+    }
+    // Refuse before anything is made: a restore only ever builds new data directories.
+    for (const member of members) {
+      const dir = resolve(dataDir, member.id)
+      if (existsSync(dir) && readdirSync(dir).length > 0) {
+        process.stderr.write(
+          `kv-cluster: KV_ERR_DATA_DIR_IN_USE: ${dir} already holds data; restore into a new --data-dir\n`,
+        )
+        return 1
+      }
+    }
+  }
   mkdirSync(dataDir, { recursive: true })
   const certsDir = join(dataDir, 'certs')
   const hosts = host === '127.0.0.1' || host === 'localhost' ? [] : [host]
@@ -96,6 +161,38 @@ async function main(): Promise<number> {
       if (!existsSync(join(certsDir, `${member.id}.crt`)))
         await addMember({ dir: certsDir, memberId: member.id, hosts })
     }
+  }
+  if (offline !== null && target !== null) {
+    // The certificates name the new cluster; every member's data directory gets its id.
+    const clusterId = readFileSync(join(certsDir, clusterIdFile), 'utf8').trim()
+    const done: string[] = []
+    try {
+      for (const member of members) {
+        const dir = resolve(dataDir, member.id)
+        const result = await offline.restoreMember({
+          from: resolve(opts['restore-from'] as string),
+          archive: opts.archive === undefined ? undefined : resolve(opts.archive),
+          target,
+          dataDir: dir,
+          nodeId: member.id,
+          clusterId,
+        })
+        done.push(dir)
+        write(offline.describeRestore(result, member.id))
+      }
+    } catch (err) {
+      // All members or none: a cluster with some members restored and others empty could elect
+      // an empty leader.
+      for (const dir of done) rmSync(dir, { recursive: true, force: true })
+      const coded = err as { code?: unknown; message: string }
+      process.stderr.write(
+        `kv-cluster: ${typeof coded.code === 'string' && coded.code.startsWith('KV_ERR_') ? `${coded.code}: ` : ''}${coded.message}\n`,
+      )
+      return 1
+    }
+    write(
+      `restored ${members.length} members of the new cluster ${clusterId} (its certificates are in ${certsDir}); the users, roles and passwords are the backup's (root's client certificate works; ${certsDir}/root.password is root's password only if the backup's root had it)\n`,
+    )
   }
   // kv-cluster itself checks on the nodes as root, with root's client certificate.
   const agent = new Agent({

@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util'
 import {
   KvClient,
   KvError,
+  type BackupResult,
   type BatchOp,
   type LeaderlessClusterView,
   type LeaderlessWriteInfo,
@@ -26,6 +27,21 @@ export interface Io {
   stdout: NodeJS.WritableStream & { isTTY?: boolean }
   stderr: NodeJS.WritableStream
 }
+
+/** The offline commands (offline.ts runs them). */
+const offlineUsage = `Backups and restore (offline: no node needed):
+  backup verify DIR       check a backup completely: the manifest, every file's size and
+                          SHA-256, every record, and the state digest recomputed from them
+  restore --from DIR --data-dir D
+        [--archive DIR] [--to-lsn N | --to-time ISO8601 | --latest]
+        [--node-id ID] [--cluster-id ID | --certs-dir DIR] [--dry-run]
+                          build a new member's data directory D (which must not exist, or be
+                          empty) from a backup, or from an archive's newest fitting base
+                          backup, then the archive's log up to the target (default: the
+                          backup itself); --node-id default n1; the new cluster's id:
+                          --cluster-id, or the cluster-id file of --certs-dir, or a fresh one.
+                          Restore every member of the new cluster from the same backup.
+`
 
 export const usage = `kv: client for the key-value store.
 
@@ -62,6 +78,16 @@ Commands:
                           down)
   digest                  hash of that node's state
 
+Backups (need the admin role):
+  backup create --to DIR  stream a backup of one member into DIR (which must not exist, or
+        [--from follower|leader|MEMBER]
+                          be empty): by default a connected follower, the most up to date,
+                          and the leader only when no follower can be reached (it says so);
+                          prints the LSN, the member, keys, bytes, files, MB/s and the digest
+        [--all-members]   every member, each into DIR/MEMBER (leaderless clusters)
+        [--archive]       instead, have the member (--from MEMBER, default the leader) take
+                          a base backup into its log archive (kv-node --archive-dir)
+${offlineUsage}
 ${certsUsage}
 ${authUsage}
 Options:
@@ -172,6 +198,85 @@ function leaderlessTable(views: LeaderlessClusterView[]): string {
   return lines.join('')
 }
 
+/** `kv backup create`: one member, every member, or a base backup into a member's archive. */
+async function backupCreate(
+  client: KvClient,
+  opts: {
+    to?: string | undefined
+    from?: string | undefined
+    'all-members'?: boolean | undefined
+    'archive-target'?: boolean | undefined
+    json?: boolean | undefined
+  },
+  io: Io,
+): Promise<number> {
+  const rate = (bytes: number, ms: number) => (bytes / 1e6 / Math.max(ms / 1000, 0.001)).toFixed(1)
+  if (opts['archive-target']) {
+    if (opts.to !== undefined || opts['all-members'])
+      throw new UsageError('backup create --archive takes no --to or --all-members')
+    if (opts.from === 'follower')
+      throw new UsageError('backup create --archive takes --from leader or --from MEMBER')
+    const member = opts.from === undefined || opts.from === 'leader' ? undefined : opts.from
+    const result = await client.backupToArchive(member === undefined ? {} : { member })
+    if (opts.json) {
+      await write(io.stdout, `${JSON.stringify(result, null, 2)}\n`)
+      return 0
+    }
+    await write(
+      io.stdout,
+      `OK base backup at LSN ${result.lsn} in ${result.member}'s archive: ${result.dir}\n  ${result.keys} keys, ${result.bytes} bytes, ${result.files} files, ${rate(result.bytes, result.durationMs)} MB/s\n  digest ${result.digest}\n`,
+    )
+    return 0
+  }
+  if (opts.to === undefined) throw new UsageError('backup create needs --to DIR')
+  const lines = (r: BackupResult) =>
+    [
+      `OK backup of ${r.member} (${r.role}) at LSN ${r.manifest.lsn} in ${r.dir}`,
+      ...(r.fallback !== null ? [`  note: ${r.fallback}`] : []),
+      `  ${r.manifest.keys} keys (${r.manifest.bytes} bytes), ${r.files} files, ${r.bytes} bytes in ${r.durationMs} ms, ${rate(r.bytes, r.durationMs)} MB/s`,
+      `  digest ${r.manifest.digest}`,
+      '',
+    ].join('\n')
+  const summary = (r: BackupResult) => ({
+    dir: r.dir,
+    member: r.member,
+    role: r.role,
+    fallback: r.fallback,
+    lsn: r.manifest.lsn,
+    epoch: r.manifest.epoch,
+    clusterId: r.manifest.clusterId,
+    keys: r.manifest.keys,
+    bytes: r.bytes,
+    files: r.files,
+    durationMs: r.durationMs,
+    digest: r.manifest.digest,
+  })
+  if (opts['all-members']) {
+    if (opts.from !== undefined) throw new UsageError('--all-members takes no --from')
+    const result = await client.backupAllMembers({ to: opts.to })
+    if (opts.json) {
+      await write(
+        io.stdout,
+        `${JSON.stringify({ dir: result.dir, bytes: result.bytes, durationMs: result.durationMs, members: result.members.map(summary) }, null, 2)}\n`,
+      )
+      return 0
+    }
+    for (const r of result.members) await write(io.stdout, lines(r))
+    await write(
+      io.stdout,
+      `${result.members.length} members, ${result.bytes} bytes in ${result.durationMs} ms\n`,
+    )
+    return 0
+  }
+  const result = await client.backup({
+    to: opts.to,
+    ...(opts.from !== undefined ? { from: opts.from } : {}),
+  })
+  if (opts.json) await write(io.stdout, `${JSON.stringify(summary(result), null, 2)}\n`)
+  else await write(io.stdout, lines(result))
+  return 0
+}
+
 function write(stream: NodeJS.WritableStream, text: string | Uint8Array): Promise<void> {
   return new Promise((resolve, reject) => {
     stream.write(text, (err) => (err ? reject(err) : resolve()))
@@ -179,6 +284,10 @@ function write(stream: NodeJS.WritableStream, text: string | Uint8Array): Promis
 }
 
 export async function runKv(argv: string[], io: Io): Promise<number> {
+  // `kv backup create --archive` is a switch, while `kv restore --archive DIR` takes a value:
+  // parseArgs knows one type per option, so the switch goes by another name.
+  if (argv.includes('backup') && argv.includes('create'))
+    argv = argv.map((a) => (a === '--archive' ? '--archive-target' : a))
   let parsed
   try {
     parsed = parseArgs({
@@ -221,6 +330,18 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         monitor: { type: 'boolean' },
         'rate-limit': { type: 'string' },
         'no-password': { type: 'boolean' },
+        to: { type: 'string' },
+        from: { type: 'string' },
+        'all-members': { type: 'boolean', default: false },
+        'archive-target': { type: 'boolean', default: false },
+        archive: { type: 'string' },
+        'to-lsn': { type: 'string' },
+        'to-time': { type: 'string' },
+        latest: { type: 'boolean', default: false },
+        'data-dir': { type: 'string' },
+        'node-id': { type: 'string' },
+        'certs-dir': { type: 'string' },
+        'dry-run': { type: 'boolean', default: false },
         ...certsOptions,
       },
     })
@@ -232,6 +353,24 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
   const [command, ...args] = positionals
   // Certificates are made locally: no URL, no client.
   if (command === 'certs') return runCerts(args, opts, io)
+  // Backups are checked and restored locally: no URL, no client.
+  if (command === 'restore' || (command === 'backup' && args[0] === 'verify')) {
+    const { OfflineUsageError, runOffline } = await import('./offline.js')
+    try {
+      return await runOffline(
+        command === 'restore' ? 'restore' : 'verify',
+        command === 'restore' ? args : args.slice(1),
+        opts,
+        io,
+      )
+    } catch (err) {
+      if (err instanceof OfflineUsageError) {
+        await write(io.stderr, `kv: ${err.message}\n\n${offlineUsage}`)
+        return 2
+      }
+      throw err
+    }
+  }
   if (opts.help || command === undefined || command === 'help') {
     await write(command === undefined && !opts.help ? io.stderr : io.stdout, usage)
     return command === undefined && !opts.help ? 2 : 0
@@ -514,6 +653,11 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
       case 'digest':
         await out(await client.digest())
         return 0
+      case 'backup': {
+        if (args[0] !== 'create' || args.length > 1)
+          throw new UsageError('backup takes create (online) or verify DIR (offline)')
+        return await backupCreate(client, opts, io)
+      }
       default:
         throw new UsageError(`unknown command ${JSON.stringify(command)}`)
     }

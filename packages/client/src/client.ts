@@ -18,11 +18,13 @@
  * code: the node's own, or `KV_ERR_UNAVAILABLE` when no node could be reached.
  */
 import { randomUUID } from 'node:crypto'
+import { join } from 'node:path'
 import type { HashRing } from '@kvstore/core'
 import { KvError } from '@kvstore/protocol/errors'
 import type {
   AckMode,
   AuthEnabledResponse,
+  BackupManifest,
   AuthStatus,
   BatchRequest,
   BatchRequestOp,
@@ -64,6 +66,7 @@ import {
   type TlsOptions,
 } from './connection.js'
 import { Credentials, type KvAuth, type LoginResult } from './credentials.js'
+import { checkBackupDir, writeBackupStream } from './backup.js'
 import {
   compareTimestamps,
   isLeaderlessView,
@@ -105,6 +108,64 @@ export type NodeStatus = StatusResponse
 export type StateDigest = DigestResponse
 
 export type { KvAuth, TlsOptions }
+export type { BackupManifest }
+
+/** Options of `backup`. */
+export interface BackupOptions {
+  /** Directory to write the backup into: it must not exist, or be empty. Made with mode 0700. */
+  to: string
+  /**
+   * The member to back up: `follower` (default: the connected follower with the highest applied
+   * LSN, falling back to the leader only when no follower can be reached), `leader`, or a
+   * member id.
+   */
+  from?: 'follower' | 'leader' | (string & {})
+  /** Longest wait for the node to start sending, and between two pieces. Default 60 000 ms. */
+  timeoutMs?: number
+}
+
+/** What `backup` wrote. */
+export interface BackupResult {
+  dir: string
+  /** The backup's manifest (checked, and every file checked against it). */
+  manifest: BackupManifest
+  /** Id of the member backed up. */
+  member: string
+  /** Its role when it took the backup (the node says; `leader`, `follower`, `replica`, ...). */
+  role: string
+  /** Bytes written, the manifest included. */
+  bytes: number
+  /** Files written, the manifest included. */
+  files: number
+  durationMs: number
+  /**
+   * Why the backup did not come from the kind of member asked for (a follower by default),
+   * e.g. that no follower could be reached and the leader was backed up instead; null otherwise.
+   */
+  fallback: string | null
+}
+
+/** What a node answers to a backup into its archive (`backupToArchive`). */
+export interface ArchiveBackupResult {
+  lsn: number
+  /** The base backup's directory on the node. */
+  dir: string
+  keys: number
+  bytes: number
+  files: number
+  digest: string
+  durationMs: number
+  /** Id of the member that took it. */
+  member: string
+}
+
+/** What `backupAllMembers` wrote: one backup per member, in `dir/<memberId>`. */
+export interface AllMembersBackupResult {
+  dir: string
+  members: BackupResult[]
+  bytes: number
+  durationMs: number
+}
 
 export interface KvClientOptions {
   /**
@@ -404,6 +465,9 @@ function parseSiblings(body: Buffer): { context: string; siblings: Sibling[] } {
     .sort((a, b) => compareTimestamps(b.timestamp, a.timestamp))
   return { context: parsed.context, siblings }
 }
+
+/** Backup requests that failed before the node sent anything: another member may be tried. */
+const failedBeforeStream = new WeakSet<KvError>()
 
 /** A client of a whole cluster (or of one standalone node). Reuse one; `close()` when done. */
 export class KvClient {
@@ -976,6 +1040,238 @@ export class KvClient {
 
   async roles(): Promise<RoleInfo[]> {
     return ((await this.adminRead('/admin/v1/roles')) as RoleList).roles
+  }
+
+  // ---------------------------------------------------------------- backups
+
+  /**
+   * Backs up one member into `options.to` (see `BackupOptions`): the member streams its state
+   * at one LSN (POST /admin/v1/backups), and each file is written to a temporary name, fsynced
+   * and renamed, its SHA-256 checked against the manifest, which is written last. On any
+   * failure nothing is left behind. Needs the admin role. A member that cannot be reached, or
+   * is busy with another backup (`KV_ERR_BACKUP_BUSY`), is passed over for the next candidate
+   * before anything is written; a stream that fails midway is not retried.
+   */
+  async backup(options: BackupOptions): Promise<BackupResult> {
+    const from = options.from ?? 'follower'
+    await checkBackupDir(options.to)
+    const candidates = await this.backupCandidates(from)
+    let last: KvError | null = null
+    for (const candidate of candidates) {
+      try {
+        const result = await this.backupFrom(candidate, options.to, options.timeoutMs)
+        return { ...result, fallback: candidate.fallback }
+      } catch (err) {
+        if (
+          err instanceof KvError &&
+          failedBeforeStream.has(err) &&
+          [
+            'KV_ERR_UNAVAILABLE',
+            'KV_ERR_BACKUP_BUSY',
+            'KV_ERR_NOT_READY',
+            'KV_ERR_SHUTTING_DOWN',
+          ].includes(err.code)
+        ) {
+          last = err
+          continue
+        }
+        throw err
+      }
+    }
+    throw last ?? new KvError('KV_ERR_UNAVAILABLE', 'no member to back up')
+  }
+
+  /**
+   * Asks a member started with `--archive-dir` to take a base backup into its log archive
+   * (POST /admin/v1/backups with target archive): `member`, else the leader (any node in
+   * other modes). Resolves with what the node reports once the backup is complete.
+   */
+  async backupToArchive(
+    options: { member?: string; timeoutMs?: number } = {},
+  ): Promise<ArchiveBackupResult> {
+    let target: { id: string; url: string }
+    if (options.member !== undefined) target = await this.memberById(options.member)
+    else if ((await this.mode()) === 'single-leader') {
+      const view = await this.cluster()
+      const leader = view.members.find((m) => m.id === view.leaderId)
+      if (leader === undefined)
+        throw new KvError(
+          'KV_ERR_UNAVAILABLE',
+          'the cluster has no leader now; name a --from member',
+        )
+      target = { id: leader.id, url: leader.clientUrl }
+    } else {
+      target = { id: '', url: this.knownNodes()[0] as string }
+    }
+    const res = await this.connection(target.url).send('POST', '/admin/v1/backups', {
+      body: Buffer.from(JSON.stringify({ target: 'archive' }), 'utf8'),
+      headers: { 'content-type': 'application/json' },
+      timeoutMs: options.timeoutMs ?? 600_000,
+    })
+    const answer = JSON.parse(res.body.toString('utf8')) as Omit<ArchiveBackupResult, 'member'>
+    return { ...answer, member: headerOf(res, 'kv-backup-node') ?? target.id }
+  }
+
+  /**
+   * Backs up every member, one after another, each into `to/<memberId>` (a leaderless
+   * cluster keeps each key on some members only, so a backup of the cluster is one of each).
+   * All or nothing: when one member fails, what was written is removed and its error thrown
+   * (with `member` in its details).
+   */
+  async backupAllMembers(options: {
+    to: string
+    timeoutMs?: number
+  }): Promise<AllMembersBackupResult> {
+    const started = Date.now()
+    const members =
+      (await this.mode()) === 'leaderless'
+        ? (await this.leaderlessCluster()).members.map((m) => ({ id: m.id, url: m.clientUrl }))
+        : (await this.cluster()).members.map((m) => ({ id: m.id, url: m.clientUrl }))
+    const { readdir, mkdir, rm } = await import('node:fs/promises')
+    const entries = await readdir(options.to).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return [] as string[]
+      throw err
+    })
+    if (entries.length > 0)
+      throw new KvError('KV_ERR_INVALID_ARGUMENT', `backup directory ${options.to} is not empty`, {
+        dir: options.to,
+      })
+    const made = (await mkdir(options.to, { recursive: true, mode: 0o700 })) !== undefined
+    const results: BackupResult[] = []
+    try {
+      for (const member of members) {
+        const result = await this.backupFrom(
+          member,
+          join(options.to, member.id),
+          options.timeoutMs,
+        ).catch((err: unknown) => {
+          if (err instanceof KvError) err.details.member = member.id
+          throw err
+        })
+        results.push({ ...result, fallback: null })
+      }
+    } catch (err) {
+      if (made) await rm(options.to, { recursive: true, force: true })
+      else for (const r of results) await rm(r.dir, { recursive: true, force: true })
+      throw err
+    }
+    return {
+      dir: options.to,
+      members: results,
+      bytes: results.reduce((sum, r) => sum + r.bytes, 0),
+      durationMs: Date.now() - started,
+    }
+  }
+
+  /** A member of the current view by id (either mode). */
+  private async memberById(id: string): Promise<{ id: string; url: string }> {
+    const members =
+      (await this.mode()) === 'leaderless'
+        ? (await this.leaderlessCluster()).members.map((m) => ({ id: m.id, url: m.clientUrl }))
+        : (await this.cluster()).members.map((m) => ({ id: m.id, url: m.clientUrl }))
+    const member = members.find((m) => m.id === id)
+    if (member === undefined)
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        `${id} is not a member (members: ${members.map((m) => m.id).join(', ')})`,
+      )
+    return member
+  }
+
+  /** The members to try for a backup `from`, best first, each with why it is a fallback. */
+  private async backupCandidates(
+    from: string,
+  ): Promise<{ id: string; url: string; fallback: string | null }[]> {
+    if (from !== 'follower' && from !== 'leader') {
+      return [{ ...(await this.memberById(from)), fallback: null }]
+    }
+    if ((await this.mode()) === 'leaderless')
+      throw unsupported(
+        `a backup from the ${from} needs single-leader mode: back up every member (backupAllMembers, kv backup create --all-members) or name one`,
+        'leaderless',
+      )
+    const view = await this.cluster()
+    const leader = view.members.find((m) => m.id === view.leaderId) ?? null
+    const asLeader = (fallback: string | null) =>
+      leader === null ? [] : [{ id: leader.id, url: leader.clientUrl, fallback }]
+    if (from === 'leader') {
+      if (leader === null) throw new KvError('KV_ERR_UNAVAILABLE', 'the cluster has no leader now')
+      return asLeader(null)
+    }
+    // Healthy followers, the most up to date first.
+    const followers = view.members
+      .filter((m) => m.role === 'follower' && m.connected)
+      .sort(
+        (a, b) => (b.appliedLsn ?? b.ackedLsn) - (a.appliedLsn ?? a.ackedLsn) || a.lagMs - b.lagMs,
+      )
+      .map((m) => ({ id: m.id, url: m.clientUrl, fallback: null }))
+    const why =
+      view.mode === 'standalone'
+        ? 'a standalone node has no followers; the backup came from the node itself'
+        : followers.length === 0
+          ? 'no follower is connected to the leader; the backup came from the leader'
+          : 'no follower could be reached; the backup came from the leader'
+    return [...followers, ...asLeader(why)]
+  }
+
+  /** Streams one member's backup into `dir`. */
+  private async backupFrom(
+    member: { id: string; url: string },
+    dir: string,
+    timeoutMs = 60_000,
+  ): Promise<Omit<BackupResult, 'fallback'>> {
+    const started = Date.now()
+    let stream
+    try {
+      stream = await this.connection(member.url).stream('POST', '/admin/v1/backups', {
+        body: Buffer.from(JSON.stringify({ target: 'stream' }), 'utf8'),
+        headers: { 'content-type': 'application/json' },
+        timeoutMs,
+      })
+    } catch (err) {
+      // Nothing was written yet: the caller may try another member.
+      if (err instanceof KvError) failedBeforeStream.add(err)
+      throw err
+    }
+    const header = (name: string) => {
+      const value = stream.headers[name]
+      return Array.isArray(value) ? value[0] : value
+    }
+    const type = header('content-type') ?? ''
+    if (!type.startsWith('application/vnd.kvstore.backup')) {
+      stream.body.destroy()
+      throw new KvError(
+        'KV_ERR_INTERNAL',
+        `${member.url} answered a backup with ${type || 'no content type'}, not application/vnd.kvstore.backup`,
+        { url: member.url },
+      )
+    }
+    let written
+    try {
+      written = await writeBackupStream(dir, stream.body)
+    } catch (err) {
+      stream.body.destroy()
+      throw err
+    }
+    const lsn = header('kv-backup-lsn')
+    if (lsn !== undefined && Number(lsn) !== written.manifest.lsn) {
+      const { rm } = await import('node:fs/promises')
+      await rm(dir, { recursive: true, force: true })
+      throw new KvError(
+        'KV_ERR_BACKUP_CORRUPT',
+        `the node said the backup is at LSN ${lsn}, its manifest says ${written.manifest.lsn}`,
+        { file: 'manifest.json' },
+      )
+    }
+    return {
+      dir,
+      manifest: written.manifest,
+      member: header('kv-backup-node') ?? written.manifest.nodeId ?? member.id,
+      role: header('kv-backup-role') ?? written.manifest.role,
+      bytes: written.bytes,
+      files: written.files,
+      durationMs: Date.now() - started,
+    }
   }
 
   /** Closes every connection. Requests in flight finish first. */

@@ -128,6 +128,93 @@ export class NodeConnection {
     }
   }
 
+  /**
+   * Sends a request whose answer is a stream (a backup): resolves with the status, headers and
+   * the body still unread once the headers are in, so the caller reads it at its own pace. An
+   * error status is read whole and thrown as its KvError, as `send` does. `timeoutMs` bounds
+   * the wait for the headers and each pause between body chunks.
+   */
+  async stream(
+    method: Dispatcher.HttpMethod,
+    path: string,
+    options: SendOptions = {},
+  ): Promise<{
+    status: number
+    headers: Record<string, string | string[] | undefined>
+    body: AsyncIterable<Uint8Array> & { destroy(err?: Error): void }
+  }> {
+    const credentials = options.anonymous ? undefined : this.credentials
+    let authorization = await credentials?.header()
+    for (let attempt = 0; ; attempt++) {
+      const headers =
+        authorization === undefined
+          ? options.headers
+          : { ...(options.headers ?? {}), authorization }
+      let res: Dispatcher.ResponseData
+      try {
+        res = await this.dispatcher.request({
+          method,
+          path,
+          ...(options.body !== undefined ? { body: options.body } : {}),
+          ...(headers !== undefined ? { headers } : {}),
+          ...(options.timeoutMs !== undefined
+            ? { headersTimeout: options.timeoutMs, bodyTimeout: options.timeoutMs }
+            : {}),
+        })
+      } catch (err) {
+        throw new KvError(
+          'KV_ERR_UNAVAILABLE',
+          `cannot reach ${this.url}: ${(err as Error).message}`,
+          { url: this.url },
+          { cause: err },
+        )
+      }
+      if (res.statusCode < 400) {
+        const body = res.body
+        return {
+          status: res.statusCode,
+          headers: res.headers,
+          body: {
+            async *[Symbol.asyncIterator]() {
+              try {
+                for await (const chunk of body) yield chunk as Uint8Array
+              } catch (err) {
+                if (err instanceof KvError) throw err
+                throw new KvError(
+                  'KV_ERR_UNAVAILABLE',
+                  `the stream from ${path} broke: ${(err as Error).message}`,
+                  {},
+                  { cause: err },
+                )
+              }
+            },
+            destroy: (err?: Error) => {
+              // Dropping the rest of the body is not an error of this process.
+              body.on('error', () => {})
+              body.destroy(err)
+            },
+          },
+        }
+      }
+      const received = Buffer.from(await res.body.arrayBuffer().catch(() => new ArrayBuffer(0)))
+      const error = this.errorFrom({ status: res.statusCode, headers: res.headers, body: received })
+      // A token refused (revoked, rotated, expired early): log in again, once.
+      if (
+        attempt === 0 &&
+        credentials?.canRenew === true &&
+        error.code === 'KV_ERR_UNAUTHENTICATED'
+      ) {
+        credentials.invalidate(authorization)
+        const renewed = await credentials.header()
+        if (renewed !== undefined && renewed !== authorization) {
+          authorization = renewed
+          continue
+        }
+      }
+      throw error
+    }
+  }
+
   private async sendOnce(
     method: Dispatcher.HttpMethod,
     path: string,

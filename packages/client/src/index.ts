@@ -1,7 +1,13 @@
 export { KvClient, KvError, keyPath } from './client.js'
+export { backupManifestBytesMax, writeBackupStream, type WrittenBackup } from './backup.js'
 export { compareTimestamps, isLeaderlessView, ringOf, routeKey } from './leaderless.js'
 export type {
   AckMode,
+  AllMembersBackupResult,
+  ArchiveBackupResult,
+  BackupManifest,
+  BackupOptions,
+  BackupResult,
   AuthStatus,
   BatchOp,
   BatchResult,

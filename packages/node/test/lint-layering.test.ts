@@ -74,6 +74,16 @@ describe('the layering rule', () => {
       /cli may not depend on storage/,
     ],
     [
+      'packages/cli/src/kv-command.ts',
+      `import { restore } from '@kvstore/storage'`,
+      /cli may not depend on storage/,
+    ],
+    [
+      'packages/cli/src/offline.ts',
+      `import { runNode } from '@kvstore/node'`,
+      /cli may not depend on node/,
+    ],
+    [
       'packages/node/src/x.ts',
       `import { freePort } from '@kvstore/testkit'`,
       /shipped code never imports it/,
@@ -102,6 +112,7 @@ describe('the layering rule', () => {
     ['packages/client/src/x.ts', `import { HashRing } from '@kvstore/core'`],
     ['packages/cli/src/kv-node.ts', `import { runNode } from '@kvstore/node'`],
     ['packages/cli/src/x.ts', `import { KvClient } from '@kvstore/client'`],
+    ['packages/cli/src/offline.ts', `import { restore } from '@kvstore/storage'`],
     ['packages/bench/src/x.ts', `import { freePort } from '@kvstore/testkit'`],
     ['packages/node/test/x.test.ts', `import { freePort } from '@kvstore/testkit'`],
   ])('allows, in %s: %s', async (path, source) => {
