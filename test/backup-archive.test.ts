@@ -139,7 +139,9 @@ describe('POST /admin/v1/backups on a follower', () => {
     // Enough incompressible data that a backup outlasts the socket buffers.
     await putMany(160, 'big', () => randomBytes(64 * 1024))
     const follower = cluster.followers[0] as ClusterMember
-    const commit = (await status(cluster.leader)).commitLsn
+    // The leader's last entry: every put above was acknowledged by a quorum, so it is
+    // committed (the commit LSN /v1/status shows is the durable one, which may trail it).
+    const commit = (await status(cluster.leader)).appliedLsn
     await cluster.waitForApplied(commit)
 
     const first = await fetch(`${follower.url}/admin/v1/backups`, { method: 'POST' })
