@@ -1,5 +1,6 @@
 /** pnpm bench: runs a benchmark suite (`pnpm bench --help` prints the options below). */
 import { parseArgs } from 'node:util'
+import { runBackupBench } from './backup.js'
 import { runClusterBench } from './cluster.js'
 import { runCompareBench, systemNames, type SystemName } from './compare.js'
 import { runFailoverBench } from './failover.js'
@@ -43,6 +44,13 @@ bench-results/.
                         max from when each write was due, stalls over 100 ms, and per-second
                         p99 and max as an SVG beside the JSON and a text plot. See open-loop.ts.
 
+  --suite backup        backups, the log archive and restore: backup MB/s and keys/s from a
+                        follower; quorum writes at 50% of the maximum alone, during backups
+                        from a follower and from the leader (p50, p99, max); the archive's lag
+                        (the RPO) meanwhile; then an offline restore of --rto-keys N
+                        (1000000) keys plus --rto-entries N (100000) archived writes (the
+                        RTO). --keys N (200000) in the cluster. See backup.ts.
+
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
 
@@ -72,6 +80,9 @@ async function main(): Promise<void> {
       systems: { type: 'string' },
       'rate-share': { type: 'string', default: '0.5,0.8' },
       'max-duration': { type: 'string', default: '15' },
+      keys: { type: 'string', default: '200000' },
+      'rto-keys': { type: 'string', default: '1000000' },
+      'rto-entries': { type: 'string', default: '100000' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -146,6 +157,13 @@ async function main(): Promise<void> {
         shares,
       })
     }
+    case 'backup':
+      return runBackupBench({
+        ...common,
+        keys: number('keys', 1),
+        rtoKeys: number('rto-keys', 1),
+        rtoEntries: number('rto-entries', 1),
+      })
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -159,7 +177,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security, compare or open-loop, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop or backup, not ${String(suite)}`,
       )
   }
 }
