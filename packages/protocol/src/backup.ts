@@ -194,28 +194,45 @@ export function encodeBackupFrame(type: BackupFrameType, name: string, data?: Ui
 export class BackupStreamDecoder {
   private pending: Buffer[] = []
   private pendingBytes = 0
+  /**
+   * Bytes that must be buffered before parsing is worth trying again: the rest of a frame
+   * whose header has arrived, so that a large frame arriving in small chunks is joined once,
+   * not once per chunk.
+   */
+  private needed = 3
 
   /** The frames completed by `chunk`. */
   push(chunk: Uint8Array): BackupFrame[] {
     this.pending.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length))
     this.pendingBytes += chunk.length
+    if (this.pendingBytes < this.needed) return []
     let buffer =
       this.pending.length === 1 ? (this.pending[0] as Buffer) : Buffer.concat(this.pending)
     const frames: BackupFrame[] = []
     let at = 0
+    this.needed = 3
     for (;;) {
-      if (buffer.length - at < 3) break
+      if (buffer.length - at < 3) {
+        this.needed = 3
+        break
+      }
       const type = buffer[at] as number
       if (type !== 1 && type !== 2 && type !== 3) {
         throw corrupt(`the backup stream has a frame of unknown type ${type}`, 'stream')
       }
       const nameLength = buffer.readUInt16BE(at + 1)
-      if (buffer.length - at < 7 + nameLength) break
+      if (buffer.length - at < 7 + nameLength) {
+        this.needed = 7 + nameLength
+        break
+      }
       const length = buffer.readUInt32BE(at + 3 + nameLength)
       if (length > backupFrameDataBytesMax) {
         throw corrupt(`the backup stream has a frame of ${length} bytes`, 'stream')
       }
-      if (buffer.length - at < 7 + nameLength + length) break
+      if (buffer.length - at < 7 + nameLength + length) {
+        this.needed = 7 + nameLength + length
+        break
+      }
       const name = buffer.toString('utf8', at + 3, at + 3 + nameLength)
       if (name !== backupManifestName && name !== 'error' && !fileName.test(name)) {
         throw corrupt(`the backup stream names a bad file ${JSON.stringify(name)}`, 'stream')
