@@ -246,6 +246,8 @@ async function backupCreate(
     epoch: r.manifest.epoch,
     clusterId: r.manifest.clusterId,
     keys: r.manifest.keys,
+    /** Bytes of the keys and values backed up. */
+    dataBytes: r.manifest.bytes,
     bytes: r.bytes,
     files: r.files,
     durationMs: r.durationMs,

@@ -24,7 +24,7 @@ import {
   type BackupManifest,
 } from '@kvstore/protocol'
 import { createHash } from 'node:crypto'
-import { hashDigestRecord } from './digest.js'
+import { DigestHasher } from './digest.js'
 import {
   AtomicFile,
   PairWriter,
@@ -40,6 +40,8 @@ import type { StateSnapshot } from './types.js'
 
 /** Uncompressed bytes compressed at a time (one gzip member). */
 const compressChunkBytes = 1024 * 1024
+/** Chunks compressed at once, beside the reading and encoding of the next. */
+const compressInFlightMax = 3
 /** Uncompressed bytes per state or request file, unless told otherwise. */
 export const backupFileBytesMaxDefault = 64 * 1024 * 1024
 
@@ -76,7 +78,7 @@ export async function* backupPieces(
 ): AsyncGenerator<BackupPiece, BackupManifest> {
   const fileBytesMax = options.fileBytesMax ?? backupFileBytesMaxDefault
   const files: BackupFileInfo[] = []
-  const digest = createHash('sha256')
+  const digest = new DigestHasher()
   let keys = 0
   let reservedKeys = 0
   let bytes = 0
@@ -89,17 +91,31 @@ export async function* backupPieces(
     raw: number
   } | null
   const pairs = new PairWriter()
+  // Chunks being compressed in the thread pool while the next ones are read and encoded;
+  // yielded (and hashed) in order.
+  const compressing: { file: NonNullable<typeof current>; data: Promise<Buffer> }[] = []
+  async function* drain(keep: number): AsyncGenerator<BackupPiece> {
+    while (compressing.length > keep) {
+      const next = compressing.shift() as (typeof compressing)[number]
+      const data = await next.data
+      next.file.sha.update(data)
+      next.file.info.bytes += data.length
+      yield { name: next.file.info.name, data }
+    }
+  }
   async function* flush(): AsyncGenerator<BackupPiece> {
     if (current === null || pairs.count === 0) return
     current.info.records += pairs.count
     current.raw += pairs.bytes
-    const data = await gzip(pairs.take())
-    current.sha.update(data)
-    current.info.bytes += data.length
-    yield { name: current.info.name, data }
+    const data = gzip(pairs.take())
+    // A failure surfaces when the chunk's turn comes (and is not "unhandled" before it).
+    data.catch(() => {})
+    compressing.push({ file: current, data })
+    yield* drain(compressInFlightMax)
   }
-  function* close(): Generator<BackupPiece> {
+  async function* close(): AsyncGenerator<BackupPiece> {
     if (current === null) return
+    yield* drain(0)
     current.info.sha256 = current.sha.digest('hex')
     files.push(current.info)
     yield { name: current.info.name, end: true }
@@ -127,7 +143,7 @@ export async function* backupPieces(
       for (const { key, record } of page) {
         if (kind === 'state') {
           const decoded = decodeStoredRecord(record)
-          hashDigestRecord(digest, key, decoded)
+          digest.add(key, decoded)
           if (key[0] === 0x00) reservedKeys++
           else {
             keys++
@@ -167,7 +183,7 @@ export async function* backupPieces(
     bytes,
     reservedKeys,
     requests,
-    digest: digest.digest('hex'),
+    digest: digest.hex(),
     files,
   }
   const text = encodeManifest(manifest)
@@ -301,19 +317,22 @@ export interface BackupCheck {
 }
 
 /**
- * Checks a backup offline: the manifest's checksum, every file's size and checksum, every
- * record's decoding, key order, the counts, and the state digest recomputed from the records.
- * Throws KV_ERR_BACKUP_CORRUPT naming the first problem.
+ * Checks a backup's records as they are read, in order (the state's, then the request ids'):
+ * each decodes, keys strictly increase, no version is past the backup's LSN; `finish` compares
+ * the digest and the counts with the manifest. Throws KV_ERR_BACKUP_CORRUPT naming the first
+ * problem.
  */
-export async function verifyBackup(dir: string): Promise<BackupCheck> {
-  const manifest = await readManifest(dir)
-  const digest = createHash('sha256')
-  let keys = 0
-  let reservedKeys = 0
-  let bytes = 0
-  let requests = 0
-  let previous: Buffer | null = null
-  for await (const page of readBackupRecords(dir, manifest, 'state')) {
+export class BackupChecker {
+  private readonly digest = new DigestHasher()
+  private keys = 0
+  private reservedKeys = 0
+  private bytes = 0
+  private requests = 0
+  private previous: Buffer | null = null
+
+  constructor(private readonly manifest: BackupManifest) {}
+
+  state(page: { key: Buffer; record: Buffer }[]): void {
     for (const { key, record } of page) {
       let decoded
       try {
@@ -321,51 +340,88 @@ export async function verifyBackup(dir: string): Promise<BackupCheck> {
       } catch (err) {
         throw corrupt('state', `a record does not decode: ${(err as Error).message}`)
       }
-      if (key.length === 0 || (previous !== null && Buffer.compare(previous, key) >= 0)) {
+      if (key.length === 0 || (this.previous !== null && Buffer.compare(this.previous, key) >= 0)) {
         throw corrupt('state', 'records are not in strictly increasing key order')
       }
-      if (decoded.version > manifest.lsn) {
+      if (decoded.version > this.manifest.lsn) {
         throw corrupt('state', `a record's version ${decoded.version} is past the backup's LSN`)
       }
-      previous = key
-      hashDigestRecord(digest, key, decoded)
-      if (key[0] === 0x00) reservedKeys++
+      this.previous = key
+      this.digest.add(key, decoded)
+      if (key[0] === 0x00) this.reservedKeys++
       else {
-        keys++
-        bytes += key.length + decoded.value.length
+        this.keys++
+        this.bytes += key.length + decoded.value.length
       }
     }
   }
-  for await (const page of readBackupRecords(dir, manifest, 'requests')) {
+
+  requestIds(page: { key: Buffer; record: Buffer }[]): void {
     for (const { record } of page) {
       try {
         decodeRequestRecord(record)
       } catch (err) {
         throw corrupt('requests', `a request record does not decode: ${(err as Error).message}`)
       }
-      requests++
+      this.requests++
     }
   }
-  const hex = digest.digest('hex')
-  const mismatch =
-    hex !== manifest.digest
-      ? `the state's digest is ${hex}, the manifest says ${manifest.digest}`
-      : keys !== manifest.keys || reservedKeys !== manifest.reservedKeys
-        ? `the state holds ${keys} keys and ${reservedKeys} reserved ones, the manifest says ${manifest.keys} and ${manifest.reservedKeys}`
-        : bytes !== manifest.bytes
-          ? `the state holds ${bytes} bytes, the manifest says ${manifest.bytes}`
-          : requests !== manifest.requests
-            ? `the backup holds ${requests} request ids, the manifest says ${manifest.requests}`
-            : null
-  if (mismatch !== null) {
-    throw new KvError('KV_ERR_BACKUP_CORRUPT', mismatch, { file: backupManifestName })
+
+  /** Compares what was read with the manifest; returns the digest. */
+  finish(): { digest: string; keys: number; requests: number } {
+    const manifest = this.manifest
+    const hex = this.digest.hex()
+    const mismatch =
+      hex !== manifest.digest
+        ? `the state's digest is ${hex}, the manifest says ${manifest.digest}`
+        : this.keys !== manifest.keys || this.reservedKeys !== manifest.reservedKeys
+          ? `the state holds ${this.keys} keys and ${this.reservedKeys} reserved ones, the manifest says ${manifest.keys} and ${manifest.reservedKeys}`
+          : this.bytes !== manifest.bytes
+            ? `the state holds ${this.bytes} bytes, the manifest says ${manifest.bytes}`
+            : this.requests !== manifest.requests
+              ? `the backup holds ${this.requests} request ids, the manifest says ${manifest.requests}`
+              : null
+    if (mismatch !== null) {
+      throw new KvError('KV_ERR_BACKUP_CORRUPT', mismatch, { file: backupManifestName })
+    }
+    return { digest: hex, keys: this.keys, requests: this.requests }
   }
+}
+
+/** Checks that every file a manifest names is there with its size (nothing is read). */
+export async function checkBackupFiles(dir: string, manifest: BackupManifest): Promise<void> {
+  for (const info of manifest.files) {
+    let size: number
+    try {
+      size = (await stat(join(dir, info.name))).size
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw corrupt(info.name, 'is missing')
+      throw err
+    }
+    if (size !== info.bytes) {
+      throw corrupt(info.name, `has ${size} bytes, the manifest says ${info.bytes}`)
+    }
+  }
+}
+
+/**
+ * Checks a backup offline: the manifest's checksum, every file's size and checksum, every
+ * record's decoding, key order, the counts, and the state digest recomputed from the records.
+ * Throws KV_ERR_BACKUP_CORRUPT naming the first problem.
+ */
+export async function verifyBackup(dir: string): Promise<BackupCheck> {
+  const manifest = await readManifest(dir)
+  await checkBackupFiles(dir, manifest)
+  const checker = new BackupChecker(manifest)
+  for await (const page of readBackupRecords(dir, manifest, 'state')) checker.state(page)
+  for await (const page of readBackupRecords(dir, manifest, 'requests')) checker.requestIds(page)
+  const { digest, keys, requests } = checker.finish()
   return {
     manifest,
     files: manifest.files.length + 1,
     bytes: manifest.files.reduce((sum, f) => sum + f.bytes, 0),
     keys,
     requests,
-    digest: hex,
+    digest,
   }
 }

@@ -45,14 +45,72 @@ export function hashDigestRecord(
   hash.update(record.value)
 }
 
+/**
+ * Feeds records to a hash in the digest's format, like `hashDigestRecord`, but gathers them in
+ * one buffer and hands the hash 64 KiB at a time: one `update` per record field costs more
+ * than the hashing itself on small records.
+ */
+export class DigestHasher {
+  private readonly hash: Hash
+  private buffer = Buffer.allocUnsafe(64 * 1024)
+  private used = 0
+
+  constructor(hash: Hash = createHash('sha256')) {
+    this.hash = hash
+  }
+
+  add(key: Uint8Array, record: { version: number; tombstone: boolean; value: Uint8Array }): void {
+    invariant(
+      Number.isSafeInteger(record.version) && record.version >= 0,
+      () => `record version ${record.version} is not an lsn`,
+    )
+    invariant(
+      key.length <= u32Max && record.value.length <= u32Max,
+      'a record is too large for the digest format',
+    )
+    const size = digestHeaderBytes + key.length + record.value.length
+    if (this.used + size > this.buffer.length) {
+      this.flush()
+      if (size > this.buffer.length) {
+        hashDigestRecord(this.hash, key, record)
+        return
+      }
+    }
+    const out = this.buffer
+    let at = this.used
+    out.writeUInt32BE(key.length, at)
+    out.writeUInt32BE(Math.floor(record.version / two32), at + 4)
+    out.writeUInt32BE(record.version >>> 0, at + 8)
+    out[at + 12] = record.tombstone ? 1 : 0
+    out.writeUInt32BE(record.value.length, at + 13)
+    at += digestHeaderBytes
+    out.set(key, at)
+    at += key.length
+    out.set(record.value, at)
+    this.used = at + record.value.length
+  }
+
+  private flush(): void {
+    if (this.used === 0) return
+    this.hash.update(this.buffer.subarray(0, this.used))
+    this.used = 0
+  }
+
+  /** The digest, hex; the hasher is done. */
+  hex(): string {
+    this.flush()
+    return this.hash.digest('hex')
+  }
+}
+
 /** Hashes every record of `snapshot`, in key order, and counts the data apart from the reserved keys. */
 export async function digestSnapshot(snapshot: StateSnapshot): Promise<StateDigest> {
-  const hash = createHash('sha256')
+  const hasher = new DigestHasher()
   let keys = 0
   let reservedKeys = 0
   let bytes = 0
   for await (const { key, record } of snapshot.records()) {
-    hashDigestRecord(hash, key, record)
+    hasher.add(key, record)
     // The auth store's records are hashed (replicas must agree on them too) but are not
     // keys of the data.
     if (key[0] === 0x00) {
@@ -62,5 +120,5 @@ export async function digestSnapshot(snapshot: StateSnapshot): Promise<StateDige
     keys++
     bytes += key.length + record.value.length
   }
-  return { appliedLsn: snapshot.appliedLsn, digest: hash.digest('hex'), keys, bytes, reservedKeys }
+  return { appliedLsn: snapshot.appliedLsn, digest: hasher.hex(), keys, bytes, reservedKeys }
 }

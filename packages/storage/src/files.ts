@@ -21,32 +21,41 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { gunzip as gunzipCb, gzip as gzipCb } from 'node:zlib'
 
-export const gzip = promisify(gzipCb)
+const gzipDefault = promisify(gzipCb)
+/** gzip at level 1: a backup is read once and written under load, so speed beats size. */
+export const gzip = (data: Buffer): Promise<Buffer> => gzipDefault(data, { level: 1 })
 export const gunzip = promisify(gunzipCb)
 
 export const fileMode = 0o600
 export const dirMode = 0o700
 
-/** Appends pairs to a growing list of buffers; `take` hands them over as one buffer. */
+/** Appends pairs to one growing buffer; `take` hands over what it holds. */
 export class PairWriter {
-  private parts: Buffer[] = []
+  private buffer = Buffer.allocUnsafe(64 * 1024)
   bytes = 0
   count = 0
 
   add(a: Uint8Array, b: Uint8Array): void {
-    const head = Buffer.allocUnsafe(4)
-    head.writeUInt32BE(a.length, 0)
-    const mid = Buffer.allocUnsafe(4)
-    mid.writeUInt32BE(b.length, 0)
-    this.parts.push(head, Buffer.from(a.buffer, a.byteOffset, a.length), mid)
-    this.parts.push(Buffer.from(b.buffer, b.byteOffset, b.length))
-    this.bytes += 8 + a.length + b.length
+    const need = this.bytes + 8 + a.length + b.length
+    if (need > this.buffer.length) {
+      const grown = Buffer.allocUnsafe(Math.max(need, this.buffer.length * 2))
+      this.buffer.copy(grown, 0, 0, this.bytes)
+      this.buffer = grown
+    }
+    const out = this.buffer
+    let at = this.bytes
+    out.writeUInt32BE(a.length, at)
+    out.set(a, at + 4)
+    at += 4 + a.length
+    out.writeUInt32BE(b.length, at)
+    out.set(b, at + 4)
+    this.bytes = at + 4 + b.length
     this.count++
   }
 
+  /** What was added since the last take, as a buffer of its own. */
   take(): Buffer {
-    const out = Buffer.concat(this.parts, this.bytes)
-    this.parts = []
+    const out = Buffer.from(this.buffer.subarray(0, this.bytes))
     this.bytes = 0
     this.count = 0
     return out

@@ -31,7 +31,9 @@ export type {
   StoreState,
 } from './types.js'
 export {
+  BackupChecker,
   backupPieces,
+  checkBackupFiles,
   readBackupRecords,
   readManifest,
   verifyBackup,

@@ -18,7 +18,13 @@ import { rename, rm, rmdir, stat } from 'node:fs/promises'
 import { ClassicLevel } from 'classic-level'
 import { basename, dirname, join } from 'node:path'
 import { KvError, type BackupManifest, type LogEntry } from '@kvstore/protocol'
-import { readBackupRecords, readManifest, verifyBackup } from './backup.js'
+import {
+  BackupChecker,
+  checkBackupFiles,
+  readBackupRecords,
+  readManifest,
+  verifyBackup,
+} from './backup.js'
 import {
   type BaseInfo,
   type SegmentInfo,
@@ -159,10 +165,14 @@ async function resolveBase(
 }
 
 /**
- * Works out and checks everything a restore would do: the base backup (verified completely),
- * the segments to the target (each read and checked) and the LSN and time reached.
+ * Works out and checks everything a restore would do: the base backup (its manifest and its
+ * files; with `verifyBase`, every record and the digest too), the segments to the target
+ * (each read and checked) and the LSN and time reached.
  */
-export async function planRestore(options: RestoreOptions): Promise<{
+export async function planRestore(
+  options: RestoreOptions,
+  verifyBase = true,
+): Promise<{
   plan: RestorePlan
   base: BaseInfo
   archive: string | null
@@ -171,7 +181,10 @@ export async function planRestore(options: RestoreOptions): Promise<{
   const { target } = options
   const resolved = await resolveBase(options.from, target)
   const base = resolved.base
-  await verifyBackup(base.dir)
+  // A restore checks the records as it loads them into a directory nobody sees yet (one read
+  // instead of two); a dry run reads them here.
+  if (verifyBase) await verifyBackup(base.dir)
+  else await checkBackupFiles(base.dir, base.manifest)
   const archive = options.archive ?? resolved.archive
   const manifest = base.manifest
   const plan: RestorePlan = {
@@ -262,8 +275,9 @@ export async function planRestore(options: RestoreOptions): Promise<{
 export async function restore(options: RestoreOptions): Promise<RestoreResult | RestorePlan> {
   const started = Date.now()
   await checkDataDir(options.dataDir)
-  const { plan, base, archive, chain } = await planRestore(options)
-  if (options.dryRun === true) return plan
+  const dryRun = options.dryRun === true
+  const { plan, base, archive, chain } = await planRestore(options, dryRun)
+  if (dryRun) return plan
 
   const tmp = join(
     dirname(options.dataDir),
@@ -282,25 +296,24 @@ export async function restore(options: RestoreOptions): Promise<RestoreResult | 
     // The base backup, as a follower installs a snapshot.
     await store.setHardState({ epoch: base.manifest.epoch })
     await store.beginSnapshotInstall(base.lsn, base.manifest.epoch)
+    // Every record is checked as it is loaded: a bad one fails the restore, whose directory
+    // is then removed (nobody has seen it).
+    const checker = new BackupChecker(base.manifest)
     for await (const page of readBackupRecords(base.dir, base.manifest, 'state')) {
+      checker.state(page)
       for (let i = 0; i < page.length; i += replayChunkEntries) {
         await store.addSnapshotRecords(page.slice(i, i + replayChunkEntries))
       }
     }
     for await (const page of readBackupRecords(base.dir, base.manifest, 'requests')) {
+      checker.requestIds(page)
       const requests = page.map(({ key, record }) => ({ id: key.toString('utf8'), record }))
       for (let i = 0; i < requests.length; i += replayChunkEntries) {
         await store.addSnapshotRequests(requests.slice(i, i + replayChunkEntries))
       }
     }
-    const installed = await store.finishSnapshotInstall()
-    if (installed.digest !== base.manifest.digest) {
-      throw new KvError(
-        'KV_ERR_BACKUP_CORRUPT',
-        `the restored state's digest ${installed.digest} is not the backup's ${base.manifest.digest}`,
-        { file: 'manifest.json' },
-      )
-    }
+    checker.finish()
+    await store.endSnapshotInstall()
     // The archived entries, in order, each applied as the original write was.
     for (const info of chain) {
       const { entries } = await readSegment(archive as string, info)
@@ -319,7 +332,15 @@ export async function restore(options: RestoreOptions): Promise<RestoreResult | 
     await store.compactLog(plan.lsn + 1)
     await store.compactionSettled()
     await store.resetEpochsForRestore(restoredEpoch)
+    // Read back from LevelDB: with nothing replayed, it must be the backup's digest.
     const digest = await store.digest()
+    if (plan.entries === 0 && digest.digest !== base.manifest.digest) {
+      throw new KvError(
+        'KV_ERR_BACKUP_CORRUPT',
+        `the restored state's digest ${digest.digest} is not the backup's ${base.manifest.digest}`,
+        { file: 'manifest.json' },
+      )
+    }
     await store.close()
     store = null
     if (await exists(options.dataDir)) await rmdir(options.dataDir)

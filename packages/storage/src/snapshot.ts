@@ -54,13 +54,18 @@ export async function openSnapshot(ctx: StoreContext): Promise<StateSnapshot> {
     /** Every row under `prefix`, `chunk` rows per LevelDB read. */
     async function* rows(prefix: number, chunk: number): AsyncGenerator<[Buffer, Buffer][]> {
       const iterator = db.iterator({ ...prefixRange(prefix), snapshot })
+      // The next page is read (in libuv's thread pool) while the caller works on this one.
+      let next: Promise<[Buffer, Buffer][]> | null = iterator.nextv(chunk)
       try {
         for (;;) {
-          const page = await iterator.nextv(chunk)
+          const page: [Buffer, Buffer][] = await next
+          next = null
           if (page.length === 0) return
+          next = iterator.nextv(chunk)
           yield page
         }
       } finally {
+        if (next !== null) await next.catch(() => [])
         await iterator.close()
       }
     }

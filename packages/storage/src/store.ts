@@ -373,7 +373,12 @@ export class Store {
    * counts as applied and committed. Returns the digest of the installed state.
    */
   finishSnapshotInstall(): Promise<StateDigest> {
-    return this.writer.exclusive(() => finishInstall(this.ctx)).then(() => this.digest())
+    return this.endSnapshotInstall().then(() => this.digest())
+  }
+
+  /** `finishSnapshotInstall` without the digest (a restore checks its records as it loads them). */
+  endSnapshotInstall(): Promise<void> {
+    return this.writer.exclusive(() => finishInstall(this.ctx))
   }
 
   // ---------------------------------------------------------------- writes
