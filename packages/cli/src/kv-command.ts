@@ -621,7 +621,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         for (const m of view.members) {
           await write(
             io.stdout,
-            `  ${m.id.padEnd(8)} ${m.role.padEnd(9)} ${m.clientUrl.padEnd(26)} epoch ${String(m.epoch ?? '?').padStart(3)}  acked ${String(m.ackedLsn).padStart(10)}  applied ${String(m.appliedLsn ?? '?').padStart(10)}  lag ${m.lagEntries} entries, ${m.lagMs} ms${m.connected ? '' : '  (not connected)'}\n`,
+            `  ${m.id.padEnd(8)} ${m.role.padEnd(9)} ${m.clientUrl.padEnd(26)} epoch ${String(m.epoch ?? '?').padStart(3)}  acked ${String(m.ackedLsn).padStart(10)}  applied ${String(m.appliedLsn ?? '?').padStart(10)}  lag ${m.lagEntries} entries, ${m.lagMs} ms${m.archivedLsn !== undefined ? `  archive at ${m.archivedLsn} (${m.archiveLagEntries ?? 0} behind)` : ''}${m.connected ? '' : '  (not connected)'}\n`,
           )
         }
         return 0
