@@ -51,6 +51,8 @@ describe('the chaos smoke matrix (register, ack=quorum, real containers)', () =>
       expect(summary.operations.ok).toBeGreaterThan(1000)
       for (const v of summary.verdicts)
         expect([v.checker, v.valid, v.summary]).toEqual([v.checker, true, v.summary])
+      // n2's log archive, restored to the final LSN, has the converged digest.
+      expect(verdictOf(result, 'archive-restore')?.valid).toBe(true)
       const html = await readFile(join(result.dir, 'report.html'), 'utf8')
       expect(html).toContain('<svg')
       expect(html).toContain(nemeses[0])

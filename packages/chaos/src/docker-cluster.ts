@@ -68,8 +68,11 @@ interface Member extends ChaosNode {
   running: boolean
 }
 
-/** Where the archiving member keeps its archive, inside its container's data volume. */
-const containerArchiveDir = '/data/archive'
+/**
+ * Where the archiving member keeps its archive inside its container: outside the data directory
+ * (/data, which a node refuses to archive into), somewhere its unprivileged user may write.
+ */
+const containerArchiveDir = '/tmp/kv-archive'
 
 /** [table, chain, the built-in chain that jumps to it]: where fault rules go. */
 const faultChains = [
