@@ -35,6 +35,9 @@ Usage: kv-cluster [options] [-- kv-node options...]
   --peer-port P      peer port of n1; n2 gets P+1, and so on (default 7101)
   --data-dir DIR     one data directory per node below DIR, and their logs (default ./data)
   --fresh            delete the nodes' data directories first (the certificates stay)
+  --log-archive DIR  n2 (n1 alone in a 1-node cluster) keeps a continuous archive of the
+                     committed log in DIR, with base backups (kv-node --archive-dir); a
+                     restore can then reach any LSN or moment (docs/backup.md)
   -h, --help         show this help
 
 Restoring a backup into a new cluster:
@@ -73,6 +76,7 @@ async function main(): Promise<number> {
         'data-dir': { type: 'string', default: './data' },
         fresh: { type: 'boolean', default: false },
         'restore-from': { type: 'string' },
+        'log-archive': { type: 'string' },
         archive: { type: 'string' },
         'to-lsn': { type: 'string' },
         'to-time': { type: 'string' },
@@ -111,6 +115,8 @@ async function main(): Promise<number> {
   const membersFlag = members.map((m) => `${m.id}@${m.clientUrl}@${m.peerUrl}`).join(',')
   const kvNode = fileURLToPath(new URL('./kv-node.js', import.meta.url))
   const restoring = opts['restore-from'] !== undefined
+  // The member that archives: a follower at the start (n1 is the preferred leader).
+  const archiver = nodes > 1 ? 'n2' : 'n1'
   if (
     !restoring &&
     (opts.archive !== undefined ||
@@ -230,6 +236,9 @@ async function main(): Promise<number> {
         '--certs-dir',
         certsDir,
         ...(mode === 'leaderless' ? ['--mode', 'leaderless'] : ['--leader', 'n1']),
+        ...(opts['log-archive'] !== undefined && member.id === archiver
+          ? ['--archive-dir', resolve(opts['log-archive'])]
+          : []),
         ...extra,
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },

@@ -174,7 +174,7 @@ export async function runOffline(
           `OK backup ${dir}`,
           `  taken from    ${m.nodeId} (${m.role}) of cluster ${m.clusterId} (${m.mode}) at ${iso(m.takenAtMs)}`,
           `  state at      LSN ${m.lsn}, epoch ${m.epoch} (${iso(m.lsnTimeMs)})`,
-          `  checked       the manifest's checksum, ${check.files - 1} files (${check.bytes} bytes) against their SHA-256, every record`,
+          `  checked       the manifest's checksum, ${check.files - 1} ${check.files - 1 === 1 ? 'file' : 'files'} (${check.bytes} bytes) against ${check.files - 1 === 1 ? 'its' : 'their'} SHA-256, every record`,
           `  holds         ${check.keys} keys (${m.bytes} bytes), ${m.reservedKeys} reserved keys, ${check.requests} request ids`,
           `  digest        ${check.digest} (recomputed; equals the manifest's)`,
           '',

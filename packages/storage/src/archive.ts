@@ -184,18 +184,26 @@ export async function readSegment(
   return decodeSegment(info, bytes)
 }
 
-/** The archive's marker: which cluster it belongs to. */
+/** The archive's marker: which cluster it belongs to, and which member writes it. */
 export interface ArchiveMarker {
   kind: 'kvstore-archive'
   format: number
   clusterId: string
+  /** The one member that archives into it (absent: any; offline tools and tests). */
+  member?: string
 }
 
 /**
- * Prepares `dir` as the archive of cluster `clusterId`: creates it, or checks that it is
- * this cluster's (an archive shared by two clusters would mix their logs).
+ * Prepares `dir` as the archive of cluster `clusterId`, written by `member`: creates it, or
+ * checks that it is this cluster's (an archive shared by two clusters would mix their logs)
+ * and this member's (two members writing one archive would prune each other's base backups;
+ * a leaderless member's log is its own).
  */
-export async function openArchiveDir(dir: string, clusterId: string): Promise<void> {
+export async function openArchiveDir(
+  dir: string,
+  clusterId: string,
+  member?: string,
+): Promise<void> {
   await makeDir(join(dir, archiveDirs.base))
   await makeDir(join(dir, archiveDirs.segments))
   const markerPath = join(dir, 'archive.json')
@@ -224,8 +232,25 @@ export async function openArchiveDir(dir: string, clusterId: string): Promise<vo
         { dir },
       )
     }
+    if (member !== undefined && marker.member !== undefined && marker.member !== member) {
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        `archive ${dir} is written by member ${marker.member}, not ${member}: one member archives into one directory (to hand it over, stop ${marker.member}'s archive and set "member" in ${markerPath})`,
+        { dir },
+      )
+    }
+    if (member !== undefined && marker.member === undefined) {
+      const claimed: ArchiveMarker = { ...(marker as ArchiveMarker), member }
+      await writeFileAtomic(dir, 'archive.json', Buffer.from(`${JSON.stringify(claimed)}\n`))
+      await syncDir(dir)
+    }
   } else {
-    const marker: ArchiveMarker = { kind: 'kvstore-archive', format: archiveFormat, clusterId }
+    const marker: ArchiveMarker = {
+      kind: 'kvstore-archive',
+      format: archiveFormat,
+      clusterId,
+      ...(member !== undefined ? { member } : {}),
+    }
     await writeFileAtomic(dir, 'archive.json', Buffer.from(`${JSON.stringify(marker)}\n`))
     await syncDir(dir)
   }

@@ -398,9 +398,17 @@ describe('archive and point-in-time restore', () => {
     expect(result.lsn).toBe(25)
   })
 
-  it('refuses an archive of another cluster', async () => {
+  it("refuses an archive of another cluster, or another member's", async () => {
     const archive = join(temp.dir, 'archive')
     await openArchiveDir(archive, 'c1')
     await expectCode(openArchiveDir(archive, 'c9'), 'KV_ERR_CLUSTER_MISMATCH')
+    // The first member to archive into it claims it; another is refused, the same one is not.
+    await openArchiveDir(archive, 'c1', 'n2')
+    const err = await expectCode(openArchiveDir(archive, 'c1', 'n3'), 'KV_ERR_INVALID_ARGUMENT')
+    expect(err.message).toMatch(/written by member n2/)
+    await openArchiveDir(archive, 'c1', 'n2')
+    // Its files are private: they hold the auth store's writes.
+    expect((await stat(archive)).mode & 0o077).toBe(0)
+    expect((await stat(join(archive, 'archive.json'))).mode & 0o077).toBe(0)
   })
 })

@@ -133,7 +133,7 @@ export class Archiver {
    * base backup, if one is needed, is left to the first tick: it must not delay the start.
    */
   async start(): Promise<void> {
-    await openArchiveDir(this.dir, this.store.meta.clusterId)
+    await openArchiveDir(this.dir, this.store.meta.clusterId, this.store.meta.nodeId)
     await this.scan()
     this.log.info(
       { archivedLsn: this.archivedLsn, bases: this.bases, hasBase: this.hasBase },
