@@ -261,6 +261,17 @@ export async function planRestore(
       { archivedLsn: lsn },
     )
   }
+  if (target.kind === 'latest') {
+    // "As far as the archive goes" never stops at a hole with more archived after it.
+    const next = segments.find((s) => s.fromLsn > lsn + 1)
+    if (next !== undefined) {
+      throw gapError(
+        lsn + 1,
+        next.fromLsn - 1,
+        ` (entries after it are archived; a restore to the latest must not stop short of them: restore --to-lsn ${lsn}, or from a base backup taken after the gap)`,
+      )
+    }
+  }
   plan.lsn = lsn
   plan.timeMs = timeMs
   plan.entries = lsn - base.lsn

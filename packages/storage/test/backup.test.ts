@@ -356,12 +356,12 @@ describe('archive and point-in-time restore', () => {
     const gap = await expectCode(attempt(), 'KV_ERR_ARCHIVE_GAP')
     expect(gap.details).toMatchObject({ fromLsn: victim.fromLsn, toLsn: victim.toLsn })
     expect(gap.message).toContain(`${victim.fromLsn} to ${victim.toLsn}`)
-    // --latest does not stop early silently either: it stops at the gap, and says where.
-    const dry = await attempt({ kind: 'latest' }).then(
-      (r) => r,
-      (e: unknown) => e,
-    )
-    expect((dry as RestoreResult).lsn).toBe(victim.fromLsn - 1)
+    // --latest does not stop early silently either: more is archived past the gap.
+    const latestGap = await expectCode(attempt({ kind: 'latest' }), 'KV_ERR_ARCHIVE_GAP')
+    expect(latestGap.details).toMatchObject({ fromLsn: victim.fromLsn, toLsn: victim.toLsn })
+    // --to-lsn just before the gap is reachable.
+    const before = (await attempt({ kind: 'lsn', lsn: victim.fromLsn - 1 })) as RestoreResult
+    expect(before.lsn).toBe(victim.fromLsn - 1)
     await rm(dataDir, { recursive: true, force: true })
     // Nothing was written by the failed attempts.
     await writeFile(path, original)
