@@ -262,6 +262,9 @@ describe('followers', () => {
     await admin.addRole('ro')
     await admin.grantPermission('ro', 'read', 'app/')
     await admin.addUser('dave', { password: 'dave-password', roles: ['ro'] })
+    // A quorum acknowledged the user; this follower may not be in that quorum, so it enforces
+    // the user once it has applied the entry (replication, not a race, is what is tested).
+    await cluster.waitForApplied()
     const res = await call('POST', `${cluster.followers[0]!.url}/v1/auth/token`, {
       body: JSON.stringify({ user: 'dave', password: 'dave-password' }),
     })

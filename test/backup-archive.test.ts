@@ -201,6 +201,32 @@ describe('POST /admin/v1/backups on a follower', () => {
   })
 })
 
+describe('a paced backup (maxBytesPerS, kv backup create --max-rate)', () => {
+  it('takes at least its bytes over the pace, and refuses a pace below the floor', async () => {
+    const follower = cluster.followers[0] as ClusterMember
+    const started = Date.now()
+    const to = join(dir, 'paced')
+    // The state holds about 10 MB of incompressible values (the test above wrote them).
+    const result = await admin.backup({ to, from: follower.id, maxBytesPerS: 4 * 1024 * 1024 })
+    const elapsedMs = Date.now() - started
+    expect(result.bytes).toBeGreaterThan(8 * 1024 * 1024)
+    // A lower bound only: pacing makes it at least this slow, however fast the machine is.
+    expect(elapsedMs).toBeGreaterThanOrEqual(
+      ((result.bytes - 4 * 1024 * 1024) / (4 * 1024 * 1024)) * 1000,
+    )
+    expect((await verifyBackup(to)).digest).toBe(result.manifest.digest)
+    const tooSlow = await fetch(`${follower.url}/admin/v1/backups`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ maxBytesPerS: 1000 }),
+    })
+    expect(tooSlow.status).toBe(400)
+    expect(((await tooSlow.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_INVALID_ARGUMENT',
+    )
+  })
+})
+
 describe('the compaction hold limit', () => {
   it('lets compaction break an archive that cannot write, which repairs itself later', async () => {
     const archiveDir = join(dir, 'a2')

@@ -5,8 +5,9 @@
  *     (`--archive-dir`, segments every second), prefilled with `keys` keys:
  *     - backup throughput: `client.backup` from a follower, idle cluster: MB/s and keys/s;
  *     - the closed-loop maximum of quorum writes (wrk), then quorum writes offered at 50% of it
- *       (the pacer, latency from when each was due) three times: alone, with backups from a
- *       follower running back to back, and with backups from the leader: p50, p99, max;
+ *       (the pacer, latency from when each was due) four times: alone, with backups from a
+ *       follower running back to back (by the kv command, in its own process), the same paced
+ *       with --max-rate 2M, and with backups from the leader: p50, p99, max;
  *     - the archive's lag (the RPO) sampled every 200 ms on n2 during the 50% phases.
  *  2. Restore time (RTO), offline, on this machine's disk: a base backup of `rtoKeys` keys of
  *     `valueBytes` bytes built directly in LevelDB, plus `rtoEntries` archived single-key
@@ -44,6 +45,9 @@ import { benchSecurity, type BenchSecurity, type SecurityProfile } from './secur
 import { putScript, runWrk, warmUpQuorumPuts } from './wrk.js'
 
 const execFileAsync = promisify(execFile)
+
+/** The pace of the paced phase (kv backup create --max-rate). */
+const pacedRate = '2M'
 
 export interface BackupBenchOptions {
   security: SecurityProfile
@@ -92,6 +96,7 @@ async function cliBackup(
   to: string,
   from: string,
   security: BenchSecurity,
+  maxRate: string | null = null,
 ): Promise<BackupRun> {
   const started = performance.now()
   const env: NodeJS.ProcessEnv = { ...process.env, KV_CREDENTIALS: join(to, '..', 'none.json') }
@@ -102,7 +107,19 @@ async function cliBackup(
   }
   const { stdout } = await execFileAsync(
     process.execPath,
-    [kvBin, '--url', urls.join(','), '--json', 'backup', 'create', '--to', to, '--from', from],
+    [
+      kvBin,
+      '--url',
+      urls.join(','),
+      '--json',
+      'backup',
+      'create',
+      '--to',
+      to,
+      '--from',
+      from,
+      ...(maxRate !== null ? ['--max-rate', maxRate] : []),
+    ],
     { env, maxBuffer: 1024 * 1024 },
   )
   const out = JSON.parse(stdout) as {
@@ -294,7 +311,12 @@ export async function runBackupBench(options: BackupBenchOptions): Promise<void>
         maximum = Math.max(0, closed.requests - closed.errors) / closed.durationS
         say(`== closed-loop maximum: ${fmt(maximum)}/s quorum writes`)
         const rate = Math.max(1, Math.round(maximum / 2))
-        for (const name of ['no backup', 'backups from a follower', 'backups from the leader']) {
+        for (const name of [
+          'no backup',
+          'backups from a follower',
+          `backups from a follower, --max-rate ${pacedRate}`,
+          'backups from the leader',
+        ]) {
           await waitCaughtUp(cluster)
           say(`== 50% (${fmt(rate)}/s) for ${durationS} s: ${name}`)
           let stop = false
@@ -311,6 +333,7 @@ export async function runBackupBench(options: BackupBenchOptions): Promise<void>
                       to,
                       from,
                       security,
+                      name.includes('--max-rate') ? pacedRate : null,
                     )
                     mbPerS.push(run.dataBytes / 1e6 / (run.durationMs / 1000))
                     await rm(to, { recursive: true, force: true })

@@ -46,7 +46,8 @@ bench-results/.
 
   --suite backup        backups, the log archive and restore: backup MB/s and keys/s from a
                         follower; quorum writes at 50% of the maximum alone, during backups
-                        from a follower and from the leader (p50, p99, max); the archive's lag
+                        from a follower (also paced with --max-rate 2M) and from the leader
+                        (p50, p99, max); the archive's lag
                         (the RPO) meanwhile; then an offline restore of --rto-keys N
                         (1000000) keys plus --rto-entries N (100000) archived writes (the
                         RTO). --keys N (200000) in the cluster. See backup.ts.

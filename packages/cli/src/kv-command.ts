@@ -85,6 +85,8 @@ Backups (need the admin role):
                           and the leader only when no follower can be reached (it says so);
                           prints the LSN, the member, keys, bytes, files, MB/s and the digest
         [--all-members]   every member, each into DIR/MEMBER (leaderless clusters)
+        [--max-rate R]    pace the backup to at most R bytes a second (512k, 20M; at least
+                          64k), so it stays within a CPU and disk budget beside the load
         [--archive]       instead, have the member (--from MEMBER, default the leader) take
                           a base backup into its log archive (kv-node --archive-dir)
 ${offlineUsage}
@@ -198,6 +200,15 @@ function leaderlessTable(views: LeaderlessClusterView[]): string {
   return lines.join('')
 }
 
+/** A rate such as 65536, 512k or 20M (powers of 1024) in bytes a second. */
+function parseRate(text: string): number {
+  const match = /^(\d+)([kKmMgG]?)$/.exec(text)
+  if (match === null)
+    throw new UsageError(`--max-rate must be bytes a second such as 512k or 20M, not ${text}`)
+  const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(match[2] ?? '').toLowerCase()] ?? 1
+  return Number(match[1]) * unit
+}
+
 /** `kv backup create`: one member, every member, or a base backup into a member's archive. */
 async function backupCreate(
   client: KvClient,
@@ -206,10 +217,12 @@ async function backupCreate(
     from?: string | undefined
     'all-members'?: boolean | undefined
     'archive-target'?: boolean | undefined
+    'max-rate'?: string | undefined
     json?: boolean | undefined
   },
   io: Io,
 ): Promise<number> {
+  const maxBytesPerS = opts['max-rate'] === undefined ? undefined : parseRate(opts['max-rate'])
   const rate = (bytes: number, ms: number) => (bytes / 1e6 / Math.max(ms / 1000, 0.001)).toFixed(1)
   if (opts['archive-target']) {
     if (opts.to !== undefined || opts['all-members'])
@@ -255,7 +268,10 @@ async function backupCreate(
   })
   if (opts['all-members']) {
     if (opts.from !== undefined) throw new UsageError('--all-members takes no --from')
-    const result = await client.backupAllMembers({ to: opts.to })
+    const result = await client.backupAllMembers({
+      to: opts.to,
+      ...(maxBytesPerS !== undefined ? { maxBytesPerS } : {}),
+    })
     if (opts.json) {
       await write(
         io.stdout,
@@ -273,6 +289,7 @@ async function backupCreate(
   const result = await client.backup({
     to: opts.to,
     ...(opts.from !== undefined ? { from: opts.from } : {}),
+    ...(maxBytesPerS !== undefined ? { maxBytesPerS } : {}),
   })
   if (opts.json) await write(io.stdout, `${JSON.stringify(summary(result), null, 2)}\n`)
   else await write(io.stdout, lines(result))
@@ -336,6 +353,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         from: { type: 'string' },
         'all-members': { type: 'boolean', default: false },
         'archive-target': { type: 'boolean', default: false },
+        'max-rate': { type: 'string' },
         archive: { type: 'string' },
         'to-lsn': { type: 'string' },
         'to-time': { type: 'string' },

@@ -120,6 +120,12 @@ export interface BackupOptions {
    * member id.
    */
   from?: 'follower' | 'leader' | (string & {})
+  /**
+   * Pace the backup to at most this many bytes a second (at least 65 536), as pg_basebackup's
+   * --max-rate does: the member's CPU and disk reads stay within a budget beside the
+   * foreground load. Unlimited by default.
+   */
+  maxBytesPerS?: number
   /** Longest wait for the node to start sending, and between two pieces. Default 60 000 ms. */
   timeoutMs?: number
 }
@@ -1059,7 +1065,12 @@ export class KvClient {
     let last: KvError | null = null
     for (const candidate of candidates) {
       try {
-        const result = await this.backupFrom(candidate, options.to, options.timeoutMs)
+        const result = await this.backupFrom(
+          candidate,
+          options.to,
+          options.timeoutMs,
+          options.maxBytesPerS,
+        )
         return { ...result, fallback: candidate.fallback }
       } catch (err) {
         if (
@@ -1121,6 +1132,8 @@ export class KvClient {
   async backupAllMembers(options: {
     to: string
     timeoutMs?: number
+    /** Pace each member's backup (see `BackupOptions.maxBytesPerS`). */
+    maxBytesPerS?: number
   }): Promise<AllMembersBackupResult> {
     const started = Date.now()
     const members =
@@ -1144,6 +1157,7 @@ export class KvClient {
           member,
           join(options.to, member.id),
           options.timeoutMs,
+          options.maxBytesPerS,
         ).catch((err: unknown) => {
           if (err instanceof KvError) err.details.member = member.id
           throw err
@@ -1219,12 +1233,14 @@ export class KvClient {
     member: { id: string; url: string },
     dir: string,
     timeoutMs = 60_000,
+    maxBytesPerS?: number,
   ): Promise<Omit<BackupResult, 'fallback'>> {
     const started = Date.now()
     let stream
     try {
+      const body = { target: 'stream', ...(maxBytesPerS !== undefined ? { maxBytesPerS } : {}) }
       stream = await this.connection(member.url).stream('POST', '/admin/v1/backups', {
-        body: Buffer.from(JSON.stringify({ target: 'stream' }), 'utf8'),
+        body: Buffer.from(JSON.stringify(body), 'utf8'),
         headers: { 'content-type': 'application/json' },
         timeoutMs,
       })

@@ -1,7 +1,10 @@
 /**
  *   POST /admin/v1/backups   a backup of this node's state at a committed LSN
  *
- * Body (optional JSON): `{ "target": "stream" | "archive" }`, "stream" by default.
+ * Body (optional JSON): `{ "target": "stream" | "archive", "maxBytesPerS": N }`, "stream" by
+ * default; `maxBytesPerS` (stream only, at least 65536) paces the stream to at most that many
+ * bytes a second, as pg_basebackup's --max-rate does, so a backup's CPU and disk reads stay
+ * within a budget beside the foreground load.
  * - stream: 200, content-type application/vnd.kvstore.backup, headers kv-backup-lsn,
  *   kv-backup-node and kv-backup-role; the body is the backup's files as frames (see the
  *   protocol package's backup.ts), manifest.json last. A failure once the body has started is
@@ -28,9 +31,12 @@ export const backupContentType = 'application/vnd.kvstore.backup'
 
 type Target = 'stream' | 'archive'
 
-function parseTarget(body: unknown): Target {
+/** Slowest pace a backup stream may be given (bytes a second). */
+export const backupBytesPerSMin = 64 * 1024
+
+function parseBody(body: unknown): { target: Target; maxBytesPerS: number | null } {
   if (body === undefined || body === null || (Buffer.isBuffer(body) && body.length === 0)) {
-    return 'stream'
+    return { target: 'stream', maxBytesPerS: null }
   }
   let parsed: unknown
   try {
@@ -44,22 +50,35 @@ function parseTarget(body: unknown): Target {
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     throw new KvError('KV_ERR_MALFORMED_BODY', 'the body must be a JSON object such as {}')
   }
-  const extra = Object.keys(parsed).filter((k) => k !== 'target')
+  const extra = Object.keys(parsed).filter((k) => k !== 'target' && k !== 'maxBytesPerS')
   if (extra.length > 0) {
     throw new KvError(
       'KV_ERR_INVALID_ARGUMENT',
-      `unknown field ${JSON.stringify(extra[0])}; only "target" is allowed`,
+      `unknown field ${JSON.stringify(extra[0])}; only "target" and "maxBytesPerS" are allowed`,
     )
   }
-  const target = (parsed as { target?: unknown }).target
-  if (target === undefined) return 'stream'
+  const { target = 'stream', maxBytesPerS } = parsed as { target?: unknown; maxBytesPerS?: unknown }
   if (target !== 'stream' && target !== 'archive') {
     throw new KvError(
       'KV_ERR_INVALID_ARGUMENT',
       `target must be "stream" or "archive"; got ${JSON.stringify(target)}`,
     )
   }
-  return target
+  if (maxBytesPerS === undefined) return { target, maxBytesPerS: null }
+  if (
+    typeof maxBytesPerS !== 'number' ||
+    !Number.isSafeInteger(maxBytesPerS) ||
+    maxBytesPerS < backupBytesPerSMin
+  ) {
+    throw new KvError(
+      'KV_ERR_INVALID_ARGUMENT',
+      `maxBytesPerS must be a whole number of bytes a second, at least ${backupBytesPerSMin}; got ${JSON.stringify(maxBytesPerS)}`,
+    )
+  }
+  if (target !== 'stream') {
+    throw new KvError('KV_ERR_INVALID_ARGUMENT', 'maxBytesPerS paces a streamed backup only')
+  }
+  return { target, maxBytesPerS }
 }
 
 export function registerBackupRoutes(app: FastifyInstance, ctx: AppContext): void {
@@ -70,7 +89,7 @@ export function registerBackupRoutes(app: FastifyInstance, ctx: AppContext): voi
     '/admin/v1/backups',
     { config: { access: 'admin', audit: 'backup' } },
     async (request, reply) => {
-      const target = parseTarget(request.body)
+      const { target, maxBytesPerS } = parseBody(request.body)
       if (target === 'archive') {
         const archiver = ctx.backups.archiver
         if (archiver === null) {
@@ -120,6 +139,11 @@ export function registerBackupRoutes(app: FastifyInstance, ctx: AppContext): voi
                 const part = data.subarray(at, at + backupFrameDataBytesMax)
                 bytes += part.length
                 yield encodeBackupFrame(BackupFrameType.Data, piece.name, part)
+                if (maxBytesPerS !== null) {
+                  // Ahead of the pace: wait until the bytes sent are due.
+                  const aheadMs = (bytes / maxBytesPerS) * 1000 - (Date.now() - started)
+                  if (aheadMs > 0) await new Promise((r) => setTimeout(r, aheadMs))
+                }
               }
             }
             if (piece.end) yield encodeBackupFrame(BackupFrameType.End, piece.name)
