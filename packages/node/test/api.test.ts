@@ -324,19 +324,31 @@ describe('protocols and operations', () => {
     t = await startTestNode(['--write-queue-writes-max', '4'])
     const pool = new Pool(t.url, { connections: 64 })
     try {
-      const statuses = await Promise.all(
-        Array.from({ length: 64 }, async (_, i) => {
-          const res = await pool.request({ method: 'PUT', path: `/v1/kv/k${i}`, body: 'v' })
-          const body = await res.body.text()
-          if (res.statusCode === 503) {
-            expect(errorOf(body).code).toBe('KV_ERR_OVERLOADED')
-            expect(res.headers['retry-after']).toBe('1')
-          }
-          return res.statusCode
-        }),
-      )
-      expect(statuses.filter((s) => s === 503).length).toBeGreaterThan(0)
-      const ok = statuses.filter((s) => s === 200).length
+      // 64 writes at once fill a queue of 4 unless they happen to arrive spread out (a loaded
+      // machine, as CI's, can do that to one burst): up to 5 bursts, every one accounted for.
+      let ok = 0
+      let refused = 0
+      for (let burst = 0; burst < 5 && refused === 0; burst++) {
+        const statuses = await Promise.all(
+          Array.from({ length: 64 }, async (_, i) => {
+            const res = await pool.request({
+              method: 'PUT',
+              path: `/v1/kv/b${burst}/k${i}`,
+              body: 'v',
+            })
+            const body = await res.body.text()
+            if (res.statusCode === 503) {
+              expect(errorOf(body).code).toBe('KV_ERR_OVERLOADED')
+              expect(res.headers['retry-after']).toBe('1')
+            }
+            return res.statusCode
+          }),
+        )
+        expect(statuses.every((s) => s === 200 || s === 503)).toBe(true)
+        refused += statuses.filter((s) => s === 503).length
+        ok += statuses.filter((s) => s === 200).length
+      }
+      expect(refused).toBeGreaterThan(0)
       expect(ok).toBeGreaterThan(0)
       // Every write that was refused took no LSN: the log holds exactly the accepted ones.
       expect(t.node.store.appliedLsn).toBe(ok)
