@@ -1,4 +1,4 @@
-export { hashDigestRecord } from './digest.js'
+export { DigestHasher, hashDigestRecord } from './digest.js'
 export { requestFingerprint, sameRequest } from './fingerprint.js'
 export { InvariantError, StorageError, invariant } from './invariant.js'
 export { checkStorageLimits, storageLimits } from './limits.js'

@@ -5,10 +5,9 @@
  * `chunkBytesMax` of records at a time, each sent once the stream has drained the last one;
  * the last chunk carries the state digest, which the follower checks before it serves the copy.
  */
-import { createHash } from 'node:crypto'
 import type { Logger } from 'pino'
 import { decodeStoredRecord, type Frame } from '@kvstore/protocol'
-import { hashDigestRecord, type StateSnapshot } from '@kvstore/storage'
+import { DigestHasher, type StateSnapshot } from '@kvstore/storage'
 
 export interface SnapshotSenderOptions {
   /** Opens a consistent view of the applied state (the store's `openSnapshot`). */
@@ -62,7 +61,7 @@ export class SnapshotSender {
     try {
       snapshot = await options.openSnapshot()
       const { appliedLsn: snapshotLsn, lastEpoch: snapshotEpoch } = snapshot
-      const hash = createHash('sha256')
+      const hash = new DigestHasher()
       let sequence = 0
       let records: { key: Uint8Array; record: Uint8Array }[] = []
       let requests: { id: string; record: Uint8Array }[] = []
@@ -79,7 +78,7 @@ export class SnapshotSender {
             records,
             requests,
             last,
-            digest: last ? hash.digest('hex') : '',
+            digest: last ? hash.hex() : '',
           },
         })
         if (!sent) throw new Error(`the stream to ${to} is gone`)
@@ -91,7 +90,7 @@ export class SnapshotSender {
       options.logger.info({ peer: to, snapshotLsn }, 'sending a snapshot')
       for await (const chunk of snapshot.rawChunks(1000)) {
         for (const { key, record } of chunk) {
-          hashDigestRecord(hash, key, decodeStoredRecord(record))
+          hash.add(key, decodeStoredRecord(record))
           records.push({ key, record })
           bytes += key.length + record.length
           if (bytes >= options.chunkBytesMax) await flush(false)
