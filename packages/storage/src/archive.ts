@@ -105,10 +105,7 @@ function segmentCorrupt(info: SegmentInfo, message: string): KvError {
 }
 
 /** Checks a segment's bytes completely and returns its entries, decoded and validated. */
-export async function decodeSegment(
-  info: SegmentInfo,
-  bytes: Buffer,
-): Promise<{ entries: LogEntry[]; raw: Buffer[]; firstTimeMs: number; lastTimeMs: number }> {
+export async function decodeSegment(info: SegmentInfo, bytes: Buffer): Promise<LogEntry[]> {
   if (bytes.length < headerBytes) throw segmentCorrupt(info, `is cut off (${bytes.length} bytes)`)
   if (!bytes.subarray(0, 8).equals(magic)) throw segmentCorrupt(info, 'is not a segment (magic)')
   const expected = createHash('sha256')
@@ -138,7 +135,6 @@ export async function decodeSegment(
     throw segmentCorrupt(info, `does not decompress: ${(err as Error).message}`)
   }
   const entries: LogEntry[] = []
-  const raw: Buffer[] = []
   let lsn = fromLsn
   for (const [lsnBytes, data] of readPairs(plain, (m) => segmentCorrupt(info, m))) {
     let entry: LogEntry
@@ -151,23 +147,14 @@ export async function decodeSegment(
       throw segmentCorrupt(info, `entry ${entry.lsn} is where ${lsn} belongs`)
     }
     entries.push(entry)
-    raw.push(data)
     lsn++
   }
   if (lsn !== toLsn + 1) throw segmentCorrupt(info, `holds entries up to ${lsn - 1} only`)
-  return {
-    entries,
-    raw,
-    firstTimeMs: decodeU64(bytes.subarray(32, 40), 'segment first time'),
-    lastTimeMs: decodeU64(bytes.subarray(40, 48), 'segment last time'),
-  }
+  return entries
 }
 
 /** Reads and checks one segment file. */
-export async function readSegment(
-  archiveDir: string,
-  info: SegmentInfo,
-): Promise<{ entries: LogEntry[]; raw: Buffer[] }> {
+export async function readSegment(archiveDir: string, info: SegmentInfo): Promise<LogEntry[]> {
   let bytes: Buffer
   try {
     bytes = await readFile(join(archiveDir, archiveDirs.segments, info.file))

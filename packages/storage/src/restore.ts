@@ -235,7 +235,7 @@ export async function planRestore(
   let stopped = false
   const used: SegmentInfo[] = []
   for (const info of chain) {
-    const { entries } = await readSegment(archive, info)
+    const entries = await readSegment(archive, info)
     let usedAny = false
     for (const entry of entries) {
       if (entry.lsn <= base.lsn) continue
@@ -327,7 +327,7 @@ export async function restore(options: RestoreOptions): Promise<RestoreResult | 
     await store.endSnapshotInstall()
     // The archived entries, in order, each applied as the original write was.
     for (const info of chain) {
-      const { entries } = await readSegment(archive as string, info)
+      const entries = await readSegment(archive as string, info)
       const wanted = entries.filter((e) => e.lsn > base.lsn && e.lsn <= plan.lsn)
       for (let i = 0; i < wanted.length; i += replayChunkEntries) {
         const chunk: LogEntry[] = wanted.slice(i, i + replayChunkEntries)
