@@ -150,25 +150,7 @@ export class NodeConnection {
         authorization === undefined
           ? options.headers
           : { ...(options.headers ?? {}), authorization }
-      let res: Dispatcher.ResponseData
-      try {
-        res = await this.dispatcher.request({
-          method,
-          path,
-          ...(options.body !== undefined ? { body: options.body } : {}),
-          ...(headers !== undefined ? { headers } : {}),
-          ...(options.timeoutMs !== undefined
-            ? { headersTimeout: options.timeoutMs, bodyTimeout: options.timeoutMs }
-            : {}),
-        })
-      } catch (err) {
-        throw new KvError(
-          'KV_ERR_UNAVAILABLE',
-          `cannot reach ${this.url}: ${(err as Error).message}`,
-          { url: this.url },
-          { cause: err },
-        )
-      }
+      const res = await this.dispatch(method, path, options.body, headers, options.timeoutMs)
       if (res.statusCode < 400) {
         const body = res.body
         return {
@@ -215,6 +197,32 @@ export class NodeConnection {
     }
   }
 
+  /** One request through the dispatcher; a node that cannot be reached is KV_ERR_UNAVAILABLE. */
+  private async dispatch(
+    method: Dispatcher.HttpMethod,
+    path: string,
+    body: Uint8Array | Readable | undefined,
+    headers: Record<string, string> | undefined,
+    timeoutMs: number | undefined,
+  ): Promise<Dispatcher.ResponseData> {
+    try {
+      return await this.dispatcher.request({
+        method,
+        path,
+        ...(body !== undefined ? { body } : {}),
+        ...(headers !== undefined ? { headers } : {}),
+        ...(timeoutMs !== undefined ? { headersTimeout: timeoutMs, bodyTimeout: timeoutMs } : {}),
+      })
+    } catch (err) {
+      throw new KvError(
+        'KV_ERR_UNAVAILABLE',
+        `cannot reach ${this.url}: ${(err as Error).message}`,
+        { url: this.url },
+        { cause: err },
+      )
+    }
+  }
+
   private async sendOnce(
     method: Dispatcher.HttpMethod,
     path: string,
@@ -230,25 +238,7 @@ export class NodeConnection {
       headers = { ...headers, 'content-length': String(body.length) }
       body = Readable.from(chunksOf(body), { objectMode: false })
     }
-    let res: Dispatcher.ResponseData
-    try {
-      res = await this.dispatcher.request({
-        method,
-        path,
-        ...(body !== undefined ? { body } : {}),
-        ...(headers !== undefined ? { headers } : {}),
-        ...(options.timeoutMs !== undefined
-          ? { headersTimeout: options.timeoutMs, bodyTimeout: options.timeoutMs }
-          : {}),
-      })
-    } catch (err) {
-      throw new KvError(
-        'KV_ERR_UNAVAILABLE',
-        `cannot reach ${this.url}: ${(err as Error).message}`,
-        { url: this.url },
-        { cause: err },
-      )
-    }
+    const res = await this.dispatch(method, path, body, headers, options.timeoutMs)
     let received: Buffer
     try {
       received = Buffer.from(await res.body.arrayBuffer())
