@@ -106,9 +106,10 @@ export async function runWrk(options: {
       { stdio: ['ignore', 'pipe', 'pipe'] },
     ),
   )
-  // Listen for the exit at once: a wrk that fails at start (a bad script, a refused
-  // connection) may exit before the first await below returns.
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
+  // Listen at once: a wrk that fails at start (a bad script, a refused connection) may exit
+  // before the first await below returns. 'close', not 'exit': 'exit' can come before the last
+  // of stdout is read, and the result line would be missed ("wrk failed (exit 0)", no output).
+  const exited = new Promise<number | null>((resolve) => child.once('close', resolve))
   let out = ''
   child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()))
   child.stderr.on('data', (chunk: Buffer) => (out += chunk.toString()))
