@@ -304,6 +304,7 @@ export class KvNode {
         sequencer,
         replicator,
         leaderless,
+        membership: null,
         metrics,
         tls,
         security,

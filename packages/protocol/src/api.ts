@@ -328,6 +328,8 @@ export const clusterMemberSchema = t.object(
     archivedLsn: integer(),
     /** Committed entries not yet in that archive (the commit LSN minus archivedLsn). */
     archiveLagEntries: integer(),
+    /** False for a learner: it receives the log and counts toward no quorum or election. */
+    voter: t.boolean(),
   },
 )
 export type ClusterMember = Static<typeof clusterMemberSchema>
@@ -350,9 +352,27 @@ export const clusterViewSchema = t.object(
     writable: t.boolean(),
     /** The answering node's log archive (--archive-dir), when it keeps one. */
     archive: archiveStateSchema,
+    /** The LSN of the log entry that made the configuration (0: seeded by --members). */
+    configLsn: t.integer({ minimum: 0 }),
+    /** A membership change whose entry is not committed yet. */
+    membershipChangeInProgress: t.boolean(),
   },
 )
 export type ClusterView = Static<typeof clusterViewSchema>
+
+/** Leaderless: a range handoff in progress (a member joining, leaving or being replaced). */
+export const handoffSchema = t.object({
+  member: t.string(),
+  kind: t.literal('join', 'leave', 'replace'),
+  /** For a replacement: the member whose ranges are taken over. */
+  replacing: t.nullable(t.string()),
+  startedAtMs: integer(),
+  rangesTotal: integer(),
+  rangesDone: integer(),
+  keysStreamed: integer(),
+  bytesStreamed: integer(),
+})
+export type Handoff = Static<typeof handoffSchema>
 
 /** A member as a leaderless node's GET /v1/cluster describes it. */
 export const leaderlessMemberSchema = t.object(
@@ -377,6 +397,8 @@ export const leaderlessMemberSchema = t.object(
     self: t.boolean(),
     /** Milliseconds since the answering node last heard from this member; null if never. */
     lastContactMs: t.nullable(integer()),
+    /** owner, joining or leaving (see memberRoleSchema). */
+    state: t.literal('owner', 'joining', 'leaving'),
   },
 )
 export type LeaderlessMember = Static<typeof leaderlessMemberSchema>
@@ -416,6 +438,10 @@ export const leaderlessClusterViewSchema = t.object(
     refilling: t.boolean(),
     /** The answering node's log archive (--archive-dir), when it keeps one. */
     archive: archiveStateSchema,
+    /** The ring's version: every peer message carries it; a member behind learns the newer. */
+    ringVersion: t.integer({ minimum: 0 }),
+    /** Range handoffs in progress (members joining, leaving or being replaced). */
+    handoffs: t.array(handoffSchema),
   },
 )
 export type LeaderlessClusterView = Static<typeof leaderlessClusterViewSchema>
@@ -514,6 +540,84 @@ export const transferResponseSchema = t.object({
   epoch: integer(),
 })
 export type TransferResponse = Static<typeof transferResponseSchema>
+
+// ---------------------------------------------------------------- membership
+
+/**
+ * A member's place in the configuration. Single-leader: `voter` (counts toward elections and
+ * quorums) or `learner` (receives the log, counts toward nothing). Leaderless: `owner` (holds
+ * its ranges), `joining` (streaming its future ranges; writes already reach it), `leaving`
+ * (streaming its ranges to their next owners; still an owner until that is done).
+ */
+export const memberRoleSchema = t.literal('voter', 'learner', 'owner', 'joining', 'leaving')
+export type MemberRole = Static<typeof memberRoleSchema>
+
+/** One member as GET /admin/v1/members shows it. */
+export const memberInfoSchema = t.object(
+  {
+    id: t.string(),
+    clientUrl: t.string(),
+    peerUrl: t.string(),
+    role: memberRoleSchema,
+  },
+  {
+    /** Single-leader, on the leader: its stream to the member is up. */
+    connected: t.boolean(),
+    /** Single-leader, on the leader: the highest LSN the member acknowledged. */
+    matchLsn: integer(),
+    /** Single-leader, on the leader: entries the member lags behind the leader's log. */
+    lagEntries: integer(),
+    /** Milliseconds since the answering node last heard from the member; null if never. */
+    lastContactMs: t.nullable(integer()),
+  },
+)
+export type MemberInfo = Static<typeof memberInfoSchema>
+
+/** GET /admin/v1/members: the configuration as the answering node knows it. */
+export const membershipSchema = t.object(
+  {
+    mode: t.literal('single-leader', 'leaderless'),
+    /** Id of the node that answered. */
+    self: t.string(),
+    /**
+     * Single-leader: the LSN of the log entry that made this configuration (0: the one seeded
+     * by --members, not yet written to the log). Leaderless: the ring version.
+     */
+    version: integer(),
+    members: t.array(memberInfoSchema),
+    /** Ids removed from the cluster: their certificates are refused on the peer port. */
+    removed: t.array(t.string()),
+    /** A change has not finished: a new one is refused (KV_ERR_MEMBERSHIP_CHANGE_IN_PROGRESS). */
+    changeInProgress: t.boolean(),
+  },
+  {
+    /** Single-leader: the leader, as the answering node knows it. */
+    leaderId: t.nullable(t.string()),
+    /** Leaderless: range handoffs in progress. */
+    handoffs: t.array(handoffSchema),
+  },
+)
+export type Membership = Static<typeof membershipSchema>
+
+/** POST /admin/v1/members: a new member. Single-leader members join as learners. */
+export const addMemberRequestSchema = t.object({
+  id: t.string(),
+  clientUrl: t.string(),
+  peerUrl: t.string(),
+})
+export type AddMemberRequest = Static<typeof addMemberRequestSchema>
+
+/** POST /admin/v1/members/:id/replace: the new member that takes the place of `:id`. */
+export const replaceMemberRequestSchema = addMemberRequestSchema
+export type ReplaceMemberRequest = AddMemberRequest
+
+/** What a membership change answers: the change made, and the configuration after it. */
+export const membershipChangeResponseSchema = t.object({
+  change: t.literal('add', 'promote', 'remove', 'replace'),
+  member: t.string(),
+  membership: membershipSchema,
+})
+export type MembershipChangeResponse = Static<typeof membershipChangeResponseSchema>
 
 /** One op of a rollback record: a change of the auth store is named, never shown. */
 export const rollbackOpSchema = t.union(

@@ -207,6 +207,26 @@ export const errorCatalog = {
     description:
       "A restore's data directory already holds data or is locked by a running node. A restore only ever builds a new data directory.",
   },
+  KV_ERR_MEMBERSHIP_CHANGE_IN_PROGRESS: {
+    status: 409,
+    description:
+      'Another membership change has not finished yet (single-leader: its log entry is not committed, or the leader has not committed an entry of its own epoch; leaderless: a member is still joining, leaving or being replaced). At most one change is in flight; retry when it is done (`GET /admin/v1/members`).',
+  },
+  KV_ERR_LEARNER_BEHIND: {
+    status: 409,
+    description:
+      'The learner to promote is not connected, or lags the leader by more than `learnerPromoteLagEntriesMax` entries: promoting it now would make a quorum wait on it. `lagEntries` says how far behind it is; retry once it has caught up.',
+  },
+  KV_ERR_WOULD_LOSE_QUORUM: {
+    status: 409,
+    description:
+      'The change would leave fewer live voters (heard from within an election timeout) than a majority of the new configuration, so the cluster could no longer commit or elect. `liveVoters` and `majority` say how many; bring members back first, or remove the dead one before another.',
+  },
+  KV_ERR_NOT_A_MEMBER: {
+    status: 404,
+    description:
+      'The member named is not in the cluster configuration (or was removed from it); or, from a node that was removed, this node no longer serves the cluster.',
+  },
   KV_ERR_OVERLOADED: {
     status: 503,
     description:

@@ -22,6 +22,21 @@ function checkUrl(url: string, what: string): URL {
   return parsed
 }
 
+/**
+ * Checks one member's id and URLs (as --members and POST /admin/v1/members give them) and
+ * returns them with the URLs normalized to their origin; throws ConfigError.
+ */
+export function checkMember(member: MemberConfig): MemberConfig {
+  if (!memberIdPattern.test(member.id)) {
+    throw new ConfigError(
+      `member id ${JSON.stringify(member.id)} must be 1-${memberIdBytesMax} letters, digits, '.', '_' or '-'`,
+    )
+  }
+  const client = checkUrl(member.clientUrl, `client URL of ${member.id}`)
+  const peer = checkUrl(member.peerUrl, `peer URL of ${member.id}`)
+  return { id: member.id, clientUrl: client.origin, peerUrl: peer.origin }
+}
+
 /** Parses --members: compact `id@clientURL@peerURL,...` or a JSON list. */
 export function parseMembers(text: string): MemberConfig[] {
   const trimmed = text.trim()
@@ -61,15 +76,9 @@ export function parseMembers(text: string): MemberConfig[] {
   if (members.length === 0) throw new ConfigError('--members lists no member')
   const seen = new Set<string>()
   for (const member of members) {
-    if (!memberIdPattern.test(member.id)) {
-      throw new ConfigError(
-        `member id ${JSON.stringify(member.id)} must be 1-${memberIdBytesMax} letters, digits, '.', '_' or '-'`,
-      )
-    }
-    const client = checkUrl(member.clientUrl, `client URL of ${member.id}`)
-    const peer = checkUrl(member.peerUrl, `peer URL of ${member.id}`)
-    member.clientUrl = client.origin
-    member.peerUrl = peer.origin
+    const checked = checkMember(member)
+    member.clientUrl = checked.clientUrl
+    member.peerUrl = checked.peerUrl
     for (const key of [`id:${member.id}`, `url:${member.clientUrl}`, `url:${member.peerUrl}`]) {
       if (seen.has(key))
         throw new ConfigError(`--members repeats ${key.slice(key.indexOf(':') + 1)}`)

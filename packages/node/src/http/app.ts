@@ -18,6 +18,7 @@ import { registerBatchRoutes } from './routes/batch.js'
 import { registerKvRoutes } from './routes/kv.js'
 import { registerLeaderlessRoutes } from './routes/leaderless.js'
 import { registerSystemRoutes } from './routes/system.js'
+import { registerMemberRoutes } from './routes/members.js'
 import { registerAuthRoutes } from './routes/auth.js'
 import { guardEveryRoute, registerHttpAuth } from '../security/http-auth.js'
 import { registerBodyBudget } from './body-budget.js'
@@ -148,5 +149,6 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     registerBatchRoutes(app, ctx)
   }
   registerSystemRoutes(app, ctx)
+  registerMemberRoutes(app, ctx)
   return app
 }

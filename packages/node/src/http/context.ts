@@ -12,6 +12,7 @@ import type { TokenService } from '../security/tokens.js'
 import type { AuthSync } from '../leaderless/auth-sync.js'
 import type { BackupGate } from '../backup/source.js'
 import type { Archiver } from '../backup/archiver.js'
+import type { MembershipService } from '../membership/service.js'
 
 /** Users, roles, tokens and the audit log. */
 export interface Security {
@@ -34,6 +35,8 @@ export interface AppContext {
   replicator: Replicator | null
   /** The leaderless coordinator in leaderless mode; null otherwise. */
   leaderless: LeaderlessEngine | null
+  /** Membership changes in a cluster mode (GET/POST/DELETE /admin/v1/members); null standalone. */
+  membership: MembershipService | null
   metrics: NodeMetrics
   /**
    * Stops the node on a failure it must not outlive: a broken invariant found while serving a
