@@ -207,7 +207,7 @@ export class NodeMetrics {
     })
     this.peerRefused = new Counter({
       name: 'kv_peer_refused_total',
-      help: 'Peer connections and messages refused, by reason: handshake (no or untrusted certificate), no_member_identity, not_a_member, sender_mismatch (a message naming another sender than the certificate), bad_frame, buffer_limit.',
+      help: 'Peer connections and messages refused, by reason: handshake (no or untrusted certificate), no_member_identity, not_a_member, removed_member (an id the configuration removed), sender_mismatch (a message naming another sender than the certificate), bad_frame, buffer_limit.',
       labelNames: ['reason'],
       registers,
     })

@@ -22,6 +22,7 @@ import { TokenService } from './security/tokens.js'
 import { Replicator } from './cluster/replicator.js'
 import { LeaderlessEngine } from './leaderless/engine.js'
 import { buildApp } from './http/app.js'
+import { PeerRoster } from './membership/roster.js'
 import type { AppContext, Lifecycle, Security } from './http/context.js'
 import type { DualProtocolServer } from './http/dual-protocol.js'
 import { createLogger } from './logger.js'
@@ -487,7 +488,10 @@ function peerSecurity(
     tls: peerTlsOn(config) ? tls : null,
     clusterId,
     selfId: cluster.self.id,
-    memberIds: cluster.members.map((m) => m.id),
+    roster: new PeerRoster(
+      cluster.self.id,
+      cluster.members.map((m) => m.id),
+    ),
     handshakeTimeoutMs: config.tlsHandshakeTimeoutMs,
     onRefused(reason: PeerRefusal, detail: Record<string, unknown>) {
       metrics.peerRefused.inc({ reason })

@@ -18,6 +18,7 @@ import {
 import { Sequencer, Store } from '@kvstore/storage'
 import { clusterOf, parseConfig } from '../src/config.js'
 import { LeaderlessEngine, peerRecordProblem } from '../src/leaderless/engine.js'
+import { PeerRoster } from '../src/membership/roster.js'
 
 const members = ['n1', 'n2', 'n3']
   .map((id, i) => `${id}@http://127.0.0.1:${17_001 + i}@http://127.0.0.1:${17_101 + i}`)
@@ -64,7 +65,7 @@ async function startEngine(): Promise<Harness> {
       tls: null,
       clusterId: 'c',
       selfId: 'n1',
-      memberIds: ['n1', 'n2', 'n3'],
+      roster: new PeerRoster('n1', ['n1', 'n2', 'n3']),
       handshakeTimeoutMs: 1000,
       onRefused: () => {},
     },

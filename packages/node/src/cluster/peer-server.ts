@@ -5,7 +5,8 @@
  *
  * Who is talking is settled before a single HTTP/2 byte is read. The TLS handshake requires a
  * client certificate signed by the cluster's CA; then the certificate must name exactly one
- * member of this cluster (`kv://<cluster-id>/member/<id>`), another one than this node. A
+ * member of this cluster (`kv://<cluster-id>/member/<id>`), another one than this node, and
+ * not one the configuration removed (see membership/roster.ts). A
  * connection that fails any check is closed, logged and counted; only then is the socket
  * handed to the HTTP/2 server, and every stream on it carries the member its certificate names.
  * Handlers must refuse a message whose claimed sender is another member.
@@ -23,12 +24,14 @@ import type { Socket } from 'node:net'
 import tls, { type TLSSocket } from 'node:tls'
 import { certificateIdentity } from '@kvstore/protocol/identity'
 import type { TlsSource } from '../security/tls.js'
+import type { PeerRoster } from '../membership/roster.js'
 
 /** Why a peer connection or message was refused; the label of kv_peer_refused_total. */
 export type PeerRefusal =
   | 'handshake'
   | 'no_member_identity'
   | 'not_a_member'
+  | 'removed_member'
   | 'sender_mismatch'
   | 'bad_frame'
   | 'too_many_connections'
@@ -39,7 +42,8 @@ export interface PeerSecurity {
   tls: TlsSource | null
   clusterId: string
   selfId: string
-  memberIds: readonly string[]
+  /** Who may connect now: the configuration's members, and ids it has not removed. */
+  roster: PeerRoster
   handshakeTimeoutMs: number
   /** Called for every refused connection or message (for logs and metrics). */
   onRefused(reason: PeerRefusal, detail: Record<string, unknown>): void
@@ -90,8 +94,9 @@ export async function listenPeerServer(options: PeerServerOptions): Promise<Peer
     options.onStream(stream, headers, streamPeer(stream)),
   )
   // A member needs a handful of connections (each transport keeps one per peer); more from
-  // the network are refused before their handshake costs anything.
-  const connectionsMax = 4 * security.memberIds.length + 16
+  // the network are refused before their handshake costs anything. Room for members added
+  // while the node runs (a cluster may grow, one member at a time, well past this).
+  const connectionsMax = 4 * (security.roster.memberCount + 8) + 16
   const port = Number(new URL(options.peerUrl).port)
   // Every socket of the port, so that close() can end them all: peers keep reconnecting, and a
   // connection still in its handshake when the server closes would otherwise hold it open.
@@ -157,8 +162,11 @@ export async function listenPeerServer(options: PeerServerOptions): Promise<Peer
       socket.destroy()
       return
     }
-    if (member === security.selfId || !security.memberIds.includes(member)) {
-      security.onRefused('not_a_member', { remote: socket.remoteAddress ?? null, member })
+    if (member === security.selfId || !security.roster.allowed(member)) {
+      security.onRefused(security.roster.isRemoved(member) ? 'removed_member' : 'not_a_member', {
+        remote: socket.remoteAddress ?? null,
+        member,
+      })
       socket.destroy()
       return
     }
