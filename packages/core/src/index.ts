@@ -3,6 +3,7 @@ export { LogWindow } from './log.js'
 export type { EpochRun, LogInit } from './log.js'
 export { allLsn, isMajority, majority, majorityLsn } from './quorum.js'
 export {
+  MembershipChangeInProgressError,
   NotLeaderError,
   ReplicaCore,
   TransferInProgressError,
@@ -11,7 +12,15 @@ export {
 } from './replica.js'
 /** The bound on every epoch (defined in the protocol's limits), for the simulator and tests. */
 export { epochMax } from '@kvstore/protocol/limits'
-export type { CoreConfig, CoreInit, RoleName } from './replica.js'
+export type { CoreConfig, CoreInit, MembershipAt, RoleName } from './replica.js'
+export {
+  liveMajority,
+  majoritiesCanBeDisjoint,
+  membersOf,
+  membershipShapeProblem,
+  singleChangeProblem,
+} from './membership.js'
+export type { CoreMembership } from './membership.js'
 export { Progress } from './progress.js'
 export type { Inflight, ProgressState } from './progress.js'
 export type * from './types.js'

@@ -20,6 +20,12 @@ import { invariant } from './invariant.js'
 import { LogWindow, type LogInit } from './log.js'
 import { Progress } from './progress.js'
 import { allLsn, isMajority, majorityLsn } from './quorum.js'
+import {
+  membersOf,
+  membershipShapeProblem,
+  singleChangeProblem,
+  type CoreMembership,
+} from './membership.js'
 import type {
   AppendAckMessage,
   AppendMessage,
@@ -37,7 +43,11 @@ import type {
 
 export interface CoreConfig {
   id: NodeId
-  /** Every member, this node included. */
+  /**
+   * The voters of the first configuration (--members), used until the log or a snapshot holds
+   * one (`CoreInit.memberships`). A node joining a running cluster is not among them: it stays
+   * a passive follower until the configuration names it.
+   */
   members: readonly NodeId[]
   /** Ticks between heartbeats. */
   heartbeatTicks: number
@@ -69,20 +79,36 @@ export interface CoreConfig {
    * `grantEveryVote`: vote for every candidate (several per epoch); `skipUpToDateCheck`: vote
    * for candidates whose log is behind; `skipCheckQuorum`: a leader never steps down for not
    * hearing from a majority; `countLeaderBeforeDurable`: a leader counts its own entries toward
-   * the majority as soon as they are proposed, before its disk has them.
+   * the majority as soon as they are proposed, before its disk has them;
+   * `membershipOnCommit`: a configuration takes effect once its entry is committed, not once
+   * it is in the log; `concurrentMembershipChanges`: a leader proposes a change while the last
+   * one is not committed yet.
    */
   unsafe?: {
     grantEveryVote?: boolean
     skipUpToDateCheck?: boolean
     skipCheckQuorum?: boolean
     countLeaderBeforeDurable?: boolean
+    membershipOnCommit?: boolean
+    concurrentMembershipChanges?: boolean
   }
+}
+
+/** A configuration and the LSN of the entry that made it (0: the seed from `members`). */
+export interface MembershipAt {
+  lsn: number
+  membership: CoreMembership
 }
 
 export interface CoreInit extends LogInit {
   epoch: number
   vote: NodeId | ''
   commitLsn: number
+  /**
+   * The configurations in the log, oldest first: the last one at or below the commit LSN, then
+   * any above it. Absent or empty: the seed (`CoreConfig.members`, all voters).
+   */
+  memberships?: MembershipAt[]
 }
 
 /**
@@ -134,6 +160,19 @@ type Role =
 
 export type RoleName = Role['kind']
 
+/** A configuration change refused because the last one is not committed yet. */
+export class MembershipChangeInProgressError extends Error {
+  readonly pendingLsn: number
+  constructor(pendingLsn: number, reason?: string) {
+    super(
+      reason ??
+        `the configuration change at LSN ${pendingLsn} is not committed yet; one change at a time`,
+    )
+    this.name = 'MembershipChangeInProgressError'
+    this.pendingLsn = pendingLsn
+  }
+}
+
 /** A proposal refused because leadership is being handed over. */
 export class TransferInProgressError extends Error {
   readonly to: NodeId
@@ -153,6 +192,17 @@ export class NotLeaderError extends Error {
   }
 }
 
+/** How many of `ids` are in `set`. */
+function countIn(ids: Iterable<NodeId>, set: ReadonlySet<NodeId>): number {
+  let n = 0
+  for (const id of ids) if (set.has(id)) n++
+  return n
+}
+
+function copyMembership(m: CoreMembership): CoreMembership {
+  return { voters: [...m.voters], learners: [...m.learners] }
+}
+
 function emptyReady(commitLsn: number): Ready {
   return {
     hardState: null,
@@ -168,8 +218,16 @@ function emptyReady(commitLsn: number): Ready {
 
 export class ReplicaCore {
   readonly id: NodeId
-  readonly members: readonly NodeId[]
   readonly log: LogWindow
+  /**
+   * The configurations in this node's log, oldest first: the first is the last one at or below
+   * the commit LSN; the others are above it (at most one, on a leader). The last is in effect.
+   */
+  private memberships: MembershipAt[]
+  /** The configuration in effect, and its members as a set (voters and learners). */
+  private effective!: CoreMembership
+  private memberSet!: ReadonlySet<NodeId>
+  private voterSet!: ReadonlySet<NodeId>
   private readonly config: CoreConfig
   private epochValue: number
   private vote: NodeId | ''
@@ -214,13 +272,26 @@ export class ReplicaCore {
   private matchUnreported = false
 
   constructor(config: CoreConfig, init: CoreInit) {
-    invariant(config.members.includes(config.id), `${config.id} is not a member`)
     invariant(new Set(config.members).size === config.members.length, 'duplicate member ids')
     invariant(init.commitLsn <= init.lastLsn, 'commit LSN past the log end')
     invariant(isEpoch(init.epoch), () => `initial epoch ${init.epoch} is out of range`)
     this.id = config.id
-    this.members = [...config.members]
     this.config = config
+    this.memberships =
+      init.memberships !== undefined && init.memberships.length > 0
+        ? init.memberships.map((m) => ({ lsn: m.lsn, membership: copyMembership(m.membership) }))
+        : [{ lsn: 0, membership: { voters: [...config.members], learners: [] } }]
+    for (let i = 0; i < this.memberships.length; i++) {
+      const at = this.memberships[i] as MembershipAt
+      const problem = membershipShapeProblem(at.membership)
+      invariant(problem === null, () => `configuration at ${at.lsn}: ${problem}`)
+      invariant(at.lsn <= init.lastLsn, () => `configuration at ${at.lsn} past the log end`)
+      invariant(
+        i === 0 || at.lsn > (this.memberships[i - 1] as MembershipAt).lsn,
+        'configurations out of order',
+      )
+    }
+    this.refreshMembership()
     this.log = new LogWindow(init, config.logCacheBytesMax)
     this.epochValue = init.epoch
     this.vote = init.vote
@@ -249,6 +320,42 @@ export class ReplicaCore {
   }
 
   // ------------------------------------------------------------------ queries
+
+  /** Every member of the configuration in effect (voters, then learners). */
+  get members(): readonly NodeId[] {
+    return membersOf(this.effective)
+  }
+
+  /** The configuration in effect. */
+  get membership(): CoreMembership {
+    return this.effective
+  }
+
+  /** The LSN of the entry that made the configuration in effect (0: the seed). */
+  get membershipLsn(): number {
+    return this.effectiveAt().lsn
+  }
+
+  /** The LSN of the newest configuration at or below the commit LSN. */
+  get committedMembershipLsn(): number {
+    return (this.memberships[0] as MembershipAt).lsn
+  }
+
+  /** A configuration change whose entry is not committed yet: its LSN, else null. */
+  get pendingMembershipLsn(): number | null {
+    const last = this.memberships[this.memberships.length - 1] as MembershipAt
+    return last.lsn > this.commit ? last.lsn : null
+  }
+
+  /** Whether `id` votes in the configuration in effect. */
+  isVoter(id: NodeId): boolean {
+    return this.voterSet.has(id)
+  }
+
+  /** Whether `id` is in the configuration in effect (voter or learner). */
+  isMember(id: NodeId): boolean {
+    return this.memberSet.has(id)
+  }
 
   get epoch(): number {
     return this.epochValue
@@ -321,9 +428,9 @@ export class ReplicaCore {
     return this.role.kind === 'leader' ? (this.role.progress.get(id)?.matchLsn ?? 0) : 0
   }
 
-  /** Leader: the highest LSN durable on every member. */
+  /** Leader: the highest LSN durable on every voter. */
   allMatchLsn(): number {
-    return allLsn(this.members.map((m) => this.matchOf(m)))
+    return allLsn(this.effective.voters.map((m) => this.matchOf(m)))
   }
 
   hasReady(): boolean {
@@ -451,7 +558,7 @@ export class ReplicaCore {
   }
 
   private requestVotes(epoch: number, preVote: boolean, transfer: boolean): void {
-    for (const member of this.members) {
+    for (const member of this.effective.voters) {
       if (member === this.id) continue
       this.send(
         {
@@ -474,12 +581,13 @@ export class ReplicaCore {
   private tally(): boolean {
     const role = this.role
     if (role.kind !== 'preCandidate' && role.kind !== 'candidate') return false
-    if (isMajority(role.granted.size, this.members.length)) {
+    const voters = this.effective.voters
+    if (isMajority(countIn(role.granted, this.voterSet), voters.length)) {
       if (role.kind === 'preCandidate') this.becomeCandidate(false)
       else this.becomeLeader()
       return true
     }
-    if (isMajority(role.refused.size, this.members.length)) {
+    if (isMajority(countIn(role.refused, this.voterSet), voters.length)) {
       this.becomeFollower(this.epochValue, null)
       return true
     }
@@ -501,8 +609,10 @@ export class ReplicaCore {
 
   /** Starts an election now (leadership handed over, or a test). */
   campaign(transfer = false): void {
-    // A node whose state is being replaced by a snapshot holds a partial state: never lead.
+    // A node whose state is being replaced by a snapshot holds a partial state: never lead. A
+    // learner, or a node the configuration does not name (joining, or removed), never does.
     if (this.role.kind === 'leader' || this.abstaining || this.awaitingSnapshot) return
+    if (!this.isVoter(this.id)) return
     if (transfer) this.becomeCandidate(true)
     else this.becomePreCandidate()
   }
@@ -514,7 +624,7 @@ export class ReplicaCore {
   transferLeadership(to: NodeId): void {
     const role = this.role
     if (role.kind !== 'leader') throw new NotLeaderError(this.leaderId)
-    invariant(this.members.includes(to) && to !== this.id, `cannot hand leadership to ${to}`)
+    invariant(this.isVoter(to) && to !== this.id, `cannot hand leadership to ${to}`)
     role.transfer = { to, startTick: this.ticks }
     const pr = role.progress.get(to) as Progress
     if (pr.matchLsn === this.log.lastLsn) this.sendTimeoutNow(to)
@@ -562,10 +672,10 @@ export class ReplicaCore {
         this.electionElapsed = 0
         // Check-quorum: a leader that has not heard from a majority steps down, so that a
         // partitioned leader stops taking writes within an election timeout.
-        const heard = role.recentlyHeard.size + 1
+        const heard = countIn(role.recentlyHeard, this.voterSet) + (this.isVoter(this.id) ? 1 : 0)
         role.recentlyHeard.clear()
         if (
-          !isMajority(heard, this.members.length) &&
+          !isMajority(heard, this.effective.voters.length) &&
           this.config.unsafe?.skipCheckQuorum !== true
         ) {
           this.becomeFollower(this.epochValue, null)
@@ -613,6 +723,7 @@ export class ReplicaCore {
   propose(entry: CoreEntry): void {
     if (this.role.kind !== 'leader') throw new NotLeaderError(this.leaderId)
     if (this.role.transfer !== null) throw new TransferInProgressError(this.role.transfer.to)
+    if (entry.membership !== undefined) this.checkMembershipChange(entry.membership)
     invariant(
       entry.lsn === this.log.lastLsn + 1,
       () => `proposal ${entry.lsn} does not follow ${this.log.lastLsn}`,
@@ -622,7 +733,108 @@ export class ReplicaCore {
       () => `proposal epoch ${entry.epoch} is not ${this.epochValue}`,
     )
     this.log.append([entry])
+    this.noteAppended([entry])
     this.broadcastPending = true
+  }
+
+  /**
+   * Leader: throws unless a configuration change may be proposed now: an entry of this epoch
+   * is committed (Raft's fix for single-server changes), no other change is in flight, and
+   * `next` differs from the configuration in effect by one voter at most.
+   */
+  checkMembershipChange(next: CoreMembership): void {
+    if (this.role.kind !== 'leader') throw new NotLeaderError(this.leaderId)
+    const unsafe = this.config.unsafe?.concurrentMembershipChanges === true
+    const pending = this.pendingMembershipLsn
+    if (pending !== null && !unsafe) throw new MembershipChangeInProgressError(pending)
+    if (!this.leaderReady && !unsafe) {
+      throw new MembershipChangeInProgressError(
+        this.log.lastLsn,
+        `leader ${this.id} has not committed an entry of its epoch ${this.epochValue} yet; retry shortly`,
+      )
+    }
+    const problem = singleChangeProblem(this.effective, next)
+    invariant(problem === null, () => `configuration change refused: ${problem}`)
+  }
+
+  // ------------------------------------------------------------------ configurations
+
+  /** The configuration in effect: the newest in the log (or, unsafely, the newest committed). */
+  private effectiveAt(): MembershipAt {
+    if (this.config.unsafe?.membershipOnCommit === true) {
+      let at = this.memberships[0] as MembershipAt
+      for (const m of this.memberships) if (m.lsn <= this.commit) at = m
+      return at
+    }
+    return this.memberships[this.memberships.length - 1] as MembershipAt
+  }
+
+  /** Recomputes the configuration in effect; a leader starts or stops tracking members. */
+  private refreshMembership(): void {
+    const at = this.effectiveAt()
+    this.effective = at.membership
+    this.memberSet = new Set(membersOf(at.membership))
+    this.voterSet = new Set(at.membership.voters)
+    const role = this.role as Role | undefined
+    if (role?.kind !== 'leader') return
+    for (const id of this.memberSet) {
+      if (id === this.id || role.progress.has(id)) continue
+      role.progress.set(id, new Progress(this.log.lastLsn + 1, this.connectedPeers.has(id)))
+      this.broadcastPending = true
+    }
+    for (const id of [...role.progress.keys()]) {
+      // A removed member gets nothing more from this leader.
+      if (!this.memberSet.has(id)) role.progress.delete(id)
+    }
+    if (role.transfer !== null && !this.voterSet.has(role.transfer.to)) role.transfer = null
+  }
+
+  /** Entries now in this node's log: the configurations among them take effect at once. */
+  private noteAppended(entries: readonly CoreEntry[]): void {
+    let changed = false
+    for (const entry of entries) {
+      if (entry.membership === undefined) continue
+      const problem = membershipShapeProblem(entry.membership)
+      invariant(problem === null, () => `configuration at ${entry.lsn}: ${problem}`)
+      this.memberships.push({ lsn: entry.lsn, membership: copyMembership(entry.membership) })
+      changed = true
+    }
+    if (changed) this.refreshMembership()
+  }
+
+  /** The log was cut after `lsn`: configurations past it are gone; the one before is back. */
+  private noteTruncated(lsn: number): void {
+    const before = this.memberships.length
+    while (
+      this.memberships.length > 1 &&
+      (this.memberships[this.memberships.length - 1] as MembershipAt).lsn > lsn
+    ) {
+      this.memberships.pop()
+    }
+    invariant(
+      (this.memberships[0] as MembershipAt).lsn <= lsn,
+      'a committed configuration change was truncated',
+    )
+    if (this.memberships.length !== before) this.refreshMembership()
+  }
+
+  /**
+   * The commit LSN moved: configurations a committed one supersedes are forgotten, and a
+   * leader the committed configuration no longer counts as a voter steps down (Raft thesis
+   * §4.2.2; the node hands leadership over first, so this is the fallback).
+   */
+  private noteCommitted(): void {
+    while (
+      this.memberships.length > 1 &&
+      (this.memberships[1] as MembershipAt).lsn <= this.commit
+    ) {
+      this.memberships.shift()
+    }
+    if (this.config.unsafe?.membershipOnCommit === true) this.refreshMembership()
+    const committed = (this.memberships[0] as MembershipAt).membership
+    if (this.role.kind === 'leader' && !committed.voters.includes(this.id)) {
+      this.becomeFollower(this.epochValue, null)
+    }
   }
 
   /**
@@ -653,7 +865,7 @@ export class ReplicaCore {
    * Throwing would make a peer's bad input look like a broken invariant of this node.
    */
   step(message: Message): void {
-    if (message.to !== this.id || !this.members.includes(message.from)) return
+    if (message.to !== this.id || !this.mayHearFrom(message)) return
     if (
       !isEpoch(message.epoch) ||
       (message.epoch > this.epochValue && !this.mayRaiseEpochTo(message.epoch, message.from))
@@ -752,8 +964,33 @@ export class ReplicaCore {
     if (epoch <= Math.max(this.epochValue, epochFreeMax) + epochStepMax) return true
     this.farEpochs.set(from, Math.max(this.farEpochs.get(from) ?? 0, epoch))
     let vouching = 0
-    for (const claimed of this.farEpochs.values()) if (claimed >= epoch) vouching++
-    return isMajority(vouching, this.members.length)
+    for (const [id, claimed] of this.farEpochs) {
+      if (claimed >= epoch && this.isVoter(id)) vouching++
+    }
+    return isMajority(vouching, this.effective.voters.length)
+  }
+
+  /**
+   * Whether a message is for the configuration: a vote request only from a voter, and its
+   * answer too (a member outside the configuration, removed or not yet added, must not move
+   * this node's epoch nor win its vote); the answers a leader tracks only from members. An
+   * append, heartbeat or snapshot is taken from any sender, as Raft takes them: a leader added
+   * while this node was behind may not be in its configuration yet, and its epoch fences it
+   * like any other (a removed member is refused at the peer port already).
+   */
+  private mayHearFrom(message: Message): boolean {
+    switch (message.type) {
+      case 'vote':
+      case 'voteAck':
+        return this.isVoter(message.from)
+      case 'appendAck':
+      case 'heartbeatAck':
+      case 'timeoutNow':
+        return this.isMember(message.from)
+      case 'append':
+      case 'heartbeat':
+        return message.from !== this.id
+    }
   }
 
   // ------------------------------------------------------------------ elections
@@ -773,7 +1010,12 @@ export class ReplicaCore {
       m.lastEpoch > this.log.lastEpoch ||
       (m.lastEpoch === this.log.lastEpoch && m.lastLsn >= this.log.lastLsn) ||
       unsafe?.skipUpToDateCheck === true
-    const granted = canVote && upToDate && this.role.kind !== 'leader' && !this.abstaining
+    const granted =
+      canVote &&
+      upToDate &&
+      this.role.kind !== 'leader' &&
+      !this.abstaining &&
+      this.isVoter(this.id)
     if (granted && !m.preVote) {
       this.vote = m.from
       this.hardStateDirty = true
@@ -813,8 +1055,9 @@ export class ReplicaCore {
 
   /** Leader: a stream to `id` is up; probe where its log stands. */
   peerConnected(id: NodeId): void {
-    if (id === this.id || !this.members.includes(id)) return
+    if (id === this.id) return
     this.connectedPeers.add(id)
+    if (!this.isMember(id)) return
     if (this.role.kind !== 'leader') return
     const pr = this.role.progress.get(id)
     if (!pr) return
@@ -860,7 +1103,7 @@ export class ReplicaCore {
    * restarted follower may get the snapshot before the first heartbeat). Whether to install it.
    */
   snapshotOffered(from: NodeId, epoch: number): boolean {
-    if (from === this.id || !this.members.includes(from) || !isEpoch(epoch)) return false
+    if (from === this.id || !isEpoch(epoch)) return false
     if (epoch < this.epochValue) return false
     if (epoch > this.epochValue) {
       if (!this.mayRaiseEpochTo(epoch, from)) {
@@ -887,12 +1130,28 @@ export class ReplicaCore {
     this.awaitingSnapshot = true
   }
 
-  /** Follower: a snapshot at `lsn` was installed; the log starts after it. */
-  snapshotInstalled(lsn: number, epoch: number): void {
+  /**
+   * Follower: a snapshot at `lsn` was installed; the log starts after it. `membership` is the
+   * configuration its state holds (with the LSN that made it), or null when it holds none (a
+   * cluster still on its seed configuration).
+   */
+  snapshotInstalled(lsn: number, epoch: number, membership: MembershipAt | null = null): void {
     invariant(isEpoch(epoch), () => `snapshot epoch ${epoch} is out of range`)
     invariant(lsn >= this.commit, `snapshot ${lsn} is below the commit LSN ${this.commit}`)
     this.awaitingSnapshot = false
     this.log.resetToSnapshot(lsn, epoch)
+    if (membership !== null) {
+      invariant(membership.lsn <= lsn, 'snapshot configuration past the snapshot')
+      const problem = membershipShapeProblem(membership.membership)
+      invariant(problem === null, () => `snapshot configuration: ${problem}`)
+      this.memberships = [
+        { lsn: membership.lsn, membership: copyMembership(membership.membership) },
+      ]
+    } else {
+      // The whole log was replaced: configurations above the snapshot are gone with it.
+      this.memberships = [this.memberships[0] as MembershipAt]
+    }
+    this.refreshMembership()
     this.commit = lsn
     this.verifiedLsn = lsn
     this.hardStateDirty = true
@@ -970,6 +1229,7 @@ export class ReplicaCore {
             `${m.from} (epoch ${m.epoch}) sent entry ${entry.lsn} of epoch ${entry.epoch}, but this node committed an entry of epoch ${log.epochAt(entry.lsn)} there: that leader is missing committed writes; refusing it`,
         )
         log.truncateAfter(entry.lsn - 1)
+        this.noteTruncated(entry.lsn - 1)
         const truncation = this.pending.truncateAfter
         this.pending.truncateAfter =
           truncation === null ? entry.lsn - 1 : Math.min(truncation, entry.lsn - 1)
@@ -981,6 +1241,7 @@ export class ReplicaCore {
     }
     if (append.length > 0) {
       log.append(append)
+      this.noteAppended(append)
       this.pending.entries.push(...append)
     }
     const lastNew = m.prevLsn + m.entries.length
@@ -1023,6 +1284,7 @@ export class ReplicaCore {
     if (next > this.commit) {
       this.commit = next
       this.hardStateDirty = true
+      this.noteCommitted()
     }
   }
 
@@ -1107,10 +1369,13 @@ export class ReplicaCore {
   /** Commits the highest LSN a majority holds, if it is from the leader's own epoch. */
   private maybeCommit(): void {
     if (this.role.kind !== 'leader') return
-    const candidate = majorityLsn(this.members.map((m) => this.matchOf(m)))
+    // The voters of the configuration in effect, the leader among them only if it votes in it
+    // (a leader removing itself manages the change without counting toward it).
+    const candidate = majorityLsn(this.effective.voters.map((m) => this.matchOf(m)))
     if (candidate > this.commit && this.log.epochAt(candidate) === this.epochValue) {
       this.commit = candidate
       this.hardStateDirty = true
+      this.noteCommitted()
       // Followers learn the new commit LSN with the next Append or heartbeat.
     }
   }

@@ -1,3 +1,5 @@
+import type { CoreMembership } from './membership.js'
+
 /** Node ids are the names members have in the cluster configuration. */
 export type NodeId = string
 
@@ -7,6 +9,12 @@ export interface CoreEntry {
   epoch: number
   /** The encoded LogEntry, shipped to followers byte for byte. */
   data: Uint8Array
+  /**
+   * Set on a configuration change (a MEMBERSHIP entry): the configuration it makes, which
+   * takes effect as soon as the entry is in this node's log. The node decodes it; the core
+   * never reads `data`.
+   */
+  membership?: CoreMembership
 }
 
 /** Leader to follower: entries to append after (prevLsn, prevEpoch). Empty entries probe. */

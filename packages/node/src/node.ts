@@ -23,6 +23,8 @@ import { Replicator } from './cluster/replicator.js'
 import { LeaderlessEngine } from './leaderless/engine.js'
 import { buildApp } from './http/app.js'
 import { PeerRoster } from './membership/roster.js'
+import { SingleLeaderMembership } from './cluster/membership.js'
+import { loadMemberships, seedMembership } from './cluster/membership-config.js'
 import type { AppContext, Lifecycle, Security } from './http/context.js'
 import type { DualProtocolServer } from './http/dual-protocol.js'
 import { createLogger } from './logger.js'
@@ -166,8 +168,9 @@ export class KvNode {
       )
       // A brand-new data directory: this node may create the cluster, and secures it then.
       const fresh = store.meta.appliedLsn === 0 && store.meta.logStartLsn === 1
+      // A member joining a running cluster never writes the first entry: it gets the cluster's.
       const bootstrap =
-        fresh && config.auth
+        fresh && config.auth && !config.join
           ? await prepareBootstrap({
               rootPasswordFile: config.rootPasswordFile,
               nodeId: config.nodeId,
@@ -208,6 +211,7 @@ export class KvNode {
           store,
           logger,
           onFatal,
+          memberships: await loadMemberships(store, seedMembership(cluster, config.join)),
           security: peerSecurity(config, cluster, store.meta.clusterId, tls, metrics, logger),
           bootstrapOps: bootstrap?.ops ?? null,
           // Test-only (the chaos suite's teeth); an UNSAFE row of the config table.
@@ -305,7 +309,7 @@ export class KvNode {
         sequencer,
         replicator,
         leaderless,
-        membership: null,
+        membership: replicator !== null ? new SingleLeaderMembership(replicator, config) : null,
         metrics,
         tls,
         security,

@@ -28,12 +28,15 @@ const RequestRecordType = root.lookupType('kv.v1.RequestRecord')
 /** The protobufjs reflection root, for tests that compare it with the TypeScript types. */
 export const schemaRoot: protobuf.Root = root
 
+/** The reserved key the cluster's configuration is stored under (single-leader mode). */
+export const membershipKeyBytes: Buffer = Buffer.from('\u0000cluster/membership', 'utf8')
+
 /** Operation types, numbered as in `kv.proto`. */
 export const OpType = { Put: 1, Delete: 2 } as const
 export type OpType = (typeof OpType)[keyof typeof OpType]
 
 /** Entry kinds, numbered as in `kv.proto`. */
-export const EntryKind = { Put: 1, Delete: 2, Batch: 3, Noop: 4 } as const
+export const EntryKind = { Put: 1, Delete: 2, Batch: 3, Noop: 4, Membership: 5 } as const
 export type EntryKind = (typeof EntryKind)[keyof typeof EntryKind]
 
 /** One put or delete inside a log entry. */
@@ -185,6 +188,13 @@ function entryProblem(e: {
     case EntryKind.Noop:
       if (ops.length !== 0) return 'NOOP entry holds ops'
       break
+    case EntryKind.Membership: {
+      const key = ops.length === 1 ? asBuffer(ops[0]?.key) : null
+      if (ops[0]?.type !== OpType.Put || key === null || !key.equals(membershipKeyBytes)) {
+        return 'MEMBERSHIP entry must hold one put of the membership key'
+      }
+      break
+    }
     default:
       return `unknown entry kind ${String(e.kind)}`
   }

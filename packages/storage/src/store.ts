@@ -23,6 +23,7 @@
 import { ClassicLevel } from 'classic-level'
 import {
   decodeRequestRecord,
+  decodeUndoRecord,
   isEpoch,
   limitsDefault,
   type LogEntry,
@@ -42,6 +43,7 @@ import {
   requestIdOfTimeKey,
   requestKey,
   requestTimeKey,
+  undoKey,
 } from './layout.js'
 import { storageLimits } from './limits.js'
 import {
@@ -248,6 +250,20 @@ export class Store {
   getSync(key: Uint8Array): StoredRecord | null {
     this.ctx.assertReadable()
     return this.ctx.readRecordSync(key)
+  }
+
+  /**
+   * The record `key` had just before the entry at `lsn`, from that entry's undo record (kept
+   * for entries above the commit LSN): null when the key did not exist then; undefined when
+   * the entry has no undo record or did not change the key.
+   */
+  async priorRecord(lsn: number, key: Uint8Array): Promise<StoredRecord | null | undefined> {
+    this.ctx.assertReadable()
+    const bytes = await this.ctx.db.get(undoKey(lsn))
+    if (bytes === undefined) return undefined
+    const wanted = Buffer.from(key.buffer, key.byteOffset, key.length)
+    const image = decodeUndoRecord(bytes).images.find((i) => i.key.equals(wanted))
+    return image === undefined ? undefined : image.prior
   }
 
   /** The key's record if the read cache holds it, else undefined (then use `get`). */

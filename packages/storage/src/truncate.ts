@@ -120,7 +120,8 @@ async function restoreOps(ctx: StoreContext, removed: LogEntry[]): Promise<Batch
 }
 
 /**
- * The rollback records of the removed entries a client wrote (no-ops are not kept), and the
+ * The rollback records of the removed entries a client wrote (no-ops and configuration
+ * changes are not kept), and the
  * deletion of the oldest records past `rollbackEntriesMax`.
  */
 function rollbackOps(
@@ -131,7 +132,8 @@ function rollbackOps(
   const atMs = Date.now()
   let added = 0
   for (const entry of removed) {
-    if (entry.kind === EntryKind.Noop) continue
+    // No-ops and configuration changes are no client's writes.
+    if (entry.kind === EntryKind.Noop || entry.kind === EntryKind.Membership) continue
     ops.push({
       type: 'put',
       key: rollbackKey(ctx.rollbackNext + added),

@@ -5,7 +5,7 @@
  * last heartbeat described them. Only the local clock is used: clocks of members never mix.
  */
 import { invariant, type NodeId } from '@kvstore/core'
-import type { ClusterMember, ClusterView, MemberState } from '@kvstore/protocol'
+import type { ClusterMember, ClusterView, MemberSpec, MemberState } from '@kvstore/protocol'
 import type { ClusterConfig } from '../config.js'
 
 /** The view's shapes are the API contract's (GET /v1/cluster). */
@@ -21,11 +21,16 @@ export interface ViewCore {
   readonly lastLsn: number
   readonly leaderLastLsn: number
   matchOf(id: NodeId): number
+  isVoter(id: NodeId): boolean
+  readonly membershipLsn: number
+  readonly pendingMembershipLsn: number | null
 }
 
 export interface ClusterViewOptions {
   cluster: ClusterConfig
   core: ViewCore
+  /** The members of the configuration in effect (voters and learners). */
+  members: () => readonly MemberSpec[]
   clusterId: string
   /** This replica's applied LSN. */
   appliedLsn: () => number
@@ -123,16 +128,27 @@ export class ClusterTracker {
 
   // ------------------------------------------------------------------ questions
 
-  /** Leader: the latest time by which a majority (itself included) had been heard from. */
+  /**
+   * Leader: the latest time by which a majority of the voters had been heard from (itself as
+   * now, when it votes).
+   */
   quorumContactMs(): number {
-    const { cluster, now } = this.options
+    const { cluster, now, core } = this.options
     const at = now()
-    const times = cluster.members
+    const times = this.options
+      .members()
+      .filter((m) => core.isVoter(m.id))
       .map((m) => (m.id === cluster.self.id ? at : (this.lastContact.get(m.id) ?? -Infinity)))
       .sort((a, b) => b - a)
     const quorum = times[Math.floor(times.length / 2)]
-    invariant(quorum !== undefined, 'a cluster without members')
+    invariant(quorum !== undefined, 'a configuration without voters')
     return quorum
+  }
+
+  /** Milliseconds since `peer` was last heard from, or null if never. */
+  contactAgeMs(peer: string): number | null {
+    const at = this.lastContact.get(peer)
+    return at === undefined ? null : this.options.now() - at
   }
 
   /** This node's lag behind the leader: entries and milliseconds (0 on the leader). */
@@ -167,8 +183,18 @@ export class ClusterTracker {
     const now = this.options.now()
     const self = cluster.self.id
     const leader = cluster.members.find((m) => m.id === core.leaderId)
-    const members: MemberView[] = cluster.members.map((member) => {
-      const base = { id: member.id, clientUrl: member.clientUrl, peerUrl: member.peerUrl }
+    // The configuration's members; this node too while it is not one (joining, or removed).
+    const listed: readonly { id: string; clientUrl: string; peerUrl: string }[] = [
+      ...this.options.members(),
+      ...(this.options.members().some((m) => m.id === self) ? [] : [cluster.self]),
+    ]
+    const members: MemberView[] = listed.map((member) => {
+      const base = {
+        id: member.id,
+        clientUrl: member.clientUrl,
+        peerUrl: member.peerUrl,
+        voter: core.isVoter(member.id),
+      }
       const role: 'leader' | 'follower' = member.id === core.leaderId ? 'leader' : 'follower'
       if (member.id === self) {
         const lag = this.lag()
@@ -227,6 +253,8 @@ export class ClusterTracker {
       commitLsn: core.commitLsn,
       self,
       members,
+      configLsn: core.membershipLsn,
+      membershipChangeInProgress: core.pendingMembershipLsn !== null,
     }
   }
 

@@ -5,8 +5,9 @@
  *
  * Who is talking is settled before a single HTTP/2 byte is read. The TLS handshake requires a
  * client certificate signed by the cluster's CA; then the certificate must name exactly one
- * member of this cluster (`kv://<cluster-id>/member/<id>`), another one than this node, and
- * not one the configuration removed (see membership/roster.ts). A
+ * member of this cluster (`kv://<cluster-id>/member/<id>`), another one than this node (one
+ * the configuration removed is let through only to be refused at its first frame: see
+ * membership/roster.ts and transport.ts). A
  * connection that fails any check is closed, logged and counted; only then is the socket
  * handed to the HTTP/2 server, and every stream on it carries the member its certificate names.
  * Handlers must refuse a message whose claimed sender is another member.
@@ -67,6 +68,11 @@ export interface PeerServerOptions {
 
 const peerOf = Symbol('kv.peer')
 type Tagged = { [peerOf]?: string }
+
+/** The member a session's connection was authenticated as (null without TLS). */
+export function sessionPeer(session: ServerHttp2Session): string | null {
+  return (session as unknown as Tagged)[peerOf] ?? null
+}
 
 /** The member a stream's connection was authenticated as (null without TLS). */
 export function streamPeer(stream: ServerHttp2Stream): string | null {
@@ -162,11 +168,14 @@ export async function listenPeerServer(options: PeerServerOptions): Promise<Peer
       socket.destroy()
       return
     }
-    if (member === security.selfId || !security.roster.allowed(member)) {
-      security.onRefused(security.roster.isRemoved(member) ? 'removed_member' : 'not_a_member', {
-        remote: socket.remoteAddress ?? null,
-        member,
-      })
+    // A member the configuration removed gets through the handshake only to have every stream
+    // refused with KV_ERR_NOT_A_MEMBER (transport.ts): so a removed node that missed its own
+    // removal learns of it, and stops campaigning, instead of retrying for ever.
+    if (
+      member === security.selfId ||
+      (!security.roster.allowed(member) && !security.roster.isRemoved(member))
+    ) {
+      security.onRefused('not_a_member', { remote: socket.remoteAddress ?? null, member })
       socket.destroy()
       return
     }

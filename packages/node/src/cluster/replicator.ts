@@ -17,6 +17,7 @@
 import type { Logger } from 'pino'
 import {
   CoreInvariantError,
+  MembershipChangeInProgressError,
   NotLeaderError,
   ReplicaCore,
   TransferInProgressError,
@@ -26,11 +27,15 @@ import {
   type RoleName,
 } from '@kvstore/core'
 import {
+  EntryKind,
   KvError,
   encodeLogEntry,
   frameLimits,
+  membershipEntry,
+  membershipOfEntry,
   type Frame,
   type LogEntry,
+  type MembershipConfig,
   type Op,
   type StoredRecord,
 } from '@kvstore/protocol'
@@ -64,6 +69,13 @@ import {
   staleEpochError,
 } from './replication-errors.js'
 import { SnapshotReceiver } from './snapshot-receiver.js'
+import {
+  coreMembershipOf,
+  coreMembershipsOf,
+  storedMembership,
+  type ConfigAt,
+} from './membership-config.js'
+import type { PeerRoster } from '../membership/roster.js'
 import { SnapshotSender } from './snapshot-sender.js'
 import { ReadBarrier } from './read-barrier.js'
 import { PeerTransport } from './transport.js'
@@ -115,11 +127,26 @@ export class Replicator {
   readonly stats: ReplicatorStats
   private readonly onFatal: (err: Error) => void
   private readonly bootstrapOps: Op[] | null
+  /**
+   * The configurations the core holds, with their URLs, by the LSN of the entry that made
+   * them (0: the seed); pruned below the committed one.
+   */
+  private readonly configs = new Map<number, MembershipConfig>()
+  /** The configuration this node last acted on (transport, roster, view), by its LSN. */
+  private actedConfigLsn = -1
+  /** The peer port's allow-list, kept current with the configuration. */
+  private readonly roster: PeerRoster
+  /** The first leader writes the seed configuration to the log, once. */
+  private sealing = false
 
-  constructor(options: ReplicatorOptions & { onFatal: (err: Error) => void }) {
+  constructor(
+    options: ReplicatorOptions & { onFatal: (err: Error) => void; memberships: ConfigAt[] },
+  ) {
     const { config, cluster, store } = options
     this.config = config
     this.cluster = cluster
+    this.roster = options.security.roster
+    for (const at of options.memberships) this.configs.set(at.lsn, at.config)
     this.store = store
     this.log = options.logger
     this.now = options.now ?? Date.now
@@ -132,11 +159,11 @@ export class Replicator {
         unsafeNoFencing: this.unsafeNoFencing,
         makeNoop: (lsn, epoch) => encodeLogEntry(this.noopEntry(lsn, epoch)),
       }),
-      coreInitOf(meta),
+      { ...coreInitOf(meta), memberships: coreMembershipsOf(options.memberships) },
     )
     this.transport = new PeerTransport({
       self: cluster.self,
-      members: cluster.members,
+      memberOf: (id) => this.cluster.members.find((m) => m.id === id),
       clusterId: meta.clusterId,
       host: config.host,
       frameBytesMax: Math.min(frameLimits.frameBytesMax, replicationFrameBytesMax(config)),
@@ -156,6 +183,7 @@ export class Replicator {
           this.snapshotReceiver.peerGone(peer)
           this.schedule()
         },
+        onRefusedBy: (peer, code) => this.refusedBy(peer, code),
       },
     })
     const core = this.core
@@ -163,6 +191,7 @@ export class Replicator {
     this.tracker = new ClusterTracker({
       cluster,
       core,
+      members: () => this.currentConfig().members,
       clusterId: meta.clusterId,
       appliedLsn: () => store.appliedLsn,
       isConnected: (peer) => transport.isConnected(peer),
@@ -200,6 +229,12 @@ export class Replicator {
       onChange: () => this.schedule(),
       onBadFrame: () => this.stats.badFrames++,
       stopped: () => this.stopped,
+      installedMembership: () => {
+        const at = storedMembership(store)
+        if (at === null) return null
+        this.configs.set(at.lsn, at.config)
+        return { lsn: at.lsn, membership: coreMembershipOf(at.config) }
+      },
     })
     const sender = this.snapshotSender
     const receiver = this.snapshotReceiver
@@ -232,6 +267,7 @@ export class Replicator {
       sent: () => sender.sent,
       installed: () => receiver.installed,
     })
+    this.noticeMembership()
   }
 
   /**
@@ -253,7 +289,8 @@ export class Replicator {
       // it could have voted in has ended by then).
       this.core.abstain(4 * electionTicksOf(this.config))
     }
-    this.campaignFirst = this.cluster.leaderId === this.cluster.self.id
+    this.campaignFirst =
+      this.cluster.leaderId === this.cluster.self.id && this.core.isVoter(this.cluster.self.id)
     await this.transport.listen()
     for (const member of this.cluster.members) {
       if (member.id !== this.cluster.self.id) this.transport.connect(member.id)
@@ -412,6 +449,11 @@ export class Replicator {
               epoch: entry.epoch,
               data: encoded.encoded[i] as Uint8Array,
             }
+            if (entry.kind === EntryKind.Membership) {
+              const next = membershipOfEntry(entry) as MembershipConfig
+              this.configs.set(entry.lsn, next)
+              core.membership = coreMembershipOf(next)
+            }
             // Not kept in `decoded`: the leader writes its entries itself (below), so nothing
             // would read it, and it would pin every decoded entry the core's cache holds.
             this.core.propose(core)
@@ -458,7 +500,7 @@ export class Replicator {
     this.checkWritable()
     const self = this.cluster.self.id
     const member = transferTarget(
-      this.cluster.members,
+      this.cluster.members.filter((m) => this.core.isVoter(m.id)),
       self,
       to,
       (id) => this.transport.isConnected(id),
@@ -528,6 +570,193 @@ export class Replicator {
     if (!this.store.isInstallingSnapshot) this.applyWaiters.trigger(this.store.appliedLsn)
   }
 
+  // ------------------------------------------------------------------ membership
+
+  /** The configuration in effect on this node, with every member's URLs. */
+  currentConfig(): MembershipConfig {
+    const config = this.configs.get(this.core.membershipLsn)
+    invariant(config !== undefined, () => `no configuration at ${this.core.membershipLsn}`)
+    return config
+  }
+
+  /** The LSN of the entry that made the configuration in effect (0: the seed). */
+  get membershipLsn(): number {
+    return this.core.membershipLsn
+  }
+
+  /** A configuration change whose entry is not committed yet. */
+  get membershipChangeInProgress(): boolean {
+    return this.core.pendingMembershipLsn !== null
+  }
+
+  /** Whether `id` votes in the configuration in effect. */
+  isVoter(id: string): boolean {
+    return this.core.isVoter(id)
+  }
+
+  /** Whether the configuration in effect removed this node. */
+  get removed(): boolean {
+    return this.currentConfig().removed.includes(this.cluster.self.id)
+  }
+
+  /** Leader: the highest LSN `id` acknowledged, and whether its stream is up. */
+  progressOf(id: string): { matchLsn: number; connected: boolean; lastContactMs: number | null } {
+    return {
+      matchLsn: this.core.matchOf(id),
+      connected: this.transport.isConnected(id),
+      lastContactMs: this.tracker.contactAgeMs(id),
+    }
+  }
+
+  /** The log's last LSN here (the leader's log end, on the leader). */
+  get lastLsn(): number {
+    return this.core.lastLsn
+  }
+
+  /**
+   * Whether `id` is live: this node, or a member heard from within an election timeout whose
+   * stream is up (what a removal or promotion must leave a majority of).
+   */
+  isLive(id: string): boolean {
+    if (id === this.cluster.self.id) return true
+    const age = this.tracker.contactAgeMs(id)
+    return this.transport.isConnected(id) && age !== null && age < this.config.electionTimeoutMs
+  }
+
+  /**
+   * Leader: makes `next` the configuration through the log, and resolves with the entry's LSN
+   * once it is committed (by a majority of the voters of `next`, which is in effect from the
+   * moment the entry is in the log). KV_ERR_MEMBERSHIP_CHANGE_IN_PROGRESS while another change
+   * is not committed, or before this leader has committed an entry of its own epoch.
+   */
+  async changeMembership(next: MembershipConfig): Promise<number> {
+    this.checkWritable()
+    try {
+      this.core.checkMembershipChange(coreMembershipOf(next))
+    } catch (err) {
+      if (err instanceof MembershipChangeInProgressError) {
+        throw new KvError('KV_ERR_MEMBERSHIP_CHANGE_IN_PROGRESS', err.message, {
+          pendingLsn: err.pendingLsn,
+        })
+      }
+      if (err instanceof NotLeaderError) throw this.notLeader()
+      throw this.broken(err)
+    }
+    const writer = this.writer()
+    const slot = writer.slot()
+    const entry = membershipEntry(slot.lsn, slot.epoch, next, this.now())
+    writer.append(encodeEntries([entry])).catch(() => {})
+    this.log.info(
+      {
+        lsn: slot.lsn,
+        voters: next.members.filter((m) => m.voter).map((m) => m.id),
+        learners: next.members.filter((m) => !m.voter).map((m) => m.id),
+      },
+      'configuration change proposed',
+    )
+    await this.waitForAck(slot.lsn, slot.epoch, 'quorum', this.config.ackTimeoutMs)
+    return slot.lsn
+  }
+
+  /**
+   * The configuration in effect changed (an entry appended or truncated, a snapshot): the
+   * streams to members, the peer port's allow-list and the views follow it.
+   */
+  private noticeMembership(): void {
+    const lsn = this.core.membershipLsn
+    if (lsn === this.actedConfigLsn) return
+    const first = this.actedConfigLsn === -1
+    this.actedConfigLsn = lsn
+    const config = this.currentConfig()
+    const self = this.cluster.self.id
+    const before = new Set(this.cluster.members.map((m) => m.id))
+    this.cluster.members = config.members.map((m) => ({
+      id: m.id,
+      clientUrl: m.clientUrl,
+      peerUrl: m.peerUrl,
+    }))
+    const ids = config.members.map((m) => m.id)
+    this.roster.update(ids, config.removed)
+    this.removedFromCluster = this.removedNotice || config.removed.includes(self)
+    if (!first) {
+      for (const id of ids) if (id !== self && !before.has(id)) this.transport.connect(id)
+      for (const id of before) {
+        if (ids.includes(id) || id === self) continue
+        if (config.removed.includes(id)) this.transport.forget(id)
+        else this.transport.disconnect(id)
+      }
+    }
+    const committed = this.core.committedMembershipLsn
+    for (const at of this.configs.keys()) if (at < committed) this.configs.delete(at)
+    this.log.info(
+      {
+        configLsn: lsn,
+        voters: config.members.filter((m) => m.voter).map((m) => m.id),
+        learners: config.members.filter((m) => !m.voter).map((m) => m.id),
+        removed: config.removed.length,
+        self: config.removed.includes(self)
+          ? 'removed'
+          : ids.includes(self)
+            ? this.core.isVoter(self)
+              ? 'voter'
+              : 'learner'
+            : 'not yet a member',
+      },
+      'configuration in effect',
+    )
+  }
+
+  /**
+   * A member refused this node as removed from the cluster (KV_ERR_NOT_A_MEMBER). This node's
+   * log may not hold its removal (the leader stops sending to a member once its removal is in
+   * the log): it stops voting and campaigning, so that it cannot disrupt anything, until a
+   * leader is heard again (a member that told it so wrongly, from an entry later undone, costs
+   * nothing: the leader brings it back).
+   */
+  private refusedBy(peer: string, code: string): void {
+    if (code !== 'KV_ERR_NOT_A_MEMBER' || this.core.isLeader) return
+    if (!this.removedNotice) {
+      this.removedNotice = true
+      this.removedFromCluster = true
+      this.log.error(
+        { peer },
+        'this node was removed from the cluster: it no longer votes, campaigns or replicates. Stop it; to bring the host back, give it a new id and an empty data directory and add it (kv member add)',
+      )
+    }
+    this.core.abstain(2 ** 40)
+    this.schedule()
+  }
+
+  /** A peer told this node it was removed (see refusedBy). */
+  private removedNotice = false
+
+  /** Whether a peer told this node it was removed, or its configuration says so. */
+  removedFromCluster = false
+
+  /**
+   * The first leader of a cluster whose log holds no configuration writes the one --members
+   * seeded, so that from then on the log (and snapshots and backups) carry it and --members
+   * only ever seeds a new cluster.
+   */
+  private maybeSealMembership(): void {
+    if (this.sealing || this.core.membershipLsn !== 0 || !this.core.leaderReady) return
+    if (this.core.pendingMembershipLsn !== null || this.unsafeNoFencing) return
+    this.sealing = true
+    this.changeMembership(this.currentConfig())
+      .then(
+        (lsn) =>
+          this.log.info(
+            { lsn },
+            'the configuration --members seeded is in the log; --members no longer changes it',
+          ),
+        (err: Error) =>
+          this.log.debug({ err: err.message }, 'writing the seed configuration to the log failed'),
+      )
+      .finally(() => {
+        this.sealing = false
+      })
+  }
+
   // ------------------------------------------------------------------ lag and views
 
   /** This node's lag behind the leader: entries and milliseconds (0 on the leader). */
@@ -574,6 +803,8 @@ export class Replicator {
       for (const to of ready.snapshots) void this.snapshotSender.send(to)
     }
     this.noticeRole()
+    this.noticeMembership()
+    this.maybeSealMembership()
     this.settleWaiters()
   }
 
@@ -618,6 +849,11 @@ export class Replicator {
           const decoded = inbound.decoded[i]
           invariant(decoded !== undefined, 'an append entry was not decoded')
           this.decoded.set(entry, decoded)
+          if (decoded.kind === EntryKind.Membership) {
+            const next = membershipOfEntry(decoded) as MembershipConfig
+            this.configs.set(entry.lsn, next)
+            entry.membership = coreMembershipOf(next)
+          }
         })
       }
       if (inbound.members !== null) this.tracker.leaderSaid(inbound.members)

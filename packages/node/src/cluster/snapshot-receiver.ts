@@ -10,7 +10,7 @@
  * snapshot; the store's marker discards the partial state on a restart).
  */
 import type { Logger } from 'pino'
-import type { NodeId } from '@kvstore/core'
+import type { MembershipAt, NodeId } from '@kvstore/core'
 import { KvError, type Frame } from '@kvstore/protocol'
 import type { Store } from '@kvstore/storage'
 import type { PeerSecurity } from './peer-server.js'
@@ -23,7 +23,7 @@ export interface SnapshotCore {
   readonly epoch: number
   snapshotOffered(from: NodeId, epoch: number): boolean
   awaitSnapshot(): void
-  snapshotInstalled(lsn: number, epoch: number): void
+  snapshotInstalled(lsn: number, epoch: number, membership: MembershipAt | null): void
 }
 
 /** What the receiver does to the peer stream a snapshot arrives on. */
@@ -53,6 +53,8 @@ export interface SnapshotReceiverOptions {
   onBadFrame: () => void
   /** True once the node is stopping: chunks still queued are dropped. */
   stopped: () => boolean
+  /** After an install: the configuration the new state holds (null when it holds none). */
+  installedMembership: () => MembershipAt | null
 }
 
 export class SnapshotReceiver {
@@ -121,7 +123,11 @@ export class SnapshotReceiver {
         return
       }
       this.installed++
-      core.snapshotInstalled(body.snapshotLsn, body.snapshotEpoch)
+      core.snapshotInstalled(
+        body.snapshotLsn,
+        body.snapshotEpoch,
+        this.options.installedMembership(),
+      )
       logger.info({ snapshotLsn: body.snapshotLsn, keys: digest.keys }, 'snapshot installed')
       this.options.onChange()
     } catch (err) {

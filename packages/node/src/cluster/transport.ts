@@ -26,7 +26,7 @@ import {
 } from '@kvstore/protocol'
 import { invariant } from '@kvstore/core'
 import type { MemberConfig } from '../config.js'
-import { listenPeerServer, type PeerSecurity, type PeerServer } from './peer-server.js'
+import { listenPeerServer, sessionPeer, type PeerSecurity, type PeerServer } from './peer-server.js'
 import { peerConnectOptions } from './peer-client.js'
 
 export interface TransportHandlers {
@@ -36,11 +36,14 @@ export interface TransportHandlers {
   onConnected(peer: string): void
   /** The last stream with `peer` is gone. */
   onDisconnected(peer: string): void
+  /** `peer` refused this node's stream, with a refusal code (KV_ERR_NOT_A_MEMBER: removed). */
+  onRefusedBy?(peer: string, code: string): void
 }
 
 export interface TransportOptions {
   self: MemberConfig
-  members: MemberConfig[]
+  /** A member of the configuration in effect, by id (it changes as members come and go). */
+  memberOf: (id: string) => MemberConfig | undefined
   clusterId: string
   /** Address the peer server binds to. */
   host: string
@@ -102,7 +105,23 @@ export class PeerTransport {
   disconnect(peer: string): void {
     this.wanted.delete(peer)
     clearTimeout(this.timers.get(peer))
+    this.timers.delete(peer)
     this.drop(peer, 'disconnect')
+  }
+
+  /**
+   * `peer` was removed from the cluster: no stream to it any more, and its connections to this
+   * node are closed too (new ones are refused at the handshake; an HTTP/2 session opened
+   * before the removal would otherwise still carry new streams).
+   */
+  forget(peer: string): void {
+    this.disconnect(peer)
+    const outbound = this.sessions.get(peer)
+    this.sessions.delete(peer)
+    outbound?.destroy()
+    for (const session of this.inboundSessions) {
+      if (sessionPeer(session) === peer) session.destroy()
+    }
   }
 
   /**
@@ -178,13 +197,14 @@ export class PeerTransport {
   // ------------------------------------------------------------------ outbound
 
   private member(peer: string): MemberConfig | undefined {
-    return this.options.members.find((m) => m.id === peer)
+    return this.options.memberOf(peer)
   }
 
   private open(peer: string): void {
     if (this.closed || !this.wanted.has(peer)) return
     const member = this.member(peer)
-    // Streams are opened only to members (start connects to each one).
+    // Streams are opened only to members (start connects to each, and so does every change of
+    // the configuration that adds one); one removed since is no longer wanted.
     invariant(member !== undefined, () => `a stream to ${peer}, which is not a member`)
     let session = this.sessions.get(peer)
     if (!session || session.destroyed || session.closed) {
@@ -249,6 +269,7 @@ export class PeerTransport {
             { peer, code: frame.body.code, reason: frame.body.message },
             'peer refused the stream',
           )
+          this.options.handlers.onRefusedBy?.(peer, frame.body.code)
           continue
         }
         if (frame.body.kind === 'hello') continue
@@ -316,8 +337,16 @@ export class PeerTransport {
     let refused = false
     const refuse = (code: string, message: string) => {
       refused = true
+      const security = this.options.security
       if (code === 'KV_ERR_BAD_FRAME')
-        this.options.security.onRefused('bad_frame', { peer: peer ?? certPeer, reason: message })
+        security.onRefused('bad_frame', { peer: peer ?? certPeer, reason: message })
+      if (code === 'KV_ERR_NOT_A_MEMBER') {
+        const who = certPeer ?? ''
+        security.onRefused(security.roster.isRemoved(who) ? 'removed_member' : 'not_a_member', {
+          peer: certPeer,
+          reason: message,
+        })
+      }
       this.log.warn({ peer, code, reason: message }, 'refusing a peer stream')
       if (!stream.headersSent)
         stream.respond({
@@ -399,9 +428,11 @@ export class PeerTransport {
         message: `this is node ${this.options.self.id}, not ${body.to}`,
       }
     }
-    if (!this.member(frame.from) || frame.from === this.options.self.id) {
+    // A member of the configuration, or one it does not name yet (added while this node was
+    // behind); never one it removed (see membership/roster.ts).
+    if (!this.options.security.roster.allowed(frame.from)) {
       return {
-        code: 'KV_ERR_CLUSTER_MISMATCH',
+        code: 'KV_ERR_NOT_A_MEMBER',
         message: `${frame.from} is not a member of this cluster`,
       }
     }

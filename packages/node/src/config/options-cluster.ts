@@ -37,6 +37,40 @@ export const clusterOptions: readonly OptionSpec[] = [
       'Id of the preferred leader: when no leader is known, it campaigns at once instead of waiting out an election timeout, so a new cluster elects it (after the four election timeouts a member with an empty disk abstains). Leaders are elected: any member can lead, and after a failover the new leader stays.',
   },
   {
+    key: 'join',
+    flag: '--join',
+    env: 'KV_JOIN',
+    kind: 'boolean',
+    default: false,
+    group: 'cluster',
+    description:
+      "This node joins a running cluster: --members lists the cluster's members (it reaches them through these) and this node; it holds no data and owns nothing until the cluster's configuration names it (POST /admin/v1/members, `kv member add`), then catches up by snapshot and log. Ignored once the data directory holds a configuration. A joining node never creates the cluster's first entry.",
+  },
+  {
+    key: 'learnerPromoteLagEntriesMax',
+    flag: '--learner-promote-lag-entries-max',
+    env: 'KV_LEARNER_PROMOTE_LAG_ENTRIES_MAX',
+    kind: 'integer',
+    default: 1000,
+    min: 0,
+    max: 1_000_000_000,
+    group: 'cluster',
+    description:
+      "Single-leader: a learner is promoted to voter only while it is connected and lags the leader's log by at most this many entries; earlier, the promotion is refused with KV_ERR_LEARNER_BEHIND (a voter far behind would make every quorum wait on it).",
+  },
+  {
+    key: 'membershipCatchUpTimeoutMs',
+    flag: '--membership-catch-up-timeout-ms',
+    env: 'KV_MEMBERSHIP_CATCH_UP_TIMEOUT_MS',
+    kind: 'integer',
+    default: 30_000,
+    min: 100,
+    max: 3_600_000,
+    group: 'cluster',
+    description:
+      'Single-leader: how long POST /admin/v1/members/:id/replace waits for the new member (a learner) to catch up before it promotes it; past it the call answers KV_ERR_LEARNER_BEHIND, and calling it again resumes where it stopped (`kv member replace` does so until its own --timeout).',
+  },
+  {
     key: 'replicas',
     flag: '--replicas',
     env: 'KV_REPLICAS',

@@ -43,6 +43,9 @@ export interface NodeConfig extends Limits {
   /** Members in compact form (id@clientURL@peerURL, comma-separated) or JSON. */
   members: string | undefined
   leader: string | undefined
+  join: boolean
+  learnerPromoteLagEntriesMax: number
+  membershipCatchUpTimeoutMs: number
   defaultAck: AckMode
   ackTimeoutMs: number
   readWaitMs: number

@@ -107,6 +107,19 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
       sendError(reply, new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down'))
       return
     }
+    // A member removed from the cluster serves no data: its state stops at its removal.
+    if (ctx.replicator?.removedFromCluster === true && request.url.startsWith('/v1/')) {
+      if (request.url.startsWith('/v1/kv') || request.url.startsWith('/v1/batch')) {
+        sendError(
+          reply,
+          new KvError(
+            'KV_ERR_NOT_A_MEMBER',
+            'this node was removed from the cluster and serves no data; use another member',
+          ),
+        )
+        return
+      }
+    }
     done()
   })
 

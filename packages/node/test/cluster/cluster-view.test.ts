@@ -23,11 +23,15 @@ function leaderTracker(
     },
     leaderLastLsn: 0,
     matchOf: (id) => match[id] ?? 0,
+    isVoter: () => true,
+    membershipLsn: 0,
+    pendingMembershipLsn: null,
   }
   const members = ['n1', 'n2', 'n3'].map(member)
   return new ClusterTracker({
     cluster: { mode: 'single-leader', self: members[0]!, members, leaderId: 'n1' },
     core,
+    members: () => members.map((m) => ({ ...m, voter: true })),
     clusterId: 'kv-test',
     appliedLsn: lastLsn,
     isConnected: () => true,

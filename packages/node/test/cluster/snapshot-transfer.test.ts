@@ -117,6 +117,7 @@ function receiver(follower: Store, followerCore: ReplicaCore) {
     onChange: () => {},
     onBadFrame: () => badFrames++,
     stopped: () => false,
+    installedMembership: () => null,
   })
   return { snapshotReceiver, resets, refusals, badFrames: () => badFrames }
 }
