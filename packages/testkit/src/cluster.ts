@@ -61,7 +61,7 @@ export class TestCluster extends NodeCluster {
   ): Promise<ClusterMember> {
     const deadline = Date.now() + timeoutMs
     for (;;) {
-      const running = this.members.filter((m) => m.process !== null)
+      const running = this.active()
       const views = await Promise.all(
         running.map((m) => getJson<LeaderView>(`${m.url}/v1/cluster`)),
       )
@@ -90,7 +90,25 @@ export class TestCluster extends NodeCluster {
   }
 
   get followers(): ClusterMember[] {
-    return this.members.filter((m) => m.id !== this.leaderId)
+    return this.members.filter((m) => m.id !== this.leaderId && !this.retired.has(m.id))
+  }
+
+  /** Members removed from the configuration: left out of every wait from then on. */
+  readonly retired = new Set<string>()
+
+  /** Running members that are not retired. */
+  active(): ClusterMember[] {
+    return this.members.filter((m) => m.process !== null && !this.retired.has(m.id))
+  }
+
+  /**
+   * Starts a new node `id` that joins the running cluster (--join; it is a member only once
+   * the configuration names it: POST /admin/v1/members).
+   */
+  async startJoining(id: string, extra: string[] = []): Promise<ClusterMember> {
+    const member = await this.allocateMember(id)
+    await this.startMember(id, ['--join', ...extra])
+    return member
   }
 
   /** Starts a stopped member on its ports and data directory (with `extra` arguments). */
@@ -132,7 +150,7 @@ export class TestCluster extends NodeCluster {
     const target = lsn ?? (await this.status(this.leader.id)).appliedLsn
     const deadline = Date.now() + timeoutMs
     for (;;) {
-      const running = this.members.filter((m) => m.process !== null)
+      const running = this.active()
       const applied = await Promise.all(
         running.map((m) => this.status(m.id).then((s) => s.appliedLsn)),
       )

@@ -156,6 +156,25 @@ export abstract class NodeCluster {
     return membersFlag(this.members)
   }
 
+  /**
+   * A new member `id` on fresh loopback ports, with its data directory under the cluster's
+   * (not started: start it with `startMember(id, ['--join'])` in single-leader mode). From
+   * then on every node started gets it in --members; running ones learn of it from the
+   * configuration, when it is added.
+   */
+  async allocateMember(id: string): Promise<ClusterMember> {
+    if (this.members.some((m) => m.id === id)) throw new Error(`${id} is already a member`)
+    const member: ClusterMember = {
+      id,
+      url: `${this.security.scheme}://127.0.0.1:${await freePort()}`,
+      peerUrl: `${this.security.scheme}://127.0.0.1:${await freePort()}`,
+      dataDir: join(this.dir, id),
+      process: null,
+    }
+    this.members.push(member)
+    return member
+  }
+
   member(id: string): ClusterMember {
     const member = this.members.find((m) => m.id === id)
     if (!member) throw new Error(`no member ${id}`)
