@@ -61,10 +61,18 @@ export class TestCluster extends NodeCluster {
   ): Promise<ClusterMember> {
     const deadline = Date.now() + timeoutMs
     for (;;) {
-      const running = this.active()
-      const views = await Promise.all(
-        running.map((m) => getJson<LeaderView>(`${m.url}/v1/cluster`)),
+      const all = await Promise.all(
+        this.active().map(async (m) => ({
+          m,
+          view: await getJson<LeaderView>(`${m.url}/v1/cluster`),
+        })),
       )
+      // A node that joins counts once it follows a leader (it has none before it is added).
+      const counted = all.filter(
+        ({ m, view }) => !this.joining.has(m.id) || (view !== null && view.leaderId !== null),
+      )
+      const running = counted.map(({ m }) => m)
+      const views = counted.map(({ view }) => view)
       const writable = views.filter((v) => v?.writable === true)
       if (writable.length === 1) {
         const view = writable[0] as LeaderView
@@ -96,6 +104,9 @@ export class TestCluster extends NodeCluster {
   /** Members removed from the configuration: left out of every wait from then on. */
   readonly retired = new Set<string>()
 
+  /** Nodes started to join (--join): waits count them once they follow a leader. */
+  readonly joining = new Set<string>()
+
   /** Running members that are not retired. */
   active(): ClusterMember[] {
     return this.members.filter((m) => m.process !== null && !this.retired.has(m.id))
@@ -107,6 +118,7 @@ export class TestCluster extends NodeCluster {
    */
   async startJoining(id: string, extra: string[] = []): Promise<ClusterMember> {
     const member = await this.allocateMember(id)
+    this.joining.add(id)
     await this.startMember(id, ['--join', ...extra])
     return member
   }
