@@ -8,6 +8,7 @@ import { runLeaderlessBench } from './leaderless.js'
 import { runOpenLoopBench } from './open-loop.js'
 import { runSingleNode } from './single-node.js'
 import { runSecurityBench } from './security-suite.js'
+import { runMembershipBench } from './membership.js'
 import { securityProfiles, type SecurityProfile } from './security.js'
 
 const usage = `pnpm bench: runs a benchmark suite, prints a table and writes JSON and markdown to
@@ -51,6 +52,12 @@ bench-results/.
                         (the RPO) meanwhile; then an offline restore of --rto-keys N
                         (1000000) keys plus --rto-entries N (100000) archived writes (the
                         RTO). --keys N (200000) in the cluster. See backup.ts.
+
+  --suite membership    adding a member: a 3-node cluster holding --keys N (200000) keys of
+                        --value-bytes, log compacted; quorum writes at 50% of the maximum
+                        for --duration S (steady state), then a fourth node joins, catches up
+                        by snapshot and log and is promoted under the same load: the time it
+                        took and the p50, p99 and max meanwhile. See membership.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
@@ -165,6 +172,8 @@ async function main(): Promise<void> {
         rtoKeys: number('rto-keys', 1),
         rtoEntries: number('rto-entries', 1),
       })
+    case 'membership':
+      return runMembershipBench({ ...common, keys: number('keys', 1) })
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -178,7 +187,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop or backup, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup or membership, not ${String(suite)}`,
       )
   }
 }

@@ -28,6 +28,8 @@ export interface PacedOptions {
   authorization?: string | undefined
   /** A request slower than this (from when it was due) is part of a stall; default 100 ms. */
   stallThresholdMs?: number
+  /** Ends the schedule early once it returns true (checked every millisecond or so). */
+  stopWhen?: () => boolean
 }
 
 export interface PacedResult {
@@ -181,6 +183,7 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
     timeline.settle(Math.min(oldest, performance.now()) - started)
   }
   const endAt = started + options.durationS * 1000
+  let scheduleEndAt = endAt
   await new Promise<void>((resolve) => {
     const tick = () => {
       const now = performance.now()
@@ -200,8 +203,10 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
         settledSecond = second
         settle()
       }
-      if (now >= endAt || failure) resolve()
-      else setTimeout(tick, 1)
+      if (now >= endAt || failure || options.stopWhen?.() === true) {
+        scheduleEndAt = Math.min(now, endAt)
+        resolve()
+      } else setTimeout(tick, 1)
     }
     tick()
   })
@@ -221,13 +226,15 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
   errors += conns.filter((c) => c.busy).length
   for (const conn of conns) conn.socket.destroy()
   if (failure) throw failure
+  // The schedule's length: `durationS`, or less when `stopWhen` ended it.
+  const scheduleS = Math.max(0.001, (scheduleEndAt - started) / 1000)
   return {
     scheduled,
     completed,
     errors,
-    throughput: completed / options.durationS,
+    throughput: completed / scheduleS,
     latencyMs: latencies.summary(),
-    perSecond: timeline.finish(options.durationS),
+    perSecond: timeline.finish(Math.ceil(scheduleS)),
     stalls: stalls.summary(),
     loadGeneratorCores: (cpu.user + cpu.system) / 1e6 / wallS,
   }

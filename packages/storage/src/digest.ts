@@ -5,9 +5,15 @@
  *
  * Per record, in key order: a 17-byte header, then the key, then the value.
  *
+ * One record is left out: the cluster's configuration (the reserved key
+ * `\0cluster/membership`). It names members and their URLs, which a restored cluster replaces
+ * with its own (and writes to its log anew), so two states with the same data and auth store
+ * digest alike whatever cluster holds them.
+ *
  *   u32be key length | u64be version (as two u32be) | u8 tombstone (0 or 1) | u32be value length
  */
 import { createHash, type Hash } from 'node:crypto'
+import { membershipKeyBytes } from '@kvstore/protocol'
 import { invariant } from './invariant.js'
 import type { StateDigest, StateSnapshot } from './types.js'
 
@@ -21,12 +27,22 @@ const u32Max = two32 - 1
 // `update` copies what it is given before returning.
 const header = Buffer.alloc(digestHeaderBytes)
 
+/** Whether a state key is left out of the digest (the cluster's configuration). */
+export function outOfDigest(key: Uint8Array): boolean {
+  return (
+    key.length === membershipKeyBytes.length &&
+    key[0] === 0x00 &&
+    Buffer.from(key.buffer, key.byteOffset, key.length).equals(membershipKeyBytes)
+  )
+}
+
 /** Feeds one state record (a key with its stored record) to `hash`, in the digest's format. */
 export function hashDigestRecord(
   hash: Hash,
   key: Uint8Array,
   record: { version: number; tombstone: boolean; value: Uint8Array },
 ): void {
+  if (outOfDigest(key)) return
   invariant(
     Number.isSafeInteger(record.version) && record.version >= 0,
     () => `record version ${record.version} is not an lsn`,
@@ -60,6 +76,7 @@ export class DigestHasher {
   }
 
   add(key: Uint8Array, record: { version: number; tombstone: boolean; value: Uint8Array }): void {
+    if (outOfDigest(key)) return
     invariant(
       Number.isSafeInteger(record.version) && record.version >= 0,
       () => `record version ${record.version} is not an lsn`,

@@ -26,6 +26,7 @@ import {
   decodeUndoRecord,
   isEpoch,
   limitsDefault,
+  membershipKeyBytes,
   type LogEntry,
   type RequestRecord,
   type StoredRecord,
@@ -43,6 +44,7 @@ import {
   requestIdOfTimeKey,
   requestKey,
   requestTimeKey,
+  stateKey,
   undoKey,
 } from './layout.js'
 import { storageLimits } from './limits.js'
@@ -480,6 +482,10 @@ export class Store {
         [
           putMeta(MetaName.Epoch, encodeU64(epoch)),
           putMeta(MetaName.Vote, Buffer.alloc(0)),
+          // The old cluster's configuration goes: the new cluster's is what its members'
+          // --members say (as etcd's snapshot restore takes --initial-cluster), and its first
+          // leader writes it to the log. (It is left out of the digest, which stays the same.)
+          { type: 'del', key: stateKey(membershipKeyBytes) },
           putMeta(MetaName.LastEpoch, encodeU64(epoch)),
           putMeta(MetaName.CompactedEpoch, encodeU64(epoch)),
           putMeta(MetaName.EpochRuns, encodeEpochRuns([])),
