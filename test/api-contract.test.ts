@@ -22,6 +22,8 @@ import {
   leaderlessWriteResponseSchema,
   listResponseSchema,
   localCopySchema,
+  membershipChangeResponseSchema,
+  membershipSchema,
   passwordChangedResponseSchema,
   putResponseSchema,
   rangesResponseSchema,
@@ -322,6 +324,86 @@ describe('single-leader: every route answers as the contract says', () => {
     expect(moved.leaderId).toBe(target)
     leader = (await cluster.waitForLeader()).url
     follower = (cluster.followers[0] as { url: string }).url
+  })
+
+  it('membership: list, add, promote, remove, replace', async () => {
+    conforms(
+      'GET /admin/v1/members',
+      await call('GET', `${leader}/admin/v1/members`),
+      membershipSchema,
+    )
+    conforms(
+      'GET /admin/v1/members',
+      await call('GET', `${follower}/admin/v1/members`),
+      membershipSchema,
+    )
+    fails(
+      'POST /admin/v1/members',
+      await call('POST', `${follower}/admin/v1/members`, {
+        body: JSON.stringify({
+          id: 'n8',
+          clientUrl: 'https://127.0.0.1:1',
+          peerUrl: 'https://127.0.0.1:2',
+        }),
+      }),
+      'KV_ERR_NOT_LEADER',
+    )
+    fails(
+      'POST /admin/v1/members',
+      await call('POST', `${leader}/admin/v1/members`, { body: '{"id":"n8"}' }),
+      'KV_ERR_MALFORMED_BODY',
+    )
+    // A learner whose node never starts: added, never promoted, removed.
+    const added = conforms(
+      'POST /admin/v1/members',
+      await call('POST', `${leader}/admin/v1/members`, {
+        body: JSON.stringify({
+          id: 'n8',
+          clientUrl: 'https://127.0.0.1:1',
+          peerUrl: 'https://127.0.0.1:2',
+        }),
+      }),
+      membershipChangeResponseSchema,
+    )
+    expect(added.membership.members.find((m) => m.id === 'n8')?.role).toBe('learner')
+    fails(
+      'POST /admin/v1/members/:id/promote',
+      await call('POST', `${leader}/admin/v1/members/n8/promote`),
+      'KV_ERR_LEARNER_BEHIND',
+    )
+    fails(
+      'POST /admin/v1/members/:id/replace',
+      await call('POST', `${leader}/admin/v1/members/n8/replace`, { body: '[]' }),
+      'KV_ERR_MALFORMED_BODY',
+    )
+    conforms(
+      'DELETE /admin/v1/members/:id',
+      await call('DELETE', `${leader}/admin/v1/members/n8`),
+      membershipChangeResponseSchema,
+    )
+    fails(
+      'DELETE /admin/v1/members/:id',
+      await call('DELETE', `${leader}/admin/v1/members/nobody`),
+      'KV_ERR_NOT_A_MEMBER',
+    )
+    // A voter promoted again changes nothing; replacing a member by itself is refused.
+    const voter = cluster.followers[0]?.id as string
+    conforms(
+      'POST /admin/v1/members/:id/promote',
+      await call('POST', `${leader}/admin/v1/members/${voter}/promote`),
+      membershipChangeResponseSchema,
+    )
+    fails(
+      'POST /admin/v1/members/:id/replace',
+      await call('POST', `${leader}/admin/v1/members/${voter}/replace`, {
+        body: JSON.stringify({
+          id: voter,
+          clientUrl: 'https://127.0.0.1:3',
+          peerUrl: 'https://127.0.0.1:4',
+        }),
+      }),
+      'KV_ERR_INVALID_ARGUMENT',
+    )
   })
 
   it('auth: tokens, whoami, users and roles', async () => {
