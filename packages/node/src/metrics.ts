@@ -560,6 +560,41 @@ export class NodeMetrics {
       (m) => (m.connected ? 1 : 0),
     )
     new Gauge({
+      name: 'kv_membership_members',
+      help: 'Members of the configuration in effect on this node, by role (voter, learner).',
+      labelNames: ['role'],
+      registers,
+      collect() {
+        const members = replicator.currentConfig().members
+        this.set({ role: 'voter' }, members.filter((m) => m.voter).length)
+        this.set({ role: 'learner' }, members.filter((m) => !m.voter).length)
+      },
+    })
+    new Gauge({
+      name: 'kv_membership_config_lsn',
+      help: 'LSN of the log entry that made the configuration in effect (0: the one --members seeded).',
+      registers,
+      collect() {
+        this.set(replicator.membershipLsn)
+      },
+    })
+    new Gauge({
+      name: 'kv_membership_change_in_progress',
+      help: '1 while a configuration change is in the log but not committed.',
+      registers,
+      collect() {
+        this.set(replicator.membershipChangeInProgress ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: 'kv_membership_removed',
+      help: '1 when this node was removed from the cluster (it serves no data; stop it).',
+      registers,
+      collect() {
+        this.set(replicator.removedFromCluster ? 1 : 0)
+      },
+    })
+    new Gauge({
       name: 'kv_replication_is_leader',
       help: '1 on the leader, 0 on a follower.',
       registers,
