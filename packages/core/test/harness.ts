@@ -53,6 +53,8 @@ export class Harness {
     logs: Record<NodeId, [epoch: number, payload: string][]> = {},
     /** Settings for single nodes (an election timeout of their own, say). */
     private readonly perNode: Record<NodeId, Partial<Omit<CoreConfig, 'id' | 'members'>>> = {},
+    /** The first configuration's voters (default: every node); the others start outside it. */
+    private readonly voters: NodeId[] = ids,
   ) {
     const startEpoch = Math.max(
       1,
@@ -70,7 +72,7 @@ export class Harness {
           runs.push({ epoch: entry.epoch, startLsn: entry.lsn })
       }
       const core = new ReplicaCore(
-        { ...testConfig, ...config, ...perNode[id], id, members: ids },
+        { ...testConfig, ...config, ...perNode[id], id, members: voters },
         {
           epoch: startEpoch,
           vote: '',
@@ -100,7 +102,7 @@ export class Harness {
         runs.push({ epoch: entry.epoch, startLsn: entry.lsn })
     }
     const core = new ReplicaCore(
-      { ...testConfig, ...this.config, ...this.perNode[id], id, members: [...this.nodes.keys()] },
+      { ...testConfig, ...this.config, ...this.perNode[id], id, members: this.voters },
       {
         epoch: options.epoch ?? old.core.epoch,
         vote: '',
