@@ -7,11 +7,15 @@
  * new id. The data written before is on every
  * member at the end, the new ones included, and a removed member serves none of it.
  */
-import { execFile } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
 import type { Membership } from '@kvstore/protocol'
 import { rootEnv, rootTls } from './support/certs.js'
-import { kvBin, TestCluster, until, type ClusterMember } from '@kvstore/testkit'
+import { kvBin, kvClusterBin, TestCluster, until, type ClusterMember } from '@kvstore/testkit'
 
 let cluster: TestCluster
 
@@ -22,14 +26,23 @@ afterAll(async () => {
   await cluster?.stop()
 })
 
-/** Runs the built `kv` as root against every member the test knows, within 60 s. */
-function kv(args: string[]): Promise<{ code: number; out: string; err: string }> {
+/**
+ * Runs the built `kv` as root against every member the test knows (or with `env`), within
+ * 60 s.
+ */
+function kv(
+  args: string[],
+  env?: NodeJS.ProcessEnv,
+): Promise<{ code: number; out: string; err: string }> {
   const urls = cluster.members.map((m) => m.url).join(',')
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       [kvBin, ...args],
-      { env: { PATH: process.env.PATH, ...rootEnv(), KV_ENDPOINTS: urls }, timeout: 60_000 },
+      {
+        env: { PATH: process.env.PATH, ...(env ?? { ...rootEnv(), KV_ENDPOINTS: urls }) },
+        timeout: 60_000,
+      },
       (error, stdout, stderr) => {
         const code = error === null ? 0 : typeof error.code === 'number' ? error.code : -1
         resolve({ code, out: stdout, err: stderr })
@@ -152,4 +165,98 @@ it('grows a cluster to 5 members, shrinks it to 3 and replaces a dead member', a
   const digests = await Promise.all(cluster.active().map((m) => cluster.digest(m.id)))
   expect(new Set(digests.map((d) => d.digest)).size).toBe(1)
   expect(await ok(['get', 'before/7', '--url', n7.url])).toBe('value 7')
+}, 90_000)
+
+/** `count` consecutive free loopback ports (kv-cluster gives its members consecutive ones). */
+async function freePorts(count: number): Promise<number> {
+  const free = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const server = createServer()
+      server.once('error', () => resolve(false))
+      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
+    })
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 30_000)
+    let ok = true
+    for (let i = 0; i < count && ok; i++) ok = await free(base + i)
+    if (ok) return base
+  }
+  throw new Error(`no ${count} consecutive free ports`)
+}
+
+/** A command that stays in the foreground, with what it printed so far. */
+function foreground(args: string[]): { child: ChildProcess; printed: () => string } {
+  let printed = ''
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  child.stdout?.on('data', (c: Buffer) => (printed += c.toString()))
+  child.stderr?.on('data', (c: Buffer) => (printed += c.toString()))
+  return { child, printed: () => printed }
+}
+
+async function stopped(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  child.kill('SIGTERM')
+  await exited
+}
+
+it('kv-cluster add-member grows a local cluster by a fourth member', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kv-cluster-add-'))
+  const clientPort = await freePorts(4)
+  let peerPort = await freePorts(4)
+  while (Math.abs(peerPort - clientPort) < 4) peerPort = await freePorts(4)
+  const ports = ['--client-port', String(clientPort), '--peer-port', String(peerPort)]
+  const local = foreground([kvClusterBin, '--data-dir', dir, ...ports])
+  let add: ReturnType<typeof foreground> | null = null
+  try {
+    await until(
+      'kv-cluster to start its cluster',
+      () =>
+        local.printed().includes('Ctrl-C stops every node cleanly') ||
+        local.child.exitCode !== null,
+      60_000,
+      100,
+    )
+    expect(local.printed()).toMatch(/A 3-node single-leader cluster is running/)
+    add = foreground([
+      kvClusterBin,
+      'add-member',
+      '--data-dir',
+      dir,
+      '--promote',
+      '--timeout',
+      '30s',
+    ])
+    const output = add.printed
+    await until(
+      'add-member to add n4',
+      () => output().includes('Ctrl-C stops n4') || add?.child.exitCode !== null,
+      60_000,
+      100,
+    )
+    expect(output()).toMatch(/made n4's certificate/)
+    expect(output()).toMatch(
+      new RegExp(`started n4 .* on https://127\\.0\\.0\\.1:${clientPort + 3} `),
+    )
+    expect(output()).toMatch(/n4 is a voter/)
+    const certs = join(dir, 'certs')
+    const listed = await kv(['--json', 'member', 'list'], {
+      KV_URL: `https://127.0.0.1:${clientPort}`,
+      KV_CACERT: join(certs, 'ca.crt'),
+      KV_CERT: join(certs, 'root.crt'),
+      KV_KEY: join(certs, 'root.key'),
+      KV_CREDENTIALS: join(certs, 'no-such-credentials.json'),
+    })
+    expect(listed.code, listed.err).toBe(0)
+    expect(roles(JSON.parse(listed.out) as Membership)).toEqual({
+      n1: 'voter',
+      n2: 'voter',
+      n3: 'voter',
+      n4: 'voter',
+    })
+  } finally {
+    if (add !== null) await stopped(add.child)
+    await stopped(local.child)
+    await rm(dir, { recursive: true, force: true })
+  }
 }, 90_000)
