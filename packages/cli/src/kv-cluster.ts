@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { Agent, request } from 'undici'
 import { addMember, clusterIdFile, initCerts } from './certs.js'
+import { runAddMember, writeLocalClusterInfo } from './kv-cluster-add.js'
 // Types only: offline.ts (and with it the storage package) is loaded for a restore alone.
 import type * as Offline from './offline.js'
 import type { RestoreTarget } from './offline.js'
@@ -24,6 +25,7 @@ import type { RestoreTarget } from './offline.js'
 const usage = `kv-cluster: run a local cluster of kv-node processes.
 
 Usage: kv-cluster [options] [-- kv-node options...]
+       kv-cluster add-member [--data-dir DIR] [--id ID] [--promote]   (see add-member --help)
 
   --mode MODE        single-leader (default): n1 is the preferred leader and streams its log
                      to the others; leaderless: any node takes any key, each key is kept on
@@ -56,6 +58,10 @@ root's password in root.password), the members talk mutual TLS, the client ports
 and every request needs a token or a client certificate.
 
 Ctrl-C (or SIGTERM) stops every node cleanly; a second Ctrl-C kills them.
+
+Growing it while it runs: \`kv-cluster add-member --data-dir DIR [--promote]\` in another
+terminal starts one more member (n4, then n5, ...) with --join, on the next ports, and adds it
+(kv member add); kv-cluster add-member --help says more.
 `
 
 function write(text: string): void {
@@ -63,6 +69,7 @@ function write(text: string): void {
 }
 
 async function main(): Promise<number> {
+  if (process.argv[2] === 'add-member') return runAddMember(process.argv.slice(3))
   let parsed
   try {
     parsed = parseArgs({
@@ -157,6 +164,8 @@ async function main(): Promise<number> {
     }
   }
   mkdirSync(dataDir, { recursive: true })
+  // Where the cluster listens, for kv-cluster add-member.
+  writeLocalClusterInfo(dataDir, { mode, host, clientPort, peerPort, nodes })
   const certsDir = join(dataDir, 'certs')
   const hosts = host === '127.0.0.1' || host === 'localhost' ? [] : [host]
   if (!existsSync(join(certsDir, 'ca.crt'))) {

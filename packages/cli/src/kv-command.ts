@@ -20,6 +20,7 @@ import { certsOptions, certsUsage, runCerts } from './certs-command.js'
 import { ImportError, runImport } from './import.js'
 import { AuthUsageError, authUsage, runAuthCommand } from './auth-command.js'
 import { CredentialError, resolveConnection, type Connection } from './connect.js'
+import { MemberUsageError, memberOptions, memberUsage, runMember } from './member-command.js'
 
 export interface Io {
   env: NodeJS.ProcessEnv
@@ -72,6 +73,8 @@ Commands:
                           the members up or down, their share of the ring, the hints held
                           for them and the last anti-entropy exchange with them
   transfer [MEMBER]       hand leadership to MEMBER, or to the most up-to-date follower
+  member list|add|promote|remove|replace
+                          the cluster's members, and changes to them while it runs (below)
   rollbacks               writes the node at --url dropped as unconfirmed (async writes of a
                           deposed leader), as JSON (the next URL's when it is down)
   status                  the status of the node at --url as JSON (the next URL's when it is
@@ -89,6 +92,7 @@ Backups (need the admin role):
                           64k), so it stays within a CPU and disk budget beside the load
         [--archive]       instead, have the member (--from MEMBER, default the leader) take
                           a base backup into its log archive (kv-node --archive-dir)
+${memberUsage}
 ${offlineUsage}
 ${certsUsage}
 ${authUsage}
@@ -363,6 +367,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         'certs-dir': { type: 'string' },
         'dry-run': { type: 'boolean', default: false },
         ...certsOptions,
+        ...memberOptions,
       },
     })
   } catch (err) {
@@ -634,12 +639,14 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         }
         await write(
           io.stdout,
-          `cluster ${view.clusterId} (${view.mode}), epoch ${view.epoch}, commit LSN ${view.commitLsn}\n`,
+          `cluster ${view.clusterId} (${view.mode}), epoch ${view.epoch}, commit LSN ${view.commitLsn}${view.configLsn !== undefined ? `, configuration at LSN ${view.configLsn}` : ''}${view.membershipChangeInProgress ? ' (a membership change is in progress)' : ''}\n`,
         )
         for (const m of view.members) {
+          // A learner follows the log but votes in nothing (kv member promote makes it a voter).
+          const role = m.voter === false ? 'learner' : m.role
           await write(
             io.stdout,
-            `  ${m.id.padEnd(8)} ${m.role.padEnd(9)} ${m.clientUrl.padEnd(26)} epoch ${String(m.epoch ?? '?').padStart(3)}  acked ${String(m.ackedLsn).padStart(10)}  applied ${String(m.appliedLsn ?? '?').padStart(10)}  lag ${m.lagEntries} entries, ${m.lagMs} ms${m.archivedLsn !== undefined ? `  archive at ${m.archivedLsn} (${m.archiveLagEntries ?? 0} behind)` : ''}${m.connected ? '' : '  (not connected)'}\n`,
+            `  ${m.id.padEnd(8)} ${role.padEnd(9)} ${m.clientUrl.padEnd(26)} epoch ${String(m.epoch ?? '?').padStart(3)}  acked ${String(m.ackedLsn).padStart(10)}  applied ${String(m.appliedLsn ?? '?').padStart(10)}  lag ${m.lagEntries} entries, ${m.lagMs} ms${m.archivedLsn !== undefined ? `  archive at ${m.archivedLsn} (${m.archiveLagEntries ?? 0} behind)` : ''}${m.connected ? '' : '  (not connected)'}\n`,
           )
         }
         return 0
@@ -673,6 +680,8 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
       case 'digest':
         await out(await client.digest())
         return 0
+      case 'member':
+        return await runMember(client, args, opts, io)
       case 'backup': {
         if (args[0] !== 'create' || args.length > 1)
           throw new UsageError('backup takes create (online) or verify DIR (offline)')
@@ -684,6 +693,10 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
   } catch (err) {
     if (err instanceof UsageError) {
       await write(io.stderr, `kv: ${err.message}\n\n${usage}`)
+      return 2
+    }
+    if (err instanceof MemberUsageError) {
+      await write(io.stderr, `kv: ${err.message}\n\n${memberUsage}`)
       return 2
     }
     if (err instanceof KvError) {

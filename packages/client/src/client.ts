@@ -23,6 +23,7 @@ import type { HashRing } from '@kvstore/core'
 import { KvError } from '@kvstore/protocol/errors'
 import type {
   AckMode,
+  AddMemberRequest,
   AuthEnabledResponse,
   BackupManifest,
   AuthStatus,
@@ -37,6 +38,10 @@ import type {
   GrantAccess,
   ListItem,
   ListResponse,
+  MemberInfo,
+  MemberRole,
+  Membership,
+  MembershipChangeResponse,
   PutResponse,
   ReadConsistency,
   RoleInfo,
@@ -89,6 +94,9 @@ export type {
   ClusterView,
   GrantAccess,
   ListItem,
+  MemberInfo,
+  MemberRole,
+  Membership,
   ReadConsistency,
   RoleInfo,
   RollbackPage,
@@ -96,6 +104,39 @@ export type {
   UserInfo,
   WhoAmI,
 }
+/** A new member (`addMember`, `replaceMember`): its id, client URL and peer URL. */
+export type NewMember = AddMemberRequest
+/** What a membership change answers: the change made, and the configuration after it. */
+export type MembershipChange = MembershipChangeResponse
+
+/**
+ * What `promoteMember` (with `waitMs`) and `replaceMember` report each time the cluster says
+ * the new member has not caught up yet (`KV_ERR_LEARNER_BEHIND`), before they ask again.
+ */
+export interface CatchUpProgress {
+  /** The learner waited for. */
+  member: string
+  /** Entries it lags the leader's log by, when the leader said. */
+  lagEntries: number | null
+  /** Whether the leader has a stream to it, when the leader said. */
+  connected: boolean | null
+  /** Since the first call. */
+  elapsedMs: number
+  /** The leader's message. */
+  message: string
+}
+
+/** Options of the membership changes that wait for a learner to catch up. */
+export interface CatchUpOptions {
+  /**
+   * Keep asking while the learner has not caught up (`KV_ERR_LEARNER_BEHIND`) for up to this
+   * long, then throw the last `KV_ERR_LEARNER_BEHIND`.
+   */
+  timeoutMs?: number
+  /** Called each time the learner is found behind, before the next try. */
+  onProgress?: (progress: CatchUpProgress) => void
+}
+
 /** The answer of `transferLeadership` (POST /admin/v1/transfer-leadership). */
 export type TransferResult = TransferResponse
 /** One page of `list` (GET /v1/kv). */
@@ -435,6 +476,19 @@ const retryable = new Set([
  * unknown, and the same request id makes the retry return the first result if it survived.
  */
 const writeRetryable = new Set([...retryable, 'KV_ERR_STALE_EPOCH'])
+
+/**
+ * A membership change also retries a change still in flight (a leader just elected commits an
+ * entry of its own epoch before it takes one): every change is idempotent on the node, so a
+ * retry after a lost answer, or on the leader a removed leader handed over to, is safe.
+ */
+const membershipRetryable = new Set([...writeRetryable, 'KV_ERR_MEMBERSHIP_CHANGE_IN_PROGRESS'])
+
+/** How long `replaceMember` keeps calling while the new member catches up, by default. */
+const replaceTimeoutMsDefault = 600_000
+
+/** Pause between two tries of a promotion or replacement whose learner is behind. */
+const catchUpPollMs = 1000
 
 /** Leaderless mode: failures of one node, after which the next node in the key's order is tried. */
 const nodeFailures = new Set(['KV_ERR_UNAVAILABLE', 'KV_ERR_SHUTTING_DOWN', 'KV_ERR_NOT_READY'])
@@ -911,13 +965,16 @@ export class KvClient {
   }
 
   /**
-   * An admin call that changes the auth store: to the leader in single-leader mode (following
-   * its hints), to any node otherwise.
+   * An admin call: to the leader in single-leader mode (following its hints), to any node
+   * otherwise. Retries the codes in `options.retry` (by default: an unreachable node, a moved
+   * leader, a node not ready) within `attempts` and `retryForMs`, and never past
+   * `options.deadline`; `options.timeoutMs` overrides the client's timeout for each attempt.
    */
   private async adminWrite(
-    method: 'POST' | 'PUT' | 'DELETE',
+    method: 'GET' | 'POST' | 'PUT' | 'DELETE',
     path: string,
     body?: unknown,
+    options: { retry?: ReadonlySet<string>; timeoutMs?: number; deadline?: number } = {},
   ): Promise<unknown> {
     const send: SendOptions =
       body === undefined
@@ -926,6 +983,8 @@ export class KvClient {
             body: Buffer.from(JSON.stringify(body), 'utf8'),
             headers: { 'content-type': 'application/json' },
           }
+    const retry = options.retry ?? retryable
+    const deadline = options.deadline ?? Infinity
     const started = Date.now()
     // Outside single-leader mode any node takes the call: the next known one after a failure.
     let next = 0
@@ -935,17 +994,26 @@ export class KvClient {
       const url =
         mode === 'single-leader' ? await this.leader() : (nodes[next % nodes.length] as string)
       try {
-        const res = await this.connection(url).send(method, path, send)
+        const res = await this.connection(url).send(method, path, {
+          ...send,
+          ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+        })
         return JSON.parse(res.body.toString('utf8')) as unknown
       } catch (err) {
         if (
           mode !== 'single-leader' &&
           err instanceof KvError &&
           err.code === 'KV_ERR_UNAVAILABLE' &&
-          ++next % nodes.length !== 0
+          ++next % nodes.length !== 0 &&
+          Date.now() < deadline
         )
           continue
-        if (err instanceof KvError && retryable.has(err.code) && this.mayRetry(attempt, started)) {
+        if (
+          err instanceof KvError &&
+          retry.has(err.code) &&
+          this.mayRetry(attempt, started) &&
+          Date.now() < deadline
+        ) {
           if (err.code === 'KV_ERR_NOT_LEADER' && typeof err.details.leaderUrl === 'string')
             this.leaderUrl = err.details.leaderUrl
           else this.leaderUrl = null
@@ -1046,6 +1114,131 @@ export class KvClient {
 
   async roles(): Promise<RoleInfo[]> {
     return ((await this.adminRead('/admin/v1/roles')) as RoleList).roles
+  }
+
+  // ---------------------------------------------------------------- membership
+
+  /**
+   * The cluster's configuration (GET /admin/v1/members): every member with its role (`voter`
+   * or `learner`; leaderless: `owner`, `joining`, `leaving`), the ids removed, and whether a
+   * change is in flight. Single-leader: asked of the leader, which adds each member's
+   * connection and lag (when no leader is known, the first seed answers, without them).
+   * Needs the admin role.
+   */
+  async members(): Promise<Membership> {
+    return (await this.adminWrite('GET', '/admin/v1/members')) as Membership
+  }
+
+  /**
+   * Adds a member (POST /admin/v1/members). Single-leader: it joins as a learner, which
+   * receives the log but counts toward no quorum or election: start its node first (kv-node
+   * --join, with a certificate from the cluster's CA), let it catch up, then `promoteMember`.
+   * Leaderless: the member joins the ring (its ranges stream to it). Adding a learner again
+   * with the same URLs answers as the first time, so a retry after a lost answer is safe.
+   */
+  async addMember(member: NewMember): Promise<MembershipChange> {
+    return (await this.adminWrite('POST', '/admin/v1/members', member, {
+      retry: membershipRetryable,
+    })) as MembershipChange
+  }
+
+  /**
+   * Single-leader: makes learner `id` a voter (POST /admin/v1/members/:id/promote). Refused
+   * with `KV_ERR_LEARNER_BEHIND` (with `lagEntries` and `connected`) while it is not connected
+   * or lags more than the cluster's learnerPromoteLagEntriesMax; with `timeoutMs` it asks
+   * again until the learner has caught up or the time is up. Promoting a voter is a no-op.
+   */
+  async promoteMember(id: string, options: CatchUpOptions = {}): Promise<MembershipChange> {
+    return this.untilCaughtUp(
+      id,
+      options,
+      async (deadline) =>
+        (await this.adminWrite(
+          'POST',
+          `/admin/v1/members/${encodeURIComponent(id)}/promote`,
+          undefined,
+          { retry: membershipRetryable, ...(deadline !== undefined ? { deadline } : {}) },
+        )) as MembershipChange,
+    )
+  }
+
+  /**
+   * Removes member `id` (DELETE /admin/v1/members/:id). A removed id is never let back in.
+   * Refused with `KV_ERR_WOULD_LOSE_QUORUM` when the voters left alive would not be a majority.
+   * Single-leader: removing the leader makes it hand leadership over first and name the new
+   * leader (`KV_ERR_NOT_LEADER`); the call follows it there, and the new leader removes the
+   * old one. Removing a removed member answers as the first time.
+   */
+  async removeMember(id: string): Promise<MembershipChange> {
+    const path = `/admin/v1/members/${encodeURIComponent(id)}`
+    return (await this.adminWrite('DELETE', path, undefined, {
+      retry: membershipRetryable,
+    })) as MembershipChange
+  }
+
+  /**
+   * Replaces member `oldId` (dead or alive) by a new member with a new id
+   * (POST /admin/v1/members/:id/replace). Single-leader: the new member joins as a learner,
+   * catches up, is promoted, and only then is the old one removed. The node waits for the
+   * catch-up for a while (membershipCatchUpTimeoutMs) and answers `KV_ERR_LEARNER_BEHIND` if it
+   * is not done; the call is resumable, so this keeps calling while that comes back, reporting
+   * each time to `onProgress`, until `timeoutMs` (default 10 minutes). Start the new member's
+   * node (kv-node --join) before or soon after calling.
+   */
+  async replaceMember(
+    oldId: string,
+    member: NewMember,
+    options: CatchUpOptions = {},
+  ): Promise<MembershipChange> {
+    return this.untilCaughtUp(
+      member.id,
+      { ...options, timeoutMs: options.timeoutMs ?? replaceTimeoutMsDefault },
+      async (deadline) =>
+        (await this.adminWrite(
+          'POST',
+          `/admin/v1/members/${encodeURIComponent(oldId)}/replace`,
+          member,
+          // The node answers once the learner caught up, or after its own catch-up timeout.
+          deadline === undefined
+            ? { retry: membershipRetryable }
+            : {
+                retry: membershipRetryable,
+                deadline,
+                timeoutMs: Math.max(this.options.timeoutMs, deadline - Date.now()),
+              },
+        )) as MembershipChange,
+    )
+  }
+
+  /**
+   * Calls `call` until it does not answer KV_ERR_LEARNER_BEHIND, or `timeoutMs` passed; `call`
+   * gets the deadline (none without `timeoutMs`: one call, within the client's usual limits).
+   */
+  private async untilCaughtUp<T>(
+    member: string,
+    options: CatchUpOptions,
+    call: (deadline: number | undefined) => Promise<T>,
+  ): Promise<T> {
+    const started = Date.now()
+    const deadline = options.timeoutMs === undefined ? undefined : started + options.timeoutMs
+    for (;;) {
+      try {
+        return await call(deadline)
+      } catch (err) {
+        if (!(err instanceof KvError) || err.code !== 'KV_ERR_LEARNER_BEHIND') throw err
+        if (deadline === undefined) throw err
+        const left = deadline - Date.now()
+        if (left <= 0 || this.closed) throw err
+        options.onProgress?.({
+          member,
+          lagEntries: typeof err.details.lagEntries === 'number' ? err.details.lagEntries : null,
+          connected: typeof err.details.connected === 'boolean' ? err.details.connected : null,
+          elapsedMs: Date.now() - started,
+          message: err.message,
+        })
+        await new Promise((resolve) => setTimeout(resolve, Math.min(catchUpPollMs, left)))
+      }
+    }
   }
 
   // ---------------------------------------------------------------- backups
