@@ -263,6 +263,13 @@ it('replaces a killed member with a new one, never below a live majority', async
       10_000,
       250,
     )
+    // Nor may the leader remove itself now, and it is refused before any handover: no
+    // election is spent on a refused removal.
+    const epoch = ((await cluster.status(leader)) as unknown as { epoch: number }).epoch
+    const self = await admin('DELETE', `/admin/v1/members/${leader}`)
+    expect(self.body.error?.code).toBe('KV_ERR_WOULD_LOSE_QUORUM')
+    expect((await cluster.waitForLeader()).id).toBe(leader)
+    expect(((await cluster.status(leader)) as unknown as { epoch: number }).epoch).toBe(epoch)
     // The shortcut: the new member joins as a learner, catches up, is promoted, and the dead
     // one is removed.
     await cluster.startJoining('n6')

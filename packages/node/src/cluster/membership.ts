@@ -102,12 +102,14 @@ export class SingleLeaderMembership implements MembershipService {
     const current = this.leaderConfig()
     if (current.removed.includes(id)) return this.answer('remove', id)
     this.memberOf(current, id)
-    if (id === this.self) await this.handOverFirst()
     const next: MembershipConfig = {
       members: current.members.filter((m) => m.id !== id),
       removed: [...current.removed, id].slice(-membershipLimits.removedMax),
     }
+    // Checked before a leader hands over to be removed: a refused removal must not cost an
+    // election.
     this.checkLiveMajority(next, `removing ${id}`)
+    if (id === this.self) await this.handOverFirst()
     await this.replicator.changeMembership(next)
     return this.answer('remove', id)
   }
@@ -193,24 +195,36 @@ export class SingleLeaderMembership implements MembershipService {
     }
   }
 
-  /** KV_ERR_LEARNER_BEHIND unless `id` is connected and within the promotion bound. */
+  /**
+   * KV_ERR_LEARNER_BEHIND unless `id` is connected, the leader streams it entries (it is not
+   * still installing a snapshot, nor being probed), and it is within the promotion bound.
+   */
   private checkCaughtUp(id: string): void {
     const lag = this.learnerLag(id)
-    if (lag.connected && lag.entries <= this.config.learnerPromoteLagEntriesMax) return
+    if (this.caughtUp(lag)) return
     throw new KvError(
       'KV_ERR_LEARNER_BEHIND',
-      lag.connected
-        ? `${id} lags the leader by ${lag.entries} entries; it is promoted at ${this.config.learnerPromoteLagEntriesMax} or fewer (learnerPromoteLagEntriesMax)`
-        : `${id} is not connected to the leader; start it (with --join) and let it catch up first`,
+      !lag.connected
+        ? `${id} is not connected to the leader; start it (with --join) and let it catch up first`
+        : !lag.replicating
+          ? `${id} is still catching up (a snapshot, or the leader looking for where its log matches); ${lag.entries} entries behind`
+          : `${id} lags the leader by ${lag.entries} entries; it is promoted at ${this.config.learnerPromoteLagEntriesMax} or fewer (learnerPromoteLagEntriesMax)`,
       { member: id, lagEntries: lag.entries, connected: lag.connected },
     )
   }
 
-  private learnerLag(id: string): { entries: number; connected: boolean } {
+  private caughtUp(lag: { entries: number; connected: boolean; replicating: boolean }): boolean {
+    return (
+      lag.connected && lag.replicating && lag.entries <= this.config.learnerPromoteLagEntriesMax
+    )
+  }
+
+  private learnerLag(id: string): { entries: number; connected: boolean; replicating: boolean } {
     const progress = this.replicator.progressOf(id)
     return {
       entries: Math.max(0, this.replicator.lastLsn - progress.matchLsn),
       connected: progress.connected,
+      replicating: progress.replicating,
     }
   }
 
@@ -219,8 +233,7 @@ export class SingleLeaderMembership implements MembershipService {
     const deadline = Date.now() + this.config.membershipCatchUpTimeoutMs
     for (;;) {
       this.replicator.checkWritable()
-      const lag = this.learnerLag(id)
-      if (lag.connected && lag.entries <= this.config.learnerPromoteLagEntriesMax) return
+      if (this.caughtUp(this.learnerLag(id))) return
       if (Date.now() >= deadline) this.checkCaughtUp(id)
       await new Promise((resolve) => setTimeout(resolve, catchUpPollMs))
     }

@@ -599,11 +599,21 @@ export class Replicator {
     return this.currentConfig().removed.includes(this.cluster.self.id)
   }
 
-  /** Leader: the highest LSN `id` acknowledged, and whether its stream is up. */
-  progressOf(id: string): { matchLsn: number; connected: boolean; lastContactMs: number | null } {
+  /**
+   * Leader: the highest LSN `id` acknowledged, whether its stream is up, and whether the
+   * leader streams it entries (`replicating`: not probing for where its log matches, nor
+   * sending it a snapshot).
+   */
+  progressOf(id: string): {
+    matchLsn: number
+    connected: boolean
+    replicating: boolean
+    lastContactMs: number | null
+  } {
     return {
       matchLsn: this.core.matchOf(id),
       connected: this.transport.isConnected(id),
+      replicating: this.core.progressOf(id)?.state === 'replicate',
       lastContactMs: this.tracker.contactAgeMs(id),
     }
   }
@@ -614,13 +624,16 @@ export class Replicator {
   }
 
   /**
-   * Whether `id` is live: this node, or a member heard from within an election timeout whose
-   * stream is up (what a removal or promotion must leave a majority of).
+   * Whether `id` is live: this node, or a member whose stream is up and that was heard from
+   * within two election timeouts (what a removal or promotion must leave a majority of). Two,
+   * not one: a member that answers every heartbeat can still miss one timeout on a loaded
+   * machine, and a refusal it causes would be wrong; a dead member's stream closes at once,
+   * and a hung one stays silent far longer.
    */
   isLive(id: string): boolean {
     if (id === this.cluster.self.id) return true
     const age = this.tracker.contactAgeMs(id)
-    return this.transport.isConnected(id) && age !== null && age < this.config.electionTimeoutMs
+    return this.transport.isConnected(id) && age !== null && age < 2 * this.config.electionTimeoutMs
   }
 
   /**

@@ -64,7 +64,11 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
       commitLsn: meta.commitLsn,
       logStartLsn: meta.logStartLsn,
       lastEpoch: meta.lastEpoch,
-      ready: lifecycle.ready && !lifecycle.shuttingDown && store.failed === null,
+      ready:
+        lifecycle.ready &&
+        !lifecycle.shuttingDown &&
+        store.failed === null &&
+        ctx.replicator?.removedFromCluster !== true,
       version: ctx.version,
       startedAt: new Date(ctx.startedAtMs).toISOString(),
       uptimeMs: Date.now() - ctx.startedAtMs,
@@ -318,6 +322,13 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
       throw new KvError(
         'KV_ERR_NOT_READY',
         'the member started with an empty data directory and anti-entropy is refilling it',
+      )
+    }
+    // A removed member serves no data: load balancers must take it out of rotation.
+    if (ctx.replicator?.removedFromCluster === true) {
+      throw new KvError(
+        'KV_ERR_NOT_A_MEMBER',
+        'this node was removed from the cluster and serves no data; stop it',
       )
     }
     return { ready: true } satisfies ReadyResponse
