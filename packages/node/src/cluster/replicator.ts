@@ -218,6 +218,7 @@ export class Replicator {
         core.snapshotFailed(to)
         this.schedule()
       },
+      committed: (lsn, epoch) => this.waitForAck(lsn, epoch, 'quorum', config.ackTimeoutMs),
       logger: this.log,
     })
     this.snapshotReceiver = new SnapshotReceiver({

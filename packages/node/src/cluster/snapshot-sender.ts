@@ -3,7 +3,8 @@
  * copy of the applied state, and the request ids the leader deduplicates with, to a follower
  * whose next entry was compacted away. Chunks go out on the peer stream at most
  * `chunkBytesMax` of records at a time, each sent once the stream has drained the last one;
- * the last chunk carries the state digest, which the follower checks before it serves the copy.
+ * the last chunk carries the state digest, which the follower checks before it serves the copy,
+ * and goes out only once every entry the copy holds is committed.
  */
 import type { Logger } from 'pino'
 import { decodeStoredRecord, type Frame } from '@kvstore/protocol'
@@ -27,6 +28,11 @@ export interface SnapshotSenderOptions {
    * (`snapshotFailed`), so that it probes and asks again.
    */
   onFailed: (to: string) => void
+  /**
+   * Resolves once the entry at `lsn` (of `epoch`) is committed, this node still leading;
+   * rejects when it cannot be (leadership lost, or not within the ack timeout).
+   */
+  committed: (lsn: number, epoch: number) => Promise<void>
   logger: Logger
 }
 
@@ -104,6 +110,11 @@ export class SnapshotSender {
           if (bytes >= options.chunkBytesMax) await flush(false)
         }
       }
+      // The leader applies entries as it appends them, so the state may hold entries a majority
+      // does not have yet; the follower takes the whole snapshot as committed. So the last chunk
+      // (the one that installs it) waits until everything in it is committed: otherwise a
+      // follower could keep, as committed, writes a new leader never had.
+      await options.committed(snapshotLsn, snapshotEpoch)
       await flush(true)
       this.sent++
     } catch (err) {
