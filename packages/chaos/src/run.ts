@@ -30,7 +30,13 @@ import {
 import { chaosSecurity } from './security.js'
 import { DockerCluster } from './docker-cluster.js'
 import { pairOperations, type Verdict } from './history.js'
-import { leaderNemeses, runNemesis, type FaultWindow, type NemesisName } from './nemesis.js'
+import {
+  leaderNemeses,
+  membershipNemeses,
+  runNemesis,
+  type FaultWindow,
+  type NemesisName,
+} from './nemesis.js'
 import { ProcessCluster } from './process-cluster.js'
 import { writeReport, type RunSummary } from './report.js'
 import {
@@ -115,6 +121,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     if (refused.length > 0) {
       throw new UnsupportedFault(
         `${refused.join(', ')} ${refused.length === 1 ? 'aims' : 'aim'} at the leader, and a leaderless cluster has none: use pause, partition-one or slow (a random node) instead`,
+      )
+    }
+    const changes = options.nemeses.filter((n) =>
+      (membershipNemeses as readonly string[]).includes(n),
+    )
+    if (changes.length > 0) {
+      throw new UnsupportedFault(
+        `${changes.join(', ')} changes the configuration of a single-leader cluster; leaderless ring changes are not in the chaos suite yet`,
       )
     }
     if (!leaderlessWorkloads.includes(options.workload)) {
@@ -210,6 +224,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         clock: () => history.now(),
         log,
         ...(leaderless ? { leaderless: true } : {}),
+        // The archiving member stays: its archive is checked at the end.
+        ...(archiveOn === 'none' ? {} : { protect: [archiveOn] }),
       })
       // The rest of the duration runs without faults.
       const left = options.durationMs - history.now()
