@@ -63,6 +63,42 @@ describe('the chaos smoke matrix (register, ack=quorum, real containers)', () =>
   )
 })
 
+describe('membership changes under faults (member-churn, ack=quorum, real containers)', () => {
+  // Seeds whose schedules (drawn from the seed alone) make two different changes and mix in
+  // the other fault: 115 is partition-leader, then a swap of the leader, then a replacement
+  // of a killed member; 133 is a swap of the leader, kill, then a replacement.
+  it.each<[ChaosOptions['workload'], NemesisName[], number, string]>([
+    ['register', ['member-churn', 'partition-leader'], 115, 'linearizable'],
+    ['set', ['member-churn', 'kill'], 133, 'lost-writes'],
+  ])(
+    '%s under %s: new members replace old ones, and the history checks out',
+    async (workload, nemeses, seed, checker) => {
+      const result = await run({ workload, nemeses, seed, durationMs: 25_000 })
+      const changes = result.windows.filter((w) => w.nemesis === 'member-churn')
+      const others = result.windows.filter((w) => w.nemesis !== 'member-churn')
+      // Two changes went through (each added a new member and removed an old one), and
+      // another fault came between or before them.
+      expect(changes.map((w) => w.description)).toEqual([
+        expect.stringMatching(/^(?!.*INCOMPLETE).*(remove|replace) n\d.*stop n\d$/),
+        expect.stringMatching(/^(?!.*INCOMPLETE).*(remove|replace) n\d.*stop n\d$/),
+      ])
+      expect(others.length).toBeGreaterThan(0)
+      expect(result.summary.operations.ok).toBeGreaterThan(1000)
+      for (const v of result.summary.verdicts)
+        expect([v.checker, v.valid, v.summary]).toEqual([v.checker, true, v.summary])
+      expect(verdictOf(result, checker)?.valid).toBe(true)
+      // The cluster that converged is no longer the one that started.
+      const converged = verdictOf(result, 'convergence')?.details as {
+        nodes: number
+        groups: { nodes: string[] }[]
+      }
+      expect(converged.nodes).toBe(3)
+      expect(converged.groups[0]?.nodes.sort()).not.toEqual(['n1', 'n2', 'n3'])
+    },
+    180_000,
+  )
+})
+
 describe('the teeth: a broken guarantee is caught', () => {
   it('ack=async with the leader isolated loses writes, and exactly those are in the rollback records', async () => {
     const result = await run({

@@ -253,7 +253,10 @@ export class DockerCluster implements ChaosCluster {
     let port = await freePort()
     while (this.nodes.some((n) => n.port === port)) port = await freePort()
     const members = [...this.nodes.map((n) => memberText(n.id, n.port)), memberText(id, port)]
-    const m = await this.startContainer(id, port, { KV_MEMBERS: members.join(','), KV_JOIN: 'true' })
+    const m = await this.startContainer(id, port, {
+      KV_MEMBERS: members.join(','),
+      KV_JOIN: 'true',
+    })
     this.nodes.push(m)
     return { id, clientUrl: m.url, peerUrl: peerUrlOf(id) }
   }
