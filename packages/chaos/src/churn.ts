@@ -114,3 +114,110 @@ async function tidy(
   }
   return done
 }
+
+export interface SplitOptions {
+  cluster: ChaosCluster
+  /** Two ids never used in this run before. */
+  newIds: [string, string]
+  protect: readonly string[]
+  /** How long the old voters stay cut off (ms). */
+  holdMs: number
+  log: (line: string) => void
+}
+
+/**
+ * One round of `member-split` (single-leader, needs per-node networks): two new nodes join as
+ * learners and catch up; then the leader and the two are cut off from the other voters, and
+ * at once both learners are promoted, the second while the first is not committed. A correct
+ * leader refuses the second (one change at a time), cannot commit the first (the old voters
+ * are out of reach) and steps down, and the old voters elect a leader among themselves. A
+ * leader that lets changes overlap makes {itself and the two new} a majority of five that
+ * shares no member with the old voters' majority: two leaders at once, which the checkers
+ * must catch. After `holdMs` the network heals, and the configuration is set straight: both
+ * new members are promoted, and as many old members removed (and stopped), so the voters are
+ * as many as before. Resolves with what happened (never rejects).
+ */
+export async function split(options: SplitOptions): Promise<string> {
+  const { cluster, newIds, log } = options
+  const steps: string[] = []
+  let healed = true
+  try {
+    const view = await membersView(cluster)
+    const leaderId = view.leaderId
+    const leader = cluster.nodes.find((n) => n.id === leaderId)
+    if (leaderId === null || leader === undefined) return 'no leader: nothing done'
+    const voters = view.members.filter((m) => m.role === 'voter').map((m) => m.id)
+    const specs = await Promise.all(newIds.map((id) => cluster.join(id)))
+    log(`${newIds.join(' and ')} started with --join`)
+    for (const spec of specs) await addLearner(cluster, spec)
+    steps.push(`add ${newIds.join(', ')} (learners)`)
+    await caughtUp(cluster, newIds, 30_000)
+    log(`${newIds.join(' and ')} caught up; cutting ${leaderId} and them off from the others`)
+    const others = cluster.nodes
+      .map((n) => n.id)
+      .filter((id) => ![leaderId, ...newIds].includes(id))
+    healed = false
+    await cluster.partition([[leaderId, ...newIds], others])
+    steps.push(`isolate ${leaderId} (the leader), ${newIds.join(', ')} from ${others.join(', ')}`)
+    log(`cut; promoting ${newIds.join(' and ')} on ${leaderId}`)
+    // Both promotions straight to the leader, the second while the first is in flight.
+    const promoteOnce = async (id: string) => {
+      try {
+        const res = await fetch(`${leader.url}/admin/v1/members/${id}/promote`, {
+          method: 'POST',
+          signal: AbortSignal.timeout(Math.round(options.holdMs)),
+        })
+        const body = (await res.json()) as { error?: { code: string } }
+        return res.ok ? 'done' : (body.error?.code ?? `HTTP ${res.status}`)
+      } catch (err) {
+        return (err as Error).name === 'TimeoutError' ? 'no answer' : (err as Error).message
+      }
+    }
+    const first = promoteOnce(newIds[0])
+    await new Promise((r) => setTimeout(r, 50))
+    const second = promoteOnce(newIds[1])
+    const started = Date.now()
+    const answers = await Promise.all([first, second])
+    steps.push(`promote ${newIds[0]}: ${answers[0]}, promote ${newIds[1]}: ${answers[1]}`)
+    log(steps[steps.length - 1] as string)
+    await new Promise((r) => setTimeout(r, Math.max(0, options.holdMs - (Date.now() - started))))
+    await cluster.heal()
+    healed = true
+    steps.push('healed')
+    // Set the configuration straight: the new members become voters, as many old ones go.
+    for (const id of newIds) await promote(cluster, id)
+    steps.push(`promote ${newIds.join(', ')}`)
+    const after = await membersView(cluster)
+    const removable = voters
+      .filter((id) => !options.protect.includes(id))
+      // Followers first: the leader goes last, if at all.
+      .sort((a, b) => Number(a === after.leaderId) - Number(b === after.leaderId))
+      .slice(0, newIds.length)
+    for (const id of removable) {
+      await removeMember(cluster, id)
+      await cluster.retire(id)
+      steps.push(`remove ${id}${id === after.leaderId ? ' (the leader)' : ''}, stop ${id}`)
+    }
+    return steps.join(', ')
+  } catch (err) {
+    if (!healed) await cluster.heal().catch(() => {})
+    steps.push(`INCOMPLETE: ${(err as Error).message}`)
+    log(`incomplete: ${(err as Error).message}`)
+    return steps.join(', ')
+  }
+}
+
+/** Waits until every one of `ids` is a learner connected to the leader and close behind it. */
+async function caughtUp(cluster: ChaosCluster, ids: readonly string[], timeoutMs: number) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const view = await membersView(cluster)
+    const behind = ids.filter((id) => {
+      const m = view.members.find((x) => x.id === id)
+      return m?.connected !== true || (m.lagEntries ?? Infinity) > 100
+    })
+    if (behind.length === 0) return
+    if (Date.now() > deadline) throw new Error(`${behind.join(', ')} did not catch up in time`)
+    await new Promise((r) => setTimeout(r, 200))
+  }
+}

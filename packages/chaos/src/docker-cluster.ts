@@ -41,6 +41,16 @@ import type { ChaosSecurity } from './security.js'
 
 const run = promisify(execFile)
 
+/** Runs a command with `input` on its stdin. */
+function withInput(command: string, args: string[], input: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(command, args, (err, _stdout, stderr) =>
+      err ? reject(new Error(`${command} ${args.join(' ')}: ${stderr || err.message}`)) : resolve(),
+    )
+    child.stdin?.end(input)
+  })
+}
+
 /** Every node's peer URL: its network alias, port 7101 inside the container. */
 const peerUrlOf = (id: string) => `https://${id}:7101`
 /** A --members entry: the client URL on the host (the published port), the peer URL inside. */
@@ -347,17 +357,46 @@ export class DockerCluster implements ChaosCluster {
     await this.iptables(m, '-t', table, '-A', chain, ...args)
   }
 
+  /**
+   * Cuts the links at once rather than one rule at a time: every namespace's chains, process
+   * and addresses are looked up first, then each node gets all of its DROP rules in one
+   * iptables-restore (in parallel), so a partition lands within one such call and nodes do not
+   * see it build up link by link over seconds.
+   */
   async cutLinks(links: [string, string][]): Promise<void> {
-    for (const [a, b] of links) {
-      const ma = this.member(a)
-      const mb = this.member(b)
-      if (!ma.running || !mb.running) continue
-      const [ipA, ipB] = await Promise.all([this.ipOf(ma), this.ipOf(mb)])
-      await this.rule(ma, 'KV_CHAOS_IN', '-s', ipB, '-j', 'DROP')
-      await this.rule(ma, 'KV_CHAOS_OUT', '-d', ipB, '-j', 'DROP')
-      await this.rule(mb, 'KV_CHAOS_IN', '-s', ipA, '-j', 'DROP')
-      await this.rule(mb, 'KV_CHAOS_OUT', '-d', ipA, '-j', 'DROP')
+    const live = links.filter(([a, b]) => this.member(a).running && this.member(b).running)
+    const involved = [...new Set(live.flat())].map((id) => this.member(id))
+    const ip = new Map<string, string>()
+    const pid = new Map<string, number>()
+    await Promise.all(
+      involved.map(async (m) => {
+        await this.chains(m)
+        ip.set(m.id, await this.ipOf(m))
+        pid.set(m.id, await this.pidOf(m))
+      }),
+    )
+    const rules = new Map<string, string[]>()
+    const add = (id: string, line: string) => rules.set(id, [...(rules.get(id) ?? []), line])
+    for (const [a, b] of live) {
+      for (const [self, peer] of [
+        [a, b],
+        [b, a],
+      ] as const) {
+        add(self, `-A KV_CHAOS_IN -s ${ip.get(peer)} -j DROP`)
+        add(self, `-A KV_CHAOS_OUT -d ${ip.get(peer)} -j DROP`)
+      }
     }
+    await Promise.all(
+      [...rules].map(async ([id, lines]) => {
+        const p = pid.get(id)
+        if (!p) return
+        await withInput(
+          'nsenter',
+          ['-t', String(p), '-n', 'iptables-restore', '-w', '--noflush'],
+          `*filter\n${lines.join('\n')}\nCOMMIT\n`,
+        )
+      }),
+    )
   }
 
   async partition(groups: string[][]): Promise<void> {

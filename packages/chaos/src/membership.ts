@@ -9,7 +9,13 @@ import { currentLeader, type ChaosCluster, type MemberSpec } from './cluster.js'
 
 /** GET /admin/v1/members, as much of it as the nemesis reads. */
 export interface MembersView {
-  members: { id: string; role: 'voter' | 'learner' }[]
+  members: {
+    id: string
+    role: 'voter' | 'learner'
+    /** On the leader, for the others: is it connected, and how far behind. */
+    connected?: boolean
+    lagEntries?: number
+  }[]
   removed: string[]
   leaderId: string | null
 }

@@ -5,7 +5,7 @@
  */
 import { prng } from '@kvstore/core'
 import { currentLeader, type ChaosCluster } from './cluster.js'
-import { churn } from './churn.js'
+import { churn, split } from './churn.js'
 import { chaosMemberIds } from './security.js'
 
 /** The seeded draws of schedules and workloads: the project's one PRNG (from the core). */
@@ -23,6 +23,7 @@ export const nemesisNames = [
   'slow',
   'slow-leader',
   'member-churn',
+  'member-split',
 ] as const
 export type NemesisName = (typeof nemesisNames)[number]
 
@@ -30,7 +31,10 @@ export type NemesisName = (typeof nemesisNames)[number]
 export const leaderNemeses = ['pause-leader', 'partition-leader', 'slow-leader'] as const
 
 /** Nemeses that change the configuration: single-leader mode only (for now). */
-export const membershipNemeses = ['member-churn'] as const
+export const membershipNemeses = ['member-churn', 'member-split'] as const
+
+/** New member ids a round of each membership nemesis takes. */
+const idsPerRound: Record<string, number> = { 'member-churn': 1, 'member-split': 2 }
 
 /** One fault, from when it started to when it was healed (ms since the run began). */
 export interface FaultWindow {
@@ -105,27 +109,32 @@ export async function runNemesis(options: NemesisOptions): Promise<FaultWindow[]
     // The members change under the membership nemesis: look again every round.
     const ids = cluster.nodes.map((n) => n.id)
     let nemesis = pick(random, options.nemeses)
-    if (nemesis === 'member-churn') {
-      if (fresh.length === 0) {
-        // Every id with a certificate has been used: the other nemeses go on.
-        const others = options.nemeses.filter((n) => n !== 'member-churn')
-        if (others.length === 0) continue
-        nemesis = pick(random, others)
-      } else {
-        const start = clock()
-        log(`  ${(start / 1000).toFixed(1)}s  member-churn: starting`)
-        const change = await churn({
-          cluster,
-          random,
-          newId: fresh.shift() as string,
-          protect: options.protect ?? [],
-          log: (line) => log(`  ${(clock() / 1000).toFixed(1)}s    ${line}`),
-        })
-        const end = clock()
-        log(`  ${(end / 1000).toFixed(1)}s  member-churn: ${change}`)
-        windows.push({ nemesis, description: change, start, end })
-        continue
-      }
+    const idsNeeded = idsPerRound[nemesis] ?? 0
+    if (idsNeeded > fresh.length) {
+      // Not enough ids with certificates left for new members: the other nemeses go on.
+      const others = options.nemeses.filter((n) => (idsPerRound[n] ?? 0) <= fresh.length)
+      if (others.length === 0) continue
+      nemesis = pick(random, others)
+    }
+    if (nemesis === 'member-churn' || nemesis === 'member-split') {
+      const start = clock()
+      log(`  ${(start / 1000).toFixed(1)}s  ${nemesis}: starting`)
+      const progress = (line: string) => log(`  ${(clock() / 1000).toFixed(1)}s    ${line}`)
+      const protect = options.protect ?? []
+      const change =
+        nemesis === 'member-churn'
+          ? await churn({ cluster, random, newId: fresh.shift() as string, protect, log: progress })
+          : await split({
+              cluster,
+              newIds: [fresh.shift() as string, fresh.shift() as string],
+              protect,
+              holdMs: faultMs * (0.5 + random()),
+              log: progress,
+            })
+      const end = clock()
+      log(`  ${(end / 1000).toFixed(1)}s  ${nemesis}: ${change}`)
+      windows.push({ nemesis, description: change, start, end })
+      continue
     }
     const leader = options.leaderless ? null : await currentLeader(cluster)
     // In leaderless mode the leader nemeses are refused before the run; '' names no node.

@@ -90,6 +90,11 @@ export interface ChaosOptions {
    * n2, a follower at the start; 'none' turns the check off).
    */
   archiveOn?: string
+  /**
+   * Single-leader: how long the replicas get to converge after healing (default 60 s; 5 s
+   * when they did not agree on one leader). A teeth test that expects divergence waits less.
+   */
+  convergeTimeoutMs?: number
 }
 
 /** The size of a quorum given as a number, 'quorum' or 'all', for N replicas. */
@@ -152,7 +157,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     `chaos: ${options.workload} under ${options.nemeses.join(', ')} on ${options.nodes} ${options.backend} nodes${leaderless ? ` (leaderless, N=${replicas})` : ''}, ${leaderless ? ackText : `ack=${options.ack}`}, ${options.durationMs / 1000} s, seed ${options.seed}`,
   )
   const networkFaults = options.nemeses.filter(
-    (n) => n.startsWith('partition') || n === 'loss' || n.startsWith('slow'),
+    (n) =>
+      n.startsWith('partition') || n === 'loss' || n.startsWith('slow') || n === 'member-split',
   )
   if (options.backend === 'process' && networkFaults.length > 0) {
     throw new UnsupportedFault(
@@ -267,7 +273,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     )
     verdicts.push(recovery)
     await workload.finish()
-    const digests = await convergedDigests(cluster, recovery.valid === true ? 60_000 : 5000)
+    const digests = await convergedDigests(
+      cluster,
+      recovery.valid === true ? (options.convergeTimeoutMs ?? 60_000) : 5000,
+    )
     const ops = pairOperations(history.events)
     if (options.workload === 'register') verdicts.push(checkLinearizable(ops))
     if (options.workload === 'session') verdicts.push(checkSessions(ops))
