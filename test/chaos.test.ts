@@ -1,7 +1,8 @@
 /**
  * The chaos smoke matrix on real containers (the docker backend: the node image, one user
  * network, faults made with docker kill/pause and iptables inside each container's network
- * namespace), and the teeth: builds and settings that break a guarantee must be caught.
+ * namespace), the membership rows (new members replace old ones while the workload runs), and
+ * the teeth: builds and settings that break a guarantee must be caught.
  *
  * Needs a Docker engine and the image: scripts/test.sh (and CI) run scripts/docker-build.sh
  * first. Without them these tests fail, naming the missing piece; they never skip.
