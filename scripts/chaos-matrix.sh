@@ -2,14 +2,14 @@
 # The full chaos matrix on containers: every workload under every nemesis (and all of them
 # together) at ack=quorum, then leaderless ll-set and ll-register under every nemesis that
 # needs no leader; 60 s each (DURATION to change), reports in chaos-reports/. Exits 1 if any
-# run found a violation. About an hour and a half.
+# run found a violation. About an hour and three quarters.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/docker-build.sh || exit 1
 duration="${DURATION:-60s}"
 seed="${SEED:-1}"
 failed=0
-all="kill,pause,pause-leader,partition-one,partition-majority,partition-leader,partition-bridge,loss,slow,slow-leader"
+all="kill,pause,pause-leader,partition-one,partition-majority,partition-leader,partition-bridge,loss,slow,slow-leader,member-churn,member-split"
 for workload in register set session; do
   for nemesis in ${all//,/ } "$all"; do
     echo "== $workload / $nemesis"

@@ -22,6 +22,13 @@ export interface NodeDigest {
   digest: string
 }
 
+/** A member as the membership API (POST /admin/v1/members) takes it. */
+export interface MemberSpec {
+  id: string
+  clientUrl: string
+  peerUrl: string
+}
+
 export class UnsupportedFault extends Error {}
 
 export { freePort } from './node-process.js'
@@ -51,6 +58,10 @@ export async function waitReady(
 
 export interface ChaosCluster {
   readonly backend: 'process' | 'docker'
+  /**
+   * The nodes now: the members, and nodes started to join. A member the nemesis removed leaves
+   * this list once it is retired, so read it afresh rather than keeping a copy.
+   */
   readonly nodes: readonly ChaosNode[]
   /** How clients reach the nodes: the cluster's CA and root's client certificate. */
   readonly tls: ChaosSecurity['tls']
@@ -73,6 +84,17 @@ export interface ChaosCluster {
   heal(): Promise<void>
   /** Is the node's process running (not killed)? */
   isRunning(id: string): boolean
+  /**
+   * Starts a brand-new node `id` (a fresh id, an empty data directory, `--join`, `--members`
+   * naming the nodes now and itself) and resolves once it serves; it is in `nodes` from then
+   * on. Resolves with what POST /admin/v1/members takes to add it.
+   */
+  join(id: string): Promise<MemberSpec>
+  /**
+   * A member whose removal has committed: stops it (kill -9) and leaves it out of `nodes` from
+   * then on. Its logs stay for the report.
+   */
+  retire(id: string): Promise<void>
   /** Stops everything and removes what the backend created. */
   stop(): Promise<void>
   /**

@@ -10,6 +10,13 @@
  * to and from the other side's addresses; loss uses the statistic match. heal() flushes every
  * rule.
  *
+ * Membership changes: `join(id)` starts a new container of the same image on the same network
+ * (alias `id`, an empty data directory, KV_JOIN, KV_MEMBERS naming the nodes now and itself,
+ * a new published port); `retire(id)` kills a removed member's container and drops it from
+ * `nodes` (the container stays until `stop()`, for its logs).
+ *
+ * The image is `options.image`, else $KV_CHAOS_IMAGE, else kvstore-node:local.
+ *
  * Leaderless mode (`leaderless: true`): the same image, with the mode and its options as
  * command-line arguments (`args`, appended to the image's kv-node entrypoint) and no
  * preferred leader; the cluster is up once every node is ready.
@@ -19,12 +26,35 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { freePort, waitForLeader, waitReady, type ChaosCluster, type ChaosNode } from './cluster.js'
+import type { StartedNetwork } from 'testcontainers'
+import {
+  freePort,
+  waitForLeader,
+  waitReady,
+  type ChaosCluster,
+  type ChaosNode,
+  type MemberSpec,
+} from './cluster.js'
 import { DelayProxy } from './delay-proxy.js'
 import { atExit } from './node-process.js'
 import type { ChaosSecurity } from './security.js'
 
 const run = promisify(execFile)
+
+/** Runs a command with `input` on its stdin. */
+function withInput(command: string, args: string[], input: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(command, args, (err, _stdout, stderr) =>
+      err ? reject(new Error(`${command} ${args.join(' ')}: ${stderr || err.message}`)) : resolve(),
+    )
+    child.stdin?.end(input)
+  })
+}
+
+/** Every node's peer URL: its network alias, port 7101 inside the container. */
+const peerUrlOf = (id: string) => `https://${id}:7101`
+/** A --members entry: the client URL on the host (the published port), the peer URL inside. */
+const memberText = (id: string, port: number) => `${id}@https://127.0.0.1:${port}@${peerUrlOf(id)}`
 
 process.env.TESTCONTAINERS_RYUK_DISABLED ??= 'true'
 
@@ -93,6 +123,11 @@ export class DockerCluster implements ChaosCluster {
   private readonly networkName: string
   private readonly networkId: string
   private readonly stopNetwork: () => Promise<unknown>
+  private readonly network: StartedNetwork
+  private readonly options: DockerClusterOptions
+  private readonly image: string
+  /** Members removed and stopped (retire): out of `nodes`; their containers stay for the logs. */
+  private readonly retired: Member[] = []
   /** Delay proxies of the slow links now in place. */
   private proxies: DelayProxy[] = []
   /** The member that archives its log, if any. */
@@ -102,18 +137,23 @@ export class DockerCluster implements ChaosCluster {
 
   private constructor(
     nodes: Member[],
-    network: { name: string; id: string; stop: () => Promise<unknown> },
-    tls: ChaosSecurity['tls'],
+    network: { name: string; id: string; stop: () => Promise<unknown>; started: StartedNetwork },
+    options: DockerClusterOptions,
+    image: string,
   ) {
     this.nodes = nodes
-    this.tls = tls
+    this.tls = options.security.tls
     this.networkName = network.name
     this.networkId = network.id
     this.stopNetwork = network.stop
+    this.network = network.started
+    this.options = options
+    this.image = image
+    this.archiveOn = options.archiveOn
   }
 
   static async start(options: DockerClusterOptions): Promise<DockerCluster> {
-    const image = options.image ?? 'kvstore-node:local'
+    const image = options.image ?? process.env.KV_CHAOS_IMAGE ?? 'kvstore-node:local'
     try {
       await docker('image', 'inspect', image)
     } catch {
@@ -121,7 +161,7 @@ export class DockerCluster implements ChaosCluster {
         `the image ${image} is missing: build it with bash scripts/docker-build.sh (no registry needed)`,
       )
     }
-    const { GenericContainer, Network, Wait } = await import('testcontainers')
+    const { Network } = await import('testcontainers')
     const network = await new Network().start()
     liveNetworks.add(network.getId())
     const ids = Array.from({ length: options.nodes }, (_, i) => `n${i + 1}`)
@@ -130,75 +170,112 @@ export class DockerCluster implements ChaosCluster {
       const p = await freePort()
       if (!ports.includes(p)) ports.push(p)
     }
-    const members = ids
-      .map((id, i) => `${id}@https://127.0.0.1:${ports[i]}@https://${id}:7101`)
-      .join(',')
-    const nodes: Member[] = []
-    try {
-      await Promise.all(
-        ids.map(async (id, i) => {
-          const port = ports[i] as number
-          let container = new GenericContainer(image)
-            .withNetwork(network)
-            .withNetworkAliases(id)
-            .withHostname(id)
-            .withEnvironment({
-              KV_NODE_ID: id,
-              KV_MEMBERS: members,
-              ...(options.leaderless ? {} : { KV_LEADER: 'n1' }),
-              KV_PORT: String(port),
-              KV_CERTS_DIR: '/certs',
-              ...options.env,
-            })
-            // The node runs as an unprivileged user: its certificate and key are copied in
-            // readable by it (the files on the host stay 0600).
-            .withCopyFilesToContainer(
-              ['ca.crt', `${id}.crt`, `${id}.key`, 'root.password'].map((file) => ({
-                source: join(options.security.certsDir, file),
-                target: `/certs/${file}`,
-                mode: 0o444,
-              })),
-            )
-            .withExposedPorts({ container: port, host: port })
-            .withWaitStrategy(
-              Wait.forHttp('/ready', port).usingTls().allowInsecure().withStartupTimeout(60_000),
-            )
-          const args = [
-            ...(options.args ?? []),
-            ...(options.archiveOn === id
-              ? ['--archive-dir', containerArchiveDir, '--archive-segment-ms', '200']
-              : []),
-          ]
-          if (args.length > 0) container = container.withCommand(args)
-          const started = await container.start()
-          live.add(started.getId())
-          nodes[i] = {
-            id,
-            url: `https://127.0.0.1:${port}`,
-            port,
-            containerId: started.getId(),
-            running: true,
-          }
-        }),
-      )
-    } catch (err) {
-      await Promise.all(nodes.map((n) => docker('rm', '-f', n.containerId).catch(() => {})))
-      await network.stop().catch(() => {})
-      liveNetworks.delete(network.getId())
-      throw err
-    }
     const cluster = new DockerCluster(
-      nodes,
+      [],
       {
         name: network.getName(),
         id: network.getId(),
         stop: () => network.stop(),
+        started: network,
       },
-      options.security.tls,
+      options,
+      image,
     )
-    cluster.archiveOn = options.archiveOn
+    const members = ids.map((id, i) => memberText(id, ports[i] as number)).join(',')
+    const started: Member[] = []
+    try {
+      await Promise.all(
+        ids.map(async (id, i) => {
+          started[i] = await cluster.startContainer(id, ports[i] as number, {
+            KV_MEMBERS: members,
+            ...(options.leaderless ? {} : { KV_LEADER: 'n1' }),
+          })
+        }),
+      )
+      cluster.nodes.push(...started)
+    } catch (err) {
+      cluster.nodes.push(...started.filter((m) => m !== undefined))
+      await cluster.stop()
+      throw err
+    }
     if (!options.leaderless) await waitForLeader(cluster)
     return cluster
+  }
+
+  /**
+   * Creates and starts node `id`'s container on the cluster's network, its client port
+   * published as the same port on the host, and resolves once it is ready. `env` gives its
+   * members (and the preferred leader, or KV_JOIN).
+   */
+  private async startContainer(
+    id: string,
+    port: number,
+    env: Record<string, string>,
+  ): Promise<Member> {
+    const { GenericContainer, Wait } = await import('testcontainers')
+    const options = this.options
+    let container = new GenericContainer(this.image)
+      .withNetwork(this.network)
+      .withNetworkAliases(id)
+      .withHostname(id)
+      .withEnvironment({
+        KV_NODE_ID: id,
+        KV_PORT: String(port),
+        KV_CERTS_DIR: '/certs',
+        ...env,
+        ...options.env,
+      })
+      // The node runs as an unprivileged user: its certificate and key are copied in
+      // readable by it (the files on the host stay 0600).
+      .withCopyFilesToContainer(
+        ['ca.crt', `${id}.crt`, `${id}.key`, 'root.password'].map((file) => ({
+          source: join(options.security.certsDir, file),
+          target: `/certs/${file}`,
+          mode: 0o444,
+        })),
+      )
+      .withExposedPorts({ container: port, host: port })
+      .withWaitStrategy(
+        Wait.forHttp('/ready', port).usingTls().allowInsecure().withStartupTimeout(60_000),
+      )
+    const args = [
+      ...(options.args ?? []),
+      ...(options.archiveOn === id
+        ? ['--archive-dir', containerArchiveDir, '--archive-segment-ms', '200']
+        : []),
+    ]
+    if (args.length > 0) container = container.withCommand(args)
+    const started = await container.start()
+    live.add(started.getId())
+    return {
+      id,
+      url: `https://127.0.0.1:${port}`,
+      port,
+      containerId: started.getId(),
+      running: true,
+    }
+  }
+
+  async join(id: string): Promise<MemberSpec> {
+    if ([...this.nodes, ...this.retired].some((n) => n.id === id)) {
+      throw new Error(`${id} was a member of this cluster already: a new member needs a new id`)
+    }
+    let port = await freePort()
+    while (this.nodes.some((n) => n.port === port)) port = await freePort()
+    const members = [...this.nodes.map((n) => memberText(n.id, n.port)), memberText(id, port)]
+    const m = await this.startContainer(id, port, {
+      KV_MEMBERS: members.join(','),
+      KV_JOIN: 'true',
+    })
+    this.nodes.push(m)
+    return { id, clientUrl: m.url, peerUrl: peerUrlOf(id) }
+  }
+
+  async retire(id: string): Promise<void> {
+    const m = this.member(id)
+    await this.kill(id)
+    this.nodes.splice(this.nodes.indexOf(m), 1)
+    this.retired.push(m)
   }
 
   private member(id: string): Member {
@@ -280,17 +357,46 @@ export class DockerCluster implements ChaosCluster {
     await this.iptables(m, '-t', table, '-A', chain, ...args)
   }
 
+  /**
+   * Cuts the links at once rather than one rule at a time: every namespace's chains, process
+   * and addresses are looked up first, then each node gets all of its DROP rules in one
+   * iptables-restore (in parallel), so a partition lands within one such call and nodes do not
+   * see it build up link by link over seconds.
+   */
   async cutLinks(links: [string, string][]): Promise<void> {
-    for (const [a, b] of links) {
-      const ma = this.member(a)
-      const mb = this.member(b)
-      if (!ma.running || !mb.running) continue
-      const [ipA, ipB] = await Promise.all([this.ipOf(ma), this.ipOf(mb)])
-      await this.rule(ma, 'KV_CHAOS_IN', '-s', ipB, '-j', 'DROP')
-      await this.rule(ma, 'KV_CHAOS_OUT', '-d', ipB, '-j', 'DROP')
-      await this.rule(mb, 'KV_CHAOS_IN', '-s', ipA, '-j', 'DROP')
-      await this.rule(mb, 'KV_CHAOS_OUT', '-d', ipA, '-j', 'DROP')
+    const live = links.filter(([a, b]) => this.member(a).running && this.member(b).running)
+    const involved = [...new Set(live.flat())].map((id) => this.member(id))
+    const ip = new Map<string, string>()
+    const pid = new Map<string, number>()
+    await Promise.all(
+      involved.map(async (m) => {
+        await this.chains(m)
+        ip.set(m.id, await this.ipOf(m))
+        pid.set(m.id, await this.pidOf(m))
+      }),
+    )
+    const rules = new Map<string, string[]>()
+    const add = (id: string, line: string) => rules.set(id, [...(rules.get(id) ?? []), line])
+    for (const [a, b] of live) {
+      for (const [self, peer] of [
+        [a, b],
+        [b, a],
+      ] as const) {
+        add(self, `-A KV_CHAOS_IN -s ${ip.get(peer)} -j DROP`)
+        add(self, `-A KV_CHAOS_OUT -d ${ip.get(peer)} -j DROP`)
+      }
     }
+    await Promise.all(
+      [...rules].map(async ([id, lines]) => {
+        const p = pid.get(id)
+        if (!p) return
+        await withInput(
+          'nsenter',
+          ['-t', String(p), '-n', 'iptables-restore', '-w', '--noflush'],
+          `*filter\n${lines.join('\n')}\nCOMMIT\n`,
+        )
+      }),
+    )
   }
 
   async partition(groups: string[][]): Promise<void> {
@@ -417,7 +523,7 @@ export class DockerCluster implements ChaosCluster {
   /** The logs of every node, for the report. */
   async logs(): Promise<Record<string, string>> {
     const out: Record<string, string> = {}
-    for (const m of this.nodes) {
+    for (const m of [...this.nodes, ...this.retired]) {
       try {
         const { stdout, stderr } = await run('docker', ['logs', m.containerId], {
           maxBuffer: 256 * 1024 * 1024,
@@ -446,7 +552,7 @@ export class DockerCluster implements ChaosCluster {
     await Promise.all(this.proxies.map((p) => p.close()))
     this.proxies = []
     await Promise.all(
-      this.nodes.map(async (m) => {
+      [...this.nodes, ...this.retired].map(async (m) => {
         await docker('rm', '-f', '-v', m.containerId).catch(() => {})
         live.delete(m.containerId)
       }),

@@ -24,6 +24,8 @@ const usage = `Usage: pnpm chaos [options]
   --clients N                 concurrent clients (default 6)
   --out DIR                   where the report folder goes (default chaos-reports)
   --unsafe-no-fencing         run nodes with fencing disabled (a test-only switch; the checkers must catch it)
+  --unsafe-concurrent-membership-changes   run nodes that let configuration changes overlap
+                              (a test-only switch; member-split must make the checkers catch it)
   --unsafe-no-sessions        session workload: read followers without session tokens (must be caught)
 Leaderless mode:
   --mode single-leader|leaderless   cluster mode (default single-leader); leaderless runs the
@@ -69,6 +71,7 @@ async function main(): Promise<number> {
         clients: { type: 'string', default: '6' },
         out: { type: 'string', default: 'chaos-reports' },
         'unsafe-no-fencing': { type: 'boolean', default: false },
+        'unsafe-concurrent-membership-changes': { type: 'boolean', default: false },
         'unsafe-no-sessions': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -132,9 +135,18 @@ async function main(): Promise<number> {
       nodes,
       clients,
       out: o.out,
-      ...(o['unsafe-no-fencing'] ? { nodeEnv: { KV_UNSAFE_NO_FENCING: '1' } } : {}),
+      ...(o['unsafe-no-fencing'] || o['unsafe-concurrent-membership-changes']
+        ? {
+            nodeEnv: {
+              ...(o['unsafe-no-fencing'] ? { KV_UNSAFE_NO_FENCING: '1' } : {}),
+              ...(o['unsafe-concurrent-membership-changes']
+                ? { KV_UNSAFE_CONCURRENT_MEMBERSHIP_CHANGES: '1' }
+                : {}),
+            },
+          }
+        : {}),
       ...(o['unsafe-no-sessions'] ? { noSessions: true } : {}),
-      command: `pnpm chaos --backend ${o.backend}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}`,
+      command: `pnpm chaos --backend ${o.backend}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}`,
     })
     return result.summary.valid === true ? 0 : result.summary.valid === false ? 1 : 3
   } catch (err) {

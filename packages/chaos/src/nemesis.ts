@@ -5,6 +5,8 @@
  */
 import { prng } from '@kvstore/core'
 import { currentLeader, type ChaosCluster } from './cluster.js'
+import { churn, split } from './churn.js'
+import { chaosMemberIds } from './security.js'
 
 /** The seeded draws of schedules and workloads: the project's one PRNG (from the core). */
 export { prng }
@@ -20,11 +22,19 @@ export const nemesisNames = [
   'loss',
   'slow',
   'slow-leader',
+  'member-churn',
+  'member-split',
 ] as const
 export type NemesisName = (typeof nemesisNames)[number]
 
 /** Nemeses aimed at the leader: a leaderless cluster has none, so runs refuse them there. */
 export const leaderNemeses = ['pause-leader', 'partition-leader', 'slow-leader'] as const
+
+/** Nemeses that change the configuration: single-leader mode only (for now). */
+export const membershipNemeses = ['member-churn', 'member-split'] as const
+
+/** New member ids a round of each membership nemesis takes. */
+const idsPerRound: Record<string, number> = { 'member-churn': 1, 'member-split': 2 }
 
 /** One fault, from when it started to when it was healed (ms since the run began). */
 export interface FaultWindow {
@@ -62,6 +72,11 @@ export interface NemesisOptions {
   log: (line: string) => void
   /** A leaderless cluster: no leader to look up, and no target is called the leader. */
   leaderless?: boolean
+  /**
+   * Members the membership nemesis never removes (nor kills to replace): the member that
+   * archives its log, whose archive the run checks at the end.
+   */
+  protect?: readonly string[]
 }
 
 function pick<T>(random: () => number, items: readonly T[]): T {
@@ -86,11 +101,41 @@ export async function runNemesis(options: NemesisOptions): Promise<FaultWindow[]
   const healthyMs = options.healthyMs ?? 3000
   const faultMs = options.faultMs ?? 4000
   const windows: FaultWindow[] = []
-  const ids = cluster.nodes.map((n) => n.id)
+  // Ids never used in this run: the membership nemesis takes new members' ids from them.
+  const fresh = chaosMemberIds.filter((id) => !cluster.nodes.some((n) => n.id === id))
   const begin = clock()
   while (clock() - begin + healthyMs + faultMs <= options.durationMs) {
     await sleep(healthyMs * (0.5 + random()))
-    const nemesis = pick(random, options.nemeses)
+    // The members change under the membership nemesis: look again every round.
+    const ids = cluster.nodes.map((n) => n.id)
+    let nemesis = pick(random, options.nemeses)
+    const idsNeeded = idsPerRound[nemesis] ?? 0
+    if (idsNeeded > fresh.length) {
+      // Not enough ids with certificates left for new members: the other nemeses go on.
+      const others = options.nemeses.filter((n) => (idsPerRound[n] ?? 0) <= fresh.length)
+      if (others.length === 0) continue
+      nemesis = pick(random, others)
+    }
+    if (nemesis === 'member-churn' || nemesis === 'member-split') {
+      const start = clock()
+      log(`  ${(start / 1000).toFixed(1)}s  ${nemesis}: starting`)
+      const progress = (line: string) => log(`  ${(clock() / 1000).toFixed(1)}s    ${line}`)
+      const protect = options.protect ?? []
+      const change =
+        nemesis === 'member-churn'
+          ? await churn({ cluster, random, newId: fresh.shift() as string, protect, log: progress })
+          : await split({
+              cluster,
+              newIds: [fresh.shift() as string, fresh.shift() as string],
+              protect,
+              holdMs: faultMs * (0.5 + random()),
+              log: progress,
+            })
+      const end = clock()
+      log(`  ${(end / 1000).toFixed(1)}s  ${nemesis}: ${change}`)
+      windows.push({ nemesis, description: change, start, end })
+      continue
+    }
     const leader = options.leaderless ? null : await currentLeader(cluster)
     // In leaderless mode the leader nemeses are refused before the run; '' names no node.
     const leaderId = options.leaderless ? '' : (leader?.id ?? pick(random, ids))

@@ -3,6 +3,10 @@
  * It kills (SIGKILL), pauses (SIGSTOP) and restarts. Network faults need the docker backend:
  * loopback has no per-node network to cut.
  *
+ * Membership changes: `join(id)` starts a new kv-node on free loopback ports with an empty data
+ * directory, `--join` and `--members` naming the nodes now and itself; `retire(id)` kills a
+ * removed member and drops it from `nodes`.
+ *
  * In leaderless mode (`leaderless: true`, with `--mode leaderless` and its options in `args`)
  * the cluster is up once every node is ready: there is no leader to wait for.
  */
@@ -11,7 +15,13 @@ import { createWriteStream } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { UnsupportedFault, waitForLeader, type ChaosCluster, type ChaosNode } from './cluster.js'
+import {
+  UnsupportedFault,
+  waitForLeader,
+  type ChaosCluster,
+  type ChaosNode,
+  type MemberSpec,
+} from './cluster.js'
 import { freePort, startKvNode, type KvNodeProcess } from './node-process.js'
 
 export interface ProcessClusterOptions {
@@ -33,7 +43,14 @@ export interface ProcessClusterOptions {
 interface Member extends ChaosNode {
   peerUrl: string
   process: KvNodeProcess | null
+  /** --members as this node was first started with (a restart gets the same, as in docker). */
+  membersFlag: string
+  /** Started with --join (a node added while the cluster runs). */
+  joined: boolean
 }
+
+const membersFlagOf = (nodes: readonly { id: string; url: string; peerUrl: string }[]) =>
+  nodes.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
 
 export class ProcessCluster implements ChaosCluster {
   readonly backend = 'process' as const
@@ -42,14 +59,14 @@ export class ProcessCluster implements ChaosCluster {
     return this.options.security.tls
   }
   private readonly dir: string
-  private readonly membersFlag: string
   private readonly options: ProcessClusterOptions
+  /** Members removed and stopped (retire): out of `nodes`, stopped for good. */
+  private readonly retired: Member[] = []
 
   private constructor(dir: string, nodes: Member[], options: ProcessClusterOptions) {
     this.dir = dir
     this.nodes = nodes
     this.options = options
-    this.membersFlag = nodes.map((m) => `${m.id}@${m.url}@${m.peerUrl}`).join(',')
   }
 
   static async start(options: ProcessClusterOptions): Promise<ProcessCluster> {
@@ -61,8 +78,12 @@ export class ProcessCluster implements ChaosCluster {
         url: `https://127.0.0.1:${await freePort()}`,
         peerUrl: `https://127.0.0.1:${await freePort()}`,
         process: null,
+        membersFlag: '',
+        joined: false,
       })
     }
+    const flag = membersFlagOf(nodes)
+    for (const n of nodes) n.membersFlag = flag
     const cluster = new ProcessCluster(dir, nodes, options)
     try {
       for (const n of nodes) await cluster.start(n.id)
@@ -97,7 +118,8 @@ export class ProcessCluster implements ChaosCluster {
         '--data-dir',
         join(this.dir, id),
         '--members',
-        this.membersFlag,
+        m.membersFlag,
+        ...(m.joined ? ['--join'] : []),
         '--log-level',
         'info',
         '--certs-dir',
@@ -117,11 +139,45 @@ export class ProcessCluster implements ChaosCluster {
   }
 
   async kill(id: string): Promise<void> {
-    const m = this.member(id)
-    if (!this.isRunning(id)) return
+    await this.killMember(this.member(id))
+  }
+
+  private async killMember(m: Member): Promise<void> {
+    if (!(m.process?.running() ?? false)) return
     m.process?.child.kill('SIGCONT')
     m.process?.child.kill('SIGKILL')
     await m.process?.exited
+  }
+
+  async join(id: string): Promise<MemberSpec> {
+    if ([...this.nodes, ...this.retired].some((n) => n.id === id)) {
+      throw new Error(`${id} was a member of this cluster already: a new member needs a new id`)
+    }
+    const m: Member = {
+      id,
+      url: `https://127.0.0.1:${await freePort()}`,
+      peerUrl: `https://127.0.0.1:${await freePort()}`,
+      process: null,
+      membersFlag: '',
+      joined: true,
+    }
+    m.membersFlag = membersFlagOf([...this.nodes, m])
+    this.nodes.push(m)
+    try {
+      await this.start(id)
+    } catch (err) {
+      this.nodes.splice(this.nodes.indexOf(m), 1)
+      this.retired.push(m)
+      throw err
+    }
+    return { id, clientUrl: m.url, peerUrl: m.peerUrl }
+  }
+
+  async retire(id: string): Promise<void> {
+    const m = this.member(id)
+    await this.killMember(m)
+    this.nodes.splice(this.nodes.indexOf(m), 1)
+    this.retired.push(m)
   }
 
   async pause(id: string): Promise<void> {
@@ -164,11 +220,7 @@ export class ProcessCluster implements ChaosCluster {
   }
 
   async stop(): Promise<void> {
-    await Promise.all(
-      this.nodes.map(async (m) => {
-        await this.kill(m.id)
-      }),
-    )
+    await Promise.all([...this.nodes, ...this.retired].map((m) => this.killMember(m)))
     await rm(this.dir, { recursive: true, force: true })
   }
 }

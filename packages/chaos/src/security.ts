@@ -20,12 +20,21 @@ export interface ChaosSecurity {
 /** Members any chaos cluster may have. */
 const membersMax = 9
 
+/**
+ * Every member id a chaos run has a certificate for: n1..n9. A cluster of N starts with n1..nN;
+ * the membership nemesis adds new members from the rest (a removed id is never reused).
+ */
+export const chaosMemberIds: readonly string[] = Array.from(
+  { length: membersMax },
+  (_, i) => `n${i + 1}`,
+)
+
 /** Uses the certificates in `certsDir`, making them first when the directory has none. */
 export async function chaosSecurity(certsDir: string): Promise<ChaosSecurity> {
   if (!existsSync(join(certsDir, 'ca.crt'))) {
     await initCerts({
       dir: certsDir,
-      members: Array.from({ length: membersMax }, (_, i) => `n${i + 1}`),
+      members: [...chaosMemberIds],
     })
   }
   const tls = {

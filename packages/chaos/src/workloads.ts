@@ -159,9 +159,18 @@ function loops(
 class BoundClient {
   private readonly pools = new Map<string, Pool>()
   constructor(
-    private readonly home: string,
+    private home: string,
     private readonly tls: ChaosCluster['tls'],
   ) {}
+
+  get homeUrl(): string {
+    return this.home
+  }
+
+  /** Binds the client to another node (its node was removed from the cluster). */
+  rehome(url: string): void {
+    this.home = url
+  }
 
   private pool(url: string): Pool {
     let pool = this.pools.get(url)
@@ -239,7 +248,12 @@ function registerWorkload(options: WorkloadOptions): Workload {
   let stopping = false
   let nextProcess = options.clients
   const path = (key: string) => `/v1/kv/${keyPath(key)}`
-  const nodeOf = (url: string) => cluster.nodes.find((n) => n.url === url)?.id ?? url
+  // Every node seen during the run, removed ones too (the membership nemesis changes them).
+  const idOf = new Map<string, string>()
+  const nodeOf = (url: string) => {
+    for (const n of cluster.nodes) idOf.set(n.url, n.id)
+    return idOf.get(url) ?? url
+  }
 
   /** A linearizable read: [value, version, node], or an error code. */
   const read = async (client: BoundClient, key: string) => {
@@ -262,6 +276,10 @@ function registerWorkload(options: WorkloadOptions): Workload {
     const random = prng(options.seed * 1000 + i)
     let process = i
     while (!stopping) {
+      // A client whose node left the cluster (the membership nemesis) moves to a member.
+      if (!cluster.nodes.some((n) => n.url === client.homeUrl) && cluster.nodes.length > 0) {
+        client.rehome((cluster.nodes[i % cluster.nodes.length] as { url: string }).url)
+      }
       const key = keys[Math.floor(random() * keys.length)] as string
       const roll = random()
       const record = (

@@ -68,3 +68,41 @@ describe('a run that asks for what its backend cannot do', () => {
     ).rejects.toThrow(/partition-leader, slow need per-node networks: use --backend docker/)
   })
 })
+
+describe('the membership nemeses', () => {
+  const base = {
+    workload: 'register' as const,
+    ack: 'quorum' as const,
+    durationMs: 1000,
+    seed: 1,
+    nodes: 3,
+    clients: 1,
+    out: '/nonexistent',
+    log: () => {},
+  }
+
+  it('are nemeses like the others', () => {
+    expect(parseNemeses('member-churn,kill')).toEqual(['member-churn', 'kill'])
+    expect(parseNemeses('member-split')).toEqual(['member-split'])
+  })
+
+  it('member-split cuts the network, so the process backend refuses it', async () => {
+    const { runChaos } = await import('../src/run.js')
+    await expect(
+      runChaos({ ...base, backend: 'process', nemeses: ['member-churn', 'member-split'] }),
+    ).rejects.toThrow(/member-split need per-node networks: use --backend docker/)
+  })
+
+  it('are refused in leaderless mode (ring changes are not in the suite yet)', async () => {
+    const { runChaos } = await import('../src/run.js')
+    await expect(
+      runChaos({
+        ...base,
+        backend: 'process',
+        mode: 'leaderless',
+        workload: 'll-set',
+        nemeses: ['member-churn'],
+      }),
+    ).rejects.toThrow(/member-churn changes the configuration of a single-leader cluster/)
+  })
+})

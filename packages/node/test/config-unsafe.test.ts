@@ -2,7 +2,8 @@ import { readdir, readFile } from 'node:fs/promises'
 import { join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ConfigError, configSpec, configTableMarkdown, parseConfig } from '../src/index.js'
-import { unsafeOptionsOn } from '../src/config.js'
+import { clusterOf, unsafeOptionsOn } from '../src/config.js'
+import { coreConfigOf } from '../src/cluster/core-setup.js'
 
 const root = fileURLToPath(new URL('../../..', import.meta.url))
 const plainMembers =
@@ -12,7 +13,11 @@ const singleLeader = ['--members', plainMembers, '--unsafe-plaintext-peers']
 describe('unsafe switches', () => {
   it('are rows of the config table, named and described as unsafe', () => {
     const unsafe = configSpec.filter((spec) => spec.unsafe === true)
-    expect(unsafe.map((spec) => spec.key)).toEqual(['unsafePlaintextPeers', 'unsafeNoFencing'])
+    expect(unsafe.map((spec) => spec.key)).toEqual([
+      'unsafePlaintextPeers',
+      'unsafeNoFencing',
+      'unsafeConcurrentMembershipChanges',
+    ])
     for (const spec of configSpec) {
       const named = spec.key.startsWith('unsafe')
       expect([spec.key, spec.unsafe === true]).toEqual([spec.key, named])
@@ -46,6 +51,33 @@ describe('unsafe switches', () => {
       true,
     )
     expect(unsafeOptionsOn(parseConfig([], {}).config)).toEqual([])
+  })
+
+  it('take KV_UNSAFE_CONCURRENT_MEMBERSHIP_CHANGES, off by default, single-leader mode only', () => {
+    const key = 'unsafeConcurrentMembershipChanges'
+    expect(parseConfig(singleLeader, {}).config[key]).toBe(false)
+    const env = { KV_UNSAFE_CONCURRENT_MEMBERSHIP_CHANGES: '1' }
+    expect(parseConfig(singleLeader, env).config[key]).toBe(true)
+    expect(
+      parseConfig([...singleLeader, '--unsafe-concurrent-membership-changes'], {}).config[key],
+    ).toBe(true)
+    expect(() => parseConfig([...singleLeader, '--mode', 'leaderless'], env)).toThrow(
+      /--unsafe-concurrent-membership-changes needs --mode single-leader/,
+    )
+    // It reaches the core as its unsafe switch, and nothing else does.
+    const core = (extra: Record<string, string>) => {
+      const { config } = parseConfig([...singleLeader, '--id', 'n1'], extra)
+      return coreConfigOf(config, clusterOf(config), {
+        unsafeNoFencing: config.unsafeNoFencing,
+        makeNoop: () => new Uint8Array(),
+      }).unsafe
+    }
+    expect(core({})).toBeUndefined()
+    expect(core(env)).toEqual({ concurrentMembershipChanges: true })
+    expect(core({ ...env, KV_UNSAFE_NO_FENCING: '1' })).toEqual({
+      skipCheckQuorum: true,
+      concurrentMembershipChanges: true,
+    })
   })
 
   it('refuse --unsafe-no-fencing outside single-leader mode', () => {

@@ -59,7 +59,17 @@ export function coreConfigOf(
     logCacheBytesMax: 2 * config.replicationInflightBytesMax,
     // One tick per heartbeat interval; elections after 1 to 2 election timeouts of silence.
     electionTicks: electionTicksOf(config),
-    ...(options.unsafeNoFencing ? { unsafe: { skipCheckQuorum: true } } : {}),
+    ...(options.unsafeNoFencing || config.unsafeConcurrentMembershipChanges
+      ? {
+          unsafe: {
+            ...(options.unsafeNoFencing ? { skipCheckQuorum: true } : {}),
+            // Test-only (config unsafeConcurrentMembershipChanges): the chaos suite must catch it.
+            ...(config.unsafeConcurrentMembershipChanges
+              ? { concurrentMembershipChanges: true }
+              : {}),
+          },
+        }
+      : {}),
     random: Math.random,
     makeNoop: options.makeNoop,
   }

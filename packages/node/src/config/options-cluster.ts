@@ -350,4 +350,15 @@ export const clusterOptions: readonly OptionSpec[] = [
     description:
       "UNSAFE, for the chaos suite's teeth test only: fencing is off. A leader ignores newer epochs, never steps down for silence, and serves writes and linearizable reads without confirming it still leads, so it may lose acknowledged writes and serve stale reads. Single-leader mode only; logged as a warning at start-up.",
   },
+  {
+    key: 'unsafeConcurrentMembershipChanges',
+    flag: '--unsafe-concurrent-membership-changes',
+    env: 'KV_UNSAFE_CONCURRENT_MEMBERSHIP_CHANGES',
+    kind: 'boolean',
+    default: false,
+    unsafe: true,
+    group: 'cluster',
+    description:
+      "UNSAFE, for the chaos suite's teeth test only: a leader proposes a configuration change while the last one is not committed yet (and before it has committed an entry of its own epoch), so two changes in flight can move the voters by two and leave two majorities that do not overlap: two leaders, lost acknowledged writes. Single-leader mode only; logged as a warning at start-up.",
+  },
 ]

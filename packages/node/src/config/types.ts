@@ -81,6 +81,8 @@ export interface NodeConfig extends Limits {
   unsafePlaintextPeers: boolean
   /** Test-only: fencing off (see its row in options-cluster.ts). */
   unsafeNoFencing: boolean
+  /** Test-only: configuration changes overlap (see its row in options-cluster.ts). */
+  unsafeConcurrentMembershipChanges: boolean
   auth: boolean
   rootPasswordFile: string | undefined
   authSecretFile: string | undefined

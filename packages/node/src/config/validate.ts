@@ -44,6 +44,11 @@ export function configProblems(config: NodeConfig): ConfigProblem[] {
   if (config.unsafeNoFencing && config.mode !== 'single-leader') {
     problems.push(`--unsafe-no-fencing needs --mode single-leader (fencing is single-leader's)`)
   }
+  if (config.unsafeConcurrentMembershipChanges && config.mode !== 'single-leader') {
+    problems.push(
+      `--unsafe-concurrent-membership-changes needs --mode single-leader (the log's configuration changes are single-leader's)`,
+    )
+  }
   return [
     ...problems.map((message) => ({ message })),
     ...configLimitProblems(config).map((problem) => ({
