@@ -335,3 +335,38 @@ describe('HashRing tokens', () => {
     )
   })
 })
+
+describe('AntiEntropyIndex.reassign', () => {
+  it('files every key under its new replica set, as an index built afresh would', async () => {
+    const { AntiEntropyIndex } = await import('../src/leaderless/anti-entropy.js')
+    const state = (i: number) => ({
+      vector: { a: i + 1 },
+      siblings: [
+        {
+          dot: { node: 'a', counter: i + 1 },
+          value: { value: i, hlc: { wallMs: i, logical: 0, node: 'a' } },
+        },
+      ],
+    })
+    const before = new RingPlacement(five, 3, 64)
+    const after = new RingPlacement(
+      planAdvance(ringOf(planJoin(five, member('n6', 7006), 0))),
+      3,
+      64,
+    )
+    const index = new AntiEntropyIndex(6)
+    const fresh = new AntiEntropyIndex(6)
+    for (const [i, key] of keys.slice(0, 2000).entries()) {
+      index.update(before.read.replicaSet(key, 3), key, state(i))
+      fresh.update(after.read.replicaSet(key, 3), key, state(i))
+    }
+    index.reassign((key) => after.read.replicaSet(key, 3))
+    const sets = new Set(keys.slice(0, 2000).map((k) => after.read.replicaSet(k, 3)))
+    for (const set of sets) {
+      expect(index.root(set)).toBe(fresh.root(set))
+      expect(index.keyCount(set)).toBe(fresh.keyCount(set))
+      expect(index.leafDigests(set)).toEqual(fresh.leafDigests(set))
+    }
+    expect(index.size).toBe(2000)
+  })
+})

@@ -37,6 +37,7 @@
  * member's ring); it is then pushed to every member, and any member learns it from any peer
  * message carrying a higher version.
  */
+import { leaderlessLimits } from '@kvstore/protocol/limits'
 import { invariant } from '../invariant.js'
 import { majority } from '../quorum.js'
 import { HashRing } from '../ring.js'
@@ -76,9 +77,9 @@ export interface RingState {
 }
 
 /** Members a ring names at most. */
-export const ringMembersMax = 256
+export const ringMembersMax: number = leaderlessLimits.ringMembersMax
 /** Removed ids a ring remembers at most (the oldest are forgotten first). */
-export const ringRemovedMax = 1024
+export const ringRemovedMax: number = leaderlessLimits.ringRemovedMax
 
 /** A refusal of a planned change, with the code the API answers. */
 export interface RingRefusal {
