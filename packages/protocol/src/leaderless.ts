@@ -90,8 +90,8 @@ export interface WireRingChange {
 
 export interface WireRing {
   version: number
-  members: WireRingMember[]
-  removed: string[]
+  members: readonly WireRingMember[]
+  removed: readonly string[]
   change: WireRingChange | null
 }
 

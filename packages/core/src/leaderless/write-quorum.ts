@@ -24,6 +24,12 @@ export interface WriteQuorumOptions {
    * owners reads use now AND W + extra acks in all, so it is on W owners of either side.
    */
   extra?: number
+  /**
+   * What the coordinator's own durable copy counts as: an ack among the owners reads use (the
+   * usual case), a pending owner's ack, or nothing (a coordinator that resends a write it
+   * minted under an older ring, to owners a newer ring names).
+   */
+  ownAck?: 'counted' | 'pending' | 'none'
 }
 
 export type WriteStatus = 'waiting' | 'met' | 'unreachable'
@@ -32,10 +38,10 @@ export class WriteQuorum {
   readonly w: number
   readonly sloppy: boolean
   private readonly countHints: boolean
-  /** The coordinator's own durable copy is the first ack. */
-  private ackCount = 1
+  /** The coordinator's own durable copy is the first ack (see `ownAck`). */
+  private ackCount: number
   /** Acks of pending owners (they count toward W + extra only). */
-  private extraAckCount = 0
+  private extraAckCount: number
   private readonly extra: number
   private pendingCount = 0
   private readonly hintedTo: string[] = []
@@ -49,6 +55,9 @@ export class WriteQuorum {
     this.sloppy = options.sloppy
     this.countHints = options.sloppy || options.unsafeCountHintsWhenStrict === true
     this.extra = options.extra ?? 0
+    const own = options.ownAck ?? 'counted'
+    this.ackCount = own === 'counted' ? 1 : 0
+    this.extraAckCount = own === 'pending' ? 1 : 0
     invariant(
       Number.isInteger(this.extra) && this.extra >= 0,
       `extra must be a count, not ${this.extra}`,
