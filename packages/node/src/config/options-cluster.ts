@@ -139,6 +139,28 @@ export const clusterOptions: readonly OptionSpec[] = [
       'How often a member compares Merkle trees with every other member it shares ranges with, and streams the differing keys.',
   },
   {
+    key: 'join',
+    flag: '--join',
+    env: 'KV_JOIN',
+    kind: 'boolean',
+    default: false,
+    group: 'leaderless',
+    description:
+      'Start as a new member of a running leaderless cluster: --members names some existing members (seeds) and this node; it takes the ring from them and owns nothing until an admin adds it (POST /admin/v1/members, or /admin/v1/members/<dead-id>/replace) and it has streamed its ranges from their replicas. Only read on the first start of a data directory: afterwards the ring kept there says what it owns.',
+  },
+  {
+    key: 'handoffBytesPerSMax',
+    flag: '--handoff-max-rate',
+    env: 'KV_HANDOFF_MAX_RATE',
+    kind: 'bytes',
+    default: 64 * MiB,
+    min: 64 * KiB,
+    max: 64 * 1024 * MiB,
+    group: 'leaderless',
+    description:
+      'Most bytes per second of keys and values a ring change streams (a joining or replacing member pulling its ranges, or a leaving one pushing them), so a handoff keeps within a disk and network budget beside the load.',
+  },
+  {
     key: 'tombstoneGcMs',
     flag: '--tombstone-gc-ms',
     env: 'KV_TOMBSTONE_GC_MS',

@@ -67,6 +67,9 @@ export interface NodeConfig extends Limits {
   hintWindowMs: number
   hintsMax: number
   antiEntropyIntervalMs: number
+  /** Start as a new member of a running leaderless cluster (see --join). */
+  join: boolean
+  handoffBytesPerSMax: number
   tombstoneGcMs: number
   siblingsMax: number
   siblingsWarn: number
