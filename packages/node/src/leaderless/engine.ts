@@ -353,7 +353,16 @@ export class LeaderlessEngine {
     const theirs = request.ringVersion ?? 0
     // The sender knows a newer ring: learn it before serving, so this member is not wrong
     // about ownership (a member the new ring adds is a member then).
-    if (theirs > this.topology.version) await this.learnFrom(request.from)
+    if (theirs > this.topology.version) {
+      await this.learnFrom(request.from)
+      if (theirs > this.topology.version && !ringFree.has(body.kind)) {
+        // Still behind (the sender did not answer the fetch): better unavailable than wrong.
+        throw new KvError(
+          'KV_ERR_NOT_READY',
+          `${this.self} holds ring version ${this.topology.version} and could not learn version ${theirs} from ${request.from} yet`,
+        )
+      }
+    }
     if (!openKinds.has(body.kind) && this.topology.member(request.from) === undefined) {
       throw new KvError(
         'KV_ERR_CLUSTER_MISMATCH',
