@@ -4,6 +4,7 @@ import { runBackupBench } from './backup.js'
 import { runClusterBench } from './cluster.js'
 import { runCompareBench, systemNames, type SystemName } from './compare.js'
 import { runFailoverBench } from './failover.js'
+import { runHandoffBench } from './handoff.js'
 import { runLeaderlessBench } from './leaderless.js'
 import { runOpenLoopBench } from './open-loop.js'
 import { runSingleNode } from './single-node.js'
@@ -51,6 +52,11 @@ bench-results/.
                         (the RPO) meanwhile; then an offline restore of --rto-keys N
                         (1000000) keys plus --rto-entries N (100000) archived writes (the
                         RTO). --keys N (200000) in the cluster. See backup.ts.
+
+  --suite handoff       leaderless ring changes: a 5-member cluster (N=3) holding --keys N
+                        (200000) keys of --value-bytes bytes (loaded at w=all); a sixth
+                        member joins, then n1 leaves: keys/s and MB/s each handoff streamed,
+                        from the admin call to the end of the change. See handoff.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
@@ -165,6 +171,14 @@ async function main(): Promise<void> {
         rtoKeys: number('rto-keys', 1),
         rtoEntries: number('rto-entries', 1),
       })
+    case 'handoff':
+      return runHandoffBench({
+        security,
+        keys: number('keys', 1),
+        valueBytes: common.valueBytes,
+        connections: common.connections,
+        out: common.out,
+      })
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -178,7 +192,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop or backup, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup or handoff, not ${String(suite)}`,
       )
   }
 }

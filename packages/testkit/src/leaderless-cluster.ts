@@ -93,7 +93,7 @@ export class LeaderlessCluster extends NodeCluster {
       process: null,
     }
     this.members.push(member)
-    await this.spawn(id, ['--mode', 'leaderless', '--join'], extra)
+    await this.spawn(id, ['--mode', 'leaderless', '--join'], extra, true)
     return member
   }
 
