@@ -345,4 +345,70 @@ describe('leaderless ring changes, 5 members, N = 3', () => {
       )
     },
   )
+
+  it(
+    'a joining member killed mid-handoff resumes it when restarted; removing a joining member aborts its join',
+    { timeout: 240_000 },
+    async () => {
+      const cluster = await LeaderlessCluster.start(5, ['--replicas', '3'])
+      clusters.push(cluster)
+      const url = (id: string) => cluster.member(id).url
+      const random = prng(testSeed('ll-ring-resume'))
+      const written = new Map<string, string>()
+      for (let i = 0; i < 1500; i++) {
+        const key = `resume/${i}`
+        const value = `v-${i}-${Math.floor(random() * 1e9)}`
+        expect(await put(url(`n${1 + (i % 5)}`), key, value)).toBe(200)
+        written.set(key, value)
+      }
+      // Slow streams (64 KiB/s), so the handoff is still running when n6 is killed.
+      const n6 = await cluster.join('n6', ['--handoff-max-rate', '65536'])
+      const added = await admin(url('n2'), 'POST', '/admin/v1/members', {
+        id: 'n6',
+        clientUrl: n6.url,
+        peerUrl: n6.peerUrl,
+      })
+      expect(added.status, JSON.stringify(added.body)).toBe(200)
+      await waitFor(async () => (await metricTotal(n6.url, 'kv_handoff_keys_streamed_total')) > 0, {
+        timeoutMs: 30_000,
+        message: 'n6 to stream some keys',
+      })
+      await cluster.stop('n6')
+      // The change stays in flight while n6 is down; quorum writes still succeed, now needing
+      // every old owner of the keys moving to n6.
+      expect((await members(url('n1'))).changeInProgress).toBe(true)
+      for (let i = 0; i < 50; i++) {
+        const key = `resume/during/${i}`
+        expect(await put(url(`n${1 + (i % 5)}`), key, 'during')).toBe(200)
+        written.set(key, 'during')
+      }
+      // Restarted on its data directory (no --join needed: the ring is kept there), n6 goes on
+      // from where its streams were and ends the change.
+      await cluster.startMember('n6', ['--handoff-max-rate', '64MiB'])
+      const done = await changeDone(url('n1'), () => cluster.logs(['n1', 'n6'], 25))
+      expect(done.members.find((m) => m.id === 'n6')?.role).toBe('owner')
+      for (const [key, value] of written) {
+        const read = await get(url('n6'), key)
+        expect(read.values, key).toContain(value)
+      }
+
+      // n7 joins and is removed while joining: its join is aborted.
+      const n7 = await cluster.join('n7', ['--handoff-max-rate', '65536'])
+      const joining = await admin(url('n3'), 'POST', '/admin/v1/members', {
+        id: 'n7',
+        clientUrl: n7.url,
+        peerUrl: n7.peerUrl,
+      })
+      expect(joining.status, JSON.stringify(joining.body)).toBe(200)
+      const aborted = await admin(url('n4'), 'DELETE', '/admin/v1/members/n7')
+      expect(aborted.status, JSON.stringify(aborted.body)).toBe(200)
+      const after = await changeDone(url('n4'), () => cluster.logs(['n4', 'n7'], 25))
+      expect(after.members.map((m) => m.id)).toEqual(['n1', 'n2', 'n3', 'n4', 'n5', 'n6'])
+      expect(after.removed).toEqual([])
+      for (const [key, value] of [...written].slice(0, 200)) {
+        const read = await get(url('n3'), key)
+        expect(read.values, key).toContain(value)
+      }
+    },
+  )
 })

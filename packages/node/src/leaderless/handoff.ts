@@ -237,7 +237,7 @@ export class Handoff {
               target: self,
               displaced,
               after: c.after,
-              bytesMax: handoffBytesPerMessageMax,
+              bytesMax: this.messageBytes,
             },
             aeCallTimeoutMs,
           )
@@ -307,10 +307,7 @@ export class Handoff {
           if (batch === undefined) batches.set(target, (batch = { records: [], bytes: 0 }))
           batch.records.push({ key: Buffer.from(keyBytes), record })
           batch.bytes += size
-          if (
-            batch.bytes >= handoffBytesPerMessageMax ||
-            batch.records.length >= aeRecordsPerMessageMax
-          )
+          if (batch.bytes >= this.messageBytes || batch.records.length >= aeRecordsPerMessageMax)
             await flush(target)
         }
       }
@@ -325,6 +322,11 @@ export class Handoff {
     for (const n of targets.values()) arcs += n
     state.rangesDone = arcs
     await this.ringStore.saveHandoff(state)
+  }
+
+  /** Bytes per message: at most a second's worth at --handoff-max-rate, so pacing is smooth. */
+  private get messageBytes(): number {
+    return Math.min(handoffBytesPerMessageMax, this.ctx.config.handoffBytesPerSMax)
   }
 
   private count(state: HandoffStateRecord, keys: number, bytes: number): void {
