@@ -94,6 +94,12 @@ export const clockSkewMaxMs = 60_000
 /** Entries read per page when loading the local state and counting hints at start. */
 export const loadPageEntries = 10_000
 
+/**
+ * Handoff records merged at once: more than anti-entropy's, since a handoff moves whole ranges
+ * and more writes per LevelDB batch (and fsync) is what makes it fast; the records are in
+ * memory already (one message, bounded).
+ */
+export const handoffMergeConcurrency = 256
 /** Entries a handoff source reads from its store per pull, at most (it then answers). */
 export const handoffScanEntriesMax = 8192
 /** Bytes of records a handoff puller asks for per pull (and a leaving member pushes per call). */

@@ -215,11 +215,21 @@ export class LeaderlessEngine {
     return this.topology.placement.read
   }
 
-  /** The members of the ring now (the --members seeds before a joining member knows it). */
+  /**
+   * The members of the ring now (the --members seeds before a joining member knows it), each
+   * where this node reaches it: the URLs --members gives for an id win over the ring's, so a
+   * cluster restored from backups onto other ports, or a member that moved, is reached where
+   * its configuration says (the ring agrees on ownership; an address is each node's to know).
+   */
   get members(): MemberConfig[] {
     const ring = this.topology.ring
     if (ring === null) return this.cluster.members
-    return ring.members.map((m) => ({ id: m.id, clientUrl: m.clientUrl, peerUrl: m.peerUrl }))
+    return ring.members.map((m) => this.addressOf(m))
+  }
+
+  private addressOf(m: MemberConfig): MemberConfig {
+    const configured = this.cluster.members.find((c) => c.id === m.id)
+    return configured ?? { id: m.id, clientUrl: m.clientUrl, peerUrl: m.peerUrl }
   }
 
   get memberIds(): string[] {
@@ -235,7 +245,10 @@ export class LeaderlessEngine {
   private applyRing(ring: RingState): void {
     const readChanged = this.topology.set(ring)
     const ids = ring.members.map((m) => m.id)
-    this.rpc.setMembers(ring.members, ring.removed)
+    this.rpc.setMembers(
+      ring.members.map((m) => this.addressOf(m)),
+      ring.removed,
+    )
     this.security.roster.update(ids, ring.removed)
     this.peers.setMembers(ids)
     if (readChanged) {

@@ -59,6 +59,7 @@ import {
   aeCallTimeoutMs,
   aeRecordsPerMessageMax,
   handoffBytesPerMessageMax,
+  handoffMergeConcurrency,
   handoffProgressIntervalMs,
   handoffRetryMs,
   handoffScanEntriesMax,
@@ -246,7 +247,7 @@ export class Handoff {
           const states = reply.records.map(
             (r) => [this.replica.keyOf(r.key), toState(r.record)] as [string, State],
           )
-          await this.replica.mergeMany(states, source)
+          await this.replica.mergeMany(states, source, handoffMergeConcurrency)
           let bytes = 0
           for (const [key, s] of states) bytes += recordBytes(key, s)
           this.count(state, states.length, bytes)
@@ -452,6 +453,7 @@ export class Handoff {
     const merged = await this.replica.mergeMany(
       records.map((r) => [this.replica.keyOf(r.key), toState(r.record)] as [string, State]),
       from,
+      handoffMergeConcurrency,
     )
     return { kind: 'handoffAck', merged }
   }

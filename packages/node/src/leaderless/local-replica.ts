@@ -382,11 +382,15 @@ export class LocalReplica {
    * far ahead) is skipped, never merged, and not allowed to fail the batch: the rest of the
    * batch still converges. Returns how many keys changed here.
    */
-  async mergeMany(states: [string, State][], from: string): Promise<number> {
+  async mergeMany(
+    states: [string, State][],
+    from: string,
+    concurrency: number = aeMergeConcurrency,
+  ): Promise<number> {
     let changed = 0
     let next = 0
     await Promise.all(
-      Array.from({ length: Math.min(aeMergeConcurrency, states.length) }, async () => {
+      Array.from({ length: Math.min(concurrency, states.length) }, async () => {
         for (let i = next++; i < states.length; i = next++) {
           const [key, state] = states[i] as [string, State]
           try {

@@ -46,10 +46,11 @@ export class LeaderlessMembership implements MembershipService {
       version: ring?.version ?? 0,
       members: (ring?.members ?? []).map((m) => {
         const h = engine.memberHealth(m.id)
+        const where = engine.members.find((a) => a.id === m.id) ?? m
         return {
           id: m.id,
-          clientUrl: m.clientUrl,
-          peerUrl: m.peerUrl,
+          clientUrl: where.clientUrl,
+          peerUrl: where.peerUrl,
           role: m.state,
           lastContactMs:
             m.id === engine.self ? 0 : h && h.lastContactMs > 0 ? now - h.lastContactMs : null,
