@@ -283,7 +283,7 @@ export class LeaderlessEngine {
       await this.ringStore.saveRing(ring)
     }
     // A joining member is filled by its handoff, not by anti-entropy: it owns nothing yet.
-    if (this.config.join && this.topology.ring === null) this.replica.refilling = false
+    if (this.config.join && ring === null) this.replica.refilling = false
     await this.ringSync.load()
     if (ring !== null) this.applyRing(ring)
     const keys = await this.replica.loadLocalState()
