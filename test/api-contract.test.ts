@@ -665,6 +665,22 @@ describe('leaderless: every route answers as the contract says', () => {
       await call('GET', `${b}/admin/v1/users`),
       userListSchema,
     )
+    const membership = conforms(
+      'GET /admin/v1/members (leaderless)',
+      await call('GET', `${a}/admin/v1/members`),
+      membershipSchema,
+    )
+    expect(membership).toMatchObject({ mode: 'leaderless', version: 1, changeInProgress: false })
+    fails(
+      'DELETE /admin/v1/members/:id (leaderless)',
+      await call('DELETE', `${a}/admin/v1/members/n9`),
+      'KV_ERR_NOT_A_MEMBER',
+    )
+    fails(
+      'POST /admin/v1/members/:id/promote (leaderless)',
+      await call('POST', `${a}/admin/v1/members/n2/promote`),
+      'KV_ERR_INVALID_ARGUMENT',
+    )
   })
 })
 

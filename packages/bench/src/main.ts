@@ -4,6 +4,7 @@ import { runBackupBench } from './backup.js'
 import { runClusterBench } from './cluster.js'
 import { runCompareBench, systemNames, type SystemName } from './compare.js'
 import { runFailoverBench } from './failover.js'
+import { runHandoffBench } from './handoff.js'
 import { runLeaderlessBench } from './leaderless.js'
 import { runOpenLoopBench } from './open-loop.js'
 import { runSingleNode } from './single-node.js'
@@ -58,6 +59,10 @@ bench-results/.
                         for --duration S (steady state), then a fourth node joins, catches up
                         by snapshot and log and is promoted under the same load: the time it
                         took and the p50, p99 and max meanwhile. See membership.ts.
+  --suite handoff       leaderless ring changes: a 5-member cluster (N=3) holding --keys N
+                        (200000) keys of --value-bytes bytes (loaded at w=all); a sixth
+                        member joins, then n1 leaves: keys/s and MB/s each handoff streamed,
+                        from the admin call to the end of the change. See handoff.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
@@ -174,6 +179,14 @@ async function main(): Promise<void> {
       })
     case 'membership':
       return runMembershipBench({ ...common, keys: number('keys', 1) })
+    case 'handoff':
+      return runHandoffBench({
+        security,
+        keys: number('keys', 1),
+        valueBytes: common.valueBytes,
+        connections: common.connections,
+        out: common.out,
+      })
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -187,7 +200,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup or membership, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership or handoff, not ${String(suite)}`,
       )
   }
 }

@@ -72,15 +72,28 @@ export class HashRing {
   /** Per n, the replica set of the keys of each point, once asked for. */
   private readonly sets = new Map<number, (string | undefined)[]>()
 
-  constructor(members: readonly string[], vnodes = 64) {
+  /**
+   * `tokensOf` names the points of a member: by default its own id, so its points are
+   * hash32("id#0") ... A replacement member takes the points of the member it replaces (its
+   * tokens name is that member's), so it takes over exactly that member's ranges and no other
+   * range moves, as Cassandra's replace_address keeps the dead node's tokens.
+   */
+  constructor(
+    members: readonly string[],
+    vnodes = 64,
+    tokensOf: (member: string) => string = (member) => member,
+  ) {
     invariant(members.length > 0, 'a ring needs at least one member')
     invariant(new Set(members).size === members.length, 'duplicate ring members')
     invariant(Number.isInteger(vnodes) && vnodes >= 1, `vnodes must be at least 1, not ${vnodes}`)
     this.members = [...members].sort()
     this.vnodes = vnodes
+    const tokens = this.members.map(tokensOf)
+    invariant(new Set(tokens).size === tokens.length, 'two ring members share their tokens')
     const points: Point[] = []
     for (const member of this.members) {
-      for (let v = 0; v < vnodes; v++) points.push({ position: hash32(`${member}#${v}`), member })
+      const name = tokensOf(member)
+      for (let v = 0; v < vnodes; v++) points.push({ position: hash32(`${name}#${v}`), member })
     }
     // Equal positions (rare) are ordered by member id, so every node builds the same ring.
     points.sort((a, b) => a.position - b.position || (a.member < b.member ? -1 : 1))

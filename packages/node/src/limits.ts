@@ -94,6 +94,29 @@ export const clockSkewMaxMs = 60_000
 /** Entries read per page when loading the local state and counting hints at start. */
 export const loadPageEntries = 10_000
 
+/**
+ * Handoff records merged at once: more than anti-entropy's, since a handoff moves whole ranges
+ * and more writes per LevelDB batch (and fsync) is what makes it fast; the records are in
+ * memory already (one message, bounded).
+ */
+export const handoffMergeConcurrency = 256
+/** Entries a handoff source reads from its store per pull, at most (it then answers). */
+export const handoffScanEntriesMax = 8192
+/** Bytes of records a handoff puller asks for per pull (and a leaving member pushes per call). */
+export const handoffBytesPerMessageMax = 4 * MiB
+/** How often the member driving a handoff tells the others how far it got (ms). */
+export const handoffProgressIntervalMs = 1000
+/** How long the member driving a handoff waits after a failed step before retrying (ms). */
+export const handoffRetryMs = 1000
+/**
+ * How long the member driving a handoff waits for every live member to hold the switched ring
+ * before it ends the change (ms); a member still behind then refuses nothing it should not,
+ * it learns the ring on its next message.
+ */
+export const ringSwitchWaitMs = 15_000
+/** How long a ring fetch, proposal step or commit push to one member may take (ms). */
+export const ringCallTimeoutMs = 5000
+
 /** Calls waiting on one peer at most; past it a call fails at once. */
 export const callsInFlightMax = 16_384
 /** Bytes waiting to be sent to one peer at most; past it a call fails at once. */

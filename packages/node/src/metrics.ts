@@ -439,7 +439,7 @@ export class NodeMetrics {
       registers,
       collect() {
         this.reset()
-        for (const m of engine.cluster.members) {
+        for (const m of engine.members) {
           if (m.id !== engine.self) this.set({ member: m.id }, engine.hintBacklog()[m.id] ?? 0)
         }
       },
@@ -497,6 +497,37 @@ export class NodeMetrics {
       'Writes this member forwarded to a replica of the key.',
       () => stats.forwardedWrites,
     )
+    new Gauge({
+      name: 'kv_ring_version',
+      help: 'Version of the ring this member holds (leaderless); 0 before a joining member has learned it.',
+      registers,
+      collect() {
+        this.set(engine.ringVersion ?? 0)
+      },
+    })
+    new Gauge({
+      name: 'kv_ring_changes_in_flight',
+      help: 'Ring changes (a join, leave or replace) this member sees in flight: 0 or 1.',
+      registers,
+      collect() {
+        this.set(engine.handoffs?.().length ?? 0)
+      },
+    })
+    counter(
+      'kv_handoff_keys_streamed_total',
+      'Keys a ring handoff this member drove streamed (pulled by a joining or replacing member, pushed by a leaving one).',
+      () => stats.handoffKeysStreamed,
+    )
+    counter(
+      'kv_handoff_bytes_streamed_total',
+      'Bytes of keys and values a ring handoff this member drove streamed.',
+      () => stats.handoffBytesStreamed,
+    )
+    counter(
+      'kv_ring_stale_refusals_total',
+      'Peer requests refused because their sender held an older ring (KV_ERR_STALE_RING); the sender learns the newer one and retries.',
+      () => stats.staleRingRefusals,
+    )
     new Counter({
       name: 'kv_quorum_failures_total',
       help: 'Reads and writes answered KV_ERR_QUORUM_UNAVAILABLE.',
@@ -515,8 +546,7 @@ export class NodeMetrics {
       registers,
       collect() {
         this.reset()
-        for (const m of engine.cluster.members)
-          this.set({ member: m.id }, engine.isUp(m.id) ? 1 : 0)
+        for (const m of engine.members) this.set({ member: m.id }, engine.isUp(m.id) ? 1 : 0)
       },
     })
   }

@@ -238,7 +238,7 @@ export class KvNode {
           auth,
           sequencer,
           self: cluster.self.id,
-          members: cluster.members.map((m) => m.id),
+          members: engine.memberIds,
           call: (peer, body, timeoutMs) => engine.callPeer(peer, body, timeoutMs),
           timeoutMs: config.quorumTimeoutMs,
           intervalMs: 1000,
@@ -246,6 +246,8 @@ export class KvNode {
         })
         const sync = authSync
         engine.setAuthHandler((body) => sync.serve(body))
+        // Users and roles go to the members the ring names now.
+        engine.onRingChange(() => sync.setMembers(engine.memberIds))
         // Before serving: take the cluster's users and roles from whoever answers, so a member
         // back from a long absence (or on a new disk) enforces today's grants, not old ones.
         await sync.syncAll()
@@ -309,7 +311,12 @@ export class KvNode {
         sequencer,
         replicator,
         leaderless,
-        membership: replicator !== null ? new SingleLeaderMembership(replicator, config) : null,
+        membership:
+          replicator !== null
+            ? new SingleLeaderMembership(replicator, config)
+            : leaderless !== null
+              ? leaderless.membership
+              : null,
         metrics,
         tls,
         security,

@@ -148,6 +148,15 @@ describe('cluster configuration', () => {
     expect(parseConfig([], {}).config.mode).toBe('standalone')
   })
 
+  it('a joining leaderless member may name fewer members than N: the ring it learns has them', () => {
+    const seedsAndSelf = members.split(',').slice(0, 2).join(',')
+    const args = ['--id', 'n2', '--mode', 'leaderless', '--members', seedsAndSelf, ...certs]
+    expect(() => parseConfig(args, {})).toThrow(/replicas \(3\) must be at most/)
+    const { config } = parseConfig([...args, '--join', '--handoff-max-rate', '8MiB'], {})
+    expect(config.join).toBe(true)
+    expect(config.handoffBytesPerSMax).toBe(8 * 1024 * 1024)
+  })
+
   it.each([
     [['--id', 'n9', '--members', members, ...certs], /n9.*is not among --members/],
     [['--members', members, '--leader', 'n7', ...certs], /--leader "n7" is not among --members/],
@@ -187,6 +196,11 @@ describe('cluster configuration', () => {
     [['--members', '[{"id": 1}]'], /needs string id, clientUrl and peerUrl/],
     [['--members', '[oops'], /--members is not valid JSON/],
     [['--mode', 'single-leader'], /needs --members/],
+    [['--mode', 'standalone', '--join'], /--join needs a cluster mode/],
+    [
+      ['--mode', 'leaderless', '--members', members, ...certs, '--handoff-max-rate', '1KiB'],
+      /--handoff-max-rate .*must be at least 65536/,
+    ],
     [
       [
         '--members',

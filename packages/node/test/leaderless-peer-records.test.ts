@@ -78,7 +78,8 @@ async function startEngine(): Promise<Harness> {
   return {
     engine,
     actor: engine.actor,
-    handle: (from, body) => internals.handle({ clusterId: 'c', from, to: 'n1', body }),
+    handle: (from, body) =>
+      internals.handle({ clusterId: 'c', from, to: 'n1', ringVersion: 1, body }),
     close: async () => {
       await engine.stop()
       await store.close()

@@ -222,6 +222,11 @@ export const errorCatalog = {
     description:
       'The change would leave fewer live voters (heard from within an election timeout) than a majority of the new configuration, so the cluster could no longer commit or elect. `liveVoters` and `majority` say how many; bring members back first, or remove the dead one before another.',
   },
+  KV_ERR_STALE_RING: {
+    status: 409,
+    description:
+      'Leaderless mode, between members: a request was coordinated with an older ring version than the receiver holds (`ringVersion` in the reply envelope). The sender learns the newer ring from the receiver and retries with it; a client never sees this code.',
+  },
   KV_ERR_NOT_A_MEMBER: {
     status: 404,
     description:

@@ -16,6 +16,9 @@ const HintType = root.lookupType('kv.v1.Hint')
 const ContextType = root.lookupType('kv.v1.Context')
 const RequestType = root.lookupType('kv.v1.PeerRequest')
 const ReplyType = root.lookupType('kv.v1.PeerReply')
+const RingType = root.lookupType('kv.v1.Ring')
+const AcceptorStateType = root.lookupType('kv.v1.RingAcceptorState')
+const HandoffStateType = root.lookupType('kv.v1.HandoffState')
 
 /** The protobufjs reflection root of leaderless.proto, for schema tests. */
 export const leaderlessSchemaRoot: protobuf.Root = root
@@ -68,6 +71,70 @@ export interface KeyDigest {
   digest: number
 }
 
+/** A ring as peers exchange and members store it (the core's RingState, checked there too). */
+export interface WireRingMember {
+  id: string
+  clientUrl: string
+  peerUrl: string
+  state: 'owner' | 'joining' | 'leaving'
+  tokens: string
+}
+
+export interface WireRingChange {
+  kind: 'join' | 'leave' | 'replace'
+  member: string
+  replacing: string | null
+  phase: 'streaming' | 'switched'
+  startedAtMs: number
+}
+
+export interface WireRing {
+  version: number
+  members: readonly WireRingMember[]
+  removed: readonly string[]
+  change: WireRingChange | null
+}
+
+export interface WireBallot {
+  round: number
+  proposer: string
+}
+
+/** An acceptor's answer in the ring agreement (see the core's `AcceptorReply`). */
+export type WireAcceptorReply =
+  | { kind: 'promise'; accepted: { ballot: WireBallot; ring: WireRing } | null }
+  | { kind: 'accepted' }
+  | { kind: 'rejected'; promised: WireBallot }
+  | { kind: 'stale' }
+  | { kind: 'behind' }
+
+/** The progress of a handoff, as its driver reports it. */
+export interface HandoffProgressRecord {
+  member: string
+  startedAtMs: number
+  rangesTotal: number
+  rangesDone: number
+  keys: number
+  bytes: number
+}
+
+/** An acceptor's durable state ('m' + "ring.acceptor"). */
+export interface WireAcceptorState {
+  version: number
+  promised: WireBallot | null
+  accepted: { ballot: WireBallot; ring: WireRing } | null
+}
+
+/** A handoff driver's durable progress ('m' + "ring.handoff"). */
+export interface HandoffStateRecord {
+  member: string
+  startedAtMs: number
+  cursors: { displaced: string; source: string; after: Uint8Array; done: boolean }[]
+  keys: number
+  bytes: number
+  rangesDone: number
+}
+
 export type PeerRequestBody =
   | { kind: 'ping' }
   | { kind: 'store'; key: Uint8Array; record: VersionedRecord; hintFor: string }
@@ -90,11 +157,26 @@ export type PeerRequestBody =
   | { kind: 'rangeDigests'; set: string; leaves: number[]; digests: KeyDigest[] }
   /** Auth store exchange: records are encoded AuthRecords (decoded and checked by the receiver). */
   | { kind: 'authSync'; digest: string; records: Uint8Array[] }
+  | { kind: 'ringFetch' }
+  | { kind: 'ringPrepare'; version: number; ballot: WireBallot }
+  | { kind: 'ringAccept'; ballot: WireBallot; ring: WireRing }
+  | { kind: 'ringCommit'; ring: WireRing }
+  | {
+      kind: 'handoffPull'
+      target: string
+      displaced: string
+      after: Uint8Array
+      bytesMax: number
+    }
+  | { kind: 'handoffPush'; records: KeyRecord[] }
+  | { kind: 'handoffProgress'; progress: HandoffProgressRecord }
 
 export interface PeerRequest {
   clusterId: string
   from: string
   to: string
+  /** The sender's ring version (0 or absent: it knows none yet). */
+  ringVersion?: number
   body: PeerRequestBody
 }
 
@@ -111,6 +193,11 @@ export type PeerReply =
   /** The receiver's records that differ, and the keys whose records it wants. */
   | { kind: 'digestsReply'; records: KeyRecord[]; wanted: Uint8Array[] }
   | { kind: 'authState'; digest: string; records: Uint8Array[] }
+  /** The replier's committed ring (null: it knows none yet). */
+  | { kind: 'ringReply'; ring: WireRing | null }
+  | { kind: 'acceptorReply'; reply: WireAcceptorReply }
+  | { kind: 'handoffBatch'; records: KeyRecord[]; next: Uint8Array; done: boolean }
+  | { kind: 'handoffAck'; merged: number }
 
 // ---- encoding -------------------------------------------------------------------------------
 
@@ -178,6 +265,13 @@ const requestField: Record<PeerRequestBody['kind'], string> = {
   rangeKeys: 'rangeKeys',
   rangeDigests: 'rangeDigests',
   authSync: 'authSync',
+  ringFetch: 'ringFetch',
+  ringPrepare: 'ringPrepare',
+  ringAccept: 'ringAccept',
+  ringCommit: 'ringCommit',
+  handoffPull: 'handoffPull',
+  handoffPush: 'handoffPush',
+  handoffProgress: 'handoffProgress',
 }
 const replyField: Record<PeerReply['kind'], string> = {
   refusal: 'refusal',
@@ -190,6 +284,45 @@ const replyField: Record<PeerReply['kind'], string> = {
   keysReply: 'keysReply',
   digestsReply: 'digestsReply',
   authState: 'authState',
+  ringReply: 'ringReply',
+  acceptorReply: 'acceptorReply',
+  handoffBatch: 'handoffBatch',
+  handoffAck: 'handoffAck',
+}
+
+function ringFields(ring: WireRing): Record<string, unknown> {
+  return {
+    format: formatVersion,
+    version: ring.version,
+    members: ring.members.map((m) => ({ ...m })),
+    removed: ring.removed,
+    ...(ring.change === null
+      ? {}
+      : { change: { ...ring.change, replacing: ring.change.replacing ?? '' } }),
+  }
+}
+
+const keyRecordFields = (records: KeyRecord[]) =>
+  records.map((r) => ({ key: r.key, record: recordFields(r.record) }))
+
+/** The bytes of a ring as members store it. */
+export function encodeRing(ring: WireRing): Uint8Array {
+  return RingType.encode(ringFields(ring)).finish()
+}
+
+export function encodeAcceptorState(state: WireAcceptorState): Uint8Array {
+  return AcceptorStateType.encode({
+    format: formatVersion,
+    version: state.version,
+    ...(state.promised === null ? {} : { promised: state.promised }),
+    ...(state.accepted === null
+      ? {}
+      : { acceptedBallot: state.accepted.ballot, acceptedRing: ringFields(state.accepted.ring) }),
+  }).finish()
+}
+
+export function encodeHandoffState(state: HandoffStateRecord): Uint8Array {
+  return HandoffStateType.encode({ format: formatVersion, ...state }).finish()
 }
 
 function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
@@ -228,6 +361,25 @@ function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
       return { set: body.set, leaves: body.leaves, digests: body.digests }
     case 'authSync':
       return { digest: body.digest, records: body.records }
+    case 'ringFetch':
+      return {}
+    case 'ringPrepare':
+      return { version: body.version, ballot: body.ballot }
+    case 'ringAccept':
+      return { ballot: body.ballot, ring: ringFields(body.ring) }
+    case 'ringCommit':
+      return { ring: ringFields(body.ring) }
+    case 'handoffPull':
+      return {
+        target: body.target,
+        displaced: body.displaced,
+        after: body.after,
+        bytesMax: body.bytesMax,
+      }
+    case 'handoffPush':
+      return { records: keyRecordFields(body.records) }
+    case 'handoffProgress':
+      return { ...body.progress }
   }
 }
 
@@ -237,11 +389,13 @@ export function encodePeerRequest(request: PeerRequest): Uint8Array {
     clusterId: request.clusterId,
     from: request.from,
     to: request.to,
+    ringVersion: request.ringVersion ?? 0,
     [requestField[request.body.kind]]: requestBodyFields(request.body),
   }).finish()
 }
 
-export function encodePeerReply(reply: PeerReply): Uint8Array {
+/** A reply's bytes, carrying the replier's ring version (0: none known). */
+export function encodePeerReply(reply: PeerReply, ringVersion = 0): Uint8Array {
   const { kind, ...fields } = reply
   let body: Record<string, unknown> = fields
   if (reply.kind === 'fetchReply') {
@@ -260,8 +414,21 @@ export function encodePeerReply(reply: PeerReply): Uint8Array {
       records: reply.records.map((r) => ({ key: r.key, record: recordFields(r.record) })),
       wanted: reply.wanted,
     }
+  } else if (reply.kind === 'ringReply') {
+    body = reply.ring === null ? {} : { ring: ringFields(reply.ring) }
+  } else if (reply.kind === 'acceptorReply') {
+    const r = reply.reply
+    body = {
+      kind: r.kind,
+      ...(r.kind === 'rejected' ? { promised: r.promised } : {}),
+      ...(r.kind === 'promise' && r.accepted !== null
+        ? { acceptedBallot: r.accepted.ballot, acceptedRing: ringFields(r.accepted.ring) }
+        : {}),
+    }
+  } else if (reply.kind === 'handoffBatch') {
+    body = { records: keyRecordFields(reply.records), next: reply.next, done: reply.done }
   }
-  return ReplyType.encode({ format: formatVersion, [replyField[kind]]: body }).finish()
+  return ReplyType.encode({ format: formatVersion, ringVersion, [replyField[kind]]: body }).finish()
 }
 
 // ---- decoding -------------------------------------------------------------------------------
@@ -395,6 +562,97 @@ function decodeKeyRecords(value: unknown): KeyRecord[] {
   })
 }
 
+function oneOf<T extends string>(value: unknown, name: string, values: readonly T[]): T {
+  const s = text(value, name)
+  if (!(values as readonly string[]).includes(s))
+    fail(`${name} ${JSON.stringify(s)} is not one of ${values.join(', ')}`)
+  return s as T
+}
+
+function decodeBallot(value: unknown, name: string): WireBallot {
+  const b = obj(value, name)
+  return { round: count(b.round, `${name} round`), proposer: actor(b.proposer, `${name} proposer`) }
+}
+
+function decodeRingFields(value: unknown): WireRing {
+  const r = obj(value, 'ring')
+  if (r.format !== formatVersion) fail(`ring format ${String(r.format)} is not ${formatVersion}`)
+  const members = list(r.members, 'ring members', leaderlessLimits.ringMembersMax).map((v) => {
+    const m = obj(v, 'ring member')
+    return {
+      id: actor(m.id, 'ring member id'),
+      clientUrl: text(m.clientUrl, 'client URL'),
+      peerUrl: text(m.peerUrl, 'peer URL'),
+      state: oneOf(m.state, 'member state', ['owner', 'joining', 'leaving'] as const),
+      tokens: actor(m.tokens, 'member tokens'),
+    }
+  })
+  let change: WireRingChange | null = null
+  if (r.change !== undefined && r.change !== null) {
+    const c = obj(r.change, 'ring change')
+    const replacing = text(c.replacing, 'replaced member', leaderlessLimits.actorBytesMax)
+    change = {
+      kind: oneOf(c.kind, 'change kind', ['join', 'leave', 'replace'] as const),
+      member: actor(c.member, 'change member'),
+      replacing: replacing === '' ? null : replacing,
+      phase: oneOf(c.phase, 'change phase', ['streaming', 'switched'] as const),
+      startedAtMs: count(c.startedAtMs, 'change start'),
+    }
+  }
+  return {
+    version: count(r.version, 'ring version', 1),
+    members,
+    removed: list(r.removed, 'removed ids', leaderlessLimits.ringRemovedMax).map((id) =>
+      actor(id, 'removed id'),
+    ),
+    change,
+  }
+}
+
+/** A stored ring (throws DecodeError). */
+export function decodeRing(data: Uint8Array): WireRing {
+  return decodeRingFields(decodeWith(RingType, data, 'ring'))
+}
+
+export function decodeAcceptorState(data: Uint8Array): WireAcceptorState {
+  const a = decodeWith(AcceptorStateType, data, 'acceptor state')
+  if (a.format !== formatVersion)
+    fail(`acceptor state format ${String(a.format)} is not ${formatVersion}`)
+  return {
+    version: count(a.version, 'acceptor version', 1),
+    promised: a.promised === undefined ? null : decodeBallot(a.promised, 'promised ballot'),
+    accepted:
+      a.acceptedRing === undefined
+        ? null
+        : {
+            ballot: decodeBallot(a.acceptedBallot, 'accepted ballot'),
+            ring: decodeRingFields(a.acceptedRing),
+          },
+  }
+}
+
+export function decodeHandoffState(data: Uint8Array): HandoffStateRecord {
+  const h = decodeWith(HandoffStateType, data, 'handoff state')
+  if (h.format !== formatVersion)
+    fail(`handoff state format ${String(h.format)} is not ${formatVersion}`)
+  return {
+    member: actor(h.member, 'handoff member'),
+    startedAtMs: count(h.startedAtMs, 'handoff start'),
+    cursors: list(h.cursors, 'handoff cursors', leaderlessLimits.ringMembersMax * 4).map((v) => {
+      const c = obj(v, 'handoff cursor')
+      return {
+        displaced: actor(c.displaced, 'displaced member'),
+        source: actor(c.source, 'source member'),
+        after: bytes(c.after, 'cursor'),
+        done: c.done === true,
+      }
+    }),
+    keys: count(h.keys, 'handoff keys'),
+    bytes: count(h.bytes, 'handoff bytes'),
+    rangesDone: count(h.rangesDone, 'handoff ranges'),
+  }
+}
+
 const isU32 = (v: unknown): v is number =>
   typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff
 
@@ -415,6 +673,7 @@ export function decodePeerRequest(data: Uint8Array): PeerRequest {
     clusterId: text(m.clusterId, 'cluster id'),
     from: actor(m.from, 'sender'),
     to: actor(m.to, 'receiver'),
+    ringVersion: count(m.ringVersion, 'ring version'),
   }
   let body: PeerRequestBody
   if (m.ping !== undefined) body = { kind: 'ping' }
@@ -483,13 +742,66 @@ export function decodePeerRequest(data: Uint8Array): PeerRequest {
         bytes(r, 'auth record'),
       ),
     }
+  } else if (m.ringFetch !== undefined) body = { kind: 'ringFetch' }
+  else if (m.ringPrepare !== undefined) {
+    const p = obj(m.ringPrepare, 'ring prepare')
+    body = {
+      kind: 'ringPrepare',
+      version: count(p.version, 'prepared version', 1),
+      ballot: decodeBallot(p.ballot, 'ballot'),
+    }
+  } else if (m.ringAccept !== undefined) {
+    const a = obj(m.ringAccept, 'ring accept')
+    body = {
+      kind: 'ringAccept',
+      ballot: decodeBallot(a.ballot, 'ballot'),
+      ring: decodeRingFields(a.ring),
+    }
+  } else if (m.ringCommit !== undefined) {
+    body = { kind: 'ringCommit', ring: decodeRingFields(obj(m.ringCommit, 'ring commit').ring) }
+  } else if (m.handoffPull !== undefined) {
+    const h = obj(m.handoffPull, 'handoff pull')
+    body = {
+      kind: 'handoffPull',
+      target: actor(h.target, 'handoff target'),
+      displaced: actor(h.displaced, 'displaced member'),
+      after: bytes(h.after, 'handoff cursor'),
+      bytesMax: u32(h.bytesMax, 'handoff bytes'),
+    }
+  } else if (m.handoffPush !== undefined) {
+    body = { kind: 'handoffPush', records: decodeKeyRecords(obj(m.handoffPush, 'push').records) }
+  } else if (m.handoffProgress !== undefined) {
+    const p = obj(m.handoffProgress, 'handoff progress')
+    body = {
+      kind: 'handoffProgress',
+      progress: {
+        member: actor(p.member, 'handoff member'),
+        startedAtMs: count(p.startedAtMs, 'handoff start'),
+        rangesTotal: count(p.rangesTotal, 'ranges total'),
+        rangesDone: count(p.rangesDone, 'ranges done'),
+        keys: count(p.keys, 'handoff keys'),
+        bytes: count(p.bytes, 'handoff bytes'),
+      },
+    }
   } else fail('request has no body')
   return { ...head, body }
 }
 
 export function decodePeerReply(data: Uint8Array): PeerReply {
+  return decodePeerReplyEnvelope(data).reply
+}
+
+/** A reply and the replier's ring version (0: none known). */
+export function decodePeerReplyEnvelope(data: Uint8Array): {
+  ringVersion: number
+  reply: PeerReply
+} {
   const m = decodeWith(ReplyType, data, 'reply')
   if (m.format !== formatVersion) fail(`reply format ${String(m.format)} is not ${formatVersion}`)
+  return { ringVersion: count(m.ringVersion, 'ring version'), reply: decodeReplyBody(m) }
+}
+
+function decodeReplyBody(m: Obj): PeerReply {
   if (m.refusal !== undefined) {
     const r = obj(m.refusal, 'refusal')
     return { kind: 'refusal', code: text(r.code, 'code'), message: text(r.message, 'message') }
@@ -553,6 +865,48 @@ export function decodePeerReply(data: Uint8Array): PeerReply {
         bytes(k, 'wanted key'),
       ),
     }
+  }
+  if (m.ringReply !== undefined) {
+    const r = obj(m.ringReply, 'ring reply')
+    return { kind: 'ringReply', ring: r.ring === undefined ? null : decodeRingFields(r.ring) }
+  }
+  if (m.acceptorReply !== undefined) {
+    const a = obj(m.acceptorReply, 'acceptor reply')
+    const kind = oneOf(a.kind, 'acceptor reply', [
+      'promise',
+      'accepted',
+      'rejected',
+      'stale',
+      'behind',
+    ] as const)
+    let reply: WireAcceptorReply
+    if (kind === 'promise') {
+      reply = {
+        kind,
+        accepted:
+          a.acceptedRing === undefined
+            ? null
+            : {
+                ballot: decodeBallot(a.acceptedBallot, 'accepted ballot'),
+                ring: decodeRingFields(a.acceptedRing),
+              },
+      }
+    } else if (kind === 'rejected') {
+      reply = { kind, promised: decodeBallot(a.promised, 'promised ballot') }
+    } else reply = { kind }
+    return { kind: 'acceptorReply', reply }
+  }
+  if (m.handoffBatch !== undefined) {
+    const h = obj(m.handoffBatch, 'handoff batch')
+    return {
+      kind: 'handoffBatch',
+      records: decodeKeyRecords(h.records),
+      next: bytes(h.next, 'handoff cursor'),
+      done: h.done === true,
+    }
+  }
+  if (m.handoffAck !== undefined) {
+    return { kind: 'handoffAck', merged: count(obj(m.handoffAck, 'handoff ack').merged, 'merged') }
   }
   fail('reply has no body')
 }

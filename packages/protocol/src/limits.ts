@@ -88,6 +88,10 @@ export const leaderlessLimits = {
   /** An auth digest's length. */
   authDigestBytesMax: 128,
   textBytesMax: 4096,
+  /** Members one ring names. */
+  ringMembersMax: 256,
+  /** Removed ids one ring remembers (the oldest are forgotten first). */
+  ringRemovedMax: 1024,
   /** Largest peer message, in bytes. */
   messageBytesMax: 64 * MiB,
 } as const

@@ -8,12 +8,15 @@
  *   await cluster.restart('n2')       // same ports, same data directory
  *   await cluster.close()             // kills what still runs, deletes the data
  */
+import { join } from 'node:path'
 import { keyPath } from '@kvstore/client'
+import { freePort } from '@kvstore/chaos/node-process'
 import {
   NodeCluster,
   getJson,
   lastLogs,
   layout,
+  securityOf,
   type ClusterMember,
   type ClusterOptions,
 } from './members.js'
@@ -71,6 +74,27 @@ export class LeaderlessCluster extends NodeCluster {
     if (member.process !== null) throw new Error(`${id} is running already`)
     await this.spawn(id, ['--mode', 'leaderless'], extra)
     await this.waitForReady(id)
+  }
+
+  /**
+   * Starts a new member `id` on fresh ports and a fresh data directory with `--join` (its
+   * --members: every member of this cluster and itself), and waits for its process to serve,
+   * not for /ready (it is not ready until an admin adds it to the ring). It then belongs to
+   * this cluster: later starts of any member name it in --members.
+   */
+  async join(id: string, extra: string[] = []): Promise<LeaderlessMember> {
+    if (this.members.some((m) => m.id === id)) throw new Error(`${id} is a member already`)
+    const scheme = securityOf(this.options).scheme
+    const member: LeaderlessMember = {
+      id,
+      url: `${scheme}://127.0.0.1:${await freePort()}`,
+      peerUrl: `${scheme}://127.0.0.1:${await freePort()}`,
+      dataDir: join(this.dir, id),
+      process: null,
+    }
+    this.members.push(member)
+    await this.spawn(id, ['--mode', 'leaderless', '--join'], extra, true)
+    return member
   }
 
   /** kill -9, and wait for the process to be gone. */

@@ -201,10 +201,22 @@ export abstract class NodeCluster {
     }
   }
 
-  /** Starts member `id`'s node: `modeArgs`, its identity and data, the cluster's `args`, `extra`. */
-  protected async spawn(id: string, modeArgs: string[], extra: string[]): Promise<void> {
+  /**
+   * Starts member `id`'s node: `modeArgs`, its identity and data, the cluster's `args`, `extra`.
+   * Done once it serves: GET /ready answers 200 (a cluster that keeps no logs), or it logged
+   * "node started"; with `untilStarted`, always the latter (a member that is not ready until
+   * something else happens, such as a joining one).
+   */
+  protected async spawn(
+    id: string,
+    modeArgs: string[],
+    extra: string[],
+    untilStarted = false,
+  ): Promise<void> {
     const member = this.member(id)
     const keepLogs = this.options.keepLogs ?? true
+    // "node started" is an info line.
+    const logLevel = untilStarted && !keepLogs ? 'info' : this.options.logLevel
     member.process = await startNodeProcess(
       [
         ...modeArgs,
@@ -222,8 +234,8 @@ export abstract class NodeCluster {
         security: this.security,
         cluster: true,
         keepLogs,
-        ...(keepLogs ? {} : { readyUrl: member.url }),
-        ...(this.options.logLevel !== undefined ? { logLevel: this.options.logLevel } : {}),
+        ...(keepLogs || untilStarted ? {} : { readyUrl: member.url }),
+        ...(logLevel !== undefined ? { logLevel } : {}),
         ...(this.options.inheritStderr ? { inheritStderr: true } : {}),
       },
     )

@@ -90,6 +90,39 @@ export class AntiEntropyIndex {
     else this.tombstones.delete(key)
   }
 
+  /**
+   * The ring changed: files every key under the replica set `setOf` names now (the trees are
+   * built afresh from the digests kept per key; nothing is read from disk).
+   */
+  reassign(setOf: (key: string) => string): void {
+    const bySet = new Map<string, { key: string; digest: number }[]>()
+    for (const [key, digest] of this.digests) {
+      const set = setOf(key)
+      let entries = bySet.get(set)
+      if (entries === undefined) bySet.set(set, (entries = []))
+      entries.push({ key, digest })
+    }
+    this.trees.clear()
+    this.leafKeys.clear()
+    for (const [set, entries] of bySet) {
+      const tree = MerkleTree.of(entries, this.depth)
+      this.trees.set(set, tree)
+      const leaves = new Map<number, Set<string>>()
+      for (const { key } of entries) {
+        const leaf = tree.leafOf(key)
+        let keys = leaves.get(leaf)
+        if (keys === undefined) leaves.set(leaf, (keys = new Set()))
+        keys.add(key)
+      }
+      this.leafKeys.set(set, leaves)
+    }
+  }
+
+  /** How many keys this member holds, in every set. */
+  get size(): number {
+    return this.digests.size
+  }
+
   /** This member holds something of `key`. */
   holds(key: string): boolean {
     return this.digests.has(key)

@@ -18,6 +18,18 @@ export interface WriteQuorumOptions {
    * simulator turns it on to show that its checker catches the lost write it allows.
    */
   unsafeCountHintsWhenStrict?: boolean
+  /**
+   * During a ring change: how many pending owners (owners on the other side of the change,
+   * see ring-state.ts) the write also goes to. The write then needs W acks among the key's
+   * owners reads use now AND W + extra acks in all, so it is on W owners of either side.
+   */
+  extra?: number
+  /**
+   * What the coordinator's own durable copy counts as: an ack among the owners reads use (the
+   * usual case), a pending owner's ack, or nothing (a coordinator that resends a write it
+   * minted under an older ring, to owners a newer ring names).
+   */
+  ownAck?: 'counted' | 'pending' | 'none'
 }
 
 export type WriteStatus = 'waiting' | 'met' | 'unreachable'
@@ -26,8 +38,11 @@ export class WriteQuorum {
   readonly w: number
   readonly sloppy: boolean
   private readonly countHints: boolean
-  /** The coordinator's own durable copy is the first ack. */
-  private ackCount = 1
+  /** The coordinator's own durable copy is the first ack (see `ownAck`). */
+  private ackCount: number
+  /** Acks of pending owners (they count toward W + extra only). */
+  private extraAckCount: number
+  private readonly extra: number
   private pendingCount = 0
   private readonly hintedTo: string[] = []
 
@@ -39,6 +54,14 @@ export class WriteQuorum {
     this.w = options.w
     this.sloppy = options.sloppy
     this.countHints = options.sloppy || options.unsafeCountHintsWhenStrict === true
+    this.extra = options.extra ?? 0
+    const own = options.ownAck ?? 'counted'
+    this.ackCount = own === 'counted' ? 1 : 0
+    this.extraAckCount = own === 'pending' ? 1 : 0
+    invariant(
+      Number.isInteger(this.extra) && this.extra >= 0,
+      `extra must be a count, not ${this.extra}`,
+    )
   }
 
   /** A send (to a replica or a stand-in) left. */
@@ -50,6 +73,12 @@ export class WriteQuorum {
   replicaAcked(): void {
     this.settle()
     this.ackCount++
+  }
+
+  /** A pending owner (not one reads use yet, or any more) acknowledged the write durably. */
+  pendingOwnerAcked(): void {
+    this.settle()
+    this.extraAckCount++
   }
 
   /** A stand-in holds the write as a hint for `target`. */
@@ -73,6 +102,11 @@ export class WriteQuorum {
     return this.ackCount
   }
 
+  /** Acks of pending owners (see `extra`). */
+  get pendingOwnerAcks(): number {
+    return this.extraAckCount
+  }
+
   get pending(): number {
     return this.pendingCount
   }
@@ -83,7 +117,8 @@ export class WriteQuorum {
   }
 
   get status(): WriteStatus {
-    if (this.ackCount >= this.w) return 'met'
+    if (this.ackCount >= this.w && this.ackCount + this.extraAckCount >= this.w + this.extra)
+      return 'met'
     if (this.pendingCount === 0) return 'unreachable'
     return 'waiting'
   }
@@ -102,4 +137,18 @@ export function reachableTargets(
   const up = replicas.filter(isUp).length
   if (!sloppy) return up
   return up + Math.min(replicas.length - up, standIns.filter(isUp).length)
+}
+
+/**
+ * Whether a write during a ring change can still be met before anything is written: W among
+ * the owners reads use (`reachable`, stand-ins included for a sloppy write) and W + extra in
+ * all, counting the pending owners reachable now (see `WriteQuorumOptions.extra`).
+ */
+export function changeReachable(
+  reachable: number,
+  pendingUp: number,
+  w: number,
+  extra: number,
+): boolean {
+  return reachable >= w && reachable + pendingUp >= w + extra
 }

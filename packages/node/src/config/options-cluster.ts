@@ -44,7 +44,7 @@ export const clusterOptions: readonly OptionSpec[] = [
     default: false,
     group: 'cluster',
     description:
-      "This node joins a running cluster: --members lists the cluster's members (it reaches them through these) and this node; it holds no data and owns nothing until the cluster's configuration names it (POST /admin/v1/members, `kv member add`), then catches up by snapshot and log. Ignored once the data directory holds a configuration. A joining node never creates the cluster's first entry.",
+      "This node joins a running cluster: --members names the cluster's members (some, in leaderless mode: seeds) and this node; it reaches them through these, holds no data and owns nothing until an admin adds it (POST /admin/v1/members, `kv member add`, or .../replace). Single-leader: it then catches up by snapshot and log as a learner, and never creates the cluster's first entry. Leaderless: it takes the ring from the seeds and streams its ranges from their replicas. Only read on the first start of a data directory: afterwards the configuration (or ring) kept there says what it is.",
   },
   {
     key: 'learnerPromoteLagEntriesMax',
@@ -171,6 +171,18 @@ export const clusterOptions: readonly OptionSpec[] = [
     group: 'leaderless',
     description:
       'How often a member compares Merkle trees with every other member it shares ranges with, and streams the differing keys.',
+  },
+  {
+    key: 'handoffBytesPerSMax',
+    flag: '--handoff-max-rate',
+    env: 'KV_HANDOFF_MAX_RATE',
+    kind: 'bytes',
+    default: 64 * MiB,
+    min: 64 * KiB,
+    max: 64 * 1024 * MiB,
+    group: 'leaderless',
+    description:
+      'Most bytes per second of keys and values a ring change streams (a joining or replacing member pulling its ranges, or a leaving one pushing them), so a handoff keeps within a disk and network budget beside the load.',
   },
   {
     key: 'tombstoneGcMs',

@@ -70,6 +70,7 @@ export interface NodeConfig extends Limits {
   hintWindowMs: number
   hintsMax: number
   antiEntropyIntervalMs: number
+  handoffBytesPerSMax: number
   tombstoneGcMs: number
   siblingsMax: number
   siblingsWarn: number

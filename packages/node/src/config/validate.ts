@@ -34,6 +34,9 @@ export function configProblems(config: NodeConfig): ConfigProblem[] {
     )
   }
   if (config.mode === 'leaderless') problems.push(...leaderlessProblems(config))
+  if (config.join && config.mode === 'standalone') {
+    problems.push('--join needs a cluster mode (--members, --mode single-leader or leaderless)')
+  }
   if (config.logRetentionEntriesMax < config.logRetentionEntries) {
     problems.push(
       `logRetentionEntriesMax (${config.logRetentionEntriesMax}) must be at least logRetentionEntries (${config.logRetentionEntries})`,
@@ -81,7 +84,9 @@ function leaderlessProblems(config: NodeConfig): string[] {
   } catch {
     return problems // reported by clusterOf already
   }
-  if (config.replicas > members) {
+  // A joining member's --members names only some seeds and itself: the ring it takes from
+  // them says how many members there are.
+  if (config.replicas > members && !config.join) {
     problems.push(
       `replicas (${config.replicas}) must be at most the number of members (${members})`,
     )
@@ -91,7 +96,11 @@ function leaderlessProblems(config: NodeConfig): string[] {
     ['defaultR', config.defaultR],
   ] as const) {
     try {
-      resolveQuorum(value, Math.min(config.replicas, Math.max(members, 1)), name)
+      resolveQuorum(
+        value,
+        config.join ? config.replicas : Math.min(config.replicas, Math.max(members, 1)),
+        name,
+      )
     } catch (err) {
       problems.push((err as Error).message)
     }

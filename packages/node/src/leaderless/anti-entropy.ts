@@ -155,6 +155,12 @@ export class AntiEntropy {
 
   private setsCache: string[] | null = null
 
+  /** The ring changed: the sets and arcs are worked out again. */
+  ringChanged(): void {
+    this.setsCache = null
+    this.arcsCache = null
+  }
+
   /** Every replica set of the ring. */
   allSets(): string[] {
     this.setsCache ??= ringReplicaSets(this.ctx.ring, this.ctx.n)
@@ -175,7 +181,13 @@ export class AntiEntropy {
   }
 
   async run(): Promise<void> {
-    if (this.aeRunning) return
+    // A member not (or no longer) in its ring shares no replica set with anyone.
+    if (this.aeRunning || this.ctx.placementOrNull === null) return
+    try {
+      void this.ctx.placement
+    } catch {
+      return
+    }
     this.aeRunning = true
     try {
       for (const peer of this.peers.peers) {

@@ -58,10 +58,18 @@ export class AuthSync {
   constructor(private readonly options: AuthSyncOptions) {
     this.now = options.now ?? Date.now
     this.clock = new HybridClock(options.self)
+    this.members = options.members
   }
 
+  private members: readonly string[]
+
   private get peers(): string[] {
-    return this.options.members.filter((m) => m !== this.options.self)
+    return this.members.filter((m) => m !== this.options.self)
+  }
+
+  /** The ring changed: these are the members now. */
+  setMembers(members: readonly string[]): void {
+    this.members = [...members]
   }
 
   /** A stamp for a change made here now, after every stamp this member has seen. */
@@ -147,7 +155,7 @@ export class AuthSync {
         ),
       ),
     )
-    return { holders: 1 + results.filter(Boolean).length, members: this.options.members.length }
+    return { holders: 1 + results.filter(Boolean).length, members: this.members.length }
   }
 
   /** One exchange with a peer: our digest (and records), their records when we differ. */

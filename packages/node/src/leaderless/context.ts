@@ -4,7 +4,7 @@
  * replica, peer health, the coordinator, hinted handoff, anti-entropy and tombstone collection.
  */
 import type { Logger } from 'pino'
-import type { HashRing, VersionedState } from '@kvstore/core'
+import type { HashRing, RingPlacement, VersionedState } from '@kvstore/core'
 import type { KvError } from '@kvstore/protocol'
 import { isErrorCode, type VersionedRecord } from '@kvstore/protocol'
 import type { Sequencer, Store } from '@kvstore/storage'
@@ -37,6 +37,11 @@ export class LeaderlessStats {
   quorumFailures = { read: 0, write: 0 }
   /** Records from peers refused before any merge (see `peerRecordProblem`). */
   peerRecordsRefused = 0
+  /** Keys and bytes moved by the ring handoffs this member drove (pulled or pushed). */
+  handoffKeysStreamed = 0
+  handoffBytesStreamed = 0
+  /** Peer requests refused because their sender's ring was older (KV_ERR_STALE_RING). */
+  staleRingRefusals = 0
 }
 
 export interface LeaderlessContext {
@@ -46,7 +51,12 @@ export interface LeaderlessContext {
   readonly self: string
   /** Replicas per key. */
   readonly n: number
+  /** The hash ring reads and anti-entropy's replica sets use now (it changes with the ring). */
   readonly ring: HashRing
+  /** Where keys go now, writes during a ring change included (see ring-state.ts). */
+  readonly placement: RingPlacement
+  /** The placement whatever this member's place in it (null before it knows any ring). */
+  readonly placementOrNull: RingPlacement | null
   readonly store: Store
   readonly sequencer: Sequencer
   readonly log: Logger

@@ -13,11 +13,13 @@ import {
   WriteQuorum,
   versionsOf,
   type VersionsOnly,
+  changeReachable,
   mayHintFor,
   mintWrite,
   pickStandIn,
   reachableTargets,
   siblingsRefusal,
+  type RingPlacement,
 } from '@kvstore/core'
 import {
   KvError,
@@ -56,6 +58,8 @@ export interface LeaderlessWrite {
   requestId: string | null
   /** False when the write was forwarded already (a member outside the list refuses it). */
   mayForward?: boolean
+  /** How many times it was placed again because a replica held a newer ring. */
+  ringRetries?: number
 }
 
 /**
@@ -170,14 +174,31 @@ export class Coordinator {
   async coordinateWrite(key: string, request: LeaderlessWrite): Promise<WriteOutcome> {
     const { value, context, sloppy, requestId } = request
     const wanted = request.w ?? this.resolveW(undefined)
-    // Every member in ring order from the key: the preference list, then the stand-ins.
-    const walked = [...this.ctx.ring.walk(key)]
-    const prefs = walked.slice(0, this.ctx.n)
-    const spares = walked.slice(this.ctx.n)
+    // The ring now: the owners reads use (W is counted among them), the owners on the other
+    // side of a change in flight (they get the write too), and the stand-ins past the list.
+    let placement = this.ctx.placement
+    const { countSet: prefs, extra } = placement.writePlacement(key)
+    const spares = [...placement.read.walk(key)].slice(this.ctx.n)
     if (!prefs.includes(this.ctx.self)) {
       if (request.mayForward === false)
         throw new KvError('KV_ERR_BAD_FRAME', `${this.ctx.self} is not a replica of this key`)
-      return this.forwardWrite(key, { ...request, w: wanted }, prefs)
+      try {
+        return await this.forwardWrite(key, { ...request, w: wanted }, prefs)
+      } catch (err) {
+        // The replica held a newer ring and refused; this member has learned it meanwhile
+        // (peer-health.ts): place the write again with it.
+        if (
+          err instanceof KvError &&
+          err.code === 'KV_ERR_STALE_RING' &&
+          this.ctx.placement.version > placement.version &&
+          (request.ringRetries ?? 0) < 2
+        )
+          return this.coordinateWrite(key, {
+            ...request,
+            ringRetries: (request.ringRetries ?? 0) + 1,
+          })
+        throw err
+      }
     }
     if (context !== null) this.checkContext(context)
     const rid =
@@ -187,11 +208,17 @@ export class Coordinator {
     // Refuse before writing anything when too few targets are reachable to ever reach W (a
     // retry of a write applied here before is answered below instead).
     const reachable = this.reachableTargets(prefs, spares, sloppy)
-    if (reachable < wanted && !this.appliedBefore(requestId, rid)) {
+    const pendingUp = extra.filter((m) => this.peers.isUp(m)).length
+    if (
+      !changeReachable(reachable, pendingUp, wanted, extra.length) &&
+      !this.appliedBefore(requestId, rid)
+    ) {
       this.ctx.stats.quorumFailures.write++
       throw new KvError(
         'KV_ERR_QUORUM_UNAVAILABLE',
-        `only ${reachable} of the ${wanted} replicas needed for ${JSON.stringify(key)} are reachable (${prefs.join(', ')}${sloppy ? ', with stand-ins' : ''}); nothing was written`,
+        extra.length === 0
+          ? `only ${reachable} of the ${wanted} replicas needed for ${JSON.stringify(key)} are reachable (${prefs.join(', ')}${sloppy ? ', with stand-ins' : ''}); nothing was written`
+          : `a ring change is moving ${JSON.stringify(key)} to ${extra.join(', ')}: the write needs ${wanted} of ${prefs.join(', ')} and ${wanted + extra.length} in all, and only ${reachable} and ${reachable + pendingUp} are reachable; nothing was written`,
         { required: wanted, acks: 0, replicas: prefs.join(','), written: false },
       )
     }
@@ -256,8 +283,25 @@ export class Coordinator {
       this.replica.noteSiblings(key, next, dropped)
       return { state: next, hlc, deduplicated: false }
     })
-    const fanout = this.fanOut(key, state, prefs, spares, wanted, sloppy)
-    const acks = await fanout
+    // A replica refusing the write because this member's ring was older makes it learn the
+    // newer ring (peer-health.ts); the same state then goes to the owners that ring names.
+    let acks: { acks: number; hinted: string[] }
+    for (let attempt = 0; ; attempt++) {
+      const where = placement.writePlacement(key)
+      const own = where.countSet.includes(this.ctx.self)
+        ? 'counted'
+        : where.extra.includes(this.ctx.self)
+          ? 'pending'
+          : 'none'
+      try {
+        acks = await this.fanOut(key, state, where.countSet, where.extra, own, wanted, sloppy)
+        break
+      } catch (err) {
+        const now = this.ctx.placement
+        if (attempt >= 2 || now.version === placement.version) throw err
+        placement = now
+      }
+    }
     invariant(acks.acks >= wanted, () => `a write answered with ${acks.acks} of ${wanted} acks`)
     return {
       key,
@@ -398,14 +442,17 @@ export class Coordinator {
     key: string,
     state: State,
     prefs: string[],
-    candidates: string[],
+    extra: string[],
+    own: 'counted' | 'pending' | 'none',
     w: number,
     sloppy: boolean,
   ): Promise<{ acks: number; hinted: string[] }> {
     const keyBytes = Buffer.from(key, 'utf8')
-    const spares = candidates.filter((m) => m !== this.ctx.self)
+    const spares = [...this.ctx.ring.walk(key)]
+      .slice(this.ctx.n)
+      .filter((m) => m !== this.ctx.self && !extra.includes(m))
     const usedSpares = new Set<string>()
-    const quorum = new WriteQuorum({ w, sloppy })
+    const quorum = new WriteQuorum({ w, sloppy, extra: extra.length, ownAck: own })
     let settled = false
     return new Promise((resolve, reject) => {
       const refuse = (within: string) => {
@@ -477,9 +524,26 @@ export class Coordinator {
             quorum.replicaAcked()
             check()
           },
+          (err: unknown) => {
+            quorum.failed()
+            // A replica that refused because this member's ring is older gets no hint: the
+            // write goes again to the owners of the newer ring (coordinateWrite).
+            if (!(err instanceof KvError && err.code === 'KV_ERR_STALE_RING')) viaHint(member)
+            check()
+          },
+        )
+      }
+      // Pending owners (a ring change in flight) get the write too; no hint stands in for them.
+      for (const member of extra) {
+        if (member === this.ctx.self || !this.peers.isUp(member)) continue
+        quorum.sent()
+        this.peers.call(member, { kind: 'store', key: keyBytes, record: state, hintFor: '' }).then(
+          () => {
+            quorum.pendingOwnerAcked()
+            check()
+          },
           () => {
             quorum.failed()
-            viaHint(member)
             check()
           },
         )
@@ -498,7 +562,25 @@ export class Coordinator {
    * or before answering when `blocking`.
    */
   async coordinateRead(key: string, r: number, blocking: boolean): Promise<ReadResult> {
-    const prefs = this.replica.preferenceList(key)
+    for (let attempt = 0; ; attempt++) {
+      const placement = this.ctx.placement
+      try {
+        return await this.readOnce(placement, key, r, blocking)
+      } catch (err) {
+        // A replica refused because this member's ring was older: it has learned the newer
+        // one meanwhile (peer-health.ts); read again from the owners it names.
+        if (attempt >= 2 || this.ctx.placement.version === placement.version) throw err
+      }
+    }
+  }
+
+  private async readOnce(
+    placement: RingPlacement,
+    key: string,
+    r: number,
+    blocking: boolean,
+  ): Promise<ReadResult> {
+    const prefs = placement.readList(key)
     const read = new ReadQuorum<Uint8Array>(prefs, r, this.replica.mergePolicy)
     const keyBytes = Buffer.from(key, 'utf8')
     const self = this.ctx.self

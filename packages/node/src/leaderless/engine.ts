@@ -17,14 +17,22 @@
  *   (hinted handoff), anti-entropy.ts, tombstone-gc.ts, peer-health.ts, and rpc.ts (the
  *   channel). The decisions are the core's (packages/core/src/leaderless).
  *
+ * The ring is versioned and changes online (members join, leave, are replaced): topology.ts
+ * holds it, ring-agreement.ts agrees on and spreads new versions, handoff.ts moves the data,
+ * ring-changes.ts is the admin API over them. Every peer message carries the ring version; a
+ * data request coordinated with an older ring than the receiver's is refused
+ * (KV_ERR_STALE_RING) and the sender learns the newer ring and retries.
+ *
  * Local layout inside the store's state (every change goes through the node's LevelDB log):
  *   'd' + key                      -> VersionedRecord (this member's copy of the key)
  *   'h' + target + 0x00 + key      -> Hint (a stand-in's copy for a down member)
- *   'm' + name                     -> metadata (the actor id and the dot counter reservation)
+ *   'm' + name                     -> metadata (the actor id, the dot counter reservation,
+ *                                     the ring, the ring acceptor state, the handoff progress)
  */
-import { HashRing, invariant } from '@kvstore/core'
+import { seedRing, type HashRing, type RingState, invariant } from '@kvstore/core'
 import {
   KvError,
+  type Handoff as HandoffView,
   type LeaderlessClusterView,
   type PeerReply,
   type PeerRequest,
@@ -33,7 +41,7 @@ import {
 } from '@kvstore/protocol'
 import type { Sequencer, Store } from '@kvstore/storage'
 import type { Logger } from 'pino'
-import type { ClusterConfig, NodeConfig } from '../config.js'
+import type { ClusterConfig, MemberConfig, NodeConfig } from '../config.js'
 import type { PeerSecurity } from '../cluster/peer-server.js'
 import { AntiEntropy } from './anti-entropy.js'
 import { LeaderlessStats, toState, type LeaderlessContext, type State } from './context.js'
@@ -49,6 +57,11 @@ import { PeerHealth } from './peer-health.js'
 import { LeaderlessRpc } from './rpc.js'
 import { TombstoneCollector } from './tombstone-gc.js'
 import type { CompactionHold } from '../backup/hold.js'
+import { Handoff } from './handoff.js'
+import { RingSync } from './ring-agreement.js'
+import { LeaderlessMembership } from './ring-changes.js'
+import { RingStore, Topology } from './topology.js'
+import { ringCallTimeoutMs } from '../limits.js'
 
 export { LeaderlessStats } from './context.js'
 export { formatHlc } from './coordinator.js'
@@ -70,10 +83,22 @@ export interface LeaderlessOptions {
 
 type AuthHandler = (body: { digest: string; records: Uint8Array[] }) => Promise<PeerReply>
 
+/** Peer messages any authenticated peer may send, a member of the ring or not (yet). */
+const openKinds = new Set<PeerRequestBody['kind']>(['ping', 'ringFetch', 'ringCommit'])
+/** Peer messages that never depend on the ring version (the auth store is the same everywhere). */
+const ringFree = new Set<PeerRequestBody['kind']>([
+  'ping',
+  'authSync',
+  'ringFetch',
+  'ringCommit',
+  'ringPrepare',
+  'ringAccept',
+  'handoffProgress',
+])
+
 export class LeaderlessEngine {
   readonly config: NodeConfig
   readonly cluster: ClusterConfig
-  readonly ring: HashRing
   readonly n: number
   readonly self: string
   readonly stats = new LeaderlessStats()
@@ -89,6 +114,16 @@ export class LeaderlessEngine {
   private readonly hints: HintedHandoff
   private readonly antiEntropy: AntiEntropy
   private readonly tombstones: TombstoneCollector
+  /** The ring this member holds now. */
+  readonly topology: Topology
+  private readonly ringStore: RingStore
+  readonly ringSync: RingSync
+  private readonly handoff: Handoff
+  /** The admin API of ring changes (GET/POST /admin/v1/members ...). */
+  readonly membership: LeaderlessMembership
+  private readonly security: PeerSecurity
+  private readonly ringListeners: ((ring: RingState) => void)[] = []
+  private started = false
   private readonly timers: NodeJS.Timeout[] = []
   private readonly background = new Set<Promise<unknown>>()
   private stopped = false
@@ -103,10 +138,9 @@ export class LeaderlessEngine {
     this.now = options.now ?? Date.now
     this.self = options.cluster.self.id
     this.n = options.config.replicas
-    this.ring = new HashRing(
-      options.cluster.members.map((m) => m.id),
-      options.config.vnodes,
-    )
+    this.security = options.security
+    this.topology = new Topology(this.self, this.n, options.config.vnodes)
+    this.ringStore = new RingStore(options.store, options.sequencer)
     this.rpc = new LeaderlessRpc({
       self: options.cluster.self,
       members: options.cluster.members,
@@ -117,6 +151,8 @@ export class LeaderlessEngine {
       logger: options.logger,
       security: options.security,
       handle: (request) => this.handle(request),
+      ringVersion: () => this.topology.version,
+      onPeerRingVersion: (peer, version) => this.ringSync.noteVersion(peer, version),
     })
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const engine = this
@@ -125,7 +161,15 @@ export class LeaderlessEngine {
       cluster: options.cluster,
       self: this.self,
       n: this.n,
-      ring: this.ring,
+      get ring() {
+        return engine.topology.placement.read
+      },
+      get placement() {
+        return engine.topology.placement
+      },
+      get placementOrNull() {
+        return engine.topology.placementOrNull
+      },
       store: options.store,
       sequencer: options.sequencer,
       log: options.logger,
@@ -142,6 +186,86 @@ export class LeaderlessEngine {
     this.hints = new HintedHandoff(ctx, this.replica, this.peers)
     this.antiEntropy = new AntiEntropy(ctx, this.replica, this.peers)
     this.tombstones = new TombstoneCollector(ctx, this.replica, this.peers)
+    this.ringSync = new RingSync({
+      self: this.self,
+      topology: this.topology,
+      ringStore: this.ringStore,
+      call: (peer, body, timeoutMs) => this.peers.call(peer, body, timeoutMs),
+      timeoutMs: Math.max(ringCallTimeoutMs, options.config.quorumTimeoutMs),
+      log: options.logger,
+      apply: (ring) => this.applyRing(ring),
+      get stopped() {
+        return engine.stopped
+      },
+    })
+    this.peers.onStaleRing = (member) => this.learnFrom(member)
+    this.handoff = new Handoff(
+      ctx,
+      this.topology,
+      this.replica,
+      this.peers,
+      this.ringSync,
+      this.ringStore,
+    )
+    this.membership = new LeaderlessMembership(this)
+  }
+
+  /** The hash ring reads use now. */
+  get ring(): HashRing {
+    return this.topology.placement.read
+  }
+
+  /**
+   * The members of the ring now (the --members seeds before a joining member knows it), each
+   * where this node reaches it: the URLs --members gives for an id win over the ring's, so a
+   * cluster restored from backups onto other ports, or a member that moved, is reached where
+   * its configuration says (the ring agrees on ownership; an address is each node's to know).
+   */
+  get members(): MemberConfig[] {
+    const ring = this.topology.ring
+    if (ring === null) return this.cluster.members
+    return ring.members.map((m) => this.addressOf(m))
+  }
+
+  private addressOf(m: MemberConfig): MemberConfig {
+    const configured = this.cluster.members.find((c) => c.id === m.id)
+    return configured ?? { id: m.id, clientUrl: m.clientUrl, peerUrl: m.peerUrl }
+  }
+
+  get memberIds(): string[] {
+    return this.members.map((m) => m.id)
+  }
+
+  /** Calls `listener` whenever this member adopts a newer ring. */
+  onRingChange(listener: (ring: RingState) => void): void {
+    this.ringListeners.push(listener)
+  }
+
+  /** A newer ring was made durable: everything that depends on the ring follows it. */
+  private applyRing(ring: RingState): void {
+    const readChanged = this.topology.set(ring)
+    const ids = ring.members.map((m) => m.id)
+    this.rpc.setMembers(
+      ring.members.map((m) => this.addressOf(m)),
+      ring.removed,
+    )
+    this.security.roster.update(ids, ring.removed)
+    this.peers.setMembers(ids)
+    if (readChanged) {
+      // Replica sets are named by their owners: every key is filed under its new set.
+      this.replica.index.reassign((key) => this.replica.setOf(key))
+      this.antiEntropy.ringChanged()
+    }
+    for (const listener of this.ringListeners) listener(ring)
+    if (this.started) this.handoff.onRing(ring)
+  }
+
+  /** Learns `peer`'s ring if newer, waiting at most a ring call's timeout. */
+  private async learnFrom(peer: string): Promise<void> {
+    await Promise.race([
+      this.ringSync.learn(peer),
+      new Promise((resolve) => setTimeout(resolve, ringCallTimeoutMs).unref()),
+    ])
   }
 
   /** This data directory's actor id (known once loaded). */
@@ -152,11 +276,28 @@ export class LeaderlessEngine {
   /** Loads the actor id, dot counter, keys and hints from the store (start does it first). */
   async load(): Promise<void> {
     await this.replica.loadMeta()
+    let ring = await this.ringStore.loadRing()
+    if (ring === null && !this.config.join) {
+      // --members seeds the first ring only; from then on the stored ring is what counts.
+      ring = seedRing(this.cluster.members)
+      await this.ringStore.saveRing(ring)
+    }
+    // A joining member is filled by its handoff, not by anti-entropy: it owns nothing yet.
+    if (this.config.join && ring === null) this.replica.refilling = false
+    await this.ringSync.load()
+    if (ring !== null) this.applyRing(ring)
     const keys = await this.replica.loadLocalState()
     await this.hints.countHints()
     this.log.info(
-      { keys, hints: this.hints.hintsHeld, actor: this.replica.actor },
-      'leaderless state loaded',
+      {
+        keys,
+        hints: this.hints.hintsHeld,
+        actor: this.replica.actor,
+        ringVersion: this.topology.version,
+      },
+      ring === null
+        ? 'leaderless state loaded; waiting to learn the ring from the seeds (--join)'
+        : 'leaderless state loaded',
     )
   }
 
@@ -177,8 +318,21 @@ export class LeaderlessEngine {
     every(this.config.antiEntropyIntervalMs, () => this.antiEntropy.run())
     every(Math.min(this.config.antiEntropyIntervalMs, 60_000), () => this.tombstones.run())
     every(Math.min(10_000, Math.floor(this.config.tombstoneGcMs / 10)), () => this.housekeeping())
+    // A member that knows no ring yet (--join) asks the seeds until one answers; every member
+    // asks its peers once at start, so one back from a long absence catches up at once.
+    every(1000, async () => {
+      if (this.topology.ring === null) await this.learnFromAll()
+    })
+    this.started = true
+    this.runInBackground(this.learnFromAll())
     this.runInBackground(this.peers.pingAll(pingTimeoutMs))
     if (this.replica.refilling) this.runInBackground(this.antiEntropy.refill())
+    const ring = this.topology.ring
+    if (ring !== null) this.handoff.onRing(ring)
+  }
+
+  private async learnFromAll(): Promise<void> {
+    await Promise.allSettled(this.peers.peers.map((peer) => this.ringSync.learn(peer)))
   }
 
   async stop(): Promise<void> {
@@ -209,9 +363,46 @@ export class LeaderlessEngine {
   private async handle(request: PeerRequest): Promise<PeerReply> {
     this.peers.markUp(request.from)
     const body = request.body
+    const theirs = request.ringVersion ?? 0
+    // The sender knows a newer ring: learn it before serving, so this member is not wrong
+    // about ownership (a member the new ring adds is a member then).
+    if (theirs > this.topology.version) {
+      await this.learnFrom(request.from)
+      if (theirs > this.topology.version && !ringFree.has(body.kind)) {
+        // Still behind (the sender did not answer the fetch): better unavailable than wrong.
+        throw new KvError(
+          'KV_ERR_NOT_READY',
+          `${this.self} holds ring version ${this.topology.version} and could not learn version ${theirs} from ${request.from} yet`,
+        )
+      }
+    }
+    if (!openKinds.has(body.kind) && this.topology.member(request.from) === undefined) {
+      throw new KvError(
+        'KV_ERR_CLUSTER_MISMATCH',
+        `${request.from} is not a member of the ring (version ${this.topology.version})`,
+      )
+    }
+    if (!ringFree.has(body.kind) && theirs < this.topology.version) {
+      this.stats.staleRingRefusals++
+      throw new KvError(
+        'KV_ERR_STALE_RING',
+        `${request.from} sent ${body.kind} under ring version ${theirs}; ${this.self} holds version ${this.topology.version}: learn it and retry`,
+      )
+    }
     switch (body.kind) {
       case 'ping':
         return { kind: 'pong', clockMs: this.now() }
+      case 'ringFetch':
+      case 'ringCommit':
+      case 'ringPrepare':
+      case 'ringAccept':
+        return this.ringSync.serve(request)
+      case 'handoffPull':
+        return this.handoff.servePull(body)
+      case 'handoffPush':
+        return this.handoff.servePush(request.from, body.records)
+      case 'handoffProgress':
+        return this.handoff.noteProgress(request.from, body.progress)
       case 'store': {
         const key = this.replica.keyOf(body.key)
         const state = toState(body.record)
@@ -327,6 +518,11 @@ export class LeaderlessEngine {
     return this.peers.isUp(member)
   }
 
+  /** What this member knows of another's health (undefined for itself or a non-member). */
+  memberHealth(member: string): { up: boolean; lastContactMs: number } | undefined {
+    return this.peers.health.get(member)
+  }
+
   /** This member's own copy of a key (for inspection). */
   localState(key: string): Promise<State | null> {
     return this.replica.loadState(key)
@@ -335,6 +531,31 @@ export class LeaderlessEngine {
   /** A fresh member still being refilled (GET /ready answers 503 meanwhile). */
   get isRefilling(): boolean {
     return this.replica.refilling
+  }
+
+  /** Why GET /ready answers 503 (null: ready). */
+  get notReadyReason(): string | null {
+    if (this.replica.refilling)
+      return 'the member started with an empty data directory and anti-entropy is refilling it'
+    const ring = this.topology.ring
+    if (ring === null)
+      return 'the member was started with --join and has not learned the ring from its seeds yet'
+    if (!this.topology.isMember) {
+      return ring.removed.includes(this.self)
+        ? `the member was removed from the cluster (ring version ${ring.version})`
+        : 'the member was started with --join and has not been added yet (POST /admin/v1/members)'
+    }
+    return null
+  }
+
+  /** The ring's version here (0: none known yet). */
+  get ringVersion(): number {
+    return this.topology.version
+  }
+
+  /** The ring handoff in flight, if any, with its progress. */
+  handoffs(): HandoffView[] {
+    return this.handoff.view()
   }
 
   hintBacklog(): Record<string, number> {
@@ -360,8 +581,9 @@ export class LeaderlessEngine {
   }
 
   clusterView(clusterId: string): LeaderlessClusterView {
-    const arcs = this.arcs()
-    const shares = this.ring.shares()
+    const member = this.topology.isMember
+    const arcs = member ? this.arcs() : []
+    const shares = member ? this.ring.shares() : new Map<string, number>()
     const arcCount = new Map<string, number>()
     for (const arc of arcs)
       for (const m of arc.replicas) arcCount.set(m, (arcCount.get(m) ?? 0) + 1)
@@ -380,7 +602,9 @@ export class LeaderlessEngine {
       tombstoneGcMs: this.config.tombstoneGcMs,
       hintsHeld: this.hints.hintsHeld,
       refilling: this.replica.refilling,
-      members: this.cluster.members.map((m) => {
+      ringVersion: this.topology.version,
+      handoffs: this.handoff.view(),
+      members: this.members.map((m) => {
         const h = this.peers.health.get(m.id)
         const ex = this.antiEntropy.exchangeOf(m.id)
         return {
@@ -396,6 +620,9 @@ export class LeaderlessEngine {
           hintBacklog: this.hints.backlogOf(m.id),
           lastAntiEntropyMs: ex?.atMs ?? null,
           antiEntropyKeysRepaired: ex?.keysRepaired ?? 0,
+          state:
+            this.topology.member(m.id)?.state ??
+            (m.id === this.self && this.topology.ring === null ? 'joining' : 'owner'),
         }
       }),
       ring: arcs,

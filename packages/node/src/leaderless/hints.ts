@@ -150,9 +150,10 @@ export class HintedHandoff {
       await Promise.all(
         Array.from({ length: hintReplayConcurrency }, async () => {
           for (let i = next++; i < page.items.length && !failed && !this.ctx.stopped; i = next++) {
-            if (await this.replayOne(target, prefix, page.items[i] as ListItem, expireOnly))
-              replayed++
-            else failed = true
+            if (await this.replayOne(target, prefix, page.items[i] as ListItem, expireOnly)) {
+              // A pass for a member that is down only drops expired hints: nothing is replayed.
+              if (!expireOnly) replayed++
+            } else failed = true
           }
         }),
       )

@@ -42,6 +42,8 @@ export class LocalReplica {
   private counterReserved = 0
   private reserving: Promise<void> | null = null
   private readonly locks = new Map<string, Promise<void>>()
+  /** Changes of keys under way (see `drain`). */
+  private readonly inFlight = new Set<Promise<unknown>>()
   /**
    * Per replica set ("n1,n2,n4") this member belongs to: the Merkle tree and the keys of each
    * leaf; per key, its digest; and the keys holding only tombstones.
@@ -132,7 +134,26 @@ export class LocalReplica {
   }
 
   /** Runs `fn` with the key locked (one local read-merge-write at a time per key). */
-  async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+  locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const run = this.lockedRun(id, fn)
+    this.inFlight.add(run)
+    void run.then(
+      () => this.inFlight.delete(run),
+      () => this.inFlight.delete(run),
+    )
+    return run
+  }
+
+  /**
+   * Waits for every change of a key under way now (not those started later): a handoff source
+   * calls it after it learned a new ring, so the writes it took under the older ring are in
+   * what it streams.
+   */
+  async drain(): Promise<void> {
+    await Promise.allSettled([...this.inFlight])
+  }
+
+  private async lockedRun<T>(id: string, fn: () => Promise<T>): Promise<T> {
     const previous = this.locks.get(id) ?? Promise.resolve()
     let release!: () => void
     const mine = new Promise<void>((resolve) => (release = resolve))
@@ -169,7 +190,9 @@ export class LocalReplica {
 
   /** The replica set (sorted preference list) a key belongs to. */
   setOf(key: string): string {
-    return replicaSetOf(this.ctx.ring, key, this.ctx.n)
+    // Before this member knows a ring (--join), a key it holds is filed under no set.
+    const placement = this.ctx.placementOrNull
+    return placement === null ? '' : replicaSetOf(placement.read, key, this.ctx.n)
   }
 
   preferenceList(key: string): string[] {
@@ -359,11 +382,15 @@ export class LocalReplica {
    * far ahead) is skipped, never merged, and not allowed to fail the batch: the rest of the
    * batch still converges. Returns how many keys changed here.
    */
-  async mergeMany(states: [string, State][], from: string): Promise<number> {
+  async mergeMany(
+    states: [string, State][],
+    from: string,
+    concurrency: number = aeMergeConcurrency,
+  ): Promise<number> {
     let changed = 0
     let next = 0
     await Promise.all(
-      Array.from({ length: Math.min(aeMergeConcurrency, states.length) }, async () => {
+      Array.from({ length: Math.min(concurrency, states.length) }, async () => {
         for (let i = next++; i < states.length; i = next++) {
           const [key, state] = states[i] as [string, State]
           try {

@@ -17,13 +17,25 @@ export interface MemberHealth {
 export class PeerHealth {
   /** Every other member's health. */
   readonly health = new Map<string, MemberHealth>()
+  /**
+   * Called when a peer refused a request because this member's ring is older
+   * (KV_ERR_STALE_RING): the caller learns the newer ring before the refusal reaches it.
+   */
+  onStaleRing: ((member: string) => Promise<void>) | null = null
 
   constructor(
     private readonly ctx: LeaderlessContext,
     private readonly rpc: LeaderlessRpc,
   ) {
-    for (const m of ctx.cluster.members) {
-      if (m.id !== ctx.self) this.health.set(m.id, { up: true, lastContactMs: 0, downSinceMs: 0 })
+    this.setMembers(ctx.cluster.members.map((m) => m.id))
+  }
+
+  /** The ring changed: these are the other members now (a new one starts as up). */
+  setMembers(ids: readonly string[]): void {
+    const wanted = new Set(ids.filter((id) => id !== this.ctx.self))
+    for (const id of [...this.health.keys()]) if (!wanted.has(id)) this.health.delete(id)
+    for (const id of wanted) {
+      if (!this.health.has(id)) this.health.set(id, { up: true, lastContactMs: 0, downSinceMs: 0 })
     }
   }
 
@@ -62,8 +74,11 @@ export class PeerHealth {
     try {
       const reply = await this.rpc.call(member, body, timeoutMs)
       this.markUp(member)
-      if (reply.kind === 'refusal')
+      if (reply.kind === 'refusal') {
+        if (reply.code === 'KV_ERR_STALE_RING' && this.onStaleRing !== null)
+          await this.onStaleRing(member)
         throw new KvError(knownCode(reply.code), `${member} refused: ${reply.message}`)
+      }
       return reply
     } catch (err) {
       if (err instanceof PeerUnreachable) this.markDown(member, err.message)

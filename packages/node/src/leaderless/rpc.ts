@@ -23,7 +23,7 @@ import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import {
   DecodeError,
-  decodePeerReply,
+  decodePeerReplyEnvelope,
   decodePeerRequest,
   encodePeerReply,
   encodePeerRequest,
@@ -172,6 +172,10 @@ export interface RpcOptions {
   security: PeerSecurity
   /** Serves one request from a peer. */
   handle(request: PeerRequest): Promise<PeerReply>
+  /** This member's ring version, stamped on every request and reply (0: none known yet). */
+  ringVersion(): number
+  /** A peer's reply carried its ring version. */
+  onPeerRingVersion(peer: string, version: number): void
 }
 
 /** A call that got no reply: the peer is unreachable, too slow, or broke the stream. */
@@ -201,6 +205,27 @@ export class LeaderlessRpc {
   constructor(options: RpcOptions) {
     this.options = options
     this.urls = new Map(options.members.map((m) => [m.id, m.peerUrl]))
+  }
+
+  /**
+   * The ring changed: where its members are now. Channels to members that left or moved are
+   * closed; the seeds --members named stay reachable until the ring names them otherwise.
+   */
+  setMembers(members: readonly MemberConfig[], removed: readonly string[]): void {
+    for (const m of members) {
+      const known = this.urls.get(m.id)
+      if (known !== undefined && known !== m.peerUrl) {
+        const channel = this.channels.get(m.id)
+        if (channel) this.breakChannel(m.id, channel, 'its peer URL changed')
+      }
+      this.urls.set(m.id, m.peerUrl)
+    }
+    for (const id of removed) {
+      if (id === this.options.self.id) continue
+      this.urls.delete(id)
+      const channel = this.channels.get(id)
+      if (channel) this.breakChannel(id, channel, 'removed from the ring')
+    }
   }
 
   async listen(): Promise<void> {
@@ -327,16 +352,8 @@ export class LeaderlessRpc {
         },
       }
     }
-    if (!this.urls.has(request.from)) {
-      return {
-        status: 409,
-        reply: {
-          kind: 'refusal',
-          code: 'KV_ERR_CLUSTER_MISMATCH',
-          message: `${request.from} is not a member of this cluster`,
-        },
-      }
-    }
+    // Whether the sender is a member is the engine's to say, against its ring (after learning
+    // a newer one the sender may carry): a member added since this one last heard is one.
     try {
       return { status: 200, reply: await this.options.handle(request) }
     } catch (err) {
@@ -391,7 +408,7 @@ export class LeaderlessRpc {
           )
             stream.resume()
           if (!stream.destroyed && stream.writable)
-            replies.push(encodeFrame(id, encodePeerReply(reply)))
+            replies.push(encodeFrame(id, encodePeerReply(reply, this.options.ringVersion())))
         })
       }
     })
@@ -404,7 +421,7 @@ export class LeaderlessRpc {
     if (stream.destroyed || stream.closed) return
     try {
       stream.respond({ ':status': status, 'content-type': 'application/x-protobuf' })
-      stream.end(encodePeerReply(reply))
+      stream.end(encodePeerReply(reply, this.options.ringVersion()))
     } catch {
       stream.destroy()
     }
@@ -455,7 +472,9 @@ export class LeaderlessRpc {
         channel.pending.delete(id)
         clearTimeout(call.timer)
         try {
-          call.resolve(decodePeerReply(payload))
+          const { ringVersion, reply } = decodePeerReplyEnvelope(payload)
+          this.options.onPeerRingVersion(peer, ringVersion)
+          call.resolve(reply)
         } catch (err) {
           call.reject(new PeerUnreachable(peer, `bad reply: ${(err as Error).message}`))
         }
@@ -506,6 +525,7 @@ export class LeaderlessRpc {
       clusterId: this.options.clusterId,
       from: this.options.self.id,
       to: peer,
+      ringVersion: this.options.ringVersion(),
       body,
     })
     const id = channel.nextId

@@ -31,7 +31,10 @@ export class TombstoneCollector {
    * older value afterwards.
    */
   async run(): Promise<void> {
-    if (this.gcRunning) return
+    // Not while the ring changes: a key's replicas are two sets then, and a member taking a
+    // key over may get it only from the stream. Collection resumes once the change is done.
+    const placement = this.ctx.placementOrNull
+    if (this.gcRunning || placement === null || placement.ring.change !== null) return
     this.gcRunning = true
     try {
       await this.collectTombstonesOnce()

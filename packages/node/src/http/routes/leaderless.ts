@@ -278,7 +278,7 @@ export function registerLeaderlessRoutes(
     { config: { access: 'admin', audit: 'anti-entropy' } },
     async () => {
       const peers: Record<string, number | string> = {}
-      for (const member of engine.cluster.members) {
+      for (const member of engine.members) {
         if (member.id === engine.self) continue
         try {
           peers[member.id] = await engine.exchangeWith(member.id)

@@ -318,12 +318,8 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
     if (lifecycle.shuttingDown)
       throw new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down')
     if (!lifecycle.ready) throw new KvError('KV_ERR_NOT_READY', 'the node is starting')
-    if (ctx.leaderless?.isRefilling) {
-      throw new KvError(
-        'KV_ERR_NOT_READY',
-        'the member started with an empty data directory and anti-entropy is refilling it',
-      )
-    }
+    const notReady = ctx.leaderless?.notReadyReason ?? null
+    if (notReady !== null) throw new KvError('KV_ERR_NOT_READY', notReady)
     // A removed member serves no data: load balancers must take it out of rotation.
     if (ctx.replicator?.removedFromCluster === true) {
       throw new KvError(
