@@ -270,6 +270,16 @@ export class ReplicaCore {
    * through the core): the leader learns the new match with the next heartbeat's answer.
    */
   private matchUnreported = false
+  /**
+   * This node raised its epoch as a candidate and nothing has shown that epoch durable yet. A
+   * candidate's vote requests leave only once it is (persist before send), so a win by votes
+   * proves it; a lone voter wins by its own vote and asks nobody. Until an entry of the epoch
+   * is reported persisted (the node writes the hard state before entries) or a vote is granted,
+   * everything this node sends waits for persistence: else a leader that crashed before the
+   * write could restart at the old epoch and lead the new one again with another log, while a
+   * learner holds the entries of the first.
+   */
+  private epochUnconfirmed = false
 
   constructor(config: CoreConfig, init: CoreInit) {
     invariant(new Set(config.members).size === config.members.length, 'duplicate member ids')
@@ -524,6 +534,7 @@ export class ReplicaCore {
       this.epochValue = epoch
       this.vote = ''
       this.hardStateDirty = true
+      this.epochUnconfirmed = false
       // What matched the old leader's log is not known to match the new one's.
       this.verifiedLsn = this.commit
       this.reportedMatch = -1
@@ -548,6 +559,7 @@ export class ReplicaCore {
     this.epochValue++
     this.vote = this.id
     this.hardStateDirty = true
+    this.epochUnconfirmed = true
     this.verifiedLsn = this.commit
     this.reportedMatch = -1
     this.electionsStarted++
@@ -845,6 +857,7 @@ export class ReplicaCore {
    */
   persisted(lsn: number, epoch?: number): void {
     if (epoch !== undefined && this.log.epochAt(Math.min(lsn, this.log.lastLsn)) !== epoch) return
+    if ((epoch ?? this.log.epochAt(lsn)) === this.epochValue) this.epochUnconfirmed = false
     this.log.persisted(lsn)
     this.log.trim()
     if (this.role.kind === 'leader') {
@@ -1043,6 +1056,8 @@ export class ReplicaCore {
       ;(m.granted ? role.granted : role.refused).add(m.from)
       this.tally()
     } else if (role.kind === 'candidate' && !m.preVote && m.epoch === this.epochValue) {
+      // A grant answers a request that left once the epoch was durable.
+      if (m.granted) this.epochUnconfirmed = false
       ;(m.granted ? role.granted : role.refused).add(m.from)
       this.tally()
     }
@@ -1434,7 +1449,7 @@ export class ReplicaCore {
   }
 
   private send(message: Message, afterPersist = false): void {
-    if (afterPersist) this.pending.sendAfterPersist.push(message)
+    if (afterPersist || this.epochUnconfirmed) this.pending.sendAfterPersist.push(message)
     else this.pending.sendNow.push(message)
   }
 
