@@ -1023,12 +1023,12 @@ export class ReplicaCore {
       m.lastEpoch > this.log.lastEpoch ||
       (m.lastEpoch === this.log.lastEpoch && m.lastLsn >= this.log.lastLsn) ||
       unsafe?.skipUpToDateCheck === true
-    const granted =
-      canVote &&
-      upToDate &&
-      this.role.kind !== 'leader' &&
-      !this.abstaining &&
-      this.isVoter(this.id)
+    // Whether this node is a voter in its own configuration does not matter: the candidate
+    // counts the vote only if its configuration names this node a voter, and this node may
+    // not have received that configuration yet (promoted by an entry still on its way). A
+    // member that refused then could leave no one able to win: a candidate whose uncommitted
+    // promotion of this node is in effect needs this vote (etcd's TestLearnerCanVote).
+    const granted = canVote && upToDate && this.role.kind !== 'leader' && !this.abstaining
     if (granted && !m.preVote) {
       this.vote = m.from
       this.hardStateDirty = true
