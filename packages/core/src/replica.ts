@@ -619,12 +619,26 @@ export class ReplicaCore {
     return this.ticks < this.abstainUntilTick
   }
 
+  /**
+   * Whether this node campaigns: it is a voter in a configuration its log holds that no
+   * committed one has superseded, not only in the newest. A voter whose removal (or demotion)
+   * is in its log but not committed may still be needed until it is (Raft thesis §4.1): when
+   * it holds the only copy of the newest entries, no other candidate can win, and one of the
+   * voters it removed from needs a leader to commit that removal. Its own vote counts only if
+   * the configuration in effect names it (`tally`); a leader it becomes steps down once the
+   * removal commits.
+   */
+  private mayCampaign(): boolean {
+    for (const at of this.memberships) if (at.membership.voters.includes(this.id)) return true
+    return false
+  }
+
   /** Starts an election now (leadership handed over, or a test). */
   campaign(transfer = false): void {
     // A node whose state is being replaced by a snapshot holds a partial state: never lead. A
     // learner, or a node the configuration does not name (joining, or removed), never does.
     if (this.role.kind === 'leader' || this.abstaining || this.awaitingSnapshot) return
-    if (!this.isVoter(this.id)) return
+    if (!this.mayCampaign()) return
     if (transfer) this.becomeCandidate(true)
     else this.becomePreCandidate()
   }

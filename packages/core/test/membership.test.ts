@@ -1,4 +1,11 @@
-import { ReplicaCore, type CoreConfig, type CoreInit, type Message } from '../src/index.js'
+import {
+  ReplicaCore,
+  type CoreConfig,
+  type CoreEntry,
+  type CoreInit,
+  type CoreMembership,
+  type Message,
+} from '../src/index.js'
 import { testConfig } from './harness.js'
 
 const noop = new Uint8Array([0])
@@ -134,5 +141,99 @@ describe('votes across configurations', () => {
     }
     expect(n4.isVoter('n4')).toBe(true)
     expect(n3.commitLsn).toBeGreaterThanOrEqual(3)
+  })
+})
+
+/**
+ * Cores with durable logs (entries persist at once), every stream up and every message
+ * delivered, the leader's disk loads served: enough to see who can win and commit.
+ */
+class Cluster {
+  readonly disks = new Map<string, CoreEntry[]>()
+  constructor(readonly cores: Record<string, ReplicaCore>) {
+    for (const [id, c] of Object.entries(cores)) {
+      this.disks.set(id, [])
+      for (const other of Object.keys(cores)) if (other !== id) c.peerConnected(other)
+    }
+  }
+
+  withLog(id: string, entries: CoreEntry[]): this {
+    this.disks.set(id, [...entries])
+    return this
+  }
+
+  run(ticks: number, until: () => boolean = () => false): void {
+    for (let t = 0; t < ticks && !until(); t++) {
+      for (const c of Object.values(this.cores)) c.tick()
+      this.pump()
+    }
+  }
+
+  private pump(): void {
+    for (let round = 0; round < 50; round++) {
+      let moved = false
+      for (const [id, c] of Object.entries(this.cores)) {
+        if (!c.hasReady()) continue
+        const ready = c.takeReady()
+        const disk = this.disks.get(id) as CoreEntry[]
+        if (ready.truncateAfter !== null) disk.length = Math.min(disk.length, ready.truncateAfter)
+        disk.push(...ready.entries)
+        const last = ready.entries[ready.entries.length - 1]
+        if (last) c.persisted(last.lsn, last.epoch)
+        for (const load of ready.loads) {
+          c.entriesLoaded(load.to, disk.slice(load.fromLsn - 1))
+          moved = true
+        }
+        for (const m of [...ready.sendNow, ...ready.sendAfterPersist]) {
+          this.cores[m.to]?.step(m)
+          moved = true
+        }
+      }
+      if (!moved) return
+    }
+  }
+}
+
+function configEntry(lsn: number, epoch: number, membership: CoreMembership): CoreEntry {
+  return { lsn, epoch, data: noop, membership }
+}
+
+describe('campaigning across configurations', () => {
+  it('a voter whose removal is in its log but not committed still campaigns, and commits it', () => {
+    // The leader n2 removed n1 ({n2,n3}, LSN 1, committed) and then itself ({n3}, LSN 2, on
+    // n2 only), and crashed. n2 alone holds LSN 2: n3 cannot win without n2's vote, which n2
+    // refuses (n3's log is behind), and n1 is no voter to either. Only n2 can move on: it
+    // campaigns, counting the voters of {n3} (not itself), commits LSN 2 with an entry of its
+    // own epoch, and steps down; n3, the only voter left, leads.
+    const c1 = { voters: ['n2', 'n3'], learners: [] }
+    const c2 = { voters: ['n3'], learners: [] }
+    const seed = { voters: ['n1', 'n2', 'n3'], learners: [] }
+    const log = [configEntry(1, 1, c1), configEntry(2, 1, c2)]
+    const cluster = new Cluster({
+      n1: core('n1', {}),
+      n2: core('n2', {
+        lastLsn: 2,
+        lastEpoch: 1,
+        memberships: [
+          { lsn: 0, membership: seed },
+          { lsn: 1, membership: c1 },
+          { lsn: 2, membership: c2 },
+        ],
+      }),
+      n3: core('n3', {
+        commitLsn: 1,
+        lastLsn: 1,
+        lastEpoch: 1,
+        memberships: [{ lsn: 1, membership: c1 }],
+      }),
+    })
+      .withLog('n2', log)
+      .withLog('n3', log.slice(0, 1))
+    const { n2, n3 } = cluster.cores as Record<string, ReplicaCore>
+    expect(n2!.isVoter('n2')).toBe(false)
+    cluster.run(200, () => n3!.isLeader)
+    expect(n3!.isLeader).toBe(true)
+    expect(n3!.committedMembershipLsn).toBe(2)
+    expect(n2!.isLeader).toBe(false)
   })
 })
