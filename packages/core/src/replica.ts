@@ -998,16 +998,21 @@ export class ReplicaCore {
   }
 
   /**
-   * Whether a message is for the configuration: a vote request only from a voter, and its
-   * answer too (a member outside the configuration, removed or not yet added, must not move
-   * this node's epoch nor win its vote); the answers a leader tracks only from members. An
-   * append, heartbeat or snapshot is taken from any sender, as Raft takes them: a leader added
-   * while this node was behind may not be in its configuration yet, and its epoch fences it
-   * like any other (a removed member is refused at the peer port already).
+   * Whether a message is for the configuration: a vote answer only from a voter (a node
+   * outside the configuration must not move a candidate's epoch), the answers a leader tracks
+   * only from members. A vote request, an append, a heartbeat or a snapshot is taken from any
+   * sender, as Raft takes them (servers answer without consulting their configuration): a
+   * leader added while this node was behind may not be in its configuration yet, and a
+   * candidate promoted by an entry this node has not received may need its vote - refusing it
+   * could leave no one able to win (a voter two changes behind, say). The candidate's
+   * configuration decides whose vote counts. A removed node cannot disrupt: it gets no vote
+   * while it is behind the committed removal (the log check), none while members hear from a
+   * leader (the lease), and its pre-vote moves no epoch (and the peer port refuses it).
    */
   private mayHearFrom(message: Message): boolean {
     switch (message.type) {
       case 'vote':
+        return message.from !== this.id
       case 'voteAck':
         return this.isVoter(message.from)
       case 'appendAck':

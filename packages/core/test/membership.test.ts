@@ -237,3 +237,47 @@ describe('campaigning across configurations', () => {
     expect(n2!.isLeader).toBe(false)
   })
 })
+
+describe('vote requests across configurations', () => {
+  it('a voter answers a candidate its own (older) configuration does not name yet', () => {
+    // n1 led {n1} + learners, promoted n2 (LSN 2), added and promoted n3 (LSN 3, 4; LSN 4
+    // committed by n1 and n3), then proposed its own removal {n2,n3} (LSN 5, on n1 and n3).
+    // n2 missed LSN 4 and 5: to it n3 is a learner. n3 holds the newest log and needs n2's
+    // vote; n2's own configuration {n1,n2} needs n1's, which n1 refuses (n2's log is behind);
+    // n1's {n2,n3} needs n3's. If n2 dropped n3's request for not being a voter in n2's
+    // configuration, nobody could ever win. Raft servers answer RequestVote without consulting
+    // their configuration; the candidate's configuration decides whose vote counts.
+    const c = (lsn: number, voters: string[], learners: string[] = []) =>
+      configEntry(lsn, 1, { voters, learners })
+    const log = [
+      c(1, ['n1'], ['n2']),
+      c(2, ['n1', 'n2']),
+      c(3, ['n1', 'n2'], ['n3']),
+      c(4, ['n1', 'n2', 'n3']),
+      c(5, ['n2', 'n3']),
+    ]
+    const at = (e: CoreEntry) => ({ lsn: e.lsn, membership: e.membership as CoreMembership })
+    const init = (last: number, commit: number) => ({
+      commitLsn: commit,
+      lastLsn: last,
+      lastEpoch: 1,
+      memberships: log.slice(commit - 1, last).map(at),
+    })
+    const cluster = new Cluster({
+      // Election timeouts apart, so that no two candidates split the votes forever.
+      n1: core('n1', init(5, 4), { members: ['n1'], random: () => 0 }),
+      n2: core('n2', init(3, 3), { members: ['n1'], random: () => 0.3 }),
+      n3: core('n3', init(5, 4), { members: ['n1'], random: () => 0.6 }),
+    })
+      .withLog('n1', log)
+      .withLog('n2', log.slice(0, 3))
+      .withLog('n3', log)
+    const { n2, n3 } = cluster.cores as Record<string, ReplicaCore>
+    expect(n2!.isVoter('n3')).toBe(false)
+    cluster.run(300, () => n2!.committedMembershipLsn === 5 && n3!.committedMembershipLsn === 5)
+    expect(n2!.committedMembershipLsn).toBe(5)
+    expect(n3!.committedMembershipLsn).toBe(5)
+    const leader = Object.values(cluster.cores).find((x) => x.isLeader)
+    expect(['n2', 'n3']).toContain(leader?.id)
+  })
+})
