@@ -1135,8 +1135,9 @@ export class ReplicaCore {
    * higher one (within the limits of `step`) the sender is followed at that epoch; at this epoch
    * only from the leader this node follows, or from the sender when no leader is known yet (a
    * restarted follower may get the snapshot before the first heartbeat). Whether to install it.
+   * `snapshot` is the LSN and epoch of the snapshot's last entry, when the node knows them.
    */
-  snapshotOffered(from: NodeId, epoch: number): boolean {
+  snapshotOffered(from: NodeId, epoch: number, snapshot?: { lsn: number; epoch: number }): boolean {
     if (from === this.id || !isEpoch(epoch)) return false
     if (epoch < this.epochValue) return false
     if (epoch > this.epochValue) {
@@ -1149,6 +1150,18 @@ export class ReplicaCore {
     if (this.role.kind === 'leader') return false
     if (this.role.kind === 'follower' && this.role.leaderId !== null && this.role.leaderId !== from)
       return false
+    // A snapshot this node's log already reaches would only drop entries: one below its commit
+    // LSN, or one ending at an entry it holds (same LSN and epoch), after which its entries
+    // match the sender's and may have been acknowledged, counted toward a majority (a leader
+    // that went back on a stale refusal sends its committed state). Raft's InstallSnapshot
+    // keeps them; here the offer is refused, and the leader probes and replicates instead.
+    if (
+      snapshot !== undefined &&
+      (snapshot.lsn < this.commit ||
+        (!this.awaitingSnapshot && this.log.epochAt(snapshot.lsn) === snapshot.epoch))
+    ) {
+      return false
+    }
     this.role = { kind: 'follower', leaderId: from }
     this.electionElapsed = 0
     this.abstainUntilTick = 0

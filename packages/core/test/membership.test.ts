@@ -281,3 +281,39 @@ describe('vote requests across configurations', () => {
     expect(['n2', 'n3']).toContain(leader?.id)
   })
 })
+
+describe('snapshots a follower does not need', () => {
+  function follower(): ReplicaCore {
+    // Entries 1..10 of epoch 1, committed up to 5, following n1 at epoch 1 (a probe found
+    // them all matching n1's log).
+    const n2 = core('n2', { epoch: 1, commitLsn: 5, lastLsn: 10, lastEpoch: 1 })
+    n2.step({
+      type: 'append',
+      from: 'n1',
+      to: 'n2',
+      epoch: 1,
+      prevLsn: 10,
+      prevEpoch: 1,
+      entries: [],
+      commitLsn: 5,
+      leaderLastLsn: 10,
+    })
+    n2.takeReady()
+    return n2
+  }
+
+  it('refuses a snapshot its log already holds: installing it would drop entries it acknowledged', () => {
+    // The leader went back on a stale refusal and sent its committed state (LSN 7); this node
+    // holds entry 7 of the same epoch and may have acknowledged up to 10, counted toward the
+    // majority. Replacing the log would lose them; the leader probes instead.
+    const n2 = follower()
+    expect(n2.snapshotOffered('n1', 1, { lsn: 7, epoch: 1 })).toBe(false)
+    // Its commit LSN may then move up to 10, past the snapshot's LSN: installing it later
+    // would have broken the core's invariant (commit LSN above the snapshot's) and crashed it.
+    // Below its commit LSN: nothing to gain either.
+    expect(n2.snapshotOffered('n1', 1, { lsn: 4, epoch: 1 })).toBe(false)
+    // A snapshot past its log, or whose last entry it holds from another epoch, it takes.
+    expect(n2.snapshotOffered('n1', 1, { lsn: 12, epoch: 1 })).toBe(true)
+    expect(follower().snapshotOffered('n1', 1, { lsn: 8, epoch: 2 })).toBe(true)
+  })
+})
