@@ -271,6 +271,12 @@ export class ReplicaCore {
    */
   private matchUnreported = false
   /**
+   * A snapshot was installed and no append has come since: the leader leaves its snapshot
+   * state only on this node's acknowledgement, so it goes again with every heartbeat's answer
+   * (one lost on a lossy link would leave this node without entries for good).
+   */
+  private snapshotUnacknowledged = false
+  /**
    * This node raised its epoch as a candidate and nothing has shown that epoch durable yet. A
    * candidate's vote requests leave only once it is (persist before send), so a win by votes
    * proves it; a lone voter wins by its own vote and asks nobody. Until an entry of the epoch
@@ -1202,6 +1208,7 @@ export class ReplicaCore {
     this.commit = lsn
     this.verifiedLsn = lsn
     this.hardStateDirty = true
+    this.snapshotUnacknowledged = true
     this.reportMatch(true)
   }
 
@@ -1223,6 +1230,7 @@ export class ReplicaCore {
     this.electionElapsed = 0
     this.abstainUntilTick = 0
     this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
+    this.snapshotUnacknowledged = false
     if (this.awaitingSnapshot) {
       this.reject(m.from, snapshotNeededHint)
       return
@@ -1313,7 +1321,7 @@ export class ReplicaCore {
     this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
     this.advanceCommit(m.commitLsn, this.verifiedLsn)
     // The leader waits for an append acknowledgement to leave its snapshot state.
-    if (this.matchUnreported) this.reportMatch(true)
+    if (this.matchUnreported || this.snapshotUnacknowledged) this.reportMatch(true)
     this.send(
       {
         type: 'heartbeatAck',

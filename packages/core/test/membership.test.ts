@@ -316,4 +316,35 @@ describe('snapshots a follower does not need', () => {
     expect(n2.snapshotOffered('n1', 1, { lsn: 12, epoch: 1 })).toBe(true)
     expect(follower().snapshotOffered('n1', 1, { lsn: 8, epoch: 2 })).toBe(true)
   })
+
+  it('tells the leader it installed a snapshot again with each heartbeat until an append arrives', () => {
+    // The leader sends nothing but heartbeats to a follower it owes a snapshot, and leaves that
+    // state on the follower's append acknowledgement only: sent once, a lossy link could drop it
+    // and leave the follower without entries for good.
+    const n2 = core('n2', { epoch: 1, commitLsn: 2, lastLsn: 3, lastEpoch: 1 })
+    const heartbeat = {
+      type: 'heartbeat',
+      from: 'n1',
+      to: 'n2',
+      epoch: 1,
+      commitLsn: 2,
+      leaderLastLsn: 20,
+    } as const
+    n2.step(heartbeat)
+    expect(n2.snapshotOffered('n1', 1, { lsn: 12, epoch: 1 })).toBe(true)
+    n2.awaitSnapshot()
+    n2.snapshotInstalled(12, 1, null)
+    n2.takeReady() // its acknowledgement, lost
+    const acks = () =>
+      n2.takeReady().sendAfterPersist.filter((m) => m.type === 'appendAck' && m.matchLsn === 12)
+    n2.step(heartbeat)
+    expect(acks()).toHaveLength(1)
+    n2.step(heartbeat)
+    expect(acks()).toHaveLength(1)
+    // The leader replicates again: that was heard.
+    n2.step({ ...heartbeat, type: 'append', prevLsn: 12, prevEpoch: 1, entries: [] })
+    n2.takeReady()
+    n2.step(heartbeat)
+    expect(acks()).toHaveLength(0)
+  })
 })
