@@ -154,9 +154,13 @@ export class Progress {
    * at `tick`. Frees what it acknowledged, and leaves probe or snapshot for replicate.
    */
   maybeUpdate(matchLsn: number, leaderLastLsn: number, tick: number): void {
+    const before = this.matchLsnValue
     if (matchLsn > this.matchLsnValue) this.matchLsnValue = Math.min(matchLsn, leaderLastLsn)
     this.freeUpTo(this.matchLsnValue)
-    this.lastAckTickValue = tick
+    // Only an acknowledgement that moves the match answers appends in flight: a repeated one
+    // (a duplicate, or a follower re-reporting a snapshot) must not hold off `retransmitDue`.
+    // An empty window needs no clock: `sentEntries` starts it with the next append.
+    if (this.matchLsnValue > before || this.stateValue !== 'replicate') this.lastAckTickValue = tick
     if (this.nextLsnValue <= this.matchLsnValue) this.nextLsnValue = this.matchLsnValue + 1
     if (this.stateValue !== 'replicate') this.becomeReplicate()
   }
