@@ -160,6 +160,7 @@ const rows = [
     `${summary.membershipChanges} (${summary.leaderRemovals})`,
   ],
   ['nodes started (voters, spares, joiners)', String(summary.nodesStarted)],
+  ['snapshots installed', String(summary.snapshotsInstalled)],
   [
     'ticks from heal to a commit everywhere',
     `p50 ${summary.recoveryTicksP50}, max ${summary.recoveryTicksMax}`,

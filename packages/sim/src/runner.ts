@@ -11,6 +11,8 @@ export interface RunSummary {
   /** Forged heartbeats at absurd epochs, over every seed. */
   epochBombs: number
   committed: number
+  /** Snapshots installed, over every seed. */
+  snapshotsInstalled: number
   /** Configuration entries proposed, over every seed. */
   membershipChanges: number
   /** Leaders that proposed their own removal, over every seed. */
@@ -46,6 +48,7 @@ export function runSeeds(options: {
     messages: 0,
     epochBombs: 0,
     committed: 0,
+    snapshotsInstalled: 0,
     membershipChanges: 0,
     leaderRemovals: 0,
     nodesStarted: 0,
@@ -67,6 +70,7 @@ export function runSeeds(options: {
     totals.messages += result.messages
     totals.epochBombs += result.epochBombs
     totals.committed += result.committedLsn
+    totals.snapshotsInstalled += result.snapshotsInstalled
     totals.membershipChanges += result.membershipChanges
     totals.leaderRemovals += result.leaderRemovals
     totals.nodesStarted += result.nodesStarted

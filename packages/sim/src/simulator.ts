@@ -23,6 +23,11 @@
  *   configuration is stale) hears only from the leader, so nothing joins a cluster above
  *   epochFreeMax + epochStepMax; and a faulty sole voter is its own majority.
  *
+ * - Snapshots (seeds with membership): nodes compact their logs near their durable commit
+ *   LSN; a leader sends a follower whose next entry it compacted a snapshot of its committed
+ *   state with the configuration it holds (`snapshotInstalled(lsn, epoch, membership)`), one at
+ *   a time per follower, taken as the node's receiver takes it. `snapshotAt: 'logEnd'` cuts it
+ *   at the leader's durable log end instead, as the node's store does today.
  * - Membership: the run starts with `nodes` voters and `spares` more nodes running outside the
  *   configuration (joining nodes). The leader changes the configuration through the log, one
  *   single-server step at a time and only when `checkMembershipChange` allows, as the node
@@ -92,6 +97,12 @@ export interface SimOptions {
   unsafe?: UnsafeRule
   /** Called with a line for each notable event (leaders, configurations, faults): `--trace`. */
   trace?: (line: string) => void
+  /**
+   * Where a leader cuts the snapshot it sends: at its commit LSN (default; Raft's rule) or at
+   * its durable log end, as the node's store does today (its state is applied to the log end,
+   * and the follower takes the snapshot's LSN as committed): see `sendSnapshot`.
+   */
+  snapshotAt?: 'commit' | 'logEnd'
 }
 
 /** The fault rates one seed picked. */
@@ -115,6 +126,8 @@ export interface FaultRates {
    * configuration cut off from the rest, or the leader crashed).
    */
   membershipFaultRate: number
+  /** Per node per tick: it compacts its log up to near its durable commit LSN (snapshots). */
+  compactRate: number
 }
 
 export interface SimResult {
@@ -135,6 +148,8 @@ export interface SimResult {
   /** The highest epoch any node reached. */
   epochTop: number
   committedLsn: number
+  /** Snapshots installed by followers whose next entry the leader had compacted. */
+  snapshotsInstalled: number
   /** Configuration entries proposed (the seed's seal included). */
   membershipChanges: number
   /** Of those, leaders proposing their own removal. */
@@ -167,8 +182,12 @@ interface DiskJob {
 interface SimNode {
   id: NodeId
   core: ReplicaCore | null
-  /** What survives a crash. */
-  disk: { hard: HardState; log: CoreEntry[] }
+  /**
+   * What survives a crash. `log` holds every entry from LSN 1 (index LSN - 1): those below
+   * `logStart` stand for the applied state a snapshot holds (compacted from the log), the rest
+   * for the log itself. Keeping them lets every check compare whole histories.
+   */
+  disk: { hard: HardState; log: CoreEntry[]; logStart: number }
   /** The log as the running core believes it: the disk plus writes not yet complete. */
   view: CoreEntry[]
   /** LSNs of the configuration entries in `view`, in order. */
@@ -190,6 +209,23 @@ interface InFlight {
   deliverTick: number
   seq: number
   message: Message
+}
+
+/** A snapshot on its way from a leader: the state up to `lsn` (entries 1..lsn). */
+interface SnapshotInFlight {
+  /** Its first chunk arrives (the follower starts the install, or refuses it). */
+  deliverTick: number
+  /** Its last chunk arrives (the install completes). */
+  finishTick: number
+  /** The follower took the first chunk. */
+  begun: boolean
+  from: NodeId
+  to: NodeId
+  /** The sender's epoch when it sent it. */
+  epoch: number
+  lsn: number
+  entries: CoreEntry[]
+  membership: MembershipAt | null
 }
 
 /** One single-server step of a configuration change the simulator drives. */
@@ -292,6 +328,13 @@ export class Simulation {
   private readonly nodesMax: number
   private readonly nodes = new Map<NodeId, SimNode>()
   private network: InFlight[] = []
+  private snapshotsInFlight: SnapshotInFlight[] = []
+  /** "from>to": the one snapshot a leader streams to a follower at a time (the node's sender). */
+  private readonly snapshotsSending = new Set<string>()
+  /** Asked for again while one was being sent: the core is told it failed once that ends. */
+  private readonly snapshotsAgain = new Set<string>()
+  /** Whether any node ever compacted (else a snapshot request is a bug). */
+  private compactedAny = false
   private seq = 0
   private tick = 0
   /** Unordered pairs "a|b" that are cut. */
@@ -317,6 +360,7 @@ export class Simulation {
     epochTop: 0,
     membershipChanges: 0,
     leaderRemovals: 0,
+    snapshotsInstalled: 0,
   }
 
   constructor(options: SimOptions) {
@@ -324,6 +368,7 @@ export class Simulation {
       faultTicks: 1500,
       livenessTicks: 1500,
       membership: 'seeded',
+      snapshotAt: 'commit',
       ...options,
       unsafe: options.unsafe ?? null,
     }
@@ -342,12 +387,14 @@ export class Simulation {
       epochBombRate: 0,
       membershipRate: 0,
       membershipFaultRate: 0,
+      compactRate: 0,
     }
     this.seedVoters = Array.from({ length: options.nodes }, (_, i) => `n${i + 1}`)
     this.memberRng = new Prng((options.seed ^ 0x2545f491) >>> 0)
     if (this.options.membership === 'seeded') {
       this.rates.membershipRate = this.memberRng.pick([0, 0.01, 0.03, 0.1])
       this.rates.membershipFaultRate = this.memberRng.pick([0, 0.1, 0.3])
+      this.rates.compactRate = this.memberRng.pick([0, 0.005, 0.02])
     }
     const spares = this.rates.membershipRate > 0 ? sparesDefault : 0
     this.nodesMax = this.rates.membershipRate > 0 ? options.nodes + extraNodesMax : options.nodes
@@ -363,7 +410,7 @@ export class Simulation {
     const node: SimNode = {
       id,
       core: null,
-      disk: { hard: { epoch: 0, vote: '', commitLsn: 0 }, log: [] },
+      disk: { hard: { epoch: 0, vote: '', commitLsn: 0 }, log: [], logStart: 1 },
       view: [],
       configLsns: [],
       jobs: [],
@@ -419,6 +466,7 @@ export class Simulation {
       epochBombs: this.stats.epochBombs,
       epochTop: this.stats.epochTop,
       committedLsn: this.committed.length,
+      snapshotsInstalled: this.stats.snapshotsInstalled,
       membershipChanges: this.stats.membershipChanges,
       leaderRemovals: this.stats.leaderRemovals,
       nodesStarted: this.ids.length,
@@ -439,11 +487,17 @@ export class Simulation {
         for (const { message } of due) this.deliver(message)
       }
     }
+    if (this.snapshotsInFlight.length > 0) this.deliverSnapshots()
     for (const node of this.nodes.values()) this.completeDiskJobs(node)
     for (const node of this.nodes.values()) {
       if (node.core === null) continue
       node.core.tick()
       this.process(node)
+    }
+    if (this.rates.compactRate > 0) {
+      for (const node of this.nodes.values()) {
+        if (node.core !== null && this.memberRng.chance(this.rates.compactRate)) this.compact(node)
+      }
     }
     for (const node of this.nodes.values()) {
       if (node.core === null && node.restartTick <= this.tick) {
@@ -548,8 +602,9 @@ export class Simulation {
 
   private start(node: SimNode): void {
     const log = node.disk.log
+    const logStart = node.disk.logStart
     const runs: { epoch: number; startLsn: number }[] = []
-    for (const e of log) {
+    for (const e of log.slice(logStart - 1)) {
       if (runs[runs.length - 1]?.epoch !== e.epoch) runs.push({ epoch: e.epoch, startLsn: e.lsn })
     }
     const random = this.rng.float.bind(this.rng)
@@ -579,8 +634,8 @@ export class Simulation {
       epoch: node.disk.hard.epoch,
       vote: node.disk.hard.vote,
       commitLsn: node.disk.hard.commitLsn,
-      logStartLsn: 1,
-      compactedEpoch: 0,
+      logStartLsn: logStart,
+      compactedEpoch: log[logStart - 2]?.epoch ?? 0,
       lastLsn: log.length,
       lastEpoch: log[log.length - 1]?.epoch ?? 0,
       epochRuns: runs,
@@ -731,16 +786,18 @@ export class Simulation {
       }
       for (const load of ready.loads) {
         // Only durable entries can be read back, as from LevelDB, and decoded.
+        const from = Math.max(load.fromLsn, node.disk.logStart)
         core.entriesLoaded(
           load.to,
-          node.disk.log.slice(load.fromLsn - 1, load.fromLsn - 1 + 8).map(decodeEntry),
+          from === load.fromLsn ? node.disk.log.slice(from - 1, from - 1 + 8).map(decodeEntry) : [],
         )
       }
-      if (ready.snapshots.length > 0) {
+      if (ready.snapshots.length > 0 && !this.compactedAny) {
         throw new InvariantViolation(
           `${node.id}: asked for a snapshot to ${ready.snapshots.join(', ')}, but nothing was compacted`,
         )
       }
+      for (const to of ready.snapshots) this.sendSnapshot(node, to)
     }
     this.observe(node)
   }
@@ -789,6 +846,11 @@ export class Simulation {
             `${node.id}: truncating after ${job.truncateAfter}, below its durable commit LSN ${disk.hard.commitLsn}`,
           )
         }
+        if (job.truncateAfter < disk.logStart - 1) {
+          throw new InvariantViolation(
+            `${node.id}: truncating after ${job.truncateAfter}, into its compacted log (it starts at ${disk.logStart})`,
+          )
+        }
         disk.log.length = Math.min(disk.log.length, job.truncateAfter)
       }
       for (const e of job.entries) {
@@ -809,6 +871,142 @@ export class Simulation {
       for (const m of job.after) this.send(node, m)
       this.process(node)
     }
+  }
+
+  // ------------------------------------------------------------------ snapshots
+
+  /**
+   * The node compacts its log up to near its durable commit LSN, as the node does once the
+   * state holds those entries: the log starts after them, and a follower that needs one gets a
+   * snapshot instead.
+   */
+  private compact(node: SimNode): void {
+    const disk = node.disk
+    const retainFrom = disk.hard.commitLsn + 1 - this.memberRng.int(0, 8)
+    if (retainFrom <= disk.logStart) return
+    disk.logStart = retainFrom
+    this.compactedAny = true
+    ;(node.core as ReplicaCore).compacted(retainFrom, disk.log[retainFrom - 2]?.epoch ?? 0)
+    this.process(node)
+  }
+
+  /**
+   * The leader streams a snapshot of its state to `to`: cut at its commit LSN, or (as the
+   * node's store does, `snapshotAt: 'logEnd'`) at its durable log end. The snapshot holds the
+   * configuration the state holds at that LSN, with the LSN that made it.
+   */
+  private sendSnapshot(leader: SimNode, to: NodeId): void {
+    const core = leader.core as ReplicaCore
+    const lsn =
+      this.options.snapshotAt === 'logEnd'
+        ? leader.disk.log.length
+        : Math.min(core.commitLsn, leader.disk.log.length)
+    let membership: MembershipAt | null = null
+    for (let i = leader.configLsns.length - 1; i >= 0; i--) {
+      const at = leader.configLsns[i] as number
+      if (at > lsn) continue
+      membership = { lsn: at, membership: leader.view[at - 1]?.membership as CoreMembership }
+      break
+    }
+    const key = `${leader.id}>${to}`
+    if (this.snapshotsSending.has(key)) {
+      this.snapshotsAgain.add(key)
+      return
+    }
+    this.snapshotsSending.add(key)
+    this.log(() => `${leader.id} sends a snapshot at ${lsn} to ${to}`)
+    const deliverTick = this.tick + this.rng.int(1, this.rates.delayTicksMax)
+    this.snapshotsInFlight.push({
+      deliverTick,
+      finishTick: deliverTick + this.rng.int(0, 4),
+      begun: false,
+      from: leader.id,
+      to,
+      epoch: core.epoch,
+      lsn,
+      entries: leader.disk.log.slice(0, lsn),
+      membership,
+    })
+  }
+
+  private deliverSnapshots(): void {
+    const keep: SnapshotInFlight[] = []
+    for (const snap of this.snapshotsInFlight) {
+      if (!snap.begun && snap.deliverTick <= this.tick) {
+        if (!this.beginSnapshot(snap)) {
+          this.snapshotDone(snap, false)
+          continue
+        }
+        snap.begun = true
+      }
+      if (snap.begun && snap.finishTick <= this.tick) {
+        this.snapshotDone(snap, this.finishSnapshot(snap))
+        continue
+      }
+      keep.push(snap)
+    }
+    this.snapshotsInFlight = keep
+  }
+
+  /** The transfer ended: the leader's core hears of a failure, or of a request made meanwhile. */
+  private snapshotDone(snap: SnapshotInFlight, installed: boolean): void {
+    const key = `${snap.from}>${snap.to}`
+    this.snapshotsSending.delete(key)
+    const again = this.snapshotsAgain.delete(key)
+    const from = this.nodes.get(snap.from) as SimNode
+    if (from.core === null || (installed && !again)) return
+    from.core.snapshotFailed(snap.to)
+    this.process(from)
+  }
+
+  /**
+   * The first chunk, as the node's receiver takes it: refused below the follower's durable
+   * commit LSN or when the core will not take it from the sender now (`snapshotOffered`);
+   * otherwise the core refuses appends until the install completes (`awaitSnapshot`).
+   */
+  private beginSnapshot(snap: SnapshotInFlight): boolean {
+    const to = this.nodes.get(snap.to) as SimNode
+    const core = to.core
+    if (core === null || !this.linkUp(snap.from, snap.to)) return false
+    const last = { lsn: snap.lsn, epoch: snap.entries[snap.lsn - 1]?.epoch ?? 0 }
+    if (snap.lsn < to.disk.hard.commitLsn || !core.snapshotOffered(snap.from, snap.epoch, last)) {
+      this.process(to)
+      return false
+    }
+    core.awaitSnapshot()
+    this.process(to)
+    return true
+  }
+
+  /**
+   * The last chunk: the state and log are replaced at once (atomic on the node's disk; writes
+   * in flight complete first, as none could follow it). A follower that crashed or lost the
+   * stream meanwhile keeps its disk as it was (the node keeps a partial state and waits for a
+   * new snapshot; not modelled).
+   */
+  private finishSnapshot(snap: SnapshotInFlight): boolean {
+    const to = this.nodes.get(snap.to) as SimNode
+    if (to.core === null || !this.linkUp(snap.from, snap.to)) return false
+    if (to.jobs.length > 0) this.completeAllJobs(to)
+    if (to.core === null || snap.lsn < to.disk.hard.commitLsn) return false
+    const entries = snap.entries.map((e) => ({ lsn: e.lsn, epoch: e.epoch, data: e.data }))
+    to.disk.log = entries
+    to.disk.logStart = snap.lsn + 1
+    to.disk.hard = { ...to.disk.hard, commitLsn: snap.lsn }
+    to.view = entries.map(decodeEntry)
+    to.configLsns = to.view.filter((e) => e.membership !== undefined).map((e) => e.lsn)
+    this.compactedAny = true
+    this.stats.snapshotsInstalled++
+    this.log(() => `${to.id} installs a snapshot at ${snap.lsn} from ${snap.from}`)
+    to.core.snapshotInstalled(snap.lsn, entries[snap.lsn - 1]?.epoch ?? 0, snap.membership)
+    this.process(to)
+    return true
+  }
+
+  /** Completes every write in flight now (a snapshot install waits for them). */
+  private completeAllJobs(node: SimNode): void {
+    for (const job of node.jobs) job.dueTick = this.tick
+    this.completeDiskJobs(node)
   }
 
   // ------------------------------------------------------------------ proposals
