@@ -1161,16 +1161,22 @@ export class ReplicaCore {
     // match the sender's and may have been acknowledged, counted toward a majority (a leader
     // that went back on a stale refusal sends its committed state). Raft's InstallSnapshot
     // keeps them; here the offer is refused, and the leader probes and replicates instead.
-    if (
-      snapshot !== undefined &&
-      (snapshot.lsn < this.commit ||
-        (!this.awaitingSnapshot && this.log.epochAt(snapshot.lsn) === snapshot.epoch))
-    ) {
-      return false
-    }
     this.role = { kind: 'follower', leaderId: from }
     this.electionElapsed = 0
     this.abstainUntilTick = 0
+    if (snapshot !== undefined && snapshot.lsn < this.commit) return false
+    if (
+      snapshot !== undefined &&
+      !this.awaitingSnapshot &&
+      this.log.epochAt(snapshot.lsn) === snapshot.epoch
+    ) {
+      // Holding the snapshot's last entry, this log matches the leader's up to it: say so (the
+      // leader, whose log starts after it, could not probe that far back and would offer the
+      // snapshot again and again).
+      this.verifiedLsn = Math.max(this.verifiedLsn, snapshot.lsn)
+      this.reportMatch(true)
+      return false
+    }
     return true
   }
 

@@ -347,4 +347,16 @@ describe('snapshots a follower does not need', () => {
     n2.step(heartbeat)
     expect(acks()).toHaveLength(0)
   })
+
+  it('refusing a snapshot whose last entry it holds, tells the leader how far its log matches', () => {
+    // The leader believes this node matches up to 5 only, and cannot probe below its own log
+    // start: unless the refusal says the log matches up to the snapshot's LSN (it holds that
+    // entry, so it holds the leader's log up to there), the leader would offer it again forever.
+    const n2 = core('n2', { epoch: 1, commitLsn: 5, lastLsn: 10, lastEpoch: 1 })
+    n2.step({ type: 'heartbeat', from: 'n1', to: 'n2', epoch: 1, commitLsn: 5, leaderLastLsn: 12 })
+    n2.takeReady()
+    expect(n2.snapshotOffered('n1', 1, { lsn: 8, epoch: 1 })).toBe(false)
+    const acks = n2.takeReady().sendAfterPersist.filter((m) => m.type === 'appendAck')
+    expect(acks).toMatchObject([{ to: 'n1', matchLsn: 8, reject: false }])
+  })
 })
