@@ -33,6 +33,7 @@ const { values } = parseArgs({
     unsafe: { type: 'string' },
     'fault-ticks': { type: 'string' },
     membership: { type: 'string', default: 'seeded' },
+    'snapshot-at': { type: 'string', default: 'commit' },
     trace: { type: 'boolean', default: false },
     mode: { type: 'string', default: 'single-leader' },
     help: { type: 'boolean', default: false },
@@ -46,6 +47,7 @@ if (values.help) {
       '       pnpm sim --seed S [--nodes 3|5] [--trace]   replay one seed, printing its fault rates',
       '  --nodes: voters of the first configuration (two spare nodes run too, and join over time)',
       '  --membership off: no configuration changes and no spare nodes (the runs from before them)',
+      "  --snapshot-at logEnd: leaders cut snapshots at their log end, as the node's store does",
       '       pnpm sim --mode leaderless [--seeds N] [--first S] [--fault-ticks T] [--unsafe LRULE]',
       '       pnpm sim --mode leaderless --seed S   replay one leaderless seed (5 members, N = 3)',
       `RULE: ${unsafeRules.join(', ')} (breaks the core on purpose; the run must fail)`,
@@ -115,9 +117,12 @@ const faultTicks = int('fault-ticks', values['fault-ticks'], 1)
 if (values.membership !== 'seeded' && values.membership !== 'off')
   fail('--membership must be seeded or off')
 const membership = values.membership
+const snapshotAt = values['snapshot-at']
+if (snapshotAt !== 'commit' && snapshotAt !== 'logEnd')
+  fail('--snapshot-at must be commit or logEnd')
 
 const replay = (seed: number, n: number) =>
-  `pnpm sim --seed ${seed} --nodes ${n}${unsafe ? ` --unsafe ${unsafe}` : ''}${faultTicks ? ` --fault-ticks ${faultTicks}` : ''}${membership === 'off' ? ' --membership off' : ''}`
+  `pnpm sim --seed ${seed} --nodes ${n}${unsafe ? ` --unsafe ${unsafe}` : ''}${faultTicks ? ` --fault-ticks ${faultTicks}` : ''}${membership === 'off' ? ' --membership off' : ''}${snapshotAt === 'logEnd' ? ' --snapshot-at logEnd' : ''}`
 
 if (values.seed !== undefined) {
   const seed = int('seed', values.seed, 0) as number
@@ -126,6 +131,7 @@ if (values.seed !== undefined) {
     seed,
     nodes: n,
     membership,
+    snapshotAt,
     ...(unsafe ? { unsafe } : {}),
     ...(faultTicks ? { faultTicks } : {}),
     ...(values.trace ? { trace: (line: string) => process.stdout.write(`${line}\n`) } : {}),
@@ -141,6 +147,7 @@ const summary = runSeeds({
   count,
   ...(nodes ? { nodes } : {}),
   membership,
+  snapshotAt,
   ...(unsafe ? { unsafe } : {}),
   ...(faultTicks ? { faultTicks } : {}),
 })

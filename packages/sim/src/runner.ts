@@ -37,6 +37,7 @@ export function runSeeds(options: {
   stopOnFailure?: boolean
   faultTicks?: number
   membership?: 'seeded' | 'off'
+  snapshotAt?: 'commit' | 'logEnd'
 }): RunSummary {
   const started = performance.now()
   const failures: SimResult[] = []
@@ -63,6 +64,7 @@ export function runSeeds(options: {
       ...(options.unsafe ? { unsafe: options.unsafe } : {}),
       ...(options.faultTicks ? { faultTicks: options.faultTicks } : {}),
       ...(options.membership ? { membership: options.membership } : {}),
+      ...(options.snapshotAt ? { snapshotAt: options.snapshotAt } : {}),
     })
     totals.elections += result.elections
     totals.crashes += result.crashes
