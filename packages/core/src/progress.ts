@@ -238,6 +238,19 @@ export class Progress {
     this.loadingValue = false
   }
 
+  /**
+   * A snapshot at `lsn` was streamed to the follower whole: probe from just past it (etcd's
+   * ReportSnapshot). Its acknowledgement of the install may be lost, and the leader would wait
+   * in this state for good; the probe's answer says where its log stands either way. False
+   * when none was owed.
+   */
+  snapshotSent(lsn: number): boolean {
+    if (this.stateValue !== 'snapshot') return false
+    this.becomeProbe()
+    this.nextLsnValue = Math.max(this.matchLsnValue + 1, lsn + 1)
+    return true
+  }
+
   /** A snapshot stream to the follower failed: probe again. False when none was owed. */
   snapshotFailed(): boolean {
     if (this.stateValue !== 'snapshot') return false

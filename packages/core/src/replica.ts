@@ -1127,6 +1127,14 @@ export class ReplicaCore {
     this.sendAppend(to, pr)
   }
 
+  /** Leader: a snapshot at `lsn` was streamed to `to` whole; probe from just past it. */
+  snapshotSent(to: NodeId, lsn: number): void {
+    if (this.role.kind !== 'leader') return
+    const pr = this.role.progress.get(to)
+    if (!pr || !pr.snapshotSent(Math.min(lsn, this.log.lastLsn))) return
+    this.sendAppend(to, pr)
+  }
+
   /** Leader: a snapshot stream to `to` failed; try again from a probe. */
   snapshotFailed(to: NodeId): void {
     if (this.role.kind !== 'leader') return

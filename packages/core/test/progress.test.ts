@@ -28,6 +28,15 @@ describe('Progress (one follower, as the leader sees it)', () => {
     expect(paused(pr)).toBe(false)
   })
 
+  it('a snapshot streamed whole: probe from just past it, whatever became of its acknowledgement', () => {
+    const pr = new Progress(11, true)
+    pr.becomeSnapshot()
+    expect(pr.snapshotSent(30)).toBe(true)
+    expect(pr.state).toBe('probe')
+    expect(pr.nextLsn).toBe(31)
+    expect(pr.snapshotSent(30)).toBe(false)
+  })
+
   it('an acknowledgement that answers nothing in flight does not hold off the retransmission', () => {
     // Appends 13..16 were lost; the follower keeps acknowledging 12 (a duplicate, or a
     // follower that installed a snapshot re-reporting it with each heartbeat). Were each such

@@ -954,8 +954,9 @@ export class Simulation {
     this.snapshotsSending.delete(key)
     const again = this.snapshotsAgain.delete(key)
     const from = this.nodes.get(snap.from) as SimNode
-    if (from.core === null || (installed && !again)) return
-    from.core.snapshotFailed(snap.to)
+    if (from.core === null) return
+    if (installed) from.core.snapshotSent(snap.to, snap.lsn)
+    if (!installed || again) from.core.snapshotFailed(snap.to)
     this.process(from)
   }
 

@@ -218,6 +218,10 @@ export class Replicator {
         core.snapshotFailed(to)
         this.schedule()
       },
+      onSent: (to, lsn) => {
+        core.snapshotSent(to, lsn)
+        this.schedule()
+      },
       logger: this.log,
     })
     this.snapshotReceiver = new SnapshotReceiver({

@@ -27,6 +27,8 @@ export interface SnapshotSenderOptions {
    * (`snapshotFailed`), so that it probes and asks again.
    */
   onFailed: (to: string) => void
+  /** The snapshot at `lsn` was streamed to `to` whole: the core probes from just past it. */
+  onSent?: (to: string, lsn: number) => void
   logger: Logger
 }
 
@@ -106,6 +108,7 @@ export class SnapshotSender {
       }
       await flush(true)
       this.sent++
+      options.onSent?.(to, snapshotLsn)
     } catch (err) {
       options.logger.warn({ peer: to, err: (err as Error).message }, 'snapshot to follower failed')
       options.onFailed(to)
