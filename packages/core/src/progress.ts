@@ -154,9 +154,13 @@ export class Progress {
    * at `tick`. Frees what it acknowledged, and leaves probe or snapshot for replicate.
    */
   maybeUpdate(matchLsn: number, leaderLastLsn: number, tick: number): void {
+    const before = this.matchLsnValue
     if (matchLsn > this.matchLsnValue) this.matchLsnValue = Math.min(matchLsn, leaderLastLsn)
     this.freeUpTo(this.matchLsnValue)
-    this.lastAckTickValue = tick
+    // Only an acknowledgement that moves the match answers appends in flight: a repeated one
+    // (a duplicate, or a follower re-reporting a snapshot) must not hold off `retransmitDue`.
+    // An empty window needs no clock: `sentEntries` starts it with the next append.
+    if (this.matchLsnValue > before || this.stateValue !== 'replicate') this.lastAckTickValue = tick
     if (this.nextLsnValue <= this.matchLsnValue) this.nextLsnValue = this.matchLsnValue + 1
     if (this.stateValue !== 'replicate') this.becomeReplicate()
   }
@@ -232,6 +236,19 @@ export class Progress {
   /** The entries asked for were loaded (or could not be). */
   loaded(): void {
     this.loadingValue = false
+  }
+
+  /**
+   * A snapshot at `lsn` was streamed to the follower whole: probe from just past it (etcd's
+   * ReportSnapshot). Its acknowledgement of the install may be lost, and the leader would wait
+   * in this state for good; the probe's answer says where its log stands either way. False
+   * when none was owed.
+   */
+  snapshotSent(lsn: number): boolean {
+    if (this.stateValue !== 'snapshot') return false
+    this.becomeProbe()
+    this.nextLsnValue = Math.max(this.matchLsnValue + 1, lsn + 1)
+    return true
   }
 
   /** A snapshot stream to the follower failed: probe again. False when none was owed. */

@@ -270,6 +270,22 @@ export class ReplicaCore {
    * through the core): the leader learns the new match with the next heartbeat's answer.
    */
   private matchUnreported = false
+  /**
+   * A snapshot was installed and no append has come since: the leader leaves its snapshot
+   * state only on this node's acknowledgement, so it goes again with every heartbeat's answer
+   * (one lost on a lossy link would leave this node without entries for good).
+   */
+  private snapshotUnacknowledged = false
+  /**
+   * This node raised its epoch as a candidate and nothing has shown that epoch durable yet. A
+   * candidate's vote requests leave only once it is (persist before send), so a win by votes
+   * proves it; a lone voter wins by its own vote and asks nobody. Until an entry of the epoch
+   * is reported persisted (the node writes the hard state before entries) or a vote is granted,
+   * everything this node sends waits for persistence: else a leader that crashed before the
+   * write could restart at the old epoch and lead the new one again with another log, while a
+   * learner holds the entries of the first.
+   */
+  private epochUnconfirmed = false
 
   constructor(config: CoreConfig, init: CoreInit) {
     invariant(new Set(config.members).size === config.members.length, 'duplicate member ids')
@@ -524,6 +540,7 @@ export class ReplicaCore {
       this.epochValue = epoch
       this.vote = ''
       this.hardStateDirty = true
+      this.epochUnconfirmed = false
       // What matched the old leader's log is not known to match the new one's.
       this.verifiedLsn = this.commit
       this.reportedMatch = -1
@@ -548,6 +565,7 @@ export class ReplicaCore {
     this.epochValue++
     this.vote = this.id
     this.hardStateDirty = true
+    this.epochUnconfirmed = true
     this.verifiedLsn = this.commit
     this.reportedMatch = -1
     this.electionsStarted++
@@ -607,12 +625,26 @@ export class ReplicaCore {
     return this.ticks < this.abstainUntilTick
   }
 
+  /**
+   * Whether this node campaigns: it is a voter in a configuration its log holds that no
+   * committed one has superseded, not only in the newest. A voter whose removal (or demotion)
+   * is in its log but not committed may still be needed until it is (Raft thesis §4.1): when
+   * it holds the only copy of the newest entries, no other candidate can win, and one of the
+   * voters it removed from needs a leader to commit that removal. Its own vote counts only if
+   * the configuration in effect names it (`tally`); a leader it becomes steps down once the
+   * removal commits.
+   */
+  private mayCampaign(): boolean {
+    for (const at of this.memberships) if (at.membership.voters.includes(this.id)) return true
+    return false
+  }
+
   /** Starts an election now (leadership handed over, or a test). */
   campaign(transfer = false): void {
     // A node whose state is being replaced by a snapshot holds a partial state: never lead. A
     // learner, or a node the configuration does not name (joining, or removed), never does.
     if (this.role.kind === 'leader' || this.abstaining || this.awaitingSnapshot) return
-    if (!this.isVoter(this.id)) return
+    if (!this.mayCampaign()) return
     if (transfer) this.becomeCandidate(true)
     else this.becomePreCandidate()
   }
@@ -845,6 +877,7 @@ export class ReplicaCore {
    */
   persisted(lsn: number, epoch?: number): void {
     if (epoch !== undefined && this.log.epochAt(Math.min(lsn, this.log.lastLsn)) !== epoch) return
+    if ((epoch ?? this.log.epochAt(lsn)) === this.epochValue) this.epochUnconfirmed = false
     this.log.persisted(lsn)
     this.log.trim()
     if (this.role.kind === 'leader') {
@@ -971,16 +1004,21 @@ export class ReplicaCore {
   }
 
   /**
-   * Whether a message is for the configuration: a vote request only from a voter, and its
-   * answer too (a member outside the configuration, removed or not yet added, must not move
-   * this node's epoch nor win its vote); the answers a leader tracks only from members. An
-   * append, heartbeat or snapshot is taken from any sender, as Raft takes them: a leader added
-   * while this node was behind may not be in its configuration yet, and its epoch fences it
-   * like any other (a removed member is refused at the peer port already).
+   * Whether a message is for the configuration: a vote answer only from a voter (a node
+   * outside the configuration must not move a candidate's epoch), the answers a leader tracks
+   * only from members. A vote request, an append, a heartbeat or a snapshot is taken from any
+   * sender, as Raft takes them (servers answer without consulting their configuration): a
+   * leader added while this node was behind may not be in its configuration yet, and a
+   * candidate promoted by an entry this node has not received may need its vote - refusing it
+   * could leave no one able to win (a voter two changes behind, say). The candidate's
+   * configuration decides whose vote counts. A removed node cannot disrupt: it gets no vote
+   * while it is behind the committed removal (the log check), none while members hear from a
+   * leader (the lease), and its pre-vote moves no epoch (and the peer port refuses it).
    */
   private mayHearFrom(message: Message): boolean {
     switch (message.type) {
       case 'vote':
+        return message.from !== this.id
       case 'voteAck':
         return this.isVoter(message.from)
       case 'appendAck':
@@ -1010,12 +1048,12 @@ export class ReplicaCore {
       m.lastEpoch > this.log.lastEpoch ||
       (m.lastEpoch === this.log.lastEpoch && m.lastLsn >= this.log.lastLsn) ||
       unsafe?.skipUpToDateCheck === true
-    const granted =
-      canVote &&
-      upToDate &&
-      this.role.kind !== 'leader' &&
-      !this.abstaining &&
-      this.isVoter(this.id)
+    // Whether this node is a voter in its own configuration does not matter: the candidate
+    // counts the vote only if its configuration names this node a voter, and this node may
+    // not have received that configuration yet (promoted by an entry still on its way). A
+    // member that refused then could leave no one able to win: a candidate whose uncommitted
+    // promotion of this node is in effect needs this vote (etcd's TestLearnerCanVote).
+    const granted = canVote && upToDate && this.role.kind !== 'leader' && !this.abstaining
     if (granted && !m.preVote) {
       this.vote = m.from
       this.hardStateDirty = true
@@ -1043,6 +1081,8 @@ export class ReplicaCore {
       ;(m.granted ? role.granted : role.refused).add(m.from)
       this.tally()
     } else if (role.kind === 'candidate' && !m.preVote && m.epoch === this.epochValue) {
+      // A grant answers a request that left once the epoch was durable.
+      if (m.granted) this.epochUnconfirmed = false
       ;(m.granted ? role.granted : role.refused).add(m.from)
       this.tally()
     }
@@ -1087,6 +1127,14 @@ export class ReplicaCore {
     this.sendAppend(to, pr)
   }
 
+  /** Leader: a snapshot at `lsn` was streamed to `to` whole; probe from just past it. */
+  snapshotSent(to: NodeId, lsn: number): void {
+    if (this.role.kind !== 'leader') return
+    const pr = this.role.progress.get(to)
+    if (!pr || !pr.snapshotSent(Math.min(lsn, this.log.lastLsn))) return
+    this.sendAppend(to, pr)
+  }
+
   /** Leader: a snapshot stream to `to` failed; try again from a probe. */
   snapshotFailed(to: NodeId): void {
     if (this.role.kind !== 'leader') return
@@ -1101,8 +1149,9 @@ export class ReplicaCore {
    * higher one (within the limits of `step`) the sender is followed at that epoch; at this epoch
    * only from the leader this node follows, or from the sender when no leader is known yet (a
    * restarted follower may get the snapshot before the first heartbeat). Whether to install it.
+   * `snapshot` is the LSN and epoch of the snapshot's last entry, when the node knows them.
    */
-  snapshotOffered(from: NodeId, epoch: number): boolean {
+  snapshotOffered(from: NodeId, epoch: number, snapshot?: { lsn: number; epoch: number }): boolean {
     if (from === this.id || !isEpoch(epoch)) return false
     if (epoch < this.epochValue) return false
     if (epoch > this.epochValue) {
@@ -1115,9 +1164,27 @@ export class ReplicaCore {
     if (this.role.kind === 'leader') return false
     if (this.role.kind === 'follower' && this.role.leaderId !== null && this.role.leaderId !== from)
       return false
+    // A snapshot this node's log already reaches would only drop entries: one below its commit
+    // LSN, or one ending at an entry it holds (same LSN and epoch), after which its entries
+    // match the sender's and may have been acknowledged, counted toward a majority (a leader
+    // that went back on a stale refusal sends its committed state). Raft's InstallSnapshot
+    // keeps them; here the offer is refused, and the leader probes and replicates instead.
     this.role = { kind: 'follower', leaderId: from }
     this.electionElapsed = 0
     this.abstainUntilTick = 0
+    if (snapshot !== undefined && snapshot.lsn < this.commit) return false
+    if (
+      snapshot !== undefined &&
+      !this.awaitingSnapshot &&
+      this.log.epochAt(snapshot.lsn) === snapshot.epoch
+    ) {
+      // Holding the snapshot's last entry, this log matches the leader's up to it: say so (the
+      // leader, whose log starts after it, could not probe that far back and would offer the
+      // snapshot again and again).
+      this.verifiedLsn = Math.max(this.verifiedLsn, snapshot.lsn)
+      this.reportMatch(true)
+      return false
+    }
     return true
   }
 
@@ -1155,6 +1222,7 @@ export class ReplicaCore {
     this.commit = lsn
     this.verifiedLsn = lsn
     this.hardStateDirty = true
+    this.snapshotUnacknowledged = true
     this.reportMatch(true)
   }
 
@@ -1176,6 +1244,7 @@ export class ReplicaCore {
     this.electionElapsed = 0
     this.abstainUntilTick = 0
     this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
+    this.snapshotUnacknowledged = false
     if (this.awaitingSnapshot) {
       this.reject(m.from, snapshotNeededHint)
       return
@@ -1266,7 +1335,7 @@ export class ReplicaCore {
     this.leaderLast = Math.max(this.leaderLast, m.leaderLastLsn)
     this.advanceCommit(m.commitLsn, this.verifiedLsn)
     // The leader waits for an append acknowledgement to leave its snapshot state.
-    if (this.matchUnreported) this.reportMatch(true)
+    if (this.matchUnreported || this.snapshotUnacknowledged) this.reportMatch(true)
     this.send(
       {
         type: 'heartbeatAck',
@@ -1434,7 +1503,7 @@ export class ReplicaCore {
   }
 
   private send(message: Message, afterPersist = false): void {
-    if (afterPersist) this.pending.sendAfterPersist.push(message)
+    if (afterPersist || this.epochUnconfirmed) this.pending.sendAfterPersist.push(message)
     else this.pending.sendNow.push(message)
   }
 

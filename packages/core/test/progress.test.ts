@@ -28,6 +28,31 @@ describe('Progress (one follower, as the leader sees it)', () => {
     expect(paused(pr)).toBe(false)
   })
 
+  it('a snapshot streamed whole: probe from just past it, whatever became of its acknowledgement', () => {
+    const pr = new Progress(11, true)
+    pr.becomeSnapshot()
+    expect(pr.snapshotSent(30)).toBe(true)
+    expect(pr.state).toBe('probe')
+    expect(pr.nextLsn).toBe(31)
+    expect(pr.snapshotSent(30)).toBe(false)
+  })
+
+  it('an acknowledgement that answers nothing in flight does not hold off the retransmission', () => {
+    // Appends 13..16 were lost; the follower keeps acknowledging 12 (a duplicate, or a
+    // follower that installed a snapshot re-reporting it with each heartbeat). Were each such
+    // acknowledgement an answer, the leader would wait on the lost appends forever.
+    const pr = new Progress(11, true)
+    pr.sentEntries(12, 10, 1)
+    pr.maybeUpdate(12, 20, 2)
+    pr.sentEntries(14, 10, 3)
+    pr.sentEntries(16, 10, 3)
+    for (let tick = 4; tick <= 12; tick++) pr.maybeUpdate(12, 20, tick)
+    expect(pr.lastAckTick).toBe(3)
+    expect(pr.retransmitDue(10, 8)).toBe(false)
+    expect(pr.retransmitDue(11, 8)).toBe(true)
+    expect(pr.nextLsn).toBe(13)
+  })
+
   it('an acknowledgement moves probe to replicate, from just past the match', () => {
     const pr = new Progress(11, true)
     pr.sentEntries(12, 20, 1)

@@ -10,7 +10,7 @@
  */
 import { parseArgs } from 'node:util'
 import { runSeeds } from './runner.js'
-import { simulate, type UnsafeRule } from './simulator.js'
+import { simulate, unsafeRules, type UnsafeRule } from './simulator.js'
 import { runLeaderlessSeeds } from './leaderless/runner.js'
 import {
   leaderlessUnsafeRules,
@@ -18,12 +18,6 @@ import {
   tickMs,
   type LeaderlessUnsafeRule,
 } from './leaderless/simulator.js'
-
-const unsafeRules: UnsafeRule[] = [
-  'grantEveryVote',
-  'skipUpToDateCheck',
-  'countLeaderBeforeDurable',
-]
 
 function fail(message: string): never {
   process.stderr.write(`kv-sim: ${message}\n`)
@@ -38,6 +32,9 @@ const { values } = parseArgs({
     nodes: { type: 'string' },
     unsafe: { type: 'string' },
     'fault-ticks': { type: 'string' },
+    membership: { type: 'string', default: 'seeded' },
+    'snapshot-at': { type: 'string', default: 'commit' },
+    trace: { type: 'boolean', default: false },
     mode: { type: 'string', default: 'single-leader' },
     help: { type: 'boolean', default: false },
   },
@@ -46,8 +43,11 @@ const { values } = parseArgs({
 if (values.help) {
   process.stdout.write(
     [
-      'Usage: pnpm sim [--seeds N] [--first S] [--nodes 3|5] [--fault-ticks T] [--unsafe RULE]',
-      '       pnpm sim --seed S [--nodes 3|5]   replay one seed, printing its fault rates',
+      'Usage: pnpm sim [--seeds N] [--first S] [--nodes 3|5] [--fault-ticks T] [--membership seeded|off] [--unsafe RULE]',
+      '       pnpm sim --seed S [--nodes 3|5] [--trace]   replay one seed, printing its fault rates',
+      '  --nodes: voters of the first configuration (two spare nodes run too, and join over time)',
+      '  --membership off: no configuration changes and no spare nodes (the runs from before them)',
+      "  --snapshot-at logEnd: leaders cut snapshots at their log end, as the node's store does",
       '       pnpm sim --mode leaderless [--seeds N] [--first S] [--fault-ticks T] [--unsafe LRULE]',
       '       pnpm sim --mode leaderless --seed S   replay one leaderless seed (5 members, N = 3)',
       `RULE: ${unsafeRules.join(', ')} (breaks the core on purpose; the run must fail)`,
@@ -114,9 +114,15 @@ const unsafe = values.unsafe as UnsafeRule | undefined
 if (unsafe !== undefined && !unsafeRules.includes(unsafe))
   fail(`--unsafe must be one of ${unsafeRules.join(', ')}`)
 const faultTicks = int('fault-ticks', values['fault-ticks'], 1)
+if (values.membership !== 'seeded' && values.membership !== 'off')
+  fail('--membership must be seeded or off')
+const membership = values.membership
+const snapshotAt = values['snapshot-at']
+if (snapshotAt !== 'commit' && snapshotAt !== 'logEnd')
+  fail('--snapshot-at must be commit or logEnd')
 
 const replay = (seed: number, n: number) =>
-  `pnpm sim --seed ${seed} --nodes ${n}${unsafe ? ` --unsafe ${unsafe}` : ''}${faultTicks ? ` --fault-ticks ${faultTicks}` : ''}`
+  `pnpm sim --seed ${seed} --nodes ${n}${unsafe ? ` --unsafe ${unsafe}` : ''}${faultTicks ? ` --fault-ticks ${faultTicks}` : ''}${membership === 'off' ? ' --membership off' : ''}${snapshotAt === 'logEnd' ? ' --snapshot-at logEnd' : ''}`
 
 if (values.seed !== undefined) {
   const seed = int('seed', values.seed, 0) as number
@@ -124,8 +130,11 @@ if (values.seed !== undefined) {
   const result = simulate({
     seed,
     nodes: n,
+    membership,
+    snapshotAt,
     ...(unsafe ? { unsafe } : {}),
     ...(faultTicks ? { faultTicks } : {}),
+    ...(values.trace ? { trace: (line: string) => process.stdout.write(`${line}\n`) } : {}),
   })
   process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
   process.exit(result.ok ? 0 : 1)
@@ -137,6 +146,8 @@ const summary = runSeeds({
   first,
   count,
   ...(nodes ? { nodes } : {}),
+  membership,
+  snapshotAt,
   ...(unsafe ? { unsafe } : {}),
   ...(faultTicks ? { faultTicks } : {}),
 })
@@ -151,6 +162,12 @@ const rows = [
   ['messages', String(summary.messages)],
   ['epoch bombs (forged heartbeats)', String(summary.epochBombs)],
   ['entries committed', String(summary.committed)],
+  [
+    'configuration changes (leader removals)',
+    `${summary.membershipChanges} (${summary.leaderRemovals})`,
+  ],
+  ['nodes started (voters, spares, joiners)', String(summary.nodesStarted)],
+  ['snapshots installed', String(summary.snapshotsInstalled)],
   [
     'ticks from heal to a commit everywhere',
     `p50 ${summary.recoveryTicksP50}, max ${summary.recoveryTicksMax}`,

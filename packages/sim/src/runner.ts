@@ -11,6 +11,14 @@ export interface RunSummary {
   /** Forged heartbeats at absurd epochs, over every seed. */
   epochBombs: number
   committed: number
+  /** Snapshots installed, over every seed. */
+  snapshotsInstalled: number
+  /** Configuration entries proposed, over every seed. */
+  membershipChanges: number
+  /** Leaders that proposed their own removal, over every seed. */
+  leaderRemovals: number
+  /** Nodes started, over every seed (the first voters, spares and joiners). */
+  nodesStarted: number
   /** Ticks from healing to a new commit everywhere: median and max over passing seeds. */
   recoveryTicksP50: number
   recoveryTicksMax: number
@@ -28,6 +36,8 @@ export function runSeeds(options: {
   unsafe?: UnsafeRule
   stopOnFailure?: boolean
   faultTicks?: number
+  membership?: 'seeded' | 'off'
+  snapshotAt?: 'commit' | 'logEnd'
 }): RunSummary {
   const started = performance.now()
   const failures: SimResult[] = []
@@ -39,6 +49,10 @@ export function runSeeds(options: {
     messages: 0,
     epochBombs: 0,
     committed: 0,
+    snapshotsInstalled: 0,
+    membershipChanges: 0,
+    leaderRemovals: 0,
+    nodesStarted: 0,
   }
   let passed = 0
   let seeds = 0
@@ -49,6 +63,8 @@ export function runSeeds(options: {
       nodes: options.nodes ?? (seed % 2 === 0 ? 3 : 5),
       ...(options.unsafe ? { unsafe: options.unsafe } : {}),
       ...(options.faultTicks ? { faultTicks: options.faultTicks } : {}),
+      ...(options.membership ? { membership: options.membership } : {}),
+      ...(options.snapshotAt ? { snapshotAt: options.snapshotAt } : {}),
     })
     totals.elections += result.elections
     totals.crashes += result.crashes
@@ -56,6 +72,10 @@ export function runSeeds(options: {
     totals.messages += result.messages
     totals.epochBombs += result.epochBombs
     totals.committed += result.committedLsn
+    totals.snapshotsInstalled += result.snapshotsInstalled
+    totals.membershipChanges += result.membershipChanges
+    totals.leaderRemovals += result.leaderRemovals
+    totals.nodesStarted += result.nodesStarted
     if (result.ok) {
       passed++
       if (result.recoveryTicks !== null) recovery.push(result.recoveryTicks)

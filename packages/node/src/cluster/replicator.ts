@@ -219,6 +219,10 @@ export class Replicator {
         this.schedule()
       },
       committed: (lsn, epoch) => this.waitForAck(lsn, epoch, 'quorum', config.ackTimeoutMs),
+      onSent: (to, lsn) => {
+        core.snapshotSent(to, lsn)
+        this.schedule()
+      },
       logger: this.log,
     })
     this.snapshotReceiver = new SnapshotReceiver({

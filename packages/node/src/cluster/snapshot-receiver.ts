@@ -21,7 +21,7 @@ type SnapshotChunk = Extract<Frame['body'], { kind: 'snapshotChunk' }>
 export interface SnapshotCore {
   readonly leaderId: NodeId | null
   readonly epoch: number
-  snapshotOffered(from: NodeId, epoch: number): boolean
+  snapshotOffered(from: NodeId, epoch: number, snapshot?: { lsn: number; epoch: number }): boolean
   awaitSnapshot(): void
   snapshotInstalled(lsn: number, epoch: number, membership: MembershipAt | null): void
 }
@@ -151,7 +151,7 @@ export class SnapshotReceiver {
     if (
       body.snapshotEpoch > epoch ||
       body.snapshotLsn < store.commitLsn ||
-      !core.snapshotOffered(peer, epoch)
+      !core.snapshotOffered(peer, epoch, { lsn: body.snapshotLsn, epoch: body.snapshotEpoch })
     ) {
       this.options.security.onRefused('bad_frame', {
         peer,

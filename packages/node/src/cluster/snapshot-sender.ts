@@ -33,6 +33,8 @@ export interface SnapshotSenderOptions {
    * rejects when it cannot be (leadership lost, or not within the ack timeout).
    */
   committed: (lsn: number, epoch: number) => Promise<void>
+  /** The snapshot at `lsn` was streamed to `to` whole: the core probes from just past it. */
+  onSent?: (to: string, lsn: number) => void
   logger: Logger
 }
 
@@ -117,6 +119,7 @@ export class SnapshotSender {
       await options.committed(snapshotLsn, snapshotEpoch)
       await flush(true)
       this.sent++
+      options.onSent?.(to, snapshotLsn)
     } catch (err) {
       options.logger.warn({ peer: to, err: (err as Error).message }, 'snapshot to follower failed')
       options.onFailed(to)
