@@ -12,13 +12,13 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { cp, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
 import { Store, writeBackup } from '@kvstore/storage'
 import { TestCluster, kvBin, kvClusterBin } from '@kvstore/testkit'
 import { rootEnv, rootTls } from './support/certs.js'
+import { clusterPorts } from './support/ports.js'
 
 let cluster: TestCluster
 let client: KvClient
@@ -63,23 +63,6 @@ function run(
 
 const kv = (args: string[]) => run(kvBin, args)
 
-/** A base port with `count` consecutive free ports on 127.0.0.1 (kv-cluster numbers them). */
-async function freePorts(count: number): Promise<number> {
-  const free = (port: number) =>
-    new Promise<boolean>((resolve) => {
-      const server = createServer()
-      server.once('error', () => resolve(false))
-      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
-    })
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 30_000)
-    let ok = true
-    for (let i = 0; i < count && ok; i++) ok = await free(base + i)
-    if (ok) return base
-  }
-  throw new Error(`no ${count} consecutive free ports`)
-}
-
 /** Every check a backup must pass; `digest` is the state's digest at the backup's LSN. */
 async function checkBackup(backup: string, digest: string, name: string): Promise<void> {
   // Offline verification recomputes the digest.
@@ -121,9 +104,7 @@ async function checkBackup(backup: string, digest: string, name: string): Promis
 
   // A new cluster from the backup serves its keys, with its digest on every member.
   const base = join(dir, `${name}-cluster`)
-  const clientPort = await freePorts(3)
-  let peerPort = await freePorts(3)
-  while (Math.abs(peerPort - clientPort) < 3) peerPort = await freePorts(3)
+  const { client: clientPort, peer: peerPort } = await clusterPorts(3)
   let printed = ''
   const child: ChildProcess = spawn(
     process.execPath,

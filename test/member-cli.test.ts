@@ -9,13 +9,13 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
 import type { Membership } from '@kvstore/protocol'
 import { rootEnv, rootTls } from './support/certs.js'
 import { kvBin, kvClusterBin, TestCluster, until, type ClusterMember } from '@kvstore/testkit'
+import { clusterPorts } from './support/ports.js'
 
 let cluster: TestCluster
 
@@ -168,23 +168,6 @@ it('grows a cluster to 5 members, shrinks it to 3 and replaces a dead member', a
   expect(await ok(['get', 'before/7', '--url', n7.url])).toBe('value 7')
 }, 90_000)
 
-/** `count` consecutive free loopback ports (kv-cluster gives its members consecutive ones). */
-async function freePorts(count: number): Promise<number> {
-  const free = (port: number) =>
-    new Promise<boolean>((resolve) => {
-      const server = createServer()
-      server.once('error', () => resolve(false))
-      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
-    })
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 30_000)
-    let ok = true
-    for (let i = 0; i < count && ok; i++) ok = await free(base + i)
-    if (ok) return base
-  }
-  throw new Error(`no ${count} consecutive free ports`)
-}
-
 /** A command that stays in the foreground, with what it printed so far. */
 function foreground(args: string[]): { child: ChildProcess; printed: () => string } {
   let printed = ''
@@ -203,9 +186,7 @@ async function stopped(child: ChildProcess): Promise<void> {
 
 it('kv-cluster add-member grows a local cluster by a fourth member', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'kv-cluster-add-'))
-  const clientPort = await freePorts(4)
-  let peerPort = await freePorts(4)
-  while (Math.abs(peerPort - clientPort) < 4) peerPort = await freePorts(4)
+  const { client: clientPort, peer: peerPort } = await clusterPorts(4)
   const ports = ['--client-port', String(clientPort), '--peer-port', String(peerPort)]
   const local = foreground([kvClusterBin, '--data-dir', dir, ...ports])
   let add: ReturnType<typeof foreground> | null = null

@@ -14,11 +14,11 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { assertBuilt } from '@kvstore/testkit'
+import { clusterPorts } from './support/ports.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const readme = readFileSync(join(root, 'README.md'), 'utf8')
@@ -85,23 +85,6 @@ function pattern(expected: string[]): RegExp {
   return new RegExp(`^${source}$`)
 }
 
-/** A base port with `count` consecutive free ports on 127.0.0.1. */
-async function freePorts(count: number): Promise<number> {
-  const free = (port: number) =>
-    new Promise<boolean>((resolve) => {
-      const server = createServer()
-      server.once('error', () => resolve(false))
-      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
-    })
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 30_000)
-    let ok = true
-    for (let i = 0; i < count && ok; i++) ok = await free(base + i)
-    if (ok) return base
-  }
-  throw new Error(`no ${count} consecutive free ports`)
-}
-
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0)
@@ -143,9 +126,7 @@ describe('the README Quickstart', () => {
     const dir = mkdtempSync(join(tmpdir(), 'kv-quickstart-'))
     symlinkSync(join(root, 'packages'), join(dir, 'packages'))
     writeFileSync(join(dir, '.curlrc'), '--silent\n--show-error\n')
-    const clientPort = await freePorts(3)
-    let peerPort = await freePorts(3)
-    while (Math.abs(peerPort - clientPort) < 3) peerPort = await freePorts(3)
+    const { client: clientPort, peer: peerPort } = await clusterPorts(3)
     const env: NodeJS.ProcessEnv = { HOME: dir, PATH: process.env.PATH ?? '/usr/bin:/bin' }
     let cluster: ChildProcess | null = null
     const nodePids: number[] = []

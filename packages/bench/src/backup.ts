@@ -35,7 +35,7 @@ import {
   type RestoreResult,
 } from '@kvstore/storage'
 import { kvBin, metric, terminate } from '@kvstore/testkit'
-import { waitCaughtUp } from './cluster.js'
+import { prefillRandom, waitCaughtUp } from './cluster.js'
 import { ensureWrk, fmt, say, sleep } from './common.js'
 import { startBenchCluster, startBenchNode } from './node-process.js'
 import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
@@ -271,16 +271,7 @@ export async function runBackupBench(options: BackupBenchOptions): Promise<void>
         // Random values (base64 text): a backup compresses them as it would real data,
         // not as the repeated byte of other suites' prefill.
         say(`   prefilling ${fmt(keys)} keys of ${valueBytes} random bytes (base64)...`)
-        for (let start = 0; start < keys; start += 1000) {
-          const ops = []
-          for (let i = start; i < Math.min(keys, start + 1000); i++) {
-            const value = randomBytes(Math.ceil((valueBytes * 3) / 4))
-              .toString('base64')
-              .slice(0, valueBytes)
-            ops.push({ op: 'put' as const, key: `bench/data/${i}`, value })
-          }
-          await client.batch(ops, { ack: 'all' })
-        }
+        await prefillRandom(client, keys, valueBytes)
         await waitCaughtUp(cluster)
         say('== backup throughput (idle cluster, from a follower, 3 runs)')
         for (let i = 0; i < 3; i++) {

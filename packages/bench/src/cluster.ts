@@ -13,6 +13,7 @@
  *
  * wrk generates the load on the same machine; its CPU is reported beside the figures.
  */
+import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -137,6 +138,28 @@ export async function waitCaughtUp(cluster: BenchCluster, timeoutMs = 120_000): 
       throw new Error(`followers did not catch up within ${timeoutMs / 1000} s`)
     }
     await sleep(50)
+  }
+}
+
+/**
+ * Writes keys `bench/data/`0 .. (keys-1) with random values (base64 text of `valueBytes`
+ * bytes) through `client`, 1000 to a batch, ack=all: data that compresses and transfers as
+ * real data would, not as the repeated byte of `prefill`.
+ */
+export async function prefillRandom(
+  client: KvClient,
+  keys: number,
+  valueBytes: number,
+): Promise<void> {
+  for (let start = 0; start < keys; start += 1000) {
+    const ops = []
+    for (let i = start; i < Math.min(keys, start + 1000); i++) {
+      const value = randomBytes(Math.ceil((valueBytes * 3) / 4))
+        .toString('base64')
+        .slice(0, valueBytes)
+      ops.push({ op: 'put' as const, key: `bench/data/${i}`, value })
+    }
+    await client.batch(ops, { ack: 'all' })
   }
 }
 

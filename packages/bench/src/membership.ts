@@ -13,13 +13,12 @@
  *
  * Figures are printed and written; nothing is asserted.
  */
-import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { KvClient } from '@kvstore/client'
 import { metric } from '@kvstore/testkit'
-import { waitCaughtUp } from './cluster.js'
+import { prefillRandom, waitCaughtUp } from './cluster.js'
 import { ensureWrk, fmt, say, sleep } from './common.js'
 import { startBenchCluster } from './node-process.js'
 import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
@@ -71,16 +70,7 @@ export async function runMembershipBench(options: MembershipBenchOptions): Promi
       const client = new KvClient({ url: cluster.members.map((m) => m.url), ...security.client })
       try {
         const started = performance.now()
-        for (let start = 0; start < keys; start += 1000) {
-          const ops = []
-          for (let i = start; i < Math.min(keys, start + 1000); i++) {
-            const value = randomBytes(Math.ceil((valueBytes * 3) / 4))
-              .toString('base64')
-              .slice(0, valueBytes)
-            ops.push({ op: 'put' as const, key: `bench/data/${i}`, value })
-          }
-          await client.batch(ops, { ack: 'all' })
-        }
+        await prefillRandom(client, keys, valueBytes)
         say(`   prefilled in ${fmt((performance.now() - started) / 1000, 1)} s`)
         await waitCaughtUp(cluster)
         const compacted = await fetch(`${leader.url}/admin/v1/compact`, {
