@@ -353,7 +353,13 @@ describe('peer security, leaderless', () => {
   function peerCall(
     peerUrl: string,
     tls: Tls,
-    request: { clusterId: string; from: string; to: string; body: PeerRequestBody },
+    request: {
+      clusterId: string
+      from: string
+      to: string
+      ringVersion: number
+      body: PeerRequestBody
+    },
   ) {
     return new Promise<{ status: number; reply: ReturnType<typeof decodePeerReply> | null }>(
       (resolve) => {
@@ -382,6 +388,11 @@ describe('peer security, leaderless', () => {
     const put = await fetch(`${url}/v1/kv/precious?w=all`, { method: 'PUT', body: 'kept' })
     expect(put.status).toBe(200)
     const clusterId = `${await clusterIdOf(url)}/replicas=3/vnodes=64/conflicts=siblings`
+    // Forged as a member would send them: under the ring the cluster holds now (a request under
+    // an older ring is refused with KV_ERR_STALE_RING before anything else is looked at).
+    const { ringVersion } = (await (await fetch(`${url}/v1/cluster`)).json()) as {
+      ringVersion: number
+    }
     const record = {
       vector: { 'n1.forged': 1 },
       siblings: [
@@ -407,6 +418,7 @@ describe('peer security, leaderless', () => {
       { ca: caPem() },
       {
         clusterId,
+        ringVersion,
         from: 'n1',
         to: 'n2',
         body: store,
@@ -416,6 +428,7 @@ describe('peer security, leaderless', () => {
     // n3's certificate, claiming to be n1.
     const impostor = await peerCall(target.peerUrl, memberTls('n3'), {
       clusterId,
+      ringVersion,
       from: 'n1',
       to: 'n2',
       body: store,
@@ -425,6 +438,7 @@ describe('peer security, leaderless', () => {
     // n3 as itself, with a counter no member can have minted: a bad frame.
     const huge = await peerCall(target.peerUrl, memberTls('n3'), {
       clusterId,
+      ringVersion,
       from: 'n3',
       to: 'n2',
       body: {
@@ -441,6 +455,7 @@ describe('peer security, leaderless', () => {
     // A hint meant for the member itself.
     const selfHint = await peerCall(target.peerUrl, memberTls('n3'), {
       clusterId,
+      ringVersion,
       from: 'n3',
       to: 'n2',
       body: { ...store, hintFor: 'n2' },
