@@ -153,6 +153,14 @@ function errorCode(status: number, body: string): string {
   }
 }
 
+/**
+ * The key is absent: 404 with KV_ERR_KEY_NOT_FOUND. Not any 404: a member removed from the
+ * ring answers 404 KV_ERR_NOT_A_MEMBER, which says nothing about the key.
+ */
+function notFound(status: number, body: string): boolean {
+  return status === 404 && errorCode(status, body) === 'KV_ERR_KEY_NOT_FOUND'
+}
+
 function transportCode(err: unknown): string {
   const e = err as { code?: string; cause?: { code?: string }; name?: string; message?: string }
   return e.code ?? e.cause?.code ?? e.name ?? String(e.message ?? err)
@@ -297,7 +305,7 @@ export function llRegisterWorkload(options: WorkloadOptions, quorums: Leaderless
             version: newest,
             node: node.id,
           })
-        } else if (res.status === 404) {
+        } else if (notFound(res.status, res.body)) {
           history.record({
             process,
             f: 'read',
@@ -422,7 +430,7 @@ export function llSetWorkload(options: WorkloadOptions, quorums: LeaderlessQuoru
 
 /**
  * Reads every attempted element once at R, spread over the nodes, retrying a read that gets
- * no definite answer (200 or 300: present; 404: absent) on the next node, for at most 60 s in
+ * no definite answer (200 or 300: present; 404 KV_ERR_KEY_NOT_FOUND: absent) on the next node, for at most 60 s in
  * all. The `readAll` is ok only when every element got a definite answer; otherwise it fails,
  * and the checker cannot decide.
  */
@@ -458,7 +466,7 @@ async function finalRead(
               `/v1/kv/${keyPath(setKey(value))}?r=${quorums.r}`,
             )
             if (res.status === 200 || res.status === 300) answer = true
-            else if (res.status === 404) answer = false
+            else if (notFound(res.status, res.body)) answer = false
             else {
               const code = errorCode(res.status, res.body)
               errors.set(code, (errors.get(code) ?? 0) + 1)
