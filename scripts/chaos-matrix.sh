@@ -20,8 +20,8 @@ for workload in register set session; do
   done
 done
 # Leaderless mode: the ll-set workload on 5 nodes (N=3, W=R=quorum) under every nemesis that
-# needs no leader, and all of them together.
-ll="kill,pause,partition-one,partition-majority,partition-bridge,loss,slow"
+# needs no leader (member-churn changes the ring there), and all of them together.
+ll="kill,pause,partition-one,partition-majority,partition-bridge,loss,slow,member-churn"
 for workload in ll-set ll-register; do
   for nemesis in ${ll//,/ } "$ll"; do
     echo "== leaderless $workload / $nemesis"

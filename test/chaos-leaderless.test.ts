@@ -4,8 +4,9 @@
  * (every member of each replica set reports the same Merkle root) within 60 s, with
  * anti-entropy every second.
  *
- * The process backend kills and pauses local kv-node processes; the docker backend adds
- * partitions. The docker tests need a Docker engine and the node image (scripts/test.sh and
+ * The process backend kills and pauses local kv-node processes and changes the ring
+ * (member-churn: a new member joins and an old one leaves, or a killed one is replaced); the
+ * docker backend adds partitions. The docker tests need a Docker engine and the node image (scripts/test.sh and
  * CI run scripts/docker-build.sh first); without them they fail, naming the missing piece.
  */
 import { readFile } from 'node:fs/promises'
@@ -78,6 +79,18 @@ describe('leaderless chaos (ll-set, W=R=quorum, N=3 of 5 nodes)', () => {
     expect(result.windows.some((w) => w.nemesis === 'partition-one')).toBe(true)
   }, 240_000)
 
+  it('process backend, ring changes (join then leave, kill -9 and replace) and kill: nothing acknowledged is lost, the final ring converges', async () => {
+    // Seed 23: a kill -9 and replacement, then a join and a leave, then a kill (of the newest).
+    const result = await run({ backend: 'process', nemeses: ['member-churn', 'kill'], seed: 23 })
+    await expectSafe(result)
+    const changes = result.windows.filter((w) => w.nemesis === 'member-churn')
+    for (const w of changes) expect(w.description).not.toContain('INCOMPLETE')
+    expect(changes.map((w) => w.description).join('; ')).toMatch(/replace n\d by n\d.*stop n\d/)
+    expect(changes.map((w) => w.description).join('; ')).toMatch(/add n\d.*remove n\d.*stop n\d/)
+    // The recovery check saw every node hold one ring with the new members in it.
+    expect(verdictOf(result, 'recovery')?.summary).toMatch(/holds the same ring \(v([2-9]|\d\d)/)
+  }, 240_000)
+
   it('refuses nemeses aimed at a leader, and workloads that need one', async () => {
     await expect(run({ backend: 'process', nemeses: ['pause-leader'] })).rejects.toThrow(
       /pause-leader aims at the leader, and a leaderless cluster has none/,
@@ -85,6 +98,9 @@ describe('leaderless chaos (ll-set, W=R=quorum, N=3 of 5 nodes)', () => {
     await expect(
       run({ backend: 'process', nemeses: ['kill'], workload: 'register' }),
     ).rejects.toThrow(/the register workload needs a leader/)
+    await expect(run({ backend: 'process', nemeses: ['member-split'] })).rejects.toThrow(
+      /member-split promotes learners of a single-leader cluster/,
+    )
   })
 })
 

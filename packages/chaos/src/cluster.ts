@@ -203,16 +203,18 @@ export async function rangesOf(node: ChaosNode): Promise<RangeReport> {
 }
 
 /**
- * Leaderless mode: polls every node's ranges until every replica set agrees, or `timeoutMs`
- * passes; returns the last reports and how long it waited.
+ * Leaderless mode: polls the ranges of `nodes` (default: every node; give the final ring's
+ * members after ring changes) until every replica set agrees, or `timeoutMs` passes; returns
+ * the last reports and how long it waited.
  */
 export async function convergedRanges(
   cluster: ChaosCluster,
   timeoutMs = 60_000,
+  nodes: () => readonly ChaosNode[] = () => cluster.nodes,
 ): Promise<{ reports: RangeReport[]; waitedMs: number }> {
   const started = Date.now()
   for (;;) {
-    const reports = await Promise.all(cluster.nodes.map((n) => rangesOf(n)))
+    const reports = await Promise.all(nodes().map((n) => rangesOf(n)))
     const done = checkReplicaConvergence(reports).valid === true
     if (done || Date.now() - started > timeoutMs) {
       return { reports, waitedMs: Date.now() - started }
@@ -223,17 +225,26 @@ export async function convergedRanges(
 
 interface LeaderlessView {
   mode?: string
-  members?: { id: string; up?: boolean }[]
+  members?: { id: string; up?: boolean; state?: string }[]
+  ringVersion?: number
+  handoffs?: unknown[]
 }
 
 /**
- * Leaderless mode: waits until every node answers /v1/cluster in leaderless mode and sees
- * every member up. Resolves with a one-line account; rejects with what was still wrong.
+ * Leaderless mode: waits until every node answers /v1/cluster in leaderless mode, sees every
+ * member up, and all hold the same ring: its members are exactly the nodes, all owners, at
+ * one ring version, with no handoff in flight. Resolves with a one-line account; rejects with
+ * what was still wrong.
  */
 export async function waitLeaderlessUp(cluster: ChaosCluster, timeoutMs = 30_000): Promise<string> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const problems: string[] = []
+    const ids = cluster.nodes
+      .map((n) => n.id)
+      .sort()
+      .join(',')
+    const versions = new Set<number>()
     for (const node of cluster.nodes) {
       let view: LeaderlessView | null = null
       try {
@@ -247,10 +258,17 @@ export async function waitLeaderlessUp(cluster: ChaosCluster, timeoutMs = 30_000
       else {
         const down = (view.members ?? []).filter((m) => m.up !== true).map((m) => m.id)
         if (down.length > 0) problems.push(`${node.id} sees ${down.join(', ')} down`)
+        const ring = (view.members ?? []).map((m) => m.id).sort()
+        if (ring.join(',') !== ids) problems.push(`${node.id}'s ring is ${ring.join(',')}`)
+        const moving = (view.members ?? []).filter((m) => (m.state ?? 'owner') !== 'owner')
+        if (moving.length > 0 || (view.handoffs ?? []).length > 0)
+          problems.push(`${node.id} shows a ring change in flight`)
+        versions.add(view.ringVersion ?? 0)
       }
     }
+    if (versions.size > 1) problems.push(`ring versions differ: ${[...versions].join(', ')}`)
     if (problems.length === 0) {
-      return `every one of the ${cluster.nodes.length} nodes answers and sees every member up`
+      return `every one of the ${cluster.nodes.length} nodes answers, sees every member up and holds the same ring (v${[...versions][0] ?? 0}: ${ids})`
     }
     if (Date.now() > deadline) throw new Error(problems.join('; '))
     await new Promise((r) => setTimeout(r, 200))

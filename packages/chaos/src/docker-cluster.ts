@@ -13,7 +13,8 @@
  * Membership changes: `join(id)` starts a new container of the same image on the same network
  * (alias `id`, an empty data directory, KV_JOIN, KV_MEMBERS naming the nodes now and itself,
  * a new published port); `retire(id)` kills a removed member's container and drops it from
- * `nodes` (the container stays until `stop()`, for its logs).
+ * `nodes` (the container stays until `stop()`, for its logs). In leaderless mode a joined node
+ * is not ready until it is added to the ring, so `join` waits for /health instead.
  *
  * The image is `options.image`, else $KV_CHAOS_IMAGE, else kvstore-node:local.
  *
@@ -211,6 +212,7 @@ export class DockerCluster implements ChaosCluster {
     id: string,
     port: number,
     env: Record<string, string>,
+    waitPath: '/ready' | '/health' = '/ready',
   ): Promise<Member> {
     const { GenericContainer, Wait } = await import('testcontainers')
     const options = this.options
@@ -236,7 +238,7 @@ export class DockerCluster implements ChaosCluster {
       )
       .withExposedPorts({ container: port, host: port })
       .withWaitStrategy(
-        Wait.forHttp('/ready', port).usingTls().allowInsecure().withStartupTimeout(60_000),
+        Wait.forHttp(waitPath, port).usingTls().allowInsecure().withStartupTimeout(60_000),
       )
     const args = [
       ...(options.args ?? []),
@@ -263,10 +265,14 @@ export class DockerCluster implements ChaosCluster {
     let port = await freePort()
     while (this.nodes.some((n) => n.port === port)) port = await freePort()
     const members = [...this.nodes.map((n) => memberText(n.id, n.port)), memberText(id, port)]
-    const m = await this.startContainer(id, port, {
-      KV_MEMBERS: members.join(','),
-      KV_JOIN: 'true',
-    })
+    // Leaderless: the new node is not ready until it is added to the ring; it serves
+    // /health once it has started.
+    const m = await this.startContainer(
+      id,
+      port,
+      { KV_MEMBERS: members.join(','), KV_JOIN: 'true' },
+      this.options.leaderless === true ? '/health' : '/ready',
+    )
     this.nodes.push(m)
     return { id, clientUrl: m.url, peerUrl: peerUrlOf(id) }
   }

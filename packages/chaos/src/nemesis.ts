@@ -6,6 +6,7 @@
 import { prng } from '@kvstore/core'
 import { currentLeader, type ChaosCluster } from './cluster.js'
 import { churn, split } from './churn.js'
+import { ringChurn } from './ring-churn.js'
 import { chaosMemberIds } from './security.js'
 
 /** The seeded draws of schedules and workloads: the project's one PRNG (from the core). */
@@ -30,8 +31,11 @@ export type NemesisName = (typeof nemesisNames)[number]
 /** Nemeses aimed at the leader: a leaderless cluster has none, so runs refuse them there. */
 export const leaderNemeses = ['pause-leader', 'partition-leader', 'slow-leader'] as const
 
-/** Nemeses that change the configuration: single-leader mode only (for now). */
+/** Nemeses that change the configuration (member-churn also in leaderless mode, as ring changes). */
 export const membershipNemeses = ['member-churn', 'member-split'] as const
+
+/** Membership nemeses a leaderless run may not use: member-split promotes learners. */
+export const singleLeaderOnlyNemeses = ['member-split'] as const
 
 /** New member ids a round of each membership nemesis takes. */
 const idsPerRound: Record<string, number> = { 'member-churn': 1, 'member-split': 2 }
@@ -77,6 +81,11 @@ export interface NemesisOptions {
    * archives its log, whose archive the run checks at the end.
    */
   protect?: readonly string[]
+  /**
+   * Leaderless: replicas per key (N). The ring churn never leaves fewer members than the run
+   * started with, nor fewer than N.
+   */
+  replicas?: number
 }
 
 function pick<T>(random: () => number, items: readonly T[]): T {
@@ -103,6 +112,7 @@ export async function runNemesis(options: NemesisOptions): Promise<FaultWindow[]
   const windows: FaultWindow[] = []
   // Ids never used in this run: the membership nemesis takes new members' ids from them.
   const fresh = chaosMemberIds.filter((id) => !cluster.nodes.some((n) => n.id === id))
+  const membersMin = Math.max(cluster.nodes.length, options.replicas ?? 0)
   const begin = clock()
   while (clock() - begin + healthyMs + faultMs <= options.durationMs) {
     await sleep(healthyMs * (0.5 + random()))
@@ -122,15 +132,30 @@ export async function runNemesis(options: NemesisOptions): Promise<FaultWindow[]
       const progress = (line: string) => log(`  ${(clock() / 1000).toFixed(1)}s    ${line}`)
       const protect = options.protect ?? []
       const change =
-        nemesis === 'member-churn'
-          ? await churn({ cluster, random, newId: fresh.shift() as string, protect, log: progress })
-          : await split({
+        nemesis === 'member-churn' && options.leaderless === true
+          ? await ringChurn({
               cluster,
-              newIds: [fresh.shift() as string, fresh.shift() as string],
+              random,
+              newId: fresh.shift() as string,
               protect,
-              holdMs: faultMs * (0.5 + random()),
+              membersMin,
               log: progress,
             })
+          : nemesis === 'member-churn'
+            ? await churn({
+                cluster,
+                random,
+                newId: fresh.shift() as string,
+                protect,
+                log: progress,
+              })
+            : await split({
+                cluster,
+                newIds: [fresh.shift() as string, fresh.shift() as string],
+                protect,
+                holdMs: faultMs * (0.5 + random()),
+                log: progress,
+              })
       const end = clock()
       log(`  ${(end / 1000).toFixed(1)}s  ${nemesis}: ${change}`)
       windows.push({ nemesis, description: change, start, end })

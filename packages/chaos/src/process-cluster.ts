@@ -5,7 +5,8 @@
  *
  * Membership changes: `join(id)` starts a new kv-node on free loopback ports with an empty data
  * directory, `--join` and `--members` naming the nodes now and itself; `retire(id)` kills a
- * removed member and drops it from `nodes`.
+ * removed member and drops it from `nodes`. In leaderless mode a joined node is not ready until it
+ * is added to the ring, so `join` waits only for it to start.
  *
  * In leaderless mode (`leaderless: true`, with `--mode leaderless` and its options in `args`)
  * the cluster is up once every node is ready: there is no leader to wait for.
@@ -106,6 +107,14 @@ export class ProcessCluster implements ChaosCluster {
   }
 
   async start(id: string): Promise<void> {
+    await this.startMember(id, true)
+  }
+
+  /**
+   * Starts node `id`; `ready`: resolves once it answers /ready, else once it says it started
+   * (a new leaderless member is not ready until it is added to the ring).
+   */
+  private async startMember(id: string, ready: boolean): Promise<void> {
     const m = this.member(id)
     if (this.isRunning(id)) return
     const logDir = this.options.logDir ?? join(this.dir, 'logs')
@@ -132,7 +141,7 @@ export class ProcessCluster implements ChaosCluster {
       ...(this.options.env !== undefined ? { env: this.options.env } : {}),
       output,
       keepLogs: false,
-      readyUrl: m.url,
+      ...(ready ? { readyUrl: m.url } : {}),
       timeoutMs: 20_000,
     })
     m.process.child.once('close', () => output.end())
@@ -164,7 +173,9 @@ export class ProcessCluster implements ChaosCluster {
     m.membersFlag = membersFlagOf([...this.nodes, m])
     this.nodes.push(m)
     try {
-      await this.start(id)
+      // Leaderless: the new node serves once it has learned the ring, but is not ready until
+      // it is added; single-leader: it is ready as a non-member already.
+      await this.startMember(id, this.options.leaderless !== true)
     } catch (err) {
       this.nodes.splice(this.nodes.indexOf(m), 1)
       this.retired.push(m)

@@ -32,12 +32,13 @@ import { DockerCluster } from './docker-cluster.js'
 import { pairOperations, type Verdict } from './history.js'
 import {
   leaderNemeses,
-  membershipNemeses,
   runNemesis,
+  singleLeaderOnlyNemeses,
   type FaultWindow,
   type NemesisName,
 } from './nemesis.js'
 import { ProcessCluster } from './process-cluster.js'
+import { ringView, settleRing } from './ring-churn.js'
 import { writeReport, type RunSummary } from './report.js'
 import {
   HistoryRecorder,
@@ -129,11 +130,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       )
     }
     const changes = options.nemeses.filter((n) =>
-      (membershipNemeses as readonly string[]).includes(n),
+      (singleLeaderOnlyNemeses as readonly string[]).includes(n),
     )
     if (changes.length > 0) {
       throw new UnsupportedFault(
-        `${changes.join(', ')} changes the configuration of a single-leader cluster; leaderless ring changes are not in the chaos suite yet`,
+        `${changes.join(', ')} promotes learners of a single-leader cluster; a leaderless ring has none: use member-churn (joins, leaves and replacements of ring members)`,
       )
     }
     if (!leaderlessWorkloads.includes(options.workload)) {
@@ -229,7 +230,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         ...(options.faultMs !== undefined ? { faultMs: options.faultMs } : {}),
         clock: () => history.now(),
         log,
-        ...(leaderless ? { leaderless: true } : {}),
+        ...(leaderless ? { leaderless: true, replicas } : {}),
         // The archiving member stays: its archive is checked at the end.
         ...(archiveOn === 'none' ? {} : { protect: [archiveOn] }),
       })
@@ -243,16 +244,37 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     await cluster.heal()
     for (const node of cluster.nodes) await cluster.start(node.id)
     if (leaderless) {
-      // Every node must come back and see every member; the final read runs at once (before
-      // anti-entropy has had its time), then the replicas must converge within 60 s.
+      // A ring change still in flight finishes first (bounded), and nodes the ring does not
+      // name (removed members, new nodes never added) are stopped: from here on the nodes are
+      // the final ring's members. Every one must come back, see every member up and hold the
+      // same ring; the final read runs at once (before anti-entropy has had its time), then
+      // the replicas of the final ring must converge within 60 s.
+      const ring = options.nemeses.includes('member-churn')
+        ? await settleRing(cluster, 60_000).then(
+            (view) => ({ ok: true, text: `ring v${view.version}` }),
+            (err: unknown) => ({ ok: false, text: (err as Error).message }),
+          )
+        : null
       verdicts.push(
         await recoveryVerdict(
-          waitLeaderlessUp(cluster, 30_000),
-          'the nodes did not all see each other within 30 s',
+          ring?.ok === false
+            ? Promise.reject(new Error(ring.text))
+            : waitLeaderlessUp(cluster, 30_000),
+          ring?.ok === false
+            ? 'a ring change did not finish within 60 s'
+            : 'the nodes did not all see each other within 30 s',
         ),
       )
       await workload.finish()
-      const converged = await convergedRanges(cluster, 60_000)
+      // The final ring's members, as the running members agree on it.
+      const finalRing = await ringView(cluster)
+      const ringNodes: ChaosNode[] =
+        finalRing === null
+          ? [...cluster.nodes]
+          : finalRing.members.map(
+              (m) => cluster.nodes.find((n) => n.id === m.id) ?? { id: m.id, url: m.clientUrl },
+            )
+      const converged = await convergedRanges(cluster, 60_000, () => ringNodes)
       const ops = pairOperations(history.events)
       const overlap = quorumSize(w, replicas) + quorumSize(r, replicas) > replicas
       const verdict = options.workload === 'll-register' ? checkSessions(ops) : checkLostWrites(ops)

@@ -1,6 +1,7 @@
 /**
  * Workloads for leaderless mode, in plain HTTP (undici): any node takes any key, so each
- * operation goes to a node picked at random (with the client's seed).
+ * operation goes to a node picked at random (with the client's seed) among the ring's members
+ * as the cluster's views name them (`RingMembers`): clients follow ring changes.
  *
  * - ll-set: every client adds unique elements (a key written once, `PUT ?w=W`); after the
  *   faults heal, one read of every element ever attempted (`GET ?r=R`), recorded as one
@@ -77,12 +78,87 @@ export class NodePools {
   }
 }
 
+/**
+ * The coordinators a leaderless client picks from: the ring's members as the cluster
+ * describes them (GET /v1/cluster, asked again every second of a member it knows, as the SDK
+ * learns them), so clients follow joins, leaves and replacements: a new member is used once
+ * the ring names it, a removed one no longer. Only a view at least as new (by ring version)
+ * as the last replaces it. Until a view answers, the cluster's nodes.
+ */
+export class RingMembers {
+  private members: ChaosNode[]
+  private version = -1
+  private turn = 0
+  private refreshing: Promise<void> | null = null
+  private readonly timer: NodeJS.Timeout
+
+  constructor(private readonly cluster: ChaosCluster) {
+    this.members = [...cluster.nodes]
+    this.timer = setInterval(() => {
+      this.refreshing ??= this.refresh().finally(() => {
+        this.refreshing = null
+      })
+    }, 1000)
+    this.timer.unref()
+  }
+
+  /** The members to coordinate through now. */
+  get nodes(): readonly ChaosNode[] {
+    return this.members
+  }
+
+  private async refresh(): Promise<void> {
+    // Members it knows first, then the cluster's nodes (seeds), one answer is enough.
+    const known = [...this.members, ...this.cluster.nodes]
+    for (let i = 0; i < known.length; i++) {
+      const node = known[(this.turn + i) % known.length] as ChaosNode
+      try {
+        const res = await fetch(`${node.url}/v1/cluster`, { signal: AbortSignal.timeout(1000) })
+        if (!res.ok) {
+          await res.arrayBuffer()
+          continue
+        }
+        const view = (await res.json()) as {
+          mode?: string
+          ringVersion?: number
+          members?: { id: string; clientUrl: string }[]
+        }
+        if (view.mode !== 'leaderless' || view.members === undefined) continue
+        const version = view.ringVersion ?? 0
+        if (version >= this.version && view.members.length > 0) {
+          this.version = version
+          this.members = view.members
+            .map((m) => ({ id: m.id, url: m.clientUrl }))
+            .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+        }
+        this.turn++
+        return
+      } catch {
+        // the next one
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer)
+    await this.refreshing
+  }
+}
+
 function errorCode(status: number, body: string): string {
   try {
     return (JSON.parse(body) as { error?: { code?: string } }).error?.code ?? `HTTP ${status}`
   } catch {
     return `HTTP ${status}`
   }
+}
+
+/**
+ * The key is absent: 404 with KV_ERR_KEY_NOT_FOUND. Not any 404: a member removed from the
+ * ring answers 404 KV_ERR_NOT_A_MEMBER, which says nothing about the key.
+ */
+function notFound(status: number, body: string): boolean {
+  return status === 404 && errorCode(status, body) === 'KV_ERR_KEY_NOT_FOUND'
 }
 
 function transportCode(err: unknown): string {
@@ -110,12 +186,13 @@ function refusedUnwritten(body: string): boolean {
 export function llRegisterWorkload(options: WorkloadOptions, quorums: LeaderlessQuorums): Workload {
   const { history, cluster } = options
   const pools = new NodePools(options.cluster.tls)
+  const ring = new RingMembers(cluster)
   let stopping = false
   let nextProcess = options.clients
   const keyOf = (process: number) => `${options.prefix}r/${process}`
   const running = Array.from({ length: options.clients }, async (_, i) => {
     const random = prng(options.seed * 1000 + 500 + i)
-    const pick = () => cluster.nodes[Math.floor(random() * cluster.nodes.length)] as ChaosNode
+    const pick = () => ring.nodes[Math.floor(random() * ring.nodes.length)] as ChaosNode
     let process = i
     let value = 0
     let context: string | undefined
@@ -228,7 +305,7 @@ export function llRegisterWorkload(options: WorkloadOptions, quorums: Leaderless
             version: newest,
             node: node.id,
           })
-        } else if (res.status === 404) {
+        } else if (notFound(res.status, res.body)) {
           history.record({
             process,
             f: 'read',
@@ -269,6 +346,7 @@ export function llRegisterWorkload(options: WorkloadOptions, quorums: Leaderless
     async stop() {
       stopping = true
       await Promise.all(running)
+      await ring.stop()
     },
     async finish() {
       await pools.close()
@@ -284,13 +362,13 @@ export function llSetWorkload(options: WorkloadOptions, quorums: LeaderlessQuoru
   let element = 0
   let stopping = false
   let nextProcess = options.clients
-  const nodeIds = new Map(cluster.nodes.map((n) => [n.url, n.id]))
+  const ring = new RingMembers(cluster)
 
   const running = Array.from({ length: options.clients }, async (_, i) => {
     const random = prng(options.seed * 1000 + i)
     let process = i
     while (!stopping) {
-      const node = cluster.nodes[Math.floor(random() * cluster.nodes.length)] as ChaosNode
+      const node = ring.nodes[Math.floor(random() * ring.nodes.length)] as ChaosNode
       const value = ++element
       attempted.push(value)
       history.record({ process, f: 'add', type: 'invoke', value })
@@ -308,7 +386,7 @@ export function llSetWorkload(options: WorkloadOptions, quorums: LeaderlessQuoru
             f: 'add',
             type: 'ok',
             value,
-            node: coordinator ?? nodeIds.get(node.url) ?? node.id,
+            node: coordinator ?? node.id,
           })
           continue
         }
@@ -338,6 +416,7 @@ export function llSetWorkload(options: WorkloadOptions, quorums: LeaderlessQuoru
     async stop() {
       stopping = true
       await Promise.all(running)
+      await ring.stop()
     },
     async finish() {
       try {
@@ -351,7 +430,7 @@ export function llSetWorkload(options: WorkloadOptions, quorums: LeaderlessQuoru
 
 /**
  * Reads every attempted element once at R, spread over the nodes, retrying a read that gets
- * no definite answer (200 or 300: present; 404: absent) on the next node, for at most 60 s in
+ * no definite answer (200 or 300: present; 404 KV_ERR_KEY_NOT_FOUND: absent) on the next node, for at most 60 s in
  * all. The `readAll` is ok only when every element got a definite answer; otherwise it fails,
  * and the checker cannot decide.
  */
@@ -387,7 +466,7 @@ async function finalRead(
               `/v1/kv/${keyPath(setKey(value))}?r=${quorums.r}`,
             )
             if (res.status === 200 || res.status === 300) answer = true
-            else if (res.status === 404) answer = false
+            else if (notFound(res.status, res.body)) answer = false
             else {
               const code = errorCode(res.status, res.body)
               errors.set(code, (errors.get(code) ?? 0) + 1)
