@@ -218,7 +218,6 @@ export class Replicator {
         core.snapshotFailed(to)
         this.schedule()
       },
-      committed: (lsn, epoch) => this.waitForAck(lsn, epoch, 'quorum', config.ackTimeoutMs),
       onSent: (to, lsn) => {
         core.snapshotSent(to, lsn)
         this.schedule()

@@ -98,7 +98,6 @@ function sender(leader: Store, chunkBytesMax: number, sendOk = () => true) {
     },
     drained: () => Promise.resolve(),
     onFailed: (to) => failed.push(to),
-    committed: () => Promise.resolve(),
     logger,
   })
   return { snapshotSender, frames, failed }
