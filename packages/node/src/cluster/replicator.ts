@@ -593,16 +593,6 @@ export class Replicator {
     return this.core.pendingMembershipLsn !== null
   }
 
-  /** Whether `id` votes in the configuration in effect. */
-  isVoter(id: string): boolean {
-    return this.core.isVoter(id)
-  }
-
-  /** Whether the configuration in effect removed this node. */
-  get removed(): boolean {
-    return this.currentConfig().removed.includes(this.cluster.self.id)
-  }
-
   /**
    * Leader: the highest LSN `id` acknowledged, whether its stream is up, and whether the
    * leader streams it entries (`replicating`: not probing for where its log matches, nor

@@ -38,11 +38,6 @@ export class PeerRoster {
     return this.removedValue.has(id)
   }
 
-  /** Whether `id` is in the configuration now. */
-  isMember(id: string): boolean {
-    return this.membersValue.has(id)
-  }
-
   get memberCount(): number {
     return this.membersValue.size
   }
