@@ -42,7 +42,7 @@ import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
 import { loadAverage, removeOnExit } from './proc.js'
 import { publish } from './report.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
-import { putScript, runWrk, warmUpQuorumPuts } from './wrk.js'
+import { quorumPutMaximum, warmUpQuorumPuts } from './wrk.js'
 
 const execFileAsync = promisify(execFile)
 
@@ -292,14 +292,14 @@ export async function runBackupBench(options: BackupBenchOptions): Promise<void>
           connections,
         })
         await waitCaughtUp(cluster)
-        const closed = await runWrk({
+        ;({ maximum } = await quorumPutMaximum({
           url: leader.url,
-          script: putScript('bench/max/', valueBytes, { query: '?ack=quorum', authorization }),
+          valueBytes,
+          authorization,
           scriptDir: work,
           connections,
           durationS: 10,
-        })
-        maximum = Math.max(0, closed.requests - closed.errors) / closed.durationS
+        }))
         say(`== closed-loop maximum: ${fmt(maximum)}/s quorum writes`)
         const rate = Math.max(1, Math.round(maximum / 2))
         for (const name of [

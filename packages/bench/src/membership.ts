@@ -25,7 +25,7 @@ import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
 import { removeOnExit } from './proc.js'
 import { publish } from './report.js'
 import { benchSecurity, type SecurityProfile } from './security.js'
-import { putScript, runWrk, warmUpQuorumPuts } from './wrk.js'
+import { quorumPutMaximum, warmUpQuorumPuts } from './wrk.js'
 
 export interface MembershipBenchOptions {
   security: SecurityProfile
@@ -89,14 +89,14 @@ export async function runMembershipBench(options: MembershipBenchOptions): Promi
           connections,
         })
         await waitCaughtUp(cluster)
-        const closed = await runWrk({
+        ;({ maximum } = await quorumPutMaximum({
           url: leader.url,
-          script: putScript('bench/max/', valueBytes, { query: '?ack=quorum', authorization }),
+          valueBytes,
+          authorization,
           scriptDir: work,
           connections,
           durationS: 10,
-        })
-        maximum = Math.max(0, closed.requests - closed.errors) / closed.durationS
+        }))
         const rate = Math.max(1, Math.round(maximum / 2))
         say(`== closed-loop maximum: ${fmt(maximum)}/s quorum writes; 50% is ${fmt(rate)}/s`)
         await waitCaughtUp(cluster)

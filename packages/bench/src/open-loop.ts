@@ -26,7 +26,7 @@ import { asciiPlot, latencySvg } from './plot.js'
 import { loadAverage, removeOnExit } from './proc.js'
 import { coresCell, publish, targetTable, type TargetRow } from './report.js'
 import { benchSecurity, type SecurityProfile } from './security.js'
-import { putScript, runWrk, warmUpQuorumPuts, type WrkResult } from './wrk.js'
+import { quorumPutMaximum, warmUpQuorumPuts, type WrkResult } from './wrk.js'
 
 export interface OpenLoopOptions {
   security: SecurityProfile
@@ -79,15 +79,17 @@ export async function runOpenLoopBench(options: OpenLoopOptions): Promise<void> 
         `== closed-loop maximum: PUT ack=quorum, wrk, ${connections} connections, ${maxDurationS} s`,
       )
       const meter = await cpuMeter(cluster.members)
-      closed = await runWrk({
+      const max = await quorumPutMaximum({
         url: leader.url,
-        script: putScript('bench/max/', valueBytes, { query: '?ack=quorum', authorization }),
+        valueBytes,
+        authorization,
         scriptDir: work,
         connections,
         durationS: maxDurationS,
       })
+      closed = max.result
       closedCores = await meter.stop()
-      const maximum = Math.max(0, closed.requests - closed.errors) / closed.durationS
+      const { maximum } = max
       say(`   ${fmt(maximum)}/s, p99 ${fmt(closed.latencyMs.p99, 1)} ms, ${closed.errors} errors`)
       if (!(maximum > 0)) throw new Error('the closed-loop phase completed no write')
       await waitCaughtUp(cluster)

@@ -169,3 +169,29 @@ export async function warmUpQuorumPuts(options: {
     durationS: 3,
   })
 }
+
+/**
+ * The closed-loop maximum of quorum PUTs to `url`: wrk with `connections` connections for
+ * `durationS`, fresh keys under bench/max/. `maximum` counts the writes that succeeded, per
+ * second.
+ */
+export async function quorumPutMaximum(options: {
+  url: string
+  valueBytes: number
+  authorization: string | undefined
+  scriptDir: string
+  connections: number
+  durationS: number
+}): Promise<{ result: WrkResult; maximum: number }> {
+  const result = await runWrk({
+    url: options.url,
+    script: putScript('bench/max/', options.valueBytes, {
+      query: '?ack=quorum',
+      authorization: options.authorization,
+    }),
+    scriptDir: options.scriptDir,
+    connections: options.connections,
+    durationS: options.durationS,
+  })
+  return { result, maximum: Math.max(0, result.requests - result.errors) / result.durationS }
+}
