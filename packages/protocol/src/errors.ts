@@ -232,6 +232,31 @@ export const errorCatalog = {
     description:
       'The member named is not in the cluster configuration (or was removed from it); or, from a node that was removed, this node no longer serves the cluster.',
   },
+  KV_ERR_WRONG_SHARD: {
+    status: 421,
+    description:
+      "The key's hash slot is not owned by this node's group (like Redis Cluster's MOVED). `slot`, `group` (the owner this node knows of), `endpoints` and `mapVersion` say where to go; kv-router refreshes its shard map and retries there by itself.",
+  },
+  KV_ERR_CROSS_SHARD: {
+    status: 400,
+    description:
+      'A batch names keys whose slots belong to different groups (`slots`, `groups`). There are no cross-shard transactions: put related keys in one slot with a hash tag (`{user42}/profile`, `{user42}/cart`).',
+  },
+  KV_ERR_SLOT_MOVING: {
+    status: 503,
+    description:
+      "The key's slot is fenced while it moves to another group: writes and linearizable reads wait for the switch, which takes a moment. Retry after `Retry-After`; kv-router and the SDK do.",
+  },
+  KV_ERR_SHARD_MOVE_IN_PROGRESS: {
+    status: 409,
+    description:
+      'A slot move out of this group (or into the target) has not finished. One move at a time per group; `GET /v1/shards` shows it, and `kv shard move --abort` rolls back one that is stuck.',
+  },
+  KV_ERR_GROUP_UNAVAILABLE: {
+    status: 503,
+    description:
+      "kv-router: no member of the key's group answered, or none was healthy enough to serve the request (`group`). Retry after `Retry-After`.",
+  },
   KV_ERR_OVERLOADED: {
     status: 503,
     description:

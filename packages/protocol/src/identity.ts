@@ -4,6 +4,8 @@
  *
  *   kv://<cluster-id>/member/<member-id>   a member of the cluster (peer port, both ways)
  *   kv://<cluster-id>/user/<user-name>     a user of the client API (client certificates)
+ *   kv://<cluster-id>/router/<router-id>   a kv-router: it may act for the user it names in
+ *                                          `kv-on-behalf-of` (that user's permissions apply)
  *
  * The cluster id is random, made once when the cluster's certificates are made (`kv certs
  * init`), and stored in every member's data directory on first start; a certificate of another
@@ -15,7 +17,7 @@ export const clusterIdPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 /** Member ids and user names share the rule of member ids. */
 export const identityNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 
-export type IdentityKind = 'member' | 'user'
+export type IdentityKind = 'member' | 'user' | 'router'
 
 export interface Identity {
   clusterId: string
@@ -34,7 +36,7 @@ export function identityUri(identity: Identity): string {
 
 /** Parses one identity URI; null when it is not one. */
 export function parseIdentityUri(uri: string): Identity | null {
-  const match = /^kv:\/\/([^/]+)\/(member|user)\/([^/]+)$/.exec(uri)
+  const match = /^kv:\/\/([^/]+)\/(member|user|router)\/([^/]+)$/.exec(uri)
   if (match === null) return null
   const [, clusterId, kind, name] = match as unknown as [string, string, IdentityKind, string]
   if (!clusterIdPattern.test(clusterId) || !identityNamePattern.test(name)) return null
