@@ -46,6 +46,10 @@ export interface NodeConfig extends Limits {
   join: boolean
   learnerPromoteLagEntriesMax: number
   membershipCatchUpTimeoutMs: number
+  shardMap: string | undefined
+  shardGroup: string | undefined
+  shardFenceTimeoutMs: number
+  shardMoveBytesPerSMax: number
   defaultAck: AckMode
   ackTimeoutMs: number
   readWaitMs: number
