@@ -411,7 +411,11 @@ export class ShardMover {
     const fencedAt = performance.now()
     const fenceLsn = await this.setMove(
       (m) => ({ ...m, phase: 'fenced', error: '' }),
-      (r) => ({ ...r, fenced: [...r.fenced, ...move.slots] }),
+      // Test-only (config unsafeShardMoveWithoutFence): the chaos suite must catch it.
+      (r) =>
+        this.config.unsafeShardMoveWithoutFence
+          ? r
+          : { ...r, fenced: [...r.fenced, ...move.slots] },
     )
     this.log.info({ move: move.id, fenceLsn }, 'slots fenced')
     await this.catchUpAndSwitch(
