@@ -319,6 +319,7 @@ describe('online slot moves', () => {
     const id = (started.body.move as ShardMove).id
     // The copy runs at 256 KiB/s: about 5 s for these records. Kill the leader in it.
     await new Promise((resolve) => setTimeout(resolve, 1500))
+    expect((await view(g1)).move?.phase, 'the kill lands in the copy').toBe('copying')
     await g1.kill(leader.id)
     await g1.waitForLeader(30_000)
     let finished: ShardMove | undefined

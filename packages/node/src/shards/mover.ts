@@ -56,6 +56,8 @@ export class ShardMover {
   private running: Promise<void> | null = null
   private timer: NodeJS.Timeout | null = null
   private abortRequested = false
+  /** While slots are fenced and the switch is not written: when the fence must end (wall ms). */
+  private fenceDeadlineMs: number | null = null
   private stopped = false
   readonly figures: MoverFigures = { fenceMs: [], moves: { done: 0, aborted: 0 } }
 
@@ -346,6 +348,17 @@ export class ShardMover {
     }
   }
 
+  /** A call to the target; while fenced, bounded by what is left of the fence timeout. */
+  private callTarget<T>(move: ShardMove, path: string, body: unknown): Promise<T> {
+    if (this.fenceDeadlineMs === null) return this.client.call<T>(move.target, path, body)
+    const leftMs = this.fenceDeadlineMs - this.now()
+    if (leftMs <= 0)
+      return Promise.reject(
+        new Error(`the fence outlasted its timeout (${this.config.shardFenceTimeoutMs} ms)`),
+      )
+    return this.client.call<T>(move.target, path, body, leftMs)
+  }
+
   private fenceExpired(move: ShardMove): boolean {
     return this.now() - move.updatedAtMs > this.config.shardFenceTimeoutMs
   }
@@ -478,7 +491,7 @@ export class ShardMover {
         })
       }
       if (last === cursor) break
-      await this.client.call(move.target, '/internal/v1/shards/import/entries', {
+      await this.callTarget(move, '/internal/v1/shards/import/entries', {
         id: move.id,
         sourceEpoch: epoch,
         fromLsn: cursor + 1,
@@ -501,10 +514,31 @@ export class ShardMover {
   ): Promise<void> {
     let cursor = cursorAt
     let fenceLsn = fenceLsnAt
+    // The fence lasts at most shardFenceTimeoutMs, counted from when it was written.
+    this.fenceDeadlineMs =
+      (this.state.record.move?.updatedAtMs ?? this.now()) + this.config.shardFenceTimeoutMs
+    try {
+      await this.catchUpAndSwitchFenced(move, epoch, stillMine, fresh, cursor, fenceLsn, fencedAt)
+    } finally {
+      this.fenceDeadlineMs = null
+    }
+  }
+
+  private async catchUpAndSwitchFenced(
+    move: ShardMove,
+    epoch: number,
+    stillMine: () => boolean,
+    fresh: boolean,
+    cursorAt: number,
+    fenceLsnAt: number,
+    fencedAt: number,
+  ): Promise<void> {
+    let cursor = cursorAt
+    let fenceLsn = fenceLsnAt
     if (!fresh) {
       // A new leader (or a retry): the target says how far it got; this log agrees up to the fence.
-      const imp = await this.client.call<{ cursorLsn: number }>(
-        move.target,
+      const imp = await this.callTarget<{ cursorLsn: number }>(
+        move,
         '/internal/v1/shards/import/resume',
         {
           id: move.id,
@@ -526,6 +560,9 @@ export class ShardMover {
     if (cursor < fenceLsn)
       throw new Error(`the target is at LSN ${cursor}, short of the fence at ${fenceLsn}`)
     if (this.abortRequested) return
+    if (this.fenceDeadlineMs !== null && this.now() > this.fenceDeadlineMs)
+      throw new Error(`the fence outlasted its timeout (${this.config.shardFenceTimeoutMs} ms)`)
+    this.fenceDeadlineMs = null
     await this.setMove((m) => ({ ...m, phase: 'switching', fenceLsn: cursor }))
     await this.switchOver({ ...move, phase: 'switching', fenceLsn: cursor }, epoch)
     this.figures.fenceMs.push(performance.now() - fencedAt)
