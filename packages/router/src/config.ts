@@ -35,6 +35,7 @@ export interface RouterConfig {
   caFile: string | undefined
   identityCert: string | undefined
   identityKey: string | undefined
+  probeUser: string | undefined
   insecure: boolean
   readFromLeader: boolean
   maxLagMs: number
@@ -248,6 +249,17 @@ export const routerOptions: readonly RouterOptionSpec[] = [
     defaultText: '--key-file',
     group: 'security',
     description: 'The private key of --identity-cert (PEM).',
+  },
+  {
+    key: 'probeUser',
+    flag: '--probe-user',
+    env: 'KV_ROUTER_PROBE_USER',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'none',
+    group: 'security',
+    description:
+      "The user the router's own calls act for (kv-on-behalf-of): probes (GET /v1/cluster) and shard map refreshes (GET /v1/shards). With auth on, a router certificate alone is no user: give one that may read the cluster view (any user may). Not needed with a development identity (a user's certificate).",
   },
   {
     key: 'insecure',
@@ -794,6 +806,8 @@ function parseValue(spec: RouterOptionSpec, raw: unknown, source: string): unkno
 /** What is wrong with a whole configuration (checks across options). */
 export function routerConfigProblems(c: RouterConfig): string[] {
   const problems: string[] = []
+  if (c.probeUser !== undefined && !identityNamePattern.test(c.probeUser))
+    problems.push(`--probe-user ${JSON.stringify(c.probeUser)} is not a user name`)
   if (!identityNamePattern.test(c.routerId))
     problems.push(`--id ${JSON.stringify(c.routerId)} is not valid (letters, digits, . _ -)`)
   if ((c.shardMap === undefined) === (c.group === undefined))

@@ -582,14 +582,14 @@ export class Proxy {
         if (!bySlotGroup.has(s))
           bySlotGroup.set(s, (this.core.groups[table.owner[s] as number] as GroupState).id)
       }
-      const groups = [...new Set(bySlotGroup.values())]
+      const groups = [...new Set(bySlotGroup.values())].sort()
       if (groups.length > 1) {
         const slots = [...bySlotGroup.keys()].sort((a, b) => a - b)
         return this.routerError(
           reply,
           'KV_ERR_CROSS_SHARD',
-          `the batch names keys of slots owned by different groups (${groups.sort().join(', ')}); there are no cross-shard transactions: put related keys in one slot with a hash tag ({user42}/a, {user42}/b)`,
-          { slots: slots.join(','), groups: groups.join(',') },
+          `the batch names keys of slots owned by different groups (${groups.join(', ')}); there are no cross-shard transactions: put related keys in one slot with a hash tag ({user42}/a, {user42}/b)`,
+          { slots, groups },
         )
       }
     }

@@ -71,6 +71,8 @@ export class KvRouter implements ProxyCore {
   private refreshing: Promise<void> | null = null
   private stopping: Promise<void> | null = null
   private listeningUrl = ''
+  /** Headers of the router's own calls (probes, map refreshes): whom they act for. */
+  private readonly ownHeaders: Record<string, string>
 
   private constructor(config: RouterConfig, logger: Logger, tls: RouterTls, map: ShardMap) {
     this.config = config
@@ -78,6 +80,10 @@ export class KvRouter implements ProxyCore {
     this.tls = tls
     this.cache = new ShardMapCache(map)
     this.routerTokens = map.groups.length > 1
+    this.ownHeaders =
+      config.probeUser !== undefined && tls.identityKind === 'router'
+        ? { 'kv-on-behalf-of': config.probeUser }
+        : {}
     const upstreamTls =
       tls.identity === null && tls.ca === undefined
         ? null
@@ -99,7 +105,7 @@ export class KvRouter implements ProxyCore {
           },
           readFromLeader: config.readFromLeader,
           probeTimeoutMs: config.probeTimeoutMs,
-          probeHeaders: {},
+          probeHeaders: this.ownHeaders,
           logger,
           now: () => performance.now(),
           onEjected: (member) => this.metrics.ejections.inc([group.id, member.id]),
@@ -151,6 +157,10 @@ export class KvRouter implements ProxyCore {
       options.logDestination ?? pino.destination({ sync: false }),
     )
     router = new KvRouter(config, logger, tls, map)
+    if (tls.identityKind === 'router' && config.probeUser === undefined)
+      logger.warn(
+        "no --probe-user: with auth on, the groups refuse the router's probes and map refreshes (a router certificate alone is no user), so it learns leaders from NOT_LEADER answers only and lags from reads only",
+      )
     if (tls.identityKind === 'user')
       logger.warn(
         { user: tls.identityUser },
@@ -279,7 +289,7 @@ export class KvRouter implements ProxyCore {
         const res = await member.upstream.request(
           'GET',
           '/v1/shards',
-          {},
+          this.ownHeaders,
           null,
           this.config.probeTimeoutMs * 2,
         )
