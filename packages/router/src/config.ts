@@ -884,7 +884,6 @@ export function parseRouterConfig(
         `unknown option ${name}${guess ? ` (did you mean ${guess}?)` : ''}; see kv-router --help`,
       )
     }
-    if (flags.has(spec)) throw new RouterConfigError(`${spec.flag} is given twice; give it once`)
     if (value === undefined) {
       const next = argv[i + 1]
       if (spec.kind === 'boolean' && (next === undefined || next.startsWith('--'))) value = 'true'
@@ -893,6 +892,7 @@ export function parseRouterConfig(
         if (value === undefined) throw new RouterConfigError(`${name} needs a value`)
       }
     }
+    // A later flag overrides an earlier one (as with kv-node).
     flags.set(spec, value)
   }
 
