@@ -335,8 +335,12 @@ export class Proxy {
         } else delete headers['kv-session']
       }
       const toFollower = plan.kind === 'read' && member !== group.leader
-      if (toFollower && sessionSent && headers['kv-read-wait-ms'] === undefined)
-        headers['kv-read-wait-ms'] = String(config.maxLagMs)
+      if (toFollower && sessionSent) {
+        // A follower waits for the session at most --max-lag-ms: it is timed out soon after.
+        const asked = Number(headers['kv-read-wait-ms'])
+        if (!(asked >= 0 && asked <= config.maxLagMs))
+          headers['kv-read-wait-ms'] = String(config.maxLagMs)
+      }
       const timeoutMs = toFollower
         ? config.followerReadTimeoutMs + (sessionSent ? config.maxLagMs : 0)
         : config.upstreamTimeoutMs

@@ -53,6 +53,9 @@ export function startingMap(config: RouterConfig): ShardMap {
 }
 
 const certUser = Symbol('kv.router.certUser')
+
+/** Shortest time between two map refreshes that requests ask for. */
+const refreshGapMs = 100
 type CertTagged = { [certUser]?: string | null }
 
 export class KvRouter implements ProxyCore {
@@ -69,6 +72,8 @@ export class KvRouter implements ProxyCore {
   private readonly inflight = { requests: 0, bodyBytes: 0 }
   private readonly timers: NodeJS.Timeout[] = []
   private refreshing: Promise<void> | null = null
+  private lastRefreshEndMs = -Infinity
+  private deferredRefresh: NodeJS.Timeout | null = null
   private stopping: Promise<void> | null = null
   private listeningUrl = ''
   /** Headers of the router's own calls (probes, map refreshes): whom they act for. */
@@ -246,8 +251,24 @@ export class KvRouter implements ProxyCore {
    */
   refreshMap(trigger: 'wrong_shard' | 'session' | 'periodic' | 'start'): Promise<void> {
     if (this.config.shardMap === undefined) return Promise.resolve()
-    this.refreshing ??= this.refreshOnce(trigger).finally(() => {
+    if (this.refreshing !== null) return this.refreshing
+    // Asked by requests (a stale map, a newer token): at most one refresh per gap, so a burst
+    // of them (or a forged token naming a future map) cannot keep every group busy.
+    const sinceLastMs = performance.now() - this.lastRefreshEndMs
+    if ((trigger === 'wrong_shard' || trigger === 'session') && sinceLastMs < refreshGapMs) {
+      // The request goes on with what it has (a WRONG_SHARD names the owner); the map follows.
+      if (this.deferredRefresh === null) {
+        this.deferredRefresh = setTimeout(() => {
+          this.deferredRefresh = null
+          void this.refreshMap(trigger)
+        }, refreshGapMs - sinceLastMs)
+        this.deferredRefresh.unref()
+      }
+      return Promise.resolve()
+    }
+    this.refreshing = this.refreshOnce(trigger).finally(() => {
       this.refreshing = null
+      this.lastRefreshEndMs = performance.now()
     })
     return this.refreshing
   }
@@ -320,6 +341,7 @@ export class KvRouter implements ProxyCore {
       this.logger.info({ signal }, 'router stopping')
       this.lifecycle.shuttingDown = true
       for (const timer of this.timers) clearInterval(timer)
+      if (this.deferredRefresh !== null) clearTimeout(this.deferredRefresh)
       const force = setTimeout(() => {
         ;(this.app.server as DualProtocolServer).destroyHttp2Sessions?.()
         this.app.server.closeAllConnections?.()

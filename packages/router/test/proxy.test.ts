@@ -320,11 +320,12 @@ describe('the router in front of two fake shard groups', () => {
     expect(res.status).toBe(200)
     expect(res.headers.get('kv-group')).toBe('g2')
     expect(res.headers.get('kv-session')).toMatch(/^r1\./)
-    const shards = (await (await fetch(`${router.url}/v1/shards`)).json()) as {
-      version: number
-      router: string
-    }
-    expect(shards.version).toBe(2)
+    await until('the map to be refreshed', async () => {
+      const shards = (await (await fetch(`${router.url}/v1/shards`)).json()) as {
+        version: number
+      }
+      return shards.version === 2
+    })
     // A read of the moved slot needs g2 to have applied the move (sinceLsn 7).
     await fetch(`${router.url}/v1/kv/${key}`)
     const read = g2.nodes
