@@ -86,11 +86,31 @@ export class ShardMover {
   /** Drives the move in the record, if this node leads and nobody drives it yet. */
   private poke(): void {
     if (this.running !== null || this.stopped) return
+    if (!this.state.stored && this.replicator.isLeader && this.replicator.writable) {
+      // The group's first leader writes the starting map into the log: from then on the
+      // record, not the file, says what this group owns.
+      this.running = this.seal().finally(() => {
+        this.running = null
+      })
+      return
+    }
     const move = this.state.record.move
     if (move === null || !this.replicator.isLeader || !this.replicator.writable) return
     this.running = this.drive(move.id).finally(() => {
       this.running = null
     })
+  }
+
+  private async seal(): Promise<void> {
+    const epoch = this.replicator.epoch
+    try {
+      const result = await this.state.writeRecord(this.sequencer, (r) => r)
+      await this.replicator.waitForAck(result.lsn, epoch, 'quorum', this.config.ackTimeoutMs)
+      this.log.info({ lsn: result.lsn }, 'shard record written: the starting map is in the log')
+    } catch (err) {
+      this.log.warn({ err }, 'writing the first shard record failed; retrying')
+      await sleep(500)
+    }
   }
 
   /** POST /admin/v1/shards/moves: starts moving `slotsText` to `target`. */
@@ -512,8 +532,8 @@ export class ShardMover {
     fenceLsnAt = 0,
     fencedAt = performance.now(),
   ): Promise<void> {
-    let cursor = cursorAt
-    let fenceLsn = fenceLsnAt
+    const cursor = cursorAt
+    const fenceLsn = fenceLsnAt
     // The fence lasts at most shardFenceTimeoutMs, counted from when it was written.
     this.fenceDeadlineMs =
       (this.state.record.move?.updatedAtMs ?? this.now()) + this.config.shardFenceTimeoutMs
