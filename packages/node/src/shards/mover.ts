@@ -309,22 +309,31 @@ export class ShardMover {
   /** Deletes the records of slots this group no longer owns. */
   private async sweep(slots: readonly SlotRange[]): Promise<void> {
     const bits = slotBitmap(slots)
+    // Checked again as each batch is sequenced (synchronously with its LSN): a slot that came
+    // back, or that an import into this group is filling, keeps its records.
+    const sweepable = (key: Uint8Array) => {
+      const slot = slotOfKey(key)
+      return bits[slot] === 1 && !this.state.ownsSlot(slot) && !this.state.importing(slot)
+    }
+    const flush = (batch: WriteOp[]) => {
+      const ops = batch.filter((op) => sweepable(op.key))
+      return ops.length === 0
+        ? Promise.resolve()
+        : this.sequencer.write({ kind: 'batch', ops, origin: 'shard' })
+    }
     const snapshot = await this.store.openSnapshot()
     try {
       let batch: WriteOp[] = []
       for await (const { key, record } of snapshot.records()) {
-        if (key[0] === 0x00 || record.tombstone) continue
-        const slot = slotOfKey(key)
-        if (bits[slot] !== 1 || this.state.ownsSlot(slot)) continue
+        if (key[0] === 0x00 || record.tombstone || !sweepable(key)) continue
         batch.push({ type: 'delete', key: Buffer.from(key) })
         if (batch.length >= 500) {
-          await this.sequencer.write({ kind: 'batch', ops: batch, origin: 'shard' })
+          await flush(batch)
           batch = []
         }
         if (!this.replicator.isLeader) return
       }
-      if (batch.length > 0)
-        await this.sequencer.write({ kind: 'batch', ops: batch, origin: 'shard' })
+      await flush(batch)
     } finally {
       await snapshot.close()
     }

@@ -181,6 +181,13 @@ export class ShardState {
     return this.owned[slot] === 1
   }
 
+  /** True while an import into this group covers `slot` (or has just taken it). */
+  importing(slot: number): boolean {
+    return this.current.imports.some(
+      (i) => i.state !== 'abandoned' && i.slots.some((r) => slot >= r.first && slot <= r.last),
+    )
+  }
+
   /** True when a listing may show this key: its slot is owned here (reserved keys never are listed anyway). */
   lists(key: Uint8Array): boolean {
     return key[0] === 0x00 || this.owned[slotOfKey(key)] === 1
