@@ -28,7 +28,7 @@ export class GroupClient {
   private readonly leaders = new Map<string, string>()
 
   constructor(
-    private readonly groups: readonly ShardGroup[],
+    private readonly groups: () => readonly ShardGroup[],
     tls: TlsSource | null,
     private readonly timeoutMs: number,
   ) {
@@ -46,7 +46,7 @@ export class GroupClient {
     body: unknown,
     timeoutMs = this.timeoutMs,
   ): Promise<T> {
-    const members = this.groups.find((g) => g.id === group)?.members ?? []
+    const members = this.groups().find((g) => g.id === group)?.members ?? []
     if (members.length === 0)
       throw new GroupUnreachableError(group, `no group ${group} in the shard map`)
     const payload = JSON.stringify(body)

@@ -86,11 +86,31 @@ export class ShardMover {
   /** Drives the move in the record, if this node leads and nobody drives it yet. */
   private poke(): void {
     if (this.running !== null || this.stopped) return
+    if (!this.state.stored && this.replicator.isLeader && this.replicator.writable) {
+      // The group's first leader writes the starting map into the log: from then on the
+      // record, not the file, says what this group owns.
+      this.running = this.seal().finally(() => {
+        this.running = null
+      })
+      return
+    }
     const move = this.state.record.move
     if (move === null || !this.replicator.isLeader || !this.replicator.writable) return
     this.running = this.drive(move.id).finally(() => {
       this.running = null
     })
+  }
+
+  private async seal(): Promise<void> {
+    const epoch = this.replicator.epoch
+    try {
+      const result = await this.state.writeRecord(this.sequencer, (r) => r)
+      await this.replicator.waitForAck(result.lsn, epoch, 'quorum', this.config.ackTimeoutMs)
+      this.log.info({ lsn: result.lsn }, 'shard record written: the starting map is in the log')
+    } catch (err) {
+      this.log.warn({ err }, 'writing the first shard record failed; retrying')
+      await sleep(500)
+    }
   }
 
   /** POST /admin/v1/shards/moves: starts moving `slotsText` to `target`. */
@@ -289,22 +309,31 @@ export class ShardMover {
   /** Deletes the records of slots this group no longer owns. */
   private async sweep(slots: readonly SlotRange[]): Promise<void> {
     const bits = slotBitmap(slots)
+    // Checked again as each batch is sequenced (synchronously with its LSN): a slot that came
+    // back, or that an import into this group is filling, keeps its records.
+    const sweepable = (key: Uint8Array) => {
+      const slot = slotOfKey(key)
+      return bits[slot] === 1 && !this.state.ownsSlot(slot) && !this.state.importing(slot)
+    }
+    const flush = (batch: WriteOp[]) => {
+      const ops = batch.filter((op) => sweepable(op.key))
+      return ops.length === 0
+        ? Promise.resolve()
+        : this.sequencer.write({ kind: 'batch', ops, origin: 'shard' })
+    }
     const snapshot = await this.store.openSnapshot()
     try {
       let batch: WriteOp[] = []
       for await (const { key, record } of snapshot.records()) {
-        if (key[0] === 0x00 || record.tombstone) continue
-        const slot = slotOfKey(key)
-        if (bits[slot] !== 1 || this.state.ownsSlot(slot)) continue
+        if (key[0] === 0x00 || record.tombstone || !sweepable(key)) continue
         batch.push({ type: 'delete', key: Buffer.from(key) })
         if (batch.length >= 500) {
-          await this.sequencer.write({ kind: 'batch', ops: batch, origin: 'shard' })
+          await flush(batch)
           batch = []
         }
         if (!this.replicator.isLeader) return
       }
-      if (batch.length > 0)
-        await this.sequencer.write({ kind: 'batch', ops: batch, origin: 'shard' })
+      await flush(batch)
     } finally {
       await snapshot.close()
     }
@@ -512,8 +541,8 @@ export class ShardMover {
     fenceLsnAt = 0,
     fencedAt = performance.now(),
   ): Promise<void> {
-    let cursor = cursorAt
-    let fenceLsn = fenceLsnAt
+    const cursor = cursorAt
+    const fenceLsn = fenceLsnAt
     // The fence lasts at most shardFenceTimeoutMs, counted from when it was written.
     this.fenceDeadlineMs =
       (this.state.record.move?.updatedAtMs ?? this.now()) + this.config.shardFenceTimeoutMs
