@@ -4,7 +4,13 @@
  * and comes back, a killed leader costs an SDK client no write, and a rate-limited client is
  * refused while another is served.
  */
+import { execFileSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { Agent, fetch as fetchVia } from 'undici'
 import { KvClient } from '@kvstore/client'
 import {
   TestCluster,
@@ -13,7 +19,7 @@ import {
   until,
   type RouterProcess,
 } from '@kvstore/testkit'
-import { rootPassword, rootTls, testCertsDir } from './support/certs.js'
+import { caPem, rootPassword, rootTls, testCertsDir } from './support/certs.js'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -53,6 +59,48 @@ function routerArgs(cluster: TestCluster, extra: string[] = []): string[] {
     '500',
     ...extra,
   ]
+}
+
+/**
+ * A router certificate (kv://<cluster>/router/<id>) signed by the run's CA, made with openssl
+ * (until `kv certs add-router` is on main): written to `dir` as <id>.crt and <id>.key.
+ */
+async function makeRouterCert(dir: string, id: string): Promise<void> {
+  const certs = testCertsDir()
+  const clusterId = (await readFile(join(certs, 'cluster-id'), 'utf8')).trim()
+  const key = join(dir, `${id}.key`)
+  const csr = join(dir, `${id}.csr`)
+  const ext = join(dir, `${id}.ext`)
+  await writeFile(
+    ext,
+    [
+      'basicConstraints=critical,CA:FALSE',
+      'keyUsage=critical,digitalSignature',
+      'extendedKeyUsage=serverAuth,clientAuth',
+      `subjectAltName=URI:kv://${clusterId}/router/${id},DNS:localhost,IP:127.0.0.1`,
+    ].join('\n'),
+  )
+  execFileSync('openssl', ['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', key])
+  execFileSync('openssl', ['req', '-new', '-key', key, '-subj', `/CN=${id}`, '-out', csr])
+  execFileSync('openssl', [
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    join(certs, 'ca.crt'),
+    '-CAkey',
+    join(certs, 'ca.key'),
+    '-set_serial',
+    `0x${randomBytes(8).toString('hex')}`,
+    '-days',
+    '2',
+    '-sha256',
+    '-extfile',
+    ext,
+    '-out',
+    join(dir, `${id}.crt`),
+  ])
 }
 
 async function routerView(
@@ -259,6 +307,98 @@ describe('kv-router in front of a 3-node group', () => {
       )
     } finally {
       await stopRouterProcess(limited)
+    }
+  })
+
+  it('acts for the user a client certificate names (kv-on-behalf-of), with a router certificate of its own', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'kv-router-cert-'))
+    let acting: RouterProcess | undefined
+    try {
+      await makeRouterCert(dir, 'r3')
+      // reader may read spread/ and nothing else.
+      const leader = cluster.leader.url
+      const admin = async (path: string, body: unknown) => {
+        const res = await fetch(`${leader}${path}`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+        })
+        expect(res.status, `${path}: ${await res.text()}`).toBeLessThan(300)
+      }
+      await admin('/admin/v1/roles', { name: 'spread-reader' })
+      await admin('/admin/v1/roles/spread-reader/grant', { access: 'read', prefix: 'spread/' })
+      await admin('/admin/v1/users', { name: 'reader', roles: ['spread-reader'] })
+      acting = await startRouterProcess(
+        routerArgs(cluster, [
+          '--id',
+          'r3',
+          '--cert-file',
+          join(dir, 'r3.crt'),
+          '--key-file',
+          join(dir, 'r3.key'),
+          '--identity-cert',
+          join(dir, 'r3.crt'),
+          '--identity-key',
+          join(dir, 'r3.key'),
+          '--probe-user',
+          'root',
+        ]),
+      )
+      const url = acting.url
+      // Its probes act for root: it knows the leader and the followers' health.
+      await until('the router to know the leader', async () => {
+        const view = await routerView(acting as RouterProcess)
+        return view.leaderId === cluster.leader.id && view.members.some((m) => m.inReadPool)
+      })
+      const certs = testCertsDir()
+      const as = (user: string) =>
+        new Agent({
+          connect: {
+            ca: caPem(),
+            cert: readFileSync(join(certs, `${user}.crt`)),
+            key: readFileSync(join(certs, `${user}.key`)),
+          },
+        })
+      const reader = as('reader')
+      const anonymous = new Agent({ connect: { ca: caPem() } })
+      try {
+        const code = async (res: { json(): Promise<unknown> }) =>
+          ((await res.json()) as { error: { code: string } }).error.code
+        const seed = await fetch(`${url}/v1/kv/spread/1`, { method: 'PUT', body: 'v1' })
+        expect(seed.status).toBe(200)
+        await seed.arrayBuffer()
+        // reader's own grants apply through the router: it reads spread/, writes nothing.
+        const read = await fetchVia(`${url}/v1/kv/spread/1`, { dispatcher: reader })
+        expect(read.status).toBe(200)
+        await read.arrayBuffer()
+        const write = await fetchVia(`${url}/v1/kv/spread/1`, {
+          method: 'PUT',
+          body: 'no',
+          dispatcher: reader,
+          // A client's own kv-on-behalf-of is never passed on.
+          headers: { 'kv-on-behalf-of': 'root' },
+        })
+        expect(write.status).toBe(403)
+        expect(await code(write)).toBe('KV_ERR_PERMISSION_DENIED')
+        // root's certificate: root's grants.
+        const rootWrite = await fetch(`${url}/v1/kv/spread/by-root`, { method: 'PUT', body: 'ok' })
+        expect(rootWrite.status).toBe(200)
+        await rootWrite.arrayBuffer()
+        // No credential: the router's certificate lends nothing.
+        const nobody = await fetchVia(`${url}/v1/kv/spread/1`, { dispatcher: anonymous })
+        expect(nobody.status).toBe(401)
+        expect(await code(nobody)).toBe('KV_ERR_UNAUTHENTICATED')
+        // The router's own endpoints ask the group who the caller is.
+        expect((await fetchVia(`${url}/v1/cluster`, { dispatcher: anonymous })).status).toBe(401)
+        expect((await fetchVia(`${url}/metrics`, { dispatcher: reader })).status).toBe(403)
+        expect((await fetch(`${url}/metrics`)).status).toBe(200)
+      } finally {
+        await reader.close()
+        await anonymous.close()
+      }
+    } finally {
+      if (acting !== undefined) await stopRouterProcess(acting)
+      await rm(dir, { recursive: true, force: true })
     }
   })
 
