@@ -342,6 +342,9 @@ describe('kv-router in front of a 3-node group', () => {
           join(dir, 'r3.key'),
           '--probe-user',
           'root',
+          // One multiplexed HTTP/2 connection per node, for a change.
+          '--upstream-protocol',
+          'h2',
         ]),
       )
       const url = acting.url

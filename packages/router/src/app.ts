@@ -49,9 +49,6 @@ function sendError(reply: FastifyReply, err: KvError): FastifyReply {
   return reply.code(err.status).type('application/json; charset=utf-8').send(err.toBody())
 }
 
-/** The routes whose requests go to a group (the rest are the router's own). */
-const proxiedRoutes = new Set(['/v1/kv/*', '/v1/kv', '/v1/batch', '/v1/auth/whoami'])
-
 export function buildApp(deps: AppDeps): FastifyInstance {
   const { config, metrics, proxy, lifecycle, inflight } = deps
   const app: FastifyInstance = Fastify({
@@ -265,7 +262,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         return
       }
     }
-    if (proxiedRoutes.has(route ?? '') || route === '/v1/auth/token') {
+    // Every route but liveness: the router's own ask a group who the caller is.
+    {
       if (inflight.requests >= config.inflightRequestsMax) {
         refuse(
           reply,
