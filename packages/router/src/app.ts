@@ -263,40 +263,38 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       }
     }
     // Every route but liveness: the router's own ask a group who the caller is.
-    {
-      if (inflight.requests >= config.inflightRequestsMax) {
+    if (inflight.requests >= config.inflightRequestsMax) {
+      refuse(
+        reply,
+        new KvError(
+          'KV_ERR_OVERLOADED',
+          `${inflight.requests} requests are in flight through this router (--inflight-requests-max)`,
+        ),
+      )
+      return
+    }
+    let bytes = 0
+    if (request.method === 'PUT' || request.method === 'POST') {
+      const length = Number(request.headers['content-length'])
+      bytes =
+        Number.isFinite(length) && length >= 0 ? length : (request.routeOptions.bodyLimit ?? 0)
+      if (inflight.bodyBytes + bytes > config.inflightBodyBytesMax) {
         refuse(
           reply,
           new KvError(
             'KV_ERR_OVERLOADED',
-            `${inflight.requests} requests are in flight through this router (--inflight-requests-max)`,
+            `request bodies in flight through this router would exceed ${config.inflightBodyBytesMax} bytes (--inflight-body-bytes-max)`,
           ),
         )
         return
       }
-      let bytes = 0
-      if (request.method === 'PUT' || request.method === 'POST') {
-        const length = Number(request.headers['content-length'])
-        bytes =
-          Number.isFinite(length) && length >= 0 ? length : (request.routeOptions.bodyLimit ?? 0)
-        if (inflight.bodyBytes + bytes > config.inflightBodyBytesMax) {
-          refuse(
-            reply,
-            new KvError(
-              'KV_ERR_OVERLOADED',
-              `request bodies in flight through this router would exceed ${config.inflightBodyBytesMax} bytes (--inflight-body-bytes-max)`,
-            ),
-          )
-          return
-        }
-      }
-      inflight.requests++
-      inflight.bodyBytes += bytes
-      reply.raw.once('close', () => {
-        inflight.requests--
-        inflight.bodyBytes -= bytes
-      })
     }
+    inflight.requests++
+    inflight.bodyBytes += bytes
+    reply.raw.once('close', () => {
+      inflight.requests--
+      inflight.bodyBytes -= bytes
+    })
     done()
   })
 
