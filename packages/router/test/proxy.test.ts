@@ -10,11 +10,15 @@ import { parseRouterConfig } from '../src/config.js'
 import { KvRouter } from '../src/router.js'
 import { FakeGroup } from './fake-group.js'
 
-async function startRouter(group: FakeGroup, extra: string[] = []): Promise<KvRouter> {
+async function startRouter(
+  group: FakeGroup,
+  extra: string[] = [],
+  urls = group.urls,
+): Promise<KvRouter> {
   const { config } = parseRouterConfig(
     [
       '--group',
-      `${group.id}=${group.urls.join(',')}`,
+      `${group.id}=${urls.join(',')}`,
       '--port',
       '0',
       '--log-level',
@@ -82,6 +86,14 @@ describe('the router in front of a fake group', () => {
       seen.add(res.headers.get('kv-served-by') as string)
     }
     expect([...seen].sort()).toEqual(['g1n2', 'g1n3'])
+  })
+
+  it('learns a member the leader names that it was not given (a member added or replaced)', async () => {
+    router = await startRouter(group, [], group.urls.slice(0, 2))
+    await until('the third member to be learnt and read from', async () =>
+      (await members(router)).some((m) => m.id === 'g1n3' && m.inReadPool),
+    )
+    expect((await members(router)).map((m) => m.id)).toEqual(['g1n1', 'g1n2', 'g1n3'])
   })
 
   it('keeps a write on one request id through NOT_LEADER, makes one when none was sent, and never forwards kv-on-behalf-of', async () => {
