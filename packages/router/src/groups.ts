@@ -104,6 +104,13 @@ export class GroupState {
     return member
   }
 
+  /** A member the directory names now (a reloaded file): added unless known by its URL. */
+  adopt(id: string, url: string): void {
+    if (this.memberOf(url) !== null || this.members.length >= shardLimits.groupMembersMax) return
+    this.addMember(id, url)
+    this.refreshPool()
+  }
+
   /**
    * Members the leader names that the directory did not (a member added or replaced since the
    * router started) join the group, up to the directory's bound, with the directory's scheme.
