@@ -138,8 +138,12 @@ export async function readShardMapFile(path: string): Promise<ShardMap> {
 export function mapText(overview: ShardOverview): string {
   const { map } = overview
   const answered = overview.views.map((v) => v.group)
+  const source =
+    overview.router !== null
+      ? `as kv-router ${overview.router} routes by; no group answered directly`
+      : `claims of ${answered.join(', ') || 'none'}`
   const lines = [
-    `shard map version ${map.version}: ${map.slotCount} slots over ${map.groups.length} groups (claims of ${answered.join(', ') || 'none'})\n`,
+    `shard map version ${map.version}: ${map.slotCount} slots over ${map.groups.length} groups (${source})\n`,
     table([
       ['SLOTS', 'GROUP', 'VERSION', 'SINCE LSN'],
       ...map.slots.map((c) => [
@@ -272,10 +276,13 @@ export async function runShard(
   const directory =
     opts['shard-map'] === undefined ? undefined : await readShardMapFile(opts['shard-map'])
   const overview = () => client.shardOverview(directory === undefined ? {} : { directory })
-  /** The overview when every group answered, for the commands that change the map. */
+  /**
+   * The overview for a rebalance: every group answered, or else the map a kv-router routes by
+   * (the groups may be out of this machine's reach).
+   */
   const completeOverview = async (): Promise<ShardOverview> => {
     const o = await overview()
-    if (o.unreachable.length > 0)
+    if (o.unreachable.length > 0 && o.router === null)
       throw new KvError(
         'KV_ERR_UNAVAILABLE',
         `no member of ${o.unreachable.map((u) => u.group).join(', ')} answered: the map is not known for sure (${o.unreachable.map((u) => u.message).join('; ')})`,
@@ -284,6 +291,13 @@ export async function runShard(
     return o
   }
   const warnUnreachable = async (o: ShardOverview) => {
+    if (o.router !== null) {
+      await write(
+        io.stderr,
+        `kv: note: no group's member could be reached from here (${o.unreachable.map((u) => u.group).join(', ')}); this is the map kv-router ${o.router} routes by\n`,
+      )
+      return
+    }
     for (const u of o.unreachable)
       await write(
         io.stderr,
@@ -302,10 +316,15 @@ export async function runShard(
           unreachable: o.unreachable,
         })
       } else await write(io.stdout, mapText(o))
-      return o.unreachable.length > 0 ? 1 : 0
+      return o.unreachable.length > 0 && o.router === null ? 1 : 0
     }
     case 'status': {
       const o = await overview()
+      if (o.views.length === 0)
+        throw new KvError(
+          'KV_ERR_UNAVAILABLE',
+          `kv-router ${o.router ?? '?'} answered, but no member of any group could be reached from here to show its moves (${o.unreachable.map((u) => `${u.group}: ${u.message}`).join('; ')}); give --url a member, or --shard-map with URLs this machine reaches`,
+        )
       await warnUnreachable(o)
       if (opts.json)
         await out({ version: o.map.version, groups: o.views, unreachable: o.unreachable })
@@ -313,9 +332,8 @@ export async function runShard(
       return o.unreachable.length > 0 ? 1 : 0
     }
     case 'move':
-      return opts.abort
-        ? abort(client, opts, io, overview)
-        : move(client, opts, io, completeOverview)
+      // A move needs only the source group: the groups themselves check the rest.
+      return opts.abort ? abort(client, opts, io, overview) : move(client, opts, io, overview)
     case 'rebalance':
       return rebalance(client, opts, io, completeOverview)
     default:
@@ -426,6 +444,10 @@ async function abort(
     const moving = o.views.filter((v) => v.move !== null && !isMoveFinished(v.move))
     if (moving.length === 0) {
       const unknown = o.unreachable.map((u) => u.group)
+      if (o.views.length === 0)
+        throw new ShardUsageError(
+          `no group could be reached from here to find the move in flight (${unknown.join(', ')}): name its source group with --group`,
+        )
       throw new KvError(
         'KV_ERR_INVALID_ARGUMENT',
         `no group has a move in flight${unknown.length > 0 ? ` (${unknown.join(', ')} did not answer: name it with --group)` : ''}`,

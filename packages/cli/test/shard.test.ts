@@ -329,6 +329,61 @@ describe('kv shard map and status', () => {
   })
 })
 
+describe('kv shard through a kv-router whose groups are out of reach', () => {
+  let router: Http2Server
+  let routerUrl: string
+  const routerCalls: string[] = []
+
+  beforeAll(async () => {
+    router = createServer((req, res) => {
+      void (async () => {
+        let text = ''
+        for await (const chunk of req) text += String(chunk)
+        if (req.url === '/v1/shards') {
+          const slots = claimsOf(null)
+          return send(res, 200, {
+            version: 1,
+            slotCount,
+            // Members named by addresses this machine cannot reach (inside a compose network).
+            groups: groups.map((g) => ({
+              id: g.id,
+              members: [{ id: `${g.id}n1`, url: 'http://127.0.0.1:1' }],
+            })),
+            slots,
+            router: 'r1',
+          })
+        }
+        routerCalls.push(`${req.method} ${req.url} ${text}`)
+        return send(res, 202, {
+          move: { id: 'm99', slots: parseSlotRanges('0-9'), target: 'g3', phase: 'copying' },
+        })
+      })()
+    })
+    await new Promise<void>((resolve) => router.listen(0, '127.0.0.1', resolve))
+    routerUrl = `http://127.0.0.1:${(router.address() as AddressInfo).port}`
+  })
+  afterAll(async () => {
+    await new Promise((resolve) => router.close(resolve))
+  })
+
+  it("shows the router's map, says status needs a member, and sends moves to the router", async () => {
+    const map = await kv(['shard', 'map'], { url: routerUrl })
+    expect(map.code, map.err).toBe(0)
+    expect(map.out).toMatch(/as kv-router r1 routes by; no group answered directly/)
+    expect(map.err).toMatch(/note: no group's member could be reached from here \(g1, g2, g3\)/)
+    const status = await kv(['shard', 'status'], { url: routerUrl })
+    expect(status.code).toBe(1)
+    expect(status.err).toMatch(/KV_ERR_UNAVAILABLE: kv-router r1 answered, but no member/)
+    const moved = await kv(['shard', 'move', '--slots', '0-9', '--to', 'g3'], { url: routerUrl })
+    expect(moved.code, moved.err).toBe(0)
+    expect(moved.out).toMatch(/OK move m99 started: slots 0-9 from g1 to g3/)
+    expect(routerCalls).toEqual(['POST /admin/v1/shards/moves {"slots":"0-9","to":"g3"}'])
+    const abort = await kv(['shard', 'move', '--abort'], { url: routerUrl })
+    expect(abort.code).toBe(2)
+    expect(abort.err).toMatch(/name its source group with --group/)
+  })
+})
+
 describe('kv shard move', () => {
   it('moves slots to a group and follows the move to the end with --wait', async () => {
     // Sent to g2's member: the move goes to g1, which owns the slots.

@@ -65,7 +65,16 @@ import type {
   SlotRange,
 } from '@kvstore/protocol'
 import { mergeShardClaims, parseSlotRanges } from '@kvstore/protocol'
-import { groupUrls, isMoveFinished, moveInView, sameSlots, slotsText } from './shards.js'
+import {
+  groupUrls,
+  isMoveFinished,
+  isRouterShardView,
+  mapOfRouterView,
+  moveInView,
+  sameSlots,
+  slotsText,
+  type RouterShardView,
+} from './shards.js'
 import {
   decodeSession,
   encodeSession,
@@ -194,6 +203,11 @@ export interface ShardOverview {
   views: GroupShardView[]
   /** The groups none of whose members answered. */
   unreachable: { group: string; code: string; message: string }[]
+  /**
+   * The kv-router whose map this is, when the client's URL is a router and no group answered
+   * directly (their members may be out of the client's reach); null otherwise.
+   */
+  router: string | null
 }
 
 /** The answer of `transferLeadership` (POST /admin/v1/transfer-leadership). */
@@ -1325,13 +1339,16 @@ export class KvClient {
    * One group's view of the shard map (GET /v1/shards): the slots it owns (its claims, fenced
    * ones included), its view of the whole map and of the directory of groups, the move out of
    * it in flight, its finished moves and its imports. Asked of `url`, or else of the first seed
-   * (or member) that answers; a kv-router answers for a group of its choice. An unsharded node
-   * answers `KV_ERR_UNSUPPORTED_IN_MODE`. Any authenticated user may call it.
+   * (or member) that answers. A kv-router answers with its merged map instead
+   * (`RouterShardView`; `isRouterShardView` tells them apart). An unsharded node answers
+   * `KV_ERR_UNSUPPORTED_IN_MODE`. Any authenticated user may call it.
    */
-  async shards(options: { url?: string; timeoutMs?: number } = {}): Promise<GroupShardView> {
+  async shards(
+    options: { url?: string; timeoutMs?: number } = {},
+  ): Promise<GroupShardView | RouterShardView> {
     const view =
       options.url === undefined
-        ? ((await this.anyNode('/v1/shards')) as GroupShardView)
+        ? ((await this.anyNode('/v1/shards')) as GroupShardView | RouterShardView)
         : await this.groupView([options.url], options.timeoutMs)
     this.learnDirectory(view)
     return view
@@ -1341,8 +1358,11 @@ export class KvClient {
    * The whole shard map, as the groups themselves say it: asks one member of every group of the
    * directory for its view (GET /v1/shards) and merges their claims (per slot, the claim with
    * the highest version wins: `mergeShardClaims`). The directory is `options.directory` (the
-   * shard map file's, say), else the one the first view names. Groups that did not answer are
-   * listed in `unreachable`; their slots keep what the other groups (or `directory`) know.
+   * shard map file's, say), else the one the first answer names (a group's view, or a
+   * kv-router's map). Groups that did not answer are listed in `unreachable`; their slots keep
+   * what the other groups (or the directory, or the router) know. When no group answered but a
+   * kv-router did (the groups may be out of this client's reach), the map is the router's and
+   * `router` names it; with neither, it throws.
    */
   async shardOverview(
     options: { directory?: ShardMap; timeoutMs?: number } = {},
@@ -1350,9 +1370,16 @@ export class KvClient {
     const timeoutMs = options.timeoutMs ?? Math.min(this.options.timeoutMs, 5000)
     let fallback = options.directory
     let first: GroupShardView | null = null
+    let router: RouterShardView | null = null
     if (fallback === undefined) {
-      first = await this.shards({ timeoutMs })
-      fallback = first.map
+      const answer = await this.shards({ timeoutMs })
+      if (isRouterShardView(answer)) {
+        router = answer
+        fallback = mapOfRouterView(answer)
+      } else {
+        first = answer
+        fallback = answer.map
+      }
     }
     const directory = fallback.groups
     this.directory = directory
@@ -1360,7 +1387,13 @@ export class KvClient {
       directory.map(async (g) => {
         if (first !== null && first.group === g.id) return { group: g.id, view: first }
         try {
-          return { group: g.id, view: await this.groupView(groupUrls(directory, g.id), timeoutMs) }
+          const view = await this.groupView(groupUrls(directory, g.id), timeoutMs)
+          if (isRouterShardView(view) || view.group !== g.id)
+            throw new KvError(
+              'KV_ERR_INVALID_ARGUMENT',
+              `the members of group ${g.id} answered as ${isRouterShardView(view) ? `router ${view.router}` : `group ${view.group}`}`,
+            )
+          return { group: g.id, view }
         } catch (err) {
           if (!(err instanceof KvError)) throw err
           return { group: g.id, error: err }
@@ -1374,6 +1407,7 @@ export class KvClient {
       else unreachable.push({ group: a.group, code: a.error.code, message: a.error.message })
     }
     if (views.length === 0) {
+      if (router !== null) return { map: fallback, views, unreachable, router: router.router }
       const last = answers.at(-1)?.error
       throw new KvError(
         last?.code ?? 'KV_ERR_UNAVAILABLE',
@@ -1386,7 +1420,7 @@ export class KvClient {
       views.map((v) => v.claims),
       fallback,
     )
-    return { map, views, unreachable }
+    return { map, views, unreachable, router: null }
   }
 
   /**
@@ -1415,9 +1449,10 @@ export class KvClient {
       const view = await this.groupView([
         ...new Set([...(typeof refusedBy === 'string' ? [refusedBy] : []), lost]),
       ]).catch(() => null)
-      const move = view?.move
-      if (view && move && move.target === request.to && sameSlots(move.slots, wanted))
-        return { answer: { move }, url: lost, group: view.group }
+      const move = view === null || isRouterShardView(view) ? null : view.move
+      if (view && !isRouterShardView(view) && move)
+        if (move.target === request.to && sameSlots(move.slots, wanted))
+          return { answer: { move }, url: lost, group: view.group }
       throw err
     })
     const move = (answer as { move: ShardMove }).move
@@ -1495,19 +1530,23 @@ export class KvClient {
     group: string | null,
     url: string | undefined,
   ): Promise<{ move: ShardMove; view: GroupShardView }> {
-    if (group !== null && this.directory.some((g) => g.id === group)) {
-      const view = await this.groupView(groupUrls(this.directory, group))
+    const inView = (view: GroupShardView | RouterShardView) => {
+      if (isRouterShardView(view)) return null
       const move = moveInView(view, id)
-      if (move !== null) return { move, view }
+      return move === null ? null : { move, view }
+    }
+    if (group !== null && this.directory.some((g) => g.id === group)) {
+      const found = inView(await this.groupView(groupUrls(this.directory, group)))
+      if (found !== null) return found
     }
     const first = url === undefined ? await this.shards() : await this.shards({ url })
-    const here = moveInView(first, id)
-    if (here !== null) return { move: here, view: first }
+    const here = inView(first)
+    if (here !== null) return here
     for (const g of this.directory) {
-      if (g.id === first.group) continue
+      if (!isRouterShardView(first) && g.id === first.group) continue
       const view = await this.groupView(groupUrls(this.directory, g.id)).catch(() => null)
-      const move = view === null ? null : moveInView(view, id)
-      if (view !== null && move !== null) return { move, view }
+      const found = view === null ? null : inView(view)
+      if (found !== null) return found
     }
     throw new KvError(
       'KV_ERR_INVALID_ARGUMENT',
@@ -1517,7 +1556,10 @@ export class KvClient {
   }
 
   /** The shard view of the first of `urls` that answers (a node down is passed over). */
-  private async groupView(urls: string[], timeoutMs?: number): Promise<GroupShardView> {
+  private async groupView(
+    urls: string[],
+    timeoutMs?: number,
+  ): Promise<GroupShardView | RouterShardView> {
     let last: KvError | null = null
     for (const url of urls) {
       try {
@@ -1526,7 +1568,7 @@ export class KvClient {
           '/v1/shards',
           timeoutMs === undefined ? {} : { timeoutMs },
         )
-        const view = JSON.parse(res.body.toString('utf8')) as GroupShardView
+        const view = JSON.parse(res.body.toString('utf8')) as GroupShardView | RouterShardView
         this.learnDirectory(view)
         return view
       } catch (err) {
@@ -1538,14 +1580,15 @@ export class KvClient {
   }
 
   /** Keeps the directory of groups a view names, for calls to a group by id. */
-  private learnDirectory(view: GroupShardView): void {
-    const groups = view.map?.groups
+  private learnDirectory(view: GroupShardView | RouterShardView): void {
+    const groups = isRouterShardView(view) ? view.groups : view.map?.groups
     if (Array.isArray(groups) && groups.length > 0) this.directory = groups
   }
 
   /**
    * An admin call about shards, sent to the leader of the group that owns what it names:
-   * `group`'s members (from the directory), or the client's URLs. Follows `KV_ERR_NOT_LEADER`
+   * `group`'s members (from the directory, then the client's URLs, which may be a kv-router's),
+   * or the client's URLs. Follows `KV_ERR_NOT_LEADER`
    * to the leader it names and `KV_ERR_WRONG_SHARD` to the members of the owner it names;
    * passes over members that cannot be reached, and after a round of them pauses and starts
    * again, within `attempts` and `retryForMs`. An error after an attempt whose answer was lost
@@ -1564,6 +1607,8 @@ export class KvClient {
             ...new Set([
               ...(this.groupLeaders.get(group) ?? []),
               ...groupUrls(this.directory, group),
+              // Last: the client's own URLs, for a kv-router in front of groups out of reach.
+              ...this.seeds,
             ]),
           ]
     let owner = group

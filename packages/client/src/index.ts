@@ -5,6 +5,8 @@ export {
   finishedMovePhases,
   groupUrls,
   isMoveFinished,
+  isRouterShardView,
+  mapOfRouterView,
   moveInView,
   ownersOf,
   planRebalance,
@@ -13,6 +15,7 @@ export {
   type RebalanceMove,
   type RebalanceOptions,
   type RebalancePlan,
+  type RouterShardView,
 } from './shards.js'
 export type {
   AckMode,

@@ -47,8 +47,32 @@ function formatRaw(ranges: readonly SlotRange[]): string {
   return ranges.map((r) => `${String(r.first)}-${String(r.last)}`).join(',')
 }
 
-/** The move `id` in a group's view: the one in flight, or one in its history. */
-export function moveInView(view: GroupShardView, id: string): ShardMove | null {
+/**
+ * What a kv-router answers to GET /v1/shards: the map it routes by (every group's claims
+ * merged), and its id. A group's member answers a `GroupShardView` instead.
+ */
+export interface RouterShardView extends ShardMap {
+  router: string
+}
+
+/** True when a GET /v1/shards answer comes from a kv-router rather than a group's member. */
+export function isRouterShardView(view: GroupShardView | RouterShardView): view is RouterShardView {
+  return typeof (view as Partial<GroupShardView>).group !== 'string'
+}
+
+/** The shard map of a router's answer, without the router's id. */
+export function mapOfRouterView(view: RouterShardView): ShardMap {
+  return {
+    version: view.version,
+    slotCount: view.slotCount,
+    groups: view.groups,
+    slots: view.slots,
+  }
+}
+
+/** The move `id` in a group's view (the one in flight, or one in its history); null from a router. */
+export function moveInView(view: GroupShardView | RouterShardView, id: string): ShardMove | null {
+  if (isRouterShardView(view)) return null
   if (view.move !== null && view.move.id === id) return view.move
   return view.history.find((m) => m.id === id) ?? null
 }

@@ -18,7 +18,7 @@ import {
   type ShardMove,
 } from '@kvstore/protocol'
 import { KvClient, KvError, planRebalance, slotsText } from '../src/index.js'
-import { ownersOf, slotsPerGroup } from '../src/shards.js'
+import { isRouterShardView, ownersOf, slotsPerGroup } from '../src/shards.js'
 
 type Answer = { status: number; body: unknown; headers?: Record<string, string> }
 
@@ -200,6 +200,7 @@ describe('the shard map', () => {
     // g2 took 0-99 from g1 (version 2); g1's view of g2 still is the starting file's.
     claims = { g1: '100-2047', g2: '0-99,2048-4095' }
     const view = await withClient('a2', (c) => c.shards())
+    if (isRouterShardView(view)) throw new Error('a member answered as a router')
     expect(view.group).toBe('g1')
     expect(view.map.groups.map((g) => g.id)).toEqual(['g1', 'g2'])
     const overview = await withClient('a2', (c) => c.shardOverview())
@@ -284,6 +285,78 @@ describe('moveSlots', () => {
     const ended = await withClient('b1', (c) => c.abortMove({ group: 'g1' }))
     expect(ended.move.phase).toBe('aborted')
     expect(node('a1').calls).toEqual(['POST /admin/v1/shards/moves/abort'])
+  })
+})
+
+describe('through a kv-router', () => {
+  let router: Http2Server
+  let routerUrl: string
+  let routerCalls: string[] = []
+  /** Member URLs the router's map names: the fakes', or ones out of reach. */
+  let reachable = true
+
+  beforeAll(async () => {
+    router = createServer((req, res) => {
+      void (async () => {
+        for await (const _ of req) void _
+        let answer: Answer
+        if (req.url === '/v1/shards') {
+          const file = directoryFile({ g1: '0-2047', g2: '2048-4095' })
+          if (!reachable)
+            for (const g of file.groups)
+              g.members = g.members.map((m, i) => ({ ...m, url: `http://127.0.0.1:${i + 1}` }))
+          answer = { status: 200, body: { ...shardMapOfFile(file), router: 'r1' } }
+        } else {
+          routerCalls.push(`${req.method} ${req.url}`)
+          answer = { status: 202, body: { move: move('m9', 'copying') } }
+        }
+        res.writeHead(answer.status, { 'content-type': 'application/json' })
+        res.end(JSON.stringify(answer.body))
+      })()
+    })
+    await new Promise<void>((resolve) => router.listen(0, '127.0.0.1', resolve))
+    routerUrl = `http://127.0.0.1:${(router.address() as AddressInfo).port}`
+  })
+  afterAll(async () => {
+    await new Promise((resolve) => router.close(resolve))
+  })
+  beforeEach(() => {
+    routerCalls = []
+    reachable = true
+  })
+
+  async function viaRouter<T>(fn: (client: KvClient) => Promise<T>): Promise<T> {
+    const client = new KvClient({ url: routerUrl, retryForMs: 500 })
+    try {
+      return await fn(client)
+    } finally {
+      await client.close()
+    }
+  }
+
+  it("asks the groups the router's map names", async () => {
+    claims = { g1: '100-2047', g2: '0-99,2048-4095' }
+    const answer = await viaRouter((c) => c.shards())
+    expect(isRouterShardView(answer)).toBe(true)
+    const overview = await viaRouter((c) => c.shardOverview())
+    expect(overview.router).toBeNull()
+    expect(overview.views.map((v) => v.group)).toEqual(['g1', 'g2'])
+    expect(overview.map.slots[0]).toMatchObject({ first: 0, last: 99, group: 'g2' })
+  })
+
+  it("keeps the router's map, and sends moves to the router, when the groups are out of reach", async () => {
+    reachable = false
+    const overview = await viaRouter((c) => c.shardOverview())
+    expect(overview.router).toBe('r1')
+    expect(overview.views).toEqual([])
+    expect(overview.unreachable.map((u) => u.group)).toEqual(['g1', 'g2'])
+    expect(overview.map.slots.map((c) => c.group)).toEqual(['g1', 'g2'])
+    const started = await viaRouter(async (c) => {
+      await c.shardOverview()
+      return c.moveSlots({ slots: '0-99', to: 'g2', from: 'g1' })
+    })
+    expect(started).toMatchObject({ url: routerUrl, group: 'g1' })
+    expect(routerCalls).toEqual(['POST /admin/v1/shards/moves'])
   })
 })
 
