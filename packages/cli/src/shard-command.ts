@@ -217,7 +217,7 @@ export function planText(plan: RebalancePlan): string {
   if (plan.moves.length === 0) lines.push('the slots are spread evenly: nothing to move\n')
   else {
     const total = plan.moves.reduce((n, m) => n + m.count, 0)
-    lines.push(`${plan.moves.length} moves, ${total} slots:\n`)
+    lines.push(`${plan.moves.length} move${plan.moves.length === 1 ? '' : 's'}, ${total} slots:\n`)
     plan.moves.forEach((m, i) =>
       lines.push(`  ${i + 1}. ${m.count} slots ${m.slots}: ${m.from} -> ${m.to}\n`),
     )
@@ -536,6 +536,10 @@ async function rebalance(
     if (!opts.json) await write(io.stdout, finishedText(ended, step.from))
   }
   if (opts.json) await out(io, { ...plan, ran })
-  else if (opts.wait) await write(io.stdout, `OK rebalanced: ${plan.moves.length} moves done\n`)
+  else if (opts.wait)
+    await write(
+      io.stdout,
+      `OK rebalanced: ${plan.moves.length} move${plan.moves.length === 1 ? '' : 's'} done\n`,
+    )
   return 0
 }
