@@ -95,6 +95,7 @@ export function configurationMarkdown(): string {
 const scopeTitles: Record<MetricInfo['scope'], string> = {
   'every node': 'Every node',
   'single-leader': 'Single-leader mode (the replicator)',
+  sharded: 'Sharded single-leader groups (--shard-map)',
   leaderless: 'Leaderless mode (the leaderless engine)',
 }
 
@@ -110,7 +111,7 @@ export function metricsMarkdown(): string {
     ),
   ]
   const out: string[] = []
-  for (const scope of ['every node', 'single-leader', 'leaderless'] as const) {
+  for (const scope of ['every node', 'single-leader', 'sharded', 'leaderless'] as const) {
     out.push(`### ${scopeTitles[scope]}`, '')
     out.push(...table(catalog.filter((m) => m.scope === scope && m.origin === 'kvstore')), '')
   }

@@ -6,6 +6,7 @@ import { Counter, Gauge, Histogram, Registry, Summary, collectDefaultMetrics } f
 import type { BatchStats, Store } from '@kvstore/storage'
 import type { Replicator } from './cluster/replicator.js'
 import type { LeaderlessEngine } from './leaderless/engine.js'
+import type { Shards } from './shards/index.js'
 
 const httpBucketsSeconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
@@ -551,6 +552,71 @@ export class NodeMetrics {
     })
   }
 
+  /** Sharding: owned and fenced slots, moves, fences and refusals. */
+  watchShards(shards: Shards): void {
+    const registers = [this.registry]
+    new Gauge({
+      name: 'kv_shard_slots',
+      help: 'Hash slots this group owns (state=owned, fenced ones included) and of those, fenced for a move out (state=fenced).',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        this.set({ state: 'owned' }, shards.state.ownedSlots())
+        this.set({ state: 'fenced' }, shards.state.fencedSlots())
+      },
+    })
+    new Gauge({
+      name: 'kv_shard_map_version',
+      help: 'The highest shard map version this group knows.',
+      registers,
+      collect() {
+        this.set(shards.state.mapVersion)
+      },
+    })
+    new Gauge({
+      name: 'kv_shard_move_in_progress',
+      help: '1 while a slot move out of this group is running, by phase.',
+      labelNames: ['phase'],
+      registers,
+      collect() {
+        this.reset()
+        const move = shards.state.record.move
+        if (move !== null) this.set({ phase: move.phase }, 1)
+      },
+    })
+    new Counter({
+      name: 'kv_shard_moves_total',
+      help: 'Slot moves this node drove to their end, by outcome (done, aborted).',
+      labelNames: ['outcome'],
+      registers,
+      collect() {
+        this.reset()
+        this.inc({ outcome: 'done' }, shards.mover.figures.moves.done)
+        this.inc({ outcome: 'aborted' }, shards.mover.figures.moves.aborted)
+      },
+    })
+    new Gauge({
+      name: 'kv_shard_last_fence_seconds',
+      help: 'How long the last slot move this node drove kept its slots fenced (no writes).',
+      registers,
+      collect() {
+        const last = shards.mover.figures.fenceMs[shards.mover.figures.fenceMs.length - 1]
+        this.set(last === undefined ? 0 : last / 1000)
+      },
+    })
+    new Counter({
+      name: 'kv_shard_refusals_total',
+      help: 'Key operations refused: reason=wrong_shard (slot not owned here) or slot_moving (fenced).',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset()
+        this.inc({ reason: 'wrong_shard' }, shards.state.wrongShardRefusals)
+        this.inc({ reason: 'slot_moving' }, shards.state.slotMovingRefusals)
+      },
+    })
+  }
+
   watchReplicator(replicator: Replicator): void {
     const registers = [this.registry]
     const perMember = (
@@ -736,7 +802,7 @@ export interface MetricInfo {
   help: string
   labels: string[]
   /** Which nodes serve it: every node, or only the nodes of one cluster mode. */
-  scope: 'every node' | 'single-leader' | 'leaderless'
+  scope: 'every node' | 'single-leader' | 'sharded' | 'leaderless'
   /** `process`: Node.js process metrics, prom-client's defaults under the `kv_` prefix. */
   origin: 'kvstore' | 'process'
 }
@@ -778,6 +844,8 @@ export function metricsCatalog(): MetricInfo[] {
   everyNode.watchStore(() => null)
   const singleLeader = new NodeMetrics()
   singleLeader.watchReplicator({} as unknown as Replicator)
+  const sharded = new NodeMetrics()
+  sharded.watchShards({} as unknown as Shards)
   const leaderless = new NodeMetrics()
   leaderless.watchLeaderless({ stats: {} } as unknown as LeaderlessEngine)
   const catalog: MetricInfo[] = []
@@ -798,6 +866,7 @@ export function metricsCatalog(): MetricInfo[] {
   }
   add(everyNode.registry, 'every node')
   add(singleLeader.registry, 'single-leader')
+  add(sharded.registry, 'sharded')
   add(leaderless.registry, 'leaderless')
   return catalog
 }

@@ -23,6 +23,7 @@ import { Replicator } from './cluster/replicator.js'
 import { LeaderlessEngine } from './leaderless/engine.js'
 import { buildApp } from './http/app.js'
 import { PeerRoster } from './membership/roster.js'
+import { ShardState, loadShardSetup, startShards, type Shards } from './shards/index.js'
 import { SingleLeaderMembership } from './cluster/membership.js'
 import { loadMemberships, seedMembership } from './cluster/membership-config.js'
 import type { AppContext, Lifecycle, Security } from './http/context.js'
@@ -100,6 +101,11 @@ export class KvNode {
     let replicator: Replicator | null = null
     let leaderless: LeaderlessEngine | null = null
     const cluster = config.mode === 'standalone' ? null : clusterOf(config)
+    const shardSetup =
+      config.shardMap !== undefined && config.shardGroup !== undefined && cluster !== null
+        ? loadShardSetup(config.shardMap, config.shardGroup, config.nodeId, cluster.members)
+        : null
+    let shards: Shards | null = null
     const logger = createLogger(
       config.nodeId,
       config.logLevel,
@@ -175,9 +181,11 @@ export class KvNode {
               rootPasswordFile: config.rootPasswordFile,
               nodeId: config.nodeId,
               limiter: hashLimiter,
-              stampWallMs: config.mode === 'leaderless' ? 0 : Date.now(),
+              stampWallMs: config.mode === 'leaderless' || shardSetup !== null ? 0 : Date.now(),
               log: logger,
-              ...(config.mode === 'leaderless'
+              // Shard groups start alike too (with one --auth-secret-file), so a token any
+              // group issues holds on every group, and a router can pass it on.
+              ...(config.mode === 'leaderless' || shardSetup !== null
                 ? {
                     sameOnEveryMember: {
                       clusterId: store.meta.clusterId,
@@ -219,7 +227,25 @@ export class KvNode {
         })
         await replicator.start()
         metrics.watchReplicator(replicator)
-        sequencer = new Sequencer(store, { now: Date.now, writer: replicator.writer() })
+        const shardState = shardSetup === null ? null : new ShardState(store, shardSetup, logger)
+        sequencer = new Sequencer(store, {
+          now: Date.now,
+          writer: replicator.writer(),
+          ...(shardState !== null ? { admit: (request) => shardState.admitWrite(request) } : {}),
+        })
+        if (shardSetup !== null && shardState !== null) {
+          shards = startShards({
+            setup: shardSetup,
+            state: shardState,
+            store,
+            sequencer,
+            replicator,
+            config,
+            tls,
+            logger,
+          })
+          metrics.watchShards(shards)
+        }
       } else {
         // A standalone node is the only member of its cluster, so it leads from epoch 1 on.
         if (store.meta.epoch < 1) await store.setHardState({ epoch: 1 })
@@ -311,6 +337,7 @@ export class KvNode {
         sequencer,
         replicator,
         leaderless,
+        shards,
         membership:
           replicator !== null
             ? new SingleLeaderMembership(replicator, config)
@@ -375,6 +402,7 @@ export class KvNode {
       return node
     } catch (err) {
       await archiver?.stop().catch(() => {})
+      await shards?.stop().catch(() => {})
       await replicator?.stop().catch(() => {})
       await authSyncStarted?.stop().catch(() => {})
       await leaderless?.stop().catch(() => {})
@@ -401,6 +429,11 @@ export class KvNode {
    */
   reload(): void {
     this.context.security.audit.reopen()
+    try {
+      this.context.shards?.reloadDirectory()
+    } catch (err) {
+      this.logger.error({ err }, 'shard map reload failed; the directory in use stays')
+    }
     if (this.context.reloadTls === null) return
     try {
       this.context.reloadTls()
@@ -444,6 +477,7 @@ export class KvNode {
       // Writes whose clients left may still wait for replicas: give them a moment, then stop
       // replicating (and wait for its store writes) before storage closes.
       await this.context.backups.archiver?.stop()
+      await this.context.shards?.stop()
       await this.replicator?.settle(Math.min(2000, this.config.shutdownTimeoutMs))
       await this.replicator?.stop()
       await this.context.security.sync?.stop()

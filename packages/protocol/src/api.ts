@@ -165,7 +165,10 @@ export type Quorum = Static<typeof quorumSchema>
 
 /** `{ "error": { "code", "message", ...details } }`: the body of every error response. */
 export const errorBodySchema = schema<{
-  error: { code: ErrorCode; message: string } & Record<string, string | number | boolean | null>
+  error: { code: ErrorCode; message: string } & Record<
+    string,
+    string | number | boolean | null | readonly string[] | readonly number[]
+  >
 }>({
   type: 'object',
   properties: {
@@ -173,7 +176,12 @@ export const errorBodySchema = schema<{
       type: 'object',
       properties: { code: { enum: errorCodes }, message: { type: 'string' } },
       required: ['code', 'message'],
-      additionalProperties: { type: ['string', 'number', 'boolean', 'null'] },
+      additionalProperties: {
+        anyOf: [
+          { type: ['string', 'number', 'boolean', 'null'] },
+          { type: 'array', items: { type: ['string', 'number'] } },
+        ],
+      },
     },
   },
   required: ['error'],
@@ -686,7 +694,7 @@ export type PermissionsView = Static<typeof permissionsSchema>
 /** GET /v1/auth/whoami. */
 export const whoAmISchema = t.object({
   user: t.nullable(t.string()),
-  via: t.literal('token', 'certificate', 'anonymous'),
+  via: t.literal('token', 'certificate', 'router', 'anonymous'),
   roles: t.array(t.string()),
   permissions: t.nullable(permissionsSchema),
   authEnabled: t.boolean(),

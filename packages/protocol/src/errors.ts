@@ -298,7 +298,11 @@ export function isErrorCode(code: unknown): code is ErrorCode {
 }
 
 /** Extra fields carried in an error body beside `code` and `message`. */
-export type ErrorDetails = Record<string, string | number | boolean | null>
+/** Details are flat: scalars, or lists of them (the slots and groups a batch spans). */
+export type ErrorDetails = Record<
+  string,
+  string | number | boolean | null | readonly string[] | readonly number[]
+>
 
 /** The JSON body of every error response. */
 export interface ErrorBody {

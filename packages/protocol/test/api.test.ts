@@ -85,7 +85,20 @@ describe('the API contract', () => {
       api.validateApi(api.errorBodySchema, {
         error: { code: 'KV_ERR_INTERNAL', message: 'x', n: {} },
       }),
-    ).toEqual(['$.error.n: expected string or number or boolean or null, got object'])
+    ).toEqual([
+      '$.error.n: matches none of 2 alternatives ($.error.n: expected string or number or boolean or null, got object; $.error.n: expected array, got object)',
+    ])
+    // Lists of scalars are details too: the slots and groups a batch spans.
+    const crossShard = new KvError('KV_ERR_CROSS_SHARD', 'x', {
+      slots: [1, 2],
+      groups: ['g1', 'g2'],
+    }).toBody()
+    expect(api.validateApi(api.errorBodySchema, crossShard)).toEqual([])
+    expect(
+      api.validateApi(api.errorBodySchema, {
+        error: { code: 'KV_ERR_INTERNAL', message: 'x', n: [{}] },
+      }),
+    ).toHaveLength(1)
   })
 
   it('refuses a keyword it does not check', () => {

@@ -45,6 +45,11 @@ export interface WriteRequest {
    * sent (the leaderless coordinator logs a merged state) gives the client request's own.
    */
   fingerprint?: Buffer
+  /**
+   * Who asks: a client (the default), or the node itself moving data between shard groups
+   * (`shard`), which the `admit` check lets through to slots the group does not serve.
+   */
+  origin?: 'client' | 'shard'
 }
 
 export interface OpResult {
@@ -128,6 +133,13 @@ export interface SequencerOptions {
    * given), entries stay uncommitted, as on a replica. For tests of truncation.
    */
   commitOnAppend?: boolean
+  /**
+   * Checks a request just before it gets its LSN, synchronously with sequencing (sharding:
+   * the key's slot must be owned here and not fenced). Throws a KvError to refuse it; nothing
+   * is written then. A check made any earlier could pass a write that a fence sequenced in
+   * between should have refused.
+   */
+  admit?: (request: WriteRequest) => void
 }
 
 /** Assigns LSNs to writes after checking their conditions. */
@@ -218,6 +230,7 @@ export class Sequencer {
 
     // Everything from here to the append call is synchronous, so conditions see a stable
     // state and LSNs are handed out in the same order as entries reach the log.
+    this.options.admit?.(request)
     const { lsn, epoch } = this.writer.slot()
     const local = new Map<string, StoredRecord | null>()
     const results: OpResult[] = []

@@ -1,3 +1,5 @@
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 /**
  * Real single-leader clusters for tests and benchmarks: kv-node processes on free loopback
  * ports, with the faults a test needs (SIGSTOP, SIGCONT, kill -9, restart).
@@ -48,6 +50,55 @@ export class TestCluster extends NodeCluster {
       () => cluster.stop(),
     )
     return cluster
+  }
+
+  /**
+   * Starts `groups` single-leader groups of `size` nodes as one sharded deployment: members
+   * n1.. of g1, then g2's, and so on (ids are unique across groups), every node with the same
+   * shard map file (written under the first group's directory), which splits the 4,096 slots
+   * evenly in group order unless `slots` says otherwise. Returns the groups and the file.
+   */
+  static async startShardGroups(
+    groups: number,
+    size = 3,
+    args: string[] = [],
+    options: ClusterOptions & { slots?: string[] } = {},
+  ): Promise<{ groups: TestCluster[]; mapFile: string }> {
+    const layouts: Awaited<ReturnType<typeof layout>>[] = []
+    for (let g = 0; g < groups; g++)
+      layouts.push(
+        await layout(size, `kv-shard-g${g + 1}-`, { ...options, firstMember: 1 + g * size }),
+      )
+    const per = Math.floor(4096 / groups)
+    const map = {
+      slotCount: 4096,
+      groups: layouts.map((where, g) => ({
+        id: `g${g + 1}`,
+        members: where.members.map((m) => ({ id: m.id, url: m.url })),
+        slots: options.slots?.[g] ?? `${g * per}-${g === groups - 1 ? 4095 : (g + 1) * per - 1}`,
+      })),
+    }
+    const mapFile = join((layouts[0] as Awaited<ReturnType<typeof layout>>).dir, 'shard-map.json')
+    await writeFile(mapFile, JSON.stringify(map, null, 2))
+    const started: TestCluster[] = []
+    try {
+      for (const [g, where] of layouts.entries()) {
+        const cluster = new TestCluster(
+          where,
+          [...args, '--shard-map', mapFile, '--shard-group', `g${g + 1}`],
+          options,
+        )
+        started.push(cluster)
+        await cluster.startAll(
+          () => cluster.waitForLeader(),
+          () => cluster.stop(),
+        )
+      }
+    } catch (err) {
+      for (const cluster of started) await cluster.stop().catch(() => {})
+      throw err
+    }
+    return { groups: started, mapFile }
   }
 
   /**

@@ -32,6 +32,8 @@ export interface ClusterOptions {
   keepLogs?: boolean
   /** Pass the nodes' stderr through to this process's. */
   inheritStderr?: boolean
+  /** The number of the first member: 4 names them n4, n5, ... (shard groups need distinct ids). */
+  firstMember?: number
 }
 
 /** Members n1..n`size`, each with a client and a peer port, under `dir`. */
@@ -39,9 +41,10 @@ export async function newMembers(
   size: number,
   dir: string,
   security: NodeSecurity,
+  first = 1,
 ): Promise<ClusterMember[]> {
   const members: ClusterMember[] = []
-  for (let i = 1; i <= size; i++) {
+  for (let i = first; i < first + size; i++) {
     members.push({
       id: `n${i}`,
       url: `${security.scheme}://127.0.0.1:${await freePort()}`,
@@ -128,7 +131,7 @@ export async function layout(
   return {
     dir,
     ownDir: options.dir === undefined,
-    members: await newMembers(size, dir, securityOf(options)),
+    members: await newMembers(size, dir, securityOf(options), options.firstMember ?? 1),
   }
 }
 

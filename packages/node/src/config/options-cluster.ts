@@ -71,6 +71,52 @@ export const clusterOptions: readonly OptionSpec[] = [
       'Single-leader: how long POST /admin/v1/members/:id/replace waits for the new member (a learner) to catch up before it promotes it; past it the call answers KV_ERR_LEARNER_BEHIND, and calling it again resumes where it stopped (`kv member replace` does so until its own --timeout).',
   },
   {
+    key: 'shardMap',
+    flag: '--shard-map',
+    env: 'KV_SHARD_MAP',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'none (not sharded)',
+    group: 'cluster',
+    description:
+      'Sharding: the shard map file (JSON: every group with its members and the hash slots it starts with), the same file on every node and kv-router of the deployment. With --shard-group, this node refuses keys of slots its group does not own (KV_ERR_WRONG_SHARD). Only the starting ownership is read from it: after a slot move, what the groups recorded wins. Single-leader mode only.',
+  },
+  {
+    key: 'shardGroup',
+    flag: '--shard-group',
+    env: 'KV_SHARD_GROUP',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'none',
+    group: 'cluster',
+    description:
+      "Sharding: the id of this node's group in the shard map file. Its members must be the group's --members.",
+  },
+  {
+    key: 'shardFenceTimeoutMs',
+    flag: '--shard-fence-timeout-ms',
+    env: 'KV_SHARD_FENCE_TIMEOUT_MS',
+    kind: 'integer',
+    default: 5000,
+    min: 100,
+    max: 600_000,
+    group: 'cluster',
+    description:
+      'Sharding: how long moving slots may stay fenced (no writes) while the target group applies the last of their log. Past it, unless the target was already asked to take them, the move is rolled back and the slots are writable here again.',
+  },
+  {
+    key: 'shardMoveBytesPerSMax',
+    flag: '--shard-move-bytes-per-s-max',
+    env: 'KV_SHARD_MOVE_BYTES_PER_S_MAX',
+    kind: 'integer',
+    default: 64 * MiB,
+    min: 64 * KiB,
+    max: 4096 * MiB,
+    group: 'cluster',
+    description:
+      "Sharding: the pace of a slot move's copy, in bytes per second, so a move leaves room for the group's own traffic.",
+  },
+  {
     key: 'replicas',
     flag: '--replicas',
     env: 'KV_REPLICAS',
@@ -372,5 +418,16 @@ export const clusterOptions: readonly OptionSpec[] = [
     group: 'cluster',
     description:
       "UNSAFE, for the chaos suite's teeth test only: a leader proposes a configuration change while the last one is not committed yet (and before it has committed an entry of its own epoch), so two changes in flight can move the voters by two and leave two majorities that do not overlap: two leaders, lost acknowledged writes. Single-leader mode only; logged as a warning at start-up.",
+  },
+  {
+    key: 'unsafeShardMoveWithoutFence',
+    flag: '--unsafe-shard-move-without-fence',
+    env: 'KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE',
+    kind: 'boolean',
+    default: false,
+    unsafe: true,
+    group: 'cluster',
+    description:
+      "UNSAFE, for the chaos suite's teeth test only: a slot move out of this group never fences its slots, so writes keep landing here after the target has caught up, and are lost when the target takes the slots. Sharded single-leader groups only; logged as a warning at start-up.",
   },
 ]

@@ -46,6 +46,10 @@ export interface NodeConfig extends Limits {
   join: boolean
   learnerPromoteLagEntriesMax: number
   membershipCatchUpTimeoutMs: number
+  shardMap: string | undefined
+  shardGroup: string | undefined
+  shardFenceTimeoutMs: number
+  shardMoveBytesPerSMax: number
   defaultAck: AckMode
   ackTimeoutMs: number
   readWaitMs: number
@@ -84,6 +88,7 @@ export interface NodeConfig extends Limits {
   unsafeNoFencing: boolean
   /** Test-only: configuration changes overlap (see its row in options-cluster.ts). */
   unsafeConcurrentMembershipChanges: boolean
+  unsafeShardMoveWithoutFence: boolean
   auth: boolean
   rootPasswordFile: string | undefined
   authSecretFile: string | undefined

@@ -34,6 +34,13 @@ export function configProblems(config: NodeConfig): ConfigProblem[] {
     )
   }
   if (config.mode === 'leaderless') problems.push(...leaderlessProblems(config))
+  if ((config.shardMap === undefined) !== (config.shardGroup === undefined)) {
+    problems.push('--shard-map and --shard-group go together: give both, or neither')
+  } else if (config.shardMap !== undefined && config.mode !== 'single-leader') {
+    problems.push(
+      `sharding (--shard-map) needs single-leader groups; this node's mode is ${config.mode}`,
+    )
+  }
   if (config.join && config.mode === 'standalone') {
     problems.push('--join needs a cluster mode (--members, --mode single-leader or leaderless)')
   }
@@ -46,6 +53,9 @@ export function configProblems(config: NodeConfig): ConfigProblem[] {
   problems.push(...archiveProblems(config))
   if (config.unsafeNoFencing && config.mode !== 'single-leader') {
     problems.push(`--unsafe-no-fencing needs --mode single-leader (fencing is single-leader's)`)
+  }
+  if (config.unsafeShardMoveWithoutFence && config.shardMap === undefined) {
+    problems.push('--unsafe-shard-move-without-fence needs --shard-map (it breaks slot moves)')
   }
   if (config.unsafeConcurrentMembershipChanges && config.mode !== 'single-leader') {
     problems.push(

@@ -19,6 +19,7 @@ import { registerKvRoutes } from './routes/kv.js'
 import { registerLeaderlessRoutes } from './routes/leaderless.js'
 import { registerSystemRoutes } from './routes/system.js'
 import { registerMemberRoutes } from './routes/members.js'
+import { registerShardRoutes } from './routes/shards.js'
 import { registerAuthRoutes } from './routes/auth.js'
 import { guardEveryRoute, registerHttpAuth } from '../security/http-auth.js'
 import { registerBodyBudget } from './body-budget.js'
@@ -148,6 +149,7 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     clusterId: ctx.security.clusterId,
     rateLimitPerSecond: config.rateLimitPerSecond,
     rateLimitBurst: config.rateLimitBurst,
+    ...(ctx.shards !== null ? { shardPeers: ctx.shards.peers } : {}),
   })
   const bodies = registerBodyBudget(app, {
     bytesMax: config.inflightBodyBytesMax,
@@ -163,5 +165,6 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
   }
   registerSystemRoutes(app, ctx)
   registerMemberRoutes(app, ctx)
+  registerShardRoutes(app, ctx)
   return app
 }

@@ -13,6 +13,7 @@ import type { AuthSync } from '../leaderless/auth-sync.js'
 import type { BackupGate } from '../backup/source.js'
 import type { Archiver } from '../backup/archiver.js'
 import type { MembershipService } from '../membership/service.js'
+import type { Shards } from '../shards/index.js'
 
 /** Users, roles, tokens and the audit log. */
 export interface Security {
@@ -37,6 +38,8 @@ export interface AppContext {
   leaderless: LeaderlessEngine | null
   /** Membership changes in a cluster mode (GET/POST/DELETE /admin/v1/members); null standalone. */
   membership: MembershipService | null
+  /** Sharding (--shard-map): what this group owns, slot moves and imports; null otherwise. */
+  shards: Shards | null
   metrics: NodeMetrics
   /**
    * Stops the node on a failure it must not outlive: a broken invariant found while serving a

@@ -52,7 +52,8 @@ export function sendError(reply: FastifyReply, err: KvError): FastifyReply {
   if (
     err.code === 'KV_ERR_OVERLOADED' ||
     err.code === 'KV_ERR_NOT_READY' ||
-    err.code === 'KV_ERR_RATE_LIMITED'
+    err.code === 'KV_ERR_RATE_LIMITED' ||
+    err.code === 'KV_ERR_SLOT_MOVING'
   ) {
     void reply.header('retry-after', '1')
   }

@@ -9,7 +9,7 @@ import pino, { type Logger } from 'pino'
 export interface AuditEntry {
   /** The user, or null when the request carried no valid credential. */
   user: string | null
-  via: 'token' | 'certificate' | 'password' | 'anonymous'
+  via: 'token' | 'certificate' | 'router' | 'password' | 'anonymous'
   remote: string
   method: string
   url: string

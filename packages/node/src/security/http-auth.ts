@@ -50,6 +50,11 @@ export type RouteAccess =
   | 'admin'
   /** The user named in the URL (`:name`), or an admin. */
   | 'self-or-admin'
+  /**
+   * Another shard group's member (slot moves): a client certificate naming a member of the
+   * shard map's directory. Users, admins included, may not call it.
+   */
+  | 'shard-peer'
 
 export interface RouteSecurityConfig {
   access?: RouteAccess
@@ -59,7 +64,8 @@ export interface RouteSecurityConfig {
 
 export interface Principal {
   user: string
-  via: 'token' | 'certificate'
+  /** `router`: a kv-router (its certificate) acting for `user` (`kv-on-behalf-of`). */
+  via: 'token' | 'certificate' | 'router'
 }
 
 declare module 'fastify' {
@@ -80,6 +86,8 @@ export interface HttpAuthOptions {
   rateLimitPerSecond: number
   rateLimitBurst: number
   onDenied?: (code: string) => void
+  /** Sharding: the members of every group of the shard map (who may call `shard-peer` routes). */
+  shardPeers?: ReadonlySet<string>
 }
 
 const certPrincipal = Symbol('kv.certPrincipal')
@@ -236,6 +244,40 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
     }
     const user = fromCertificate(request)
     if (user !== null && auth.user(user) !== null) return { user, via: 'certificate' }
+    const onBehalfOf = request.headers['kv-on-behalf-of']
+    if (typeof onBehalfOf === 'string' && certificateOf(request, 'router') !== null) {
+      // A router acts for the user it authenticated; that user's grants apply.
+      if (auth.user(onBehalfOf) === null)
+        throw unauthenticated(
+          `kv-on-behalf-of names ${JSON.stringify(onBehalfOf)}, who is not a user`,
+        )
+      return { user: onBehalfOf, via: 'router' }
+    }
+    return null
+  }
+
+  /** The identity of `kind` that the connection's verified client certificate names. */
+  const certificateOf = (request: FastifyRequest, kind: 'router' | 'member'): string | null => {
+    const socket = tlsSocketOf(request.raw)
+    if (socket === null || !socket.authorized) return null
+    return certificateIdentity(socket.getPeerCertificate()?.subjectaltname, clusterId, kind)
+  }
+
+  /** Why a `shard-peer` call is refused, or null. */
+  const shardPeerProblem = (request: FastifyRequest): KvError | null => {
+    if (tlsSocketOf(request.raw) === null) {
+      // A plaintext client port: only a node with auth off (a development setup) lets it in.
+      return auth.enabled
+        ? unauthenticated('slot moves between groups need TLS with member certificates')
+        : null
+    }
+    const member = certificateOf(request, 'member')
+    if (member === null)
+      return unauthenticated(
+        'only a member of another shard group may call this (its member certificate)',
+      )
+    if (options.shardPeers?.has(member) !== true)
+      return denied(`member ${member} is not in the shard map`)
     return null
   }
 
@@ -304,6 +346,8 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
       case 'authenticated':
       case 'batch':
         return null
+      case 'shard-peer':
+        return denied('only members of other shard groups may call this')
       case 'read-key': {
         const key = (request.params as { '*'?: string })['*'] ?? ''
         return mayRead(permissions, key)
@@ -364,6 +408,12 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
     (access: RouteAccess): onRequestHookHandler =>
     (request, reply, done) => {
       request.remote = request.ip
+      if (access === 'shard-peer') {
+        const problem = shardPeerProblem(request)
+        if (problem !== null) refuse(request, reply, problem)
+        else done()
+        return
+      }
       if (access === 'public' && request.headers.authorization === undefined) {
         done()
         return

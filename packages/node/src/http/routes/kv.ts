@@ -20,7 +20,7 @@ import {
   type ReadConsistency,
   type StoredRecord,
 } from '@kvstore/protocol'
-import type { WriteOp } from '@kvstore/storage'
+import type { ListItem, WriteOp } from '@kvstore/storage'
 import { parsePositiveInteger, type AppContext } from '../context.js'
 import {
   awaitSession,
@@ -161,6 +161,38 @@ function consistencyOf(request: KeyRequest): ReadConsistency {
   )
 }
 
+/** Listing pages the longest scan collects: keys of slots not owned here are skipped. */
+const listScanPagesMax = 16
+
+/**
+ * One page of keys, leaving out keys of slots this group does not own (sharding: records a move
+ * left here, or one being imported). `lastKey` is the last key scanned, where the next page
+ * starts, even when it was left out.
+ */
+async function listOwned(
+  ctx: AppContext,
+  options: Parameters<AppContext['store']['list']>[0],
+): Promise<{ items: ListItem[]; more: boolean; lastKey: Buffer | null }> {
+  const page = await ctx.store.list(options)
+  const state = ctx.shards?.state
+  const lastOf = (items: ListItem[]) => (items[items.length - 1]?.key as Buffer | undefined) ?? null
+  if (state === undefined) return { ...page, lastKey: lastOf(page.items) }
+  const items = page.items.filter((item) => state.lists(item.key))
+  let more = page.more
+  let lastKey = lastOf(page.items)
+  for (let n = 1; more && items.length < options.limit && n < listScanPagesMax; n++) {
+    const next = await ctx.store.list({
+      ...options,
+      ...(lastKey !== null ? { after: lastKey } : {}),
+      limit: options.limit - items.length,
+    })
+    items.push(...next.items.filter((item) => state.lists(item.key)))
+    more = next.more
+    lastKey = lastOf(next.items) ?? lastKey
+  }
+  return { items, more, lastKey }
+}
+
 export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
   const { store, config, metrics } = ctx
   const keyOf = (request: KeyRequest): Buffer => keyToBytes(request.params['*'], config.keyBytesMax)
@@ -232,6 +264,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
   app.get('/v1/kv/*', { config: { access: 'read-key' } }, (request: KeyRequest, reply) => {
     const key = keyOf(request)
     const consistency = consistencyOf(request)
+    ctx.shards?.state.check(key, consistency === 'linearizable' ? 'linearizable' : 'read')
     if (consistency === 'linearizable' && ctx.replicator) {
       // On the leader only: a barrier through a majority, then a record that is committed.
       const replicator = ctx.replicator
@@ -341,7 +374,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
         : decodeCursor(text.cursor, prefixText, config.keyBytesMax)
     await awaitSession(ctx, request, sessionOf(request))
     const appliedLsn = store.appliedLsn
-    const page = await store.list({
+    const page = await listOwned(ctx, {
       ...(prefix ? { prefix } : {}),
       ...(start ? { start } : {}),
       ...(after ? { after } : {}),
@@ -354,12 +387,13 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       valueBytes: record.value.length,
       ...(values ? { valueBase64: record.value.toString('base64') } : {}),
     }))
-    const last = items[items.length - 1]
     setReadHeaders(ctx, reply, appliedLsn)
     return {
       items,
       nextCursor:
-        page.more && last ? encodeCursor({ v: 1, after: last.key, prefix: prefixText }) : null,
+        page.more && page.lastKey !== null
+          ? encodeCursor({ v: 1, after: page.lastKey.toString('utf8'), prefix: prefixText })
+          : null,
       appliedLsn,
     } satisfies ListResponse
   })

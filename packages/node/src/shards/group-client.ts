@@ -1,0 +1,129 @@
+/**
+ * Calls from this group's leader to another group's leader (slot moves), over HTTPS on the
+ * other group's client port, presenting this member's certificate: the other group admits a
+ * member of the deployment's directory (`access: 'shard-peer'`) and nobody else.
+ *
+ * It finds the leader by trying the group's members and following KV_ERR_NOT_LEADER hints, and
+ * remembers the last leader. Every call has a deadline and a bounded number of attempts.
+ */
+import { Agent, request } from 'undici'
+import { KvError, type ErrorDetails, type ShardGroup } from '@kvstore/protocol'
+import type { TlsSource } from '../security/tls.js'
+
+/** A call failed without a coded answer (connection refused, reset, timed out). */
+export class GroupUnreachableError extends Error {
+  constructor(
+    readonly group: string,
+    message: string,
+  ) {
+    super(message)
+    this.name = 'GroupUnreachableError'
+  }
+}
+
+const responseBytesMax = 4 * 1024 * 1024
+
+export class GroupClient {
+  private readonly agent: Agent
+  private readonly leaders = new Map<string, string>()
+
+  constructor(
+    private readonly groups: () => readonly ShardGroup[],
+    tls: TlsSource | null,
+    private readonly timeoutMs: number,
+  ) {
+    this.agent = new Agent({
+      connections: 4,
+      keepAliveTimeout: 10_000,
+      connect: tls === null ? {} : { ...tls.contextOptions(), rejectUnauthorized: true },
+    })
+  }
+
+  /** POSTs `body` as JSON to `path` on the leader of `group`; resolves with the JSON answer. */
+  async call<T>(
+    group: string,
+    path: string,
+    body: unknown,
+    timeoutMs = this.timeoutMs,
+  ): Promise<T> {
+    const members = this.groups().find((g) => g.id === group)?.members ?? []
+    if (members.length === 0)
+      throw new GroupUnreachableError(group, `no group ${group} in the shard map`)
+    const payload = JSON.stringify(body)
+    const tried = new Set<string>()
+    const queue: string[] = []
+    const known = this.leaders.get(group)
+    if (known !== undefined) queue.push(known)
+    for (const m of members) if (m.url !== known) queue.push(m.url)
+    let last = 'no member answered'
+    for (let attempt = 0; attempt < members.length * 2 + 2 && queue.length > 0; attempt++) {
+      const url = queue.shift() as string
+      if (tried.has(url)) continue
+      tried.add(url)
+      let status: number
+      let text: string
+      try {
+        const response = await request(`${url}${path}`, {
+          method: 'POST',
+          dispatcher: this.agent,
+          headers: { 'content-type': 'application/json' },
+          body: payload,
+          headersTimeout: timeoutMs,
+          bodyTimeout: timeoutMs,
+          signal: AbortSignal.timeout(timeoutMs),
+        })
+        status = response.statusCode
+        const chunks: Buffer[] = []
+        let bytes = 0
+        for await (const chunk of response.body) {
+          bytes += (chunk as Buffer).length
+          if (bytes > responseBytesMax) throw new Error('the answer is too large')
+          chunks.push(chunk as Buffer)
+        }
+        text = Buffer.concat(chunks).toString('utf8')
+      } catch (err) {
+        last = `${url}: ${(err as Error).message}`
+        if (this.leaders.get(group) === url) this.leaders.delete(group)
+        continue
+      }
+      let parsed: unknown
+      try {
+        parsed = JSON.parse(text)
+      } catch {
+        last = `${url} answered ${status} with a body that is not JSON`
+        continue
+      }
+      if (status >= 200 && status < 300) {
+        this.leaders.set(group, url)
+        return parsed as T
+      }
+      const error = (parsed as { error?: { code?: string; message?: string } }).error
+      const code = error?.code ?? 'KV_ERR_INTERNAL'
+      if (code === 'KV_ERR_NOT_LEADER') {
+        const hint = (error as { leaderUrl?: string | null }).leaderUrl
+        if (typeof hint === 'string' && !tried.has(hint)) queue.unshift(hint)
+        last = `${url} is not the leader of ${group}`
+        continue
+      }
+      if (code === 'KV_ERR_NOT_READY' || code === 'KV_ERR_SHUTTING_DOWN') {
+        last = `${url}: ${error?.message ?? code}`
+        continue
+      }
+      const {
+        code: _code,
+        message: _message,
+        ...details
+      } = (error ?? {}) as Record<string, unknown>
+      throw new KvError(
+        code as ConstructorParameters<typeof KvError>[0],
+        `group ${group}: ${error?.message ?? `status ${status}`}`,
+        details as unknown as ErrorDetails,
+      )
+    }
+    throw new GroupUnreachableError(group, `group ${group} did not answer: ${last}`)
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close()
+  }
+}
