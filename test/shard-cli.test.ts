@@ -20,8 +20,10 @@ import { clusterPorts, freePorts } from './support/ports.js'
 
 /** The node's sharding flags land with the node side of sharding (issue 17). */
 const nodeHasShardFlags = configSpec.some((s) => s.flag === '--shard-map')
+/** kv-cluster starts the router from here (KV_ROUTER_BIN, which it reads too, overrides it). */
 const routerBuilt = existsSync(
-  fileURLToPath(new URL('../packages/router/dist/main.js', import.meta.url)),
+  process.env.KV_ROUTER_BIN ??
+    fileURLToPath(new URL('../packages/router/dist/main.js', import.meta.url)),
 )
 
 /** A command that stays in the foreground, with what it printed so far. */
@@ -192,6 +194,27 @@ describe.runIf(nodeHasShardFlags)('kv shard against kv-cluster --groups 2', () =
         slotsPerGroup: Record<string, number>
       }
       expect(even.slotsPerGroup).toEqual({ g1: 2048, g2: 2048 })
+
+      // A move aborted at once rolls back (or, if it was quick, had finished already).
+      await ok(['shard', 'move', '--slots', '200-299', '--to', 'g2', '--shard-map', shardMap])
+      const aborted = await ok([
+        'shard',
+        'move',
+        '--abort',
+        '--group',
+        'g1',
+        '--shard-map',
+        shardMap,
+      ])
+      expect(aborted).toMatch(
+        /^OK move \S+ aborted: slots 200-299 stay with g1|could not be rolled back/,
+      )
+      const last = JSON.parse(await ok(['--json', 'shard', 'status', '--shard-map', shardMap])) as {
+        groups: { group: string; move: unknown; history: { phase: string }[] }[]
+      }
+      const g1View = last.groups.find((g) => g.group === 'g1')
+      expect(g1View?.move).toBeNull()
+      expect(['aborted', 'done']).toContain(g1View?.history.at(-1)?.phase)
     } finally {
       await g1.close()
       await g2.close()

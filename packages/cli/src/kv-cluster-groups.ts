@@ -152,8 +152,9 @@ export function groupNodeArgs(options: {
 }
 
 /**
- * kv-router's arguments: the shard map, its port, and its certificate for both its TLS
- * listener and its identity towards the groups (kv://<cluster>/router/r1).
+ * kv-router's arguments: the shard map, its port, its certificate for both its TLS listener
+ * and its identity towards the groups (kv://<cluster>/router/r1), and the user its own calls
+ * act for.
  */
 export function routerArgs(options: {
   layout: ShardedLayout
@@ -182,5 +183,9 @@ export function routerArgs(options: {
     cert,
     '--identity-key',
     key,
+    // A router certificate is no user: the router's own calls (probes, shard map refreshes)
+    // act for root, whom every group has.
+    '--probe-user',
+    'root',
   ]
 }

@@ -151,6 +151,8 @@ describe('kv-cluster --groups', () => {
         '/d/certs/r1.crt',
         '--identity-key',
         '/d/certs/r1.key',
+        '--probe-user',
+        'root',
       ],
     )
   })

@@ -1469,7 +1469,8 @@ export class KvClient {
     const { answer, url, group } = await this.groupAdmin(
       options.group ?? null,
       '/admin/v1/shards/moves/abort',
-      {},
+      // The group goes in the body too, for a kv-router to know where to forward the call.
+      options.group === undefined ? {} : { group: options.group },
     )
     return { move: (answer as { move: ShardMove }).move, url, group }
   }
