@@ -314,6 +314,7 @@ export async function runShard(
           ...o.map,
           slotsPerGroup: Object.fromEntries(counts),
           unreachable: o.unreachable,
+          router: o.router,
         })
       } else await write(io.stdout, mapText(o))
       return o.unreachable.length > 0 && o.router === null ? 1 : 0
