@@ -68,8 +68,12 @@ bench-results/.
                         writes to 1 group of 3 and to 2 groups of 3 (wrk, one per leader, keys
                         of its own slots), interleaved over --rounds N (2); then --moves N (20)
                         slot moves of --move-slots N (16) slots back and forth under quorum
-                        writes: fence time, the load's write unavailability, move time.
-                        --parts scaling,fence runs only those. See shards.ts.
+                        writes: fence time, the load's write unavailability, move time;
+                        quorum writes through one kv-router against straight to the leader
+                        (closed loop, then open loop at 50% with the caps lifted), --rounds
+                        interleaved; GETs of --get-keys keys through
+                        the router from the followers, followers and leader, the leader alone.
+                        --parts scaling,fence,router,reads runs only those. See shards.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.

@@ -17,32 +17,49 @@
  *     leader: fence written to switch answered), the write unavailability the load saw (the
  *     longest stretch with no acknowledged write to the moving slots, and the span of
  *     SLOT_MOVING refusals), and the move's whole time (startedAtMs to updatedAtMs in history).
+ *  3. Router overhead: on the 1 group, quorum writes through one kv-router (--shard-map, as
+ *     shipped; not capped: it stands for a router on its own machine, and its CPU is reported)
+ *     and straight to the leader, interleaved over `rounds`: the closed-loop maximum (wrk) of
+ *     each, and p50 and p99 of quorum writes offered open-loop at 50% of the direct maximum
+ *     (pacer.ts, latency from when each write was due), where a closed loop's p50 would only
+ *     mirror its throughput.
+ *  4. Read scaling through the router: on the 1 group, holding `getKeys` keys, GETs (wrk,
+ *     random keys) through a router reading from the followers (its default), from the
+ *     followers and the leader (--read-from-leader), and from the leader alone (a router given
+ *     only the leader's URL); and straight to the leader for reference.
  *
  * Figures are printed and written; nothing is asserted.
  */
+import { existsSync } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { addRouter } from '@kvstore/cli'
 import { slotOfKey, type GroupShardView, type ShardMove } from '@kvstore/protocol'
 import {
   TestCluster,
+  kvRouterBin,
   metric,
   metricValue,
   metricsText,
+  startRouterProcess,
+  stopRouterProcess,
   type ClusterOptions,
+  type RouterProcess,
 } from '@kvstore/testkit'
 import { Agent, request } from 'undici'
-import { waitCaughtUp } from './cluster.js'
+import { prefill, waitCaughtUp } from './cluster.js'
 import { cpuCapper, type CpuCapper } from './cpu-cap.js'
 import { ensureWrk, fmt, say, sleep } from './common.js'
 import { Latencies } from './latency.js'
 import { cpuMeter, pidOf, type BenchCluster } from './node-process.js'
-import { loadAverage, machineMeter, removeOnExit } from './proc.js'
-import { coresCell, publish, targetTable, type TargetRow } from './report.js'
+import { cpuSeconds, loadAverage, machineMeter, removeOnExit } from './proc.js'
+import { coresCell, publish, rateCells, targetTable, type TargetRow } from './report.js'
 import { benchSecurity, type BenchSecurity, type SecurityProfile } from './security.js'
-import { runWrk, slotPutScript, type WrkResult } from './wrk.js'
+import { runPaced, type PacedOptions, type PacedResult } from './pacer.js'
+import { getScript, runWrk, slotPutScript, type WrkResult } from './wrk.js'
 
-export const shardParts = ['scaling', 'fence'] as const
+export const shardParts = ['scaling', 'fence', 'router', 'reads'] as const
 export type ShardPart = (typeof shardParts)[number]
 
 export interface ShardsBenchOptions {
@@ -52,6 +69,8 @@ export interface ShardsBenchOptions {
   /** wrk connections per leader. */
   connections: number
   valueBytes: number
+  /** Keys the read-scaling part reads. */
+  getKeys: number
   /** The CPU share every node is capped to, in cores. */
   nodeCpuCap: number
   /** Interleaved rounds of the scaling part. */
@@ -540,6 +559,327 @@ async function fencePart(
   }
 }
 
+// ---- parts 3 and 4: through a kv-router ----------------------------------------------------
+
+/**
+ * kv-router flags for the run's security, as `kv-cluster --groups` runs it: in TLS profiles
+ * its own router certificate (kv://<cluster>/router/r1, made here with `kv certs add-router`)
+ * for its HTTPS port and towards the groups; with auth, its own calls (probes, map refreshes)
+ * act for root, and callers' bearer tokens pass through to the groups.
+ */
+async function routerArgs(security: BenchSecurity, args: string[]): Promise<string[]> {
+  const certs = security.certsDir
+  if (certs === null) return args
+  if (!existsSync(join(certs, 'r1.crt'))) await addRouter({ dir: certs, routerId: 'r1' })
+  return [
+    '--id',
+    'r1',
+    '--certs-dir',
+    certs,
+    ...(security.profile === 'tls-auth' ? ['--probe-user', 'root'] : []),
+    ...args,
+  ]
+}
+
+/** Waits until the router's read pool for its one group holds `members` members. */
+async function waitReadPool(router: RouterProcess, members: number): Promise<void> {
+  const deadline = performance.now() + 30_000
+  for (;;) {
+    const view = (await fetch(`${router.url}/v1/cluster`)
+      .then((r) => r.json())
+      .catch(() => null)) as {
+      router?: { groups?: { leaderId: string | null; members: { inReadPool: boolean }[] }[] }
+    } | null
+    const group = view?.router?.groups?.[0]
+    if (
+      group !== undefined &&
+      group.leaderId !== null &&
+      group.members.filter((m) => m.inReadPool).length === members
+    )
+      return
+    if (performance.now() > deadline)
+      throw new Error(
+        `the router's read pool did not reach ${members} members within 30 s: ${JSON.stringify(view)}`,
+      )
+    await sleep(100)
+  }
+}
+
+/**
+ * Waits (at most `timeoutMs`) until every member of `group` used under `coresMax` of a core
+ * over one second; returns how long it took.
+ */
+async function waitQuiet(
+  group: BenchCluster,
+  coresMax = 0.05,
+  timeoutMs = 60_000,
+): Promise<number> {
+  const started = performance.now()
+  for (;;) {
+    const meter = await cpuMeter(group.members)
+    await sleep(1000)
+    const cores = await meter.stop()
+    if (Object.values(cores).every((c) => c < coresMax)) return performance.now() - started
+    if (performance.now() - started > timeoutMs) {
+      say(`   note: the nodes were still busy after ${timeoutMs / 1000} s (${coresCell(cores)})`)
+      return performance.now() - started
+    }
+  }
+}
+
+/** CPU of one process, in cores, over a stretch of wall time. */
+async function processMeter(pid: number): Promise<{ stop(): Promise<number> }> {
+  const before = await cpuSeconds(pid)
+  const started = performance.now()
+  return {
+    async stop() {
+      return ((await cpuSeconds(pid)) - before) / ((performance.now() - started) / 1000)
+    },
+  }
+}
+
+interface OverheadRun {
+  path: 'direct' | 'router'
+  round: number
+  result: WrkResult
+  /** Acknowledged writes per second. */
+  throughput: number
+  nodeCores: Record<string, number>
+  routerCores: number
+}
+
+interface OverheadPaced {
+  path: 'direct' | 'router'
+  round: number
+  rate: number
+  result: PacedResult
+  routerCores: number
+}
+
+interface OverheadPart {
+  closed: OverheadRun[]
+  paced: OverheadPaced[]
+  throughputRatio: number
+  closedP50DiffMs: number
+  pacedP50DiffMs: number
+  pacedP99DiffMs: number
+  rate: number
+}
+
+async function overheadPart(
+  deployment: Deployment,
+  security: BenchSecurity,
+  options: {
+    rounds: number
+    durationS: number
+    connections: number
+    valueBytes: number
+    scriptDir: string
+    /** Lift every node's CPU cap, and put it back. */
+    uncap: () => Promise<void>
+    recap: () => Promise<void>
+  },
+): Promise<OverheadPart> {
+  const group = deployment.groups[0] as BenchCluster
+  const router = await startRouterProcess(
+    await routerArgs(security, ['--shard-map', deployment.mapFile]),
+  )
+  try {
+    await waitReadPool(router, 2)
+    const leader = group.leader
+    const authorization = await security.authorization(leader.url)
+    const urls = { direct: leader.url, router: router.url }
+    const script = (prefix: string) =>
+      slotPutScript(prefix, options.valueBytes, [[0, 4095]], {
+        query: '?ack=quorum',
+        authorization,
+      })
+    for (const path of ['direct', 'router'] as const)
+      await runWrk({
+        url: urls[path],
+        script: script(`warm/${path}/`),
+        scriptDir: options.scriptDir,
+        connections: options.connections,
+        durationS: 3,
+      })
+    await waitCaughtUp(group)
+    const closed: OverheadRun[] = []
+    for (let round = 1; round <= options.rounds; round++) {
+      for (const path of ['direct', 'router'] as const) {
+        const meter = await cpuMeter(group.members)
+        const routerMeter = await processMeter(router.pid)
+        const result = await runWrk({
+          url: urls[path],
+          script: script(`bench/overhead/${path}/r${round}/`),
+          scriptDir: options.scriptDir,
+          connections: options.connections,
+          durationS: options.durationS,
+        })
+        const run: OverheadRun = {
+          path,
+          round,
+          result,
+          throughput: Math.max(0, result.requests - result.errors) / result.durationS,
+          routerCores: await routerMeter.stop(),
+          nodeCores: await meter.stop(),
+        }
+        closed.push(run)
+        await waitCaughtUp(group)
+        say(
+          `   round ${round} ${path}: ${fmt(run.throughput)}/s, p50 ${fmt(result.latencyMs.p50, 2)} ms, p99 ${fmt(result.latencyMs.p99, 2)} ms, ${result.errors} errors; leader ${fmt(run.nodeCores[leader.id] ?? 0, 2)} cores, router ${fmt(run.routerCores, 2)}`,
+        )
+      }
+    }
+    const directMax = mean(closed.filter((r) => r.path === 'direct').map((r) => r.throughput))
+    const rate = Math.max(1, Math.round(directMax / 2))
+    // A capped node is stopped for the rest of each 100 ms period once it has used its share:
+    // latencies then measure the throttling, not the router. The open loop runs uncapped.
+    await options.uncap()
+    say(`   open loop at ${fmt(rate)}/s (50% of the capped direct maximum), caps lifted:`)
+    const paced: OverheadPaced[] = []
+    for (let round = 1; round <= options.rounds; round++) {
+      for (const path of ['direct', 'router'] as const) {
+        const routerMeter = await processMeter(router.pid)
+        const result = await runPaced({
+          url: urls[path],
+          rate,
+          durationS: options.durationS,
+          connections: options.connections,
+          valueBytes: options.valueBytes,
+          prefix: `bench/overhead/paced/${path}/r${round}/`,
+          query: '?ack=quorum',
+          tls: security.client.tls as PacedOptions['tls'],
+          authorization,
+        })
+        paced.push({ path, round, rate, result, routerCores: await routerMeter.stop() })
+        await waitCaughtUp(group)
+        say(
+          `   round ${round} ${path}: ${fmt(result.throughput)}/s, p50 ${fmt(result.latencyMs.p50, 2)} ms, p99 ${fmt(result.latencyMs.p99, 2)} ms, ${result.errors} errors`,
+        )
+      }
+    }
+    await options.recap()
+    const of = <T extends { path: string }>(runs: T[], path: string, value: (r: T) => number) =>
+      mean(runs.filter((r) => r.path === path).map(value))
+    return {
+      closed,
+      paced,
+      rate,
+      throughputRatio: of(closed, 'router', (r) => r.throughput) / directMax,
+      closedP50DiffMs:
+        of(closed, 'router', (r) => r.result.latencyMs.p50) -
+        of(closed, 'direct', (r) => r.result.latencyMs.p50),
+      pacedP50DiffMs:
+        of(paced, 'router', (r) => r.result.latencyMs.p50) -
+        of(paced, 'direct', (r) => r.result.latencyMs.p50),
+      pacedP99DiffMs:
+        of(paced, 'router', (r) => r.result.latencyMs.p99) -
+        of(paced, 'direct', (r) => r.result.latencyMs.p99),
+    }
+  } finally {
+    await stopRouterProcess(router)
+  }
+}
+
+interface ReadRun {
+  name: string
+  /** Members the reads went to. */
+  readers: string
+  result: WrkResult
+  nodeCores: Record<string, number>
+  routerCores: number | null
+}
+
+async function readsPart(
+  deployment: Deployment,
+  security: BenchSecurity,
+  options: {
+    durationS: number
+    connections: number
+    valueBytes: number
+    getKeys: number
+    scriptDir: string
+  },
+): Promise<ReadRun[]> {
+  const group = deployment.groups[0] as BenchCluster
+  const leader = group.leader
+  const authorization = await security.authorization(leader.url)
+  say(`   loading ${fmt(options.getKeys)} keys of ${options.valueBytes} bytes (ack=all)`)
+  await prefill(leader.url, 'bench/read/', options.valueBytes, options.getKeys, security)
+  await waitCaughtUp(group)
+  // LevelDB compacts what the load wrote, on the nodes' capped CPU: let it finish first.
+  const quietMs = await waitQuiet(group)
+  say(`   the nodes were quiet ${fmt(quietMs / 1000, 1)} s after the load`)
+  const script = getScript('bench/read/', options.getKeys, { authorization })
+  const runs: ReadRun[] = []
+  const measure = async (
+    name: string,
+    readers: string,
+    url: string,
+    router: RouterProcess | null,
+  ) => {
+    await runWrk({
+      url,
+      script,
+      scriptDir: options.scriptDir,
+      connections: options.connections,
+      durationS: 2,
+    })
+    const meter = await cpuMeter(group.members)
+    const routerMeter = router === null ? null : await processMeter(router.pid)
+    const result = await runWrk({
+      url,
+      script,
+      scriptDir: options.scriptDir,
+      connections: options.connections,
+      durationS: options.durationS,
+    })
+    const run: ReadRun = {
+      name,
+      readers,
+      result,
+      routerCores: routerMeter === null ? null : await routerMeter.stop(),
+      nodeCores: await meter.stop(),
+    }
+    runs.push(run)
+    say(
+      `   ${name}: ${fmt(result.throughput)}/s, p50 ${fmt(result.latencyMs.p50, 2)} ms, p99 ${fmt(result.latencyMs.p99, 2)} ms, ${result.errors} errors; nodes ${coresCell(run.nodeCores)}${run.routerCores === null ? '' : `; router ${fmt(run.routerCores, 2)}`}`,
+    )
+  }
+  const followers = group.followers.map((m) => m.id).join(', ')
+  const configs = [
+    {
+      name: 'router, followers (default)',
+      readers: followers,
+      pool: 2,
+      args: ['--shard-map', deployment.mapFile],
+    },
+    {
+      name: 'router, followers and leader (--read-from-leader)',
+      readers: group.members.map((m) => m.id).join(', '),
+      pool: 3,
+      args: ['--shard-map', deployment.mapFile, '--read-from-leader'],
+    },
+    {
+      name: 'router, leader only (--group g1=<leader URL> --read-from-leader)',
+      readers: leader.id,
+      pool: 1,
+      args: ['--group', `g1=${leader.url}`, '--read-from-leader'],
+    },
+  ]
+  for (const config of configs) {
+    const router = await startRouterProcess(await routerArgs(security, config.args))
+    try {
+      await waitReadPool(router, config.pool)
+      await measure(config.name, config.readers, router.url, router)
+    } finally {
+      await stopRouterProcess(router)
+    }
+  }
+  await measure('direct to the leader (no router)', leader.id, leader.url, null)
+  return runs
+}
+
 // ---- the suite -----------------------------------------------------------------------------
 
 function percentile(values: readonly number[], p: number): number {
@@ -564,19 +904,25 @@ export async function runShardsBench(options: ShardsBenchOptions): Promise<void>
   const security = await benchSecurity(options.security, work)
   const scaling: ScalingRun[] = []
   let fence: FencePart | null = null
+  let overhead: OverheadPart | null = null
+  let reads: ReadRun[] = []
+  let routerSkipped: string | null = null
   let one: Deployment | null = null
   let two: Deployment | null = null
   try {
+    const needsTwo = parts.includes('scaling') || parts.includes('fence')
+    const needsOne = parts.some((p) => p !== 'fence')
     say(
-      `== starting 1 group of 3 and 2 groups of 3 (${security.profile}), every node capped at ${nodeCpuCap} CPU`,
+      `== starting ${[needsOne ? '1 group of 3' : '', needsTwo ? '2 groups of 3' : ''].filter((d) => d !== '').join(' and ')} (${security.profile}), every node capped at ${nodeCpuCap} CPU`,
     )
-    one = await startDeployment('1 group', 1, join(work, 'one'), security)
-    two = await startDeployment('2 groups', 2, join(work, 'two'), security)
-    for (const member of [...membersOf(one), ...membersOf(two)])
-      await capper.cap(pidOf(member), nodeCpuCap)
+    if (needsOne) one = await startDeployment('1 group', 1, join(work, 'one'), security)
+    if (needsTwo) two = await startDeployment('2 groups', 2, join(work, 'two'), security)
+    for (const deployment of [one, two])
+      for (const member of deployment === null ? [] : membersOf(deployment))
+        await capper.cap(pidOf(member), nodeCpuCap)
     say(`   capped (${capper.description})`)
 
-    if (parts.includes('scaling')) {
+    if (parts.includes('scaling') && one !== null && two !== null) {
       for (let round = 1; round <= rounds; round++) {
         for (const deployment of [one, two]) {
           say(
@@ -596,7 +942,7 @@ export async function runShardsBench(options: ShardsBenchOptions): Promise<void>
       }
     }
 
-    if (parts.includes('fence')) {
+    if (parts.includes('fence') && two !== null) {
       say(
         `== fence time: ${options.moves} moves of slots 0-${options.moveSlots - 1} back and forth between g1 and g2 under quorum writes`,
       )
@@ -605,6 +951,42 @@ export async function runShardsBench(options: ShardsBenchOptions): Promise<void>
         moveSlots: options.moveSlots,
         valueBytes,
         durationS,
+      })
+    }
+    // The router parts run on the 1 group alone.
+    await stopDeployment(two)
+    two = null
+
+    const wantsRouter = parts.includes('router') || parts.includes('reads')
+    if (wantsRouter && !existsSync(kvRouterBin)) {
+      routerSkipped = `${kvRouterBin} is missing (pnpm build builds it)`
+      say(`note: the router parts are skipped: ${routerSkipped}`)
+    }
+    if (parts.includes('router') && routerSkipped === null && one !== null) {
+      say(
+        `== router overhead: quorum writes through one kv-router and straight to the leader, ${rounds} rounds`,
+      )
+      const deployment = one
+      overhead = await overheadPart(deployment, security, {
+        rounds,
+        durationS,
+        connections,
+        valueBytes,
+        scriptDir: work,
+        uncap: () => capper.release(),
+        recap: async () => {
+          for (const member of membersOf(deployment)) await capper.cap(pidOf(member), nodeCpuCap)
+        },
+      })
+    }
+    if (parts.includes('reads') && routerSkipped === null && one !== null) {
+      say('== read scaling through the router (1 group)')
+      reads = await readsPart(one, security, {
+        durationS,
+        connections,
+        valueBytes,
+        getKeys: options.getKeys,
+        scriptDir: work,
       })
     }
   } finally {
@@ -693,6 +1075,96 @@ export async function runShardsBench(options: ShardsBenchOptions): Promise<void>
     json.fence = fence
   }
 
+  if (overhead !== null) {
+    const closedRows = overhead.closed.map(
+      (r) =>
+        `| ${r.path === 'router' ? 'through the router' : 'to the leader'} | ${r.round} | closed loop | ${fmt(r.throughput)} | ${fmt(r.result.latencyMs.p50, 2)} | ${fmt(r.result.latencyMs.p99, 2)} | ${fmt(r.result.errors)} | ${fmt(
+          Object.entries(r.nodeCores).reduce((max, [, v]) => Math.max(max, v), 0),
+          2,
+        )} | ${r.path === 'router' ? fmt(r.routerCores, 2) : ''} |`,
+    )
+    const pacedRows = overhead.paced.map(
+      (r) =>
+        `| ${r.path === 'router' ? 'through the router' : 'to the leader'} | ${r.round} | open loop at ${fmt(r.rate)}/s, uncapped | ${fmt(r.result.throughput)} | ${fmt(r.result.latencyMs.p50, 2)} | ${fmt(r.result.latencyMs.p99, 2)} | ${fmt(r.result.errors)} | | ${r.path === 'router' ? fmt(r.routerCores, 2) : ''} |`,
+    )
+    const routerRuns = overhead.closed.filter((r) => r.path === 'router')
+    const usPerWrite = mean(
+      routerRuns.map((r) => (r.routerCores * 1e6) / Math.max(1, r.throughput)),
+    )
+    body.push(
+      '### Router overhead: quorum writes through one kv-router against straight to the leader',
+      '',
+      `The 1 group (nodes capped as above), one kv-router (run as \`kv-cluster --groups\` runs it: \`--shard-map\`, its own router certificate, \`--probe-user root\` with auth, defaults otherwise; not capped, as if on its own machine: its CPU is in the table), wrk with ${connections} connections (closed loop, ${durationS} s) and then the pacer at 50% of the capped direct maximum with every cap lifted (open loop, latency from when each write was due: a light load, so that neither path queues and a capped node's throttling, up to ${fmt(100 - 100 * nodeCpuCap)} ms of each 100 ms period, does not swamp the router's hop), direct and router runs interleaved over ${rounds} rounds. A closed loop's p50 follows its throughput (${connections} connections in flight), so the latency compared is the open loop's.`,
+      '',
+      '| path | round | load | writes/s | p50 ms | p99 ms | errors | leader CPU (cores) | router CPU (cores) |',
+      '|---|---:|---|---:|---:|---:|---:|---:|---:|',
+      ...closedRows,
+      ...pacedRows,
+      '',
+      `Through the router: ${fmt(overhead.throughputRatio * 100, 1)}% of the direct throughput; p50 ${overhead.pacedP50DiffMs >= 0 ? '+' : ''}${fmt(overhead.pacedP50DiffMs, 2)} ms and p99 ${overhead.pacedP99DiffMs >= 0 ? '+' : ''}${fmt(overhead.pacedP99DiffMs, 2)} ms at ${fmt(overhead.rate)}/s (closed loop p50 ${overhead.closedP50DiffMs >= 0 ? '+' : ''}${fmt(overhead.closedP50DiffMs, 2)} ms); the router spent about ${fmt(usPerWrite)} µs of CPU per write.`,
+      '',
+    )
+    targets.push(
+      [
+        'router throughput vs direct (quorum writes)',
+        '>= 85%',
+        `${fmt(overhead.throughputRatio * 100, 1)}%`,
+        overhead.throughputRatio >= 0.85,
+      ],
+      [
+        'router p50 latency added (open loop, light load, uncapped)',
+        '<= +0.5 ms',
+        `${overhead.pacedP50DiffMs >= 0 ? '+' : ''}${fmt(overhead.pacedP50DiffMs, 2)} ms`,
+        overhead.pacedP50DiffMs <= 0.5,
+      ],
+    )
+    json.routerOverhead = { ...overhead, routerCpuUsPerWrite: usPerWrite }
+  } else if (parts.includes('router')) {
+    targets.push([
+      'router throughput vs direct (quorum writes)',
+      '>= 85%',
+      '-',
+      `not measured: ${routerSkipped ?? 'no router'}`,
+    ])
+  }
+
+  if (reads.length > 0) {
+    const followersOnly = reads[0] as ReadRun
+    const leaderOnly = reads[2] as ReadRun
+    const ratio = followersOnly.result.throughput / Math.max(1, leaderOnly.result.throughput)
+    const allRatio =
+      (reads[1] as ReadRun).result.throughput / Math.max(1, leaderOnly.result.throughput)
+    body.push(
+      '### Read scaling through the router (1 group)',
+      '',
+      `The 1 group (nodes capped as above) holding ${fmt(options.getKeys)} keys of ${valueBytes} bytes; GETs of random keys (default consistency) with wrk, ${connections} connections, ${durationS} s each, through a fresh kv-router per row (not capped; its CPU is in the table: one Node.js process, so about 1 core is its ceiling).`,
+      '',
+      '| reads | served by | reads/s | p50 ms | p99 ms | p99.9 ms | errors | node CPU (cores) | router CPU (cores) |',
+      '|---|---|---:|---:|---:|---:|---:|---|---:|',
+      ...reads.map(
+        (r) =>
+          `| ${r.name} | ${r.readers} | ${rateCells(r.result)} | ${fmt(r.result.errors)} | ${coresCell(r.nodeCores)} | ${r.routerCores === null ? '' : fmt(r.routerCores, 2)} |`,
+      ),
+      '',
+      `Through the router, the followers served ${fmt(ratio, 2)}x the reads of the leader alone, and followers and leader together ${fmt(allRatio, 2)}x.`,
+      '',
+    )
+    targets.push([
+      'reads through the router: followers vs the leader alone',
+      'reported',
+      `${fmt(ratio, 2)}x`,
+      'reported',
+    ])
+    json.reads = { runs: reads, followersVsLeader: ratio, allVsLeader: allRatio }
+  } else if (parts.includes('reads')) {
+    targets.push([
+      'reads through the router',
+      'reported',
+      '-',
+      `not measured: ${routerSkipped ?? 'no router'}`,
+    ])
+  }
+
   body.push(
     ...targetTable(targets),
     '',
@@ -702,7 +1174,7 @@ export async function runShardsBench(options: ShardsBenchOptions): Promise<void>
   const allParts = parts.length === shardParts.length
   await publish(options.out, {
     suite: 'shards',
-    command: `pnpm bench --suite shards --duration ${durationS} --connections ${connections} --value-bytes ${valueBytes} --node-cpu-cap ${nodeCpuCap} --rounds ${rounds} --moves ${options.moves} --move-slots ${options.moveSlots}${allParts ? '' : ` --parts ${parts.join(',')}`}${options.security === 'tls-auth' ? '' : ` --security ${options.security}`}`,
+    command: `pnpm bench --suite shards --duration ${durationS} --connections ${connections} --value-bytes ${valueBytes} --node-cpu-cap ${nodeCpuCap} --rounds ${rounds} --moves ${options.moves} --move-slots ${options.moveSlots} --get-keys ${options.getKeys}${allParts ? '' : ` --parts ${parts.join(',')}`}${options.security === 'tls-auth' ? '' : ` --security ${options.security}`}`,
     summary: `Sharding (${options.security === 'tls-auth' ? 'as shipped: TLS and token auth' : `--security ${options.security}`}): single-leader groups of 3 behind a shard map of 4,096 slots, every node capped at ${nodeCpuCap} CPU, the load generator on the same machine.`,
     body,
     json,
