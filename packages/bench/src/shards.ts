@@ -740,16 +740,26 @@ async function overheadPart(
     for (let round = 1; round <= options.rounds; round++) {
       for (const path of ['direct', 'router'] as const) {
         const routerMeter = await processMeter(router.pid)
-        const result = await runPaced({
-          url: urls[path],
-          rate,
-          durationS: options.durationS,
-          connections: options.connections,
-          valueBytes: options.valueBytes,
-          prefix: `bench/overhead/paced/${path}/r${round}/`,
-          query: '?ack=quorum',
-          tls: security.client.tls as PacedOptions['tls'],
-          authorization,
+        const pacedRun = (attempt: number) =>
+          runPaced({
+            url: urls[path],
+            rate,
+            durationS: options.durationS,
+            connections: options.connections,
+            valueBytes: options.valueBytes,
+            prefix: `bench/overhead/paced/${path}/r${round}/a${attempt}/`,
+            query: '?ack=quorum',
+            tls: security.client.tls as PacedOptions['tls'],
+            authorization,
+          })
+        // The pacer stops at a connection's first error; on a shared machine one reset can
+        // happen. Run the round once more, and say so, rather than lose the whole report.
+        const result = await pacedRun(1).catch(async (err: unknown) => {
+          say(
+            `   round ${round} ${path}: the open loop failed (${(err as Error).message}); run again`,
+          )
+          await waitCaughtUp(group)
+          return pacedRun(2)
         })
         paced.push({ path, round, rate, result, routerCores: await routerMeter.stop() })
         await waitCaughtUp(group)
