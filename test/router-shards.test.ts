@@ -2,11 +2,18 @@
  * kv-router in front of two real sharded groups of three (g1 owns slots 0-2047, g2 the rest;
  * TLS and auth as shipped): each key goes to its group, a batch across groups is refused with
  * KV_ERR_CROSS_SHARD, a listing merges both groups in key order page by page, sessions span
- * groups, and a router whose map went stale after a slot move recovers by itself on the first
- * KV_ERR_WRONG_SHARD.
+ * groups (an SDK client through the router reads its own writes and never goes back in time,
+ * with reads from followers), and a router whose map went stale after a slot move recovers by
+ * itself on the first KV_ERR_WRONG_SHARD.
  */
 import { join } from 'node:path'
-import { slotOfKey, type GroupShardView, type ShardMove } from '@kvstore/protocol'
+import { KvClient } from '@kvstore/client'
+import {
+  decodeRouterSession,
+  slotOfKey,
+  type GroupShardView,
+  type ShardMove,
+} from '@kvstore/protocol'
 import {
   TestCluster,
   startRouterProcess,
@@ -14,7 +21,7 @@ import {
   until,
   type RouterProcess,
 } from '@kvstore/testkit'
-import { testCertsDir } from './support/certs.js'
+import { rootTls, testCertsDir } from './support/certs.js'
 
 let g1: TestCluster
 let g2: TestCluster
@@ -119,6 +126,87 @@ describe('kv-router in front of two shard groups', () => {
     expect(((await refused.json()) as { error: { code: string } }).error.code).toBe(
       'KV_ERR_INVALID_SESSION',
     )
+  })
+
+  // Reads go to the groups' followers (the router's read pool), and the router answers each
+  // with its own token (r1.): without the SDK keeping it, a read right after a write, or after
+  // a newer read, may come from a follower that has not applied that far. Keys stay clear of
+  // the slots the move tests below take (0-99, 300-309).
+  it('gives an SDK client read-your-writes in both groups, reading from followers', async () => {
+    const keys = [...keysIn(1000, 2047, 'ryw-a', 3), ...keysIn(2048, 4095, 'ryw-b', 3)]
+    const client = new KvClient({ url: router.url, ...rootTls() })
+    try {
+      const stale: string[] = []
+      for (let round = 0; round < 40; round++) {
+        for (const key of keys) {
+          const value = `${key}@${round}`
+          await client.put(key, value)
+          const got = await client.get(key)
+          if (got?.value.toString() !== value)
+            stale.push(`${key}: wrote ${value}, read ${got?.value.toString() ?? 'nothing'}`)
+        }
+      }
+      expect(stale).toEqual([])
+      // The client's session is the router's, with a position in each group.
+      const session = decodeRouterSession(client.session as string)
+      expect([...session.groups.keys()].sort()).toEqual(['g1', 'g2'])
+    } finally {
+      await client.close()
+    }
+  })
+
+  it('gives an SDK client monotonic reads in both groups while another client writes', async () => {
+    // In each group one follower is paused (SIGSTOP) while another client writes, and resumed
+    // a moment later: the reader's reads that reach it wait there, and it answers them as it
+    // wakes, before it has caught up. Without a session a reader that has just seen the new
+    // value on the other follower would then see the old one; with it, the paused follower
+    // waits until it has applied what the reader has seen.
+    const writer = new KvClient({ url: router.url, ...rootTls() })
+    const reader = new KvClient({ url: router.url, ...rootTls() })
+    const pausedMs = 250
+    const rounds = 10
+    const wentBack: string[] = []
+    let reads = 0
+    const inGroup = async (group: TestCluster, key: string) => {
+      const leader = await group.waitForLeader()
+      const follower = (group.members.find((m) => m.id !== leader.id) as { id: string }).id
+      let newest = -1
+      for (let round = 1; round <= rounds; round++) {
+        group.pause(follower)
+        const resumed = new Promise((resolve) => setTimeout(resolve, pausedMs)).then(() =>
+          group.resume(follower),
+        )
+        try {
+          // Acknowledged by the leader and the follower that runs.
+          await writer.put(key, String(round))
+          for (let i = 0; i < 4; i++) {
+            const got = await reader.get(key)
+            const value = Number(got?.value.toString() ?? -1)
+            reads++
+            if (value < newest) wentBack.push(`${key}: read ${value} after ${newest}`)
+            newest = Math.max(newest, value)
+          }
+        } finally {
+          await resumed
+        }
+      }
+      // The reader saw the last write at last (every read after it, on any replica).
+      expect(newest).toBe(rounds)
+    }
+    try {
+      await Promise.all([
+        inGroup(g1, keysIn(1000, 2047, 'mono-a', 1)[0] as string),
+        inGroup(g2, keysIn(2048, 4095, 'mono-b', 1)[0] as string),
+      ])
+      expect(wentBack).toEqual([])
+      expect(reads).toBe(2 * rounds * 4)
+      // The reader's session (from reads alone) has a position in each group.
+      const session = decodeRouterSession(reader.session as string)
+      expect([...session.groups.keys()].sort()).toEqual(['g1', 'g2'])
+    } finally {
+      await writer.close()
+      await reader.close()
+    }
   })
 
   it('refuses a batch across groups with KV_ERR_CROSS_SHARD, and takes hash-tagged keys', async () => {

@@ -75,12 +75,7 @@ import {
   slotsText,
   type RouterShardView,
 } from './shards.js'
-import {
-  decodeSession,
-  encodeSession,
-  laterSession,
-  type SessionPosition,
-} from '@kvstore/protocol/session'
+import { SessionState } from './session.js'
 import {
   NodeConnection,
   headerOf,
@@ -641,7 +636,8 @@ export class KvClient {
   /** Followers skipped for reads, with the lag that got them skipped. */
   private readonly lagging = new Map<string, number>()
   private nextReplica = 0
-  private position: SessionPosition | null = null
+  /** The session's token: a node's (s1.), or a router's with a position per group (r1.). */
+  private readonly sessionState = new SessionState()
   private closed = false
   /** The directory of groups of a sharded deployment, from the last shard view (or the caller). */
   private directory: ShardGroup[] = []
@@ -702,14 +698,26 @@ export class KvClient {
     return this.seeds[0] as string
   }
 
-  /** The session token: pass it to another client with `useSession` to share read-your-writes. */
+  /**
+   * The session token: pass it to another client with `useSession` to share read-your-writes.
+   * A node's token (`s1.…`), or through a kv-router in front of several groups the router's
+   * (`r1.…`, a position in each group).
+   */
   get session(): string | null {
-    return this.position === null ? null : encodeSession(this.position)
+    return this.sessionState.token
   }
 
-  /** Continues a session that another client (or process) started. */
+  /**
+   * Continues a session that another client (or process) started: merged with this client's
+   * own, so neither loses what it has seen. Throws KV_ERR_INVALID_SESSION for a malformed token,
+   * and for a node's token when this client holds a router's (it names no group).
+   */
   useSession(token: string): void {
-    this.position = laterSession(this.position, decodeSession(token))
+    if (!this.sessionState.add(token))
+      throw new KvError(
+        'KV_ERR_INVALID_SESSION',
+        "this client holds a router's session token (r1.…): a node's token names no group and cannot be added to it",
+      )
   }
 
   /**
@@ -2186,10 +2194,11 @@ export class KvClient {
   }
 
   private sessionHeaders(): Record<string, string> {
-    if (!this.options.session || this.position === null) return {}
+    const token = this.options.session ? this.sessionState.token : null
+    if (token === null) return {}
     // A replica may wait for the session about as long as the lag we accept from it.
     return {
-      'kv-session': encodeSession(this.position),
+      'kv-session': token,
       'kv-read-wait-ms': String(this.options.maxLagMs),
     }
   }
@@ -2199,9 +2208,11 @@ export class KvClient {
     const token = headerOf(res, 'kv-session')
     if (token === undefined) return
     try {
-      this.position = laterSession(this.position, decodeSession(token))
+      // Merged, never replaced: answers to concurrent requests arrive in any order, and a
+      // router's token from one of them knows only the group that answered it.
+      this.sessionState.add(token)
     } catch {
-      // a node that sends a token we cannot read is ignored
+      // a token we cannot read (or merge) is ignored
     }
   }
 

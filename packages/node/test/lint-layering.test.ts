@@ -98,6 +98,17 @@ describe('the layering rule', () => {
       `import { KvNode } from '../../node/src/node.js'`,
       /may not reach into another by a relative path/,
     ],
+    ['packages/router/src/x.ts', `import '@kvstore/node'`, /router may not depend on node/],
+    [
+      'packages/router/src/x.ts',
+      `import { KvClient } from '@kvstore/client'`,
+      /router may not depend on client/,
+    ],
+    [
+      'packages/router/src/x.ts',
+      `import { Store } from '@kvstore/storage'`,
+      /router may not depend on storage/,
+    ],
   ])('refuses, in %s: %s', async (path, source, message) => {
     const messages = await refusals(path, source)
     expect(messages).toHaveLength(1)
@@ -112,6 +123,7 @@ describe('the layering rule', () => {
     ['packages/client/src/x.ts', `import { HashRing } from '@kvstore/core'`],
     ['packages/cli/src/kv-node.ts', `import { runNode } from '@kvstore/node'`],
     ['packages/cli/src/x.ts', `import { KvClient } from '@kvstore/client'`],
+    ['packages/router/src/x.ts', `import { encodeRouterSession } from '@kvstore/protocol'`],
     ['packages/cli/src/offline.ts', `import { restore } from '@kvstore/storage'`],
     ['packages/bench/src/x.ts', `import { freePort } from '@kvstore/testkit'`],
     ['packages/node/test/x.test.ts', `import { freePort } from '@kvstore/testkit'`],

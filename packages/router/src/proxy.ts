@@ -23,28 +23,24 @@ import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import {
   KvError,
+  encodeRouterSession,
   encodeSession,
   isErrorCode,
+  parseClientSession,
   parseSlotRanges,
   slotOfKey,
+  type ClientSession,
   type ErrorCode,
   type ErrorDetails,
   type ListItem,
+  type RouterSession,
   type SessionPosition,
 } from '@kvstore/protocol'
 import type { RouterConfig } from './config.js'
 import type { GroupState, Member } from './groups.js'
 import { encodeListCursor, mergeListPages, type GroupPage } from './list-merge.js'
 import type { RouterMetrics } from './metrics.js'
-import {
-  advanceRouterSession,
-  encodeRouterSession,
-  laterPosition,
-  parseClientSession,
-  positionOfNodeToken,
-  type ClientSession,
-  type RouterSession,
-} from './session.js'
+import { advanceRouterSession, laterPosition, positionOfNodeToken } from './session.js'
 import type { ShardMapCache } from './shard-map.js'
 import { UpstreamError, type UpstreamResponse } from './upstream.js'
 
