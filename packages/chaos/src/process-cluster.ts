@@ -27,6 +27,8 @@ import { freePort, startKvNode, type KvNodeProcess } from './node-process.js'
 
 export interface ProcessClusterOptions {
   nodes: number
+  /** The members' ids (default n1..nN); a sharded run gives each group its own. */
+  ids?: string[]
   /** Extra kv-node arguments for every node. */
   args?: string[]
   /** Extra environment for every node (test-only switches). */
@@ -71,11 +73,22 @@ export class ProcessCluster implements ChaosCluster {
   }
 
   static async start(options: ProcessClusterOptions): Promise<ProcessCluster> {
+    const cluster = await ProcessCluster.prepare(options)
+    await cluster.launch()
+    return cluster
+  }
+
+  /**
+   * Picks the members' ports without starting them: a sharded run writes its shard map file
+   * (which names every member's client URL) before any node starts. `launch` starts them.
+   */
+  static async prepare(options: ProcessClusterOptions): Promise<ProcessCluster> {
+    const ids = options.ids ?? Array.from({ length: options.nodes }, (_, i) => `n${i + 1}`)
     const dir = await mkdtemp(join(tmpdir(), 'kv-chaos-'))
     const nodes: Member[] = []
-    for (let i = 1; i <= options.nodes; i++) {
+    for (const id of ids) {
       nodes.push({
-        id: `n${i}`,
+        id,
         url: `https://127.0.0.1:${await freePort()}`,
         peerUrl: `https://127.0.0.1:${await freePort()}`,
         process: null,
@@ -85,13 +98,16 @@ export class ProcessCluster implements ChaosCluster {
     }
     const flag = membersFlagOf(nodes)
     for (const n of nodes) n.membersFlag = flag
-    const cluster = new ProcessCluster(dir, nodes, options)
+    return new ProcessCluster(dir, nodes, options)
+  }
+
+  /** Starts every member and waits for a leader (single-leader); stops them all on failure. */
+  async launch(): Promise<void> {
     try {
-      for (const n of nodes) await cluster.start(n.id)
-      if (!options.leaderless) await waitForLeader(cluster)
-      return cluster
+      for (const n of this.nodes) await this.start(n.id)
+      if (!this.options.leaderless) await waitForLeader(this)
     } catch (err) {
-      await cluster.stop()
+      await this.stop()
       throw err
     }
   }
