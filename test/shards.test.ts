@@ -5,10 +5,12 @@
  * every move, each slot is owned by exactly one group and every acknowledged write is there.
  */
 import { slotOfKey, type GroupShardView, type ShardMove } from '@kvstore/protocol'
+import { readFile, writeFile } from 'node:fs/promises'
 import { TestCluster, until } from '@kvstore/testkit'
 
 let g1: TestCluster
 let g2: TestCluster
+let mapFile: string
 
 beforeAll(async () => {
   const started = await TestCluster.startShardGroups(2, 3, [
@@ -17,6 +19,7 @@ beforeAll(async () => {
     String(256 * 1024),
   ])
   ;[g1, g2] = started.groups as [TestCluster, TestCluster]
+  mapFile = started.mapFile
 }, 120_000)
 afterAll(async () => {
   await g2?.stop()
@@ -268,6 +271,43 @@ describe('each group enforces what it owns', () => {
   })
 })
 
+describe('the shard map', () => {
+  it("is written into each group's log by its first leader, and SIGHUP reads the directory again", async () => {
+    for (const cluster of [g1, g2]) {
+      const v = await view(cluster)
+      expect(v.map.version).toBe(1)
+      expect(v.claims.length).toBeGreaterThan(0)
+    }
+    // A new group (no slots yet) is added to the file; the running groups learn of it on SIGHUP.
+    const file = JSON.parse(await readFile(mapFile, 'utf8')) as {
+      groups: { id: string; members: { id: string; url: string }[]; slots: string }[]
+    }
+    file.groups.push({ id: 'g3', members: [{ id: 'n9', url: 'https://127.0.0.1:1' }], slots: '' })
+    await writeFile(mapFile, JSON.stringify(file))
+    const leader = await g1.waitForLeader()
+    const before = await call(`${leader.url}/admin/v1/shards/moves`, 'POST', {
+      slots: '4000',
+      to: 'g3',
+    })
+    expect(before.body.error?.code).toBe('KV_ERR_INVALID_ARGUMENT')
+    for (const m of g1.members) m.process?.child.kill('SIGHUP')
+    await until('g1 to know g3', async () => (await view(g1)).map.groups.some((g) => g.id === 'g3'))
+    // Slot 4000 is g2's: g1 refuses to move it, naming the owner.
+    const notMine = await call(`${leader.url}/admin/v1/shards/moves`, 'POST', {
+      slots: '4000',
+      to: 'g3',
+    })
+    expect(notMine.body.error?.code).toBe('KV_ERR_WRONG_SHARD')
+    file.groups.pop()
+    await writeFile(mapFile, JSON.stringify(file))
+    for (const m of g1.members) m.process?.child.kill('SIGHUP')
+    await until(
+      'g1 to forget g3',
+      async () => !(await view(g1)).map.groups.some((g) => g.id === 'g3'),
+    )
+  })
+})
+
 describe('online slot moves', () => {
   it('moves slots under quorum writes with no acknowledged write lost and one owner per slot', async () => {
     const keys = keysIn(0, 63, 'load', 40)
@@ -319,6 +359,7 @@ describe('online slot moves', () => {
     const id = (started.body.move as ShardMove).id
     // The copy runs at 256 KiB/s: about 5 s for these records. Kill the leader in it.
     await new Promise((resolve) => setTimeout(resolve, 1500))
+    expect((await view(g1)).move?.phase, 'the kill lands in the copy').toBe('copying')
     await g1.kill(leader.id)
     await g1.waitForLeader(30_000)
     let finished: ShardMove | undefined

@@ -429,6 +429,11 @@ export class KvNode {
    */
   reload(): void {
     this.context.security.audit.reopen()
+    try {
+      this.context.shards?.reloadDirectory()
+    } catch (err) {
+      this.logger.error({ err }, 'shard map reload failed; the directory in use stays')
+    }
     if (this.context.reloadTls === null) return
     try {
       this.context.reloadTls()

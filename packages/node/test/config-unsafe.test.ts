@@ -17,6 +17,7 @@ describe('unsafe switches', () => {
       'unsafePlaintextPeers',
       'unsafeNoFencing',
       'unsafeConcurrentMembershipChanges',
+      'unsafeShardMoveWithoutFence',
     ])
     for (const spec of configSpec) {
       const named = spec.key.startsWith('unsafe')

@@ -419,4 +419,15 @@ export const clusterOptions: readonly OptionSpec[] = [
     description:
       "UNSAFE, for the chaos suite's teeth test only: a leader proposes a configuration change while the last one is not committed yet (and before it has committed an entry of its own epoch), so two changes in flight can move the voters by two and leave two majorities that do not overlap: two leaders, lost acknowledged writes. Single-leader mode only; logged as a warning at start-up.",
   },
+  {
+    key: 'unsafeShardMoveWithoutFence',
+    flag: '--unsafe-shard-move-without-fence',
+    env: 'KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE',
+    kind: 'boolean',
+    default: false,
+    unsafe: true,
+    group: 'cluster',
+    description:
+      "UNSAFE, for the chaos suite's teeth test only: a slot move out of this group never fences its slots, so writes keep landing here after the target has caught up, and are lost when the target takes the slots. Sharded single-leader groups only; logged as a warning at start-up.",
+  },
 ]

@@ -88,6 +88,7 @@ export interface NodeConfig extends Limits {
   unsafeNoFencing: boolean
   /** Test-only: configuration changes overlap (see its row in options-cluster.ts). */
   unsafeConcurrentMembershipChanges: boolean
+  unsafeShardMoveWithoutFence: boolean
   auth: boolean
   rootPasswordFile: string | undefined
   authSecretFile: string | undefined

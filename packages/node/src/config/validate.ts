@@ -54,6 +54,9 @@ export function configProblems(config: NodeConfig): ConfigProblem[] {
   if (config.unsafeNoFencing && config.mode !== 'single-leader') {
     problems.push(`--unsafe-no-fencing needs --mode single-leader (fencing is single-leader's)`)
   }
+  if (config.unsafeShardMoveWithoutFence && config.shardMap === undefined) {
+    problems.push('--unsafe-shard-move-without-fence needs --shard-map (it breaks slot moves)')
+  }
   if (config.unsafeConcurrentMembershipChanges && config.mode !== 'single-leader') {
     problems.push(
       `--unsafe-concurrent-membership-changes needs --mode single-leader (the log's configuration changes are single-leader's)`,

@@ -28,7 +28,7 @@ export class GroupClient {
   private readonly leaders = new Map<string, string>()
 
   constructor(
-    private readonly groups: readonly ShardGroup[],
+    private readonly groups: () => readonly ShardGroup[],
     tls: TlsSource | null,
     private readonly timeoutMs: number,
   ) {
@@ -40,8 +40,13 @@ export class GroupClient {
   }
 
   /** POSTs `body` as JSON to `path` on the leader of `group`; resolves with the JSON answer. */
-  async call<T>(group: string, path: string, body: unknown): Promise<T> {
-    const members = this.groups.find((g) => g.id === group)?.members ?? []
+  async call<T>(
+    group: string,
+    path: string,
+    body: unknown,
+    timeoutMs = this.timeoutMs,
+  ): Promise<T> {
+    const members = this.groups().find((g) => g.id === group)?.members ?? []
     if (members.length === 0)
       throw new GroupUnreachableError(group, `no group ${group} in the shard map`)
     const payload = JSON.stringify(body)
@@ -63,9 +68,9 @@ export class GroupClient {
           dispatcher: this.agent,
           headers: { 'content-type': 'application/json' },
           body: payload,
-          headersTimeout: this.timeoutMs,
-          bodyTimeout: this.timeoutMs,
-          signal: AbortSignal.timeout(this.timeoutMs),
+          headersTimeout: timeoutMs,
+          bodyTimeout: timeoutMs,
+          signal: AbortSignal.timeout(timeoutMs),
         })
         status = response.statusCode
         const chunks: Buffer[] = []

@@ -7,8 +7,7 @@ import type { TlsSource } from '../security/tls.js'
 import { GroupClient } from './group-client.js'
 import { ShardImporter } from './importer.js'
 import { ShardMover } from './mover.js'
-import type { ShardState } from './state.js'
-import { type ShardSetup } from './state.js'
+import { loadShardSetup, type ShardSetup, type ShardState } from './state.js'
 
 export { ShardState, loadShardSetup, type ShardSetup } from './state.js'
 
@@ -19,6 +18,11 @@ export interface Shards {
   client: GroupClient
   /** Member ids of every group: who may call the import routes. */
   peers: ReadonlySet<string>
+  /**
+   * SIGHUP: reads the shard map file's directory again (a new group, new URLs). The slots it
+   * lists are not read: a group's own record says what it owns.
+   */
+  reloadDirectory(): void
   stop(): Promise<void>
 }
 
@@ -33,7 +37,7 @@ export function startShards(options: {
   logger: Logger
 }): Shards {
   const { setup, state, store, sequencer, replicator, config, tls, logger } = options
-  const client = new GroupClient(setup.groups, tls, Math.max(30_000, 2 * config.ackTimeoutMs))
+  const client = new GroupClient(() => state.groups, tls, Math.max(30_000, 2 * config.ackTimeoutMs))
   const mover = new ShardMover(state, store, sequencer, replicator, client, config, logger)
   const importer = new ShardImporter(state, store, sequencer, replicator, config.ackTimeoutMs)
   mover.start()
@@ -44,6 +48,16 @@ export function startShards(options: {
     importer,
     client,
     peers,
+    reloadDirectory() {
+      const file = config.shardMap as string
+      // This group's members may have changed since the start (membership changes): only this
+      // node must still be one of them.
+      const next = loadShardSetup(file, setup.group, config.nodeId, null)
+      state.groups = next.groups
+      peers.clear()
+      for (const g of next.groups) for (const m of g.members) peers.add(m.id)
+      logger.info({ groups: next.groups.map((g) => g.id) }, 'shard map directory reloaded')
+    },
     async stop() {
       await mover.stop()
       await client.close()

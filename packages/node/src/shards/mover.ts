@@ -56,6 +56,8 @@ export class ShardMover {
   private running: Promise<void> | null = null
   private timer: NodeJS.Timeout | null = null
   private abortRequested = false
+  /** While slots are fenced and the switch is not written: when the fence must end (wall ms). */
+  private fenceDeadlineMs: number | null = null
   private stopped = false
   readonly figures: MoverFigures = { fenceMs: [], moves: { done: 0, aborted: 0 } }
 
@@ -84,11 +86,31 @@ export class ShardMover {
   /** Drives the move in the record, if this node leads and nobody drives it yet. */
   private poke(): void {
     if (this.running !== null || this.stopped) return
+    if (!this.state.stored && this.replicator.isLeader && this.replicator.writable) {
+      // The group's first leader writes the starting map into the log: from then on the
+      // record, not the file, says what this group owns.
+      this.running = this.seal().finally(() => {
+        this.running = null
+      })
+      return
+    }
     const move = this.state.record.move
     if (move === null || !this.replicator.isLeader || !this.replicator.writable) return
     this.running = this.drive(move.id).finally(() => {
       this.running = null
     })
+  }
+
+  private async seal(): Promise<void> {
+    const epoch = this.replicator.epoch
+    try {
+      const result = await this.state.writeRecord(this.sequencer, (r) => r)
+      await this.replicator.waitForAck(result.lsn, epoch, 'quorum', this.config.ackTimeoutMs)
+      this.log.info({ lsn: result.lsn }, 'shard record written: the starting map is in the log')
+    } catch (err) {
+      this.log.warn({ err }, 'writing the first shard record failed; retrying')
+      await sleep(500)
+    }
   }
 
   /** POST /admin/v1/shards/moves: starts moving `slotsText` to `target`. */
@@ -287,22 +309,31 @@ export class ShardMover {
   /** Deletes the records of slots this group no longer owns. */
   private async sweep(slots: readonly SlotRange[]): Promise<void> {
     const bits = slotBitmap(slots)
+    // Checked again as each batch is sequenced (synchronously with its LSN): a slot that came
+    // back, or that an import into this group is filling, keeps its records.
+    const sweepable = (key: Uint8Array) => {
+      const slot = slotOfKey(key)
+      return bits[slot] === 1 && !this.state.ownsSlot(slot) && !this.state.importing(slot)
+    }
+    const flush = (batch: WriteOp[]) => {
+      const ops = batch.filter((op) => sweepable(op.key))
+      return ops.length === 0
+        ? Promise.resolve()
+        : this.sequencer.write({ kind: 'batch', ops, origin: 'shard' })
+    }
     const snapshot = await this.store.openSnapshot()
     try {
       let batch: WriteOp[] = []
       for await (const { key, record } of snapshot.records()) {
-        if (key[0] === 0x00 || record.tombstone) continue
-        const slot = slotOfKey(key)
-        if (bits[slot] !== 1 || this.state.ownsSlot(slot)) continue
+        if (key[0] === 0x00 || record.tombstone || !sweepable(key)) continue
         batch.push({ type: 'delete', key: Buffer.from(key) })
         if (batch.length >= 500) {
-          await this.sequencer.write({ kind: 'batch', ops: batch, origin: 'shard' })
+          await flush(batch)
           batch = []
         }
         if (!this.replicator.isLeader) return
       }
-      if (batch.length > 0)
-        await this.sequencer.write({ kind: 'batch', ops: batch, origin: 'shard' })
+      await flush(batch)
     } finally {
       await snapshot.close()
     }
@@ -344,6 +375,17 @@ export class ShardMover {
         backoffMs = Math.min(backoffMs * 2, 5000)
       }
     }
+  }
+
+  /** A call to the target; while fenced, bounded by what is left of the fence timeout. */
+  private callTarget<T>(move: ShardMove, path: string, body: unknown): Promise<T> {
+    if (this.fenceDeadlineMs === null) return this.client.call<T>(move.target, path, body)
+    const leftMs = this.fenceDeadlineMs - this.now()
+    if (leftMs <= 0)
+      return Promise.reject(
+        new Error(`the fence outlasted its timeout (${this.config.shardFenceTimeoutMs} ms)`),
+      )
+    return this.client.call<T>(move.target, path, body, leftMs)
   }
 
   private fenceExpired(move: ShardMove): boolean {
@@ -411,7 +453,11 @@ export class ShardMover {
     const fencedAt = performance.now()
     const fenceLsn = await this.setMove(
       (m) => ({ ...m, phase: 'fenced', error: '' }),
-      (r) => ({ ...r, fenced: [...r.fenced, ...move.slots] }),
+      // Test-only (config unsafeShardMoveWithoutFence): the chaos suite must catch it.
+      (r) =>
+        this.config.unsafeShardMoveWithoutFence
+          ? r
+          : { ...r, fenced: [...r.fenced, ...move.slots] },
     )
     this.log.info({ move: move.id, fenceLsn }, 'slots fenced')
     await this.catchUpAndSwitch(
@@ -474,7 +520,7 @@ export class ShardMover {
         })
       }
       if (last === cursor) break
-      await this.client.call(move.target, '/internal/v1/shards/import/entries', {
+      await this.callTarget(move, '/internal/v1/shards/import/entries', {
         id: move.id,
         sourceEpoch: epoch,
         fromLsn: cursor + 1,
@@ -495,12 +541,33 @@ export class ShardMover {
     fenceLsnAt = 0,
     fencedAt = performance.now(),
   ): Promise<void> {
+    const cursor = cursorAt
+    const fenceLsn = fenceLsnAt
+    // The fence lasts at most shardFenceTimeoutMs, counted from when it was written.
+    this.fenceDeadlineMs =
+      (this.state.record.move?.updatedAtMs ?? this.now()) + this.config.shardFenceTimeoutMs
+    try {
+      await this.catchUpAndSwitchFenced(move, epoch, stillMine, fresh, cursor, fenceLsn, fencedAt)
+    } finally {
+      this.fenceDeadlineMs = null
+    }
+  }
+
+  private async catchUpAndSwitchFenced(
+    move: ShardMove,
+    epoch: number,
+    stillMine: () => boolean,
+    fresh: boolean,
+    cursorAt: number,
+    fenceLsnAt: number,
+    fencedAt: number,
+  ): Promise<void> {
     let cursor = cursorAt
     let fenceLsn = fenceLsnAt
     if (!fresh) {
       // A new leader (or a retry): the target says how far it got; this log agrees up to the fence.
-      const imp = await this.client.call<{ cursorLsn: number }>(
-        move.target,
+      const imp = await this.callTarget<{ cursorLsn: number }>(
+        move,
         '/internal/v1/shards/import/resume',
         {
           id: move.id,
@@ -522,6 +589,9 @@ export class ShardMover {
     if (cursor < fenceLsn)
       throw new Error(`the target is at LSN ${cursor}, short of the fence at ${fenceLsn}`)
     if (this.abortRequested) return
+    if (this.fenceDeadlineMs !== null && this.now() > this.fenceDeadlineMs)
+      throw new Error(`the fence outlasted its timeout (${this.config.shardFenceTimeoutMs} ms)`)
+    this.fenceDeadlineMs = null
     await this.setMove((m) => ({ ...m, phase: 'switching', fenceLsn: cursor }))
     await this.switchOver({ ...move, phase: 'switching', fenceLsn: cursor }, epoch)
     this.figures.fenceMs.push(performance.now() - fencedAt)

@@ -51,7 +51,8 @@ export function loadShardSetup(
   file: string,
   group: string,
   self: string,
-  members: readonly MemberConfig[],
+  /** The group's --members, which must be the file's members of the group; null: not checked. */
+  members: readonly MemberConfig[] | null,
 ): ShardSetup {
   let parsed: unknown
   try {
@@ -73,7 +74,7 @@ export function loadShardSetup(
   if (!mine.members.some((m) => m.id === self))
     throw new ConfigError(`this node (${self}) is not a member of group ${group} in ${file}`)
   const listed = new Set(mine.members.map((m) => m.id))
-  const configured = members.map((m) => m.id)
+  const configured = members?.map((m) => m.id) ?? [...listed]
   if (configured.some((id) => !listed.has(id)) || listed.size !== configured.length)
     throw new ConfigError(
       `group ${group} in ${file} has members ${[...listed].join(', ')}, but --members names ${configured.join(', ')}`,
@@ -85,7 +86,10 @@ export type ShardIntent = 'read' | 'write' | 'linearizable'
 
 export class ShardState {
   readonly group: string
-  readonly groups: ShardGroup[]
+  /** The directory: every group's members and URLs (the shard map file; SIGHUP reads it again). */
+  groups: ShardGroup[]
+  /** True once this group's log holds its record (the first leader writes it). */
+  stored = false
   private readonly store: Store
   private readonly log: Logger
   private current: ShardRecord
@@ -125,6 +129,7 @@ export class ShardState {
   /** Reads the record from the store (the starting map when there is none yet). */
   load(): void {
     const stored = this.store.getSync(shardsKeyBytes)
+    this.stored = stored !== null && !stored.tombstone
     if (stored !== null && !stored.tombstone) {
       try {
         this.set(decodeShardRecord(stored.value))
@@ -174,6 +179,13 @@ export class ShardState {
 
   ownsSlot(slot: number): boolean {
     return this.owned[slot] === 1
+  }
+
+  /** True while an import into this group covers `slot` (or has just taken it). */
+  importing(slot: number): boolean {
+    return this.current.imports.some(
+      (i) => i.state !== 'abandoned' && i.slots.some((r) => slot >= r.first && slot <= r.last),
+    )
   }
 
   /** True when a listing may show this key: its slot is owned here (reserved keys never are listed anyway). */

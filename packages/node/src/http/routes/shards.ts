@@ -72,9 +72,11 @@ export function registerShardRoutes(app: FastifyInstance, ctx: AppContext): void
   )
   methodNotAllowed(app, '/admin/v1/shards/moves/abort', ['POST'])
 
-  // The target side. Bodies carry up to a copy chunk of records (base64): allow a value of the
-  // largest size, twice over for base64 and JSON, plus room.
-  const bodyLimit = Math.max(4 * 1024 * 1024, 3 * ctx.config.valueBytesMax + 64 * 1024)
+  // The target side. A body carries a copy chunk of records, or log entries, in base64: at
+  // least one whole entry, and an entry can be a batch of requestBodyBytesMax. Twice that
+  // covers base64 and JSON, plus the chunk the sender adds before it stops.
+  const bodyLimit =
+    2 * Math.max(ctx.config.requestBodyBytesMax, ctx.config.valueBytesMax) + 2 * 1024 * 1024
   const internal = (
     name: 'begin' | 'copy' | 'entries' | 'resume' | 'commit' | 'abandon',
     handle: (body: Record<string, unknown>) => Promise<unknown>,
