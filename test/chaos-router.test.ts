@@ -48,6 +48,8 @@ async function expectSafe(result: Result, checkers: string[]): Promise<void> {
   for (const v of summary.verdicts)
     expect([v.checker, v.valid, v.summary]).toEqual([v.checker, true, v.summary])
   expect(summary.verdicts.map((v) => v.checker)).toEqual(checkers)
+  // Every member of both groups was asked for its claims.
+  expect(verdictOf(result, 'shard-ownership')?.details.membersChecked).toBe(6)
   // Slots really moved, in both directions, and every move ended (done or aborted).
   const moves = summary.moves ?? []
   const done = moves.filter((m) => m.phase === 'done')
