@@ -38,8 +38,10 @@ Router mode (process backend, single-leader):
                               other faults) and kill-router, and the shard-ownership check
   --groups N                  shard groups (default 2; n1..n3 are g1, n4..n6 g2, ...)
   --routers N                 routers (default 2)
-  --unsafe-move-no-fence      run nodes whose slot moves skip the write fence (a test-only switch,
-                              KV_UNSAFE_SHARD_MOVE_NO_FENCE=1; the checkers must catch it)
+  --unsafe-shard-move-without-fence   run nodes whose slot moves never fence the slots (a
+                              test-only switch, KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE=1: writes
+                              landing at the source after the target caught up are lost; the
+                              checkers must catch it)
 Leaderless mode:
   --mode single-leader|leaderless   cluster mode (default single-leader); leaderless runs the
                               ll-set workload by default and refuses pause-leader,
@@ -86,7 +88,7 @@ async function main(): Promise<number> {
         'unsafe-no-fencing': { type: 'boolean', default: false },
         'unsafe-concurrent-membership-changes': { type: 'boolean', default: false },
         'unsafe-no-sessions': { type: 'boolean', default: false },
-        'unsafe-move-no-fence': { type: 'boolean', default: false },
+        'unsafe-shard-move-without-fence': { type: 'boolean', default: false },
         router: { type: 'boolean', default: false },
         groups: { type: 'string', default: '2' },
         routers: { type: 'string', default: '2' },
@@ -147,7 +149,7 @@ async function main(): Promise<number> {
       ...(o['unsafe-concurrent-membership-changes']
         ? { KV_UNSAFE_CONCURRENT_MEMBERSHIP_CHANGES: '1' }
         : {}),
-      ...(o['unsafe-move-no-fence'] ? { KV_UNSAFE_SHARD_MOVE_NO_FENCE: '1' } : {}),
+      ...(o['unsafe-shard-move-without-fence'] ? { KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE: '1' } : {}),
     }
     const routerText = o.router ? ` --router --groups ${groups} --routers ${routers}` : ''
     const timingText = `${healthyMs !== undefined ? ` --healthy-ms ${healthyMs}` : ''}${faultMs !== undefined ? ` --fault-ms ${faultMs}` : ''}`
@@ -181,7 +183,7 @@ async function main(): Promise<number> {
       ...(o.router ? { router: true, groups, routers } : {}),
       ...(healthyMs !== undefined ? { healthyMs } : {}),
       ...(faultMs !== undefined ? { faultMs } : {}),
-      command: `pnpm chaos --backend ${o.backend}${routerText}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${timingText}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}${o['unsafe-move-no-fence'] ? ' --unsafe-move-no-fence' : ''}`,
+      command: `pnpm chaos --backend ${o.backend}${routerText}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${timingText}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}${o['unsafe-shard-move-without-fence'] ? ' --unsafe-shard-move-without-fence' : ''}`,
     })
     return result.summary.valid === true ? 0 : result.summary.valid === false ? 1 : 3
   } catch (err) {
