@@ -252,7 +252,7 @@ async function runMoves(
       interrupted += `, back at ${at()}`
     }
     move.interrupted = interrupted
-    const description = `move ${slots} ${move.from} -> ${move.to}: ${move.phase} in ${(move.durationMs / 1000).toFixed(1)} s${move.abortRequested ? ', abort asked' : ''}${interrupted !== '' ? `, ${interrupted}` : ''}${move.id !== '' ? ` (${move.id})` : ''}${move.error !== '' ? `: ${move.error}` : ''}`
+    const description = `move ${slots} ${move.from} -> ${move.to}: ${move.phase} in ${(move.durationMs / 1000).toFixed(1)} s${move.abortRequested ? ', abort asked' : ''}${interrupted !== '' ? `, ${interrupted}` : ''}${move.id !== '' ? ` (${move.id})` : ''}${move.error === '' ? '' : move.phase === 'done' ? `; a step it retried past: ${move.error}` : `: ${move.error}`}`
     log(`  ${at()}  move-slots: ${description}`)
     windows.push({ nemesis: 'move-slots', description, start: move.start, end: move.end, move })
   }

@@ -192,6 +192,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       throw new UnsupportedFault(
         `${changes.join(', ')} ${changes.length === 1 ? 'changes' : 'change'} a group's members, which must match the shard map file: not with --router`,
       )
+    const cuts = options.nemeses.filter(
+      (n) => n.startsWith('partition') || n === 'loss' || n.startsWith('slow'),
+    )
+    if (cuts.length > 0)
+      throw new UnsupportedFault(
+        `${cuts.join(', ')} ${cuts.length === 1 ? 'needs' : 'need'} per-node networks, which --router (on the process backend) does not have: use move-slots, kill, pause, pause-leader, kill-router`,
+      )
     if (groupCount < 2) throw new Error('--router needs at least 2 shard groups')
     if (routerCount < 1) throw new Error('--router needs at least 1 router')
   } else {
