@@ -5,7 +5,7 @@ import tseslint from 'typescript-eslint'
 
 /*
  * Layering (the design handbook's "Packages" table): dependencies point one way,
- * protocol -> storage -> core -> node, then client -> cli, with chaos, bench and sim on top.
+ * protocol -> storage -> core -> node, then client -> cli, with router, chaos, bench and sim on top.
  * A wrong import fails lint, not review. Each shipped package lists what of ours it may
  * import; everything else of ours is refused, by package name (`@kvstore/x`) and by relative
  * path into another package (`../../x/src/...`). packages/node/test/lint-layering.test.ts
@@ -18,6 +18,7 @@ const ourPackages = [
   'node',
   'client',
   'cli',
+  'router',
   'chaos',
   'bench',
   'sim',
@@ -37,6 +38,9 @@ const mayImport = {
   client: ['protocol', 'core'],
   // The commands use the SDK; kv-node.ts alone starts a node (see below).
   cli: ['protocol', 'client'],
+  // A stateless proxy: the wire contract (error codes, limits, shard map, identities) only. It
+  // speaks HTTP to the nodes like any client, and loads neither LevelDB nor the server.
+  router: ['protocol'],
 }
 
 /** Refuses relative imports into another package: packages import each other by name. */

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the node image (kvstore-node:local by default) with no network during the build:
 #  1. builds the workspace and prepares a production bundle of kv-node in deploy/.bundle
-#     (pnpm deploy --prod);
+#     (pnpm deploy --prod), with kv-router in deploy/.bundle/router;
 #  2. uses the official node:20-bookworm-slim base when it is already present or can be
 #     pulled, and otherwise creates kvstore/node-base:local from this machine's node binary
 #     (scripts/docker-base-image.sh);
@@ -16,6 +16,11 @@ pnpm install --frozen-lockfile --reporter=silent
 pnpm build >/dev/null
 rm -rf deploy/.bundle
 pnpm --filter @kvstore/cli deploy --prod --legacy deploy/.bundle >/dev/null
+# kv-router beside kv-node, when the workspace has it: node /app/router/dist/main.js in the
+# image (deploy/docker-compose.shards.yml runs it).
+if [ -d packages/router ]; then
+  pnpm --filter @kvstore/router deploy --prod --legacy deploy/.bundle/router >/dev/null
+fi
 
 base="${BASE_IMAGE:-}"
 if [ -z "$base" ]; then

@@ -13,6 +13,7 @@ export const certsOptions = {
   hosts: { type: 'string' },
   'cluster-id': { type: 'string' },
   users: { type: 'string' },
+  routers: { type: 'string' },
   days: { type: 'string' },
   force: { type: 'boolean', default: false },
 } as const
@@ -23,6 +24,9 @@ export interface CertsArgs {
   hosts?: string | undefined
   'cluster-id'?: string | undefined
   users?: string | undefined
+  routers?: string | undefined
+  /** `certs router --id ID` (the option is kv member's too). */
+  id?: string | undefined
   days?: string | undefined
   force?: boolean | undefined
   json?: boolean | undefined
@@ -36,13 +40,20 @@ export interface CertsIo {
 
 export const certsUsage = `Certificates (made on this machine; these commands never contact a node):
   certs init --dir DIR --members ID,...
-        [--hosts HOST,...] [--cluster-id ID] [--users NAME,...] [--days N] [--force]
+        [--hosts HOST,...] [--cluster-id ID] [--users NAME,...] [--routers ID,...]
+        [--days N] [--force]
                           make a new cluster id, a CA, and a certificate and key for each
-                          member and user (default users: root, who also gets root.password);
-                          each member's certificate names localhost, 127.0.0.1, ::1, the
-                          member id, and every --hosts host name or IP address
+                          member, user and kv-router (default users: root, who also gets
+                          root.password; no router); each member's and router's certificate
+                          names localhost, 127.0.0.1, ::1, its id, and every --hosts host
+                          name or IP address
   certs add-member ID --dir DIR [--hosts HOST,...] [--days N] [--force]
                           a certificate for one more member, signed by the CA in DIR
+  certs add-router ID --dir DIR [--hosts HOST,...] [--days N] [--force]
+                          a certificate for a kv-router (also: certs router --id ID), naming
+                          kv://<cluster-id>/router/ID: it serves clients over TLS with it and
+                          presents it to the groups, which let it act for the users it names
+                          (all groups of a sharded deployment share the CA and cluster id)
   certs add-user NAME --dir DIR [--days N] [--force]
                           a client certificate for a user, signed by the CA in DIR
   certs show FILE         a certificate's subject, identities, usages and validity (--json)
@@ -78,15 +89,17 @@ function days(text: string | undefined): number | undefined {
 }
 
 const allowedOptions: Record<string, (keyof CertsArgs)[]> = {
-  init: ['dir', 'members', 'hosts', 'cluster-id', 'users', 'days', 'force'],
+  init: ['dir', 'members', 'hosts', 'cluster-id', 'users', 'routers', 'days', 'force'],
   'add-member': ['dir', 'hosts', 'days', 'force'],
+  'add-router': ['dir', 'hosts', 'days', 'force'],
+  router: ['dir', 'hosts', 'days', 'force', 'id'],
   'add-user': ['dir', 'days', 'force'],
   show: [],
 }
 
 function checkOptions(sub: string, opts: CertsArgs): void {
   const allowed = allowedOptions[sub] ?? []
-  for (const name of Object.keys(certsOptions) as (keyof typeof certsOptions)[]) {
+  for (const name of [...Object.keys(certsOptions), 'id'] as (keyof CertsArgs)[]) {
     const value = opts[name]
     if (value !== undefined && value !== false && !allowed.includes(name))
       throw new CertsUsageError(`certs ${sub} takes no --${name}`)
@@ -156,7 +169,7 @@ export async function runCerts(args: string[], opts: CertsArgs, io: CertsIo): Pr
   if (opts.help || sub === undefined) {
     await write(
       sub === undefined && !opts.help ? io.stderr : io.stdout,
-      `Usage: kv certs <init|add-member|add-user|show> [arguments]\n\n${certsUsage}`,
+      `Usage: kv certs <init|add-member|add-router|add-user|show> [arguments]\n\n${certsUsage}`,
     )
     return sub === undefined && !opts.help ? 2 : 0
   }
@@ -177,6 +190,7 @@ export async function runCerts(args: string[], opts: CertsArgs, io: CertsIo): Pr
           throw new CertsUsageError('certs init needs --members ID,...')
         const hosts = list(opts.hosts)
         const users = list(opts.users)
+        const routers = list(opts.routers)
         const validDays = days(opts.days)
         const result = await certs.initCerts({
           dir,
@@ -184,6 +198,7 @@ export async function runCerts(args: string[], opts: CertsArgs, io: CertsIo): Pr
           ...(hosts !== undefined ? { hosts } : {}),
           ...(opts['cluster-id'] !== undefined ? { clusterId: opts['cluster-id'] } : {}),
           ...(users !== undefined ? { users } : {}),
+          ...(routers !== undefined ? { routers } : {}),
           ...(validDays !== undefined ? { days: validDays } : {}),
           force: opts.force ?? false,
         })
@@ -196,12 +211,19 @@ export async function runCerts(args: string[], opts: CertsArgs, io: CertsIo): Pr
         return 0
       }
       case 'add-member':
+      case 'add-router':
+      case 'router':
       case 'add-user': {
-        const what = sub === 'add-member' ? 'ID' : 'NAME'
-        const [name, ...extra] = rest
-        if (name === undefined) throw new CertsUsageError(`certs ${sub} needs ${what}`)
+        const what = sub === 'add-user' ? 'NAME' : 'ID'
+        // `certs router --id ID` says the same as `certs add-router ID`.
+        const given = sub === 'router' && opts.id !== undefined ? [opts.id, ...rest] : rest
+        const [name, ...extra] = given
+        if (name === undefined)
+          throw new CertsUsageError(
+            sub === 'router' ? 'certs router needs --id ID' : `certs ${sub} needs ${what}`,
+          )
         if (extra.length > 0)
-          throw new CertsUsageError(`certs ${sub} takes one ${what}, got ${rest.join(' ')}`)
+          throw new CertsUsageError(`certs ${sub} takes one ${what}, got ${given.join(' ')}`)
         const dir = needDir(opts, sub)
         const hosts = list(opts.hosts)
         const validDays = days(opts.days)
@@ -217,7 +239,13 @@ export async function runCerts(args: string[], opts: CertsArgs, io: CertsIo): Pr
                 memberId: name,
                 ...(hosts !== undefined ? { hosts } : {}),
               })
-            : await certs.addUser({ ...common, user: name })
+            : sub === 'add-user'
+              ? await certs.addUser({ ...common, user: name })
+              : await certs.addRouter({
+                  ...common,
+                  routerId: name,
+                  ...(hosts !== undefined ? { hosts } : {}),
+                })
         if (opts.json) await out(filesJson(result))
         else
           await write(
@@ -249,7 +277,7 @@ export async function runCerts(args: string[], opts: CertsArgs, io: CertsIo): Pr
     if (err instanceof CertsUsageError) {
       await write(
         io.stderr,
-        `kv: ${err.message}\n\nUsage: kv certs <init|add-member|add-user|show> [arguments]\n\n${certsUsage}`,
+        `kv: ${err.message}\n\nUsage: kv certs <init|add-member|add-router|add-user|show> [arguments]\n\n${certsUsage}`,
       )
       return 2
     }

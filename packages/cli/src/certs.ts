@@ -82,6 +82,15 @@ export interface MakeMemberCertOptions {
   days?: number
 }
 
+export interface MakeRouterCertOptions {
+  clusterId: string
+  routerId: string
+  /** More host names and IP addresses clients reach the router at (beyond localhost and its id). */
+  hosts?: string[]
+  /** Default `certValidityDaysDefault`; never past the CA's own end. */
+  days?: number
+}
+
 export interface MakeUserCertOptions {
   clusterId: string
   user: string
@@ -111,6 +120,8 @@ export interface InitCertsOptions {
   clusterId?: string
   /** Default `['root']`. `root` also gets `root.password`. */
   users?: string[]
+  /** kv-routers to make certificates for (none by default). */
+  routers?: string[]
   /** Validity of the member and user certificates. */
   days?: number
   /** Validity of the CA. */
@@ -122,6 +133,14 @@ export interface InitCertsOptions {
 export interface AddMemberOptions {
   dir: string
   memberId: string
+  hosts?: string[]
+  days?: number
+  force?: boolean
+}
+
+export interface AddRouterOptions {
+  dir: string
+  routerId: string
   hosts?: string[]
   days?: number
   force?: boolean
@@ -163,7 +182,7 @@ function checkClusterId(clusterId: string): void {
 }
 
 function checkName(kind: IdentityKind, name: string): void {
-  const what = kind === 'member' ? 'member id' : 'user name'
+  const what = kind === 'member' ? 'member id' : kind === 'router' ? 'router id' : 'user name'
   if (!identityNamePattern.test(name))
     throw new Error(
       `${what} ${JSON.stringify(name)} is not valid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit`,
@@ -320,11 +339,35 @@ export async function makeMemberCert(
   ca: CertAndKey,
   options: MakeMemberCertOptions,
 ): Promise<CertAndKey> {
-  const { clusterId, memberId } = options
+  return makeServerCert(ca, 'member', options.clusterId, options.memberId, options)
+}
+
+/**
+ * Makes the certificate of kv-router `routerId`, signed by `ca`: the router serves clients
+ * over TLS with it (serverAuth) and presents it to the groups (clientAuth), which let it act
+ * for the user it names in `kv-on-behalf-of`. Its subject alternative names: the router's
+ * identity URI (`kv://<cluster-id>/router/<id>`), localhost, the router id as a host name,
+ * 127.0.0.1, ::1, and each of `hosts`.
+ */
+export async function makeRouterCert(
+  ca: CertAndKey,
+  options: MakeRouterCertOptions,
+): Promise<CertAndKey> {
+  return makeServerCert(ca, 'router', options.clusterId, options.routerId, options)
+}
+
+/** A certificate for both ends of TLS naming a member or a router, and the hosts it serves on. */
+async function makeServerCert(
+  ca: CertAndKey,
+  kind: 'member' | 'router',
+  clusterId: string,
+  name: string,
+  options: { hosts?: string[] | undefined; days?: number | undefined },
+): Promise<CertAndKey> {
   checkClusterId(clusterId)
-  checkName('member', memberId)
-  const days = checkDays(options.days ?? certValidityDaysDefault, 'member certificate')
-  const dns = ['localhost', memberId]
+  checkName(kind, name)
+  const days = checkDays(options.days ?? certValidityDaysDefault, `${kind} certificate`)
+  const dns = ['localhost', name]
   const ips = ['127.0.0.1', '::1']
   for (const host of options.hosts ?? []) {
     if (isIP(host) !== 0) ips.push(host)
@@ -332,8 +375,8 @@ export async function makeMemberCert(
     else throw new Error(`host ${JSON.stringify(host)} is neither an IP address nor a host name`)
   }
   return issue(await loadCa(ca), {
-    commonName: memberId,
-    uri: identityUri({ clusterId, kind: 'member', name: memberId }),
+    commonName: name,
+    uri: identityUri({ clusterId, kind, name }),
     dns,
     ips,
     usages: [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth],
@@ -450,7 +493,8 @@ function duplicates(names: string[]): string[] {
 /**
  * Makes a cluster's certificates in `dir`: a new CA (`ca.crt`, `ca.key`), its `cluster-id`,
  * `<member>.crt` and `<member>.key` for each member, `<user>.crt` and `<user>.key` for each
- * user, `root.password` when the users include root, and `auth.secret`. Keys, the password and
+ * user, `<router>.crt` and `<router>.key` for each router, `root.password` when the users
+ * include root, and `auth.secret`. Keys, the password and
  * the secret get mode 0600.
  */
 export async function initCerts(options: InitCertsOptions): Promise<CertsResult> {
@@ -458,13 +502,15 @@ export async function initCerts(options: InitCertsOptions): Promise<CertsResult>
   checkClusterId(clusterId)
   const { members } = options
   const users = options.users ?? ['root']
+  const routers = options.routers ?? []
   if (members.length === 0) throw new Error('a cluster needs at least one member')
   for (const m of members) checkName('member', m)
   for (const u of users) checkName('user', u)
-  const twice = duplicates([...members, ...users])
+  for (const r of routers) checkName('router', r)
+  const twice = duplicates([...members, ...users, ...routers])
   if (twice.length > 0)
     throw new Error(
-      `${twice.join(', ')} named more than once (members and users share one directory, so their names must differ)`,
+      `${twice.join(', ')} named more than once (members, users and routers share one directory, so their names must differ)`,
     )
   const dir = resolve(options.dir)
   const days = options.days ?? certValidityDaysDefault
@@ -480,6 +526,10 @@ export async function initCerts(options: InitCertsOptions): Promise<CertsResult>
   }
   for (const user of users)
     files.push(...pairFiles(user, await makeUserCert(ca, { clusterId, user, days })))
+  for (const routerId of routers) {
+    const pair = await makeRouterCert(ca, { clusterId, routerId, hosts: options.hosts ?? [], days })
+    files.push(...pairFiles(routerId, pair))
+  }
   if (users.includes('root'))
     files.push({
       name: rootPasswordFile,
@@ -522,8 +572,8 @@ async function readCa(dir: string): Promise<{ ca: CertAndKey; clusterId: string 
 }
 
 /**
- * Refuses to replace the certificate of a member with one of a user of the same name, or the
- * other way round (both live in `<name>.crt`), even with force.
+ * Refuses to replace the certificate of a member with one of a user or router of the same
+ * name, or the other way round (all live in `<name>.crt`), even with force.
  */
 async function checkSameKind(dir: string, name: string, kind: IdentityKind): Promise<void> {
   let pem: string
@@ -560,6 +610,24 @@ export async function addMember(options: AddMemberOptions): Promise<CertsResult>
   return {
     clusterId,
     files: await writeFiles(dir, pairFiles(options.memberId, pair), options.force ?? false),
+  }
+}
+
+/** Makes `<routerId>.crt` and `<routerId>.key` in `dir`, signed by the CA kept there. */
+export async function addRouter(options: AddRouterOptions): Promise<CertsResult> {
+  const dir = resolve(options.dir)
+  checkName('router', options.routerId)
+  const { ca, clusterId } = await readCa(dir)
+  await checkSameKind(dir, options.routerId, 'router')
+  const pair = await makeRouterCert(ca, {
+    clusterId,
+    routerId: options.routerId,
+    hosts: options.hosts ?? [],
+    ...(options.days !== undefined ? { days: options.days } : {}),
+  })
+  return {
+    clusterId,
+    files: await writeFiles(dir, pairFiles(options.routerId, pair), options.force ?? false),
   }
 }
 

@@ -1,6 +1,7 @@
 export { runKv } from './kv-command.js'
 export {
   addMember,
+  addRouter,
   addUser,
   caCertFile,
   caKeyFile,
@@ -12,10 +13,12 @@ export {
   initCerts,
   makeCa,
   makeMemberCert,
+  makeRouterCert,
   makeUserCert,
   newClusterId,
   rootPasswordFile,
   type AddMemberOptions,
+  type AddRouterOptions,
   type AddUserOptions,
   type CertAndKey,
   type CertificateDescription,
@@ -23,6 +26,7 @@ export {
   type InitCertsOptions,
   type MakeCaOptions,
   type MakeMemberCertOptions,
+  type MakeRouterCertOptions,
   type MakeUserCertOptions,
   type WrittenFile,
 } from './certs.js'

@@ -48,6 +48,8 @@ export interface LocalClusterInfo {
   clientPort: number
   peerPort: number
   nodes: number
+  /** Groups of a sharded deployment (kv-cluster --groups), which add-member does not grow. */
+  groups?: number
 }
 
 export const localClusterFile = 'kv-cluster.json'
@@ -112,6 +114,10 @@ export async function runAddMember(argv: string[]): Promise<number> {
       `${dataDir} holds no cluster that kv-cluster started (no ${localClusterFile} or certs/ca.crt); start one with kv-cluster --data-dir ${opts['data-dir']}`,
     )
   const info = JSON.parse(readFileSync(infoPath, 'utf8')) as LocalClusterInfo
+  if (info.groups !== undefined)
+    return fail(
+      `${dataDir} holds a sharded deployment (kv-cluster --groups ${info.groups}); add-member grows one group of an unsharded cluster only`,
+    )
   const seeds = Array.from(
     { length: info.nodes },
     (_, i) => `https://${info.host}:${info.clientPort + i}`,

@@ -11,13 +11,23 @@ import {
   readFileSync,
   readdirSync,
   rmSync,
+  writeFileSync,
 } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { Agent, request } from 'undici'
-import { addMember, clusterIdFile, initCerts } from './certs.js'
+import { addMember, addRouter, clusterIdFile, initCerts } from './certs.js'
 import { runAddMember, writeLocalClusterInfo } from './kv-cluster-add.js'
+import {
+  groupNodeArgs,
+  routerArgs,
+  shardMapFileOf,
+  shardedLayout,
+  shardedLayoutProblem,
+  type LocalGroup,
+  type ShardedLayout,
+} from './kv-cluster-groups.js'
 // Types only: offline.ts (and with it the storage package) is loaded for a restore alone.
 import type * as Offline from './offline.js'
 import type { RestoreTarget } from './offline.js'
@@ -31,7 +41,17 @@ Usage: kv-cluster [options] [-- kv-node options...]
                      to the others; leaderless: any node takes any key, each key is kept on
                      3 nodes of a consistent-hash ring (kv-node --replicas after --)
   --nodes N          members, 1 to 9 (default 3); for leaderless use 5, so that nodes
-                     past a key's replicas can stand in for down ones (hinted handoff)
+                     past a key's replicas can stand in for down ones (hinted handoff);
+                     with --groups, the members of each group
+  --groups N         sharded: N single-leader groups (g1..gN, 1 to 9) of --nodes members
+                     each (g1n1, g1n2, ...), the 4,096 hash slots split evenly between them
+                     (DIR/shard-map.json, which every node and the router is started with),
+                     and one kv-router (r1) in front of them. Member i of group k gets the
+                     client port P+10(k-1)+(i-1) and the peer port likewise (g1 on
+                     7001-7003, g2 on 7011-7013, ...); every group shares the CA, the
+                     cluster id, root's password and the auth secret of DIR/certs
+  --router-port P    the router's port with --groups (default: the client port minus 1,
+                     7000)
   --host HOST        address to listen on (default 127.0.0.1)
   --client-port P    client port of n1; n2 gets P+1, and so on (default 7001)
   --peer-port P      peer port of n1; n2 gets P+1, and so on (default 7101)
@@ -77,6 +97,8 @@ async function main(): Promise<number> {
       options: {
         mode: { type: 'string', default: 'single-leader' },
         nodes: { type: 'string', default: '3' },
+        groups: { type: 'string' },
+        'router-port': { type: 'string' },
         host: { type: 'string', default: '127.0.0.1' },
         'client-port': { type: 'string', default: '7001' },
         'peer-port': { type: 'string', default: '7101' },
@@ -99,6 +121,11 @@ async function main(): Promise<number> {
   if (opts.help) {
     write(usage)
     return 0
+  }
+  if (opts.groups !== undefined) return runSharded(opts, extra)
+  if (opts['router-port'] !== undefined) {
+    process.stderr.write('kv-cluster: --router-port goes with --groups\n')
+    return 2
   }
   const mode = opts.mode
   if (mode !== 'single-leader' && mode !== 'leaderless') {
@@ -400,6 +427,286 @@ Try, in another terminal (every request needs a credential):
   kill -9 <pid of a node>   # writes go on (hinted handoff); it catches up when restarted
 
 Ctrl-C stops every node cleanly.
+`)
+}
+
+/** The options of kv-cluster, as parsed. */
+interface ClusterOptions {
+  mode: string
+  nodes: string
+  groups?: string | undefined
+  'router-port'?: string | undefined
+  host: string
+  'client-port': string
+  'peer-port': string
+  'data-dir': string
+  fresh: boolean
+  'restore-from'?: string | undefined
+  'log-archive'?: string | undefined
+  archive?: string | undefined
+  'to-lsn'?: string | undefined
+  'to-time'?: string | undefined
+  latest: boolean
+}
+
+/** Where kv-router's entry point is: KV_ROUTER_BIN, else packages/router/dist in this workspace. */
+function routerBin(): string {
+  return (
+    process.env.KV_ROUTER_BIN ??
+    fileURLToPath(new URL('../../router/dist/main.js', import.meta.url))
+  )
+}
+
+/**
+ * `kv-cluster --groups N`: N single-leader groups behind one kv-router, as kv-cluster-groups.ts
+ * lays them out. Stays in the foreground like kv-cluster; Ctrl-C stops every process.
+ */
+async function runSharded(opts: ClusterOptions, extra: string[]): Promise<number> {
+  const usageError = (text: string) => {
+    process.stderr.write(`kv-cluster: ${text}\n`)
+    return 2
+  }
+  if (opts.mode !== 'single-leader')
+    return usageError('--groups starts single-leader groups; it takes no --mode leaderless')
+  for (const name of ['restore-from', 'log-archive', 'archive', 'to-lsn', 'to-time'] as const)
+    if (opts[name] !== undefined) return usageError(`--groups takes no --${name}`)
+  if (opts.latest) return usageError('--groups takes no --latest')
+  const clientPort = Number(opts['client-port'])
+  const layoutOptions = {
+    groups: Number(opts.groups),
+    nodes: Number(opts.nodes),
+    host: opts.host,
+    clientPort,
+    peerPort: Number(opts['peer-port']),
+    routerPort: opts['router-port'] === undefined ? clientPort - 1 : Number(opts['router-port']),
+  }
+  const problem = shardedLayoutProblem(layoutOptions)
+  if (problem !== null) return usageError(problem)
+  const layout = shardedLayout(layoutOptions)
+  const host = opts.host
+  const dataDir = resolve(opts['data-dir'])
+  const members = layout.groups.flatMap((g) => g.members)
+  mkdirSync(dataDir, { recursive: true })
+
+  // The shard map every node and the router start with. A data directory made for another
+  // layout would start its groups with claims that overlap: refused, unless --fresh.
+  const shardMapFile = join(dataDir, 'shard-map.json')
+  const mapText = `${JSON.stringify(shardMapFileOf(layout), null, 2)}\n`
+  if (
+    existsSync(shardMapFile) &&
+    readFileSync(shardMapFile, 'utf8') !== mapText &&
+    !opts.fresh &&
+    members.some((m) => existsSync(join(dataDir, m.id)))
+  ) {
+    process.stderr.write(
+      `kv-cluster: ${shardMapFile} describes another layout than --groups ${layout.groups.length} --nodes ${opts.nodes} on these ports, and its groups hold data; use --fresh (it deletes the groups' data) or another --data-dir\n`,
+    )
+    return 1
+  }
+  writeFileSync(shardMapFile, mapText)
+  writeLocalClusterInfo(dataDir, {
+    mode: 'single-leader',
+    host,
+    clientPort,
+    peerPort: layoutOptions.peerPort,
+    nodes: layoutOptions.nodes,
+    groups: layout.groups.length,
+  })
+
+  // One CA, cluster id, root password and auth secret for every group, and the router's
+  // certificate (kv://<cluster>/router/r1).
+  const certsDir = join(dataDir, 'certs')
+  const hosts = host === '127.0.0.1' || host === 'localhost' ? [] : [host]
+  if (!existsSync(join(certsDir, 'ca.crt'))) {
+    await initCerts({
+      dir: certsDir,
+      members: members.map((m) => m.id),
+      routers: [layout.router.id],
+      hosts,
+    })
+    write(`made the deployment's certificates and root's password in ${certsDir}\n`)
+  } else {
+    for (const member of members)
+      if (!existsSync(join(certsDir, `${member.id}.crt`)))
+        await addMember({ dir: certsDir, memberId: member.id, hosts })
+    if (!existsSync(join(certsDir, `${layout.router.id}.crt`)))
+      await addRouter({ dir: certsDir, routerId: layout.router.id, hosts })
+  }
+  const agent = new Agent({
+    connect: {
+      ca: readFileSync(join(certsDir, 'ca.crt')),
+      cert: readFileSync(join(certsDir, 'root.crt')),
+      key: readFileSync(join(certsDir, 'root.key')),
+    },
+  })
+  const getJson = async (url: string): Promise<unknown> => {
+    const res = await request(url, { dispatcher: agent, headersTimeout: 2000, bodyTimeout: 2000 })
+    const body = await res.body.json()
+    if (res.statusCode >= 400) throw new Error(`HTTP ${res.statusCode}`)
+    return body
+  }
+
+  const kvNode = fileURLToPath(new URL('./kv-node.js', import.meta.url))
+  const children = new Map<string, ChildProcess>()
+  let stopping = false
+  const start = (name: string, args: string[]) => {
+    const logPath = resolve(dataDir, `${name}.log`)
+    const log = createWriteStream(logPath, { flags: 'a' })
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    child.stdout?.pipe(log)
+    child.stderr?.pipe(log)
+    child.on('exit', (code, signal) => {
+      children.delete(name)
+      if (!stopping)
+        process.stderr.write(`kv-cluster: ${name} exited (${code ?? signal}); see ${logPath}\n`)
+    })
+    children.set(name, child)
+  }
+  for (const group of layout.groups) {
+    for (const member of group.members) {
+      const dir = resolve(dataDir, member.id)
+      if (opts.fresh) rmSync(dir, { recursive: true, force: true })
+      start(member.id, [
+        kvNode,
+        ...groupNodeArgs({ group, member, dataDir: dir, host, certsDir, shardMapFile }),
+        ...extra,
+      ])
+    }
+  }
+  // The router package may be missing from an installation (or not built yet): the groups
+  // still run, and each is reached directly.
+  const router = routerBin()
+  const withRouter = existsSync(router)
+  if (withRouter)
+    start(layout.router.id, [router, ...routerArgs({ layout, certsDir, shardMapFile })])
+  else
+    process.stderr.write(
+      `kv-cluster: no kv-router at ${router} (build packages/router, or set KV_ROUTER_BIN); the groups run without a router\n`,
+    )
+
+  const stopAll = async (signal: NodeJS.Signals) => {
+    stopping = true
+    for (const child of children.values()) child.kill(signal)
+    const deadline = Date.now() + 15_000
+    while (children.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    for (const child of children.values()) child.kill('SIGKILL')
+  }
+  let signals = 0
+  const onSignal = () => {
+    signals++
+    if (signals > 1) {
+      write('\nkilling every process\n')
+      void stopAll('SIGKILL').then(() => process.exit(1))
+      return
+    }
+    write('\nstopping the router and the nodes...\n')
+    void stopAll('SIGTERM').then(() => {
+      write('all stopped\n')
+      process.exit(0)
+    })
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+
+  // Every node answers, then every group has a leader, then the router is ready.
+  const deadline = Date.now() + 60_000
+  const roles = new Map<string, string>()
+  const roleOf = async (url: string) =>
+    ((await getJson(`${url}/v1/status`)) as { role: string }).role
+  for (const member of members) {
+    for (;;) {
+      if (stopping) return 0
+      try {
+        roles.set(member.id, await roleOf(member.clientUrl))
+        break
+      } catch {
+        // not up yet
+      }
+      if (Date.now() > deadline || !children.has(member.id)) {
+        process.stderr.write(
+          `kv-cluster: ${member.id} did not start; see ${resolve(dataDir, `${member.id}.log`)}\n`,
+        )
+        await stopAll('SIGTERM')
+        return 1
+      }
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  write('waiting for every group to elect a leader...\n')
+  const leaderless = (g: LocalGroup) => !g.members.some((m) => roles.get(m.id) === 'leader')
+  while (layout.groups.some(leaderless) && Date.now() < deadline + 30_000) {
+    if (stopping) return 0
+    await new Promise((r) => setTimeout(r, 200))
+    for (const member of members) {
+      try {
+        roles.set(member.id, await roleOf(member.clientUrl))
+      } catch {
+        roles.set(member.id, 'down')
+      }
+    }
+  }
+  let routerState = withRouter ? 'starting' : 'not started'
+  if (withRouter) {
+    while (Date.now() < deadline + 45_000 && children.has(layout.router.id)) {
+      if (stopping) return 0
+      try {
+        await getJson(`${layout.router.url}/ready`)
+        routerState = 'ready'
+        break
+      } catch {
+        await new Promise((r) => setTimeout(r, 200))
+      }
+    }
+    if (routerState !== 'ready')
+      process.stderr.write(
+        `kv-cluster: the router is not ready; see ${resolve(dataDir, `${layout.router.id}.log`)}\n`,
+      )
+  }
+  showSharded(layout, { dataDir, certsDir, shardMapFile, roles, children, routerState })
+  return new Promise<number>(() => {})
+}
+
+/** Prints a started sharded deployment: each group's members and slots, the router, what to try. */
+function showSharded(
+  layout: ShardedLayout,
+  o: {
+    dataDir: string
+    certsDir: string
+    shardMapFile: string
+    roles: Map<string, string>
+    children: Map<string, ChildProcess>
+    routerState: string
+  },
+): void {
+  const nodes = layout.groups[0]?.members.length ?? 0
+  write(
+    `\n${layout.groups.length} groups of ${nodes} single-leader nodes are running behind a kv-router (shard map ${o.shardMapFile}; logs and data in ${o.dataDir}):\n\n`,
+  )
+  for (const group of layout.groups) {
+    write(`  ${group.id}  slots ${group.slots}\n`)
+    for (const member of group.members)
+      write(
+        `    ${member.id.padEnd(6)} ${(o.roles.get(member.id) ?? '?').padEnd(8)}  ${member.clientUrl}   (peers: ${member.peerUrl}, pid ${o.children.get(member.id)?.pid ?? '?'})\n`,
+      )
+  }
+  write(
+    `  router ${layout.router.id}  ${o.routerState.padEnd(8)}  ${layout.router.url}   (pid ${o.children.get(layout.router.id)?.pid ?? '-'})\n`,
+  )
+  const entry =
+    o.routerState === 'not started' ? layout.groups[0]?.members[0]?.clientUrl : layout.router.url
+  const tls = `--cacert ${o.certsDir}/ca.crt --cert ${o.certsDir}/root.crt --key ${o.certsDir}/root.key`
+  write(`
+Try, in another terminal (every request needs a credential; root's client certificate works
+on every group and on the router):
+  curl ${tls} \\
+       -X PUT --data-binary 'hello' ${entry}/v1/kv/greeting
+  export KV_CACERT=${o.certsDir}/ca.crt KV_CERT=${o.certsDir}/root.crt KV_KEY=${o.certsDir}/root.key
+  node packages/cli/dist/kv.js get greeting --url ${entry}
+  node packages/cli/dist/kv.js shard map --shard-map ${o.shardMapFile}
+  node packages/cli/dist/kv.js shard move --slots 0-99 --to g2 --wait --shard-map ${o.shardMapFile}
+  node packages/cli/dist/kv.js shard status --shard-map ${o.shardMapFile}
+
+Ctrl-C stops every process cleanly.
 `)
 }
 

@@ -21,6 +21,13 @@ import { ImportError, runImport } from './import.js'
 import { AuthUsageError, authUsage, runAuthCommand } from './auth-command.js'
 import { CredentialError, resolveConnection, type Connection } from './connect.js'
 import { MemberUsageError, memberOptions, memberUsage, runMember } from './member-command.js'
+import {
+  ShardUsageError,
+  readShardMapFile,
+  runShard,
+  shardOptions,
+  shardUsage,
+} from './shard-command.js'
 
 export interface Io {
   env: NodeJS.ProcessEnv
@@ -93,6 +100,7 @@ Backups (need the admin role):
         [--archive]       instead, have the member (--from MEMBER, default the leader) take
                           a base backup into its log archive (kv-node --archive-dir)
 ${memberUsage}
+${shardUsage}
 ${offlineUsage}
 ${certsUsage}
 ${authUsage}
@@ -368,6 +376,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         'dry-run': { type: 'boolean', default: false },
         ...certsOptions,
         ...memberOptions,
+        ...shardOptions,
       },
     })
   } catch (err) {
@@ -404,6 +413,27 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
   if (ack !== undefined && ack !== 'async' && ack !== 'quorum' && ack !== 'all') {
     await write(io.stderr, `kv: --ack must be async, quorum or all\n`)
     return 2
+  }
+  // kv shard with a shard map file and no URL: the members it names are the URLs to use.
+  if (
+    command === 'shard' &&
+    opts['shard-map'] !== undefined &&
+    opts.url === undefined &&
+    io.env.KV_ENDPOINTS === undefined &&
+    io.env.KV_URL === undefined
+  ) {
+    try {
+      const map = await readShardMapFile(opts['shard-map'])
+      opts.url = map.groups.flatMap((g) => g.members.map((m) => m.url)).join(',')
+    } catch (err) {
+      await write(
+        io.stderr,
+        `kv: ${(err as Error).message}
+
+${shardUsage}`,
+      )
+      return 2
+    }
   }
   let connection: Connection
   try {
@@ -682,6 +712,9 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         return 0
       case 'member':
         return await runMember(client, args, opts, io)
+      case 'shard':
+      case 'shards':
+        return await runShard(client, args, opts, io)
       case 'backup': {
         if (args[0] !== 'create' || args.length > 1)
           throw new UsageError('backup takes create (online) or verify DIR (offline)')
@@ -697,6 +730,10 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
     }
     if (err instanceof MemberUsageError) {
       await write(io.stderr, `kv: ${err.message}\n\n${memberUsage}`)
+      return 2
+    }
+    if (err instanceof ShardUsageError) {
+      await write(io.stderr, `kv: ${err.message}\n\n${shardUsage}`)
       return 2
     }
     if (err instanceof KvError) {

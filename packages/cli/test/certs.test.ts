@@ -10,6 +10,7 @@ import * as x509 from '@peculiar/x509'
 import { certificateIdentity } from '@kvstore/protocol/identity'
 import {
   addMember,
+  addRouter,
   addUser,
   describeCertificate,
   initCerts,
@@ -264,6 +265,14 @@ describe('mutual TLS with the certificates', () => {
     expect(serverErrors.slice(errorsBefore).join(' ')).toMatch(/peer did not return a certificate/)
   })
 
+  it('lets a router in over mutual TLS, as no member', async () => {
+    const ca = { certPem: await read(dir, 'ca.crt'), keyPem: await read(dir, 'ca.key') }
+    const { makeRouterCert } = await import('../src/certs.js')
+    const router = await makeRouterCert(ca, { clusterId: made.clusterId, routerId: 'r1' })
+    const outcome = await connect({ cert: router.certPem, key: router.keyPem })
+    expect(outcome).toEqual({ answer: 'nobody', clientError: null })
+  })
+
   it('names no member for a certificate of another cluster, even from the same CA', async () => {
     const ca = { certPem: await read(dir, 'ca.crt'), keyPem: await read(dir, 'ca.key') }
     const stranger = await makeMemberCert(ca, { clusterId: 'kv-another', memberId: 'n2' })
@@ -394,6 +403,61 @@ describe('certificate files', () => {
     )
   })
 
+  it('makes router certificates naming kv://<cluster>/router/<id>, for both TLS ends', async () => {
+    const d = join(root, 'routers')
+    const { clusterId, files } = await initCerts({
+      dir: d,
+      members: ['g1n1', 'g2n1'],
+      routers: ['r1'],
+      hosts: ['router.example.test'],
+    })
+    expect(files.map((f) => f.path)).toEqual(
+      expect.arrayContaining([join(d, 'r1.crt'), join(d, 'r1.key')]),
+    )
+    const added = await addRouter({ dir: d, routerId: 'r2', hosts: ['10.9.8.7'] })
+    expect(added.files.map((f) => [f.path, f.mode])).toEqual([
+      [join(d, 'r2.crt'), 0o644],
+      [join(d, 'r2.key'), 0o600],
+    ])
+    const ca = await cert(d, 'ca.crt')
+    for (const [id, host] of [
+      ['r1', 'router.example.test'],
+      ['r2', '10.9.8.7'],
+    ] as const) {
+      const c = await cert(d, `${id}.crt`)
+      expect(c.verify(ca.publicKey)).toBe(true)
+      expect(c.subject).toBe(`CN=${id}`)
+      expect(c.checkPrivateKey(createPrivateKey(await read(d, `${id}.key`)))).toBe(true)
+      expect(certificateIdentity(c.subjectAltName, clusterId, 'router')).toBe(id)
+      // A router is neither a member nor a user.
+      expect(certificateIdentity(c.subjectAltName, clusterId, 'member')).toBeNull()
+      expect(certificateIdentity(c.subjectAltName, clusterId, 'user')).toBeNull()
+      expect(c.subjectAltName).toContain(`URI:kv://${clusterId}/router/${id}`)
+      // It serves clients over TLS (serverAuth) and presents itself to the groups (clientAuth).
+      expect(c.keyUsage?.sort()).toEqual([serverAuth, clientAuth])
+      for (const name of ['localhost', id]) expect(c.checkHost(name)).toBe(name)
+      for (const ip of ['127.0.0.1', '::1']) expect(c.checkIP(ip)).toBe(ip)
+      if (host.includes('.example.')) expect(c.checkHost(host)).toBe(host)
+      else expect(c.checkIP(host)).toBe(host)
+      expect(describeCertificate(await read(d, `${id}.crt`)).identities).toEqual([
+        { clusterId, kind: 'router', name: id },
+      ])
+    }
+    // A router may not take a member's or user's name, nor the other way round.
+    await expect(addRouter({ dir: d, routerId: 'g1n1', force: true })).rejects.toThrow(
+      /belongs to member g1n1/,
+    )
+    await expect(addMember({ dir: d, memberId: 'r1', force: true })).rejects.toThrow(
+      /belongs to router r1/,
+    )
+    await expect(addRouter({ dir: d, routerId: 'ca' })).rejects.toThrow(
+      /router id "ca" is reserved/,
+    )
+    await expect(
+      initCerts({ dir: join(root, 'routers-twice'), members: ['n1'], routers: ['n1'] }),
+    ).rejects.toThrow(/n1 named more than once/)
+  })
+
   it('says what is missing when the directory has no CA', async () => {
     await expect(addMember({ dir: join(root, 'empty'), memberId: 'n1' })).rejects.toThrow(
       /ca\.crt does not exist; make the cluster's CA first \(kv certs init\)/,
@@ -411,9 +475,11 @@ describe('certificate files', () => {
     for (const name of [
       'initCerts',
       'addMember',
+      'addRouter',
       'addUser',
       'makeCa',
       'makeMemberCert',
+      'makeRouterCert',
       'makeUserCert',
       'describeCertificate',
       'newClusterId',
@@ -504,6 +570,38 @@ describe('kv certs', () => {
       identities: [{ clusterId, kind: 'user', name: 'alice' }],
       extendedKeyUsage: ['clientAuth'],
     })
+  })
+
+  it('makes router certificates: kv certs init --routers, add-router ID, router --id ID', async () => {
+    const d = join(root, 'cli-routers')
+    const init = await kv(['certs', 'init', '--dir', d, '--members', 'g1n1', '--routers', 'r1'])
+    expect(init.code, init.err).toBe(0)
+    expect(init.out).toMatch(/^ {2}r1\.key +0600 {2}secret$/m)
+    const clusterId = (await read(d, 'cluster-id')).trim()
+    const added = await kv(['certs', 'add-router', 'r2', '--dir', d, '--hosts', 'lb.example.test'])
+    expect(added.code, added.err).toBe(0)
+    expect(added.out).toMatch(/r2\.crt +0644/)
+    const alias = await kv(['certs', 'router', '--id', 'r3', '--dir', d, '--json'])
+    expect(alias.code, alias.err).toBe(0)
+    expect(JSON.parse(alias.out)).toEqual({
+      clusterId,
+      files: [
+        { path: join(d, 'r3.crt'), mode: '0644', secret: false },
+        { path: join(d, 'r3.key'), mode: '0600', secret: true },
+      ],
+    })
+    const show = await kv(['certs', 'show', join(d, 'r3.crt')])
+    expect(show.out).toContain(`identity  router r3 of cluster ${clusterId}`)
+    expect(show.out).toMatch(/^usage +serverAuth, clientAuth$/m)
+    expect((await cert(d, 'r2.crt')).checkHost('lb.example.test')).toBe('lb.example.test')
+    const noId = await kv(['certs', 'router', '--dir', d])
+    expect(noId.code).toBe(2)
+    expect(noId.err).toMatch(/certs router needs --id ID/)
+    expect((await kv(['certs', 'add-router', '--dir', d])).err).toMatch(/needs ID/)
+    const idElsewhere = await kv(['certs', 'add-member', 'n9', '--dir', d, '--id', 'x'])
+    expect(idElsewhere.code).toBe(2)
+    expect(idElsewhere.err).toMatch(/certs add-member takes no --id/)
+    expect((await kv(['certs', 'add-user', 'bob', '--dir', d, '--routers', 'r9'])).code).toBe(2)
   })
 
   it('explains usage errors with exit status 2 and failures with 1', async () => {

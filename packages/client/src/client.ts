@@ -56,7 +56,25 @@ import type {
   UserList,
   WhoAmI,
   LeaderlessWriteResponse,
+  GroupShardView,
+  ShardGroup,
+  ShardImport,
+  ShardMap,
+  ShardMove,
+  SlotClaim,
+  SlotRange,
 } from '@kvstore/protocol'
+import { mergeShardClaims, parseSlotRanges } from '@kvstore/protocol'
+import {
+  groupUrls,
+  isMoveFinished,
+  isRouterShardView,
+  mapOfRouterView,
+  moveInView,
+  sameSlots,
+  slotsText,
+  type RouterShardView,
+} from './shards.js'
 import {
   decodeSession,
   encodeSession,
@@ -66,6 +84,7 @@ import {
 import {
   NodeConnection,
   headerOf,
+  retryAfterMs,
   type NodeResponse,
   type SendOptions,
   type TlsOptions,
@@ -85,6 +104,8 @@ import {
 export { KvError }
 export type { ErrorCode } from '@kvstore/protocol/errors'
 export type { LeaderlessClusterView, LeaderlessMember, Quorum, RingArc } from './leaderless.js'
+
+export type { GroupShardView, ShardGroup, ShardImport, ShardMap, ShardMove, SlotClaim, SlotRange }
 
 export type {
   AckMode,
@@ -135,6 +156,58 @@ export interface CatchUpOptions {
   timeoutMs?: number
   /** Called each time the learner is found behind, before the next try. */
   onProgress?: (progress: CatchUpProgress) => void
+}
+
+/** What `moveSlots` asks for. */
+export interface ShardMoveRequest {
+  /** The slots to move: `0-99,200` or ranges. They must all belong to one group. */
+  slots: string | SlotRange[]
+  /** The group to move them to. */
+  to: string
+  /**
+   * The group that owns them now (the move's source), when known: the call goes straight to
+   * its members in the directory. Without it, to the client's URLs (a member of any group, or
+   * a kv-router), following `KV_ERR_WRONG_SHARD` to the owner.
+   */
+  from?: string
+}
+
+/** A move as `moveSlots` or `abortMove` left it, and where the call was answered. */
+export interface ShardMoveStarted {
+  move: ShardMove
+  /** The URL that answered: the source group's leader, or a kv-router. */
+  url: string
+  /** The source group, when the call learnt it (`from`, or a `KV_ERR_WRONG_SHARD` hint). */
+  group: string | null
+}
+
+/** Options of `waitMove`. */
+export interface WaitMoveOptions {
+  /** The move's source group, when known (else it is looked for in every group). */
+  group?: string
+  /** Where to look first (default: the client's URLs). */
+  url?: string
+  /** Give up after this long (default 600 000 ms). */
+  timeoutMs?: number
+  /** Pause between two looks (default 500 ms). */
+  pollMs?: number
+  /** Called with the move (and the view it was read from) each time it changed. */
+  onProgress?: (move: ShardMove, view: GroupShardView) => void
+}
+
+/** The whole shard map as the groups say it (`shardOverview`). */
+export interface ShardOverview {
+  /** Every group's claims merged: per slot, the highest version wins. */
+  map: ShardMap
+  /** The view of every group that answered, in directory order. */
+  views: GroupShardView[]
+  /** The groups none of whose members answered. */
+  unreachable: { group: string; code: string; message: string }[]
+  /**
+   * The kv-router whose map this is, when the client's URL is a router and no group answered
+   * directly (their members may be out of the client's reach); null otherwise.
+   */
+  router: string | null
 }
 
 /** The answer of `transferLeadership` (POST /admin/v1/transfer-leadership). */
@@ -464,18 +537,27 @@ function conditionHeaders(conditions: WriteConditions): Record<string, string> {
   return {}
 }
 
+/**
+ * Codes a request is retried on. `KV_ERR_GROUP_UNAVAILABLE` is kv-router's answer when no
+ * member of the key's group could be reached: the same as `KV_ERR_UNAVAILABLE`, one hop further.
+ */
 const retryable = new Set([
   'KV_ERR_UNAVAILABLE',
   'KV_ERR_NOT_LEADER',
   'KV_ERR_SHUTTING_DOWN',
   'KV_ERR_NOT_READY',
+  'KV_ERR_GROUP_UNAVAILABLE',
 ])
 
 /**
  * A write also retries a leader deposed while it waited for confirmations: the outcome is
  * unknown, and the same request id makes the retry return the first result if it survived.
+ * And a write to a slot fenced while it moves to another group (`KV_ERR_SLOT_MOVING`): the
+ * fence lasts a moment and the write was not applied, so it is retried, after a short pause,
+ * within the same budget. `KV_ERR_WRONG_SHARD` and `KV_ERR_CROSS_SHARD` are never retried: the
+ * SDK does not route keys to groups (kv-router does), so it reports them.
  */
-const writeRetryable = new Set([...retryable, 'KV_ERR_STALE_EPOCH'])
+const writeRetryable = new Set([...retryable, 'KV_ERR_STALE_EPOCH', 'KV_ERR_SLOT_MOVING'])
 
 /**
  * A membership change also retries a change still in flight (a leader just elected commits an
@@ -526,6 +608,12 @@ function parseSiblings(body: Buffer): { context: string; siblings: Sibling[] } {
   return { context: parsed.context, siblings }
 }
 
+/**
+ * Shard admin calls that failed after an earlier attempt whose answer was lost (it may have
+ * been applied): the URL of that attempt.
+ */
+const answerLostAt = new WeakMap<KvError, string>()
+
 /** Backup requests that failed before the node sent anything: another member may be tried. */
 const failedBeforeStream = new WeakSet<KvError>()
 
@@ -555,6 +643,10 @@ export class KvClient {
   private nextReplica = 0
   private position: SessionPosition | null = null
   private closed = false
+  /** The directory of groups of a sharded deployment, from the last shard view (or the caller). */
+  private directory: ShardGroup[] = []
+  /** Shard admin calls: the URL that answered last for each group ('' for the client's URLs). */
+  private readonly groupLeaders = new Map<string, string[]>()
 
   /** Creates a client; it connects lazily, on the first request. */
   constructor(options: KvClientOptions) {
@@ -1241,6 +1333,350 @@ export class KvClient {
     }
   }
 
+  // ---------------------------------------------------------------- shards
+
+  /**
+   * One group's view of the shard map (GET /v1/shards): the slots it owns (its claims, fenced
+   * ones included), its view of the whole map and of the directory of groups, the move out of
+   * it in flight, its finished moves and its imports. Asked of `url`, or else of the first seed
+   * (or member) that answers. A kv-router answers with its merged map instead
+   * (`RouterShardView`; `isRouterShardView` tells them apart). An unsharded node answers
+   * `KV_ERR_UNSUPPORTED_IN_MODE`. Any authenticated user may call it.
+   */
+  async shards(
+    options: { url?: string; timeoutMs?: number } = {},
+  ): Promise<GroupShardView | RouterShardView> {
+    const view =
+      options.url === undefined
+        ? ((await this.anyNode('/v1/shards')) as GroupShardView | RouterShardView)
+        : await this.groupView([options.url], options.timeoutMs)
+    this.learnDirectory(view)
+    return view
+  }
+
+  /**
+   * The whole shard map, as the groups themselves say it: asks one member of every group of the
+   * directory for its view (GET /v1/shards) and merges their claims (per slot, the claim with
+   * the highest version wins: `mergeShardClaims`). The directory is `options.directory` (the
+   * shard map file's, say), else the one the first answer names (a group's view, or a
+   * kv-router's map). Groups that did not answer are listed in `unreachable`; their slots keep
+   * what the other groups (or the directory, or the router) know. When no group answered but a
+   * kv-router did (the groups may be out of this client's reach), the map is the router's and
+   * `router` names it; with neither, it throws.
+   */
+  async shardOverview(
+    options: { directory?: ShardMap; timeoutMs?: number } = {},
+  ): Promise<ShardOverview> {
+    const timeoutMs = options.timeoutMs ?? Math.min(this.options.timeoutMs, 5000)
+    let fallback = options.directory
+    let first: GroupShardView | null = null
+    let router: RouterShardView | null = null
+    if (fallback === undefined) {
+      const answer = await this.shards({ timeoutMs })
+      if (isRouterShardView(answer)) {
+        router = answer
+        fallback = mapOfRouterView(answer)
+      } else {
+        first = answer
+        fallback = answer.map
+      }
+    }
+    const directory = fallback.groups
+    this.directory = directory
+    const answers = await Promise.all(
+      directory.map(async (g) => {
+        if (first !== null && first.group === g.id) return { group: g.id, view: first }
+        try {
+          const view = await this.groupView(groupUrls(directory, g.id), timeoutMs)
+          if (isRouterShardView(view) || view.group !== g.id)
+            throw new KvError(
+              'KV_ERR_INVALID_ARGUMENT',
+              `the members of group ${g.id} answered as ${isRouterShardView(view) ? `router ${view.router}` : `group ${view.group}`}`,
+            )
+          return { group: g.id, view }
+        } catch (err) {
+          if (!(err instanceof KvError)) throw err
+          return { group: g.id, error: err }
+        }
+      }),
+    )
+    const views: GroupShardView[] = []
+    const unreachable: { group: string; code: string; message: string }[] = []
+    for (const a of answers) {
+      if (a.view !== undefined) views.push(a.view)
+      else unreachable.push({ group: a.group, code: a.error.code, message: a.error.message })
+    }
+    if (views.length === 0) {
+      if (router !== null) return { map: fallback, views, unreachable, router: router.router }
+      const last = answers.at(-1)?.error
+      throw new KvError(
+        last?.code ?? 'KV_ERR_UNAVAILABLE',
+        `no group of the shard map answered GET /v1/shards (${unreachable.map((u) => `${u.group}: ${u.message}`).join('; ')})`,
+      )
+    }
+    // A view's `map` may be behind on other groups' slots, but each view's claims are its own.
+    const map = mergeShardClaims(
+      directory,
+      views.map((v) => v.claims),
+      fallback,
+    )
+    return { map, views, unreachable, router: null }
+  }
+
+  /**
+   * Starts moving slots to group `to` (POST /admin/v1/shards/moves). The call must reach the
+   * leader of the group that owns the slots: with `from` (that group's id) it goes to the
+   * group's members in the directory; otherwise to the client's URLs. Either way it follows
+   * `KV_ERR_NOT_LEADER` hints to the group's leader, and `KV_ERR_WRONG_SHARD` to the group the
+   * answering node names as the owner; a kv-router forwards the call itself. Resolves once the
+   * source leader took the move (it runs in the background: `waitMove` follows it). Refused
+   * with `KV_ERR_SHARD_MOVE_IN_PROGRESS` while another move out of that group (or into the
+   * target) runs. Needs the admin role.
+   */
+  async moveSlots(request: ShardMoveRequest): Promise<ShardMoveStarted> {
+    const slots = slotsText(request.slots)
+    const wanted = parseSlotRanges(slots)
+    const body = { slots, to: request.to }
+    const { answer, url, group } = await this.groupAdmin(
+      request.from ?? null,
+      '/admin/v1/shards/moves',
+      body,
+    ).catch(async (err: unknown) => {
+      // An earlier attempt whose answer was lost may have started the move: then it is ours.
+      const lost = err instanceof KvError ? answerLostAt.get(err) : undefined
+      if (lost === undefined || (err as KvError).code !== 'KV_ERR_SHARD_MOVE_IN_PROGRESS') throw err
+      const refusedBy = (err as KvError).details.url
+      const view = await this.groupView([
+        ...new Set([...(typeof refusedBy === 'string' ? [refusedBy] : []), lost]),
+      ]).catch(() => null)
+      const move = view === null || isRouterShardView(view) ? null : view.move
+      if (view && !isRouterShardView(view) && move)
+        if (move.target === request.to && sameSlots(move.slots, wanted))
+          return { answer: { move }, url: lost, group: view.group }
+      throw err
+    })
+    const move = (answer as { move: ShardMove }).move
+    return { move, url, group }
+  }
+
+  /**
+   * Stops the move out of a group (POST /admin/v1/shards/moves/abort): it rolls back, or
+   * finishes when the target already took the slots. Sent to the members of `group` in the
+   * directory, or to the client's URLs (following the leader's hints), or a kv-router.
+   * Resolves with the move as it ended. Needs the admin role.
+   */
+  async abortMove(options: { group?: string } = {}): Promise<ShardMoveStarted> {
+    const { answer, url, group } = await this.groupAdmin(
+      options.group ?? null,
+      '/admin/v1/shards/moves/abort',
+      // The group goes in the body too, for a kv-router to know where to forward the call.
+      options.group === undefined ? {} : { group: options.group },
+    )
+    return { move: (answer as { move: ShardMove }).move, url, group }
+  }
+
+  /**
+   * Waits for move `id` to finish (phase `done` or `aborted`), asking its source group's
+   * members (GET /v1/shards) every `pollMs` (default 500 ms). The source group is `group`, or
+   * the group whose view holds the move: the client's URLs first, then every group of the
+   * directory. Calls `onProgress` whenever the move changed. Resolves with the finished move
+   * (an aborted move is not an error: check `phase`); throws `KV_ERR_SHARD_MOVE_IN_PROGRESS`
+   * when it has not finished within `timeoutMs` (default 10 minutes).
+   */
+  async waitMove(id: string, options: WaitMoveOptions = {}): Promise<ShardMove> {
+    const started = Date.now()
+    const deadline = started + (options.timeoutMs ?? 600_000)
+    const pollMs = options.pollMs ?? 500
+    let group = options.group ?? null
+    let last: ShardMove | null = null
+    let lastKey = ''
+    let lastError: KvError | null = null
+    for (;;) {
+      try {
+        const found = await this.findMove(id, group, options.url)
+        group = found.view.group
+        lastError = null
+        last = found.move
+        const key = `${last.phase}/${last.updatedAtMs}/${last.error}`
+        if (key !== lastKey) {
+          lastKey = key
+          options.onProgress?.(last, found.view)
+        }
+        if (isMoveFinished(last)) return last
+      } catch (err) {
+        if (!(err instanceof KvError)) throw err
+        // The move's record may not have reached the member asked yet, or the group is
+        // electing: keep asking until the deadline.
+        lastError = err
+      }
+      const left = deadline - Date.now()
+      if (left <= 0 || this.closed) {
+        if (last === null && lastError !== null) throw lastError
+        throw new KvError(
+          'KV_ERR_SHARD_MOVE_IN_PROGRESS',
+          `move ${id} has not finished after ${Math.round((Date.now() - started) / 1000)} s (phase ${last?.phase ?? 'unknown'})`,
+          { moveId: id, phase: last?.phase ?? null, group },
+        )
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(pollMs, left)))
+    }
+  }
+
+  /**
+   * Where move `id` is: asked of `group`'s members (when known), else of `url` or the client's
+   * URLs, then of every group in the directory.
+   */
+  private async findMove(
+    id: string,
+    group: string | null,
+    url: string | undefined,
+  ): Promise<{ move: ShardMove; view: GroupShardView }> {
+    const inView = (view: GroupShardView | RouterShardView) => {
+      if (isRouterShardView(view)) return null
+      const move = moveInView(view, id)
+      return move === null ? null : { move, view }
+    }
+    if (group !== null && this.directory.some((g) => g.id === group)) {
+      const found = inView(await this.groupView(groupUrls(this.directory, group)))
+      if (found !== null) return found
+    }
+    const first = url === undefined ? await this.shards() : await this.shards({ url })
+    const here = inView(first)
+    if (here !== null) return here
+    for (const g of this.directory) {
+      if (!isRouterShardView(first) && g.id === first.group) continue
+      const view = await this.groupView(groupUrls(this.directory, g.id)).catch(() => null)
+      const found = view === null ? null : inView(view)
+      if (found !== null) return found
+    }
+    throw new KvError(
+      'KV_ERR_INVALID_ARGUMENT',
+      `no group of the shard map knows of move ${id} (yet)`,
+      { moveId: id },
+    )
+  }
+
+  /** The shard view of the first of `urls` that answers (a node down is passed over). */
+  private async groupView(
+    urls: string[],
+    timeoutMs?: number,
+  ): Promise<GroupShardView | RouterShardView> {
+    let last: KvError | null = null
+    for (const url of urls) {
+      try {
+        const res = await this.connection(url).send(
+          'GET',
+          '/v1/shards',
+          timeoutMs === undefined ? {} : { timeoutMs },
+        )
+        const view = JSON.parse(res.body.toString('utf8')) as GroupShardView | RouterShardView
+        this.learnDirectory(view)
+        return view
+      } catch (err) {
+        if (!(err instanceof KvError) || !nodeFailures.has(err.code)) throw err
+        last = err
+      }
+    }
+    throw last ?? new KvError('KV_ERR_UNAVAILABLE', 'no URL to ask for the shard map')
+  }
+
+  /** Keeps the directory of groups a view names, for calls to a group by id. */
+  private learnDirectory(view: GroupShardView | RouterShardView): void {
+    const groups = isRouterShardView(view) ? view.groups : view.map?.groups
+    if (Array.isArray(groups) && groups.length > 0) this.directory = groups
+  }
+
+  /**
+   * An admin call about shards, sent to the leader of the group that owns what it names:
+   * `group`'s members (from the directory, then the client's URLs, which may be a kv-router's),
+   * or the client's URLs. Follows `KV_ERR_NOT_LEADER`
+   * to the leader it names and `KV_ERR_WRONG_SHARD` to the members of the owner it names;
+   * passes over members that cannot be reached, and after a round of them pauses and starts
+   * again, within `attempts` and `retryForMs`. An error after an attempt whose answer was lost
+   * (`KV_ERR_UNAVAILABLE`: it may have been applied) carries that attempt's URL.
+   */
+  private async groupAdmin(
+    group: string | null,
+    path: string,
+    body: unknown,
+  ): Promise<{ answer: unknown; url: string; group: string | null }> {
+    if (group !== null && this.directory.length === 0) await this.shards().catch(() => {})
+    let targets =
+      group === null
+        ? [...new Set([...(this.groupLeaders.get('') ?? []), ...this.seeds])]
+        : [
+            ...new Set([
+              ...(this.groupLeaders.get(group) ?? []),
+              ...groupUrls(this.directory, group),
+              // Last: the client's own URLs, for a kv-router in front of groups out of reach.
+              ...this.seeds,
+            ]),
+          ]
+    let owner = group
+    const send: SendOptions = {
+      body: Buffer.from(JSON.stringify(body), 'utf8'),
+      headers: { 'content-type': 'application/json' },
+    }
+    const started = Date.now()
+    let hops = 0
+    let round = 0
+    let next = 0
+    let ambiguous: string | undefined
+    let lastError: KvError | null = null
+    for (;;) {
+      if (next >= targets.length) {
+        if (!this.mayRetry(round + 1, started) || lastError === null)
+          throw lastError ?? new KvError('KV_ERR_UNAVAILABLE', 'no URL to send the call to')
+        await this.pause(round++, lastError)
+        next = 0
+      }
+      const url = targets[next] as string
+      try {
+        const res = await this.connection(url).send('POST', path, send)
+        this.groupLeaders.set(owner ?? '', [url])
+        return { answer: JSON.parse(res.body.toString('utf8')) as unknown, url, group: owner }
+      } catch (err) {
+        if (!(err instanceof KvError)) throw err
+        lastError = err
+        const hint = err.details.leaderUrl
+        const endpoints = err.details.endpoints as unknown
+        if (
+          err.code === 'KV_ERR_NOT_LEADER' &&
+          typeof hint === 'string' &&
+          hint !== url &&
+          hops < 8
+        ) {
+          hops++
+          targets = [hint, ...targets.filter((u) => u !== hint)]
+          next = 0
+          continue
+        }
+        if (
+          err.code === 'KV_ERR_WRONG_SHARD' &&
+          Array.isArray(endpoints) &&
+          endpoints.length > 0 &&
+          endpoints.every((e) => typeof e === 'string') &&
+          hops < 8
+        ) {
+          hops++
+          owner = typeof err.details.group === 'string' ? err.details.group : null
+          targets = [
+            ...new Set([...(this.groupLeaders.get(owner ?? '') ?? []), ...(endpoints as string[])]),
+          ]
+          next = 0
+          continue
+        }
+        if (err.code === 'KV_ERR_UNAVAILABLE') ambiguous ??= url
+        if (retryable.has(err.code)) {
+          next++
+          continue
+        }
+        if (ambiguous !== undefined) answerLostAt.set(err, ambiguous)
+        throw err
+      }
+    }
+  }
+
   // ---------------------------------------------------------------- backups
 
   /**
@@ -1810,6 +2246,11 @@ export class KvClient {
           if (typeof err.details.leaderUrl === 'string') this.leaderUrl = err.details.leaderUrl
           continue
         }
+        // A linearizable read of a slot fenced for a move: the leader is fine, wait a moment.
+        if (err.code === 'KV_ERR_SLOT_MOVING') {
+          await this.pause(attempt, err)
+          continue
+        }
         if (!retryable.has(err.code)) throw err
         if (toFollower) {
           // Skip this replica until the leader's view shows it healthy; retry on the leader now.
@@ -1848,6 +2289,11 @@ export class KvClient {
         if (!(err instanceof KvError)) throw err
         lastError = err
         if (!writeRetryable.has(err.code)) throw err
+        // The slot is fenced for a move: this leader is fine, the fence lifts in a moment.
+        if (err.code === 'KV_ERR_SLOT_MOVING') {
+          await this.pause(attempt, err)
+          continue
+        }
         // The same request id makes the retry safe: if the first attempt was applied, the
         // leader answers with its result instead of writing again.
         if (
@@ -1876,10 +2322,14 @@ export class KvClient {
 
   /**
    * Waits before the next attempt: short (an election takes a second or two, and the client
-   * should find the new leader within a heartbeat or so of it winning), with jitter.
+   * should find the new leader within a heartbeat or so of it winning), with jitter. Never
+   * longer than the Retry-After of `err` when it had one (a slot fence lasts a moment, while
+   * Retry-After counts whole seconds).
    */
-  private pause(attempt: number): Promise<void> {
-    const ms = Math.min(200, 25 * 2 ** attempt) * (0.5 + Math.random() / 2)
+  private pause(attempt: number, err?: KvError): Promise<void> {
+    let ms = Math.min(200, 25 * 2 ** attempt) * (0.5 + Math.random() / 2)
+    const cap = err === undefined ? undefined : retryAfterMs(err)
+    if (cap !== undefined) ms = Math.min(ms, cap)
     return new Promise((resolve) => setTimeout(resolve, ms))
   }
 }

@@ -50,6 +50,17 @@ export interface SendOptions {
   timeoutMs?: number
 }
 
+/**
+ * The Retry-After of an error response, in milliseconds, for the errors that carried one
+ * (kept beside the error rather than in its details, which are the node's own body).
+ */
+const retryAfterOfError = new WeakMap<KvError, number>()
+
+/** How long the node asked the client to wait before retrying `err`, when it said. */
+export function retryAfterMs(err: KvError): number | undefined {
+  return retryAfterOfError.get(err)
+}
+
 /** Reads one header as a string. */
 export function headerOf(res: NodeResponse, name: string): string | undefined {
   const value = res.headers[name]
@@ -275,10 +286,15 @@ export class NodeConnection {
     const error = parsed?.error
     if (error && isErrorCode(error.code)) {
       const { code, message, ...details } = error
-      return new KvError(code, typeof message === 'string' ? message : code, {
+      const err = new KvError(code, typeof message === 'string' ? message : code, {
         ...details,
         url: this.url,
       } as ErrorDetails)
+      // Retry-After is delay-seconds (an HTTP date is not something a node sends).
+      const retryAfter = Number(headerOf(res, 'retry-after'))
+      if (headerOf(res, 'retry-after') !== undefined && Number.isFinite(retryAfter))
+        retryAfterOfError.set(err, Math.max(0, retryAfter) * 1000)
+      return err
     }
     return new KvError(
       res.status >= 500 ? 'KV_ERR_INTERNAL' : 'KV_ERR_INVALID_ARGUMENT',

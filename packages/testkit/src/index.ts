@@ -16,6 +16,12 @@ export {
   type NodeProcessOptions,
 } from './node-process.js'
 export { fetchJson } from './members.js'
+export {
+  kvRouterBin,
+  startRouterProcess,
+  stopRouterProcess,
+  type RouterProcess,
+} from './router-process.js'
 export { metric, metricTotal, metricValue, metricsText } from './metrics.js'
 export { Prng, prng, testSeed } from './seed.js'
 export { nodeSecurity, useNodeSecurity, type NodeSecurity } from './security.js'

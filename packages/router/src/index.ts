@@ -1,0 +1,10 @@
+/** @kvstore/router: kv-router, one endpoint in front of many single-leader groups. */
+export * from './config.js'
+export * from './health.js'
+export * from './list-merge.js'
+export * from './rate-limit.js'
+export * from './session.js'
+export * from './shard-map.js'
+export { KvRouter, startingMap, type RouterStartOptions } from './router.js'
+export { replaceSessionField, withoutSessionParam } from './proxy.js'
+export { loadRouterTls, RouterTlsError, type RouterTls } from './tls.js'
