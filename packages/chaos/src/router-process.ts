@@ -3,8 +3,8 @@
  * chaos suite's sharded backend. Like the nodes, every router started here is killed with
  * SIGKILL if this process exits or is interrupted.
  *
- * `KV_CHAOS_ROUTER_BIN` names another kv-router main.js (a router built elsewhere); by default
- * it is the one of this workspace.
+ * `KV_ROUTER_BIN` names another kv-router main.js (as for kv-cluster); by default it is the
+ * one of this workspace.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
@@ -13,8 +13,7 @@ import { atExit } from './node-process.js'
 
 /** The kv-router command of the built router package. */
 export const kvRouterBin =
-  process.env.KV_CHAOS_ROUTER_BIN ??
-  fileURLToPath(new URL('../../router/dist/main.js', import.meta.url))
+  process.env.KV_ROUTER_BIN ?? fileURLToPath(new URL('../../router/dist/main.js', import.meta.url))
 
 export interface KvRouterProcess {
   child: ChildProcess

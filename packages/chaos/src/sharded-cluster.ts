@@ -8,17 +8,17 @@
  * pause picks among all of them. Network faults are refused, as on the process backend.
  * Membership changes are refused too: a group's members must match the shard map file.
  *
- * The routers' client ports serve a certificate the cluster's CA signs for 127.0.0.1 (a
- * member certificate named after the router, made in the run's directory; no group has such a
- * member). Towards the groups they present root's client certificate: the router then acts as
- * root, which is what the chaos clients are anyway. (A certificate naming a router,
- * kv://<cluster>/router/<id>, is what a deployment uses; `kv certs` cannot make one yet.)
+ * Each router has a router certificate (kv://<cluster>/router/<id>, signed by the cluster's CA
+ * and made in the run's directory), as a deployment does: it serves its client port with it and
+ * presents it to the groups, which then let it act for the user a client's certificate names
+ * (kv-on-behalf-of; root, for the chaos clients). Its own calls (probes, map refreshes) act
+ * for root (--probe-user).
  */
 import { createWriteStream } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { makeMemberCert } from '@kvstore/cli'
+import { makeRouterCert } from '@kvstore/cli'
 import { slotCount, type ShardMapFile } from '@kvstore/protocol'
 import { UnsupportedFault, type ChaosCluster, type ChaosNode, type MemberSpec } from './cluster.js'
 import { freePort } from './node-process.js'
@@ -159,7 +159,7 @@ export class ShardedProcessCluster implements ShardedCluster {
     }
   }
 
-  /** A certificate for each router's client port, signed by the cluster's CA, in the run's dir. */
+  /** A router certificate for each router, signed by the cluster's CA, in the run's dir. */
   private async makeRouterCertificates(): Promise<void> {
     const certs = this.options.security.certsDir
     const ca = {
@@ -170,7 +170,7 @@ export class ShardedProcessCluster implements ShardedCluster {
     const routerCerts = join(this.dir, 'router-certs')
     await mkdir(routerCerts, { recursive: true })
     for (const r of this.routers) {
-      const pair = await makeMemberCert(ca, { clusterId, memberId: `router-${r.id}` })
+      const pair = await makeRouterCert(ca, { clusterId, routerId: r.id })
       await writeFile(join(routerCerts, `${r.id}.crt`), pair.certPem)
       await writeFile(join(routerCerts, `${r.id}.key`), pair.keyPem, { mode: 0o600 })
       this.routerArgs.set(r.id, [
@@ -191,9 +191,12 @@ export class ShardedProcessCluster implements ShardedCluster {
         '--ca-file',
         join(certs, 'ca.crt'),
         '--identity-cert',
-        join(certs, 'root.crt'),
+        join(routerCerts, `${r.id}.crt`),
         '--identity-key',
-        join(certs, 'root.key'),
+        join(routerCerts, `${r.id}.key`),
+        // A router certificate is no user: its own calls act for root, whom every group has.
+        '--probe-user',
+        'root',
         ...(this.options.routerArgs ?? []),
       ])
     }
