@@ -284,11 +284,11 @@ const refusedBeforeApply = new Set([
  * Through a router, fewer answers are certain. The router retries a write (after a timeout,
  * an unreachable leader, an election, a moving slot, a wrong shard) with the same request id,
  * so its last answer may follow an attempt that was applied. A node looks a request id up
- * before anything else, so an applied earlier attempt comes back as its own result; what is
- * left certain is a failed condition, and the router's own refusals before it forwards
- * anything (429). Every other error is `info`.
+ * before anything else, so an applied earlier attempt comes back as its own result: a failed
+ * condition is still certain. Every other error is `info` (even a 429: a node's rate limit may
+ * answer a retry).
  */
-const refusedBeforeApplyByRouter = new Set(['KV_ERR_PRECONDITION_FAILED', 'KV_ERR_RATE_LIMITED'])
+const refusedBeforeApplyByRouter = new Set(['KV_ERR_PRECONDITION_FAILED'])
 
 /** Slots the shard groups start with: g1 the first half, g2 the second (2 groups). */
 const halfSlots = 2048
@@ -427,7 +427,7 @@ function registerWorkload(options: WorkloadOptions): Workload {
         }
         const code = errorCode(res.body)
         await pauseAfterError()
-        if (certain.has(code) || (routers !== undefined && res.status === 429)) {
+        if (certain.has(code)) {
           record(f, 'fail', input, { error: code, node: nodeOf(res.url, res.headers) })
           continue
         }

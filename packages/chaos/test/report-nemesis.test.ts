@@ -129,6 +129,18 @@ describe('router mode and its nemeses', () => {
     ])
   })
 
+  it('puts the register keys in both halves of the slots, so both groups hold some', async () => {
+    const { registerKeys, setSlots } = await import('../src/workloads.js')
+    const { slotOfKey } = await import('@kvstore/protocol')
+    const keys = registerKeys('chaos-7/')
+    expect(keys).toHaveLength(5)
+    expect(new Set(keys).size).toBe(5)
+    expect(keys.map((k) => slotOfKey(k) < 2048)).toEqual([true, false, true, false, true])
+    for (const [i, k] of keys.entries()) expect(k.startsWith(`chaos-7/r${i}-`)).toBe(true)
+    // The set's elements cover most slots: a move of any run takes some of them.
+    expect(setSlots('chaos-7/').length).toBeGreaterThan(2500)
+  })
+
   it('move-slots and kill-router need --router', async () => {
     const { runChaos } = await import('../src/run.js')
     await expect(
