@@ -147,7 +147,8 @@ const moveWidths = [1, 8, 64, 512]
  *
  * With `kill` or `pause` among the nemeses, two moves in five are also interrupted on purpose:
  * 50 to 500 ms after the move is asked for, the source's or the target's leader is killed
- * (kill -9) or paused, and brought back once the move has ended. (The other nemeses' faults
+ * (kill -9) or paused, and brought back once the move has ended or after a fault's hold (0.5 to
+ * 1.5 times --fault-ms), whichever comes first. (The other nemeses' faults
  * overlap moves too, but by chance.)
  */
 async function runMoves(
@@ -176,6 +177,7 @@ async function runMoves(
             how: pick(random, interruptions),
             side: random() < 0.5 ? ('source' as const) : ('target' as const),
             afterMs: Math.round(50 + 450 * random()),
+            holdMs: Math.round((options.faultMs ?? 4000) * (0.5 + random())),
           }
         : null
     const views = await Promise.all(cluster.groups.map((g) => groupView(g)))
@@ -212,30 +214,32 @@ async function runMoves(
     log(
       `  ${at()}  move-slots: moving ${slots} from ${source.group.id} to ${target.id}${abortAfterMs !== null ? ` (abort after ${abortAfterMs} ms)` : ''}${interrupt !== null ? ` (${interrupt.how} the ${interrupt.side}'s leader after ${interrupt.afterMs} ms)` : ''}`,
     )
-    // The interruption runs beside the move; what it did is undone once the move has ended.
+    // The interruption runs beside the move. What it did is undone once the move has ended,
+    // or after a fault's hold (0.5 to 1.5 fault times), whichever comes first.
     let interrupted = ''
-    let undo: (() => Promise<void>) | null = null
+    let moveOver = false
+    let moveEnded: () => void = () => {}
+    const ended = new Promise<void>((resolve) => (moveEnded = resolve))
     const interrupting =
       interrupt === null
         ? Promise.resolve()
         : (async () => {
-            await sleep(interrupt.afterMs)
+            await Promise.race([sleep(interrupt.afterMs), ended])
+            if (moveOver) return
             const group = interrupt.side === 'source' ? source.group : target
             const leader = await currentLeader(group.cluster)
             if (leader === null) {
               interrupted = `no leader of ${group.id} to ${interrupt.how}`
               return
             }
-            if (interrupt.how === 'kill') {
-              await cluster.kill(leader.id)
-              undo = () => cluster.start(leader.id)
-              interrupted = `kill -9 ${leader.id} (${group.id}'s leader) at ${at()}`
-            } else {
-              await cluster.pause(leader.id)
-              undo = () => cluster.resume(leader.id)
-              interrupted = `pause ${leader.id} (${group.id}'s leader) at ${at()}`
-            }
+            if (interrupt.how === 'kill') await cluster.kill(leader.id)
+            else await cluster.pause(leader.id)
+            interrupted = `${interrupt.how === 'kill' ? 'kill -9' : 'pause'} ${leader.id} (${group.id}'s leader) at ${at()}`
             log(`  ${at()}  move-slots: ${interrupted}`)
+            await Promise.race([sleep(interrupt.holdMs), ended])
+            if (interrupt.how === 'kill') await cluster.start(leader.id)
+            else await cluster.resume(leader.id)
+            interrupted += `, back at ${at()}`
           })()
     const move = await moveSlots({
       cluster,
@@ -246,11 +250,9 @@ async function runMoves(
       known,
       clock,
     })
+    moveOver = true
+    moveEnded()
     await interrupting
-    if (undo !== null) {
-      await (undo as () => Promise<void>)()
-      interrupted += `, back at ${at()}`
-    }
     move.interrupted = interrupted
     const description = `move ${slots} ${move.from} -> ${move.to}: ${move.phase} in ${(move.durationMs / 1000).toFixed(1)} s${move.abortRequested ? ', abort asked' : ''}${interrupted !== '' ? `, ${interrupted}` : ''}${move.id !== '' ? ` (${move.id})` : ''}${move.error === '' ? '' : move.phase === 'done' ? `; a step it retried past: ${move.error}` : `: ${move.error}`}`
     log(`  ${at()}  move-slots: ${description}`)

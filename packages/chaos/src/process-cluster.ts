@@ -65,6 +65,8 @@ export class ProcessCluster implements ChaosCluster {
   private readonly options: ProcessClusterOptions
   /** Members removed and stopped (retire): out of `nodes`, stopped for good. */
   private readonly retired: Member[] = []
+  /** Members stopped with SIGSTOP and not continued yet. */
+  private readonly paused = new Set<string>()
 
   private constructor(dir: string, nodes: Member[], options: ProcessClusterOptions) {
     this.dir = dir
@@ -168,6 +170,7 @@ export class ProcessCluster implements ChaosCluster {
   }
 
   private async killMember(m: Member): Promise<void> {
+    this.paused.delete(m.id)
     if (!(m.process?.running() ?? false)) return
     m.process?.child.kill('SIGCONT')
     m.process?.child.kill('SIGKILL')
@@ -208,11 +211,19 @@ export class ProcessCluster implements ChaosCluster {
   }
 
   async pause(id: string): Promise<void> {
-    if (this.isRunning(id)) this.member(id).process?.child.kill('SIGSTOP')
+    if (!this.isRunning(id)) return
+    this.member(id).process?.child.kill('SIGSTOP')
+    this.paused.add(id)
   }
 
   async resume(id: string): Promise<void> {
+    this.paused.delete(id)
     if (this.isRunning(id)) this.member(id).process?.child.kill('SIGCONT')
+  }
+
+  /** Is the node stopped with SIGSTOP (pause) now? */
+  isPaused(id: string): boolean {
+    return this.paused.has(id)
   }
 
   private unsupported(what: string): never {

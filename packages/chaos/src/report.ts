@@ -7,6 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { HistoryEvent, Operation, Verdict } from './history.js'
 import type { FaultWindow } from './nemesis.js'
+import type { LeaderStall } from './group-watch.js'
 import type { MoveRecord } from './shard-moves.js'
 
 export interface RunSummary {
@@ -24,6 +25,11 @@ export interface RunSummary {
   router?: { groups: number; routers: number }
   /** move-slots: every move, in order (also among the fault windows). */
   moves?: MoveRecord[]
+  /**
+   * Router mode: stretches of 10 s or more in which a majority of a group's members ran and
+   * none led (no verdict: the faults may explain them; worth a look).
+   */
+  stalls?: LeaderStall[]
 }
 
 const width = 900
@@ -189,6 +195,18 @@ function html(
 <p>${moves.length} moves: ${moves.filter((m) => m.phase === 'done').length} done, ${moves.filter((m) => m.phase === 'aborted').length} aborted, ${moves.filter((m) => m.phase !== 'done' && m.phase !== 'aborted').length} other.</p>
 <table><tr><th>start</th><th>id</th><th>slots</th><th>from</th><th>to</th><th>phase</th><th>took</th><th>abort asked</th><th>interrupted by</th><th>error</th></tr>
 ${moveRows}</table>`
+  const stalls = summary.stalls ?? []
+  const stallsSection =
+    summary.stalls === undefined
+      ? ''
+      : `<h2>Groups without a leader</h2>
+<p>Stretches of 10 s or more in which a majority of a group's members ran (not killed, not paused) and none said it led: ${stalls.length === 0 ? 'none.' : ''}</p>
+${
+  stalls.length === 0
+    ? ''
+    : `<table><tr><th>group</th><th>from</th><th>to</th><th>for</th><th>running</th></tr>
+${stalls.map((st) => `<tr><td>${escapeXml(st.group)}</td><td>${(st.start / 1000).toFixed(1)}s</td><td>${(st.end / 1000).toFixed(1)}s</td><td>${(st.durationMs / 1000).toFixed(1)} s</td><td>${escapeXml(st.up.join(', '))}</td></tr>`).join('\n')}</table>`
+}`
   const overall = summary.valid === true ? 'valid' : summary.valid === false ? 'INVALID' : 'unknown'
   return `<!doctype html>
 <html><head><meta charset="utf-8"><title>chaos: ${escapeXml(summary.workload)} under ${escapeXml(summary.nemeses.join(','))} — ${overall}</title>
@@ -215,6 +233,7 @@ ${throughput}
 <table><tr><th>start</th><th>healed</th><th>nemesis</th><th>what</th></tr>
 ${faultRows}</table>
 ${movesSection}
+${stallsSection}
 </body></html>
 `
 }

@@ -49,6 +49,7 @@ import {
   type FaultWindow,
   type NemesisName,
 } from './nemesis.js'
+import { watchGroups, type LeaderStall } from './group-watch.js'
 import { ProcessCluster } from './process-cluster.js'
 import { groupView, settleMoves, shardViewOf, type MoveRecord } from './shard-moves.js'
 import { ShardedProcessCluster } from './sharded-cluster.js'
@@ -287,6 +288,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       ? (keys as string[]).map((k) => slotOfKey(k))
       : setSlots(prefix)
   let moves: MoveRecord[] = []
+  let stalls: LeaderStall[] = []
   try {
     const workload = startWorkload(options.workload, {
       cluster,
@@ -300,6 +302,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       ...(sharded !== null ? { routers: sharded.routers } : {}),
       ...(keys !== undefined ? { registerKeys: keys } : {}),
     })
+    // Router mode: who leads each group, every second, while the faults run.
+    const watch = sharded !== null ? watchGroups(sharded, () => history.now(), log) : null
     try {
       windows = await runNemesis({
         cluster,
@@ -320,6 +324,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       const left = options.durationMs - history.now()
       if (left > 0) await new Promise((r) => setTimeout(r, left))
     } finally {
+      if (watch !== null) stalls = await watch.stop()
       await workload.stop()
     }
     // Heal everything, bring killed nodes back, and let the cluster settle.
@@ -526,6 +531,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       valid,
       ...(routed ? { router: { groups: groupCount, routers: routerCount } } : {}),
       ...(options.nemeses.includes('move-slots') ? { moves } : {}),
+      ...(routed ? { stalls } : {}),
     }
     await writeReport(dir, summary, history.events, ops, windows, extra)
     for (const v of verdicts) {

@@ -45,6 +45,8 @@ export interface ShardedCluster extends ChaosCluster {
   readonly mapFile: string
   /** The group of a member. */
   groupOf(nodeId: string): string
+  /** Is the node stopped with SIGSTOP (pause) now? */
+  isPaused(nodeId: string): boolean
   /** kill -9 a router; `startRouter` brings it back on the same port. */
   killRouter(id: string): Promise<void>
   startRouter(id: string): Promise<void>
@@ -242,6 +244,11 @@ export class ShardedProcessCluster implements ShardedCluster {
 
   isRunning(id: string): boolean {
     return this.groupHandle(id).cluster.isRunning(id)
+  }
+
+  /** Is the node stopped with SIGSTOP (pause) now? */
+  isPaused(id: string): boolean {
+    return this.groupHandle(id).cluster.isPaused(id)
   }
 
   async kill(id: string): Promise<void> {
