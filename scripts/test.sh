@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is needed (pnpm and the locked dependencies; Docker on Debian when it is
-# missing), builds, makes the node image, and runs every test: unit tests, the process tests
+# Installs what is needed (pnpm and the locked dependencies; Docker and wrk on Debian when they
+# are missing), builds, makes the node image, and runs every test: unit tests, the process tests
 # that start, load, kill -9 and restart real nodes, and the chaos smoke matrix and teeth tests
 # on real containers.
 set -euo pipefail
@@ -9,4 +9,5 @@ source scripts/ensure-pnpm.sh
 pnpm install --frozen-lockfile --reporter=silent
 pnpm build
 bash scripts/docker-build.sh
+bash scripts/ensure-wrk.sh
 pnpm exec vitest run

@@ -246,4 +246,50 @@ describe('kv-router in front of two shard groups', () => {
     )
     expect(metrics).toMatch(/kv_router_retries_total\{reason="wrong_shard"\} [1-9]/)
   })
+
+  it('forwards a slot move to the leader of the group owning the slots, and an abort to the group it names', async () => {
+    const [key] = keysIn(300, 309, 'forwarded', 1) as [string]
+    expect((await put(key, 'before')).status).toBe(200)
+    const started = await fetch(`${router.url}/admin/v1/shards/moves`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ slots: '300-309', to: 'g2' }),
+    })
+    expect(started.status).toBe(202)
+    expect(started.headers.get('kv-served-by')).toBe((await g1.waitForLeader()).id)
+    const id = ((await started.json()) as { move: ShardMove }).move.id
+    await until(
+      `move ${id} to finish`,
+      async () => {
+        const res = await fetch(`${(await g1.waitForLeader()).url}/v1/shards`)
+        const view = (await res.json()) as GroupShardView
+        return view.history.some((m) => m.id === id && m.phase === 'done')
+      },
+      60_000,
+      100,
+    )
+    // The key follows its slot.
+    const read = await fetch(kvUrl(key))
+    expect(await read.text()).toBe('before')
+    expect(ids(g2)).toContain(read.headers.get('kv-served-by'))
+    // An abort goes to the group named; with several groups one must be named.
+    const unnamed = await fetch(`${router.url}/admin/v1/shards/moves/abort`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{}',
+    })
+    expect(unnamed.status).toBe(400)
+    expect(((await unnamed.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_INVALID_ARGUMENT',
+    )
+    const abort = await fetch(`${router.url}/admin/v1/shards/moves/abort`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ group: 'g2' }),
+    })
+    // The group's own answer (no move in flight there), from its leader.
+    expect(abort.headers.get('kv-group')).toBe('g2')
+    expect(ids(g2)).toContain(abort.headers.get('kv-served-by'))
+    await abort.arrayBuffer()
+  })
 })

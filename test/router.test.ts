@@ -4,13 +4,12 @@
  * and comes back, a killed leader costs an SDK client no write, and a rate-limited client is
  * refused while another is served.
  */
-import { execFileSync } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Agent, fetch as fetchVia } from 'undici'
+import { makeRouterCert } from '@kvstore/cli'
 import { KvClient } from '@kvstore/client'
 import {
   TestCluster,
@@ -61,46 +60,17 @@ function routerArgs(cluster: TestCluster, extra: string[] = []): string[] {
   ]
 }
 
-/**
- * A router certificate (kv://<cluster>/router/<id>) signed by the run's CA, made with openssl
- * (until `kv certs add-router` is on main): written to `dir` as <id>.crt and <id>.key.
- */
-async function makeRouterCert(dir: string, id: string): Promise<void> {
+/** A router certificate (kv://<cluster>/router/<id>) signed by the run's CA, in `dir`. */
+async function makeRouterCertIn(dir: string, id: string): Promise<void> {
   const certs = testCertsDir()
+  const ca = {
+    certPem: await readFile(join(certs, 'ca.crt'), 'utf8'),
+    keyPem: await readFile(join(certs, 'ca.key'), 'utf8'),
+  }
   const clusterId = (await readFile(join(certs, 'cluster-id'), 'utf8')).trim()
-  const key = join(dir, `${id}.key`)
-  const csr = join(dir, `${id}.csr`)
-  const ext = join(dir, `${id}.ext`)
-  await writeFile(
-    ext,
-    [
-      'basicConstraints=critical,CA:FALSE',
-      'keyUsage=critical,digitalSignature',
-      'extendedKeyUsage=serverAuth,clientAuth',
-      `subjectAltName=URI:kv://${clusterId}/router/${id},DNS:localhost,IP:127.0.0.1`,
-    ].join('\n'),
-  )
-  execFileSync('openssl', ['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', key])
-  execFileSync('openssl', ['req', '-new', '-key', key, '-subj', `/CN=${id}`, '-out', csr])
-  execFileSync('openssl', [
-    'x509',
-    '-req',
-    '-in',
-    csr,
-    '-CA',
-    join(certs, 'ca.crt'),
-    '-CAkey',
-    join(certs, 'ca.key'),
-    '-set_serial',
-    `0x${randomBytes(8).toString('hex')}`,
-    '-days',
-    '2',
-    '-sha256',
-    '-extfile',
-    ext,
-    '-out',
-    join(dir, `${id}.crt`),
-  ])
+  const pair = await makeRouterCert(ca, { clusterId, routerId: id })
+  await writeFile(join(dir, `${id}.crt`), pair.certPem)
+  await writeFile(join(dir, `${id}.key`), pair.keyPem, { mode: 0o600 })
 }
 
 async function routerView(
@@ -314,7 +284,7 @@ describe('kv-router in front of a 3-node group', () => {
     const dir = await mkdtemp(join(tmpdir(), 'kv-router-cert-'))
     let acting: RouterProcess | undefined
     try {
-      await makeRouterCert(dir, 'r3')
+      await makeRouterCertIn(dir, 'r3')
       // reader may read spread/ and nothing else.
       const leader = cluster.leader.url
       const admin = async (path: string, body: unknown) => {

@@ -10,6 +10,7 @@ import { runOpenLoopBench } from './open-loop.js'
 import { runSingleNode } from './single-node.js'
 import { runSecurityBench } from './security-suite.js'
 import { runMembershipBench } from './membership.js'
+import { runShardsBench, shardParts, type ShardPart } from './shards.js'
 import { securityProfiles, type SecurityProfile } from './security.js'
 
 const usage = `pnpm bench: runs a benchmark suite, prints a table and writes JSON and markdown to
@@ -63,6 +64,16 @@ bench-results/.
                         (200000) keys of --value-bytes bytes (loaded at w=all); a sixth
                         member joins, then n1 leaves: keys/s and MB/s each handoff streamed,
                         from the admin call to the end of the change. See handoff.ts.
+  --suite shards        sharding, every node capped at --node-cpu-cap CORES (0.25): quorum
+                        writes to 1 group of 3 and to 2 groups of 3 (wrk, one per leader, keys
+                        of its own slots), interleaved over --rounds N (2); then --moves N (20)
+                        slot moves of --move-slots N (16) slots back and forth under quorum
+                        writes: fence time, the load's write unavailability, move time;
+                        quorum writes through one kv-router against straight to the leader
+                        (closed loop, then open loop at 50% with the caps lifted), --rounds
+                        interleaved; GETs of --get-keys keys through
+                        the router from the followers, followers and leader, the leader alone.
+                        --parts scaling,fence,router,reads runs only those. See shards.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
@@ -96,6 +107,10 @@ async function main(): Promise<void> {
       keys: { type: 'string', default: '200000' },
       'rto-keys': { type: 'string', default: '1000000' },
       'rto-entries': { type: 'string', default: '100000' },
+      'node-cpu-cap': { type: 'string', default: '0.25' },
+      moves: { type: 'string', default: '20' },
+      'move-slots': { type: 'string', default: '16' },
+      parts: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -187,6 +202,23 @@ async function main(): Promise<void> {
         connections: common.connections,
         out: common.out,
       })
+    case 'shards': {
+      const parts = (opts.parts?.split(',').map((s) => s.trim()) ?? [...shardParts]) as ShardPart[]
+      if (parts.length === 0 || parts.some((p) => !(shardParts as readonly string[]).includes(p)))
+        throw new Error(
+          `--parts must be some of ${shardParts.join(', ')}, comma-separated; not ${String(opts.parts)}`,
+        )
+      const moveSlots = number('move-slots', 1)
+      if (moveSlots > 2048) throw new Error(`--move-slots must be at most 2048, not ${moveSlots}`)
+      return runShardsBench({
+        ...common,
+        nodeCpuCap: number('node-cpu-cap', 0.01),
+        rounds: number('rounds', 1),
+        moves: number('moves', 1),
+        moveSlots,
+        parts,
+      })
+    }
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -200,7 +232,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership or handoff, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff or shards, not ${String(suite)}`,
       )
   }
 }

@@ -86,3 +86,35 @@ export async function stopChild(child: ChildProcess, graceMs = 5000): Promise<vo
   await Promise.race([exited, giveUp])
   clearTimeout(killer)
 }
+
+/** CPU time of the whole machine so far, in seconds summed over every core: busy and idle. */
+export async function machineCpuSeconds(): Promise<{ busy: number; idle: number }> {
+  const stat = await readFile('/proc/stat', 'utf8')
+  // cpu  user nice system idle iowait irq softirq steal guest guest_nice (ticks)
+  const fields = (stat.split('\n')[0] ?? '').trim().split(/\s+/).slice(1, 9).map(Number)
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = fields as number[]
+  return {
+    busy:
+      ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) /
+      ticksPerSecond,
+    idle: ((idle ?? 0) + (iowait ?? 0)) / ticksPerSecond,
+  }
+}
+
+/** Measures the machine's idle and busy cores over a stretch of wall time. */
+export async function machineMeter(): Promise<{
+  stop(): Promise<{ busyCores: number; idleCores: number }>
+}> {
+  const before = await machineCpuSeconds()
+  const started = performance.now()
+  return {
+    async stop() {
+      const after = await machineCpuSeconds()
+      const wallS = (performance.now() - started) / 1000
+      return {
+        busyCores: (after.busy - before.busy) / wallS,
+        idleCores: (after.idle - before.idle) / wallS,
+      }
+    },
+  }
+}

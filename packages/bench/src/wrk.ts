@@ -60,6 +60,59 @@ ${delay}
 ${doneHook}`
 }
 
+/**
+ * Lua script: like `putScript`, but only keys whose hash slot is in `slots` (inclusive ranges):
+ * it counts on from the last key until one falls in them. The slot is computed as the nodes do
+ * (CRC16-XMODEM of the key's bytes, modulo 4,096; packages/protocol/src/shards.ts), so each
+ * wrk sends only keys its group owns, spread uniformly over its slots. `prefix` may not hold a
+ * hash tag (`{`), which this script does not look for.
+ */
+export function slotPutScript(
+  prefix: string,
+  valueBytes: number,
+  slots: readonly (readonly [first: number, last: number])[],
+  options: { query?: string; authorization?: string | undefined } = {},
+): string {
+  if (prefix.includes('{')) throw new Error(`slotPutScript: the prefix ${prefix} holds a {`)
+  if (slots.length === 0) throw new Error('slotPutScript: no slots')
+  const ranges = slots.map(([first, last]) => `{${first}, ${last}}`).join(', ')
+  return `
+local bit = require("bit")
+local band, bxor, lshift, rshift = bit.band, bit.bxor, bit.lshift, bit.rshift
+local crcTable = {}
+for i = 0, 255 do
+  local crc = lshift(i, 8)
+  for _ = 1, 8 do
+    if band(crc, 0x8000) ~= 0 then crc = band(bxor(lshift(crc, 1), 0x1021), 0xffff)
+    else crc = band(lshift(crc, 1), 0xffff) end
+  end
+  crcTable[i] = crc
+end
+local function slotOf(key)
+  local crc = 0
+  for i = 1, #key do
+    crc = bxor(band(lshift(crc, 8), 0xffff), crcTable[band(bxor(rshift(crc, 8), key:byte(i)), 0xff)])
+  end
+  return crc % 4096
+end
+local owned = {}
+for _, range in ipairs({ ${ranges} }) do
+  for slot = range[1], range[2] do owned[slot] = true end
+end
+local counter = 0
+local body = string.rep("v", ${valueBytes})
+local headers = { ["Content-Type"] = "application/octet-stream", ${authHeaders(options.authorization)} }
+request = function()
+  local key
+  repeat
+    counter = counter + 1
+    key = "${prefix}" .. counter
+  until owned[slotOf(key)]
+  return wrk.format("PUT", "/v1/kv/" .. key .. "${options.query ?? ''}", headers, body)
+end
+${doneHook}`
+}
+
 /** Lua script: GET a random key among `keys` prefilled ones (`query` appended to each URL). */
 export function getScript(
   prefix: string,

@@ -144,7 +144,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       reply,
       new KvError(
         'KV_ERR_ROUTE_NOT_FOUND',
-        `no endpoint ${request.method} ${request.url.split('?')[0]} on kv-router (it serves /v1/kv, /v1/batch, /v1/auth/token, /v1/auth/whoami, /v1/cluster, /v1/shards, /metrics, /health, /ready; send admin calls to a node)`,
+        `no endpoint ${request.method} ${request.url.split('?')[0]} on kv-router (it serves /v1/kv, /v1/batch, /v1/auth/token, /v1/auth/whoami, /v1/cluster, /v1/shards, /admin/v1/shards/moves, /metrics, /health, /ready; send other admin calls to a node)`,
       ),
     )
   })
@@ -337,6 +337,13 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     proxy.anyMember(request, reply),
   )
   app.get('/v1/auth/whoami', (request, reply) => proxy.anyMember(request, reply))
+  // Slot moves: to the leader of the group that owns the slots (or is named).
+  app.post('/admin/v1/shards/moves', { bodyLimit: 64 * 1024 }, (request, reply) =>
+    proxy.shardMove(request, reply),
+  )
+  app.post('/admin/v1/shards/moves/abort', { bodyLimit: 64 * 1024 }, (request, reply) =>
+    proxy.shardAbort(request, reply),
+  )
 
   // ------------------------------------------------------------ the router's own
   const guarded =

@@ -11,7 +11,7 @@
  * NOT_LEADER answer's hint is followed at once and checked by the next probe.
  */
 import type { Logger } from 'pino'
-import type { ClusterView, ShardGroup } from '@kvstore/protocol'
+import { shardLimits, type ClusterView, type ShardGroup } from '@kvstore/protocol'
 import { ReplicaHealth, type HealthOptions, type ReplicaState } from './health.js'
 import { Upstream, type UpstreamOptions } from './upstream.js'
 
@@ -73,6 +73,7 @@ function originOf(url: string): string {
 export class GroupState {
   readonly id: string
   readonly index: number
+  /** The directory's members, then those learnt from the leader's view. */
   readonly members: Member[]
   private readonly byOrigin = new Map<string, Member>()
   private readonly options: GroupOptions
@@ -91,12 +92,46 @@ export class GroupState {
     this.id = group.id
     this.index = index
     this.options = options
-    this.members = group.members.map(
-      (m) => new Member(this, m.id, originOf(m.url), options.upstream, options.health),
-    )
-    for (const m of this.members) {
-      this.byOrigin.set(m.url, m)
-      this.lastStates.set(m, m.health.state)
+    this.members = []
+    for (const m of group.members) this.addMember(m.id, m.url)
+  }
+
+  private addMember(id: string, url: string): Member {
+    const member = new Member(this, id, originOf(url), this.options.upstream, this.options.health)
+    this.members.push(member)
+    this.byOrigin.set(member.url, member)
+    this.lastStates.set(member, member.health.state)
+    return member
+  }
+
+  /** A member the directory names now (a reloaded file): added unless known by its URL. */
+  adopt(id: string, url: string): void {
+    if (this.memberOf(url) !== null || this.members.length >= shardLimits.groupMembersMax) return
+    this.addMember(id, url)
+    this.refreshPool()
+  }
+
+  /**
+   * Members the leader names that the directory did not (a member added or replaced since the
+   * router started) join the group, up to the directory's bound, with the directory's scheme.
+   */
+  private learnMembers(view: ClusterView): void {
+    const scheme = this.members[0]?.url.slice(0, this.members[0].url.indexOf(':')) ?? 'https'
+    for (const m of view.members) {
+      if (this.members.length >= shardLimits.groupMembersMax) return
+      if (typeof m.clientUrl !== 'string' || this.memberOf(m.clientUrl) !== null) continue
+      let parsed: URL
+      try {
+        parsed = new URL(m.clientUrl)
+      } catch {
+        continue
+      }
+      if (parsed.protocol !== `${scheme}:` || parsed.origin !== m.clientUrl) continue
+      const member = this.addMember(typeof m.id === 'string' ? m.id : parsed.host, parsed.origin)
+      this.options.logger.info(
+        { group: this.id, member: member.id, url: member.url },
+        'member learnt from the leader',
+      )
     }
   }
 
@@ -188,6 +223,8 @@ export class GroupState {
     const member = this.memberOf(typeof urlOrId === 'string' ? urlOrId : null)
     if (member === null) return null
     if (typeof epoch === 'number' && epoch < this.epoch) return this.leader
+    // A follower may still name a leader that just died: the probes know better.
+    if (!member.health.reachable) return this.leader
     if (this.leader !== member) {
       this.leader = member
       this.refreshPool()
@@ -251,6 +288,7 @@ export class GroupState {
     const fromLeader = new Map<Member, { lagMs: number; connected: boolean }>()
     const lv = leaderView as ClusterView | null
     if (lv !== null) {
+      this.learnMembers(lv)
       for (const m of lv.members) {
         const member = this.memberOf(m.clientUrl) ?? this.memberOf(m.id)
         if (member !== null) fromLeader.set(member, { lagMs: m.lagMs, connected: m.connected })

@@ -51,6 +51,10 @@ async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<vo
   }
   process.on('SIGTERM', onSignal)
   process.on('SIGINT', onSignal)
+  // The shard map file is read again: groups (and members) it adds are taken.
+  process.on('SIGHUP', () => {
+    void router.reload()
+  })
   process.on('uncaughtException', (err) => {
     router.logger.fatal({ err }, 'uncaught exception')
     router.logger.flush()

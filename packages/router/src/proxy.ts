@@ -25,6 +25,7 @@ import {
   KvError,
   encodeSession,
   isErrorCode,
+  parseSlotRanges,
   slotOfKey,
   type ErrorCode,
   type ErrorDetails,
@@ -70,7 +71,11 @@ export interface ProxyCore {
   caller(request: FastifyRequest): Caller
 }
 
-type PlanKind = 'read' | 'linearizable' | 'write'
+/**
+ * `admin`: a shard admin call, sent to the leader like a write and following NOT_LEADER and
+ * WRONG_SHARD (refusals: nothing was done), but not sent again once it may have reached a node.
+ */
+type PlanKind = 'read' | 'linearizable' | 'write' | 'admin'
 
 interface Plan {
   kind: PlanKind
@@ -324,7 +329,7 @@ export class Proxy {
       }
       const headers = plan.headers
       let sessionSent = false
-      if (plan.kind !== 'write') {
+      if (plan.kind === 'read' || plan.kind === 'linearizable') {
         const required = this.requiredPosition(plan.session, group, plan.slot)
         if (required !== undefined) {
           headers['kv-session'] =
@@ -362,7 +367,7 @@ export class Proxy {
           `no member of group ${group.id} answered (last: ${member.id}: ${err.reason})`,
           { group: group.id },
         )
-        if (!within()) return last
+        if (!within() || plan.kind === 'admin') return last
         metrics.retries.inc([toFollower ? 'follower_failed' : 'unreachable'])
         if (toFollower) followerFailed = true
         else {
@@ -437,7 +442,7 @@ export class Proxy {
             continue
           }
           case 'KV_ERR_SLOT_MOVING': {
-            if (plan.kind === 'read') break
+            if (plan.kind === 'read' || plan.kind === 'admin') break
             const now = performance.now()
             if (movingSince < 0) movingSince = now
             const left = config.slotMovingRetryMs - (now - movingSince)
@@ -731,6 +736,71 @@ export class Proxy {
         slot: -1,
         session: null,
         metricKind: 'auth',
+      },
+      request,
+    )
+    if (outcome instanceof KvError) return this.fail(reply, outcome)
+    return this.answer(request, reply, outcome, null)
+  }
+
+  /** POST /admin/v1/shards/moves {slots, to}: to the leader of the group owning the slots. */
+  async shardMove(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const body = (request.body as Buffer | undefined) ?? null
+    let slot = -1
+    try {
+      const parsed = JSON.parse(body?.toString('utf8') ?? '') as { slots?: unknown }
+      if (typeof parsed.slots === 'string') slot = parseSlotRanges(parsed.slots)[0]?.first ?? -1
+    } catch {
+      // the group it reaches explains what is wrong with the body
+    }
+    return this.admin(request, reply, this.groupOfSlot(slot), slot, body)
+  }
+
+  /** POST /admin/v1/shards/moves/abort {group}: to that group's leader. */
+  async shardAbort(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const body = (request.body as Buffer | undefined) ?? null
+    let named: unknown
+    try {
+      named = (JSON.parse(body?.toString('utf8') ?? '') as { group?: unknown }).group
+    } catch {
+      named = undefined
+    }
+    const groups = this.core.groups
+    const group =
+      typeof named === 'string'
+        ? groups.find((g) => g.id === named)
+        : groups.length === 1
+          ? groups[0]
+          : undefined
+    if (group === undefined)
+      return this.routerError(
+        reply,
+        'KV_ERR_INVALID_ARGUMENT',
+        typeof named === 'string'
+          ? `group ${JSON.stringify(named)} is not in the router's shard map (groups: ${groups.map((g) => g.id).join(', ')})`
+          : `name the group whose move to abort, as {"group": "${groups[0]?.id ?? 'g1'}"}`,
+      )
+    return this.admin(request, reply, group, -1, body)
+  }
+
+  private async admin(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    group: GroupState,
+    slot: number,
+    body: Buffer | null,
+  ): Promise<FastifyReply> {
+    const outcome = await this.run(
+      {
+        kind: 'admin',
+        method: 'POST',
+        path: request.url,
+        headers: this.forwardHeaders(request),
+        body,
+        group,
+        slot,
+        session: null,
+        metricKind: 'admin',
       },
       request,
     )

@@ -11,7 +11,9 @@ import {
   KvError,
   certificateIdentity,
   shardMapOfFile,
+  shardLimits,
   type GroupShardView,
+  type ShardGroup,
   type ShardMap,
 } from '@kvstore/protocol'
 import { AccessCheck } from './access.js'
@@ -23,6 +25,7 @@ import { Proxy, type Caller, type ProxyCore } from './proxy.js'
 import { tlsSocketOf, type DualProtocolServer } from './server.js'
 import { ShardMapCache, singleGroupMap } from './shard-map.js'
 import { loadRouterTls, type RouterTls } from './tls.js'
+import type { UpstreamTls } from './upstream.js'
 
 export interface RouterStartOptions {
   /** Where logs go; stdout by default. */
@@ -64,7 +67,6 @@ export class KvRouter implements ProxyCore {
   readonly metrics = new RouterMetrics()
   readonly cache: ShardMapCache
   readonly groups: GroupState[]
-  readonly routerTokens: boolean
   readonly tls: RouterTls
   readonly app: FastifyInstance
   private readonly proxy: Proxy
@@ -76,6 +78,7 @@ export class KvRouter implements ProxyCore {
   private deferredRefresh: NodeJS.Timeout | null = null
   private stopping: Promise<void> | null = null
   private listeningUrl = ''
+  private readonly upstreamTls: UpstreamTls | null
   /** Headers of the router's own calls (probes, map refreshes): whom they act for. */
   private readonly ownHeaders: Record<string, string>
 
@@ -84,7 +87,6 @@ export class KvRouter implements ProxyCore {
     this.logger = logger
     this.tls = tls
     this.cache = new ShardMapCache(map)
-    this.routerTokens = map.groups.length > 1
     this.ownHeaders =
       config.probeUser !== undefined && tls.identityKind === 'router'
         ? { 'kv-on-behalf-of': config.probeUser }
@@ -93,36 +95,9 @@ export class KvRouter implements ProxyCore {
       tls.identity === null && tls.ca === undefined
         ? null
         : { ca: tls.ca, cert: tls.identity?.cert, key: tls.identity?.key }
-    this.groups = map.groups.map(
-      (group, index) =>
-        new GroupState(group, index, {
-          upstream: {
-            protocol: config.upstreamProtocol,
-            connections: config.upstreamConnections,
-            tls: upstreamTls,
-            responseBytesMax: config.responseBytesMax,
-          },
-          health: {
-            maxLagMs: config.maxLagMs,
-            ejectFailures: config.ejectFailures,
-            ejectMs: config.ejectMs,
-            ejectMsMax: config.ejectMsMax,
-          },
-          readFromLeader: config.readFromLeader,
-          probeTimeoutMs: config.probeTimeoutMs,
-          probeHeaders: this.ownHeaders,
-          logger,
-          now: () => performance.now(),
-          onEjected: (member) => this.metrics.ejections.inc([group.id, member.id]),
-          onStateChange: (member, from, to) => {
-            if (from === 'unknown' && to === 'healthy') return
-            logger.info(
-              { group: group.id, member: member.id, from, to, lagMs: member.health.lagMs },
-              'member health changed',
-            )
-          },
-        }),
-    )
+    this.upstreamTls = upstreamTls
+    this.groups = []
+    for (const group of map.groups) this.addGroup(group)
     this.proxy = new Proxy(this)
     const access = new AccessCheck(
       this.proxy,
@@ -144,6 +119,81 @@ export class KvRouter implements ProxyCore {
       inflight: this.inflight,
       startedAtMs: Date.now(),
     })
+  }
+
+  /** A group of the directory: its state, and (once running) its probe timer. */
+  private addGroup(group: ShardGroup): GroupState {
+    const { config, logger } = this
+    const state = new GroupState(group, this.groups.length, {
+      upstream: {
+        protocol: config.upstreamProtocol,
+        connections: config.upstreamConnections,
+        tls: this.upstreamTls,
+        responseBytesMax: config.responseBytesMax,
+      },
+      health: {
+        maxLagMs: config.maxLagMs,
+        ejectFailures: config.ejectFailures,
+        ejectMs: config.ejectMs,
+        ejectMsMax: config.ejectMsMax,
+      },
+      readFromLeader: config.readFromLeader,
+      probeTimeoutMs: config.probeTimeoutMs,
+      probeHeaders: this.ownHeaders,
+      logger,
+      now: () => performance.now(),
+      onEjected: (member) => this.metrics.ejections.inc([group.id, member.id]),
+      onStateChange: (member, from, to) => {
+        if (from === 'unknown' && to === 'healthy') return
+        logger.info(
+          { group: group.id, member: member.id, from, to, lagMs: member.health.lagMs },
+          'member health changed',
+        )
+      },
+    })
+    this.groups.push(state)
+    if (this.lifecycle.ready) this.probeEvery(state)
+    return state
+  }
+
+  private probeEvery(group: GroupState): void {
+    const timer = setInterval(() => {
+      void group
+        .probe()
+        .catch((err: unknown) => this.logger.error({ err, group: group.id }, 'probe round failed'))
+    }, this.config.probeIntervalMs)
+    timer.unref()
+    this.timers.push(timer)
+  }
+
+  /**
+   * SIGHUP: reads the shard map file again and takes the groups it adds (a new group joins
+   * without a restart, as on the nodes) and the members it adds to known groups. Groups are
+   * never removed while running; ownership still comes from the groups' claims.
+   */
+  async reload(): Promise<void> {
+    if (this.config.shardMap === undefined) return
+    let map: ShardMap
+    try {
+      map = startingMap(this.config)
+    } catch (err) {
+      this.logger.error({ err }, 'cannot reload the shard map file; keeping the directory in use')
+      return
+    }
+    const added: string[] = []
+    for (const group of map.groups) {
+      const known = this.groups.find((g) => g.id === group.id)
+      if (known === undefined) {
+        if (this.groups.length >= shardLimits.groupsMax) break
+        this.addGroup(group)
+        this.cache.addGroup({ id: group.id, members: group.members })
+        added.push(group.id)
+      } else for (const m of group.members) known.adopt(m.id, m.url)
+    }
+    const gone = this.groups.filter((g) => !map.groups.some((x) => x.id === g.id)).map((g) => g.id)
+    this.logger.info({ added, notInFile: gone }, 'shard map file reloaded')
+    await Promise.all(this.groups.map((g) => g.probe()))
+    await this.refreshMap('reload')
   }
 
   /** Reads the configuration's files, probes the groups, and starts serving. */
@@ -185,17 +235,7 @@ export class KvRouter implements ProxyCore {
     // Know the leaders (and the map) before the first request, as far as the groups answer.
     await Promise.all(this.groups.map((g) => g.probe()))
     if (config.shardMap !== undefined) await this.refreshMap('start')
-    for (const group of this.groups) {
-      const timer = setInterval(() => {
-        void group
-          .probe()
-          .catch((err: unknown) =>
-            this.logger.error({ err, group: group.id }, 'probe round failed'),
-          )
-      }, config.probeIntervalMs)
-      timer.unref()
-      this.timers.push(timer)
-    }
+    for (const group of this.groups) this.probeEvery(group)
     if (config.shardMap !== undefined) {
       const timer = setInterval(() => {
         void this.refreshMap('periodic')
@@ -218,6 +258,11 @@ export class KvRouter implements ProxyCore {
       },
       'router started',
     )
+  }
+
+  /** Several groups: the router gives out its own session tokens (r1.). */
+  get routerTokens(): boolean {
+    return this.groups.length > 1
   }
 
   /** The URL the router serves. */
@@ -249,7 +294,7 @@ export class KvRouter implements ProxyCore {
    * Asks every group for its claims (GET /v1/shards, from the first member that answers) and
    * merges them into the map. One refresh at a time; callers during one wait for it.
    */
-  refreshMap(trigger: 'wrong_shard' | 'session' | 'periodic' | 'start'): Promise<void> {
+  refreshMap(trigger: 'wrong_shard' | 'session' | 'periodic' | 'start' | 'reload'): Promise<void> {
     if (this.config.shardMap === undefined) return Promise.resolve()
     if (this.refreshing !== null) return this.refreshing
     // Asked by requests (a stale map, a newer token): at most one refresh per gap, so a burst

@@ -128,13 +128,22 @@ export function claimsOfView(view: GroupShardView, known: ReadonlySet<string>): 
 /** The merged map and its compiled table; `merge` folds in what the groups said. */
 export class ShardMapCache {
   readonly groups: ShardGroup[]
-  private readonly known: ReadonlySet<string>
+  private readonly known: Set<string>
   private current: RoutingTable
 
   constructor(start: ShardMap) {
-    this.groups = start.groups
+    this.groups = [...start.groups]
     this.known = new Set(start.groups.map((g) => g.id))
     this.current = compileMap(start)
+  }
+
+  /** A group added to the directory (a reloaded file): it owns nothing until it claims slots. */
+  addGroup(group: ShardGroup): void {
+    if (this.known.has(group.id)) return
+    this.groups.push(group)
+    this.known.add(group.id)
+    const map = { ...this.current.map, groups: this.groups }
+    this.current = { ...compileMap(map) }
   }
 
   get table(): RoutingTable {

@@ -10,11 +10,15 @@ import { parseRouterConfig } from '../src/config.js'
 import { KvRouter } from '../src/router.js'
 import { FakeGroup } from './fake-group.js'
 
-async function startRouter(group: FakeGroup, extra: string[] = []): Promise<KvRouter> {
+async function startRouter(
+  group: FakeGroup,
+  extra: string[] = [],
+  urls = group.urls,
+): Promise<KvRouter> {
   const { config } = parseRouterConfig(
     [
       '--group',
-      `${group.id}=${group.urls.join(',')}`,
+      `${group.id}=${urls.join(',')}`,
       '--port',
       '0',
       '--log-level',
@@ -82,6 +86,14 @@ describe('the router in front of a fake group', () => {
       seen.add(res.headers.get('kv-served-by') as string)
     }
     expect([...seen].sort()).toEqual(['g1n2', 'g1n3'])
+  })
+
+  it('learns a member the leader names that it was not given (a member added or replaced)', async () => {
+    router = await startRouter(group, [], group.urls.slice(0, 2))
+    await until('the third member to be learnt and read from', async () =>
+      (await members(router)).some((m) => m.id === 'g1n3' && m.inReadPool),
+    )
+    expect((await members(router)).map((m) => m.id)).toEqual(['g1n1', 'g1n2', 'g1n3'])
   })
 
   it('keeps a write on one request id through NOT_LEADER, makes one when none was sent, and never forwards kv-on-behalf-of', async () => {
@@ -373,5 +385,44 @@ describe('the router in front of two fake shard groups', () => {
         .flatMap((n) => n.seen)
         .some((s) => s.url === '/v1/batch'),
     ).toBe(false)
+  })
+})
+
+describe('the router reloading its shard map file', () => {
+  it('takes a group the file gains (SIGHUP) and routes to it the slots it claims', async () => {
+    const g1 = await FakeGroup.start('g1')
+    const g2 = await FakeGroup.start('g2')
+    const dir = await mkdtemp(join(tmpdir(), 'kv-router-reload-'))
+    const file = join(dir, 'map.json')
+    const entry = (g: FakeGroup, slots: string) => ({
+      id: g.id,
+      members: g.nodes.map((n) => ({ id: n.id, url: n.url })),
+      slots,
+    })
+    await writeFile(file, JSON.stringify({ groups: [entry(g1, '0-4095')] }))
+    const { config } = parseRouterConfig(
+      ['--shard-map', file, '--port', '0', '--log-level', 'silent', '--probe-interval-ms', '50'],
+      {},
+    )
+    const router = await KvRouter.start(config)
+    try {
+      // g2 joins the file with no slots, then claims slots 0-999 (a move's outcome).
+      await writeFile(file, JSON.stringify({ groups: [entry(g1, '0-4095'), entry(g2, '')] }))
+      g2.claims = [{ first: 0, last: 999, group: 'g2', version: 2, sinceLsn: 3 }]
+      g1.owns = (slot) => slot >= 1000
+      g1.other = 'g2'
+      await router.reload()
+      const key = 'k1'
+      expect(slotOfKey(key)).toBeLessThan(1000)
+      const res = await fetch(`${router.url}/v1/kv/${key}`, { method: 'PUT', body: 'v' })
+      expect(res.status).toBe(200)
+      expect(res.headers.get('kv-group')).toBe('g2')
+      // Two groups now: the router's own session tokens.
+      expect(res.headers.get('kv-session')).toMatch(/^r1\./)
+    } finally {
+      await router.stop()
+      await g1.close()
+      await g2.close()
+    }
   })
 })
