@@ -113,21 +113,20 @@ describe('router mode: the clients talk to routers while slots move between two 
 })
 
 describe('the teeth: slot moves without a fence lose writes, and the checkers say so', () => {
-  it('the same set run on nodes whose moves never fence (KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE=1) loses acknowledged adds', async () => {
+  it('the register on nodes whose moves never fence (KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE=1) is not linearizable', async () => {
+    // Writes the source takes after the target's last catch-up are not in the target when it
+    // takes the slots, and the source deletes its copies: a later read misses an acknowledged
+    // write. Every move carries a register key, and moves come every 0.5 to 1.5 s.
     const result = await run({
-      workload: 'set',
-      nemeses: ['move-slots', 'kill-router'],
-      seed: 302,
+      workload: 'register',
+      nemeses: ['move-slots'],
+      seed: 301,
       durationMs: 20_000,
+      healthyMs: 1500,
       nodeEnv: { KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE: '1' },
     })
-    const lost = verdictOf(result, 'lost-writes')
-    expect(lost?.valid).toBe(false)
-    expect((lost?.details as { counts: { lost: number } }).counts.lost).toBeGreaterThan(0)
-    // No rollback explains them: the source acknowledged them, then handed the slots over
-    // without them and deleted its copies.
-    expect(verdictOf(result, 'rollback-record')?.valid).toBe(false)
-    // Ownership itself stays whole: the data went missing, not the slots.
+    expect(verdictOf(result, 'linearizable')?.valid).toBe(false)
+    // Ownership itself stays whole: the writes went missing, not the slots.
     expect(verdictOf(result, 'shard-ownership')?.valid).toBe(true)
     expect(result.summary.valid).toBe(false)
   }, 240_000)
