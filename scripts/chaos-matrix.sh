@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The full chaos matrix on containers: every workload under every nemesis (and all of them
 # together) at ack=quorum, then leaderless ll-set and ll-register under every nemesis that
-# needs no leader; 60 s each (DURATION to change), reports in chaos-reports/. Exits 1 if any
-# run found a violation. About an hour and three quarters.
+# needs no leader, then router mode (two shard groups behind two routers, process backend):
+# register and set under move-slots with each node fault, and all together; 60 s each
+# (DURATION to change), reports in chaos-reports/. Exits 1 if any run found a violation.
+# About two hours.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/docker-build.sh || exit 1
@@ -27,6 +29,18 @@ for workload in ll-set ll-register; do
     echo "== leaderless $workload / $nemesis"
     if ! node packages/chaos/dist/main.js --backend docker --mode leaderless --nodes 5 \
       --workload "$workload" --nemesis "$nemesis" --duration "$duration" --seed "$seed"; then
+      failed=1
+    fi
+  done
+done
+# Router mode: clients talk to two routers in front of two shard groups while move-slots moves
+# the workload's slots between them (process backend: kills and pauses, no partitions).
+routed="move-slots,kill move-slots,pause move-slots,pause-leader move-slots,kill-router move-slots,kill,pause,pause-leader,kill-router"
+for workload in register set; do
+  for nemesis in $routed; do
+    echo "== router $workload / $nemesis"
+    if ! node packages/chaos/dist/main.js --backend process --router --workload "$workload" \
+      --nemesis "$nemesis" --ack quorum --duration "$duration" --seed "$seed"; then
       failed=1
     fi
   done

@@ -169,7 +169,10 @@ export async function convergedDigests(
   }
 }
 
-/** The rollback records of one node: the elements (keys) its truncations dropped. */
+/**
+ * The rollback records of one node: the keys its truncations dropped. A reserved key's change
+ * (the auth store, a shard group's record) is named there without a key, and is no element.
+ */
 export async function rolledBackKeys(node: ChaosNode): Promise<string[]> {
   const keys: string[] = []
   let after = 0
@@ -178,10 +181,11 @@ export async function rolledBackKeys(node: ChaosNode): Promise<string[]> {
       signal: AbortSignal.timeout(10_000),
     })
     const page = (await res.json()) as {
-      rollbacks: { ops: { key: string }[] }[]
+      rollbacks: { ops: { key?: string }[] }[]
       next: number | null
     }
-    for (const r of page.rollbacks) for (const op of r.ops) keys.push(op.key)
+    for (const r of page.rollbacks)
+      for (const op of r.ops) if (typeof op.key === 'string') keys.push(op.key)
     if (page.next === null) return keys
     after = page.next
   }

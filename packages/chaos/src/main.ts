@@ -7,6 +7,8 @@
  *     --ack quorum --duration 60s --seed 7
  *   pnpm chaos --mode leaderless --backend docker --nodes 5 --nemesis kill,partition-one \
  *     --w quorum --r quorum --duration 30s
+ *   pnpm chaos --backend process --router --workload register --nemesis move-slots,kill,pause \
+ *     --duration 40s --seed 201
  */
 import { parseArgs } from 'node:util'
 import { parseNemeses, nemesisNames } from './nemesis.js'
@@ -27,6 +29,19 @@ const usage = `Usage: pnpm chaos [options]
   --unsafe-concurrent-membership-changes   run nodes that let configuration changes overlap
                               (a test-only switch; member-split must make the checkers catch it)
   --unsafe-no-sessions        session workload: read followers without session tokens (must be caught)
+  --healthy-ms MS, --fault-ms MS   healthy time between faults and how long a fault lasts, each
+                              drawn from 0.5x to 1.5x of this (defaults 3000 and 4000)
+Router mode (process backend, single-leader):
+  --router                    shard groups of --nodes kv-node processes each (one shard map
+                              file) behind kv-router processes; clients talk to the routers only.
+                              Adds the nemeses move-slots (slot moves between groups, beside the
+                              other faults) and kill-router, and the shard-ownership check
+  --groups N                  shard groups (default 2; n1..n3 are g1, n4..n6 g2, ...)
+  --routers N                 routers (default 2)
+  --unsafe-shard-move-without-fence   run nodes whose slot moves never fence the slots (a
+                              test-only switch, KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE=1: writes
+                              landing at the source after the target caught up are lost; the
+                              checkers must catch it)
 Leaderless mode:
   --mode single-leader|leaderless   cluster mode (default single-leader); leaderless runs the
                               ll-set workload by default and refuses pause-leader,
@@ -73,6 +88,12 @@ async function main(): Promise<number> {
         'unsafe-no-fencing': { type: 'boolean', default: false },
         'unsafe-concurrent-membership-changes': { type: 'boolean', default: false },
         'unsafe-no-sessions': { type: 'boolean', default: false },
+        'unsafe-shard-move-without-fence': { type: 'boolean', default: false },
+        router: { type: 'boolean', default: false },
+        groups: { type: 'string', default: '2' },
+        routers: { type: 'string', default: '2' },
+        'healthy-ms': { type: 'string' },
+        'fault-ms': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     })
@@ -110,6 +131,28 @@ async function main(): Promise<number> {
     if (!Number.isInteger(nodes) || nodes < 1) throw new Error('--nodes must be at least 1')
     if (!Number.isInteger(clients) || clients < 1) throw new Error('--clients must be at least 1')
     const durationMs = duration(o.duration)
+    const groups = Number(o.groups)
+    const routers = Number(o.routers)
+    if (!Number.isInteger(groups) || groups < 2) throw new Error('--groups must be at least 2')
+    if (!Number.isInteger(routers) || routers < 1) throw new Error('--routers must be at least 1')
+    const msOption = (name: 'healthy-ms' | 'fault-ms'): number | undefined => {
+      const text = o[name]
+      if (text === undefined) return undefined
+      const n = Number(text)
+      if (!Number.isInteger(n) || n < 100) throw new Error(`--${name} must be at least 100`)
+      return n
+    }
+    const healthyMs = msOption('healthy-ms')
+    const faultMs = msOption('fault-ms')
+    const unsafeEnv: Record<string, string> = {
+      ...(o['unsafe-no-fencing'] ? { KV_UNSAFE_NO_FENCING: '1' } : {}),
+      ...(o['unsafe-concurrent-membership-changes']
+        ? { KV_UNSAFE_CONCURRENT_MEMBERSHIP_CHANGES: '1' }
+        : {}),
+      ...(o['unsafe-shard-move-without-fence'] ? { KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE: '1' } : {}),
+    }
+    const routerText = o.router ? ` --router --groups ${groups} --routers ${routers}` : ''
+    const timingText = `${healthyMs !== undefined ? ` --healthy-ms ${healthyMs}` : ''}${faultMs !== undefined ? ` --fault-ms ${faultMs}` : ''}`
     const leaderlessText = leaderless
       ? ` --mode leaderless --replicas ${replicas} --w ${o.w} --r ${o.r}${o.sloppy ? ' --sloppy' : ''} --anti-entropy-interval-ms ${antiEntropyIntervalMs}${o['node-arg'].map((a) => ` --node-arg=${a}`).join('')}`
       : ''
@@ -135,18 +178,12 @@ async function main(): Promise<number> {
       nodes,
       clients,
       out: o.out,
-      ...(o['unsafe-no-fencing'] || o['unsafe-concurrent-membership-changes']
-        ? {
-            nodeEnv: {
-              ...(o['unsafe-no-fencing'] ? { KV_UNSAFE_NO_FENCING: '1' } : {}),
-              ...(o['unsafe-concurrent-membership-changes']
-                ? { KV_UNSAFE_CONCURRENT_MEMBERSHIP_CHANGES: '1' }
-                : {}),
-            },
-          }
-        : {}),
+      ...(Object.keys(unsafeEnv).length > 0 ? { nodeEnv: unsafeEnv } : {}),
       ...(o['unsafe-no-sessions'] ? { noSessions: true } : {}),
-      command: `pnpm chaos --backend ${o.backend}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}`,
+      ...(o.router ? { router: true, groups, routers } : {}),
+      ...(healthyMs !== undefined ? { healthyMs } : {}),
+      ...(faultMs !== undefined ? { faultMs } : {}),
+      command: `pnpm chaos --backend ${o.backend}${routerText}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${timingText}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}${o['unsafe-shard-move-without-fence'] ? ' --unsafe-shard-move-without-fence' : ''}`,
     })
     return result.summary.valid === true ? 0 : result.summary.valid === false ? 1 : 3
   } catch (err) {

@@ -27,6 +27,8 @@ import { freePort, startKvNode, type KvNodeProcess } from './node-process.js'
 
 export interface ProcessClusterOptions {
   nodes: number
+  /** The members' ids (default n1..nN); a sharded run gives each group its own. */
+  ids?: string[]
   /** Extra kv-node arguments for every node. */
   args?: string[]
   /** Extra environment for every node (test-only switches). */
@@ -63,6 +65,8 @@ export class ProcessCluster implements ChaosCluster {
   private readonly options: ProcessClusterOptions
   /** Members removed and stopped (retire): out of `nodes`, stopped for good. */
   private readonly retired: Member[] = []
+  /** Members stopped with SIGSTOP and not continued yet. */
+  private readonly paused = new Set<string>()
 
   private constructor(dir: string, nodes: Member[], options: ProcessClusterOptions) {
     this.dir = dir
@@ -71,11 +75,22 @@ export class ProcessCluster implements ChaosCluster {
   }
 
   static async start(options: ProcessClusterOptions): Promise<ProcessCluster> {
+    const cluster = await ProcessCluster.prepare(options)
+    await cluster.launch()
+    return cluster
+  }
+
+  /**
+   * Picks the members' ports without starting them: a sharded run writes its shard map file
+   * (which names every member's client URL) before any node starts. `launch` starts them.
+   */
+  static async prepare(options: ProcessClusterOptions): Promise<ProcessCluster> {
+    const ids = options.ids ?? Array.from({ length: options.nodes }, (_, i) => `n${i + 1}`)
     const dir = await mkdtemp(join(tmpdir(), 'kv-chaos-'))
     const nodes: Member[] = []
-    for (let i = 1; i <= options.nodes; i++) {
+    for (const id of ids) {
       nodes.push({
-        id: `n${i}`,
+        id,
         url: `https://127.0.0.1:${await freePort()}`,
         peerUrl: `https://127.0.0.1:${await freePort()}`,
         process: null,
@@ -85,13 +100,16 @@ export class ProcessCluster implements ChaosCluster {
     }
     const flag = membersFlagOf(nodes)
     for (const n of nodes) n.membersFlag = flag
-    const cluster = new ProcessCluster(dir, nodes, options)
+    return new ProcessCluster(dir, nodes, options)
+  }
+
+  /** Starts every member and waits for a leader (single-leader); stops them all on failure. */
+  async launch(): Promise<void> {
     try {
-      for (const n of nodes) await cluster.start(n.id)
-      if (!options.leaderless) await waitForLeader(cluster)
-      return cluster
+      for (const n of this.nodes) await this.start(n.id)
+      if (!this.options.leaderless) await waitForLeader(this)
     } catch (err) {
-      await cluster.stop()
+      await this.stop()
       throw err
     }
   }
@@ -152,6 +170,7 @@ export class ProcessCluster implements ChaosCluster {
   }
 
   private async killMember(m: Member): Promise<void> {
+    this.paused.delete(m.id)
     if (!(m.process?.running() ?? false)) return
     m.process?.child.kill('SIGCONT')
     m.process?.child.kill('SIGKILL')
@@ -192,11 +211,19 @@ export class ProcessCluster implements ChaosCluster {
   }
 
   async pause(id: string): Promise<void> {
-    if (this.isRunning(id)) this.member(id).process?.child.kill('SIGSTOP')
+    if (!this.isRunning(id)) return
+    this.member(id).process?.child.kill('SIGSTOP')
+    this.paused.add(id)
   }
 
   async resume(id: string): Promise<void> {
+    this.paused.delete(id)
     if (this.isRunning(id)) this.member(id).process?.child.kill('SIGCONT')
+  }
+
+  /** Is the node stopped with SIGSTOP (pause) now? */
+  isPaused(id: string): boolean {
+    return this.paused.has(id)
   }
 
   private unsupported(what: string): never {

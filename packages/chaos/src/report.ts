@@ -7,6 +7,8 @@ import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { HistoryEvent, Operation, Verdict } from './history.js'
 import type { FaultWindow } from './nemesis.js'
+import type { LeaderStall } from './group-watch.js'
+import type { MoveRecord } from './shard-moves.js'
 
 export interface RunSummary {
   command: string
@@ -19,6 +21,15 @@ export interface RunSummary {
   operations: { ok: number; fail: number; info: number }
   verdicts: Verdict[]
   valid: boolean | 'unknown'
+  /** Router mode: the shard groups and routers the clients went through. */
+  router?: { groups: number; routers: number }
+  /** move-slots: every move, in order (also among the fault windows). */
+  moves?: MoveRecord[]
+  /**
+   * Router mode: stretches of 10 s or more in which a majority of a group's members ran and
+   * none led (no verdict: the faults may explain them; worth a look).
+   */
+  stalls?: LeaderStall[]
 }
 
 const width = 900
@@ -170,6 +181,32 @@ function html(
         `<tr><td>${(w.start / 1000).toFixed(1)}s</td><td>${(w.end / 1000).toFixed(1)}s</td><td>${escapeXml(w.nemesis)}</td><td>${escapeXml(w.description)}</td></tr>`,
     )
     .join('\n')
+  const moves = summary.moves ?? []
+  const moveRows = moves
+    .map(
+      (m) =>
+        `<tr><td>${(m.start / 1000).toFixed(1)}s</td><td>${escapeXml(m.id)}</td><td>${escapeXml(m.slots)}</td><td>${escapeXml(m.from)}</td><td>${escapeXml(m.to)}</td><td>${escapeXml(m.phase)}</td><td>${(m.durationMs / 1000).toFixed(1)} s</td><td>${m.abortRequested ? 'yes' : ''}</td><td>${escapeXml(m.interrupted)}</td><td>${escapeXml(m.error)}</td></tr>`,
+    )
+    .join('\n')
+  const movesSection =
+    summary.moves === undefined
+      ? ''
+      : `<h2>Slot moves</h2>
+<p>${moves.length} moves: ${moves.filter((m) => m.phase === 'done').length} done, ${moves.filter((m) => m.phase === 'aborted').length} aborted, ${moves.filter((m) => m.phase !== 'done' && m.phase !== 'aborted').length} other.</p>
+<table><tr><th>start</th><th>id</th><th>slots</th><th>from</th><th>to</th><th>phase</th><th>took</th><th>abort asked</th><th>interrupted by</th><th>error</th></tr>
+${moveRows}</table>`
+  const stalls = summary.stalls ?? []
+  const stallsSection =
+    summary.stalls === undefined
+      ? ''
+      : `<h2>Groups without a leader</h2>
+<p>Stretches of 10 s or more in which a majority of a group's members ran (not killed, not paused) and none said it led: ${stalls.length === 0 ? 'none.' : ''}</p>
+${
+  stalls.length === 0
+    ? ''
+    : `<table><tr><th>group</th><th>from</th><th>to</th><th>for</th><th>running</th></tr>
+${stalls.map((st) => `<tr><td>${escapeXml(st.group)}</td><td>${(st.start / 1000).toFixed(1)}s</td><td>${(st.end / 1000).toFixed(1)}s</td><td>${(st.durationMs / 1000).toFixed(1)} s</td><td>${escapeXml(st.up.join(', '))}</td></tr>`).join('\n')}</table>`
+}`
   const overall = summary.valid === true ? 'valid' : summary.valid === false ? 'INVALID' : 'unknown'
   return `<!doctype html>
 <html><head><meta charset="utf-8"><title>chaos: ${escapeXml(summary.workload)} under ${escapeXml(summary.nemeses.join(','))} — ${overall}</title>
@@ -180,7 +217,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:
 code{background:#f4f4f4;padding:1px 4px}.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}
 </style></head><body>
 <h1>${escapeXml(summary.workload)} under ${escapeXml(summary.nemeses.join(', '))}: <span class="${summary.valid === true ? 'ok' : 'bad'}">${overall}</span></h1>
-<p>Backend <b>${escapeXml(summary.backend)}</b>, ack <b>${escapeXml(summary.ack)}</b>, seed <b>${summary.seed}</b>, ${(summary.durationMs / 1000).toFixed(0)} s.
+<p>Backend <b>${escapeXml(summary.backend)}</b>${summary.router !== undefined ? `, ${summary.router.groups} shard groups behind ${summary.router.routers} routers (clients talk to the routers only)` : ''}, ack <b>${escapeXml(summary.ack)}</b>, seed <b>${summary.seed}</b>, ${(summary.durationMs / 1000).toFixed(0)} s.
 Operations: ${summary.operations.ok} ok, ${summary.operations.fail} fail, ${summary.operations.info} info (outcome unknown).</p>
 <p>Replay: <code>${escapeXml(summary.command)}</code></p>
 <h2>Verdicts</h2>
@@ -195,6 +232,8 @@ ${throughput}
 <h2>Faults</h2>
 <table><tr><th>start</th><th>healed</th><th>nemesis</th><th>what</th></tr>
 ${faultRows}</table>
+${movesSection}
+${stallsSection}
 </body></html>
 `
 }

@@ -8,14 +8,24 @@
  * runs at once, and then the runner waits (up to 60 s) until every member of each replica set
  * reports the same Merkle root. Nemeses aimed at the leader (pause-leader, partition-leader,
  * slow-leader) are refused: there is none; use pause, partition-one or slow.
+ *
+ * Router mode (`router: true`, `--router`): shard groups of kv-node processes (2 groups of
+ * `nodes`, one shard map file) behind kv-router processes (2), and the clients talk to the
+ * routers only. `move-slots` moves the slots the workload's keys live in between the groups
+ * while the other nemeses kill and pause nodes of both groups (`kill-router` kills a router).
+ * After healing, each group must agree on a leader and converge, every move must end, and the
+ * groups' claims must cover every slot exactly once (the shard-ownership check); the register
+ * and set checks run on the history as usual.
  */
 import { join } from 'node:path'
+import { slotOfKey } from '@kvstore/protocol'
 import { checkArchiveRestore } from './checkers/archive-restore.js'
 import { checkConvergence } from './checkers/convergence.js'
 import { checkReplicaConvergence } from './checkers/replica-convergence.js'
 import { checkLinearizable } from './checkers/linearizable.js'
 import { analyzeSet, checkLostWrites, matchRollbacks } from './checkers/lost-writes.js'
 import { checkSessions } from './checkers/sessions.js'
+import { checkShardOwnership } from './checkers/shard-ownership.js'
 import {
   UnsupportedFault,
   convergedDigests,
@@ -32,19 +42,27 @@ import { DockerCluster } from './docker-cluster.js'
 import { pairOperations, type Verdict } from './history.js'
 import {
   leaderNemeses,
+  membershipNemeses,
   runNemesis,
+  shardNemeses,
   singleLeaderOnlyNemeses,
   type FaultWindow,
   type NemesisName,
 } from './nemesis.js'
+import { watchGroups, type LeaderStall } from './group-watch.js'
 import { ProcessCluster } from './process-cluster.js'
+import { groupView, settleMoves, shardViewOf, type MoveRecord } from './shard-moves.js'
+import { ShardedProcessCluster } from './sharded-cluster.js'
 import { ringView, settleRing } from './ring-churn.js'
 import { writeReport, type RunSummary } from './report.js'
 import {
   HistoryRecorder,
   leaderlessWorkloads,
+  registerKeys,
+  setSlots,
   startWorkload,
   type AckMode,
+  type Workload,
   type WorkloadName,
 } from './workloads.js'
 
@@ -96,6 +114,15 @@ export interface ChaosOptions {
    * when they did not agree on one leader). A teeth test that expects divergence waits less.
    */
   convergeTimeoutMs?: number
+  /**
+   * Router mode: `groups` shard groups of `nodes` kv-node processes each behind `routers`
+   * kv-router processes; clients talk to the routers only (process backend, single-leader).
+   */
+  router?: boolean
+  /** Router mode: shard groups (default 2). */
+  groups?: number
+  /** Router mode: routers (default 2). */
+  routers?: number
 }
 
 /** The size of a quorum given as a number, 'quorum' or 'all', for N replicas. */
@@ -150,12 +177,42 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   } else if (leaderlessWorkloads.includes(options.workload)) {
     throw new Error(`the ${options.workload} workload needs --mode leaderless`)
   }
+  const routed = options.router === true
+  const groupCount = options.groups ?? 2
+  const routerCount = options.routers ?? 2
+  if (routed) {
+    if (options.backend !== 'process')
+      throw new UnsupportedFault('--router runs on the process backend only (--backend process)')
+    if (leaderless) throw new Error('--router needs single-leader groups (shard groups are)')
+    if (options.workload !== 'register' && options.workload !== 'set')
+      throw new Error(`--router runs the register and set workloads, not ${options.workload}`)
+    const changes = options.nemeses.filter((n) =>
+      (membershipNemeses as readonly string[]).includes(n),
+    )
+    if (changes.length > 0)
+      throw new UnsupportedFault(
+        `${changes.join(', ')} ${changes.length === 1 ? 'changes' : 'change'} a group's members, which must match the shard map file: not with --router`,
+      )
+    const cuts = options.nemeses.filter(
+      (n) => n.startsWith('partition') || n === 'loss' || n.startsWith('slow'),
+    )
+    if (cuts.length > 0)
+      throw new UnsupportedFault(
+        `${cuts.join(', ')} ${cuts.length === 1 ? 'needs' : 'need'} per-node networks, which --router (on the process backend) does not have: use move-slots, kill, pause, pause-leader, kill-router`,
+      )
+    if (groupCount < 2) throw new Error('--router needs at least 2 shard groups')
+    if (routerCount < 1) throw new Error('--router needs at least 1 router')
+  } else {
+    const sharded = options.nemeses.filter((n) => (shardNemeses as readonly string[]).includes(n))
+    if (sharded.length > 0)
+      throw new Error(`${sharded.join(', ')} needs shard groups behind routers: add --router`)
+  }
   const ackText = leaderless ? `w=${w},r=${r}${sloppy ? ',sloppy' : ''}` : options.ack
   const stamp = new Date().toISOString().replace(/[:.]/g, '-')
-  const name = `${stamp}-${options.backend}-${options.workload}-${options.nemeses.join('+')}-${ackText.replace(/[=,]/g, '')}-seed${options.seed}`
+  const name = `${stamp}-${options.backend}${routed ? '-router' : ''}-${options.workload}-${options.nemeses.join('+')}-${ackText.replace(/[=,]/g, '')}-seed${options.seed}`
   const dir = join(options.out, name)
   log(
-    `chaos: ${options.workload} under ${options.nemeses.join(', ')} on ${options.nodes} ${options.backend} nodes${leaderless ? ` (leaderless, N=${replicas})` : ''}, ${leaderless ? ackText : `ack=${options.ack}`}, ${options.durationMs / 1000} s, seed ${options.seed}`,
+    `chaos: ${options.workload} under ${options.nemeses.join(', ')} on ${routed ? `${groupCount} groups of ` : ''}${options.nodes} ${options.backend} nodes${routed ? ` behind ${routerCount} routers` : ''}${leaderless ? ` (leaderless, N=${replicas})` : ''}, ${leaderless ? ackText : `ack=${options.ack}`}, ${options.durationMs / 1000} s, seed ${options.seed}`,
   )
   const networkFaults = options.nemeses.filter(
     (n) =>
@@ -184,31 +241,54 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   ]
   // As shipped: mutual TLS between members, HTTPS and auth for clients.
   const security = await chaosSecurity(options.certsDir ?? join(dir, 'certs'))
-  const archiveOn = leaderless ? 'none' : (options.archiveOn ?? 'n2')
+  const archiveOn = leaderless || routed ? 'none' : (options.archiveOn ?? 'n2')
   const archiveOption = archiveOn === 'none' ? {} : { archiveOn }
+  const sharded = routed
+    ? await ShardedProcessCluster.start({
+        groups: groupCount,
+        nodesPerGroup: options.nodes,
+        routers: routerCount,
+        env,
+        args,
+        logDir: join(dir, 'logs'),
+        security,
+      })
+    : null
   const cluster: ChaosCluster =
-    options.backend === 'docker'
-      ? await DockerCluster.start({
-          nodes: options.nodes,
-          env,
-          args,
-          leaderless,
-          security,
-          ...archiveOption,
-        })
-      : await ProcessCluster.start({
-          nodes: options.nodes,
-          env,
-          args,
-          leaderless,
-          logDir: join(dir, 'logs'),
-          security,
-          ...archiveOption,
-        })
+    sharded !== null
+      ? sharded
+      : options.backend === 'docker'
+        ? await DockerCluster.start({
+            nodes: options.nodes,
+            env,
+            args,
+            leaderless,
+            security,
+            ...archiveOption,
+          })
+        : await ProcessCluster.start({
+            nodes: options.nodes,
+            env,
+            args,
+            leaderless,
+            logDir: join(dir, 'logs'),
+            security,
+            ...archiveOption,
+          })
   const history = new HistoryRecorder()
   let windows: FaultWindow[] = []
   const extra: Record<string, string> = {}
   const verdicts: Verdict[] = []
+  const prefix = `chaos-${options.seed}/`
+  // Router mode: register keys that live in both groups, and the slots moves aim at.
+  const keys = routed ? registerKeys(prefix) : undefined
+  const hotSlots = !routed
+    ? undefined
+    : options.workload === 'register'
+      ? (keys as string[]).map((k) => slotOfKey(k))
+      : setSlots(prefix)
+  let moves: MoveRecord[] = []
+  let stalls: LeaderStall[] = []
   try {
     const workload = startWorkload(options.workload, {
       cluster,
@@ -216,10 +296,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       ack: options.ack,
       clients: options.clients,
       seed: options.seed,
-      prefix: `chaos-${options.seed}/`,
+      prefix,
       ...(options.noSessions ? { noSessions: true } : {}),
       ...(leaderless ? { quorums: { w, r, sloppy } } : {}),
+      ...(sharded !== null ? { routers: sharded.routers } : {}),
+      ...(keys !== undefined ? { registerKeys: keys } : {}),
     })
+    // Router mode: who leads each group, every second, while the faults run.
+    const watch = sharded !== null ? watchGroups(sharded, () => history.now(), log) : null
     try {
       windows = await runNemesis({
         cluster,
@@ -233,16 +317,20 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         ...(leaderless ? { leaderless: true, replicas } : {}),
         // The archiving member stays: its archive is checked at the end.
         ...(archiveOn === 'none' ? {} : { protect: [archiveOn] }),
+        ...(hotSlots !== undefined ? { hotSlots } : {}),
       })
+      moves = windows.flatMap((w) => (w.move !== undefined ? [w.move] : []))
       // The rest of the duration runs without faults.
       const left = options.durationMs - history.now()
       if (left > 0) await new Promise((r) => setTimeout(r, left))
     } finally {
+      if (watch !== null) stalls = await watch.stop()
       await workload.stop()
     }
     // Heal everything, bring killed nodes back, and let the cluster settle.
     await cluster.heal()
     for (const node of cluster.nodes) await cluster.start(node.id)
+    if (sharded !== null) for (const r of sharded.routers) await sharded.startRouter(r.id)
     if (leaderless) {
       // A ring change still in flight finishes first (bounded), and nodes the ring does not
       // name (removed members, new nodes never added) are stopped: from here on the nodes are
@@ -285,6 +373,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       verdicts.push(checkReplicaConvergence(converged.reports, converged.waitedMs))
       return await finishRun(ops)
     }
+    if (sharded !== null) return await finishSharded(sharded, workload)
     // A cluster that cannot agree on one leader after healing is itself a finding; the
     // history is still checked.
     const recovery = await recoveryVerdict(
@@ -300,6 +389,21 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       recovery.valid === true ? (options.convergeTimeoutMs ?? 60_000) : 5000,
     )
     const ops = pairOperations(history.events)
+    await historyVerdicts(ops)
+    const convergence = checkConvergence(digests)
+    verdicts.push(convergence)
+    const archived =
+      archiveOn === 'none'
+        ? null
+        : await archiveVerdict(cluster, archiveOn, convergence.valid === true ? digests : [])
+    if (archived !== null) verdicts.push(archived)
+    return await finishRun(ops)
+  } finally {
+    await cluster.stop()
+  }
+
+  /** The checks of the history: linearizability, sessions, or the set's lost writes. */
+  async function historyVerdicts(ops: ReturnType<typeof pairOperations>): Promise<void> {
     if (options.workload === 'register') verdicts.push(checkLinearizable(ops))
     if (options.workload === 'session') verdicts.push(checkSessions(ops))
     if (options.workload === 'set') {
@@ -328,16 +432,74 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         },
       })
     }
-    const convergence = checkConvergence(digests)
-    verdicts.push(convergence)
-    const archived =
-      archiveOn === 'none'
-        ? null
-        : await archiveVerdict(cluster, archiveOn, convergence.valid === true ? digests : [])
-    if (archived !== null) verdicts.push(archived)
-    return await finishRun(ops)
-  } finally {
-    await cluster.stop()
+  }
+
+  /**
+   * Router mode, after healing: each group agrees on a leader, every move ends, the final
+   * reads run, each group converges, and the groups' claims cover every slot exactly once.
+   */
+  async function finishSharded(
+    sharded: ShardedProcessCluster,
+    workload: Workload,
+  ): Promise<ChaosResult> {
+    const leaders = await Promise.all(
+      sharded.groups.map((g) =>
+        waitForLeader(g.cluster, 30_000).then(
+          (leader) => ({
+            ok: true,
+            text: `${g.id}: ${leader.id} leads, and every member follows it`,
+          }),
+          (err: unknown) => ({ ok: false, text: `${g.id}: ${(err as Error).message}` }),
+        ),
+      ),
+    )
+    const recovered = leaders.every((l) => l.ok)
+    verdicts.push({
+      checker: 'recovery',
+      valid: recovered,
+      summary: `after healing${recovered ? '' : ', a group did not agree on one leader'}: ${leaders.map((l) => l.text).join('; ')}`,
+      details: {},
+    })
+    // A move the nemesis left running finishes or rolls back by itself (bounded).
+    const settled = await settleMoves(sharded, 60_000)
+    log(
+      `  moves ${settled.settled ? 'settled' : 'still in flight'} after ${(settled.waitedMs / 1000).toFixed(1)} s`,
+    )
+    await workload.finish()
+    const groupVerdicts: Verdict[] = []
+    for (const g of sharded.groups) {
+      const digests = await convergedDigests(
+        g.cluster,
+        recovered ? (options.convergeTimeoutMs ?? 60_000) : 5000,
+      )
+      groupVerdicts.push(checkConvergence(digests))
+    }
+    const convergence: Verdict = {
+      checker: 'convergence',
+      valid: groupVerdicts.every((v) => v.valid === true),
+      summary: sharded.groups.map((g, i) => `${g.id}: ${groupVerdicts[i]?.summary}`).join('; '),
+      details: Object.fromEntries(sharded.groups.map((g, i) => [g.id, groupVerdicts[i]?.details])),
+    }
+    // Who owns what, once the groups have converged: each group's leader, and every member.
+    const views = await Promise.all(sharded.groups.map((g) => groupView(g)))
+    const members = await Promise.all(
+      sharded.groups.flatMap((g) =>
+        g.cluster.nodes
+          .filter((n) => g.cluster.isRunning(n.id))
+          .map(async (n) => ({ group: g.id, node: n.id, view: await shardViewOf(n, 2000) })),
+      ),
+    )
+    const ownership = checkShardOwnership({
+      groups: sharded.groups.map((g) => g.id),
+      views,
+      members,
+      settled: settled.settled,
+      waitedMs: settled.waitedMs,
+    })
+    const ops = pairOperations(history.events)
+    await historyVerdicts(ops)
+    verdicts.push(convergence, ownership)
+    return finishRun(ops)
   }
 
   /** Writes the report and logs the verdicts. */
@@ -357,7 +519,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         options.command ??
         (leaderless
           ? `pnpm chaos --mode leaderless --backend ${options.backend} --workload ${options.workload} --nemesis ${options.nemeses.join(',')} --replicas ${replicas} --w ${w} --r ${r}${sloppy ? ' --sloppy' : ''} --anti-entropy-interval-ms ${options.antiEntropyIntervalMs ?? 1000} --duration ${options.durationMs / 1000}s --seed ${options.seed} --nodes ${options.nodes} --clients ${options.clients}`
-          : `pnpm chaos --backend ${options.backend} --workload ${options.workload} --nemesis ${options.nemeses.join(',')} --ack ${options.ack} --duration ${options.durationMs / 1000}s --seed ${options.seed}`),
+          : `pnpm chaos --backend ${options.backend}${routed ? ` --router --groups ${groupCount} --routers ${routerCount}` : ''} --workload ${options.workload} --nemesis ${options.nemeses.join(',')} --ack ${options.ack} --duration ${options.durationMs / 1000}s --seed ${options.seed} --nodes ${options.nodes} --clients ${options.clients}${options.healthyMs !== undefined ? ` --healthy-ms ${options.healthyMs}` : ''}${options.faultMs !== undefined ? ` --fault-ms ${options.faultMs}` : ''}${options.nodeEnv?.KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE === '1' ? ' --unsafe-shard-move-without-fence' : ''}`),
       backend: options.backend,
       workload: options.workload,
       nemeses: options.nemeses,
@@ -367,6 +529,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       operations: counts,
       verdicts,
       valid,
+      ...(routed ? { router: { groups: groupCount, routers: routerCount } } : {}),
+      ...(options.nemeses.includes('move-slots') ? { moves } : {}),
+      ...(routed ? { stalls } : {}),
     }
     await writeReport(dir, summary, history.events, ops, windows, extra)
     for (const v of verdicts) {

@@ -20,8 +20,9 @@
  * client retires: its successor gets a new process number.
  */
 import { KvClient, KvError, keyPath } from '@kvstore/client'
+import { slotOfKey } from '@kvstore/protocol'
 import { Pool } from 'undici'
-import type { ChaosCluster } from './cluster.js'
+import type { ChaosCluster, ChaosNode } from './cluster.js'
 import { prng } from './nemesis.js'
 import type { HistoryEvent, OpFunction } from './history.js'
 import {
@@ -64,6 +65,14 @@ export interface WorkloadOptions {
   noSessions?: boolean
   /** Leaderless workloads: the write and read quorums (default quorum, strict). */
   quorums?: LeaderlessQuorums
+  /**
+   * --router: the routers' URLs. Clients then talk to these only, never to a node: each
+   * operation goes to one of them drawn at random, and a router that refused a connection or
+   * timed out is left alone for a second.
+   */
+  routers?: readonly ChaosNode[]
+  /** The register's keys (default `registerKeys(prefix)`). */
+  registerKeys?: readonly string[]
 }
 
 export interface Workload {
@@ -90,9 +99,17 @@ function clientFor(
   ack: AckMode,
   session: boolean,
   readFrom: 'leader' | 'followers' = session ? 'followers' : 'leader',
+  routers?: readonly ChaosNode[],
+  index = 0,
 ): KvClient {
+  // Through routers: each client starts on its own router and fails over to the others (a
+  // router says it is a one-member cluster, so the SDK never learns a node's URL).
+  const urls =
+    routers === undefined
+      ? cluster.nodes.map((n) => n.url)
+      : routers.map((_, i) => (routers[(index + i) % routers.length] as ChaosNode).url)
   return new KvClient({
-    url: cluster.nodes.map((n) => n.url),
+    url: urls,
     tls: cluster.tls,
     ack,
     timeoutMs: 2000,
@@ -132,7 +149,7 @@ function loops(
   let nextProcess = options.clients
   const clients: KvClient[] = []
   const running = Array.from({ length: options.clients }, async (_, i) => {
-    const client = clientFor(options.cluster, options.ack, session, readFrom)
+    const client = clientFor(options.cluster, options.ack, session, readFrom, options.routers, i)
     clients.push(client)
     const state = { process: i, random: prng(options.seed * 1000 + i), client }
     while (!stopping) {
@@ -155,12 +172,20 @@ function loops(
  * operation to its node and follows a 421's leader hint (at most twice). It does not retry:
  * each operation is one attempt, so its outcome is exactly what the cluster answered. (The SDK
  * is smarter about finding the leader, which would hide a stale leader from the checker.)
+ *
+ * Through routers (`routers`), each operation goes to a router drawn at random instead, no
+ * hint is followed (a router finds leaders and owners itself; a client never talks to a node),
+ * and a router that refused a connection or timed out is skipped for a second.
  */
 class BoundClient {
   private readonly pools = new Map<string, Pool>()
+  /** Router URL -> until when (performance.now()) it is skipped. */
+  private readonly routerDown = new Map<string, number>()
   constructor(
     private home: string,
     private readonly tls: ChaosCluster['tls'],
+    private readonly routers?: readonly ChaosNode[],
+    private readonly random: () => number = Math.random,
   ) {}
 
   get homeUrl(): string {
@@ -186,6 +211,14 @@ class BoundClient {
     return pool
   }
 
+  /** The router for the next operation: a random one of those not skipped (any if none). */
+  private pickRouter(routers: readonly ChaosNode[]): string {
+    const now = performance.now()
+    const up = routers.filter((r) => (this.routerDown.get(r.url) ?? 0) <= now)
+    const from = up.length > 0 ? up : routers
+    return (from[Math.floor(this.random() * from.length)] as ChaosNode).url
+  }
+
   /** Status, body and headers of the answer; throws on a timeout or a lost connection. */
   async send(
     method: 'GET' | 'PUT',
@@ -193,19 +226,27 @@ class BoundClient {
     body?: string,
     headers: Record<string, string> = {},
   ): Promise<{ status: number; body: string; headers: Record<string, string>; url: string }> {
-    let url = this.home
+    const routers = this.routers
+    let url = routers === undefined ? this.home : this.pickRouter(routers)
     for (let hop = 0; ; hop++) {
-      const res = await this.pool(url).request({
-        method,
-        path,
-        ...(body !== undefined ? { body } : {}),
-        headers,
-        signal: AbortSignal.timeout(2500),
-      })
+      let res
+      try {
+        res = await this.pool(url).request({
+          method,
+          path,
+          ...(body !== undefined ? { body } : {}),
+          headers,
+          signal: AbortSignal.timeout(routers === undefined ? 2500 : 12_000),
+        })
+      } catch (err) {
+        // Fail over: the next operation goes to another router.
+        if (routers !== undefined) this.routerDown.set(url, performance.now() + 1000)
+        throw err
+      }
       const text = await res.body.text()
       const flat: Record<string, string> = {}
       for (const [k, v] of Object.entries(res.headers)) if (typeof v === 'string') flat[k] = v
-      if (res.statusCode === 421 && hop < 2) {
+      if (res.statusCode === 421 && hop < 2 && routers === undefined) {
         const hint = (JSON.parse(text) as { error?: { leaderUrl?: string | null } }).error
           ?.leaderUrl
         if (typeof hint === 'string' && hint !== url) {
@@ -239,9 +280,42 @@ const refusedBeforeApply = new Set([
   'KV_ERR_SHUTTING_DOWN',
 ])
 
+/**
+ * Through a router, fewer answers are certain. The router retries a write (after a timeout,
+ * an unreachable leader, an election, a moving slot, a wrong shard) with the same request id,
+ * so its last answer may follow an attempt that was applied. A node looks a request id up
+ * before anything else, so an applied earlier attempt comes back as its own result: a failed
+ * condition is still certain. Every other error is `info` (even a 429: a node's rate limit may
+ * answer a retry).
+ */
+const refusedBeforeApplyByRouter = new Set(['KV_ERR_PRECONDITION_FAILED'])
+
+/** Slots the shard groups start with: g1 the first half, g2 the second (2 groups). */
+const halfSlots = 2048
+
+/**
+ * The register's 5 keys. They are `<prefix>r<i>-<j>`, with the first j that puts key i's slot
+ * in the first half of the slots for even i and the second half for odd i: with two groups
+ * (g1 owning 0-2047, g2 2048-4095 at the start) the keys live in both.
+ */
+export function registerKeys(prefix: string): string[] {
+  return Array.from({ length: 5 }, (_, i) => {
+    for (let j = 0; ; j++) {
+      const key = `${prefix}r${i}-${j}`
+      if (slotOfKey(key) < halfSlots === (i % 2 === 0)) return key
+    }
+  })
+}
+
+/** Slots the set's first `count` elements live in (the set writes `<prefix>s/<n>`). */
+export function setSlots(prefix: string, count = 4000): number[] {
+  return [...new Set(Array.from({ length: count }, (_, n) => slotOfKey(`${prefix}s/${n + 1}`)))]
+}
+
 function registerWorkload(options: WorkloadOptions): Workload {
-  const { history, cluster } = options
-  const keys = Array.from({ length: 5 }, (_, i) => `${options.prefix}r${i}`)
+  const { history, cluster, routers } = options
+  const keys = options.registerKeys ?? Array.from({ length: 5 }, (_, i) => `${options.prefix}r${i}`)
+  const certain = routers === undefined ? refusedBeforeApply : refusedBeforeApplyByRouter
   let counter = 0
   const lastSeen = new Map<string, unknown>()
   const clients: BoundClient[] = []
@@ -250,9 +324,13 @@ function registerWorkload(options: WorkloadOptions): Workload {
   const path = (key: string) => `/v1/kv/${keyPath(key)}`
   // Every node seen during the run, removed ones too (the membership nemesis changes them).
   const idOf = new Map<string, string>()
-  const nodeOf = (url: string) => {
+  for (const r of routers ?? []) idOf.set(r.url, r.id)
+  /** Who served an answer: the node, or through a router `r1>n4` (its kv-served-by). */
+  const nodeOf = (url: string, headers: Record<string, string> = {}) => {
     for (const n of cluster.nodes) idOf.set(n.url, n.id)
-    return idOf.get(url) ?? url
+    const name = idOf.get(url) ?? url
+    const servedBy = headers['kv-served-by']
+    return routers !== undefined && servedBy !== undefined ? `${name}>${servedBy}` : name
   }
 
   /** A linearizable read: [value, version, node], or an error code. */
@@ -260,24 +338,30 @@ function registerWorkload(options: WorkloadOptions): Workload {
     const res = await client.send('GET', `${path(key)}?consistency=linearizable`)
     if (res.status === 200) {
       const version = Number((res.headers.etag ?? '"0"').replaceAll('"', ''))
-      return { value: Number(res.body) as unknown, version, node: nodeOf(res.url) }
+      return { value: Number(res.body) as unknown, version, node: nodeOf(res.url, res.headers) }
     }
     if (res.status === 404 && errorCode(res.body) === 'KV_ERR_KEY_NOT_FOUND')
-      return { value: null as unknown, version: 0, node: nodeOf(res.url) }
+      return { value: null as unknown, version: 0, node: nodeOf(res.url, res.headers) }
     return { error: errorCode(res.body) }
   }
 
   const running = Array.from({ length: options.clients }, async (_, i) => {
+    const random = prng(options.seed * 1000 + i)
     const client = new BoundClient(
       (cluster.nodes[i % cluster.nodes.length] as { url: string }).url,
       cluster.tls,
+      routers,
+      prng(options.seed * 1000 + 500 + i),
     )
     clients.push(client)
-    const random = prng(options.seed * 1000 + i)
     let process = i
     while (!stopping) {
       // A client whose node left the cluster (the membership nemesis) moves to a member.
-      if (!cluster.nodes.some((n) => n.url === client.homeUrl) && cluster.nodes.length > 0) {
+      if (
+        routers === undefined &&
+        !cluster.nodes.some((n) => n.url === client.homeUrl) &&
+        cluster.nodes.length > 0
+      ) {
         client.rehome((cluster.nodes[i % cluster.nodes.length] as { url: string }).url)
       }
       const key = keys[Math.floor(random() * keys.length)] as string
@@ -337,17 +421,17 @@ function registerWorkload(options: WorkloadOptions): Workload {
         })
         if (res.status === 200 || res.status === 201) {
           const version = (JSON.parse(res.body) as { version: number }).version
-          record(f, 'ok', input, { version, node: nodeOf(res.url) })
+          record(f, 'ok', input, { version, node: nodeOf(res.url, res.headers) })
           lastSeen.set(key, value)
           continue
         }
         const code = errorCode(res.body)
         await pauseAfterError()
-        if (refusedBeforeApply.has(code)) {
-          record(f, 'fail', input, { error: code, node: nodeOf(res.url) })
+        if (certain.has(code)) {
+          record(f, 'fail', input, { error: code, node: nodeOf(res.url, res.headers) })
           continue
         }
-        record(f, 'info', input, { error: code, node: nodeOf(res.url) })
+        record(f, 'info', input, { error: code, node: nodeOf(res.url, res.headers) })
       } catch (err) {
         await pauseAfterError()
         if (refused(err)) {
@@ -390,7 +474,7 @@ function setWorkload(options: WorkloadOptions): Workload {
   return {
     stop: () => running.stop(),
     async finish() {
-      const client = clientFor(cluster, options.ack, false)
+      const client = clientFor(cluster, options.ack, false, 'leader', options.routers)
       const process = 1_000_000
       history.record({ process, f: 'readAll', type: 'invoke', value: null })
       try {

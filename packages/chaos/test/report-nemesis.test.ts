@@ -108,3 +108,75 @@ describe('the membership nemeses', () => {
     )
   })
 })
+
+describe('router mode and its nemeses', () => {
+  const base = {
+    workload: 'register' as const,
+    ack: 'quorum' as const,
+    durationMs: 1000,
+    seed: 1,
+    nodes: 3,
+    clients: 1,
+    out: '/nonexistent',
+    log: () => {},
+  }
+
+  it('are nemeses like the others', () => {
+    expect(parseNemeses('move-slots,kill,kill-router')).toEqual([
+      'move-slots',
+      'kill',
+      'kill-router',
+    ])
+  })
+
+  it('puts the register keys in both halves of the slots, so both groups hold some', async () => {
+    const { registerKeys, setSlots } = await import('../src/workloads.js')
+    const { slotOfKey } = await import('@kvstore/protocol')
+    const keys = registerKeys('chaos-7/')
+    expect(keys).toHaveLength(5)
+    expect(new Set(keys).size).toBe(5)
+    expect(keys.map((k) => slotOfKey(k) < 2048)).toEqual([true, false, true, false, true])
+    for (const [i, k] of keys.entries()) expect(k.startsWith(`chaos-7/r${i}-`)).toBe(true)
+    // The set's elements cover most slots: a move of any run takes some of them.
+    expect(setSlots('chaos-7/').length).toBeGreaterThan(2500)
+  })
+
+  it('move-slots and kill-router need --router', async () => {
+    const { runChaos } = await import('../src/run.js')
+    await expect(
+      runChaos({ ...base, backend: 'process', nemeses: ['move-slots', 'kill'] }),
+    ).rejects.toThrow(/move-slots needs shard groups behind routers: add --router/)
+  })
+
+  it('--router runs on the process backend, without network faults or membership changes', async () => {
+    const { runChaos } = await import('../src/run.js')
+    await expect(
+      runChaos({ ...base, backend: 'docker', router: true, nemeses: ['move-slots'] }),
+    ).rejects.toThrow(/--router runs on the process backend only/)
+    await expect(
+      runChaos({
+        ...base,
+        backend: 'process',
+        router: true,
+        nemeses: ['move-slots', 'partition-one'],
+      }),
+    ).rejects.toThrow(/partition-one needs per-node networks, which --router .* does not have/)
+    await expect(
+      runChaos({
+        ...base,
+        backend: 'process',
+        router: true,
+        nemeses: ['move-slots', 'member-churn'],
+      }),
+    ).rejects.toThrow(/member-churn changes a group's members, which must match the shard map file/)
+    await expect(
+      runChaos({
+        ...base,
+        backend: 'process',
+        router: true,
+        workload: 'session',
+        nemeses: ['move-slots'],
+      }),
+    ).rejects.toThrow(/--router runs the register and set workloads, not session/)
+  })
+})
