@@ -82,8 +82,13 @@ export function registerErrorHandling(
         fromFastifyError(error as FastifyError, request) ??
         new KvError('KV_ERR_INTERNAL', 'internal error; see the node log')
     }
-    // Refusals under load are counted, not logged: a flood of them must not flood the log.
-    if (kvError.status >= 500 && kvError.code !== 'KV_ERR_OVERLOADED') {
+    // Refusals under load, and of writes to slots in a move's fence, are expected answers:
+    // counted, not logged, so a flood of them does not flood the log.
+    if (
+      kvError.status >= 500 &&
+      kvError.code !== 'KV_ERR_OVERLOADED' &&
+      kvError.code !== 'KV_ERR_SLOT_MOVING'
+    ) {
       request.log.error(
         {
           err: error,

@@ -39,7 +39,11 @@ export class GroupClient {
     })
   }
 
-  /** POSTs `body` as JSON to `path` on the leader of `group`; resolves with the JSON answer. */
+  /**
+   * POSTs `body` as JSON to `path` on the leader of `group`; resolves with the JSON answer. Each
+   * attempt gets `timeoutMs`: a member that does not answer in time (paused, cut off) is left
+   * for the next one, so one silent member does not hold a move up for long.
+   */
   async call<T>(
     group: string,
     path: string,

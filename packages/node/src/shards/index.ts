@@ -37,7 +37,9 @@ export function startShards(options: {
   logger: Logger
 }): Shards {
   const { setup, state, store, sequencer, replicator, config, tls, logger } = options
-  const client = new GroupClient(() => state.groups, tls, Math.max(30_000, 2 * config.ackTimeoutMs))
+  // Per attempt: a quorum write on the target (ackTimeoutMs) and some room. A call that deletes
+  // what an earlier import left (begin, abandon) passes its own, longer timeout.
+  const client = new GroupClient(() => state.groups, tls, config.ackTimeoutMs + 5000)
   const mover = new ShardMover(state, store, sequencer, replicator, client, config, logger)
   const importer = new ShardImporter(state, store, sequencer, replicator, config.ackTimeoutMs)
   mover.start()

@@ -45,6 +45,8 @@ const entriesChunkEntries = 500
 /** The target is close enough behind to fence when it lags by at most this many entries. */
 const fenceLagEntries = 200
 const tickMs = 100
+/** Calls that make the target delete an earlier import's records (begin, abandon) may take long. */
+const deleteCallTimeoutMs = 120_000
 
 export interface MoverFigures {
   /** How long each fence lasted (fence written to switch answered), in ms. */
@@ -207,6 +209,7 @@ export class ShardMover {
           source: this.state.group,
           slots: formatSlotRanges(move.slots),
         },
+        deleteCallTimeoutMs,
       )
       .catch((err: unknown) => {
         if (err instanceof GroupUnreachableError)
@@ -398,12 +401,12 @@ export class ShardMover {
     stillMine: () => boolean,
   ): Promise<void> {
     const slotsText = formatSlotRanges(move.slots)
-    await this.client.call(move.target, '/internal/v1/shards/import/begin', {
-      id: move.id,
-      source: this.state.group,
-      slots: slotsText,
-      sourceEpoch: epoch,
-    })
+    await this.client.call(
+      move.target,
+      '/internal/v1/shards/import/begin',
+      { id: move.id, source: this.state.group, slots: slotsText, sourceEpoch: epoch },
+      deleteCallTimeoutMs,
+    )
     const bits = slotBitmap(move.slots)
     const snapshot = await this.store.openSnapshot()
     let throughLsn: number
