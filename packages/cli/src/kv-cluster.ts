@@ -88,6 +88,42 @@ function write(text: string): void {
   process.stdout.write(text)
 }
 
+/**
+ * Ctrl-C (or SIGTERM) stops every child with SIGTERM, then SIGKILL after 15 s; a second signal
+ * kills them at once. `markStopping` tells the children's exit handlers that exits are expected.
+ * Returns the stop, for a start-up that fails.
+ */
+function stopOnSignals(
+  children: Map<string, ChildProcess>,
+  markStopping: () => void,
+  say: { killing: string; stopping: string; stopped: string },
+): (signal: NodeJS.Signals) => Promise<void> {
+  const stopAll = async (signal: NodeJS.Signals) => {
+    markStopping()
+    for (const child of children.values()) child.kill(signal)
+    const deadline = Date.now() + 15_000
+    while (children.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    for (const child of children.values()) child.kill('SIGKILL')
+  }
+  let signals = 0
+  const onSignal = () => {
+    signals++
+    if (signals > 1) {
+      write(`\n${say.killing}\n`)
+      void stopAll('SIGKILL').then(() => process.exit(1))
+      return
+    }
+    write(`\n${say.stopping}\n`)
+    void stopAll('SIGTERM').then(() => {
+      write(`${say.stopped}\n`)
+      process.exit(0)
+    })
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  return stopAll
+}
+
 async function main(): Promise<number> {
   if (process.argv[2] === 'add-member') return runAddMember(process.argv.slice(3))
   let parsed
@@ -292,29 +328,11 @@ async function main(): Promise<number> {
     children.set(member.id, child)
   }
 
-  const stopAll = async (signal: NodeJS.Signals) => {
-    stopping = true
-    for (const child of children.values()) child.kill(signal)
-    const deadline = Date.now() + 15_000
-    while (children.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
-    for (const child of children.values()) child.kill('SIGKILL')
-  }
-  let signals = 0
-  const onSignal = () => {
-    signals++
-    if (signals > 1) {
-      write('\nkilling the nodes\n')
-      void stopAll('SIGKILL').then(() => process.exit(1))
-      return
-    }
-    write('\nstopping the nodes...\n')
-    void stopAll('SIGTERM').then(() => {
-      write('all nodes stopped\n')
-      process.exit(0)
-    })
-  }
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
+  const stopAll = stopOnSignals(children, () => (stopping = true), {
+    killing: 'killing the nodes',
+    stopping: 'stopping the nodes...',
+    stopped: 'all nodes stopped',
+  })
 
   // Wait until every node answers, then show the cluster.
   const deadline = Date.now() + 30_000
@@ -584,29 +602,11 @@ async function runSharded(opts: ClusterOptions, extra: string[]): Promise<number
       `kv-cluster: no kv-router at ${router} (build packages/router, or set KV_ROUTER_BIN); the groups run without a router\n`,
     )
 
-  const stopAll = async (signal: NodeJS.Signals) => {
-    stopping = true
-    for (const child of children.values()) child.kill(signal)
-    const deadline = Date.now() + 15_000
-    while (children.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
-    for (const child of children.values()) child.kill('SIGKILL')
-  }
-  let signals = 0
-  const onSignal = () => {
-    signals++
-    if (signals > 1) {
-      write('\nkilling every process\n')
-      void stopAll('SIGKILL').then(() => process.exit(1))
-      return
-    }
-    write('\nstopping the router and the nodes...\n')
-    void stopAll('SIGTERM').then(() => {
-      write('all stopped\n')
-      process.exit(0)
-    })
-  }
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
+  const stopAll = stopOnSignals(children, () => (stopping = true), {
+    killing: 'killing every process',
+    stopping: 'stopping the router and the nodes...',
+    stopped: 'all stopped',
+  })
 
   // Every node answers, then every group has a leader, then the router is ready.
   const deadline = Date.now() + 60_000
