@@ -192,14 +192,22 @@ export type ApiErrorBody = Static<typeof errorBodySchema>
 // ---------------------------------------------------------------- keys (single-leader)
 
 /** PUT /v1/kv/<key>. */
-export const putResponseSchema = t.object({
-  key: t.string(),
-  /** The key's new version (the LSN that wrote it); use it with If-Match. */
-  version: integer(),
-  lsn: integer(),
-  /** Session token of this write (read-your-writes on followers). */
-  session: t.string(),
-})
+export const putResponseSchema = t.object(
+  {
+    key: t.string(),
+    /** The key's new version (the LSN that wrote it); use it with If-Match. */
+    version: integer(),
+    lsn: integer(),
+    /** Session token of this write (read-your-writes on followers). */
+    session: t.string(),
+  },
+  {
+    /** Regions: this write's stamp (`<wallMs>.<counter>@<region>`). */
+    stamp: t.string(),
+    /** Regions: the stamp of the record the write replaced in this region (null: none). */
+    previousStamp: t.nullable(t.string()),
+  },
+)
 export type PutResponse = Static<typeof putResponseSchema>
 
 /** DELETE /v1/kv/<key>. */
@@ -211,14 +219,14 @@ export const deleteResponseSchema = t.object(
     previousVersion: t.nullable(integer()),
     session: t.string(),
   },
-  { deduplicated: t.literal(true) },
+  { deduplicated: t.literal(true), stamp: t.string(), previousStamp: t.nullable(t.string()) },
 )
 export type DeleteResponse = Static<typeof deleteResponseSchema>
 
 /** One key of GET /v1/kv. */
 export const listItemSchema = t.object(
   { key: t.string(), version: integer(), valueBytes: integer() },
-  { valueBase64: t.string() },
+  { valueBase64: t.string(), stamp: t.string() },
 )
 export type ListItem = Static<typeof listItemSchema>
 
@@ -257,7 +265,11 @@ export const batchResponseSchema = t.object(
     results: t.array(
       t.object(
         { key: t.string(), version: t.nullable(integer()) },
-        { previousVersion: t.nullable(integer()) },
+        {
+          previousVersion: t.nullable(integer()),
+          stamp: t.string(),
+          previousStamp: t.nullable(t.string()),
+        },
       ),
     ),
   },

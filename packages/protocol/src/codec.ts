@@ -39,12 +39,27 @@ export type OpType = (typeof OpType)[keyof typeof OpType]
 export const EntryKind = { Put: 1, Delete: 2, Batch: 3, Noop: 4, Membership: 5 } as const
 export type EntryKind = (typeof EntryKind)[keyof typeof EntryKind]
 
+/**
+ * Regions (multi-leader): a hybrid logical clock timestamp and the region that made it.
+ * Ordered by wallMs, then logical, then region; the larger one wins a conflict (see
+ * `compareStamps` in regions.ts).
+ */
+export interface Stamp {
+  wallMs: number
+  logical: number
+  region: string
+}
+
 /** One put or delete inside a log entry. */
 export interface Op {
   type: OpType
   key: Buffer
   /** Empty for deletes. */
   value: Buffer
+  /** Region mode only: the write's stamp. A delete with a stamp leaves a tombstone. */
+  stamp?: Stamp
+  /** Region mode only: the stamp of the record the write replaced in its origin region. */
+  prev?: Stamp
 }
 
 /** Bytes of a request fingerprint (the first half of a SHA-256). */
@@ -73,6 +88,8 @@ export interface StoredRecord {
   /** LSN of the entry that last wrote the key; the key's ETag. */
   version: number
   tombstone: boolean
+  /** Region mode only: the stamp of the write that made the record. */
+  stamp?: Stamp
 }
 
 /** The image of one key before a log entry changed it. */
@@ -145,7 +162,47 @@ function fingerprintProblem(value: unknown): string | null {
 }
 
 /** Reasons an op breaks the format, or null when it is valid. */
-function opProblem(op: { type: unknown; key: unknown; value: unknown }): string | null {
+/** Largest logical counter of a stamp (uint32 on the wire; far more than one ms ever needs). */
+export const stampLogicalMax = 0x7fffffff
+/** A region id: lowercase letter, then letters, digits and dashes, at most 32 characters. */
+export const regionIdPattern = /^[a-z][a-z0-9-]{0,31}$/
+
+/** Why a stamp is malformed, or null. Absent (undefined or null) is valid: no stamp. */
+export function stampProblem(stamp: unknown): string | null {
+  if (stamp === undefined || stamp === null) return null
+  const s = stamp as { wallMs?: unknown; logical?: unknown; region?: unknown }
+  if (!isCount(s.wallMs) || s.wallMs === 0) return `stamp time ${String(s.wallMs)} is not valid`
+  if (
+    typeof s.logical !== 'number' ||
+    !Number.isInteger(s.logical) ||
+    s.logical < 0 ||
+    s.logical > stampLogicalMax
+  )
+    return `stamp counter ${String(s.logical)} is not valid`
+  if (typeof s.region !== 'string' || !regionIdPattern.test(s.region))
+    return `stamp region ${JSON.stringify(s.region)} is not a region id`
+  return null
+}
+
+function asStamp(raw: unknown): Stamp | undefined {
+  if (raw === undefined || raw === null) return undefined
+  const s = raw as Stamp
+  return { wallMs: s.wallMs, logical: s.logical, region: s.region }
+}
+
+function opProblem(op: {
+  type: unknown
+  key: unknown
+  value: unknown
+  stamp?: unknown
+  prev?: unknown
+}): string | null {
+  const stamp = stampProblem(op.stamp)
+  if (stamp !== null) return stamp
+  const prev = stampProblem(op.prev)
+  if (prev !== null) return `previous ${prev}`
+  if ((op.stamp === undefined || op.stamp === null) && op.prev !== undefined && op.prev !== null)
+    return 'op has a previous stamp without a stamp'
   if (op.type !== OpType.Put && op.type !== OpType.Delete)
     return `unknown op type ${String(op.type)}`
   const key = asBuffer(op.key)
@@ -215,7 +272,14 @@ function entryProblem(e: {
   return null
 }
 
-function recordProblem(r: { value: unknown; version: unknown; tombstone: unknown }): string | null {
+function recordProblem(r: {
+  value: unknown
+  version: unknown
+  tombstone: unknown
+  stamp?: unknown
+}): string | null {
+  const stamp = stampProblem(r.stamp)
+  if (stamp !== null) return stamp
   const value = asBuffer(r.value)
   if (value === null) return 'value is not bytes'
   if (value.length > limitsCeiling.valueBytesMax) return `value is ${value.length} bytes`
@@ -241,6 +305,22 @@ function decodeWith<T>(
     throw new DecodeError(what, `unknown format ${String(decoded.format)}`)
   }
   return decoded
+}
+
+/** An op as decoded (checked by the caller): stamps only when present, as written. */
+export function decodedOp(op: Op): Op {
+  const out: Op = {
+    type: op.type,
+    key: asBuffer(op.key) ?? emptyBuffer,
+    value: asBuffer(op.value) ?? emptyBuffer,
+  }
+  const stamp = asStamp(op.stamp)
+  if (stamp !== undefined) {
+    out.stamp = stamp
+    const prev = asStamp(op.prev)
+    if (prev !== undefined) out.prev = prev
+  }
+  return out
 }
 
 /** Encodes a log entry after checking it. */
@@ -272,11 +352,7 @@ export function decodeLogEntry(bytes: Uint8Array): LogEntry {
     epoch: raw.epoch,
     lsn: raw.lsn,
     kind: raw.kind,
-    ops: raw.ops.map((op) => ({
-      type: op.type,
-      key: asBuffer(op.key) ?? emptyBuffer,
-      value: asBuffer(op.value) ?? emptyBuffer,
-    })),
+    ops: raw.ops.map(decodedOp),
     timestampMs: raw.timestampMs,
     requestId: raw.requestId,
     requestFingerprint: asBuffer(raw.requestFingerprint) ?? emptyBuffer,
@@ -292,6 +368,7 @@ export function encodeStoredRecord(record: StoredRecord): Uint8Array {
     value: record.value,
     version: record.version,
     tombstone: record.tombstone,
+    stamp: record.stamp,
   }).finish()
 }
 
@@ -300,11 +377,18 @@ export function decodeStoredRecord(bytes: Uint8Array): StoredRecord {
   const raw = decodeWith<StoredRecord>(StoredRecordType, 'stored record', bytes)
   const problem = recordProblem(raw)
   if (problem !== null) throw new DecodeError('stored record', problem)
-  return {
+  return storedRecordOf(raw)
+}
+
+function storedRecordOf(raw: StoredRecord): StoredRecord {
+  const record: StoredRecord = {
     value: asBuffer(raw.value) ?? emptyBuffer,
     version: raw.version,
     tombstone: raw.tombstone,
   }
+  const stamp = asStamp(raw.stamp)
+  if (stamp !== undefined) record.stamp = stamp
+  return record
 }
 
 /** Encodes an undo record after checking it. */
@@ -330,6 +414,7 @@ export function encodeUndoRecord(undo: UndoRecord): Uint8Array {
               value: image.prior.value,
               version: image.prior.version,
               tombstone: image.prior.tombstone,
+              stamp: image.prior.stamp,
             },
     })),
   }).finish()
@@ -353,11 +438,7 @@ export function decodeUndoRecord(bytes: Uint8Array): UndoRecord {
       }
       const problem = recordProblem(image.prior)
       if (problem !== null) throw new DecodeError('undo record', problem)
-      prior = {
-        value: asBuffer(image.prior.value) ?? emptyBuffer,
-        version: image.prior.version,
-        tombstone: image.prior.tombstone,
-      }
+      prior = storedRecordOf(image.prior)
     }
     images.push({ key, prior })
   }

@@ -257,6 +257,21 @@ export const errorCatalog = {
     description:
       "kv-router: no member of the key's group answered, or none was healthy enough to serve the request (`group`). Retry after `Retry-After`.",
   },
+  KV_ERR_REGION_UNKNOWN: {
+    status: 403,
+    description:
+      "Regions: a shipped batch names a source region that is not in this node's regions file, or this node's own region (`source`). Check that every region's file lists the same regions.",
+  },
+  KV_ERR_REGION_GAP: {
+    status: 409,
+    description:
+      "Regions: a shipped batch does not continue from where this region's cursor for its source stands (`cursor`, `fromLsn`): an entry in between would be missed. The source's leader asks for the cursor and ships from there; nothing was applied.",
+  },
+  KV_ERR_CLOCK_SKEW: {
+    status: 409,
+    description:
+      "Regions: a shipped write carries a clock time further ahead of this leader's clock than `--region-clock-skew-max-ms` allows (`aheadMs`). The batch is refused, not applied, so a runaway clock cannot win every conflict; fix the clock (NTP) and the source retries.",
+  },
   KV_ERR_OVERLOADED: {
     status: 503,
     description:

@@ -17,6 +17,8 @@ describe('the API contract', () => {
       version: number
       lsn: number
       session: string
+      stamp?: string
+      previousStamp?: string | null
     }>()
     expectTypeOf<api.DeleteResponse['deduplicated']>().toEqualTypeOf<true | undefined>()
     expectTypeOf<api.Quorum>().toEqualTypeOf<number | 'quorum' | 'all'>()

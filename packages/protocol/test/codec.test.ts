@@ -162,8 +162,15 @@ describe('schema and TypeScript types stay in step', () => {
 
   it('every field of the TypeScript types exists in the .proto, and back', () => {
     expect(fields('kv.v1.LogEntry')).toEqual(['format', ...Object.keys(sample)].sort())
-    expect(fields('kv.v1.Op')).toEqual(['key', 'type', 'value'])
-    expect(fields('kv.v1.StoredRecord')).toEqual(['format', 'tombstone', 'value', 'version'])
+    expect(fields('kv.v1.Op')).toEqual(['key', 'prev', 'stamp', 'type', 'value'])
+    expect(fields('kv.v1.Stamp')).toEqual(['logical', 'region', 'wallMs'])
+    expect(fields('kv.v1.StoredRecord')).toEqual([
+      'format',
+      'stamp',
+      'tombstone',
+      'value',
+      'version',
+    ])
     expect(fields('kv.v1.UndoRecord')).toEqual(['format', 'images', 'lsn'])
     expect(fields('kv.v1.UndoImage')).toEqual(['key', 'prior'])
     expect(fields('kv.v1.RequestRecord')).toEqual([
