@@ -57,3 +57,5 @@ export { compilePermissions, mayList, mayRead, mayWrite, noPermissions } from '.
 export type { AccessKind, Permissions, RoleGrants } from './access.js'
 /** Leaderless mode's coordinator decisions (quorums, merge, hints, tombstones, anti-entropy). */
 export * from './leaderless/index.js'
+export { RegionClock, resolveRemoteWrite } from './regions.js'
+export type { RemoteOutcome } from './regions.js'
