@@ -13,6 +13,7 @@ import {
   isEpoch,
   lsnMax,
   type LogEntry,
+  type Op,
   type RequestRecord,
   type StoredRecord,
   type UndoImage,
@@ -129,8 +130,9 @@ export class BatchBuilder {
         images.push({ key: op.key, prior })
       }
       if (op.key[0] === 0x00) this.reservedKeys.push(op.key)
-      if (op.type === OpType.Put) {
-        const record: StoredRecord = { value: op.value, version: entry.lsn, tombstone: false }
+      if (op.type === OpType.Put || op.stamp !== undefined) {
+        // A stamped delete (region mode) leaves a tombstone that keeps its stamp.
+        const record = recordOfOp(op, entry.lsn)
         this.batch.put(key, toBuffer(encodeStoredRecord(record)))
         this.overlay.set(overlayKey, record)
       } else {
@@ -194,4 +196,16 @@ export class BatchBuilder {
       meta(MetaName.EpochRuns, encodeEpochRuns(next.epochRuns))
     return this.batch
   }
+}
+
+/** The record a put (or, in region mode, a stamped delete) leaves. */
+export function recordOfOp(op: Op, lsn: number): StoredRecord {
+  const tombstone = op.type !== OpType.Put
+  const record: StoredRecord = {
+    value: tombstone ? emptyBuffer : op.value,
+    version: lsn,
+    tombstone,
+  }
+  if (op.stamp !== undefined) record.stamp = op.stamp
+  return record
 }

@@ -9,6 +9,7 @@ export type {
   OpResult,
   SequencerOptions,
   WriteOp,
+  ComputeView,
   WriteRequest,
   WriteResult,
 } from './sequencer.js'

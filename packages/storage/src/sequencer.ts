@@ -14,6 +14,7 @@ import {
   OpType,
   type LogEntry,
   type Op,
+  type Stamp,
   type StoredRecord,
 } from '@kvstore/protocol'
 import { requestFingerprint, sameRequest } from './fingerprint.js'
@@ -33,6 +34,21 @@ export interface WriteOp {
   ifAbsent?: boolean
   /** Only if the key exists, whatever its version. */
   ifExists?: boolean
+  /**
+   * Region mode: the stamp this op is written with, when it is given (a write shipped from
+   * another region, computed by `WriteRequest.compute`). A client's op leaves it out and gets
+   * one from the sequencer's stamper.
+   */
+  stamp?: Stamp
+  /** With `stamp`: the stamp of the record the write replaced in its origin region. */
+  prevStamp?: Stamp
+}
+
+/** What `WriteRequest.compute` sees: the entry's LSN and the state as of this entry. */
+export interface ComputeView {
+  lsn: number
+  /** The key's record, tombstones included, with every earlier accepted write applied. */
+  read(key: Buffer): StoredRecord | null
 }
 
 export interface WriteRequest {
@@ -49,7 +65,13 @@ export interface WriteRequest {
    * Who asks: a client (the default), or the node itself moving data between shard groups
    * (`shard`), which the `admit` check lets through to slots the group does not serve.
    */
-  origin?: 'client' | 'shard'
+  origin?: 'client' | 'shard' | 'region'
+  /**
+   * Computes the ops from the state at the moment the entry is sequenced, synchronously (a
+   * region applying another region's writes decides each one against the current record, and
+   * no write may slip in between). When given, `ops` is ignored.
+   */
+  compute?: (view: ComputeView) => WriteOp[]
 }
 
 export interface OpResult {
@@ -62,6 +84,9 @@ export interface OpResult {
    * writes and leave it undefined, which saves a read on the hot path.
    */
   previousVersion?: number | null
+  /** Region mode: the op's stamp, and the stamp of the record it replaced (null: none). */
+  stamp?: Stamp
+  previousStamp?: Stamp | null
 }
 
 export interface WriteResult {
@@ -140,6 +165,11 @@ export interface SequencerOptions {
    * between should have refused.
    */
   admit?: (request: WriteRequest) => void
+  /**
+   * Region mode: stamps each op of a client write, given the stamp of the record it overwrites
+   * (tombstones included). Every op then reads its key, and deletes leave tombstones.
+   */
+  stamper?: (current: Stamp | undefined) => Stamp
 }
 
 /** Assigns LSNs to writes after checking their conditions. */
@@ -235,22 +265,34 @@ export class Sequencer {
     const local = new Map<string, StoredRecord | null>()
     const results: OpResult[] = []
     const ops: Op[] = []
+    const stamper = this.options.stamper
+    const requestOps =
+      request.compute === undefined
+        ? request.ops
+        : request.compute({ lsn, read: (key) => this.rawRecord(key, local) })
     let index = 0
-    for (const op of request.ops) {
+    for (const op of requestOps) {
       const id = op.key.toString('latin1')
+      // Reserved keys (auth, membership, region cursors) are never stamped: they are this
+      // region's own and never shipped.
+      const stamped = op.stamp !== undefined || (stamper !== undefined && op.key[0] !== 0x00)
       const needsRead =
+        stamped ||
         op.ifVersion !== undefined ||
         op.ifAbsent === true ||
         op.ifExists === true ||
         (request.kind === 'delete' && op.type === 'delete')
       let previousVersion: number | null | undefined
+      let stamp: Stamp | undefined
+      let prev: Stamp | undefined
       if (needsRead) {
         const pending = local.has(id) ? undefined : this.overlay.get(id)
-        const current = local.has(id)
+        const raw = local.has(id)
           ? (local.get(id) ?? null)
           : pending !== undefined
             ? pending.record
-            : this.durableRecord(op.key)
+            : this.store.getSync(op.key)
+        const current = raw === null || raw.tombstone ? null : raw
         try {
           checkCondition(op, current, index, request.kind)
         } catch (err) {
@@ -261,16 +303,30 @@ export class Sequencer {
           throw err
         }
         previousVersion = current?.version ?? null
+        if (op.stamp !== undefined) {
+          stamp = op.stamp
+          prev = op.prevStamp
+        } else if (stamper !== undefined && op.key[0] !== 0x00) {
+          prev = raw?.stamp
+          stamp = stamper(prev)
+        }
       }
       if (op.type === 'put') {
         const value = op.value ?? Buffer.alloc(0)
-        local.set(id, { value, version: lsn, tombstone: false })
-        ops.push({ type: OpType.Put, key: op.key, value })
-        results.push({ key: op.key, version: lsn, previousVersion })
+        const record: StoredRecord = { value, version: lsn, tombstone: false }
+        if (stamp !== undefined) record.stamp = stamp
+        local.set(id, record)
+        ops.push(stampedOp({ type: OpType.Put, key: op.key, value }, stamp, prev))
+        results.push(withStamps({ key: op.key, version: lsn, previousVersion }, stamp, prev))
       } else {
-        local.set(id, null)
-        ops.push({ type: OpType.Delete, key: op.key, value: Buffer.alloc(0) })
-        results.push({ key: op.key, version: null, previousVersion })
+        // In region mode a delete leaves a tombstone that keeps its stamp, so a concurrent
+        // write from another region that arrives later is compared with it, not taken as new.
+        local.set(
+          id,
+          stamp === undefined ? null : { value: emptyBuffer, version: lsn, tombstone: true, stamp },
+        )
+        ops.push(stampedOp({ type: OpType.Delete, key: op.key, value: emptyBuffer }, stamp, prev))
+        results.push(withStamps({ key: op.key, version: null, previousVersion }, stamp, prev))
       }
       index++
     }
@@ -304,10 +360,12 @@ export class Sequencer {
     return { lsn, epoch, results, deduplicated: false }
   }
 
-  /** The durable record of a key (read cache, else LevelDB), ignoring tombstones. */
-  private durableRecord(key: Buffer): StoredRecord | null {
-    const record = this.store.getSync(key)
-    return record === null || record.tombstone ? null : record
+  /** A key's record as of this write: its own earlier ops, then pending writes, then disk. */
+  private rawRecord(key: Buffer, local: Map<string, StoredRecord | null>): StoredRecord | null {
+    const id = key.toString('latin1')
+    if (local.has(id)) return local.get(id) ?? null
+    const pending = this.overlay.get(id)
+    return pending !== undefined ? pending.record : this.store.getSync(key)
   }
 
   /** Waits for a pending write; if it failed, the node can no longer answer for the state. */
@@ -323,6 +381,20 @@ export class Sequencer {
       )
     }
   }
+}
+
+function stampedOp(op: Op, stamp: Stamp | undefined, prev: Stamp | undefined): Op {
+  if (stamp === undefined) return op
+  op.stamp = stamp
+  if (prev !== undefined) op.prev = prev
+  return op
+}
+
+function withStamps(result: OpResult, stamp: Stamp | undefined, prev: Stamp | undefined): OpResult {
+  if (stamp === undefined) return result
+  result.stamp = stamp
+  result.previousStamp = prev ?? null
+  return result
 }
 
 function checkCondition(

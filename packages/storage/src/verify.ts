@@ -2,6 +2,7 @@
  * Whole-directory checks, for tests and for an operator's `verify`: slow, thorough, and never
  * on a hot path.
  */
+import { recordOfOp } from './apply.js'
 import { OpType, decodeStoredRecord, type StoredRecord } from '@kvstore/protocol'
 import type { StoreContext } from './context.js'
 import { StorageError } from './invariant.js'
@@ -27,8 +28,8 @@ export async function verifyDirectory(
     if (replay) {
       for (const op of entry.ops) {
         const k = op.key.toString('latin1')
-        if (op.type === OpType.Put) {
-          replay.set(k, { value: op.value, version: lsn, tombstone: false })
+        if (op.type === OpType.Put || op.stamp !== undefined) {
+          replay.set(k, recordOfOp(op, lsn))
         } else {
           replay.delete(k)
         }
