@@ -96,6 +96,7 @@ const scopeTitles: Record<MetricInfo['scope'], string> = {
   'every node': 'Every node',
   'single-leader': 'Single-leader mode (the replicator)',
   sharded: 'Sharded single-leader groups (--shard-map)',
+  regions: 'Regions (--region, multi-leader)',
   leaderless: 'Leaderless mode (the leaderless engine)',
 }
 
@@ -111,7 +112,13 @@ export function metricsMarkdown(): string {
     ),
   ]
   const out: string[] = []
-  for (const scope of ['every node', 'single-leader', 'sharded', 'leaderless'] as const) {
+  for (const scope of [
+    'every node',
+    'single-leader',
+    'sharded',
+    'regions',
+    'leaderless',
+  ] as const) {
     out.push(`### ${scopeTitles[scope]}`, '')
     out.push(...table(catalog.filter((m) => m.scope === scope && m.origin === 'kvstore')), '')
   }

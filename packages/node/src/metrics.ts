@@ -7,6 +7,7 @@ import type { BatchStats, Store } from '@kvstore/storage'
 import type { Replicator } from './cluster/replicator.js'
 import type { LeaderlessEngine } from './leaderless/engine.js'
 import type { Shards } from './shards/index.js'
+import type { Regions } from './regions/index.js'
 
 const httpBucketsSeconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
@@ -617,6 +618,70 @@ export class NodeMetrics {
     })
   }
 
+  watchRegions(regions: Regions): void {
+    const registers = [this.registry]
+    new Gauge({
+      name: 'kv_region_ship_lag_entries',
+      help: "Regions (leader only): this region's committed log entries that region `to` has not confirmed yet.",
+      labelNames: ['to'],
+      registers,
+      collect() {
+        this.reset()
+        for (const s of regions.shipping()) this.set({ to: s.to }, s.lagEntries)
+      },
+    })
+    new Gauge({
+      name: 'kv_region_ship_lag_seconds',
+      help: "Regions (leader only): how long this region's oldest write not yet confirmed by region `to` has waited (0 when caught up).",
+      labelNames: ['to'],
+      registers,
+      collect() {
+        this.reset()
+        for (const s of regions.shipping()) this.set({ to: s.to }, s.lagMs / 1000)
+      },
+    })
+    new Counter({
+      name: 'kv_region_shipped_entries_total',
+      help: "Regions: log entries with this region's writes that this node, as leader, shipped to region `to` and saw confirmed.",
+      labelNames: ['to'],
+      registers,
+      collect() {
+        this.reset()
+        for (const s of regions.shipping()) this.inc({ to: s.to }, s.shippedEntries)
+      },
+    })
+    new Counter({
+      name: 'kv_region_applied_entries_total',
+      help: 'Regions: entries of region `from` that this node, as leader, applied (each once).',
+      labelNames: ['from'],
+      registers,
+      collect() {
+        this.reset()
+        for (const [from, n] of regions.receiver.figures.appliedEntries) this.inc({ from }, n)
+      },
+    })
+    new Counter({
+      name: 'kv_region_conflicts_total',
+      help: 'Regions: conflicts between concurrent writes of two regions that this node, as leader, resolved and recorded; outcome=local_lost (the shipped write won) or remote_lost (it lost).',
+      labelNames: ['outcome'],
+      registers,
+      collect() {
+        this.reset()
+        const c = regions.receiver.figures.conflicts
+        this.inc({ outcome: 'local_lost' }, c.local_lost)
+        this.inc({ outcome: 'remote_lost' }, c.remote_lost)
+      },
+    })
+    new Gauge({
+      name: 'kv_region_conflict_records',
+      help: 'Regions: conflict records this region keeps (GET /admin/v1/conflicts), at most regionConflictsMax.',
+      registers,
+      collect() {
+        this.set(regions.view().conflicts.recorded)
+      },
+    })
+  }
+
   watchReplicator(replicator: Replicator): void {
     const registers = [this.registry]
     const perMember = (
@@ -802,7 +867,7 @@ export interface MetricInfo {
   help: string
   labels: string[]
   /** Which nodes serve it: every node, or only the nodes of one cluster mode. */
-  scope: 'every node' | 'single-leader' | 'sharded' | 'leaderless'
+  scope: 'every node' | 'single-leader' | 'sharded' | 'regions' | 'leaderless'
   /** `process`: Node.js process metrics, prom-client's defaults under the `kv_` prefix. */
   origin: 'kvstore' | 'process'
 }
@@ -846,6 +911,8 @@ export function metricsCatalog(): MetricInfo[] {
   singleLeader.watchReplicator({} as unknown as Replicator)
   const sharded = new NodeMetrics()
   sharded.watchShards({} as unknown as Shards)
+  const regional = new NodeMetrics()
+  regional.watchRegions({} as unknown as Regions)
   const leaderless = new NodeMetrics()
   leaderless.watchLeaderless({ stats: {} } as unknown as LeaderlessEngine)
   const catalog: MetricInfo[] = []
@@ -867,6 +934,7 @@ export function metricsCatalog(): MetricInfo[] {
   add(everyNode.registry, 'every node')
   add(singleLeader.registry, 'single-leader')
   add(sharded.registry, 'sharded')
+  add(regional.registry, 'regions')
   add(leaderless.registry, 'leaderless')
   return catalog
 }

@@ -24,6 +24,8 @@ import { LeaderlessEngine } from './leaderless/engine.js'
 import { buildApp } from './http/app.js'
 import { PeerRoster } from './membership/roster.js'
 import { ShardState, loadShardSetup, startShards, type Shards } from './shards/index.js'
+import { RegionClock } from '@kvstore/core'
+import { Regions, loadRegionsSetup, regionStamper } from './regions/index.js'
 import { SingleLeaderMembership } from './cluster/membership.js'
 import { loadMemberships, seedMembership } from './cluster/membership-config.js'
 import type { AppContext, Lifecycle, Security } from './http/context.js'
@@ -106,6 +108,16 @@ export class KvNode {
         ? loadShardSetup(config.shardMap, config.shardGroup, config.nodeId, cluster.members)
         : null
     let shards: Shards | null = null
+    let regions: Regions | null = null
+    const regionsSetup =
+      config.region !== undefined && config.regions !== undefined && cluster !== null
+        ? loadRegionsSetup(
+            config.regions,
+            config.region,
+            config.nodeId,
+            cluster.members.map((m) => m.id),
+          )
+        : null
     const logger = createLogger(
       config.nodeId,
       config.logLevel,
@@ -228,11 +240,30 @@ export class KvNode {
         await replicator.start()
         metrics.watchReplicator(replicator)
         const shardState = shardSetup === null ? null : new ShardState(store, shardSetup, logger)
+        const regionClock =
+          regionsSetup === null
+            ? null
+            : new RegionClock(regionsSetup.region, config.regionClockSkewMaxMs)
         sequencer = new Sequencer(store, {
           now: Date.now,
           writer: replicator.writer(),
           ...(shardState !== null ? { admit: (request) => shardState.admitWrite(request) } : {}),
+          ...(regionClock !== null ? { stamper: regionStamper(regionClock) } : {}),
         })
+        if (regionsSetup !== null && regionClock !== null) {
+          regions = new Regions(
+            regionsSetup,
+            store,
+            replicator,
+            config,
+            tls,
+            logger,
+            regionClock,
+            sequencer,
+          )
+          await regions.start()
+          metrics.watchRegions(regions)
+        }
         if (shardSetup !== null && shardState !== null) {
           shards = startShards({
             setup: shardSetup,
@@ -338,6 +369,7 @@ export class KvNode {
         replicator,
         leaderless,
         shards,
+        regions,
         membership:
           replicator !== null
             ? new SingleLeaderMembership(replicator, config)
@@ -403,6 +435,7 @@ export class KvNode {
     } catch (err) {
       await archiver?.stop().catch(() => {})
       await shards?.stop().catch(() => {})
+      await regions?.stop().catch(() => {})
       await replicator?.stop().catch(() => {})
       await authSyncStarted?.stop().catch(() => {})
       await leaderless?.stop().catch(() => {})
@@ -434,6 +467,9 @@ export class KvNode {
     } catch (err) {
       this.logger.error({ err }, 'shard map reload failed; the directory in use stays')
     }
+    this.context.regions?.reload().catch((err: unknown) => {
+      this.logger.error({ err }, 'regions file reload failed; the regions in use stay')
+    })
     if (this.context.reloadTls === null) return
     try {
       this.context.reloadTls()
@@ -478,6 +514,7 @@ export class KvNode {
       // replicating (and wait for its store writes) before storage closes.
       await this.context.backups.archiver?.stop()
       await this.context.shards?.stop()
+      await this.context.regions?.stop()
       await this.replicator?.settle(Math.min(2000, this.config.shutdownTimeoutMs))
       await this.replicator?.stop()
       await this.context.security.sync?.stop()

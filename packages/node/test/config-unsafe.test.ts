@@ -18,6 +18,7 @@ describe('unsafe switches', () => {
       'unsafeNoFencing',
       'unsafeConcurrentMembershipChanges',
       'unsafeShardMoveWithoutFence',
+      'unsafeRegionSkipConflictRecord',
     ])
     for (const spec of configSpec) {
       const named = spec.key.startsWith('unsafe')
@@ -116,5 +117,29 @@ describe('the config table lists every option', () => {
       }
     }
     expect(readers.sort()).toEqual(allowed)
+  })
+})
+
+describe('region flags', () => {
+  it('go together, need single-leader mode and a valid id, and the unsafe switch needs them', () => {
+    const regionArgs = ['--region', 'us', '--regions', '/nonexistent/regions.json']
+    expect(parseConfig([...singleLeader, ...regionArgs], {}).config.region).toBe('us')
+    expect(() => parseConfig([...singleLeader, '--region', 'us'], {})).toThrow(/go together/)
+    expect(() =>
+      parseConfig([...singleLeader, '--region', 'US', '--regions', '/x.json'], {}),
+    ).toThrow(/not a region id/)
+    expect(() => parseConfig([...singleLeader, '--mode', 'leaderless', ...regionArgs], {})).toThrow(
+      /need single-leader mode/,
+    )
+    expect(() =>
+      parseConfig([...singleLeader, '--unsafe-region-skip-conflict-record'], {}),
+    ).toThrow(/needs --region/)
+    const { config } = parseConfig(
+      [...singleLeader, ...regionArgs, '--unsafe-region-skip-conflict-record'],
+      {},
+    )
+    expect(unsafeOptionsOn(config).map((spec) => spec.key)).toContain(
+      'unsafeRegionSkipConflictRecord',
+    )
   })
 })

@@ -93,6 +93,64 @@ export const clusterOptions: readonly OptionSpec[] = [
       "Sharding: the id of this node's group in the shard map file. Its members must be the group's --members.",
   },
   {
+    key: 'region',
+    flag: '--region',
+    env: 'KV_REGION',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'none (one region)',
+    group: 'cluster',
+    description:
+      "Regions (multi-leader): this node's region, an id in the --regions file (a lowercase letter, then letters, digits or -). The region is a normal single-leader group that takes its own writes; its leader ships them to the other regions, and every user key's record carries a stamp (hybrid logical clock and region) by which concurrent writes resolve alike everywhere. Single-leader mode, not sharded.",
+  },
+  {
+    key: 'regions',
+    flag: '--regions',
+    env: 'KV_REGIONS',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'none',
+    group: 'cluster',
+    description:
+      "Regions: the regions file (JSON: every region with its members' ids and client URLs, as this node reaches them). Goes with --region. SIGHUP reads it again.",
+  },
+  {
+    key: 'regionShipBatchBytesMax',
+    flag: '--region-ship-batch-bytes-max',
+    env: 'KV_REGION_SHIP_BATCH_BYTES_MAX',
+    kind: 'integer',
+    default: 1024 * 1024,
+    min: 64 * 1024,
+    max: 16 * 1024 * 1024,
+    group: 'cluster',
+    description:
+      'Regions: the most bytes of writes the leader ships to another region in one call (at least one whole entry is always sent). The receiving region applies one call as one entry of its log, so this also bounds that entry.',
+  },
+  {
+    key: 'regionConflictsMax',
+    flag: '--region-conflicts-max',
+    env: 'KV_REGION_CONFLICTS_MAX',
+    kind: 'integer',
+    default: 10_000,
+    min: 10,
+    max: 10_000_000,
+    group: 'cluster',
+    description:
+      'Regions: how many conflict records (GET /admin/v1/conflicts) the region keeps; past it, the leader deletes the oldest (counted in kv_region_conflicts_collected_total). Every conflict is also counted in kv_region_conflicts_total.',
+  },
+  {
+    key: 'regionClockSkewMaxMs',
+    flag: '--region-clock-skew-max-ms',
+    env: 'KV_REGION_CLOCK_SKEW_MAX_MS',
+    kind: 'integer',
+    default: 60_000,
+    min: 100,
+    max: 3_600_000,
+    group: 'cluster',
+    description:
+      "Regions: how far ahead of this leader's clock a shipped write's stamp may be. A batch with one further ahead is refused (KV_ERR_CLOCK_SKEW) rather than let a runaway clock win every conflict.",
+  },
+  {
     key: 'shardFenceTimeoutMs',
     flag: '--shard-fence-timeout-ms',
     env: 'KV_SHARD_FENCE_TIMEOUT_MS',
@@ -429,5 +487,16 @@ export const clusterOptions: readonly OptionSpec[] = [
     group: 'cluster',
     description:
       "UNSAFE, for the chaos suite's teeth test only: a slot move out of this group never fences its slots, so writes keep landing here after the target has caught up, and are lost when the target takes the slots. Sharded single-leader groups only; logged as a warning at start-up.",
+  },
+  {
+    key: 'unsafeRegionSkipConflictRecord',
+    flag: '--unsafe-region-skip-conflict-record',
+    env: 'KV_UNSAFE_REGION_SKIP_CONFLICT_RECORD',
+    kind: 'boolean',
+    default: false,
+    unsafe: true,
+    group: 'cluster',
+    description:
+      "UNSAFE, for the chaos suite's teeth test only: a region resolves conflicts between regions as usual but records none, so a write overwritten by a concurrent one from another region disappears without a trace. Regions only; logged as a warning at start-up.",
   },
 ]

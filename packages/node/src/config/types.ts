@@ -49,6 +49,11 @@ export interface NodeConfig extends Limits {
   shardMap: string | undefined
   shardGroup: string | undefined
   shardFenceTimeoutMs: number
+  region: string | undefined
+  regions: string | undefined
+  regionShipBatchBytesMax: number
+  regionConflictsMax: number
+  regionClockSkewMaxMs: number
   shardMoveBytesPerSMax: number
   defaultAck: AckMode
   ackTimeoutMs: number
@@ -89,6 +94,7 @@ export interface NodeConfig extends Limits {
   /** Test-only: configuration changes overlap (see its row in options-cluster.ts). */
   unsafeConcurrentMembershipChanges: boolean
   unsafeShardMoveWithoutFence: boolean
+  unsafeRegionSkipConflictRecord: boolean
   auth: boolean
   rootPasswordFile: string | undefined
   authSecretFile: string | undefined

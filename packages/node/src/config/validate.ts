@@ -41,6 +41,25 @@ export function configProblems(config: NodeConfig): ConfigProblem[] {
       `sharding (--shard-map) needs single-leader groups; this node's mode is ${config.mode}`,
     )
   }
+  if ((config.region === undefined) !== (config.regions === undefined)) {
+    problems.push('--region and --regions go together: give both, or neither')
+  } else if (config.region !== undefined) {
+    if (config.mode !== 'single-leader')
+      problems.push(
+        `regions (--region) need single-leader mode; this node's mode is ${config.mode}`,
+      )
+    if (config.shardMap !== undefined)
+      problems.push('regions (--region) and sharding (--shard-map) cannot be combined yet')
+    if (!/^[a-z][a-z0-9-]{0,31}$/.test(config.region))
+      problems.push(
+        `--region ${JSON.stringify(config.region)} is not a region id (a lowercase letter, then letters, digits or -, at most 32)`,
+      )
+  }
+  if (config.unsafeRegionSkipConflictRecord && config.region === undefined) {
+    problems.push(
+      '--unsafe-region-skip-conflict-record needs --region (it breaks the conflict record)',
+    )
+  }
   if (config.join && config.mode === 'standalone') {
     problems.push('--join needs a cluster mode (--members, --mode single-leader or leaderless)')
   }

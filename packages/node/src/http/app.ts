@@ -20,6 +20,7 @@ import { registerLeaderlessRoutes } from './routes/leaderless.js'
 import { registerSystemRoutes } from './routes/system.js'
 import { registerMemberRoutes } from './routes/members.js'
 import { registerShardRoutes } from './routes/shards.js'
+import { registerRegionRoutes } from './routes/regions.js'
 import { registerAuthRoutes } from './routes/auth.js'
 import { guardEveryRoute, registerHttpAuth } from '../security/http-auth.js'
 import { registerBodyBudget } from './body-budget.js'
@@ -150,6 +151,9 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     rateLimitPerSecond: config.rateLimitPerSecond,
     rateLimitBurst: config.rateLimitBurst,
     ...(ctx.shards !== null ? { shardPeers: ctx.shards.peers } : {}),
+    ...(ctx.regions !== null
+      ? { regionPeers: () => (ctx.regions as NonNullable<typeof ctx.regions>).peers }
+      : {}),
   })
   const bodies = registerBodyBudget(app, {
     bytesMax: config.inflightBodyBytesMax,
@@ -166,5 +170,6 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
   registerSystemRoutes(app, ctx)
   registerMemberRoutes(app, ctx)
   registerShardRoutes(app, ctx)
+  registerRegionRoutes(app, ctx)
   return app
 }

@@ -9,8 +9,8 @@
  */
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
-import { decodeSession, encodeSession, type SessionPosition } from '@kvstore/protocol'
-import type { WriteRequest, WriteResult } from '@kvstore/storage'
+import { decodeSession, encodeSession, formatStamp, type SessionPosition } from '@kvstore/protocol'
+import type { OpResult, WriteRequest, WriteResult } from '@kvstore/storage'
 import { ackModes, type AckMode } from '../config.js'
 import type { AppContext } from './context.js'
 
@@ -71,6 +71,21 @@ export async function completeWrite(
   void reply.header('kv-lsn', String(result.lsn)).header('kv-session', session)
   if (result.deduplicated) void reply.header('kv-deduplicated', 'true')
   return { ...result, session }
+}
+
+/** Regions: a write result's stamps as the API shows them (nothing outside region mode). */
+export function stampFields(result: OpResult | undefined): {
+  stamp?: string
+  previousStamp?: string | null
+} {
+  if (result?.stamp === undefined) return {}
+  return {
+    stamp: formatStamp(result.stamp),
+    previousStamp:
+      result.previousStamp === undefined || result.previousStamp === null
+        ? null
+        : formatStamp(result.previousStamp),
+  }
 }
 
 /** The session position a read sends (`kv-session` header or `session` query parameter). */

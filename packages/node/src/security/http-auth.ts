@@ -55,6 +55,11 @@ export type RouteAccess =
    * shard map's directory. Users, admins included, may not call it.
    */
   | 'shard-peer'
+  /**
+   * Another region's member (regions shipping their writes): a client certificate naming a
+   * member of the regions file's other regions. Users, admins included, may not call it.
+   */
+  | 'region-peer'
 
 export interface RouteSecurityConfig {
   access?: RouteAccess
@@ -88,6 +93,8 @@ export interface HttpAuthOptions {
   onDenied?: (code: string) => void
   /** Sharding: the members of every group of the shard map (who may call `shard-peer` routes). */
   shardPeers?: ReadonlySet<string>
+  /** Regions: the members of the other regions (who may call `region-peer` routes). */
+  regionPeers?: () => ReadonlySet<string>
 }
 
 const certPrincipal = Symbol('kv.certPrincipal')
@@ -263,21 +270,30 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
     return certificateIdentity(socket.getPeerCertificate()?.subjectaltname, clusterId, kind)
   }
 
-  /** Why a `shard-peer` call is refused, or null. */
-  const shardPeerProblem = (request: FastifyRequest): KvError | null => {
+  /** Why a `shard-peer` or `region-peer` call is refused, or null. */
+  const peerProblem = (request: FastifyRequest, access: RouteAccess): KvError | null => {
+    const shard = access === 'shard-peer'
     if (tlsSocketOf(request.raw) === null) {
       // A plaintext client port: only a node with auth off (a development setup) lets it in.
       return auth.enabled
-        ? unauthenticated('slot moves between groups need TLS with member certificates')
+        ? unauthenticated(
+            `${shard ? 'slot moves between groups' : 'shipping between regions'} needs TLS with member certificates`,
+          )
         : null
     }
     const member = certificateOf(request, 'member')
     if (member === null)
       return unauthenticated(
-        'only a member of another shard group may call this (its member certificate)',
+        `only a member of another ${shard ? 'shard group' : 'region'} may call this (its member certificate)`,
       )
-    if (options.shardPeers?.has(member) !== true)
-      return denied(`member ${member} is not in the shard map`)
+    if (
+      shard
+        ? options.shardPeers?.has(member) !== true
+        : options.regionPeers?.().has(member) !== true
+    )
+      return denied(
+        `member ${member} is not in the ${shard ? 'shard map' : "regions file's other regions"}`,
+      )
     return null
   }
 
@@ -348,6 +364,8 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
         return null
       case 'shard-peer':
         return denied('only members of other shard groups may call this')
+      case 'region-peer':
+        return denied('only members of other regions may call this')
       case 'read-key': {
         const key = (request.params as { '*'?: string })['*'] ?? ''
         return mayRead(permissions, key)
@@ -408,8 +426,8 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
     (access: RouteAccess): onRequestHookHandler =>
     (request, reply, done) => {
       request.remote = request.ip
-      if (access === 'shard-peer') {
-        const problem = shardPeerProblem(request)
+      if (access === 'shard-peer' || access === 'region-peer') {
+        const problem = peerProblem(request, access)
         if (problem !== null) refuse(request, reply, problem)
         else done()
         return

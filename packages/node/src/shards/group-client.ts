@@ -31,10 +31,15 @@ export class GroupClient {
     private readonly groups: () => readonly ShardGroup[],
     tls: TlsSource | null,
     private readonly timeoutMs: number,
+    /** What a group is called in messages ("region" for regions). */
+    private readonly what = 'group',
+    /** HTTP/2 (regions ship over it); HTTP/1.1 otherwise. */
+    h2 = false,
   ) {
     this.agent = new Agent({
       connections: 4,
       keepAliveTimeout: 10_000,
+      ...(h2 ? { allowH2: true } : {}),
       connect: tls === null ? {} : { ...tls.contextOptions(), rejectUnauthorized: true },
     })
   }
@@ -52,8 +57,9 @@ export class GroupClient {
   ): Promise<T> {
     const members = this.groups().find((g) => g.id === group)?.members ?? []
     if (members.length === 0)
-      throw new GroupUnreachableError(group, `no group ${group} in the shard map`)
-    const payload = JSON.stringify(body)
+      throw new GroupUnreachableError(group, `no ${this.what} ${group} in the directory`)
+    const payload = Buffer.isBuffer(body) ? body : JSON.stringify(body)
+    const contentType = Buffer.isBuffer(body) ? 'application/x-protobuf' : 'application/json'
     const tried = new Set<string>()
     const queue: string[] = []
     const known = this.leaders.get(group)
@@ -70,7 +76,7 @@ export class GroupClient {
         const response = await request(`${url}${path}`, {
           method: 'POST',
           dispatcher: this.agent,
-          headers: { 'content-type': 'application/json' },
+          headers: { 'content-type': contentType },
           body: payload,
           headersTimeout: timeoutMs,
           bodyTimeout: timeoutMs,
@@ -106,7 +112,7 @@ export class GroupClient {
       if (code === 'KV_ERR_NOT_LEADER') {
         const hint = (error as { leaderUrl?: string | null }).leaderUrl
         if (typeof hint === 'string' && !tried.has(hint)) queue.unshift(hint)
-        last = `${url} is not the leader of ${group}`
+        last = `${url} is not the leader of ${this.what} ${group}`
         continue
       }
       if (code === 'KV_ERR_NOT_READY' || code === 'KV_ERR_SHUTTING_DOWN') {
@@ -120,11 +126,11 @@ export class GroupClient {
       } = (error ?? {}) as Record<string, unknown>
       throw new KvError(
         code as ConstructorParameters<typeof KvError>[0],
-        `group ${group}: ${error?.message ?? `status ${status}`}`,
+        `${this.what} ${group}: ${error?.message ?? `status ${status}`}`,
         details as unknown as ErrorDetails,
       )
     }
-    throw new GroupUnreachableError(group, `group ${group} did not answer: ${last}`)
+    throw new GroupUnreachableError(group, `${this.what} ${group} did not answer: ${last}`)
   }
 
   async close(): Promise<void> {

@@ -16,7 +16,7 @@ import { KvError } from '@kvstore/protocol/errors'
 import { keyToBytes, type BatchResponse } from '@kvstore/protocol'
 import type { WriteOp } from '@kvstore/storage'
 import type { AppContext } from '../context.js'
-import { completeWrite } from '../replication.js'
+import { completeWrite, stampFields } from '../replication.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
 import { authorizeBatch, type RouteSecurityConfig } from '../../security/http-auth.js'
 
@@ -213,6 +213,7 @@ export function registerBatchRoutes(app: FastifyInstance, ctx: AppContext): void
           key: r.key.toString('utf8'),
           version: r.version,
           ...(r.previousVersion !== undefined ? { previousVersion: r.previousVersion } : {}),
+          ...stampFields(r),
         })),
       } satisfies BatchResponse
     },

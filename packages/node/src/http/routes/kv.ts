@@ -12,6 +12,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
 import {
+  formatStamp,
   keyToBytes,
   putResponseSchema,
   type DeleteResponse,
@@ -26,6 +27,7 @@ import {
   awaitSession,
   completeWrite,
   sessionOf,
+  stampFields,
   sessionSatisfied,
   setReadHeaders,
 } from '../replication.js'
@@ -225,6 +227,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
         version: result.lsn,
         lsn: result.lsn,
         session: result.session,
+        ...stampFields(result.results[0]),
       } satisfies PutResponse
     },
   )
@@ -250,6 +253,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     }
     const etag = `"${record.version}"`
     void reply.header('etag', etag)
+    if (record.stamp !== undefined) void reply.header('kv-stamp', formatStamp(record.stamp))
     const ifNoneMatch = request.headers['if-none-match']
     if (typeof ifNoneMatch === 'string' && etagListMatches(ifNoneMatch, etag)) {
       reply.code(304).send()
@@ -322,6 +326,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
         previousVersion: result.results[0]?.previousVersion ?? null,
         session: result.session,
         ...(result.deduplicated ? { deduplicated: true as const } : {}),
+        ...stampFields(result.results[0]),
       } satisfies DeleteResponse
     },
   )
@@ -386,6 +391,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       version: record.version,
       valueBytes: record.value.length,
       ...(values ? { valueBase64: record.value.toString('base64') } : {}),
+      ...(record.stamp !== undefined ? { stamp: formatStamp(record.stamp) } : {}),
     }))
     setReadHeaders(ctx, reply, appliedLsn)
     return {

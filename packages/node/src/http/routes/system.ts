@@ -95,7 +95,8 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   app.get('/v1/cluster', { config: { access: 'authenticated' } }, async (request) => {
     const archive = ctx.backups.archiver?.state()
     const archiveField = archive ? { archive } : {}
-    if (ctx.replicator) return { ...ctx.replicator.clusterView(), ...archiveField }
+    const regionsField = ctx.regions ? { regions: ctx.regions.view() } : {}
+    if (ctx.replicator) return { ...ctx.replicator.clusterView(), ...archiveField, ...regionsField }
     if (ctx.leaderless)
       return { ...ctx.leaderless.clusterView(store.meta.clusterId), ...archiveField }
     // A standalone node is a cluster of one, reached at the address this client used.
