@@ -102,6 +102,69 @@ export class TestCluster extends NodeCluster {
   }
 
   /**
+   * Starts `ids.length` regions of `size` members each (multi-leader): each a single-leader
+   * cluster with `--region <id> --regions <file>`, member ids unique across regions. `urlsFor`
+   * may rewrite the URLs a region sees for another region's members (proxies); each region
+   * then gets its own regions file.
+   */
+  static async startRegions(
+    ids: string[] = ['us', 'eu'],
+    size = 3,
+    args: string[] = [],
+    options: ClusterOptions & {
+      urlsFor?: (
+        viewer: string,
+        region: string,
+        member: { id: string; url: string },
+      ) => string | Promise<string>
+    } = {},
+  ): Promise<{ regions: TestCluster[]; files: string[] }> {
+    const layouts: Awaited<ReturnType<typeof layout>>[] = []
+    for (const [r, id] of ids.entries())
+      layouts.push(
+        await layout(size, `kv-region-${id}-`, { ...options, firstMember: 1 + r * size }),
+      )
+    const files: string[] = []
+    for (const [r, viewer] of ids.entries()) {
+      const file = join((layouts[r] as Awaited<ReturnType<typeof layout>>).dir, 'regions.json')
+      const regions = []
+      for (const [i, where] of layouts.entries()) {
+        const members = []
+        for (const m of where.members)
+          members.push({
+            id: m.id,
+            url:
+              i === r || options.urlsFor === undefined
+                ? m.url
+                : await options.urlsFor(viewer, ids[i] as string, { id: m.id, url: m.url }),
+          })
+        regions.push({ id: ids[i] as string, members })
+      }
+      await writeFile(file, JSON.stringify({ regions }, null, 2))
+      files.push(file)
+    }
+    const started: TestCluster[] = []
+    try {
+      for (const [r, where] of layouts.entries()) {
+        const cluster = new TestCluster(
+          where,
+          [...args, '--region', ids[r] as string, '--regions', files[r] as string],
+          options,
+        )
+        started.push(cluster)
+        await cluster.startAll(
+          () => cluster.waitForLeader(),
+          () => cluster.stop(),
+        )
+      }
+    } catch (err) {
+      for (const cluster of started) await cluster.stop().catch(() => {})
+      throw err
+    }
+    return { regions: started, files }
+  }
+
+  /**
    * Waits until one running member takes writes and every other running member follows it
    * (and, with `connected`, the leader sees every running member connected); returns it (also
    * as `leader` from then on).
