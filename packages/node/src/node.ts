@@ -33,6 +33,7 @@ import { assertConfigLimits } from './limits.js'
 import { NodeMetrics } from './metrics.js'
 import { Archiver } from './backup/archiver.js'
 import { BackupGate } from './backup/source.js'
+import { startOutbox, type OutboxService } from './outbox/index.js'
 
 export interface StartOptions {
   /** Where logs go; stdout by default. */
@@ -162,6 +163,7 @@ export class KvNode {
     let audit: AuditLog | null = null
     let authSyncStarted: AuthSync | null = null
     let archiver: Archiver | null = null
+    let outbox: OutboxService | null = null
     try {
       const openStore = store
       metrics.watchStore(() => openStore)
@@ -305,6 +307,20 @@ export class KvNode {
         if (leaderless) leaderless.compactionHold = compactionHold
         replicator?.reportArchive(() => hold.reportedLsn)
       }
+      if (replicator !== null) {
+        // Queued writes (ack=queued): this member's outbox, drained to the leader.
+        outbox = await startOutbox({
+          config,
+          store,
+          sequencer,
+          replicator,
+          auth,
+          tls,
+          logger,
+          onFatal,
+        })
+        metrics.watchOutbox(outbox.outbox)
+      }
       audit = new AuditLog(config.auditLog, config.nodeId)
       const securityClusterId = store.meta.clusterId
       const security: Security = {
@@ -338,6 +354,7 @@ export class KvNode {
         replicator,
         leaderless,
         shards,
+        outbox,
         membership:
           replicator !== null
             ? new SingleLeaderMembership(replicator, config)
@@ -402,6 +419,7 @@ export class KvNode {
       return node
     } catch (err) {
       await archiver?.stop().catch(() => {})
+      await outbox?.stop().catch(() => {})
       await shards?.stop().catch(() => {})
       await replicator?.stop().catch(() => {})
       await authSyncStarted?.stop().catch(() => {})
@@ -478,6 +496,7 @@ export class KvNode {
       // replicating (and wait for its store writes) before storage closes.
       await this.context.backups.archiver?.stop()
       await this.context.shards?.stop()
+      await this.context.outbox?.stop()
       await this.replicator?.settle(Math.min(2000, this.config.shutdownTimeoutMs))
       await this.replicator?.stop()
       await this.context.security.sync?.stop()

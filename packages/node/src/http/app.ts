@@ -21,6 +21,7 @@ import { registerSystemRoutes } from './routes/system.js'
 import { registerMemberRoutes } from './routes/members.js'
 import { registerShardRoutes } from './routes/shards.js'
 import { registerAuthRoutes } from './routes/auth.js'
+import { registerOutboxRoutes } from '../outbox/routes.js'
 import { guardEveryRoute, registerHttpAuth } from '../security/http-auth.js'
 import { registerBodyBudget } from './body-budget.js'
 import { withRouteHook } from './route-hooks.js'
@@ -150,6 +151,12 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     rateLimitPerSecond: config.rateLimitPerSecond,
     rateLimitBurst: config.rateLimitBurst,
     ...(ctx.shards !== null ? { shardPeers: ctx.shards.peers } : {}),
+    ...(ctx.replicator !== null
+      ? {
+          isClusterMember: (id: string) =>
+            ctx.replicator?.cluster.members.some((m) => m.id === id) === true,
+        }
+      : {}),
   })
   const bodies = registerBodyBudget(app, {
     bytesMax: config.inflightBodyBytesMax,
@@ -166,5 +173,7 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
   registerSystemRoutes(app, ctx)
   registerMemberRoutes(app, ctx)
   registerShardRoutes(app, ctx)
+  // Queued writes: GET /v1/tickets/<id> and the leader's side of the forward (outbox/routes.ts).
+  registerOutboxRoutes(app, ctx)
   return app
 }

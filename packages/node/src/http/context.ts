@@ -14,6 +14,7 @@ import type { BackupGate } from '../backup/source.js'
 import type { Archiver } from '../backup/archiver.js'
 import type { MembershipService } from '../membership/service.js'
 import type { Shards } from '../shards/index.js'
+import type { OutboxService } from '../outbox/index.js'
 
 /** Users, roles, tokens and the audit log. */
 export interface Security {
@@ -40,6 +41,8 @@ export interface AppContext {
   membership: MembershipService | null
   /** Sharding (--shard-map): what this group owns, slot moves and imports; null otherwise. */
   shards: Shards | null
+  /** Queued writes (ack=queued) in single-leader mode: the outbox and its forwarder; null otherwise. */
+  outbox: OutboxService | null
   metrics: NodeMetrics
   /**
    * Stops the node on a failure it must not outlive: a broken invariant found while serving a

@@ -55,6 +55,11 @@ export type RouteAccess =
    * shard map's directory. Users, admins included, may not call it.
    */
   | 'shard-peer'
+  /**
+   * A member of this cluster (queued writes forwarded to the leader): a client certificate
+   * naming a member of the current configuration. Users, admins included, may not call it.
+   */
+  | 'cluster-peer'
 
 export interface RouteSecurityConfig {
   access?: RouteAccess
@@ -88,6 +93,8 @@ export interface HttpAuthOptions {
   onDenied?: (code: string) => void
   /** Sharding: the members of every group of the shard map (who may call `shard-peer` routes). */
   shardPeers?: ReadonlySet<string>
+  /** Single-leader mode: whether an id is a member of this cluster now (`cluster-peer` routes). */
+  isClusterMember?: (id: string) => boolean
 }
 
 const certPrincipal = Symbol('kv.certPrincipal')
@@ -281,6 +288,22 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
     return null
   }
 
+  /** Why a `cluster-peer` call is refused, or null. */
+  const clusterPeerProblem = (request: FastifyRequest): KvError | null => {
+    if (tlsSocketOf(request.raw) === null) {
+      // A plaintext client port: only a node with auth off (a development setup) lets it in.
+      return auth.enabled
+        ? unauthenticated('calls between members need TLS with member certificates')
+        : null
+    }
+    const member = certificateOf(request, 'member')
+    if (member === null)
+      return unauthenticated('only a member of this cluster may call this (its member certificate)')
+    if (options.isClusterMember?.(member) !== true)
+      return denied(`${member} is not a member of this cluster`)
+    return null
+  }
+
   const refuse = (request: FastifyRequest, reply: FastifyReply, err: KvError): void => {
     options.onDenied?.(err.code)
     audit.refusal({
@@ -348,6 +371,8 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
         return null
       case 'shard-peer':
         return denied('only members of other shard groups may call this')
+      case 'cluster-peer':
+        return denied('only members of this cluster may call this')
       case 'read-key': {
         const key = (request.params as { '*'?: string })['*'] ?? ''
         return mayRead(permissions, key)
@@ -408,8 +433,9 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
     (access: RouteAccess): onRequestHookHandler =>
     (request, reply, done) => {
       request.remote = request.ip
-      if (access === 'shard-peer') {
-        const problem = shardPeerProblem(request)
+      if (access === 'shard-peer' || access === 'cluster-peer') {
+        const problem =
+          access === 'shard-peer' ? shardPeerProblem(request) : clusterPeerProblem(request)
         if (problem !== null) refuse(request, reply, problem)
         else done()
         return
