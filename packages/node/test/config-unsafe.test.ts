@@ -18,6 +18,7 @@ describe('unsafe switches', () => {
       'unsafeNoFencing',
       'unsafeConcurrentMembershipChanges',
       'unsafeShardMoveWithoutFence',
+      'unsafeOutboxApplyTwice',
     ])
     for (const spec of configSpec) {
       const named = spec.key.startsWith('unsafe')

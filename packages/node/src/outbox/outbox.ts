@@ -213,7 +213,8 @@ export class Outbox {
    * pending ticket. Resolves with both once fsynced.
    */
   async accept(write: QueuedWrite): Promise<{ entry: OutboxEntry; ticket: TicketRecord }> {
-    const bytes = entryBytes(write)
+    const requestId = write.requestId ?? `q-${this.nodeId}-${this.nextSeq}`
+    const bytes = entryBytes({ ops: write.ops, requestId })
     const refused = this.refusal(bytes)
     if (refused !== null) throw refused
     const seq = this.nextSeq++
@@ -222,7 +223,7 @@ export class Outbox {
       seq,
       kind: write.kind,
       ops: write.ops,
-      requestId: write.requestId ?? `q-${this.nodeId}-${seq}`,
+      requestId,
       user: write.user,
       acceptedAtMs,
     }
