@@ -8,7 +8,24 @@
  *   exactly once (the key's version is the ticket's LSN);
  * - the teeth: with --unsafe-outbox-apply-twice that exactly-once check fails.
  */
-import { TestCluster, until, type ClusterMember } from '@kvstore/testkit'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { KvClient, TicketWaitTimeoutError } from '@kvstore/client'
+import { TestCluster, kvBin, until, type ClusterMember } from '@kvstore/testkit'
+import { rootEnv, rootTls } from './support/certs.js'
+
+/** Runs the built kv CLI as root; resolves with its exit code and standard output. */
+async function kv(...args: string[]): Promise<{ code: number; stdout: string }> {
+  try {
+    const { stdout } = await promisify(execFile)(process.execPath, [kvBin, ...args], {
+      env: { ...process.env, ...rootEnv() },
+    })
+    return { code: 0, stdout }
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string }
+    return { code: e.code ?? -1, stdout: e.stdout ?? '' }
+  }
+}
 
 interface Ticket {
   ticket: string
@@ -154,6 +171,53 @@ describe('queued writes on a follower', () => {
       node: follower.id,
       url: follower.url,
     })
+  })
+
+  it('the SDK and the CLI queue writes and wait for their tickets', async () => {
+    const follower = cluster.followers[0] as ClusterMember
+    const client = new KvClient({ url: [follower.url], ...rootTls() })
+    try {
+      const queued = await client.putQueued('sdk/a', 'hello')
+      expect(queued).toMatchObject({ node: follower.id, status: 'pending', url: follower.url })
+      const ticket = await client.waitTicket(queued.ticket, { timeoutMs: 10_000 })
+      expect(ticket.status).toBe('applied')
+      expect((await client.get('sdk/a')).version).toBe(ticket.lsn)
+      const failed = await client.deleteQueued('sdk/missing')
+      expect((await client.waitTicket(failed.ticket)).error?.code).toBe('KV_ERR_KEY_NOT_FOUND')
+      const batch = await client.batchQueued([
+        { op: 'put', key: 'sdk/b', value: '1' },
+        { op: 'delete', key: 'sdk/a' },
+      ])
+      expect((await client.waitTicket(batch.ticket)).status).toBe('applied')
+      // A ticket another member holds is found through the one asked.
+      const leaderClient = new KvClient({ url: [cluster.leader.url], ...rootTls() })
+      expect((await leaderClient.ticket(batch.ticket)).status).toBe('applied')
+      await leaderClient.close()
+      expect(TicketWaitTimeoutError.name).toBe('TicketWaitTimeoutError')
+    } finally {
+      await client.close()
+    }
+    const put = await kv('--url', follower.url, 'put', 'cli/a', 'v', '--ack', 'queued', '--json')
+    expect(put.code).toBe(0)
+    const id = (JSON.parse(put.stdout) as { ticket: string }).ticket
+    const waited = await kv('--url', follower.url, 'ticket', id, '--wait', '--timeout-ms', '10000')
+    expect(waited).toMatchObject({ code: 0 })
+    expect(waited.stdout).toMatch(new RegExp(`^applied ${id.replace('.', '\\.')} at lsn \\d+`))
+    const cond = await kv(
+      '--url',
+      follower.url,
+      'put',
+      'cli/a',
+      'w',
+      '--ack',
+      'queued',
+      '--if-absent',
+    )
+    expect(cond.stdout).toMatch(/^OK queued cli\/a on n\d: ticket (\S+)/)
+    const condId = /ticket (\S+)/.exec(cond.stdout)?.[1] as string
+    const failed = await kv('--url', follower.url, 'ticket', condId, '--wait')
+    expect(failed.code).toBe(4)
+    expect(failed.stdout).toContain('KV_ERR_PRECONDITION_FAILED')
   })
 
   it('writes accepted while the leader is paused are applied after the election, in session order', async () => {
