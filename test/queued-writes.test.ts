@@ -181,7 +181,7 @@ describe('queued writes on a follower', () => {
       expect(queued).toMatchObject({ node: follower.id, status: 'pending', url: follower.url })
       const ticket = await client.waitTicket(queued.ticket, { timeoutMs: 10_000 })
       expect(ticket.status).toBe('applied')
-      expect((await client.get('sdk/a')).version).toBe(ticket.lsn)
+      expect((await client.get('sdk/a'))?.version).toBe(ticket.lsn)
       const failed = await client.deleteQueued('sdk/missing')
       expect((await client.waitTicket(failed.ticket)).error?.code).toBe('KV_ERR_KEY_NOT_FOUND')
       const batch = await client.batchQueued([
