@@ -178,12 +178,13 @@ export class Forwarder {
     const url = this.hint ?? leader?.clientUrl
     this.hint = null
     if (url === undefined) throw new ForwardError('no leader is known')
-    const leaderId = leader?.id ?? null
     const controller = new AbortController()
     this.inflight = controller
-    // Abandon the call when another member takes over (a paused leader never answers).
+    // Abandon the call when this member learns of another leader than the one called, or
+    // takes over itself (a paused leader never answers; a deposed one answers NOT_LEADER late).
     const watch = setInterval(() => {
-      if (replicator.leaderMember?.id !== leaderId || replicator.isLeader) controller.abort()
+      const now = replicator.leaderMember
+      if (replicator.isLeader || (now !== undefined && now.clientUrl !== url)) controller.abort()
     }, 100)
     const timeoutMs = this.options.ackTimeoutMs + 2000
     const timeout = setTimeout(() => controller.abort(), timeoutMs)
