@@ -26,7 +26,9 @@ import {
   membershipSchema,
   passwordChangedResponseSchema,
   putResponseSchema,
+  queuedResponseSchema,
   rangesResponseSchema,
+  ticketResponseSchema,
   readyResponseSchema,
   roleInfoSchema,
   roleListSchema,
@@ -245,6 +247,59 @@ describe('single-leader: every route answers as the contract says', () => {
       'KV_ERR_METHOD_NOT_ALLOWED',
     )
     fails('GET /nowhere', await call('GET', `${leader}/nowhere`), 'KV_ERR_ROUTE_NOT_FOUND')
+  })
+
+  it('queued writes: 202 with a ticket on a follower, and the ticket', async () => {
+    const queued = conforms(
+      'PUT /v1/kv/*',
+      await call('PUT', `${follower}/v1/kv/app/queued?ack=queued`, { body: Buffer.from('q') }),
+      queuedResponseSchema,
+      202,
+    )
+    conforms(
+      'DELETE /v1/kv/*',
+      await call('DELETE', `${follower}/v1/kv/app/none?ack=queued`),
+      queuedResponseSchema,
+      202,
+    )
+    conforms(
+      'POST /v1/batch',
+      await call('POST', `${follower}/v1/batch?ack=queued`, {
+        body: JSON.stringify({ ops: [{ op: 'put', key: 'app/q2', value: 'x' }] }),
+      }),
+      queuedResponseSchema,
+      202,
+    )
+    let ticket = conforms(
+      'GET /v1/tickets/:id',
+      await call('GET', `${follower}/v1/tickets/${queued.ticket}`),
+      ticketResponseSchema,
+    )
+    for (let i = 0; ticket.status === 'pending' && i < 200; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 25))
+      ticket = conforms(
+        'GET /v1/tickets/:id',
+        await call('GET', `${follower}/v1/tickets/${queued.ticket}`),
+        ticketResponseSchema,
+      )
+    }
+    expect(ticket.status).toBe('applied')
+    fails(
+      'GET /v1/tickets/:id',
+      await call('GET', `${leader}/v1/tickets/${queued.ticket}`),
+      'KV_ERR_TICKET_NOT_FOUND',
+    )
+    fails(
+      'GET /v1/tickets/:id',
+      await call('GET', `${follower}/v1/tickets/nonsense`),
+      'KV_ERR_INVALID_ARGUMENT',
+    )
+    // Only members may call the leader's side of the forward; root's certificate is a user's.
+    fails(
+      'POST /internal/v1/outbox/apply',
+      await call('POST', `${leader}/internal/v1/outbox/apply`, { body: Buffer.from('x') }),
+      'KV_ERR_UNAUTHENTICATED',
+    )
   })
 
   it('status, cluster, digest, health and readiness on every member', async () => {

@@ -9,7 +9,9 @@ import { parseArgs } from 'node:util'
 import {
   KvClient,
   KvError,
+  TicketWaitTimeoutError,
   type BackupResult,
+  type QueuedResult,
   type BatchOp,
   type LeaderlessClusterView,
   type LeaderlessWriteInfo,
@@ -71,6 +73,9 @@ Commands:
                           is based on (replaces the siblings it saw); let nodes past the
                           key's replicas stand in for down ones
   del KEY [--if-version N] [--w N|quorum|all] [--context TOKEN]
+  ticket ID               what became of a queued write (kv put --ack queued): pending,
+        [--wait]          applied (lsn, session) or failed (its error code); --wait polls
+        [--timeout-ms N]  until it is decided, at most N ms (default 30000)
   ls [PREFIX]             list keys (--limit N per page, --start KEY, --all for every page)
   batch FILE              apply {"ops": [...]} from FILE (- for standard input) atomically
   import FILE             bulk-load NDJSON ({"key","value"} per line) or CSV (key,value columns),
@@ -116,7 +121,9 @@ Options:
                           --token-file FILE, mode 0600, or KV_TOKEN_FILE)
   --user NAME             log in for this one command (env KV_USER), with --password-file
                           FILE (mode 0600; env KV_PASSWORD_FILE) or env KV_PASSWORD
-  --ack async|quorum|all  durability a write waits for (default: the cluster's; single-leader)
+  --ack async|quorum|all  durability a write waits for (default: the cluster's; single-leader);
+        |queued           queued: put and delete go into the outbox of the member at --url
+                          (leader or follower, even with no leader) and print a ticket
   --json                  machine-readable output
   --http1                 use HTTP/1.1 instead of HTTP/2 (h2c)
   -h, --help              show this help
@@ -165,6 +172,10 @@ function printable(value: Buffer): string {
 
 function siblingJson(s: Sibling): { valueBase64: string; timestamp: string } {
   return { valueBase64: s.value.toString('base64'), timestamp: s.timestamp }
+}
+
+function throwUsage(message: string): never {
+  throw new UsageError(message)
 }
 
 /** `(3 acks, w=2, coordinator n2, hinted n4) context TOKEN` for a leaderless write. */
@@ -338,6 +349,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         start: { type: 'string' },
         all: { type: 'boolean', default: false },
         ack: { type: 'string' },
+        'timeout-ms': { type: 'string' },
         format: { type: 'string' },
         chunk: { type: 'string' },
         concurrency: { type: 'string' },
@@ -410,10 +422,18 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
     return command === undefined && !opts.help ? 2 : 0
   }
   const ack = opts.ack
-  if (ack !== undefined && ack !== 'async' && ack !== 'quorum' && ack !== 'all') {
-    await write(io.stderr, `kv: --ack must be async, quorum or all\n`)
+  if (
+    ack !== undefined &&
+    ack !== 'async' &&
+    ack !== 'quorum' &&
+    ack !== 'all' &&
+    ack !== 'queued'
+  ) {
+    await write(io.stderr, `kv: --ack must be async, quorum, all or queued\n`)
     return 2
   }
+  // ack=queued is not a durability the client waits for: put and delete queue the write.
+  const queued = ack === 'queued'
   // kv shard with a shard map file and no URL: the members it names are the URLs to use.
   if (
     command === 'shard' &&
@@ -446,7 +466,7 @@ ${shardUsage}`,
     new KvClient({
       url: c.urls,
       protocol: opts.http1 ? 'http1' : 'h2',
-      ...(ack ? { ack } : {}),
+      ...(ack && ack !== 'queued' ? { ack } : {}),
       ...(c.tls ? { tls: c.tls } : {}),
       ...(c.auth ? { auth: c.auth } : {}),
     })
@@ -477,6 +497,13 @@ ${shardUsage}`,
     return 2
   }
   const out = (value: unknown) => write(io.stdout, `${JSON.stringify(value, null, 2)}\n`)
+  const printQueued = (ticket: QueuedResult, key: string) =>
+    opts.json
+      ? out(ticket)
+      : write(
+          io.stdout,
+          `OK queued ${key} on ${ticket.node}: ticket ${ticket.ticket} (kv ticket ${ticket.ticket} --wait)\n`,
+        )
   const needKey = (): string => {
     const key = args[0]
     if (key === undefined) throw new UsageError(`${command} needs a KEY`)
@@ -546,6 +573,15 @@ ${shardUsage}`,
         else if (!io.stdin.isTTY) value = await readStream(io.stdin)
         else throw new UsageError('put needs a VALUE, --file FILE, or data on standard input')
         const ifVersion = parseVersion(opts['if-version'])
+        if (queued) {
+          const ticket = await client.putQueued(key, value, {
+            ...(ifVersion !== undefined ? { ifVersion } : {}),
+            ...(opts['if-absent'] ? { ifAbsent: true } : {}),
+            ...(opts['if-exists'] ? { ifExists: true } : {}),
+          })
+          await printQueued(ticket, key)
+          return 0
+        }
         const w = parseQuorum(opts.w, 'w')
         const result = await client.put(key, value, {
           ...(ifVersion !== undefined ? { ifVersion } : {}),
@@ -566,6 +602,14 @@ ${shardUsage}`,
       case 'delete': {
         const key = needKey()
         const ifVersion = parseVersion(opts['if-version'])
+        if (queued) {
+          const ticket = await client.deleteQueued(key, {
+            ...(ifVersion !== undefined ? { ifVersion } : {}),
+            ...(opts['if-exists'] ? { ifExists: true } : {}),
+          })
+          await printQueued(ticket, key)
+          return 0
+        }
         const w = parseQuorum(opts.w, 'w')
         const result = await client.delete(key, {
           ...(ifVersion !== undefined ? { ifVersion } : {}),
@@ -578,6 +622,42 @@ ${shardUsage}`,
         else if (result.context !== undefined)
           await write(io.stdout, `OK deleted ${key} ${leaderlessWrite(result)}\n`)
         else await write(io.stdout, `OK deleted ${key} at lsn ${result.lsn}\n`)
+        return 0
+      }
+      case 'ticket': {
+        const id = args[0]
+        if (id === undefined)
+          throw new UsageError('ticket needs a ticket id (as kv put --ack queued printed it)')
+        const timeoutMs = opts['timeout-ms'] === undefined ? 30_000 : Number(opts['timeout-ms'])
+        if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0)
+          throw new UsageError(
+            `--timeout-ms must be a whole number of milliseconds, got ${opts['timeout-ms']}`,
+          )
+        let ticket
+        try {
+          ticket = opts.wait ? await client.waitTicket(id, { timeoutMs }) : await client.ticket(id)
+        } catch (err) {
+          if (!(err instanceof TicketWaitTimeoutError)) throw err
+          await write(io.stderr, `kv: ${err.message}\n`)
+          return 1
+        }
+        if (opts.json) await out(ticket)
+        else if (ticket.status === 'applied')
+          await write(io.stdout, `applied ${id} at lsn ${ticket.lsn} (session ${ticket.session})\n`)
+        else if (ticket.status === 'failed')
+          await write(io.stdout, `failed ${id}: ${ticket.error?.code}: ${ticket.error?.message}\n`)
+        else
+          await write(
+            io.stdout,
+            `pending ${id} (accepted at ${new Date(ticket.acceptedAtMs).toISOString()})\n`,
+          )
+        // A failed write exits as the write itself would have (4: condition failed).
+        if (ticket.status === 'failed')
+          return ticket.error?.code === 'KV_ERR_PRECONDITION_FAILED'
+            ? 4
+            : ticket.error?.code === 'KV_ERR_KEY_NOT_FOUND'
+              ? 3
+              : 1
         return 0
       }
       case 'ls':
@@ -643,7 +723,7 @@ ${shardUsage}`,
             chunk: number(opts.chunk, 'chunk', 500),
             concurrency: number(opts.concurrency, 'concurrency', 4),
             maxLagMs: number(opts['max-lag-ms'], 'max-lag-ms', 1000),
-            ack,
+            ack: queued ? throwUsage('import takes --ack async, quorum or all, not queued') : ack,
             progress: io.stderr,
           })
           if (opts.json) await out(summary)

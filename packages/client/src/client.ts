@@ -63,6 +63,8 @@ import type {
   ShardMove,
   SlotClaim,
   SlotRange,
+  QueuedResponse,
+  TicketResponse,
 } from '@kvstore/protocol'
 import { mergeShardClaims, parseSlotRanges } from '@kvstore/protocol'
 import {
@@ -509,6 +511,67 @@ export type BatchOp =
   | ({ op: 'put'; key: string; value: string | Uint8Array } & WriteConditions)
   | ({ op: 'delete'; key: string } & Omit<WriteConditions, 'ifAbsent'>)
 
+/** The JSON body of POST /v1/batch. */
+function batchBody(ops: BatchOp[]): Buffer {
+  const body: BatchRequest = {
+    ops: ops.map((op): BatchRequestOp => {
+      if (op.op === 'put') {
+        const { value, ...rest } = op
+        return typeof value === 'string'
+          ? { ...rest, value }
+          : { ...rest, valueBase64: Buffer.from(value).toString('base64') }
+      }
+      return op
+    }),
+  }
+  return Buffer.from(JSON.stringify(body))
+}
+
+// ---------------------------------------------------------------- queued writes (ack=queued)
+
+/** Options of a queued write (`putQueued`, `deleteQueued`, `batchQueued`). */
+export interface QueuedWriteOptions extends WriteConditions {
+  /** Request id (a random one by default): the leader applies the write once, however often it is forwarded. */
+  requestId?: string
+  /**
+   * The member to queue it on (its client URL). Default: the seeds, then the members last seen,
+   * in order; the next one is tried when one does not answer or its outbox is full.
+   */
+  url?: string
+}
+
+/** A queued write's ticket, as the accepting member answered 202. */
+export interface QueuedResult extends QueuedResponse {
+  /** Client URL of the member that holds the ticket. */
+  url: string
+  requestId: string
+}
+
+/** What became of a queued write (GET /v1/tickets/<id>). */
+export type TicketResult = TicketResponse
+
+/** `waitTicket` gave up: the write is still pending (it may still be applied later). */
+export class TicketWaitTimeoutError extends Error {
+  constructor(
+    readonly ticket: string,
+    readonly timeoutMs: number,
+  ) {
+    super(
+      `ticket ${ticket} is still pending after ${timeoutMs} ms (the write stays queued and may still be applied; ask again with ticket())`,
+    )
+    this.name = 'TicketWaitTimeoutError'
+  }
+}
+
+/** Failures after which a queued write is offered to the next member. */
+const queuedRetryable = new Set([
+  'KV_ERR_UNAVAILABLE',
+  'KV_ERR_SHUTTING_DOWN',
+  'KV_ERR_NOT_READY',
+  'KV_ERR_OUTBOX_FULL',
+  'KV_ERR_NOT_A_MEMBER',
+])
+
 /** Encodes a key for the URL path: each segment percent-encoded, `/` kept. */
 export function keyPath(key: string): string {
   return key.split('/').map(encodeURIComponent).join('/')
@@ -830,19 +893,8 @@ export class KvClient {
     ops: BatchOp[],
     options: Omit<WriteOptions, keyof WriteConditions> = {},
   ): Promise<BatchResult> {
-    const body: BatchRequest = {
-      ops: ops.map((op): BatchRequestOp => {
-        if (op.op === 'put') {
-          const { value, ...rest } = op
-          return typeof value === 'string'
-            ? { ...rest, value }
-            : { ...rest, valueBase64: Buffer.from(value).toString('base64') }
-        }
-        return op
-      }),
-    }
     const res = await this.write('POST', '/v1/batch', options, {
-      body: Buffer.from(JSON.stringify(body)),
+      body: batchBody(ops),
       headers: { 'content-type': 'application/json' },
     })
     return JSON.parse(res.body.toString('utf8')) as BatchResponse
@@ -1925,6 +1977,146 @@ export class KvClient {
       files: written.files,
       durationMs: Date.now() - started,
     }
+  }
+
+  // ---------------------------------------------------------------- queued writes (ack=queued)
+
+  /**
+   * Queues a put on a member (any member, leader or follower, even while there is no leader):
+   * it answers once the write is durable in its outbox, with a ticket; the leader applies it
+   * later, in the order that member accepted it. Conditions are checked when it is applied (a
+   * condition that no longer holds ends the ticket `failed`). See `waitTicket`.
+   */
+  putQueued(
+    key: string,
+    value: string | Uint8Array,
+    options: QueuedWriteOptions = {},
+  ): Promise<QueuedResult> {
+    const body = typeof value === 'string' ? Buffer.from(value, 'utf8') : value
+    return this.queuedWrite('PUT', `/v1/kv/${keyPath(key)}`, options, {
+      body,
+      headers: { 'content-type': 'application/octet-stream', ...conditionHeaders(options) },
+    })
+  }
+
+  /** Queues a delete (see `putQueued`); a key that does not exist then ends it `failed`. */
+  deleteQueued(
+    key: string,
+    options: Omit<QueuedWriteOptions, 'ifAbsent'> = {},
+  ): Promise<QueuedResult> {
+    return this.queuedWrite('DELETE', `/v1/kv/${keyPath(key)}`, options, {
+      headers: conditionHeaders(options),
+    })
+  }
+
+  /** Queues a batch, applied atomically by the leader (see `putQueued`). */
+  batchQueued(
+    ops: BatchOp[],
+    options: Omit<QueuedWriteOptions, keyof WriteConditions> = {},
+  ): Promise<QueuedResult> {
+    return this.queuedWrite('POST', '/v1/batch', options, {
+      body: batchBody(ops),
+      headers: { 'content-type': 'application/json' },
+    })
+  }
+
+  /**
+   * What became of a queued write: asks the member that holds the ticket (its id names it),
+   * found in the cluster view, else any member, which names the holder.
+   */
+  async ticket(ticket: string): Promise<TicketResult> {
+    const node = ticket.slice(0, Math.max(0, ticket.lastIndexOf('.')))
+    await this.refresh().catch(() => {})
+    let url = this.view?.members.find((m) => m.id === node)?.clientUrl
+    const path = `/v1/tickets/${encodeURIComponent(ticket)}`
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const res =
+          url === undefined
+            ? { body: Buffer.from(JSON.stringify(await this.anyNode(path))) }
+            : await this.connection(url).send('GET', path)
+        const answer = JSON.parse(res.body.toString('utf8')) as TicketResult
+        if (answer.status === 'applied' && answer.session !== undefined && this.options.session) {
+          try {
+            this.sessionState.add(answer.session)
+          } catch {
+            // a token we cannot merge is ignored
+          }
+        }
+        return answer
+      } catch (err) {
+        // Another member holds it: ask that one (once).
+        if (
+          err instanceof KvError &&
+          err.code === 'KV_ERR_TICKET_NOT_FOUND' &&
+          typeof err.details.url === 'string' &&
+          err.details.url !== url &&
+          err.details.node === node
+        ) {
+          url = err.details.url
+          continue
+        }
+        throw err
+      }
+    }
+    throw new KvError('KV_ERR_TICKET_NOT_FOUND', `no member answered for ticket ${ticket}`)
+  }
+
+  /**
+   * Polls the ticket until it is `applied` or `failed` (an applied one also joins this
+   * client's session, so later reads see the write); after `timeoutMs` (default 30 s) it
+   * throws `TicketWaitTimeoutError`. A failed ticket is returned, not thrown: its `error` says why.
+   */
+  async waitTicket(
+    ticket: string,
+    options: { timeoutMs?: number; intervalMs?: number } = {},
+  ): Promise<TicketResult> {
+    const timeoutMs = options.timeoutMs ?? 30_000
+    const deadline = Date.now() + timeoutMs
+    let intervalMs = Math.max(10, Math.min(options.intervalMs ?? 50, 1000))
+    for (;;) {
+      let answer: TicketResult | null = null
+      try {
+        answer = await this.ticket(ticket)
+      } catch (err) {
+        // The holder may be restarting: its outbox survives, so keep asking until the deadline.
+        if (!(err instanceof KvError) || !retryable.has(err.code)) throw err
+      }
+      if (answer !== null && answer.status !== 'pending') return answer
+      const left = deadline - Date.now()
+      if (left <= 0) throw new TicketWaitTimeoutError(ticket, timeoutMs)
+      await new Promise((resolve) => setTimeout(resolve, Math.min(intervalMs, left)))
+      intervalMs = Math.min(intervalMs * 2, options.intervalMs ?? 500)
+    }
+  }
+
+  private async queuedWrite(
+    method: 'PUT' | 'DELETE' | 'POST',
+    path: string,
+    options: QueuedWriteOptions,
+    send: SendOptions,
+  ): Promise<QueuedResult> {
+    const requestId = options.requestId ?? randomUUID()
+    const headers: Record<string, string> = {
+      ...send.headers,
+      'kv-request-id': requestId,
+      'kv-ack': 'queued',
+    }
+    if (options.url === undefined) await this.refresh().catch(() => {})
+    const candidates = options.url !== undefined ? [options.url] : this.knownNodes()
+    let lastError: KvError | null = null
+    for (const url of candidates) {
+      try {
+        const res = await this.connection(url).send(method, path, { ...send, headers })
+        const answer = JSON.parse(res.body.toString('utf8')) as QueuedResponse
+        return { ...answer, url, requestId }
+      } catch (err) {
+        if (!(err instanceof KvError) || !queuedRetryable.has(err.code)) throw err
+        // Offered again elsewhere with the same request id: applied once even if both took it.
+        lastError = err
+      }
+    }
+    throw lastError ?? new KvError('KV_ERR_UNAVAILABLE', 'no node to queue the write on')
   }
 
   /** Closes every connection. Requests in flight finish first. */

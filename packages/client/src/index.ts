@@ -1,4 +1,4 @@
-export { KvClient, KvError, keyPath } from './client.js'
+export { KvClient, KvError, TicketWaitTimeoutError, keyPath } from './client.js'
 export { backupManifestBytesMax, writeBackupStream, type WrittenBackup } from './backup.js'
 export { compareTimestamps, isLeaderlessView, ringOf, routeKey } from './leaderless.js'
 export {
@@ -54,6 +54,9 @@ export type {
   NewMember,
   NodeStatus,
   PutResult,
+  QueuedResult,
+  QueuedWriteOptions,
+  TicketResult,
   Quorum,
   ReadOptions,
   RingArc,

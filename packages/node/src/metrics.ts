@@ -8,6 +8,7 @@ import type { Replicator } from './cluster/replicator.js'
 import type { LeaderlessEngine } from './leaderless/engine.js'
 import type { Shards } from './shards/index.js'
 import type { Regions } from './regions/index.js'
+import type { Outbox } from './outbox/outbox.js'
 
 const httpBucketsSeconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
@@ -395,6 +396,58 @@ export class NodeMetrics {
     gauge('kv_read_cache_entries', 'Records held by the read cache.', (s) => s.cache.size.entries)
     gauge('kv_read_cache_hits', 'Reads served by the read cache since start.', (s) => s.cache.hits)
     gauge('kv_read_cache_misses', 'Reads that went to LevelDB since start.', (s) => s.cache.misses)
+  }
+
+  /** Queued writes (ack=queued): this member's outbox, read when /metrics is scraped. */
+  watchOutbox(outbox: Pick<Outbox, 'entries' | 'bytes' | 'oldestAgeMs' | 'figures'>): void {
+    const registers = [this.registry]
+    new Gauge({
+      name: 'kv_outbox_entries',
+      help: 'Queued writes (ack=queued) this member accepted that the leader has not applied yet (limit: outboxEntriesMax).',
+      registers,
+      collect() {
+        this.set(outbox.entries)
+      },
+    })
+    new Gauge({
+      name: 'kv_outbox_bytes',
+      help: "Bytes of the outbox's queued writes (limit: outboxBytesMax).",
+      registers,
+      collect() {
+        this.set(outbox.bytes)
+      },
+    })
+    new Gauge({
+      name: 'kv_outbox_oldest_age_seconds',
+      help: 'How long the oldest queued write in the outbox has waited for the leader (0 when empty; limit: outboxAgeMaxMs).',
+      registers,
+      collect() {
+        this.set(outbox.oldestAgeMs() / 1000)
+      },
+    })
+    const figures = outbox.figures
+    new Counter({
+      name: 'kv_outbox_forwarded_total',
+      help: 'Outcomes of queued writes sent to the leader, by result: applied, failed (a coded error, on the ticket), retry (no decision yet: sent again later).',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        this.reset()
+        for (const result of ['applied', 'failed', 'retry'] as const)
+          this.inc({ result }, figures.forwarded[result])
+      },
+    })
+    new Counter({
+      name: 'kv_outbox_refused_total',
+      help: 'Queued writes refused with KV_ERR_OUTBOX_FULL, by reason: entries, bytes, age.',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset()
+        for (const reason of ['entries', 'bytes', 'age'] as const)
+          this.inc({ reason }, figures.refused[reason])
+      },
+    })
   }
 
   /** Replication figures, read from the replicator when /metrics is scraped. */
@@ -909,6 +962,15 @@ export function metricsCatalog(): MetricInfo[] {
   everyNode.watchStore(() => null)
   const singleLeader = new NodeMetrics()
   singleLeader.watchReplicator({} as unknown as Replicator)
+  singleLeader.watchOutbox({
+    entries: 0,
+    bytes: 0,
+    oldestAgeMs: () => 0,
+    figures: {
+      forwarded: { applied: 0, failed: 0, retry: 0 },
+      refused: { entries: 0, bytes: 0, age: 0 },
+    },
+  })
   const sharded = new NodeMetrics()
   sharded.watchShards({} as unknown as Shards)
   const regional = new NodeMetrics()

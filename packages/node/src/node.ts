@@ -35,6 +35,7 @@ import { assertConfigLimits } from './limits.js'
 import { NodeMetrics } from './metrics.js'
 import { Archiver } from './backup/archiver.js'
 import { BackupGate } from './backup/source.js'
+import { startOutbox, type OutboxService } from './outbox/index.js'
 
 export interface StartOptions {
   /** Where logs go; stdout by default. */
@@ -174,6 +175,7 @@ export class KvNode {
     let audit: AuditLog | null = null
     let authSyncStarted: AuthSync | null = null
     let archiver: Archiver | null = null
+    let outbox: OutboxService | null = null
     try {
       const openStore = store
       metrics.watchStore(() => openStore)
@@ -336,6 +338,20 @@ export class KvNode {
         if (leaderless) leaderless.compactionHold = compactionHold
         replicator?.reportArchive(() => hold.reportedLsn)
       }
+      if (replicator !== null) {
+        // Queued writes (ack=queued): this member's outbox, drained to the leader.
+        outbox = await startOutbox({
+          config,
+          store,
+          sequencer,
+          replicator,
+          auth,
+          tls,
+          logger,
+          onFatal,
+        })
+        metrics.watchOutbox(outbox.outbox)
+      }
       audit = new AuditLog(config.auditLog, config.nodeId)
       const securityClusterId = store.meta.clusterId
       const security: Security = {
@@ -370,6 +386,7 @@ export class KvNode {
         leaderless,
         shards,
         regions,
+        outbox,
         membership:
           replicator !== null
             ? new SingleLeaderMembership(replicator, config)
@@ -434,6 +451,7 @@ export class KvNode {
       return node
     } catch (err) {
       await archiver?.stop().catch(() => {})
+      await outbox?.stop().catch(() => {})
       await shards?.stop().catch(() => {})
       await regions?.stop().catch(() => {})
       await replicator?.stop().catch(() => {})
@@ -515,6 +533,7 @@ export class KvNode {
       await this.context.backups.archiver?.stop()
       await this.context.shards?.stop()
       await this.context.regions?.stop()
+      await this.context.outbox?.stop()
       await this.replicator?.settle(Math.min(2000, this.config.shutdownTimeoutMs))
       await this.replicator?.stop()
       await this.context.security.sync?.stop()

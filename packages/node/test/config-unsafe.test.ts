@@ -19,6 +19,7 @@ describe('unsafe switches', () => {
       'unsafeConcurrentMembershipChanges',
       'unsafeShardMoveWithoutFence',
       'unsafeRegionSkipConflictRecord',
+      'unsafeOutboxApplyTwice',
     ])
     for (const spec of configSpec) {
       const named = spec.key.startsWith('unsafe')

@@ -847,3 +847,45 @@ export const antiEntropyResponseSchema = t.object({
   keysRepaired: t.record(t.union(integer(), t.string())),
 })
 export type AntiEntropyResponse = Static<typeof antiEntropyResponseSchema>
+
+// ---------------------------------------------------------------- queued writes (ack=queued)
+
+/** 202 to PUT, DELETE /v1/kv/<key> and POST /v1/batch with `ack=queued`. */
+export const queuedResponseSchema = t.object({
+  /** `<nodeId>.<seq>`: GET /v1/tickets/<ticket> on `node` tells what became of the write. */
+  ticket: t.string(),
+  node: t.string(),
+  status: t.literal('pending'),
+  acceptedAtMs: integer(),
+})
+export type QueuedResponse = Static<typeof queuedResponseSchema>
+
+/** GET /v1/tickets/<id>. */
+export const ticketResponseSchema = t.object(
+  {
+    ticket: t.string(),
+    status: t.literal('pending', 'applied', 'failed'),
+    acceptedAtMs: integer(),
+  },
+  {
+    /** Applied: the LSN of the entry that applied it (the version of every key it put). */
+    lsn: integer(),
+    /** Applied: a session token at that LSN, as a normal write answers. */
+    session: t.string(),
+    appliedAtMs: integer(),
+    /** Failed: the coded error, as the write would have had it. */
+    error: t.object({
+      code: t.literal(...errorCodes),
+      message: t.string(),
+      details: t.record(
+        schema<unknown>({
+          anyOf: [
+            { type: ['string', 'number', 'boolean', 'null'] },
+            { type: 'array', items: { type: ['string', 'number'] } },
+          ],
+        }),
+      ),
+    }),
+  },
+)
+export type TicketResponse = Static<typeof ticketResponseSchema>

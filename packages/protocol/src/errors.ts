@@ -277,6 +277,17 @@ export const errorCatalog = {
     description:
       'The node is at a limit and refuses new work rather than grow: too many writes waiting for the disk (`writeQueueWritesMax`, `writeQueueBytesMax`) or too many request-body bytes in flight (`inflightBodyBytesMax`); retry after `Retry-After` seconds.',
   },
+  // ---- queued writes (ack=queued): the accepting member's outbox and its tickets
+  KV_ERR_OUTBOX_FULL: {
+    status: 503,
+    description:
+      "A queued write (`ack=queued`) was refused: this member's outbox is at a limit (`reason`: `entries`, `bytes`, or `age` when its oldest pending write is older than `outboxAgeMaxMs`; `limit` gives the limit). Writes already queued still drain; retry after `Retry-After`, or write to the leader with `ack=quorum`.",
+  },
+  KV_ERR_TICKET_NOT_FOUND: {
+    status: 404,
+    description:
+      'No ticket with this id on this member: it was accepted by another member (`node`, `url`: ask that one), or it has expired (`ticketRetentionMs`, `ticketsMax`).',
+  },
   KV_ERR_NOT_READY: {
     status: 503,
     description: 'The node is starting or has stopped serving; `GET /ready` tells when it is.',

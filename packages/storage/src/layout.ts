@@ -9,6 +9,8 @@
  *   0x06 request-by-time 0x06 + u64be(timestampMs) + request id -> empty (for expiry)
  *   0x07 rollback 0x07 + u64be(seq)   -> u64be(atMs) + u64be(epoch) + LogEntry (entries a
  *        truncation removed, kept for an operator to reconcile)
+ *   0x20 local 0x20 + space + key -> this member's own records, never replicated, hashed,
+ *        snapshotted or backed up (local-records.ts: the queued-write outbox and its tickets)
  *
  * LSNs are big-endian so that LevelDB's byte order is log order.
  */
@@ -22,6 +24,8 @@ export const Prefix = {
   Request: 0x05,
   RequestByTime: 0x06,
   Rollback: 0x07,
+  /** This member's own records (local-records.ts); far from the others, which may grow. */
+  Local: 0x20,
 } as const
 
 /** Metadata entries, each under its own key so that one batch can update any subset. */

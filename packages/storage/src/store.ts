@@ -57,6 +57,7 @@ import {
   readLog,
 } from './log.js'
 import { listPage, readRecord } from './reads.js'
+import { LocalRecords } from './local-records.js'
 import { encodeEpochRuns } from './meta.js'
 import { recover } from './recovery.js'
 import type { RecordCache } from './record-cache.js'
@@ -94,6 +95,8 @@ export class Store {
   readonly cache: RecordCache
   private readonly ctx: StoreContext
   private readonly writer: Writer
+  /** This member's own records, outside the replicated data (local-records.ts). */
+  readonly local: LocalRecords
   /** Deletion of compacted log entries, chained; see compactLog. */
   private deleting: Promise<void> = Promise.resolve()
 
@@ -103,6 +106,7 @@ export class Store {
     this.cache = ctx.cache
     // The writer first: when the store fails, its queue is refused before the owner hears.
     this.writer = new Writer(ctx, options)
+    this.local = new LocalRecords(ctx, this.writer.fsync)
     const onFatal = options.onFatal
     if (onFatal) ctx.onFailure(onFatal)
     checkPositiveInteger('rollbackEntriesMax', ctx.rollbackEntriesMax, Number.MAX_SAFE_INTEGER)
@@ -509,6 +513,7 @@ export class Store {
     if (ctx.closed) return
     ctx.closing = true
     await this.writer.whenIdle()
+    await this.local.whenIdle()
     ctx.closed = true
     await ctx.db.close()
     ctx.logger.info({ appliedLsn: ctx.state.appliedLsn }, 'storage closed')

@@ -7,6 +7,7 @@
 import { backupOptions } from './options-backup.js'
 import { clusterOptions } from './options-cluster.js'
 import { nodeOptions } from './options-node.js'
+import { queuedOptions } from './options-queued.js'
 import { serverOptions } from './options-server.js'
 import type { OptionSpec } from './types.js'
 
@@ -14,5 +15,6 @@ export const configSpec: readonly OptionSpec[] = [
   ...nodeOptions,
   ...serverOptions,
   ...clusterOptions,
+  ...queuedOptions,
   ...backupOptions,
 ]

@@ -121,6 +121,14 @@ export interface NodeConfig extends Limits {
   archiveHoldEntriesMax: number
   archiveKeepBackups: number
   archiveBaseIntervalMs: number
+  // ---- queued writes (options-queued.ts)
+  outboxEntriesMax: number
+  outboxBytesMax: number
+  outboxAgeMaxMs: number
+  ticketsMax: number
+  ticketRetentionMs: number
+  /** Test-only: queued writes forwarded twice without their request id (options-queued.ts). */
+  unsafeOutboxApplyTwice: boolean
 }
 
 export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'

@@ -22,6 +22,7 @@ import { registerMemberRoutes } from './routes/members.js'
 import { registerShardRoutes } from './routes/shards.js'
 import { registerRegionRoutes } from './routes/regions.js'
 import { registerAuthRoutes } from './routes/auth.js'
+import { registerOutboxRoutes } from '../outbox/routes.js'
 import { guardEveryRoute, registerHttpAuth } from '../security/http-auth.js'
 import { registerBodyBudget } from './body-budget.js'
 import { withRouteHook } from './route-hooks.js'
@@ -154,6 +155,12 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     ...(ctx.regions !== null
       ? { regionPeers: () => (ctx.regions as NonNullable<typeof ctx.regions>).peers }
       : {}),
+    ...(ctx.replicator !== null
+      ? {
+          isClusterMember: (id: string) =>
+            ctx.replicator?.cluster.members.some((m) => m.id === id) === true,
+        }
+      : {}),
   })
   const bodies = registerBodyBudget(app, {
     bytesMax: config.inflightBodyBytesMax,
@@ -171,5 +178,7 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
   registerMemberRoutes(app, ctx)
   registerShardRoutes(app, ctx)
   registerRegionRoutes(app, ctx)
+  // Queued writes: GET /v1/tickets/<id> and the leader's side of the forward (outbox/routes.ts).
+  registerOutboxRoutes(app, ctx)
   return app
 }

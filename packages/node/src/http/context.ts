@@ -15,6 +15,7 @@ import type { Archiver } from '../backup/archiver.js'
 import type { MembershipService } from '../membership/service.js'
 import type { Shards } from '../shards/index.js'
 import type { Regions } from '../regions/index.js'
+import type { OutboxService } from '../outbox/index.js'
 
 /** Users, roles, tokens and the audit log. */
 export interface Security {
@@ -43,6 +44,8 @@ export interface AppContext {
   shards: Shards | null
   /** Regions (multi-leader): null unless started with --region. */
   regions: Regions | null
+  /** Queued writes (ack=queued) in single-leader mode: the outbox and its forwarder; null otherwise. */
+  outbox: OutboxService | null
   metrics: NodeMetrics
   /**
    * Stops the node on a failure it must not outlive: a broken invariant found while serving a

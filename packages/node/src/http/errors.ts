@@ -53,7 +53,8 @@ export function sendError(reply: FastifyReply, err: KvError): FastifyReply {
     err.code === 'KV_ERR_OVERLOADED' ||
     err.code === 'KV_ERR_NOT_READY' ||
     err.code === 'KV_ERR_RATE_LIMITED' ||
-    err.code === 'KV_ERR_SLOT_MOVING'
+    err.code === 'KV_ERR_SLOT_MOVING' ||
+    err.code === 'KV_ERR_OUTBOX_FULL'
   ) {
     void reply.header('retry-after', '1')
   }
@@ -87,7 +88,8 @@ export function registerErrorHandling(
     if (
       kvError.status >= 500 &&
       kvError.code !== 'KV_ERR_OVERLOADED' &&
-      kvError.code !== 'KV_ERR_SLOT_MOVING'
+      kvError.code !== 'KV_ERR_SLOT_MOVING' &&
+      kvError.code !== 'KV_ERR_OUTBOX_FULL'
     ) {
       request.log.error(
         {

@@ -29,7 +29,7 @@ export function ackModeOf(request: FastifyRequest, ctx: AppContext): AckMode {
   if (!(ackModes as readonly string[]).includes(raw)) {
     throw new KvError(
       'KV_ERR_INVALID_ARGUMENT',
-      `ack must be async, quorum or all; got ${JSON.stringify(raw)}`,
+      `ack must be async, quorum, all or queued; got ${JSON.stringify(raw)}`,
     )
   }
   return raw as AckMode

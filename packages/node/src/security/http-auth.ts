@@ -60,6 +60,11 @@ export type RouteAccess =
    * member of the regions file's other regions. Users, admins included, may not call it.
    */
   | 'region-peer'
+  /**
+   * A member of this cluster (queued writes forwarded to the leader): a client certificate
+   * naming a member of the current configuration. Users, admins included, may not call it.
+   */
+  | 'cluster-peer'
 
 export interface RouteSecurityConfig {
   access?: RouteAccess
@@ -95,6 +100,8 @@ export interface HttpAuthOptions {
   shardPeers?: ReadonlySet<string>
   /** Regions: the members of the other regions (who may call `region-peer` routes). */
   regionPeers?: () => ReadonlySet<string>
+  /** Single-leader mode: whether an id is a member of this cluster now (`cluster-peer` routes). */
+  isClusterMember?: (id: string) => boolean
 }
 
 const certPrincipal = Symbol('kv.certPrincipal')
@@ -297,6 +304,22 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
     return null
   }
 
+  /** Why a `cluster-peer` call is refused, or null. */
+  const clusterPeerProblem = (request: FastifyRequest): KvError | null => {
+    if (tlsSocketOf(request.raw) === null) {
+      // A plaintext client port: only a node with auth off (a development setup) lets it in.
+      return auth.enabled
+        ? unauthenticated('calls between members need TLS with member certificates')
+        : null
+    }
+    const member = certificateOf(request, 'member')
+    if (member === null)
+      return unauthenticated('only a member of this cluster may call this (its member certificate)')
+    if (options.isClusterMember?.(member) !== true)
+      return denied(`${member} is not a member of this cluster`)
+    return null
+  }
+
   const refuse = (request: FastifyRequest, reply: FastifyReply, err: KvError): void => {
     options.onDenied?.(err.code)
     audit.refusal({
@@ -366,6 +389,8 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
         return denied('only members of other shard groups may call this')
       case 'region-peer':
         return denied('only members of other regions may call this')
+      case 'cluster-peer':
+        return denied('only members of this cluster may call this')
       case 'read-key': {
         const key = (request.params as { '*'?: string })['*'] ?? ''
         return mayRead(permissions, key)
@@ -426,8 +451,9 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
     (access: RouteAccess): onRequestHookHandler =>
     (request, reply, done) => {
       request.remote = request.ip
-      if (access === 'shard-peer' || access === 'region-peer') {
-        const problem = peerProblem(request, access)
+      if (access === 'shard-peer' || access === 'region-peer' || access === 'cluster-peer') {
+        const problem =
+          access === 'cluster-peer' ? clusterPeerProblem(request) : peerProblem(request, access)
         if (problem !== null) refuse(request, reply, problem)
         else done()
         return

@@ -19,6 +19,7 @@ import type { AppContext } from '../context.js'
 import { completeWrite, stampFields } from '../replication.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
 import { authorizeBatch, type RouteSecurityConfig } from '../../security/http-auth.js'
+import { acceptQueued, isQueued } from '../../outbox/routes.js'
 
 const opFields = new Set(['op', 'key', 'value', 'valueBase64', 'ifVersion', 'ifAbsent', 'ifExists'])
 const base64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
@@ -203,6 +204,7 @@ export function registerBatchRoutes(app: FastifyInstance, ctx: AppContext): void
         request,
         ops.map((op) => ({ key: op.key.toString('utf8'), write: true })),
       )
+      if (isQueued(request)) return acceptQueued(ctx, request, reply, { kind: 'batch', ops })
       const result = await completeWrite(ctx, request, reply, { kind: 'batch', ops })
       metrics.writes.batch++
       return {

@@ -15,6 +15,7 @@ import {
   formatStamp,
   keyToBytes,
   putResponseSchema,
+  queuedResponseSchema,
   type DeleteResponse,
   type ListResponse,
   type PutResponse,
@@ -33,6 +34,7 @@ import {
 } from '../replication.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
 import type { RouteSecurityConfig } from '../../security/http-auth.js'
+import { acceptQueued, isQueued } from '../../outbox/routes.js'
 
 type KeyRequest = FastifyRequest<{ Params: { '*': string } }>
 
@@ -208,12 +210,18 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
         access: 'write-key',
       } satisfies RouteErrorConfig & RouteSecurityConfig,
       // A response schema lets fastify compile the serialiser of this hot route.
-      schema: { response: { '2xx': putResponseSchema } },
+      schema: { response: { 202: queuedResponseSchema, '2xx': putResponseSchema } },
     },
     async (request: KeyRequest, reply) => {
       const key = keyOf(request)
       const value = (request.body as Buffer | undefined) ?? emptyBuffer
       const conditions = conditionsOf(request, true)
+      // ack=queued: into this member's outbox, applied by the leader later (outbox/routes.ts).
+      if (isQueued(request))
+        return acceptQueued(ctx, request, reply, {
+          kind: 'put',
+          ops: [{ type: 'put', key, value, ...conditions }],
+        })
       const result = await completeWrite(ctx, request, reply, {
         kind: 'put',
         ops: [{ type: 'put', key, value, ...conditions }],
@@ -314,6 +322,11 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     async (request: KeyRequest, reply) => {
       const key = keyOf(request)
       const conditions = conditionsOf(request, false)
+      if (isQueued(request))
+        return acceptQueued(ctx, request, reply, {
+          kind: 'delete',
+          ops: [{ type: 'delete', key, ...conditions }],
+        })
       const result = await completeWrite(ctx, request, reply, {
         kind: 'delete',
         ops: [{ type: 'delete', key, ...conditions }],
