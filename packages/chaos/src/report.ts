@@ -30,6 +30,11 @@ export interface RunSummary {
    * none led (no verdict: the faults may explain them; worth a look).
    */
   stalls?: LeaderStall[]
+  /** Regions mode: the regions and their members, and how many conflict records were read. */
+  regions?: {
+    regions: { id: string; members: string[] }[]
+    conflictRecordsRead: number
+  }
 }
 
 const width = 900
