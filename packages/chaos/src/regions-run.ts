@@ -32,7 +32,7 @@ import { writeReport, type RunSummary } from './report.js'
 import type { ChaosOptions, ChaosResult } from './run.js'
 import { chaosSecurity } from './security.js'
 import { startRegionsWorkload } from './workloads-regions.js'
-import { HistoryRecorder } from './workloads.js'
+import { HistoryRecorder, errorCode } from './workloads.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
@@ -239,7 +239,7 @@ async function regionDigestOf(node: ChaosNode, region: string): Promise<RegionDi
         node: node.id,
         region,
         digest: null,
-        error: `HTTP ${res.status} ${text.slice(0, 200)}`,
+        error: `HTTP ${res.status} ${errorCode(text)}`,
       }
     const body = JSON.parse(text) as { digest?: unknown; keys?: unknown; appliedLsn?: unknown }
     if (typeof body.digest !== 'string')
@@ -284,7 +284,7 @@ async function finalRead(region: string, node: ChaosNode, prefix: string): Promi
       if (cursor !== null) query.set('cursor', cursor)
       const res = await fetch(`${node.url}/v1/kv?${query}`, { signal: AbortSignal.timeout(10_000) })
       const text = await res.text()
-      if (!res.ok) throw new Error(`HTTP ${res.status} ${text.slice(0, 200)}`)
+      if (!res.ok) throw new Error(`HTTP ${res.status} ${errorCode(text)}`)
       const page = JSON.parse(text) as {
         items: { key: string; version: number; valueBase64?: string; stamp?: string }[]
         nextCursor: string | null
@@ -347,7 +347,7 @@ async function readConflicts(
           signal: AbortSignal.timeout(10_000),
         })
         const text = await res.text()
-        if (!res.ok) throw new Error(`HTTP ${res.status} ${text.slice(0, 200)}`)
+        if (!res.ok) throw new Error(`HTTP ${res.status} ${errorCode(text)}`)
         const body = JSON.parse(text) as {
           conflicts: {
             id: string
