@@ -386,7 +386,7 @@ async function runRounds(options: NemesisOptions): Promise<FaultWindow[]> {
         break
       }
       case 'kill-leader': {
-        description = `kill -9 ${named(leaderId)} (the leader)`
+        description = `kill -9 ${named(leaderId)} ${leader !== null ? '(the leader)' : '(no leader found: a node drawn at random)'}`
         await cluster.kill(leaderId)
         heal = () => cluster.start(leaderId)
         break

@@ -161,7 +161,11 @@ export async function runRegionsChaos(options: ChaosOptions): Promise<ChaosResul
           : await finalRead(l.region, node, prefix),
       )
     }
-    const conflicts = await readConflicts(cluster.nodes.filter((n) => cluster.isRunning(n.id)))
+    const conflicts = await readConflicts(
+      cluster.nodes.filter((n) => cluster.isRunning(n.id)),
+      (id) => cluster.regionOf(id),
+      cluster.regions.map((r) => r.id),
+    )
     verdicts.push(
       checkConflictAccounting({
         writes: workload.writes,
@@ -210,6 +214,7 @@ export async function runRegionsChaos(options: ChaosOptions): Promise<ChaosResul
           members: r.cluster.nodes.map((n) => n.id),
         })),
         conflictRecordsRead: conflicts.records.length,
+        conflictReadErrors: conflicts.errors.slice(0, 20),
       },
     }
     await writeReport(dir, summary, history.events, ops, windows, {})
@@ -329,12 +334,18 @@ function sideOf(side: WireSide | undefined): ConflictSide {
   }
 }
 
-/** Every node's conflict record, every page (bounded: 30 s and 1000 pages a node). */
+/**
+ * Every node's conflict record, every page (bounded: 30 s and 1000 pages a node). A region's
+ * record is replicated in it, so it is complete once one of its members answered every page.
+ */
 async function readConflicts(
   nodes: readonly ChaosNode[],
-): Promise<{ records: ConflictRecord[]; complete: boolean }> {
+  regionOf: (id: string) => string,
+  regions: readonly string[],
+): Promise<{ records: ConflictRecord[]; complete: boolean; errors: string[] }> {
   const records: ConflictRecord[] = []
-  let complete = true
+  const read = new Set<string>()
+  const errors: string[] = []
   for (const node of nodes) {
     let after: string | null = null
     const deadline = Date.now() + 30_000
@@ -375,9 +386,10 @@ async function readConflicts(
         if (body.next === null || body.next === undefined || body.conflicts.length === 0) break
         after = body.next
       }
-    } catch {
-      complete = false
+      read.add(regionOf(node.id))
+    } catch (err) {
+      errors.push(`${node.id}: ${(err as Error).message}`)
     }
   }
-  return { records, complete }
+  return { records, complete: regions.every((r) => read.has(r)), errors }
 }

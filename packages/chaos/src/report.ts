@@ -34,6 +34,8 @@ export interface RunSummary {
   regions?: {
     regions: { id: string; members: string[] }[]
     conflictRecordsRead: number
+    /** Nodes whose conflict record could not be read in full, and why. */
+    conflictReadErrors: string[]
   }
 }
 
