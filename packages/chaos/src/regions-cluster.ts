@@ -32,6 +32,29 @@ export interface RegionsFile {
   regions: { id: string; members: { id: string; url: string }[] }[]
 }
 
+/**
+ * The regions file of region `viewer`: every region with its members' client URLs, the
+ * viewer's own as they are, every other region's at the proxy `proxyPort(memberId)` gives,
+ * on the member's own host (so TLS hostname checks pass through the proxy).
+ */
+export function regionsFileFor(
+  regions: readonly { id: string; members: readonly { id: string; url: string }[] }[],
+  viewer: string,
+  proxyPort: (memberId: string) => number,
+): RegionsFile {
+  return {
+    regions: regions.map((r) => ({
+      id: r.id,
+      members: r.members.map((m) => {
+        if (r.id === viewer) return { id: m.id, url: m.url }
+        const url = new URL(m.url)
+        url.port = String(proxyPort(m.id))
+        return { id: m.id, url: url.origin }
+      }),
+    })),
+  }
+}
+
 export interface RegionHandle {
   id: string
   /** The region's members, as a cluster of their own (leader lookups). */
@@ -151,18 +174,11 @@ export class RegionsProcessCluster implements RegionsCluster {
 
   /** A region's regions file: its own members direct, the others through its proxies. */
   regionsFileOf(region: RegionHandle): RegionsFile {
-    return {
-      regions: this.regions.map((r) => ({
-        id: r.id,
-        members: r.cluster.nodes.map((m) => {
-          if (r === region) return { id: m.id, url: m.url }
-          const proxy = region.proxies.get(m.id) as CutProxy
-          const url = new URL(m.url)
-          url.port = String(proxy.port)
-          return { id: m.id, url: url.origin }
-        }),
-      })),
-    }
+    return regionsFileFor(
+      this.regions.map((r) => ({ id: r.id, members: r.cluster.nodes })),
+      region.id,
+      (id) => (region.proxies.get(id) as CutProxy).port,
+    )
   }
 
   private regionHandle(nodeId: string): RegionHandle {
