@@ -18,6 +18,11 @@ export type OpFunction =
   | 'add'
   /** Set: read every element (after the run, or periodically). ok value: the elements. */
   | 'readAll'
+  /**
+   * Regions: a queued write (ack=queued). value: the value; ok: accepted (202), with the
+   * ticket in `ticket`; fail: certainly not accepted; info: unknown.
+   */
+  | 'enqueue'
 
 export type EventType = 'invoke' | 'ok' | 'fail' | 'info'
 
@@ -48,6 +53,13 @@ export interface HistoryEvent {
   version?: number
   /** The error code of a fail or info. */
   error?: string
+  /** Regions: the region the client wrote to. */
+  region?: string
+  /** Regions: an acknowledged write's stamp and the stamp it replaced (null: none). */
+  stamp?: string
+  previousStamp?: string | null
+  /** Regions: a queued write's ticket. */
+  ticket?: string
 }
 
 /** An operation: its invoke and its completion paired. */

@@ -9,6 +9,8 @@
  *     --w quorum --r quorum --duration 30s
  *   pnpm chaos --backend process --router --workload register --nemesis move-slots,kill,pause \
  *     --duration 40s --seed 201
+ *   pnpm chaos --backend process --regions 2 --nemesis partition-regions,kill-leader,pause-leader \
+ *     --duration 30s --seed 181
  */
 import { parseArgs } from 'node:util'
 import { parseNemeses, nemesisNames } from './nemesis.js'
@@ -23,7 +25,7 @@ const usage = `Usage: pnpm chaos [options]
   --duration 60s              how long faults run (s or ms suffix; default 30s)
   --seed N                    the schedule's and the clients' seed (default: random, printed)
   --nodes N                   cluster size (default 3)
-  --clients N                 concurrent clients (default 6)
+  --clients N                 concurrent clients (default 6; --regions: writers per region, default 3)
   --out DIR                   where the report folder goes (default chaos-reports)
   --unsafe-no-fencing         run nodes with fencing disabled (a test-only switch; the checkers must catch it)
   --unsafe-concurrent-membership-changes   run nodes that let configuration changes overlap
@@ -42,6 +44,23 @@ Router mode (process backend, single-leader):
                               test-only switch, KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE=1: writes
                               landing at the source after the target caught up are lost; the
                               checkers must catch it)
+Regions mode (process backend, single-leader regions):
+  --regions N                 N regions (2 or 3: us, eu, ap) of --nodes kv-node processes each
+                              (n1..n3 are us, n4..n6 eu), started with --region and --regions;
+                              each region reaches the others through TCP proxies that the
+                              partition-regions nemesis cuts and heals. Runs the regions
+                              workload: --clients quorum writers per region on shared keys,
+                              and --queued-clients ack=queued sessions per region on followers.
+                              Nemeses: partition-regions, kill, kill-leader, pause, pause-leader
+                              (default partition-regions,kill-leader,pause-leader). Checks:
+                              recovery, region-convergence, conflict-accounting, queued-tickets
+  --queued-clients N          queued sessions per region (default 1; 0: none)
+  --settle-ms MS              after healing, how long tickets get to end and then the regions
+                              to converge (each; default 60000)
+  --unsafe-region-skip-conflict-record   run nodes that resolve conflicts without recording
+                              the losers (a test-only node flag; conflict-accounting must catch it)
+  --unsafe-outbox-apply-twice run nodes whose outbox forwards every queued write twice (a
+                              test-only node flag; queued-tickets must catch it)
 Leaderless mode:
   --mode single-leader|leaderless   cluster mode (default single-leader); leaderless runs the
                               ll-set workload by default and refuses pause-leader,
@@ -68,7 +87,7 @@ async function main(): Promise<number> {
   try {
     parsed = parseArgs({
       options: {
-        backend: { type: 'string', default: 'docker' },
+        backend: { type: 'string' },
         workload: { type: 'string' },
         mode: { type: 'string', default: 'single-leader' },
         replicas: { type: 'string', default: '3' },
@@ -83,7 +102,7 @@ async function main(): Promise<number> {
         duration: { type: 'string', default: '30s' },
         seed: { type: 'string' },
         nodes: { type: 'string', default: '3' },
-        clients: { type: 'string', default: '6' },
+        clients: { type: 'string' },
         out: { type: 'string', default: 'chaos-reports' },
         'unsafe-no-fencing': { type: 'boolean', default: false },
         'unsafe-concurrent-membership-changes': { type: 'boolean', default: false },
@@ -93,6 +112,11 @@ async function main(): Promise<number> {
         groups: { type: 'string', default: '2' },
         routers: { type: 'string', default: '2' },
         'healthy-ms': { type: 'string' },
+        regions: { type: 'string' },
+        'queued-clients': { type: 'string', default: '1' },
+        'settle-ms': { type: 'string' },
+        'unsafe-region-skip-conflict-record': { type: 'boolean', default: false },
+        'unsafe-outbox-apply-twice': { type: 'boolean', default: false },
         'fault-ms': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -107,7 +131,13 @@ async function main(): Promise<number> {
     return 0
   }
   try {
-    if (o.backend !== 'process' && o.backend !== 'docker')
+    if (o.regions !== undefined) return await regionsMain(o)
+    if (o['unsafe-region-skip-conflict-record'] || o['unsafe-outbox-apply-twice'])
+      throw new Error(
+        '--unsafe-region-skip-conflict-record and --unsafe-outbox-apply-twice go with --regions',
+      )
+    const backend = o.backend ?? 'docker'
+    if (backend !== 'process' && backend !== 'docker')
       throw new Error('--backend must be process or docker')
     if (o.mode !== 'single-leader' && o.mode !== 'leaderless')
       throw new Error('--mode must be single-leader or leaderless')
@@ -127,7 +157,7 @@ async function main(): Promise<number> {
     const seed = o.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(o.seed)
     if (!Number.isSafeInteger(seed)) throw new Error('--seed must be a whole number')
     const nodes = Number(o.nodes)
-    const clients = Number(o.clients)
+    const clients = Number(o.clients ?? '6')
     if (!Number.isInteger(nodes) || nodes < 1) throw new Error('--nodes must be at least 1')
     if (!Number.isInteger(clients) || clients < 1) throw new Error('--clients must be at least 1')
     const durationMs = duration(o.duration)
@@ -157,7 +187,7 @@ async function main(): Promise<number> {
       ? ` --mode leaderless --replicas ${replicas} --w ${o.w} --r ${o.r}${o.sloppy ? ' --sloppy' : ''} --anti-entropy-interval-ms ${antiEntropyIntervalMs}${o['node-arg'].map((a) => ` --node-arg=${a}`).join('')}`
       : ''
     const result = await runChaos({
-      backend: o.backend,
+      backend,
       workload: workload as WorkloadName,
       ...(leaderless
         ? {
@@ -183,13 +213,73 @@ async function main(): Promise<number> {
       ...(o.router ? { router: true, groups, routers } : {}),
       ...(healthyMs !== undefined ? { healthyMs } : {}),
       ...(faultMs !== undefined ? { faultMs } : {}),
-      command: `pnpm chaos --backend ${o.backend}${routerText}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${timingText}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}${o['unsafe-shard-move-without-fence'] ? ' --unsafe-shard-move-without-fence' : ''}`,
+      command: `pnpm chaos --backend ${backend}${routerText}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${timingText}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}${o['unsafe-shard-move-without-fence'] ? ' --unsafe-shard-move-without-fence' : ''}`,
     })
     return result.summary.valid === true ? 0 : result.summary.valid === false ? 1 : 3
   } catch (err) {
     process.stderr.write(`chaos: ${(err as Error).message}\n`)
     return 2
   }
+}
+
+/** `--regions N`: the multi-region run (process backend); see regions-run.ts. */
+async function regionsMain(o: {
+  backend?: string | undefined
+  nemesis?: string | undefined
+  duration: string
+  seed?: string | undefined
+  nodes: string
+  clients?: string | undefined
+  out: string
+  regions?: string | undefined
+  'queued-clients': string
+  'settle-ms'?: string | undefined
+  'healthy-ms'?: string | undefined
+  'fault-ms'?: string | undefined
+  'node-arg': string[]
+  'unsafe-region-skip-conflict-record': boolean
+  'unsafe-outbox-apply-twice': boolean
+}): Promise<number> {
+  const whole = (name: string, text: string | undefined, min: number): number | undefined => {
+    if (text === undefined) return undefined
+    const n = Number(text)
+    if (!Number.isInteger(n) || n < min)
+      throw new Error(`--${name} must be a whole number >= ${min}`)
+    return n
+  }
+  const regions = whole('regions', o.regions, 2) as number
+  const nodes = whole('nodes', o.nodes, 1) as number
+  const clients = whole('clients', o.clients ?? '3', 1) as number
+  const queued = whole('queued-clients', o['queued-clients'], 0) as number
+  const settleMs = whole('settle-ms', o['settle-ms'], 1000)
+  const healthyMs = whole('healthy-ms', o['healthy-ms'], 100)
+  const faultMs = whole('fault-ms', o['fault-ms'], 100)
+  const seed = o.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(o.seed)
+  if (!Number.isSafeInteger(seed)) throw new Error('--seed must be a whole number')
+  const nodeArgs = [
+    ...o['node-arg'],
+    ...(o['unsafe-region-skip-conflict-record'] ? ['--unsafe-region-skip-conflict-record'] : []),
+    ...(o['unsafe-outbox-apply-twice'] ? ['--unsafe-outbox-apply-twice'] : []),
+  ]
+  const result = await runChaos({
+    backend: o.backend === undefined || o.backend === 'process' ? 'process' : 'docker',
+    workload: 'regions',
+    nemeses: parseNemeses(o.nemesis ?? 'partition-regions,kill-leader,pause-leader'),
+    ack: 'quorum',
+    durationMs: duration(o.duration),
+    seed,
+    nodes,
+    clients,
+    out: o.out,
+    regions,
+    writersPerRegion: clients,
+    queuedPerRegion: queued,
+    ...(settleMs !== undefined ? { settleTimeoutMs: settleMs } : {}),
+    ...(healthyMs !== undefined ? { healthyMs } : {}),
+    ...(faultMs !== undefined ? { faultMs } : {}),
+    ...(nodeArgs.length > 0 ? { nodeArgs } : {}),
+  })
+  return result.summary.valid === true ? 0 : result.summary.valid === false ? 1 : 3
 }
 
 main().then(

@@ -11,6 +11,7 @@ import { ringChurn } from './ring-churn.js'
 import { chaosMemberIds } from './security.js'
 import { groupView, moveSlots, type MoveRecord } from './shard-moves.js'
 import { isSharded, type ShardedCluster } from './sharded-cluster.js'
+import { isRegioned } from './regions-cluster.js'
 
 /** The seeded draws of schedules and workloads: the project's one PRNG (from the core). */
 export { prng }
@@ -19,6 +20,7 @@ export const nemesisNames = [
   'kill',
   'pause',
   'pause-leader',
+  'kill-leader',
   'partition-one',
   'partition-majority',
   'partition-leader',
@@ -30,11 +32,29 @@ export const nemesisNames = [
   'member-split',
   'move-slots',
   'kill-router',
+  'partition-regions',
 ] as const
 export type NemesisName = (typeof nemesisNames)[number]
 
 /** Nemeses aimed at the leader: a leaderless cluster has none, so runs refuse them there. */
-export const leaderNemeses = ['pause-leader', 'partition-leader', 'slow-leader'] as const
+export const leaderNemeses = [
+  'pause-leader',
+  'kill-leader',
+  'partition-leader',
+  'slow-leader',
+] as const
+
+/** Nemeses that need regions (--regions). */
+export const regionNemeses = ['partition-regions'] as const
+
+/** The nemeses a --regions run takes: the links between regions, and kills and pauses. */
+export const regionsModeNemeses = [
+  'partition-regions',
+  'kill',
+  'kill-leader',
+  'pause',
+  'pause-leader',
+] as const
 
 /** Nemeses that change the configuration (member-churn also in leaderless mode, as ring changes). */
 export const membershipNemeses = ['member-churn', 'member-split'] as const
@@ -319,14 +339,25 @@ async function runRounds(options: NemesisOptions): Promise<FaultWindow[]> {
       windows.push({ nemesis, description: change, start, end })
       continue
     }
-    // Shard groups: the leader of one group, drawn.
+    // Shard groups: the leader of one group, drawn; regions: the leader of one region.
     const leader = options.leaderless
       ? null
-      : await currentLeader(isSharded(cluster) ? pick(random, cluster.groups).cluster : cluster)
+      : await currentLeader(
+          isSharded(cluster)
+            ? pick(random, cluster.groups).cluster
+            : isRegioned(cluster)
+              ? pick(random, cluster.regions).cluster
+              : cluster,
+        )
     // In leaderless mode the leader nemeses are refused before the run; '' names no node.
     const leaderId = options.leaderless ? '' : (leader?.id ?? pick(random, ids))
     /** A node's name in a description: with its group when there are groups. */
-    const named = (id: string) => (isSharded(cluster) ? `${id} of ${cluster.groupOf(id)}` : id)
+    const named = (id: string) =>
+      isSharded(cluster)
+        ? `${id} of ${cluster.groupOf(id)}`
+        : isRegioned(cluster)
+          ? `${id} of ${cluster.regionOf(id)}`
+          : id
     let description = ''
     let heal: () => Promise<void>
     switch (nemesis) {
@@ -342,6 +373,22 @@ async function runRounds(options: NemesisOptions): Promise<FaultWindow[]> {
         description = `kill -9 router ${target}`
         await cluster.killRouter(target)
         heal = () => cluster.startRouter(target)
+        break
+      }
+      case 'partition-regions': {
+        if (!isRegioned(cluster))
+          throw new Error('partition-regions needs regions: run with --regions')
+        // Half the cuts refuse (callers fail fast), half drop everything (callers time out).
+        const mode = random() < 0.5 ? ('refuse' as const) : ('blackhole' as const)
+        description = `cut every link between regions ${cluster.regions.map((r) => r.id).join(' | ')} (${mode})`
+        await cluster.cutRegions(mode)
+        heal = () => cluster.healRegions()
+        break
+      }
+      case 'kill-leader': {
+        description = `kill -9 ${named(leaderId)} ${leader !== null ? '(the leader)' : '(no leader found: a node drawn at random)'}`
+        await cluster.kill(leaderId)
+        heal = () => cluster.start(leaderId)
         break
       }
       case 'kill': {

@@ -30,6 +30,13 @@ export interface RunSummary {
    * none led (no verdict: the faults may explain them; worth a look).
    */
   stalls?: LeaderStall[]
+  /** Regions mode: the regions and their members, and how many conflict records were read. */
+  regions?: {
+    regions: { id: string; members: string[] }[]
+    conflictRecordsRead: number
+    /** Nodes whose conflict record could not be read in full, and why. */
+    conflictReadErrors: string[]
+  }
 }
 
 const width = 900

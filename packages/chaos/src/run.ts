@@ -43,6 +43,7 @@ import { pairOperations, type Verdict } from './history.js'
 import {
   leaderNemeses,
   membershipNemeses,
+  regionNemeses,
   runNemesis,
   shardNemeses,
   singleLeaderOnlyNemeses,
@@ -51,6 +52,7 @@ import {
 } from './nemesis.js'
 import { watchGroups, type LeaderStall } from './group-watch.js'
 import { ProcessCluster } from './process-cluster.js'
+import { runRegionsChaos } from './regions-run.js'
 import { groupView, settleMoves, shardViewOf, type MoveRecord } from './shard-moves.js'
 import { ShardedProcessCluster } from './sharded-cluster.js'
 import { ringView, settleRing } from './ring-churn.js'
@@ -123,6 +125,21 @@ export interface ChaosOptions {
   groups?: number
   /** Router mode: routers (default 2). */
   routers?: number
+  /**
+   * Regions mode (`--regions N`, process backend): N regions (2 or 3) of `nodes` kv-node
+   * processes each, joined by cuttable links; the regions workload and checkers. See
+   * regions-run.ts.
+   */
+  regions?: number
+  /** Regions mode: quorum writers per region (default 3). */
+  writersPerRegion?: number
+  /** Regions mode: queued sessions per region (default 1). */
+  queuedPerRegion?: number
+  /**
+   * Regions mode: how long the tickets get to end, and then the regions to converge, after
+   * healing (each; default 60 s).
+   */
+  settleTimeoutMs?: number
 }
 
 /** The size of a quorum given as a number, 'quorum' or 'all', for N replicas. */
@@ -143,6 +160,10 @@ export interface ChaosResult {
 }
 
 export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
+  if (options.regions !== undefined) return runRegionsChaos(options)
+  if (options.workload === 'regions') throw new Error('the regions workload needs --regions')
+  const regional = options.nemeses.filter((n) => (regionNemeses as readonly string[]).includes(n))
+  if (regional.length > 0) throw new Error(`${regional.join(', ')} needs regions: add --regions 2`)
   const log = options.log ?? ((line: string) => process.stdout.write(`${line}\n`))
   const leaderless = options.mode === 'leaderless'
   const replicas = options.replicas ?? 3

@@ -31,7 +31,14 @@ import {
   type LeaderlessQuorums,
 } from './workloads-leaderless.js'
 
-export const workloadNames = ['register', 'set', 'session', 'll-set', 'll-register'] as const
+export const workloadNames = [
+  'register',
+  'set',
+  'session',
+  'll-set',
+  'll-register',
+  'regions',
+] as const
 /** The workloads of each cluster mode. */
 export const leaderlessWorkloads: readonly WorkloadName[] = ['ll-set', 'll-register']
 export type WorkloadName = (typeof workloadNames)[number]
@@ -83,14 +90,14 @@ export interface Workload {
 }
 
 /** A connection that was never made: the request certainly did not reach the node. */
-function refused(err: unknown): boolean {
+export function refused(err: unknown): boolean {
   const e = err as { code?: string; cause?: { code?: string } }
   return e.code === 'ECONNREFUSED' || e.cause?.code === 'ECONNREFUSED'
 }
 
-const pauseAfterError = () => new Promise((r) => setTimeout(r, 50))
+export const pauseAfterError = () => new Promise((r) => setTimeout(r, 50))
 
-function codeOf(err: unknown): string {
+export function codeOf(err: unknown): string {
   return err instanceof KvError ? err.code : err instanceof Error ? err.message : String(err)
 }
 
@@ -135,6 +142,8 @@ export function startWorkload(name: WorkloadName, options: WorkloadOptions): Wor
         options,
         options.quorums ?? { w: 'quorum', r: 'quorum', sloppy: false },
       )
+    case 'regions':
+      throw new Error('the regions workload runs with --regions (see workloads-regions.ts)')
   }
 }
 
@@ -177,7 +186,7 @@ function loops(
  * hint is followed (a router finds leaders and owners itself; a client never talks to a node),
  * and a router that refused a connection or timed out is skipped for a second.
  */
-class BoundClient {
+export class BoundClient {
   private readonly pools = new Map<string, Pool>()
   /** Router URL -> until when (performance.now()) it is skipped. */
   private readonly routerDown = new Map<string, number>()
@@ -263,7 +272,7 @@ class BoundClient {
   }
 }
 
-function errorCode(body: string): string {
+export function errorCode(body: string): string {
   try {
     return (JSON.parse(body) as { error?: { code?: string } }).error?.code ?? 'unknown'
   } catch {
@@ -272,7 +281,7 @@ function errorCode(body: string): string {
 }
 
 /** A write refused before it was applied: nothing happened. */
-const refusedBeforeApply = new Set([
+export const refusedBeforeApply: ReadonlySet<string> = new Set([
   'KV_ERR_PRECONDITION_FAILED',
   'KV_ERR_NOT_LEADER',
   'KV_ERR_NOT_READY',
