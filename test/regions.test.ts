@@ -10,7 +10,12 @@
  * - A partition heals and the regions converge; every acknowledged write is the final value,
  *   or a recorded loser.
  */
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { Agent, request } from 'undici'
+import { encodeRegionBatch, type RegionBatch } from '@kvstore/protocol'
 import { LinkProxy, TestCluster, until, type ClusterMember } from '@kvstore/testkit'
+import { testCertsDir } from './support/certs.js'
 
 let us: TestCluster
 let eu: TestCluster
@@ -257,3 +262,94 @@ it('an inter-region partition heals and the regions converge; every write is fin
     expect(region.filter((w) => losers.has(w.stamp))).toHaveLength(1)
   }
 }, 180_000)
+
+it('refuses forged and malformed batches with coded errors, and applies none of them', async () => {
+  const el = await eu.waitForLeader()
+  const dir = testCertsDir()
+  // n1 is a member of us: its certificate may ship us's writes to eu, and nothing else.
+  const asN1 = new Agent({
+    connect: {
+      ca: readFileSync(join(dir, 'ca.crt')),
+      cert: readFileSync(join(dir, 'n1.crt')),
+      key: readFileSync(join(dir, 'n1.key')),
+    },
+  })
+  const ship = async (body: Buffer, dispatcher?: Agent) => {
+    const res = await request(`${el.url}/internal/v1/regions/ship`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-protobuf' },
+      body,
+      ...(dispatcher !== undefined ? { dispatcher } : {}),
+    })
+    return {
+      status: res.statusCode,
+      code: ((await res.body.json()) as { error?: { code: string } }).error?.code,
+    }
+  }
+  const cursor = async () => {
+    const res = await request(`${el.url}/internal/v1/regions/cursor`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ source: 'us' }),
+      dispatcher: asN1,
+    })
+    return ((await res.body.json()) as { cursor: number }).cursor
+  }
+  const at = await cursor()
+  const batch = (over: Partial<RegionBatch> = {}, wallMs = Date.now()): Buffer => {
+    const b: RegionBatch = {
+      source: 'us',
+      sourceEpoch: 1,
+      fromLsn: at + 1,
+      throughLsn: at + 1,
+      sourceCommitLsn: at + 1,
+      sentAtMs: Date.now(),
+      entries: [
+        {
+          lsn: at + 1,
+          timestampMs: Date.now(),
+          ops: [
+            {
+              type: 1,
+              key: Buffer.from('forged/1'),
+              value: Buffer.from('x'),
+              stamp: { wallMs, logical: 0, region: over.source ?? 'us' },
+            },
+          ],
+        },
+      ],
+      ...over,
+    }
+    return Buffer.from(encodeRegionBatch(b))
+  }
+  try {
+    // Root (a user, even an admin) may not ship.
+    expect(await ship(batch())).toMatchObject({ status: 401, code: 'KV_ERR_UNAUTHENTICATED' })
+    // A member of us may not ship as another region.
+    expect(await ship(batch({ source: 'eu' }), asN1)).toMatchObject({
+      status: 403,
+      code: 'KV_ERR_PERMISSION_DENIED',
+    })
+    // Bytes that are not a batch.
+    expect(await ship(Buffer.from('not protobuf'), asN1)).toMatchObject({
+      status: 400,
+      code: 'KV_ERR_MALFORMED_BODY',
+    })
+    // A batch that skips entries past eu's cursor.
+    expect(
+      await ship(
+        batch({ fromLsn: at + 5, throughLsn: at + 5, sourceCommitLsn: at + 5, entries: [] }),
+        asN1,
+      ),
+    ).toMatchObject({ status: 409, code: 'KV_ERR_REGION_GAP' })
+    // A write stamped two hours ahead of eu's clock.
+    expect(await ship(batch({}, Date.now() + 2 * 3600_000), asN1)).toMatchObject({
+      status: 409,
+      code: 'KV_ERR_CLOCK_SKEW',
+    })
+    expect(await read(el, 'forged/1')).toBeNull()
+    expect(await cursor()).toBe(at)
+  } finally {
+    await asN1.close()
+  }
+}, 60_000)

@@ -158,6 +158,13 @@ export function registerOutboxRoutes(app: FastifyInstance, ctx: AppContext): voi
           'KV_ERR_PERMISSION_DENIED',
           `${forwarded.from} is not a member of this cluster`,
         )
+      // The sender must be who its certificate says (with TLS; a plaintext development port
+      // with auth off has no certificate to compare).
+      if (request.peerMember !== null && request.peerMember !== forwarded.from)
+        throw new KvError(
+          'KV_ERR_PERMISSION_DENIED',
+          `the forward claims to come from ${forwarded.from}, but the certificate names ${request.peerMember}`,
+        )
       const outcomes = await service.apply(forwarded.entries)
       void reply.type('application/x-protobuf')
       return Buffer.from(encodeOutboxApplyReply(outcomes))

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { RegionClock } from '@kvstore/core'
 import {
+  KvError,
   conflictIdOfKey,
   conflictPrefixBytes,
   decodeConflictRecord,
@@ -121,6 +122,26 @@ export class Regions {
 
   get region(): string {
     return this.setup.region
+  }
+
+  /** The region a member of the regions file belongs to (undefined: none). */
+  regionOfMember(id: string): string | undefined {
+    return this.setup.regions.find((r) => r.members.some((m) => m.id === id))?.id
+  }
+
+  /**
+   * Refuses a call for `source` from a member of another region: a region may ship only its
+   * own writes, and ask only for its own cursor (`member` null: plaintext, auth off).
+   */
+  checkCaller(member: string | null, source: string): void {
+    if (member === null) return
+    const region = this.regionOfMember(member)
+    if (region !== source)
+      throw new KvError(
+        'KV_ERR_PERMISSION_DENIED',
+        `member ${member} is in region ${region ?? '(none)'}; it may not act for region ${source}`,
+        { member, source },
+      )
   }
 
   /** Member ids of the other regions (who may call the region-peer routes). */

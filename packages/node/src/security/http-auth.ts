@@ -84,6 +84,8 @@ declare module 'fastify' {
     principal: Principal | null
     /** The client's address, read when the request arrived (an HTTP/2 stream forgets it). */
     remote: string
+    /** The member a `*-peer` route's caller is, by its certificate (null: none, or plaintext). */
+    peerMember: string | null
   }
 }
 
@@ -215,6 +217,7 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
   const limiter = new RateLimiter()
   app.decorateRequest('principal', null)
   app.decorateRequest('remote', '')
+  app.decorateRequest('peerMember', null)
 
   /** The user a verified client certificate names (cached on the connection). */
   const fromCertificate = (request: FastifyRequest): string | null => {
@@ -301,6 +304,7 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
       return denied(
         `member ${member} is not in the ${shard ? 'shard map' : "regions file's other regions"}`,
       )
+    request.peerMember = member
     return null
   }
 
@@ -317,6 +321,7 @@ export function registerHttpAuth(app: FastifyInstance, options: HttpAuthOptions)
       return unauthenticated('only a member of this cluster may call this (its member certificate)')
     if (options.isClusterMember?.(member) !== true)
       return denied(`${member} is not a member of this cluster`)
+    request.peerMember = member
     return null
   }
 

@@ -75,6 +75,7 @@ export function registerRegionRoutes(app: FastifyInstance, ctx: AppContext): voi
       const source = (body as { source?: unknown } | undefined)?.source
       if (typeof source !== 'string')
         throw new KvError('KV_ERR_MALFORMED_BODY', 'the body must be JSON such as {"source":"us"}')
+      regions().checkCaller(request.peerMember, source)
       return { cursor: regions().receiver.cursorFor(source) }
     },
   )
@@ -102,6 +103,7 @@ export function registerRegionRoutes(app: FastifyInstance, ctx: AppContext): voi
         if (err instanceof DecodeError) throw new KvError('KV_ERR_MALFORMED_BODY', err.message)
         throw err
       }
+      regions().checkCaller(request.peerMember, batch.source)
       return regions().receiver.apply(batch)
     },
   )
