@@ -14,7 +14,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Agent, request } from 'undici'
 import { encodeRegionBatch, type RegionBatch } from '@kvstore/protocol'
-import { LinkProxy, TestCluster, until, type ClusterMember } from '@kvstore/testkit'
+import { LinkProxy, TestCluster, metricTotal, until, type ClusterMember } from '@kvstore/testkit'
 import { testCertsDir } from './support/certs.js'
 
 let us: TestCluster
@@ -22,7 +22,10 @@ let eu: TestCluster
 const proxies: LinkProxy[] = []
 
 beforeAll(async () => {
-  const started = await TestCluster.startRegions(['us', 'eu'], 3, [], {
+  // Tombstones may go after 1 s once the other region caught up past them (with a 0.5 s skew
+  // allowance and the 5 s ack timeout as margin), so a test can watch one being collected.
+  const args = ['--region-tombstone-gc-ms', '1000', '--region-clock-skew-max-ms', '500']
+  const started = await TestCluster.startRegions(['us', 'eu'], 3, args, {
     urlsFor: async (_viewer, _region, member) => {
       const proxy = await LinkProxy.start(Number(new URL(member.url).port))
       proxies.push(proxy)
@@ -351,5 +354,66 @@ it('refuses forged and malformed batches with coded errors, and applies none of 
     expect(await cursor()).toBe(at)
   } finally {
     await asN1.close()
+  }
+}, 60_000)
+
+it('collects a tombstone only once the other region has caught up past it', async () => {
+  const ul = await us.waitForLeader()
+  const el = await eu.waitForLeader()
+  expect((await write(ul, 'gc/1', 'here')).status).toBe(200)
+  await converged()
+  const collected = (m: ClusterMember) => metricTotal(m.url, 'kv_region_tombstones_collected_total')
+  const before = { us: await collected(ul), eu: await collected(el) }
+  cut()
+  try {
+    expect((await write(ul, 'gc/1', null)).status).toBe(200)
+    // Well past the 1 s minimum (and the 5.5 s margin): eu has not caught up past the delete,
+    // so us keeps its tombstone; an older write of eu's could still be on its way.
+    await new Promise((resolve) => setTimeout(resolve, 8000))
+    expect(await collected(ul)).toBe(before.us)
+  } finally {
+    heal()
+  }
+  // Once the link is back, both regions hold the delete, then both collect it.
+  await until(
+    'both regions collect the tombstone',
+    async () => (await collected(ul)) > before.us && (await collected(el)) > before.eu,
+    30_000,
+    200,
+  )
+  await converged()
+  expect(await read(ul, 'gc/1')).toBeNull()
+  expect(await read(el, 'gc/1')).toBeNull()
+}, 90_000)
+
+it('idle regions write nothing to each other (no entry ping-pong), and show no lag', async () => {
+  const ul = await us.waitForLeader()
+  const el = await eu.waitForLeader()
+  await converged()
+  const applied = async () =>
+    [await us.status(ul.id), await eu.status(el.id)].map((s) => s.appliedLsn)
+  // Let start-up entries settle (the leader records the other region's cursor once, within
+  // 5 s of its first confirmation): six seconds without a new entry.
+  let before = await applied()
+  await until(
+    'the regions settle',
+    async () => {
+      await new Promise((resolve) => setTimeout(resolve, 6000))
+      const now = await applied()
+      const same = now.every((lsn, i) => lsn === before[i])
+      before = now
+      return same
+    },
+    40_000,
+  )
+  await new Promise((resolve) => setTimeout(resolve, 5000))
+  expect(await applied()).toEqual(before)
+  for (const m of [ul, el]) {
+    const view = (await (await fetch(`${m.url}/v1/regions`)).json()) as {
+      shipping: { lagEntries: number; lagMs: number; state: string }[]
+    }
+    expect(view.shipping).toEqual([
+      expect.objectContaining({ lagEntries: 0, lagMs: 0, state: 'streaming' }),
+    ])
   }
 }, 60_000)

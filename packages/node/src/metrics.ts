@@ -725,6 +725,23 @@ export class NodeMetrics {
         this.inc({ outcome: 'remote_lost' }, c.remote_lost)
       },
     })
+    new Counter({
+      name: 'kv_region_tombstones_collected_total',
+      help: 'Regions: tombstones this node, as leader, deleted outright once every other region had caught up past them (regionTombstoneGcMs).',
+      registers,
+      collect() {
+        this.reset()
+        this.inc(regions.tombstones.collected)
+      },
+    })
+    new Gauge({
+      name: 'kv_region_tombstones',
+      help: "Regions: tombstones the leader's last collection pass kept (too young, or some region has not caught up past them).",
+      registers,
+      collect() {
+        this.set(regions.tombstones.kept)
+      },
+    })
     new Gauge({
       name: 'kv_region_conflict_records',
       help: 'Regions: conflict records this region keeps (GET /admin/v1/conflicts), at most regionConflictsMax.',

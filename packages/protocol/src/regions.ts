@@ -61,6 +61,14 @@ export function regionCursorKey(source: string): Buffer {
   return Buffer.from(cursorPrefix + source, 'utf8')
 }
 
+/**
+ * The reserved key holding how far region `to` has confirmed this region's log: every member
+ * keeps its log from there (within logRetentionEntriesMax), so a new leader can resume.
+ */
+export function regionShippedKey(to: string): Buffer {
+  return Buffer.from(`\u0000region/shipped/${to}`, 'utf8')
+}
+
 export const regionCursorPrefixBytes: Buffer = Buffer.from(cursorPrefix, 'utf8')
 export const conflictPrefixBytes: Buffer = Buffer.from(conflictPrefix, 'utf8')
 
@@ -213,6 +221,7 @@ export interface RegionCursor {
   appliedAtMs: number
   sourceCommitLsn: number
   sourceSentAtMs: number
+  caughtUpSentAtMs: number
 }
 
 export function encodeRegionCursor(cursor: RegionCursor): Uint8Array {
@@ -236,6 +245,7 @@ export function decodeRegionCursor(bytes: Uint8Array): RegionCursor {
     appliedAtMs: raw.appliedAtMs,
     sourceCommitLsn: raw.sourceCommitLsn,
     sourceSentAtMs: raw.sourceSentAtMs,
+    caughtUpSentAtMs: raw.caughtUpSentAtMs,
   }
 }
 

@@ -42,6 +42,11 @@ export interface WriteOp {
   stamp?: Stamp
   /** With `stamp`: the stamp of the record the write replaced in its origin region. */
   prevStamp?: Stamp
+  /**
+   * Region mode: a delete that removes the record outright, tombstone and all, and is never
+   * stamped or shipped (collecting a tombstone every region has).
+   */
+  purge?: boolean
 }
 
 /** What `WriteRequest.compute` sees: the entry's LSN and the state as of this entry. */
@@ -275,7 +280,8 @@ export class Sequencer {
       const id = op.key.toString('latin1')
       // Reserved keys (auth, membership, region cursors) are never stamped: they are this
       // region's own and never shipped.
-      const stamped = op.stamp !== undefined || (stamper !== undefined && op.key[0] !== 0x00)
+      const stamped =
+        op.stamp !== undefined || (stamper !== undefined && op.key[0] !== 0x00 && op.purge !== true)
       const needsRead =
         stamped ||
         op.ifVersion !== undefined ||
@@ -306,7 +312,7 @@ export class Sequencer {
         if (op.stamp !== undefined) {
           stamp = op.stamp
           prev = op.prevStamp
-        } else if (stamper !== undefined && op.key[0] !== 0x00) {
+        } else if (stamper !== undefined && op.key[0] !== 0x00 && op.purge !== true) {
           prev = raw?.stamp
           stamp = stamper(prev)
         }

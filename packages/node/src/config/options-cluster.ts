@@ -139,6 +139,18 @@ export const clusterOptions: readonly OptionSpec[] = [
       'Regions: how many conflict records (GET /admin/v1/conflicts) the region keeps; past it, the leader deletes the oldest (counted in kv_region_conflicts_collected_total). Every conflict is also counted in kv_region_conflicts_total.',
   },
   {
+    key: 'regionTombstoneGcMs',
+    flag: '--region-tombstone-gc-ms',
+    env: 'KV_REGION_TOMBSTONE_GC_MS',
+    kind: 'integer',
+    default: 3_600_000,
+    min: 1000,
+    max: 365 * 24 * 3_600_000,
+    group: 'cluster',
+    description:
+      "Regions: how long a delete is kept as a tombstone at least. The leader collects it after that only once every other region has caught up with its log past the delete's time (plus --region-clock-skew-max-ms and --ack-timeout-ms), so no older write from elsewhere can still arrive and bring the key back. A region cut off keeps every newer tombstone alive.",
+  },
+  {
     key: 'regionClockSkewMaxMs',
     flag: '--region-clock-skew-max-ms',
     env: 'KV_REGION_CLOCK_SKEW_MAX_MS',

@@ -54,6 +54,7 @@ export interface NodeConfig extends Limits {
   regionShipBatchBytesMax: number
   regionConflictsMax: number
   regionClockSkewMaxMs: number
+  regionTombstoneGcMs: number
   shardMoveBytesPerSMax: number
   defaultAck: AckMode
   ackTimeoutMs: number

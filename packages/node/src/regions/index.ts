@@ -11,6 +11,9 @@ import {
   conflictIdOfKey,
   conflictPrefixBytes,
   decodeConflictRecord,
+  decodeRegionCursor,
+  encodeRegionCursor,
+  regionShippedKey,
   formatStamp,
   type ConflictSide,
   type Region,
@@ -74,6 +77,10 @@ function sideView(side: ConflictSide): SideView {
 }
 
 const conflictTrimEveryMs = 5000
+/** The leader records another region's confirmed cursor once it has moved this far. */
+const shippedRecordEveryEntries = 1000
+/** Tombstones collected per entry (one entry, one quorum write). */
+const tombstonesPerEntry = 500
 
 export class Regions {
   readonly receiver: RegionReceiver
@@ -81,6 +88,10 @@ export class Regions {
   private shippers: RegionShipper[] = []
   private trimTimer: NodeJS.Timeout | null = null
   private trimming = false
+  private gcTimer: NodeJS.Timeout | null = null
+  private collecting = false
+  /** Tombstones collected by this node as leader, and seen at the last scan. */
+  readonly tombstones = { collected: 0, kept: 0 }
   /** Conflict records on this node (counted at the start, then kept up to date). */
   private recorded = 0
   private collected = 0
@@ -154,21 +165,73 @@ export class Regions {
     this.startShippers()
     this.trimTimer = setInterval(() => void this.trimConflicts(), conflictTrimEveryMs)
     this.trimTimer.unref()
+    const gcEveryMs = Math.max(500, Math.min(60_000, this.config.regionTombstoneGcMs / 4))
+    this.gcTimer = setInterval(() => void this.collectTombstones(), gcEveryMs)
+    this.gcTimer.unref()
     // Compaction keeps what a region has not confirmed, within logRetentionEntriesMax (a
     // region cut off for longer is re-seeded rather than let the log grow without bound).
     const previous = this.replicator.compactionHold
-    this.replicator.compactionHold = (retainFrom) => {
-      const held = previous?.(retainFrom) ?? retainFrom
-      if (!this.replicator.isLeader) return held
-      const floor = this.store.commitLsn - this.config.logRetentionEntriesMax
-      let keep = held
-      for (const s of this.shippers) {
-        const cursor = s.confirmedCursor
-        if (cursor === null) return Math.min(held, Math.max(floor, this.store.meta.logStartLsn))
-        if (cursor + 1 > floor) keep = Math.min(keep, cursor + 1)
-      }
-      return keep
+    this.replicator.compactionHold = (retainFrom) =>
+      this.retainFrom(previous?.(retainFrom) ?? retainFrom)
+  }
+
+  /**
+   * Where compaction may start the log on this member: no further than the first entry some
+   * other region has not confirmed (as the leader knows it, or as recorded in the log for every
+   * member), unless that region is more than logRetentionEntriesMax behind: then the log goes
+   * on (it never grows without bound) and that region must be re-seeded.
+   */
+  private retainFrom(wanted: number): number {
+    const floor = this.store.commitLsn - this.config.logRetentionEntriesMax
+    let keep = wanted
+    for (const r of this.setup.remotes) {
+      const live = this.replicator.isLeader
+        ? (this.shippers.find((s) => s.to === r.id)?.confirmedCursor ?? null)
+        : null
+      const recorded = this.shippedCursor(r.id)
+      const confirmed = Math.max(live ?? -1, recorded ?? -1)
+      const from = confirmed < 0 ? this.store.meta.logStartLsn : confirmed + 1
+      if (from > floor) keep = Math.min(keep, from)
     }
+    return keep
+  }
+
+  /** How far region `to` had confirmed this region's log when the leader last recorded it. */
+  private shippedCursor(to: string): number | null {
+    const record = this.store.getSync(regionShippedKey(to))
+    if (record === null || record.tombstone) return null
+    return decodeRegionCursor(record.value).lsn
+  }
+
+  /** The leader records the other regions' confirmed cursors in the log (every few seconds). */
+  private async recordShipped(): Promise<void> {
+    if (!this.replicator.isLeader) return
+    const ops: WriteOp[] = []
+    for (const s of this.shippers) {
+      const cursor = s.confirmedCursor
+      const recorded = this.shippedCursor(s.to)
+      // Every few thousand entries is plenty for compaction, and an idle region writes none
+      // (recording one moves the cursor again: it must not feed itself).
+      if (cursor === null || (recorded !== null && cursor - recorded < shippedRecordEveryEntries))
+        continue
+      ops.push({
+        type: 'put',
+        key: regionShippedKey(s.to),
+        value: Buffer.from(
+          encodeRegionCursor({
+            source: s.to,
+            lsn: cursor,
+            appliedAtMs: Date.now(),
+            sourceCommitLsn: 0,
+            sourceSentAtMs: 0,
+            caughtUpSentAtMs: 0,
+          }),
+        ),
+      })
+    }
+    if (ops.length === 0) return
+    const result = await this.sequencer.write({ kind: 'batch', ops, origin: 'region' })
+    await this.replicator.waitForAck(result.lsn, result.epoch, 'quorum', this.config.ackTimeoutMs)
   }
 
   private startShippers(): void {
@@ -207,6 +270,7 @@ export class Regions {
 
   async stop(): Promise<void> {
     if (this.trimTimer) clearInterval(this.trimTimer)
+    if (this.gcTimer) clearInterval(this.gcTimer)
     await Promise.all(this.shippers.map((s) => s.stop()))
     await this.client.close()
   }
@@ -222,7 +286,7 @@ export class Regions {
         const cursor = this.receiver.cursorOf(r.id)
         return {
           from: r.id,
-          cursor: cursor?.lsn ?? 0,
+          cursor: this.receiver.progressOf(r.id).lsn,
           lastAppliedAtMs: cursor?.appliedAtMs ?? null,
           sourceCommitLsn: cursor?.sourceCommitLsn ?? null,
         }
@@ -322,11 +386,88 @@ export class Regions {
     }
   }
 
+  /**
+   * The time before which tombstones may be collected now: older than regionTombstoneGcMs, and
+   * every other region caught up with its log (as of a batch it cut) later than the delete by
+   * more than the clock skew allowed and the ack timeout, so no write older than the delete
+   * can still arrive from anywhere. Null: some region has never caught up (keep them all).
+   */
+  tombstoneHorizonMs(nowMs: number): number | null {
+    let horizon = nowMs - this.config.regionTombstoneGcMs
+    const margin = this.config.regionClockSkewMaxMs + this.config.ackTimeoutMs
+    for (const r of this.setup.remotes) {
+      const caughtUp = this.receiver.progressOf(r.id).caughtUpSentAtMs
+      if (caughtUp === 0) return null
+      horizon = Math.min(horizon, caughtUp - margin)
+    }
+    return horizon
+  }
+
+  /** The leader deletes tombstones outright once no region can still send an older write. */
+  async collectTombstones(nowMs = Date.now()): Promise<number> {
+    if (this.collecting || !this.replicator.isLeader) return 0
+    this.collecting = true
+    let collected = 0
+    try {
+      const horizon = this.tombstoneHorizonMs(nowMs)
+      const due: Buffer[] = []
+      let kept = 0
+      const snapshot = await this.store.openSnapshot()
+      try {
+        for await (const { key, record } of snapshot.records()) {
+          if (key[0] === 0x00 || !record.tombstone || record.stamp === undefined) continue
+          if (horizon !== null && record.stamp.wallMs < horizon) due.push(Buffer.from(key))
+          else kept++
+        }
+      } finally {
+        await snapshot.close()
+      }
+      this.tombstones.kept = kept
+      for (let i = 0; i < due.length && this.replicator.isLeader; i += tombstonesPerEntry) {
+        const keys = due.slice(i, i + tombstonesPerEntry)
+        let purged = 0
+        const result = await this.sequencer.write({
+          kind: 'batch',
+          origin: 'region',
+          ops: [],
+          compute: (view) => {
+            // Only what is still a due tombstone: a write since the scan wins.
+            const ops: WriteOp[] = []
+            for (const key of keys) {
+              const record = view.read(key)
+              if (record?.tombstone === true && record.stamp !== undefined && horizon !== null)
+                if (record.stamp.wallMs < horizon) ops.push({ type: 'delete', key, purge: true })
+            }
+            purged = ops.length
+            // An entry needs one op: a harmless reserved marker when nothing is left to purge.
+            if (ops.length === 0) ops.push({ type: 'delete', key: tombstoneMarkerKey, purge: true })
+            return ops
+          },
+        })
+        await this.replicator.waitForAck(
+          result.lsn,
+          result.epoch,
+          'quorum',
+          this.config.ackTimeoutMs,
+        )
+        collected += purged
+        this.tombstones.collected += purged
+      }
+      return collected
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'collecting tombstones failed')
+      return collected
+    } finally {
+      this.collecting = false
+    }
+  }
+
   /** The leader deletes the oldest conflict records past regionConflictsMax. */
   private async trimConflicts(): Promise<void> {
     if (this.trimming) return
     this.trimming = true
     try {
+      await this.recordShipped()
       this.recorded = await this.countConflicts()
       const excess = this.recorded - this.config.regionConflictsMax
       if (excess <= 0 || !this.replicator.isLeader) return
@@ -352,6 +493,8 @@ export class Regions {
 }
 
 /** The sequencer's stamper: this region's writes get a stamp above what they overwrite. */
+const tombstoneMarkerKey = Buffer.from('\u0000region/tombstone-gc', 'utf8')
+
 export function regionStamper(clock: RegionClock): (current: Stamp | undefined) => Stamp {
   return (current) => clock.next(Date.now(), current)
 }

@@ -45,6 +45,16 @@ function stampOfUnstamped(region: string): Stamp {
 }
 
 export class RegionReceiver {
+  /**
+   * Cursors moved by batches that carried no writes (a source's range without its own writes),
+   * kept in memory on this leader only, for its epoch: such a batch writes no entry, or two
+   * idle regions would write one for each other forever. Lost with the leadership, which only
+   * means the source sends that empty range again.
+   */
+  private readonly unwritten = new Map<
+    string,
+    { lsn: number; caughtUpSentAtMs: number; epoch: number }
+  >()
   /** One batch per source at a time: the cursor check needs the previous one settled. */
   private readonly chains = new Map<string, Promise<unknown>>()
   readonly figures: ReceiverFigures = {
@@ -72,11 +82,31 @@ export class RegionReceiver {
     return decodeRegionCursor(record.value)
   }
 
+  private unwrittenOf(source: string): { lsn: number; caughtUpSentAtMs: number } | null {
+    const u = this.unwritten.get(source)
+    if (u === undefined) return null
+    if (!this.replicator.isLeader || u.epoch !== this.replicator.epoch) {
+      this.unwritten.delete(source)
+      return null
+    }
+    return u
+  }
+
+  /** Where this region stands in `source`'s log, counting empty ranges this leader took. */
+  progressOf(source: string): { lsn: number; caughtUpSentAtMs: number } {
+    const durable = this.cursorOf(source)
+    const u = this.unwrittenOf(source)
+    return {
+      lsn: Math.max(durable?.lsn ?? 0, u?.lsn ?? 0),
+      caughtUpSentAtMs: Math.max(durable?.caughtUpSentAtMs ?? 0, u?.caughtUpSentAtMs ?? 0),
+    }
+  }
+
   /** The cursor, checked: only on the leader, for a known region. */
   cursorFor(source: string): number {
     this.checkSource(source)
     this.replicator.checkWritable()
-    return this.cursorOf(source)?.lsn ?? 0
+    return this.progressOf(source).lsn
   }
 
   private checkSource(source: string): void {
@@ -116,7 +146,9 @@ export class RegionReceiver {
         `a write from region ${batch.source} is stamped ${aheadMs} ms ahead of this leader's clock (at most ${this.config.regionClockSkewMaxMs}); the batch was not applied`,
         { source: batch.source, aheadMs },
       )
-    const before = this.cursorOf(batch.source)?.lsn ?? 0
+    const durable = this.cursorOf(batch.source)?.lsn ?? 0
+    const progress = this.progressOf(batch.source)
+    const before = progress.lsn
     if (batch.fromLsn > before + 1)
       throw new KvError(
         'KV_ERR_REGION_GAP',
@@ -124,6 +156,17 @@ export class RegionReceiver {
         { source: batch.source, cursor: before, fromLsn: batch.fromLsn },
       )
     if (batch.throughLsn <= before) return { cursor: before, applied: 0, conflicts: 0 }
+    const caughtUpSentAtMs =
+      batch.throughLsn >= batch.sourceCommitLsn ? batch.sentAtMs : progress.caughtUpSentAtMs
+    if (batch.entries.every((e) => e.lsn <= before)) {
+      // Nothing to apply: the cursor moves in memory only (see `unwritten`).
+      this.unwritten.set(batch.source, {
+        lsn: batch.throughLsn,
+        caughtUpSentAtMs,
+        epoch: this.replicator.epoch,
+      })
+      return { cursor: batch.throughLsn, applied: 0, conflicts: 0 }
+    }
 
     let applied = 0
     const lost = { local_lost: 0, remote_lost: 0 }
@@ -135,11 +178,13 @@ export class RegionReceiver {
       compute: (view) => {
         // Decided now, in the step that takes the LSN: the state cannot change underneath.
         const cursor = view.read(regionCursorKey(batch.source))
-        const at = cursor === null || cursor.tombstone ? 0 : decodeRegionCursor(cursor.value).lsn
-        if (at !== before)
+        const previous =
+          cursor === null || cursor.tombstone ? null : decodeRegionCursor(cursor.value)
+        const at = previous?.lsn ?? 0
+        if (at !== durable)
           throw new KvError(
             'KV_ERR_REGION_GAP',
-            `region ${batch.source}'s cursor moved while its batch waited (${before} to ${at}); nothing was applied`,
+            `region ${batch.source}'s cursor moved while its batch waited (${durable} to ${at}); nothing was applied`,
             { source: batch.source, cursor: at, fromLsn: batch.fromLsn },
           )
         const ops: WriteOp[] = []
@@ -237,6 +282,9 @@ export class RegionReceiver {
               appliedAtMs: nowMs,
               sourceCommitLsn: batch.sourceCommitLsn,
               sourceSentAtMs: batch.sentAtMs,
+              // This batch reached the source's commit LSN: everything the source had
+              // committed when it cut the batch is here now.
+              caughtUpSentAtMs: Math.max(caughtUpSentAtMs, previous?.caughtUpSentAtMs ?? 0),
             }),
           ),
         })
@@ -244,6 +292,8 @@ export class RegionReceiver {
       },
     })
     await this.replicator.waitForAck(result.lsn, result.epoch, 'quorum', this.config.ackTimeoutMs)
+    if ((this.unwritten.get(batch.source)?.lsn ?? 0) <= batch.throughLsn)
+      this.unwritten.delete(batch.source)
     const f = this.figures
     f.appliedEntries.set(batch.source, (f.appliedEntries.get(batch.source) ?? 0) + entries)
     f.conflicts.local_lost += lost.local_lost
