@@ -38,7 +38,7 @@ afterAll(async () => {
   await eu?.stop()
   await us?.stop()
   for (const p of proxies) await p.close()
-})
+}, 60_000)
 
 const cut = () => proxies.forEach((p) => p.cutLink())
 const heal = () => proxies.forEach((p) => p.heal())
@@ -417,3 +417,81 @@ it('idle regions write nothing to each other (no entry ping-pong), and show no l
     ])
   }
 }, 60_000)
+
+describe('a region cut off for longer than the other keeps its log', () => {
+  let a: TestCluster
+  let b: TestCluster
+  const links: LinkProxy[] = []
+
+  beforeAll(async () => {
+    // Logs kept for at most 50 entries past what the other region confirmed.
+    const args = ['--log-retention-entries', '0', '--log-retention-entries-max', '50']
+    const started = await TestCluster.startRegions(['us', 'eu'], 3, args, {
+      urlsFor: async (_viewer, _region, member) => {
+        const proxy = await LinkProxy.start(Number(new URL(member.url).port))
+        links.push(proxy)
+        return `https://127.0.0.1:${proxy.port}`
+      },
+    })
+    ;[a, b] = started.regions as [TestCluster, TestCluster]
+  }, 120_000)
+  afterAll(async () => {
+    await b?.stop()
+    await a?.stop()
+    for (const p of links) await p.close()
+  }, 60_000)
+
+  it('is re-seeded from a snapshot, then streams on, and the regions converge', async () => {
+    const al = await a.waitForLeader()
+    const bl = await b.waitForLeader()
+    expect((await write(al, 'seed/before', 'shipped')).status).toBe(200)
+    await until('eu has the first write', async () => (await read(bl, 'seed/before')) !== null)
+    links.forEach((p) => p.cutLink())
+    try {
+      for (let i = 0; i < 150; i++)
+        expect((await write(al, `seed/${i % 40}`, `v${i}`)).status).toBe(200)
+      expect((await write(al, 'seed/before', null)).status).toBe(200)
+      // us compacts its log past what eu has (housekeeping runs every 5 s).
+      await until(
+        'us compacts past the cut',
+        async () => {
+          const view = (await (await fetch(`${al.url}/v1/status`)).json()) as {
+            logStartLsn?: number
+          }
+          return (view.logStartLsn ?? 0) > 60
+        },
+        30_000,
+        250,
+      )
+    } finally {
+      links.forEach((p) => p.heal())
+    }
+    await until(
+      'both regions converge',
+      async () => {
+        const all = [...a.active(), ...b.active()]
+        const digests = await Promise.all(
+          all.map(
+            async (m) =>
+              (
+                (await (await fetch(`${m.url}/admin/v1/regions/digest`)).json()) as {
+                  digest: string
+                }
+              ).digest,
+          ),
+        )
+        return digests.every((d) => d === digests[0])
+      },
+      30_000,
+      200,
+    )
+    expect(await read(bl, 'seed/before')).toBeNull()
+    expect(await read(bl, 'seed/39')).toBe('v119')
+    const view = (await (await fetch(`${al.url}/v1/regions`)).json()) as {
+      shipping: { copiedRecords: number; state: string }[]
+    }
+    expect(view.shipping[0]?.copiedRecords).toBeGreaterThan(0)
+    // A re-seed of us's own latest records over eu's older ones of us: no conflict.
+    expect(await conflicts(bl)).toEqual([])
+  }, 120_000)
+})

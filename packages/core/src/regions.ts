@@ -10,6 +10,9 @@
  * - otherwise the two writes are concurrent (neither saw the other): the larger stamp wins, on
  *   every region alike, and the other is a conflict's loser, which the caller records.
  *
+ * A record from the same region as the write is never a conflict: a region's writes form one
+ * sequence, so its later write saw its earlier ones.
+ *
  * The test is exact with two regions. With more it can call a causal overwrite concurrent
  * (when the writer saw the record through a third region whose write has not arrived yet),
  * never the other way: it may record a conflict that was not one, never miss one.
@@ -19,7 +22,7 @@ import { invariant } from './invariant.js'
 import { compareStamps, sameStamp, type Stamp } from '@kvstore/protocol/stamps'
 
 export type RemoteOutcome =
-  /** Already here (the same stamp): nothing to do. */
+  /** Already here (the same stamp), or older than this region's record from the same region. */
   | 'present'
   /** The writer saw the current record: apply, no conflict. */
   | 'causal'
@@ -41,6 +44,10 @@ export function resolveRemoteWrite(
   if (current === null) return 'local_lost'
   if (sameStamp(current, incoming)) return 'present'
   if (prev !== undefined && sameStamp(current, prev)) return 'causal'
+  // Both from one region: its log is one sequence, so its later write saw its earlier one (a
+  // re-seed sends the latest only), and an earlier one arriving now is stale.
+  if (current.region === incoming.region)
+    return compareStamps(incoming, current) > 0 ? 'causal' : 'present'
   return compareStamps(incoming, current) > 0 ? 'local_lost' : 'remote_lost'
 }
 

@@ -49,3 +49,11 @@ describe('RegionClock', () => {
     expect(clock.aheadBeyondSkew(s(2_500, 0, 'eu'), 1_000)).toBe(1_500)
   })
 })
+
+describe('resolveRemoteWrite with records from the same region', () => {
+  it('takes a later write of the region as causal and an earlier one as stale', () => {
+    // A re-seed sends a region's latest records without their prev.
+    expect(resolveRemoteWrite(s(10, 0, 'eu'), s(12, 0, 'eu'), undefined)).toBe('causal')
+    expect(resolveRemoteWrite(s(12, 0, 'eu'), s(10, 0, 'eu'), undefined)).toBe('present')
+  })
+})

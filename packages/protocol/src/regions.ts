@@ -142,6 +142,9 @@ export interface RegionBatch {
   entries: RegionEntry[]
   sourceCommitLsn: number
   sentAtMs: number
+  /** A re-seed from a snapshot (see kv.proto); absent or false for log shipping. */
+  copy?: boolean
+  copyLast?: boolean
 }
 
 function batchProblem(b: RegionBatch): string | null {
@@ -155,6 +158,12 @@ function batchProblem(b: RegionBatch): string | null {
   if (!isLsn(b.sentAtMs, 0)) return 'sent-at time is not valid'
   if (!Array.isArray(b.entries) || b.entries.length > regionLimits.batchEntriesMax)
     return `batch holds ${Array.isArray(b.entries) ? b.entries.length : '?'} entries (at most ${regionLimits.batchEntriesMax})`
+  if (b.copyLast === true && b.copy !== true) return 'copy_last without copy'
+  if (
+    b.copy === true &&
+    (b.entries.length > 1 || (b.entries[0] !== undefined && b.entries[0].lsn !== b.throughLsn))
+  )
+    return 'a copy batch holds at most one entry, at its through_lsn'
   let last = b.fromLsn - 1
   for (const e of b.entries) {
     if (!isLsn(e.lsn, 1) || e.lsn <= last || e.lsn > b.throughLsn)
@@ -204,6 +213,7 @@ export function decodeRegionBatch(bytes: Uint8Array): RegionBatch {
     throughLsn: raw.throughLsn,
     sourceCommitLsn: raw.sourceCommitLsn,
     sentAtMs: raw.sentAtMs,
+    ...(raw.copy === true ? { copy: true, copyLast: raw.copyLast === true } : {}),
     entries: raw.entries.map((e) => ({
       lsn: e.lsn,
       timestampMs: e.timestampMs,

@@ -39,6 +39,8 @@ export interface ReceiverFigures {
   conflicts: { local_lost: number; remote_lost: number }
 }
 
+const applyMarkerKey = Buffer.from('\u0000region/apply', 'utf8')
+
 /** The stamp a record written before the region mode is shown with in a conflict record. */
 function stampOfUnstamped(region: string): Stamp {
   return { wallMs: 1, logical: 0, region }
@@ -158,6 +160,8 @@ export class RegionReceiver {
     if (batch.throughLsn <= before) return { cursor: before, applied: 0, conflicts: 0 }
     const caughtUpSentAtMs =
       batch.throughLsn >= batch.sourceCommitLsn ? batch.sentAtMs : progress.caughtUpSentAtMs
+    if (batch.copy === true && batch.copyLast !== true && batch.entries.length === 0)
+      return { cursor: before, applied: 0, conflicts: 0 }
     if (batch.entries.every((e) => e.lsn <= before)) {
       // Nothing to apply: the cursor moves in memory only (see `unwritten`).
       this.unwritten.set(batch.source, {
@@ -272,28 +276,36 @@ export class RegionReceiver {
             })
           }
         }
-        ops.push({
-          type: 'put',
-          key: regionCursorKey(batch.source),
-          value: Buffer.from(
-            encodeRegionCursor({
-              source: batch.source,
-              lsn: batch.throughLsn,
-              appliedAtMs: nowMs,
-              sourceCommitLsn: batch.sourceCommitLsn,
-              sourceSentAtMs: batch.sentAtMs,
-              // This batch reached the source's commit LSN: everything the source had
-              // committed when it cut the batch is here now.
-              caughtUpSentAtMs: Math.max(caughtUpSentAtMs, previous?.caughtUpSentAtMs ?? 0),
-            }),
-          ),
-        })
+        // A re-seed moves the cursor only with its last batch: until then, a new leader on
+        // either side starts the copy over.
+        const movesCursor = batch.copy !== true || batch.copyLast === true
+        if (movesCursor)
+          ops.push({
+            type: 'put',
+            key: regionCursorKey(batch.source),
+            value: Buffer.from(
+              encodeRegionCursor({
+                source: batch.source,
+                lsn: batch.throughLsn,
+                appliedAtMs: nowMs,
+                sourceCommitLsn: batch.sourceCommitLsn,
+                sourceSentAtMs: batch.sentAtMs,
+                // This batch reached the source's commit LSN: everything the source had
+                // committed when it cut the batch is here now.
+                caughtUpSentAtMs: Math.max(caughtUpSentAtMs, previous?.caughtUpSentAtMs ?? 0),
+              }),
+            ),
+          })
+        // An entry needs one op: a harmless reserved marker when nothing of the batch applies.
+        if (ops.length === 0) ops.push({ type: 'delete', key: applyMarkerKey, purge: true })
         return ops
       },
     })
     await this.replicator.waitForAck(result.lsn, result.epoch, 'quorum', this.config.ackTimeoutMs)
-    if ((this.unwritten.get(batch.source)?.lsn ?? 0) <= batch.throughLsn)
-      this.unwritten.delete(batch.source)
+    if (batch.copy !== true || batch.copyLast === true) {
+      if ((this.unwritten.get(batch.source)?.lsn ?? 0) <= batch.throughLsn)
+        this.unwritten.delete(batch.source)
+    }
     const f = this.figures
     f.appliedEntries.set(batch.source, (f.appliedEntries.get(batch.source) ?? 0) + entries)
     f.conflicts.local_lost += lost.local_lost
@@ -301,7 +313,7 @@ export class RegionReceiver {
     if (!this.config.unsafeRegionSkipConflictRecord)
       this.onRecorded(lost.local_lost + lost.remote_lost)
     return {
-      cursor: batch.throughLsn,
+      cursor: batch.copy === true && batch.copyLast !== true ? before : batch.throughLsn,
       applied,
       conflicts: lost.local_lost + lost.remote_lost,
     }

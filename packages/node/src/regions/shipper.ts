@@ -23,7 +23,7 @@ import type { Store } from '@kvstore/storage'
 import type { Replicator } from '../cluster/replicator.js'
 import type { GroupClient } from '../shards/group-client.js'
 
-export type ShipState = 'idle' | 'connecting' | 'streaming' | 'failing' | 'compacted'
+export type ShipState = 'idle' | 'connecting' | 'streaming' | 'failing' | 'copying'
 
 export interface ShipStatus {
   to: string
@@ -38,6 +38,8 @@ export interface ShipStatus {
   lagMs: number
   shippedEntries: number
   shippedBatches: number
+  /** Records sent by the current or last re-seed (0: never re-seeded). */
+  copiedRecords: number
   lastShippedAtMs: number | null
   error: string | null
 }
@@ -45,6 +47,8 @@ export interface ShipStatus {
 const idlePollMs = 20
 const cursorOnlyEveryMs = 1000
 const readEntriesMax = 2048
+/** Records per re-seed batch (it becomes one entry at the receiver, with its conflicts). */
+const copyOpsMax = 500
 
 export class RegionShipper {
   private state: ShipState = 'idle'
@@ -54,11 +58,14 @@ export class RegionShipper {
   /** Timestamp of the entry just past the cursor, when known. */
   private oldestPendingMs: number | null = null
   private shippedEntries = 0
+  /** Records sent by the current (or last) re-seed. */
+  private copiedRecords = 0
   private shippedBatches = 0
   private lastShippedAtMs: number | null = null
   private lastSentAt = 0
   private error: string | null = null
   private stopped = false
+  private readonly stopping = new AbortController()
   private loop: Promise<void> | null = null
   private wake: (() => void) | null = null
 
@@ -79,6 +86,7 @@ export class RegionShipper {
 
   async stop(): Promise<void> {
     this.stopped = true
+    this.stopping.abort()
     this.wake?.()
     await this.loop
   }
@@ -106,6 +114,7 @@ export class RegionShipper {
           : Math.max(0, this.now() - this.oldestPendingMs),
       shippedEntries: this.shippedEntries,
       shippedBatches: this.shippedBatches,
+      copiedRecords: this.copiedRecords,
       lastShippedAtMs: this.lastShippedAtMs,
       error: this.error,
     }
@@ -146,7 +155,7 @@ export class RegionShipper {
         if (this.error !== message)
           this.log.warn({ to: this.to, err: message }, 'shipping to a region failed; retrying')
         this.error = message
-        this.state = this.state === 'compacted' ? 'compacted' : 'failing'
+        this.state = 'failing'
         // Ask the receiver again: a refusal may mean its cursor is elsewhere.
         this.cursor = null
         this.clearThrough = 0
@@ -164,6 +173,8 @@ export class RegionShipper {
         this.to,
         '/internal/v1/regions/cursor',
         { source: this.region },
+        undefined,
+        this.stopping.signal,
       )
       if (!Number.isSafeInteger(answer.cursor) || answer.cursor < 0)
         throw new Error(`region ${this.to} answered a cursor that is not an LSN`)
@@ -179,10 +190,10 @@ export class RegionShipper {
       return false
     }
     if (cursor + 1 < this.store.meta.logStartLsn) {
-      this.state = 'compacted'
-      throw new Error(
-        `this region's log starts at LSN ${this.store.meta.logStartLsn}, past region ${this.to}'s cursor ${cursor}: it must be re-seeded (see docs/regions.md)`,
-      )
+      // The log no longer reaches back to the receiver's cursor (it was cut off for longer than
+      // logRetentionEntriesMax): re-seed it from a snapshot, then stream on from there.
+      await this.copy(cursor)
+      return true
     }
     const read = await this.store.readLog(cursor + 1, {
       entriesMax: readEntriesMax,
@@ -230,6 +241,8 @@ export class RegionShipper {
       this.to,
       '/internal/v1/regions/ship',
       Buffer.from(encodeRegionBatch(batch)),
+      undefined,
+      this.stopping.signal,
     )
     if (!Number.isSafeInteger(answer.cursor) || answer.cursor < through)
       throw new Error(`region ${this.to} confirmed cursor ${answer.cursor}, not ${through}`)
@@ -240,6 +253,81 @@ export class RegionShipper {
     this.shippedBatches++
     this.error = null
     return true
+  }
+
+  /**
+   * Sends the receiver every record of this region's own writes (tombstones included) from a
+   * snapshot at LSN `at`, then moves its cursor to `at`. The snapshot's entries must be
+   * committed, and none may be truncated while the copy runs, or it starts over.
+   */
+  private async copy(cursor: number): Promise<void> {
+    this.state = 'copying'
+    this.copiedRecords = 0
+    const truncations = this.store.truncations
+    const snapshot = await this.store.openSnapshot()
+    try {
+      const at = snapshot.appliedLsn
+      const send = async (ops: Op[], last: boolean) => {
+        // Nothing uncommitted leaves: wait (briefly) for the snapshot's entries to commit.
+        for (let waited = 0; this.store.commitLsn < at; waited += 50) {
+          if (waited > 10_000 || !this.replicator.isLeader || this.stopped)
+            throw new Error(`the snapshot at LSN ${at} did not commit; the copy starts over`)
+          await this.sleep(50)
+        }
+        if (this.store.truncations !== truncations)
+          throw new Error('the log was truncated during the copy; it starts over')
+        const nowMs = this.now()
+        const batch: RegionBatch = {
+          source: this.region,
+          sourceEpoch: this.replicator.epoch,
+          fromLsn: cursor + 1,
+          throughLsn: at,
+          entries: ops.length === 0 ? [] : [{ lsn: at, ops, timestampMs: nowMs }],
+          sourceCommitLsn: Math.max(at, this.store.commitLsn),
+          sentAtMs: nowMs,
+          copy: true,
+          copyLast: last,
+        }
+        await this.client.call(
+          this.to,
+          '/internal/v1/regions/ship',
+          Buffer.from(encodeRegionBatch(batch)),
+          undefined,
+          this.stopping.signal,
+        )
+        this.copiedRecords += ops.length
+      }
+      let ops: Op[] = []
+      let bytes = 0
+      for await (const { key, record } of snapshot.records()) {
+        if (this.stopped || !this.replicator.isLeader) throw new Error('no longer the leader')
+        if (key[0] === 0x00 || record.stamp === undefined || record.stamp.region !== this.region)
+          continue
+        ops.push(
+          record.tombstone
+            ? { type: 2, key: Buffer.from(key), value: Buffer.alloc(0), stamp: record.stamp }
+            : { type: 1, key: Buffer.from(key), value: record.value, stamp: record.stamp },
+        )
+        bytes += key.length + record.value.length + 64
+        if (ops.length >= copyOpsMax || bytes >= this.batchBytesMax) {
+          await send(ops, false)
+          ops = []
+          bytes = 0
+        }
+      }
+      await send(ops, true)
+      this.log.info(
+        { to: this.to, atLsn: at, records: this.copiedRecords },
+        're-seeded a region from a snapshot; streaming on from there',
+      )
+      this.cursor = at
+      this.oldestPendingMs = null
+      this.state = 'streaming'
+      this.shippedBatches++
+      this.lastShippedAtMs = this.now()
+    } finally {
+      await snapshot.close()
+    }
   }
 
   /** This region's own writes to user keys in `entry`. */

@@ -54,6 +54,8 @@ export class GroupClient {
     path: string,
     body: unknown,
     timeoutMs = this.timeoutMs,
+    /** Gives up at once when aborted (the caller is stopping). */
+    stop?: AbortSignal,
   ): Promise<T> {
     const members = this.groups().find((g) => g.id === group)?.members ?? []
     if (members.length === 0)
@@ -67,6 +69,7 @@ export class GroupClient {
     for (const m of members) if (m.url !== known) queue.push(m.url)
     let last = 'no member answered'
     for (let attempt = 0; attempt < members.length * 2 + 2 && queue.length > 0; attempt++) {
+      if (stop?.aborted === true) throw new GroupUnreachableError(group, 'the call was stopped')
       const url = queue.shift() as string
       if (tried.has(url)) continue
       tried.add(url)
@@ -80,7 +83,10 @@ export class GroupClient {
           body: payload,
           headersTimeout: timeoutMs,
           bodyTimeout: timeoutMs,
-          signal: AbortSignal.timeout(timeoutMs),
+          signal:
+            stop === undefined
+              ? AbortSignal.timeout(timeoutMs)
+              : AbortSignal.any([AbortSignal.timeout(timeoutMs), stop]),
         })
         status = response.statusCode
         const chunks: Buffer[] = []
@@ -110,7 +116,11 @@ export class GroupClient {
       const error = (parsed as { error?: { code?: string; message?: string } }).error
       const code = error?.code ?? 'KV_ERR_INTERNAL'
       if (code === 'KV_ERR_NOT_LEADER') {
-        const hint = (error as { leaderUrl?: string | null }).leaderUrl
+        // The leader's URL as the directory gives it (it may be a proxy or a NAT address):
+        // the URL the member advertises is only a fallback for a member the directory lacks.
+        const named = error as { leaderId?: string | null; leaderUrl?: string | null }
+        const listed = members.find((m) => m.id === named.leaderId)?.url
+        const hint = listed ?? named.leaderUrl
         if (typeof hint === 'string' && !tried.has(hint)) queue.unshift(hint)
         last = `${url} is not the leader of ${this.what} ${group}`
         continue
