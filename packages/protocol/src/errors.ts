@@ -288,6 +288,12 @@ export const errorCatalog = {
     description:
       'No ticket with this id on this member: it was accepted by another member (`node`, `url`: ask that one), or it has expired (`ticketRetentionMs`, `ticketsMax`).',
   },
+  // ---- kv-router in regions mode (--regions): keys routed to their home region
+  KV_ERR_CROSS_REGION: {
+    status: 400,
+    description:
+      "kv-router in regions mode: a batch names keys whose home regions differ (`regions`, with an example key of each in `keys`). A batch is applied by one region's leader, so it must stay in one region: split it, or give related keys one prefix (`--home-region-prefix`).",
+  },
   KV_ERR_NOT_READY: {
     status: 503,
     description: 'The node is starting or has stopped serving; `GET /ready` tells when it is.',

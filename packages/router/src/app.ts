@@ -12,6 +12,7 @@ import type { AccessCheck, LocalAccess } from './access.js'
 import type { GroupState } from './groups.js'
 import type { RouterMetrics } from './metrics.js'
 import type { Caller, Proxy } from './proxy.js'
+import type { RegionRouting } from './regions.js'
 import { RateLimiter } from './rate-limit.js'
 import { createDualProtocolServer, type DualProtocolServer } from './server.js'
 import type { ShardMapCache } from './shard-map.js'
@@ -27,6 +28,8 @@ export interface AppDeps {
   tls: RouterTls
   cache: ShardMapCache
   groups: GroupState[]
+  /** Regions mode: each key's home region (the groups are the regions); else null. */
+  regions: RegionRouting | null
   proxy: Proxy
   access: AccessCheck
   caller(request: FastifyRequest): Caller
@@ -144,7 +147,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       reply,
       new KvError(
         'KV_ERR_ROUTE_NOT_FOUND',
-        `no endpoint ${request.method} ${request.url.split('?')[0]} on kv-router (it serves /v1/kv, /v1/batch, /v1/auth/token, /v1/auth/whoami, /v1/cluster, /v1/shards, /admin/v1/shards/moves, /metrics, /health, /ready; send other admin calls to a node)`,
+        `no endpoint ${request.method} ${request.url.split('?')[0]} on kv-router (it serves /v1/kv, /v1/batch, /v1/auth/token, /v1/auth/whoami, /v1/cluster, /v1/shards, /v1/regions, /admin/v1/shards/moves, /metrics, /health, /ready; send other admin calls to a node)`,
       ),
     )
   })
@@ -337,6 +340,9 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     proxy.anyMember(request, reply),
   )
   app.get('/v1/auth/whoami', (request, reply) => proxy.anyMember(request, reply))
+  // Regions: the home region's view (without --regions, the first group's answer).
+  app.get('/v1/regions', (request, reply) => proxy.regionsView(request, reply))
+  methodNotAllowed('/v1/regions', ['GET', 'HEAD'])
   // Slot moves: to the leader of the group that owns the slots (or is named).
   app.post('/admin/v1/shards/moves', { bodyLimit: 64 * 1024 }, (request, reply) =>
     proxy.shardMove(request, reply),
@@ -361,10 +367,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   methodNotAllowed('/v1/cluster', ['GET', 'HEAD'])
   app.get(
     '/v1/shards',
-    guarded('authenticated', () => ({
-      ...deps.cache.table.map,
-      router: config.routerId,
-    })),
+    guarded('authenticated', () => {
+      if (deps.regions !== null)
+        throw new KvError(
+          'KV_ERR_UNSUPPORTED_IN_MODE',
+          'this router routes keys to regions (--regions), not to shard groups: it has no shard map (GET /v1/regions and GET /v1/cluster say what is behind it)',
+        )
+      return { ...deps.cache.table.map, router: config.routerId }
+    }),
   )
   methodNotAllowed('/v1/shards', ['GET', 'HEAD'])
   app.get(
@@ -395,7 +405,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     if (lifecycle.shuttingDown)
       throw new KvError('KV_ERR_SHUTTING_DOWN', 'the router is shutting down')
     if (!lifecycle.ready) throw new KvError('KV_ERR_NOT_READY', 'the router is starting')
-    const cut = deps.groups.filter((g) => !g.members.some((m) => m.health.reachable))
+    // In regions mode the home region must answer; another one that does not is a remote
+    // outage, which fails only its own keys (GET /v1/cluster shows it).
+    const needed = deps.regions !== null ? deps.groups.slice(0, 1) : deps.groups
+    const cut = needed.filter((g) => !g.members.some((m) => m.health.reachable))
     if (cut.length > 0)
       throw new KvError(
         'KV_ERR_NOT_READY',
@@ -456,13 +469,18 @@ function clusterView(deps: AppDeps, request: FastifyRequest): ClusterView & { ro
     ],
     router: {
       id: config.routerId,
+      mode: deps.regions !== null ? 'regions' : 'shards',
+      ...(deps.regions !== null
+        ? { homeRegion: deps.regions.home, homeRegionPrefixes: deps.regions.prefixes }
+        : {}),
       mapVersion: cache.version,
       readFromLeader: config.readFromLeader,
       maxLagMs: config.maxLagMs,
       uptimeMs: now - deps.startedAtMs,
       groups: groups.map((g) => ({
         id: g.id,
-        slots: slotsOf(g.index),
+        // Regions mode: every region holds every key; none owns slots.
+        slots: deps.regions !== null ? '' : slotsOf(g.index),
         leaderId: g.leader?.id ?? null,
         epoch: g.epoch,
         members: g.members.map((m) => ({

@@ -9,6 +9,7 @@
  */
 import { readFileSync } from 'node:fs'
 import { identityNamePattern, limitsCeiling, limitsDefault } from '@kvstore/protocol'
+import { homeRegionProblems } from './regions.js'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -28,6 +29,12 @@ export interface RouterConfig {
   shardMap: string | undefined
   /** `ID=URL,URL,...`: one unsharded group that owns every slot. */
   group: string | undefined
+  /** The regions file (regions mode: keys go to their home region), or undefined. */
+  regions: string | undefined
+  /** Regions mode: the region of every key no `homeRegionPrefixes` entry claims. */
+  homeRegion: string | undefined
+  /** Regions mode: `PREFIX=REGION` entries; the longest prefix a key starts with wins. */
+  homeRegionPrefixes: string[]
   clusterId: string | undefined
   certsDir: string | undefined
   certFile: string | undefined
@@ -80,16 +87,20 @@ export interface RouterConfig {
   shutdownTimeoutMs: number
 }
 
-type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'
+/** `list`: a flag given once per entry; comma-separated in the environment; an array in a file. */
+type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum' | 'list'
 
 export interface RouterOptionSpec {
   key: keyof RouterConfig
   flag: string
   /** Other flags that mean the same. */
   aliases?: string[]
+  /** The value's name in `--help` (`FLAG NAME`), for options whose form is not obvious. */
+  valueName?: string
   env: string
   kind: Kind
-  default: string | number | boolean | undefined | ((c: Partial<RouterConfig>) => unknown)
+  default:
+    string | number | boolean | string[] | undefined | ((c: Partial<RouterConfig>) => unknown)
   defaultText?: string
   min?: number
   max?: number
@@ -169,6 +180,43 @@ export const routerOptions: readonly RouterOptionSpec[] = [
     group: 'groups',
     description:
       'One unsharded group that owns every slot, as ID=URL,URL,... (the client URLs of its members). Either this or --shard-map.',
+  },
+  {
+    key: 'regions',
+    flag: '--regions',
+    env: 'KV_ROUTER_REGIONS',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'none',
+    valueName: 'FILE',
+    group: 'groups',
+    description:
+      "Regions mode: the regions file the nodes were started with (JSON: regions, their members' client URLs). Each key goes to its home region (see --home-region); instead of --group or --shard-map (a router does not shard regions).",
+  },
+  {
+    key: 'homeRegion',
+    flag: '--home-region',
+    env: 'KV_ROUTER_HOME_REGION',
+    kind: 'string',
+    default: undefined,
+    defaultText: 'none',
+    valueName: 'ID',
+    group: 'groups',
+    description:
+      "Regions mode (needed with --regions): the region of every key that no --home-region-prefix claims; also where logging in, who-am-I and GET /v1/regions go. Usually the router's own region.",
+  },
+  {
+    key: 'homeRegionPrefixes',
+    flag: '--home-region-prefix',
+    env: 'KV_ROUTER_HOME_REGION_PREFIXES',
+    kind: 'list',
+    default: [],
+    defaultText: 'none',
+    valueName: 'PREFIX=REGION',
+    max: 1024,
+    group: 'groups',
+    description:
+      'Regions mode: keys starting with PREFIX belong to REGION (the longest matching prefix wins). Give the flag once per prefix; in the environment, comma-separated; in a config file, an array of strings.',
   },
   {
     key: 'clusterId',
@@ -762,6 +810,18 @@ const sizeUnits: Record<string, number> = {
 function parseValue(spec: RouterOptionSpec, raw: unknown, source: string): unknown {
   const where = `${spec.flag} (from ${source})`
   switch (spec.kind) {
+    case 'list': {
+      const items = Array.isArray(raw)
+        ? (raw as unknown[])
+        : typeof raw === 'string'
+          ? raw.split(',').filter((item) => item !== '')
+          : null
+      if (items === null || !items.every((item) => typeof item === 'string' && item !== ''))
+        throw new RouterConfigError(`${where} must be a list of non-empty strings`)
+      if (spec.max !== undefined && items.length > spec.max)
+        throw new RouterConfigError(`${where} has ${items.length} entries (at most ${spec.max})`)
+      return items
+    }
     case 'string':
       if (typeof raw !== 'string' || raw.length === 0)
         throw new RouterConfigError(`${where} must be a non-empty string`)
@@ -810,10 +870,30 @@ export function routerConfigProblems(c: RouterConfig): string[] {
     problems.push(`--probe-user ${JSON.stringify(c.probeUser)} is not a user name`)
   if (!identityNamePattern.test(c.routerId))
     problems.push(`--id ${JSON.stringify(c.routerId)} is not valid (letters, digits, . _ -)`)
-  if ((c.shardMap === undefined) === (c.group === undefined))
-    problems.push(
-      'give the groups with --shard-map FILE (sharded) or --group ID=URL,URL,... (one unsharded group), not both',
-    )
+  if (c.regions !== undefined) {
+    if (c.shardMap !== undefined)
+      problems.push(
+        '--regions and --shard-map cannot go together: a router routes keys to regions or to shard groups, not both (sharded regions are not supported); run one router per mode',
+      )
+    if (c.group !== undefined)
+      problems.push(
+        '--regions and --group cannot go together: the regions file names every region and its members',
+      )
+    if (c.homeRegion === undefined)
+      problems.push(
+        '--regions needs --home-region ID: the region of every key that no --home-region-prefix claims',
+      )
+    else problems.push(...homeRegionProblems(c.homeRegion, c.homeRegionPrefixes, c.keyBytesMax))
+  } else {
+    if ((c.shardMap === undefined) === (c.group === undefined))
+      problems.push(
+        'give the groups with --shard-map FILE (sharded) or --group ID=URL,URL,... (one unsharded group), not both; or the regions with --regions FILE',
+      )
+    if (c.homeRegion !== undefined || c.homeRegionPrefixes.length > 0)
+      problems.push(
+        '--home-region and --home-region-prefix are for regions mode: give --regions FILE',
+      )
+  }
   if ((c.certFile === undefined) !== (c.keyFile === undefined))
     problems.push('--cert-file and --key-file go together')
   if ((c.identityCert === undefined) !== (c.identityKey === undefined))
@@ -854,7 +934,7 @@ export function parseRouterConfig(
     byFlag.set(spec.flag, spec)
     for (const alias of spec.aliases ?? []) byFlag.set(alias, spec)
   }
-  const flags = new Map<RouterOptionSpec, string>()
+  const flags = new Map<RouterOptionSpec, string | string[]>()
   let configFile = env.KV_ROUTER_CONFIG
   let help = false
   for (let i = 0; i < argv.length; i++) {
@@ -891,6 +971,13 @@ export function parseRouterConfig(
         value = argv[++i]
         if (value === undefined) throw new RouterConfigError(`${name} needs a value`)
       }
+    }
+    if (spec.kind === 'list') {
+      // A list flag is given once per entry; the entries add up.
+      const entries = flags.get(spec)
+      if (Array.isArray(entries)) entries.push(value)
+      else flags.set(spec, [value])
+      continue
     }
     // A later flag overrides an earlier one (as with kv-node).
     flags.set(spec, value)
@@ -939,7 +1026,7 @@ export function parseRouterConfig(
       source = 'config file'
     } else {
       if (typeof spec.default === 'function') deferred.push(spec)
-      else config[spec.key] = spec.default
+      else config[spec.key] = Array.isArray(spec.default) ? [...spec.default] : spec.default
       continue
     }
     config[spec.key] = parseValue(spec, raw, source)
@@ -964,7 +1051,7 @@ export function routerHelpText(): string {
   const lines = [
     'kv-router: one endpoint in front of many single-leader groups (the same HTTP API as a node).',
     '',
-    'Usage: kv-router (--group ID=URL,URL,... | --shard-map FILE) [options]',
+    'Usage: kv-router (--group ID=URL,URL,... | --shard-map FILE | --regions FILE --home-region ID) [options]',
     '       Every option may also come from its environment variable or a JSON file (--config FILE).',
     '',
   ]
@@ -980,7 +1067,8 @@ export function routerHelpText(): string {
         ? 'none'
         : String(spec.default))
     const aliases = spec.aliases ? ` (also ${spec.aliases.join(', ')})` : ''
-    lines.push(`  ${spec.flag}${aliases}  [${spec.env}, default ${def}]`)
+    const value = spec.valueName !== undefined ? ` ${spec.valueName}` : ''
+    lines.push(`  ${spec.flag}${value}${aliases}  [${spec.env}, default ${def}]`)
     lines.push(`      ${spec.description}`)
   }
   return `${lines.join('\n')}\n`

@@ -40,6 +40,7 @@ import type { RouterConfig } from './config.js'
 import type { GroupState, Member } from './groups.js'
 import { encodeListCursor, mergeListPages, type GroupPage } from './list-merge.js'
 import type { RouterMetrics } from './metrics.js'
+import type { RegionRouting } from './regions.js'
 import { advanceRouterSession, laterPosition, positionOfNodeToken } from './session.js'
 import type { ShardMapCache } from './shard-map.js'
 import { UpstreamError, type UpstreamResponse } from './upstream.js'
@@ -62,6 +63,8 @@ export interface ProxyCore {
   readonly logger: Logger
   /** Several groups: the router gives out its own session tokens (r1.). */
   readonly routerTokens: boolean
+  /** Regions mode: each key's home region (the groups are the regions); else null. */
+  readonly regions: RegionRouting | null
   /** Refreshes the shard map from the groups now (one refresh at a time). */
   refreshMap(trigger: 'wrong_shard' | 'session'): Promise<void>
   caller(request: FastifyRequest): Caller
@@ -234,7 +237,7 @@ export class Proxy {
     if (session.kind === 'node' && this.core.routerTokens)
       throw new KvError(
         'KV_ERR_INVALID_SESSION',
-        "this router fronts several groups: send the router's own session token (r1.…, from its kv-session header), not a node's",
+        `this router fronts several ${this.core.regions !== null ? 'regions' : 'groups'}: send the router's own session token (r1.…, from its kv-session header), not a node's`,
       )
     return session
   }
@@ -282,6 +285,24 @@ export class Proxy {
   private groupOfSlot(slot: number): GroupState {
     const table = this.core.cache.table
     return this.core.groups[table.owner[slot < 0 ? 0 : slot] as number] as GroupState
+  }
+
+  /** The group of a region (in regions mode the directory's groups are the regions). */
+  private groupOfRegion(region: string): GroupState {
+    const group = this.core.groups.find((g) => g.id === region)
+    if (group === undefined) throw new Error(`region ${region} is not in the router's directory`)
+    return group
+  }
+
+  /**
+   * Where a key goes: in regions mode its home region's group (no slot); else its slot's
+   * owner (slot -1 when one group owns them all).
+   */
+  private routeKey(key: string): { group: GroupState; slot: number } {
+    const regions = this.core.regions
+    if (regions !== null) return { group: this.groupOfRegion(regions.regionOfKey(key)), slot: -1 }
+    const slot = this.core.cache.table.single ? -1 : slotOfKey(key)
+    return { group: this.groupOfSlot(slot), slot }
   }
 
   /** Sends `plan` until it gets an answer to pass on, or its retries run out. */
@@ -487,6 +508,7 @@ export class Proxy {
     if (request.method === 'HEAD' && headers['content-length'] !== undefined)
       void reply.header('content-length', headers['content-length'])
     void reply.header('kv-served-by', member.id).header('kv-group', group.id)
+    if (this.core.regions !== null) void reply.header('kv-region', group.id)
     let body = res.body
     if (this.core.routerTokens) {
       const nodeToken = headers['kv-session']
@@ -514,9 +536,8 @@ export class Proxy {
   async readKey(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const session = this.sessionOf(request)
     await this.catchUpMap(session)
-    const table = this.core.cache.table
     const key = (request.params as { '*': string })['*']
-    const slot = table.single ? -1 : slotOfKey(key)
+    const { group, slot } = this.routeKey(key)
     const consistency = (request.query as { consistency?: unknown }).consistency
     const linearizable = consistency === 'linearizable'
     const plan: Plan = {
@@ -525,7 +546,7 @@ export class Proxy {
       path: session?.kind === 'router' ? withoutSessionParam(request.url) : request.url,
       headers: this.forwardHeaders(request),
       body: null,
-      group: this.groupOfSlot(slot),
+      group,
       slot,
       session,
       metricKind: linearizable ? 'linearizable' : 'read',
@@ -539,9 +560,8 @@ export class Proxy {
   async writeKey(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const session = this.core.routerTokens ? this.sessionOfWrite(request) : null
     await this.catchUpMap(session)
-    const table = this.core.cache.table
     const key = (request.params as { '*': string })['*']
-    const slot = table.single ? -1 : slotOfKey(key)
+    const { group, slot } = this.routeKey(key)
     const headers = this.forwardHeaders(request)
     headers['kv-request-id'] ??= randomUUID()
     const plan: Plan = {
@@ -550,7 +570,7 @@ export class Proxy {
       path: request.url,
       headers,
       body: (request.body as Buffer | undefined) ?? null,
-      group: this.groupOfSlot(slot),
+      group,
       slot,
       session: null,
       metricKind: 'write',
@@ -570,14 +590,30 @@ export class Proxy {
     }
   }
 
-  /** POST /v1/batch: every key's slot must belong to one group. */
+  /**
+   * POST /v1/batch: every key's slot must belong to one group; in regions mode every key's home
+   * must be one region.
+   */
   async batch(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const session = this.core.routerTokens ? this.sessionOfWrite(request) : null
     await this.catchUpMap(session)
     const body = request.body as Buffer | undefined
     const table = this.core.cache.table
+    const regions = this.core.regions
     let slot = -1
-    if (!table.single) {
+    let group: GroupState | null = null
+    if (regions !== null) {
+      // Keys the router cannot read go to the home region, whose node explains what is wrong.
+      const homes = regions.regionsOfKeys(batchKeys(body, 100_000) ?? [])
+      if (homes.regions.length > 1)
+        return this.routerError(
+          reply,
+          'KV_ERR_CROSS_REGION',
+          `the batch names keys of different home regions (${homes.regions.join(', ')}: ${homes.keys.map((k) => JSON.stringify(k)).join(', ')}); a batch is applied by one region's leader: split it per region, or give related keys one prefix (--home-region-prefix)`,
+          { regions: homes.regions, keys: homes.keys },
+        )
+      group = this.groupOfRegion(homes.regions[0] ?? regions.home)
+    } else if (!table.single) {
       // Keys the router cannot read go to any group, whose node explains what is wrong.
       const keys = batchKeys(body, 100_000) ?? []
       const bySlotGroup = new Map<number, string>()
@@ -606,7 +642,7 @@ export class Proxy {
       path: request.url,
       headers,
       body: body ?? null,
-      group: this.groupOfSlot(slot),
+      group: group ?? this.groupOfSlot(slot),
       slot,
       session: null,
       metricKind: 'batch',
@@ -622,8 +658,14 @@ export class Proxy {
     await this.catchUpMap(session)
     const table = this.core.cache.table
     const owning = new Set<number>()
-    for (let s = 0; s < table.owner.length && owning.size < this.core.groups.length; s++)
-      owning.add(table.owner[s] as number)
+    if (this.core.regions !== null) {
+      // Regions mode: the home region of the prefix, as for a key with that prefix. Every
+      // region holds every key once shipped; that one has its own writes first.
+      const prefix = (request.query as Record<string, unknown>).prefix
+      owning.add(this.routeKey(typeof prefix === 'string' ? prefix : '').group.index)
+    } else
+      for (let s = 0; s < table.owner.length && owning.size < this.core.groups.length; s++)
+        owning.add(table.owner[s] as number)
     const path = session?.kind === 'router' ? withoutSessionParam(request.url) : request.url
     const headers = this.forwardHeaders(request)
     if (owning.size === 1) {
@@ -739,8 +781,43 @@ export class Proxy {
     return this.answer(request, reply, outcome, null)
   }
 
+  /** Slot moves mean nothing to a router in regions mode: refused before any node sees them. */
+  private refuseInRegionsMode(reply: FastifyReply): FastifyReply | null {
+    if (this.core.regions === null) return null
+    return this.routerError(
+      reply,
+      'KV_ERR_UNSUPPORTED_IN_MODE',
+      'this router routes keys to regions (--regions), not to shard groups: it has no slots to move',
+    )
+  }
+
+  /**
+   * GET /v1/regions: the home region's view (its id, the others, shipping lag, conflicts), from
+   * its leader, which alone knows what it ships. Without --regions: the first group's answer.
+   */
+  async regionsView(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const outcome = await this.run(
+      {
+        kind: 'linearizable',
+        method: request.method as Dispatcher.HttpMethod,
+        path: request.url,
+        headers: this.forwardHeaders(request),
+        body: null,
+        group: this.core.groups[0] as GroupState,
+        slot: -1,
+        session: null,
+        metricKind: 'regions',
+      },
+      request,
+    )
+    if (outcome instanceof KvError) return this.fail(reply, outcome)
+    return this.answer(request, reply, outcome, null)
+  }
+
   /** POST /admin/v1/shards/moves {slots, to}: to the leader of the group owning the slots. */
   async shardMove(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const refused = this.refuseInRegionsMode(reply)
+    if (refused !== null) return refused
     const body = (request.body as Buffer | undefined) ?? null
     let slot = -1
     try {
@@ -754,6 +831,8 @@ export class Proxy {
 
   /** POST /admin/v1/shards/moves/abort {group}: to that group's leader. */
   async shardAbort(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const refused = this.refuseInRegionsMode(reply)
+    if (refused !== null) return refused
     const body = (request.body as Buffer | undefined) ?? null
     let named: unknown
     try {

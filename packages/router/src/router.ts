@@ -23,6 +23,12 @@ import { GroupState } from './groups.js'
 import { RouterMetrics } from './metrics.js'
 import { Proxy, type Caller, type ProxyCore } from './proxy.js'
 import { tlsSocketOf, type DualProtocolServer } from './server.js'
+import {
+  RegionRouting,
+  parseHomeRegionPrefix,
+  readRegionsFile,
+  regionsDirectory,
+} from './regions.js'
 import { ShardMapCache, singleGroupMap } from './shard-map.js'
 import { loadRouterTls, type RouterTls } from './tls.js'
 import type { UpstreamTls } from './upstream.js'
@@ -32,9 +38,14 @@ export interface RouterStartOptions {
   logDestination?: DestinationStream
 }
 
-/** The starting map: the shard map file, or the one group of --group. */
+/**
+ * The starting map: the shard map file, the one group of --group, or in regions mode one group
+ * per region (the home region first, owning every slot: slots mean nothing there).
+ */
 export function startingMap(config: RouterConfig): ShardMap {
   if (config.group !== undefined) return singleGroupMap(config.group)
+  if (config.regions !== undefined)
+    return regionsDirectory(readRegionsFile(config.regions), config.homeRegion as string)
   const file = config.shardMap as string
   let text: string
   try {
@@ -68,6 +79,8 @@ export class KvRouter implements ProxyCore {
   readonly cache: ShardMapCache
   readonly groups: GroupState[]
   readonly tls: RouterTls
+  /** Regions mode: each key's home region; null when the router routes to shard groups. */
+  readonly regions: RegionRouting | null
   readonly app: FastifyInstance
   private readonly proxy: Proxy
   private readonly lifecycle = { shuttingDown: false, ready: false }
@@ -98,6 +111,16 @@ export class KvRouter implements ProxyCore {
     this.upstreamTls = upstreamTls
     this.groups = []
     for (const group of map.groups) this.addGroup(group)
+    this.regions =
+      config.regions === undefined
+        ? null
+        : new RegionRouting(
+            map.groups.map((g) => g.id),
+            config.homeRegion as string,
+            config.homeRegionPrefixes.map((spec) =>
+              parseHomeRegionPrefix(spec, config.keyBytesMax),
+            ),
+          )
     this.proxy = new Proxy(this)
     const access = new AccessCheck(
       this.proxy,
@@ -112,6 +135,7 @@ export class KvRouter implements ProxyCore {
       tls,
       cache: this.cache,
       groups: this.groups,
+      regions: this.regions,
       proxy: this.proxy,
       access,
       caller: (request) => this.caller(request),
@@ -170,20 +194,26 @@ export class KvRouter implements ProxyCore {
    * SIGHUP: reads the shard map file again and takes the groups it adds (a new group joins
    * without a restart, as on the nodes) and the members it adds to known groups. Groups are
    * never removed while running; ownership still comes from the groups' claims.
+   *
+   * In regions mode it reads the regions file again and takes the members it adds to known
+   * regions; a region new to the file is not routed to until a restart (no key's home is
+   * there: the home region and the prefixes are fixed at start).
    */
   async reload(): Promise<void> {
-    if (this.config.shardMap === undefined) return
+    if (this.config.shardMap === undefined && this.regions === null) return
+    const what = this.regions === null ? 'shard map file' : 'regions file'
     let map: ShardMap
     try {
       map = startingMap(this.config)
     } catch (err) {
-      this.logger.error({ err }, 'cannot reload the shard map file; keeping the directory in use')
+      this.logger.error({ err }, `cannot reload the ${what}; keeping the directory in use`)
       return
     }
     const added: string[] = []
     for (const group of map.groups) {
       const known = this.groups.find((g) => g.id === group.id)
       if (known === undefined) {
+        if (this.regions !== null) continue
         if (this.groups.length >= shardLimits.groupsMax) break
         this.addGroup(group)
         this.cache.addGroup({ id: group.id, members: group.members })
@@ -191,7 +221,7 @@ export class KvRouter implements ProxyCore {
       } else for (const m of group.members) known.adopt(m.id, m.url)
     }
     const gone = this.groups.filter((g) => !map.groups.some((x) => x.id === g.id)).map((g) => g.id)
-    this.logger.info({ added, notInFile: gone }, 'shard map file reloaded')
+    this.logger.info({ added, notInFile: gone }, `${what} reloaded`)
     await Promise.all(this.groups.map((g) => g.probe()))
     await this.refreshMap('reload')
   }
@@ -204,7 +234,10 @@ export class KvRouter implements ProxyCore {
     const logger = pino(
       {
         level: config.logLevel,
-        base: { routerId: config.routerId },
+        base: {
+          routerId: config.routerId,
+          ...(config.homeRegion !== undefined ? { homeRegion: config.homeRegion } : {}),
+        },
         mixin: () => ({ mapVersion: router?.cache.version ?? map.version }),
         timestamp: pino.stdTimeFunctions.isoTime,
         formatters: { level: (label) => ({ level: label }) },
@@ -255,12 +288,15 @@ export class KvRouter implements ProxyCore {
           members: g.members.map((m) => `${m.id}=${m.health.state}`),
         })),
         identity: this.tls.identityKind,
+        ...(this.regions !== null
+          ? { homeRegion: this.regions.home, homeRegionPrefixes: this.regions.prefixes }
+          : {}),
       },
       'router started',
     )
   }
 
-  /** Several groups: the router gives out its own session tokens (r1.). */
+  /** Several groups (or regions): the router gives out its own session tokens (r1.). */
   get routerTokens(): boolean {
     return this.groups.length > 1
   }
