@@ -95,6 +95,11 @@ export function parseNemeses(text: string): NemesisName[] {
 export interface NemesisOptions {
   cluster: ChaosCluster
   nemeses: NemesisName[]
+  /**
+   * Draw the nemeses from a shuffled bag (each once before any comes again) rather than
+   * independently, so a short run still has every one of them.
+   */
+  everyOnce?: boolean
   seed: number
   /** The schedule stops starting faults after this long. */
   durationMs: number
@@ -282,6 +287,15 @@ async function runMoves(
 }
 
 /** The nemeses that take turns: a healthy interval, one fault, its heal, repeated. */
+function shuffled<T>(random: () => number, items: readonly T[]): T[] {
+  const out = [...items]
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1))
+    ;[out[i], out[j]] = [out[j] as T, out[i] as T]
+  }
+  return out
+}
+
 async function runRounds(options: NemesisOptions): Promise<FaultWindow[]> {
   const { cluster, clock, log } = options
   const random = prng(options.seed)
@@ -292,11 +306,16 @@ async function runRounds(options: NemesisOptions): Promise<FaultWindow[]> {
   const fresh = chaosMemberIds.filter((id) => !cluster.nodes.some((n) => n.id === id))
   const membersMin = Math.max(cluster.nodes.length, options.replicas ?? 0)
   const begin = clock()
+  const bag: NemesisName[] = []
   while (clock() - begin + healthyMs + faultMs <= options.durationMs) {
     await sleep(healthyMs * (0.5 + random()))
     // The members change under the membership nemesis: look again every round.
     const ids = cluster.nodes.map((n) => n.id)
-    let nemesis = pick(random, options.nemeses)
+    let nemesis: NemesisName
+    if (options.everyOnce === true) {
+      if (bag.length === 0) bag.push(...shuffled(random, options.nemeses))
+      nemesis = bag.pop() as NemesisName
+    } else nemesis = pick(random, options.nemeses)
     const idsNeeded = idsPerRound[nemesis] ?? 0
     if (idsNeeded > fresh.length) {
       // Not enough ids with certificates left for new members: the other nemeses go on.

@@ -106,6 +106,8 @@ export async function runRegionsChaos(options: ChaosOptions): Promise<ChaosResul
       windows = await runNemesis({
         cluster,
         nemeses: options.nemeses,
+        // A 30 s run has about five rounds: make sure every named nemesis is among them.
+        everyOnce: true,
         seed: options.seed,
         durationMs: options.durationMs,
         ...(options.healthyMs !== undefined ? { healthyMs: options.healthyMs } : {}),
