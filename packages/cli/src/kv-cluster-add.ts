@@ -50,6 +50,8 @@ export interface LocalClusterInfo {
   nodes: number
   /** Groups of a sharded deployment (kv-cluster --groups), which add-member does not grow. */
   groups?: number
+  /** Regions of a multi-region deployment (kv-cluster --regions), which add-member does not grow. */
+  regions?: string[]
 }
 
 export const localClusterFile = 'kv-cluster.json'
@@ -117,6 +119,10 @@ export async function runAddMember(argv: string[]): Promise<number> {
   if (info.groups !== undefined)
     return fail(
       `${dataDir} holds a sharded deployment (kv-cluster --groups ${info.groups}); add-member grows one group of an unsharded cluster only`,
+    )
+  if (info.regions !== undefined)
+    return fail(
+      `${dataDir} holds a multi-region deployment (regions ${info.regions.join(', ')}); add-member grows a single cluster only (a region's members must match the regions file)`,
     )
   const seeds = Array.from(
     { length: info.nodes },

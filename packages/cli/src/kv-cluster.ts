@@ -26,8 +26,17 @@ import {
   shardedLayout,
   shardedLayoutProblem,
   type LocalGroup,
+  type LocalMember,
   type ShardedLayout,
 } from './kv-cluster-groups.js'
+import {
+  regionNodeArgs,
+  regionsFileOf,
+  regionsLayout,
+  regionsLayoutProblem,
+  type LocalRegion,
+  type RegionsLayout,
+} from './kv-cluster-regions.js'
 // Types only: offline.ts (and with it the storage package) is loaded for a restore alone.
 import type * as Offline from './offline.js'
 import type { RestoreTarget } from './offline.js'
@@ -52,6 +61,15 @@ Usage: kv-cluster [options] [-- kv-node options...]
                      cluster id, root's password and the auth secret of DIR/certs
   --router-port P    the router's port with --groups (default: the client port minus 1,
                      7000)
+  --regions N        multi-region: N regions (us, eu, ap; 2 or 3) of --nodes single-leader
+                     members each (us: n1-n3, eu: n4-n6, ...). Each region takes its own
+                     writes and its leader ships them to the other regions; concurrent
+                     writes of a key resolve alike everywhere (last writer wins by stamp)
+                     and the losers are kept in the conflict record. Member i of region k
+                     gets the client port P+10(k-1)+(i-1) and the peer port likewise (us on
+                     7001-7003, eu on 7011-7013); one regions file (DIR/regions.json) that
+                     every node is started with; the regions share the CA, the cluster id,
+                     root's password and the auth secret of DIR/certs
   --host HOST        address to listen on (default 127.0.0.1)
   --client-port P    client port of n1; n2 gets P+1, and so on (default 7001)
   --peer-port P      peer port of n1; n2 gets P+1, and so on (default 7101)
@@ -135,6 +153,7 @@ async function main(): Promise<number> {
         nodes: { type: 'string', default: '3' },
         groups: { type: 'string' },
         'router-port': { type: 'string' },
+        regions: { type: 'string' },
         host: { type: 'string', default: '127.0.0.1' },
         'client-port': { type: 'string', default: '7001' },
         'peer-port': { type: 'string', default: '7101' },
@@ -158,7 +177,14 @@ async function main(): Promise<number> {
     write(usage)
     return 0
   }
+  if (opts.groups !== undefined && opts.regions !== undefined) {
+    process.stderr.write(
+      'kv-cluster: --groups and --regions do not go together (a region is one single-leader group)\n',
+    )
+    return 2
+  }
   if (opts.groups !== undefined) return runSharded(opts, extra)
+  if (opts.regions !== undefined) return runRegions(opts, extra)
   if (opts['router-port'] !== undefined) {
     process.stderr.write('kv-cluster: --router-port goes with --groups\n')
     return 2
@@ -454,6 +480,7 @@ interface ClusterOptions {
   nodes: string
   groups?: string | undefined
   'router-port'?: string | undefined
+  regions?: string | undefined
   host: string
   'client-port': string
   'peer-port': string
@@ -708,6 +735,269 @@ on every group and on the router):
 
 Ctrl-C stops every process cleanly.
 `)
+}
+
+/** What kv-cluster reads of GET /v1/regions (the leader's answer). */
+interface RegionsAnswer {
+  region: string
+  leader: boolean
+  shipping: { to: string; state: string; lagEntries: number; lagMs: number }[]
+}
+
+/**
+ * `kv-cluster --regions N`: N regions of single-leader members sharing one CA and one regions
+ * file, as kv-cluster-regions.ts lays them out. Stays in the foreground like kv-cluster; Ctrl-C
+ * stops every process.
+ */
+async function runRegions(opts: ClusterOptions, extra: string[]): Promise<number> {
+  const usageError = (text: string) => {
+    process.stderr.write(`kv-cluster: ${text}\n`)
+    return 2
+  }
+  if (opts.mode !== 'single-leader')
+    return usageError('--regions starts single-leader regions; it takes no --mode leaderless')
+  if (opts['router-port'] !== undefined) return usageError('--router-port goes with --groups')
+  for (const name of ['restore-from', 'log-archive', 'archive', 'to-lsn', 'to-time'] as const)
+    if (opts[name] !== undefined) return usageError(`--regions takes no --${name}`)
+  if (opts.latest) return usageError('--regions takes no --latest')
+  const layoutOptions = {
+    regions: Number(opts.regions),
+    nodes: Number(opts.nodes),
+    host: opts.host,
+    clientPort: Number(opts['client-port']),
+    peerPort: Number(opts['peer-port']),
+  }
+  const problem = regionsLayoutProblem(layoutOptions)
+  if (problem !== null) return usageError(problem)
+  const layout = regionsLayout(layoutOptions)
+  const host = opts.host
+  const dataDir = resolve(opts['data-dir'])
+  const members = layout.regions.flatMap((r) => r.members)
+  mkdirSync(dataDir, { recursive: true })
+
+  // The regions file every node starts with. A data directory made for another layout would
+  // start its regions with members that disagree with their logs: refused, unless --fresh.
+  const regionsFile = join(dataDir, 'regions.json')
+  const fileText = `${JSON.stringify(regionsFileOf(layout), null, 2)}\n`
+  if (
+    existsSync(regionsFile) &&
+    readFileSync(regionsFile, 'utf8') !== fileText &&
+    !opts.fresh &&
+    members.some((m) => existsSync(join(dataDir, m.id)))
+  ) {
+    process.stderr.write(
+      `kv-cluster: ${regionsFile} describes another layout than --regions ${layout.regions.length} --nodes ${opts.nodes} on these ports, and its regions hold data; use --fresh (it deletes the regions' data) or another --data-dir\n`,
+    )
+    return 1
+  }
+  if (
+    !existsSync(regionsFile) &&
+    !opts.fresh &&
+    existsSync(join(dataDir, 'kv-cluster.json')) &&
+    members.some((m) => existsSync(join(dataDir, m.id)))
+  ) {
+    process.stderr.write(
+      `kv-cluster: ${dataDir} holds another kind of cluster (it has no regions.json); use --fresh (it deletes the nodes' data) or another --data-dir\n`,
+    )
+    return 1
+  }
+  writeFileSync(regionsFile, fileText)
+  writeLocalClusterInfo(dataDir, {
+    mode: 'single-leader',
+    host,
+    clientPort: layoutOptions.clientPort,
+    peerPort: layoutOptions.peerPort,
+    nodes: layoutOptions.nodes,
+    regions: layout.regions.map((r) => r.id),
+  })
+
+  // One CA, cluster id, root password and auth secret for every region: a member of one region
+  // is then a known peer to the others (their region-peer calls use member certificates).
+  const certsDir = join(dataDir, 'certs')
+  const hosts = host === '127.0.0.1' || host === 'localhost' ? [] : [host]
+  if (!existsSync(join(certsDir, 'ca.crt'))) {
+    await initCerts({ dir: certsDir, members: members.map((m) => m.id), hosts })
+    write(`made the deployment's certificates and root's password in ${certsDir}\n`)
+  } else {
+    for (const member of members)
+      if (!existsSync(join(certsDir, `${member.id}.crt`)))
+        await addMember({ dir: certsDir, memberId: member.id, hosts })
+  }
+  const getJson = rootGetJson(certsDir)
+
+  const kvNode = fileURLToPath(new URL('./kv-node.js', import.meta.url))
+  const children = new Map<string, ChildProcess>()
+  let stopping = false
+  for (const region of layout.regions) {
+    for (const member of region.members) {
+      const dir = resolve(dataDir, member.id)
+      if (opts.fresh) rmSync(dir, { recursive: true, force: true })
+      const logPath = resolve(dataDir, `${member.id}.log`)
+      const log = createWriteStream(logPath, { flags: 'a' })
+      const child = spawn(
+        process.execPath,
+        [
+          kvNode,
+          ...regionNodeArgs({ region, member, dataDir: dir, host, certsDir, regionsFile }),
+          ...extra,
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      )
+      child.stdout?.pipe(log)
+      child.stderr?.pipe(log)
+      child.on('exit', (code, signal) => {
+        children.delete(member.id)
+        if (!stopping)
+          process.stderr.write(
+            `kv-cluster: ${member.id} exited (${code ?? signal}); see ${logPath}\n`,
+          )
+      })
+      children.set(member.id, child)
+    }
+  }
+  const stopAll = stopOnSignals(children, () => (stopping = true), {
+    killing: 'killing the nodes',
+    stopping: 'stopping the nodes...',
+    stopped: 'all nodes stopped',
+  })
+
+  // Every node answers, then every region has a leader, then every leader ships.
+  const deadline = Date.now() + 60_000
+  const roles = new Map<string, string>()
+  const roleOf = async (url: string) =>
+    ((await getJson(`${url}/v1/status`)) as { role: string }).role
+  for (const member of members) {
+    for (;;) {
+      if (stopping) return 0
+      try {
+        roles.set(member.id, await roleOf(member.clientUrl))
+        break
+      } catch {
+        // not up yet
+      }
+      if (Date.now() > deadline || !children.has(member.id)) {
+        process.stderr.write(
+          `kv-cluster: ${member.id} did not start; see ${resolve(dataDir, `${member.id}.log`)}\n`,
+        )
+        await stopAll('SIGTERM')
+        return 1
+      }
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  write('waiting for every region to elect a leader...\n')
+  const leaderOf = (r: LocalRegion) => r.members.find((m) => roles.get(m.id) === 'leader')
+  while (layout.regions.some((r) => leaderOf(r) === undefined) && Date.now() < deadline + 30_000) {
+    if (stopping) return 0
+    await new Promise((r) => setTimeout(r, 200))
+    for (const member of members) {
+      try {
+        roles.set(member.id, await roleOf(member.clientUrl))
+      } catch {
+        roles.set(member.id, 'down')
+      }
+    }
+  }
+  // Each leader connects to the other regions (it asks each where to resume) within a moment.
+  const shipping = new Map<string, RegionsAnswer['shipping']>()
+  const streaming = () =>
+    layout.regions.every((r) => {
+      const s = shipping.get(r.id)
+      return (
+        s !== undefined &&
+        s.length === layout.regions.length - 1 &&
+        s.every((x) => x.state === 'streaming')
+      )
+    })
+  const shipDeadline = Date.now() + 15_000
+  while (!streaming() && Date.now() < shipDeadline) {
+    if (stopping) return 0
+    for (const region of layout.regions) {
+      const leader = leaderOf(region)
+      if (leader === undefined) continue
+      try {
+        shipping.set(
+          region.id,
+          ((await getJson(`${leader.clientUrl}/v1/regions`)) as RegionsAnswer).shipping,
+        )
+      } catch {
+        // asked again below
+      }
+    }
+    if (!streaming()) await new Promise((r) => setTimeout(r, 200))
+  }
+  showRegions(layout, { dataDir, certsDir, regionsFile, roles, children, shipping })
+  return new Promise<number>(() => {})
+}
+
+/** Prints a started multi-region deployment: each region's members and shipping, what to try. */
+function showRegions(
+  layout: RegionsLayout,
+  o: {
+    dataDir: string
+    certsDir: string
+    regionsFile: string
+    roles: Map<string, string>
+    children: Map<string, ChildProcess>
+    shipping: Map<string, RegionsAnswer['shipping']>
+  },
+): void {
+  const nodes = layout.regions[0]?.members.length ?? 0
+  write(
+    `\n${layout.regions.length} regions of ${nodes} single-leader nodes are running (regions file ${o.regionsFile}; logs and data in ${o.dataDir}):\n\n`,
+  )
+  for (const region of layout.regions) {
+    const ships = o.shipping.get(region.id) ?? []
+    const shipText =
+      ships.length === 0
+        ? 'shipping: not known yet'
+        : ships
+            .map((s) => `to ${s.to} ${s.state} (lag ${s.lagEntries} entries, ${s.lagMs} ms)`)
+            .join(', ')
+    write(`  ${region.id}  ${shipText}\n`)
+    for (const member of region.members)
+      write(
+        `    ${member.id.padEnd(4)} ${(o.roles.get(member.id) ?? '?').padEnd(8)}  ${member.clientUrl}   (peers: ${member.peerUrl}, pid ${o.children.get(member.id)?.pid ?? '?'})\n`,
+      )
+  }
+  const [first, second] = layout.regions as [LocalRegion, LocalRegion]
+  const urlOf = (r: LocalRegion) => (r.members[0] as LocalMember).clientUrl
+  const tls = `--cacert ${o.certsDir}/ca.crt --cert ${o.certsDir}/root.crt --key ${o.certsDir}/root.key`
+  write(`
+Try, in another terminal (every request needs a credential; root's client certificate works
+in every region). Each region takes writes at its own leader; its leader ships them to the
+others:
+  curl ${tls} \\
+       -X PUT --data-binary 'hello from ${first.id}' ${urlOf(first)}/v1/kv/greeting
+  export KV_CACERT=${o.certsDir}/ca.crt KV_CERT=${o.certsDir}/root.crt KV_KEY=${o.certsDir}/root.key
+  node packages/cli/dist/kv.js get greeting --url ${urlOf(second)}      # shipped to ${second.id}
+  node packages/cli/dist/kv.js regions --url ${urlOf(first)}            # shipping, cursors, lag, conflicts
+Two writes of one key at once, one in each region: both are acknowledged, one wins in every
+region (the later stamp), and the other is kept in the conflict record:
+  node packages/cli/dist/kv.js put cart ${first.id}-apples --url ${urlOf(first)} & \\
+  node packages/cli/dist/kv.js put cart ${second.id}-pears --url ${urlOf(second)} & wait
+  node packages/cli/dist/kv.js conflicts --url ${urlOf(second)}
+  node packages/cli/dist/kv.js cluster --url ${urlOf(second)}           # members, and lag to ${first.id}
+
+Ctrl-C stops every node cleanly.
+`)
+}
+
+/** GET as root (its client certificate), JSON; throws on a failure or an error status. */
+function rootGetJson(certsDir: string): (url: string) => Promise<unknown> {
+  const agent = new Agent({
+    connect: {
+      ca: readFileSync(join(certsDir, 'ca.crt')),
+      cert: readFileSync(join(certsDir, 'root.crt')),
+      key: readFileSync(join(certsDir, 'root.key')),
+    },
+  })
+  return async (url: string): Promise<unknown> => {
+    const res = await request(url, { dispatcher: agent, headersTimeout: 2000, bodyTimeout: 2000 })
+    const body = await res.body.json()
+    if (res.statusCode >= 400) throw new Error(`HTTP ${res.statusCode}`)
+    return body
+  }
 }
 
 main().then(

@@ -24,6 +24,12 @@ import { AuthUsageError, authUsage, runAuthCommand } from './auth-command.js'
 import { CredentialError, resolveConnection, type Connection } from './connect.js'
 import { MemberUsageError, memberOptions, memberUsage, runMember } from './member-command.js'
 import {
+  RegionsUsageError,
+  clusterRegionLines,
+  regionsUsage,
+  runRegionsCommand,
+} from './regions-command.js'
+import {
   ShardUsageError,
   readShardMapFile,
   runShard,
@@ -81,7 +87,8 @@ Commands:
   import FILE             bulk-load NDJSON ({"key","value"} per line) or CSV (key,value columns),
         [--format ndjson|csv] [--chunk N] [--concurrency N] [--max-lag-ms MS]
                           in batches, slowing down whenever followers lag more than --max-lag-ms
-  cluster                 the members, their roles, acknowledged LSNs and lag; leaderless:
+  cluster                 the members, their roles, acknowledged LSNs and lag; in a region,
+                          the lag to and from the other regions; leaderless:
                           the members up or down, their share of the ring, the hints held
                           for them and the last anti-entropy exchange with them
   transfer [MEMBER]       hand leadership to MEMBER, or to the most up-to-date follower
@@ -106,6 +113,7 @@ Backups (need the admin role):
                           a base backup into its log archive (kv-node --archive-dir)
 ${memberUsage}
 ${shardUsage}
+${regionsUsage}
 ${offlineUsage}
 ${certsUsage}
 ${authUsage}
@@ -347,6 +355,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         'if-exists': { type: 'boolean', default: false },
         limit: { type: 'string' },
         start: { type: 'string' },
+        after: { type: 'string' },
         all: { type: 'boolean', default: false },
         ack: { type: 'string' },
         'timeout-ms': { type: 'string' },
@@ -759,6 +768,8 @@ ${shardUsage}`,
             `  ${m.id.padEnd(8)} ${role.padEnd(9)} ${m.clientUrl.padEnd(26)} epoch ${String(m.epoch ?? '?').padStart(3)}  acked ${String(m.ackedLsn).padStart(10)}  applied ${String(m.appliedLsn ?? '?').padStart(10)}  lag ${m.lagEntries} entries, ${m.lagMs} ms${m.archivedLsn !== undefined ? `  archive at ${m.archivedLsn} (${m.archiveLagEntries ?? 0} behind)` : ''}${m.connected ? '' : '  (not connected)'}\n`,
           )
         }
+        // In a region: the lag to and from the other regions (kv regions says more).
+        await write(io.stdout, clusterRegionLines(view))
         return 0
       }
       case 'transfer': {
@@ -792,6 +803,9 @@ ${shardUsage}`,
         return 0
       case 'member':
         return await runMember(client, args, opts, io)
+      case 'regions':
+      case 'conflicts':
+        return await runRegionsCommand(command, client, args, opts, io)
       case 'shard':
       case 'shards':
         return await runShard(client, args, opts, io)
@@ -814,6 +828,10 @@ ${shardUsage}`,
     }
     if (err instanceof ShardUsageError) {
       await write(io.stderr, `kv: ${err.message}\n\n${shardUsage}`)
+      return 2
+    }
+    if (err instanceof RegionsUsageError) {
+      await write(io.stderr, `kv: ${err.message}\n\n${regionsUsage}`)
       return 2
     }
     if (err instanceof KvError) {

@@ -88,6 +88,13 @@ import {
 } from './connection.js'
 import { Credentials, type KvAuth, type LoginResult } from './credentials.js'
 import { checkBackupDir, writeBackupStream } from './backup.js'
+import type {
+  RegionConflict,
+  RegionConflictsOptions,
+  RegionConflictsPage,
+  RegionDigest,
+  RegionsView,
+} from './regions.js'
 import {
   compareTimestamps,
   isLeaderlessView,
@@ -206,6 +213,12 @@ export interface ShardOverview {
    */
   router: string | null
 }
+
+/**
+ * GET /v1/cluster of a single-leader cluster; a node in a region (multi-leader) adds its
+ * region's view (`regions`: shipping, cursors, lag, conflict counts).
+ */
+export type RegionalClusterView = ClusterView & { regions?: RegionsView }
 
 /** The answer of `transferLeadership` (POST /admin/v1/transfer-leadership). */
 export type TransferResult = TransferResponse
@@ -479,6 +492,11 @@ export interface GetResult {
   siblings?: Sibling[]
   /** Leaderless mode: true when the key holds more than one value. */
   conflict?: boolean
+  /**
+   * Regions: the stamp of the write that made this value (`<wallMs>.<logical>@<region>`: the
+   * region that wrote it).
+   */
+  stamp?: string
 }
 
 /**
@@ -820,11 +838,13 @@ export class KvClient {
       { allowNotFound: true },
     )
     if (res.status === 404) return null
+    const stamp = headerOf(res, 'kv-stamp')
     return {
       value: res.body,
       version: Number((headerOf(res, 'etag') ?? '"0"').replaceAll('"', '')),
       appliedLsn: Number(headerOf(res, 'kv-applied-lsn') ?? 0),
       servedBy: url,
+      ...(stamp !== undefined ? { stamp } : {}),
     }
   }
 
@@ -984,14 +1004,14 @@ export class KvClient {
    * The cluster as the nodes describe it, refreshed now. A leaderless cluster fails with
    * `KV_ERR_UNSUPPORTED_IN_MODE`: use `leaderlessCluster()` (and `mode()` to tell them apart).
    */
-  async cluster(): Promise<ClusterView> {
+  async cluster(): Promise<RegionalClusterView> {
     await this.refresh(true)
     if (this.leaderless !== null)
       throw unsupported(
         'cluster() describes single-leader clusters; use leaderlessCluster()',
         'leaderless',
       )
-    return this.view as ClusterView
+    return this.view as RegionalClusterView
   }
 
   /**
@@ -1977,6 +1997,61 @@ export class KvClient {
       files: written.files,
       durationMs: Date.now() - started,
     }
+  }
+
+  // ---------------------------------------------------------------- regions (multi-leader)
+
+  /**
+   * This region as its leader sees it (GET /v1/regions): the regions of the deployment, how the
+   * leader ships this region's writes to each other region (state, the receiver's cursor, lag in
+   * entries and ms), how far this region applied each other region's writes, and the conflicts
+   * counted. Asked of the leader (only it knows the shipping), following failovers within
+   * `retryForMs`; of `url` when given (a follower answers with `shipping: []`). A node outside
+   * a region answers `KV_ERR_UNSUPPORTED_IN_MODE`. Any authenticated user may call it.
+   */
+  async regions(options: { url?: string } = {}): Promise<RegionsView> {
+    if (options.url !== undefined)
+      return (await this.nodeGet('/v1/regions', options.url)) as RegionsView
+    return (await this.adminWrite('GET', '/v1/regions')) as RegionsView
+  }
+
+  /**
+   * One page of this region's conflict record (GET /admin/v1/conflicts), oldest first: each
+   * write that lost to a concurrent write of another region, with its winner (key, values,
+   * regions, stamps) and the region that detected it. Pass the page's `next` as `after` for the
+   * next one. Asked of the leader (or `url`). Needs the admin role.
+   */
+  async conflicts(options: RegionConflictsOptions = {}): Promise<RegionConflictsPage> {
+    const query = new URLSearchParams()
+    if (options.limit !== undefined) query.set('limit', String(options.limit))
+    if (options.after !== undefined) query.set('after', options.after)
+    const qs = query.toString()
+    const path = `/admin/v1/conflicts${qs ? `?${qs}` : ''}`
+    if (options.url !== undefined)
+      return (await this.nodeGet(path, options.url)) as RegionConflictsPage
+    return (await this.adminWrite('GET', path)) as RegionConflictsPage
+  }
+
+  /** Every record of the conflict record after `after`, page by page (see `conflicts`). */
+  async *conflictsAll(
+    options: Omit<RegionConflictsOptions, 'after'> & { after?: string } = {},
+  ): AsyncGenerator<RegionConflict> {
+    let after = options.after
+    for (;;) {
+      const page = await this.conflicts({ ...options, ...(after !== undefined ? { after } : {}) })
+      yield* page.conflicts
+      if (page.next === null || page.conflicts.length === 0) return
+      after = page.next
+    }
+  }
+
+  /**
+   * A hash of one node's live user keys, values and stamps (GET /admin/v1/regions/digest):
+   * equal in every region once they have converged, whatever their LSNs. `url`'s, or else the
+   * first seed's (or member's) that answers. Needs the admin role.
+   */
+  async regionDigest(url?: string): Promise<RegionDigest> {
+    return (await this.nodeGet('/admin/v1/regions/digest', url)) as RegionDigest
   }
 
   // ---------------------------------------------------------------- queued writes (ack=queued)

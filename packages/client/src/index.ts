@@ -1,5 +1,24 @@
 export { KvClient, KvError, TicketWaitTimeoutError, keyPath } from './client.js'
 export { backupManifestBytesMax, writeBackupStream, type WrittenBackup } from './backup.js'
+export {
+  RegionalClient,
+  type RegionalClientOptions,
+  type RegionalConflictsOptions,
+  type RegionalListOptions,
+  type RegionalReadOptions,
+} from './regional-client.js'
+export {
+  HomeRegions,
+  type RegionConflict,
+  type RegionConflictCounts,
+  type RegionConflictSide,
+  type RegionConflictsOptions,
+  type RegionConflictsPage,
+  type RegionDigest,
+  type RegionReceiving,
+  type RegionShipping,
+  type RegionsView,
+} from './regions.js'
 export { compareTimestamps, isLeaderlessView, ringOf, routeKey } from './leaderless.js'
 export {
   finishedMovePhases,
@@ -56,6 +75,7 @@ export type {
   PutResult,
   QueuedResult,
   QueuedWriteOptions,
+  RegionalClusterView,
   TicketResult,
   Quorum,
   ReadOptions,
