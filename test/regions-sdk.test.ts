@@ -96,7 +96,7 @@ it('applies a batch in its home region and refuses one that spans regions', asyn
   }
   expect(error).toBeInstanceOf(KvError)
   expect(error).toMatchObject({
-    code: 'KV_ERR_INVALID_ARGUMENT',
+    code: 'KV_ERR_CROSS_REGION',
     details: { regions: ['eu', 'us'], keys: ['eu/b/3', 'b/4'] },
   })
   expect(await client.get('eu/b/3')).toBeNull()

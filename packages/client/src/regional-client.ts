@@ -157,7 +157,7 @@ export class RegionalClient {
 
   /**
    * Applies puts and deletes atomically in the home region of their keys. The keys must share
-   * one home region: a batch spanning regions is refused with `KV_ERR_INVALID_ARGUMENT`
+   * one home region: a batch spanning regions is refused with `KV_ERR_CROSS_REGION`
    * (`details.regions`, `details.keys`: one key per region) before anything is sent, since no
    * write is atomic across regions.
    */
@@ -265,7 +265,7 @@ export class RegionalClient {
     }
     if (byRegion.size > 1)
       throw new KvError(
-        'KV_ERR_INVALID_ARGUMENT',
+        'KV_ERR_CROSS_REGION',
         `the batch writes keys of ${byRegion.size} home regions (${[...byRegion].map(([r, k]) => `${JSON.stringify(k)} in ${r}`).join(', ')}); a batch is atomic within one region only: split it by home region`,
         { regions: [...byRegion.keys()], keys: [...byRegion.values()] },
       )

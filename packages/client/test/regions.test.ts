@@ -344,7 +344,7 @@ describe('RegionalClient', () => {
         error = err
       }
       expect(error).toBeInstanceOf(KvError)
-      expect((error as KvError).code).toBe('KV_ERR_INVALID_ARGUMENT')
+      expect((error as KvError).code).toBe('KV_ERR_CROSS_REGION')
       expect((error as KvError).message).toMatch(
         /2 home regions \("eu\/a" in eu, "cart\/1" in us\)/,
       )

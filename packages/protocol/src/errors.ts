@@ -292,7 +292,7 @@ export const errorCatalog = {
   KV_ERR_CROSS_REGION: {
     status: 400,
     description:
-      "kv-router in regions mode: a batch names keys whose home regions differ (`regions`, with an example key of each in `keys`). A batch is applied by one region's leader, so it must stay in one region: split it, or give related keys one prefix (`--home-region-prefix`).",
+      "kv-router in regions mode, or the SDK's RegionalClient: a batch names keys whose home regions differ (`regions`, with an example key of each in `keys`). A batch is applied by one region's leader, so it must stay in one region: split it, or give related keys one prefix (`--home-region-prefix`).",
   },
   KV_ERR_NOT_READY: {
     status: 503,
