@@ -962,13 +962,17 @@ function showRegions(
   }
   const [first, second] = layout.regions as [LocalRegion, LocalRegion]
   const urlOf = (r: LocalRegion) => (r.members[0] as LocalMember).clientUrl
+  // curl does not follow KV_ERR_NOT_LEADER (kv does): give it the region's leader.
+  const leaderUrlOf = (r: LocalRegion) =>
+    (r.members.find((m) => o.roles.get(m.id) === 'leader') ?? (r.members[0] as LocalMember))
+      .clientUrl
   const tls = `--cacert ${o.certsDir}/ca.crt --cert ${o.certsDir}/root.crt --key ${o.certsDir}/root.key`
   write(`
 Try, in another terminal (every request needs a credential; root's client certificate works
 in every region). Each region takes writes at its own leader; its leader ships them to the
 others:
   curl ${tls} \\
-       -X PUT --data-binary 'hello from ${first.id}' ${urlOf(first)}/v1/kv/greeting
+       -X PUT --data-binary 'hello from ${first.id}' ${leaderUrlOf(first)}/v1/kv/greeting
   export KV_CACERT=${o.certsDir}/ca.crt KV_CERT=${o.certsDir}/root.crt KV_KEY=${o.certsDir}/root.key
   node packages/cli/dist/kv.js get greeting --url ${urlOf(second)}      # shipped to ${second.id}
   node packages/cli/dist/kv.js regions --url ${urlOf(first)}            # shipping, cursors, lag, conflicts

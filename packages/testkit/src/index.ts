@@ -1,7 +1,7 @@
 /**
  * @kvstore/testkit: what every test and benchmark shares. Private: shipped code never imports
  * it. The process launcher and free ports come from the chaos suite (shipped, so it cannot
- * import this kit); the PRNG from the core.
+ * import this kit), and so is the proxy a test cuts between regions; the PRNG from the core.
  */
 export { assertBuilt, freePort, kvNodeBin } from '@kvstore/chaos/node-process'
 export { keyPath } from '@kvstore/client'
@@ -26,4 +26,4 @@ export { metric, metricTotal, metricValue, metricsText } from './metrics.js'
 export { Prng, prng, testSeed } from './seed.js'
 export { nodeSecurity, useNodeSecurity, type NodeSecurity } from './security.js'
 export { rejection, until, waitFor } from './wait.js'
-export { LinkProxy } from './link-proxy.js'
+export { CutProxy } from '@kvstore/chaos/region-proxy'
