@@ -640,24 +640,18 @@ async function runSharded(opts: ClusterOptions, extra: string[]): Promise<number
   const roles = new Map<string, string>()
   const roleOf = async (url: string) =>
     ((await getJson(`${url}/v1/status`)) as { role: string }).role
-  for (const member of members) {
-    for (;;) {
-      if (stopping) return 0
-      try {
-        roles.set(member.id, await roleOf(member.clientUrl))
-        break
-      } catch {
-        // not up yet
-      }
-      if (Date.now() > deadline || !children.has(member.id)) {
-        process.stderr.write(
-          `kv-cluster: ${member.id} did not start; see ${resolve(dataDir, `${member.id}.log`)}\n`,
-        )
-        await stopAll('SIGTERM')
-        return 1
-      }
-      await new Promise((r) => setTimeout(r, 100))
-    }
+  const answered = await awaitMembers(members, {
+    deadline,
+    roles,
+    children,
+    dataDir,
+    roleOf,
+    stopping: () => stopping,
+  })
+  if (answered === 'stopping') return 0
+  if (answered === 'failed') {
+    await stopAll('SIGTERM')
+    return 1
   }
   write('waiting for every group to elect a leader...\n')
   const leaderless = (g: LocalGroup) => !g.members.some((m) => roles.get(m.id) === 'leader')
@@ -866,24 +860,18 @@ async function runRegions(opts: ClusterOptions, extra: string[]): Promise<number
   const roles = new Map<string, string>()
   const roleOf = async (url: string) =>
     ((await getJson(`${url}/v1/status`)) as { role: string }).role
-  for (const member of members) {
-    for (;;) {
-      if (stopping) return 0
-      try {
-        roles.set(member.id, await roleOf(member.clientUrl))
-        break
-      } catch {
-        // not up yet
-      }
-      if (Date.now() > deadline || !children.has(member.id)) {
-        process.stderr.write(
-          `kv-cluster: ${member.id} did not start; see ${resolve(dataDir, `${member.id}.log`)}\n`,
-        )
-        await stopAll('SIGTERM')
-        return 1
-      }
-      await new Promise((r) => setTimeout(r, 100))
-    }
+  const answered = await awaitMembers(members, {
+    deadline,
+    roles,
+    children,
+    dataDir,
+    roleOf,
+    stopping: () => stopping,
+  })
+  if (answered === 'stopping') return 0
+  if (answered === 'failed') {
+    await stopAll('SIGTERM')
+    return 1
   }
   write('waiting for every region to elect a leader...\n')
   const leaderOf = (r: LocalRegion) => r.members.find((m) => roles.get(m.id) === 'leader')
@@ -1011,3 +999,39 @@ main().then(
     process.exit(1)
   },
 )
+
+/**
+ * Waits until every member answers `/v1/status` (its role goes into `roles`): `failed` when one
+ * exits or the deadline passes (named on stderr, with its log), `stopping` on a signal.
+ */
+async function awaitMembers(
+  members: readonly { id: string; clientUrl: string }[],
+  o: {
+    deadline: number
+    roles: Map<string, string>
+    children: Map<string, ChildProcess>
+    dataDir: string
+    roleOf: (clientUrl: string) => Promise<string>
+    stopping: () => boolean
+  },
+): Promise<'ok' | 'failed' | 'stopping'> {
+  for (const member of members) {
+    for (;;) {
+      if (o.stopping()) return 'stopping'
+      try {
+        o.roles.set(member.id, await o.roleOf(member.clientUrl))
+        break
+      } catch {
+        // not up yet
+      }
+      if (Date.now() > o.deadline || !o.children.has(member.id)) {
+        process.stderr.write(
+          `kv-cluster: ${member.id} did not start; see ${resolve(o.dataDir, `${member.id}.log`)}\n`,
+        )
+        return 'failed'
+      }
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  return 'ok'
+}

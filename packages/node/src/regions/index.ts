@@ -261,6 +261,8 @@ export class Regions {
     const before = this.setup.remotes.map((r) => r.id).join(',')
     this.setup = next
     this.known = new Set(next.remotes.map((r) => r.id))
+    // Calls go to the file's URLs from now on, not to leaders found through the old ones.
+    this.client.forgetLeaders()
     if (next.remotes.map((r) => r.id).join(',') !== before) {
       await Promise.all(this.shippers.map((s) => s.stop()))
       this.startShippers()

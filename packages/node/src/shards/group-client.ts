@@ -143,6 +143,11 @@ export class GroupClient {
     throw new GroupUnreachableError(group, `${this.what} ${group} did not answer: ${last}`)
   }
 
+  /** Forgets the leaders it learned (the directory changed: its URLs win again). */
+  forgetLeaders(): void {
+    this.leaders.clear()
+  }
+
   async close(): Promise<void> {
     await this.agent.close()
   }
