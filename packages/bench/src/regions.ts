@@ -600,6 +600,13 @@ async function partitionPart(
         valueBytes: o.valueBytes,
         prefix,
         query: '?ack=quorum',
+      }).catch((err: unknown) => {
+        const exited = r.cluster.members
+          .filter((m) => m.process === null || m.process.child.exitCode !== null)
+          .map((m) => m.id)
+        throw new Error(
+          `writes to ${r.id}'s leader ${r.leader.id} (${prefix}) during the partition: ${(err as Error).message}${exited.length > 0 ? `; exited: ${exited.join(', ')}` : ''}`,
+        )
       })
     const results = await Promise.all(
       regions.flatMap((r) => [
