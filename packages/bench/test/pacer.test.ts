@@ -6,7 +6,9 @@ import { runPaced } from '../src/pacer.js'
 let server: Server | null = null
 afterEach(async () => {
   server?.closeAllConnections()
-  await new Promise<void>((resolve) => (server === null ? resolve() : server.close(() => resolve())))
+  await new Promise<void>((resolve) =>
+    server === null ? resolve() : server.close(() => resolve()),
+  )
   server = null
 })
 
