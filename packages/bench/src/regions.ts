@@ -283,11 +283,16 @@ interface PartitionPart {
    * failing shipper forgets the receiver's cursor until it reaches it again).
    */
   atHeal: Record<string, ShipView | null>
-  /** Per direction ("us->eu"), ms after the heal: first seen streaming, and nothing left. */
+  /**
+   * Per direction ("us->eu"), ms after the heal: first seen streaming, and first seen with
+   * lagEntries 0 (polled up to 10 s past convergence).
+   */
   reconnectMs: Record<string, number | null>
   shippedUpMs: Record<string, number | null>
   /** ms after the heal until every node's digest was equal, and how long that poll took. */
   convergedMs: number
+  /** The start of the last digest poll that found them unequal, ms after the heal. */
+  unequalAtMs: number
   digestRoundMs: number
   /** Entries each leader shipped from the heal to convergence. */
   shippedEntries: Record<string, number>
@@ -516,8 +521,8 @@ export async function runRegionsBench(options: RegionsBenchOptions): Promise<voi
     `| writes acknowledged during the cut | ${wrote('us')} | ${wrote('eu')} |`,
     `| shipping state at the heal | ${part.atHeal.us?.state ?? '?'} | ${part.atHeal.eu?.state ?? '?'} |`,
     `| streaming again, ms after the heal | ${ms(part.reconnectMs['us->eu'] ?? null, 0)} | ${ms(part.reconnectMs['eu->us'] ?? null, 0)} |`,
-    `| nothing left to ship, ms after the heal | ${ms(part.shippedUpMs['us->eu'] ?? null, 0)} | ${ms(part.shippedUpMs['eu->us'] ?? null, 0)} |`,
-    `| shipping time, streaming again to nothing left, ms | ${span('us->eu')} | ${span('eu->us')} |`,
+    `| lagEntries 0 again, ms after the heal | ${ms(part.shippedUpMs['us->eu'] ?? null, 0)} | ${ms(part.shippedUpMs['eu->us'] ?? null, 0)} |`,
+    `| streaming again to lagEntries 0, ms | ${span('us->eu')} | ${span('eu->us')} |`,
     `| entries shipped from the heal to convergence | ${fmt(part.shippedEntries['us->eu'] ?? 0)} | ${fmt(part.shippedEntries['eu->us'] ?? 0)} |`,
     `| conflicts recorded in the region | ${fmt(part.conflicts.recordedByRegion.us ?? 0)} | ${fmt(part.conflicts.recordedByRegion.eu ?? 0)} |`,
   ]
@@ -543,7 +548,7 @@ export async function runRegionsBench(options: RegionsBenchOptions): Promise<voi
       '|---|---:|---:|',
       ...partRows,
       '',
-      `All six nodes' region digests were equal **${fmt(part.convergedMs / 1000, 2)} s** after the heal (the poll that found it took ${fmt(part.digestRoundMs)} ms). ${fmt(part.shippedEntries['us->eu'] ?? 0)} + ${fmt(part.shippedEntries['eu->us'] ?? 0)} entries shipped; ${fmt(part.conflicts.distinct)} distinct conflicts (by the loser's stamp) on ${fmt(part.conflicts.keys)} keys${part.conflicts.expected === null ? '' : `; ${fmt(part.conflicts.expected)} shared keys were written in both regions`}.`,
+      `All six nodes' region digests were equal **${fmt(part.convergedMs / 1000, 2)} s** after the heal, at the end of a poll that took ${fmt(part.digestRoundMs)} ms; the poll before, started ${fmt(part.unequalAtMs / 1000, 2)} s after the heal, still found them unequal (each digest hashes every live key). ${fmt(part.shippedEntries['us->eu'] ?? 0)} + ${fmt(part.shippedEntries['eu->us'] ?? 0)} entries shipped; ${fmt(part.conflicts.distinct)} distinct conflicts (by the loser's stamp) on ${fmt(part.conflicts.keys)} keys${part.conflicts.expected === null ? '' : `; ${fmt(part.conflicts.expected)} shared keys were written in both regions`}.`,
       '',
       `Load average (1 min) ${fmt(loadBefore, 2)} before the run and ${fmt(loadAfter, 2)} after (the machine has ${cpus().length} cores; six nodes, ${links.length} proxies and the load generator share them). Nothing is asserted.`,
     ],
@@ -630,14 +635,7 @@ async function partitionPart(
   say(`   healed; shipping was ${atHeal.us?.state ?? '?'} (us) and ${atHeal.eu?.state ?? '?'} (eu)`)
   const reconnectMs: Record<string, number | null> = { 'us->eu': null, 'eu->us': null }
   const shippedUpMs: Record<string, number | null> = { 'us->eu': null, 'eu->us': null }
-  let convergedMs = -1
-  let digestRoundMs = 0
-  while (convergedMs < 0) {
-    const elapsed = performance.now() - healedAt
-    if (elapsed > convergeTimeoutMs)
-      throw new Error(
-        `the regions did not converge within ${convergeTimeoutMs / 1000} s of the heal`,
-      )
+  const pollShipping = async () => {
     for (const r of regions) {
       const v = await view(r.leader.url)
       const s = v?.shipping[0]
@@ -647,6 +645,18 @@ async function partitionPart(
       if (s?.state === 'streaming' && s.lagEntries === 0 && shippedUpMs[d] === null)
         shippedUpMs[d] = at
     }
+  }
+  let convergedMs = -1
+  // The start of the last digest round that found them unequal: convergence came after it.
+  let unequalAtMs = 0
+  let digestRoundMs = 0
+  while (convergedMs < 0) {
+    const elapsed = performance.now() - healedAt
+    if (elapsed > convergeTimeoutMs)
+      throw new Error(
+        `the regions did not converge within ${convergeTimeoutMs / 1000} s of the heal`,
+      )
+    await pollShipping()
     const roundStart = performance.now()
     const digests = await Promise.all(
       regions.flatMap((r) => r.cluster.active()).map((m) => digest(m.url)),
@@ -656,6 +666,14 @@ async function partitionPart(
       convergedMs = performance.now() - healedAt
       break
     }
+    unequalAtMs = roundStart - healedAt
+    await sleep(50)
+  }
+  // A leader's lagEntries also counts the entries the other region's writes made in its log
+  // until its next cursor-only message (at most a second apart): it may reach 0 only now.
+  const shippingBy = performance.now() + 10_000
+  while (Object.values(shippedUpMs).includes(null) && performance.now() < shippingBy) {
+    await pollShipping()
     await sleep(50)
   }
   const shippedEntries: Record<string, number> = {}
@@ -688,6 +706,7 @@ async function partitionPart(
     reconnectMs,
     shippedUpMs,
     convergedMs,
+    unequalAtMs,
     digestRoundMs,
     shippedEntries,
     conflicts: {
