@@ -669,8 +669,8 @@ async function partitionPart(
     unequalAtMs = roundStart - healedAt
     await sleep(50)
   }
-  // A leader's lagEntries also counts the entries the other region's writes made in its log
-  // until its next cursor-only message (at most a second apart): it may reach 0 only now.
+  // The last poll of lagEntries may predate the digest round that found convergence (over a
+  // second with many keys): keep polling, so that the table says when it reached 0.
   const shippingBy = performance.now() + 10_000
   while (Object.values(shippedUpMs).includes(null) && performance.now() < shippingBy) {
     await pollShipping()
