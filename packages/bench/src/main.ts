@@ -11,6 +11,8 @@ import { runSingleNode } from './single-node.js'
 import { runSecurityBench } from './security-suite.js'
 import { runMembershipBench } from './membership.js'
 import { runShardsBench, shardParts, type ShardPart } from './shards.js'
+import { runQueuedBench } from './queued.js'
+import { runRegionsBench } from './regions.js'
 import { securityProfiles, type SecurityProfile } from './security.js'
 
 const usage = `pnpm bench: runs a benchmark suite, prints a table and writes JSON and markdown to
@@ -74,11 +76,24 @@ bench-results/.
                         interleaved; GETs of --get-keys keys through
                         the router from the followers, followers and leader, the leader alone.
                         --parts scaling,fence,router,reads runs only those. See shards.ts.
+  --suite regions       multi-leader: 2 regions of 3 nodes, each inter-region connection
+                        through a proxy adding --region-delay-ms MS (25) each way. Lag us -> eu
+                        (write acknowledged in us to readable in eu, and /v1/regions lagMs,
+                        lagEntries) at idle and under quorum writes at 50% of the closed-loop
+                        maximum (--max-duration S, default 5) for --duration S (20); then the
+                        links cut for --partition-s S (30) while both regions write (some keys
+                        in both): time to equal region digests on all six nodes after the
+                        heal, entries shipped, conflicts. About 3 minutes. See regions.ts.
+  --suite queued        ack=queued accept latency against ack=quorum (--clients N closed
+                        loops, 16, for --duration S, 5, per phase), and the outbox drain rate
+                        after a --outage-s S (10) leader outage. Also runs on its own:
+                        node packages/bench/dist/queued.js. See queued.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
 
-Options: --duration S (default 10; 15 for compare, 60 for open-loop), --connections N (64),
+Options: --duration S (default 10; 15 for compare, 60 for open-loop, 20 for regions, 5 for
+queued), --connections N (64),
 --value-bytes N (100), --get-keys N (100000; 20000 for leaderless), --read-cpu-cap CORES
 (0.5), --out DIR (bench-results).
 `
@@ -103,7 +118,7 @@ async function main(): Promise<void> {
       check: { type: 'boolean', default: false },
       systems: { type: 'string' },
       'rate-share': { type: 'string', default: '0.5,0.8' },
-      'max-duration': { type: 'string', default: '15' },
+      'max-duration': { type: 'string' },
       keys: { type: 'string', default: '200000' },
       'rto-keys': { type: 'string', default: '1000000' },
       'rto-entries': { type: 'string', default: '100000' },
@@ -111,6 +126,10 @@ async function main(): Promise<void> {
       moves: { type: 'string', default: '20' },
       'move-slots': { type: 'string', default: '16' },
       parts: { type: 'string' },
+      'region-delay-ms': { type: 'string', default: '25' },
+      'partition-s': { type: 'string', default: '30' },
+      'outage-s': { type: 'string', default: '10' },
+      clients: { type: 'string', default: '16' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -130,7 +149,17 @@ async function main(): Promise<void> {
   }
   const suite = opts.suite ?? (opts.mode === 'leaderless' ? 'leaderless' : 'cluster')
   opts['get-keys'] ??= suite === 'leaderless' ? '20000' : '100000'
-  opts.duration ??= suite === 'compare' ? '15' : suite === 'open-loop' ? '60' : '10'
+  opts.duration ??=
+    suite === 'compare'
+      ? '15'
+      : suite === 'open-loop'
+        ? '60'
+        : suite === 'regions'
+          ? '20'
+          : suite === 'queued'
+            ? '5'
+            : '10'
+  opts['max-duration'] ??= suite === 'regions' ? '5' : '15'
   const number = (name: keyof typeof opts, min: number): number => {
     const value = Number(opts[name])
     if (!Number.isFinite(value) || value < min) {
@@ -219,6 +248,25 @@ async function main(): Promise<void> {
         parts,
       })
     }
+    case 'regions':
+      return runRegionsBench({
+        ...common,
+        maxDurationS: number('max-duration', 1),
+        delayMs: number('region-delay-ms', 0),
+        partitionS: number('partition-s', 1),
+      })
+    case 'queued': {
+      const clients = number('clients', 1)
+      const outageS = number('outage-s', 1)
+      return runQueuedBench({
+        security,
+        clients,
+        durationS: common.durationS,
+        outageS,
+        out: common.out,
+        command: `pnpm bench --suite queued --clients ${clients} --duration ${common.durationS} --outage-s ${outageS}${security === 'tls-auth' ? '' : ` --security ${security}`}`,
+      })
+    }
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -232,7 +280,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff or shards, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff, shards, regions or queued, not ${String(suite)}`,
       )
   }
 }

@@ -54,10 +54,22 @@ interface Conn {
   buffer: Buffer
   dueAt: number
   busy: boolean
+  /** The server closed it, or said it would (`Connection: close`): never used again. */
+  retired: boolean
 }
 
 const headerEnd = Buffer.from('\r\n\r\n')
 const lengthHeaders = [Buffer.from('\r\ncontent-length:'), Buffer.from('\r\nContent-Length:')]
+const closeHeaders = [Buffer.from('\r\nconnection: close'), Buffer.from('\r\nConnection: close')]
+
+/** Whether the header block `buffer[0, end)` says the server closes the connection after it. */
+function closesAfter(buffer: Buffer, end: number): boolean {
+  for (const name of closeHeaders) {
+    const at = buffer.indexOf(name)
+    if (at >= 0 && at < end) return true
+  }
+  return false
+}
 const empty = Buffer.alloc(0)
 
 /** The Content-Length in the header block `buffer[0, end)`, or -1. */
@@ -115,30 +127,51 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
           socket.once('error', reject)
           socket.once(secure ? 'secureConnect' : 'connect', () => {
             socket.off('error', reject)
-            resolve({ socket, buffer: Buffer.alloc(0), dueAt: 0, busy: false })
+            resolve({ socket, buffer: Buffer.alloc(0), dueAt: 0, busy: false, retired: false })
           })
         }),
     ),
   )
   const idle: Conn[] = [...conns]
   let failure = null as Error | null
+  /** Set once the run is over and this side closes the connections. */
+  let finished = false
 
   const send = (conn: Conn, dueAt: number) => {
     conn.busy = true
     conn.dueAt = dueAt
     conn.socket.write(head + String(sent++) + tail, 'latin1')
   }
+  // The least recently used connection goes first, so that every connection carries requests
+  // even at a low rate: a server closes one that sends nothing for a while (Node's HTTP server
+  // answers 408 and closes once headersTimeout passes with no request on a new connection).
   const pump = () => {
     while (backlog.length > 0 && idle.length > 0)
-      send(idle.pop() as Conn, backlog.shift() as number)
+      send(idle.shift() as Conn, backlog.shift() as number)
+  }
+  const retire = (conn: Conn) => {
+    if (conn.retired) return
+    conn.retired = true
+    const at = idle.indexOf(conn)
+    if (at >= 0) idle.splice(at, 1)
+    if (!finished && conns.every((c) => c.retired))
+      failure ??= new Error('the server closed every connection')
   }
 
   for (const conn of conns) {
     conn.socket.on('error', (err) => (failure ??= err))
     conn.socket.on('close', () => {
       if (conn.busy) failure ??= new Error('the server closed a connection mid-request')
+      retire(conn)
     })
     conn.socket.on('data', (chunk: Buffer) => {
+      if (!conn.busy) {
+        // An answer to no request of ours (a 408 for a connection left unused too long): not
+        // a request's outcome, and the connection is done for.
+        conn.buffer = empty
+        retire(conn)
+        return
+      }
       conn.buffer = conn.buffer.length === 0 ? chunk : Buffer.concat([conn.buffer, chunk])
       for (;;) {
         const buffer = conn.buffer
@@ -157,6 +190,7 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
         // "HTTP/1.1 200 ...": the status code is bytes 9 to 11.
         const status = (buffer[9] ?? 0) * 100 + (buffer[10] ?? 0) * 10 + (buffer[11] ?? 0) - 5328
         conn.buffer = buffer.length === total ? empty : buffer.subarray(total)
+        const closing = closesAfter(buffer, end)
         if (status >= 200 && status < 300) {
           completed++
           const latency = performance.now() - conn.dueAt
@@ -167,7 +201,8 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
           errors++
         }
         conn.busy = false
-        idle.push(conn)
+        if (closing) retire(conn)
+        else idle.push(conn)
         pump()
       }
     })
@@ -224,6 +259,7 @@ export async function runPaced(options: PacedOptions): Promise<PacedResult> {
   const wallS = (performance.now() - started) / 1000
   const cpu = process.cpuUsage(cpuBefore)
   errors += conns.filter((c) => c.busy).length
+  finished = true
   for (const conn of conns) conn.socket.destroy()
   if (failure) throw failure
   // The schedule's length: `durationS`, or less when `stopWhen` ended it.
