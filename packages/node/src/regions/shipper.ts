@@ -53,6 +53,8 @@ const copyOpsMax = 500
 export class RegionShipper {
   private state: ShipState = 'idle'
   private cursor: number | null = null
+  /** The last cursor the receiver confirmed, kept while the cursor is asked again. */
+  private lastConfirmed: number | null = null
   /** Entries through this LSN hold nothing of ours past the cursor (nothing to ship). */
   private clearThrough = 0
   /** Timestamp of the entry just past the cursor, when known. */
@@ -93,19 +95,19 @@ export class RegionShipper {
 
   /** The confirmed cursor, for compaction: the log must keep cursor + 1 on (null: unknown). */
   get confirmedCursor(): number | null {
-    return this.cursor
+    return this.cursor ?? this.lastConfirmed
   }
 
   status(): ShipStatus {
     const commitLsn = this.store.commitLsn
+    // While failing, the cursor is asked again; the lag is counted from the last one confirmed.
+    const known = this.cursor ?? this.lastConfirmed
     const behind =
-      this.cursor === null
-        ? null
-        : Math.max(0, commitLsn - Math.max(this.cursor, this.clearThrough))
+      known === null ? null : Math.max(0, commitLsn - Math.max(known, this.clearThrough))
     return {
       to: this.to,
       state: this.state,
-      cursor: this.cursor,
+      cursor: known,
       commitLsn,
       lagEntries: behind ?? commitLsn,
       lagMs:
@@ -141,6 +143,7 @@ export class RegionShipper {
         // Only the leader ships; a new leader asks the receiver where to resume.
         this.state = 'idle'
         this.cursor = null
+        this.lastConfirmed = null
         this.clearThrough = 0
         this.oldestPendingMs = null
         await this.sleep(200)
@@ -157,10 +160,11 @@ export class RegionShipper {
         this.error = message
         this.state = 'failing'
         // Ask the receiver again: a refusal may mean its cursor is elsewhere.
+        if (this.cursor !== null) this.lastConfirmed = this.cursor
         this.cursor = null
-        this.clearThrough = 0
+        // Retry at least once a second: a healed link resumes within a second.
         await this.sleep(backoffMs)
-        backoffMs = Math.min(5000, backoffMs * 2)
+        backoffMs = Math.min(1000, backoffMs * 2)
       }
     }
   }
