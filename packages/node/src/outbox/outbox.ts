@@ -390,6 +390,9 @@ export class Outbox {
   /** Deletes the oldest finished tickets until at most `ticketsMax` are left (in the background). */
   private trim(): void {
     this.trimming ??= (async () => {
+      let deleted = 0
+      // Never settle synchronously: `trimming` is assigned after this function first yields.
+      await Promise.resolve()
       try {
         let after: Buffer | undefined
         while (this.ticketCount > this.limits.ticketsMax) {
@@ -409,6 +412,7 @@ export class Outbox {
           if (ops.length > 0) {
             await this.store.local.write(ops, { sync: false })
             this.ticketCount -= ops.length
+            deleted += ops.length
           }
         }
       } catch {
@@ -416,11 +420,14 @@ export class Outbox {
       } finally {
         this.trimming = null
       }
+      // Tickets that finished, or arrived, while this pass ran (behind its scan, or after its
+      // last check): another pass, from the start. Not when nothing could go (all pending).
+      if (deleted > 0 && this.ticketCount > this.limits.ticketsMax) this.trim()
     })()
   }
 
   /** Resolves once a trim in progress is done (tests). */
   async settled(): Promise<void> {
-    await this.trimming
+    while (this.trimming !== null) await this.trimming
   }
 }
