@@ -747,7 +747,7 @@ export class NodeMetrics {
       help: 'Regions: conflict records this region keeps (GET /admin/v1/conflicts), at most regionConflictsMax.',
       registers,
       collect() {
-        this.set(regions.view().conflicts.recorded)
+        this.set(regions.conflictRecords)
       },
     })
   }

@@ -277,6 +277,11 @@ export class Regions {
     await this.client.close()
   }
 
+  /** Conflict records this region keeps (counted at the start and by each trim pass). */
+  get conflictRecords(): number {
+    return this.recorded
+  }
+
   view(): RegionsView {
     const c = this.receiver.figures.conflicts
     return {
