@@ -36,7 +36,7 @@ export const OpType = { Put: 1, Delete: 2 } as const
 export type OpType = (typeof OpType)[keyof typeof OpType]
 
 /** Entry kinds, numbered as in `kv.proto`. */
-export const EntryKind = { Put: 1, Delete: 2, Batch: 3, Noop: 4, Membership: 5 } as const
+export const EntryKind = { Put: 1, Delete: 2, Batch: 3, Noop: 4, Membership: 5, Expiry: 6 } as const
 export type EntryKind = (typeof EntryKind)[keyof typeof EntryKind]
 
 /**
@@ -244,6 +244,12 @@ function entryProblem(e: {
       break
     case EntryKind.Noop:
       if (ops.length !== 0) return 'NOOP entry holds ops'
+      break
+    case EntryKind.Expiry:
+      if (ops.length < 1 || ops.length > limitsCeiling.batchOpsMax) {
+        return `EXPIRY entry holds ${ops.length} ops`
+      }
+      if (ops.some((op) => op.type !== OpType.Delete)) return 'EXPIRY entry holds a put'
       break
     case EntryKind.Membership: {
       const key = ops.length === 1 ? asBuffer(ops[0]?.key) : null

@@ -191,6 +191,22 @@ describe('schema and TypeScript types stay in step', () => {
       ENTRY_KIND_DELETE: EntryKind.Delete,
       ENTRY_KIND_BATCH: EntryKind.Batch,
       ENTRY_KIND_NOOP: EntryKind.Noop,
+      ENTRY_KIND_MEMBERSHIP: EntryKind.Membership,
+      ENTRY_KIND_EXPIRY: EntryKind.Expiry,
     })
+  })
+
+  it('an EXPIRY entry holds deletes only', () => {
+    const del = { type: OpType.Delete, key: Buffer.from('a'), value: Buffer.alloc(0) }
+    const expiry = {
+      ...sample,
+      kind: EntryKind.Expiry,
+      ops: [del, { ...del, key: Buffer.from('b') }],
+    }
+    expect(decodeLogEntry(encodeLogEntry(expiry)).kind).toBe(EntryKind.Expiry)
+    expect(() => encodeLogEntry({ ...sample, kind: EntryKind.Expiry })).toThrow(
+      /EXPIRY entry holds a put/,
+    )
+    expect(() => encodeLogEntry({ ...expiry, ops: [] })).toThrow(/EXPIRY entry holds 0 ops/)
   })
 })
