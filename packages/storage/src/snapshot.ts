@@ -8,6 +8,8 @@
 import {
   decodeRequestRecord,
   decodeStoredRecord,
+  decodeUndoRecord,
+  encodeStoredRecord,
   isEpoch,
   isLsn,
   type StoredRecord,
@@ -19,36 +21,133 @@ import {
   MetaName,
   Prefix,
   decodeU64,
+  logKey,
+  lsnOfKey,
   metaKey,
   prefixRange,
   requestIdOfKey,
   requestKey,
   requestTimeKey,
   stateKey,
+  undoKey,
   userKeyOf,
 } from './layout.js'
 import { storageLimits } from './limits.js'
 import { logStartsAfterOps } from './meta.js'
 import type { ListItem, StateSnapshot } from './types.js'
 
-const chunkDefault = storageLimits.snapshotChunkEntriesDefault
+const chunkDefault: number = storageLimits.snapshotChunkEntriesDefault
+
+export interface SnapshotOptions {
+  /**
+   * Cut the view at the commit LSN: the state with the undo images of every entry above it
+   * applied, so it never holds a write that a truncation could still remove (what a leader
+   * ships to a follower, which takes the whole snapshot as committed). Default false: the
+   * applied state, at the log end.
+   */
+  committed?: boolean
+}
+
+interface CommittedCut {
+  /** Each key an entry above the cut changed, with its record before them (null: none). */
+  images: Map<string, StoredRecord | null>
+  /** Those keys in key order. */
+  keys: Buffer[]
+}
+
+/** The images before the entries (commitLsn, logEnd], from their undo records. */
+async function cutAt(
+  ctx: StoreContext,
+  snapshot: ReturnType<StoreContext['db']['snapshot']>,
+  commitLsn: number,
+  logEnd: number,
+): Promise<CommittedCut> {
+  const images = new Map<string, StoredRecord | null>()
+  const keys: Buffer[] = []
+  const iterator = ctx.db.iterator({
+    gte: undoKey(commitLsn + 1),
+    lte: undoKey(logEnd),
+    snapshot,
+  })
+  let expected = commitLsn + 1
+  try {
+    for await (const [key, value] of iterator) {
+      const undo = decodeUndoRecord(value)
+      invariant(
+        undo.lsn === expected && lsnOfKey(key) === expected,
+        () => `undo record ${undo.lsn} found where ${expected} was expected`,
+      )
+      expected++
+      // The lowest entry that changed a key holds its image before the cut.
+      for (const image of undo.images) {
+        const id = image.key.toString('latin1')
+        if (images.has(id)) continue
+        images.set(id, image.prior ?? null)
+        keys.push(Buffer.from(image.key))
+      }
+    }
+  } finally {
+    await iterator.close()
+  }
+  invariant(
+    expected === logEnd + 1,
+    () => `entries ${expected} through ${logEnd} above the commit LSN have no undo record`,
+  )
+  keys.sort(Buffer.compare)
+  return { images, keys }
+}
+
+/** The epoch of the entry at `lsn` (0 for none), as the snapshot holds it. */
+async function epochAt(
+  snapshot: ReturnType<StoreContext['db']['snapshot']>,
+  ctx: StoreContext,
+  lsn: number,
+  meta: (name: MetaName) => Promise<number>,
+): Promise<number> {
+  if (lsn === 0) return 0
+  const bytes = await ctx.db.get(logKey(lsn), { snapshot })
+  if (bytes !== undefined) return ctx.decodeEntryFromDisk(bytes, lsn).epoch
+  invariant(
+    (await meta(MetaName.LogStartLsn)) === lsn + 1,
+    () => `log entry ${lsn} is missing from the snapshot`,
+  )
+  return meta(MetaName.CompactedEpoch)
+}
 
 /**
  * Opens a consistent view of the state. Its LSN and records come from one LevelDB snapshot,
  * so writes that land afterwards are invisible to it.
  */
-export async function openSnapshot(ctx: StoreContext): Promise<StateSnapshot> {
+export async function openSnapshot(
+  ctx: StoreContext,
+  options: SnapshotOptions = {},
+): Promise<StateSnapshot> {
   ctx.assertReadable()
   const db = ctx.db
+  // Read before the LevelDB snapshot: every entry up to it is committed, and each entry above
+  // it has its undo record (recovery.ts checks that), which the snapshot then holds too.
+  const commitLsnKnown = ctx.state.commitLsn
   const snapshot = db.snapshot()
   try {
-    const appliedBytes = await db.get(metaKey(MetaName.AppliedLsn), { snapshot })
-    const lastEpochBytes = await db.get(metaKey(MetaName.LastEpoch), { snapshot })
-    if (appliedBytes === undefined || lastEpochBytes === undefined) {
-      throw new StorageError('metadata missing in snapshot')
+    const meta = async (name: MetaName): Promise<number> => {
+      const bytes = await db.get(metaKey(name), { snapshot })
+      if (bytes === undefined) throw new StorageError(`metadata ${name} missing in snapshot`)
+      return decodeU64(bytes, name)
     }
-    const appliedLsn = decodeU64(appliedBytes, MetaName.AppliedLsn)
-    const lastEpoch = decodeU64(lastEpochBytes, MetaName.LastEpoch)
+    const logEnd = await meta(MetaName.AppliedLsn)
+    let appliedLsn = logEnd
+    let lastEpoch = await meta(MetaName.LastEpoch)
+    /** The committed cut: each key an entry above the cut changed, as it was before them. */
+    let cut: CommittedCut | null = null
+    if (options.committed === true) {
+      const durableCommitLsn = await meta(MetaName.CommitLsn)
+      const commitLsn = Math.min(logEnd, Math.max(commitLsnKnown, durableCommitLsn))
+      if (commitLsn < logEnd) {
+        cut = await cutAt(ctx, snapshot, commitLsn, logEnd)
+        appliedLsn = commitLsn
+        lastEpoch = await epochAt(snapshot, ctx, commitLsn, meta)
+      }
+    }
     const decode = (bytes: Buffer, key: Buffer): StoredRecord =>
       ctx.decodeRecordFromDisk(bytes, key)
     /** Every row under `prefix`, `chunk` rows per LevelDB read. */
@@ -69,31 +168,62 @@ export async function openSnapshot(ctx: StoreContext): Promise<StateSnapshot> {
         await iterator.close()
       }
     }
+    /**
+     * The state's keys with their encoded records, in key order, as pages of about `chunk`:
+     * with a committed cut, each key it holds is replaced by its image before the cut (left
+     * out when it did not exist then), and keys deleted above the cut come back.
+     */
+    async function* statePages(
+      chunk = chunkDefault,
+    ): AsyncGenerator<{ key: Buffer; record: Buffer }[]> {
+      const images = cut === null ? [] : cut.keys
+      let next = 0
+      let out: { key: Buffer; record: Buffer }[] = []
+      const pushImage = (key: Buffer) => {
+        const prior = cut?.images.get(key.toString('latin1'))
+        if (prior) out.push({ key, record: Buffer.from(encodeStoredRecord(prior)) })
+      }
+      for await (const page of rows(Prefix.State, chunk)) {
+        for (const [stored, value] of page) {
+          const key = Buffer.from(userKeyOf(stored))
+          for (; next < images.length && Buffer.compare(images[next]!, key) < 0; next++) {
+            pushImage(images[next]!)
+          }
+          if (next < images.length && images[next]!.equals(key)) pushImage(images[next++]!)
+          else out.push({ key, record: value })
+        }
+        if (out.length >= chunk) {
+          yield out
+          out = []
+        }
+      }
+      for (; next < images.length; next++) pushImage(images[next]!)
+      if (out.length > 0) yield out
+    }
     let closed = false
     return {
       appliedLsn,
       lastEpoch,
       async *records(chunk = chunkDefault): AsyncGenerator<ListItem> {
-        for await (const page of rows(Prefix.State, chunk)) {
-          for (const [key, value] of page) {
-            const userKey = userKeyOf(key)
-            const record = decode(value, userKey)
+        for await (const page of statePages(chunk)) {
+          for (const { key, record: bytes } of page) {
+            const record = decode(bytes, key)
             invariant(
               record.version <= appliedLsn,
               () => `record version ${record.version} is past the snapshot's lsn ${appliedLsn}`,
             )
-            yield { key: userKey, record }
+            yield { key, record }
           }
         }
       },
-      async *rawChunks(chunk = chunkDefault): AsyncGenerator<{ key: Buffer; record: Buffer }[]> {
-        for await (const page of rows(Prefix.State, chunk)) {
-          yield page.map(([key, value]) => ({ key: Buffer.from(userKeyOf(key)), record: value }))
-        }
-      },
+      rawChunks: statePages,
       async *requestChunks(chunk = chunkDefault): AsyncGenerator<{ id: string; record: Buffer }[]> {
         for await (const page of rows(Prefix.Request, chunk)) {
-          yield page.map(([key, value]) => ({ id: requestIdOfKey(key), record: value }))
+          const requests = page.map(([key, value]) => ({ id: requestIdOfKey(key), record: value }))
+          // A committed cut leaves out the request ids of the entries above it.
+          yield cut === null
+            ? requests
+            : requests.filter((r) => decodeRequestRecord(r.record).lsn <= appliedLsn)
         }
       },
       async close(): Promise<void> {

@@ -67,6 +67,7 @@ import {
   beginInstall,
   finishInstall,
   openSnapshot,
+  type SnapshotOptions,
 } from './snapshot.js'
 import { discardRollbacks, readRollbacks, truncate } from './truncate.js'
 import type {
@@ -316,8 +317,8 @@ export class Store {
    * Opens a consistent view of the state. Its LSN and records come from one LevelDB snapshot,
    * so writes that land afterwards are invisible to it.
    */
-  openSnapshot(): Promise<StateSnapshot> {
-    return openSnapshot(this.ctx)
+  openSnapshot(options?: SnapshotOptions): Promise<StateSnapshot> {
+    return openSnapshot(this.ctx, options)
   }
 
   /** Hashes the whole applied state at one consistent LSN (the format is in digest.ts). */

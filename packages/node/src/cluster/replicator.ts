@@ -208,7 +208,9 @@ export class Replicator {
       archivedLsn: () => this.archivedLsn(),
     }
     this.snapshotSender = new SnapshotSender({
-      openSnapshot: () => store.openSnapshot(),
+      // Cut at the commit LSN: the follower takes the whole snapshot as committed, so it must
+      // not hold entries that a new leader could still truncate.
+      openSnapshot: () => store.openSnapshot({ committed: true }),
       self: cluster.self.id,
       epoch: () => core.epoch,
       chunkBytesMax: config.replicationAppendBytesMax,

@@ -10,7 +10,13 @@ import { decodeStoredRecord, type Frame } from '@kvstore/protocol'
 import { DigestHasher, type StateSnapshot } from '@kvstore/storage'
 
 export interface SnapshotSenderOptions {
-  /** Opens a consistent view of the applied state (the store's `openSnapshot`). */
+  /**
+   * Opens a consistent view of the state cut at the commit LSN (the store's
+   * `openSnapshot({ committed: true })`): the follower takes the whole snapshot as committed,
+   * and the leader applies entries as it appends them, so its state at the log end may hold
+   * writes a new leader would truncate (the simulator's `--snapshot-at logEnd` shows the
+   * failure). The entries above the cut follow as usual once the snapshot is in.
+   */
   openSnapshot: () => Promise<StateSnapshot>
   /** This node's id, the chunks' sender. */
   self: string
@@ -106,12 +112,6 @@ export class SnapshotSender {
           if (bytes >= options.chunkBytesMax) await flush(false)
         }
       }
-      // Known gap (the simulator's --snapshot-at logEnd shows it): the leader applies entries as
-      // it appends them, so this state may hold entries a majority does not have yet, and the
-      // follower takes the whole snapshot as committed. Waiting here for them to commit
-      // deadlocks when the leader needs this very follower for its majority (a follower that
-      // needs a snapshot acknowledges nothing else). The fix is a snapshot cut at the commit
-      // LSN: the state with the undo images of the entries above it applied.
       await flush(true)
       this.sent++
       options.onSent?.(to, snapshotLsn)
