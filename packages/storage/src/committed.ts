@@ -71,8 +71,7 @@ function windowTooLarge(commitLsn: number, appliedLsn: number): KvError {
   )
 }
 
-async function metaLsn(ctx: StoreContext, snapshot: Snapshot, name: MetaName): Promise<number> {
-  const bytes = await ctx.db.get(metaKey(name), { snapshot })
+function decodeMeta(bytes: Buffer | undefined, name: MetaName): number {
   if (bytes === undefined) throw new StorageError(`metadata ${name} missing in snapshot`)
   return decodeU64(bytes, name)
 }
@@ -82,10 +81,12 @@ async function positions(
   ctx: StoreContext,
   snapshot: Snapshot,
 ): Promise<{ commitLsn: number; appliedLsn: number }> {
-  const [commitLsn, appliedLsn] = await Promise.all([
-    metaLsn(ctx, snapshot, MetaName.CommitLsn),
-    metaLsn(ctx, snapshot, MetaName.AppliedLsn),
-  ])
+  const [commitBytes, appliedBytes] = await ctx.db.getMany(
+    [metaKey(MetaName.CommitLsn), metaKey(MetaName.AppliedLsn)],
+    { snapshot },
+  )
+  const commitLsn = decodeMeta(commitBytes, MetaName.CommitLsn)
+  const appliedLsn = decodeMeta(appliedBytes, MetaName.AppliedLsn)
   invariant(commitLsn <= appliedLsn, () => `commit LSN ${commitLsn} past applied ${appliedLsn}`)
   return { commitLsn, appliedLsn }
 }
@@ -140,11 +141,24 @@ export async function readCommitted(ctx: StoreContext, key: Uint8Array): Promise
   if (cached !== undefined && cached.version <= commitNow) {
     return { record: cached, commitLsn: commitNow, appliedLsn: appliedNow }
   }
+  // The applied record read below fills the cache as a plain read would (so that the next
+  // committed read of the key takes the fast path): registered before the snapshot is taken,
+  // so a write of the key that lands meanwhile makes the fill stale.
+  const id = Buffer.from(key.buffer, key.byteOffset, key.length).toString('latin1')
+  ctx.cache.beginFill(id)
+  let applied: StoredRecord | null = null
   const snapshot = ctx.db.snapshot()
   try {
-    const { commitLsn, appliedLsn } = await positions(ctx, snapshot)
-    const bytes = await ctx.db.get(stateKey(key), { snapshot })
-    let record = bytes === undefined ? null : ctx.decodeRecordFromDisk(bytes, key)
+    // One read for the positions and the record: each read is a trip to libuv's thread pool.
+    const [commitBytes, appliedBytes, bytes] = await ctx.db.getMany(
+      [metaKey(MetaName.CommitLsn), metaKey(MetaName.AppliedLsn), stateKey(key)],
+      { snapshot },
+    )
+    const commitLsn = decodeMeta(commitBytes, MetaName.CommitLsn)
+    const appliedLsn = decodeMeta(appliedBytes, MetaName.AppliedLsn)
+    invariant(commitLsn <= appliedLsn, () => `commit LSN ${commitLsn} past applied ${appliedLsn}`)
+    applied = bytes === undefined ? null : ctx.decodeRecordFromDisk(bytes, key)
+    let record = applied
     const done = (r: StoredRecord | null): CommittedRead => ({ record: r, commitLsn, appliedLsn })
     if (commitLsn === appliedLsn) return done(record)
     if (appliedLsn - commitLsn > storageLimits.committedUndoEntriesMax) {
@@ -178,6 +192,7 @@ export async function readCommitted(ctx: StoreContext, key: Uint8Array): Promise
     })
     return done(found)
   } finally {
+    ctx.cache.endFill(id, applied)
     await snapshot.close()
   }
 }
