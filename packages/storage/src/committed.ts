@@ -41,6 +41,7 @@ import {
   userKeyOf,
 } from './layout.js'
 import { storageLimits } from './limits.js'
+import { readRecord } from './reads.js'
 import type { ListItem, ListOptions } from './types.js'
 
 /** A committed read's result and the point it was taken at. */
@@ -140,6 +141,16 @@ export async function readCommitted(ctx: StoreContext, key: Uint8Array): Promise
   )
   if (cached !== undefined && cached.version <= commitNow) {
     return { record: cached, commitLsn: commitNow, appliedLsn: appliedNow }
+  }
+  if (cached === undefined) {
+    // A cache miss: the plain read (one LevelDB read, which fills the cache). A record no newer
+    // than the commit LSN read before it is the key's record at that LSN: no entry changed the
+    // key after it, up to the moment of the read. Anything else (absent, or newer) needs the
+    // consistent view below.
+    const record = await readRecord(ctx, key)
+    if (record !== null && record.version <= commitNow) {
+      return { record, commitLsn: commitNow, appliedLsn: Math.max(appliedNow, record.version) }
+    }
   }
   // The applied record read below fills the cache as a plain read would (so that the next
   // committed read of the key takes the fast path): registered before the snapshot is taken,

@@ -120,51 +120,57 @@ describe('committed reads', () => {
     await store.close()
   })
 
-  it('stays consistent while appends, commits, truncations and compactions race the reads', async () => {
-    const store = await openStore(tmp.dir, { fsync: false })
-    const model = new Model()
-    const prng = seeded(19)
-    let lsn = 0
-    let commit = 0
-    const randomOps = (): Op[] => {
-      const n = 1 + prng.int(3)
-      const ops: Op[] = []
-      for (let i = 0; i < n; i++) {
-        const key = keys[prng.int(keys.length)] as string
-        ops.push(prng.int(3) === 0 ? del(key) : put(key, `v${lsn + 1}.${i}`))
-      }
-      return ops
-    }
-    const reads: Promise<void>[] = []
-    for (let step = 0; step < 600; step++) {
-      const roll = prng.int(20)
-      if (roll < 12) {
-        lsn++
-        const ops = randomOps()
-        model.apply(lsn, ops)
-        const advance = prng.int(4) === 0 ? lsn : undefined
-        if (advance !== undefined) commit = advance
-        void store.append([entry(lsn, ops)], advance === undefined ? {} : { commitLsn: advance })
-      } else if (roll < 15 && commit < lsn) {
-        commit += 1 + prng.int(lsn - commit)
-        void store.setHardState({ commitLsn: commit })
-      } else if (roll < 16 && commit < lsn) {
-        // A truncation waits for the writes before it (the writer runs jobs in order).
-        const to = commit
-        await store.truncateAfter(to)
-        model.truncateAfter(to)
-        lsn = to
-      } else if (roll < 17 && commit > 10) {
-        await store.compactLog(commit - 5)
-      } else {
-        for (let i = 0; i < 4; i++) {
-          reads.push(expectRead(store, model, keys[prng.int(keys.length)] as string))
+  it.each([
+    ['with the read cache', 64 * 1024 * 1024],
+    ['without the read cache', 0],
+  ])(
+    'stays consistent while appends, commits, truncations and compactions race the reads, %s',
+    async (_name, readCacheBytes) => {
+      const store = await openStore(tmp.dir, { fsync: false, readCacheBytes })
+      const model = new Model()
+      const prng = seeded(19)
+      let lsn = 0
+      let commit = 0
+      const randomOps = (): Op[] => {
+        const n = 1 + prng.int(3)
+        const ops: Op[] = []
+        for (let i = 0; i < n; i++) {
+          const key = keys[prng.int(keys.length)] as string
+          ops.push(prng.int(3) === 0 ? del(key) : put(key, `v${lsn + 1}.${i}`))
         }
-        reads.push(expectList(store, model, 1 + prng.int(4)))
+        return ops
       }
-      if (prng.int(10) === 0) await Promise.all(reads.splice(0))
-    }
-    await Promise.all(reads)
-    await store.close()
-  })
+      const reads: Promise<void>[] = []
+      for (let step = 0; step < 600; step++) {
+        const roll = prng.int(20)
+        if (roll < 12) {
+          lsn++
+          const ops = randomOps()
+          model.apply(lsn, ops)
+          const advance = prng.int(4) === 0 ? lsn : undefined
+          if (advance !== undefined) commit = advance
+          void store.append([entry(lsn, ops)], advance === undefined ? {} : { commitLsn: advance })
+        } else if (roll < 15 && commit < lsn) {
+          commit += 1 + prng.int(lsn - commit)
+          void store.setHardState({ commitLsn: commit })
+        } else if (roll < 16 && commit < lsn) {
+          // A truncation waits for the writes before it (the writer runs jobs in order).
+          const to = commit
+          await store.truncateAfter(to)
+          model.truncateAfter(to)
+          lsn = to
+        } else if (roll < 17 && commit > 10) {
+          await store.compactLog(commit - 5)
+        } else {
+          for (let i = 0; i < 4; i++) {
+            reads.push(expectRead(store, model, keys[prng.int(keys.length)] as string))
+          }
+          reads.push(expectList(store, model, 1 + prng.int(4)))
+        }
+        if (prng.int(10) === 0) await Promise.all(reads.splice(0))
+      }
+      await Promise.all(reads)
+      await store.close()
+    },
+  )
 })
