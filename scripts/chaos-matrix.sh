@@ -33,6 +33,15 @@ for workload in ll-set ll-register; do
     fi
   done
 done
+# Dirty reads: committed reads under ack=async while the leader is isolated, killed or paused
+# (default-level reads under the same faults are caught: test/chaos-committed.test.ts).
+for nemesis in partition-leader kill pause-leader partition-leader,kill,pause-leader; do
+  echo "== dirty-read (committed) / $nemesis"
+  if ! node packages/chaos/dist/main.js --backend docker --workload dirty-read \
+    --read-consistency committed --nemesis "$nemesis" --ack async --duration "$duration" --seed "$seed"; then
+    failed=1
+  fi
+done
 # Router mode: clients talk to two routers in front of two shard groups while move-slots moves
 # the workload's slots between them (process backend: kills and pauses, no partitions).
 routed="move-slots,kill move-slots,pause move-slots,pause-leader move-slots,kill-router move-slots,kill,pause,pause-leader,kill-router"

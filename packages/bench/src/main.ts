@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util'
 import { runBackupBench } from './backup.js'
 import { runClusterBench } from './cluster.js'
+import { runCommittedBench } from './committed.js'
 import { runCompareBench, systemNames, type SystemName } from './compare.js'
 import { runFailoverBench } from './failover.js'
 import { runHandoffBench } from './handoff.js'
@@ -88,6 +89,10 @@ bench-results/.
                         loops, 16, for --duration S, 5, per phase), and the outbox drain rate
                         after a --outage-s S (10) leader outage. Also runs on its own:
                         node packages/bench/dist/queued.js. See queued.ts.
+  --suite committed     consistency=committed reads against default reads on a 3-node
+                        cluster holding --get-keys keys (100000): idle, under ack=async
+                        writes, and with --window N (2000) entries uncommitted (followers
+                        paused); reads/s, p50, p99 per level and node. See committed.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
@@ -130,6 +135,7 @@ async function main(): Promise<void> {
       'partition-s': { type: 'string', default: '30' },
       'outage-s': { type: 'string', default: '10' },
       clients: { type: 'string', default: '16' },
+      window: { type: 'string', default: '2000' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -156,7 +162,7 @@ async function main(): Promise<void> {
         ? '60'
         : suite === 'regions'
           ? '20'
-          : suite === 'queued'
+          : suite === 'queued' || suite === 'committed'
             ? '5'
             : '10'
   opts['max-duration'] ??= suite === 'regions' ? '5' : '15'
@@ -267,6 +273,14 @@ async function main(): Promise<void> {
         command: `pnpm bench --suite queued --clients ${clients} --duration ${common.durationS} --outage-s ${outageS}${security === 'tls-auth' ? '' : ` --security ${security}`}`,
       })
     }
+    case 'committed': {
+      const window = number('window', 1)
+      return runCommittedBench({
+        ...common,
+        window,
+        command: `pnpm bench --suite committed --duration ${common.durationS} --connections ${common.connections} --get-keys ${common.getKeys} --window ${window}${security === 'tls-auth' ? '' : ` --security ${security}`}`,
+      })
+    }
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -280,7 +294,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff, shards, regions or queued, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff, shards, regions, queued or committed, not ${String(suite)}`,
       )
   }
 }

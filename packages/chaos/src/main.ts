@@ -31,6 +31,8 @@ const usage = `Usage: pnpm chaos [options]
   --unsafe-concurrent-membership-changes   run nodes that let configuration changes overlap
                               (a test-only switch; member-split must make the checkers catch it)
   --unsafe-no-sessions        session workload: read followers without session tokens (must be caught)
+  --read-consistency committed|default   dirty-read workload: the reads' level (default committed;
+                              default under --ack async with partition-leader must be caught)
   --healthy-ms MS, --fault-ms MS   healthy time between faults and how long a fault lasts, each
                               drawn from 0.5x to 1.5x of this (defaults 3000 and 4000)
 Router mode (process backend, single-leader):
@@ -107,6 +109,7 @@ async function main(): Promise<number> {
         'unsafe-no-fencing': { type: 'boolean', default: false },
         'unsafe-concurrent-membership-changes': { type: 'boolean', default: false },
         'unsafe-no-sessions': { type: 'boolean', default: false },
+        'read-consistency': { type: 'string' },
         'unsafe-shard-move-without-fence': { type: 'boolean', default: false },
         router: { type: 'boolean', default: false },
         groups: { type: 'string', default: '2' },
@@ -186,6 +189,13 @@ async function main(): Promise<number> {
     const leaderlessText = leaderless
       ? ` --mode leaderless --replicas ${replicas} --w ${o.w} --r ${o.r}${o.sloppy ? ' --sloppy' : ''} --anti-entropy-interval-ms ${antiEntropyIntervalMs}${o['node-arg'].map((a) => ` --node-arg=${a}`).join('')}`
       : ''
+    const readConsistency = o['read-consistency']
+    if (
+      readConsistency !== undefined &&
+      readConsistency !== 'committed' &&
+      readConsistency !== 'default'
+    )
+      throw new Error(`--read-consistency must be committed or default, got ${readConsistency}`)
     const result = await runChaos({
       backend,
       workload: workload as WorkloadName,
@@ -210,10 +220,11 @@ async function main(): Promise<number> {
       out: o.out,
       ...(Object.keys(unsafeEnv).length > 0 ? { nodeEnv: unsafeEnv } : {}),
       ...(o['unsafe-no-sessions'] ? { noSessions: true } : {}),
+      ...(readConsistency !== undefined ? { readConsistency } : {}),
       ...(o.router ? { router: true, groups, routers } : {}),
       ...(healthyMs !== undefined ? { healthyMs } : {}),
       ...(faultMs !== undefined ? { faultMs } : {}),
-      command: `pnpm chaos --backend ${backend}${routerText}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${timingText}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}${o['unsafe-shard-move-without-fence'] ? ' --unsafe-shard-move-without-fence' : ''}`,
+      command: `pnpm chaos --backend ${backend}${routerText}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${timingText}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}${o['unsafe-shard-move-without-fence'] ? ' --unsafe-shard-move-without-fence' : ''}${readConsistency !== undefined ? ` --read-consistency ${readConsistency}` : ''}`,
     })
     return result.summary.valid === true ? 0 : result.summary.valid === false ? 1 : 3
   } catch (err) {

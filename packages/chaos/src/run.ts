@@ -53,6 +53,7 @@ import {
 import { watchGroups, type LeaderStall } from './group-watch.js'
 import { ProcessCluster } from './process-cluster.js'
 import { runRegionsChaos } from './regions-run.js'
+import { dirtyReadVerdict } from './workloads-dirty.js'
 import { groupView, settleMoves, shardViewOf, type MoveRecord } from './shard-moves.js'
 import { ShardedProcessCluster } from './sharded-cluster.js'
 import { ringView, settleRing } from './ring-churn.js'
@@ -88,6 +89,8 @@ export interface ChaosOptions {
   nodeEnv?: Record<string, string>
   /** Session workload: read followers without session tokens (its teeth test). */
   noSessions?: boolean
+  /** dirty-read workload: the reads' consistency (default committed; `default` is the teeth). */
+  readConsistency?: 'default' | 'committed'
   healthyMs?: number
   faultMs?: number
   log?: (line: string) => void
@@ -319,6 +322,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       seed: options.seed,
       prefix,
       ...(options.noSessions ? { noSessions: true } : {}),
+      ...(options.readConsistency ? { readConsistency: options.readConsistency } : {}),
       ...(leaderless ? { quorums: { w, r, sloppy } } : {}),
       ...(sharded !== null ? { routers: sharded.routers } : {}),
       ...(keys !== undefined ? { registerKeys: keys } : {}),
@@ -427,6 +431,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   async function historyVerdicts(ops: ReturnType<typeof pairOperations>): Promise<void> {
     if (options.workload === 'register') verdicts.push(checkLinearizable(ops))
     if (options.workload === 'session') verdicts.push(checkSessions(ops))
+    if (options.workload === 'dirty-read') {
+      const level = options.readConsistency ?? 'committed'
+      verdicts.push(await dirtyReadVerdict(cluster, ops, `chaos-${options.seed}/`, level))
+    }
     if (options.workload === 'set') {
       verdicts.push(checkLostWrites(ops))
       // Every lost write must be in some node's rollback record (async writes of a leader

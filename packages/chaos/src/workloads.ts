@@ -25,6 +25,7 @@ import { Pool } from 'undici'
 import type { ChaosCluster, ChaosNode } from './cluster.js'
 import { prng } from './nemesis.js'
 import type { HistoryEvent, OpFunction } from './history.js'
+import { dirtyReadWorkload } from './workloads-dirty.js'
 import {
   llRegisterWorkload,
   llSetWorkload,
@@ -38,6 +39,7 @@ export const workloadNames = [
   'll-set',
   'll-register',
   'regions',
+  'dirty-read',
 ] as const
 /** The workloads of each cluster mode. */
 export const leaderlessWorkloads: readonly WorkloadName[] = ['ll-set', 'll-register']
@@ -80,6 +82,8 @@ export interface WorkloadOptions {
   routers?: readonly ChaosNode[]
   /** The register's keys (default `registerKeys(prefix)`). */
   registerKeys?: readonly string[]
+  /** dirty-read workload: the reads' consistency (default committed; default is its teeth). */
+  readConsistency?: 'default' | 'committed'
 }
 
 export interface Workload {
@@ -133,6 +137,8 @@ export function startWorkload(name: WorkloadName, options: WorkloadOptions): Wor
       return registerWorkload(options)
     case 'set':
       return setWorkload(options)
+    case 'dirty-read':
+      return dirtyReadWorkload(options)
     case 'session':
       return sessionWorkload(options)
     case 'll-set':

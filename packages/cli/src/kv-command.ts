@@ -66,6 +66,10 @@ Usage: kv [--url URL] [--json] <command> [arguments]
 Commands:
   get KEY                 print the value's bytes (--output FILE writes them to a file;
         [--linearizable]  --linearizable reads from the leader, confirmed with a majority)
+        [--consistency default|committed|linearizable]
+                          committed: only writes a majority holds, never one a failover
+                          could roll back (any replica, no waiting); --linearizable is
+                          --consistency linearizable
         [--r N|quorum|all] [--repair background|blocking]
                           leaderless: a key with several concurrent values (siblings)
                           prints them all with their context (exit status 5); --json shows
@@ -82,7 +86,8 @@ Commands:
   ticket ID               what became of a queued write (kv put --ack queued): pending,
         [--wait]          applied (lsn, session) or failed (its error code); --wait polls
         [--timeout-ms N]  until it is decided, at most N ms (default 30000)
-  ls [PREFIX]             list keys (--limit N per page, --start KEY, --all for every page)
+  ls [PREFIX]             list keys (--limit N per page, --start KEY, --all for every page;
+                          --consistency committed lists the state at the commit LSN)
   batch FILE              apply {"ops": [...]} from FILE (- for standard input) atomically
   import FILE             bulk-load NDJSON ({"key","value"} per line) or CSV (key,value columns),
         [--format ndjson|csv] [--chunk N] [--concurrency N] [--max-lag-ms MS]
@@ -364,6 +369,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         concurrency: { type: 'string' },
         'max-lag-ms': { type: 'string' },
         linearizable: { type: 'boolean', default: false },
+        consistency: { type: 'string' },
         r: { type: 'string' },
         w: { type: 'string' },
         repair: { type: 'string' },
@@ -518,6 +524,16 @@ ${shardUsage}`,
     if (key === undefined) throw new UsageError(`${command} needs a KEY`)
     return key
   }
+  /** --consistency (and --linearizable, its older spelling), checked. */
+  const consistencyOpt = (): { consistency?: 'default' | 'committed' | 'linearizable' } => {
+    const given = opts.consistency
+    if (given === undefined) return opts.linearizable ? { consistency: 'linearizable' } : {}
+    if (given !== 'default' && given !== 'committed' && given !== 'linearizable')
+      throw new UsageError(`--consistency must be default, committed or linearizable, got ${given}`)
+    if (opts.linearizable && given !== 'linearizable')
+      throw new UsageError(`--linearizable contradicts --consistency ${given}`)
+    return { consistency: given }
+  }
   try {
     switch (command) {
       case 'get': {
@@ -527,7 +543,7 @@ ${shardUsage}`,
         if (repair !== undefined && repair !== 'background' && repair !== 'blocking')
           throw new UsageError(`--repair must be background or blocking, got ${repair}`)
         const result = await client.get(key, {
-          ...(opts.linearizable ? { consistency: 'linearizable' } : {}),
+          ...consistencyOpt(),
           ...(r !== undefined ? { r } : {}),
           ...(repair !== undefined ? { repair } : {}),
         })
@@ -679,6 +695,7 @@ ${shardUsage}`,
           ...(args[0] !== undefined ? { prefix: args[0] } : {}),
           ...(opts.start !== undefined ? { start: opts.start } : {}),
           ...(limit !== undefined ? { limit } : {}),
+          ...consistencyOpt(),
         }
         if (opts.all) {
           for await (const item of client.listAll(options)) {

@@ -336,6 +336,12 @@ export interface KvClientOptions {
    * Single-leader only: ignored in leaderless mode (see `w`).
    */
   ack?: AckMode
+  /**
+   * Consistency of reads (`get`, `list`) that do not choose one. `committed` makes every read
+   * show only committed writes, never one a failover could roll back (see `ReadOptions`).
+   * Single-leader only: ignored in leaderless mode. Default: `default`.
+   */
+  consistency?: ReadConsistency
   /** Attempts at least, for a request that meets an unreachable node or a moved leader. Default 4. */
   attempts?: number
   /**
@@ -428,7 +434,10 @@ export interface ReadOptions extends LeaderlessReadOptions {
   /**
    * `linearizable`: read from the leader, which first confirms with a majority that it still
    * leads, so the result reflects every write acknowledged before the read began. Costs a
-   * majority round trip. Default: the replica's applied state (with the session's guarantees).
+   * majority round trip. `committed`: the replica's state at the commit LSN it knows, never a
+   * write that could still be rolled back (any replica, no waiting; with the session, it waits
+   * until the session's writes commit). Default: the client's `consistency`, else the
+   * replica's applied state (with the session's guarantees).
    */
   consistency?: ReadConsistency
 }
@@ -482,6 +491,8 @@ export interface GetResult {
   version: number
   /** The replica's applied LSN when it served the read; 0 in leaderless mode. */
   appliedLsn: number
+  /** `consistency: 'committed'`: the commit LSN the read shows the state at. */
+  commitLsn?: number
   /** Id or URL of the node that answered. */
   servedBy: string
   /** Leaderless mode: the causal context to pass to the next write of the key. */
@@ -666,6 +677,7 @@ function singleLeaderOptions(options: WriteOptions & ReadOptions): string[] {
   if (options.ifExists) given.push('ifExists')
   if (options.ack !== undefined) given.push('ack')
   if (options.consistency === 'linearizable') given.push("consistency: 'linearizable'")
+  if (options.consistency === 'committed') given.push("consistency: 'committed'")
   return given
 }
 
@@ -696,9 +708,10 @@ const failedBeforeStream = new WeakSet<KvError>()
 /** A client of a whole cluster (or of one standalone node). Reuse one; `close()` when done. */
 export class KvClient {
   private readonly options: Required<
-    Omit<KvClientOptions, 'ack' | 'url' | 'w' | 'r' | 'tls' | 'auth'>
+    Omit<KvClientOptions, 'ack' | 'url' | 'w' | 'r' | 'tls' | 'auth' | 'consistency'>
   > & {
     ack: AckMode | undefined
+    consistency: ReadConsistency | undefined
     w: Quorum | undefined
     r: Quorum | undefined
     tls: TlsOptions | undefined
@@ -767,11 +780,21 @@ export class KvClient {
       retryForMs: options.retryForMs ?? 10_000,
       refreshIntervalMs: options.refreshIntervalMs ?? 2000,
       ack: options.ack,
+      consistency: options.consistency,
       w: options.w,
       r: options.r,
     }
     if (options.w !== undefined) quorumParam('w', options.w)
     if (options.r !== undefined) quorumParam('r', options.r)
+    if (
+      options.consistency !== undefined &&
+      !['default', 'committed', 'linearizable'].includes(options.consistency)
+    ) {
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        `consistency must be default, committed or linearizable; got ${JSON.stringify(options.consistency)}`,
+      )
+    }
   }
 
   /** The first seed URL. */
@@ -831,18 +854,21 @@ export class KvClient {
         conflict: siblings.length > 1,
       }
     }
-    const linearizable = options.consistency === 'linearizable'
+    const consistency = options.consistency ?? this.options.consistency ?? 'default'
+    const linearizable = consistency === 'linearizable'
     const { res, url } = await this.read(
-      `/v1/kv/${keyPath(key)}${linearizable ? '?consistency=linearizable' : ''}`,
+      `/v1/kv/${keyPath(key)}${consistency !== 'default' ? `?consistency=${consistency}` : ''}`,
       linearizable ? { ...options, fromLeader: true } : options,
       { allowNotFound: true },
     )
     if (res.status === 404) return null
     const stamp = headerOf(res, 'kv-stamp')
+    const commitLsn = headerOf(res, 'kv-commit-lsn')
     return {
       value: res.body,
       version: Number((headerOf(res, 'etag') ?? '"0"').replaceAll('"', '')),
       appliedLsn: Number(headerOf(res, 'kv-applied-lsn') ?? 0),
+      ...(commitLsn !== undefined ? { commitLsn: Number(commitLsn) } : {}),
       servedBy: url,
       ...(stamp !== undefined ? { stamp } : {}),
     }
@@ -928,6 +954,10 @@ export class KvClient {
     if (options.limit !== undefined) query.set('limit', String(options.limit))
     if (options.cursor !== undefined) query.set('cursor', options.cursor)
     if (options.values) query.set('values', 'true')
+    const consistency = options.consistency ?? this.options.consistency
+    // A listing is never linearizable: a client whose default is, lists at the default level.
+    if (consistency === 'committed') query.set('consistency', 'committed')
+    else if (options.consistency === 'linearizable') query.set('consistency', 'linearizable')
     const qs = query.toString()
     const { res } = await this.read(`/v1/kv${qs ? `?${qs}` : ''}`, options)
     return JSON.parse(res.body.toString('utf8')) as ListResponse

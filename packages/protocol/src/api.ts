@@ -152,7 +152,7 @@ export type AckMode = Static<typeof ackModeSchema>
 export const ackModes = ['async', 'quorum', 'all'] as const satisfies readonly AckMode[]
 
 /** `?consistency=` of a single-leader read. */
-export const readConsistencySchema = t.literal('default', 'linearizable')
+export const readConsistencySchema = t.literal('default', 'committed', 'linearizable')
 export type ReadConsistency = Static<typeof readConsistencySchema>
 
 /** How a cluster replicates, as GET /v1/cluster says. */
@@ -231,12 +231,16 @@ export const listItemSchema = t.object(
 export type ListItem = Static<typeof listItemSchema>
 
 /** GET /v1/kv?prefix=&start=&limit=&cursor=&values=. */
-export const listResponseSchema = t.object({
-  items: t.array(listItemSchema),
-  /** Pass as `cursor` for the next page; null on the last page. */
-  nextCursor: t.nullable(t.string()),
-  appliedLsn: integer(),
-})
+export const listResponseSchema = t.object(
+  {
+    items: t.array(listItemSchema),
+    /** Pass as `cursor` for the next page; null on the last page. */
+    nextCursor: t.nullable(t.string()),
+    appliedLsn: integer(),
+  },
+  /** `consistency=committed`: the commit LSN the page shows the state at. */
+  { commitLsn: integer() },
+)
 export type ListResponse = Static<typeof listResponseSchema>
 
 /** One op of POST /v1/batch. */

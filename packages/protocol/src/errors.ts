@@ -93,6 +93,12 @@ export const errorCatalog = {
     description:
       'This replica has not applied the LSN the session token asks for within `readWaitMs`. Read from another replica or from the leader.',
   },
+  // Issue 19, slice C: committed reads.
+  KV_ERR_UNCOMMITTED_WINDOW_TOO_LARGE: {
+    status: 503,
+    description:
+      'A `consistency=committed` read found this replica more uncommitted entries ahead of its commit LSN than a committed read walks back through (an `ack=async` leader whose followers are far behind). Retry once they catch up, or read at the default level.',
+  },
   KV_ERR_INVALID_SESSION: {
     status: 400,
     description: 'The session token is malformed; send back one that a response gave you.',

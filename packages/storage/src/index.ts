@@ -14,6 +14,7 @@ export type {
   WriteResult,
 } from './sequencer.js'
 export { Store } from './store.js'
+export type { CommittedPage, CommittedRead } from './committed.js'
 export { LocalRecords, LocalSpace, localKey } from './local-records.js'
 export type { LocalOp } from './local-records.js'
 export { encodeEntries } from './writer.js'

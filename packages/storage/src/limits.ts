@@ -37,6 +37,13 @@ export const storageLimits = {
   metaJobBytes: 64,
   /** Finished jobs at the head of the writer's queue before the array is compacted. */
   writerQueueHeadEntriesMax: 1024,
+  /**
+   * Uncommitted entries a committed read (committed.ts) walks back through at most; a replica
+   * further ahead of its commit LSN refuses committed reads with a coded error.
+   */
+  committedUndoEntriesMax: 100_000,
+  /** Undo records a committed read reads from LevelDB at a time. */
+  committedUndoReadChunkEntries: 256,
 } as const
 
 /** Storage's limits, as numbers (for checking a changed set). */

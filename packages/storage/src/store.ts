@@ -57,6 +57,12 @@ import {
   readLog,
 } from './log.js'
 import { listPage, readRecord } from './reads.js'
+import {
+  listCommitted,
+  readCommitted,
+  type CommittedPage,
+  type CommittedRead,
+} from './committed.js'
 import { LocalRecords } from './local-records.js'
 import { encodeEpochRuns } from './meta.js'
 import { recover } from './recovery.js'
@@ -293,6 +299,19 @@ export class Store {
   /** One page of keys in key order, from a single consistent LevelDB iterator. */
   list(options: ListOptions): Promise<{ items: ListItem[]; more: boolean }> {
     return listPage(this.ctx, options)
+  }
+
+  /**
+   * The key's record as of the commit LSN (never a write that could still be rolled back),
+   * without waiting: uncommitted entries are undone from their undo records (committed.ts).
+   */
+  getCommitted(key: Uint8Array): Promise<CommittedRead> {
+    return readCommitted(this.ctx, key)
+  }
+
+  /** One page of keys as of the commit LSN, from one consistent LevelDB snapshot. */
+  listCommitted(options: ListOptions): Promise<CommittedPage> {
+    return listCommitted(this.ctx, options)
   }
 
   /**

@@ -113,8 +113,10 @@ export class LogIo {
     // The commit LSN follows the entries it covers; losing it in a crash is harmless (it is
     // learned again), so it is not waited for.
     if (hard && hard.commitLsn > store.commitLsn) {
-      this.track(store.setHardState({ commitLsn: hard.commitLsn })).catch((err: unknown) =>
-        this.fatal(err),
+      // Then committed reads waiting for this commit LSN are released (replicator.waitCommitted).
+      this.track(store.setHardState({ commitLsn: hard.commitLsn })).then(
+        () => this.options.schedule(),
+        (err: unknown) => this.fatal(err),
       )
     }
     if (sendGate === null) {

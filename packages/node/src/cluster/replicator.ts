@@ -100,6 +100,8 @@ export class Replicator {
   private readonly ackWaiters = new AckWaiters()
   /** Reads waiting on this replica to apply their session's LSN. */
   private readonly applyWaiters = new ApplyWaiters(applyWaitersMax)
+  /** Committed reads waiting on this replica's stored commit LSN to reach their session's. */
+  private readonly commitWaiters = new ApplyWaiters(applyWaitersMax)
   /** Lag, contact and the cluster view. */
   private readonly tracker: ClusterTracker
   private readonly snapshotSender: SnapshotSender
@@ -357,6 +359,7 @@ export class Replicator {
       () => new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down'),
     )
     this.applyWaiters.cancelAll()
+    this.commitWaiters.cancelAll()
   }
 
   // ------------------------------------------------------------------ roles and writes
@@ -567,6 +570,16 @@ export class Replicator {
     return this.applyWaiters.wait(lsn, timeoutMs)
   }
 
+  /**
+   * Resolves true once this replica's stored commit LSN (what committed reads use) reaches
+   * `lsn`, false after `timeoutMs` (or at once beyond `applyWaitersMax` waiting reads).
+   */
+  waitCommitted(lsn: number, timeoutMs: number): Promise<boolean> {
+    if (this.store.commitLsn >= lsn && !this.store.isInstallingSnapshot)
+      return Promise.resolve(true)
+    return this.commitWaiters.wait(lsn, timeoutMs)
+  }
+
   private settleWaiters(): void {
     this.ackWaiters.trigger(
       (w) => this.ackVerdict(w.lsn, w.epoch, w.mode),
@@ -574,6 +587,7 @@ export class Replicator {
       this.core.epoch,
     )
     if (!this.store.isInstallingSnapshot) this.applyWaiters.trigger(this.store.appliedLsn)
+    if (!this.store.isInstallingSnapshot) this.commitWaiters.trigger(this.store.commitLsn)
   }
 
   // ------------------------------------------------------------------ membership

@@ -97,7 +97,7 @@ export function sessionOf(request: FastifyRequest): SessionPosition | null {
 }
 
 /** How long a read may wait for its session: `kv-read-wait-ms`, at most readWaitMs. */
-function readWaitOf(request: FastifyRequest, ctx: AppContext): number {
+export function readWaitOf(request: FastifyRequest, ctx: AppContext): number {
   const raw = single(request, 'kv-read-wait-ms')
   if (raw === undefined) return ctx.config.readWaitMs
   if (!/^[0-9]{1,9}$/.test(raw)) {

@@ -35,6 +35,7 @@ import {
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
 import type { RouteSecurityConfig } from '../../security/http-auth.js'
 import { acceptQueued, isQueued } from '../../outbox/routes.js'
+import { awaitCommittedSession, readCommittedKey, setCommittedReadHeaders } from '../committed.js'
 
 type KeyRequest = FastifyRequest<{ Params: { '*': string } }>
 
@@ -152,16 +153,27 @@ function etagListMatches(header: string, etag: string): boolean {
   return trimmed.split(',').some((tag) => tag.trim().replace(/^W\//, '') === etag)
 }
 
-const listParams = new Set(['prefix', 'start', 'limit', 'cursor', 'values', 'session'])
+const listParams = new Set([
+  'prefix',
+  'start',
+  'limit',
+  'cursor',
+  'values',
+  'session',
+  'consistency',
+])
 
-/** `?consistency=`: `linearizable` (leader only, confirmed with a majority) or `default`. */
-function consistencyOf(request: KeyRequest): ReadConsistency {
+/**
+ * `?consistency=`: `linearizable` (leader only, confirmed with a majority), `committed` (the
+ * state at this replica's commit LSN: never a write that can roll back) or `default`.
+ */
+function consistencyOf(request: FastifyRequest): ReadConsistency {
   const value = (request.query as Record<string, unknown> | undefined)?.consistency
   if (value === undefined || value === 'default') return 'default'
-  if (value === 'linearizable') return 'linearizable'
+  if (value === 'linearizable' || value === 'committed') return value
   throw new KvError(
     'KV_ERR_INVALID_ARGUMENT',
-    `consistency must be linearizable or default; got ${JSON.stringify(value)}`,
+    `consistency must be default, committed or linearizable; got ${JSON.stringify(value)}`,
   )
 }
 
@@ -176,8 +188,9 @@ const listScanPagesMax = 16
 async function listOwned(
   ctx: AppContext,
   options: Parameters<AppContext['store']['list']>[0],
+  list: AppContext['store']['list'] = (o) => ctx.store.list(o),
 ): Promise<{ items: ListItem[]; more: boolean; lastKey: Buffer | null }> {
-  const page = await ctx.store.list(options)
+  const page = await list(options)
   const state = ctx.shards?.state
   const lastOf = (items: ListItem[]) => (items[items.length - 1]?.key as Buffer | undefined) ?? null
   if (state === undefined) return { ...page, lastKey: lastOf(page.items) }
@@ -185,7 +198,7 @@ async function listOwned(
   let more = page.more
   let lastKey = lastOf(page.items)
   for (let n = 1; more && items.length < options.limit && n < listScanPagesMax; n++) {
-    const next = await ctx.store.list({
+    const next = await list({
       ...options,
       ...(lastKey !== null ? { after: lastKey } : {}),
       limit: options.limit - items.length,
@@ -245,8 +258,10 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     reply: FastifyReply,
     record: StoredRecord | null,
     appliedLsn: number,
+    committedAt?: { commitLsn: number; appliedLsn: number },
   ): void => {
-    setReadHeaders(ctx, reply, appliedLsn)
+    if (committedAt) setCommittedReadHeaders(ctx, reply, committedAt)
+    else setReadHeaders(ctx, reply, appliedLsn)
     if (record === null || record.tombstone) {
       reply.send(
         new KvError(
@@ -291,6 +306,13 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
           const record = await replicator.linearizable(await store.get(key))
           sendRecord(request, reply, record, appliedLsn)
         })
+        .catch((err: unknown) => reply.send(err))
+      return
+    }
+    if (consistency === 'committed') {
+      // The state at the commit LSN, from the undo records of uncommitted entries (committed.ts).
+      readCommittedKey(ctx, request, key)
+        .then((read) => sendRecord(request, reply, read.record, read.appliedLsn, read))
         .catch((err: unknown) => reply.send(err))
       return
     }
@@ -351,7 +373,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       if (!listParams.has(name)) {
         throw new KvError(
           'KV_ERR_INVALID_ARGUMENT',
-          `unknown query parameter ${JSON.stringify(name)}; use prefix, start, limit, cursor, values or session`,
+          `unknown query parameter ${JSON.stringify(name)}; use prefix, start, limit, cursor, values, session or consistency`,
         )
       }
       if (Array.isArray(value)) {
@@ -390,15 +412,35 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       text.cursor === undefined || text.cursor === ''
         ? undefined
         : decodeCursor(text.cursor, prefixText, config.keyBytesMax)
-    await awaitSession(ctx, request, sessionOf(request))
+    const consistency = consistencyOf(request)
+    if (consistency === 'linearizable') {
+      throw new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        'a listing takes consistency=default or committed, not linearizable',
+      )
+    }
+    const committed = consistency === 'committed'
+    // Committed: the commit LSN the first page read was taken at (each read is one snapshot).
+    const at: { commitLsn: number | null } = { commitLsn: null }
+    const listCommitted: AppContext['store']['list'] = async (o) => {
+      const page = await store.listCommitted(o)
+      at.commitLsn ??= page.commitLsn
+      return page
+    }
+    if (committed) await awaitCommittedSession(ctx, request, sessionOf(request))
+    else await awaitSession(ctx, request, sessionOf(request))
     const appliedLsn = store.appliedLsn
-    const page = await listOwned(ctx, {
-      ...(prefix ? { prefix } : {}),
-      ...(start ? { start } : {}),
-      ...(after ? { after } : {}),
-      limit,
-      bytesMax: config.listBytesMax,
-    })
+    const page = await listOwned(
+      ctx,
+      {
+        ...(prefix ? { prefix } : {}),
+        ...(start ? { start } : {}),
+        ...(after ? { after } : {}),
+        limit,
+        bytesMax: config.listBytesMax,
+      },
+      committed ? listCommitted : undefined,
+    )
     const items = page.items.map(({ key, record }) => ({
       key: key.toString('utf8'),
       version: record.version,
@@ -406,7 +448,9 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       ...(values ? { valueBase64: record.value.toString('base64') } : {}),
       ...(record.stamp !== undefined ? { stamp: formatStamp(record.stamp) } : {}),
     }))
-    setReadHeaders(ctx, reply, appliedLsn)
+    const { commitLsn } = at
+    if (commitLsn !== null) setCommittedReadHeaders(ctx, reply, { commitLsn, appliedLsn })
+    else setReadHeaders(ctx, reply, appliedLsn)
     return {
       items,
       nextCursor:
@@ -414,6 +458,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
           ? encodeCursor({ v: 1, after: page.lastKey.toString('utf8'), prefix: prefixText })
           : null,
       appliedLsn,
+      ...(commitLsn !== null ? { commitLsn } : {}),
     } satisfies ListResponse
   })
   methodNotAllowed(app, '/v1/kv', ['GET'])
