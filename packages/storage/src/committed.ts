@@ -81,15 +81,34 @@ function decodeMeta(bytes: Buffer | undefined, name: MetaName): number {
 async function positions(
   ctx: StoreContext,
   snapshot: Snapshot,
+  knownCommitLsn: number,
 ): Promise<{ commitLsn: number; appliedLsn: number }> {
   const [commitBytes, appliedBytes] = await ctx.db.getMany(
     [metaKey(MetaName.CommitLsn), metaKey(MetaName.AppliedLsn)],
     { snapshot },
   )
-  const commitLsn = decodeMeta(commitBytes, MetaName.CommitLsn)
   const appliedLsn = decodeMeta(appliedBytes, MetaName.AppliedLsn)
-  invariant(commitLsn <= appliedLsn, () => `commit LSN ${commitLsn} past applied ${appliedLsn}`)
+  const commitLsn = commitPoint(
+    decodeMeta(commitBytes, MetaName.CommitLsn),
+    appliedLsn,
+    knownCommitLsn,
+  )
   return { commitLsn, appliedLsn }
+}
+
+/**
+ * The LSN a committed read shows: the commit LSN stored in the view, or the one the caller
+ * knows (the replication core's, read before the view was taken), which runs ahead of the
+ * stored one by a write of the metadata, up to what the view has applied. Every entry above
+ * either still has its undo record: a replica appends entries without a commit LSN, so each
+ * gets one, and compaction stays below the stored commit LSN.
+ */
+function commitPoint(storedCommitLsn: number, appliedLsn: number, knownCommitLsn: number): number {
+  invariant(
+    storedCommitLsn <= appliedLsn,
+    () => `commit LSN ${storedCommitLsn} past applied ${appliedLsn}`,
+  )
+  return Math.max(storedCommitLsn, Math.min(knownCommitLsn, appliedLsn))
 }
 
 /**
@@ -130,11 +149,16 @@ async function walkUndo(
 }
 
 /** The key's record as of the commit LSN, read from one consistent view. */
-export async function readCommitted(ctx: StoreContext, key: Uint8Array): Promise<CommittedRead> {
+export async function readCommitted(
+  ctx: StoreContext,
+  key: Uint8Array,
+  knownCommitLsn = 0,
+): Promise<CommittedRead> {
   ctx.assertReadable()
   // Fast path, in this turn of the event loop: the cache and the state move together, and a
   // record no newer than the commit LSN was written by a committed entry and not changed since.
-  const { commitLsn: commitNow, appliedLsn: appliedNow } = ctx.state
+  const appliedNow = ctx.state.appliedLsn
+  const commitNow = commitPoint(ctx.state.commitLsn, appliedNow, knownCommitLsn)
   const cached = ctx.cache.get(
     Buffer.from(key.buffer, key.byteOffset, key.length).toString('latin1'),
     false,
@@ -165,9 +189,12 @@ export async function readCommitted(ctx: StoreContext, key: Uint8Array): Promise
       [metaKey(MetaName.CommitLsn), metaKey(MetaName.AppliedLsn), stateKey(key)],
       { snapshot },
     )
-    const commitLsn = decodeMeta(commitBytes, MetaName.CommitLsn)
     const appliedLsn = decodeMeta(appliedBytes, MetaName.AppliedLsn)
-    invariant(commitLsn <= appliedLsn, () => `commit LSN ${commitLsn} past applied ${appliedLsn}`)
+    const commitLsn = commitPoint(
+      decodeMeta(commitBytes, MetaName.CommitLsn),
+      appliedLsn,
+      knownCommitLsn,
+    )
     applied = bytes === undefined ? null : ctx.decodeRecordFromDisk(bytes, key)
     let record = applied
     const done = (r: StoredRecord | null): CommittedRead => ({ record: r, commitLsn, appliedLsn })
@@ -239,6 +266,7 @@ function listBounds(options: ListOptions): {
 export async function listCommitted(
   ctx: StoreContext,
   options: ListOptions,
+  knownCommitLsn = 0,
 ): Promise<CommittedPage> {
   ctx.assertReadable()
   const bounds = listBounds(options)
@@ -248,7 +276,7 @@ export async function listCommitted(
     Buffer.compare(k, bounds.lt) < 0
   const snapshot = ctx.db.snapshot()
   try {
-    const { commitLsn, appliedLsn } = await positions(ctx, snapshot)
+    const { commitLsn, appliedLsn } = await positions(ctx, snapshot, knownCommitLsn)
     if (appliedLsn - commitLsn > storageLimits.committedUndoEntriesMax) {
       throw windowTooLarge(commitLsn, appliedLsn)
     }

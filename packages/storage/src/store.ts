@@ -304,14 +304,16 @@ export class Store {
   /**
    * The key's record as of the commit LSN (never a write that could still be rolled back),
    * without waiting: uncommitted entries are undone from their undo records (committed.ts).
+   * `knownCommitLsn` is a commit LSN the caller knows (the replication core's), which may run
+   * ahead of the stored one by a metadata write; the read shows the later of the two.
    */
-  getCommitted(key: Uint8Array): Promise<CommittedRead> {
-    return readCommitted(this.ctx, key)
+  getCommitted(key: Uint8Array, knownCommitLsn?: number): Promise<CommittedRead> {
+    return readCommitted(this.ctx, key, knownCommitLsn)
   }
 
   /** One page of keys as of the commit LSN, from one consistent LevelDB snapshot. */
-  listCommitted(options: ListOptions): Promise<CommittedPage> {
-    return listCommitted(this.ctx, options)
+  listCommitted(options: ListOptions, knownCommitLsn?: number): Promise<CommittedPage> {
+    return listCommitted(this.ctx, options, knownCommitLsn)
   }
 
   /**

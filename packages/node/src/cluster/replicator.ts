@@ -377,6 +377,15 @@ export class Replicator {
     return this.core.epoch
   }
 
+  /**
+   * The commit LSN the replication core knows, which runs ahead of the stored one (the store's
+   * `commitLsn`) by a metadata write; a committed read shows the state at it (clamped to what
+   * this replica has applied), so a write acknowledged at ack=quorum is in the next one.
+   */
+  get knownCommitLsn(): number {
+    return this.core.commitLsn
+  }
+
   get leaderMember(): MemberConfig | undefined {
     const id = this.core.leaderId
     return id === null ? undefined : this.cluster.members.find((m) => m.id === id)

@@ -70,5 +70,5 @@ export async function readCommittedKey(
   key: Buffer,
 ): Promise<Awaited<ReturnType<AppContext['store']['getCommitted']>>> {
   await awaitCommittedSession(ctx, request, sessionOf(request))
-  return ctx.store.getCommitted(key)
+  return ctx.store.getCommitted(key, ctx.replicator?.knownCommitLsn)
 }

@@ -423,7 +423,7 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
     // Committed: the commit LSN the first page read was taken at (each read is one snapshot).
     const at: { commitLsn: number | null } = { commitLsn: null }
     const listCommitted: AppContext['store']['list'] = async (o) => {
-      const page = await store.listCommitted(o)
+      const page = await store.listCommitted(o, ctx.replicator?.knownCommitLsn)
       at.commitLsn ??= page.commitLsn
       return page
     }
