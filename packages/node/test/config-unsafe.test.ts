@@ -20,6 +20,7 @@ describe('unsafe switches', () => {
       'unsafeShardMoveWithoutFence',
       'unsafeRegionSkipConflictRecord',
       'unsafeOutboxApplyTwice',
+      'unsafeWatchApplied',
     ])
     for (const spec of configSpec) {
       const named = spec.key.startsWith('unsafe')

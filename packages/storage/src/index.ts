@@ -24,6 +24,7 @@ export type {
   HardStateUpdate,
   ListItem,
   ListOptions,
+  LogChange,
   LogReadLimits,
   RawLogEntry,
   RollbackRecord,
