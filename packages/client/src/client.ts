@@ -955,6 +955,7 @@ export class KvClient {
         nodes: () => this.knownNodes(),
         connection: (url) => this.connection(url),
         refresh: () => this.refresh(true),
+        closed: () => this.closed,
       },
       prefix,
       options,

@@ -60,6 +60,8 @@ export interface WatchDeps {
   connection(url: string): NodeConnection
   /** Learns the members again (after a failure). */
   refresh(): Promise<void>
+  /** The client was closed: the watch ends. */
+  closed(): boolean
 }
 
 interface RawOp {
@@ -132,7 +134,7 @@ export async function* watchChanges(
   let failingSince: number | null = null
   let next = 0
   let lastError: unknown = null
-  while (!aborted(options.signal)) {
+  while (!aborted(options.signal) && !deps.closed()) {
     const nodes = deps.nodes()
     if (nodes.length === 0) throw new KvError('KV_ERR_UNAVAILABLE', 'no member to watch on')
     const url = nodes[next % nodes.length] as string
@@ -200,7 +202,7 @@ export async function* watchChanges(
       }
     } catch (err) {
       if (err instanceof KvError && finalCodes.has(err.code)) throw err
-      if (aborted(options.signal)) return
+      if (aborted(options.signal) || deps.closed()) return
       lastError = err
       reason = (err as Error).message
     } finally {

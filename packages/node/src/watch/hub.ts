@@ -398,8 +398,12 @@ export class WatchHub {
       if (!w.live || w.closed) continue
       const from = Math.max(w.nextLsn, before + 1)
       if (from > this.published) continue
+      // Past its buffer: cut off (the events written so far still reach it, then the error).
+      if (w.sink.unsent() > this.options.bufferBytesMax) {
+        this.tooSlow(w)
+        continue
+      }
       this.sendTail(w, from - start)
-      if (!w.closed && w.sink.unsent() > this.options.bufferBytesMax) this.tooSlow(w)
     }
     this.trimTail()
   }
@@ -436,7 +440,6 @@ export class WatchHub {
           // At (or ahead of) the tail: live from now on; the tail's part it lacks goes now.
           w.live = true
           if (w.nextLsn <= this.published) this.sendTail(w, w.nextLsn - this.tailStart)
-          if (w.sink.unsent() > this.options.bufferBytesMax) this.tooSlow(w)
           return
         }
         if (w.nextLsn < this.store.meta.logStartLsn) {
@@ -489,8 +492,8 @@ export class WatchHub {
 
   private progressAll(): void {
     for (const w of this.watchers) {
-      this.progress(w)
-      if (w.live && !w.closed && w.sink.unsent() > this.options.bufferBytesMax) this.tooSlow(w)
+      if (w.live && w.sink.unsent() > this.options.bufferBytesMax) this.tooSlow(w)
+      else this.progress(w)
     }
   }
 

@@ -169,7 +169,10 @@ export function registerWatchRoutes(app: FastifyInstance, ctx: AppContext): Watc
         sink,
         fromLsn,
       )
-      raw.once('close', () => hub.remove(watcher))
+      const gone = (): void => hub.remove(watcher)
+      raw.once('close', gone)
+      request.raw.once('close', gone)
+      ;(raw as Http2ServerResponse).stream?.once('close', gone)
     },
   )
   methodNotAllowed(app, '/v1/watch', ['GET'])
