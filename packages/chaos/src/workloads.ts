@@ -38,6 +38,7 @@ export const workloadNames = [
   'll-set',
   'll-register',
   'regions',
+  'watch',
 ] as const
 /** The workloads of each cluster mode. */
 export const leaderlessWorkloads: readonly WorkloadName[] = ['ll-set', 'll-register']
@@ -144,6 +145,8 @@ export function startWorkload(name: WorkloadName, options: WorkloadOptions): Wor
       )
     case 'regions':
       throw new Error('the regions workload runs with --regions (see workloads-regions.ts)')
+    case 'watch':
+      throw new Error('the watch workload has its own runner (see watch-run.ts)')
   }
 }
 

@@ -21,6 +21,7 @@ describe('unsafe switches', () => {
       'unsafeRegionSkipConflictRecord',
       'unsafeOutboxApplyTwice',
       'unsafeWatchApplied',
+      'unsafeWatchSkipOnResume',
     ])
     for (const spec of configSpec) {
       const named = spec.key.startsWith('unsafe')

@@ -65,4 +65,15 @@ export const watchOptions: readonly OptionSpec[] = [
     description:
       "UNSAFE, for the chaos suite's teeth test only: watch streams show entries as soon as this node has them in its log (applied), not once they are committed, so a watcher can see a write that a failover then rolls back. Logged as a warning at start-up.",
   },
+  {
+    key: 'unsafeWatchSkipOnResume',
+    flag: '--unsafe-watch-skip-on-resume',
+    env: 'KV_UNSAFE_WATCH_SKIP_ON_RESUME',
+    kind: 'boolean',
+    default: false,
+    unsafe: true,
+    group: 'cluster',
+    description:
+      "UNSAFE, for the chaos suite's teeth test only: a watch that resumes (fromLsn above 0, or Last-Event-ID) skips the first change it would send, leaving a gap. Logged as a warning at start-up.",
+  },
 ]

@@ -137,6 +137,8 @@ export interface NodeConfig extends Limits {
   watchProgressIntervalMs: number
   /** Test-only: watches show applied entries, not committed ones (options-watch.ts). */
   unsafeWatchApplied: boolean
+  /** Test-only: a resumed watch skips its first change (options-watch.ts). */
+  unsafeWatchSkipOnResume: boolean
 }
 
 export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'

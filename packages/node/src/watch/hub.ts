@@ -36,6 +36,8 @@ export interface WatchHubOptions {
   progressIntervalMs: number
   /** UNSAFE (teeth): publish entries as they are appended, not once committed. */
   unsafeApplied: boolean
+  /** UNSAFE (teeth): a watch that resumes skips its first change. */
+  unsafeSkipOnResume?: boolean
   logger: Logger
 }
 
@@ -69,6 +71,8 @@ export class Watcher {
   closed = false
   /** Events sent. */
   sent = 0
+  /** UNSAFE (teeth): the next change is dropped. */
+  skipNext = false
 
   constructor(
     readonly id: number,
@@ -129,6 +133,11 @@ export class WatchHub {
     const meta = this.store.meta
     this.published = this.visibleLsn(meta.commitLsn, meta.appliedLsn)
     this.target = this.published
+    if (options.unsafeSkipOnResume === true) {
+      options.logger.error(
+        '--unsafe-watch-skip-on-resume: a resumed watch skips a change (a test-only switch)',
+      )
+    }
     if (options.unsafeApplied) {
       options.logger.error(
         '--unsafe-watch-applied: watch streams show entries before they commit (a test-only switch); watchers may see writes that are rolled back',
@@ -366,6 +375,7 @@ export class WatchHub {
     fromLsn: number,
   ): Watcher {
     const w = new Watcher(this.nextId++, prefix, prefixText, values, format, sink, fromLsn)
+    if (this.options.unsafeSkipOnResume === true && fromLsn > 0) w.skipNext = true
     this.watchers.add(w)
     this.progress(w)
     this.startCatchUp(w)
@@ -416,7 +426,8 @@ export class WatchHub {
       const entry = this.tail[i] as LogEntry
       if (entry.lsn < w.nextLsn) continue
       const framed = this.cache.framed(entry, w.prefix, w.prefixText, w.values, w.format)
-      if (framed !== '') {
+      if (framed !== '' && w.skipNext) w.skipNext = false
+      else if (framed !== '') {
         text += framed
         count++
       }
@@ -459,7 +470,8 @@ export class WatchHub {
           // Only committed entries: the log may hold more.
           if (entry.lsn > this.published || entry.lsn < w.nextLsn) break
           const framed = this.cache.framed(entry, w.prefix, w.prefixText, w.values, w.format)
-          if (framed !== '') {
+          if (framed !== '' && w.skipNext) w.skipNext = false
+          else if (framed !== '') {
             text += framed
             count++
           }

@@ -135,6 +135,7 @@ export function registerWatchRoutes(app: FastifyInstance, ctx: AppContext): Watc
     watchersMax: config.watchersMax,
     progressIntervalMs: config.watchProgressIntervalMs,
     unsafeApplied: config.unsafeWatchApplied,
+    unsafeSkipOnResume: config.unsafeWatchSkipOnResume,
     logger: app.log as unknown as Logger,
   })
   ctx.metrics.watchWatches(() => hub.snapshotStats())
