@@ -311,7 +311,7 @@ export const errorCatalog = {
   KV_ERR_COMPACTED: {
     status: 410,
     description:
-      'The watch position (`fromLsn`, or `Last-Event-ID`) is older than the start of this node\'s log: the changes before `oldestLsn` were compacted away. Re-list the prefix and watch again from the list\'s LSN, or from `oldestLsn`.',
+      "The watch position (`fromLsn`, or `Last-Event-ID`) is older than the start of this node's log: the changes before `oldestLsn` were compacted away. Re-list the prefix and watch again from the list's LSN, or from `oldestLsn`.",
   },
   KV_ERR_WATCH_TOO_SLOW: {
     status: 503,
