@@ -54,6 +54,7 @@ import { watchGroups, type LeaderStall } from './group-watch.js'
 import { ProcessCluster } from './process-cluster.js'
 import { runRegionsChaos } from './regions-run.js'
 import { dirtyReadVerdict } from './workloads-dirty.js'
+import { runWatchChaos } from './watch-run.js'
 import { groupView, settleMoves, shardViewOf, type MoveRecord } from './shard-moves.js'
 import { ShardedProcessCluster } from './sharded-cluster.js'
 import { ringView, settleRing } from './ring-churn.js'
@@ -164,6 +165,7 @@ export interface ChaosResult {
 
 export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   if (options.regions !== undefined) return runRegionsChaos(options)
+  if (options.workload === 'watch') return runWatchChaos(options)
   if (options.workload === 'regions') throw new Error('the regions workload needs --regions')
   const regional = options.nemeses.filter((n) => (regionNemeses as readonly string[]).includes(n))
   if (regional.length > 0) throw new Error(`${regional.join(', ')} needs regions: add --regions 2`)

@@ -40,6 +40,7 @@ export const workloadNames = [
   'll-register',
   'regions',
   'dirty-read',
+  'watch',
 ] as const
 /** The workloads of each cluster mode. */
 export const leaderlessWorkloads: readonly WorkloadName[] = ['ll-set', 'll-register']
@@ -150,6 +151,8 @@ export function startWorkload(name: WorkloadName, options: WorkloadOptions): Wor
       )
     case 'regions':
       throw new Error('the regions workload runs with --regions (see workloads-regions.ts)')
+    case 'watch':
+      throw new Error('the watch workload has its own runner (see watch-run.ts)')
   }
 }
 

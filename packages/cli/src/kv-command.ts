@@ -88,6 +88,11 @@ Commands:
         [--timeout-ms N]  until it is decided, at most N ms (default 30000)
   ls [PREFIX]             list keys (--limit N per page, --start KEY, --all for every page;
                           --consistency committed lists the state at the commit LSN)
+  watch [PREFIX]          stream the committed changes under PREFIX, one a line (LSN, kind,
+        [--from-lsn N]    key, value); --json prints NDJSON events; from the changes after
+        [--no-values]     LSN N (default: from now); it resumes by itself on another member;
+        [--progress]      --progress shows progress events; --count N stops after N changes
+        [--count N]
   batch FILE              apply {"ops": [...]} from FILE (- for standard input) atomically
   import FILE             bulk-load NDJSON ({"key","value"} per line) or CSV (key,value columns),
         [--format ndjson|csv] [--chunk N] [--concurrency N] [--max-lag-ms MS]
@@ -401,6 +406,10 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         'node-id': { type: 'string' },
         'certs-dir': { type: 'string' },
         'dry-run': { type: 'boolean', default: false },
+        'from-lsn': { type: 'string' },
+        'no-values': { type: 'boolean', default: false },
+        progress: { type: 'boolean', default: false },
+        count: { type: 'string' },
         ...certsOptions,
         ...memberOptions,
         ...shardOptions,
@@ -715,6 +724,23 @@ ${shardUsage}`,
           }
         }
         return 0
+      }
+      case 'watch': {
+        const whole = (name: string, text: string | undefined, min: number) => {
+          if (text === undefined) return undefined
+          const n = Number(text)
+          if (!/^[0-9]+$/.test(text) || !Number.isSafeInteger(n) || n < min)
+            throw new UsageError(`--${name} must be a whole number of ${min} or more, got ${text}`)
+          return n
+        }
+        const { runWatch } = await import('./watch-command.js')
+        return await runWatch(client, args[0] ?? '', io.stdout, {
+          fromLsn: whole('from-lsn', opts['from-lsn'], 0),
+          count: whole('count', opts.count, 1),
+          values: opts['no-values'] !== true,
+          progress: opts.progress === true,
+          json: opts.json === true,
+        })
       }
       case 'batch': {
         const file = args[0]

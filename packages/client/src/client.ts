@@ -86,6 +86,7 @@ import {
   type SendOptions,
   type TlsOptions,
 } from './connection.js'
+import { watchChanges, type WatchEvent, type WatchOptions } from './watch.js'
 import { Credentials, type KvAuth, type LoginResult } from './credentials.js'
 import { checkBackupDir, writeBackupStream } from './backup.js'
 import type {
@@ -971,6 +972,24 @@ export class KvClient {
       yield* page.items
       cursor = page.nextCursor ?? undefined
     } while (cursor !== undefined)
+  }
+
+  /**
+   * The committed changes under `prefix` (see watch.ts): an async iterator that resumes by
+   * itself from its last LSN on another member when a stream breaks, and ends with
+   * KV_ERR_COMPACTED when its position is older than the log.
+   */
+  watch(prefix = '', options: WatchOptions = {}): AsyncGenerator<WatchEvent> {
+    return watchChanges(
+      {
+        nodes: () => this.knownNodes(),
+        connection: (url) => this.connection(url),
+        refresh: () => this.refresh(true),
+        closed: () => this.closed,
+      },
+      prefix,
+      options,
+    )
   }
 
   /**

@@ -1,4 +1,5 @@
 export { KvClient, KvError, TicketWaitTimeoutError, keyPath } from './client.js'
+export type { WatchEvent, WatchOp, WatchOptions } from './watch.js'
 export { backupManifestBytesMax, writeBackupStream, type WrittenBackup } from './backup.js'
 export {
   RegionalClient,

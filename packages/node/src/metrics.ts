@@ -359,6 +359,53 @@ export class NodeMetrics {
     })
   }
 
+  /** Watch streams (GET /v1/watch; watch/hub.ts), read at scrape time. */
+  watchWatches(
+    stats: () => {
+      watchers: number
+      eventsSent: number
+      tooSlow: number
+      logReads: number
+      tailBytes: number
+    },
+  ): void {
+    const gauge = (name: string, help: string, read: () => number): void => {
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          this.set(read())
+        },
+      })
+    }
+    gauge(
+      'kv_watchers',
+      'Watch streams open on this node (limit: watchersMax).',
+      () => stats().watchers,
+    )
+    gauge(
+      'kv_watch_events_sent',
+      'Change events sent to watchers since the node started.',
+      () => stats().eventsSent,
+    )
+    gauge(
+      'kv_watch_too_slow',
+      'Watch streams ended with KV_ERR_WATCH_TOO_SLOW since the node started.',
+      () => stats().tooSlow,
+    )
+    gauge(
+      'kv_watch_log_reads',
+      'Log reads made for watchers behind the shared tail since the node started.',
+      () => stats().logReads,
+    )
+    gauge(
+      'kv_watch_tail_bytes',
+      'Bytes of committed entries held in memory for watchers (limit: watchTailBytesMax).',
+      () => stats().tailBytes,
+    )
+  }
+
   /** Storage callback: one batch reached the disk. */
   recordBatch(stats: BatchStats): void {
     this.batchEntries.observe(stats.entries)
@@ -979,6 +1026,13 @@ export function metricsCatalog(): MetricInfo[] {
   everyNode.watchStore(() => null)
   const singleLeader = new NodeMetrics()
   singleLeader.watchReplicator({} as unknown as Replicator)
+  singleLeader.watchWatches(() => ({
+    watchers: 0,
+    eventsSent: 0,
+    tooSlow: 0,
+    logReads: 0,
+    tailBytes: 0,
+  }))
   singleLeader.watchOutbox({
     entries: 0,
     bytes: 0,

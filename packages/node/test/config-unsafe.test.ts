@@ -20,6 +20,8 @@ describe('unsafe switches', () => {
       'unsafeShardMoveWithoutFence',
       'unsafeRegionSkipConflictRecord',
       'unsafeOutboxApplyTwice',
+      'unsafeWatchApplied',
+      'unsafeWatchSkipOnResume',
     ])
     for (const spec of configSpec) {
       const named = spec.key.startsWith('unsafe')

@@ -313,6 +313,22 @@ export const errorCatalog = {
     description:
       'The storage engine failed. The node stops taking writes, because it can no longer promise durability.',
   },
+  // ---- slice W (issue 19): watch, GET /v1/watch
+  KV_ERR_COMPACTED: {
+    status: 410,
+    description:
+      "The watch position (`fromLsn`, or `Last-Event-ID`) is older than the start of this node's log: the changes before `oldestLsn` were compacted away. Re-list the prefix and watch again from the list's LSN, or from `oldestLsn`.",
+  },
+  KV_ERR_WATCH_TOO_SLOW: {
+    status: 503,
+    description:
+      'Sent as the last event of a watch stream, never as a response status line: the watcher read more slowly than changes arrived and its buffer (`watchBufferBytesMax`) filled. The event carries `lsn`, the last change delivered; watch again from it.',
+  },
+  KV_ERR_WATCHERS_TOO_MANY: {
+    status: 503,
+    description:
+      'This node already serves `watchersMax` watches; watch on another member (followers serve watches too) or retry after `Retry-After` seconds.',
+  },
   KV_ERR_INTERNAL: {
     status: 500,
     description: 'An unexpected failure inside the node; its log has the details.',

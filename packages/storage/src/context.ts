@@ -15,7 +15,13 @@ import { StorageError } from './invariant.js'
 import { stateKey } from './layout.js'
 import { storageLimits } from './limits.js'
 import { RecordCache } from './record-cache.js'
-import { type StoreLogger, type StoreOptions, type StoreState, silentLogger } from './types.js'
+import {
+  type LogChange,
+  type StoreLogger,
+  type StoreOptions,
+  type StoreState,
+  silentLogger,
+} from './types.js'
 
 /** A snapshot install in progress: the state is partial and reads are refused. */
 export interface Installing {
@@ -46,6 +52,8 @@ export class StoreContext {
   /** Entries moved to the rollback record since the store was opened. */
   rolledBackCount = 0
   private readonly reservedListeners: ((keys: Buffer[] | 'all') => void)[] = []
+  /** Watch streams follow the log through these (see Store.watchLog). */
+  private readonly logListeners: ((change: LogChange) => void)[] = []
   /** Called in order when the store fails: the writer's queue first, then the owner. */
   private readonly failureListeners: ((err: Error) => void)[] = []
 
@@ -77,6 +85,14 @@ export class StoreContext {
 
   reservedChanged(keys: Buffer[] | 'all'): void {
     for (const listener of this.reservedListeners) listener(keys)
+  }
+
+  watchLog(listener: (change: LogChange) => void): void {
+    this.logListeners.push(listener)
+  }
+
+  logChanged(change: LogChange): void {
+    for (const listener of this.logListeners) listener(change)
   }
 
   assertOpen(): void {

@@ -25,6 +25,7 @@ export type {
   HardStateUpdate,
   ListItem,
   ListOptions,
+  LogChange,
   LogReadLimits,
   RawLogEntry,
   RollbackRecord,

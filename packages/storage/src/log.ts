@@ -116,6 +116,7 @@ export async function compact(ctx: StoreContext, retainFromLsn: number): Promise
     { sync: true },
   )
   ctx.state = { ...ctx.state, logStartLsn: retainFromLsn, compactedEpoch: last.epoch, epochRuns }
+  ctx.logChanged({ kind: 'compact', logStartLsn: retainFromLsn })
   ctx.logger.info(
     { logStartLsn: retainFromLsn, removed: retainFromLsn - logStartLsn },
     'log compacted',

@@ -326,5 +326,6 @@ export async function finishInstall(ctx: StoreContext): Promise<void> {
   ctx.truncationCount++
   ctx.cache.clear()
   ctx.reservedChanged('all')
+  ctx.logChanged({ kind: 'reset', logStartLsn: lsn + 1, commitLsn })
   ctx.logger.info({ snapshotLsn: lsn, records: installing.records }, 'snapshot installed')
 }

@@ -81,6 +81,7 @@ import type {
   HardStateUpdate,
   ListItem,
   ListOptions,
+  LogChange,
   LogReadLimits,
   RawLogEntry,
   RollbackRecord,
@@ -252,6 +253,15 @@ export class Store {
    */
   watchReserved(listener: (keys: Buffer[] | 'all') => void): void {
     this.ctx.watchReserved(listener)
+  }
+
+  /**
+   * Calls `listener` synchronously after every change of the log: appends (with the commit
+   * LSN after them), truncations, compactions and snapshot installs (see `LogChange`). Watch
+   * streams follow the committed log with it.
+   */
+  watchLog(listener: (change: LogChange) => void): void {
+    this.ctx.watchLog(listener)
   }
 
   // ---------------------------------------------------------------- reads

@@ -82,6 +82,7 @@ export async function truncate(ctx: StoreContext, lsn: number): Promise<LogEntry
   ctx.rollbackFirst = Math.max(ctx.rollbackFirst, rollback.dropTo)
   ctx.rolledBackCount += rollback.added
   ctx.state = { ...ctx.state, appliedLsn: lsn, lastEpoch, epochRuns }
+  ctx.logChanged({ kind: 'truncate', afterLsn: lsn })
   ctx.logger.warn(
     { fromLsn: lsn + 1, toLsn: appliedLsn, entries: removed.length },
     'log truncated; uncommitted entries removed and their state restored',

@@ -158,6 +158,21 @@ export interface EncodedEntries {
   bytes: number
 }
 
+/**
+ * A change of the log, told to `Store.watchLog` listeners synchronously, once the change is
+ * durable and visible to readers (watch streams follow the log with it):
+ * - append: a batch completed; `entries` are the entries it appended (maybe none: a commit
+ *   LSN update alone), `commitLsn` the commit LSN after it;
+ * - truncate: every entry after `afterLsn` was removed (never a committed one);
+ * - compact: the log now starts at `logStartLsn`;
+ * - reset: a snapshot was installed; the log now starts at `logStartLsn`, with nothing in it.
+ */
+export type LogChange =
+  | { kind: 'append'; entries: readonly LogEntry[]; commitLsn: number }
+  | { kind: 'truncate'; afterLsn: number }
+  | { kind: 'compact'; logStartLsn: number }
+  | { kind: 'reset'; logStartLsn: number; commitLsn: number }
+
 /** Where a log read stops: after `entriesMax` entries, or once it holds `bytesMax` bytes. */
 export interface LogReadLimits {
   entriesMax: number

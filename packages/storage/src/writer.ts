@@ -298,6 +298,14 @@ export class Writer {
     builder.applyToCache(ctx.cache)
     if (builder.reservedKeys.length > 0) ctx.reservedChanged(builder.reservedKeys)
     for (const member of members) member.resolve()
+    ctx.logChanged({
+      kind: 'append',
+      entries:
+        members.length === 1 && members[0]?.kind === 'append'
+          ? members[0].append.entries
+          : members.flatMap((m) => (m.kind === 'append' ? m.append.entries : [])),
+      commitLsn: ctx.state.commitLsn,
+    })
     this.onBatch?.({ entries, writers: members.length, bytes, durationMs })
   }
 }

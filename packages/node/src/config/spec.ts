@@ -9,6 +9,7 @@ import { clusterOptions } from './options-cluster.js'
 import { nodeOptions } from './options-node.js'
 import { queuedOptions } from './options-queued.js'
 import { serverOptions } from './options-server.js'
+import { watchOptions } from './options-watch.js'
 import type { OptionSpec } from './types.js'
 
 export const configSpec: readonly OptionSpec[] = [
@@ -17,4 +18,5 @@ export const configSpec: readonly OptionSpec[] = [
   ...clusterOptions,
   ...queuedOptions,
   ...backupOptions,
+  ...watchOptions,
 ]

@@ -130,6 +130,15 @@ export interface NodeConfig extends Limits {
   ticketRetentionMs: number
   /** Test-only: queued writes forwarded twice without their request id (options-queued.ts). */
   unsafeOutboxApplyTwice: boolean
+  // ---- watches (options-watch.ts)
+  watchersMax: number
+  watchBufferBytesMax: number
+  watchTailBytesMax: number
+  watchProgressIntervalMs: number
+  /** Test-only: watches show applied entries, not committed ones (options-watch.ts). */
+  unsafeWatchApplied: boolean
+  /** Test-only: a resumed watch skips its first change (options-watch.ts). */
+  unsafeWatchSkipOnResume: boolean
 }
 
 export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'

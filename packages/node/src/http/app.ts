@@ -25,6 +25,7 @@ import { registerAuthRoutes } from './routes/auth.js'
 import { registerOutboxRoutes } from '../outbox/routes.js'
 import { guardEveryRoute, registerHttpAuth } from '../security/http-auth.js'
 import { registerBodyBudget } from './body-budget.js'
+import { registerWatchRoutes } from '../watch/route.js'
 import { withRouteHook } from './route-hooks.js'
 
 /** Largest request header block, in bytes; keys travel in the URL, so it must fit them. */
@@ -174,6 +175,7 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     registerKvRoutes(app, ctx)
     registerBatchRoutes(app, ctx)
   }
+  registerWatchRoutes(app, ctx)
   registerSystemRoutes(app, ctx)
   registerMemberRoutes(app, ctx)
   registerShardRoutes(app, ctx)
