@@ -12,8 +12,9 @@ import { useTempDir } from './support/temp.js'
 
 const out = useTempDir('kv-chaos-committed-')
 
-function run(readConsistency: ChaosOptions['readConsistency']) {
+function run(readConsistency: ChaosOptions['readConsistency'], nodeArgs: string[] = []) {
   return runChaos({
+    ...(nodeArgs.length > 0 ? { nodeArgs } : {}),
     backend: 'docker',
     workload: 'dirty-read',
     nemeses: ['partition-leader'],
@@ -33,6 +34,8 @@ function run(readConsistency: ChaosOptions['readConsistency']) {
 
 interface DirtyCounts {
   observations: number
+  watchObservations: number
+  dirtyWatchObservations: number
   rolledBackValuesInRecords: number
   seenRolledBack: number
   seenAbsent: number
@@ -48,6 +51,8 @@ describe('dirty reads under ack=async with the leader isolated (real containers)
     expect(result.windows.length).toBeGreaterThan(0)
     expect(counts.rolledBackValuesInRecords).toBeGreaterThan(0)
     expect(counts.observations).toBeGreaterThan(200)
+    // A watcher on every node, the isolated leader's included, showed values too.
+    expect(counts.watchObservations).toBeGreaterThan(100)
     for (const v of result.summary.verdicts)
       expect([v.checker, v.valid, v.summary]).toEqual([v.checker, true, v.summary])
   }, 240_000)
@@ -61,5 +66,16 @@ describe('dirty reads under ack=async with the leader isolated (real containers)
     // The cluster itself recovered and converged: only the reads were dirty.
     for (const v of result.summary.verdicts.filter((x) => x.checker !== 'dirty-reads'))
       expect([v.checker, v.valid, v.summary]).toEqual([v.checker, true, v.summary])
+  }, 240_000)
+
+  it('teeth: a node build whose watch streams applied entries is caught by its watchers', async () => {
+    // Committed reads (they stay clean); the watchers bound to the isolated leader see its
+    // writes before they commit, and those are rolled back.
+    const result = await run('committed', ['--unsafe-watch-applied'])
+    const verdict = result.summary.verdicts.find((v) => v.checker === 'dirty-reads')
+    expect(verdict?.valid, verdict?.summary).toBe(false)
+    const counts = (verdict?.details as { counts: DirtyCounts }).counts
+    expect(counts.dirtyWatchObservations).toBeGreaterThan(0)
+    expect(counts.seenRolledBack + counts.seenAbsent).toBe(counts.dirtyWatchObservations)
   }, 240_000)
 })

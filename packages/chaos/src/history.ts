@@ -23,6 +23,11 @@ export type OpFunction =
    * ticket in `ticket`; fail: certainly not accepted; info: unknown.
    */
   | 'enqueue'
+  /**
+   * Dirty reads: a value a watch event showed (its key). ok value: the value. Recorded when
+   * the event arrives (invoke and ok together).
+   */
+  | 'watch'
 
 export type EventType = 'invoke' | 'ok' | 'fail' | 'info'
 

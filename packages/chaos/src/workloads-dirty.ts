@@ -10,7 +10,13 @@
  * Under ack=async with the leader isolated, the old leader keeps taking writes until it steps
  * down, and they are rolled back when it rejoins: a default-level read on it shows them
  * (the teeth), a committed read must not.
+ *
+ * A watcher bound to each node (GET /v1/watch on that node only, resumed there from its last
+ * LSN) records every value its events show: a watch streams committed changes only, so the
+ * isolated leader's watcher must not show its rolled-back writes either (a node built with
+ * --unsafe-watch-applied is caught).
  */
+import { Pool } from 'undici'
 import { KvClient, keyPath } from '@kvstore/client'
 import type { ChaosCluster, ChaosNode } from './cluster.js'
 import { checkDirtyReads, observationsOf, type RolledBackValue } from './checkers/dirty-reads.js'
@@ -48,6 +54,19 @@ export function dirtyReadWorkload(options: WorkloadOptions): Workload {
     for (const n of cluster.nodes) idOf.set(n.url, n.id)
     return idOf.get(url) ?? url
   }
+  const watchers = cluster.nodes.map((node, i) =>
+    watchNode(
+      node,
+      cluster.tls,
+      `${options.prefix}d/`,
+      () => stopping,
+      (key, value) => {
+        const process = 2_000_000 + i
+        history.record({ process, f: 'watch', key, type: 'invoke', value: null })
+        history.record({ process, f: 'watch', key, type: 'ok', value, node: node.id })
+      },
+    ),
+  )
   const running = Array.from({ length: options.clients }, async (_, i) => {
     const random = prng(options.seed * 1000 + i)
     const home = (cluster.nodes[i % cluster.nodes.length] as ChaosNode).url
@@ -164,6 +183,7 @@ export function dirtyReadWorkload(options: WorkloadOptions): Workload {
       stopping = true
       await Promise.all(running)
       await Promise.all(clients.map((c) => c.close()))
+      await Promise.all(watchers.map((w) => w.stop()))
     },
     async finish() {
       const client = new KvClient({
@@ -193,6 +213,77 @@ export function dirtyReadWorkload(options: WorkloadOptions): Workload {
       } finally {
         await client.close()
       }
+    },
+  }
+}
+
+interface WatchLine {
+  type: string
+  lsn?: number
+  key?: string
+  valueBase64?: string
+  ops?: { type: string; key: string; valueBase64?: string }[]
+}
+
+/**
+ * Watches `prefix` on `node` only (never another member: a watcher of the isolated leader
+ * must stay on it), from the start of the log, resuming there from its last LSN when the
+ * stream breaks, until `stopped()`. Each value a put shows goes to `seen`.
+ */
+function watchNode(
+  node: ChaosNode,
+  tls: ChaosCluster['tls'],
+  prefix: string,
+  stopped: () => boolean,
+  seen: (key: string, value: string) => void,
+): { stop(): Promise<void> } {
+  const pool = new Pool(node.url, { connect: tls, connections: 1, bodyTimeout: 3000 })
+  const abort = new AbortController()
+  let position = 0
+  const running = (async () => {
+    while (!stopped()) {
+      try {
+        const res = await pool.request({
+          method: 'GET',
+          path: `/v1/watch?prefix=${encodeURIComponent(prefix)}&fromLsn=${position}`,
+          headers: { accept: 'application/x-ndjson' },
+          signal: abort.signal,
+        })
+        if (res.statusCode !== 200) {
+          await res.body.text()
+          await pauseAfterError()
+          continue
+        }
+        let rest = ''
+        for await (const chunk of res.body) {
+          rest += (chunk as Buffer).toString('utf8')
+          let newline: number
+          while ((newline = rest.indexOf('\n')) >= 0) {
+            const line = rest.slice(0, newline)
+            rest = rest.slice(newline + 1)
+            if (line.trim() === '') continue
+            const event = JSON.parse(line) as WatchLine
+            const puts =
+              event.type === 'put' ? [event] : event.type === 'batch' ? (event.ops ?? []) : []
+            for (const op of puts) {
+              if (op.type === 'put' && op.key !== undefined)
+                seen(op.key, Buffer.from(op.valueBase64 ?? '', 'base64').toString('utf8'))
+            }
+            if (typeof event.lsn === 'number' && event.type !== 'error')
+              position = Math.max(position, event.lsn)
+          }
+        }
+      } catch {
+        // The node went away, paused past the body timeout, or the run is stopping.
+      }
+      if (!stopped()) await pauseAfterError()
+    }
+  })()
+  return {
+    async stop() {
+      abort.abort()
+      await running
+      await pool.close()
     },
   }
 }

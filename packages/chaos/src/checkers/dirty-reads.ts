@@ -88,6 +88,9 @@ export function checkDirtyReads(input: DirtyReadInput, checker = 'dirty-reads'):
   const a = analyzeDirtyReads(input)
   const counts = {
     observations: a.observations,
+    watchObservations: input.observations.filter((o) => o.source === 'watch').length,
+    dirtyWatchObservations: [...a.rolledBack, ...a.absent].filter((o) => o.source === 'watch')
+      .length,
     distinct: a.distinct,
     rolledBackValuesInRecords: input.rolledBack.length,
     finalKeys: input.finalState?.size ?? null,
@@ -127,17 +130,17 @@ export function checkDirtyReads(input: DirtyReadInput, checker = 'dirty-reads'):
 
 /**
  * The observations in a dirty-read workload's history: every ok `read` that saw a value (a
- * read of an absent key shows nothing).
+ * read of an absent key shows nothing), and every value a `watch` event showed.
  */
 export function observationsOf(ops: readonly Operation[]): DirtyReadObservation[] {
   const out: DirtyReadObservation[] = []
   for (const op of ops) {
-    if (op.f !== 'read' || op.type !== 'ok' || op.key === undefined) continue
+    if ((op.f !== 'read' && op.f !== 'watch') || op.type !== 'ok' || op.key === undefined) continue
     if (typeof op.output !== 'string') continue
     out.push({
       key: op.key,
       value: op.output,
-      source: 'read',
+      source: op.f,
       time: op.invokeTime,
       ...(op.node !== undefined ? { node: op.node } : {}),
     })
