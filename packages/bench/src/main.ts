@@ -14,6 +14,7 @@ import { runMembershipBench } from './membership.js'
 import { runShardsBench, shardParts, type ShardPart } from './shards.js'
 import { runQueuedBench } from './queued.js'
 import { runRegionsBench } from './regions.js'
+import { runWatchBench } from './watch.js'
 import { securityProfiles, type SecurityProfile } from './security.js'
 
 const usage = `pnpm bench: runs a benchmark suite, prints a table and writes JSON and markdown to
@@ -93,12 +94,19 @@ bench-results/.
                         cluster holding --get-keys keys (100000): idle, under ack=async
                         writes, and with --window N (2000) entries uncommitted (followers
                         paused); reads/s, p50, p99 per level and node. See committed.ts.
+  --suite watch         watch streams (GET /v1/watch over HTTP/2) on a 3-node cluster:
+                        --few-watchers N (10), then --watchers N (1000) spread over the
+                        leader and both followers, while PUTs ack=quorum go to the leader
+                        at --rate N/s (300) and as fast as --writers N (16) closed loops
+                        go, --duration S (5) per phase: writes/s, events/s delivered,
+                        whether every watcher got every write, lag (send to arrival) p50,
+                        p99, max per role; watchers released after. See watch.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
 
 Options: --duration S (default 10; 15 for compare, 60 for open-loop, 20 for regions, 5 for
-queued), --connections N (64),
+queued, committed and watch), --connections N (64),
 --value-bytes N (100), --get-keys N (100000; 20000 for leaderless), --read-cpu-cap CORES
 (0.5), --out DIR (bench-results).
 `
@@ -136,6 +144,10 @@ async function main(): Promise<void> {
       'outage-s': { type: 'string', default: '10' },
       clients: { type: 'string', default: '16' },
       window: { type: 'string', default: '2000' },
+      rate: { type: 'string', default: '300' },
+      watchers: { type: 'string', default: '1000' },
+      'few-watchers': { type: 'string', default: '10' },
+      writers: { type: 'string', default: '16' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -162,7 +174,7 @@ async function main(): Promise<void> {
         ? '60'
         : suite === 'regions'
           ? '20'
-          : suite === 'queued' || suite === 'committed'
+          : suite === 'queued' || suite === 'committed' || suite === 'watch'
             ? '5'
             : '10'
   opts['max-duration'] ??= suite === 'regions' ? '5' : '15'
@@ -281,6 +293,25 @@ async function main(): Promise<void> {
         command: `pnpm bench --suite committed --duration ${common.durationS} --connections ${common.connections} --get-keys ${common.getKeys} --window ${window}${security === 'tls-auth' ? '' : ` --security ${security}`}`,
       })
     }
+    case 'watch': {
+      const rate = number('rate', 1)
+      const watchers = number('watchers', 3)
+      const fewWatchers = number('few-watchers', 1)
+      const writers = number('writers', 1)
+      if (fewWatchers > watchers)
+        throw new Error(`--few-watchers (${fewWatchers}) must be at most --watchers (${watchers})`)
+      return runWatchBench({
+        security,
+        durationS: common.durationS,
+        rate,
+        watchers,
+        fewWatchers,
+        writers,
+        valueBytes: common.valueBytes,
+        out: common.out,
+        command: `pnpm bench --suite watch --duration ${common.durationS} --rate ${rate} --watchers ${watchers} --few-watchers ${fewWatchers} --writers ${writers}${security === 'tls-auth' ? '' : ` --security ${security}`}`,
+      })
+    }
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -294,7 +325,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff, shards, regions, queued or committed, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff, shards, regions, queued, committed or watch, not ${String(suite)}`,
       )
   }
 }
