@@ -97,10 +97,11 @@ bench-results/.
   --suite watch         watch streams (GET /v1/watch over HTTP/2) on a 3-node cluster:
                         --few-watchers N (10), then --watchers N (1000) spread over the
                         leader and both followers, while PUTs ack=quorum go to the leader
-                        at --rate N/s (300) and as fast as --writers N (16) closed loops
-                        go, --duration S (5) per phase: writes/s, events/s delivered,
-                        whether every watcher got every write, lag (send to arrival) p50,
-                        p99, max per role; watchers released after. See watch.ts.
+                        one at a time, at --rate N/s (300) and as fast as --writers N (16)
+                        closed loops go, --duration S (5) per phase: writes/s, events/s
+                        delivered, whether every watcher got every write, lag (send to
+                        arrival, ack to the last watcher) per role; watchers released
+                        after. About a minute. See watch.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.

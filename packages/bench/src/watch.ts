@@ -9,19 +9,21 @@
  * progress event. A writer PUTs 100-byte values with ack=quorum to the leader over HTTP/1.1,
  * each key naming the phase, the write's sequence number and the time it was sent
  * (performance.now() of this process: the watchers run in it too, so arrival and send times
- * are on one clock). Phases, each --duration seconds (5):
+ * are on one clock). Phases, each --duration seconds (5), first with --few-watchers (10), then
+ * with --watchers (1,000) in all:
  *
- *   1. --few-watchers (10), writes paced at --rate (300/s);
- *   2. the same watchers, writes as fast as --writers (16) closed loops go;
- *   3. --watchers (1,000) in all, paced at --rate;
- *   4. the 1,000, as fast as they go.
+ *   - one write at a time: each sent 20 ms after every watcher got the one before (the lag's
+ *     floor: no batching, no queueing);
+ *   - writes paced at --rate (300/s);
+ *   - writes as fast as --writers (16) closed loops go.
  *
  * After each phase's last acknowledgement the bench waits (up to 20 s) until every watcher has
  * every acknowledged write, then counts, per watcher, the acknowledged writes it never got, the
  * changes it got twice or out of LSN order, and the streams the node cut off (a watcher that
  * is cut off or whose stream breaks watches again on the same member from its last position,
  * as the SDK would). Lag is arrival at the watcher minus the send time in the key (so it holds
- * the write's own quorum latency, also reported), per member role. Then every stream is
+ * the write's own quorum latency, also reported), per member role; and, per write, from its
+ * acknowledgement to its arrival at the last watcher of each role. Then every stream is
  * cancelled and the bench waits for each member's kv_watchers to fall to 0 (watchers
  * released). The bench process parses every event itself on the same 2 cores as the three
  * nodes: its own event-loop delay is reported beside the lag.
@@ -101,6 +103,42 @@ class Sessions {
   }
 }
 
+/**
+ * Per write (by sequence number) and role: when the last watcher of that role got it; and when
+ * the writer got the write's acknowledgement. Grown as writes are sent.
+ */
+class Arrivals {
+  lastAt: Record<Role, Float64Array> = {
+    leader: new Float64Array(1 << 14),
+    follower: new Float64Array(1 << 14),
+  }
+  ackAt = new Float64Array(1 << 14)
+
+  private grow(seq: number): void {
+    if (seq < this.ackAt.length) return
+    let size = this.ackAt.length
+    while (size <= seq) size *= 2
+    const bigger = (a: Float64Array) => {
+      const b = new Float64Array(size)
+      b.set(a)
+      return b
+    }
+    this.ackAt = bigger(this.ackAt)
+    this.lastAt = { leader: bigger(this.lastAt.leader), follower: bigger(this.lastAt.follower) }
+  }
+
+  arrived(seq: number, role: Role, at: number): void {
+    this.grow(seq)
+    const last = this.lastAt[role]
+    if ((last[seq] ?? 0) < at) last[seq] = at
+  }
+
+  acked(seq: number, at: number): void {
+    this.grow(seq)
+    this.ackAt[seq] = at
+  }
+}
+
 interface PhaseLag {
   leader: Latencies
   follower: Latencies
@@ -125,6 +163,7 @@ class BenchWatcher {
     private readonly sessions: Sessions,
     private readonly index: number,
     private readonly lags: PhaseLag[],
+    private readonly arrivals: Arrivals,
   ) {
     this.tally = new WatcherTally(lags.length)
   }
@@ -184,6 +223,7 @@ class BenchWatcher {
           const key = readBenchKey(prefix, event.key)
           if (key === null) break
           this.tally.change(key.phase, key.seq, event.lsn)
+          this.arrivals.arrived(key.seq, this.member.role, now)
           const lag = this.lags[key.phase]
           if (lag !== undefined) {
             lag[this.member.role].record(now - key.sentAtMs)
@@ -251,6 +291,8 @@ interface PhaseResult {
   reconnects: number
   cutOff: number
   lag: Record<Role, LatencySummary & { count: number }>
+  /** Per acknowledged write: from its acknowledgement to the last watcher of the role having it. */
+  afterAck: Record<Role, LatencySummary & { count: number; beforeAck: number }>
   nodeCores: Record<string, number>
   benchCores: number
   benchEventLoopDelayMs: { p99: number; max: number }
@@ -286,8 +328,10 @@ export async function runWatchBench(options: WatchBenchOptions): Promise<void> {
     )
 
     const phaseNames = [
+      `${options.fewWatchers} watchers, one write at a time`,
       `${options.fewWatchers} watchers, ${fmt(options.rate)} writes/s`,
       `${options.fewWatchers} watchers, writes as fast as they go`,
+      `${fmt(options.watchers)} watchers, one write at a time`,
       `${fmt(options.watchers)} watchers, ${fmt(options.rate)} writes/s`,
       `${fmt(options.watchers)} watchers, writes as fast as they go`,
     ]
@@ -296,6 +340,7 @@ export async function runWatchBench(options: WatchBenchOptions): Promise<void> {
       follower: new Latencies(),
       lastArrival: 0,
     }))
+    const arrivals = new Arrivals()
     const perMember = members.map(() => 0)
     const openWatchers = async (total: number): Promise<void> => {
       const opening: Promise<void>[] = []
@@ -303,7 +348,13 @@ export async function runWatchBench(options: WatchBenchOptions): Promise<void> {
         const at = i % members.length
         const index = perMember[at] ?? 0
         perMember[at] = index + 1
-        const w = new BenchWatcher(members[at] as Member, sessions[at] as Sessions, index, lags)
+        const w = new BenchWatcher(
+          members[at] as Member,
+          sessions[at] as Sessions,
+          index,
+          lags,
+          arrivals,
+        )
         watchers.push(w)
         opening.push(w.open())
         // Let the sessions connect before piling streams on them.
@@ -330,7 +381,7 @@ export async function runWatchBench(options: WatchBenchOptions): Promise<void> {
     )
 
     const phases: PhaseResult[] = []
-    const runPhase = async (phase: number, mode: 'paced' | 'max'): Promise<void> => {
+    const runPhase = async (phase: number, mode: 'one' | 'paced' | 'max'): Promise<void> => {
       const name = phaseNames[phase] as string
       say(`${name}: ${options.durationS} s`)
       const acked: number[] = []
@@ -349,7 +400,9 @@ export async function runWatchBench(options: WatchBenchOptions): Promise<void> {
           })
           await res.body.text()
           if (res.statusCode === 200) {
-            writeLatency.record(performance.now() - sentAt)
+            const now = performance.now()
+            writeLatency.record(now - sentAt)
+            arrivals.acked(seq, now)
             acked.push(seq)
           } else errors++
         } catch {
@@ -361,7 +414,22 @@ export async function runWatchBench(options: WatchBenchOptions): Promise<void> {
       const loopDelay = monitorEventLoopDelay({ resolution: 10 })
       loopDelay.enable()
       const t0 = performance.now()
-      if (mode === 'paced') {
+      if (mode === 'one') {
+        // Each write once the last was acknowledged and every watcher has it, 20 ms apart.
+        const until = t0 + options.durationS * 1000
+        while (performance.now() < until) {
+          await write()
+          const seq = acked.at(-1)
+          const deadline = performance.now() + 2000
+          while (
+            seq !== undefined &&
+            performance.now() < deadline &&
+            !watchers.every((w) => w.tally.has(seq))
+          )
+            await sleep(1)
+          await sleep(20)
+        }
+      } else if (mode === 'paced') {
         const total = Math.round(options.rate * options.durationS)
         const inflight = new Set<Promise<void>>()
         let sent = 0
@@ -408,13 +476,30 @@ export async function runWatchBench(options: WatchBenchOptions): Promise<void> {
       const events = active.reduce((sum, w) => sum + (w.tally.received[phase] ?? 0), 0)
       const deliveryS = (Math.max(lag.lastArrival, lastAck) - t0) / 1000
       const summary = (l: Latencies) => ({ ...l.summary(), count: l.count })
+      const afterAck = (role: Role) => {
+        const l = new Latencies()
+        let beforeAck = 0
+        for (const seq of acked) {
+          const last = arrivals.lastAt[role][seq] ?? 0
+          if (last === 0) continue
+          const d = last - (arrivals.ackAt[seq] ?? 0)
+          if (d < 0) beforeAck++
+          l.record(d)
+        }
+        return { ...summary(l), beforeAck }
+      }
       const result: PhaseResult = {
         name,
         watchers: active.length,
         watchersPerMember: Object.fromEntries(
           members.map((m) => [m.id, active.filter((w) => w.member === m).length]),
         ),
-        load: mode === 'paced' ? `${fmt(options.rate)}/s paced` : `${options.writers} closed loops`,
+        load:
+          mode === 'one'
+            ? 'one at a time'
+            : mode === 'paced'
+              ? `${fmt(options.rate)}/s paced`
+              : `${options.writers} closed loops`,
         offeredPerSecond: mode === 'paced' ? options.rate : null,
         writes: acked.length,
         writeErrors: errors,
@@ -430,6 +515,7 @@ export async function runWatchBench(options: WatchBenchOptions): Promise<void> {
         reconnects: active.reduce((s, w) => s + w.reconnects, 0),
         cutOff: active.reduce((s, w) => s + w.cutOff, 0),
         lag: { leader: summary(lag.leader), follower: summary(lag.follower) },
+        afterAck: { leader: afterAck('leader'), follower: afterAck('follower') },
         nodeCores,
         benchCores: (benchUsage.user + benchUsage.system) / 1e6 / wallS,
         benchEventLoopDelayMs: {
@@ -453,14 +539,16 @@ export async function runWatchBench(options: WatchBenchOptions): Promise<void> {
 
     say(`opening ${options.fewWatchers} watchers over ${members.map((m) => m.id).join(', ')}`)
     await openWatchers(options.fewWatchers)
-    await runPhase(0, 'paced')
-    await runPhase(1, 'max')
+    await runPhase(0, 'one')
+    await runPhase(1, 'paced')
+    await runPhase(2, 'max')
     say(`opening ${options.watchers - watchers.length} more watchers`)
     const openFrom = performance.now()
     await openWatchers(options.watchers)
     const openSeconds = (performance.now() - openFrom) / 1000
-    await runPhase(2, 'paced')
-    await runPhase(3, 'max')
+    await runPhase(3, 'one')
+    await runPhase(4, 'paced')
+    await runPhase(5, 'max')
 
     // Node-side totals, then release: every stream cancelled, each member's kv_watchers to 0.
     const nodeStats = Object.fromEntries(
@@ -521,14 +609,14 @@ export async function runWatchBench(options: WatchBenchOptions): Promise<void> {
           `| ${p.name} | ${p.watchers} (${perMemberText(p)}) | ${p.load} | ${fmt(p.writesPerSecond)} | ${fmt(p.writeLatency.p50, 1)} / ${fmt(p.writeLatency.p99, 1)} | ${fmt(p.events)} | ${fmt(p.eventsPerSecond)} | ${p.complete === p.watchers && p.outOfOrder === 0 && p.duplicates === 0 ? 'yes' : `**no**: ${p.complete}/${p.watchers}`} | ${fmt(p.missing)} | ${p.cutOff} / ${p.reconnects} | ${fmt(p.catchUpMs)} |`,
       ),
       '',
-      '| phase | lag at the leader p50 / p99 / max ms | lag at the followers p50 / p99 / max ms | node CPU (cores) | bench CPU (cores) | bench event-loop delay p99 / max ms |',
-      '|---|---:|---:|---|---:|---:|',
+      '| phase | lag at the leader p50 / p99 / max ms | lag at the followers p50 / p99 / max ms | ack to the last leader watcher p50 / p99 ms | ack to the last follower watcher p50 / p99 ms | node CPU (cores) | bench CPU (cores) | bench event-loop delay p99 / max ms |',
+      '|---|---:|---:|---:|---:|---|---:|---:|',
       ...phases.map(
         (p) =>
-          `| ${p.name} | ${ms(p.lag.leader.p50)} / ${ms(p.lag.leader.p99)} / ${ms(p.lag.leader.max)} | ${ms(p.lag.follower.p50)} / ${ms(p.lag.follower.p99)} / ${ms(p.lag.follower.max)} | ${cores(p.nodeCores)} | ${fmt(p.benchCores, 2)} | ${ms(p.benchEventLoopDelayMs.p99)} / ${ms(p.benchEventLoopDelayMs.max)} |`,
+          `| ${p.name} | ${ms(p.lag.leader.p50)} / ${ms(p.lag.leader.p99)} / ${ms(p.lag.leader.max)} | ${ms(p.lag.follower.p50)} / ${ms(p.lag.follower.p99)} / ${ms(p.lag.follower.max)} | ${ms(p.afterAck.leader.p50)} / ${ms(p.afterAck.leader.p99)} | ${ms(p.afterAck.follower.p50)} / ${ms(p.afterAck.follower.p99)} | ${cores(p.nodeCores)} | ${fmt(p.benchCores, 2)} | ${ms(p.benchEventLoopDelayMs.p99)} / ${ms(p.benchEventLoopDelayMs.max)} |`,
       ),
       '',
-      `Lag: a change's arrival at a watcher minus the time the writer sent the write (both performance.now() of the bench process), so it holds the write's own ack=quorum latency (write p50 / p99 above). Events delivered: changes the bench's watchers received, over the time from the phase's first write to its last delivery; catch-up: from the last acknowledgement to the last delivery. Writes: ${options.valueBytes}-byte values, PUT ack=quorum to the leader ${leader.id} over HTTP/1.1; watch streams (NDJSON, values included) over HTTP/2, at most ${streamsPerSession} streams per session (${Math.ceil(Math.max(...perMember) / streamsPerSession)} sessions per member with ${fmt(options.watchers)} watchers); nodes as shipped (--watchers-max 10000, --h2-streams-max 256, --watch-buffer-bytes-max 1 MiB, no flag changed). Opening the last ${fmt(options.watchers - options.fewWatchers)} watchers took ${fmt(openSeconds, 2)} s.`,
+      `Lag: a change's arrival at a watcher minus the time the writer sent the write (both performance.now() of the bench process), so it holds the write's own ack=quorum latency (write p50 / p99 above); ack to the last watcher: per write, from its acknowledgement at the writer to its arrival at the last watcher of that role (0 when every one had it before the acknowledgement was read). One write at a time: each sent once every watcher has the one before, 20 ms later. Events delivered: changes the bench's watchers received, over the time from the phase's first write to its last delivery; catch-up: from the last acknowledgement to the last delivery. Writes: ${options.valueBytes}-byte values, PUT ack=quorum to the leader ${leader.id} over HTTP/1.1; watch streams (NDJSON, values included) over HTTP/2, at most ${streamsPerSession} streams per session (${Math.ceil(Math.max(...perMember) / streamsPerSession)} sessions per member with ${fmt(options.watchers)} watchers); nodes as shipped (--watchers-max 10000, --h2-streams-max 256, --watch-buffer-bytes-max 1 MiB, no flag changed). Opening the last ${fmt(options.watchers - options.fewWatchers)} watchers took ${fmt(openSeconds, 2)} s.`,
       `Node RSS MiB idle / after the last phase / after the release: ${members.map((m) => `${m.id} (${roleOf(m.id)}) ${fmt(rssIdle[m.id] ?? 0)} / ${fmt(phases.at(-1)?.nodeRssMiB[m.id] ?? 0)} / ${fmt(rssAfter[m.id] ?? 0)}`).join(', ')}. Watchers released: ${releasedMs === null ? `**no**, kv_watchers still ${cores(left)} 10 s after every stream was cancelled` : `kv_watchers 0 on every member ${fmt(releasedMs)} ms after every stream was cancelled`}. Node counters: ${members.map((m) => `${m.id} ${fmt(nodeStats[m.id]?.eventsSent ?? 0)} events sent, ${nodeStats[m.id]?.tooSlow ?? 0} too slow, ${nodeStats[m.id]?.logReads ?? 0} log reads`).join('; ')}.${watcherErrors.size === 0 ? '' : ` Stream errors seen: ${[...watcherErrors].map(([e, n]) => `${e} x${n}`).join(', ')}.`}`,
       `The three nodes and the bench process (writer and every watcher) share the machine's cores: figures move by tens of percent between runs, and the lag includes the bench's own event-loop delay.`,
     ]
