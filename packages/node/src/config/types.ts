@@ -130,6 +130,9 @@ export interface NodeConfig extends Limits {
   ticketRetentionMs: number
   /** Test-only: queued writes forwarded twice without their request id (options-queued.ts). */
   unsafeOutboxApplyTwice: boolean
+  // ---- leases (options-leases.ts)
+  leasesMax: number
+  leaseKeysMax: number
 }
 
 export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'
