@@ -21,6 +21,13 @@ import { randomUUID } from 'node:crypto'
 import { join } from 'node:path'
 import type { HashRing } from '@kvstore/core'
 import { KvError } from '@kvstore/protocol/errors'
+import {
+  leaseHeaders,
+  leaseQuery,
+  type Lease,
+  type LeaseInfo,
+  type LeaseWriteOptions,
+} from './leases.js'
 import type {
   AckMode,
   AddMemberRequest,
@@ -396,7 +403,7 @@ export interface LeaderlessWriteOptions {
 }
 
 /** Options of one write. */
-export interface WriteOptions extends WriteConditions, LeaderlessWriteOptions {
+export interface WriteOptions extends WriteConditions, LeaderlessWriteOptions, LeaseWriteOptions {
   /** Durability to wait for (single-leader mode). */
   ack?: AckMode
   /** Request id (a random one by default); a retry with the same id is applied once. */
@@ -883,9 +890,13 @@ export class KvClient {
       const info = await this.leaderlessWrite('PUT', key, options, body)
       return { key, version: 0, lsn: 0, session: '', ...info }
     }
-    const res = await this.write('PUT', `/v1/kv/${keyPath(key)}`, options, {
+    const res = await this.write('PUT', `/v1/kv/${keyPath(key)}${leaseQuery(options)}`, options, {
       body,
-      headers: { 'content-type': 'application/octet-stream', ...conditionHeaders(options) },
+      headers: {
+        'content-type': 'application/octet-stream',
+        ...conditionHeaders(options),
+        ...leaseHeaders(options),
+      },
     })
     return JSON.parse(res.body.toString('utf8')) as PutResponse
   }
@@ -913,11 +924,53 @@ export class KvClient {
     ops: BatchOp[],
     options: Omit<WriteOptions, keyof WriteConditions> = {},
   ): Promise<BatchResult> {
-    const res = await this.write('POST', '/v1/batch', options, {
+    const res = await this.write('POST', `/v1/batch${leaseQuery(options)}`, options, {
       body: batchBody(ops),
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', ...leaseHeaders(options) },
     })
     return JSON.parse(res.body.toString('utf8')) as BatchResponse
+  }
+
+  /**
+   * Grants a lease of `ttlMs` (single-leader mode). Attach keys with `put(key, value, { lease:
+   * id })`; keep it alive with `keepAliveLease` (or `keepLeaseAlive` in leases.ts); its end
+   * deletes them. See docs/leases.md.
+   */
+  async grantLease(ttlMs: number): Promise<Lease> {
+    return (await this.adminWrite('POST', '/v1/leases', { ttlMs })) as Lease
+  }
+
+  /** Renews a lease at the leader. `KV_ERR_LEASE_NOT_FOUND` once it has expired. */
+  async keepAliveLease(
+    id: string,
+    options: { timeoutMs?: number; deadline?: number } = {},
+  ): Promise<{ id: string; ttlMs: number }> {
+    return (await this.adminWrite(
+      'POST',
+      `/v1/leases/${encodeURIComponent(id)}/keepalive`,
+      undefined,
+      options,
+    )) as {
+      id: string
+      ttlMs: number
+    }
+  }
+
+  /** Revokes a lease: deletes the keys still attached to it, and it, in one entry. */
+  async revokeLease(
+    id: string,
+  ): Promise<{ id: string; revoked: true; lsn: number; deletedKeys: number }> {
+    return (await this.adminWrite('DELETE', `/v1/leases/${encodeURIComponent(id)}`)) as {
+      id: string
+      revoked: true
+      lsn: number
+      deletedKeys: number
+    }
+  }
+
+  /** A lease's TTL, remaining time (as the leader sees it) and attached keys. */
+  async leaseInfo(id: string): Promise<LeaseInfo> {
+    return (await this.adminWrite('GET', `/v1/leases/${encodeURIComponent(id)}`)) as LeaseInfo
   }
 
   /** One page of keys in key order, from a replica that has applied the session. */

@@ -55,7 +55,10 @@ export function leaseKeyOf(id: string): Buffer {
 /** The lease id a reserved key names, or null when it is not a lease key. */
 export function parseLeaseKey(key: Uint8Array): string | null {
   const k = Buffer.from(key.buffer, key.byteOffset, key.length)
-  if (k.length <= leaseKeyPrefix.length || !k.subarray(0, leaseKeyPrefix.length).equals(leaseKeyPrefix))
+  if (
+    k.length <= leaseKeyPrefix.length ||
+    !k.subarray(0, leaseKeyPrefix.length).equals(leaseKeyPrefix)
+  )
     return null
   const id = k.subarray(leaseKeyPrefix.length).toString('utf8')
   return leaseIdPattern.test(id) ? id : null
@@ -112,7 +115,8 @@ export function decodeLeaseRecord(bytes: Uint8Array): LeaseRecord {
   } catch (err) {
     throw new DecodeError('LeaseRecord', (err as Error).message, { cause: err })
   }
-  if (raw.format !== formatVersion) throw new DecodeError('LeaseRecord', `format ${String(raw.format)}`)
+  if (raw.format !== formatVersion)
+    throw new DecodeError('LeaseRecord', `format ${String(raw.format)}`)
   if (typeof raw.id !== 'string' || !leaseIdPattern.test(raw.id))
     throw new DecodeError('LeaseRecord', `id ${JSON.stringify(raw.id)}`)
   if (!isTtl(raw.ttlMs)) throw new DecodeError('LeaseRecord', `ttlMs ${String(raw.ttlMs)}`)
@@ -147,7 +151,8 @@ export function decodeFenceRecord(bytes: Uint8Array): number {
   } catch (err) {
     throw new DecodeError('FenceRecord', (err as Error).message, { cause: err })
   }
-  if (raw.format !== formatVersion) throw new DecodeError('FenceRecord', `format ${String(raw.format)}`)
+  if (raw.format !== formatVersion)
+    throw new DecodeError('FenceRecord', `format ${String(raw.format)}`)
   const token = raw.token
   if (typeof token !== 'number' || !Number.isSafeInteger(token) || token < 1)
     throw new DecodeError('FenceRecord', `token ${String(token)}`)

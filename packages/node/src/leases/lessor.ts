@@ -339,8 +339,8 @@ export class Lessor {
       const stored = view.read(key)
       if (!live(stored)) throw notFound(id)
       const state = this.leases.get(id)
-      if (state?.deadlineMs != null && state.deadlineMs <= this.now())
-        throw notFound(id, 'it expired')
+      const deadline = state?.deadlineMs ?? null
+      if (deadline !== null && deadline <= this.now()) throw notFound(id, 'it expired')
       const record = decodeLeaseRecord(stored.value)
       // Keys written since they were attached are no longer attached: drop them here.
       const keys = record.keys.filter((k) => {

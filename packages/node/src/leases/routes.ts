@@ -33,13 +33,22 @@ function parseGrantBody(body: Buffer | undefined): number {
   try {
     parsed = JSON.parse(body.toString('utf8'))
   } catch (err) {
-    throw new KvError('KV_ERR_INVALID_LEASE', `the body is not valid JSON: ${(err as Error).message}`)
+    throw new KvError(
+      'KV_ERR_INVALID_LEASE',
+      `the body is not valid JSON: ${(err as Error).message}`,
+    )
   }
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
-    throw new KvError('KV_ERR_INVALID_LEASE', 'the body must be a JSON object like {"ttlMs": 10000}')
+    throw new KvError(
+      'KV_ERR_INVALID_LEASE',
+      'the body must be a JSON object like {"ttlMs": 10000}',
+    )
   for (const field of Object.keys(parsed))
     if (field !== 'ttlMs')
-      throw new KvError('KV_ERR_INVALID_LEASE', `unknown field ${JSON.stringify(field)}; the body has only "ttlMs"`)
+      throw new KvError(
+        'KV_ERR_INVALID_LEASE',
+        `unknown field ${JSON.stringify(field)}; the body has only "ttlMs"`,
+      )
   return parseTtlMs((parsed as { ttlMs?: unknown }).ttlMs)
 }
 

@@ -35,7 +35,12 @@ function queryOf(request: FastifyRequest, name: string): string | undefined {
 
 /** Parses a TTL in ms, within the limits. */
 export function parseTtlMs(text: unknown): number {
-  const value = typeof text === 'number' ? text : typeof text === 'string' && /^[0-9]{1,16}$/.test(text) ? Number(text) : NaN
+  const value =
+    typeof text === 'number'
+      ? text
+      : typeof text === 'string' && /^[0-9]{1,16}$/.test(text)
+        ? Number(text)
+        : NaN
   if (!Number.isSafeInteger(value) || value < leaseTtlMsMin || value > leaseTtlMsMax) {
     throw new KvError(
       'KV_ERR_INVALID_LEASE',

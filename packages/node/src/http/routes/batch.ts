@@ -211,8 +211,8 @@ export function registerBatchRoutes(app: FastifyInstance, ctx: AppContext): void
       if (isQueued(request)) return acceptQueued(ctx, request, reply, { kind: 'batch', ops })
       const plain = { kind: 'batch' as const, ops }
       const leased = extras === null ? null : withLeaseExtras(ctx, reply, extras, plain)
-      const result = await completeWrite(ctx, request, reply, leased?.write ?? plain).finally(
-        () => leased?.settled(),
+      const result = await completeWrite(ctx, request, reply, leased?.write ?? plain).finally(() =>
+        leased?.settled(),
       )
       metrics.writes.batch++
       return {

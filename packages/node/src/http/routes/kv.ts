@@ -226,10 +226,13 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
           kind: 'put',
           ops: [{ type: 'put', key, value, ...conditions }],
         })
-      const plain = { kind: 'put' as const, ops: [{ type: 'put' as const, key, value, ...conditions }] }
+      const plain = {
+        kind: 'put' as const,
+        ops: [{ type: 'put' as const, key, value, ...conditions }],
+      }
       const leased = extras === null ? null : withLeaseExtras(ctx, reply, extras, plain)
-      const result = await completeWrite(ctx, request, reply, leased?.write ?? plain).finally(
-        () => leased?.settled(),
+      const result = await completeWrite(ctx, request, reply, leased?.write ?? plain).finally(() =>
+        leased?.settled(),
       )
       metrics.writes.put++
       // An unconditional PUT is a blind write (no read of the old value), so it cannot tell
