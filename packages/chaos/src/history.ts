@@ -23,6 +23,10 @@ export type OpFunction =
    * ticket in `ticket`; fail: certainly not accepted; info: unknown.
    */
   | 'enqueue'
+  /** Locks: take the lock (SDK lock()). ok value: the fencing token. */
+  | 'acquire'
+  /** Locks: a holder that sleeps past its lease's TTL while it believes it holds the lock. */
+  | 'pause'
 
 export type EventType = 'invoke' | 'ok' | 'fail' | 'info'
 

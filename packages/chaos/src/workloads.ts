@@ -30,6 +30,7 @@ import {
   llSetWorkload,
   type LeaderlessQuorums,
 } from './workloads-leaderless.js'
+import { locksWorkload } from './workloads-locks.js'
 
 export const workloadNames = [
   'register',
@@ -38,6 +39,7 @@ export const workloadNames = [
   'll-set',
   'll-register',
   'regions',
+  'locks',
 ] as const
 /** The workloads of each cluster mode. */
 export const leaderlessWorkloads: readonly WorkloadName[] = ['ll-set', 'll-register']
@@ -80,6 +82,8 @@ export interface WorkloadOptions {
   routers?: readonly ChaosNode[]
   /** The register's keys (default `registerKeys(prefix)`). */
   registerKeys?: readonly string[]
+  /** Locks workload only, for its teeth test: resource writes carry no fencing token. */
+  unfenced?: boolean
 }
 
 export interface Workload {
@@ -144,6 +148,12 @@ export function startWorkload(name: WorkloadName, options: WorkloadOptions): Wor
       )
     case 'regions':
       throw new Error('the regions workload runs with --regions (see workloads-regions.ts)')
+    case 'locks':
+      // Lock holders with fencing tokens (workloads-locks.ts); `unfenced` is its teeth.
+      return locksWorkload(
+        { ...options, ...(options.unfenced === true ? { unfenced: true } : {}) },
+        (i) => clientFor(options.cluster, options.ack, false, 'leader', undefined, i),
+      )
   }
 }
 
