@@ -37,9 +37,7 @@ const verdictOf = (result: Awaited<ReturnType<typeof run>>, checker: string) =>
   result.summary.verdicts.find((v) => v.checker === checker)
 
 describe('the lock workload (process backend, ack=quorum)', () => {
-  it.each<[NemesisName[], number]>([
-    [['kill', 'pause-leader'], 191],
-  ])(
+  it.each<[NemesisName[], number]>([[['kill', 'pause-leader'], 191]])(
     '%s: fenced writes never interleave, and the replicas converge',
     async (nemeses, seed) => {
       const result = await run({ nemeses, seed })

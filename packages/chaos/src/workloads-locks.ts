@@ -100,7 +100,14 @@ export function locksWorkload(
         } catch (err) {
           const code = codeOf(err)
           const certain = code === 'KV_ERR_FENCED'
-          history.record({ process, f: 'write', key, type: certain ? 'fail' : 'info', value, error: code })
+          history.record({
+            process,
+            f: 'write',
+            key,
+            type: certain ? 'fail' : 'info',
+            value,
+            error: code,
+          })
           if (certain) break
         }
       }
@@ -119,7 +126,10 @@ export function locksWorkload(
       history.record({ process, f: 'readAll', type: 'invoke', value: null })
       try {
         const items: { key: string; version: number; value: string }[] = []
-        for await (const item of client.listAll({ prefix: `${options.prefix}res/`, values: true })) {
+        for await (const item of client.listAll({
+          prefix: `${options.prefix}res/`,
+          values: true,
+        })) {
           items.push({
             key: item.key,
             version: item.version,
