@@ -4,13 +4,14 @@
  * while their holder keeps renewing, a paused lock holder whose fenced write is refused when it
  * wakes, revoke, the ?ttlMs= shorthand, and coded refusals of bad input.
  */
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
+import { promisify } from 'node:util'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { EntryKind, type LogEntry } from '@kvstore/protocol'
 import { Store } from '@kvstore/storage'
 import { KvClient, KvError, keepLeaseAlive, lock } from '@kvstore/client'
-import { TestCluster, until } from '@kvstore/testkit'
+import { TestCluster, kvBin, until } from '@kvstore/testkit'
 import { rootEnv, rootTls } from './support/certs.js'
 
 const holderScript = fileURLToPath(new URL('./support/lock-holder.mjs', import.meta.url))
@@ -211,6 +212,45 @@ describe('leases on a 3-node cluster', () => {
       holder.kill('SIGKILL')
       await exited
     }
+  })
+
+  it('kv lock NAME -- COMMAND runs the command with the token, holding the lock, then releases it', async () => {
+    const urls = cluster.members.map((m) => m.url).join(',')
+    const script =
+      "const c = require('node:child_process'); const e = process.env; console.log(JSON.stringify({ token: e.KV_LOCK_TOKEN, key: e.KV_LOCK_KEY, name: e.KV_LOCK_NAME, held: c.execFileSync(process.execPath, [e.KV_BIN, '--url', e.KV_URLS, 'get', e.KV_LOCK_KEY]).toString() })); process.exit(7)"
+    const run = promisify(execFile)(
+      process.execPath,
+      [
+        kvBin,
+        '--url',
+        urls,
+        'lock',
+        'cli-job',
+        '--ttl-ms',
+        '2000',
+        '--',
+        process.execPath,
+        '-e',
+        script,
+      ],
+      { env: { ...process.env, ...rootEnv(), KV_BIN: kvBin, KV_URLS: urls } },
+    )
+    const failed = (await run.catch((err: { code: number; stdout: string }) => err)) as {
+      code: number
+      stdout: string
+    }
+    expect(failed.code).toBe(7)
+    const seen = JSON.parse(failed.stdout) as Record<string, string>
+    expect(seen.name).toBe('cli-job')
+    expect(seen.key).toBe('locks/cli-job')
+    expect(Number(seen.token)).toBeGreaterThan(0)
+    // While the command ran, the lock key held its holder; after, it is gone (released).
+    expect(seen.held?.length).toBeGreaterThan(0)
+    expect(await client.get('locks/cli-job')).toBeNull()
+    const usage = await promisify(execFile)(process.execPath, [kvBin, '--url', urls, 'lock', 'x'], {
+      env: { ...process.env, ...rootEnv() },
+    }).catch((err: { code: number }) => err)
+    expect((usage as { code: number }).code).toBe(2)
   })
 
   it('?ttlMs= keys expire by the leader, at one LSN on every member', async () => {
