@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url'
 import { EntryKind, type LogEntry } from '@kvstore/protocol'
 import { Store } from '@kvstore/storage'
 import { KvClient, KvError, keepLeaseAlive, lock } from '@kvstore/client'
-import { TestCluster, kvBin, until } from '@kvstore/testkit'
+import { LeaderlessCluster, TestCluster, kvBin, until } from '@kvstore/testkit'
 import { rootEnv, rootTls } from './support/certs.js'
 
 const holderScript = fileURLToPath(new URL('./support/lock-holder.mjs', import.meta.url))
@@ -363,5 +363,56 @@ describe('a lease across a failover', () => {
     }
     await client.revokeLease(held.id)
     expect(await client.get('fo/held')).toBeNull()
+  })
+})
+
+describe('per-key TTL in leaderless mode', () => {
+  let cluster: LeaderlessCluster
+  let client: KvClient
+  beforeAll(async () => {
+    cluster = await LeaderlessCluster.start(3, ['--replicas', '3'])
+    client = new KvClient({ ...rootTls(), url: cluster.urls })
+  })
+  afterAll(async () => {
+    await client?.close()
+    await cluster?.close()
+  })
+
+  it('a ?ttlMs= value reads as absent once its HLC expiry passes, and becomes a tombstone on every replica', async () => {
+    const url = cluster.urls[0] as string
+    await client.put('llttl/a', 'short', { ttlMs: 400 })
+    await client.put('llttl/b', 'plain')
+    expect((await client.get('llttl/a'))?.value.toString()).toBe('short')
+    await until('the value to expire', async () => (await client.get('llttl/a')) === null, 5000)
+    expect((await client.get('llttl/b'))?.value.toString()).toBe('plain')
+    // The read that found it expired wrote a tombstone over it, which reaches every replica.
+    await until(
+      'a tombstone on every replica',
+      async () => {
+        const copies = await Promise.all(
+          cluster.urls.map((u) => status(u, '/admin/v1/local/llttl/a')),
+        )
+        return copies.every(
+          (c) =>
+            c.status === 200 &&
+            (c.body.siblings as { tombstone: boolean }[]).every((s) => s.tombstone),
+        )
+      },
+      10_000,
+      100,
+    )
+    // A new value written after the expiry is the value.
+    await client.put('llttl/a', 'again')
+    expect((await client.get('llttl/a'))?.value.toString()).toBe('again')
+    const refusals: [string, RequestInit, number, string][] = [
+      ['/v1/kv/llttl/c?ttlMs=5', { method: 'PUT', body: 'v' }, 400, 'KV_ERR_INVALID_LEASE'],
+      ['/v1/kv/llttl/c?lease=1-1', { method: 'PUT', body: 'v' }, 400, 'KV_ERR_LEASES_UNSUPPORTED'],
+      ['/v1/kv/llttl/c?ttlMs=1000', { method: 'DELETE' }, 400, 'KV_ERR_INVALID_LEASE'],
+      ['/v1/leases', { method: 'POST', body: '{"ttlMs": 1000}' }, 400, 'KV_ERR_LEASES_UNSUPPORTED'],
+    ]
+    for (const [path, init, code, error] of refusals) {
+      const res = await status(url, path, init)
+      expect([path, res.status, res.code]).toEqual([path, code, error])
+    }
   })
 })

@@ -2455,12 +2455,20 @@ export class KvClient {
     body?: Uint8Array,
   ): Promise<LeaderlessWriteInfo> {
     const query = new URLSearchParams()
+    const headersOf: Record<string, string> = {}
     const w = options.w ?? this.options.w
     if (w !== undefined) query.set('w', quorumParam('w', w))
     if (options.sloppy !== undefined) query.set('sloppy', String(options.sloppy))
+    // Per-key TTL (HLC expiry; docs/leases.md). Leases and fences are refused by the node.
+    if (options.ttlMs !== undefined) query.set('ttlMs', String(options.ttlMs))
+    if (options.lease !== undefined) query.set('lease', options.lease)
+    Object.assign(headersOf, leaseHeaders(options))
     // One request id for every attempt: a retry that reaches the same coordinator (the first
     // reachable member of the key's preference list, as the first attempt did) is applied once.
-    const headers: Record<string, string> = { 'kv-request-id': options.requestId ?? randomUUID() }
+    const headers: Record<string, string> = {
+      'kv-request-id': options.requestId ?? randomUUID(),
+      ...headersOf,
+    }
     if (options.context !== undefined) headers['kv-context'] = options.context
     if (body !== undefined) headers['content-type'] = 'application/octet-stream'
     const qs = query.toString()
