@@ -1,9 +1,8 @@
 /**
  * The option table's rows for leases (issue 19, slice L: node/src/leases): how many leases the
- * cluster holds and how many keys one lease may carry. Also the checks across these options
- * (`leaseProblems`, called by validate.ts).
+ * cluster holds and how many keys one lease may carry.
  */
-import type { NodeConfig, OptionSpec } from './types.js'
+import type { OptionSpec } from './types.js'
 
 export const leaseOptions: readonly OptionSpec[] = [
   {
@@ -25,20 +24,9 @@ export const leaseOptions: readonly OptionSpec[] = [
     kind: 'integer',
     default: 256,
     min: 1,
-    max: 10_000,
+    max: 1000,
     group: 'limits',
     description:
-      'Most keys attached to one lease (its record lists them all, and its end deletes them in one entry); past it an attach is refused with KV_ERR_LEASE_TOO_MANY_KEYS.',
+      'Most keys attached to one lease (its record lists them all, and its end deletes them in one entry, which may hold more ops than --batch-ops-max); past it an attach is refused with KV_ERR_LEASE_TOO_MANY_KEYS.',
   },
 ]
-
-/** What the lease options must satisfy together (see configProblems). */
-export function leaseProblems(config: NodeConfig): string[] {
-  const problems: string[] = []
-  if (config.leaseKeysMax >= config.batchOpsMax) {
-    problems.push(
-      `leaseKeysMax (${config.leaseKeysMax}) must be below batchOpsMax (${config.batchOpsMax}): a lease's end deletes its keys and its record in one entry`,
-    )
-  }
-  return problems
-}

@@ -7,7 +7,6 @@ import { configLimitProblems, formatLimitProblem, type LimitCode } from '../limi
 import { clusterOf, parseMembers, resolveQuorum } from './members.js'
 import { configSpec } from './spec.js'
 import { queuedProblems } from './options-queued.js'
-import { leaseProblems } from './options-leases.js'
 import { ConfigError, type MemberConfig, type NodeConfig, type OptionSpec } from './types.js'
 
 /** A reason a configuration cannot be used; limit problems carry their KV_LIMIT_ code. */
@@ -73,7 +72,6 @@ export function configProblems(config: NodeConfig): ConfigProblem[] {
   problems.push(...securityProblems(config))
   problems.push(...archiveProblems(config))
   problems.push(...queuedProblems(config))
-  problems.push(...leaseProblems(config))
   if (config.unsafeNoFencing && config.mode !== 'single-leader') {
     problems.push(`--unsafe-no-fencing needs --mode single-leader (fencing is single-leader's)`)
   }
