@@ -366,6 +366,7 @@ export class KvNode {
           logger,
         })
         await lessor.start()
+        metrics.watchLeases(lessor)
       }
       audit = new AuditLog(config.auditLog, config.nodeId)
       const securityClusterId = store.meta.clusterId
