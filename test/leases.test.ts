@@ -342,9 +342,9 @@ describe('a lease across a failover', () => {
       expect(leader.id).not.toBe(old.id)
       const electedAfterMs = Date.now() - killedAt
       // The new leader extended every lease (TTL + election timeout from its promotion).
-      expect(
+      await until('the new leader to extend every lease', () =>
         (leader.process?.logs ?? []).some((l) => l.msg === 'leader: every lease extended'),
-      ).toBe(true)
+      )
       // Two more TTLs on the new leader: the renewed lease stays, the abandoned one goes.
       await until(
         'the abandoned lease to expire',

@@ -59,24 +59,31 @@ export function leaseHeaders(options: LeaseWriteOptions): Record<string, string>
 export interface KeepAliveOptions {
   /** The lease's TTL: renewals go every third of it. */
   ttlMs: number
-  /** Called once when the lease is gone (expired, revoked) or could not be renewed in time. */
+  /** Called once when the lease is known to be gone (expired or revoked). */
   onLost?: (err: Error) => void
 }
 
 export interface LeaseKeeper {
   /** Stops renewing (the lease then expires unless revoked). */
   stop(): void
-  /** Settles when the lease is lost, with why; never while renewals succeed. */
+  /** Settles when the lease is known to be gone (expired or revoked), with why. */
   readonly lost: Promise<Error>
-  /** False once lost. */
+  /** False once the lease is known to be gone. */
   readonly alive: boolean
+  /**
+   * When the leader last confirmed a renewal (Date.now() ms). More than a TTL ago, the lease
+   * may have expired without this holder knowing yet (no leader could be reached meanwhile).
+   */
+  readonly confirmedAt: number
 }
 
 /**
- * Renews a lease every third of its TTL until stopped. Each renewal retries across a failover
- * (the new leader extends every lease by the election time, so a holder that keeps trying
- * keeps its lease); it gives up, and reports the lease lost, once the lease is gone or a TTL
- * has passed since the last renewal the leader confirmed.
+ * Renews a lease every third of its TTL until stopped. A renewal that fails for any reason but
+ * the lease being gone is tried again at the next interval, however long it takes: after a
+ * failover the new leader extends every lease by its TTL plus the election timeout, so a holder
+ * that keeps trying keeps its lease. Only `KV_ERR_LEASE_NOT_FOUND` ends the loop (the lease is
+ * lost). Whether a holder may still act on its lease in between is what `confirmedAt` tells; a
+ * lock's fencing token is what makes acting on a lost one harmless.
  */
 export function keepLeaseAlive(
   client: KvClient,
@@ -101,20 +108,15 @@ export function keepLeaseAlive(
   const renew = async () => {
     if (stopped) return
     try {
+      // One attempt's retries stay within an interval; the next interval tries again.
       await client.keepAliveLease(id, {
         timeoutMs: intervalMs,
-        deadline: confirmedAt + options.ttlMs,
+        deadline: Date.now() + intervalMs,
       })
       confirmedAt = Date.now()
     } catch (err) {
       if (err instanceof KvError && err.code === 'KV_ERR_LEASE_NOT_FOUND') {
         fail(err)
-        return
-      }
-      // After a failover the new leader extends every lease, so it is worth trying longer
-      // than a TTL; past two, give up: nobody will confirm it any more.
-      if (Date.now() - confirmedAt > 2 * options.ttlMs) {
-        fail(err instanceof Error ? err : new Error(String(err)))
         return
       }
     }
@@ -129,6 +131,9 @@ export function keepLeaseAlive(
     lost,
     get alive() {
       return alive
+    },
+    get confirmedAt() {
+      return confirmedAt
     },
   }
 }

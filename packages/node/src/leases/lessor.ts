@@ -255,6 +255,7 @@ export class Lessor {
           return ops
         },
       })
+      this.options.logger.debug({ lease: id, reason, lsn: result.lsn }, 'lease ended')
       if (reason === 'expired') this.stats.expired++
       else this.stats.revoked++
       this.onEnd?.(id, reason, result.lsn)
