@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pino } from 'pino'
-import { EntryKind, KvError, leaseKeyOf } from '@kvstore/protocol'
+import { EntryKind, leaseKeyOf, type KvError } from '@kvstore/protocol'
 import { Sequencer, Store, type WriteOp } from '@kvstore/storage'
 import { Lessor, type LeaseExtras } from '../src/leases/lessor.js'
 
