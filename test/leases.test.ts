@@ -104,6 +104,12 @@ describe('leases on a 3-node cluster', () => {
         400,
         'KV_ERR_LEASES_UNSUPPORTED',
       ],
+      [
+        '/v1/leases?ack=queued',
+        { method: 'POST', body: '{"ttlMs": 1000}' },
+        400,
+        'KV_ERR_LEASES_UNSUPPORTED',
+      ],
     ]
     for (const [path, init, code, error] of cases) {
       const res = await status(url, path, init)

@@ -17,6 +17,7 @@ import type { AppContext } from '../http/context.js'
 import { completeWrite } from '../http/replication.js'
 import { methodNotAllowed } from '../http/errors.js'
 import { authorizeBatch, type RouteSecurityConfig } from '../security/http-auth.js'
+import { isQueued } from '../outbox/routes.js'
 import { checkLeasesSupported, parseLeaseId, parseTtlMs } from './write.js'
 
 type IdRequest = FastifyRequest<{ Params: { id: string } }>
@@ -65,6 +66,7 @@ export function registerLeaseRoutes(app: FastifyInstance, ctx: AppContext): void
       config: { access: 'authenticated' } satisfies RouteSecurityConfig,
     },
     async (request, reply) => {
+      checkLeasesSupported(ctx, isQueued(request))
       const lessor = lessorOf()
       const ttlMs = parseGrantBody(request.body as Buffer | undefined)
       let id = ''
