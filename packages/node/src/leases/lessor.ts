@@ -93,6 +93,8 @@ export class Lessor {
   /** New leases sequenced but not yet applied (counted against leasesMax). */
   private pendingNew = 0
   private promotedEpoch: number | null = null
+  /** No deadline is earlier than this (a scan finds the next one): ticks before it skip the scan. */
+  private earliestMs = -Infinity
   private timer: NodeJS.Timeout | null = null
   private reloading: Promise<void> | null = null
   private readonly now: () => number
@@ -173,6 +175,7 @@ export class Lessor {
         ? deadline
         : (known?.deadlineMs ?? (this.promotedEpoch !== null ? this.now() + record.ttlMs : null))
     this.leases.set(id, { id, ttlMs: record.ttlMs, keys: record.keys.length, deadlineMs })
+    if (deadlineMs !== null) this.earliestMs = Math.min(this.earliestMs, deadlineMs)
   }
 
   /** True when this node decides expiries: a standalone node, or a writable leader. */
@@ -202,6 +205,7 @@ export class Lessor {
       this.stats.promotions++
       for (const lease of this.leases.values())
         lease.deadlineMs = now + lease.ttlMs + this.options.promoteExtendMs
+      this.earliestMs = -Infinity
       if (this.leases.size > 0)
         this.options.logger.info(
           { leases: this.leases.size, extendMs: this.options.promoteExtendMs, epoch },
@@ -209,11 +213,16 @@ export class Lessor {
         )
       return
     }
+    // One scan per deadline passing, not per tick: with many leases a tick stays cheap.
+    if (now < this.earliestMs) return
+    let earliest = Infinity
     for (const lease of this.leases.values()) {
       lease.deadlineMs ??= now + lease.ttlMs
-      if (lease.deadlineMs <= now && !this.ending.has(lease.id))
-        void this.end(lease.id, 'expired').catch(() => {})
+      if (this.ending.has(lease.id)) continue
+      if (lease.deadlineMs <= now) void this.end(lease.id, 'expired').catch(() => {})
+      else earliest = Math.min(earliest, lease.deadlineMs)
     }
+    this.earliestMs = earliest
   }
 
   /** Ms left before the lease expires, as the leader sees it; null on a follower. */
@@ -262,6 +271,8 @@ export class Lessor {
       return { lsn: result.lsn, epoch: result.epoch, deleted }
     } finally {
       this.ending.delete(id)
+      // A lease whose end failed (this node lost its leadership meanwhile) is looked at again.
+      this.earliestMs = -Infinity
     }
   }
 
