@@ -13,6 +13,7 @@ import { runSecurityBench } from './security-suite.js'
 import { runMembershipBench } from './membership.js'
 import { runShardsBench, shardParts, type ShardPart } from './shards.js'
 import { runQueuedBench } from './queued.js'
+import { runLeasesBench } from './leases.js'
 import { runRegionsBench } from './regions.js'
 import { runWatchBench } from './watch.js'
 import { securityProfiles, type SecurityProfile } from './security.js'
@@ -102,6 +103,10 @@ bench-results/.
                         delivered, whether every watcher got every write, lag (send to
                         arrival, ack to the last watcher) per role; watchers released
                         after. About a minute. See watch.ts.
+  --suite leases        lease expiry accuracy: --lease-keys N (100) keys per TTL written with
+                        ?ttlMs= (--ttls 500,1000,5000) on a 3-node cluster; how late after
+                        its TTL each key vanishes on the leader and on a follower (min, p50,
+                        p90, p99, max). See leases.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
@@ -149,6 +154,8 @@ async function main(): Promise<void> {
       watchers: { type: 'string', default: '1000' },
       'few-watchers': { type: 'string', default: '10' },
       writers: { type: 'string', default: '16' },
+      'lease-keys': { type: 'string', default: '100' },
+      ttls: { type: 'string', default: '500,1000,5000' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -313,6 +320,21 @@ async function main(): Promise<void> {
         command: `pnpm bench --suite watch --duration ${common.durationS} --rate ${rate} --watchers ${watchers} --few-watchers ${fewWatchers} --writers ${writers}${security === 'tls-auth' ? '' : ` --security ${security}`}`,
       })
     }
+    case 'leases': {
+      const keys = number('lease-keys', 1)
+      const ttls = String(opts.ttls)
+        .split(',')
+        .map((t) => Number(t))
+      if (ttls.some((t) => !Number.isInteger(t) || t < 100))
+        throw new Error(`--ttls must be whole numbers of ms, each at least 100, not ${opts.ttls}`)
+      return runLeasesBench({
+        security,
+        keys,
+        ttls,
+        out: common.out,
+        command: `pnpm bench --suite leases --lease-keys ${keys} --ttls ${ttls.join(',')}${security === 'tls-auth' ? '' : ` --security ${security}`}`,
+      })
+    }
     case 'leaderless': {
       if (opts.route !== 'preference' && opts.route !== 'any') {
         throw new Error(`--route must be preference or any, not ${opts.route}`)
@@ -326,7 +348,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff, shards, regions, queued, committed or watch, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff, shards, regions, queued, committed, watch or leases, not ${String(suite)}`,
       )
   }
 }

@@ -28,6 +28,10 @@ export type OpFunction =
    * the event arrives (invoke and ok together).
    */
   | 'watch'
+  /** Locks: take the lock (SDK lock()). ok value: the fencing token. */
+  | 'acquire'
+  /** Locks: a holder that sleeps past its lease's TTL while it believes it holds the lock. */
+  | 'pause'
 
 export type EventType = 'invoke' | 'ok' | 'fail' | 'info'
 

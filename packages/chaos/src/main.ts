@@ -33,6 +33,7 @@ const usage = `Usage: pnpm chaos [options]
   --unsafe-no-sessions        session workload: read followers without session tokens (must be caught)
   --read-consistency committed|default   dirty-read workload: the reads' level (default committed;
                               default under --ack async with partition-leader must be caught)
+  --unsafe-unfenced-locks     locks workload: resource writes without fencing tokens (must be caught)
   --healthy-ms MS, --fault-ms MS   healthy time between faults and how long a fault lasts, each
                               drawn from 0.5x to 1.5x of this (defaults 3000 and 4000)
 Router mode (process backend, single-leader):
@@ -110,6 +111,7 @@ async function main(): Promise<number> {
         'unsafe-concurrent-membership-changes': { type: 'boolean', default: false },
         'unsafe-no-sessions': { type: 'boolean', default: false },
         'read-consistency': { type: 'string' },
+        'unsafe-unfenced-locks': { type: 'boolean', default: false },
         'unsafe-shard-move-without-fence': { type: 'boolean', default: false },
         router: { type: 'boolean', default: false },
         groups: { type: 'string', default: '2' },
@@ -220,11 +222,12 @@ async function main(): Promise<number> {
       out: o.out,
       ...(Object.keys(unsafeEnv).length > 0 ? { nodeEnv: unsafeEnv } : {}),
       ...(o['unsafe-no-sessions'] ? { noSessions: true } : {}),
+      ...(o['unsafe-unfenced-locks'] ? { unfenced: true } : {}),
       ...(readConsistency !== undefined ? { readConsistency } : {}),
       ...(o.router ? { router: true, groups, routers } : {}),
       ...(healthyMs !== undefined ? { healthyMs } : {}),
       ...(faultMs !== undefined ? { faultMs } : {}),
-      command: `pnpm chaos --backend ${backend}${routerText}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${timingText}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}${o['unsafe-shard-move-without-fence'] ? ' --unsafe-shard-move-without-fence' : ''}${readConsistency !== undefined ? ` --read-consistency ${readConsistency}` : ''}`,
+      command: `pnpm chaos --backend ${backend}${routerText}${leaderlessText} --workload ${workload} --nemesis ${nemeses.join(',')} --ack ${o.ack} --duration ${o.duration} --seed ${seed} --nodes ${nodes} --clients ${clients}${timingText}${o['unsafe-no-fencing'] ? ' --unsafe-no-fencing' : ''}${o['unsafe-concurrent-membership-changes'] ? ' --unsafe-concurrent-membership-changes' : ''}${o['unsafe-no-sessions'] ? ' --unsafe-no-sessions' : ''}${o['unsafe-unfenced-locks'] ? ' --unsafe-unfenced-locks' : ''}${o['unsafe-shard-move-without-fence'] ? ' --unsafe-shard-move-without-fence' : ''}${readConsistency !== undefined ? ` --read-consistency ${readConsistency}` : ''}`,
     })
     return result.summary.valid === true ? 0 : result.summary.valid === false ? 1 : 3
   } catch (err) {

@@ -26,6 +26,7 @@ import { checkLinearizable } from './checkers/linearizable.js'
 import { analyzeSet, checkLostWrites, matchRollbacks } from './checkers/lost-writes.js'
 import { checkSessions } from './checkers/sessions.js'
 import { checkShardOwnership } from './checkers/shard-ownership.js'
+import { checkLocks } from './checkers/locks.js'
 import {
   UnsupportedFault,
   convergedDigests,
@@ -92,6 +93,8 @@ export interface ChaosOptions {
   noSessions?: boolean
   /** dirty-read workload: the reads' consistency (default committed; `default` is the teeth). */
   readConsistency?: 'default' | 'committed'
+  /** Locks workload: resource writes without fencing tokens (its teeth test). */
+  unfenced?: boolean
   healthyMs?: number
   faultMs?: number
   log?: (line: string) => void
@@ -325,6 +328,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       prefix,
       ...(options.noSessions ? { noSessions: true } : {}),
       ...(options.readConsistency ? { readConsistency: options.readConsistency } : {}),
+      ...(options.unfenced === true ? { unfenced: true } : {}),
       ...(leaderless ? { quorums: { w, r, sloppy } } : {}),
       ...(sharded !== null ? { routers: sharded.routers } : {}),
       ...(keys !== undefined ? { registerKeys: keys } : {}),
@@ -437,6 +441,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       const level = options.readConsistency ?? 'committed'
       verdicts.push(await dirtyReadVerdict(cluster, ops, `chaos-${options.seed}/`, level))
     }
+    if (options.workload === 'locks') verdicts.push(checkLocks(ops))
     if (options.workload === 'set') {
       verdicts.push(checkLostWrites(ops))
       // Every lost write must be in some node's rollback record (async writes of a leader
@@ -550,7 +555,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         options.command ??
         (leaderless
           ? `pnpm chaos --mode leaderless --backend ${options.backend} --workload ${options.workload} --nemesis ${options.nemeses.join(',')} --replicas ${replicas} --w ${w} --r ${r}${sloppy ? ' --sloppy' : ''} --anti-entropy-interval-ms ${options.antiEntropyIntervalMs ?? 1000} --duration ${options.durationMs / 1000}s --seed ${options.seed} --nodes ${options.nodes} --clients ${options.clients}`
-          : `pnpm chaos --backend ${options.backend}${routed ? ` --router --groups ${groupCount} --routers ${routerCount}` : ''} --workload ${options.workload} --nemesis ${options.nemeses.join(',')} --ack ${options.ack} --duration ${options.durationMs / 1000}s --seed ${options.seed} --nodes ${options.nodes} --clients ${options.clients}${options.healthyMs !== undefined ? ` --healthy-ms ${options.healthyMs}` : ''}${options.faultMs !== undefined ? ` --fault-ms ${options.faultMs}` : ''}${options.nodeEnv?.KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE === '1' ? ' --unsafe-shard-move-without-fence' : ''}`),
+          : `pnpm chaos --backend ${options.backend}${routed ? ` --router --groups ${groupCount} --routers ${routerCount}` : ''} --workload ${options.workload} --nemesis ${options.nemeses.join(',')} --ack ${options.ack} --duration ${options.durationMs / 1000}s --seed ${options.seed} --nodes ${options.nodes} --clients ${options.clients}${options.unfenced === true ? ' --unsafe-unfenced-locks' : ''}${options.healthyMs !== undefined ? ` --healthy-ms ${options.healthyMs}` : ''}${options.faultMs !== undefined ? ` --fault-ms ${options.faultMs}` : ''}${options.nodeEnv?.KV_UNSAFE_SHARD_MOVE_WITHOUT_FENCE === '1' ? ' --unsafe-shard-move-without-fence' : ''}`),
       backend: options.backend,
       workload: options.workload,
       nemeses: options.nemeses,

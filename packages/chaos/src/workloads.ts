@@ -31,6 +31,7 @@ import {
   llSetWorkload,
   type LeaderlessQuorums,
 } from './workloads-leaderless.js'
+import { locksWorkload } from './workloads-locks.js'
 
 export const workloadNames = [
   'register',
@@ -41,6 +42,7 @@ export const workloadNames = [
   'regions',
   'dirty-read',
   'watch',
+  'locks',
 ] as const
 /** The workloads of each cluster mode. */
 export const leaderlessWorkloads: readonly WorkloadName[] = ['ll-set', 'll-register']
@@ -85,6 +87,8 @@ export interface WorkloadOptions {
   registerKeys?: readonly string[]
   /** dirty-read workload: the reads' consistency (default committed; default is its teeth). */
   readConsistency?: 'default' | 'committed'
+  /** Locks workload only, for its teeth test: resource writes carry no fencing token. */
+  unfenced?: boolean
 }
 
 export interface Workload {
@@ -153,6 +157,12 @@ export function startWorkload(name: WorkloadName, options: WorkloadOptions): Wor
       throw new Error('the regions workload runs with --regions (see workloads-regions.ts)')
     case 'watch':
       throw new Error('the watch workload has its own runner (see watch-run.ts)')
+    case 'locks':
+      // Lock holders with fencing tokens (workloads-locks.ts); `unfenced` is its teeth.
+      return locksWorkload(
+        { ...options, ...(options.unfenced === true ? { unfenced: true } : {}) },
+        (i) => clientFor(options.cluster, options.ack, false, 'leader', undefined, i),
+      )
   }
 }
 

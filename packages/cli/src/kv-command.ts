@@ -36,6 +36,14 @@ import {
   shardOptions,
   shardUsage,
 } from './shard-command.js'
+import {
+  LeaseUsageError,
+  leaseOptions,
+  leaseUsage,
+  msOption,
+  runLease,
+  runLock,
+} from './lock-command.js'
 
 export interface Io {
   env: NodeJS.ProcessEnv
@@ -124,6 +132,7 @@ Backups (need the admin role):
 ${memberUsage}
 ${shardUsage}
 ${regionsUsage}
+${leaseUsage}
 ${offlineUsage}
 ${certsUsage}
 ${authUsage}
@@ -413,6 +422,7 @@ export async function runKv(argv: string[], io: Io): Promise<number> {
         ...certsOptions,
         ...memberOptions,
         ...shardOptions,
+        ...leaseOptions,
       },
     })
   } catch (err) {
@@ -618,6 +628,8 @@ ${shardUsage}`,
         }
         const w = parseQuorum(opts.w, 'w')
         const result = await client.put(key, value, {
+          ...(opts.lease !== undefined ? { lease: opts.lease } : {}),
+          ...(opts['ttl-ms'] !== undefined ? { ttlMs: msOption(opts['ttl-ms'], 'ttl-ms') } : {}),
           ...(ifVersion !== undefined ? { ifVersion } : {}),
           ...(opts['if-absent'] ? { ifAbsent: true } : {}),
           ...(opts['if-exists'] ? { ifExists: true } : {}),
@@ -852,6 +864,10 @@ ${shardUsage}`,
       case 'shard':
       case 'shards':
         return await runShard(client, args, opts, io)
+      case 'lease':
+        return await runLease(client, args, opts, io)
+      case 'lock':
+        return await runLock(client, args, opts, io, argv.includes('--'))
       case 'backup': {
         if (args[0] !== 'create' || args.length > 1)
           throw new UsageError('backup takes create (online) or verify DIR (offline)')
@@ -871,6 +887,10 @@ ${shardUsage}`,
     }
     if (err instanceof ShardUsageError) {
       await write(io.stderr, `kv: ${err.message}\n\n${shardUsage}`)
+      return 2
+    }
+    if (err instanceof LeaseUsageError) {
+      await write(io.stderr, `kv: ${err.message}\n\n${leaseUsage}`)
       return 2
     }
     if (err instanceof RegionsUsageError) {

@@ -21,6 +21,13 @@ import { randomUUID } from 'node:crypto'
 import { join } from 'node:path'
 import type { HashRing } from '@kvstore/core'
 import { KvError } from '@kvstore/protocol/errors'
+import {
+  leaseHeaders,
+  leaseQuery,
+  type Lease,
+  type LeaseInfo,
+  type LeaseWriteOptions,
+} from './leases.js'
 import type {
   AckMode,
   AddMemberRequest,
@@ -403,7 +410,7 @@ export interface LeaderlessWriteOptions {
 }
 
 /** Options of one write. */
-export interface WriteOptions extends WriteConditions, LeaderlessWriteOptions {
+export interface WriteOptions extends WriteConditions, LeaderlessWriteOptions, LeaseWriteOptions {
   /** Durability to wait for (single-leader mode). */
   ack?: AckMode
   /** Request id (a random one by default); a retry with the same id is applied once. */
@@ -910,9 +917,13 @@ export class KvClient {
       const info = await this.leaderlessWrite('PUT', key, options, body)
       return { key, version: 0, lsn: 0, session: '', ...info }
     }
-    const res = await this.write('PUT', `/v1/kv/${keyPath(key)}`, options, {
+    const res = await this.write('PUT', `/v1/kv/${keyPath(key)}${leaseQuery(options)}`, options, {
       body,
-      headers: { 'content-type': 'application/octet-stream', ...conditionHeaders(options) },
+      headers: {
+        'content-type': 'application/octet-stream',
+        ...conditionHeaders(options),
+        ...leaseHeaders(options),
+      },
     })
     return JSON.parse(res.body.toString('utf8')) as PutResponse
   }
@@ -940,11 +951,53 @@ export class KvClient {
     ops: BatchOp[],
     options: Omit<WriteOptions, keyof WriteConditions> = {},
   ): Promise<BatchResult> {
-    const res = await this.write('POST', '/v1/batch', options, {
+    const res = await this.write('POST', `/v1/batch${leaseQuery(options)}`, options, {
       body: batchBody(ops),
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', ...leaseHeaders(options) },
     })
     return JSON.parse(res.body.toString('utf8')) as BatchResponse
+  }
+
+  /**
+   * Grants a lease of `ttlMs` (single-leader mode). Attach keys with `put(key, value, { lease:
+   * id })`; keep it alive with `keepAliveLease` (or `keepLeaseAlive` in leases.ts); its end
+   * deletes them. See docs/leases.md.
+   */
+  async grantLease(ttlMs: number): Promise<Lease> {
+    return (await this.adminWrite('POST', '/v1/leases', { ttlMs })) as Lease
+  }
+
+  /** Renews a lease at the leader. `KV_ERR_LEASE_NOT_FOUND` once it has expired. */
+  async keepAliveLease(
+    id: string,
+    options: { timeoutMs?: number; deadline?: number } = {},
+  ): Promise<{ id: string; ttlMs: number }> {
+    return (await this.adminWrite(
+      'POST',
+      `/v1/leases/${encodeURIComponent(id)}/keepalive`,
+      undefined,
+      options,
+    )) as {
+      id: string
+      ttlMs: number
+    }
+  }
+
+  /** Revokes a lease: deletes the keys still attached to it, and it, in one entry. */
+  async revokeLease(
+    id: string,
+  ): Promise<{ id: string; revoked: true; lsn: number; deletedKeys: number }> {
+    return (await this.adminWrite('DELETE', `/v1/leases/${encodeURIComponent(id)}`)) as {
+      id: string
+      revoked: true
+      lsn: number
+      deletedKeys: number
+    }
+  }
+
+  /** A lease's TTL, remaining time (as the leader sees it) and attached keys. */
+  async leaseInfo(id: string): Promise<LeaseInfo> {
+    return (await this.adminWrite('GET', `/v1/leases/${encodeURIComponent(id)}`)) as LeaseInfo
   }
 
   /** One page of keys in key order, from a replica that has applied the session. */
@@ -2451,12 +2504,20 @@ export class KvClient {
     body?: Uint8Array,
   ): Promise<LeaderlessWriteInfo> {
     const query = new URLSearchParams()
+    const headersOf: Record<string, string> = {}
     const w = options.w ?? this.options.w
     if (w !== undefined) query.set('w', quorumParam('w', w))
     if (options.sloppy !== undefined) query.set('sloppy', String(options.sloppy))
+    // Per-key TTL (HLC expiry; docs/leases.md). Leases and fences are refused by the node.
+    if (options.ttlMs !== undefined) query.set('ttlMs', String(options.ttlMs))
+    if (options.lease !== undefined) query.set('lease', options.lease)
+    Object.assign(headersOf, leaseHeaders(options))
     // One request id for every attempt: a retry that reaches the same coordinator (the first
     // reachable member of the key's preference list, as the first attempt did) is applied once.
-    const headers: Record<string, string> = { 'kv-request-id': options.requestId ?? randomUUID() }
+    const headers: Record<string, string> = {
+      'kv-request-id': options.requestId ?? randomUUID(),
+      ...headersOf,
+    }
     if (options.context !== undefined) headers['kv-context'] = options.context
     if (body !== undefined) headers['content-type'] = 'application/octet-stream'
     const qs = query.toString()

@@ -104,3 +104,12 @@ export type {
   WriteConditions,
   WriteOptions,
 } from './client.js'
+export {
+  keepLeaseAlive,
+  type KeepAliveOptions,
+  type Lease,
+  type LeaseInfo,
+  type LeaseKeeper,
+  type LeaseWriteOptions,
+} from './leases.js'
+export { lock, type HeldLock, type LockOptions } from './lock.js'

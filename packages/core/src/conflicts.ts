@@ -27,6 +27,11 @@ export type ConflictMode = 'siblings' | 'lww'
 export interface Payload<V> {
   value: V | null
   hlc: HlcTimestamp
+  /**
+   * Per-key TTL (leaderless `?ttlMs=`): the wall time (ms) from which the value reads as absent
+   * (the write's HLC wall time plus its TTL); absent: never.
+   */
+  expiresAtMs?: number
 }
 
 export type VersionedState<V> = Versioned<Payload<V>>
@@ -92,10 +97,17 @@ export function survivorsOf<V>(state: VersionedState<V>, context: VersionVector)
   return state.siblings.filter((s) => !covers(context, s.dot) && s.value.value !== null).length
 }
 
-/** The live values (tombstones hidden), newest last by timestamp. */
-export function liveSiblings<V>(state: VersionedState<V>): Sibling<Payload<V>>[] {
+/**
+ * The live values (tombstones hidden, and with `nowMs` values whose TTL has passed by then),
+ * newest last by timestamp.
+ */
+export function liveSiblings<V>(state: VersionedState<V>, nowMs?: number): Sibling<Payload<V>>[] {
   return state.siblings
-    .filter((s) => s.value.value !== null)
+    .filter(
+      (s) =>
+        s.value.value !== null &&
+        (nowMs === undefined || s.value.expiresAtMs === undefined || s.value.expiresAtMs > nowMs),
+    )
     .sort((a, b) => compareHlc(a.value.hlc, b.value.hlc))
 }
 

@@ -9,6 +9,7 @@ import type { LeaderlessEngine } from './leaderless/engine.js'
 import type { Shards } from './shards/index.js'
 import type { Regions } from './regions/index.js'
 import type { Outbox } from './outbox/outbox.js'
+import type { Lessor } from './leases/lessor.js'
 
 const httpBucketsSeconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
@@ -493,6 +494,30 @@ export class NodeMetrics {
         this.reset()
         for (const reason of ['entries', 'bytes', 'age'] as const)
           this.inc({ reason }, figures.refused[reason])
+      },
+    })
+  }
+
+  /** Leases (node/src/leases): how many there are, and their ends by reason. */
+  watchLeases(lessor: Pick<Lessor, 'size' | 'stats'>): void {
+    const registers = [this.registry]
+    new Gauge({
+      name: 'kv_leases',
+      help: 'Leases in the state of this member (limit: leasesMax).',
+      registers,
+      collect() {
+        this.set(lessor.size)
+      },
+    })
+    new Counter({
+      name: 'kv_lease_ends_total',
+      help: 'Lease ends this member wrote as leader, by reason: expired, revoked.',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset()
+        this.inc({ reason: 'expired' }, lessor.stats.expired)
+        this.inc({ reason: 'revoked' }, lessor.stats.revoked)
       },
     })
   }
@@ -1041,6 +1066,10 @@ export function metricsCatalog(): MetricInfo[] {
       forwarded: { applied: 0, failed: 0, retry: 0 },
       refused: { entries: 0, bytes: 0, age: 0 },
     },
+  })
+  singleLeader.watchLeases({
+    size: 0,
+    stats: { granted: 0, expired: 0, revoked: 0, promotions: 0 },
   })
   const sharded = new NodeMetrics()
   sharded.watchShards({} as unknown as Shards)

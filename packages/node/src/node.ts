@@ -36,6 +36,7 @@ import { NodeMetrics } from './metrics.js'
 import { Archiver } from './backup/archiver.js'
 import { BackupGate } from './backup/source.js'
 import { startOutbox, type OutboxService } from './outbox/index.js'
+import { Lessor } from './leases/lessor.js'
 
 export interface StartOptions {
   /** Where logs go; stdout by default. */
@@ -176,6 +177,7 @@ export class KvNode {
     let authSyncStarted: AuthSync | null = null
     let archiver: Archiver | null = null
     let outbox: OutboxService | null = null
+    let lessor: Lessor | null = null
     try {
       const openStore = store
       metrics.watchStore(() => openStore)
@@ -352,6 +354,20 @@ export class KvNode {
         })
         metrics.watchOutbox(outbox.outbox)
       }
+      if (leaderless === null) {
+        // Leases (single-leader and standalone): deadlines kept by the leader, ends in the log.
+        lessor = new Lessor({
+          store,
+          sequencer,
+          replicator,
+          leasesMax: config.leasesMax,
+          leaseKeysMax: config.leaseKeysMax,
+          promoteExtendMs: replicator !== null ? config.electionTimeoutMs : 0,
+          logger,
+        })
+        await lessor.start()
+        metrics.watchLeases(lessor)
+      }
       audit = new AuditLog(config.auditLog, config.nodeId)
       const securityClusterId = store.meta.clusterId
       const security: Security = {
@@ -387,6 +403,7 @@ export class KvNode {
         shards,
         regions,
         outbox,
+        lessor,
         membership:
           replicator !== null
             ? new SingleLeaderMembership(replicator, config)
@@ -450,6 +467,7 @@ export class KvNode {
       )
       return node
     } catch (err) {
+      lessor?.stop()
       await archiver?.stop().catch(() => {})
       await outbox?.stop().catch(() => {})
       await shards?.stop().catch(() => {})
@@ -534,6 +552,7 @@ export class KvNode {
       await this.context.shards?.stop()
       await this.context.regions?.stop()
       await this.context.outbox?.stop()
+      this.context.lessor?.stop()
       await this.replicator?.settle(Math.min(2000, this.config.shutdownTimeoutMs))
       await this.replicator?.stop()
       await this.context.security.sync?.stop()

@@ -289,6 +289,46 @@ export const errorCatalog = {
     description:
       "A queued write (`ack=queued`) was refused: this member's outbox is at a limit (`reason`: `entries`, `bytes`, or `age` when its oldest pending write is older than `outboxAgeMaxMs`; `limit` gives the limit). Writes already queued still drain; retry after `Retry-After`, or write to the leader with `ack=quorum`.",
   },
+  // ---- issue 19, slice L: leases, TTL, locks and fencing tokens (docs/leases.md)
+  KV_ERR_LEASE_NOT_FOUND: {
+    status: 404,
+    description:
+      'The lease does not exist: it expired, was revoked, or never existed (a keep-alive, an attach with `?lease=`, or a revoke of it).',
+  },
+  KV_ERR_INVALID_LEASE: {
+    status: 400,
+    description:
+      'A lease id, `ttlMs` or a lease request body is malformed, or the TTL is outside its limits (the message gives them); `?lease=` and `?ttlMs=` together are refused too.',
+  },
+  KV_ERR_TOO_MANY_LEASES: {
+    status: 429,
+    description:
+      'The cluster holds `leasesMax` leases already; revoke some or let them expire, then retry.',
+  },
+  KV_ERR_LEASE_TOO_MANY_KEYS: {
+    status: 409,
+    description: 'The lease has `leaseKeysMax` keys attached already; nothing was written.',
+  },
+  KV_ERR_FENCED: {
+    status: 409,
+    description:
+      'The write carried a fencing token (`If-Fence`) lower than the highest one the store has seen for its lock (`Fence-Lock`): a newer holder took the lock. Nothing was written; the body gives `lock`, `token` and `highestToken`.',
+  },
+  KV_ERR_INVALID_FENCE: {
+    status: 400,
+    description:
+      '`If-Fence` or `Fence-Lock` is malformed, or one was sent without the other (the token is a positive whole number; the lock name 1 to 256 bytes of printable text).',
+  },
+  KV_ERR_LOCK_TIMEOUT: {
+    status: 408,
+    description:
+      'Raised by the SDK and the CLI, never sent by a node: `lock()` (or `kv lock`) waited its whole `waitMs` while another holder kept the lock.',
+  },
+  KV_ERR_LEASES_UNSUPPORTED: {
+    status: 400,
+    description:
+      'Leases, `?ttlMs=` or fencing were asked of a node that cannot give them: queued writes (`ack=queued`), region or shard mode; leaderless mode supports `?ttlMs=` only.',
+  },
   KV_ERR_TICKET_NOT_FOUND: {
     status: 404,
     description:

@@ -42,6 +42,8 @@ export interface HlcStamp {
 export interface SiblingPayload {
   value: Uint8Array | null
   hlc: HlcStamp
+  /** Per-key TTL: the wall time (ms) from which the value reads as absent; absent: never. */
+  expiresAtMs?: number
 }
 
 export interface VersionedRecord {
@@ -149,6 +151,8 @@ export type PeerRequestBody =
       w: number
       sloppy: boolean
       requestId: string
+      /** PUT ?ttlMs= (0: none). */
+      ttlMs?: number
     }
   | { kind: 'rangeRoots'; sets: string[] }
   | { kind: 'rangeLeaves'; set: string }
@@ -209,7 +213,11 @@ export function versionsOnlyRecord(record: VersionedRecord): VersionedRecord {
     vector: record.vector,
     siblings: record.siblings.map((s) => ({
       dot: s.dot,
-      value: { value: s.value.value === null ? null : noValue, hlc: s.value.hlc },
+      value: {
+        value: s.value.value === null ? null : noValue,
+        hlc: s.value.hlc,
+        ...(s.value.expiresAtMs !== undefined ? { expiresAtMs: s.value.expiresAtMs } : {}),
+      },
     })),
   }
 }
@@ -238,6 +246,8 @@ function recordFields(record: VersionedRecord) {
       wallMs: s.value.hlc.wallMs,
       logical: s.value.hlc.logical,
       clockNode: s.value.hlc.node,
+      // Only when set: records without a TTL keep their bytes (and digests).
+      ...(s.value.expiresAtMs !== undefined ? { expiresAtMs: s.value.expiresAtMs } : {}),
     })),
   }
 }
@@ -346,6 +356,7 @@ function requestBodyFields(body: PeerRequestBody): Record<string, unknown> {
         contextLogical: body.context?.hlc?.logical ?? 0,
         contextClockNode: body.context?.hlc?.node ?? '',
         requestId: body.requestId,
+        ...(body.ttlMs !== undefined && body.ttlMs > 0 ? { ttlMs: body.ttlMs } : {}),
       }
     case 'rangeRoots':
       return { sets: body.sets }
@@ -516,6 +527,7 @@ function decodeRecordFields(value: unknown): VersionedRecord {
     const tombstone = s.tombstone === true
     const valueBytes = bytes(s.value, 'sibling value')
     if (tombstone && valueBytes.length > 0) fail('a tombstone sibling carries a value')
+    const expiresAtMs = s.expiresAtMs === undefined ? 0 : count(s.expiresAtMs, 'sibling expiry')
     return {
       dot: { node, counter: dot },
       value: {
@@ -525,6 +537,7 @@ function decodeRecordFields(value: unknown): VersionedRecord {
           logical: count(s.logical, 'sibling logical clock'),
           node: actor(s.clockNode, 'sibling clock node'),
         },
+        ...(expiresAtMs > 0 ? { expiresAtMs } : {}),
       },
     }
   })
@@ -705,6 +718,7 @@ export function decodePeerRequest(data: Uint8Array): PeerRequest {
       w: count(c.w, 'w'),
       sloppy: c.sloppy === true,
       requestId: text(c.requestId, 'request id'),
+      ...(c.ttlMs !== undefined && count(c.ttlMs, 'ttl') > 0 ? { ttlMs: c.ttlMs as number } : {}),
     }
   } else if (m.rangeRoots !== undefined) {
     const r = obj(m.rangeRoots, 'range roots')

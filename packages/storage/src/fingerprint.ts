@@ -15,7 +15,7 @@ import { requestFingerprintBytes } from '@kvstore/protocol'
 import type { WriteRequest } from './sequencer.js'
 
 const domain = Buffer.from('kv-request-fingerprint-v1\u0000', 'latin1')
-const kindCode = { put: 1, delete: 2, batch: 3 } as const
+const kindCode = { put: 1, delete: 2, batch: 3, expiry: 6 } as const
 const emptyBuffer = Buffer.alloc(0)
 
 /** type 1, flags 1, ifVersion 8, key length 4, value length 4. */

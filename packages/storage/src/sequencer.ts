@@ -57,7 +57,11 @@ export interface ComputeView {
 }
 
 export interface WriteRequest {
-  kind: 'put' | 'delete' | 'batch'
+  /**
+   * `expiry`: the leader ending a lease (expired or revoked): deletes only, written as one
+   * `EntryKind.Expiry` entry (see node/src/leases).
+   */
+  kind: 'put' | 'delete' | 'batch' | 'expiry'
   ops: WriteOp[]
   requestId?: string
   /**
@@ -345,7 +349,9 @@ export class Sequencer {
           ? EntryKind.Put
           : request.kind === 'delete'
             ? EntryKind.Delete
-            : EntryKind.Batch,
+            : request.kind === 'expiry'
+              ? EntryKind.Expiry
+              : EntryKind.Batch,
       ops,
       timestampMs: this.options.now(),
       requestId: request.requestId ?? '',

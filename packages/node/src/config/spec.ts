@@ -8,6 +8,7 @@ import { backupOptions } from './options-backup.js'
 import { clusterOptions } from './options-cluster.js'
 import { nodeOptions } from './options-node.js'
 import { queuedOptions } from './options-queued.js'
+import { leaseOptions } from './options-leases.js'
 import { serverOptions } from './options-server.js'
 import { watchOptions } from './options-watch.js'
 import type { OptionSpec } from './types.js'
@@ -17,6 +18,7 @@ export const configSpec: readonly OptionSpec[] = [
   ...serverOptions,
   ...clusterOptions,
   ...queuedOptions,
+  ...leaseOptions,
   ...backupOptions,
   ...watchOptions,
 ]

@@ -139,6 +139,9 @@ export interface NodeConfig extends Limits {
   unsafeWatchApplied: boolean
   /** Test-only: a resumed watch skips its first change (options-watch.ts). */
   unsafeWatchSkipOnResume: boolean
+  // ---- leases (options-leases.ts)
+  leasesMax: number
+  leaseKeysMax: number
 }
 
 export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'

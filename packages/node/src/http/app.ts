@@ -15,6 +15,7 @@ import type { AppContext } from './context.js'
 import { createDualProtocolServer, type DualProtocolServer } from './dual-protocol.js'
 import { clientErrorHandler, registerErrorHandling, sendError } from './errors.js'
 import { registerBatchRoutes } from './routes/batch.js'
+import { registerLeaseRoutes } from '../leases/routes.js'
 import { registerKvRoutes } from './routes/kv.js'
 import { registerLeaderlessRoutes } from './routes/leaderless.js'
 import { registerSystemRoutes } from './routes/system.js'
@@ -176,6 +177,7 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     registerBatchRoutes(app, ctx)
   }
   registerWatchRoutes(app, ctx)
+  registerLeaseRoutes(app, ctx)
   registerSystemRoutes(app, ctx)
   registerMemberRoutes(app, ctx)
   registerShardRoutes(app, ctx)

@@ -16,6 +16,7 @@ import type { MembershipService } from '../membership/service.js'
 import type { Shards } from '../shards/index.js'
 import type { Regions } from '../regions/index.js'
 import type { OutboxService } from '../outbox/index.js'
+import type { Lessor } from '../leases/lessor.js'
 
 /** Users, roles, tokens and the audit log. */
 export interface Security {
@@ -46,6 +47,8 @@ export interface AppContext {
   regions: Regions | null
   /** Queued writes (ack=queued) in single-leader mode: the outbox and its forwarder; null otherwise. */
   outbox: OutboxService | null
+  /** Leases (single-leader and standalone; node/src/leases); null in leaderless mode. */
+  lessor: Lessor | null
   metrics: NodeMetrics
   /**
    * Stops the node on a failure it must not outlive: a broken invariant found while serving a

@@ -60,6 +60,8 @@ export interface LeaderlessWrite {
   mayForward?: boolean
   /** How many times it was placed again because a replica held a newer ring. */
   ringRetries?: number
+  /** Per-key TTL (PUT ?ttlMs=): the value reads as absent from its HLC wall time + ttlMs. */
+  ttlMs?: number
 }
 
 /**
@@ -276,7 +278,13 @@ export class Coordinator {
         this.replica.actor,
         counter,
         contextVector,
-        { value, hlc },
+        {
+          value,
+          hlc,
+          ...(request.ttlMs !== undefined && value !== null
+            ? { expiresAtMs: hlc.wallMs + request.ttlMs }
+            : {}),
+        },
         this.replica.mergePolicy,
       )
       await this.replica.persist(key, next, rid)
@@ -389,6 +397,7 @@ export class Coordinator {
             w,
             sloppy,
             requestId: request.requestId ?? '',
+            ...(request.ttlMs !== undefined ? { ttlMs: request.ttlMs } : {}),
           },
           this.ctx.config.quorumTimeoutMs * 3,
         )

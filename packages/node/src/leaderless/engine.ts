@@ -30,6 +30,7 @@
  *                                     the ring, the ring acceptor state, the handoff progress)
  */
 import { seedRing, type HashRing, type RingState, invariant } from '@kvstore/core'
+import { newestStamp } from '@kvstore/protocol'
 import {
   KvError,
   type Handoff as HandoffView,
@@ -62,6 +63,9 @@ import { RingSync } from './ring-agreement.js'
 import { LeaderlessMembership } from './ring-changes.js'
 import { RingStore, Topology } from './topology.js'
 import { ringCallTimeoutMs } from '../limits.js'
+
+/** Tombstone writes for expired values in flight at once (leaderless per-key TTL). */
+const expiriesInFlightMax = 256
 
 export { LeaderlessStats } from './context.js'
 export { formatHlc } from './coordinator.js'
@@ -435,6 +439,7 @@ export class LeaderlessEngine {
             sloppy: body.sloppy,
             requestId: body.requestId === '' ? null : body.requestId,
             mayForward: false,
+            ...(body.ttlMs !== undefined ? { ttlMs: body.ttlMs } : {}),
           })
           return { kind: 'coordinateReply', status: 200, bodyJson: JSON.stringify(outcome) }
         } catch (err) {
@@ -485,6 +490,30 @@ export class LeaderlessEngine {
    */
   coordinateWrite(key: string, request: LeaderlessWrite): Promise<WriteOutcome> {
     return this.coordinator.coordinateWrite(key, request)
+  }
+
+  /** Keys whose expired values are being turned into tombstones (at most expiriesInFlightMax). */
+  private readonly expiring = new Set<string>()
+
+  /**
+   * A read found only values whose TTL has passed (docs/leases.md): write a tombstone over
+   * exactly what it read (its context), in the background, so that the expired values are
+   * collected like any delete. A value written meanwhile is not covered by that context and
+   * survives. At most expiriesInFlightMax at once; past it the next read tries again.
+   */
+  expireRead(key: string, state: State): void {
+    if (this.expiring.has(key) || this.expiring.size >= expiriesInFlightMax) return
+    this.expiring.add(key)
+    this.coordinator
+      .coordinateWrite(key, {
+        value: null,
+        context: { vector: { ...state.vector }, hlc: newestStamp(state) },
+        w: null,
+        sloppy: false,
+        requestId: null,
+      })
+      .catch(() => {})
+      .finally(() => this.expiring.delete(key))
   }
 
   /** Reads from the preference list and answers with the merge of the first `r` replies. */

@@ -40,7 +40,7 @@ export async function acceptQueued(
   ctx: AppContext,
   request: FastifyRequest,
   reply: FastifyReply,
-  write: WriteRequest,
+  write: WriteRequest & { kind: 'put' | 'delete' | 'batch' },
 ): Promise<QueuedResponse> {
   if (ctx.outbox === null)
     throw new KvError(

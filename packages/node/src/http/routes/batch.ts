@@ -20,6 +20,7 @@ import { completeWrite, stampFields } from '../replication.js'
 import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
 import { authorizeBatch, type RouteSecurityConfig } from '../../security/http-auth.js'
 import { acceptQueued, isQueued } from '../../outbox/routes.js'
+import { checkLeasesSupported, leaseExtrasOf, withLeaseExtras } from '../../leases/write.js'
 
 const opFields = new Set(['op', 'key', 'value', 'valueBase64', 'ifVersion', 'ifAbsent', 'ifExists'])
 const base64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
@@ -204,14 +205,22 @@ export function registerBatchRoutes(app: FastifyInstance, ctx: AppContext): void
         request,
         ops.map((op) => ({ key: op.key.toString('utf8'), write: true })),
       )
+      // ?lease=, ?ttlMs=, If-Fence (leases/write.ts): decided at the leader with the write.
+      const extras = leaseExtrasOf(request)
+      if (extras !== null) checkLeasesSupported(ctx, isQueued(request))
       if (isQueued(request)) return acceptQueued(ctx, request, reply, { kind: 'batch', ops })
-      const result = await completeWrite(ctx, request, reply, { kind: 'batch', ops })
+      const plain = { kind: 'batch' as const, ops }
+      const leased = extras === null ? null : withLeaseExtras(ctx, reply, extras, plain)
+      const result = await completeWrite(ctx, request, reply, leased?.write ?? plain).finally(() =>
+        leased?.settled(),
+      )
       metrics.writes.batch++
       return {
         lsn: result.lsn,
         session: result.session,
         ...(result.deduplicated ? { deduplicated: true as const } : {}),
-        results: result.results.map((r) => ({
+        // Only the client's own ops: a lease's or fence's reserved records are never shown.
+        results: result.results.slice(0, ops.length).map((r) => ({
           key: r.key.toString('utf8'),
           version: r.version,
           ...(r.previousVersion !== undefined ? { previousVersion: r.previousVersion } : {}),

@@ -36,6 +36,7 @@ import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
 import type { RouteSecurityConfig } from '../../security/http-auth.js'
 import { acceptQueued, isQueued } from '../../outbox/routes.js'
 import { awaitCommittedSession, readCommittedKey, setCommittedReadHeaders } from '../committed.js'
+import { checkLeasesSupported, leaseExtrasOf, withLeaseExtras } from '../../leases/write.js'
 
 type KeyRequest = FastifyRequest<{ Params: { '*': string } }>
 
@@ -229,16 +230,23 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       const key = keyOf(request)
       const value = (request.body as Buffer | undefined) ?? emptyBuffer
       const conditions = conditionsOf(request, true)
+      // ?lease=, ?ttlMs=, If-Fence (leases/write.ts): decided at the leader with the write.
+      const extras = leaseExtrasOf(request)
+      if (extras !== null) checkLeasesSupported(ctx, isQueued(request))
       // ack=queued: into this member's outbox, applied by the leader later (outbox/routes.ts).
       if (isQueued(request))
         return acceptQueued(ctx, request, reply, {
           kind: 'put',
           ops: [{ type: 'put', key, value, ...conditions }],
         })
-      const result = await completeWrite(ctx, request, reply, {
-        kind: 'put',
-        ops: [{ type: 'put', key, value, ...conditions }],
-      })
+      const plain = {
+        kind: 'put' as const,
+        ops: [{ type: 'put' as const, key, value, ...conditions }],
+      }
+      const leased = extras === null ? null : withLeaseExtras(ctx, reply, extras, plain)
+      const result = await completeWrite(ctx, request, reply, leased?.write ?? plain).finally(() =>
+        leased?.settled(),
+      )
       metrics.writes.put++
       // An unconditional PUT is a blind write (no read of the old value), so it cannot tell
       // whether it created the key; If-None-Match: * can, and answers 201.

@@ -35,6 +35,7 @@ import { methodNotAllowed, type RouteErrorConfig } from '../errors.js'
 import type { RouteSecurityConfig } from '../../security/http-auth.js'
 import { requestIdOf } from '../replication.js'
 import { formatHlc, type LeaderlessEngine } from '../../leaderless/engine.js'
+import { parseTtlMs } from '../../leases/write.js'
 
 type KeyRequest = FastifyRequest<{ Params: { '*': string } }>
 
@@ -105,7 +106,7 @@ function refuseSingleLeaderOptions(request: FastifyRequest): void {
   }
 }
 
-const knownWriteParams = new Set(['w', 'sloppy', 'ack', 'session', 'consistency'])
+const knownWriteParams = new Set(['w', 'sloppy', 'ttlMs', 'lease', 'ack', 'session', 'consistency'])
 const knownReadParams = new Set(['r', 'repair', 'format', 'ack', 'session', 'consistency'])
 
 function checkParams(request: FastifyRequest, known: Set<string>): void {
@@ -138,7 +139,24 @@ export function registerLeaderlessRoutes(
     const sloppy = booleanParam(request, 'sloppy')
     const context = contextOf(request)
     const requestId = requestIdOf(request, ctx) ?? null
-    const outcome = await engine.coordinateWrite(key, { value, context, w, sloppy, requestId })
+    // Per-key TTL (docs/leases.md): HLC expiry; leases and fencing need a leader.
+    if (oneParam(request, 'lease') !== undefined || request.headers['if-fence'] !== undefined)
+      throw new KvError(
+        'KV_ERR_LEASES_UNSUPPORTED',
+        'leases and fencing tokens need single-leader mode; leaderless mode supports ?ttlMs= only',
+      )
+    const ttlText = oneParam(request, 'ttlMs')
+    if (ttlText !== undefined && value === null)
+      throw new KvError('KV_ERR_INVALID_LEASE', 'a DELETE takes no ttlMs')
+    const ttlMs = ttlText === undefined ? undefined : parseTtlMs(ttlText)
+    const outcome = await engine.coordinateWrite(key, {
+      value,
+      context,
+      w,
+      sloppy,
+      requestId,
+      ...(ttlMs !== undefined ? { ttlMs } : {}),
+    })
     void reply.header('kv-context', outcome.context).header('kv-timestamp', outcome.timestamp)
     if (outcome.deduplicated) void reply.header('kv-deduplicated', 'true')
     return outcome
@@ -193,7 +211,10 @@ export function registerLeaderlessRoutes(
     const result = await engine.coordinateRead(key, r, repair === 'blocking')
     void reply.header('kv-replicas-answered', String(result.answered))
     const state = result.state
-    const live = state === null ? [] : liveSiblings(state)
+    // Values whose TTL has passed by this coordinator's clock read as absent (docs/leases.md).
+    const live = state === null ? [] : liveSiblings(state, Date.now())
+    if (state !== null && live.length === 0 && liveSiblings(state).length > 0)
+      engine.expireRead(key, state)
     if (state !== null) void reply.header('kv-context', encodeContext(state))
     void reply.header('kv-siblings', String(live.length))
     if (live.length === 0) {
