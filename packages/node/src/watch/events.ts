@@ -74,11 +74,32 @@ function opJson(op: Op, values: boolean): WatchOpJson {
   return { type: 'delete', key: op.key.toString('utf8') }
 }
 
+/**
+ * The one user-key op of an entry that changed one key: a put or delete, or a batch that is
+ * one client write plus reserved ops (a PUT with `?lease=`, `?ttlMs=` or `If-Fence` carries its
+ * lease or fence record along), which a watcher sees as that put or delete. Null otherwise.
+ */
+function singleChange(entry: LogEntry): Op | null {
+  const ops = entry.ops
+  if (entry.kind === EntryKind.Put || entry.kind === EntryKind.Delete)
+    return ops.length === 1 ? (ops[0] as Op) : null
+  if (entry.kind !== EntryKind.Batch) return null
+  let user: Op | null = null
+  let reserved = 0
+  for (const op of ops) {
+    if (isReservedKey(op.key)) reserved++
+    else if (user === null) user = op
+    else return null
+  }
+  return reserved > 0 ? user : null
+}
+
 /** The event an entry is for a watcher of `prefix`, or null when it shows it nothing. */
 export function changeOf(entry: LogEntry, prefix: Buffer, values: boolean): WatchChangeJson | null {
   if (!shownKind(entry.kind)) return null
   const ops = entry.ops
-  if (entry.kind === EntryKind.Batch || entry.kind === EntryKind.Expiry || ops.length !== 1) {
+  const one = singleChange(entry)
+  if (one === null) {
     const shown: WatchOpJson[] = []
     for (const op of ops) if (opVisible(op, prefix)) shown.push(opJson(op, values))
     if (shown.length === 0) return null
@@ -89,9 +110,8 @@ export function changeOf(entry: LogEntry, prefix: Buffer, values: boolean): Watc
       ops: shown,
     }
   }
-  const op = ops[0] as Op
-  if (!opVisible(op, prefix)) return null
-  const single = opJson(op, values)
+  if (!opVisible(one, prefix)) return null
+  const single = opJson(one, values)
   return { ...single, lsn: entry.lsn, version: entry.lsn }
 }
 
@@ -117,12 +137,9 @@ export class EventCache {
     format: WatchFormat,
   ): string {
     // A single-op entry frames the same for every prefix that shows it.
-    const single =
-      entry.kind !== EntryKind.Batch && entry.kind !== EntryKind.Expiry && entry.ops.length === 1
-    if (single) {
-      const op = entry.ops[0] as Op
-      if (!opVisible(op, prefix)) return ''
-    }
+    const op = singleChange(entry)
+    const single = op !== null
+    if (op !== null && !opVisible(op, prefix)) return ''
     const id = `${format}${values ? 'v' : ''}${single ? '' : `|${prefixText}`}`
     let byShape = this.cache.get(entry)
     const hit = byShape?.get(id)
