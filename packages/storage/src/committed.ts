@@ -28,20 +28,9 @@ import { KvError } from '@kvstore/protocol/errors'
 import { decodeUndoRecord, type StoredRecord } from '@kvstore/protocol'
 import type { StoreContext } from './context.js'
 import { StorageError, invariant } from './invariant.js'
-import {
-  MetaName,
-  Prefix,
-  decodeU64,
-  lsnOfKey,
-  metaKey,
-  prefixRange,
-  stateKey,
-  stateRangeForPrefix,
-  undoKey,
-  userKeyOf,
-} from './layout.js'
+import { MetaName, decodeU64, lsnOfKey, metaKey, stateKey, undoKey, userKeyOf } from './layout.js'
 import { storageLimits } from './limits.js'
-import { readRecord } from './reads.js'
+import { listBounds, readRecord } from './reads.js'
 import type { ListItem, ListOptions } from './types.js'
 
 /** A committed read's result and the point it was taken at. */
@@ -233,30 +222,6 @@ export async function readCommitted(
     ctx.cache.endFill(id, applied)
     await snapshot.close()
   }
-}
-
-/** The bounds a listing covers, as state keys (the same as listPage's). */
-function listBounds(options: ListOptions): {
-  gte: Buffer | undefined
-  gt: Buffer | undefined
-  lt: Buffer
-} {
-  const range = options.prefix
-    ? stateRangeForPrefix(options.prefix)
-    : { gte: stateKey(Buffer.of(0x01)), lt: prefixRange(Prefix.State).lt }
-  let gte: Buffer | undefined = range.gte
-  let gt: Buffer | undefined
-  if (options.start && Buffer.compare(stateKey(options.start), gte) > 0) {
-    gte = stateKey(options.start)
-  }
-  if (options.after) {
-    const afterKey = stateKey(options.after)
-    if (Buffer.compare(afterKey, gte) >= 0) {
-      gt = afterKey
-      gte = undefined
-    }
-  }
-  return { gte, gt, lt: range.lt }
 }
 
 /**

@@ -28,14 +28,16 @@ export async function readRecord(ctx: StoreContext, key: Uint8Array): Promise<St
   return record
 }
 
-/** One page of keys in key order, from a single consistent LevelDB iterator. */
-export async function listPage(
-  ctx: StoreContext,
-  options: ListOptions,
-): Promise<{ items: ListItem[]; more: boolean }> {
-  ctx.assertReadable()
-  // Without a prefix the page starts past the reserved space (keys starting with U+0000,
-  // the auth store), which no client key can be in: user keys hold no control characters.
+/**
+ * The state keys a listing covers: the prefix's range, or without one everything past the
+ * reserved space (keys starting with U+0000, the auth store), which no client key can be in
+ * (user keys hold no control characters); from `start`, or strictly after `after`.
+ */
+export function listBounds(options: ListOptions): {
+  gte: Buffer | undefined
+  gt: Buffer | undefined
+  lt: Buffer
+} {
   const range = options.prefix
     ? stateRangeForPrefix(options.prefix)
     : { gte: stateKey(Buffer.of(0x01)), lt: prefixRange(Prefix.State).lt }
@@ -51,11 +53,21 @@ export async function listPage(
       gte = undefined
     }
   }
+  return { gte, gt, lt: range.lt }
+}
+
+/** One page of keys in key order, from a single consistent LevelDB iterator. */
+export async function listPage(
+  ctx: StoreContext,
+  options: ListOptions,
+): Promise<{ items: ListItem[]; more: boolean }> {
+  ctx.assertReadable()
+  const { gte, gt, lt } = listBounds(options)
   const bytesMax = options.bytesMax ?? Infinity
   const iterator = ctx.db.iterator({
     ...(gte ? { gte } : {}),
     ...(gt ? { gt } : {}),
-    lt: range.lt,
+    lt,
     limit: options.limit + 1,
   })
   try {
