@@ -1272,6 +1272,8 @@ export class KvClient {
           ...send,
           ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
         })
+        // A call that wrote (a lease's grant or revoke) gives a session token: later reads see it.
+        this.remember(res)
         return JSON.parse(res.body.toString('utf8')) as unknown
       } catch (err) {
         if (

@@ -11,6 +11,7 @@
  * and revoking one write on them (what its end deletes).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { encodeSession } from '@kvstore/protocol'
 import { KvError } from '@kvstore/protocol/errors'
 import { requestFingerprint } from '@kvstore/storage'
 import type { AppContext } from '../http/context.js'
@@ -145,7 +146,10 @@ export function registerLeaseRoutes(app: FastifyInstance, ctx: AppContext): void
       const ended = await lessor.end(id, 'revoked')
       if (ctx.replicator)
         await ctx.replicator.waitForAck(ended.lsn, ended.epoch, 'quorum', ctx.config.ackTimeoutMs)
-      void reply.header('kv-lsn', String(ended.lsn))
+      // A session token, as a write gives: a read that carries it sees the keys gone.
+      void reply
+        .header('kv-lsn', String(ended.lsn))
+        .header('kv-session', encodeSession({ epoch: ended.epoch, lsn: ended.lsn }))
       return { id, revoked: true, lsn: ended.lsn, deletedKeys: ended.deleted }
     },
   )
