@@ -420,10 +420,19 @@ export class WatchHub {
 
   /** Writes the tail from index `offset` (relative to the tail's head) to `w`. */
   private sendTail(w: Watcher, offset: number): void {
+    this.sendEntries(w, this.tail, this.tailHead + Math.max(0, offset))
+  }
+
+  /**
+   * Writes to `w`, in one write, the events of `entries` from index `from` on that it has not
+   * had yet (below its next LSN: skipped), up to the published LSN (the log may hold more).
+   */
+  private sendEntries(w: Watcher, entries: readonly LogEntry[], from: number): void {
     let text = ''
     let count = 0
-    for (let i = this.tailHead + Math.max(0, offset); i < this.tail.length; i++) {
-      const entry = this.tail[i] as LogEntry
+    for (let i = from; i < entries.length; i++) {
+      const entry = entries[i] as LogEntry
+      if (entry.lsn > this.published) break
       if (entry.lsn < w.nextLsn) continue
       const framed = this.cache.framed(entry, w.prefix, w.prefixText, w.values, w.format)
       if (framed !== '' && w.skipNext) w.skipNext = false
@@ -464,24 +473,7 @@ export class WatchHub {
         })
         this.stats.logReads++
         if (w.closed || generation !== this.generation) continue
-        let text = ''
-        let count = 0
-        for (const entry of entries) {
-          // Only committed entries: the log may hold more.
-          if (entry.lsn > this.published || entry.lsn < w.nextLsn) break
-          const framed = this.cache.framed(entry, w.prefix, w.prefixText, w.values, w.format)
-          if (framed !== '' && w.skipNext) w.skipNext = false
-          else if (framed !== '') {
-            text += framed
-            count++
-          }
-          w.nextLsn = entry.lsn + 1
-        }
-        if (text !== '') {
-          w.sink.write(text)
-          w.sent += count
-          this.stats.eventsSent += count
-        }
+        this.sendEntries(w, entries, 0)
         if (w.sink.unsent() > catchUpUnsentMax) await w.sink.drained()
       }
     }
