@@ -4,7 +4,8 @@
  * deploy/prometheus/kvstore-rules.yml every second:
  * a healthy cluster fires nothing and has one leader; a follower paused with SIGSTOP while
  * writes go on fires KvFollowerLagging (seen at Prometheus's /api/v1/alerts), naming it, and
- * the alert clears after SIGCONT. Every query of deploy/grafana's dashboard runs against it.
+ * the alert clears after SIGCONT; both followers paused make the leader step down and fire
+ * KvNoLeader. Every query of deploy/grafana's dashboard runs against it.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
@@ -274,5 +275,53 @@ describe('Prometheus alerts on a real cluster', () => {
     writing = false
     await load
     expect(firedAfterMs).toBeLessThan(80_000)
+  }, 150_000)
+
+  it('fires KvNoLeader when both followers are paused and the leader steps down', async () => {
+    const leader = cluster.leader
+    const paused = cluster.followers.map((m) => m.id)
+    const hosts = cluster.members.filter((m) => m.id !== leader.id).map((m) => new URL(m.url).host)
+    const started = Date.now()
+    let firedAfterMs = 0
+    try {
+      for (const id of paused) cluster.pause(id)
+      // The leader hears no majority, steps down, and says so on /metrics.
+      await until(
+        'the leader stepped down',
+        async () =>
+          Number(
+            (await query(`kv_replication_is_leader{instance="${new URL(leader.url).host}"}`))
+              .result[0]?.value[1],
+          ) === 0,
+        30_000,
+        250,
+      )
+      await until(
+        'KvNoLeader firing',
+        async () =>
+          (await alerts()).some(
+            (a) =>
+              a.labels.alertname === 'KvNoLeader' && a.labels.job === job && a.state === 'firing',
+          ),
+        60_000,
+        500,
+      )
+      firedAfterMs = Date.now() - started
+      expect(firedAfterMs).toBeGreaterThan(30_000)
+      // The paused members are down for Prometheus too (KvNodeDown waits a minute).
+      const down = (await alerts()).filter((a) => a.labels.alertname === 'KvNodeDown')
+      expect(down.map((a) => a.labels.instance).sort()).toEqual([...hosts].sort())
+    } finally {
+      for (const id of paused) cluster.resume(id)
+    }
+    await cluster.waitForLeader()
+    await until(
+      'KvNoLeader cleared',
+      async () =>
+        !(await alerts()).some((a) => a.labels.alertname === 'KvNoLeader' && a.labels.job === job),
+      30_000,
+      500,
+    )
+    expect(firedAfterMs).toBeLessThan(90_000)
   }, 150_000)
 })
