@@ -13,8 +13,8 @@ import { metricsCatalog, type MetricInfo } from '../src/index.js'
 export const rulesFile = fileURLToPath(
   new URL('../../../deploy/prometheus/kvstore-rules.yml', import.meta.url),
 )
-export const rulesTestFile = fileURLToPath(
-  new URL('../../../deploy/prometheus/tests/kvstore-rules.test.yml', import.meta.url),
+export const rulesTestDir = fileURLToPath(
+  new URL('../../../deploy/prometheus/tests/', import.meta.url),
 )
 export const dashboardFile = fileURLToPath(
   new URL('../../../deploy/grafana/kvstore-dashboard.json', import.meta.url),

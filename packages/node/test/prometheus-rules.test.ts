@@ -3,6 +3,7 @@
  * tests pass under `promtool test rules` (and fail when a rule is broken), and every series a
  * rule reads is one the node exports.
  */
+import { readFileSync, readdirSync } from 'node:fs'
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -13,8 +14,15 @@ import {
   recordingRules,
   resolveExpr,
   rulesFile,
-  rulesTestFile,
+  rulesTestDir,
 } from './monitoring.js'
+import { parse } from 'yaml'
+
+/** deploy/prometheus/tests/*.test.yml: the promtool unit test files. */
+const testFiles = readdirSync(rulesTestDir)
+  .filter((f) => f.endsWith('.test.yml'))
+  .map((f) => join(rulesTestDir, f))
+const rulesTestFile = join(rulesTestDir, 'kvstore-rules.test.yml')
 
 describe('Prometheus rules', () => {
   it('pass promtool check rules', async () => {
@@ -26,9 +34,30 @@ describe('Prometheus rules', () => {
   })
 
   it('pass their promtool unit tests', async () => {
-    const result = await promtool(['test', 'rules', rulesTestFile])
-    expect(result.stdout + result.stderr).toContain('SUCCESS')
+    expect(testFiles).toContain(rulesTestFile)
+    const result = await promtool(['test', 'rules', ...testFiles])
+    expect(result.stdout + result.stderr).not.toContain('FAILED')
+    expect((result.stdout + result.stderr).match(/SUCCESS/g)?.length).toBe(testFiles.length)
     expect(result.code).toBe(0)
+  })
+
+  it('have a unit test in which each alert fires and one in which it stays quiet', () => {
+    const fires = new Set<string>()
+    const quiet = new Set<string>()
+    for (const file of testFiles) {
+      const tests = parse(readFileSync(file, 'utf8')) as {
+        tests: { alert_rule_test?: { alertname: string; exp_alerts: unknown[] }[] }[]
+      }
+      for (const t of tests.tests)
+        for (const a of t.alert_rule_test ?? [])
+          (a.exp_alerts.length > 0 ? fires : quiet).add(a.alertname)
+    }
+    const alerts = readRules()
+      .groups.flatMap((g) => g.rules)
+      .flatMap((r) => (r.alert === undefined ? [] : [r.alert]))
+    expect(alerts.length).toBeGreaterThanOrEqual(14)
+    expect(alerts.filter((a) => !fires.has(a))).toEqual([])
+    expect(alerts.filter((a) => !quiet.has(a))).toEqual([])
   })
 
   it('fail their unit tests when a threshold is broken, and promtool check fails bad PromQL', async () => {
