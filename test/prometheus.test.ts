@@ -130,7 +130,9 @@ describe('Prometheus alerts on a real cluster', () => {
       async () => (await fetch(`${promUrl}/-/ready`).catch(() => null))?.status === 200,
       30_000,
       200,
-    )
+    ).catch(async (err: unknown) => {
+      throw new Error(`${String(err)}\n${await readFile(join(dir(), 'prometheus.log'), 'utf8')}`)
+    })
     // Every member scraped with the monitor user's certificate.
     await until(
       'every member scraped',
