@@ -93,6 +93,17 @@ describe('Prometheus rules', () => {
   it('read only series the node exports', () => {
     const exported = exportedMetrics()
     const records = recordingRules()
+    // The check itself: a misspelt metric, a histogram suffix on a gauge, a missing record.
+    expect(
+      resolveExpr(
+        'kv_replication_lag_secs + kv_epoch_bucket + kv:no_such:record + kv_storage_batch_write_seconds_bucket{le="1"}',
+        records,
+        exported,
+      ),
+    ).toEqual({
+      metrics: ['kv_storage_batch_write_seconds_bucket'],
+      unknown: ['kv_replication_lag_secs', 'kv_epoch_bucket', 'kv:no_such:record'],
+    })
     const read = new Set<string>()
     for (const group of readRules().groups) {
       for (const rule of group.rules) {
