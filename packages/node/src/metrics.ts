@@ -560,6 +560,14 @@ export class NodeMetrics {
       },
     })
     new Gauge({
+      name: 'kv_hints_max',
+      help: 'Most hints this member holds for others (hintsMax); past it hints are dropped (reason full). Alert when the sum of kv_hint_backlog nears it.',
+      registers,
+      collect() {
+        this.set(engine.config.hintsMax)
+      },
+    })
+    new Gauge({
       name: 'kv_hint_backlog',
       help: 'Hints held here, per target member.',
       labelNames: ['member'],
