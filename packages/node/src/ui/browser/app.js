@@ -1,4 +1,4 @@
-/* global window, document, fetch, sessionStorage, TextDecoder, uPlot */
+/* global window, document, uPlot */
 /**
  * The dashboard page: reads GET /ui/v1/stream (Server-Sent Events, through fetch so that it
  * can send a bearer token), keeps the histories it gets (bounded like the node's), and draws
