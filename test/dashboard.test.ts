@@ -9,7 +9,7 @@
  *   SIGCONT.
  * Screenshots go to test-artifacts/ (gitignored; CI keeps them).
  */
-import { mkdir } from 'node:fs/promises'
+import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { Agent, Pool, request } from 'undici'
@@ -25,6 +25,9 @@ const anonymous = new Agent({ connect: { ca: caPem() } })
 
 beforeAll(async () => {
   await mkdir(artifacts, { recursive: true })
+  // This run's screenshots only (a failure's from an earlier run would mislead).
+  for (const name of await readdir(artifacts))
+    if (name.startsWith('dashboard-')) await rm(join(artifacts, name), { force: true })
   cluster = await TestCluster.start(3)
   browser = await chromium.launch({
     executablePath: chromiumPath,
@@ -83,13 +86,13 @@ function lagBelow([id, ms]: [string, number]): boolean {
  * network change (ERR_NETWORK_CHANGED: other processes on a shared CI machine add and remove
  * interfaces); such a load or login is tried again, at most three times.
  */
-async function signIn(page: Page, url: string): Promise<void> {
+async function signIn(page: Page, url: string, shot = true): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     try {
       await page.goto(url)
       // Auth is on: the page asks for a user before it shows anything.
       await page.waitForSelector('#login:not([hidden])', { timeout: 10_000 })
-      if (attempt === 1) await screenshot(page, '1-login')
+      if (attempt === 1 && shot) await screenshot(page, '1-login')
       await page.fill('#login-user', 'root')
       await page.fill('#login-password', rootPassword())
       await page.click('#login-submit')
@@ -230,36 +233,52 @@ describe('the dashboard at /ui', () => {
       await cluster.waitForApplied()
       const leaderNow = await cluster.waitForLeader()
       const paused = cluster.members.find((m) => m.id !== leaderNow.id && m.id !== served.id)!
-      const lagOf = async () =>
-        Number(await page.getAttribute(`#members tr[data-member="${paused.id}"]`, 'data-lag-ms'))
+      // Only the leader measures lag; a page served by a follower shows it from the leader's
+      // heartbeats. Watch from both: this page, and one on the follower that is not paused
+      // (when this page is on the leader now).
+      const observer = cluster.members.find((m) => m.id !== leaderNow.id && m.id !== paused.id)!
+      const pages = [page]
+      if (observer.id !== served.id) {
+        const followerPage = await context.newPage()
+        followerPage.on('pageerror', (err) => errors.push(err.message))
+        await signIn(followerPage, `${observer.url}/ui`, false)
+        pages.push(followerPage)
+      }
+      const lagOf = async (p: Page) =>
+        Number(await p.getAttribute(`#members tr[data-member="${paused.id}"]`, 'data-lag-ms'))
       const writer = startWriter(leaderNow.url, 40_000)
       try {
         await until('writes to flow', () => writer.acked > 50)
         cluster.pause(paused.id)
         const pausedAt = Date.now()
-        await page.waitForFunction(lagAtLeast, [paused.id, 1500] as [string, number], {
-          timeout: 15_000,
-          polling: 100,
-        })
-        const first = await lagOf()
+        for (const p of pages)
+          await p.waitForFunction(lagAtLeast, [paused.id, 1500] as [string, number], {
+            timeout: 15_000,
+            polling: 100,
+          })
+        const first = await Promise.all(pages.map(lagOf))
         await new Promise((resolve) => setTimeout(resolve, 1500))
-        const later = await lagOf()
+        const later = await Promise.all(pages.map(lagOf))
         // It keeps rising while the follower sleeps, and the chart has its samples.
-        expect(later).toBeGreaterThan(first)
-        const chartSeries = await page.locator('#lag-chart .u-legend .u-series').allTextContents()
-        expect(chartSeries.some((s) => s.includes(paused.id))).toBe(true)
+        for (const [i, p] of pages.entries()) {
+          expect(later[i]).toBeGreaterThan(first[i] as number)
+          const series = await p.locator('#lag-chart .u-legend .u-series').allTextContents()
+          expect(series.some((s) => s.includes(paused.id))).toBe(true)
+        }
         await screenshot(page, '4-follower-paused')
+        if (pages[1] !== undefined) await screenshot(pages[1], '4-follower-paused-seen-by-follower')
         process.stdout.write(
-          `dashboard: paused ${paused.id}: lag shown ${first} ms, then ${later} ms (${Date.now() - pausedAt} ms after SIGSTOP)\n`,
+          `dashboard: paused ${paused.id}: lag shown ${first.join('/')} ms, then ${later.join('/')} ms (${Date.now() - pausedAt} ms after SIGSTOP; pages on ${served.id}${pages.length > 1 ? ` and ${observer.id}` : ''})\n`,
         )
       } finally {
         cluster.resume(paused.id)
       }
       // Resumed, it catches up: the page shows its lag back under a second.
-      await page.waitForFunction(lagBelow, [paused.id, 1000] as [string, number], {
-        timeout: 20_000,
-        polling: 100,
-      })
+      for (const p of pages)
+        await p.waitForFunction(lagBelow, [paused.id, 1000] as [string, number], {
+          timeout: 20_000,
+          polling: 100,
+        })
       await writer.stop()
       await screenshot(page, '5-caught-up')
       // Nothing came from anywhere but the node serving the page.
