@@ -7,7 +7,7 @@
  * - kill -9 of the leader: the page, served by a follower, shows the new leader within 3 s;
  * - SIGSTOP of a follower under writes: the page shows its lag rising, then falling after
  *   SIGCONT.
- * Screenshots go to test-artifacts/ (gitignored; CI keeps them).
+ * Screenshots go to test-artifacts/ (gitignored), left there for CI to collect.
  */
 import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
