@@ -13,7 +13,7 @@ import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { Agent, Pool, request } from 'undici'
-import { TestCluster, until } from '@kvstore/testkit'
+import { LeaderlessCluster, TestCluster, until } from '@kvstore/testkit'
 import { caPem, rootConnect, rootPassword } from './support/certs.js'
 
 const chromiumPath = process.env.KV_CHROMIUM ?? '/usr/bin/chromium'
@@ -28,7 +28,6 @@ beforeAll(async () => {
   // This run's screenshots only (a failure's from an earlier run would mislead).
   for (const name of await readdir(artifacts))
     if (name.startsWith('dashboard-')) await rm(join(artifacts, name), { force: true })
-  cluster = await TestCluster.start(3)
   browser = await chromium.launch({
     executablePath: chromiumPath,
     headless: true,
@@ -39,7 +38,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close()
   await anonymous.close()
-  await cluster?.stop()
 })
 
 async function screenshot(page: Page, name: string): Promise<void> {
@@ -74,6 +72,11 @@ function leaderIs(id: string): boolean {
 function lagAtLeast([id, ms]: [string, number]): boolean {
   const doc = (globalThis as unknown as PageGlobals).document
   return Number(doc.querySelector(`#members tr[data-member="${id}"]`)?.dataset.lagMs ?? 0) >= ms
+}
+function hintsShownAtLeast([id, count]: [string, number]): boolean {
+  const doc = (globalThis as unknown as PageGlobals).document
+  const row = doc.querySelector(`#ring tr[data-member="${id}"]`)
+  return Number(row?.dataset.hints ?? 0) >= count && row?.dataset.up === 'false'
 }
 function lagBelow([id, ms]: [string, number]): boolean {
   const doc = (globalThis as unknown as PageGlobals).document
@@ -144,6 +147,13 @@ function startWriter(url: string, deadlineMs: number) {
 }
 
 describe('the dashboard at /ui', () => {
+  beforeAll(async () => {
+    cluster = await TestCluster.start(3)
+  }, 60_000)
+  afterAll(async () => {
+    await cluster?.stop()
+  })
+
   it('serves the page to anyone, and its data only with a credential', async () => {
     const url = cluster.leader.url
     const page = await request(`${url}/ui`, { dispatcher: anonymous })
@@ -287,6 +297,72 @@ describe('the dashboard at /ui', () => {
     } catch (err) {
       // What the page showed when it failed, kept with the other screenshots.
       await screenshot(page, 'failure').catch(() => {})
+      throw err
+    } finally {
+      await context.close()
+    }
+  })
+})
+
+describe('the dashboard of a leaderless cluster', () => {
+  let ll: LeaderlessCluster
+  beforeAll(async () => {
+    // Four members and N=3: a write whose replica is down leaves a hint on a stand-in.
+    ll = await LeaderlessCluster.start(4, ['--replicas', '3', '--default-w', '2'])
+  }, 60_000)
+  afterAll(async () => {
+    await ll?.close()
+  })
+
+  it('shows the ring, and the hints a member holds for a dead one', async () => {
+    const context = await browser.newContext({
+      ignoreHTTPSErrors: true,
+      viewport: { width: 1280, height: 1000 },
+    })
+    const page = await context.newPage()
+    try {
+      const down = ll.members[3]!
+      await ll.kill(down.id)
+      const pool = new Pool(ll.members[0]!.url, { connections: 4, connect: rootConnect() })
+      try {
+        for (let i = 0; i < 40; i++) {
+          const res = await pool.request({ method: 'PUT', path: `/v1/kv/ll/${i}`, body: `v${i}` })
+          await res.body.text()
+          expect(res.statusCode).toBe(200)
+        }
+      } finally {
+        await pool.close()
+      }
+      // A hint is sent beside the write: wait until one lands, then open the page on its holder.
+      let holder: { id: string; url: string; held: number } | null = null
+      await until('a hint for the dead member', async () => {
+        for (const m of ll.members.slice(0, 3)) {
+          const held = (await ll.hints(m.id)).byTarget[down.id] ?? 0
+          if (held > 0) holder = { id: m.id, url: m.url, held }
+        }
+        return holder !== null
+      })
+      const { url, held } = holder as unknown as { url: string; held: number }
+      await signIn(page, `${url}/ui`, false)
+      await page.waitForSelector('#leaderless:not([hidden])', { timeout: 10_000 })
+      expect(await page.locator('#ring tbody tr').count()).toBe(4)
+      expect(await page.textContent('#leader')).toBe('none (leaderless)')
+      // Every member owns a share of the ring, and the shares add up to the whole ring.
+      const shares = (await page.locator('#ring tbody tr td:nth-child(4)').allTextContents()).map(
+        (t) => parseFloat(t),
+      )
+      expect(shares.every((share) => share > 0)).toBe(true)
+      expect(Math.abs(shares.reduce((a, b) => a + b, 0) - 100)).toBeLessThan(0.5)
+      // The dead member is down, with the hints its stand-in holds, on the chart too.
+      await page.waitForFunction(hintsShownAtLeast, [down.id, held] as [string, number], {
+        timeout: 5000,
+        polling: 100,
+      })
+      const series = await page.locator('#lag-chart .u-legend .u-series').allTextContents()
+      expect(series.some((s) => s.includes(down.id))).toBe(true)
+      await screenshot(page, '6-leaderless-hints')
+    } catch (err) {
+      await screenshot(page, 'failure-leaderless').catch(() => {})
       throw err
     } finally {
       await context.close()

@@ -159,9 +159,15 @@ export class DashboardState {
     return { ...this.current, sample }
   }
 
-  /** Everything kept: what a page gets when it connects. */
+  /** Everything kept, with the state now: what a page gets when it connects. */
   snapshot(): DashboardSnapshot {
-    const current = this.current ?? this.sampleCurrentOnly()
+    if (this.current === null) this.sample()
+    const current: DashboardCurrent = {
+      ...(this.current as DashboardCurrent),
+      atMs: this.source.now(),
+      self: this.source.self(),
+      view: this.source.view(),
+    }
     return {
       ...current,
       sampleIntervalMs: this.limits.sampleIntervalMs,
@@ -173,12 +179,6 @@ export class DashboardState {
   /** Samples kept now (at most historySamplesMax shown, at most twice that held). */
   get historyLength(): number {
     return Math.min(this.history.length, this.limits.historySamplesMax)
-  }
-
-  private sampleCurrentOnly(): DashboardCurrent {
-    const update = this.sample()
-    const { sample: _sample, ...current } = update
-    return current
   }
 
   private noteLeadership(atMs: number, epoch: number, leaderId: string | null): void {

@@ -362,6 +362,8 @@
       `${text(view.antiEntropyIntervalMs)} ms${view.refilling ? '; refilling from peers' : ''}`
     fillRows($('ring').tBodies[0], view.members, (tr, m) => {
       tr.dataset.member = m.id
+      tr.dataset.up = String(m.up)
+      tr.dataset.hints = String(m.hintBacklog)
       cell(tr, m.id)
       cell(tr, m.state)
       cell(tr, m.up)
