@@ -4,7 +4,10 @@
  * and its routes on a real node (ui/routes.ts): the page and assets, the state, the stream's
  * snapshot and updates, and the limit on streams with its code.
  */
+import { writeFile } from 'node:fs/promises'
 import http from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import type { ClusterView } from '@kvstore/protocol'
 import { DashboardState, rollbacksShownMax, type DashboardSource } from '../src/ui/state.js'
 import { errorOf, startTestNode, type TestNode } from './helpers.js'
@@ -233,5 +236,73 @@ describe('the dashboard routes on a node', () => {
       },
       { timeout: 2000, interval: 50 },
     )
+  })
+})
+
+describe('the dashboard with auth on', () => {
+  let t: TestNode
+  const login = async (user: string, password: string): Promise<string> => {
+    const res = await fetch(`${t.url}/v1/auth/token`, {
+      method: 'POST',
+      body: JSON.stringify({ user, password }),
+    })
+    expect(res.status).toBe(200)
+    return ((await res.json()) as { token: string }).token
+  }
+  beforeAll(async () => {
+    const file = join(tmpdir(), `kv-ui-root-${process.pid}.password`)
+    await writeFile(file, 'root-password-1\n', { mode: 0o600 })
+    t = await startTestNode(['--auth', 'true', '--root-password-file', file])
+    const root = { authorization: `Bearer ${await login('root', 'root-password-1')}` }
+    for (const [path, body] of [
+      ['/admin/v1/roles', { name: 'ro' }],
+      ['/admin/v1/roles/ro/grant', { access: 'read', prefix: '' }],
+      ['/admin/v1/roles', { name: 'watcher' }],
+      ['/admin/v1/roles/watcher/grant', { access: 'monitor' }],
+      ['/admin/v1/users', { name: 'ann', password: 'ann-password', roles: ['ro'] }],
+      ['/admin/v1/users', { name: 'mo', password: 'mo-password', roles: ['watcher'] }],
+    ] as const) {
+      const res = await fetch(`${t.url}${path}`, {
+        method: 'POST',
+        body: JSON.stringify(body),
+        headers: root,
+      })
+      expect([path, res.status < 300]).toEqual([path, true])
+      await res.text()
+    }
+  })
+  afterAll(async () => {
+    await t.stop()
+  })
+
+  it('serves the page to anyone, and its data to the monitor role only', async () => {
+    expect((await fetch(`${t.url}/ui`)).status).toBe(200)
+    expect((await fetch(`${t.url}/ui/assets/app.js`)).status).toBe(200)
+    const reader = { authorization: `Bearer ${await login('ann', 'ann-password')}` }
+    const monitor = { authorization: `Bearer ${await login('mo', 'mo-password')}` }
+    for (const path of ['/ui/v1/state', '/ui/v1/stream']) {
+      const nobody = await fetch(`${t.url}${path}`)
+      expect([path, nobody.status, errorOf(await nobody.text()).code]).toEqual([
+        path,
+        401,
+        'KV_ERR_UNAUTHENTICATED',
+      ])
+      const denied = await fetch(`${t.url}${path}`, { headers: reader })
+      expect([path, denied.status, errorOf(await denied.text()).code]).toEqual([
+        path,
+        403,
+        'KV_ERR_PERMISSION_DENIED',
+      ])
+    }
+    const state = await fetch(`${t.url}/ui/v1/state`, { headers: monitor })
+    expect(state.status).toBe(200)
+    expect(((await state.json()) as { mode: string }).mode).toBe('standalone')
+    const controller = new AbortController()
+    const stream = await fetch(`${t.url}/ui/v1/stream`, {
+      headers: monitor,
+      signal: controller.signal,
+    })
+    expect(stream.status).toBe(200)
+    controller.abort()
   })
 })
