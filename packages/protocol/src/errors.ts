@@ -378,6 +378,12 @@ export const errorCatalog = {
     description:
       'Raised by the SDK and the CLI, never sent by a node: no node answered (connection refused, reset or timed out).',
   },
+  // ---- issue 20: the live dashboard, GET /ui
+  KV_ERR_DASHBOARD_STREAMS_TOO_MANY: {
+    status: 503,
+    description:
+      'This node already streams its state to `uiStreamsMax` dashboard pages (GET /ui/v1/stream); close one, open the dashboard on another member, or retry after `Retry-After` seconds.',
+  },
 } as const satisfies Record<string, { status: number; description: string }>
 
 /** A stable error code. */

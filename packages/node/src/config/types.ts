@@ -142,6 +142,12 @@ export interface NodeConfig extends Limits {
   // ---- leases (options-leases.ts)
   leasesMax: number
   leaseKeysMax: number
+  // ---- the dashboard, GET /ui (options-ui.ts)
+  uiSampleIntervalMs: number
+  uiHistorySamplesMax: number
+  uiLeadershipChangesMax: number
+  uiStreamsMax: number
+  uiStreamBufferBytesMax: number
 }
 
 export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'

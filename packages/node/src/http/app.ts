@@ -28,6 +28,7 @@ import { guardEveryRoute, registerHttpAuth } from '../security/http-auth.js'
 import { registerBodyBudget } from './body-budget.js'
 import { registerWatchRoutes } from '../watch/route.js'
 import { withRouteHook } from './route-hooks.js'
+import { registerUiRoutes } from '../ui/routes.js'
 
 /** Largest request header block, in bytes; keys travel in the URL, so it must fit them. */
 export const headerBytesMax = 64 * 1024
@@ -184,5 +185,7 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
   registerRegionRoutes(app, ctx)
   // Queued writes: GET /v1/tickets/<id> and the leader's side of the forward (outbox/routes.ts).
   registerOutboxRoutes(app, ctx)
+  // The live dashboard: GET /ui and its state stream (ui/routes.ts, docs/dashboard.md).
+  registerUiRoutes(app, ctx)
   return app
 }
