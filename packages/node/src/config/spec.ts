@@ -11,6 +11,7 @@ import { queuedOptions } from './options-queued.js'
 import { leaseOptions } from './options-leases.js'
 import { serverOptions } from './options-server.js'
 import { watchOptions } from './options-watch.js'
+import { respOptions } from './options-resp.js'
 import type { OptionSpec } from './types.js'
 
 export const configSpec: readonly OptionSpec[] = [
@@ -21,4 +22,5 @@ export const configSpec: readonly OptionSpec[] = [
   ...leaseOptions,
   ...backupOptions,
   ...watchOptions,
+  ...respOptions,
 ]

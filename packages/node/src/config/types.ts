@@ -142,6 +142,14 @@ export interface NodeConfig extends Limits {
   // ---- leases (options-leases.ts)
   leasesMax: number
   leaseKeysMax: number
+  // ---- the RESP front (options-resp.ts)
+  /** -1: off. */
+  respPort: number
+  respConnectionsMax: number
+  respPendingRepliesMax: number
+  respOutputBytesMax: number
+  respCommandBytesMax: number
+  respArgsMax: number
 }
 
 export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'
