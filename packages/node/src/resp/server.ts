@@ -158,7 +158,7 @@ class RespConnection {
 
   /** Runs the commands parsed so far, while fewer than respPendingRepliesMax are in flight. */
   private pump(): void {
-    while (!this.closing) {
+    while (!this.closing && !this.barrier) {
       if (this.slots.length >= this.ctx.config.respPendingRepliesMax) {
         this.pause()
         return
@@ -177,6 +177,9 @@ class RespConnection {
       if (args.length === 0) continue
       const absolute = this.flushed + this.slots.length
       this.slots.push(null)
+      // AUTH and HELLO change who the connection is: the commands after them wait for them.
+      const name = (args[0] as Buffer).toString('latin1').toLowerCase()
+      if (name === 'auth' || name === 'hello') this.barrier = true
       this.run(args, absolute)
     }
   }
@@ -206,7 +209,14 @@ class RespConnection {
     if (index < 0 || index >= this.slots.length) return
     this.slots[index] = reply
     this.flush()
+    if (this.barrier && this.slots.every((slot) => slot !== null)) {
+      this.barrier = false
+      this.pump()
+    }
   }
+
+  /** True while an AUTH or HELLO runs: nothing after it starts until it is done. */
+  private barrier = false
 
   private quitRequested = false
 
