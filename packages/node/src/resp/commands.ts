@@ -4,6 +4,7 @@
  * RESP error: `-READONLY ...` for KV_ERR_NOT_LEADER (Redis's own text, which clients act on),
  * `-NOAUTH`/`-WRONGPASS`/`-NOPERM` for auth, and `-<code> <message>` for every other code.
  */
+import { createHmac, randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { FastifyReply } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
@@ -38,6 +39,8 @@ export const scanCursorsPerConnectionMax = 64
 const scanCountDefault = 10
 /** How often WAIT looks at the followers' acknowledged LSNs. */
 const waitPollMs = 5
+/** Passed AUTH checks remembered, so a pool's many connections hash the password once. */
+export const respVerifiedLoginsMax = 1024
 /** The Redis version the front answers as (INFO, HELLO): the command set it follows. */
 export const redisCompatVersion = '7.2.0'
 
@@ -153,6 +156,9 @@ function escapeRegex(text: string): string {
 export class RespCommands {
   /** The port the front listens on (set once it listens); members share its offset. */
   selfPort = 0
+  /** Digests of AUTH checks that passed (see authenticate), oldest first. */
+  private readonly verified = new Set<string>()
+  private readonly authCacheKey = randomBytes(32)
 
   constructor(
     private readonly ctx: AppContext,
@@ -314,11 +320,22 @@ export class RespCommands {
       return
     }
     const record = auth.user(user)
-    const okPassword = await verifyPassword(
-      password,
-      record?.passwordHash || decoyHash,
-      hashLimiter,
-    )
+    // A client that opens many connections (redis-benchmark -c 50, a pool) sends the same AUTH
+    // on each: a check that passed is remembered (a keyed digest of user, password and the
+    // stored hash, so a new password misses), so only the first pays for the hash.
+    const digest = createHmac('sha256', this.authCacheKey)
+      .update(`${user}\u0000${password}\u0000${record?.passwordHash ?? ''}`)
+      .digest('base64')
+    const remembered = record !== null && record.passwordHash !== '' && this.verified.has(digest)
+    const okPassword =
+      remembered || (await verifyPassword(password, record?.passwordHash || decoyHash, hashLimiter))
+    if (okPassword && !remembered && record !== null) {
+      if (this.verified.size >= respVerifiedLoginsMax) {
+        const oldest = this.verified.values().next().value
+        if (oldest !== undefined) this.verified.delete(oldest)
+      }
+      this.verified.add(digest)
+    }
     const entry = {
       user,
       via: 'password' as const,
