@@ -134,7 +134,9 @@ export class RespParser {
     const args: Buffer[] = []
     const word = /\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|(\S+))/gy
     let match: RegExpExecArray | null
+    let consumed = 0
     while ((match = word.exec(raw)) !== null) {
+      consumed = word.lastIndex
       if (match[1] !== undefined)
         args.push(
           Buffer.from(
@@ -148,7 +150,7 @@ export class RespParser {
           `a command has more than ${this.limits.argsMax} arguments (respArgsMax)`,
         )
     }
-    if (raw.slice(word.lastIndex).trim() !== '')
+    if (raw.slice(consumed).trim() !== '')
       throw new RespProtocolError('unbalanced quotes in an inline command')
     return { args, end: line.end }
   }
