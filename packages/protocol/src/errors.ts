@@ -392,7 +392,7 @@ export const errorCatalog = {
   KV_ERR_RESP_OUTPUT_TOO_LARGE: {
     status: 429,
     description:
-      'A RESP client sent commands faster than it read their replies, and the replies waiting for it passed `respOutputBytesMax`; the connection is closed (Redis\'s client-output-buffer-limit).',
+      "A RESP client sent commands faster than it read their replies, and the replies waiting for it passed `respOutputBytesMax`; the connection is closed (Redis's client-output-buffer-limit).",
   },
 } as const satisfies Record<string, { status: number; description: string }>
 

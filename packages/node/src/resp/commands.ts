@@ -720,14 +720,14 @@ export class RespCommands {
   private async exists(session: RespSession, args: Buffer[]): Promise<Reply> {
     this.checkKeyCount(args.length)
     const keys = this.readKeys(session, args)
-    const records = await Promise.all(keys.map((k) => this.read(k)))
+    const records = await Promise.all(keys.map((k) => Promise.resolve(this.read(k))))
     return int(records.filter((r) => RespCommands.live(r) !== null).length)
   }
 
   private async mget(session: RespSession, args: Buffer[]): Promise<Reply> {
     this.checkKeyCount(args.length)
     const keys = this.readKeys(session, args)
-    const records = await Promise.all(keys.map((k) => this.read(k)))
+    const records = await Promise.all(keys.map((k) => Promise.resolve(this.read(k))))
     return array(records.map((r) => bulk(RespCommands.live(r)?.value ?? null)))
   }
 

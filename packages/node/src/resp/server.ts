@@ -19,7 +19,6 @@
 import net from 'node:net'
 import tls from 'node:tls'
 import type { Logger } from 'pino'
-import { KvError } from '@kvstore/protocol/errors'
 import { certificateIdentity } from '@kvstore/protocol/identity'
 import type { AppContext } from '../http/context.js'
 import { encode, error, RespParser, RespProtocolError, type Reply } from './codec.js'
