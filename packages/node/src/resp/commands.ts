@@ -31,7 +31,21 @@ export interface RespSession {
   cursors: Map<number, { after: Buffer; prefix: string }>
   nextCursor: number
   remote: string
+  /**
+   * Settles once this connection's latest write is done (null: none in flight). A read, SCAN
+   * or WAIT waits for it, so a pipeline's GET sees the SET before it, as on Redis; writes keep
+   * their order without it (the sequencer takes them in the order they are called).
+   */
+  pendingWrite: Promise<void> | null
+  /**
+   * Settles once the latest read that waits for a write is done (null: none). A write waits
+   * for it before it is sequenced, so a read never sees a write that came after it.
+   */
+  pendingRead: Promise<void> | null
 }
+
+/** Commands that must see this connection's earlier writes. */
+const afterWrites = new Set(['get', 'exists', 'mget', 'scan', 'wait'])
 
 /** SCAN cursors one connection keeps (the oldest goes first). */
 export const scanCursorsPerConnectionMax = 64
@@ -251,6 +265,28 @@ export class RespCommands {
     }
     if (info.arity > 0 ? args.length !== info.arity : args.length < -info.arity)
       throw wrongArgs(name)
+    const pending = session.pendingWrite
+    if (pending !== null && afterWrites.has(name)) {
+      const reply = pending.then(() => this.dispatch(session, name, args, quit))
+      const settled = reply.then(
+        () => {},
+        () => {},
+      )
+      session.pendingRead = settled
+      void settled.then(() => {
+        if (session.pendingRead === settled) session.pendingRead = null
+      })
+      return reply
+    }
+    return this.dispatch(session, name, args, quit)
+  }
+
+  private dispatch(
+    session: RespSession,
+    name: string,
+    args: Buffer[],
+    quit: () => void,
+  ): Reply | Promise<Reply> {
     switch (name) {
       case 'ping':
         if (args.length > 2) throw wrongArgs(name)
@@ -732,7 +768,20 @@ export class RespCommands {
   }
 
   private async write(session: RespSession, write: WriteRequest): Promise<WriteResult> {
-    const result = await sequenceWrite(this.ctx, write, this.ctx.config.defaultAck)
+    const read = session.pendingRead
+    const running =
+      read === null
+        ? sequenceWrite(this.ctx, write, this.ctx.config.defaultAck)
+        : read.then(() => sequenceWrite(this.ctx, write, this.ctx.config.defaultAck))
+    const settled = running.then(
+      () => {},
+      () => {},
+    )
+    session.pendingWrite = settled
+    void settled.then(() => {
+      if (session.pendingWrite === settled) session.pendingWrite = null
+    })
+    const result = await running
     session.lastWrite = { lsn: result.lsn, epoch: result.epoch }
     return result
   }

@@ -86,6 +86,8 @@ export async function startRespServer(
       cursors: new Map(),
       nextCursor: 1,
       remote: socket.remoteAddress ?? '',
+      pendingWrite: null,
+      pendingRead: null,
     }).start()
   }
 
