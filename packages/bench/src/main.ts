@@ -14,6 +14,7 @@ import { runMembershipBench } from './membership.js'
 import { runShardsBench, shardParts, type ShardPart } from './shards.js'
 import { runQueuedBench } from './queued.js'
 import { runLeasesBench } from './leases.js'
+import { runRespBench } from './resp.js'
 import { runRegionsBench } from './regions.js'
 import { runWatchBench } from './watch.js'
 import { securityProfiles, type SecurityProfile } from './security.js'
@@ -107,6 +108,11 @@ bench-results/.
                         ?ttlMs= (--ttls 500,1000,5000) on a 3-node cluster; how late after
                         its TTL each key vanishes on the leader and on a follower (min, p50,
                         p90, p99, max). See leases.ts.
+  --suite resp          the RESP front against Redis: redis-benchmark -t set,get
+                        (--requests N (50000), --connections N (50 here), pipelines of 1 and
+                        --pipeline N (16)) on a 3-node kv-cluster's leader and on a
+                        redis-server primary + 2 replicas (appendfsync everysec, then
+                        always), all over TLS with a password. See resp.ts.
 
 Every suite runs its nodes as shipped (--security tls-auth: mutual TLS, HTTPS, tokens);
 --security tls or plaintext measure the other profiles.
@@ -156,6 +162,8 @@ async function main(): Promise<void> {
       writers: { type: 'string', default: '16' },
       'lease-keys': { type: 'string', default: '100' },
       ttls: { type: 'string', default: '500,1000,5000' },
+      requests: { type: 'string', default: '50000' },
+      pipeline: { type: 'string', default: '16' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -320,6 +328,19 @@ async function main(): Promise<void> {
         command: `pnpm bench --suite watch --duration ${common.durationS} --rate ${rate} --watchers ${watchers} --few-watchers ${fewWatchers} --writers ${writers}${security === 'tls-auth' ? '' : ` --security ${security}`}`,
       })
     }
+    case 'resp': {
+      const requests = number('requests', 1)
+      const clients = opts.connections === '64' ? 50 : number('connections', 1)
+      const pipeline = number('pipeline', 1)
+      return runRespBench({
+        requests,
+        clients,
+        pipeline,
+        valueBytes: common.valueBytes,
+        out: common.out,
+        command: `pnpm bench --suite resp --requests ${requests} --connections ${clients} --pipeline ${pipeline}${common.valueBytes === 100 ? '' : ` --value-bytes ${common.valueBytes}`}`,
+      })
+    }
     case 'leases': {
       const keys = number('lease-keys', 1)
       const ttls = String(opts.ttls)
@@ -348,7 +369,7 @@ async function main(): Promise<void> {
     }
     default:
       throw new Error(
-        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff, shards, regions, queued, committed, watch or leases, not ${String(suite)}`,
+        `--suite must be cluster, single-node, failover, leaderless, security, compare, open-loop, backup, membership, handoff, shards, regions, queued, committed, watch, leases or resp, not ${String(suite)}`,
       )
   }
 }

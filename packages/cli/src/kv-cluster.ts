@@ -73,6 +73,9 @@ Usage: kv-cluster [options] [-- kv-node options...]
   --host HOST        address to listen on (default 127.0.0.1)
   --client-port P    client port of n1; n2 gets P+1, and so on (default 7001)
   --peer-port P      peer port of n1; n2 gets P+1, and so on (default 7101)
+  --resp-port P      RESP (Redis protocol) port of n1; n2 gets P+1, and so on (default:
+                     the client port plus 300, 7301; "off" for none; single-leader only;
+                     redis-cli --tls --cacert DIR/certs/ca.crt -p 7301, docs/resp.md)
   --data-dir DIR     one data directory per node below DIR, and their logs (default ./data)
   --fresh            delete the nodes' data directories first (the certificates stay)
   --log-archive DIR  n2 (n1 alone in a 1-node cluster) keeps a continuous archive of the
@@ -157,6 +160,7 @@ async function main(): Promise<number> {
         host: { type: 'string', default: '127.0.0.1' },
         'client-port': { type: 'string', default: '7001' },
         'peer-port': { type: 'string', default: '7101' },
+        'resp-port': { type: 'string' },
         'data-dir': { type: 'string', default: './data' },
         fresh: { type: 'boolean', default: false },
         'restore-from': { type: 'string' },
@@ -334,6 +338,16 @@ async function main(): Promise<number> {
         '--certs-dir',
         certsDir,
         ...(mode === 'leaderless' ? ['--mode', 'leaderless'] : ['--leader', 'n1']),
+        // The RESP front: every member at the same offset from its client port (docs/resp.md).
+        ...(mode !== 'leaderless' && opts['resp-port'] !== 'off'
+          ? [
+              '--resp-port',
+              String(
+                (opts['resp-port'] === undefined ? clientPort + 300 : Number(opts['resp-port'])) +
+                  members.indexOf(member),
+              ),
+            ]
+          : []),
         ...(opts['log-archive'] !== undefined && member.id === archiver
           ? ['--archive-dir', resolve(opts['log-archive'])]
           : []),
@@ -414,6 +428,12 @@ async function main(): Promise<number> {
   }
   const first = members[0] as Member
   const last = members[members.length - 1] as Member
+  const respBase =
+    opts['resp-port'] === 'off'
+      ? null
+      : opts['resp-port'] === undefined
+        ? clientPort + 300
+        : Number(opts['resp-port'])
   write(`
 Try, in another terminal (every request needs a credential; curl checks the node's
 certificate against the cluster's CA):
@@ -423,7 +443,13 @@ certificate against the cluster's CA):
   node packages/cli/dist/kv.js get greeting --url ${last.clientUrl}
   node packages/cli/dist/kv.js cluster
   kill -9 <pid of the leader>   # a survivor takes over within about two seconds
-
+${
+  respBase === null
+    ? ''
+    : `  redis-cli --tls --cacert ${certsDir}/ca.crt --cert ${certsDir}/root.crt \\
+       --key ${certsDir}/root.key -p ${respBase} SET greeting hello   # RESP ports ${respBase}-${respBase + nodes - 1}
+`
+}
 Ctrl-C stops every node cleanly.
 `)
   return new Promise<number>(() => {})

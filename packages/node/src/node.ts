@@ -22,6 +22,7 @@ import { TokenService } from './security/tokens.js'
 import { Replicator } from './cluster/replicator.js'
 import { LeaderlessEngine } from './leaderless/engine.js'
 import { buildApp } from './http/app.js'
+import { startRespServer } from './resp/server.js'
 import { PeerRoster } from './membership/roster.js'
 import { ShardState, loadShardSetup, startShards, type Shards } from './shards/index.js'
 import { RegionClock } from '@kvstore/core'
@@ -450,6 +451,9 @@ export class KvNode {
         lifecycle,
       }
       const app = buildApp(ctx, logger)
+      // The RESP front (--resp-port, node/src/resp): closed with the app, before storage.
+      const resp = await startRespServer(ctx, logger)
+      if (resp !== null) app.addHook('onClose', () => resp.close())
       const port = cluster ? Number(new URL(cluster.self.clientUrl).port) : config.port
       await app.listen({ host: config.host, port })
       node = new KvNode(config, logger, store, app, metrics, lifecycle, replicator, leaderless, ctx)

@@ -384,6 +384,22 @@ export const errorCatalog = {
     description:
       'This node already streams its state to `uiStreamsMax` dashboard pages (GET /ui/v1/stream); close one, open the dashboard on another member, or retry after `Retry-After` seconds.',
   },
+  // ---- the RESP front (node/src/resp): errors a Redis client sees as `-KV_ERR_... message`
+  KV_ERR_RESP_PROTOCOL: {
+    status: 400,
+    description:
+      'The RESP front could not parse what the client sent (not RESP, a bulk string over `respCommandBytesMax`, an array over `respArgsMax`); the connection is closed after the error, as Redis does.',
+  },
+  KV_ERR_RESP_CONNECTIONS_TOO_MANY: {
+    status: 503,
+    description:
+      'The RESP front already holds `respConnectionsMax` connections; the new one gets this error and is closed. Connect to another member or retry.',
+  },
+  KV_ERR_RESP_OUTPUT_TOO_LARGE: {
+    status: 429,
+    description:
+      "A RESP client sent commands faster than it read their replies, and the replies waiting for it passed `respOutputBytesMax`; the connection is closed (Redis's client-output-buffer-limit).",
+  },
 } as const satisfies Record<string, { status: number; description: string }>
 
 /** A stable error code. */

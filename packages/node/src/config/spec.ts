@@ -12,6 +12,7 @@ import { leaseOptions } from './options-leases.js'
 import { serverOptions } from './options-server.js'
 import { watchOptions } from './options-watch.js'
 import { uiOptions } from './options-ui.js'
+import { respOptions } from './options-resp.js'
 import type { OptionSpec } from './types.js'
 
 export const configSpec: readonly OptionSpec[] = [
@@ -23,4 +24,5 @@ export const configSpec: readonly OptionSpec[] = [
   ...backupOptions,
   ...watchOptions,
   ...uiOptions,
+  ...respOptions,
 ]

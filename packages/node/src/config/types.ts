@@ -148,6 +148,14 @@ export interface NodeConfig extends Limits {
   uiLeadershipChangesMax: number
   uiStreamsMax: number
   uiStreamBufferBytesMax: number
+  // ---- the RESP front (options-resp.ts)
+  /** -1: off. */
+  respPort: number
+  respConnectionsMax: number
+  respPendingRepliesMax: number
+  respOutputBytesMax: number
+  respCommandBytesMax: number
+  respArgsMax: number
 }
 
 export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'

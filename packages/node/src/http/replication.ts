@@ -49,6 +49,23 @@ export function requestIdOf(request: FastifyRequest, ctx: AppContext): string | 
 }
 
 /**
+ * The write path every front shares (HTTP here, RESP in node/src/resp): refuses unless this
+ * node may take writes (KV_ERR_NOT_LEADER), sequences the write, and waits for `ack`.
+ */
+export async function sequenceWrite(
+  ctx: AppContext,
+  write: WriteRequest,
+  ack: AckMode,
+): Promise<WriteResult> {
+  const { replicator } = ctx
+  replicator?.checkWritable()
+  const result = await ctx.sequencer.write(write)
+  if (replicator)
+    await replicator.waitForAck(result.lsn, result.epoch, ack, ctx.config.ackTimeoutMs)
+  return result
+}
+
+/**
  * Runs a write on the leader: sequences it, waits for the durability it asked for, and sets
  * `kv-lsn` and `kv-session`. On a follower it refuses with KV_ERR_NOT_LEADER.
  */
@@ -60,13 +77,11 @@ export async function completeWrite(
 ): Promise<WriteResult & { session: string }> {
   const ack = ackModeOf(request, ctx)
   const requestId = requestIdOf(request, ctx)
-  const { replicator } = ctx
-  replicator?.checkWritable()
-  const result = await ctx.sequencer.write(
+  const result = await sequenceWrite(
+    ctx,
     requestId === undefined ? write : { ...write, requestId },
+    ack,
   )
-  if (replicator)
-    await replicator.waitForAck(result.lsn, result.epoch, ack, ctx.config.ackTimeoutMs)
   const session = encodeSession({ epoch: result.epoch, lsn: result.lsn })
   void reply.header('kv-lsn', String(result.lsn)).header('kv-session', session)
   if (result.deduplicated) void reply.header('kv-deduplicated', 'true')
