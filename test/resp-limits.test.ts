@@ -65,6 +65,10 @@ describe('RESP limits on a node', () => {
       '4',
       '--resp-pending-replies-max',
       '4',
+      '--resp-pending-bytes-max',
+      '65536',
+      '--resp-auth-timeout-ms',
+      '1500',
     ])
   }, 30_000)
   afterAll(async () => {
@@ -148,5 +152,52 @@ describe('RESP limits on a node', () => {
     await until(() => refused.closed(), 'the fourth connection to close')
     expect(refused.received()).toMatch(/^-KV_ERR_RESP_CONNECTIONS_TOO_MANY /)
     for (const c of open) c.socket.destroy()
+  })
+
+  it('closes a connection that has not authenticated after respAuthTimeoutMs, not one that has', async () => {
+    const anonymous = await connect(port, false)
+    const root = await connect(port, true)
+    await until(() => anonymous.closed(), 'the anonymous connection to close', 10_000)
+    expect(anonymous.received()).toMatch(
+      /^-NOAUTH Authentication required within 1500 ms of connecting \(respAuthTimeoutMs\)/,
+    )
+    root.socket.write('*1\r\n$4\r\nPING\r\n')
+    await until(() => root.received() === '+PONG\r\n', 'the certificate user still answered')
+    expect(root.closed()).toBe(false)
+    root.socket.destroy()
+  })
+
+  it('keeps every reply, in order, past respPendingBytesMax (back-pressure on bytes)', async () => {
+    const root = await connect(port, true)
+    // 60 SETs of 3,000-byte values: about 180 KB in flight at once, past the 64 KiB limit.
+    const value = (i: number) => String(i % 10).repeat(3000)
+    let wire = ''
+    for (let i = 0; i < 60; i++)
+      wire += `*3\r\n$3\r\nSET\r\n$${`q${i}`.length}\r\nq${i}\r\n$3000\r\n${value(i)}\r\n`
+    wire += '*2\r\n$3\r\nGET\r\n$3\r\nq59\r\n'
+    root.socket.write(wire)
+    const expected = '+OK\r\n'.repeat(60) + `$3000\r\n${value(59)}\r\n`
+    await until(() => root.received().length >= expected.length, 'all 61 replies', 60_000)
+    expect(root.received()).toBe(expected)
+    root.socket.destroy()
+  }, 90_000)
+
+  it('counts commands and the connections each limit closed on /metrics', async () => {
+    const text = await (await fetch(`${node.url}/metrics`)).text()
+    const value = (series: string): number => {
+      const line = text.split('\n').find((l) => l.startsWith(`${series} `))
+      if (line === undefined) throw new Error(`no ${series} in /metrics`)
+      return Number(line.split(' ')[1])
+    }
+    expect(value('kv_resp_commands_total{result="ok"}')).toBeGreaterThan(600)
+    expect(value('kv_resp_commands_total{result="error"}')).toBeGreaterThanOrEqual(1)
+    expect(value('kv_resp_connections_closed_total{reason="protocol"}')).toBeGreaterThanOrEqual(2)
+    expect(value('kv_resp_connections_closed_total{reason="connections"}')).toBeGreaterThanOrEqual(
+      1,
+    )
+    expect(value('kv_resp_connections_closed_total{reason="auth_timeout"}')).toBeGreaterThanOrEqual(
+      1,
+    )
+    expect(value('kv_resp_connections')).toBeGreaterThanOrEqual(0)
   })
 })

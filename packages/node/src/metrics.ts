@@ -10,6 +10,7 @@ import type { Shards } from './shards/index.js'
 import type { Regions } from './regions/index.js'
 import type { Outbox } from './outbox/outbox.js'
 import type { Lessor } from './leases/lessor.js'
+import { RespStats } from './resp/stats.js'
 
 const httpBucketsSeconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
@@ -499,6 +500,43 @@ export class NodeMetrics {
   }
 
   /** Leases (node/src/leases): how many there are, and their ends by reason. */
+  /** The RESP front (--resp-port; resp/server.ts), read at scrape time; zeros when it is off. */
+  watchResp(stats: RespStats): void {
+    const registers = [this.registry]
+    new Gauge({
+      name: 'kv_resp_connections',
+      help: 'RESP connections open on this node (limit: respConnectionsMax).',
+      registers,
+      collect() {
+        this.set(stats.connections)
+      },
+    })
+    new Counter({
+      name: 'kv_resp_commands_total',
+      help: 'RESP commands answered, by result: ok, or error (any -ERR, -READONLY, -NOAUTH, -KV_ERR_... reply).',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        this.reset()
+        this.inc({ result: 'ok' }, stats.commands - stats.errors)
+        this.inc({ result: 'error' }, stats.errors)
+      },
+    })
+    new Counter({
+      name: 'kv_resp_connections_closed_total',
+      help: 'RESP connections a limit closed, by reason: connections (respConnectionsMax), auth_timeout (respAuthTimeoutMs), protocol (KV_ERR_RESP_PROTOCOL), output (respOutputBytesMax).',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset()
+        this.inc({ reason: 'connections' }, stats.closed.connections)
+        this.inc({ reason: 'auth_timeout' }, stats.closed.authTimeout)
+        this.inc({ reason: 'protocol' }, stats.closed.protocol)
+        this.inc({ reason: 'output' }, stats.closed.output)
+      },
+    })
+  }
+
   watchLeases(lessor: Pick<Lessor, 'size' | 'stats'>): void {
     const registers = [this.registry]
     new Gauge({
@@ -1075,6 +1113,7 @@ export function metricsCatalog(): MetricInfo[] {
       refused: { entries: 0, bytes: 0, age: 0 },
     },
   })
+  singleLeader.watchResp(new RespStats())
   singleLeader.watchLeases({
     size: 0,
     stats: { granted: 0, expired: 0, revoked: 0, promotions: 0 },

@@ -22,7 +22,7 @@ import { TokenService } from './security/tokens.js'
 import { Replicator } from './cluster/replicator.js'
 import { LeaderlessEngine } from './leaderless/engine.js'
 import { buildApp } from './http/app.js'
-import { startRespServer } from './resp/server.js'
+import { RespStats, startRespServer } from './resp/server.js'
 import { PeerRoster } from './membership/roster.js'
 import { ShardState, loadShardSetup, startShards, type Shards } from './shards/index.js'
 import { RegionClock } from '@kvstore/core'
@@ -452,7 +452,9 @@ export class KvNode {
       }
       const app = buildApp(ctx, logger)
       // The RESP front (--resp-port, node/src/resp): closed with the app, before storage.
-      const resp = await startRespServer(ctx, logger)
+      const respStats = new RespStats()
+      if (leaderless === null) metrics.watchResp(respStats)
+      const resp = await startRespServer(ctx, logger, respStats)
       if (resp !== null) app.addHook('onClose', () => resp.close())
       const port = cluster ? Number(new URL(cluster.self.clientUrl).port) : config.port
       await app.listen({ host: config.host, port })

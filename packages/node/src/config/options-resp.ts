@@ -77,4 +77,28 @@ export const respOptions: readonly OptionSpec[] = [
     description:
       'Most arguments of one RESP command (the length of its array); more gets KV_ERR_RESP_PROTOCOL and the connection is closed. MSET and MGET are also held to --batch-ops-max keys.',
   },
+  {
+    key: 'respPendingBytesMax',
+    flag: '--resp-pending-bytes-max',
+    env: 'KV_RESP_PENDING_BYTES_MAX',
+    kind: 'bytes',
+    default: 16 * MiB,
+    min: 64 * KiB,
+    max: 4096 * MiB,
+    group: 'limits',
+    description:
+      'Most bytes of pipelined commands (their arguments) of one RESP connection that run or wait for their reply at once; past it the node stops reading that connection until replies go out (back-pressure, nothing is dropped). With respConnectionsMax it bounds what RESP clients can make a node hold.',
+  },
+  {
+    key: 'respAuthTimeoutMs',
+    flag: '--resp-auth-timeout-ms',
+    env: 'KV_RESP_AUTH_TIMEOUT_MS',
+    kind: 'integer',
+    default: 10_000,
+    min: 100,
+    max: 3_600_000,
+    group: 'limits',
+    description:
+      'With auth on, a RESP connection that has not authenticated (AUTH, HELLO AUTH or a client certificate naming a user) this long after it connected gets -NOAUTH and is closed, so idle strangers cannot hold the connection slots.',
+  },
 ]

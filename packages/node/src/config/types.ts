@@ -156,6 +156,8 @@ export interface NodeConfig extends Limits {
   respOutputBytesMax: number
   respCommandBytesMax: number
   respArgsMax: number
+  respPendingBytesMax: number
+  respAuthTimeoutMs: number
 }
 
 export type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'enum'

@@ -14,7 +14,10 @@
  * - Per connection: pipelined commands run at once, and replies go out in order. At most
  *   `respPendingRepliesMax` are in flight (then reading pauses), at most `respOutputBytesMax`
  *   of replies wait for the client (then the connection is closed), and each command is held
- *   to `respCommandBytesMax` and `respArgsMax`. At most `respConnectionsMax` connections.
+ *   to `respCommandBytesMax` and `respArgsMax`. At most `respPendingBytesMax` of commands are
+ *   in flight (then reading pauses too), and while an AUTH runs, at most `respCommandBytesMax`
+ *   waits unparsed. At most `respConnectionsMax` connections; with auth on, one that has not
+ *   authenticated after `respAuthTimeoutMs` is closed.
  */
 import net from 'node:net'
 import tls from 'node:tls'
@@ -23,6 +26,9 @@ import { certificateIdentity } from '@kvstore/protocol/identity'
 import type { AppContext } from '../http/context.js'
 import { encode, error, RespParser, RespProtocolError, type Reply } from './codec.js'
 import { RespCommands, type RespSession } from './commands.js'
+import { RespStats } from './stats.js'
+
+export { RespStats }
 
 export interface RespServerHandle {
   readonly port: number
@@ -40,6 +46,7 @@ export function respUnsupported(ctx: AppContext): string | null {
 export async function startRespServer(
   ctx: AppContext,
   logger: Logger,
+  stats: RespStats = new RespStats(),
 ): Promise<RespServerHandle | null> {
   const { config } = ctx
   if (config.respPort < 0) return null
@@ -55,6 +62,7 @@ export async function startRespServer(
 
   const serve = (socket: net.Socket, secure: boolean): void => {
     if (sockets.size >= config.respConnectionsMax) {
+      stats.closed.connections++
       socket.end(
         `-KV_ERR_RESP_CONNECTIONS_TOO_MANY this node holds ${config.respConnectionsMax} RESP connections (respConnectionsMax); connect to another member or retry\r\n`,
       )
@@ -62,8 +70,11 @@ export async function startRespServer(
       return
     }
     sockets.add(socket)
+    stats.connections++
     socket.setNoDelay(true)
-    socket.on('close', () => sockets.delete(socket))
+    socket.on('close', () => {
+      if (sockets.delete(socket)) stats.connections--
+    })
     socket.on('error', () => socket.destroy())
     let certUser: string | null = null
     if (secure) {
@@ -77,7 +88,7 @@ export async function startRespServer(
         if (name !== null && ctx.security.auth.user(name) !== null) certUser = name
       }
     }
-    new RespConnection(socket, commands, ctx, {
+    const session: RespSession = {
       id: nextId++,
       proto: 2,
       user: certUser,
@@ -88,7 +99,20 @@ export async function startRespServer(
       remote: socket.remoteAddress ?? '',
       pendingWrite: null,
       pendingRead: null,
-    }).start()
+    }
+    if (ctx.security.auth.enabled && certUser === null) {
+      const timer = setTimeout(() => {
+        if (session.user !== null || socket.destroyed) return
+        stats.closed.authTimeout++
+        socket.end(
+          `-NOAUTH Authentication required within ${config.respAuthTimeoutMs} ms of connecting (respAuthTimeoutMs).\r\n`,
+        )
+        socket.destroySoon()
+      }, config.respAuthTimeoutMs)
+      timer.unref()
+      socket.once('close', () => clearTimeout(timer))
+    }
+    new RespConnection(socket, commands, ctx, session, stats).start()
   }
 
   const tlsSource = ctx.tls
@@ -142,6 +166,7 @@ class RespConnection {
     private readonly commands: RespCommands,
     private readonly ctx: AppContext,
     private readonly session: RespSession,
+    private readonly stats: RespStats,
   ) {
     this.parser = new RespParser({
       commandBytesMax: ctx.config.respCommandBytesMax,
@@ -153,6 +178,8 @@ class RespConnection {
     this.socket.on('data', (chunk: Buffer) => {
       this.parser.feed(chunk)
       this.pump()
+      // While an AUTH or HELLO runs nothing is parsed: hold what waits to one command's worth.
+      if (this.parser.bufferedBytes > this.ctx.config.respCommandBytesMax) this.pause()
     })
     this.socket.on('drain', () => this.resumeIfRoom())
   }
@@ -160,7 +187,7 @@ class RespConnection {
   /** Runs the commands parsed so far, while fewer than respPendingRepliesMax are in flight. */
   private pump(): void {
     while (!this.closing && !this.barrier) {
-      if (this.slots.length >= this.ctx.config.respPendingRepliesMax) {
+      if (this.full()) {
         this.pause()
         return
       }
@@ -169,6 +196,7 @@ class RespConnection {
         args = this.parser.next()
       } catch (err) {
         if (!(err instanceof RespProtocolError)) throw err
+        this.stats.closed.protocol++
         this.slots.push(error(`KV_ERR_RESP_PROTOCOL Protocol error: ${err.message}`))
         this.closing = true
         this.flush()
@@ -178,6 +206,10 @@ class RespConnection {
       if (args.length === 0) continue
       const absolute = this.flushed + this.slots.length
       this.slots.push(null)
+      let bytes = 0
+      for (const arg of args) bytes += arg.length
+      this.pendingBytes += bytes
+      this.bytesOf.set(absolute, bytes)
       // AUTH and HELLO change who the connection is: the commands after them wait for them.
       const name = (args[0] as Buffer).toString('latin1').toLowerCase()
       if (name === 'auth' || name === 'hello') this.barrier = true
@@ -187,6 +219,17 @@ class RespConnection {
 
   /** Replies flushed so far: a command's slot is `absolute - flushed`. */
   private flushed = 0
+  /** Bytes of the arguments of the commands in flight, and each one's, by absolute index. */
+  private pendingBytes = 0
+  private readonly bytesOf = new Map<number, number>()
+
+  /** True when no more commands may start: too many, or too many bytes, in flight. */
+  private full(): boolean {
+    return (
+      this.slots.length >= this.ctx.config.respPendingRepliesMax ||
+      this.pendingBytes >= this.ctx.config.respPendingBytesMax
+    )
+  }
 
   private run(args: Buffer[], absolute: number): void {
     let result: Reply | Promise<Reply>
@@ -208,6 +251,10 @@ class RespConnection {
   private settle(absolute: number, reply: Reply): void {
     const index = absolute - this.flushed
     if (index < 0 || index >= this.slots.length) return
+    this.pendingBytes -= this.bytesOf.get(absolute) ?? 0
+    this.bytesOf.delete(absolute)
+    this.stats.commands++
+    if (reply.t === 'error') this.stats.errors++
     this.slots[index] = reply
     this.flush()
     if (this.barrier && this.slots.every((slot) => slot !== null)) {
@@ -245,6 +292,7 @@ class RespConnection {
     }
     if (this.socket.writableLength > this.ctx.config.respOutputBytesMax) {
       this.closing = true
+      this.stats.closed.output++
       this.socket.end(
         `-KV_ERR_RESP_OUTPUT_TOO_LARGE replies waiting for this client passed ${this.ctx.config.respOutputBytesMax} bytes (respOutputBytesMax); read the replies of a pipeline as you send it\r\n`,
       )
@@ -262,7 +310,7 @@ class RespConnection {
 
   private resumeIfRoom(): void {
     if (this.closing) return
-    if (this.slots.length >= this.ctx.config.respPendingRepliesMax) return
+    if (this.full()) return
     if (this.socket.writableNeedDrain) {
       this.pause()
       return
