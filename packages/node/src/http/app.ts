@@ -28,6 +28,7 @@ import { guardEveryRoute, registerHttpAuth } from '../security/http-auth.js'
 import { registerBodyBudget } from './body-budget.js'
 import { registerWatchRoutes } from '../watch/route.js'
 import { withRouteHook } from './route-hooks.js'
+import { registerOpenApi } from './openapi.js'
 
 /** Largest request header block, in bytes; keys travel in the URL, so it must fit them. */
 export const headerBytesMax = 64 * 1024
@@ -169,6 +170,11 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     bodyLimitDefault: config.requestBodyBytesMax,
   })
   metrics.watchBodies(() => bodies.inflightBytes)
+  // Before every route: /openapi.json is generated from the routes' schemas (openapi.ts).
+  registerOpenApi(app, {
+    version: ctx.version,
+    mode: ctx.leaderless ? 'leaderless' : 'single-leader',
+  })
   registerAuthRoutes(app, ctx)
   if (ctx.leaderless) {
     registerLeaderlessRoutes(app, ctx, ctx.leaderless)
