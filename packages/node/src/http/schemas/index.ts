@@ -105,3 +105,11 @@ export const readHeaders = {
 
 /** The JSON body of a route, any object (described in its own docs). */
 export const anyJsonObject = { type: 'object', additionalProperties: true } as const
+
+/**
+ * A JSON object answer whose fields are not yet described here (shards, regions, calls between
+ * members): the document says it is an object and where its fields are documented.
+ */
+export function objectAnswer(description: string) {
+  return { description, type: 'object' }
+}
