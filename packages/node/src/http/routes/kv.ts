@@ -274,7 +274,6 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
             description: 'Queued (ack=queued): GET /v1/tickets/<id>',
             ...queuedResponseSchema,
           },
-          '2xx': putResponseSchema,
         },
       },
     },
