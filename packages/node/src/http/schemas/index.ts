@@ -11,7 +11,11 @@ import { errorBodySchema } from '@kvstore/protocol'
 export const errorSchemaId = 'KvError'
 
 /** `{ "error": { "code", "message", ...details } }`, registered once with `app.addSchema`. */
-export const errorSchema: Record<string, unknown> = { $id: errorSchemaId, title: errorSchemaId, ...errorBodySchema }
+export const errorSchema: Record<string, unknown> = {
+  $id: errorSchemaId,
+  title: errorSchemaId,
+  ...errorBodySchema,
+}
 
 /** A response whose body is not JSON, described by its media type. */
 export function rawBody(
