@@ -275,7 +275,7 @@ class ResponseChecker {
     const ok = validate(value)
     expect(
       ok ? [] : validate.errors,
-      `${method} ${path} ${status}: ${JSON.stringify(value).slice(0, 800)}`,
+      `${method} ${path} ${status}: ${ok ? '' : this.ajv.errorsText(validate.errors)} in ${JSON.stringify(value).slice(0, 800)}`,
     ).toEqual([])
     this.checked.add(`${method} ${path} ${status}`)
   }
@@ -528,9 +528,11 @@ describe('a 3-node cluster (TLS, auth on)', () => {
     check('GET', '/v1/status', 200, status)
     // The schemas are closed: a field the node or the SDK added would fail, as would a wrong type.
     expect(() => check('GET', '/v1/status', 200, { ...status, renamed: 1 })).toThrow(
-      /additionalProperties|must NOT have additional properties/,
+      /must NOT have additional properties/,
     )
-    expect(() => check('GET', '/v1/status', 200, { ...status, epoch: 'one' })).toThrow(/integer/)
+    expect(() => check('GET', '/v1/status', 200, { ...status, epoch: 'one' })).toThrow(
+      /epoch must be integer/,
+    )
     check('GET', '/v1/digest', 200, await sdk.digest())
     check('GET', '/v1/cluster', 200, await sdk.cluster())
     check('GET', '/v1/auth/whoami', 200, await sdk.whoami())

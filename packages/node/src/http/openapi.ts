@@ -7,13 +7,13 @@
  * in it, that it is valid OpenAPI 3.1, and that real answers match their response schemas.
  *
  * The schemas describe; they do not change what is sent or accepted:
- * - Responses are serialised with JSON.stringify, as with no schema, so no field is ever
- *   stripped or coerced. A route may opt in to fastify's compiled serialiser for speed
- *   (`config: { compiledSerializer: true }`, the PUT of a key) when its closed schema is exactly
- *   what it sends.
- * - Request schemas are not enforced by fastify: each handler checks its own input and answers
- *   with its precise error code (KV_ERR_INVALID_ARGUMENT, KV_ERR_MALFORMED_BODY, ...), which a
- *   generic validator would replace.
+ * - The schemas are taken out of what fastify compiles (kept for the description), so every
+ *   request runs exactly as with no schema: responses are serialised with JSON.stringify (no
+ *   field is ever stripped or coerced), no validation step runs, and each handler checks its own
+ *   input and answers with its precise error code (KV_ERR_INVALID_ARGUMENT,
+ *   KV_ERR_MALFORMED_BODY, ...), which a generic validator would replace. A route may keep
+ *   fastify's compiled serialiser for speed (`config: { compiledSerializer: true }`, the PUT of a
+ *   key, as before) when its closed response schema is exactly what it sends.
  * - Every operation gets the shared error body (`KvError`) for 4XX and 5XX in the document
  *   (added here, not to the route schemas, so errors are serialised as before).
  *
@@ -59,8 +59,8 @@ export function registeredRoutes(app: FastifyInstance): readonly RegisteredRoute
   return registered.get(app) ?? []
 }
 
-const serializeJson = (data: unknown): string => JSON.stringify(data)
-const acceptAll = (): true => true
+/** A route's whole schema, request parts included, as the description shows it. */
+const described = new WeakMap<object, FastifySchema>()
 
 /** Wildcard routes get a named parameter in the document: `/v1/kv/*` is `/v1/kv/{key}`. */
 function documentedUrl(url: string): string {
@@ -92,10 +92,15 @@ export function registerOpenApi(app: FastifyInstance, options: OpenApiOptions): 
     for (const method of ([] as string[]).concat(route.method))
       routes.push({ method, url: route.url, hidden })
     if (route.schema === undefined) return
+    // The schemas go to the description only: fastify compiles no validator and no serialiser
+    // from them (so no step is added to any request, the hot key routes included), answers are
+    // serialised with JSON.stringify as with no schema (no field stripped), and handlers keep
+    // their own input checks and codes. A route that asks for fastify's compiled serialiser
+    // (`compiledSerializer`) keeps its response schemas for it.
     const config = route.config as OpenApiRouteConfig | undefined
-    if (route.schema.response !== undefined && config?.compiledSerializer !== true)
-      route.serializerCompiler ??= () => serializeJson
-    route.validatorCompiler ??= () => acceptAll
+    const { params: _p, querystring: _q, headers: _h, body: _b, response, ...served } = route.schema
+    described.set(route, route.schema)
+    route.schema = config?.compiledSerializer === true ? { ...served, response } : served
   })
   fastifySwagger(
     app,
@@ -139,8 +144,8 @@ export function registerOpenApi(app: FastifyInstance, options: OpenApiOptions): 
         buildLocalReference: (json, _baseUri, _fragment, i) =>
           typeof json.$id === 'string' ? json.$id : `def-${i}`,
       },
-      transform: ({ schema, url }) => ({
-        schema: documentedSchema(schema, url),
+      transform: ({ schema, url, route }) => ({
+        schema: documentedSchema(described.get(route) ?? schema, url),
         url: documentedUrl(url),
       }),
     },
