@@ -12,7 +12,14 @@ import { dirname, join, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import * as prettier from 'prettier'
 import { errorCatalog, errorCodes } from '@kvstore/protocol/errors'
-import { configSpec, generatedSections, metricsCatalog, type MetricInfo } from '@kvstore/node'
+import {
+  configSpec,
+  generatedSections,
+  metricsCatalog,
+  openApiDocuments,
+  openApiMarkdown,
+  type MetricInfo,
+} from '@kvstore/node'
 import { LeaderlessCluster, TestCluster } from '@kvstore/testkit'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
@@ -94,6 +101,32 @@ describe('the generated reference pages', () => {
       expect(text).toBe(expected)
     })
   }
+
+  it('docs/reference/openapi.md and openapi.json are what nodes serve at /openapi.json (run pnpm sync-docs to fix)', async () => {
+    const documents = await openApiDocuments()
+    const format = async (file: string, text: string) =>
+      prettier.format(text, {
+        ...((await prettier.resolveConfig(join(root, file))) ?? {}),
+        filepath: join(root, file),
+      })
+    const page = readFileSync(join(root, 'docs/reference/openapi.md'), 'utf8')
+    const rendered = replaceSection(
+      replaceSection(page, 'openapi-single-leader', openApiMarkdown(documents.singleLeader)),
+      'openapi-leaderless',
+      openApiMarkdown(documents.leaderless),
+    )
+    expect(page).toBe(await format('docs/reference/openapi.md', rendered))
+    // Every operation is on the page.
+    for (const doc of [documents.singleLeader, documents.leaderless])
+      for (const [path, item] of Object.entries(doc.paths))
+        for (const method of Object.keys(item))
+          expect(page).toContain(`\`${method.toUpperCase()} ${path}\``)
+    const json = readFileSync(join(root, 'docs/reference/openapi.json'), 'utf8')
+    expect(JSON.parse(json)).toEqual(documents.singleLeader)
+    expect(json).toBe(
+      await format('docs/reference/openapi.json', JSON.stringify(documents.singleLeader)),
+    )
+  })
 
   it('list every error code with its status, and every configuration option', () => {
     const errors = readFileSync(join(root, 'docs/reference/errors.md'), 'utf8')

@@ -22,3 +22,7 @@ export {
 export type { GeneratedSection } from './docs.js'
 export { metricsCatalog } from './metrics.js'
 export type { MetricInfo } from './metrics.js'
+export { registeredRoutes } from './http/openapi.js'
+export type { RegisteredRoute } from './http/openapi.js'
+export { openApiDocuments, openApiMarkdown } from './http/openapi-docs.js'
+export type { OpenApiDocument } from './http/openapi-docs.js'

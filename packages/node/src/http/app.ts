@@ -29,6 +29,7 @@ import { registerBodyBudget } from './body-budget.js'
 import { registerWatchRoutes } from '../watch/route.js'
 import { withRouteHook } from './route-hooks.js'
 import { registerUiRoutes } from '../ui/routes.js'
+import { registerOpenApi, registerOpenApiRoute } from './openapi.js'
 
 /** Largest request header block, in bytes; keys travel in the URL, so it must fit them. */
 export const headerBytesMax = 64 * 1024
@@ -105,6 +106,12 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
 
   registerErrorHandling(app, metrics, ctx.onFatal)
 
+  // Before every route: /openapi.json is generated from the routes' schemas (openapi.ts).
+  registerOpenApi(app, {
+    version: ctx.version,
+    mode: ctx.leaderless ? 'leaderless' : 'single-leader',
+  })
+
   // Callback-style hooks: on a path taken by every request they are cheaper than async ones.
   app.addHook('onRequest', (request, reply, done) => {
     if (lifecycle.shuttingDown && !request.url.startsWith('/health')) {
@@ -170,6 +177,7 @@ export function buildApp(ctx: AppContext, logger: Logger): FastifyInstance {
     bodyLimitDefault: config.requestBodyBytesMax,
   })
   metrics.watchBodies(() => bodies.inflightBytes)
+  registerOpenApiRoute(app)
   registerAuthRoutes(app, ctx)
   if (ctx.leaderless) {
     registerLeaderlessRoutes(app, ctx, ctx.leaderless)

@@ -142,6 +142,8 @@ export function methodNotAllowed(app: FastifyInstance, url: string, allowed: str
     method: others as ('GET' | 'PUT')[],
     url,
     exposeHeadRoute: false,
+    // Left out of /openapi.json (http/openapi.ts): a method the path does not have.
+    schema: { hide: true },
     // Any user learns that the method is wrong; the allowed methods check their own access.
     config: { access: 'authenticated' },
     handler: async (request, reply) => {

@@ -10,6 +10,24 @@
  * Any authenticated user may grant and renew a lease; reading one needs read on its keys,
  * and revoking one write on them (what its end deletes).
  */
+import {
+  leaseGrantRequestSchema,
+  leaseInfoSchema,
+  leaseKeepAliveSchema,
+  leaseListSchema,
+  leaseRevokedSchema,
+  leaseSchema,
+} from '../http/schemas/leases.js'
+import {
+  headers,
+  jsonBody,
+  nameParams,
+  query,
+  writeHeaders,
+  writeParameters,
+} from '../http/schemas/index.js'
+
+const id = nameParams('id', 'A lease id, such as 1234-5')
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { encodeSession } from '@kvstore/protocol'
 import { KvError } from '@kvstore/protocol/errors'
@@ -65,6 +83,14 @@ export function registerLeaseRoutes(app: FastifyInstance, ctx: AppContext): void
     {
       bodyLimit: grantBodyBytesMax,
       config: { access: 'authenticated' } satisfies RouteSecurityConfig,
+      schema: {
+        summary: 'Grant a lease of ttlMs; attach keys with PUT ?lease=<id>',
+        tags: ['leases'],
+        querystring: query(writeParameters),
+        headers: headers(writeHeaders),
+        body: jsonBody(leaseGrantRequestSchema),
+        response: { 201: leaseSchema },
+      },
     },
     async (request, reply) => {
       checkLeasesSupported(ctx, isQueued(request))
@@ -100,16 +126,35 @@ export function registerLeaseRoutes(app: FastifyInstance, ctx: AppContext): void
     },
   )
 
-  app.get('/v1/leases', { config: { access: 'admin' } }, async () => {
-    const lessor = lessorOf()
-    const items = lessor.list(listLimit)
-    return { items, total: lessor.size, leader: ctx.replicator?.isLeader ?? true }
-  })
+  app.get(
+    '/v1/leases',
+    {
+      config: { access: 'admin' },
+      schema: {
+        summary: 'The live leases (up to 1000)',
+        tags: ['leases'],
+        response: { 200: leaseListSchema },
+      },
+    },
+    async () => {
+      const lessor = lessorOf()
+      const items = lessor.list(listLimit)
+      return { items, total: lessor.size, leader: ctx.replicator?.isLeader ?? true }
+    },
+  )
   methodNotAllowed(app, '/v1/leases', ['GET', 'POST'])
 
   app.get(
     '/v1/leases/:id',
-    { config: { access: 'authenticated' } satisfies RouteSecurityConfig },
+    {
+      config: { access: 'authenticated' } satisfies RouteSecurityConfig,
+      schema: {
+        summary: "A lease's TTL, remaining time and attached keys",
+        tags: ['leases'],
+        params: id,
+        response: { 200: leaseInfoSchema },
+      },
+    },
     async (request: IdRequest) => {
       const lessor = lessorOf()
       const id = parseLeaseId(request.params.id)
@@ -132,7 +177,15 @@ export function registerLeaseRoutes(app: FastifyInstance, ctx: AppContext): void
 
   app.delete(
     '/v1/leases/:id',
-    { config: { access: 'authenticated' } satisfies RouteSecurityConfig },
+    {
+      config: { access: 'authenticated' } satisfies RouteSecurityConfig,
+      schema: {
+        summary: 'Revoke a lease: its keys are deleted with it, in one entry',
+        tags: ['leases'],
+        params: id,
+        response: { 200: leaseRevokedSchema },
+      },
+    },
     async (request: IdRequest, reply) => {
       const lessor = lessorOf()
       const id = parseLeaseId(request.params.id)
@@ -157,7 +210,15 @@ export function registerLeaseRoutes(app: FastifyInstance, ctx: AppContext): void
 
   app.post(
     '/v1/leases/:id/keepalive',
-    { config: { access: 'authenticated' } satisfies RouteSecurityConfig },
+    {
+      config: { access: 'authenticated' } satisfies RouteSecurityConfig,
+      schema: {
+        summary: 'Renew a lease at the leader',
+        tags: ['leases'],
+        params: id,
+        response: { 200: leaseKeepAliveSchema },
+      },
+    },
     async (request: IdRequest) => {
       const lessor = lessorOf()
       const id = parseLeaseId(request.params.id)

@@ -8,6 +8,8 @@
  *   GET  /v1/tickets/<id>              what became of it (the user who wrote it, or an admin)
  *   POST /internal/v1/outbox/apply     the leader's side: members of this cluster only (protobuf)
  */
+import { ticketResponseSchema } from '@kvstore/protocol'
+import { nameParams, rawBody } from '../http/schemas/index.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import {
   KvError,
@@ -75,7 +77,16 @@ function parseTicket(id: string): { node: string; seq: number } | null {
 export function registerOutboxRoutes(app: FastifyInstance, ctx: AppContext): void {
   app.get(
     '/v1/tickets/:id',
-    { config: { access: 'authenticated' } },
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        summary:
+          'A queued write (ack=queued): pending, applied (with its LSN and session) or failed',
+        tags: ['keys'],
+        params: nameParams('id', 'The ticket of a 202 answer: <nodeId>.<seq>'),
+        response: { 200: ticketResponseSchema },
+      },
+    },
     async (request): Promise<TicketResponse> => {
       const id = (request.params as { id: string }).id
       const service = ctx.outbox
@@ -138,7 +149,28 @@ export function registerOutboxRoutes(app: FastifyInstance, ctx: AppContext): voi
     forwardEntriesMax * 256
   app.post(
     outboxApplyPath,
-    { bodyLimit, config: { access: 'cluster-peer' } },
+    {
+      bodyLimit,
+      config: { access: 'cluster-peer' },
+      schema: {
+        summary:
+          "Queued writes forwarded to the leader by another member (members' certificates only)",
+        tags: ['peers'],
+        body: {
+          content: {
+            'application/x-protobuf': {
+              schema: { type: 'string', description: 'An OutboxApplyRequest (protobuf)' },
+            },
+          },
+        },
+        response: {
+          200: rawBody(
+            'application/x-protobuf',
+            'An OutboxApplyReply (protobuf): one outcome per entry',
+          ),
+        },
+      },
+    },
     async (request, reply) => {
       const service = ctx.outbox
       const replicator = ctx.replicator

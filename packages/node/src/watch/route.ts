@@ -8,6 +8,34 @@
  * Any member serves watches, from its own log. Needs read access to the whole prefix, as a
  * listing does. See hub.ts for how the stream is fed and bounded, and docs/watch.md.
  */
+import { headers, query } from '../http/schemas/index.js'
+
+function watchSchema(summary: string) {
+  return {
+    summary,
+    description:
+      'NDJSON (application/x-ndjson), or Server-Sent Events with Accept: text/event-stream; each event carries its LSN (see docs/watch.md).',
+    tags: ['watch'],
+    querystring: query({
+      prefix: { description: 'Keys that start with this.' },
+      fromLsn: { description: 'Changes after this LSN (the last one seen); default: from now.' },
+      values: { description: 'false: events without values.', enum: ['true', 'false', '1', '0'] },
+    }),
+    headers: headers({
+      accept: 'text/event-stream for Server-Sent Events, else NDJSON.',
+      'last-event-id': 'SSE resume: the id of the last event seen (as fromLsn).',
+    }),
+    response: {
+      200: {
+        description: 'The change stream',
+        content: {
+          'application/x-ndjson': { schema: { type: 'string' } },
+          'text/event-stream': { schema: { type: 'string' } },
+        },
+      },
+    },
+  }
+}
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ServerResponse } from 'node:http'
 import type { Http2ServerResponse } from 'node:http2'
@@ -119,12 +147,21 @@ function sinkOf(raw: ServerResponse | Http2ServerResponse): WatchSink {
 export function registerWatchRoutes(app: FastifyInstance, ctx: AppContext): WatchHub | null {
   const { config, store } = ctx
   if (ctx.leaderless !== null) {
-    app.get('/v1/watch', { config: { access: 'list' } }, async () => {
-      throw new KvError(
-        'KV_ERR_UNSUPPORTED_IN_MODE',
-        'watches follow the log of a single-leader cluster (or a standalone node); a leaderless cluster has none',
-      )
-    })
+    app.get(
+      '/v1/watch',
+      {
+        config: { access: 'list' },
+        schema: watchSchema(
+          'Watches need single-leader mode: always KV_ERR_UNSUPPORTED_IN_MODE here',
+        ),
+      },
+      async () => {
+        throw new KvError(
+          'KV_ERR_UNSUPPORTED_IN_MODE',
+          'watches follow the log of a single-leader cluster (or a standalone node); a leaderless cluster has none',
+        )
+      },
+    )
     methodNotAllowed(app, '/v1/watch', ['GET'])
     return null
   }
@@ -142,7 +179,12 @@ export function registerWatchRoutes(app: FastifyInstance, ctx: AppContext): Watc
 
   app.get(
     '/v1/watch',
-    { config: { access: 'list' } satisfies RouteSecurityConfig },
+    {
+      config: { access: 'list' } satisfies RouteSecurityConfig,
+      schema: watchSchema(
+        'Watch changes under a prefix, from an LSN on: a stream that does not end',
+      ),
+    },
     (request: FastifyRequest, reply: FastifyReply) => {
       const watch = parseWatchRequest(request, config.keyBytesMax)
       const fromLsn = watch.fromLsn ?? hub.committedLsn

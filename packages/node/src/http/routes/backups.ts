@@ -15,6 +15,8 @@
  */
 import { Readable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
+import { archiveBackupResponseSchema } from '@kvstore/protocol'
+import { jsonBody } from '../schemas/index.js'
 import {
   BackupFrameType,
   KvError,
@@ -87,7 +89,33 @@ export function registerBackupRoutes(app: FastifyInstance, ctx: AppContext): voi
 
   app.post(
     '/admin/v1/backups',
-    { config: { access: 'admin', audit: 'backup' } },
+    {
+      config: { access: 'admin', audit: 'backup' },
+      schema: {
+        summary:
+          'A backup of this node: streamed ({"target":"stream"}) or into its log archive ({"target":"archive"})',
+        tags: ['backups'],
+        body: jsonBody({
+          type: 'object',
+          properties: {
+            target: { enum: ['stream', 'archive'] },
+            maxBytesPerS: { type: 'integer', minimum: 65536 },
+          },
+          additionalProperties: false,
+        }),
+        response: {
+          200: {
+            description: "The backup frames (stream) or the archive's base backup (archive)",
+            content: {
+              [backupContentType]: {
+                schema: { type: 'string', description: 'Backup frames (see docs/backups.md)' },
+              },
+              'application/json': { schema: archiveBackupResponseSchema },
+            },
+          },
+        },
+      },
+    },
     async (request, reply) => {
       const { target, maxBytesPerS } = parseBody(request.body)
       if (target === 'archive') {

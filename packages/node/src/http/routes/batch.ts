@@ -11,6 +11,8 @@
  * Either every op is applied or none is. Each op sees the effect of the ops before it. If a
  * condition fails, nothing is written and the answer is 412 naming the op.
  */
+import { batchRequestSchema, batchResponseSchema, queuedResponseSchema } from '@kvstore/protocol'
+import { headers, jsonBody, query, writeHeaders, writeParameters } from '../schemas/index.js'
 import type { FastifyInstance } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
 import { keyToBytes, type BatchResponse } from '@kvstore/protocol'
@@ -196,6 +198,17 @@ export function registerBatchRoutes(app: FastifyInstance, ctx: AppContext): void
         bodyTooLargeCode: 'KV_ERR_BODY_TOO_LARGE',
         access: 'batch',
       } satisfies RouteErrorConfig & RouteSecurityConfig,
+      schema: {
+        summary: 'Apply puts and deletes atomically, in order, as one write',
+        tags: ['keys'],
+        querystring: query(writeParameters),
+        headers: headers(writeHeaders),
+        body: jsonBody(batchRequestSchema),
+        response: {
+          200: batchResponseSchema,
+          202: { description: 'Queued (ack=queued)', ...queuedResponseSchema },
+        },
+      },
     },
     async (request, reply) => {
       const ops = parseBatch(request.body as Buffer | undefined, config)

@@ -37,6 +37,25 @@ import type { RouteSecurityConfig } from '../../security/http-auth.js'
 import { acceptQueued, isQueued } from '../../outbox/routes.js'
 import { awaitCommittedSession, readCommittedKey, setCommittedReadHeaders } from '../committed.js'
 import { checkLeasesSupported, leaseExtrasOf, withLeaseExtras } from '../../leases/write.js'
+import type { OpenApiRouteConfig } from '../openapi.js'
+import { deleteResponseSchema, listResponseSchema } from '@kvstore/protocol'
+import {
+  headers,
+  keyParams,
+  noBody,
+  query,
+  rawBody,
+  readHeaders,
+  sessionParameter,
+  writeHeaders,
+  writeParameters,
+} from '../schemas/index.js'
+
+const consistencyParameter = {
+  description:
+    'default (this replica, may show a write that can still roll back), committed (the state at the commit LSN) or linearizable (leader only).',
+  enum: ['default', 'committed', 'linearizable'],
+} as const
 
 type KeyRequest = FastifyRequest<{ Params: { '*': string } }>
 
@@ -222,9 +241,41 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
       config: {
         bodyTooLargeCode: 'KV_ERR_VALUE_TOO_LARGE',
         access: 'write-key',
-      } satisfies RouteErrorConfig & RouteSecurityConfig,
-      // A response schema lets fastify compile the serialiser of this hot route.
-      schema: { response: { 202: queuedResponseSchema, '2xx': putResponseSchema } },
+        // A response schema lets fastify compile the serialiser of this hot route.
+        compiledSerializer: true,
+      } satisfies RouteErrorConfig & RouteSecurityConfig & OpenApiRouteConfig,
+      schema: {
+        summary: 'Write a key',
+        description:
+          'The body is the value, stored as sent (any bytes). If-None-Match: * creates only (201); If-Match: "<version>" or * updates only.',
+        tags: ['keys'],
+        params: keyParams,
+        querystring: query({
+          ...writeParameters,
+          lease: { description: 'Attach the key to this lease (POST /v1/leases).' },
+          ttlMs: { description: 'Give the key its own lease of this many milliseconds.' },
+        }),
+        headers: headers({
+          ...writeHeaders,
+          'if-match': 'Write only if the key has this version ("12") or exists (*).',
+          'if-none-match': 'Only * (create only).',
+        }),
+        body: {
+          content: {
+            'application/octet-stream': {
+              schema: { type: 'string', description: 'The value, any bytes' },
+            },
+          },
+        },
+        response: {
+          200: { description: 'Written', ...putResponseSchema },
+          201: { description: 'Created (If-None-Match: *)', ...putResponseSchema },
+          202: {
+            description: 'Queued (ack=queued): GET /v1/tickets/<id>',
+            ...queuedResponseSchema,
+          },
+        },
+      },
     },
     async (request: KeyRequest, reply) => {
       const key = keyOf(request)
@@ -296,59 +347,97 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
   // Not an async handler: a read served by the record cache answers in the same tick, with
   // no promise. A miss reads LevelDB in libuv's thread pool (a lookup that misses the
   // memtable can touch several files, and the event loop has HTTP to parse meanwhile).
-  app.get('/v1/kv/*', { config: { access: 'read-key' } }, (request: KeyRequest, reply) => {
-    const key = keyOf(request)
-    const consistency = consistencyOf(request)
-    ctx.shards?.state.check(key, consistency === 'linearizable' ? 'linearizable' : 'read')
-    if (consistency === 'linearizable' && ctx.replicator) {
-      // On the leader only: a barrier through a majority, then a record that is committed.
-      const replicator = ctx.replicator
-      if (!replicator.isLeader) {
-        reply.send(replicator.notLeader())
+  app.get(
+    '/v1/kv/*',
+    {
+      config: { access: 'read-key' },
+      schema: {
+        summary: 'Read a key',
+        description:
+          "The value as stored; ETag is its version (If-None-Match gives 304); kv-applied-lsn, kv-session and the replica's role and lag in headers.",
+        tags: ['keys'],
+        params: keyParams,
+        querystring: query({ consistency: consistencyParameter, session: sessionParameter }),
+        headers: headers({ ...readHeaders, 'if-none-match': 'ETags or *: 304 when one matches.' }),
+        response: {
+          200: rawBody('application/octet-stream', 'The value, as written'),
+          304: noBody('Not modified (If-None-Match matched)'),
+        },
+      },
+    },
+    (request: KeyRequest, reply) => {
+      const key = keyOf(request)
+      const consistency = consistencyOf(request)
+      ctx.shards?.state.check(key, consistency === 'linearizable' ? 'linearizable' : 'read')
+      if (consistency === 'linearizable' && ctx.replicator) {
+        // On the leader only: a barrier through a majority, then a record that is committed.
+        const replicator = ctx.replicator
+        if (!replicator.isLeader) {
+          reply.send(replicator.notLeader())
+          return
+        }
+        replicator
+          .readBarrier()
+          .then(async () => {
+            const appliedLsn = store.appliedLsn
+            const record = await replicator.linearizable(await store.get(key))
+            sendRecord(request, reply, record, appliedLsn)
+          })
+          .catch((err: unknown) => reply.send(err))
         return
       }
-      replicator
-        .readBarrier()
-        .then(async () => {
-          const appliedLsn = store.appliedLsn
-          const record = await replicator.linearizable(await store.get(key))
-          sendRecord(request, reply, record, appliedLsn)
-        })
-        .catch((err: unknown) => reply.send(err))
-      return
-    }
-    if (consistency === 'committed') {
-      // The state at the commit LSN, from the undo records of uncommitted entries (committed.ts).
-      readCommittedKey(ctx, request, key)
-        .then((read) => sendRecord(request, reply, read.record, read.appliedLsn, read))
-        .catch((err: unknown) => reply.send(err))
-      return
-    }
-    const session = sessionOf(request)
-    if (!sessionSatisfied(ctx, session)) {
-      // The session wrote or read past what this replica has applied: wait for it first.
-      awaitSession(ctx, request, session)
-        .then(() =>
-          store.get(key).then((record) => sendRecord(request, reply, record, store.appliedLsn)),
-        )
-        .catch((err: unknown) => reply.send(err))
-      return
-    }
-    const appliedLsn = store.appliedLsn
-    const cached = store.getCached(key)
-    if (cached !== undefined) {
-      sendRecord(request, reply, cached, appliedLsn)
-      return
-    }
-    store.get(key).then(
-      (record) => sendRecord(request, reply, record, appliedLsn),
-      (err: unknown) => reply.send(err),
-    )
-  })
+      if (consistency === 'committed') {
+        // The state at the commit LSN, from the undo records of uncommitted entries (committed.ts).
+        readCommittedKey(ctx, request, key)
+          .then((read) => sendRecord(request, reply, read.record, read.appliedLsn, read))
+          .catch((err: unknown) => reply.send(err))
+        return
+      }
+      const session = sessionOf(request)
+      if (!sessionSatisfied(ctx, session)) {
+        // The session wrote or read past what this replica has applied: wait for it first.
+        awaitSession(ctx, request, session)
+          .then(() =>
+            store.get(key).then((record) => sendRecord(request, reply, record, store.appliedLsn)),
+          )
+          .catch((err: unknown) => reply.send(err))
+        return
+      }
+      const appliedLsn = store.appliedLsn
+      const cached = store.getCached(key)
+      if (cached !== undefined) {
+        sendRecord(request, reply, cached, appliedLsn)
+        return
+      }
+      store.get(key).then(
+        (record) => sendRecord(request, reply, record, appliedLsn),
+        (err: unknown) => reply.send(err),
+      )
+    },
+  )
 
   app.delete(
     '/v1/kv/*',
-    { config: { access: 'write-key' } },
+    {
+      config: { access: 'write-key' },
+      schema: {
+        summary: 'Delete a key',
+        tags: ['keys'],
+        params: keyParams,
+        querystring: query(writeParameters),
+        headers: headers({
+          ...writeHeaders,
+          'if-match': 'Delete only if the key has this version ("12") or exists (*).',
+        }),
+        response: {
+          200: {
+            description: 'Deleted (also when the key did not exist)',
+            ...deleteResponseSchema,
+          },
+          202: { description: 'Queued (ack=queued)', ...queuedResponseSchema },
+        },
+      },
+    },
     async (request: KeyRequest, reply) => {
       const key = keyOf(request)
       const conditions = conditionsOf(request, false)
@@ -375,99 +464,127 @@ export function registerKvRoutes(app: FastifyInstance, ctx: AppContext): void {
   )
   methodNotAllowed(app, '/v1/kv/*', ['GET', 'PUT', 'DELETE'])
 
-  app.get('/v1/kv', { config: { access: 'list' } }, async (request, reply) => {
-    const query = request.query as Record<string, string | string[] | undefined>
-    for (const [name, value] of Object.entries(query)) {
-      if (!listParams.has(name)) {
-        throw new KvError(
-          'KV_ERR_INVALID_ARGUMENT',
-          `unknown query parameter ${JSON.stringify(name)}; use prefix, start, limit, cursor, values, session or consistency`,
-        )
-      }
-      if (Array.isArray(value)) {
-        throw new KvError('KV_ERR_INVALID_ARGUMENT', `query parameter ${name} may appear only once`)
-      }
-    }
-    const text = query as Record<string, string | undefined>
-    const prefixText = text.prefix ?? ''
-    const prefix = prefixText === '' ? undefined : keyToBytes(prefixText, config.keyBytesMax)
-    const start =
-      text.start === undefined || text.start === ''
-        ? undefined
-        : keyToBytes(text.start, config.keyBytesMax)
-    let limit = config.listLimitDefault
-    if (text.limit !== undefined) {
-      const parsed = parsePositiveInteger(text.limit)
-      if (parsed === null || parsed > config.listLimitMax) {
-        throw new KvError(
-          'KV_ERR_INVALID_ARGUMENT',
-          `limit must be a whole number from 1 to ${config.listLimitMax}; got ${JSON.stringify(text.limit)}`,
-        )
-      }
-      limit = parsed
-    }
-    let values = false
-    if (text.values !== undefined) {
-      if (!['true', 'false', '1', '0'].includes(text.values)) {
-        throw new KvError(
-          'KV_ERR_INVALID_ARGUMENT',
-          `values must be true or false; got ${JSON.stringify(text.values)}`,
-        )
-      }
-      values = text.values === 'true' || text.values === '1'
-    }
-    const after =
-      text.cursor === undefined || text.cursor === ''
-        ? undefined
-        : decodeCursor(text.cursor, prefixText, config.keyBytesMax)
-    const consistency = consistencyOf(request)
-    if (consistency === 'linearizable') {
-      throw new KvError(
-        'KV_ERR_INVALID_ARGUMENT',
-        'a listing takes consistency=default or committed, not linearizable',
-      )
-    }
-    const committed = consistency === 'committed'
-    // Committed: the commit LSN the first page read was taken at (each read is one snapshot).
-    const at: { commitLsn: number | null } = { commitLsn: null }
-    const listCommitted: AppContext['store']['list'] = async (o) => {
-      const page = await store.listCommitted(o, ctx.replicator?.knownCommitLsn)
-      at.commitLsn ??= page.commitLsn
-      return page
-    }
-    if (committed) await awaitCommittedSession(ctx, request, sessionOf(request))
-    else await awaitSession(ctx, request, sessionOf(request))
-    const appliedLsn = store.appliedLsn
-    const page = await listOwned(
-      ctx,
-      {
-        ...(prefix ? { prefix } : {}),
-        ...(start ? { start } : {}),
-        ...(after ? { after } : {}),
-        limit,
-        bytesMax: config.listBytesMax,
+  app.get(
+    '/v1/kv',
+    {
+      config: { access: 'list' },
+      schema: {
+        summary: 'List keys',
+        description: 'One page of keys in order; pass nextCursor back as cursor for the next.',
+        tags: ['keys'],
+        querystring: query({
+          prefix: { description: 'Only keys that start with this.' },
+          start: { description: 'Start at this key (inclusive).' },
+          limit: { description: "Keys per page, 1 to the node's --list-limit-max." },
+          cursor: { description: 'nextCursor of the previous page.' },
+          values: {
+            description: 'true: each item carries valueBase64.',
+            enum: ['true', 'false', '1', '0'],
+          },
+          session: sessionParameter,
+          consistency: { description: 'default or committed.', enum: ['default', 'committed'] },
+        }),
+        headers: headers(readHeaders),
+        response: { 200: listResponseSchema },
       },
-      committed ? listCommitted : undefined,
-    )
-    const items = page.items.map(({ key, record }) => ({
-      key: key.toString('utf8'),
-      version: record.version,
-      valueBytes: record.value.length,
-      ...(values ? { valueBase64: record.value.toString('base64') } : {}),
-      ...(record.stamp !== undefined ? { stamp: formatStamp(record.stamp) } : {}),
-    }))
-    const { commitLsn } = at
-    if (commitLsn !== null) setCommittedReadHeaders(ctx, reply, { commitLsn, appliedLsn })
-    else setReadHeaders(ctx, reply, appliedLsn)
-    return {
-      items,
-      nextCursor:
-        page.more && page.lastKey !== null
-          ? encodeCursor({ v: 1, after: page.lastKey.toString('utf8'), prefix: prefixText })
-          : null,
-      appliedLsn,
-      ...(commitLsn !== null ? { commitLsn } : {}),
-    } satisfies ListResponse
-  })
+    },
+    async (request, reply) => {
+      const query = request.query as Record<string, string | string[] | undefined>
+      for (const [name, value] of Object.entries(query)) {
+        if (!listParams.has(name)) {
+          throw new KvError(
+            'KV_ERR_INVALID_ARGUMENT',
+            `unknown query parameter ${JSON.stringify(name)}; use prefix, start, limit, cursor, values, session or consistency`,
+          )
+        }
+        if (Array.isArray(value)) {
+          throw new KvError(
+            'KV_ERR_INVALID_ARGUMENT',
+            `query parameter ${name} may appear only once`,
+          )
+        }
+      }
+      const text = query as Record<string, string | undefined>
+      const prefixText = text.prefix ?? ''
+      const prefix = prefixText === '' ? undefined : keyToBytes(prefixText, config.keyBytesMax)
+      const start =
+        text.start === undefined || text.start === ''
+          ? undefined
+          : keyToBytes(text.start, config.keyBytesMax)
+      let limit = config.listLimitDefault
+      if (text.limit !== undefined) {
+        const parsed = parsePositiveInteger(text.limit)
+        if (parsed === null || parsed > config.listLimitMax) {
+          throw new KvError(
+            'KV_ERR_INVALID_ARGUMENT',
+            `limit must be a whole number from 1 to ${config.listLimitMax}; got ${JSON.stringify(text.limit)}`,
+          )
+        }
+        limit = parsed
+      }
+      let values = false
+      if (text.values !== undefined) {
+        if (!['true', 'false', '1', '0'].includes(text.values)) {
+          throw new KvError(
+            'KV_ERR_INVALID_ARGUMENT',
+            `values must be true or false; got ${JSON.stringify(text.values)}`,
+          )
+        }
+        values = text.values === 'true' || text.values === '1'
+      }
+      const after =
+        text.cursor === undefined || text.cursor === ''
+          ? undefined
+          : decodeCursor(text.cursor, prefixText, config.keyBytesMax)
+      const consistency = consistencyOf(request)
+      if (consistency === 'linearizable') {
+        throw new KvError(
+          'KV_ERR_INVALID_ARGUMENT',
+          'a listing takes consistency=default or committed, not linearizable',
+        )
+      }
+      const committed = consistency === 'committed'
+      // Committed: the commit LSN the first page read was taken at (each read is one snapshot).
+      const at: { commitLsn: number | null } = { commitLsn: null }
+      const listCommitted: AppContext['store']['list'] = async (o) => {
+        const page = await store.listCommitted(o, ctx.replicator?.knownCommitLsn)
+        at.commitLsn ??= page.commitLsn
+        return page
+      }
+      if (committed) await awaitCommittedSession(ctx, request, sessionOf(request))
+      else await awaitSession(ctx, request, sessionOf(request))
+      const appliedLsn = store.appliedLsn
+      const page = await listOwned(
+        ctx,
+        {
+          ...(prefix ? { prefix } : {}),
+          ...(start ? { start } : {}),
+          ...(after ? { after } : {}),
+          limit,
+          bytesMax: config.listBytesMax,
+        },
+        committed ? listCommitted : undefined,
+      )
+      const items = page.items.map(({ key, record }) => ({
+        key: key.toString('utf8'),
+        version: record.version,
+        valueBytes: record.value.length,
+        ...(values ? { valueBase64: record.value.toString('base64') } : {}),
+        ...(record.stamp !== undefined ? { stamp: formatStamp(record.stamp) } : {}),
+      }))
+      const { commitLsn } = at
+      if (commitLsn !== null) setCommittedReadHeaders(ctx, reply, { commitLsn, appliedLsn })
+      else setReadHeaders(ctx, reply, appliedLsn)
+      return {
+        items,
+        nextCursor:
+          page.more && page.lastKey !== null
+            ? encodeCursor({ v: 1, after: page.lastKey.toString('utf8'), prefix: prefixText })
+            : null,
+        appliedLsn,
+        ...(commitLsn !== null ? { commitLsn } : {}),
+      } satisfies ListResponse
+    },
+  )
   methodNotAllowed(app, '/v1/kv', ['GET'])
 }

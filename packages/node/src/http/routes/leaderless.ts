@@ -14,6 +14,32 @@
  *   GET /admin/v1/hints           hints held here, per target
  *   POST /admin/v1/anti-entropy   run one anti-entropy exchange with every peer now
  */
+import {
+  antiEntropyResponseSchema,
+  hintsResponseSchema,
+  leaderlessWriteResponseSchema,
+  localCopySchema,
+  rangesResponseSchema,
+  siblingsResponseSchema,
+} from '@kvstore/protocol'
+import { headers, keyParams, query as queryString, sessionParameter } from '../schemas/index.js'
+
+const quorumParameter = (what: string) => ({
+  description: `${what}: a count, quorum (a majority of the key's replicas) or all.`,
+})
+const leaderlessWriteQuery = queryString({
+  w: quorumParameter('Acks to wait for'),
+  sloppy: {
+    description: 'true: a sloppy quorum (hinted handoff) when replicas are down.',
+    enum: ['true', 'false'],
+  },
+  ttlMs: { description: 'The key expires after this many milliseconds.' },
+})
+const contextHeader = headers({
+  'kv-context': 'The kv-context of the read the write is based on: the values it saw are replaced.',
+  'kv-request-id': 'An id that makes a retried write apply once.',
+})
+
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { KvError } from '@kvstore/protocol/errors'
 import {
@@ -170,6 +196,21 @@ export function registerLeaderlessRoutes(
         bodyTooLargeCode: 'KV_ERR_VALUE_TOO_LARGE',
         access: 'write-key',
       } satisfies RouteErrorConfig & RouteSecurityConfig,
+      schema: {
+        summary: 'Write a key (W acks from its replicas)',
+        tags: ['keys'],
+        params: keyParams,
+        querystring: leaderlessWriteQuery,
+        headers: contextHeader,
+        body: {
+          content: {
+            'application/octet-stream': {
+              schema: { type: 'string', description: 'The value, any bytes' },
+            },
+          },
+        },
+        response: { 200: leaderlessWriteResponseSchema },
+      },
     },
     async (request: KeyRequest, reply) => {
       const value = (request.body as Buffer | undefined) ?? emptyBuffer
@@ -181,7 +222,17 @@ export function registerLeaderlessRoutes(
 
   app.delete(
     '/v1/kv/*',
-    { config: { access: 'write-key' } },
+    {
+      config: { access: 'write-key' },
+      schema: {
+        summary: 'Delete a key (a tombstone, W acks)',
+        tags: ['keys'],
+        params: keyParams,
+        querystring: leaderlessWriteQuery,
+        headers: contextHeader,
+        response: { 200: leaderlessWriteResponseSchema },
+      },
+    },
     async (request: KeyRequest, reply) => {
       const outcome = await write(request, reply, null)
       metrics.writes.delete++
@@ -189,60 +240,97 @@ export function registerLeaderlessRoutes(
     },
   )
 
-  app.get('/v1/kv/*', { config: { access: 'read-key' } }, async (request: KeyRequest, reply) => {
-    checkParams(request, knownReadParams)
-    refuseSingleLeaderOptions(request)
-    const key = keyOf(request)
-    const r = engine.resolveR(oneParam(request, 'r'))
-    const repair = oneParam(request, 'repair') ?? 'background'
-    if (repair !== 'background' && repair !== 'blocking') {
-      throw new KvError(
-        'KV_ERR_INVALID_ARGUMENT',
-        `repair must be background or blocking; got ${JSON.stringify(repair)}`,
-      )
-    }
-    const format = oneParam(request, 'format')
-    if (format !== undefined && format !== 'json' && format !== 'raw') {
-      throw new KvError(
-        'KV_ERR_INVALID_ARGUMENT',
-        `format must be json or raw; got ${JSON.stringify(format)}`,
-      )
-    }
-    const result = await engine.coordinateRead(key, r, repair === 'blocking')
-    void reply.header('kv-replicas-answered', String(result.answered))
-    const state = result.state
-    // Values whose TTL has passed by this coordinator's clock read as absent (docs/leases.md).
-    const live = state === null ? [] : liveSiblings(state, Date.now())
-    if (state !== null && live.length === 0 && liveSiblings(state).length > 0)
-      engine.expireRead(key, state)
-    if (state !== null) void reply.header('kv-context', encodeContext(state))
-    void reply.header('kv-siblings', String(live.length))
-    if (live.length === 0) {
-      throw new KvError('KV_ERR_KEY_NOT_FOUND', `key ${JSON.stringify(key)} does not exist`, {
+  app.get(
+    '/v1/kv/*',
+    {
+      config: { access: 'read-key' },
+      schema: {
+        summary: 'Read a key (R answers): the value, or its siblings',
+        tags: ['keys'],
+        params: keyParams,
+        querystring: queryString({
+          r: quorumParameter('Answers to wait for'),
+          repair: {
+            description: 'background (default) or blocking read repair.',
+            enum: ['background', 'blocking'],
+          },
+          format: {
+            description: 'json: always the siblings form; raw: the bytes of one value.',
+            enum: ['json', 'raw'],
+          },
+          session: sessionParameter,
+        }),
+        response: {
+          200: {
+            description: 'One value (raw bytes), or with format=json its siblings',
+            content: {
+              'application/octet-stream': { schema: { type: 'string' } },
+              'application/json': { schema: siblingsResponseSchema },
+            },
+          },
+          300: {
+            description:
+              'Concurrent values (siblings): resolve them with a write carrying kv-context',
+            content: { 'application/json': { schema: siblingsResponseSchema } },
+          },
+        },
+      },
+    },
+    async (request: KeyRequest, reply) => {
+      checkParams(request, knownReadParams)
+      refuseSingleLeaderOptions(request)
+      const key = keyOf(request)
+      const r = engine.resolveR(oneParam(request, 'r'))
+      const repair = oneParam(request, 'repair') ?? 'background'
+      if (repair !== 'background' && repair !== 'blocking') {
+        throw new KvError(
+          'KV_ERR_INVALID_ARGUMENT',
+          `repair must be background or blocking; got ${JSON.stringify(repair)}`,
+        )
+      }
+      const format = oneParam(request, 'format')
+      if (format !== undefined && format !== 'json' && format !== 'raw') {
+        throw new KvError(
+          'KV_ERR_INVALID_ARGUMENT',
+          `format must be json or raw; got ${JSON.stringify(format)}`,
+        )
+      }
+      const result = await engine.coordinateRead(key, r, repair === 'blocking')
+      void reply.header('kv-replicas-answered', String(result.answered))
+      const state = result.state
+      // Values whose TTL has passed by this coordinator's clock read as absent (docs/leases.md).
+      const live = state === null ? [] : liveSiblings(state, Date.now())
+      if (state !== null && live.length === 0 && liveSiblings(state).length > 0)
+        engine.expireRead(key, state)
+      if (state !== null) void reply.header('kv-context', encodeContext(state))
+      void reply.header('kv-siblings', String(live.length))
+      if (live.length === 0) {
+        throw new KvError('KV_ERR_KEY_NOT_FOUND', `key ${JSON.stringify(key)} does not exist`, {
+          key,
+          ...(state !== null ? { context: encodeContext(state), deleted: true } : {}),
+        })
+      }
+      const newest = live[live.length - 1] as (typeof live)[number]
+      void reply.header('kv-timestamp', formatHlc(newest.value.hlc))
+      if (live.length === 1 && format !== 'json') {
+        return reply
+          .type('application/octet-stream')
+          .send(Buffer.from(newest.value.value as Uint8Array))
+      }
+      const body: SiblingsResponse = {
         key,
-        ...(state !== null ? { context: encodeContext(state), deleted: true } : {}),
-      })
-    }
-    const newest = live[live.length - 1] as (typeof live)[number]
-    void reply.header('kv-timestamp', formatHlc(newest.value.hlc))
-    if (live.length === 1 && format !== 'json') {
+        context: encodeContext(state as NonNullable<typeof state>),
+        siblings: live.map((s) => ({
+          valueBase64: Buffer.from(s.value.value as Uint8Array).toString('base64'),
+          timestamp: formatHlc(s.value.hlc),
+        })),
+      }
       return reply
-        .type('application/octet-stream')
-        .send(Buffer.from(newest.value.value as Uint8Array))
-    }
-    const body: SiblingsResponse = {
-      key,
-      context: encodeContext(state as NonNullable<typeof state>),
-      siblings: live.map((s) => ({
-        valueBase64: Buffer.from(s.value.value as Uint8Array).toString('base64'),
-        timestamp: formatHlc(s.value.hlc),
-      })),
-    }
-    return reply
-      .code(live.length > 1 && format !== 'json' ? 300 : 200)
-      .type('application/json; charset=utf-8')
-      .send(body)
-  })
+        .code(live.length > 1 && format !== 'json' ? 300 : 200)
+        .type('application/json; charset=utf-8')
+        .send(body)
+    },
+  )
   methodNotAllowed(app, '/v1/kv/*', ['GET', 'PUT', 'DELETE'])
 
   const unsupported = (what: string) => async () => {
@@ -251,52 +339,113 @@ export function registerLeaderlessRoutes(
       `${what} needs single-leader mode: in leaderless mode keys are spread over the ring and written one at a time`,
     )
   }
-  app.get('/v1/kv', { config: { access: 'authenticated' } }, unsupported('listing keys'))
+  app.get(
+    '/v1/kv',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        summary: 'Listing keys needs single-leader mode: always KV_ERR_UNSUPPORTED_IN_MODE',
+        tags: ['keys'],
+        response: {},
+      },
+    },
+    unsupported('listing keys'),
+  )
   methodNotAllowed(app, '/v1/kv', ['GET'])
-  app.post('/v1/batch', { config: { access: 'authenticated' } }, unsupported('a batch'))
+  app.post(
+    '/v1/batch',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        summary: 'A batch needs single-leader mode: always KV_ERR_UNSUPPORTED_IN_MODE',
+        tags: ['keys'],
+        response: {},
+      },
+    },
+    unsupported('a batch'),
+  )
   methodNotAllowed(app, '/v1/batch', ['POST'])
 
-  app.get('/admin/v1/ranges', async (): Promise<RangesResponse> => ({
-    self: engine.self,
-    ranges: engine.rangeRoots(),
-  }))
+  app.get(
+    '/admin/v1/ranges',
+    {
+      schema: {
+        summary: 'Hashes of the key ranges this member holds (anti-entropy)',
+        tags: ['leaderless'],
+        response: { 200: rangesResponseSchema },
+      },
+    },
+    async (): Promise<RangesResponse> => ({
+      self: engine.self,
+      ranges: engine.rangeRoots(),
+    }),
+  )
   methodNotAllowed(app, '/admin/v1/ranges', ['GET'])
 
-  app.get('/admin/v1/local/*', async (request: KeyRequest) => {
-    const key = keyOf(request)
-    const state = await engine.localState(key)
-    if (state === null) {
-      throw new KvError(
-        'KV_ERR_KEY_NOT_FOUND',
-        `this member holds no copy of ${JSON.stringify(key)}`,
-        { key },
-      )
-    }
-    return {
-      key,
-      member: engine.self,
-      replicas: engine.preferenceList(key),
-      vector: state.vector,
-      siblings: state.siblings.map((s) => ({
-        node: s.dot.node,
-        counter: s.dot.counter,
-        tombstone: s.value.value === null,
-        valueBase64: s.value.value === null ? null : Buffer.from(s.value.value).toString('base64'),
-        timestamp: formatHlc(s.value.hlc),
-      })),
-    } satisfies LocalCopy
-  })
+  app.get(
+    '/admin/v1/local/*',
+    {
+      schema: {
+        summary: "This member's own copy of a key (no quorum)",
+        tags: ['leaderless'],
+        params: keyParams,
+        response: { 200: localCopySchema },
+      },
+    },
+    async (request: KeyRequest) => {
+      const key = keyOf(request)
+      const state = await engine.localState(key)
+      if (state === null) {
+        throw new KvError(
+          'KV_ERR_KEY_NOT_FOUND',
+          `this member holds no copy of ${JSON.stringify(key)}`,
+          { key },
+        )
+      }
+      return {
+        key,
+        member: engine.self,
+        replicas: engine.preferenceList(key),
+        vector: state.vector,
+        siblings: state.siblings.map((s) => ({
+          node: s.dot.node,
+          counter: s.dot.counter,
+          tombstone: s.value.value === null,
+          valueBase64:
+            s.value.value === null ? null : Buffer.from(s.value.value).toString('base64'),
+          timestamp: formatHlc(s.value.hlc),
+        })),
+      } satisfies LocalCopy
+    },
+  )
   methodNotAllowed(app, '/admin/v1/local/*', ['GET'])
 
-  app.get('/admin/v1/hints', async (): Promise<HintsResponse> => ({
-    total: engine.hintsHeld,
-    byTarget: engine.hintBacklog(),
-  }))
+  app.get(
+    '/admin/v1/hints',
+    {
+      schema: {
+        summary: 'Hints held for replicas that were down, per target',
+        tags: ['leaderless'],
+        response: { 200: hintsResponseSchema },
+      },
+    },
+    async (): Promise<HintsResponse> => ({
+      total: engine.hintsHeld,
+      byTarget: engine.hintBacklog(),
+    }),
+  )
   methodNotAllowed(app, '/admin/v1/hints', ['GET'])
 
   app.post(
     '/admin/v1/anti-entropy',
-    { config: { access: 'admin', audit: 'anti-entropy' } },
+    {
+      config: { access: 'admin', audit: 'anti-entropy' },
+      schema: {
+        summary: 'Run anti-entropy with every peer now',
+        tags: ['leaderless'],
+        response: { 200: antiEntropyResponseSchema },
+      },
+    },
     async () => {
       const peers: Record<string, number | string> = {}
       for (const member of engine.members) {

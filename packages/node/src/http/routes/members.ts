@@ -8,6 +8,15 @@
  * Admin only. The cluster mode does the work (see membership/service.ts); this file checks
  * the request and nothing else.
  */
+import {
+  addMemberRequestSchema,
+  membershipChangeResponseSchema,
+  membershipSchema,
+  replaceMemberRequestSchema,
+} from '@kvstore/protocol'
+import { jsonBody, nameParams } from '../schemas/index.js'
+
+const id = nameParams('id', 'A member id')
 import type { FastifyInstance } from 'fastify'
 import { KvError, type AddMemberRequest } from '@kvstore/protocol'
 import type { AppContext } from '../context.js'
@@ -70,25 +79,69 @@ export function registerMemberRoutes(app: FastifyInstance, ctx: AppContext): voi
   }
   const idOf = (params: unknown): string => (params as { id: string }).id
 
-  app.get('/admin/v1/members', { config: { access: 'admin' } }, async () => service().view())
+  app.get(
+    '/admin/v1/members',
+    {
+      config: { access: 'admin' },
+      schema: {
+        summary: 'The membership: voters, learners and changes in progress',
+        tags: ['cluster'],
+        response: { 200: membershipSchema },
+      },
+    },
+    async () => service().view(),
+  )
   app.post(
     '/admin/v1/members',
-    { config: { access: 'admin', audit: 'member-add' } },
+    {
+      config: { access: 'admin', audit: 'member-add' },
+      schema: {
+        summary: 'Add a member (as a learner that catches up)',
+        tags: ['cluster'],
+        body: jsonBody(addMemberRequestSchema),
+        response: { 200: membershipChangeResponseSchema },
+      },
+    },
     async (request) => service().add(parseMemberBody(request.body)),
   )
   app.post(
     '/admin/v1/members/:id/promote',
-    { config: { access: 'admin', audit: 'member-promote' } },
+    {
+      config: { access: 'admin', audit: 'member-promote' },
+      schema: {
+        summary: 'Promote a caught-up learner to voter',
+        tags: ['cluster'],
+        params: id,
+        response: { 200: membershipChangeResponseSchema },
+      },
+    },
     async (request) => service().promote(idOf(request.params)),
   )
   app.delete(
     '/admin/v1/members/:id',
-    { config: { access: 'admin', audit: 'member-remove' } },
+    {
+      config: { access: 'admin', audit: 'member-remove' },
+      schema: {
+        summary: 'Remove a member',
+        tags: ['cluster'],
+        params: id,
+        response: { 200: membershipChangeResponseSchema },
+      },
+    },
     async (request) => service().remove(idOf(request.params)),
   )
   app.post(
     '/admin/v1/members/:id/replace',
-    { config: { access: 'admin', audit: 'member-replace' } },
+    {
+      config: { access: 'admin', audit: 'member-replace' },
+      schema: {
+        summary: 'Replace a member with a new one',
+        tags: ['cluster'],
+        params: id,
+        body: jsonBody(replaceMemberRequestSchema),
+        response: { 200: membershipChangeResponseSchema },
+      },
+    },
     async (request) => service().replace(idOf(request.params), parseMemberBody(request.body)),
   )
   methodNotAllowed(app, '/admin/v1/members', ['GET', 'POST'])

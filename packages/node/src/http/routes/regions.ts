@@ -9,6 +9,7 @@
  *
  * The work is in regions/ (shipper.ts sends, receiver.ts applies).
  */
+import { jsonBody, objectAnswer, query } from '../schemas/index.js'
 import type { FastifyInstance } from 'fastify'
 import { DecodeError, KvError, decodeRegionBatch } from '@kvstore/protocol'
 import { parsePositiveInteger, type AppContext } from '../context.js'
@@ -27,42 +28,89 @@ export function registerRegionRoutes(app: FastifyInstance, ctx: AppContext): voi
     return ctx.regions
   }
 
-  app.get('/v1/regions', { config: { access: 'authenticated' } }, async () => regions().view())
+  app.get(
+    '/v1/regions',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        summary: 'The regions, their members and replication lag (docs/regions.md)',
+        tags: ['regions'],
+        response: { 200: objectAnswer('The regions view') },
+      },
+    },
+    async () => regions().view(),
+  )
   methodNotAllowed(app, '/v1/regions', ['GET'])
 
-  app.get('/admin/v1/regions/digest', { config: { access: 'admin' } }, async () =>
-    regions().digest(),
+  app.get(
+    '/admin/v1/regions/digest',
+    {
+      config: { access: 'admin' },
+      schema: {
+        summary: "A digest of this region's state, to compare regions",
+        tags: ['regions'],
+        response: { 200: objectAnswer('The region digest') },
+      },
+    },
+    async () => regions().digest(),
   )
   methodNotAllowed(app, '/admin/v1/regions/digest', ['GET'])
 
-  app.get('/admin/v1/conflicts', { config: { access: 'admin' } }, async (request) => {
-    const query = request.query as Record<string, unknown>
-    let limit = 100
-    if (query.limit !== undefined) {
-      const parsed = typeof query.limit === 'string' ? parsePositiveInteger(query.limit) : null
-      if (parsed === null || parsed < 1 || parsed > conflictsLimitMax)
-        throw new KvError(
-          'KV_ERR_INVALID_ARGUMENT',
-          `limit must be a whole number from 1 to ${conflictsLimitMax}`,
-        )
-      limit = parsed
-    }
-    let after: string | null = null
-    if (query.after !== undefined) {
-      if (typeof query.after !== 'string' || !/^[0-9]{20}-[0-9]{1,6}$/.test(query.after))
-        throw new KvError(
-          'KV_ERR_INVALID_CURSOR',
-          'after must be a conflict id from an earlier page (such as 00000000000000000042-0)',
-        )
-      after = query.after
-    }
-    return regions().conflicts(after, limit)
-  })
+  app.get(
+    '/admin/v1/conflicts',
+    {
+      config: { access: 'admin' },
+      schema: {
+        summary: 'Conflicts between regions resolved by last-writer-wins, one page',
+        tags: ['regions'],
+        querystring: query({
+          after: { description: 'A conflict id from an earlier page.' },
+          limit: { description: 'Conflicts per page.' },
+        }),
+        response: { 200: objectAnswer('One page of conflicts') },
+      },
+    },
+    async (request) => {
+      const query = request.query as Record<string, unknown>
+      let limit = 100
+      if (query.limit !== undefined) {
+        const parsed = typeof query.limit === 'string' ? parsePositiveInteger(query.limit) : null
+        if (parsed === null || parsed < 1 || parsed > conflictsLimitMax)
+          throw new KvError(
+            'KV_ERR_INVALID_ARGUMENT',
+            `limit must be a whole number from 1 to ${conflictsLimitMax}`,
+          )
+        limit = parsed
+      }
+      let after: string | null = null
+      if (query.after !== undefined) {
+        if (typeof query.after !== 'string' || !/^[0-9]{20}-[0-9]{1,6}$/.test(query.after))
+          throw new KvError(
+            'KV_ERR_INVALID_CURSOR',
+            'after must be a conflict id from an earlier page (such as 00000000000000000042-0)',
+          )
+        after = query.after
+      }
+      return regions().conflicts(after, limit)
+    },
+  )
   methodNotAllowed(app, '/admin/v1/conflicts', ['GET'])
 
   app.post(
     '/internal/v1/regions/cursor',
-    { config: { access: 'region-peer' } },
+    {
+      config: { access: 'region-peer' },
+      schema: {
+        summary: "Where another region's shipping should resume (region peers only)",
+        tags: ['peers'],
+        body: jsonBody({
+          type: 'object',
+          properties: { source: { type: 'string' } },
+          required: ['source'],
+        }),
+        response: { 200: objectAnswer('{ cursor }') },
+      },
+    },
     async (request) => {
       let body: unknown = request.body
       if (Buffer.isBuffer(body)) {
@@ -89,7 +137,22 @@ export function registerRegionRoutes(app: FastifyInstance, ctx: AppContext): voi
     1024 * 1024
   app.post(
     '/internal/v1/regions/ship',
-    { bodyLimit, config: { access: 'region-peer' } },
+    {
+      bodyLimit,
+      config: { access: 'region-peer' },
+      schema: {
+        summary: 'A batch of changes shipped from another region (region peers only)',
+        tags: ['peers'],
+        body: {
+          content: {
+            'application/x-protobuf': {
+              schema: { type: 'string', description: 'A RegionBatch (protobuf)' },
+            },
+          },
+        },
+        response: { 200: objectAnswer('What was applied') },
+      },
+    },
     async (request) => {
       if (!Buffer.isBuffer(request.body))
         throw new KvError(

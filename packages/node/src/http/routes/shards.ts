@@ -8,6 +8,7 @@
  *
  * The work is in shards/mover.ts (source) and shards/importer.ts (target).
  */
+import { jsonBody as jsonRequest, objectAnswer } from '../schemas/index.js'
 import type { FastifyInstance } from 'fastify'
 import { KvError } from '@kvstore/protocol'
 import type { AppContext } from '../context.js'
@@ -39,12 +40,39 @@ export function registerShardRoutes(app: FastifyInstance, ctx: AppContext): void
     return ctx.shards
   }
 
-  app.get('/v1/shards', { config: { access: 'authenticated' } }, async () => shards().state.view())
+  app.get(
+    '/v1/shards',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        summary: 'The shard map as this group sees it, and its moves (docs/shards.md)',
+        tags: ['shards'],
+        response: { 200: objectAnswer('The shard view') },
+      },
+    },
+    async () => shards().state.view(),
+  )
   methodNotAllowed(app, '/v1/shards', ['GET'])
 
   app.post(
     '/admin/v1/shards/moves',
-    { config: { access: 'admin', audit: 'shard-move' } },
+    {
+      config: { access: 'admin', audit: 'shard-move' },
+      schema: {
+        summary: 'Move slots to another group',
+        tags: ['shards'],
+        body: jsonRequest({
+          type: 'object',
+          properties: {
+            slots: { type: 'string', description: 'Slot ranges such as 0-99' },
+            to: { type: 'string', description: 'The target group' },
+          },
+          required: ['slots', 'to'],
+          additionalProperties: false,
+        }),
+        response: { 202: objectAnswer('{ move }: the move started') },
+      },
+    },
     async (request, reply) => {
       const example = '{"slots":"0-99","to":"g2"}'
       const body = jsonBody(request.body, example)
@@ -67,7 +95,14 @@ export function registerShardRoutes(app: FastifyInstance, ctx: AppContext): void
   methodNotAllowed(app, '/admin/v1/shards/moves', ['POST'])
   app.post(
     '/admin/v1/shards/moves/abort',
-    { config: { access: 'admin', audit: 'shard-move-abort' } },
+    {
+      config: { access: 'admin', audit: 'shard-move-abort' },
+      schema: {
+        summary: 'Abort the slot move in progress',
+        tags: ['shards'],
+        response: { 200: objectAnswer('{ move }') },
+      },
+    },
     async () => ({ move: await shards().mover.abort() }),
   )
   methodNotAllowed(app, '/admin/v1/shards/moves/abort', ['POST'])
@@ -82,8 +117,19 @@ export function registerShardRoutes(app: FastifyInstance, ctx: AppContext): void
     handle: (body: Record<string, unknown>) => Promise<unknown>,
   ) => {
     const path = `/internal/v1/shards/import/${name}`
-    app.post(path, { bodyLimit, config: { access: 'shard-peer' } }, async (request) =>
-      handle(jsonBody(request.body, '{"id": ...}')),
+    app.post(
+      path,
+      {
+        bodyLimit,
+        config: { access: 'shard-peer' },
+        schema: {
+          summary: `Slot import: ${name} (shard peers only)`,
+          tags: ['peers'],
+          body: jsonRequest({ type: 'object' }),
+          response: { 200: objectAnswer("The import step's answer") },
+        },
+      },
+      async (request) => handle(jsonBody(request.body, '{"id": ...}')),
     )
     methodNotAllowed(app, path, ['POST'])
   }

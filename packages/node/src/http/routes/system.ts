@@ -38,122 +38,170 @@ function authRecordName(key: Uint8Array): string {
 import { parsePositiveInteger, type AppContext } from '../context.js'
 import { methodNotAllowed } from '../errors.js'
 import { registerBackupRoutes } from './backups.js'
+import {
+  clusterViewSchema,
+  compactResponseSchema,
+  digestResponseSchema,
+  healthResponseSchema,
+  leaderlessClusterViewSchema,
+  readyResponseSchema,
+  rollbackDiscardResponseSchema,
+  rollbackPageSchema,
+  statusResponseSchema,
+  transferRequestSchema,
+  transferResponseSchema,
+} from '@kvstore/protocol'
+import { jsonBody, query, rawBody } from '../schemas/index.js'
 
 export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): void {
   const { store, config, lifecycle, metrics } = ctx
 
-  app.get('/v1/status', { config: { access: 'monitor' } }, async () => {
-    const meta = store.meta
-    const { replicator } = ctx
-    const lag = replicator?.lag() ?? { entries: 0, ms: 0 }
-    return {
-      nodeId: meta.nodeId,
-      clusterId: meta.clusterId,
-      mode: config.mode,
-      role: replicator ? replicator.role : ctx.leaderless ? 'replica' : 'leader',
-      leaderId: replicator
-        ? (replicator.leaderMember?.id ?? null)
-        : ctx.leaderless
-          ? null
-          : meta.nodeId,
-      leaderUrl: replicator ? (replicator.leaderMember?.clientUrl ?? null) : null,
-      lagEntries: lag.entries,
-      lagMs: lag.ms,
-      epoch: replicator?.epoch ?? meta.epoch,
-      appliedLsn: meta.appliedLsn,
-      commitLsn: meta.commitLsn,
-      logStartLsn: meta.logStartLsn,
-      lastEpoch: meta.lastEpoch,
-      ready:
-        lifecycle.ready &&
-        !lifecycle.shuttingDown &&
-        store.failed === null &&
-        ctx.replicator?.removedFromCluster !== true,
-      version: ctx.version,
-      startedAt: new Date(ctx.startedAtMs).toISOString(),
-      uptimeMs: Date.now() - ctx.startedAtMs,
-      writeQueue: store.queueDepth,
-      storage: {
-        dataDir: config.dataDir,
-        fsync: config.fsync,
-        groupCommitWritesMax: config.groupCommitWritesMax,
-        failed: store.failed?.message ?? null,
+  app.get(
+    '/v1/status',
+    {
+      config: { access: 'monitor' },
+      schema: {
+        summary: "This node's identity, role, epoch, LSNs, write queue and limits",
+        tags: ['system'],
+        response: { 200: statusResponseSchema },
       },
-      limits: {
-        keyBytesMax: config.keyBytesMax,
-        valueBytesMax: config.valueBytesMax,
-        batchOpsMax: config.batchOpsMax,
-        requestBodyBytesMax: config.requestBodyBytesMax,
-        listLimitMax: config.listLimitMax,
-      },
-      archive: ctx.backups.archiver?.state() ?? null,
-    } satisfies StatusResponse
-  })
+    },
+    async () => {
+      const meta = store.meta
+      const { replicator } = ctx
+      const lag = replicator?.lag() ?? { entries: 0, ms: 0 }
+      return {
+        nodeId: meta.nodeId,
+        clusterId: meta.clusterId,
+        mode: config.mode,
+        role: replicator ? replicator.role : ctx.leaderless ? 'replica' : 'leader',
+        leaderId: replicator
+          ? (replicator.leaderMember?.id ?? null)
+          : ctx.leaderless
+            ? null
+            : meta.nodeId,
+        leaderUrl: replicator ? (replicator.leaderMember?.clientUrl ?? null) : null,
+        lagEntries: lag.entries,
+        lagMs: lag.ms,
+        epoch: replicator?.epoch ?? meta.epoch,
+        appliedLsn: meta.appliedLsn,
+        commitLsn: meta.commitLsn,
+        logStartLsn: meta.logStartLsn,
+        lastEpoch: meta.lastEpoch,
+        ready:
+          lifecycle.ready &&
+          !lifecycle.shuttingDown &&
+          store.failed === null &&
+          ctx.replicator?.removedFromCluster !== true,
+        version: ctx.version,
+        startedAt: new Date(ctx.startedAtMs).toISOString(),
+        uptimeMs: Date.now() - ctx.startedAtMs,
+        writeQueue: store.queueDepth,
+        storage: {
+          dataDir: config.dataDir,
+          fsync: config.fsync,
+          groupCommitWritesMax: config.groupCommitWritesMax,
+          failed: store.failed?.message ?? null,
+        },
+        limits: {
+          keyBytesMax: config.keyBytesMax,
+          valueBytesMax: config.valueBytesMax,
+          batchOpsMax: config.batchOpsMax,
+          requestBodyBytesMax: config.requestBodyBytesMax,
+          listLimitMax: config.listLimitMax,
+        },
+        archive: ctx.backups.archiver?.state() ?? null,
+      } satisfies StatusResponse
+    },
+  )
   methodNotAllowed(app, '/v1/status', ['GET'])
 
   // Any user: the SDK finds the leader and the replicas here.
-  app.get('/v1/cluster', { config: { access: 'authenticated' } }, async (request) => {
-    const archive = ctx.backups.archiver?.state()
-    const archiveField = archive ? { archive } : {}
-    const regionsField = ctx.regions ? { regions: ctx.regions.view() } : {}
-    if (ctx.replicator) return { ...ctx.replicator.clusterView(), ...archiveField, ...regionsField }
-    if (ctx.leaderless)
-      return { ...ctx.leaderless.clusterView(store.meta.clusterId), ...archiveField }
-    // A standalone node is a cluster of one, reached at the address this client used.
-    const meta = store.meta
-    const url = `${ctx.tls === null ? 'http' : 'https'}://${request.host}`
-    return {
-      mode: 'standalone',
-      clusterId: meta.clusterId,
-      leaderId: meta.nodeId,
-      leaderUrl: url,
-      epoch: meta.epoch,
-      commitLsn: meta.commitLsn,
-      self: meta.nodeId,
-      members: [
-        {
-          id: meta.nodeId,
-          role: 'leader',
-          clientUrl: url,
-          peerUrl: null,
-          epoch: meta.epoch,
-          ackedLsn: meta.appliedLsn,
-          appliedLsn: meta.appliedLsn,
-          lagEntries: 0,
-          lagMs: 0,
-          lastContactMs: 0,
-          connected: true,
-          ...(archive
-            ? {
-                archivedLsn: archive.archivedLsn,
-                archiveLagEntries: Math.max(0, meta.commitLsn - archive.archivedLsn),
-              }
-            : {}),
-        },
-      ],
-      ...archiveField,
-    } satisfies ClusterView
-  })
+  app.get(
+    '/v1/cluster',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        summary: 'The cluster: mode, leader, members and their lag (the SDK finds nodes here)',
+        tags: ['cluster'],
+        response: { 200: { anyOf: [clusterViewSchema, leaderlessClusterViewSchema] } },
+      },
+    },
+    async (request) => {
+      const archive = ctx.backups.archiver?.state()
+      const archiveField = archive ? { archive } : {}
+      const regionsField = ctx.regions ? { regions: ctx.regions.view() } : {}
+      if (ctx.replicator)
+        return { ...ctx.replicator.clusterView(), ...archiveField, ...regionsField }
+      if (ctx.leaderless)
+        return { ...ctx.leaderless.clusterView(store.meta.clusterId), ...archiveField }
+      // A standalone node is a cluster of one, reached at the address this client used.
+      const meta = store.meta
+      const url = `${ctx.tls === null ? 'http' : 'https'}://${request.host}`
+      return {
+        mode: 'standalone',
+        clusterId: meta.clusterId,
+        leaderId: meta.nodeId,
+        leaderUrl: url,
+        epoch: meta.epoch,
+        commitLsn: meta.commitLsn,
+        self: meta.nodeId,
+        members: [
+          {
+            id: meta.nodeId,
+            role: 'leader',
+            clientUrl: url,
+            peerUrl: null,
+            epoch: meta.epoch,
+            ackedLsn: meta.appliedLsn,
+            appliedLsn: meta.appliedLsn,
+            lagEntries: 0,
+            lagMs: 0,
+            lastContactMs: 0,
+            connected: true,
+            ...(archive
+              ? {
+                  archivedLsn: archive.archivedLsn,
+                  archiveLagEntries: Math.max(0, meta.commitLsn - archive.archivedLsn),
+                }
+              : {}),
+          },
+        ],
+        ...archiveField,
+      } satisfies ClusterView
+    },
+  )
   methodNotAllowed(app, '/v1/cluster', ['GET'])
 
   // Compacts the log now, within the retention policy (it also runs every few seconds).
-  app.post('/admin/v1/compact', { config: { access: 'admin', audit: 'compact' } }, async () => {
-    if (ctx.replicator) {
-      await ctx.replicator.compactNow()
-    } else {
-      const wanted = Math.max(
-        store.meta.logStartLsn,
-        store.commitLsn + 1 - config.logRetentionEntries,
-      )
-      // The log archive (--archive-dir) keeps what it has not taken yet, within its limit.
-      const hold = ctx.backups.archiver
-      await store.compactLog(hold ? Math.max(store.meta.logStartLsn, hold.hold(wanted)) : wanted)
-    }
-    return {
-      logStartLsn: store.meta.logStartLsn,
-      appliedLsn: store.appliedLsn,
-    } satisfies CompactResponse
-  })
+  app.post(
+    '/admin/v1/compact',
+    {
+      config: { access: 'admin', audit: 'compact' },
+      schema: {
+        summary: 'Compact the log now, within the retention policy',
+        tags: ['system'],
+        response: { 200: compactResponseSchema },
+      },
+    },
+    async () => {
+      if (ctx.replicator) {
+        await ctx.replicator.compactNow()
+      } else {
+        const wanted = Math.max(
+          store.meta.logStartLsn,
+          store.commitLsn + 1 - config.logRetentionEntries,
+        )
+        // The log archive (--archive-dir) keeps what it has not taken yet, within its limit.
+        const hold = ctx.backups.archiver
+        await store.compactLog(hold ? Math.max(store.meta.logStartLsn, hold.hold(wanted)) : wanted)
+      }
+      return {
+        logStartLsn: store.meta.logStartLsn,
+        appliedLsn: store.appliedLsn,
+      } satisfies CompactResponse
+    },
+  )
   methodNotAllowed(app, '/admin/v1/compact', ['POST'])
 
   registerBackupRoutes(app, ctx)
@@ -161,7 +209,15 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   // Hands leadership to a named member ({"to": "n2"}) or to the most up-to-date follower ({}).
   app.post(
     '/admin/v1/transfer-leadership',
-    { config: { access: 'admin', audit: 'transfer-leadership' } },
+    {
+      config: { access: 'admin', audit: 'transfer-leadership' },
+      schema: {
+        summary: 'Hand leadership to a member ({"to": "n2"}) or the most up-to-date follower ({})',
+        tags: ['cluster'],
+        body: jsonBody(transferRequestSchema),
+        response: { 200: transferResponseSchema },
+      },
+    },
     async (request) => {
       const replicator = ctx.replicator
       if (!replicator)
@@ -242,7 +298,18 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   }
   app.get(
     '/admin/v1/rollbacks',
-    { config: { access: 'admin', audit: 'rollbacks.read' } },
+    {
+      config: { access: 'admin', audit: 'rollbacks.read' },
+      schema: {
+        summary: 'Writes a truncation removed (never confirmed), to reconcile',
+        tags: ['cluster'],
+        querystring: query({
+          after: { description: 'Records after this sequence number.' },
+          limit: { description: 'Records per page, 1 to 1000 (default 100).' },
+        }),
+        response: { 200: rollbackPageSchema },
+      },
+    },
     async (request) => {
       const after = wholeNumber(
         request.query,
@@ -286,7 +353,17 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   )
   app.delete(
     '/admin/v1/rollbacks',
-    { config: { access: 'admin', audit: 'rollbacks.discard' } },
+    {
+      config: { access: 'admin', audit: 'rollbacks.discard' },
+      schema: {
+        summary: 'Forget rollback records once reconciled',
+        tags: ['cluster'],
+        querystring: query({
+          through: { description: 'Delete the records up to and including this sequence number.' },
+        }),
+        response: { 200: rollbackDiscardResponseSchema },
+      },
+    },
     async (request) => {
       const params = (request.query ?? {}) as Record<string, unknown>
       if (params.through === undefined)
@@ -301,40 +378,85 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
   )
   methodNotAllowed(app, '/admin/v1/rollbacks', ['GET', 'DELETE'])
 
-  app.get('/v1/digest', { config: { access: 'monitor' } }, async (): Promise<DigestResponse> =>
-    store.digest(),
+  app.get(
+    '/v1/digest',
+    {
+      config: { access: 'monitor' },
+      schema: {
+        summary: 'A hash of the whole applied state at one LSN (to compare replicas)',
+        tags: ['system'],
+        response: { 200: digestResponseSchema },
+      },
+    },
+    async (): Promise<DigestResponse> => store.digest(),
   )
   methodNotAllowed(app, '/v1/digest', ['GET'])
 
-  app.get('/health', { config: { access: 'public' } }, async () => {
-    if (store.failed) {
-      throw new KvError('KV_ERR_STORAGE', `storage failed: ${store.failed.message}`)
-    }
-    return { status: 'ok' } satisfies HealthResponse
-  })
+  app.get(
+    '/health',
+    {
+      config: { access: 'public' },
+      schema: {
+        summary: 'Liveness: 200 while the process can serve, 503 once storage failed',
+        tags: ['system'],
+        security: [],
+        response: { 200: healthResponseSchema },
+      },
+    },
+    async () => {
+      if (store.failed) {
+        throw new KvError('KV_ERR_STORAGE', `storage failed: ${store.failed.message}`)
+      }
+      return { status: 'ok' } satisfies HealthResponse
+    },
+  )
   methodNotAllowed(app, '/health', ['GET'])
 
-  app.get('/ready', { config: { access: 'public' } }, async () => {
-    if (store.failed) throw new KvError('KV_ERR_STORAGE', `storage failed: ${store.failed.message}`)
-    if (lifecycle.shuttingDown)
-      throw new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down')
-    if (!lifecycle.ready) throw new KvError('KV_ERR_NOT_READY', 'the node is starting')
-    const notReady = ctx.leaderless?.notReadyReason ?? null
-    if (notReady !== null) throw new KvError('KV_ERR_NOT_READY', notReady)
-    // A removed member serves no data: load balancers must take it out of rotation.
-    if (ctx.replicator?.removedFromCluster === true) {
-      throw new KvError(
-        'KV_ERR_NOT_A_MEMBER',
-        'this node was removed from the cluster and serves no data; stop it',
-      )
-    }
-    return { ready: true } satisfies ReadyResponse
-  })
+  app.get(
+    '/ready',
+    {
+      config: { access: 'public' },
+      schema: {
+        summary: 'Readiness: 200 once storage is open, 503 while starting or stopping',
+        tags: ['system'],
+        security: [],
+        response: { 200: readyResponseSchema },
+      },
+    },
+    async () => {
+      if (store.failed)
+        throw new KvError('KV_ERR_STORAGE', `storage failed: ${store.failed.message}`)
+      if (lifecycle.shuttingDown)
+        throw new KvError('KV_ERR_SHUTTING_DOWN', 'the node is shutting down')
+      if (!lifecycle.ready) throw new KvError('KV_ERR_NOT_READY', 'the node is starting')
+      const notReady = ctx.leaderless?.notReadyReason ?? null
+      if (notReady !== null) throw new KvError('KV_ERR_NOT_READY', notReady)
+      // A removed member serves no data: load balancers must take it out of rotation.
+      if (ctx.replicator?.removedFromCluster === true) {
+        throw new KvError(
+          'KV_ERR_NOT_A_MEMBER',
+          'this node was removed from the cluster and serves no data; stop it',
+        )
+      }
+      return { ready: true } satisfies ReadyResponse
+    },
+  )
   methodNotAllowed(app, '/ready', ['GET'])
 
-  app.get('/metrics', { config: { access: 'monitor' } }, async (_request, reply) => {
-    void reply.type(metrics.registry.contentType)
-    return metrics.registry.metrics()
-  })
+  app.get(
+    '/metrics',
+    {
+      config: { access: 'monitor' },
+      schema: {
+        summary: 'Metrics in the Prometheus text format',
+        tags: ['system'],
+        response: { 200: rawBody('text/plain', 'Prometheus text exposition format 0.0.4') },
+      },
+    },
+    async (_request, reply) => {
+      void reply.type(metrics.registry.contentType)
+      return metrics.registry.metrics()
+    },
+  )
   methodNotAllowed(app, '/metrics', ['GET'])
 }
