@@ -166,6 +166,11 @@ describe('the README Quickstart', () => {
           .replaceAll('127.0.0.1:7001', `127.0.0.1:${clientPort}`)
           .replaceAll('127.0.0.1:7002', `127.0.0.1:${clientPort + 1}`)
           .replaceAll('127.0.0.1:7003', `127.0.0.1:${clientPort + 2}`)
+          .replaceAll('127.0.0.1:7301', `127.0.0.1:${clientPort + 300}`)
+          .replaceAll(
+            /-p 730([123])\b/g,
+            (_, i: string) => `-p ${clientPort + 300 + Number(i) - 1}`,
+          )
           .replaceAll('<pid of n1>', String(pids.get('n1')?.pid))
       const script = tour
         .map((step, i) => `{\n${substitute(step.command)}\n} > out.${i} 2>&1\necho $? > rc.${i}`)
