@@ -98,6 +98,24 @@ describe('DashboardState', () => {
     ])
   })
 
+  it('plots a member it never heard from only when it leads (the leader measures that lag)', () => {
+    const unheard = (leaderId: string): ClusterView => {
+      const v = view(2, leaderId, 0)
+      const n1 = v.members[0] as ClusterView['members'][number]
+      v.members[0] = { ...n1, epoch: null, lagMs: 5000, lagEntries: 10, connected: false }
+      return v
+    }
+    const s = { view: unheard('n2'), held: 0, now: 0 }
+    const state = new DashboardState(fakeSource(s), {
+      sampleIntervalMs: 100,
+      historySamplesMax: 10,
+      leadershipChangesMax: 10,
+    })
+    expect(state.sample().sample.values.n1).toBe(5000)
+    s.view = unheard('n3')
+    expect(state.sample().sample.values.n1).toBeNull()
+  })
+
   it('records a leader lost, then found, once each', () => {
     const s = { view: view(1, 'n1', 0), held: 0, now: 0 }
     const state = new DashboardState(fakeSource(s), {

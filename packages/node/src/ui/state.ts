@@ -130,9 +130,12 @@ export class DashboardState {
     } else {
       epoch = view.epoch
       commitLsn = view.commitLsn
-      // A member this node has heard nothing about (no epoch yet) has no lag to show.
+      // A member this node has heard nothing about (no epoch yet) has no lag to show, unless
+      // this node leads: the leader measures every member's lag itself, a dead one's included
+      // (the old leader after a failover, which the new leader never heard from).
+      const leading = view.leaderId === view.self
       for (const m of view.members) {
-        const known = m.epoch !== null || m.id === view.self
+        const known = leading || m.epoch !== null || m.id === view.self
         values[m.id] = known ? m.lagMs : null
         entries[m.id] = known ? m.lagEntries : null
       }
