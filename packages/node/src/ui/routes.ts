@@ -15,7 +15,7 @@ import type { Http2ServerResponse } from 'node:http2'
 import { createRequire } from 'node:module'
 import { dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import type { ClusterView } from '@kvstore/protocol'
+import { standaloneClusterView } from '../http/routes/system.js'
 import { KvError } from '@kvstore/protocol/errors'
 import type { AppContext } from '../http/context.js'
 import { methodNotAllowed } from '../http/errors.js'
@@ -83,31 +83,7 @@ function sourceOf(ctx: AppContext): DashboardSource {
     view: () => {
       if (ctx.replicator) return ctx.replicator.clusterView()
       if (ctx.leaderless) return ctx.leaderless.clusterView(store.meta.clusterId)
-      const meta = store.meta
-      return {
-        mode: 'standalone',
-        clusterId: meta.clusterId,
-        leaderId: meta.nodeId,
-        leaderUrl: null,
-        epoch: meta.epoch,
-        commitLsn: meta.commitLsn,
-        self: meta.nodeId,
-        members: [
-          {
-            id: meta.nodeId,
-            role: 'leader',
-            clientUrl: '',
-            peerUrl: null,
-            epoch: meta.epoch,
-            ackedLsn: meta.appliedLsn,
-            appliedLsn: meta.appliedLsn,
-            lagEntries: 0,
-            lagMs: 0,
-            lastContactMs: 0,
-            connected: true,
-          },
-        ],
-      } satisfies ClusterView
+      return standaloneClusterView(store.meta, null)
     },
     rollbackHeld: () => store.rollbackCount,
     rolledBackSinceStart: () => store.rolledBack,

@@ -138,37 +138,13 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
       // A standalone node is a cluster of one, reached at the address this client used.
       const meta = store.meta
       const url = `${ctx.tls === null ? 'http' : 'https'}://${request.host}`
-      return {
-        mode: 'standalone',
-        clusterId: meta.clusterId,
-        leaderId: meta.nodeId,
-        leaderUrl: url,
-        epoch: meta.epoch,
-        commitLsn: meta.commitLsn,
-        self: meta.nodeId,
-        members: [
-          {
-            id: meta.nodeId,
-            role: 'leader',
-            clientUrl: url,
-            peerUrl: null,
-            epoch: meta.epoch,
-            ackedLsn: meta.appliedLsn,
-            appliedLsn: meta.appliedLsn,
-            lagEntries: 0,
-            lagMs: 0,
-            lastContactMs: 0,
-            connected: true,
-            ...(archive
-              ? {
-                  archivedLsn: archive.archivedLsn,
-                  archiveLagEntries: Math.max(0, meta.commitLsn - archive.archivedLsn),
-                }
-              : {}),
-          },
-        ],
-        ...archiveField,
-      } satisfies ClusterView
+      const view = standaloneClusterView(meta, url)
+      if (archive)
+        Object.assign(view.members[0] as object, {
+          archivedLsn: archive.archivedLsn,
+          archiveLagEntries: Math.max(0, meta.commitLsn - archive.archivedLsn),
+        })
+      return { ...view, ...archiveField } satisfies ClusterView
     },
   )
   methodNotAllowed(app, '/v1/cluster', ['GET'])
@@ -459,4 +435,35 @@ export function registerSystemRoutes(app: FastifyInstance, ctx: AppContext): voi
     },
   )
   methodNotAllowed(app, '/metrics', ['GET'])
+}
+
+/** A standalone node as a cluster of one: itself, leading, reached at `url`. */
+export function standaloneClusterView(
+  meta: { clusterId: string; nodeId: string; epoch: number; commitLsn: number; appliedLsn: number },
+  url: string | null,
+): ClusterView {
+  return {
+    mode: 'standalone',
+    clusterId: meta.clusterId,
+    leaderId: meta.nodeId,
+    leaderUrl: url,
+    epoch: meta.epoch,
+    commitLsn: meta.commitLsn,
+    self: meta.nodeId,
+    members: [
+      {
+        id: meta.nodeId,
+        role: 'leader',
+        clientUrl: url ?? '',
+        peerUrl: null,
+        epoch: meta.epoch,
+        ackedLsn: meta.appliedLsn,
+        appliedLsn: meta.appliedLsn,
+        lagEntries: 0,
+        lagMs: 0,
+        lastContactMs: 0,
+        connected: true,
+      },
+    ],
+  }
 }
