@@ -366,7 +366,24 @@ it('collects a tombstone only once the other region has caught up past it', asyn
   expect((await write(ul, 'gc/1', 'here')).status).toBe(200)
   await converged()
   const collected = (m: ClusterMember) => metricTotal(m.url, 'kv_region_tombstones_collected_total')
-  const before = { us: await collected(ul), eu: await collected(el) }
+  // Earlier tests' tombstones (cart/2's delete) are collected once both regions are past them:
+  // wait until both leaders hold none and their counts settle, so that what is counted below is
+  // this test's tombstone only (a late collection of cart/2 was once counted as gc/1's).
+  const kept = (m: ClusterMember) => metricTotal(m.url, 'kv_region_tombstones')
+  let counts = [await collected(ul), await collected(el)]
+  await until(
+    'both leaders hold no earlier tombstone, and their counts settle',
+    async () => {
+      await new Promise((resolve) => setTimeout(resolve, 1000))
+      const now = [await collected(ul), await collected(el)]
+      const settled = now[0] === counts[0] && now[1] === counts[1]
+      counts = now
+      return settled && (await kept(ul)) === 0 && (await kept(el)) === 0
+    },
+    30_000,
+    0,
+  )
+  const before = { us: counts[0] as number, eu: counts[1] as number }
   cut()
   try {
     expect((await write(ul, 'gc/1', null)).status).toBe(200)
