@@ -42,17 +42,38 @@ export async function freePort(): Promise<number> {
   }
 }
 
-let signalsHooked = false
+/**
+ * The cleanups atExit runs, kept on globalThis: a test runner that evaluates this module once per
+ * test file, in one process, then still adds only one listener per event (not one per file,
+ * which piled up past Node's MaxListeners warning).
+ */
+interface ExitHooks {
+  cleanups: Set<() => void>
+}
+const exitHooksKey = Symbol.for('kvstore.chaos.exit-hooks')
+
+function exitHooks(): ExitHooks {
+  const holder = globalThis as { [exitHooksKey]?: ExitHooks }
+  let hooks = holder[exitHooksKey]
+  if (hooks === undefined) {
+    const created: ExitHooks = { cleanups: new Set() }
+    hooks = created
+    holder[exitHooksKey] = created
+    process.once('exit', () => {
+      for (const cleanup of created.cleanups) cleanup()
+    })
+    for (const signal of ['SIGINT', 'SIGTERM'] as const)
+      process.once(signal, () => process.exit(130))
+  }
+  return hooks
+}
 
 /**
  * Runs `cleanup` when this process exits, also on Ctrl-C or SIGTERM (which then exit with 130),
  * so nothing a runner started outlives it.
  */
 export function atExit(cleanup: () => void): void {
-  process.once('exit', cleanup)
-  if (signalsHooked) return
-  signalsHooked = true
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130))
+  exitHooks().cleanups.add(cleanup)
 }
 
 /** Every node started here and still running. */
