@@ -7,14 +7,23 @@
  * - kill -9 of the leader: the page, served by a follower, shows the new leader within 3 s;
  * - SIGSTOP of a follower under writes: the page shows its lag rising, then falling after
  *   SIGCONT.
+ * - through kv-router: the same page, a link per group behind the router, and a new leader
+ *   shown within 3 s of a kill -9; the router's stream limit and its coded error.
  * Screenshots go to test-artifacts/ (gitignored), left there for CI to collect.
  */
 import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { Agent, Pool, request } from 'undici'
-import { LeaderlessCluster, TestCluster, until } from '@kvstore/testkit'
-import { caPem, rootConnect, rootPassword } from './support/certs.js'
+import {
+  LeaderlessCluster,
+  TestCluster,
+  startRouterProcess,
+  stopRouterProcess,
+  until,
+  type RouterProcess,
+} from '@kvstore/testkit'
+import { caPem, rootConnect, rootPassword, testCertsDir } from './support/certs.js'
 
 const chromiumPath = process.env.KV_CHROMIUM ?? '/usr/bin/chromium'
 const artifacts = join(import.meta.dirname, '..', 'test-artifacts')
@@ -363,6 +372,158 @@ describe('the dashboard of a leaderless cluster', () => {
       await screenshot(page, '6-leaderless-hints')
     } catch (err) {
       await screenshot(page, 'failure-leaderless').catch(() => {})
+      throw err
+    } finally {
+      await context.close()
+    }
+  })
+})
+
+describe('the dashboard through kv-router', () => {
+  let group: TestCluster
+  let router: RouterProcess
+  const streamsMax = 2
+  beforeAll(async () => {
+    group = await TestCluster.start(3)
+    const certs = testCertsDir()
+    router = await startRouterProcess([
+      '--group',
+      `g1=${group.members.map((m) => m.url).join(',')}`,
+      '--cert-file',
+      join(certs, 'n9.crt'),
+      '--key-file',
+      join(certs, 'n9.key'),
+      '--ca-file',
+      join(certs, 'ca.crt'),
+      // A development identity (root's certificate): the router refuses anyone without a
+      // credential of their own, except for the page and its files.
+      '--identity-cert',
+      join(certs, 'root.crt'),
+      '--identity-key',
+      join(certs, 'root.key'),
+      '--probe-interval-ms',
+      '200',
+      '--probe-timeout-ms',
+      '500',
+      '--ui-streams-max',
+      String(streamsMax),
+    ])
+  }, 60_000)
+  afterAll(async () => {
+    if (router !== undefined) await stopRouterProcess(router)
+    await group?.stop()
+  })
+
+  it('serves the page to anyone and its data only with a credential; bounds its streams', async () => {
+    const page = await request(`${router.url}/ui`, { dispatcher: anonymous })
+    expect(page.statusCode).toBe(200)
+    expect(page.headers['content-type']).toMatch(/^text\/html/)
+    expect(page.headers['content-security-policy']).toContain("default-src 'none'")
+    expect(await page.body.text()).toContain('id="group-links"')
+    const uplot = await request(`${router.url}/ui/assets/uPlot.iife.min.js`, {
+      dispatcher: anonymous,
+    })
+    expect(uplot.statusCode).toBe(200)
+    expect(await uplot.body.text()).toContain('uPlot')
+    for (const path of ['/ui/v1/stream', '/ui/v1/state']) {
+      const res = await request(`${router.url}${path}`, { dispatcher: anonymous })
+      const body = (await res.body.json()) as { error: { code: string } }
+      expect([path, res.statusCode, body.error.code]).toEqual([path, 401, 'KV_ERR_UNAUTHENTICATED'])
+    }
+    // Root (by its certificate) reads the group's state through the router.
+    const state = await fetch(`${router.url}/ui/v1/state?group=g1`)
+    expect(state.status).toBe(200)
+    expect(state.headers.get('kv-group')).toBe('g1')
+    const body = (await state.json()) as { view: { leaderId: string; members: unknown[] } }
+    expect(body.view.leaderId).toBe(group.leader.id)
+    expect(body.view.members).toHaveLength(3)
+    const unknown = await fetch(`${router.url}/ui/v1/stream?group=nope`)
+    expect(unknown.status).toBe(400)
+    expect(((await unknown.json()) as { error: { code: string } }).error.code).toBe(
+      'KV_ERR_INVALID_ARGUMENT',
+    )
+
+    // The stream: the router's own event first, then the member's snapshot.
+    const streams: AbortController[] = []
+    try {
+      for (let i = 0; i < streamsMax; i++) {
+        const aborter = new AbortController()
+        streams.push(aborter)
+        const res = await fetch(`${router.url}/ui/v1/stream`, { signal: aborter.signal })
+        expect(res.status).toBe(200)
+        expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/)
+        const reader = res.body!.getReader()
+        let text = ''
+        while (!text.includes('event: snapshot')) {
+          const { value, done } = await reader.read()
+          if (done) break
+          text += new TextDecoder().decode(value)
+        }
+        expect(text.startsWith('event: router\n')).toBe(true)
+        const info = JSON.parse(text.split('\n')[1]!.slice('data: '.length)) as {
+          group: string
+          groups: { id: string; members: string[] }[]
+        }
+        expect(info.group).toBe('g1')
+        expect(info.groups.map((g) => g.id)).toEqual(['g1'])
+        expect(text).toContain('event: snapshot')
+      }
+      // One stream past --ui-streams-max: a coded 503 with Retry-After, and nothing held.
+      const over = await fetch(`${router.url}/ui/v1/stream`)
+      expect(over.status).toBe(503)
+      expect(over.headers.get('retry-after')).toBe('1')
+      expect(((await over.json()) as { error: { code: string } }).error.code).toBe(
+        'KV_ERR_DASHBOARD_STREAMS_TOO_MANY',
+      )
+    } finally {
+      for (const aborter of streams) aborter.abort()
+    }
+    // Closed streams free their places.
+    await until('a stream opens again once the others closed', async () => {
+      const aborter = new AbortController()
+      const res = await fetch(`${router.url}/ui/v1/stream`, { signal: aborter.signal })
+      aborter.abort()
+      return res.status === 200
+    })
+  })
+
+  it('shows the group behind it, and a new leader within 3 s of a kill -9', async () => {
+    const context = await browser.newContext({
+      ignoreHTTPSErrors: true,
+      viewport: { width: 1280, height: 1000 },
+    })
+    const page = await context.newPage()
+    const origins = new Set<string>()
+    page.on('request', (r) => origins.add(new URL(r.url()).origin))
+    const errors: string[] = []
+    page.on('pageerror', (err) => errors.push(err.message))
+    try {
+      const oldLeader = group.leader
+      await signIn(page, `${router.url}/ui?group=g1`, false)
+      await page.waitForFunction(leaderIs, oldLeader.id, { timeout: 10_000 })
+      expect(await page.locator('#members tbody tr').count()).toBe(3)
+      await page.waitForSelector('#groups:not([hidden])', { timeout: 5000 })
+      expect(await page.getAttribute('#group-links a[aria-current="page"]', 'data-group')).toBe(
+        'g1',
+      )
+      await screenshot(page, 'router-1-live')
+
+      await group.kill(oldLeader.id)
+      const killedAt = Date.now()
+      await page.waitForFunction(leaderOtherThan, oldLeader.id, { timeout: 3000, polling: 50 })
+      const shownAfterMs = Date.now() - killedAt
+      await screenshot(page, 'router-2-new-leader')
+      const newLeader = await group.waitForLeader()
+      expect(await shownLeader(page)).toBe(newLeader.id)
+      expect(shownAfterMs).toBeLessThan(3000)
+      process.stdout.write(
+        `dashboard through the router: new leader ${newLeader.id} shown ${shownAfterMs} ms after the kill\n`,
+      )
+      // Everything the page loaded came through the router.
+      expect([...origins]).toEqual([new URL(router.url).origin])
+      expect(errors).toEqual([])
+    } catch (err) {
+      await screenshot(page, 'failure-router').catch(() => {})
       throw err
     } finally {
       await context.close()

@@ -382,7 +382,7 @@ export const errorCatalog = {
   KV_ERR_DASHBOARD_STREAMS_TOO_MANY: {
     status: 503,
     description:
-      'This node already streams its state to `uiStreamsMax` dashboard pages (GET /ui/v1/stream); close one, open the dashboard on another member, or retry after `Retry-After` seconds.',
+      'This node already streams its state to `uiStreamsMax` dashboard pages (GET /ui/v1/stream), or kv-router to `--ui-streams-max`; close one, open the dashboard on another member, or retry after `Retry-After` seconds.',
   },
   // ---- the RESP front (node/src/resp): errors a Redis client sees as `-KV_ERR_... message`
   KV_ERR_RESP_PROTOCOL: {

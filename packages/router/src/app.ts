@@ -9,6 +9,7 @@ import type { Logger } from 'pino'
 import { KvError, formatSlotRanges, type ClusterView, type ErrorCode } from '@kvstore/protocol'
 import type { RouterConfig } from './config.js'
 import type { AccessCheck, LocalAccess } from './access.js'
+import type { RouterDashboard } from './dashboard.js'
 import type { GroupState } from './groups.js'
 import type { RouterMetrics } from './metrics.js'
 import type { Caller, Proxy } from './proxy.js'
@@ -17,6 +18,9 @@ import { RateLimiter } from './rate-limit.js'
 import { createDualProtocolServer, type DualProtocolServer } from './server.js'
 import type { ShardMapCache } from './shard-map.js'
 import type { RouterTls } from './tls.js'
+
+/** The dashboard's page and files: public on the nodes, passed on for anyone. */
+const publicDashboardRoutes = new Set(['/ui', '/ui/', '/ui/assets/:name'])
 
 /** Largest request header block, in bytes; keys travel in the URL, so it must fit them. */
 export const headerBytesMax = 64 * 1024
@@ -31,6 +35,7 @@ export interface AppDeps {
   /** Regions mode: each key's home region (the groups are the regions); else null. */
   regions: RegionRouting | null
   proxy: Proxy
+  dashboard: RouterDashboard
   access: AccessCheck
   caller(request: FastifyRequest): Caller
   lifecycle: { shuttingDown: boolean; ready: boolean }
@@ -251,8 +256,13 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         }
       }
     }
-    // A development identity (a user's certificate) must not lend its rights to others.
-    if (deps.tls.identityKind === 'user' && route !== '/v1/auth/token') {
+    // A development identity (a user's certificate) must not lend its rights to others. The
+    // dashboard's page and files hold no data: the nodes serve them to anyone.
+    if (
+      deps.tls.identityKind === 'user' &&
+      route !== '/v1/auth/token' &&
+      !publicDashboardRoutes.has(route ?? '')
+    ) {
       const caller = deps.caller(request)
       if (caller.authorization === undefined && caller.certUser !== deps.tls.identityUser) {
         refuse(
@@ -350,6 +360,18 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.post('/admin/v1/shards/moves/abort', { bodyLimit: 64 * 1024 }, (request, reply) =>
     proxy.shardAbort(request, reply),
   )
+
+  // ------------------------------------------------------------ the dashboard
+  // The page and its files are the nodes' own (public there too); its data comes from a member
+  // of the group the page asks for, as the caller (the node checks the monitor role).
+  for (const url of ['/ui', '/ui/', '/ui/assets/:name']) {
+    app.get(url, (request, reply) => proxy.anyMember(request, reply))
+    methodNotAllowed(url, ['GET', 'HEAD'])
+  }
+  app.get('/ui/v1/state', (request, reply) => proxy.uiState(request, reply))
+  methodNotAllowed('/ui/v1/state', ['GET', 'HEAD'])
+  app.get('/ui/v1/stream', (request, reply) => deps.dashboard.stream(request, reply))
+  methodNotAllowed('/ui/v1/stream', ['GET', 'HEAD'])
 
   // ------------------------------------------------------------ the router's own
   const guarded =

@@ -61,6 +61,12 @@ export interface RouterConfig {
   upstreamConnections: number
   inflightRequestsMax: number
   inflightBodyBytesMax: number
+  /** Dashboard pages streamed to at once (GET /ui/v1/stream). */
+  uiStreamsMax: number
+  /** Bytes waiting for one dashboard page before it is cut off (it reconnects). */
+  uiStreamBufferBytesMax: number
+  /** A member's dashboard stream that sends nothing for this long is ended (the page reconnects). */
+  uiStreamIdleMs: number
   keyBytesMax: number
   valueBytesMax: number
   requestBodyBytesMax: number
@@ -517,6 +523,42 @@ export const routerOptions: readonly RouterOptionSpec[] = [
     group: 'limits',
     description:
       'Request-body bytes held at once (a body is kept until its write is answered, to retry it); beyond it new requests with a body get KV_ERR_OVERLOADED (503).',
+  },
+  {
+    key: 'uiStreamsMax',
+    flag: '--ui-streams-max',
+    env: 'KV_ROUTER_UI_STREAMS_MAX',
+    kind: 'integer',
+    default: 32,
+    min: 1,
+    max: 10_000,
+    group: 'limits',
+    description:
+      "Dashboard pages streamed to at once (GET /ui/v1/stream, each passing on a member's stream); beyond it KV_ERR_DASHBOARD_STREAMS_TOO_MANY (503).",
+  },
+  {
+    key: 'uiStreamBufferBytesMax',
+    flag: '--ui-stream-buffer-bytes-max',
+    env: 'KV_ROUTER_UI_STREAM_BUFFER_BYTES_MAX',
+    kind: 'bytes',
+    default: 1 * MiB,
+    min: 64 * KiB,
+    max: 256 * MiB,
+    group: 'limits',
+    description:
+      'Bytes waiting to be sent to one dashboard page; a page that far behind is cut off, and reconnects to a fresh snapshot.',
+  },
+  {
+    key: 'uiStreamIdleMs',
+    flag: '--ui-stream-idle-ms',
+    env: 'KV_ROUTER_UI_STREAM_IDLE_MS',
+    kind: 'integer',
+    default: 5000,
+    min: 500,
+    max: 600_000,
+    group: 'health',
+    description:
+      "A member's dashboard stream that sends nothing for this long (the node samples every 500 ms by default) is ended; the page reconnects through a member that answers.",
   },
   {
     key: 'keyBytesMax',

@@ -266,7 +266,7 @@ export class Proxy {
   }
 
   /** Headers for the node: the client's own that matter, and who the caller is. */
-  private forwardHeaders(request: FastifyRequest): Record<string, string | string[]> {
+  forwardHeaders(request: FastifyRequest): Record<string, string | string[]> {
     const out: Record<string, string | string[]> = {}
     const src = request.headers
     for (const name of passHeaders) {
@@ -779,6 +779,47 @@ export class Proxy {
     )
     if (outcome instanceof KvError) return this.fail(reply, outcome)
     return this.answer(request, reply, outcome, null)
+  }
+
+  /**
+   * GET /ui/v1/state?group=ID: the dashboard's state from a member of that group (the first
+   * group without one), as the caller: the node checks the monitor role.
+   */
+  async uiState(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const group = this.groupOfQuery(request)
+    if (group instanceof KvError) return this.fail(reply, group)
+    const outcome = await this.run(
+      {
+        kind: 'read',
+        method: 'GET',
+        path: '/ui/v1/state',
+        headers: this.forwardHeaders(request),
+        body: null,
+        group,
+        slot: -1,
+        session: null,
+        metricKind: 'dashboard',
+      },
+      request,
+    )
+    if (outcome instanceof KvError) return this.fail(reply, outcome)
+    return this.answer(request, reply, outcome, null)
+  }
+
+  /** The group a dashboard request names (?group=ID), the first one when it names none. */
+  groupOfQuery(request: FastifyRequest): GroupState | KvError {
+    const named = (request.query as { group?: unknown }).group
+    const groups = this.core.groups
+    if (named === undefined) return groups[0] as GroupState
+    const group = typeof named === 'string' ? groups.find((g) => g.id === named) : undefined
+    return (
+      group ??
+      new KvError(
+        'KV_ERR_INVALID_ARGUMENT',
+        `group ${JSON.stringify(named)} is not behind this router (groups: ${groups.map((g) => g.id).join(', ')})`,
+        { groups: groups.map((g) => g.id) },
+      )
+    )
   }
 
   /** Slot moves mean nothing to a router in regions mode: refused before any node sees them. */

@@ -22,6 +22,7 @@ import type { RouterConfig } from './config.js'
 import { GroupState } from './groups.js'
 import { RouterMetrics } from './metrics.js'
 import { Proxy, type Caller, type ProxyCore } from './proxy.js'
+import { RouterDashboard } from './dashboard.js'
 import { tlsSocketOf, type DualProtocolServer } from './server.js'
 import {
   RegionRouting,
@@ -137,6 +138,7 @@ export class KvRouter implements ProxyCore {
       groups: this.groups,
       regions: this.regions,
       proxy: this.proxy,
+      dashboard: new RouterDashboard({ config, groups: this.groups, proxy: this.proxy }),
       access,
       caller: (request) => this.caller(request),
       lifecycle: this.lifecycle,

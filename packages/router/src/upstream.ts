@@ -181,6 +181,39 @@ export class Upstream {
     })
   }
 
+  /**
+   * A GET whose answer is a stream (the dashboard's Server-Sent Events), not collected: its
+   * status, headers and body as they come. `idleMs` ends it when the node sends nothing for
+   * that long (a paused or cut-off member).
+   */
+  async stream(
+    path: string,
+    headers: Record<string, string | string[]>,
+    timeoutMs: number,
+    idleMs: number,
+    signal: AbortSignal,
+  ): Promise<Dispatcher.ResponseData> {
+    try {
+      return await this.dispatcher.request({
+        method: 'GET',
+        path,
+        headers,
+        headersTimeout: timeoutMs,
+        bodyTimeout: idleMs,
+        idempotent: false,
+        signal,
+      })
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? ''
+      throw new UpstreamError(
+        this.url,
+        timeoutCodes.has(code) ? 'timeout' : 'unreachable',
+        `${this.url}: ${(err as Error).message}`,
+        { cause: err },
+      )
+    }
+  }
+
   async close(): Promise<void> {
     await this.dispatcher.close().catch(() => this.dispatcher.destroy())
   }

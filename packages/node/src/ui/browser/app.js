@@ -23,6 +23,12 @@
   let retryTimer = null
   let reader = null
 
+  /** Through kv-router: the group this page shows (?group=ID), passed on to the stream. */
+  function groupQuery() {
+    const group = new URLSearchParams(window.location.search).get('group')
+    return group === null ? '' : `?group=${encodeURIComponent(group)}`
+  }
+
   function token() {
     return sessionStorage.getItem(tokenKey)
   }
@@ -112,7 +118,7 @@
     setStatus('connecting', 'connecting…')
     let res
     try {
-      res = await fetch('/ui/v1/stream', { headers, cache: 'no-store' })
+      res = await fetch(`/ui/v1/stream${groupQuery()}`, { headers, cache: 'no-store' })
     } catch (err) {
       setStatus('error', `no answer (${err.message}); retrying`)
       return retryLater()
@@ -162,6 +168,7 @@
     }
     if (data.length === 0) return
     const message = JSON.parse(data.join('\n'))
+    if (event === 'router') return renderRouter(message)
     if (event === 'snapshot') {
       model.historySamplesMax = message.historySamplesMax
       model.history = message.history
@@ -177,6 +184,22 @@
   }
 
   // ------------------------------------------------------------------ drawing
+
+  /** Served by kv-router: which router, and a link per group behind it (this one marked). */
+  function renderRouter(info) {
+    $('groups').hidden = false
+    $('router-id').textContent = info.routerId
+    const links = $('group-links')
+    links.replaceChildren()
+    for (const group of info.groups) {
+      const link = document.createElement('a')
+      link.href = `/ui?group=${encodeURIComponent(group.id)}`
+      link.textContent = group.id
+      link.dataset.group = group.id
+      if (group.id === info.group) link.setAttribute('aria-current', 'page')
+      links.append(link, ' ')
+    }
+  }
 
   function render() {
     const state = model.current
