@@ -1,4 +1,8 @@
-import { connect, type Socket } from 'node:net'
+import http2 from 'node:http2'
+import { type AddressInfo, connect, type Socket } from 'node:net'
+import { createDualProtocolServer } from '../src/http/dual-protocol.js'
+// The router's copy of the same server (packages/router/src/server.ts keeps the two in step).
+import { createDualProtocolServer as createRouterServer } from '../../router/src/server.js'
 import { startTestNode } from './helpers.js'
 
 function openSocket(url: string): Promise<Socket> {
@@ -86,6 +90,93 @@ describe('one port for HTTP/1.1 and h2c', () => {
       expect(res.status).toBe(200)
     } finally {
       await t.stop()
+    }
+  })
+})
+
+describe.each([
+  ['node', createDualProtocolServer],
+  ['router', createRouterServer],
+] as const)("HTTP/2 rapid reset on the %s's client port", (_name, createServer) => {
+  /** An HTTP/2 frame: length, type, flags, stream id, payload. */
+  function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
+    const head = Buffer.alloc(9)
+    head.writeUIntBE(payload.length, 0, 3)
+    head[3] = type
+    head[4] = flags
+    head.writeUInt32BE(stream, 5)
+    return Buffer.concat([head, payload])
+  }
+
+  it('a stream cancelled in the same read as its HEADERS is never routed', async () => {
+    const seen: string[] = []
+    const refused: string[] = []
+    const server = createServer(
+      (req, res) => {
+        seen.push(req.url ?? '')
+        res.end('ok')
+      },
+      {
+        requestTimeoutMs: 5000,
+        keepAliveTimeoutMs: 5000,
+        connectionsMax: 100,
+        h2StreamsMax: 1000,
+        headerBytesMax: 16 * 1024,
+        tls: null,
+        connectionsPerIpMax: 100,
+        headersTimeoutMs: 5000,
+        tlsHandshakeTimeoutMs: 5000,
+        h2ResetsPerSecondMax: 200,
+        onRefused: (reason) => refused.push(reason),
+      },
+    )
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const { port } = server.address() as AddressInfo
+    try {
+      const socket = await openSocket(`http://127.0.0.1:${port}`)
+      socket.on('data', () => {})
+      const closed = new Promise((resolve) => socket.on('close', resolve))
+      // HPACK: :method GET, :scheme http, :path / (indexed), :authority as a literal.
+      const authority = Buffer.from('127.0.0.1')
+      const headerBlock = Buffer.concat([
+        Buffer.of(0x82, 0x86, 0x84, 0x41, authority.length),
+        authority,
+      ])
+      const cancel = Buffer.alloc(4)
+      cancel.writeUInt32BE(0x8)
+      const frames = [
+        Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'),
+        frame(0x4, 0, 0, Buffer.alloc(0)),
+      ]
+      // 50 streams opened (HEADERS with END_STREAM and END_HEADERS) and cancelled at once, in
+      // one write, as a rapid-reset client does.
+      for (let stream = 1; stream <= 99; stream += 2)
+        frames.push(frame(0x1, 0x5, stream, headerBlock), frame(0x3, 0, stream, cancel))
+      socket.write(Buffer.concat(frames))
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      socket.destroy()
+      await closed
+      // A client that does not cancel is served.
+      const session = http2.connect(`http://127.0.0.1:${port}`)
+      const body = await new Promise<string>((resolve, reject) => {
+        const req = session.request({ ':path': '/after' })
+        let text = ''
+        req.setEncoding('utf8')
+        req.on('data', (chunk: string) => (text += chunk))
+        req.on('end', () => resolve(text))
+        req.on('error', reject)
+        req.end()
+      })
+      session.close()
+      expect(body).toBe('ok')
+      // Only the request that was not cancelled reached the handler (each cancelled one was
+      // routed before, and answered to nobody).
+      expect(seen).toEqual(['/after'])
+      expect(refused).toEqual([])
+    } finally {
+      server.closeAllConnections()
+      server.destroyHttp2Sessions()
+      await new Promise((resolve) => server.close(resolve))
     }
   })
 })

@@ -99,7 +99,15 @@ export function createDualProtocolServer(
       maxSessionRejectedStreams: 100,
       maxSessionInvalidFrames: 100,
     },
-    handler as unknown as (req: Http2ServerRequest, res: Http2ServerResponse) => void,
+    (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      // As on the node: each request starts on the next turn, once the frames read with its
+      // HEADERS are parsed, and a stream its client cancelled meanwhile (rapid reset) is dropped
+      // unrouted.
+      setImmediate(() => {
+        if (req.stream.closed || req.stream.destroyed) return
+        ;(handler as unknown as (r: Http2ServerRequest, s: Http2ServerResponse) => void)(req, res)
+      })
+    },
   )
   h2.setTimeout(options.keepAliveTimeoutMs)
   const sessions = new Set<Http2Session>()

@@ -96,7 +96,18 @@ export function createDualProtocolServer(
       maxSessionRejectedStreams: 100,
       maxSessionInvalidFrames: 100,
     },
-    handler as unknown as (req: Http2ServerRequest, res: Http2ServerResponse) => void,
+    (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      // Node hands a stream's request over as soon as its HEADERS frame is parsed, before the
+      // frames read with it. Each request starts on the next turn instead (setImmediate), once
+      // the whole read is parsed, and a stream its client cancelled meanwhile (rapid reset:
+      // HEADERS then RST_STREAM) is dropped unrouted, as nothing could receive its answer.
+      // Before, every cancelled stream cost a routed, authenticated 404, and a flood of them
+      // held a probe's p99 at 390 ms on a 2-core machine.
+      setImmediate(() => {
+        if (req.stream.closed || req.stream.destroyed) return
+        ;(handler as unknown as (r: Http2ServerRequest, s: Http2ServerResponse) => void)(req, res)
+      })
+    },
   )
   h2.setTimeout(options.keepAliveTimeoutMs)
   const sessions = new Set<Http2Session>()
