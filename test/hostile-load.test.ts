@@ -12,7 +12,7 @@ import http2 from 'node:http2'
 import { connect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
 import { Agent, request } from 'undici'
-import { metric, TestCluster } from '@kvstore/testkit'
+import { http2Preface, metric, rapidResetPair, TestCluster } from '@kvstore/testkit'
 import { rootConnect } from './support/certs.js'
 
 /**
@@ -213,22 +213,6 @@ it('4 MiB batch bodies, valid or built to be slow to parse, cost no election', a
  */
 function rapidResetConnection(url: string, deadline: number): Promise<'closed' | 'deadline'> {
   const { hostname, port } = new URL(url)
-  const frame = (type: number, flags: number, stream: number, payload: Buffer): Buffer => {
-    const head = Buffer.alloc(9)
-    head.writeUIntBE(payload.length, 0, 3)
-    head[3] = type
-    head[4] = flags
-    head.writeUInt32BE(stream, 5)
-    return Buffer.concat([head, payload])
-  }
-  const authority = Buffer.from('127.0.0.1')
-  // HPACK: :method GET, :scheme https, :path / (all indexed), :authority as a literal.
-  const headerBlock = Buffer.concat([
-    Buffer.of(0x82, 0x87, 0x84, 0x41, authority.length),
-    authority,
-  ])
-  const cancel = Buffer.alloc(4)
-  cancel.writeUInt32BE(0x8)
   return new Promise((resolve) => {
     let stream = 1
     let finished = false
@@ -248,8 +232,7 @@ function rapidResetConnection(url: string, deadline: number): Promise<'closed' |
     socket.on('close', () => finish('closed'))
     socket.on('data', () => {})
     socket.once('secureConnect', () => {
-      socket.write(Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'))
-      socket.write(frame(0x4, 0, 0, Buffer.alloc(0)))
+      socket.write(http2Preface())
       const burst = () => {
         if (finished) return
         if (Date.now() > deadline) {
@@ -259,7 +242,7 @@ function rapidResetConnection(url: string, deadline: number): Promise<'closed' |
         if (socket.writableLength < 1024 * 1024) {
           const frames: Buffer[] = []
           for (let i = 0; i < 100; i++) {
-            frames.push(frame(0x1, 0x5, stream, headerBlock), frame(0x3, 0, stream, cancel))
+            frames.push(rapidResetPair(stream, 'https'))
             stream += 2
           }
           socket.write(Buffer.concat(frames))

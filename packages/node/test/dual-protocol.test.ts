@@ -3,6 +3,7 @@ import { type AddressInfo, connect, type Socket } from 'node:net'
 import { createDualProtocolServer } from '../src/http/dual-protocol.js'
 // The router's copy of the same server (packages/router/src/server.ts keeps the two in step).
 import { createDualProtocolServer as createRouterServer } from '../../router/src/server.js'
+import { http2Preface, rapidResetPair } from '@kvstore/testkit'
 import { startTestNode } from './helpers.js'
 
 function openSocket(url: string): Promise<Socket> {
@@ -98,16 +99,6 @@ describe.each([
   ['node', createDualProtocolServer],
   ['router', createRouterServer],
 ] as const)("HTTP/2 rapid reset on the %s's client port", (_name, createServer) => {
-  /** An HTTP/2 frame: length, type, flags, stream id, payload. */
-  function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-    const head = Buffer.alloc(9)
-    head.writeUIntBE(payload.length, 0, 3)
-    head[3] = type
-    head[4] = flags
-    head.writeUInt32BE(stream, 5)
-    return Buffer.concat([head, payload])
-  }
-
   it('a stream cancelled in the same read as its HEADERS is never routed', async () => {
     const seen: string[] = []
     const refused: string[] = []
@@ -136,22 +127,10 @@ describe.each([
       const socket = await openSocket(`http://127.0.0.1:${port}`)
       socket.on('data', () => {})
       const closed = new Promise((resolve) => socket.on('close', resolve))
-      // HPACK: :method GET, :scheme http, :path / (indexed), :authority as a literal.
-      const authority = Buffer.from('127.0.0.1')
-      const headerBlock = Buffer.concat([
-        Buffer.of(0x82, 0x86, 0x84, 0x41, authority.length),
-        authority,
-      ])
-      const cancel = Buffer.alloc(4)
-      cancel.writeUInt32BE(0x8)
-      const frames = [
-        Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'),
-        frame(0x4, 0, 0, Buffer.alloc(0)),
-      ]
+      const frames = [http2Preface()]
       // 50 streams opened (HEADERS with END_STREAM and END_HEADERS) and cancelled at once, in
       // one write, as a rapid-reset client does.
-      for (let stream = 1; stream <= 99; stream += 2)
-        frames.push(frame(0x1, 0x5, stream, headerBlock), frame(0x3, 0, stream, cancel))
+      for (let stream = 1; stream <= 99; stream += 2) frames.push(rapidResetPair(stream, 'http'))
       socket.write(Buffer.concat(frames))
       await new Promise((resolve) => setTimeout(resolve, 200))
       socket.destroy()
