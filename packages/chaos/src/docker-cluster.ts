@@ -312,7 +312,19 @@ export class DockerCluster implements ChaosCluster {
 
   async pause(id: string): Promise<void> {
     const m = this.member(id)
-    if (m.running) await docker('pause', m.containerId)
+    if (!m.running) return
+    // runc's cgroup freezer gives up with "unable to freeze" when a task of the container does
+    // not stop in time (seen in CI on a machine with heavy I/O wait); the container is left
+    // running, so the pause is tried again, up to 5 times, before the error is the nemesis's.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await docker('pause', m.containerId)
+        return
+      } catch (err) {
+        if (attempt >= 5 || !/unable to freeze/.test((err as Error).message)) throw err
+        await new Promise((resolve) => setTimeout(resolve, 200))
+      }
+    }
   }
 
   async resume(id: string): Promise<void> {
