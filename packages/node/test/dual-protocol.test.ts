@@ -64,11 +64,7 @@ describe('one port for HTTP/1.1 and h2c', () => {
       let answered = Buffer.alloc(0)
       socket.on('data', (chunk: Buffer) => (answered = Buffer.concat([answered, chunk])))
       // The client preface, then an empty SETTINGS frame.
-      const preface = Buffer.concat([
-        Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'),
-        Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]),
-      ])
-      for (const byte of preface) {
+      for (const byte of http2Preface()) {
         socket.write(Buffer.of(byte))
         await new Promise((resolve) => setTimeout(resolve, 1))
       }

@@ -87,6 +87,8 @@ export function createDualProtocolServer(
   h1.headersTimeout = Math.min(options.headersTimeoutMs, options.requestTimeoutMs)
   Object.defineProperty(h1, 'secure', { value: options.tls !== null })
 
+  // Node's HTTP/2 compatibility objects stand in for HTTP/1's, which fastify's listener takes.
+  const serve = handler as unknown as (req: Http2ServerRequest, res: Http2ServerResponse) => void
   const h2 = http2.createServer(
     {
       settings: {
@@ -105,7 +107,7 @@ export function createDualProtocolServer(
       // unrouted.
       setImmediate(() => {
         if (req.stream.closed || req.stream.destroyed) return
-        ;(handler as unknown as (r: Http2ServerRequest, s: Http2ServerResponse) => void)(req, res)
+        serve(req, res)
       })
     },
   )

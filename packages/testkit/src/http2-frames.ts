@@ -12,7 +12,7 @@ export function http2Preface(): Buffer {
 }
 
 /** One frame (RFC 9113 §4.1): 24-bit length, type, flags, stream id, payload. */
-export function http2Frame(
+function http2Frame(
   type: number,
   flags: number,
   stream: number,

@@ -16,7 +16,7 @@ export {
   type NodeProcessOptions,
 } from './node-process.js'
 export { fetchJson } from './members.js'
-export { http2Frame, http2Preface, rapidResetPair } from './http2-frames.js'
+export { http2Preface, rapidResetPair } from './http2-frames.js'
 export {
   kvRouterBin,
   startRouterProcess,
