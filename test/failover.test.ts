@@ -358,6 +358,13 @@ describe('a leadership transfer', () => {
       })
       expect(res.status).toBe(200)
       expect(((await res.json()) as { leaderId: string }).leaderId).toBe(target.id)
+      // The answer waits until the new leader takes writes: one sent there at once is taken,
+      // not refused with KV_ERR_NOT_READY while its first entry commits.
+      const firstWrite = await fetch(`${target.url}/v1/kv/transfer-first`, {
+        method: 'PUT',
+        body: 'x',
+      })
+      expect(firstWrite.status, await firstWrite.clone().text()).toBe(200)
       expect((await cluster.waitForLeader()).id).toBe(target.id)
       const mark = writers.acked.size
       await until('writes on the new leader', () => writers.acked.size > mark + 300)

@@ -197,7 +197,7 @@ it('grows 3 → 5 and shrinks 5 → 3, removing the leader too, with no acknowle
     cluster.retired.add(down)
     // The leader removes itself: it hands leadership over first, then the new leader removes it.
     const gone = await admin('DELETE', `/admin/v1/members/${leader}`)
-    expect(gone.status).toBe(200)
+    expect(gone.status, JSON.stringify(gone.body)).toBe(200)
     expect(gone.body.membership.removed).toEqual(expect.arrayContaining([down, leader]))
     cluster.retired.add(leader)
     const next = await cluster.waitForLeader()

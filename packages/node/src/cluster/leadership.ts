@@ -50,12 +50,21 @@ export interface HandoverView {
   readonly leaderId: NodeId | null
   readonly epoch: number
   readonly transferTarget: NodeId | null
+  /** This node's commit LSN: as a follower, what the leader last told it was committed. */
+  readonly commitLsn: number
+  /** The epoch of the entry at `lsn` in this node's log; null if compacted or past its end. */
+  epochAt(lsn: number): number | null
 }
 
 /**
- * Polls until `to` (or any other member) leads at an epoch above `epoch`, and resolves with
- * the new leader. KV_ERR_NOT_READY once the core gave the handover up (this node leads on) or
- * after `timeoutMs`; KV_ERR_SHUTTING_DOWN once the node stops.
+ * Polls until `to` (or any other member) leads at an epoch above `epoch` and has committed its
+ * first entry, and resolves with the new leader. A new leader takes no write until its first
+ * entry commits (KV_ERR_NOT_READY), so a caller sent there at once (a leader removing itself
+ * names its successor) would only be refused: this node, now its follower, sees that entry
+ * committed when its commit LSN reaches the new epoch. It waits for that up to `readyMs` after
+ * the new leader appears, then names it anyway (the handover did happen).
+ * KV_ERR_NOT_READY once the core gave the handover up (this node leads on) or after
+ * `timeoutMs` with no new leader; KV_ERR_SHUTTING_DOWN once the node stops.
  */
 export async function awaitHandover(options: {
   view: HandoverView
@@ -64,16 +73,23 @@ export async function awaitHandover(options: {
   epoch: number
   pollMs: number
   timeoutMs: number
+  readyMs: number
   now: () => number
   stopped: () => boolean
 }): Promise<NodeId> {
   const { view, self, to, epoch } = options
   const deadline = options.now() + options.timeoutMs
+  let readyDeadline: number | null = null
   for (;;) {
     await new Promise((resolve) => setTimeout(resolve, options.pollMs))
     if (options.stopped()) throw new KvError('KV_ERR_SHUTTING_DOWN', 'the node is stopping')
     const leader = view.leaderId
-    if (view.epoch > epoch && leader !== null && leader !== self) return leader
+    if (view.epoch > epoch && leader !== null && leader !== self) {
+      if (view.epochAt(view.commitLsn) === view.epoch) return leader
+      readyDeadline ??= options.now() + options.readyMs
+      if (options.now() > readyDeadline) return leader
+      continue
+    }
     if (view.isLeader && view.transferTarget === null && view.epoch === epoch) {
       throw new KvError(
         'KV_ERR_NOT_READY',

@@ -510,7 +510,7 @@ export class Replicator {
   /**
    * Leader: hands leadership to `to` (or to the most up-to-date connected follower). Writes
    * pause while the target catches up; then it campaigns at once and wins. Resolves with the
-   * new leader's id; KV_ERR_NOT_READY if it did not take over within an election timeout (this
+   * new leader's id once it takes writes (its first entry committed); KV_ERR_NOT_READY if it did not take over within an election timeout (this
    * node then leads on).
    */
   transferLeadership(to: string | null): Promise<string> {
@@ -535,6 +535,7 @@ export class Replicator {
       epoch,
       pollMs: this.config.heartbeatIntervalMs / 4,
       timeoutMs: 2 * this.config.electionTimeoutMs,
+      readyMs: this.config.electionTimeoutMs,
       now: this.now,
       stopped: () => this.stopped,
     }).finally(() => {

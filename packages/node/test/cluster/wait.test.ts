@@ -1,11 +1,16 @@
 /**
- * Requests waiting on replication (wait.ts), the log retention rule and the choice of a
- * handover target, in process.
+ * Requests waiting on replication (wait.ts), the log retention rule, the choice of a handover
+ * target and the wait for it to take over, in process.
  */
 import { pino } from 'pino'
 import { KvError } from '@kvstore/protocol'
 import { retainFromLsn } from '../../src/cluster/core-setup.js'
-import { RoleWatch, transferTarget } from '../../src/cluster/leadership.js'
+import {
+  RoleWatch,
+  awaitHandover,
+  transferTarget,
+  type HandoverView,
+} from '../../src/cluster/leadership.js'
 import { AckWaiters, ApplyWaiters, ackVerdict, type AckView } from '../../src/cluster/wait.js'
 
 function view(partial: Partial<AckView> & { epochs?: Record<number, number> }): AckView {
@@ -185,6 +190,59 @@ describe('transferTarget', () => {
     expect(() => pick('z')).toThrow('is not a member')
     expect(() => pick('a')).toThrow('already leads')
     expect(() => pick(null, () => false)).toThrow('no follower is connected')
+  })
+})
+
+describe('awaitHandover', () => {
+  /** A follower's view after the handover from epoch 1: n2 leads epoch 2. */
+  function follower(): HandoverView & { commitEpoch: number } {
+    const v = {
+      isLeader: false,
+      leaderId: 'n2' as string | null,
+      epoch: 2,
+      transferTarget: null,
+      commitLsn: 10,
+      commitEpoch: 1,
+      epochAt: (lsn: number) => (lsn === 10 ? v.commitEpoch : null),
+    }
+    return v
+  }
+  const wait = (view: HandoverView, readyMs: number, timeoutMs = 5000) =>
+    awaitHandover({
+      view,
+      self: 'n1',
+      to: 'n2',
+      epoch: 1,
+      pollMs: 5,
+      timeoutMs,
+      readyMs,
+      now: Date.now,
+      stopped: () => false,
+    })
+
+  it('names the new leader only once its first entry is committed (it takes writes then)', async () => {
+    const view = follower()
+    let settled = false
+    const done = wait(view, 10_000).then((id) => {
+      settled = true
+      return id
+    })
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(settled).toBe(false)
+    view.commitEpoch = 2
+    expect(await done).toBe('n2')
+  })
+
+  it('names it anyway once the new leader has not committed within readyMs', async () => {
+    const view = follower()
+    const started = Date.now()
+    expect(await wait(view, 60)).toBe('n2')
+    expect(Date.now() - started).toBeGreaterThanOrEqual(60)
+  })
+
+  it('answers KV_ERR_NOT_READY when the core gave up and this node leads on', async () => {
+    const view = { ...follower(), isLeader: true, leaderId: 'n1', epoch: 1 }
+    await expect(wait(view, 10)).rejects.toMatchObject({ code: 'KV_ERR_NOT_READY' })
   })
 })
 
