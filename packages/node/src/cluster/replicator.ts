@@ -510,8 +510,8 @@ export class Replicator {
   /**
    * Leader: hands leadership to `to` (or to the most up-to-date connected follower). Writes
    * pause while the target catches up; then it campaigns at once and wins. Resolves with the
-   * new leader's id once it takes writes (its first entry committed); KV_ERR_NOT_READY if it did not take over within an election timeout (this
-   * node then leads on).
+   * new leader's id once it takes writes (its first entry committed); KV_ERR_NOT_READY if it
+   * did not take over within an election timeout (this node then leads on).
    */
   transferLeadership(to: string | null): Promise<string> {
     if (this.transferring) return this.transferring
